@@ -1,0 +1,285 @@
+/* mimeo — a replicating JSON document store.
+ *
+ * This header is the whole public API of libmimeo and its manual. The server (`mimeo serve`)
+ * is built on exactly these calls.
+ *
+ * Model. An environment (mimeo_env) is a data directory holding any number of databases.
+ * A database holds documents; each document is a revision tree (CouchDB's model: every edit
+ * adds a revision "N-hash", concurrent edits make branches, one deterministic winner).
+ * The API speaks JSON text in and out, in CouchDB's shapes, so what a C program sees is what
+ * an HTTP client of the server sees.
+ *
+ * Conventions.
+ * - Every function returning int returns 0 on success or a negative MIMEO_E* code.
+ * - Functions that can fail for a reason a user must read take a `mimeo_err *err` (may be
+ *   NULL); on failure it holds CouchDB's error name and reason.
+ * - `char **json_out` results are new: the caller frees them with mimeo_free().
+ * - Row callbacks get borrowed JSON text, valid only during the call; a non-zero return
+ *   from a callback stops the iteration and is returned by the call.
+ * - A successful write has been durably committed to disk before the call returns.
+ * - All calls are thread-safe: handles may be shared between threads.
+ */
+#ifndef MIMEO_H
+#define MIMEO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MIMEO_VERSION "0.1.0"
+/* The CouchDB version mimeo answers as in GET /: the API level it implements. */
+#define MIMEO_COUCHDB_VERSION "3.5.0"
+
+#if defined(__GNUC__)
+#define MIMEO_API __attribute__((visibility("default")))
+#else
+#define MIMEO_API
+#endif
+
+/* ---- errors ----------------------------------------------------------------------------- */
+enum {
+    MIMEO_OK            = 0,
+    MIMEO_ENOTFOUND     = -1,  /* database, document, revision or local doc does not exist */
+    MIMEO_EDELETED      = -2,  /* the document exists but its winner is a tombstone */
+    MIMEO_EEXIST        = -3,  /* database already exists */
+    MIMEO_ECONFLICT     = -4,  /* stale or missing _rev */
+    MIMEO_EINVAL        = -5,  /* malformed request (bad_request) */
+    MIMEO_EBADJSON      = -6,  /* unparsable JSON, bad UTF-8, duplicate keys, too deep */
+    MIMEO_EBADID        = -7,  /* illegal document id */
+    MIMEO_EBADREV       = -8,  /* malformed revision id */
+    MIMEO_EDOCVALIDATION = -9, /* unknown special member, malformed _revisions */
+    MIMEO_EBADNAME      = -10, /* illegal database name */
+    MIMEO_ETOOLARGE     = -11, /* document or request over its size limit */
+    MIMEO_ENOSPC        = -12, /* the disk is full; nothing was written */
+    MIMEO_ENOMEM        = -13,
+    MIMEO_EIO           = -14, /* storage failure */
+    MIMEO_ECORRUPT      = -15, /* a stored record failed validation */
+    MIMEO_ECLOSED       = -16, /* the environment is shutting down */
+    MIMEO_EEXPECTATION  = -17, /* all_or_nothing: some document failed, none written */
+};
+
+#define MIMEO_ERR_NAME_MAX   32
+#define MIMEO_ERR_REASON_MAX 200
+
+/* CouchDB-shaped error detail: code is a MIMEO_E* value; error is CouchDB's error name
+ * ("not_found", "conflict", "bad_request", "doc_validation", …) and reason its text. */
+typedef struct mimeo_err {
+    int  code;
+    char error[MIMEO_ERR_NAME_MAX];
+    char reason[MIMEO_ERR_REASON_MAX];
+} mimeo_err;
+
+/* A static English text for a code. */
+MIMEO_API const char *mimeo_strerror(int code);
+/* Frees memory that mimeo returned through a `char **` parameter. */
+MIMEO_API void mimeo_free(void *p);
+
+/* ---- environments ----------------------------------------------------------------------- */
+typedef struct mimeo_env mimeo_env;
+
+typedef struct mimeo_options {
+    unsigned revs_limit;        /* default _revs_limit of new databases; 0 → 1000 */
+    size_t   max_document_size; /* bytes of one document body; 0 → 8 MiB */
+    unsigned max_json_depth;    /* nesting cap of any JSON input; 0 → 256 */
+    size_t   initial_map_size;  /* bytes of LMDB map to start with; 0 → 64 MiB; it grows */
+} mimeo_options;
+
+/* Opens (creating if needed) the data directory `dir`. opts may be NULL. New *env; close it
+ * with mimeo_env_close. MIMEO_EIO with err->reason on failure (e.g. permissions). */
+MIMEO_API int  mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **env,
+                              mimeo_err *err);
+/* Waits for writes in flight, commits them, and closes the store. Open db handles must be
+ * closed first. */
+MIMEO_API void mimeo_env_close(mimeo_env *env);
+/* The server's stable uuid (32 hex chars), kept in the data directory. Borrowed, valid
+ * until mimeo_env_close. */
+MIMEO_API const char *mimeo_env_uuid(const mimeo_env *env);
+/* Next id of CouchDB's "sequential" kind: 32 hex chars whose 26-char random prefix is kept
+ * for a while and whose suffix grows, so that generated ids increase and B-tree inserts stay
+ * local. out receives 32 chars + NUL. */
+MIMEO_API void mimeo_uuid_next(mimeo_env *env, char out[33]);
+
+/* ---- databases -------------------------------------------------------------------------- */
+typedef struct mimeo_db mimeo_db;
+
+/* Database names follow CouchDB: ^[a-z][a-z0-9_$()+/-]*$, or one of the system names
+ * _users, _replicator, _global_changes; at most 238 bytes. */
+MIMEO_API bool mimeo_db_name_valid(const char *name, size_t len);
+/* MIMEO_EEXIST (412 file_exists), MIMEO_EBADNAME. */
+MIMEO_API int  mimeo_db_create(mimeo_env *env, const char *name, mimeo_err *err);
+/* Deletes the database and all it holds. MIMEO_ENOTFOUND. Open handles on it start
+ * answering MIMEO_ENOTFOUND. */
+MIMEO_API int  mimeo_db_delete(mimeo_env *env, const char *name, mimeo_err *err);
+/* New handle on an existing database (MIMEO_ENOTFOUND otherwise); close with
+ * mimeo_db_close. Cheap: handles are cached and reference-counted. */
+MIMEO_API int  mimeo_db_open(mimeo_env *env, const char *name, mimeo_db **db, mimeo_err *err);
+MIMEO_API void mimeo_db_close(mimeo_db *db);
+/* Calls fn with each database name in byte order, from `start` (inclusive, NULL for the
+ * first). */
+MIMEO_API int  mimeo_db_list(mimeo_env *env, const char *start,
+                             int (*fn)(void *ctx, const char *name, size_t len), void *ctx);
+
+typedef struct mimeo_db_info {
+    uint64_t doc_count;           /* documents whose winner is live */
+    uint64_t doc_del_count;       /* documents whose winner is a tombstone */
+    uint64_t update_seq;          /* sequence of the latest change */
+    uint64_t instance_start_time; /* microseconds since the epoch when the database was
+                                     created; stable for its life */
+    uint64_t size_active;         /* bytes of live data (bodies + trees) */
+    uint64_t size_external;       /* bytes of the winners' JSON bodies */
+    uint64_t size_file;           /* bytes of the environment's file (shared) */
+    unsigned revs_limit;
+} mimeo_db_info;
+
+MIMEO_API int mimeo_db_info_get(mimeo_db *db, mimeo_db_info *info);
+/* Borrowed name of the database, valid until mimeo_db_close. */
+MIMEO_API const char *mimeo_db_name(const mimeo_db *db);
+MIMEO_API int mimeo_db_revs_limit_set(mimeo_db *db, unsigned limit, mimeo_err *err);
+/* Drops the stored bodies of non-leaf revisions. */
+MIMEO_API int mimeo_db_compact(mimeo_db *db, mimeo_err *err);
+
+/* ---- documents: writes ------------------------------------------------------------------ */
+#define MIMEO_ID_MAX  (64 * 1024)  /* longest document id accepted */
+#define MIMEO_REV_MAX 96           /* room for "N-hash" + NUL */
+
+typedef struct mimeo_put_opts {
+    const char *rev;      /* ?rev= or If-Match (NULL: use the body's _rev); must agree with
+                             the body's _rev when both are given (else bad_request) */
+    bool        new_edits_false; /* store a replicated revision as given (_rev/_revisions) */
+} mimeo_put_opts;
+
+typedef struct mimeo_put_result {
+    char *id;                /* new, NUL-terminated: the document's id; mimeo_free() it */
+    char  rev[MIMEO_REV_MAX]; /* the new (or, with new_edits_false, the given) revision */
+} mimeo_put_result;
+
+/* Writes one document (JSON object text). id/id_len name it (the URL's id wins over the
+ * body's _id); id NULL takes the body's _id, or generates one. _local/ ids go to the local
+ * store (see mimeo_local_put). With new_edits_false the body must carry _rev (and normally
+ * _revisions) and is merged into the tree; the result's rev is that _rev.
+ * Errors: MIMEO_ECONFLICT, MIMEO_EINVAL, MIMEO_EBADJSON, MIMEO_EBADID, MIMEO_EBADREV,
+ * MIMEO_EDOCVALIDATION, MIMEO_ETOOLARGE, MIMEO_ENOTFOUND (database gone), MIMEO_ENOSPC. */
+MIMEO_API int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len,
+                            const char *json, size_t len, const mimeo_put_opts *opts,
+                            mimeo_put_result *res, mimeo_err *err);
+
+/* Deletes (adds a tombstone child to leaf `rev`). MIMEO_ECONFLICT when rev is not a leaf;
+ * MIMEO_ENOTFOUND / MIMEO_EDELETED when there is nothing to delete. */
+MIMEO_API int mimeo_doc_delete(mimeo_db *db, const char *id, size_t id_len, const char *rev,
+                               mimeo_put_result *res, mimeo_err *err);
+
+/* _bulk_docs: body is {"docs":[…],"new_edits":bool,"all_or_nothing":bool}. *json_out is the
+ * reply array: with new_edits true one entry per doc in order ({"ok":true,"id","rev"} or
+ * {"id","error","reason"}); with new_edits false only failures (usually []). All the batch
+ * is committed in one durable transaction. A document that fails to parse fails the whole
+ * call (nothing written). all_or_nothing with any failing doc: MIMEO_EEXPECTATION, the
+ * reply lists the failures, nothing written. */
+MIMEO_API int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
+                              size_t *out_len, mimeo_err *err);
+
+/* ---- documents: reads ------------------------------------------------------------------- */
+typedef struct mimeo_get_opts {
+    const char *rev;        /* a specific revision (tombstones readable); NULL: winner */
+    bool revs;              /* add _revisions */
+    bool revs_info;         /* add _revs_info */
+    bool conflicts;         /* add _conflicts (non-deleted losing leaves) */
+    bool deleted_conflicts; /* add _deleted_conflicts */
+    bool local_seq;         /* add _local_seq */
+    bool latest;            /* with rev: serve the winner (CouchDB without open_revs); with
+                               open_revs: map a non-leaf rev to its descendant leaves */
+} mimeo_get_opts;
+
+/* One revision of a document as JSON {"_id","_rev",…body…,"_deleted"?,meta…}.
+ * MIMEO_ENOTFOUND (error not_found, reason missing) / MIMEO_EDELETED (reason deleted). */
+MIMEO_API int mimeo_doc_get(mimeo_db *db, const char *id, size_t id_len,
+                            const mimeo_get_opts *opts, char **json_out, size_t *out_len,
+                            mimeo_err *err);
+
+/* open_revs: revs_json is the JSON text "all" (or the bare word all) or a JSON array of
+ * revision strings. Reply is a JSON array of {"ok":doc} / {"missing":"rev"} in request
+ * order (leaves best-first for all). Unknown doc with all: MIMEO_ENOTFOUND. */
+MIMEO_API int mimeo_doc_open_revs(mimeo_db *db, const char *id, size_t id_len,
+                                  const char *revs_json, size_t revs_len,
+                                  const mimeo_get_opts *opts, char **json_out,
+                                  size_t *out_len, mimeo_err *err);
+
+/* _bulk_get: body {"docs":[{"id","rev"?},…]}; reply {"results":[{"id","docs":[{"ok":doc}
+ * | {"error":{"id","rev","error","reason"}}]},…]} in request order. opts: revs, latest. */
+MIMEO_API int mimeo_bulk_get(mimeo_db *db, const char *json, size_t len,
+                             const mimeo_get_opts *opts, char **json_out, size_t *out_len,
+                             mimeo_err *err);
+
+/* _revs_diff: body {"id":["rev",…],…}; reply {"id":{"missing":[…],"possible_ancestors":[…]}}
+ * listing only ids with something missing. */
+MIMEO_API int mimeo_revs_diff(mimeo_db *db, const char *json, size_t len, char **json_out,
+                              size_t *out_len, mimeo_err *err);
+
+/* ---- iteration -------------------------------------------------------------------------- */
+typedef int (*mimeo_row_fn)(void *ctx, const char *json, size_t len);
+
+typedef struct mimeo_changes_opts {
+    uint64_t since;          /* exclusive; rows with seq > since (ascending order) */
+    uint64_t limit;          /* max rows; 0 means no limit (use limit_zero for none) */
+    bool     limit_zero;     /* deliver no rows (limit=0), only last_seq */
+    bool     descending;     /* newest first; since is ignored */
+    bool     include_docs;   /* add "doc" (the winner) */
+    bool     conflicts;      /* with include_docs: add _conflicts */
+    bool     all_docs_style; /* list every leaf (winner first), else the winner only */
+    const char *const *doc_ids; /* filter=_doc_ids: only these ids (NULL: all) */
+    const size_t *doc_id_lens;
+    size_t   doc_id_count;
+} mimeo_changes_opts;
+
+/* Calls fn with each row as JSON {"seq":N,"id":…,"changes":[{"rev":…},…],"deleted":true?,
+ * "doc":…?}. *last_seq receives the seq of the last row delivered, or — when the end of the
+ * feed was reached — the database's update_seq at the time of the read (so an idle poll
+ * returns the same value every time). *pending (may be NULL) receives the number of changes
+ * left after the last row delivered. */
+MIMEO_API int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *opts, mimeo_row_fn fn,
+                            void *ctx, uint64_t *last_seq, uint64_t *pending, mimeo_err *err);
+
+/* Blocks until the database's update_seq exceeds `since`, the database is deleted, the
+ * environment closes, or timeout_ms passes. Returns the current update_seq. */
+MIMEO_API uint64_t mimeo_changes_wait(mimeo_db *db, uint64_t since, uint64_t timeout_ms);
+
+typedef struct mimeo_all_docs_opts {
+    const char *startkey; size_t startkey_len; /* NULL: from the first id */
+    const char *endkey;   size_t endkey_len;   /* NULL: to the last id */
+    bool     inclusive_end;  /* default should be true */
+    bool     descending;
+    uint64_t limit;          /* 0: no limit (use limit_zero for none) */
+    bool     limit_zero;
+    uint64_t skip;
+    bool     include_docs;
+    bool     conflicts;
+    const char *const *keys; /* keys mode: one row per key in order (NULL: range mode) */
+    const size_t *key_lens;
+    size_t   key_count;
+} mimeo_all_docs_opts;
+
+/* Calls fn with each row as JSON {"id","key","value":{"rev"},"doc"?}; in keys mode deleted
+ * docs give {"id","key","value":{"rev","deleted":true},"doc":null} and unknown keys
+ * {"key","error":"not_found"}. Ids are in byte order; _local docs are never listed. */
+MIMEO_API int mimeo_all_docs(mimeo_db *db, const mimeo_all_docs_opts *opts, mimeo_row_fn fn,
+                             void *ctx, mimeo_err *err);
+
+/* ---- local documents (never replicated, no revision tree) ------------------------------- */
+/* id is the part after "_local/". Revisions are "0-N". put checks rev like PouchDB's local
+ * adapters (MIMEO_ECONFLICT on a stale rev) except when the body carries _revisions (a
+ * CouchDB replicator checkpoint), which is accepted as CouchDB does. */
+MIMEO_API int mimeo_local_get(mimeo_db *db, const char *id, size_t id_len, char **json_out,
+                              size_t *out_len, mimeo_err *err);
+MIMEO_API int mimeo_local_put(mimeo_db *db, const char *id, size_t id_len, const char *json,
+                              size_t len, const char *rev, mimeo_put_result *res,
+                              mimeo_err *err);
+MIMEO_API int mimeo_local_delete(mimeo_db *db, const char *id, size_t id_len,
+                                 const char *rev, mimeo_put_result *res, mimeo_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,144 @@
+/* Growable buffers with caps, varints, clocks and randomness shared by all modules. */
+#include "buf.h"
+#include "mimeo.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+void buf_init(buf *b, size_t cap) {
+    b->data = NULL;
+    b->len = b->alloc = 0;
+    b->cap = cap;
+}
+
+void buf_destroy(buf *b) {
+    free(b->data);
+    b->data = NULL;
+    b->len = b->alloc = 0;
+}
+
+int buf_reserve(buf *b, size_t n) {
+    size_t cap = b->cap ? b->cap : BUF_DEFAULT_CAP;
+    if (n > cap || b->len > cap - n) return MIMEO_ETOOLARGE;
+    size_t need = b->len + n + 1; /* room for the terminating NUL */
+    if (need <= b->alloc) return 0;
+    size_t grown = b->alloc ? b->alloc * 2 : 256;
+    while (grown < need) grown *= 2;
+    char *p = realloc(b->data, grown);
+    if (!p) return MIMEO_ENOMEM;
+    b->data = p;
+    b->alloc = grown;
+    return 0;
+}
+
+int buf_put(buf *b, const void *p, size_t n) {
+    int rc = buf_reserve(b, n);
+    if (rc) return rc;
+    if (n) memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = 0;
+    return 0;
+}
+
+int buf_puts(buf *b, const char *s) { return buf_put(b, s, strlen(s)); }
+
+int buf_putc(buf *b, char c) {
+    if (b->len + 1 < b->alloc && (b->cap == 0 || b->len < b->cap)) {
+        b->data[b->len++] = c;
+        b->data[b->len] = 0;
+        return 0;
+    }
+    return buf_put(b, &c, 1);
+}
+
+int buf_printf(buf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) return MIMEO_EINVAL;
+    int rc = buf_reserve(b, (size_t)n);
+    if (rc) return rc;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+int buf_put_u64(buf *b, uint64_t v) {
+    char tmp[24];
+    int i = (int)sizeof tmp;
+    do { tmp[--i] = (char)('0' + v % 10); v /= 10; } while (v);
+    return buf_put(b, tmp + i, sizeof tmp - (size_t)i);
+}
+
+int buf_put_i64(buf *b, int64_t v) {
+    if (v >= 0) return buf_put_u64(b, (uint64_t)v);
+    int rc = buf_putc(b, '-');
+    return rc ? rc : buf_put_u64(b, (uint64_t)0 - (uint64_t)v);
+}
+
+const char *buf_cstr(buf *b) {
+    if (!b->data) return "";
+    return b->data;
+}
+
+char *buf_detach(buf *b, size_t *len) {
+    char *p = b->data;
+    if (len) *len = b->len;
+    b->data = NULL;
+    b->len = b->alloc = 0;
+    return p;
+}
+
+int buf_put_varint(buf *b, uint64_t v) {
+    unsigned char tmp[10];
+    size_t n = 0;
+    do {
+        unsigned char byte = v & 0x7f;
+        v >>= 7;
+        tmp[n++] = byte | (v ? 0x80 : 0);
+    } while (v);
+    return buf_put(b, tmp, n);
+}
+
+int varint_get(const unsigned char **p, const unsigned char *end, uint64_t *v) {
+    uint64_t out = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (*p >= end) return MIMEO_ECORRUPT;
+        unsigned char byte = *(*p)++;
+        out |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80)) { *v = out; return 0; }
+    }
+    return MIMEO_ECORRUPT;
+}
+
+uint64_t clock_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void random_bytes(void *p, size_t n) {
+    unsigned char *out = p;
+    while (n) {
+        ssize_t got = getrandom(out, n, 0);
+        if (got <= 0) continue; /* EINTR; the kernel CSPRNG does not otherwise fail */
+        out += got;
+        n -= (size_t)got;
+    }
+}
+
+void hex_encode(const unsigned char *p, size_t n, char *out) {
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[p[i] >> 4];
+        out[2 * i + 1] = digits[p[i] & 15];
+    }
+    out[2 * n] = 0;
+}

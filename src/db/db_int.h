@@ -1,0 +1,113 @@
+/* Internals shared by the files of src/db/: the environment, database handles, the
+ * database record, and helpers that read documents inside a transaction. */
+#ifndef MIMEO_DB_INT_H
+#define MIMEO_DB_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mimeo.h"
+#include "../common/buf.h"
+#include "../doc/revtree.h"
+#include "../json/json.h"
+#include "../store/store.h"
+
+/* What a database record holds (the `dbs` table value), byte layout:
+ *   version(1)=1 · dbid(8) · created_us(8) · revs_limit(4) · update_seq(8) · doc_count(8)
+ *   · del_count(8) · next_body(8) · size_active(8) · size_external(8)      = 77 bytes */
+typedef struct db_meta {
+    uint64_t dbid;
+    uint64_t created_us;
+    uint32_t revs_limit;
+    uint64_t update_seq;
+    uint64_t doc_count;
+    uint64_t del_count;
+    uint64_t next_body;
+    uint64_t size_active;
+    uint64_t size_external;
+} db_meta;
+
+#define DB_META_BYTES 77
+void db_meta_encode(const db_meta *m, unsigned char out[DB_META_BYTES]);
+int  db_meta_decode(db_meta *m, const void *p, size_t n);
+
+struct mimeo_db {
+    mimeo_env      *env;
+    char           *name;
+    size_t          name_len;
+    unsigned        refs;      /* guarded by env->lock */
+    mimeo_db       *hash_next; /* chain in env->handles; guarded by env->lock */
+    bool            deleted;   /* set after the delete commits; guarded by lock */
+
+    pthread_mutex_t lock;      /* guards `meta` (committed state) and `deleted` */
+    pthread_cond_t  changed;   /* broadcast after every commit that touched this db */
+    db_meta         meta;      /* committed state, read by readers */
+
+    /* Writer-thread only: the state as staged by the current group. */
+    db_meta         staged;
+    uint64_t        staged_group; /* group number in which `staged` was loaded */
+    bool            staged_gone;  /* deleted by a job of the current group */
+    mimeo_db       *staged_next;  /* list of dbs touched by the current group */
+};
+
+struct mimeo_env {
+    store          *store;
+    char            uuid[33];
+    mimeo_options   opts;
+    json_limits     limits;
+
+    pthread_mutex_t lock;      /* guards the handle table and uuid state */
+    mimeo_db      **handles;   /* open-addressed by name; NULL slots free */
+    size_t          handle_slots;
+    size_t          handle_count;
+
+    char            uuid_prefix[27];
+    uint64_t        uuid_suffix;
+    unsigned        uuid_uses;
+
+    /* Writer-thread only: the group in progress. */
+    uint64_t        group;
+    mimeo_db       *touched;
+};
+
+/* ---- helpers used across src/db ---------------------------------------------------- */
+void db_err_set(mimeo_err *err, int code, const char *error, const char *reason);
+/* Fills err with the default CouchDB error/reason for code, when err is set. Returns code. */
+int  db_err(mimeo_err *err, int code);
+/* Copies a json_error into err; returns its code. */
+int  db_err_json(mimeo_err *err, const json_error *je);
+
+/* Writer thread: the staged meta of db for this group (loaded on first touch). */
+db_meta *db_stage(mimeo_db *db);
+/* Readers: a copy of the committed meta; MIMEO_ENOTFOUND when the db was deleted. */
+int  db_meta_snapshot(mimeo_db *db, db_meta *out);
+
+/* A document as stored. */
+typedef struct db_doc {
+    uint64_t seq;
+    revtree  tree;
+} db_doc;
+void db_doc_init(db_doc *d);
+void db_doc_destroy(db_doc *d);
+/* Reads and decodes the document record; MIMEO_ENOTFOUND when absent. */
+int  db_doc_load(MDB_txn *txn, const store_tables *t, uint64_t dbid, const char *id,
+                 size_t id_len, db_doc *out);
+int  db_doc_store(MDB_txn *txn, const store_tables *t, uint64_t dbid, const char *id,
+                  size_t id_len, const db_doc *d, buf *scratch);
+/* The stored body of node i, "{...}" (borrowed from txn); "{}" when it has none. */
+int  db_body_get(MDB_txn *txn, const store_tables *t, uint64_t dbid, const revtree_node *n,
+                 MDB_val *out);
+
+/* Appends a document's JSON as served by GET: {"_id","_rev",…body…,"_deleted"?, meta…}.
+ * node is the revision to show; opts chooses the meta members. */
+int  db_doc_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
+                 const char *id, size_t id_len, const db_doc *d, uint32_t node,
+                 const mimeo_get_opts *opts);
+/* Appends "N-hash" of a node. */
+int  db_rev_put(buf *out, const revtree_node *n);
+
+/* Checks a doc id for storage (CouchDB's rule and our key size). */
+int  db_docid_check(const char *id, size_t n, mimeo_err *err);
+
+#endif

@@ -1,0 +1,162 @@
+/* Documents as stored and as served: loading and storing document records (seq + revision
+ * tree), fetching revision bodies, and writing a revision out as CouchDB's JSON with its
+ * optional meta members. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "db_int.h"
+
+void db_doc_init(db_doc *d) {
+    d->seq = 0;
+    revtree_init(&d->tree);
+}
+
+void db_doc_destroy(db_doc *d) { revtree_destroy(&d->tree); }
+
+int db_docid_check(const char *id, size_t n, mimeo_err *err) {
+    const char *reason = NULL;
+    if (docid_validate(id, n, &reason) != 0) {
+        db_err_set(err, MIMEO_EBADID, "illegal_docid", reason ? reason : "Illegal document id");
+        return MIMEO_EBADID;
+    }
+    if (n > STORE_ID_MAX) {
+        db_err_set(err, MIMEO_EBADID, "illegal_docid", "Document id is too long");
+        return MIMEO_EBADID;
+    }
+    return 0;
+}
+
+int db_doc_load(MDB_txn *txn, const store_tables *t, uint64_t dbid, const char *id,
+                size_t id_len, db_doc *out) {
+    if (id_len > STORE_ID_MAX) return MIMEO_ENOTFOUND;
+    unsigned char key[STORE_KEY_MAX];
+    MDB_val k = {store_key(key, dbid, id, id_len), key}, v;
+    int rc = mdb_get(txn, t->docs, &k, &v);
+    if (rc) return store_err(rc);
+    const unsigned char *p = v.mv_data, *end = p + v.mv_size;
+    rc = varint_get(&p, end, &out->seq);
+    if (rc) return rc;
+    return revtree_decode(&out->tree, p, (size_t)(end - p));
+}
+
+int db_doc_store(MDB_txn *txn, const store_tables *t, uint64_t dbid, const char *id,
+                 size_t id_len, const db_doc *d, buf *scratch) {
+    buf_reset(scratch);
+    int rc = buf_put_varint(scratch, d->seq);
+    if (!rc) rc = revtree_encode(&d->tree, scratch);
+    if (rc) return rc;
+    unsigned char key[STORE_KEY_MAX];
+    MDB_val k = {store_key(key, dbid, id, id_len), key}, v = {scratch->len, scratch->data};
+    return store_err(mdb_put(txn, t->docs, &k, &v, 0));
+}
+
+int db_body_get(MDB_txn *txn, const store_tables *t, uint64_t dbid, const revtree_node *n,
+                MDB_val *out) {
+    if (!(n->flags & REVTREE_HAS_BODY)) {
+        out->mv_data = "{}";
+        out->mv_size = 2;
+        return 0;
+    }
+    unsigned char key[16];
+    MDB_val k = {store_key_u64(key, dbid, n->body), key};
+    int rc = mdb_get(txn, t->bodies, &k, out);
+    return rc == MDB_NOTFOUND ? MIMEO_ECORRUPT : store_err(rc);
+}
+
+int db_rev_put(buf *out, const revtree_node *n) {
+    return rev_put(out, n->gen, n->hash, n->hash_len);
+}
+
+static int put_rev_list(buf *out, const char *key, const revtree *t, const uint32_t *idx,
+                        uint32_t n) {
+    int rc = buf_putc(out, ',');
+    if (!rc) rc = json_put_key(out, key);
+    if (!rc) rc = buf_putc(out, '[');
+    for (uint32_t i = 0; i < n && !rc; i++) {
+        if (i) rc = buf_putc(out, ',');
+        if (!rc) rc = buf_putc(out, '"');
+        if (!rc) rc = db_rev_put(out, &t->nodes[idx[i]]);
+        if (!rc) rc = buf_putc(out, '"');
+    }
+    return rc ? rc : buf_putc(out, ']');
+}
+
+int db_doc_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
+                const char *id, size_t id_len, const db_doc *d, uint32_t node,
+                const mimeo_get_opts *opts) {
+    const revtree *tree = &d->tree;
+    const revtree_node *n = &tree->nodes[node];
+    MDB_val body;
+    int rc = db_body_get(txn, t, dbid, n, &body);
+    if (rc) return rc;
+    rc = buf_puts(out, "{\"_id\":");
+    if (!rc) rc = json_put_str(out, id, id_len);
+    if (!rc) rc = buf_puts(out, ",\"_rev\":\"");
+    if (!rc) rc = db_rev_put(out, n);
+    if (!rc) rc = buf_putc(out, '"');
+    /* The stored body is a compact object "{...}": splice its members in. */
+    if (!rc && body.mv_size > 2) {
+        rc = buf_putc(out, ',');
+        if (!rc) rc = buf_put(out, (const char *)body.mv_data + 1, body.mv_size - 2);
+    }
+    if (!rc && (n->flags & REVTREE_DELETED)) rc = buf_puts(out, ",\"_deleted\":true");
+    if (rc || !opts) goto end;
+
+    uint32_t *idx = NULL;
+    if (opts->revs || opts->revs_info || opts->conflicts || opts->deleted_conflicts) {
+        idx = malloc(sizeof *idx * (tree->count ? tree->count : 1));
+        if (!idx) return MIMEO_ENOMEM;
+    }
+    if (opts->revs) {
+        uint32_t len = revtree_path(tree, node, idx);
+        rc = buf_printf(out, ",\"_revisions\":{\"start\":%llu,\"ids\":[",
+                        (unsigned long long)n->gen);
+        for (uint32_t i = 0; i < len && !rc; i++) {
+            if (i) rc = buf_putc(out, ',');
+            if (!rc) rc = json_put_str(out, tree->nodes[idx[i]].hash, tree->nodes[idx[i]].hash_len);
+        }
+        if (!rc) rc = buf_puts(out, "]}");
+    }
+    if (!rc && opts->revs_info) {
+        uint32_t len = revtree_path(tree, node, idx);
+        rc = buf_puts(out, ",\"_revs_info\":[");
+        for (uint32_t i = 0; i < len && !rc; i++) {
+            const revtree_node *a = &tree->nodes[idx[i]];
+            const char *status = (a->flags & REVTREE_DELETED) ? "deleted"
+                               : (a->flags & REVTREE_HAS_BODY) ? "available" : "missing";
+            if (i) rc = buf_putc(out, ',');
+            if (!rc) rc = buf_puts(out, "{\"rev\":\"");
+            if (!rc) rc = db_rev_put(out, a);
+            if (!rc) rc = buf_printf(out, "\",\"status\":\"%s\"}", status);
+        }
+        if (!rc) rc = buf_putc(out, ']');
+    }
+    if (!rc && (opts->conflicts || opts->deleted_conflicts)) {
+        uint32_t nleaves = revtree_leaves(tree, idx);
+        int64_t winner = revtree_winner(tree);
+        uint32_t live = 0, dead = 0;
+        uint32_t *sel = malloc(sizeof *sel * (nleaves ? nleaves : 1));
+        if (!sel) rc = MIMEO_ENOMEM;
+        /* Leaves come best first: generation, then id, descending — CouchDB's order. */
+        for (int pass = 0; pass < 2 && !rc; pass++) {
+            bool want_deleted = pass == 1;
+            if (want_deleted ? !opts->deleted_conflicts : !opts->conflicts) continue;
+            uint32_t k = 0;
+            for (uint32_t i = 0; i < nleaves; i++) {
+                if ((int64_t)idx[i] == winner) continue;
+                bool del = tree->nodes[idx[i]].flags & REVTREE_DELETED;
+                if (del == want_deleted) sel[k++] = idx[i];
+            }
+            if (want_deleted) dead = k; else live = k;
+            if (k) rc = put_rev_list(out, want_deleted ? "_deleted_conflicts" : "_conflicts",
+                                     tree, sel, k);
+        }
+        (void)live;
+        (void)dead;
+        free(sel);
+    }
+    free(idx);
+    if (!rc && opts->local_seq) rc = buf_printf(out, ",\"_local_seq\":%llu", (unsigned long long)d->seq);
+end:
+    return rc ? rc : buf_putc(out, '}');
+}

@@ -1,0 +1,706 @@
+/* Writes: single documents, _bulk_docs, deletions, local documents and compaction.
+ *
+ * A write is split in two: the calling thread parses and validates everything it can
+ * (JSON, ids, revs, _revisions) without touching the store, then one job on the writer
+ * thread applies the whole request in the transaction it shares with the other requests of
+ * its group. The reply is sent only after that group's commit is durable. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db_int.h"
+
+#define LOCAL_PREFIX "_local/"
+#define LOCAL_PREFIX_LEN 7
+
+typedef struct write_item {
+    json_doc     doc;
+    const char  *id;            /* borrowed: the URL's id, doc.id, or genid */
+    size_t       id_len;
+    char         genid[33];
+    bool         local;         /* id names a _local document (id has the prefix stripped) */
+    bool         has_rev;
+    uint64_t     rev_gen;
+    char         rev_hash[REV_HASH_MAX + 1];
+    size_t       rev_hash_len;
+    /* new_edits=false: the revision path, newest first (hashes borrowed from doc) */
+    uint64_t     path_start;
+    uint32_t     path_count;
+    const char **path_hashes;
+    size_t      *path_lens;
+    /* outcome */
+    int          code;
+    const char  *error;
+    const char  *reason;
+    char         newrev[MIMEO_REV_MAX];
+} write_item;
+
+typedef struct write_ctx {
+    mimeo_db   *db;
+    write_item *items;
+    size_t      count;
+    bool        new_edits;
+    bool        all_or_nothing;
+    buf         scratch;
+    /* valid while the job runs */
+    MDB_txn            *txn;
+    const store_tables *t;
+    db_meta            *m;
+} write_ctx;
+
+static void item_fail(write_item *it, int code, const char *error, const char *reason) {
+    it->code = code;
+    it->error = error;
+    it->reason = reason;
+}
+
+static void item_destroy(write_item *it) {
+    json_doc_destroy(&it->doc);
+    free(it->path_hashes);
+    free(it->path_lens);
+}
+
+/* ---- validation (calling thread) ------------------------------------------------------ */
+
+static int revisions_path(write_item *it, mimeo_err *err) {
+    const jval *r = it->doc.revisions;
+    const jval *start = jval_get(r, "start"), *ids = jval_get(r, "ids");
+    int64_t s;
+    if (!r || r->type != JV_OBJECT || !start || !jval_as_i64(start, &s)) {
+        db_err_set(err, MIMEO_EDOCVALIDATION, "doc_validation", "_revisions.start isn't an integer.");
+        return MIMEO_EDOCVALIDATION;
+    }
+    if (!ids || ids->type != JV_ARRAY || ids->count == 0) {
+        db_err_set(err, MIMEO_EDOCVALIDATION, "doc_validation", "_revisions.ids isn't a array.");
+        return MIMEO_EDOCVALIDATION;
+    }
+    if (s < 1 || (uint64_t)s < ids->count) {
+        db_err_set(err, MIMEO_EDOCVALIDATION, "doc_validation",
+                   "_revisions.start isn't a valid generation for its ids.");
+        return MIMEO_EDOCVALIDATION;
+    }
+    it->path_hashes = malloc(sizeof *it->path_hashes * ids->count);
+    it->path_lens = malloc(sizeof *it->path_lens * ids->count);
+    if (!it->path_hashes || !it->path_lens) return db_err(err, MIMEO_ENOMEM);
+    for (size_t i = 0; i < ids->count; i++) {
+        jval *h = ids->items[i];
+        char norm[REV_HASH_MAX + 1];
+        size_t nlen;
+        if (h->type != JV_STRING || rev_hash_check(h->str, h->len, norm, &nlen) != 0) {
+            db_err_set(err, MIMEO_EDOCVALIDATION, "doc_validation", "RevId isn't a valid hexadecimal");
+            return MIMEO_EDOCVALIDATION;
+        }
+        /* rev_hash_check may lowercase: keep the normalised text in the tree's string. */
+        memcpy(h->str, norm, nlen);
+        h->str[nlen] = 0;
+        h->len = nlen;
+        it->path_hashes[i] = h->str;
+        it->path_lens[i] = nlen;
+    }
+    it->path_start = (uint64_t)s;
+    it->path_count = (uint32_t)ids->count;
+    return 0;
+}
+
+/* Resolves id, rev and (for replicated writes) the revision path of a parsed document. */
+static int item_prepare(mimeo_env *env, write_item *it, const char *url_id, size_t url_id_len,
+                        const char *url_rev, bool new_edits, mimeo_err *err) {
+    if (url_id) {
+        it->id = url_id;
+        it->id_len = url_id_len;
+    } else if (it->doc.id) {
+        it->id = it->doc.id;
+        it->id_len = it->doc.id_len;
+    } else {
+        mimeo_uuid_next(env, it->genid);
+        it->id = it->genid;
+        it->id_len = 32;
+    }
+    int rc = db_docid_check(it->id, it->id_len, err);
+    if (rc) return rc;
+    if (it->id_len > LOCAL_PREFIX_LEN && memcmp(it->id, LOCAL_PREFIX, LOCAL_PREFIX_LEN) == 0) {
+        it->local = true;
+        it->id += LOCAL_PREFIX_LEN;
+        it->id_len -= LOCAL_PREFIX_LEN;
+    }
+
+    const char *rev = it->doc.rev;
+    size_t rev_len = it->doc.rev_len;
+    if (url_rev) {
+        size_t ulen = strlen(url_rev);
+        if (rev && (rev_len != ulen || memcmp(rev, url_rev, ulen) != 0)) {
+            db_err_set(err, MIMEO_EINVAL, "bad_request",
+                       "Document rev from request body and query string have different values");
+            return MIMEO_EINVAL;
+        }
+        rev = url_rev;
+        rev_len = ulen;
+    }
+    if (rev) {
+        if (rev_parse(rev, rev_len, it->local, &it->rev_gen, it->rev_hash, &it->rev_hash_len)) {
+            db_err_set(err, MIMEO_EBADREV, "bad_request", "Invalid rev format");
+            return MIMEO_EBADREV;
+        }
+        it->has_rev = true;
+    }
+    if (it->local) return 0;
+    if (it->doc.revisions && (rc = revisions_path(it, err))) return rc;
+    if (!new_edits && !it->path_count) {
+        if (!it->has_rev) {
+            db_err_set(err, MIMEO_EINVAL, "bad_request",
+                       "When `new_edits: false`, the document needs `_rev` or `_revisions` specified");
+            return MIMEO_EINVAL;
+        }
+        it->path_hashes = malloc(sizeof *it->path_hashes);
+        it->path_lens = malloc(sizeof *it->path_lens);
+        if (!it->path_hashes || !it->path_lens) return db_err(err, MIMEO_ENOMEM);
+        it->path_hashes[0] = it->rev_hash;
+        it->path_lens[0] = it->rev_hash_len;
+        it->path_start = it->rev_gen;
+        it->path_count = 1;
+    }
+    return 0;
+}
+
+/* ---- applying (writer thread) ------------------------------------------------------------ */
+
+typedef struct drop_ctx {
+    write_ctx *w;
+    int        rc;
+} drop_ctx;
+
+static void drop_body(void *arg, uint64_t body) {
+    drop_ctx *d = arg;
+    write_ctx *w = d->w;
+    unsigned char key[16];
+    MDB_val k = {store_key_u64(key, w->m->dbid, body), key}, v;
+    if (mdb_get(w->txn, w->t->bodies, &k, &v) == 0) {
+        w->m->size_active -= v.mv_size < w->m->size_active ? v.mv_size : w->m->size_active;
+        int rc = mdb_del(w->txn, w->t->bodies, &k, NULL);
+        if (rc && !d->rc) d->rc = store_err(rc);
+    }
+}
+
+static int body_len(write_ctx *w, const revtree *t, int64_t node, size_t *len) {
+    *len = 0;
+    if (node < 0 || !(t->nodes[node].flags & REVTREE_HAS_BODY)) return 0;
+    MDB_val v;
+    int rc = db_body_get(w->txn, w->t, w->m->dbid, &t->nodes[node], &v);
+    if (!rc) *len = v.mv_size;
+    return rc;
+}
+
+enum { STATE_NONE, STATE_LIVE, STATE_DELETED };
+
+static int tree_state(const revtree *t) {
+    if (t->count == 0) return STATE_NONE;
+    return revtree_all_deleted(t) ? STATE_DELETED : STATE_LIVE;
+}
+
+static int body_store(write_ctx *w, uint64_t body, const buf *b) {
+    unsigned char key[16];
+    MDB_val k = {store_key_u64(key, w->m->dbid, body), key}, v = {b->len, b->data};
+    int rc = store_err(mdb_put(w->txn, w->t->bodies, &k, &v, 0));
+    if (!rc) w->m->size_active += b->len;
+    return rc;
+}
+
+static void rev_text(char *out, uint64_t gen, const char *hash, size_t hash_len) {
+    buf b;
+    buf_init(&b, MIMEO_REV_MAX - 1);
+    if (rev_put(&b, gen, hash, hash_len) == 0) memcpy(out, b.data, b.len + 1);
+    else out[0] = 0;
+    buf_destroy(&b);
+}
+
+static int apply_doc(write_ctx *w, write_item *it) {
+    db_meta *m = w->m;
+    db_doc d;
+    db_doc_init(&d);
+    int rc = db_doc_load(w->txn, w->t, m->dbid, it->id, it->id_len, &d);
+    if (rc == MIMEO_ENOTFOUND) rc = 0;
+    if (rc) goto out;
+
+    int before = tree_state(&d.tree);
+    size_t old_ext = 0;
+    if (before == STATE_LIVE && (rc = body_len(w, &d.tree, revtree_winner(&d.tree), &old_ext)))
+        goto out;
+    const buf *body = &it->doc.body;
+    uint64_t body_id = m->next_body;
+    bool changed = false;
+    uint32_t leaf;
+
+    if (w->new_edits) {
+        uint32_t parent = REVTREE_NONE;
+        if (it->has_rev) {
+            int64_t at = revtree_find(&d.tree, it->rev_gen, it->rev_hash, it->rev_hash_len);
+            if (at < 0 || !revtree_is_leaf(&d.tree, (uint32_t)at)) {
+                item_fail(it, MIMEO_ECONFLICT, "conflict", "Document update conflict.");
+                goto out;
+            }
+            parent = (uint32_t)at;
+        } else if (before == STATE_DELETED) {
+            /* Recreating a deleted document continues from its winning tombstone, so the
+             * new revision outranks every old branch. */
+            parent = (uint32_t)revtree_winner(&d.tree);
+        } else if (before == STATE_LIVE) {
+            item_fail(it, MIMEO_ECONFLICT, "conflict", "Document update conflict.");
+            goto out;
+        }
+        char parent_rev[MIMEO_REV_MAX] = "";
+        if (parent != REVTREE_NONE) {
+            const revtree_node *p = &d.tree.nodes[parent];
+            rev_text(parent_rev, p->gen, p->hash, p->hash_len);
+        }
+        char hash[33];
+        rev_hash_new(parent_rev, strlen(parent_rev), it->doc.deleted, body->data, body->len, hash);
+        uint8_t flags = REVTREE_HAS_BODY | (it->doc.deleted ? REVTREE_DELETED : 0);
+        rc = revtree_add_child(&d.tree, parent, hash, 32, flags, body_id, &leaf);
+        if (rc) goto out;
+        m->next_body++;
+        if ((rc = body_store(w, body_id, body))) goto out;
+        changed = true;
+    } else {
+        revtree_path_in path = {
+            .start = it->path_start,
+            .hashes = it->path_hashes,
+            .hash_lens = it->path_lens,
+            .count = it->path_count,
+            .leaf_flags = REVTREE_HAS_BODY | (it->doc.deleted ? REVTREE_DELETED : 0),
+            .leaf_body = body_id,
+        };
+        revtree_outcome outcome;
+        rc = revtree_merge(&d.tree, &path, &outcome, &leaf);
+        if (rc) goto out;
+        const revtree_node *n = &d.tree.nodes[leaf];
+        if ((n->flags & REVTREE_HAS_BODY) && n->body == body_id) {
+            m->next_body++;
+            if ((rc = body_store(w, body_id, body))) goto out;
+            changed = true;
+        } else if (outcome != REVTREE_INTERNAL_NODE) {
+            changed = true;
+        }
+    }
+    rev_text(it->newrev, d.tree.nodes[leaf].gen, d.tree.nodes[leaf].hash,
+             d.tree.nodes[leaf].hash_len);
+    if (!changed) goto out; /* a replicated revision we already had: nothing to do */
+
+    drop_ctx dc = {w, 0};
+    rc = revtree_stem(&d.tree, m->revs_limit, drop_body, &dc);
+    if (!rc) rc = dc.rc;
+    if (rc) goto out;
+
+    int after = tree_state(&d.tree);
+    size_t new_ext = 0;
+    if (after == STATE_LIVE && (rc = body_len(w, &d.tree, revtree_winner(&d.tree), &new_ext)))
+        goto out;
+    if (before == STATE_LIVE) m->doc_count--;
+    if (before == STATE_DELETED) m->del_count--;
+    if (after == STATE_LIVE) m->doc_count++;
+    if (after == STATE_DELETED) m->del_count++;
+    m->size_external = m->size_external - (old_ext < m->size_external ? old_ext : m->size_external) + new_ext;
+
+    /* The changes feed lists each document once, at its latest update. */
+    unsigned char key[16];
+    MDB_val k, v;
+    if (d.seq) {
+        k.mv_size = store_key_u64(key, m->dbid, d.seq);
+        k.mv_data = key;
+        rc = mdb_del(w->txn, w->t->seqs, &k, NULL);
+        if (rc && rc != MDB_NOTFOUND) { rc = store_err(rc); goto out; }
+        rc = 0;
+    }
+    d.seq = ++m->update_seq;
+    k.mv_size = store_key_u64(key, m->dbid, d.seq);
+    k.mv_data = key;
+    v.mv_size = it->id_len;
+    v.mv_data = (void *)it->id;
+    if ((rc = store_err(mdb_put(w->txn, w->t->seqs, &k, &v, 0)))) goto out;
+    rc = db_doc_store(w->txn, w->t, m->dbid, it->id, it->id_len, &d, &w->scratch);
+out:
+    db_doc_destroy(&d);
+    return rc;
+}
+
+/* _local documents: the latest body only, revisions "0-N", never in the changes feed. */
+static int apply_local(write_ctx *w, write_item *it) {
+    unsigned char key[STORE_KEY_MAX];
+    MDB_val k = {store_key(key, w->m->dbid, it->id, it->id_len), key}, v;
+    uint64_t counter = 0;
+    int rc = mdb_get(w->txn, w->t->locals, &k, &v);
+    bool exists = rc == 0;
+    if (rc && rc != MDB_NOTFOUND) return store_err(rc);
+    if (exists) {
+        const unsigned char *p = v.mv_data;
+        if ((rc = varint_get(&p, p + v.mv_size, &counter))) return rc;
+    }
+    char have[24];
+    int have_len = snprintf(have, sizeof have, "%llu", (unsigned long long)counter);
+    bool rev_matches = it->has_rev && it->rev_gen == 0 && (size_t)have_len == it->rev_hash_len &&
+                       memcmp(have, it->rev_hash, it->rev_hash_len) == 0;
+    /* PouchDB's rule (a stale rev conflicts) keeps two writers of one checkpoint honest;
+     * CouchDB's replicator marks its checkpoint writes with _revisions and expects them to
+     * pass unchecked, as CouchDB does. */
+    bool checked = !it->doc.revisions;
+    if (it->doc.deleted) {
+        if (!exists) {
+            item_fail(it, MIMEO_ENOTFOUND, "not_found", "missing");
+            return 0;
+        }
+        if (checked && !rev_matches) {
+            item_fail(it, MIMEO_ECONFLICT, "conflict", "Document update conflict.");
+            return 0;
+        }
+        rc = store_err(mdb_del(w->txn, w->t->locals, &k, NULL));
+        if (!rc) snprintf(it->newrev, sizeof it->newrev, "0-0");
+        return rc;
+    }
+    if (checked && exists && !rev_matches) {
+        item_fail(it, MIMEO_ECONFLICT, "conflict", "Document update conflict.");
+        return 0;
+    }
+    uint64_t next = counter + 1;
+    if (it->has_rev && it->rev_gen == 0) {
+        /* Continue from the writer's counter when it is ahead (CouchDB answers
+         * supplied + 1). */
+        char *end;
+        unsigned long long supplied = strtoull(it->rev_hash, &end, 10);
+        if (*end == 0 && supplied + 1 > next) next = supplied + 1;
+    }
+    buf_reset(&w->scratch);
+    rc = buf_put_varint(&w->scratch, next);
+    if (!rc) rc = buf_put(&w->scratch, it->doc.body.data, it->doc.body.len);
+    if (rc) return rc;
+    v.mv_size = w->scratch.len;
+    v.mv_data = w->scratch.data;
+    rc = store_err(mdb_put(w->txn, w->t->locals, &k, &v, 0));
+    if (!rc) snprintf(it->newrev, sizeof it->newrev, "0-%llu", (unsigned long long)next);
+    return rc;
+}
+
+static int job_write(MDB_txn *txn, void *arg) {
+    write_ctx *w = arg;
+    w->txn = txn;
+    w->t = store_tables_get(w->db->env->store);
+    w->m = db_stage(w->db);
+    if (w->db->staged_gone) return MIMEO_ENOTFOUND;
+    /* Counters are restored if this job is discarded: LMDB rolls back the nested
+     * transaction, this restores the staged copy beside it. */
+    db_meta saved = *w->m;
+    int rc = 0;
+    bool any_failed = false;
+    for (size_t i = 0; i < w->count && !rc; i++) {
+        write_item *it = &w->items[i];
+        it->code = 0;
+        it->error = it->reason = NULL;
+        it->newrev[0] = 0;
+        rc = it->local ? apply_local(w, it) : apply_doc(w, it);
+        if (it->code) any_failed = true;
+    }
+    if (!rc && any_failed && w->all_or_nothing) rc = MIMEO_EEXPECTATION;
+    if (rc) *w->m = saved;
+    return rc;
+}
+
+static int run_write(write_ctx *w) {
+    buf_init(&w->scratch, 0);
+    int rc = store_write(w->db->env->store, job_write, w);
+    buf_destroy(&w->scratch);
+    return rc;
+}
+
+/* ---- public calls -------------------------------------------------------------------------- */
+
+static int db_gone(mimeo_err *err) {
+    db_err_set(err, MIMEO_ENOTFOUND, "not_found", "Database does not exist.");
+    return MIMEO_ENOTFOUND;
+}
+
+static int single_write(mimeo_db *db, write_item *it, bool new_edits, mimeo_put_result *res,
+                        mimeo_err *err) {
+    write_ctx w = {.db = db, .items = it, .count = 1, .new_edits = new_edits};
+    int rc = run_write(&w);
+    if (rc == MIMEO_ENOTFOUND) return db_gone(err);
+    if (rc) return db_err(err, rc);
+    if (it->code) {
+        db_err_set(err, it->code, it->error, it->reason);
+        return it->code;
+    }
+    if (res) {
+        size_t plen = it->local ? LOCAL_PREFIX_LEN : 0;
+        res->id = malloc(plen + it->id_len + 1);
+        if (!res->id) return db_err(err, MIMEO_ENOMEM);
+        memcpy(res->id, LOCAL_PREFIX, plen);
+        memcpy(res->id + plen, it->id, it->id_len);
+        res->id[plen + it->id_len] = 0;
+        memcpy(res->rev, it->newrev, sizeof res->rev);
+    }
+    return 0;
+}
+
+int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
+                  const mimeo_put_opts *opts, mimeo_put_result *res, mimeo_err *err) {
+    if (res) res->id = NULL;
+    write_item it;
+    memset(&it, 0, sizeof it);
+    json_error je;
+    int rc = json_doc_parse(json, len, &db->env->limits, &it.doc, &je);
+    if (rc) {
+        item_destroy(&it);
+        return db_err_json(err, &je);
+    }
+    bool new_edits = !(opts && opts->new_edits_false);
+    rc = item_prepare(db->env, &it, id, id_len, opts ? opts->rev : NULL, new_edits, err);
+    if (!rc) rc = single_write(db, &it, new_edits || it.local, res, err);
+    item_destroy(&it);
+    return rc;
+}
+
+int mimeo_doc_delete(mimeo_db *db, const char *id, size_t id_len, const char *rev,
+                     mimeo_put_result *res, mimeo_err *err) {
+    if (res) res->id = NULL;
+    write_item it;
+    memset(&it, 0, sizeof it);
+    buf_init(&it.doc.body, 0);
+    int rc = buf_puts(&it.doc.body, "{}");
+    it.doc.deleted = true;
+    if (!rc) rc = item_prepare(db->env, &it, id, id_len, rev, true, err);
+    if (!rc && !it.has_rev && !it.local) {
+        /* CouchDB: deleting without a rev is a conflict if the doc exists, 404 if not. */
+        db_doc d;
+        db_doc_init(&d);
+        MDB_txn *txn;
+        db_meta m;
+        rc = db_meta_snapshot(db, &m);
+        if (rc) rc = db_gone(err);
+        else if (!(rc = store_read_begin(db->env->store, &txn))) {
+            rc = db_doc_load(txn, store_tables_get(db->env->store), m.dbid, it.id, it.id_len, &d);
+            store_read_end(db->env->store, txn);
+            if (rc == 0) rc = revtree_all_deleted(&d.tree) ? MIMEO_EDELETED : MIMEO_ECONFLICT;
+            db_err(err, rc);
+        }
+        db_doc_destroy(&d);
+    }
+    if (!rc) rc = single_write(db, &it, true, res, err);
+    item_destroy(&it);
+    return rc;
+}
+
+int mimeo_local_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
+                    const char *rev, mimeo_put_result *res, mimeo_err *err) {
+    if (res) res->id = NULL;
+    char *full = malloc(LOCAL_PREFIX_LEN + id_len + 1);
+    if (!full) return db_err(err, MIMEO_ENOMEM);
+    memcpy(full, LOCAL_PREFIX, LOCAL_PREFIX_LEN);
+    memcpy(full + LOCAL_PREFIX_LEN, id, id_len);
+    full[LOCAL_PREFIX_LEN + id_len] = 0;
+    mimeo_put_opts opts = {rev, false};
+    int rc = mimeo_doc_put(db, full, LOCAL_PREFIX_LEN + id_len, json, len, &opts, res, err);
+    free(full);
+    return rc;
+}
+
+int mimeo_local_delete(mimeo_db *db, const char *id, size_t id_len, const char *rev,
+                       mimeo_put_result *res, mimeo_err *err) {
+    char *full = malloc(LOCAL_PREFIX_LEN + id_len + 1);
+    if (!full) return db_err(err, MIMEO_ENOMEM);
+    memcpy(full, LOCAL_PREFIX, LOCAL_PREFIX_LEN);
+    memcpy(full + LOCAL_PREFIX_LEN, id, id_len);
+    full[LOCAL_PREFIX_LEN + id_len] = 0;
+    int rc = mimeo_doc_delete(db, full, LOCAL_PREFIX_LEN + id_len, rev, res, err);
+    free(full);
+    return rc;
+}
+
+/* The id as the client knows it: local ids get their prefix back. */
+static int put_item_id(buf *out, const write_item *it) {
+    if (!it->local) return json_put_str(out, it->id, it->id_len);
+    buf full;
+    buf_init(&full, 0);
+    int rc = buf_puts(&full, LOCAL_PREFIX);
+    if (!rc) rc = buf_put(&full, it->id, it->id_len);
+    if (!rc) rc = json_put_str(out, full.data, full.len);
+    buf_destroy(&full);
+    return rc;
+}
+
+int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
+                    size_t *out_len, mimeo_err *err) {
+    *json_out = NULL;
+    *out_len = 0;
+    json_bulk bulk;
+    json_error je;
+    int rc = json_bulk_parse(json, len, &db->env->limits, &bulk, &je);
+    if (rc) return db_err_json(err, &je);
+    write_item *items = calloc(bulk.count ? bulk.count : 1, sizeof *items);
+    if (!items) {
+        json_bulk_destroy(&bulk);
+        return db_err(err, MIMEO_ENOMEM);
+    }
+    /* The items take over the parsed documents. */
+    for (size_t i = 0; i < bulk.count; i++) {
+        items[i].doc = bulk.docs[i];
+        memset(&bulk.docs[i], 0, sizeof bulk.docs[i]);
+    }
+    for (size_t i = 0; i < bulk.count && !rc; i++)
+        rc = item_prepare(db->env, &items[i], NULL, 0, NULL, bulk.new_edits, err);
+    write_ctx w = {.db = db, .items = items, .count = bulk.count, .new_edits = bulk.new_edits,
+                   .all_or_nothing = bulk.all_or_nothing};
+    if (!rc && bulk.count) {
+        rc = run_write(&w);
+        if (rc == MIMEO_ENOTFOUND) rc = db_gone(err);
+        else if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);
+    }
+    buf out;
+    buf_init(&out, 0);
+    if (!rc || rc == MIMEO_EEXPECTATION) {
+        int wrc = buf_putc(&out, '[');
+        bool first = true;
+        for (size_t i = 0; i < bulk.count && !wrc; i++) {
+            write_item *it = &items[i];
+            /* new_edits=false answers only failures; a revision already present is not one. */
+            if (!bulk.new_edits && !it->code) continue;
+            if (rc == MIMEO_EEXPECTATION && !it->code) continue;
+            if (!first) wrc = buf_putc(&out, ',');
+            first = false;
+            if (it->code) {
+                if (!wrc) wrc = buf_puts(&out, "{\"id\":");
+                if (!wrc) wrc = put_item_id(&out, it);
+                if (!wrc && it->has_rev && !bulk.new_edits) {
+                    wrc = buf_puts(&out, ",\"rev\":\"");
+                    if (!wrc) wrc = rev_put(&out, it->rev_gen, it->rev_hash, it->rev_hash_len);
+                    if (!wrc) wrc = buf_putc(&out, '"');
+                }
+                if (!wrc) wrc = buf_puts(&out, ",\"error\":");
+                if (!wrc) wrc = json_put_cstr(&out, it->error);
+                if (!wrc) wrc = buf_puts(&out, ",\"reason\":");
+                if (!wrc) wrc = json_put_cstr(&out, it->reason);
+                if (!wrc) wrc = buf_putc(&out, '}');
+            } else {
+                if (!wrc) wrc = buf_puts(&out, "{\"ok\":true,\"id\":");
+                if (!wrc) wrc = put_item_id(&out, it);
+                if (!wrc) wrc = buf_puts(&out, ",\"rev\":");
+                if (!wrc) wrc = json_put_cstr(&out, it->newrev);
+                if (!wrc) wrc = buf_putc(&out, '}');
+            }
+        }
+        if (!wrc) wrc = buf_putc(&out, ']');
+        if (wrc) {
+            rc = db_err(err, wrc);
+        } else {
+            *json_out = buf_detach(&out, out_len);
+            if (rc == MIMEO_EEXPECTATION)
+                db_err_set(err, rc, "expectation_failed", "Some documents failed; none were written.");
+        }
+    }
+    buf_destroy(&out);
+    for (size_t i = 0; i < bulk.count; i++) item_destroy(&items[i]);
+    free(items);
+    json_bulk_destroy(&bulk);
+    return rc;
+}
+
+/* ---- compaction ------------------------------------------------------------------------------ */
+
+typedef struct compact_ctx {
+    mimeo_db *db;
+    buf       from;     /* last doc id done by committed jobs */
+    bool      started;
+    bool      finished;
+    buf       next_from; /* the same, as the running job leaves it (kept only on commit) */
+    bool      next_started;
+    bool      next_finished;
+    buf       scratch;
+} compact_ctx;
+
+/* Compacts up to a page of documents per job, so a big database never holds the writer
+ * (and every other database's writes) for long. */
+static int job_compact(MDB_txn *txn, void *arg) {
+    compact_ctx *c = arg;
+    const store_tables *t = store_tables_get(c->db->env->store);
+    db_meta *m = db_stage(c->db);
+    if (c->db->staged_gone) return MIMEO_ENOTFOUND;
+    db_meta saved = *m;
+    write_ctx w = {.db = c->db, .txn = txn, .t = t, .m = m};
+    MDB_cursor *cur;
+    int rc = store_err(mdb_cursor_open(txn, t->docs, &cur));
+    if (rc) return rc;
+    unsigned char key[STORE_KEY_MAX];
+    MDB_val k = {store_key(key, m->dbid, c->from.data, c->from.len), key}, v;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    if (mrc == 0 && c->started && k.mv_size == 8 + c->from.len &&
+        memcmp((char *)k.mv_data + 8, c->from.data, c->from.len) == 0)
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    unsigned done = 0;
+    buf ids;
+    buf_init(&ids, 0);
+    /* First collect a page of ids, then rewrite them: a cursor must not be used across
+     * puts to other keys of its table. */
+    while (mrc == 0 && done < 1000 && k.mv_size >= 8 && be64_get(k.mv_data) == m->dbid) {
+        uint32_t n = (uint32_t)(k.mv_size - 8);
+        buf_put(&ids, &n, sizeof n);
+        buf_put(&ids, (char *)k.mv_data + 8, n);
+        done++;
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (mrc != 0 && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    const char *p = ids.data;
+    buf_reset(&c->next_from);
+    buf_put(&c->next_from, c->from.data, c->from.len);
+    c->next_started = c->started;
+    for (unsigned i = 0; i < done && !rc; i++) {
+        uint32_t n;
+        memcpy(&n, p, sizeof n);
+        const char *id = p + sizeof n;
+        p += sizeof n + n;
+        db_doc d;
+        db_doc_init(&d);
+        rc = db_doc_load(txn, t, m->dbid, id, n, &d);
+        if (!rc) {
+            drop_ctx dc = {&w, 0};
+            uint32_t before = 0;
+            for (uint32_t j = 0; j < d.tree.count; j++)
+                before += (d.tree.nodes[j].flags & REVTREE_HAS_BODY) != 0;
+            revtree_compact(&d.tree, drop_body, &dc);
+            uint32_t after = 0;
+            for (uint32_t j = 0; j < d.tree.count; j++)
+                after += (d.tree.nodes[j].flags & REVTREE_HAS_BODY) != 0;
+            rc = dc.rc;
+            if (!rc && after != before) rc = db_doc_store(txn, t, m->dbid, id, n, &d, &c->scratch);
+        }
+        db_doc_destroy(&d);
+        if (!rc) {
+            buf_reset(&c->next_from);
+            buf_put(&c->next_from, id, n);
+            c->next_started = true;
+        }
+    }
+    buf_destroy(&ids);
+    c->next_finished = !rc && done < 1000;
+    if (rc) *m = saved;
+    return rc;
+}
+
+int mimeo_db_compact(mimeo_db *db, mimeo_err *err) {
+    compact_ctx c = {.db = db};
+    buf_init(&c.from, 0);
+    buf_init(&c.next_from, 0);
+    buf_init(&c.scratch, 0);
+    int rc = 0;
+    while (!rc && !c.finished) {
+        rc = store_write(db->env->store, job_compact, &c);
+        if (!rc) {
+            buf tmp = c.from;
+            c.from = c.next_from;
+            c.next_from = tmp;
+            c.started = c.next_started;
+            c.finished = c.next_finished;
+        }
+    }
+    buf_destroy(&c.from);
+    buf_destroy(&c.next_from);
+    buf_destroy(&c.scratch);
+    if (rc == MIMEO_ENOTFOUND) return db_gone(err);
+    return db_err(err, rc);
+}

@@ -1,0 +1,182 @@
+/* The one place that talks to the JSON library (yajl).
+ * - A validating event parser: syntax, UTF-8, duplicate object keys at every depth and a
+ *   nesting cap are checked here, once, for every byte that enters mimeo.
+ * - json_doc: splits a document object into its special `_` members and its body, which is
+ *   re-emitted as compact bytes; no tree is ever built for a body (hot path).
+ * - jval: a small tree for cold, small control objects (query values, _revs_diff, _bulk_get
+ *   requests, keys lists, _revisions).
+ * - writers that append escaped JSON to a buf. */
+#ifndef MIMEO_JSON_H
+#define MIMEO_JSON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/buf.h"
+#include "mimeo.h"
+
+typedef struct json_limits {
+    unsigned max_depth;     /* nesting of arrays+objects; deeper input is refused */
+    size_t   max_doc_bytes; /* cap on one document's re-emitted body (json_doc) */
+} json_limits;
+
+#define JSON_DEFAULT_MAX_DEPTH 256
+#define JSON_DEFAULT_MAX_DOC   (8u << 20)
+
+/* Why parsing failed: code is a MIMEO_E* value (MIMEO_EBADJSON for syntax/UTF-8/duplicate
+ * keys/depth, MIMEO_EDOCVALIDATION, MIMEO_EBADID, MIMEO_EBADREV, MIMEO_EINVAL for shape,
+ * MIMEO_ETOOLARGE for size); error/reason are CouchDB's strings for the HTTP reply. */
+typedef mimeo_err json_error;
+
+/* ---- event parser -------------------------------------------------------------------------
+ * Callbacks return 0 to go on, non-zero to stop (json_parse then returns that value).
+ * Strings and keys are decoded UTF-8, not NUL-terminated, valid only during the call.
+ * Numbers arrive as their exact source text. Any handler may be NULL. */
+typedef struct json_handlers {
+    int (*on_null)(void *ctx);
+    int (*on_bool)(void *ctx, bool v);
+    int (*on_number)(void *ctx, const char *text, size_t n);
+    int (*on_string)(void *ctx, const char *s, size_t n);
+    int (*on_start_map)(void *ctx);
+    int (*on_key)(void *ctx, const char *s, size_t n);
+    int (*on_end_map)(void *ctx);
+    int (*on_start_array)(void *ctx);
+    int (*on_end_array)(void *ctx);
+} json_handlers;
+
+/* Parses exactly one JSON value (surrounding whitespace allowed). 0 on success; a handler's
+ * non-zero return; or MIMEO_EBADJSON with err filled ("bad_request"/"invalid UTF-8 JSON" or a
+ * more precise reason for duplicate keys and depth). limits may be NULL (defaults). */
+/* Also: h may be NULL (validate only), err may be NULL; empty input is an error; keys are
+ * compared after escapes are decoded ("a" and "\u0061" are duplicates); a limit of 0 means
+ * the default; MIMEO_ENOMEM when memory runs out. A handler's return leaves err as the
+ * handler left it. */
+int json_parse(const char *p, size_t n, const json_limits *limits,
+               const json_handlers *h, void *ctx, json_error *err);
+
+/* True when s[0..n) is well-formed UTF-8: no overlong forms, no surrogates (U+D800–DFFF),
+ * nothing past U+10FFFF. json_parse applies it to every string and key. */
+bool json_utf8_valid(const char *s, size_t n);
+/* Length of the longest prefix of UTF-8 text s[0..n) that is at most max bytes and does not
+ * split a character (for quoting user text in a bounded error reason). */
+size_t json_utf8_prefix(const char *s, size_t n, size_t max);
+/* Fills err (may be NULL): code, CouchDB error name and a printf-style reason, truncated to
+ * fit. */
+void json_err_set(json_error *err, int code, const char *error, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* ---- small trees --------------------------------------------------------------------------- */
+typedef enum { JV_NULL, JV_BOOL, JV_NUMBER, JV_STRING, JV_ARRAY, JV_OBJECT } jv_type;
+
+typedef struct jval jval;
+struct jval {
+    jv_type type;
+    bool    boolean;
+    char   *str;      /* JV_STRING: decoded, NUL-terminated; JV_NUMBER: source text */
+    size_t  len;      /* string length / number text length */
+    size_t  count;    /* JV_ARRAY / JV_OBJECT: number of items */
+    jval  **items;    /* JV_ARRAY / JV_OBJECT: values */
+    char  **keys;     /* JV_OBJECT: keys, NUL-terminated */
+    size_t *key_lens; /* JV_OBJECT */
+};
+
+/* New tree in *out (free with jval_free). Same errors as json_parse. */
+int  json_tree_parse(const char *p, size_t n, const json_limits *limits, jval **out,
+                     json_error *err);
+void jval_free(jval *v);
+/* Borrowed member of an object, or NULL (also when v is not an object). */
+jval *jval_get(const jval *v, const char *key);
+/* True and *out set when v is a number that is an integer in range. */
+bool jval_as_i64(const jval *v, int64_t *out);
+/* Appends v's compact JSON text. */
+int  json_put_jval(buf *b, const jval *v);
+
+/* Building a jval from events, for parsers that stream a text but keep one member as a tree
+ * (json_doc keeps _revisions and _attachments this way). Feed json_builder_handlers, with the
+ * builder as ctx, the events of one value from its first to its last; handlers return
+ * MIMEO_ENOMEM when memory runs out. */
+typedef struct json_builder json_builder;
+extern const json_handlers json_builder_handlers;
+/* New empty builder (NULL when out of memory); free with json_builder_free, which also frees
+ * a value still being built. */
+json_builder *json_builder_new(void);
+void          json_builder_free(json_builder *jb);
+/* The completed value (new: free with jval_free), or NULL while it is incomplete. The builder
+ * is then empty and takes the next value. */
+jval         *json_builder_take(json_builder *jb);
+
+/* ---- documents ----------------------------------------------------------------------------- */
+/* One document split from its JSON object. Everything is owned by the json_doc. */
+typedef struct json_doc {
+    char  *id;            /* "_id" or NULL when absent; validated by json_doc_* (see below) */
+    size_t id_len;
+    char  *rev;           /* "_rev" or NULL; syntax not checked here */
+    size_t rev_len;
+    bool   deleted;       /* "_deleted": true */
+    jval  *revisions;     /* "_revisions" as a tree, or NULL; shape not checked here */
+    jval  *attachments;   /* "_attachments" as a tree, or NULL */
+    buf    body;          /* the other members as a compact JSON object "{...}", in input
+                           * order; "{}" when there are none. Members named
+                           * _replication_* and _access are body members (CouchDB keeps
+                           * them); _revs_info, _conflicts, _deleted_conflicts and
+                           * _local_seq are dropped silently; any other "_" member fails
+                           * with doc_validation "Bad special document member: _x". */
+} json_doc;
+
+void json_doc_destroy(json_doc *d);
+
+/* Splits one document object (PUT /db/id, POST /db). A non-object is "bad_request" /
+ * "Document must be a JSON object". A body over limits->max_doc_bytes is MIMEO_ETOOLARGE
+ * ("document_too_large", reason the _id when it came before the overflow, else "").
+ * 0 or an error with err filled; *out is initialised either way and must be destroyed.
+ * Member types, as CouchDB checks them: _id not a string is MIMEO_EBADID ("illegal_docid",
+ * "Document id must be a string"; only the type and UTF-8 are checked here); _rev not a
+ * string is MIMEO_EBADREV ("bad_request", "Invalid rev format"); _deleted not a boolean, or
+ * _revisions/_attachments not an object, is doc_validation "Bad special document member:
+ * _x" (their inner shape is not checked here). */
+int json_doc_parse(const char *p, size_t n, const json_limits *limits, json_doc *out,
+                   json_error *err);
+
+/* A _bulk_docs request body: {"docs":[…], "new_edits":bool, "all_or_nothing":bool}, members
+ * in any order; unknown members are ignored. "docs" missing: bad_request
+ * "POST body must include `docs` parameter."; not an array: "`docs` parameter must be an
+ * array." (CouchDB's two reasons); new_edits not a boolean: bad_request "`new_edits`
+ * parameter must be a boolean."; all_or_nothing is on only when it is true (as CouchDB);
+ * a body that is not an object: "Request body must be a JSON object". All these are
+ * MIMEO_EINVAL. Each element of docs must be an object (else bad_request "Document must be
+ * a JSON object") and is split as by json_doc_parse, in the same pass.
+ * Any error fails the whole body; on success *docs is a new array of *count json_docs (free
+ * with json_docs_free). */
+typedef struct json_bulk {
+    json_doc *docs;
+    size_t    count;
+    bool      new_edits;       /* default true */
+    bool      all_or_nothing;  /* default false */
+} json_bulk;
+int  json_bulk_parse(const char *p, size_t n, const json_limits *limits, json_bulk *out,
+                     json_error *err);
+void json_bulk_destroy(json_bulk *b);
+
+/* ---- writers -------------------------------------------------------------------------------
+ * Append compact JSON. Strings are escaped per RFC 8259 ("\"", "\\", control characters as
+ * \n \r \t \b \f or \u00XX); other bytes pass through (input is valid UTF-8 already). */
+int json_put_str(buf *b, const char *s, size_t n);
+static inline int json_put_cstr(buf *b, const char *s) {
+    size_t n = 0; while (s[n]) n++; return json_put_str(b, s, n);
+}
+/* "key": — a string key followed by a colon. */
+int json_put_key(buf *b, const char *key);
+/* One byte, like buf_putc but never past the buf's cap (MIMEO_ETOOLARGE instead). The inline
+ * form is for the hot loops of this module. */
+int json_putc(buf *b, char c);
+static inline int json_putc_fast(buf *b, char c) {
+    if (b->len + 1 < b->alloc && (b->cap == 0 || b->len < b->cap)) {
+        b->data[b->len++] = c;
+        b->data[b->len] = 0;
+        return 0;
+    }
+    return buf_put(b, &c, 1);
+}
+
+#endif

@@ -1,0 +1,369 @@
+/* The storage and database layer through the public API: durability across reopen, the
+ * revision rules of writes, the changes feed, _all_docs, local documents, map growth, many
+ * databases, and group commit from many threads. */
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mimeo.h"
+#include "check.h"
+
+static char tmpdir[256];
+
+static void make_tmpdir(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/mimeo-test-store-XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+}
+
+static void remove_tmpdir(void) {
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+}
+
+static mimeo_env *open_env(size_t map) {
+    mimeo_options o = {0};
+    o.initial_map_size = map;
+    mimeo_env *env = NULL;
+    mimeo_err err;
+    int rc = mimeo_env_open(tmpdir, &o, &env, &err);
+    if (rc) fprintf(stderr, "env open: %s\n", err.reason);
+    return env;
+}
+
+static mimeo_db *fresh_db(mimeo_env *env, const char *name) {
+    mimeo_err err;
+    mimeo_db_delete(env, name, &err);
+    CHECK_EQ_INT(mimeo_db_create(env, name, &err), 0);
+    mimeo_db *db = NULL;
+    CHECK_EQ_INT(mimeo_db_open(env, name, &db, &err), 0);
+    return db;
+}
+
+static int put(mimeo_db *db, const char *id, const char *json, char rev[MIMEO_REV_MAX]) {
+    mimeo_put_result res;
+    mimeo_err err;
+    int rc = mimeo_doc_put(db, id, id ? strlen(id) : 0, json, strlen(json), NULL, &res, &err);
+    if (rc == 0) {
+        if (rev) strcpy(rev, res.rev);
+        mimeo_free(res.id);
+    }
+    return rc;
+}
+
+static char *get(mimeo_db *db, const char *id, const mimeo_get_opts *o, int *rc) {
+    char *json = NULL;
+    size_t len;
+    mimeo_err err;
+    *rc = mimeo_doc_get(db, id, strlen(id), o, &json, &len, &err);
+    return json;
+}
+
+static void test_put_get_update_delete(void) {
+    mimeo_env *env = open_env(0);
+    CHECK(env != NULL);
+    if (!env) return;
+    mimeo_db *db = fresh_db(env, "crud");
+    char rev1[MIMEO_REV_MAX], rev2[MIMEO_REV_MAX], rev3[MIMEO_REV_MAX];
+    CHECK_EQ_INT(put(db, "a", "{\"v\":1}", rev1), 0);
+    CHECK(strncmp(rev1, "1-", 2) == 0 && strlen(rev1) == 34);
+    /* Without a rev, a live doc conflicts. */
+    CHECK_EQ_INT(put(db, "a", "{\"v\":2}", NULL), MIMEO_ECONFLICT);
+    char body[200];
+    snprintf(body, sizeof body, "{\"_rev\":\"%s\",\"v\":2}", rev1);
+    CHECK_EQ_INT(put(db, "a", body, rev2), 0);
+    CHECK(strncmp(rev2, "2-", 2) == 0);
+    /* A stale rev conflicts. */
+    CHECK_EQ_INT(put(db, "a", body, NULL), MIMEO_ECONFLICT);
+    int rc;
+    char *json = get(db, "a", NULL, &rc);
+    CHECK_EQ_INT(rc, 0);
+    char want[300];
+    snprintf(want, sizeof want, "{\"_id\":\"a\",\"_rev\":\"%s\",\"v\":2}", rev2);
+    CHECK_EQ_STR(json, want);
+    mimeo_free(json);
+    /* The same edit from the same parent gives the same revision id anywhere. */
+    mimeo_db *db2 = fresh_db(env, "crud2");
+    char other[MIMEO_REV_MAX];
+    CHECK_EQ_INT(put(db2, "a", "{\"v\":1}", other), 0);
+    CHECK_EQ_STR(other, rev1);
+    mimeo_db_close(db2);
+
+    mimeo_put_result res;
+    mimeo_err err;
+    CHECK_EQ_INT(mimeo_doc_delete(db, "a", 1, rev2, &res, &err), 0);
+    strcpy(rev3, res.rev);
+    mimeo_free(res.id);
+    CHECK(strncmp(rev3, "3-", 2) == 0);
+    json = get(db, "a", NULL, &rc);
+    CHECK_EQ_INT(rc, MIMEO_EDELETED);
+    mimeo_get_opts o = {0};
+    o.rev = rev3;
+    json = get(db, "a", &o, &rc);
+    CHECK_EQ_INT(rc, 0);
+    CHECK(json && strstr(json, "\"_deleted\":true"));
+    mimeo_free(json);
+    /* Recreating continues from the tombstone. */
+    char rev4[MIMEO_REV_MAX];
+    CHECK_EQ_INT(put(db, "a", "{\"v\":4}", rev4), 0);
+    CHECK(strncmp(rev4, "4-", 2) == 0);
+
+    mimeo_db_info info;
+    CHECK_EQ_INT(mimeo_db_info_get(db, &info), 0);
+    CHECK_EQ_INT(info.doc_count, 1);
+    CHECK_EQ_INT(info.doc_del_count, 0);
+    CHECK_EQ_INT(info.update_seq, 4);
+    mimeo_db_close(db);
+    mimeo_env_close(env);
+
+    /* Everything survives a reopen. */
+    env = open_env(0);
+    CHECK_EQ_INT(mimeo_db_open(env, "crud", &db, &err), 0);
+    json = get(db, "a", NULL, &rc);
+    CHECK_EQ_INT(rc, 0);
+    CHECK(json && strstr(json, rev4));
+    mimeo_free(json);
+    CHECK_EQ_INT(mimeo_db_info_get(db, &info), 0);
+    CHECK_EQ_INT(info.update_seq, 4);
+    mimeo_db_close(db);
+    mimeo_env_close(env);
+}
+
+static int collect(void *ctx, const char *json, size_t len) {
+    char *out = ctx;
+    strncat(out, json, len);
+    strcat(out, "\n");
+    return 0;
+}
+
+static void test_replicated_writes_and_conflicts(void) {
+    mimeo_env *env = open_env(0);
+    mimeo_db *db = fresh_db(env, "repl");
+    mimeo_err err;
+    const char *bulk =
+        "{\"new_edits\":false,\"docs\":["
+        "{\"_id\":\"d\",\"_rev\":\"3-c3\",\"v\":3,\"_revisions\":{\"start\":3,\"ids\":[\"c3\",\"b2\",\"a1\"]}},"
+        "{\"_id\":\"d\",\"_rev\":\"3-b9\",\"v\":9,\"_revisions\":{\"start\":3,\"ids\":[\"b9\",\"b2\",\"a1\"]}},"
+        "{\"_id\":\"d\",\"_rev\":\"3-b9\",\"v\":9,\"_revisions\":{\"start\":3,\"ids\":[\"b9\",\"b2\",\"a1\"]}}"
+        "]}";
+    char *reply;
+    size_t len;
+    CHECK_EQ_INT(mimeo_bulk_docs(db, bulk, strlen(bulk), &reply, &len, &err), 0);
+    CHECK_EQ_STR(reply, "[]");
+    mimeo_free(reply);
+    mimeo_get_opts o = {0};
+    o.conflicts = true;
+    o.revs = true;
+    int rc;
+    char *json = get(db, "d", &o, &rc);
+    CHECK_EQ_INT(rc, 0);
+    CHECK_EQ_STR(json, "{\"_id\":\"d\",\"_rev\":\"3-c3\",\"v\":3,\"_revisions\":{\"start\":3,\"ids\":[\"c3\",\"b2\",\"a1\"]},\"_conflicts\":[\"3-b9\"]}");
+    mimeo_free(json);
+
+    /* Deleting the winner makes the other branch win (live beats deleted). */
+    mimeo_put_result res;
+    CHECK_EQ_INT(mimeo_doc_delete(db, "d", 1, "3-c3", &res, &err), 0);
+    mimeo_free(res.id);
+    o.deleted_conflicts = true;
+    json = get(db, "d", &o, &rc);
+    CHECK(json && strstr(json, "\"_rev\":\"3-b9\""));
+    CHECK(json && strstr(json, "\"_deleted_conflicts\":[\"4-"));
+    mimeo_free(json);
+
+    /* revs_diff: a known rev is not missing; an unknown one is, with possible ancestors. */
+    const char *diff = "{\"d\":[\"3-b9\",\"5-zz\"],\"nope\":[\"1-x\"]}";
+    CHECK_EQ_INT(mimeo_revs_diff(db, diff, strlen(diff), &reply, &len, &err), 0);
+    CHECK(reply && strstr(reply, "\"d\":{\"missing\":[\"5-zz\"],\"possible_ancestors\":["));
+    CHECK(reply && strstr(reply, "\"nope\":{\"missing\":[\"1-x\"]}"));
+    mimeo_free(reply);
+
+    /* bulk_get with latest maps an old rev to the leaves under it. */
+    const char *bg = "{\"docs\":[{\"id\":\"d\",\"rev\":\"2-b2\"},{\"id\":\"zz\",\"rev\":\"1-a\"}]}";
+    mimeo_get_opts lo = {0};
+    lo.latest = true;
+    CHECK_EQ_INT(mimeo_bulk_get(db, bg, strlen(bg), &lo, &reply, &len, &err), 0);
+    CHECK(reply && strstr(reply, "\"_rev\":\"3-b9\""));
+    CHECK(reply && strstr(reply, "{\"error\":{\"id\":\"zz\",\"rev\":\"1-a\",\"error\":\"not_found\",\"reason\":\"missing\"}}"));
+    mimeo_free(reply);
+
+    /* changes: one row per doc, at its latest seq; all_docs style lists every leaf. */
+    char rows[4096] = "";
+    mimeo_changes_opts co = {0};
+    co.all_docs_style = true;
+    uint64_t last;
+    CHECK_EQ_INT(mimeo_changes(db, &co, collect, rows, &last, NULL, &err), 0);
+    CHECK(strstr(rows, "\"id\":\"d\",\"changes\":[{\"rev\":\"3-b9\"},{\"rev\":\"4-"));
+    CHECK(strchr(rows, '\n') == strrchr(rows, '\n')); /* exactly one row */
+    mimeo_db_info info;
+    mimeo_db_info_get(db, &info);
+    CHECK_EQ_INT(last, info.update_seq);
+    mimeo_db_close(db);
+    mimeo_env_close(env);
+}
+
+static void test_all_docs_and_local(void) {
+    mimeo_env *env = open_env(0);
+    mimeo_db *db = fresh_db(env, "alldocs");
+    mimeo_err err;
+    const char *ids[] = {"b", "a", "c", "_design/x", "d"};
+    for (size_t i = 0; i < 5; i++) CHECK_EQ_INT(put(db, ids[i], "{}", NULL), 0);
+    char rows[4096] = "";
+    mimeo_all_docs_opts o = {0};
+    o.inclusive_end = true;
+    CHECK_EQ_INT(mimeo_all_docs(db, &o, collect, rows, &err), 0);
+    /* Raw byte order: "_design/x" sorts before lowercase letters. */
+    const char *pa = strstr(rows, "\"id\":\"_design/x\""), *pb = strstr(rows, "\"id\":\"a\""),
+               *pd = strstr(rows, "\"id\":\"d\"");
+    CHECK(pa && pb && pd && pa < pb && pb < pd);
+    rows[0] = 0;
+    o.startkey = "b"; o.startkey_len = 1;
+    o.endkey = "c"; o.endkey_len = 1;
+    o.inclusive_end = false;
+    CHECK_EQ_INT(mimeo_all_docs(db, &o, collect, rows, &err), 0);
+    CHECK(strstr(rows, "\"id\":\"b\"") && !strstr(rows, "\"id\":\"c\""));
+    rows[0] = 0;
+    mimeo_all_docs_opts od = {0};
+    od.descending = true;
+    od.inclusive_end = true;
+    od.limit = 2;
+    CHECK_EQ_INT(mimeo_all_docs(db, &od, collect, rows, &err), 0);
+    CHECK(strstr(rows, "\"id\":\"d\"") && strstr(rows, "\"id\":\"c\"") && !strstr(rows, "\"id\":\"b\""));
+
+    mimeo_put_result res;
+    const char *cp = "{\"last_seq\":5,\"history\":[1,2.50,\"x\"]}";
+    CHECK_EQ_INT(mimeo_local_put(db, "cp", 2, cp, strlen(cp), NULL, &res, &err), 0);
+    CHECK_EQ_STR(res.rev, "0-1");
+    CHECK_EQ_STR(res.id, "_local/cp");
+    mimeo_free(res.id);
+    char *json;
+    size_t len;
+    CHECK_EQ_INT(mimeo_local_get(db, "cp", 2, &json, &len, &err), 0);
+    CHECK_EQ_STR(json, "{\"_id\":\"_local/cp\",\"_rev\":\"0-1\",\"last_seq\":5,\"history\":[1,2.50,\"x\"]}");
+    mimeo_free(json);
+    /* A stale rev conflicts; the right one wins. */
+    CHECK_EQ_INT(mimeo_local_put(db, "cp", 2, cp, strlen(cp), "0-7", &res, &err), MIMEO_ECONFLICT);
+    CHECK_EQ_INT(mimeo_local_put(db, "cp", 2, cp, strlen(cp), "0-1", &res, &err), 0);
+    CHECK_EQ_STR(res.rev, "0-2");
+    mimeo_free(res.id);
+    /* Local docs stay out of the feeds. */
+    rows[0] = 0;
+    uint64_t last;
+    mimeo_changes_opts co = {0};
+    CHECK_EQ_INT(mimeo_changes(db, &co, collect, rows, &last, NULL, &err), 0);
+    CHECK(!strstr(rows, "_local"));
+    mimeo_db_close(db);
+    mimeo_env_close(env);
+}
+
+/* The map starts at 1 MiB; writing ~20 MB must grow it without a single error. */
+static void test_map_grows(void) {
+    mimeo_env *env = open_env(1 << 20);
+    mimeo_db *db = fresh_db(env, "grow");
+    size_t body_len = 100 * 1024;
+    char *bulk = malloc(body_len * 2 + 256);
+    mimeo_err err;
+    int failures = 0;
+    for (int batch = 0; batch < 20; batch++) {
+        char *p = bulk;
+        p += sprintf(p, "{\"docs\":[");
+        for (int i = 0; i < 10; i++) {
+            p += sprintf(p, "%s{\"blob\":\"", i ? "," : "");
+            memset(p, 'x', body_len / 10);
+            p += body_len / 10;
+            p += sprintf(p, "\"}");
+        }
+        p += sprintf(p, "]}");
+        char *reply;
+        size_t len;
+        /* 10 docs of 10 KB per batch is small; make each doc bigger by repeating batches. */
+        for (int r = 0; r < 10; r++) {
+            int rc = mimeo_bulk_docs(db, bulk, (size_t)(p - bulk), &reply, &len, &err);
+            if (rc) failures++;
+            else mimeo_free(reply);
+        }
+    }
+    CHECK_EQ_INT(failures, 0);
+    mimeo_db_info info;
+    mimeo_db_info_get(db, &info);
+    CHECK_EQ_INT(info.doc_count, 2000);
+    free(bulk);
+    mimeo_db_close(db);
+    mimeo_env_close(env);
+}
+
+typedef struct many_arg {
+    mimeo_env *env;
+    int        from, to;
+    int        failures;
+} many_arg;
+
+static void *many_dbs_worker(void *p) {
+    many_arg *a = p;
+    mimeo_err err;
+    for (int i = a->from; i < a->to; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "db%05d", i);
+        mimeo_db *db;
+        if (mimeo_db_create(a->env, name, &err) || mimeo_db_open(a->env, name, &db, &err)) {
+            a->failures++;
+            continue;
+        }
+        if (put(db, "doc", "{\"n\":1}", NULL)) a->failures++;
+        mimeo_db_close(db);
+    }
+    return NULL;
+}
+
+static int fcntl_ok(int fd) { return fcntl(fd, F_GETFD) != -1; }
+
+static int count_names(void *ctx, const char *name, size_t len) {
+    (void)name;
+    (void)len;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+/* 10,000 databases: one environment, so open files stay bounded; 16 writer threads show
+ * that group commit shares fsyncs between requests. */
+static void test_many_databases(void) {
+    mimeo_env *env = open_env(0);
+    enum { N = 10000, T = 16 };
+    pthread_t th[T];
+    many_arg args[T];
+    for (int t = 0; t < T; t++) {
+        args[t] = (many_arg){env, t * N / T, (t + 1) * N / T, 0};
+        pthread_create(&th[t], NULL, many_dbs_worker, &args[t]);
+    }
+    int failures = 0;
+    for (int t = 0; t < T; t++) {
+        pthread_join(th[t], NULL);
+        failures += args[t].failures;
+    }
+    CHECK_EQ_INT(failures, 0);
+    int count = 0;
+    mimeo_db_list(env, "db", count_names, &count);
+    CHECK(count >= N);
+    /* The process holds a handful of descriptors, not one per database. */
+    int fds = 0;
+    for (int fd = 0; fd < 4096; fd++)
+        if (fcntl_ok(fd)) fds++;
+    CHECK(fds < 64);
+    mimeo_env_close(env);
+}
+
+int main(void) {
+    make_tmpdir();
+    RUN(test_put_get_update_delete);
+    RUN(test_replicated_writes_and_conflicts);
+    RUN(test_all_docs_and_local);
+    RUN(test_map_grows);
+    RUN(test_many_databases);
+    remove_tmpdir();
+    return check_report();
+}
