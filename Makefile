@@ -5,7 +5,7 @@ CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 BASEFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -pthread -fvisibility=hidden -MMD -MP $(WARN)
-LIBS    := -llmdb -lyajl -lmicrohttpd -lcurl -lnettle -lpthread
+LIBS    := -llmdb -lyajl -lmicrohttpd -lcurl -lnettle -linih -lpthread
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 # The library: everything but the server's HTTP front end and the command line.

@@ -22,7 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "mimeo.h"
 
@@ -39,6 +41,7 @@ typedef struct store_job {
 
 struct store {
     MDB_env         *env;
+    char            *path;        /* the data file, for telling a full disk from an I/O error */
     store_tables     t;
     size_t           map_size;
     pthread_rwlock_t resize_lock; /* readers share it; growing the map takes it alone */
@@ -57,7 +60,7 @@ int store_err(int rc) {
     case 0: return 0;
     case MDB_NOTFOUND: return MIMEO_ENOTFOUND;
     case MDB_MAP_FULL: return STORE_EMAPFULL;
-    case ENOSPC: case EDQUOT: return MIMEO_ENOSPC;
+    case ENOSPC: case EDQUOT: case EFBIG: return MIMEO_ENOSPC;
     case ENOMEM: return MIMEO_ENOMEM;
     case MDB_CORRUPTED: case MDB_PAGE_NOTFOUND: case MDB_INVALID: return MIMEO_ECORRUPT;
     default:
@@ -85,6 +88,22 @@ static int store_grow(store *s) {
     if (rc) return store_err(rc);
     s->map_size = want;
     return 0;
+}
+
+/* LMDB reports a write cut short as EIO. When the disk (or the process's file-size limit)
+ * has no room left, that EIO is a full disk, and the user must hear so (507), not a
+ * generic storage failure. */
+static int store_write_error(store *s, int rc) {
+    if (rc != MIMEO_EIO || !s->path) return rc;
+    struct statvfs vfs;
+    if (statvfs(s->path, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < ((uint64_t)64 << 20))
+        return MIMEO_ENOSPC;
+    struct rlimit lim;
+    struct stat st;
+    if (getrlimit(RLIMIT_FSIZE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY &&
+        stat(s->path, &st) == 0 && (uint64_t)st.st_size + ((uint64_t)1 << 20) >= lim.rlim_cur)
+        return MIMEO_ENOSPC;
+    return rc;
 }
 
 /* Runs one group: every job in one write transaction, then one durable commit.
@@ -118,7 +137,7 @@ static int store_run_group(store *s, store_job *jobs) {
         }
         if (!rc && s->hooks.before_commit) rc = s->hooks.before_commit(txn, s->hooks.ctx);
         if (!rc) {
-            rc = store_err(mdb_txn_commit(txn));
+            rc = store_write_error(s, store_err(mdb_txn_commit(txn)));
         } else {
             mdb_txn_abort(txn);
         }
@@ -247,6 +266,9 @@ int store_open(const char *dir, size_t initial_map_size, store **out, char *reas
         free(s);
         return rc == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
     }
+    size_t plen = strlen(dir) + sizeof "/data.mdb";
+    s->path = malloc(plen);
+    if (s->path) snprintf(s->path, plen, "%s/data.mdb", dir);
     MDB_envinfo info;
     if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize > s->map_size)
         s->map_size = info.me_mapsize;
@@ -264,12 +286,14 @@ int store_open(const char *dir, size_t initial_map_size, store **out, char *reas
     if (rc) {
         snprintf(reason, reason_len, "cannot open tables in %s: %s", dir, mdb_strerror(rc));
         mdb_env_close(s->env);
+        free(s->path);
         free(s);
         return MIMEO_EIO;
     }
     if (pthread_create(&s->writer, NULL, store_writer_main, s) != 0) {
         snprintf(reason, reason_len, "cannot start the writer thread");
         mdb_env_close(s->env);
+        free(s->path);
         free(s);
         return MIMEO_EIO;
     }
@@ -289,5 +313,6 @@ void store_close(store *s) {
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->work);
     pthread_cond_destroy(&s->done);
+    free(s->path);
     free(s);
 }
