@@ -1,0 +1,159 @@
+/* Revision ids ("N-hash") and document ids: the text rules CouchDB applies before anything
+ * touches a revision tree, and mimeo's deterministic hash for new revisions. Everything here
+ * is pure and bounded by its input length; the HTTP and db layers call these on untrusted
+ * bytes. See PROTOCOL.md §1.1, §1.8, §4.3. */
+#include "revtree.h"
+
+#include "mimeo.h"
+
+#include <nettle/md5.h>
+#include <string.h>
+
+/* ---- revision ids ---------------------------------------------------------------------- */
+
+static int hexval(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Characters a verbatim hash may hold. Quotes and backslashes are refused because rev ids are
+ * echoed inside JSON strings and HTTP headers (ETag, If-Match) without escaping. */
+static bool hash_char_ok(unsigned char c) {
+    return c > 0x20 && c < 0x7f && c != '"' && c != '\'' && c != '\\';
+}
+
+int rev_hash_check(const char *s, size_t n, char *hash, size_t *hash_len) {
+    if (!s || n == 0 || n > REV_HASH_MAX) return MIMEO_EBADREV;
+    if (n == 32) {
+        /* CouchDB stores a 32-char id as 16 binary bytes and prints it in lowercase, so a
+         * 32-char id that is not hex cannot exist, and case does not distinguish ids. */
+        for (size_t i = 0; i < 32; i++) {
+            int v = hexval((unsigned char)s[i]);
+            if (v < 0) return MIMEO_EBADREV;
+            hash[i] = "0123456789abcdef"[v];
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            if (!hash_char_ok((unsigned char)s[i])) return MIMEO_EBADREV;
+            hash[i] = s[i];
+        }
+    }
+    hash[n] = 0;
+    *hash_len = n;
+    return 0;
+}
+
+int rev_parse(const char *s, size_t n, bool allow_zero, uint64_t *gen, char *hash,
+              size_t *hash_len) {
+    if (!s) return MIMEO_EBADREV;
+    const char *dash = memchr(s, '-', n);
+    if (!dash || dash == s) return MIMEO_EBADREV;
+    uint64_t g = 0;
+    /* Leading zeros are accepted as CouchDB's list_to_integer does ("01-x" is generation 1);
+     * signs are not. */
+    for (const char *p = s; p < dash; p++) {
+        if (*p < '0' || *p > '9') return MIMEO_EBADREV;
+        unsigned d = (unsigned)(*p - '0');
+        if (g > (UINT64_MAX - d) / 10) return MIMEO_EBADREV;
+        g = g * 10 + d;
+    }
+    if (g == 0 && !allow_zero) return MIMEO_EBADREV;
+    /* The hash is everything after the first '-', so it may itself contain '-'. */
+    size_t off = (size_t)(dash - s) + 1;
+    int rc = rev_hash_check(dash + 1, n - off, hash, hash_len);
+    if (rc) return rc;
+    *gen = g;
+    return 0;
+}
+
+int rev_put(buf *b, uint64_t gen, const char *hash, size_t hash_len) {
+    char num[24];
+    size_t k = sizeof num;
+    do {
+        num[--k] = (char)('0' + gen % 10);
+        gen /= 10;
+    } while (gen);
+    int rc = buf_reserve(b, sizeof num - k + 1 + hash_len);
+    if (rc) return rc;
+    rc = buf_put(b, num + k, sizeof num - k);
+    if (!rc) rc = buf_putc(b, '-');
+    if (!rc) rc = buf_put(b, hash, hash_len);
+    return rc;
+}
+
+/* Each field is length-prefixed (8 bytes, big-endian) so that no two different
+ * (parent, deleted, body) triples feed MD5 the same byte stream; a version tag keeps the
+ * door open for a different scheme without colliding with this one. */
+void rev_hash_new(const char *parent_rev, size_t parent_len, bool deleted,
+                  const char *body, size_t body_len, char out[33]) {
+    static const char tag[] = "mimeo-rev-1";
+    struct md5_ctx ctx;
+    unsigned char len8[8], digest[MD5_DIGEST_SIZE];
+    unsigned char del = deleted ? 1 : 0;
+
+    md5_init(&ctx);
+    md5_update(&ctx, sizeof tag - 1, (const uint8_t *)tag);
+    be64_put(len8, parent_len);
+    md5_update(&ctx, 8, len8);
+    if (parent_len) md5_update(&ctx, parent_len, (const uint8_t *)parent_rev);
+    md5_update(&ctx, 1, &del);
+    be64_put(len8, body_len);
+    md5_update(&ctx, 8, len8);
+    if (body_len) md5_update(&ctx, body_len, (const uint8_t *)body);
+    md5_digest(&ctx, MD5_DIGEST_SIZE, digest);
+    hex_encode(digest, MD5_DIGEST_SIZE, out);
+}
+
+/* ---- document ids ---------------------------------------------------------------------- */
+
+/* Strict UTF-8 (RFC 3629): no overlong forms, no UTF-16 surrogates, nothing past U+10FFFF.
+ * CouchDB refuses the same set; accepting them would let two spellings name one character. */
+static bool utf8_valid(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c < 0x80) { i++; continue; }
+        size_t len;
+        uint32_t cp, min;
+        if (c >= 0xc2 && c <= 0xdf) { len = 2; cp = c & 0x1f; min = 0x80; }
+        else if (c >= 0xe0 && c <= 0xef) { len = 3; cp = c & 0x0f; min = 0x800; }
+        else if (c >= 0xf0 && c <= 0xf4) { len = 4; cp = c & 0x07; min = 0x10000; }
+        else return false; /* continuation byte, 0xc0/0xc1 overlongs, 0xf5.. */
+        if (n - i < len) return false;
+        for (size_t k = 1; k < len; k++) {
+            unsigned char cc = s[i + k];
+            if ((cc & 0xc0) != 0x80) return false;
+            cp = (cp << 6) | (cc & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+        i += len;
+    }
+    return true;
+}
+
+static bool has_prefix(const char *s, size_t n, const char *prefix) {
+    size_t k = strlen(prefix);
+    return n >= k && memcmp(s, prefix, k) == 0;
+}
+
+int docid_validate(const char *id, size_t n, const char **reason) {
+    const char *why = NULL;
+    /* The checks run in CouchDB's order (couch_doc:validate_docid), so an id that breaks two
+     * rules gets the same reason from both servers. */
+    if (!id || n == 0)
+        why = "Document id must not be empty";
+    else if (n == 8 && memcmp(id, "_design/", 8) == 0)
+        why = "Illegal document id `_design/`";
+    else if (n == 7 && memcmp(id, "_local/", 7) == 0)
+        why = "Illegal document id `_local/`";
+    else if (n > MIMEO_ID_MAX)
+        why = "Document id is too long";
+    else if (!utf8_valid((const unsigned char *)id, n))
+        why = "Document id must be valid UTF-8";
+    else if (id[0] == '_' && !has_prefix(id, n, "_design/") && !has_prefix(id, n, "_local/"))
+        why = "Only reserved document ids may start with underscore.";
+    if (reason) *reason = why;
+    return why ? MIMEO_EBADID : 0;
+}
