@@ -568,6 +568,29 @@ static int changes_doc_ids(mimeo_db *db, const mimeo_changes_opts *o, mimeo_row_
     return rc < 0 && rc != MIMEO_ENOTFOUND ? db_err(err, rc) : rc;
 }
 
+/* Rows left in the feed after the cursor's position (mrc: its last get). Counting is a
+ * scan, so past PENDING_SCAN_MAX rows it answers with an upper bound taken from the seq
+ * range; clients only show it as progress. */
+#define PENDING_SCAN_MAX 4096
+static uint64_t count_left(MDB_cursor *cur, MDB_val *k, int mrc, uint64_t dbid) {
+    MDB_val v;
+    uint64_t n = 0, first = 0;
+    while (mrc == 0 && k->mv_size == 16 && be64_get(k->mv_data) == dbid) {
+        if (n == 0) first = be64_get((unsigned char *)k->mv_data + 8);
+        if (++n > PENDING_SCAN_MAX) {
+            /* Seqs are unique and increasing: the last one bounds how many can follow. */
+            mrc = mdb_cursor_get(cur, k, &v, MDB_LAST);
+            uint64_t last = first;
+            while (mrc == 0 && k->mv_size >= 8 && be64_get(k->mv_data) > dbid)
+                mrc = mdb_cursor_get(cur, k, &v, MDB_PREV);
+            if (mrc == 0 && k->mv_size == 16) last = be64_get((unsigned char *)k->mv_data + 8);
+            return last >= first ? last - first + 1 : n;
+        }
+        mrc = mdb_cursor_get(cur, k, &v, MDB_NEXT);
+    }
+    return n;
+}
+
 int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *o, mimeo_row_fn fn, void *ctx,
                   uint64_t *last_seq, uint64_t *pending, mimeo_err *err) {
     *last_seq = o->since;
@@ -584,6 +607,7 @@ int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *o, mimeo_row_fn fn, vo
     int rc = 0;
     bool end = false;
     uint64_t update_seq = 0;
+    uint64_t left = 0; /* rows after the last one delivered, counted in the last snapshot */
     while (!rc && !end && delivered < limit) {
         snap sn;
         rc = snap_begin(db, &sn, err);
@@ -634,6 +658,7 @@ int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *o, mimeo_row_fn fn, vo
                 mrc = mdb_cursor_get(cur, &k, &v, o->descending ? MDB_PREV : MDB_NEXT);
             }
             if (!rc && page.count < PAGE_ROWS && delivered + page.count < limit) end = true;
+            if (!rc && !end && !o->descending) left = count_left(cur, &k, mrc, sn.m.dbid);
             if (!rc && mrc != 0 && mrc != MDB_NOTFOUND) rc = store_err(mrc);
             mdb_cursor_close(cur);
         }
@@ -653,7 +678,7 @@ int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *o, mimeo_row_fn fn, vo
         /* At the end of the feed the answer is the snapshot's update_seq, so an idle poll
          * returns the same value every time and clients do not rewrite checkpoints. */
         *last_seq = end ? (update_seq > cursor ? update_seq : cursor) : cursor;
-        if (pending) *pending = end ? 0 : (update_seq > cursor ? update_seq - cursor : 0);
+        if (pending) *pending = end ? 0 : left;
     }
     return 0;
 }

@@ -223,9 +223,9 @@ int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid) {
     while (rc == 0 && k.mv_size >= 8 && memcmp(k.mv_data, prefix, 8) == 0) {
         rc = mdb_cursor_del(cur, 0);
         if (rc) break;
-        rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
-        if (rc == MDB_NOTFOUND) break;
-        if (rc) break;
+        /* After a delete the cursor already rests on the following item, and MDB_NEXT
+         * returns it; MDB_GET_CURRENT fails when the delete emptied a page. */
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? 0 : store_err(rc);
