@@ -279,6 +279,51 @@ MIMEO_API int mimeo_local_put(mimeo_db *db, const char *id, size_t id_len, const
 MIMEO_API int mimeo_local_delete(mimeo_db *db, const char *id, size_t id_len,
                                  const char *rev, mimeo_put_result *res, mimeo_err *err);
 
+/* ==== replication ===========================================================================
+ * The replicator copies every revision a source database has and a target lacks, over
+ * CouchDB's replication protocol, with checkpoints on both ends (_local/<replication id>).
+ * A source or target is a URL ("http://user:pw@host:5984/db") or a bare name (a database of
+ * env). These calls are thread-safe. */
+
+/* POST /_replicate. json is CouchDB's body: source, target (strings or {url, headers,
+ * auth:{basic:{username,password}}}), continuous, create_target, doc_ids,
+ * filter:"_doc_ids", since_seq, cancel (with the same body or a replication_id), and the
+ * tuning members checkpoint_interval (ms), retries_per_request, connection_timeout (ms),
+ * worker_batch_size, worker_processes. env may be NULL when both ends are URLs.
+ * - one-shot: returns when done; *json_out is {"ok":true,"session_id",…,"history":[…]}
+ *   or {"ok":true,"no_changes":true}; *status 200.
+ * - continuous: starts a job and returns at once with {"ok":true,"_local_id":"<id>+continuous"};
+ *   *status 202. The job runs until cancelled or mimeo_replicator_stop.
+ * - cancel: {"ok":true,"_local_id":…}, *status 200; MIMEO_ENOTFOUND when no such job.
+ * On failure a negative code, err filled with CouchDB's error name and reason
+ * ("db_not_found", "unauthorized", "bad_request", …) and *status the HTTP status to answer
+ * (400, 404 or 500). status may be NULL. */
+MIMEO_API int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_out,
+                              size_t *out_len, unsigned *status, mimeo_err *err);
+
+/* Starts the replication manager of env: it creates the _replicator database if needed and
+ * runs a job for each document there (the same members as mimeo_replicate), restarting
+ * them after a restart of the node; deleting the document stops its job. One-shot jobs
+ * write "_replication_state":"completed" (or "failed", with "_replication_state_reason")
+ * and "_replication_stats" back into their document. */
+MIMEO_API int  mimeo_replicator_start(mimeo_env *env, mimeo_err *err);
+/* Stops the manager and every job of env (continuous /_replicate jobs too) and waits for
+ * their threads; one-shot mimeo_replicate calls still running in other threads are
+ * cancelled and return soon. Call it before mimeo_env_close. */
+MIMEO_API void mimeo_replicator_stop(mimeo_env *env);
+
+/* JSON producers for the monitoring endpoints (new text, mimeo_free it):
+ * GET /_active_tasks (an array of running replications), GET /_scheduler/jobs
+ * ({"total_rows","offset","jobs":[…]}), GET /_scheduler/docs ({"total_rows","offset",
+ * "docs":[…]}) — CouchDB 3 shapes. env NULL lists the jobs between two URLs. */
+MIMEO_API int mimeo_active_tasks(mimeo_env *env, char **json_out, size_t *out_len);
+MIMEO_API int mimeo_scheduler_jobs(mimeo_env *env, char **json_out, size_t *out_len);
+/* docid NULL: every document; else GET /_scheduler/docs/_replicator/{docid}: one object,
+ * or MIMEO_ENOTFOUND. */
+MIMEO_API int mimeo_scheduler_docs(mimeo_env *env, const char *docid, char **json_out,
+                                   size_t *out_len, mimeo_err *err);
+/* ==== end of replication ================================================================= */
+
 #ifdef __cplusplus
 }
 #endif

@@ -596,6 +596,25 @@ int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *o, mimeo_row_fn fn, vo
     *last_seq = o->since;
     if (pending) *pending = 0;
     if (o->doc_ids) return changes_doc_ids(db, o, fn, ctx, last_seq, pending, err);
+    if (o->limit_zero && !o->descending) {
+        /* No rows, but the count of what is there: CouchDB's replicator reads `pending`
+         * from limit=0 polls to show progress. */
+        snap sn;
+        int rc = snap_begin(db, &sn, err);
+        if (rc) return rc;
+        MDB_cursor *cur;
+        rc = store_err(mdb_cursor_open(sn.txn, sn.t->seqs, &cur));
+        if (!rc) {
+            unsigned char key[16];
+            MDB_val k = {store_key_u64(key, sn.m.dbid, o->since + 1), key}, v;
+            int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+            if (pending) *pending = count_left(cur, &k, mrc, sn.m.dbid);
+            mdb_cursor_close(cur);
+        }
+        *last_seq = sn.m.update_seq > o->since ? o->since : sn.m.update_seq;
+        snap_end(&sn);
+        return rc ? db_err(err, rc) : 0;
+    }
 
     rowpage page;
     if (rowpage_init(&page)) return db_err(err, MIMEO_ENOMEM);

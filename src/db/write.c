@@ -340,8 +340,8 @@ static int apply_local(write_ctx *w, write_item *it) {
                        memcmp(have, it->rev_hash, it->rev_hash_len) == 0;
     /* PouchDB's rule (a stale rev conflicts) keeps two writers of one checkpoint honest;
      * CouchDB's replicator marks its checkpoint writes with _revisions and expects them to
-     * pass unchecked, as CouchDB does. */
-    bool checked = !it->doc.revisions;
+     * pass unchecked, as CouchDB does; a delete without any rev is CouchDB's too. */
+    bool checked = !it->doc.revisions && !(it->doc.deleted && !it->has_rev);
     if (it->doc.deleted) {
         if (!exists) {
             item_fail(it, MIMEO_ENOTFOUND, "not_found", "missing");

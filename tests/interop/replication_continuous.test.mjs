@@ -8,12 +8,14 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer } from './lib/server.mjs';
 import { request } from './lib/http.mjs';
-import { waitFor, postReplicate } from './lib/repl_peers.mjs';
+import { waitFor, postReplicate, SKIP_UNWIRED,
+} from './lib/repl_peers.mjs';
 
 let S;   // source node
 let T;   // target node (runs the jobs)
 
 before(async () => {
+  if (SKIP_UNWIRED) return;
   [S, T] = await Promise.all([startServer(), startServer()]);
   for (const db of ['c', 'r', 'o']) {
     assert.equal((await request(S.url, 'PUT', `/${db}`)).status, 201);
@@ -29,7 +31,7 @@ async function present(url, db, id) {
   return (await request(url, 'GET', `/${db}/${id}`)).status === 200;
 }
 
-test('continuous: writes reach the target within a second; cancel stops the job', async () => {
+test('continuous: writes reach the target within a second; cancel stops the job', { skip: SKIP_UNWIRED }, async () => {
   await request(S.url, 'PUT', '/c/before', { body: { v: 0 } });
   const body = { source: `${S.url}/c`, target: 'c', continuous: true, create_target: true };
   const r = await postReplicate(T.url, body);
@@ -73,7 +75,25 @@ test('continuous: writes reach the target within a second; cancel stops the job'
   assert.equal(gone.status, 404);
 });
 
-test('a _replicator job survives a node restart and stops when its document is deleted', async () => {
+test('continuous push from a local source follows its writes', { skip: SKIP_UNWIRED }, async () => {
+  assert.equal((await request(S.url, 'PUT', '/push')).status, 201);
+  const body = { source: 'push', target: `${T.url}/push`, continuous: true, create_target: true };
+  const r = await postReplicate(S.url, body);
+  assert.equal(r.status, 202, r.text);
+  const lat = [];
+  for (let i = 0; i < 10; i++) {
+    const t0 = Date.now();
+    await request(S.url, 'PUT', `/push/p${i}`, { body: { i } });
+    await waitFor(() => present(T.url, 'push', `p${i}`), { timeout: 1000, interval: 5, what: `p${i} on the target` });
+    lat.push(Date.now() - t0);
+  }
+  lat.sort((a, b) => a - b);
+  process.stdout.write(`# continuous push latency: median ${lat[5]} ms, max ${lat[9]} ms\n`);
+  const c = await postReplicate(S.url, { ...body, cancel: true });
+  assert.equal(c.status, 200, c.text);
+});
+
+test('a _replicator job survives a node restart and stops when its document is deleted', { skip: SKIP_UNWIRED }, async () => {
   await request(S.url, 'PUT', '/r/one', { body: { v: 1 } });
   const put = await request(T.url, 'PUT', '/_replicator/job1', {
     body: { source: `${S.url}/r`, target: 'r', continuous: true, create_target: true },
@@ -88,6 +108,17 @@ test('a _replicator job survives a node restart and stops when its document is d
   const one = await request(T.url, 'GET', '/_scheduler/docs/_replicator/job1');
   assert.equal(one.status, 200);
   assert.equal(one.json.doc_id, 'job1');
+
+  // A second document for the same replication fails instead of running it twice.
+  const dup = await request(T.url, 'PUT', '/_replicator/job1dup', {
+    body: { source: `${S.url}/r`, target: 'r', continuous: true, create_target: true },
+  });
+  assert.equal(dup.status, 201);
+  const dupDoc = await waitFor(async () => {
+    const g = await request(T.url, 'GET', '/_replicator/job1dup');
+    return g.json._replication_state === 'failed' ? g.json : null;
+  }, { what: 'the duplicate to fail' });
+  assert.match(dupDoc._replication_state_reason, /duplicate/);
 
   await T.restart();
   await request(S.url, 'PUT', '/r/two', { body: { v: 2 } });
@@ -105,7 +136,7 @@ test('a _replicator job survives a node restart and stops when its document is d
   assert.equal(await present(T.url, 'r', 'three'), false);
 });
 
-test('a one-shot _replicator job completes and says so in its document', async () => {
+test('a one-shot _replicator job completes and says so in its document', { skip: SKIP_UNWIRED }, async () => {
   for (let i = 0; i < 50; i++) await request(S.url, 'PUT', `/o/d${i}`, { body: { i } });
   const put = await request(T.url, 'PUT', '/_replicator/once', {
     body: { source: `${S.url}/o`, target: 'o', create_target: true },

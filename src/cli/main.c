@@ -1,0 +1,63 @@
+/* The mimeo program: dispatches `mimeo <command> …` to the command's function (one file
+ * per command, declared in cli.h), and answers --version and --help. */
+#include <stdio.h>
+#include <string.h>
+
+#include "mimeo.h"
+#include "cli.h"
+#include "replicate.h"
+
+typedef struct cli_command {
+    const char *name;
+    int       (*run)(int argc, char **argv);
+    const char *usage;
+    const char *summary;
+} cli_command;
+
+/* Add a command here and in cli.h; its file goes in src/cli/. */
+static const cli_command cli_commands[] = {
+    { "serve", cli_serve, "serve [--data DIR] [--bind ADDR] [--port N] [--config FILE]",
+      "serve the CouchDB HTTP API and replication protocol" },
+    { "replicate", cli_replicate, "replicate SOURCE TARGET [--continuous] [--create-target] ...",
+      "copy what SOURCE has and TARGET lacks (URLs or local names)" },
+};
+#define CLI_NCOMMANDS (sizeof cli_commands / sizeof cli_commands[0])
+
+static void cli_usage(FILE *out)
+{
+    fprintf(out,
+            "mimeo %s: a replicating JSON document store that speaks CouchDB's API\n\n"
+            "usage:\n",
+            MIMEO_VERSION);
+    for (size_t i = 0; i < CLI_NCOMMANDS; i++)
+        fprintf(out, "  mimeo %-60s %s\n", cli_commands[i].usage, cli_commands[i].summary);
+    fprintf(out,
+            "  mimeo --version%-52s print the version\n"
+            "  mimeo --help%-55s this text\n\n"
+            "Run `mimeo <command> --help` for a command's options.\n",
+            "", "");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        cli_usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0 ||
+        strcmp(cmd, "version") == 0) {
+        printf("mimeo %s (CouchDB API %s)\n", MIMEO_VERSION, MIMEO_COUCHDB_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        cli_usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < CLI_NCOMMANDS; i++)
+        if (strcmp(cli_commands[i].name, cmd) == 0)
+            return cli_commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "mimeo: unknown command '%s'\n\n", cmd);
+    cli_usage(stderr);
+    return 2;
+}

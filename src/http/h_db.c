@@ -1,0 +1,282 @@
+/* Database-level endpoints: /{db} (create, info, delete, POST a document) and the
+ * replication endpoints that take a whole body: _bulk_docs, _bulk_get, _revs_diff, plus
+ * _revs_limit, _compact, _ensure_full_commit and _security. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_int.h"
+
+/* A reply from a library call that produced json_out: 2xx with it, or the error. */
+static void http_reply_result(http_req *r, int rc, unsigned ok_status, char *out, size_t len,
+                              const mimeo_err *e)
+{
+    if (rc == 0 && out) {
+        http_reply_mimeo(r, ok_status, out, len);
+        return;
+    }
+    if (out) mimeo_free(out);
+    if (rc == 0) http_reply_error(r, 500, "unknown_error", "the library returned no reply");
+    else http_reply_err(r, rc, e);
+}
+
+static bool http_require_json(http_req *r)
+{
+    if (http_is_json_ctype(r)) return true;
+    http_reply_error(r, 415, "bad_content_type", "Content-Type must be application/json");
+    return false;
+}
+
+/* ---- /{db} ------------------------------------------------------------------------------ */
+static void http_db_info(http_req *r)
+{
+    if (!http_db(r)) return;
+    mimeo_db_info info;
+    int rc = mimeo_db_info_get(r->db, &info);
+    if (rc != 0) {
+        if (rc == MIMEO_ENOTFOUND) http_reply_error(r, 404, "not_found", "Database does not exist.");
+        else http_reply_err(r, rc, NULL);
+        return;
+    }
+    buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, "{\"db_name\":");
+    json_put_str(&b, r->seg[0], r->seg_len[0]);
+    buf_printf(&b,
+               ",\"purge_seq\":0,\"update_seq\":%" PRIu64
+               ",\"sizes\":{\"file\":%" PRIu64 ",\"external\":%" PRIu64 ",\"active\":%" PRIu64
+               "},\"props\":{},\"doc_del_count\":%" PRIu64 ",\"doc_count\":%" PRIu64
+               ",\"disk_format_version\":8,\"compact_running\":false"
+               ",\"cluster\":{\"q\":1,\"n\":1,\"w\":1,\"r\":1}"
+               ",\"instance_start_time\":\"%" PRIu64 "\"}\n",
+               info.update_seq, info.size_file, info.size_external, info.size_active,
+               info.doc_del_count, info.doc_count, info.instance_start_time);
+    http_reply_buf(r, 200, &b);
+}
+
+static void http_db_create(http_req *r)
+{
+    mimeo_err e = {0};
+    if (!mimeo_db_name_valid(r->seg[0], r->seg_len[0])) {
+        http_db(r);   /* replies illegal_database_name with CouchDB's reason */
+        return;
+    }
+    int rc = mimeo_db_create(r->srv->env, r->seg[0], &e);
+    if (rc != 0) {
+        http_reply_err(r, rc, &e);
+        return;
+    }
+    http_reply_static(r, 201, "{\"ok\":true}\n");
+    /* Location: http://host/db */
+    const char *host = http_req_header(r, MHD_HTTP_HEADER_HOST);
+    buf b;
+    buf_init(&b, 0);
+    buf_printf(&b, "http://%s/", host ? host : "localhost");
+    for (size_t i = 0; i < r->seg_len[0]; i++) {
+        char c = r->seg[0][i];
+        if (c == '/') buf_puts(&b, "%2F");
+        else if (c == '+') buf_puts(&b, "%2B");
+        else if (c == '$') buf_puts(&b, "%24");
+        else buf_putc(&b, c);
+    }
+    http_header(r, MHD_HTTP_HEADER_LOCATION, buf_cstr(&b));
+    buf_destroy(&b);
+}
+
+static void http_db_delete(http_req *r)
+{
+    if (http_arg_get(r, "rev", NULL)) {
+        /* CouchDB's guard for scripts that lost the document id. */
+        http_reply_error(r, 400, "bad_request",
+                         "You tried to DELETE a database with a ?=rev parameter. Did you mean "
+                         "to DELETE a document instead?");
+        return;
+    }
+    if (!mimeo_db_name_valid(r->seg[0], r->seg_len[0])) {
+        http_db(r);
+        return;
+    }
+    mimeo_err e = {0};
+    int rc = mimeo_db_delete(r->srv->env, r->seg[0], &e);
+    if (rc == MIMEO_ENOTFOUND) {
+        http_reply_error(r, 404, "not_found", "Database does not exist.");
+        return;
+    }
+    if (rc != 0) {
+        http_reply_err(r, rc, &e);
+        return;
+    }
+    http_reply_static(r, 200, "{\"ok\":true}\n");
+}
+
+/* POST /{db}: a new document; the id comes from the body or is generated. */
+static void http_db_post(http_req *r)
+{
+    if (!http_require_json(r) || !http_db(r)) return;
+    bool batch = false;
+    size_t bl;
+    const char *bv = http_arg_get(r, "batch", &bl);
+    if (bv && bl == 2 && memcmp(bv, "ok", 2) == 0) batch = true;
+    mimeo_put_opts o = {0};
+    mimeo_put_result res = {0};
+    mimeo_err e = {0};
+    int rc = mimeo_doc_put(r->db, NULL, 0, r->body.data ? r->body.data : "", r->body.len, &o,
+                           &res, &e);
+    if (rc != 0) {
+        if (res.id) mimeo_free(res.id);
+        http_reply_err(r, rc, &e);
+        return;
+    }
+    size_t idl = res.id ? strlen(res.id) : 0;
+    buf b;
+    buf_init(&b, 0);
+    http_put_ok_id_rev(&b, res.id ? res.id : "", idl, batch ? NULL : res.rev);
+    http_reply_buf(r, batch ? 202 : 201, &b);
+    if (!batch) http_header_etag(r, res.rev, strlen(res.rev));
+    if (res.id) http_header_location(r, r->seg[0], res.id, idl);
+    if (res.id) mimeo_free(res.id);
+}
+
+void http_h_db(http_req *r)
+{
+    switch (r->method) {
+    case HTTP_GET: case HTTP_HEAD: http_db_info(r); return;
+    case HTTP_PUT: http_db_create(r); return;
+    case HTTP_DELETE: http_db_delete(r); return;
+    case HTTP_POST: http_db_post(r); return;
+    default: http_reply_method(r, "DELETE,GET,HEAD,POST,PUT"); return;
+    }
+}
+
+/* ---- replication endpoints -------------------------------------------------------------- */
+void http_h_bulk_docs(http_req *r)
+{
+    if (!http_require_json(r) || !http_db(r)) return;
+    char *out = NULL;
+    size_t len = 0;
+    mimeo_err e = {0};
+    int rc = mimeo_bulk_docs(r->db, r->body.data ? r->body.data : "", r->body.len, &out, &len,
+                             &e);
+    if (rc == MIMEO_EEXPECTATION && out) {
+        /* all_or_nothing: the failures, and nothing was written. */
+        http_reply_mimeo(r, 417, out, len);
+        return;
+    }
+    http_reply_result(r, rc, 201, out, len, &e);
+}
+
+void http_h_bulk_get(http_req *r)
+{
+    static const char *const refused[] = { "rev", "open_revs", "atts_since", "new_edits", "w" };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        if (http_arg_get(r, refused[i], NULL)) {
+            char reason[96];
+            snprintf(reason, sizeof reason, "`%s` is not supported as a query parameter of "
+                     "_bulk_get", refused[i]);
+            http_reply_error(r, 400, "bad_request", reason);
+            return;
+        }
+    }
+    mimeo_get_opts o = {0};
+    if (http_arg_bool(r, "revs", &o.revs) < 0 || http_arg_bool(r, "latest", &o.latest) < 0)
+        return;
+    /* attachments=true would inline data; there are no attachments yet, so it is moot. */
+    bool atts = false;
+    if (http_arg_bool(r, "attachments", &atts) < 0) return;
+    if (!http_db(r)) return;
+    char *out = NULL;
+    size_t len = 0;
+    mimeo_err e = {0};
+    int rc = mimeo_bulk_get(r->db, r->body.data ? r->body.data : "", r->body.len, &o, &out,
+                            &len, &e);
+    http_reply_result(r, rc, 200, out, len, &e);
+}
+
+void http_h_revs_diff(http_req *r)
+{
+    if (!http_db(r)) return;
+    char *out = NULL;
+    size_t len = 0;
+    mimeo_err e = {0};
+    int rc = mimeo_revs_diff(r->db, r->body.data ? r->body.data : "", r->body.len, &out, &len,
+                             &e);
+    http_reply_result(r, rc, 200, out, len, &e);
+}
+
+/* ---- settings and maintenance ----------------------------------------------------------- */
+void http_h_revs_limit(http_req *r)
+{
+    if (!http_db(r)) return;
+    if (r->method != HTTP_PUT) {
+        mimeo_db_info info;
+        int rc = mimeo_db_info_get(r->db, &info);
+        if (rc != 0) {
+            http_reply_err(r, rc, NULL);
+            return;
+        }
+        buf b;
+        buf_init(&b, 0);
+        buf_printf(&b, "%u\n", info.revs_limit);
+        http_reply_buf(r, 200, &b);
+        return;
+    }
+    jval *v = NULL;
+    json_error je = {0};
+    int64_t n = 0;
+    if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits, &v,
+                        &je) != 0 || !jval_as_i64(v, &n) || n <= 0 || n > (int64_t)UINT32_MAX) {
+        if (v) jval_free(v);
+        http_reply_error(r, 400, "bad_request", "`revs_limit` must be a positive integer");
+        return;
+    }
+    jval_free(v);
+    mimeo_err e = {0};
+    int rc = mimeo_db_revs_limit_set(r->db, (unsigned)n, &e);
+    if (rc != 0) {
+        http_reply_err(r, rc, &e);
+        return;
+    }
+    http_reply_static(r, 200, "{\"ok\":true}\n");
+}
+
+void http_h_compact(http_req *r)
+{
+    if (!http_db(r)) return;
+    mimeo_err e = {0};
+    int rc = mimeo_db_compact(r->db, &e);
+    if (rc != 0) {
+        http_reply_err(r, rc, &e);
+        return;
+    }
+    http_reply_static(r, 202, "{\"ok\":true}\n");
+}
+
+void http_h_ensure_full_commit(http_req *r)
+{
+    /* Every acknowledged write is already durable; CouchDB's replicator needs the 201 and
+     * the same instance_start_time as GET /{db}. */
+    if (!http_db(r)) return;
+    mimeo_db_info info;
+    int rc = mimeo_db_info_get(r->db, &info);
+    if (rc != 0) {
+        http_reply_err(r, rc, NULL);
+        return;
+    }
+    buf b;
+    buf_init(&b, 0);
+    buf_printf(&b, "{\"ok\":true,\"instance_start_time\":\"%" PRIu64 "\"}\n",
+               info.instance_start_time);
+    http_reply_buf(r, 201, &b);
+}
+
+void http_h_security(http_req *r)
+{
+    /* Authentication and per-database security are a later issue: every database is open,
+     * which an empty security object says. Writing one is refused rather than ignored. */
+    if (!http_db(r)) return;
+    if (r->method == HTTP_PUT)
+        http_reply_error(r, 501, "not_implemented", "database security is not supported yet");
+    else
+        http_reply_static(r, 200, "{}\n");
+}

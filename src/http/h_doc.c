@@ -1,0 +1,361 @@
+/* Documents: GET/HEAD/PUT/DELETE /{db}/{id} (design documents included) with CouchDB's
+ * options, open_revs (JSON, or multipart/mixed for CouchDB's replicator), ETag and
+ * If-None-Match, If-Match, new_edits=false and batch=ok; and the _local documents that hold
+ * replication checkpoints. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "http_int.h"
+
+/* The revision of a document reply: the library writes "_id" then "_rev" first, and the
+ * text `"_rev":"` cannot occur inside the escaped id, so its first occurrence is it. */
+static bool http_doc_rev(const char *json, size_t len, const char **rev, size_t *rlen)
+{
+    static const char pat[] = "\"_rev\":\"";
+    const size_t pl = sizeof pat - 1;
+    for (size_t i = 0; i + pl <= len; i++) {
+        if (json[i] != '"' || memcmp(json + i, pat, pl) != 0) continue;
+        const char *s = json + i + pl;
+        const char *e = memchr(s, '"', len - (size_t)(s - json));
+        if (!e || e - s >= MIMEO_REV_MAX) return false;
+        *rev = s;
+        *rlen = (size_t)(e - s);
+        return true;
+    }
+    return false;
+}
+
+/* The revision the client names: ?rev= or If-Match ("quoted"); both must agree. Returns
+ * false after replying 400. *rev is NULL when neither is given; rev_buf holds If-Match's. */
+static bool http_want_rev(http_req *r, const char **rev, char rev_buf[MIMEO_REV_MAX])
+{
+    size_t ql;
+    const char *q = http_arg_get(r, "rev", &ql);
+    const char *m = http_req_header(r, MHD_HTTP_HEADER_IF_MATCH);
+    *rev = NULL;
+    if (m) {
+        while (*m == ' ') m++;
+        if (m[0] == 'W' && m[1] == '/') m += 2;
+        size_t ml = strlen(m);
+        while (ml > 0 && m[ml - 1] == ' ') ml--;
+        if (ml >= 2 && m[0] == '"' && m[ml - 1] == '"') { m++; ml -= 2; }
+        if (ml == 0 || ml >= MIMEO_REV_MAX) {
+            http_reply_error(r, 400, "bad_request", "Invalid rev format");
+            return false;
+        }
+        memcpy(rev_buf, m, ml);
+        rev_buf[ml] = '\0';
+        *rev = rev_buf;
+    }
+    if (q) {
+        if (*rev && strcmp(*rev, q) != 0) {
+            http_reply_error(r, 400, "bad_request",
+                             "Document rev and etag have different values");
+            return false;
+        }
+        if (ql == 0 || ql >= MIMEO_REV_MAX || memchr(q, '\0', ql)) {
+            http_reply_error(r, 400, "bad_request", "Invalid rev format");
+            return false;
+        }
+        *rev = q;
+    }
+    return true;
+}
+
+/* Does If-None-Match name this ETag? */
+static bool http_none_match(http_req *r, const char *rev, size_t rlen)
+{
+    const char *h = http_req_header(r, MHD_HTTP_HEADER_IF_NONE_MATCH);
+    if (!h) return false;
+    for (const char *p = h; (p = strchr(p, '"')) != NULL; p++) {
+        if (strncmp(p + 1, rev, rlen) == 0 && p[1 + rlen] == '"') return true;
+    }
+    return false;
+}
+
+static bool http_accepts_multipart_mixed(http_req *r)
+{
+    const char *a = http_req_header(r, MHD_HTTP_HEADER_ACCEPT);
+    return a && strcasestr(a, "multipart/mixed") != NULL;
+}
+
+/* Turns open_revs' JSON array into multipart/mixed, one part per revision: CouchDB's
+ * replicator asks for it and matches the bare part type "application/json". A cold path
+ * (design documents and documents with attachments), so a tree is fine here. */
+static void http_reply_open_revs_multipart(http_req *r, char *out, size_t len)
+{
+    jval *t = NULL;
+    json_error je = {0};
+    json_limits lim = r->srv->limits;
+    lim.max_doc_bytes = len + 1;
+    int rc = json_tree_parse(out, len, &lim, &t, &je);
+    mimeo_free(out);
+    if (rc != 0 || !t || t->type != JV_ARRAY) {
+        if (t) jval_free(t);
+        http_reply_error(r, 500, "unknown_error", "open_revs produced an unexpected reply");
+        return;
+    }
+    unsigned char rnd[16];
+    char boundary[33];
+    random_bytes(rnd, sizeof rnd);
+    hex_encode(rnd, sizeof rnd, boundary);
+    buf b;
+    buf_init(&b, 0);
+    for (size_t i = 0; i < t->count; i++) {
+        const jval *item = t->items[i];
+        const jval *ok = jval_get(item, "ok");
+        buf_printf(&b, "--%s\r\n", boundary);
+        if (ok) {
+            buf_puts(&b, "Content-Type: application/json\r\n\r\n");
+            json_put_jval(&b, ok);
+        } else {
+            buf_puts(&b, "Content-Type: application/json; error=\"true\"\r\n\r\n");
+            json_put_jval(&b, item);
+        }
+        buf_puts(&b, "\r\n");
+    }
+    buf_printf(&b, "--%s--", boundary);
+    jval_free(t);
+    char ctype[80];
+    snprintf(ctype, sizeof ctype, "multipart/mixed; boundary=\"%s\"", boundary);
+    http_reply_buf_ct(r, 200, &b, ctype);
+}
+
+/* ---- GET -------------------------------------------------------------------------------- */
+static void http_doc_get(http_req *r, const char *id, size_t id_len)
+{
+    mimeo_get_opts o = {0};
+    bool meta = false, atts = false;
+    if (http_arg_bool(r, "revs", &o.revs) < 0 ||
+        http_arg_bool(r, "revs_info", &o.revs_info) < 0 ||
+        http_arg_bool(r, "conflicts", &o.conflicts) < 0 ||
+        http_arg_bool(r, "deleted_conflicts", &o.deleted_conflicts) < 0 ||
+        http_arg_bool(r, "local_seq", &o.local_seq) < 0 ||
+        http_arg_bool(r, "latest", &o.latest) < 0 ||
+        http_arg_bool(r, "meta", &meta) < 0 ||
+        http_arg_bool(r, "attachments", &atts) < 0)
+        return;
+    if (meta) o.conflicts = o.deleted_conflicts = o.revs_info = true;
+    size_t rl;
+    o.rev = http_arg_get(r, "rev", &rl);
+    if (o.rev && (rl == 0 || rl >= MIMEO_REV_MAX || memchr(o.rev, '\0', rl))) {
+        http_reply_error(r, 400, "bad_request", "Invalid rev format");
+        return;
+    }
+
+    size_t ol;
+    const char *open_revs = http_arg_get(r, "open_revs", &ol);
+    if (open_revs) {
+        /* "all", or a JSON array of revision strings; anything else is refused here so the
+         * library only ever sees one of those two. */
+        if (!(ol == 3 && memcmp(open_revs, "all", 3) == 0)) {
+            jval *t = NULL;
+            bool good = http_arg_json(r, "open_revs", &t) > 0 && t->type == JV_ARRAY;
+            for (size_t i = 0; good && i < t->count; i++)
+                if (t->items[i]->type != JV_STRING) good = false;
+            if (t) jval_free(t);
+            if (!r->resp && !good)
+                http_reply_error(r, 400, "bad_request",
+                                 "open_revs must be \"all\" or a JSON array of revisions");
+            if (r->resp) return;
+        }
+        o.rev = NULL;
+        if (!http_db(r)) return;
+        char *out = NULL;
+        size_t len = 0;
+        mimeo_err e = {0};
+        int rc = mimeo_doc_open_revs(r->db, id, id_len, open_revs, ol, &o, &out, &len, &e);
+        if (rc != 0) {
+            if (out) mimeo_free(out);
+            http_reply_err(r, rc, &e);
+            return;
+        }
+        if (http_accepts_multipart_mixed(r)) http_reply_open_revs_multipart(r, out, len);
+        else http_reply_mimeo(r, 200, out, len);
+        return;
+    }
+
+    if (!http_db(r)) return;
+    char *out = NULL;
+    size_t len = 0;
+    mimeo_err e = {0};
+    int rc = mimeo_doc_get(r->db, id, id_len, &o, &out, &len, &e);
+    if (rc != 0) {
+        if (out) mimeo_free(out);
+        http_reply_err(r, rc, &e);
+        return;
+    }
+    const char *rev = NULL;
+    size_t revl = 0;
+    bool has_rev = http_doc_rev(out, len, &rev, &revl);
+    if (has_rev && http_none_match(r, rev, revl)) {
+        char tag[MIMEO_REV_MAX];
+        memcpy(tag, rev, revl);
+        mimeo_free(out);
+        http_reply_static(r, 304, "");
+        http_header_etag(r, tag, revl);
+        return;
+    }
+    http_reply_mimeo(r, 200, out, len);
+    if (has_rev) http_header_etag(r, rev, revl);   /* out lives on inside the reply */
+}
+
+/* ---- PUT / DELETE ----------------------------------------------------------------------- */
+static bool http_refuse_multipart(http_req *r)
+{
+    const char *ct = http_req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (ct && strncasecmp(ct, "multipart/", 10) == 0) {
+        /* CouchDB's replicator skips a document answered 415 instead of failing the job. */
+        http_reply_error(r, 415, "bad_content_type",
+                         "multipart documents (attachments) are not supported yet");
+        return true;
+    }
+    return false;
+}
+
+static void http_doc_put(http_req *r, const char *id, size_t id_len)
+{
+    if (http_refuse_multipart(r)) return;
+    char rev_buf[MIMEO_REV_MAX];
+    mimeo_put_opts o = {0};
+    bool new_edits = true;
+    if (!http_want_rev(r, &o.rev, rev_buf) || http_arg_bool(r, "new_edits", &new_edits) < 0)
+        return;
+    o.new_edits_false = !new_edits;
+    size_t bl;
+    const char *bv = http_arg_get(r, "batch", &bl);
+    bool batch = bv && bl == 2 && memcmp(bv, "ok", 2) == 0;
+    if (!http_db(r)) return;
+
+    mimeo_put_result res = {0};
+    mimeo_err e = {0};
+    int rc = mimeo_doc_put(r->db, id, id_len, r->body.data ? r->body.data : "", r->body.len,
+                           &o, &res, &e);
+    if (rc != 0) {
+        if (res.id) mimeo_free(res.id);
+        http_reply_err(r, rc, &e);
+        return;
+    }
+    const char *rid = res.id ? res.id : id;
+    size_t ridl = res.id ? strlen(res.id) : id_len;
+    buf b;
+    buf_init(&b, 0);
+    /* new_edits=false must answer an object with the stored rev: CouchDB's replicator
+     * parses it (an array here crash-loops it). */
+    http_put_ok_id_rev(&b, rid, ridl, batch ? NULL : res.rev);
+    http_reply_buf(r, batch ? 202 : 201, &b);
+    if (!batch) {
+        http_header_etag(r, res.rev, strlen(res.rev));
+        http_header_location(r, r->seg[0], rid, ridl);
+    }
+    if (res.id) mimeo_free(res.id);
+}
+
+static void http_doc_delete(http_req *r, const char *id, size_t id_len)
+{
+    char rev_buf[MIMEO_REV_MAX];
+    const char *rev;
+    if (!http_want_rev(r, &rev, rev_buf)) return;
+    if (!http_db(r)) return;
+    if (!rev) {
+        http_reply_error(r, 409, "conflict", "Document update conflict.");
+        return;
+    }
+    mimeo_put_result res = {0};
+    mimeo_err e = {0};
+    int rc = mimeo_doc_delete(r->db, id, id_len, rev, &res, &e);
+    if (rc != 0) {
+        if (res.id) mimeo_free(res.id);
+        http_reply_err(r, rc, &e);
+        return;
+    }
+    buf b;
+    buf_init(&b, 0);
+    http_put_ok_id_rev(&b, id, id_len, res.rev);
+    http_reply_buf(r, 200, &b);
+    http_header_etag(r, res.rev, strlen(res.rev));
+    if (res.id) mimeo_free(res.id);
+}
+
+void http_h_doc(http_req *r, const char *id, size_t id_len)
+{
+    switch (r->method) {
+    case HTTP_GET: case HTTP_HEAD: http_doc_get(r, id, id_len); return;
+    case HTTP_PUT: http_doc_put(r, id, id_len); return;
+    case HTTP_DELETE: http_doc_delete(r, id, id_len); return;
+    default: http_reply_method(r, "DELETE,GET,HEAD,PUT"); return;
+    }
+}
+
+/* ---- _local ----------------------------------------------------------------------------- */
+/* Replies {"ok":true,"id":"_local/<id>","rev":…}. */
+static void http_local_ok(http_req *r, unsigned status, const char *id, size_t id_len,
+                          const char *rev)
+{
+    buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, "{\"ok\":true,\"id\":\"_local/");
+    /* json_put_str writes the quotes itself: write the escaped id without them. */
+    buf tmp;
+    buf_init(&tmp, 0);
+    json_put_str(&tmp, id, id_len);
+    if (tmp.len >= 2) buf_put(&b, tmp.data + 1, tmp.len - 2);
+    buf_destroy(&tmp);
+    buf_puts(&b, "\",\"rev\":");
+    json_put_cstr(&b, rev);
+    buf_puts(&b, "}\n");
+    http_reply_buf(r, status, &b);
+}
+
+void http_h_local(http_req *r, const char *id, size_t id_len)
+{
+    char rev_buf[MIMEO_REV_MAX];
+    const char *rev = NULL;
+    mimeo_put_result res = {0};
+    mimeo_err e = {0};
+    int rc;
+
+    switch (r->method) {
+    case HTTP_GET: case HTTP_HEAD: {
+        if (!http_db(r)) return;
+        char *out = NULL;
+        size_t len = 0;
+        rc = mimeo_local_get(r->db, id, id_len, &out, &len, &e);
+        if (rc != 0) {
+            if (out) mimeo_free(out);
+            /* CouchDB's replicator matches "not_found" exactly for a missing checkpoint. */
+            http_reply_err(r, rc, &e);
+            return;
+        }
+        http_reply_mimeo(r, 200, out, len);
+        return;
+    }
+    case HTTP_PUT:
+        if (http_refuse_multipart(r)) return;
+        if (!http_want_rev(r, &rev, rev_buf) || !http_db(r)) return;
+        rc = mimeo_local_put(r->db, id, id_len, r->body.data ? r->body.data : "", r->body.len,
+                             rev, &res, &e);
+        if (res.id) mimeo_free(res.id);
+        if (rc != 0) {
+            http_reply_err(r, rc, &e);
+            return;
+        }
+        http_local_ok(r, 201, id, id_len, res.rev);
+        return;
+    case HTTP_DELETE:
+        if (!http_want_rev(r, &rev, rev_buf) || !http_db(r)) return;
+        rc = mimeo_local_delete(r->db, id, id_len, rev, &res, &e);
+        if (res.id) mimeo_free(res.id);
+        if (rc != 0) {
+            http_reply_err(r, rc, &e);
+            return;
+        }
+        http_local_ok(r, 200, id, id_len, res.rev);
+        return;
+    default:
+        http_reply_method(r, "DELETE,GET,HEAD,PUT");
+        return;
+    }
+}

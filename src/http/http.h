@@ -1,0 +1,53 @@
+/* The HTTP front end: a CouchDB-compatible server over the public API in mimeo.h.
+ * This header is what the command line sees: a configuration struct (every field has a
+ * default in src/cli/config.c, the one table of options) and start/stop of one server.
+ * Everything else in src/http/ is internal (http_int.h). */
+#ifndef MIMEO_HTTP_H
+#define MIMEO_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mimeo.h"
+
+/* CORS, as CouchDB's [cors] section. Strings are borrowed until http_server_free. */
+typedef struct http_cors {
+    bool        enabled;
+    const char *origins;      /* "*" or a comma-separated list of exact origins */
+    bool        credentials;  /* send Access-Control-Allow-Credentials: true */
+    const char *methods;      /* Access-Control-Allow-Methods on preflight */
+    const char *headers;      /* Access-Control-Allow-Headers on preflight */
+    unsigned    max_age;      /* seconds, Access-Control-Max-Age on preflight */
+} http_cors;
+
+typedef struct http_config {
+    const char *bind_address;      /* IPv4 or IPv6 literal */
+    unsigned    port;              /* 0: the kernel picks a free port */
+    size_t      max_request_size;  /* bytes of one request body; over it → 413 */
+    unsigned    max_connections;   /* concurrent connections (one thread each) */
+    unsigned    idle_timeout_s;    /* an idle keep-alive connection is closed after this */
+    unsigned    changes_timeout_ms;/* default and cap of _changes?timeout */
+    unsigned    max_json_depth;    /* nesting cap for JSON in query values and small bodies */
+    http_cors   cors;
+} http_config;
+
+typedef struct http_server http_server;
+
+/* Starts serving env (borrowed: it must outlive the server) with cfg (copied; its strings
+ * are borrowed until http_server_free). On failure returns NULL and writes why into
+ * errbuf. */
+http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *errbuf,
+                               size_t errlen);
+/* The port actually bound (useful with port 0). */
+unsigned http_server_port(const http_server *s);
+/* First half of a clean stop: stop accepting connections and tell waiting changes feeds to
+ * end. Requests in flight go on (a caller may now cancel long ones, e.g. stop the
+ * replicator). Idempotent. */
+void http_server_quiesce(http_server *s);
+/* Clean stop (quiescing first if not done): let requests in flight finish (waiting changes feeds end
+ * within a second), close every connection, and free the server. Every mimeo_db handle the
+ * server opened is closed when this returns, so the caller may then mimeo_env_close. */
+void http_server_free(http_server *s);
+
+#endif

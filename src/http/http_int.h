@@ -1,0 +1,178 @@
+/* Internals shared by the files of src/http/: the server, the per-request context that owns
+ * everything a request allocates, URL and query-string parsing, replies (one status table),
+ * and the handlers' prototypes. A handler ends every path with exactly one http_reply_*
+ * call; the core queues that reply. */
+#ifndef MIMEO_HTTP_INT_H
+#define MIMEO_HTTP_INT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <microhttpd.h>
+
+#include "mimeo.h"
+#include "http.h"
+#include "../common/buf.h"
+#include "../json/json.h"
+
+#define HTTP_SERVER_HEADER "mimeo/" MIMEO_VERSION " (CouchDB/" MIMEO_COUCHDB_VERSION ")"
+#define HTTP_MAX_SEGS   8    /* path segments kept; more are counted (attachment names) */
+#define HTTP_MAX_ARGS   64   /* query arguments kept; CouchDB has fewer than 40 */
+#define HTTP_INLINE_URI 768  /* request targets up to this size need no extra allocation */
+#define HTTP_PAGE_ROWS  500  /* rows fetched per library call by streamed replies */
+
+struct http_server {
+    mimeo_env          *env;
+    http_config         cfg;
+    struct MHD_Daemon  *daemon;
+    unsigned            port;
+    json_limits         limits;   /* for query values and small request bodies */
+    atomic_bool         stopping; /* set first on shutdown: waiting feeds end */
+    atomic_int          busy;     /* requests between their first call and completion */
+    MHD_socket          listen_sock; /* ours to close once quiesced */
+};
+
+typedef enum {
+    HTTP_GET, HTTP_HEAD, HTTP_POST, HTTP_PUT, HTTP_DELETE, HTTP_OPTIONS, HTTP_OTHER
+} http_method;
+
+/* One query argument, '+' turned into space and %XX decoded (NUL-terminated too). */
+typedef struct http_arg {
+    const char *key;
+    size_t      key_len;
+    const char *val;
+    size_t      val_len;
+} http_arg;
+
+/* The request context: allocated when MHD reports the request line (so it also holds the
+ * raw request target, before MHD decodes it), freed in http_completed. It owns the body,
+ * the database handle and the reply until the core queues it. */
+typedef struct http_req {
+    http_server          *srv;
+    struct MHD_Connection *conn;
+    unsigned              calls;       /* access-handler calls so far */
+    bool                  counted;     /* included in srv->busy */
+    http_method           method;
+    const char           *method_name;
+
+    char                 *raw;         /* the request target, decoded in place */
+    size_t                nseg;        /* number of path segments (may exceed HTTP_MAX_SEGS) */
+    char                 *seg[HTTP_MAX_SEGS];
+    size_t                seg_len[HTTP_MAX_SEGS];
+    size_t                nargs;
+    http_arg              args[HTTP_MAX_ARGS];
+    bool                  url_bad;     /* malformed %-escape */
+
+    buf                   body;
+    bool                  too_large;
+
+    mimeo_db             *db;          /* opened once per request by http_db */
+    buf                   scratch;     /* e.g. "_design/" + name */
+
+    struct MHD_Response  *resp;        /* the reply the core queues */
+    unsigned              status;
+
+    char                  inline_raw[HTTP_INLINE_URI];
+} http_req;
+
+/* ---- url.c ------------------------------------------------------------------------------ */
+/* Splits target (raw request target) into decoded path segments and query arguments, into
+ * r. Never fails: a bad escape sets r->url_bad. */
+void        http_url_parse(http_req *r, const char *target);
+/* Decodes %XX in place over [p, p+n) (plus_space: '+' → ' '); returns the new length, or
+ * (size_t)-1 on a malformed escape. */
+size_t      http_pct_decode(char *p, size_t n, bool plus_space);
+/* The value of query argument name, or NULL (then *len untouched). */
+const char *http_arg_get(const http_req *r, const char *name, size_t *len);
+
+/* Typed query arguments. Each returns 0 when absent (out untouched), 1 when present and
+ * valid, or -1 after replying 400 (the handler must then return at once). */
+int http_arg_bool(http_req *r, const char *name, bool *out);
+int http_arg_u64(http_req *r, const char *name, uint64_t *out);
+/* A JSON value: *out is a new tree (jval_free). */
+int http_arg_json(http_req *r, const char *name, jval **out);
+/* A JSON string value: *out is a new tree of type JV_STRING. */
+int http_arg_json_str(http_req *r, const char *name, jval **out);
+
+/* ---- reply.c ---------------------------------------------------------------------------- */
+/* HTTP status for a mimeo error: by CouchDB error name when known, else by MIMEO_E* code. */
+unsigned http_status_for(int code, const char *error);
+
+/* Replies with b's bytes as JSON (takes b's memory; b is left empty). */
+void http_reply_buf(http_req *r, unsigned status, buf *b);
+/* The same with another Content-Type (NULL: application/json). */
+void http_reply_buf_ct(http_req *r, unsigned status, buf *b, const char *content_type);
+/* Replies with memory returned by mimeo (takes it; freed with mimeo_free). */
+void http_reply_mimeo(http_req *r, unsigned status, char *json, size_t len);
+/* Replies with a static JSON text. */
+void http_reply_static(http_req *r, unsigned status, const char *json);
+/* {"error":error,"reason":reason}; status 0 means "from the status table". */
+void http_reply_error(http_req *r, unsigned status, const char *error, const char *reason);
+/* From a MIMEO_E* code and its detail (e may be NULL or empty). */
+void http_reply_err(http_req *r, int rc, const mimeo_err *e);
+/* 405 with Allow and CouchDB's "Only X,Y allowed" reason; allowed like "GET,HEAD". */
+void http_reply_method(http_req *r, const char *allowed);
+/* A streamed (chunked) reply from a content reader; free_fn frees cls. content_type NULL
+ * means application/json. */
+void http_reply_stream(http_req *r, unsigned status, const char *content_type,
+                       MHD_ContentReaderCallback reader, void *cls,
+                       MHD_ContentReaderFreeCallback free_fn);
+/* For content readers: copies what is left of b (from *pos) into dst, at most max bytes;
+ * returns the count, 0 when b is drained (then b is reset and *pos is 0). */
+size_t http_drain(buf *b, size_t *pos, char *dst, size_t max);
+/* Adds a header to the reply already made. */
+void http_header(http_req *r, const char *name, const char *value);
+/* Quoted ETag "rev" header. */
+void http_header_etag(http_req *r, const char *rev, size_t len);
+/* Location: http://host/db/id for a created document. */
+void http_header_location(http_req *r, const char *db, const char *id, size_t id_len);
+
+/* CORS: headers for a simple request's reply; preflight answer (true when handled). */
+void http_cors_headers(http_req *r, struct MHD_Response *resp);
+bool http_cors_preflight(http_req *r);
+
+/* ---- small helpers (reply.c) ------------------------------------------------------------ */
+/* A request header, or NULL. */
+const char *http_req_header(const http_req *r, const char *name);
+/* True when the request's Content-Type is application/json (parameters allowed). */
+bool http_is_json_ctype(const http_req *r);
+/* Opens r->db for database segment 0 (cached for the request). On failure replies 404 /
+ * 400 and returns false. */
+bool http_db(http_req *r);
+/* Appends {"ok":true,"id":…,"rev":…} to b. */
+int  http_put_ok_id_rev(buf *b, const char *id, size_t id_len, const char *rev);
+
+/* ---- route.c and the handlers ----------------------------------------------------------- */
+void http_route(http_req *r);
+
+void http_h_root(http_req *r);
+void http_h_up(http_req *r);
+void http_h_all_dbs(http_req *r);
+void http_h_uuids(http_req *r);
+
+void http_h_db(http_req *r);            /* /{db}: GET HEAD PUT DELETE POST */
+void http_h_bulk_docs(http_req *r);
+void http_h_bulk_get(http_req *r);
+void http_h_revs_diff(http_req *r);
+void http_h_revs_limit(http_req *r);
+void http_h_compact(http_req *r);
+void http_h_ensure_full_commit(http_req *r);
+void http_h_security(http_req *r);
+
+/* id/id_len: the decoded document id ("_design/x" included). */
+void http_h_doc(http_req *r, const char *id, size_t id_len);
+void http_h_local(http_req *r, const char *id, size_t id_len);
+
+/* h_repl.c: /_replicate, /_active_tasks, /_scheduler/{jobs,docs…} (they check methods). */
+void http_h_replicate(http_req *r);
+void http_h_active_tasks(http_req *r);
+void http_h_scheduler(http_req *r);
+
+void http_h_all_docs(http_req *r);
+void http_h_design_docs(http_req *r);
+void http_h_changes(http_req *r);
+
+#endif

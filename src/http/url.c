@@ -1,0 +1,190 @@
+/* Request targets: path segments and query arguments, and typed access to arguments.
+ * The path is split on raw '/' first and each segment decoded afterwards, so "a%2Fb" stays
+ * one segment (a database or document name with a slash); '+' in a path is a plus. In the
+ * query string '+' means space, as in CouchDB's own parser (clients send %2B for a plus).
+ * Everything here takes bytes from the network: nothing may crash or overrun. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_int.h"
+
+static int http_hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+size_t http_pct_decode(char *p, size_t n, bool plus_space)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '%') {
+            if (i + 2 >= n) return (size_t)-1;
+            int hi = http_hexval(p[i + 1]), lo = http_hexval(p[i + 2]);
+            if (hi < 0 || lo < 0) return (size_t)-1;
+            p[o++] = (char)(hi << 4 | lo);
+            i += 2;
+        } else if (c == '+' && plus_space) {
+            p[o++] = ' ';
+        } else {
+            p[o++] = c;
+        }
+    }
+    return o;
+}
+
+/* Path: "/a/b%2Fc/" → ["a", "b/c"]. A trailing slash adds no segment ("/db/" is "/db"). */
+static void http_split_path(http_req *r, char *p, size_t n)
+{
+    size_t i = 0;
+    if (n > 0 && p[0] == '/') i = 1;
+    while (i < n) {
+        size_t start = i;
+        while (i < n && p[i] != '/') i++;
+        size_t len = i - start;
+        if (len == 0 && i >= n) break;           /* nothing after the final slash */
+        if (r->nseg < HTTP_MAX_SEGS) {
+            size_t dl = http_pct_decode(p + start, len, false);
+            if (dl == (size_t)-1) { r->url_bad = true; dl = 0; }
+            p[start + dl] = '\0';
+            r->seg[r->nseg] = p + start;
+            r->seg_len[r->nseg] = dl;
+        }
+        r->nseg++;
+        if (i < n) i++;   /* skip the '/' */
+    }
+}
+
+static void http_split_query(http_req *r, char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t start = i;
+        while (i < n && p[i] != '&' && p[i] != ';') i++;
+        size_t end = i;
+        if (i < n) i++;
+        if (end == start) continue;
+        size_t eq = start;
+        while (eq < end && p[eq] != '=') eq++;
+        if (r->nargs >= HTTP_MAX_ARGS) continue;   /* ignored, like unknown arguments */
+        http_arg *a = &r->args[r->nargs];
+        size_t kl = http_pct_decode(p + start, eq - start, true);
+        size_t vl = 0;
+        char *v = p + end;                          /* empty value: point at a NUL */
+        if (eq < end) {
+            v = p + eq + 1;
+            vl = http_pct_decode(v, end - eq - 1, true);
+        }
+        if (kl == (size_t)-1 || vl == (size_t)-1) { r->url_bad = true; continue; }
+        p[start + kl] = '\0';
+        v[vl] = '\0';
+        a->key = p + start;
+        a->key_len = kl;
+        a->val = v;
+        a->val_len = vl;
+        r->nargs++;
+    }
+}
+
+void http_url_parse(http_req *r, const char *target)
+{
+    /* r->raw was sized for target by the caller (server.c). Clients never send a fragment,
+     * so '#' is an ordinary (if unusual) byte here. */
+    size_t n = strlen(target);
+    memcpy(r->raw, target, n + 1);
+    char *q = memchr(r->raw, '?', n);
+    size_t path_len = q ? (size_t)(q - r->raw) : n;
+    if (q) {
+        *q = '\0';
+        http_split_query(r, q + 1, n - path_len - 1);
+    }
+    http_split_path(r, r->raw, path_len);
+}
+
+const char *http_arg_get(const http_req *r, const char *name, size_t *len)
+{
+    for (size_t i = 0; i < r->nargs; i++) {
+        if (strcmp(r->args[i].key, name) == 0) {
+            if (len) *len = r->args[i].val_len;
+            return r->args[i].val;
+        }
+    }
+    return NULL;
+}
+
+static void http_arg_error(http_req *r, const char *error, const char *fmt, const char *name,
+                           const char *val)
+{
+    char reason[MIMEO_ERR_REASON_MAX];
+    char shown[64];
+    snprintf(shown, sizeof shown, "%s", val ? val : "");
+    snprintf(reason, sizeof reason, fmt, name, shown);
+    http_reply_error(r, 400, error, reason);
+}
+
+int http_arg_bool(http_req *r, const char *name, bool *out)
+{
+    size_t n;
+    const char *v = http_arg_get(r, name, &n);
+    if (!v) return 0;
+    if (n == 4 && memcmp(v, "true", 4) == 0) { *out = true; return 1; }
+    if (n == 5 && memcmp(v, "false", 5) == 0) { *out = false; return 1; }
+    http_arg_error(r, "query_parse_error", "Invalid boolean parameter %s: \"%s\"", name, v);
+    return -1;
+}
+
+int http_arg_u64(http_req *r, const char *name, uint64_t *out)
+{
+    size_t n;
+    const char *v = http_arg_get(r, name, &n);
+    if (!v) return 0;
+    uint64_t x = 0;
+    bool ok = n > 0 && n <= 19;
+    for (size_t i = 0; ok && i < n; i++) {
+        if (v[i] < '0' || v[i] > '9') ok = false;
+        else x = x * 10 + (uint64_t)(v[i] - '0');
+    }
+    if (!ok) {
+        http_arg_error(r, "query_parse_error",
+                       "Invalid value for %s: \"%s\" (expected a non-negative integer)", name, v);
+        return -1;
+    }
+    *out = x;
+    return 1;
+}
+
+int http_arg_json(http_req *r, const char *name, jval **out)
+{
+    size_t n;
+    const char *v = http_arg_get(r, name, &n);
+    if (!v) return 0;
+    json_error e = {0};
+    jval *t = NULL;
+    if (json_tree_parse(v, n, &r->srv->limits, &t, &e) != 0 || !t) {
+        if (t) jval_free(t);
+        http_arg_error(r, "query_parse_error", "Invalid JSON value for %s: %s", name, v);
+        return -1;
+    }
+    *out = t;
+    return 1;
+}
+
+int http_arg_json_str(http_req *r, const char *name, jval **out)
+{
+    jval *t = NULL;
+    int rc = http_arg_json(r, name, &t);
+    if (rc <= 0) return rc;
+    if (t->type != JV_STRING) {
+        jval_free(t);
+        http_arg_error(r, "query_parse_error", "%s must be a JSON string, got: %s", name,
+                       http_arg_get(r, name, NULL));
+        return -1;
+    }
+    *out = t;
+    return 1;
+}

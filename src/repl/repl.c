@@ -1,0 +1,1124 @@
+/* The replicator: copies every revision a source database has and a target lacks, over
+ * CouchDB's replication protocol, between any two endpoints (local databases or URLs).
+ *
+ * The protocol, step by step, as a job runs it:
+ *  1. Open both ends: create the target when asked (PUT /{db}, 412 is fine), then
+ *     GET /{db} on each; a 404 is db_not_found. Unreachable peers are retried a few times
+ *     only, so a one-shot replication to a dead URL fails fast with a JSON error.
+ *  2. Replication id: md5 hex of (source, target, doc_ids) — repl_req.c. Checkpoints live in
+ *     _local/{id} on both ends.
+ *  3. Read both checkpoints and agree on a start seq like CouchDB: the same session_id on
+ *     both → source_last_seq; otherwise walk both histories for the newest shared session
+ *     and take its recorded_seq; no agreement → the beginning (or since_seq when given).
+ *  4. Reader: GET _changes?style=all_docs&since=S&limit=B in pages; each page becomes a
+ *     batch; "since" advances to the page's last_seq. An empty page (or a short one with
+ *     "pending":0) means the feed is read (one-shot) or that it is time to long-poll
+ *     (continuous).
+ *  5. Workers (several batches in flight, so both peers and the network work at once): per
+ *     batch POST target/_revs_diff with every leaf of every row; POST
+ *     source/_bulk_get?revs=true&latest=true with exactly the missing revisions (or, when the
+ *     source has no _bulk_get, GET /{db}/{id}?open_revs=[…]&revs=true&latest=true per
+ *     document); POST target/_bulk_docs {"new_edits":false} with the revisions fetched.
+ *     A 413 halves the batch; a document the target refuses is counted in
+ *     doc_write_failures and the replication goes on.
+ *  6. Progress: batches finish in any order; the "through" seq advances only over batches
+ *     that are all written, so a checkpoint never claims a change that is not on the target.
+ *  7. Checkpoint every checkpoint_interval while progressing, and at the end: POST
+ *     _ensure_full_commit on both, then PUT _local/{id} on source and target with CouchDB's
+ *     document (session_id, source_last_seq, history capped at 50).
+ *  8. One-shot: done when the feed is read and every batch written; the reply is CouchDB's
+ *     {ok, session_id, source_last_seq, replication_id_version, history}. Continuous: the
+ *     reader long-polls the source (feed=longpoll, or a wait on the local database) and
+ *     the loop of steps 4–7 goes on until the job is cancelled.
+ * Network failures, 5xx and 429 are retried below this file, in the remote endpoint. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "repl_int.h"
+
+struct repl_batch {
+    uint64_t    no;
+    jval       *page;       /* the parsed _changes page (owns the rows) */
+    const jval *rows;       /* its results array, borrowed */
+    char       *last_seq;   /* JSON text: every change of the page is at or below it */
+    bool        done;
+    repl_batch *qnext;      /* work queue */
+    repl_batch *onext;      /* feed order */
+};
+
+static void repl_batch_free(repl_batch *b)
+{
+    if (!b) return;
+    jval_free(b->page);
+    free(b->last_seq);
+    free(b);
+}
+
+static void repl_set_str(char **slot, const char *s)
+{
+    char *n = s ? strdup(s) : NULL;
+    free(*slot);
+    *slot = n;
+}
+
+static void repl_touch(repl_job *j)
+{
+    atomic_store(&j->updated_on, (int_fast64_t)time(NULL));
+}
+
+/* Records the first failure; later ones are consequences of the first. */
+static void repl_fail(repl_job *j, const mimeo_err *e)
+{
+    pthread_mutex_lock(&j->lock);
+    if (!j->failed) {
+        j->failed = true;
+        j->error = *e;
+    }
+    pthread_cond_broadcast(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+}
+
+/* ---- jobs ------------------------------------------------------------------------------ */
+repl_job *repl_job_new(mimeo_env *env, repl_req *req)
+{
+    repl_job *j = calloc(1, sizeof *j);
+    if (!j) return NULL;
+    j->env = env;
+    j->req = *req;
+    memset(req, 0, sizeof *req);
+    repl_req_id(env, &j->req, j->rep_id);
+    pthread_mutex_init(&j->lock, NULL);
+    pthread_cond_init(&j->cond, NULL);
+    pthread_mutex_init(&j->ckpt_lock, NULL);
+    buf_init(&j->base_history, 0);
+    j->started_on = (int64_t)time(NULL);
+    atomic_store(&j->updated_on, (int_fast64_t)j->started_on);
+    atomic_store(&j->state, REPL_ST_INITIALIZING);
+    return j;
+}
+
+static void repl_job_reset(repl_job *j)
+{
+    repl_ep_free(j->src);
+    repl_ep_free(j->tgt);
+    j->src = j->tgt = NULL;
+    while (j->order_head) {
+        repl_batch *b = j->order_head;
+        j->order_head = b->onext;
+        repl_batch_free(b);
+    }
+    /* The monitoring producers read these under the lock, even between two runs. */
+    pthread_mutex_lock(&j->lock);
+    j->order_tail = j->queue_head = j->queue_tail = NULL;
+    j->inflight = 0;
+    j->reading_done = false;
+    j->failed = false;
+    memset(&j->error, 0, sizeof j->error);
+    repl_set_str(&j->start_seq, NULL);
+    repl_set_str(&j->through_seq, NULL);
+    repl_set_str(&j->ckpt_seq, NULL);
+    pthread_mutex_unlock(&j->lock);
+    repl_set_str(&j->src_ckpt_rev, NULL);
+    repl_set_str(&j->tgt_ckpt_rev, NULL);
+    buf_reset(&j->base_history);
+    j->base_history_n = 0;
+    j->src_ckpt_readonly = false;
+    j->caught_up = false;
+    atomic_store(&j->stats.missing_checked, 0);
+    atomic_store(&j->stats.missing_found, 0);
+    atomic_store(&j->stats.docs_read, 0);
+    atomic_store(&j->stats.docs_written, 0);
+    atomic_store(&j->stats.doc_write_failures, 0);
+    atomic_store(&j->stats.bulk_get_docs, 0);
+    atomic_store(&j->stats.bulk_get_attempts, 0);
+    atomic_store(&j->stats.changes_pending, 0);
+}
+
+void repl_job_free(repl_job *j)
+{
+    if (!j) return;
+    repl_job_reset(j);
+    free(j->source_seq);
+    buf_destroy(&j->base_history);
+    repl_req_destroy(&j->req);
+    pthread_mutex_destroy(&j->lock);
+    pthread_cond_destroy(&j->cond);
+    pthread_mutex_destroy(&j->ckpt_lock);
+    free(j);
+}
+
+/* ---- step 1: open the endpoints --------------------------------------------------------- */
+static int repl_open_ep(repl_job *j, const repl_ep_spec *s, bool create, repl_ep **out,
+                        mimeo_err *err)
+{
+    if (s->local)
+        return repl_ep_local_new(j->env, s->url, create, &j->cancel, out, err);
+    int rc = repl_ep_http_new(s, &j->cancel, j->req.connect_ms, out, err);
+    if (rc || !create) return rc;
+    repl_resp r;
+    repl_resp_init(&r);
+    rc = (*out)->ops->create(*out, &r, err);
+    /* CouchDB goes on after anything but 401/403: the GET that follows tells the truth. */
+    if (!rc && (r.status == 401 || r.status == 403)) {
+        repl_err_from_resp(err, &r, "could not create the target database");
+        snprintf(err->error, sizeof err->error, "unauthorized");
+        rc = MIMEO_EINVAL;
+    }
+    repl_resp_destroy(&r);
+    return rc;
+}
+
+/* GET /{db}; keeps update_seq of the source as the first source_seq. */
+static int repl_check_db(repl_job *j, repl_ep *ep, bool is_source, mimeo_err *err)
+{
+    repl_resp r;
+    repl_resp_init(&r);
+    int rc = ep->ops->info(ep, &r, err);
+    if (rc) {
+        /* CouchDB's name for a database it cannot open, whatever the reason. */
+        if (rc != MIMEO_ECLOSED) snprintf(err->error, sizeof err->error, "db_not_found");
+        goto out;
+    }
+    if (r.status == 404 || r.status == 401 || r.status == 403 || r.status != 200) {
+        rc = MIMEO_ENOTFOUND;
+        if (r.status == 401 || r.status == 403)
+            repl_err_set(err, rc, "unauthorized", "unauthorized to access %s",
+                         ep->display);
+        else if (r.status == 404)
+            repl_err_set(err, rc, "db_not_found", "could not open %s", ep->display);
+        else
+            repl_err_from_resp(err, &r, ep->display);
+        goto out;
+    }
+    if (is_source) {
+        jval *v = NULL;
+        if (json_tree_parse(r.body.data, r.body.len, NULL, &v, NULL) == 0) {
+            char *seq = repl_jval_text(jval_get(v, "update_seq"));
+            int64_t n;
+            j->src_update_seq = jval_as_i64(jval_get(v, "update_seq"), &n) ? n : -1;
+            pthread_mutex_lock(&j->lock);
+            free(j->source_seq);
+            j->source_seq = seq;
+            pthread_mutex_unlock(&j->lock);
+        }
+        jval_free(v);
+    }
+out:
+    repl_resp_destroy(&r);
+    return rc;
+}
+
+/* ---- step 3: agree on a start seq from the two checkpoint documents ---------------------- */
+static jval *repl_ckpt_get(repl_ep *ep, const char *id, char **rev)
+{
+    repl_resp r;
+    repl_resp_init(&r);
+    mimeo_err e;
+    jval *v = NULL;
+    if (ep->ops->local_get(ep, id, &r, &e) == 0 && r.status == 200 &&
+        json_tree_parse(r.body.data, r.body.len, NULL, &v, NULL) == 0 &&
+        v->type == JV_OBJECT) {
+        jval *jr = jval_get(v, "_rev");
+        if (jr && jr->type == JV_STRING) repl_set_str(rev, jr->str);
+    } else {
+        jval_free(v);
+        v = NULL;
+    }
+    repl_resp_destroy(&r);
+    return v;
+}
+
+static bool repl_same_str(const jval *a, const jval *b)
+{
+    return a && b && a->type == JV_STRING && b->type == JV_STRING && a->len == b->len &&
+           memcmp(a->str, b->str, a->len) == 0;
+}
+
+static bool repl_has_session(const jval *hist, size_t from, const jval *sid)
+{
+    for (size_t i = from; hist && i < hist->count; i++)
+        if (repl_same_str(jval_get(hist->items[i], "session_id"), sid)) return true;
+    return false;
+}
+
+/* Keeps entries [from, …) of hist as the base history that new checkpoints extend. */
+static void repl_keep_history(repl_job *j, const jval *hist, size_t from)
+{
+    for (size_t i = from; hist && hist->type == JV_ARRAY && i < hist->count; i++) {
+        if (j->base_history_n >= REPL_HISTORY_MAX - 1) break;
+        if (j->base_history_n > 0) buf_putc(&j->base_history, ',');
+        json_put_jval(&j->base_history, hist->items[i]);
+        j->base_history_n++;
+    }
+}
+
+static char *repl_ckpt_compare(repl_job *j, const jval *src, const jval *tgt)
+{
+    if (!src || !tgt) return NULL;
+    const jval *ss = jval_get(src, "session_id"), *ts = jval_get(tgt, "session_id");
+    const jval *sh = jval_get(src, "history"), *th = jval_get(tgt, "history");
+    if (repl_same_str(ss, ts)) {
+        repl_keep_history(j, sh, 0);
+        return repl_jval_text(jval_get(src, "source_last_seq"));
+    }
+    if (!sh || !th || sh->type != JV_ARRAY || th->type != JV_ARRAY) return NULL;
+    /* CouchDB's compare_rep_history: walk both logs in step, newest first. */
+    for (size_t i = 0; i < sh->count && i < th->count; i++) {
+        const jval *s = sh->items[i], *t = th->items[i];
+        if (repl_has_session(th, i, jval_get(s, "session_id"))) {
+            repl_keep_history(j, sh, i + 1);
+            return repl_jval_text(jval_get(s, "recorded_seq"));
+        }
+        if (repl_has_session(sh, i + 1, jval_get(t, "session_id"))) {
+            repl_keep_history(j, th, i + 1);
+            return repl_jval_text(jval_get(t, "recorded_seq"));
+        }
+    }
+    return NULL;
+}
+
+/* ---- step 7: checkpoints ----------------------------------------------------------------- */
+/* The history array's members: this session's entry, then the base history. */
+static int repl_put_history(repl_job *j, buf *b, const char *seq)
+{
+    char now[40];
+    repl_rfc1123(now, sizeof now);
+    int rc = buf_puts(b, "[{\"session_id\":\"");
+    rc |= buf_puts(b, j->session_id);
+    rc |= buf_puts(b, "\",\"start_time\":\"");
+    rc |= buf_puts(b, j->start_time);
+    rc |= buf_puts(b, "\",\"end_time\":\"");
+    rc |= buf_puts(b, now);
+    rc |= buf_puts(b, "\",\"start_last_seq\":");
+    rc |= buf_puts(b, j->start_seq ? j->start_seq : "0");
+    rc |= buf_puts(b, ",\"end_last_seq\":");
+    rc |= buf_puts(b, seq);
+    rc |= buf_puts(b, ",\"recorded_seq\":");
+    rc |= buf_puts(b, seq);
+    rc |= buf_printf(b, ",\"missing_checked\":%llu,\"missing_found\":%llu,\"docs_read\":%llu,"
+                     "\"docs_written\":%llu,\"doc_write_failures\":%llu,"
+                     "\"bulk_get_docs\":%llu,\"bulk_get_attempts\":%llu}",
+                     (unsigned long long)atomic_load(&j->stats.missing_checked),
+                     (unsigned long long)atomic_load(&j->stats.missing_found),
+                     (unsigned long long)atomic_load(&j->stats.docs_read),
+                     (unsigned long long)atomic_load(&j->stats.docs_written),
+                     (unsigned long long)atomic_load(&j->stats.doc_write_failures),
+                     (unsigned long long)atomic_load(&j->stats.bulk_get_docs),
+                     (unsigned long long)atomic_load(&j->stats.bulk_get_attempts));
+    if (j->base_history_n > 0) {
+        rc |= buf_putc(b, ',');
+        rc |= buf_put(b, j->base_history.data, j->base_history.len);
+    }
+    rc |= buf_putc(b, ']');
+    return rc ? MIMEO_ENOMEM : 0;
+}
+
+/* The members shared by the checkpoint document and the one-shot reply. */
+static int repl_put_log(repl_job *j, buf *b, const char *seq)
+{
+    int rc = buf_puts(b, "\"session_id\":\"");
+    rc |= buf_puts(b, j->session_id);
+    rc |= buf_puts(b, "\",\"source_last_seq\":");
+    rc |= buf_puts(b, seq);
+    rc |= buf_printf(b, ",\"replication_id_version\":%d,\"history\":", REPL_ID_VERSION);
+    if (rc) return MIMEO_ENOMEM;
+    return repl_put_history(j, b, seq);
+}
+
+/* PUT _local/{id} on one side, keeping the rev for the next write; on a conflict (someone
+ * else wrote it) the current rev is read and the write tried once more. */
+static int repl_ckpt_put(repl_job *j, repl_ep *ep, char **rev, const char *seq)
+{
+    int rc = MIMEO_EIO;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        buf b;
+        buf_init(&b, 0);
+        buf_puts(&b, "{\"_id\":\"_local/");
+        buf_puts(&b, j->rep_id);
+        buf_putc(&b, '"');
+        if (*rev) {
+            buf_puts(&b, ",\"_rev\":");
+            json_put_cstr(&b, *rev);
+        }
+        buf_putc(&b, ',');
+        repl_put_log(j, &b, seq);
+        buf_putc(&b, '}');
+        repl_resp r;
+        repl_resp_init(&r);
+        mimeo_err e;
+        int c = ep->ops->local_put(ep, j->rep_id, *rev, b.data, b.len, &r, &e);
+        buf_destroy(&b);
+        if (c == 0 && r.status >= 200 && r.status < 300) {
+            jval *v = NULL;
+            if (json_tree_parse(r.body.data, r.body.len, NULL, &v, NULL) == 0) {
+                jval *jr = jval_get(v, "rev");
+                if (jr && jr->type == JV_STRING) repl_set_str(rev, jr->str);
+            }
+            jval_free(v);
+            rc = 0;
+        } else if (c == 0 && r.status == 409 && attempt == 0) {
+            jval_free(repl_ckpt_get(ep, j->rep_id, rev));
+            repl_resp_destroy(&r);
+            continue;
+        } else if (c == 0 && r.status >= 400 && r.status < 500) {
+            rc = MIMEO_EINVAL;   /* refused: a read-only side */
+        }
+        repl_resp_destroy(&r);
+        break;
+    }
+    return rc;
+}
+
+static int repl_checkpoint(repl_job *j, const char *seq)
+{
+    repl_resp r;
+    mimeo_err e;
+    if (!j->src->local) {
+        repl_resp_init(&r);
+        j->src->ops->ensure_full_commit(j->src, &r, &e);
+        repl_resp_destroy(&r);
+    }
+    if (!j->tgt->local) {
+        repl_resp_init(&r);
+        j->tgt->ops->ensure_full_commit(j->tgt, &r, &e);
+        repl_resp_destroy(&r);
+    }
+    /* A source that refuses writes (read-only access) still gets replicated; only the
+     * target's checkpoint is kept then, and the next run starts over (cheaply, through
+     * _revs_diff). */
+    if (!j->src_ckpt_readonly && repl_ckpt_put(j, j->src, &j->src_ckpt_rev, seq) == MIMEO_EINVAL)
+        j->src_ckpt_readonly = true;
+    int rc = repl_ckpt_put(j, j->tgt, &j->tgt_ckpt_rev, seq);
+    if (rc == 0) {
+        pthread_mutex_lock(&j->lock);
+        repl_set_str(&j->ckpt_seq, seq);
+        pthread_mutex_unlock(&j->lock);
+    }
+    j->last_ckpt_ms = clock_ms();
+    return rc;
+}
+
+/* Checkpoints when the interval has passed (or force) and the through seq moved. Only one
+ * thread writes checkpoints at a time; the others skip rather than wait. */
+static void repl_maybe_checkpoint(repl_job *j, bool force)
+{
+    if (force) pthread_mutex_lock(&j->ckpt_lock);
+    else if (pthread_mutex_trylock(&j->ckpt_lock) != 0) return;
+    if (force || clock_ms() - j->last_ckpt_ms >= j->req.checkpoint_interval_ms) {
+        pthread_mutex_lock(&j->lock);
+        char *seq = j->through_seq ? strdup(j->through_seq) : NULL;
+        bool moved = seq && (!j->ckpt_seq || strcmp(seq, j->ckpt_seq) != 0);
+        pthread_mutex_unlock(&j->lock);
+        if (moved) repl_checkpoint(j, seq);
+        free(seq);
+    }
+    pthread_mutex_unlock(&j->ckpt_lock);
+}
+
+/* ---- step 6: the through seq ------------------------------------------------------------- */
+/* Under j->lock: retires finished batches from the head of the feed order. */
+static void repl_retire_locked(repl_job *j)
+{
+    while (j->order_head && j->order_head->done) {
+        repl_batch *b = j->order_head;
+        j->order_head = b->onext;
+        if (!j->order_head) j->order_tail = NULL;
+        free(j->through_seq);
+        j->through_seq = b->last_seq;
+        b->last_seq = NULL;
+        j->inflight--;
+        repl_batch_free(b);
+    }
+    pthread_cond_broadcast(&j->cond);
+}
+
+/* ---- step 5: one batch ------------------------------------------------------------------- */
+/* Copies the "ok" documents out of a _bulk_get or open_revs reply: the value of every "ok"
+ * member met outside a document is re-emitted as one element of the _bulk_docs array, and
+ * nothing else is. Streaming (no tree) because these replies carry all the bodies. */
+#define OKX_DEPTH (JSON_DEFAULT_MAX_DEPTH + 4)
+typedef struct repl_okx {
+    buf      *out;
+    size_t   *starts, *ends;   /* each document's span in out */
+    size_t    count, alloc;
+    unsigned  depth;
+    unsigned  cap;             /* depth of the document being copied; 0: none */
+    bool      want;            /* the last key outside a document was "ok" */
+    bool      want_err;        /* … was "error" */
+    size_t    errors;          /* {"error":{…}} entries met: revisions not served */
+    bool      after_key;
+    uint32_t  items[OKX_DEPTH];
+} repl_okx;
+
+static int okx_sep(repl_okx *x)
+{
+    if (x->after_key) {
+        x->after_key = false;
+        return 0;
+    }
+    if (x->items[x->depth]++ > 0) return json_putc(x->out, ',');
+    return 0;
+}
+
+static int okx_scalar(repl_okx *x)
+{
+    x->want = false;
+    x->want_err = false;
+    return x->cap ? okx_sep(x) : 0;
+}
+
+static int okx_null(void *ctx)
+{
+    repl_okx *x = ctx;
+    if (!x->cap) return okx_scalar(x);
+    return okx_sep(x) || buf_put(x->out, "null", 4);
+}
+
+static int okx_bool(void *ctx, bool v)
+{
+    repl_okx *x = ctx;
+    if (!x->cap) return okx_scalar(x);
+    return okx_sep(x) || (v ? buf_put(x->out, "true", 4) : buf_put(x->out, "false", 5));
+}
+
+static int okx_number(void *ctx, const char *t, size_t n)
+{
+    repl_okx *x = ctx;
+    if (!x->cap) return okx_scalar(x);
+    return okx_sep(x) || buf_put(x->out, t, n);
+}
+
+static int okx_string(void *ctx, const char *s, size_t n)
+{
+    repl_okx *x = ctx;
+    if (!x->cap) return okx_scalar(x);
+    return okx_sep(x) || json_put_str(x->out, s, n);
+}
+
+static int okx_start(repl_okx *x, char open, bool is_map)
+{
+    if (x->depth + 1 >= OKX_DEPTH) return MIMEO_EBADJSON;
+    if (x->cap) {
+        if (okx_sep(x) || json_putc(x->out, open)) return MIMEO_ENOMEM;
+    } else if (x->want && is_map) {
+        if (x->count == x->alloc) {
+            size_t na = x->alloc ? x->alloc * 2 : 256;
+            size_t *s = realloc(x->starts, na * sizeof *s);
+            if (!s) return MIMEO_ENOMEM;
+            x->starts = s;
+            size_t *e = realloc(x->ends, na * sizeof *e);
+            if (!e) return MIMEO_ENOMEM;
+            x->ends = e;
+            x->alloc = na;
+        }
+        if (x->count > 0 && json_putc(x->out, ',')) return MIMEO_ENOMEM;
+        x->starts[x->count] = x->out->len;
+        if (json_putc(x->out, '{')) return MIMEO_ENOMEM;
+        x->cap = x->depth + 1;
+    } else if (x->want_err && is_map) {
+        x->errors++;
+    }
+    x->want = false;
+    x->want_err = false;
+    x->depth++;
+    x->items[x->depth] = 0;
+    return 0;
+}
+
+static int okx_end(repl_okx *x, char close)
+{
+    if (x->cap) {
+        if (json_putc(x->out, close)) return MIMEO_ENOMEM;
+        if (x->depth == x->cap) {
+            x->ends[x->count++] = x->out->len;
+            x->cap = 0;
+        }
+    }
+    x->depth--;
+    return 0;
+}
+
+static int okx_start_map(void *ctx) { return okx_start(ctx, '{', true); }
+static int okx_end_map(void *ctx) { return okx_end(ctx, '}'); }
+static int okx_start_array(void *ctx) { return okx_start(ctx, '[', false); }
+static int okx_end_array(void *ctx) { return okx_end(ctx, ']'); }
+
+static int okx_key(void *ctx, const char *s, size_t n)
+{
+    repl_okx *x = ctx;
+    if (!x->cap) {
+        x->want = n == 2 && s[0] == 'o' && s[1] == 'k';
+        x->want_err = n == 5 && memcmp(s, "error", 5) == 0;
+        return 0;
+    }
+    if (x->items[x->depth]++ > 0 && json_putc(x->out, ',')) return MIMEO_ENOMEM;
+    if (json_put_str(x->out, s, n) || json_putc(x->out, ':')) return MIMEO_ENOMEM;
+    x->after_key = true;
+    return 0;
+}
+
+static const json_handlers okx_handlers = {
+    .on_null = okx_null, .on_bool = okx_bool, .on_number = okx_number,
+    .on_string = okx_string, .on_start_map = okx_start_map, .on_key = okx_key,
+    .on_end_map = okx_end_map, .on_start_array = okx_start_array,
+    .on_end_array = okx_end_array,
+};
+
+static int okx_feed(repl_okx *x, const repl_resp *r, mimeo_err *err)
+{
+    x->depth = 0;
+    x->cap = 0;
+    x->want = false;
+    x->want_err = false;
+    x->after_key = false;
+    x->items[0] = 0;
+    return json_parse(r->body.data, r->body.len, NULL, &okx_handlers, x, err);
+}
+
+/* Per-worker buffers, reused from batch to batch. */
+typedef struct repl_scratch {
+    buf       diff, get, docs, sub;
+    repl_resp resp;
+    repl_okx  okx;
+} repl_scratch;
+
+#define DOCS_PREFIX "{\"new_edits\":false,\"docs\":["
+
+/* POST _bulk_docs with documents [lo, hi) of the okx spans; 413 halves. */
+static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_err *err)
+{
+    repl_okx *x = &s->okx;
+    const char *body;
+    size_t len;
+    if (lo == 0 && hi == x->count) {
+        body = s->docs.data;
+        len = s->docs.len;
+    } else {
+        buf_reset(&s->sub);
+        int rc = buf_puts(&s->sub, DOCS_PREFIX);
+        for (size_t i = lo; !rc && i < hi; i++) {
+            if (i > lo) rc = buf_putc(&s->sub, ',');
+            if (!rc) rc = buf_put(&s->sub, s->docs.data + x->starts[i],
+                                  x->ends[i] - x->starts[i]);
+        }
+        if (!rc) rc = buf_puts(&s->sub, "]}");
+        if (rc) {
+            repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+            return MIMEO_ENOMEM;
+        }
+        body = s->sub.data;
+        len = s->sub.len;
+    }
+    int rc = j->tgt->ops->bulk_docs(j->tgt, body, len, &s->resp, err);
+    if (rc) return rc;
+    long st = s->resp.status;
+    if (st == 413) {
+        if (hi - lo == 1) {
+            atomic_fetch_add(&j->stats.doc_write_failures, 1);
+            return 0;
+        }
+        size_t mid = lo + (hi - lo) / 2;
+        rc = repl_write(j, s, lo, mid, err);
+        if (!rc) rc = repl_write(j, s, mid, hi, err);
+        return rc;
+    }
+    if (st != 201 && st != 200 && st != 202 && st != 417) {
+        repl_err_from_resp(err, &s->resp, "_bulk_docs on the target");
+        return MIMEO_EIO;
+    }
+    /* new_edits:false answers only the failures. */
+    size_t failures = 0;
+    jval *v = NULL;
+    if (json_tree_parse(s->resp.body.data, s->resp.body.len, NULL, &v, NULL) == 0 &&
+        v->type == JV_ARRAY)
+        failures = v->count;
+    jval_free(v);
+    if (failures > hi - lo) failures = hi - lo;
+    atomic_fetch_add(&j->stats.doc_write_failures, failures);
+    atomic_fetch_add(&j->stats.docs_written, (hi - lo) - failures);
+    return 0;
+}
+
+static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *err)
+{
+    const jval *rows = b->rows;
+    int rc;
+    /* _revs_diff: every leaf of every row. */
+    buf_reset(&s->diff);
+    rc = buf_putc(&s->diff, '{');
+    size_t nrevs = 0, nids = 0;
+    for (size_t i = 0; !rc && i < rows->count; i++) {
+        const jval *id = jval_get(rows->items[i], "id");
+        const jval *ch = jval_get(rows->items[i], "changes");
+        if (!id || id->type != JV_STRING || !ch || ch->type != JV_ARRAY || ch->count == 0)
+            continue;
+        if (nids++ > 0) rc |= buf_putc(&s->diff, ',');
+        rc |= json_put_str(&s->diff, id->str, id->len);
+        rc |= buf_puts(&s->diff, ":[");
+        size_t k = 0;
+        for (size_t c = 0; c < ch->count; c++) {
+            const jval *rev = jval_get(ch->items[c], "rev");
+            if (!rev || rev->type != JV_STRING) continue;
+            if (k++ > 0) rc |= buf_putc(&s->diff, ',');
+            rc |= json_put_str(&s->diff, rev->str, rev->len);
+            nrevs++;
+        }
+        rc |= buf_putc(&s->diff, ']');
+    }
+    rc |= buf_putc(&s->diff, '}');
+    if (rc) goto nomem;
+    if (nrevs == 0) return 0;
+    atomic_fetch_add(&j->stats.missing_checked, nrevs);
+    if ((rc = j->tgt->ops->revs_diff(j->tgt, s->diff.data, s->diff.len, &s->resp, err)) != 0)
+        return rc;
+    if (s->resp.status != 200) {
+        repl_err_from_resp(err, &s->resp, "_revs_diff on the target");
+        return MIMEO_EIO;
+    }
+    jval *diff = NULL;
+    if ((rc = json_tree_parse(s->resp.body.data, s->resp.body.len, NULL, &diff, err)) != 0)
+        return rc;
+    if (diff->type != JV_OBJECT) {
+        jval_free(diff);
+        repl_err_set(err, MIMEO_EIO, "bad_reply", "_revs_diff did not answer an object");
+        return MIMEO_EIO;
+    }
+    /* _bulk_get: exactly the missing revisions. */
+    buf_reset(&s->get);
+    rc = buf_puts(&s->get, "{\"docs\":[");
+    size_t nmissing = 0;
+    for (size_t i = 0; !rc && i < diff->count; i++) {
+        const jval *m = jval_get(diff->items[i], "missing");
+        for (size_t k = 0; m && m->type == JV_ARRAY && k < m->count; k++) {
+            if (m->items[k]->type != JV_STRING) continue;
+            if (nmissing++ > 0) rc |= buf_putc(&s->get, ',');
+            rc |= buf_puts(&s->get, "{\"id\":");
+            rc |= json_put_str(&s->get, diff->keys[i], diff->key_lens[i]);
+            rc |= buf_puts(&s->get, ",\"rev\":");
+            rc |= json_put_str(&s->get, m->items[k]->str, m->items[k]->len);
+            rc |= buf_putc(&s->get, '}');
+        }
+    }
+    rc |= buf_puts(&s->get, "]}");
+    if (rc) {
+        jval_free(diff);
+        goto nomem;
+    }
+    atomic_fetch_add(&j->stats.missing_found, nmissing);
+    if (nmissing == 0) {
+        jval_free(diff);
+        return 0;
+    }
+    repl_okx *x = &s->okx;
+    x->out = &s->docs;
+    x->count = 0;
+    buf_reset(&s->docs);
+    if (buf_puts(&s->docs, DOCS_PREFIX)) {
+        jval_free(diff);
+        goto nomem;
+    }
+    atomic_fetch_add(&j->stats.bulk_get_attempts, nmissing);
+    x->errors = 0;
+    bool fallback = atomic_load(&j->src->no_bulk_get);
+    if (!fallback) {
+        rc = j->src->ops->bulk_get(j->src, s->get.data, s->get.len, &s->resp, err);
+        if (rc) {
+            jval_free(diff);
+            return rc;
+        }
+        long st = s->resp.status;
+        if (st == 200) {
+            rc = okx_feed(x, &s->resp, err);
+            if (rc) {
+                jval_free(diff);
+                return rc;
+            }
+            atomic_fetch_add(&j->stats.bulk_get_docs, x->count);
+            if (x->errors > 0) {
+                /* Some revision was not served (a peer's bug, or a race with compaction):
+                 * fetch the whole batch again document by document, which either gets it
+                 * or confirms it is gone. Duplicates are harmless to new_edits:false. */
+                x->count = 0;
+                buf_reset(&s->docs);
+                if (buf_puts(&s->docs, DOCS_PREFIX)) {
+                    jval_free(diff);
+                    goto nomem;
+                }
+                fallback = true;
+            }
+        } else if (st == 400 || st == 404 || st == 405 || st == 501) {
+            atomic_store(&j->src->no_bulk_get, true);   /* every worker learns the same */
+            fallback = true;
+        } else {
+            jval_free(diff);
+            repl_err_from_resp(err, &s->resp, "_bulk_get on the source");
+            return MIMEO_EIO;
+        }
+    }
+    if (fallback) {
+        /* No _bulk_get: one open_revs GET per document, all its missing revs at once. */
+        for (size_t i = 0; i < diff->count; i++) {
+            const jval *m = jval_get(diff->items[i], "missing");
+            if (!m || m->type != JV_ARRAY || m->count == 0) continue;
+            char *revs = repl_jval_text(m);
+            if (!revs) {
+                jval_free(diff);
+                goto nomem;
+            }
+            rc = j->src->ops->open_revs(j->src, diff->keys[i], diff->key_lens[i], revs,
+                                        strlen(revs), &s->resp, err);
+            free(revs);
+            if (rc) {
+                jval_free(diff);
+                return rc;
+            }
+            if (s->resp.status == 404) continue;   /* gone since the feed was read */
+            if (s->resp.status != 200) {
+                jval_free(diff);
+                repl_err_from_resp(err, &s->resp, "open_revs on the source");
+                return MIMEO_EIO;
+            }
+            if ((rc = okx_feed(x, &s->resp, err)) != 0) {
+                jval_free(diff);
+                return rc;
+            }
+        }
+    }
+    jval_free(diff);
+    atomic_fetch_add(&j->stats.docs_read, x->count);
+    if (x->count == 0) return 0;
+    if (buf_puts(&s->docs, "]}")) goto nomem;
+    return repl_write(j, s, 0, x->count, err);
+nomem:
+    repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    return MIMEO_ENOMEM;
+}
+
+static void *repl_worker(void *arg)
+{
+    repl_job *j = arg;
+    repl_scratch s;
+    memset(&s, 0, sizeof s);
+    buf_init(&s.diff, 0);
+    buf_init(&s.get, 0);
+    buf_init(&s.docs, 0);
+    buf_init(&s.sub, 0);
+    repl_resp_init(&s.resp);
+    for (;;) {
+        pthread_mutex_lock(&j->lock);
+        while (!j->queue_head && !j->reading_done && !j->failed && !atomic_load(&j->cancel))
+            pthread_cond_wait(&j->cond, &j->lock);
+        repl_batch *b = j->failed || atomic_load(&j->cancel) ? NULL : j->queue_head;
+        if (b) {
+            j->queue_head = b->qnext;
+            if (!j->queue_head) j->queue_tail = NULL;
+        }
+        pthread_mutex_unlock(&j->lock);
+        if (!b) break;
+
+        mimeo_err e;
+        memset(&e, 0, sizeof e);
+        int rc = repl_process(j, b, &s, &e);
+        if (rc) {
+            repl_fail(j, &e);
+            break;
+        }
+        repl_touch(j);
+        pthread_mutex_lock(&j->lock);
+        b->done = true;
+        repl_retire_locked(j);
+        pthread_mutex_unlock(&j->lock);
+        repl_maybe_checkpoint(j, false);
+    }
+    buf_destroy(&s.diff);
+    buf_destroy(&s.get);
+    buf_destroy(&s.docs);
+    buf_destroy(&s.sub);
+    repl_resp_destroy(&s.resp);
+    free(s.okx.starts);
+    free(s.okx.ends);
+    return NULL;
+}
+
+/* ---- step 4: the reader ------------------------------------------------------------------ */
+/* Appends a batch to the feed order (and, when it has rows, to the work queue), waiting
+ * while too many are in flight. False when the job stopped meanwhile (b is freed). */
+static bool repl_enqueue(repl_job *j, repl_batch *b, bool work)
+{
+    pthread_mutex_lock(&j->lock);
+    while (j->inflight >= REPL_INFLIGHT && !j->failed && !atomic_load(&j->cancel))
+        pthread_cond_wait(&j->cond, &j->lock);
+    if (j->failed || atomic_load(&j->cancel)) {
+        pthread_mutex_unlock(&j->lock);
+        repl_batch_free(b);
+        return false;
+    }
+    b->no = j->next_batch_no++;
+    if (j->order_tail) j->order_tail->onext = b;
+    else j->order_head = b;
+    j->order_tail = b;
+    j->inflight++;
+    if (work) {
+        if (j->queue_tail) j->queue_tail->qnext = b;
+        else j->queue_head = b;
+        j->queue_tail = b;
+    } else {
+        b->done = true;
+        repl_retire_locked(j);
+    }
+    pthread_cond_broadcast(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+    return true;
+}
+
+static int repl_read(repl_job *j, mimeo_err *err)
+{
+    char *since = strdup(j->start_seq ? j->start_seq : "0");
+    if (!since) goto nomem;
+    repl_resp r;
+    repl_resp_init(&r);
+    int rc = 0;
+    size_t limit = j->req.batch_size;
+    while (!atomic_load(&j->cancel)) {
+        pthread_mutex_lock(&j->lock);
+        bool failed = j->failed;
+        pthread_mutex_unlock(&j->lock);
+        if (failed) break;
+        /* Long-poll no longer than a checkpoint interval, so an idle job still records
+         * what it wrote last in time. */
+        unsigned wait = 0;
+        if (j->req.continuous && j->caught_up) {
+            wait = REPL_LONGPOLL_MS;
+            if (j->req.checkpoint_interval_ms < wait) wait = j->req.checkpoint_interval_ms;
+            if (wait < 100) wait = 100;
+        }
+        atomic_store(&j->state, REPL_ST_RUNNING);
+        rc = j->src->ops->changes(j->src, since, strlen(since), limit, j->req.doc_ids, wait,
+                                  &r, err);
+        if (rc) break;
+        if (r.status != 200) {
+            if (r.status == 404)
+                repl_err_set(err, MIMEO_ENOTFOUND, "db_not_found", "could not read the changes of %s",
+                             j->src->display);
+            else
+                repl_err_from_resp(err, &r, "_changes on the source");
+            rc = MIMEO_EIO;
+            break;
+        }
+        repl_batch *b = calloc(1, sizeof *b);
+        if (!b) goto nomem_r;
+        if ((rc = json_tree_parse(r.body.data, r.body.len, NULL, &b->page, err)) != 0) {
+            repl_batch_free(b);
+            break;
+        }
+        const jval *rows = jval_get(b->page, "results");
+        if (!rows || rows->type != JV_ARRAY) {
+            repl_batch_free(b);
+            repl_err_set(err, MIMEO_EIO, "bad_reply", "_changes answered no results array");
+            rc = MIMEO_EIO;
+            break;
+        }
+        b->rows = rows;
+        const jval *last = jval_get(b->page, "last_seq");
+        if ((!last || last->type == JV_NULL) && rows->count > 0)
+            last = jval_get(rows->items[rows->count - 1], "seq");
+        b->last_seq = last && last->type != JV_NULL ? repl_jval_text(last) : strdup(since);
+        if (!b->last_seq) {
+            repl_batch_free(b);
+            goto nomem_r;
+        }
+        int64_t pending, last_n;
+        bool has_pending = jval_as_i64(jval_get(b->page, "pending"), &pending) && pending >= 0;
+        if (has_pending)
+            atomic_store(&j->stats.changes_pending, (uint64_t)pending);
+        else if (j->src_update_seq >= 0 && jval_as_i64(last, &last_n))
+            /* Peers without "pending" (PouchDB) number their changes: estimate. */
+            atomic_store(&j->stats.changes_pending,
+                         j->src_update_seq > last_n ? (uint64_t)(j->src_update_seq - last_n)
+                                                    : 0);
+        size_t n = rows->count;
+        free(since);
+        since = strdup(b->last_seq);
+        if (!since) {
+            repl_batch_free(b);
+            goto nomem_r;
+        }
+        pthread_mutex_lock(&j->lock);
+        if (n > 0 || !j->source_seq) repl_set_str(&j->source_seq, b->last_seq);
+        pthread_mutex_unlock(&j->lock);
+        if (!repl_enqueue(j, b, n > 0)) break;
+        /* The end of the feed: an empty page, or a short one that says nothing is
+         * pending. A short page alone is not enough: a server may cap its pages below
+         * our limit, and stopping there would complete with changes left behind. */
+        bool at_end = n == 0 || (n < limit && has_pending && pending == 0);
+        if (at_end) {
+            if (!j->req.continuous) break;
+            j->caught_up = true;
+            if (n == 0) repl_maybe_checkpoint(j, false);
+        }
+    }
+    repl_resp_destroy(&r);
+    free(since);
+    return rc;
+nomem_r:
+    repl_resp_destroy(&r);
+    free(since);
+nomem:
+    repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    return MIMEO_ENOMEM;
+}
+
+/* ---- the whole run ---------------------------------------------------------------------- */
+static int repl_start(repl_job *j, mimeo_err *err)
+{
+    int rc;
+    unsigned char sid[16];
+    random_bytes(sid, sizeof sid);
+    hex_encode(sid, sizeof sid, j->session_id);
+    repl_rfc1123(j->start_time, sizeof j->start_time);
+    if ((rc = repl_open_ep(j, &j->req.source, false, &j->src, err)) != 0) return rc;
+    if ((rc = repl_check_db(j, j->src, true, err)) != 0) return rc;
+    if ((rc = repl_open_ep(j, &j->req.target, j->req.create_target, &j->tgt, err)) != 0)
+        return rc;
+    if ((rc = repl_check_db(j, j->tgt, false, err)) != 0) return rc;
+
+    jval *sc = repl_ckpt_get(j->src, j->rep_id, &j->src_ckpt_rev);
+    jval *tc = repl_ckpt_get(j->tgt, j->rep_id, &j->tgt_ckpt_rev);
+    char *seq = repl_ckpt_compare(j, sc, tc);
+    jval_free(sc);
+    jval_free(tc);
+    if (j->req.since_seq) {
+        free(seq);
+        seq = strdup(j->req.since_seq);
+    }
+    pthread_mutex_lock(&j->lock);
+    j->start_seq = seq ? seq : strdup("0");
+    j->ckpt_seq = j->start_seq ? strdup(j->start_seq) : NULL;
+    j->through_seq = j->start_seq ? strdup(j->start_seq) : NULL;
+    pthread_mutex_unlock(&j->lock);
+    if (!j->start_seq || !j->ckpt_seq || !j->through_seq) {
+        repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        return MIMEO_ENOMEM;
+    }
+    j->last_ckpt_ms = clock_ms();
+    /* From here on a vanished peer is given time to come back. */
+    j->src->retries = j->req.retries;
+    j->tgt->retries = j->req.retries;
+    return 0;
+}
+
+int repl_job_run(repl_job *j, char **result, size_t *result_len)
+{
+    if (result) *result = NULL;
+    repl_job_reset(j);
+    mimeo_err err;
+    memset(&err, 0, sizeof err);
+    atomic_store(&j->state, REPL_ST_INITIALIZING);
+    int rc = repl_start(j, &err);
+    if (rc) {
+        repl_fail(j, &err);
+        return rc;
+    }
+    atomic_store(&j->state, REPL_ST_RUNNING);
+    unsigned nworkers = j->req.workers;
+    pthread_t tids[16];
+    unsigned started = 0;
+    for (; started < nworkers; started++)
+        if (pthread_create(&tids[started], NULL, repl_worker, j) != 0) break;
+    if (started == 0) {
+        repl_err_set(&err, MIMEO_ENOMEM, "error", "could not start a worker thread");
+        repl_fail(j, &err);
+        return MIMEO_ENOMEM;
+    }
+    rc = repl_read(j, &err);
+    if (rc && rc != MIMEO_ECLOSED) repl_fail(j, &err);
+    pthread_mutex_lock(&j->lock);
+    j->reading_done = true;
+    pthread_cond_broadcast(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+    for (unsigned i = 0; i < started; i++) pthread_join(tids[i], NULL);
+
+    pthread_mutex_lock(&j->lock);
+    bool failed = j->failed;
+    bool all_done = j->order_head == NULL;
+    pthread_mutex_unlock(&j->lock);
+    /* Keep what was written, even after a failure; a dead peer gets no second chance
+     * here, or the error would wait for a whole retry budget. */
+    bool stopping = atomic_load(&j->stopping);
+    if (failed || stopping) {
+        j->src->retries = 0;
+        j->tgt->retries = 0;
+    }
+    /* Transfers were aborted by the stop; lift that for the last checkpoint only. */
+    if (stopping) atomic_store(&j->cancel, false);
+    repl_maybe_checkpoint(j, true);
+    if (stopping) atomic_store(&j->cancel, true);
+    if (failed) {
+        atomic_store(&j->state, REPL_ST_CRASHING);
+        return j->error.code ? j->error.code : MIMEO_EIO;
+    }
+    if (stopping && j->req.continuous) return 0;
+    if (stopping && !all_done) {
+        repl_err_set(&err, MIMEO_ECLOSED, "cancelled", "the replication was cancelled");
+        repl_fail(j, &err);
+        return MIMEO_ECLOSED;
+    }
+    atomic_store(&j->state, REPL_ST_COMPLETED);
+    if (!result) return 0;
+    buf b;
+    buf_init(&b, 0);
+    pthread_mutex_lock(&j->lock);
+    char *through = strdup(j->through_seq ? j->through_seq : "0");
+    pthread_mutex_unlock(&j->lock);
+    if (through && j->start_seq && strcmp(through, j->start_seq) == 0 &&
+        atomic_load(&j->stats.missing_checked) == 0) {
+        rc = buf_puts(&b, "{\"ok\":true,\"no_changes\":true}");
+    } else {
+        rc = buf_puts(&b, "{\"ok\":true,");
+        if (!rc) rc = repl_put_log(j, &b, through ? through : "0");
+        if (!rc) rc = buf_putc(&b, '}');
+    }
+    free(through);
+    if (rc) {
+        buf_destroy(&b);
+        return MIMEO_ENOMEM;
+    }
+    *result = buf_detach(&b, result_len);
+    return 0;
+}
+
+/* Stops a running job soon: requests in flight are aborted, waits end. */
+void repl_job_cancel(repl_job *j)
+{
+    atomic_store(&j->stopping, true);
+    atomic_store(&j->cancel, true);
+    pthread_mutex_lock(&j->lock);
+    pthread_cond_broadcast(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+}
+
+int repl_job_put_stats(repl_job *j, buf *b)
+{
+    pthread_mutex_lock(&j->lock);
+    const char *ck = j->ckpt_seq ? j->ckpt_seq : "null";
+    const char *ss = j->source_seq ? j->source_seq : "null";
+    const char *th = j->through_seq ? j->through_seq : "null";
+    int rc = buf_printf(b, "\"revisions_checked\":%llu,\"missing_revisions_found\":%llu,"
+                        "\"docs_read\":%llu,\"docs_written\":%llu,\"doc_write_failures\":%llu,"
+                        "\"bulk_get_docs\":%llu,\"bulk_get_attempts\":%llu,"
+                        "\"changes_pending\":%llu,\"checkpointed_source_seq\":%s,"
+                        "\"source_seq\":%s,\"through_seq\":%s",
+                        (unsigned long long)atomic_load(&j->stats.missing_checked),
+                        (unsigned long long)atomic_load(&j->stats.missing_found),
+                        (unsigned long long)atomic_load(&j->stats.docs_read),
+                        (unsigned long long)atomic_load(&j->stats.docs_written),
+                        (unsigned long long)atomic_load(&j->stats.doc_write_failures),
+                        (unsigned long long)atomic_load(&j->stats.bulk_get_docs),
+                        (unsigned long long)atomic_load(&j->stats.bulk_get_attempts),
+                        (unsigned long long)atomic_load(&j->stats.changes_pending), ck, ss,
+                        th);
+    pthread_mutex_unlock(&j->lock);
+    return rc;
+}

@@ -1,0 +1,405 @@
+/* The remote endpoint: one database on a CouchDB-protocol server, reached with libcurl.
+ * Keep-alive comes from a pool of easy handles (each keeps its connection): a worker takes a
+ * handle for one request and puts it back, so several requests run at once without sharing
+ * a handle between threads. Transient failures (no connection, 5xx, 429) are retried here
+ * with exponential backoff and jitter, so repl.c only ever sees final answers. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "repl_int.h"
+
+#define HTTP_EP_POOL 16
+#define HTTP_BACKOFF_FIRST_MS 200
+#define HTTP_BACKOFF_MAX_MS   5000
+
+typedef struct http_ep {
+    repl_ep            base;
+    char              *url;        /* the database URL, no trailing slash */
+    struct curl_slist *headers;    /* ours plus the spec's */
+    char              *user, *password;
+    unsigned           connect_ms;
+    pthread_mutex_t    lock;
+    CURL              *pool[HTTP_EP_POOL];
+    size_t             npool;
+} http_ep;
+
+static pthread_once_t repl_curl_once = PTHREAD_ONCE_INIT;
+
+static void repl_curl_init_once(void)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+}
+
+void repl_curl_init(void)
+{
+    /* curl_global_init is not thread-safe; every thread that may make the first endpoint
+     * passes through here. */
+    pthread_once(&repl_curl_once, repl_curl_init_once);
+}
+
+/* ---- a pool of easy handles ----------------------------------------------------------- */
+static CURL *http_take(http_ep *h)
+{
+    CURL *c = NULL;
+    pthread_mutex_lock(&h->lock);
+    if (h->npool > 0) c = h->pool[--h->npool];
+    pthread_mutex_unlock(&h->lock);
+    if (!c) c = curl_easy_init();
+    return c;
+}
+
+static void http_give(http_ep *h, CURL *c)
+{
+    pthread_mutex_lock(&h->lock);
+    if (h->npool < HTTP_EP_POOL) {
+        h->pool[h->npool++] = c;
+        c = NULL;
+    }
+    pthread_mutex_unlock(&h->lock);
+    if (c) curl_easy_cleanup(c);
+}
+
+static size_t http_write_cb(char *p, size_t size, size_t n, void *ctx)
+{
+    buf *b = ctx;
+    size_t len = size * n;
+    if (buf_put(b, p, len) != 0) return 0;   /* over the cap: curl aborts the transfer */
+    return len;
+}
+
+static int http_progress_cb(void *ctx, curl_off_t dt, curl_off_t dn, curl_off_t ut,
+                            curl_off_t un)
+{
+    (void)dt; (void)dn; (void)ut; (void)un;
+    atomic_bool *cancel = ctx;
+    return cancel && atomic_load(cancel) ? 1 : 0;
+}
+
+/* Sleeps ms, waking early (false) when the job is cancelled. */
+static bool http_sleep(atomic_bool *cancel, unsigned ms)
+{
+    while (ms > 0) {
+        if (cancel && atomic_load(cancel)) return false;
+        unsigned step = ms < 50 ? ms : 50;
+        struct timespec ts = { 0, (long)step * 1000000L };
+        nanosleep(&ts, NULL);
+        ms -= step;
+    }
+    return !(cancel && atomic_load(cancel));
+}
+
+static unsigned http_backoff_ms(unsigned attempt)
+{
+    unsigned ms = HTTP_BACKOFF_FIRST_MS;
+    for (unsigned i = 0; i < attempt && ms < HTTP_BACKOFF_MAX_MS; i++) ms *= 2;
+    if (ms > HTTP_BACKOFF_MAX_MS) ms = HTTP_BACKOFF_MAX_MS;
+    /* Jitter: anywhere in [ms/2, ms], so that many jobs retrying one peer spread out. */
+    unsigned r;
+    random_bytes(&r, sizeof r);
+    return ms / 2 + r % (ms / 2 + 1);
+}
+
+/* One request with retries. path is appended to the database URL (it starts with '/' or
+ * '?', or is empty). timeout_ms 0: no overall limit (a stalled transfer is still cut by
+ * the low-speed limit). */
+static int http_do(http_ep *h, const char *method, const char *path, const char *body,
+                   size_t len, long timeout_ms, repl_resp *out, mimeo_err *err)
+{
+    buf url;
+    buf_init(&url, 0);
+    if (buf_puts(&url, h->url) != 0 || buf_puts(&url, path) != 0) {
+        buf_destroy(&url);
+        repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        return MIMEO_ENOMEM;
+    }
+    int rc = 0;
+    for (unsigned attempt = 0;; attempt++) {
+        CURL *c = http_take(h);
+        if (!c) {
+            rc = MIMEO_ENOMEM;
+            repl_err_set(err, rc, "error", "out of memory");
+            break;
+        }
+        buf_reset(&out->body);
+        out->status = 0;
+        curl_easy_setopt(c, CURLOPT_URL, buf_cstr(&url));
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h->headers);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, http_write_cb);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &out->body);
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, http_progress_cb);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, h->base.cancel);
+        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)h->connect_ms);
+        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+        /* A peer that stops sending for a minute is gone even without a timeout. */
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
+        curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, NULL);
+        if (h->user) {
+            curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+            curl_easy_setopt(c, CURLOPT_USERNAME, h->user);
+            curl_easy_setopt(c, CURLOPT_PASSWORD, h->password ? h->password : "");
+        }
+        if (strcmp(method, "GET") == 0) {
+            curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, NULL);
+            curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+        } else {
+            curl_easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : "");
+            curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? len : 0));
+            curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST,
+                             strcmp(method, "POST") == 0 ? NULL : method);
+        }
+        CURLcode cc = curl_easy_perform(c);
+        long status = 0;
+        if (cc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        http_give(h, c);
+
+        if (cc == CURLE_ABORTED_BY_CALLBACK ||
+            (h->base.cancel && atomic_load(h->base.cancel))) {
+            rc = MIMEO_ECLOSED;
+            repl_err_set(err, rc, "cancelled", "the replication was cancelled");
+            break;
+        }
+        bool transient = cc != CURLE_OK || status >= 500 || status == 429;
+        if (!transient) {
+            out->status = status;
+            break;
+        }
+        if (attempt >= h->base.retries) {
+            if (cc != CURLE_OK) {
+                rc = MIMEO_EIO;
+                repl_err_set(err, rc, "http_request_failed", "could not reach %s: %s",
+                             h->base.display, curl_easy_strerror(cc));
+            } else {
+                out->status = status;   /* the caller reports the final 5xx */
+            }
+            break;
+        }
+        if (!http_sleep(h->base.cancel, http_backoff_ms(attempt))) {
+            rc = MIMEO_ECLOSED;
+            repl_err_set(err, rc, "cancelled", "the replication was cancelled");
+            break;
+        }
+    }
+    buf_destroy(&url);
+    return rc;
+}
+
+/* Appends s percent-encoded for a path segment or query value. */
+static int http_escape(buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            ch == '-' || ch == '_' || ch == '.' || ch == '~') {
+            if (buf_putc(b, (char)ch) != 0) return MIMEO_ENOMEM;
+        } else {
+            char e[3] = { '%', hex[ch >> 4], hex[ch & 15] };
+            if (buf_put(b, e, 3) != 0) return MIMEO_ENOMEM;
+        }
+    }
+    return 0;
+}
+
+/* ---- the ops --------------------------------------------------------------------------- */
+static int http_info(repl_ep *ep, repl_resp *out, mimeo_err *err)
+{
+    return http_do((http_ep *)ep, "GET", "/", NULL, 0, 0, out, err);
+}
+
+static int http_create(repl_ep *ep, repl_resp *out, mimeo_err *err)
+{
+    return http_do((http_ep *)ep, "PUT", "", NULL, 0, 0, out, err);
+}
+
+static int http_changes(repl_ep *ep, const char *since, size_t since_len, size_t limit,
+                        const char *doc_ids, unsigned wait_ms, repl_resp *out,
+                        mimeo_err *err)
+{
+    buf p, body;
+    buf_init(&p, 0);
+    buf_init(&body, 0);
+    int rc = buf_puts(&p, "/_changes?style=all_docs&since=");
+    /* Seqs are opaque JSON: a string travels as its text, anything else as JSON text. */
+    if (!rc && since_len >= 2 && since[0] == '"') {
+        jval *v = NULL;
+        if (json_tree_parse(since, since_len, NULL, &v, NULL) == 0 && v->type == JV_STRING)
+            rc = http_escape(&p, v->str, v->len);
+        else
+            rc = http_escape(&p, since, since_len);
+        jval_free(v);
+    } else if (!rc) {
+        rc = http_escape(&p, since, since_len);
+    }
+    if (!rc && limit > 0) rc = buf_printf(&p, "&limit=%zu", limit);
+    if (!rc && wait_ms > 0) rc = buf_printf(&p, "&feed=longpoll&timeout=%u", wait_ms);
+    if (!rc && doc_ids) {
+        rc = buf_puts(&p, "&filter=_doc_ids");
+        if (!rc) rc = buf_puts(&body, "{\"doc_ids\":");
+        if (!rc) rc = buf_puts(&body, doc_ids);
+        if (!rc) rc = buf_putc(&body, '}');
+    }
+    if (rc) {
+        repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    } else {
+        long tmo = wait_ms > 0 ? (long)wait_ms + 30000 : 0;
+        if (doc_ids)
+            rc = http_do((http_ep *)ep, "POST", buf_cstr(&p), body.data, body.len, tmo, out,
+                         err);
+        else
+            rc = http_do((http_ep *)ep, "GET", buf_cstr(&p), NULL, 0, tmo, out, err);
+    }
+    buf_destroy(&p);
+    buf_destroy(&body);
+    return rc;
+}
+
+static int http_revs_diff(repl_ep *ep, const char *body, size_t len, repl_resp *out,
+                          mimeo_err *err)
+{
+    return http_do((http_ep *)ep, "POST", "/_revs_diff", body, len, 0, out, err);
+}
+
+static int http_bulk_get(repl_ep *ep, const char *body, size_t len, repl_resp *out,
+                         mimeo_err *err)
+{
+    return http_do((http_ep *)ep, "POST", "/_bulk_get?revs=true&latest=true", body, len, 0,
+                   out, err);
+}
+
+static int http_open_revs(repl_ep *ep, const char *id, size_t id_len, const char *revs,
+                          size_t revs_len, repl_resp *out, mimeo_err *err)
+{
+    buf p;
+    buf_init(&p, 0);
+    int rc = buf_putc(&p, '/');
+    if (!rc) rc = http_escape(&p, id, id_len);
+    if (!rc) rc = buf_puts(&p, "?revs=true&latest=true&open_revs=");
+    if (!rc) rc = http_escape(&p, revs, revs_len);
+    if (rc) repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    else rc = http_do((http_ep *)ep, "GET", buf_cstr(&p), NULL, 0, 0, out, err);
+    buf_destroy(&p);
+    return rc;
+}
+
+static int http_bulk_docs(repl_ep *ep, const char *body, size_t len, repl_resp *out,
+                          mimeo_err *err)
+{
+    return http_do((http_ep *)ep, "POST", "/_bulk_docs", body, len, 0, out, err);
+}
+
+static int http_full_commit(repl_ep *ep, repl_resp *out, mimeo_err *err)
+{
+    return http_do((http_ep *)ep, "POST", "/_ensure_full_commit", "", 0, 0, out, err);
+}
+
+static int http_local_path(buf *p, const char *id)
+{
+    int rc = buf_puts(p, "/_local/");
+    if (!rc) rc = http_escape(p, id, strlen(id));
+    return rc;
+}
+
+static int http_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_err *err)
+{
+    buf p;
+    buf_init(&p, 0);
+    int rc = http_local_path(&p, id);
+    if (rc) repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    else rc = http_do((http_ep *)ep, "GET", buf_cstr(&p), NULL, 0, 0, out, err);
+    buf_destroy(&p);
+    return rc;
+}
+
+static int http_local_put(repl_ep *ep, const char *id, const char *rev, const char *body,
+                          size_t len, repl_resp *out, mimeo_err *err)
+{
+    (void)rev;   /* travels as the body's _rev */
+    buf p;
+    buf_init(&p, 0);
+    int rc = http_local_path(&p, id);
+    if (rc) repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    else rc = http_do((http_ep *)ep, "PUT", buf_cstr(&p), body, len, 0, out, err);
+    buf_destroy(&p);
+    return rc;
+}
+
+static void http_free(repl_ep *ep)
+{
+    http_ep *h = (http_ep *)ep;
+    for (size_t i = 0; i < h->npool; i++) curl_easy_cleanup(h->pool[i]);
+    curl_slist_free_all(h->headers);
+    pthread_mutex_destroy(&h->lock);
+    free(h->url);
+    free(h->user);
+    free(h->password);
+    free(h->base.display);
+    free(h);
+}
+
+static const repl_ep_ops http_ops = {
+    .info = http_info,
+    .create = http_create,
+    .changes = http_changes,
+    .revs_diff = http_revs_diff,
+    .bulk_get = http_bulk_get,
+    .open_revs = http_open_revs,
+    .bulk_docs = http_bulk_docs,
+    .ensure_full_commit = http_full_commit,
+    .local_get = http_local_get,
+    .local_put = http_local_put,
+    .free = http_free,
+};
+
+int repl_ep_http_new(const repl_ep_spec *spec, atomic_bool *cancel, unsigned connect_ms,
+                     repl_ep **out, mimeo_err *err)
+{
+    repl_curl_init();
+    http_ep *h = calloc(1, sizeof *h);
+    if (!h) goto nomem;
+    pthread_mutex_init(&h->lock, NULL);
+    h->base.ops = &http_ops;
+    h->base.cancel = cancel;
+    h->base.retries = REPL_START_RETRIES;
+    h->connect_ms = connect_ms ? connect_ms : REPL_CONNECT_TIMEOUT_MS;
+    size_t n = strlen(spec->url);
+    while (n > 0 && spec->url[n - 1] == '/') n--;
+    h->url = repl_strndup(spec->url, n);
+    if (!h->url) goto nomem_free;
+    h->base.display = repl_url_display(h->url);
+    if (!h->base.display) goto nomem_free;
+    if (spec->user) {
+        h->user = strdup(spec->user);
+        h->password = strdup(spec->password ? spec->password : "");
+        if (!h->user || !h->password) goto nomem_free;
+    }
+    static const char *const fixed[] = {
+        "Accept: application/json", "Content-Type: application/json",
+        /* curl would wait for "100 Continue" before each large body: a wasted round
+         * trip per batch. */
+        "Expect:",
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        struct curl_slist *l = curl_slist_append(h->headers, fixed[i]);
+        if (!l) goto nomem_free;
+        h->headers = l;
+    }
+    for (size_t i = 0; i < spec->nheaders; i++) {
+        struct curl_slist *l = curl_slist_append(h->headers, spec->headers[i]);
+        if (!l) goto nomem_free;
+        h->headers = l;
+    }
+    *out = &h->base;
+    return 0;
+nomem_free:
+    http_free(&h->base);
+nomem:
+    repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    return MIMEO_ENOMEM;
+}

@@ -1,0 +1,208 @@
+/* Internals of the replicator (src/repl/): the endpoint interface that hides whether a side
+ * of a replication is a local database (direct calls to the mimeo.h API) or a remote
+ * CouchDB-protocol server (libcurl), the parsed replication request, and the job that runs
+ * one replication. The protocol itself is in repl.c; jobs, the _replicator database and the
+ * monitoring producers are in repl_jobs.c. */
+#ifndef MIMEO_REPL_INT_H
+#define MIMEO_REPL_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mimeo.h"
+#include "../common/buf.h"
+#include "../json/json.h"
+
+#define REPL_BATCH_SIZE        500    /* changes per batch (CouchDB's worker_batch_size) */
+#define REPL_WORKERS           4      /* batches processed at once */
+#define REPL_INFLIGHT          8      /* batches read ahead of the oldest unfinished one */
+#define REPL_CKPT_INTERVAL_MS  5000   /* checkpoint at least this often while progressing */
+#define REPL_RETRIES           10     /* retries of one request mid-replication */
+#define REPL_START_RETRIES     3      /* retries while opening the endpoints */
+#define REPL_CONNECT_TIMEOUT_MS 10000
+#define REPL_LONGPOLL_MS       10000  /* feed=longpoll timeout in continuous mode */
+#define REPL_HISTORY_MAX       50     /* checkpoint history entries kept (CouchDB's cap) */
+#define REPL_ID_VERSION        4
+
+/* ---- endpoints ------------------------------------------------------------------------ */
+/* A reply from an endpoint: an HTTP status (a local endpoint maps its results onto the same
+ * statuses, so repl.c treats both alike) and the body bytes (JSON). */
+typedef struct repl_resp {
+    long status;
+    buf  body;
+} repl_resp;
+
+typedef struct repl_ep repl_ep;
+
+/* Every op returns 0 when a reply was obtained (whatever its status) and a negative
+ * MIMEO_E* code with err filled when none was: the peer is unreachable after the retry
+ * budget, or the job was cancelled (MIMEO_ECLOSED). A remote endpoint retries network
+ * failures, 5xx and 429 itself, with exponential backoff and jitter. */
+typedef struct repl_ep_ops {
+    /* GET /{db}: update_seq, instance_start_time. */
+    int  (*info)(repl_ep *ep, repl_resp *out, mimeo_err *err);
+    /* PUT /{db}. */
+    int  (*create)(repl_ep *ep, repl_resp *out, mimeo_err *err);
+    /* _changes?style=all_docs&since=…&limit=… (limit 0: no limit); doc_ids (a JSON array
+     * text, or NULL) selects filter=_doc_ids; wait_ms > 0 asks for feed=longpoll. */
+    int  (*changes)(repl_ep *ep, const char *since, size_t since_len, size_t limit,
+                    const char *doc_ids, unsigned wait_ms, repl_resp *out, mimeo_err *err);
+    int  (*revs_diff)(repl_ep *ep, const char *body, size_t len, repl_resp *out,
+                      mimeo_err *err);
+    /* _bulk_get?revs=true&latest=true */
+    int  (*bulk_get)(repl_ep *ep, const char *body, size_t len, repl_resp *out,
+                     mimeo_err *err);
+    /* GET /{db}/{id}?open_revs=<revs JSON>&revs=true&latest=true (the _bulk_get fallback) */
+    int  (*open_revs)(repl_ep *ep, const char *id, size_t id_len, const char *revs,
+                      size_t revs_len, repl_resp *out, mimeo_err *err);
+    /* _bulk_docs; the body carries new_edits:false */
+    int  (*bulk_docs)(repl_ep *ep, const char *body, size_t len, repl_resp *out,
+                      mimeo_err *err);
+    int  (*ensure_full_commit)(repl_ep *ep, repl_resp *out, mimeo_err *err);
+    /* _local/{id}: id is the part after "_local/" */
+    int  (*local_get)(repl_ep *ep, const char *id, repl_resp *out, mimeo_err *err);
+    int  (*local_put)(repl_ep *ep, const char *id, const char *rev, const char *body,
+                      size_t len, repl_resp *out, mimeo_err *err);
+    void (*free)(repl_ep *ep);
+} repl_ep_ops;
+
+struct repl_ep {
+    const repl_ep_ops *ops;
+    char          *display;    /* new: the URL without password, or the local db name */
+    bool           local;
+    atomic_bool    no_bulk_get; /* the peer answered _bulk_get with 400/404/405/501 */
+    atomic_bool   *cancel;     /* borrowed: set when the job must stop */
+    unsigned       retries;    /* retry budget per request (changed after start-up) */
+};
+
+/* A parsed endpoint: a URL string, or {url, headers:{…}, auth:{basic:{username,password}}},
+ * or a bare database name (local). */
+typedef struct repl_ep_spec {
+    char  *url;            /* new; a bare name for a local database */
+    bool   local;
+    char **headers;        /* new "Name: value" lines */
+    size_t nheaders;
+    char  *user, *password; /* new; from auth.basic (URL userinfo stays in url) */
+} repl_ep_spec;
+
+/* New remote endpoint for spec (whose url starts with http:// or https://). */
+int  repl_ep_http_new(const repl_ep_spec *spec, atomic_bool *cancel, unsigned connect_ms,
+                      repl_ep **out, mimeo_err *err);
+/* New local endpoint for database spec->url in env; MIMEO_ENOTFOUND unless create. */
+int  repl_ep_local_new(mimeo_env *env, const char *name, bool create, atomic_bool *cancel,
+                       repl_ep **out, mimeo_err *err);
+void repl_ep_free(repl_ep *ep);
+
+/* Process-wide libcurl set-up, done once. */
+void repl_curl_init(void);
+
+/* ---- requests and jobs ---------------------------------------------------------------- */
+/* POST /_replicate body, parsed. */
+typedef struct repl_req {
+    repl_ep_spec source, target;
+    bool     continuous;
+    bool     create_target;
+    bool     cancel;
+    char    *doc_ids;        /* new: JSON array text of the ids, sorted, or NULL */
+    char    *since_seq;      /* new: JSON text, or NULL */
+    char    *replication_id; /* new: for {"replication_id":…,"cancel":true} */
+    unsigned checkpoint_interval_ms;
+    unsigned retries;        /* per request, mid-replication */
+    unsigned connect_ms;
+    unsigned batch_size;
+    unsigned workers;
+} repl_req;
+
+int  repl_req_parse(const char *json, size_t len, repl_req *out, mimeo_err *err);
+void repl_req_destroy(repl_req *r);
+/* The stable 32-hex replication id of (source, target, doc_ids) into out. */
+void repl_req_id(mimeo_env *env, const repl_req *r, char out[33]);
+/* The URL with any password cut out of its userinfo ("http://u@host/db"), new. */
+char *repl_url_display(const char *url);
+
+typedef enum {
+    REPL_ST_INITIALIZING, REPL_ST_RUNNING, REPL_ST_PENDING, REPL_ST_CRASHING,
+    REPL_ST_COMPLETED, REPL_ST_FAILED
+} repl_state;
+
+/* Counters a job reports (checkpoint history, _active_tasks, _scheduler). */
+typedef struct repl_stats {
+    atomic_uint_fast64_t missing_checked, missing_found, docs_read, docs_written,
+                         doc_write_failures, bulk_get_docs, bulk_get_attempts,
+                         changes_pending;
+} repl_stats;
+
+typedef struct repl_batch repl_batch;
+
+/* One replication, from opening the endpoints to the last checkpoint. */
+typedef struct repl_job {
+    mimeo_env   *env;        /* may be NULL for a replication between two URLs */
+    repl_req     req;
+    char         rep_id[33];
+    char         session_id[33];
+    repl_ep     *src, *tgt;
+    atomic_bool  cancel;     /* aborts transfers and waits at once */
+    atomic_bool  stopping;   /* the job was asked to stop (cancel may be lifted briefly to
+                                write a last checkpoint) */
+    repl_stats   stats;
+
+    /* progress and the pipeline, under lock */
+    pthread_mutex_t lock;
+    pthread_cond_t  cond;
+    repl_batch  *queue_head, *queue_tail;    /* read, not yet taken by a worker */
+    repl_batch  *order_head, *order_tail;    /* every unfinished batch in feed order */
+    unsigned     inflight;
+    uint64_t     next_batch_no;
+    bool         reading_done;
+    bool         failed;
+    mimeo_err    error;
+    char        *start_seq;      /* JSON text */
+    char        *through_seq;    /* JSON text: every change up to it is written */
+    char        *source_seq;     /* JSON text: the newest seq seen on the source */
+    int64_t      src_update_seq; /* the source's update_seq when numeric, else -1 */
+    char        *ckpt_seq;       /* JSON text: the seq last checkpointed */
+
+    /* checkpoints */
+    pthread_mutex_t ckpt_lock;
+    char        *src_ckpt_rev, *tgt_ckpt_rev;
+    buf          base_history;   /* the agreed log's history entries, comma-separated */
+    size_t       base_history_n;
+    char         start_time[40];  /* RFC 1123 */
+    uint64_t     last_ckpt_ms;
+    bool         src_ckpt_readonly;
+
+    int64_t      started_on;     /* unix seconds */
+    atomic_int_fast64_t updated_on;
+    atomic_int   state;          /* repl_state */
+    bool         caught_up;      /* continuous: waiting for new changes */
+} repl_job;
+
+/* New job for req (takes it: req is zeroed). */
+repl_job *repl_job_new(mimeo_env *env, repl_req *req);
+void      repl_job_free(repl_job *j);
+/* Runs the replication in the calling thread until it completes (one-shot), is cancelled,
+ * or fails. 0 with *result (new JSON, CouchDB's one-shot reply shape) set on success; a
+ * negative code with j->error filled otherwise. A continuous job returns only when
+ * cancelled (0) or failed. */
+int       repl_job_run(repl_job *j, char **result, size_t *result_len);
+/* Asks a running job to stop soon; thread-safe. */
+void      repl_job_cancel(repl_job *j);
+/* Appends the job's info/stats members (no braces) for the monitoring producers. */
+int       repl_job_put_stats(repl_job *j, buf *b);
+
+/* Helpers shared by the files here. */
+char *repl_strndup(const char *s, size_t n);
+/* The JSON text of v (new), or NULL. */
+char *repl_jval_text(const jval *v);
+void  repl_err_set(mimeo_err *err, int code, const char *error, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* An error from a non-success reply: takes error/reason from the JSON body when there. */
+void  repl_err_from_resp(mimeo_err *err, const repl_resp *r, const char *what);
+void  repl_resp_init(repl_resp *r);
+void  repl_resp_destroy(repl_resp *r);
+void  repl_rfc1123(char *out, size_t n);
+
+#endif

@@ -1,0 +1,913 @@
+/* Replication jobs as the outside sees them: mimeo_replicate (POST /_replicate), the
+ * registry of running jobs (one per replication id), continuous jobs on their own threads
+ * with crash-and-retry back-off, the _replicator database manager, and the JSON producers
+ * for /_active_tasks and /_scheduler/{jobs,docs}. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "repl_int.h"
+
+#define REPL_DB                 "_replicator"
+#define REPL_CRASH_BACKOFF_MS   1000     /* first wait before a crashed job runs again */
+#define REPL_CRASH_BACKOFF_MAX  60000
+#define REPL_DOC_MAX_CRASHES    5        /* a one-shot _replicator job then fails */
+
+typedef struct repl_entry repl_entry;
+struct repl_entry {
+    repl_entry *next;
+    mimeo_env  *env;
+    repl_job   *job;         /* NULL for a finished _replicator doc */
+    char        id[48];      /* replication id, "+continuous" for continuous jobs */
+    bool        transient;   /* a one-shot mimeo_replicate call owns the job */
+    bool        threaded;    /* a thread of ours runs it */
+    pthread_t   thread;
+    char       *doc_id;      /* _replicator document, or NULL */
+    char       *doc_spec;    /* the document's members that define the job */
+    char       *source, *target;  /* display forms */
+    bool        continuous;
+    atomic_int  state;
+    unsigned    error_count;
+    char        last_error[MIMEO_ERR_REASON_MAX + 40];
+    char       *final_stats; /* stats members kept after a job ended */
+    int64_t     start_time, last_updated;
+    unsigned    pid;
+};
+
+typedef struct repl_mgr repl_mgr;
+struct repl_mgr {
+    repl_mgr   *next;
+    mimeo_env  *env;
+    pthread_t   thread;
+    atomic_bool stop;
+};
+
+static pthread_mutex_t repl_reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static repl_entry *repl_entries;
+static repl_mgr   *repl_mgrs;
+static unsigned    repl_next_pid = 100;
+
+static const char *const repl_state_names[] = {
+    "initializing", "running", "pending", "crashing", "completed", "failed"
+};
+
+static void repl_iso8601(int64_t t, char *out, size_t n)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    /* Fields reduced to their ranges so the text always fits in 21 bytes. */
+    snprintf(out, n, "%04u-%02u-%02uT%02u:%02u:%02uZ", (unsigned)(tm.tm_year + 1900) % 10000u,
+             (unsigned)(tm.tm_mon + 1) % 100u, (unsigned)tm.tm_mday % 100u,
+             (unsigned)tm.tm_hour % 100u, (unsigned)tm.tm_min % 100u,
+             (unsigned)tm.tm_sec % 100u);
+}
+
+static unsigned repl_status_for(const mimeo_err *e)
+{
+    if (strcmp(e->error, "bad_request") == 0 || e->code == MIMEO_EBADJSON) return 400;
+    if (strcmp(e->error, "not_found") == 0) return 404;
+    if (strcmp(e->error, "unauthorized") == 0) return 401;
+    return 500;
+}
+
+/* ---- the registry ----------------------------------------------------------------------- */
+static repl_entry *repl_entry_new(mimeo_env *env, repl_job *job, const char *id)
+{
+    repl_entry *e = calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->env = env;
+    e->job = job;
+    snprintf(e->id, sizeof e->id, "%s", id);
+    if (job) {
+        e->continuous = job->req.continuous;
+        e->source = repl_url_display(job->req.source.url);
+        e->target = repl_url_display(job->req.target.url);
+    }
+    e->start_time = e->last_updated = (int64_t)time(NULL);
+    atomic_store(&e->state, REPL_ST_PENDING);
+    return e;
+}
+
+static void repl_entry_free(repl_entry *e)
+{
+    if (!e) return;
+    repl_job_free(e->job);
+    free(e->doc_id);
+    free(e->doc_spec);
+    free(e->source);
+    free(e->target);
+    free(e->final_stats);
+    free(e);
+}
+
+/* Under repl_reg_lock. */
+static repl_entry *repl_find(mimeo_env *env, const char *id)
+{
+    for (repl_entry *e = repl_entries; e; e = e->next)
+        if (e->env == env && e->job && strcmp(e->id, id) == 0) return e;
+    return NULL;
+}
+
+static repl_entry *repl_find_doc(mimeo_env *env, const char *doc_id)
+{
+    for (repl_entry *e = repl_entries; e; e = e->next)
+        if (e->env == env && e->doc_id && strcmp(e->doc_id, doc_id) == 0) return e;
+    return NULL;
+}
+
+static void repl_unlink(repl_entry *e)
+{
+    for (repl_entry **p = &repl_entries; *p; p = &(*p)->next)
+        if (*p == e) {
+            *p = e->next;
+            return;
+        }
+}
+
+static bool repl_env_stopping(mimeo_env *env)
+{
+    for (repl_mgr *m = repl_mgrs; m; m = m->next)
+        if (m->env == env && atomic_load(&m->stop)) return true;
+    return false;
+}
+
+/* Keeps the job's counters in the entry once the job is gone. */
+static void repl_keep_stats(repl_entry *e)
+{
+    if (!e->job) return;
+    buf b;
+    buf_init(&b, 0);
+    if (repl_job_put_stats(e->job, &b) == 0) {
+        size_t n;
+        free(e->final_stats);
+        e->final_stats = buf_detach(&b, &n);
+    } else {
+        buf_destroy(&b);
+    }
+}
+
+/* ---- writing state back into _replicator documents --------------------------------------- */
+static void repl_doc_write_state(mimeo_env *env, const char *doc_id, const char *state,
+                                 const char *reason, const char *stats)
+{
+    mimeo_db *db = NULL;
+    if (mimeo_db_open(env, REPL_DB, &db, NULL) != 0) return;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        char *json = NULL;
+        size_t len = 0;
+        mimeo_get_opts go;
+        memset(&go, 0, sizeof go);
+        if (mimeo_doc_get(db, doc_id, strlen(doc_id), &go, &json, &len, NULL) != 0) break;
+        jval *v = NULL;
+        int rc = json_tree_parse(json, len, NULL, &v, NULL);
+        mimeo_free(json);
+        if (rc || v->type != JV_OBJECT) {
+            jval_free(v);
+            break;
+        }
+        buf b;
+        buf_init(&b, 0);
+        buf_putc(&b, '{');
+        size_t k = 0;
+        for (size_t i = 0; i < v->count; i++) {
+            if (strncmp(v->keys[i], "_replication_", 13) == 0) continue;
+            if (k++ > 0) buf_putc(&b, ',');
+            json_put_str(&b, v->keys[i], v->key_lens[i]);
+            buf_putc(&b, ':');
+            json_put_jval(&b, v->items[i]);
+        }
+        char now[32];
+        repl_iso8601((int64_t)time(NULL), now, sizeof now);
+        buf_printf(&b, "%s\"_replication_state\":\"%s\",\"_replication_state_time\":\"%s\"",
+                   k ? "," : "", state, now);
+        if (reason) {
+            buf_puts(&b, ",\"_replication_state_reason\":");
+            json_put_cstr(&b, reason);
+        }
+        if (stats) {
+            buf_puts(&b, ",\"_replication_stats\":{");
+            buf_puts(&b, stats);
+            buf_putc(&b, '}');
+        }
+        buf_putc(&b, '}');
+        jval_free(v);
+        mimeo_put_result res;
+        memset(&res, 0, sizeof res);
+        rc = mimeo_doc_put(db, doc_id, strlen(doc_id), b.data, b.len, NULL, &res, NULL);
+        buf_destroy(&b);
+        mimeo_free(res.id);
+        if (rc != MIMEO_ECONFLICT) break;
+    }
+    mimeo_db_close(db);
+}
+
+/* ---- threads of continuous and _replicator jobs ------------------------------------------- */
+static bool repl_backoff_sleep(repl_job *j, unsigned ms)
+{
+    uint64_t end = clock_ms() + ms;
+    while (clock_ms() < end) {
+        if (atomic_load(&j->stopping)) return false;
+        struct timespec ts = { 0, 50 * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    return !atomic_load(&j->stopping);
+}
+
+static void *repl_entry_thread(void *arg)
+{
+    repl_entry *e = arg;
+    repl_job *j = e->job;
+    unsigned crashes = 0;
+    for (;;) {
+        atomic_store(&e->state, REPL_ST_RUNNING);
+        char *result = NULL;
+        size_t rlen = 0;
+        int rc = repl_job_run(j, &result, &rlen);
+        mimeo_free(result);
+        if (atomic_load(&j->stopping)) break;
+        pthread_mutex_lock(&repl_reg_lock);
+        e->last_updated = (int64_t)time(NULL);
+        pthread_mutex_unlock(&repl_reg_lock);
+        if (rc == 0 && !j->req.continuous) {
+            pthread_mutex_lock(&repl_reg_lock);
+            repl_keep_stats(e);
+            atomic_store(&e->state, REPL_ST_COMPLETED);
+            char *stats = e->final_stats ? strdup(e->final_stats) : NULL;
+            pthread_mutex_unlock(&repl_reg_lock);
+            if (e->doc_id) repl_doc_write_state(e->env, e->doc_id, "completed", NULL, stats);
+            free(stats);
+            break;
+        }
+        /* A failure: crash, wait (doubling, with jitter from the endpoint's own retries),
+         * and run again from the last checkpoint. Bad requests do not get better. */
+        crashes++;
+        pthread_mutex_lock(&repl_reg_lock);
+        e->error_count++;
+        snprintf(e->last_error, sizeof e->last_error, "%s: %s", j->error.error,
+                 j->error.reason);
+        bool hopeless = j->error.code == MIMEO_EINVAL || j->error.code == MIMEO_EBADJSON ||
+                        (e->doc_id && !j->req.continuous && crashes >= REPL_DOC_MAX_CRASHES);
+        atomic_store(&e->state, hopeless ? REPL_ST_FAILED : REPL_ST_CRASHING);
+        if (hopeless) repl_keep_stats(e);
+        char reason[sizeof e->last_error];
+        memcpy(reason, e->last_error, sizeof reason);
+        pthread_mutex_unlock(&repl_reg_lock);
+        if (hopeless) {
+            if (e->doc_id) repl_doc_write_state(e->env, e->doc_id, "failed", reason, NULL);
+            break;
+        }
+        unsigned ms = REPL_CRASH_BACKOFF_MS;
+        for (unsigned i = 1; i < crashes && ms < REPL_CRASH_BACKOFF_MAX; i++) ms *= 2;
+        if (ms > REPL_CRASH_BACKOFF_MAX) ms = REPL_CRASH_BACKOFF_MAX;
+        if (!repl_backoff_sleep(j, ms)) break;
+    }
+    return NULL;
+}
+
+/* Under repl_reg_lock: starts e's thread and links it. */
+static int repl_entry_start(repl_entry *e)
+{
+    e->pid = repl_next_pid++;
+    e->threaded = true;
+    if (pthread_create(&e->thread, NULL, repl_entry_thread, e) != 0) {
+        e->threaded = false;
+        return MIMEO_ENOMEM;
+    }
+    e->next = repl_entries;
+    repl_entries = e;
+    return 0;
+}
+
+/* Stops e's job and waits for its thread. Call without repl_reg_lock; e must be unlinked
+ * already (or about to be freed by the caller). */
+static void repl_entry_stop(repl_entry *e)
+{
+    if (e->job) repl_job_cancel(e->job);
+    if (e->threaded) pthread_join(e->thread, NULL);
+    e->threaded = false;
+}
+
+/* ---- mimeo_replicate ---------------------------------------------------------------------- */
+static int repl_reply_id(const char *id, char **out, size_t *out_len)
+{
+    buf b;
+    buf_init(&b, 0);
+    int rc = buf_puts(&b, "{\"ok\":true,\"_local_id\":");
+    if (!rc) rc = json_put_cstr(&b, id);
+    if (!rc) rc = buf_putc(&b, '}');
+    if (rc) {
+        buf_destroy(&b);
+        return MIMEO_ENOMEM;
+    }
+    *out = buf_detach(&b, out_len);
+    return 0;
+}
+
+static int repl_cancel(mimeo_env *env, repl_req *req, char **out, size_t *out_len,
+                       unsigned *status, mimeo_err *err)
+{
+    char id[48];
+    if (req->replication_id) {
+        snprintf(id, sizeof id, "%s", req->replication_id);
+    } else {
+        char base[33];
+        repl_req_id(env, req, base);
+        snprintf(id, sizeof id, "%s%s", base, req->continuous ? "+continuous" : "");
+    }
+    pthread_mutex_lock(&repl_reg_lock);
+    repl_entry *e = repl_find(env, id);
+    if (!e && !strchr(id, '+')) {
+        /* {"replication_id":"<base>","cancel":true} names a continuous job too. */
+        char cid[48];
+        snprintf(cid, sizeof cid, "%.32s+continuous", id);
+        e = repl_find(env, cid);
+    }
+    if (e && e->doc_id) e = NULL;   /* _replicator jobs stop by deleting their doc */
+    if (e && e->transient) {
+        /* A one-shot call is running it: make it return; the caller cleans up. */
+        repl_job_cancel(e->job);
+        pthread_mutex_unlock(&repl_reg_lock);
+        if (status) *status = 200;
+        return repl_reply_id(id, out, out_len);
+    }
+    if (e) repl_unlink(e);
+    pthread_mutex_unlock(&repl_reg_lock);
+    if (!e) {
+        repl_err_set(err, MIMEO_ENOTFOUND, "not_found", "replication %s is not running", id);
+        if (status) *status = 404;
+        return MIMEO_ENOTFOUND;
+    }
+    repl_entry_stop(e);
+    repl_entry_free(e);
+    if (status) *status = 200;
+    return repl_reply_id(id, out, out_len);
+}
+
+int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_out,
+                    size_t *out_len, unsigned *status, mimeo_err *err)
+{
+    size_t dummy_len;
+    if (!out_len) out_len = &dummy_len;
+    *json_out = NULL;
+    repl_curl_init();
+    repl_req req;
+    mimeo_err e;
+    memset(&e, 0, sizeof e);
+    int rc = repl_req_parse(json, len, &req, &e);
+    if (rc) goto fail;
+    if (req.cancel) {
+        rc = repl_cancel(env, &req, json_out, out_len, status, &e);
+        repl_req_destroy(&req);
+        if (rc) goto fail;
+        return 0;
+    }
+    if ((req.source.local || req.target.local) && !env) {
+        repl_req_destroy(&req);
+        repl_err_set(&e, MIMEO_EINVAL, "bad_request",
+                     "a bare database name needs a local data directory");
+        rc = MIMEO_EINVAL;
+        goto fail;
+    }
+    repl_job *j = repl_job_new(env, &req);
+    if (!j) {
+        repl_req_destroy(&req);
+        repl_err_set(&e, MIMEO_ENOMEM, "error", "out of memory");
+        rc = MIMEO_ENOMEM;
+        goto fail;
+    }
+    char id[48];
+    snprintf(id, sizeof id, "%s%s", j->rep_id, j->req.continuous ? "+continuous" : "");
+    repl_entry *ent = repl_entry_new(env, j, id);
+    if (!ent) {
+        repl_job_free(j);
+        repl_err_set(&e, MIMEO_ENOMEM, "error", "out of memory");
+        rc = MIMEO_ENOMEM;
+        goto fail;
+    }
+    pthread_mutex_lock(&repl_reg_lock);
+    if (repl_env_stopping(env)) {
+        pthread_mutex_unlock(&repl_reg_lock);
+        repl_entry_free(ent);
+        repl_err_set(&e, MIMEO_ECLOSED, "error", "the node is shutting down");
+        rc = MIMEO_ECLOSED;
+        goto fail;
+    }
+    repl_entry *dup = repl_find(env, id);
+    if (dup && j->req.continuous) {
+        /* CouchDB answers a second start of the same continuous job with its id. */
+        pthread_mutex_unlock(&repl_reg_lock);
+        repl_entry_free(ent);
+        if (status) *status = 202;
+        return repl_reply_id(id, json_out, out_len);
+    }
+    if (j->req.continuous) {
+        rc = repl_entry_start(ent);
+        pthread_mutex_unlock(&repl_reg_lock);
+        if (rc) {
+            repl_entry_free(ent);
+            repl_err_set(&e, rc, "error", "could not start the job");
+            goto fail;
+        }
+        if (status) *status = 202;
+        return repl_reply_id(id, json_out, out_len);
+    }
+    /* One-shot: run here, listed in the registry meanwhile for _active_tasks. */
+    ent->transient = true;
+    ent->pid = repl_next_pid++;
+    atomic_store(&ent->state, REPL_ST_RUNNING);
+    ent->next = repl_entries;
+    repl_entries = ent;
+    pthread_mutex_unlock(&repl_reg_lock);
+
+    rc = repl_job_run(j, json_out, out_len);
+    if (rc) e = j->error;
+
+    pthread_mutex_lock(&repl_reg_lock);
+    repl_unlink(ent);
+    pthread_mutex_unlock(&repl_reg_lock);
+    repl_entry_free(ent);
+    if (rc) {
+        if (!e.error[0]) repl_err_set(&e, rc, "error", "%s", mimeo_strerror(rc));
+        goto fail;
+    }
+    if (status) *status = 200;
+    return 0;
+fail:
+    if (!e.code) e.code = rc;
+    if (status) *status = repl_status_for(&e);
+    if (err) *err = e;
+    return rc;
+}
+
+/* ---- the _replicator manager ----------------------------------------------------------- */
+typedef struct repl_row {
+    char *id;
+    bool  deleted;
+    char *doc;       /* JSON text */
+} repl_row;
+
+typedef struct repl_rows {
+    repl_row *v;
+    size_t    n, alloc;
+} repl_rows;
+
+static int repl_row_cb(void *ctx, const char *json, size_t len)
+{
+    repl_rows *rs = ctx;
+    jval *v = NULL;
+    if (json_tree_parse(json, len, NULL, &v, NULL) != 0) return 0;
+    const jval *id = jval_get(v, "id");
+    const jval *del = jval_get(v, "deleted");
+    const jval *doc = jval_get(v, "doc");
+    if (id && id->type == JV_STRING) {
+        if (rs->n == rs->alloc) {
+            size_t na = rs->alloc ? rs->alloc * 2 : 16;
+            repl_row *nv = realloc(rs->v, na * sizeof *nv);
+            if (!nv) {
+                jval_free(v);
+                return MIMEO_ENOMEM;
+            }
+            rs->v = nv;
+            rs->alloc = na;
+        }
+        repl_row *r = &rs->v[rs->n++];
+        r->id = strdup(id->str);
+        r->deleted = del && del->type == JV_BOOL && del->boolean;
+        r->doc = doc && doc->type == JV_OBJECT ? repl_jval_text(doc) : NULL;
+    }
+    jval_free(v);
+    return 0;
+}
+
+/* The members of a _replicator doc that define its job (not _id, _rev, _replication_*). */
+static char *repl_doc_spec(const jval *doc)
+{
+    buf b;
+    buf_init(&b, 0);
+    buf_putc(&b, '{');
+    size_t k = 0;
+    for (size_t i = 0; i < doc->count; i++) {
+        if (doc->keys[i][0] == '_') continue;
+        if (k++ > 0) buf_putc(&b, ',');
+        json_put_str(&b, doc->keys[i], doc->key_lens[i]);
+        buf_putc(&b, ':');
+        json_put_jval(&b, doc->items[i]);
+    }
+    buf_putc(&b, '}');
+    size_t n;
+    return buf_detach(&b, &n);
+}
+
+static void repl_doc_changed(mimeo_env *env, const repl_row *row)
+{
+    if (!row->id || strncmp(row->id, "_design/", 8) == 0) return;
+    jval *doc = NULL;
+    char *spec = NULL;
+    const char *state = NULL;
+    if (!row->deleted && row->doc &&
+        json_tree_parse(row->doc, strlen(row->doc), NULL, &doc, NULL) == 0) {
+        spec = repl_doc_spec(doc);
+        const jval *st = jval_get(doc, "_replication_state");
+        if (st && st->type == JV_STRING) state = st->str;
+    }
+    pthread_mutex_lock(&repl_reg_lock);
+    repl_entry *old = repl_find_doc(env, row->id);
+    bool same = old && spec && old->doc_spec && strcmp(old->doc_spec, spec) == 0;
+    if (same || (!old && !spec)) {
+        /* Our own state write-back, or a deletion of a doc we never ran. */
+        pthread_mutex_unlock(&repl_reg_lock);
+        goto out;
+    }
+    if (old) repl_unlink(old);
+    pthread_mutex_unlock(&repl_reg_lock);
+    if (old) {
+        repl_entry_stop(old);
+        repl_entry_free(old);
+    }
+    if (!spec) goto out;   /* deleted: its job is stopped */
+
+    bool terminal = state && (strcmp(state, "completed") == 0 || strcmp(state, "failed") == 0);
+    repl_req req;
+    mimeo_err e;
+    memset(&e, 0, sizeof e);
+    repl_entry *ent = NULL;
+    if (terminal) {
+        /* Finished before (maybe before a restart): listed, not run again. */
+        ent = repl_entry_new(env, NULL, "");
+        if (!ent) goto out;
+        atomic_store(&ent->state, strcmp(state, "completed") == 0 ? REPL_ST_COMPLETED
+                                                                  : REPL_ST_FAILED);
+        jval *src = jval_get(doc, "source"), *tgt = jval_get(doc, "target");
+        if (src && src->type == JV_OBJECT) src = jval_get(src, "url");
+        if (tgt && tgt->type == JV_OBJECT) tgt = jval_get(tgt, "url");
+        ent->source = src && src->type == JV_STRING ? repl_url_display(src->str) : NULL;
+        ent->target = tgt && tgt->type == JV_STRING ? repl_url_display(tgt->str) : NULL;
+        const jval *c = jval_get(doc, "continuous");
+        ent->continuous = c && c->type == JV_BOOL && c->boolean;
+        const jval *stats = jval_get(doc, "_replication_stats");
+        if (stats && stats->type == JV_OBJECT) {
+            char *t = repl_jval_text(stats);
+            if (t && strlen(t) >= 2) {
+                t[strlen(t) - 1] = '\0';
+                ent->final_stats = strdup(t + 1);
+            }
+            free(t);
+        }
+    } else if (repl_req_parse(row->doc, strlen(row->doc), &req, &e) != 0) {
+        ent = repl_entry_new(env, NULL, "");
+        if (!ent) goto out;
+        atomic_store(&ent->state, REPL_ST_FAILED);
+        ent->error_count = 1;
+        snprintf(ent->last_error, sizeof ent->last_error, "%s: %s", e.error, e.reason);
+        repl_doc_write_state(env, row->id, "failed", e.reason, NULL);
+        /* That write changes the doc; keep the spec so the change is recognised. */
+    } else {
+        repl_job *j = repl_job_new(env, &req);
+        if (!j) {
+            repl_req_destroy(&req);
+            goto out;
+        }
+        char id[48];
+        snprintf(id, sizeof id, "%s%s", j->rep_id, j->req.continuous ? "+continuous" : "");
+        pthread_mutex_lock(&repl_reg_lock);
+        repl_entry *twin = repl_find(env, id);
+        char twin_doc[200] = "";
+        if (twin) snprintf(twin_doc, sizeof twin_doc, "%s", twin->doc_id ? twin->doc_id : "");
+        pthread_mutex_unlock(&repl_reg_lock);
+        if (twin) {
+            /* CouchDB: a second document describing a running replication fails. */
+            ent = repl_entry_new(env, NULL, "");
+            if (ent) {
+                ent->source = repl_url_display(j->req.source.url);
+                ent->target = repl_url_display(j->req.target.url);
+            }
+            repl_job_free(j);
+            if (!ent) goto out;
+            atomic_store(&ent->state, REPL_ST_FAILED);
+            ent->error_count = 1;
+            snprintf(ent->last_error, sizeof ent->last_error,
+                     "duplicate: replication %s is already run by %s%.100s", id,
+                     twin_doc[0] ? "document " : "a /_replicate request", twin_doc);
+            repl_doc_write_state(env, row->id, "failed", ent->last_error, NULL);
+        } else {
+            ent = repl_entry_new(env, j, id);
+            if (!ent) {
+                repl_job_free(j);
+                goto out;
+            }
+        }
+    }
+    ent->doc_id = strdup(row->id);
+    ent->doc_spec = spec;
+    spec = NULL;
+    pthread_mutex_lock(&repl_reg_lock);
+    if (ent->job) {
+        if (repl_entry_start(ent) != 0) {
+            pthread_mutex_unlock(&repl_reg_lock);
+            repl_entry_free(ent);
+            goto out;
+        }
+    } else {
+        ent->next = repl_entries;
+        repl_entries = ent;
+    }
+    pthread_mutex_unlock(&repl_reg_lock);
+out:
+    free(spec);
+    jval_free(doc);
+}
+
+static void *repl_mgr_thread(void *arg)
+{
+    repl_mgr *m = arg;
+    mimeo_db *db = NULL;
+    uint64_t since = 0;
+    while (!atomic_load(&m->stop)) {
+        if (!db && mimeo_db_open(m->env, REPL_DB, &db, NULL) != 0) {
+            /* Deleted under us: recreate and start over. */
+            mimeo_db_create(m->env, REPL_DB, NULL);
+            since = 0;
+            struct timespec ts = { 0, 200 * 1000000L };
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        mimeo_changes_opts o;
+        memset(&o, 0, sizeof o);
+        o.since = since;
+        o.include_docs = true;
+        o.limit = 200;
+        repl_rows rows = { NULL, 0, 0 };
+        uint64_t last = since;
+        int rc = mimeo_changes(db, &o, repl_row_cb, &rows, &last, NULL, NULL);
+        if (rc == MIMEO_ENOTFOUND) {
+            mimeo_db_close(db);
+            db = NULL;
+        }
+        for (size_t i = 0; i < rows.n; i++) {
+            if (!atomic_load(&m->stop)) repl_doc_changed(m->env, &rows.v[i]);
+            free(rows.v[i].id);
+            free(rows.v[i].doc);
+        }
+        free(rows.v);
+        if (rc == 0) since = last;
+        if (db && rc == 0 && rows.n == 0) mimeo_changes_wait(db, since, 250);
+    }
+    if (db) mimeo_db_close(db);
+    return NULL;
+}
+
+int mimeo_replicator_start(mimeo_env *env, mimeo_err *err)
+{
+    repl_curl_init();
+    mimeo_err e;
+    memset(&e, 0, sizeof e);
+    int rc = mimeo_db_create(env, REPL_DB, &e);
+    if (rc && rc != MIMEO_EEXIST) {
+        if (err) *err = e;
+        return rc;
+    }
+    repl_mgr *m = calloc(1, sizeof *m);
+    if (!m) return MIMEO_ENOMEM;
+    m->env = env;
+    pthread_mutex_lock(&repl_reg_lock);
+    m->next = repl_mgrs;
+    repl_mgrs = m;
+    pthread_mutex_unlock(&repl_reg_lock);
+    if (pthread_create(&m->thread, NULL, repl_mgr_thread, m) != 0) {
+        pthread_mutex_lock(&repl_reg_lock);
+        repl_mgrs = m->next;
+        pthread_mutex_unlock(&repl_reg_lock);
+        free(m);
+        repl_err_set(err, MIMEO_ENOMEM, "error", "could not start the replicator thread");
+        return MIMEO_ENOMEM;
+    }
+    return 0;
+}
+
+void mimeo_replicator_stop(mimeo_env *env)
+{
+    repl_mgr *m = NULL;
+    pthread_mutex_lock(&repl_reg_lock);
+    for (repl_mgr *x = repl_mgrs; x; x = x->next)
+        if (x->env == env) m = x;
+    if (m) atomic_store(&m->stop, true);
+    pthread_mutex_unlock(&repl_reg_lock);
+    if (m) pthread_join(m->thread, NULL);
+
+    /* Take every job of env out of the registry; one-shot calls are only cancelled (their
+     * callers unlink and free them). */
+    repl_entry *mine = NULL;
+    pthread_mutex_lock(&repl_reg_lock);
+    for (repl_entry **p = &repl_entries; *p;) {
+        repl_entry *e = *p;
+        if (e->env != env) {
+            p = &e->next;
+            continue;
+        }
+        if (e->transient) {
+            repl_job_cancel(e->job);
+            p = &e->next;
+            continue;
+        }
+        *p = e->next;
+        e->next = mine;
+        mine = e;
+    }
+    pthread_mutex_unlock(&repl_reg_lock);
+    for (repl_entry *e = mine; e; e = e->next)
+        if (e->job) repl_job_cancel(e->job);
+    while (mine) {
+        repl_entry *e = mine;
+        mine = e->next;
+        repl_entry_stop(e);
+        repl_entry_free(e);
+    }
+    if (m) {
+        pthread_mutex_lock(&repl_reg_lock);
+        for (repl_mgr **p = &repl_mgrs; *p; p = &(*p)->next)
+            if (*p == m) {
+                *p = m->next;
+                break;
+            }
+        pthread_mutex_unlock(&repl_reg_lock);
+        free(m);
+    }
+}
+
+/* ---- monitoring ---------------------------------------------------------------------------- */
+static void repl_put_nstr(buf *b, const char *s)
+{
+    if (s) json_put_cstr(b, s);
+    else buf_puts(b, "null");
+}
+
+static void repl_put_stats(buf *b, repl_entry *e)
+{
+    if (e->job && atomic_load(&e->state) != REPL_ST_COMPLETED &&
+        atomic_load(&e->state) != REPL_ST_FAILED)
+        repl_job_put_stats(e->job, b);
+    else if (e->final_stats)
+        buf_puts(b, e->final_stats);
+    else if (e->job)
+        repl_job_put_stats(e->job, b);
+    else
+        buf_puts(b, "\"docs_read\":0,\"docs_written\":0,\"doc_write_failures\":0");
+}
+
+static bool repl_is_active(repl_entry *e)
+{
+    int st = atomic_load(&e->state);
+    return e->job && (st == REPL_ST_RUNNING || st == REPL_ST_INITIALIZING);
+}
+
+int mimeo_active_tasks(mimeo_env *env, char **json_out, size_t *out_len)
+{
+    buf b;
+    buf_init(&b, 0);
+    buf_putc(&b, '[');
+    size_t n = 0;
+    pthread_mutex_lock(&repl_reg_lock);
+    for (repl_entry *e = repl_entries; e; e = e->next) {
+        if (e->env != env || !repl_is_active(e)) continue;
+        if (n++ > 0) buf_putc(&b, ',');
+        buf_puts(&b, "{\"type\":\"replication\",\"replication_id\":");
+        json_put_cstr(&b, e->id);
+        buf_puts(&b, ",\"doc_id\":");
+        repl_put_nstr(&b, e->doc_id);
+        buf_printf(&b, ",\"database\":%s,\"user\":null,\"source\":",
+                   e->doc_id ? "\"" REPL_DB "\"" : "null");
+        repl_put_nstr(&b, e->source);
+        buf_puts(&b, ",\"target\":");
+        repl_put_nstr(&b, e->target);
+        buf_printf(&b, ",\"continuous\":%s,\"pid\":\"<0.%u.0>\",\"node\":\"mimeo@127.0.0.1\","
+                   "\"started_on\":%lld,\"updated_on\":%lld,\"checkpoint_interval\":%u,",
+                   e->continuous ? "true" : "false", e->pid, (long long)e->job->started_on,
+                   (long long)atomic_load(&e->job->updated_on),
+                   e->job->req.checkpoint_interval_ms);
+        repl_job_put_stats(e->job, &b);
+        buf_printf(&b, ",\"process_status\":\"%s\"}",
+                   e->job->caught_up ? "waiting" : "running");
+    }
+    pthread_mutex_unlock(&repl_reg_lock);
+    if (buf_putc(&b, ']') != 0) {
+        buf_destroy(&b);
+        return MIMEO_ENOMEM;
+    }
+    *json_out = buf_detach(&b, out_len);
+    return 0;
+}
+
+int mimeo_scheduler_jobs(mimeo_env *env, char **json_out, size_t *out_len)
+{
+    buf b, jobs;
+    buf_init(&b, 0);
+    buf_init(&jobs, 0);
+    size_t n = 0;
+    pthread_mutex_lock(&repl_reg_lock);
+    for (repl_entry *e = repl_entries; e; e = e->next) {
+        int st = atomic_load(&e->state);
+        if (e->env != env || !e->job || st == REPL_ST_COMPLETED || st == REPL_ST_FAILED)
+            continue;
+        char start[32], upd[32];
+        repl_iso8601(e->start_time, start, sizeof start);
+        repl_iso8601(atomic_load(&e->job->updated_on), upd, sizeof upd);
+        if (n++ > 0) buf_putc(&jobs, ',');
+        buf_puts(&jobs, "{\"id\":");
+        json_put_cstr(&jobs, e->id);
+        buf_printf(&jobs, ",\"database\":%s,\"doc_id\":",
+                   e->doc_id ? "\"" REPL_DB "\"" : "null");
+        repl_put_nstr(&jobs, e->doc_id);
+        buf_printf(&jobs, ",\"pid\":\"<0.%u.0>\",\"node\":\"mimeo@127.0.0.1\",\"source\":",
+                   e->pid);
+        repl_put_nstr(&jobs, e->source);
+        buf_puts(&jobs, ",\"target\":");
+        repl_put_nstr(&jobs, e->target);
+        buf_printf(&jobs, ",\"user\":null,\"start_time\":\"%s\",\"last_updated\":\"%s\","
+                   "\"history\":[", start, upd);
+        if (st == REPL_ST_CRASHING) {
+            buf_printf(&jobs, "{\"timestamp\":\"%s\",\"type\":\"crashed\",\"reason\":", upd);
+            json_put_cstr(&jobs, e->last_error);
+            buf_puts(&jobs, "},");
+        }
+        buf_printf(&jobs, "{\"timestamp\":\"%s\",\"type\":\"started\"},"
+                   "{\"timestamp\":\"%s\",\"type\":\"added\"}],\"info\":{", start, start);
+        repl_job_put_stats(e->job, &jobs);
+        buf_puts(&jobs, "}}");
+    }
+    pthread_mutex_unlock(&repl_reg_lock);
+    buf_printf(&b, "{\"total_rows\":%zu,\"offset\":0,\"jobs\":[", n);
+    buf_put(&b, jobs.data ? jobs.data : "", jobs.len);
+    int rc = buf_puts(&b, "]}");
+    buf_destroy(&jobs);
+    if (rc) {
+        buf_destroy(&b);
+        return MIMEO_ENOMEM;
+    }
+    *json_out = buf_detach(&b, out_len);
+    return 0;
+}
+
+static void repl_put_doc(buf *b, repl_entry *e)
+{
+    int st = atomic_load(&e->state);
+    char start[32], upd[32];
+    repl_iso8601(e->start_time, start, sizeof start);
+    repl_iso8601(e->job ? (int64_t)atomic_load(&e->job->updated_on) : e->last_updated, upd,
+                 sizeof upd);
+    buf_puts(b, "{\"database\":\"" REPL_DB "\",\"doc_id\":");
+    json_put_cstr(b, e->doc_id);
+    buf_puts(b, ",\"id\":");
+    repl_put_nstr(b, e->id[0] ? e->id : NULL);
+    buf_printf(b, ",\"node\":\"mimeo@127.0.0.1\",\"source\":");
+    repl_put_nstr(b, e->source);
+    buf_puts(b, ",\"target\":");
+    repl_put_nstr(b, e->target);
+    buf_printf(b, ",\"state\":\"%s\",\"info\":{", repl_state_names[st]);
+    if ((st == REPL_ST_FAILED || st == REPL_ST_CRASHING) && e->last_error[0]) {
+        buf_puts(b, "\"error\":");
+        json_put_cstr(b, e->last_error);
+    } else {
+        repl_put_stats(b, e);
+    }
+    buf_printf(b, "},\"error_count\":%u,\"start_time\":\"%s\",\"last_updated\":\"%s\","
+               "\"source_proxy\":null,\"target_proxy\":null}", e->error_count, start, upd);
+}
+
+int mimeo_scheduler_docs(mimeo_env *env, const char *docid, char **json_out,
+                         size_t *out_len, mimeo_err *err)
+{
+    buf b, docs;
+    buf_init(&b, 0);
+    buf_init(&docs, 0);
+    size_t n = 0;
+    pthread_mutex_lock(&repl_reg_lock);
+    for (repl_entry *e = repl_entries; e; e = e->next) {
+        if (e->env != env || !e->doc_id) continue;
+        if (docid && strcmp(docid, e->doc_id) != 0) continue;
+        if (n++ > 0) buf_putc(&docs, ',');
+        repl_put_doc(&docs, e);
+    }
+    pthread_mutex_unlock(&repl_reg_lock);
+    int rc;
+    if (docid) {
+        if (n == 0) {
+            buf_destroy(&docs);
+            repl_err_set(err, MIMEO_ENOTFOUND, "not_found", "missing");
+            return MIMEO_ENOTFOUND;
+        }
+        rc = buf_put(&b, docs.data, docs.len);
+    } else {
+        buf_printf(&b, "{\"total_rows\":%zu,\"offset\":0,\"docs\":[", n);
+        buf_put(&b, docs.data ? docs.data : "", docs.len);
+        rc = buf_puts(&b, "]}");
+    }
+    buf_destroy(&docs);
+    if (rc) {
+        buf_destroy(&b);
+        return MIMEO_ENOMEM;
+    }
+    *json_out = buf_detach(&b, out_len);
+    return 0;
+}
