@@ -7,10 +7,6 @@
 
 #include "http_int.h"
 
-void http_h_replicate(http_req *r);
-void http_h_active_tasks(http_req *r);
-void http_h_scheduler(http_req *r);
-
 void http_h_replicate(http_req *r)
 {
     if (r->method != HTTP_POST) {
