@@ -568,7 +568,19 @@ static int changes_doc_ids(mimeo_db *db, const mimeo_changes_opts *o, mimeo_row_
     return rc < 0 && rc != MIMEO_ENOTFOUND ? db_err(err, rc) : rc;
 }
 
-/* Rows left in the feed after the cursor's position (mrc: its last get). Counting is a
+/* The last seq of database dbid in the seqs table (0 when it has none): seek to the first
+ * key of the next database and step back, so other databases' keys are never walked. */
+static uint64_t last_seq_of(MDB_cursor *cur, uint64_t dbid) {
+    unsigned char key[16];
+    MDB_val k = {store_key_u64(key, dbid + 1, 0), key}, v;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    mrc = mrc == MDB_NOTFOUND ? mdb_cursor_get(cur, &k, &v, MDB_LAST)
+                              : mrc == 0 ? mdb_cursor_get(cur, &k, &v, MDB_PREV) : mrc;
+    if (mrc || k.mv_size != 16 || be64_get(k.mv_data) != dbid) return 0;
+    return be64_get((unsigned char *)k.mv_data + 8);
+}
+
+/* Rows left in the feed from the cursor's position on (mrc: its last get). Counting is a
  * scan, so past PENDING_SCAN_MAX rows it answers with an upper bound taken from the seq
  * range; clients only show it as progress. */
 #define PENDING_SCAN_MAX 4096
@@ -579,11 +591,7 @@ static uint64_t count_left(MDB_cursor *cur, MDB_val *k, int mrc, uint64_t dbid) 
         if (n == 0) first = be64_get((unsigned char *)k->mv_data + 8);
         if (++n > PENDING_SCAN_MAX) {
             /* Seqs are unique and increasing: the last one bounds how many can follow. */
-            mrc = mdb_cursor_get(cur, k, &v, MDB_LAST);
-            uint64_t last = first;
-            while (mrc == 0 && k->mv_size >= 8 && be64_get(k->mv_data) > dbid)
-                mrc = mdb_cursor_get(cur, k, &v, MDB_PREV);
-            if (mrc == 0 && k->mv_size == 16) last = be64_get((unsigned char *)k->mv_data + 8);
+            uint64_t last = last_seq_of(cur, dbid);
             return last >= first ? last - first + 1 : n;
         }
         mrc = mdb_cursor_get(cur, k, &v, MDB_NEXT);
@@ -641,17 +649,14 @@ int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *o, mimeo_row_fn fn, vo
             MDB_val k, v;
             int mrc;
             if (o->descending) {
-                k.mv_size = store_key_u64(key, sn.m.dbid, cursor == UINT64_MAX ? UINT64_MAX : cursor);
+                /* Start below `cursor`: seek to it (or, at first, to the next database's
+                 * first key) and step back; never walk other databases' keys. */
+                k.mv_size = cursor == UINT64_MAX ? store_key_u64(key, sn.m.dbid + 1, 0)
+                                                 : store_key_u64(key, sn.m.dbid, cursor);
                 k.mv_data = key;
                 mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-                /* SET_RANGE lands at or after the key: step back to the last key below it. */
                 if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
                 else if (mrc == 0) mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
-                /* MDB_LAST may be a later database's key: walk back into ours. */
-                while (mrc == 0 && be64_get(k.mv_data) > sn.m.dbid)
-                    mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
-                if (mrc == 0 && cursor != UINT64_MAX && be64_get((unsigned char *)k.mv_data + 8) >= cursor)
-                    mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
             } else {
                 k.mv_size = store_key_u64(key, sn.m.dbid, cursor + 1);
                 k.mv_data = key;

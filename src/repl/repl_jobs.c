@@ -57,11 +57,7 @@ static void repl_iso8601(int64_t t, char *out, size_t n)
     time_t tt = (time_t)t;
     struct tm tm;
     gmtime_r(&tt, &tm);
-    /* Fields reduced to their ranges so the text always fits in 21 bytes. */
-    snprintf(out, n, "%04u-%02u-%02uT%02u:%02u:%02uZ", (unsigned)(tm.tm_year + 1900) % 10000u,
-             (unsigned)(tm.tm_mon + 1) % 100u, (unsigned)tm.tm_mday % 100u,
-             (unsigned)tm.tm_hour % 100u, (unsigned)tm.tm_min % 100u,
-             (unsigned)tm.tm_sec % 100u);
+    if (strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0 && n) out[0] = 0;
 }
 
 static unsigned repl_status_for(const mimeo_err *e)

@@ -261,6 +261,66 @@ static void test_all_docs_and_local(void) {
     mimeo_env_close(env);
 }
 
+static int count_rows(void *ctx, const char *json, size_t len) {
+    (void)json;
+    (void)len;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+/* A database followed by another in the shared tables: its feed, read in either direction
+ * and counted for `pending`, must never stray into the next database's keys. */
+static void test_changes_pending_and_descending(void) {
+    mimeo_env *env = open_env(0);
+    mimeo_db *a = fresh_db(env, "feed-a");
+    mimeo_db *b = fresh_db(env, "feed-b");
+    mimeo_err err;
+    enum { N = 5000 };
+    char *bulk = malloc(N * 32 + 32);
+    char *p = bulk + sprintf(bulk, "{\"docs\":[");
+    for (int i = 0; i < N; i++) p += sprintf(p, "%s{\"_id\":\"%05d\"}", i ? "," : "", i);
+    sprintf(p, "]}");
+    char *reply;
+    size_t len;
+    CHECK_EQ_INT(mimeo_bulk_docs(a, bulk, strlen(bulk), &reply, &len, &err), 0);
+    mimeo_free(reply);
+    CHECK_EQ_INT(put(b, "other", "{}", NULL), 0);
+    free(bulk);
+
+    int rows = 0;
+    uint64_t last, pending;
+    mimeo_changes_opts o = {0};
+    o.limit = 10;
+    CHECK_EQ_INT(mimeo_changes(a, &o, count_rows, &rows, &last, &pending, &err), 0);
+    CHECK_EQ_INT(rows, 10);
+    CHECK_EQ_INT(last, 10);
+    CHECK_EQ_INT(pending, N - 10);
+
+    mimeo_changes_opts z = {0};
+    z.limit_zero = true;
+    z.since = 4990;
+    rows = 0;
+    CHECK_EQ_INT(mimeo_changes(a, &z, count_rows, &rows, &last, &pending, &err), 0);
+    CHECK_EQ_INT(rows, 0);
+    CHECK_EQ_INT(pending, 10);
+
+    char text[4096] = "";
+    mimeo_changes_opts d = {0};
+    d.descending = true;
+    d.limit = 2;
+    CHECK_EQ_INT(mimeo_changes(a, &d, collect, text, &last, NULL, &err), 0);
+    CHECK(strstr(text, "\"id\":\"04999\"") && strstr(text, "\"id\":\"04998\"") && !strstr(text, "other"));
+    /* Descending past a page boundary reads every row once. */
+    mimeo_changes_opts all = {0};
+    all.descending = true;
+    rows = 0;
+    CHECK_EQ_INT(mimeo_changes(a, &all, count_rows, &rows, &last, NULL, &err), 0);
+    CHECK_EQ_INT(rows, N);
+    mimeo_db_close(a);
+    mimeo_db_close(b);
+    mimeo_env_close(env);
+}
+
 /* The map starts at 1 MiB; writing ~20 MB must grow it without a single error. */
 static void test_map_grows(void) {
     mimeo_env *env = open_env(1 << 20);
@@ -362,6 +422,7 @@ int main(void) {
     RUN(test_put_get_update_delete);
     RUN(test_replicated_writes_and_conflicts);
     RUN(test_all_docs_and_local);
+    RUN(test_changes_pending_and_descending);
     RUN(test_map_grows);
     RUN(test_many_databases);
     remove_tmpdir();

@@ -1,0 +1,91 @@
+// Turns bench/run.sh's JSON lines into the table: workload, mimeo, pouchdb-server, mimeo/peer,
+// and mimeo's target where the foundation issue sets one. Markdown, so that it pastes into
+// docs/benchmarks.md as printed.
+//   node table.mjs RESULTS.jsonl DOCS ELAPSED_SECONDS
+import { readFileSync } from 'node:fs';
+
+const [file, docsArg, elapsedArg] = process.argv.slice(2);
+const docs = Number(docsArg);
+const recs = readFileSync(file, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => {
+  try { return JSON.parse(l); } catch { return { failed: true, first_error: `unparsable: ${l.slice(0, 80)}` }; }
+});
+const find = (wl, srv) => recs.find((r) => r.workload === wl && r.server === srv);
+const notes = new Map(); // message -> workloads it explains
+
+// A record's figure, or null (with a note saying why) when the run failed or its result is wrong.
+function value(wl, srv, field) {
+  const r = find(wl, srv);
+  if (!r) return null;
+  const bad = r.failed ? r.first_error
+    : r.ok === false ? r.first_error || 'failed'
+    : r.doc_errors > 0 ? `${r.doc_errors} doc errors: ${r.first_error || ''}`
+    : r.errors > 0 || r.transport_errors > 0 ? `${r.errors + r.transport_errors} failed requests: ${r.first_error || ''}`
+    : r.op === 'read' && (r.status !== 200 || r.rows < docs) ? `HTTP ${r.status}, ${r.rows} of ${docs} rows ${r.first_error || ''}`
+    : null;
+  if (bad) {
+    const msg = `${srv}: ${String(bad).trim()}`;
+    if (!notes.has(msg)) notes.set(msg, new Set());
+    notes.get(msg).add(wl);
+    return null;
+  }
+  return r[field] ?? null;
+}
+
+const num = (v, digits) => v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+const k = docs >= 1000 ? `${docs / 1000}k` : String(docs);
+// [label, workload, field, digits, scale, target (mimeo >= target, or <= when lower is better), lowerIsBetter]
+const rows = [
+  [`_bulk_docs ${k} docs, batches of 1,000, increasing ids (docs/s)`, 'bulk_seq', 'docs_per_s', 0, 1, 50000],
+  [`_bulk_docs ${k} docs, batches of 1,000, random ids (docs/s)`, 'bulk_random', 'docs_per_s', 0, 1, 15000],
+  ['PUT single doc, 1 client (docs/s)', 'put_1', 'req_per_s', 0, 1],
+  ['PUT single doc, 1 client: p50 latency (ms)', 'put_1', 'p50_ms', 2, 1, null, true],
+  ['PUT single doc, 1 client: p99 latency (ms)', 'put_1', 'p99_ms', 2, 1, null, true],
+  ['PUT single doc, 16 clients (docs/s)', 'put_16', 'req_per_s', 0, 1, 5000],
+  ['PUT single doc, 16 clients: p50 latency (ms)', 'put_16', 'p50_ms', 2, 1, null, true],
+  ['PUT single doc, 16 clients: p99 latency (ms)', 'put_16', 'p99_ms', 2, 1, null, true],
+  ['GET random id, 16 connections (req/s)', 'get_16', 'req_per_s', 0, 1, 20000],
+  ['GET random id, 16 connections: p99 latency (ms)', 'get_16', 'p99_ms', 2, 1, null, true],
+  ['_changes?include_docs=true, full read (rows/s)', 'changes', 'rows_per_s', 0, 1],
+  ['_all_docs?include_docs=true, full read (rows/s)', 'all_docs', 'rows_per_s', 0, 1],
+  [`one-shot replication ${k} docs, server to itself via its /_replicate (docs/s)`, 'replicate', 'docs_per_s', 0, 1],
+  [`PouchDB (memory adapter) pulls ${k} docs (docs/s)`, 'pull', 'docs_per_s', 0, 1],
+  ['peak resident memory, VmHWM (MB)', 'memory', 'kb', 1, 1 / 1024, null, true],
+  ['resident anonymous memory at the end, RssAnon (MB)', 'memory_anon', 'kb', 1, 1 / 1024, null, true],
+  [`on-disk size of the ${k}-doc database (MB)`, 'disk', 'kb', 1, 1 / 1024, null, true],
+];
+
+const out = [];
+const ceiling = find('ceiling', 'loadgen');
+out.push(`mimeo vs pouchdb-server: ${num(docs, 0)} docs of ~1 KB; run took ${elapsedArg} s`);
+out.push('');
+out.push('| workload | mimeo | pouchdb-server | mimeo/peer | mimeo target |');
+out.push('| --- | ---: | ---: | ---: | --- |');
+for (const [label, wl, field, digits, scale, target, lower] of rows) {
+  const m = value(wl, 'mimeo', field);
+  const p = value(wl, 'peer', field);
+  const fm = m === null ? 'n/a' : num(m * scale, digits);
+  const fp = p === null ? 'n/a' : num(p * scale, digits);
+  const ratio = m !== null && p !== null && p > 0 ? `${num(m / p, 2)}×` : 'n/a';
+  let t = '';
+  if (target) {
+    const ok = m !== null && (lower ? m <= target : m >= target);
+    t = `${lower ? '≤' : '≥'} ${num(target, 0)}: ${m === null ? 'n/a' : ok ? 'met' : 'short'}`;
+  }
+  out.push(`| ${label}${lower ? ' — lower is better' : ''} | ${fm} | ${fp} | ${ratio} | ${t} |`);
+}
+out.push('');
+const cv = value('ceiling', 'loadgen', 'req_per_s');
+out.push(cv === null
+  ? 'loadgen ceiling: n/a'
+  : `loadgen ceiling (16 keep-alive connections to a trivial libmicrohttpd endpoint in its own process, ` +
+    `same 2 cores): ${num(cv, 0)} req/s, p99 ${num(ceiling.p99_ms, 2)} ms; the client thread spends ` +
+    `${num((ceiling.client_cpu_s / ceiling.ok) * 1e6, 1)} µs of CPU a request ` +
+    `(≈ ${num(ceiling.ok / ceiling.client_cpu_s, 0)} req/s per core)`);
+const load = find('load', 'machine');
+if (load) out.push(`load average (1 min) before the run: ${load.before}, after: ${load.after}`);
+if (notes.size) {
+  out.push('');
+  out.push('n/a and errors:');
+  for (const [msg, wls] of notes) out.push(`- ${msg} (${[...wls].join(', ')})`);
+}
+console.log(out.join('\n'));
