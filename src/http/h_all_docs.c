@@ -14,10 +14,9 @@
 typedef struct http_rows {
     mimeo_db           *db;           /* owned: taken over from the request */
     mimeo_all_docs_opts opts;         /* the request's options */
-    jval               *trees[3];     /* own the strings opts and keys point into */
-    const char        **keys;
-    size_t             *key_lens;
-    size_t              key_count, key_next;
+    jval               *trees[2];     /* own the strings opts point into */
+    http_string_list    keys;         /* keys mode: the keys asked for */
+    size_t              key_next;
     bool                keys_mode;
     bool                limited;
     uint64_t            remaining;
@@ -38,9 +37,8 @@ static void http_rows_free(void *cls)
 {
     http_rows *s = cls;
     if (s->db) mimeo_db_close(s->db);
-    for (int i = 0; i < 3; i++) if (s->trees[i]) jval_free(s->trees[i]);
-    free(s->keys);
-    free(s->key_lens);
+    for (int i = 0; i < 2; i++) if (s->trees[i]) jval_free(s->trees[i]);
+    http_string_list_destroy(&s->keys);
     buf_destroy(&s->last_prefix);
     buf_destroy(&s->start);
     buf_destroy(&s->out);
@@ -113,10 +111,10 @@ static int http_rows_page(http_rows *s, mimeo_err *e)
     mimeo_all_docs_opts o = s->opts;
     s->page_raw = 0;
     if (s->keys_mode) {
-        size_t n = s->key_count - s->key_next;
+        size_t n = s->keys.count - s->key_next;
         if (n > HTTP_PAGE_ROWS) n = HTTP_PAGE_ROWS;
-        o.keys = s->keys + s->key_next;
-        o.key_lens = s->key_lens + s->key_next;
+        o.keys = s->keys.strs + s->key_next;
+        o.key_lens = s->keys.lens + s->key_next;
         o.key_count = n;
         o.skip = 0;
         o.limit = 0;
@@ -124,7 +122,7 @@ static int http_rows_page(http_rows *s, mimeo_err *e)
         s->key_next += n;
         int rc = n ? mimeo_all_docs(s->db, &o, http_rows_row, s, e) : 0;
         if (rc < 0) return rc;
-        s->at_end = s->key_next >= s->key_count || (s->limited && s->remaining == 0);
+        s->at_end = s->key_next >= s->keys.count || (s->limited && s->remaining == 0);
         s->first_page = false;
         return 0;
     }
@@ -217,47 +215,10 @@ static int http_key_param(http_req *r, http_rows *s, int slot, const char *name,
 
 static bool http_rows_keys(http_req *r, http_rows *s)
 {
-    jval *t = NULL;
-    const jval *list = NULL;
-    if (r->method == HTTP_POST && r->body.len > 0) {
-        json_error je = {0};
-        if (json_tree_parse(r->body.data, r->body.len, &r->srv->limits, &t, &je) != 0 || !t) {
-            if (t) jval_free(t);
-            http_reply_err(r, je.code ? je.code : MIMEO_EBADJSON, &je);
-            return false;
-        }
-        list = jval_get(t, "keys");
-        if (!list) { jval_free(t); t = NULL; }
-    }
-    if (!list) {
-        if (http_arg_json(r, "keys", &t) < 0) return false;
-        list = t;
-    }
-    if (!list) return true;
-    s->trees[2] = t;
-    if (list->type != JV_ARRAY) {
-        http_reply_error(r, 400, "query_parse_error", "`keys` must be an array of strings");
-        return false;
-    }
-    for (size_t i = 0; i < list->count; i++) {
-        if (list->items[i]->type != JV_STRING) {
-            http_reply_error(r, 400, "query_parse_error", "`keys` must be an array of strings");
-            return false;
-        }
-    }
-    size_t n = list->count;
-    s->keys = calloc(n ? n : 1, sizeof *s->keys);
-    s->key_lens = calloc(n ? n : 1, sizeof *s->key_lens);
-    if (!s->keys || !s->key_lens) {
-        http_reply_err(r, MIMEO_ENOMEM, NULL);
-        return false;
-    }
-    for (size_t i = 0; i < n; i++) {
-        s->keys[i] = list->items[i]->str;
-        s->key_lens[i] = list->items[i]->len;
-    }
-    s->key_count = n;
-    s->keys_mode = true;
+    int rc = http_arg_string_list(r, "keys", "query_parse_error",
+                                  "`keys` must be an array of strings", &s->keys);
+    if (rc < 0) return false;
+    s->keys_mode = rc == 1;
     return true;
 }
 

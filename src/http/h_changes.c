@@ -26,9 +26,7 @@ typedef struct http_feed {
     http_feed_kind      kind;
     http_feed_phase     ph;
     mimeo_changes_opts  opts;        /* per-request options; since/limit set per page */
-    jval               *ids_tree;    /* owns the strings doc_ids points into */
-    const char        **ids;
-    size_t             *id_lens;
+    http_string_list    ids;         /* filter=_doc_ids: the ids asked for */
     uint64_t            cursor;      /* since of the next page */
     bool                limited;
     uint64_t            remaining;   /* rows still allowed when limited */
@@ -49,9 +47,7 @@ static void http_feed_free(void *cls)
 {
     http_feed *f = cls;
     if (f->db) mimeo_db_close(f->db);
-    if (f->ids_tree) jval_free(f->ids_tree);
-    free(f->ids);
-    free(f->id_lens);
+    http_string_list_destroy(&f->ids);
     buf_destroy(&f->out);
     free(f);
 }
@@ -249,47 +245,16 @@ static bool http_parse_since(const char *v, size_t n, uint64_t *out, bool *now)
 /* doc_ids from the query (JSON) or the POST body {"doc_ids":[…]}; all strings. */
 static bool http_feed_doc_ids(http_req *r, http_feed *f)
 {
-    jval *t = NULL;
-    const jval *list = NULL;
-    if (r->method == HTTP_POST && r->body.len > 0) {
-        json_error je = {0};
-        if (json_tree_parse(r->body.data, r->body.len, &r->srv->limits, &t, &je) != 0 || !t) {
-            if (t) jval_free(t);
-            http_reply_err(r, je.code ? je.code : MIMEO_EBADJSON, &je);
-            return false;
-        }
-        list = jval_get(t, "doc_ids");
-        if (!list) { jval_free(t); t = NULL; }
-    }
-    if (!list) {
-        int rc = http_arg_json(r, "doc_ids", &t);
-        if (rc < 0) return false;
-        list = t;
-    }
-    bool good = list && list->type == JV_ARRAY;
-    for (size_t i = 0; good && i < list->count; i++)
-        if (list->items[i]->type != JV_STRING) good = false;
-    if (!good) {
-        if (t) jval_free(t);
-        http_reply_error(r, 400, "bad_request",
-                         "`doc_ids` filter parameter is not a list of doc ids.");
+    static const char reason[] = "`doc_ids` filter parameter is not a list of doc ids.";
+    int rc = http_arg_string_list(r, "doc_ids", "bad_request", reason, &f->ids);
+    if (rc < 0) return false;
+    if (rc == 0) {
+        http_reply_error(r, 400, "bad_request", reason);
         return false;
     }
-    f->ids_tree = t;
-    size_t n = list->count;
-    f->ids = calloc(n ? n : 1, sizeof *f->ids);
-    f->id_lens = calloc(n ? n : 1, sizeof *f->id_lens);
-    if (!f->ids || !f->id_lens) {
-        http_reply_err(r, MIMEO_ENOMEM, NULL);
-        return false;
-    }
-    for (size_t i = 0; i < n; i++) {
-        f->ids[i] = list->items[i]->str;
-        f->id_lens[i] = list->items[i]->len;
-    }
-    f->opts.doc_ids = f->ids;
-    f->opts.doc_id_lens = f->id_lens;
-    f->opts.doc_id_count = n;
+    f->opts.doc_ids = f->ids.strs;
+    f->opts.doc_id_lens = f->ids.lens;
+    f->opts.doc_id_count = f->ids.count;
     return true;
 }
 

@@ -97,6 +97,20 @@ int http_arg_json(http_req *r, const char *name, jval **out);
 /* A JSON string value: *out is a new tree of type JV_STRING. */
 int http_arg_json_str(http_req *r, const char *name, jval **out);
 
+/* A list of strings (keys, doc_ids): the POST body's member `name`, else the query argument.
+ * The strings are borrowed from `tree`, which the list owns. */
+typedef struct http_string_list {
+    const char **strs;
+    size_t      *lens;
+    size_t       count;
+    jval        *tree;
+} http_string_list;
+/* 0 when absent, 1 when *out is filled (destroy it), -1 after replying with an error
+ * (bad JSON, or not a list of strings: 400 error/reason). */
+int  http_arg_string_list(http_req *r, const char *name, const char *error, const char *reason,
+                          http_string_list *out);
+void http_string_list_destroy(http_string_list *l);
+
 /* ---- reply.c ---------------------------------------------------------------------------- */
 /* HTTP status for a mimeo error: by CouchDB error name when known, else by MIMEO_E* code. */
 unsigned http_status_for(int code, const char *error);

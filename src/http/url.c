@@ -188,3 +188,64 @@ int http_arg_json_str(http_req *r, const char *name, jval **out)
     *out = t;
     return 1;
 }
+
+int http_arg_string_list(http_req *r, const char *name, const char *error, const char *reason,
+                         http_string_list *out)
+{
+    memset(out, 0, sizeof *out);
+    jval *t = NULL;
+    const jval *list = NULL;
+    /* A POST body's member wins over the query, as CouchDB reads it. */
+    if (r->method == HTTP_POST && r->body.len > 0) {
+        json_error je = {0};
+        if (json_tree_parse(r->body.data, r->body.len, &r->srv->limits, &t, &je) != 0 || !t) {
+            if (t) jval_free(t);
+            http_reply_err(r, je.code ? je.code : MIMEO_EBADJSON, &je);
+            return -1;
+        }
+        list = jval_get(t, name);
+        if (!list) {
+            jval_free(t);
+            t = NULL;
+        }
+    }
+    if (!list) {
+        int rc = http_arg_json(r, name, &t);
+        if (rc <= 0) return rc;
+        list = t;
+    }
+    bool good = list->type == JV_ARRAY;
+    for (size_t i = 0; good && i < list->count; i++)
+        good = list->items[i]->type == JV_STRING;
+    if (!good) {
+        jval_free(t);
+        http_reply_error(r, 400, error, reason);
+        return -1;
+    }
+    size_t n = list->count;
+    out->strs = calloc(n ? n : 1, sizeof *out->strs);
+    out->lens = calloc(n ? n : 1, sizeof *out->lens);
+    if (!out->strs || !out->lens) {
+        free(out->strs);
+        free(out->lens);
+        jval_free(t);
+        memset(out, 0, sizeof *out);
+        http_reply_err(r, MIMEO_ENOMEM, NULL);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        out->strs[i] = list->items[i]->str;
+        out->lens[i] = list->items[i]->len;
+    }
+    out->count = n;
+    out->tree = t;
+    return 1;
+}
+
+void http_string_list_destroy(http_string_list *l)
+{
+    free(l->strs);
+    free(l->lens);
+    if (l->tree) jval_free(l->tree);
+    memset(l, 0, sizeof *l);
+}
