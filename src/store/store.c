@@ -25,6 +25,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 
 #include "mimeo.h"
 
@@ -155,18 +156,46 @@ static int store_run_group(store *s, store_job *jobs) {
     }
 }
 
+/* How long the writer may hold a group open for writers it expects (see below). */
+#define GROUP_WAIT_US 500
+
+static size_t job_count(const store_job *j) {
+    size_t n = 0;
+    for (; j; j = j->next) n++;
+    return n;
+}
+
 static void *store_writer_main(void *arg) {
     store *s = arg;
+    /* Writers seen at once recently: the last group plus what queued during its commit.
+     * With N clients each waiting for its reply before writing again, taking the queue the
+     * moment a commit ends splits them into two halves that alternate, each commit serving
+     * N/2. Waiting a moment for the other half (they are on their way: their replies just
+     * went out) lets one commit serve all N. */
+    size_t expected = 0;
     pthread_mutex_lock(&s->lock);
     for (;;) {
         while (!s->head && !s->stopping) pthread_cond_wait(&s->work, &s->lock);
         if (!s->head && s->stopping) break;
+        if (expected > 1 && !s->stopping) {
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_nsec += GROUP_WAIT_US * 1000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            while (job_count(s->head) < expected && !s->stopping &&
+                   pthread_cond_timedwait(&s->work, &s->lock, &until) == 0) {
+            }
+        }
         /* Everything queued so far forms one group: one durable commit for all of it. */
         store_job *group = s->head;
         s->head = s->tail = NULL;
         pthread_mutex_unlock(&s->lock);
 
         int rc = store_run_group(s, group);
+        size_t group_size = job_count(group);
 
         pthread_mutex_lock(&s->lock);
         for (store_job *j = group; j; j = j->next) {
@@ -174,6 +203,7 @@ static void *store_writer_main(void *arg) {
             j->done = true;
         }
         pthread_cond_broadcast(&s->done);
+        expected = group_size + job_count(s->head);
     }
     pthread_mutex_unlock(&s->lock);
     return NULL;
@@ -249,7 +279,11 @@ int store_open(const char *dir, size_t initial_map_size, store **out, char *reas
     pthread_rwlock_init(&s->resize_lock, &attr);
     pthread_rwlockattr_destroy(&attr);
     pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->work, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->work, &ca);
+    pthread_condattr_destroy(&ca);
     pthread_cond_init(&s->done, NULL);
 
     int rc = mdb_env_create(&s->env);
