@@ -189,7 +189,7 @@ typedef struct mimeo_get_opts {
     bool conflicts;         /* add _conflicts (non-deleted losing leaves) */
     bool deleted_conflicts; /* add _deleted_conflicts */
     bool local_seq;         /* add _local_seq */
-    bool latest;            /* with rev: serve the winner (CouchDB without open_revs); with
+    bool latest;            /* with rev: serve the best leaf descending from it; with
                                open_revs: map a non-leaf rev to its descendant leaves */
 } mimeo_get_opts;
 
@@ -242,8 +242,9 @@ typedef struct mimeo_changes_opts {
 MIMEO_API int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *opts, mimeo_row_fn fn,
                             void *ctx, uint64_t *last_seq, uint64_t *pending, mimeo_err *err);
 
-/* Blocks until the database's update_seq exceeds `since`, the database is deleted, the
- * environment closes, or timeout_ms passes. Returns the current update_seq. */
+/* Blocks until the database's update_seq exceeds `since`, the database is deleted, or
+ * timeout_ms passes. Returns the current update_seq. Keep timeouts short if the
+ * environment may be closed meanwhile: close waits for no one. */
 MIMEO_API uint64_t mimeo_changes_wait(mimeo_db *db, uint64_t since, uint64_t timeout_ms);
 
 typedef struct mimeo_all_docs_opts {

@@ -4,6 +4,7 @@
 #define MIMEO_DB_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -65,6 +66,8 @@ struct mimeo_env {
     char            uuid_prefix[27];
     uint64_t        uuid_suffix;
     unsigned        uuid_uses;
+
+    atomic_bool     repl_stopped; /* see env_repl.h */
 
     /* Writer-thread only: the group in progress. */
     uint64_t        group;

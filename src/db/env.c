@@ -8,6 +8,7 @@
 #include <sys/time.h>
 
 #include "db_int.h"
+#include "env_repl.h"
 
 /* ---- errors ---------------------------------------------------------------------------- */
 
@@ -276,6 +277,11 @@ void mimeo_env_close(mimeo_env *env) {
 }
 
 const char *mimeo_env_uuid(const mimeo_env *env) { return env->uuid; }
+
+void env_repl_stop_mark(mimeo_env *env) {
+    if (env) atomic_store(&env->repl_stopped, true);
+}
+bool env_repl_stopped(mimeo_env *env) { return env && atomic_load(&env->repl_stopped); }
 
 /* CouchDB's "sequential" uuids: a random 26-hex prefix reused for many ids and a 6-hex
  * suffix that grows by a random step, so ids increase (B-tree inserts stay at the end) yet
@@ -592,11 +598,7 @@ int mimeo_db_info_get(mimeo_db *db, mimeo_db_info *info) {
     info->size_active = m.size_active;
     info->size_external = m.size_external;
     info->revs_limit = m.revs_limit;
-    MDB_envinfo ei;
-    MDB_stat st;
-    if (mdb_env_info(store_env(db->env->store), &ei) == 0 &&
-        mdb_env_stat(store_env(db->env->store), &st) == 0)
-        info->size_file = (uint64_t)(ei.me_last_pgno + 1) * st.ms_psize;
+    info->size_file = store_file_size(db->env->store);
     return 0;
 }
 

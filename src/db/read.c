@@ -604,7 +604,7 @@ int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *o, mimeo_row_fn fn, vo
     *last_seq = o->since;
     if (pending) *pending = 0;
     if (o->doc_ids) return changes_doc_ids(db, o, fn, ctx, last_seq, pending, err);
-    if (o->limit_zero && !o->descending) {
+    if (o->limit_zero) {
         /* No rows, but the count of what is there: CouchDB's replicator reads `pending`
          * from limit=0 polls to show progress. */
         snap sn;
@@ -619,7 +619,9 @@ int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *o, mimeo_row_fn fn, vo
             if (pending) *pending = count_left(cur, &k, mrc, sn.m.dbid);
             mdb_cursor_close(cur);
         }
-        *last_seq = sn.m.update_seq > o->since ? o->since : sn.m.update_seq;
+        *last_seq = o->descending ? sn.m.update_seq
+                                  : sn.m.update_seq > o->since ? o->since : sn.m.update_seq;
+        if (o->descending && pending) *pending = 0;
         snap_end(&sn);
         return rc ? db_err(err, rc) : 0;
     }
@@ -902,12 +904,12 @@ int mimeo_local_get(mimeo_db *db, const char *id, size_t id_len, char **json_out
     int rc = snap_begin(db, &sn, err);
     if (rc) return rc;
     unsigned char key[STORE_KEY_MAX];
-    MDB_val k = {store_key(key, sn.m.dbid, id, id_len), key}, v;
+    MDB_val k = {store_key(key, sn.m.dbid, id, id_len), key}, v = {0, NULL};
     rc = store_err(mdb_get(sn.txn, sn.t->locals, &k, &v));
     buf out;
     buf_init(&out, 0);
     uint64_t counter = 0;
-    const unsigned char *p = v.mv_data, *end = p + v.mv_size;
+    const unsigned char *p = v.mv_data, *end = p ? p + v.mv_size : p;
     if (!rc) rc = varint_get(&p, end, &counter);
     if (!rc) rc = buf_puts(&out, "{\"_id\":");
     if (!rc) {

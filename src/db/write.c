@@ -239,6 +239,10 @@ static int apply_doc(write_ctx *w, write_item *it) {
                 goto out;
             }
             parent = (uint32_t)at;
+        } else if (before == STATE_DELETED && it->doc.deleted) {
+            /* Deleting what is already deleted adds nothing (CouchDB and PouchDB: 409). */
+            item_fail(it, MIMEO_ECONFLICT, "conflict", "Document update conflict.");
+            goto out;
         } else if (before == STATE_DELETED) {
             /* Recreating a deleted document continues from its winning tombstone, so the
              * new revision outranks every old branch. */

@@ -167,7 +167,10 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
         uint64_t cl;
         if (http_content_length(r, &cl)) {
             if (cl > s->cfg.max_request_size) return http_refuse_oversize(r);
-            if (cl > 0 && buf_reserve(&r->body, (size_t)cl) != 0) {
+            /* Room for what is declared, up to a few MB: the rest grows as it arrives, so
+             * clients that announce big bodies and send nothing cost no memory. */
+            size_t room = cl < ((uint64_t)4 << 20) ? (size_t)cl : (size_t)4 << 20;
+            if (room > 0 && buf_reserve(&r->body, room) != 0) {
                 http_reply_error(r, 413, "too_large", "the request entity is too large");
                 return http_queue(r);
             }
@@ -186,6 +189,8 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
 
     if (r->too_large)
         http_reply_error(r, 413, "too_large", "the request entity is too large");
+    else if (atomic_load(&s->stopping))
+        http_reply_error(r, 503, "service_unavailable", "The server is shutting down.");
     else if (!http_cors_preflight(r))
         http_route(r);
     return http_queue(r);

@@ -774,7 +774,11 @@ static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *
                 jval_free(diff);
                 return rc;
             }
-            if (s->resp.status == 404) continue;   /* gone since the feed was read */
+            /* A document purged since the feed was read is gone; a missing database is
+             * not, and skipping its documents would checkpoint past them. */
+            if (s->resp.status == 404 && s->resp.body.data &&
+                !strstr(s->resp.body.data, "Database does not exist"))
+                continue;
             if (s->resp.status != 200) {
                 jval_free(diff);
                 repl_err_from_resp(err, &s->resp, "open_revs on the source");
@@ -1052,7 +1056,11 @@ int repl_job_run(repl_job *j, char **result, size_t *result_len)
         j->tgt->retries = 0;
     }
     /* Transfers were aborted by the stop; lift that for the last checkpoint only. */
-    if (stopping) atomic_store(&j->cancel, false);
+    if (stopping) {
+        atomic_store(&j->src->timeout_ms, REPL_STOP_TIMEOUT_MS);
+        atomic_store(&j->tgt->timeout_ms, REPL_STOP_TIMEOUT_MS);
+        atomic_store(&j->cancel, false);
+    }
     repl_maybe_checkpoint(j, true);
     if (stopping) atomic_store(&j->cancel, true);
     if (failed) {

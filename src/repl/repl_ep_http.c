@@ -135,7 +135,12 @@ static int http_do(http_ep *h, const char *method, const char *path, const char 
         curl_easy_setopt(c, CURLOPT_XFERINFODATA, h->base.cancel);
         curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)h->connect_ms);
-        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+        long limit = timeout_ms;
+        if (!limit) {
+            unsigned ep_limit = atomic_load(&h->base.timeout_ms);
+            limit = ep_limit ? (long)ep_limit : REPL_REQUEST_TIMEOUT_MS;
+        }
+        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, limit);
         /* A peer that stops sending for a minute is gone even without a timeout. */
         curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
         curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);

@@ -76,7 +76,16 @@ struct repl_ep {
     atomic_bool    no_bulk_get; /* the peer answered _bulk_get with 400/404/405/501 */
     atomic_bool   *cancel;     /* borrowed: set when the job must stop */
     unsigned       retries;    /* retry budget per request (changed after start-up) */
+    atomic_uint    timeout_ms; /* whole-request limit for requests that set none; 0: the
+                                  default (REPL_REQUEST_TIMEOUT_MS) */
 };
+
+/* A request to a peer that takes longer than this is a failure (and is retried): like
+ * CouchDB's connection_timeout, a black-hole peer must not hold a job, a cancel or a
+ * shutdown for ever. */
+#define REPL_REQUEST_TIMEOUT_MS 120000
+/* The last checkpoint of a stopping job gets only this long. */
+#define REPL_STOP_TIMEOUT_MS 5000
 
 /* A parsed endpoint: a URL string, or {url, headers:{…}, auth:{basic:{username,password}}},
  * or a bare database name (local). */

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "repl_int.h"
+#include "../db/env_repl.h"
 
 #define REPL_DB                 "_replicator"
 #define REPL_CRASH_BACKOFF_MS   1000     /* first wait before a crashed job runs again */
@@ -124,6 +125,9 @@ static void repl_unlink(repl_entry *e)
 
 static bool repl_env_stopping(mimeo_env *env)
 {
+    /* The env's own mark outlives the manager: requests still in flight on open
+     * connections after mimeo_replicator_stop must not start jobs on a closing env. */
+    if (env_repl_stopped(env)) return true;
     for (repl_mgr *m = repl_mgrs; m; m = m->next)
         if (m->env == env && atomic_load(&m->stop)) return true;
     return false;
@@ -686,6 +690,7 @@ void mimeo_replicator_stop(mimeo_env *env)
 {
     repl_mgr *m = NULL;
     pthread_mutex_lock(&repl_reg_lock);
+    env_repl_stop_mark(env);
     for (repl_mgr *x = repl_mgrs; x; x = x->next)
         if (x->env == env) m = x;
     if (m) atomic_store(&m->stop, true);

@@ -211,7 +211,8 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
     if (r->batch_size == 0) r->batch_size = REPL_BATCH_SIZE;
     if (r->batch_size > 10000) r->batch_size = 10000;
     if (r->workers == 0) r->workers = 1;
-    if (r->workers > 16) r->workers = 16;
+    /* Each worker is a thread: a client must not be able to ask for dozens per job. */
+    if (r->workers > 8) r->workers = 8;
     if (r->checkpoint_interval_ms == 0) r->checkpoint_interval_ms = REPL_CKPT_INTERVAL_MS;
 
     const jval *rid = jval_get(v, "replication_id");

@@ -71,7 +71,6 @@ int store_err(int rc) {
 }
 
 const store_tables *store_tables_get(const store *s) { return &s->t; }
-MDB_env *store_env(store *s) { return s->env; }
 
 void store_set_group_hooks(store *s, const store_group_hooks *hooks) { s->hooks = *hooks; }
 
@@ -240,6 +239,18 @@ void store_read_end(store *s, MDB_txn *txn) {
     if (!txn) return;
     mdb_txn_abort(txn);
     pthread_rwlock_unlock(&s->resize_lock);
+}
+
+uint64_t store_file_size(store *s) {
+    MDB_envinfo ei;
+    MDB_stat st;
+    uint64_t n = 0;
+    /* Both calls read the map, which a resize may be replacing. */
+    pthread_rwlock_rdlock(&s->resize_lock);
+    if (mdb_env_info(s->env, &ei) == 0 && mdb_env_stat(s->env, &st) == 0)
+        n = (uint64_t)(ei.me_last_pgno + 1) * st.ms_psize;
+    pthread_rwlock_unlock(&s->resize_lock);
+    return n;
 }
 
 int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid) {

@@ -36,7 +36,8 @@ int  store_open(const char *dir, size_t initial_map_size, store **out, char *rea
 /* Drains queued writes, stops the writer and closes the environment. */
 void store_close(store *s);
 const store_tables *store_tables_get(const store *s);
-MDB_env *store_env(store *s);
+/* Bytes of the data file in use (pages up to the last one written). */
+uint64_t store_file_size(store *s);
 
 /* ---- reads ---------------------------------------------------------------------------- */
 /* A read-only snapshot. Values it returns are valid until store_read_end. While any read

@@ -109,6 +109,8 @@ static void test_put_get_update_delete(void) {
     CHECK_EQ_INT(rc, 0);
     CHECK(json && strstr(json, "\"_deleted\":true"));
     mimeo_free(json);
+    /* Deleting what is already deleted conflicts. */
+    CHECK_EQ_INT(put(db, "a", "{\"_deleted\":true}", NULL), MIMEO_ECONFLICT);
     /* Recreating continues from the tombstone. */
     char rev4[MIMEO_REV_MAX];
     CHECK_EQ_INT(put(db, "a", "{\"v\":4}", rev4), 0);
