@@ -66,6 +66,7 @@ static unsigned repl_status_for(const mimeo_err *e)
     if (strcmp(e->error, "bad_request") == 0 || e->code == MIMEO_EBADJSON) return 400;
     if (strcmp(e->error, "not_found") == 0) return 404;
     if (strcmp(e->error, "unauthorized") == 0) return 401;
+    if (strcmp(e->error, "too_many_jobs") == 0) return 503;
     return 500;
 }
 
@@ -266,9 +267,17 @@ static void *repl_entry_thread(void *arg)
     return NULL;
 }
 
-/* Under repl_reg_lock: starts e's thread and links it. */
+/* Jobs with a thread of their own (continuous or persistent), like CouchDB's max_jobs:
+ * every job costs threads and connections, and clients must not be able to exhaust them. */
+#define REPL_MAX_JOBS 500
+
+/* Under repl_reg_lock: starts e's thread and links it. MIMEO_ETOOLARGE when REPL_MAX_JOBS
+ * jobs run already. */
 static int repl_entry_start(repl_entry *e)
 {
+    unsigned running = 0;
+    for (repl_entry *x = repl_entries; x; x = x->next) running += x->threaded;
+    if (running >= REPL_MAX_JOBS) return MIMEO_ETOOLARGE;
     e->pid = repl_next_pid++;
     e->threaded = true;
     if (pthread_create(&e->thread, NULL, repl_entry_thread, e) != 0) {
@@ -407,7 +416,10 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
         pthread_mutex_unlock(&repl_reg_lock);
         if (rc) {
             repl_entry_free(ent);
-            repl_err_set(&e, rc, "error", "could not start the job");
+            if (rc == MIMEO_ETOOLARGE)
+                repl_err_set(&e, rc, "too_many_jobs", "the node runs its maximum of 500 replication jobs");
+            else
+                repl_err_set(&e, rc, "error", "could not start the job");
             goto fail;
         }
         if (status) *status = 202;
@@ -604,9 +616,13 @@ static void repl_doc_changed(mimeo_env *env, const repl_row *row)
     spec = NULL;
     pthread_mutex_lock(&repl_reg_lock);
     if (ent->job) {
-        if (repl_entry_start(ent) != 0) {
+        int src = repl_entry_start(ent);
+        if (src != 0) {
             pthread_mutex_unlock(&repl_reg_lock);
             repl_entry_free(ent);
+            if (src == MIMEO_ETOOLARGE)
+                repl_doc_write_state(env, row->id, "failed",
+                                     "the node runs its maximum of 500 replication jobs", NULL);
             goto out;
         }
     } else {
