@@ -208,6 +208,8 @@ static int job_load_uuid(MDB_txn *txn, void *arg) {
     return store_err(mdb_put(txn, meta, &k, &v, 0));
 }
 
+static int drop_pending(mimeo_env *env);
+
 int mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **out,
                    mimeo_err *err) {
     *out = NULL;
@@ -248,6 +250,14 @@ int mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **out,
         return rc;
     }
     memcpy(env->uuid, uj.uuid, 33);
+    rc = drop_pending(env);
+    if (rc) {
+        db_err(err, rc);
+        store_close(env->store);
+        free(env->handles);
+        free(env);
+        return rc;
+    }
     *out = env;
     return 0;
 }
@@ -495,7 +505,22 @@ int mimeo_db_create(mimeo_env *env, const char *name, mimeo_err *err) {
 
 typedef struct delete_job {
     mimeo_db *db;
+    uint64_t  dbid;   /* out: the id whose keys must go */
 } delete_job;
+
+/* Deleting a database takes its record away in one job (the reply can say "gone") and
+ * leaves a "drop" mark naming its id; its keys then go in jobs of DROP_CHUNK, so a huge
+ * database neither overflows one transaction nor holds the writer. Ids are never reused,
+ * so keys not yet dropped are invisible; a mark left by a crash is finished at open. */
+#define DROP_CHUNK 20000
+#define DROP_MARK "drop"
+#define DROP_MARK_LEN 4
+
+static size_t drop_key(unsigned char *key, uint64_t dbid) {
+    memcpy(key, DROP_MARK, DROP_MARK_LEN);
+    be64_put(key + DROP_MARK_LEN, dbid);
+    return DROP_MARK_LEN + 8;
+}
 
 static int job_delete(MDB_txn *txn, void *arg) {
     delete_job *j = arg;
@@ -505,23 +530,81 @@ static int job_delete(MDB_txn *txn, void *arg) {
     if (db->staged_gone) return MIMEO_ENOTFOUND;
     MDB_val k = {db->name_len, db->name};
     int rc = store_err(mdb_del(txn, t->dbs, &k, NULL));
-    const MDB_dbi tables[] = {t->docs, t->seqs, t->bodies, t->locals};
-    for (size_t i = 0; !rc && i < sizeof tables / sizeof *tables; i++)
-        rc = store_delete_prefix(txn, tables[i], m->dbid);
+    unsigned char key[DROP_MARK_LEN + 8];
+    MDB_val dk = {drop_key(key, m->dbid), key}, dv = {0, ""};
+    if (!rc) rc = store_err(mdb_put(txn, t->meta, &dk, &dv, 0));
     if (!rc) db->staged_gone = true;
+    j->dbid = m->dbid;
     return rc;
+}
+
+typedef struct drop_job {
+    mimeo_env *env;
+    uint64_t   dbid;
+    bool       done;
+} drop_job;
+
+static int job_drop_chunk(MDB_txn *txn, void *arg) {
+    drop_job *j = arg;
+    const store_tables *t = store_tables_get(j->env->store);
+    const MDB_dbi tables[] = {t->docs, t->seqs, t->bodies, t->locals};
+    size_t budget = DROP_CHUNK;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < sizeof tables / sizeof *tables; i++)
+        rc = store_delete_prefix(txn, tables[i], j->dbid, &budget);
+    if (rc < 0) return rc;
+    j->done = rc == 0;
+    if (j->done) {
+        unsigned char key[DROP_MARK_LEN + 8];
+        MDB_val dk = {drop_key(key, j->dbid), key};
+        int drc = mdb_del(txn, t->meta, &dk, NULL);
+        if (drc && drc != MDB_NOTFOUND) return store_err(drc);
+    }
+    return 0;
+}
+
+static int drop_keys(mimeo_env *env, uint64_t dbid) {
+    drop_job j = {env, dbid, false};
+    int rc = 0;
+    while (!rc && !j.done) rc = store_write(env->store, job_drop_chunk, &j);
+    return rc;
+}
+
+/* Finishes drops that a crash interrupted. */
+static int drop_pending(mimeo_env *env) {
+    for (;;) {
+        MDB_txn *txn;
+        int rc = store_read_begin(env->store, &txn);
+        if (rc) return rc;
+        MDB_cursor *cur;
+        uint64_t dbid = 0;
+        rc = store_err(mdb_cursor_open(txn, store_tables_get(env->store)->meta, &cur));
+        if (!rc) {
+            MDB_val k = {DROP_MARK_LEN, DROP_MARK}, v;
+            int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+            if (mrc == 0 && k.mv_size == DROP_MARK_LEN + 8 &&
+                memcmp(k.mv_data, DROP_MARK, DROP_MARK_LEN) == 0)
+                dbid = be64_get((unsigned char *)k.mv_data + DROP_MARK_LEN);
+            mdb_cursor_close(cur);
+        }
+        store_read_end(env->store, txn);
+        if (rc || !dbid) return rc;
+        if ((rc = drop_keys(env, dbid))) return rc;
+    }
 }
 
 int mimeo_db_delete(mimeo_env *env, const char *name, mimeo_err *err) {
     mimeo_db *db;
     int rc = mimeo_db_open(env, name, &db, err);
     if (rc) return rc;
-    delete_job j = {db};
+    delete_job j = {db, 0};
     rc = store_write(env->store, job_delete, &j);
     if (rc == 0) {
         pthread_mutex_lock(&env->lock);
         handle_forget(env, db);
         pthread_mutex_unlock(&env->lock);
+        /* The database is gone for everyone already; this only frees its space. */
+        rc = drop_keys(env, j.dbid);
     }
     mimeo_db_close(db);
     if (rc == MIMEO_ENOTFOUND) {

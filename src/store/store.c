@@ -253,7 +253,7 @@ uint64_t store_file_size(store *s) {
     return n;
 }
 
-int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid) {
+int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, size_t *budget) {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, dbi, &cur);
     if (rc) return store_err(rc);
@@ -262,8 +262,13 @@ int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid) {
     MDB_val k = {8, prefix}, v;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     while (rc == 0 && k.mv_size >= 8 && memcmp(k.mv_data, prefix, 8) == 0) {
+        if (*budget == 0) {
+            mdb_cursor_close(cur);
+            return 1;
+        }
         rc = mdb_cursor_del(cur, 0);
         if (rc) break;
+        (*budget)--;
         /* After a delete the cursor already rests on the following item, and MDB_NEXT
          * returns it; MDB_GET_CURRENT fails when the delete emptied a page. */
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);

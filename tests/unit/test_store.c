@@ -323,6 +323,44 @@ static void test_changes_pending_and_descending(void) {
     mimeo_env_close(env);
 }
 
+/* A database bigger than one drop chunk is deleted in several jobs; a new database of the
+ * same name starts empty, and the space is reused. */
+static void test_delete_big_database(void) {
+    mimeo_env *env = open_env(0);
+    mimeo_db *db = fresh_db(env, "big");
+    mimeo_err err;
+    enum { N = 12000 };
+    char *bulk = malloc(N * 40 + 32);
+    char *p = bulk + sprintf(bulk, "{\"docs\":[");
+    for (int i = 0; i < N; i++) p += sprintf(p, "%s{\"_id\":\"%06d\",\"v\":%d}", i ? "," : "", i, i);
+    sprintf(p, "]}");
+    char *reply;
+    size_t len;
+    CHECK_EQ_INT(mimeo_bulk_docs(db, bulk, strlen(bulk), &reply, &len, &err), 0);
+    mimeo_free(reply);
+    free(bulk);
+    mimeo_db_close(db);
+    CHECK_EQ_INT(mimeo_db_delete(env, "big", &err), 0);
+    CHECK_EQ_INT(mimeo_db_open(env, "big", &db, &err), MIMEO_ENOTFOUND);
+    CHECK_EQ_INT(mimeo_db_create(env, "big", &err), 0);
+    CHECK_EQ_INT(mimeo_db_open(env, "big", &db, &err), 0);
+    int rows = 0;
+    mimeo_all_docs_opts o = {0};
+    o.inclusive_end = true;
+    CHECK_EQ_INT(mimeo_all_docs(db, &o, count_rows, &rows, &err), 0);
+    CHECK_EQ_INT(rows, 0);
+    uint64_t last;
+    mimeo_changes_opts co = {0};
+    CHECK_EQ_INT(mimeo_changes(db, &co, count_rows, &rows, &last, NULL, &err), 0);
+    CHECK_EQ_INT(rows, 0);
+    mimeo_db_close(db);
+    mimeo_env_close(env);
+    /* Reopening finds no unfinished drop and works. */
+    env = open_env(0);
+    CHECK(env != NULL);
+    mimeo_env_close(env);
+}
+
 /* The map starts at 1 MiB; writing ~20 MB must grow it without a single error. */
 static void test_map_grows(void) {
     mimeo_env *env = open_env(1 << 20);
@@ -425,6 +463,7 @@ int main(void) {
     RUN(test_replicated_writes_and_conflicts);
     RUN(test_all_docs_and_local);
     RUN(test_changes_pending_and_descending);
+    RUN(test_delete_big_database);
     RUN(test_map_grows);
     RUN(test_many_databases);
     remove_tmpdir();
