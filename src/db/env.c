@@ -39,10 +39,7 @@ const char *mimeo_strerror(int code) {
 void mimeo_free(void *p) { free(p); }
 
 void db_err_set(mimeo_err *err, int code, const char *error, const char *reason) {
-    if (!err) return;
-    err->code = code;
-    snprintf(err->error, sizeof err->error, "%s", error);
-    snprintf(err->reason, sizeof err->reason, "%s", reason);
+    err_set(err, code, error, "%s", reason);
 }
 
 int db_err(mimeo_err *err, int code) {

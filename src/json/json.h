@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "../common/buf.h"
+#include "../common/err.h"
 #include "mimeo.h"
 
 typedef struct json_limits {
@@ -61,10 +62,6 @@ bool json_utf8_valid(const char *s, size_t n);
 /* Length of the longest prefix of UTF-8 text s[0..n) that is at most max bytes and does not
  * split a character (for quoting user text in a bounded error reason). */
 size_t json_utf8_prefix(const char *s, size_t n, size_t max);
-/* Fills err (may be NULL): code, CouchDB error name and a printf-style reason, truncated to
- * fit. */
-void json_err_set(json_error *err, int code, const char *error, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
 
 /* ---- small trees --------------------------------------------------------------------------- */
 typedef enum { JV_NULL, JV_BOOL, JV_NUMBER, JV_STRING, JV_ARRAY, JV_OBJECT } jv_type;

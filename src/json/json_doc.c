@@ -46,7 +46,7 @@ typedef struct jd_ctx {
 } jd_ctx;
 
 static int jd_fail(jd_ctx *c, int code, const char *error, const char *reason) {
-    json_err_set(c->err, code, error, "%s", reason);
+    err_set(c->err, code, error, "%s", reason);
     return code;
 }
 
@@ -60,13 +60,13 @@ static int jd_body_fail(jd_ctx *c, int rc) {
     if (rc != MIMEO_ETOOLARGE) return jd_oom(c);
     const json_doc *d = c->doc;
     size_t n = d->id ? json_utf8_prefix(d->id, d->id_len, MIMEO_ERR_REASON_MAX - 1) : 0;
-    json_err_set(c->err, rc, "document_too_large", "%.*s", (int)n, d->id ? d->id : "");
+    err_set(c->err, rc, "document_too_large", "%.*s", (int)n, d->id ? d->id : "");
     return rc;
 }
 
 static int jd_bad_member(jd_ctx *c, const char *name, size_t n) {
     size_t show = json_utf8_prefix(name, n, 120);
-    json_err_set(c->err, MIMEO_EDOCVALIDATION, "doc_validation",
+    err_set(c->err, MIMEO_EDOCVALIDATION, "doc_validation",
                  "Bad special document member: %.*s", (int)show, name);
     return MIMEO_EDOCVALIDATION;
 }
@@ -368,7 +368,7 @@ static void jd_ctx_init(jd_ctx *c, const json_limits *limits, json_error *err) {
 /* json_parse fills err for its own errors and we fill it for ours; this covers a code that
  * came back without either (it should not happen, but a reply needs a reason). */
 static void jd_err_default(json_error *err, int rc) {
-    if (err && !err->code) json_err_set(err, rc, "bad_request", "invalid UTF-8 JSON");
+    if (err && !err->code) err_set(err, rc, "bad_request", "invalid UTF-8 JSON");
 }
 
 void json_doc_destroy(json_doc *d) {

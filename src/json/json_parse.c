@@ -58,16 +58,6 @@ typedef struct jp_state {
 /* Random per process, so a client cannot precompute keys that collide in the hash. */
 static _Atomic uint64_t jp_seed;
 
-void json_err_set(json_error *err, int code, const char *error, const char *fmt, ...) {
-    if (!err) return;
-    err->code = code;
-    snprintf(err->error, sizeof err->error, "%s", error);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->reason, sizeof err->reason, fmt, ap);
-    va_end(ap);
-}
-
 size_t json_utf8_prefix(const char *s, size_t n, size_t max) {
     if (n <= max) return n;
     /* back off continuation bytes so a cut never splits a character */
@@ -227,7 +217,7 @@ static int jp_bad_utf8(jp_state *st) {
 
 static int jp_oom(jp_state *st) {
     st->rc = MIMEO_ENOMEM;
-    json_err_set(st->err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
+    err_set(st->err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
     return 0;
 }
 
@@ -402,7 +392,7 @@ int json_parse(const char *p, size_t n, const json_limits *limits, const json_ha
         atomic_store_explicit(&jp_seed, seed, memory_order_relaxed);
     }
     if (!p || n == 0 || !jp_escapes_ok(p, n)) {
-        json_err_set(err, MIMEO_EBADJSON, "bad_request", "invalid UTF-8 JSON");
+        err_set(err, MIMEO_EBADJSON, "bad_request", "invalid UTF-8 JSON");
         return MIMEO_EBADJSON;
     }
 
@@ -419,7 +409,7 @@ int json_parse(const char *p, size_t n, const json_limits *limits, const json_ha
     int rc = 0;
     yajl_handle y = yajl_alloc(&jp_callbacks, NULL, &st);
     if (!y) {
-        json_err_set(err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
+        err_set(err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
         return MIMEO_ENOMEM;
     }
     /* yajl's defaults are what we want; set them anyway so a library default can't change
@@ -436,7 +426,7 @@ int json_parse(const char *p, size_t n, const json_limits *limits, const json_ha
         rc = st.rc ? st.rc : MIMEO_EBADJSON;
     } else if (ys != yajl_status_ok) {
         rc = MIMEO_EBADJSON;
-        json_err_set(err, MIMEO_EBADJSON, "bad_request", "invalid UTF-8 JSON");
+        err_set(err, MIMEO_EBADJSON, "bad_request", "invalid UTF-8 JSON");
     }
     yajl_free(y);
 

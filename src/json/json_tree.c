@@ -167,7 +167,7 @@ int json_tree_parse(const char *p, size_t n, const json_limits *limits, jval **o
     *out = NULL;
     json_builder *jb = json_builder_new();
     if (!jb) {
-        json_err_set(err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
+        err_set(err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
         return MIMEO_ENOMEM;
     }
     int rc = json_parse(p, n, limits, &json_builder_handlers, jb, err);
@@ -176,9 +176,9 @@ int json_tree_parse(const char *p, size_t n, const json_limits *limits, jval **o
         if (!*out) rc = MIMEO_EBADJSON; /* cannot happen after a clean parse */
     }
     if (rc == MIMEO_ENOMEM)
-        json_err_set(err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
+        err_set(err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
     else if (rc && err && !err->code)
-        json_err_set(err, rc, "bad_request", "invalid UTF-8 JSON");
+        err_set(err, rc, "bad_request", "invalid UTF-8 JSON");
     json_builder_free(jb);
     return rc;
 }

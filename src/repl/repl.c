@@ -184,10 +184,10 @@ static int repl_check_db(repl_job *j, repl_ep *ep, bool is_source, mimeo_err *er
     if (r.status == 404 || r.status == 401 || r.status == 403 || r.status != 200) {
         rc = MIMEO_ENOTFOUND;
         if (r.status == 401 || r.status == 403)
-            repl_err_set(err, rc, "unauthorized", "unauthorized to access %s",
+            err_set(err, rc, "unauthorized", "unauthorized to access %s",
                          ep->display);
         else if (r.status == 404)
-            repl_err_set(err, rc, "db_not_found", "could not open %s", ep->display);
+            err_set(err, rc, "db_not_found", "could not open %s", ep->display);
         else
             repl_err_from_resp(err, &r, ep->display);
         goto out;
@@ -605,7 +605,7 @@ static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_
         }
         if (!rc) rc = buf_puts(&s->sub, "]}");
         if (rc) {
-            repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+            err_set(err, MIMEO_ENOMEM, "error", "out of memory");
             return MIMEO_ENOMEM;
         }
         body = s->sub.data;
@@ -682,7 +682,7 @@ static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *
         return rc;
     if (diff->type != JV_OBJECT) {
         jval_free(diff);
-        repl_err_set(err, MIMEO_EIO, "bad_reply", "_revs_diff did not answer an object");
+        err_set(err, MIMEO_EIO, "bad_reply", "_revs_diff did not answer an object");
         return MIMEO_EIO;
     }
     /* _bulk_get: exactly the missing revisions. */
@@ -796,7 +796,7 @@ static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *
     if (buf_puts(&s->docs, "]}")) goto nomem;
     return repl_write(j, s, 0, x->count, err);
 nomem:
-    repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     return MIMEO_ENOMEM;
 }
 
@@ -904,7 +904,7 @@ static int repl_read(repl_job *j, mimeo_err *err)
         if (rc) break;
         if (r.status != 200) {
             if (r.status == 404)
-                repl_err_set(err, MIMEO_ENOTFOUND, "db_not_found", "could not read the changes of %s",
+                err_set(err, MIMEO_ENOTFOUND, "db_not_found", "could not read the changes of %s",
                              j->src->display);
             else
                 repl_err_from_resp(err, &r, "_changes on the source");
@@ -920,7 +920,7 @@ static int repl_read(repl_job *j, mimeo_err *err)
         const jval *rows = jval_get(b->page, "results");
         if (!rows || rows->type != JV_ARRAY) {
             repl_batch_free(b);
-            repl_err_set(err, MIMEO_EIO, "bad_reply", "_changes answered no results array");
+            err_set(err, MIMEO_EIO, "bad_reply", "_changes answered no results array");
             rc = MIMEO_EIO;
             break;
         }
@@ -970,7 +970,7 @@ nomem_r:
     repl_resp_destroy(&r);
     free(since);
 nomem:
-    repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     return MIMEO_ENOMEM;
 }
 
@@ -1003,7 +1003,7 @@ static int repl_start(repl_job *j, mimeo_err *err)
     j->through_seq = j->start_seq ? strdup(j->start_seq) : NULL;
     pthread_mutex_unlock(&j->lock);
     if (!j->start_seq || !j->ckpt_seq || !j->through_seq) {
-        repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
         return MIMEO_ENOMEM;
     }
     j->last_ckpt_ms = clock_ms();
@@ -1032,7 +1032,7 @@ int repl_job_run(repl_job *j, char **result, size_t *result_len)
     for (; started < nworkers; started++)
         if (pthread_create(&tids[started], NULL, repl_worker, j) != 0) break;
     if (started == 0) {
-        repl_err_set(&err, MIMEO_ENOMEM, "error", "could not start a worker thread");
+        err_set(&err, MIMEO_ENOMEM, "error", "could not start a worker thread");
         repl_fail(j, &err);
         return MIMEO_ENOMEM;
     }
@@ -1069,7 +1069,7 @@ int repl_job_run(repl_job *j, char **result, size_t *result_len)
     }
     if (stopping && j->req.continuous) return 0;
     if (stopping && !all_done) {
-        repl_err_set(&err, MIMEO_ECLOSED, "cancelled", "the replication was cancelled");
+        err_set(&err, MIMEO_ECLOSED, "cancelled", "the replication was cancelled");
         repl_fail(j, &err);
         return MIMEO_ECLOSED;
     }

@@ -113,7 +113,7 @@ static int http_do(http_ep *h, const char *method, const char *path, const char 
     buf_init(&url, 0);
     if (buf_puts(&url, h->url) != 0 || buf_puts(&url, path) != 0) {
         buf_destroy(&url);
-        repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
         return MIMEO_ENOMEM;
     }
     int rc = 0;
@@ -121,7 +121,7 @@ static int http_do(http_ep *h, const char *method, const char *path, const char 
         CURL *c = http_take(h);
         if (!c) {
             rc = MIMEO_ENOMEM;
-            repl_err_set(err, rc, "error", "out of memory");
+            err_set(err, rc, "error", "out of memory");
             break;
         }
         buf_reset(&out->body);
@@ -167,7 +167,7 @@ static int http_do(http_ep *h, const char *method, const char *path, const char 
         if (cc == CURLE_ABORTED_BY_CALLBACK ||
             (h->base.cancel && atomic_load(h->base.cancel))) {
             rc = MIMEO_ECLOSED;
-            repl_err_set(err, rc, "cancelled", "the replication was cancelled");
+            err_set(err, rc, "cancelled", "the replication was cancelled");
             break;
         }
         bool transient = cc != CURLE_OK || status >= 500 || status == 429;
@@ -178,7 +178,7 @@ static int http_do(http_ep *h, const char *method, const char *path, const char 
         if (attempt >= h->base.retries) {
             if (cc != CURLE_OK) {
                 rc = MIMEO_EIO;
-                repl_err_set(err, rc, "http_request_failed", "could not reach %s: %s",
+                err_set(err, rc, "http_request_failed", "could not reach %s: %s",
                              h->base.display, curl_easy_strerror(cc));
             } else {
                 out->status = status;   /* the caller reports the final 5xx */
@@ -187,7 +187,7 @@ static int http_do(http_ep *h, const char *method, const char *path, const char 
         }
         if (!http_sleep(h->base.cancel, http_backoff_ms(attempt))) {
             rc = MIMEO_ECLOSED;
-            repl_err_set(err, rc, "cancelled", "the replication was cancelled");
+            err_set(err, rc, "cancelled", "the replication was cancelled");
             break;
         }
     }
@@ -251,7 +251,7 @@ static int http_changes(repl_ep *ep, const char *since, size_t since_len, size_t
         if (!rc) rc = buf_putc(&body, '}');
     }
     if (rc) {
-        repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     } else {
         long tmo = wait_ms > 0 ? (long)wait_ms + 30000 : 0;
         if (doc_ids)
@@ -287,7 +287,7 @@ static int http_open_revs(repl_ep *ep, const char *id, size_t id_len, const char
     if (!rc) rc = http_escape(&p, id, id_len);
     if (!rc) rc = buf_puts(&p, "?revs=true&latest=true&open_revs=");
     if (!rc) rc = http_escape(&p, revs, revs_len);
-    if (rc) repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    if (rc) err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     else rc = http_do((http_ep *)ep, "GET", buf_cstr(&p), NULL, 0, 0, out, err);
     buf_destroy(&p);
     return rc;
@@ -316,7 +316,7 @@ static int http_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_err
     buf p;
     buf_init(&p, 0);
     int rc = http_local_path(&p, id);
-    if (rc) repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    if (rc) err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     else rc = http_do((http_ep *)ep, "GET", buf_cstr(&p), NULL, 0, 0, out, err);
     buf_destroy(&p);
     return rc;
@@ -329,7 +329,7 @@ static int http_local_put(repl_ep *ep, const char *id, const char *rev, const ch
     buf p;
     buf_init(&p, 0);
     int rc = http_local_path(&p, id);
-    if (rc) repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    if (rc) err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     else rc = http_do((http_ep *)ep, "PUT", buf_cstr(&p), body, len, 0, out, err);
     buf_destroy(&p);
     return rc;
@@ -405,6 +405,6 @@ int repl_ep_http_new(const repl_ep_spec *spec, atomic_bool *cancel, unsigned con
 nomem_free:
     http_free(&h->base);
 nomem:
-    repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     return MIMEO_ENOMEM;
 }

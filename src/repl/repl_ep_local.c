@@ -120,14 +120,14 @@ static int local_changes(repl_ep *ep, const char *since, size_t since_len, size_
         if (json_tree_parse(doc_ids, strlen(doc_ids), NULL, &ids, err) != 0 ||
             ids->type != JV_ARRAY) {
             jval_free(ids);
-            repl_err_set(err, MIMEO_EINVAL, "bad_request", "doc_ids must be an array");
+            err_set(err, MIMEO_EINVAL, "bad_request", "doc_ids must be an array");
             return MIMEO_EINVAL;
         }
         idv = calloc(ids->count + 1, sizeof *idv);
         idl = calloc(ids->count + 1, sizeof *idl);
         if (!idv || !idl) {
             free(idv); free(idl); jval_free(ids);
-            repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+            err_set(err, MIMEO_ENOMEM, "error", "out of memory");
             return MIMEO_ENOMEM;
         }
         size_t k = 0;
@@ -315,13 +315,13 @@ int repl_ep_local_new(mimeo_env *env, const char *name, bool create, atomic_bool
                       repl_ep **out, mimeo_err *err)
 {
     if (!env) {
-        repl_err_set(err, MIMEO_EINVAL, "bad_request",
+        err_set(err, MIMEO_EINVAL, "bad_request",
                      "'%s' is not a URL and there is no local data directory", name);
         return MIMEO_EINVAL;
     }
     local_ep *l = calloc(1, sizeof *l);
     if (!l) {
-        repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
         return MIMEO_ENOMEM;
     }
     l->base.ops = &local_ops;
@@ -337,16 +337,16 @@ int repl_ep_local_new(mimeo_env *env, const char *name, bool create, atomic_bool
     if (rc) {
         free(l);
         if (rc == MIMEO_ENOTFOUND)
-            repl_err_set(err, rc, "db_not_found", "could not open %s", name);
+            err_set(err, rc, "db_not_found", "could not open %s", name);
         else
-            repl_err_set(err, rc, e.error[0] ? e.error : "error", "could not open %s: %s",
+            err_set(err, rc, e.error[0] ? e.error : "error", "could not open %s: %s",
                          name, e.reason[0] ? e.reason : mimeo_strerror(rc));
         return rc;
     }
     l->base.display = strdup(name);
     if (!l->base.display) {
         local_free(&l->base);
-        repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
         return MIMEO_ENOMEM;
     }
     *out = &l->base;

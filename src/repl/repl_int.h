@@ -14,6 +14,7 @@
 
 #include "mimeo.h"
 #include "../common/buf.h"
+#include "../common/err.h"
 #include "../json/json.h"
 
 #define REPL_BATCH_SIZE        500    /* changes per batch (CouchDB's worker_batch_size) */
@@ -206,8 +207,6 @@ int       repl_job_put_stats(repl_job *j, buf *b);
 char *repl_strndup(const char *s, size_t n);
 /* The JSON text of v (new), or NULL. */
 char *repl_jval_text(const jval *v);
-void  repl_err_set(mimeo_err *err, int code, const char *error, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
 /* An error from a non-success reply: takes error/reason from the JSON body when there. */
 void  repl_err_from_resp(mimeo_err *err, const repl_resp *r, const char *what);
 void  repl_resp_init(repl_resp *r);

@@ -344,7 +344,7 @@ static int repl_cancel(mimeo_env *env, repl_req *req, char **out, size_t *out_le
     if (e) repl_unlink(e);
     pthread_mutex_unlock(&repl_reg_lock);
     if (!e) {
-        repl_err_set(err, MIMEO_ENOTFOUND, "not_found", "replication %s is not running", id);
+        err_set(err, MIMEO_ENOTFOUND, "not_found", "replication %s is not running", id);
         if (status) *status = 404;
         return MIMEO_ENOTFOUND;
     }
@@ -374,7 +374,7 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
     }
     if ((req.source.local || req.target.local) && !env) {
         repl_req_destroy(&req);
-        repl_err_set(&e, MIMEO_EINVAL, "bad_request",
+        err_set(&e, MIMEO_EINVAL, "bad_request",
                      "a bare database name needs a local data directory");
         rc = MIMEO_EINVAL;
         goto fail;
@@ -382,7 +382,7 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
     repl_job *j = repl_job_new(env, &req);
     if (!j) {
         repl_req_destroy(&req);
-        repl_err_set(&e, MIMEO_ENOMEM, "error", "out of memory");
+        err_set(&e, MIMEO_ENOMEM, "error", "out of memory");
         rc = MIMEO_ENOMEM;
         goto fail;
     }
@@ -391,7 +391,7 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
     repl_entry *ent = repl_entry_new(env, j, id);
     if (!ent) {
         repl_job_free(j);
-        repl_err_set(&e, MIMEO_ENOMEM, "error", "out of memory");
+        err_set(&e, MIMEO_ENOMEM, "error", "out of memory");
         rc = MIMEO_ENOMEM;
         goto fail;
     }
@@ -399,7 +399,7 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
     if (repl_env_stopping(env)) {
         pthread_mutex_unlock(&repl_reg_lock);
         repl_entry_free(ent);
-        repl_err_set(&e, MIMEO_ECLOSED, "error", "the node is shutting down");
+        err_set(&e, MIMEO_ECLOSED, "error", "the node is shutting down");
         rc = MIMEO_ECLOSED;
         goto fail;
     }
@@ -417,9 +417,9 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
         if (rc) {
             repl_entry_free(ent);
             if (rc == MIMEO_ETOOLARGE)
-                repl_err_set(&e, rc, "too_many_jobs", "the node runs its maximum of 500 replication jobs");
+                err_set(&e, rc, "too_many_jobs", "the node runs its maximum of 500 replication jobs");
             else
-                repl_err_set(&e, rc, "error", "could not start the job");
+                err_set(&e, rc, "error", "could not start the job");
             goto fail;
         }
         if (status) *status = 202;
@@ -441,7 +441,7 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
     pthread_mutex_unlock(&repl_reg_lock);
     repl_entry_free(ent);
     if (rc) {
-        if (!e.error[0]) repl_err_set(&e, rc, "error", "%s", mimeo_strerror(rc));
+        if (!e.error[0]) err_set(&e, rc, "error", "%s", mimeo_strerror(rc));
         goto fail;
     }
     if (status) *status = 200;
@@ -696,7 +696,7 @@ int mimeo_replicator_start(mimeo_env *env, mimeo_err *err)
         repl_mgrs = m->next;
         pthread_mutex_unlock(&repl_reg_lock);
         free(m);
-        repl_err_set(err, MIMEO_ENOMEM, "error", "could not start the replicator thread");
+        err_set(err, MIMEO_ENOMEM, "error", "could not start the replicator thread");
         return MIMEO_ENOMEM;
     }
     return 0;
@@ -911,7 +911,7 @@ int mimeo_scheduler_docs(mimeo_env *env, const char *docid, char **json_out,
     if (docid) {
         if (n == 0) {
             buf_destroy(&docs);
-            repl_err_set(err, MIMEO_ENOTFOUND, "not_found", "missing");
+            err_set(err, MIMEO_ENOTFOUND, "not_found", "missing");
             return MIMEO_ENOTFOUND;
         }
         rc = buf_put(&b, docs.data, docs.len);

@@ -33,17 +33,6 @@ char *repl_jval_text(const jval *v)
     return buf_detach(&b, &n);
 }
 
-void repl_err_set(mimeo_err *err, int code, const char *error, const char *fmt, ...)
-{
-    if (!err) return;
-    err->code = code;
-    snprintf(err->error, sizeof err->error, "%s", error);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->reason, sizeof err->reason, fmt, ap);
-    va_end(ap);
-}
-
 void repl_err_from_resp(mimeo_err *err, const repl_resp *r, const char *what)
 {
     jval *v = NULL;
@@ -53,7 +42,7 @@ void repl_err_from_resp(mimeo_err *err, const repl_resp *r, const char *what)
         if (je && je->type == JV_STRING) e = je->str;
         if (jr && jr->type == JV_STRING) reason = jr->str;
     }
-    repl_err_set(err, MIMEO_EIO, e ? e : "http_error_code", "%s: HTTP %ld%s%s", what,
+    err_set(err, MIMEO_EIO, e ? e : "http_error_code", "%s: HTTP %ld%s%s", what,
                  r->status, reason ? ": " : "", reason ? reason : "");
     jval_free(v);
 }
@@ -123,7 +112,7 @@ static int repl_spec_parse(const jval *v, const char *which, repl_ep_spec *s, mi
     const jval *url = v;
     if (v && v->type == JV_OBJECT) url = jval_get(v, "url");
     if (!url || url->type != JV_STRING || url->len == 0) {
-        repl_err_set(err, MIMEO_EINVAL, "bad_request", "%s must be a URL, a database name "
+        err_set(err, MIMEO_EINVAL, "bad_request", "%s must be a URL, a database name "
                      "or an object with a url", which);
         return MIMEO_EINVAL;
     }
@@ -162,7 +151,7 @@ static int repl_spec_parse(const jval *v, const char *which, repl_ep_spec *s, mi
     }
     return 0;
 nomem:
-    repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     return MIMEO_ENOMEM;
 }
 
@@ -196,7 +185,7 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
     int rc = json_tree_parse(json, len, NULL, &v, err);
     if (rc) return rc;
     if (v->type != JV_OBJECT) {
-        repl_err_set(err, MIMEO_EINVAL, "bad_request", "the request must be a JSON object");
+        err_set(err, MIMEO_EINVAL, "bad_request", "the request must be a JSON object");
         rc = MIMEO_EINVAL;
         goto out;
     }
@@ -232,25 +221,25 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
     const jval *ids = jval_get(v, "doc_ids");
     if (filter && filter->type != JV_NULL &&
         !(filter->type == JV_STRING && strcmp(filter->str, "_doc_ids") == 0)) {
-        repl_err_set(err, MIMEO_EINVAL, "bad_request",
+        err_set(err, MIMEO_EINVAL, "bad_request",
                      "only the _doc_ids filter is supported");
         rc = MIMEO_EINVAL;
         goto out;
     }
     if (jval_get(v, "selector")) {
-        repl_err_set(err, MIMEO_EINVAL, "bad_request", "selector filters are not supported");
+        err_set(err, MIMEO_EINVAL, "bad_request", "selector filters are not supported");
         rc = MIMEO_EINVAL;
         goto out;
     }
     if (ids && ids->type != JV_NULL) {
         if (ids->type != JV_ARRAY) {
-            repl_err_set(err, MIMEO_EINVAL, "bad_request", "doc_ids must be an array");
+            err_set(err, MIMEO_EINVAL, "bad_request", "doc_ids must be an array");
             rc = MIMEO_EINVAL;
             goto out;
         }
         for (size_t i = 0; i < ids->count; i++)
             if (ids->items[i]->type != JV_STRING) {
-                repl_err_set(err, MIMEO_EINVAL, "bad_request",
+                err_set(err, MIMEO_EINVAL, "bad_request",
                              "doc_ids must be an array of strings");
                 rc = MIMEO_EINVAL;
                 goto out;
@@ -259,7 +248,7 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
         qsort(ids->items, ids->count, sizeof ids->items[0], repl_cmp_str);
         if (!(r->doc_ids = repl_jval_text(ids))) goto nomem;
     } else if (filter && filter->type == JV_STRING) {
-        repl_err_set(err, MIMEO_EINVAL, "bad_request", "filter _doc_ids needs doc_ids");
+        err_set(err, MIMEO_EINVAL, "bad_request", "filter _doc_ids needs doc_ids");
         rc = MIMEO_EINVAL;
         goto out;
     }
@@ -268,7 +257,7 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
     rc = 0;
     goto out;
 nomem:
-    repl_err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     rc = MIMEO_ENOMEM;
 out:
     jval_free(v);
