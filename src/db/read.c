@@ -855,6 +855,15 @@ int mimeo_all_docs(mimeo_db *db, const mimeo_all_docs_opts *o, mimeo_row_fn fn, 
                 if (k.mv_size < 8 || be64_get(k.mv_data) != sn.m.dbid) { end = true; break; }
                 const char *id = (const char *)k.mv_data + 8;
                 size_t id_len = k.mv_size - 8;
+                /* A startkey longer than any stored id was cut to fit a key: rows between
+                 * the cut and the real startkey are outside the range. */
+                if (!started && o->startkey && o->startkey_len > STORE_ID_MAX) {
+                    int c = key_cmp(id, id_len, o->startkey, o->startkey_len);
+                    if (o->descending ? c > 0 : c < 0) {
+                        mrc = mdb_cursor_get(cur, &k, &v, o->descending ? MDB_PREV : MDB_NEXT);
+                        continue;
+                    }
+                }
                 if (o->endkey) {
                     int c = key_cmp(id, id_len, o->endkey, o->endkey_len);
                     if (o->descending) c = -c;
