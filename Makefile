@@ -23,7 +23,7 @@ DATA ?= ./data
 PORT ?= 5984
 BIND ?= 127.0.0.1
 
-.PHONY: all run test test-build bench deps clean example
+.PHONY: all run test test-build bench deps clean example fuzz
 all: build/mimeo build/libmimeo.a build/libmimeo.so build/example
 
 build/obj/%.o: %.c
@@ -85,6 +85,24 @@ bench:
 
 build/loadgen: $(wildcard bench/*.c) build/libmimeo.a
 	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $(wildcard bench/*.c) $(LIBS)
+
+# libFuzzer drivers for the parsers (tests/fuzz), each run for FUZZ_SECONDS; needs clang.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 30
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -fsanitize=fuzzer,address,undefined
+FUZZERS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+
+build/fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(wildcard src/http/*.c)
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(LIB_SRC) $(wildcard src/http/*.c) $(LIBS)
+
+fuzz: $(FUZZERS)
+	@for f in $(FUZZERS); do \
+	  mkdir -p $$f.corpus && echo "== $$f ($(FUZZ_SECONDS) s)"; \
+	  if ! $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$f.corpus > $$f.log 2>&1; then \
+	    tail -n 40 $$f.log; echo "fuzz: $$f failed (crash input saved in the current folder)"; exit 1; \
+	  fi; grep -E 'stat::(number_of_executed_units|new_units_added)' $$f.log; \
+	done
 
 clean:
 	rm -rf build
