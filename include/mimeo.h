@@ -226,6 +226,8 @@ typedef struct mimeo_changes_opts {
     uint64_t limit;          /* max rows; 0 means no limit (use limit_zero for none) */
     bool     limit_zero;     /* deliver no rows (limit=0), only last_seq */
     bool     descending;     /* newest first; since is ignored */
+    uint64_t before;         /* descending: only rows with seq < before (0: from the newest),
+                                to page backwards from the last row delivered */
     bool     include_docs;   /* add "doc" (the winner) */
     bool     conflicts;      /* with include_docs: add _conflicts */
     bool     all_docs_style; /* list every leaf (winner first), else the winner only */

@@ -629,7 +629,7 @@ int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *o, mimeo_row_fn fn, vo
     rowpage page;
     if (rowpage_init(&page)) return db_err(err, MIMEO_ENOMEM);
     uint64_t delivered = 0;
-    uint64_t cursor = o->descending ? UINT64_MAX : o->since; /* last seq read */
+    uint64_t cursor = o->descending ? (o->before ? o->before : UINT64_MAX) : o->since; /* last seq read */
     uint64_t limit = o->limit_zero ? 0 : o->limit ? o->limit : UINT64_MAX;
     uint32_t *scratch = NULL;
     size_t scratch_cap = 0;

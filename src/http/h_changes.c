@@ -92,9 +92,10 @@ static int http_feed_page(http_feed *f, bool *at_end)
 {
     mimeo_changes_opts o = f->opts;
     uint64_t page = HTTP_PAGE_ROWS;
-    if (f->opts.descending) page = f->limited ? f->remaining : 0;   /* one call, see below */
-    else if (f->limited && f->remaining < page) page = f->remaining;
+    if (f->limited && f->remaining < page) page = f->remaining;
     o.since = f->cursor;
+    /* Descending pages backwards from the last row sent (before = its seq). */
+    if (f->opts.descending) o.before = f->rows_total ? f->cursor : 0;
     o.limit = page;
     o.limit_zero = f->limited && page == 0;
     f->page_rows = 0;
@@ -105,13 +106,12 @@ static int http_feed_page(http_feed *f, bool *at_end)
         f->err = e;
         return rc;
     }
-    f->cursor = last;
+    /* An empty last page of a descending feed must not replace the last row's seq (the
+     * library answers update_seq when it delivers nothing). */
+    if (!f->opts.descending || f->page_rows > 0 || f->rows_total == 0) f->cursor = last;
     f->pending = pending;
     if (f->limited) f->remaining -= f->page_rows < f->remaining ? f->page_rows : f->remaining;
-    /* Descending cannot page: the library ignores since then (it would need an upper
-     * bound), so it is served in a single call. */
-    *at_end = f->opts.descending || o.limit_zero || f->page_rows < page ||
-              (f->limited && f->remaining == 0);
+    *at_end = o.limit_zero || f->page_rows < page || (f->limited && f->remaining == 0);
     return 0;
 }
 
