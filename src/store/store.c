@@ -124,10 +124,9 @@ static int store_run_group(store *s, store_job *jobs) {
             if (j->skip) continue;
             j->rc = j->fn(txn, j->arg);
             if (j->rc == 0) continue;
-            /* A full map or a failing disk spoils the whole group; a refused request
-             * only itself. */
-            if (j->rc == STORE_EMAPFULL || j->rc == MIMEO_EIO || j->rc == MIMEO_ENOSPC ||
-                j->rc == MIMEO_ECORRUPT || j->rc == MIMEO_ENOMEM) {
+            /* A full map or a failing disk spoils the whole group; a refused request, a
+             * corrupt record or a failed allocation only its own job. */
+            if (j->rc == STORE_EMAPFULL || j->rc == MIMEO_EIO || j->rc == MIMEO_ENOSPC) {
                 rc = j->rc;
             } else {
                 j->skip = true;
