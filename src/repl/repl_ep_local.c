@@ -37,6 +37,14 @@ static void local_fail(repl_resp *out, int rc, const mimeo_err *e)
     buf_putc(&out->body, '}');
 }
 
+/* A fixed JSON reply with status st. */
+static void local_static(repl_resp *out, long st, const char *json)
+{
+    buf_reset(&out->body);
+    buf_puts(&out->body, json);
+    out->status = st;
+}
+
 /* Takes mimeo-allocated JSON into out->body with status st. */
 static int local_take(repl_resp *out, long st, char *json, size_t len)
 {
@@ -74,9 +82,7 @@ static int local_create(repl_ep *ep, repl_resp *out, mimeo_err *err)
     (void)err;
     (void)ep;
     /* The database was opened (created if asked) when the endpoint was made. */
-    out->status = 412;
-    buf_reset(&out->body);
-    buf_puts(&out->body, "{\"error\":\"file_exists\",\"reason\":\"exists\"}");
+    local_static(out, 412, "{\"error\":\"file_exists\",\"reason\":\"exists\"}");
     return 0;
 }
 
@@ -248,9 +254,7 @@ static int local_full_commit(repl_ep *ep, repl_resp *out, mimeo_err *err)
     (void)ep;
     (void)err;
     /* Every acknowledged local write is already durable. */
-    out->status = 201;
-    buf_reset(&out->body);
-    buf_puts(&out->body, "{\"ok\":true}");
+    local_static(out, 201, "{\"ok\":true}");
     return 0;
 }
 
