@@ -234,6 +234,7 @@ typedef struct mimeo_changes_opts {
     const char *const *doc_ids; /* filter=_doc_ids: only these ids (NULL: all) */
     const size_t *doc_id_lens;
     size_t   doc_id_count;
+    const char *resume;      /* a mimeo_cursor_token to continue from (NULL: none) */
 } mimeo_changes_opts;
 
 /* Calls fn with each row as JSON {"seq":N,"id":…,"changes":[{"rev":…},…],"deleted":true?,
@@ -262,6 +263,7 @@ typedef struct mimeo_all_docs_opts {
     const char *const *keys; /* keys mode: one row per key in order (NULL: range mode) */
     const size_t *key_lens;
     size_t   key_count;
+    const char *resume;      /* a mimeo_cursor_token to continue from (NULL: none) */
 } mimeo_all_docs_opts;
 
 /* Calls fn with each row as JSON {"id","key","value":{"rev"},"doc"?}; in keys mode deleted
@@ -269,6 +271,121 @@ typedef struct mimeo_all_docs_opts {
  * {"key","error":"not_found"}. Ids are in byte order; _local docs are never listed. */
 MIMEO_API int mimeo_all_docs(mimeo_db *db, const mimeo_all_docs_opts *opts, mimeo_row_fn fn,
                              void *ctx, mimeo_err *err);
+
+/* ---- rows and cursors -------------------------------------------------------------------
+ * The structured form of every read: a cursor hands out rows, one at a time, with the
+ * metadata a caller needs (id, seq, winning revision, deleted flag, leaves) as fields, and
+ * the stored body bytes, so no caller parses mimeo's JSON to find them again.
+ *
+ * A cursor reads a slice of rows inside one short read transaction, ends it, and serves the
+ * slice from its own memory; slices are bounded in rows, bytes and entries examined (skipped,
+ * deleted or filtered-out rows count too), so a slow consumer or a long skip never holds a
+ * snapshot open (an open snapshot keeps the map from growing, which stalls every writer).
+ * Rows of different slices may therefore come from different snapshots.
+ *
+ * Ownership. A cursor is new: close it with mimeo_cursor_close, before closing its db. A
+ * row and every pointer in it are borrowed from the cursor: valid until the next call of
+ * mimeo_cursor_next or mimeo_cursor_close on it. The arrays an options struct points to
+ * (doc_ids, keys) are borrowed by the cursor until it is closed. One cursor is used by one
+ * thread at a time. */
+
+/* One leaf of a document's revision tree. */
+typedef struct mimeo_leaf {
+    const char *rev;      /* "N-hash", NUL-terminated */
+    size_t      rev_len;
+    bool        deleted;
+} mimeo_leaf;
+
+typedef struct mimeo_row {
+    int         status;   /* 0; MIMEO_ENOTFOUND for an _all_docs key or an open_revs
+                             revision that does not exist (id, or rev, says which) */
+    const char *id;       /* the document id, NUL-terminated, but ids may contain NUL:
+                             always use id_len */
+    size_t      id_len;
+    uint64_t    seq;      /* the document's latest change (0 for open_revs/bulk reads) */
+    const char *rev;      /* the winning revision (doc reads, open_revs: the revision read),
+                             NUL-terminated; NULL when status is not 0 (open_revs: the
+                             revision asked for) */
+    size_t      rev_len;
+    bool        deleted;  /* that revision is a tombstone */
+    /* The leaves, best first (the winner first): with all_docs_style or conflicts (changes),
+     * conflicts (_all_docs); else NULL and 0. _conflicts are the live ones after the first. */
+    const mimeo_leaf *leaves;
+    size_t      leaf_count;
+    /* With include_docs: the stored body of the winner, a compact JSON object "{…}" without
+     * _id, _rev or _deleted (so "{}" for a tombstone); else NULL. Deleted _all_docs keys
+     * rows have none (CouchDB answers "doc":null). */
+    const char *body;
+    size_t      body_len;
+    /* The row as the JSON convenience calls print it, for reads whose rows are documents
+     * or reply entries: mimeo_doc_open (the document as GET serves it), open_revs (the
+     * document, none for a missing revision), bulk_get (one {"id","docs":[…]} result) and
+     * revs_diff (one "id":{"missing":[…],…} member). NULL for changes and _all_docs. */
+    const char *json;
+    size_t      json_len;
+} mimeo_row;
+
+typedef struct mimeo_cursor mimeo_cursor;
+
+/* A changes cursor: the rows mimeo_changes would deliver, in the same order, with the same
+ * since/before/limit/descending/doc_ids/style options. Rows carry id, seq, rev, deleted,
+ * leaves (all_docs_style or conflicts) and body (include_docs). An ascending cursor that
+ * reached the end may wait for more (mimeo_cursor_wait) and then continues after the last
+ * seq it reported. MIMEO_ENOTFOUND (database gone). */
+MIMEO_API int mimeo_changes_open(mimeo_db *db, const mimeo_changes_opts *opts,
+                                 mimeo_cursor **cur, mimeo_err *err);
+
+/* An _all_docs cursor: the rows mimeo_all_docs would deliver (range or keys mode, skip and
+ * limit applied). Keys mode gives one row per key in the order asked (reversed as a whole
+ * with descending); unknown keys have status MIMEO_ENOTFOUND. */
+MIMEO_API int mimeo_all_docs_open(mimeo_db *db, const mimeo_all_docs_opts *opts,
+                                  mimeo_cursor **cur, mimeo_err *err);
+
+/* One document read as mimeo_doc_get does (same options and errors): a cursor with one row
+ * whose rev/deleted are the revision read and whose json is the reply text. */
+MIMEO_API int mimeo_doc_open(mimeo_db *db, const char *id, size_t id_len,
+                             const mimeo_get_opts *opts, mimeo_cursor **cur, mimeo_err *err);
+
+/* open_revs as rows, in mimeo_doc_open_revs's order: a found revision has status 0 and
+ * json; a missing one MIMEO_ENOTFOUND and rev = the revision asked for. With latest, a leaf
+ * reached from several named revisions is listed once. Same errors as mimeo_doc_open_revs. */
+MIMEO_API int mimeo_open_revs_open(mimeo_db *db, const char *id, size_t id_len,
+                                   const char *revs_json, size_t revs_len,
+                                   const mimeo_get_opts *opts, mimeo_cursor **cur,
+                                   mimeo_err *err);
+
+/* _bulk_get as rows: one per request entry, json = that entry's {"id","docs":[…]}. The
+ * request is read when the cursor opens (errors as mimeo_bulk_get), the documents in
+ * bounded slices as the rows are taken, so a reply of any size costs one slice of memory. */
+MIMEO_API int mimeo_bulk_get_open(mimeo_db *db, const char *json, size_t len,
+                                  const mimeo_get_opts *opts, mimeo_cursor **cur,
+                                  mimeo_err *err);
+
+/* _revs_diff as rows: one per id with something missing, json = its "id":{…} member. */
+MIMEO_API int mimeo_revs_diff_open(mimeo_db *db, const char *json, size_t len,
+                                   mimeo_cursor **cur, mimeo_err *err);
+
+/* The next row into *row (borrowed, see above), or *row = NULL at the end. Errors:
+ * MIMEO_ENOTFOUND when the database was deleted meanwhile, MIMEO_ENOMEM, MIMEO_EIO. */
+MIMEO_API int mimeo_cursor_next(mimeo_cursor *cur, const mimeo_row **row, mimeo_err *err);
+
+/* Changes cursors: last_seq and pending as mimeo_changes reports them for the rows taken
+ * so far (meaningful once next has returned the end, or the limit was reached). */
+MIMEO_API uint64_t mimeo_cursor_last_seq(const mimeo_cursor *cur);
+MIMEO_API uint64_t mimeo_cursor_pending(const mimeo_cursor *cur);
+
+/* Ascending changes cursors at their end: blocks until the database has changes after the
+ * last seq reported (returns 1; next then continues), timeout_ms passes (returns 0), or the
+ * database is deleted (MIMEO_ENOTFOUND: the feed is over). MIMEO_EINVAL for other cursors. */
+MIMEO_API int mimeo_cursor_wait(mimeo_cursor *cur, uint64_t timeout_ms);
+
+/* The continuation token of a changes or _all_docs cursor: where the next row would start,
+ * as a NUL-terminated string safe in a URL (new: mimeo_free it). Passing it as the options'
+ * `resume` to a new cursor with the same options continues after the last row taken
+ * (skip is not applied again; limit counts afresh). */
+MIMEO_API int mimeo_cursor_token(const mimeo_cursor *cur, char **token, size_t *len);
+
+MIMEO_API void mimeo_cursor_close(mimeo_cursor *cur);
 
 /* ---- local documents (never replicated, no revision tree) ------------------------------- */
 /* id is the part after "_local/". Revisions are "0-N". put checks rev like PouchDB's local

@@ -113,4 +113,25 @@ int  db_rev_put(buf *out, const revtree_node *n);
 /* Checks a doc id for storage (CouchDB's rule and our key size). */
 int  db_docid_check(const char *id, size_t n, mimeo_err *err);
 
+/* ---- read snapshots (read.c) ---------------------------------------------------------- */
+/* A read transaction on db with its record as that transaction sees it. */
+typedef struct db_snap {
+    MDB_txn            *txn;
+    const store_tables *t;
+    db_meta             m;
+    store              *s;
+} db_snap;
+/* MIMEO_ENOTFOUND ("Database does not exist.") when db was deleted or recreated. */
+int  db_snap_begin(mimeo_db *db, db_snap *sn, mimeo_err *err);
+void db_snap_end(db_snap *sn);
+
+/* Looks up revision text rev in t: *node is its index or -1. MIMEO_EBADREV when malformed. */
+int  db_find_rev(const revtree *t, const char *rev, size_t len, int64_t *node);
+
+/* A single-document read as mimeo_doc_get does it, appended to out: the reply JSON, then a
+ * NUL, then (at *rev_off) the revision read, NUL-terminated. deleted and seq describe it. */
+int  db_doc_read(mimeo_db *db, const char *id, size_t id_len, const mimeo_get_opts *opts,
+                 buf *out, size_t *json_len, size_t *rev_off, bool *deleted, uint64_t *seq,
+                 mimeo_err *err);
+
 #endif
