@@ -1,8 +1,7 @@
-/* GET/POST /{db}/_all_docs and /{db}/_design_docs, streamed. Range mode pages through the
- * library HTTP_PAGE_ROWS rows at a time, restarting each page at the last id seen (that row
- * is recognised and dropped when it comes again, so a concurrent delete cannot make a page
- * skip a row); keys mode feeds the keys in slices. Either way a 100k-row reply costs one
- * page of memory.
+/* GET/POST /{db}/_all_docs and /{db}/_design_docs, streamed. One library cursor serves the
+ * whole reply in range and keys mode alike (skip, limit, descending included): it reads in
+ * bounded slices and keeps its place, so a 100k-row reply costs one slice of memory and
+ * this file does no paging of its own. Rows are written from the cursor's fields.
  *   {"total_rows":N,"offset":O,["update_seq":S,]"rows":[\n row,\n row \n]}\n */
 #include <inttypes.h>
 #include <stdio.h>
@@ -13,21 +12,13 @@
 
 typedef struct http_rows {
     mimeo_db           *db;           /* owned: taken over from the request */
+    mimeo_cursor       *cur;          /* owned */
     mimeo_all_docs_opts opts;         /* the request's options */
     jval               *trees[2];     /* own the strings opts point into */
     http_string_list    keys;         /* keys mode: the keys asked for */
-    size_t              key_next;
     bool                keys_mode;
-    bool                limited;
-    uint64_t            remaining;
-    uint64_t            skip_left;    /* keys mode applies skip itself */
-    bool                first_page;
     bool                at_end;
-    bool                skip_dup;     /* drop the first row if it repeats last_prefix */
     uint64_t            rows_total;
-    uint64_t            page_raw;     /* rows the library delivered this page */
-    buf                 last_prefix;  /* `{"id":"<escaped id>"` of the last row sent */
-    buf                 start;        /* decoded last id: the next page's startkey */
     bool                done;
     buf                 out;
     size_t              pos;
@@ -36,114 +27,28 @@ typedef struct http_rows {
 static void http_rows_free(void *cls)
 {
     http_rows *s = cls;
+    mimeo_cursor_close(s->cur);
     if (s->db) mimeo_db_close(s->db);
     for (int i = 0; i < 2; i++) if (s->trees[i]) jval_free(s->trees[i]);
     http_string_list_destroy(&s->keys);
-    buf_destroy(&s->last_prefix);
-    buf_destroy(&s->start);
     buf_destroy(&s->out);
     free(s);
 }
 
-/* Length of the `{"id":"…"` prefix of a row, 0 if the row does not start that way. */
-static size_t http_row_id_prefix(const char *json, size_t len)
+/* Moves rows from the cursor into s->out, up to a chunk. */
+static int http_rows_fill(http_rows *s, mimeo_err *e)
 {
-    static const char pat[] = "{\"id\":\"";
-    const size_t pl = sizeof pat - 1;
-    if (len < pl || memcmp(json, pat, pl) != 0) return 0;
-    for (size_t i = pl; i < len; i++) {
-        if (json[i] == '\\') { i++; continue; }
-        if (json[i] == '"') return i + 1;
-    }
-    return 0;
-}
-
-static int http_rows_put(http_rows *s, const char *json, size_t len)
-{
-    if (s->rows_total++ > 0 && buf_puts(&s->out, ",\n") != 0) return MIMEO_ENOMEM;
-    return buf_put(&s->out, json, len);
-}
-
-static int http_rows_row(void *ctx, const char *json, size_t len)
-{
-    http_rows *s = ctx;
-    s->page_raw++;
-    if (s->keys_mode) {
-        if (s->skip_left > 0) { s->skip_left--; return 0; }
-        if (s->limited && s->remaining == 0) return 1;
-        if (s->limited) s->remaining--;
-        return http_rows_put(s, json, len);
-    }
-    size_t pl = http_row_id_prefix(json, len);
-    if (s->skip_dup && s->page_raw == 1 && pl && pl == s->last_prefix.len &&
-        memcmp(json, s->last_prefix.data, pl) == 0)
-        return 0;
-    if (s->limited && s->remaining == 0) return 1;
-    if (s->limited) s->remaining--;
-    buf_reset(&s->last_prefix);
-    if (pl && buf_put(&s->last_prefix, json, pl) != 0) return MIMEO_ENOMEM;
-    return http_rows_put(s, json, len);
-}
-
-/* Decodes the id in last_prefix into start (the next page's startkey). */
-static int http_rows_next_start(http_rows *s)
-{
-    if (s->last_prefix.len < 8) return MIMEO_EINVAL;
-    const char *str = s->last_prefix.data + 6;            /* the opening quote */
-    size_t n = s->last_prefix.len - 6;
-    jval *t = NULL;
-    json_error e = {0};
-    json_limits lim = { 4, 2 * MIMEO_ID_MAX };
-    int rc = json_tree_parse(str, n, &lim, &t, &e);
-    if (rc != 0 || !t || t->type != JV_STRING) {
-        if (t) jval_free(t);
-        return rc ? rc : MIMEO_EINVAL;
-    }
-    buf_reset(&s->start);
-    rc = buf_put(&s->start, t->str, t->len);
-    jval_free(t);
-    return rc;
-}
-
-/* Fetches the next page into s->out. */
-static int http_rows_page(http_rows *s, mimeo_err *e)
-{
-    mimeo_all_docs_opts o = s->opts;
-    s->page_raw = 0;
-    if (s->keys_mode) {
-        size_t n = s->keys.count - s->key_next;
-        if (n > HTTP_PAGE_ROWS) n = HTTP_PAGE_ROWS;
-        o.keys = s->keys.strs + s->key_next;
-        o.key_lens = s->keys.lens + s->key_next;
-        o.key_count = n;
-        o.skip = 0;
-        o.limit = 0;
-        o.limit_zero = false;
-        s->key_next += n;
-        int rc = n ? mimeo_all_docs(s->db, &o, http_rows_row, s, e) : 0;
+    while (!s->at_end && s->out.len - s->pos < HTTP_STREAM_CHUNK) {
+        const mimeo_row *row;
+        int rc = mimeo_cursor_next(s->cur, &row, e);
         if (rc < 0) return rc;
-        s->at_end = s->key_next >= s->keys.count || (s->limited && s->remaining == 0);
-        s->first_page = false;
-        return 0;
-    }
-    uint64_t page = HTTP_PAGE_ROWS;
-    if (s->limited && s->remaining < page) page = s->remaining;
-    if (!s->first_page) {
-        o.startkey = s->start.data;
-        o.startkey_len = s->start.len;
-        o.skip = 0;
-        s->skip_dup = true;
-        page += 1;   /* room for the repeated row */
-    }
-    o.limit = page;
-    o.limit_zero = page == 0;
-    int rc = mimeo_all_docs(s->db, &o, http_rows_row, s, e);
-    if (rc < 0) return rc;
-    s->first_page = false;
-    s->at_end = o.limit_zero || s->page_raw < page || (s->limited && s->remaining == 0);
-    if (!s->at_end && (rc = http_rows_next_start(s)) != 0) {
-        fprintf(stderr, "mimeo: _all_docs: cannot continue after a row; reply truncated\n");
-        return rc;
+        if (!row) {
+            s->at_end = true;
+            break;
+        }
+        if (s->rows_total++ > 0 && (rc = buf_puts(&s->out, ",\n")) != 0) return rc;
+        rc = http_put_all_docs_row(&s->out, row, s->opts.include_docs, s->opts.conflicts);
+        if (rc) return rc;
     }
     return 0;
 }
@@ -162,18 +67,11 @@ static ssize_t http_rows_read(void *cls, uint64_t pos, char *dst, size_t max)
             continue;
         }
         mimeo_err e = {0};
-        if (http_rows_page(s, &e) != 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (http_rows_fill(s, &e) != 0) return MHD_CONTENT_READER_END_WITH_ERROR;
     }
 }
 
 /* ---- parameters ------------------------------------------------------------------------- */
-static int http_count_row(void *ctx, const char *json, size_t len)
-{
-    (void)json; (void)len;
-    (*(uint64_t *)ctx)++;
-    return 0;
-}
-
 /* offset: rows before the first one the range would return (then skip). */
 static uint64_t http_rows_offset(http_rows *s)
 {
@@ -184,7 +82,12 @@ static uint64_t http_rows_offset(http_rows *s)
     o.endkey_len = s->opts.startkey_len;
     o.inclusive_end = false;
     uint64_t n = 0;
-    if (mimeo_all_docs(s->db, &o, http_count_row, &n, NULL) < 0) n = 0;
+    mimeo_cursor *cur;
+    if (mimeo_all_docs_open(s->db, &o, &cur, NULL) == 0) {
+        const mimeo_row *row;
+        while (mimeo_cursor_next(cur, &row, NULL) == 0 && row) n++;
+        mimeo_cursor_close(cur);
+    }
     return n + s->opts.skip;
 }
 
@@ -245,9 +148,6 @@ static void http_all_docs_common(http_req *r, bool design_only)
         return;
     }
     buf_init(&s->out, 0);
-    buf_init(&s->last_prefix, 0);
-    buf_init(&s->start, 0);
-    s->first_page = true;
     mimeo_all_docs_opts *o = &s->opts;
     o->inclusive_end = true;
     bool update_seq = false, ignored = false;
@@ -263,10 +163,28 @@ static void http_all_docs_common(http_req *r, bool design_only)
         (has_limit = http_arg_u64(r, "limit", &limit)) < 0 ||
         http_arg_u64(r, "skip", &o->skip) < 0 || !http_rows_keys(r, s))
         goto fail;
-    s->limited = has_limit > 0;
-    s->remaining = limit;
+    o->limit = limit;
+    o->limit_zero = has_limit > 0 && limit == 0;
 
-    if (!s->keys_mode) {
+    if (s->keys_mode && s->keys.count > 0) {
+        static const char *const ranged[] = {"key", "startkey", "start_key", "endkey", "end_key"};
+        for (size_t i = 0; i < sizeof ranged / sizeof ranged[0]; i++) {
+            size_t n;
+            if (http_arg_get(r, ranged[i], &n)) {
+                http_reply_error(r, 400, "query_parse_error",
+                                 "`keys` is incompatible with `key`, `start_key` and `end_key`");
+                goto fail;
+            }
+        }
+    }
+    if (s->keys_mode) {
+        o->keys = s->keys.strs;
+        o->key_lens = s->keys.lens;
+        o->key_count = s->keys.count;
+        /* An empty list is still keys mode: no rows. */
+        static const char *const none[1] = {""};
+        if (!o->keys) o->keys = none;
+    } else {
         jval *key = NULL;
         if ((rc = http_arg_json_str(r, "key", &key)) < 0) goto fail;
         if (rc > 0) {
@@ -305,7 +223,6 @@ static void http_all_docs_common(http_req *r, bool design_only)
             }
         }
     }
-    s->skip_left = s->keys_mode ? o->skip : 0;
 
     mimeo_db_info info;
     if ((rc = mimeo_db_info_get(r->db, &info)) != 0) {
@@ -321,9 +238,10 @@ static void http_all_docs_common(http_req *r, bool design_only)
     if (update_seq) buf_printf(&s->out, ",\"update_seq\":%" PRIu64, info.update_seq);
     buf_puts(&s->out, ",\"rows\":[\n");
 
-    /* The first page now, so an error can still be a proper error reply. */
+    /* The cursor and the first rows now, so an error can still be a proper error reply. */
     mimeo_err e = {0};
-    if ((rc = http_rows_page(s, &e)) != 0) {
+    if ((rc = mimeo_all_docs_open(s->db, o, &s->cur, &e)) != 0 ||
+        (rc = http_rows_fill(s, &e)) != 0) {
         http_reply_err(r, rc, &e);
         goto fail;
     }

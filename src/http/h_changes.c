@@ -1,9 +1,10 @@
-/* GET/POST /{db}/_changes, streamed row by row in every feed mode. Rows are fetched from
- * the library HTTP_PAGE_ROWS at a time (continuing from the last page's seq), so a feed
- * of any length costs one page of memory. Waiting (longpoll, continuous, eventsource)
- * happens inside the content reader, in slices of at most HTTP_WAIT_SLICE_MS so that a
- * server shutdown is noticed quickly; mimeo_changes_wait wakes on the commit itself, so a
- * new write reaches a waiting client at once.
+/* GET/POST /{db}/_changes, streamed row by row in every feed mode. One library cursor serves
+ * the whole feed: it reads in bounded slices and keeps its place, so a feed of any length
+ * costs one slice of memory and this file does no paging of its own. Rows are written from
+ * the cursor's fields. Waiting (longpoll, continuous, eventsource) happens inside the
+ * content reader, in slices of at most HTTP_WAIT_SLICE_MS so that a server shutdown is
+ * noticed quickly; the cursor's wait wakes on the commit itself, and on a database delete,
+ * which ends the feed as CouchDB ends it.
  *   normal, longpoll:  {"results":[\n row,\n row \n],\n"last_seq":N,"pending":P}\n
  *   continuous:        row\n row\n … {"last_seq":N,"pending":P}\n   (blank line = heartbeat)
  *   eventsource:       data: row\nid: seq\n\n …     (event: heartbeat\ndata: \n\n) */
@@ -23,21 +24,18 @@ typedef enum { PH_START, PH_ROWS, PH_WAIT, PH_END, PH_DONE } http_feed_phase;
 typedef struct http_feed {
     http_server        *srv;
     mimeo_db           *db;          /* owned: taken over from the request */
+    mimeo_cursor       *cur;         /* owned */
     http_feed_kind      kind;
     http_feed_phase     ph;
-    mimeo_changes_opts  opts;        /* per-request options; since/limit set per page */
+    mimeo_changes_opts  opts;
     http_string_list    ids;         /* filter=_doc_ids: the ids asked for */
-    uint64_t            cursor;      /* since of the next page */
-    bool                limited;
-    uint64_t            remaining;   /* rows still allowed when limited */
-    uint64_t            pending;
+    uint64_t            since;
     uint64_t            rows_total;
-    uint64_t            page_rows;
     uint64_t            heartbeat_ms;/* 0: none */
     uint64_t            timeout_ms;
     uint64_t            deadline;    /* clock_ms() when waiting gives up; 0: never */
     uint64_t            next_beat;
-    mimeo_err           err;         /* why the last page failed */
+    mimeo_err           err;         /* why opening or reading failed */
     bool                streaming;   /* the reader runs: the status line is gone */
     buf                 out;
     size_t              pos;
@@ -46,72 +44,51 @@ typedef struct http_feed {
 static void http_feed_free(void *cls)
 {
     http_feed *f = cls;
+    mimeo_cursor_close(f->cur);
     if (f->db) mimeo_db_close(f->db);
     http_string_list_destroy(&f->ids);
     buf_destroy(&f->out);
     free(f);
 }
 
-/* The seq of a row: the library writes {"seq":N,… first. */
-static uint64_t http_row_seq(const char *json, size_t len)
+static int http_feed_row(http_feed *f, const mimeo_row *row)
 {
-    static const char pat[] = "{\"seq\":";
-    uint64_t v = 0;
-    if (len < sizeof pat || memcmp(json, pat, sizeof pat - 1) != 0) return 0;
-    for (size_t i = sizeof pat - 1; i < len && json[i] >= '0' && json[i] <= '9'; i++)
-        v = v * 10 + (uint64_t)(json[i] - '0');
-    return v;
-}
-
-static int http_feed_row(void *ctx, const char *json, size_t len)
-{
-    http_feed *f = ctx;
     int rc = 0;
     switch (f->kind) {
     case FEED_NORMAL: case FEED_LONGPOLL:
         if (f->rows_total > 0) rc = buf_puts(&f->out, ",\n");
-        if (rc == 0) rc = buf_put(&f->out, json, len);
         break;
     case FEED_CONTINUOUS:
-        rc = buf_put(&f->out, json, len);
-        if (rc == 0) rc = buf_putc(&f->out, '\n');
         break;
     case FEED_EVENTSOURCE:
         rc = buf_puts(&f->out, "data: ");
-        if (rc == 0) rc = buf_put(&f->out, json, len);
-        if (rc == 0) rc = buf_printf(&f->out, "\nid: %" PRIu64 "\n\n", http_row_seq(json, len));
         break;
     }
+    if (rc == 0) rc = http_put_change_row(&f->out, row, f->opts.all_docs_style, f->opts.conflicts);
+    if (rc == 0) {
+        if (f->kind == FEED_CONTINUOUS) rc = buf_putc(&f->out, '\n');
+        else if (f->kind == FEED_EVENTSOURCE)
+            rc = buf_printf(&f->out, "\nid: %" PRIu64 "\n\n", row->seq);
+    }
     f->rows_total++;
-    f->page_rows++;
     return rc;
 }
 
-/* Fetches one page after f->cursor into f->out. *at_end: the feed has no more rows now. */
-static int http_feed_page(http_feed *f, bool *at_end)
+/* Moves rows from the cursor into f->out, up to a chunk. *at_end: the cursor has no more
+ * rows now. */
+static int http_feed_rows(http_feed *f, bool *at_end)
 {
-    mimeo_changes_opts o = f->opts;
-    uint64_t page = HTTP_PAGE_ROWS;
-    if (f->limited && f->remaining < page) page = f->remaining;
-    o.since = f->cursor;
-    /* Descending pages backwards from the last row sent (before = its seq). */
-    if (f->opts.descending) o.before = f->rows_total ? f->cursor : 0;
-    o.limit = page;
-    o.limit_zero = f->limited && page == 0;
-    f->page_rows = 0;
-    uint64_t last = f->cursor, pending = 0;
-    mimeo_err e = {0};
-    int rc = mimeo_changes(f->db, &o, http_feed_row, f, &last, &pending, &e);
-    if (rc < 0) {
-        f->err = e;
-        return rc;
+    *at_end = false;
+    while (f->out.len - f->pos < HTTP_STREAM_CHUNK) {
+        const mimeo_row *row;
+        int rc = mimeo_cursor_next(f->cur, &row, &f->err);
+        if (rc < 0) return rc;
+        if (!row) {
+            *at_end = true;
+            return 0;
+        }
+        if ((rc = http_feed_row(f, row)) != 0) return rc;
     }
-    /* An empty last page of a descending feed must not replace the last row's seq (the
-     * library answers update_seq when it delivers nothing). */
-    if (!f->opts.descending || f->page_rows > 0 || f->rows_total == 0) f->cursor = last;
-    f->pending = pending;
-    if (f->limited) f->remaining -= f->page_rows < f->remaining ? f->page_rows : f->remaining;
-    *at_end = o.limit_zero || f->page_rows < page || (f->limited && f->remaining == 0);
     return 0;
 }
 
@@ -123,14 +100,16 @@ static void http_feed_heartbeat(http_feed *f)
 
 static void http_feed_end(http_feed *f)
 {
+    uint64_t last = f->cur ? mimeo_cursor_last_seq(f->cur) : f->since;
+    uint64_t pending = f->cur ? mimeo_cursor_pending(f->cur) : 0;
     switch (f->kind) {
     case FEED_NORMAL: case FEED_LONGPOLL:
         buf_printf(&f->out, "\n],\n\"last_seq\":%" PRIu64 ",\"pending\":%" PRIu64 "}\n",
-                   f->cursor, f->pending);
+                   last, pending);
         break;
     case FEED_CONTINUOUS:
-        buf_printf(&f->out, "{\"last_seq\":%" PRIu64 ",\"pending\":%" PRIu64 "}\n", f->cursor,
-                   f->pending);
+        buf_printf(&f->out, "{\"last_seq\":%" PRIu64 ",\"pending\":%" PRIu64 "}\n", last,
+                   pending);
         break;
     case FEED_EVENTSOURCE:
         break;
@@ -162,7 +141,7 @@ static int http_feed_step(http_feed *f)
         if (f->out.len == 0) buf_putc(&f->out, '\n');
         return 0;
     case PH_ROWS:
-        rc = http_feed_page(f, &at_end);
+        rc = http_feed_rows(f, &at_end);
         if (rc == MIMEO_ENOTFOUND && f->streaming) {
             /* The database was deleted under a running feed: end it properly, as the
              * status line has gone already. */
@@ -170,7 +149,6 @@ static int http_feed_step(http_feed *f)
             return 0;
         }
         if (rc != 0) return rc;
-        if (f->limited && f->remaining == 0) { f->ph = PH_END; return 0; }
         if (!at_end) return 0;
         switch (f->kind) {
         case FEED_NORMAL:
@@ -181,7 +159,9 @@ static int http_feed_step(http_feed *f)
             else http_feed_start_wait(f);
             break;
         default:
-            if (f->opts.descending) f->ph = PH_END;
+            if (f->opts.descending || f->opts.limit_zero ||
+                (f->opts.limit && f->rows_total >= f->opts.limit))
+                f->ph = PH_END;
             else http_feed_start_wait(f);
             break;
         }
@@ -199,8 +179,10 @@ static int http_feed_step(http_feed *f)
         if (f->deadline && f->deadline - now < slice) slice = f->deadline - now;
         if (f->heartbeat_ms && f->next_beat - now < slice) slice = f->next_beat - now;
         if (slice == 0) slice = 1;
-        uint64_t seq = mimeo_changes_wait(f->db, f->cursor, slice);
-        if (seq > f->cursor) f->ph = PH_ROWS;
+        rc = mimeo_cursor_wait(f->cur, slice);
+        /* Deleted while we waited: CouchDB ends the feed. */
+        if (rc < 0) f->ph = PH_END;
+        else if (rc > 0) f->ph = PH_ROWS;
         return 0;
     }
     case PH_END:
@@ -258,6 +240,76 @@ static bool http_feed_doc_ids(http_req *r, http_feed *f)
     return true;
 }
 
+/* Any filter but _doc_ids. A "ddoc/name" filter is looked up first, so that a missing design
+ * document or filter is 404 not_found with CouchDB's reasons ("missing", "deleted",
+ * "missing json key: filters", "missing json key: <name>"); running JavaScript filters
+ * comes with design documents. Returns false after replying. */
+static bool http_feed_filter_check(http_req *r, const char *v, size_t n)
+{
+    static const char unsupported[] = "Only the _doc_ids filter is supported";
+    if (v[0] == '_') {
+        if (strcmp(v, "_selector") == 0 || strcmp(v, "_design") == 0 ||
+            strcmp(v, "_view") == 0)
+            http_reply_error(r, 400, "bad_request", unsupported);
+        else
+            http_reply_error(r, 400, "bad_request", "unknown builtin filter name");
+        return false;
+    }
+    const char *slash = memchr(v, '/', n);
+    if (!slash || slash == v || slash + 1 == v + n || memchr(slash + 1, '/', (size_t)(v + n - slash - 1))) {
+        http_reply_error(r, 400, "bad_request",
+                         "`filter` must be of the form `designname/filtername`");
+        return false;
+    }
+    buf id;
+    buf_init(&id, 0);
+    buf_puts(&id, "_design/");
+    buf_put(&id, v, (size_t)(slash - v));
+    const char *fname = slash + 1;
+    size_t fname_len = (size_t)(v + n - fname);
+    mimeo_cursor *cur = NULL;
+    mimeo_err e = {0};
+    int rc = mimeo_doc_open(r->db, id.data, id.len, NULL, &cur, &e);
+    buf_destroy(&id);
+    if (rc != 0) {
+        http_reply_err(r, rc, &e);
+        return false;
+    }
+    const mimeo_row *row = NULL;
+    rc = mimeo_cursor_next(cur, &row, &e);
+    /* The design document's own content is read here, not mimeo's metadata. */
+    jval *doc = NULL;
+    json_error je = {0};
+    json_limits lim = r->srv->limits;
+    if (rc == 0 && row) {
+        lim.max_doc_bytes = row->json_len + 1;
+        rc = json_tree_parse(row->json, row->json_len, &lim, &doc, &je);
+    }
+    mimeo_cursor_close(cur);
+    if (rc != 0 || !doc) {
+        if (doc) jval_free(doc);
+        http_reply_err(r, rc ? rc : MIMEO_EIO, NULL);
+        return false;
+    }
+    const jval *filters = jval_get(doc, "filters");
+    const jval *fn = NULL;
+    if (filters && filters->type == JV_OBJECT) {
+        for (size_t i = 0; i < filters->count && !fn; i++)
+            if (filters->key_lens[i] == fname_len && memcmp(filters->keys[i], fname, fname_len) == 0)
+                fn = filters->items[i];
+    }
+    buf reason;
+    buf_init(&reason, 0);
+    buf_puts(&reason, "missing json key: ");
+    if (!filters) buf_puts(&reason, "filters");
+    else buf_put(&reason, fname, fname_len);
+    if (!fn) http_reply_error(r, 404, "not_found", buf_cstr(&reason));
+    else http_reply_error(r, 400, "bad_request", unsupported);
+    buf_destroy(&reason);
+    jval_free(doc);
+    return false;
+}
+
 static bool http_feed_params(http_req *r, http_feed *f)
 {
     size_t n;
@@ -281,7 +333,7 @@ static bool http_feed_params(http_req *r, http_feed *f)
 
     bool now = false;
     v = http_arg_get(r, "since", &n);
-    if (v && !http_parse_since(v, n, &f->cursor, &now)) {
+    if (v && !http_parse_since(v, n, &f->since, &now)) {
         http_reply_error(r, 400, "bad_request",
                          "Malformed sequence supplied in 'since' parameter.");
         return false;
@@ -290,8 +342,8 @@ static bool http_feed_params(http_req *r, http_feed *f)
     uint64_t limit = 0;
     int has_limit = http_arg_u64(r, "limit", &limit);
     if (has_limit < 0) return false;
-    f->limited = has_limit > 0;
-    f->remaining = limit;
+    f->opts.limit = limit;
+    f->opts.limit_zero = has_limit > 0 && limit == 0;
 
     if (http_arg_bool(r, "descending", &f->opts.descending) < 0 ||
         http_arg_bool(r, "include_docs", &f->opts.include_docs) < 0 ||
@@ -313,13 +365,12 @@ static bool http_feed_params(http_req *r, http_feed *f)
     }
 
     v = http_arg_get(r, "filter", &n);
-    if (v) {
-        if (strcmp(v, "_doc_ids") != 0) {
-            http_reply_error(r, 400, "bad_request",
-                             "Only the _doc_ids filter is supported");
+    if (v && n > 0) {
+        if (strcmp(v, "_doc_ids") == 0) {
+            if (!http_feed_doc_ids(r, f)) return false;
+        } else if (!http_feed_filter_check(r, v, n)) {
             return false;
         }
-        if (!http_feed_doc_ids(r, f)) return false;
     }
 
     v = http_arg_get(r, "heartbeat", &n);
@@ -343,8 +394,9 @@ static bool http_feed_params(http_req *r, http_feed *f)
             http_reply_err(r, rc, NULL);
             return false;
         }
-        f->cursor = info.update_seq;
+        f->since = info.update_seq;
     }
+    f->opts.since = f->since;
     return true;
 }
 
@@ -362,13 +414,13 @@ void http_h_changes(http_req *r)
         http_feed_free(f);
         return;
     }
-    f->opts.limit_zero = f->limited && f->remaining == 0;
     /* The feed outlives the request context's view of it: it takes the db handle. */
     f->db = r->db;
     r->db = NULL;
-    /* The opening and the first page now, so a failure can still be an error reply; any
-     * waiting happens later, in the content reader. */
-    int rc = http_feed_step(f);
+    /* The cursor, the opening and the first rows now, so a failure can still be an error
+     * reply; any waiting happens later, in the content reader. */
+    int rc = mimeo_changes_open(f->db, &f->opts, &f->cur, &f->err);
+    if (rc == 0) rc = http_feed_step(f);
     if (rc == 0) rc = http_feed_step(f);
     if (rc != 0) {
         if (rc == MIMEO_ENOTFOUND)

@@ -158,6 +158,14 @@ bool http_is_json_ctype(const http_req *r);
 bool http_db(http_req *r);
 /* Appends {"ok":true,"id":…,"rev":…} to b. */
 int  http_put_ok_id_rev(buf *b, const char *id, size_t id_len, const char *rev);
+/* Rows of streamed replies, written from the library's rows (never from its JSON): a
+ * document {"_id","_rev",…body…,"_deleted"?,"_conflicts"?} (row with a body), a _changes
+ * row and an _all_docs row, as CouchDB shapes them. 0 or MIMEO_ENOMEM/MIMEO_ETOOLARGE. */
+int  http_put_row_doc(buf *b, const mimeo_row *row, bool conflicts);
+int  http_put_change_row(buf *b, const mimeo_row *row, bool all_docs_style, bool conflicts);
+int  http_put_all_docs_row(buf *b, const mimeo_row *row, bool include_docs, bool conflicts);
+/* Bytes a streamed reply gathers before handing them to the connection. */
+#define HTTP_STREAM_CHUNK (64 * 1024)
 
 /* ---- route.c and the handlers ----------------------------------------------------------- */
 void http_route(http_req *r);

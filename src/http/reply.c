@@ -360,3 +360,75 @@ int http_put_ok_id_rev(buf *b, const char *id, size_t id_len, const char *rev)
     }
     return buf_puts(b, "}\n");
 }
+
+/* ---- rows of streamed replies ------------------------------------------------------------- */
+int http_put_row_doc(buf *b, const mimeo_row *row, bool conflicts)
+{
+    int rc = buf_puts(b, "{\"_id\":");
+    if (rc == 0) rc = json_put_str(b, row->id, row->id_len);
+    if (rc == 0) rc = buf_puts(b, ",\"_rev\":");
+    if (rc == 0) rc = json_put_str(b, row->rev, row->rev_len);
+    /* The stored body is a compact object "{…}": splice its members in. */
+    if (rc == 0 && row->body_len > 2) {
+        rc = buf_putc(b, ',');
+        if (rc == 0) rc = buf_put(b, row->body + 1, row->body_len - 2);
+    }
+    if (rc == 0 && row->deleted) rc = buf_puts(b, ",\"_deleted\":true");
+    if (conflicts) {
+        size_t k = 0;
+        for (size_t i = 1; i < row->leaf_count && rc == 0; i++) {
+            if (row->leaves[i].deleted) continue;
+            rc = buf_puts(b, k++ ? "," : ",\"_conflicts\":[");
+            if (rc == 0) rc = json_put_str(b, row->leaves[i].rev, row->leaves[i].rev_len);
+        }
+        if (rc == 0 && k) rc = buf_putc(b, ']');
+    }
+    return rc ? rc : buf_putc(b, '}');
+}
+
+int http_put_change_row(buf *b, const mimeo_row *row, bool all_docs_style, bool conflicts)
+{
+    int rc = buf_printf(b, "{\"seq\":%llu,\"id\":", (unsigned long long)row->seq);
+    if (rc == 0) rc = json_put_str(b, row->id, row->id_len);
+    if (rc == 0) rc = buf_puts(b, ",\"changes\":[");
+    if (all_docs_style && row->leaf_count) {
+        for (size_t i = 0; i < row->leaf_count && rc == 0; i++) {
+            rc = buf_puts(b, i ? ",{\"rev\":" : "{\"rev\":");
+            if (rc == 0) rc = json_put_str(b, row->leaves[i].rev, row->leaves[i].rev_len);
+            if (rc == 0) rc = buf_putc(b, '}');
+        }
+    } else {
+        rc = buf_puts(b, "{\"rev\":");
+        if (rc == 0) rc = json_put_str(b, row->rev, row->rev_len);
+        if (rc == 0) rc = buf_putc(b, '}');
+    }
+    if (rc == 0) rc = buf_putc(b, ']');
+    if (rc == 0 && row->deleted) rc = buf_puts(b, ",\"deleted\":true");
+    if (rc == 0 && row->body) {
+        rc = buf_puts(b, ",\"doc\":");
+        if (rc == 0) rc = http_put_row_doc(b, row, conflicts);
+    }
+    return rc ? rc : buf_putc(b, '}');
+}
+
+int http_put_all_docs_row(buf *b, const mimeo_row *row, bool include_docs, bool conflicts)
+{
+    int rc;
+    if (row->status == MIMEO_ENOTFOUND) {
+        rc = buf_puts(b, "{\"key\":");
+        if (rc == 0) rc = json_put_str(b, row->id, row->id_len);
+        return rc ? rc : buf_puts(b, ",\"error\":\"not_found\"}");
+    }
+    rc = buf_puts(b, "{\"id\":");
+    if (rc == 0) rc = json_put_str(b, row->id, row->id_len);
+    if (rc == 0) rc = buf_puts(b, ",\"key\":");
+    if (rc == 0) rc = json_put_str(b, row->id, row->id_len);
+    if (rc == 0) rc = buf_puts(b, ",\"value\":{\"rev\":");
+    if (rc == 0) rc = json_put_str(b, row->rev, row->rev_len);
+    if (rc == 0) rc = buf_puts(b, row->deleted ? ",\"deleted\":true}" : "}");
+    if (rc == 0 && include_docs) {
+        rc = buf_puts(b, ",\"doc\":");
+        if (rc == 0) rc = row->body ? http_put_row_doc(b, row, conflicts) : buf_puts(b, "null");
+    }
+    return rc ? rc : buf_putc(b, '}');
+}
