@@ -185,23 +185,24 @@ void http_h_bulk_get(http_req *r)
     bool atts = false;
     if (http_arg_bool(r, "attachments", &atts) < 0) return;
     if (!http_db(r)) return;
-    char *out = NULL;
-    size_t len = 0;
+    /* Streamed entry by entry: a small request may name large documents many times. */
+    mimeo_cursor *cur = NULL;
     mimeo_err e = {0};
-    int rc = mimeo_bulk_get(r->db, r->body.data ? r->body.data : "", r->body.len, &o, &out,
-                            &len, &e);
-    http_reply_result(r, rc, 200, out, len, &e);
+    int rc = mimeo_bulk_get_open(r->db, r->body.data ? r->body.data : "", r->body.len, &o,
+                                 &cur, &e);
+    if (rc != 0) http_reply_err(r, rc, &e);
+    else http_reply_cursor(r, 200, cur, "{\"results\":[", "]}\n");
 }
 
 void http_h_revs_diff(http_req *r)
 {
     if (!http_db(r)) return;
-    char *out = NULL;
-    size_t len = 0;
+    mimeo_cursor *cur = NULL;
     mimeo_err e = {0};
-    int rc = mimeo_revs_diff(r->db, r->body.data ? r->body.data : "", r->body.len, &out, &len,
-                             &e);
-    http_reply_result(r, rc, 200, out, len, &e);
+    int rc = mimeo_revs_diff_open(r->db, r->body.data ? r->body.data : "", r->body.len, &cur,
+                                  &e);
+    if (rc != 0) http_reply_err(r, rc, &e);
+    else http_reply_cursor(r, 200, cur, "{", "}\n");
 }
 
 /* ---- settings and maintenance ----------------------------------------------------------- */

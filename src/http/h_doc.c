@@ -9,24 +9,6 @@
 
 #include "http_int.h"
 
-/* The revision of a document reply: the library writes "_id" then "_rev" first, and the
- * text `"_rev":"` cannot occur inside the escaped id, so its first occurrence is it. */
-static bool http_doc_rev(const char *json, size_t len, const char **rev, size_t *rlen)
-{
-    static const char pat[] = "\"_rev\":\"";
-    const size_t pl = sizeof pat - 1;
-    for (size_t i = 0; i + pl <= len; i++) {
-        if (json[i] != '"' || memcmp(json + i, pat, pl) != 0) continue;
-        const char *s = json + i + pl;
-        const char *e = memchr(s, '"', len - (size_t)(s - json));
-        if (!e || e - s >= MIMEO_REV_MAX) return false;
-        *rev = s;
-        *rlen = (size_t)(e - s);
-        return true;
-    }
-    return false;
-}
-
 /* The revision the client names: ?rev= or If-Match ("quoted"); both must agree. Returns
  * false after replying 400. *rev is NULL when neither is given; rev_buf holds If-Match's. */
 static bool http_want_rev(http_req *r, const char **rev, char rev_buf[MIMEO_REV_MAX])
@@ -81,43 +63,38 @@ static bool http_accepts_multipart_mixed(http_req *r)
     return a && strcasestr(a, "multipart/mixed") != NULL;
 }
 
-/* Turns open_revs' JSON array into multipart/mixed, one part per revision: CouchDB's
- * replicator asks for it and matches the bare part type "application/json". A cold path
- * (design documents and documents with attachments), so a tree is fine here. */
-static void http_reply_open_revs_multipart(http_req *r, char *out, size_t len)
+/* open_revs as multipart/mixed, one part per revision, built from the library's rows: CouchDB's
+ * replicator asks for it and matches the bare part type "application/json". */
+static void http_reply_open_revs_multipart(http_req *r, mimeo_cursor *cur)
 {
-    jval *t = NULL;
-    json_error je = {0};
-    json_limits lim = r->srv->limits;
-    lim.max_doc_bytes = len + 1;
-    int rc = json_tree_parse(out, len, &lim, &t, &je);
-    mimeo_free(out);
-    if (rc != 0 || !t || t->type != JV_ARRAY) {
-        if (t) jval_free(t);
-        http_reply_error(r, 500, "unknown_error", "open_revs produced an unexpected reply");
-        return;
-    }
     unsigned char rnd[16];
     char boundary[33];
     random_bytes(rnd, sizeof rnd);
     hex_encode(rnd, sizeof rnd, boundary);
     buf b;
     buf_init(&b, 0);
-    for (size_t i = 0; i < t->count; i++) {
-        const jval *item = t->items[i];
-        const jval *ok = jval_get(item, "ok");
+    const mimeo_row *row;
+    mimeo_err e = {0};
+    int rc;
+    while ((rc = mimeo_cursor_next(cur, &row, &e)) == 0 && row) {
         buf_printf(&b, "--%s\r\n", boundary);
-        if (ok) {
+        if (row->status == 0) {
             buf_puts(&b, "Content-Type: application/json\r\n\r\n");
-            json_put_jval(&b, ok);
+            buf_put(&b, row->json, row->json_len);
         } else {
             buf_puts(&b, "Content-Type: application/json; error=\"true\"\r\n\r\n");
-            json_put_jval(&b, item);
+            buf_puts(&b, "{\"missing\":");
+            json_put_str(&b, row->rev, row->rev_len);
+            buf_putc(&b, '}');
         }
         buf_puts(&b, "\r\n");
     }
+    if (rc != 0) {
+        buf_destroy(&b);
+        http_reply_err(r, rc, &e);
+        return;
+    }
     buf_printf(&b, "--%s--", boundary);
-    jval_free(t);
     char ctype[80];
     snprintf(ctype, sizeof ctype, "multipart/mixed; boundary=\"%s\"", boundary);
     http_reply_buf_ct(r, 200, &b, ctype);
@@ -163,43 +140,54 @@ static void http_doc_get(http_req *r, const char *id, size_t id_len)
         }
         o.rev = NULL;
         if (!http_db(r)) return;
+        mimeo_err e = {0};
+        if (http_accepts_multipart_mixed(r)) {
+            mimeo_cursor *cur = NULL;
+            int rc = mimeo_open_revs_open(r->db, id, id_len, open_revs, ol, &o, &cur, &e);
+            if (rc != 0) http_reply_err(r, rc, &e);
+            else http_reply_open_revs_multipart(r, cur);
+            mimeo_cursor_close(cur);
+            return;
+        }
         char *out = NULL;
         size_t len = 0;
-        mimeo_err e = {0};
         int rc = mimeo_doc_open_revs(r->db, id, id_len, open_revs, ol, &o, &out, &len, &e);
         if (rc != 0) {
             if (out) mimeo_free(out);
             http_reply_err(r, rc, &e);
             return;
         }
-        if (http_accepts_multipart_mixed(r)) http_reply_open_revs_multipart(r, out, len);
-        else http_reply_mimeo(r, 200, out, len);
+        http_reply_mimeo(r, 200, out, len);
         return;
     }
 
     if (!http_db(r)) return;
-    char *out = NULL;
-    size_t len = 0;
+    mimeo_cursor *cur = NULL;
+    const mimeo_row *row = NULL;
     mimeo_err e = {0};
-    int rc = mimeo_doc_get(r->db, id, id_len, &o, &out, &len, &e);
+    int rc = mimeo_doc_open(r->db, id, id_len, &o, &cur, &e);
+    if (rc == 0) rc = mimeo_cursor_next(cur, &row, &e);
+    if (rc == 0 && !row) rc = MIMEO_EIO;
     if (rc != 0) {
-        if (out) mimeo_free(out);
+        mimeo_cursor_close(cur);
         http_reply_err(r, rc, &e);
         return;
     }
-    const char *rev = NULL;
-    size_t revl = 0;
-    bool has_rev = http_doc_rev(out, len, &rev, &revl);
-    if (has_rev && http_none_match(r, rev, revl)) {
-        char tag[MIMEO_REV_MAX];
-        memcpy(tag, rev, revl);
-        mimeo_free(out);
+    if (http_none_match(r, row->rev, row->rev_len)) {
         http_reply_static(r, 304, "");
-        http_header_etag(r, tag, revl);
-        return;
+    } else {
+        buf b;
+        buf_init(&b, 0);
+        if (buf_put(&b, row->json, row->json_len) != 0) {
+            buf_destroy(&b);
+            mimeo_cursor_close(cur);
+            http_reply_err(r, MIMEO_ENOMEM, NULL);
+            return;
+        }
+        http_reply_buf(r, 200, &b);
     }
-    http_reply_mimeo(r, 200, out, len);
-    if (has_rev) http_header_etag(r, rev, revl);   /* out lives on inside the reply */
+    http_header_etag(r, row->rev, row->rev_len);
+    mimeo_cursor_close(cur);
 }
 
 /* ---- PUT / DELETE ----------------------------------------------------------------------- */
@@ -238,8 +226,10 @@ static void http_doc_put(http_req *r, const char *id, size_t id_len)
         http_reply_err(r, rc, &e);
         return;
     }
-    const char *rid = res.id ? res.id : id;
-    size_t ridl = res.id ? strlen(res.id) : id_len;
+    /* The id is the URL's, with its length: ids may contain NUL, which a C string of the
+     * result would cut. */
+    const char *rid = id;
+    size_t ridl = id_len;
     buf b;
     buf_init(&b, 0);
     /* new_edits=false must answer an object with the stored rev: CouchDB's replicator

@@ -134,6 +134,11 @@ void http_reply_method(http_req *r, const char *allowed);
 void http_reply_stream(http_req *r, unsigned status, const char *content_type,
                        MHD_ContentReaderCallback reader, void *cls,
                        MHD_ContentReaderFreeCallback free_fn);
+/* Streams the json of every row of cur (takes it; and the request's db handle, which the
+ * cursor reads) joined by commas between open and close (static texts), a slice at a time:
+ * a reply of any size costs one slice of memory. */
+void http_reply_cursor(http_req *r, unsigned status, mimeo_cursor *cur, const char *open,
+                       const char *close);
 /* For content readers: copies what is left of b (from *pos) into dst, at most max bytes;
  * returns the count, 0 when b is drained (then b is reset and *pos is 0). */
 size_t http_drain(buf *b, size_t *pos, char *dst, size_t max);

@@ -432,3 +432,80 @@ int http_put_all_docs_row(buf *b, const mimeo_row *row, bool include_docs, bool 
     }
     return rc ? rc : buf_putc(b, '}');
 }
+
+/* ---- replies streamed from a cursor's json rows ------------------------------------------ */
+typedef struct http_cursor_stream {
+    mimeo_db     *db;    /* owned: taken over from the request (the cursor reads it) */
+    mimeo_cursor *cur;   /* owned */
+    const char   *close;
+    bool          first, at_end, done;
+    buf           out;
+    size_t        pos;
+} http_cursor_stream;
+
+static void http_cursor_stream_free(void *cls)
+{
+    http_cursor_stream *s = cls;
+    mimeo_cursor_close(s->cur);
+    if (s->db) mimeo_db_close(s->db);
+    buf_destroy(&s->out);
+    free(s);
+}
+
+static int http_cursor_stream_fill(http_cursor_stream *s)
+{
+    while (!s->at_end && s->out.len - s->pos < HTTP_STREAM_CHUNK) {
+        const mimeo_row *row;
+        int rc = mimeo_cursor_next(s->cur, &row, NULL);
+        if (rc < 0) return rc;
+        if (!row) {
+            s->at_end = true;
+            break;
+        }
+        if (!row->json) continue;
+        if (!s->first && (rc = buf_putc(&s->out, ',')) != 0) return rc;
+        s->first = false;
+        if ((rc = buf_put(&s->out, row->json, row->json_len)) != 0) return rc;
+    }
+    return 0;
+}
+
+static ssize_t http_cursor_stream_read(void *cls, uint64_t pos, char *dst, size_t max)
+{
+    http_cursor_stream *s = cls;
+    (void)pos;
+    for (;;) {
+        size_t n = http_drain(&s->out, &s->pos, dst, max);
+        if (n > 0) return (ssize_t)n;
+        if (s->done) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (s->at_end) {
+            buf_puts(&s->out, s->close);
+            s->done = true;
+            continue;
+        }
+        if (http_cursor_stream_fill(s) != 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+}
+
+void http_reply_cursor(http_req *r, unsigned status, mimeo_cursor *cur, const char *open,
+                       const char *close)
+{
+    http_cursor_stream *s = calloc(1, sizeof *s);
+    if (!s) {
+        mimeo_cursor_close(cur);
+        http_reply_err(r, MIMEO_ENOMEM, NULL);
+        return;
+    }
+    buf_init(&s->out, 0);
+    s->cur = cur;
+    s->close = close;
+    s->first = true;
+    s->db = r->db;
+    r->db = NULL;
+    if (buf_puts(&s->out, open) != 0) {
+        http_cursor_stream_free(s);
+        http_reply_err(r, MIMEO_ENOMEM, NULL);
+        return;
+    }
+    http_reply_stream(r, status, NULL, http_cursor_stream_read, s, http_cursor_stream_free);
+}

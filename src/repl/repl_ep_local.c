@@ -37,6 +37,14 @@ static void local_fail(repl_resp *out, int rc, const mimeo_err *e)
     buf_putc(&out->body, '}');
 }
 
+/* The detail of a database deleted under a running call. */
+static void db_gone(mimeo_err *e)
+{
+    e->code = MIMEO_ENOTFOUND;
+    snprintf(e->error, sizeof e->error, "not_found");
+    snprintf(e->reason, sizeof e->reason, "Database does not exist.");
+}
+
 /* A fixed JSON reply with status st. */
 static void local_static(repl_resp *out, long st, const char *json)
 {
@@ -86,16 +94,20 @@ static int local_create(repl_ep *ep, repl_resp *out, mimeo_err *err)
     return 0;
 }
 
-typedef struct local_rows {
-    buf     *out;
-    uint64_t n;
-} local_rows;
-
-static int local_row(void *ctx, const char *json, size_t len)
+/* Appends one _changes row for the replicator from a cursor row: seq, id, every leaf. */
+static int local_change_row(buf *b, const mimeo_row *row)
 {
-    local_rows *r = ctx;
-    if (r->n++ > 0 && buf_putc(r->out, ',') != 0) return MIMEO_ENOMEM;
-    return buf_put(r->out, json, len) != 0 ? MIMEO_ENOMEM : 0;
+    int rc = buf_printf(b, "{\"seq\":%llu,\"id\":", (unsigned long long)row->seq);
+    if (!rc) rc = json_put_str(b, row->id, row->id_len);
+    if (!rc) rc = buf_puts(b, ",\"changes\":[");
+    for (size_t i = 0; i < row->leaf_count && !rc; i++) {
+        rc = buf_puts(b, i ? ",{\"rev\":" : "{\"rev\":");
+        if (!rc) rc = json_put_str(b, row->leaves[i].rev, row->leaves[i].rev_len);
+        if (!rc) rc = buf_putc(b, '}');
+    }
+    if (!rc) rc = buf_putc(b, ']');
+    if (!rc && row->deleted) rc = buf_puts(b, ",\"deleted\":true");
+    return rc ? rc : buf_putc(b, '}');
 }
 
 /* A seq as this database's number: the integer, or the leading digits of a string seq
@@ -146,38 +158,48 @@ static int local_changes(repl_ep *ep, const char *since, size_t since_len, size_
         o.doc_id_lens = idl;
         o.doc_id_count = k;
     }
+    /* One cursor: its rows are written straight into the reply, and a longpoll waits on
+     * it, which also notices a deleted database instead of polling it in a loop. */
     int rc = 0;
-    for (int round = 0; round < 2; round++) {
-        buf_reset(&out->body);
-        buf_puts(&out->body, "{\"results\":[");
-        local_rows rows = { &out->body, 0 };
-        uint64_t last = 0, pending = 0;
-        mimeo_err e = {0};
-        rc = mimeo_changes(l->db, &o, local_row, &rows, &last, &pending, &e);
-        if (rc) {
-            local_fail(out, rc, &e);
-            rc = 0;
-            break;
+    mimeo_cursor *cur = NULL;
+    mimeo_err e = {0};
+    uint64_t rows = 0;
+    uint64_t deadline = clock_ms() + wait_ms;
+    buf_reset(&out->body);
+    rc = mimeo_changes_open(l->db, &o, &cur, &e);
+    if (!rc) rc = buf_puts(&out->body, "{\"results\":[");
+    while (!rc) {
+        const mimeo_row *row;
+        rc = mimeo_cursor_next(cur, &row, &e);
+        if (rc || row) {
+            if (!rc && rows++ > 0) rc = buf_putc(&out->body, ',');
+            if (!rc) rc = local_change_row(&out->body, row);
+            continue;
         }
-        buf_printf(&out->body, "],\"last_seq\":%llu,\"pending\":%llu}",
-                   (unsigned long long)last, (unsigned long long)pending);
-        out->status = 200;
-        /* longpoll: nothing yet, so wait for the next write and read once more. */
-        if (rows.n > 0 || wait_ms == 0 || round == 1) break;
-        uint64_t deadline = clock_ms() + wait_ms;
-        uint64_t now;
-        bool woke = false;
-        /* Short waits, so a cancelled job notices within a fraction of a second. */
-        while ((now = clock_ms()) < deadline) {
-            if (ep->cancel && atomic_load(ep->cancel)) break;
-            uint64_t step = deadline - now < 250 ? deadline - now : 250;
-            if (mimeo_changes_wait(l->db, o.since, step) > o.since) {
-                woke = true;
-                break;
-            }
-        }
-        if (!woke) break;
+        /* longpoll: nothing yet, so wait for the next write; short waits, so a cancelled
+         * job notices within a fraction of a second. */
+        uint64_t now = clock_ms();
+        if (rows > 0 || wait_ms == 0 || now >= deadline) break;
+        if (ep->cancel && atomic_load(ep->cancel)) break;
+        uint64_t step = deadline - now < 250 ? deadline - now : 250;
+        int w = mimeo_cursor_wait(cur, step);
+        if (w < 0) rc = w;
     }
+    if (!rc) {
+        rc = buf_printf(&out->body, "],\"last_seq\":%llu,\"pending\":%llu}",
+                        (unsigned long long)mimeo_cursor_last_seq(cur),
+                        (unsigned long long)mimeo_cursor_pending(cur));
+        out->status = 200;
+    }
+    if (rc == MIMEO_ENOTFOUND) {
+        db_gone(&e);
+        local_fail(out, rc, &e);
+        rc = 0;
+    } else if (rc) {
+        local_fail(out, rc, &e);
+        rc = 0;
+    }
+    mimeo_cursor_close(cur);
     free(idv);
     free(idl);
     jval_free(ids);
