@@ -1,15 +1,9 @@
 /* Embedding libmimeo: open a data folder, create a database, write and read a document,
- * and follow the changes feed. Usage: example DATA_DIR */
+ * and follow the changes feed as rows of a cursor. Usage: example DATA_DIR */
 #include <stdio.h>
 #include <string.h>
 
 #include "mimeo.h"
-
-static int print_row(void *ctx, const char *json, size_t len) {
-    (void)ctx;
-    printf("change: %.*s\n", (int)len, json);
-    return 0;
-}
 
 int main(int argc, char **argv) {
     if (argc != 2) {
@@ -42,9 +36,19 @@ int main(int argc, char **argv) {
     printf("get: %.*s\n", (int)len, json);
     mimeo_free(json);
 
+    /* Rows carry the metadata as fields (ids may hold NUL: use id_len) and the stored body;
+     * they are borrowed from the cursor until the next call. */
     mimeo_changes_opts since_zero = {0};
-    uint64_t last_seq;
-    rc = mimeo_changes(db, &since_zero, print_row, NULL, &last_seq, NULL, &err);
+    since_zero.include_docs = true;
+    mimeo_cursor *cur;
+    if ((rc = mimeo_changes_open(db, &since_zero, &cur, &err))) goto fail_db;
+    const mimeo_row *row;
+    while ((rc = mimeo_cursor_next(cur, &row, &err)) == 0 && row)
+        printf("change: seq=%llu id=%.*s rev=%s%s body=%.*s\n", (unsigned long long)row->seq,
+               (int)row->id_len, row->id, row->rev, row->deleted ? " (deleted)" : "",
+               (int)row->body_len, row->body);
+    uint64_t last_seq = mimeo_cursor_last_seq(cur);
+    mimeo_cursor_close(cur);
     if (rc) goto fail_db;
     printf("last_seq: %llu\n", (unsigned long long)last_seq);
 
