@@ -7,7 +7,8 @@
  * A database holds documents; each document is a revision tree (CouchDB's model: every edit
  * adds a revision "N-hash", concurrent edits make branches, one deterministic winner).
  * The API speaks JSON text in and out, in CouchDB's shapes, so what a C program sees is what
- * an HTTP client of the server sees.
+ * an HTTP client of the server sees; reads also come as structured rows from cursors (see
+ * "rows and cursors"), which is what the server itself uses.
  *
  * Conventions.
  * - Every function returning int returns 0 on success or a negative MIMEO_E* code.
