@@ -175,19 +175,16 @@ static void http_doc_get(http_req *r, const char *id, size_t id_len)
     }
     if (http_none_match(r, row->rev, row->rev_len)) {
         http_reply_static(r, 304, "");
-    } else {
-        buf b;
-        buf_init(&b, 0);
-        if (buf_put(&b, row->json, row->json_len) != 0) {
-            buf_destroy(&b);
-            mimeo_cursor_close(cur);
-            http_reply_err(r, MIMEO_ENOMEM, NULL);
-            return;
-        }
-        http_reply_buf(r, 200, &b);
+        http_header_etag(r, row->rev, row->rev_len);
+        mimeo_cursor_close(cur);
+        return;
     }
-    http_header_etag(r, row->rev, row->rev_len);
-    mimeo_cursor_close(cur);
+    /* The reply takes the cursor (and may close it at once on failure): keep the rev. */
+    char tag[MIMEO_REV_MAX];
+    size_t tag_len = row->rev_len < sizeof tag ? row->rev_len : 0;
+    memcpy(tag, row->rev, tag_len);
+    http_reply_row_json(r, 200, cur, row);
+    http_header_etag(r, tag, tag_len);
 }
 
 /* ---- PUT / DELETE ----------------------------------------------------------------------- */

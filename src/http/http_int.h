@@ -121,6 +121,8 @@ void http_reply_buf(http_req *r, unsigned status, buf *b);
 void http_reply_buf_ct(http_req *r, unsigned status, buf *b, const char *content_type);
 /* Replies with memory returned by mimeo (takes it; freed with mimeo_free). */
 void http_reply_mimeo(http_req *r, unsigned status, char *json, size_t len);
+/* Replies with row->json (the row is cur's; takes cur, closed once the reply is sent). */
+void http_reply_row_json(http_req *r, unsigned status, mimeo_cursor *cur, const mimeo_row *row);
 /* Replies with a static JSON text. */
 void http_reply_static(http_req *r, unsigned status, const char *json);
 /* {"error":error,"reason":reason}; status 0 means "from the status table". */

@@ -194,6 +194,20 @@ void http_reply_mimeo(http_req *r, unsigned status, char *json, size_t len)
     http_set_reply(r, status, resp, NULL);
 }
 
+static void http_cursor_free(void *cls)
+{
+    mimeo_cursor_close(cls);
+}
+
+void http_reply_row_json(http_req *r, unsigned status, mimeo_cursor *cur, const mimeo_row *row)
+{
+    /* The row's json lives in the cursor: the reply keeps the cursor until it is sent. */
+    struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback_cls(
+        row->json_len, (void *)row->json, http_cursor_free, cur);
+    if (!resp) mimeo_cursor_close(cur);
+    http_set_reply(r, status, resp, NULL);
+}
+
 void http_reply_static(http_req *r, unsigned status, const char *json)
 {
     struct MHD_Response *resp =
