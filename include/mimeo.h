@@ -248,7 +248,8 @@ MIMEO_API int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *opts, mimeo_
 
 /* Blocks until the database's update_seq exceeds `since`, the database is deleted, or
  * timeout_ms passes. Returns the current update_seq. Keep timeouts short if the
- * environment may be closed meanwhile: close waits for no one. */
+ * environment may be closed meanwhile: close waits for no one. A deleted database returns at
+ * once, every time: a loop around this call must check for it (mimeo_cursor_wait says so). */
 MIMEO_API uint64_t mimeo_changes_wait(mimeo_db *db, uint64_t since, uint64_t timeout_ms);
 
 typedef struct mimeo_all_docs_opts {

@@ -22,7 +22,6 @@
 #define HTTP_MAX_SEGS   8    /* path segments kept; more are counted (attachment names) */
 #define HTTP_MAX_ARGS   64   /* query arguments kept; CouchDB has fewer than 40 */
 #define HTTP_INLINE_URI 768  /* request targets up to this size need no extra allocation */
-#define HTTP_PAGE_ROWS  500  /* rows fetched per library call by streamed replies */
 
 struct http_server {
     mimeo_env          *env;
