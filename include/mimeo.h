@@ -304,10 +304,10 @@ typedef struct mimeo_row {
     const char *id;       /* the document id, NUL-terminated, but ids may contain NUL:
                              always use id_len */
     size_t      id_len;
-    uint64_t    seq;      /* the document's latest change (0 for open_revs/bulk reads) */
-    const char *rev;      /* the winning revision (doc reads, open_revs: the revision read),
-                             NUL-terminated; NULL when status is not 0 (open_revs: the
-                             revision asked for) */
+    uint64_t    seq;      /* the document's latest change (0 in bulk_get/revs_diff rows) */
+    const char *rev;      /* "N-hash", NUL-terminated: the winning revision; for doc reads and
+                             open_revs the revision read (a missing one: the revision asked
+                             for); NULL for a missing _all_docs key, bulk_get, revs_diff */
     size_t      rev_len;
     bool        deleted;  /* that revision is a tombstone */
     /* The leaves, best first (the winner first): with all_docs_style or conflicts (changes),
