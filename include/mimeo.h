@@ -102,6 +102,15 @@ MIMEO_API const char *mimeo_env_uuid(const mimeo_env *env);
  * for a while and whose suffix grows, so that generated ids increase and B-tree inserts stay
  * local. out receives 32 chars + NUL. */
 MIMEO_API void mimeo_uuid_next(mimeo_env *env, char out[33]);
+/* State that a layer built on this API keeps per environment (the replicator keeps its jobs
+ * here; an application may keep its own). Returns the pointer stored under key (compared as
+ * a pointer: use the address of a static object), made by make(env) on the first call for
+ * that key; NULL when make returns NULL (then a later call tries again). At
+ * mimeo_env_close, before the store closes, each state is handed to its destroy (may be
+ * NULL), newest first. Thread-safe; make runs under the environment's lock and must not
+ * call back into mimeo_env_state. */
+MIMEO_API void *mimeo_env_state(mimeo_env *env, const void *key, void *(*make)(mimeo_env *env),
+                                void (*destroy)(void *state));
 
 /* ---- databases -------------------------------------------------------------------------- */
 typedef struct mimeo_db mimeo_db;

@@ -190,6 +190,12 @@ typedef struct repl_job {
     bool         caught_up;      /* continuous: waiting for new changes */
 } repl_job;
 
+/* The registry of running jobs of one environment (repl_jobs.c), kept in the environment
+ * through mimeo_env_state; env NULL has a registry of its own (jobs between two URLs).
+ * NULL only when out of memory. */
+typedef struct repl_reg repl_reg;
+repl_reg *repl_reg_of(mimeo_env *env);
+
 /* New job for req (takes it: req is zeroed). */
 repl_job *repl_job_new(mimeo_env *env, repl_req *req);
 void      repl_job_free(repl_job *j);
