@@ -313,6 +313,16 @@ MIMEO_API int mimeo_local_delete(mimeo_db *db, const char *id, size_t id_len,
 MIMEO_API int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_out,
                               size_t *out_len, unsigned *status, mimeo_err *err);
 
+/* Settings of env's replicator, for the jobs started after the call. */
+typedef struct mimeo_replicator_options {
+    /* Largest reply read from a peer, in bytes; 0 → 64 MiB. A _bulk_get reply over it is
+     * fetched again document by document; a single document's reply over it fails the
+     * job with "response_too_large". A /_replicate body or a _replicator document may set
+     * its own ("max_response_size"). */
+    size_t max_response_size;
+} mimeo_replicator_options;
+MIMEO_API int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *opts);
+
 /* Starts the replication manager of env: it creates the _replicator database if needed and
  * runs a job for each document there (the same members as mimeo_replicate), restarting
  * them after a restart of the node; deleting the document stops its job. One-shot jobs

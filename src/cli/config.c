@@ -65,6 +65,8 @@ static const cfg_option cfg_options[] = {
         "request headers allowed in preflight replies"),
     OPT("cors", "max_age", CFG_UINT, cors_max_age, "600", NULL,
         "seconds a browser may cache a preflight reply"),
+    OPT("replicator", "max_response_size", CFG_SIZE, repl_max_response_size, "64M", NULL,
+        "largest reply read from a peer (a batch over it is fetched doc by doc)"),
 };
 #define CFG_N (sizeof cfg_options / sizeof cfg_options[0])
 
@@ -239,6 +241,12 @@ void config_to_options(const cli_config *c, mimeo_options *o)
     o->max_document_size = c->max_document_size;
     o->max_json_depth = c->max_json_depth;
     o->initial_map_size = c->initial_map_size;
+}
+
+void config_to_replicator(const cli_config *c, mimeo_replicator_options *r)
+{
+    memset(r, 0, sizeof *r);
+    r->max_response_size = c->repl_max_response_size;
 }
 
 void config_to_http(const cli_config *c, http_config *h)

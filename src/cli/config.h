@@ -28,6 +28,7 @@ typedef struct cli_config {
     char     cors_methods[256];
     char     cors_headers[1024];
     unsigned cors_max_age;
+    size_t   repl_max_response_size;
 } cli_config;
 
 /* Fills every field with its default from the table. */
@@ -46,5 +47,6 @@ void config_print(FILE *out);
 /* Views of the configuration for the library and the HTTP server (borrowing c's strings). */
 void config_to_options(const cli_config *c, mimeo_options *o);
 void config_to_http(const cli_config *c, http_config *h);
+void config_to_replicator(const cli_config *c, mimeo_replicator_options *r);
 
 #endif

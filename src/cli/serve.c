@@ -151,6 +151,9 @@ int cli_serve(int argc, char **argv)
     }
 
     /* Jobs from the _replicator database resume with the node. */
+    mimeo_replicator_options ro;
+    config_to_replicator(&cfg, &ro);
+    mimeo_replicator_configure(env, &ro);
     rc = mimeo_replicator_start(env, &err);
     if (rc != 0)
         fprintf(stderr, "mimeo serve: replication manager not started: %s\n",

@@ -125,7 +125,7 @@ static void repl_job_reset(repl_job *j)
     buf_reset(&j->base_history);
     j->base_history_n = 0;
     j->src_ckpt_readonly = false;
-    j->caught_up = false;
+    atomic_store(&j->caught_up, false);
     atomic_store(&j->stats.missing_checked, 0);
     atomic_store(&j->stats.missing_found, 0);
     atomic_store(&j->stats.docs_read, 0);
@@ -156,7 +156,9 @@ static int repl_open_ep(repl_job *j, const repl_ep_spec *s, bool create, repl_ep
     if (s->local)
         return repl_ep_local_new(j->env, s->url, create, &j->cancel, out, err);
     int rc = repl_ep_http_new(s, &j->cancel, j->req.connect_ms, out, err);
-    if (rc || !create) return rc;
+    if (rc) return rc;
+    (*out)->max_response = j->req.max_response ? j->req.max_response : REPL_MAX_RESPONSE;
+    if (!create) return 0;
     repl_resp r;
     repl_resp_init(&r);
     rc = (*out)->ops->create(*out, &r, err);
@@ -438,7 +440,6 @@ static void repl_retire_locked(repl_job *j)
 /* Copies the "ok" documents out of a _bulk_get or open_revs reply: the value of every "ok"
  * member met outside a document is re-emitted as one element of the _bulk_docs array, and
  * nothing else is. Streaming (no tree) because these replies carry all the bodies. */
-#define OKX_DEPTH (JSON_DEFAULT_MAX_DEPTH + 4)
 typedef struct repl_okx {
     buf      *out;
     size_t   *starts, *ends;   /* each document's span in out */
@@ -449,8 +450,15 @@ typedef struct repl_okx {
     bool      want_err;        /* … was "error" */
     size_t    errors;          /* {"error":{…}} entries met: revisions not served */
     bool      after_key;
-    uint32_t  items[OKX_DEPTH];
+    uint32_t *items;           /* members written so far, per open container */
+    size_t    items_alloc;
 } repl_okx;
+
+/* The replies wrap each document a few levels deep ({"results":[{"docs":[{"ok":doc}]}]}),
+ * so they must be read with a deeper limit than a document's, or a document PUT accepted
+ * could never be copied. Any depth is fine here: the stack grows on the heap, one entry
+ * per byte of input at most, and the reply's size is capped. */
+#define OKX_MAX_DEPTH (1u << 30)
 
 static int okx_sep(repl_okx *x)
 {
@@ -499,7 +507,13 @@ static int okx_string(void *ctx, const char *s, size_t n)
 
 static int okx_start(repl_okx *x, char open, bool is_map)
 {
-    if (x->depth + 1 >= OKX_DEPTH) return MIMEO_EBADJSON;
+    if (x->depth + 2 > x->items_alloc) {
+        size_t na = x->items_alloc ? x->items_alloc * 2 : 64;
+        uint32_t *ni = realloc(x->items, na * sizeof *ni);
+        if (!ni) return MIMEO_ENOMEM;
+        x->items = ni;
+        x->items_alloc = na;
+    }
     if (x->cap) {
         if (okx_sep(x) || json_putc(x->out, open)) return MIMEO_ENOMEM;
     } else if (x->want && is_map) {
@@ -573,8 +587,17 @@ static int okx_feed(repl_okx *x, const repl_resp *r, mimeo_err *err)
     x->want = false;
     x->want_err = false;
     x->after_key = false;
+    if (!x->items) {
+        x->items = calloc(64, sizeof *x->items);
+        if (!x->items) {
+            err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+            return MIMEO_ENOMEM;
+        }
+        x->items_alloc = 64;
+    }
     x->items[0] = 0;
-    return json_parse(r->body.data, r->body.len, NULL, &okx_handlers, x, err);
+    const json_limits lim = { OKX_MAX_DEPTH, 0 };
+    return json_parse(r->body.data, r->body.len, &lim, &okx_handlers, x, err);
 }
 
 /* Per-worker buffers, reused from batch to batch. */
@@ -614,7 +637,10 @@ static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_
     int rc = j->tgt->ops->bulk_docs(j->tgt, body, len, &s->resp, err);
     if (rc) return rc;
     long st = s->resp.status;
-    if (st == 413) {
+    /* A refusal of the whole request (too large, or one document the target cannot parse,
+     * e.g. nested deeper than it accepts) is narrowed down by halving, so that only the
+     * documents refused on their own count as failures and the others are written. */
+    if (st == 413 || st == 400) {
         if (hi - lo == 1) {
             atomic_fetch_add(&j->stats.doc_write_failures, 1);
             return 0;
@@ -639,6 +665,24 @@ static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_
     atomic_fetch_add(&j->stats.doc_write_failures, failures);
     atomic_fetch_add(&j->stats.docs_written, (hi - lo) - failures);
     return 0;
+}
+
+/* 0 when the source database still answers GET /{db} with 200; else the job's error. */
+static int repl_source_present(repl_job *j, mimeo_err *err)
+{
+    repl_resp r;
+    repl_resp_init(&r);
+    int rc = j->src->ops->info(j->src, &r, err);
+    if (!rc && r.status != 200) {
+        if (r.status == 404)
+            err_set(err, MIMEO_ENOTFOUND, "db_not_found", "could not open %s",
+                    j->src->display);
+        else
+            repl_err_from_resp(err, &r, "GET on the source");
+        rc = MIMEO_EIO;
+    }
+    repl_resp_destroy(&r);
+    return rc;
 }
 
 static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *err)
@@ -724,12 +768,15 @@ static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *
     bool fallback = atomic_load(&j->src->no_bulk_get);
     if (!fallback) {
         rc = j->src->ops->bulk_get(j->src, s->get.data, s->get.len, &s->resp, err);
-        if (rc) {
+        if (rc && rc != MIMEO_ETOOLARGE) {
             jval_free(diff);
             return rc;
         }
         long st = s->resp.status;
-        if (st == 200) {
+        if (rc == MIMEO_ETOOLARGE) {
+            /* Over the reply cap as a whole: one document at a time fits, or fails alone. */
+            fallback = true;
+        } else if (st == 200) {
             rc = okx_feed(x, &s->resp, err);
             if (rc) {
                 jval_free(diff);
@@ -775,10 +822,17 @@ static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *
                 return rc;
             }
             /* A document purged since the feed was read is gone; a missing database is
-             * not, and skipping its documents would checkpoint past them. */
-            if (s->resp.status == 404 && s->resp.body.data &&
-                !strstr(s->resp.body.data, "Database does not exist"))
+             * not, and skipping its documents would checkpoint past them. Servers word
+             * the two 404s differently (CouchDB says "Database does not exist.", PouchDB
+             * "missing"), so ask the database itself. */
+            if (s->resp.status == 404) {
+                rc = repl_source_present(j, err);
+                if (rc) {
+                    jval_free(diff);
+                    return rc;
+                }
                 continue;
+            }
             if (s->resp.status != 200) {
                 jval_free(diff);
                 repl_err_from_resp(err, &s->resp, "open_revs on the source");
@@ -843,6 +897,7 @@ static void *repl_worker(void *arg)
     repl_resp_destroy(&s.resp);
     free(s.okx.starts);
     free(s.okx.ends);
+    free(s.okx.items);
     return NULL;
 }
 
@@ -893,7 +948,7 @@ static int repl_read(repl_job *j, mimeo_err *err)
         /* Long-poll no longer than a checkpoint interval, so an idle job still records
          * what it wrote last in time. */
         unsigned wait = 0;
-        if (j->req.continuous && j->caught_up) {
+        if (j->req.continuous && atomic_load(&j->caught_up)) {
             wait = REPL_LONGPOLL_MS;
             if (j->req.checkpoint_interval_ms < wait) wait = j->req.checkpoint_interval_ms;
             if (wait < 100) wait = 100;
@@ -959,7 +1014,7 @@ static int repl_read(repl_job *j, mimeo_err *err)
         bool at_end = n == 0 || (n < limit && has_pending && pending == 0);
         if (at_end) {
             if (!j->req.continuous) break;
-            j->caught_up = true;
+            atomic_store(&j->caught_up, true);
             if (n == 0) repl_maybe_checkpoint(j, false);
         }
     }

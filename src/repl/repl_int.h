@@ -21,7 +21,8 @@
 #define REPL_WORKERS           4      /* batches processed at once */
 #define REPL_INFLIGHT          8      /* batches read ahead of the oldest unfinished one */
 #define REPL_CKPT_INTERVAL_MS  5000   /* checkpoint at least this often while progressing */
-#define REPL_RETRIES           10     /* retries of one request mid-replication */
+#define REPL_RETRIES           5      /* retries of one request mid-replication
+                                         (CouchDB's retries_per_request) */
 #define REPL_START_RETRIES     3      /* retries while opening the endpoints */
 #define REPL_CONNECT_TIMEOUT_MS 10000
 #define REPL_LONGPOLL_MS       10000  /* feed=longpoll timeout in continuous mode */
@@ -79,7 +80,14 @@ struct repl_ep {
     unsigned       retries;    /* retry budget per request (changed after start-up) */
     atomic_uint    timeout_ms; /* whole-request limit for requests that set none; 0: the
                                   default (REPL_REQUEST_TIMEOUT_MS) */
+    size_t         max_response; /* a longer reply fails with MIMEO_ETOOLARGE; 0: the
+                                    default (REPL_MAX_RESPONSE) */
 };
+
+/* The default cap of one reply read from a peer: each worker holds one, and a reply wraps
+ * a batch of documents. A _bulk_get reply over it is fetched again document by document;
+ * one document's reply over it fails the batch. */
+#define REPL_MAX_RESPONSE ((size_t)64 << 20)
 
 /* A request to a peer that takes longer than this is a failure (and is retried): like
  * CouchDB's connection_timeout, a black-hole peer must not hold a job, a cancel or a
@@ -124,13 +132,15 @@ typedef struct repl_req {
     unsigned connect_ms;
     unsigned batch_size;
     unsigned workers;
+    size_t   max_response;   /* max_response_size; 0: the registry's or the default */
 } repl_req;
 
 int  repl_req_parse(const char *json, size_t len, repl_req *out, mimeo_err *err);
 void repl_req_destroy(repl_req *r);
 /* The stable 32-hex replication id of (source, target, doc_ids) into out. */
 void repl_req_id(mimeo_env *env, const repl_req *r, char out[33]);
-/* The URL with any password cut out of its userinfo ("http://u@host/db"), new. */
+/* The URL as logs and the monitoring endpoints show it, new: user and password removed
+ * ("http://host:5984/db/", as CouchDB shows it); a bare database name as it is. */
 char *repl_url_display(const char *url);
 
 typedef enum {
@@ -187,7 +197,8 @@ typedef struct repl_job {
     int64_t      started_on;     /* unix seconds */
     atomic_int_fast64_t updated_on;
     atomic_int   state;          /* repl_state */
-    bool         caught_up;      /* continuous: waiting for new changes */
+    atomic_bool  caught_up;      /* continuous: waiting for new changes (read by the
+                                    monitoring producers on other threads) */
 } repl_job;
 
 /* The registry of running jobs of one environment (repl_jobs.c), kept in the environment

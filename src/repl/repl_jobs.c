@@ -49,7 +49,7 @@ struct repl_reg {
     bool            mgr_running;  /* the _replicator manager thread exists */
     pthread_t       mgr;
     atomic_bool     mgr_stop;
-    size_t          max_response; /* default cap of a peer's reply, bytes; 0: built in */
+    atomic_size_t   max_response; /* default cap of a peer's reply, bytes; 0: built in */
 };
 
 static repl_reg repl_reg_none = {
@@ -330,6 +330,21 @@ static void repl_entry_stop(repl_entry *e)
     e->threaded = false;
 }
 
+int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *opts)
+{
+    repl_reg *g = repl_reg_of(env);
+    if (!g) return MIMEO_ENOMEM;
+    atomic_store(&g->max_response, opts ? opts->max_response_size : 0);
+    return 0;
+}
+
+/* A job of g for req (taken); the registry's settings fill what req leaves open. */
+static repl_job *repl_reg_job_new(repl_reg *g, repl_req *req)
+{
+    if (!req->max_response) req->max_response = atomic_load(&g->max_response);
+    return repl_job_new(g->env, req);
+}
+
 /* ---- mimeo_replicate ---------------------------------------------------------------------- */
 static int repl_reply_id(const char *id, char **out, size_t *out_len)
 {
@@ -418,7 +433,7 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
         rc = MIMEO_EINVAL;
         goto fail;
     }
-    repl_job *j = repl_job_new(env, &req);
+    repl_job *j = repl_reg_job_new(g, &req);
     if (!j) {
         repl_req_destroy(&req);
         err_set(&e, MIMEO_ENOMEM, "error", "out of memory");
@@ -615,7 +630,7 @@ static void repl_doc_changed(repl_reg *g, const repl_row *row)
         repl_doc_write_state(env, row->id, "failed", e.reason, NULL);
         /* That write changes the doc; keep the spec so the change is recognised. */
     } else {
-        repl_job *j = repl_job_new(env, &req);
+        repl_job *j = repl_reg_job_new(g, &req);
         if (!j) {
             repl_req_destroy(&req);
             goto out;
@@ -839,7 +854,7 @@ int mimeo_active_tasks(mimeo_env *env, char **json_out, size_t *out_len)
                    e->job->req.checkpoint_interval_ms);
         repl_job_put_stats(e->job, &b);
         buf_printf(&b, ",\"process_status\":\"%s\"}",
-                   e->job->caught_up ? "waiting" : "running");
+                   atomic_load(&e->job->caught_up) ? "waiting" : "running");
     }
     pthread_mutex_unlock(&g->lock);
     if (buf_putc(&b, ']') != 0) {

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <curl/curl.h>
 #include <nettle/md5.h>
 
 #include "repl_int.h"
@@ -71,7 +72,10 @@ void repl_rfc1123(char *out, size_t n)
              mo[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
-char *repl_url_display(const char *url)
+/* The form of a URL the replication id hashes: the password cut out of the userinfo, the
+ * user kept (two users may see different documents). Kept byte for byte as ids were first
+ * made, so checkpoints written by earlier versions still match. */
+static char *repl_url_id_form(const char *url)
 {
     const char *scheme_end = strstr(url, "://");
     if (!scheme_end) return strdup(url);
@@ -89,6 +93,34 @@ char *repl_url_display(const char *url)
     buf_puts(&b, at);
     size_t n;
     return buf_detach(&b, &n);
+}
+
+char *repl_url_display(const char *url)
+{
+    /* libcurl's URL parser, not ours: whatever it would send credentials from, it strips
+     * them from. A bare database name is not a URL and is shown as it is. */
+    CURLU *u = curl_url();
+    if (!u) return NULL;
+    char *shown = NULL, *out = NULL;
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_set(u, CURLUPART_USER, NULL, 0) != CURLUE_OK ||
+        curl_url_set(u, CURLUPART_PASSWORD, NULL, 0) != CURLUE_OK ||
+        curl_url_set(u, CURLUPART_OPTIONS, NULL, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_URL, &shown, 0) != CURLUE_OK) {
+        curl_url_cleanup(u);
+        return strdup(url);
+    }
+    curl_url_cleanup(u);
+    /* CouchDB shows a database URL with its trailing slash: http://host:5984/db/ */
+    size_t n = strlen(shown);
+    bool query = strchr(shown, '?') != NULL;
+    out = malloc(n + 2);
+    if (out) {
+        memcpy(out, shown, n + 1);
+        if (!query && n > 0 && shown[n - 1] != '/') memcpy(out + n, "/", 2);
+    }
+    curl_free(shown);
+    return out;
 }
 
 /* ---- parsing --------------------------------------------------------------------------- */
@@ -203,6 +235,15 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
     /* Each worker is a thread: a client must not be able to ask for dozens per job. */
     if (r->workers > 8) r->workers = 8;
     if (r->checkpoint_interval_ms == 0) r->checkpoint_interval_ms = REPL_CKPT_INTERVAL_MS;
+    int64_t max_resp;
+    const jval *mr = jval_get(v, "max_response_size");
+    if (mr && (!jval_as_i64(mr, &max_resp) || max_resp < 1024)) {
+        err_set(err, MIMEO_EINVAL, "bad_request",
+                "max_response_size must be an integer of at least 1024 (bytes)");
+        rc = MIMEO_EINVAL;
+        goto out;
+    }
+    if (mr) r->max_response = (size_t)max_resp;
 
     const jval *rid = jval_get(v, "replication_id");
     if (rid && rid->type == JV_STRING) {
@@ -286,7 +327,7 @@ static void repl_id_side(struct md5_ctx *md, mimeo_env *env, const repl_ep_spec 
         md5_update(md, 1, (const uint8_t *)"/");
         md5_update(md, strlen(s->url), (const uint8_t *)s->url);
     } else {
-        char *d = repl_url_display(s->url ? s->url : "");
+        char *d = repl_url_id_form(s->url ? s->url : "");
         size_t n = d ? strlen(d) : 0;
         while (n > 0 && d[n - 1] == '/') n--;
         if (d) md5_update(md, n, (const uint8_t *)d);

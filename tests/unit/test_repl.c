@@ -75,10 +75,19 @@ static void test_ids(void)
     repl_req_destroy(&rd);
 
     char *s = repl_url_display("https://bob:pw@example.org:6984/db");
-    CHECK_EQ_STR(s, "https://bob@example.org:6984/db");
+    CHECK_EQ_STR(s, "https://example.org:6984/db/");
     free(s);
     s = repl_url_display("http://h/db@x");
-    CHECK_EQ_STR(s, "http://h/db@x");
+    CHECK_EQ_STR(s, "http://h/db@x/");
+    free(s);
+    s = repl_url_display("http://only-user@h:5984/db/");
+    CHECK_EQ_STR(s, "http://h:5984/db/");
+    free(s);
+    s = repl_url_display("http://a%40b:p%3Aw@h/db");   /* encoded @ and : in userinfo */
+    CHECK_EQ_STR(s, "http://h/db/");
+    free(s);
+    s = repl_url_display("localdb");
+    CHECK_EQ_STR(s, "localdb");
     free(s);
 }
 
