@@ -92,6 +92,7 @@ repl_job *repl_job_new(mimeo_env *env, repl_req *req)
     pthread_mutex_init(&j->lock, NULL);
     pthread_cond_init(&j->cond, NULL);
     pthread_mutex_init(&j->ckpt_lock, NULL);
+    pthread_mutex_init(&j->health.lock, NULL);
     buf_init(&j->base_history, 0);
     j->started_on = (int64_t)time(NULL);
     atomic_store(&j->updated_on, (int_fast64_t)j->started_on);
@@ -101,6 +102,8 @@ repl_job *repl_job_new(mimeo_env *env, repl_req *req)
 
 static void repl_job_reset(repl_job *j)
 {
+    repl_health_ok(&j->health, j->src);
+    repl_health_ok(&j->health, j->tgt);
     repl_ep_free(j->src);
     repl_ep_free(j->tgt);
     j->src = j->tgt = NULL;
@@ -146,6 +149,7 @@ void repl_job_free(repl_job *j)
     pthread_mutex_destroy(&j->lock);
     pthread_cond_destroy(&j->cond);
     pthread_mutex_destroy(&j->ckpt_lock);
+    pthread_mutex_destroy(&j->health.lock);
     free(j);
 }
 
@@ -157,6 +161,7 @@ static int repl_open_ep(repl_job *j, const repl_ep_spec *s, bool create, repl_ep
         return repl_ep_local_new(j->env, s->url, create, &j->cancel, out, err);
     int rc = repl_ep_http_new(s, &j->cancel, j->req.connect_ms, out, err);
     if (rc) return rc;
+    (*out)->health = &j->health;
     (*out)->max_response = j->req.max_response ? j->req.max_response : REPL_MAX_RESPONSE;
     if (!create) return 0;
     repl_resp r;

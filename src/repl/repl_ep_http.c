@@ -195,9 +195,18 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
         }
         bool transient = cc != CURLE_OK || status >= 500 || status == 429;
         if (!transient) {
+            repl_health_ok(h->base.health, &h->base);
             out->status = status;
             break;
         }
+        mimeo_err why;
+        if (cc != CURLE_OK)
+            err_set(&why, MIMEO_EIO, "http_request_failed", "could not reach %s: %s",
+                    h->base.display, curl_easy_strerror(cc));
+        else
+            err_set(&why, MIMEO_EIO, "http_error_code", "%s answered %s with HTTP %ld",
+                    h->base.display, method, status);
+        repl_health_fail(h->base.health, &h->base, &why);
         if (attempt >= h->base.retries) {
             if (cc != CURLE_OK) {
                 rc = MIMEO_EIO;

@@ -39,6 +39,23 @@ typedef struct repl_resp {
 
 typedef struct repl_ep repl_ep;
 
+/* Whether a job's peers answer: a request that keeps failing is retried for a while before
+ * the job crashes, and meanwhile the monitoring endpoints must not say all is well. */
+typedef struct repl_health {
+    pthread_mutex_t lock;
+    const repl_ep  *who;       /* the endpoint failing now, or NULL */
+    uint64_t        since_ms;  /* when its current run of failures began */
+    char            error[MIMEO_ERR_REASON_MAX + 40];
+} repl_health;
+
+/* Unhealthy for at least this long: shown as crashing, with the error. */
+#define REPL_UNHEALTHY_MS 3000
+
+void repl_health_fail(repl_health *h, const repl_ep *who, const mimeo_err *e);
+void repl_health_ok(repl_health *h, const repl_ep *who);
+/* Copies the error into out (n bytes) and returns true when unhealthy for min_ms. */
+bool repl_health_get(repl_health *h, uint64_t min_ms, char *out, size_t n);
+
 /* Every op returns 0 when a reply was obtained (whatever its status) and a negative
  * MIMEO_E* code with err filled when none was: the peer is unreachable after the retry
  * budget, or the job was cancelled (MIMEO_ECLOSED). A remote endpoint retries network
@@ -77,6 +94,7 @@ struct repl_ep {
     bool           local;
     atomic_bool    no_bulk_get; /* the peer answered _bulk_get with 400/404/405/501 */
     atomic_bool   *cancel;     /* borrowed: set when the job must stop */
+    repl_health   *health;     /* borrowed: the job's, or NULL */
     unsigned       retries;    /* retry budget per request (changed after start-up) */
     atomic_uint    timeout_ms; /* whole-request limit for requests that set none; 0: the
                                   default (REPL_REQUEST_TIMEOUT_MS) */
@@ -168,6 +186,7 @@ typedef struct repl_job {
     atomic_bool  stopping;   /* the job was asked to stop (cancel may be lifted briefly to
                                 write a last checkpoint) */
     repl_stats   stats;
+    repl_health  health;
 
     /* progress and the pipeline, under lock */
     pthread_mutex_t lock;

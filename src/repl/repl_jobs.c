@@ -809,121 +809,157 @@ static void repl_put_nstr(buf *b, const char *s)
 
 static void repl_put_stats(buf *b, repl_entry *e)
 {
-    if (e->job && atomic_load(&e->state) != REPL_ST_COMPLETED &&
-        atomic_load(&e->state) != REPL_ST_FAILED)
+    int st = atomic_load(&e->state);
+    bool ended = st == REPL_ST_COMPLETED || st == REPL_ST_FAILED;
+    if (e->job && (!ended || !e->final_stats))
         repl_job_put_stats(e->job, b);
     else if (e->final_stats)
         buf_puts(b, e->final_stats);
-    else if (e->job)
-        repl_job_put_stats(e->job, b);
     else
         buf_puts(b, "\"docs_read\":0,\"docs_written\":0,\"doc_write_failures\":0");
 }
 
-static bool repl_is_active(repl_entry *e)
+/* The state the listings show, and its error (into error, n bytes; "" when none). A job
+ * whose peer has kept failing for REPL_UNHEALTHY_MS is crashing, as CouchDB's would be by
+ * then, even while its own retries go on. Under g->lock. */
+static int repl_shown_state(repl_entry *e, char *error, size_t n)
 {
     int st = atomic_load(&e->state);
-    return e->job && (st == REPL_ST_RUNNING || st == REPL_ST_INITIALIZING);
+    error[0] = '\0';
+    if ((st == REPL_ST_RUNNING || st == REPL_ST_INITIALIZING) && e->job &&
+        repl_health_get(&e->job->health, REPL_UNHEALTHY_MS, error, n))
+        return REPL_ST_CRASHING;
+    if (st == REPL_ST_CRASHING || st == REPL_ST_FAILED) snprintf(error, n, "%s", e->last_error);
+    return st;
 }
 
-int mimeo_active_tasks(mimeo_env *env, char **json_out, size_t *out_len)
+/* One listing: the entries of env that want() accepts, each written by put(), as a bare
+ * array (member NULL) or as {"total_rows":N,"offset":0,"<member>":[…]}. *count gets N. */
+typedef bool (*repl_want_fn)(repl_entry *e, const void *arg);
+typedef void (*repl_put_fn)(buf *b, repl_entry *e);
+
+static int repl_list(mimeo_env *env, const char *member, repl_want_fn want, const void *arg,
+                     repl_put_fn put, char **json_out, size_t *out_len, size_t *count)
 {
+    repl_reg *g = repl_reg_of(env);
+    if (!g) return MIMEO_ENOMEM;
+    buf items;
+    buf_init(&items, 0);
+    size_t n = 0;
+    pthread_mutex_lock(&g->lock);
+    for (repl_entry *e = g->entries; e; e = e->next) {
+        if (!want(e, arg)) continue;
+        if (n++ > 0) buf_putc(&items, ',');
+        put(&items, e);
+    }
+    pthread_mutex_unlock(&g->lock);
     buf b;
     buf_init(&b, 0);
+    if (member) buf_printf(&b, "{\"total_rows\":%zu,\"offset\":0,\"%s\":", n, member);
     buf_putc(&b, '[');
-    size_t n = 0;
-    repl_reg *g = repl_reg_of(env);
-    if (!g) return MIMEO_ENOMEM;
-    pthread_mutex_lock(&g->lock);
-    for (repl_entry *e = g->entries; e; e = e->next) {
-        if (!repl_is_active(e)) continue;
-        if (n++ > 0) buf_putc(&b, ',');
-        buf_puts(&b, "{\"type\":\"replication\",\"replication_id\":");
-        json_put_cstr(&b, e->id);
-        buf_puts(&b, ",\"doc_id\":");
-        repl_put_nstr(&b, e->doc_id);
-        buf_printf(&b, ",\"database\":%s,\"user\":null,\"source\":",
-                   e->doc_id ? "\"" REPL_DB "\"" : "null");
-        repl_put_nstr(&b, e->source);
-        buf_puts(&b, ",\"target\":");
-        repl_put_nstr(&b, e->target);
-        buf_printf(&b, ",\"continuous\":%s,\"pid\":\"<0.%u.0>\",\"node\":\"mimeo@127.0.0.1\","
-                   "\"started_on\":%lld,\"updated_on\":%lld,\"checkpoint_interval\":%u,",
-                   e->continuous ? "true" : "false", e->pid, (long long)e->job->started_on,
-                   (long long)atomic_load(&e->job->updated_on),
-                   e->job->req.checkpoint_interval_ms);
-        repl_job_put_stats(e->job, &b);
-        buf_printf(&b, ",\"process_status\":\"%s\"}",
-                   atomic_load(&e->job->caught_up) ? "waiting" : "running");
-    }
-    pthread_mutex_unlock(&g->lock);
-    if (buf_putc(&b, ']') != 0) {
-        buf_destroy(&b);
-        return MIMEO_ENOMEM;
-    }
-    *json_out = buf_detach(&b, out_len);
-    return 0;
-}
-
-int mimeo_scheduler_jobs(mimeo_env *env, char **json_out, size_t *out_len)
-{
-    buf b, jobs;
-    buf_init(&b, 0);
-    buf_init(&jobs, 0);
-    size_t n = 0;
-    repl_reg *g = repl_reg_of(env);
-    if (!g) return MIMEO_ENOMEM;
-    pthread_mutex_lock(&g->lock);
-    for (repl_entry *e = g->entries; e; e = e->next) {
-        int st = atomic_load(&e->state);
-        if (!e->job || st == REPL_ST_COMPLETED || st == REPL_ST_FAILED)
-            continue;
-        char start[32], upd[32];
-        repl_iso8601(e->start_time, start, sizeof start);
-        repl_iso8601(atomic_load(&e->job->updated_on), upd, sizeof upd);
-        if (n++ > 0) buf_putc(&jobs, ',');
-        buf_puts(&jobs, "{\"id\":");
-        json_put_cstr(&jobs, e->id);
-        buf_printf(&jobs, ",\"database\":%s,\"doc_id\":",
-                   e->doc_id ? "\"" REPL_DB "\"" : "null");
-        repl_put_nstr(&jobs, e->doc_id);
-        buf_printf(&jobs, ",\"pid\":\"<0.%u.0>\",\"node\":\"mimeo@127.0.0.1\",\"source\":",
-                   e->pid);
-        repl_put_nstr(&jobs, e->source);
-        buf_puts(&jobs, ",\"target\":");
-        repl_put_nstr(&jobs, e->target);
-        buf_printf(&jobs, ",\"user\":null,\"start_time\":\"%s\",\"last_updated\":\"%s\","
-                   "\"history\":[", start, upd);
-        if (st == REPL_ST_CRASHING) {
-            buf_printf(&jobs, "{\"timestamp\":\"%s\",\"type\":\"crashed\",\"reason\":", upd);
-            json_put_cstr(&jobs, e->last_error);
-            buf_puts(&jobs, "},");
-        }
-        buf_printf(&jobs, "{\"timestamp\":\"%s\",\"type\":\"started\"},"
-                   "{\"timestamp\":\"%s\",\"type\":\"added\"}],\"info\":{", start, start);
-        repl_job_put_stats(e->job, &jobs);
-        buf_puts(&jobs, "}}");
-    }
-    pthread_mutex_unlock(&g->lock);
-    buf_printf(&b, "{\"total_rows\":%zu,\"offset\":0,\"jobs\":[", n);
-    buf_put(&b, jobs.data ? jobs.data : "", jobs.len);
-    int rc = buf_puts(&b, "]}");
-    buf_destroy(&jobs);
+    buf_put(&b, items.data ? items.data : "", items.len);
+    int rc = buf_puts(&b, member ? "]}" : "]");
+    buf_destroy(&items);
     if (rc) {
         buf_destroy(&b);
         return MIMEO_ENOMEM;
     }
+    if (count) *count = n;
     *json_out = buf_detach(&b, out_len);
     return 0;
 }
 
+/* ---- GET /_active_tasks ---- */
+static bool repl_want_task(repl_entry *e, const void *arg)
+{
+    (void)arg;
+    int st = atomic_load(&e->state);
+    return e->job && (st == REPL_ST_RUNNING || st == REPL_ST_INITIALIZING);
+}
+
+static void repl_put_task(buf *b, repl_entry *e)
+{
+    buf_puts(b, "{\"type\":\"replication\",\"replication_id\":");
+    json_put_cstr(b, e->id);
+    buf_puts(b, ",\"doc_id\":");
+    repl_put_nstr(b, e->doc_id);
+    buf_printf(b, ",\"database\":%s,\"user\":null,\"source\":",
+               e->doc_id ? "\"" REPL_DB "\"" : "null");
+    repl_put_nstr(b, e->source);
+    buf_puts(b, ",\"target\":");
+    repl_put_nstr(b, e->target);
+    buf_printf(b, ",\"continuous\":%s,\"pid\":\"<0.%u.0>\",\"node\":\"mimeo@127.0.0.1\","
+               "\"started_on\":%lld,\"updated_on\":%lld,\"checkpoint_interval\":%u,",
+               e->continuous ? "true" : "false", e->pid, (long long)e->job->started_on,
+               (long long)atomic_load(&e->job->updated_on), e->job->req.checkpoint_interval_ms);
+    repl_job_put_stats(e->job, b);
+    buf_printf(b, ",\"process_status\":\"%s\"}",
+               atomic_load(&e->job->caught_up) ? "waiting" : "running");
+}
+
+int mimeo_active_tasks(mimeo_env *env, char **json_out, size_t *out_len)
+{
+    return repl_list(env, NULL, repl_want_task, NULL, repl_put_task, json_out, out_len, NULL);
+}
+
+/* ---- GET /_scheduler/jobs ---- */
+static bool repl_want_job(repl_entry *e, const void *arg)
+{
+    (void)arg;
+    int st = atomic_load(&e->state);
+    return e->job && st != REPL_ST_COMPLETED && st != REPL_ST_FAILED;
+}
+
+static void repl_put_job(buf *b, repl_entry *e)
+{
+    char start[32], upd[32], error[sizeof e->last_error];
+    int st = repl_shown_state(e, error, sizeof error);
+    repl_iso8601(e->start_time, start, sizeof start);
+    repl_iso8601(atomic_load(&e->job->updated_on), upd, sizeof upd);
+    buf_puts(b, "{\"id\":");
+    json_put_cstr(b, e->id);
+    buf_printf(b, ",\"database\":%s,\"doc_id\":", e->doc_id ? "\"" REPL_DB "\"" : "null");
+    repl_put_nstr(b, e->doc_id);
+    buf_printf(b, ",\"pid\":\"<0.%u.0>\",\"node\":\"mimeo@127.0.0.1\",\"source\":", e->pid);
+    repl_put_nstr(b, e->source);
+    buf_puts(b, ",\"target\":");
+    repl_put_nstr(b, e->target);
+    buf_printf(b, ",\"user\":null,\"start_time\":\"%s\",\"last_updated\":\"%s\",\"history\":[",
+               start, upd);
+    /* Newest first, as CouchDB lists them. */
+    if (st == REPL_ST_CRASHING) {
+        buf_printf(b, "{\"timestamp\":\"%s\",\"type\":\"crashed\",\"reason\":", upd);
+        json_put_cstr(b, error);
+        buf_puts(b, "},");
+    }
+    buf_printf(b, "{\"timestamp\":\"%s\",\"type\":\"started\"},"
+               "{\"timestamp\":\"%s\",\"type\":\"added\"}],\"info\":{", start, start);
+    repl_job_put_stats(e->job, b);
+    buf_puts(b, "}}");
+}
+
+int mimeo_scheduler_jobs(mimeo_env *env, char **json_out, size_t *out_len)
+{
+    return repl_list(env, "jobs", repl_want_job, NULL, repl_put_job, json_out, out_len, NULL);
+}
+
+/* ---- GET /_scheduler/docs ---- */
+static bool repl_want_doc(repl_entry *e, const void *arg)
+{
+    const char *docid = arg;
+    return e->doc_id && (!docid || strcmp(docid, e->doc_id) == 0);
+}
+
 static void repl_put_doc(buf *b, repl_entry *e)
 {
-    int st = atomic_load(&e->state);
-    char start[32], upd[32];
+    char start[32], upd[32], error[sizeof e->last_error];
+    int st = repl_shown_state(e, error, sizeof error);
     repl_iso8601(e->start_time, start, sizeof start);
     repl_iso8601(e->job ? (int64_t)atomic_load(&e->job->updated_on) : e->last_updated, upd,
                  sizeof upd);
+    /* A peer failing right now counts as one more error until the job crashes for it. */
+    unsigned errors = e->error_count + (st == REPL_ST_CRASHING &&
+                                        atomic_load(&e->state) != REPL_ST_CRASHING);
     buf_puts(b, "{\"database\":\"" REPL_DB "\",\"doc_id\":");
     json_put_cstr(b, e->doc_id);
     buf_puts(b, ",\"id\":");
@@ -933,51 +969,33 @@ static void repl_put_doc(buf *b, repl_entry *e)
     buf_puts(b, ",\"target\":");
     repl_put_nstr(b, e->target);
     buf_printf(b, ",\"state\":\"%s\",\"info\":{", repl_state_names[st]);
-    if ((st == REPL_ST_FAILED || st == REPL_ST_CRASHING) && e->last_error[0]) {
+    if (error[0]) {
         buf_puts(b, "\"error\":");
-        json_put_cstr(b, e->last_error);
+        json_put_cstr(b, error);
     } else {
         repl_put_stats(b, e);
     }
     buf_printf(b, "},\"error_count\":%u,\"start_time\":\"%s\",\"last_updated\":\"%s\","
-               "\"source_proxy\":null,\"target_proxy\":null}", e->error_count, start, upd);
+               "\"source_proxy\":null,\"target_proxy\":null}", errors, start, upd);
 }
 
 int mimeo_scheduler_docs(mimeo_env *env, const char *docid, char **json_out,
                          size_t *out_len, mimeo_err *err)
 {
-    buf b, docs;
-    buf_init(&b, 0);
-    buf_init(&docs, 0);
     size_t n = 0;
-    repl_reg *g = repl_reg_of(env);
-    if (!g) return MIMEO_ENOMEM;
-    pthread_mutex_lock(&g->lock);
-    for (repl_entry *e = g->entries; e; e = e->next) {
-        if (!e->doc_id) continue;
-        if (docid && strcmp(docid, e->doc_id) != 0) continue;
-        if (n++ > 0) buf_putc(&docs, ',');
-        repl_put_doc(&docs, e);
+    int rc = repl_list(env, docid ? NULL : "docs", repl_want_doc, docid, repl_put_doc,
+                       json_out, out_len, &n);
+    if (rc || !docid) return rc;
+    if (n == 0) {
+        mimeo_free(*json_out);
+        *json_out = NULL;
+        err_set(err, MIMEO_ENOTFOUND, "not_found", "missing");
+        return MIMEO_ENOTFOUND;
     }
-    pthread_mutex_unlock(&g->lock);
-    int rc;
-    if (docid) {
-        if (n == 0) {
-            buf_destroy(&docs);
-            err_set(err, MIMEO_ENOTFOUND, "not_found", "missing");
-            return MIMEO_ENOTFOUND;
-        }
-        rc = buf_put(&b, docs.data, docs.len);
-    } else {
-        buf_printf(&b, "{\"total_rows\":%zu,\"offset\":0,\"docs\":[", n);
-        buf_put(&b, docs.data ? docs.data : "", docs.len);
-        rc = buf_puts(&b, "]}");
-    }
-    buf_destroy(&docs);
-    if (rc) {
-        buf_destroy(&b);
-        return MIMEO_ENOMEM;
-    }
-    *json_out = buf_detach(&b, out_len);
+    /* One document: the object itself, not an array of one. */
+    char *s = *json_out;
+    *out_len -= 2;
+    memmove(s, s + 1, *out_len);
+    s[*out_len] = '\0';
     return 0;
 }

@@ -48,6 +48,35 @@ void repl_err_from_resp(mimeo_err *err, const repl_resp *r, const char *what)
     jval_free(v);
 }
 
+void repl_health_fail(repl_health *h, const repl_ep *who, const mimeo_err *e)
+{
+    if (!h) return;
+    pthread_mutex_lock(&h->lock);
+    if (h->who != who) {
+        h->who = who;
+        h->since_ms = clock_ms();
+    }
+    snprintf(h->error, sizeof h->error, "%s: %s", e->error, e->reason);
+    pthread_mutex_unlock(&h->lock);
+}
+
+void repl_health_ok(repl_health *h, const repl_ep *who)
+{
+    if (!h) return;
+    pthread_mutex_lock(&h->lock);
+    if (h->who == who) h->who = NULL;
+    pthread_mutex_unlock(&h->lock);
+}
+
+bool repl_health_get(repl_health *h, uint64_t min_ms, char *out, size_t n)
+{
+    pthread_mutex_lock(&h->lock);
+    bool bad = h->who && clock_ms() - h->since_ms >= min_ms;
+    if (bad) snprintf(out, n, "%s", h->error);
+    pthread_mutex_unlock(&h->lock);
+    return bad;
+}
+
 void repl_resp_init(repl_resp *r)
 {
     r->status = 0;
