@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "mimeo.h"
@@ -39,6 +40,10 @@ int  config_load_file(cli_config *c, const char *path, char *err, size_t errlen)
 /* Sets one option by section and name. 0, or -1 with err filled. */
 int  config_set(cli_config *c, const char *section, const char *name, const char *value,
                 char *err, size_t errlen);
+/* Parses a whole decimal number in [min, max] into *out; units: K, M, G suffixes (powers
+ * of 1024) allowed. False for anything else (sign, blanks, trailing text, overflow). */
+bool config_parse_number(const char *text, uint64_t min, uint64_t max, bool units,
+                         uint64_t *out);
 /* The option a command-line flag ("--port") sets, as section and name; false if none. */
 bool config_flag(const char *flag, const char **section, const char **name);
 /* Prints the options table (for --help). */
