@@ -148,12 +148,12 @@ static int cfg_apply(cli_config *c, const cfg_option *o, const char *value, char
         return 0;
     case CFG_BOOL:
         if (strcasecmp(value, "true") == 0 || strcmp(value, "1") == 0 ||
-            strcasecmp(value, "yes") == 0 || strcasecmp(value, "on") == 0)
+            strcasecmp(value, "yes") == 0 || strcasecmp(value, "on") == 0) {
             *(bool *)field = true;
-        else if (strcasecmp(value, "false") == 0 || strcmp(value, "0") == 0 ||
-                 strcasecmp(value, "no") == 0 || strcasecmp(value, "off") == 0)
+        } else if (strcasecmp(value, "false") == 0 || strcmp(value, "0") == 0 ||
+                   strcasecmp(value, "no") == 0 || strcasecmp(value, "off") == 0) {
             *(bool *)field = false;
-        else {
+        } else {
             snprintf(err, errlen, "[%s] %s: '%s' is not true or false", o->section, o->name,
                      value);
             return -1;

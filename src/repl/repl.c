@@ -589,10 +589,25 @@ static int okx_end(repl_okx *x, char close)
     return 0;
 }
 
-static int okx_start_map(void *ctx) { return okx_start(ctx, '{', true); }
-static int okx_end_map(void *ctx) { return okx_end(ctx, '}'); }
-static int okx_start_array(void *ctx) { return okx_start(ctx, '[', false); }
-static int okx_end_array(void *ctx) { return okx_end(ctx, ']'); }
+static int okx_start_map(void *ctx)
+{
+    return okx_start(ctx, '{', true);
+}
+
+static int okx_end_map(void *ctx)
+{
+    return okx_end(ctx, '}');
+}
+
+static int okx_start_array(void *ctx)
+{
+    return okx_start(ctx, '[', false);
+}
+
+static int okx_end_array(void *ctx)
+{
+    return okx_end(ctx, ']');
+}
 
 static int okx_key(void *ctx, const char *s, size_t n)
 {

@@ -222,13 +222,30 @@ static bool repl_bool(const jval *o, const char *key)
     return v && v->type == JV_BOOL && v->boolean;
 }
 
-static unsigned repl_uint(const jval *o, const char *key, unsigned def)
+/* A tuning member: absent → def; a non-negative integer (or its decimal text, as CouchDB
+ * takes it) → its value, capped at INT32_MAX; anything else is a bad request, not a silent
+ * default (CouchDB fails "worker_processes": "a few" too). */
+static int repl_uint(const jval *o, const char *key, unsigned def, unsigned *out,
+                     mimeo_err *err)
 {
-    int64_t n;
     const jval *v = jval_get(o, key);
-    if (v && v->type == JV_STRING) return (unsigned)strtoul(v->str, NULL, 10);
-    if (!jval_as_i64(v, &n) || n < 0) return def;
-    return n > 0x7fffffff ? 0x7fffffffu : (unsigned)n;
+    *out = def;
+    if (!v || v->type == JV_NULL) return 0;
+    int64_t n = -1;
+    if (v->type == JV_STRING) {
+        bool digits = v->len > 0 && v->len <= 18;
+        for (size_t i = 0; digits && i < v->len; i++)
+            digits = v->str[i] >= '0' && v->str[i] <= '9';
+        if (digits) n = strtoll(v->str, NULL, 10);
+    } else if (!jval_as_i64(v, &n)) {
+        n = -1;
+    }
+    if (n < 0) {
+        err_set(err, MIMEO_EINVAL, "bad_request", "%s must be a non-negative integer", key);
+        return MIMEO_EINVAL;
+    }
+    *out = n > 0x7fffffff ? 0x7fffffffu : (unsigned)n;
+    return 0;
 }
 
 static int repl_cmp_str(const void *a, const void *b)
@@ -253,11 +270,14 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
     r->continuous = repl_bool(v, "continuous");
     r->create_target = repl_bool(v, "create_target");
     r->cancel = repl_bool(v, "cancel");
-    r->checkpoint_interval_ms = repl_uint(v, "checkpoint_interval", REPL_CKPT_INTERVAL_MS);
-    r->retries = repl_uint(v, "retries_per_request", REPL_RETRIES);
-    r->connect_ms = repl_uint(v, "connection_timeout", REPL_CONNECT_TIMEOUT_MS);
-    r->batch_size = repl_uint(v, "worker_batch_size", REPL_BATCH_SIZE);
-    r->workers = repl_uint(v, "worker_processes", REPL_WORKERS);
+    if ((rc = repl_uint(v, "checkpoint_interval", REPL_CKPT_INTERVAL_MS,
+                        &r->checkpoint_interval_ms, err)) != 0 ||
+        (rc = repl_uint(v, "retries_per_request", REPL_RETRIES, &r->retries, err)) != 0 ||
+        (rc = repl_uint(v, "connection_timeout", REPL_CONNECT_TIMEOUT_MS, &r->connect_ms,
+                        err)) != 0 ||
+        (rc = repl_uint(v, "worker_batch_size", REPL_BATCH_SIZE, &r->batch_size, err)) != 0 ||
+        (rc = repl_uint(v, "worker_processes", REPL_WORKERS, &r->workers, err)) != 0)
+        goto out;
     if (r->batch_size == 0) r->batch_size = REPL_BATCH_SIZE;
     if (r->batch_size > 10000) r->batch_size = 10000;
     if (r->workers == 0) r->workers = 1;

@@ -35,10 +35,23 @@ static void test_req_parse(void)
     CHECK_EQ_INT(r.checkpoint_interval_ms, 250);
     repl_req_destroy(&r);
 
+    const char *as_text = "{\"source\":\"a\",\"target\":\"b\",\"worker_processes\":\"2\","
+                          "\"max_response_size\":2048}";
+    CHECK_EQ_INT(repl_req_parse(as_text, strlen(as_text), &r, &e), 0);
+    CHECK_EQ_INT(r.workers, 2);
+    CHECK_EQ_INT(r.max_response, 2048);
+    repl_req_destroy(&r);
+
     const char *bad[] = {
         "{\"source\":\"a\"}", "[]", "{\"source\":1,\"target\":\"b\"}",
         "{\"source\":\"a\",\"target\":\"b\",\"filter\":\"app/f\"}",
         "{\"source\":\"a\",\"target\":\"b\",\"doc_ids\":[1]}", "{bad",
+        /* Numbers are checked, not read as 0 or a default. */
+        "{\"source\":\"a\",\"target\":\"b\",\"worker_processes\":\"a few\"}",
+        "{\"source\":\"a\",\"target\":\"b\",\"checkpoint_interval\":-5}",
+        "{\"source\":\"a\",\"target\":\"b\",\"retries_per_request\":\"3x\"}",
+        "{\"source\":\"a\",\"target\":\"b\",\"worker_batch_size\":true}",
+        "{\"source\":\"a\",\"target\":\"b\",\"max_response_size\":10}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         memset(&e, 0, sizeof e);
