@@ -2,7 +2,9 @@
  * Keep-alive comes from a pool of easy handles (each keeps its connection): a worker takes a
  * handle for one request and puts it back, so several requests run at once without sharing
  * a handle between threads. Transient failures (no connection, 5xx, 429) are retried here
- * with exponential backoff and jitter, so repl.c only ever sees final answers. */
+ * with exponential backoff and jitter, so repl.c only ever sees final answers; a reply over
+ * the endpoint's max_response fails at once. Names here start with ephttp_ (src/http/ is the
+ * server side). */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,8 +189,9 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
             rc = sink.rc;
             if (rc == MIMEO_ETOOLARGE)
                 err_set(err, rc, "response_too_large",
-                        "%s %s%s: the reply is larger than max_response_size (%zu bytes)",
-                        method, h->base.display, path, out->body.cap);
+                        "%s %.*s on %s: the reply is larger than max_response_size "
+                        "(%zu bytes)", method, (int)strcspn(path, "?"), path,
+                        h->base.display, out->body.cap);
             else
                 err_set(err, rc, "error", "out of memory");
             break;
