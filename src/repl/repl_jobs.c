@@ -744,9 +744,10 @@ int mimeo_replicator_start(mimeo_env *env, mimeo_err *err)
         pthread_mutex_unlock(&g->lock);
         return g->stopped ? MIMEO_ECLOSED : 0;
     }
-    g->mgr_running = pthread_create(&g->mgr, NULL, repl_mgr_thread, g) == 0;
+    bool started = pthread_create(&g->mgr, NULL, repl_mgr_thread, g) == 0;
+    g->mgr_running = started;
     pthread_mutex_unlock(&g->lock);
-    if (!g->mgr_running) {
+    if (!started) {
         err_set(err, MIMEO_ENOMEM, "error", "could not start the replicator thread");
         return MIMEO_ENOMEM;
     }
