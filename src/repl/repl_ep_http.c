@@ -84,7 +84,7 @@ static size_t ephttp_write_cb(char *p, size_t size, size_t n, void *ctx)
 }
 
 static int ephttp_progress_cb(void *ctx, curl_off_t dt, curl_off_t dn, curl_off_t ut,
-                            curl_off_t un)
+                              curl_off_t un)
 {
     (void)dt; (void)dn; (void)ut; (void)un;
     atomic_bool *cancel = ctx;
@@ -119,7 +119,7 @@ static unsigned ephttp_backoff_ms(unsigned attempt)
  * '?', or is empty). timeout_ms 0: no overall limit (a stalled transfer is still cut by
  * the low-speed limit). */
 static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const char *body,
-                   size_t len, long timeout_ms, repl_resp *out, mimeo_err *err)
+                     size_t len, long timeout_ms, repl_resp *out, mimeo_err *err)
 {
     buf url;
     buf_init(&url, 0);
@@ -129,6 +129,7 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
         return MIMEO_ENOMEM;
     }
     int rc = 0;
+    size_t saved_cap = out->body.cap;
     for (unsigned attempt = 0;; attempt++) {
         CURL *c = ephttp_take(h);
         if (!c) {
@@ -226,6 +227,8 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
             break;
         }
     }
+    /* The reply buffer is the caller's and may next take a local endpoint's reply. */
+    out->body.cap = saved_cap;
     buf_destroy(&url);
     return rc;
 }
@@ -254,8 +257,8 @@ static int ephttp_create(repl_ep *ep, repl_resp *out, mimeo_err *err)
 }
 
 static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size_t limit,
-                        const char *doc_ids, unsigned wait_ms, repl_resp *out,
-                        mimeo_err *err)
+                          const char *doc_ids, unsigned wait_ms, repl_resp *out,
+                          mimeo_err *err)
 {
     buf p, body;
     buf_init(&p, 0);
@@ -286,7 +289,7 @@ static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size
         long tmo = wait_ms > 0 ? (long)wait_ms + 30000 : 0;
         if (doc_ids)
             rc = ephttp_do((ephttp_ep *)ep, "POST", buf_cstr(&p), body.data, body.len, tmo, out,
-                         err);
+                           err);
         else
             rc = ephttp_do((ephttp_ep *)ep, "GET", buf_cstr(&p), NULL, 0, tmo, out, err);
     }
@@ -296,20 +299,20 @@ static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size
 }
 
 static int ephttp_revs_diff(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                          mimeo_err *err)
+                            mimeo_err *err)
 {
     return ephttp_do((ephttp_ep *)ep, "POST", "/_revs_diff", body, len, 0, out, err);
 }
 
 static int ephttp_bulk_get(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                         mimeo_err *err)
+                           mimeo_err *err)
 {
     return ephttp_do((ephttp_ep *)ep, "POST", "/_bulk_get?revs=true&latest=true", body, len, 0,
-                   out, err);
+                     out, err);
 }
 
 static int ephttp_open_revs(repl_ep *ep, const char *id, size_t id_len, const char *revs,
-                          size_t revs_len, repl_resp *out, mimeo_err *err)
+                            size_t revs_len, repl_resp *out, mimeo_err *err)
 {
     buf p;
     buf_init(&p, 0);
@@ -324,7 +327,7 @@ static int ephttp_open_revs(repl_ep *ep, const char *id, size_t id_len, const ch
 }
 
 static int ephttp_bulk_docs(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                          mimeo_err *err)
+                            mimeo_err *err)
 {
     return ephttp_do((ephttp_ep *)ep, "POST", "/_bulk_docs", body, len, 0, out, err);
 }
@@ -353,7 +356,7 @@ static int ephttp_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_e
 }
 
 static int ephttp_local_put(repl_ep *ep, const char *id, const char *rev, const char *body,
-                          size_t len, repl_resp *out, mimeo_err *err)
+                            size_t len, repl_resp *out, mimeo_err *err)
 {
     (void)rev;   /* travels as the body's _rev */
     buf p;
