@@ -103,6 +103,15 @@ MIMEO_API const char *mimeo_env_uuid(const mimeo_env *env);
  * for a while and whose suffix grows, so that generated ids increase and B-tree inserts stay
  * local. out receives 32 chars + NUL. */
 MIMEO_API void mimeo_uuid_next(mimeo_env *env, char out[33]);
+/* State that a layer built on this API keeps per environment (the replicator keeps its jobs
+ * here; an application may keep its own). Returns the pointer stored under key (compared as
+ * a pointer: use the address of a static object), made by make(env) on the first call for
+ * that key; NULL when make returns NULL (then a later call tries again). At
+ * mimeo_env_close, before the store closes, each state is handed to its destroy (may be
+ * NULL), newest first. Thread-safe; make runs under the environment's lock and must not
+ * call back into mimeo_env_state. */
+MIMEO_API void *mimeo_env_state(mimeo_env *env, const void *key, void *(*make)(mimeo_env *env),
+                                void (*destroy)(void *state));
 
 /* ---- databases -------------------------------------------------------------------------- */
 typedef struct mimeo_db mimeo_db;
@@ -411,7 +420,10 @@ MIMEO_API int mimeo_local_delete(mimeo_db *db, const char *id, size_t id_len,
  * auth:{basic:{username,password}}}), continuous, create_target, doc_ids,
  * filter:"_doc_ids", since_seq, cancel (with the same body or a replication_id), and the
  * tuning members checkpoint_interval (ms), retries_per_request, connection_timeout (ms),
- * worker_batch_size, worker_processes. env may be NULL when both ends are URLs.
+ * worker_batch_size, worker_processes, max_response_size (bytes; see
+ * mimeo_replicator_options) — non-negative integers or their decimal text, anything else is
+ * a bad_request. env may be NULL when both ends are URLs. The jobs of env are env's own:
+ * another environment of the process neither lists nor cancels them.
  * - one-shot: returns when done; *json_out is {"ok":true,"session_id",…,"history":[…]}
  *   or {"ok":true,"no_changes":true}; *status 200.
  * - continuous: starts a job and returns at once with {"ok":true,"_local_id":"<id>+continuous"};
@@ -423,6 +435,16 @@ MIMEO_API int mimeo_local_delete(mimeo_db *db, const char *id, size_t id_len,
 MIMEO_API int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_out,
                               size_t *out_len, unsigned *status, mimeo_err *err);
 
+/* Settings of env's replicator, for the jobs started after the call. */
+typedef struct mimeo_replicator_options {
+    /* Largest reply read from a peer, in bytes; 0 → 64 MiB. A _bulk_get reply over it is
+     * fetched again document by document; a single document's reply over it fails the
+     * job with "response_too_large". A /_replicate body or a _replicator document may set
+     * its own ("max_response_size"). */
+    size_t max_response_size;
+} mimeo_replicator_options;
+MIMEO_API int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *opts);
+
 /* Starts the replication manager of env: it creates the _replicator database if needed and
  * runs a job for each document there (the same members as mimeo_replicate), restarting
  * them after a restart of the node; deleting the document stops its job. One-shot jobs
@@ -431,13 +453,16 @@ MIMEO_API int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char
 MIMEO_API int  mimeo_replicator_start(mimeo_env *env, mimeo_err *err);
 /* Stops the manager and every job of env (continuous /_replicate jobs too) and waits for
  * their threads; one-shot mimeo_replicate calls still running in other threads are
- * cancelled and return soon. Call it before mimeo_env_close. */
+ * cancelled and return soon. From then on env refuses new jobs ("the node is shutting
+ * down"). mimeo_env_close does the same for a caller that did not. */
 MIMEO_API void mimeo_replicator_stop(mimeo_env *env);
 
 /* JSON producers for the monitoring endpoints (new text, mimeo_free it):
  * GET /_active_tasks (an array of running replications), GET /_scheduler/jobs
  * ({"total_rows","offset","jobs":[…]}), GET /_scheduler/docs ({"total_rows","offset",
- * "docs":[…]}) — CouchDB 3 shapes. env NULL lists the jobs between two URLs. */
+ * "docs":[…]}) — CouchDB 3 shapes. env NULL lists the jobs between two URLs. URLs are shown
+ * without user and password. A job whose peer has kept failing for a few seconds is shown
+ * "crashing" with info {"error":…} (and a "crashed" history entry) while it retries. */
 MIMEO_API int mimeo_active_tasks(mimeo_env *env, char **json_out, size_t *out_len);
 MIMEO_API int mimeo_scheduler_jobs(mimeo_env *env, char **json_out, size_t *out_len);
 /* docid NULL: every document; else GET /_scheduler/docs/_replicator/{docid}: one object,

@@ -1,10 +1,18 @@
-/* The subcommands of the mimeo program. Each lives in its own file and is listed once in
- * the table in main.c; it gets argv from the subcommand's name on and returns the exit
- * status. */
+/* The subcommands of the mimeo program, one file each in src/cli/, each listed once in the
+ * table in main.c. A command gets argv from its own name on (argv[0] reads "mimeo <name>",
+ * for messages) and returns the exit status: 0 done, 1 failed, 2 a usage error. */
 #ifndef MIMEO_CLI_H
 #define MIMEO_CLI_H
 
-/* mimeo serve [--data DIR] [--bind ADDR] [--port N] [--config FILE] (serve.c) */
+/* mimeo serve [--data DIR] [--bind ADDR] [--port N] [--config FILE] [--set S.K=V]…
+ * (serve.c): serves the HTTP API until SIGINT or SIGTERM. */
 int cli_serve(int argc, char **argv);
+
+/* mimeo replicate SOURCE TARGET [--continuous] [--create-target] [--doc-ids a,b]
+ *                 [--data DIR] [--checkpoint-interval MS] [--retries N]
+ *                 [--max-response-size SIZE] [--quiet]
+ * (replicate.c): 0 when the replication completed (continuous: when stopped by SIGINT or
+ * SIGTERM), 1 when it failed, 2 on a usage error. */
+int cli_replicate(int argc, char **argv);
 
 #endif

@@ -2,6 +2,7 @@
  * key (CouchDB's names where CouchDB has one), its default, and its command-line flag.
  * Precedence: defaults, then the --config file, then flags. */
 #include <errno.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -23,30 +24,34 @@ typedef struct cfg_option {
     const char *def;
     const char *flag;     /* command-line flag, or NULL (then only --set section.name=v) */
     const char *help;
+    uint64_t    min, max; /* CFG_UINT, CFG_SIZE: the accepted range; max 0: the type's */
 } cfg_option;
 
 #define OPT(sec, key, type, field, def, flag, help) \
+    OPTR(sec, key, type, field, def, flag, help, 0, 0)
+#define OPTR(sec, key, type, field, def, flag, help, lo, hi) \
     { sec, key, type, offsetof(cli_config, field), sizeof(((cli_config *)0)->field), def, \
-      flag, help }
+      flag, help, lo, hi }
 
 static const cfg_option cfg_options[] = {
     OPT("couchdb", "database_dir", CFG_STR, data_dir, "./data", "--data",
         "data directory (created if missing)"),
-    OPT("couchdb", "max_document_size", CFG_SIZE, max_document_size, "8M", NULL,
-        "largest JSON body of one document"),
-    OPT("couchdb", "max_json_depth", CFG_UINT, max_json_depth, "256", NULL,
-        "deepest nesting of arrays and objects accepted in any JSON input"),
-    OPT("couchdb", "revs_limit", CFG_UINT, revs_limit, "1000", NULL,
-        "_revs_limit of new databases"),
+    OPTR("couchdb", "max_document_size", CFG_SIZE, max_document_size, "8M", NULL,
+         "largest JSON body of one document", 1, 0),
+    OPTR("couchdb", "max_json_depth", CFG_UINT, max_json_depth, "256", NULL,
+         "deepest nesting of arrays and objects accepted in any JSON input", 1, 1u << 20),
+    OPTR("couchdb", "revs_limit", CFG_UINT, revs_limit, "1000", NULL,
+         "_revs_limit of new databases", 1, 0),
     OPT("couchdb", "initial_map_size", CFG_SIZE, initial_map_size, "64M", NULL,
         "LMDB map size to start with (it grows by itself)"),
     OPT("httpd", "bind_address", CFG_STR, bind_address, "127.0.0.1", "--bind",
         "address to listen on (IPv4 or IPv6)"),
-    OPT("httpd", "port", CFG_UINT, port, "5984", "--port", "port to listen on; 0 picks one"),
-    OPT("httpd", "max_request_size", CFG_SIZE, max_request_size, "64M", NULL,
-        "largest request body; larger ones get 413"),
-    OPT("httpd", "max_connections", CFG_UINT, max_connections, "512", NULL,
-        "concurrent connections (one thread each)"),
+    OPTR("httpd", "port", CFG_UINT, port, "5984", "--port", "port to listen on; 0 picks one",
+         0, 65535),
+    OPTR("httpd", "max_request_size", CFG_SIZE, max_request_size, "64M", NULL,
+         "largest request body; larger ones get 413", 1, 0),
+    OPTR("httpd", "max_connections", CFG_UINT, max_connections, "512", NULL,
+         "concurrent connections (one thread each)", 1, 0),
     OPT("httpd", "idle_timeout", CFG_UINT, idle_timeout, "300", NULL,
         "seconds before an idle keep-alive connection is closed"),
     OPT("httpd", "changes_timeout", CFG_UINT, changes_timeout, "60000", NULL,
@@ -65,6 +70,8 @@ static const cfg_option cfg_options[] = {
         "request headers allowed in preflight replies"),
     OPT("cors", "max_age", CFG_UINT, cors_max_age, "600", NULL,
         "seconds a browser may cache a preflight reply"),
+    OPTR("replicator", "max_response_size", CFG_SIZE, repl_max_response_size, "64M", NULL,
+         "largest reply read from a peer (a batch over it is fetched doc by doc)", 1024, 0),
 };
 #define CFG_N (sizeof cfg_options / sizeof cfg_options[0])
 
@@ -77,12 +84,13 @@ static const cfg_option *cfg_find(const char *section, const char *name)
     return NULL;
 }
 
-/* Parses "123", "64K", "8M", "1G" (powers of 1024). */
+/* Parses "123", "64K", "8M", "1G" (powers of 1024): digits first (strtoull alone would take
+ * " 5", "+5" and "-5"), nothing after the unit. */
 static bool cfg_parse_size(const char *v, uint64_t *out)
 {
     errno = 0;
     char *end;
-    if (*v == '-' || *v == '\0') return false;
+    if (*v < '0' || *v > '9') return false;
     unsigned long long x = strtoull(v, &end, 10);
     if (errno || end == v) return false;
     unsigned shift = 0;
@@ -95,6 +103,16 @@ static bool cfg_parse_size(const char *v, uint64_t *out)
     if (shift && x > (UINT64_MAX >> shift)) return false;
     *out = (uint64_t)x << shift;
     return true;
+}
+
+static bool cfg_in_range(const cfg_option *o, uint64_t v, uint64_t type_max, char *err,
+                         size_t errlen)
+{
+    uint64_t hi = o->max && o->max < type_max ? o->max : type_max;
+    if (v >= o->min && v <= hi) return true;
+    snprintf(err, errlen, "[%s] %s: %llu is out of range (%llu to %llu)", o->section, o->name,
+             (unsigned long long)v, (unsigned long long)o->min, (unsigned long long)hi);
+    return false;
 }
 
 static int cfg_apply(cli_config *c, const cfg_option *o, const char *value, char *err,
@@ -111,29 +129,31 @@ static int cfg_apply(cli_config *c, const cfg_option *o, const char *value, char
         memcpy(field, value, strlen(value) + 1);
         return 0;
     case CFG_UINT:
-        if (!cfg_parse_size(value, &v) || v > UINT32_MAX || strpbrk(value, "kKmMgGbB")) {
+        if (!cfg_parse_size(value, &v) || strpbrk(value, "kKmMgGbB")) {
             snprintf(err, errlen, "[%s] %s: '%s' is not a non-negative integer", o->section,
                      o->name, value);
             return -1;
         }
+        if (!cfg_in_range(o, v, UINT_MAX, err, errlen)) return -1;
         *(unsigned *)field = (unsigned)v;
         return 0;
     case CFG_SIZE:
-        if (!cfg_parse_size(value, &v) || v > SIZE_MAX) {
+        if (!cfg_parse_size(value, &v)) {
             snprintf(err, errlen, "[%s] %s: '%s' is not a size (like 4096, 64K, 8M, 1G)",
                      o->section, o->name, value);
             return -1;
         }
+        if (!cfg_in_range(o, v, SIZE_MAX, err, errlen)) return -1;
         *(size_t *)field = (size_t)v;
         return 0;
     case CFG_BOOL:
         if (strcasecmp(value, "true") == 0 || strcmp(value, "1") == 0 ||
-            strcasecmp(value, "yes") == 0 || strcasecmp(value, "on") == 0)
+            strcasecmp(value, "yes") == 0 || strcasecmp(value, "on") == 0) {
             *(bool *)field = true;
-        else if (strcasecmp(value, "false") == 0 || strcmp(value, "0") == 0 ||
-                 strcasecmp(value, "no") == 0 || strcasecmp(value, "off") == 0)
+        } else if (strcasecmp(value, "false") == 0 || strcmp(value, "0") == 0 ||
+                   strcasecmp(value, "no") == 0 || strcasecmp(value, "off") == 0) {
             *(bool *)field = false;
-        else {
+        } else {
             snprintf(err, errlen, "[%s] %s: '%s' is not true or false", o->section, o->name,
                      value);
             return -1;
@@ -206,6 +226,17 @@ int config_load_file(cli_config *c, const char *path, char *err, size_t errlen)
     return 0;
 }
 
+bool config_parse_number(const char *text, uint64_t min, uint64_t max, bool units,
+                         uint64_t *out)
+{
+    uint64_t v;
+    if (!cfg_parse_size(text, &v)) return false;
+    if (!units && strpbrk(text, "kKmMgGbB")) return false;
+    if (v < min || v > max) return false;
+    *out = v;
+    return true;
+}
+
 bool config_flag(const char *flag, const char **section, const char **name)
 {
     for (size_t i = 0; i < CFG_N; i++) {
@@ -239,6 +270,12 @@ void config_to_options(const cli_config *c, mimeo_options *o)
     o->max_document_size = c->max_document_size;
     o->max_json_depth = c->max_json_depth;
     o->initial_map_size = c->initial_map_size;
+}
+
+void config_to_replicator(const cli_config *c, mimeo_replicator_options *r)
+{
+    memset(r, 0, sizeof *r);
+    r->max_response_size = c->repl_max_response_size;
 }
 
 void config_to_http(const cli_config *c, http_config *h)

@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "mimeo.h"
@@ -28,6 +29,7 @@ typedef struct cli_config {
     char     cors_methods[256];
     char     cors_headers[1024];
     unsigned cors_max_age;
+    size_t   repl_max_response_size;
 } cli_config;
 
 /* Fills every field with its default from the table. */
@@ -38,6 +40,10 @@ int  config_load_file(cli_config *c, const char *path, char *err, size_t errlen)
 /* Sets one option by section and name. 0, or -1 with err filled. */
 int  config_set(cli_config *c, const char *section, const char *name, const char *value,
                 char *err, size_t errlen);
+/* Parses a whole decimal number in [min, max] into *out; units: K, M, G suffixes (powers
+ * of 1024) allowed. False for anything else (sign, blanks, trailing text, overflow). */
+bool config_parse_number(const char *text, uint64_t min, uint64_t max, bool units,
+                         uint64_t *out);
 /* The option a command-line flag ("--port") sets, as section and name; false if none. */
 bool config_flag(const char *flag, const char **section, const char **name);
 /* Prints the options table (for --help). */
@@ -46,5 +52,6 @@ void config_print(FILE *out);
 /* Views of the configuration for the library and the HTTP server (borrowing c's strings). */
 void config_to_options(const cli_config *c, mimeo_options *o);
 void config_to_http(const cli_config *c, http_config *h);
+void config_to_replicator(const cli_config *c, mimeo_replicator_options *r);
 
 #endif

@@ -1,11 +1,11 @@
 /* The mimeo program: dispatches `mimeo <command> …` to the command's function (one file
  * per command, declared in cli.h), and answers --version and --help. */
+#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "mimeo.h"
 #include "cli.h"
-#include "replicate.h"
 
 typedef struct cli_command {
     const char *name;
@@ -38,25 +38,52 @@ static void cli_usage(FILE *out)
             "", "");
 }
 
+static const struct option cli_options[] = {
+    { "help",    no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 },
+};
+
+static int cli_version(void)
+{
+    printf("mimeo %s (CouchDB API %s)\n", MIMEO_VERSION, MIMEO_COUCHDB_VERSION);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
+    /* "+": the options before the command are ours; the command parses the rest. */
+    int ch;
+    while ((ch = getopt_long(argc, argv, "+hV", cli_options, NULL)) != -1) {
+        switch (ch) {
+        case 'h':
+            cli_usage(stdout);
+            return 0;
+        case 'V':
+            return cli_version();
+        default:
+            cli_usage(stderr);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
         cli_usage(stderr);
         return 2;
     }
-    const char *cmd = argv[1];
-    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0 ||
-        strcmp(cmd, "version") == 0) {
-        printf("mimeo %s (CouchDB API %s)\n", MIMEO_VERSION, MIMEO_COUCHDB_VERSION);
-        return 0;
-    }
-    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+    const char *cmd = argv[optind];
+    if (strcmp(cmd, "version") == 0) return cli_version();
+    if (strcmp(cmd, "help") == 0) {
         cli_usage(stdout);
         return 0;
     }
-    for (size_t i = 0; i < CLI_NCOMMANDS; i++)
-        if (strcmp(cli_commands[i].name, cmd) == 0)
-            return cli_commands[i].run(argc - 1, argv + 1);
+    for (size_t i = 0; i < CLI_NCOMMANDS; i++) {
+        if (strcmp(cli_commands[i].name, cmd) != 0) continue;
+        /* getopt_long names argv[0] in its messages: make that "mimeo serve". */
+        char name[64];
+        snprintf(name, sizeof name, "mimeo %s", cmd);
+        argv[optind] = name;
+        return cli_commands[i].run(argc - optind, argv + optind);
+    }
     fprintf(stderr, "mimeo: unknown command '%s'\n\n", cmd);
     cli_usage(stderr);
     return 2;

@@ -4,6 +4,7 @@
  * shows documents written, changes pending, docs/s and elapsed time; the one-shot result
  * (CouchDB's JSON) goes to stdout; a failure prints one line to stderr and exits 1. */
 #include <errno.h>
+#include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -13,7 +14,8 @@
 #include <unistd.h>
 
 #include "mimeo.h"
-#include "replicate.h"
+#include "cli.h"
+#include "config.h"
 #include "../common/buf.h"
 #include "../json/json.h"
 
@@ -22,9 +24,134 @@ static void replicate_usage(FILE *out)
     fprintf(out,
             "usage: mimeo replicate SOURCE TARGET [--continuous] [--create-target]\n"
             "                       [--doc-ids ID,ID…] [--data DIR]\n"
-            "                       [--checkpoint-interval MS] [--retries N] [--quiet]\n\n"
+            "                       [--checkpoint-interval MS] [--retries N]\n"
+            "                       [--max-response-size SIZE] [--quiet]\n\n"
             "SOURCE and TARGET are database URLs (http://user:pass@host:port/db) or, with\n"
-            "--data, names of databases in that data directory.\n");
+            "--data, names of databases in that data directory. SIZE takes K, M, G.\n");
+}
+
+/* The command line, parsed. */
+typedef struct replicate_args {
+    const char *source, *target;
+    const char *data;
+    const char *doc_ids;          /* "a,b,c" */
+    bool        continuous, create_target, quiet;
+    long long   ckpt_ms;          /* -1: not given */
+    long long   retries;          /* -1: not given */
+    long long   max_response;     /* -1: not given */
+} replicate_args;
+
+enum { REPLICATE_OPT_CKPT = 0x100, REPLICATE_OPT_RETRIES, REPLICATE_OPT_DOC_IDS,
+       REPLICATE_OPT_MAX_RESPONSE, REPLICATE_OPT_DATA, REPLICATE_OPT_CONTINUOUS,
+       REPLICATE_OPT_CREATE };
+static const struct option replicate_options[] = {
+    { "help",                no_argument,       NULL, 'h' },
+    { "quiet",               no_argument,       NULL, 'q' },
+    { "continuous",          no_argument,       NULL, REPLICATE_OPT_CONTINUOUS },
+    { "create-target",       no_argument,       NULL, REPLICATE_OPT_CREATE },
+    { "data",                required_argument, NULL, REPLICATE_OPT_DATA },
+    { "doc-ids",             required_argument, NULL, REPLICATE_OPT_DOC_IDS },
+    { "checkpoint-interval", required_argument, NULL, REPLICATE_OPT_CKPT },
+    { "retries",             required_argument, NULL, REPLICATE_OPT_RETRIES },
+    { "max-response-size",   required_argument, NULL, REPLICATE_OPT_MAX_RESPONSE },
+    { NULL, 0, NULL, 0 },
+};
+
+/* A number flag's value into *out, or one line on stderr and false. */
+static bool replicate_number(const char *flag, const char *text, uint64_t min, uint64_t max,
+                             bool units, long long *out)
+{
+    uint64_t v;
+    if (!config_parse_number(text, min, max, units, &v)) {
+        fprintf(stderr, "mimeo replicate: %s: '%s' is not %s from %llu to %llu\n", flag, text,
+                units ? "a size" : "a whole number", (unsigned long long)min,
+                (unsigned long long)max);
+        return false;
+    }
+    *out = (long long)v;
+    return true;
+}
+
+/* 0, 1 after --help, or 2 after a usage error (said on stderr). */
+static int replicate_parse(int argc, char **argv, replicate_args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->ckpt_ms = a->retries = a->max_response = -1;
+    optind = 0;
+    int ch;
+    /* GNU order: options may come before, between or after the two operands. */
+    while ((ch = getopt_long(argc, argv, "hq", replicate_options, NULL)) != -1) {
+        switch (ch) {
+        case 'h':
+            replicate_usage(stdout);
+            return 1;
+        case 'q': a->quiet = true; break;
+        case REPLICATE_OPT_CONTINUOUS: a->continuous = true; break;
+        case REPLICATE_OPT_CREATE: a->create_target = true; break;
+        case REPLICATE_OPT_DATA: a->data = optarg; break;
+        case REPLICATE_OPT_DOC_IDS: a->doc_ids = optarg; break;
+        case REPLICATE_OPT_CKPT:
+            if (!replicate_number("--checkpoint-interval", optarg, 1, 86400000, false,
+                                  &a->ckpt_ms))
+                return 2;
+            break;
+        case REPLICATE_OPT_RETRIES:
+            if (!replicate_number("--retries", optarg, 0, 1000, false, &a->retries)) return 2;
+            break;
+        case REPLICATE_OPT_MAX_RESPONSE:
+            if (!replicate_number("--max-response-size", optarg, 1024, (uint64_t)1 << 40, true,
+                                  &a->max_response))
+                return 2;
+            break;
+        default:   /* getopt_long said what was wrong */
+            fprintf(stderr, "Run `mimeo replicate --help` for the options.\n");
+            return 2;
+        }
+    }
+    while (optind < argc && (!a->source || !a->target)) {
+        if (!a->source) a->source = argv[optind++];
+        else a->target = argv[optind++];
+    }
+    if (optind < argc || !a->source || !a->target) {
+        fprintf(stderr, "mimeo replicate: %s\n\n", optind < argc ? "too many arguments"
+                                                           : "SOURCE and TARGET are needed");
+        replicate_usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+/* The /_replicate body the arguments describe, new (buf_destroy it). */
+static int replicate_body(const replicate_args *a, buf *body)
+{
+    buf_init(body, 0);
+    int rc = buf_puts(body, "{\"source\":");
+    rc |= json_put_cstr(body, a->source);
+    rc |= buf_puts(body, ",\"target\":");
+    rc |= json_put_cstr(body, a->target);
+    if (a->continuous) rc |= buf_puts(body, ",\"continuous\":true");
+    if (a->create_target) rc |= buf_puts(body, ",\"create_target\":true");
+    if (a->ckpt_ms >= 0) rc |= buf_printf(body, ",\"checkpoint_interval\":%lld", a->ckpt_ms);
+    if (a->retries >= 0) rc |= buf_printf(body, ",\"retries_per_request\":%lld", a->retries);
+    if (a->max_response >= 0)
+        rc |= buf_printf(body, ",\"max_response_size\":%lld", a->max_response);
+    if (a->doc_ids) {
+        rc |= buf_puts(body, ",\"doc_ids\":[");
+        const char *p = a->doc_ids;
+        int n = 0;
+        while (*p) {
+            const char *c = strchr(p, ',');
+            size_t l = c ? (size_t)(c - p) : strlen(p);
+            if (l > 0) {
+                if (n++ > 0) rc |= buf_putc(body, ',');
+                rc |= json_put_str(body, p, l);
+            }
+            p += l + (c ? 1 : 0);
+        }
+        rc |= buf_putc(body, ']');
+    }
+    rc |= buf_putc(body, '}');
+    return rc ? MIMEO_ENOMEM : 0;
 }
 
 typedef struct replicate_run {
@@ -85,95 +212,24 @@ static void replicate_progress(mimeo_env *env, uint64_t start_ms)
     fflush(stderr);
 }
 
-static int replicate_put_ep(buf *b, const char *s)
+/* Opens the data directory named by --data, if any. 0, or 1 after saying why. */
+static int replicate_open(const replicate_args *a, mimeo_env **env)
 {
-    return json_put_cstr(b, s);
+    *env = NULL;
+    if (!a->data) return 0;
+    mimeo_err e = {0};
+    if (mimeo_env_open(a->data, NULL, env, &e) != 0) {
+        fprintf(stderr, "mimeo replicate: cannot open %s: %s\n", a->data, e.reason);
+        return 1;
+    }
+    return 0;
 }
 
-int cli_replicate(int argc, char **argv)
+/* Runs the replication on a thread of its own while this one shows progress and takes
+ * SIGINT/SIGTERM (blocked for every thread, taken by sigtimedwait here). A continuous job
+ * is then followed until a signal. Returns the exit status; run->out holds the reply. */
+static int replicate_run_job(const replicate_args *a, mimeo_env *env, replicate_run *run)
 {
-    const char *ends[2] = { NULL, NULL };
-    int nends = 0;
-    const char *data = NULL, *doc_ids = NULL;
-    bool continuous = false, create_target = false, quiet = false;
-    long ckpt_ms = -1, retries = -1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            replicate_usage(stdout);
-            return 0;
-        } else if (strcmp(a, "--continuous") == 0) {
-            continuous = true;
-        } else if (strcmp(a, "--create-target") == 0) {
-            create_target = true;
-        } else if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
-            quiet = true;
-        } else if (strcmp(a, "--data") == 0 && i + 1 < argc) {
-            data = argv[++i];
-        } else if (strncmp(a, "--data=", 7) == 0) {
-            data = a + 7;
-        } else if (strcmp(a, "--doc-ids") == 0 && i + 1 < argc) {
-            doc_ids = argv[++i];
-        } else if (strncmp(a, "--doc-ids=", 10) == 0) {
-            doc_ids = a + 10;
-        } else if (strcmp(a, "--checkpoint-interval") == 0 && i + 1 < argc) {
-            ckpt_ms = strtol(argv[++i], NULL, 10);
-        } else if (strcmp(a, "--retries") == 0 && i + 1 < argc) {
-            retries = strtol(argv[++i], NULL, 10);
-        } else if (a[0] == '-' && a[1] == '-') {
-            fprintf(stderr, "mimeo replicate: unknown option '%s'\n\n", a);
-            replicate_usage(stderr);
-            return 2;
-        } else if (nends < 2) {
-            ends[nends++] = a;
-        } else {
-            fprintf(stderr, "mimeo replicate: too many arguments\n\n");
-            replicate_usage(stderr);
-            return 2;
-        }
-    }
-    if (nends != 2) {
-        replicate_usage(stderr);
-        return 2;
-    }
-
-    buf body;
-    buf_init(&body, 0);
-    buf_puts(&body, "{\"source\":");
-    replicate_put_ep(&body, ends[0]);
-    buf_puts(&body, ",\"target\":");
-    replicate_put_ep(&body, ends[1]);
-    if (continuous) buf_puts(&body, ",\"continuous\":true");
-    if (create_target) buf_puts(&body, ",\"create_target\":true");
-    if (ckpt_ms > 0) buf_printf(&body, ",\"checkpoint_interval\":%ld", ckpt_ms);
-    if (retries >= 0) buf_printf(&body, ",\"retries_per_request\":%ld", retries);
-    if (doc_ids) {
-        buf_puts(&body, ",\"doc_ids\":[");
-        const char *p = doc_ids;
-        int n = 0;
-        while (*p) {
-            const char *c = strchr(p, ',');
-            size_t l = c ? (size_t)(c - p) : strlen(p);
-            if (l > 0) {
-                if (n++ > 0) buf_putc(&body, ',');
-                json_put_str(&body, p, l);
-            }
-            p += l + (c ? 1 : 0);
-        }
-        buf_putc(&body, ']');
-    }
-    buf_putc(&body, '}');
-
-    mimeo_env *env = NULL;
-    if (data) {
-        mimeo_err e = {0};
-        if (mimeo_env_open(data, NULL, &env, &e) != 0) {
-            fprintf(stderr, "mimeo replicate: cannot open %s: %s\n", data, e.reason);
-            buf_destroy(&body);
-            return 1;
-        }
-    }
-    /* SIGINT/SIGTERM are taken by sigtimedwait below, in this thread only. */
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
@@ -181,26 +237,18 @@ int cli_replicate(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);   /* a peer closing a connection must not kill us */
 
-    bool tty = !quiet && isatty(STDERR_FILENO);
+    bool tty = !a->quiet && isatty(STDERR_FILENO);
     uint64_t start = clock_ms();
-    replicate_run run;
-    memset(&run, 0, sizeof run);
-    run.env = env;
-    run.body = body.data;
-    run.len = body.len;
-    pthread_mutex_init(&run.lock, NULL);
     pthread_t tid;
-    int status = 0;
-    if (pthread_create(&tid, NULL, replicate_thread, &run) != 0) {
+    if (pthread_create(&tid, NULL, replicate_thread, run) != 0) {
         fprintf(stderr, "mimeo replicate: cannot start a thread\n");
-        status = 1;
-        goto out;
+        return 1;
     }
     bool interrupted = false;
     for (;;) {
-        pthread_mutex_lock(&run.lock);
-        int done = run.done;
-        pthread_mutex_unlock(&run.lock);
+        pthread_mutex_lock(&run->lock);
+        int done = run->done;
+        pthread_mutex_unlock(&run->lock);
         if (done) break;
         struct timespec ts = { 0, 250 * 1000000L };
         int sig = sigtimedwait(&sigs, NULL, &ts);
@@ -211,16 +259,14 @@ int cli_replicate(int argc, char **argv)
         if (tty) replicate_progress(env, start);
     }
     pthread_join(tid, NULL);
-    if (run.rc != 0) {
+    if (run->rc != 0) {
         if (tty) fputc('\n', stderr);
-        fprintf(stderr, "mimeo replicate: %s: %s\n", run.err.error, run.err.reason);
-        status = 1;
-        goto out;
+        fprintf(stderr, "mimeo replicate: %s: %s\n", run->err.error, run->err.reason);
+        return 1;
     }
-    if (continuous && !interrupted) {
-        /* The job runs on its own threads; follow it until told to stop. */
-        if (!quiet) {
-            fwrite(run.out, 1, run.out_len, stdout);
+    if (a->continuous && !interrupted) {
+        if (!a->quiet) {
+            fwrite(run->out, 1, run->out_len, stdout);
             fputc('\n', stdout);
             fflush(stdout);
         }
@@ -233,19 +279,42 @@ int cli_replicate(int argc, char **argv)
         }
         mimeo_replicator_stop(env);
         if (tty) fputc('\n', stderr);
-        goto out;
+        return 0;
     }
     if (tty) {
         replicate_progress(env, start);
         fputc('\n', stderr);
     }
-    if (interrupted) {
-        status = 1;
-        goto out;
-    }
-    fwrite(run.out, 1, run.out_len, stdout);
+    if (interrupted) return 1;
+    fwrite(run->out, 1, run->out_len, stdout);
     fputc('\n', stdout);
-out:
+    return 0;
+}
+
+/* The command, in order: arguments, the request body, the data directory, the run. */
+int cli_replicate(int argc, char **argv)
+{
+    replicate_args a;
+    int status = replicate_parse(argc, argv, &a);
+    if (status) return status == 1 ? 0 : status;
+    buf body;
+    if (replicate_body(&a, &body) != 0) {
+        buf_destroy(&body);
+        fprintf(stderr, "mimeo replicate: out of memory\n");
+        return 1;
+    }
+    mimeo_env *env = NULL;
+    if (replicate_open(&a, &env) != 0) {
+        buf_destroy(&body);
+        return 1;
+    }
+    replicate_run run;
+    memset(&run, 0, sizeof run);
+    run.env = env;
+    run.body = body.data;
+    run.len = body.len;
+    pthread_mutex_init(&run.lock, NULL);
+    status = replicate_run_job(&a, env, &run);
     mimeo_free(run.out);
     pthread_mutex_destroy(&run.lock);
     buf_destroy(&body);

@@ -1,6 +1,7 @@
 /* mimeo serve: reads the configuration, opens the data directory, starts the HTTP server,
  * prints "mimeo listening on http://ADDR:PORT" (tests parse that line), and on SIGINT or
  * SIGTERM stops accepting, lets requests in flight finish, closes the store and exits 0. */
+#include <getopt.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -21,25 +22,6 @@ static void serve_usage(FILE *out)
             "Options can also be set in an INI file (--config); flags win over the file.\n"
             "Every option, by INI section:\n");
     config_print(out);
-}
-
-/* "--port=5984" or "--port 5984": the value, advancing *i past it; NULL if missing. */
-static const char *serve_value(int argc, char **argv, int *i, const char *flag)
-{
-    size_t fl = strlen(flag);
-    if (strncmp(argv[*i], flag, fl) == 0 && argv[*i][fl] == '=') return argv[*i] + fl + 1;
-    if (*i + 1 >= argc) return NULL;
-    return argv[++*i];
-}
-
-/* The flag part of "--port=1" or "--port". */
-static void serve_flag_name(const char *arg, char *out, size_t n)
-{
-    const char *eq = strchr(arg, '=');
-    size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
-    if (len >= n) len = n - 1;
-    memcpy(out, arg, len);
-    out[len] = '\0';
 }
 
 /* Applies "section.key=value". */
@@ -64,58 +46,70 @@ static int serve_set(cli_config *c, const char *spec, char *err, size_t errlen)
     return config_set(c, section, key, eq + 1, err, errlen);
 }
 
+/* Every flag; SERVE_OPT_TABLE ones set the option of the config table named like the flag. */
+enum { SERVE_OPT_CONFIG = 'c', SERVE_OPT_SET = 's', SERVE_OPT_HELP = 'h',
+       SERVE_OPT_TABLE = 0x100 };
+static const struct option serve_options[] = {
+    { "config", required_argument, NULL, SERVE_OPT_CONFIG },
+    { "set",    required_argument, NULL, SERVE_OPT_SET },
+    { "help",   no_argument,       NULL, SERVE_OPT_HELP },
+    { "data",   required_argument, NULL, SERVE_OPT_TABLE },
+    { "bind",   required_argument, NULL, SERVE_OPT_TABLE },
+    { "port",   required_argument, NULL, SERVE_OPT_TABLE },
+    { NULL, 0, NULL, 0 },
+};
+
+/* Precedence: defaults, then the --config file (wherever it appears), then the flags in
+ * order. -1 after printing one line on stderr; exits 0 after --help. */
 static int serve_parse(int argc, char **argv, cli_config *c)
 {
     char err[512];
-    /* The file first, wherever --config appears, so that flags override it. */
-    for (int i = 1; i < argc; i++) {
-        char flag[32];
-        serve_flag_name(argv[i], flag, sizeof flag);
-        if (strcmp(flag, "--config") != 0) continue;
-        const char *path = serve_value(argc, argv, &i, "--config");
-        if (!path) {
-            fprintf(stderr, "mimeo serve: --config needs a file\n");
-            return -1;
-        }
-        if (config_load_file(c, path, err, sizeof err) != 0) {
+    /* First pass: only --config, quietly (the second pass reports mistakes). */
+    opterr = 0;
+    optind = 0;
+    int ch, idx;
+    while ((ch = getopt_long(argc, argv, "+hc:s:", serve_options, &idx)) != -1) {
+        if (ch != SERVE_OPT_CONFIG) continue;
+        if (config_load_file(c, optarg, err, sizeof err) != 0) {
             fprintf(stderr, "mimeo serve: %s\n", err);
             return -1;
         }
     }
-    for (int i = 1; i < argc; i++) {
-        char flag[32];
+    opterr = 1;
+    optind = 0;
+    while ((ch = getopt_long(argc, argv, "+hc:s:", serve_options, &idx)) != -1) {
         const char *section, *name;
-        serve_flag_name(argv[i], flag, sizeof flag);
-        if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) {
+        char flag[32];
+        switch (ch) {
+        case SERVE_OPT_HELP:
             serve_usage(stdout);
             exit(0);
+        case SERVE_OPT_CONFIG:
+            break;
+        case SERVE_OPT_SET:
+            if (serve_set(c, optarg, err, sizeof err) != 0) goto bad;
+            break;
+        case SERVE_OPT_TABLE:
+            snprintf(flag, sizeof flag, "--%s", serve_options[idx].name);
+            if (!config_flag(flag, &section, &name)) {
+                snprintf(err, sizeof err, "%s: no such option in the table", flag);
+                goto bad;
+            }
+            if (config_set(c, section, name, optarg, err, sizeof err) != 0) goto bad;
+            break;
+        default:   /* getopt_long said what was wrong */
+            fprintf(stderr, "Run `mimeo serve --help` for the options.\n");
+            return -1;
         }
-        if (strcmp(flag, "--config") == 0) {
-            serve_value(argc, argv, &i, "--config");
-            continue;
-        }
-        const char *v;
-        if (strcmp(flag, "--set") == 0) {
-            if (!(v = serve_value(argc, argv, &i, "--set"))) goto missing;
-            if (serve_set(c, v, err, sizeof err) != 0) goto bad;
-            continue;
-        }
-        if (config_flag(flag, &section, &name)) {
-            if (!(v = serve_value(argc, argv, &i, flag))) goto missing;
-            if (config_set(c, section, name, v, err, sizeof err) != 0) goto bad;
-            continue;
-        }
-        fprintf(stderr, "mimeo serve: unknown option '%s'\n\n", argv[i]);
-        serve_usage(stderr);
-        return -1;
-    missing:
-        fprintf(stderr, "mimeo serve: %s needs a value\n", flag);
-        return -1;
-    bad:
-        fprintf(stderr, "mimeo serve: %s\n", err);
+    }
+    if (optind < argc) {
+        fprintf(stderr, "mimeo serve: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
     return 0;
+bad:
+    fprintf(stderr, "mimeo serve: %s\n", err);
+    return -1;
 }
 
 int cli_serve(int argc, char **argv)
@@ -151,6 +145,9 @@ int cli_serve(int argc, char **argv)
     }
 
     /* Jobs from the _replicator database resume with the node. */
+    mimeo_replicator_options ro;
+    config_to_replicator(&cfg, &ro);
+    mimeo_replicator_configure(env, &ro);
     rc = mimeo_replicator_start(env, &err);
     if (rc != 0)
         fprintf(stderr, "mimeo serve: replication manager not started: %s\n",

@@ -67,7 +67,7 @@ struct mimeo_env {
     uint64_t        uuid_suffix;
     unsigned        uuid_uses;
 
-    atomic_bool     repl_stopped; /* see env_repl.h */
+    struct env_state *states; /* mimeo_env_state's list; guarded by lock */
 
     /* Writer-thread only: the group in progress. */
     uint64_t        group;

@@ -8,7 +8,6 @@
 #include <sys/time.h>
 
 #include "db_int.h"
-#include "env_repl.h"
 
 /* ---- errors ---------------------------------------------------------------------------- */
 
@@ -266,8 +265,22 @@ static void db_free(mimeo_db *db) {
     free(db);
 }
 
+struct env_state {
+    struct env_state *next;
+    const void       *key;
+    void             *state;
+    void            (*destroy)(void *state);
+};
+
 void mimeo_env_close(mimeo_env *env) {
     if (!env) return;
+    /* Layers above (the replicator's jobs) may still use the store: they go first. */
+    while (env->states) {
+        struct env_state *s = env->states;
+        env->states = s->next;
+        if (s->destroy) s->destroy(s->state);
+        free(s);
+    }
     store_close(env->store);
     for (size_t i = 0; i < env->handle_slots; i++) {
         mimeo_db *db = env->handles[i];
@@ -285,10 +298,24 @@ void mimeo_env_close(mimeo_env *env) {
 
 const char *mimeo_env_uuid(const mimeo_env *env) { return env->uuid; }
 
-void env_repl_stop_mark(mimeo_env *env) {
-    if (env) atomic_store(&env->repl_stopped, true);
+void *mimeo_env_state(mimeo_env *env, const void *key, void *(*make)(mimeo_env *env),
+                      void (*destroy)(void *state)) {
+    pthread_mutex_lock(&env->lock);
+    struct env_state *s = env->states;
+    while (s && s->key != key) s = s->next;
+    void *p = s ? s->state : NULL;
+    if (!s && (s = calloc(1, sizeof *s)) != NULL) {
+        p = make(env);
+        if (p) {
+            *s = (struct env_state){env->states, key, p, destroy};
+            env->states = s;
+        } else {
+            free(s);
+        }
+    }
+    pthread_mutex_unlock(&env->lock);
+    return p;
 }
-bool env_repl_stopped(mimeo_env *env) { return env && atomic_load(&env->repl_stopped); }
 
 /* CouchDB's "sequential" uuids: a random 26-hex prefix reused for many ids and a 6-hex
  * suffix that grows by a random step, so ids increase (B-tree inserts stay at the end) yet

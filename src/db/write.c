@@ -534,7 +534,10 @@ int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
     *out_len = 0;
     json_bulk bulk;
     json_error je;
-    int rc = json_bulk_parse(json, len, &db->env->limits, &bulk, &je);
+    /* {"docs":[…]} wraps each document two levels deep: what PUT accepts, so must this. */
+    json_limits lim = db->env->limits;
+    lim.max_depth += 2;
+    int rc = json_bulk_parse(json, len, &lim, &bulk, &je);
     if (rc) return db_err_json(err, &je);
     write_item *items = calloc(bulk.count ? bulk.count : 1, sizeof *items);
     if (!items) {

@@ -70,9 +70,14 @@ void http_h_scheduler(http_req *r)
     } else if (r->nseg == 3 && h_repl_seg(r, 1, "docs") && h_repl_seg(r, 2, "_replicator")) {
         rc = mimeo_scheduler_docs(r->srv->env, NULL, &out, &len, &e);
     } else if (r->nseg == 4 && h_repl_seg(r, 1, "docs") && h_repl_seg(r, 2, "_replicator")) {
-        /* The doc id is one decoded segment; copy it to terminate it. */
+        /* The doc id is one decoded segment; copied to terminate it. An id that does not
+         * fit (or holds a NUL) names no job: cutting it could name another one. */
         char id[1024];
-        size_t n = r->seg_len[3] < sizeof id - 1 ? r->seg_len[3] : sizeof id - 1;
+        size_t n = r->seg_len[3];
+        if (n >= sizeof id || memchr(r->seg[3], '\0', n)) {
+            http_reply_error(r, 404, "not_found", "missing");
+            return;
+        }
         memcpy(id, r->seg[3], n);
         id[n] = '\0';
         rc = mimeo_scheduler_docs(r->srv->env, id, &out, &len, &e);

@@ -14,13 +14,15 @@
  *     batch; "since" advances to the page's last_seq. An empty page (or a short one with
  *     "pending":0) means the feed is read (one-shot) or that it is time to long-poll
  *     (continuous).
- *  5. Workers (several batches in flight, so both peers and the network work at once): per
- *     batch POST target/_revs_diff with every leaf of every row; POST
- *     source/_bulk_get?revs=true&latest=true with exactly the missing revisions (or, when the
- *     source has no _bulk_get, GET /{db}/{id}?open_revs=[…]&revs=true&latest=true per
- *     document); POST target/_bulk_docs {"new_edits":false} with the revisions fetched.
- *     A 413 halves the batch; a document the target refuses is counted in
- *     doc_write_failures and the replication goes on.
+ *  5. Workers (several batches in flight, so both peers and the network work at once), per
+ *     batch (repl_process):
+ *     a. POST target/_revs_diff with every leaf of every row;
+ *     b. POST source/_bulk_get?revs=true&latest=true with exactly the missing revisions (or,
+ *        when the source has no _bulk_get or its reply is over max_response_size,
+ *        GET /{db}/{id}?open_revs=[…]&revs=true&latest=true per document);
+ *     c. POST target/_bulk_docs {"new_edits":false} with the revisions fetched. A 413 or
+ *        400 halves the batch; a document the target refuses is counted in
+ *        doc_write_failures and the replication goes on.
  *  6. Progress: batches finish in any order; the "through" seq advances only over batches
  *     that are all written, so a checkpoint never claims a change that is not on the target.
  *  7. Checkpoint every checkpoint_interval while progressing, and at the end: POST
@@ -31,6 +33,7 @@
  *     reader long-polls the source (feed=longpoll, or a wait on the local database) and
  *     the loop of steps 4–7 goes on until the job is cancelled.
  * Network failures, 5xx and 429 are retried below this file, in the remote endpoint. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +83,47 @@ static void repl_fail(repl_job *j, const mimeo_err *e)
     pthread_mutex_unlock(&j->lock);
 }
 
+/* ---- the counters -------------------------------------------------------------------------- */
+/* Every counter a job keeps, with its name in checkpoint histories (and one-shot replies)
+ * and in the monitoring endpoints (_active_tasks, _scheduler, _replication_stats): CouchDB
+ * names two of them differently in the two places, and one only in the second. */
+static const struct repl_counter {
+    size_t      offset;        /* in repl_stats */
+    const char *history_name;  /* NULL: not in histories */
+    const char *task_name;
+} repl_counters[] = {
+    { offsetof(repl_stats, missing_checked), "missing_checked", "revisions_checked" },
+    { offsetof(repl_stats, missing_found), "missing_found", "missing_revisions_found" },
+    { offsetof(repl_stats, docs_read), "docs_read", "docs_read" },
+    { offsetof(repl_stats, docs_written), "docs_written", "docs_written" },
+    { offsetof(repl_stats, doc_write_failures), "doc_write_failures", "doc_write_failures" },
+    { offsetof(repl_stats, bulk_get_docs), "bulk_get_docs", "bulk_get_docs" },
+    { offsetof(repl_stats, bulk_get_attempts), "bulk_get_attempts", "bulk_get_attempts" },
+    { offsetof(repl_stats, changes_pending), NULL, "changes_pending" },
+};
+
+/* Appends "name":value for every counter, comma-separated (no braces). */
+static int repl_put_counters(buf *b, repl_stats *st, bool history)
+{
+    int rc = 0;
+    size_t k = 0;
+    for (size_t i = 0; i < sizeof repl_counters / sizeof repl_counters[0]; i++) {
+        const struct repl_counter *c = &repl_counters[i];
+        const char *name = history ? c->history_name : c->task_name;
+        if (!name) continue;
+        atomic_uint_fast64_t *v = (atomic_uint_fast64_t *)((char *)st + c->offset);
+        rc |= buf_printf(b, "%s\"%s\":%llu", k++ ? "," : "", name,
+                         (unsigned long long)atomic_load(v));
+    }
+    return rc;
+}
+
+static void repl_stats_reset(repl_stats *st)
+{
+    for (size_t i = 0; i < sizeof repl_counters / sizeof repl_counters[0]; i++)
+        atomic_store((atomic_uint_fast64_t *)((char *)st + repl_counters[i].offset), 0);
+}
+
 /* ---- jobs ------------------------------------------------------------------------------ */
 repl_job *repl_job_new(mimeo_env *env, repl_req *req)
 {
@@ -92,6 +136,7 @@ repl_job *repl_job_new(mimeo_env *env, repl_req *req)
     pthread_mutex_init(&j->lock, NULL);
     pthread_cond_init(&j->cond, NULL);
     pthread_mutex_init(&j->ckpt_lock, NULL);
+    pthread_mutex_init(&j->health.lock, NULL);
     buf_init(&j->base_history, 0);
     j->started_on = (int64_t)time(NULL);
     atomic_store(&j->updated_on, (int_fast64_t)j->started_on);
@@ -101,6 +146,8 @@ repl_job *repl_job_new(mimeo_env *env, repl_req *req)
 
 static void repl_job_reset(repl_job *j)
 {
+    repl_health_ok(&j->health, j->src);
+    repl_health_ok(&j->health, j->tgt);
     repl_ep_free(j->src);
     repl_ep_free(j->tgt);
     j->src = j->tgt = NULL;
@@ -125,15 +172,8 @@ static void repl_job_reset(repl_job *j)
     buf_reset(&j->base_history);
     j->base_history_n = 0;
     j->src_ckpt_readonly = false;
-    j->caught_up = false;
-    atomic_store(&j->stats.missing_checked, 0);
-    atomic_store(&j->stats.missing_found, 0);
-    atomic_store(&j->stats.docs_read, 0);
-    atomic_store(&j->stats.docs_written, 0);
-    atomic_store(&j->stats.doc_write_failures, 0);
-    atomic_store(&j->stats.bulk_get_docs, 0);
-    atomic_store(&j->stats.bulk_get_attempts, 0);
-    atomic_store(&j->stats.changes_pending, 0);
+    atomic_store(&j->caught_up, false);
+    repl_stats_reset(&j->stats);
 }
 
 void repl_job_free(repl_job *j)
@@ -146,6 +186,7 @@ void repl_job_free(repl_job *j)
     pthread_mutex_destroy(&j->lock);
     pthread_cond_destroy(&j->cond);
     pthread_mutex_destroy(&j->ckpt_lock);
+    pthread_mutex_destroy(&j->health.lock);
     free(j);
 }
 
@@ -156,7 +197,10 @@ static int repl_open_ep(repl_job *j, const repl_ep_spec *s, bool create, repl_ep
     if (s->local)
         return repl_ep_local_new(j->env, s->url, create, &j->cancel, out, err);
     int rc = repl_ep_http_new(s, &j->cancel, j->req.connect_ms, out, err);
-    if (rc || !create) return rc;
+    if (rc) return rc;
+    (*out)->health = &j->health;
+    (*out)->max_response = j->req.max_response ? j->req.max_response : REPL_MAX_RESPONSE;
+    if (!create) return 0;
     repl_resp r;
     repl_resp_init(&r);
     rc = (*out)->ops->create(*out, &r, err);
@@ -297,16 +341,9 @@ static int repl_put_history(repl_job *j, buf *b, const char *seq)
     rc |= buf_puts(b, seq);
     rc |= buf_puts(b, ",\"recorded_seq\":");
     rc |= buf_puts(b, seq);
-    rc |= buf_printf(b, ",\"missing_checked\":%llu,\"missing_found\":%llu,\"docs_read\":%llu,"
-                     "\"docs_written\":%llu,\"doc_write_failures\":%llu,"
-                     "\"bulk_get_docs\":%llu,\"bulk_get_attempts\":%llu}",
-                     (unsigned long long)atomic_load(&j->stats.missing_checked),
-                     (unsigned long long)atomic_load(&j->stats.missing_found),
-                     (unsigned long long)atomic_load(&j->stats.docs_read),
-                     (unsigned long long)atomic_load(&j->stats.docs_written),
-                     (unsigned long long)atomic_load(&j->stats.doc_write_failures),
-                     (unsigned long long)atomic_load(&j->stats.bulk_get_docs),
-                     (unsigned long long)atomic_load(&j->stats.bulk_get_attempts));
+    rc |= buf_putc(b, ',');
+    rc |= repl_put_counters(b, &j->stats, true);
+    rc |= buf_putc(b, '}');
     if (j->base_history_n > 0) {
         rc |= buf_putc(b, ',');
         rc |= buf_put(b, j->base_history.data, j->base_history.len);
@@ -438,7 +475,6 @@ static void repl_retire_locked(repl_job *j)
 /* Copies the "ok" documents out of a _bulk_get or open_revs reply: the value of every "ok"
  * member met outside a document is re-emitted as one element of the _bulk_docs array, and
  * nothing else is. Streaming (no tree) because these replies carry all the bodies. */
-#define OKX_DEPTH (JSON_DEFAULT_MAX_DEPTH + 4)
 typedef struct repl_okx {
     buf      *out;
     size_t   *starts, *ends;   /* each document's span in out */
@@ -449,8 +485,15 @@ typedef struct repl_okx {
     bool      want_err;        /* … was "error" */
     size_t    errors;          /* {"error":{…}} entries met: revisions not served */
     bool      after_key;
-    uint32_t  items[OKX_DEPTH];
+    uint32_t *items;           /* members written so far, per open container */
+    size_t    items_alloc;
 } repl_okx;
+
+/* The replies wrap each document a few levels deep ({"results":[{"docs":[{"ok":doc}]}]}),
+ * so they must be read with a deeper limit than a document's, or a document PUT accepted
+ * could never be copied. Any depth is fine here: the stack grows on the heap, one entry
+ * per byte of input at most, and the reply's size is capped. */
+#define OKX_MAX_DEPTH (1u << 30)
 
 static int okx_sep(repl_okx *x)
 {
@@ -499,7 +542,13 @@ static int okx_string(void *ctx, const char *s, size_t n)
 
 static int okx_start(repl_okx *x, char open, bool is_map)
 {
-    if (x->depth + 1 >= OKX_DEPTH) return MIMEO_EBADJSON;
+    if (x->depth + 2 > x->items_alloc) {
+        size_t na = x->items_alloc ? x->items_alloc * 2 : 64;
+        uint32_t *ni = realloc(x->items, na * sizeof *ni);
+        if (!ni) return MIMEO_ENOMEM;
+        x->items = ni;
+        x->items_alloc = na;
+    }
     if (x->cap) {
         if (okx_sep(x) || json_putc(x->out, open)) return MIMEO_ENOMEM;
     } else if (x->want && is_map) {
@@ -540,10 +589,25 @@ static int okx_end(repl_okx *x, char close)
     return 0;
 }
 
-static int okx_start_map(void *ctx) { return okx_start(ctx, '{', true); }
-static int okx_end_map(void *ctx) { return okx_end(ctx, '}'); }
-static int okx_start_array(void *ctx) { return okx_start(ctx, '[', false); }
-static int okx_end_array(void *ctx) { return okx_end(ctx, ']'); }
+static int okx_start_map(void *ctx)
+{
+    return okx_start(ctx, '{', true);
+}
+
+static int okx_end_map(void *ctx)
+{
+    return okx_end(ctx, '}');
+}
+
+static int okx_start_array(void *ctx)
+{
+    return okx_start(ctx, '[', false);
+}
+
+static int okx_end_array(void *ctx)
+{
+    return okx_end(ctx, ']');
+}
 
 static int okx_key(void *ctx, const char *s, size_t n)
 {
@@ -573,8 +637,17 @@ static int okx_feed(repl_okx *x, const repl_resp *r, mimeo_err *err)
     x->want = false;
     x->want_err = false;
     x->after_key = false;
+    if (!x->items) {
+        x->items = calloc(64, sizeof *x->items);
+        if (!x->items) {
+            err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+            return MIMEO_ENOMEM;
+        }
+        x->items_alloc = 64;
+    }
     x->items[0] = 0;
-    return json_parse(r->body.data, r->body.len, NULL, &okx_handlers, x, err);
+    const json_limits lim = { OKX_MAX_DEPTH, 0 };
+    return json_parse(r->body.data, r->body.len, &lim, &okx_handlers, x, err);
 }
 
 /* Per-worker buffers, reused from batch to batch. */
@@ -586,7 +659,174 @@ typedef struct repl_scratch {
 
 #define DOCS_PREFIX "{\"new_edits\":false,\"docs\":["
 
-/* POST _bulk_docs with documents [lo, hi) of the okx spans; 413 halves. */
+/* Step 5a, the question: {"id":["rev",…],…} with every leaf of every row of the batch into
+ * s->diff; *nrevs gets the number of revisions asked about. */
+static int repl_diff_request(const jval *rows, buf *diff, size_t *nrevs)
+{
+    buf_reset(diff);
+    int rc = buf_putc(diff, '{');
+    size_t nids = 0;
+    *nrevs = 0;
+    for (size_t i = 0; !rc && i < rows->count; i++) {
+        const jval *id = jval_get(rows->items[i], "id");
+        const jval *ch = jval_get(rows->items[i], "changes");
+        if (!id || id->type != JV_STRING || !ch || ch->type != JV_ARRAY || ch->count == 0)
+            continue;
+        if (nids++ > 0) rc |= buf_putc(diff, ',');
+        rc |= json_put_str(diff, id->str, id->len);
+        rc |= buf_puts(diff, ":[");
+        size_t k = 0;
+        for (size_t c = 0; c < ch->count; c++) {
+            const jval *rev = jval_get(ch->items[c], "rev");
+            if (!rev || rev->type != JV_STRING) continue;
+            if (k++ > 0) rc |= buf_putc(diff, ',');
+            rc |= json_put_str(diff, rev->str, rev->len);
+            (*nrevs)++;
+        }
+        rc |= buf_putc(diff, ']');
+    }
+    rc |= buf_putc(diff, '}');
+    return rc ? MIMEO_ENOMEM : 0;
+}
+
+/* Step 5a, the answer: POST target/_revs_diff; *out the parsed reply (an object). */
+static int repl_revs_diff(repl_job *j, repl_scratch *s, jval **out, mimeo_err *err)
+{
+    *out = NULL;
+    int rc = j->tgt->ops->revs_diff(j->tgt, s->diff.data, s->diff.len, &s->resp, err);
+    if (rc) return rc;
+    if (s->resp.status != 200) {
+        repl_err_from_resp(err, &s->resp, "_revs_diff on the target");
+        return MIMEO_EIO;
+    }
+    if ((rc = json_tree_parse(s->resp.body.data, s->resp.body.len, NULL, out, err)) != 0)
+        return rc;
+    if ((*out)->type != JV_OBJECT) {
+        jval_free(*out);
+        *out = NULL;
+        err_set(err, MIMEO_EIO, "bad_reply", "_revs_diff did not answer an object");
+        return MIMEO_EIO;
+    }
+    return 0;
+}
+
+/* Step 5b, the request: {"docs":[{"id","rev"},…]} naming exactly the missing revisions. */
+static int repl_get_request(const jval *diff, buf *get, size_t *nmissing)
+{
+    buf_reset(get);
+    int rc = buf_puts(get, "{\"docs\":[");
+    *nmissing = 0;
+    for (size_t i = 0; !rc && i < diff->count; i++) {
+        const jval *m = jval_get(diff->items[i], "missing");
+        for (size_t k = 0; m && m->type == JV_ARRAY && k < m->count; k++) {
+            if (m->items[k]->type != JV_STRING) continue;
+            if ((*nmissing)++ > 0) rc |= buf_putc(get, ',');
+            rc |= buf_puts(get, "{\"id\":");
+            rc |= json_put_str(get, diff->keys[i], diff->key_lens[i]);
+            rc |= buf_puts(get, ",\"rev\":");
+            rc |= json_put_str(get, m->items[k]->str, m->items[k]->len);
+            rc |= buf_putc(get, '}');
+        }
+    }
+    rc |= buf_puts(get, "]}");
+    return rc ? MIMEO_ENOMEM : 0;
+}
+
+/* Starts (again) the _bulk_docs body the fetched documents are copied into. */
+static int repl_docs_begin(repl_scratch *s)
+{
+    s->okx.out = &s->docs;
+    s->okx.count = 0;
+    s->okx.errors = 0;
+    buf_reset(&s->docs);
+    return buf_puts(&s->docs, DOCS_PREFIX) ? MIMEO_ENOMEM : 0;
+}
+
+/* Step 5b with _bulk_get: the documents into s->docs. *fallback is set when they must be
+ * fetched one by one instead (no _bulk_get, a revision not served, a reply over the cap). */
+static int repl_fetch_bulk(repl_job *j, repl_scratch *s, bool *fallback, mimeo_err *err)
+{
+    int rc = j->src->ops->bulk_get(j->src, s->get.data, s->get.len, &s->resp, err);
+    if (rc == MIMEO_ETOOLARGE) {
+        /* Over the reply cap as a whole: one document at a time fits, or fails alone. */
+        *fallback = true;
+        return 0;
+    }
+    if (rc) return rc;
+    long st = s->resp.status;
+    if (st == 400 || st == 404 || st == 405 || st == 501) {
+        atomic_store(&j->src->no_bulk_get, true);   /* every worker learns the same */
+        *fallback = true;
+        return 0;
+    }
+    if (st != 200) {
+        repl_err_from_resp(err, &s->resp, "_bulk_get on the source");
+        return MIMEO_EIO;
+    }
+    if ((rc = okx_feed(&s->okx, &s->resp, err)) != 0) return rc;
+    atomic_fetch_add(&j->stats.bulk_get_docs, s->okx.count);
+    if (s->okx.errors > 0) {
+        /* Some revision was not served (a peer's bug, or a race with compaction): fetch the
+         * whole batch again document by document, which either gets it or confirms it is
+         * gone. Duplicates are harmless to new_edits:false. */
+        *fallback = true;
+        return repl_docs_begin(s);
+    }
+    return 0;
+}
+
+/* 0 when the source database still answers GET /{db} with 200; else the job's error. */
+static int repl_source_present(repl_job *j, mimeo_err *err)
+{
+    repl_resp r;
+    repl_resp_init(&r);
+    int rc = j->src->ops->info(j->src, &r, err);
+    if (!rc && r.status != 200) {
+        if (r.status == 404)
+            err_set(err, MIMEO_ENOTFOUND, "db_not_found", "could not open %s",
+                    j->src->display);
+        else
+            repl_err_from_resp(err, &r, "GET on the source");
+        rc = MIMEO_EIO;
+    }
+    repl_resp_destroy(&r);
+    return rc;
+}
+
+/* Step 5b without _bulk_get: one open_revs GET per document, all its missing revs at once. */
+static int repl_fetch_each(repl_job *j, repl_scratch *s, const jval *diff, mimeo_err *err)
+{
+    for (size_t i = 0; i < diff->count; i++) {
+        const jval *m = jval_get(diff->items[i], "missing");
+        if (!m || m->type != JV_ARRAY || m->count == 0) continue;
+        char *revs = repl_jval_text(m);
+        if (!revs) {
+            err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+            return MIMEO_ENOMEM;
+        }
+        int rc = j->src->ops->open_revs(j->src, diff->keys[i], diff->key_lens[i], revs,
+                                        strlen(revs), &s->resp, err);
+        free(revs);
+        if (rc) return rc;
+        /* A document purged since the feed was read is gone; a missing database is not,
+         * and skipping its documents would checkpoint past them. Servers word the two 404s
+         * differently (CouchDB says "Database does not exist.", PouchDB "missing"), so the
+         * database itself is asked. */
+        if (s->resp.status == 404) {
+            if ((rc = repl_source_present(j, err)) != 0) return rc;
+            continue;
+        }
+        if (s->resp.status != 200) {
+            repl_err_from_resp(err, &s->resp, "open_revs on the source");
+            return MIMEO_EIO;
+        }
+        if ((rc = okx_feed(&s->okx, &s->resp, err)) != 0) return rc;
+    }
+    return 0;
+}
+
+/* Step 5c: POST target/_bulk_docs with documents [lo, hi) of the okx spans; a refusal of
+ * the whole request halves it. */
 static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_err *err)
 {
     repl_okx *x = &s->okx;
@@ -614,7 +854,10 @@ static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_
     int rc = j->tgt->ops->bulk_docs(j->tgt, body, len, &s->resp, err);
     if (rc) return rc;
     long st = s->resp.status;
-    if (st == 413) {
+    /* A refusal of the whole request (too large, or one document the target cannot parse,
+     * e.g. nested deeper than it accepts) is narrowed down by halving, so that only the
+     * documents refused on their own count as failures and the others are written. */
+    if (st == 413 || st == 400) {
         if (hi - lo == 1) {
             atomic_fetch_add(&j->stats.doc_write_failures, 1);
             return 0;
@@ -641,161 +884,35 @@ static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_
     return 0;
 }
 
+/* One batch, steps 5a–5c: what the target lacks, fetched from the source, written. */
 static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *err)
 {
-    const jval *rows = b->rows;
-    int rc;
-    /* _revs_diff: every leaf of every row. */
-    buf_reset(&s->diff);
-    rc = buf_putc(&s->diff, '{');
-    size_t nrevs = 0, nids = 0;
-    for (size_t i = 0; !rc && i < rows->count; i++) {
-        const jval *id = jval_get(rows->items[i], "id");
-        const jval *ch = jval_get(rows->items[i], "changes");
-        if (!id || id->type != JV_STRING || !ch || ch->type != JV_ARRAY || ch->count == 0)
-            continue;
-        if (nids++ > 0) rc |= buf_putc(&s->diff, ',');
-        rc |= json_put_str(&s->diff, id->str, id->len);
-        rc |= buf_puts(&s->diff, ":[");
-        size_t k = 0;
-        for (size_t c = 0; c < ch->count; c++) {
-            const jval *rev = jval_get(ch->items[c], "rev");
-            if (!rev || rev->type != JV_STRING) continue;
-            if (k++ > 0) rc |= buf_putc(&s->diff, ',');
-            rc |= json_put_str(&s->diff, rev->str, rev->len);
-            nrevs++;
-        }
-        rc |= buf_putc(&s->diff, ']');
-    }
-    rc |= buf_putc(&s->diff, '}');
+    size_t nrevs = 0, nmissing = 0;
+    jval *diff = NULL;
+    int rc = repl_diff_request(b->rows, &s->diff, &nrevs);
     if (rc) goto nomem;
     if (nrevs == 0) return 0;
     atomic_fetch_add(&j->stats.missing_checked, nrevs);
-    if ((rc = j->tgt->ops->revs_diff(j->tgt, s->diff.data, s->diff.len, &s->resp, err)) != 0)
-        return rc;
-    if (s->resp.status != 200) {
-        repl_err_from_resp(err, &s->resp, "_revs_diff on the target");
-        return MIMEO_EIO;
-    }
-    jval *diff = NULL;
-    if ((rc = json_tree_parse(s->resp.body.data, s->resp.body.len, NULL, &diff, err)) != 0)
-        return rc;
-    if (diff->type != JV_OBJECT) {
-        jval_free(diff);
-        err_set(err, MIMEO_EIO, "bad_reply", "_revs_diff did not answer an object");
-        return MIMEO_EIO;
-    }
-    /* _bulk_get: exactly the missing revisions. */
-    buf_reset(&s->get);
-    rc = buf_puts(&s->get, "{\"docs\":[");
-    size_t nmissing = 0;
-    for (size_t i = 0; !rc && i < diff->count; i++) {
-        const jval *m = jval_get(diff->items[i], "missing");
-        for (size_t k = 0; m && m->type == JV_ARRAY && k < m->count; k++) {
-            if (m->items[k]->type != JV_STRING) continue;
-            if (nmissing++ > 0) rc |= buf_putc(&s->get, ',');
-            rc |= buf_puts(&s->get, "{\"id\":");
-            rc |= json_put_str(&s->get, diff->keys[i], diff->key_lens[i]);
-            rc |= buf_puts(&s->get, ",\"rev\":");
-            rc |= json_put_str(&s->get, m->items[k]->str, m->items[k]->len);
-            rc |= buf_putc(&s->get, '}');
-        }
-    }
-    rc |= buf_puts(&s->get, "]}");
-    if (rc) {
-        jval_free(diff);
-        goto nomem;
-    }
+    if ((rc = repl_revs_diff(j, s, &diff, err)) != 0) return rc;
+
+    if ((rc = repl_get_request(diff, &s->get, &nmissing)) != 0) goto nomem;
     atomic_fetch_add(&j->stats.missing_found, nmissing);
-    if (nmissing == 0) {
-        jval_free(diff);
-        return 0;
-    }
-    repl_okx *x = &s->okx;
-    x->out = &s->docs;
-    x->count = 0;
-    buf_reset(&s->docs);
-    if (buf_puts(&s->docs, DOCS_PREFIX)) {
-        jval_free(diff);
-        goto nomem;
-    }
+    if (nmissing == 0) goto out;
+    if ((rc = repl_docs_begin(s)) != 0) goto nomem;
     atomic_fetch_add(&j->stats.bulk_get_attempts, nmissing);
-    x->errors = 0;
     bool fallback = atomic_load(&j->src->no_bulk_get);
-    if (!fallback) {
-        rc = j->src->ops->bulk_get(j->src, s->get.data, s->get.len, &s->resp, err);
-        if (rc) {
-            jval_free(diff);
-            return rc;
-        }
-        long st = s->resp.status;
-        if (st == 200) {
-            rc = okx_feed(x, &s->resp, err);
-            if (rc) {
-                jval_free(diff);
-                return rc;
-            }
-            atomic_fetch_add(&j->stats.bulk_get_docs, x->count);
-            if (x->errors > 0) {
-                /* Some revision was not served (a peer's bug, or a race with compaction):
-                 * fetch the whole batch again document by document, which either gets it
-                 * or confirms it is gone. Duplicates are harmless to new_edits:false. */
-                x->count = 0;
-                buf_reset(&s->docs);
-                if (buf_puts(&s->docs, DOCS_PREFIX)) {
-                    jval_free(diff);
-                    goto nomem;
-                }
-                fallback = true;
-            }
-        } else if (st == 400 || st == 404 || st == 405 || st == 501) {
-            atomic_store(&j->src->no_bulk_get, true);   /* every worker learns the same */
-            fallback = true;
-        } else {
-            jval_free(diff);
-            repl_err_from_resp(err, &s->resp, "_bulk_get on the source");
-            return MIMEO_EIO;
-        }
-    }
-    if (fallback) {
-        /* No _bulk_get: one open_revs GET per document, all its missing revs at once. */
-        for (size_t i = 0; i < diff->count; i++) {
-            const jval *m = jval_get(diff->items[i], "missing");
-            if (!m || m->type != JV_ARRAY || m->count == 0) continue;
-            char *revs = repl_jval_text(m);
-            if (!revs) {
-                jval_free(diff);
-                goto nomem;
-            }
-            rc = j->src->ops->open_revs(j->src, diff->keys[i], diff->key_lens[i], revs,
-                                        strlen(revs), &s->resp, err);
-            free(revs);
-            if (rc) {
-                jval_free(diff);
-                return rc;
-            }
-            /* A document purged since the feed was read is gone; a missing database is
-             * not, and skipping its documents would checkpoint past them. */
-            if (s->resp.status == 404 && s->resp.body.data &&
-                !strstr(s->resp.body.data, "Database does not exist"))
-                continue;
-            if (s->resp.status != 200) {
-                jval_free(diff);
-                repl_err_from_resp(err, &s->resp, "open_revs on the source");
-                return MIMEO_EIO;
-            }
-            if ((rc = okx_feed(x, &s->resp, err)) != 0) {
-                jval_free(diff);
-                return rc;
-            }
-        }
-    }
-    jval_free(diff);
-    atomic_fetch_add(&j->stats.docs_read, x->count);
-    if (x->count == 0) return 0;
+    if (!fallback && (rc = repl_fetch_bulk(j, s, &fallback, err)) != 0) goto out;
+    if (fallback && (rc = repl_fetch_each(j, s, diff, err)) != 0) goto out;
+    atomic_fetch_add(&j->stats.docs_read, s->okx.count);
+
+    if (s->okx.count == 0) goto out;
     if (buf_puts(&s->docs, "]}")) goto nomem;
-    return repl_write(j, s, 0, x->count, err);
+    rc = repl_write(j, s, 0, s->okx.count, err);
+out:
+    jval_free(diff);
+    return rc;
 nomem:
+    jval_free(diff);
     err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     return MIMEO_ENOMEM;
 }
@@ -843,6 +960,7 @@ static void *repl_worker(void *arg)
     repl_resp_destroy(&s.resp);
     free(s.okx.starts);
     free(s.okx.ends);
+    free(s.okx.items);
     return NULL;
 }
 
@@ -893,7 +1011,7 @@ static int repl_read(repl_job *j, mimeo_err *err)
         /* Long-poll no longer than a checkpoint interval, so an idle job still records
          * what it wrote last in time. */
         unsigned wait = 0;
-        if (j->req.continuous && j->caught_up) {
+        if (j->req.continuous && atomic_load(&j->caught_up)) {
             wait = REPL_LONGPOLL_MS;
             if (j->req.checkpoint_interval_ms < wait) wait = j->req.checkpoint_interval_ms;
             if (wait < 100) wait = 100;
@@ -959,7 +1077,7 @@ static int repl_read(repl_job *j, mimeo_err *err)
         bool at_end = n == 0 || (n < limit && has_pending && pending == 0);
         if (at_end) {
             if (!j->req.continuous) break;
-            j->caught_up = true;
+            atomic_store(&j->caught_up, true);
             if (n == 0) repl_maybe_checkpoint(j, false);
         }
     }
@@ -1109,24 +1227,11 @@ void repl_job_cancel(repl_job *j)
 
 int repl_job_put_stats(repl_job *j, buf *b)
 {
+    int rc = repl_put_counters(b, &j->stats, false);
     pthread_mutex_lock(&j->lock);
-    const char *ck = j->ckpt_seq ? j->ckpt_seq : "null";
-    const char *ss = j->source_seq ? j->source_seq : "null";
-    const char *th = j->through_seq ? j->through_seq : "null";
-    int rc = buf_printf(b, "\"revisions_checked\":%llu,\"missing_revisions_found\":%llu,"
-                        "\"docs_read\":%llu,\"docs_written\":%llu,\"doc_write_failures\":%llu,"
-                        "\"bulk_get_docs\":%llu,\"bulk_get_attempts\":%llu,"
-                        "\"changes_pending\":%llu,\"checkpointed_source_seq\":%s,"
-                        "\"source_seq\":%s,\"through_seq\":%s",
-                        (unsigned long long)atomic_load(&j->stats.missing_checked),
-                        (unsigned long long)atomic_load(&j->stats.missing_found),
-                        (unsigned long long)atomic_load(&j->stats.docs_read),
-                        (unsigned long long)atomic_load(&j->stats.docs_written),
-                        (unsigned long long)atomic_load(&j->stats.doc_write_failures),
-                        (unsigned long long)atomic_load(&j->stats.bulk_get_docs),
-                        (unsigned long long)atomic_load(&j->stats.bulk_get_attempts),
-                        (unsigned long long)atomic_load(&j->stats.changes_pending), ck, ss,
-                        th);
+    rc |= buf_printf(b, ",\"checkpointed_source_seq\":%s,\"source_seq\":%s,\"through_seq\":%s",
+                     j->ckpt_seq ? j->ckpt_seq : "null", j->source_seq ? j->source_seq : "null",
+                     j->through_seq ? j->through_seq : "null");
     pthread_mutex_unlock(&j->lock);
     return rc;
 }

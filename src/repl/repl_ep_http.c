@@ -2,7 +2,10 @@
  * Keep-alive comes from a pool of easy handles (each keeps its connection): a worker takes a
  * handle for one request and puts it back, so several requests run at once without sharing
  * a handle between threads. Transient failures (no connection, 5xx, 429) are retried here
- * with exponential backoff and jitter, so repl.c only ever sees final answers. */
+ * with exponential backoff and jitter, so repl.c only ever sees final answers; a reply over
+ * the endpoint's max_response fails at once. Names here start with ephttp_ (src/http/ is the
+ * server side). */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,20 +15,20 @@
 
 #include "repl_int.h"
 
-#define HTTP_EP_POOL 16
-#define HTTP_BACKOFF_FIRST_MS 200
-#define HTTP_BACKOFF_MAX_MS   5000
+#define EPHTTP_POOL 16
+#define EPHTTP_BACKOFF_FIRST_MS 200
+#define EPHTTP_BACKOFF_MAX_MS   5000
 
-typedef struct http_ep {
+typedef struct ephttp_ep {
     repl_ep            base;
     char              *url;        /* the database URL, no trailing slash */
     struct curl_slist *headers;    /* ours plus the spec's */
     char              *user, *password;
     unsigned           connect_ms;
     pthread_mutex_t    lock;
-    CURL              *pool[HTTP_EP_POOL];
+    CURL              *pool[EPHTTP_POOL];
     size_t             npool;
-} http_ep;
+} ephttp_ep;
 
 static pthread_once_t repl_curl_once = PTHREAD_ONCE_INIT;
 
@@ -42,7 +45,7 @@ void repl_curl_init(void)
 }
 
 /* ---- a pool of easy handles ----------------------------------------------------------- */
-static CURL *http_take(http_ep *h)
+static CURL *ephttp_take(ephttp_ep *h)
 {
     CURL *c = NULL;
     pthread_mutex_lock(&h->lock);
@@ -52,10 +55,10 @@ static CURL *http_take(http_ep *h)
     return c;
 }
 
-static void http_give(http_ep *h, CURL *c)
+static void ephttp_give(ephttp_ep *h, CURL *c)
 {
     pthread_mutex_lock(&h->lock);
-    if (h->npool < HTTP_EP_POOL) {
+    if (h->npool < EPHTTP_POOL) {
         h->pool[h->npool++] = c;
         c = NULL;
     }
@@ -63,16 +66,25 @@ static void http_give(http_ep *h, CURL *c)
     if (c) curl_easy_cleanup(c);
 }
 
-static size_t http_write_cb(char *p, size_t size, size_t n, void *ctx)
+typedef struct ephttp_sink {
+    buf *body;
+    int  rc;     /* why the last write was refused: MIMEO_ETOOLARGE or MIMEO_ENOMEM */
+} ephttp_sink;
+
+static size_t ephttp_write_cb(char *p, size_t size, size_t n, void *ctx)
 {
-    buf *b = ctx;
+    ephttp_sink *k = ctx;
     size_t len = size * n;
-    if (buf_put(b, p, len) != 0) return 0;   /* over the cap: curl aborts the transfer */
+    int rc = buf_put(k->body, p, len);
+    if (rc) {
+        k->rc = rc;
+        return 0;   /* curl aborts the transfer */
+    }
     return len;
 }
 
-static int http_progress_cb(void *ctx, curl_off_t dt, curl_off_t dn, curl_off_t ut,
-                            curl_off_t un)
+static int ephttp_progress_cb(void *ctx, curl_off_t dt, curl_off_t dn, curl_off_t ut,
+                              curl_off_t un)
 {
     (void)dt; (void)dn; (void)ut; (void)un;
     atomic_bool *cancel = ctx;
@@ -80,7 +92,7 @@ static int http_progress_cb(void *ctx, curl_off_t dt, curl_off_t dn, curl_off_t 
 }
 
 /* Sleeps ms, waking early (false) when the job is cancelled. */
-static bool http_sleep(atomic_bool *cancel, unsigned ms)
+static bool ephttp_sleep(atomic_bool *cancel, unsigned ms)
 {
     while (ms > 0) {
         if (cancel && atomic_load(cancel)) return false;
@@ -92,11 +104,11 @@ static bool http_sleep(atomic_bool *cancel, unsigned ms)
     return !(cancel && atomic_load(cancel));
 }
 
-static unsigned http_backoff_ms(unsigned attempt)
+static unsigned ephttp_backoff_ms(unsigned attempt)
 {
-    unsigned ms = HTTP_BACKOFF_FIRST_MS;
-    for (unsigned i = 0; i < attempt && ms < HTTP_BACKOFF_MAX_MS; i++) ms *= 2;
-    if (ms > HTTP_BACKOFF_MAX_MS) ms = HTTP_BACKOFF_MAX_MS;
+    unsigned ms = EPHTTP_BACKOFF_FIRST_MS;
+    for (unsigned i = 0; i < attempt && ms < EPHTTP_BACKOFF_MAX_MS; i++) ms *= 2;
+    if (ms > EPHTTP_BACKOFF_MAX_MS) ms = EPHTTP_BACKOFF_MAX_MS;
     /* Jitter: anywhere in [ms/2, ms], so that many jobs retrying one peer spread out. */
     unsigned r;
     random_bytes(&r, sizeof r);
@@ -106,8 +118,8 @@ static unsigned http_backoff_ms(unsigned attempt)
 /* One request with retries. path is appended to the database URL (it starts with '/' or
  * '?', or is empty). timeout_ms 0: no overall limit (a stalled transfer is still cut by
  * the low-speed limit). */
-static int http_do(http_ep *h, const char *method, const char *path, const char *body,
-                   size_t len, long timeout_ms, repl_resp *out, mimeo_err *err)
+static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const char *body,
+                     size_t len, long timeout_ms, repl_resp *out, mimeo_err *err)
 {
     buf url;
     buf_init(&url, 0);
@@ -117,21 +129,24 @@ static int http_do(http_ep *h, const char *method, const char *path, const char 
         return MIMEO_ENOMEM;
     }
     int rc = 0;
+    size_t saved_cap = out->body.cap;
     for (unsigned attempt = 0;; attempt++) {
-        CURL *c = http_take(h);
+        CURL *c = ephttp_take(h);
         if (!c) {
             rc = MIMEO_ENOMEM;
             err_set(err, rc, "error", "out of memory");
             break;
         }
         buf_reset(&out->body);
+        out->body.cap = h->base.max_response ? h->base.max_response : REPL_MAX_RESPONSE;
         out->status = 0;
+        ephttp_sink sink = { &out->body, 0 };
         curl_easy_setopt(c, CURLOPT_URL, buf_cstr(&url));
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, h->headers);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, http_write_cb);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, &out->body);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, ephttp_write_cb);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
         curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, http_progress_cb);
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, ephttp_progress_cb);
         curl_easy_setopt(c, CURLOPT_XFERINFODATA, h->base.cancel);
         curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)h->connect_ms);
@@ -162,7 +177,7 @@ static int http_do(http_ep *h, const char *method, const char *path, const char 
         CURLcode cc = curl_easy_perform(c);
         long status = 0;
         if (cc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-        http_give(h, c);
+        ephttp_give(h, c);
 
         if (cc == CURLE_ABORTED_BY_CALLBACK ||
             (h->base.cancel && atomic_load(h->base.cancel))) {
@@ -170,11 +185,32 @@ static int http_do(http_ep *h, const char *method, const char *path, const char 
             err_set(err, rc, "cancelled", "the replication was cancelled");
             break;
         }
+        if (cc == CURLE_WRITE_ERROR && sink.rc) {
+            /* Asking again would get the same reply: fail at once, saying why. */
+            rc = sink.rc;
+            if (rc == MIMEO_ETOOLARGE)
+                err_set(err, rc, "response_too_large",
+                        "%s %.*s on %s: the reply is larger than max_response_size "
+                        "(%zu bytes)", method, (int)strcspn(path, "?"), path,
+                        h->base.display, out->body.cap);
+            else
+                err_set(err, rc, "error", "out of memory");
+            break;
+        }
         bool transient = cc != CURLE_OK || status >= 500 || status == 429;
         if (!transient) {
+            repl_health_ok(h->base.health, &h->base);
             out->status = status;
             break;
         }
+        mimeo_err why;
+        if (cc != CURLE_OK)
+            err_set(&why, MIMEO_EIO, "http_request_failed", "could not reach %s: %s",
+                    h->base.display, curl_easy_strerror(cc));
+        else
+            err_set(&why, MIMEO_EIO, "http_error_code", "%s answered %s with HTTP %ld",
+                    h->base.display, method, status);
+        repl_health_fail(h->base.health, &h->base, &why);
         if (attempt >= h->base.retries) {
             if (cc != CURLE_OK) {
                 rc = MIMEO_EIO;
@@ -185,47 +221,44 @@ static int http_do(http_ep *h, const char *method, const char *path, const char 
             }
             break;
         }
-        if (!http_sleep(h->base.cancel, http_backoff_ms(attempt))) {
+        if (!ephttp_sleep(h->base.cancel, ephttp_backoff_ms(attempt))) {
             rc = MIMEO_ECLOSED;
             err_set(err, rc, "cancelled", "the replication was cancelled");
             break;
         }
     }
+    /* The reply buffer is the caller's and may next take a local endpoint's reply. */
+    out->body.cap = saved_cap;
     buf_destroy(&url);
     return rc;
 }
 
-/* Appends s percent-encoded for a path segment or query value. */
-static int http_escape(buf *b, const char *s, size_t n)
+/* Appends s percent-encoded for a path segment or query value (everything but RFC 3986's
+ * unreserved characters; libcurl ignores the handle argument since 7.82). */
+static int ephttp_escape(buf *b, const char *s, size_t n)
 {
-    static const char hex[] = "0123456789ABCDEF";
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-            ch == '-' || ch == '_' || ch == '.' || ch == '~') {
-            if (buf_putc(b, (char)ch) != 0) return MIMEO_ENOMEM;
-        } else {
-            char e[3] = { '%', hex[ch >> 4], hex[ch & 15] };
-            if (buf_put(b, e, 3) != 0) return MIMEO_ENOMEM;
-        }
-    }
-    return 0;
+    if (n > INT_MAX) return MIMEO_ETOOLARGE;
+    char *e = curl_easy_escape(NULL, s, (int)n);
+    if (!e) return MIMEO_ENOMEM;
+    int rc = buf_puts(b, e);
+    curl_free(e);
+    return rc;
 }
 
 /* ---- the ops --------------------------------------------------------------------------- */
-static int http_info(repl_ep *ep, repl_resp *out, mimeo_err *err)
+static int ephttp_info(repl_ep *ep, repl_resp *out, mimeo_err *err)
 {
-    return http_do((http_ep *)ep, "GET", "/", NULL, 0, 0, out, err);
+    return ephttp_do((ephttp_ep *)ep, "GET", "/", NULL, 0, 0, out, err);
 }
 
-static int http_create(repl_ep *ep, repl_resp *out, mimeo_err *err)
+static int ephttp_create(repl_ep *ep, repl_resp *out, mimeo_err *err)
 {
-    return http_do((http_ep *)ep, "PUT", "", NULL, 0, 0, out, err);
+    return ephttp_do((ephttp_ep *)ep, "PUT", "", NULL, 0, 0, out, err);
 }
 
-static int http_changes(repl_ep *ep, const char *since, size_t since_len, size_t limit,
-                        const char *doc_ids, unsigned wait_ms, repl_resp *out,
-                        mimeo_err *err)
+static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size_t limit,
+                          const char *doc_ids, unsigned wait_ms, repl_resp *out,
+                          mimeo_err *err)
 {
     buf p, body;
     buf_init(&p, 0);
@@ -235,12 +268,12 @@ static int http_changes(repl_ep *ep, const char *since, size_t since_len, size_t
     if (!rc && since_len >= 2 && since[0] == '"') {
         jval *v = NULL;
         if (json_tree_parse(since, since_len, NULL, &v, NULL) == 0 && v->type == JV_STRING)
-            rc = http_escape(&p, v->str, v->len);
+            rc = ephttp_escape(&p, v->str, v->len);
         else
-            rc = http_escape(&p, since, since_len);
+            rc = ephttp_escape(&p, since, since_len);
         jval_free(v);
     } else if (!rc) {
-        rc = http_escape(&p, since, since_len);
+        rc = ephttp_escape(&p, since, since_len);
     }
     if (!rc && limit > 0) rc = buf_printf(&p, "&limit=%zu", limit);
     if (!rc && wait_ms > 0) rc = buf_printf(&p, "&feed=longpoll&timeout=%u", wait_ms);
@@ -255,89 +288,89 @@ static int http_changes(repl_ep *ep, const char *since, size_t since_len, size_t
     } else {
         long tmo = wait_ms > 0 ? (long)wait_ms + 30000 : 0;
         if (doc_ids)
-            rc = http_do((http_ep *)ep, "POST", buf_cstr(&p), body.data, body.len, tmo, out,
-                         err);
+            rc = ephttp_do((ephttp_ep *)ep, "POST", buf_cstr(&p), body.data, body.len, tmo, out,
+                           err);
         else
-            rc = http_do((http_ep *)ep, "GET", buf_cstr(&p), NULL, 0, tmo, out, err);
+            rc = ephttp_do((ephttp_ep *)ep, "GET", buf_cstr(&p), NULL, 0, tmo, out, err);
     }
     buf_destroy(&p);
     buf_destroy(&body);
     return rc;
 }
 
-static int http_revs_diff(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                          mimeo_err *err)
+static int ephttp_revs_diff(repl_ep *ep, const char *body, size_t len, repl_resp *out,
+                            mimeo_err *err)
 {
-    return http_do((http_ep *)ep, "POST", "/_revs_diff", body, len, 0, out, err);
+    return ephttp_do((ephttp_ep *)ep, "POST", "/_revs_diff", body, len, 0, out, err);
 }
 
-static int http_bulk_get(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                         mimeo_err *err)
+static int ephttp_bulk_get(repl_ep *ep, const char *body, size_t len, repl_resp *out,
+                           mimeo_err *err)
 {
-    return http_do((http_ep *)ep, "POST", "/_bulk_get?revs=true&latest=true", body, len, 0,
-                   out, err);
+    return ephttp_do((ephttp_ep *)ep, "POST", "/_bulk_get?revs=true&latest=true", body, len, 0,
+                     out, err);
 }
 
-static int http_open_revs(repl_ep *ep, const char *id, size_t id_len, const char *revs,
-                          size_t revs_len, repl_resp *out, mimeo_err *err)
+static int ephttp_open_revs(repl_ep *ep, const char *id, size_t id_len, const char *revs,
+                            size_t revs_len, repl_resp *out, mimeo_err *err)
 {
     buf p;
     buf_init(&p, 0);
     int rc = buf_putc(&p, '/');
-    if (!rc) rc = http_escape(&p, id, id_len);
+    if (!rc) rc = ephttp_escape(&p, id, id_len);
     if (!rc) rc = buf_puts(&p, "?revs=true&latest=true&open_revs=");
-    if (!rc) rc = http_escape(&p, revs, revs_len);
+    if (!rc) rc = ephttp_escape(&p, revs, revs_len);
     if (rc) err_set(err, MIMEO_ENOMEM, "error", "out of memory");
-    else rc = http_do((http_ep *)ep, "GET", buf_cstr(&p), NULL, 0, 0, out, err);
+    else rc = ephttp_do((ephttp_ep *)ep, "GET", buf_cstr(&p), NULL, 0, 0, out, err);
     buf_destroy(&p);
     return rc;
 }
 
-static int http_bulk_docs(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                          mimeo_err *err)
+static int ephttp_bulk_docs(repl_ep *ep, const char *body, size_t len, repl_resp *out,
+                            mimeo_err *err)
 {
-    return http_do((http_ep *)ep, "POST", "/_bulk_docs", body, len, 0, out, err);
+    return ephttp_do((ephttp_ep *)ep, "POST", "/_bulk_docs", body, len, 0, out, err);
 }
 
-static int http_full_commit(repl_ep *ep, repl_resp *out, mimeo_err *err)
+static int ephttp_full_commit(repl_ep *ep, repl_resp *out, mimeo_err *err)
 {
-    return http_do((http_ep *)ep, "POST", "/_ensure_full_commit", "", 0, 0, out, err);
+    return ephttp_do((ephttp_ep *)ep, "POST", "/_ensure_full_commit", "", 0, 0, out, err);
 }
 
-static int http_local_path(buf *p, const char *id)
+static int ephttp_local_path(buf *p, const char *id)
 {
     int rc = buf_puts(p, "/_local/");
-    if (!rc) rc = http_escape(p, id, strlen(id));
+    if (!rc) rc = ephttp_escape(p, id, strlen(id));
     return rc;
 }
 
-static int http_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_err *err)
+static int ephttp_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_err *err)
 {
     buf p;
     buf_init(&p, 0);
-    int rc = http_local_path(&p, id);
+    int rc = ephttp_local_path(&p, id);
     if (rc) err_set(err, MIMEO_ENOMEM, "error", "out of memory");
-    else rc = http_do((http_ep *)ep, "GET", buf_cstr(&p), NULL, 0, 0, out, err);
+    else rc = ephttp_do((ephttp_ep *)ep, "GET", buf_cstr(&p), NULL, 0, 0, out, err);
     buf_destroy(&p);
     return rc;
 }
 
-static int http_local_put(repl_ep *ep, const char *id, const char *rev, const char *body,
-                          size_t len, repl_resp *out, mimeo_err *err)
+static int ephttp_local_put(repl_ep *ep, const char *id, const char *rev, const char *body,
+                            size_t len, repl_resp *out, mimeo_err *err)
 {
     (void)rev;   /* travels as the body's _rev */
     buf p;
     buf_init(&p, 0);
-    int rc = http_local_path(&p, id);
+    int rc = ephttp_local_path(&p, id);
     if (rc) err_set(err, MIMEO_ENOMEM, "error", "out of memory");
-    else rc = http_do((http_ep *)ep, "PUT", buf_cstr(&p), body, len, 0, out, err);
+    else rc = ephttp_do((ephttp_ep *)ep, "PUT", buf_cstr(&p), body, len, 0, out, err);
     buf_destroy(&p);
     return rc;
 }
 
-static void http_free(repl_ep *ep)
+static void ephttp_free(repl_ep *ep)
 {
-    http_ep *h = (http_ep *)ep;
+    ephttp_ep *h = (ephttp_ep *)ep;
     for (size_t i = 0; i < h->npool; i++) curl_easy_cleanup(h->pool[i]);
     curl_slist_free_all(h->headers);
     pthread_mutex_destroy(&h->lock);
@@ -348,28 +381,28 @@ static void http_free(repl_ep *ep)
     free(h);
 }
 
-static const repl_ep_ops http_ops = {
-    .info = http_info,
-    .create = http_create,
-    .changes = http_changes,
-    .revs_diff = http_revs_diff,
-    .bulk_get = http_bulk_get,
-    .open_revs = http_open_revs,
-    .bulk_docs = http_bulk_docs,
-    .ensure_full_commit = http_full_commit,
-    .local_get = http_local_get,
-    .local_put = http_local_put,
-    .free = http_free,
+static const repl_ep_ops ephttp_ops = {
+    .info = ephttp_info,
+    .create = ephttp_create,
+    .changes = ephttp_changes,
+    .revs_diff = ephttp_revs_diff,
+    .bulk_get = ephttp_bulk_get,
+    .open_revs = ephttp_open_revs,
+    .bulk_docs = ephttp_bulk_docs,
+    .ensure_full_commit = ephttp_full_commit,
+    .local_get = ephttp_local_get,
+    .local_put = ephttp_local_put,
+    .free = ephttp_free,
 };
 
 int repl_ep_http_new(const repl_ep_spec *spec, atomic_bool *cancel, unsigned connect_ms,
                      repl_ep **out, mimeo_err *err)
 {
     repl_curl_init();
-    http_ep *h = calloc(1, sizeof *h);
+    ephttp_ep *h = calloc(1, sizeof *h);
     if (!h) goto nomem;
     pthread_mutex_init(&h->lock, NULL);
-    h->base.ops = &http_ops;
+    h->base.ops = &ephttp_ops;
     h->base.cancel = cancel;
     h->base.retries = REPL_START_RETRIES;
     h->connect_ms = connect_ms ? connect_ms : REPL_CONNECT_TIMEOUT_MS;
@@ -403,7 +436,7 @@ int repl_ep_http_new(const repl_ep_spec *spec, atomic_bool *cancel, unsigned con
     *out = &h->base;
     return 0;
 nomem_free:
-    http_free(&h->base);
+    ephttp_free(&h->base);
 nomem:
     err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     return MIMEO_ENOMEM;

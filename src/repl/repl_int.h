@@ -21,7 +21,8 @@
 #define REPL_WORKERS           4      /* batches processed at once */
 #define REPL_INFLIGHT          8      /* batches read ahead of the oldest unfinished one */
 #define REPL_CKPT_INTERVAL_MS  5000   /* checkpoint at least this often while progressing */
-#define REPL_RETRIES           10     /* retries of one request mid-replication */
+#define REPL_RETRIES           5      /* retries of one request mid-replication
+                                         (CouchDB's retries_per_request) */
 #define REPL_START_RETRIES     3      /* retries while opening the endpoints */
 #define REPL_CONNECT_TIMEOUT_MS 10000
 #define REPL_LONGPOLL_MS       10000  /* feed=longpoll timeout in continuous mode */
@@ -37,6 +38,23 @@ typedef struct repl_resp {
 } repl_resp;
 
 typedef struct repl_ep repl_ep;
+
+/* Whether a job's peers answer: a request that keeps failing is retried for a while before
+ * the job crashes, and meanwhile the monitoring endpoints must not say all is well. */
+typedef struct repl_health {
+    pthread_mutex_t lock;
+    const repl_ep  *who;       /* the endpoint failing now, or NULL */
+    uint64_t        since_ms;  /* when its current run of failures began */
+    char            error[MIMEO_ERR_REASON_MAX + 40];
+} repl_health;
+
+/* Unhealthy for at least this long: shown as crashing, with the error. */
+#define REPL_UNHEALTHY_MS 3000
+
+void repl_health_fail(repl_health *h, const repl_ep *who, const mimeo_err *e);
+void repl_health_ok(repl_health *h, const repl_ep *who);
+/* Copies the error into out (n bytes) and returns true when unhealthy for min_ms. */
+bool repl_health_get(repl_health *h, uint64_t min_ms, char *out, size_t n);
 
 /* Every op returns 0 when a reply was obtained (whatever its status) and a negative
  * MIMEO_E* code with err filled when none was: the peer is unreachable after the retry
@@ -76,10 +94,18 @@ struct repl_ep {
     bool           local;
     atomic_bool    no_bulk_get; /* the peer answered _bulk_get with 400/404/405/501 */
     atomic_bool   *cancel;     /* borrowed: set when the job must stop */
+    repl_health   *health;     /* borrowed: the job's, or NULL */
     unsigned       retries;    /* retry budget per request (changed after start-up) */
     atomic_uint    timeout_ms; /* whole-request limit for requests that set none; 0: the
                                   default (REPL_REQUEST_TIMEOUT_MS) */
+    size_t         max_response; /* a longer reply fails with MIMEO_ETOOLARGE; 0: the
+                                    default (REPL_MAX_RESPONSE) */
 };
+
+/* The default cap of one reply read from a peer: each worker holds one, and a reply wraps
+ * a batch of documents. A _bulk_get reply over it is fetched again document by document;
+ * one document's reply over it fails the batch. */
+#define REPL_MAX_RESPONSE ((size_t)64 << 20)
 
 /* A request to a peer that takes longer than this is a failure (and is retried): like
  * CouchDB's connection_timeout, a black-hole peer must not hold a job, a cancel or a
@@ -124,13 +150,15 @@ typedef struct repl_req {
     unsigned connect_ms;
     unsigned batch_size;
     unsigned workers;
+    size_t   max_response;   /* max_response_size; 0: the registry's or the default */
 } repl_req;
 
 int  repl_req_parse(const char *json, size_t len, repl_req *out, mimeo_err *err);
 void repl_req_destroy(repl_req *r);
 /* The stable 32-hex replication id of (source, target, doc_ids) into out. */
 void repl_req_id(mimeo_env *env, const repl_req *r, char out[33]);
-/* The URL with any password cut out of its userinfo ("http://u@host/db"), new. */
+/* The URL as logs and the monitoring endpoints show it, new: user and password removed
+ * ("http://host:5984/db/", as CouchDB shows it); a bare database name as it is. */
 char *repl_url_display(const char *url);
 
 typedef enum {
@@ -158,6 +186,7 @@ typedef struct repl_job {
     atomic_bool  stopping;   /* the job was asked to stop (cancel may be lifted briefly to
                                 write a last checkpoint) */
     repl_stats   stats;
+    repl_health  health;
 
     /* progress and the pipeline, under lock */
     pthread_mutex_t lock;
@@ -187,8 +216,15 @@ typedef struct repl_job {
     int64_t      started_on;     /* unix seconds */
     atomic_int_fast64_t updated_on;
     atomic_int   state;          /* repl_state */
-    bool         caught_up;      /* continuous: waiting for new changes */
+    atomic_bool  caught_up;      /* continuous: waiting for new changes (read by the
+                                    monitoring producers on other threads) */
 } repl_job;
+
+/* The registry of running jobs of one environment (repl_jobs.c), kept in the environment
+ * through mimeo_env_state; env NULL has a registry of its own (jobs between two URLs).
+ * NULL only when out of memory. */
+typedef struct repl_reg repl_reg;
+repl_reg *repl_reg_of(mimeo_env *env);
 
 /* New job for req (takes it: req is zeroed). */
 repl_job *repl_job_new(mimeo_env *env, repl_req *req);

@@ -8,7 +8,6 @@
 #include <time.h>
 
 #include "repl_int.h"
-#include "../db/env_repl.h"
 
 #define REPL_DB                 "_replicator"
 #define REPL_CRASH_BACKOFF_MS   1000     /* first wait before a crashed job runs again */
@@ -18,6 +17,7 @@
 typedef struct repl_entry repl_entry;
 struct repl_entry {
     repl_entry *next;
+    repl_reg   *reg;
     mimeo_env  *env;
     repl_job   *job;         /* NULL for a finished _replicator doc */
     char        id[48];      /* replication id, "+continuous" for continuous jobs */
@@ -36,18 +36,53 @@ struct repl_entry {
     unsigned    pid;
 };
 
-typedef struct repl_mgr repl_mgr;
-struct repl_mgr {
-    repl_mgr   *next;
-    mimeo_env  *env;
-    pthread_t   thread;
-    atomic_bool stop;
+/* The registry of one environment's jobs, kept in the environment itself
+ * (mimeo_env_state), so two environments in one process never see each other's jobs and
+ * the registry lives exactly as long as its environment. Jobs between two URLs (no
+ * environment) have a registry of their own. */
+struct repl_reg {
+    mimeo_env      *env;
+    pthread_mutex_t lock;         /* guards everything below and the entries' fields */
+    repl_entry     *entries;
+    unsigned        next_pid;
+    bool            stopped;      /* mimeo_replicator_stop ran: no new jobs, ever */
+    bool            mgr_running;  /* the _replicator manager thread exists */
+    pthread_t       mgr;
+    atomic_bool     mgr_stop;
+    atomic_size_t   max_response; /* default cap of a peer's reply, bytes; 0: built in */
 };
 
-static pthread_mutex_t repl_reg_lock = PTHREAD_MUTEX_INITIALIZER;
-static repl_entry *repl_entries;
-static repl_mgr   *repl_mgrs;
-static unsigned    repl_next_pid = 100;
+static repl_reg repl_reg_none = {
+    .lock = PTHREAD_MUTEX_INITIALIZER, .next_pid = 100,
+};
+static const char repl_reg_key = 0;   /* its address names the state in mimeo_env_state */
+
+static void *repl_reg_make(mimeo_env *env)
+{
+    repl_reg *g = calloc(1, sizeof *g);
+    if (!g) return NULL;
+    g->env = env;
+    g->next_pid = 100;
+    pthread_mutex_init(&g->lock, NULL);
+    return g;
+}
+
+static void repl_reg_stop(repl_reg *g, bool forever);
+
+static void repl_reg_destroy(void *p)
+{
+    repl_reg *g = p;
+    repl_reg_stop(g, true);   /* a caller that skipped mimeo_replicator_stop */
+    pthread_mutex_destroy(&g->lock);
+    free(g);
+}
+
+/* The registry of env (made on first use); NULL only when out of memory. */
+repl_reg *repl_reg_of(mimeo_env *env)
+{
+    if (!env) return &repl_reg_none;
+    return mimeo_env_state(env, &repl_reg_key, repl_reg_make, repl_reg_destroy);
+}
 
 static const char *const repl_state_names[] = {
     "initializing", "running", "pending", "crashing", "completed", "failed"
@@ -71,11 +106,12 @@ static unsigned repl_status_for(const mimeo_err *e)
 }
 
 /* ---- the registry ----------------------------------------------------------------------- */
-static repl_entry *repl_entry_new(mimeo_env *env, repl_job *job, const char *id)
+static repl_entry *repl_entry_new(repl_reg *g, repl_job *job, const char *id)
 {
     repl_entry *e = calloc(1, sizeof *e);
     if (!e) return NULL;
-    e->env = env;
+    e->reg = g;
+    e->env = g->env;
     e->job = job;
     snprintf(e->id, sizeof e->id, "%s", id);
     if (job) {
@@ -100,38 +136,34 @@ static void repl_entry_free(repl_entry *e)
     free(e);
 }
 
-/* Under repl_reg_lock. */
-static repl_entry *repl_find(mimeo_env *env, const char *id)
+/* The finders and repl_unlink run under g->lock. */
+static repl_entry *repl_find(repl_reg *g, const char *id)
 {
-    for (repl_entry *e = repl_entries; e; e = e->next)
-        if (e->env == env && e->job && strcmp(e->id, id) == 0) return e;
+    for (repl_entry *e = g->entries; e; e = e->next)
+        if (e->job && strcmp(e->id, id) == 0) return e;
     return NULL;
 }
 
-static repl_entry *repl_find_doc(mimeo_env *env, const char *doc_id)
+static repl_entry *repl_find_doc(repl_reg *g, const char *doc_id)
 {
-    for (repl_entry *e = repl_entries; e; e = e->next)
-        if (e->env == env && e->doc_id && strcmp(e->doc_id, doc_id) == 0) return e;
+    for (repl_entry *e = g->entries; e; e = e->next)
+        if (e->doc_id && strcmp(e->doc_id, doc_id) == 0) return e;
     return NULL;
 }
 
-static void repl_unlink(repl_entry *e)
+static void repl_unlink(repl_reg *g, repl_entry *e)
 {
-    for (repl_entry **p = &repl_entries; *p; p = &(*p)->next)
+    for (repl_entry **p = &g->entries; *p; p = &(*p)->next)
         if (*p == e) {
             *p = e->next;
             return;
         }
 }
 
-static bool repl_env_stopping(mimeo_env *env)
+static void repl_link(repl_reg *g, repl_entry *e)
 {
-    /* The env's own mark outlives the manager: requests still in flight on open
-     * connections after mimeo_replicator_stop must not start jobs on a closing env. */
-    if (env_repl_stopped(env)) return true;
-    for (repl_mgr *m = repl_mgrs; m; m = m->next)
-        if (m->env == env && atomic_load(&m->stop)) return true;
-    return false;
+    e->next = g->entries;
+    g->entries = e;
 }
 
 /* Keeps the job's counters in the entry once the job is gone. */
@@ -219,6 +251,7 @@ static bool repl_backoff_sleep(repl_job *j, unsigned ms)
 static void *repl_entry_thread(void *arg)
 {
     repl_entry *e = arg;
+    repl_reg *g = e->reg;
     repl_job *j = e->job;
     unsigned crashes = 0;
     for (;;) {
@@ -228,15 +261,15 @@ static void *repl_entry_thread(void *arg)
         int rc = repl_job_run(j, &result, &rlen);
         mimeo_free(result);
         if (atomic_load(&j->stopping)) break;
-        pthread_mutex_lock(&repl_reg_lock);
+        pthread_mutex_lock(&g->lock);
         e->last_updated = (int64_t)time(NULL);
-        pthread_mutex_unlock(&repl_reg_lock);
+        pthread_mutex_unlock(&g->lock);
         if (rc == 0 && !j->req.continuous) {
-            pthread_mutex_lock(&repl_reg_lock);
+            pthread_mutex_lock(&g->lock);
             repl_keep_stats(e);
             atomic_store(&e->state, REPL_ST_COMPLETED);
             char *stats = e->final_stats ? strdup(e->final_stats) : NULL;
-            pthread_mutex_unlock(&repl_reg_lock);
+            pthread_mutex_unlock(&g->lock);
             if (e->doc_id) repl_doc_write_state(e->env, e->doc_id, "completed", NULL, stats);
             free(stats);
             break;
@@ -244,7 +277,7 @@ static void *repl_entry_thread(void *arg)
         /* A failure: crash, wait (doubling, with jitter from the endpoint's own retries),
          * and run again from the last checkpoint. Bad requests do not get better. */
         crashes++;
-        pthread_mutex_lock(&repl_reg_lock);
+        pthread_mutex_lock(&g->lock);
         e->error_count++;
         snprintf(e->last_error, sizeof e->last_error, "%s: %s", j->error.error,
                  j->error.reason);
@@ -254,7 +287,7 @@ static void *repl_entry_thread(void *arg)
         if (hopeless) repl_keep_stats(e);
         char reason[sizeof e->last_error];
         memcpy(reason, e->last_error, sizeof reason);
-        pthread_mutex_unlock(&repl_reg_lock);
+        pthread_mutex_unlock(&g->lock);
         if (hopeless) {
             if (e->doc_id) repl_doc_write_state(e->env, e->doc_id, "failed", reason, NULL);
             break;
@@ -271,31 +304,45 @@ static void *repl_entry_thread(void *arg)
  * every job costs threads and connections, and clients must not be able to exhaust them. */
 #define REPL_MAX_JOBS 500
 
-/* Under repl_reg_lock: starts e's thread and links it. MIMEO_ETOOLARGE when REPL_MAX_JOBS
+/* Under g->lock: starts e's thread and links it. MIMEO_ETOOLARGE when REPL_MAX_JOBS
  * jobs run already. */
-static int repl_entry_start(repl_entry *e)
+static int repl_entry_start(repl_reg *g, repl_entry *e)
 {
     unsigned running = 0;
-    for (repl_entry *x = repl_entries; x; x = x->next) running += x->threaded;
+    for (repl_entry *x = g->entries; x; x = x->next) running += x->threaded;
     if (running >= REPL_MAX_JOBS) return MIMEO_ETOOLARGE;
-    e->pid = repl_next_pid++;
+    e->pid = g->next_pid++;
     e->threaded = true;
     if (pthread_create(&e->thread, NULL, repl_entry_thread, e) != 0) {
         e->threaded = false;
         return MIMEO_ENOMEM;
     }
-    e->next = repl_entries;
-    repl_entries = e;
+    repl_link(g, e);
     return 0;
 }
 
-/* Stops e's job and waits for its thread. Call without repl_reg_lock; e must be unlinked
+/* Stops e's job and waits for its thread. Call without g->lock; e must be unlinked
  * already (or about to be freed by the caller). */
 static void repl_entry_stop(repl_entry *e)
 {
     if (e->job) repl_job_cancel(e->job);
     if (e->threaded) pthread_join(e->thread, NULL);
     e->threaded = false;
+}
+
+int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *opts)
+{
+    repl_reg *g = repl_reg_of(env);
+    if (!g) return MIMEO_ENOMEM;
+    atomic_store(&g->max_response, opts ? opts->max_response_size : 0);
+    return 0;
+}
+
+/* A job of g for req (taken); the registry's settings fill what req leaves open. */
+static repl_job *repl_reg_job_new(repl_reg *g, repl_req *req)
+{
+    if (!req->max_response) req->max_response = atomic_load(&g->max_response);
+    return repl_job_new(g->env, req);
 }
 
 /* ---- mimeo_replicate ---------------------------------------------------------------------- */
@@ -314,7 +361,7 @@ static int repl_reply_id(const char *id, char **out, size_t *out_len)
     return 0;
 }
 
-static int repl_cancel(mimeo_env *env, repl_req *req, char **out, size_t *out_len,
+static int repl_cancel(repl_reg *g, repl_req *req, char **out, size_t *out_len,
                        unsigned *status, mimeo_err *err)
 {
     char id[48];
@@ -322,27 +369,27 @@ static int repl_cancel(mimeo_env *env, repl_req *req, char **out, size_t *out_le
         snprintf(id, sizeof id, "%s", req->replication_id);
     } else {
         char base[33];
-        repl_req_id(env, req, base);
+        repl_req_id(g->env, req, base);
         snprintf(id, sizeof id, "%s%s", base, req->continuous ? "+continuous" : "");
     }
-    pthread_mutex_lock(&repl_reg_lock);
-    repl_entry *e = repl_find(env, id);
+    pthread_mutex_lock(&g->lock);
+    repl_entry *e = repl_find(g, id);
     if (!e && !strchr(id, '+')) {
         /* {"replication_id":"<base>","cancel":true} names a continuous job too. */
         char cid[48];
         snprintf(cid, sizeof cid, "%.32s+continuous", id);
-        e = repl_find(env, cid);
+        e = repl_find(g, cid);
     }
     if (e && e->doc_id) e = NULL;   /* _replicator jobs stop by deleting their doc */
     if (e && e->transient) {
         /* A one-shot call is running it: make it return; the caller cleans up. */
         repl_job_cancel(e->job);
-        pthread_mutex_unlock(&repl_reg_lock);
+        pthread_mutex_unlock(&g->lock);
         if (status) *status = 200;
         return repl_reply_id(id, out, out_len);
     }
-    if (e) repl_unlink(e);
-    pthread_mutex_unlock(&repl_reg_lock);
+    if (e) repl_unlink(g, e);
+    pthread_mutex_unlock(&g->lock);
     if (!e) {
         err_set(err, MIMEO_ENOTFOUND, "not_found", "replication %s is not running", id);
         if (status) *status = 404;
@@ -364,10 +411,17 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
     repl_req req;
     mimeo_err e;
     memset(&e, 0, sizeof e);
-    int rc = repl_req_parse(json, len, &req, &e);
+    int rc;
+    repl_reg *g = repl_reg_of(env);
+    if (!g) {
+        err_set(&e, MIMEO_ENOMEM, "error", "out of memory");
+        rc = MIMEO_ENOMEM;
+        goto fail;
+    }
+    rc = repl_req_parse(json, len, &req, &e);
     if (rc) goto fail;
     if (req.cancel) {
-        rc = repl_cancel(env, &req, json_out, out_len, status, &e);
+        rc = repl_cancel(g, &req, json_out, out_len, status, &e);
         repl_req_destroy(&req);
         if (rc) goto fail;
         return 0;
@@ -379,7 +433,7 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
         rc = MIMEO_EINVAL;
         goto fail;
     }
-    repl_job *j = repl_job_new(env, &req);
+    repl_job *j = repl_reg_job_new(g, &req);
     if (!j) {
         repl_req_destroy(&req);
         err_set(&e, MIMEO_ENOMEM, "error", "out of memory");
@@ -388,32 +442,32 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
     }
     char id[48];
     snprintf(id, sizeof id, "%s%s", j->rep_id, j->req.continuous ? "+continuous" : "");
-    repl_entry *ent = repl_entry_new(env, j, id);
+    repl_entry *ent = repl_entry_new(g, j, id);
     if (!ent) {
         repl_job_free(j);
         err_set(&e, MIMEO_ENOMEM, "error", "out of memory");
         rc = MIMEO_ENOMEM;
         goto fail;
     }
-    pthread_mutex_lock(&repl_reg_lock);
-    if (repl_env_stopping(env)) {
-        pthread_mutex_unlock(&repl_reg_lock);
+    pthread_mutex_lock(&g->lock);
+    if (g->stopped || atomic_load(&g->mgr_stop)) {
+        pthread_mutex_unlock(&g->lock);
         repl_entry_free(ent);
         err_set(&e, MIMEO_ECLOSED, "error", "the node is shutting down");
         rc = MIMEO_ECLOSED;
         goto fail;
     }
-    repl_entry *dup = repl_find(env, id);
+    repl_entry *dup = repl_find(g, id);
     if (dup && j->req.continuous) {
         /* CouchDB answers a second start of the same continuous job with its id. */
-        pthread_mutex_unlock(&repl_reg_lock);
+        pthread_mutex_unlock(&g->lock);
         repl_entry_free(ent);
         if (status) *status = 202;
         return repl_reply_id(id, json_out, out_len);
     }
     if (j->req.continuous) {
-        rc = repl_entry_start(ent);
-        pthread_mutex_unlock(&repl_reg_lock);
+        rc = repl_entry_start(g, ent);
+        pthread_mutex_unlock(&g->lock);
         if (rc) {
             repl_entry_free(ent);
             if (rc == MIMEO_ETOOLARGE)
@@ -427,18 +481,17 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
     }
     /* One-shot: run here, listed in the registry meanwhile for _active_tasks. */
     ent->transient = true;
-    ent->pid = repl_next_pid++;
+    ent->pid = g->next_pid++;
     atomic_store(&ent->state, REPL_ST_RUNNING);
-    ent->next = repl_entries;
-    repl_entries = ent;
-    pthread_mutex_unlock(&repl_reg_lock);
+    repl_link(g, ent);
+    pthread_mutex_unlock(&g->lock);
 
     rc = repl_job_run(j, json_out, out_len);
     if (rc) e = j->error;
 
-    pthread_mutex_lock(&repl_reg_lock);
-    repl_unlink(ent);
-    pthread_mutex_unlock(&repl_reg_lock);
+    pthread_mutex_lock(&g->lock);
+    repl_unlink(g, ent);
+    pthread_mutex_unlock(&g->lock);
     repl_entry_free(ent);
     if (rc) {
         if (!e.error[0]) err_set(&e, rc, "error", "%s", mimeo_strerror(rc));
@@ -512,8 +565,9 @@ static char *repl_doc_spec(const jval *doc)
     return buf_detach(&b, &n);
 }
 
-static void repl_doc_changed(mimeo_env *env, const repl_row *row)
+static void repl_doc_changed(repl_reg *g, const repl_row *row)
 {
+    mimeo_env *env = g->env;
     if (!row->id || strncmp(row->id, "_design/", 8) == 0) return;
     jval *doc = NULL;
     char *spec = NULL;
@@ -524,16 +578,16 @@ static void repl_doc_changed(mimeo_env *env, const repl_row *row)
         const jval *st = jval_get(doc, "_replication_state");
         if (st && st->type == JV_STRING) state = st->str;
     }
-    pthread_mutex_lock(&repl_reg_lock);
-    repl_entry *old = repl_find_doc(env, row->id);
+    pthread_mutex_lock(&g->lock);
+    repl_entry *old = repl_find_doc(g, row->id);
     bool same = old && spec && old->doc_spec && strcmp(old->doc_spec, spec) == 0;
     if (same || (!old && !spec)) {
         /* Our own state write-back, or a deletion of a doc we never ran. */
-        pthread_mutex_unlock(&repl_reg_lock);
+        pthread_mutex_unlock(&g->lock);
         goto out;
     }
-    if (old) repl_unlink(old);
-    pthread_mutex_unlock(&repl_reg_lock);
+    if (old) repl_unlink(g, old);
+    pthread_mutex_unlock(&g->lock);
     if (old) {
         repl_entry_stop(old);
         repl_entry_free(old);
@@ -547,7 +601,7 @@ static void repl_doc_changed(mimeo_env *env, const repl_row *row)
     repl_entry *ent = NULL;
     if (terminal) {
         /* Finished before (maybe before a restart): listed, not run again. */
-        ent = repl_entry_new(env, NULL, "");
+        ent = repl_entry_new(g, NULL, "");
         if (!ent) goto out;
         atomic_store(&ent->state, strcmp(state, "completed") == 0 ? REPL_ST_COMPLETED
                                                                   : REPL_ST_FAILED);
@@ -568,7 +622,7 @@ static void repl_doc_changed(mimeo_env *env, const repl_row *row)
             free(t);
         }
     } else if (repl_req_parse(row->doc, strlen(row->doc), &req, &e) != 0) {
-        ent = repl_entry_new(env, NULL, "");
+        ent = repl_entry_new(g, NULL, "");
         if (!ent) goto out;
         atomic_store(&ent->state, REPL_ST_FAILED);
         ent->error_count = 1;
@@ -576,21 +630,21 @@ static void repl_doc_changed(mimeo_env *env, const repl_row *row)
         repl_doc_write_state(env, row->id, "failed", e.reason, NULL);
         /* That write changes the doc; keep the spec so the change is recognised. */
     } else {
-        repl_job *j = repl_job_new(env, &req);
+        repl_job *j = repl_reg_job_new(g, &req);
         if (!j) {
             repl_req_destroy(&req);
             goto out;
         }
         char id[48];
         snprintf(id, sizeof id, "%s%s", j->rep_id, j->req.continuous ? "+continuous" : "");
-        pthread_mutex_lock(&repl_reg_lock);
-        repl_entry *twin = repl_find(env, id);
+        pthread_mutex_lock(&g->lock);
+        repl_entry *twin = repl_find(g, id);
         char twin_doc[200] = "";
         if (twin) snprintf(twin_doc, sizeof twin_doc, "%s", twin->doc_id ? twin->doc_id : "");
-        pthread_mutex_unlock(&repl_reg_lock);
+        pthread_mutex_unlock(&g->lock);
         if (twin) {
             /* CouchDB: a second document describing a running replication fails. */
-            ent = repl_entry_new(env, NULL, "");
+            ent = repl_entry_new(g, NULL, "");
             if (ent) {
                 ent->source = repl_url_display(j->req.source.url);
                 ent->target = repl_url_display(j->req.target.url);
@@ -604,7 +658,7 @@ static void repl_doc_changed(mimeo_env *env, const repl_row *row)
                      twin_doc[0] ? "document " : "a /_replicate request", twin_doc);
             repl_doc_write_state(env, row->id, "failed", ent->last_error, NULL);
         } else {
-            ent = repl_entry_new(env, j, id);
+            ent = repl_entry_new(g, j, id);
             if (!ent) {
                 repl_job_free(j);
                 goto out;
@@ -614,11 +668,11 @@ static void repl_doc_changed(mimeo_env *env, const repl_row *row)
     ent->doc_id = strdup(row->id);
     ent->doc_spec = spec;
     spec = NULL;
-    pthread_mutex_lock(&repl_reg_lock);
+    pthread_mutex_lock(&g->lock);
     if (ent->job) {
-        int src = repl_entry_start(ent);
+        int src = repl_entry_start(g, ent);
         if (src != 0) {
-            pthread_mutex_unlock(&repl_reg_lock);
+            pthread_mutex_unlock(&g->lock);
             repl_entry_free(ent);
             if (src == MIMEO_ETOOLARGE)
                 repl_doc_write_state(env, row->id, "failed",
@@ -626,10 +680,9 @@ static void repl_doc_changed(mimeo_env *env, const repl_row *row)
             goto out;
         }
     } else {
-        ent->next = repl_entries;
-        repl_entries = ent;
+        repl_link(g, ent);
     }
-    pthread_mutex_unlock(&repl_reg_lock);
+    pthread_mutex_unlock(&g->lock);
 out:
     free(spec);
     jval_free(doc);
@@ -637,13 +690,13 @@ out:
 
 static void *repl_mgr_thread(void *arg)
 {
-    repl_mgr *m = arg;
+    repl_reg *g = arg;
     mimeo_db *db = NULL;
     uint64_t since = 0;
-    while (!atomic_load(&m->stop)) {
-        if (!db && mimeo_db_open(m->env, REPL_DB, &db, NULL) != 0) {
+    while (!atomic_load(&g->mgr_stop)) {
+        if (!db && mimeo_db_open(g->env, REPL_DB, &db, NULL) != 0) {
             /* Deleted under us: recreate and start over. */
-            mimeo_db_create(m->env, REPL_DB, NULL);
+            mimeo_db_create(g->env, REPL_DB, NULL);
             since = 0;
             struct timespec ts = { 0, 200 * 1000000L };
             nanosleep(&ts, NULL);
@@ -662,7 +715,7 @@ static void *repl_mgr_thread(void *arg)
             db = NULL;
         }
         for (size_t i = 0; i < rows.n; i++) {
-            if (!atomic_load(&m->stop)) repl_doc_changed(m->env, &rows.v[i]);
+            if (!atomic_load(&g->mgr_stop)) repl_doc_changed(g, &rows.v[i]);
             free(rows.v[i].id);
             free(rows.v[i].doc);
         }
@@ -677,6 +730,8 @@ static void *repl_mgr_thread(void *arg)
 int mimeo_replicator_start(mimeo_env *env, mimeo_err *err)
 {
     repl_curl_init();
+    repl_reg *g = repl_reg_of(env);
+    if (!g) return MIMEO_ENOMEM;
     mimeo_err e;
     memset(&e, 0, sizeof e);
     int rc = mimeo_db_create(env, REPL_DB, &e);
@@ -684,45 +739,38 @@ int mimeo_replicator_start(mimeo_env *env, mimeo_err *err)
         if (err) *err = e;
         return rc;
     }
-    repl_mgr *m = calloc(1, sizeof *m);
-    if (!m) return MIMEO_ENOMEM;
-    m->env = env;
-    pthread_mutex_lock(&repl_reg_lock);
-    m->next = repl_mgrs;
-    repl_mgrs = m;
-    pthread_mutex_unlock(&repl_reg_lock);
-    if (pthread_create(&m->thread, NULL, repl_mgr_thread, m) != 0) {
-        pthread_mutex_lock(&repl_reg_lock);
-        repl_mgrs = m->next;
-        pthread_mutex_unlock(&repl_reg_lock);
-        free(m);
+    pthread_mutex_lock(&g->lock);
+    if (g->mgr_running || g->stopped) {
+        pthread_mutex_unlock(&g->lock);
+        return g->stopped ? MIMEO_ECLOSED : 0;
+    }
+    bool started = pthread_create(&g->mgr, NULL, repl_mgr_thread, g) == 0;
+    g->mgr_running = started;
+    pthread_mutex_unlock(&g->lock);
+    if (!started) {
         err_set(err, MIMEO_ENOMEM, "error", "could not start the replicator thread");
         return MIMEO_ENOMEM;
     }
     return 0;
 }
 
-void mimeo_replicator_stop(mimeo_env *env)
+/* Stops the manager and every job of g; forever: refuse new jobs from now on. */
+static void repl_reg_stop(repl_reg *g, bool forever)
 {
-    repl_mgr *m = NULL;
-    pthread_mutex_lock(&repl_reg_lock);
-    env_repl_stop_mark(env);
-    for (repl_mgr *x = repl_mgrs; x; x = x->next)
-        if (x->env == env) m = x;
-    if (m) atomic_store(&m->stop, true);
-    pthread_mutex_unlock(&repl_reg_lock);
-    if (m) pthread_join(m->thread, NULL);
+    pthread_mutex_lock(&g->lock);
+    if (forever) g->stopped = true;
+    atomic_store(&g->mgr_stop, true);
+    bool joined = g->mgr_running;
+    g->mgr_running = false;
+    pthread_mutex_unlock(&g->lock);
+    if (joined) pthread_join(g->mgr, NULL);
 
-    /* Take every job of env out of the registry; one-shot calls are only cancelled (their
-     * callers unlink and free them). */
+    /* Take every job out of the registry; one-shot calls are only cancelled (their callers
+     * unlink and free them). */
     repl_entry *mine = NULL;
-    pthread_mutex_lock(&repl_reg_lock);
-    for (repl_entry **p = &repl_entries; *p;) {
+    pthread_mutex_lock(&g->lock);
+    for (repl_entry **p = &g->entries; *p;) {
         repl_entry *e = *p;
-        if (e->env != env) {
-            p = &e->next;
-            continue;
-        }
         if (e->transient) {
             repl_job_cancel(e->job);
             p = &e->next;
@@ -732,7 +780,8 @@ void mimeo_replicator_stop(mimeo_env *env)
         e->next = mine;
         mine = e;
     }
-    pthread_mutex_unlock(&repl_reg_lock);
+    if (!forever) atomic_store(&g->mgr_stop, false);
+    pthread_mutex_unlock(&g->lock);
     for (repl_entry *e = mine; e; e = e->next)
         if (e->job) repl_job_cancel(e->job);
     while (mine) {
@@ -741,16 +790,15 @@ void mimeo_replicator_stop(mimeo_env *env)
         repl_entry_stop(e);
         repl_entry_free(e);
     }
-    if (m) {
-        pthread_mutex_lock(&repl_reg_lock);
-        for (repl_mgr **p = &repl_mgrs; *p; p = &(*p)->next)
-            if (*p == m) {
-                *p = m->next;
-                break;
-            }
-        pthread_mutex_unlock(&repl_reg_lock);
-        free(m);
-    }
+}
+
+void mimeo_replicator_stop(mimeo_env *env)
+{
+    repl_reg *g = repl_reg_of(env);
+    /* The mark outlives the manager: requests still in flight on open connections must not
+     * start jobs on an environment about to close. Jobs between two URLs have no such
+     * environment, and their registry takes jobs again afterwards. */
+    if (g) repl_reg_stop(g, env != NULL);
 }
 
 /* ---- monitoring ---------------------------------------------------------------------------- */
@@ -762,117 +810,157 @@ static void repl_put_nstr(buf *b, const char *s)
 
 static void repl_put_stats(buf *b, repl_entry *e)
 {
-    if (e->job && atomic_load(&e->state) != REPL_ST_COMPLETED &&
-        atomic_load(&e->state) != REPL_ST_FAILED)
+    int st = atomic_load(&e->state);
+    bool ended = st == REPL_ST_COMPLETED || st == REPL_ST_FAILED;
+    if (e->job && (!ended || !e->final_stats))
         repl_job_put_stats(e->job, b);
     else if (e->final_stats)
         buf_puts(b, e->final_stats);
-    else if (e->job)
-        repl_job_put_stats(e->job, b);
     else
         buf_puts(b, "\"docs_read\":0,\"docs_written\":0,\"doc_write_failures\":0");
 }
 
-static bool repl_is_active(repl_entry *e)
+/* The state the listings show, and its error (into error, n bytes; "" when none). A job
+ * whose peer has kept failing for REPL_UNHEALTHY_MS is crashing, as CouchDB's would be by
+ * then, even while its own retries go on. Under g->lock. */
+static int repl_shown_state(repl_entry *e, char *error, size_t n)
 {
     int st = atomic_load(&e->state);
-    return e->job && (st == REPL_ST_RUNNING || st == REPL_ST_INITIALIZING);
+    error[0] = '\0';
+    if ((st == REPL_ST_RUNNING || st == REPL_ST_INITIALIZING) && e->job &&
+        repl_health_get(&e->job->health, REPL_UNHEALTHY_MS, error, n))
+        return REPL_ST_CRASHING;
+    if (st == REPL_ST_CRASHING || st == REPL_ST_FAILED) snprintf(error, n, "%s", e->last_error);
+    return st;
 }
 
-int mimeo_active_tasks(mimeo_env *env, char **json_out, size_t *out_len)
+/* One listing: the entries of env that want() accepts, each written by put(), as a bare
+ * array (member NULL) or as {"total_rows":N,"offset":0,"<member>":[…]}. *count gets N. */
+typedef bool (*repl_want_fn)(repl_entry *e, const void *arg);
+typedef void (*repl_put_fn)(buf *b, repl_entry *e);
+
+static int repl_list(mimeo_env *env, const char *member, repl_want_fn want, const void *arg,
+                     repl_put_fn put, char **json_out, size_t *out_len, size_t *count)
 {
+    repl_reg *g = repl_reg_of(env);
+    if (!g) return MIMEO_ENOMEM;
+    buf items;
+    buf_init(&items, 0);
+    size_t n = 0;
+    pthread_mutex_lock(&g->lock);
+    for (repl_entry *e = g->entries; e; e = e->next) {
+        if (!want(e, arg)) continue;
+        if (n++ > 0) buf_putc(&items, ',');
+        put(&items, e);
+    }
+    pthread_mutex_unlock(&g->lock);
     buf b;
     buf_init(&b, 0);
+    if (member) buf_printf(&b, "{\"total_rows\":%zu,\"offset\":0,\"%s\":", n, member);
     buf_putc(&b, '[');
-    size_t n = 0;
-    pthread_mutex_lock(&repl_reg_lock);
-    for (repl_entry *e = repl_entries; e; e = e->next) {
-        if (e->env != env || !repl_is_active(e)) continue;
-        if (n++ > 0) buf_putc(&b, ',');
-        buf_puts(&b, "{\"type\":\"replication\",\"replication_id\":");
-        json_put_cstr(&b, e->id);
-        buf_puts(&b, ",\"doc_id\":");
-        repl_put_nstr(&b, e->doc_id);
-        buf_printf(&b, ",\"database\":%s,\"user\":null,\"source\":",
-                   e->doc_id ? "\"" REPL_DB "\"" : "null");
-        repl_put_nstr(&b, e->source);
-        buf_puts(&b, ",\"target\":");
-        repl_put_nstr(&b, e->target);
-        buf_printf(&b, ",\"continuous\":%s,\"pid\":\"<0.%u.0>\",\"node\":\"mimeo@127.0.0.1\","
-                   "\"started_on\":%lld,\"updated_on\":%lld,\"checkpoint_interval\":%u,",
-                   e->continuous ? "true" : "false", e->pid, (long long)e->job->started_on,
-                   (long long)atomic_load(&e->job->updated_on),
-                   e->job->req.checkpoint_interval_ms);
-        repl_job_put_stats(e->job, &b);
-        buf_printf(&b, ",\"process_status\":\"%s\"}",
-                   e->job->caught_up ? "waiting" : "running");
-    }
-    pthread_mutex_unlock(&repl_reg_lock);
-    if (buf_putc(&b, ']') != 0) {
-        buf_destroy(&b);
-        return MIMEO_ENOMEM;
-    }
-    *json_out = buf_detach(&b, out_len);
-    return 0;
-}
-
-int mimeo_scheduler_jobs(mimeo_env *env, char **json_out, size_t *out_len)
-{
-    buf b, jobs;
-    buf_init(&b, 0);
-    buf_init(&jobs, 0);
-    size_t n = 0;
-    pthread_mutex_lock(&repl_reg_lock);
-    for (repl_entry *e = repl_entries; e; e = e->next) {
-        int st = atomic_load(&e->state);
-        if (e->env != env || !e->job || st == REPL_ST_COMPLETED || st == REPL_ST_FAILED)
-            continue;
-        char start[32], upd[32];
-        repl_iso8601(e->start_time, start, sizeof start);
-        repl_iso8601(atomic_load(&e->job->updated_on), upd, sizeof upd);
-        if (n++ > 0) buf_putc(&jobs, ',');
-        buf_puts(&jobs, "{\"id\":");
-        json_put_cstr(&jobs, e->id);
-        buf_printf(&jobs, ",\"database\":%s,\"doc_id\":",
-                   e->doc_id ? "\"" REPL_DB "\"" : "null");
-        repl_put_nstr(&jobs, e->doc_id);
-        buf_printf(&jobs, ",\"pid\":\"<0.%u.0>\",\"node\":\"mimeo@127.0.0.1\",\"source\":",
-                   e->pid);
-        repl_put_nstr(&jobs, e->source);
-        buf_puts(&jobs, ",\"target\":");
-        repl_put_nstr(&jobs, e->target);
-        buf_printf(&jobs, ",\"user\":null,\"start_time\":\"%s\",\"last_updated\":\"%s\","
-                   "\"history\":[", start, upd);
-        if (st == REPL_ST_CRASHING) {
-            buf_printf(&jobs, "{\"timestamp\":\"%s\",\"type\":\"crashed\",\"reason\":", upd);
-            json_put_cstr(&jobs, e->last_error);
-            buf_puts(&jobs, "},");
-        }
-        buf_printf(&jobs, "{\"timestamp\":\"%s\",\"type\":\"started\"},"
-                   "{\"timestamp\":\"%s\",\"type\":\"added\"}],\"info\":{", start, start);
-        repl_job_put_stats(e->job, &jobs);
-        buf_puts(&jobs, "}}");
-    }
-    pthread_mutex_unlock(&repl_reg_lock);
-    buf_printf(&b, "{\"total_rows\":%zu,\"offset\":0,\"jobs\":[", n);
-    buf_put(&b, jobs.data ? jobs.data : "", jobs.len);
-    int rc = buf_puts(&b, "]}");
-    buf_destroy(&jobs);
+    buf_put(&b, items.data ? items.data : "", items.len);
+    int rc = buf_puts(&b, member ? "]}" : "]");
+    buf_destroy(&items);
     if (rc) {
         buf_destroy(&b);
         return MIMEO_ENOMEM;
     }
+    if (count) *count = n;
     *json_out = buf_detach(&b, out_len);
     return 0;
 }
 
+/* ---- GET /_active_tasks ---- */
+static bool repl_want_task(repl_entry *e, const void *arg)
+{
+    (void)arg;
+    int st = atomic_load(&e->state);
+    return e->job && (st == REPL_ST_RUNNING || st == REPL_ST_INITIALIZING);
+}
+
+static void repl_put_task(buf *b, repl_entry *e)
+{
+    buf_puts(b, "{\"type\":\"replication\",\"replication_id\":");
+    json_put_cstr(b, e->id);
+    buf_puts(b, ",\"doc_id\":");
+    repl_put_nstr(b, e->doc_id);
+    buf_printf(b, ",\"database\":%s,\"user\":null,\"source\":",
+               e->doc_id ? "\"" REPL_DB "\"" : "null");
+    repl_put_nstr(b, e->source);
+    buf_puts(b, ",\"target\":");
+    repl_put_nstr(b, e->target);
+    buf_printf(b, ",\"continuous\":%s,\"pid\":\"<0.%u.0>\",\"node\":\"mimeo@127.0.0.1\","
+               "\"started_on\":%lld,\"updated_on\":%lld,\"checkpoint_interval\":%u,",
+               e->continuous ? "true" : "false", e->pid, (long long)e->job->started_on,
+               (long long)atomic_load(&e->job->updated_on), e->job->req.checkpoint_interval_ms);
+    repl_job_put_stats(e->job, b);
+    buf_printf(b, ",\"process_status\":\"%s\"}",
+               atomic_load(&e->job->caught_up) ? "waiting" : "running");
+}
+
+int mimeo_active_tasks(mimeo_env *env, char **json_out, size_t *out_len)
+{
+    return repl_list(env, NULL, repl_want_task, NULL, repl_put_task, json_out, out_len, NULL);
+}
+
+/* ---- GET /_scheduler/jobs ---- */
+static bool repl_want_job(repl_entry *e, const void *arg)
+{
+    (void)arg;
+    int st = atomic_load(&e->state);
+    return e->job && st != REPL_ST_COMPLETED && st != REPL_ST_FAILED;
+}
+
+static void repl_put_job(buf *b, repl_entry *e)
+{
+    char start[32], upd[32], error[sizeof e->last_error];
+    int st = repl_shown_state(e, error, sizeof error);
+    repl_iso8601(e->start_time, start, sizeof start);
+    repl_iso8601(atomic_load(&e->job->updated_on), upd, sizeof upd);
+    buf_puts(b, "{\"id\":");
+    json_put_cstr(b, e->id);
+    buf_printf(b, ",\"database\":%s,\"doc_id\":", e->doc_id ? "\"" REPL_DB "\"" : "null");
+    repl_put_nstr(b, e->doc_id);
+    buf_printf(b, ",\"pid\":\"<0.%u.0>\",\"node\":\"mimeo@127.0.0.1\",\"source\":", e->pid);
+    repl_put_nstr(b, e->source);
+    buf_puts(b, ",\"target\":");
+    repl_put_nstr(b, e->target);
+    buf_printf(b, ",\"user\":null,\"start_time\":\"%s\",\"last_updated\":\"%s\",\"history\":[",
+               start, upd);
+    /* Newest first, as CouchDB lists them. */
+    if (st == REPL_ST_CRASHING) {
+        buf_printf(b, "{\"timestamp\":\"%s\",\"type\":\"crashed\",\"reason\":", upd);
+        json_put_cstr(b, error);
+        buf_puts(b, "},");
+    }
+    buf_printf(b, "{\"timestamp\":\"%s\",\"type\":\"started\"},"
+               "{\"timestamp\":\"%s\",\"type\":\"added\"}],\"info\":{", start, start);
+    repl_job_put_stats(e->job, b);
+    buf_puts(b, "}}");
+}
+
+int mimeo_scheduler_jobs(mimeo_env *env, char **json_out, size_t *out_len)
+{
+    return repl_list(env, "jobs", repl_want_job, NULL, repl_put_job, json_out, out_len, NULL);
+}
+
+/* ---- GET /_scheduler/docs ---- */
+static bool repl_want_doc(repl_entry *e, const void *arg)
+{
+    const char *docid = arg;
+    return e->doc_id && (!docid || strcmp(docid, e->doc_id) == 0);
+}
+
 static void repl_put_doc(buf *b, repl_entry *e)
 {
-    int st = atomic_load(&e->state);
-    char start[32], upd[32];
+    char start[32], upd[32], error[sizeof e->last_error];
+    int st = repl_shown_state(e, error, sizeof error);
     repl_iso8601(e->start_time, start, sizeof start);
     repl_iso8601(e->job ? (int64_t)atomic_load(&e->job->updated_on) : e->last_updated, upd,
                  sizeof upd);
+    /* A peer failing right now counts as one more error until the job crashes for it. */
+    unsigned errors = e->error_count + (st == REPL_ST_CRASHING &&
+                                        atomic_load(&e->state) != REPL_ST_CRASHING);
     buf_puts(b, "{\"database\":\"" REPL_DB "\",\"doc_id\":");
     json_put_cstr(b, e->doc_id);
     buf_puts(b, ",\"id\":");
@@ -882,49 +970,33 @@ static void repl_put_doc(buf *b, repl_entry *e)
     buf_puts(b, ",\"target\":");
     repl_put_nstr(b, e->target);
     buf_printf(b, ",\"state\":\"%s\",\"info\":{", repl_state_names[st]);
-    if ((st == REPL_ST_FAILED || st == REPL_ST_CRASHING) && e->last_error[0]) {
+    if (error[0]) {
         buf_puts(b, "\"error\":");
-        json_put_cstr(b, e->last_error);
+        json_put_cstr(b, error);
     } else {
         repl_put_stats(b, e);
     }
     buf_printf(b, "},\"error_count\":%u,\"start_time\":\"%s\",\"last_updated\":\"%s\","
-               "\"source_proxy\":null,\"target_proxy\":null}", e->error_count, start, upd);
+               "\"source_proxy\":null,\"target_proxy\":null}", errors, start, upd);
 }
 
 int mimeo_scheduler_docs(mimeo_env *env, const char *docid, char **json_out,
                          size_t *out_len, mimeo_err *err)
 {
-    buf b, docs;
-    buf_init(&b, 0);
-    buf_init(&docs, 0);
     size_t n = 0;
-    pthread_mutex_lock(&repl_reg_lock);
-    for (repl_entry *e = repl_entries; e; e = e->next) {
-        if (e->env != env || !e->doc_id) continue;
-        if (docid && strcmp(docid, e->doc_id) != 0) continue;
-        if (n++ > 0) buf_putc(&docs, ',');
-        repl_put_doc(&docs, e);
+    int rc = repl_list(env, docid ? NULL : "docs", repl_want_doc, docid, repl_put_doc,
+                       json_out, out_len, &n);
+    if (rc || !docid) return rc;
+    if (n == 0) {
+        mimeo_free(*json_out);
+        *json_out = NULL;
+        err_set(err, MIMEO_ENOTFOUND, "not_found", "missing");
+        return MIMEO_ENOTFOUND;
     }
-    pthread_mutex_unlock(&repl_reg_lock);
-    int rc;
-    if (docid) {
-        if (n == 0) {
-            buf_destroy(&docs);
-            err_set(err, MIMEO_ENOTFOUND, "not_found", "missing");
-            return MIMEO_ENOTFOUND;
-        }
-        rc = buf_put(&b, docs.data, docs.len);
-    } else {
-        buf_printf(&b, "{\"total_rows\":%zu,\"offset\":0,\"docs\":[", n);
-        buf_put(&b, docs.data ? docs.data : "", docs.len);
-        rc = buf_puts(&b, "]}");
-    }
-    buf_destroy(&docs);
-    if (rc) {
-        buf_destroy(&b);
-        return MIMEO_ENOMEM;
-    }
-    *json_out = buf_detach(&b, out_len);
+    /* One document: the object itself, not an array of one. */
+    char *s = *json_out;
+    *out_len -= 2;
+    memmove(s, s + 1, *out_len);
+    s[*out_len] = '\0';
     return 0;
 }

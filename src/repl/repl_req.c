@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <curl/curl.h>
 #include <nettle/md5.h>
 
 #include "repl_int.h"
@@ -47,6 +48,35 @@ void repl_err_from_resp(mimeo_err *err, const repl_resp *r, const char *what)
     jval_free(v);
 }
 
+void repl_health_fail(repl_health *h, const repl_ep *who, const mimeo_err *e)
+{
+    if (!h) return;
+    pthread_mutex_lock(&h->lock);
+    if (h->who != who) {
+        h->who = who;
+        h->since_ms = clock_ms();
+    }
+    snprintf(h->error, sizeof h->error, "%s: %s", e->error, e->reason);
+    pthread_mutex_unlock(&h->lock);
+}
+
+void repl_health_ok(repl_health *h, const repl_ep *who)
+{
+    if (!h) return;
+    pthread_mutex_lock(&h->lock);
+    if (h->who == who) h->who = NULL;
+    pthread_mutex_unlock(&h->lock);
+}
+
+bool repl_health_get(repl_health *h, uint64_t min_ms, char *out, size_t n)
+{
+    pthread_mutex_lock(&h->lock);
+    bool bad = h->who && clock_ms() - h->since_ms >= min_ms;
+    if (bad) snprintf(out, n, "%s", h->error);
+    pthread_mutex_unlock(&h->lock);
+    return bad;
+}
+
 void repl_resp_init(repl_resp *r)
 {
     r->status = 0;
@@ -71,7 +101,10 @@ void repl_rfc1123(char *out, size_t n)
              mo[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
-char *repl_url_display(const char *url)
+/* The form of a URL the replication id hashes: the password cut out of the userinfo, the
+ * user kept (two users may see different documents). Kept byte for byte as ids were first
+ * made, so checkpoints written by earlier versions still match. */
+static char *repl_url_id_form(const char *url)
 {
     const char *scheme_end = strstr(url, "://");
     if (!scheme_end) return strdup(url);
@@ -89,6 +122,34 @@ char *repl_url_display(const char *url)
     buf_puts(&b, at);
     size_t n;
     return buf_detach(&b, &n);
+}
+
+char *repl_url_display(const char *url)
+{
+    /* libcurl's URL parser, not ours: whatever it would send credentials from, it strips
+     * them from. A bare database name is not a URL and is shown as it is. */
+    CURLU *u = curl_url();
+    if (!u) return NULL;
+    char *shown = NULL, *out = NULL;
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_set(u, CURLUPART_USER, NULL, 0) != CURLUE_OK ||
+        curl_url_set(u, CURLUPART_PASSWORD, NULL, 0) != CURLUE_OK ||
+        curl_url_set(u, CURLUPART_OPTIONS, NULL, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_URL, &shown, 0) != CURLUE_OK) {
+        curl_url_cleanup(u);
+        return strdup(url);
+    }
+    curl_url_cleanup(u);
+    /* CouchDB shows a database URL with its trailing slash: http://host:5984/db/ */
+    size_t n = strlen(shown);
+    bool query = strchr(shown, '?') != NULL;
+    out = malloc(n + 2);
+    if (out) {
+        memcpy(out, shown, n + 1);
+        if (!query && n > 0 && shown[n - 1] != '/') memcpy(out + n, "/", 2);
+    }
+    curl_free(shown);
+    return out;
 }
 
 /* ---- parsing --------------------------------------------------------------------------- */
@@ -161,13 +222,30 @@ static bool repl_bool(const jval *o, const char *key)
     return v && v->type == JV_BOOL && v->boolean;
 }
 
-static unsigned repl_uint(const jval *o, const char *key, unsigned def)
+/* A tuning member: absent → def; a non-negative integer (or its decimal text, as CouchDB
+ * takes it) → its value, capped at INT32_MAX; anything else is a bad request, not a silent
+ * default (CouchDB fails "worker_processes": "a few" too). */
+static int repl_uint(const jval *o, const char *key, unsigned def, unsigned *out,
+                     mimeo_err *err)
 {
-    int64_t n;
     const jval *v = jval_get(o, key);
-    if (v && v->type == JV_STRING) return (unsigned)strtoul(v->str, NULL, 10);
-    if (!jval_as_i64(v, &n) || n < 0) return def;
-    return n > 0x7fffffff ? 0x7fffffffu : (unsigned)n;
+    *out = def;
+    if (!v || v->type == JV_NULL) return 0;
+    int64_t n = -1;
+    if (v->type == JV_STRING) {
+        bool digits = v->len > 0 && v->len <= 18;
+        for (size_t i = 0; digits && i < v->len; i++)
+            digits = v->str[i] >= '0' && v->str[i] <= '9';
+        if (digits) n = strtoll(v->str, NULL, 10);
+    } else if (!jval_as_i64(v, &n)) {
+        n = -1;
+    }
+    if (n < 0) {
+        err_set(err, MIMEO_EINVAL, "bad_request", "%s must be a non-negative integer", key);
+        return MIMEO_EINVAL;
+    }
+    *out = n > 0x7fffffff ? 0x7fffffffu : (unsigned)n;
+    return 0;
 }
 
 static int repl_cmp_str(const void *a, const void *b)
@@ -192,17 +270,29 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
     r->continuous = repl_bool(v, "continuous");
     r->create_target = repl_bool(v, "create_target");
     r->cancel = repl_bool(v, "cancel");
-    r->checkpoint_interval_ms = repl_uint(v, "checkpoint_interval", REPL_CKPT_INTERVAL_MS);
-    r->retries = repl_uint(v, "retries_per_request", REPL_RETRIES);
-    r->connect_ms = repl_uint(v, "connection_timeout", REPL_CONNECT_TIMEOUT_MS);
-    r->batch_size = repl_uint(v, "worker_batch_size", REPL_BATCH_SIZE);
-    r->workers = repl_uint(v, "worker_processes", REPL_WORKERS);
+    if ((rc = repl_uint(v, "checkpoint_interval", REPL_CKPT_INTERVAL_MS,
+                        &r->checkpoint_interval_ms, err)) != 0 ||
+        (rc = repl_uint(v, "retries_per_request", REPL_RETRIES, &r->retries, err)) != 0 ||
+        (rc = repl_uint(v, "connection_timeout", REPL_CONNECT_TIMEOUT_MS, &r->connect_ms,
+                        err)) != 0 ||
+        (rc = repl_uint(v, "worker_batch_size", REPL_BATCH_SIZE, &r->batch_size, err)) != 0 ||
+        (rc = repl_uint(v, "worker_processes", REPL_WORKERS, &r->workers, err)) != 0)
+        goto out;
     if (r->batch_size == 0) r->batch_size = REPL_BATCH_SIZE;
     if (r->batch_size > 10000) r->batch_size = 10000;
     if (r->workers == 0) r->workers = 1;
     /* Each worker is a thread: a client must not be able to ask for dozens per job. */
     if (r->workers > 8) r->workers = 8;
     if (r->checkpoint_interval_ms == 0) r->checkpoint_interval_ms = REPL_CKPT_INTERVAL_MS;
+    int64_t max_resp;
+    const jval *mr = jval_get(v, "max_response_size");
+    if (mr && (!jval_as_i64(mr, &max_resp) || max_resp < 1024)) {
+        err_set(err, MIMEO_EINVAL, "bad_request",
+                "max_response_size must be an integer of at least 1024 (bytes)");
+        rc = MIMEO_EINVAL;
+        goto out;
+    }
+    if (mr) r->max_response = (size_t)max_resp;
 
     const jval *rid = jval_get(v, "replication_id");
     if (rid && rid->type == JV_STRING) {
@@ -286,7 +376,7 @@ static void repl_id_side(struct md5_ctx *md, mimeo_env *env, const repl_ep_spec 
         md5_update(md, 1, (const uint8_t *)"/");
         md5_update(md, strlen(s->url), (const uint8_t *)s->url);
     } else {
-        char *d = repl_url_display(s->url ? s->url : "");
+        char *d = repl_url_id_form(s->url ? s->url : "");
         size_t n = d ? strlen(d) : 0;
         while (n > 0 && d[n - 1] == '/') n--;
         if (d) md5_update(md, n, (const uint8_t *)d);

@@ -5,6 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <poll.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "check.h"
 #include "mimeo.h"
@@ -31,10 +35,23 @@ static void test_req_parse(void)
     CHECK_EQ_INT(r.checkpoint_interval_ms, 250);
     repl_req_destroy(&r);
 
+    const char *as_text = "{\"source\":\"a\",\"target\":\"b\",\"worker_processes\":\"2\","
+                          "\"max_response_size\":2048}";
+    CHECK_EQ_INT(repl_req_parse(as_text, strlen(as_text), &r, &e), 0);
+    CHECK_EQ_INT(r.workers, 2);
+    CHECK_EQ_INT(r.max_response, 2048);
+    repl_req_destroy(&r);
+
     const char *bad[] = {
         "{\"source\":\"a\"}", "[]", "{\"source\":1,\"target\":\"b\"}",
         "{\"source\":\"a\",\"target\":\"b\",\"filter\":\"app/f\"}",
         "{\"source\":\"a\",\"target\":\"b\",\"doc_ids\":[1]}", "{bad",
+        /* Numbers are checked, not read as 0 or a default. */
+        "{\"source\":\"a\",\"target\":\"b\",\"worker_processes\":\"a few\"}",
+        "{\"source\":\"a\",\"target\":\"b\",\"checkpoint_interval\":-5}",
+        "{\"source\":\"a\",\"target\":\"b\",\"retries_per_request\":\"3x\"}",
+        "{\"source\":\"a\",\"target\":\"b\",\"worker_batch_size\":true}",
+        "{\"source\":\"a\",\"target\":\"b\",\"max_response_size\":10}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         memset(&e, 0, sizeof e);
@@ -71,10 +88,19 @@ static void test_ids(void)
     repl_req_destroy(&rd);
 
     char *s = repl_url_display("https://bob:pw@example.org:6984/db");
-    CHECK_EQ_STR(s, "https://bob@example.org:6984/db");
+    CHECK_EQ_STR(s, "https://example.org:6984/db/");
     free(s);
     s = repl_url_display("http://h/db@x");
-    CHECK_EQ_STR(s, "http://h/db@x");
+    CHECK_EQ_STR(s, "http://h/db@x/");
+    free(s);
+    s = repl_url_display("http://only-user@h:5984/db/");
+    CHECK_EQ_STR(s, "http://h:5984/db/");
+    free(s);
+    s = repl_url_display("http://a%40b:p%3Aw@h/db");   /* encoded @ and : in userinfo */
+    CHECK_EQ_STR(s, "http://h/db/");
+    free(s);
+    s = repl_url_display("localdb");
+    CHECK_EQ_STR(s, "localdb");
     free(s);
 }
 
@@ -291,10 +317,107 @@ static void test_local_replication(void)
     env_free(env);
 }
 
+/* ---- the registry lives in the environment --------------------------------------------- */
+static mimeo_env *env_open_in(char *dir)
+{
+    if (!mkdtemp(dir)) return NULL;
+    mimeo_env *env = NULL;
+    return mimeo_env_open(dir, NULL, &env, NULL) == 0 ? env : NULL;
+}
+
+static void env_close_rm(mimeo_env *env, const char *dir)
+{
+    mimeo_env_close(env);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
+/* A listening socket that never answers: a peer a job hangs on. */
+static int listen_silent(unsigned *port)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t n = sizeof a;
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 8) != 0 ||
+        getsockname(s, (struct sockaddr *)&a, &n) != 0)
+        return -1;
+    *port = ntohs(a.sin_port);
+    return s;
+}
+
+static bool lists_job(mimeo_env *env, const char *id)
+{
+    char *out = NULL;
+    size_t len = 0;
+    bool found = mimeo_scheduler_jobs(env, &out, &len) == 0 && strstr(out, id) != NULL;
+    mimeo_free(out);
+    return found;
+}
+
+static void test_two_envs(void)
+{
+    char da[64] = "/tmp/mimeo-test-repl-a-XXXXXX", db[64] = "/tmp/mimeo-test-repl-b-XXXXXX";
+    mimeo_env *a = env_open_in(da), *b = env_open_in(db);
+    CHECK(a && b);
+    if (!a || !b) return;
+    unsigned port = 0;
+    int ls = listen_silent(&port);
+    CHECK(ls >= 0);
+    char body[256];
+    snprintf(body, sizeof body, "{\"source\":\"http://127.0.0.1:%u/src\",\"target\":"
+             "\"http://127.0.0.1:%u/tgt\",\"continuous\":true}", port, port);
+    char *out = NULL;
+    size_t len = 0;
+    unsigned status = 0;
+    mimeo_err e = {0};
+    CHECK_EQ_INT(mimeo_replicate(a, body, strlen(body), &out, &len, &status, &e), 0);
+    CHECK_EQ_INT(status, 202);
+    char id[64] = "";
+    const char *p = out ? strstr(out, "\"_local_id\":\"") : NULL;
+    if (p) snprintf(id, sizeof id, "%.*s", (int)strcspn(p + 13, "\""), p + 13);
+    mimeo_free(out);
+    CHECK(id[0] != '\0');
+
+    /* The same URL job is a different job in b: neither lists nor cancels a's. */
+    CHECK(lists_job(a, id));
+    CHECK(!lists_job(b, id));
+    char cancel[300];
+    snprintf(cancel, sizeof cancel, "{\"replication_id\":\"%s\",\"cancel\":true}", id);
+    out = NULL;
+    CHECK_EQ_INT(mimeo_replicate(b, cancel, strlen(cancel), &out, &len, &status, &e),
+                 MIMEO_ENOTFOUND);
+    mimeo_free(out);
+    mimeo_replicator_stop(b);
+    CHECK(lists_job(a, id));
+
+    /* Closing a without mimeo_replicator_stop still stops its jobs: the registry goes with
+     * the environment, so the request the job had open to the silent peer is dropped. */
+    struct pollfd pf = { ls, POLLIN, 0 };
+    CHECK_EQ_INT(poll(&pf, 1, 10000), 1);
+    int conn = accept(ls, NULL, NULL);
+    CHECK(conn >= 0);
+    env_close_rm(a, da);
+    struct pollfd pc = { conn, POLLIN, 0 };
+    char junk[4096];
+    bool closed = false;
+    uint64_t end = check_now_ms() + 3000;
+    while (!closed && check_now_ms() < end && poll(&pc, 1, 200) >= 0)
+        if (pc.revents && read(conn, junk, sizeof junk) <= 0) closed = true;
+    CHECK(closed);
+    close(conn);
+    close(ls);
+    env_close_rm(b, db);
+}
+
 int main(void)
 {
     RUN(test_req_parse);
     RUN(test_ids);
     RUN(test_local_replication);
+    RUN(test_two_envs);
     return check_report();
 }
