@@ -2,12 +2,15 @@
 #include "buf.h"
 #include "mimeo.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 void buf_init(buf *b, size_t cap) {
     b->data = NULL;
@@ -124,11 +127,35 @@ uint64_t clock_ms(void) {
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* getrandom(2) can be missing (ENOSYS on old kernels) or refused by a seccomp sandbox
+ * (EPERM): then read /dev/urandom. Retrying such an error would loop forever. With neither
+ * source there is no way to make unguessable ids, and going on with predictable ones would
+ * be worse than stopping. */
+static void random_fallback(unsigned char *out, size_t n) {
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    while (fd >= 0 && n) {
+        ssize_t got = read(fd, out, n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        out += got;
+        n -= (size_t)got;
+    }
+    if (fd >= 0) close(fd);
+    if (n) {
+        fprintf(stderr, "mimeo: no source of random bytes (getrandom and /dev/urandom failed)\n");
+        abort();
+    }
+}
+
 void random_bytes(void *p, size_t n) {
     unsigned char *out = p;
     while (n) {
         ssize_t got = getrandom(out, n, 0);
-        if (got <= 0) continue; /* EINTR; the kernel CSPRNG does not otherwise fail */
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            random_fallback(out, n);
+            return;
+        }
         out += got;
         n -= (size_t)got;
     }
