@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,11 +25,16 @@ void buf_destroy(buf *b) {
     b->len = b->alloc = 0;
 }
 
+atomic_uint buf_fault_countdown;
+
 int buf_reserve(buf *b, size_t n) {
     size_t cap = b->cap ? b->cap : BUF_DEFAULT_CAP;
     if (n > cap || b->len > cap - n) return MIMEO_ETOOLARGE;
     size_t need = b->len + n + 1; /* room for the terminating NUL */
     if (need <= b->alloc) return 0;
+    if (atomic_load_explicit(&buf_fault_countdown, memory_order_relaxed) &&
+        atomic_fetch_sub(&buf_fault_countdown, 1) == 1)
+        return MIMEO_ENOMEM;
     size_t grown = b->alloc ? b->alloc * 2 : 256;
     while (grown < need) grown *= 2;
     char *p = realloc(b->data, grown);

@@ -4,6 +4,7 @@
 #ifndef MIMEO_BUF_H
 #define MIMEO_BUF_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +22,11 @@ void buf_init(buf *b, size_t cap);
 void buf_destroy(buf *b);
 /* Forgets the contents, keeps the memory. */
 static inline void buf_reset(buf *b) { b->len = 0; if (b->data) b->data[0] = 0; }
+/* Fault injection for tests: when set to N > 0, the Nth growth of any buf from then on
+ * fails with MIMEO_ENOMEM (and the counter stops at 0), so tests can prove that every
+ * caller checks its appends. */
+extern atomic_uint buf_fault_countdown;
+
 /* Ensures room for n more bytes. 0, MIMEO_ENOMEM or MIMEO_ETOOLARGE. */
 int buf_reserve(buf *b, size_t n);
 int buf_put(buf *b, const void *p, size_t n);

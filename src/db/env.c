@@ -619,10 +619,9 @@ int mimeo_db_list(mimeo_env *env, const char *start,
     buf_init(&names, 0);
     buf from;
     buf_init(&from, 0);
-    if (start) buf_puts(&from, start);
     bool first = true;
-    int rc = 0;
-    for (;;) {
+    int rc = start ? buf_puts(&from, start) : 0;
+    while (!rc) {
         MDB_txn *txn;
         rc = store_read_begin(env->store, &txn);
         if (rc) break;
@@ -638,13 +637,14 @@ int mimeo_db_list(mimeo_env *env, const char *start,
             if (mrc == 0 && !first && k.mv_size == from.len &&
                 memcmp(k.mv_data, from.data, from.len) == 0)
                 mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-            while (mrc == 0 && count < 512) {
+            while (mrc == 0 && count < 512 && !rc) {
                 uint32_t n = (uint32_t)k.mv_size;
-                buf_put(&names, &n, sizeof n);
-                buf_put(&names, k.mv_data, k.mv_size);
+                rc = buf_put(&names, &n, sizeof n);
+                if (!rc) rc = buf_put(&names, k.mv_data, k.mv_size);
                 count++;
                 mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
             }
+            if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
             mdb_cursor_close(cur);
         }
         store_read_end(env->store, txn);
@@ -655,7 +655,7 @@ int mimeo_db_list(mimeo_env *env, const char *start,
             memcpy(&n, p, sizeof n);
             rc = fn(ctx, p + sizeof n, n);
             buf_reset(&from);
-            buf_put(&from, p + sizeof n, n);
+            if (!rc) rc = buf_put(&from, p + sizeof n, n);
             p += sizeof n + n;
         }
         first = false;

@@ -640,18 +640,18 @@ static int job_compact(MDB_txn *txn, void *arg) {
     buf_init(&ids, 0);
     /* First collect a page of ids, then rewrite them: a cursor must not be used across
      * puts to other keys of its table. */
-    while (mrc == 0 && done < 1000 && k.mv_size >= 8 && be64_get(k.mv_data) == m->dbid) {
+    while (!rc && mrc == 0 && done < 1000 && k.mv_size >= 8 && be64_get(k.mv_data) == m->dbid) {
         uint32_t n = (uint32_t)(k.mv_size - 8);
-        buf_put(&ids, &n, sizeof n);
-        buf_put(&ids, (char *)k.mv_data + 8, n);
+        rc = buf_put(&ids, &n, sizeof n);
+        if (!rc) rc = buf_put(&ids, (char *)k.mv_data + 8, n);
         done++;
         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     mdb_cursor_close(cur);
-    if (mrc != 0 && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    if (!rc && mrc != 0 && mrc != MDB_NOTFOUND) rc = store_err(mrc);
     const char *p = ids.data;
     buf_reset(&c->next_from);
-    buf_put(&c->next_from, c->from.data, c->from.len);
+    if (!rc) rc = buf_put(&c->next_from, c->from.data, c->from.len);
     c->next_started = c->started;
     for (unsigned i = 0; i < done && !rc; i++) {
         uint32_t n;
@@ -676,7 +676,7 @@ static int job_compact(MDB_txn *txn, void *arg) {
         db_doc_destroy(&d);
         if (!rc) {
             buf_reset(&c->next_from);
-            buf_put(&c->next_from, id, n);
+            rc = buf_put(&c->next_from, id, n);
             c->next_started = true;
         }
     }

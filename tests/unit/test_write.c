@@ -71,9 +71,70 @@ static void test_random_without_getrandom(void) {
     CHECK_EQ_INT(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 0);
 }
 
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static mimeo_env *open_env(const mimeo_options *o) {
+    mimeo_env *env = NULL;
+    mimeo_err err;
+    int rc = mimeo_env_open(tmpdir, o, &env, &err);
+    if (rc) fprintf(stderr, "env open: %s\n", err.reason);
+    return env;
+}
+
+static mimeo_db *fresh_db(mimeo_env *env, const char *name) {
+    mimeo_err err;
+    mimeo_db_delete(env, name, &err);
+    CHECK_EQ_INT(mimeo_db_create(env, name, &err), 0);
+    mimeo_db *db = NULL;
+    CHECK_EQ_INT(mimeo_db_open(env, name, &db, &err), 0);
+    return db;
+}
+
+/* ---- checked appends ------------------------------------------------------------------------ */
+
+typedef struct name_seen {
+    size_t count;
+    bool   bad;
+} name_seen;
+
+static int on_name(void *ctx, const char *name, size_t len) {
+    name_seen *s = ctx;
+    s->count++;
+    if (!mimeo_db_name_valid(name, len)) s->bad = true;
+    return 0;
+}
+
+/* A failed append while listing must fail the call, not leave a count that disagrees with
+ * the bytes (the listing then read past its buffer). */
+static void test_list_append_failure(void) {
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    mimeo_err err;
+    char name[64];
+    for (int i = 0; i < 300; i++) {
+        snprintf(name, sizeof name, "db-with-a-rather-long-name-%04d", i);
+        CHECK_EQ_INT(mimeo_db_create(env, name, &err), 0);
+    }
+    name_seen all = {0};
+    CHECK_EQ_INT(mimeo_db_list(env, NULL, on_name, &all), 0);
+    CHECK_EQ_INT(all.count, 300);
+    for (unsigned n = 1; n <= 8; n++) {
+        name_seen s = {0};
+        atomic_store(&buf_fault_countdown, n);
+        int rc = mimeo_db_list(env, NULL, on_name, &s);
+        atomic_store(&buf_fault_countdown, 0);
+        CHECK(rc == 0 || rc == MIMEO_ENOMEM);
+        CHECK(!s.bad);
+        CHECK(rc != 0 || s.count == 300);
+    }
+    mimeo_env_close(env);
+}
+
 int main(void) {
     make_tmpdir();
     RUN(test_random_without_getrandom);
+    RUN(test_list_append_failure);
     remove_tmpdir();
     return check_report();
 }
