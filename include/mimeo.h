@@ -86,6 +86,7 @@ typedef struct mimeo_options {
     size_t   max_document_size; /* bytes of one document body; 0 → 8 MiB */
     unsigned max_json_depth;    /* nesting cap of any JSON input; 0 → 256 */
     size_t   initial_map_size;  /* bytes of LMDB map to start with; 0 → 64 MiB; it grows */
+    size_t   max_document_id_length; /* bytes of one document id; 0 → MIMEO_ID_MAX */
 } mimeo_options;
 
 /* Opens (creating if needed) the data directory `dir`. opts may be NULL. New *env; close it
@@ -143,8 +144,19 @@ MIMEO_API int mimeo_db_revs_limit_set(mimeo_db *db, unsigned limit, mimeo_err *e
 MIMEO_API int mimeo_db_compact(mimeo_db *db, mimeo_err *err);
 
 /* ---- documents: writes ------------------------------------------------------------------ */
-#define MIMEO_ID_MAX  (64 * 1024)  /* longest document id accepted */
+/* Default longest document id (mimeo_options.max_document_id_length); CouchDB's default is
+ * no limit, and ids are compared, stored and listed whole at any length. */
+#define MIMEO_ID_MAX  (64 * 1024)
 #define MIMEO_REV_MAX 96           /* room for "N-hash" + NUL */
+/* Replicated revisions (new_edits false), as CouchDB accepts them: generations 0 to
+ * 2^64-1 ("0-x" is a revision); a _revisions.start smaller than its ids count keeps only
+ * the ids of generation ≥ 0. Bounds mimeo keeps: _revisions.ids of more than
+ * MIMEO_REVISIONS_MAX items is refused (doc_validation), and only the newest _revs_limit
+ * ids are read — older ones would be stemmed at once (a leaf older than that which the
+ * full path would have extended stays a conflict, as after a stemmed CouchDB replication);
+ * a negative start is refused; _rev "N-" (no hash) with new_edits false is accepted and
+ * ignored, as CouchDB answers it. */
+#define MIMEO_REVISIONS_MAX 100000
 
 typedef struct mimeo_put_opts {
     const char *rev;      /* ?rev= or If-Match (NULL: use the body's _rev); must agree with

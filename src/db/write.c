@@ -20,6 +20,7 @@ typedef struct write_item {
     char         genid[33];
     bool         local;         /* id names a _local document (id has the prefix stripped) */
     bool         has_rev;
+    bool         ignore;        /* a replicated "N-" revision: answered, nothing written */
     uint64_t     rev_gen;
     char         rev_hash[REV_HASH_MAX + 1];
     size_t       rev_hash_len;
@@ -62,11 +63,29 @@ static void item_destroy(write_item *it) {
 
 /* ---- validation (calling thread) ------------------------------------------------------ */
 
-static int revisions_path(write_item *it, mimeo_err *err) {
+/* _revisions.start as CouchDB takes it: any integer; mimeo keeps 0 … 2^64-1. */
+static bool revisions_start(const jval *v, uint64_t *out) {
+    if (!v || v->type != JV_NUMBER || v->len == 0) return false;
+    uint64_t g = 0;
+    for (size_t i = 0; i < v->len; i++) {
+        char ch = v->str[i];
+        if (ch < '0' || ch > '9') return false;
+        unsigned d = (unsigned)(ch - '0');
+        if (g > (UINT64_MAX - d) / 10) return false;
+        g = g * 10 + d;
+    }
+    *out = g;
+    return true;
+}
+
+/* The revision path of a replicated write. ids holds at most _revs_limit items (the parser
+ * dropped older ones: they would be stemmed at once). Ids that would fall below generation
+ * 0 (start smaller than the count, which CouchDB stores) are dropped too. */
+static int revisions_path(write_item *it, bool new_edits, mimeo_err *err) {
     const jval *r = it->doc.revisions;
     const jval *start = jval_get(r, "start"), *ids = jval_get(r, "ids");
-    int64_t s;
-    if (!r || r->type != JV_OBJECT || !start || !jval_as_i64(start, &s)) {
+    uint64_t s;
+    if (!r || r->type != JV_OBJECT || !start || !revisions_start(start, &s)) {
         db_err_set(err, MIMEO_EDOCVALIDATION, "doc_validation", "_revisions.start isn't an integer.");
         return MIMEO_EDOCVALIDATION;
     }
@@ -74,15 +93,17 @@ static int revisions_path(write_item *it, mimeo_err *err) {
         db_err_set(err, MIMEO_EDOCVALIDATION, "doc_validation", "_revisions.ids isn't a array.");
         return MIMEO_EDOCVALIDATION;
     }
-    if (s < 1 || (uint64_t)s < ids->count) {
-        db_err_set(err, MIMEO_EDOCVALIDATION, "doc_validation",
-                   "_revisions.start isn't a valid generation for its ids.");
-        return MIMEO_EDOCVALIDATION;
+    size_t count = ids->count;
+    if (s < UINT64_MAX && count > s + 1) count = (size_t)s + 1;
+    const jval *newest = ids->items[0];
+    if (!new_edits && newest->type == JV_STRING && newest->len == 0) {
+        it->ignore = true; /* "N-" with no hash: CouchDB answers it and keeps nothing */
+        return 0;
     }
-    it->path_hashes = malloc(sizeof *it->path_hashes * ids->count);
-    it->path_lens = malloc(sizeof *it->path_lens * ids->count);
+    it->path_hashes = malloc(sizeof *it->path_hashes * count);
+    it->path_lens = malloc(sizeof *it->path_lens * count);
     if (!it->path_hashes || !it->path_lens) return db_err(err, MIMEO_ENOMEM);
-    for (size_t i = 0; i < ids->count; i++) {
+    for (size_t i = 0; i < count; i++) {
         jval *h = ids->items[i];
         char norm[REV_HASH_MAX + 1];
         size_t nlen;
@@ -97,9 +118,17 @@ static int revisions_path(write_item *it, mimeo_err *err) {
         it->path_hashes[i] = h->str;
         it->path_lens[i] = nlen;
     }
-    it->path_start = (uint64_t)s;
-    it->path_count = (uint32_t)ids->count;
+    it->path_start = s;
+    it->path_count = (uint32_t)count;
     return 0;
+}
+
+/* "N-" with nothing after the dash. */
+static bool rev_bare_generation(const char *rev, size_t len) {
+    if (len < 2 || rev[len - 1] != '-') return false;
+    for (size_t i = 0; i + 1 < len; i++)
+        if (rev[i] < '0' || rev[i] > '9') return false;
+    return true;
 }
 
 /* Resolves id, rev and (for replicated writes) the revision path of a parsed document. */
@@ -136,15 +165,22 @@ static int item_prepare(mimeo_env *env, write_item *it, const char *url_id, size
         rev = url_rev;
         rev_len = ulen;
     }
+    if (rev && !new_edits && !it->local && !it->doc.revisions && rev_bare_generation(rev, rev_len)) {
+        it->ignore = true; /* CouchDB 3.5 answers such a replicated write and keeps nothing */
+        snprintf(it->newrev, sizeof it->newrev, "%.*s", (int)rev_len, rev);
+        return 0;
+    }
     if (rev) {
-        if (rev_parse(rev, rev_len, it->local, &it->rev_gen, it->rev_hash, &it->rev_hash_len)) {
+        /* Generation 0 exists in replicated histories ("0-x"), and can be edited. */
+        if (rev_parse(rev, rev_len, true, &it->rev_gen, it->rev_hash, &it->rev_hash_len)) {
             db_err_set(err, MIMEO_EBADREV, "bad_request", "Invalid rev format");
             return MIMEO_EBADREV;
         }
         it->has_rev = true;
     }
     if (it->local) return 0;
-    if (it->doc.revisions && (rc = revisions_path(it, err))) return rc;
+    if (it->doc.revisions && (rc = revisions_path(it, new_edits, err))) return rc;
+    if (it->ignore) return 0;
     if (!new_edits && !it->path_count) {
         if (!it->has_rev) {
             db_err_set(err, MIMEO_EINVAL, "bad_request",
@@ -397,6 +433,7 @@ static int job_write(MDB_txn *txn, void *arg) {
         write_item *it = &w->items[i];
         it->code = 0;
         it->error = it->reason = NULL;
+        if (it->ignore) continue;
         it->newrev[0] = 0;
         rc = it->local ? apply_local(w, it) : apply_doc(w, it);
         if (it->code) any_failed = true;
@@ -442,13 +479,23 @@ static int single_write(mimeo_db *db, write_item *it, bool new_edits, mimeo_put_
     return 0;
 }
 
+/* The parse limits of a write to db: the environment's, and no more _revisions ids than
+ * the database's _revs_limit keeps. */
+static json_limits write_limits(mimeo_db *db) {
+    json_limits l = db->env->limits;
+    db_meta m;
+    l.max_revision_ids = db_meta_snapshot(db, &m) == 0 && m.revs_limit ? m.revs_limit : 0;
+    return l;
+}
+
 int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
                   const mimeo_put_opts *opts, mimeo_put_result *res, mimeo_err *err) {
     if (res) res->id = NULL;
     write_item it;
     memset(&it, 0, sizeof it);
     json_error je;
-    int rc = json_doc_parse(json, len, &db->env->limits, &it.doc, &je);
+    json_limits limits = write_limits(db);
+    int rc = json_doc_parse(json, len, &limits, &it.doc, &je);
     if (rc) {
         item_destroy(&it);
         return db_err_json(err, &je);
@@ -534,7 +581,8 @@ int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
     *out_len = 0;
     json_bulk bulk;
     json_error je;
-    int rc = json_bulk_parse(json, len, &db->env->limits, &bulk, &je);
+    json_limits limits = write_limits(db);
+    int rc = json_bulk_parse(json, len, &limits, &bulk, &je);
     if (rc) return db_err_json(err, &je);
     write_item *items = calloc(bulk.count ? bulk.count : 1, sizeof *items);
     if (!items) {

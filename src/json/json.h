@@ -20,10 +20,14 @@
 typedef struct json_limits {
     unsigned max_depth;     /* nesting of arrays+objects; deeper input is refused */
     size_t   max_doc_bytes; /* cap on one document's re-emitted body (json_doc) */
+    unsigned max_revision_ids; /* _revisions.ids kept, newest first (json_doc); 0: all */
 } json_limits;
 
 #define JSON_DEFAULT_MAX_DEPTH 256
 #define JSON_DEFAULT_MAX_DOC   (8u << 20)
+/* Longest _revisions.ids accepted at all (the ids past max_revision_ids are only counted,
+ * so this bounds parsing time, not memory). */
+#define JSON_MAX_REVISION_IDS  MIMEO_REVISIONS_MAX
 
 /* Why parsing failed: code is a MIMEO_E* value (MIMEO_EBADJSON for syntax/UTF-8/duplicate
  * keys/depth, MIMEO_EDOCVALIDATION, MIMEO_EBADID, MIMEO_EBADREV, MIMEO_EINVAL for shape,
@@ -111,7 +115,11 @@ typedef struct json_doc {
     char  *rev;           /* "_rev" or NULL; syntax not checked here */
     size_t rev_len;
     bool   deleted;       /* "_deleted": true */
-    jval  *revisions;     /* "_revisions" as a tree, or NULL; shape not checked here */
+    jval  *revisions;     /* "_revisions" as a tree, or NULL; shape not checked here,
+                           * except that its "ids" array holds at most
+                           * limits->max_revision_ids items (the newest): the rest are
+                           * counted, not kept, since stemming would drop them anyway */
+    size_t revision_ids_total; /* items of _revisions.ids as sent (kept or not) */
     jval  *attachments;   /* "_attachments" as a tree, or NULL */
     buf    body;          /* the other members as a compact JSON object "{...}", in input
                            * order; "{}" when there are none. Members named
@@ -144,7 +152,7 @@ int json_doc_parse(const char *p, size_t n, const json_limits *limits, json_doc 
  * MIMEO_EINVAL. Each element of docs must be an object (else bad_request "Document must be
  * a JSON object") and is split as by json_doc_parse, in the same pass.
  * Any error fails the whole body; on success *docs is a new array of *count json_docs (free
- * with json_docs_free). */
+ * with json_bulk_destroy). */
 typedef struct json_bulk {
     json_doc *docs;
     size_t    count;

@@ -131,10 +131,166 @@ static void test_list_append_failure(void) {
     mimeo_env_close(env);
 }
 
+/* ---- replicated revisions ------------------------------------------------------------------- */
+
+static int put_json(mimeo_db *db, const char *id, const char *json, bool replicated,
+                    mimeo_err *err) {
+    mimeo_put_opts o = {NULL, replicated};
+    mimeo_put_result res;
+    int rc = mimeo_doc_put(db, id, strlen(id), json, strlen(json), &o, &res, err);
+    if (!rc) mimeo_free(res.id);
+    return rc;
+}
+
+static char *winner(mimeo_db *db, const char *id) {
+    mimeo_get_opts o = {0};
+    o.revs = true;
+    char *out = NULL;
+    size_t len;
+    mimeo_err err;
+    if (mimeo_doc_get(db, id, strlen(id), &o, &out, &len, &err)) return NULL;
+    return out;
+}
+
+/* Peak RSS growth of a _revisions of n ids, measured in a child so earlier tests do not
+ * hide it. Returns kilobytes, or -1. */
+static long revisions_rss_kb(size_t n) {
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        mimeo_env *env = open_env(NULL);
+        if (!env) _exit(255);
+        mimeo_db *db = fresh_db(env, "revs");
+        buf b;
+        buf_init(&b, 0);
+        buf_printf(&b, "{\"_id\":\"big\",\"_rev\":\"%zu-%032zx\",\"_revisions\":{\"start\":%zu,\"ids\":[", n, n, n);
+        for (size_t i = n; i >= 1; i--) buf_printf(&b, "%s\"%032zx\"", i == n ? "" : ",", i);
+        buf_puts(&b, "]}}");
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        long before = ru.ru_maxrss;
+        mimeo_err err;
+        mimeo_put_opts o = {NULL, true};
+        mimeo_put_result res;
+        int rc = mimeo_doc_put(db, NULL, 0, b.data, b.len, &o, &res, &err);
+        getrusage(RUSAGE_SELF, &ru);
+        long grew = ru.ru_maxrss - before;
+        if (rc) _exit(254);
+        mimeo_free(res.id);
+        /* Only the newest _revs_limit (1000) revisions are kept. */
+        char *doc = winner(db, "big");
+        char want[64];
+        snprintf(want, sizeof want, "\"%032zx\"]}", n - 999);
+        bool ok = doc && strstr(doc, want);
+        mimeo_free(doc);
+        buf_destroy(&b);
+        mimeo_db_close(db);
+        mimeo_env_close(env);
+        if (!ok) _exit(253);
+        _exit(grew / 1024 > 250 ? 250 : (int)(grew / 1024));
+    }
+    int status;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+    int code = WEXITSTATUS(status);
+    if (code >= 253) {
+        fprintf(stderr, "revisions child failed: %d\n", code);
+        return -1;
+    }
+    return (long)code * 1024;
+}
+
+/* A 3.9 MB _revisions once grew the peak RSS by ~107 MB (a tree node per id before
+ * stemming); now the ids past _revs_limit are never kept. */
+static void test_revisions_bounded(void) {
+    long kb = revisions_rss_kb(100000);
+    fprintf(stderr, "  100000 _revisions ids: peak RSS grew by ~%ld MB\n", kb / 1024);
+    CHECK(kb >= 0);
+    CHECK(kb < 12 * 1024); /* it was ~33 MB under ASan, ~107 MB without */
+
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    mimeo_db *db = fresh_db(env, "revs");
+    /* Beyond MIMEO_REVISIONS_MAX: refused as a bad request. */
+    buf b;
+    buf_init(&b, 0);
+    size_t n = MIMEO_REVISIONS_MAX + 1;
+    buf_printf(&b, "{\"_rev\":\"%zu-a\",\"_revisions\":{\"start\":%zu,\"ids\":[", n, n);
+    for (size_t i = 0; i < n; i++) buf_puts(&b, i ? ",\"a\"" : "\"a\"");
+    buf_puts(&b, "]}}");
+    mimeo_err err;
+    CHECK_EQ_INT(put_json(db, "huge", b.data, true, &err), MIMEO_EDOCVALIDATION);
+    buf_destroy(&b);
+    mimeo_db_close(db);
+    mimeo_env_close(env);
+}
+
+/* What CouchDB 3.5 stores, mimeo must store (or answer as CouchDB does). */
+static void test_couchdb_revisions_accepted(void) {
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    mimeo_db *db = fresh_db(env, "couchrevs");
+    mimeo_err err;
+    /* "1-" with new_edits=false: CouchDB answers [] and keeps nothing. */
+    const char *bulk = "{\"new_edits\":false,\"docs\":[{\"_id\":\"bare\",\"_rev\":\"1-\"}]}";
+    char *out = NULL;
+    size_t out_len = 0;
+    CHECK_EQ_INT(mimeo_bulk_docs(db, bulk, strlen(bulk), &out, &out_len, &err), 0);
+    CHECK_EQ_STR(out, "[]");
+    mimeo_free(out);
+    char *doc = winner(db, "bare");
+    CHECK(doc == NULL);
+    mimeo_free(doc);
+
+    /* Generation 0. */
+    CHECK_EQ_INT(put_json(db, "zero", "{\"_rev\":\"0-abc\",\"v\":1}", true, &err), 0);
+    doc = winner(db, "zero");
+    CHECK(doc && strstr(doc, "\"_rev\":\"0-abc\""));
+    mimeo_free(doc);
+    /* An edit on top of it makes generation 1. */
+    mimeo_put_opts po = {"0-abc", false};
+    mimeo_put_result res;
+    CHECK_EQ_INT(mimeo_doc_put(db, "zero", 4, "{\"v\":2}", 7, &po, &res, &err), 0);
+    CHECK(strncmp(res.rev, "1-", 2) == 0);
+    mimeo_free(res.id);
+
+    /* start smaller than the number of ids: the ids below generation 0 are dropped. */
+    CHECK_EQ_INT(put_json(db, "short",
+                          "{\"_rev\":\"1-c\",\"_revisions\":{\"start\":1,\"ids\":[\"c\",\"b\",\"a\"]}}",
+                          true, &err), 0);
+    doc = winner(db, "short");
+    CHECK(doc && strstr(doc, "\"_revisions\":{\"start\":1,\"ids\":[\"c\",\"b\"]}"));
+    mimeo_free(doc);
+
+    /* Generations at and above 2^63. */
+    CHECK_EQ_INT(put_json(db, "high",
+                          "{\"_rev\":\"9223372036854775809-b\",\"_revisions\":"
+                          "{\"start\":9223372036854775809,\"ids\":[\"b\",\"a\"]}}",
+                          true, &err), 0);
+    doc = winner(db, "high");
+    CHECK(doc && strstr(doc, "\"_rev\":\"9223372036854775809-b\""));
+    mimeo_free(doc);
+    CHECK_EQ_INT(put_json(db, "max", "{\"_rev\":\"18446744073709551615-z\"}", true, &err), 0);
+    doc = winner(db, "max");
+    CHECK(doc && strstr(doc, "\"_rev\":\"18446744073709551615-z\""));
+    mimeo_free(doc);
+
+    /* Still refused: a negative start, and a non-integer one. */
+    CHECK_EQ_INT(put_json(db, "neg", "{\"_rev\":\"1-a\",\"_revisions\":{\"start\":-1,\"ids\":[\"a\"]}}",
+                          true, &err), MIMEO_EDOCVALIDATION);
+    CHECK_EQ_INT(put_json(db, "flt", "{\"_rev\":\"1-a\",\"_revisions\":{\"start\":1.5,\"ids\":[\"a\"]}}",
+                          true, &err), MIMEO_EDOCVALIDATION);
+    mimeo_db_close(db);
+    mimeo_env_close(env);
+}
+
 int main(void) {
     make_tmpdir();
     RUN(test_random_without_getrandom);
     RUN(test_list_append_failure);
+    RUN(test_revisions_bounded);
+    RUN(test_couchdb_revisions_accepted);
     remove_tmpdir();
     return check_report();
 }
