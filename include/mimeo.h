@@ -189,7 +189,8 @@ MIMEO_API int mimeo_doc_delete(mimeo_db *db, const char *id, size_t id_len, cons
  * {"id","error","reason"}); with new_edits false only failures (usually []). All the batch
  * is committed in one durable transaction. A document that fails to parse fails the whole
  * call (nothing written). all_or_nothing with any failing doc: MIMEO_EEXPECTATION, the
- * reply lists the failures, nothing written. */
+ * reply lists the failures, nothing written. A batch too big for one LMDB transaction
+ * (hundreds of megabytes of changed pages) is MIMEO_ETOOLARGE, nothing written: split it. */
 MIMEO_API int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
                               size_t *out_len, mimeo_err *err);
 

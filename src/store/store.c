@@ -14,7 +14,8 @@
  *
  * Bodies sit under increasing body ids, so big values are appended at the end of the
  * B-tree instead of rewriting pages in the middle; the by-id record stays small.
- * A deleted database's keys are removed in the delete's transaction; ids are never reused.
+ * A deleted database's record goes in one job and its keys in later bounded jobs (env.c);
+ * database ids are never reused, so keys not yet removed are invisible.
  */
 #include "store.h"
 
@@ -30,6 +31,7 @@
 #include "mimeo.h"
 
 #define STORE_EMAPFULL (-1000) /* internal: the group must be retried on a bigger map */
+#define STORE_ETXNFULL (-1001) /* internal: the transaction ran out of dirty pages */
 
 typedef struct store_job {
     store_job_fn      fn;
@@ -61,6 +63,7 @@ int store_err(int rc) {
     case 0: return 0;
     case MDB_NOTFOUND: return MIMEO_ENOTFOUND;
     case MDB_MAP_FULL: return STORE_EMAPFULL;
+    case MDB_TXN_FULL: return STORE_ETXNFULL;
     case ENOSPC: case EDQUOT: case EFBIG: return MIMEO_ENOSPC;
     case ENOMEM: return MIMEO_ENOMEM;
     case MDB_CORRUPTED: case MDB_PAGE_NOTFOUND: case MDB_INVALID: return MIMEO_ECORRUPT;
@@ -109,26 +112,41 @@ static int store_write_error(store *s, int rc) {
 /* Runs one group: every job in one write transaction, then one durable commit.
  *
  * Jobs do not get nested transactions: LMDB allocates megabytes of bookkeeping for each
- * child transaction, which costs more than the job itself. Instead a job that fails on
- * its own (a refused request) is marked and the whole group is run again without it; that
- * is rare, and jobs are written to be re-runnable. Returns 0 when committed, or the error
- * that failed the whole group. */
-static int store_run_group(store *s, store_job *jobs) {
+ * child transaction, which costs more than the job itself. Instead a job that fails is
+ * marked and the whole group is run again without it; that is rare, and jobs are written
+ * to be re-runnable. Whatever a job's error — a refused request, a corrupt record, a failed
+ * allocation, or an LMDB error no other job caused — it fails that job alone.
+ * Two errors are the group's, not one job's: a full map (grow it and run everyone again)
+ * and a transaction out of dirty pages. For the latter the job that hit the limit and
+ * those after it are handed back in *rest to run in the next group, unless it was the
+ * first job: then it cannot fit in any transaction and fails alone with MIMEO_ETOOLARGE.
+ * Returns 0 when committed, or the commit's error, which fails every job left. */
+static int store_run_group(store *s, store_job *jobs, store_job **rest) {
+    *rest = NULL;
     for (;;) {
         MDB_txn *txn = NULL;
         int rc = store_err(mdb_txn_begin(s->env, NULL, 0, &txn));
         if (rc) return rc;
         if (s->hooks.begin) s->hooks.begin(s->hooks.ctx);
         bool rerun = false;
+        store_job *prev = NULL; /* the last job before j that ran */
         for (store_job *j = jobs; j && !rc; j = j->next) {
             if (j->skip) continue;
             j->rc = j->fn(txn, j->arg);
-            if (j->rc == 0) continue;
-            /* A full map or a failing disk spoils the whole group; a refused request, a
-             * corrupt record or a failed allocation only its own job. */
-            if (j->rc == STORE_EMAPFULL || j->rc == MIMEO_EIO || j->rc == MIMEO_ENOSPC) {
+            if (j->rc == 0) {
+                prev = j;
+                continue;
+            }
+            if (j->rc == STORE_EMAPFULL) {
                 rc = j->rc;
+            } else if (j->rc == STORE_ETXNFULL && prev) {
+                prev->next = NULL; /* j and what follows wait for the next group */
+                *rest = j;
+                j->rc = 0;
+                rerun = true;
+                rc = 1;
             } else {
+                if (j->rc == STORE_ETXNFULL) j->rc = MIMEO_ETOOLARGE;
                 j->skip = true;
                 rerun = true;
                 rc = 1;
@@ -150,6 +168,7 @@ static int store_run_group(store *s, store_job *jobs) {
             if (store_grow(s)) return MIMEO_ENOSPC;
             continue;
         }
+        if (rc == STORE_ETXNFULL) rc = MIMEO_ETOOLARGE; /* the group's own last writes */
         return rc;
     }
 }
@@ -192,13 +211,22 @@ static void *store_writer_main(void *arg) {
         s->head = s->tail = NULL;
         pthread_mutex_unlock(&s->lock);
 
-        int rc = store_run_group(s, group);
+        store_job *rest;
+        int rc = store_run_group(s, group, &rest);
         size_t group_size = job_count(group);
 
         pthread_mutex_lock(&s->lock);
         for (store_job *j = group; j; j = j->next) {
             if (rc && !j->skip) j->rc = rc == STORE_EMAPFULL ? MIMEO_ENOSPC : rc;
             j->done = true;
+        }
+        if (rest) {
+            /* Jobs that did not fit go first in the next group, in their order. */
+            store_job *last = rest;
+            while (last->next) last = last->next;
+            last->next = s->head;
+            if (!s->head) s->tail = last;
+            s->head = rest;
         }
         pthread_cond_broadcast(&s->done);
         expected = group_size + job_count(s->head);

@@ -21,6 +21,7 @@
 
 #include "check.h"
 #include "common/buf.h"
+#include "db/db_int.h"
 #include "mimeo.h"
 
 static char tmpdir[256];
@@ -285,12 +286,98 @@ static void test_couchdb_revisions_accepted(void) {
     mimeo_env_close(env);
 }
 
+/* ---- one failing job in a group ----------------------------------------------------------- */
+
+typedef struct gjob {
+    store      *st;
+    int         kind;   /* GJ_* */
+    int         n;      /* key number written by a good job */
+    int         calls;
+    int         rc;
+    pthread_t   th;
+} gjob;
+
+enum { GJ_SLOW, GJ_GOOD, GJ_LMDB_ERROR, GJ_TXN_FULL_ONCE, GJ_TXN_FULL_ALWAYS };
+
+static int gjob_fn(MDB_txn *txn, void *arg) {
+    gjob *g = arg;
+    g->calls++;
+    const store_tables *t = store_tables_get(g->st);
+    switch (g->kind) {
+    case GJ_SLOW: {
+        struct timespec ts = {0, 300 * 1000 * 1000};
+        nanosleep(&ts, NULL); /* the others queue meanwhile and form the next group */
+        return 0;
+    }
+    case GJ_GOOD: {
+        char key[32];
+        int n = snprintf(key, sizeof key, "group-test-%d", g->n);
+        MDB_val k = {(size_t)n, key}, v = {1, "x"};
+        return store_err(mdb_put(txn, t->meta, &k, &v, 0));
+    }
+    case GJ_LMDB_ERROR: {
+        /* A key longer than LMDB allows: an error no other job of the group caused. */
+        static char huge[2048];
+        memset(huge, 'k', sizeof huge);
+        MDB_val k = {sizeof huge, huge}, v = {1, "x"};
+        return store_err(mdb_put(txn, t->meta, &k, &v, 0));
+    }
+    case GJ_TXN_FULL_ONCE:
+        /* Does not fit after the others' writes, fits in a group of its own. */
+        return g->calls == 1 ? store_err(MDB_TXN_FULL) : 0;
+    default:
+        return store_err(MDB_TXN_FULL);
+    }
+}
+
+static void *gjob_thread(void *arg) {
+    gjob *g = arg;
+    g->rc = store_write(g->st, gjob_fn, g);
+    return NULL;
+}
+
+static void test_group_job_isolation(void) {
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    enum { N = 9 };
+    gjob jobs[N];
+    const int kinds[N] = {GJ_SLOW, GJ_GOOD, GJ_GOOD, GJ_LMDB_ERROR, GJ_GOOD, GJ_TXN_FULL_ONCE,
+                          GJ_GOOD, GJ_TXN_FULL_ALWAYS, GJ_GOOD};
+    for (int i = 0; i < N; i++) {
+        jobs[i] = (gjob){.st = env->store, .kind = kinds[i], .n = i};
+        pthread_create(&jobs[i].th, NULL, gjob_thread, &jobs[i]);
+        struct timespec ts = {0, (i == 0 ? 50 : 5) * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    for (int i = 0; i < N; i++) pthread_join(jobs[i].th, NULL);
+    for (int i = 0; i < N; i++) {
+        int want = kinds[i] == GJ_LMDB_ERROR ? MIMEO_EIO
+                 : kinds[i] == GJ_TXN_FULL_ALWAYS ? MIMEO_ETOOLARGE : 0;
+        if (jobs[i].rc != want) fprintf(stderr, "  job %d (kind %d): %d\n", i, kinds[i], jobs[i].rc);
+        CHECK_EQ_INT(jobs[i].rc, want);
+    }
+    /* The good jobs' writes are durable. */
+    MDB_txn *txn;
+    CHECK_EQ_INT(store_read_begin(env->store, &txn), 0);
+    for (int i = 0; i < N; i++) {
+        if (kinds[i] != GJ_GOOD) continue;
+        char key[32];
+        int n = snprintf(key, sizeof key, "group-test-%d", i);
+        MDB_val k = {(size_t)n, key}, v;
+        CHECK_EQ_INT(mdb_get(txn, store_tables_get(env->store)->meta, &k, &v), 0);
+    }
+    store_read_end(env->store, txn);
+    mimeo_env_close(env);
+}
+
 int main(void) {
     make_tmpdir();
     RUN(test_random_without_getrandom);
     RUN(test_list_append_failure);
     RUN(test_revisions_bounded);
     RUN(test_couchdb_revisions_accepted);
+    RUN(test_group_job_isolation);
     remove_tmpdir();
     return check_report();
 }
