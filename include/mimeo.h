@@ -60,6 +60,7 @@ enum {
     MIMEO_ECORRUPT      = -15, /* a stored record failed validation */
     MIMEO_ECLOSED       = -16, /* the environment is shutting down */
     MIMEO_EEXPECTATION  = -17, /* all_or_nothing: some document failed, none written */
+    MIMEO_EBUSY         = -18, /* the data directory is open in another environment */
 };
 
 #define MIMEO_ERR_NAME_MAX   32
@@ -90,7 +91,9 @@ typedef struct mimeo_options {
 } mimeo_options;
 
 /* Opens (creating if needed) the data directory `dir`. opts may be NULL. New *env; close it
- * with mimeo_env_close. MIMEO_EIO with err->reason on failure (e.g. permissions). */
+ * with mimeo_env_close. MIMEO_EIO with err->reason on failure (e.g. permissions).
+ * A data directory is open in one environment at a time: while one (in any process) has
+ * it, opening it again fails with MIMEO_EBUSY, err->reason naming the holder's pid. */
 MIMEO_API int  mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **env,
                               mimeo_err *err);
 /* Waits for writes in flight, commits them, and closes the store. Open db handles must be

@@ -32,6 +32,7 @@ const char *mimeo_strerror(int code) {
     case MIMEO_ECORRUPT: return "corrupt record";
     case MIMEO_ECLOSED: return "shutting down";
     case MIMEO_EEXPECTATION: return "some documents failed; nothing was written";
+    case MIMEO_EBUSY: return "the data directory is in use";
     default: return "unknown error";
     }
 }
@@ -229,7 +230,8 @@ int mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **out,
     char reason[MIMEO_ERR_REASON_MAX];
     int rc = store_open(dir, env->opts.initial_map_size, &env->store, reason, sizeof reason);
     if (rc) {
-        db_err_set(err, rc, "internal_server_error", reason);
+        db_err_set(err, rc, rc == MIMEO_EBUSY ? "service_unavailable" : "internal_server_error",
+                   reason);
         free(env->handles);
         free(env);
         return rc;

@@ -479,13 +479,10 @@ static int single_write(mimeo_db *db, write_item *it, bool new_edits, mimeo_put_
     return 0;
 }
 
-/* The parse limits of a write to db: the environment's, and no more _revisions ids than
- * the database's _revs_limit keeps. */
-static json_limits write_limits(mimeo_db *db) {
-    json_limits l = db->env->limits;
+/* A write to db reads no more _revisions ids than the database's _revs_limit keeps. */
+static unsigned write_revs_limit(mimeo_db *db) {
     db_meta m;
-    l.max_revision_ids = db_meta_snapshot(db, &m) == 0 && m.revs_limit ? m.revs_limit : 0;
-    return l;
+    return db_meta_snapshot(db, &m) == 0 ? m.revs_limit : 0;
 }
 
 int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
@@ -494,8 +491,8 @@ int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json,
     write_item it;
     memset(&it, 0, sizeof it);
     json_error je;
-    json_limits limits = write_limits(db);
-    int rc = json_doc_parse(json, len, &limits, &it.doc, &je);
+    int rc = json_doc_parse_revs(json, len, &db->env->limits, write_revs_limit(db), &it.doc,
+                                 &je);
     if (rc) {
         item_destroy(&it);
         return db_err_json(err, &je);
@@ -581,8 +578,8 @@ int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
     *out_len = 0;
     json_bulk bulk;
     json_error je;
-    json_limits limits = write_limits(db);
-    int rc = json_bulk_parse(json, len, &limits, &bulk, &je);
+    int rc = json_bulk_parse_revs(json, len, &db->env->limits, write_revs_limit(db), &bulk,
+                                  &je);
     if (rc) return db_err_json(err, &je);
     write_item *items = calloc(bulk.count ? bulk.count : 1, sizeof *items);
     if (!items) {

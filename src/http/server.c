@@ -268,9 +268,13 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)s->cfg.max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->cfg.idle_timeout_s,
         /* Room for long request lines. MHD zeroes the whole pool after every request, so its
-         * size is paid per request: 64 KiB admits URLs of ~30 KB (longer: MHD answers 414). */
+         * size is paid per request: 160 KiB admits URLs of ~70 KB, enough for a 64 KiB id
+         * (longer: MHD answers 414). */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)160 * 1024,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1,
+        /* SO_REUSEADDR only (restart while old connections linger in TIME_WAIT), never
+         * SO_REUSEPORT: with it a second server could bind the same port and the kernel
+         * would split connections between two live servers. */
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)0,
         MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(errbuf, errlen, "cannot listen on %s port %u (in use, or not allowed?)", bind,

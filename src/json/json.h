@@ -20,13 +20,12 @@
 typedef struct json_limits {
     unsigned max_depth;     /* nesting of arrays+objects; deeper input is refused */
     size_t   max_doc_bytes; /* cap on one document's re-emitted body (json_doc) */
-    unsigned max_revision_ids; /* _revisions.ids kept, newest first (json_doc); 0: all */
 } json_limits;
 
 #define JSON_DEFAULT_MAX_DEPTH 256
 #define JSON_DEFAULT_MAX_DOC   (8u << 20)
-/* Longest _revisions.ids accepted at all (the ids past max_revision_ids are only counted,
- * so this bounds parsing time, not memory). */
+/* Longest _revisions.ids accepted at all (the ids past the kept ones are only counted, so
+ * this bounds parsing time, not memory). */
 #define JSON_MAX_REVISION_IDS  MIMEO_REVISIONS_MAX
 
 /* Why parsing failed: code is a MIMEO_E* value (MIMEO_EBADJSON for syntax/UTF-8/duplicate
@@ -116,9 +115,9 @@ typedef struct json_doc {
     size_t rev_len;
     bool   deleted;       /* "_deleted": true */
     jval  *revisions;     /* "_revisions" as a tree, or NULL; shape not checked here,
-                           * except that its "ids" array holds at most
-                           * limits->max_revision_ids items (the newest): the rest are
-                           * counted, not kept, since stemming would drop them anyway */
+                           * except that json_*_parse_revs keep at most max_revision_ids
+                           * items of its "ids" array (the newest): the rest are counted,
+                           * not kept, since stemming would drop them anyway */
     size_t revision_ids_total; /* items of _revisions.ids as sent (kept or not) */
     jval  *attachments;   /* "_attachments" as a tree, or NULL */
     buf    body;          /* the other members as a compact JSON object "{...}", in input
@@ -142,6 +141,9 @@ void json_doc_destroy(json_doc *d);
  * _x" (their inner shape is not checked here). */
 int json_doc_parse(const char *p, size_t n, const json_limits *limits, json_doc *out,
                    json_error *err);
+/* The same, keeping only the newest max_revision_ids items of _revisions.ids (0: all). */
+int json_doc_parse_revs(const char *p, size_t n, const json_limits *limits,
+                        unsigned max_revision_ids, json_doc *out, json_error *err);
 
 /* A _bulk_docs request body: {"docs":[…], "new_edits":bool, "all_or_nothing":bool}, members
  * in any order; unknown members are ignored. "docs" missing: bad_request
@@ -161,6 +163,8 @@ typedef struct json_bulk {
 } json_bulk;
 int  json_bulk_parse(const char *p, size_t n, const json_limits *limits, json_bulk *out,
                      json_error *err);
+int  json_bulk_parse_revs(const char *p, size_t n, const json_limits *limits,
+                          unsigned max_revision_ids, json_bulk *out, json_error *err);
 void json_bulk_destroy(json_bulk *b);
 
 /* ---- writers -------------------------------------------------------------------------------

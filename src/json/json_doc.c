@@ -393,7 +393,6 @@ static void jd_ctx_init(jd_ctx *c, const json_limits *limits, json_error *err) {
     c->err = err;
     c->max_doc = limits && limits->max_doc_bytes ? limits->max_doc_bytes
                                                  : JSON_DEFAULT_MAX_DOC;
-    c->max_rev_ids = limits ? limits->max_revision_ids : 0;
 }
 
 /* json_parse fills err for its own errors and we fill it for ours; this covers a code that
@@ -414,11 +413,17 @@ void json_doc_destroy(json_doc *d) {
 
 int json_doc_parse(const char *p, size_t n, const json_limits *limits, json_doc *out,
                    json_error *err) {
+    return json_doc_parse_revs(p, n, limits, 0, out, err);
+}
+
+int json_doc_parse_revs(const char *p, size_t n, const json_limits *limits,
+                        unsigned max_revision_ids, json_doc *out, json_error *err) {
     json_error scratch;
     if (!err) err = &scratch;
     memset(out, 0, sizeof *out);
     jd_ctx c;
     jd_ctx_init(&c, limits, err);
+    c.max_rev_ids = max_revision_ids;
     c.single = out;
     int rc = json_parse(p, n, limits, &jd_handlers, &c, err);
     json_builder_free(c.jb);
@@ -439,12 +444,18 @@ void json_bulk_destroy(json_bulk *b) {
 
 int json_bulk_parse(const char *p, size_t n, const json_limits *limits, json_bulk *out,
                     json_error *err) {
+    return json_bulk_parse_revs(p, n, limits, 0, out, err);
+}
+
+int json_bulk_parse_revs(const char *p, size_t n, const json_limits *limits,
+                         unsigned max_revision_ids, json_bulk *out, json_error *err) {
     json_error scratch;
     if (!err) err = &scratch;
     memset(out, 0, sizeof *out);
     out->new_edits = true;
     jd_ctx c;
     jd_ctx_init(&c, limits, err);
+    c.max_rev_ids = max_revision_ids;
     c.bulk = true;
     c.out = out;
     int rc = json_parse(p, n, limits, &jd_handlers, &c, err);

@@ -23,10 +23,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "mimeo.h"
 
@@ -44,6 +47,7 @@ typedef struct store_job {
 
 struct store {
     MDB_env         *env;
+    int              lock_fd;     /* holds the data directory's lock (store_lock) */
     char            *path;        /* the data file, for telling a full disk from an I/O error */
     store_tables     t;
     size_t           map_size;
@@ -304,6 +308,51 @@ int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, size_t *budget
     return rc == MDB_NOTFOUND ? 0 : store_err(rc);
 }
 
+/* One process, one environment per data directory. LMDB itself would let several
+ * processes share the file, but each environment keeps the databases' counters (update_seq,
+ * next body id, document counts) in memory between commits, so a second one would reuse
+ * sequence numbers and body ids and overwrite the first one's documents. An flock on
+ * DIR/mimeo.lock (released by the kernel when the process dies, so a crash leaves no stale
+ * lock) keeps a second environment out, in this process or another. Returns the locked fd,
+ * or -1 with reason set. */
+static int store_lock(const char *dir, char *reason, size_t reason_len) {
+    size_t plen = strlen(dir) + sizeof "/mimeo.lock";
+    char *path = malloc(plen);
+    if (!path) {
+        snprintf(reason, reason_len, "out of memory");
+        return -1;
+    }
+    snprintf(path, plen, "%s/mimeo.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    free(path);
+    if (fd < 0) {
+        snprintf(reason, reason_len, "cannot open %s/mimeo.lock: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pid[24] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        if (e == EWOULDBLOCK)
+            snprintf(reason, reason_len,
+                     "the data directory %s is in use by another mimeo%s%s%s", dir,
+                     pid[0] ? " (pid " : "", pid, pid[0] ? ")" : "");
+        else
+            snprintf(reason, reason_len, "cannot lock %s/mimeo.lock: %s", dir, strerror(e));
+        close(fd);
+        return -1;
+    }
+    /* The holder's pid, for the message a second process prints. */
+    char pid[24];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) == 0 && pwrite(fd, pid, (size_t)n, 0) != n) {
+        /* only informative */
+    }
+    return fd;
+}
+
 int store_open(const char *dir, size_t initial_map_size, store **out, char *reason,
                size_t reason_len) {
     *out = NULL;
@@ -311,8 +360,14 @@ int store_open(const char *dir, size_t initial_map_size, store **out, char *reas
         snprintf(reason, reason_len, "cannot create %s: %s", dir, strerror(errno));
         return MIMEO_EIO;
     }
+    int lock_fd = store_lock(dir, reason, reason_len);
+    if (lock_fd < 0) return MIMEO_EBUSY;
     store *s = calloc(1, sizeof *s);
-    if (!s) return MIMEO_ENOMEM;
+    if (!s) {
+        close(lock_fd);
+        return MIMEO_ENOMEM;
+    }
+    s->lock_fd = lock_fd;
     s->map_size = initial_map_size ? initial_map_size : (size_t)64 << 20;
 
     pthread_rwlockattr_t attr;
@@ -340,6 +395,7 @@ int store_open(const char *dir, size_t initial_map_size, store **out, char *reas
     if (rc) {
         snprintf(reason, reason_len, "cannot open the store in %s: %s", dir, mdb_strerror(rc));
         if (s->env) mdb_env_close(s->env);
+        close(s->lock_fd);
         free(s);
         return rc == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
     }
@@ -363,6 +419,7 @@ int store_open(const char *dir, size_t initial_map_size, store **out, char *reas
     if (rc) {
         snprintf(reason, reason_len, "cannot open tables in %s: %s", dir, mdb_strerror(rc));
         mdb_env_close(s->env);
+        close(s->lock_fd);
         free(s->path);
         free(s);
         return MIMEO_EIO;
@@ -370,6 +427,7 @@ int store_open(const char *dir, size_t initial_map_size, store **out, char *reas
     if (pthread_create(&s->writer, NULL, store_writer_main, s) != 0) {
         snprintf(reason, reason_len, "cannot start the writer thread");
         mdb_env_close(s->env);
+        close(s->lock_fd);
         free(s->path);
         free(s);
         return MIMEO_EIO;
@@ -391,5 +449,6 @@ void store_close(store *s) {
     pthread_cond_destroy(&s->work);
     pthread_cond_destroy(&s->done);
     free(s->path);
+    close(s->lock_fd); /* last: the directory is free once the file is closed */
     free(s);
 }

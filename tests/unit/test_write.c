@@ -371,6 +371,25 @@ static void test_group_job_isolation(void) {
     mimeo_env_close(env);
 }
 
+/* ---- the data directory lock ------------------------------------------------------------- */
+
+static void test_data_dir_locked(void) {
+    mimeo_env *a = open_env(NULL);
+    CHECK(a);
+    mimeo_env *b = NULL;
+    mimeo_err err;
+    CHECK_EQ_INT(mimeo_env_open(tmpdir, NULL, &b, &err), MIMEO_EBUSY);
+    CHECK(b == NULL);
+    CHECK(strstr(err.reason, "in use") != NULL);
+    char pid[32];
+    snprintf(pid, sizeof pid, "pid %ld", (long)getpid());
+    CHECK(strstr(err.reason, pid) != NULL);
+    mimeo_env_close(a);
+    /* Closing frees the directory. */
+    CHECK_EQ_INT(mimeo_env_open(tmpdir, NULL, &b, &err), 0);
+    mimeo_env_close(b);
+}
+
 int main(void) {
     make_tmpdir();
     RUN(test_random_without_getrandom);
@@ -378,6 +397,7 @@ int main(void) {
     RUN(test_revisions_bounded);
     RUN(test_couchdb_revisions_accepted);
     RUN(test_group_job_isolation);
+    RUN(test_data_dir_locked);
     remove_tmpdir();
     return check_report();
 }
