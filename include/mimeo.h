@@ -96,6 +96,13 @@ typedef struct mimeo_options {
  * it, opening it again fails with MIMEO_EBUSY, err->reason naming the holder's pid. */
 MIMEO_API int  mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **env,
                               mimeo_err *err);
+/* Shrinks the data file of the data directory `dir`, which no environment may have open
+ * (MIMEO_EBUSY otherwise). Deleting documents or databases frees pages for reuse but never
+ * makes the file smaller; this writes a copy holding only the pages in use and swaps it in
+ * atomically. Needs free disk space for the copy. before/after (may be NULL) receive the
+ * file's size in bytes. MIMEO_ENOTFOUND when dir holds no data. */
+MIMEO_API int  mimeo_env_compact(const char *dir, uint64_t *before, uint64_t *after,
+                                 mimeo_err *err);
 /* Waits for writes in flight, commits them, and closes the store. Open db handles must be
  * closed first. */
 MIMEO_API void mimeo_env_close(mimeo_env *env);

@@ -6,5 +6,7 @@
 
 /* mimeo serve [--data DIR] [--bind ADDR] [--port N] [--config FILE] (serve.c) */
 int cli_serve(int argc, char **argv);
+/* mimeo compact DIR (compact.c) */
+int cli_compact(int argc, char **argv);
 
 #endif

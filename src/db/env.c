@@ -261,6 +261,24 @@ int mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **out,
     return 0;
 }
 
+int mimeo_env_compact(const char *dir, uint64_t *before, uint64_t *after, mimeo_err *err) {
+    uint64_t b, a;
+    char reason[MIMEO_ERR_REASON_MAX];
+    reason[0] = 0;
+    int rc = store_compact(dir, &b, &a, reason, sizeof reason);
+    if (before) *before = b;
+    if (after) *after = a;
+    if (rc && reason[0]) {
+        const char *name = rc == MIMEO_EBUSY ? "service_unavailable"
+                         : rc == MIMEO_ENOTFOUND ? "not_found"
+                         : rc == MIMEO_ENOSPC ? "insufficient_storage" : "internal_server_error";
+        db_err_set(err, rc, name, reason);
+    } else if (rc) {
+        db_err(err, rc);
+    }
+    return rc;
+}
+
 static void db_free(mimeo_db *db) {
     pthread_mutex_destroy(&db->lock);
     pthread_cond_destroy(&db->changed);

@@ -452,3 +452,75 @@ void store_close(store *s) {
     close(s->lock_fd); /* last: the directory is free once the file is closed */
     free(s);
 }
+
+/* Offline compaction. LMDB never gives pages back to the file system: freed pages are
+ * reused, but the file keeps its high-water size. A compacting copy writes only the pages
+ * in use, renumbered, into a new file, which then replaces the old one by rename — atomic,
+ * so a crash leaves either file whole. The directory lock keeps every environment out
+ * meanwhile. */
+int store_compact(const char *dir, uint64_t *before, uint64_t *after, char *reason,
+                  size_t reason_len) {
+    *before = *after = 0;
+    int lock_fd = store_lock(dir, reason, reason_len);
+    if (lock_fd < 0) return MIMEO_EBUSY;
+    size_t plen = strlen(dir) + sizeof "/data.mdb.compact";
+    char *data = malloc(plen), *tmp = malloc(plen);
+    MDB_env *env = NULL;
+    int fd = -1, rc = MIMEO_ENOMEM;
+    if (!data || !tmp) goto out;
+    snprintf(data, plen, "%s/data.mdb", dir);
+    snprintf(tmp, plen, "%s/data.mdb.compact", dir);
+    struct stat st;
+    if (stat(data, &st) != 0) {
+        snprintf(reason, reason_len, "no data file in %s: %s", dir, strerror(errno));
+        rc = errno == ENOENT ? MIMEO_ENOTFOUND : MIMEO_EIO;
+        goto out;
+    }
+    *before = (uint64_t)st.st_size;
+    int mrc = mdb_env_create(&env);
+    if (!mrc) mrc = mdb_env_set_maxdbs(env, 8);
+    if (!mrc) mrc = mdb_env_open(env, dir, MDB_NOTLS | MDB_RDONLY, 0644);
+    if (mrc) {
+        snprintf(reason, reason_len, "cannot open the store in %s: %s", dir, mdb_strerror(mrc));
+        rc = MIMEO_EIO;
+        goto out;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(reason, reason_len, "cannot create %s: %s", tmp, strerror(errno));
+        rc = errno == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
+        goto out;
+    }
+    mrc = mdb_env_copyfd2(env, fd, MDB_CP_COMPACT);
+    if (!mrc && fsync(fd) != 0) mrc = errno;
+    if (mrc) {
+        snprintf(reason, reason_len, "compacting copy failed: %s", mdb_strerror(mrc));
+        rc = mrc == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
+        goto out;
+    }
+    mdb_env_close(env);
+    env = NULL;
+    if (fstat(fd, &st) == 0) *after = (uint64_t)st.st_size;
+    close(fd);
+    fd = -1;
+    if (rename(tmp, data) != 0) {
+        snprintf(reason, reason_len, "cannot replace %s: %s", data, strerror(errno));
+        rc = MIMEO_EIO;
+        goto out;
+    }
+    /* The rename is durable once the directory entry is. */
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    rc = 0;
+out:
+    if (env) mdb_env_close(env);
+    if (fd >= 0) close(fd);
+    if (rc && tmp) unlink(tmp);
+    free(data);
+    free(tmp);
+    close(lock_fd);
+    return rc;
+}

@@ -390,6 +390,85 @@ static void test_data_dir_locked(void) {
     mimeo_env_close(b);
 }
 
+/* ---- compacting the data file -------------------------------------------------------------- */
+
+static long long file_size(const char *dir) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    struct stat st;
+    return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+static void test_compact_data_file(void) {
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    mimeo_db *big = fresh_db(env, "big");
+    mimeo_db *keep = fresh_db(env, "keep");
+    mimeo_err err;
+    /* 24 MB of bodies in a database that is then deleted, and a few documents kept. */
+    buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, "{\"docs\":[");
+    for (int i = 0; i < 100; i++) {
+        buf_printf(&b, "%s{\"_id\":\"d%03d\",\"pad\":\"", i ? "," : "", i);
+        for (int k = 0; k < 2000; k++) buf_puts(&b, "0123456789abcdefghijklmnopqrstuvwxyz012345678901234567890123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopq");
+        buf_puts(&b, "\"}");
+    }
+    buf_puts(&b, "]}");
+    for (int round = 0; round < 1; round++) {
+        char *out = NULL;
+        size_t out_len;
+        CHECK_EQ_INT(mimeo_bulk_docs(big, b.data, b.len, &out, &out_len, &err), 0);
+        mimeo_free(out);
+    }
+    buf_destroy(&b);
+    for (int i = 0; i < 50; i++) {
+        char id[16], json[64];
+        snprintf(id, sizeof id, "k%02d", i);
+        snprintf(json, sizeof json, "{\"n\":%d}", i);
+        CHECK_EQ_INT(put_json(keep, id, json, false, &err), 0);
+    }
+    mimeo_db_close(big);
+    mimeo_db_close(keep);
+    CHECK_EQ_INT(mimeo_db_delete(env, "big", &err), 0);
+    /* Not while the directory is open. */
+    CHECK_EQ_INT(mimeo_env_compact(tmpdir, NULL, NULL, &err), MIMEO_EBUSY);
+    mimeo_env_close(env);
+
+    long long was = file_size(tmpdir);
+    uint64_t before = 0, after = 0;
+    CHECK_EQ_INT(mimeo_env_compact(tmpdir, &before, &after, &err), 0);
+    long long now = file_size(tmpdir);
+    fprintf(stderr, "  data file %lld -> %lld bytes\n", was, now);
+    CHECK(was > 20 * 1024 * 1024);
+    CHECK(now < 2 * 1024 * 1024);
+    CHECK_EQ_INT((long long)before, was);
+    CHECK_EQ_INT((long long)after, now);
+
+    /* What was kept is intact, and the store goes on working. */
+    env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    CHECK_EQ_INT(mimeo_db_open(env, "big", &big, &err), MIMEO_ENOTFOUND);
+    CHECK_EQ_INT(mimeo_db_open(env, "keep", &keep, &err), 0);
+    mimeo_db_info info;
+    CHECK_EQ_INT(mimeo_db_info_get(keep, &info), 0);
+    CHECK_EQ_INT(info.doc_count, 50);
+    for (int i = 0; i < 50; i++) {
+        char id[16], want[32];
+        snprintf(id, sizeof id, "k%02d", i);
+        snprintf(want, sizeof want, "\"n\":%d,", i);
+        char *doc = winner(keep, id);
+        CHECK(doc && strstr(doc, want));
+        mimeo_free(doc);
+    }
+    CHECK_EQ_INT(put_json(keep, "after", "{\"x\":1}", false, &err), 0);
+    mimeo_db_close(keep);
+    mimeo_env_close(env);
+    CHECK_EQ_INT(mimeo_env_compact("/nonexistent/mimeo-dir", NULL, NULL, &err) != 0, 1);
+}
+
 int main(void) {
     make_tmpdir();
     RUN(test_random_without_getrandom);
@@ -398,6 +477,7 @@ int main(void) {
     RUN(test_couchdb_revisions_accepted);
     RUN(test_group_job_isolation);
     RUN(test_data_dir_locked);
+    RUN(test_compact_data_file);
     remove_tmpdir();
     return check_report();
 }
