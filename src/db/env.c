@@ -217,6 +217,7 @@ int mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **out,
     if (!env->opts.revs_limit) env->opts.revs_limit = 1000;
     if (!env->opts.max_document_size) env->opts.max_document_size = JSON_DEFAULT_MAX_DOC;
     if (!env->opts.max_json_depth) env->opts.max_json_depth = JSON_DEFAULT_MAX_DEPTH;
+    if (!env->opts.max_document_id_length) env->opts.max_document_id_length = MIMEO_ID_MAX;
     env->limits.max_depth = env->opts.max_json_depth;
     env->limits.max_doc_bytes = env->opts.max_document_size;
     pthread_mutex_init(&env->lock, NULL);

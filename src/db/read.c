@@ -816,83 +816,41 @@ int mimeo_all_docs(mimeo_db *db, const mimeo_all_docs_opts *o, mimeo_row_fn fn, 
         rc = snap_begin(db, &sn, err);
         if (rc) break;
         rowpage_reset(&page);
-        MDB_cursor *cur;
-        rc = store_err(mdb_cursor_open(sn.txn, sn.t->docs, &cur));
-        if (!rc) {
-            unsigned char key[STORE_KEY_MAX];
-            MDB_val k, v;
-            int mrc;
-            const char *start = started ? from.data : o->startkey;
-            size_t start_len = started ? from.len : o->startkey_len;
-            if (start_len > STORE_ID_MAX) start_len = STORE_ID_MAX;
-            if (!o->descending) {
-                k.mv_size = store_key(key, sn.m.dbid, start ? start : "", start ? start_len : 0);
-                k.mv_data = key;
-                mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-                if (mrc == 0 && started && k.mv_size == 8 + from.len &&
-                    memcmp((char *)k.mv_data + 8, from.data, from.len) == 0)
-                    mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-            } else if (start) {
-                k.mv_size = store_key(key, sn.m.dbid, start, start_len);
-                k.mv_data = key;
-                mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-                if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
-                /* Landed after the start key (or on it, when it was already read): step back. */
-                else if (mrc == 0 && (be64_get(k.mv_data) != sn.m.dbid || started ||
-                                      key_cmp((char *)k.mv_data + 8, k.mv_size - 8, start, start_len) > 0))
-                    mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
-                while (mrc == 0 && be64_get(k.mv_data) > sn.m.dbid)
-                    mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
-            } else {
-                /* From the last id of this database: the first key of the next dbid, back one. */
-                k.mv_size = store_key(key, sn.m.dbid + 1, "", 0);
-                k.mv_data = key;
-                mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-                if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
-                else if (mrc == 0) mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
+        /* Ids in exact order, of any length: the cursor hides the key layout (idkey.c). */
+        db_doc_cursor dc;
+        rc = db_doc_cursor_open(&dc, sn.txn, sn.t, sn.m.dbid, o->descending);
+        if (!rc) rc = started ? db_doc_cursor_seek(&dc, from.data ? from.data : "", from.len, true)
+                              : db_doc_cursor_seek(&dc, o->startkey, o->startkey_len, false);
+        while (!rc && page.count < PAGE_ROWS && delivered + page.count < limit) {
+            const char *id;
+            size_t id_len;
+            const unsigned char *rec;
+            size_t rec_len;
+            int crc = db_doc_cursor_next(&dc, &id, &id_len, &rec, &rec_len);
+            if (crc == MIMEO_ENOTFOUND) { end = true; break; }
+            if (crc) { rc = crc; break; }
+            if (o->endkey) {
+                int c = key_cmp(id, id_len, o->endkey, o->endkey_len);
+                if (o->descending) c = -c;
+                if (c > 0 || (c == 0 && !o->inclusive_end)) { end = true; break; }
             }
-            while (mrc == 0 && page.count < PAGE_ROWS && delivered + page.count < limit) {
-                if (k.mv_size < 8 || be64_get(k.mv_data) != sn.m.dbid) { end = true; break; }
-                const char *id = (const char *)k.mv_data + 8;
-                size_t id_len = k.mv_size - 8;
-                /* A startkey longer than any stored id was cut to fit a key: rows between
-                 * the cut and the real startkey are outside the range. */
-                if (!started && o->startkey && o->startkey_len > STORE_ID_MAX) {
-                    int c = key_cmp(id, id_len, o->startkey, o->startkey_len);
-                    if (o->descending ? c > 0 : c < 0) {
-                        mrc = mdb_cursor_get(cur, &k, &v, o->descending ? MDB_PREV : MDB_NEXT);
-                        continue;
-                    }
+            buf_reset(&from);
+            rc = buf_put(&from, id, id_len);
+            started = true;
+            db_doc d;
+            db_doc_init(&d);
+            if (!rc) rc = db_doc_decode(rec, rec_len, &d);
+            if (!rc && !revtree_all_deleted(&d.tree)) {
+                if (skip) {
+                    skip--;
+                } else {
+                    rc = all_docs_row(&page.text, &sn, id, id_len, &d, o, false);
+                    if (!rc) rowpage_end_row(&page);
                 }
-                if (o->endkey) {
-                    int c = key_cmp(id, id_len, o->endkey, o->endkey_len);
-                    if (o->descending) c = -c;
-                    if (c > 0 || (c == 0 && !o->inclusive_end)) { end = true; break; }
-                }
-                buf_reset(&from);
-                buf_put(&from, id, id_len);
-                started = true;
-                db_doc d;
-                db_doc_init(&d);
-                const unsigned char *p = v.mv_data;
-                rc = varint_get(&p, p + v.mv_size, &d.seq);
-                if (!rc) rc = revtree_decode(&d.tree, p, v.mv_size - (size_t)(p - (const unsigned char *)v.mv_data));
-                if (!rc && !revtree_all_deleted(&d.tree)) {
-                    if (skip) {
-                        skip--;
-                    } else {
-                        rc = all_docs_row(&page.text, &sn, id, id_len, &d, o, false);
-                        if (!rc) rowpage_end_row(&page);
-                    }
-                }
-                db_doc_destroy(&d);
-                if (rc) break;
-                mrc = mdb_cursor_get(cur, &k, &v, o->descending ? MDB_PREV : MDB_NEXT);
             }
-            if (mrc == MDB_NOTFOUND) end = true;
-            else if (!rc && mrc) rc = store_err(mrc);
-            mdb_cursor_close(cur);
+            db_doc_destroy(&d);
         }
+        db_doc_cursor_close(&dc);
         snap_end(&sn);
         if (!rc) rc = rowpage_deliver(&page, fn, ctx);
         delivered += page.count;

@@ -145,7 +145,7 @@ static int item_prepare(mimeo_env *env, write_item *it, const char *url_id, size
         it->id = it->genid;
         it->id_len = 32;
     }
-    int rc = db_docid_check(it->id, it->id_len, err);
+    int rc = db_docid_check(env, it->id, it->id_len, err);
     if (rc) return rc;
     if (it->id_len > LOCAL_PREFIX_LEN && memcmp(it->id, LOCAL_PREFIX, LOCAL_PREFIX_LEN) == 0) {
         it->local = true;
@@ -653,7 +653,7 @@ int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
 
 typedef struct compact_ctx {
     mimeo_db *db;
-    buf       from;     /* last doc id done by committed jobs */
+    buf       from;     /* the last raw docs key done by committed jobs (without dbid) */
     bool      started;
     bool      finished;
     buf       next_from; /* the same, as the running job leaves it (kept only on commit) */
@@ -662,8 +662,11 @@ typedef struct compact_ctx {
     buf       scratch;
 } compact_ctx;
 
+#define COMPACT_PAGE 1000
+
 /* Compacts up to a page of documents per job, so a big database never holds the writer
- * (and every other database's writes) for long. */
+ * (and every other database's writes) for long. It walks raw keys: their order does not
+ * matter here, and a raw key names a document whatever its id's length (idkey.c). */
 static int job_compact(MDB_txn *txn, void *arg) {
     compact_ctx *c = arg;
     const store_tables *t = store_tables_get(c->db->env->store);
@@ -681,52 +684,67 @@ static int job_compact(MDB_txn *txn, void *arg) {
         memcmp((char *)k.mv_data + 8, c->from.data, c->from.len) == 0)
         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     unsigned done = 0;
-    buf ids;
-    buf_init(&ids, 0);
-    /* First collect a page of ids, then rewrite them: a cursor must not be used across
-     * puts to other keys of its table. */
-    while (!rc && mrc == 0 && done < 1000 && k.mv_size >= 8 && be64_get(k.mv_data) == m->dbid) {
-        uint32_t n = (uint32_t)(k.mv_size - 8);
-        rc = buf_put(&ids, &n, sizeof n);
-        if (!rc) rc = buf_put(&ids, (char *)k.mv_data + 8, n);
+    buf keys;
+    buf_init(&keys, 0);
+    /* First collect a page of keys, then rewrite them: a cursor must not be used across
+     * puts to other keys of its table. Each key is length-prefixed. */
+    while (!rc && mrc == 0 && done < COMPACT_PAGE && k.mv_size >= 8 &&
+           be64_get(k.mv_data) == m->dbid) {
+        uint32_t n = (uint32_t)k.mv_size;
+        rc = buf_put(&keys, &n, sizeof n);
+        if (!rc) rc = buf_put(&keys, k.mv_data, n);
         done++;
         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     mdb_cursor_close(cur);
     if (!rc && mrc != 0 && mrc != MDB_NOTFOUND) rc = store_err(mrc);
-    const char *p = ids.data;
+    const char *p = keys.data;
     buf_reset(&c->next_from);
     if (!rc) rc = buf_put(&c->next_from, c->from.data, c->from.len);
     c->next_started = c->started;
     for (unsigned i = 0; i < done && !rc; i++) {
         uint32_t n;
         memcpy(&n, p, sizeof n);
-        const char *id = p + sizeof n;
+        MDB_val rk = {n, (void *)(p + sizeof n)};
         p += sizeof n + n;
+        MDB_val rv;
+        rc = store_err(mdb_get(txn, t->docs, &rk, &rv));
+        const char *id = NULL;
+        size_t id_len = 0;
+        const unsigned char *rec = NULL;
+        size_t rec_len = 0;
+        if (!rc) rc = db_doc_record(&rk, &rv, &id, &id_len, &rec, &rec_len);
         db_doc d;
         db_doc_init(&d);
-        rc = db_doc_load(txn, t, m->dbid, id, n, &d);
+        if (!rc) rc = db_doc_decode(rec, rec_len, &d);
         if (!rc) {
             drop_ctx dc = {&w, 0};
             uint32_t before = 0;
             for (uint32_t j = 0; j < d.tree.count; j++)
                 before += (d.tree.nodes[j].flags & REVTREE_HAS_BODY) != 0;
-            revtree_compact(&d.tree, drop_body, &dc);
+            /* id and rec point into the record, which deleting bodies may move: copy the id
+             * before the tree changes anything. */
+            buf idcopy;
+            buf_init(&idcopy, 0);
+            rc = buf_put(&idcopy, id, id_len);
+            if (!rc) revtree_compact(&d.tree, drop_body, &dc);
             uint32_t after = 0;
             for (uint32_t j = 0; j < d.tree.count; j++)
                 after += (d.tree.nodes[j].flags & REVTREE_HAS_BODY) != 0;
-            rc = dc.rc;
-            if (!rc && after != before) rc = db_doc_store(txn, t, m->dbid, id, n, &d, &c->scratch);
+            if (!rc) rc = dc.rc;
+            if (!rc && after != before)
+                rc = db_doc_put_at(txn, t, &rk, idcopy.data, idcopy.len, &d, &c->scratch);
+            buf_destroy(&idcopy);
         }
         db_doc_destroy(&d);
         if (!rc) {
             buf_reset(&c->next_from);
-            rc = buf_put(&c->next_from, id, n);
+            rc = buf_put(&c->next_from, (const char *)rk.mv_data + 8, n - 8);
             c->next_started = true;
         }
     }
-    buf_destroy(&ids);
-    c->next_finished = !rc && done < 1000;
+    buf_destroy(&keys);
+    c->next_finished = !rc && done < COMPACT_PAGE;
     if (rc) *m = saved;
     return rc;
 }

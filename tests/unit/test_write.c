@@ -22,6 +22,7 @@
 #include "check.h"
 #include "common/buf.h"
 #include "db/db_int.h"
+#include "json/json.h"
 #include "mimeo.h"
 
 static char tmpdir[256];
@@ -469,6 +470,277 @@ static void test_compact_data_file(void) {
     CHECK_EQ_INT(mimeo_env_compact("/nonexistent/mimeo-dir", NULL, NULL, &err) != 0, 1);
 }
 
+/* ---- long document ids ------------------------------------------------------------------- */
+
+typedef struct idv {
+    char  *s;
+    size_t n;
+} idv;
+
+static int idv_cmp(const void *a, const void *b) {
+    const idv *x = a, *y = b;
+    int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
+    if (c) return c;
+    return x->n < y->n ? -1 : x->n > y->n;
+}
+
+static uint64_t lid_rng;
+static uint64_t lid_rand(void) {
+    lid_rng ^= lid_rng << 13;
+    lid_rng ^= lid_rng >> 7;
+    lid_rng ^= lid_rng << 17;
+    return lid_rng;
+}
+
+/* An id over "ab" so that long ids share prefixes often. */
+static idv id_make(const char *prefix, size_t plen, size_t extra) {
+    idv v;
+    v.n = plen + extra;
+    v.s = malloc(v.n + 1);
+    memcpy(v.s, prefix, plen);
+    for (size_t i = 0; i < extra; i++) v.s[plen + i] = (char)('a' + lid_rand() % 2);
+    v.s[v.n] = 0;
+    return v;
+}
+
+typedef struct rows {
+    idv   *ids;
+    size_t count, alloc;
+} rows;
+
+static int on_row(void *ctx, const char *json, size_t len) {
+    rows *r = ctx;
+    jval *t = NULL;
+    json_error e;
+    if (json_tree_parse(json, len, NULL, &t, &e)) return -100;
+    const jval *id = jval_get(t, "id");
+    if (!id || id->type != JV_STRING) {
+        jval_free(t);
+        return -101;
+    }
+    if (r->count == r->alloc) {
+        r->alloc = r->alloc ? r->alloc * 2 : 64;
+        r->ids = realloc(r->ids, r->alloc * sizeof *r->ids);
+    }
+    idv *v = &r->ids[r->count++];
+    v->n = id->len;
+    v->s = malloc(id->len + 1);
+    memcpy(v->s, id->str, id->len + 1);
+    jval_free(t);
+    return 0;
+}
+
+static void rows_free(rows *r) {
+    for (size_t i = 0; i < r->count; i++) free(r->ids[i].s);
+    free(r->ids);
+    memset(r, 0, sizeof *r);
+}
+
+/* Runs one _all_docs query and compares it with the sorted list. Returns true when equal. */
+static bool all_docs_matches(mimeo_db *db, const idv *sorted, size_t n, const idv *start,
+                             const idv *endk, bool incl, bool desc, uint64_t skip, uint64_t limit) {
+    mimeo_all_docs_opts o = {0};
+    if (start) { o.startkey = start->s; o.startkey_len = start->n; }
+    if (endk) { o.endkey = endk->s; o.endkey_len = endk->n; }
+    o.inclusive_end = incl;
+    o.descending = desc;
+    o.skip = skip;
+    o.limit = limit;
+    rows r = {0};
+    mimeo_err err;
+    int rc = mimeo_all_docs(db, &o, on_row, &r, &err);
+    /* The expected rows, from the sorted list. */
+    size_t want = 0, skipped = 0, at = 0;
+    bool ok = rc == 0;
+    for (size_t k = 0; k < n && ok; k++) {
+        const idv *v = desc ? &sorted[n - 1 - k] : &sorted[k];
+        if (start) {
+            int c = idv_cmp(v, start);
+            if (desc ? c > 0 : c < 0) continue;
+        }
+        if (endk) {
+            int c = idv_cmp(v, endk);
+            if (desc) c = -c;
+            if (c > 0 || (c == 0 && !incl)) break;
+        }
+        if (skipped < skip) { skipped++; continue; }
+        if (limit && want >= limit) break;
+        want++;
+        if (at >= r.count || idv_cmp(&r.ids[at], v) != 0) ok = false;
+        at++;
+    }
+    if (ok && r.count != want) ok = false;
+    if (!ok)
+        fprintf(stderr, "  all_docs mismatch: rc %d, got %zu rows, want %zu (desc %d skip %llu limit %llu)\n",
+                rc, r.count, want, desc, (unsigned long long)skip, (unsigned long long)limit);
+    rows_free(&r);
+    return ok;
+}
+
+static void test_long_ids(void) {
+    lid_rng = (uint64_t)time(NULL) * 2654435761u | 1;
+    uint64_t seed = lid_rng;
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    mimeo_db *db = fresh_db(env, "longids");
+    mimeo_err err;
+
+    /* Ids around every edge of the key layout: short ones, 399/400/401 bytes, runs of long
+     * ids sharing their first 400 bytes (one longer than a page of rows), ids that prefix
+     * others, and 64 KiB ones. */
+    enum { MAXIDS = 1400 };
+    idv *ids = calloc(MAXIDS, sizeof *ids);
+    size_t n = 0;
+    idv p[3];
+    for (int i = 0; i < 3; i++) p[i] = id_make("", 0, 400);
+    for (int i = 0; i < 200; i++) ids[n++] = id_make("", 0, 1 + lid_rand() % 60);
+    for (int i = 0; i < 3; i++) {
+        ids[n++] = id_make(p[i].s, 399, 0);
+        ids[n++] = id_make(p[i].s, 400, 0);
+        ids[n++] = id_make(p[i].s, 398, 3);
+    }
+    for (int i = 0; i < 300; i++) ids[n++] = id_make(p[0].s, 400, 1 + lid_rand() % 40);
+    for (int i = 0; i < 150; i++) ids[n++] = id_make(p[1].s, 400, 1 + lid_rand() % 900);
+    for (int i = 0; i < 100; i++) ids[n++] = id_make(p[2].s, 390 + lid_rand() % 10, 1 + lid_rand() % 30);
+    for (int i = 0; i < 3; i++) ids[n++] = id_make(p[i].s, 400, MIMEO_ID_MAX - 400);
+    ids[n++] = id_make(p[0].s, 400, MIMEO_ID_MAX - 401);
+    /* Duplicates are possible with short random ids: drop them. */
+    qsort(ids, n, sizeof *ids, idv_cmp);
+    size_t u = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (u && idv_cmp(&ids[u - 1], &ids[i]) == 0) { free(ids[i].s); continue; }
+        ids[u++] = ids[i];
+    }
+    n = u;
+
+    /* Written in a shuffled order, in one _bulk_docs. */
+    size_t *order = malloc(n * sizeof *order);
+    for (size_t i = 0; i < n; i++) order[i] = i;
+    for (size_t i = n - 1; i > 0; i--) {
+        size_t j = lid_rand() % (i + 1), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, "{\"docs\":[");
+    for (size_t i = 0; i < n; i++) {
+        buf_puts(&b, i ? ",{\"_id\":" : "{\"_id\":");
+        json_put_str(&b, ids[order[i]].s, ids[order[i]].n);
+        buf_printf(&b, ",\"len\":%zu}", ids[order[i]].n);
+    }
+    buf_puts(&b, "]}");
+    char *out = NULL;
+    size_t out_len;
+    CHECK_EQ_INT(mimeo_bulk_docs(db, b.data, b.len, &out, &out_len, &err), 0);
+    CHECK(out && !strstr(out, "\"error\""));
+    mimeo_free(out);
+    buf_destroy(&b);
+    free(order);
+
+    bool all_ok = true;
+    all_ok &= all_docs_matches(db, ids, n, NULL, NULL, true, false, 0, 0);
+    all_ok &= all_docs_matches(db, ids, n, NULL, NULL, true, true, 0, 0);
+    for (int q = 0; q < 60; q++) {
+        idv s1 = ids[lid_rand() % n], s2 = ids[lid_rand() % n];
+        /* Bounds that are not ids: one byte longer or shorter. */
+        idv m1 = s1, m2 = s2;
+        char *t1 = NULL, *t2 = NULL;
+        if (lid_rand() % 3 == 0) {
+            t1 = malloc(s1.n + 2);
+            memcpy(t1, s1.s, s1.n);
+            t1[s1.n] = 'a';
+            m1.s = t1;
+            m1.n = s1.n + 1;
+        }
+        if (lid_rand() % 3 == 0 && s2.n > 1) m2.n = s2.n - 1;
+        bool desc = lid_rand() % 2;
+        if ((idv_cmp(&m1, &m2) > 0) != desc) { idv t = m1; m1 = m2; m2 = t; }
+        bool use_start = lid_rand() % 4 != 0, use_end = lid_rand() % 4 != 0;
+        bool ok = all_docs_matches(db, ids, n, use_start ? &m1 : NULL, use_end ? &m2 : NULL,
+                                   lid_rand() % 2, desc, lid_rand() % 3 ? 0 : lid_rand() % 300,
+                                   lid_rand() % 2 ? 0 : 1 + lid_rand() % 400);
+        all_ok &= ok;
+        free(t1);
+        free(t2);
+    }
+    /* Every id reads back whole. */
+    for (size_t i = 0; i < n; i++) {
+        char *doc = NULL;
+        size_t len;
+        if (mimeo_doc_get(db, ids[i].s, ids[i].n, NULL, &doc, &len, &err) != 0) { all_ok = false; continue; }
+        char want[32];
+        snprintf(want, sizeof want, "\"len\":%zu", ids[i].n);
+        if (!strstr(doc, want)) all_ok = false;
+        mimeo_free(doc);
+    }
+    /* Updating and deleting a long id finds the same record. */
+    idv *big = NULL;
+    for (size_t i = 0; i < n; i++) if (ids[i].n == MIMEO_ID_MAX) big = &ids[i];
+    CHECK(big != NULL);
+    if (big) {
+        char *doc = NULL;
+        size_t len;
+        CHECK_EQ_INT(mimeo_doc_get(db, big->s, big->n, NULL, &doc, &len, &err), 0);
+        char *rev = doc ? strstr(doc, "\"_rev\":\"") : NULL;
+        char revbuf[MIMEO_REV_MAX] = "";
+        if (rev) sscanf(rev + 8, "%95[^\"]", revbuf);
+        mimeo_free(doc);
+        mimeo_put_opts po = {revbuf, false};
+        mimeo_put_result res;
+        CHECK_EQ_INT(mimeo_doc_put(db, big->s, big->n, "{\"v\":2}", 7, &po, &res, &err), 0);
+        CHECK(strncmp(res.rev, "2-", 2) == 0);
+        CHECK(res.id && strlen(res.id) == big->n);
+        mimeo_free(res.id);
+    }
+    mimeo_db_info info;
+    CHECK_EQ_INT(mimeo_db_info_get(db, &info), 0);
+    CHECK_EQ_INT(info.doc_count, n);
+    /* Compaction walks long keys too. */
+    CHECK_EQ_INT(mimeo_db_compact(db, &err), 0);
+    mimeo_db_close(db);
+    mimeo_env_close(env);
+
+    /* The layout survives a reopen. */
+    env = open_env(NULL);
+    CHECK(env);
+    if (env) {
+        CHECK_EQ_INT(mimeo_db_open(env, "longids", &db, &err), 0);
+        all_ok &= all_docs_matches(db, ids, n, NULL, NULL, true, false, 0, 0);
+        all_ok &= all_docs_matches(db, ids, n, &p[0], NULL, true, true, 3, 200);
+        /* Over the limit: refused as CouchDB words it. */
+        idv too = id_make("", 0, MIMEO_ID_MAX + 1);
+        CHECK_EQ_INT(put_json(db, too.s, "{}", false, &err), MIMEO_EBADID);
+        CHECK_EQ_STR(err.reason, "Document id is too long");
+        free(too.s);
+        mimeo_db_close(db);
+        mimeo_env_close(env);
+    }
+    /* The limit is configurable. */
+    mimeo_options o = {0};
+    o.max_document_id_length = 200000;
+    env = open_env(&o);
+    CHECK(env);
+    if (env) {
+        CHECK_EQ_INT(mimeo_db_open(env, "longids", &db, &err), 0);
+        idv huge = id_make("", 0, 150000);
+        CHECK_EQ_INT(put_json(db, huge.s, "{\"h\":1}", false, &err), 0);
+        char *doc = NULL;
+        size_t len;
+        CHECK_EQ_INT(mimeo_doc_get(db, huge.s, huge.n, NULL, &doc, &len, &err), 0);
+        mimeo_free(doc);
+        free(huge.s);
+        mimeo_db_close(db);
+        mimeo_env_close(env);
+    }
+    if (!all_ok) fprintf(stderr, "  test_long_ids seed %llu\n", (unsigned long long)seed);
+    CHECK(all_ok);
+    for (size_t i = 0; i < n; i++) free(ids[i].s);
+    for (int i = 0; i < 3; i++) free(p[i].s);
+    free(ids);
+}
+
 int main(void) {
     make_tmpdir();
     RUN(test_random_without_getrandom);
@@ -478,6 +750,7 @@ int main(void) {
     RUN(test_group_job_isolation);
     RUN(test_data_dir_locked);
     RUN(test_compact_data_file);
+    RUN(test_long_ids);
     remove_tmpdir();
     return check_report();
 }
