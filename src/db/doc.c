@@ -110,7 +110,6 @@ int db_doc_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
     if (!rc && (opts->conflicts || opts->deleted_conflicts)) {
         uint32_t nleaves = revtree_leaves(tree, idx);
         int64_t winner = revtree_winner(tree);
-        uint32_t live = 0, dead = 0;
         uint32_t *sel = malloc(sizeof *sel * (nleaves ? nleaves : 1));
         if (!sel) rc = MIMEO_ENOMEM;
         /* Leaves come best first: generation, then id, descending — CouchDB's order. */
@@ -123,12 +122,9 @@ int db_doc_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
                 bool del = tree->nodes[idx[i]].flags & REVTREE_DELETED;
                 if (del == want_deleted) sel[k++] = idx[i];
             }
-            if (want_deleted) dead = k; else live = k;
             if (k) rc = put_rev_list(out, want_deleted ? "_deleted_conflicts" : "_conflicts",
                                      tree, sel, k);
         }
-        (void)live;
-        (void)dead;
         free(sel);
     }
     free(idx);

@@ -186,8 +186,6 @@ typedef struct uuid_job {
  * PouchDB client would restart its replications from zero. */
 static int job_load_uuid(MDB_txn *txn, void *arg) {
     uuid_job *j = arg;
-    mimeo_env *env = NULL;
-    (void)env;
     MDB_dbi meta;
     int rc = store_err(mdb_dbi_open(txn, "meta", 0, &meta));
     if (rc) return rc;

@@ -424,8 +424,8 @@ static int job_write(MDB_txn *txn, void *arg) {
     w->t = store_tables_get(w->db->env->store);
     w->m = db_stage(w->db);
     if (w->db->staged_gone) return MIMEO_ENOTFOUND;
-    /* Counters are restored if this job is discarded: LMDB rolls back the nested
-     * transaction, this restores the staged copy beside it. */
+    /* Counters are restored if this job fails: its group is then run again without it
+     * (store.c), and the staged copy must not keep what this run added. */
     db_meta saved = *w->m;
     int rc = 0;
     bool any_failed = false;
