@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/filter.h>
+#include <nettle/md5.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -741,6 +742,82 @@ static void test_long_ids(void) {
     free(ids);
 }
 
+typedef struct forge_job {
+    mimeo_env           *env;
+    uint64_t             dbid;
+    const unsigned char *key;
+    const char          *id;
+} forge_job;
+
+/* Writes the record of "plain" again under a forged long key, as document `id`. */
+static int forge_fn(MDB_txn *txn, void *arg) {
+    forge_job *f = arg;
+    const store_tables *t = store_tables_get(f->env->store);
+    db_doc d;
+    db_doc_init(&d);
+    int rc = db_doc_load(txn, t, f->dbid, "plain", 5, &d);
+    buf scratch;
+    buf_init(&scratch, 0);
+    MDB_val k = {8 + 400 + 8, (void *)f->key};
+    if (!rc) rc = db_doc_put_at(txn, t, &k, f->id, 600, &d, &scratch);
+    buf_destroy(&scratch);
+    db_doc_destroy(&d);
+    return rc;
+}
+
+/* Two long ids whose slots collide (forged here: an MD5 collision on 64 bits cannot be
+ * made to order) must both be stored, found and listed in order: the second takes the next
+ * slot of the chain. */
+static void test_long_id_slot_collision(void) {
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    mimeo_db *db = fresh_db(env, "collide");
+    mimeo_err err;
+    char a[601], b[601];
+    memset(a, 'c', 600);
+    a[600] = 0;
+    memcpy(b, a, sizeof b);
+    b[599] = 'd';
+    /* A record of id b sitting in the slot that a's hash picks. */
+    struct md5_ctx ctx;
+    unsigned char dg[MD5_DIGEST_SIZE];
+    md5_init(&ctx);
+    md5_update(&ctx, 600, (const uint8_t *)a);
+    md5_digest(&ctx, sizeof dg, dg);
+    db_meta m;
+    CHECK_EQ_INT(db_meta_snapshot(db, &m), 0);
+    unsigned char key[8 + 400 + 8];
+    be64_put(key, m.dbid);
+    memcpy(key + 8, a, 400);
+    memcpy(key + 408, dg, 8);
+    CHECK_EQ_INT(put_json(db, "plain", "{}", false, &err), 0); /* a record to copy from */
+    forge_job fj = {env, m.dbid, key, b};
+    CHECK_EQ_INT(store_write(env->store, forge_fn, &fj), 0);
+
+    /* a finds its slot taken by another id and goes to the next one. */
+    CHECK_EQ_INT(put_json(db, a, "{\"who\":\"a\"}", false, &err), 0);
+    char *doc = NULL;
+    size_t len;
+    CHECK_EQ_INT(mimeo_doc_get(db, a, 600, NULL, &doc, &len, &err), 0);
+    CHECK(doc && strstr(doc, "\"who\":\"a\""));
+    char rev[MIMEO_REV_MAX] = "";
+    char *r = doc ? strstr(doc, "\"_rev\":\"") : NULL;
+    if (r) sscanf(r + 8, "%95[^\"]", rev);
+    mimeo_free(doc);
+    mimeo_put_opts po = {rev, false};
+    mimeo_put_result res;
+    CHECK_EQ_INT(mimeo_doc_put(db, a, 600, "{\"who\":\"a2\"}", 12, &po, &res, &err), 0);
+    mimeo_free(res.id);
+    /* Listed whole and in order, each once. */
+    idv want[3] = {{a, 600}, {b, 600}, {(char *)"plain", 5}};
+    CHECK(all_docs_matches(db, want, 3, NULL, NULL, true, false, 0, 0));
+    CHECK(all_docs_matches(db, want, 3, NULL, NULL, true, true, 0, 0));
+    CHECK(all_docs_matches(db, want, 3, &want[1], NULL, true, true, 0, 0));
+    mimeo_db_close(db);
+    mimeo_env_close(env);
+}
+
 int main(void) {
     make_tmpdir();
     RUN(test_random_without_getrandom);
@@ -751,6 +828,7 @@ int main(void) {
     RUN(test_data_dir_locked);
     RUN(test_compact_data_file);
     RUN(test_long_ids);
+    RUN(test_long_id_slot_collision);
     remove_tmpdir();
     return check_report();
 }
