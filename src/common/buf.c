@@ -86,12 +86,6 @@ int buf_put_u64(buf *b, uint64_t v) {
     return buf_put(b, tmp + i, sizeof tmp - (size_t)i);
 }
 
-int buf_put_i64(buf *b, int64_t v) {
-    if (v >= 0) return buf_put_u64(b, (uint64_t)v);
-    int rc = buf_putc(b, '-');
-    return rc ? rc : buf_put_u64(b, (uint64_t)0 - (uint64_t)v);
-}
-
 const char *buf_cstr(buf *b) {
     if (!b->data) return "";
     return b->data;

@@ -34,7 +34,6 @@ int buf_puts(buf *b, const char *s);
 int buf_putc(buf *b, char c);
 int buf_printf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int buf_put_u64(buf *b, uint64_t v);
-int buf_put_i64(buf *b, int64_t v);
 /* Returns the contents as a C string (never NULL). */
 const char *buf_cstr(buf *b);
 /* Hands the memory to the caller (free() it); the buf is left empty. */
