@@ -101,7 +101,13 @@ MIMEO_API int  mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_
  * makes the file smaller; this writes a copy holding only the pages in use and swaps it in
  * atomically. Needs free disk space for the copy. before/after (may be NULL) receive the
  * file's size in bytes. MIMEO_ENOTFOUND when dir holds no data. */
-MIMEO_API int  mimeo_env_compact(const char *dir, uint64_t *before, uint64_t *after,
+MIMEO_API int  mimeo_dir_compact(const char *dir, uint64_t *before, uint64_t *after,
+                                 mimeo_err *err);
+/* The same on an open environment, while it serves (POST /_node/_local/_compact): writes
+ * wait while the copy is made (reads go on), then reads wait for the swap. If the new file
+ * cannot be opened the old one is put back (and if even that fails the process aborts, with
+ * the data on disk whole). */
+MIMEO_API int  mimeo_env_compact(mimeo_env *env, uint64_t *before, uint64_t *after,
                                  mimeo_err *err);
 /* Waits for writes in flight, commits them, and closes the store. Open db handles must be
  * closed first. */

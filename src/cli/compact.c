@@ -30,7 +30,7 @@ int cli_compact(int argc, char **argv)
     uint64_t before = 0, after = 0;
     mimeo_err err;
     memset(&err, 0, sizeof err);
-    int rc = mimeo_env_compact(argv[1], &before, &after, &err);
+    int rc = mimeo_dir_compact(argv[1], &before, &after, &err);
     if (rc) {
         fprintf(stderr, "mimeo compact: %s\n", err.reason[0] ? err.reason : mimeo_strerror(rc));
         return 1;

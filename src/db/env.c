@@ -260,13 +260,7 @@ int mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **out,
     return 0;
 }
 
-int mimeo_env_compact(const char *dir, uint64_t *before, uint64_t *after, mimeo_err *err) {
-    uint64_t b, a;
-    char reason[MIMEO_ERR_REASON_MAX];
-    reason[0] = 0;
-    int rc = store_compact(dir, &b, &a, reason, sizeof reason);
-    if (before) *before = b;
-    if (after) *after = a;
+static int compact_err(mimeo_err *err, int rc, const char *reason) {
     if (rc && reason[0]) {
         const char *name = rc == MIMEO_EBUSY ? "service_unavailable"
                          : rc == MIMEO_ENOTFOUND ? "not_found"
@@ -276,6 +270,26 @@ int mimeo_env_compact(const char *dir, uint64_t *before, uint64_t *after, mimeo_
         db_err(err, rc);
     }
     return rc;
+}
+
+int mimeo_dir_compact(const char *dir, uint64_t *before, uint64_t *after, mimeo_err *err) {
+    uint64_t b, a;
+    char reason[MIMEO_ERR_REASON_MAX];
+    reason[0] = 0;
+    int rc = store_compact(dir, &b, &a, reason, sizeof reason);
+    if (before) *before = b;
+    if (after) *after = a;
+    return compact_err(err, rc, reason);
+}
+
+int mimeo_env_compact(mimeo_env *env, uint64_t *before, uint64_t *after, mimeo_err *err) {
+    uint64_t b = 0, a = 0;
+    char reason[MIMEO_ERR_REASON_MAX];
+    reason[0] = 0;
+    int rc = store_compact_live(env->store, &b, &a, reason, sizeof reason);
+    if (before) *before = b;
+    if (after) *after = a;
+    return compact_err(err, rc, reason);
 }
 
 static void db_free(mimeo_db *db) {

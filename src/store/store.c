@@ -42,12 +42,14 @@ typedef struct store_job {
     int               rc;
     bool              done;
     bool              skip;  /* failed on its own: left out when its group is re-run */
+    bool              barrier; /* runs alone, outside any transaction (fn gets txn NULL) */
     struct store_job *next;
 } store_job;
 
 struct store {
     MDB_env         *env;
     int              lock_fd;     /* holds the data directory's lock (store_lock) */
+    char            *dir;         /* the data directory */
     char            *path;        /* the data file, for telling a full disk from an I/O error */
     store_tables     t;
     size_t           map_size;
@@ -210,13 +212,19 @@ static void *store_writer_main(void *arg) {
                    pthread_cond_timedwait(&s->work, &s->lock, &until) == 0) {
             }
         }
-        /* Everything queued so far forms one group: one durable commit for all of it. */
-        store_job *group = s->head;
-        s->head = s->tail = NULL;
+        /* Everything queued so far forms one group: one durable commit for all of it —
+         * up to a barrier, which runs alone once the jobs queued before it are done. */
+        store_job *group = s->head, *cut = group;
+        while (!group->barrier && cut->next && !cut->next->barrier) cut = cut->next;
+        s->head = cut->next;
+        if (!s->head) s->tail = NULL;
+        cut->next = NULL;
         pthread_mutex_unlock(&s->lock);
 
-        store_job *rest;
-        int rc = store_run_group(s, group, &rest);
+        store_job *rest = NULL;
+        int rc = 0;
+        if (group->barrier) group->rc = group->fn(NULL, group->arg);
+        else rc = store_run_group(s, group, &rest);
         size_t group_size = job_count(group);
 
         pthread_mutex_lock(&s->lock);
@@ -239,8 +247,8 @@ static void *store_writer_main(void *arg) {
     return NULL;
 }
 
-int store_write(store *s, store_job_fn fn, void *arg) {
-    store_job job = {fn, arg, 0, false, false, NULL};
+static int store_submit(store *s, store_job_fn fn, void *arg, bool barrier) {
+    store_job job = {fn, arg, 0, false, false, barrier, NULL};
     pthread_mutex_lock(&s->lock);
     if (s->stopping) {
         pthread_mutex_unlock(&s->lock);
@@ -254,6 +262,8 @@ int store_write(store *s, store_job_fn fn, void *arg) {
     pthread_mutex_unlock(&s->lock);
     return job.rc == STORE_EMAPFULL ? MIMEO_ENOSPC : job.rc;
 }
+
+int store_write(store *s, store_job_fn fn, void *arg) { return store_submit(s, fn, arg, false); }
 
 int store_read_begin(store *s, MDB_txn **txn) {
     pthread_rwlock_rdlock(&s->resize_lock);
@@ -306,6 +316,45 @@ int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, size_t *budget
     }
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? 0 : store_err(rc);
+}
+
+/* Opens s->env on s->dir with s->map_size (or the file's, when bigger) and its tables. */
+static int store_env_open(store *s, char *reason, size_t reason_len) {
+    int rc = mdb_env_create(&s->env);
+    if (!rc) rc = mdb_env_set_maxdbs(s->env, 8);
+    if (!rc) rc = mdb_env_set_mapsize(s->env, s->map_size);
+    /* Many connection threads read at once; LMDB's default of 126 reader slots is low. */
+    if (!rc) rc = mdb_env_set_maxreaders(s->env, 1024);
+    /* MDB_NOTLS: read transactions are not tied to threads, so a connection thread pool
+     * cannot run out of reader slots. Durability: default sync on every commit. */
+    if (!rc) rc = mdb_env_open(s->env, s->dir, MDB_NOTLS, 0644);
+    if (rc) {
+        snprintf(reason, reason_len, "cannot open the store in %s: %s", s->dir, mdb_strerror(rc));
+        if (s->env) mdb_env_close(s->env);
+        s->env = NULL;
+        return rc == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
+    }
+    MDB_envinfo info;
+    if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize > s->map_size)
+        s->map_size = info.me_mapsize;
+    /* Opened in the same order every time, so the handles keep their numbers. */
+    MDB_txn *txn;
+    rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (!rc) rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->t.meta);
+    if (!rc) rc = mdb_dbi_open(txn, "dbs", MDB_CREATE, &s->t.dbs);
+    if (!rc) rc = mdb_dbi_open(txn, "docs", MDB_CREATE, &s->t.docs);
+    if (!rc) rc = mdb_dbi_open(txn, "seqs", MDB_CREATE, &s->t.seqs);
+    if (!rc) rc = mdb_dbi_open(txn, "bodies", MDB_CREATE, &s->t.bodies);
+    if (!rc) rc = mdb_dbi_open(txn, "locals", MDB_CREATE, &s->t.locals);
+    if (!rc) rc = mdb_txn_commit(txn);
+    else mdb_txn_abort(txn);
+    if (rc) {
+        snprintf(reason, reason_len, "cannot open tables in %s: %s", s->dir, mdb_strerror(rc));
+        mdb_env_close(s->env);
+        s->env = NULL;
+        return MIMEO_EIO;
+    }
+    return 0;
 }
 
 /* One process, one environment per data directory. LMDB itself would let several
@@ -384,51 +433,32 @@ int store_open(const char *dir, size_t initial_map_size, store **out, char *reas
     pthread_condattr_destroy(&ca);
     pthread_cond_init(&s->done, NULL);
 
-    int rc = mdb_env_create(&s->env);
-    if (!rc) rc = mdb_env_set_maxdbs(s->env, 8);
-    if (!rc) rc = mdb_env_set_mapsize(s->env, s->map_size);
-    /* Many connection threads read at once; LMDB's default of 126 reader slots is low. */
-    if (!rc) rc = mdb_env_set_maxreaders(s->env, 1024);
-    /* MDB_NOTLS: read transactions are not tied to threads, so a connection thread pool
-     * cannot run out of reader slots. Durability: default sync on every commit. */
-    if (!rc) rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0644);
-    if (rc) {
-        snprintf(reason, reason_len, "cannot open the store in %s: %s", dir, mdb_strerror(rc));
-        if (s->env) mdb_env_close(s->env);
-        close(s->lock_fd);
-        free(s);
-        return rc == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
-    }
     size_t plen = strlen(dir) + sizeof "/data.mdb";
     s->path = malloc(plen);
-    if (s->path) snprintf(s->path, plen, "%s/data.mdb", dir);
-    MDB_envinfo info;
-    if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize > s->map_size)
-        s->map_size = info.me_mapsize;
-
-    MDB_txn *txn;
-    rc = mdb_txn_begin(s->env, NULL, 0, &txn);
-    if (!rc) rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->t.meta);
-    if (!rc) rc = mdb_dbi_open(txn, "dbs", MDB_CREATE, &s->t.dbs);
-    if (!rc) rc = mdb_dbi_open(txn, "docs", MDB_CREATE, &s->t.docs);
-    if (!rc) rc = mdb_dbi_open(txn, "seqs", MDB_CREATE, &s->t.seqs);
-    if (!rc) rc = mdb_dbi_open(txn, "bodies", MDB_CREATE, &s->t.bodies);
-    if (!rc) rc = mdb_dbi_open(txn, "locals", MDB_CREATE, &s->t.locals);
-    if (!rc) rc = mdb_txn_commit(txn);
-    else mdb_txn_abort(txn);
-    if (rc) {
-        snprintf(reason, reason_len, "cannot open tables in %s: %s", dir, mdb_strerror(rc));
-        mdb_env_close(s->env);
+    s->dir = strdup(dir);
+    if (!s->path || !s->dir) {
+        snprintf(reason, reason_len, "out of memory");
         close(s->lock_fd);
         free(s->path);
+        free(s->dir);
         free(s);
-        return MIMEO_EIO;
+        return MIMEO_ENOMEM;
+    }
+    snprintf(s->path, plen, "%s/data.mdb", dir);
+    int rc = store_env_open(s, reason, reason_len);
+    if (rc) {
+        close(s->lock_fd);
+        free(s->path);
+        free(s->dir);
+        free(s);
+        return rc;
     }
     if (pthread_create(&s->writer, NULL, store_writer_main, s) != 0) {
         snprintf(reason, reason_len, "cannot start the writer thread");
         mdb_env_close(s->env);
         close(s->lock_fd);
         free(s->path);
+        free(s->dir);
         free(s);
         return MIMEO_EIO;
     }
@@ -449,6 +479,7 @@ void store_close(store *s) {
     pthread_cond_destroy(&s->work);
     pthread_cond_destroy(&s->done);
     free(s->path);
+    free(s->dir);
     close(s->lock_fd); /* last: the directory is free once the file is closed */
     free(s);
 }
@@ -522,5 +553,109 @@ out:
     free(data);
     free(tmp);
     close(lock_fd);
+    return rc;
+}
+
+/* ---- compaction while serving ----------------------------------------------------------- */
+
+typedef struct live_compact {
+    store   *s;
+    uint64_t before, after;
+    char    *reason;
+    size_t   reason_len;
+} live_compact;
+
+static void fsync_dir(const char *dir) {
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+}
+
+/* A barrier: no write transaction is open and none can start, so the compacting copy holds
+ * every committed write. Readers go on during the copy; the swap waits for them on the
+ * resize lock (held alone, as for a map resize), closes the environment and opens it on the
+ * new file. The old file stays linked as data.mdb.precompact until the new one is open, so
+ * a failure to open puts it back. */
+static int job_compact_live(MDB_txn *unused, void *arg) {
+    (void)unused;
+    live_compact *lc = arg;
+    store *s = lc->s;
+    size_t plen = strlen(s->dir) + sizeof "/data.mdb.precompact";
+    char *tmp = malloc(plen), *keep = malloc(plen);
+    int fd = -1, rc = MIMEO_ENOMEM;
+    if (!tmp || !keep) goto out;
+    snprintf(tmp, plen, "%s/data.mdb.compact", s->dir);
+    snprintf(keep, plen, "%s/data.mdb.precompact", s->dir);
+    struct stat st;
+    if (stat(s->path, &st) == 0) lc->before = (uint64_t)st.st_size;
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(lc->reason, lc->reason_len, "cannot create %s: %s", tmp, strerror(errno));
+        rc = errno == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
+        goto out;
+    }
+    int mrc = mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT);
+    if (!mrc && fsync(fd) != 0) mrc = errno;
+    if (!mrc && fstat(fd, &st) == 0) lc->after = (uint64_t)st.st_size;
+    close(fd);
+    fd = -1;
+    if (mrc) {
+        snprintf(lc->reason, lc->reason_len, "compacting copy failed: %s", mdb_strerror(mrc));
+        rc = mrc == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
+        goto out;
+    }
+    /* The copy must open before it replaces anything. */
+    MDB_env *check = NULL;
+    mrc = mdb_env_create(&check);
+    if (!mrc) mrc = mdb_env_set_maxdbs(check, 8);
+    if (!mrc) mrc = mdb_env_open(check, tmp, MDB_NOSUBDIR | MDB_RDONLY | MDB_NOLOCK, 0644);
+    if (check) mdb_env_close(check);
+    (void)unlink(keep);
+    if (mrc || link(s->path, keep) != 0) {
+        snprintf(lc->reason, lc->reason_len, "cannot prepare the swap: %s",
+                 mrc ? mdb_strerror(mrc) : strerror(errno));
+        rc = MIMEO_EIO;
+        goto out;
+    }
+    pthread_rwlock_wrlock(&s->resize_lock);
+    if (rename(tmp, s->path) != 0) {
+        snprintf(lc->reason, lc->reason_len, "cannot replace %s: %s", s->path, strerror(errno));
+        pthread_rwlock_unlock(&s->resize_lock);
+        (void)unlink(keep);
+        rc = MIMEO_EIO;
+        goto out;
+    }
+    mdb_env_close(s->env);
+    s->env = NULL;
+    rc = store_env_open(s, lc->reason, lc->reason_len);
+    if (rc) {
+        char again[200];
+        if (rename(keep, s->path) != 0 || store_env_open(s, again, sizeof again) != 0) {
+            /* Nothing can be served without a store; the data on disk is whole. */
+            fprintf(stderr, "mimeo: compaction could not reopen the store (%s); stopping\n",
+                    lc->reason);
+            abort();
+        }
+    } else {
+        (void)unlink(keep);
+    }
+    pthread_rwlock_unlock(&s->resize_lock);
+    fsync_dir(s->dir);
+out:
+    if (fd >= 0) close(fd);
+    if (rc && tmp) (void)unlink(tmp);
+    free(tmp);
+    free(keep);
+    return rc;
+}
+
+int store_compact_live(store *s, uint64_t *before, uint64_t *after, char *reason,
+                       size_t reason_len) {
+    live_compact lc = {s, 0, 0, reason, reason_len};
+    int rc = store_submit(s, job_compact_live, &lc, true);
+    *before = lc.before;
+    *after = lc.after;
     return rc;
 }

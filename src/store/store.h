@@ -46,6 +46,11 @@ uint64_t store_file_size(store *s);
 int  store_compact(const char *dir, uint64_t *before, uint64_t *after, char *reason,
                    size_t reason_len);
 
+/* The same for the open store s, while it serves: writes wait during the copy (readers do
+ * not), then readers wait while the new file is swapped in. */
+int  store_compact_live(store *s, uint64_t *before, uint64_t *after, char *reason,
+                        size_t reason_len);
+
 /* ---- reads ---------------------------------------------------------------------------- */
 /* A read-only snapshot. Values it returns are valid until store_read_end. While any read
  * is open the map cannot be resized, so keep reads short (page long scans). */

@@ -435,12 +435,12 @@ static void test_compact_data_file(void) {
     mimeo_db_close(keep);
     CHECK_EQ_INT(mimeo_db_delete(env, "big", &err), 0);
     /* Not while the directory is open. */
-    CHECK_EQ_INT(mimeo_env_compact(tmpdir, NULL, NULL, &err), MIMEO_EBUSY);
+    CHECK_EQ_INT(mimeo_dir_compact(tmpdir, NULL, NULL, &err), MIMEO_EBUSY);
     mimeo_env_close(env);
 
     long long was = file_size(tmpdir);
     uint64_t before = 0, after = 0;
-    CHECK_EQ_INT(mimeo_env_compact(tmpdir, &before, &after, &err), 0);
+    CHECK_EQ_INT(mimeo_dir_compact(tmpdir, &before, &after, &err), 0);
     long long now = file_size(tmpdir);
     fprintf(stderr, "  data file %lld -> %lld bytes\n", was, now);
     CHECK(was > 20 * 1024 * 1024);
@@ -468,7 +468,7 @@ static void test_compact_data_file(void) {
     CHECK_EQ_INT(put_json(keep, "after", "{\"x\":1}", false, &err), 0);
     mimeo_db_close(keep);
     mimeo_env_close(env);
-    CHECK_EQ_INT(mimeo_env_compact("/nonexistent/mimeo-dir", NULL, NULL, &err) != 0, 1);
+    CHECK_EQ_INT(mimeo_dir_compact("/nonexistent/mimeo-dir", NULL, NULL, &err) != 0, 1);
 }
 
 /* ---- long document ids ------------------------------------------------------------------- */
@@ -874,6 +874,109 @@ static void test_db_compact_pages_and_faults(void) {
     mimeo_env_close(env);
 }
 
+/* Compaction while serving: readers and writers run throughout; every acknowledged write
+ * is there afterwards (and after a reopen), and the file shrank. */
+typedef struct live_worker {
+    mimeo_db   *db;
+    int         n;
+    bool        writer;
+    atomic_bool *stop;
+    int         done;   /* writes acknowledged */
+    int         errors;
+    pthread_t   th;
+} live_worker;
+
+static void *live_worker_main(void *arg) {
+    live_worker *w = arg;
+    mimeo_err err;
+    while (!atomic_load(w->stop)) {
+        if (w->writer) {
+            char id[32];
+            snprintf(id, sizeof id, "w%d-%05d", w->n, w->done);
+            if (put_json(w->db, id, "{\"live\":true}", false, &err) == 0) w->done++;
+            else w->errors++;
+        } else {
+            char *doc = winner(w->db, "k07");
+            if (!doc || !strstr(doc, "\"n\":7")) w->errors++;
+            mimeo_free(doc);
+        }
+    }
+    return NULL;
+}
+
+static void test_compact_live(void) {
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    mimeo_db *big = fresh_db(env, "big");
+    mimeo_db *keep = fresh_db(env, "keep");
+    mimeo_err err;
+    buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, "{\"docs\":[");
+    for (int i = 0; i < 60; i++) {
+        buf_printf(&b, "%s{\"_id\":\"d%03d\",\"pad\":\"", i ? "," : "", i);
+        for (int k = 0; k < 2500; k++) buf_puts(&b, "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz");
+        buf_puts(&b, "\"}");
+    }
+    buf_puts(&b, "]}");
+    char *out = NULL;
+    size_t out_len;
+    CHECK_EQ_INT(mimeo_bulk_docs(big, b.data, b.len, &out, &out_len, &err), 0);
+    mimeo_free(out);
+    buf_destroy(&b);
+    for (int i = 0; i < 20; i++) {
+        char id[16], json[32];
+        snprintf(id, sizeof id, "k%02d", i);
+        snprintf(json, sizeof json, "{\"n\":%d}", i);
+        CHECK_EQ_INT(put_json(keep, id, json, false, &err), 0);
+    }
+    mimeo_db_close(big);
+    CHECK_EQ_INT(mimeo_db_delete(env, "big", &err), 0);
+
+    atomic_bool stop = false;
+    live_worker w[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (live_worker){.db = keep, .n = i, .writer = i < 2, .stop = &stop};
+        pthread_create(&w[i].th, NULL, live_worker_main, &w[i]);
+    }
+    struct timespec ts = {0, 100 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    uint64_t before = 0, after = 0;
+    CHECK_EQ_INT(mimeo_env_compact(env, &before, &after, &err), 0);
+    nanosleep(&ts, NULL);
+    atomic_store(&stop, true);
+    for (int i = 0; i < 4; i++) pthread_join(w[i].th, NULL);
+    fprintf(stderr, "  live compaction: %llu -> %llu bytes; writes %d+%d\n",
+            (unsigned long long)before, (unsigned long long)after, w[0].done, w[1].done);
+    CHECK(before > 15 * 1024 * 1024);
+    CHECK(after < before / 4);
+    CHECK(file_size(tmpdir) < (long long)before / 4);
+    for (int i = 0; i < 4; i++) CHECK_EQ_INT(w[i].errors, 0);
+    CHECK(w[0].done > 0 && w[1].done > 0);
+    mimeo_db_close(keep);
+    mimeo_env_close(env);
+
+    env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    CHECK_EQ_INT(mimeo_db_open(env, "keep", &keep, &err), 0);
+    mimeo_db_info info;
+    CHECK_EQ_INT(mimeo_db_info_get(keep, &info), 0);
+    CHECK_EQ_INT(info.doc_count, 20 + w[0].done + w[1].done);
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < w[k].done; i++) {
+            char id[32];
+            snprintf(id, sizeof id, "w%d-%05d", k, i);
+            char *doc = winner(keep, id);
+            CHECK(doc != NULL);
+            mimeo_free(doc);
+        }
+    }
+    mimeo_db_close(keep);
+    mimeo_env_close(env);
+}
+
 int main(void) {
     make_tmpdir();
     RUN(test_random_without_getrandom);
@@ -886,6 +989,7 @@ int main(void) {
     RUN(test_long_ids);
     RUN(test_long_id_slot_collision);
     RUN(test_db_compact_pages_and_faults);
+    RUN(test_compact_live);
     remove_tmpdir();
     return check_report();
 }
