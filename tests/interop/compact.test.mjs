@@ -70,3 +70,46 @@ test('compact shrinks the data file after a big database is deleted', async () =
   }
   assert.equal((await request(server.url, 'PUT', '/keep/after', { body: {} })).status, 201);
 });
+
+test('POST /_node/_local/_compact shrinks the file while the server serves', async () => {
+  const live = await startServer();
+  try {
+    const url = live.url;
+    assert.equal((await request(url, 'PUT', '/big')).status, 201);
+    assert.equal((await request(url, 'PUT', '/keep')).status, 201);
+    const pad = 'y'.repeat(100_000);
+    for (let round = 0; round < 4; round++) {
+      const docs = Array.from({ length: 50 }, (_, i) => ({ _id: `r${round}-${i}`, pad }));
+      assert.equal((await request(url, 'POST', '/big/_bulk_docs', { body: { docs } })).status, 201);
+    }
+    assert.equal((await request(url, 'DELETE', '/big')).status, 200);
+
+    // Writers keep going while the file is swapped.
+    let stop = false;
+    const written = [];
+    const writer = (async () => {
+      for (let i = 0; !stop; i++) {
+        const res = await request(url, 'PUT', `/keep/w${i}`, { body: { i } });
+        assert.equal(res.status, 201);
+        written.push(`w${i}`);
+      }
+    })();
+    assert.equal((await request(url, 'GET', '/_node/_local/_compact')).status, 405);
+    assert.equal((await request(url, 'GET', '/_node/_local/_config')).status, 404);
+    const res = await request(url, 'POST', '/_node/_local/_compact');
+    assert.equal(res.status, 200, res.text);
+    assert.equal(res.json.ok, true);
+    assert.ok(res.json.size_after < res.json.size_before / 4, res.text);
+    await new Promise((r) => setTimeout(r, 100));
+    stop = true;
+    await writer;
+    assert.ok(written.length > 0);
+
+    const info = await request(url, 'GET', '/keep');
+    assert.equal(info.json.doc_count, written.length);
+    assert.ok(info.json.sizes.file < res.json.size_before / 4);
+    for (const id of written) assert.equal((await request(url, 'GET', `/keep/${id}`)).status, 200);
+  } finally {
+    await live.stop();
+  }
+});
