@@ -61,6 +61,7 @@ enum {
     MIMEO_ECORRUPT      = -15, /* a stored record failed validation */
     MIMEO_ECLOSED       = -16, /* the environment is shutting down */
     MIMEO_EEXPECTATION  = -17, /* all_or_nothing: some document failed, none written */
+    MIMEO_EBUSY         = -18, /* the data directory is open in another environment */
 };
 
 #define MIMEO_ERR_NAME_MAX   32
@@ -87,12 +88,28 @@ typedef struct mimeo_options {
     size_t   max_document_size; /* bytes of one document body; 0 → 8 MiB */
     unsigned max_json_depth;    /* nesting cap of any JSON input; 0 → 256 */
     size_t   initial_map_size;  /* bytes of LMDB map to start with; 0 → 64 MiB; it grows */
+    size_t   max_document_id_length; /* bytes of one document id; 0 → MIMEO_ID_MAX */
 } mimeo_options;
 
 /* Opens (creating if needed) the data directory `dir`. opts may be NULL. New *env; close it
- * with mimeo_env_close. MIMEO_EIO with err->reason on failure (e.g. permissions). */
+ * with mimeo_env_close. MIMEO_EIO with err->reason on failure (e.g. permissions).
+ * A data directory is open in one environment at a time: while one (in any process) has
+ * it, opening it again fails with MIMEO_EBUSY, err->reason naming the holder's pid. */
 MIMEO_API int  mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **env,
                               mimeo_err *err);
+/* Shrinks the data file of the data directory `dir`, which no environment may have open
+ * (MIMEO_EBUSY otherwise). Deleting documents or databases frees pages for reuse but never
+ * makes the file smaller; this writes a copy holding only the pages in use and swaps it in
+ * atomically. Needs free disk space for the copy. before/after (may be NULL) receive the
+ * file's size in bytes. MIMEO_ENOTFOUND when dir holds no data. */
+MIMEO_API int  mimeo_dir_compact(const char *dir, uint64_t *before, uint64_t *after,
+                                 mimeo_err *err);
+/* The same on an open environment, while it serves (POST /_node/_local/_compact): writes
+ * wait while the copy is made (reads go on), then reads wait for the swap. If the new file
+ * cannot be opened the old one is put back (and if even that fails the process aborts, with
+ * the data on disk whole). */
+MIMEO_API int  mimeo_env_compact(mimeo_env *env, uint64_t *before, uint64_t *after,
+                                 mimeo_err *err);
 /* Waits for writes in flight, commits them, and closes the store. Open db handles must be
  * closed first. */
 MIMEO_API void mimeo_env_close(mimeo_env *env);
@@ -153,8 +170,19 @@ MIMEO_API int mimeo_db_revs_limit_set(mimeo_db *db, unsigned limit, mimeo_err *e
 MIMEO_API int mimeo_db_compact(mimeo_db *db, mimeo_err *err);
 
 /* ---- documents: writes ------------------------------------------------------------------ */
-#define MIMEO_ID_MAX  (64 * 1024)  /* longest document id accepted */
+/* Default longest document id (mimeo_options.max_document_id_length); CouchDB's default is
+ * no limit, and ids are compared, stored and listed whole at any length. */
+#define MIMEO_ID_MAX  (64 * 1024)
 #define MIMEO_REV_MAX 96           /* room for "N-hash" + NUL */
+/* Replicated revisions (new_edits false), as CouchDB accepts them: generations 0 to
+ * 2^64-1 ("0-x" is a revision); a _revisions.start smaller than its ids count keeps only
+ * the ids of generation ≥ 0. Bounds mimeo keeps: _revisions.ids of more than
+ * MIMEO_REVISIONS_MAX items is refused (doc_validation), and only the newest _revs_limit
+ * ids are read — older ones would be stemmed at once (a leaf older than that which the
+ * full path would have extended stays a conflict, as after a stemmed CouchDB replication);
+ * a negative start is refused; _rev "N-" (no hash) with new_edits false is accepted and
+ * ignored, as CouchDB answers it. */
+#define MIMEO_REVISIONS_MAX 100000
 
 typedef struct mimeo_put_opts {
     const char *rev;      /* ?rev= or If-Match (NULL: use the body's _rev); must agree with
@@ -187,7 +215,8 @@ MIMEO_API int mimeo_doc_delete(mimeo_db *db, const char *id, size_t id_len, cons
  * {"id","error","reason"}); with new_edits false only failures (usually []). All the batch
  * is committed in one durable transaction. A document that fails to parse fails the whole
  * call (nothing written). all_or_nothing with any failing doc: MIMEO_EEXPECTATION, the
- * reply lists the failures, nothing written. */
+ * reply lists the failures, nothing written. A batch too big for one LMDB transaction
+ * (hundreds of megabytes of changed pages) is MIMEO_ETOOLARGE, nothing written: split it. */
 MIMEO_API int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
                               size_t *out_len, mimeo_err *err);
 

@@ -7,6 +7,8 @@
 /* mimeo serve [--data DIR] [--bind ADDR] [--port N] [--config FILE] [--set S.K=V]…
  * (serve.c): serves the HTTP API until SIGINT or SIGTERM. */
 int cli_serve(int argc, char **argv);
+/* mimeo compact DIR (compact.c) */
+int cli_compact(int argc, char **argv);
 
 /* mimeo replicate SOURCE TARGET [--continuous] [--create-target] [--doc-ids a,b]
  *                 [--data DIR] [--checkpoint-interval MS] [--retries N]

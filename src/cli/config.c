@@ -38,6 +38,8 @@ static const cfg_option cfg_options[] = {
         "data directory (created if missing)"),
     OPTR("couchdb", "max_document_size", CFG_SIZE, max_document_size, "8M", NULL,
          "largest JSON body of one document", 1, 0),
+    OPTR("couchdb", "max_document_id_length", CFG_SIZE, max_document_id_length, "64K", NULL,
+         "longest document id accepted, in bytes", 1, 0),
     OPTR("couchdb", "max_json_depth", CFG_UINT, max_json_depth, "256", NULL,
          "deepest nesting of arrays and objects accepted in any JSON input", 1, 1u << 20),
     OPTR("couchdb", "revs_limit", CFG_UINT, revs_limit, "1000", NULL,
@@ -270,6 +272,7 @@ void config_to_options(const cli_config *c, mimeo_options *o)
     o->max_document_size = c->max_document_size;
     o->max_json_depth = c->max_json_depth;
     o->initial_map_size = c->initial_map_size;
+    o->max_document_id_length = c->max_document_id_length;
 }
 
 void config_to_replicator(const cli_config *c, mimeo_replicator_options *r)

@@ -20,6 +20,7 @@ typedef struct cli_config {
     unsigned idle_timeout;
     unsigned changes_timeout;
     size_t   max_document_size;
+    size_t   max_document_id_length;
     unsigned max_json_depth;
     unsigned revs_limit;
     size_t   initial_map_size;

@@ -20,6 +20,7 @@ static const cli_command cli_commands[] = {
       "serve the CouchDB HTTP API and replication protocol" },
     { "replicate", cli_replicate, "replicate SOURCE TARGET [--continuous] [--create-target] ...",
       "copy what SOURCE has and TARGET lacks (URLs or local names)" },
+    { "compact", cli_compact, "compact DIR", "shrink the data file of a stopped server's DIR" },
 };
 #define CLI_NCOMMANDS (sizeof cli_commands / sizeof cli_commands[0])
 

@@ -2,12 +2,16 @@
 #include "buf.h"
 #include "mimeo.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 void buf_init(buf *b, size_t cap) {
     b->data = NULL;
@@ -21,11 +25,16 @@ void buf_destroy(buf *b) {
     b->len = b->alloc = 0;
 }
 
+atomic_uint buf_fault_countdown;
+
 int buf_reserve(buf *b, size_t n) {
     size_t cap = b->cap ? b->cap : BUF_DEFAULT_CAP;
     if (n > cap || b->len > cap - n) return MIMEO_ETOOLARGE;
     size_t need = b->len + n + 1; /* room for the terminating NUL */
     if (need <= b->alloc) return 0;
+    if (atomic_load_explicit(&buf_fault_countdown, memory_order_relaxed) &&
+        atomic_fetch_sub(&buf_fault_countdown, 1) == 1)
+        return MIMEO_ENOMEM;
     size_t grown = b->alloc ? b->alloc * 2 : 256;
     while (grown < need) grown *= 2;
     char *p = realloc(b->data, grown);
@@ -77,12 +86,6 @@ int buf_put_u64(buf *b, uint64_t v) {
     return buf_put(b, tmp + i, sizeof tmp - (size_t)i);
 }
 
-int buf_put_i64(buf *b, int64_t v) {
-    if (v >= 0) return buf_put_u64(b, (uint64_t)v);
-    int rc = buf_putc(b, '-');
-    return rc ? rc : buf_put_u64(b, (uint64_t)0 - (uint64_t)v);
-}
-
 const char *buf_cstr(buf *b) {
     if (!b->data) return "";
     return b->data;
@@ -124,11 +127,35 @@ uint64_t clock_ms(void) {
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* getrandom(2) can be missing (ENOSYS on old kernels) or refused by a seccomp sandbox
+ * (EPERM): then read /dev/urandom. Retrying such an error would loop forever. With neither
+ * source there is no way to make unguessable ids, and going on with predictable ones would
+ * be worse than stopping. */
+static void random_fallback(unsigned char *out, size_t n) {
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    while (fd >= 0 && n) {
+        ssize_t got = read(fd, out, n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        out += got;
+        n -= (size_t)got;
+    }
+    if (fd >= 0) close(fd);
+    if (n) {
+        fprintf(stderr, "mimeo: no source of random bytes (getrandom and /dev/urandom failed)\n");
+        abort();
+    }
+}
+
 void random_bytes(void *p, size_t n) {
     unsigned char *out = p;
     while (n) {
         ssize_t got = getrandom(out, n, 0);
-        if (got <= 0) continue; /* EINTR; the kernel CSPRNG does not otherwise fail */
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            random_fallback(out, n);
+            return;
+        }
         out += got;
         n -= (size_t)got;
     }

@@ -4,6 +4,7 @@
 #ifndef MIMEO_BUF_H
 #define MIMEO_BUF_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +22,11 @@ void buf_init(buf *b, size_t cap);
 void buf_destroy(buf *b);
 /* Forgets the contents, keeps the memory. */
 static inline void buf_reset(buf *b) { b->len = 0; if (b->data) b->data[0] = 0; }
+/* Fault injection for tests: when set to N > 0, the Nth growth of any buf from then on
+ * fails with MIMEO_ENOMEM (and the counter stops at 0), so tests can prove that every
+ * caller checks its appends. */
+extern atomic_uint buf_fault_countdown;
+
 /* Ensures room for n more bytes. 0, MIMEO_ENOMEM or MIMEO_ETOOLARGE. */
 int buf_reserve(buf *b, size_t n);
 int buf_put(buf *b, const void *p, size_t n);
@@ -28,7 +34,6 @@ int buf_puts(buf *b, const char *s);
 int buf_putc(buf *b, char c);
 int buf_printf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int buf_put_u64(buf *b, uint64_t v);
-int buf_put_i64(buf *b, int64_t v);
 /* Returns the contents as a C string (never NULL). */
 const char *buf_cstr(buf *b);
 /* Hands the memory to the caller (free() it); the buf is left empty. */

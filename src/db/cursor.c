@@ -412,56 +412,22 @@ static int fill_changes(mimeo_cursor *c, db_snap *sn) {
 
 static int fill_all_docs(mimeo_cursor *c, db_snap *sn) {
     const mimeo_all_docs_opts *o = &c->ao;
-    MDB_cursor *cur;
-    int rc = store_err(mdb_cursor_open(sn->txn, sn->t->docs, &cur));
+    /* Ids in exact byte order whatever their length: db_doc_cursor hides the key layout of
+     * long ids (idkey.c), so a startkey of any length is compared whole. */
+    db_doc_cursor dc;
+    int rc = db_doc_cursor_open(&dc, sn->txn, sn->t, sn->m.dbid, o->descending);
     if (rc) return rc;
-    unsigned char key[STORE_KEY_MAX];
-    MDB_val k, v;
-    int mrc;
-    const char *start = c->started ? c->from.data : o->startkey;
-    size_t start_len = c->started ? c->from.len : o->startkey_len;
-    if (start_len > STORE_ID_MAX) start_len = STORE_ID_MAX;
-    if (!o->descending) {
-        k.mv_size = store_key(key, sn->m.dbid, start ? start : "", start ? start_len : 0);
-        k.mv_data = key;
-        mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        if (mrc == 0 && c->started && k.mv_size == 8 + c->from.len &&
-            be64_get(k.mv_data) == sn->m.dbid &&
-            memcmp((char *)k.mv_data + 8, c->from.data, c->from.len) == 0)
-            mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-    } else if (start) {
-        k.mv_size = store_key(key, sn->m.dbid, start, start_len);
-        k.mv_data = key;
-        mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
-        /* Landed after the start key (or on it, when it was already read): step back. */
-        else if (mrc == 0 && (be64_get(k.mv_data) != sn->m.dbid || c->started ||
-                              key_cmp((char *)k.mv_data + 8, k.mv_size - 8, start, start_len) > 0))
-            mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
-        while (mrc == 0 && be64_get(k.mv_data) > sn->m.dbid)
-            mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
-    } else {
-        /* From the last id of this database: the first key of the next dbid, back one. */
-        k.mv_size = store_key(key, sn->m.dbid + 1, "", 0);
-        k.mv_data = key;
-        mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
-        else if (mrc == 0) mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
-    }
+    if (c->started) rc = db_doc_cursor_seek(&dc, c->from.data ? c->from.data : "", c->from.len, true);
+    else rc = db_doc_cursor_seek(&dc, o->startkey, o->startkey_len, false);
     size_t examined = 0;
-    while (mrc == 0 && !slice_full(c) && c->taken < c->limit && examined++ < SLICE_SCAN) {
-        if (k.mv_size < 8 || be64_get(k.mv_data) != sn->m.dbid) { c->end = true; break; }
-        const char *id = (const char *)k.mv_data + 8;
-        size_t id_len = k.mv_size - 8;
-        /* A startkey longer than any stored id was cut to fit a key: rows between the cut
-         * and the real startkey are outside the range. */
-        if (!c->started && o->startkey && o->startkey_len > STORE_ID_MAX) {
-            int cmp = key_cmp(id, id_len, o->startkey, o->startkey_len);
-            if (o->descending ? cmp > 0 : cmp < 0) {
-                mrc = mdb_cursor_get(cur, &k, &v, o->descending ? MDB_PREV : MDB_NEXT);
-                continue;
-            }
-        }
+    while (!rc && !slice_full(c) && c->taken < c->limit && examined++ < SLICE_SCAN) {
+        const char *id;
+        size_t id_len;
+        const unsigned char *rec;
+        size_t rec_len;
+        int crc = db_doc_cursor_next(&dc, &id, &id_len, &rec, &rec_len);
+        if (crc == MIMEO_ENOTFOUND) { c->end = true; break; }
+        if (crc) { rc = crc; break; }
         if (o->endkey) {
             int cmp = key_cmp(id, id_len, o->endkey, o->endkey_len);
             if (o->descending) cmp = -cmp;
@@ -473,9 +439,7 @@ static int fill_all_docs(mimeo_cursor *c, db_snap *sn) {
         c->started = true;
         db_doc d;
         db_doc_init(&d);
-        const unsigned char *p = v.mv_data;
-        rc = varint_get(&p, p + v.mv_size, &d.seq);
-        if (!rc) rc = revtree_decode(&d.tree, p, v.mv_size - (size_t)(p - (const unsigned char *)v.mv_data));
+        rc = db_doc_decode(rec, rec_len, &d);
         if (!rc && !revtree_all_deleted(&d.tree)) {
             if (c->skip_left) {
                 c->skip_left--;
@@ -485,13 +449,9 @@ static int fill_all_docs(mimeo_cursor *c, db_snap *sn) {
             }
         }
         db_doc_destroy(&d);
-        if (rc) break;
-        mrc = mdb_cursor_get(cur, &k, &v, o->descending ? MDB_PREV : MDB_NEXT);
     }
-    if (mrc == MDB_NOTFOUND) c->end = true;
-    else if (!rc && mrc) rc = store_err(mrc);
     if (c->taken >= c->limit) c->end = true;
-    mdb_cursor_close(cur);
+    db_doc_cursor_close(&dc);
     return rc;
 }
 
@@ -740,7 +700,7 @@ static int fill_revs_diff(mimeo_cursor *c, db_snap *sn) {
             uint64_t gen;
             char hash[REV_HASH_MAX + 1];
             size_t hash_len;
-            if (rv->type != JV_STRING || rev_parse(rv->str, rv->len, false, &gen, hash, &hash_len)) {
+            if (rv->type != JV_STRING || rev_parse(rv->str, rv->len, true, &gen, hash, &hash_len)) {
                 rc = MIMEO_EBADREV;
                 break;
             }
@@ -1186,7 +1146,7 @@ int mimeo_revs_diff_open(mimeo_db *db, const char *json, size_t len, mimeo_curso
             char hash[REV_HASH_MAX + 1];
             size_t hash_len;
             good = rv->type == JV_STRING &&
-                   rev_parse(rv->str, rv->len, false, &gen, hash, &hash_len) == 0;
+                   rev_parse(rv->str, rv->len, true, &gen, hash, &hash_len) == 0;
         }
         if (!good) {
             db_err_set(err, MIMEO_EBADREV, "bad_request", "Invalid rev format");

@@ -59,7 +59,7 @@ struct mimeo_env {
     json_limits     limits;
 
     pthread_mutex_t lock;      /* guards the handle table and uuid state */
-    mimeo_db      **handles;   /* open-addressed by name; NULL slots free */
+    mimeo_db      **handles;   /* hash buckets by name, chained through hash_next */
     size_t          handle_slots;
     size_t          handle_count;
 
@@ -93,11 +93,45 @@ typedef struct db_doc {
 } db_doc;
 void db_doc_init(db_doc *d);
 void db_doc_destroy(db_doc *d);
+/* ---- the docs table, by id and in order (idkey.c: ids of any length) ---------------- */
 /* Reads and decodes the document record; MIMEO_ENOTFOUND when absent. */
 int  db_doc_load(MDB_txn *txn, const store_tables *t, uint64_t dbid, const char *id,
                  size_t id_len, db_doc *out);
 int  db_doc_store(MDB_txn *txn, const store_tables *t, uint64_t dbid, const char *id,
                   size_t id_len, const db_doc *d, buf *scratch);
+/* Splits a raw docs entry into its document id and record (varint seq · tree), both
+ * borrowed from k/v. MIMEO_ECORRUPT. */
+int  db_doc_record(const MDB_val *k, const MDB_val *v, const char **id, size_t *id_len,
+                   const unsigned char **rec, size_t *rec_len);
+/* Decodes a record as db_doc_record returns it into out (initialised). */
+int  db_doc_decode(const unsigned char *rec, size_t rec_len, db_doc *out);
+/* Rewrites the entry under an existing raw key (as a cursor found it) for id. */
+int  db_doc_put_at(MDB_txn *txn, const store_tables *t, const MDB_val *key, const char *id,
+                   size_t id_len, const db_doc *d, buf *scratch);
+
+/* Documents of one database in exact byte order of their ids, in either direction, inside
+ * one read transaction. Use: open, seek, next until MIMEO_ENOTFOUND, close. */
+typedef struct db_doc_cursor {
+    MDB_cursor *cur;
+    uint64_t    dbid;
+    bool        descending;
+    int         mrc;        /* the raw cursor: LMDB code and entry of the next key to read */
+    MDB_val     k, v;
+    void       *run;        /* a run of long ids with one key prefix, sorted */
+    size_t      run_len, run_alloc, run_pos;
+    buf         bound;      /* the seek bound, until the first id inside it */
+    bool        bounded, exclusive;
+} db_doc_cursor;
+int  db_doc_cursor_open(db_doc_cursor *c, MDB_txn *txn, const store_tables *t, uint64_t dbid,
+                        bool descending);
+/* Positions before the first id ≥ id (descending: ≤ id); exclusive: > (<). id NULL: from
+ * the first (last) id. */
+int  db_doc_cursor_seek(db_doc_cursor *c, const char *id, size_t len, bool exclusive);
+/* The next document: id and record borrowed from the transaction (valid until it ends).
+ * 0, MIMEO_ENOTFOUND past the last, or an error. */
+int  db_doc_cursor_next(db_doc_cursor *c, const char **id, size_t *id_len,
+                        const unsigned char **rec, size_t *rec_len);
+void db_doc_cursor_close(db_doc_cursor *c);
 /* The stored body of node i, "{...}" (borrowed from txn); "{}" when it has none. */
 int  db_body_get(MDB_txn *txn, const store_tables *t, uint64_t dbid, const revtree_node *n,
                  MDB_val *out);
@@ -110,8 +144,9 @@ int  db_doc_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
 /* Appends "N-hash" of a node. */
 int  db_rev_put(buf *out, const revtree_node *n);
 
-/* Checks a doc id for storage (CouchDB's rule and our key size). */
-int  db_docid_check(const char *id, size_t n, mimeo_err *err);
+/* Checks a doc id for storage: CouchDB's rule, the environment's
+ * max_document_id_length, and for _local/ ids the key size of the locals table. */
+int  db_docid_check(const mimeo_env *env, const char *id, size_t n, mimeo_err *err);
 
 /* ---- read snapshots (read.c) ---------------------------------------------------------- */
 /* A read transaction on db with its record as that transaction sees it. */

@@ -1,6 +1,5 @@
-/* Documents as stored and as served: loading and storing document records (seq + revision
- * tree), fetching revision bodies, and writing a revision out as CouchDB's JSON with its
- * optional meta members. */
+/* Documents as stored and as served: id checks, fetching revision bodies, and writing a
+ * revision out as CouchDB's JSON with its optional meta members (records by id: idkey.c). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,41 +12,18 @@ void db_doc_init(db_doc *d) {
 
 void db_doc_destroy(db_doc *d) { revtree_destroy(&d->tree); }
 
-int db_docid_check(const char *id, size_t n, mimeo_err *err) {
+int db_docid_check(const mimeo_env *env, const char *id, size_t n, mimeo_err *err) {
     const char *reason = NULL;
-    if (docid_validate(id, n, &reason) != 0) {
+    size_t max = env->opts.max_document_id_length;
+    bool local = n > 7 && memcmp(id, "_local/", 7) == 0;
+    /* _local ids are keys of the locals table as they are (they are checkpoint names,
+     * short); other ids may be as long as configured (idkey.c). */
+    if (local && n > STORE_ID_MAX) max = STORE_ID_MAX;
+    if (docid_validate_max(id, n, max, &reason) != 0) {
         db_err_set(err, MIMEO_EBADID, "illegal_docid", reason ? reason : "Illegal document id");
         return MIMEO_EBADID;
     }
-    if (n > STORE_ID_MAX) {
-        db_err_set(err, MIMEO_EBADID, "illegal_docid", "Document id is too long");
-        return MIMEO_EBADID;
-    }
     return 0;
-}
-
-int db_doc_load(MDB_txn *txn, const store_tables *t, uint64_t dbid, const char *id,
-                size_t id_len, db_doc *out) {
-    if (id_len > STORE_ID_MAX) return MIMEO_ENOTFOUND;
-    unsigned char key[STORE_KEY_MAX];
-    MDB_val k = {store_key(key, dbid, id, id_len), key}, v;
-    int rc = mdb_get(txn, t->docs, &k, &v);
-    if (rc) return store_err(rc);
-    const unsigned char *p = v.mv_data, *end = p + v.mv_size;
-    rc = varint_get(&p, end, &out->seq);
-    if (rc) return rc;
-    return revtree_decode(&out->tree, p, (size_t)(end - p));
-}
-
-int db_doc_store(MDB_txn *txn, const store_tables *t, uint64_t dbid, const char *id,
-                 size_t id_len, const db_doc *d, buf *scratch) {
-    buf_reset(scratch);
-    int rc = buf_put_varint(scratch, d->seq);
-    if (!rc) rc = revtree_encode(&d->tree, scratch);
-    if (rc) return rc;
-    unsigned char key[STORE_KEY_MAX];
-    MDB_val k = {store_key(key, dbid, id, id_len), key}, v = {scratch->len, scratch->data};
-    return store_err(mdb_put(txn, t->docs, &k, &v, 0));
 }
 
 int db_body_get(MDB_txn *txn, const store_tables *t, uint64_t dbid, const revtree_node *n,
@@ -134,7 +110,6 @@ int db_doc_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
     if (!rc && (opts->conflicts || opts->deleted_conflicts)) {
         uint32_t nleaves = revtree_leaves(tree, idx);
         int64_t winner = revtree_winner(tree);
-        uint32_t live = 0, dead = 0;
         uint32_t *sel = malloc(sizeof *sel * (nleaves ? nleaves : 1));
         if (!sel) rc = MIMEO_ENOMEM;
         /* Leaves come best first: generation, then id, descending — CouchDB's order. */
@@ -147,12 +122,9 @@ int db_doc_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
                 bool del = tree->nodes[idx[i]].flags & REVTREE_DELETED;
                 if (del == want_deleted) sel[k++] = idx[i];
             }
-            if (want_deleted) dead = k; else live = k;
             if (k) rc = put_rev_list(out, want_deleted ? "_deleted_conflicts" : "_conflicts",
                                      tree, sel, k);
         }
-        (void)live;
-        (void)dead;
         free(sel);
     }
     free(idx);

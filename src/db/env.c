@@ -31,6 +31,7 @@ const char *mimeo_strerror(int code) {
     case MIMEO_ECORRUPT: return "corrupt record";
     case MIMEO_ECLOSED: return "shutting down";
     case MIMEO_EEXPECTATION: return "some documents failed; nothing was written";
+    case MIMEO_EBUSY: return "the data directory is in use";
     default: return "unknown error";
     }
 }
@@ -184,8 +185,6 @@ typedef struct uuid_job {
  * PouchDB client would restart its replications from zero. */
 static int job_load_uuid(MDB_txn *txn, void *arg) {
     uuid_job *j = arg;
-    mimeo_env *env = NULL;
-    (void)env;
     MDB_dbi meta;
     int rc = store_err(mdb_dbi_open(txn, "meta", 0, &meta));
     if (rc) return rc;
@@ -215,6 +214,7 @@ int mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **out,
     if (!env->opts.revs_limit) env->opts.revs_limit = 1000;
     if (!env->opts.max_document_size) env->opts.max_document_size = JSON_DEFAULT_MAX_DOC;
     if (!env->opts.max_json_depth) env->opts.max_json_depth = JSON_DEFAULT_MAX_DEPTH;
+    if (!env->opts.max_document_id_length) env->opts.max_document_id_length = MIMEO_ID_MAX;
     env->limits.max_depth = env->opts.max_json_depth;
     env->limits.max_doc_bytes = env->opts.max_document_size;
     pthread_mutex_init(&env->lock, NULL);
@@ -228,7 +228,8 @@ int mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **out,
     char reason[MIMEO_ERR_REASON_MAX];
     int rc = store_open(dir, env->opts.initial_map_size, &env->store, reason, sizeof reason);
     if (rc) {
-        db_err_set(err, rc, "internal_server_error", reason);
+        db_err_set(err, rc, rc == MIMEO_EBUSY ? "service_unavailable" : "internal_server_error",
+                   reason);
         free(env->handles);
         free(env);
         return rc;
@@ -256,6 +257,38 @@ int mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **out,
     }
     *out = env;
     return 0;
+}
+
+static int compact_err(mimeo_err *err, int rc, const char *reason) {
+    if (rc && reason[0]) {
+        const char *name = rc == MIMEO_EBUSY ? "service_unavailable"
+                         : rc == MIMEO_ENOTFOUND ? "not_found"
+                         : rc == MIMEO_ENOSPC ? "insufficient_storage" : "internal_server_error";
+        db_err_set(err, rc, name, reason);
+    } else if (rc) {
+        db_err(err, rc);
+    }
+    return rc;
+}
+
+int mimeo_dir_compact(const char *dir, uint64_t *before, uint64_t *after, mimeo_err *err) {
+    uint64_t b, a;
+    char reason[MIMEO_ERR_REASON_MAX];
+    reason[0] = 0;
+    int rc = store_compact(dir, &b, &a, reason, sizeof reason);
+    if (before) *before = b;
+    if (after) *after = a;
+    return compact_err(err, rc, reason);
+}
+
+int mimeo_env_compact(mimeo_env *env, uint64_t *before, uint64_t *after, mimeo_err *err) {
+    uint64_t b = 0, a = 0;
+    char reason[MIMEO_ERR_REASON_MAX];
+    reason[0] = 0;
+    int rc = store_compact_live(env->store, &b, &a, reason, sizeof reason);
+    if (before) *before = b;
+    if (after) *after = a;
+    return compact_err(err, rc, reason);
 }
 
 static void db_free(mimeo_db *db) {
@@ -646,10 +679,9 @@ int mimeo_db_list(mimeo_env *env, const char *start,
     buf_init(&names, 0);
     buf from;
     buf_init(&from, 0);
-    if (start) buf_puts(&from, start);
     bool first = true;
-    int rc = 0;
-    for (;;) {
+    int rc = start ? buf_puts(&from, start) : 0;
+    while (!rc) {
         MDB_txn *txn;
         rc = store_read_begin(env->store, &txn);
         if (rc) break;
@@ -665,13 +697,14 @@ int mimeo_db_list(mimeo_env *env, const char *start,
             if (mrc == 0 && !first && k.mv_size == from.len &&
                 memcmp(k.mv_data, from.data, from.len) == 0)
                 mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-            while (mrc == 0 && count < 512) {
+            while (mrc == 0 && count < 512 && !rc) {
                 uint32_t n = (uint32_t)k.mv_size;
-                buf_put(&names, &n, sizeof n);
-                buf_put(&names, k.mv_data, k.mv_size);
+                rc = buf_put(&names, &n, sizeof n);
+                if (!rc) rc = buf_put(&names, k.mv_data, k.mv_size);
                 count++;
                 mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
             }
+            if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
             mdb_cursor_close(cur);
         }
         store_read_end(env->store, txn);
@@ -682,7 +715,7 @@ int mimeo_db_list(mimeo_env *env, const char *start,
             memcpy(&n, p, sizeof n);
             rc = fn(ctx, p + sizeof n, n);
             buf_reset(&from);
-            buf_put(&from, p + sizeof n, n);
+            if (!rc) rc = buf_put(&from, p + sizeof n, n);
             p += sizeof n + n;
         }
         first = false;

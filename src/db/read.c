@@ -54,7 +54,7 @@ int db_find_rev(const revtree *t, const char *rev, size_t len, int64_t *node) {
     uint64_t gen;
     char hash[REV_HASH_MAX + 1];
     size_t hash_len;
-    if (rev_parse(rev, len, false, &gen, hash, &hash_len)) return MIMEO_EBADREV;
+    if (rev_parse(rev, len, true, &gen, hash, &hash_len)) return MIMEO_EBADREV;
     *node = revtree_find(t, gen, hash, hash_len);
     return 0;
 }

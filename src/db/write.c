@@ -20,6 +20,7 @@ typedef struct write_item {
     char         genid[33];
     bool         local;         /* id names a _local document (id has the prefix stripped) */
     bool         has_rev;
+    bool         ignore;        /* a replicated "N-" revision: answered, nothing written */
     uint64_t     rev_gen;
     char         rev_hash[REV_HASH_MAX + 1];
     size_t       rev_hash_len;
@@ -62,11 +63,29 @@ static void item_destroy(write_item *it) {
 
 /* ---- validation (calling thread) ------------------------------------------------------ */
 
-static int revisions_path(write_item *it, mimeo_err *err) {
+/* _revisions.start as CouchDB takes it: any integer; mimeo keeps 0 … 2^64-1. */
+static bool revisions_start(const jval *v, uint64_t *out) {
+    if (!v || v->type != JV_NUMBER || v->len == 0) return false;
+    uint64_t g = 0;
+    for (size_t i = 0; i < v->len; i++) {
+        char ch = v->str[i];
+        if (ch < '0' || ch > '9') return false;
+        unsigned d = (unsigned)(ch - '0');
+        if (g > (UINT64_MAX - d) / 10) return false;
+        g = g * 10 + d;
+    }
+    *out = g;
+    return true;
+}
+
+/* The revision path of a replicated write. ids holds at most _revs_limit items (the parser
+ * dropped older ones: they would be stemmed at once). Ids that would fall below generation
+ * 0 (start smaller than the count, which CouchDB stores) are dropped too. */
+static int revisions_path(write_item *it, bool new_edits, mimeo_err *err) {
     const jval *r = it->doc.revisions;
     const jval *start = jval_get(r, "start"), *ids = jval_get(r, "ids");
-    int64_t s;
-    if (!r || r->type != JV_OBJECT || !start || !jval_as_i64(start, &s)) {
+    uint64_t s;
+    if (!r || r->type != JV_OBJECT || !start || !revisions_start(start, &s)) {
         db_err_set(err, MIMEO_EDOCVALIDATION, "doc_validation", "_revisions.start isn't an integer.");
         return MIMEO_EDOCVALIDATION;
     }
@@ -74,15 +93,17 @@ static int revisions_path(write_item *it, mimeo_err *err) {
         db_err_set(err, MIMEO_EDOCVALIDATION, "doc_validation", "_revisions.ids isn't a array.");
         return MIMEO_EDOCVALIDATION;
     }
-    if (s < 1 || (uint64_t)s < ids->count) {
-        db_err_set(err, MIMEO_EDOCVALIDATION, "doc_validation",
-                   "_revisions.start isn't a valid generation for its ids.");
-        return MIMEO_EDOCVALIDATION;
+    size_t count = ids->count;
+    if (s < UINT64_MAX && count > s + 1) count = (size_t)s + 1;
+    const jval *newest = ids->items[0];
+    if (!new_edits && newest->type == JV_STRING && newest->len == 0) {
+        it->ignore = true; /* "N-" with no hash: CouchDB answers it and keeps nothing */
+        return 0;
     }
-    it->path_hashes = malloc(sizeof *it->path_hashes * ids->count);
-    it->path_lens = malloc(sizeof *it->path_lens * ids->count);
+    it->path_hashes = malloc(sizeof *it->path_hashes * count);
+    it->path_lens = malloc(sizeof *it->path_lens * count);
     if (!it->path_hashes || !it->path_lens) return db_err(err, MIMEO_ENOMEM);
-    for (size_t i = 0; i < ids->count; i++) {
+    for (size_t i = 0; i < count; i++) {
         jval *h = ids->items[i];
         char norm[REV_HASH_MAX + 1];
         size_t nlen;
@@ -97,9 +118,17 @@ static int revisions_path(write_item *it, mimeo_err *err) {
         it->path_hashes[i] = h->str;
         it->path_lens[i] = nlen;
     }
-    it->path_start = (uint64_t)s;
-    it->path_count = (uint32_t)ids->count;
+    it->path_start = s;
+    it->path_count = (uint32_t)count;
     return 0;
+}
+
+/* "N-" with nothing after the dash. */
+static bool rev_bare_generation(const char *rev, size_t len) {
+    if (len < 2 || rev[len - 1] != '-') return false;
+    for (size_t i = 0; i + 1 < len; i++)
+        if (rev[i] < '0' || rev[i] > '9') return false;
+    return true;
 }
 
 /* Resolves id, rev and (for replicated writes) the revision path of a parsed document. */
@@ -116,7 +145,7 @@ static int item_prepare(mimeo_env *env, write_item *it, const char *url_id, size
         it->id = it->genid;
         it->id_len = 32;
     }
-    int rc = db_docid_check(it->id, it->id_len, err);
+    int rc = db_docid_check(env, it->id, it->id_len, err);
     if (rc) return rc;
     if (it->id_len > LOCAL_PREFIX_LEN && memcmp(it->id, LOCAL_PREFIX, LOCAL_PREFIX_LEN) == 0) {
         it->local = true;
@@ -136,15 +165,22 @@ static int item_prepare(mimeo_env *env, write_item *it, const char *url_id, size
         rev = url_rev;
         rev_len = ulen;
     }
+    if (rev && !new_edits && !it->local && !it->doc.revisions && rev_bare_generation(rev, rev_len)) {
+        it->ignore = true; /* CouchDB 3.5 answers such a replicated write and keeps nothing */
+        snprintf(it->newrev, sizeof it->newrev, "%.*s", (int)rev_len, rev);
+        return 0;
+    }
     if (rev) {
-        if (rev_parse(rev, rev_len, it->local, &it->rev_gen, it->rev_hash, &it->rev_hash_len)) {
+        /* Generation 0 exists in replicated histories ("0-x"), and can be edited. */
+        if (rev_parse(rev, rev_len, true, &it->rev_gen, it->rev_hash, &it->rev_hash_len)) {
             db_err_set(err, MIMEO_EBADREV, "bad_request", "Invalid rev format");
             return MIMEO_EBADREV;
         }
         it->has_rev = true;
     }
     if (it->local) return 0;
-    if (it->doc.revisions && (rc = revisions_path(it, err))) return rc;
+    if (it->doc.revisions && (rc = revisions_path(it, new_edits, err))) return rc;
+    if (it->ignore) return 0;
     if (!new_edits && !it->path_count) {
         if (!it->has_rev) {
             db_err_set(err, MIMEO_EINVAL, "bad_request",
@@ -388,8 +424,8 @@ static int job_write(MDB_txn *txn, void *arg) {
     w->t = store_tables_get(w->db->env->store);
     w->m = db_stage(w->db);
     if (w->db->staged_gone) return MIMEO_ENOTFOUND;
-    /* Counters are restored if this job is discarded: LMDB rolls back the nested
-     * transaction, this restores the staged copy beside it. */
+    /* Counters are restored if this job fails: its group is then run again without it
+     * (store.c), and the staged copy must not keep what this run added. */
     db_meta saved = *w->m;
     int rc = 0;
     bool any_failed = false;
@@ -397,6 +433,7 @@ static int job_write(MDB_txn *txn, void *arg) {
         write_item *it = &w->items[i];
         it->code = 0;
         it->error = it->reason = NULL;
+        if (it->ignore) continue;
         it->newrev[0] = 0;
         rc = it->local ? apply_local(w, it) : apply_doc(w, it);
         if (it->code) any_failed = true;
@@ -442,13 +479,20 @@ static int single_write(mimeo_db *db, write_item *it, bool new_edits, mimeo_put_
     return 0;
 }
 
+/* A write to db reads no more _revisions ids than the database's _revs_limit keeps. */
+static unsigned write_revs_limit(mimeo_db *db) {
+    db_meta m;
+    return db_meta_snapshot(db, &m) == 0 ? m.revs_limit : 0;
+}
+
 int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
                   const mimeo_put_opts *opts, mimeo_put_result *res, mimeo_err *err) {
     if (res) res->id = NULL;
     write_item it;
     memset(&it, 0, sizeof it);
     json_error je;
-    int rc = json_doc_parse(json, len, &db->env->limits, &it.doc, &je);
+    int rc = json_doc_parse_revs(json, len, &db->env->limits, write_revs_limit(db), &it.doc,
+                                 &je);
     if (rc) {
         item_destroy(&it);
         return db_err_json(err, &je);
@@ -537,7 +581,7 @@ int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
     /* {"docs":[…]} wraps each document two levels deep: what PUT accepts, so must this. */
     json_limits lim = db->env->limits;
     lim.max_depth += 2;
-    int rc = json_bulk_parse(json, len, &lim, &bulk, &je);
+    int rc = json_bulk_parse_revs(json, len, &lim, write_revs_limit(db), &bulk, &je);
     if (rc) return db_err_json(err, &je);
     write_item *items = calloc(bulk.count ? bulk.count : 1, sizeof *items);
     if (!items) {
@@ -611,7 +655,7 @@ int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
 
 typedef struct compact_ctx {
     mimeo_db *db;
-    buf       from;     /* last doc id done by committed jobs */
+    buf       from;     /* the last raw docs key done by committed jobs (without dbid) */
     bool      started;
     bool      finished;
     buf       next_from; /* the same, as the running job leaves it (kept only on commit) */
@@ -620,8 +664,11 @@ typedef struct compact_ctx {
     buf       scratch;
 } compact_ctx;
 
+#define COMPACT_PAGE 1000
+
 /* Compacts up to a page of documents per job, so a big database never holds the writer
- * (and every other database's writes) for long. */
+ * (and every other database's writes) for long. It walks raw keys: their order does not
+ * matter here, and a raw key names a document whatever its id's length (idkey.c). */
 static int job_compact(MDB_txn *txn, void *arg) {
     compact_ctx *c = arg;
     const store_tables *t = store_tables_get(c->db->env->store);
@@ -639,52 +686,67 @@ static int job_compact(MDB_txn *txn, void *arg) {
         memcmp((char *)k.mv_data + 8, c->from.data, c->from.len) == 0)
         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     unsigned done = 0;
-    buf ids;
-    buf_init(&ids, 0);
-    /* First collect a page of ids, then rewrite them: a cursor must not be used across
-     * puts to other keys of its table. */
-    while (mrc == 0 && done < 1000 && k.mv_size >= 8 && be64_get(k.mv_data) == m->dbid) {
-        uint32_t n = (uint32_t)(k.mv_size - 8);
-        buf_put(&ids, &n, sizeof n);
-        buf_put(&ids, (char *)k.mv_data + 8, n);
+    buf keys;
+    buf_init(&keys, 0);
+    /* First collect a page of keys, then rewrite them: a cursor must not be used across
+     * puts to other keys of its table. Each key is length-prefixed. */
+    while (!rc && mrc == 0 && done < COMPACT_PAGE && k.mv_size >= 8 &&
+           be64_get(k.mv_data) == m->dbid) {
+        uint32_t n = (uint32_t)k.mv_size;
+        rc = buf_put(&keys, &n, sizeof n);
+        if (!rc) rc = buf_put(&keys, k.mv_data, n);
         done++;
         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     mdb_cursor_close(cur);
-    if (mrc != 0 && mrc != MDB_NOTFOUND) rc = store_err(mrc);
-    const char *p = ids.data;
+    if (!rc && mrc != 0 && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    const char *p = keys.data;
     buf_reset(&c->next_from);
-    buf_put(&c->next_from, c->from.data, c->from.len);
+    if (!rc) rc = buf_put(&c->next_from, c->from.data, c->from.len);
     c->next_started = c->started;
     for (unsigned i = 0; i < done && !rc; i++) {
         uint32_t n;
         memcpy(&n, p, sizeof n);
-        const char *id = p + sizeof n;
+        MDB_val rk = {n, (void *)(p + sizeof n)};
         p += sizeof n + n;
+        MDB_val rv;
+        rc = store_err(mdb_get(txn, t->docs, &rk, &rv));
+        const char *id = NULL;
+        size_t id_len = 0;
+        const unsigned char *rec = NULL;
+        size_t rec_len = 0;
+        if (!rc) rc = db_doc_record(&rk, &rv, &id, &id_len, &rec, &rec_len);
         db_doc d;
         db_doc_init(&d);
-        rc = db_doc_load(txn, t, m->dbid, id, n, &d);
+        if (!rc) rc = db_doc_decode(rec, rec_len, &d);
         if (!rc) {
             drop_ctx dc = {&w, 0};
             uint32_t before = 0;
             for (uint32_t j = 0; j < d.tree.count; j++)
                 before += (d.tree.nodes[j].flags & REVTREE_HAS_BODY) != 0;
-            revtree_compact(&d.tree, drop_body, &dc);
+            /* id and rec point into the record, which deleting bodies may move: copy the id
+             * before the tree changes anything. */
+            buf idcopy;
+            buf_init(&idcopy, 0);
+            rc = buf_put(&idcopy, id, id_len);
+            if (!rc) revtree_compact(&d.tree, drop_body, &dc);
             uint32_t after = 0;
             for (uint32_t j = 0; j < d.tree.count; j++)
                 after += (d.tree.nodes[j].flags & REVTREE_HAS_BODY) != 0;
-            rc = dc.rc;
-            if (!rc && after != before) rc = db_doc_store(txn, t, m->dbid, id, n, &d, &c->scratch);
+            if (!rc) rc = dc.rc;
+            if (!rc && after != before)
+                rc = db_doc_put_at(txn, t, &rk, idcopy.data, idcopy.len, &d, &c->scratch);
+            buf_destroy(&idcopy);
         }
         db_doc_destroy(&d);
         if (!rc) {
             buf_reset(&c->next_from);
-            buf_put(&c->next_from, id, n);
+            rc = buf_put(&c->next_from, (const char *)rk.mv_data + 8, n - 8);
             c->next_started = true;
         }
     }
-    buf_destroy(&ids);
-    c->next_finished = !rc && done < 1000;
+    buf_destroy(&keys);
+    c->next_finished = !rc && done < COMPACT_PAGE;
     if (rc) *m = saved;
     return rc;
 }

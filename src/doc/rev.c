@@ -139,6 +139,10 @@ static bool has_prefix(const char *s, size_t n, const char *prefix) {
 }
 
 int docid_validate(const char *id, size_t n, const char **reason) {
+    return docid_validate_max(id, n, MIMEO_ID_MAX, reason);
+}
+
+int docid_validate_max(const char *id, size_t n, size_t max, const char **reason) {
     const char *why = NULL;
     /* The checks run in CouchDB's order (couch_doc:validate_docid), so an id that breaks two
      * rules gets the same reason from both servers. */
@@ -148,7 +152,7 @@ int docid_validate(const char *id, size_t n, const char **reason) {
         why = "Illegal document id `_design/`";
     else if (n == 7 && memcmp(id, "_local/", 7) == 0)
         why = "Illegal document id `_local/`";
-    else if (n > MIMEO_ID_MAX)
+    else if (n > max)
         why = "Document id is too long";
     else if (!utf8_valid((const unsigned char *)id, n))
         why = "Document id must be valid UTF-8";

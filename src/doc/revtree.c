@@ -321,7 +321,8 @@ static void reorder(revtree *t, uint32_t *perm, uint32_t *inv, uint32_t *track) 
 int revtree_merge(revtree *t, const revtree_path_in *path, revtree_outcome *outcome,
                   uint32_t *leaf) {
     if (!path || path->count == 0 || !path->hashes || !path->hash_lens) return MIMEO_EINVAL;
-    if (path->start < path->count) return MIMEO_EINVAL; /* the oldest gen would be < 1 */
+    /* CouchDB stores generation 0 ("0-x" is a revision); the oldest may not go below it. */
+    if (path->count - 1 > path->start) return MIMEO_EINVAL;
     for (uint32_t k = 0; k < path->count; k++)
         if (!hash_canonical(path->hashes[k], path->hash_lens[k])) return MIMEO_EBADREV;
 
@@ -521,7 +522,7 @@ void revtree_compact(revtree *t, revtree_drop_fn drop, void *ctx) {
  *   N records, in array order (so a parent always comes before its children):
  *     link      varint    0: a root, and `gen` follows; k ≥ 1: parent is record k-1 (< this
  *                         record), and gen = parent's gen + 1 (not stored)
- *     gen       varint    roots only; ≥ 1
+ *     gen       varint    roots only; ≥ 0 (CouchDB accepts "0-x" revisions)
  *     flags     1 byte    REVTREE_DELETED (1) | REVTREE_HAS_BODY (2); other bits corrupt
  *     kind      1 byte    0: hash is 16 raw bytes, printed as 32 lowercase hex chars;
  *                         1..REV_HASH_MAX except 32: that many hash bytes follow verbatim
@@ -546,7 +547,6 @@ int revtree_encode(const revtree *t, buf *out) {
         rc = MIMEO_EINVAL;
         if (!hash_canonical(nd->hash, nd->hash_len) || (nd->flags & ~FLAG_MASK)) goto fail;
         if (nd->parent == REVTREE_NONE) {
-            if (nd->gen == 0) goto fail;
             if ((rc = buf_put_varint(out, 0)) || (rc = buf_put_varint(out, nd->gen))) goto fail;
         } else {
             if (nd->parent >= i || t->nodes[nd->parent].gen + 1 != nd->gen ||
@@ -596,7 +596,7 @@ int revtree_decode(revtree *t, const void *data, size_t n) {
         uint32_t parent = REVTREE_NONE;
         if (varint_get(&p, end, &link)) goto fail;
         if (link == 0) {
-            if (varint_get(&p, end, &gen) || gen == 0) goto fail;
+            if (varint_get(&p, end, &gen)) goto fail;
         } else {
             if (link - 1 >= i) goto fail;
             parent = (uint32_t)(link - 1);

@@ -76,6 +76,8 @@ void rev_hash_new(const char *parent_rev, size_t parent_len, bool deleted,
 /* CouchDB's id rule: non-empty valid UTF-8; a leading '_' only for "_design/x" and
  * "_local/x" with non-empty x. 0, or MIMEO_EBADID with *reason set to CouchDB's text. */
 int docid_validate(const char *id, size_t n, const char **reason);
+/* The same with another length limit than MIMEO_ID_MAX. */
+int docid_validate_max(const char *id, size_t n, size_t max, const char **reason);
 /* Reasons, checked in CouchDB's order: "Document id must not be empty", "Illegal document id
  * `_design/`" (or `_local/`), "Document id is too long" (over MIMEO_ID_MAX bytes), "Document
  * id must be valid UTF-8" (strict: no overlongs, surrogates or code points past U+10FFFF),

@@ -198,6 +198,8 @@ void http_h_local(http_req *r, const char *id, size_t id_len);
 void http_h_replicate(http_req *r);
 void http_h_active_tasks(http_req *r);
 void http_h_scheduler(http_req *r);
+/* h_node.c: /_node/_local/_compact (POST); other /_node paths 404. */
+void http_h_node(http_req *r);
 
 void http_h_all_docs(http_req *r);
 void http_h_design_docs(http_req *r);

@@ -35,6 +35,7 @@ static const http_route_row http_server_any[] = {
     { "_replicate",    0, NULL, http_h_replicate },
     { "_active_tasks", 0, NULL, http_h_active_tasks },
     { "_scheduler",    0, NULL, http_h_scheduler },
+    { "_node",         0, NULL, http_h_node },
 };
 
 static const http_route_row http_db_routes[] = {
@@ -53,7 +54,7 @@ static const http_route_row http_db_routes[] = {
 /* CouchDB endpoints mimeo does not serve (yet): a clean 404 instead of "illegal database
  * name", so clients that probe them (the replicator's /_session) fall back properly. */
 static const char *const http_unserved_server[] = {
-    "_session", "_config", "_node",
+    "_session", "_config",
     "_membership", "_stats", "_utils", "_cluster_setup", "_dbs_info", "_db_updates",
     "_reshard", "_prometheus", "_search_analyze", "_restart",
 };

@@ -268,9 +268,14 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)s->cfg.max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->cfg.idle_timeout_s,
         /* Room for long request lines. MHD zeroes the whole pool after every request, so its
-         * size is paid per request: 64 KiB admits URLs of ~30 KB (longer: MHD answers 414). */
+         * size is paid per request: 160 KiB admits URLs of ~70 KB, enough for a 64 KiB id
+         * (longer: MHD answers 414). */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)160 * 1024,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1,
+        /* MHD_OPTION_LISTENING_ADDRESS_REUSE is left out on purpose. Without it MHD sets
+         * SO_REUSEADDR only, so a restart binds while old connections linger in TIME_WAIT.
+         * Set to 1 it adds SO_REUSEPORT, and a second live server could bind the same port
+         * (the kernel would split connections between them); set to 0 it drops
+         * SO_REUSEADDR too, and a restarted server could not bind for a minute. */
         MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(errbuf, errlen, "cannot listen on %s port %u (in use, or not allowed?)", bind,

@@ -24,6 +24,9 @@ typedef struct json_limits {
 
 #define JSON_DEFAULT_MAX_DEPTH 256
 #define JSON_DEFAULT_MAX_DOC   (8u << 20)
+/* Longest _revisions.ids accepted at all (the ids past the kept ones are only counted, so
+ * this bounds parsing time, not memory). */
+#define JSON_MAX_REVISION_IDS  MIMEO_REVISIONS_MAX
 
 /* Why parsing failed: code is a MIMEO_E* value (MIMEO_EBADJSON for syntax/UTF-8/duplicate
  * keys/depth, MIMEO_EDOCVALIDATION, MIMEO_EBADID, MIMEO_EBADREV, MIMEO_EINVAL for shape,
@@ -111,7 +114,11 @@ typedef struct json_doc {
     char  *rev;           /* "_rev" or NULL; syntax not checked here */
     size_t rev_len;
     bool   deleted;       /* "_deleted": true */
-    jval  *revisions;     /* "_revisions" as a tree, or NULL; shape not checked here */
+    jval  *revisions;     /* "_revisions" as a tree, or NULL; shape not checked here,
+                           * except that json_*_parse_revs keep at most max_revision_ids
+                           * items of its "ids" array (the newest): the rest are counted,
+                           * not kept, since stemming would drop them anyway */
+    size_t revision_ids_total; /* items of _revisions.ids as sent (kept or not) */
     jval  *attachments;   /* "_attachments" as a tree, or NULL */
     buf    body;          /* the other members as a compact JSON object "{...}", in input
                            * order; "{}" when there are none. Members named
@@ -134,6 +141,9 @@ void json_doc_destroy(json_doc *d);
  * _x" (their inner shape is not checked here). */
 int json_doc_parse(const char *p, size_t n, const json_limits *limits, json_doc *out,
                    json_error *err);
+/* The same, keeping only the newest max_revision_ids items of _revisions.ids (0: all). */
+int json_doc_parse_revs(const char *p, size_t n, const json_limits *limits,
+                        unsigned max_revision_ids, json_doc *out, json_error *err);
 
 /* A _bulk_docs request body: {"docs":[…], "new_edits":bool, "all_or_nothing":bool}, members
  * in any order; unknown members are ignored. "docs" missing: bad_request
@@ -144,7 +154,7 @@ int json_doc_parse(const char *p, size_t n, const json_limits *limits, json_doc 
  * MIMEO_EINVAL. Each element of docs must be an object (else bad_request "Document must be
  * a JSON object") and is split as by json_doc_parse, in the same pass.
  * Any error fails the whole body; on success *docs is a new array of *count json_docs (free
- * with json_docs_free). */
+ * with json_bulk_destroy). */
 typedef struct json_bulk {
     json_doc *docs;
     size_t    count;
@@ -153,6 +163,8 @@ typedef struct json_bulk {
 } json_bulk;
 int  json_bulk_parse(const char *p, size_t n, const json_limits *limits, json_bulk *out,
                      json_error *err);
+int  json_bulk_parse_revs(const char *p, size_t n, const json_limits *limits,
+                          unsigned max_revision_ids, json_bulk *out, json_error *err);
 void json_bulk_destroy(json_bulk *b);
 
 /* ---- writers -------------------------------------------------------------------------------

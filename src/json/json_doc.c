@@ -36,6 +36,9 @@ typedef struct jd_ctx {
     int           member;     /* JD_* of the member being read */
     json_builder *jb;         /* reused for every captured member */
     size_t        size_hint;  /* body size of the previous document: first reservation */
+    unsigned      max_rev_ids; /* _revisions.ids items kept; 0: all */
+    bool          rev_key_ids; /* the last key read directly inside _revisions was "ids" */
+    bool          rev_ids_open; /* reading the items of _revisions.ids */
 
     bool          bulk;
     json_doc     *single;     /* json_doc_parse's output */
@@ -160,6 +163,27 @@ static int jd_capture(jd_ctx *c, int ev, const char *s, size_t n, bool bv) {
     return rc ? jd_oom(c) : 0;
 }
 
+/* A value inside _revisions. Only the newest max_rev_ids items of "ids" can survive
+ * stemming, so the others are counted and dropped here, before any tree holds them: a
+ * megabyte of ids must not cost a hundred megabytes of nodes. */
+static int jd_revisions_value(jd_ctx *c, int ev, const char *s, size_t n, bool bv) {
+    if (c->depth == c->doc_depth + 1) {
+        c->rev_ids_open = c->rev_key_ids && ev == EV_ARRAY;
+    } else if (c->depth == c->doc_depth + 2 && c->rev_ids_open) {
+        size_t k = ++c->doc->revision_ids_total;
+        if (k > JSON_MAX_REVISION_IDS)
+            return jd_fail(c, MIMEO_EDOCVALIDATION, "doc_validation",
+                           "_revisions.ids is too long.");
+        if (c->max_rev_ids && k > c->max_rev_ids) {
+            if (ev != EV_STRING)
+                return jd_fail(c, MIMEO_EDOCVALIDATION, "doc_validation",
+                               "RevId isn't a string");
+            return 0;
+        }
+    }
+    return jd_capture(c, ev, s, n, bv);
+}
+
 /* A value event inside a document, at any depth. */
 static int jd_doc_value(jd_ctx *c, int ev, const char *s, size_t n, bool bv) {
     json_doc *d = c->doc;
@@ -192,6 +216,8 @@ static int jd_doc_value(jd_ctx *c, int ev, const char *s, size_t n, bool bv) {
         }
     } else if (c->member == JD_SKIP) {
         return 0;
+    } else if (c->member == JD_REVISIONS) {
+        return jd_revisions_value(c, ev, s, n, bv);
     } else if (c->member != JD_BODY) {
         return jd_capture(c, ev, s, n, bv);
     }
@@ -296,6 +322,8 @@ static int jd_on_key(void *ctx, const char *s, size_t n) {
         case JD_SKIP:
             return 0;
         default:
+            if (c->member == JD_REVISIONS && c->depth == c->doc_depth + 1)
+                c->rev_key_ids = n == 3 && memcmp(s, "ids", 3) == 0;
             return json_builder_handlers.on_key(c->jb, s, n) ? jd_oom(c) : 0;
         }
     }
@@ -323,6 +351,8 @@ static int jd_on_end(void *ctx, bool map) {
         case JD_SKIP:
             return 0;
         default: {
+            if (c->member == JD_REVISIONS && c->depth == c->doc_depth + 1)
+                c->rev_ids_open = false;
             const json_handlers *h = &json_builder_handlers;
             if (map ? h->on_end_map(c->jb) : h->on_end_array(c->jb)) return jd_oom(c);
             if (c->depth == c->doc_depth) {
@@ -383,11 +413,17 @@ void json_doc_destroy(json_doc *d) {
 
 int json_doc_parse(const char *p, size_t n, const json_limits *limits, json_doc *out,
                    json_error *err) {
+    return json_doc_parse_revs(p, n, limits, 0, out, err);
+}
+
+int json_doc_parse_revs(const char *p, size_t n, const json_limits *limits,
+                        unsigned max_revision_ids, json_doc *out, json_error *err) {
     json_error scratch;
     if (!err) err = &scratch;
     memset(out, 0, sizeof *out);
     jd_ctx c;
     jd_ctx_init(&c, limits, err);
+    c.max_rev_ids = max_revision_ids;
     c.single = out;
     int rc = json_parse(p, n, limits, &jd_handlers, &c, err);
     json_builder_free(c.jb);
@@ -408,12 +444,18 @@ void json_bulk_destroy(json_bulk *b) {
 
 int json_bulk_parse(const char *p, size_t n, const json_limits *limits, json_bulk *out,
                     json_error *err) {
+    return json_bulk_parse_revs(p, n, limits, 0, out, err);
+}
+
+int json_bulk_parse_revs(const char *p, size_t n, const json_limits *limits,
+                         unsigned max_revision_ids, json_bulk *out, json_error *err) {
     json_error scratch;
     if (!err) err = &scratch;
     memset(out, 0, sizeof *out);
     out->new_edits = true;
     jd_ctx c;
     jd_ctx_init(&c, limits, err);
+    c.max_rev_ids = max_revision_ids;
     c.bulk = true;
     c.out = out;
     int rc = json_parse(p, n, limits, &jd_handlers, &c, err);

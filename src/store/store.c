@@ -14,7 +14,8 @@
  *
  * Bodies sit under increasing body ids, so big values are appended at the end of the
  * B-tree instead of rewriting pages in the middle; the by-id record stays small.
- * A deleted database's keys are removed in the delete's transaction; ids are never reused.
+ * A deleted database's record goes in one job and its keys in later bounded jobs (env.c);
+ * database ids are never reused, so keys not yet removed are invisible.
  */
 #include "store.h"
 
@@ -22,14 +23,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "mimeo.h"
 
 #define STORE_EMAPFULL (-1000) /* internal: the group must be retried on a bigger map */
+#define STORE_ETXNFULL (-1001) /* internal: the transaction ran out of dirty pages */
 
 typedef struct store_job {
     store_job_fn      fn;
@@ -37,11 +42,14 @@ typedef struct store_job {
     int               rc;
     bool              done;
     bool              skip;  /* failed on its own: left out when its group is re-run */
+    bool              barrier; /* runs alone, outside any transaction (fn gets txn NULL) */
     struct store_job *next;
 } store_job;
 
 struct store {
     MDB_env         *env;
+    int              lock_fd;     /* holds the data directory's lock (store_lock) */
+    char            *dir;         /* the data directory */
     char            *path;        /* the data file, for telling a full disk from an I/O error */
     store_tables     t;
     size_t           map_size;
@@ -61,6 +69,7 @@ int store_err(int rc) {
     case 0: return 0;
     case MDB_NOTFOUND: return MIMEO_ENOTFOUND;
     case MDB_MAP_FULL: return STORE_EMAPFULL;
+    case MDB_TXN_FULL: return STORE_ETXNFULL;
     case ENOSPC: case EDQUOT: case EFBIG: return MIMEO_ENOSPC;
     case ENOMEM: return MIMEO_ENOMEM;
     case MDB_CORRUPTED: case MDB_PAGE_NOTFOUND: case MDB_INVALID: return MIMEO_ECORRUPT;
@@ -109,26 +118,41 @@ static int store_write_error(store *s, int rc) {
 /* Runs one group: every job in one write transaction, then one durable commit.
  *
  * Jobs do not get nested transactions: LMDB allocates megabytes of bookkeeping for each
- * child transaction, which costs more than the job itself. Instead a job that fails on
- * its own (a refused request) is marked and the whole group is run again without it; that
- * is rare, and jobs are written to be re-runnable. Returns 0 when committed, or the error
- * that failed the whole group. */
-static int store_run_group(store *s, store_job *jobs) {
+ * child transaction, which costs more than the job itself. Instead a job that fails is
+ * marked and the whole group is run again without it; that is rare, and jobs are written
+ * to be re-runnable. Whatever a job's error — a refused request, a corrupt record, a failed
+ * allocation, or an LMDB error no other job caused — it fails that job alone.
+ * Two errors are the group's, not one job's: a full map (grow it and run everyone again)
+ * and a transaction out of dirty pages. For the latter the job that hit the limit and
+ * those after it are handed back in *rest to run in the next group, unless it was the
+ * first job: then it cannot fit in any transaction and fails alone with MIMEO_ETOOLARGE.
+ * Returns 0 when committed, or the commit's error, which fails every job left. */
+static int store_run_group(store *s, store_job *jobs, store_job **rest) {
+    *rest = NULL;
     for (;;) {
         MDB_txn *txn = NULL;
         int rc = store_err(mdb_txn_begin(s->env, NULL, 0, &txn));
         if (rc) return rc;
         if (s->hooks.begin) s->hooks.begin(s->hooks.ctx);
         bool rerun = false;
+        store_job *prev = NULL; /* the last job before j that ran */
         for (store_job *j = jobs; j && !rc; j = j->next) {
             if (j->skip) continue;
             j->rc = j->fn(txn, j->arg);
-            if (j->rc == 0) continue;
-            /* A full map or a failing disk spoils the whole group; a refused request, a
-             * corrupt record or a failed allocation only its own job. */
-            if (j->rc == STORE_EMAPFULL || j->rc == MIMEO_EIO || j->rc == MIMEO_ENOSPC) {
+            if (j->rc == 0) {
+                prev = j;
+                continue;
+            }
+            if (j->rc == STORE_EMAPFULL) {
                 rc = j->rc;
+            } else if (j->rc == STORE_ETXNFULL && prev) {
+                prev->next = NULL; /* j and what follows wait for the next group */
+                *rest = j;
+                j->rc = 0;
+                rerun = true;
+                rc = 1;
             } else {
+                if (j->rc == STORE_ETXNFULL) j->rc = MIMEO_ETOOLARGE;
                 j->skip = true;
                 rerun = true;
                 rc = 1;
@@ -150,6 +174,7 @@ static int store_run_group(store *s, store_job *jobs) {
             if (store_grow(s)) return MIMEO_ENOSPC;
             continue;
         }
+        if (rc == STORE_ETXNFULL) rc = MIMEO_ETOOLARGE; /* the group's own last writes */
         return rc;
     }
 }
@@ -187,18 +212,33 @@ static void *store_writer_main(void *arg) {
                    pthread_cond_timedwait(&s->work, &s->lock, &until) == 0) {
             }
         }
-        /* Everything queued so far forms one group: one durable commit for all of it. */
-        store_job *group = s->head;
-        s->head = s->tail = NULL;
+        /* Everything queued so far forms one group: one durable commit for all of it —
+         * up to a barrier, which runs alone once the jobs queued before it are done. */
+        store_job *group = s->head, *cut = group;
+        while (!group->barrier && cut->next && !cut->next->barrier) cut = cut->next;
+        s->head = cut->next;
+        if (!s->head) s->tail = NULL;
+        cut->next = NULL;
         pthread_mutex_unlock(&s->lock);
 
-        int rc = store_run_group(s, group);
+        store_job *rest = NULL;
+        int rc = 0;
+        if (group->barrier) group->rc = group->fn(NULL, group->arg);
+        else rc = store_run_group(s, group, &rest);
         size_t group_size = job_count(group);
 
         pthread_mutex_lock(&s->lock);
         for (store_job *j = group; j; j = j->next) {
             if (rc && !j->skip) j->rc = rc == STORE_EMAPFULL ? MIMEO_ENOSPC : rc;
             j->done = true;
+        }
+        if (rest) {
+            /* Jobs that did not fit go first in the next group, in their order. */
+            store_job *last = rest;
+            while (last->next) last = last->next;
+            last->next = s->head;
+            if (!s->head) s->tail = last;
+            s->head = rest;
         }
         pthread_cond_broadcast(&s->done);
         expected = group_size + job_count(s->head);
@@ -207,8 +247,8 @@ static void *store_writer_main(void *arg) {
     return NULL;
 }
 
-int store_write(store *s, store_job_fn fn, void *arg) {
-    store_job job = {fn, arg, 0, false, false, NULL};
+static int store_submit(store *s, store_job_fn fn, void *arg, bool barrier) {
+    store_job job = {fn, arg, 0, false, false, barrier, NULL};
     pthread_mutex_lock(&s->lock);
     if (s->stopping) {
         pthread_mutex_unlock(&s->lock);
@@ -222,6 +262,8 @@ int store_write(store *s, store_job_fn fn, void *arg) {
     pthread_mutex_unlock(&s->lock);
     return job.rc == STORE_EMAPFULL ? MIMEO_ENOSPC : job.rc;
 }
+
+int store_write(store *s, store_job_fn fn, void *arg) { return store_submit(s, fn, arg, false); }
 
 int store_read_begin(store *s, MDB_txn **txn) {
     pthread_rwlock_rdlock(&s->resize_lock);
@@ -276,6 +318,90 @@ int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, size_t *budget
     return rc == MDB_NOTFOUND ? 0 : store_err(rc);
 }
 
+/* Opens s->env on s->dir with s->map_size (or the file's, when bigger) and its tables. */
+static int store_env_open(store *s, char *reason, size_t reason_len) {
+    int rc = mdb_env_create(&s->env);
+    if (!rc) rc = mdb_env_set_maxdbs(s->env, 8);
+    if (!rc) rc = mdb_env_set_mapsize(s->env, s->map_size);
+    /* Many connection threads read at once; LMDB's default of 126 reader slots is low. */
+    if (!rc) rc = mdb_env_set_maxreaders(s->env, 1024);
+    /* MDB_NOTLS: read transactions are not tied to threads, so a connection thread pool
+     * cannot run out of reader slots. Durability: default sync on every commit. */
+    if (!rc) rc = mdb_env_open(s->env, s->dir, MDB_NOTLS, 0644);
+    if (rc) {
+        snprintf(reason, reason_len, "cannot open the store in %s: %s", s->dir, mdb_strerror(rc));
+        if (s->env) mdb_env_close(s->env);
+        s->env = NULL;
+        return rc == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
+    }
+    MDB_envinfo info;
+    if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize > s->map_size)
+        s->map_size = info.me_mapsize;
+    /* Opened in the same order every time, so the handles keep their numbers. */
+    MDB_txn *txn;
+    rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (!rc) rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->t.meta);
+    if (!rc) rc = mdb_dbi_open(txn, "dbs", MDB_CREATE, &s->t.dbs);
+    if (!rc) rc = mdb_dbi_open(txn, "docs", MDB_CREATE, &s->t.docs);
+    if (!rc) rc = mdb_dbi_open(txn, "seqs", MDB_CREATE, &s->t.seqs);
+    if (!rc) rc = mdb_dbi_open(txn, "bodies", MDB_CREATE, &s->t.bodies);
+    if (!rc) rc = mdb_dbi_open(txn, "locals", MDB_CREATE, &s->t.locals);
+    if (!rc) rc = mdb_txn_commit(txn);
+    else mdb_txn_abort(txn);
+    if (rc) {
+        snprintf(reason, reason_len, "cannot open tables in %s: %s", s->dir, mdb_strerror(rc));
+        mdb_env_close(s->env);
+        s->env = NULL;
+        return MIMEO_EIO;
+    }
+    return 0;
+}
+
+/* One process, one environment per data directory. LMDB itself would let several
+ * processes share the file, but each environment keeps the databases' counters (update_seq,
+ * next body id, document counts) in memory between commits, so a second one would reuse
+ * sequence numbers and body ids and overwrite the first one's documents. An flock on
+ * DIR/mimeo.lock (released by the kernel when the process dies, so a crash leaves no stale
+ * lock) keeps a second environment out, in this process or another. Returns the locked fd,
+ * or -1 with reason set. */
+static int store_lock(const char *dir, char *reason, size_t reason_len) {
+    size_t plen = strlen(dir) + sizeof "/mimeo.lock";
+    char *path = malloc(plen);
+    if (!path) {
+        snprintf(reason, reason_len, "out of memory");
+        return -1;
+    }
+    snprintf(path, plen, "%s/mimeo.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    free(path);
+    if (fd < 0) {
+        snprintf(reason, reason_len, "cannot open %s/mimeo.lock: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pid[24] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        if (e == EWOULDBLOCK)
+            snprintf(reason, reason_len,
+                     "the data directory %s is in use by another mimeo%s%s%s", dir,
+                     pid[0] ? " (pid " : "", pid, pid[0] ? ")" : "");
+        else
+            snprintf(reason, reason_len, "cannot lock %s/mimeo.lock: %s", dir, strerror(e));
+        close(fd);
+        return -1;
+    }
+    /* The holder's pid, for the message a second process prints. */
+    char pid[24];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) == 0 && pwrite(fd, pid, (size_t)n, 0) != n) {
+        /* only informative */
+    }
+    return fd;
+}
+
 int store_open(const char *dir, size_t initial_map_size, store **out, char *reason,
                size_t reason_len) {
     *out = NULL;
@@ -283,8 +409,14 @@ int store_open(const char *dir, size_t initial_map_size, store **out, char *reas
         snprintf(reason, reason_len, "cannot create %s: %s", dir, strerror(errno));
         return MIMEO_EIO;
     }
+    int lock_fd = store_lock(dir, reason, reason_len);
+    if (lock_fd < 0) return MIMEO_EBUSY;
     store *s = calloc(1, sizeof *s);
-    if (!s) return MIMEO_ENOMEM;
+    if (!s) {
+        close(lock_fd);
+        return MIMEO_ENOMEM;
+    }
+    s->lock_fd = lock_fd;
     s->map_size = initial_map_size ? initial_map_size : (size_t)64 << 20;
 
     pthread_rwlockattr_t attr;
@@ -301,48 +433,32 @@ int store_open(const char *dir, size_t initial_map_size, store **out, char *reas
     pthread_condattr_destroy(&ca);
     pthread_cond_init(&s->done, NULL);
 
-    int rc = mdb_env_create(&s->env);
-    if (!rc) rc = mdb_env_set_maxdbs(s->env, 8);
-    if (!rc) rc = mdb_env_set_mapsize(s->env, s->map_size);
-    /* Many connection threads read at once; LMDB's default of 126 reader slots is low. */
-    if (!rc) rc = mdb_env_set_maxreaders(s->env, 1024);
-    /* MDB_NOTLS: read transactions are not tied to threads, so a connection thread pool
-     * cannot run out of reader slots. Durability: default sync on every commit. */
-    if (!rc) rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0644);
-    if (rc) {
-        snprintf(reason, reason_len, "cannot open the store in %s: %s", dir, mdb_strerror(rc));
-        if (s->env) mdb_env_close(s->env);
-        free(s);
-        return rc == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
-    }
     size_t plen = strlen(dir) + sizeof "/data.mdb";
     s->path = malloc(plen);
-    if (s->path) snprintf(s->path, plen, "%s/data.mdb", dir);
-    MDB_envinfo info;
-    if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize > s->map_size)
-        s->map_size = info.me_mapsize;
-
-    MDB_txn *txn;
-    rc = mdb_txn_begin(s->env, NULL, 0, &txn);
-    if (!rc) rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->t.meta);
-    if (!rc) rc = mdb_dbi_open(txn, "dbs", MDB_CREATE, &s->t.dbs);
-    if (!rc) rc = mdb_dbi_open(txn, "docs", MDB_CREATE, &s->t.docs);
-    if (!rc) rc = mdb_dbi_open(txn, "seqs", MDB_CREATE, &s->t.seqs);
-    if (!rc) rc = mdb_dbi_open(txn, "bodies", MDB_CREATE, &s->t.bodies);
-    if (!rc) rc = mdb_dbi_open(txn, "locals", MDB_CREATE, &s->t.locals);
-    if (!rc) rc = mdb_txn_commit(txn);
-    else mdb_txn_abort(txn);
-    if (rc) {
-        snprintf(reason, reason_len, "cannot open tables in %s: %s", dir, mdb_strerror(rc));
-        mdb_env_close(s->env);
+    s->dir = strdup(dir);
+    if (!s->path || !s->dir) {
+        snprintf(reason, reason_len, "out of memory");
+        close(s->lock_fd);
         free(s->path);
+        free(s->dir);
         free(s);
-        return MIMEO_EIO;
+        return MIMEO_ENOMEM;
+    }
+    snprintf(s->path, plen, "%s/data.mdb", dir);
+    int rc = store_env_open(s, reason, reason_len);
+    if (rc) {
+        close(s->lock_fd);
+        free(s->path);
+        free(s->dir);
+        free(s);
+        return rc;
     }
     if (pthread_create(&s->writer, NULL, store_writer_main, s) != 0) {
         snprintf(reason, reason_len, "cannot start the writer thread");
         mdb_env_close(s->env);
+        close(s->lock_fd);
         free(s->path);
+        free(s->dir);
         free(s);
         return MIMEO_EIO;
     }
@@ -363,5 +479,183 @@ void store_close(store *s) {
     pthread_cond_destroy(&s->work);
     pthread_cond_destroy(&s->done);
     free(s->path);
+    free(s->dir);
+    close(s->lock_fd); /* last: the directory is free once the file is closed */
     free(s);
+}
+
+/* Offline compaction. LMDB never gives pages back to the file system: freed pages are
+ * reused, but the file keeps its high-water size. A compacting copy writes only the pages
+ * in use, renumbered, into a new file, which then replaces the old one by rename — atomic,
+ * so a crash leaves either file whole. The directory lock keeps every environment out
+ * meanwhile. */
+int store_compact(const char *dir, uint64_t *before, uint64_t *after, char *reason,
+                  size_t reason_len) {
+    *before = *after = 0;
+    int lock_fd = store_lock(dir, reason, reason_len);
+    if (lock_fd < 0) return MIMEO_EBUSY;
+    size_t plen = strlen(dir) + sizeof "/data.mdb.compact";
+    char *data = malloc(plen), *tmp = malloc(plen);
+    MDB_env *env = NULL;
+    int fd = -1, rc = MIMEO_ENOMEM;
+    if (!data || !tmp) goto out;
+    snprintf(data, plen, "%s/data.mdb", dir);
+    snprintf(tmp, plen, "%s/data.mdb.compact", dir);
+    struct stat st;
+    if (stat(data, &st) != 0) {
+        snprintf(reason, reason_len, "no data file in %s: %s", dir, strerror(errno));
+        rc = errno == ENOENT ? MIMEO_ENOTFOUND : MIMEO_EIO;
+        goto out;
+    }
+    *before = (uint64_t)st.st_size;
+    int mrc = mdb_env_create(&env);
+    if (!mrc) mrc = mdb_env_set_maxdbs(env, 8);
+    if (!mrc) mrc = mdb_env_open(env, dir, MDB_NOTLS | MDB_RDONLY, 0644);
+    if (mrc) {
+        snprintf(reason, reason_len, "cannot open the store in %s: %s", dir, mdb_strerror(mrc));
+        rc = MIMEO_EIO;
+        goto out;
+    }
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(reason, reason_len, "cannot create %s: %s", tmp, strerror(errno));
+        rc = errno == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
+        goto out;
+    }
+    mrc = mdb_env_copyfd2(env, fd, MDB_CP_COMPACT);
+    if (!mrc && fsync(fd) != 0) mrc = errno;
+    if (mrc) {
+        snprintf(reason, reason_len, "compacting copy failed: %s", mdb_strerror(mrc));
+        rc = mrc == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
+        goto out;
+    }
+    mdb_env_close(env);
+    env = NULL;
+    if (fstat(fd, &st) == 0) *after = (uint64_t)st.st_size;
+    close(fd);
+    fd = -1;
+    if (rename(tmp, data) != 0) {
+        snprintf(reason, reason_len, "cannot replace %s: %s", data, strerror(errno));
+        rc = MIMEO_EIO;
+        goto out;
+    }
+    /* The rename is durable once the directory entry is. */
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    rc = 0;
+out:
+    if (env) mdb_env_close(env);
+    if (fd >= 0) close(fd);
+    if (rc && tmp) unlink(tmp);
+    free(data);
+    free(tmp);
+    close(lock_fd);
+    return rc;
+}
+
+/* ---- compaction while serving ----------------------------------------------------------- */
+
+typedef struct live_compact {
+    store   *s;
+    uint64_t before, after;
+    char    *reason;
+    size_t   reason_len;
+} live_compact;
+
+static void fsync_dir(const char *dir) {
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+}
+
+/* A barrier: no write transaction is open and none can start, so the compacting copy holds
+ * every committed write. Readers go on during the copy; the swap waits for them on the
+ * resize lock (held alone, as for a map resize), closes the environment and opens it on the
+ * new file. The old file stays linked as data.mdb.precompact until the new one is open, so
+ * a failure to open puts it back. */
+static int job_compact_live(MDB_txn *unused, void *arg) {
+    (void)unused;
+    live_compact *lc = arg;
+    store *s = lc->s;
+    size_t plen = strlen(s->dir) + sizeof "/data.mdb.precompact";
+    char *tmp = malloc(plen), *keep = malloc(plen);
+    int fd = -1, rc = MIMEO_ENOMEM;
+    if (!tmp || !keep) goto out;
+    snprintf(tmp, plen, "%s/data.mdb.compact", s->dir);
+    snprintf(keep, plen, "%s/data.mdb.precompact", s->dir);
+    struct stat st;
+    if (stat(s->path, &st) == 0) lc->before = (uint64_t)st.st_size;
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(lc->reason, lc->reason_len, "cannot create %s: %s", tmp, strerror(errno));
+        rc = errno == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
+        goto out;
+    }
+    int mrc = mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT);
+    if (!mrc && fsync(fd) != 0) mrc = errno;
+    if (!mrc && fstat(fd, &st) == 0) lc->after = (uint64_t)st.st_size;
+    close(fd);
+    fd = -1;
+    if (mrc) {
+        snprintf(lc->reason, lc->reason_len, "compacting copy failed: %s", mdb_strerror(mrc));
+        rc = mrc == ENOSPC ? MIMEO_ENOSPC : MIMEO_EIO;
+        goto out;
+    }
+    /* The copy must open before it replaces anything. */
+    MDB_env *check = NULL;
+    mrc = mdb_env_create(&check);
+    if (!mrc) mrc = mdb_env_set_maxdbs(check, 8);
+    if (!mrc) mrc = mdb_env_open(check, tmp, MDB_NOSUBDIR | MDB_RDONLY | MDB_NOLOCK, 0644);
+    if (check) mdb_env_close(check);
+    (void)unlink(keep);
+    if (mrc || link(s->path, keep) != 0) {
+        snprintf(lc->reason, lc->reason_len, "cannot prepare the swap: %s",
+                 mrc ? mdb_strerror(mrc) : strerror(errno));
+        rc = MIMEO_EIO;
+        goto out;
+    }
+    pthread_rwlock_wrlock(&s->resize_lock);
+    if (rename(tmp, s->path) != 0) {
+        snprintf(lc->reason, lc->reason_len, "cannot replace %s: %s", s->path, strerror(errno));
+        pthread_rwlock_unlock(&s->resize_lock);
+        (void)unlink(keep);
+        rc = MIMEO_EIO;
+        goto out;
+    }
+    mdb_env_close(s->env);
+    s->env = NULL;
+    rc = store_env_open(s, lc->reason, lc->reason_len);
+    if (rc) {
+        char again[200];
+        if (rename(keep, s->path) != 0 || store_env_open(s, again, sizeof again) != 0) {
+            /* Nothing can be served without a store; the data on disk is whole. */
+            fprintf(stderr, "mimeo: compaction could not reopen the store (%s); stopping\n",
+                    lc->reason);
+            abort();
+        }
+    } else {
+        (void)unlink(keep);
+    }
+    pthread_rwlock_unlock(&s->resize_lock);
+    fsync_dir(s->dir);
+out:
+    if (fd >= 0) close(fd);
+    if (rc && tmp) (void)unlink(tmp);
+    free(tmp);
+    free(keep);
+    return rc;
+}
+
+int store_compact_live(store *s, uint64_t *before, uint64_t *after, char *reason,
+                       size_t reason_len) {
+    live_compact lc = {s, 0, 0, reason, reason_len};
+    int rc = store_submit(s, job_compact_live, &lc, true);
+    *before = lc.before;
+    *after = lc.after;
+    return rc;
 }

@@ -39,6 +39,18 @@ const store_tables *store_tables_get(const store *s);
 /* Bytes of the data file in use (pages up to the last one written). */
 uint64_t store_file_size(store *s);
 
+/* Rewrites the data file of dir, not open anywhere, with only the pages in use (LMDB's
+ * compacting copy, then an atomic rename over the old file). before and after receive the
+ * file sizes. MIMEO_EBUSY when dir is open; MIMEO_ENOTFOUND when it holds no data file;
+ * MIMEO_ENOSPC / MIMEO_EIO with a reason (the old file is then untouched). */
+int  store_compact(const char *dir, uint64_t *before, uint64_t *after, char *reason,
+                   size_t reason_len);
+
+/* The same for the open store s, while it serves: writes wait during the copy (readers do
+ * not), then readers wait while the new file is swapped in. */
+int  store_compact_live(store *s, uint64_t *before, uint64_t *after, char *reason,
+                        size_t reason_len);
+
 /* ---- reads ---------------------------------------------------------------------------- */
 /* A read-only snapshot. Values it returns are valid until store_read_end. While any read
  * is open the map cannot be resized, so keep reads short (page long scans). */

