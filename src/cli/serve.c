@@ -13,6 +13,39 @@
 #include "config.h"
 #include "../http/http.h"
 
+/* Accounts before the server starts: hash [admins], create or read the admin file, apply
+ * protected mode (no admin: loopback only, everyone admin), load the cookie secret. Prints
+ * what a user must know first. 0, or -1 after printing why. */
+static int serve_security(cli_config *cfg)
+{
+    char err[512];
+    bool created = false;
+    if (config_admin_file(cfg, &created, err, sizeof err) != 0 ||
+        config_admins_hash(cfg, err, sizeof err) != 0 ||
+        config_secret(cfg, cfg->data_dir, err, sizeof err) != 0) {
+        fprintf(stderr, "mimeo serve: %s\n", err);
+        return -1;
+    }
+    if (cfg->nadmins == 0 && !config_bind_is_loopback(cfg->bind_address)) {
+        fprintf(stderr, "mimeo serve: refusing to listen on %s with no admin configured: add "
+                "one under [admins] (name = password) in --config, or --admin-file FILE\n",
+                cfg->bind_address);
+        return -1;
+    }
+    if (cfg->nadmins == 0)
+        fprintf(stderr, "mimeo: WARNING: no admin configured: every client of %s is a server "
+                "admin (loopback only). Add [admins] or --admin-file to require logins.\n",
+                cfg->bind_address);
+    else if (cfg->admin_file[0] && created)
+        printf("mimeo: created admin '%s'; its password is in %s (readable only by you)\n",
+               cfg->admin_names[0], cfg->admin_file);
+    else if (cfg->admin_file[0])
+        printf("mimeo: admin '%s'; its password is in %s\n", cfg->admin_names[0],
+               cfg->admin_file);
+    fflush(stdout);
+    return 0;
+}
+
 static void serve_usage(FILE *out)
 {
     fprintf(out,
@@ -156,6 +189,11 @@ int cli_serve(int argc, char **argv)
         fprintf(stderr, "mimeo serve: replication manager not started: %s\n",
                 err.reason[0] ? err.reason : mimeo_strerror(rc));
 
+    if (serve_security(&cfg) != 0) {
+        mimeo_replicator_stop(env);
+        mimeo_env_close(env);
+        return 1;
+    }
     http_config hc;
     config_to_http(&cfg, &hc);
     char why[256];

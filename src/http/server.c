@@ -44,6 +44,8 @@ static void http_req_free(http_req *r)
 {
     if (r->resp) MHD_destroy_response(r->resp);
     if (r->db) mimeo_db_close(r->db);
+    auth_user_destroy(&r->user);
+    free(r->set_cookie);
     buf_destroy(&r->body);
     buf_destroy(&r->scratch);
     if (r->raw && r->raw != r->inline_raw) free(r->raw);
@@ -77,6 +79,7 @@ static enum MHD_Result http_queue(http_req *r)
 {
     if (!r->resp) http_reply_error(r, 500, "unknown_error", "no reply was produced");
     if (!r->resp) return MHD_NO;   /* out of memory: drop the connection */
+    http_auth_reply_headers(r);
     enum MHD_Result ret = MHD_queue_response(r->conn, r->status, r->resp);
     MHD_destroy_response(r->resp);
     r->resp = NULL;
@@ -191,7 +194,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
         http_reply_error(r, 413, "too_large", "the request entity is too large");
     else if (atomic_load(&s->stopping))
         http_reply_error(r, 503, "service_unavailable", "The server is shutting down.");
-    else if (!http_cors_preflight(r))
+    else if (!http_cors_preflight(r) && http_authorize(r))
         http_route(r);
     return http_queue(r);
 }
@@ -259,6 +262,10 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
         return NULL;
     }
 
+    if (http_auth_start(s, errbuf, errlen) != 0) {
+        free(s);
+        return NULL;
+    }
     s->daemon = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, http_access, s,
         MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, NULL,   /* must come first */
@@ -275,6 +282,7 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
     if (!s->daemon) {
         snprintf(errbuf, errlen, "cannot listen on %s port %u (in use, or not allowed?)", bind,
                  cfg->port);
+        http_auth_stop(s);
         free(s);
         return NULL;
     }
@@ -309,5 +317,6 @@ void http_server_free(http_server *s)
     }
     MHD_stop_daemon(s->daemon);
     if (ls != MHD_INVALID_SOCKET) close(ls);
+    http_auth_stop(s);
     free(s);
 }
