@@ -231,7 +231,14 @@ void http_auth_set_cookie(http_req *r, const char *name, const auth_pw *pw, bool
     if (!clear)
         auth_cookie_make(&b, name, (uint64_t)time(NULL), pw->salt, pw->salt_len, a->secret,
                          a->secret_len);
-    buf_printf(&b, "; Version=1; Path=/; Max-Age=%u; HttpOnly", clear ? 0 : c->timeout_s);
+    /* Expires beside Max-Age, as CouchDB: some clients (nano) read only Expires. */
+    time_t until = clear ? 0 : time(NULL) + (time_t)c->timeout_s;
+    struct tm tm;
+    char date[64];
+    gmtime_r(&until, &tm);
+    strftime(date, sizeof date, "%a, %d-%b-%Y %H:%M:%S GMT", &tm);
+    buf_printf(&b, "; Version=1; Expires=%s; Max-Age=%u; Path=/; HttpOnly", date,
+               clear ? 0 : c->timeout_s);
     if (c->secure_cookie) buf_puts(&b, "; Secure");
     if (c->same_site && c->same_site[0]) buf_printf(&b, "; SameSite=%s", c->same_site);
     free(r->set_cookie);
