@@ -45,6 +45,8 @@ static const cfg_option cfg_options[] = {
     OPT("httpd", "port", CFG_UINT, port, "5984", "--port", "port to listen on; 0 picks one"),
     OPT("httpd", "max_request_size", CFG_SIZE, max_request_size, "64M", NULL,
         "largest request body; larger ones get 413"),
+    OPT("httpd", "max_buffered_bytes", CFG_SIZE, max_buffered, "256M", NULL,
+        "request body bytes held by all connections together; more get 503"),
     OPT("httpd", "max_connections", CFG_UINT, max_connections, "512", NULL,
         "concurrent connections (one thread each)"),
     OPT("httpd", "idle_timeout", CFG_UINT, idle_timeout, "300", NULL,
@@ -298,6 +300,7 @@ void config_to_http(const cli_config *c, http_config *h)
     h->bind_address = c->bind_address;
     h->port = c->port;
     h->max_request_size = c->max_request_size;
+    h->max_buffered = c->max_buffered;
     h->max_connections = c->max_connections;
     h->idle_timeout_s = c->idle_timeout;
     h->changes_timeout_ms = c->changes_timeout;

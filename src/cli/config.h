@@ -17,6 +17,7 @@ typedef struct cli_config {
     char     bind_address[64];
     unsigned port;
     size_t   max_request_size;
+    size_t   max_buffered;
     unsigned max_connections;
     unsigned idle_timeout;
     unsigned changes_timeout;

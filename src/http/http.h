@@ -42,6 +42,7 @@ typedef struct http_config {
     const char *bind_address;      /* IPv4 or IPv6 literal */
     unsigned    port;              /* 0: the kernel picks a free port */
     size_t      max_request_size;  /* bytes of one request body; over it → 413 */
+    size_t      max_buffered;      /* body bytes held by all requests together; over → 503 */
     unsigned    max_connections;   /* concurrent connections (one thread each) */
     unsigned    idle_timeout_s;    /* an idle keep-alive connection is closed after this */
     unsigned    changes_timeout_ms;/* default and cap of _changes?timeout */

@@ -35,6 +35,7 @@ struct http_server {
     atomic_int          busy;     /* requests between their first call and completion */
     MHD_socket          listen_sock; /* ours to close once quiesced */
     struct http_auth   *auth;     /* accounts, secret, caches (authz.c) */
+    atomic_size_t       buffered; /* request body bytes held by all connections */
 };
 
 typedef enum {
@@ -70,6 +71,8 @@ typedef struct http_req {
 
     buf                   body;
     bool                  too_large;
+    bool                  over_budget; /* the server's body budget ran out: 503 */
+    size_t                accounted;   /* body bytes counted in srv->buffered */
 
     mimeo_db             *db;          /* opened once per request by http_db */
     buf                   scratch;     /* e.g. "_design/" + name */

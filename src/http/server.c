@@ -40,8 +40,31 @@ static void *http_uri_log(void *cls, const char *uri, struct MHD_Connection *con
     return r;
 }
 
+/* Counts the growth of r's body in the server-wide budget: each connection may hold up to
+ * max_request_size, but all of them together only max_buffered, so that many clients sending
+ * big bodies at once cannot take the node's memory (measured in security_limits.test.mjs).
+ * False when the budget is exhausted: the body is then dropped and the request gets 503. */
+static bool http_body_account(http_req *r)
+{
+    http_server *s = r->srv;
+    size_t now = r->body.alloc;
+    if (now > r->accounted) {
+        size_t total = atomic_fetch_add(&s->buffered, now - r->accounted) + (now - r->accounted);
+        r->accounted = now;
+        if (total > s->cfg.max_buffered) {
+            atomic_fetch_sub(&s->buffered, r->accounted);
+            r->accounted = 0;
+            buf_destroy(&r->body);
+            r->over_budget = true;
+            return false;
+        }
+    }
+    return true;
+}
+
 static void http_req_free(http_req *r)
 {
+    if (r->accounted) atomic_fetch_sub(&r->srv->buffered, r->accounted);
     if (r->resp) MHD_destroy_response(r->resp);
     if (r->db) mimeo_db_close(r->db);
     auth_user_destroy(&r->user);
@@ -177,14 +200,19 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
                 http_reply_error(r, 413, "too_large", "the request entity is too large");
                 return http_queue(r);
             }
+            http_body_account(r);
         }
         return MHD_YES;
     }
 
     if (*upload_size > 0) {
-        if (!r->too_large && buf_put(&r->body, upload, *upload_size) != 0) {
-            r->too_large = true;   /* keep reading (and dropping) so we can answer */
-            buf_destroy(&r->body);
+        if (!r->too_large && !r->over_budget) {
+            if (buf_put(&r->body, upload, *upload_size) != 0) {
+                r->too_large = true;   /* keep reading (and dropping) so we can answer */
+                buf_destroy(&r->body);
+            } else {
+                http_body_account(r);
+            }
         }
         *upload_size = 0;
         return MHD_YES;
@@ -192,6 +220,11 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
 
     if (r->too_large)
         http_reply_error(r, 413, "too_large", "the request entity is too large");
+    else if (r->over_budget) {
+        http_reply_error(r, 503, "service_unavailable",
+                         "Too many large requests in flight; retry later.");
+        http_header(r, "Retry-After", "1");
+    }
     else if (atomic_load(&s->stopping))
         http_reply_error(r, 503, "service_unavailable", "The server is shutting down.");
     else if (!http_cors_preflight(r) && http_authorize(r))
@@ -226,11 +259,14 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
     s->cfg = *cfg;
     if (s->cfg.max_request_size == 0) s->cfg.max_request_size = (size_t)64 << 20;
     if (s->cfg.max_connections == 0) s->cfg.max_connections = 512;
+    if (s->cfg.max_buffered == 0) s->cfg.max_buffered = (size_t)256 << 20;
+    if (s->cfg.max_buffered < s->cfg.max_request_size) s->cfg.max_buffered = s->cfg.max_request_size;
     if (s->cfg.changes_timeout_ms == 0) s->cfg.changes_timeout_ms = 60000;
     s->limits.max_depth = cfg->max_json_depth ? cfg->max_json_depth : JSON_DEFAULT_MAX_DEPTH;
     s->limits.max_doc_bytes = s->cfg.max_request_size;
     atomic_init(&s->stopping, false);
     atomic_init(&s->busy, 0);
+    atomic_init(&s->buffered, 0);
     s->listen_sock = MHD_INVALID_SOCKET;
 
     struct sockaddr_in6 a6;
