@@ -68,7 +68,7 @@ deps:
 run:
 	@scripts/setup.sh
 	@$(MAKE) --no-print-directory all
-	./build/mimeo serve --data $(DATA) --bind $(BIND) --port $(PORT)
+	./build/mimeo serve --data $(DATA) --bind $(BIND) --port $(PORT) --admin-file $(DATA)/admin.password
 
 test-build: build/asan/mimeo build/asan/example $(UNIT_BIN)
 
