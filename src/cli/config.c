@@ -85,6 +85,12 @@ static const cfg_option cfg_options[] = {
         "SameSite attribute of the session cookie (Strict, Lax, None; empty: none)"),
     OPT("httpd", "WWW-Authenticate", CFG_STR, www_authenticate, "", NULL,
         "challenge sent with 401 replies, e.g. Basic realm=\"mimeo\" (default: none)"),
+    OPT("httpd", "enable", CFG_BOOL, http_enable, "true", NULL,
+        "serve plain HTTP on [httpd] port (false with TLS: HTTPS only)"),
+    OPT("ssl", "cert_file", CFG_STR, tls_cert, "", "--tls-cert",
+        "PEM certificate (chain): serve HTTPS on [ssl] port"),
+    OPT("ssl", "key_file", CFG_STR, tls_key, "", "--tls-key", "PEM private key of the certificate"),
+    OPT("ssl", "port", CFG_UINT, tls_port, "6984", "--tls-port", "HTTPS port; 0 picks one"),
     OPT("chttpd_auth", "admin_password_file", CFG_STR, admin_file, "", "--admin-file",
         "with no admin configured: the admin's name:password (read, or made with a random "
         "password, mode 0600)"),

@@ -41,6 +41,10 @@ typedef struct cli_config {
     char     auth_same_site[16];
     char     www_authenticate[256];
     char     admin_file[4096];
+    bool     http_enable;
+    char     tls_cert[4096];
+    char     tls_key[4096];
+    unsigned tls_port;
     size_t   nadmins;                              /* [admins] name = password or hash */
     char     admin_names[CFG_MAX_ADMINS][128];
     char     admin_values[CFG_MAX_ADMINS][256];

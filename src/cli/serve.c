@@ -46,6 +46,51 @@ static int serve_security(cli_config *cfg)
     return 0;
 }
 
+/* Reads a whole small file (a PEM certificate or key) into a new string; NULL on error. */
+static char *serve_read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    char *p = malloc(1 << 20);
+    size_t n = p ? fread(p, 1, (1 << 20) - 1, f) : 0;
+    fclose(f);
+    if (!p || n == 0) {
+        free(p);
+        return NULL;
+    }
+    p[n] = '\0';
+    return p;
+}
+
+/* The HTTPS server on [ssl] port, when a certificate is configured. *srv stays NULL without
+ * one. The PEM texts are kept in pem[2] until the server is freed. 0, or -1 after printing. */
+static int serve_tls_start(mimeo_env *env, const cli_config *cfg, const http_config *hc,
+                           http_server **srv, char *pem[2])
+{
+    *srv = NULL;
+    if (!cfg->tls_cert[0] && !cfg->tls_key[0]) return 0;
+    pem[0] = serve_read_file(cfg->tls_cert);
+    pem[1] = serve_read_file(cfg->tls_key);
+    if (!pem[0] || !pem[1]) {
+        fprintf(stderr, "mimeo serve: cannot read %s\n", !pem[0] ? cfg->tls_cert : cfg->tls_key);
+        return -1;
+    }
+    http_config tc = *hc;
+    tc.port = cfg->tls_port;
+    tc.tls_cert_pem = pem[0];
+    tc.tls_key_pem = pem[1];
+    char why[256];
+    *srv = http_server_start(env, &tc, why, sizeof why);
+    if (!*srv) {
+        fprintf(stderr, "mimeo serve: https: %s\n", why);
+        return -1;
+    }
+    bool v6 = strchr(cfg->bind_address, ':') != NULL;
+    printf("mimeo listening on https://%s%s%s:%u\n", v6 ? "[" : "", cfg->bind_address,
+           v6 ? "]" : "", http_server_port(*srv));
+    return 0;
+}
+
 static void serve_usage(FILE *out)
 {
     fprintf(out,
@@ -197,16 +242,31 @@ int cli_serve(int argc, char **argv)
     http_config hc;
     config_to_http(&cfg, &hc);
     char why[256];
-    http_server *srv = http_server_start(env, &hc, why, sizeof why);
-    if (!srv) {
-        fprintf(stderr, "mimeo serve: %s\n", why);
+    http_server *tls_srv = NULL;
+    char *pem[2] = { NULL, NULL };
+    if (serve_tls_start(env, &cfg, &hc, &tls_srv, pem) != 0) {
+        free(pem[0]);
+        free(pem[1]);
         mimeo_replicator_stop(env);
         mimeo_env_close(env);
         return 1;
     }
-    bool v6 = strchr(cfg.bind_address, ':') != NULL;
-    printf("mimeo listening on http://%s%s%s:%u\n", v6 ? "[" : "", cfg.bind_address,
-           v6 ? "]" : "", http_server_port(srv));
+    http_server *srv = NULL;
+    if (cfg.http_enable || !tls_srv) {
+        srv = http_server_start(env, &hc, why, sizeof why);
+        if (!srv) {
+            fprintf(stderr, "mimeo serve: %s\n", why);
+            http_server_free(tls_srv);
+            free(pem[0]);
+            free(pem[1]);
+            mimeo_replicator_stop(env);
+            mimeo_env_close(env);
+            return 1;
+        }
+        bool v6 = strchr(cfg.bind_address, ':') != NULL;
+        printf("mimeo listening on http://%s%s%s:%u\n", v6 ? "[" : "", cfg.bind_address,
+               v6 ? "]" : "", http_server_port(srv));
+    }
     fflush(stdout);
     fprintf(stderr, "mimeo: data in %s\n", cfg.data_dir);
 
@@ -214,8 +274,12 @@ int cli_serve(int argc, char **argv)
     sigwait(&stop, &sig);
     fprintf(stderr, "mimeo: %s received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     http_server_quiesce(srv);     /* no new connections; waiting feeds end */
+    http_server_quiesce(tls_srv);
     mimeo_replicator_stop(env);   /* also cancels one-shot /_replicate calls in flight */
     http_server_free(srv);        /* requests finish; every db handle is closed */
+    http_server_free(tls_srv);
+    free(pem[0]);
+    free(pem[1]);
     mimeo_env_close(env);         /* commits writes in flight */
     fprintf(stderr, "mimeo: stopped\n");
     return 0;

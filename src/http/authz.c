@@ -36,9 +36,15 @@ struct http_auth {
     auth_cache        cache;
     auth_throttle     throttle;
     auth_pw           dummy;          /* checked for unknown names: same cost as a real one */
-    pthread_mutex_t   sec_lock;
-    sec_cache_slot    sec[SEC_CACHE_SLOTS];
 };
+
+/* _security objects by "<env>:<key>", shared by every server of the process (HTTP and HTTPS
+ * serve the same databases: a PUT through one must be seen by the other). */
+static pthread_mutex_t sec_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Held around every read of a stored object that fills the cache and every write, so that a
+ * reader that missed cannot put an object older than a concurrent PUT's into the cache. */
+static pthread_mutex_t sec_io_lock = PTHREAD_MUTEX_INITIALIZER;
+static sec_cache_slot  sec_cache[SEC_CACHE_SLOTS];
 
 /* ---- start and stop ----------------------------------------------------------------------- */
 static int hexval(char c)
@@ -94,7 +100,6 @@ int http_auth_start(http_server *s, char *errbuf, size_t errlen)
     auth_cache_init(&a->cache);
     auth_throttle_init(&a->throttle);
     auth_pw_new("", 0, c->iterations, &a->dummy);
-    pthread_mutex_init(&a->sec_lock, NULL);
     s->auth = a;
 
     /* _users holds the accounts and the _security objects: it exists from the start. */
@@ -115,11 +120,17 @@ void http_auth_stop(http_server *s)
     if (!a) return;
     auth_cache_destroy(&a->cache);
     auth_throttle_destroy(&a->throttle);
-    pthread_mutex_destroy(&a->sec_lock);
+    /* Forget this environment's cached objects: another one may later live at its address. */
+    pthread_mutex_lock(&sec_lock);
+    char prefix[32];
+    int pl = snprintf(prefix, sizeof prefix, "%p:", (void *)s->env);
     for (size_t i = 0; i < SEC_CACHE_SLOTS; i++) {
-        free(a->sec[i].key);
-        free(a->sec[i].json);
+        if (!sec_cache[i].key || strncmp(sec_cache[i].key, prefix, (size_t)pl) != 0) continue;
+        free(sec_cache[i].key);
+        free(sec_cache[i].json);
+        sec_cache[i].key = sec_cache[i].json = NULL;
     }
+    pthread_mutex_unlock(&sec_lock);
     memset(a->secret, 0, sizeof a->secret);
     free(a->admins);
     free(a);
@@ -319,28 +330,39 @@ static unsigned http_sec_slot(const char *key)
     return h % SEC_CACHE_SLOTS;
 }
 
-static void http_sec_cache_put(struct http_auth *a, const char *key, const char *json)
+/* The cache key: the environment's address, then the _local id. */
+static char *http_sec_cache_key(http_req *r, const char *key)
 {
-    char *k = strdup(key), *j = strdup(json);
+    buf b;
+    buf_init(&b, 0);
+    if (buf_printf(&b, "%p:%s", (void *)r->srv->env, key) != 0) {
+        buf_destroy(&b);
+        return NULL;
+    }
+    return buf_detach(&b, NULL);
+}
+
+static void http_sec_cache_put(http_req *r, const char *key, const char *json)
+{
+    char *k = http_sec_cache_key(r, key), *j = strdup(json);
     if (!k || !j) {
         free(k);
         free(j);
         return;
     }
-    pthread_mutex_lock(&a->sec_lock);
-    sec_cache_slot *s = &a->sec[http_sec_slot(key)];
+    pthread_mutex_lock(&sec_lock);
+    sec_cache_slot *s = &sec_cache[http_sec_slot(k)];
     free(s->key);
     free(s->json);
     s->key = k;
     s->json = j;
-    pthread_mutex_unlock(&a->sec_lock);
+    pthread_mutex_unlock(&sec_lock);
 }
 
 /* The database's _security object as JSON text (new, free()); the default when none is
  * stored. r->db must be open. */
 char *http_security_text(http_req *r)
 {
-    struct http_auth *a = r->srv->auth;
     buf key;
     buf_init(&key, 0);
     if (http_sec_key(r, &key) != 0) {
@@ -348,10 +370,14 @@ char *http_security_text(http_req *r)
         return NULL;
     }
     char *out = NULL;
-    pthread_mutex_lock(&a->sec_lock);
-    sec_cache_slot *s = &a->sec[http_sec_slot(key.data)];
-    if (s->key && strcmp(s->key, key.data) == 0) out = strdup(s->json);
-    pthread_mutex_unlock(&a->sec_lock);
+    char *ck = http_sec_cache_key(r, key.data);
+    if (ck) {
+        pthread_mutex_lock(&sec_lock);
+        sec_cache_slot *s = &sec_cache[http_sec_slot(ck)];
+        if (s->key && strcmp(s->key, ck) == 0) out = strdup(s->json);
+        pthread_mutex_unlock(&sec_lock);
+        free(ck);
+    }
     if (out) {
         buf_destroy(&key);
         return out;
@@ -362,6 +388,7 @@ char *http_security_text(http_req *r)
     jval *doc = NULL;
     buf obj;
     buf_init(&obj, 0);
+    pthread_mutex_lock(&sec_io_lock);
     if (mimeo_db_open(r->srv->env, "_users", &users, NULL) == 0 &&
         mimeo_local_get(users, key.data, key.len, &json, &len, NULL) == 0 &&
         json_tree_parse(json, len, NULL, &doc, NULL) == 0 && jval_get(doc, "security"))
@@ -372,7 +399,8 @@ char *http_security_text(http_req *r)
     jval_free(doc);
     if (users) mimeo_db_close(users);
     out = buf_detach(&obj, NULL);
-    if (out) http_sec_cache_put(a, key.data, out);
+    if (out) http_sec_cache_put(r, key.data, out);
+    pthread_mutex_unlock(&sec_io_lock);
     buf_destroy(&key);
     return out;
 }
@@ -388,6 +416,7 @@ int http_security_store(http_req *r, const jval *sec, mimeo_err *err)
     jval *oldv = NULL;
     char rev[MIMEO_REV_MAX] = "";
     int rc = http_sec_key(r, &key);
+    pthread_mutex_lock(&sec_io_lock);
     if (rc == 0) rc = mimeo_db_open(r->srv->env, "_users", &users, err);
     if (rc == 0 && mimeo_local_get(users, key.data, key.len, &old, &old_len, NULL) == 0 &&
         json_tree_parse(old, old_len, NULL, &oldv, NULL) == 0) {
@@ -405,10 +434,10 @@ int http_security_store(http_req *r, const jval *sec, mimeo_err *err)
     if (rc == 0) {
         buf txt;
         buf_init(&txt, 0);
-        if (json_put_jval(&txt, sec) == 0) http_sec_cache_put(r->srv->auth, key.data,
-                                                              buf_cstr(&txt));
+        if (json_put_jval(&txt, sec) == 0) http_sec_cache_put(r, key.data, buf_cstr(&txt));
         buf_destroy(&txt);
     }
+    pthread_mutex_unlock(&sec_io_lock);
     mimeo_free(old);
     jval_free(oldv);
     if (users) mimeo_db_close(users);

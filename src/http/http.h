@@ -49,6 +49,8 @@ typedef struct http_config {
     unsigned    max_json_depth;    /* nesting cap for JSON in query values and small bodies */
     http_cors   cors;
     http_auth_cfg auth;
+    const char *tls_cert_pem;      /* PEM text of the certificate chain: serve HTTPS (NULL: HTTP) */
+    const char *tls_key_pem;       /* PEM text of its private key */
 } http_config;
 
 typedef struct http_server http_server;

@@ -134,7 +134,7 @@ static enum MHD_Result http_refuse_oversize(http_req *r)
 {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (!ci) {
+    if (!ci || r->srv->cfg.tls_cert_pem) {   /* under TLS the socket is not ours to write */
         http_reply_error(r, 413, "too_large", "the request entity is too large");
         return http_queue(r);
     }
@@ -302,6 +302,22 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
         free(s);
         return NULL;
     }
+    /* HTTPS through libmicrohttpd's GnuTLS support. */
+    struct MHD_OptionItem tls_opts[] = {
+        { MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)cfg->tls_key_pem },
+        { MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)cfg->tls_cert_pem },
+        { MHD_OPTION_END, 0, NULL },
+    };
+    if (cfg->tls_cert_pem) {
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES || !cfg->tls_key_pem) {
+            snprintf(errbuf, errlen, "this libmicrohttpd has no TLS support, or no key given");
+            http_auth_stop(s);
+            free(s);
+            return NULL;
+        }
+        flags |= MHD_USE_TLS;
+        s->cfg.auth.secure_cookie = true;
+    }
     s->daemon = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, http_access, s,
         MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, NULL,   /* must come first */
@@ -314,10 +330,12 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
          * size is paid per request: 64 KiB admits URLs of ~30 KB (longer: MHD answers 414). */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)160 * 1024,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1,
+        MHD_OPTION_ARRAY, cfg->tls_cert_pem ? tls_opts : &tls_opts[2],
         MHD_OPTION_END);
     if (!s->daemon) {
-        snprintf(errbuf, errlen, "cannot listen on %s port %u (in use, or not allowed?)", bind,
-                 cfg->port);
+        snprintf(errbuf, errlen, "cannot listen on %s port %u (in use, not allowed, or%s)",
+                 bind, cfg->port, cfg->tls_cert_pem ? " a certificate and key that do not load"
+                                                    : " not permitted");
         http_auth_stop(s);
         free(s);
         return NULL;
