@@ -562,6 +562,84 @@ done:
     return ok;
 }
 
+/* An admin's _bulk_docs into _users: every account carrying a cleartext password goes through
+ * the account rules and is hashed, so no path stores a plain password. Others are kept as
+ * sent (replicated accounts are hashed already). */
+static bool http_users_bulk(http_req *r)
+{
+    jval *body = NULL;
+    mimeo_err e = {0};
+    if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits, &body,
+                        &e) != 0)
+        return true;   /* the handler answers the bad JSON */
+    const jval *docs = jval_get(body, "docs");
+    bool any = false;
+    for (size_t i = 0; docs && docs->type == JV_ARRAY && i < docs->count; i++) {
+        const jval *pw = jval_get(docs->items[i], "password");
+        if (pw && pw->type == JV_STRING) any = true;
+    }
+    if (!any) {
+        jval_free(body);
+        return true;
+    }
+    if (!http_db(r)) {
+        jval_free(body);
+        return false;
+    }
+    size_t pl = strlen(AUTH_USER_PREFIX);
+    buf out;
+    buf_init(&out, r->body.cap);
+    int rc = buf_putc(&out, '{');
+    for (size_t k = 0; rc == 0 && k < body->count; k++) {
+        if (k) rc = buf_putc(&out, ',');
+        if (rc == 0) rc = json_put_key(&out, body->keys[k]);
+        if (rc != 0) break;
+        if (strcmp(body->keys[k], "docs") != 0 || body->items[k]->type != JV_ARRAY) {
+            rc = json_put_jval(&out, body->items[k]);
+            continue;
+        }
+        rc = buf_putc(&out, '[');
+        for (size_t i = 0; rc == 0 && i < docs->count; i++) {
+            const jval *d = docs->items[i];
+            const jval *pw = jval_get(d, "password"), *idv = jval_get(d, "_id");
+            if (i) rc = buf_putc(&out, ',');
+            if (rc != 0) break;
+            if (!pw || pw->type != JV_STRING) {
+                rc = json_put_jval(&out, d);
+                continue;
+            }
+            if (!idv || idv->type != JV_STRING || idv->len <= pl ||
+                memcmp(idv->str, AUTH_USER_PREFIX, pl) != 0) {
+                rc = MIMEO_EINVAL;
+                snprintf(e.error, sizeof e.error, "forbidden");
+                snprintf(e.reason, sizeof e.reason,
+                         "Doc ID must be of the form org.couchdb.user:name");
+                break;
+            }
+            jval *old = NULL;
+            char *oj = NULL;
+            size_t ol = 0;
+            if (mimeo_doc_get(r->db, idv->str, idv->len, NULL, &oj, &ol, NULL) == 0)
+                json_tree_parse(oj, ol, NULL, &old, NULL);
+            mimeo_free(oj);
+            rc = auth_user_doc_prepare(idv->str, idv->len, d, old, &r->user,
+                                       r->srv->cfg.auth.iterations, &out, &e);
+            jval_free(old);
+        }
+        if (rc == 0) rc = buf_putc(&out, ']');
+    }
+    if (rc == 0) rc = buf_putc(&out, '}');
+    jval_free(body);
+    if (rc != 0) {
+        buf_destroy(&out);
+        http_reply_err(r, rc, &e);
+        return false;
+    }
+    buf_destroy(&r->body);
+    r->body = out;
+    return true;
+}
+
 /* _users: accounts are read and written by their owner (and admins) whatever the database's
  * members say; the rest of the database follows its _security (admins only by default). */
 static bool http_authorize_users(http_req *r)
@@ -574,7 +652,8 @@ static bool http_authorize_users(http_req *r)
         http_reply_error(r, 403, "forbidden", "Reserved for the server's security objects.");
         return false;
     }
-    if (r->nseg == 2 && http_seg_eq(r, 1, "_bulk_docs") && !admin) return http_need_admin(r);
+    if (r->nseg == 2 && http_seg_eq(r, 1, "_bulk_docs"))
+        return admin ? http_users_bulk(r) : http_need_admin(r);
     bool user_doc = r->nseg == 2 && r->seg_len[1] > pl &&
                     memcmp(r->seg[1], AUTH_USER_PREFIX, pl) == 0;
     bool post_doc = r->nseg == 1 && r->method == HTTP_POST;

@@ -239,6 +239,15 @@ describe('authentication and accounts', () => {
       body: { name: 'alice', type: 'user', roles: [], password: 'mine' } })).status, 403);
     const arev = (await req(s.url, 'GET', '/_users/org.couchdb.user:alice', { auth: ADMIN })).json._rev;
     assert.equal((await req(s.url, 'DELETE', `/_users/org.couchdb.user:alice?rev=${arev}`, { auth: { name: 'bob', password: 'b2' } })).status, 403);
+    // An admin's _bulk_docs into _users hashes passwords too (no path stores a plain one).
+    const bulk = await req(s.url, 'POST', '/_users/_bulk_docs', { auth: ADMIN,
+      body: { docs: [{ _id: 'org.couchdb.user:bulky', name: 'bulky', type: 'user', roles: ['r'], password: 'bulk-pw' },
+        { _id: 'org.couchdb.user:bad', name: 'other', type: 'user', roles: [] }] } });
+    assert.equal(bulk.status, 201, bulk.text);
+    const bulky = await req(s.url, 'GET', '/_users/org.couchdb.user:bulky', { auth: ADMIN });
+    assert.doesNotMatch(bulky.text, /bulk-pw/);
+    assert.deepEqual((await req(s.url, 'GET', '/_session', { auth: { name: 'bulky', password: 'bulk-pw' } })).json.userCtx,
+      { name: 'bulky', roles: ['r'] });
     // The _security objects kept in _users are out of reach of every request.
     assert.equal((await req(s.url, 'GET', '/_users/_local/security:1:x', { auth: ADMIN })).status, 403);
   });
