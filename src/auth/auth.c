@@ -222,6 +222,7 @@ bool auth_cache_check(auth_cache *c, const char *name, const auth_pw *h, const c
 void auth_throttle_init(auth_throttle *t)
 {
     memset(t->slot, 0, sizeof t->slot);
+    random_bytes(t->key, sizeof t->key);
     pthread_mutex_init(&t->lock, NULL);
 }
 
@@ -230,14 +231,30 @@ void auth_throttle_destroy(auth_throttle *t)
     pthread_mutex_destroy(&t->lock);
 }
 
-/* The slot of a pair; a colliding or stale entry is taken over (a collision can only make a
- * pair look cleaner or dirtier than it is, never let a wrong password in). */
+/* HMAC-SHA256(random key, name NUL addr), 64 bits: an attacker cannot pick a pair that
+ * shares a slot with the pair it is guessing. */
+static uint64_t auth_throttle_tag(const auth_throttle *t, const char *name, const char *addr)
+{
+    struct hmac_sha256_ctx ctx;
+    unsigned char mac[SHA256_DIGEST_SIZE];
+    hmac_sha256_set_key(&ctx, sizeof t->key, t->key);
+    hmac_sha256_update(&ctx, strlen(name) + 1, (const uint8_t *)name);
+    hmac_sha256_update(&ctx, strlen(addr), (const uint8_t *)addr);
+    hmac_sha256_digest(&ctx, sizeof mac, mac);
+    uint64_t tag = 0;
+    for (int i = 0; i < 8; i++) tag = tag << 8 | mac[i];
+    return tag ? tag : 1;
+}
+
+/* The slot of a pair. An empty or stale slot is taken; a slot that another live pair holds
+ * is shared (both then count each other's failures: stricter, never looser — taking it over
+ * would let a guesser wipe its own record by failing once under a colliding pair). */
 static auth_throttle_slot *auth_throttle_slot_of(auth_throttle *t, uint64_t tag,
                                                  uint64_t now_ms)
 {
     auth_throttle_slot *s = &t->slot[tag % AUTH_THROTTLE_SLOTS];
-    if (s->tag != tag || (s->last_ms && now_ms - s->last_ms > AUTH_THROTTLE_FORGET_MS &&
-                          now_ms >= s->next_ms)) {
+    if (s->tag == 0 || (s->last_ms && now_ms - s->last_ms > AUTH_THROTTLE_FORGET_MS &&
+                        now_ms >= s->next_ms)) {
         s->tag = tag;
         s->failures = 0;
         s->next_ms = 0;
@@ -258,7 +275,7 @@ static uint64_t auth_throttle_delay(unsigned failures)
 int64_t auth_throttle_enter(auth_throttle *t, const char *name, const char *addr,
                             uint64_t now_ms)
 {
-    uint64_t tag = auth_tag(name, addr);
+    uint64_t tag = auth_throttle_tag(t, name, addr);
     pthread_mutex_lock(&t->lock);
     auth_throttle_slot *s = auth_throttle_slot_of(t, tag, now_ms);
     uint64_t d = auth_throttle_delay(s->failures);
@@ -280,18 +297,18 @@ int64_t auth_throttle_enter(auth_throttle *t, const char *name, const char *addr
 void auth_throttle_result(auth_throttle *t, const char *name, const char *addr, bool ok,
                           uint64_t now_ms)
 {
-    uint64_t tag = auth_tag(name, addr);
+    uint64_t tag = auth_throttle_tag(t, name, addr);
     pthread_mutex_lock(&t->lock);
-    auth_throttle_slot *s = auth_throttle_slot_of(t, tag, now_ms);
     if (ok) {
-        s->tag = 0;
-        s->failures = 0;
-        s->next_ms = 0;
-        s->last_ms = 0;
-    } else {
-        if (s->failures < 1000000) s->failures++;
-        s->last_ms = now_ms;
+        /* Only the pair's own record is cleared: a success never wipes another's. */
+        auth_throttle_slot *s = &t->slot[tag % AUTH_THROTTLE_SLOTS];
+        if (s->tag == tag) memset(s, 0, sizeof *s);
+        pthread_mutex_unlock(&t->lock);
+        return;
     }
+    auth_throttle_slot *s = auth_throttle_slot_of(t, tag, now_ms);
+    if (s->failures < 1000000) s->failures++;
+    s->last_ms = now_ms;
     pthread_mutex_unlock(&t->lock);
 }
 

@@ -98,6 +98,7 @@ typedef struct auth_throttle_slot {
 } auth_throttle_slot;
 typedef struct auth_throttle {
     pthread_mutex_t    lock;
+    unsigned char      key[32];   /* random: which pairs share a slot cannot be chosen */
     auth_throttle_slot slot[AUTH_THROTTLE_SLOTS];
 } auth_throttle;
 

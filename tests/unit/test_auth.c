@@ -181,6 +181,16 @@ static void test_throttle(void)
     CHECK(spent >= 40 * 1000);   /* 50 guesses took over 40 s of waiting */
     /* The owner from another address is not slowed at all: no lockout. */
     CHECK_EQ_INT(auth_throttle_enter(&t, "admin", "10.0.0.1", now), 0);
+    /* Their success, and other pairs' successes, leave the guesser's record alone. */
+    auth_throttle_result(&t, "admin", "10.0.0.1", true, now);
+    for (int i = 0; i < 100; i++) {
+        char addr[32];
+        snprintf(addr, sizeof addr, "10.1.%d.%d", i / 250, i % 250);
+        auth_throttle_result(&t, "someone", addr, true, now);
+    }
+    now += AUTH_THROTTLE_QUEUE_MS + 1;
+    CHECK(auth_throttle_enter(&t, "admin", "10.0.0.9", now) >= AUTH_THROTTLE_BASE_MS);
+    now += AUTH_THROTTLE_MAX_MS;
     /* From the guessing address, the right password still gets in after one bounded wait. */
     now += AUTH_THROTTLE_QUEUE_MS + 1;
     int64_t w = auth_throttle_enter(&t, "admin", "10.0.0.9", now);
