@@ -749,6 +749,80 @@ static bool http_authorize_replicate(http_req *r)
     return true;
 }
 
+/* _replicator: any authenticated user may keep replication jobs there, each document owned
+ * by its writer ("owner", set by the server); only the owner and admins read, change or
+ * delete it — so the credentials in its URLs reach no one else. A non-admin's job must name
+ * both ends by URL (as POST /_replicate). Listing the database (_all_docs, _changes, bulk
+ * reads) and design documents follow its _security: admins only by default. */
+static bool http_authorize_replicator(http_req *r)
+{
+    bool admin = auth_user_is_admin(&r->user);
+    bool single = r->nseg == 2 && r->seg[1][0] != '_';
+    if (admin || !single) return http_authorize_db(r);
+    if (!r->user.known) return http_deny(r, "You must be logged in to use _replicator.");
+    if (!http_db(r)) return false;
+    jval *old = NULL;
+    char *oj = NULL;
+    size_t ol = 0;
+    if (mimeo_doc_get(r->db, r->seg[1], r->seg_len[1], NULL, &oj, &ol, NULL) == 0)
+        json_tree_parse(oj, ol, NULL, &old, NULL);
+    mimeo_free(oj);
+    const jval *owner = jval_get(old, "owner");
+    bool mine = owner && owner->type == JV_STRING && strcmp(owner->str, r->user.name) == 0;
+    if (old && !mine) {
+        jval_free(old);
+        if (r->method == HTTP_GET || r->method == HTTP_HEAD) {
+            http_reply_error(r, 404, "not_found", "missing");
+            return false;
+        }
+        return http_deny(r, "You may only change your own replication documents.");
+    }
+    jval_free(old);
+    if (r->method != HTTP_PUT) return true;   /* reads of one's own or missing docs, deletes */
+
+    jval *doc = NULL;
+    mimeo_err e = {0};
+    if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits, &doc,
+                        &e) != 0) {
+        http_reply_err(r, e.code ? e.code : MIMEO_EBADJSON, &e);
+        return false;
+    }
+    const jval *ow = jval_get(doc, "owner");
+    const jval *del = jval_get(doc, "_deleted");
+    bool deleting = del && del->type == JV_BOOL && del->boolean;
+    if (ow && (ow->type != JV_STRING || strcmp(ow->str, r->user.name) != 0)) {
+        jval_free(doc);
+        return http_deny(r, "The owner of a replication document is its writer.");
+    }
+    if (!deleting && (!http_endpoint_is_url(jval_get(doc, "source")) ||
+                      !http_endpoint_is_url(jval_get(doc, "target")))) {
+        jval_free(doc);
+        return http_deny(r, "Only server admins may replicate local databases by name; use URLs.");
+    }
+    /* Write the owner into the stored document. */
+    buf out;
+    buf_init(&out, r->body.cap);
+    int rc = buf_putc(&out, '{');
+    for (size_t i = 0; rc == 0 && i < doc->count; i++) {
+        if (strcmp(doc->keys[i], "owner") == 0) continue;
+        if (out.len > 1) rc = buf_putc(&out, ',');
+        if (rc == 0) rc = json_put_key(&out, doc->keys[i]);
+        if (rc == 0) rc = json_put_jval(&out, doc->items[i]);
+    }
+    if (rc == 0) rc = buf_puts(&out, out.len > 1 ? ",\"owner\":" : "\"owner\":");
+    if (rc == 0) rc = json_put_cstr(&out, r->user.name);
+    if (rc == 0) rc = buf_putc(&out, '}');
+    jval_free(doc);
+    if (rc != 0) {
+        buf_destroy(&out);
+        http_reply_err(r, rc, NULL);
+        return false;
+    }
+    buf_destroy(&r->body);
+    r->body = out;
+    return true;
+}
+
 bool http_authorize(http_req *r)
 {
     const http_auth_cfg *c = &r->srv->cfg.auth;
@@ -762,8 +836,8 @@ bool http_authorize(http_req *r)
     if (r->url_bad || r->nseg == 0) return true;
     const char *s0 = r->seg[0];
     if (http_seg_eq(r, 0, "_users")) return http_authorize_users(r);
-    if (http_seg_eq(r, 0, "_replicator") || http_seg_eq(r, 0, "_global_changes"))
-        return http_authorize_db(r);
+    if (http_seg_eq(r, 0, "_replicator")) return http_authorize_replicator(r);
+    if (http_seg_eq(r, 0, "_global_changes")) return http_authorize_db(r);
     if (s0[0] == '_') {
         if (r->nseg == 1 && (session || http_seg_eq(r, 0, "_up") || http_seg_eq(r, 0, "_uuids")))
             return true;

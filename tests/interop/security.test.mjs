@@ -452,3 +452,49 @@ describe('real clients', () => {
     await assert.rejects(nano(s.url).db.list(), (e) => e.statusCode === 401);
   });
 });
+
+describe('_replicator documents belong to their writer', () => {
+  let s;
+  before(async () => {
+    s = await startServer({ args: ['--set', `admins.${ADMIN.name}=${ADMIN.password}`, ...FAST] });
+  });
+  after(async () => { await s?.stop(); });
+
+  test('owner set by the server, hidden from others, URLs required, and the job runs as its owner', async () => {
+    await putUser(s.url, 'rita', 'r-pw');
+    await putUser(s.url, 'sam', 's-pw');
+    const rita = { name: 'rita', password: 'r-pw' };
+    const sam = { name: 'sam', password: 's-pw' };
+    const src = uniqueDbName('rsrc'), dst = uniqueDbName('rdst');
+    for (const db of [src, dst]) {
+      await req(s.url, 'PUT', `/${db}`, { auth: ADMIN });
+      await req(s.url, 'PUT', `/${db}/_security`, { auth: ADMIN, body: { members: { names: ['rita'] } } });
+    }
+    for (let i = 0; i < 5; i++) await req(s.url, 'PUT', `/${src}/d${i}`, { auth: rita, body: { i } });
+    const withCreds = (db) => `http://rita:r-pw@${new URL(s.url).host}/${db}`;
+    // Local names would let the job bypass _security: refused for non-admins.
+    const local = await req(s.url, 'PUT', '/_replicator/job-local', { auth: rita, body: { source: src, target: dst } });
+    assert.equal(local.status, 403);
+    assert.equal((await req(s.url, 'PUT', '/_replicator/job-anon', { body: { source: withCreds(src), target: withCreds(dst) } })).status, 401);
+    // Claiming another owner is refused.
+    assert.equal((await req(s.url, 'PUT', '/_replicator/job-x', { auth: rita,
+      body: { source: withCreds(src), target: withCreds(dst), owner: 'sam' } })).status, 403);
+    const put = await req(s.url, 'PUT', '/_replicator/job1', { auth: rita, body: { source: withCreds(src), target: withCreds(dst) } });
+    assert.equal(put.status, 201, put.text);
+    const mine = await req(s.url, 'GET', '/_replicator/job1', { auth: rita });
+    assert.equal(mine.status, 200);
+    assert.equal(mine.json.owner, 'rita');
+    // Others see nothing (the credentials in the URLs reach no one else) and change nothing.
+    assert.equal((await req(s.url, 'GET', '/_replicator/job1', { auth: sam })).status, 404);
+    assert.equal((await req(s.url, 'GET', '/_replicator/job1')).status, 401);
+    assert.equal((await req(s.url, 'GET', '/_replicator/_all_docs', { auth: sam })).status, 403);
+    assert.equal((await req(s.url, 'PUT', '/_replicator/job1', { auth: sam,
+      body: { _rev: mine.json._rev, source: 'http://evil/x', target: withCreds(dst) } })).status, 403);
+    assert.equal((await req(s.url, 'DELETE', `/_replicator/job1?rev=${mine.json._rev}`, { auth: sam })).status, 403);
+    assert.equal((await req(s.url, 'GET', '/_replicator/job1', { auth: ADMIN })).status, 200);
+    // The job acts with rita's credentials and completes.
+    await waitFor(async () => (await req(s.url, 'GET', '/_replicator/job1', { auth: rita })).json._replication_state === 'completed',
+      { timeout: 30000 });
+    assert.equal((await req(s.url, 'GET', `/${dst}/_all_docs`, { auth: rita })).json.total_rows, 5);
+  });
+});
