@@ -85,6 +85,8 @@ static const cfg_option cfg_options[] = {
         "SameSite attribute of the session cookie (Strict, Lax, None; empty: none)"),
     OPT("httpd", "WWW-Authenticate", CFG_STR, www_authenticate, "", NULL,
         "challenge sent with 401 replies, e.g. Basic realm=\"mimeo\" (default: none)"),
+    OPT("replicator", "allowed_hosts", CFG_STR, allowed_hosts, "", NULL,
+        "hosts replication URLs may name (host or host:port, comma-separated; empty: any)"),
     OPT("httpd", "enable", CFG_BOOL, http_enable, "true", NULL,
         "serve plain HTTP on [httpd] port (false with TLS: HTTPS only)"),
     OPT("ssl", "cert_file", CFG_STR, tls_cert, "", "--tls-cert",
@@ -329,6 +331,7 @@ void config_to_http(const cli_config *c, http_config *h)
     h->auth.same_site = c->auth_same_site;
     h->auth.admin_only_all_dbs = c->admin_only_all_dbs;
     h->auth.default_admin_only = strcmp(c->default_security, "everyone") != 0;
+    h->auth.allowed_hosts = c->allowed_hosts;
 }
 
 /* ---- server admins, the cookie secret, protected mode ------------------------------------- */

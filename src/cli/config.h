@@ -41,6 +41,7 @@ typedef struct cli_config {
     char     auth_same_site[16];
     char     www_authenticate[256];
     char     admin_file[4096];
+    char     allowed_hosts[2048];
     bool     http_enable;
     char     tls_cert[4096];
     char     tls_key[4096];

@@ -733,20 +733,73 @@ static bool http_endpoint_is_url(const jval *v)
     return strncasecmp(v->str, "http://", 7) == 0 || strncasecmp(v->str, "https://", 8) == 0;
 }
 
+/* [replicator] allowed_hosts: may a replication endpoint (a name, a URL, or {url}) be used?
+ * Names of local databases are not hosts and always pass here. Entries are "host" (any
+ * port) or "host:port"; an IPv6 host is written in brackets as in URLs. */
+static bool http_endpoint_host_allowed(const char *allowed, const jval *v)
+{
+    if (!allowed || !allowed[0]) return true;
+    if (v && v->type == JV_OBJECT) v = jval_get(v, "url");
+    if (!v || v->type != JV_STRING) return true;
+    const char *u = v->str;
+    const char *sep = strstr(u, "://");
+    if (!sep) return true;   /* a local database name */
+    const char *h = sep + 3;
+    const char *end = h + strcspn(h, "/?#");
+    const char *at = NULL;
+    for (const char *p = h; p < end; p++)
+        if (*p == '@') at = p;
+    if (at) h = at + 1;
+    const char *hend = h;
+    if (*h == '[') {
+        const char *rb = memchr(h, ']', (size_t)(end - h));
+        hend = rb ? rb + 1 : end;
+    } else {
+        while (hend < end && *hend != ':') hend++;
+    }
+    size_t hl = (size_t)(hend - h), al = (size_t)(end - h);   /* host, host:port */
+    const char *p = allowed;
+    while (*p) {
+        while (*p == ' ' || *p == ',') p++;
+        const char *s = p;
+        while (*p && *p != ',') p++;
+        const char *e = p;
+        while (e > s && e[-1] == ' ') e--;
+        size_t n = (size_t)(e - s);
+        if (n == 0) continue;
+        if ((n == hl && strncasecmp(s, h, n) == 0) || (n == al && strncasecmp(s, h, n) == 0))
+            return true;
+    }
+    return false;
+}
+
+/* Checks the endpoints of a replication (a POST /_replicate body or a _replicator doc):
+ * allowed hosts for everyone, URLs only for non-admins. False after replying. */
+static bool http_check_endpoints(http_req *r, const jval *body)
+{
+    const jval *src = jval_get(body, "source"), *tgt = jval_get(body, "target");
+    const char *allowed = r->srv->cfg.auth.allowed_hosts;
+    if (!http_endpoint_host_allowed(allowed, src) || !http_endpoint_host_allowed(allowed, tgt)) {
+        http_reply_error(r, 403, "forbidden",
+                         "The replication names a host outside [replicator] allowed_hosts.");
+        return false;
+    }
+    if (!auth_user_is_admin(&r->user) &&
+        (!http_endpoint_is_url(src) || !http_endpoint_is_url(tgt)))
+        return http_deny(r, "Only server admins may replicate local databases by name; use URLs.");
+    return true;
+}
+
 static bool http_authorize_replicate(http_req *r)
 {
-    if (auth_user_is_admin(&r->user) || r->method != HTTP_POST) return true;
+    if (r->method != HTTP_POST) return true;
     jval *body = NULL;
     if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits, &body,
                         NULL) != 0)
         return true;   /* the handler answers the bad JSON */
-    bool ok = jval_get(body, "cancel") != NULL ||
-              (http_endpoint_is_url(jval_get(body, "source")) &&
-               http_endpoint_is_url(jval_get(body, "target")));
+    bool ok = jval_get(body, "cancel") != NULL || http_check_endpoints(r, body);
     jval_free(body);
-    if (!ok)
-        return http_deny(r, "Only server admins may replicate local databases by name; use URLs.");
-    return true;
+    return ok;
 }
 
 /* _replicator: any authenticated user may keep replication jobs there, each document owned
@@ -758,6 +811,17 @@ static bool http_authorize_replicator(http_req *r)
 {
     bool admin = auth_user_is_admin(&r->user);
     bool single = r->nseg == 2 && r->seg[1][0] != '_';
+    const char *allowed = r->srv->cfg.auth.allowed_hosts;
+    if (admin && allowed && allowed[0] &&
+        ((single && r->method == HTTP_PUT) || (r->nseg == 1 && r->method == HTTP_POST))) {
+        jval *doc = NULL;
+        if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits,
+                            &doc, NULL) == 0) {
+            bool ok = http_check_endpoints(r, doc);
+            jval_free(doc);
+            if (!ok) return false;
+        }
+    }
     if (admin || !single) return http_authorize_db(r);
     if (!r->user.known) return http_deny(r, "You must be logged in to use _replicator.");
     if (!http_db(r)) return false;
@@ -794,10 +858,9 @@ static bool http_authorize_replicator(http_req *r)
         jval_free(doc);
         return http_deny(r, "The owner of a replication document is its writer.");
     }
-    if (!deleting && (!http_endpoint_is_url(jval_get(doc, "source")) ||
-                      !http_endpoint_is_url(jval_get(doc, "target")))) {
+    if (!deleting && !http_check_endpoints(r, doc)) {
         jval_free(doc);
-        return http_deny(r, "Only server admins may replicate local databases by name; use URLs.");
+        return false;
     }
     /* Write the owner into the stored document. */
     buf out;

@@ -36,6 +36,8 @@ typedef struct http_auth_cfg {
     bool               secure_cookie;      /* Secure flag (served over TLS) */
     bool               admin_only_all_dbs;
     bool               default_admin_only; /* databases without _security: admins only */
+    const char        *allowed_hosts;      /* replication URLs: "host" or "host:port", comma-
+                                              separated; "" any */
 } http_auth_cfg;
 
 typedef struct http_config {

@@ -498,3 +498,30 @@ describe('_replicator documents belong to their writer', () => {
     assert.equal((await req(s.url, 'GET', `/${dst}/_all_docs`, { auth: rita })).json.total_rows, 5);
   });
 });
+
+describe('[replicator] allowed_hosts', () => {
+  let s;
+  before(async () => {
+    s = await startServer({ args: ['--set', `admins.${ADMIN.name}=${ADMIN.password}`, ...FAST,
+      '--set', 'replicator.allowed_hosts=127.0.0.1, [::1]:5984'] });
+  });
+  after(async () => { await s?.stop(); });
+
+  test('replications may not name other hosts, whoever asks, however the URL is written', async () => {
+    const db = uniqueDbName('ah');
+    await req(s.url, 'PUT', `/${db}`, { auth: ADMIN });
+    for (const target of ['http://10.0.0.1:5984/x', 'http://localhost:5984/x', 'http://127.0.0.1@169.254.169.254/x',
+      { url: 'http://192.168.0.1/x' }, 'https://[::1]:6984/x', 'http://127.0.0.1.evil.example/x']) {
+      const r = await req(s.url, 'POST', '/_replicate', { auth: ADMIN, body: { source: db, target } });
+      assert.equal(r.status, 403, `${JSON.stringify(target)}: ${r.text}`);
+      assert.match(r.json.reason, /allowed_hosts/);
+      const d = await req(s.url, 'PUT', `/_replicator/j${Math.random().toString(36).slice(2)}`,
+        { auth: ADMIN, body: { source: db, target } });
+      assert.equal(d.status, 403, `_replicator ${JSON.stringify(target)}`);
+    }
+    // Listed hosts pass (any port for a bare host).
+    const ok = await req(s.url, 'POST', '/_replicate', { auth: ADMIN,
+      body: { source: db, target: `http://root:${ADMIN.password}@${new URL(s.url).host}/${db}-copy`, create_target: true } });
+    assert.equal(ok.status, 200, ok.text);
+  });
+});
