@@ -194,6 +194,19 @@ static void auth_proof(const auth_pw *h, const char *pw, size_t n, unsigned char
     sha256_digest(&ctx, SHA256_DIGEST_SIZE, out);
 }
 
+bool auth_cache_hit(auth_cache *c, const char *name, const auth_pw *h, const char *pw, size_t n)
+{
+    uint64_t tag = auth_tag(name, "");
+    auth_cache_slot *s = &c->slot[tag % AUTH_CACHE_SLOTS];
+    unsigned char proof[32];
+    auth_proof(h, pw, n, proof);
+    pthread_mutex_lock(&c->lock);
+    bool hit = s->tag == tag && auth_ct_equal(s->key, h->key, AUTH_KEY_MAX) &&
+               auth_ct_equal(s->proof, proof, sizeof proof);
+    pthread_mutex_unlock(&c->lock);
+    return hit;
+}
+
 bool auth_cache_check(auth_cache *c, const char *name, const auth_pw *h, const char *pw,
                       size_t n)
 {

@@ -72,6 +72,8 @@ typedef struct auth_cache {
 
 void auth_cache_init(auth_cache *c);
 void auth_cache_destroy(auth_cache *c);
+/* True only when this password was checked against this stored hash before (no PBKDF2). */
+bool auth_cache_hit(auth_cache *c, const char *name, const auth_pw *h, const char *pw, size_t n);
 /* auth_pw_check through the cache (name selects the slot). */
 bool auth_cache_check(auth_cache *c, const char *name, const auth_pw *h, const char *pw,
                       size_t n);

@@ -348,14 +348,15 @@ describe('failed-login slowdown', () => {
     const ok = await guess(ADMIN.password, '127.0.0.2');
     assert.equal(ok.status, 200);
     assert.ok(Date.now() - t2 < 1500, `owner waited ${Date.now() - t2} ms`);
-    // And from the guessing address, the right password still gets in (after one delay).
+    // And from the guessing address, the right password still gets in: at once here, since it
+    // was proven right a moment ago (the check is cached); at worst after one delay (≤ 8 s).
     const t3 = Date.now();
     assert.equal((await guess(ADMIN.password)).status, 200);
-    assert.ok(Date.now() - t3 <= 9000);
-    // Which resets the count there.
+    assert.ok(Date.now() - t3 < 1500, `owner from the guessing address waited ${Date.now() - t3} ms`);
+    // The guesser is still slowed there.
     const t4 = Date.now();
     assert.equal((await guess('again')).status, 401);
-    assert.ok(Date.now() - t4 < 1500);
+    assert.ok(Date.now() - t4 >= 1000, `a guess after the owner's login took ${Date.now() - t4} ms`);
   });
 });
 
