@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What authentication costs on the hot paths: GET with 16 clients and _bulk_docs, against mimeo
 # with no admin (everyone admin), with Basic auth on every request, and with an AuthSession
-# cookie. Prints one line per (workload, variant) and the ratio to the open server.
+# cookie. The variants take turns for ROUNDS rounds (default 3: the machine is shared, single
+# runs vary by ±30%); prints the median per (workload, variant) and the ratio to the open server.
 #   make build/mimeo build/loadgen && bench/auth.sh        (BENCH_QUICK=1: shorter)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +30,10 @@ start() { # extra args…: starts mimeo, sets URL and PID
 stop() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; PID=""; }
 fig() { grep -o "\"$1\":[0-9.]*" | head -1 | cut -d: -f2; }
 
+ROUNDS=${ROUNDS:-3}
 declare -A R
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : 0) }'; }
+for round in $(seq "$ROUNDS"); do
 for variant in open basic cookie; do
   export -n BENCH_COOKIE
   if [ "$variant" = open ]; then
@@ -50,9 +54,11 @@ for variant in open basic cookie; do
   curl -s -X PUT "${base}/bench" -u bench:bench-pw > /dev/null
   b=$("$LG" bulk "$base/bench" --docs "$DOCS" --batch 1000 --ids seq --size 1024 2>/dev/null | fig docs_per_s)
   g=$("$LG" get "$base/bench" --docs "$DOCS" --ids seq --clients 16 --seconds "$SECS" 2>/dev/null | fig req_per_s)
-  R[bulk_$variant]=$b R[get_$variant]=$g
+  R[bulk_$variant]="${R[bulk_$variant]:-} $b" R[get_$variant]="${R[get_$variant]:-} $g"
   stop
 done
+done
+for k in "${!R[@]}"; do R[$k]=$(echo "${R[$k]}" | median); done
 printf '%-10s %12s %12s %12s\n' workload open basic cookie
 for w in bulk get; do
   o=${R[${w}_open]:-0}
