@@ -361,6 +361,27 @@ describe('failed-login slowdown', () => {
 });
 
 describe('configuration switches', () => {
+  test('[chttpd_auth] timeout: a cookie is renewed past half its life and dies at its end', async () => {
+    const s = await startServer({ args: ['--set', `admins.${ADMIN.name}=${ADMIN.password}`, ...FAST,
+      '--set', 'chttpd_auth.timeout=6', '--set', 'chttpd_auth.same_site=Strict'] });
+    try {
+      const res = await req(s.url, 'POST', '/_session', { body: ADMIN });
+      assert.match(authSession(res), /Max-Age=6; Path=\/; HttpOnly; SameSite=Strict$/);
+      const cookie = authSession(res).split(';')[0];
+      const early = await req(s.url, 'GET', '/_session', { cookie });
+      assert.equal(early.json.userCtx.name, 'root');
+      assert.equal(authSession(early), undefined, 'no renewal in the first half');
+      await new Promise((r) => setTimeout(r, 4000));
+      const late = await req(s.url, 'GET', '/_session', { cookie });
+      assert.equal(late.json.userCtx.name, 'root');
+      const renewed = authSession(late);
+      assert.ok(renewed, 'a fresh cookie past half the lifetime');
+      await new Promise((r) => setTimeout(r, 3000));
+      assert.equal((await req(s.url, 'GET', '/_session', { cookie })).json.userCtx.name, null, 'expired');
+      assert.equal((await req(s.url, 'GET', '/_session', { cookie: renewed.split(';')[0] })).json.userCtx.name, 'root');
+    } finally { await s.stop(); }
+  });
+
   test('require_valid_user, WWW-Authenticate when configured', async () => {
     const s = await startServer({ args: ['--set', `admins.${ADMIN.name}=${ADMIN.password}`, ...FAST,
       '--set', 'chttpd.require_valid_user=true', '--set', 'httpd.WWW-Authenticate=Basic realm="mimeo"'] });
