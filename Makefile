@@ -9,7 +9,7 @@ LIBS    := -llmdb -lyajl -lmicrohttpd -lcurl -lnettle -linih -lpthread
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 # The library: everything but the server's HTTP front end and the command line.
-LIB_SRC := $(wildcard src/common/*.c src/json/*.c src/doc/*.c src/store/*.c src/db/*.c src/repl/*.c)
+LIB_SRC := $(wildcard src/common/*.c src/json/*.c src/doc/*.c src/store/*.c src/db/*.c src/repl/*.c src/auth/*.c)
 SRV_SRC := $(wildcard src/http/*.c src/cli/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
@@ -68,7 +68,7 @@ deps:
 run:
 	@scripts/setup.sh
 	@$(MAKE) --no-print-directory all
-	./build/mimeo serve --data $(DATA) --bind $(BIND) --port $(PORT)
+	./build/mimeo serve --data $(DATA) --bind $(BIND) --port $(PORT) --admin-file $(DATA)/admin.password
 
 test-build: build/asan/mimeo build/asan/example $(UNIT_BIN)
 

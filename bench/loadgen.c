@@ -879,6 +879,12 @@ int main(int argc, char **argv)
         return cmd_port();
     curl_global_init(CURL_GLOBAL_DEFAULT);
     g_headers = json_headers();
+    /* BENCH_COOKIE="AuthSession=…": every request carries it (the auth variant, bench/auth.sh). */
+    if (getenv("BENCH_COOKIE")) {
+        char h[1024];
+        snprintf(h, sizeof h, "Cookie: %s", getenv("BENCH_COOKIE"));
+        g_headers = curl_slist_append(g_headers, h);
+    }
     opts_t o = {0};
     parse_opts(&o, argc, argv, 2);
     g_req_timeout = o.timeout;

@@ -17,6 +17,7 @@ for arg in "$@"; do
   esac
 done
 if [ "$want_test" = 1 ] || [ "$want_bench" = 1 ]; then packages+=(nodejs npm); fi
+if [ "$want_test" = 1 ]; then packages+=(chromium gnutls-bin); fi   # browser test; TLS test CA
 
 missing=()
 for p in "${packages[@]}"; do

@@ -52,18 +52,20 @@ static const cfg_option cfg_options[] = {
          0, 65535),
     OPTR("httpd", "max_request_size", CFG_SIZE, max_request_size, "64M", NULL,
          "largest request body; larger ones get 413", 1, 0),
+    OPTR("httpd", "max_buffered_bytes", CFG_SIZE, max_buffered, "256M", NULL,
+         "request body bytes held by all connections together; more get 503", 1, 0),
     OPTR("httpd", "max_connections", CFG_UINT, max_connections, "512", NULL,
          "concurrent connections (one thread each)", 1, 0),
     OPT("httpd", "idle_timeout", CFG_UINT, idle_timeout, "300", NULL,
         "seconds before an idle keep-alive connection is closed"),
     OPT("httpd", "changes_timeout", CFG_UINT, changes_timeout, "60000", NULL,
         "default and largest _changes timeout, in milliseconds"),
-    OPT("cors", "enable", CFG_BOOL, cors_enable, "true", NULL,
-        "answer CORS requests (browsers running PouchDB)"),
-    OPT("cors", "origins", CFG_STR, cors_origins, "*", NULL,
-        "allowed origins: * or a comma-separated list"),
-    OPT("cors", "credentials", CFG_BOOL, cors_credentials, "true", NULL,
-        "allow credentials (cookies, Authorization)"),
+    OPT("cors", "enable", CFG_BOOL, cors_enable, "false", NULL,
+        "answer CORS requests (browsers running PouchDB on another origin)"),
+    OPT("cors", "origins", CFG_STR, cors_origins, "", NULL,
+        "allowed origins: a comma-separated list, or * (then never with credentials)"),
+    OPT("cors", "credentials", CFG_BOOL, cors_credentials, "false", NULL,
+        "allow credentials (cookies, Authorization) for the listed origins"),
     OPT("cors", "methods", CFG_STR, cors_methods, "GET, PUT, POST, HEAD, DELETE", NULL,
         "methods allowed in preflight replies"),
     OPT("cors", "headers", CFG_STR, cors_headers,
@@ -74,6 +76,35 @@ static const cfg_option cfg_options[] = {
         "seconds a browser may cache a preflight reply"),
     OPTR("replicator", "max_response_size", CFG_SIZE, repl_max_response_size, "64M", NULL,
          "largest reply read from a peer (a batch over it is fetched doc by doc)", 1024, 0),
+    /* accounts and sessions; server admins go in [admins] as name = password (hashed on
+     * start) */
+    OPT("chttpd", "require_valid_user", CFG_BOOL, require_valid_user, "false", NULL,
+        "answer 401 to every anonymous request (but /_session and /_up)"),
+    OPT("chttpd", "admin_only_all_dbs", CFG_BOOL, admin_only_all_dbs, "true", NULL,
+        "only server admins may list databases"),
+    OPT("couchdb", "default_security", CFG_STR, default_security, "admin_only", NULL,
+        "databases without a _security object: admin_only or everyone"),
+    OPT("chttpd_auth", "timeout", CFG_UINT, auth_timeout, "600", NULL,
+        "seconds a session cookie lives (renewed past half of it)"),
+    OPT("chttpd_auth", "iterations", CFG_UINT, auth_iterations, "600000", NULL,
+        "PBKDF2-SHA256 iterations of new password hashes"),
+    OPT("chttpd_auth", "secret", CFG_STR, auth_secret, "", NULL,
+        "hex key of session cookies (default: DATA/.auth_secret, made once)"),
+    OPT("chttpd_auth", "same_site", CFG_STR, auth_same_site, "", NULL,
+        "SameSite attribute of the session cookie (Strict, Lax, None; empty: none)"),
+    OPT("httpd", "WWW-Authenticate", CFG_STR, www_authenticate, "", NULL,
+        "challenge sent with 401 replies, e.g. Basic realm=\"mimeo\" (default: none)"),
+    OPT("replicator", "allowed_hosts", CFG_STR, allowed_hosts, "", NULL,
+        "hosts replication URLs may name (host or host:port, comma-separated; empty: any)"),
+    OPT("httpd", "enable", CFG_BOOL, http_enable, "true", NULL,
+        "serve plain HTTP on [httpd] port (false with TLS: HTTPS only)"),
+    OPT("ssl", "cert_file", CFG_STR, tls_cert, "", "--tls-cert",
+        "PEM certificate (chain): serve HTTPS on [ssl] port"),
+    OPT("ssl", "key_file", CFG_STR, tls_key, "", "--tls-key", "PEM private key of the certificate"),
+    OPT("ssl", "port", CFG_UINT, tls_port, "6984", "--tls-port", "HTTPS port; 0 picks one"),
+    OPT("chttpd_auth", "admin_password_file", CFG_STR, admin_file, "", "--admin-file",
+        "with no admin configured: the admin's name:password (read, or made with a random "
+        "password, mode 0600)"),
 };
 #define CFG_N (sizeof cfg_options / sizeof cfg_options[0])
 
@@ -173,9 +204,38 @@ void config_defaults(cli_config *c)
                                                  sizeof err);
 }
 
+/* [admins] name = value: names are free, so the section is not in the table. */
+static int cfg_admin_set(cli_config *c, const char *name, const char *value, char *err,
+                         size_t errlen)
+{
+    size_t i;
+    for (i = 0; i < c->nadmins; i++)
+        if (strcmp(c->admin_names[i], name) == 0) break;
+    if (i == c->nadmins && c->nadmins == CFG_MAX_ADMINS) {
+        snprintf(err, errlen, "[admins]: more than %d admins", CFG_MAX_ADMINS);
+        return -1;
+    }
+    if (strlen(name) == 0 || strlen(name) >= sizeof c->admin_names[0] || strchr(name, ':') ||
+        name[0] == '_') {
+        snprintf(err, errlen, "[admins] '%s': not a valid name", name);
+        return -1;
+    }
+    if (strlen(value) == 0 || strlen(value) >= sizeof c->admin_values[0]) {
+        snprintf(err, errlen, "[admins] %s: empty or too long", name);
+        return -1;
+    }
+    snprintf(c->admin_names[i], sizeof c->admin_names[i], "%s", name);
+    snprintf(c->admin_values[i], sizeof c->admin_values[i], "%s", value);
+    c->admin_name_ptrs[i] = c->admin_names[i];   /* views for config_to_http */
+    c->admin_value_ptrs[i] = c->admin_values[i];
+    if (i == c->nadmins) c->nadmins++;
+    return 0;
+}
+
 int config_set(cli_config *c, const char *section, const char *name, const char *value,
                char *err, size_t errlen)
 {
+    if (strcasecmp(section, "admins") == 0) return cfg_admin_set(c, name, value, err, errlen);
     const cfg_option *o = cfg_find(section, name);
     if (!o) {
         snprintf(err, errlen, "unknown option [%s] %s", section, name);
@@ -196,7 +256,7 @@ static int cfg_ini_handler(void *user, const char *section, const char *name,
                            const char *value)
 {
     cfg_load *l = user;
-    if (!cfg_find(section, name)) {
+    if (!cfg_find(section, name) && strcasecmp(section, "admins") != 0) {
         fprintf(stderr, "mimeo: %s: ignoring unknown option [%s] %s\n", l->path, section, name);
         return 1;
     }
@@ -210,6 +270,7 @@ static int cfg_ini_handler(void *user, const char *section, const char *name,
 int config_load_file(cli_config *c, const char *path, char *err, size_t errlen)
 {
     cfg_load l = { c, path, err, errlen, false };
+    snprintf(c->config_path, sizeof c->config_path, "%s", path);
     int rc = ini_parse(path, cfg_ini_handler, &l);
     if (rc == -1) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
@@ -287,6 +348,7 @@ void config_to_http(const cli_config *c, http_config *h)
     h->bind_address = c->bind_address;
     h->port = c->port;
     h->max_request_size = c->max_request_size;
+    h->max_buffered = c->max_buffered;
     h->max_connections = c->max_connections;
     h->idle_timeout_s = c->idle_timeout;
     h->changes_timeout_ms = c->changes_timeout;
@@ -297,4 +359,189 @@ void config_to_http(const cli_config *c, http_config *h)
     h->cors.methods = c->cors_methods;
     h->cors.headers = c->cors_headers;
     h->cors.max_age = c->cors_max_age;
+    h->auth.open = c->nadmins == 0;
+    h->auth.admin_names = c->admin_name_ptrs;
+    h->auth.admin_hashes = c->admin_value_ptrs;
+    h->auth.nadmins = c->nadmins;
+    h->auth.secret = c->auth_secret;
+    h->auth.timeout_s = c->auth_timeout ? c->auth_timeout : 600;
+    h->auth.iterations = c->auth_iterations;
+    h->auth.require_valid_user = c->require_valid_user;
+    h->auth.www_authenticate = c->www_authenticate;
+    h->auth.same_site = c->auth_same_site;
+    h->auth.admin_only_all_dbs = c->admin_only_all_dbs;
+    h->auth.default_admin_only = strcmp(c->default_security, "everyone") != 0;
+    h->auth.allowed_hosts = c->allowed_hosts;
+}
+
+/* ---- server admins, the cookie secret, protected mode ------------------------------------- */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../auth/auth.h"
+
+/* Rewrites path with the [admins] lines of hashed names carrying their hashes. */
+static int cfg_rewrite_admins(const cli_config *c, const bool *hashed, const char *path,
+                              char *err, size_t errlen)
+{
+    FILE *in = fopen(path, "r");
+    if (!in) {
+        snprintf(err, errlen, "%s: cannot reopen to hash [admins]: %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    fstat(fileno(in), &st);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmpXXXXXX", path);
+    int fd = mkstemp(tmp);
+    FILE *out = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!out) {
+        if (fd >= 0) close(fd);
+        fclose(in);
+        snprintf(err, errlen, "%s: cannot write beside it to hash [admins]: %s", path,
+                 strerror(errno));
+        return -1;
+    }
+    fchmod(fd, st.st_mode & 07777);
+    char line[8192];
+    bool in_admins = false;
+    while (fgets(line, sizeof line, in)) {
+        const char *p = line;
+        while (*p == ' ' || *p == '\t') p++;
+        if (*p == '[') {
+            const char *e = strchr(p, ']');
+            in_admins = e && (size_t)(e - p - 1) == 6 && strncasecmp(p + 1, "admins", 6) == 0;
+        } else if (in_admins && *p != ';' && *p != '#') {
+            const char *eq = strpbrk(p, "=:");
+            if (eq) {
+                const char *ne = eq;
+                while (ne > p && (ne[-1] == ' ' || ne[-1] == '\t')) ne--;
+                for (size_t i = 0; i < c->nadmins; i++) {
+                    if (!hashed[i] || strlen(c->admin_names[i]) != (size_t)(ne - p) ||
+                        strncmp(c->admin_names[i], p, (size_t)(ne - p)) != 0)
+                        continue;
+                    snprintf(line, sizeof line, "%s = %s\n", c->admin_names[i],
+                             c->admin_values[i]);
+                    break;
+                }
+            }
+        }
+        fputs(line, out);
+    }
+    fclose(in);
+    bool ok = fflush(out) == 0 && fsync(fd) == 0;
+    ok = fclose(out) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        snprintf(err, errlen, "%s: cannot replace it to hash [admins]: %s", path,
+                 strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int config_admins_hash(cli_config *c, char *err, size_t errlen)
+{
+    bool hashed[CFG_MAX_ADMINS] = { false };
+    bool any = false;
+    for (size_t i = 0; i < c->nadmins; i++) {
+        if (auth_pw_is_hashed(c->admin_values[i])) continue;
+        auth_pw h;
+        auth_pw_new(c->admin_values[i], strlen(c->admin_values[i]), c->auth_iterations, &h);
+        memset(c->admin_values[i], 0, sizeof c->admin_values[i]);
+        auth_pw_format_config(&h, c->admin_values[i], sizeof c->admin_values[i]);
+        hashed[i] = any = true;
+    }
+    if (!any || !c->config_path[0]) return 0;
+    return cfg_rewrite_admins(c, hashed, c->config_path, err, errlen);
+}
+
+int config_admin_file(cli_config *c, bool *created, char *err, size_t errlen)
+{
+    *created = false;
+    if (c->nadmins > 0 || !c->admin_file[0]) return 0;
+    char line[512] = "";
+    FILE *f = fopen(c->admin_file, "r");
+    if (!f && errno == ENOENT) {
+        unsigned char raw[18];
+        char pw[37];
+        random_bytes(raw, sizeof raw);
+        hex_encode(raw, sizeof raw, pw);
+        int fd = open(c->admin_file, O_WRONLY | O_CREAT | O_EXCL, 0600);
+        if (fd < 0) {
+            snprintf(err, errlen, "%s: cannot create: %s", c->admin_file, strerror(errno));
+            return -1;
+        }
+        snprintf(line, sizeof line, "admin:%s\n", pw);
+        bool ok = write(fd, line, strlen(line)) == (ssize_t)strlen(line) && fsync(fd) == 0;
+        close(fd);
+        if (!ok) {
+            snprintf(err, errlen, "%s: cannot write: %s", c->admin_file, strerror(errno));
+            return -1;
+        }
+        *created = true;
+    } else if (!f) {
+        snprintf(err, errlen, "%s: cannot open: %s", c->admin_file, strerror(errno));
+        return -1;
+    } else {
+        if (!fgets(line, sizeof line, f)) line[0] = '\0';
+        fclose(f);
+    }
+    line[strcspn(line, "\r\n")] = '\0';
+    char *colon = strchr(line, ':');
+    if (!colon || colon == line || !colon[1]) {
+        snprintf(err, errlen, "%s: expected one line name:password", c->admin_file);
+        return -1;
+    }
+    *colon = '\0';
+    if (cfg_admin_set(c, line, colon + 1, err, errlen) != 0) return -1;
+    memset(line, 0, sizeof line);
+    return 0;
+}
+
+int config_secret(cli_config *c, const char *dir, char *err, size_t errlen)
+{
+    if (c->auth_secret[0]) return 0;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/.auth_secret", dir);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        char line[200] = "";
+        if (!fgets(line, sizeof line, f)) line[0] = '\0';
+        fclose(f);
+        line[strcspn(line, "\r\n")] = '\0';
+        if (strlen(line) == 64) {
+            memcpy(c->auth_secret, line, 65);
+            return 0;
+        }
+    }
+    unsigned char raw[32];
+    random_bytes(raw, sizeof raw);
+    hex_encode(raw, sizeof raw, c->auth_secret);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot create: %s", path, strerror(errno));
+        return -1;
+    }
+    char line[80];
+    memcpy(line, c->auth_secret, 64);
+    memcpy(line + 64, "\n", 2);
+    bool ok = write(fd, line, strlen(line)) == (ssize_t)strlen(line);
+    close(fd);
+    if (!ok) {
+        snprintf(err, errlen, "%s: cannot write", path);
+        return -1;
+    }
+    return 0;
+}
+
+bool config_bind_is_loopback(const char *addr)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, addr, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, addr, &a6) == 1) return IN6_IS_ADDR_LOOPBACK(&a6);
+    return false;
 }

@@ -11,11 +11,14 @@
 #include "mimeo.h"
 #include "../http/http.h"
 
+#define CFG_MAX_ADMINS 32
+
 typedef struct cli_config {
     char     data_dir[4096];
     char     bind_address[64];
     unsigned port;
     size_t   max_request_size;
+    size_t   max_buffered;
     unsigned max_connections;
     unsigned idle_timeout;
     unsigned changes_timeout;
@@ -31,6 +34,27 @@ typedef struct cli_config {
     char     cors_headers[1024];
     unsigned cors_max_age;
     size_t   repl_max_response_size;
+    /* accounts and sessions (security) */
+    bool     require_valid_user;
+    bool     admin_only_all_dbs;
+    char     default_security[16];
+    unsigned auth_timeout;
+    unsigned auth_iterations;
+    char     auth_secret[132];
+    char     auth_same_site[16];
+    char     www_authenticate[256];
+    char     admin_file[4096];
+    char     allowed_hosts[2048];
+    bool     http_enable;
+    char     tls_cert[4096];
+    char     tls_key[4096];
+    unsigned tls_port;
+    size_t   nadmins;                              /* [admins] name = password or hash */
+    char     admin_names[CFG_MAX_ADMINS][128];
+    char     admin_values[CFG_MAX_ADMINS][256];
+    char     config_path[4096];                    /* the --config file, for rewriting */
+    const char *admin_name_ptrs[CFG_MAX_ADMINS];   /* filled by config_to_http */
+    const char *admin_value_ptrs[CFG_MAX_ADMINS];
 } cli_config;
 
 /* Fills every field with its default from the table. */
@@ -49,6 +73,19 @@ bool config_parse_number(const char *text, uint64_t min, uint64_t max, bool unit
 bool config_flag(const char *flag, const char **section, const char **name);
 /* Prints the options table (for --help). */
 void config_print(FILE *out);
+
+/* Server admins: hashes every plain password of [admins] (PBKDF2, random salt) and, when
+ * they came from the --config file, rewrites the file with the hashes in their place (same
+ * mode, atomic rename) so that plain passwords do not stay on disk. 0, or -1 with err. */
+int  config_admins_hash(cli_config *c, char *err, size_t errlen);
+/* With no admin configured and c->admin_file set: reads "name:password" from that file, or
+ * creates it (mode 0600) with admin "admin" and a random password; adds the admin. Sets
+ * *created when the file was made now. 0, or -1 with err. */
+int  config_admin_file(cli_config *c, bool *created, char *err, size_t errlen);
+/* The cookie secret: [chttpd_auth] secret, else DIR/.auth_secret (made once, mode 0600). */
+int  config_secret(cli_config *c, const char *dir, char *err, size_t errlen);
+/* True for 127.0.0.0/8 and ::1. */
+bool config_bind_is_loopback(const char *addr);
 
 /* Views of the configuration for the library and the HTTP server (borrowing c's strings). */
 void config_to_options(const cli_config *c, mimeo_options *o);

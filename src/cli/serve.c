@@ -14,10 +14,89 @@
 #include "config.h"
 #include "../http/http.h"
 
+/* Accounts before the server starts: hash [admins], create or read the admin file, apply
+ * protected mode (no admin: loopback only, everyone admin), load the cookie secret. Prints
+ * what a user must know first. 0, or -1 after printing why. */
+static int serve_security(cli_config *cfg)
+{
+    char err[512];
+    bool created = false;
+    if (config_admin_file(cfg, &created, err, sizeof err) != 0 ||
+        config_admins_hash(cfg, err, sizeof err) != 0 ||
+        config_secret(cfg, cfg->data_dir, err, sizeof err) != 0) {
+        fprintf(stderr, "mimeo serve: %s\n", err);
+        return -1;
+    }
+    if (cfg->nadmins == 0 && !config_bind_is_loopback(cfg->bind_address)) {
+        fprintf(stderr, "mimeo serve: refusing to listen on %s with no admin configured: add "
+                "one under [admins] (name = password) in --config, or --admin-file FILE\n",
+                cfg->bind_address);
+        return -1;
+    }
+    if (cfg->nadmins == 0)
+        fprintf(stderr, "mimeo: WARNING: no admin configured: every client of %s is a server "
+                "admin (loopback only). Add [admins] or --admin-file to require logins.\n",
+                cfg->bind_address);
+    else if (cfg->admin_file[0] && created)
+        printf("mimeo: created admin '%s'; its password is in %s (readable only by you)\n",
+               cfg->admin_names[0], cfg->admin_file);
+    else if (cfg->admin_file[0])
+        printf("mimeo: admin '%s'; its password is in %s\n", cfg->admin_names[0],
+               cfg->admin_file);
+    fflush(stdout);
+    return 0;
+}
+
+/* Reads a whole small file (a PEM certificate or key) into a new string; NULL on error. */
+static char *serve_read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    char *p = malloc(1 << 20);
+    size_t n = p ? fread(p, 1, (1 << 20) - 1, f) : 0;
+    fclose(f);
+    if (!p || n == 0) {
+        free(p);
+        return NULL;
+    }
+    p[n] = '\0';
+    return p;
+}
+
+/* The HTTPS server on [ssl] port, when a certificate is configured. *srv stays NULL without
+ * one. The PEM texts are kept in pem[2] until the server is freed. 0, or -1 after printing. */
+static int serve_tls_start(mimeo_env *env, const cli_config *cfg, const http_config *hc,
+                           http_server **srv, char *pem[2])
+{
+    *srv = NULL;
+    if (!cfg->tls_cert[0] && !cfg->tls_key[0]) return 0;
+    pem[0] = serve_read_file(cfg->tls_cert);
+    pem[1] = serve_read_file(cfg->tls_key);
+    if (!pem[0] || !pem[1]) {
+        fprintf(stderr, "mimeo serve: cannot read %s\n", !pem[0] ? cfg->tls_cert : cfg->tls_key);
+        return -1;
+    }
+    http_config tc = *hc;
+    tc.port = cfg->tls_port;
+    tc.tls_cert_pem = pem[0];
+    tc.tls_key_pem = pem[1];
+    char why[256];
+    *srv = http_server_start(env, &tc, why, sizeof why);
+    if (!*srv) {
+        fprintf(stderr, "mimeo serve: https: %s\n", why);
+        return -1;
+    }
+    bool v6 = strchr(cfg->bind_address, ':') != NULL;
+    printf("mimeo listening on https://%s%s%s:%u\n", v6 ? "[" : "", cfg->bind_address,
+           v6 ? "]" : "", http_server_port(*srv));
+    return 0;
+}
+
 static void serve_usage(FILE *out)
 {
     fprintf(out,
             "usage: mimeo serve [--data DIR] [--bind ADDR] [--port N] [--config FILE]\n"
+            "                   [--admin-file FILE] [--tls-cert FILE --tls-key FILE [--tls-port N]]\n"
             "                   [--set SECTION.KEY=VALUE]…\n\n"
             "Options can also be set in an INI file (--config); flags win over the file.\n"
             "Every option, by INI section:\n");
@@ -56,6 +135,10 @@ static const struct option serve_options[] = {
     { "data",   required_argument, NULL, SERVE_OPT_TABLE },
     { "bind",   required_argument, NULL, SERVE_OPT_TABLE },
     { "port",   required_argument, NULL, SERVE_OPT_TABLE },
+    { "admin-file", required_argument, NULL, SERVE_OPT_TABLE },
+    { "tls-cert", required_argument, NULL, SERVE_OPT_TABLE },
+    { "tls-key",  required_argument, NULL, SERVE_OPT_TABLE },
+    { "tls-port", required_argument, NULL, SERVE_OPT_TABLE },
     { NULL, 0, NULL, 0 },
 };
 
@@ -153,19 +236,39 @@ int cli_serve(int argc, char **argv)
         fprintf(stderr, "mimeo serve: replication manager not started: %s\n",
                 err.reason[0] ? err.reason : mimeo_strerror(rc));
 
-    http_config hc;
-    config_to_http(&cfg, &hc);
-    char why[256];
-    http_server *srv = http_server_start(env, &hc, why, sizeof why);
-    if (!srv) {
-        fprintf(stderr, "mimeo serve: %s\n", why);
+    if (serve_security(&cfg) != 0) {
         mimeo_replicator_stop(env);
         mimeo_env_close(env);
         return 1;
     }
-    bool v6 = strchr(cfg.bind_address, ':') != NULL;
-    printf("mimeo listening on http://%s%s%s:%u\n", v6 ? "[" : "", cfg.bind_address,
-           v6 ? "]" : "", http_server_port(srv));
+    http_config hc;
+    config_to_http(&cfg, &hc);
+    char why[256];
+    http_server *tls_srv = NULL;
+    char *pem[2] = { NULL, NULL };
+    if (serve_tls_start(env, &cfg, &hc, &tls_srv, pem) != 0) {
+        free(pem[0]);
+        free(pem[1]);
+        mimeo_replicator_stop(env);
+        mimeo_env_close(env);
+        return 1;
+    }
+    http_server *srv = NULL;
+    if (cfg.http_enable || !tls_srv) {
+        srv = http_server_start(env, &hc, why, sizeof why);
+        if (!srv) {
+            fprintf(stderr, "mimeo serve: %s\n", why);
+            http_server_free(tls_srv);
+            free(pem[0]);
+            free(pem[1]);
+            mimeo_replicator_stop(env);
+            mimeo_env_close(env);
+            return 1;
+        }
+        bool v6 = strchr(cfg.bind_address, ':') != NULL;
+        printf("mimeo listening on http://%s%s%s:%u\n", v6 ? "[" : "", cfg.bind_address,
+               v6 ? "]" : "", http_server_port(srv));
+    }
     fflush(stdout);
     fprintf(stderr, "mimeo: data in %s\n", cfg.data_dir);
 
@@ -173,8 +276,12 @@ int cli_serve(int argc, char **argv)
     sigwait(&stop, &sig);
     fprintf(stderr, "mimeo: %s received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     http_server_quiesce(srv);     /* no new connections; waiting feeds end */
+    http_server_quiesce(tls_srv);
     mimeo_replicator_stop(env);   /* also cancels one-shot /_replicate calls in flight */
     http_server_free(srv);        /* requests finish; every db handle is closed */
+    http_server_free(tls_srv);
+    free(pem[0]);
+    free(pem[1]);
     mimeo_env_close(env);         /* commits writes in flight */
     fprintf(stderr, "mimeo: stopped\n");
     return 0;

@@ -1,6 +1,6 @@
 /* Database-level endpoints: /{db} (create, info, delete, POST a document) and the
  * replication endpoints that take a whole body: _bulk_docs, _bulk_get, _revs_diff, plus
- * _revs_limit, _compact, _ensure_full_commit and _security. */
+ * _revs_limit, _compact and _ensure_full_commit (_security: h_security.c). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -269,15 +269,4 @@ void http_h_ensure_full_commit(http_req *r)
     buf_printf(&b, "{\"ok\":true,\"instance_start_time\":\"%" PRIu64 "\"}\n",
                info.instance_start_time);
     http_reply_buf(r, 201, &b);
-}
-
-void http_h_security(http_req *r)
-{
-    /* Authentication and per-database security are a later issue: every database is open,
-     * which an empty security object says. Writing one is refused rather than ignored. */
-    if (!http_db(r)) return;
-    if (r->method == HTTP_PUT)
-        http_reply_error(r, 501, "not_implemented", "database security is not supported yet");
-    else
-        http_reply_static(r, 200, "{}\n");
 }

@@ -21,15 +21,38 @@ typedef struct http_cors {
     unsigned    max_age;      /* seconds, Access-Control-Max-Age on preflight */
 } http_cors;
 
+/* Accounts and sessions ([admins], [chttpd], [chttpd_auth], [couchdb]). Strings borrowed. */
+typedef struct http_auth_cfg {
+    bool               open;               /* no admin: everyone is a server admin (loopback) */
+    const char *const *admin_names;        /* server admins and their config hashes */
+    const char *const *admin_hashes;
+    size_t             nadmins;
+    const char        *secret;             /* hex; empty: random per run */
+    unsigned           timeout_s;          /* session cookie lifetime */
+    unsigned           iterations;         /* PBKDF2 iterations of new _users hashes */
+    bool               require_valid_user; /* anonymous requests get 401 */
+    const char        *www_authenticate;   /* WWW-Authenticate on 401 ("" none) */
+    const char        *same_site;          /* SameSite of the cookie ("" none) */
+    bool               secure_cookie;      /* Secure flag (served over TLS) */
+    bool               admin_only_all_dbs;
+    bool               default_admin_only; /* databases without _security: admins only */
+    const char        *allowed_hosts;      /* replication URLs: "host" or "host:port", comma-
+                                              separated; "" any */
+} http_auth_cfg;
+
 typedef struct http_config {
     const char *bind_address;      /* IPv4 or IPv6 literal */
     unsigned    port;              /* 0: the kernel picks a free port */
     size_t      max_request_size;  /* bytes of one request body; over it → 413 */
+    size_t      max_buffered;      /* body bytes held by all requests together; over → 503 */
     unsigned    max_connections;   /* concurrent connections (one thread each) */
     unsigned    idle_timeout_s;    /* an idle keep-alive connection is closed after this */
     unsigned    changes_timeout_ms;/* default and cap of _changes?timeout */
     unsigned    max_json_depth;    /* nesting cap for JSON in query values and small bodies */
     http_cors   cors;
+    http_auth_cfg auth;
+    const char *tls_cert_pem;      /* PEM text of the certificate chain: serve HTTPS (NULL: HTTP) */
+    const char *tls_key_pem;       /* PEM text of its private key */
 } http_config;
 
 typedef struct http_server http_server;

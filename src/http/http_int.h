@@ -17,6 +17,7 @@
 #include "http.h"
 #include "../common/buf.h"
 #include "../json/json.h"
+#include "../auth/auth.h"
 
 #define HTTP_SERVER_HEADER "mimeo/" MIMEO_VERSION " (CouchDB/" MIMEO_COUCHDB_VERSION ")"
 #define HTTP_MAX_SEGS   8    /* path segments kept; more are counted (attachment names) */
@@ -32,6 +33,8 @@ struct http_server {
     atomic_bool         stopping; /* set first on shutdown: waiting feeds end */
     atomic_int          busy;     /* requests between their first call and completion */
     MHD_socket          listen_sock; /* ours to close once quiesced */
+    struct http_auth   *auth;     /* accounts, secret, caches (authz.c) */
+    atomic_size_t       buffered; /* request body bytes held by all connections */
 };
 
 typedef enum {
@@ -67,12 +70,18 @@ typedef struct http_req {
 
     buf                   body;
     bool                  too_large;
+    bool                  over_budget; /* the server's body budget ran out: 503 */
+    size_t                accounted;   /* body bytes counted in srv->buffered */
 
     mimeo_db             *db;          /* opened once per request by http_db */
     buf                   scratch;     /* e.g. "_design/" + name */
 
     struct MHD_Response  *resp;        /* the reply the core queues */
     unsigned              status;
+
+    auth_user             user;        /* who is asking (authz.c); anonymous when !known */
+    const char           *authn;       /* "cookie", "default" (Basic) or NULL */
+    char                 *set_cookie;  /* Set-Cookie for the reply, or NULL */
 
     char                  inline_raw[HTTP_INLINE_URI];
 } http_req;
@@ -204,5 +213,27 @@ void http_h_node(http_req *r);
 void http_h_all_docs(http_req *r);
 void http_h_design_docs(http_req *r);
 void http_h_changes(http_req *r);
+
+/* ---- authz.c, h_session.c, h_security.c: authentication and authorization ---------------- */
+int  http_auth_start(http_server *s, char *errbuf, size_t errlen);
+void http_auth_stop(http_server *s);
+/* Authenticates r and checks that it may do what it asks; false after replying (401/403,
+ * or 404 for another user's account). May replace r->body (_users passwords hashed). */
+bool http_authorize(http_req *r);
+/* Adds Set-Cookie / WWW-Authenticate to the reply made. */
+void http_auth_reply_headers(http_req *r);
+/* Looks an account up (config admins, then _users): its hash and its user (destroy it). */
+int  http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u);
+/* Checks a name and password under the failed-login slowdown: 0 with *u filled (and *pw,
+ * may be NULL), MIMEO_ENOTFOUND when wrong, MIMEO_ECONFLICT when refused unchecked. */
+int  http_auth_login(http_req *r, const char *name, const char *password, auth_user *u,
+                     auth_pw *pw);
+/* Sets r->set_cookie to a new session cookie for name (salt from pw), or a clearing one. */
+void http_auth_set_cookie(http_req *r, const char *name, const auth_pw *pw, bool clear);
+/* r->db's _security object as JSON text (new, free()); the default when none is stored. */
+char *http_security_text(http_req *r);
+/* Stores r->db's _security object. */
+int  http_security_store(http_req *r, const jval *sec, mimeo_err *err);
+void http_h_session(http_req *r);
 
 #endif

@@ -84,10 +84,12 @@ bool http_is_json_ctype(const http_req *r)
     return ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ';
 }
 
-/* Is origin (the request's Origin header) in the configured list? */
-static bool http_origin_allowed(const http_cors *c, const char *origin)
+/* Is origin (the request's Origin header) in the configured list? 0: no; 1: by "*" (then the
+ * reply says "*" and never allows credentials: any page could otherwise act as the user);
+ * 2: listed by name. */
+static int http_origin_allowed(const http_cors *c, const char *origin)
 {
-    if (!c->enabled || !origin || !c->origins) return false;
+    if (!c->enabled || !origin || !c->origins) return 0;
     const char *p = c->origins;
     size_t olen = strlen(origin);
     while (*p) {
@@ -96,21 +98,30 @@ static bool http_origin_allowed(const http_cors *c, const char *origin)
         while (*p && *p != ',') p++;
         const char *e = p;
         while (e > s && e[-1] == ' ') e--;
-        if (e - s == 1 && *s == '*') return true;
-        if ((size_t)(e - s) == olen && strncasecmp(s, origin, olen) == 0) return true;
+        if ((size_t)(e - s) == olen && strncasecmp(s, origin, olen) == 0) return 2;
     }
-    return false;
+    for (p = c->origins; *p; p++)
+        if (*p == '*') return 1;
+    return 0;
+}
+
+/* Allow-Origin and Allow-Credentials for an allowed origin. */
+static void http_cors_origin(const http_cors *c, struct MHD_Response *resp, const char *origin,
+                             int how)
+{
+    MHD_add_response_header(resp, "Access-Control-Allow-Origin", how == 2 ? origin : "*");
+    MHD_add_response_header(resp, "Vary", "Origin");
+    if (how == 2 && c->credentials)
+        MHD_add_response_header(resp, "Access-Control-Allow-Credentials", "true");
 }
 
 void http_cors_headers(http_req *r, struct MHD_Response *resp)
 {
     const http_cors *c = &r->srv->cfg.cors;
     const char *origin = http_req_header(r, "Origin");
-    if (!http_origin_allowed(c, origin)) return;
-    /* Echo the origin rather than "*": browsers refuse "*" with credentials. */
-    MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
-    MHD_add_response_header(resp, "Vary", "Origin");
-    if (c->credentials) MHD_add_response_header(resp, "Access-Control-Allow-Credentials", "true");
+    int how = http_origin_allowed(c, origin);
+    if (!how) return;
+    http_cors_origin(c, resp, origin, how);
     MHD_add_response_header(resp, "Access-Control-Expose-Headers",
                             "content-type, cache-control, accept-ranges, etag, server, "
                             "x-couch-request-id, x-couch-update-newrev");
@@ -126,13 +137,11 @@ bool http_cors_preflight(http_req *r)
         MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     if (!resp) return false;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_SERVER, HTTP_SERVER_HEADER);
-    if (http_origin_allowed(c, origin)) {
+    int how = http_origin_allowed(c, origin);
+    if (how) {
         char age[24];
         snprintf(age, sizeof age, "%u", c->max_age);
-        MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
-        MHD_add_response_header(resp, "Vary", "Origin");
-        if (c->credentials)
-            MHD_add_response_header(resp, "Access-Control-Allow-Credentials", "true");
+        http_cors_origin(c, resp, origin, how);
         MHD_add_response_header(resp, "Access-Control-Allow-Methods", c->methods);
         MHD_add_response_header(resp, "Access-Control-Allow-Headers", c->headers);
         MHD_add_response_header(resp, "Access-Control-Max-Age", age);

@@ -28,6 +28,7 @@ static const http_route_row http_server_routes[] = {
     { "_up",      M_GET | M_HEAD, "GET,HEAD", http_h_up },
     { "_all_dbs", M_GET | M_HEAD, "GET,HEAD", http_h_all_dbs },
     { "_uuids",   M_GET | M_HEAD, "GET,HEAD", http_h_uuids },
+    { "_session", M_GET | M_HEAD | M_POST | M_DELETE, "DELETE,GET,HEAD,POST", http_h_session },
 };
 
 /* Served with any method and any depth (the handlers check both). */
@@ -54,7 +55,7 @@ static const http_route_row http_db_routes[] = {
 /* CouchDB endpoints mimeo does not serve (yet): a clean 404 instead of "illegal database
  * name", so clients that probe them (the replicator's /_session) fall back properly. */
 static const char *const http_unserved_server[] = {
-    "_session", "_config",
+    "_config",
     "_membership", "_stats", "_utils", "_cluster_setup", "_dbs_info", "_db_updates",
     "_reshard", "_prometheus", "_search_analyze", "_restart",
 };

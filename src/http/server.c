@@ -40,10 +40,35 @@ static void *http_uri_log(void *cls, const char *uri, struct MHD_Connection *con
     return r;
 }
 
+/* Counts the growth of r's body in the server-wide budget: each connection may hold up to
+ * max_request_size, but all of them together only max_buffered, so that many clients sending
+ * big bodies at once cannot take the node's memory (measured in security_limits.test.mjs).
+ * False when the budget is exhausted: the body is then dropped and the request gets 503. */
+static bool http_body_account(http_req *r)
+{
+    http_server *s = r->srv;
+    size_t now = r->body.alloc;
+    if (now > r->accounted) {
+        size_t total = atomic_fetch_add(&s->buffered, now - r->accounted) + (now - r->accounted);
+        r->accounted = now;
+        if (total > s->cfg.max_buffered) {
+            atomic_fetch_sub(&s->buffered, r->accounted);
+            r->accounted = 0;
+            buf_destroy(&r->body);
+            r->over_budget = true;
+            return false;
+        }
+    }
+    return true;
+}
+
 static void http_req_free(http_req *r)
 {
+    if (r->accounted) atomic_fetch_sub(&r->srv->buffered, r->accounted);
     if (r->resp) MHD_destroy_response(r->resp);
     if (r->db) mimeo_db_close(r->db);
+    auth_user_destroy(&r->user);
+    free(r->set_cookie);
     buf_destroy(&r->body);
     buf_destroy(&r->scratch);
     if (r->raw && r->raw != r->inline_raw) free(r->raw);
@@ -77,6 +102,7 @@ static enum MHD_Result http_queue(http_req *r)
 {
     if (!r->resp) http_reply_error(r, 500, "unknown_error", "no reply was produced");
     if (!r->resp) return MHD_NO;   /* out of memory: drop the connection */
+    http_auth_reply_headers(r);
     enum MHD_Result ret = MHD_queue_response(r->conn, r->status, r->resp);
     MHD_destroy_response(r->resp);
     r->resp = NULL;
@@ -108,7 +134,7 @@ static enum MHD_Result http_refuse_oversize(http_req *r)
 {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (!ci) {
+    if (!ci || r->srv->cfg.tls_cert_pem) {   /* under TLS the socket is not ours to write */
         http_reply_error(r, 413, "too_large", "the request entity is too large");
         return http_queue(r);
     }
@@ -174,14 +200,19 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
                 http_reply_error(r, 413, "too_large", "the request entity is too large");
                 return http_queue(r);
             }
+            http_body_account(r);
         }
         return MHD_YES;
     }
 
     if (*upload_size > 0) {
-        if (!r->too_large && buf_put(&r->body, upload, *upload_size) != 0) {
-            r->too_large = true;   /* keep reading (and dropping) so we can answer */
-            buf_destroy(&r->body);
+        if (!r->too_large && !r->over_budget) {
+            if (buf_put(&r->body, upload, *upload_size) != 0) {
+                r->too_large = true;   /* keep reading (and dropping) so we can answer */
+                buf_destroy(&r->body);
+            } else {
+                http_body_account(r);
+            }
         }
         *upload_size = 0;
         return MHD_YES;
@@ -189,9 +220,14 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
 
     if (r->too_large)
         http_reply_error(r, 413, "too_large", "the request entity is too large");
+    else if (r->over_budget) {
+        http_reply_error(r, 503, "service_unavailable",
+                         "Too many large requests in flight; retry later.");
+        http_header(r, "Retry-After", "1");
+    }
     else if (atomic_load(&s->stopping))
         http_reply_error(r, 503, "service_unavailable", "The server is shutting down.");
-    else if (!http_cors_preflight(r))
+    else if (!http_cors_preflight(r) && http_authorize(r))
         http_route(r);
     return http_queue(r);
 }
@@ -223,11 +259,14 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
     s->cfg = *cfg;
     if (s->cfg.max_request_size == 0) s->cfg.max_request_size = (size_t)64 << 20;
     if (s->cfg.max_connections == 0) s->cfg.max_connections = 512;
+    if (s->cfg.max_buffered == 0) s->cfg.max_buffered = (size_t)256 << 20;
+    if (s->cfg.max_buffered < s->cfg.max_request_size) s->cfg.max_buffered = s->cfg.max_request_size;
     if (s->cfg.changes_timeout_ms == 0) s->cfg.changes_timeout_ms = 60000;
     s->limits.max_depth = cfg->max_json_depth ? cfg->max_json_depth : JSON_DEFAULT_MAX_DEPTH;
     s->limits.max_doc_bytes = s->cfg.max_request_size;
     atomic_init(&s->stopping, false);
     atomic_init(&s->busy, 0);
+    atomic_init(&s->buffered, 0);
     s->listen_sock = MHD_INVALID_SOCKET;
 
     struct sockaddr_in6 a6;
@@ -259,6 +298,26 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
         return NULL;
     }
 
+    if (http_auth_start(s, errbuf, errlen) != 0) {
+        free(s);
+        return NULL;
+    }
+    /* HTTPS through libmicrohttpd's GnuTLS support. */
+    struct MHD_OptionItem tls_opts[] = {
+        { MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)cfg->tls_key_pem },
+        { MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)cfg->tls_cert_pem },
+        { MHD_OPTION_END, 0, NULL },
+    };
+    if (cfg->tls_cert_pem) {
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES || !cfg->tls_key_pem) {
+            snprintf(errbuf, errlen, "this libmicrohttpd has no TLS support, or no key given");
+            http_auth_stop(s);
+            free(s);
+            return NULL;
+        }
+        flags |= MHD_USE_TLS;
+        s->cfg.auth.secure_cookie = true;
+    }
     s->daemon = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, http_access, s,
         MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, NULL,   /* must come first */
@@ -276,10 +335,13 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
          * Set to 1 it adds SO_REUSEPORT, and a second live server could bind the same port
          * (the kernel would split connections between them); set to 0 it drops
          * SO_REUSEADDR too, and a restarted server could not bind for a minute. */
+        MHD_OPTION_ARRAY, cfg->tls_cert_pem ? tls_opts : &tls_opts[2],
         MHD_OPTION_END);
     if (!s->daemon) {
-        snprintf(errbuf, errlen, "cannot listen on %s port %u (in use, or not allowed?)", bind,
-                 cfg->port);
+        snprintf(errbuf, errlen, "cannot listen on %s port %u (in use, not allowed, or%s)",
+                 bind, cfg->port, cfg->tls_cert_pem ? " a certificate and key that do not load"
+                                                    : " not permitted");
+        http_auth_stop(s);
         free(s);
         return NULL;
     }
@@ -314,5 +376,6 @@ void http_server_free(http_server *s)
     }
     MHD_stop_daemon(s->daemon);
     if (ls != MHD_INVALID_SOCKET) close(ls);
+    http_auth_stop(s);
     free(s);
 }

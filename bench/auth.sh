@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# What authentication costs on the hot paths: GET with 16 clients and _bulk_docs, against mimeo
+# with no admin (everyone admin), with Basic auth on every request, and with an AuthSession
+# cookie. The variants take turns for ROUNDS rounds (default 3: the machine is shared, single
+# runs vary by ±30%); prints the median per (workload, variant) and the ratio to the open server.
+#   make build/mimeo build/loadgen && bench/auth.sh        (BENCH_QUICK=1: shorter)
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LG=$ROOT/build/loadgen
+MIMEO=${MIMEO_BIN:-$ROOT/build/mimeo}
+DOCS=${DOCS:-20000} SECS=${SECS:-5}
+[ "${BENCH_QUICK:-0}" = 1 ] && DOCS=5000 SECS=2
+mkdir -p "$ROOT/build/bench"
+TMP=$(mktemp -d "$ROOT/build/bench/auth.XXXXXX")
+PID=""
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"' EXIT
+
+start() { # extra args…: starts mimeo, sets URL and PID
+  rm -rf "$TMP/data"; mkdir -p "$TMP/data"
+  "$MIMEO" serve --data "$TMP/data" --bind 127.0.0.1 --port 0 "$@" > "$TMP/out.log" 2>&1 &
+  PID=$!
+  URL=""
+  for _ in $(seq 100); do
+    URL=$(grep -o 'http://[0-9.]*:[0-9]*' "$TMP/out.log" | head -1)
+    [ -n "$URL" ] && return 0
+    sleep 0.1
+  done
+  echo "auth.sh: mimeo did not start: $(tail -c 300 "$TMP/out.log")" >&2; exit 1
+}
+stop() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; PID=""; }
+fig() { grep -o "\"$1\":[0-9.]*" | head -1 | cut -d: -f2; }
+
+ROUNDS=${ROUNDS:-3}
+declare -A R
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : 0) }'; }
+for round in $(seq "$ROUNDS"); do
+for variant in open basic cookie; do
+  export -n BENCH_COOKIE
+  if [ "$variant" = open ]; then
+    start; base=$URL
+  else
+    # PBKDF2 at CouchDB's 600,000 iterations: only the first check of a password pays it.
+    start --set admins.bench=bench-pw
+    if [ "$variant" = basic ]; then
+      base=${URL/http:\/\//http://bench:bench-pw@}
+    else
+      base=$URL
+      BENCH_COOKIE=$(curl -s -D - -o /dev/null -H 'Content-Type: application/json' \
+        -d '{"name":"bench","password":"bench-pw"}' "$URL/_session" |
+        grep -io 'AuthSession=[^;]*' | head -1)
+      export BENCH_COOKIE
+    fi
+  fi
+  curl -s -X PUT "${base}/bench" -u bench:bench-pw > /dev/null
+  b=$("$LG" bulk "$base/bench" --docs "$DOCS" --batch 1000 --ids seq --size 1024 2>/dev/null | fig docs_per_s)
+  g=$("$LG" get "$base/bench" --docs "$DOCS" --ids seq --clients 16 --seconds "$SECS" 2>/dev/null | fig req_per_s)
+  R[bulk_$variant]="${R[bulk_$variant]:-} $b" R[get_$variant]="${R[get_$variant]:-} $g"
+  stop
+done
+done
+for k in "${!R[@]}"; do R[$k]=$(echo "${R[$k]}" | median); done
+printf '%-10s %12s %12s %12s\n' workload open basic cookie
+for w in bulk get; do
+  o=${R[${w}_open]:-0}
+  printf '%-10s %12s %12s %12s   (basic %s, cookie %s of open)\n' "$w" "$o" "${R[${w}_basic]}" \
+    "${R[${w}_cookie]}" \
+    "$(awk -v a="${R[${w}_basic]:-0}" -v b="$o" 'BEGIN{ if (b > 0) printf "%.0f%%", 100*a/b; else print "n/a" }')" \
+    "$(awk -v a="${R[${w}_cookie]:-0}" -v b="$o" 'BEGIN{ if (b > 0) printf "%.0f%%", 100*a/b; else print "n/a" }')"
+done

@@ -1,0 +1,127 @@
+// HTTPS: a throwaway CA and server certificate made with GnuTLS's certtool at test time (no
+// keys in the tree); mimeo serves HTTPS on [ssl] port beside HTTP, or HTTPS only; clients that
+// trust the CA get in, others fail the handshake; the session cookie is Secure; a _security
+// change made over one listener is seen by the other.
+
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs/promises';
+import https from 'node:https';
+import os from 'node:os';
+import path from 'node:path';
+import { serverBinary, repoRoot } from './lib/server.mjs';
+
+function certtool(args) {
+  execFileSync('certtool', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+}
+
+async function makeCerts(dir) {
+  await fs.writeFile(path.join(dir, 'ca.tmpl'), 'cn = "mimeo test CA"\nca\ncert_signing_key\nexpiration_days = 2\n');
+  await fs.writeFile(path.join(dir, 'srv.tmpl'),
+    'cn = "127.0.0.1"\nip_address = "127.0.0.1"\ndns_name = "localhost"\ntls_www_server\nsigning_key\nencryption_key\nexpiration_days = 2\n');
+  const p = (f) => path.join(dir, f);
+  certtool(['--generate-privkey', '--key-type=ecdsa', '--outfile', p('ca.key')]);
+  certtool(['--generate-self-signed', '--load-privkey', p('ca.key'), '--template', p('ca.tmpl'), '--outfile', p('ca.crt')]);
+  certtool(['--generate-privkey', '--key-type=ecdsa', '--outfile', p('srv.key')]);
+  certtool(['--generate-certificate', '--load-privkey', p('srv.key'), '--load-ca-certificate', p('ca.crt'),
+    '--load-ca-privkey', p('ca.key'), '--template', p('srv.tmpl'), '--outfile', p('srv.crt')]);
+  return { ca: await fs.readFile(p('ca.crt')), cert: p('srv.crt'), key: p('srv.key') };
+}
+
+/** Starts mimeo with args; resolves {proc, http, https} from its listening lines. */
+function start(args, want) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(serverBinary(), ['serve', ...args], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    const urls = {};
+    const t = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`no listening lines: ${out} ${err}`)); }, 20000);
+    proc.stderr.on('data', (c) => { err += c; });
+    proc.stdout.on('data', (c) => {
+      out += c;
+      for (const m of out.matchAll(/mimeo listening on (https?):\/\/(\S+)/g)) urls[m[1]] = `${m[1]}://${m[2]}`;
+      if (want.every((k) => urls[k])) { clearTimeout(t); resolve({ proc, ...urls, stderr: () => err }); }
+    });
+    proc.on('exit', (code) => { clearTimeout(t); reject(new Error(`exited ${code}: ${err}`)); });
+  });
+}
+
+async function stop(s) {
+  if (!s || s.proc.exitCode !== null) return;
+  s.proc.removeAllListeners('exit');
+  const done = new Promise((r) => s.proc.on('exit', r));
+  s.proc.kill('SIGTERM');
+  await done;
+}
+
+function get(url, { ca, method = 'GET', body, auth } = {}) {
+  return new Promise((resolve, reject) => {
+    const headers = { 'content-type': 'application/json' };
+    if (auth) headers.authorization = 'Basic ' + Buffer.from(auth).toString('base64');
+    const r = https.request(url, { method, ca, headers, agent: false }, (res) => {
+      let text = '';
+      res.on('data', (c) => { text += c; });
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, text }));
+    });
+    r.on('error', reject);
+    r.end(body === undefined ? undefined : JSON.stringify(body));
+  });
+}
+
+describe('TLS', () => {
+  let dir, certs, s;
+  before(async () => {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'mimeo-tls-'));
+    certs = await makeCerts(dir);
+    s = await start(['--data', path.join(dir, 'data'), '--bind', '127.0.0.1', '--port', '0',
+      '--tls-cert', certs.cert, '--tls-key', certs.key, '--tls-port', '0',
+      '--set', 'admins.root=pw', '--set', 'chttpd_auth.iterations=1000'], ['http', 'https']);
+  });
+  after(async () => {
+    await stop(s);
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  test('HTTPS beside HTTP: the CA is trusted, anything else fails the handshake', async () => {
+    const r = await get(`${s.https}/`, { ca: certs.ca });
+    assert.equal(r.status, 200);
+    assert.equal(JSON.parse(r.text).couchdb, 'Welcome');
+    await assert.rejects(get(`${s.https}/`), /self[- ]signed|unable to verify|certificate/i);
+    const plain = await fetch(`${s.http}/`);
+    assert.equal(plain.status, 200);
+  });
+
+  test('the session cookie is Secure over HTTPS; both listeners see one _security', async () => {
+    const login = await get(`${s.https}/_session`, { ca: certs.ca, method: 'POST', body: { name: 'root', password: 'pw' } });
+    assert.equal(login.status, 200);
+    assert.match([].concat(login.headers['set-cookie'])[0], /; Secure/);
+    assert.equal((await get(`${s.https}/tlsdb`, { ca: certs.ca, method: 'PUT', auth: 'root:pw' })).status, 201);
+    const auth = { authorization: 'Basic ' + Buffer.from('root:pw').toString('base64') };
+    // Read the default over HTTP (cached there), change it over HTTPS, read over HTTP again.
+    assert.equal((await fetch(`${s.http}/tlsdb`)).status, 401);
+    assert.equal((await get(`${s.https}/tlsdb/_security`, { ca: certs.ca, method: 'PUT', auth: 'root:pw',
+      body: { members: { names: [] }, admins: { names: [] } } })).status, 200);
+    assert.equal((await fetch(`${s.http}/tlsdb`)).status, 200);
+    assert.equal((await fetch(`${s.http}/tlsdb`, { headers: auth })).status, 200);
+  });
+
+  test('HTTPS only: [httpd] enable = false', async () => {
+    const s2 = await start(['--data', path.join(dir, 'data2'), '--bind', '127.0.0.1', '--port', '0',
+      '--tls-cert', certs.cert, '--tls-key', certs.key, '--tls-port', '0', '--set', 'httpd.enable=false'], ['https']);
+    try {
+      assert.equal((await get(`${s2.https}/_up`, { ca: certs.ca })).status, 200);
+    } finally { await stop(s2); }
+  });
+
+  test('a key that does not match or a missing file: a one-line reason, exit 1', async () => {
+    const r = await new Promise((resolve) => {
+      const p = spawn(serverBinary(), ['serve', '--data', path.join(dir, 'data3'), '--port', '0',
+        '--tls-cert', certs.cert, '--tls-key', path.join(dir, 'nope.key')], { cwd: repoRoot });
+      let err = '';
+      p.stderr.on('data', (c) => { err += c; });
+      p.on('exit', (code) => resolve({ code, err }));
+    });
+    assert.equal(r.code, 1);
+    assert.match(r.err, /cannot read .*nope\.key/);
+  });
+});
