@@ -54,6 +54,7 @@ struct store {
     bool             stopping;
     pthread_t        writer;
     store_group_hooks hooks;
+    store_commit_stats stats;     /* test hook: guarded by lock */
 };
 
 int store_err(int rc) {
@@ -196,8 +197,10 @@ static void *store_writer_main(void *arg) {
         size_t group_size = job_count(group);
 
         pthread_mutex_lock(&s->lock);
+        if (!rc) s->stats.commits++;
         for (store_job *j = group; j; j = j->next) {
             if (rc && !j->skip) j->rc = rc == STORE_EMAPFULL ? MIMEO_ENOSPC : rc;
+            if (!rc && !j->skip) s->stats.jobs++;
             j->done = true;
         }
         pthread_cond_broadcast(&s->done);
@@ -221,6 +224,14 @@ int store_write(store *s, store_job_fn fn, void *arg) {
     while (!job.done) pthread_cond_wait(&s->done, &s->lock);
     pthread_mutex_unlock(&s->lock);
     return job.rc == STORE_EMAPFULL ? MIMEO_ENOSPC : job.rc;
+}
+
+/* Test hook (tests/unit): what group commit shared so far. */
+store_commit_stats store_stats(store *s) {
+    pthread_mutex_lock(&s->lock);
+    store_commit_stats st = s->stats;
+    pthread_mutex_unlock(&s->lock);
+    return st;
 }
 
 int store_read_begin(store *s, MDB_txn **txn) {
