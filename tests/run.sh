@@ -102,11 +102,12 @@ stage_tsan() {
     TSAN_OPTIONS="${TSAN_OPTIONS:-$opts}:log_path=$PWD/$logs/mimeo" MIMEO_BIN=build/tsan/mimeo \
       MIMEO_EXAMPLE=build/asan/example run_node "tsan interop" "${files[@]}"
   fi
+  # A unit test with a report already failed by its exit code (66); a server's is counted here.
   for f in "$logs"/*; do
     [ -e "$f" ] || continue
     echo "== race report $f"
     head -n 60 "$f"
-    fail "tsan $(basename "$f")" "ThreadSanitizer report"
+    case "$(basename "$f")" in unit.*) ;; *) fail "tsan $(basename "$f")" "ThreadSanitizer report" ;; esac
   done
 }
 
