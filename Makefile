@@ -108,7 +108,7 @@ test-build: build/asan/mimeo build/asan/example $(UNIT_BIN) tsan-build fuzz-buil
 test:
 	@scripts/setup.sh --test
 	@$(MAKE) --no-print-directory -j2 test-build
-	@FUZZ_SECONDS=$(FUZZ_SECONDS) tests/run.sh
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) TSAN_INTEROP="$(TSAN_INTEROP)" tests/run.sh
 
 # ThreadSanitizer: the unit tests (group commit from 16 threads, map growth under readers,
 # job isolation) and these interop suites, chosen for their threads: feeds (waiting feeds
