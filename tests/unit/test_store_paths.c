@@ -1,7 +1,7 @@
 /* Paths of the store and database layer that the main store tests do not reach: a job that
  * fails alone inside a shared write group, map growth while a long read holds a snapshot,
  * finishing a database drop that a crash interrupted, and compaction of a database bigger
- * than one compaction page. Some checks read the LMDB tables directly (via src/db and
+ * than one compaction page, and feeds that follow writers from other threads. Some checks read the LMDB tables directly (via src/db and
  * src/store internals) to see what the public API cannot: bodies, drop marks, commits. */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -472,12 +472,95 @@ static void test_compact_many_documents(void) {
     mimeo_env_close(env);
 }
 
+/* ---- feeds following writers ------------------------------------------------------------ */
+
+enum { LIVE_WRITERS = 3, LIVE_DOCS = 200, LIVE_FOLLOWERS = 2 };
+
+typedef struct live_arg {
+    mimeo_db *db;
+    int       n;           /* writer number */
+    int       failures;
+    uint64_t  rows, last;  /* followers: rows seen, last seq */
+} live_arg;
+
+static void *live_writer(void *p) {
+    live_arg *a = p;
+    for (int i = 0; i < LIVE_DOCS; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "w%d-%04d", a->n, i);
+        mimeo_put_result res;
+        mimeo_err err;
+        if (mimeo_doc_put(a->db, id, strlen(id), "{\"x\":1}", 7, NULL, &res, &err)) a->failures++;
+        else mimeo_free(res.id);
+    }
+    return NULL;
+}
+
+static int live_row(void *ctx, const char *json, size_t len) {
+    (void)json;
+    (void)len;
+    ((live_arg *)ctx)->rows++;
+    return 0;
+}
+
+/* Reads the feed from where it left off, then waits for more, until every write is seen. */
+static void *live_follower(void *p) {
+    live_arg *a = p;
+    const uint64_t total = LIVE_WRITERS * LIVE_DOCS;
+    uint64_t deadline = check_now_ms() + 60000;
+    while (a->last < total && check_now_ms() < deadline) {
+        mimeo_changes_opts o = {0};
+        o.since = a->last;
+        uint64_t last = 0;
+        mimeo_err err;
+        if (mimeo_changes(a->db, &o, live_row, a, &last, NULL, &err)) {
+            a->failures++;
+            break;
+        }
+        if (last < a->last) a->failures++; /* a feed never goes back */
+        a->last = last;
+        if (a->last < total) mimeo_changes_wait(a->db, a->last, 100);
+    }
+    return NULL;
+}
+
+/* Three writers and two feed followers on one database at once (the threads TSan watches in
+ * the unit tests): each follower sees every change exactly once, in one pass from 0 to the
+ * end, and the counts agree with the writes. */
+static void test_feeds_follow_writers(void) {
+    mimeo_env *env = open_env(case_dir("live"));
+    CHECK(env != NULL);
+    if (!env) return;
+    mimeo_db *db = create_db(env, "live");
+    pthread_t th[LIVE_WRITERS + LIVE_FOLLOWERS];
+    live_arg args[LIVE_WRITERS + LIVE_FOLLOWERS];
+    for (int i = 0; i < LIVE_WRITERS + LIVE_FOLLOWERS; i++) {
+        args[i] = (live_arg){.db = db, .n = i};
+        pthread_create(&th[i], NULL, i < LIVE_WRITERS ? live_writer : live_follower, &args[i]);
+    }
+    for (int i = 0; i < LIVE_WRITERS + LIVE_FOLLOWERS; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_EQ_INT(args[i].failures, 0);
+    }
+    for (int i = LIVE_WRITERS; i < LIVE_WRITERS + LIVE_FOLLOWERS; i++) {
+        CHECK_EQ_INT(args[i].last, LIVE_WRITERS * LIVE_DOCS);
+        CHECK_EQ_INT(args[i].rows, LIVE_WRITERS * LIVE_DOCS);
+    }
+    mimeo_db_info info;
+    CHECK_EQ_INT(mimeo_db_info_get(db, &info), 0);
+    CHECK_EQ_INT(info.doc_count, LIVE_WRITERS * LIVE_DOCS);
+    CHECK_EQ_INT(info.update_seq, LIVE_WRITERS * LIVE_DOCS);
+    mimeo_db_close(db);
+    mimeo_env_close(env);
+}
+
 int main(void) {
     make_tmpdir();
     RUN(test_group_job_isolation);
     RUN(test_map_growth_under_long_reader);
     RUN(test_interrupted_drop_recovers);
     RUN(test_compact_many_documents);
+    RUN(test_feeds_follow_writers);
     clear_dir(tmpdir);
     return check_report();
 }
