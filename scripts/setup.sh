@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing mimeo needs on Debian 12, and nothing that is already there.
 #   scripts/setup.sh          Debian packages for building and running
-#   scripts/setup.sh --test   also the npm modules of the interop tests (pinned by their lockfile)
+#   scripts/setup.sh --test   also clang (the fuzz drivers) and the npm modules of the interop
+#                             tests (pinned by their lockfile)
 #   scripts/setup.sh --bench  also pouchdb-server, the benchmark's peer
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ for arg in "$@"; do
   esac
 done
 if [ "$want_test" = 1 ] || [ "$want_bench" = 1 ]; then packages+=(nodejs npm); fi
-if [ "$want_test" = 1 ]; then packages+=(chromium gnutls-bin); fi   # browser test; TLS test CA
+if [ "$want_test" = 1 ]; then packages+=(clang chromium gnutls-bin); fi   # fuzzing; browser test; TLS test CA
 
 missing=()
 for p in "${packages[@]}"; do
@@ -42,6 +43,9 @@ fi
 
 npm_ci() { # folder: install from the committed lockfile when node_modules is missing or stale
   local dir=$1
+  # A link means an install shared with other checkouts (git worktrees): npm ci would wipe
+  # it for all of them, and a fresh checkout's lockfile always looks newer. Leave it alone.
+  if [ -L "$dir/node_modules" ]; then return 0; fi
   if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
     echo "setup: npm ci in $dir"
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)

@@ -62,6 +62,7 @@ struct store {
     bool             stopping;
     pthread_t        writer;
     store_group_hooks hooks;
+    store_commit_stats stats;     /* test hook: guarded by lock */
 };
 
 int store_err(int rc) {
@@ -228,8 +229,10 @@ static void *store_writer_main(void *arg) {
         size_t group_size = job_count(group);
 
         pthread_mutex_lock(&s->lock);
+        if (!rc) s->stats.commits++;
         for (store_job *j = group; j; j = j->next) {
             if (rc && !j->skip) j->rc = rc == STORE_EMAPFULL ? MIMEO_ENOSPC : rc;
+            if (!rc && !j->skip) s->stats.jobs++;
             j->done = true;
         }
         if (rest) {
@@ -264,6 +267,14 @@ static int store_submit(store *s, store_job_fn fn, void *arg, bool barrier) {
 }
 
 int store_write(store *s, store_job_fn fn, void *arg) { return store_submit(s, fn, arg, false); }
+
+/* Test hook (tests/unit): what group commit shared so far. */
+store_commit_stats store_stats(store *s) {
+    pthread_mutex_lock(&s->lock);
+    store_commit_stats st = s->stats;
+    pthread_mutex_unlock(&s->lock);
+    return st;
+}
 
 int store_read_begin(store *s, MDB_txn **txn) {
     pthread_rwlock_rdlock(&s->resize_lock);

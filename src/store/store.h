@@ -80,6 +80,13 @@ void store_set_group_hooks(store *s, const store_group_hooks *hooks);
  * fn's code, or a commit failure (MIMEO_ENOSPC, MIMEO_EIO), or MIMEO_ECLOSED. */
 int store_write(store *s, store_job_fn fn, void *arg);
 
+/* Test hook: durable commits (one fdatasync each) and the jobs they carried, since open. */
+typedef struct store_commit_stats {
+    uint64_t commits;
+    uint64_t jobs;
+} store_commit_stats;
+store_commit_stats store_stats(store *s);
+
 /* Translates an LMDB return code into a MIMEO_E* code. */
 int store_err(int mdb_rc);
 

@@ -1,8 +1,9 @@
 /* libFuzzer driver for the HTTP request-target parser (src/http/url.c): path splitting,
- * per-segment percent-decoding and query arguments, on arbitrary bytes. Beyond "no crash,
- * no overrun, no leak" it checks that every segment and argument is NUL-terminated at its
- * length inside the request's buffer, and that a target without escapes splits exactly
- * like a plain split on '/'.
+ * per-segment percent-decoding, query arguments and their typed readers (boolean, integer,
+ * JSON, string lists), on arbitrary bytes. Beyond "no crash, no overrun, no leak" it checks
+ * that every segment and argument is NUL-terminated at its length inside the request's
+ * buffer, that a target without escapes splits exactly like a plain split on '/', and that
+ * a typed reader either yields a value or replies 400.
  * Build (the .c files of src/http and of the library, whose calls the handlers reference):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iinclude -Isrc \
  *     tests/fuzz/fuzz_http_path.c $(ls src/http/[!.]*.c src/common/[!.]*.c src/json/[!.]*.c \
@@ -24,6 +25,40 @@ static void fuzz_in_buffer(const http_req *r, const char *p, size_t len, size_t 
     fuzz_check(p >= r->raw && p + len < r->raw + cap);
     fuzz_check(p[len] == '\0');
 }
+
+/* Each reader on one argument: a value (1) with no reply, or -1 with a 400 reply. */
+static void fuzz_typed(http_req *r, const char *key)
+{
+    bool b;
+    uint64_t u;
+    jval *v = NULL;
+    http_string_list l;
+    for (int kind = 0; kind < 4; kind++) {
+        int rc;
+        switch (kind) {
+        case 0: rc = http_arg_bool(r, key, &b); break;
+        case 1: rc = http_arg_u64(r, key, &u); break;
+        case 2: rc = http_arg_json_str(r, key, &v); break;
+        default: rc = http_arg_string_list(r, key, "bad_request", "not a list", &l); break;
+        }
+        fuzz_check(rc == 1 || rc == -1);
+        fuzz_check((rc == -1) == (r->resp != NULL));
+        if (rc == -1) {
+            fuzz_check(r->status == 400);
+            MHD_destroy_response(r->resp);
+            r->resp = NULL;
+            r->status = 0;
+        }
+        if (rc == 1 && kind == 2) {
+            fuzz_check(v && v->type == JV_STRING);
+            jval_free(v);
+            v = NULL;
+        }
+        if (rc == 1 && kind == 3) http_string_list_destroy(&l);
+    }
+}
+
+static http_server fuzz_srv;
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -50,6 +85,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t vl = 0;
         fuzz_check(http_arg_get(r, r->args[i].key, &vl) != NULL);
     }
+    fuzz_srv.limits.max_depth = 64;
+    fuzz_srv.limits.max_doc_bytes = 1 << 20;
+    r->srv = &fuzz_srv;
+    r->method = HTTP_GET;
+    buf_init(&r->body, 0);
+    for (size_t i = 0; i < r->nargs && i < 8; i++) fuzz_typed(r, r->args[i].key);
+    buf_destroy(&r->body);
 
     /* Without escapes, queries or pluses the segments are the plain split. */
     if (!memchr(target, '%', n) && !memchr(target, '?', n) && !r->url_bad) {

@@ -12,7 +12,7 @@
 static void tree_check(const revtree *t) {
     for (uint32_t i = 0; i < t->count; i++) {
         const revtree_node *nd = &t->nodes[i];
-        if (nd->gen == 0 || nd->hash_len == 0 || nd->hash_len > REV_HASH_MAX) abort();
+        if (nd->hash_len == 0 || nd->hash_len > REV_HASH_MAX) abort();   /* generation 0 is valid: CouchDB stores "0-x" */
         if (nd->parent != REVTREE_NONE &&
             (nd->parent >= i || t->nodes[nd->parent].gen + 1 != nd->gen))
             abort();

@@ -1,6 +1,8 @@
 /* A minimal test harness for the C unit tests: each test file is one program; CHECK records
  * a failure and goes on; the program prints "N passed, N failed" and exits non-zero on any
- * failure (tests/run.sh adds the counts up). Property tests print their seed on failure. */
+ * failure (tests/run.sh adds the counts up). Property tests print their seed on failure.
+ * A case that cannot run (SKIP: a missing prerequisite) counts as failed, so a broken setup
+ * never reads as a pass. */
 #ifndef MIMEO_CHECK_H
 #define MIMEO_CHECK_H
 
@@ -16,7 +18,7 @@ static inline uint64_t check_now_ms(void) {
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static int check_passed, check_failed, check_case_failed;
+static int check_passed, check_failed, check_skipped, check_case_failed, check_case_skipped;
 static const char *check_case_name;
 
 #define CHECK(cond) do { \
@@ -43,20 +45,29 @@ static const char *check_case_name;
                 check_a_ ? check_a_ : "(null)", check_b_ ? check_b_ : "(null)"); \
     } } while (0)
 
+/* Ends the current case as not run, saying why; it counts as failed. */
+#define SKIP(why) do { \
+    check_case_skipped = 1; \
+    fprintf(stderr, "%s:%d: %s: SKIPPED (counted as failed): %s\n", __FILE__, __LINE__, \
+            check_case_name ? check_case_name : "?", (why)); \
+    return; } while (0)
+
 /* Runs one test case function and counts it. */
 #define RUN(fn) do { \
-    check_case_name = #fn; check_case_failed = 0; \
+    check_case_name = #fn; check_case_failed = 0; check_case_skipped = 0; \
     uint64_t check_t0_ = check_now_ms(); \
     fn(); \
     if (getenv("CHECK_VERBOSE")) fprintf(stderr, "%s: %llu ms\n", #fn, \
         (unsigned long long)(check_now_ms() - check_t0_)); \
-    if (check_case_failed) { check_failed++; fprintf(stderr, "FAIL %s\n", #fn); } \
+    if (check_case_skipped) { check_skipped++; fprintf(stderr, "SKIP %s\n", #fn); } \
+    else if (check_case_failed) { check_failed++; fprintf(stderr, "FAIL %s\n", #fn); } \
     else { check_passed++; } \
     check_case_name = NULL; } while (0)
 
 static inline int check_report(void) {
-    printf("%d passed, %d failed\n", check_passed, check_failed);
-    return check_failed ? 1 : 0;
+    if (check_skipped) printf("%d skipped (counted as failed)\n", check_skipped);
+    printf("%d passed, %d failed\n", check_passed, check_failed + check_skipped);
+    return check_failed + check_skipped ? 1 : 0;
 }
 
 #endif
