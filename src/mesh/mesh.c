@@ -86,13 +86,15 @@ struct mesh {
     size_t *order;              /* randomised round-robin probe order (member positions) */
     size_t norder, order_pos;
     size_t nsuspect;
+    size_t *slist;              /* positions of the suspect members, nsuspect of them */
+    size_t nlive;               /* members alive or suspect, self included */
 
     struct dbent *db;
     size_t ndb, capdb;
     struct index didx;
 
     struct bcast *bq;
-    size_t nbq;
+    size_t nbq, capbq;
     uint64_t bcast_id;
 
     struct relay relays[MAX_RELAYS];
@@ -187,6 +189,10 @@ static uint64_t name_hash(const char *s)
 {
     uint64_t h = 1469598103934665603ull;
     for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    /* FNV's low bits are weak for names like n1, n2…; the index uses the low bits. */
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
     return h ? h : 1;
 }
 
@@ -207,7 +213,7 @@ static long idx_find(const struct mesh *m, const struct index *ix, const char *n
     }
 }
 
-/* Rebuilds the index for n entries when it is more than half full. */
+/* Makes room for one more entry beside the n present, keeping the index at most half full. */
 static int idx_reserve(const struct mesh *m, struct index *ix, size_t n,
                        uint64_t (*hget)(const struct mesh *, size_t))
 {
@@ -264,10 +270,7 @@ static void event_push(struct mesh *m, int type, const char *name, int state, ui
 /* Members that count toward N: everyone not dead or gone, self included. */
 static size_t live_count(const struct mesh *m)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < m->nmem; i++)
-        if (m->mem[i].state <= MESH_SUSPECT) n++;
-    return n;
+    return m->nlive;
 }
 
 static uint64_t scaled(const struct mesh *m, uint64_t ms)
@@ -309,6 +312,13 @@ static void bcast_rec(struct mesh *m, const struct mesh_rec *r)
                 if (m->bq[i].transmits > m->bq[worst].transmits) worst = i;
             b = &m->bq[worst];
         } else {
+            if (m->nbq == m->capbq) {
+                size_t cap = m->capbq ? m->capbq * 2 : 16;
+                struct bcast *q = realloc(m->bq, cap * sizeof *q);
+                if (!q) return;
+                m->bq = q;
+                m->capbq = cap;
+            }
             b = &m->bq[m->nbq++];
         }
     }
@@ -403,6 +413,7 @@ static void member_rec(const struct member *mm, const char *self, struct mesh_re
 static void send_msg(struct mesh *m, const char *to, struct mesh_hdr *h, const struct mesh_rec *first)
 {
     h->seq = m->seq++;
+    h->incarnation = m->mem[0].inc;
     snprintf(h->name, sizeof h->name, "%s", m->mem[0].name);
     snprintf(h->url, sizeof h->url, "%s", m->mem[0].url);
     int stream = h->type == MESH_T_SYNC;
@@ -452,22 +463,33 @@ static void send_simple(struct mesh *m, const char *to, int type, int flags, uin
 
 /* Up to k distinct random members matching `want` (a bitmask of 1 << state), never self nor
  * `skip`; positions into out. */
+static int pick_ok(const struct mesh *m, size_t i, unsigned want, size_t skip, uint64_t now,
+                   int recent_dead)
+{
+    if (i == 0 || i == skip) return 0;
+    const struct member *mm = &m->mem[i];
+    if ((want >> mm->state) & 1) return 1;
+    return recent_dead && mm->state == MESH_DEAD && now - mm->state_since < m->cfg.gossip_to_dead_ms;
+}
+
 static size_t pick(struct mesh *m, unsigned want, size_t skip, size_t k, size_t *out,
                    uint64_t now, int recent_dead)
 {
+    /* Usually most members qualify: draw at random and retry, which is O(k), and fall back
+     * to a full scan only when draws keep missing (few candidates). */
+    size_t got = 0;
+    for (size_t tries = 0; got < k && tries < 4 * k + 8 && m->nmem > 1; tries++) {
+        size_t i = 1 + rnd_below(m, m->nmem - 1), dup = 0;
+        for (size_t j = 0; j < got; j++) dup |= out[j] == i;
+        if (!dup && pick_ok(m, i, want, skip, now, recent_dead)) out[got++] = i;
+    }
+    if (got == k) return got;
     size_t *cand = malloc(m->nmem * sizeof *cand);
     if (!cand) return 0;
     size_t n = 0;
-    for (size_t i = 1; i < m->nmem; i++) {
-        if (i == skip) continue;
-        const struct member *mm = &m->mem[i];
-        int ok = (want >> mm->state) & 1;
-        if (!ok && recent_dead && mm->state == MESH_DEAD &&
-            now - mm->state_since < m->cfg.gossip_to_dead_ms)
-            ok = 1;
-        if (ok) cand[n++] = i;
-    }
-    size_t got = 0;
+    for (size_t i = 1; i < m->nmem; i++)
+        if (pick_ok(m, i, want, skip, now, recent_dead)) cand[n++] = i;
+    got = 0;
     for (; got < k && got < n; got++) {
         size_t j = got + rnd_below(m, n - got);
         size_t t = cand[got];
@@ -517,8 +539,14 @@ static int suspicion_confirm(struct member *mm, const char *from)
 
 static void set_state(struct mesh *m, struct member *mm, int state, uint64_t now)
 {
-    if (mm->state == MESH_SUSPECT && state != MESH_SUSPECT) m->nsuspect--;
-    if (mm->state != MESH_SUSPECT && state == MESH_SUSPECT) m->nsuspect++;
+    size_t pos = (size_t)(mm - m->mem);
+    if (mm->state == MESH_SUSPECT && state != MESH_SUSPECT) {
+        for (size_t i = 0; i < m->nsuspect; i++)
+            if (m->slist[i] == pos) { m->slist[i] = m->slist[--m->nsuspect]; break; }
+    }
+    if (mm->state != MESH_SUSPECT && state == MESH_SUSPECT) m->slist[m->nsuspect++] = pos;
+    if (mm->state <= MESH_SUSPECT && state > MESH_SUSPECT) m->nlive--;
+    if (mm->state > MESH_SUSPECT && state <= MESH_SUSPECT) m->nlive++;
     int changed = mm->state != state;
     mm->state = state;
     if (changed) mm->state_since = now;
@@ -546,9 +574,12 @@ static int member_add(struct mesh *m, const char *name, const char *url, uint32_
         size_t *o = realloc(m->order, cap * sizeof *o);
         if (!o) return MIMEO_ENOMEM;
         m->order = o;
+        o = realloc(m->slist, cap * sizeof *o);
+        if (!o) return MIMEO_ENOMEM;
+        m->slist = o;
         m->capmem = cap;
     }
-    if (idx_reserve(m, &m->midx, m->nmem + 1, mem_hash) != 0) return MIMEO_ENOMEM;
+    if (idx_reserve(m, &m->midx, m->nmem, mem_hash) != 0) return MIMEO_ENOMEM;
     struct member *mm = &m->mem[m->nmem];
     memset(mm, 0, sizeof *mm);
     snprintf(mm->name, sizeof mm->name, "%s", name);
@@ -558,6 +589,7 @@ static int member_add(struct mesh *m, const char *name, const char *url, uint32_
     mm->state = MESH_ALIVE;
     mm->state_since = now;
     idx_put(&m->midx, mm->hash, m->nmem);
+    m->nlive++;
     /* A newcomer goes to a random place in the probe order, as memberlist does, so that a
      * burst of joins does not make everyone probe the newest member at once. */
     size_t at = rnd_below(m, m->norder + 1);
@@ -645,7 +677,7 @@ static int db_apply(struct mesh *m, const char *name, uint64_t version, int dele
             m->db = p;
             m->capdb = cap;
         }
-        if (idx_reserve(m, &m->didx, m->ndb + 1, db_hash) != 0) return MIMEO_ENOMEM;
+        if (idx_reserve(m, &m->didx, m->ndb, db_hash) != 0) return MIMEO_ENOMEM;
         d = &m->db[m->ndb];
         memset(d, 0, sizeof *d);
         snprintf(d->name, sizeof d->name, "%s", name);
@@ -731,6 +763,7 @@ void mesh_free(struct mesh *m)
     free(m->seeds);
     free(m->mem);
     free(m->order);
+    free(m->slist);
     free(m->midx.slot);
     free(m->db);
     free(m->didx.slot);
@@ -850,6 +883,17 @@ int mesh_recv(struct mesh *m, const uint8_t *data, size_t len, uint64_t now)
     }
     if (m->leaving) return 0;
 
+    /* The message itself proves its sender alive at the incarnation it states. Besides
+     * introducing joiners, this delivers a refutation to everyone the refuter talks to,
+     * beyond what gossip's λ·log N retransmissions reach: at 10% loss and 200 members, a
+     * member missed by a refutation's gossip (≈ e^-11 per member) would otherwise declare the
+     * refuter dead when its suspicion timer ran out. */
+    memset(&r, 0, sizeof r);
+    r.kind = MESH_K_ALIVE;
+    r.incarnation = h.incarnation;
+    snprintf(r.name, sizeof r.name, "%s", h.name);
+    snprintf(r.extra, sizeof r.extra, "%s", h.url);
+    on_alive(m, &r, now);
     off = h.rec_off;
     while (mesh_wire_rec_next(data, &h, &off, &r) == 1) apply_rec(m, &r, h.type == MESH_T_SYNC, now);
     if (!from && (from = mem_find(m, h.name)) != NULL) {
@@ -1001,9 +1045,7 @@ static uint64_t pushpull_interval(const struct mesh *m)
 
 static int has_live_peer(const struct mesh *m)
 {
-    for (size_t i = 1; i < m->nmem; i++)
-        if (m->mem[i].state <= MESH_SUSPECT) return 1;
-    return 0;
+    return m->nlive > (m->mem[0].state <= MESH_SUSPECT ? 1u : 0u);
 }
 
 void mesh_tick(struct mesh *m, uint64_t now)
@@ -1028,12 +1070,10 @@ void mesh_tick(struct mesh *m, uint64_t now)
     if (p->active && now >= p->end) probe_finish(m, now);
     if (!p->active && now >= m->next_probe) probe_start(m, now);
 
-    if (m->nsuspect) {
-        for (size_t i = 1; i < m->nmem; i++) {
-            struct member *mm = &m->mem[i];
-            if (mm->state == MESH_SUSPECT && mm->susp_deadline <= now)
-                on_dead(m, mm->name, mm->inc, m->mem[0].name, 0, now);
-        }
+    for (size_t i = 0; i < m->nsuspect;) {
+        struct member *mm = &m->mem[m->slist[i]];
+        if (mm->susp_deadline <= now) on_dead(m, mm->name, mm->inc, m->mem[0].name, 0, now);
+        else i++;   /* on_dead took it off the list, so the same i is the next one */
     }
 
     int peer = has_live_peer(m);
@@ -1079,9 +1119,7 @@ uint64_t mesh_next_deadline(const struct mesh *m)
     } else {
         AT(m->next_probe);
     }
-    if (m->nsuspect)
-        for (size_t i = 1; i < m->nmem; i++)
-            if (m->mem[i].state == MESH_SUSPECT) AT(m->mem[i].susp_deadline);
+    for (size_t i = 0; i < m->nsuspect; i++) AT(m->mem[m->slist[i]].susp_deadline);
     AT(m->next_pushpull);
     AT(m->next_reconnect);
     if (m->nseeds) {

@@ -27,6 +27,8 @@
  *  +-------+-------+-------+-------+
  *  |        sequence (u64)         |  per-sender, strictly increasing across restarts
  *  |                               |  (replay protection, see below)
+ *  +-------------------------------+
+ *  |  sender incarnation (u32)     |  an authenticated message proves its sender alive
  *  +-------+-----------------------+
  *  | nlen  | sender name (nlen)    |
  *  +-------+-----------------------+
@@ -238,6 +240,7 @@ struct mesh_rec {
 struct mesh_hdr {
     int type, flags;
     uint64_t seq;
+    uint32_t incarnation;
     char name[MESH_NAME_MAX + 1];
     char url[MESH_URL_MAX + 1];
     uint32_t probe;

@@ -54,7 +54,7 @@ int mesh_wire_parse(const uint8_t *key, size_t keylen, const uint8_t *data, size
                     struct mesh_hdr *h)
 {
     memset(h, 0, sizeof *h);
-    if (len < 4 + 8 + 2 + 2 + MESH_MAC_LEN || len > MESH_STREAM_MAX) return MIMEO_EINVAL;
+    if (len < 4 + 8 + 4 + 2 + 2 + MESH_MAC_LEN || len > MESH_STREAM_MAX) return MIMEO_EINVAL;
     uint8_t mac[MESH_MAC_LEN];
     mac_compute(key, keylen, data, len - MESH_MAC_LEN, mac);
     if (!memeql_sec(mac, data + len - MESH_MAC_LEN, MESH_MAC_LEN)) return MIMEO_ECORRUPT;
@@ -64,6 +64,7 @@ int mesh_wire_parse(const uint8_t *key, size_t keylen, const uint8_t *data, size
     h->type = (int)rd_uint(&r, 1);
     h->flags = (int)rd_uint(&r, 1);
     h->seq = rd_uint(&r, 8);
+    h->incarnation = (uint32_t)rd_uint(&r, 4);
     rd_str(&r, h->name, sizeof h->name);
     rd_str(&r, h->url, sizeof h->url);
     switch (h->type) {
@@ -166,6 +167,7 @@ void mesh_wire_begin(struct mesh_wbuf *w, size_t limit, const struct mesh_hdr *h
     uint8_t head[4] = { MESH_MAGIC, MESH_VERSION, (uint8_t)h->type, (uint8_t)h->flags };
     wb_put(w, head, 4);
     wb_uint(w, h->seq, 8);
+    wb_uint(w, h->incarnation, 4);
     wb_str(w, h->name);
     wb_str(w, h->url);
     switch (h->type) {
