@@ -28,6 +28,23 @@ typedef struct cli_config {
     char     cors_methods[256];
     char     cors_headers[1024];
     unsigned cors_max_age;
+    /* [mesh]: see docs/mesh.md; the mesh runs when any of join/name/advertise/secret_file
+     * is set. */
+    struct cli_mesh_config {
+        char     join[4096];
+        char     name[65];
+        char     advertise[201];
+        char     secret_file[4096];
+        char     databases[4096];
+        unsigned fanout;
+        unsigned probe_interval_ms;
+        unsigned probe_timeout_ms;
+        unsigned indirect_checks;
+        unsigned gossip_interval_ms;
+        unsigned pushpull_interval_ms;
+        unsigned suspicion_mult;
+        unsigned retransmit_mult;
+    } mesh;
 } cli_config;
 
 /* Fills every field with its default from the table. */

@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "config.h"
 #include "../http/http.h"
+#include "../mesh/mesh_node.h"
 
 static void serve_usage(FILE *out)
 {
@@ -118,6 +119,59 @@ static int serve_parse(int argc, char **argv, cli_config *c)
     return 0;
 }
 
+/* Starts the mesh when [mesh] asks for it (*out stays NULL when it does not). -1 after
+ * printing why when it is asked for but cannot run, e.g. without a secret. */
+static int serve_mesh_start(const cli_config *c, mimeo_env *env, unsigned port,
+                            struct mesh_node **out)
+{
+    *out = NULL;
+    const struct cli_mesh_config *mc = &c->mesh;
+    if (!mc->join[0] && !mc->name[0] && !mc->advertise[0] && !mc->secret_file[0]) return 0;
+    if (!mc->secret_file[0]) {
+        fprintf(stderr, "mimeo serve: the mesh needs a shared secret: --mesh-secret-file FILE "
+                        "(there is no default secret)\n");
+        return -1;
+    }
+    char err[512];
+    uint8_t *secret = NULL;
+    size_t slen = 0;
+    if (mesh_secret_read(mc->secret_file, &secret, &slen, err, sizeof err) != 0) {
+        fprintf(stderr, "mimeo serve: %s\n", err);
+        return -1;
+    }
+    char adv[256];
+    if (mc->advertise[0]) {
+        snprintf(adv, sizeof adv, "%s", mc->advertise);
+    } else {
+        bool v6 = strchr(c->bind_address, ':') != NULL;
+        snprintf(adv, sizeof adv, "http://%s%s%s:%u", v6 ? "[" : "", c->bind_address,
+                 v6 ? "]" : "", port);
+    }
+    struct mesh_node_opts o = {
+        .name = mc->name, .advertise = adv, .bind = c->bind_address, .port = port,
+        .join = mc->join, .secret = secret, .secret_len = slen, .databases = mc->databases,
+        .env = env,
+    };
+    mesh_config_default(&o.tun);
+    o.tun.gossip_nodes = mc->fanout;
+    o.tun.probe_interval_ms = mc->probe_interval_ms;
+    o.tun.probe_timeout_ms = mc->probe_timeout_ms;
+    o.tun.indirect_checks = mc->indirect_checks;
+    o.tun.gossip_interval_ms = mc->gossip_interval_ms;
+    o.tun.pushpull_interval_ms = mc->pushpull_interval_ms;
+    o.tun.suspicion_mult = mc->suspicion_mult;
+    o.tun.retransmit_mult = mc->retransmit_mult;
+    int rc = mesh_node_start(&o, out, err, sizeof err);
+    free(secret);
+    if (rc != 0) {
+        fprintf(stderr, "mimeo serve: %s\n", err);
+        return -1;
+    }
+    fprintf(stderr, "mimeo: mesh node %s at %s%s%s\n", mc->name[0] ? mc->name : adv, adv,
+            mc->join[0] ? ", joining " : "", mc->join);
+    return 0;
+}
+
 int cli_serve(int argc, char **argv)
 {
     cli_config cfg;
@@ -172,12 +226,22 @@ int cli_serve(int argc, char **argv)
     fflush(stdout);
     fprintf(stderr, "mimeo: data in %s\n", cfg.data_dir);
 
+    struct mesh_node *mesh = NULL;
+    if (serve_mesh_start(&cfg, env, http_server_port(srv), &mesh) != 0) {
+        http_server_free(srv);
+        mimeo_replicator_stop(env);
+        mimeo_env_close(env);
+        return 1;
+    }
+
     int sig = 0;
     sigwait(&stop, &sig);
     fprintf(stderr, "mimeo: %s received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    if (mesh) mesh_node_leave(mesh, 3000);   /* peers see "left", not "dead" */
     http_server_quiesce(srv);     /* no new connections; waiting feeds end */
     mimeo_replicator_stop(env);   /* also cancels one-shot /_replicate calls in flight */
     http_server_free(srv);        /* requests finish; every db handle is closed */
+    mesh_node_free(mesh);         /* after the HTTP handlers that deliver to it */
     mimeo_env_close(env);         /* commits writes in flight */
     fprintf(stderr, "mimeo: stopped\n");
     return 0;

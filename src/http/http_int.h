@@ -184,6 +184,8 @@ void http_h_local(http_req *r, const char *id, size_t id_len);
 void http_h_replicate(http_req *r);
 void http_h_active_tasks(http_req *r);
 void http_h_scheduler(http_req *r);
+/* h_mesh.c: /_mesh (GET status, POST a peer's mesh message). */
+void http_h_mesh(http_req *r);
 
 void http_h_all_docs(http_req *r);
 void http_h_design_docs(http_req *r);

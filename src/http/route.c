@@ -35,6 +35,7 @@ static const http_route_row http_server_any[] = {
     { "_replicate",    0, NULL, http_h_replicate },
     { "_active_tasks", 0, NULL, http_h_active_tasks },
     { "_scheduler",    0, NULL, http_h_scheduler },
+    { "_mesh",         0, NULL, http_h_mesh },
 };
 
 static const http_route_row http_db_routes[] = {
