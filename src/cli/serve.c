@@ -220,12 +220,7 @@ int cli_serve(int argc, char **argv)
         mimeo_env_close(env);
         return 1;
     }
-    bool v6 = strchr(cfg.bind_address, ':') != NULL;
-    printf("mimeo listening on http://%s%s%s:%u\n", v6 ? "[" : "", cfg.bind_address,
-           v6 ? "]" : "", http_server_port(srv));
-    fflush(stdout);
-    fprintf(stderr, "mimeo: data in %s\n", cfg.data_dir);
-
+    /* Before the listening line: a mesh that cannot start (no secret) stops the server. */
     struct mesh_node *mesh = NULL;
     if (serve_mesh_start(&cfg, env, http_server_port(srv), &mesh) != 0) {
         http_server_free(srv);
@@ -233,6 +228,12 @@ int cli_serve(int argc, char **argv)
         mimeo_env_close(env);
         return 1;
     }
+    bool v6 = strchr(cfg.bind_address, ':') != NULL;
+    printf("mimeo listening on http://%s%s%s:%u\n", v6 ? "[" : "", cfg.bind_address,
+           v6 ? "]" : "", http_server_port(srv));
+    fflush(stdout);
+    fprintf(stderr, "mimeo: data in %s\n", cfg.data_dir);
+
 
     int sig = 0;
     sigwait(&stop, &sig);
