@@ -726,6 +726,203 @@ static void test_db_register(void)
     mesh_free(m);
 }
 
+/* ---- one node, driven by hand ---------------------------------------------------------- */
+
+static struct mesh *solo_new(const char *name)
+{
+    struct mesh_config cfg;
+    mesh_config_default(&cfg);
+    cfg.name = name;
+    cfg.url = "sim://0";
+    cfg.secret = SECRET;
+    cfg.secret_len = sizeof SECRET;
+    cfg.seed = 7;
+    return mesh_new(&cfg, 0);
+}
+
+/* A GOSSIP message from `from` (sequence seq) carrying the given records. */
+static int feed(struct mesh *m, const char *from, uint64_t seq, const struct mesh_rec *recs,
+                size_t n, uint64_t now)
+{
+    struct mesh_hdr h;
+    memset(&h, 0, sizeof h);
+    h.type = MESH_T_GOSSIP;
+    h.seq = seq;
+    snprintf(h.name, sizeof h.name, "%s", from);
+    snprintf(h.url, sizeof h.url, "sim://%s", from);
+    struct mesh_wbuf w;
+    mesh_wire_begin(&w, 1 << 20, &h);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t rec[300];
+        size_t len = mesh_wire_rec_encode(&recs[i], rec, sizeof rec);
+        mesh_wire_add(&w, rec, len);
+    }
+    mesh_wire_finish(&w, SECRET, sizeof SECRET, (uint16_t)n);
+    int rc = mesh_recv(m, w.p, w.len, now);
+    free(w.p);
+    struct mesh_msg msg;
+    while (mesh_out_pop(m, &msg)) free(msg.data);
+    return rc;
+}
+
+/* mesh_tick, then answer every ping it sent with the target's ack, so that our own probes
+ * never fail and never add accusations of their own to what a test feeds in. */
+static void tick_answering(struct mesh *m, uint64_t now)
+{
+    static uint64_t ack_seq = 1000000;
+    mesh_tick(m, now);
+    struct mesh_msg msg;
+    while (mesh_out_pop(m, &msg)) {
+        struct mesh_hdr h, a;
+        if (mesh_wire_parse(SECRET, sizeof SECRET, msg.data, msg.len, &h) == 0 &&
+            h.type == MESH_T_PING) {
+            memset(&a, 0, sizeof a);
+            a.type = MESH_T_ACK;
+            a.seq = ack_seq++;
+            a.probe = h.probe;
+            snprintf(a.name, sizeof a.name, "%s", h.target);
+            snprintf(a.url, sizeof a.url, "%s", msg.to);
+            struct mesh_wbuf w;
+            mesh_wire_begin(&w, 1400, &a);
+            mesh_wire_finish(&w, SECRET, sizeof SECRET, 0);
+            mesh_recv(m, w.p, w.len, now);
+            free(w.p);
+        }
+        free(msg.data);
+    }
+}
+
+static struct mesh_rec rec_of(int kind, const char *name, uint32_t inc, const char *extra)
+{
+    struct mesh_rec r;
+    memset(&r, 0, sizeof r);
+    r.kind = kind;
+    r.incarnation = inc;
+    snprintf(r.name, sizeof r.name, "%s", name);
+    snprintf(r.extra, sizeof r.extra, "%s", extra);
+    return r;
+}
+
+static int state_of(const struct mesh *m, const char *name)
+{
+    struct mesh_member_info mi;
+    return mesh_member_find(m, name, &mi) == 0 ? mi.state : -1;
+}
+
+/* Lifeguard's suspicion: with N = 11 members (self included) min = 4·log10(11)·1 s = 4165
+ * ms, max = 6·min = 24990 ms, k = 2 confirmations; the deadline is max with none, max −
+ * (ln 2 / ln 3)(max − min) ≈ 11851 ms with one, min with two. A repeated confirmer counts
+ * once, and a replayed message is dropped before it could count. */
+static void test_suspicion_timeout(void)
+{
+    struct mesh *m = solo_new("self");
+    struct mesh_rec alive[10];
+    char name[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(name, sizeof name, "p%d", i);
+        alive[i] = rec_of(MESH_K_ALIVE, name, 0, "sim://x");
+    }
+    CHECK_EQ_INT(feed(m, "p1", 1, alive, 10, 0), 0);
+    CHECK_EQ_INT(mesh_member_count(m), 11);
+    struct mesh_rec s = rec_of(MESH_K_SUSPECT, "p9", 0, "p1");
+    CHECK_EQ_INT(feed(m, "p1", 2, &s, 1, 0), 0);
+    CHECK_EQ_INT(state_of(m, "p9"), MESH_SUSPECT);
+    tick_answering(m, 4200);
+    CHECK_EQ_INT(state_of(m, "p9"), MESH_SUSPECT);      /* no confirmation: max applies */
+    s = rec_of(MESH_K_SUSPECT, "p9", 0, "p2");
+    CHECK_EQ_INT(feed(m, "p2", 1, &s, 1, 4300), 0);
+    CHECK_EQ_INT(feed(m, "p2", 1, &s, 1, 4301), MIMEO_EINVAL);  /* replay */
+    s = rec_of(MESH_K_SUSPECT, "p9", 0, "p2");
+    CHECK_EQ_INT(feed(m, "p3", 1, &s, 1, 4400), 0);     /* p2 again, relayed: not new */
+    tick_answering(m, 11800);
+    CHECK_EQ_INT(state_of(m, "p9"), MESH_SUSPECT);
+    tick_answering(m, 11900);
+    CHECK_EQ_INT(state_of(m, "p9"), MESH_DEAD);          /* one confirmation: ≈ 11851 ms */
+
+    /* Two confirmations: min, now 4·log10(10)·1 s = 4000 ms since p9 is gone. */
+    s = rec_of(MESH_K_SUSPECT, "p8", 0, "p1");
+    CHECK_EQ_INT(feed(m, "p1", 3, &s, 1, 20000), 0);
+    s = rec_of(MESH_K_SUSPECT, "p8", 0, "p2");
+    CHECK_EQ_INT(feed(m, "p2", 2, &s, 1, 20100), 0);
+    s = rec_of(MESH_K_SUSPECT, "p8", 0, "p3");
+    CHECK_EQ_INT(feed(m, "p3", 2, &s, 1, 20200), 0);
+    tick_answering(m, 23900);
+    CHECK_EQ_INT(state_of(m, "p8"), MESH_SUSPECT);
+    tick_answering(m, 24100);
+    CHECK_EQ_INT(state_of(m, "p8"), MESH_DEAD);
+
+    /* A refutation (higher incarnation) clears a suspicion; an older alive does not. */
+    s = rec_of(MESH_K_SUSPECT, "p7", 0, "p1");
+    CHECK_EQ_INT(feed(m, "p1", 4, &s, 1, 30000), 0);
+    s = rec_of(MESH_K_ALIVE, "p7", 0, "sim://x");
+    CHECK_EQ_INT(feed(m, "p1", 5, &s, 1, 30001), 0);
+    CHECK_EQ_INT(state_of(m, "p7"), MESH_SUSPECT);
+    s = rec_of(MESH_K_ALIVE, "p7", 1, "sim://x");
+    CHECK_EQ_INT(feed(m, "p1", 6, &s, 1, 30002), 0);
+    CHECK_EQ_INT(state_of(m, "p7"), MESH_ALIVE);
+    /* Dead stays dead against an alive of the same incarnation. */
+    s = rec_of(MESH_K_ALIVE, "p9", 0, "sim://x");
+    CHECK_EQ_INT(feed(m, "p1", 7, &s, 1, 30003), 0);
+    CHECK_EQ_INT(state_of(m, "p9"), MESH_DEAD);
+    mesh_free(m);
+}
+
+/* Being suspected (or declared dead) makes a node outbid the accusation. */
+static void test_refute(void)
+{
+    struct mesh *m = solo_new("self");
+    struct mesh_rec r = rec_of(MESH_K_ALIVE, "p1", 0, "sim://p1");
+    CHECK_EQ_INT(feed(m, "p1", 1, &r, 1, 0), 0);
+    r = rec_of(MESH_K_SUSPECT, "self", 0, "p1");
+    CHECK_EQ_INT(feed(m, "p1", 2, &r, 1, 10), 0);
+    struct mesh_member_info mi;
+    mesh_member_find(m, "self", &mi);
+    CHECK_EQ_INT(mi.state, MESH_ALIVE);
+    CHECK_EQ_INT(mi.incarnation, 1);
+    r = rec_of(MESH_K_DEAD, "self", 5, "p1");
+    CHECK_EQ_INT(feed(m, "p1", 3, &r, 1, 20), 0);
+    mesh_member_find(m, "self", &mi);
+    CHECK_EQ_INT(mi.incarnation, 6);
+    r = rec_of(MESH_K_SUSPECT, "self", 2, "p1");     /* stale: nothing to do */
+    CHECK_EQ_INT(feed(m, "p1", 4, &r, 1, 30), 0);
+    mesh_member_find(m, "self", &mi);
+    CHECK_EQ_INT(mi.incarnation, 6);
+    struct mesh_stats st;
+    mesh_stats_get(m, &st);
+    CHECK_EQ_INT(st.refutes, 2);
+    mesh_free(m);
+}
+
+/* Joining an unreachable seed: retries with a doubling delay up to the cap, each announced. */
+static void test_join_backoff(void)
+{
+    struct mesh *m = solo_new("lonely");
+    const char *seed = "sim://nowhere";
+    CHECK_EQ_INT(mesh_join(m, &seed, 1, 0), 0);
+    uint64_t delays[8];
+    int nd = 0, syncs = 0;
+    for (uint64_t t = 0; t <= 120000 && nd < 8; t += 50) {
+        mesh_tick(m, t);
+        struct mesh_msg msg;
+        while (mesh_out_pop(m, &msg)) {
+            syncs += msg.stream && strcmp(msg.to, seed) == 0;
+            free(msg.data);
+        }
+        struct mesh_event e;
+        while (mesh_event_pop(m, &e))
+            if (e.type == MESH_EV_JOIN_RETRY && nd < 8) delays[nd++] = e.delay_ms;
+    }
+    CHECK(nd >= 5);
+    CHECK(syncs >= nd + 1);
+    if (nd >= 5) {
+        CHECK_EQ_INT(delays[0], 2000);
+        CHECK_EQ_INT(delays[1], 4000);
+        CHECK_EQ_INT(delays[3], 16000);
+        CHECK_EQ_INT(delays[4], 30000);
+    }
+    mesh_free(m);
+}
+
 int main(int argc, char **argv)
 {
     const char *env = getenv("SEED");
@@ -736,6 +933,9 @@ int main(int argc, char **argv)
     SCEN("wire", test_wire_roundtrip);
     SCEN("wire", test_wire_tamper);
     SCEN("db", test_db_register);
+    SCEN("solo", test_suspicion_timeout);
+    SCEN("solo", test_refute);
+    SCEN("solo", test_join_backoff);
     SCEN("lifecycle", test_sim_lifecycle);
     SCEN("loss", test_sim_loss);
     SCEN("partition", test_sim_partition);
