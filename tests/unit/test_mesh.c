@@ -248,7 +248,7 @@ static void node_flush(struct sim *s, int i, int after_tick)
             free(msg.data);
             continue;
         }
-        if (s->capture && to != i && !msg.stream) {
+        if (s->capture && to != i && !msg.stream && s->n[to].up) {
             s->captured = malloc(msg.len);
             memcpy(s->captured, msg.data, msg.len);
             s->captured_len = msg.len;
