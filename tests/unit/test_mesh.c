@@ -280,7 +280,7 @@ static void node_start(struct sim *s, int i, int join_via)
     cfg.secret = SECRET;
     cfg.secret_len = sizeof SECRET;
     cfg.seed = sim_rand(s);
-    /* Sequences start at the clock in ns-like units, above anything an earlier life sent. */
+    /* Sequences start at a million per simulated ms: above anything an earlier life sent. */
     cfg.seq_start = (s->now + 1) * 1000000ull;
     nd->m = mesh_new(&cfg, s->now);
     nd->up = 1;
