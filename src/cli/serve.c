@@ -142,6 +142,11 @@ static int serve_mesh_start(const cli_config *c, mimeo_env *env, unsigned port,
     char adv[256];
     if (mc->advertise[0]) {
         snprintf(adv, sizeof adv, "%s", mc->advertise);
+    } else if (strcmp(c->bind_address, "0.0.0.0") == 0 || strcmp(c->bind_address, "::") == 0) {
+        fprintf(stderr, "mimeo serve: bound to every address, the mesh needs --advertise URL "
+                        "(how the other nodes reach this one)\n");
+        free(secret);
+        return -1;
     } else {
         bool v6 = strchr(c->bind_address, ':') != NULL;
         snprintf(adv, sizeof adv, "http://%s%s%s:%u", v6 ? "[" : "", c->bind_address,
