@@ -498,6 +498,19 @@ static int dbs_agree(const struct sim *s, int verbose)
     return 1;
 }
 
+/* A node that every gossip send of a registry change missed is repaired by push-pull, whose
+ * period at N = 200 is 4 × 30 s: allow two periods. The time it took, or UINT64_MAX. */
+static uint64_t run_until_dbs_agree(struct sim *s, uint64_t limit_ms)
+{
+    uint64_t t0 = s->now;
+    while (s->now - t0 <= limit_ms) {
+        if (dbs_agree(s, 0)) return s->now - t0;
+        sim_run_until(s, s->now + 1000);
+    }
+    dbs_agree(s, 1);
+    return UINT64_MAX;
+}
+
 static int live_nodes(const struct sim *s)
 {
     int n = 0;
@@ -617,13 +630,21 @@ static void test_sim_lifecycle(void)
     sim_free(&s);
 }
 
-/* 10% datagram loss and 1–50 ms delay for two simulated minutes: nobody alive is declared
- * dead. Expected rate, per probe: the direct round trip fails with 1−0.9² = 0.19, each
- * indirect path (4 messages) with 1−0.9⁴ = 0.34, all three with 0.04, so about 0.8% of
- * probes end in a suspicion (≈1.5/s across 200 nodes). A suspicion becomes a death only if
- * the suspect's refutation (gossiped 12 times, and carried by the accuser's next probe)
- * misses the accuser for the whole timeout, ≥ 9.2 s, i.e. ~45 gossip rounds: far below one
- * in the run. The bound asserted is therefore zero. */
+/* 10% datagram loss and 1–50 ms delay for two simulated minutes: live nodes are (almost
+ * never) declared dead. The rate, derived:
+ * - Per probe, the direct round trip fails with 1−0.9² = 0.19, each indirect path (4
+ *   messages) with 1−0.9⁴ = 0.34, all three with 0.04: ≈ 0.8% of probes end in a suspicion,
+ *   ≈ 1.5/s across 200 nodes, ≈ 160 in the run.
+ * - Every member holds each suspicion and must hear the refutation before its timer ends
+ *   (≥ 9.2 s, ≈ 30 s with one confirmation, 55 s with none). Two channels carry it: the
+ *   refutation's gossip (each member that has it sends it λ·⌈log10 201⌉ = 12 times to random
+ *   members; a given member misses all ≈ 200·12·0.9 sends w.p. e^−10.9 ≈ 2·10^−5), and any
+ *   message from the refuter, whose header carries its new incarnation (≈ 15 gossip messages a
+ *   second to random members while updates are queued; none reaches a given member in 30 s
+ *   w.p. ≈ e^−(30·15·0.9/199) ≈ 0.13).
+ * - So ≈ 2.6·10^−6 per member and suspicion, × 200 members × 160 suspicions ≈ 0.08 expected
+ *   false deaths per run (measured: 1 in 66 seeds). The bound asserted is at most one per run
+ *   (for an expectation of 0.08, two or more happen in 0.3% of runs; measured rate: 0.015). */
 static void test_sim_loss(void)
 {
     struct sim s;
@@ -635,7 +656,7 @@ static void test_sim_loss(void)
     s.false_dead = 0;
     s.suspicions_seen = 0;
     sim_run_until(&s, s.now + 120000);
-    CHECK_EQ_INT(s.false_dead, 0);
+    CHECK(s.false_dead <= 1);
     if (getenv("CHECK_VERBOSE"))
         fprintf(stderr, "  10%% loss: %" PRIu64 " suspicion events, %" PRIu64 " false deaths\n",
                 s.suspicions_seen, s.false_dead);
@@ -663,8 +684,7 @@ static void test_sim_partition(void)
         mesh_db_create(s.n[i].m, dbs[k], s.now);
         node_flush(&s, i, 0);
     }
-    sim_run_until(&s, s.now + 5000);
-    CHECK(dbs_agree(&s, 1));
+    CHECK(run_until_dbs_agree(&s, 240000) != UINT64_MAX);
 
     int away = pick_up_node(&s, 1, NODES);
     node_crash(&s, away);
@@ -688,16 +708,16 @@ static void test_sim_partition(void)
     t = run_until_agree(&s, 1000, 120000);
     CHECK(t != UINT64_MAX);
     if (getenv("CHECK_VERBOSE")) fprintf(stderr, "  partition: healed views merged in %" PRIu64 " ms\n", t);
-    sim_run_until(&s, s.now + 5000);
-    CHECK(dbs_agree(&s, 1));
+    t = run_until_dbs_agree(&s, 240000);
+    CHECK(t != UINT64_MAX);
+    if (getenv("CHECK_VERBOSE")) fprintf(stderr, "  partition: registries agree %" PRIu64 " ms later\n", t);
 
     /* The node that was away returns empty-handed but with "a" still on its disk. */
     node_start(&s, away, 0);
     mesh_db_observe(s.n[away].m, "a", s.now);
     node_flush(&s, away, 0);
     CHECK(run_until_agree(&s, 500, 60000) != UINT64_MAX);
-    sim_run_until(&s, s.now + 5000);
-    CHECK(dbs_agree(&s, 1));
+    CHECK(run_until_dbs_agree(&s, 240000) != UINT64_MAX);
     CHECK(s.n[away].saw_db_delete);
     struct { const char *name; int deleted; } want[] = {
         { "a", 1 }, { "b", 1 }, { "c", 0 }, { "d", 0 }, { "e", 0 } };
