@@ -14,6 +14,7 @@ TSAN    := -fsanitize=thread -fno-omit-frame-pointer
 LIB_SRC := $(wildcard src/common/*.c src/json/*.c src/doc/*.c src/store/*.c src/db/*.c src/repl/*.c src/auth/*.c)
 HTTP_SRC := $(wildcard src/http/*.c)
 SRV_SRC := $(HTTP_SRC) $(wildcard src/cli/*.c)
+LIB_SRC += $(wildcard src/mesh/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
 REL_LIB_OBJ := $(LIB_SRC:%.c=build/obj/%.o)

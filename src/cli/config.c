@@ -105,6 +105,32 @@ static const cfg_option cfg_options[] = {
     OPT("chttpd_auth", "admin_password_file", CFG_STR, admin_file, "", "--admin-file",
         "with no admin configured: the admin's name:password (read, or made with a random "
         "password, mode 0600)"),
+    /* ---- [mesh] (docs/mesh.md) ---- */
+    OPT("mesh", "join", CFG_STR, mesh.join, "", "--join",
+        "comma-separated URLs of mesh members to join through"),
+    OPT("mesh", "name", CFG_STR, mesh.name, "", "--node-name",
+        "this node's unique name in the mesh (default: advertised host:port)"),
+    OPT("mesh", "advertise", CFG_STR, mesh.advertise, "", "--advertise",
+        "URL other nodes reach this one at (default: http://bind:port)"),
+    OPT("mesh", "secret_file", CFG_STR, mesh.secret_file, "", "--mesh-secret-file",
+        "file holding the shared mesh secret (required: no default)"),
+    OPT("mesh", "databases", CFG_STR, mesh.databases, "*", NULL,
+        "meshed databases: * (all but _system ones) or a comma-separated list"),
+    OPT("mesh", "fanout", CFG_UINT, mesh.fanout, "3", NULL, "members each gossip round goes to"),
+    OPT("mesh", "probe_interval_ms", CFG_UINT, mesh.probe_interval_ms, "1000", NULL,
+        "one failure-detection probe per this period"),
+    OPT("mesh", "probe_timeout_ms", CFG_UINT, mesh.probe_timeout_ms, "500", NULL,
+        "direct probe deadline before indirect probes"),
+    OPT("mesh", "indirect_checks", CFG_UINT, mesh.indirect_checks, "3", NULL,
+        "members asked to probe indirectly"),
+    OPT("mesh", "gossip_interval_ms", CFG_UINT, mesh.gossip_interval_ms, "200", NULL,
+        "period of gossip rounds"),
+    OPT("mesh", "pushpull_interval_ms", CFG_UINT, mesh.pushpull_interval_ms, "30000", NULL,
+        "period of full-state exchanges with a random member"),
+    OPT("mesh", "suspicion_mult", CFG_UINT, mesh.suspicion_mult, "4", NULL,
+        "suspicion timeout = this x log10(N) x probe interval (at least)"),
+    OPT("mesh", "retransmit_mult", CFG_UINT, mesh.retransmit_mult, "4", NULL,
+        "each update is gossiped this x log10(N+1) times"),
 };
 #define CFG_N (sizeof cfg_options / sizeof cfg_options[0])
 

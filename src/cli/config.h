@@ -55,6 +55,23 @@ typedef struct cli_config {
     char     config_path[4096];                    /* the --config file, for rewriting */
     const char *admin_name_ptrs[CFG_MAX_ADMINS];   /* filled by config_to_http */
     const char *admin_value_ptrs[CFG_MAX_ADMINS];
+    /* [mesh]: see docs/mesh.md; the mesh runs when any of join/name/advertise/secret_file
+     * is set. */
+    struct cli_mesh_config {
+        char     join[4096];
+        char     name[65];
+        char     advertise[201];
+        char     secret_file[4096];
+        char     databases[4096];
+        unsigned fanout;
+        unsigned probe_interval_ms;
+        unsigned probe_timeout_ms;
+        unsigned indirect_checks;
+        unsigned gossip_interval_ms;
+        unsigned pushpull_interval_ms;
+        unsigned suspicion_mult;
+        unsigned retransmit_mult;
+    } mesh;
 } cli_config;
 
 /* Fills every field with its default from the table. */

@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "config.h"
 #include "../http/http.h"
+#include "../mesh/mesh_node.h"
 
 /* Accounts before the server starts: hash [admins], create or read the admin file, apply
  * protected mode (no admin: loopback only, everyone admin), load the cookie secret. Prints
@@ -97,6 +98,8 @@ static void serve_usage(FILE *out)
     fprintf(out,
             "usage: mimeo serve [--data DIR] [--bind ADDR] [--port N] [--config FILE]\n"
             "                   [--admin-file FILE] [--tls-cert FILE --tls-key FILE [--tls-port N]]\n"
+            "                   [--join URL[,URL…] [--node-name NAME] [--advertise URL]\n"
+            "                    --mesh-secret-file FILE]\n"
             "                   [--set SECTION.KEY=VALUE]…\n\n"
             "Options can also be set in an INI file (--config); flags win over the file.\n"
             "Every option, by INI section:\n");
@@ -139,6 +142,10 @@ static const struct option serve_options[] = {
     { "tls-cert", required_argument, NULL, SERVE_OPT_TABLE },
     { "tls-key",  required_argument, NULL, SERVE_OPT_TABLE },
     { "tls-port", required_argument, NULL, SERVE_OPT_TABLE },
+    { "join",     required_argument, NULL, SERVE_OPT_TABLE },
+    { "node-name", required_argument, NULL, SERVE_OPT_TABLE },
+    { "advertise", required_argument, NULL, SERVE_OPT_TABLE },
+    { "mesh-secret-file", required_argument, NULL, SERVE_OPT_TABLE },
     { NULL, 0, NULL, 0 },
 };
 
@@ -193,6 +200,64 @@ static int serve_parse(int argc, char **argv, cli_config *c)
 bad:
     fprintf(stderr, "mimeo serve: %s\n", err);
     return -1;
+}
+
+/* Starts the mesh when [mesh] asks for it (*out stays NULL when it does not). -1 after
+ * printing why when it is asked for but cannot run, e.g. without a secret. */
+static int serve_mesh_start(const cli_config *c, mimeo_env *env, unsigned port,
+                            struct mesh_node **out)
+{
+    *out = NULL;
+    const struct cli_mesh_config *mc = &c->mesh;
+    if (!mc->join[0] && !mc->name[0] && !mc->advertise[0] && !mc->secret_file[0]) return 0;
+    if (!mc->secret_file[0]) {
+        fprintf(stderr, "mimeo serve: the mesh needs a shared secret: --mesh-secret-file FILE "
+                        "(there is no default secret)\n");
+        return -1;
+    }
+    char err[512];
+    uint8_t *secret = NULL;
+    size_t slen = 0;
+    if (mesh_secret_read(mc->secret_file, &secret, &slen, err, sizeof err) != 0) {
+        fprintf(stderr, "mimeo serve: %s\n", err);
+        return -1;
+    }
+    char adv[256];
+    if (mc->advertise[0]) {
+        snprintf(adv, sizeof adv, "%s", mc->advertise);
+    } else if (strcmp(c->bind_address, "0.0.0.0") == 0 || strcmp(c->bind_address, "::") == 0) {
+        fprintf(stderr, "mimeo serve: bound to every address, the mesh needs --advertise URL "
+                        "(how the other nodes reach this one)\n");
+        free(secret);
+        return -1;
+    } else {
+        bool v6 = strchr(c->bind_address, ':') != NULL;
+        snprintf(adv, sizeof adv, "http://%s%s%s:%u", v6 ? "[" : "", c->bind_address,
+                 v6 ? "]" : "", port);
+    }
+    struct mesh_node_opts o = {
+        .name = mc->name, .advertise = adv, .bind = c->bind_address, .port = port,
+        .join = mc->join, .secret = secret, .secret_len = slen, .databases = mc->databases,
+        .env = env,
+    };
+    mesh_config_default(&o.tun);
+    o.tun.gossip_nodes = mc->fanout;
+    o.tun.probe_interval_ms = mc->probe_interval_ms;
+    o.tun.probe_timeout_ms = mc->probe_timeout_ms;
+    o.tun.indirect_checks = mc->indirect_checks;
+    o.tun.gossip_interval_ms = mc->gossip_interval_ms;
+    o.tun.pushpull_interval_ms = mc->pushpull_interval_ms;
+    o.tun.suspicion_mult = mc->suspicion_mult;
+    o.tun.retransmit_mult = mc->retransmit_mult;
+    int rc = mesh_node_start(&o, out, err, sizeof err);
+    free(secret);
+    if (rc != 0) {
+        fprintf(stderr, "mimeo serve: %s\n", err);
+        return -1;
+    }
+    fprintf(stderr, "mimeo: mesh node %s at %s%s%s\n", mc->name[0] ? mc->name : adv, adv,
+            mc->join[0] ? ", joining " : "", mc->join);
+    return 0;
 }
 
 int cli_serve(int argc, char **argv)
@@ -265,6 +330,19 @@ int cli_serve(int argc, char **argv)
             mimeo_env_close(env);
             return 1;
         }
+    }
+    /* Before the listening line: a mesh that cannot start (no secret) stops the server. */
+    struct mesh_node *mesh = NULL;
+    if (serve_mesh_start(&cfg, env, http_server_port(srv ? srv : tls_srv), &mesh) != 0) {
+        http_server_free(srv);
+        http_server_free(tls_srv);
+        free(pem[0]);
+        free(pem[1]);
+        mimeo_replicator_stop(env);
+        mimeo_env_close(env);
+        return 1;
+    }
+    if (srv) {
         bool v6 = strchr(cfg.bind_address, ':') != NULL;
         printf("mimeo listening on http://%s%s%s:%u\n", v6 ? "[" : "", cfg.bind_address,
                v6 ? "]" : "", http_server_port(srv));
@@ -272,13 +350,16 @@ int cli_serve(int argc, char **argv)
     fflush(stdout);
     fprintf(stderr, "mimeo: data in %s\n", cfg.data_dir);
 
+
     int sig = 0;
     sigwait(&stop, &sig);
     fprintf(stderr, "mimeo: %s received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    if (mesh) mesh_node_leave(mesh, 3000);   /* peers see "left", not "dead" */
     http_server_quiesce(srv);     /* no new connections; waiting feeds end */
     http_server_quiesce(tls_srv);
     mimeo_replicator_stop(env);   /* also cancels one-shot /_replicate calls in flight */
     http_server_free(srv);        /* requests finish; every db handle is closed */
+    mesh_node_free(mesh);         /* after the HTTP handlers that deliver to it */
     http_server_free(tls_srv);
     free(pem[0]);
     free(pem[1]);

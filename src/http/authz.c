@@ -914,6 +914,9 @@ bool http_authorize(http_req *r)
         if (r->nseg == 1 && (session || http_seg_eq(r, 0, "_up") || http_seg_eq(r, 0, "_uuids")))
             return true;
         if (http_seg_eq(r, 0, "_all_dbs") && r->nseg == 1 && !c->admin_only_all_dbs) return true;
+        /* A peer's mesh message carries its own MAC over the shared mesh secret (src/mesh):
+         * HTTP accounts play no part in it. Reading the mesh's state is for admins. */
+        if (http_seg_eq(r, 0, "_mesh") && r->nseg == 1 && r->method == HTTP_POST) return true;
         if (http_seg_eq(r, 0, "_replicate") && r->nseg == 1) {
             if (r->user.known || auth_user_is_admin(&r->user)) return http_authorize_replicate(r);
             return http_deny(r, "You must be logged in to replicate.");

@@ -209,6 +209,8 @@ void http_h_active_tasks(http_req *r);
 void http_h_scheduler(http_req *r);
 /* h_node.c: /_node/_local/_compact (POST); other /_node paths 404. */
 void http_h_node(http_req *r);
+/* h_mesh.c: /_mesh (GET status, POST a peer's mesh message). */
+void http_h_mesh(http_req *r);
 
 void http_h_all_docs(http_req *r);
 void http_h_design_docs(http_req *r);

@@ -37,6 +37,7 @@ static const http_route_row http_server_any[] = {
     { "_active_tasks", 0, NULL, http_h_active_tasks },
     { "_scheduler",    0, NULL, http_h_scheduler },
     { "_node",         0, NULL, http_h_node },
+    { "_mesh",         0, NULL, http_h_mesh },
 };
 
 static const http_route_row http_db_routes[] = {

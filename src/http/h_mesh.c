@@ -1,0 +1,48 @@
+/* /_mesh: GET lists this node's view of the mesh (members with state, incarnation and how
+ * long ago each was last heard; the database registry; counters); POST takes one mesh stream
+ * message (a push-pull) from a peer, authenticated by its own MAC, not by HTTP. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_int.h"
+#include "../mesh/mesh_node.h"
+
+void http_h_mesh(http_req *r)
+{
+    if (r->nseg != 1) {
+        http_reply_error(r, 404, "not_found", "missing");
+        return;
+    }
+    struct mesh_node *n = mesh_node_current();
+    if (r->method != HTTP_GET && r->method != HTTP_HEAD && r->method != HTTP_POST) {
+        http_reply_method(r, "GET,HEAD,POST");
+        return;
+    }
+    if (!n) {
+        http_reply_error(r, 404, "not_found", "this node is not part of a mesh");
+        return;
+    }
+    if (r->method == HTTP_POST) {
+        if (mesh_node_deliver(n, r->body.data ? r->body.data : "", r->body.len) != 0) {
+            http_reply_error(r, 400, "bad_request", "mesh message rejected");
+            return;
+        }
+        http_reply_static(r, 202, "{\"ok\":true}\n");
+        return;
+    }
+    char *json = mesh_node_status_json(n);
+    if (!json) {
+        http_reply_error(r, 500, "internal_server_error", "out of memory");
+        return;
+    }
+    buf b;
+    buf_init(&b, 0);
+    int rc = buf_puts(&b, json);
+    free(json);
+    if (rc != 0) {
+        buf_destroy(&b);
+        http_reply_error(r, 500, "internal_server_error", "out of memory");
+        return;
+    }
+    http_reply_buf(r, 200, &b);
+}
