@@ -528,10 +528,11 @@ static const char *type_name(const jval *v) {
 /* mango_doc:get_field: objects by member name, arrays by a decimal index. */
 enum { GF_FOUND, GF_NOT_FOUND, GF_BAD_PATH };
 
-static int get_field(const jval *v, const snode *f, const jval **out) {
-    for (size_t i = 0; i < f->nparts; i++) {
-        const char *p = f->parts[i];
-        size_t pn = f->part_lens[i];
+static int get_parts(const jval *v, char *const *parts, const size_t *lens, size_t nparts,
+                     const jval **out) {
+    for (size_t i = 0; i < nparts; i++) {
+        const char *p = parts[i];
+        size_t pn = lens[i];
         if (v->type == JV_OBJECT) {
             const jval *next = NULL;
             for (size_t j = 0; j < v->count; j++)
@@ -562,6 +563,10 @@ static int get_field(const jval *v, const snode *f, const jval **out) {
     }
     *out = v;
     return GF_FOUND;
+}
+
+static int get_field(const jval *v, const snode *f, const jval **out) {
+    return get_parts(v, f->parts, f->part_lens, f->nparts, out);
 }
 
 static bool match(const snode *x, const jval *v, bool raw);
@@ -734,4 +739,187 @@ static int put_node(buf *b, const snode *x) {
 int selector_to_json(const selector *s, buf *b) {
     if (!s->root) return buf_puts(b, "{}");
     return put_node(b, s->root);
+}
+
+/* ---- planning helpers ------------------------------------------------------------------- */
+
+int sel_path_parse(const char *path, size_t len, sel_path *out, mimeo_err *err) {
+    memset(out, 0, sizeof *out);
+    selector tmp = {0};
+    mimeo_err local = {0};
+    tmp.err = err ? err : &local;
+    snode f = {0};
+    f.path = (char *)path;
+    f.path_len = len;
+    int rc = split_path(&tmp, &f);
+    out->parts = f.parts;
+    out->lens = f.part_lens;
+    out->n = f.nparts;
+    if (rc) sel_path_destroy(out);
+    return rc;
+}
+
+void sel_path_destroy(sel_path *p) {
+    if (p->parts)
+        for (size_t i = 0; i < p->n; i++) free(p->parts[i]);
+    free(p->parts);
+    free(p->lens);
+    memset(p, 0, sizeof *p);
+}
+
+int sel_path_get(const jval *v, const sel_path *p, const jval **out) {
+    return get_parts(v, p->parts, p->lens, p->n, out) == GF_FOUND;
+}
+
+static bool path_is(const snode *x, const char *f, size_t n) {
+    return x->op == S_FIELD && x->path_len == n && memcmp(x->path, f, n) == 0;
+}
+
+/* has_required_fields_int over a list of selectors; `left` marks fields still required. */
+static void hrf(const snode *const *list, size_t n, const char *const *fields,
+                const size_t *lens, bool *left, size_t nf) {
+    for (size_t i = 0; i < n; i++) {
+        size_t remaining = 0;
+        for (size_t j = 0; j < nf; j++) remaining += left[j];
+        if (!remaining) return;
+        const snode *x = list[i];
+        if (x->op == S_AND) {
+            hrf((const snode *const *)x->kids, x->n, fields, lens, left, nf);
+        } else if (x->op == S_OR) {
+            /* each child against the full set; what any child leaves stays required */
+            bool *acc = calloc(nf ? nf : 1, sizeof *acc), *tmp = malloc((nf ? nf : 1) * sizeof *tmp);
+            if (!acc || !tmp) { free(acc); free(tmp); return; }
+            for (size_t c = 0; c < x->n; c++) {
+                memcpy(tmp, left, nf * sizeof *tmp);
+                hrf((const snode *const *)&x->kids[c], 1, fields, lens, tmp, nf);
+                for (size_t j = 0; j < nf; j++) acc[j] = acc[j] || tmp[j];
+            }
+            memcpy(left, acc, nf * sizeof *left);
+            free(acc);
+            free(tmp);
+        } else if (x->op == S_FIELD) {
+            const snode *c = x->kids[0];
+            if (c->op == S_EXISTS && !c->exists) continue; /* the one that needs no field */
+            for (size_t j = 0; j < nf; j++)
+                if (left[j] && path_is(x, fields[j], lens[j])) { left[j] = false; break; }
+        }
+    }
+}
+
+bool selector_has_required_fields(const selector *s, const char *const *fields,
+                                  const size_t *lens, size_t n) {
+    if (!s->root) return n == 0;
+    if (n == 0) return true;
+    bool *left = malloc(n * sizeof *left);
+    if (!left) return false;
+    for (size_t i = 0; i < n; i++) left[i] = true;
+    const snode *root = s->root;
+    hrf(&root, 1, fields, lens, left, n);
+    bool all = true;
+    for (size_t i = 0; i < n; i++) all = all && !left[i];
+    free(left);
+    return all;
+}
+
+static bool icf(const snode *const *list, size_t n, const char *f, size_t len) {
+    if (n == 1 && list[0]->op == S_AND) {
+        for (size_t i = 0; i < list[0]->n; i++)
+            if (icf((const snode *const *)&list[0]->kids[i], 1, f, len)) return true;
+        return false;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (path_is(list[i], f, len)) return list[i]->kids[0]->op == S_EQ;
+    return false;
+}
+
+bool selector_is_constant_field(const selector *s, const char *field, size_t len) {
+    if (!s->root) return false;
+    const snode *root = s->root;
+    return icf(&root, 1, field, len);
+}
+
+static void tighten(sel_range *r, const snode *c, bool raw) {
+    int (*cmp)(const jval *, const jval *) = raw ? collate_raw_cmp : collate_cmp;
+    const jval *a = c->arg;
+    bool lo = false, hi = false, incl = true;
+    switch (c->op) {
+    case S_EQ:  lo = hi = true; break;
+    case S_GT:  lo = true; incl = false; break;
+    case S_GTE: lo = true; break;
+    case S_LT:  hi = true; incl = false; break;
+    case S_LTE: hi = true; break;
+    case S_BEGINS:
+        /* strings from the prefix up to the end of the strings */
+        if (!r->lo || cmp(a, r->lo) > 0) { r->lo = a; r->lo_incl = true; }
+        if (!r->hi && !r->strings_hi) r->strings_hi = true;
+        r->any = true;
+        return;
+    default:
+        return;
+    }
+    r->any = true;
+    if (lo) {
+        int d = r->lo ? cmp(a, r->lo) : 1;
+        if (d > 0 || (d == 0 && !incl)) { r->lo = a; r->lo_incl = incl; }
+    }
+    if (hi) {
+        int d = r->hi ? cmp(a, r->hi) : -1;
+        if (d < 0 || (d == 0 && !incl)) { r->hi = a; r->hi_incl = incl; r->strings_hi = false; }
+    }
+}
+
+static void range_walk(const snode *x, const char *f, size_t len, sel_range *r) {
+    if (x->op == S_AND) {
+        for (size_t i = 0; i < x->n; i++) range_walk(x->kids[i], f, len, r);
+        return;
+    }
+    if (path_is(x, f, len)) tighten(r, x->kids[0], len == 3 && memcmp(f, "_id", 3) == 0);
+}
+
+void selector_field_range(const selector *s, const char *field, size_t len, sel_range *out) {
+    memset(out, 0, sizeof *out);
+    if (s->root) range_walk(s->root, field, len, out);
+}
+
+static bool uses_field(const snode *x, const char *f, size_t len) {
+    if (path_is(x, f, len)) return true;
+    if (x->op == S_FIELD) return false;
+    for (size_t i = 0; i < x->n; i++)
+        if (uses_field(x->kids[i], f, len)) return true;
+    return false;
+}
+
+bool selector_fields_include(const selector *s, const char *field, size_t len) {
+    return s->root && uses_field(s->root, field, len);
+}
+
+/* ---- the public face, for the HTTP layer's filtered changes ----------------------------- */
+
+struct mimeo_selector { selector *s; };
+
+int mimeo_selector_parse(const char *json, size_t len, mimeo_selector **out, mimeo_err *err) {
+    *out = NULL;
+    mimeo_selector *m = calloc(1, sizeof *m);
+    if (!m) {
+        err_set(err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
+        return MIMEO_ENOMEM;
+    }
+    int rc = selector_parse(json, len, &m->s, err);
+    if (rc) {
+        free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+int mimeo_selector_match(const mimeo_selector *sel, const char *doc_json, size_t len,
+                         bool *match_out) {
+    return selector_match_json(sel->s, doc_json, len, match_out);
+}
+
+void mimeo_selector_free(mimeo_selector *sel) {
+    if (!sel) return;
+    selector_free(sel->s);
+    free(sel);
 }
