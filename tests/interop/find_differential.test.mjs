@@ -54,7 +54,10 @@ before(async () => {
 });
 
 after(async () => {
-  await server?.stop();
+  const r = await server?.stop();
+  if (r && !server.external) {
+    assert.doesNotMatch(r.stderr, /Sanitizer|runtime error/, r.stderr.slice(-4000));
+  }
 });
 
 // ---- a seeded generator -------------------------------------------------------------------
