@@ -184,7 +184,8 @@ test('bookmarks page through 10,000 results, with and without an index', async (
   }
   assert.equal((await c.post(`/${db}/_index`, { index: { fields: ['g', 'v'] } })).status, 200);
   for (const body of [{ selector: { g: 'x' } }, { selector: { g: 'x', v: { $gte: 0 } }, sort: ['g', 'v'] },
-    { selector: { _id: { $gt: null } } }]) {
+    { selector: { g: 'x', v: { $gte: 0 } }, sort: [{ g: 'desc' }, { v: 'desc' }] },
+    { selector: { _id: { $gt: null } } }, { selector: { _id: { $gt: null } }, sort: [{ _id: 'desc' }] }]) {
     const seen = [];
     let bookmark;
     let pages = 0;
@@ -199,9 +200,13 @@ test('bookmarks page through 10,000 results, with and without an index', async (
     assert.equal(new Set(seen.map((d) => d._id)).size, total);
     assert.ok(pages >= 10);
     if (body.sort) {
+      const desc = Object.values(body.sort[0])[0] === 'desc';
+      const byV = body.sort.length > 1;
       for (let i = 1; i < seen.length; i++) {
-        const a = seen[i - 1], b = seen[i];
-        assert.ok(a.v < b.v || (a.v === b.v && a._id < b._id), `order at ${i}`);
+        let [a, b] = [seen[i - 1], seen[i]];
+        if (desc) [a, b] = [b, a];
+        const ok = byV ? a.v < b.v || (a.v === b.v && a._id < b._id) : a._id < b._id;
+        assert.ok(ok, `${JSON.stringify(body.sort)}: order at ${i}`);
       }
     }
   }
