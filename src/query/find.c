@@ -307,20 +307,39 @@ static int seam_scan_docs(mimeo_db *db, const char *start, size_t start_len, boo
     return rc;
 }
 
-/* One document by id as a tree (NULL when missing or deleted). */
-static int seam_get_doc(mimeo_db *db, const char *id, size_t id_len, bool conflicts,
-                        jval **out) {
-    *out = NULL;
-    mimeo_get_opts o = {0};
-    o.conflicts = conflicts;
-    char *json = NULL;
-    size_t len = 0;
-    int rc = mimeo_doc_get(db, id, id_len, &o, &json, &len, NULL);
-    if (rc == MIMEO_ENOTFOUND || rc == MIMEO_EDELETED) return 0;
+/* Documents by id, in the order given, one read for the lot: fn(ctx, i, doc) for each id
+ * that has a live document (doc borrowed for the call). */
+typedef int (*seam_ids_fn)(void *ctx, size_t i, const jval *doc);
+
+typedef struct seam_ids {
+    seam_ids_fn fn;
+    void       *ctx;
+    size_t      i;
+} seam_ids;
+
+static int seam_ids_row(void *ctx, const char *json, size_t len) {
+    seam_ids *s = ctx;
+    size_t i = s->i++;
+    jval *row = NULL;
+    int rc = json_tree_parse(json, len, NULL, &row, NULL);
     if (rc) return rc;
-    rc = json_tree_parse(json, len, NULL, out, NULL);
-    mimeo_free(json);
+    const jval *doc = jval_get(row, "doc");
+    if (doc && doc->type == JV_OBJECT) rc = s->fn(s->ctx, i, doc);
+    jval_free(row);
     return rc;
+}
+
+static int seam_get_docs(mimeo_db *db, const char *const *ids, const size_t *lens, size_t n,
+                         bool conflicts, seam_ids_fn fn, void *ctx) {
+    mimeo_all_docs_opts o = {0};
+    o.include_docs = true;
+    o.conflicts = conflicts;
+    o.inclusive_end = true;
+    o.keys = ids;
+    o.key_lens = lens;
+    o.key_count = n;
+    seam_ids s = {fn, ctx, 0};
+    return mimeo_all_docs(db, &o, seam_ids_row, &s, NULL);
 }
 
 /* ---- planning ------------------------------------------------------------------------------ */
@@ -764,6 +783,21 @@ static int page_row(void *ctx, const unsigned char *key, size_t key_len, const c
     return rc;
 }
 
+typedef struct page_docs {
+    exec     *e;
+    idx_page *pg;
+    int       stop;
+} page_docs;
+
+static int page_doc(void *ctx, size_t i, const jval *doc) {
+    page_docs *d = ctx;
+    idx_page *pg = d->pg;
+    int r = consider(d->e, pg->data.data + pg->off[i][1], pg->ilen[i], doc,
+                     (const unsigned char *)pg->data.data + pg->off[i][0], pg->klen[i]);
+    if (r > 0) d->stop = 1;
+    return r;
+}
+
 static int run_json(exec *e, const bookmark *bm, mimeo_err *err) {
     const plan *p = e->p;
     bool desc = e->r->desc;
@@ -790,31 +824,34 @@ static int run_json(exec *e, const bookmark *bm, mimeo_err *err) {
         const buf *b = desc ? &p->hi : &p->lo;
         rc = buf_put(&pos_key, b->data, b->len);
     }
+    /* small pages first: a selective query reads few rows; then full pages */
+    size_t want = e->r->limit + e->r->skip < FIND_PAGE ? (size_t)(e->r->limit + e->r->skip) + 1
+                                                      : FIND_PAGE;
+    const char *ids[FIND_PAGE];
+    size_t lens[FIND_PAGE];
     while (!rc) {
         pg->n = 0;
         buf_reset(&pg->data);
         rc = dbidx_scan(e->db, p->ix->id, (const unsigned char *)pos_key.data, pos_key.len,
-                        have_id ? pos_id.data : NULL, pos_id.len, desc, FIND_PAGE, page_row, pg);
+                        have_id ? pos_id.data : NULL, pos_id.len, desc, want, page_row, pg);
         if (rc > 0) rc = 0;
         if (rc) break;
-        int stop = 0;
-        for (size_t i = 0; i < pg->n && !stop && !rc; i++) {
-            const unsigned char *k = (const unsigned char *)pg->data.data + pg->off[i][0];
-            const char *id = pg->data.data + pg->off[i][1];
-            e->keys_examined++;
-            jval *doc = NULL;
-            rc = seam_get_doc(e->db, id, pg->ilen[i], e->r->conflicts, &doc);
-            if (!rc && doc) stop = consider(e, id, pg->ilen[i], doc, k, pg->klen[i]);
-            if (stop < 0) { rc = stop; stop = 0; }
-            jval_free(doc);
+        e->keys_examined += pg->n;
+        for (size_t i = 0; i < pg->n; i++) {
+            ids[i] = pg->data.data + pg->off[i][1];
+            lens[i] = pg->ilen[i];
         }
-        if (rc || stop || pg->past_end || pg->n < FIND_PAGE) break;
+        page_docs d = {e, pg, 0};
+        if (pg->n) rc = seam_get_docs(e->db, ids, lens, pg->n, e->r->conflicts, page_doc, &d);
+        if (rc > 0) rc = 0;
+        if (rc || d.stop || pg->past_end || pg->n < want) break;
         size_t last = pg->n - 1;
         buf_reset(&pos_key);
         buf_reset(&pos_id);
         rc = buf_put(&pos_key, pg->data.data + pg->off[last][0], pg->klen[last]);
         if (!rc) rc = buf_put(&pos_id, pg->data.data + pg->off[last][1], pg->ilen[last]);
         have_id = true;
+        want = FIND_PAGE;
     }
     buf_destroy(&pos_key);
     buf_destroy(&pos_id);

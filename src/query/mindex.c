@@ -19,7 +19,7 @@
 #include "../db/index.h"
 #include "collate.h"
 
-#define UPDATE_BATCH 1000
+#define UPDATE_BATCH 10000
 
 /* ---- definitions ------------------------------------------------------------------------ */
 
