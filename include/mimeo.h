@@ -362,6 +362,12 @@ MIMEO_API int  mimeo_selector_parse(const char *json, size_t len, mimeo_selector
  * MIMEO_EBADJSON for text that is not JSON. Thread-safe. */
 MIMEO_API int  mimeo_selector_match(const mimeo_selector *sel, const char *doc_json,
                                     size_t len, bool *match);
+/* The same on a changes-feed row ({"seq","id","changes",…,"doc":{…}}, as mimeo_changes
+ * delivers it with include_docs): matches the row's "doc"; a row without one never matches.
+ * For filter=_selector: read with include_docs, keep the rows that match, drop "doc" unless
+ * the client asked for it. */
+MIMEO_API int  mimeo_selector_match_change(const mimeo_selector *sel, const char *row_json,
+                                           size_t len, bool *match);
 MIMEO_API void mimeo_selector_free(mimeo_selector *sel);
 /* ==== end of queries ===================================================================== */
 

@@ -918,6 +918,18 @@ int mimeo_selector_match(const mimeo_selector *sel, const char *doc_json, size_t
     return selector_match_json(sel->s, doc_json, len, match_out);
 }
 
+int mimeo_selector_match_change(const mimeo_selector *sel, const char *row_json, size_t len,
+                                bool *match_out) {
+    *match_out = false;
+    jval *row = NULL;
+    int rc = json_tree_parse(row_json, len, NULL, &row, NULL);
+    if (rc) return rc;
+    const jval *doc = jval_get(row, "doc");
+    if (doc && doc->type == JV_OBJECT) *match_out = selector_match(sel->s, doc);
+    jval_free(row);
+    return 0;
+}
+
 void mimeo_selector_free(mimeo_selector *sel) {
     if (!sel) return;
     selector_free(sel->s);

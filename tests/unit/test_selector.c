@@ -7,6 +7,8 @@
 
 #include <time.h>
 
+#define S(lit) lit, sizeof(lit) - 1
+
 /* 1 match, 0 no match, -1 the selector or the document did not parse. */
 static int M(const char *sel, const char *doc) {
     selector *s = NULL;
@@ -327,6 +329,29 @@ static void test_empty_and_bad_doc(void) {
     CHECK_EQ_INT(M("{\"a\":1}", "{\"a\":"), -1);
 }
 
+/* The public face the changes feed uses. */
+static void test_public_api(void) {
+    mimeo_selector *sel = NULL;
+    mimeo_err err = {0};
+    CHECK_EQ_INT(mimeo_selector_parse(S("{\"type\":\"post\",\"n\":{\"$gt\":1}}"), &sel, &err), 0);
+    bool m = false;
+    CHECK_EQ_INT(mimeo_selector_match(sel, S("{\"_id\":\"x\",\"type\":\"post\",\"n\":2}"), &m), 0);
+    CHECK(m);
+    CHECK_EQ_INT(mimeo_selector_match(sel, S("{\"type\":\"post\",\"n\":1}"), &m), 0);
+    CHECK(!m);
+    CHECK_EQ_INT(mimeo_selector_match_change(sel, S("{\"seq\":3,\"id\":\"x\",\"changes\":[],"
+                 "\"doc\":{\"_id\":\"x\",\"type\":\"post\",\"n\":5}}"), &m), 0);
+    CHECK(m);
+    CHECK_EQ_INT(mimeo_selector_match_change(sel, S("{\"seq\":3,\"id\":\"x\",\"changes\":[]}"), &m), 0);
+    CHECK(!m);
+    CHECK_EQ_INT(mimeo_selector_match_change(sel, S("{\"seq\":"), &m), MIMEO_EBADJSON);
+    mimeo_selector_free(sel);
+    sel = NULL;
+    CHECK_EQ_INT(mimeo_selector_parse(S("{\"n\":{\"$in\":1}}"), &sel, &err), MIMEO_EINVAL);
+    CHECK(sel == NULL);
+    CHECK_EQ_STR(err.error, "bad_arg");
+}
+
 int main(void) {
     RUN(test_normalise);
     RUN(test_errors);
@@ -339,5 +364,6 @@ int main(void) {
     RUN(test_combinations);
     RUN(test_catastrophic_regex);
     RUN(test_empty_and_bad_doc);
+    RUN(test_public_api);
     return check_report();
 }
