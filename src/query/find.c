@@ -4,8 +4,8 @@
  * columns, then the name), the scan, the selector applied to every document, skip, limit,
  * bookmarks, projection and execution statistics.
  *
- * Documents are read only through the "read seam" below (mimeo_all_docs, mimeo_doc_get):
- * the one place to change when the database layer hands out rows instead of JSON text. */
+ * Documents are read only through seam.h: the one place to change when the database layer
+ * hands out rows instead of JSON text. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +16,7 @@
 #include "../db/index.h"
 #include "collate.h"
 #include "mindex.h"
+#include "seam.h"
 #include "selector.h"
 
 #define FIND_PAGE 500
@@ -229,117 +230,6 @@ static int req_parse(const char *json, size_t len, find_req *r, mimeo_err *err) 
         r->bookmark = v;
     }
     return 0;
-}
-
-/* ---- the read seam -------------------------------------------------------------------------
- * Everything _find reads goes through these two calls. They use today's JSON-text API; after
- * the row API lands they are the only code to switch. */
-
-/* Calls fn(ctx, id, doc) for documents by id, from `start` (exclusive when `after`) in
- * ascending or descending byte order, up to `end` (inclusive; NULL: no end), a page at a
- * time; fn returns non-zero to stop. Design documents are included: callers decide. */
-typedef int (*seam_doc_fn)(void *ctx, const char *id, size_t id_len, const jval *doc);
-
-typedef struct seam_scan {
-    seam_doc_fn fn;
-    void       *ctx;
-    buf         last;     /* the last id seen, to resume the next page after it */
-    bool        have_last;
-    size_t      rows;
-    int         stop;
-} seam_scan;
-
-static int seam_row(void *ctx, const char *json, size_t len) {
-    seam_scan *s = ctx;
-    jval *row = NULL;
-    int rc = json_tree_parse(json, len, NULL, &row, NULL);
-    if (rc) return rc;
-    const jval *id = jval_get(row, "id"), *doc = jval_get(row, "doc");
-    s->rows++;
-    if (!id || id->type != JV_STRING) { jval_free(row); return 0; }
-    if (s->have_last && id->len == s->last.len && memcmp(id->str, s->last.data, id->len) == 0) {
-        jval_free(row); /* the page's first row repeats the last one of the previous page */
-        return 0;
-    }
-    buf_reset(&s->last);
-    rc = buf_put(&s->last, id->str, id->len);
-    s->have_last = true;
-    if (!rc && doc && doc->type == JV_OBJECT) rc = s->fn(s->ctx, id->str, id->len, doc);
-    if (rc > 0) s->stop = rc;
-    jval_free(row);
-    return rc;
-}
-
-static int seam_scan_docs(mimeo_db *db, const char *start, size_t start_len, bool after,
-                          const char *end, size_t end_len, bool desc, bool conflicts,
-                          seam_doc_fn fn, void *ctx, mimeo_err *err) {
-    seam_scan s = {fn, ctx, BUF_INIT, false, 0, 0};
-    buf_init(&s.last, 0);
-    int rc = 0;
-    if (start && after) {
-        rc = buf_put(&s.last, start, start_len);
-        s.have_last = true;
-    }
-    bool first = true;
-    while (!rc) {
-        mimeo_all_docs_opts o = {0};
-        o.include_docs = true;
-        o.conflicts = conflicts;
-        o.descending = desc;
-        o.inclusive_end = true;
-        o.limit = FIND_PAGE;
-        if (!first || (start && after)) {
-            o.startkey = s.last.data;
-            o.startkey_len = s.last.len;
-        } else if (start) {
-            o.startkey = start;
-            o.startkey_len = start_len;
-        }
-        o.endkey = end;
-        o.endkey_len = end_len;
-        first = false;
-        s.rows = 0;
-        rc = mimeo_all_docs(db, &o, seam_row, &s, err);
-        if (rc > 0) { rc = 0; break; } /* fn stopped */
-        if (rc || s.rows < FIND_PAGE) break;
-    }
-    buf_destroy(&s.last);
-    return rc;
-}
-
-/* Documents by id, in the order given, one read for the lot: fn(ctx, i, doc) for each id
- * that has a live document (doc borrowed for the call). */
-typedef int (*seam_ids_fn)(void *ctx, size_t i, const jval *doc);
-
-typedef struct seam_ids {
-    seam_ids_fn fn;
-    void       *ctx;
-    size_t      i;
-} seam_ids;
-
-static int seam_ids_row(void *ctx, const char *json, size_t len) {
-    seam_ids *s = ctx;
-    size_t i = s->i++;
-    jval *row = NULL;
-    int rc = json_tree_parse(json, len, NULL, &row, NULL);
-    if (rc) return rc;
-    const jval *doc = jval_get(row, "doc");
-    if (doc && doc->type == JV_OBJECT) rc = s->fn(s->ctx, i, doc);
-    jval_free(row);
-    return rc;
-}
-
-static int seam_get_docs(mimeo_db *db, const char *const *ids, const size_t *lens, size_t n,
-                         bool conflicts, seam_ids_fn fn, void *ctx) {
-    mimeo_all_docs_opts o = {0};
-    o.include_docs = true;
-    o.conflicts = conflicts;
-    o.inclusive_end = true;
-    o.keys = ids;
-    o.key_lens = lens;
-    o.key_count = n;
-    seam_ids s = {fn, ctx, 0};
-    return mimeo_all_docs(db, &o, seam_ids_row, &s, NULL);
 }
 
 /* ---- planning ------------------------------------------------------------------------------ */

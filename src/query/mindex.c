@@ -18,6 +18,7 @@
 #include "../common/err.h"
 #include "../db/index.h"
 #include "collate.h"
+#include "seam.h"
 
 #define UPDATE_BATCH 10000
 
@@ -193,32 +194,17 @@ static void load_ddoc(const jval *doc, mindex_set *set) {
     }
 }
 
-typedef struct load_ctx {
-    mindex_set *set;
-} load_ctx;
-
-static int load_row(void *ctx, const char *json, size_t len) {
-    load_ctx *c = ctx;
-    jval *row = NULL;
-    if (json_tree_parse(json, len, NULL, &row, NULL)) return 0;
-    const jval *doc = jval_get(row, "doc");
-    if (doc && doc->type == JV_OBJECT) load_ddoc(doc, c->set);
-    jval_free(row);
+static int load_doc(void *ctx, const char *id, size_t id_len, const jval *doc) {
+    load_ddoc(doc, ctx);
     return 0;
 }
 
 int mindex_load(mimeo_db *db, mindex_set *out, mimeo_err *err) {
     out->v = NULL;
     out->n = 0;
-    mimeo_all_docs_opts o = {0};
-    o.startkey = "_design/";
-    o.startkey_len = 8;
-    o.endkey = "_design0";
-    o.endkey_len = 8;
-    o.inclusive_end = false;
-    o.include_docs = true;
-    load_ctx c = {out};
-    int rc = mimeo_all_docs(db, &o, load_row, &c, err);
+    /* "_design0" sorts right after every "_design/…" id */
+    int rc = seam_scan_docs(db, "_design/", 8, false, "_design0", 8, false, false, load_doc,
+                            out, err);
     if (rc) mindex_set_destroy(out);
     return rc;
 }
@@ -261,14 +247,8 @@ typedef struct upd_ctx {
     int           rc;
 } upd_ctx;
 
-static int upd_row(void *ctx, const char *json, size_t len) {
+static int upd_row(void *ctx, const char *id, size_t id_len, bool deleted, const jval *doc) {
     upd_ctx *u = ctx;
-    jval *row = NULL;
-    int rc = json_tree_parse(json, len, NULL, &row, NULL);
-    if (rc) return rc == MIMEO_ENOMEM ? rc : 0;
-    const jval *id = jval_get(row, "id"), *del = jval_get(row, "deleted");
-    const jval *doc = jval_get(row, "doc");
-    if (!id || id->type != JV_STRING) { jval_free(row); return 0; }
     if (u->n == u->cap) {
         size_t cap = u->cap ? u->cap * 2 : 64;
         dbidx_change *ch = realloc(u->ch, cap * sizeof *ch);
@@ -277,21 +257,20 @@ static int upd_row(void *ctx, const char *json, size_t len) {
         if (off) u->key_off = off;
         char **ids = off ? realloc(u->ids, cap * sizeof *ids) : NULL;
         if (ids) u->ids = ids;
-        if (!ch || !off || !ids) { jval_free(row); return MIMEO_ENOMEM; }
+        if (!ch || !off || !ids) return MIMEO_ENOMEM;
         u->cap = cap;
     }
     size_t at = u->keys.len;
     bool indexed = false;
-    if (!(del && del->type == JV_BOOL && del->boolean) && doc && doc->type == JV_OBJECT)
-        rc = mindex_key(u->ix, id->str, id->len, doc, &u->keys, &indexed);
-    char *idc = rc ? NULL : dup_n(id->str, id->len);
+    int rc = 0;
+    if (!deleted && doc) rc = mindex_key(u->ix, id, id_len, doc, &u->keys, &indexed);
+    char *idc = rc ? NULL : dup_n(id, id_len);
     if (!rc && !idc) rc = MIMEO_ENOMEM;
-    if (rc) { jval_free(row); return rc; }
+    if (rc) return rc;
     u->ids[u->n] = idc;
     u->key_off[u->n] = indexed ? at : SIZE_MAX;
-    u->ch[u->n] = (dbidx_change){idc, id->len, NULL, indexed ? u->keys.len - at : 0};
+    u->ch[u->n] = (dbidx_change){idc, id_len, NULL, indexed ? u->keys.len - at : 0};
     u->n++;
-    jval_free(row);
     return 0;
 }
 
@@ -302,25 +281,20 @@ static void upd_reset(upd_ctx *u) {
 }
 
 int mindex_update(mimeo_db *db, const mindex *ix, mimeo_err *err) {
-    mimeo_db_info info;
-    int rc = mimeo_db_info_get(db, &info);
+    uint64_t seq, now;
+    int rc = seam_update_seq(db, &now);
     if (rc) return rc;
-    uint64_t seq;
     if ((rc = dbidx_seq(db, ix->id, &seq))) return rc;
-    if (seq >= info.update_seq) return 0;
+    if (seq >= now) return 0;
     pthread_mutex_lock(&update_lock);
     upd_ctx u = {0};
     u.ix = ix;
     buf_init(&u.keys, 0);
     for (;;) {
         if ((rc = dbidx_seq(db, ix->id, &seq))) break;
-        mimeo_changes_opts o = {0};
-        o.since = seq;
-        o.limit = UPDATE_BATCH;
-        o.include_docs = true;
         uint64_t last = 0, pending = 0;
         upd_reset(&u);
-        rc = mimeo_changes(db, &o, upd_row, &u, &last, &pending, err);
+        rc = seam_changes(db, seq, UPDATE_BATCH, upd_row, &u, &last, &pending, err);
         if (rc) break;
         if (last <= seq && u.n == 0) break;
         for (size_t i = 0; i < u.n; i++)
@@ -414,19 +388,7 @@ int mimeo_index_list(mimeo_db *db, char **json_out, size_t *out_len, mimeo_err *
 
 /* Reads a design document as a tree; *tree NULL when there is none. */
 static int ddoc_get(mimeo_db *db, const char *id, size_t n, jval **tree, mimeo_err *err) {
-    *tree = NULL;
-    char *json = NULL;
-    size_t len = 0;
-    mimeo_err e = {0};
-    int rc = mimeo_doc_get(db, id, n, NULL, &json, &len, &e);
-    if (rc == MIMEO_ENOTFOUND || rc == MIMEO_EDELETED) return 0;
-    if (rc) {
-        if (err) *err = e;
-        return rc;
-    }
-    rc = json_tree_parse(json, len, NULL, tree, err);
-    mimeo_free(json);
-    return rc;
+    return seam_get_doc(db, id, n, tree, err);
 }
 
 /* Writes ddoc `id` as the old one (may be NULL) with language "query" and its views
