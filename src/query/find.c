@@ -102,7 +102,8 @@ static int req_parse(const char *json, size_t len, find_req *r, mimeo_err *err) 
         for (size_t k = 0; k < sizeof find_keys / sizeof *find_keys && !known; k++)
             known = strcmp(b->keys[i], find_keys[k]) == 0;
         if (!known) {
-            err_set(err, MIMEO_EINVAL, "invalid_key", "Invalid key %.100s for this request.",
+            int n = (int)json_utf8_prefix(b->keys[i], b->key_lens[i], 100);
+            err_set(err, MIMEO_EINVAL, "invalid_key", "Invalid key %.*s for this request.", n,
                     b->keys[i]);
             return MIMEO_EINVAL;
         }

@@ -317,18 +317,34 @@ int mindex_update(mimeo_db *db, const mindex *ix, mimeo_err *err) {
 typedef struct orphan_ctx {
     mimeo_db         *db;
     const mindex_set *set;
+    mindex_set        fresh;    /* loaded again before the first drop */
+    bool              reloaded;
 } orphan_ctx;
+
+static bool defined(const mindex_set *set, uint64_t idx) {
+    for (size_t i = 0; i < set->n; i++)
+        if (set->v[i].id == idx) return true;
+    return false;
+}
 
 static int orphan_check(void *ctx, uint64_t idx) {
     orphan_ctx *o = ctx;
-    for (size_t i = 0; i < o->set->n; i++)
-        if (o->set->v[i].id == idx) return 0;
+    if (defined(o->set, idx)) return 0;
+    /* the caller's set may predate an index created meanwhile by another request: only
+     * what the design documents do not define now is dropped */
+    if (!o->reloaded) {
+        o->reloaded = true;
+        if (mindex_load(o->db, &o->fresh, NULL)) return 0;
+    }
+    if (defined(&o->fresh, idx)) return 0;
     return dbidx_drop(o->db, idx);
 }
 
 int mindex_drop_orphans(mimeo_db *db, const mindex_set *set) {
-    orphan_ctx o = {db, set};
-    return dbidx_list(db, orphan_check, &o);
+    orphan_ctx o = {db, set, {0}, false};
+    int rc = dbidx_list(db, orphan_check, &o);
+    mindex_set_destroy(&o.fresh);
+    return rc;
 }
 
 /* ---- JSON -------------------------------------------------------------------------------- */
@@ -470,7 +486,8 @@ int mimeo_index_create(mimeo_db *db, const char *json, size_t len, char **json_o
     }
     for (size_t i = 0; i < req->count; i++)
         if (!valid_key(req->keys[i])) {
-            err_set(err, MIMEO_EINVAL, "invalid_key", "Invalid key %.100s for this request.",
+            int n = (int)json_utf8_prefix(req->keys[i], req->key_lens[i], 100);
+            err_set(err, MIMEO_EINVAL, "invalid_key", "Invalid key %.*s for this request.", n,
                     req->keys[i]);
             rc = MIMEO_EINVAL;
             goto done;

@@ -251,8 +251,8 @@ test('fields, conflicts, skip, limit and _id ranges', async () => {
 
 test('bad input: CouchDB 400 errors, and a catastrophic regex is stopped', async () => {
   const db = await newDb('findbad');
-  const docs = [{ _id: 'r', s: `${'a'.repeat(40)}b` }];
-  for (let i = 0; i < 200; i++) docs.push({ _id: `f${i}`, s: 'a'.repeat(30) + 'c' });
+  const docs = [{ _id: 'r', s: `${'a'.repeat(40)}b` }, { _id: 'r2', s: `${'a'.repeat(60)}!` }];
+  for (let i = 0; i < 20; i++) docs.push({ _id: `f${i}`, s: `plain ${i}` });
   assert.equal((await c.post(`/${db}/_bulk_docs`, { docs })).status, 201);
   const cases = [
     [{ selector: { a: { $in: 5 } } }, 'bad_arg', 'Bad argument for operator $in: 5'],
@@ -301,7 +301,7 @@ test('bad input: CouchDB 400 errors, and a catastrophic regex is stopped', async
   const t0 = Date.now();
   const r = await find(db, { selector: { s: { $regex: '^(a+)+$' } }, execution_stats: true });
   assert.deepEqual(r.docs, []);
-  assert.equal(r.execution_stats.total_docs_examined, 201);
+  assert.equal(r.execution_stats.total_docs_examined, 22);
   assert.ok(Date.now() - t0 < 60_000, `took ${Date.now() - t0} ms`);
   // and the server still answers
   assert.equal((await c.get('/')).status, 200);

@@ -269,6 +269,7 @@ static void test_random_keys(void) {
     uint64_t seed = getenv("SEED") ? strtoull(getenv("SEED"), NULL, 10)
                                    : (uint64_t)time(NULL) * 2654435761u;
     if (!seed) seed = 1;
+    fprintf(stderr, "test_random_keys: SEED=%llu\n", (unsigned long long)seed);
     rng_state = seed;
     enum { COUNT = 600 };
     jval *v[COUNT];
@@ -308,7 +309,7 @@ static void test_random_keys(void) {
         }
     }
     CHECK_EQ_INT(bad, 0);
-    if (check_case_failed) fprintf(stderr, "test_random_keys: SEED=%llu\n",
+    if (check_case_failed) fprintf(stderr, "test_random_keys failed: rerun with SEED=%llu\n",
                                    (unsigned long long)seed);
     for (size_t i = 0; i < COUNT; i++) {
         jval_free(v[i]);
