@@ -4,8 +4,9 @@
  *   {"_id":"_design/<ddoc>","language":"query","views":{"<name>":{
  *      "map":{"fields":{"<f>":"asc",…},"partial_filter_selector":{…}},
  *      "reduce":"_count","options":{"def":{"fields":[…],"partial_filter_selector":{…}}}}}}
- * Its rows live under a storage id hashed from ddoc, name and definition, so a changed
- * definition builds afresh and the old rows are dropped as orphans. */
+ * Its rows live under a storage id hashed from ddoc, name, definition and the ICU collator
+ * version, so a changed definition (or ICU) builds afresh and the old rows are dropped as
+ * orphans. */
 #include "mindex.h"
 
 #include <nettle/md5.h>
@@ -75,6 +76,11 @@ static uint64_t storage_id(const mindex *ix) {
         md5_update(&c, ix->field_lens[i] + 1, (const uint8_t *)ix->fields[i]);
     if (ix->partial_json)
         md5_update(&c, strlen(ix->partial_json), (const uint8_t *)ix->partial_json);
+    /* ICU sort keys change with the collator's version: another ICU builds a new index and
+     * the old rows go as orphans, instead of being read in the wrong order */
+    char ver[9];
+    collate_version(ver);
+    md5_update(&c, 8, (const uint8_t *)ver);
     uint8_t d[MD5_DIGEST_SIZE];
     md5_digest(&c, sizeof d, d);
     uint64_t id = 0;
