@@ -6,7 +6,7 @@ CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 BASEFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -pthread -fvisibility=hidden -MMD -MP $(WARN)
-LIBS    := -llmdb -lyajl -lmicrohttpd -lcurl -lnettle -linih -lpthread
+LIBS    := -llmdb -lyajl -lmicrohttpd -lcurl -lnettle -linih -lpthread -licui18n -licuuc -licudata -lpcre2-8 -lm
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 TSAN    := -fsanitize=thread -fno-omit-frame-pointer
 
@@ -15,6 +15,7 @@ LIB_SRC := $(wildcard src/common/*.c src/json/*.c src/doc/*.c src/store/*.c src/
 HTTP_SRC := $(wildcard src/http/*.c)
 SRV_SRC := $(HTTP_SRC) $(wildcard src/cli/*.c)
 LIB_SRC += $(wildcard src/mesh/*.c)
+LIB_SRC += $(wildcard src/query/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
 REL_LIB_OBJ := $(LIB_SRC:%.c=build/obj/%.o)

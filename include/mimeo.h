@@ -500,6 +500,50 @@ MIMEO_API int mimeo_scheduler_docs(mimeo_env *env, const char *docid, char **jso
                                    size_t *out_len, mimeo_err *err);
 /* ==== end of replication ================================================================= */
 
+/* ==== queries (Mango) =======================================================================
+ * CouchDB's query language over a database: selectors, JSON indexes kept in the same store
+ * (defined by design documents with "language":"query", so they replicate), and _find.
+ * Bodies and replies are CouchDB's JSON. Errors are MIMEO_EINVAL with CouchDB's error names
+ * (bad_arg, invalid_operator, no_usable_index, invalid_bookmark, …: HTTP 400). */
+
+/* POST /{db}/_find. Reply {"docs":[…],"bookmark":…,"warning"?,"execution_stats"?}. */
+MIMEO_API int mimeo_find(mimeo_db *db, const char *json, size_t len, char **json_out,
+                         size_t *out_len, mimeo_err *err);
+/* POST /{db}/_explain: the plan _find would run (same body). */
+MIMEO_API int mimeo_explain(mimeo_db *db, const char *json, size_t len, char **json_out,
+                            size_t *out_len, mimeo_err *err);
+/* POST /{db}/_index: {"index":{"fields":[…],"partial_filter_selector"?},"name"?,"ddoc"?,
+ * "type"?:"json"}. Reply {"result":"created"|"exists","id":"_design/…","name":…}. */
+MIMEO_API int mimeo_index_create(mimeo_db *db, const char *json, size_t len, char **json_out,
+                                 size_t *out_len, mimeo_err *err);
+/* GET /{db}/_index: {"total_rows":N,"indexes":[…]} (the special _all_docs index first). */
+MIMEO_API int mimeo_index_list(mimeo_db *db, char **json_out, size_t *out_len,
+                               mimeo_err *err);
+/* DELETE /{db}/_index/{ddoc}/json/{name}; ddoc with or without "_design/". Removes the
+ * index from its design document (the document goes when it has no index left) and drops
+ * its rows. MIMEO_ENOTFOUND when there is no such index. */
+MIMEO_API int mimeo_index_delete(mimeo_db *db, const char *ddoc, size_t ddoc_len,
+                                 const char *name, size_t name_len, mimeo_err *err);
+
+/* A parsed selector, for filter=_selector on the changes feed and for replication. */
+typedef struct mimeo_selector mimeo_selector;
+/* json is the selector object itself. New *out (mimeo_selector_free); MIMEO_EINVAL with
+ * CouchDB's error names for a malformed selector. */
+MIMEO_API int  mimeo_selector_parse(const char *json, size_t len, mimeo_selector **out,
+                                    mimeo_err *err);
+/* *match: whether the document (JSON object text, e.g. a change row's "doc") matches.
+ * MIMEO_EBADJSON for text that is not JSON. Thread-safe. */
+MIMEO_API int  mimeo_selector_match(const mimeo_selector *sel, const char *doc_json,
+                                    size_t len, bool *match);
+/* The same on a changes-feed row ({"seq","id","changes",…,"doc":{…}}, as mimeo_changes
+ * delivers it with include_docs): matches the row's "doc"; a row without one never matches.
+ * For filter=_selector: read with include_docs, keep the rows that match, drop "doc" unless
+ * the client asked for it. */
+MIMEO_API int  mimeo_selector_match_change(const mimeo_selector *sel, const char *row_json,
+                                           size_t len, bool *match);
+MIMEO_API void mimeo_selector_free(mimeo_selector *sel);
+/* ==== end of queries ===================================================================== */
+
 #ifdef __cplusplus
 }
 #endif

@@ -10,6 +10,11 @@
 
 typedef void (*http_handler)(http_req *r);
 
+/* h_find.c: Mango (_find, _explain, _index and its sub-paths) */
+void http_h_find(http_req *r);
+void http_h_explain(http_req *r);
+void http_h_index(http_req *r);
+
 /* Allowed methods as a bit set, and their text for 405 replies. */
 #define M_GET    (1u << HTTP_GET)
 #define M_HEAD   (1u << HTTP_HEAD)
@@ -51,6 +56,8 @@ static const http_route_row http_db_routes[] = {
     { "_compact",            M_POST,                  "POST",          http_h_compact },
     { "_ensure_full_commit", M_POST,                  "POST",          http_h_ensure_full_commit },
     { "_security",           M_GET | M_HEAD | M_PUT,  "GET,PUT",       http_h_security },
+    { "_find",               M_POST,                  "POST",          http_h_find },
+    { "_explain",            M_POST,                  "POST",          http_h_explain },
 };
 
 /* CouchDB endpoints mimeo does not serve (yet): a clean 404 instead of "illegal database
@@ -61,7 +68,7 @@ static const char *const http_unserved_server[] = {
     "_reshard", "_prometheus", "_search_analyze", "_restart",
 };
 static const char *const http_unserved_db[] = {
-    "_purge", "_purged_infos_limit", "_find", "_index", "_explain", "_missing_revs",
+    "_purge", "_purged_infos_limit", "_missing_revs",
     "_view_cleanup", "_shards", "_local_docs", "_partition", "_design_info", "_sync_shards",
 };
 
@@ -188,6 +195,10 @@ void http_route(http_req *r)
     size_t l1 = r->seg_len[1];
     if (l1 > 0 && s1[0] == '_') {
         if (r->nseg == 2 && http_run(r, http_db_routes, NELEM(http_db_routes), s1, l1)) return;
+        if (http_seg_is(r, 1, "_index")) {
+            http_h_index(r); /* /_index and /_index/{ddoc}/json/{name}: it checks methods */
+            return;
+        }
         if (http_seg_is(r, 1, "_compact") && r->nseg == 3) {
             /* /{db}/_compact/{ddoc}: views are not built, so there is nothing to do */
             if (r->method != HTTP_POST) http_reply_method(r, "POST");

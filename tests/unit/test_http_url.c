@@ -308,7 +308,7 @@ static void test_routes(void) {
         {HTTP_GET, "/db/_revs_limit", 200, NULL},
         {HTTP_POST, "/db/_revs_limit", 405, "GET,PUT"},
         {HTTP_GET, "/db/_compact/ddoc", 405, "POST"},
-        {HTTP_GET, "/db/_find", 404, NULL},
+        {HTTP_GET, "/db/_find", 405, "POST"},
         {HTTP_GET, "/db/_local", 400, NULL},
         {HTTP_GET, "/db/_local/", 400, NULL},
         {HTTP_GET, "/db/_local/x/y", 400, NULL},
