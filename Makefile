@@ -10,6 +10,7 @@ SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 
 # The library: everything but the server's HTTP front end and the command line.
 LIB_SRC := $(wildcard src/common/*.c src/json/*.c src/doc/*.c src/store/*.c src/db/*.c src/repl/*.c)
+LIB_SRC += $(wildcard src/crdt/*.c)
 SRV_SRC := $(wildcard src/http/*.c src/cli/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
