@@ -731,6 +731,331 @@ static void test_join_laws(void) {
     }
 }
 
+
+/* ---- the embedded API (src/db/crdt.c) ---------------------------------------------------- */
+
+typedef struct node_env {
+    char       dir[64];
+    mimeo_env *env;
+    mimeo_db  *db;
+} node_env;
+
+static bool node_open(node_env *n) {
+    snprintf(n->dir, sizeof n->dir, "/tmp/mimeo-crdt-XXXXXX");
+    if (!mkdtemp(n->dir)) return false;
+    if (mimeo_env_open(n->dir, NULL, &n->env, NULL)) return false;
+    if (mimeo_db_create(n->env, "db", NULL) || mimeo_db_open(n->env, "db", &n->db, NULL))
+        return false;
+    const char *ddoc = "{\"rules\":[{\"prefix\":\"c:\"},{\"selector\":{\"type\":\"x\"}}]}";
+    mimeo_put_result pr;
+    int rc = mimeo_doc_put(n->db, "_design/crdt", 12, ddoc, strlen(ddoc), NULL, &pr, NULL);
+    mimeo_free(pr.id);
+    return rc == 0;
+}
+
+static void node_close(node_env *n) {
+    if (n->db) mimeo_db_close(n->db);
+    if (n->env) mimeo_env_close(n->env);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", n->dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", n->dir);
+}
+
+/* Replication by hand: every leaf of id with its history, as new_edits=false writes. */
+static void copy_doc(mimeo_db *from, mimeo_db *to, const char *id) {
+    char *json;
+    size_t len;
+    mimeo_get_opts o = {.revs = true};
+    if (mimeo_doc_open_revs(from, id, strlen(id), "all", 3, &o, &json, &len, NULL)) return;
+    jval *v = NULL;
+    CHECK_EQ_INT(json_tree_parse(json, len, NULL, &v, NULL), 0);
+    for (size_t i = 0; v && i < v->count; i++) {
+        const jval *doc = jval_get(v->items[i], "ok");
+        if (!doc) continue;
+        buf b;
+        buf_init(&b, 0);
+        json_put_jval(&b, doc);
+        mimeo_put_opts po = {.new_edits_false = true};
+        mimeo_put_result pr;
+        mimeo_err e = {0};
+        int rc = mimeo_doc_put(to, id, strlen(id), b.data, b.len, &po, &pr, &e);
+        if (rc) fprintf(stderr, "copy: %s\n", e.reason);
+        CHECK_EQ_INT(rc, 0);
+        mimeo_free(pr.id);
+        buf_destroy(&b);
+    }
+    jval_free(v);
+    mimeo_free(json);
+}
+
+static int live_leaves(mimeo_db *db, const char *id, char *winner_body, size_t cap) {
+    char *json;
+    size_t len;
+    if (mimeo_doc_open_revs(db, id, strlen(id), "all", 3, NULL, &json, &len, NULL)) return -1;
+    jval *v = NULL;
+    json_tree_parse(json, len, NULL, &v, NULL);
+    int live = 0;
+    for (size_t i = 0; v && i < v->count; i++) {
+        const jval *doc = jval_get(v->items[i], "ok");
+        const jval *del = jval_get(doc, "_deleted");
+        if (!doc || (del && del->boolean)) continue;
+        if (live++ == 0 && winner_body) {
+            buf b;
+            buf_init(&b, 0);
+            json_put_jval(&b, doc);
+            snprintf(winner_body, cap, "%s", buf_cstr(&b));
+            buf_destroy(&b);
+        }
+    }
+    jval_free(v);
+    mimeo_free(json);
+    return live;
+}
+
+static void crdt_apply_db(mimeo_db *db, const char *id, const char *ops, mimeo_crdt_result *res) {
+    mimeo_err e = {0};
+    int rc = mimeo_crdt_apply(db, id, strlen(id), ops, strlen(ops), res, &e);
+    if (rc) fprintf(stderr, "mimeo_crdt_apply %s: %s\n", ops, e.reason);
+    CHECK_EQ_INT(rc, 0);
+}
+
+static void test_db_apply(void) {
+    node_env a = {0};
+    CHECK(node_open(&a));
+    mimeo_crdt_result res;
+    crdt_apply_db(a.db, "c:1", "{\"ops\":[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":2},"
+                  "{\"op\":\"add\",\"path\":[\"tags\"],\"value\":\"b\"},"
+                  "{\"op\":\"add\",\"path\":[\"tags\"],\"value\":\"a\"}]}", &res);
+    CHECK_EQ_STR(res.value, "{\"n\":2,\"tags\":[\"a\",\"b\"]}");
+    CHECK_EQ_STR(res.id, "c:1");
+    char rev1[MIMEO_REV_MAX];
+    snprintf(rev1, sizeof rev1, "%s", res.rev);
+    CHECK(strncmp(rev1, "1-", 2) == 0);
+    mimeo_crdt_result_destroy(&res);
+
+    /* GET serves the plain values as members, beside the state */
+    char *json;
+    size_t len;
+    CHECK_EQ_INT(mimeo_doc_get(a.db, "c:1", 3, NULL, &json, &len, NULL), 0);
+    CHECK(strstr(json, "\"n\":2,\"tags\":[\"a\",\"b\"],\"$crdt\":{\"v\":1") != NULL);
+    mimeo_free(json);
+
+    /* a bad op: 400-class error, nothing written */
+    mimeo_err e = {0};
+    const char *bad = "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":1},"
+                      "{\"op\":\"add\",\"path\":[\"n\"],\"value\":1}]";
+    CHECK(mimeo_crdt_apply(a.db, "c:1", 3, bad, strlen(bad), &res, &e) == MIMEO_EINVAL);
+    CHECK(strstr(e.reason, "counter") != NULL);
+    mimeo_get_opts go = {0};
+    CHECK_EQ_INT(mimeo_doc_get(a.db, "c:1", 3, &go, &json, &len, NULL), 0);
+    CHECK(strstr(json, rev1) != NULL);
+    mimeo_free(json);
+
+    /* not covered by a rule; design documents never are */
+    const char *ok = "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":1}]";
+    CHECK(mimeo_crdt_apply(a.db, "plain", 5, ok, strlen(ok), &res, &e) == MIMEO_EINVAL);
+    CHECK(mimeo_crdt_apply(a.db, "_design/x", 9, ok, strlen(ok), &res, &e) == MIMEO_EINVAL);
+    bool m = true;
+    CHECK_EQ_INT(mimeo_crdt_rules_match(a.db, "c:zz", 4, &m, NULL), 0);
+    CHECK(m);
+    CHECK_EQ_INT(mimeo_crdt_rules_match(a.db, "d:zz", 4, &m, NULL), 0);
+    CHECK(!m);
+
+    /* deleted, then ops again: the document comes back */
+    mimeo_put_result pr;
+    CHECK_EQ_INT(mimeo_doc_get(a.db, "c:1", 3, NULL, &json, &len, NULL), 0);
+    jval *v = NULL;
+    json_tree_parse(json, len, NULL, &v, NULL);
+    CHECK_EQ_INT(mimeo_doc_delete(a.db, "c:1", 3, jval_get(v, "_rev")->str, &pr, NULL), 0);
+    mimeo_free(pr.id);
+    jval_free(v);
+    mimeo_free(json);
+    crdt_apply_db(a.db, "c:1", ok, &res);
+    CHECK_EQ_STR(res.value, "{\"n\":1}");
+    mimeo_crdt_result_destroy(&res);
+    node_close(&a);
+}
+
+static void test_db_merge_two_nodes(void) {
+    node_env a = {0}, b = {0};
+    CHECK(node_open(&a));
+    CHECK(node_open(&b));
+    mimeo_crdt_result res;
+    crdt_apply_db(a.db, "c:doc", "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":1}]", &res);
+    mimeo_crdt_result_destroy(&res);
+    copy_doc(a.db, b.db, "c:doc");
+    /* concurrent edits on both nodes */
+    crdt_apply_db(a.db, "c:doc", "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":2},"
+                  "{\"op\":\"add\",\"path\":[\"s\"],\"value\":\"a\"}]", &res);
+    mimeo_crdt_result_destroy(&res);
+    crdt_apply_db(b.db, "c:doc", "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":3},"
+                  "{\"op\":\"add\",\"path\":[\"s\"],\"value\":\"b\"},"
+                  "{\"op\":\"assign\",\"path\":[\"m\",\"who\"],\"value\":\"b\"}]", &res);
+    mimeo_crdt_result_destroy(&res);
+    copy_doc(a.db, b.db, "c:doc");
+    copy_doc(b.db, a.db, "c:doc");
+    CHECK_EQ_INT(live_leaves(a.db, "c:doc", NULL, 0), 2);
+    CHECK_EQ_INT(live_leaves(b.db, "c:doc", NULL, 0), 2);
+
+    /* each node merges on its own: the same revision and bytes */
+    mimeo_crdt_stats st0, st1;
+    mimeo_crdt_stats_get(&st0);
+    mimeo_crdt_outcome oa, ob;
+    char ra[MIMEO_REV_MAX], rb[MIMEO_REV_MAX];
+    CHECK_EQ_INT(mimeo_crdt_merge(a.db, "c:doc", 5, &oa, ra, NULL), 0);
+    CHECK_EQ_INT(mimeo_crdt_merge(b.db, "c:doc", 5, &ob, rb, NULL), 0);
+    CHECK(oa == MIMEO_CRDT_MERGED && ob == MIMEO_CRDT_MERGED);
+    CHECK_EQ_STR(ra, rb);
+    mimeo_crdt_stats_get(&st1);
+    CHECK(st1.merges_written >= st0.merges_written + 2);
+    static char wa[4096], wb[4096];
+    CHECK_EQ_INT(live_leaves(a.db, "c:doc", wa, sizeof wa), 1);
+    CHECK_EQ_INT(live_leaves(b.db, "c:doc", wb, sizeof wb), 1);
+    CHECK_EQ_STR(wa, wb);
+    CHECK(strstr(wa, "\"m\":{\"who\":\"b\"},\"n\":6,\"s\":[\"a\",\"b\"]") != NULL);
+
+    /* exchanging the two merges adds no branch */
+    mimeo_db_info ia0, ia1;
+    mimeo_db_info_get(a.db, &ia0);
+    copy_doc(a.db, b.db, "c:doc");
+    copy_doc(b.db, a.db, "c:doc");
+    mimeo_db_info_get(a.db, &ia1);
+    CHECK(ia1.update_seq == ia0.update_seq);
+    CHECK_EQ_INT(live_leaves(a.db, "c:doc", wa, sizeof wa), 1);
+    CHECK_EQ_STR(wa, wb);
+    /* nothing left to merge */
+    CHECK_EQ_INT(mimeo_crdt_merge(a.db, "c:doc", 5, &oa, ra, NULL), 0);
+    CHECK(oa == MIMEO_CRDT_UNCHANGED);
+    node_close(&a);
+    node_close(&b);
+}
+
+static void test_db_invalid_and_plain(void) {
+    node_env a = {0}, b = {0};
+    CHECK(node_open(&a));
+    CHECK(node_open(&b));
+    mimeo_crdt_result res;
+    crdt_apply_db(a.db, "c:p", "[{\"op\":\"assign\",\"path\":[\"title\"],\"value\":\"t0\"},"
+                  "{\"op\":\"increment\",\"path\":[\"n\"],\"value\":5}]", &res);
+    char rev[MIMEO_REV_MAX];
+    snprintf(rev, sizeof rev, "%s", res.rev);
+    mimeo_crdt_result_destroy(&res);
+    copy_doc(a.db, b.db, "c:p");
+
+    /* a CRDT-unaware client edits title (and the counter, which it cannot) with a plain PUT */
+    char *json;
+    size_t len;
+    CHECK_EQ_INT(mimeo_doc_get(a.db, "c:p", 3, NULL, &json, &len, NULL), 0);
+    buf edited;
+    buf_init(&edited, 0);
+    const char *st = strstr(json, "\"$crdt\"");
+    buf_printf(&edited, "{\"_id\":\"c:p\",\"_rev\":\"%s\",\"n\":99,\"title\":\"t1\",%s", rev, st);
+    mimeo_free(json);
+    mimeo_put_result pr;
+    CHECK_EQ_INT(mimeo_doc_put(a.db, "c:p", 3, edited.data, edited.len, NULL, &pr, NULL), 0);
+    mimeo_free(pr.id);
+    /* the hook (write path) would run after that write: it normalises the body */
+    const char *ids[] = {"c:p", "other"};
+    size_t lens[] = {3, 5};
+    CHECK_EQ_INT(mimeo_crdt_after_write(a.db, ids, lens, 2), 0);
+    static char w[4096];
+    CHECK_EQ_INT(live_leaves(a.db, "c:p", w, sizeof w), 1);
+    CHECK(strstr(w, "\"n\":5,\"title\":\"t1\",\"$crdt\"") != NULL);
+    /* concurrently on b: an op on the counter; after the exchange both agree */
+    crdt_apply_db(b.db, "c:p", "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":1}]", &res);
+    mimeo_crdt_result_destroy(&res);
+    copy_doc(a.db, b.db, "c:p");
+    copy_doc(b.db, a.db, "c:p");
+    CHECK_EQ_INT(mimeo_crdt_after_write(a.db, ids, lens, 1), 0);
+    CHECK_EQ_INT(mimeo_crdt_after_write(b.db, ids, lens, 1), 0);
+    static char wa[4096], wb[4096];
+    CHECK_EQ_INT(live_leaves(a.db, "c:p", wa, sizeof wa), 1);
+    CHECK_EQ_INT(live_leaves(b.db, "c:p", wb, sizeof wb), 1);
+    CHECK_EQ_STR(wa, wb);
+    CHECK(strstr(wa, "\"n\":6,\"title\":\"t1\"") != NULL);
+
+    /* a leaf whose state a plain client overwrote: the conflict stays, counted */
+    CHECK_EQ_INT(mimeo_doc_get(b.db, "c:p", 3, NULL, &json, &len, NULL), 0);
+    jval *v = NULL;
+    json_tree_parse(json, len, NULL, &v, NULL);
+    buf_reset(&edited);
+    buf_printf(&edited, "{\"_id\":\"c:p\",\"_rev\":\"%s\",\"n\":1,\"$crdt\":\"gone\"}",
+               jval_get(v, "_rev")->str);
+    jval_free(v);
+    mimeo_free(json);
+    CHECK_EQ_INT(mimeo_doc_put(b.db, "c:p", 3, edited.data, edited.len, NULL, &pr, NULL), 0);
+    mimeo_free(pr.id);
+    crdt_apply_db(a.db, "c:p", "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":1}]", &res);
+    mimeo_crdt_result_destroy(&res);
+    copy_doc(b.db, a.db, "c:p");
+    mimeo_crdt_stats s0, s1;
+    mimeo_crdt_stats_get(&s0);
+    mimeo_crdt_outcome o;
+    CHECK_EQ_INT(mimeo_crdt_merge(a.db, "c:p", 3, &o, rev, NULL), 0);
+    CHECK(o == MIMEO_CRDT_KEPT);
+    mimeo_crdt_stats_get(&s1);
+    CHECK(s1.conflicts_kept == s0.conflicts_kept + 1);
+    CHECK_EQ_INT(live_leaves(a.db, "c:p", NULL, 0), 2);
+
+    /* _crdt_merge over the whole database reports it */
+    char *out;
+    size_t out_len;
+    CHECK_EQ_INT(mimeo_crdt_merge_all(a.db, NULL, NULL, 0, &out, &out_len, NULL), 0);
+    CHECK(strstr(out, "\"conflicts_kept\":[{\"id\":\"c:p\"}]") != NULL);
+    mimeo_free(out);
+    buf_destroy(&edited);
+    node_close(&a);
+    node_close(&b);
+}
+
+/* The hook's cost on writes that involve no CRDT document: it reads _design/crdt once per
+ * batch and tests ids against the prefixes. Printed, and bounded loosely (shared machine). */
+static void test_hook_cost(void) {
+    node_env a = {0};
+    CHECK(node_open(&a));
+    enum { BATCHES = 30, DOCS = 100 };
+    uint64_t plain_us = 0, hook_us = 0, hook_only_us = 0;
+    static char idbuf[BATCHES * 2][DOCS][24];
+    const char *ids[DOCS];
+    size_t lens[DOCS];
+    for (int round = 0; round < BATCHES * 2; round++) {
+        bool with_hook = round % 2;
+        buf b;
+        buf_init(&b, 0);
+        buf_puts(&b, "{\"docs\":[");
+        for (int i = 0; i < DOCS; i++) {
+            snprintf(idbuf[round][i], sizeof idbuf[round][i], "p:%03d:%03d", round, i);
+            ids[i] = idbuf[round][i];
+            lens[i] = strlen(ids[i]);
+            buf_printf(&b, "%s{\"_id\":\"%s\",\"v\":%d,\"text\":\"some ordinary document\"}",
+                       i ? "," : "", ids[i], i);
+        }
+        buf_puts(&b, "]}");
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        char *out;
+        size_t len;
+        CHECK_EQ_INT(mimeo_bulk_docs(a.db, b.data, b.len, &out, &len, NULL), 0);
+        mimeo_free(out);
+        struct timespec th;
+        clock_gettime(CLOCK_MONOTONIC, &th);
+        if (with_hook) CHECK_EQ_INT(mimeo_crdt_after_write(a.db, ids, lens, DOCS), 0);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (with_hook) hook_only_us += (uint64_t)((int64_t)(t1.tv_sec - th.tv_sec) * 1000000 +
+                                                  (int64_t)(t1.tv_nsec - th.tv_nsec) / 1000);
+        uint64_t us = (uint64_t)((int64_t)(t1.tv_sec - t0.tv_sec) * 1000000 +
+                                 (int64_t)(t1.tv_nsec - t0.tv_nsec) / 1000);
+        if (with_hook) hook_us += us; else plain_us += us;
+        buf_destroy(&b);
+    }
+    fprintf(stderr, "hook cost: %d batches of %d plain docs: %.2f ms/batch without the hook, "
+            "%.2f ms/batch with it, of which the hook %.3f ms\n", BATCHES, DOCS,
+            plain_us / 1000.0 / BATCHES, hook_us / 1000.0 / BATCHES,
+            hook_only_us / 1000.0 / BATCHES);
+    CHECK(hook_us < plain_us * 3);
+    node_close(&a);
+}
+
 int main(void) {
     RUN(test_ops_basic);
     RUN(test_ops_errors);
@@ -741,5 +1066,9 @@ int main(void) {
     RUN(test_plain_put);
     RUN(test_join_laws);
     RUN(test_simulation);
+    RUN(test_db_apply);
+    RUN(test_db_merge_two_nodes);
+    RUN(test_db_invalid_and_plain);
+    RUN(test_hook_cost);
     return check_report();
 }
