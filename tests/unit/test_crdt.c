@@ -732,6 +732,62 @@ static void test_join_laws(void) {
 }
 
 
+/* Mutated encodings: each either fails to decode (MIMEO_EINVAL) or decodes to a state that
+ * re-encodes canonically, joins, and renders: bytes from a peer never crash the reader. */
+static void test_decode_mutations(void) {
+    uint64_t seed = getenv("SEED") ? strtoull(getenv("SEED"), NULL, 10) : (uint64_t)time(NULL);
+    rng_state = seed | 1;
+    crdt_state s;
+    crdt_state_init(&s);
+    crdt_hlc h = {0};
+    apply_ok(&s, "[{\"op\":\"increment\",\"path\":[\"c\"],\"value\":12},"
+                 "{\"op\":\"increment\",\"path\":[\"m\",\"c\"],\"value\":-3},"
+                 "{\"op\":\"assign\",\"path\":[\"r\"],\"value\":{\"k\":[1,\"\\u00e9\\n\"]}},"
+                 "{\"op\":\"add\",\"path\":[\"s\"],\"value\":1},{\"op\":\"add\",\"path\":[\"s\"],\"value\":2},"
+                 "{\"op\":\"remove\",\"path\":[\"s\"],\"value\":1},{\"op\":\"delete\",\"path\":[\"m\"]}]",
+             "n1", &h, 10);
+    crdt_hlc h2 = {0};
+    apply_ok(&s, "[{\"op\":\"add\",\"path\":[\"s\"],\"value\":3},{\"op\":\"increment\",\"path\":[\"c\"],\"value\":1}]",
+             "n2", &h2, 5);
+    char *base = enc(&s);
+    size_t n = strlen(base);
+    static const char alphabet[] = "0123456789[]{},:\"-crsmvn";
+    int accepted = 0;
+    for (int round = 0; round < 3000; round++) {
+        char *m = strdup(base);
+        int edits = 1 + (int)rnd_below(3);
+        for (int k = 0; k < edits; k++) m[rnd_below((unsigned)n)] = alphabet[rnd_below(sizeof alphabet - 1)];
+        jval *v = NULL;
+        if (json_tree_parse(m, n, NULL, &v, NULL) == 0) {
+            crdt_state d;
+            crdt_state_init(&d);
+            mimeo_err e = {0};
+            int rc = crdt_state_decode(&d, v, &e);
+            CHECK(rc == 0 || rc == MIMEO_EINVAL);
+            if (rc == 0) {
+                accepted++;
+                reload(&d);
+                crdt_state j;
+                crdt_state_init(&j);
+                crdt_state_copy(&j, &s);
+                CHECK_EQ_INT(crdt_join(&j, &d), 0);
+                CHECK_EQ_INT(crdt_join(&d, &s), 0);
+                char *x = enc(&j), *y = enc(&d), *r = render(&j);
+                if (strcmp(x, y)) fprintf(stderr, "join not commutative after %s (SEED=%" PRIu64 ")\n", m, seed);
+                CHECK_EQ_STR(x, y);
+                free(x); free(y); free(r);
+                crdt_state_destroy(&j);
+            }
+            crdt_state_destroy(&d);
+            jval_free(v);
+        }
+        free(m);
+    }
+    CHECK(accepted > 0);
+    free(base);
+    crdt_state_destroy(&s);
+}
+
 /* ---- the embedded API (src/db/crdt.c) ---------------------------------------------------- */
 
 typedef struct node_env {
@@ -1065,6 +1121,7 @@ int main(void) {
     RUN(test_decode_invalid);
     RUN(test_plain_put);
     RUN(test_join_laws);
+    RUN(test_decode_mutations);
     RUN(test_simulation);
     RUN(test_db_apply);
     RUN(test_db_merge_two_nodes);
