@@ -369,9 +369,9 @@ typedef enum mimeo_crdt_outcome {
     MIMEO_CRDT_NOT_CRDT  = 3, /* no rule of _design/crdt matches the document */
 } mimeo_crdt_outcome;
 
-/* Merges document id: with several live leaves (or one whose plain fields were edited by a
- * CRDT-unaware client), writes the deterministic merge. rev receives the winning revision
- * afterwards ("" when the document has no live leaf). */
+/* Merges document id: with several live leaves (or one whose body is not in canonical form,
+ * e.g. written by a CRDT-unaware client), writes the deterministic merge. rev receives the
+ * winning revision afterwards ("" when the document has no live leaf). */
 MIMEO_API int mimeo_crdt_merge(mimeo_db *db, const char *id, size_t id_len,
                                mimeo_crdt_outcome *outcome, char rev[MIMEO_REV_MAX],
                                mimeo_err *err);
@@ -386,8 +386,12 @@ MIMEO_API int mimeo_crdt_rules_match(mimeo_db *db, const char *id, size_t id_len
                                      mimeo_err *err);
 /* The write path's hook: call after a write of these ids has committed (on the caller's
  * thread, never inside the writer's job). It reads the rules once, returns at once when there
- * are none, and merges each matching document that needs it. Merge writes come back here
- * and find nothing to do. Conflicts with concurrent writers are left for their hooks. */
+ * are none, and merges each matching document with several live leaves, or with a lone leaf
+ * whose plain members disagree with its state (a client edited a counter or a set; a plain
+ * PUT of registers only is left as written, so that client's next PUT with its rev works).
+ * Merge writes come back here and find nothing to do. Conflicts with concurrent writers are
+ * left for their own hooks. Errors are those of the reads and writes; the write that called
+ * the hook has succeeded regardless. */
 MIMEO_API int mimeo_crdt_after_write(mimeo_db *db, const char *const *ids,
                                      const size_t *id_lens, size_t count);
 

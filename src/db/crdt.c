@@ -131,6 +131,8 @@ typedef struct leaf {
     crdt_state s;
     bool       valid;     /* the body reads as a CRDT state */
     bool       canonical; /* the body is exactly the canonical body of that state */
+    bool       plain_ok;  /* its plain members show that state's values (only the bytes of
+                             $crdt or the order of members may differ) */
 } leaf;
 
 typedef struct leaves {
@@ -161,6 +163,30 @@ static int body_bytes(const jval *doc, buf *out) {
         if (!rc) rc = json_put_jval(out, doc->items[i]);
     }
     return rc ? rc : buf_putc(out, '}');
+}
+
+/* The plain members (not `_` members, not $crdt) as canonical JSON: the form crdt_render
+ * writes, so the two compare by bytes. */
+static int plain_canon(const jval *doc, buf *out) {
+    jval view = *doc;
+    view.keys = malloc((doc->count ? doc->count : 1) * sizeof *view.keys);
+    view.key_lens = malloc((doc->count ? doc->count : 1) * sizeof *view.key_lens);
+    view.items = malloc((doc->count ? doc->count : 1) * sizeof *view.items);
+    int rc = 0;
+    if (!view.keys || !view.key_lens || !view.items) rc = MIMEO_ENOMEM;
+    view.count = 0;
+    for (size_t i = 0; !rc && i < doc->count; i++) {
+        if ((doc->key_lens[i] && doc->keys[i][0] == '_') || strcmp(doc->keys[i], CRDT_MEMBER) == 0)
+            continue;
+        view.keys[view.count] = doc->keys[i];
+        view.key_lens[view.count] = doc->key_lens[i];
+        view.items[view.count++] = doc->items[i];
+    }
+    if (!rc) rc = crdt_canon(out, &view);
+    free(view.keys);
+    free(view.key_lens);
+    free(view.items);
+    return rc;
 }
 
 /* Reads every live leaf of id (none when the document is missing or deleted). */
@@ -211,6 +237,15 @@ static int leaves_load(mimeo_db *db, const char *id, size_t id_len, leaves *L, m
         if (!rc) rc = crdt_body_write(&lf->s, &want);
         if (rc) rc = db_err(err, rc);
         lf->canonical = !rc && have.len == want.len && memcmp(have.data, want.data, have.len) == 0;
+        lf->plain_ok = lf->canonical;
+        if (!rc && !lf->canonical) {
+            buf_reset(&have);
+            buf_reset(&want);
+            rc = plain_canon(doc, &have);
+            if (!rc) rc = crdt_render(&lf->s, &want);
+            if (rc) rc = db_err(err, rc);
+            lf->plain_ok = !rc && have.len == want.len && memcmp(have.data, want.data, have.len) == 0;
+        }
     }
     buf_destroy(&have);
     buf_destroy(&want);
@@ -372,8 +407,13 @@ int mimeo_crdt_apply(mimeo_db *db, const char *id, size_t id_len, const char *op
 
 /* ---- merge ---------------------------------------------------------------------------------- */
 
+/* tidy: also rewrite a lone leaf whose body is not canonical. Without it, a lone leaf is
+ * rewritten only when its plain members disagree with its state (a client scribbled on a
+ * counter or a set): a client that PUTs registers gets to keep its revision as the leaf, so
+ * its next PUT with the rev it was given does not conflict. */
 static int merge_one(mimeo_db *db, const crdt_rules *rules, const char *id, size_t id_len,
-                     mimeo_crdt_outcome *outcome, char rev[MIMEO_REV_MAX], mimeo_err *err) {
+                     bool tidy, mimeo_crdt_outcome *outcome, char rev[MIMEO_REV_MAX],
+                     mimeo_err *err) {
     *outcome = MIMEO_CRDT_UNCHANGED;
     rev[0] = 0;
     for (int attempt = 0; attempt < CRDT_ATTEMPTS; attempt++) {
@@ -399,7 +439,7 @@ static int merge_one(mimeo_db *db, const crdt_rules *rules, const char *id, size
             leaves_destroy(&L);
             return 0;
         }
-        if (L.n == 0 || (L.n == 1 && L.live[0].canonical)) {
+        if (L.n == 0 || (L.n == 1 && (tidy ? L.live[0].canonical : L.live[0].plain_ok))) {
             leaves_destroy(&L);
             return 0;
         }
@@ -424,7 +464,7 @@ int mimeo_crdt_merge(mimeo_db *db, const char *id, size_t id_len, mimeo_crdt_out
     if (rc) return rc;
     crdt_rules rules;
     if ((rc = rules_load(db, &rules, err))) return rc;
-    rc = merge_one(db, &rules, id, id_len, outcome, rev, err);
+    rc = merge_one(db, &rules, id, id_len, true, outcome, rev, err);
     rules_destroy(&rules);
     return rc;
 }
@@ -443,7 +483,7 @@ int mimeo_crdt_after_write(mimeo_db *db, const char *const *ids, const size_t *i
         if (!rules.selectors && !rules_match(&rules, ids[i], id_lens[i], NULL)) continue;
         mimeo_crdt_outcome o;
         char rev[MIMEO_REV_MAX];
-        rc = merge_one(db, &rules, ids[i], id_lens[i], &o, rev, NULL);
+        rc = merge_one(db, &rules, ids[i], id_lens[i], false, &o, rev, NULL);
         if (rc == MIMEO_ECONFLICT) rc = 0; /* the next write's hook merges it */
     }
     rules_destroy(&rules);
@@ -568,7 +608,7 @@ int mimeo_crdt_merge_all(mimeo_db *db, const char *const *ids, const size_t *id_
             rc = put_id_rev(&other, &fo, ids[i], id_lens[i], NULL);
             continue;
         }
-        rc = merge_one(db, &rules, ids[i], id_lens[i], &o, rev, &e);
+        rc = merge_one(db, &rules, ids[i], id_lens[i], true, &o, rev, &e);
         if (rc == MIMEO_ECONFLICT) {
             /* someone keeps writing it: report it as not merged this time */
             rc = put_id_rev(&kept, &fk, ids[i], id_lens[i], NULL);

@@ -1030,9 +1030,37 @@ static void test_db_invalid_and_plain(void) {
     CHECK_EQ_STR(wa, wb);
     CHECK(strstr(wa, "\"n\":6,\"title\":\"t1\"") != NULL);
 
+    /* a plain PUT that only changes registers keeps its revision as the leaf after the hook,
+     * so the client's next PUT with the rev it was given succeeds; an explicit merge tidies */
+    jval *v = NULL;
+    for (int k = 0; k < 2; k++) {
+        CHECK_EQ_INT(mimeo_doc_get(a.db, "c:p", 3, NULL, &json, &len, NULL), 0);
+        v = NULL;
+        json_tree_parse(json, len, NULL, &v, NULL);
+        char prev[MIMEO_REV_MAX];
+        snprintf(prev, sizeof prev, "%s", k == 0 ? jval_get(v, "_rev")->str : pr.rev);
+        buf_reset(&edited);
+        buf_printf(&edited, "{\"_id\":\"c:p\",\"_rev\":\"%s\",\"n\":6,\"title\":\"t%d\",%s",
+                   prev, 2 + k, strstr(json, "\"$crdt\""));
+        jval_free(v);
+        mimeo_free(json);
+        if (k == 1) mimeo_free(pr.id);
+        CHECK_EQ_INT(mimeo_doc_put(a.db, "c:p", 3, edited.data, edited.len, NULL, &pr, NULL), 0);
+        CHECK_EQ_INT(mimeo_crdt_after_write(a.db, ids, lens, 1), 0);
+        CHECK_EQ_INT(live_leaves(a.db, "c:p", w, sizeof w), 1);
+        CHECK(strstr(w, pr.rev) != NULL);
+    }
+    mimeo_free(pr.id);
+    mimeo_crdt_outcome o;
+    CHECK_EQ_INT(mimeo_crdt_merge(a.db, "c:p", 3, &o, rev, NULL), 0);
+    CHECK(o == MIMEO_CRDT_MERGED);
+    CHECK_EQ_INT(live_leaves(a.db, "c:p", w, sizeof w), 1);
+    CHECK(strstr(w, "\"n\":6,\"title\":\"t3\",\"$crdt\"") != NULL);
+    copy_doc(a.db, b.db, "c:p");
+
     /* a leaf whose state a plain client overwrote: the conflict stays, counted */
     CHECK_EQ_INT(mimeo_doc_get(b.db, "c:p", 3, NULL, &json, &len, NULL), 0);
-    jval *v = NULL;
+    v = NULL;
     json_tree_parse(json, len, NULL, &v, NULL);
     buf_reset(&edited);
     buf_printf(&edited, "{\"_id\":\"c:p\",\"_rev\":\"%s\",\"n\":1,\"$crdt\":\"gone\"}",
@@ -1046,7 +1074,6 @@ static void test_db_invalid_and_plain(void) {
     copy_doc(b.db, a.db, "c:p");
     mimeo_crdt_stats s0, s1;
     mimeo_crdt_stats_get(&s0);
-    mimeo_crdt_outcome o;
     CHECK_EQ_INT(mimeo_crdt_merge(a.db, "c:p", 3, &o, rev, NULL), 0);
     CHECK(o == MIMEO_CRDT_KEPT);
     mimeo_crdt_stats_get(&s1);
