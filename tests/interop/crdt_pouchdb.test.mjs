@@ -94,7 +94,9 @@ test('PouchDB plain PUTs, concurrent ops on two nodes, pouchdb-server in between
   for (const s of [A, B]) {
     r = await request(s.url, 'POST', `/${DB}/_crdt_merge`, { body: { doc_ids: [ID] } });
     assert.equal(r.status, 200, r.text);
-    assert.equal(r.json.merged.length, 1, r.text);
+    // one merge, unless the write path's hook merged on receipt already
+    assert.ok(r.json.merged.length <= 1, r.text);
+    assert.deepEqual(r.json.conflicts_kept, []);
   }
   const [ga, gb] = [
     await request(A.url, 'GET', `/${DB}/${encodeURIComponent(ID)}`),

@@ -844,6 +844,34 @@ static void copy_doc(mimeo_db *from, mimeo_db *to, const char *id) {
     mimeo_free(json);
 }
 
+/* The same, in two steps: what `from` holds now, written to `to` later. */
+static char *snap_doc(mimeo_db *from, const char *id) {
+    char *json;
+    size_t len;
+    mimeo_get_opts o = {.revs = true};
+    if (mimeo_doc_open_revs(from, id, strlen(id), "all", 3, &o, &json, &len, NULL)) return NULL;
+    return json;
+}
+
+static void put_snap(mimeo_db *to, const char *id, char *json) {
+    jval *v = NULL;
+    CHECK_EQ_INT(json_tree_parse(json, strlen(json), NULL, &v, NULL), 0);
+    for (size_t i = 0; v && i < v->count; i++) {
+        const jval *doc = jval_get(v->items[i], "ok");
+        if (!doc) continue;
+        buf b;
+        buf_init(&b, 0);
+        json_put_jval(&b, doc);
+        mimeo_put_opts po = {.new_edits_false = true};
+        mimeo_put_result pr;
+        CHECK_EQ_INT(mimeo_doc_put(to, id, strlen(id), b.data, b.len, &po, &pr, NULL), 0);
+        mimeo_free(pr.id);
+        buf_destroy(&b);
+    }
+    jval_free(v);
+    mimeo_free(json);
+}
+
 static int live_leaves(mimeo_db *db, const char *id, char *winner_body, size_t cap) {
     char *json;
     size_t len;
@@ -948,20 +976,20 @@ static void test_db_merge_two_nodes(void) {
                   "{\"op\":\"add\",\"path\":[\"s\"],\"value\":\"b\"},"
                   "{\"op\":\"assign\",\"path\":[\"m\",\"who\"],\"value\":\"b\"}]", &res);
     mimeo_crdt_result_destroy(&res);
-    copy_doc(a.db, b.db, "c:doc");
-    copy_doc(b.db, a.db, "c:doc");
-    CHECK_EQ_INT(live_leaves(a.db, "c:doc", NULL, 0), 2);
-    CHECK_EQ_INT(live_leaves(b.db, "c:doc", NULL, 0), 2);
-
-    /* each node merges on its own: the same revision and bytes */
+    /* each node receives the other's leaf and merges on its own (at once when the write
+     * path's hook is installed, else on mimeo_crdt_merge): the same revision and bytes */
     mimeo_crdt_stats st0, st1;
     mimeo_crdt_stats_get(&st0);
+    char *from_a = snap_doc(a.db, "c:doc"), *from_b = snap_doc(b.db, "c:doc");
+    put_snap(b.db, "c:doc", from_a);
+    put_snap(a.db, "c:doc", from_b);
     mimeo_crdt_outcome oa, ob;
     char ra[MIMEO_REV_MAX], rb[MIMEO_REV_MAX];
     CHECK_EQ_INT(mimeo_crdt_merge(a.db, "c:doc", 5, &oa, ra, NULL), 0);
     CHECK_EQ_INT(mimeo_crdt_merge(b.db, "c:doc", 5, &ob, rb, NULL), 0);
-    CHECK(oa == MIMEO_CRDT_MERGED && ob == MIMEO_CRDT_MERGED);
+    CHECK(oa == ob && (oa == MIMEO_CRDT_MERGED || oa == MIMEO_CRDT_UNCHANGED));
     CHECK_EQ_STR(ra, rb);
+    CHECK(strncmp(ra, "3-", 2) == 0);
     mimeo_crdt_stats_get(&st1);
     CHECK(st1.merges_written >= st0.merges_written + 2);
     static char wa[4096], wb[4096];
