@@ -563,7 +563,7 @@ static bool sim_run(uint64_t seed) {
             side_mask = (unsigned)rnd() & ((1u << k) - 1);
         }
         bool parted = step < partition_until;
-        unsigned what = rnd_below(10);
+        unsigned what = rnd_below(11);
         if (what < 6) {
             unsigned ri = rnd_below(k);
             sim_replica *r = &reps[ri];
@@ -646,8 +646,46 @@ static bool sim_run(uint64_t seed) {
             if (parted && (((side_mask >> a) & 1) != ((side_mask >> b) & 1))) continue;
             sim_exchange(&reps[a], &reps[b]);
             if (rnd_below(2)) sim_exchange(&reps[b], &reps[a]);
-        } else {
+        } else if (rnd_below(2)) {
             sim_restart(&reps[rnd_below(k)]);
+        } else {
+            /* fields outside the model: deletes, and plain edits as a CRDT-unaware client
+             * makes them; only convergence is checked for these */
+            sim_replica *r = &reps[rnd_below(k)];
+            if (rnd_below(2)) {
+                static const char *zops[] = {
+                    "{\"op\":\"increment\",\"path\":[\"z\",\"c\"],\"value\":3}",
+                    "{\"op\":\"assign\",\"path\":[\"z\",\"r\"],\"value\":%u}",
+                    "{\"op\":\"add\",\"path\":[\"z\",\"s\"],\"value\":%u}",
+                    "{\"op\":\"remove\",\"path\":[\"z\",\"s\"],\"value\":%u}",
+                    "{\"op\":\"delete\",\"path\":[\"z\",\"c\"]}",
+                    "{\"op\":\"delete\",\"path\":[\"z\",\"s\"]}",
+                    "{\"op\":\"delete\",\"path\":[\"z\"]}",
+                };
+                char one[160], ops[200];
+                snprintf(one, sizeof one, zops[rnd_below(7)], rnd_below(4));
+                snprintf(ops, sizeof ops, "[%s]", one);
+                mimeo_err e = {0};
+                int rc = apply_text(&r->s, ops, r->node, &r->h, (uint64_t)((int64_t)now + r->skew), &e);
+                if (rc) {
+                    fprintf(stderr, "seed %" PRIu64 ": %s: %s\n", seed, ops, e.reason);
+                    ok = false;
+                }
+            } else {
+                /* a plain PUT that sets (or drops) the register "a0" */
+                char *b = body(&r->s);
+                const char *rest = b + 1;
+                if (strncmp(rest, "\"a0\":", 5) == 0) rest = strchr(rest, ',') + 1;
+                buf edit;
+                buf_init(&edit, 0);
+                if (rnd_below(4)) buf_printf(&edit, "{\"a0\":\"p%u\",%s", step, rest);
+                else buf_printf(&edit, "{%s", rest);
+                bool edited = false;
+                mimeo_err e = {0};
+                CHECK_EQ_INT(body_read_text(buf_cstr(&edit), &r->s, &edited, &e), 0);
+                buf_destroy(&edit);
+                free(b);
+            }
         }
     }
     /* full exchange: forwards then backwards along the ring */
