@@ -100,10 +100,18 @@ test('ops over HTTP: value, stored plain fields, errors apply nothing', async ()
   r = await get(A.url, 'plain-doc');
   assert.equal(r.status, 404);
 
+  r = await request(A.url, 'POST', `/${DB}/_crdt_merge`, { body: { doc_ids: 'c:basic' } });
+  assert.equal(r.status, 400);
+  r = await request(A.url, 'GET', `/${DB}/_crdt_merge`);
+  assert.equal(r.status, 405);
+  r = await request(A.url, 'POST', '/nodb/_crdt/c:x', { body: { ops: [] } });
+  assert.equal(r.status, 404);
+
   // delete hides a field
   r = await ops(A.url, 'c:basic', [{ op: 'delete', path: ['meta'] }, { op: 'remove', path: ['tags'], value: 'a' }]);
   assert.equal(r.status, 201, r.text);
   assert.deepEqual(r.json.value, { likes: 2, title: 'hello', tags: ['b'] });
+  assert.equal(r.headers.etag, `"${r.json.rev}"`);
 });
 
 // A seeded generator, so every run sends the same ops.
