@@ -29,6 +29,42 @@ void mimeo_crdt_stats_get(mimeo_crdt_stats *out) {
 static pthread_mutex_t hlc_lock = PTHREAD_MUTEX_INITIALIZER;
 static crdt_hlc hlc;
 
+/* Writers of one document on this node take turns: ops from many clients on one hot document
+ * would otherwise read the same leaf, all but one lose the write, and retry in a storm.
+ * Striped by a hash of (database, id); recursive because a merge written by an apply may run
+ * the write hook on the same thread, for the same document. Other nodes' writers (replicated
+ * batches) still meet the retry loop. */
+#define DOC_LOCKS 64
+static pthread_mutex_t doc_locks[DOC_LOCKS];
+static pthread_once_t doc_locks_once = PTHREAD_ONCE_INIT;
+
+static void doc_locks_init(void) {
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+    for (int i = 0; i < DOC_LOCKS; i++) pthread_mutex_init(&doc_locks[i], &a);
+    pthread_mutexattr_destroy(&a);
+}
+
+static pthread_mutex_t *doc_lock(mimeo_db *db, const char *id, size_t id_len) {
+    pthread_once(&doc_locks_once, doc_locks_init);
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = mimeo_db_name(db); *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+    for (size_t i = 0; i < id_len; i++) h = (h ^ (unsigned char)id[i]) * 1099511628211ull;
+    return &doc_locks[h % DOC_LOCKS];
+}
+
+/* After a lost race with another node's write: wait a little, more each time, so that
+ * retries spread out. */
+static void backoff(int attempt) {
+    unsigned r;
+    random_bytes(&r, sizeof r);
+    long us = (long)(r % (unsigned)(100 * (attempt + 1)));
+    struct timespec ts = {0, us * 1000};
+    nanosleep(&ts, NULL);
+}
+
 static uint64_t wall_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -334,6 +370,165 @@ void mimeo_crdt_result_destroy(mimeo_crdt_result *res) {
     memset(res, 0, sizeof *res);
 }
 
+/* One caller of mimeo_crdt_apply waiting for its ops to be written. Callers that arrive
+ * while a write of the same document is in flight queue up, and the next write applies all
+ * their ops at once (each caller's ops atomically, in arrival order): a hot document takes one
+ * durable write per group of callers instead of one per caller. */
+typedef struct apply_req {
+    struct apply_req  *next;
+    mimeo_db          *db;
+    const char        *id;
+    size_t             id_len;
+    const crdt_ops    *ops;
+    mimeo_crdt_result *res;
+    mimeo_err          err;
+    int                rc;
+    bool               done;
+} apply_req;
+
+typedef struct apply_queue {
+    pthread_mutex_t lock;
+    pthread_cond_t  cond;   /* broadcast when a group is done */
+    apply_req      *head;
+    bool            busy;   /* a caller is writing groups for this stripe */
+} apply_queue;
+
+static apply_queue queues[DOC_LOCKS];
+static pthread_once_t queues_once = PTHREAD_ONCE_INIT;
+
+static void queues_init(void) {
+    for (int i = 0; i < DOC_LOCKS; i++) {
+        pthread_mutex_init(&queues[i].lock, NULL);
+        pthread_cond_init(&queues[i].cond, NULL);
+    }
+}
+
+static bool same_doc(const apply_req *a, const apply_req *b) {
+    return a->db == b->db && a->id_len == b->id_len && memcmp(a->id, b->id, a->id_len) == 0;
+}
+
+/* Applies a group of requests for one document in one write, retrying on lost races. Sets
+ * each request's rc (and res on success). The document's lock is held by the caller. */
+static void apply_group(apply_req **group, size_t n) {
+    mimeo_db *db = group[0]->db;
+    const char *id = group[0]->id;
+    size_t id_len = group[0]->id_len;
+    const char *node = mimeo_env_uuid(db->env);
+    buf v;
+    buf_init(&v, 0);
+    int rc = 0;
+    char rev[MIMEO_REV_MAX] = "";
+    for (int attempt = 0; attempt < CRDT_ATTEMPTS; attempt++) {
+        leaves L;
+        crdt_state s;
+        crdt_state_init(&s);
+        mimeo_err e = {0};
+        rc = leaves_load(db, id, id_len, &L, &e);
+        if (!rc && L.n && !L.live[0].valid)
+            rc = fail(&e, MIMEO_ECONFLICT, "conflict",
+                      "The document's winning revision is not a CRDT state");
+        if (!rc) rc = leaves_join(&L, &s);
+        size_t applied = 0;
+        for (size_t i = 0; !rc && i < n; i++) {
+            apply_req *q = group[i];
+            mimeo_crdt_result_destroy(q->res);
+            q->err = (mimeo_err){0};
+            pthread_mutex_lock(&hlc_lock);
+            q->rc = crdt_apply(&s, q->ops, node, &hlc, wall_ms(), &q->err);
+            pthread_mutex_unlock(&hlc_lock);
+            if (q->rc == MIMEO_ENOMEM) rc = MIMEO_ENOMEM;
+            if (q->rc) continue; /* this caller's ops are refused; the others go on */
+            applied++;
+            buf_reset(&v);
+            int wrc = crdt_render(&s, &v);
+            if (!wrc) {
+                buf_cstr(&v);
+                q->res->value = malloc(v.len + 1);
+                q->res->id = malloc(id_len + 1);
+                if (!q->res->value || !q->res->id) wrc = MIMEO_ENOMEM;
+            }
+            if (wrc) {
+                rc = wrc;
+                break;
+            }
+            memcpy(q->res->value, v.data, v.len + 1);
+            q->res->value_len = v.len;
+            memcpy(q->res->id, id, id_len);
+            q->res->id[id_len] = 0;
+        }
+        if (!rc && applied) rc = write_state(db, id, id_len, &L, &s, rev, &e);
+        bool retry = rc == MIMEO_ECONFLICT && !(L.n && !L.live[0].valid);
+        leaves_destroy(&L);
+        crdt_state_destroy(&s);
+        if (retry) {
+            backoff(attempt);
+            rc = MIMEO_ECONFLICT;
+            e = (mimeo_err){0};
+            db_err_set(&e, rc, "conflict", "Too many concurrent writers; try again");
+            if (attempt + 1 < CRDT_ATTEMPTS) continue;
+        }
+        if (rc) {
+            for (size_t i = 0; i < n; i++) {
+                if (group[i]->rc && group[i]->rc != MIMEO_ENOMEM) continue;
+                group[i]->rc = rc;
+                if (!e.error[0]) db_err(&e, rc);
+                group[i]->err = e;
+            }
+        }
+        break;
+    }
+    for (size_t i = 0; i < n; i++) {
+        apply_req *q = group[i];
+        if (q->rc) {
+            mimeo_crdt_result_destroy(q->res);
+            continue;
+        }
+        memcpy(q->res->rev, rev, sizeof rev);
+        atomic_fetch_add(&stat_ops, q->ops->count);
+    }
+    buf_destroy(&v);
+}
+
+/* Writes the group of the first queued request of stripe qi. Called with the queue's lock
+ * held and busy set; returns the same way. One group per turn: a caller whose ops are written
+ * leaves, and a waiting caller takes the next turn. */
+static void apply_turn(apply_queue *aq, int qi) {
+    if (aq->head) {
+        apply_req *first = aq->head;
+        size_t n = 0;
+        for (apply_req *q = aq->head; q; q = q->next)
+            if (same_doc(q, first)) n++;
+        apply_req **group = malloc(n * sizeof *group);
+        size_t k = 0;
+        apply_req **link = &aq->head;
+        while (*link) {
+            apply_req *q = *link;
+            if (group && same_doc(q, first)) {
+                group[k++] = q;
+                *link = q->next;
+            } else if (!group && q == first) {
+                *link = q->next;
+            } else {
+                link = &q->next;
+            }
+        }
+        pthread_mutex_unlock(&aq->lock);
+        if (group) {
+            pthread_mutex_t *dl = &doc_locks[qi];
+            pthread_mutex_lock(dl);
+            apply_group(group, k);
+            pthread_mutex_unlock(dl);
+        } else {
+            first->rc = db_err(&first->err, MIMEO_ENOMEM);
+        }
+        pthread_mutex_lock(&aq->lock);
+        if (group) for (size_t i = 0; i < k; i++) group[i]->done = true;
+        else first->done = true;
+        free(group);
+        pthread_cond_broadcast(&aq->cond);
+    }
+}
+
 int mimeo_crdt_apply(mimeo_db *db, const char *id, size_t id_len, const char *ops_json,
                      size_t ops_len, mimeo_crdt_result *res, mimeo_err *err) {
     memset(res, 0, sizeof *res);
@@ -345,64 +540,42 @@ int mimeo_crdt_apply(mimeo_db *db, const char *id, size_t id_len, const char *op
     if ((rc = crdt_ops_parse(ops_json, ops_len, &db->env->limits, &ops, err))) return rc;
 
     crdt_rules rules;
-    bool match = false;
     if (!(rc = rules_load(db, &rules, err))) {
-        match = rules_match(&rules, id, id_len, NULL);
+        bool match = rules_match(&rules, id, id_len, NULL);
         rules_destroy(&rules);
         if (!match)
             rc = fail(err, MIMEO_EINVAL, "bad_request",
                       "Not a CRDT document: no rule of _design/crdt matches its id");
     }
-    const char *node = mimeo_env_uuid(db->env);
-    for (int attempt = 0; !rc && attempt < CRDT_ATTEMPTS; attempt++) {
-        leaves L;
-        crdt_state s;
-        crdt_state_init(&s);
-        rc = leaves_load(db, id, id_len, &L, err);
-        if (!rc && L.n && !L.live[0].valid)
-            rc = fail(err, MIMEO_ECONFLICT, "conflict",
-                      "The document's winning revision is not a CRDT state");
-        if (!rc) rc = leaves_join(&L, &s);
-        if (!rc) {
-            pthread_mutex_lock(&hlc_lock);
-            rc = crdt_apply(&s, &ops, node, &hlc, wall_ms(), err);
-            pthread_mutex_unlock(&hlc_lock);
-        }
-        if (!rc) rc = write_state(db, id, id_len, &L, &s, res->rev, err);
-        if (rc == MIMEO_ECONFLICT && !(L.n && !L.live[0].valid)) {
-            rc = 0; /* a leaf moved under us: read again */
-            leaves_destroy(&L);
-            crdt_state_destroy(&s);
-            res->rev[0] = 0;
-            continue;
-        }
-        if (!rc) {
-            buf v;
-            buf_init(&v, 0);
-            rc = crdt_render(&s, &v);
-            if (!rc) {
-                buf_cstr(&v);
-                res->value = buf_detach(&v, &res->value_len);
-                res->id = malloc(id_len + 1);
-                if (!res->id || !res->value) rc = MIMEO_ENOMEM;
-                else {
-                    memcpy(res->id, id, id_len);
-                    res->id[id_len] = 0;
-                }
-            }
-            buf_destroy(&v);
-            if (rc) rc = db_err(err, rc);
-            else atomic_fetch_add(&stat_ops, ops.count);
-        }
-        leaves_destroy(&L);
-        crdt_state_destroy(&s);
-        if (!rc) break;
+    if (rc) {
+        crdt_ops_destroy(&ops);
+        return rc;
     }
-    if (!rc && !res->rev[0])
-        rc = fail(err, MIMEO_ECONFLICT, "conflict", "Too many concurrent writers; try again");
+    pthread_once(&queues_once, queues_init);
+    int qi = (int)(doc_lock(db, id, id_len) - doc_locks);
+    apply_queue *aq = &queues[qi];
+    apply_req me = {.db = db, .id = id, .id_len = id_len, .ops = &ops, .res = res};
+    pthread_mutex_lock(&aq->lock);
+    apply_req **tail = &aq->head;
+    while (*tail) tail = &(*tail)->next;
+    *tail = &me;
+    while (!me.done) {
+        if (!aq->busy) {
+            aq->busy = true;
+            apply_turn(aq, qi);
+            aq->busy = false;
+            pthread_cond_broadcast(&aq->cond);
+        } else {
+            pthread_cond_wait(&aq->cond, &aq->lock);
+        }
+    }
+    pthread_mutex_unlock(&aq->lock);
     crdt_ops_destroy(&ops);
-    if (rc) mimeo_crdt_result_destroy(res);
-    return rc;
+    if (me.rc) {
+        if (err) *err = me.err;
+        mimeo_crdt_result_destroy(res);
+    }
+    return me.rc;
 }
 
 /* ---- merge ---------------------------------------------------------------------------------- */
@@ -411,9 +584,23 @@ int mimeo_crdt_apply(mimeo_db *db, const char *id, size_t id_len, const char *op
  * rewritten only when its plain members disagree with its state (a client scribbled on a
  * counter or a set): a client that PUTs registers gets to keep its revision as the leaf, so
  * its next PUT with the rev it was given does not conflict. */
+static int merge_locked(mimeo_db *db, const crdt_rules *rules, const char *id, size_t id_len,
+                        bool tidy, mimeo_crdt_outcome *outcome, char rev[MIMEO_REV_MAX],
+                        mimeo_err *err);
+
 static int merge_one(mimeo_db *db, const crdt_rules *rules, const char *id, size_t id_len,
                      bool tidy, mimeo_crdt_outcome *outcome, char rev[MIMEO_REV_MAX],
                      mimeo_err *err) {
+    pthread_mutex_t *lock = doc_lock(db, id, id_len);
+    pthread_mutex_lock(lock);
+    int rc = merge_locked(db, rules, id, id_len, tidy, outcome, rev, err);
+    pthread_mutex_unlock(lock);
+    return rc;
+}
+
+static int merge_locked(mimeo_db *db, const crdt_rules *rules, const char *id, size_t id_len,
+                        bool tidy, mimeo_crdt_outcome *outcome, char rev[MIMEO_REV_MAX],
+                        mimeo_err *err) {
     *outcome = MIMEO_CRDT_UNCHANGED;
     rev[0] = 0;
     for (int attempt = 0; attempt < CRDT_ATTEMPTS; attempt++) {
@@ -449,7 +636,10 @@ static int merge_one(mimeo_db *db, const crdt_rules *rules, const char *id, size
         if (!rc) rc = write_state(db, id, id_len, &L, &s, rev, err);
         crdt_state_destroy(&s);
         leaves_destroy(&L);
-        if (rc == MIMEO_ECONFLICT) continue;
+        if (rc == MIMEO_ECONFLICT) {
+            backoff(attempt);
+            continue;
+        }
         if (rc) return rc;
         *outcome = MIMEO_CRDT_MERGED;
         atomic_fetch_add(&stat_merges, 1);

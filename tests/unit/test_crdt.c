@@ -7,6 +7,7 @@
 #include "crdt/crdt.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 
 static uint64_t rng_state;
 static uint64_t rnd(void) {
@@ -1157,6 +1158,71 @@ static void test_db_invalid_and_plain(void) {
     node_close(&b);
 }
 
+/* Many threads apply ops to one hot document (and a few others) at once: every good op lands
+ * exactly once, a bad op fails alone, and no caller sees a conflict. */
+typedef struct hot_arg {
+    mimeo_db *db;
+    int       t;
+    int       ok, bad, other;
+} hot_arg;
+
+static void *hot_thread(void *p) {
+    hot_arg *a = p;
+    for (int i = 0; i < 40; i++) {
+        mimeo_crdt_result res;
+        mimeo_err e = {0};
+        char id[16];
+        const char *ops;
+        if (i % 10 == 9) {
+            ops = "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":1},{\"op\":\"add\",\"path\":[\"n\"],\"value\":1}]";
+            snprintf(id, sizeof id, "c:hot");
+        } else if (i % 10 == 5) {
+            ops = "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":1}]";
+            snprintf(id, sizeof id, "c:o%d", a->t % 3);
+        } else {
+            ops = "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":1},{\"op\":\"add\",\"path\":[\"who\"],\"value\":0}]";
+            snprintf(id, sizeof id, "c:hot");
+        }
+        int rc = mimeo_crdt_apply(a->db, id, strlen(id), ops, strlen(ops), &res, &e);
+        if (i % 10 == 9) { if (rc == MIMEO_EINVAL) a->bad++; }
+        else if (rc == 0) { if (i % 10 == 5) a->other++; else a->ok++; }
+        else fprintf(stderr, "hot apply: %d %s\n", rc, e.reason);
+        if (rc == 0) mimeo_crdt_result_destroy(&res);
+    }
+    return NULL;
+}
+
+static void test_db_hot_document(void) {
+    node_env a = {0};
+    CHECK(node_open(&a));
+    enum { T = 8 };
+    pthread_t th[T];
+    hot_arg args[T];
+    for (int i = 0; i < T; i++) {
+        args[i] = (hot_arg){a.db, i, 0, 0, 0};
+        pthread_create(&th[i], NULL, hot_thread, &args[i]);
+    }
+    int ok = 0, bad = 0, other = 0;
+    for (int i = 0; i < T; i++) {
+        pthread_join(th[i], NULL);
+        ok += args[i].ok;
+        bad += args[i].bad;
+        other += args[i].other;
+    }
+    CHECK_EQ_INT(ok, T * 32);
+    CHECK_EQ_INT(bad, T * 4);
+    CHECK_EQ_INT(other, T * 4);
+    char *json;
+    size_t len;
+    CHECK_EQ_INT(mimeo_doc_get(a.db, "c:hot", 5, NULL, &json, &len, NULL), 0);
+    char want[32];
+    snprintf(want, sizeof want, "\"n\":%d,", T * 32);
+    CHECK(strstr(json, want) != NULL);
+    mimeo_free(json);
+    CHECK_EQ_INT(live_leaves(a.db, "c:hot", NULL, 0), 1);
+    node_close(&a);
+}
+
 /* The hook's cost on writes that involve no CRDT document: it reads _design/crdt once per
  * batch and tests ids against the prefixes. Printed, and bounded loosely (shared machine). */
 static void test_hook_cost(void) {
@@ -1219,6 +1285,7 @@ int main(void) {
     RUN(test_db_apply);
     RUN(test_db_merge_two_nodes);
     RUN(test_db_invalid_and_plain);
+    RUN(test_db_hot_document);
     RUN(test_hook_cost);
     return check_report();
 }
