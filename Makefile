@@ -16,6 +16,7 @@ HTTP_SRC := $(wildcard src/http/*.c)
 SRV_SRC := $(HTTP_SRC) $(wildcard src/cli/*.c)
 LIB_SRC += $(wildcard src/mesh/*.c)
 LIB_SRC += $(wildcard src/query/*.c)
+LIB_SRC += $(wildcard src/crdt/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
 REL_LIB_OBJ := $(LIB_SRC:%.c=build/obj/%.o)

@@ -543,6 +543,82 @@ MIMEO_API int  mimeo_selector_match_change(const mimeo_selector *sel, const char
                                            size_t len, bool *match);
 MIMEO_API void mimeo_selector_free(mimeo_selector *sel);
 /* ==== end of queries ===================================================================== */
+/* ==== CRDT documents ========================================================================
+ * Documents whose concurrent edits merge by themselves (docs/crdt.md). A database declares
+ * them in the design document _design/crdt, member "rules": [{"prefix":"…"} |
+ * {"selector":{…}}] (selector rules match nothing until Mango selectors exist). Such a
+ * document is a map of counters, last-writer-wins registers, add-wins sets and nested maps;
+ * its body holds the plain values as ordinary members, which any client reads, and the state
+ * under the one reserved member MIMEO_CRDT_MEMBER. When it has several live leaves, the merge
+ * writes a child of the winning leaf whose body is the join of every leaf's state and deletes
+ * the other leaves in the same write; the merge is a pure function of the leaf set, so two
+ * nodes merging the same conflict write the same bytes and the same revision ids. */
+#define MIMEO_CRDT_MEMBER "$crdt"
+
+typedef struct mimeo_crdt_result {
+    char  *id;                /* new, NUL-terminated; freed by mimeo_crdt_result_destroy */
+    char   rev[MIMEO_REV_MAX]; /* the revision written */
+    char  *value;             /* new: the plain value after the ops, a JSON object */
+    size_t value_len;
+} mimeo_crdt_result;
+MIMEO_API void mimeo_crdt_result_destroy(mimeo_crdt_result *res);
+
+/* Applies ops_json, {"ops":[…]} (or a bare array), atomically to document id as this node
+ * (the environment's uuid is the node id), creating the document when it is missing or
+ * deleted. Each op is {"op":"increment","path":[…],"value":integer} (negative allowed),
+ * {"op":"assign"|"add"|"remove","path":[…],"value":JSON} or {"op":"delete","path":[…]}; a
+ * field's kind is fixed by its first op. When the document has several live leaves, they are
+ * joined first and the write also deletes the losers. Retries on concurrent writers.
+ * Errors: MIMEO_EINVAL (bad op, wrong kind for a field, bad path, counter overflow, or no rule
+ * of _design/crdt matches id: nothing written), MIMEO_EBADJSON, MIMEO_EBADID, MIMEO_ECONFLICT
+ * (the winning leaf is not a CRDT state, or writers kept winning), MIMEO_ENOTFOUND (no
+ * database), and the write errors of mimeo_bulk_docs. */
+MIMEO_API int mimeo_crdt_apply(mimeo_db *db, const char *id, size_t id_len,
+                               const char *ops_json, size_t ops_len, mimeo_crdt_result *res,
+                               mimeo_err *err);
+
+typedef enum mimeo_crdt_outcome {
+    MIMEO_CRDT_UNCHANGED = 0, /* one live leaf already canonical, or none: nothing written */
+    MIMEO_CRDT_MERGED    = 1, /* a merge revision was written (rev) */
+    MIMEO_CRDT_KEPT      = 2, /* several live leaves, some not a CRDT state: left as an
+                                 ordinary conflict, logged and counted */
+    MIMEO_CRDT_NOT_CRDT  = 3, /* no rule of _design/crdt matches the document */
+} mimeo_crdt_outcome;
+
+/* Merges document id: with several live leaves (or one whose body is not in canonical form,
+ * e.g. written by a CRDT-unaware client), writes the deterministic merge. rev receives the
+ * winning revision afterwards ("" when the document has no live leaf). */
+MIMEO_API int mimeo_crdt_merge(mimeo_db *db, const char *id, size_t id_len,
+                               mimeo_crdt_outcome *outcome, char rev[MIMEO_REV_MAX],
+                               mimeo_err *err);
+/* Merges the count documents ids, or (ids NULL) every document the rules may match. New
+ * *json_out: {"ok":true,"checked":N,"merged":[{"id","rev"}],"conflicts_kept":[{"id"}],
+ * "not_crdt":[{"id"}]} (not_crdt only lists given ids). */
+MIMEO_API int mimeo_crdt_merge_all(mimeo_db *db, const char *const *ids,
+                                   const size_t *id_lens, size_t count, char **json_out,
+                                   size_t *out_len, mimeo_err *err);
+/* Whether a rule of _design/crdt matches id (prefix rules; selector rules need the body). */
+MIMEO_API int mimeo_crdt_rules_match(mimeo_db *db, const char *id, size_t id_len, bool *match,
+                                     mimeo_err *err);
+/* The write path's hook: call after a write of these ids has committed (on the caller's
+ * thread, never inside the writer's job). It reads the rules once, returns at once when there
+ * are none, and merges each matching document with several live leaves, or with a lone leaf
+ * whose plain members disagree with its state (a client edited a counter or a set; a plain
+ * PUT of registers only is left as written, so that client's next PUT with its rev works).
+ * Merge writes come back here and find nothing to do. Conflicts with concurrent writers are
+ * left for their own hooks. Errors are those of the reads and writes; the write that called
+ * the hook has succeeded regardless. */
+MIMEO_API int mimeo_crdt_after_write(mimeo_db *db, const char *const *ids,
+                                     const size_t *id_lens, size_t count);
+
+typedef struct mimeo_crdt_stats {
+    uint64_t ops_applied;    /* ops applied by mimeo_crdt_apply */
+    uint64_t merges_written; /* merge revisions written */
+    uint64_t conflicts_kept; /* merges refused because a leaf was not a CRDT state */
+} mimeo_crdt_stats;
+/* Counters of this process since it started. */
+MIMEO_API void mimeo_crdt_stats_get(mimeo_crdt_stats *out);
+/* ==== end of CRDT documents ============================================================== */
 
 #ifdef __cplusplus
 }

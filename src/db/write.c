@@ -467,6 +467,10 @@ static int single_write(mimeo_db *db, write_item *it, bool new_edits, mimeo_put_
         db_err_set(err, it->code, it->error, it->reason);
         return it->code;
     }
+    /* After the commit, on the caller's thread: a CRDT document left with several live
+     * leaves is merged now (src/db/crdt.c). The write itself has succeeded whatever this
+     * returns; the merge's own write comes back here, finds one leaf, and stops. */
+    if (!it->local) (void)mimeo_crdt_after_write(db, &it->id, &it->id_len, 1);
     if (res) {
         size_t plen = it->local ? LOCAL_PREFIX_LEN : 0;
         res->id = malloc(plen + it->id_len + 1);
@@ -601,6 +605,19 @@ int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
         rc = run_write(&w);
         if (rc == MIMEO_ENOTFOUND) rc = db_gone(err);
         else if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);
+    }
+    if (!rc && bulk.count) {   /* replicated batches too: merge CRDT conflicts they made */
+        const char **ids = malloc(bulk.count * sizeof *ids);
+        size_t *lens = malloc(bulk.count * sizeof *lens);
+        size_t n = 0;
+        for (size_t i = 0; ids && lens && i < bulk.count; i++) {
+            if (items[i].code || items[i].local) continue;
+            ids[n] = items[i].id;
+            lens[n++] = items[i].id_len;
+        }
+        if (ids && lens && n) (void)mimeo_crdt_after_write(db, ids, lens, n);
+        free(ids);
+        free(lens);
     }
     buf out;
     buf_init(&out, 0);

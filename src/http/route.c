@@ -14,6 +14,9 @@ typedef void (*http_handler)(http_req *r);
 void http_h_find(http_req *r);
 void http_h_explain(http_req *r);
 void http_h_index(http_req *r);
+/* h_crdt.c: CRDT documents (declared here to keep http_int.h untouched by that feature). */
+void http_h_crdt(http_req *r, const char *id, size_t id_len);
+void http_h_crdt_merge(http_req *r);
 
 /* Allowed methods as a bit set, and their text for 405 replies. */
 #define M_GET    (1u << HTTP_GET)
@@ -58,6 +61,7 @@ static const http_route_row http_db_routes[] = {
     { "_security",           M_GET | M_HEAD | M_PUT,  "GET,PUT",       http_h_security },
     { "_find",               M_POST,                  "POST",          http_h_find },
     { "_explain",            M_POST,                  "POST",          http_h_explain },
+    { "_crdt_merge",         M_POST,                  "POST",          http_h_crdt_merge },
 };
 
 /* CouchDB endpoints mimeo does not serve (yet): a clean 404 instead of "illegal database
@@ -203,6 +207,10 @@ void http_route(http_req *r)
             /* /{db}/_compact/{ddoc}: views are not built, so there is nothing to do */
             if (r->method != HTTP_POST) http_reply_method(r, "POST");
             else http_h_compact(r);
+            return;
+        }
+        if (http_seg_is(r, 1, "_crdt") && r->nseg == 3) {
+            http_h_crdt(r, r->seg[2], r->seg_len[2]);
             return;
         }
         if (http_listed(http_unserved_db, NELEM(http_unserved_db), s1, l1)) {
