@@ -10,6 +10,7 @@ SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 
 # The library: everything but the server's HTTP front end and the command line.
 LIB_SRC := $(wildcard src/common/*.c src/json/*.c src/doc/*.c src/store/*.c src/db/*.c src/repl/*.c)
+LIB_SRC += $(wildcard src/js/*.c)
 SRV_SRC := $(wildcard src/http/*.c src/cli/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
@@ -24,7 +25,7 @@ PORT ?= 5984
 BIND ?= 127.0.0.1
 
 .PHONY: all run test test-build bench deps clean example fuzz
-all: build/mimeo build/libmimeo.a build/libmimeo.so build/example
+all: build/mimeo build/libmimeo.a build/libmimeo.so build/example build/mimeo-js
 
 build/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -61,6 +62,20 @@ build/asan/tests/%: tests/unit/%.c build/asan/libmimeo.a
 	@mkdir -p $(dir $@)
 	$(CC) $(BASEFLAGS) -Isrc -O1 -g $(SAN) -o $@ $< build/asan/libmimeo.a $(LIBS)
 
+# The JavaScript query server: the one C++ program of the tree (SpiderMonkey's API is C++).
+# It is built without sanitizers in every build: the engine is a system library, and the
+# server under test only talks to it through a socket.
+MOZJS_CFLAGS = $(shell pkg-config --cflags mozjs-102 2>/dev/null)
+MOZJS_LIBS   = $(shell pkg-config --libs mozjs-102 2>/dev/null)
+build/gen/js_dispatch.cpp: src/js/server/dispatch.js
+	@mkdir -p $(dir $@)
+	{ echo 'extern const char mimeo_js_dispatch_source[];'; \
+	  echo 'const char mimeo_js_dispatch_source[] = R"MIMEOJS('; cat $<; echo ')MIMEOJS";'; } > $@
+
+build/mimeo-js: src/js/server/main.cpp build/gen/js_dispatch.cpp
+	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Wno-unused-parameter -Wno-dangling-pointer \
+	  $(MOZJS_CFLAGS) -o $@ $^ $(MOZJS_LIBS)
+
 deps:
 	@scripts/setup.sh
 
@@ -70,7 +85,7 @@ run:
 	@$(MAKE) --no-print-directory all
 	./build/mimeo serve --data $(DATA) --bind $(BIND) --port $(PORT)
 
-test-build: build/asan/mimeo build/asan/example $(UNIT_BIN)
+test-build: build/asan/mimeo build/asan/example build/mimeo-js $(UNIT_BIN)
 
 # The whole suite: C unit tests and Node interop tests under sanitizers.
 test:
