@@ -5,12 +5,12 @@ CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 BASEFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -pthread -fvisibility=hidden -MMD -MP $(WARN)
-LIBS    := -llmdb -lyajl -lmicrohttpd -lcurl -lnettle -linih -lpthread
+LIBS    := -llmdb -lyajl -lmicrohttpd -lcurl -lnettle -linih -lpthread -lm
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 # The library: everything but the server's HTTP front end and the command line.
 LIB_SRC := $(wildcard src/common/*.c src/json/*.c src/doc/*.c src/store/*.c src/db/*.c src/repl/*.c)
-LIB_SRC += $(wildcard src/js/*.c)
+LIB_SRC += $(wildcard src/js/*.c src/view/*.c)
 SRV_SRC := $(wildcard src/http/*.c src/cli/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
