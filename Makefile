@@ -17,6 +17,7 @@ SRV_SRC := $(HTTP_SRC) $(wildcard src/cli/*.c)
 LIB_SRC += $(wildcard src/mesh/*.c)
 LIB_SRC += $(wildcard src/query/*.c)
 LIB_SRC += $(wildcard src/crdt/*.c)
+LIB_SRC += $(wildcard src/js/*.c src/view/*.c)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
 REL_LIB_OBJ := $(LIB_SRC:%.c=build/obj/%.o)
@@ -33,7 +34,7 @@ PORT ?= 5984
 BIND ?= 127.0.0.1
 
 .PHONY: all run test test-build tsan tsan-build bench deps clean example fuzz fuzz-build
-all: build/mimeo build/libmimeo.a build/libmimeo.so build/example
+all: build/mimeo build/libmimeo.a build/libmimeo.so build/example build/mimeo-js
 
 build/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -93,6 +94,20 @@ build/tsan/tests/%: tests/unit/%.c build/tsan/libmimeo_http.a build/tsan/libmime
 	@mkdir -p $(dir $@)
 	$(CC) $(BASEFLAGS) -Isrc -O1 -g $(TSAN) -o $@ $< build/tsan/libmimeo_http.a build/tsan/libmimeo.a $(LIBS)
 
+# The JavaScript query server: the one C++ program of the tree (SpiderMonkey's API is C++).
+# It is built without sanitizers in every build: the engine is a system library, and the
+# server under test only talks to it through a socket.
+MOZJS_CFLAGS = $(shell pkg-config --cflags mozjs-102 2>/dev/null)
+MOZJS_LIBS   = $(shell pkg-config --libs mozjs-102 2>/dev/null)
+build/gen/js_dispatch.cpp: src/js/server/dispatch.js
+	@mkdir -p $(dir $@)
+	{ echo 'extern const char mimeo_js_dispatch_source[];'; \
+	  echo 'const char mimeo_js_dispatch_source[] = R"MIMEOJS('; cat $<; echo ')MIMEOJS";'; } > $@
+
+build/mimeo-js: src/js/server/main.cpp build/gen/js_dispatch.cpp
+	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Wno-unused-parameter -Wno-dangling-pointer \
+	  $(MOZJS_CFLAGS) -o $@ $^ $(MOZJS_LIBS)
+
 deps:
 	@scripts/setup.sh
 
@@ -102,7 +117,7 @@ run:
 	@$(MAKE) --no-print-directory all
 	./build/mimeo serve --data $(DATA) --bind $(BIND) --port $(PORT) --admin-file $(DATA)/admin.password
 
-test-build: build/asan/mimeo build/asan/example $(UNIT_BIN) tsan-build fuzz-build
+test-build: build/asan/mimeo build/asan/example build/mimeo-js $(UNIT_BIN) tsan-build fuzz-build
 
 # The whole suite (tests/run.sh): the unit tests and every interop suite under ASan+UBSan;
 # the unit tests and the concurrency-heavy interop suites under TSan (TSAN_INTEROP below);

@@ -1,0 +1,63 @@
+/* The query-server client: a pool of external processes that speak CouchDB's query server
+ * protocol (one JSON array per line in, one reply line out, ["log", …] lines in between).
+ * Any query server written for CouchDB can be plugged in; mimeo ships build/mimeo-js.
+ *
+ * A call that does not answer within the pool's timeout kills its process (CouchDB's
+ * os_process_timeout); the pool starts a fresh one on the next acquire, so a runaway
+ * function costs its caller an error and nothing else. */
+#ifndef MIMEO_QS_H
+#define MIMEO_QS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "../common/buf.h"
+#include "mimeo.h"
+
+typedef struct qs_pool qs_pool;
+typedef struct qs_proc qs_proc;
+
+/* Receives the text of each ["log", text] line (borrowed for the call). */
+typedef void (*qs_log_fn)(void *ctx, const char *text, size_t len);
+
+typedef struct qs_config {
+    const char *command;     /* the process to run: a path and space-separated arguments */
+    unsigned    size;        /* processes at most; 0 → 2 */
+    unsigned    timeout_ms;  /* per call; 0 → 5000 (CouchDB's os_process_timeout) */
+    size_t      max_reply;   /* bytes of one reply line; 0 → 64 MiB */
+    qs_log_fn   log;         /* may be NULL: log lines are dropped */
+    void       *log_ctx;
+} qs_config;
+
+/* New pool in *out (qs_pool_free it). No process starts until the first acquire. The
+ * command string is copied. MIMEO_EINVAL for an empty command, MIMEO_ENOMEM. */
+int  qs_pool_new(const qs_config *cfg, qs_pool **out);
+/* Kills every process; processes still acquired must have been released. */
+void qs_pool_free(qs_pool *pool);
+
+/* Takes a process for the caller's exclusive use, starting one if none is idle and the pool
+ * is below its size, else waiting. MIMEO_EIO (os_process_error) when it cannot start. */
+int  qs_acquire(qs_pool *pool, qs_proc **out, mimeo_err *err);
+/* Gives the process back. A process that failed a call is discarded here. */
+void qs_release(qs_pool *pool, qs_proc *proc);
+
+/* Sends one request line (a JSON array, no newline) and reads the reply line into *reply
+ * (reset first). Log lines on the way go to the pool's log function. Errors: MIMEO_EIO with
+ * error "os_process_error" on timeout, exit or a broken pipe (the process is killed and
+ * discarded at release); MIMEO_ETOOLARGE for a reply over max_reply (same). A protocol-level
+ * ["error", name, reason] reply is NOT an error here: see qs_reply_error. */
+int  qs_call(qs_proc *proc, const char *line, size_t len, buf *reply, mimeo_err *err);
+
+/* When reply is ["error", name, reason], fills err (code MIMEO_EINVAL, CouchDB's name and
+ * reason) and returns true. */
+bool qs_reply_error(const char *reply, size_t len, mimeo_err *err);
+
+/* Design documents taught to a process ("ddoc new") are remembered per process, keyed by
+ * the caller (e.g. "db\0id\0rev"), so each is sent once per process. */
+bool qs_proc_knows(const qs_proc *proc, const char *key, size_t len);
+int  qs_proc_remember(qs_proc *proc, const char *key, size_t len);
+
+/* Process id, for tests that check a process was replaced. */
+int  qs_proc_pid(const qs_proc *proc);
+
+#endif
