@@ -80,11 +80,16 @@ test:
 
 bench:
 	@scripts/setup.sh --bench
-	@$(MAKE) --no-print-directory -j2 all build/loadgen
+	@$(MAKE) --no-print-directory -j2 all build/loadgen build/store_ceiling
 	@bench/run.sh
 
-build/loadgen: $(wildcard bench/*.c) build/libmimeo.a
-	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $(wildcard bench/*.c) $(LIBS)
+build/loadgen: bench/loadgen.c build/libmimeo.a
+	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ bench/loadgen.c $(LIBS)
+
+# LMDB alone with the store's layout: the ceiling every write workload is measured against.
+build/store_ceiling: bench/store_ceiling.c
+	@mkdir -p build
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -o $@ $< -llmdb
 
 # libFuzzer drivers for the parsers (tests/fuzz), each run for FUZZ_SECONDS; needs clang.
 FUZZ_CC ?= clang
