@@ -141,12 +141,17 @@ tsan: tsan-build
 
 bench:
 	@scripts/setup.sh --bench
-	@$(MAKE) --no-print-directory -j2 all build/loadgen build/json_speed
+	@$(MAKE) --no-print-directory -j2 all build/loadgen build/json_speed build/store_ceiling
 	@bench/run.sh
 	@build/json_speed
 
 build/loadgen: bench/loadgen.c build/libmimeo.a
 	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ bench/loadgen.c $(LIBS)
+
+# LMDB alone with the store's layout: the ceiling every write workload is measured against.
+build/store_ceiling: bench/store_ceiling.c
+	@mkdir -p build
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -o $@ $< -llmdb
 
 # The JSON parser's throughput on a 10 MB _bulk_docs body (release build).
 build/json_speed: bench/json_speed.c build/libmimeo.a

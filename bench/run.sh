@@ -158,6 +158,17 @@ json=$(timeout 60 "$LG" ceiling --clients "$CLIENTS" --seconds "$CEIL_SECS" 2>"$
 record ceiling loadgen "$json" "$(cat "$TMP/err")"
 note "loadgen ceiling: $(summary "$json" "$(cat "$TMP/err")")"
 
+# The storage's own limit (bench/store_ceiling.c: LMDB alone with the store's layout, the same
+# batches, durable commits), measured in the same run so every write figure has a fraction.
+for ids in seq random; do
+  rm -rf "$TMP/ceiling_$ids"
+  json=$(timeout 300 "$ROOT/build/store_ceiling" --dir "$TMP/ceiling_$ids" --docs "$DOCS" \
+           --batch "$BATCH" --size "$SIZE" --ids "$ids" 2>"$TMP/err")
+  record "store_ceiling_$ids" lmdb "$json" "$(cat "$TMP/err")"
+  note "storage ceiling ($ids ids): $(summary "$json" "$(cat "$TMP/err")")"
+  rm -rf "$TMP/ceiling_$ids"
+done
+
 start_mimeo
 start_peer
 SERVERS=(mimeo peer)
@@ -175,6 +186,9 @@ for s in "${SERVERS[@]}"; do
 done
 for s in "${SERVERS[@]}"; do
   run bulk_random "$s" 600 "$LG" bulk @URL/bench_rand --docs "$DOCS" --batch "$BATCH" --ids random --size "$SIZE"
+done
+for s in "${SERVERS[@]}"; do
+  run bulk_16 "$s" 600 "$LG" bulk @URL/bench_bulk16 --docs "$DOCS" --batch "$BATCH" --ids seq --size "$SIZE" --clients "$CLIENTS"
 done
 for s in "${SERVERS[@]}"; do
   run put_1 "$s" 300 "$LG" put @URL/bench_put1 --docs "$PUT1_DOCS" --clients 1 --size "$SIZE"

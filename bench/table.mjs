@@ -37,6 +37,7 @@ const k = docs >= 1000 ? `${docs / 1000}k` : String(docs);
 const rows = [
   [`_bulk_docs ${k} docs, batches of 1,000, increasing ids (docs/s)`, 'bulk_seq', 'docs_per_s', 0, 1, 50000],
   [`_bulk_docs ${k} docs, batches of 1,000, random ids (docs/s)`, 'bulk_random', 'docs_per_s', 0, 1, 15000],
+  [`_bulk_docs ${k} docs, batches of 1,000, 16 clients at once (docs/s)`, 'bulk_16', 'docs_per_s', 0, 1],
   ['PUT single doc, 1 client (docs/s)', 'put_1', 'req_per_s', 0, 1],
   ['PUT single doc, 1 client: p50 latency (ms)', 'put_1', 'p50_ms', 2, 1, null, true],
   ['PUT single doc, 1 client: p99 latency (ms)', 'put_1', 'p99_ms', 2, 1, null, true],
@@ -74,6 +75,32 @@ for (const [label, wl, field, digits, scale, target, lower] of rows) {
   out.push(`| ${label}${lower ? ' — lower is better' : ''} | ${fm} | ${fp} | ${ratio} | ${t} |`);
 }
 out.push('');
+// Every write workload as a fraction of what LMDB alone commits with the same layout and
+// batches in this run (bench/store_ceiling.c); the ingest issue's targets beside them.
+const seqCeil = value('store_ceiling_seq', 'lmdb', 'docs_per_s');
+const randCeil = value('store_ceiling_random', 'lmdb', 'docs_per_s');
+if (seqCeil !== null || randCeil !== null) {
+  out.push(`storage ceiling (LMDB alone, store layout, batches of 1,000, durable): increasing ids ` +
+    `${seqCeil === null ? 'n/a' : num(seqCeil, 0)} docs/s, random ids ${randCeil === null ? 'n/a' : num(randCeil, 0)} docs/s`);
+  out.push('');
+  out.push('| write workload | mimeo docs/s | ceiling docs/s | fraction | target |');
+  out.push('| --- | ---: | ---: | ---: | --- |');
+  const frac = [
+    ['_bulk_docs, increasing ids', 'bulk_seq', 'docs_per_s', seqCeil, 0.5],
+    ['_bulk_docs, random ids', 'bulk_random', 'docs_per_s', randCeil, 0.7],
+    ['_bulk_docs, 16 clients at once', 'bulk_16', 'docs_per_s', seqCeil, 0.6],
+    ['one-shot replication to itself', 'replicate', 'docs_per_s', seqCeil, 0.4],
+    ['PUT single doc, 16 clients', 'put_16', 'req_per_s', seqCeil, null],
+  ];
+  for (const [label, wl, field, ceil, target] of frac) {
+    const m = value(wl, 'mimeo', field);
+    const f = m !== null && ceil ? m / ceil : null;
+    const t = target === null ? '' : `≥ ${num(target * 100, 0)}%: ${f === null ? 'n/a' : f >= target ? 'met' : 'short'}`;
+    out.push(`| ${label} | ${m === null ? 'n/a' : num(m, 0)} | ${ceil === null ? 'n/a' : num(ceil, 0)} | ` +
+      `${f === null ? 'n/a' : num(f * 100, 1) + '%'} | ${t} |`);
+  }
+  out.push('');
+}
 const cv = value('ceiling', 'loadgen', 'req_per_s');
 out.push(cv === null
   ? 'loadgen ceiling: n/a'
