@@ -192,6 +192,7 @@ typedef struct mimeo_put_opts {
 
 typedef struct mimeo_put_result {
     char *id;                /* new, NUL-terminated: the document's id; mimeo_free() it */
+    size_t id_len;           /* its length: ids may contain NUL, so never strlen(id) */
     char  rev[MIMEO_REV_MAX]; /* the new (or, with new_edits_false, the given) revision */
 } mimeo_put_result;
 

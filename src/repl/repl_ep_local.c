@@ -306,7 +306,7 @@ static int local_local_put(repl_ep *ep, const char *id, const char *rev, const c
     }
     buf_reset(&out->body);
     buf_puts(&out->body, "{\"ok\":true,\"id\":");
-    json_put_cstr(&out->body, res.id ? res.id : "");
+    json_put_str(&out->body, res.id ? res.id : "", res.id ? res.id_len : 0);
     buf_puts(&out->body, ",\"rev\":");
     json_put_cstr(&out->body, res.rev);
     buf_putc(&out->body, '}');
