@@ -350,7 +350,8 @@ typedef struct mimeo_row {
     size_t      rev_len;
     bool        deleted;  /* that revision is a tombstone */
     /* The leaves, best first (the winner first): with all_docs_style or conflicts (changes),
-     * conflicts (_all_docs); else NULL and 0. _conflicts are the live ones after the first. */
+     * conflicts (_all_docs); else NULL and 0. _conflicts are the live ones after the first.
+     * revs_diff rows list the missing revisions here instead, in the order asked. */
     const mimeo_leaf *leaves;
     size_t      leaf_count;
     /* With include_docs: the stored body of the winner, a compact JSON object "{…}" without
