@@ -702,9 +702,10 @@ typedef struct repl_scratch {
     /* what the target lacks: wants whose strings live in text (offsets until the answer
      * is complete, then pointers) */
     repl_want *wants;
+    size_t    *want_at;        /* per want: where its id is among offs */
     size_t     nwants, wants_alloc;
-    size_t    *offs;           /* per want: id offset, then each rev's offset */
-    size_t    *lens;           /* per want: the rev lengths */
+    size_t    *offs;           /* every string in text: id, then its revs, per want */
+    size_t    *lens;           /* their lengths */
     size_t     noffs, offs_alloc;
     const char **revp;         /* the rev pointers of every want */
     /* the fetched documents, each one's span in docs */
@@ -744,48 +745,50 @@ static int repl_diff_request(const jval *rows, buf *diff, size_t *nrevs)
     return rc ? MIMEO_ENOMEM : 0;
 }
 
-static int repl_grow(void **p, size_t *alloc, size_t need, size_t size)
+/* Grows two parallel arrays (elements of size sa and sb) to hold need; *alloc changes only
+ * when both did, so a failure leaves them consistent. */
+static int repl_grow2(void **a, size_t sa, void **b, size_t sb, size_t *alloc, size_t need)
 {
     if (need <= *alloc) return 0;
     size_t na = *alloc ? *alloc * 2 : 64;
     while (na < need) na *= 2;
-    void *np = realloc(*p, na * size);
+    void *np = realloc(*a, na * sa);
     if (!np) return MIMEO_ENOMEM;
-    *p = np;
+    *a = np;
+    np = realloc(*b, na * sb);
+    if (!np) return MIMEO_ENOMEM;
+    *b = np;
     *alloc = na;
     return 0;
+}
+
+/* Copies a string into s->text, recording its offset and length. */
+static int repl_text_put(repl_scratch *s, const char *p, size_t n)
+{
+    s->offs[s->noffs] = s->text.len;
+    s->lens[s->noffs++] = n;
+    return buf_put(&s->text, p, n) || buf_putc(&s->text, '\0') ? MIMEO_ENOMEM : 0;
 }
 
 /* Collects one _revs_diff entry: copies id and revs into s->text (the entry is borrowed). */
 static int repl_take_missing(void *ctx, const repl_want *w)
 {
     repl_scratch *s = ctx;
-    size_t wa = s->wants_alloc, oa = s->offs_alloc;
-    if (repl_grow((void **)&s->wants, &wa, s->nwants + 1, sizeof *s->wants) ||
-        repl_grow((void **)&s->offs, &s->offs_alloc, s->noffs + 1 + w->nrevs, sizeof *s->offs))
+    if (repl_grow2((void **)&s->wants, sizeof *s->wants, (void **)&s->want_at,
+                   sizeof *s->want_at, &s->wants_alloc, s->nwants + 1) ||
+        repl_grow2((void **)&s->offs, sizeof *s->offs, (void **)&s->lens, sizeof *s->lens,
+                   &s->offs_alloc, s->noffs + 1 + w->nrevs))
         return MIMEO_ENOMEM;
-    s->wants_alloc = wa;
-    if (oa != s->offs_alloc) {
-        size_t *nl = realloc(s->lens, s->offs_alloc * sizeof *nl);
-        if (!nl) return MIMEO_ENOMEM;
-        s->lens = nl;
-    }
+    /* offsets for now, pointers once the answer is complete: s->text moves as it grows */
     repl_want *nw = &s->wants[s->nwants];
+    memset(nw, 0, sizeof *nw);
     nw->id_len = w->id_len;
     nw->nrevs = w->nrevs;
-    /* offsets for now: s->text moves as it grows */
-    nw->revs = (const char *const *)(uintptr_t)s->noffs;
-    s->offs[s->noffs] = s->text.len;
-    s->lens[s->noffs++] = w->id_len;
-    if (buf_put(&s->text, w->id, w->id_len) || buf_putc(&s->text, '\0')) return MIMEO_ENOMEM;
-    for (size_t k = 0; k < w->nrevs; k++) {
-        s->offs[s->noffs] = s->text.len;
-        s->lens[s->noffs++] = w->rev_lens[k];
-        if (buf_put(&s->text, w->revs[k], w->rev_lens[k]) || buf_putc(&s->text, '\0'))
-            return MIMEO_ENOMEM;
-    }
-    s->nwants++;
-    return 0;
+    s->want_at[s->nwants] = s->noffs;
+    int rc = repl_text_put(s, w->id, w->id_len);
+    for (size_t k = 0; !rc && k < w->nrevs; k++) rc = repl_text_put(s, w->revs[k], w->rev_lens[k]);
+    if (!rc) s->nwants++;
+    return rc;
 }
 
 /* Turns the collected wants' offsets into pointers, once s->text no longer moves. */
@@ -797,7 +800,7 @@ static int repl_wants_fix(repl_scratch *s)
     s->revp = rp;
     for (size_t i = 0; i < s->noffs; i++) rp[i] = s->text.data + s->offs[i];
     for (size_t i = 0; i < s->nwants; i++) {
-        size_t at = (size_t)(uintptr_t)s->wants[i].revs;
+        size_t at = s->want_at[i];
         s->wants[i].id = rp[at];
         s->wants[i].revs = rp + at + 1;
         s->wants[i].rev_lens = s->lens + at + 1;
@@ -837,14 +840,9 @@ static int repl_docs_begin(repl_scratch *s)
 static int repl_take_doc(void *ctx, const char *json, size_t len)
 {
     repl_scratch *s = ctx;
-    size_t a = s->alloc;
-    if (repl_grow((void **)&s->starts, &a, s->count + 1, sizeof *s->starts)) return MIMEO_ENOMEM;
-    if (a != s->alloc) {
-        size_t *e = realloc(s->ends, a * sizeof *e);
-        if (!e) return MIMEO_ENOMEM;
-        s->ends = e;
-        s->alloc = a;
-    }
+    if (repl_grow2((void **)&s->starts, sizeof *s->starts, (void **)&s->ends, sizeof *s->ends,
+                   &s->alloc, s->count + 1))
+        return MIMEO_ENOMEM;
     if (s->count > 0 && buf_putc(&s->docs, ',')) return MIMEO_ENOMEM;
     s->starts[s->count] = s->docs.len;
     if (buf_put(&s->docs, json, len)) return MIMEO_ENOMEM;
@@ -1054,6 +1052,7 @@ static void *repl_worker(void *arg)
     buf_destroy(&s.text);
     repl_resp_destroy(&s.resp);
     free(s.wants);
+    free(s.want_at);
     free(s.offs);
     free(s.lens);
     free(s.revp);
