@@ -192,6 +192,7 @@ typedef struct mimeo_put_opts {
 
 typedef struct mimeo_put_result {
     char *id;                /* new, NUL-terminated: the document's id; mimeo_free() it */
+    size_t id_len;           /* its length: ids may contain NUL, so never strlen(id) */
     char  rev[MIMEO_REV_MAX]; /* the new (or, with new_edits_false, the given) revision */
 } mimeo_put_result;
 
@@ -349,7 +350,8 @@ typedef struct mimeo_row {
     size_t      rev_len;
     bool        deleted;  /* that revision is a tombstone */
     /* The leaves, best first (the winner first): with all_docs_style or conflicts (changes),
-     * conflicts (_all_docs); else NULL and 0. _conflicts are the live ones after the first. */
+     * conflicts (_all_docs); else NULL and 0. _conflicts are the live ones after the first.
+     * revs_diff rows list the missing revisions here instead, in the order asked. */
     const mimeo_leaf *leaves;
     size_t      leaf_count;
     /* With include_docs: the stored body of the winner, a compact JSON object "{…}" without

@@ -739,6 +739,31 @@ static int fill_revs_diff(mimeo_cursor *c, db_snap *sn) {
             if (!rc) rc = buf_putc(out, '}');
             r->json_len = out->len - r->json_off;
             if (!rc) rc = buf_putc(out, '\0');
+            /* The missing revisions once more as the row's leaves, so that callers (the
+             * local replication endpoint) need not parse the member back. */
+            r->leaf_first = c->nleaves;
+            for (size_t j = 0; j < revs->count && !rc; j++) {
+                const jval *rv = revs->items[j];
+                uint64_t gen;
+                char hash[REV_HASH_MAX + 1];
+                size_t hash_len;
+                rev_parse(rv->str, rv->len, true, &gen, hash, &hash_len);
+                if (revtree_find(&d.tree, gen, hash, hash_len) >= 0) continue;
+                if (c->nleaves == c->leaves_cap) {
+                    size_t cap = c->leaves_cap ? c->leaves_cap * 2 : 64;
+                    cleaf *l = realloc(c->leaves, sizeof *l * cap);
+                    if (!l) { rc = MIMEO_ENOMEM; break; }
+                    c->leaves = l;
+                    c->leaves_cap = cap;
+                }
+                cleaf *l = &c->leaves[c->nleaves++];
+                l->deleted = false;
+                l->off = out->len;
+                rc = rev_put(out, gen, hash, hash_len);
+                l->len = out->len - l->off;
+                if (!rc) rc = buf_putc(out, '\0');
+            }
+            r->leaf_count = c->nleaves - r->leaf_first;
         } else if (rc) {
             out->len = mark;
         }

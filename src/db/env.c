@@ -609,6 +609,15 @@ static int job_drop_chunk(MDB_txn *txn, void *arg) {
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < sizeof tables / sizeof *tables; i++)
         rc = store_delete_prefix(txn, tables[i], j->dbid, &budget);
+    /* Mango index rows (src/db/index.c) are keyed by the database id too. Their table
+     * exists only once an index was built; opening it here without MDB_CREATE is harmless
+     * when some other job already holds its handle (LMDB hands back the same one). */
+    if (rc == 0) {
+        MDB_dbi mango;
+        int mrc = mdb_dbi_open(txn, "mango", MDB_DUPSORT, &mango);
+        if (mrc == 0) rc = store_delete_prefix(txn, mango, j->dbid, &budget);
+        else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    }
     if (rc < 0) return rc;
     j->done = rc == 0;
     if (j->done) {

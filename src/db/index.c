@@ -13,8 +13,8 @@
  * DBIDX_KEY_MAX are cut: such a row sorts at or before its true place, and among rows
  * sharing the cut prefix in id order. Readers widen their ranges accordingly and re-check
  * every document, so a cut key costs order only among those long-keyed rows.
- * A database's rows are not removed with the database (src/db/env.c drops the tables it
- * knows); its id is never reused, so they are unreachable, only space. */
+ * A database's rows go with the database: src/db/env.c drops every key under its id, in
+ * chunks, this table included. */
 #include "index.h"
 
 #include <lmdb.h>

@@ -478,6 +478,7 @@ static int single_write(mimeo_db *db, write_item *it, bool new_edits, mimeo_put_
         memcpy(res->id, LOCAL_PREFIX, plen);
         memcpy(res->id + plen, it->id, it->id_len);
         res->id[plen + it->id_len] = 0;
+        res->id_len = plen + it->id_len;
         memcpy(res->rev, it->newrev, sizeof res->rev);
     }
     return 0;
@@ -491,7 +492,10 @@ static unsigned write_revs_limit(mimeo_db *db) {
 
 int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
                   const mimeo_put_opts *opts, mimeo_put_result *res, mimeo_err *err) {
-    if (res) res->id = NULL;
+    if (res) {
+        res->id = NULL;
+        res->id_len = 0;
+    }
     write_item it;
     memset(&it, 0, sizeof it);
     json_error je;
@@ -510,7 +514,10 @@ int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json,
 
 int mimeo_doc_delete(mimeo_db *db, const char *id, size_t id_len, const char *rev,
                      mimeo_put_result *res, mimeo_err *err) {
-    if (res) res->id = NULL;
+    if (res) {
+        res->id = NULL;
+        res->id_len = 0;
+    }
     write_item it;
     memset(&it, 0, sizeof it);
     buf_init(&it.doc.body, 0);
@@ -540,7 +547,10 @@ int mimeo_doc_delete(mimeo_db *db, const char *id, size_t id_len, const char *re
 
 int mimeo_local_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
                     const char *rev, mimeo_put_result *res, mimeo_err *err) {
-    if (res) res->id = NULL;
+    if (res) {
+        res->id = NULL;
+        res->id_len = 0;
+    }
     char *full = malloc(LOCAL_PREFIX_LEN + id_len + 1);
     if (!full) return db_err(err, MIMEO_ENOMEM);
     memcpy(full, LOCAL_PREFIX, LOCAL_PREFIX_LEN);

@@ -128,7 +128,7 @@ static void http_db_post(http_req *r)
         http_reply_err(r, rc, &e);
         return;
     }
-    size_t idl = res.id ? strlen(res.id) : 0;
+    size_t idl = res.id ? res.id_len : 0;
     buf b;
     buf_init(&b, 0);
     http_put_ok_id_rev(&b, res.id ? res.id : "", idl, batch ? NULL : res.rev);

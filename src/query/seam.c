@@ -1,100 +1,82 @@
-/* The read seam (seam.h): _find's and the indexes' reads over today's JSON-text API. Each
- * row is parsed into a small tree; pages keep read snapshots short. */
+/* The read seam (seam.h): _find's and the indexes' reads through mimeo.h's cursors. The
+ * metadata comes from the rows; only each document's stored body is parsed into a tree.
+ * The cursors read in bounded slices, so no snapshot stays open while a caller works. */
 #include "seam.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define SEAM_PAGE 500
-
-typedef struct seam_scan {
-    seam_doc_fn fn;
-    void       *ctx;
-    buf         last;     /* the last id seen, to resume the next page after it */
-    bool        have_last;
-    size_t      rows;
-    int         stop;
-} seam_scan;
-
-static int seam_row(void *ctx, const char *json, size_t len) {
-    seam_scan *s = ctx;
-    jval *row = NULL;
-    int rc = json_tree_parse(json, len, NULL, &row, NULL);
-    if (rc) return rc;
-    const jval *id = jval_get(row, "id"), *doc = jval_get(row, "doc");
-    s->rows++;
-    if (!id || id->type != JV_STRING) { jval_free(row); return 0; }
-    if (s->have_last && id->len == s->last.len && memcmp(id->str, s->last.data, id->len) == 0) {
-        jval_free(row); /* the page's first row repeats the last one of the previous page */
-        return 0;
+/* A row's document as _find sees it: the metadata from the row itself (id, winning rev,
+ * deleted, the live conflicts), spliced around the stored body, which is the only part
+ * parsed. NULL in *out when the row has no body. */
+static int seam_doc(const mimeo_row *row, bool conflicts, buf *text, jval **out) {
+    *out = NULL;
+    if (!row->body || row->status != 0) return 0;
+    buf_reset(text);
+    int rc = buf_puts(text, "{\"_id\":");
+    if (!rc) rc = json_put_str(text, row->id, row->id_len);
+    if (!rc && row->rev) {
+        rc = buf_puts(text, ",\"_rev\":");
+        if (!rc) rc = json_put_str(text, row->rev, row->rev_len);
     }
-    buf_reset(&s->last);
-    rc = buf_put(&s->last, id->str, id->len);
-    s->have_last = true;
-    if (!rc && doc && doc->type == JV_OBJECT) rc = s->fn(s->ctx, id->str, id->len, doc);
-    if (rc > 0) s->stop = rc;
-    jval_free(row);
-    return rc;
+    if (!rc && row->body_len > 2) {
+        rc = buf_putc(text, ',');
+        if (!rc) rc = buf_put(text, row->body + 1, row->body_len - 2);
+    }
+    if (!rc && row->deleted) rc = buf_puts(text, ",\"_deleted\":true");
+    if (!rc && conflicts) {
+        size_t k = 0;
+        for (size_t i = 1; !rc && i < row->leaf_count; i++) {
+            if (row->leaves[i].deleted) continue;
+            rc = buf_puts(text, k++ ? "," : ",\"_conflicts\":[");
+            if (!rc) rc = json_put_str(text, row->leaves[i].rev, row->leaves[i].rev_len);
+        }
+        if (!rc && k) rc = buf_putc(text, ']');
+    }
+    if (!rc) rc = buf_putc(text, '}');
+    if (rc) return MIMEO_ENOMEM;
+    return json_tree_parse(text->data, text->len, NULL, out, NULL);
 }
 
 int seam_scan_docs(mimeo_db *db, const char *start, size_t start_len, bool after,
-                          const char *end, size_t end_len, bool desc, bool conflicts,
-                          seam_doc_fn fn, void *ctx, mimeo_err *err) {
-    seam_scan s = {fn, ctx, BUF_INIT, false, 0, 0};
-    buf_init(&s.last, 0);
-    int rc = 0;
-    if (start && after) {
-        rc = buf_put(&s.last, start, start_len);
-        s.have_last = true;
-    }
+                   const char *end, size_t end_len, bool desc, bool conflicts,
+                   seam_doc_fn fn, void *ctx, mimeo_err *err) {
+    mimeo_all_docs_opts o = {0};
+    o.include_docs = true;
+    o.conflicts = conflicts;
+    o.descending = desc;
+    o.inclusive_end = true;
+    o.startkey = start;
+    o.startkey_len = start ? start_len : 0;
+    o.endkey = end;
+    o.endkey_len = end_len;
+    /* The cursor reads in bounded slices, each in a short snapshot of its own. */
+    mimeo_cursor *cur = NULL;
+    int rc = mimeo_all_docs_open(db, &o, &cur, err);
+    buf text;
+    buf_init(&text, 0);
     bool first = true;
     while (!rc) {
-        mimeo_all_docs_opts o = {0};
-        o.include_docs = true;
-        o.conflicts = conflicts;
-        o.descending = desc;
-        o.inclusive_end = true;
-        o.limit = SEAM_PAGE;
-        if (!first || (start && after)) {
-            o.startkey = s.last.data;
-            o.startkey_len = s.last.len;
-        } else if (start) {
-            o.startkey = start;
-            o.startkey_len = start_len;
-        }
-        o.endkey = end;
-        o.endkey_len = end_len;
+        const mimeo_row *row;
+        if ((rc = mimeo_cursor_next(cur, &row, err)) != 0 || !row) break;
+        bool skip = first && start && after && row->id_len == start_len &&
+                    memcmp(row->id, start, start_len) == 0;
         first = false;
-        s.rows = 0;
-        rc = mimeo_all_docs(db, &o, seam_row, &s, err);
-        if (rc > 0) { rc = 0; break; } /* fn stopped */
-        if (rc || s.rows < SEAM_PAGE) break;
+        if (skip) continue;
+        jval *doc = NULL;
+        if ((rc = seam_doc(row, conflicts, &text, &doc)) != 0) break;
+        if (!doc) continue;
+        if (doc->type == JV_OBJECT) rc = fn(ctx, row->id, row->id_len, doc);
+        jval_free(doc);
     }
-    buf_destroy(&s.last);
-    return rc;
-}
-
-
-typedef struct seam_ids {
-    seam_ids_fn fn;
-    void       *ctx;
-    size_t      i;
-} seam_ids;
-
-static int seam_ids_row(void *ctx, const char *json, size_t len) {
-    seam_ids *s = ctx;
-    size_t i = s->i++;
-    jval *row = NULL;
-    int rc = json_tree_parse(json, len, NULL, &row, NULL);
-    if (rc) return rc;
-    const jval *doc = jval_get(row, "doc");
-    if (doc && doc->type == JV_OBJECT) rc = s->fn(s->ctx, i, doc);
-    jval_free(row);
+    if (rc > 0) rc = 0; /* fn stopped */
+    buf_destroy(&text);
+    mimeo_cursor_close(cur);
     return rc;
 }
 
 int seam_get_docs(mimeo_db *db, const char *const *ids, const size_t *lens, size_t n,
-                         bool conflicts, seam_ids_fn fn, void *ctx) {
+                  bool conflicts, seam_ids_fn fn, void *ctx) {
     mimeo_all_docs_opts o = {0};
     o.include_docs = true;
     o.conflicts = conflicts;
@@ -102,8 +84,23 @@ int seam_get_docs(mimeo_db *db, const char *const *ids, const size_t *lens, size
     o.keys = ids;
     o.key_lens = lens;
     o.key_count = n;
-    seam_ids s = {fn, ctx, 0};
-    return mimeo_all_docs(db, &o, seam_ids_row, &s, NULL);
+    mimeo_cursor *cur = NULL;
+    int rc = mimeo_all_docs_open(db, &o, &cur, NULL);
+    buf text;
+    buf_init(&text, 0);
+    /* keys mode: one row per key, in the order asked */
+    for (size_t i = 0; !rc; i++) {
+        const mimeo_row *row;
+        if ((rc = mimeo_cursor_next(cur, &row, NULL)) != 0 || !row) break;
+        if (row->deleted) continue;
+        jval *doc = NULL;
+        if ((rc = seam_doc(row, conflicts, &text, &doc)) != 0) break;
+        if (doc && doc->type == JV_OBJECT) rc = fn(ctx, i, doc);
+        jval_free(doc);
+    }
+    buf_destroy(&text);
+    mimeo_cursor_close(cur);
+    return rc;
 }
 
 int seam_get_doc(mimeo_db *db, const char *id, size_t id_len, jval **out, mimeo_err *err) {
@@ -122,33 +119,32 @@ int seam_get_doc(mimeo_db *db, const char *id, size_t id_len, jval **out, mimeo_
     return rc;
 }
 
-typedef struct seam_ch {
-    seam_change_fn fn;
-    void          *ctx;
-} seam_ch;
-
-static int seam_change_row(void *ctx, const char *json, size_t len) {
-    seam_ch *c = ctx;
-    jval *row = NULL;
-    int rc = json_tree_parse(json, len, NULL, &row, NULL);
-    if (rc) return rc == MIMEO_ENOMEM ? rc : 0;
-    const jval *id = jval_get(row, "id"), *del = jval_get(row, "deleted");
-    const jval *doc = jval_get(row, "doc");
-    if (id && id->type == JV_STRING)
-        rc = c->fn(c->ctx, id->str, id->len, del && del->type == JV_BOOL && del->boolean,
-                   doc && doc->type == JV_OBJECT ? doc : NULL);
-    jval_free(row);
-    return rc;
-}
-
 int seam_changes(mimeo_db *db, uint64_t since, uint64_t limit, seam_change_fn fn, void *ctx,
                  uint64_t *last, uint64_t *pending, mimeo_err *err) {
     mimeo_changes_opts o = {0};
     o.since = since;
     o.limit = limit;
     o.include_docs = true;
-    seam_ch c = {fn, ctx};
-    return mimeo_changes(db, &o, seam_change_row, &c, last, pending, err);
+    mimeo_cursor *cur = NULL;
+    int rc = mimeo_changes_open(db, &o, &cur, err);
+    buf text;
+    buf_init(&text, 0);
+    while (!rc) {
+        const mimeo_row *row;
+        if ((rc = mimeo_cursor_next(cur, &row, err)) != 0 || !row) break;
+        jval *doc = NULL;
+        if ((rc = seam_doc(row, false, &text, &doc)) != 0) break;
+        rc = fn(ctx, row->id, row->id_len, row->deleted,
+                doc && doc->type == JV_OBJECT ? doc : NULL);
+        jval_free(doc);
+    }
+    if (!rc) {
+        *last = mimeo_cursor_last_seq(cur);
+        if (pending) *pending = mimeo_cursor_pending(cur);
+    }
+    buf_destroy(&text);
+    mimeo_cursor_close(cur);
+    return rc;
 }
 
 int seam_update_seq(mimeo_db *db, uint64_t *seq) {

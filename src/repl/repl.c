@@ -472,21 +472,22 @@ static void repl_retire_locked(repl_job *j)
 }
 
 /* ---- step 5: one batch ------------------------------------------------------------------- */
-/* Copies the "ok" documents out of a _bulk_get or open_revs reply: the value of every "ok"
- * member met outside a document is re-emitted as one element of the _bulk_docs array, and
- * nothing else is. Streaming (no tree) because these replies carry all the bodies. */
+/* Reads the "ok" documents out of a peer's _bulk_get or open_revs reply: the value of every
+ * "ok" member met outside a document is copied out and handed to the callback, and nothing
+ * else is. Streaming (no tree) because these replies carry all the bodies. */
 typedef struct repl_okx {
-    buf      *out;
-    size_t   *starts, *ends;   /* each document's span in out */
-    size_t    count, alloc;
-    unsigned  depth;
-    unsigned  cap;             /* depth of the document being copied; 0: none */
-    bool      want;            /* the last key outside a document was "ok" */
-    bool      want_err;        /* … was "error" */
-    size_t    errors;          /* {"error":{…}} entries met: revisions not served */
-    bool      after_key;
-    uint32_t *items;           /* members written so far, per open container */
-    size_t    items_alloc;
+    buf         doc;           /* the document being copied */
+    repl_doc_fn fn;
+    void       *ctx;
+    int         fn_rc;         /* the callback's failure, if any */
+    unsigned    depth;
+    unsigned    cap;           /* depth of the document being copied; 0: none */
+    bool        want;          /* the last key outside a document was "ok" */
+    bool        want_err;      /* … was "error" */
+    size_t      errors;        /* {"error":{…}} entries met: revisions not served */
+    bool        after_key;
+    uint32_t   *items;         /* members written so far, per open container */
+    size_t      items_alloc;
 } repl_okx;
 
 /* The replies wrap each document a few levels deep ({"results":[{"docs":[{"ok":doc}]}]}),
@@ -501,7 +502,7 @@ static int okx_sep(repl_okx *x)
         x->after_key = false;
         return 0;
     }
-    if (x->items[x->depth]++ > 0) return json_putc(x->out, ',');
+    if (x->items[x->depth]++ > 0) return json_putc(&x->doc, ',');
     return 0;
 }
 
@@ -516,28 +517,28 @@ static int okx_null(void *ctx)
 {
     repl_okx *x = ctx;
     if (!x->cap) return okx_scalar(x);
-    return okx_sep(x) || buf_put(x->out, "null", 4);
+    return okx_sep(x) || buf_put(&x->doc, "null", 4);
 }
 
 static int okx_bool(void *ctx, bool v)
 {
     repl_okx *x = ctx;
     if (!x->cap) return okx_scalar(x);
-    return okx_sep(x) || (v ? buf_put(x->out, "true", 4) : buf_put(x->out, "false", 5));
+    return okx_sep(x) || (v ? buf_put(&x->doc, "true", 4) : buf_put(&x->doc, "false", 5));
 }
 
 static int okx_number(void *ctx, const char *t, size_t n)
 {
     repl_okx *x = ctx;
     if (!x->cap) return okx_scalar(x);
-    return okx_sep(x) || buf_put(x->out, t, n);
+    return okx_sep(x) || buf_put(&x->doc, t, n);
 }
 
 static int okx_string(void *ctx, const char *s, size_t n)
 {
     repl_okx *x = ctx;
     if (!x->cap) return okx_scalar(x);
-    return okx_sep(x) || json_put_str(x->out, s, n);
+    return okx_sep(x) || json_put_str(&x->doc, s, n);
 }
 
 static int okx_start(repl_okx *x, char open, bool is_map)
@@ -550,21 +551,10 @@ static int okx_start(repl_okx *x, char open, bool is_map)
         x->items_alloc = na;
     }
     if (x->cap) {
-        if (okx_sep(x) || json_putc(x->out, open)) return MIMEO_ENOMEM;
+        if (okx_sep(x) || json_putc(&x->doc, open)) return MIMEO_ENOMEM;
     } else if (x->want && is_map) {
-        if (x->count == x->alloc) {
-            size_t na = x->alloc ? x->alloc * 2 : 256;
-            size_t *s = realloc(x->starts, na * sizeof *s);
-            if (!s) return MIMEO_ENOMEM;
-            x->starts = s;
-            size_t *e = realloc(x->ends, na * sizeof *e);
-            if (!e) return MIMEO_ENOMEM;
-            x->ends = e;
-            x->alloc = na;
-        }
-        if (x->count > 0 && json_putc(x->out, ',')) return MIMEO_ENOMEM;
-        x->starts[x->count] = x->out->len;
-        if (json_putc(x->out, '{')) return MIMEO_ENOMEM;
+        buf_reset(&x->doc);
+        if (json_putc(&x->doc, '{')) return MIMEO_ENOMEM;
         x->cap = x->depth + 1;
     } else if (x->want_err && is_map) {
         x->errors++;
@@ -579,10 +569,14 @@ static int okx_start(repl_okx *x, char open, bool is_map)
 static int okx_end(repl_okx *x, char close)
 {
     if (x->cap) {
-        if (json_putc(x->out, close)) return MIMEO_ENOMEM;
+        if (json_putc(&x->doc, close)) return MIMEO_ENOMEM;
         if (x->depth == x->cap) {
-            x->ends[x->count++] = x->out->len;
             x->cap = 0;
+            int rc = x->fn(x->ctx, x->doc.data, x->doc.len);
+            if (rc) {
+                x->fn_rc = rc;
+                return rc;
+            }
         }
     }
     x->depth--;
@@ -617,8 +611,8 @@ static int okx_key(void *ctx, const char *s, size_t n)
         x->want_err = n == 5 && memcmp(s, "error", 5) == 0;
         return 0;
     }
-    if (x->items[x->depth]++ > 0 && json_putc(x->out, ',')) return MIMEO_ENOMEM;
-    if (json_put_str(x->out, s, n) || json_putc(x->out, ':')) return MIMEO_ENOMEM;
+    if (x->items[x->depth]++ > 0 && json_putc(&x->doc, ',')) return MIMEO_ENOMEM;
+    if (json_put_str(&x->doc, s, n) || json_putc(&x->doc, ':')) return MIMEO_ENOMEM;
     x->after_key = true;
     return 0;
 }
@@ -630,31 +624,93 @@ static const json_handlers okx_handlers = {
     .on_end_array = okx_end_array,
 };
 
-static int okx_feed(repl_okx *x, const repl_resp *r, mimeo_err *err)
+int repl_reply_docs(const repl_resp *r, repl_doc_fn fn, void *ctx, size_t *unserved,
+                    mimeo_err *err)
 {
-    x->depth = 0;
-    x->cap = 0;
-    x->want = false;
-    x->want_err = false;
-    x->after_key = false;
-    if (!x->items) {
-        x->items = calloc(64, sizeof *x->items);
-        if (!x->items) {
-            err_set(err, MIMEO_ENOMEM, "error", "out of memory");
-            return MIMEO_ENOMEM;
+    repl_okx x;
+    memset(&x, 0, sizeof x);
+    x.fn = fn;
+    x.ctx = ctx;
+    buf_init(&x.doc, 0);
+    x.items = calloc(64, sizeof *x.items);
+    int rc;
+    if (!x.items) {
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        rc = MIMEO_ENOMEM;
+    } else {
+        x.items_alloc = 64;
+        const json_limits lim = { OKX_MAX_DEPTH, 0 };
+        rc = json_parse(r->body.data, r->body.len, &lim, &okx_handlers, &x, err);
+        if (x.fn_rc) {
+            rc = x.fn_rc;
+            err_set(err, rc, "error", "%s", mimeo_strerror(rc));
         }
-        x->items_alloc = 64;
     }
-    x->items[0] = 0;
-    const json_limits lim = { OKX_MAX_DEPTH, 0 };
-    return json_parse(r->body.data, r->body.len, &lim, &okx_handlers, x, err);
+    if (unserved) *unserved += x.errors;
+    buf_destroy(&x.doc);
+    free(x.items);
+    return rc;
+}
+
+int repl_reply_missing(const repl_resp *r, repl_missing_fn fn, void *ctx, mimeo_err *err)
+{
+    jval *v = NULL;
+    int rc = json_tree_parse(r->body.data, r->body.len, NULL, &v, err);
+    if (rc) return rc;
+    if (v->type != JV_OBJECT) {
+        jval_free(v);
+        err_set(err, MIMEO_EIO, "bad_reply", "_revs_diff did not answer an object");
+        return MIMEO_EIO;
+    }
+    const char **revs = NULL;
+    size_t *lens = NULL, alloc = 0;
+    for (size_t i = 0; !rc && i < v->count; i++) {
+        const jval *m = jval_get(v->items[i], "missing");
+        if (!m || m->type != JV_ARRAY || m->count == 0) continue;
+        if (m->count > alloc) {
+            alloc = m->count;
+            free(revs);
+            free(lens);
+            revs = malloc(alloc * sizeof *revs);
+            lens = malloc(alloc * sizeof *lens);
+            if (!revs || !lens) {
+                err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+                rc = MIMEO_ENOMEM;
+                break;
+            }
+        }
+        size_t n = 0;
+        for (size_t k = 0; k < m->count; k++) {
+            if (m->items[k]->type != JV_STRING) continue;
+            revs[n] = m->items[k]->str;
+            lens[n++] = m->items[k]->len;
+        }
+        if (n == 0) continue;
+        repl_want w = { v->keys[i], v->key_lens[i], revs, lens, n };
+        if ((rc = fn(ctx, &w)) != 0) err_set(err, rc, "error", "%s", mimeo_strerror(rc));
+    }
+    free(revs);
+    free(lens);
+    jval_free(v);
+    return rc;
 }
 
 /* Per-worker buffers, reused from batch to batch. */
 typedef struct repl_scratch {
-    buf       diff, get, docs, sub;
-    repl_resp resp;
-    repl_okx  okx;
+    buf        diff, docs, sub, text;
+    repl_resp  resp;
+    /* what the target lacks: wants whose strings live in text (offsets until the answer
+     * is complete, then pointers) */
+    repl_want *wants;
+    size_t    *want_at;        /* per want: where its id is among offs */
+    size_t     nwants, wants_alloc;
+    size_t    *offs;           /* every string in text: id, then its revs, per want */
+    size_t    *lens;           /* their lengths */
+    size_t     noffs, offs_alloc;
+    const char **revp;         /* the rev pointers of every want */
+    /* the fetched documents, each one's span in docs */
+    size_t    *starts, *ends;
+    size_t     count, alloc;
 } repl_scratch;
 
 #define DOCS_PREFIX "{\"new_edits\":false,\"docs\":["
@@ -689,68 +745,122 @@ static int repl_diff_request(const jval *rows, buf *diff, size_t *nrevs)
     return rc ? MIMEO_ENOMEM : 0;
 }
 
-/* Step 5a, the answer: POST target/_revs_diff; *out the parsed reply (an object). */
-static int repl_revs_diff(repl_job *j, repl_scratch *s, jval **out, mimeo_err *err)
+/* Grows two parallel arrays (elements of size sa and sb) to hold need; *alloc changes only
+ * when both did, so a failure leaves them consistent. */
+static int repl_grow2(void **a, size_t sa, void **b, size_t sb, size_t *alloc, size_t need)
 {
-    *out = NULL;
-    int rc = j->tgt->ops->revs_diff(j->tgt, s->diff.data, s->diff.len, &s->resp, err);
+    if (need <= *alloc) return 0;
+    size_t na = *alloc ? *alloc * 2 : 64;
+    while (na < need) na *= 2;
+    void *np = realloc(*a, na * sa);
+    if (!np) return MIMEO_ENOMEM;
+    *a = np;
+    np = realloc(*b, na * sb);
+    if (!np) return MIMEO_ENOMEM;
+    *b = np;
+    *alloc = na;
+    return 0;
+}
+
+/* Copies a string into s->text, recording its offset and length. */
+static int repl_text_put(repl_scratch *s, const char *p, size_t n)
+{
+    s->offs[s->noffs] = s->text.len;
+    s->lens[s->noffs++] = n;
+    return buf_put(&s->text, p, n) || buf_putc(&s->text, '\0') ? MIMEO_ENOMEM : 0;
+}
+
+/* Collects one _revs_diff entry: copies id and revs into s->text (the entry is borrowed). */
+static int repl_take_missing(void *ctx, const repl_want *w)
+{
+    repl_scratch *s = ctx;
+    if (repl_grow2((void **)&s->wants, sizeof *s->wants, (void **)&s->want_at,
+                   sizeof *s->want_at, &s->wants_alloc, s->nwants + 1) ||
+        repl_grow2((void **)&s->offs, sizeof *s->offs, (void **)&s->lens, sizeof *s->lens,
+                   &s->offs_alloc, s->noffs + 1 + w->nrevs))
+        return MIMEO_ENOMEM;
+    /* offsets for now, pointers once the answer is complete: s->text moves as it grows */
+    repl_want *nw = &s->wants[s->nwants];
+    memset(nw, 0, sizeof *nw);
+    nw->id_len = w->id_len;
+    nw->nrevs = w->nrevs;
+    s->want_at[s->nwants] = s->noffs;
+    int rc = repl_text_put(s, w->id, w->id_len);
+    for (size_t k = 0; !rc && k < w->nrevs; k++) rc = repl_text_put(s, w->revs[k], w->rev_lens[k]);
+    if (!rc) s->nwants++;
+    return rc;
+}
+
+/* Turns the collected wants' offsets into pointers, once s->text no longer moves. */
+static int repl_wants_fix(repl_scratch *s)
+{
+    if (s->noffs == 0) return 0;
+    const char **rp = realloc(s->revp, s->noffs * sizeof *rp);
+    if (!rp) return MIMEO_ENOMEM;
+    s->revp = rp;
+    for (size_t i = 0; i < s->noffs; i++) rp[i] = s->text.data + s->offs[i];
+    for (size_t i = 0; i < s->nwants; i++) {
+        size_t at = s->want_at[i];
+        s->wants[i].id = rp[at];
+        s->wants[i].revs = rp + at + 1;
+        s->wants[i].rev_lens = s->lens + at + 1;
+    }
+    return 0;
+}
+
+/* Step 5a, the answer: POST target/_revs_diff; the entries into s->wants. */
+static int repl_revs_diff(repl_job *j, repl_scratch *s, mimeo_err *err)
+{
+    s->nwants = 0;
+    s->noffs = 0;
+    buf_reset(&s->text);
+    int rc = j->tgt->ops->revs_diff(j->tgt, s->diff.data, s->diff.len, repl_take_missing, s,
+                                    &s->resp, err);
     if (rc) return rc;
     if (s->resp.status != 200) {
         repl_err_from_resp(err, &s->resp, "_revs_diff on the target");
         return MIMEO_EIO;
     }
-    if ((rc = json_tree_parse(s->resp.body.data, s->resp.body.len, NULL, out, err)) != 0)
-        return rc;
-    if ((*out)->type != JV_OBJECT) {
-        jval_free(*out);
-        *out = NULL;
-        err_set(err, MIMEO_EIO, "bad_reply", "_revs_diff did not answer an object");
-        return MIMEO_EIO;
+    if (repl_wants_fix(s)) {
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        return MIMEO_ENOMEM;
     }
     return 0;
-}
-
-/* Step 5b, the request: {"docs":[{"id","rev"},…]} naming exactly the missing revisions. */
-static int repl_get_request(const jval *diff, buf *get, size_t *nmissing)
-{
-    buf_reset(get);
-    int rc = buf_puts(get, "{\"docs\":[");
-    *nmissing = 0;
-    for (size_t i = 0; !rc && i < diff->count; i++) {
-        const jval *m = jval_get(diff->items[i], "missing");
-        for (size_t k = 0; m && m->type == JV_ARRAY && k < m->count; k++) {
-            if (m->items[k]->type != JV_STRING) continue;
-            if ((*nmissing)++ > 0) rc |= buf_putc(get, ',');
-            rc |= buf_puts(get, "{\"id\":");
-            rc |= json_put_str(get, diff->keys[i], diff->key_lens[i]);
-            rc |= buf_puts(get, ",\"rev\":");
-            rc |= json_put_str(get, m->items[k]->str, m->items[k]->len);
-            rc |= buf_putc(get, '}');
-        }
-    }
-    rc |= buf_puts(get, "]}");
-    return rc ? MIMEO_ENOMEM : 0;
 }
 
 /* Starts (again) the _bulk_docs body the fetched documents are copied into. */
 static int repl_docs_begin(repl_scratch *s)
 {
-    s->okx.out = &s->docs;
-    s->okx.count = 0;
-    s->okx.errors = 0;
+    s->count = 0;
     buf_reset(&s->docs);
     return buf_puts(&s->docs, DOCS_PREFIX) ? MIMEO_ENOMEM : 0;
+}
+
+/* One fetched document into the _bulk_docs body (the writer's side of the endpoints). */
+static int repl_take_doc(void *ctx, const char *json, size_t len)
+{
+    repl_scratch *s = ctx;
+    if (repl_grow2((void **)&s->starts, sizeof *s->starts, (void **)&s->ends, sizeof *s->ends,
+                   &s->alloc, s->count + 1))
+        return MIMEO_ENOMEM;
+    if (s->count > 0 && buf_putc(&s->docs, ',')) return MIMEO_ENOMEM;
+    s->starts[s->count] = s->docs.len;
+    if (buf_put(&s->docs, json, len)) return MIMEO_ENOMEM;
+    s->ends[s->count++] = s->docs.len;
+    return 0;
 }
 
 /* Step 5b with _bulk_get: the documents into s->docs. *fallback is set when they must be
  * fetched one by one instead (no _bulk_get, a revision not served, a reply over the cap). */
 static int repl_fetch_bulk(repl_job *j, repl_scratch *s, bool *fallback, mimeo_err *err)
 {
-    int rc = j->src->ops->bulk_get(j->src, s->get.data, s->get.len, &s->resp, err);
+    size_t unserved = 0;
+    int rc = j->src->ops->bulk_get(j->src, s->wants, s->nwants, repl_take_doc, s, &unserved,
+                                   &s->resp, err);
     if (rc == MIMEO_ETOOLARGE) {
         /* Over the reply cap as a whole: one document at a time fits, or fails alone. */
         *fallback = true;
-        return 0;
+        return repl_docs_begin(s);
     }
     if (rc) return rc;
     long st = s->resp.status;
@@ -763,9 +873,8 @@ static int repl_fetch_bulk(repl_job *j, repl_scratch *s, bool *fallback, mimeo_e
         repl_err_from_resp(err, &s->resp, "_bulk_get on the source");
         return MIMEO_EIO;
     }
-    if ((rc = okx_feed(&s->okx, &s->resp, err)) != 0) return rc;
-    atomic_fetch_add(&j->stats.bulk_get_docs, s->okx.count);
-    if (s->okx.errors > 0) {
+    atomic_fetch_add(&j->stats.bulk_get_docs, s->count);
+    if (unserved > 0) {
         /* Some revision was not served (a peer's bug, or a race with compaction): fetch the
          * whole batch again document by document, which either gets it or confirms it is
          * gone. Duplicates are harmless to new_edits:false. */
@@ -794,19 +903,10 @@ static int repl_source_present(repl_job *j, mimeo_err *err)
 }
 
 /* Step 5b without _bulk_get: one open_revs GET per document, all its missing revs at once. */
-static int repl_fetch_each(repl_job *j, repl_scratch *s, const jval *diff, mimeo_err *err)
+static int repl_fetch_each(repl_job *j, repl_scratch *s, mimeo_err *err)
 {
-    for (size_t i = 0; i < diff->count; i++) {
-        const jval *m = jval_get(diff->items[i], "missing");
-        if (!m || m->type != JV_ARRAY || m->count == 0) continue;
-        char *revs = repl_jval_text(m);
-        if (!revs) {
-            err_set(err, MIMEO_ENOMEM, "error", "out of memory");
-            return MIMEO_ENOMEM;
-        }
-        int rc = j->src->ops->open_revs(j->src, diff->keys[i], diff->key_lens[i], revs,
-                                        strlen(revs), &s->resp, err);
-        free(revs);
+    for (size_t i = 0; i < s->nwants; i++) {
+        int rc = j->src->ops->open_revs(j->src, &s->wants[i], repl_take_doc, s, &s->resp, err);
         if (rc) return rc;
         /* A document purged since the feed was read is gone; a missing database is not,
          * and skipping its documents would checkpoint past them. Servers word the two 404s
@@ -820,19 +920,17 @@ static int repl_fetch_each(repl_job *j, repl_scratch *s, const jval *diff, mimeo
             repl_err_from_resp(err, &s->resp, "open_revs on the source");
             return MIMEO_EIO;
         }
-        if ((rc = okx_feed(&s->okx, &s->resp, err)) != 0) return rc;
     }
     return 0;
 }
 
-/* Step 5c: POST target/_bulk_docs with documents [lo, hi) of the okx spans; a refusal of
- * the whole request halves it. */
+/* Step 5c: POST target/_bulk_docs with documents [lo, hi) of the fetched spans; a refusal
+ * of the whole request halves it. */
 static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_err *err)
 {
-    repl_okx *x = &s->okx;
     const char *body;
     size_t len;
-    if (lo == 0 && hi == x->count) {
+    if (lo == 0 && hi == s->count) {
         body = s->docs.data;
         len = s->docs.len;
     } else {
@@ -840,8 +938,8 @@ static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_
         int rc = buf_puts(&s->sub, DOCS_PREFIX);
         for (size_t i = lo; !rc && i < hi; i++) {
             if (i > lo) rc = buf_putc(&s->sub, ',');
-            if (!rc) rc = buf_put(&s->sub, s->docs.data + x->starts[i],
-                                  x->ends[i] - x->starts[i]);
+            if (!rc) rc = buf_put(&s->sub, s->docs.data + s->starts[i],
+                                  s->ends[i] - s->starts[i]);
         }
         if (!rc) rc = buf_puts(&s->sub, "]}");
         if (rc) {
@@ -888,31 +986,26 @@ static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_
 static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *err)
 {
     size_t nrevs = 0, nmissing = 0;
-    jval *diff = NULL;
     int rc = repl_diff_request(b->rows, &s->diff, &nrevs);
     if (rc) goto nomem;
     if (nrevs == 0) return 0;
     atomic_fetch_add(&j->stats.missing_checked, nrevs);
-    if ((rc = repl_revs_diff(j, s, &diff, err)) != 0) return rc;
+    if ((rc = repl_revs_diff(j, s, err)) != 0) return rc;
 
-    if ((rc = repl_get_request(diff, &s->get, &nmissing)) != 0) goto nomem;
+    for (size_t i = 0; i < s->nwants; i++) nmissing += s->wants[i].nrevs;
     atomic_fetch_add(&j->stats.missing_found, nmissing);
-    if (nmissing == 0) goto out;
+    if (nmissing == 0) return 0;
     if ((rc = repl_docs_begin(s)) != 0) goto nomem;
     atomic_fetch_add(&j->stats.bulk_get_attempts, nmissing);
     bool fallback = atomic_load(&j->src->no_bulk_get);
-    if (!fallback && (rc = repl_fetch_bulk(j, s, &fallback, err)) != 0) goto out;
-    if (fallback && (rc = repl_fetch_each(j, s, diff, err)) != 0) goto out;
-    atomic_fetch_add(&j->stats.docs_read, s->okx.count);
+    if (!fallback && (rc = repl_fetch_bulk(j, s, &fallback, err)) != 0) return rc;
+    if (fallback && (rc = repl_fetch_each(j, s, err)) != 0) return rc;
+    atomic_fetch_add(&j->stats.docs_read, s->count);
 
-    if (s->okx.count == 0) goto out;
+    if (s->count == 0) return 0;
     if (buf_puts(&s->docs, "]}")) goto nomem;
-    rc = repl_write(j, s, 0, s->okx.count, err);
-out:
-    jval_free(diff);
-    return rc;
+    return repl_write(j, s, 0, s->count, err);
 nomem:
-    jval_free(diff);
     err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     return MIMEO_ENOMEM;
 }
@@ -923,9 +1016,9 @@ static void *repl_worker(void *arg)
     repl_scratch s;
     memset(&s, 0, sizeof s);
     buf_init(&s.diff, 0);
-    buf_init(&s.get, 0);
     buf_init(&s.docs, 0);
     buf_init(&s.sub, 0);
+    buf_init(&s.text, 0);
     repl_resp_init(&s.resp);
     for (;;) {
         pthread_mutex_lock(&j->lock);
@@ -954,13 +1047,17 @@ static void *repl_worker(void *arg)
         repl_maybe_checkpoint(j, false);
     }
     buf_destroy(&s.diff);
-    buf_destroy(&s.get);
     buf_destroy(&s.docs);
     buf_destroy(&s.sub);
+    buf_destroy(&s.text);
     repl_resp_destroy(&s.resp);
-    free(s.okx.starts);
-    free(s.okx.ends);
-    free(s.okx.items);
+    free(s.wants);
+    free(s.want_at);
+    free(s.offs);
+    free(s.lens);
+    free(s.revp);
+    free(s.starts);
+    free(s.ends);
     return NULL;
 }
 

@@ -298,31 +298,68 @@ static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size
     return rc;
 }
 
-static int ephttp_revs_diff(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                            mimeo_err *err)
+static int ephttp_revs_diff(repl_ep *ep, const char *body, size_t len, repl_missing_fn fn,
+                            void *ctx, repl_resp *out, mimeo_err *err)
 {
-    return ephttp_do((ephttp_ep *)ep, "POST", "/_revs_diff", body, len, 0, out, err);
+    int rc = ephttp_do((ephttp_ep *)ep, "POST", "/_revs_diff", body, len, 0, out, err);
+    if (!rc && out->status == 200) rc = repl_reply_missing(out, fn, ctx, err);
+    return rc;
 }
 
-static int ephttp_bulk_get(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                           mimeo_err *err)
+/* The revisions of w as a JSON array. */
+static int ephttp_revs_json(buf *b, const repl_want *w)
 {
-    return ephttp_do((ephttp_ep *)ep, "POST", "/_bulk_get?revs=true&latest=true", body, len, 0,
-                     out, err);
+    int rc = buf_putc(b, '[');
+    for (size_t k = 0; !rc && k < w->nrevs; k++) {
+        if (k) rc = buf_putc(b, ',');
+        if (!rc) rc = json_put_str(b, w->revs[k], w->rev_lens[k]);
+    }
+    return rc ? rc : buf_putc(b, ']');
 }
 
-static int ephttp_open_revs(repl_ep *ep, const char *id, size_t id_len, const char *revs,
-                            size_t revs_len, repl_resp *out, mimeo_err *err)
+static int ephttp_bulk_get(repl_ep *ep, const repl_want *want, size_t n, repl_doc_fn fn,
+                           void *ctx, size_t *unserved, repl_resp *out, mimeo_err *err)
 {
-    buf p;
+    /* {"docs":[{"id","rev"},…]} naming exactly the missing revisions */
+    buf b;
+    buf_init(&b, 0);
+    int rc = buf_puts(&b, "{\"docs\":[");
+    size_t k = 0;
+    for (size_t i = 0; !rc && i < n; i++) {
+        for (size_t r = 0; !rc && r < want[i].nrevs; r++) {
+            if (k++) rc = buf_putc(&b, ',');
+            if (!rc) rc = buf_puts(&b, "{\"id\":");
+            if (!rc) rc = json_put_str(&b, want[i].id, want[i].id_len);
+            if (!rc) rc = buf_puts(&b, ",\"rev\":");
+            if (!rc) rc = json_put_str(&b, want[i].revs[r], want[i].rev_lens[r]);
+            if (!rc) rc = buf_putc(&b, '}');
+        }
+    }
+    if (!rc) rc = buf_puts(&b, "]}");
+    if (rc) err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    else rc = ephttp_do((ephttp_ep *)ep, "POST", "/_bulk_get?revs=true&latest=true", b.data,
+                        b.len, 0, out, err);
+    buf_destroy(&b);
+    if (!rc && out->status == 200) rc = repl_reply_docs(out, fn, ctx, unserved, err);
+    return rc;
+}
+
+static int ephttp_open_revs(repl_ep *ep, const repl_want *want, repl_doc_fn fn, void *ctx,
+                            repl_resp *out, mimeo_err *err)
+{
+    buf p, revs;
     buf_init(&p, 0);
+    buf_init(&revs, 0);
     int rc = buf_putc(&p, '/');
-    if (!rc) rc = ephttp_escape(&p, id, id_len);
+    if (!rc) rc = ephttp_escape(&p, want->id, want->id_len);
     if (!rc) rc = buf_puts(&p, "?revs=true&latest=true&open_revs=");
-    if (!rc) rc = ephttp_escape(&p, revs, revs_len);
+    if (!rc) rc = ephttp_revs_json(&revs, want);
+    if (!rc) rc = ephttp_escape(&p, revs.data, revs.len);
     if (rc) err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     else rc = ephttp_do((ephttp_ep *)ep, "GET", buf_cstr(&p), NULL, 0, 0, out, err);
     buf_destroy(&p);
+    buf_destroy(&revs);
+    if (!rc && out->status == 200) rc = repl_reply_docs(out, fn, ctx, NULL, err);
     return rc;
 }
 

@@ -206,52 +206,141 @@ static int local_changes(repl_ep *ep, const char *since, size_t since_len, size_
     return rc;
 }
 
-static int local_revs_diff(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                           mimeo_err *err)
+/* Maps a cursor's failure onto the reply: a database deleted meanwhile is a 404 like any
+ * other; out of memory is the op's own failure. */
+static int local_cursor_fail(repl_resp *out, int rc, mimeo_err *e, mimeo_err *err)
 {
-    (void)err;
-    char *json = NULL;
-    size_t n = 0;
-    mimeo_err e = {0};
-    int rc = mimeo_revs_diff(((local_ep *)ep)->db, body, len, &json, &n, &e);
-    if (rc) local_fail(out, rc, &e);
-    else if (local_take(out, 200, json, n) != 0) return MIMEO_ENOMEM;
+    if (rc == MIMEO_ENOMEM) {
+        err_set(err, rc, "error", "out of memory");
+        return rc;
+    }
+    if (rc == MIMEO_ENOTFOUND && !e->error[0]) db_gone(e);
+    local_fail(out, rc, e);
     return 0;
 }
 
-static int local_bulk_get(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                          mimeo_err *err)
+/* The rows of a revs_diff cursor carry the missing revisions as leaves. */
+static int local_revs_diff(repl_ep *ep, const char *body, size_t len, repl_missing_fn fn,
+                           void *ctx, repl_resp *out, mimeo_err *err)
 {
-    (void)err;
-    char *json = NULL;
-    size_t n = 0;
     mimeo_err e = {0};
+    mimeo_cursor *cur = NULL;
+    int rc = mimeo_revs_diff_open(((local_ep *)ep)->db, body, len, &cur, &e);
+    const char **revs = NULL;
+    size_t *lens = NULL, alloc = 0;
+    int frc = 0;
+    while (!rc && !frc) {
+        const mimeo_row *row;
+        if ((rc = mimeo_cursor_next(cur, &row, &e)) != 0 || !row) break;
+        if (row->leaf_count == 0) continue;
+        if (row->leaf_count > alloc) {
+            alloc = row->leaf_count * 2;
+            free(revs);
+            free(lens);
+            revs = malloc(alloc * sizeof *revs);
+            lens = malloc(alloc * sizeof *lens);
+            if (!revs || !lens) {
+                frc = MIMEO_ENOMEM;
+                break;
+            }
+        }
+        for (size_t i = 0; i < row->leaf_count; i++) {
+            revs[i] = row->leaves[i].rev;
+            lens[i] = row->leaves[i].rev_len;
+        }
+        repl_want w = { row->id, row->id_len, revs, lens, row->leaf_count };
+        frc = fn(ctx, &w);
+    }
+    mimeo_cursor_close(cur);
+    free(revs);
+    free(lens);
+    if (frc) {
+        err_set(err, frc, "error", "%s", mimeo_strerror(frc));
+        return frc;
+    }
+    if (rc) return local_cursor_fail(out, rc, &e, err);
+    out->status = 200;
+    buf_reset(&out->body);
+    return 0;
+}
+
+/* One open_revs cursor for want: its found revisions go to fn, the missing ones are
+ * counted in *unserved. A document that does not exist at all is a 404. */
+static int local_fetch(local_ep *l, const repl_want *want, repl_doc_fn fn, void *ctx,
+                       size_t *unserved, repl_resp *out, mimeo_err *err)
+{
+    /* The library takes the revision list as JSON, like the HTTP API it serves. */
+    buf revs;
+    buf_init(&revs, 0);
+    int rc = buf_putc(&revs, '[');
+    for (size_t k = 0; !rc && k < want->nrevs; k++) {
+        if (k) rc = buf_putc(&revs, ',');
+        if (!rc) rc = json_put_str(&revs, want->revs[k], want->rev_lens[k]);
+    }
+    if (!rc) rc = buf_putc(&revs, ']');
+    if (rc) {
+        buf_destroy(&revs);
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        return MIMEO_ENOMEM;
+    }
     mimeo_get_opts o;
     memset(&o, 0, sizeof o);
     o.revs = true;
     o.latest = true;
-    int rc = mimeo_bulk_get(((local_ep *)ep)->db, body, len, &o, &json, &n, &e);
-    if (rc) local_fail(out, rc, &e);
-    else if (local_take(out, 200, json, n) != 0) return MIMEO_ENOMEM;
+    mimeo_err e = {0};
+    mimeo_cursor *cur = NULL;
+    rc = mimeo_open_revs_open(l->db, want->id, want->id_len, revs.data, revs.len, &o, &cur, &e);
+    buf_destroy(&revs);
+    int frc = 0;
+    while (!rc && !frc) {
+        const mimeo_row *row;
+        if ((rc = mimeo_cursor_next(cur, &row, &e)) != 0 || !row) break;
+        if (row->status != 0 || !row->json) {
+            if (unserved) (*unserved)++;
+            continue;
+        }
+        frc = fn(ctx, row->json, row->json_len);
+    }
+    mimeo_cursor_close(cur);
+    if (frc) {
+        err_set(err, frc, "error", "%s", mimeo_strerror(frc));
+        return frc;
+    }
+    if (rc) return local_cursor_fail(out, rc, &e, err);
+    out->status = 200;
     return 0;
 }
 
-static int local_open_revs(repl_ep *ep, const char *id, size_t id_len, const char *revs,
-                           size_t revs_len, repl_resp *out, mimeo_err *err)
+/* _bulk_get locally: each document's revisions through one open_revs cursor (one short
+ * read each), handed over as the stored JSON without a reply to parse. */
+static int local_bulk_get(repl_ep *ep, const repl_want *want, size_t n, repl_doc_fn fn,
+                          void *ctx, size_t *unserved, repl_resp *out, mimeo_err *err)
 {
-    (void)err;
-    char *json = NULL;
-    size_t n = 0;
-    mimeo_err e = {0};
-    mimeo_get_opts o;
-    memset(&o, 0, sizeof o);
-    o.revs = true;
-    o.latest = true;
-    int rc = mimeo_doc_open_revs(((local_ep *)ep)->db, id, id_len, revs, revs_len, &o, &json,
-                                 &n, &e);
-    if (rc) local_fail(out, rc, &e);
-    else if (local_take(out, 200, json, n) != 0) return MIMEO_ENOMEM;
+    local_ep *l = (local_ep *)ep;
+    buf_reset(&out->body);
+    for (size_t i = 0; i < n; i++) {
+        int rc = local_fetch(l, &want[i], fn, ctx, unserved, out, err);
+        if (rc) return rc;
+        if (out->status == 404) {
+            /* the document is gone (purged) or the database is: the first is an unserved
+             * revision, the second the whole request's failure */
+            mimeo_db_info info;
+            if (mimeo_db_info_get(l->db, &info) != 0) return 0;
+            if (unserved) *unserved += want[i].nrevs;
+            continue;
+        }
+        if (out->status != 200) return 0;
+    }
+    out->status = 200;
+    buf_reset(&out->body);
     return 0;
+}
+
+static int local_open_revs(repl_ep *ep, const repl_want *want, repl_doc_fn fn, void *ctx,
+                           repl_resp *out, mimeo_err *err)
+{
+    buf_reset(&out->body);
+    return local_fetch((local_ep *)ep, want, fn, ctx, NULL, out, err);
 }
 
 static int local_bulk_docs(repl_ep *ep, const char *body, size_t len, repl_resp *out,
@@ -306,7 +395,7 @@ static int local_local_put(repl_ep *ep, const char *id, const char *rev, const c
     }
     buf_reset(&out->body);
     buf_puts(&out->body, "{\"ok\":true,\"id\":");
-    json_put_cstr(&out->body, res.id ? res.id : "");
+    json_put_str(&out->body, res.id ? res.id : "", res.id ? res.id_len : 0);
     buf_puts(&out->body, ",\"rev\":");
     json_put_cstr(&out->body, res.rev);
     buf_putc(&out->body, '}');

@@ -56,6 +56,22 @@ void repl_health_ok(repl_health *h, const repl_ep *who);
 /* Copies the error into out (n bytes) and returns true when unhealthy for min_ms. */
 bool repl_health_get(repl_health *h, uint64_t min_ms, char *out, size_t n);
 
+/* A document and revisions of it: one entry of a _revs_diff answer (what the target lacks),
+ * and then what is fetched from the source. Borrowed by the ops. */
+typedef struct repl_want {
+    const char         *id;
+    size_t              id_len;
+    const char *const  *revs;
+    const size_t       *rev_lens;
+    size_t              nrevs;
+} repl_want;
+
+/* Called for each entry of a _revs_diff answer that lacks something; nonzero stops. */
+typedef int (*repl_missing_fn)(void *ctx, const repl_want *w);
+/* Called for each document fetched: its JSON object text, with _revisions (borrowed for the
+ * call only); nonzero stops. */
+typedef int (*repl_doc_fn)(void *ctx, const char *json, size_t len);
+
 /* Every op returns 0 when a reply was obtained (whatever its status) and a negative
  * MIMEO_E* code with err filled when none was: the peer is unreachable after the retry
  * budget, or the job was cancelled (MIMEO_ECLOSED). A remote endpoint retries network
@@ -69,14 +85,21 @@ typedef struct repl_ep_ops {
      * text, or NULL) selects filter=_doc_ids; wait_ms > 0 asks for feed=longpoll. */
     int  (*changes)(repl_ep *ep, const char *since, size_t since_len, size_t limit,
                     const char *doc_ids, unsigned wait_ms, repl_resp *out, mimeo_err *err);
-    int  (*revs_diff)(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                      mimeo_err *err);
-    /* _bulk_get?revs=true&latest=true */
-    int  (*bulk_get)(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                     mimeo_err *err);
-    /* GET /{db}/{id}?open_revs=<revs JSON>&revs=true&latest=true (the _bulk_get fallback) */
-    int  (*open_revs)(repl_ep *ep, const char *id, size_t id_len, const char *revs,
-                      size_t revs_len, repl_resp *out, mimeo_err *err);
+    /* The ops that carry documents hand them over as entries, not as a reply to parse:
+     * on status 200 the callback has seen every entry (out->body is then unspecified);
+     * on any other status out->body is the error reply. A callback's nonzero code is
+     * returned as the op's, with err set. */
+    /* POST _revs_diff with body ({"id":["rev",…],…}): fn per entry with missing revs. */
+    int  (*revs_diff)(repl_ep *ep, const char *body, size_t len, repl_missing_fn fn,
+                      void *ctx, repl_resp *out, mimeo_err *err);
+    /* _bulk_get?revs=true&latest=true for every revision of want[0..n): fn per document
+     * served; *unserved counts the revisions answered with an error instead. */
+    int  (*bulk_get)(repl_ep *ep, const repl_want *want, size_t n, repl_doc_fn fn, void *ctx,
+                     size_t *unserved, repl_resp *out, mimeo_err *err);
+    /* GET /{db}/{id}?open_revs=[…]&revs=true&latest=true (the _bulk_get fallback): fn per
+     * document served. */
+    int  (*open_revs)(repl_ep *ep, const repl_want *want, repl_doc_fn fn, void *ctx,
+                      repl_resp *out, mimeo_err *err);
     /* _bulk_docs; the body carries new_edits:false */
     int  (*bulk_docs)(repl_ep *ep, const char *body, size_t len, repl_resp *out,
                       mimeo_err *err);
@@ -131,6 +154,12 @@ int  repl_ep_http_new(const repl_ep_spec *spec, atomic_bool *cancel, unsigned co
 int  repl_ep_local_new(mimeo_env *env, const char *name, bool create, atomic_bool *cancel,
                        repl_ep **out, mimeo_err *err);
 void repl_ep_free(repl_ep *ep);
+
+/* For endpoints whose peer answers JSON (repl.c): the entries of a _revs_diff reply, and
+ * the "ok" documents of a _bulk_get or open_revs reply (*unserved: its "error" entries). */
+int  repl_reply_missing(const repl_resp *r, repl_missing_fn fn, void *ctx, mimeo_err *err);
+int  repl_reply_docs(const repl_resp *r, repl_doc_fn fn, void *ctx, size_t *unserved,
+                     mimeo_err *err);
 
 /* Process-wide libcurl set-up, done once. */
 void repl_curl_init(void);

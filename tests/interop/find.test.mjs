@@ -306,3 +306,21 @@ test('bad input: CouchDB 400 errors, and a catastrophic regex is stopped', async
   // and the server still answers
   assert.equal((await c.get('/')).status, 200);
 });
+
+test('a document nested to the depth PUT accepts is found, with and without an index', async () => {
+  const db = await newDb('finddeep');
+  // the deepest document PUT accepts: one more level is refused
+  let depth = 0;
+  for (let n = 300; n > 200; n--) {
+    const body = { _id: 'deep', v: 1, t: JSON.parse('{"a":'.repeat(n) + '1' + '}'.repeat(n)) };
+    const res = await c.put(`/${db}/deep`, body);
+    if (res.status === 201) { depth = n; break; }
+    assert.equal(res.status, 400, res.text);
+  }
+  assert.ok(depth > 0);
+  const full = await find(db, { selector: { v: 1 } });
+  assert.deepEqual(full.docs.map((d) => d._id), ['deep']);
+  assert.equal((await c.post(`/${db}/_index`, { index: { fields: ['v'] } })).status, 200);
+  const indexed = await find(db, { selector: { v: 1 }, fields: ['_id', 'v'] });
+  assert.deepEqual(indexed.docs, [{ _id: 'deep', v: 1 }]);
+});

@@ -215,6 +215,18 @@ test('an id containing NUL keeps its length in replies, Location and rows', asyn
   assert.equal(keys.rows[0].id, 'a\u0000b');
 });
 
+test('POST /db with an _id containing NUL answers the whole id, in the body and Location', async () => {
+  const db = await newDb('nulpost');
+  const res = await fetch(db, { method: 'POST', headers: json, body: '{"_id":"n\\u0000l","v":1}' });
+  assert.equal(res.status, 201);
+  const out = await res.json();
+  assert.equal(out.id, 'n\u0000l');
+  assert.match(res.headers.get('location'), /\/n%00l$/);
+  const doc = await (await fetch(`${db}/n%00l`)).json();
+  assert.equal(doc._id, 'n\u0000l');
+  assert.equal(doc._rev, out.rev);
+});
+
 test('_bulk_get and _all_docs keys stream a large document named many times in bounded memory', async (t) => {
   if (!resetPeakRss()) t.skip('cannot reset the peak RSS mark on this kernel');
   const db = await newDb('bigreply');

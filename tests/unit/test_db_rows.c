@@ -417,6 +417,12 @@ static void test_open_revs_bulk_get_revs_diff(void) {
     while (mimeo_cursor_next(cur, &row, &err) == 0 && row) {
         if (rows == 0) CHECK(strncmp(row->json, "\"d\":{\"missing\":[\"4-aa\"],\"possible_ancestors\":[", 46) == 0);
         else CHECK_EQ_STR(row->json, "\"e\":{\"missing\":[\"1-bb\"]}");
+        /* the missing revisions also come as the row's leaves, NUL-terminated */
+        CHECK_EQ_INT(row->leaf_count, 1);
+        if (row->leaf_count == 1) {
+            CHECK_EQ_STR(row->leaves[0].rev, rows == 0 ? "4-aa" : "1-bb");
+            CHECK_EQ_INT(row->leaves[0].rev_len, 4);
+        }
         rows++;
     }
     CHECK_EQ_INT(rows, 2);

@@ -4,7 +4,9 @@
  * the directory, and dropping. Runs on a real environment in a temporary folder. */
 #include "check.h"
 #include "db/index.h"
+#include "db/db_int.h"
 
+#include <lmdb.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -168,12 +170,65 @@ static void test_list_and_drop(void) {
     CHECK_EQ_STR(scan(7, NULL, NULL, false, 100), "k1/a");
 }
 
+/* Entries of the "mango" table whose key starts with dbid (directory, seqs, rows, revs). */
+static size_t mango_entries(uint64_t dbid) {
+    MDB_txn *txn;
+    CHECK_EQ_INT(store_read_begin(env->store, &txn), 0);
+    MDB_dbi dbi;
+    size_t n = 0;
+    if (mdb_dbi_open(txn, "mango", MDB_DUPSORT, &dbi) == 0) {
+        MDB_cursor *cur;
+        CHECK_EQ_INT(mdb_cursor_open(txn, dbi, &cur), 0);
+        unsigned char p[8];
+        be64_put(p, dbid);
+        MDB_val k = {8, p}, v;
+        int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        while (rc == 0 && k.mv_size >= 8 && memcmp(k.mv_data, p, 8) == 0) {
+            n++;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+        mdb_cursor_close(cur);
+    }
+    store_read_end(env->store, txn);
+    return n;
+}
+
+/* Deleting a database takes its index rows with it; another database's stay. */
+static void test_rows_go_with_the_database(void) {
+    mimeo_err err;
+    mimeo_db *g;
+    CHECK_EQ_INT(mimeo_db_create(env, "gone", &err), 0);
+    CHECK_EQ_INT(mimeo_db_open(env, "gone", &g, &err), 0);
+    db_meta m;
+    CHECK_EQ_INT(db_meta_snapshot(g, &m), 0);
+    char ids[300][16], keys[300][16];
+    dbidx_change ch[300];
+    for (int i = 0; i < 300; i++) {
+        snprintf(ids[i], sizeof ids[i], "d%03d", i);
+        snprintf(keys[i], sizeof keys[i], "k%03d", i % 17);
+        ch[i] = (dbidx_change)CH(ids[i], keys[i]);
+    }
+    CHECK_EQ_INT(dbidx_apply(g, 3, 0, 300, ch, 300), 0);
+    CHECK_EQ_INT(dbidx_apply(g, 4, 0, 300, ch, 100), 0);
+    mimeo_db_close(g);
+    CHECK(mango_entries(m.dbid) > 600);
+    db_meta mine;
+    CHECK_EQ_INT(db_meta_snapshot(db, &mine), 0);
+    size_t others = mango_entries(mine.dbid);
+    CHECK(others > 0);
+
+    CHECK_EQ_INT(mimeo_db_delete(env, "gone", &err), 0);
+    CHECK_EQ_INT(mango_entries(m.dbid), 0);
+    CHECK_EQ_INT(mango_entries(mine.dbid), others);
+}
+
 int main(void) {
     setup();
     RUN(test_order_and_positions);
     RUN(test_updates);
     RUN(test_long_keys);
     RUN(test_list_and_drop);
+    RUN(test_rows_go_with_the_database);
     teardown();
     return check_report();
 }

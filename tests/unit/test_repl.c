@@ -413,11 +413,106 @@ static void test_two_envs(void)
     env_close_rm(b, db);
 }
 
+/* The local endpoint hands entries and documents over through callbacks: what the target
+ * lacks from a revs_diff cursor's rows, the documents as stored JSON with _revisions. */
+typedef struct ep_seen {
+    char ids[8][16];
+    size_t nrevs[8];
+    size_t n;
+    buf docs;
+    size_t ndocs;
+} ep_seen;
+
+static int ep_missing(void *ctx, const repl_want *w)
+{
+    ep_seen *s = ctx;
+    if (s->n < 8) {
+        snprintf(s->ids[s->n], sizeof s->ids[0], "%.*s", (int)w->id_len, w->id);
+        s->nrevs[s->n++] = w->nrevs;
+    }
+    return 0;
+}
+
+static int ep_doc(void *ctx, const char *json, size_t len)
+{
+    ep_seen *s = ctx;
+    s->ndocs++;
+    buf_put(&s->docs, json, len);
+    return buf_putc(&s->docs, '\n');
+}
+
+static void test_local_endpoint(void)
+{
+    mimeo_env *env = env_new();
+    CHECK(env != NULL);
+    if (!env) return;
+    CHECK_EQ_INT(mimeo_db_create(env, "ep", NULL), 0);
+    mimeo_db *db = NULL;
+    CHECK_EQ_INT(mimeo_db_open(env, "ep", &db, NULL), 0);
+    mimeo_put_result res;
+    const char *doc = "{\"_id\":\"a\",\"v\":1}";
+    CHECK_EQ_INT(mimeo_doc_put(db, NULL, 0, doc, strlen(doc), NULL, &res, NULL), 0);
+    mimeo_free(res.id);
+    char rev[MIMEO_REV_MAX];
+    snprintf(rev, sizeof rev, "%s", res.rev);
+
+    atomic_bool cancel = false;
+    repl_ep *ep = NULL;
+    mimeo_err e = {0};
+    CHECK_EQ_INT(repl_ep_local_new(env, "ep", false, &cancel, &ep, &e), 0);
+    if (!ep) return;
+    repl_resp out;
+    buf_init(&out.body, 0);
+    ep_seen s;
+    memset(&s, 0, sizeof s);
+    buf_init(&s.docs, 0);
+
+    char diff[200];
+    snprintf(diff, sizeof diff, "{\"a\":[\"%s\",\"2-ff\",\"3-ee\"],\"b\":[\"1-aa\"]}", rev);
+    CHECK_EQ_INT(ep->ops->revs_diff(ep, diff, strlen(diff), ep_missing, &s, &out, &e), 0);
+    CHECK_EQ_INT(out.status, 200);
+    CHECK_EQ_INT(s.n, 2);
+    CHECK_EQ_STR(s.ids[0], "a");
+    CHECK_EQ_INT(s.nrevs[0], 2);
+    CHECK_EQ_STR(s.ids[1], "b");
+    CHECK_EQ_INT(s.nrevs[1], 1);
+
+    /* one revision served, one unknown: the document comes, the other is unserved */
+    const char *revs[] = { rev, "9-99" };
+    size_t lens[] = { strlen(rev), 4 };
+    repl_want w = { "a", 1, revs, lens, 2 };
+    size_t unserved = 0;
+    CHECK_EQ_INT(ep->ops->bulk_get(ep, &w, 1, ep_doc, &s, &unserved, &out, &e), 0);
+    CHECK_EQ_INT(out.status, 200);
+    CHECK_EQ_INT(s.ndocs, 1);
+    CHECK_EQ_INT(unserved, 1);
+    CHECK(strstr(buf_cstr(&s.docs), "\"_revisions\":{\"start\":1") != NULL);
+    CHECK(strstr(buf_cstr(&s.docs), "\"v\":1") != NULL);
+
+    /* open_revs of a document that does not exist serves nothing (CouchDB answers its
+     * revisions as missing); once the database is gone, it is a 404 */
+    repl_want gone = { "zz", 2, revs, lens, 1 };
+    CHECK_EQ_INT(ep->ops->open_revs(ep, &gone, ep_doc, &s, &out, &e), 0);
+    CHECK_EQ_INT(out.status, 200);
+    CHECK_EQ_INT(s.ndocs, 1);
+    CHECK_EQ_INT(mimeo_db_delete(env, "ep", NULL), 0);
+    CHECK_EQ_INT(ep->ops->open_revs(ep, &w, ep_doc, &s, &out, &e), 0);
+    CHECK_EQ_INT(out.status, 404);
+    CHECK_EQ_INT(s.ndocs, 1);
+
+    buf_destroy(&s.docs);
+    buf_destroy(&out.body);
+    repl_ep_free(ep);
+    mimeo_db_close(db);
+    env_free(env);
+}
+
 int main(void)
 {
     RUN(test_req_parse);
     RUN(test_ids);
     RUN(test_local_replication);
+    RUN(test_local_endpoint);
     RUN(test_two_envs);
     return check_report();
 }
