@@ -179,6 +179,9 @@ int  db_vdu_begin(mimeo_db *db, const mimeo_user_ctx *user, db_vdu **out);
  * (os_process_error), or the query server's own error. */
 int  db_vdu_check(db_vdu *v, const char *id, size_t id_len, const char *new_doc,
                   size_t new_len, mimeo_err *e);
+/* The whole reason of the last rejection (e's is cut to MIMEO_ERR_REASON_MAX); borrowed
+ * until the next check. */
+const char *db_vdu_reason(db_vdu *v);
 void db_vdu_end(db_vdu *v);
 
 #endif

@@ -56,6 +56,7 @@ struct db_vdu {
     buf        sec;
     buf        line;
     buf        reply;
+    buf        reason;   /* the last rejection's whole message (mimeo_err cuts it) */
 };
 
 static const char vdu_key = 0;
@@ -335,6 +336,7 @@ int db_vdu_begin(mimeo_db *db, const mimeo_user_ctx *user, db_vdu **out) {
     buf_init(&v->sec, 0);
     buf_init(&v->line, 0);
     buf_init(&v->reply, 0);
+    buf_init(&v->reason, 0);
     rc = user_ctx_json(&v->user_ctx, db, user);
     /* secObj goes to the function as JSON: re-emit it so text from the caller is checked */
     jval *sec = NULL;
@@ -363,6 +365,7 @@ void db_vdu_end(db_vdu *v) {
     buf_destroy(&v->sec);
     buf_destroy(&v->line);
     buf_destroy(&v->reply);
+    buf_destroy(&v->reason);
     free(v);
 }
 
@@ -396,31 +399,32 @@ static int call(db_vdu *v, mimeo_err *e) {
 }
 
 /* A thrown value's message: strings as they are, anything else as its JSON. */
-static void thrown_reason(const jval *m, mimeo_err *e, int code, const char *name) {
-    buf b;
-    buf_init(&b, 0);
-    if (m->type == JV_STRING) buf_put(&b, m->str, m->len);
-    else json_put_jval(&b, m);
-    db_err_set(e, code, name, b.data ? buf_cstr(&b) : "");
-    buf_destroy(&b);
+static void thrown_reason(db_vdu *v, const jval *m, mimeo_err *e, int code, const char *name) {
+    buf *b = &v->reason;
+    buf_reset(b);
+    if (m->type == JV_STRING) buf_put(b, m->str, m->len);
+    else json_put_jval(b, m);
+    db_err_set(e, code, name, b->data ? buf_cstr(b) : "");
 }
 
 static int run_one(db_vdu *v, const vdu_ddoc *dd, const char *new_doc, size_t new_len,
                    const char *old_doc, size_t old_len, mimeo_err *e) {
     int rc = proc_get(v, e);
     if (rc) return rc;
-    /* The process learns each design document revision once ("db\0id\0rev"). */
+    /* The process learns each design document revision once. Its name there is
+     * "db:id@rev", not the id: a process serves every database, where the same id may
+     * hold different functions, and a new revision must not find the old one's code. */
     buf key;
     buf_init(&key, 0);
     rc = buf_puts(&key, v->db->name);
-    if (!rc) rc = buf_putc(&key, 0);
+    if (!rc) rc = buf_putc(&key, ':');
     if (!rc) rc = buf_put(&key, dd->id, dd->id_len);
-    if (!rc) rc = buf_putc(&key, 0);
+    if (!rc) rc = buf_putc(&key, '@');
     if (!rc) rc = buf_puts(&key, dd->rev);
     if (!rc && !qs_proc_knows(v->proc, key.data, key.len)) {
         buf_reset(&v->line);
         rc = buf_puts(&v->line, "[\"ddoc\",\"new\",");
-        if (!rc) rc = json_put_str(&v->line, dd->id, dd->id_len);
+        if (!rc) rc = json_put_str(&v->line, key.data, key.len);
         if (!rc) rc = buf_putc(&v->line, ',');
         if (!rc) rc = buf_put(&v->line, dd->json, dd->json_len);
         if (!rc) rc = buf_putc(&v->line, ']');
@@ -429,11 +433,14 @@ static int run_one(db_vdu *v, const vdu_ddoc *dd, const char *new_doc, size_t ne
             else if (!(rc = qs_proc_remember(v->proc, key.data, key.len))) {}
         }
     }
-    buf_destroy(&key);
-    if (rc) return rc;
+    if (rc) {
+        buf_destroy(&key);
+        return rc;
+    }
     buf_reset(&v->line);
     rc = buf_puts(&v->line, "[\"ddoc\",");
-    if (!rc) rc = json_put_str(&v->line, dd->id, dd->id_len);
+    if (!rc) rc = json_put_str(&v->line, key.data, key.len);
+    buf_destroy(&key);
     if (!rc) rc = buf_puts(&v->line, ",[\"validate_doc_update\"],[");
     if (!rc) rc = buf_put(&v->line, new_doc, new_len);
     if (!rc) rc = buf_putc(&v->line, ',');
@@ -445,7 +452,12 @@ static int run_one(db_vdu *v, const vdu_ddoc *dd, const char *new_doc, size_t ne
     if (!rc) rc = buf_puts(&v->line, "]]");
     if (rc) return db_err(e, rc);
     if ((rc = call(v, e))) return rc;
-    if (qs_reply_error(v->reply.data, v->reply.len, e)) return e->code;
+    if (qs_reply_error(v->reply.data, v->reply.len, e)) {
+        /* CouchDB answers a function's own error (render_error, …) with 500, a function
+         * that does not compile with 400 (compilation_error has its row in src/http). */
+        if (strcmp(e->error, "compilation_error") != 0) e->code = MIMEO_EIO;
+        return e->code;
+    }
     jval *r = NULL;
     if (json_tree_parse(v->reply.data, v->reply.len, NULL, &r, NULL) != 0) {
         db_err_set(e, MIMEO_EIO, "os_process_error", "the query server's reply is not JSON");
@@ -454,10 +466,10 @@ static int run_one(db_vdu *v, const vdu_ddoc *dd, const char *new_doc, size_t ne
     rc = 0;
     const jval *m;
     if (r->type == JV_OBJECT && (m = jval_get(r, "forbidden"))) {
-        thrown_reason(m, e, MIMEO_EFORBIDDEN, "forbidden");
+        thrown_reason(v, m, e, MIMEO_EFORBIDDEN, "forbidden");
         rc = MIMEO_EFORBIDDEN;
     } else if (r->type == JV_OBJECT && (m = jval_get(r, "unauthorized"))) {
-        thrown_reason(m, e, MIMEO_EUNAUTHORIZED, "unauthorized");
+        thrown_reason(v, m, e, MIMEO_EUNAUTHORIZED, "unauthorized");
         rc = MIMEO_EUNAUTHORIZED;
     } else if (!(r->type == JV_NUMBER && r->len == 1 && r->str[0] == '1') &&
                !(r->type == JV_BOOL && r->boolean)) {
@@ -482,5 +494,13 @@ int db_vdu_check(db_vdu *v, const char *id, size_t id_len, const char *new_doc, 
     }
     mimeo_free(old);
     if (rc && !e->error[0]) db_err(e, rc);
+    if (rc && rc != MIMEO_EFORBIDDEN && rc != MIMEO_EUNAUTHORIZED) {
+        buf_reset(&v->reason);
+        buf_puts(&v->reason, e->reason);
+    }
     return rc;
+}
+
+const char *db_vdu_reason(db_vdu *v) {
+    return v->reason.data ? buf_cstr(&v->reason) : "";
 }

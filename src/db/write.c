@@ -31,7 +31,8 @@ typedef struct write_item {
     size_t      *path_lens;
     /* outcome */
     bool         rejected;      /* by validate_doc_update: not written, code kept */
-    mimeo_err   *vdu;           /* the rejection (error and reason point into it) */
+    mimeo_err   *vdu;           /* the rejection (error points into it) */
+    char        *vdu_reason;    /* its whole reason */
     int          code;
     const char  *error;
     const char  *reason;
@@ -62,6 +63,7 @@ static void item_destroy(write_item *it) {
     free(it->path_hashes);
     free(it->path_lens);
     free(it->vdu);
+    free(it->vdu_reason);
 }
 
 /* ---- validation (calling thread) ------------------------------------------------------ */
@@ -514,8 +516,12 @@ static int validate_items(mimeo_db *db, write_item *items, size_t count,
             break;
         }
         *it->vdu = e;
+        if (!(it->vdu_reason = strdup(db_vdu_reason(v)))) {
+            rc = MIMEO_ENOMEM;
+            break;
+        }
         it->rejected = true;
-        item_fail(it, vrc, it->vdu->error, it->vdu->reason);
+        item_fail(it, vrc, it->vdu->error, it->vdu_reason);
     }
     buf_destroy(&nd);
     db_vdu_end(v);
