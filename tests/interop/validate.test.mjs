@@ -279,6 +279,29 @@ describe('hostile functions', () => {
   });
 });
 
+test('a new, changed or deleted design document takes effect at the next write', async () => {
+  assert.equal((await put(S.url, '/changing')).status, 201);
+  assert.equal((await put(S.url, '/changing/a', { bad: true })).status, 201);
+  let d = await put(S.url, '/changing/_design/one', { validate_doc_update: VDU });
+  assert.equal((await put(S.url, '/changing/b', { bad: true })).status, 403);
+  d = await put(S.url, `/changing/_design/one?rev=${d.json.rev}`,
+    { validate_doc_update: "function(n) { if (n.red) throw({forbidden: 'no red'}); }" });
+  assert.equal(d.status, 201, d.text);
+  assert.equal((await put(S.url, '/changing/c', { bad: true })).status, 201);
+  let r = await put(S.url, '/changing/d', { red: true });
+  assert.deepEqual([r.status, r.json.reason], [403, 'no red']);
+  // A second design document adds its rules; both run.
+  const two = await put(S.url, '/changing/_design/two', { validate_doc_update: VDU });
+  assert.equal(two.status, 201, two.text);
+  assert.equal((await put(S.url, '/changing/e', { bad: true })).status, 403);
+  assert.equal((await put(S.url, '/changing/f', { red: true })).status, 403);
+  assert.equal((await request(S.url, 'DELETE', `/changing/_design/one?rev=${d.json.rev}`)).status, 200);
+  assert.equal((await put(S.url, '/changing/g', { red: true })).status, 201);
+  r = await request(S.url, 'DELETE', `/changing/_design/two?rev=${two.json.rev}`);
+  assert.equal(r.status, 200);
+  assert.equal((await put(S.url, '/changing/h', { bad: true })).status, 201);
+});
+
 test('the validate functions of one database do not apply to another', async () => {
   assert.equal((await put(S.url, '/plain')).status, 201);
   const r = await post(S.url, '/plain/_bulk_docs', { docs: [{ _id: 'p', bad: true }] });
