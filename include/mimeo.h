@@ -62,6 +62,8 @@ enum {
     MIMEO_ECLOSED       = -16, /* the environment is shutting down */
     MIMEO_EEXPECTATION  = -17, /* all_or_nothing: some document failed, none written */
     MIMEO_EBUSY         = -18, /* the data directory is open in another environment */
+    MIMEO_EFORBIDDEN    = -19, /* validate_doc_update threw {forbidden} (403) */
+    MIMEO_EUNAUTHORIZED = -20, /* validate_doc_update threw {unauthorized} (401) */
 };
 
 #define MIMEO_ERR_NAME_MAX   32
@@ -89,6 +91,12 @@ typedef struct mimeo_options {
     unsigned max_json_depth;    /* nesting cap of any JSON input; 0 → 256 */
     size_t   initial_map_size;  /* bytes of LMDB map to start with; 0 → 64 MiB; it grows */
     size_t   max_document_id_length; /* bytes of one document id; 0 → MIMEO_ID_MAX */
+    /* validate_doc_update runs in query-server processes (CouchDB's protocol): the command
+     * to start one ([query_servers] javascript; borrowed until mimeo_env_close; NULL → the
+     * mimeo-js binary beside the running program) and the time one call may take
+     * ([couchdb] os_process_timeout; 0 → 5000 ms). */
+    const char *query_server;
+    unsigned    os_process_timeout;
 } mimeo_options;
 
 /* Opens (creating if needed) the data directory `dir`. opts may be NULL. New *env; close it
@@ -184,10 +192,22 @@ MIMEO_API int mimeo_db_compact(mimeo_db *db, mimeo_err *err);
  * ignored, as CouchDB answers it. */
 #define MIMEO_REVISIONS_MAX 100000
 
+/* Who writes, for validate_doc_update(newDoc, oldDoc, userCtx, secObj): userCtx is
+ * {"db","name","roles"}, secObj the database's _security object (JSON text, NULL → {}).
+ * A NULL user context is the system: name null, roles ["_admin"]. Borrowed for the call. */
+typedef struct mimeo_user_ctx {
+    const char        *name;       /* NULL: anonymous */
+    const char *const *roles;
+    size_t             role_count;
+    const char        *security;
+    size_t             security_len;
+} mimeo_user_ctx;
+
 typedef struct mimeo_put_opts {
     const char *rev;      /* ?rev= or If-Match (NULL: use the body's _rev); must agree with
                              the body's _rev when both are given (else bad_request) */
     bool        new_edits_false; /* store a replicated revision as given (_rev/_revisions) */
+    const mimeo_user_ctx *user;  /* the writer, for validate_doc_update (NULL: system) */
 } mimeo_put_opts;
 
 typedef struct mimeo_put_result {
@@ -210,6 +230,16 @@ MIMEO_API int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len,
  * MIMEO_ENOTFOUND / MIMEO_EDELETED when there is nothing to delete. */
 MIMEO_API int mimeo_doc_delete(mimeo_db *db, const char *id, size_t id_len, const char *rev,
                                mimeo_put_result *res, mimeo_err *err);
+/* The same on behalf of user (NULL: system). */
+MIMEO_API int mimeo_doc_delete_as(mimeo_db *db, const char *id, size_t id_len, const char *rev,
+                                  const mimeo_user_ctx *user, mimeo_put_result *res,
+                                  mimeo_err *err);
+
+/* Every write (mimeo_doc_put, mimeo_doc_delete, mimeo_bulk_docs, replicated or not) first
+ * runs the validate_doc_update function of each design document of the database, design
+ * documents included: a rejection fails that document with MIMEO_EFORBIDDEN ("forbidden",
+ * 403) or MIMEO_EUNAUTHORIZED ("unauthorized", 401) and the function's message as reason;
+ * a query server that times out or dies fails it with MIMEO_EIO ("os_process_error"). */
 
 /* _bulk_docs: body is {"docs":[…],"new_edits":bool,"all_or_nothing":bool}. *json_out is the
  * reply array: with new_edits true one entry per doc in order ({"ok":true,"id","rev"} or
@@ -220,6 +250,14 @@ MIMEO_API int mimeo_doc_delete(mimeo_db *db, const char *id, size_t id_len, cons
  * (hundreds of megabytes of changed pages) is MIMEO_ETOOLARGE, nothing written: split it. */
 MIMEO_API int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
                               size_t *out_len, mimeo_err *err);
+typedef struct mimeo_bulk_docs_opts {
+    const mimeo_user_ctx *user;  /* the writer, for validate_doc_update (NULL: system) */
+} mimeo_bulk_docs_opts;
+/* mimeo_bulk_docs with options (opts may be NULL). Documents that validate_doc_update
+ * rejects are per-entry errors of the reply, new_edits false included. */
+MIMEO_API int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
+                                 const mimeo_bulk_docs_opts *opts, char **json_out,
+                                 size_t *out_len, mimeo_err *err);
 
 /* ---- documents: reads ------------------------------------------------------------------- */
 typedef struct mimeo_get_opts {

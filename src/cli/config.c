@@ -44,6 +44,10 @@ static const cfg_option cfg_options[] = {
          "deepest nesting of arrays and objects accepted in any JSON input", 1, 1u << 20),
     OPTR("couchdb", "revs_limit", CFG_UINT, revs_limit, "1000", NULL,
          "_revs_limit of new databases", 1, 0),
+    OPT("query_servers", "javascript", CFG_STR, query_server, "", NULL,
+        "command of the JavaScript query server (default: mimeo-js beside mimeo)"),
+    OPTR("couchdb", "os_process_timeout", CFG_UINT, os_process_timeout, "5000", NULL,
+         "milliseconds one query-server call may take (then it is killed)", 1, 0),
     OPT("couchdb", "initial_map_size", CFG_SIZE, initial_map_size, "64M", NULL,
         "LMDB map size to start with (it grows by itself)"),
     OPT("httpd", "bind_address", CFG_STR, bind_address, "127.0.0.1", "--bind",
@@ -360,6 +364,8 @@ void config_to_options(const cli_config *c, mimeo_options *o)
     o->max_json_depth = c->max_json_depth;
     o->initial_map_size = c->initial_map_size;
     o->max_document_id_length = c->max_document_id_length;
+    o->query_server = c->query_server[0] ? c->query_server : NULL;
+    o->os_process_timeout = c->os_process_timeout;
 }
 
 void config_to_replicator(const cli_config *c, mimeo_replicator_options *r)

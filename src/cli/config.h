@@ -27,6 +27,8 @@ typedef struct cli_config {
     unsigned max_json_depth;
     unsigned revs_limit;
     size_t   initial_map_size;
+    char     query_server[4096];     /* [query_servers] javascript */
+    unsigned os_process_timeout;     /* [couchdb], ms */
     bool     cors_enable;
     char     cors_origins[2048];
     bool     cors_credentials;

@@ -169,4 +169,19 @@ int  db_doc_read(mimeo_db *db, const char *id, size_t id_len, const mimeo_get_op
                  buf *out, size_t *json_len, size_t *rev_off, bool *deleted, uint64_t *seq,
                  mimeo_err *err);
 
+/* ---- validate_doc_update (validate.c) ---------------------------------------------------- */
+typedef struct db_vdu db_vdu;
+/* The validators of db for one write by user (NULL: system). *out stays NULL when db has no
+ * design document with validate_doc_update: then there is nothing to run. */
+int  db_vdu_begin(mimeo_db *db, const mimeo_user_ctx *user, db_vdu **out);
+/* Runs every validator on new_doc (the document as written, JSON) against the current winner
+ * of id. 0, or the rejection in e: MIMEO_EFORBIDDEN, MIMEO_EUNAUTHORIZED, MIMEO_EIO
+ * (os_process_error), or the query server's own error. */
+int  db_vdu_check(db_vdu *v, const char *id, size_t id_len, const char *new_doc,
+                  size_t new_len, mimeo_err *e);
+/* The whole reason of the last rejection (e's is cut to MIMEO_ERR_REASON_MAX); borrowed
+ * until the next check. */
+const char *db_vdu_reason(db_vdu *v);
+void db_vdu_end(db_vdu *v);
+
 #endif

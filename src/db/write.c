@@ -30,6 +30,9 @@ typedef struct write_item {
     const char **path_hashes;
     size_t      *path_lens;
     /* outcome */
+    bool         rejected;      /* by validate_doc_update: not written, code kept */
+    mimeo_err   *vdu;           /* the rejection (error points into it) */
+    char        *vdu_reason;    /* its whole reason */
     int          code;
     const char  *error;
     const char  *reason;
@@ -59,6 +62,8 @@ static void item_destroy(write_item *it) {
     json_doc_destroy(&it->doc);
     free(it->path_hashes);
     free(it->path_lens);
+    free(it->vdu);
+    free(it->vdu_reason);
 }
 
 /* ---- validation (calling thread) ------------------------------------------------------ */
@@ -431,6 +436,10 @@ static int job_write(MDB_txn *txn, void *arg) {
     bool any_failed = false;
     for (size_t i = 0; i < w->count && !rc; i++) {
         write_item *it = &w->items[i];
+        if (it->rejected) {
+            any_failed = true;
+            continue;
+        }
         it->code = 0;
         it->error = it->reason = NULL;
         if (it->ignore) continue;
@@ -457,10 +466,78 @@ static int db_gone(mimeo_err *err) {
     return MIMEO_ENOTFOUND;
 }
 
-static int single_write(mimeo_db *db, write_item *it, bool new_edits, mimeo_put_result *res,
-                        mimeo_err *err) {
+/* newDoc as validate_doc_update sees it: the document as written, with _id, the _rev it
+ * edits (or the replicated one), _revisions when replicated, _deleted when deleting. */
+static int item_new_doc(const write_item *it, buf *out) {
+    int rc = buf_puts(out, "{\"_id\":");
+    if (!rc) rc = json_put_str(out, it->id, it->id_len);
+    if (!rc && it->has_rev) {
+        rc = buf_puts(out, ",\"_rev\":\"");
+        if (!rc) rc = rev_put(out, it->rev_gen, it->rev_hash, it->rev_hash_len);
+        if (!rc) rc = buf_putc(out, '"');
+    }
+    if (!rc && it->doc.revisions) {
+        rc = buf_puts(out, ",\"_revisions\":");
+        if (!rc) rc = json_put_jval(out, it->doc.revisions);
+    }
+    if (!rc && it->doc.deleted) rc = buf_puts(out, ",\"_deleted\":true");
+    if (!rc && it->doc.attachments) {
+        rc = buf_puts(out, ",\"_attachments\":");
+        if (!rc) rc = json_put_jval(out, it->doc.attachments);
+    }
+    const buf *b = &it->doc.body;
+    if (!rc && b->len > 2) rc = buf_putc(out, ',');
+    if (!rc) rc = b->len > 2 ? buf_put(out, b->data + 1, b->len - 1) : buf_putc(out, '}');
+    return rc;
+}
+
+/* validate_doc_update on the calling thread, before the write job is queued: a rejected
+ * item is marked and skipped by the job. Design documents are validated too; _local ones
+ * never (CouchDB). */
+static int validate_items(mimeo_db *db, write_item *items, size_t count,
+                          const mimeo_user_ctx *user, mimeo_err *err) {
+    db_vdu *v = NULL;
+    int rc = db_vdu_begin(db, user, &v);
+    if (rc == MIMEO_ENOTFOUND) return db_gone(err);
+    if (rc) return db_err(err, rc);
+    if (!v) return 0;
+    buf nd;
+    buf_init(&nd, 0);
+    for (size_t i = 0; i < count && !rc; i++) {
+        write_item *it = &items[i];
+        if (it->local || it->ignore) continue;
+        buf_reset(&nd);
+        if ((rc = item_new_doc(it, &nd))) break;
+        mimeo_err e;
+        int vrc = db_vdu_check(v, it->id, it->id_len, nd.data, nd.len, &e);
+        if (!vrc) continue;
+        if (!(it->vdu = malloc(sizeof *it->vdu))) {
+            rc = MIMEO_ENOMEM;
+            break;
+        }
+        *it->vdu = e;
+        if (!(it->vdu_reason = strdup(db_vdu_reason(v)))) {
+            rc = MIMEO_ENOMEM;
+            break;
+        }
+        it->rejected = true;
+        item_fail(it, vrc, it->vdu->error, it->vdu_reason);
+    }
+    buf_destroy(&nd);
+    db_vdu_end(v);
+    return rc ? db_err(err, rc) : 0;
+}
+
+static int single_write(mimeo_db *db, write_item *it, bool new_edits,
+                        const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
+    int rc = it->local || it->ignore ? 0 : validate_items(db, it, 1, user, err);
+    if (rc) return rc;
+    if (it->rejected) {
+        db_err_set(err, it->code, it->error, it->reason);
+        return it->code;
+    }
     write_ctx w = {.db = db, .items = it, .count = 1, .new_edits = new_edits};
-    int rc = run_write(&w);
+    rc = run_write(&w);
     if (rc == MIMEO_ENOTFOUND) return db_gone(err);
     if (rc) return db_err(err, rc);
     if (it->code) {
@@ -507,13 +584,18 @@ int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json,
     }
     bool new_edits = !(opts && opts->new_edits_false);
     rc = item_prepare(db->env, &it, id, id_len, opts ? opts->rev : NULL, new_edits, err);
-    if (!rc) rc = single_write(db, &it, new_edits || it.local, res, err);
+    if (!rc) rc = single_write(db, &it, new_edits || it.local, opts ? opts->user : NULL, res, err);
     item_destroy(&it);
     return rc;
 }
 
 int mimeo_doc_delete(mimeo_db *db, const char *id, size_t id_len, const char *rev,
                      mimeo_put_result *res, mimeo_err *err) {
+    return mimeo_doc_delete_as(db, id, id_len, rev, NULL, res, err);
+}
+
+int mimeo_doc_delete_as(mimeo_db *db, const char *id, size_t id_len, const char *rev,
+                        const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
     if (res) {
         res->id = NULL;
         res->id_len = 0;
@@ -540,7 +622,7 @@ int mimeo_doc_delete(mimeo_db *db, const char *id, size_t id_len, const char *re
         }
         db_doc_destroy(&d);
     }
-    if (!rc) rc = single_write(db, &it, true, res, err);
+    if (!rc) rc = single_write(db, &it, true, user, res, err);
     item_destroy(&it);
     return rc;
 }
@@ -556,7 +638,7 @@ int mimeo_local_put(mimeo_db *db, const char *id, size_t id_len, const char *jso
     memcpy(full, LOCAL_PREFIX, LOCAL_PREFIX_LEN);
     memcpy(full + LOCAL_PREFIX_LEN, id, id_len);
     full[LOCAL_PREFIX_LEN + id_len] = 0;
-    mimeo_put_opts opts = {rev, false};
+    mimeo_put_opts opts = {rev, false, NULL};
     int rc = mimeo_doc_put(db, full, LOCAL_PREFIX_LEN + id_len, json, len, &opts, res, err);
     free(full);
     return rc;
@@ -588,6 +670,12 @@ static int put_item_id(buf *out, const write_item *it) {
 
 int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
                     size_t *out_len, mimeo_err *err) {
+    return mimeo_bulk_docs_as(db, json, len, NULL, json_out, out_len, err);
+}
+
+int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
+                       const mimeo_bulk_docs_opts *opts, char **json_out, size_t *out_len,
+                       mimeo_err *err) {
     *json_out = NULL;
     *out_len = 0;
     json_bulk bulk;
@@ -609,6 +697,8 @@ int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
     }
     for (size_t i = 0; i < bulk.count && !rc; i++)
         rc = item_prepare(db->env, &items[i], NULL, 0, NULL, bulk.new_edits, err);
+    if (!rc && bulk.count)
+        rc = validate_items(db, items, bulk.count, opts ? opts->user : NULL, err);
     write_ctx w = {.db = db, .items = items, .count = bulk.count, .new_edits = bulk.new_edits,
                    .all_or_nothing = bulk.all_or_nothing};
     if (!rc && bulk.count) {

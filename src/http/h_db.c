@@ -121,8 +121,12 @@ static void http_db_post(http_req *r)
     mimeo_put_opts o = {0};
     mimeo_put_result res = {0};
     mimeo_err e = {0};
+    mimeo_user_ctx user;
+    char *sec = http_user_ctx(r, &user);
+    o.user = &user;
     int rc = mimeo_doc_put(r->db, NULL, 0, r->body.data ? r->body.data : "", r->body.len, &o,
                            &res, &e);
+    free(sec);
     if (rc != 0) {
         if (res.id) mimeo_free(res.id);
         http_reply_err(r, rc, &e);
@@ -156,8 +160,12 @@ void http_h_bulk_docs(http_req *r)
     char *out = NULL;
     size_t len = 0;
     mimeo_err e = {0};
-    int rc = mimeo_bulk_docs(r->db, r->body.data ? r->body.data : "", r->body.len, &out, &len,
-                             &e);
+    mimeo_user_ctx user;
+    char *sec = http_user_ctx(r, &user);
+    mimeo_bulk_docs_opts bo = {.user = &user};
+    int rc = mimeo_bulk_docs_as(r->db, r->body.data ? r->body.data : "", r->body.len, &bo,
+                                &out, &len, &e);
+    free(sec);
     if (rc == MIMEO_EEXPECTATION && out) {
         /* all_or_nothing: the failures, and nothing was written. */
         http_reply_mimeo(r, 417, out, len);

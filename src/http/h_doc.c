@@ -11,6 +11,22 @@
 
 /* The revision the client names: ?rev= or If-Match ("quoted"); both must agree. Returns
  * false after replying 400. *rev is NULL when neither is given; rev_buf holds If-Match's. */
+/* The writer of this request for validate_doc_update: its user and the database's _security
+ * (returned, free() it after the write). */
+char *http_user_ctx(http_req *r, mimeo_user_ctx *u)
+{
+    memset(u, 0, sizeof *u);
+    char *sec = http_security_text(r);
+    u->name = r->user.known ? r->user.name : NULL;
+    u->roles = (const char *const *)r->user.roles;
+    u->role_count = r->user.nroles;
+    if (sec) {
+        u->security = sec;
+        u->security_len = strlen(sec);
+    }
+    return sec;
+}
+
 static bool http_want_rev(http_req *r, const char **rev, char rev_buf[MIMEO_REV_MAX])
 {
     size_t ql;
@@ -216,8 +232,12 @@ static void http_doc_put(http_req *r, const char *id, size_t id_len)
 
     mimeo_put_result res = {0};
     mimeo_err e = {0};
+    mimeo_user_ctx user;
+    char *sec = http_user_ctx(r, &user);
+    o.user = &user;
     int rc = mimeo_doc_put(r->db, id, id_len, r->body.data ? r->body.data : "", r->body.len,
                            &o, &res, &e);
+    free(sec);
     if (rc != 0) {
         if (res.id) mimeo_free(res.id);
         http_reply_err(r, rc, &e);
@@ -252,7 +272,10 @@ static void http_doc_delete(http_req *r, const char *id, size_t id_len)
     }
     mimeo_put_result res = {0};
     mimeo_err e = {0};
-    int rc = mimeo_doc_delete(r->db, id, id_len, rev, &res, &e);
+    mimeo_user_ctx user;
+    char *sec = http_user_ctx(r, &user);
+    int rc = mimeo_doc_delete_as(r->db, id, id_len, rev, &user, &res, &e);
+    free(sec);
     if (rc != 0) {
         if (res.id) mimeo_free(res.id);
         http_reply_err(r, rc, &e);

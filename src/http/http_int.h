@@ -201,6 +201,9 @@ void http_h_security(http_req *r);
 
 /* id/id_len: the decoded document id ("_design/x" included). */
 void http_h_doc(http_req *r, const char *id, size_t id_len);
+/* The request's user and r->db's _security for validate_doc_update; returns the security
+ * text u borrows (free() it after the write). */
+char *http_user_ctx(http_req *r, mimeo_user_ctx *u);
 void http_h_local(http_req *r, const char *id, size_t id_len);
 
 /* h_repl.c: /_replicate, /_active_tasks, /_scheduler/{jobs,docs…} (they check methods). */

@@ -47,6 +47,7 @@ static const struct http_status_row {
     { 0,                    "unauthorized",          401, "You are not authorized." },
     { 0,                    "forbidden",             403, "You are not allowed to do this." },
     { 0,                    "not_implemented",       501, "not implemented" },
+    { 0,                    "compilation_error",     400, "the function does not compile" },
     { 0,                    "unknown_error",         500, "unknown error" },
 };
 #define HTTP_NSTATUS (sizeof http_status_table / sizeof http_status_table[0])
