@@ -60,6 +60,12 @@ static const cfg_option cfg_options[] = {
         "seconds before an idle keep-alive connection is closed"),
     OPT("httpd", "changes_timeout", CFG_UINT, changes_timeout, "60000", NULL,
         "default and largest _changes timeout, in milliseconds"),
+    OPT("query_servers", "javascript", CFG_STR, js_command, "", NULL,
+        "query server command for JavaScript design documents (empty: mimeo-js beside mimeo)"),
+    OPT("query_server_config", "os_process_limit", CFG_UINT, js_procs, "0", NULL,
+        "query server processes at most (0: one per core)"),
+    OPTR("couchdb", "os_process_timeout", CFG_UINT, js_timeout, "5000", NULL,
+         "milliseconds one query server call may take before its process is killed", 1, 0),
     OPT("cors", "enable", CFG_BOOL, cors_enable, "false", NULL,
         "answer CORS requests (browsers running PouchDB on another origin)"),
     OPT("cors", "origins", CFG_STR, cors_origins, "", NULL,
@@ -378,6 +384,9 @@ void config_to_http(const cli_config *c, http_config *h)
     h->max_connections = c->max_connections;
     h->idle_timeout_s = c->idle_timeout;
     h->changes_timeout_ms = c->changes_timeout;
+    h->js_command = c->js_command;
+    h->js_procs = c->js_procs;
+    h->js_timeout_ms = c->js_timeout;
     h->max_json_depth = c->max_json_depth;
     h->cors.enabled = c->cors_enable;
     h->cors.origins = c->cors_origins;

@@ -22,6 +22,9 @@ typedef struct cli_config {
     unsigned max_connections;
     unsigned idle_timeout;
     unsigned changes_timeout;
+    char     js_command[4096];
+    unsigned js_procs;
+    unsigned js_timeout;
     size_t   max_document_size;
     size_t   max_document_id_length;
     unsigned max_json_depth;
