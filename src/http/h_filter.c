@@ -37,24 +37,6 @@ static void http_qs_log(void *ctx, const char *text, size_t len)
     fprintf(stderr, "mimeo: js: %.*s\n", (int)(len > 2000 ? 2000 : len), text);
 }
 
-/* The query server to run when [query_servers] javascript is unset: mimeo-js beside the
- * running binary, or one folder up (the sanitizer build lives in build/asan/). */
-static int http_qs_default_command(char *out, size_t cap)
-{
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) return MIMEO_EIO;
-    exe[n] = 0;
-    for (int up = 0; up < 2; up++) {
-        char *slash = strrchr(exe, '/');
-        if (!slash) break;
-        *slash = 0;
-        if ((size_t)snprintf(out, cap, "%s/mimeo-js", exe) < cap && access(out, X_OK) == 0)
-            return 0;
-    }
-    return MIMEO_EIO;
-}
-
 qs_pool *http_qs_pool(http_server *srv, mimeo_err *err)
 {
     pthread_mutex_lock(&http_qs_lock);
@@ -63,7 +45,7 @@ qs_pool *http_qs_pool(http_server *srv, mimeo_err *err)
         const char *c = srv->cfg.js_command;
         int rc = 0;
         if (!c || !c[0]) {
-            rc = http_qs_default_command(cmd, sizeof cmd);
+            rc = qs_default_command(cmd, sizeof cmd);
             c = cmd;
         }
         long cores = sysconf(_SC_NPROCESSORS_ONLN);

@@ -283,11 +283,39 @@ static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size
         if (!rc) rc = buf_puts(&body, doc_ids);
         if (!rc) rc = buf_putc(&body, '}');
     }
+    const repl_filter *flt = ep->filter;
+    if (!rc && flt && flt->selector) {
+        rc = buf_puts(&p, "&filter=_selector");
+        if (!rc) rc = buf_puts(&body, "{\"selector\":");
+        if (!rc) rc = buf_puts(&body, flt->selector);
+        if (!rc) rc = buf_putc(&body, '}');
+    } else if (!rc && flt && flt->name) {
+        rc = buf_puts(&p, "&filter=");
+        if (!rc) rc = ephttp_escape(&p, flt->name, strlen(flt->name));
+        jval *qp = NULL;
+        if (!rc && flt->query_params &&
+            json_tree_parse(flt->query_params, strlen(flt->query_params), NULL, &qp, NULL) == 0) {
+            /* Query parameters travel as text: strings as they are, the rest as JSON. */
+            buf val;
+            buf_init(&val, 0);
+            for (size_t i = 0; i < qp->count && !rc; i++) {
+                buf_reset(&val);
+                if (qp->items[i]->type == JV_STRING) buf_put(&val, qp->items[i]->str, qp->items[i]->len);
+                else json_put_jval(&val, qp->items[i]);
+                rc = buf_putc(&p, '&');
+                if (!rc) rc = ephttp_escape(&p, qp->keys[i], qp->key_lens[i]);
+                if (!rc) rc = buf_putc(&p, '=');
+                if (!rc) rc = ephttp_escape(&p, val.data ? val.data : "", val.len);
+            }
+            buf_destroy(&val);
+        }
+        jval_free(qp);
+    }
     if (rc) {
         err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     } else {
         long tmo = wait_ms > 0 ? (long)wait_ms + 30000 : 0;
-        if (doc_ids)
+        if (body.len)
             rc = ephttp_do((ephttp_ep *)ep, "POST", buf_cstr(&p), body.data, body.len, tmo, out,
                            err);
         else

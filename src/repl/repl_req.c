@@ -309,15 +309,10 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
 
     const jval *filter = jval_get(v, "filter");
     const jval *ids = jval_get(v, "doc_ids");
-    if (filter && filter->type != JV_NULL &&
-        !(filter->type == JV_STRING && strcmp(filter->str, "_doc_ids") == 0)) {
+    if ((rc = repl_filter_parse(v, &r->filter, err)) != 0) goto out;
+    if (repl_filter_on(&r->filter) && ids && ids->type != JV_NULL) {
         err_set(err, MIMEO_EINVAL, "bad_request",
-                     "only the _doc_ids filter is supported");
-        rc = MIMEO_EINVAL;
-        goto out;
-    }
-    if (jval_get(v, "selector")) {
-        err_set(err, MIMEO_EINVAL, "bad_request", "selector filters are not supported");
+                "`doc_ids`, `filter`, `selector` are mutually exclusive");
         rc = MIMEO_EINVAL;
         goto out;
     }
@@ -337,7 +332,7 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
         /* Sorted, so that the same set in another order is the same replication. */
         qsort(ids->items, ids->count, sizeof ids->items[0], repl_cmp_str);
         if (!(r->doc_ids = repl_jval_text(ids))) goto nomem;
-    } else if (filter && filter->type == JV_STRING) {
+    } else if (filter && filter->type == JV_STRING && strcmp(filter->str, "_doc_ids") == 0) {
         err_set(err, MIMEO_EINVAL, "bad_request", "filter _doc_ids needs doc_ids");
         rc = MIMEO_EINVAL;
         goto out;
@@ -360,6 +355,7 @@ void repl_req_destroy(repl_req *r)
     repl_spec_destroy(&r->source);
     repl_spec_destroy(&r->target);
     free(r->doc_ids);
+    repl_filter_destroy(&r->filter);
     free(r->since_seq);
     free(r->replication_id);
     memset(r, 0, sizeof *r);
@@ -399,6 +395,18 @@ void repl_req_id(mimeo_env *env, const repl_req *r, char out[33])
     if (r->doc_ids) {
         md5_update(&md, 8, (const uint8_t *)"doc_ids:");
         md5_update(&md, strlen(r->doc_ids), (const uint8_t *)r->doc_ids);
+    }
+    /* As CouchDB's: a changed selector, filter or query_params is another replication. */
+    if (r->filter.selector) {
+        md5_update(&md, 9, (const uint8_t *)"selector:");
+        md5_update(&md, strlen(r->filter.selector), (const uint8_t *)r->filter.selector);
+    }
+    if (r->filter.name) {
+        md5_update(&md, 7, (const uint8_t *)"filter:");
+        md5_update(&md, strlen(r->filter.name) + 1, (const uint8_t *)r->filter.name);
+        if (r->filter.query_params)
+            md5_update(&md, strlen(r->filter.query_params),
+                       (const uint8_t *)r->filter.query_params);
     }
     uint8_t digest[MD5_DIGEST_SIZE];
     md5_digest(&md, sizeof digest, digest);
