@@ -385,6 +385,35 @@ static void repl_id_side(struct md5_ctx *md, mimeo_env *env, const repl_ep_spec 
     md5_update(md, 1, (const uint8_t *)"\n");
 }
 
+/* The source text of filter "ddoc/name" in a local source, hashed as CouchDB hashes the
+ * filter's code into the replication id (so an edited filter starts over). A remote
+ * source's code is not fetched for the id: its name and query_params count. */
+static void repl_id_filter_code(struct md5_ctx *md, mimeo_env *env, const repl_req *r)
+{
+    const char *name = r->filter.name;
+    const char *slash = name ? strchr(name, '/') : NULL;
+    if (!env || !r->source.local || !slash || name[0] == '_') return;
+    mimeo_db *db = NULL;
+    if (mimeo_db_open(env, r->source.url, &db, NULL) != 0) return;
+    char id[512];
+    int n = snprintf(id, sizeof id, "_design/%.*s", (int)(slash - name), name);
+    mimeo_cursor *cur = NULL;
+    const mimeo_row *row = NULL;
+    jval *doc = NULL;
+    if (n > 0 && (size_t)n < sizeof id && mimeo_doc_open(db, id, (size_t)n, NULL, &cur, NULL) == 0 &&
+        mimeo_cursor_next(cur, &row, NULL) == 0 && row &&
+        json_tree_parse(row->json, row->json_len, NULL, &doc, NULL) == 0) {
+        const jval *code = jval_get(jval_get(doc, "filters"), slash + 1);
+        if (code && code->type == JV_STRING) {
+            md5_update(md, 5, (const uint8_t *)"code:");
+            md5_update(md, code->len, (const uint8_t *)code->str);
+        }
+    }
+    jval_free(doc);
+    mimeo_cursor_close(cur);
+    mimeo_db_close(db);
+}
+
 void repl_req_id(mimeo_env *env, const repl_req *r, char out[33])
 {
     struct md5_ctx md;
@@ -407,6 +436,7 @@ void repl_req_id(mimeo_env *env, const repl_req *r, char out[33])
         if (r->filter.query_params)
             md5_update(&md, strlen(r->filter.query_params),
                        (const uint8_t *)r->filter.query_params);
+        repl_id_filter_code(&md, env, r);
     }
     uint8_t digest[MD5_DIGEST_SIZE];
     md5_digest(&md, sizeof digest, digest);

@@ -94,6 +94,22 @@ test('filter + query_params and _view: remote and local sources', async () => {
   assert.deepEqual(await ids(b, tv2), B_IDS);
 });
 
+test("an edited filter function (local source) is a new replication", async () => {
+  const src = await seed(a);
+  const tgt = uniqueDbName('code');
+  const body = { source: src, target: tgt, create_target: true, filter: 'app/by_type', query_params: { type: 'b' } };
+  let r = await postReplicate(A.url, body);
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(await ids(a, tgt), B_IDS);
+  const dd = expectStatus(await a.get(docPath(src, '_design/app')), 200);
+  dd.filters.by_type = 'function(doc, req) { return doc.type === req.query.type || doc.n === 1; }';
+  expectStatus(await a.put(docPath(src, '_design/app'), dd), 201);
+  r = await postReplicate(A.url, body);
+  assert.equal(r.status, 200, r.text);
+  // from the start again: d01 (written before the old checkpoint) arrives too
+  assert.deepEqual(await ids(a, tgt), ['d00', 'd01', 'd03', 'd06', 'd09']);
+});
+
 test('mimeo replicate --selector and --filter --query-params', async () => {
   const src = await seed(a);
   let r = await runReplicate([`${A.url}/${src}`, `${B.url}/cli1`, '--create-target', '--selector', '{"type":"b"}']);
