@@ -3,7 +3,9 @@
  * functions and _view (a view's map function: a document passes when it emits). The pool
  * is one per server, started lazily on the first JavaScript filter. Documents go one per
  * call, so a function that throws or loops costs only the document or call it was given. */
+#include <arpa/inet.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,7 +185,18 @@ static int http_filter_req(http_req *r, buf *b)
     buf_puts(b, "},\"body\":");
     if (r->body.len) json_put_str(b, r->body.data, r->body.len);
     else buf_puts(b, "\"undefined\"");
-    buf_puts(b, ",\"peer\":\"127.0.0.1\",\"form\":{},\"cookie\":{},\"userCtx\":{\"db\":");
+    char peer[64] = "127.0.0.1";
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, peer,
+                  sizeof peer);
+    else if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ci->client_addr)->sin6_addr, peer,
+                  sizeof peer);
+    buf_puts(b, ",\"peer\":");
+    json_put_cstr(b, peer);
+    buf_puts(b, ",\"form\":{},\"cookie\":{},\"userCtx\":{\"db\":");
     json_put_cstr(b, db);
     buf_puts(b, ",\"name\":");
     if (r->user.known) json_put_cstr(b, r->user.name);
@@ -193,7 +206,11 @@ static int http_filter_req(http_req *r, buf *b)
         if (i) buf_putc(b, ',');
         json_put_cstr(b, r->user.roles[i]);
     }
-    return buf_puts(b, "]},\"secObj\":{}}");
+    buf_puts(b, "]},\"secObj\":");
+    char *sec = http_security_text(r);
+    buf_puts(b, sec ? sec : "{}");
+    free(sec);
+    return buf_putc(b, '}');
 }
 
 /* Reads the design document named by "ddoc/name" (filters) or view=ddoc/name (_view) and

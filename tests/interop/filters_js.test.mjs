@@ -30,7 +30,8 @@ const DDOC = {
     req_echo: `function(doc, req) {
       return doc._id === 'a1' && req.method === 'GET' && req.userCtx && Array.isArray(req.userCtx.roles)
         && req.query.filter === 'app/req_echo' && req.info.db_name === req.userCtx.db
-        && typeof req.headers === 'object' && req.path[1] === '_changes';
+        && typeof req.headers === 'object' && req.path[1] === '_changes'
+        && req.peer === '127.0.0.1' && typeof req.secObj === 'object' && Array.isArray(req.secObj.members.roles);
     }`,
     throws: 'function(doc) { if (doc.n % 2) throw new Error("odd " + doc._id); return true; }',
     forever: 'function(doc) { while (true) {} }',
