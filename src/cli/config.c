@@ -64,6 +64,8 @@ static const cfg_option cfg_options[] = {
         "seconds before an idle keep-alive connection is closed"),
     OPT("httpd", "changes_timeout", CFG_UINT, changes_timeout, "60000", NULL,
         "default and largest _changes timeout, in milliseconds"),
+    OPT("query_server_config", "os_process_limit", CFG_UINT, js_procs, "0", NULL,
+        "query server processes at most (0: one per core)"),
     OPT("cors", "enable", CFG_BOOL, cors_enable, "false", NULL,
         "answer CORS requests (browsers running PouchDB on another origin)"),
     OPT("cors", "origins", CFG_STR, cors_origins, "", NULL,
@@ -384,6 +386,9 @@ void config_to_http(const cli_config *c, http_config *h)
     h->max_connections = c->max_connections;
     h->idle_timeout_s = c->idle_timeout;
     h->changes_timeout_ms = c->changes_timeout;
+    h->js_command = c->query_server;
+    h->js_procs = c->js_procs;
+    h->js_timeout_ms = c->os_process_timeout;
     h->max_json_depth = c->max_json_depth;
     h->cors.enabled = c->cors_enable;
     h->cors.origins = c->cors_origins;

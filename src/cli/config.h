@@ -22,6 +22,7 @@ typedef struct cli_config {
     unsigned max_connections;
     unsigned idle_timeout;
     unsigned changes_timeout;
+    unsigned js_procs;               /* [query_server_config] os_process_limit */
     size_t   max_document_size;
     size_t   max_document_id_length;
     unsigned max_json_depth;

@@ -24,6 +24,7 @@ static void replicate_usage(FILE *out)
     fprintf(out,
             "usage: mimeo replicate SOURCE TARGET [--continuous] [--create-target]\n"
             "                       [--doc-ids ID,ID…] [--data DIR]\n"
+            "                       [--selector JSON | --filter DDOC/NAME [--query-params JSON]]\n"
             "                       [--checkpoint-interval MS] [--retries N]\n"
             "                       [--max-response-size SIZE] [--quiet]\n\n"
             "SOURCE and TARGET are database URLs (http://user:pass@host:port/db) or, with\n"
@@ -35,6 +36,9 @@ typedef struct replicate_args {
     const char *source, *target;
     const char *data;
     const char *doc_ids;          /* "a,b,c" */
+    const char *selector;         /* JSON object text */
+    const char *filter;           /* "ddoc/name", "_view", "_design" */
+    const char *query_params;     /* JSON object text */
     bool        continuous, create_target, quiet;
     long long   ckpt_ms;          /* -1: not given */
     long long   retries;          /* -1: not given */
@@ -43,7 +47,8 @@ typedef struct replicate_args {
 
 enum { REPLICATE_OPT_CKPT = 0x100, REPLICATE_OPT_RETRIES, REPLICATE_OPT_DOC_IDS,
        REPLICATE_OPT_MAX_RESPONSE, REPLICATE_OPT_DATA, REPLICATE_OPT_CONTINUOUS,
-       REPLICATE_OPT_CREATE };
+       REPLICATE_OPT_CREATE, REPLICATE_OPT_SELECTOR, REPLICATE_OPT_FILTER,
+       REPLICATE_OPT_QUERY_PARAMS };
 static const struct option replicate_options[] = {
     { "help",                no_argument,       NULL, 'h' },
     { "quiet",               no_argument,       NULL, 'q' },
@@ -51,6 +56,9 @@ static const struct option replicate_options[] = {
     { "create-target",       no_argument,       NULL, REPLICATE_OPT_CREATE },
     { "data",                required_argument, NULL, REPLICATE_OPT_DATA },
     { "doc-ids",             required_argument, NULL, REPLICATE_OPT_DOC_IDS },
+    { "selector",            required_argument, NULL, REPLICATE_OPT_SELECTOR },
+    { "filter",              required_argument, NULL, REPLICATE_OPT_FILTER },
+    { "query-params",        required_argument, NULL, REPLICATE_OPT_QUERY_PARAMS },
     { "checkpoint-interval", required_argument, NULL, REPLICATE_OPT_CKPT },
     { "retries",             required_argument, NULL, REPLICATE_OPT_RETRIES },
     { "max-response-size",   required_argument, NULL, REPLICATE_OPT_MAX_RESPONSE },
@@ -72,6 +80,16 @@ static bool replicate_number(const char *flag, const char *text, uint64_t min, u
     return true;
 }
 
+/* Whether text is a JSON object; else one line on stderr. */
+static bool replicate_json_object(const char *flag, const char *text)
+{
+    jval *v = NULL;
+    bool ok = json_tree_parse(text, strlen(text), NULL, &v, NULL) == 0 && v->type == JV_OBJECT;
+    jval_free(v);
+    if (!ok) fprintf(stderr, "mimeo replicate: %s: '%s' is not a JSON object\n", flag, text);
+    return ok;
+}
+
 /* 0, 1 after --help, or 2 after a usage error (said on stderr). */
 static int replicate_parse(int argc, char **argv, replicate_args *a)
 {
@@ -90,6 +108,15 @@ static int replicate_parse(int argc, char **argv, replicate_args *a)
         case REPLICATE_OPT_CREATE: a->create_target = true; break;
         case REPLICATE_OPT_DATA: a->data = optarg; break;
         case REPLICATE_OPT_DOC_IDS: a->doc_ids = optarg; break;
+        case REPLICATE_OPT_SELECTOR:
+            if (!replicate_json_object("--selector", optarg)) return 2;
+            a->selector = optarg;
+            break;
+        case REPLICATE_OPT_FILTER: a->filter = optarg; break;
+        case REPLICATE_OPT_QUERY_PARAMS:
+            if (!replicate_json_object("--query-params", optarg)) return 2;
+            a->query_params = optarg;
+            break;
         case REPLICATE_OPT_CKPT:
             if (!replicate_number("--checkpoint-interval", optarg, 1, 86400000, false,
                                   &a->ckpt_ms))
@@ -135,6 +162,18 @@ static int replicate_body(const replicate_args *a, buf *body)
     if (a->retries >= 0) rc |= buf_printf(body, ",\"retries_per_request\":%lld", a->retries);
     if (a->max_response >= 0)
         rc |= buf_printf(body, ",\"max_response_size\":%lld", a->max_response);
+    if (a->selector) {
+        rc |= buf_puts(body, ",\"selector\":");
+        rc |= buf_puts(body, a->selector);
+    }
+    if (a->filter) {
+        rc |= buf_puts(body, ",\"filter\":");
+        rc |= json_put_cstr(body, a->filter);
+    }
+    if (a->query_params) {
+        rc |= buf_puts(body, ",\"query_params\":");
+        rc |= buf_puts(body, a->query_params);
+    }
     if (a->doc_ids) {
         rc |= buf_puts(body, ",\"doc_ids\":[");
         const char *p = a->doc_ids;

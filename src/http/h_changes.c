@@ -29,6 +29,11 @@ typedef struct http_feed {
     http_feed_phase     ph;
     mimeo_changes_opts  opts;
     http_string_list    ids;         /* filter=_doc_ids: the ids asked for */
+    http_filter        *filter;      /* any other filter, or NULL */
+    bool                want_docs;   /* include_docs as asked (the filter may read them) */
+    uint64_t            last_row;    /* seq of the last row delivered */
+    uint64_t            limit;       /* with a filter: rows to deliver (the cursor's counts
+                                        rows read) */
     uint64_t            since;
     uint64_t            rows_total;
     uint64_t            heartbeat_ms;/* 0: none */
@@ -47,6 +52,7 @@ static void http_feed_free(void *cls)
     mimeo_cursor_close(f->cur);
     if (f->db) mimeo_db_close(f->db);
     http_string_list_destroy(&f->ids);
+    http_filter_free(f->filter);
     buf_destroy(&f->out);
     free(f);
 }
@@ -64,13 +70,16 @@ static int http_feed_row(http_feed *f, const mimeo_row *row)
         rc = buf_puts(&f->out, "data: ");
         break;
     }
-    if (rc == 0) rc = http_put_change_row(&f->out, row, f->opts.all_docs_style, f->opts.conflicts);
+    mimeo_row shown = *row;
+    if (!f->want_docs) shown.body = NULL;
+    if (rc == 0) rc = http_put_change_row(&f->out, &shown, f->opts.all_docs_style, f->opts.conflicts);
     if (rc == 0) {
         if (f->kind == FEED_CONTINUOUS) rc = buf_putc(&f->out, '\n');
         else if (f->kind == FEED_EVENTSOURCE)
             rc = buf_printf(&f->out, "\nid: %" PRIu64 "\n\n", row->seq);
     }
     f->rows_total++;
+    f->last_row = row->seq;
     return rc;
 }
 
@@ -80,12 +89,21 @@ static int http_feed_rows(http_feed *f, bool *at_end)
 {
     *at_end = false;
     while (f->out.len - f->pos < HTTP_STREAM_CHUNK) {
+        if (f->filter && f->limit && f->rows_total >= f->limit) {
+            *at_end = true;
+            return 0;
+        }
         const mimeo_row *row;
         int rc = mimeo_cursor_next(f->cur, &row, &f->err);
         if (rc < 0) return rc;
         if (!row) {
             *at_end = true;
             return 0;
+        }
+        if (f->filter) {
+            rc = http_filter_test(f->filter, row, &f->err);
+            if (rc < 0) return rc;
+            if (rc == 0) continue;
         }
         if ((rc = http_feed_row(f, row)) != 0) return rc;
     }
@@ -102,6 +120,9 @@ static void http_feed_end(http_feed *f)
 {
     uint64_t last = f->cur ? mimeo_cursor_last_seq(f->cur) : f->since;
     uint64_t pending = f->cur ? mimeo_cursor_pending(f->cur) : 0;
+    /* A filtered feed cut by its limit ends at the last row it gave, not where the cursor
+     * stopped reading ahead. */
+    if (f->filter && f->limit && f->rows_total >= f->limit) last = f->last_row;
     switch (f->kind) {
     case FEED_NORMAL: case FEED_LONGPOLL:
         buf_printf(&f->out, "\n],\n\"last_seq\":%" PRIu64 ",\"pending\":%" PRIu64 "}\n",
@@ -160,7 +181,7 @@ static int http_feed_step(http_feed *f)
             break;
         default:
             if (f->opts.descending || f->opts.limit_zero ||
-                (f->opts.limit && f->rows_total >= f->opts.limit))
+                (f->limit && f->rows_total >= f->limit))
                 f->ph = PH_END;
             else http_feed_start_wait(f);
             break;
@@ -240,76 +261,6 @@ static bool http_feed_doc_ids(http_req *r, http_feed *f)
     return true;
 }
 
-/* Any filter but _doc_ids. A "ddoc/name" filter is looked up first, so that a missing design
- * document or filter is 404 not_found with CouchDB's reasons ("missing", "deleted",
- * "missing json key: filters", "missing json key: <name>"); running JavaScript filters
- * comes with design documents. Returns false after replying. */
-static bool http_feed_filter_check(http_req *r, const char *v, size_t n)
-{
-    static const char unsupported[] = "Only the _doc_ids filter is supported";
-    if (v[0] == '_') {
-        if (strcmp(v, "_selector") == 0 || strcmp(v, "_design") == 0 ||
-            strcmp(v, "_view") == 0)
-            http_reply_error(r, 400, "bad_request", unsupported);
-        else
-            http_reply_error(r, 400, "bad_request", "unknown builtin filter name");
-        return false;
-    }
-    const char *slash = memchr(v, '/', n);
-    if (!slash || slash == v || slash + 1 == v + n || memchr(slash + 1, '/', (size_t)(v + n - slash - 1))) {
-        http_reply_error(r, 400, "bad_request",
-                         "`filter` must be of the form `designname/filtername`");
-        return false;
-    }
-    buf id;
-    buf_init(&id, 0);
-    buf_puts(&id, "_design/");
-    buf_put(&id, v, (size_t)(slash - v));
-    const char *fname = slash + 1;
-    size_t fname_len = (size_t)(v + n - fname);
-    mimeo_cursor *cur = NULL;
-    mimeo_err e = {0};
-    int rc = mimeo_doc_open(r->db, id.data, id.len, NULL, &cur, &e);
-    buf_destroy(&id);
-    if (rc != 0) {
-        http_reply_err(r, rc, &e);
-        return false;
-    }
-    const mimeo_row *row = NULL;
-    rc = mimeo_cursor_next(cur, &row, &e);
-    /* The design document's own content is read here, not mimeo's metadata. */
-    jval *doc = NULL;
-    json_error je = {0};
-    json_limits lim = r->srv->limits;
-    if (rc == 0 && row) {
-        lim.max_doc_bytes = row->json_len + 1;
-        rc = json_tree_parse(row->json, row->json_len, &lim, &doc, &je);
-    }
-    mimeo_cursor_close(cur);
-    if (rc != 0 || !doc) {
-        if (doc) jval_free(doc);
-        http_reply_err(r, rc ? rc : MIMEO_EIO, NULL);
-        return false;
-    }
-    const jval *filters = jval_get(doc, "filters");
-    const jval *fn = NULL;
-    if (filters && filters->type == JV_OBJECT) {
-        for (size_t i = 0; i < filters->count && !fn; i++)
-            if (filters->key_lens[i] == fname_len && memcmp(filters->keys[i], fname, fname_len) == 0)
-                fn = filters->items[i];
-    }
-    buf reason;
-    buf_init(&reason, 0);
-    buf_puts(&reason, "missing json key: ");
-    if (!filters) buf_puts(&reason, "filters");
-    else buf_put(&reason, fname, fname_len);
-    if (!fn) http_reply_error(r, 404, "not_found", buf_cstr(&reason));
-    else http_reply_error(r, 400, "bad_request", unsupported);
-    buf_destroy(&reason);
-    jval_free(doc);
-    return false;
-}
-
 static bool http_feed_params(http_req *r, http_feed *f)
 {
     size_t n;
@@ -368,9 +319,16 @@ static bool http_feed_params(http_req *r, http_feed *f)
     if (v && n > 0) {
         if (strcmp(v, "_doc_ids") == 0) {
             if (!http_feed_doc_ids(r, f)) return false;
-        } else if (!http_feed_filter_check(r, v, n)) {
+        } else if (!http_filter_open(r, v, n, &f->filter)) {
             return false;
         }
+    }
+    f->want_docs = f->opts.include_docs;
+    f->limit = f->opts.limit;
+    if (f->filter) {
+        /* The cursor reads every row; the limit counts the rows that pass. */
+        f->opts.limit = 0;
+        if (http_filter_needs_body(f->filter)) f->opts.include_docs = true;
     }
 
     v = http_arg_get(r, "heartbeat", &n);
@@ -425,6 +383,8 @@ void http_h_changes(http_req *r)
     if (rc != 0) {
         if (rc == MIMEO_ENOTFOUND)
             http_reply_error(r, 404, "not_found", "Database does not exist.");
+        else if (f->err.error[0] && strcmp(f->err.error, "os_process_error") == 0)
+            http_reply_error(r, 500, f->err.error, f->err.reason);
         else
             http_reply_err(r, rc, &f->err);
         http_feed_free(f);

@@ -53,6 +53,9 @@ typedef struct http_config {
     http_auth_cfg auth;
     const char *tls_cert_pem;      /* PEM text of the certificate chain: serve HTTPS (NULL: HTTP) */
     const char *tls_key_pem;       /* PEM text of its private key */
+    const char *js_command;        /* [query_servers] javascript; NULL/"": mimeo-js beside us */
+    unsigned    js_procs;          /* [query_server_config] os_process_limit; 0: cores */
+    unsigned    js_timeout_ms;     /* [couchdb] os_process_timeout; 0: 5000 */
 } http_config;
 
 typedef struct http_server http_server;

@@ -35,6 +35,7 @@ struct http_server {
     MHD_socket          listen_sock; /* ours to close once quiesced */
     struct http_auth   *auth;     /* accounts, secret, caches (authz.c) */
     atomic_size_t       buffered; /* request body bytes held by all connections */
+    struct qs_pool     *qs;       /* JavaScript query servers, started lazily (h_filter.c) */
 };
 
 typedef enum {
@@ -218,6 +219,19 @@ void http_h_mesh(http_req *r);
 void http_h_all_docs(http_req *r);
 void http_h_design_docs(http_req *r);
 void http_h_changes(http_req *r);
+
+/* ---- h_filter.c: changes filters other than _doc_ids ---------------------------------------- */
+typedef struct http_filter http_filter;
+/* The filter named v (filter=…): _selector, _design, _view (with view=), or "ddoc/name".
+ * False after replying with CouchDB's error. */
+bool http_filter_open(http_req *r, const char *v, size_t n, http_filter **out);
+/* Whether the filter reads the document (the feed must then read with include_docs). */
+bool http_filter_needs_body(const http_filter *f);
+/* 1: the row passes, 0: it does not, <0: an error in err (os_process_error). */
+int  http_filter_test(http_filter *f, const mimeo_row *row, mimeo_err *err);
+void http_filter_free(http_filter *f);
+/* The server's query-server pool, started on first use; NULL with err when it cannot be. */
+struct qs_pool *http_qs_pool(http_server *srv, mimeo_err *err);
 
 /* ---- authz.c, h_session.c, h_security.c: authentication and authorization ---------------- */
 int  http_auth_start(http_server *s, char *errbuf, size_t errlen);

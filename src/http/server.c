@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "http_int.h"
+#include "../js/qs.h"
 
 /* ---- request contexts ------------------------------------------------------------------- */
 /* MHD calls this with the raw request target before it decodes anything: our context is
@@ -377,5 +378,6 @@ void http_server_free(http_server *s)
     MHD_stop_daemon(s->daemon);
     if (ls != MHD_INVALID_SOCKET) close(ls);
     http_auth_stop(s);
+    qs_pool_free(s->qs);
     free(s);
 }

@@ -57,6 +57,10 @@ bool qs_reply_error(const char *reply, size_t len, mimeo_err *err);
 bool qs_proc_knows(const qs_proc *proc, const char *key, size_t len);
 int  qs_proc_remember(qs_proc *proc, const char *key, size_t len);
 
+/* The default query server command: the mimeo-js program beside the running binary (or one
+ * folder up) into out. MIMEO_ENOTFOUND when there is none. */
+int  qs_default_command(char *out, size_t cap);
+
 /* Process id, for tests that check a process was replaced. */
 int  qs_proc_pid(const qs_proc *proc);
 

@@ -1198,6 +1198,7 @@ static int repl_start(repl_job *j, mimeo_err *err)
     hex_encode(sid, sizeof sid, j->session_id);
     repl_rfc1123(j->start_time, sizeof j->start_time);
     if ((rc = repl_open_ep(j, &j->req.source, false, &j->src, err)) != 0) return rc;
+    if (repl_filter_on(&j->req.filter)) j->src->filter = &j->req.filter;
     if ((rc = repl_check_db(j, j->src, true, err)) != 0) return rc;
     if ((rc = repl_open_ep(j, &j->req.target, j->req.create_target, &j->tgt, err)) != 0)
         return rc;

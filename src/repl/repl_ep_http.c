@@ -28,6 +28,7 @@ typedef struct ephttp_ep {
     pthread_mutex_t    lock;
     CURL              *pool[EPHTTP_POOL];
     size_t             npool;
+    atomic_bool        no_selector; /* the peer refused filter=_selector (pouchdb-server) */
 } ephttp_ep;
 
 static pthread_once_t repl_curl_once = PTHREAD_ONCE_INIT;
@@ -248,7 +249,15 @@ static int ephttp_escape(buf *b, const char *s, size_t n)
 /* ---- the ops --------------------------------------------------------------------------- */
 static int ephttp_info(repl_ep *ep, repl_resp *out, mimeo_err *err)
 {
-    return ephttp_do((ephttp_ep *)ep, "GET", "/", NULL, 0, 0, out, err);
+    ephttp_ep *h = (ephttp_ep *)ep;
+    int rc = ephttp_do(h, "GET", "/", NULL, 0, 0, out, err);
+    /* A PouchDB database (pouchdb-server) says which PouchDB adapter it runs on. Its server
+     * has no filter=_selector and drops its connections after one, so a selector is
+     * applied here to its plain feed instead of being asked for. */
+    if (rc == 0 && out->status == 200 && out->body.data &&
+        strstr(buf_cstr(&out->body), "\"backend_adapter\":"))
+        atomic_store(&h->no_selector, true);
+    return rc;
 }
 
 static int ephttp_create(repl_ep *ep, repl_resp *out, mimeo_err *err)
@@ -256,9 +265,10 @@ static int ephttp_create(repl_ep *ep, repl_resp *out, mimeo_err *err)
     return ephttp_do((ephttp_ep *)ep, "PUT", "", NULL, 0, 0, out, err);
 }
 
-static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size_t limit,
-                          const char *doc_ids, unsigned wait_ms, repl_resp *out,
-                          mimeo_err *err)
+/* One _changes request; flt NULL: unfiltered (docs: with include_docs). */
+static int ephttp_changes_req(repl_ep *ep, const char *since, size_t since_len, size_t limit,
+                              const char *doc_ids, unsigned wait_ms, const repl_filter *flt,
+                              bool docs, repl_resp *out, mimeo_err *err)
 {
     buf p, body;
     buf_init(&p, 0);
@@ -283,11 +293,39 @@ static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size
         if (!rc) rc = buf_puts(&body, doc_ids);
         if (!rc) rc = buf_putc(&body, '}');
     }
+    if (!rc && docs) rc = buf_puts(&p, "&include_docs=true");
+    if (!rc && flt && flt->selector) {
+        rc = buf_puts(&p, "&filter=_selector");
+        if (!rc) rc = buf_puts(&body, "{\"selector\":");
+        if (!rc) rc = buf_puts(&body, flt->selector);
+        if (!rc) rc = buf_putc(&body, '}');
+    } else if (!rc && flt && flt->name) {
+        rc = buf_puts(&p, "&filter=");
+        if (!rc) rc = ephttp_escape(&p, flt->name, strlen(flt->name));
+        jval *qp = NULL;
+        if (!rc && flt->query_params &&
+            json_tree_parse(flt->query_params, strlen(flt->query_params), NULL, &qp, NULL) == 0) {
+            /* Query parameters travel as text: strings as they are, the rest as JSON. */
+            buf val;
+            buf_init(&val, 0);
+            for (size_t i = 0; i < qp->count && !rc; i++) {
+                buf_reset(&val);
+                if (qp->items[i]->type == JV_STRING) buf_put(&val, qp->items[i]->str, qp->items[i]->len);
+                else json_put_jval(&val, qp->items[i]);
+                rc = buf_putc(&p, '&');
+                if (!rc) rc = ephttp_escape(&p, qp->keys[i], qp->key_lens[i]);
+                if (!rc) rc = buf_putc(&p, '=');
+                if (!rc) rc = ephttp_escape(&p, val.data ? val.data : "", val.len);
+            }
+            buf_destroy(&val);
+        }
+        jval_free(qp);
+    }
     if (rc) {
         err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     } else {
         long tmo = wait_ms > 0 ? (long)wait_ms + 30000 : 0;
-        if (doc_ids)
+        if (body.len)
             rc = ephttp_do((ephttp_ep *)ep, "POST", buf_cstr(&p), body.data, body.len, tmo, out,
                            err);
         else
@@ -295,6 +333,122 @@ static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size
     }
     buf_destroy(&p);
     buf_destroy(&body);
+    return rc;
+}
+
+/* Keeps the rows of page (a _changes reply read with include_docs) whose doc matches sel,
+ * without their docs, into *out. *kept: rows kept; *rows: rows read; *at_end: the peer says
+ * nothing is left. */
+static int ephttp_select_page(const repl_resp *page, mimeo_selector *sel, buf *out,
+                              size_t *kept, size_t *rows, bool *at_end, char **last)
+{
+    jval *v = NULL;
+    if (json_tree_parse(page->body.data, page->body.len, NULL, &v, NULL) != 0) return MIMEO_EBADJSON;
+    const jval *res = jval_get(v, "results");
+    if (!res || res->type != JV_ARRAY) {
+        jval_free(v);
+        return MIMEO_EBADJSON;
+    }
+    int rc = buf_puts(out, "{\"results\":[");
+    *kept = 0;
+    *rows = res->count;
+    buf doc;
+    buf_init(&doc, 0);
+    for (size_t i = 0; i < res->count && !rc; i++) {
+        const jval *row = res->items[i];
+        const jval *d = jval_get(row, "doc");
+        bool match = false;
+        if (d && d->type == JV_OBJECT) {
+            buf_reset(&doc);
+            if (json_put_jval(&doc, d) == 0)
+                mimeo_selector_match(sel, doc.data, doc.len, &match);
+        }
+        if (!match) continue;
+        if ((*kept)++) rc = buf_putc(out, ',');
+        if (!rc) rc = buf_putc(out, '{');
+        size_t k = 0;
+        for (size_t m = 0; m < row->count && !rc; m++) {
+            if (strcmp(row->keys[m], "doc") == 0) continue;
+            if (k++) rc = buf_putc(out, ',');
+            if (!rc) rc = json_put_str(out, row->keys[m], row->key_lens[m]);
+            if (!rc) rc = buf_putc(out, ':');
+            if (!rc) rc = json_put_jval(out, row->items[m]);
+        }
+        if (!rc) rc = buf_putc(out, '}');
+    }
+    buf_destroy(&doc);
+    const jval *ls = jval_get(v, "last_seq");
+    if ((!ls || ls->type == JV_NULL) && res->count)
+        ls = jval_get(res->items[res->count - 1], "seq");
+    int64_t pending = -1;
+    bool has_pending = jval_as_i64(jval_get(v, "pending"), &pending);
+    *at_end = res->count == 0 || (has_pending && pending == 0);
+    if (!rc) rc = buf_puts(out, "],\"last_seq\":");
+    if (!rc) rc = ls ? json_put_jval(out, ls) : buf_puts(out, "0");
+    if (!rc && has_pending) rc = buf_printf(out, ",\"pending\":%lld", (long long)pending);
+    if (!rc) rc = buf_putc(out, '}');
+    if (!rc && ls) {
+        buf t;
+        buf_init(&t, 0);
+        json_put_jval(&t, ls);
+        size_t n;
+        free(*last);
+        *last = buf_detach(&t, &n);
+    }
+    jval_free(v);
+    return rc;
+}
+
+static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size_t limit,
+                          const char *doc_ids, unsigned wait_ms, repl_resp *out,
+                          mimeo_err *err)
+{
+    ephttp_ep *h = (ephttp_ep *)ep;
+    const repl_filter *flt = ep->filter;
+    if (!flt || !flt->selector || !atomic_load(&h->no_selector)) {
+        int rc = ephttp_changes_req(ep, since, since_len, limit, doc_ids, wait_ms, flt, false,
+                                    out, err);
+        if (rc || !flt || !flt->selector || (out->status != 400 && out->status != 404))
+            return rc;
+        /* A peer without filter=_selector (pouchdb-server answers 404 "missing"): read its
+         * feed with the documents and select here, as CouchDB's own fallback would. */
+        atomic_store(&h->no_selector, true);
+    }
+    mimeo_selector *sel = NULL;
+    mimeo_err se = {0};
+    int rc = mimeo_selector_parse(flt->selector, strlen(flt->selector), &sel, &se);
+    if (rc) {
+        err_set(err, rc, "bad_request", "%s", se.reason);
+        return rc;
+    }
+    char *cur = repl_strndup(since, since_len);
+    buf page;
+    buf_init(&page, 0);
+    while (cur) {
+        rc = ephttp_changes_req(ep, cur, strlen(cur), limit, NULL, wait_ms, NULL, true, out, err);
+        if (rc || out->status != 200) break;
+        size_t kept = 0, rows = 0;
+        bool at_end = false;
+        buf_reset(&page);
+        if (ephttp_select_page(out, sel, &page, &kept, &rows, &at_end, &cur) != 0) {
+            err_set(err, MIMEO_EIO, "bad_reply", "_changes answered no results array");
+            rc = MIMEO_EIO;
+            break;
+        }
+        /* A page with nothing selected goes on reading: an empty page means the end. */
+        if (kept > 0 || at_end || rows == 0 || atomic_load(ep->cancel)) {
+            buf_reset(&out->body);
+            buf_put(&out->body, page.data, page.len);
+            break;
+        }
+    }
+    if (!cur && !rc) {
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        rc = MIMEO_ENOMEM;
+    }
+    free(cur);
+    buf_destroy(&page);
+    mimeo_selector_free(sel);
     return rc;
 }
 

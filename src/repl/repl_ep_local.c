@@ -131,6 +131,13 @@ static int local_changes(repl_ep *ep, const char *since, size_t since_len, size_
     o.since = local_seq(since, since_len);
     o.limit = limit;
     o.all_docs_style = true;
+    repl_filter *flt = ep->filter;
+    if (flt) {
+        /* The limit counts the rows that pass; the cursor reads on past the others. */
+        o.limit = 0;
+        o.include_docs = repl_filter_needs_body(flt);
+    }
+    uint64_t last_row = 0;
     jval *ids = NULL;
     const char **idv = NULL;
     size_t *idl = NULL;
@@ -170,7 +177,14 @@ static int local_changes(repl_ep *ep, const char *since, size_t since_len, size_
     if (!rc) rc = buf_puts(&out->body, "{\"results\":[");
     while (!rc) {
         const mimeo_row *row;
+        if (flt && limit && rows >= limit) break;
         rc = mimeo_cursor_next(cur, &row, &e);
+        if (!rc && row && flt) {
+            bool keep = false;
+            rc = repl_filter_row(flt, l->db, row, &keep, &e);
+            if (rc || !keep) continue;
+            last_row = row->seq;
+        }
         if (rc || row) {
             if (!rc && rows++ > 0) rc = buf_putc(&out->body, ',');
             if (!rc) rc = local_change_row(&out->body, row);
@@ -186,8 +200,9 @@ static int local_changes(repl_ep *ep, const char *since, size_t since_len, size_
         if (w < 0) rc = w;
     }
     if (!rc) {
+        uint64_t last = flt && limit && rows >= limit ? last_row : mimeo_cursor_last_seq(cur);
         rc = buf_printf(&out->body, "],\"last_seq\":%llu,\"pending\":%llu}",
-                        (unsigned long long)mimeo_cursor_last_seq(cur),
+                        (unsigned long long)last,
                         (unsigned long long)mimeo_cursor_pending(cur));
         out->status = 200;
     }

@@ -39,6 +39,28 @@ typedef struct repl_resp {
 
 typedef struct repl_ep repl_ep;
 
+/* A replication's changes filter (repl_filter.c): a Mango selector, or a filter function
+ * ("ddoc/name", "_view" with query_params.view, "_design") with its query_params. The rest
+ * is a local source's state, made on first use. */
+typedef struct repl_filter {
+    char           *selector;     /* JSON object text, or NULL */
+    char           *name;         /* the filter, or NULL */
+    char           *query_params; /* JSON object text, or NULL */
+    mimeo_selector *sel;
+    struct qs_pool *pool;
+    buf             ddoc_id, ddoc, fname, req, line, reply, doc;
+} repl_filter;
+
+bool repl_filter_on(const repl_filter *f);
+/* From a /_replicate body or _replicator doc v: selector, filter, query_params. */
+int  repl_filter_parse(const jval *v, repl_filter *f, mimeo_err *err);
+void repl_filter_destroy(repl_filter *f);
+/* A local source: whether the filter reads documents (read changes with include_docs). */
+bool repl_filter_needs_body(const repl_filter *f);
+/* A local source: *keep when row (read from db) passes. Errors end the batch. */
+int  repl_filter_row(repl_filter *f, mimeo_db *db, const mimeo_row *row, bool *keep,
+                     mimeo_err *err);
+
 /* Whether a job's peers answer: a request that keeps failing is retried for a while before
  * the job crashes, and meanwhile the monitoring endpoints must not say all is well. */
 typedef struct repl_health {
@@ -123,6 +145,7 @@ struct repl_ep {
                                   default (REPL_REQUEST_TIMEOUT_MS) */
     size_t         max_response; /* a longer reply fails with MIMEO_ETOOLARGE; 0: the
                                     default (REPL_MAX_RESPONSE) */
+    repl_filter   *filter;     /* borrowed: the source's changes filter, or NULL */
 };
 
 /* The default cap of one reply read from a peer: each worker holds one, and a reply wraps
@@ -172,6 +195,7 @@ typedef struct repl_req {
     bool     create_target;
     bool     cancel;
     char    *doc_ids;        /* new: JSON array text of the ids, sorted, or NULL */
+    repl_filter filter;      /* selector or filter + query_params */
     char    *since_seq;      /* new: JSON text, or NULL */
     char    *replication_id; /* new: for {"replication_id":…,"cancel":true} */
     unsigned checkpoint_interval_ms;

@@ -309,15 +309,10 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
 
     const jval *filter = jval_get(v, "filter");
     const jval *ids = jval_get(v, "doc_ids");
-    if (filter && filter->type != JV_NULL &&
-        !(filter->type == JV_STRING && strcmp(filter->str, "_doc_ids") == 0)) {
+    if ((rc = repl_filter_parse(v, &r->filter, err)) != 0) goto out;
+    if (repl_filter_on(&r->filter) && ids && ids->type != JV_NULL) {
         err_set(err, MIMEO_EINVAL, "bad_request",
-                     "only the _doc_ids filter is supported");
-        rc = MIMEO_EINVAL;
-        goto out;
-    }
-    if (jval_get(v, "selector")) {
-        err_set(err, MIMEO_EINVAL, "bad_request", "selector filters are not supported");
+                "`doc_ids`, `filter`, `selector` are mutually exclusive");
         rc = MIMEO_EINVAL;
         goto out;
     }
@@ -337,7 +332,7 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
         /* Sorted, so that the same set in another order is the same replication. */
         qsort(ids->items, ids->count, sizeof ids->items[0], repl_cmp_str);
         if (!(r->doc_ids = repl_jval_text(ids))) goto nomem;
-    } else if (filter && filter->type == JV_STRING) {
+    } else if (filter && filter->type == JV_STRING && strcmp(filter->str, "_doc_ids") == 0) {
         err_set(err, MIMEO_EINVAL, "bad_request", "filter _doc_ids needs doc_ids");
         rc = MIMEO_EINVAL;
         goto out;
@@ -360,6 +355,7 @@ void repl_req_destroy(repl_req *r)
     repl_spec_destroy(&r->source);
     repl_spec_destroy(&r->target);
     free(r->doc_ids);
+    repl_filter_destroy(&r->filter);
     free(r->since_seq);
     free(r->replication_id);
     memset(r, 0, sizeof *r);
@@ -389,6 +385,35 @@ static void repl_id_side(struct md5_ctx *md, mimeo_env *env, const repl_ep_spec 
     md5_update(md, 1, (const uint8_t *)"\n");
 }
 
+/* The source text of filter "ddoc/name" in a local source, hashed as CouchDB hashes the
+ * filter's code into the replication id (so an edited filter starts over). A remote
+ * source's code is not fetched for the id: its name and query_params count. */
+static void repl_id_filter_code(struct md5_ctx *md, mimeo_env *env, const repl_req *r)
+{
+    const char *name = r->filter.name;
+    const char *slash = name ? strchr(name, '/') : NULL;
+    if (!env || !r->source.local || !slash || name[0] == '_') return;
+    mimeo_db *db = NULL;
+    if (mimeo_db_open(env, r->source.url, &db, NULL) != 0) return;
+    char id[512];
+    int n = snprintf(id, sizeof id, "_design/%.*s", (int)(slash - name), name);
+    mimeo_cursor *cur = NULL;
+    const mimeo_row *row = NULL;
+    jval *doc = NULL;
+    if (n > 0 && (size_t)n < sizeof id && mimeo_doc_open(db, id, (size_t)n, NULL, &cur, NULL) == 0 &&
+        mimeo_cursor_next(cur, &row, NULL) == 0 && row &&
+        json_tree_parse(row->json, row->json_len, NULL, &doc, NULL) == 0) {
+        const jval *code = jval_get(jval_get(doc, "filters"), slash + 1);
+        if (code && code->type == JV_STRING) {
+            md5_update(md, 5, (const uint8_t *)"code:");
+            md5_update(md, code->len, (const uint8_t *)code->str);
+        }
+    }
+    jval_free(doc);
+    mimeo_cursor_close(cur);
+    mimeo_db_close(db);
+}
+
 void repl_req_id(mimeo_env *env, const repl_req *r, char out[33])
 {
     struct md5_ctx md;
@@ -399,6 +424,19 @@ void repl_req_id(mimeo_env *env, const repl_req *r, char out[33])
     if (r->doc_ids) {
         md5_update(&md, 8, (const uint8_t *)"doc_ids:");
         md5_update(&md, strlen(r->doc_ids), (const uint8_t *)r->doc_ids);
+    }
+    /* As CouchDB's: a changed selector, filter or query_params is another replication. */
+    if (r->filter.selector) {
+        md5_update(&md, 9, (const uint8_t *)"selector:");
+        md5_update(&md, strlen(r->filter.selector), (const uint8_t *)r->filter.selector);
+    }
+    if (r->filter.name) {
+        md5_update(&md, 7, (const uint8_t *)"filter:");
+        md5_update(&md, strlen(r->filter.name) + 1, (const uint8_t *)r->filter.name);
+        if (r->filter.query_params)
+            md5_update(&md, strlen(r->filter.query_params),
+                       (const uint8_t *)r->filter.query_params);
+        repl_id_filter_code(&md, env, r);
     }
     uint8_t digest[MD5_DIGEST_SIZE];
     md5_digest(&md, sizeof digest, digest);

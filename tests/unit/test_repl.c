@@ -44,7 +44,13 @@ static void test_req_parse(void)
 
     const char *bad[] = {
         "{\"source\":\"a\"}", "[]", "{\"source\":1,\"target\":\"b\"}",
-        "{\"source\":\"a\",\"target\":\"b\",\"filter\":\"app/f\"}",
+        "{\"source\":\"a\",\"target\":\"b\",\"filter\":\"noslash\"}",
+        "{\"source\":\"a\",\"target\":\"b\",\"filter\":\"_view\"}",
+        "{\"source\":\"a\",\"target\":\"b\",\"filter\":\"a/f\",\"query_params\":[1]}",
+        "{\"source\":\"a\",\"target\":\"b\",\"selector\":[1]}",
+        "{\"source\":\"a\",\"target\":\"b\",\"selector\":{\"n\":{\"$bogus\":1}}}",
+        "{\"source\":\"a\",\"target\":\"b\",\"selector\":{\"n\":1},\"doc_ids\":[\"x\"]}",
+        "{\"source\":\"a\",\"target\":\"b\",\"selector\":{\"n\":1},\"filter\":\"a/f\"}",
         "{\"source\":\"a\",\"target\":\"b\",\"doc_ids\":[1]}", "{bad",
         /* Numbers are checked, not read as 0 or a default. */
         "{\"source\":\"a\",\"target\":\"b\",\"worker_processes\":\"a few\"}",
@@ -86,6 +92,24 @@ static void test_ids(void)
     repl_req_destroy(&rb);
     repl_req_destroy(&rc);
     repl_req_destroy(&rd);
+
+    /* A selector, a filter and its query_params are part of the id (CouchDB's too). */
+    const char *variants[] = {
+        "{\"source\":\"http://h/a\",\"target\":\"b\"}",
+        "{\"source\":\"http://h/a\",\"target\":\"b\",\"selector\":{\"n\":1}}",
+        "{\"source\":\"http://h/a\",\"target\":\"b\",\"selector\":{\"n\":2}}",
+        "{\"source\":\"http://h/a\",\"target\":\"b\",\"filter\":\"d/f\"}",
+        "{\"source\":\"http://h/a\",\"target\":\"b\",\"filter\":\"d/f\",\"query_params\":{\"t\":\"x\"}}",
+        "{\"source\":\"http://h/a\",\"target\":\"b\",\"filter\":\"d/g\",\"query_params\":{\"t\":\"x\"}}",
+    };
+    char vid[6][33];
+    for (size_t i = 0; i < 6; i++) {
+        repl_req rv;
+        CHECK_EQ_INT(repl_req_parse(variants[i], strlen(variants[i]), &rv, NULL), 0);
+        repl_req_id(NULL, &rv, vid[i]);
+        repl_req_destroy(&rv);
+        for (size_t k = 0; k < i; k++) CHECK(strcmp(vid[i], vid[k]) != 0);
+    }
 
     char *s = repl_url_display("https://bob:pw@example.org:6984/db");
     CHECK_EQ_STR(s, "https://example.org:6984/db/");

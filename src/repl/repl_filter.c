@@ -1,0 +1,253 @@
+/* A replication's changes filter: `selector` (Mango) or `filter` + `query_params` (a filter
+ * function "ddoc/name", `_view` with query_params.view, `_design`). A remote source is asked
+ * to filter its own feed (repl_ep_http.c); a local source is filtered here, the selector in
+ * C and functions in a query-server pool of the job's own, started on first use. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "repl_int.h"
+#include "../js/qs.h"
+
+bool repl_filter_on(const repl_filter *f)
+{
+    return f->selector || f->name;
+}
+
+int repl_filter_parse(const jval *v, repl_filter *f, mimeo_err *err)
+{
+    const jval *sel = jval_get(v, "selector");
+    const jval *filter = jval_get(v, "filter");
+    const jval *qp = jval_get(v, "query_params");
+    if (sel && sel->type != JV_NULL) {
+        if (sel->type != JV_OBJECT) {
+            err_set(err, MIMEO_EINVAL, "bad_request", "`selector` must be a JSON object");
+            return MIMEO_EINVAL;
+        }
+        buf text;
+        buf_init(&text, 0);
+        mimeo_selector *s = NULL;
+        mimeo_err e = {0};
+        int rc = json_put_jval(&text, sel);
+        if (rc == 0) rc = mimeo_selector_parse(text.data, text.len, &s, &e);
+        mimeo_selector_free(s);
+        if (rc != 0) {
+            buf_destroy(&text);
+            err_set(err, MIMEO_EINVAL, "bad_request", "%s", e.reason[0] ? e.reason : "bad selector");
+            return MIMEO_EINVAL;
+        }
+        f->selector = repl_strndup(text.data, text.len);
+        buf_destroy(&text);
+        if (!f->selector) goto nomem;
+    }
+    if (filter && filter->type == JV_STRING && strcmp(filter->str, "_doc_ids") != 0) {
+        if (f->selector) {
+            err_set(err, MIMEO_EINVAL, "bad_request",
+                    "`doc_ids`, `filter`, `selector` are mutually exclusive");
+            return MIMEO_EINVAL;
+        }
+        const char *s = filter->str;
+        const char *slash = strchr(s, '/');
+        bool builtin = strcmp(s, "_view") == 0 || strcmp(s, "_design") == 0;
+        if (!builtin && (!slash || slash == s || !slash[1] || strchr(slash + 1, '/'))) {
+            err_set(err, MIMEO_EINVAL, "bad_request",
+                    "`filter` must be of the form `designname/filtername`");
+            return MIMEO_EINVAL;
+        }
+        if (!(f->name = repl_strndup(filter->str, filter->len))) goto nomem;
+    } else if (filter && filter->type != JV_NULL && filter->type != JV_STRING) {
+        err_set(err, MIMEO_EINVAL, "bad_request", "`filter` must be a string");
+        return MIMEO_EINVAL;
+    }
+    if (qp && qp->type != JV_NULL) {
+        if (qp->type != JV_OBJECT) {
+            err_set(err, MIMEO_EINVAL, "bad_request", "`query_params` must be a JSON object");
+            return MIMEO_EINVAL;
+        }
+        if (f->name && !(f->query_params = repl_jval_text(qp))) goto nomem;
+    }
+    if (f->name && strcmp(f->name, "_view") == 0) {
+        const jval *view = qp ? jval_get(qp, "view") : NULL;
+        if (!view || view->type != JV_STRING || !strchr(view->str, '/')) {
+            err_set(err, MIMEO_EINVAL, "bad_request",
+                    "filter _view needs query_params.view as `designname/viewname`");
+            return MIMEO_EINVAL;
+        }
+    }
+    return 0;
+nomem:
+    err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+    return MIMEO_ENOMEM;
+}
+
+void repl_filter_destroy(repl_filter *f)
+{
+    free(f->selector);
+    free(f->name);
+    free(f->query_params);
+    mimeo_selector_free(f->sel);
+    if (f->pool) qs_pool_free(f->pool);
+    buf_destroy(&f->ddoc_id);
+    buf_destroy(&f->ddoc);
+    buf_destroy(&f->fname);
+    buf_destroy(&f->req);
+    buf_destroy(&f->line);
+    buf_destroy(&f->reply);
+    buf_destroy(&f->doc);
+    memset(f, 0, sizeof *f);
+}
+
+/* ---- a local source --------------------------------------------------------------------- */
+/* The design document and the function's name, from "ddoc/name" (a filter) or
+ * query_params.view (_view); then the pool and the req object. */
+static int repl_filter_load(repl_filter *f, mimeo_db *db, mimeo_err *err)
+{
+    const char *spec = f->name;
+    jval *qp = NULL;
+    if (f->query_params) json_tree_parse(f->query_params, strlen(f->query_params), NULL, &qp, NULL);
+    bool view = strcmp(f->name, "_view") == 0;
+    if (view) {
+        const jval *v = jval_get(qp, "view");
+        spec = v && v->type == JV_STRING ? v->str : "";
+    }
+    const char *slash = strchr(spec, '/');
+    int rc = 0;
+    if (!slash) {
+        err_set(err, MIMEO_EINVAL, "bad_request", "bad filter %s", spec);
+        rc = MIMEO_EINVAL;
+        goto out;
+    }
+    buf_reset(&f->ddoc_id);
+    buf_puts(&f->ddoc_id, "_design/");
+    buf_put(&f->ddoc_id, spec, (size_t)(slash - spec));
+    buf_reset(&f->fname);
+    buf_puts(&f->fname, slash + 1);
+    mimeo_cursor *cur = NULL;
+    const mimeo_row *row = NULL;
+    rc = mimeo_doc_open(db, f->ddoc_id.data, f->ddoc_id.len, NULL, &cur, err);
+    if (rc == 0) rc = mimeo_cursor_next(cur, &row, err);
+    if (rc == 0 && row) {
+        buf_reset(&f->ddoc);
+        buf_put(&f->ddoc, row->json, row->json_len);
+    }
+    mimeo_cursor_close(cur);
+    if (rc != 0 || !row) {
+        err_set(err, MIMEO_ENOTFOUND, "not_found", "could not open the filter's %s",
+                buf_cstr(&f->ddoc_id));
+        rc = MIMEO_ENOTFOUND;
+        goto out;
+    }
+    char cmd[4200];
+    const char *c = getenv("MIMEO_QUERY_SERVER");
+    if (!c || !c[0]) {
+        if (qs_default_command(cmd, sizeof cmd) != 0) {
+            err_set(err, MIMEO_EIO, "os_process_error", "no JavaScript query server");
+            rc = MIMEO_EIO;
+            goto out;
+        }
+        c = cmd;
+    }
+    qs_config qc = { .command = c, .size = 1, .timeout_ms = 5000 };
+    if ((rc = qs_pool_new(&qc, &f->pool)) != 0) {
+        err_set(err, rc, "os_process_error", "cannot start the query server");
+        goto out;
+    }
+    buf_reset(&f->req);
+    const char *dbn = mimeo_db_name(db);
+    buf_puts(&f->req, "{\"info\":{\"db_name\":");
+    json_put_cstr(&f->req, dbn);
+    buf_puts(&f->req, "},\"method\":\"GET\",\"path\":[");
+    json_put_cstr(&f->req, dbn);
+    buf_puts(&f->req, ",\"_changes\"],\"query\":");
+    buf_puts(&f->req, f->query_params ? f->query_params : "{}");
+    buf_puts(&f->req, ",\"headers\":{},\"body\":\"undefined\",\"peer\":\"127.0.0.1\","
+                      "\"form\":{},\"cookie\":{},\"userCtx\":{\"db\":");
+    json_put_cstr(&f->req, dbn);
+    rc = buf_puts(&f->req, ",\"name\":null,\"roles\":[\"_admin\"]},\"secObj\":{}}");
+out:
+    jval_free(qp);
+    return rc;
+}
+
+static int repl_filter_js(repl_filter *f, bool *keep, mimeo_err *err)
+{
+    bool view = strcmp(f->name, "_view") == 0;
+    qs_proc *q = NULL;
+    int rc = qs_acquire(f->pool, &q, err);
+    if (rc != 0) return rc;
+    if (!qs_proc_knows(q, f->ddoc.data, f->ddoc.len)) {
+        buf_reset(&f->line);
+        buf_puts(&f->line, "[\"ddoc\",\"new\",");
+        json_put_str(&f->line, f->ddoc_id.data, f->ddoc_id.len);
+        buf_putc(&f->line, ',');
+        buf_put(&f->line, f->ddoc.data, f->ddoc.len);
+        rc = buf_putc(&f->line, ']');
+        if (rc == 0) rc = qs_call(q, f->line.data, f->line.len, &f->reply, err);
+        if (rc == 0 && qs_reply_error(f->reply.data, f->reply.len, err)) rc = MIMEO_EINVAL;
+        if (rc == 0) rc = qs_proc_remember(q, f->ddoc.data, f->ddoc.len);
+        if (rc != 0) {
+            qs_release(f->pool, q);
+            return rc;
+        }
+    }
+    buf_reset(&f->line);
+    buf_puts(&f->line, "[\"ddoc\",");
+    json_put_str(&f->line, f->ddoc_id.data, f->ddoc_id.len);
+    buf_puts(&f->line, view ? ",[\"views\"," : ",[\"filters\",");
+    json_put_str(&f->line, f->fname.data, f->fname.len);
+    buf_puts(&f->line, view ? ",\"map\"],[[" : "],[[");
+    buf_put(&f->line, f->doc.data, f->doc.len);
+    buf_putc(&f->line, ']');
+    if (!view) {
+        buf_putc(&f->line, ',');
+        buf_put(&f->line, f->req.data, f->req.len);
+    }
+    rc = buf_puts(&f->line, "]]");
+    if (rc == 0) rc = qs_call(q, f->line.data, f->line.len, &f->reply, err);
+    qs_release(f->pool, q);
+    if (rc != 0) return rc;
+    mimeo_err fe = {0};
+    if (qs_reply_error(f->reply.data, f->reply.len, &fe)) {
+        /* A function that throws skips the document (CouchDB). */
+        *keep = false;
+        return 0;
+    }
+    const char *inner = strchr(buf_cstr(&f->reply) + 1, '[');
+    *keep = inner && strncmp(inner + 1, "true", 4) == 0;
+    return 0;
+}
+
+bool repl_filter_needs_body(const repl_filter *f)
+{
+    return f->selector || (f->name && strcmp(f->name, "_design") != 0);
+}
+
+int repl_filter_row(repl_filter *f, mimeo_db *db, const mimeo_row *row, bool *keep,
+                    mimeo_err *err)
+{
+    *keep = false;
+    if (f->name && strcmp(f->name, "_design") == 0) {
+        *keep = row->id_len >= 8 && memcmp(row->id, "_design/", 8) == 0;
+        return 0;
+    }
+    if (!row->body) return 0;
+    int rc = 0;
+    if (f->selector && !f->sel &&
+        (rc = mimeo_selector_parse(f->selector, strlen(f->selector), &f->sel, err)) != 0)
+        return rc;
+    if (f->name && !f->pool && (rc = repl_filter_load(f, db, err)) != 0) return rc;
+    /* The document as a client sees it: _id, _rev, the body, _deleted. */
+    buf_reset(&f->doc);
+    buf_puts(&f->doc, "{\"_id\":");
+    json_put_str(&f->doc, row->id, row->id_len);
+    buf_puts(&f->doc, ",\"_rev\":");
+    json_put_str(&f->doc, row->rev, row->rev_len);
+    if (row->body_len > 2) {
+        buf_putc(&f->doc, ',');
+        buf_put(&f->doc, row->body + 1, row->body_len - 2);
+    }
+    if (row->deleted) buf_puts(&f->doc, ",\"_deleted\":true");
+    if ((rc = buf_putc(&f->doc, '}')) != 0) return rc;
+    if (f->sel) return mimeo_selector_match(f->sel, f->doc.data, f->doc.len, keep);
+    return repl_filter_js(f, keep, err);
+}
