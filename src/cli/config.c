@@ -76,6 +76,8 @@ static const cfg_option cfg_options[] = {
         "seconds a browser may cache a preflight reply"),
     OPTR("replicator", "max_response_size", CFG_SIZE, repl_max_response_size, "64M", NULL,
          "largest reply read from a peer (a batch over it is fetched doc by doc)", 1024, 0),
+    OPT("replicator", "cafile", CFG_STR, repl_cafile, "", NULL,
+        "PEM file of CAs trusted for peers' TLS certificates (empty: the system store)"),
     /* accounts and sessions; server admins go in [admins] as name = password (hashed on
      * start) */
     OPT("chttpd", "require_valid_user", CFG_BOOL, require_valid_user, "false", NULL,
@@ -366,6 +368,7 @@ void config_to_replicator(const cli_config *c, mimeo_replicator_options *r)
 {
     memset(r, 0, sizeof *r);
     r->max_response_size = c->repl_max_response_size;
+    r->cafile = c->repl_cafile[0] ? c->repl_cafile : NULL;
 }
 
 void config_to_http(const cli_config *c, http_config *h)

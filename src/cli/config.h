@@ -34,6 +34,7 @@ typedef struct cli_config {
     char     cors_headers[1024];
     unsigned cors_max_age;
     size_t   repl_max_response_size;
+    char     repl_cafile[1024];
     /* accounts and sessions (security) */
     bool     require_valid_user;
     bool     admin_only_all_dbs;
