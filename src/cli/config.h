@@ -25,6 +25,10 @@ typedef struct cli_config {
     size_t   max_document_size;
     size_t   max_document_id_length;
     unsigned max_json_depth;
+    unsigned max_bulk_docs_count;
+    unsigned max_bulk_get_count;
+    unsigned max_revs_diff_count;
+    unsigned max_keys_count;
     unsigned revs_limit;
     size_t   initial_map_size;
     bool     cors_enable;

@@ -86,6 +86,11 @@ typedef struct http_req {
     char                  inline_raw[HTTP_INLINE_URI];
 } http_req;
 
+/* ---- caps.c ----------------------------------------------------------------------------- */
+/* Counts the entries of a bulk request (body and query) without building a tree; over the
+ * configured cap, replies 413 and returns true (the caller stops). */
+bool http_caps_refuse(http_req *r);
+
 /* ---- url.c ------------------------------------------------------------------------------ */
 /* Splits target (raw request target) into decoded path segments and query arguments, into
  * r. Never fails: a bad escape sets r->url_bad. */
