@@ -82,6 +82,8 @@ typedef struct http_req {
     auth_user             user;        /* who is asking (authz.c); anonymous when !known */
     const char           *authn;       /* "cookie", "default" (Basic) or NULL */
     char                 *set_cookie;  /* Set-Cookie for the reply, or NULL */
+    bool                  bulk_no_design; /* a member's _bulk_docs: design docs refused per
+                                              entry (authz.c), the others written */
 
     char                  inline_raw[HTTP_INLINE_URI];
 } http_req;
