@@ -11,6 +11,7 @@ import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { serverBinary, repoRoot } from './lib/server.mjs';
+import { waitFor } from './lib/repl_peers.mjs';
 
 function certtool(args) {
   execFileSync('certtool', args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -99,8 +100,8 @@ describe('replication to an HTTPS peer', () => {
     assert.equal(r.status, 500);
     assert.equal(r.body.error, 'certificate_error');
     assert.match(r.body.reason, /could not verify the TLS certificate of https:\/\/127\.0\.0\.1:\d+\/t1\/.*cafile/);
-    // Not retried with backoff: a certificate does not fix itself.
-    assert.ok(Date.now() - t0 < 5000, `took ${Date.now() - t0} ms`);
+    // Fails fast (not retried with backoff; the bound is loose for loaded test machines).
+    assert.ok(Date.now() - t0 < 15000, `took ${Date.now() - t0} ms`);
     assert.equal((await getTls(`${peer.https}/t1`, certs.ca)).status, 404);
   });
 
@@ -122,8 +123,8 @@ describe('replication to an HTTPS peer', () => {
       { source: 'src', target: `${peer.https}/t4`, verify: false, create_target: true, continuous: true });
     assert.equal(c.status, 202, JSON.stringify(c.body));
     try {
-      const tasks = (await call(plain.http, 'GET', '/_active_tasks')).body;
-      const task = tasks.find((t) => t.target.includes('/t4'));
+      const task = await waitFor(async () => (await call(plain.http, 'GET', '/_active_tasks')).body
+        .find((t) => t.target.includes('/t4')), { what: 'the t4 task' });
       assert.equal(task.tls_verify, false);
       const jobs = (await call(plain.http, 'GET', '/_scheduler/jobs')).body.jobs;
       assert.equal(jobs.find((j) => j.target.includes('/t4')).info.tls_verify, false);
@@ -131,8 +132,9 @@ describe('replication to an HTTPS peer', () => {
       const c2 = await call(trusting.http, 'POST', '/_replicate',
         { source: 'src', target: `${peer.https}/t5`, create_target: true, continuous: true });
       assert.equal(c2.status, 202);
-      const t2 = (await call(trusting.http, 'GET', '/_active_tasks')).body;
-      assert.equal(t2.find((t) => t.target.includes('/t5')).tls_verify, undefined);
+      const t5 = await waitFor(async () => (await call(trusting.http, 'GET', '/_active_tasks')).body
+        .find((t) => t.target.includes('/t5')), { what: 'the t5 task' });
+      assert.equal(t5.tls_verify, undefined);
       await call(trusting.http, 'POST', '/_replicate', { replication_id: c2.body._local_id, cancel: true });
     } finally {
       await call(plain.http, 'POST', '/_replicate', { replication_id: c.body._local_id, cancel: true });
