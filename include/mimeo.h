@@ -511,6 +511,9 @@ typedef struct mimeo_replicator_options {
      * job with "response_too_large". A /_replicate body or a _replicator document may set
      * its own ("max_response_size"). */
     size_t max_response_size;
+    /* PEM file of the CAs that sign peers' TLS certificates; NULL or "" → the system CA
+     * store. A job may turn checking off with "verify": false (testing only). */
+    const char *cafile;
 } mimeo_replicator_options;
 MIMEO_API int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *opts);
 

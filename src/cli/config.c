@@ -42,6 +42,14 @@ static const cfg_option cfg_options[] = {
          "longest document id accepted, in bytes", 1, 0),
     OPTR("couchdb", "max_json_depth", CFG_UINT, max_json_depth, "256", NULL,
          "deepest nesting of arrays and objects accepted in any JSON input", 1, 1u << 20),
+    OPTR("couchdb", "max_bulk_docs_count", CFG_UINT, max_bulk_docs_count, "10000", NULL,
+         "most documents in one _bulk_docs request (413 over it)", 1, 0),
+    OPTR("couchdb", "max_bulk_get_count", CFG_UINT, max_bulk_get_count, "10000", NULL,
+         "most entries in one _bulk_get request (413 over it)", 1, 0),
+    OPTR("couchdb", "max_revs_diff_count", CFG_UINT, max_revs_diff_count, "100000", NULL,
+         "most ids, and most revisions, in one _revs_diff request (413 over it)", 1, 0),
+    OPTR("couchdb", "max_keys_count", CFG_UINT, max_keys_count, "100000", NULL,
+         "most entries of _all_docs keys or _changes doc_ids (413 over it)", 1, 0),
     OPTR("couchdb", "revs_limit", CFG_UINT, revs_limit, "1000", NULL,
          "_revs_limit of new databases", 1, 0),
     OPT("query_servers", "javascript", CFG_STR, query_server, "", NULL,
@@ -82,6 +90,8 @@ static const cfg_option cfg_options[] = {
         "seconds a browser may cache a preflight reply"),
     OPTR("replicator", "max_response_size", CFG_SIZE, repl_max_response_size, "64M", NULL,
          "largest reply read from a peer (a batch over it is fetched doc by doc)", 1024, 0),
+    OPT("replicator", "cafile", CFG_STR, repl_cafile, "", NULL,
+        "PEM file of CAs trusted for peers' TLS certificates (empty: the system store)"),
     /* accounts and sessions; server admins go in [admins] as name = password (hashed on
      * start) */
     OPT("chttpd", "require_valid_user", CFG_BOOL, require_valid_user, "false", NULL,
@@ -374,6 +384,7 @@ void config_to_replicator(const cli_config *c, mimeo_replicator_options *r)
 {
     memset(r, 0, sizeof *r);
     r->max_response_size = c->repl_max_response_size;
+    r->cafile = c->repl_cafile[0] ? c->repl_cafile : NULL;
 }
 
 void config_to_http(const cli_config *c, http_config *h)
@@ -390,6 +401,10 @@ void config_to_http(const cli_config *c, http_config *h)
     h->js_procs = c->js_procs;
     h->js_timeout_ms = c->os_process_timeout;
     h->max_json_depth = c->max_json_depth;
+    h->caps.bulk_docs = c->max_bulk_docs_count;
+    h->caps.bulk_get = c->max_bulk_get_count;
+    h->caps.revs_diff = c->max_revs_diff_count;
+    h->caps.keys = c->max_keys_count;
     h->cors.enabled = c->cors_enable;
     h->cors.origins = c->cors_origins;
     h->cors.credentials = c->cors_credentials;

@@ -26,6 +26,10 @@ typedef struct cli_config {
     size_t   max_document_size;
     size_t   max_document_id_length;
     unsigned max_json_depth;
+    unsigned max_bulk_docs_count;
+    unsigned max_bulk_get_count;
+    unsigned max_revs_diff_count;
+    unsigned max_keys_count;
     unsigned revs_limit;
     size_t   initial_map_size;
     char     query_server[4096];     /* [query_servers] javascript */
@@ -37,6 +41,7 @@ typedef struct cli_config {
     char     cors_headers[1024];
     unsigned cors_max_age;
     size_t   repl_max_response_size;
+    char     repl_cafile[1024];
     /* accounts and sessions (security) */
     bool     require_valid_user;
     bool     admin_only_all_dbs;

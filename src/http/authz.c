@@ -561,7 +561,10 @@ static bool http_authorize_db(http_req *r)
         size_t idl;
         bool design = false;
         if (r->nseg == 1 && r->method == HTTP_POST) design = http_body_has_design(r, 1);
-        else if (r->nseg == 2 && http_seg_eq(r, 1, "_bulk_docs")) design = http_body_has_design(r, 3);
+        else if (r->nseg == 2 && http_seg_eq(r, 1, "_bulk_docs")) {
+            /* CouchDB refuses only those entries; the handler writes the others. */
+            r->bulk_no_design = http_body_has_design(r, 3);
+        }
         else if (r->nseg >= 2 && r->seg[1][0] != '_') design = false;
         else if (r->nseg >= 2) http_doc_id(r, &idl, &design);
         if (design) ok = http_deny(r, "You are not a db or server admin.");

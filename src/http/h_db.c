@@ -154,9 +154,124 @@ void http_h_db(http_req *r)
 }
 
 /* ---- replication endpoints -------------------------------------------------------------- */
+static bool http_is_design(const jval *doc)
+{
+    const jval *id = jval_get(doc, "_id");
+    return id && id->type == JV_STRING && id->len >= 8 && memcmp(id->str, "_design/", 8) == 0;
+}
+
+/* A member's _bulk_docs holding design documents (authz.c set r->bulk_no_design): the others
+ * are written and each design document gets CouchDB's per-entry error in its place. With
+ * all_or_nothing nothing may be written, so the whole request is refused. */
+static void http_bulk_docs_no_design(http_req *r)
+{
+    const char *reason = "You are not a db or server admin.";
+    const char *error = r->user.known ? "forbidden" : "unauthorized";
+    jval *body = NULL, *res = NULL;
+    json_error je = {0};
+    if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits, &body,
+                        &je) != 0) {
+        http_reply_err(r, je.code ? je.code : MIMEO_EBADJSON, &je);
+        return;
+    }
+    const jval *docs = jval_get(body, "docs"), *aon = jval_get(body, "all_or_nothing");
+    if (!docs || docs->type != JV_ARRAY) {
+        jval_free(body);
+        http_reply_error(r, 400, "bad_request", "POST body must include `docs` parameter.");
+        return;
+    }
+    if (aon && aon->type == JV_BOOL && aon->boolean) {
+        jval_free(body);
+        http_reply_error(r, r->user.known ? 403 : 401, error, reason);
+        return;
+    }
+    /* The body without its design documents; the other members as sent. */
+    buf in, outb;
+    buf_init(&in, 0);
+    buf_init(&outb, 0);
+    int rc = buf_putc(&in, '{');
+    for (size_t i = 0, n = 0; rc == 0 && i < body->count; i++) {
+        if (strcmp(body->keys[i], "docs") == 0) continue;
+        if (n++) rc |= buf_putc(&in, ',');
+        rc |= json_put_key(&in, body->keys[i]);
+        rc |= json_put_jval(&in, body->items[i]);
+    }
+    rc |= buf_puts(&in, in.len > 1 ? ",\"docs\":[" : "\"docs\":[");
+    size_t kept = 0;
+    for (size_t i = 0; rc == 0 && i < docs->count; i++) {
+        if (http_is_design(docs->items[i])) continue;
+        if (kept++) rc |= buf_putc(&in, ',');
+        rc |= json_put_jval(&in, docs->items[i]);
+    }
+    rc |= buf_puts(&in, "]}");
+    char *out = NULL;
+    size_t len = 0;
+    mimeo_err e = {0};
+    if (rc == 0) rc = mimeo_bulk_docs(r->db, in.data, in.len, &out, &len, &e);
+    buf_destroy(&in);
+    if (rc != 0 || !out) {
+        jval_free(body);
+        http_reply_result(r, rc, 201, out, len, &e);
+        return;
+    }
+    rc = json_tree_parse(out, len, NULL, &res, &je);
+    mimeo_free(out);
+    if (rc != 0 || res->type != JV_ARRAY) {
+        jval_free(body);
+        if (res) jval_free(res);
+        http_reply_error(r, 500, "unknown_error", "unreadable _bulk_docs result");
+        return;
+    }
+    /* One result per written document, in order (new_edits: false lists failures only, so
+     * then the refusals follow them). */
+    bool aligned = res->count == kept;
+    rc = buf_putc(&outb, '[');
+    size_t next = 0, n = 0;
+    for (size_t i = 0; rc == 0 && i < docs->count; i++) {
+        const jval *d = docs->items[i];
+        if (!http_is_design(d)) {
+            if (aligned) {
+                if (n++) rc |= buf_putc(&outb, ',');
+                rc |= json_put_jval(&outb, res->items[next++]);
+            }
+            continue;
+        }
+        if (!aligned && next < res->count) {
+            for (; rc == 0 && next < res->count; next++) {
+                if (n++) rc |= buf_putc(&outb, ',');
+                rc |= json_put_jval(&outb, res->items[next]);
+            }
+        }
+        if (n++) rc |= buf_putc(&outb, ',');
+        const jval *id = jval_get(d, "_id");
+        rc |= buf_puts(&outb, "{\"id\":");
+        rc |= json_put_str(&outb, id->str, id->len);
+        rc |= buf_printf(&outb, ",\"error\":\"%s\",\"reason\":", error);
+        rc |= json_put_cstr(&outb, reason);
+        rc |= buf_putc(&outb, '}');
+    }
+    for (; rc == 0 && next < res->count; next++) {
+        if (n++) rc |= buf_putc(&outb, ',');
+        rc |= json_put_jval(&outb, res->items[next]);
+    }
+    rc |= buf_puts(&outb, "]\n");
+    jval_free(body);
+    jval_free(res);
+    if (rc != 0) {
+        buf_destroy(&outb);
+        http_reply_err(r, MIMEO_ENOMEM, NULL);
+        return;
+    }
+    http_reply_buf(r, 201, &outb);
+}
+
 void http_h_bulk_docs(http_req *r)
 {
     if (!http_require_json(r) || !http_db(r)) return;
+    if (r->bulk_no_design) {
+        http_bulk_docs_no_design(r);
+        return;
+    }
     char *out = NULL;
     size_t len = 0;
     mimeo_err e = {0};

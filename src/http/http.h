@@ -40,6 +40,14 @@ typedef struct http_auth_cfg {
                                               separated; "" any */
 } http_auth_cfg;
 
+/* Entry counts a request may carry (caps.c); 0 → the default. Over one → 413. */
+typedef struct http_caps {
+    unsigned bulk_docs;   /* _bulk_docs docs ([couchdb] max_bulk_docs_count, 10000) */
+    unsigned bulk_get;    /* _bulk_get docs (max_bulk_get_count, 10000) */
+    unsigned revs_diff;   /* _revs_diff ids, and revisions (max_revs_diff_count, 100000) */
+    unsigned keys;        /* _all_docs keys, _changes doc_ids (max_keys_count, 100000) */
+} http_caps;
+
 typedef struct http_config {
     const char *bind_address;      /* IPv4 or IPv6 literal */
     unsigned    port;              /* 0: the kernel picks a free port */
@@ -51,6 +59,7 @@ typedef struct http_config {
     unsigned    max_json_depth;    /* nesting cap for JSON in query values and small bodies */
     http_cors   cors;
     http_auth_cfg auth;
+    http_caps   caps;
     const char *tls_cert_pem;      /* PEM text of the certificate chain: serve HTTPS (NULL: HTTP) */
     const char *tls_key_pem;       /* PEM text of its private key */
     const char *js_command;        /* [query_servers] javascript; NULL/"": mimeo-js beside us */

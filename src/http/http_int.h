@@ -83,9 +83,16 @@ typedef struct http_req {
     auth_user             user;        /* who is asking (authz.c); anonymous when !known */
     const char           *authn;       /* "cookie", "default" (Basic) or NULL */
     char                 *set_cookie;  /* Set-Cookie for the reply, or NULL */
+    bool                  bulk_no_design; /* a member's _bulk_docs: design docs refused per
+                                              entry (authz.c), the others written */
 
     char                  inline_raw[HTTP_INLINE_URI];
 } http_req;
+
+/* ---- caps.c ----------------------------------------------------------------------------- */
+/* Counts the entries of a bulk request (body and query) without building a tree; over the
+ * configured cap, replies 413 and returns true (the caller stops). */
+bool http_caps_refuse(http_req *r);
 
 /* ---- url.c ------------------------------------------------------------------------------ */
 /* Splits target (raw request target) into decoded path segments and query arguments, into

@@ -198,7 +198,9 @@ void http_route(http_req *r)
     const char *s1 = r->seg[1];
     size_t l1 = r->seg_len[1];
     if (l1 > 0 && s1[0] == '_') {
-        if (r->nseg == 2 && http_run(r, http_db_routes, NELEM(http_db_routes), s1, l1)) return;
+        if (r->nseg == 2 &&
+            (http_caps_refuse(r) || http_run(r, http_db_routes, NELEM(http_db_routes), s1, l1)))
+            return;
         if (http_seg_is(r, 1, "_index")) {
             http_h_index(r); /* /_index and /_index/{ddoc}/json/{name}: it checks methods */
             return;

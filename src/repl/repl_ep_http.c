@@ -24,6 +24,8 @@ typedef struct ephttp_ep {
     char              *url;        /* the database URL, no trailing slash */
     struct curl_slist *headers;    /* ours plus the spec's */
     char              *user, *password;
+    char              *cafile;     /* NULL: the system CA store */
+    bool               no_verify;
     unsigned           connect_ms;
     pthread_mutex_t    lock;
     CURL              *pool[EPHTTP_POOL];
@@ -161,6 +163,12 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
         curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
         curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
         curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, NULL);
+        if (h->cafile) curl_easy_setopt(c, CURLOPT_CAINFO, h->cafile);
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, h->no_verify ? 0L : 1L);
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, h->no_verify ? 0L : 2L);
+        char tls_why[CURL_ERROR_SIZE];
+        tls_why[0] = '\0';
+        curl_easy_setopt(c, CURLOPT_ERRORBUFFER, tls_why);
         if (h->user) {
             curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
             curl_easy_setopt(c, CURLOPT_USERNAME, h->user);
@@ -178,6 +186,7 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
         CURLcode cc = curl_easy_perform(c);
         long status = 0;
         if (cc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);   /* tls_why goes out of scope */
         ephttp_give(h, c);
 
         if (cc == CURLE_ABORTED_BY_CALLBACK ||
@@ -196,6 +205,14 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
                         h->base.display, out->body.cap);
             else
                 err_set(err, rc, "error", "out of memory");
+            break;
+        }
+        if (cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CACERT_BADFILE) {
+            /* Asking again meets the same certificate: fail at once, saying what to do. */
+            rc = MIMEO_EIO;
+            err_set(err, rc, "certificate_error", "could not verify the TLS certificate of "
+                    "%s: %s (trust its CA with [replicator] cafile)", h->base.display,
+                    tls_why[0] ? tls_why : curl_easy_strerror(cc));
             break;
         }
         bool transient = cc != CURLE_OK || status >= 500 || status == 429;
@@ -568,6 +585,7 @@ static void ephttp_free(repl_ep *ep)
     free(h->url);
     free(h->user);
     free(h->password);
+    free(h->cafile);
     free(h->base.display);
     free(h);
 }
@@ -603,6 +621,8 @@ int repl_ep_http_new(const repl_ep_spec *spec, atomic_bool *cancel, unsigned con
     if (!h->url) goto nomem_free;
     h->base.display = repl_url_display(h->url);
     if (!h->base.display) goto nomem_free;
+    h->no_verify = spec->no_verify;
+    if (spec->cafile && !(h->cafile = strdup(spec->cafile))) goto nomem_free;
     if (spec->user) {
         h->user = strdup(spec->user);
         h->password = strdup(spec->password ? spec->password : "");

@@ -168,6 +168,8 @@ typedef struct repl_ep_spec {
     char **headers;        /* new "Name: value" lines */
     size_t nheaders;
     char  *user, *password; /* new; from auth.basic (URL userinfo stays in url) */
+    bool   no_verify;      /* "verify": false — TLS certificates not checked (testing only) */
+    char  *cafile;         /* new; [replicator] cafile, or NULL for the system CA store */
 } repl_ep_spec;
 
 /* New remote endpoint for spec (whose url starts with http:// or https://). */

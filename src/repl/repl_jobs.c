@@ -50,6 +50,7 @@ struct repl_reg {
     pthread_t       mgr;
     atomic_bool     mgr_stop;
     atomic_size_t   max_response; /* default cap of a peer's reply, bytes; 0: built in */
+    char            cafile[1024]; /* [replicator] cafile; "": the system CA store */
 };
 
 static repl_reg repl_reg_none = {
@@ -335,6 +336,11 @@ int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *o
     repl_reg *g = repl_reg_of(env);
     if (!g) return MIMEO_ENOMEM;
     atomic_store(&g->max_response, opts ? opts->max_response_size : 0);
+    const char *ca = opts && opts->cafile ? opts->cafile : "";
+    if (strlen(ca) >= sizeof g->cafile) return MIMEO_EINVAL;
+    pthread_mutex_lock(&g->lock);
+    snprintf(g->cafile, sizeof g->cafile, "%s", ca);
+    pthread_mutex_unlock(&g->lock);
     return 0;
 }
 
@@ -342,6 +348,14 @@ int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *o
 static repl_job *repl_reg_job_new(repl_reg *g, repl_req *req)
 {
     if (!req->max_response) req->max_response = atomic_load(&g->max_response);
+    pthread_mutex_lock(&g->lock);
+    bool nomem = false;
+    if (g->cafile[0]) {
+        if (!req->source.cafile) nomem |= !(req->source.cafile = strdup(g->cafile));
+        if (!req->target.cafile) nomem |= !(req->target.cafile = strdup(g->cafile));
+    }
+    pthread_mutex_unlock(&g->lock);
+    if (nomem) return NULL;
     return repl_job_new(g->env, req);
 }
 
@@ -808,6 +822,16 @@ static void repl_put_nstr(buf *b, const char *s)
     else buf_puts(b, "null");
 }
 
+/* "tls_verify":false, when a remote end of j does not check certificates ("verify": false),
+ * so whoever reads the status sees that the job trusts anything. */
+static void repl_put_tls(buf *b, const repl_job *j)
+{
+    if (!j) return;
+    const repl_ep_spec *s = &j->req.source, *t = &j->req.target;
+    if ((!s->local && s->no_verify) || (!t->local && t->no_verify))
+        buf_puts(b, "\"tls_verify\":false,");
+}
+
 static void repl_put_stats(buf *b, repl_entry *e)
 {
     int st = atomic_load(&e->state);
@@ -893,6 +917,7 @@ static void repl_put_task(buf *b, repl_entry *e)
                "\"started_on\":%lld,\"updated_on\":%lld,\"checkpoint_interval\":%u,",
                e->continuous ? "true" : "false", e->pid, (long long)e->job->started_on,
                (long long)atomic_load(&e->job->updated_on), e->job->req.checkpoint_interval_ms);
+    repl_put_tls(b, e->job);
     repl_job_put_stats(e->job, b);
     buf_printf(b, ",\"process_status\":\"%s\"}",
                atomic_load(&e->job->caught_up) ? "waiting" : "running");
@@ -935,6 +960,7 @@ static void repl_put_job(buf *b, repl_entry *e)
     }
     buf_printf(b, "{\"timestamp\":\"%s\",\"type\":\"started\"},"
                "{\"timestamp\":\"%s\",\"type\":\"added\"}],\"info\":{", start, start);
+    repl_put_tls(b, e->job);
     repl_job_put_stats(e->job, b);
     buf_puts(b, "}}");
 }
@@ -970,6 +996,7 @@ static void repl_put_doc(buf *b, repl_entry *e)
     buf_puts(b, ",\"target\":");
     repl_put_nstr(b, e->target);
     buf_printf(b, ",\"state\":\"%s\",\"info\":{", repl_state_names[st]);
+    repl_put_tls(b, e->job);
     if (error[0]) {
         buf_puts(b, "\"error\":");
         json_put_cstr(b, error);

@@ -165,6 +165,7 @@ static void repl_spec_destroy(repl_ep_spec *s)
     free(s->headers);
     free(s->user);
     free(s->password);
+    free(s->cafile);
     memset(s, 0, sizeof *s);
 }
 
@@ -186,6 +187,8 @@ static int repl_spec_parse(const jval *v, const char *which, repl_ep_spec *s, mi
         while (n > 1 && s->url[n - 1] == '/') s->url[--n] = '\0';
     }
     if (v->type != JV_OBJECT) return 0;
+    const jval *vf = jval_get(v, "verify");
+    if (vf && vf->type == JV_BOOL && !vf->boolean) s->no_verify = true;
     const jval *h = jval_get(v, "headers");
     if (h && h->type == JV_OBJECT && h->count > 0) {
         s->headers = calloc(h->count, sizeof *s->headers);
@@ -305,6 +308,10 @@ int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
             goto out;
         if ((rc = repl_spec_parse(jval_get(v, "target"), "target", &r->target, err)) != 0)
             goto out;
+        /* A top-level "verify": false covers both ends. */
+        const jval *vf = jval_get(v, "verify");
+        if (vf && vf->type == JV_BOOL && !vf->boolean)
+            r->source.no_verify = r->target.no_verify = true;
     }
 
     const jval *filter = jval_get(v, "filter");

@@ -272,7 +272,6 @@ describe('authentication and accounts', () => {
       ['PUT', `/${db}/_design/x`, { views: {} }],
       ['PUT', `/${db}/_design%2Fx`, { views: {} }],
       ['POST', `/${db}`, { _id: '_design/y' }],
-      ['POST', `/${db}/_bulk_docs`, { docs: [{ _id: 'ok' }, { _id: '_design/z' }] }],
       ['PUT', `/${db}/_security`, { members: { names: ['carol'] } }],
       ['POST', `/${db}/_compact`, {}],
     ]) {
