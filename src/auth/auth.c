@@ -24,26 +24,6 @@ bool auth_ct_equal(const void *a, const void *b, size_t n)
     return d == 0;
 }
 
-static int hex_val(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-/* Decodes 2*n hex chars into n bytes; false on a bad digit. */
-static bool hex_decode(const char *s, size_t slen, unsigned char *out, size_t n)
-{
-    if (slen != 2 * n) return false;
-    for (size_t i = 0; i < n; i++) {
-        int h = hex_val(s[2 * i]), l = hex_val(s[2 * i + 1]);
-        if (h < 0 || l < 0) return false;
-        out[i] = (unsigned char)(h << 4 | l);
-    }
-    return true;
-}
-
 /* FNV-1a over a few byte strings: slot selection only, never a security decision. */
 static uint64_t auth_tag(const char *a, const char *b)
 {
@@ -391,7 +371,7 @@ int auth_cookie_parse(const char *v, size_t n, auth_cookie *out)
     if (!c2 || c2 == t || c2 - t > 15) return MIMEO_EINVAL;
     uint64_t time = 0;
     for (const uint8_t *p = t; p < c2; p++) {
-        int d = hex_val((char)*p);
+        int d = hex_digit(*p);
         if (d < 0) return MIMEO_EINVAL;
         time = time << 4 | (uint64_t)d;
     }

@@ -305,26 +305,16 @@ void http_header_etag(http_req *r, const char *rev, size_t len)
     http_header(r, MHD_HTTP_HEADER_ETAG, tag);
 }
 
-/* Percent-encodes everything but CouchDB's safe set (A-Z a-z 0-9 _ . - ~), keeping the '/'
- * after _design or _local. */
+/* Percent-encodes the name, keeping the '/' after _design or _local. */
 static void http_put_pct(buf *b, const char *s, size_t n, bool keep_prefix_slash)
 {
     size_t i = 0;
     if (keep_prefix_slash) {
-        if (n > 8 && memcmp(s, "_design/", 8) == 0) { buf_put(b, s, 8); i = 8; }
-        else if (n > 7 && memcmp(s, "_local/", 7) == 0) { buf_put(b, s, 7); i = 7; }
+        if (n > 8 && memcmp(s, "_design/", 8) == 0) i = 8;
+        else if (n > 7 && memcmp(s, "_local/", 7) == 0) i = 7;
+        buf_put(b, s, i);
     }
-    static const char hex[] = "0123456789ABCDEF";
-    for (; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-            c == '_' || c == '.' || c == '-' || c == '~') {
-            buf_putc(b, (char)c);
-        } else {
-            char e[3] = { '%', hex[c >> 4], hex[c & 15] };
-            buf_put(b, e, 3);
-        }
-    }
+    buf_put_pct(b, s + i, n - i);
 }
 
 void http_header_location(http_req *r, const char *db, const char *id, size_t id_len)

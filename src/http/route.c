@@ -80,8 +80,7 @@ static const char *const http_unserved_db[] = {
 
 static bool http_seg_is(const http_req *r, size_t i, const char *s)
 {
-    return i < r->nseg && i < HTTP_MAX_SEGS && strlen(s) == r->seg_len[i] &&
-           memcmp(r->seg[i], s, r->seg_len[i]) == 0;
+    return i < r->nseg && i < HTTP_MAX_SEGS && mem_eq_str(r->seg[i], r->seg_len[i], s);
 }
 
 static bool http_run(http_req *r, const http_route_row *rows, size_t n, const char *name,

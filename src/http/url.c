@@ -10,32 +10,10 @@
 
 #include "http_int.h"
 
-static int http_hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
+/* The name h_session.c knows; the decoder itself is shared (src/common/buf.h). */
 size_t http_pct_decode(char *p, size_t n, bool plus_space)
 {
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (c == '%') {
-            if (i + 2 >= n) return (size_t)-1;
-            int hi = http_hexval(p[i + 1]), lo = http_hexval(p[i + 2]);
-            if (hi < 0 || lo < 0) return (size_t)-1;
-            p[o++] = (char)(hi << 4 | lo);
-            i += 2;
-        } else if (c == '+' && plus_space) {
-            p[o++] = ' ';
-        } else {
-            p[o++] = c;
-        }
-    }
-    return o;
+    return pct_decode(p, n, plus_space);
 }
 
 /* Path: "/a/b%2Fc/" → ["a", "b/c"]. A trailing slash adds no segment ("/db/" is "/db"). */
@@ -49,7 +27,7 @@ static void http_split_path(http_req *r, char *p, size_t n)
         size_t len = i - start;
         if (len == 0 && i >= n) break;           /* nothing after the final slash */
         if (r->nseg < HTTP_MAX_SEGS) {
-            size_t dl = http_pct_decode(p + start, len, false);
+            size_t dl = pct_decode(p + start, len, false);
             if (dl == (size_t)-1) { r->url_bad = true; dl = 0; }
             p[start + dl] = '\0';
             r->seg[r->nseg] = p + start;
@@ -73,12 +51,12 @@ static void http_split_query(http_req *r, char *p, size_t n)
         while (eq < end && p[eq] != '=') eq++;
         if (r->nargs >= HTTP_MAX_ARGS) continue;   /* ignored, like unknown arguments */
         http_arg *a = &r->args[r->nargs];
-        size_t kl = http_pct_decode(p + start, eq - start, true);
+        size_t kl = pct_decode(p + start, eq - start, true);
         size_t vl = 0;
         char *v = p + end;                          /* empty value: point at a NUL */
         if (eq < end) {
             v = p + eq + 1;
-            vl = http_pct_decode(v, end - eq - 1, true);
+            vl = pct_decode(v, end - eq - 1, true);
         }
         if (kl == (size_t)-1 || vl == (size_t)-1) { r->url_bad = true; continue; }
         p[start + kl] = '\0';
