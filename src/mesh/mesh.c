@@ -9,6 +9,7 @@
 
 #include "mimeo.h"
 #include "mesh.h"
+#include "../common/buf.h"
 
 #define MAX_CONFIRM 8          /* distinct confirmations counted per suspicion */
 #define MAX_RELAYS 64          /* ping-reqs relayed at once; more are refused */
@@ -312,13 +313,7 @@ static void bcast_rec(struct mesh *m, const struct mesh_rec *r)
                 if (m->bq[i].transmits > m->bq[worst].transmits) worst = i;
             b = &m->bq[worst];
         } else {
-            if (m->nbq == m->capbq) {
-                size_t cap = m->capbq ? m->capbq * 2 : 16;
-                struct bcast *q = realloc(m->bq, cap * sizeof *q);
-                if (!q) return;
-                m->bq = q;
-                m->capbq = cap;
-            }
+            if (ARRAY_GROW(m->bq, m->capbq, m->nbq + 1)) return;
             b = &m->bq[m->nbq++];
         }
     }
@@ -380,13 +375,7 @@ static void out_push(struct mesh *m, const char *to, int stream, uint8_t *data, 
             m->nout -= m->out_head;
             m->out_head = 0;
         }
-        if (m->nout == m->capout) {
-            size_t cap = m->capout ? m->capout * 2 : 16;
-            struct mesh_msg *o = realloc(m->out, cap * sizeof *o);
-            if (!o) { free(data); return; }
-            m->out = o;
-            m->capout = cap;
-        }
+        if (ARRAY_GROW(m->out, m->capout, m->nout + 1)) { free(data); return; }
     }
     struct mesh_msg *msg = &m->out[m->nout++];
     snprintf(msg->to, sizeof msg->to, "%s", to);
@@ -670,13 +659,7 @@ static int db_apply(struct mesh *m, const char *name, uint64_t version, int dele
 {
     struct dbent *d = db_find(m, name);
     if (!d) {
-        if (m->ndb == m->capdb) {
-            size_t cap = m->capdb ? m->capdb * 2 : 16;
-            struct dbent *p = realloc(m->db, cap * sizeof *p);
-            if (!p) return MIMEO_ENOMEM;
-            m->db = p;
-            m->capdb = cap;
-        }
+        if (ARRAY_GROW(m->db, m->capdb, m->ndb + 1)) return MIMEO_ENOMEM;
         if (idx_reserve(m, &m->didx, m->ndb, db_hash) != 0) return MIMEO_ENOMEM;
         d = &m->db[m->ndb];
         memset(d, 0, sizeof *d);

@@ -21,6 +21,7 @@
 
 #include "mimeo.h"
 #include "mesh_node.h"
+#include "../common/buf.h"
 
 #define SCAN_MS 1000
 #define STREAM_QUEUE_MAX 64
@@ -163,13 +164,7 @@ static int collect_db(void *ctx, const char *name, size_t len)
 {
     struct name_list *l = ctx;
     if (!db_meshed(l->node, name, len)) return 0;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        char **v = realloc(l->v, cap * sizeof *v);
-        if (!v) return 1;
-        l->v = v;
-        l->cap = cap;
-    }
+    if (ARRAY_GROW(l->v, l->cap, l->n + 1)) return 1;
     if (!(l->v[l->n] = strndup(name, len))) return 1;
     l->n++;
     return 0;
@@ -263,7 +258,7 @@ static void flush(struct mesh_node *n)
 static void *loop_main(void *arg)
 {
     struct mesh_node *n = arg;
-    uint8_t buf[65536];
+    uint8_t pkt[65536];
     for (;;) {
         pthread_mutex_lock(&n->mu);
         if (n->stop) { pthread_mutex_unlock(&n->mu); break; }
@@ -289,10 +284,10 @@ static void *loop_main(void *arg)
         }
         if (p[0].revents & POLLIN) {
             for (int k = 0; k < 64; k++) {
-                ssize_t r = recv(n->fd, buf, sizeof buf, MSG_DONTWAIT);
+                ssize_t r = recv(n->fd, pkt, sizeof pkt, MSG_DONTWAIT);
                 if (r <= 0) break;
                 pthread_mutex_lock(&n->mu);
-                mesh_recv(n->m, buf, (size_t)r, now_ms());
+                mesh_recv(n->m, pkt, (size_t)r, now_ms());
                 flush(n);
                 pthread_mutex_unlock(&n->mu);
             }
