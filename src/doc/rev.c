@@ -1,7 +1,7 @@
 /* Revision ids ("N-hash") and document ids: the text rules CouchDB applies before anything
  * touches a revision tree, and mimeo's deterministic hash for new revisions. Everything here
  * is pure and bounded by its input length; the HTTP and db layers call these on untrusted
- * bytes. See PROTOCOL.md §1.1, §1.8, §4.3. */
+ * bytes. */
 #include "revtree.h"
 
 #include "mimeo.h"
