@@ -11,14 +11,12 @@
 #include "http_int.h"
 
 /* The name h_session.c knows; the decoder itself is shared (src/common/buf.h). */
-size_t http_pct_decode(char *p, size_t n, bool plus_space)
-{
+size_t http_pct_decode(char *p, size_t n, bool plus_space) {
     return pct_decode(p, n, plus_space);
 }
 
 /* Path: "/a/b%2Fc/" → ["a", "b/c"]. A trailing slash adds no segment ("/db/" is "/db"). */
-static void http_split_path(http_req *r, char *p, size_t n)
-{
+static void http_split_path(http_req *r, char *p, size_t n) {
     size_t i = 0;
     if (n > 0 && p[0] == '/') i = 1;
     while (i < n) {
@@ -38,8 +36,7 @@ static void http_split_path(http_req *r, char *p, size_t n)
     }
 }
 
-static void http_split_query(http_req *r, char *p, size_t n)
-{
+static void http_split_query(http_req *r, char *p, size_t n) {
     size_t i = 0;
     while (i < n) {
         size_t start = i;
@@ -69,8 +66,7 @@ static void http_split_query(http_req *r, char *p, size_t n)
     }
 }
 
-void http_url_parse(http_req *r, const char *target)
-{
+void http_url_parse(http_req *r, const char *target) {
     /* r->raw was sized for target by the caller (server.c). Clients never send a fragment,
      * so '#' is an ordinary (if unusual) byte here. */
     size_t n = strlen(target);
@@ -84,8 +80,7 @@ void http_url_parse(http_req *r, const char *target)
     http_split_path(r, r->raw, path_len);
 }
 
-const char *http_arg_get(const http_req *r, const char *name, size_t *len)
-{
+const char *http_arg_get(const http_req *r, const char *name, size_t *len) {
     for (size_t i = 0; i < r->nargs; i++) {
         if (strcmp(r->args[i].key, name) == 0) {
             if (len) *len = r->args[i].val_len;
@@ -96,8 +91,7 @@ const char *http_arg_get(const http_req *r, const char *name, size_t *len)
 }
 
 static void http_arg_error(http_req *r, const char *error, const char *fmt, const char *name,
-                           const char *val)
-{
+                           const char *val) {
     char reason[MIMEO_ERR_REASON_MAX];
     char shown[64];
     snprintf(shown, sizeof shown, "%s", val ? val : "");
@@ -105,8 +99,7 @@ static void http_arg_error(http_req *r, const char *error, const char *fmt, cons
     http_reply_error(r, 400, error, reason);
 }
 
-int http_arg_bool(http_req *r, const char *name, bool *out)
-{
+int http_arg_bool(http_req *r, const char *name, bool *out) {
     size_t n;
     const char *v = http_arg_get(r, name, &n);
     if (!v) return 0;
@@ -116,8 +109,7 @@ int http_arg_bool(http_req *r, const char *name, bool *out)
     return -1;
 }
 
-int http_arg_u64(http_req *r, const char *name, uint64_t *out)
-{
+int http_arg_u64(http_req *r, const char *name, uint64_t *out) {
     size_t n;
     const char *v = http_arg_get(r, name, &n);
     if (!v) return 0;
@@ -136,8 +128,7 @@ int http_arg_u64(http_req *r, const char *name, uint64_t *out)
     return 1;
 }
 
-int http_arg_json(http_req *r, const char *name, jval **out)
-{
+int http_arg_json(http_req *r, const char *name, jval **out) {
     size_t n;
     const char *v = http_arg_get(r, name, &n);
     if (!v) return 0;
@@ -152,8 +143,7 @@ int http_arg_json(http_req *r, const char *name, jval **out)
     return 1;
 }
 
-int http_arg_json_str(http_req *r, const char *name, jval **out)
-{
+int http_arg_json_str(http_req *r, const char *name, jval **out) {
     jval *t = NULL;
     int rc = http_arg_json(r, name, &t);
     if (rc <= 0) return rc;
@@ -168,8 +158,7 @@ int http_arg_json_str(http_req *r, const char *name, jval **out)
 }
 
 int http_arg_string_list(http_req *r, const char *name, const char *error, const char *reason,
-                         http_string_list *out)
-{
+                         http_string_list *out) {
     memset(out, 0, sizeof *out);
     jval *t = NULL;
     const jval *list = NULL;
@@ -220,8 +209,7 @@ int http_arg_string_list(http_req *r, const char *name, const char *error, const
     return 1;
 }
 
-void http_string_list_destroy(http_string_list *l)
-{
+void http_string_list_destroy(http_string_list *l) {
     free(l->strs);
     free(l->lens);
     if (l->tree) jval_free(l->tree);
