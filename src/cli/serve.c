@@ -293,47 +293,24 @@ int cli_serve(int argc, char **argv) {
         fprintf(stderr, "mimeo serve: replication manager not started: %s\n",
                 err.reason[0] ? err.reason : mimeo_strerror(rc));
 
-    if (serve_security(&cfg) != 0) {
-        mimeo_replicator_stop(env);
-        mimeo_env_close(env);
-        return 1;
-    }
+    http_server *tls_srv = NULL, *srv = NULL;
+    struct mesh_node *mesh = NULL;
+    char *pem[2] = { NULL, NULL };
+    if (serve_security(&cfg) != 0) goto fail;
     http_config hc;
     config_to_http(&cfg, &hc);
     char why[256];
-    http_server *tls_srv = NULL;
-    char *pem[2] = { NULL, NULL };
-    if (serve_tls_start(env, &cfg, &hc, &tls_srv, pem) != 0) {
-        free(pem[0]);
-        free(pem[1]);
-        mimeo_replicator_stop(env);
-        mimeo_env_close(env);
-        return 1;
-    }
-    http_server *srv = NULL;
+    if (serve_tls_start(env, &cfg, &hc, &tls_srv, pem) != 0) goto fail;
     if (cfg.http_enable || !tls_srv) {
         srv = http_server_start(env, &hc, why, sizeof why);
         if (!srv) {
             fprintf(stderr, "mimeo serve: %s\n", why);
-            http_server_free(tls_srv);
-            free(pem[0]);
-            free(pem[1]);
-            mimeo_replicator_stop(env);
-            mimeo_env_close(env);
-            return 1;
+            goto fail;
         }
     }
     /* Before the listening line: a mesh that cannot start (no secret) stops the server. */
-    struct mesh_node *mesh = NULL;
-    if (serve_mesh_start(&cfg, env, http_server_port(srv ? srv : tls_srv), &mesh) != 0) {
-        http_server_free(srv);
-        http_server_free(tls_srv);
-        free(pem[0]);
-        free(pem[1]);
-        mimeo_replicator_stop(env);
-        mimeo_env_close(env);
-        return 1;
-    }
+    if (serve_mesh_start(&cfg, env, http_server_port(srv ? srv : tls_srv), &mesh) != 0)
+        goto fail;
     if (srv) {
         bool v6 = strchr(cfg.bind_address, ':') != NULL;
         printf("mimeo listening on http://%s%s%s:%u\n", v6 ? "[" : "", cfg.bind_address,
@@ -358,4 +335,13 @@ int cli_serve(int argc, char **argv) {
     mimeo_env_close(env);         /* commits writes in flight */
     fprintf(stderr, "mimeo: stopped\n");
     return 0;
+
+fail:
+    http_server_free(srv);
+    http_server_free(tls_srv);
+    free(pem[0]);
+    free(pem[1]);
+    mimeo_replicator_stop(env);
+    mimeo_env_close(env);
+    return 1;
 }
