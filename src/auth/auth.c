@@ -16,37 +16,15 @@
 #include "auth.h"
 
 /* ---- small helpers ------------------------------------------------------------------------ */
-bool auth_ct_equal(const void *a, const void *b, size_t n)
-{
+bool auth_ct_equal(const void *a, const void *b, size_t n) {
     const volatile unsigned char *x = a, *y = b;
     unsigned char d = 0;
     for (size_t i = 0; i < n; i++) d |= (unsigned char)(x[i] ^ y[i]);
     return d == 0;
 }
 
-static int hex_val(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-/* Decodes 2*n hex chars into n bytes; false on a bad digit. */
-static bool hex_decode(const char *s, size_t slen, unsigned char *out, size_t n)
-{
-    if (slen != 2 * n) return false;
-    for (size_t i = 0; i < n; i++) {
-        int h = hex_val(s[2 * i]), l = hex_val(s[2 * i + 1]);
-        if (h < 0 || l < 0) return false;
-        out[i] = (unsigned char)(h << 4 | l);
-    }
-    return true;
-}
-
 /* FNV-1a over a few byte strings: slot selection only, never a security decision. */
-static uint64_t auth_tag(const char *a, const char *b)
-{
+static uint64_t auth_tag(const char *a, const char *b) {
     uint64_t h = 1469598103934665603ULL;
     for (const char *p = a; p && *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
     h = (h ^ 0xff) * 1099511628211ULL;   /* separator: ("ab","c") differs from ("a","bc") */
@@ -55,14 +33,12 @@ static uint64_t auth_tag(const char *a, const char *b)
 }
 
 /* ---- password hashes ---------------------------------------------------------------------- */
-static size_t auth_prf_len(auth_prf prf)
-{
+static size_t auth_prf_len(auth_prf prf) {
     return prf == AUTH_PRF_SHA1 ? SHA1_DIGEST_SIZE : SHA256_DIGEST_SIZE;
 }
 
 static void auth_derive(auth_prf prf, unsigned iterations, const char *salt, size_t salt_len,
-                        const char *pw, size_t n, unsigned char *out)
-{
+                        const char *pw, size_t n, unsigned char *out) {
     if (prf == AUTH_PRF_SHA1)
         pbkdf2_hmac_sha1(n, (const uint8_t *)pw, iterations, salt_len, (const uint8_t *)salt,
                          SHA1_DIGEST_SIZE, out);
@@ -71,8 +47,7 @@ static void auth_derive(auth_prf prf, unsigned iterations, const char *salt, siz
                            (const uint8_t *)salt, SHA256_DIGEST_SIZE, out);
 }
 
-int auth_pw_new(const char *pw, size_t n, unsigned iterations, auth_pw *out)
-{
+int auth_pw_new(const char *pw, size_t n, unsigned iterations, auth_pw *out) {
     memset(out, 0, sizeof *out);
     unsigned char raw[16];
     random_bytes(raw, sizeof raw);
@@ -85,15 +60,13 @@ int auth_pw_new(const char *pw, size_t n, unsigned iterations, auth_pw *out)
     return 0;
 }
 
-bool auth_pw_is_hashed(const char *s)
-{
+bool auth_pw_is_hashed(const char *s) {
     return strncmp(s, "-pbkdf2", 7) == 0;
 }
 
 /* Fills salt, key and iterations from text fields; false when any is unusable. */
 static bool auth_pw_fill(auth_pw *out, auth_prf prf, const char *key, size_t key_len,
-                         const char *salt, size_t salt_len, const char *iter, size_t iter_len)
-{
+                         const char *salt, size_t salt_len, const char *iter, size_t iter_len) {
     memset(out, 0, sizeof *out);
     out->prf = prf;
     out->key_len = auth_prf_len(prf);
@@ -112,8 +85,7 @@ static bool auth_pw_fill(auth_pw *out, auth_prf prf, const char *key, size_t key
     return true;
 }
 
-int auth_pw_parse_config(const char *s, auth_pw *out)
-{
+int auth_pw_parse_config(const char *s, auth_pw *out) {
     auth_prf prf;
     const char *p;
     if (strncmp(s, "-pbkdf2:sha256-", 15) == 0) { prf = AUTH_PRF_SHA256; p = s + 15; }
@@ -131,8 +103,7 @@ int auth_pw_parse_config(const char *s, auth_pw *out)
     return 0;
 }
 
-int auth_pw_format_config(const auth_pw *h, char *out, size_t outlen)
-{
+int auth_pw_format_config(const auth_pw *h, char *out, size_t outlen) {
     char hex[2 * AUTH_KEY_MAX + 1];
     hex_encode(h->key, h->key_len, hex);
     int n = snprintf(out, outlen, "-pbkdf2:%s-%s,%.*s,%u",
@@ -141,8 +112,7 @@ int auth_pw_format_config(const auth_pw *h, char *out, size_t outlen)
     return n < 0 || (size_t)n >= outlen ? MIMEO_ETOOLARGE : 0;
 }
 
-int auth_pw_from_user_doc(const jval *doc, auth_pw *out)
-{
+int auth_pw_from_user_doc(const jval *doc, auth_pw *out) {
     const jval *scheme = jval_get(doc, "password_scheme");
     if (!scheme || scheme->type != JV_STRING || strcmp(scheme->str, "pbkdf2") != 0)
         return MIMEO_ENOTFOUND;
@@ -164,8 +134,7 @@ int auth_pw_from_user_doc(const jval *doc, auth_pw *out)
     return 0;
 }
 
-bool auth_pw_check(const auth_pw *h, const char *pw, size_t n)
-{
+bool auth_pw_check(const auth_pw *h, const char *pw, size_t n) {
     unsigned char got[AUTH_KEY_MAX];
     if (h->key_len != auth_prf_len(h->prf)) return false;
     auth_derive(h->prf, h->iterations, h->salt, h->salt_len, pw, n, got);
@@ -173,20 +142,17 @@ bool auth_pw_check(const auth_pw *h, const char *pw, size_t n)
 }
 
 /* ---- checked-password cache --------------------------------------------------------------- */
-void auth_cache_init(auth_cache *c)
-{
+void auth_cache_init(auth_cache *c) {
     memset(c->slot, 0, sizeof c->slot);
     pthread_mutex_init(&c->lock, NULL);
 }
 
-void auth_cache_destroy(auth_cache *c)
-{
+void auth_cache_destroy(auth_cache *c) {
     pthread_mutex_destroy(&c->lock);
     memset(c->slot, 0, sizeof c->slot);
 }
 
-static void auth_proof(const auth_pw *h, const char *pw, size_t n, unsigned char out[32])
-{
+static void auth_proof(const auth_pw *h, const char *pw, size_t n, unsigned char out[32]) {
     struct sha256_ctx ctx;
     sha256_init(&ctx);
     sha256_update(&ctx, h->salt_len, (const uint8_t *)h->salt);
@@ -194,8 +160,7 @@ static void auth_proof(const auth_pw *h, const char *pw, size_t n, unsigned char
     sha256_digest(&ctx, SHA256_DIGEST_SIZE, out);
 }
 
-bool auth_cache_hit(auth_cache *c, const char *name, const auth_pw *h, const char *pw, size_t n)
-{
+bool auth_cache_hit(auth_cache *c, const char *name, const auth_pw *h, const char *pw, size_t n) {
     uint64_t tag = auth_tag(name, "");
     auth_cache_slot *s = &c->slot[tag % AUTH_CACHE_SLOTS];
     unsigned char proof[32];
@@ -208,8 +173,7 @@ bool auth_cache_hit(auth_cache *c, const char *name, const auth_pw *h, const cha
 }
 
 bool auth_cache_check(auth_cache *c, const char *name, const auth_pw *h, const char *pw,
-                      size_t n)
-{
+                      size_t n) {
     uint64_t tag = auth_tag(name, "");
     auth_cache_slot *s = &c->slot[tag % AUTH_CACHE_SLOTS];
     unsigned char proof[32];
@@ -232,22 +196,19 @@ bool auth_cache_check(auth_cache *c, const char *name, const auth_pw *h, const c
 /* ---- failed-login slowdown ---------------------------------------------------------------- */
 #define AUTH_THROTTLE_FORGET_MS (3600u * 1000u)
 
-void auth_throttle_init(auth_throttle *t)
-{
+void auth_throttle_init(auth_throttle *t) {
     memset(t->slot, 0, sizeof t->slot);
     random_bytes(t->key, sizeof t->key);
     pthread_mutex_init(&t->lock, NULL);
 }
 
-void auth_throttle_destroy(auth_throttle *t)
-{
+void auth_throttle_destroy(auth_throttle *t) {
     pthread_mutex_destroy(&t->lock);
 }
 
 /* HMAC-SHA256(random key, name NUL addr), 64 bits: an attacker cannot pick a pair that
  * shares a slot with the pair it is guessing. */
-static uint64_t auth_throttle_tag(const auth_throttle *t, const char *name, const char *addr)
-{
+static uint64_t auth_throttle_tag(const auth_throttle *t, const char *name, const char *addr) {
     struct hmac_sha256_ctx ctx;
     unsigned char mac[SHA256_DIGEST_SIZE];
     hmac_sha256_set_key(&ctx, sizeof t->key, t->key);
@@ -263,8 +224,7 @@ static uint64_t auth_throttle_tag(const auth_throttle *t, const char *name, cons
  * is shared (both then count each other's failures: stricter, never looser — taking it over
  * would let a guesser wipe its own record by failing once under a colliding pair). */
 static auth_throttle_slot *auth_throttle_slot_of(auth_throttle *t, uint64_t tag,
-                                                 uint64_t now_ms)
-{
+                                                 uint64_t now_ms) {
     auth_throttle_slot *s = &t->slot[tag % AUTH_THROTTLE_SLOTS];
     if (s->tag == 0 || (s->last_ms && now_ms - s->last_ms > AUTH_THROTTLE_FORGET_MS &&
                         now_ms >= s->next_ms)) {
@@ -276,8 +236,7 @@ static auth_throttle_slot *auth_throttle_slot_of(auth_throttle *t, uint64_t tag,
     return s;
 }
 
-static uint64_t auth_throttle_delay(unsigned failures)
-{
+static uint64_t auth_throttle_delay(unsigned failures) {
     if (failures < AUTH_THROTTLE_FREE) return 0;
     unsigned k = failures - AUTH_THROTTLE_FREE;
     if (k > 16) k = 16;
@@ -286,8 +245,7 @@ static uint64_t auth_throttle_delay(unsigned failures)
 }
 
 int64_t auth_throttle_enter(auth_throttle *t, const char *name, const char *addr,
-                            uint64_t now_ms)
-{
+                            uint64_t now_ms) {
     uint64_t tag = auth_throttle_tag(t, name, addr);
     pthread_mutex_lock(&t->lock);
     auth_throttle_slot *s = auth_throttle_slot_of(t, tag, now_ms);
@@ -308,8 +266,7 @@ int64_t auth_throttle_enter(auth_throttle *t, const char *name, const char *addr
 }
 
 void auth_throttle_result(auth_throttle *t, const char *name, const char *addr, bool ok,
-                          uint64_t now_ms)
-{
+                          uint64_t now_ms) {
     uint64_t tag = auth_throttle_tag(t, name, addr);
     pthread_mutex_lock(&t->lock);
     if (ok) {
@@ -328,8 +285,7 @@ void auth_throttle_result(auth_throttle *t, const char *name, const char *addr, 
 /* ---- AuthSession cookies ------------------------------------------------------------------ */
 static void auth_cookie_mac(const char *data, size_t n, const char *salt, size_t salt_len,
                             const unsigned char *secret, size_t secret_len,
-                            unsigned char out[32])
-{
+                            unsigned char out[32]) {
     /* CouchDB keys the HMAC with the server secret followed by the user's salt. */
     struct hmac_sha256_ctx ctx;
     unsigned char keybuf[512 + AUTH_SALT_MAX];
@@ -346,8 +302,7 @@ static void auth_cookie_mac(const char *data, size_t n, const char *salt, size_t
 }
 
 int auth_cookie_make(buf *out, const char *name, uint64_t t, const char *salt, size_t salt_len,
-                     const unsigned char *secret, size_t secret_len)
-{
+                     const unsigned char *secret, size_t secret_len) {
     size_t nl = strlen(name);
     if (nl > AUTH_NAME_MAX || salt_len > AUTH_SALT_MAX) return MIMEO_EINVAL;
     char raw[AUTH_NAME_MAX + 32 + 40];
@@ -369,8 +324,7 @@ int auth_cookie_make(buf *out, const char *name, uint64_t t, const char *salt, s
     return buf_put(out, enc, el);
 }
 
-int auth_cookie_parse(const char *v, size_t n, auth_cookie *out)
-{
+int auth_cookie_parse(const char *v, size_t n, auth_cookie *out) {
     memset(out, 0, sizeof *out);
     if (n == 0 || n > 2 * (AUTH_NAME_MAX + 64)) return MIMEO_EINVAL;
     char padded[2 * (AUTH_NAME_MAX + 64) + 4];
@@ -391,7 +345,7 @@ int auth_cookie_parse(const char *v, size_t n, auth_cookie *out)
     if (!c2 || c2 == t || c2 - t > 15) return MIMEO_EINVAL;
     uint64_t time = 0;
     for (const uint8_t *p = t; p < c2; p++) {
-        int d = hex_val((char)*p);
+        int d = hex_digit(*p);
         if (d < 0) return MIMEO_EINVAL;
         time = time << 4 | (uint64_t)d;
     }
@@ -408,8 +362,7 @@ int auth_cookie_parse(const char *v, size_t n, auth_cookie *out)
 
 bool auth_cookie_valid(const auth_cookie *c, const char *salt, size_t salt_len,
                        const unsigned char *secret, size_t secret_len, uint64_t now,
-                       unsigned timeout)
-{
+                       unsigned timeout) {
     if (c->mac_len != 32 || salt_len > AUTH_SALT_MAX) return false;
     char data[AUTH_NAME_MAX + 32];
     int hl = snprintf(data, sizeof data, "%s:%llX", c->name, (unsigned long long)c->time);
@@ -421,8 +374,7 @@ bool auth_cookie_valid(const auth_cookie *c, const char *salt, size_t salt_len,
 }
 
 /* ---- Basic credentials -------------------------------------------------------------------- */
-int auth_basic_parse(const char *h, char **name, char **password)
-{
+int auth_basic_parse(const char *h, char **name, char **password) {
     *name = *password = NULL;
     while (*h == ' ') h++;
     if (strncasecmp(h, "Basic ", 6) != 0) return MIMEO_EINVAL;

@@ -7,14 +7,12 @@
 #include "auth.h"
 
 /* ---- auth_user ---------------------------------------------------------------------------- */
-void auth_user_destroy(auth_user *u)
-{
+void auth_user_destroy(auth_user *u) {
     for (size_t i = 0; i < u->nroles; i++) free(u->roles[i]);
     memset(u, 0, sizeof *u);
 }
 
-int auth_user_add_role(auth_user *u, const char *role, size_t n)
-{
+int auth_user_add_role(auth_user *u, const char *role, size_t n) {
     if (u->nroles >= AUTH_MAX_ROLES) return 0;
     char *r = strndup(role, n);
     if (!r) return MIMEO_ENOMEM;
@@ -22,15 +20,13 @@ int auth_user_add_role(auth_user *u, const char *role, size_t n)
     return 0;
 }
 
-bool auth_user_has_role(const auth_user *u, const char *role)
-{
+bool auth_user_has_role(const auth_user *u, const char *role) {
     for (size_t i = 0; i < u->nroles; i++)
         if (strcmp(u->roles[i], role) == 0) return true;
     return false;
 }
 
-int auth_user_json(buf *b, const auth_user *u)
-{
+int auth_user_json(buf *b, const auth_user *u) {
     int rc = buf_puts(b, "{\"name\":");
     if (rc == 0) rc = u->known ? json_put_cstr(b, u->name) : buf_puts(b, "null");
     if (rc == 0) rc = buf_puts(b, ",\"roles\":[");
@@ -43,14 +39,12 @@ int auth_user_json(buf *b, const auth_user *u)
 }
 
 /* ---- _security ---------------------------------------------------------------------------- */
-const char *auth_security_default(bool admin_only)
-{
+const char *auth_security_default(bool admin_only) {
     return admin_only ? "{\"members\":{\"roles\":[\"_admin\"]},\"admins\":{\"roles\":[\"_admin\"]}}"
                       : "{}";
 }
 
-static int auth_sec_err(mimeo_err *err, const char *reason)
-{
+static int auth_sec_err(mimeo_err *err, const char *reason) {
     if (err) {
         err->code = MIMEO_EINVAL;
         snprintf(err->error, sizeof err->error, "bad_request");
@@ -59,16 +53,14 @@ static int auth_sec_err(mimeo_err *err, const char *reason)
     return MIMEO_EINVAL;
 }
 
-static bool auth_string_array(const jval *v)
-{
+static bool auth_string_array(const jval *v) {
     if (!v || v->type != JV_ARRAY) return false;
     for (size_t i = 0; i < v->count; i++)
         if (v->items[i]->type != JV_STRING) return false;
     return true;
 }
 
-int auth_security_validate(const jval *sec, mimeo_err *err)
-{
+int auth_security_validate(const jval *sec, mimeo_err *err) {
     if (!sec || sec->type != JV_OBJECT)
         return auth_sec_err(err, "Security object must be a JSON object");
     static const char *const groups[] = { "admins", "members", "readers" };
@@ -85,8 +77,7 @@ int auth_security_validate(const jval *sec, mimeo_err *err)
     return 0;
 }
 
-static bool auth_listed(const jval *list, const char *s)
-{
+static bool auth_listed(const jval *list, const char *s) {
     if (!list || list->type != JV_ARRAY) return false;
     for (size_t i = 0; i < list->count; i++)
         if (list->items[i]->type == JV_STRING && strcmp(list->items[i]->str, s) == 0)
@@ -95,8 +86,7 @@ static bool auth_listed(const jval *list, const char *s)
 }
 
 /* Is u in group {names, roles}? */
-static bool auth_in_group(const auth_user *u, const jval *group)
-{
+static bool auth_in_group(const auth_user *u, const jval *group) {
     if (!group || group->type != JV_OBJECT) return false;
     if (u->known && auth_listed(jval_get(group, "names"), u->name)) return true;
     const jval *roles = jval_get(group, "roles");
@@ -105,22 +95,19 @@ static bool auth_in_group(const auth_user *u, const jval *group)
     return false;
 }
 
-static bool auth_group_empty(const jval *group)
-{
+static bool auth_group_empty(const jval *group) {
     if (!group || group->type != JV_OBJECT) return true;
     const jval *n = jval_get(group, "names"), *r = jval_get(group, "roles");
     return (!n || n->type != JV_ARRAY || n->count == 0) &&
            (!r || r->type != JV_ARRAY || r->count == 0);
 }
 
-bool auth_is_db_admin(const auth_user *u, const jval *sec)
-{
+bool auth_is_db_admin(const auth_user *u, const jval *sec) {
     if (auth_user_is_admin(u)) return true;
     return auth_in_group(u, jval_get(sec, "admins"));
 }
 
-bool auth_is_member(const auth_user *u, const jval *sec)
-{
+bool auth_is_member(const auth_user *u, const jval *sec) {
     if (auth_is_db_admin(u, sec)) return true;
     const jval *members = jval_get(sec, "members");
     if (!members) members = jval_get(sec, "readers");
@@ -129,8 +116,7 @@ bool auth_is_member(const auth_user *u, const jval *sec)
 }
 
 /* ---- _users documents --------------------------------------------------------------------- */
-static int auth_forbid(mimeo_err *err, const char *reason)
-{
+static int auth_forbid(mimeo_err *err, const char *reason) {
     if (err) {
         err->code = MIMEO_EINVAL;
         snprintf(err->error, sizeof err->error, "forbidden");
@@ -139,8 +125,7 @@ static int auth_forbid(mimeo_err *err, const char *reason)
     return MIMEO_EINVAL;
 }
 
-static bool auth_same_roles(const jval *a, const jval *b)
-{
+static bool auth_same_roles(const jval *a, const jval *b) {
     size_t na = a && a->type == JV_ARRAY ? a->count : 0;
     size_t nb = b && b->type == JV_ARRAY ? b->count : 0;
     if (na != nb) return false;
@@ -154,8 +139,7 @@ static bool auth_same_roles(const jval *a, const jval *b)
 }
 
 /* Members that the server writes from a cleartext password, and the password itself. */
-static bool auth_hash_member(const char *k)
-{
+static bool auth_hash_member(const char *k) {
     static const char *const names[] = { "password", "password_sha", "password_scheme",
                                          "pbkdf2_prf", "iterations", "salt", "derived_key" };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
@@ -164,8 +148,7 @@ static bool auth_hash_member(const char *k)
 }
 
 int auth_user_doc_prepare(const char *id, size_t id_len, const jval *doc, const jval *old,
-                          const auth_user *u, unsigned iterations, buf *out, mimeo_err *err)
-{
+                          const auth_user *u, unsigned iterations, buf *out, mimeo_err *err) {
     bool admin = auth_user_is_admin(u);
     size_t pl = strlen(AUTH_USER_PREFIX);
     if (!doc || doc->type != JV_OBJECT) return auth_forbid(err, "doc must be an object");

@@ -4,8 +4,9 @@
 #ifndef MIMEO_CLI_H
 #define MIMEO_CLI_H
 
-/* mimeo serve [--data DIR] [--bind ADDR] [--port N] [--config FILE] [--set S.K=V]…
- * (serve.c): serves the HTTP API until SIGINT or SIGTERM. */
+/* mimeo serve [--config FILE] [--set S.K=V]… plus one flag per row of the option table in
+ * config.c (--data, --bind, --port, TLS, mesh…) (serve.c): serves the HTTP API until SIGINT
+ * or SIGTERM. */
 int cli_serve(int argc, char **argv);
 /* mimeo compact DIR (compact.c) */
 int cli_compact(int argc, char **argv);

@@ -8,8 +8,7 @@
 #include "mimeo.h"
 #include "cli.h"
 
-static void compact_usage(FILE *out)
-{
+static void compact_usage(FILE *out) {
     fprintf(out,
             "usage: mimeo compact DIR\n\n"
             "Rewrites DIR's data file with only the pages in use and swaps it in atomically.\n"
@@ -17,8 +16,7 @@ static void compact_usage(FILE *out)
             "free disk space up to the size of the data in use.\n");
 }
 
-int cli_compact(int argc, char **argv)
-{
+int cli_compact(int argc, char **argv) {
     if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         compact_usage(stdout);
         return 0;

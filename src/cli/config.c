@@ -150,8 +150,7 @@ static const cfg_option cfg_options[] = {
 };
 #define CFG_N (sizeof cfg_options / sizeof cfg_options[0])
 
-static const cfg_option *cfg_find(const char *section, const char *name)
-{
+static const cfg_option *cfg_find(const char *section, const char *name) {
     for (size_t i = 0; i < CFG_N; i++)
         if (strcasecmp(cfg_options[i].section, section) == 0 &&
             strcasecmp(cfg_options[i].name, name) == 0)
@@ -161,8 +160,7 @@ static const cfg_option *cfg_find(const char *section, const char *name)
 
 /* Parses "123", "64K", "8M", "1G" (powers of 1024): digits first (strtoull alone would take
  * " 5", "+5" and "-5"), nothing after the unit. */
-static bool cfg_parse_size(const char *v, uint64_t *out)
-{
+static bool cfg_parse_size(const char *v, uint64_t *out) {
     errno = 0;
     char *end;
     if (*v < '0' || *v > '9') return false;
@@ -181,8 +179,7 @@ static bool cfg_parse_size(const char *v, uint64_t *out)
 }
 
 static bool cfg_in_range(const cfg_option *o, uint64_t v, uint64_t type_max, char *err,
-                         size_t errlen)
-{
+                         size_t errlen) {
     uint64_t hi = o->max && o->max < type_max ? o->max : type_max;
     if (v >= o->min && v <= hi) return true;
     snprintf(err, errlen, "[%s] %s: %llu is out of range (%llu to %llu)", o->section, o->name,
@@ -191,8 +188,7 @@ static bool cfg_in_range(const cfg_option *o, uint64_t v, uint64_t type_max, cha
 }
 
 static int cfg_apply(cli_config *c, const cfg_option *o, const char *value, char *err,
-                     size_t errlen)
-{
+                     size_t errlen) {
     char *field = (char *)c + o->offset;
     uint64_t v;
     switch (o->type) {
@@ -238,8 +234,7 @@ static int cfg_apply(cli_config *c, const cfg_option *o, const char *value, char
     return -1;
 }
 
-void config_defaults(cli_config *c)
-{
+void config_defaults(cli_config *c) {
     char err[128];
     memset(c, 0, sizeof *c);
     for (size_t i = 0; i < CFG_N; i++) cfg_apply(c, &cfg_options[i], cfg_options[i].def, err,
@@ -248,8 +243,7 @@ void config_defaults(cli_config *c)
 
 /* [admins] name = value: names are free, so the section is not in the table. */
 static int cfg_admin_set(cli_config *c, const char *name, const char *value, char *err,
-                         size_t errlen)
-{
+                         size_t errlen) {
     size_t i;
     for (i = 0; i < c->nadmins; i++)
         if (strcmp(c->admin_names[i], name) == 0) break;
@@ -275,8 +269,7 @@ static int cfg_admin_set(cli_config *c, const char *name, const char *value, cha
 }
 
 int config_set(cli_config *c, const char *section, const char *name, const char *value,
-               char *err, size_t errlen)
-{
+               char *err, size_t errlen) {
     if (strcasecmp(section, "admins") == 0) return cfg_admin_set(c, name, value, err, errlen);
     const cfg_option *o = cfg_find(section, name);
     if (!o) {
@@ -295,8 +288,7 @@ typedef struct cfg_load {
 } cfg_load;
 
 static int cfg_ini_handler(void *user, const char *section, const char *name,
-                           const char *value)
-{
+                           const char *value) {
     cfg_load *l = user;
     if (!cfg_find(section, name) && strcasecmp(section, "admins") != 0) {
         fprintf(stderr, "mimeo: %s: ignoring unknown option [%s] %s\n", l->path, section, name);
@@ -309,8 +301,7 @@ static int cfg_ini_handler(void *user, const char *section, const char *name,
     return 1;
 }
 
-int config_load_file(cli_config *c, const char *path, char *err, size_t errlen)
-{
+int config_load_file(cli_config *c, const char *path, char *err, size_t errlen) {
     cfg_load l = { c, path, err, errlen, false };
     snprintf(c->config_path, sizeof c->config_path, "%s", path);
     int rc = ini_parse(path, cfg_ini_handler, &l);
@@ -332,8 +323,7 @@ int config_load_file(cli_config *c, const char *path, char *err, size_t errlen)
 }
 
 bool config_parse_number(const char *text, uint64_t min, uint64_t max, bool units,
-                         uint64_t *out)
-{
+                         uint64_t *out) {
     uint64_t v;
     if (!cfg_parse_size(text, &v)) return false;
     if (!units && strpbrk(text, "kKmMgGbB")) return false;
@@ -342,8 +332,7 @@ bool config_parse_number(const char *text, uint64_t min, uint64_t max, bool unit
     return true;
 }
 
-bool config_flag(const char *flag, const char **section, const char **name)
-{
+bool config_flag(const char *flag, const char **section, const char **name) {
     for (size_t i = 0; i < CFG_N; i++) {
         if (cfg_options[i].flag && strcmp(cfg_options[i].flag, flag) == 0) {
             *section = cfg_options[i].section;
@@ -354,8 +343,7 @@ bool config_flag(const char *flag, const char **section, const char **name)
     return false;
 }
 
-void config_print(FILE *out)
-{
+void config_print(FILE *out) {
     const char *sec = "";
     for (size_t i = 0; i < CFG_N; i++) {
         const cfg_option *o = &cfg_options[i];
@@ -368,8 +356,7 @@ void config_print(FILE *out)
     }
 }
 
-void config_to_options(const cli_config *c, mimeo_options *o)
-{
+void config_to_options(const cli_config *c, mimeo_options *o) {
     memset(o, 0, sizeof *o);
     o->revs_limit = c->revs_limit;
     o->max_document_size = c->max_document_size;
@@ -380,15 +367,13 @@ void config_to_options(const cli_config *c, mimeo_options *o)
     o->os_process_timeout = c->os_process_timeout;
 }
 
-void config_to_replicator(const cli_config *c, mimeo_replicator_options *r)
-{
+void config_to_replicator(const cli_config *c, mimeo_replicator_options *r) {
     memset(r, 0, sizeof *r);
     r->max_response_size = c->repl_max_response_size;
     r->cafile = c->repl_cafile[0] ? c->repl_cafile : NULL;
 }
 
-void config_to_http(const cli_config *c, http_config *h)
-{
+void config_to_http(const cli_config *c, http_config *h) {
     memset(h, 0, sizeof *h);
     h->bind_address = c->bind_address;
     h->port = c->port;
@@ -436,8 +421,7 @@ void config_to_http(const cli_config *c, http_config *h)
 
 /* Rewrites path with the [admins] lines of hashed names carrying their hashes. */
 static int cfg_rewrite_admins(const cli_config *c, const bool *hashed, const char *path,
-                              char *err, size_t errlen)
-{
+                              char *err, size_t errlen) {
     FILE *in = fopen(path, "r");
     if (!in) {
         snprintf(err, errlen, "%s: cannot reopen to hash [admins]: %s", path, strerror(errno));
@@ -494,8 +478,7 @@ static int cfg_rewrite_admins(const cli_config *c, const bool *hashed, const cha
     return 0;
 }
 
-int config_admins_hash(cli_config *c, char *err, size_t errlen)
-{
+int config_admins_hash(cli_config *c, char *err, size_t errlen) {
     bool hashed[CFG_MAX_ADMINS] = { false };
     bool any = false;
     for (size_t i = 0; i < c->nadmins; i++) {
@@ -510,8 +493,7 @@ int config_admins_hash(cli_config *c, char *err, size_t errlen)
     return cfg_rewrite_admins(c, hashed, c->config_path, err, errlen);
 }
 
-int config_admin_file(cli_config *c, bool *created, char *err, size_t errlen)
-{
+int config_admin_file(cli_config *c, bool *created, char *err, size_t errlen) {
     *created = false;
     if (c->nadmins > 0 || !c->admin_file[0]) return 0;
     char line[512] = "";
@@ -553,8 +535,7 @@ int config_admin_file(cli_config *c, bool *created, char *err, size_t errlen)
     return 0;
 }
 
-int config_secret(cli_config *c, const char *dir, char *err, size_t errlen)
-{
+int config_secret(cli_config *c, const char *dir, char *err, size_t errlen) {
     if (c->auth_secret[0]) return 0;
     char path[4200];
     snprintf(path, sizeof path, "%s/.auth_secret", dir);
@@ -589,8 +570,7 @@ int config_secret(cli_config *c, const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-bool config_bind_is_loopback(const char *addr)
-{
+bool config_bind_is_loopback(const char *addr) {
     struct in_addr a4;
     struct in6_addr a6;
     if (inet_pton(AF_INET, addr, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;

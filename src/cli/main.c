@@ -24,8 +24,7 @@ static const cli_command cli_commands[] = {
 };
 #define CLI_NCOMMANDS (sizeof cli_commands / sizeof cli_commands[0])
 
-static void cli_usage(FILE *out)
-{
+static void cli_usage(FILE *out) {
     fprintf(out,
             "mimeo %s: a replicating JSON document store that speaks CouchDB's API\n\n"
             "usage:\n",
@@ -45,14 +44,12 @@ static const struct option cli_options[] = {
     { NULL, 0, NULL, 0 },
 };
 
-static int cli_version(void)
-{
+static int cli_version(void) {
     printf("mimeo %s (CouchDB API %s)\n", MIMEO_VERSION, MIMEO_COUCHDB_VERSION);
     return 0;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     /* "+": the options before the command are ours; the command parses the rest. */
     int ch;
     while ((ch = getopt_long(argc, argv, "+hV", cli_options, NULL)) != -1) {

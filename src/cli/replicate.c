@@ -19,8 +19,7 @@
 #include "../common/buf.h"
 #include "../json/json.h"
 
-static void replicate_usage(FILE *out)
-{
+static void replicate_usage(FILE *out) {
     fprintf(out,
             "usage: mimeo replicate SOURCE TARGET [--continuous] [--create-target]\n"
             "                       [--doc-ids ID,ID…] [--data DIR]\n"
@@ -67,8 +66,7 @@ static const struct option replicate_options[] = {
 
 /* A number flag's value into *out, or one line on stderr and false. */
 static bool replicate_number(const char *flag, const char *text, uint64_t min, uint64_t max,
-                             bool units, long long *out)
-{
+                             bool units, long long *out) {
     uint64_t v;
     if (!config_parse_number(text, min, max, units, &v)) {
         fprintf(stderr, "mimeo replicate: %s: '%s' is not %s from %llu to %llu\n", flag, text,
@@ -91,8 +89,7 @@ static bool replicate_json_object(const char *flag, const char *text)
 }
 
 /* 0, 1 after --help, or 2 after a usage error (said on stderr). */
-static int replicate_parse(int argc, char **argv, replicate_args *a)
-{
+static int replicate_parse(int argc, char **argv, replicate_args *a) {
     memset(a, 0, sizeof *a);
     a->ckpt_ms = a->retries = a->max_response = -1;
     optind = 0;
@@ -149,8 +146,7 @@ static int replicate_parse(int argc, char **argv, replicate_args *a)
 }
 
 /* The /_replicate body the arguments describe, new (buf_destroy it). */
-static int replicate_body(const replicate_args *a, buf *body)
-{
+static int replicate_body(const replicate_args *a, buf *body) {
     buf_init(body, 0);
     int rc = buf_puts(body, "{\"source\":");
     rc |= json_put_cstr(body, a->source);
@@ -206,8 +202,7 @@ typedef struct replicate_run {
     pthread_mutex_t lock;
 } replicate_run;
 
-static void *replicate_thread(void *arg)
-{
+static void *replicate_thread(void *arg) {
     replicate_run *r = arg;
     int rc = mimeo_replicate(r->env, r->body, r->len, &r->out, &r->out_len, &r->status,
                              &r->err);
@@ -218,15 +213,13 @@ static void *replicate_thread(void *arg)
     return NULL;
 }
 
-static uint64_t replicate_u64(const jval *o, const char *key)
-{
+static uint64_t replicate_u64(const jval *o, const char *key) {
     int64_t v;
     return jval_as_i64(jval_get(o, key), &v) && v > 0 ? (uint64_t)v : 0;
 }
 
 /* One progress line from the first replication task, over the previous one. */
-static void replicate_progress(mimeo_env *env, uint64_t start_ms)
-{
+static void replicate_progress(mimeo_env *env, uint64_t start_ms) {
     /* The last figures seen stay on the line once the job is gone. */
     static uint64_t written, pending, failures;
     char *json = NULL;
@@ -252,8 +245,7 @@ static void replicate_progress(mimeo_env *env, uint64_t start_ms)
 }
 
 /* Opens the data directory named by --data, if any. 0, or 1 after saying why. */
-static int replicate_open(const replicate_args *a, mimeo_env **env)
-{
+static int replicate_open(const replicate_args *a, mimeo_env **env) {
     *env = NULL;
     if (!a->data) return 0;
     mimeo_err e = {0};
@@ -267,8 +259,7 @@ static int replicate_open(const replicate_args *a, mimeo_env **env)
 /* Runs the replication on a thread of its own while this one shows progress and takes
  * SIGINT/SIGTERM (blocked for every thread, taken by sigtimedwait here). A continuous job
  * is then followed until a signal. Returns the exit status; run->out holds the reply. */
-static int replicate_run_job(const replicate_args *a, mimeo_env *env, replicate_run *run)
-{
+static int replicate_run_job(const replicate_args *a, mimeo_env *env, replicate_run *run) {
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
@@ -331,8 +322,7 @@ static int replicate_run_job(const replicate_args *a, mimeo_env *env, replicate_
 }
 
 /* The command, in order: arguments, the request body, the data directory, the run. */
-int cli_replicate(int argc, char **argv)
-{
+int cli_replicate(int argc, char **argv) {
     replicate_args a;
     int status = replicate_parse(argc, argv, &a);
     if (status) return status == 1 ? 0 : status;

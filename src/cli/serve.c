@@ -18,8 +18,7 @@
 /* Accounts before the server starts: hash [admins], create or read the admin file, apply
  * protected mode (no admin: loopback only, everyone admin), load the cookie secret. Prints
  * what a user must know first. 0, or -1 after printing why. */
-static int serve_security(cli_config *cfg)
-{
+static int serve_security(cli_config *cfg) {
     char err[512];
     bool created = false;
     if (config_admin_file(cfg, &created, err, sizeof err) != 0 ||
@@ -49,8 +48,7 @@ static int serve_security(cli_config *cfg)
 }
 
 /* Reads a whole small file (a PEM certificate or key) into a new string; NULL on error. */
-static char *serve_read_file(const char *path)
-{
+static char *serve_read_file(const char *path) {
     FILE *f = fopen(path, "r");
     if (!f) return NULL;
     char *p = malloc(1 << 20);
@@ -67,8 +65,7 @@ static char *serve_read_file(const char *path)
 /* The HTTPS server on [ssl] port, when a certificate is configured. *srv stays NULL without
  * one. The PEM texts are kept in pem[2] until the server is freed. 0, or -1 after printing. */
 static int serve_tls_start(mimeo_env *env, const cli_config *cfg, const http_config *hc,
-                           http_server **srv, char *pem[2])
-{
+                           http_server **srv, char *pem[2]) {
     *srv = NULL;
     if (!cfg->tls_cert[0] && !cfg->tls_key[0]) return 0;
     pem[0] = serve_read_file(cfg->tls_cert);
@@ -93,8 +90,7 @@ static int serve_tls_start(mimeo_env *env, const cli_config *cfg, const http_con
     return 0;
 }
 
-static void serve_usage(FILE *out)
-{
+static void serve_usage(FILE *out) {
     fprintf(out,
             "usage: mimeo serve [--data DIR] [--bind ADDR] [--port N] [--config FILE]\n"
             "                   [--admin-file FILE] [--tls-cert FILE --tls-key FILE [--tls-port N]]\n"
@@ -107,8 +103,7 @@ static void serve_usage(FILE *out)
 }
 
 /* Applies "section.key=value". */
-static int serve_set(cli_config *c, const char *spec, char *err, size_t errlen)
-{
+static int serve_set(cli_config *c, const char *spec, char *err, size_t errlen) {
     const char *dot = strchr(spec, '.');
     const char *eq = strchr(spec, '=');
     if (!dot || !eq || eq < dot) {
@@ -151,8 +146,7 @@ static const struct option serve_options[] = {
 
 /* Precedence: defaults, then the --config file (wherever it appears), then the flags in
  * order. -1 after printing one line on stderr; exits 0 after --help. */
-static int serve_parse(int argc, char **argv, cli_config *c)
-{
+static int serve_parse(int argc, char **argv, cli_config *c) {
     char err[512];
     /* First pass: only --config, quietly (the second pass reports mistakes). */
     opterr = 0;
@@ -205,8 +199,7 @@ bad:
 /* Starts the mesh when [mesh] asks for it (*out stays NULL when it does not). -1 after
  * printing why when it is asked for but cannot run, e.g. without a secret. */
 static int serve_mesh_start(const cli_config *c, mimeo_env *env, unsigned port,
-                            struct mesh_node **out)
-{
+                            struct mesh_node **out) {
     *out = NULL;
     const struct cli_mesh_config *mc = &c->mesh;
     if (!mc->join[0] && !mc->name[0] && !mc->advertise[0] && !mc->secret_file[0]) return 0;
@@ -260,8 +253,7 @@ static int serve_mesh_start(const cli_config *c, mimeo_env *env, unsigned port,
     return 0;
 }
 
-int cli_serve(int argc, char **argv)
-{
+int cli_serve(int argc, char **argv) {
     cli_config cfg;
     config_defaults(&cfg);
     if (serve_parse(argc, argv, &cfg) != 0) return 2;
@@ -301,47 +293,24 @@ int cli_serve(int argc, char **argv)
         fprintf(stderr, "mimeo serve: replication manager not started: %s\n",
                 err.reason[0] ? err.reason : mimeo_strerror(rc));
 
-    if (serve_security(&cfg) != 0) {
-        mimeo_replicator_stop(env);
-        mimeo_env_close(env);
-        return 1;
-    }
+    http_server *tls_srv = NULL, *srv = NULL;
+    struct mesh_node *mesh = NULL;
+    char *pem[2] = { NULL, NULL };
+    if (serve_security(&cfg) != 0) goto fail;
     http_config hc;
     config_to_http(&cfg, &hc);
     char why[256];
-    http_server *tls_srv = NULL;
-    char *pem[2] = { NULL, NULL };
-    if (serve_tls_start(env, &cfg, &hc, &tls_srv, pem) != 0) {
-        free(pem[0]);
-        free(pem[1]);
-        mimeo_replicator_stop(env);
-        mimeo_env_close(env);
-        return 1;
-    }
-    http_server *srv = NULL;
+    if (serve_tls_start(env, &cfg, &hc, &tls_srv, pem) != 0) goto fail;
     if (cfg.http_enable || !tls_srv) {
         srv = http_server_start(env, &hc, why, sizeof why);
         if (!srv) {
             fprintf(stderr, "mimeo serve: %s\n", why);
-            http_server_free(tls_srv);
-            free(pem[0]);
-            free(pem[1]);
-            mimeo_replicator_stop(env);
-            mimeo_env_close(env);
-            return 1;
+            goto fail;
         }
     }
     /* Before the listening line: a mesh that cannot start (no secret) stops the server. */
-    struct mesh_node *mesh = NULL;
-    if (serve_mesh_start(&cfg, env, http_server_port(srv ? srv : tls_srv), &mesh) != 0) {
-        http_server_free(srv);
-        http_server_free(tls_srv);
-        free(pem[0]);
-        free(pem[1]);
-        mimeo_replicator_stop(env);
-        mimeo_env_close(env);
-        return 1;
-    }
+    if (serve_mesh_start(&cfg, env, http_server_port(srv ? srv : tls_srv), &mesh) != 0)
+        goto fail;
     if (srv) {
         bool v6 = strchr(cfg.bind_address, ':') != NULL;
         printf("mimeo listening on http://%s%s%s:%u\n", v6 ? "[" : "", cfg.bind_address,
@@ -366,4 +335,13 @@ int cli_serve(int argc, char **argv)
     mimeo_env_close(env);         /* commits writes in flight */
     fprintf(stderr, "mimeo: stopped\n");
     return 0;
+
+fail:
+    http_server_free(srv);
+    http_server_free(tls_srv);
+    free(pem[0]);
+    free(pem[1]);
+    mimeo_replicator_stop(env);
+    mimeo_env_close(env);
+    return 1;
 }

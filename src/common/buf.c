@@ -1,9 +1,12 @@
-/* Growable buffers with caps, varints, clocks and randomness shared by all modules. */
+/* Growable buffers with caps, varints, clocks and randomness shared by all modules, and the
+ * small text helpers (hex, UTF-8, percent-encoding) and growable arrays. */
 #include "buf.h"
 #include "mimeo.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -168,4 +171,102 @@ void hex_encode(const unsigned char *p, size_t n, char *out) {
         out[2 * i + 1] = digits[p[i] & 15];
     }
     out[2 * n] = 0;
+}
+
+int hex_digit(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+bool hex_decode(const char *s, size_t slen, unsigned char *out, size_t n) {
+    if (slen != 2 * n) return false;
+    for (size_t i = 0; i < n; i++) {
+        int h = hex_digit((unsigned char)s[2 * i]), l = hex_digit((unsigned char)s[2 * i + 1]);
+        if (h < 0 || l < 0) return false;
+        out[i] = (unsigned char)(h << 4 | l);
+    }
+    return true;
+}
+
+bool utf8_valid(const char *str, size_t n) {
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < n) {
+        /* ASCII runs are the common case: eight bytes per step */
+        while (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (w & 0x8080808080808080ull) break;
+            i += 8;
+        }
+        if (i >= n) break;
+        unsigned c = s[i];
+        if (c < 0x80) { i++; continue; }
+        size_t need;
+        unsigned lo = 0x80, hi = 0xBF; /* range of the first continuation byte */
+        if (c >= 0xC2 && c <= 0xDF) need = 1;
+        else if (c == 0xE0) { need = 2; lo = 0xA0; }           /* no overlongs */
+        else if (c == 0xED) { need = 2; hi = 0x9F; }           /* no surrogates */
+        else if (c >= 0xE1 && c <= 0xEF) need = 2;
+        else if (c == 0xF0) { need = 3; lo = 0x90; }           /* no overlongs */
+        else if (c >= 0xF1 && c <= 0xF3) need = 3;
+        else if (c == 0xF4) { need = 3; hi = 0x8F; }           /* nothing past U+10FFFF */
+        else return false;
+        if (n - i <= need) return false;
+        if (s[i + 1] < lo || s[i + 1] > hi) return false;
+        for (size_t k = 2; k <= need; k++)
+            if ((s[i + k] & 0xC0) != 0x80) return false;
+        i += need + 1;
+    }
+    return true;
+}
+
+size_t pct_decode(char *p, size_t n, bool plus_space) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '%') {
+            if (i + 2 >= n) return (size_t)-1;
+            int hi = hex_digit((unsigned char)p[i + 1]), lo = hex_digit((unsigned char)p[i + 2]);
+            if (hi < 0 || lo < 0) return (size_t)-1;
+            p[o++] = (char)(hi << 4 | lo);
+            i += 2;
+        } else if (c == '+' && plus_space) {
+            p[o++] = ' ';
+        } else {
+            p[o++] = c;
+        }
+    }
+    return o;
+}
+
+int buf_put_pct(buf *b, const char *s, size_t n) {
+    if (n == 0) return 0;
+    if (n > INT_MAX) return MIMEO_ETOOLARGE;
+    /* libcurl's encoder keeps exactly the unreserved set; it takes no handle since 7.82 */
+    char *e = curl_easy_escape(NULL, s, (int)n);
+    if (!e) return MIMEO_ENOMEM;
+    int rc = buf_puts(b, e);
+    curl_free(e);
+    return rc;
+}
+
+int array_grow(void *arr, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    size_t n = *cap ? *cap : 8;
+    while (n < need) {
+        if (n > SIZE_MAX / 2) return MIMEO_ENOMEM;
+        n *= 2;
+    }
+    if (elem && n > SIZE_MAX / elem) return MIMEO_ENOMEM;
+    /* arr is the address of some T *; memcpy reads and writes it without type punning */
+    void *old;
+    memcpy(&old, arr, sizeof old);
+    void *p = realloc(old, n * elem);
+    if (!p) return MIMEO_ENOMEM;
+    memcpy(arr, &p, sizeof p);
+    *cap = n;
+    return 0;
 }

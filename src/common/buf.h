@@ -5,8 +5,10 @@
 #define MIMEO_BUF_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct buf {
     char  *data;  /* owned; always NUL-terminated when len > 0 or after buf_cstr() */
@@ -60,5 +62,32 @@ uint64_t clock_ms(void);
 void random_bytes(void *p, size_t n);
 /* Lowercase hex of n bytes into out (2n chars + NUL). */
 void hex_encode(const unsigned char *p, size_t n, char *out);
+/* The value of one hex digit (either case), or -1. */
+int hex_digit(int c);
+/* Decodes exactly 2n hex chars (slen must be 2n) into n bytes; false on a bad digit. */
+bool hex_decode(const char *s, size_t slen, unsigned char *out, size_t n);
+
+/* Strict UTF-8 (RFC 3629): no overlong forms, no UTF-16 surrogates, nothing past U+10FFFF.
+ * CouchDB refuses the same set; accepting them would let two spellings name one character. */
+bool utf8_valid(const char *s, size_t n);
+
+/* Decodes %XX escapes in place (and '+' as a space when plus_space); returns the new length,
+ * or (size_t)-1 on a malformed escape. */
+size_t pct_decode(char *p, size_t n, bool plus_space);
+/* Appends s percent-encoded: everything but A-Z a-z 0-9 - . _ ~ (RFC 3986's unreserved set,
+ * which is also CouchDB's). 0, MIMEO_ENOMEM or MIMEO_ETOOLARGE. */
+int buf_put_pct(buf *b, const char *s, size_t n);
+
+/* Whether the n bytes at p spell the C string s exactly (path segments, keys). */
+static inline bool mem_eq_str(const char *p, size_t n, const char *s) {
+    return strlen(s) == n && (n == 0 || memcmp(p, s, n) == 0);
+}
+
+/* Growable arrays: makes room for need elements in *arr (which holds *cap), doubling from 8.
+ * On failure the array and cap are unchanged. 0 or MIMEO_ENOMEM. Typed use:
+ *     if (ARRAY_GROW(v->items, v->cap, v->n + 1)) return MIMEO_ENOMEM;
+ *     v->items[v->n++] = x; */
+int array_grow(void *arr, size_t *cap, size_t need, size_t elem);
+#define ARRAY_GROW(arr, cap, need) array_grow(&(arr), &(cap), (need), sizeof *(arr))
 
 #endif

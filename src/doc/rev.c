@@ -1,7 +1,7 @@
 /* Revision ids ("N-hash") and document ids: the text rules CouchDB applies before anything
  * touches a revision tree, and mimeo's deterministic hash for new revisions. Everything here
  * is pure and bounded by its input length; the HTTP and db layers call these on untrusted
- * bytes. See PROTOCOL.md §1.1, §1.8, §4.3. */
+ * bytes. */
 #include "revtree.h"
 
 #include "mimeo.h"
@@ -10,13 +10,6 @@
 #include <string.h>
 
 /* ---- revision ids ---------------------------------------------------------------------- */
-
-static int hexval(unsigned char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
 
 /* Characters a verbatim hash may hold. Quotes and backslashes are refused because rev ids are
  * echoed inside JSON strings and HTTP headers (ETag, If-Match) without escaping. */
@@ -30,7 +23,7 @@ int rev_hash_check(const char *s, size_t n, char *hash, size_t *hash_len) {
         /* CouchDB stores a 32-char id as 16 binary bytes and prints it in lowercase, so a
          * 32-char id that is not hex cannot exist, and case does not distinguish ids. */
         for (size_t i = 0; i < 32; i++) {
-            int v = hexval((unsigned char)s[i]);
+            int v = hex_digit((unsigned char)s[i]);
             if (v < 0) return MIMEO_EBADREV;
             hash[i] = "0123456789abcdef"[v];
         }
@@ -108,31 +101,6 @@ void rev_hash_new(const char *parent_rev, size_t parent_len, bool deleted,
 
 /* ---- document ids ---------------------------------------------------------------------- */
 
-/* Strict UTF-8 (RFC 3629): no overlong forms, no UTF-16 surrogates, nothing past U+10FFFF.
- * CouchDB refuses the same set; accepting them would let two spellings name one character. */
-static bool utf8_valid(const unsigned char *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        if (c < 0x80) { i++; continue; }
-        size_t len;
-        uint32_t cp, min;
-        if (c >= 0xc2 && c <= 0xdf) { len = 2; cp = c & 0x1f; min = 0x80; }
-        else if (c >= 0xe0 && c <= 0xef) { len = 3; cp = c & 0x0f; min = 0x800; }
-        else if (c >= 0xf0 && c <= 0xf4) { len = 4; cp = c & 0x07; min = 0x10000; }
-        else return false; /* continuation byte, 0xc0/0xc1 overlongs, 0xf5.. */
-        if (n - i < len) return false;
-        for (size_t k = 1; k < len; k++) {
-            unsigned char cc = s[i + k];
-            if ((cc & 0xc0) != 0x80) return false;
-            cp = (cp << 6) | (cc & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-        i += len;
-    }
-    return true;
-}
-
 static bool has_prefix(const char *s, size_t n, const char *prefix) {
     size_t k = strlen(prefix);
     return n >= k && memcmp(s, prefix, k) == 0;
@@ -154,7 +122,7 @@ int docid_validate_max(const char *id, size_t n, size_t max, const char **reason
         why = "Illegal document id `_local/`";
     else if (n > max)
         why = "Document id is too long";
-    else if (!utf8_valid((const unsigned char *)id, n))
+    else if (!utf8_valid(id, n))
         why = "Document id must be valid UTF-8";
     else if (id[0] == '_' && !has_prefix(id, n, "_design/") && !has_prefix(id, n, "_local/"))
         why = "Only reserved document ids may start with underscore.";

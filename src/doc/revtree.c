@@ -1,4 +1,4 @@
-/* Revision trees (PROTOCOL.md §1.2–§1.6): merging replicated paths, interactive children,
+/* Revision trees as CouchDB keeps them: merging replicated paths, interactive children,
  * stemming, compaction, the winner and the on-disk form. Nodes live in one array in which
  * every parent precedes its children and (gen, hash) is unique, so a tree is a set of
  * revisions plus parent links. Trees are small: queries scan the array rather than keep child

@@ -1,7 +1,7 @@
 /* Revision trees, revision ids and document-id rules: CouchDB's model as pure code, no I/O.
  * A document's history is a forest of revisions; replication merges paths into it (set
  * union), interactive edits add children to leaves, stemming bounds its depth, and every
- * replica with the same tree picks the same winner. See PROTOCOL.md §1. */
+ * replica with the same tree picks the same winner. */
 #ifndef MIMEO_REVTREE_H
 #define MIMEO_REVTREE_H
 

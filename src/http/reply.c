@@ -52,8 +52,7 @@ static const struct http_status_row {
 };
 #define HTTP_NSTATUS (sizeof http_status_table / sizeof http_status_table[0])
 
-static const struct http_status_row *http_status_row(int code, const char *error)
-{
+static const struct http_status_row *http_status_row(int code, const char *error) {
     if (error && error[0]) {
         for (size_t i = 0; i < HTTP_NSTATUS; i++)
             if (strcmp(http_status_table[i].error, error) == 0) return &http_status_table[i];
@@ -63,20 +62,17 @@ static const struct http_status_row *http_status_row(int code, const char *error
     return NULL;
 }
 
-unsigned http_status_for(int code, const char *error)
-{
+unsigned http_status_for(int code, const char *error) {
     const struct http_status_row *row = http_status_row(code, error);
     return row ? row->status : 500;
 }
 
 /* ---- headers ---------------------------------------------------------------------------- */
-const char *http_req_header(const http_req *r, const char *name)
-{
+const char *http_req_header(const http_req *r, const char *name) {
     return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
 }
 
-bool http_is_json_ctype(const http_req *r)
-{
+bool http_is_json_ctype(const http_req *r) {
     const char *ct = http_req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (!ct) return false;
     while (*ct == ' ') ct++;
@@ -88,8 +84,7 @@ bool http_is_json_ctype(const http_req *r)
 /* Is origin (the request's Origin header) in the configured list? 0: no; 1: by "*" (then the
  * reply says "*" and never allows credentials: any page could otherwise act as the user);
  * 2: listed by name. */
-static int http_origin_allowed(const http_cors *c, const char *origin)
-{
+static int http_origin_allowed(const http_cors *c, const char *origin) {
     if (!c->enabled || !origin || !c->origins) return 0;
     const char *p = c->origins;
     size_t olen = strlen(origin);
@@ -108,16 +103,14 @@ static int http_origin_allowed(const http_cors *c, const char *origin)
 
 /* Allow-Origin and Allow-Credentials for an allowed origin. */
 static void http_cors_origin(const http_cors *c, struct MHD_Response *resp, const char *origin,
-                             int how)
-{
+                             int how) {
     MHD_add_response_header(resp, "Access-Control-Allow-Origin", how == 2 ? origin : "*");
     MHD_add_response_header(resp, "Vary", "Origin");
     if (how == 2 && c->credentials)
         MHD_add_response_header(resp, "Access-Control-Allow-Credentials", "true");
 }
 
-void http_cors_headers(http_req *r, struct MHD_Response *resp)
-{
+void http_cors_headers(http_req *r, struct MHD_Response *resp) {
     const http_cors *c = &r->srv->cfg.cors;
     const char *origin = http_req_header(r, "Origin");
     int how = http_origin_allowed(c, origin);
@@ -128,8 +121,7 @@ void http_cors_headers(http_req *r, struct MHD_Response *resp)
                             "x-couch-request-id, x-couch-update-newrev");
 }
 
-bool http_cors_preflight(http_req *r)
-{
+bool http_cors_preflight(http_req *r) {
     const http_cors *c = &r->srv->cfg.cors;
     const char *origin = http_req_header(r, "Origin");
     const char *want = http_req_header(r, "Access-Control-Request-Method");
@@ -153,8 +145,7 @@ bool http_cors_preflight(http_req *r)
     return true;
 }
 
-static void http_common_headers(http_req *r, struct MHD_Response *resp, const char *ctype)
-{
+static void http_common_headers(http_req *r, struct MHD_Response *resp, const char *ctype) {
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             ctype ? ctype : "application/json");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "must-revalidate");
@@ -163,8 +154,7 @@ static void http_common_headers(http_req *r, struct MHD_Response *resp, const ch
 }
 
 static void http_set_reply(http_req *r, unsigned status, struct MHD_Response *resp,
-                           const char *ctype)
-{
+                           const char *ctype) {
     if (r->resp) {               /* a handler bug: keep the first reply */
         MHD_destroy_response(resp);
         return;
@@ -176,13 +166,11 @@ static void http_set_reply(http_req *r, unsigned status, struct MHD_Response *re
 }
 
 /* ---- replies ---------------------------------------------------------------------------- */
-void http_reply_buf(http_req *r, unsigned status, buf *b)
-{
+void http_reply_buf(http_req *r, unsigned status, buf *b) {
     http_reply_buf_ct(r, status, b, NULL);
 }
 
-void http_reply_buf_ct(http_req *r, unsigned status, buf *b, const char *content_type)
-{
+void http_reply_buf_ct(http_req *r, unsigned status, buf *b, const char *content_type) {
     size_t len = 0;
     char *p = buf_detach(b, &len);
     struct MHD_Response *resp;
@@ -196,21 +184,18 @@ void http_reply_buf_ct(http_req *r, unsigned status, buf *b, const char *content
     http_set_reply(r, status, resp, content_type);
 }
 
-void http_reply_mimeo(http_req *r, unsigned status, char *json, size_t len)
-{
+void http_reply_mimeo(http_req *r, unsigned status, char *json, size_t len) {
     struct MHD_Response *resp =
         MHD_create_response_from_buffer_with_free_callback(len, json, mimeo_free);
     if (!resp) mimeo_free(json);
     http_set_reply(r, status, resp, NULL);
 }
 
-static void http_cursor_free(void *cls)
-{
+static void http_cursor_free(void *cls) {
     mimeo_cursor_close(cls);
 }
 
-void http_reply_row_json(http_req *r, unsigned status, mimeo_cursor *cur, const mimeo_row *row)
-{
+void http_reply_row_json(http_req *r, unsigned status, mimeo_cursor *cur, const mimeo_row *row) {
     /* The row's json lives in the cursor: the reply keeps the cursor until it is sent. */
     struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback_cls(
         row->json_len, (void *)row->json, http_cursor_free, cur);
@@ -218,15 +203,13 @@ void http_reply_row_json(http_req *r, unsigned status, mimeo_cursor *cur, const 
     http_set_reply(r, status, resp, NULL);
 }
 
-void http_reply_static(http_req *r, unsigned status, const char *json)
-{
+void http_reply_static(http_req *r, unsigned status, const char *json) {
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(strlen(json), (void *)json, MHD_RESPMEM_PERSISTENT);
     http_set_reply(r, status, resp, NULL);
 }
 
-void http_reply_error(http_req *r, unsigned status, const char *error, const char *reason)
-{
+void http_reply_error(http_req *r, unsigned status, const char *error, const char *reason) {
     const struct http_status_row *row = http_status_row(0, error);
     if (status == 0) status = row ? row->status : 500;
     if (!reason || !reason[0]) reason = row ? row->reason : "unknown error";
@@ -240,8 +223,7 @@ void http_reply_error(http_req *r, unsigned status, const char *error, const cha
     http_reply_buf(r, status, &b);
 }
 
-void http_reply_err(http_req *r, int rc, const mimeo_err *e)
-{
+void http_reply_err(http_req *r, int rc, const mimeo_err *e) {
     const char *error = (e && e->error[0]) ? e->error : NULL;
     const struct http_status_row *row = http_status_row(rc, error);
     const char *reason = (e && e->reason[0]) ? e->reason : (row ? row->reason : NULL);
@@ -254,8 +236,7 @@ void http_reply_err(http_req *r, int rc, const mimeo_err *e)
     http_reply_error(r, status, error, reason);
 }
 
-void http_reply_method(http_req *r, const char *allowed)
-{
+void http_reply_method(http_req *r, const char *allowed) {
     char reason[128];
     snprintf(reason, sizeof reason, "Only %s allowed", allowed);
     http_reply_error(r, 405, "method_not_allowed", reason);
@@ -264,8 +245,7 @@ void http_reply_method(http_req *r, const char *allowed)
 
 void http_reply_stream(http_req *r, unsigned status, const char *content_type,
                        MHD_ContentReaderCallback reader, void *cls,
-                       MHD_ContentReaderFreeCallback free_fn)
-{
+                       MHD_ContentReaderFreeCallback free_fn) {
     /* Block size bounds one chunk; rows are flushed as soon as a reader call returns. */
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, reader, cls, free_fn);
@@ -276,8 +256,7 @@ void http_reply_stream(http_req *r, unsigned status, const char *content_type,
     http_set_reply(r, status, resp, content_type);
 }
 
-size_t http_drain(buf *b, size_t *pos, char *dst, size_t max)
-{
+size_t http_drain(buf *b, size_t *pos, char *dst, size_t max) {
     size_t avail = b->len - *pos;
     if (avail == 0) {
         buf_reset(b);
@@ -290,13 +269,11 @@ size_t http_drain(buf *b, size_t *pos, char *dst, size_t max)
     return n;
 }
 
-void http_header(http_req *r, const char *name, const char *value)
-{
+void http_header(http_req *r, const char *name, const char *value) {
     if (r->resp) MHD_add_response_header(r->resp, name, value);
 }
 
-void http_header_etag(http_req *r, const char *rev, size_t len)
-{
+void http_header_etag(http_req *r, const char *rev, size_t len) {
     char tag[MIMEO_REV_MAX + 4];
     if (!rev || len == 0 || len + 3 > sizeof tag) return;
     tag[0] = '"';
@@ -306,30 +283,18 @@ void http_header_etag(http_req *r, const char *rev, size_t len)
     http_header(r, MHD_HTTP_HEADER_ETAG, tag);
 }
 
-/* Percent-encodes everything but CouchDB's safe set (A-Z a-z 0-9 _ . - ~), keeping the '/'
- * after _design or _local. */
-static void http_put_pct(buf *b, const char *s, size_t n, bool keep_prefix_slash)
-{
+/* Percent-encodes the name, keeping the '/' after _design or _local. */
+static void http_put_pct(buf *b, const char *s, size_t n, bool keep_prefix_slash) {
     size_t i = 0;
     if (keep_prefix_slash) {
-        if (n > 8 && memcmp(s, "_design/", 8) == 0) { buf_put(b, s, 8); i = 8; }
-        else if (n > 7 && memcmp(s, "_local/", 7) == 0) { buf_put(b, s, 7); i = 7; }
+        if (n > 8 && memcmp(s, "_design/", 8) == 0) i = 8;
+        else if (n > 7 && memcmp(s, "_local/", 7) == 0) i = 7;
+        buf_put(b, s, i);
     }
-    static const char hex[] = "0123456789ABCDEF";
-    for (; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-            c == '_' || c == '.' || c == '-' || c == '~') {
-            buf_putc(b, (char)c);
-        } else {
-            char e[3] = { '%', hex[c >> 4], hex[c & 15] };
-            buf_put(b, e, 3);
-        }
-    }
+    buf_put_pct(b, s + i, n - i);
 }
 
-void http_header_location(http_req *r, const char *db, const char *id, size_t id_len)
-{
+void http_header_location(http_req *r, const char *db, const char *id, size_t id_len) {
     if (!r->resp) return;
     const char *host = http_req_header(r, MHD_HTTP_HEADER_HOST);
     buf b;
@@ -347,8 +312,7 @@ void http_header_location(http_req *r, const char *db, const char *id, size_t id
 }
 
 /* ---- helpers ---------------------------------------------------------------------------- */
-bool http_db(http_req *r)
-{
+bool http_db(http_req *r) {
     if (r->db) return true;
     const char *name = r->seg[0];
     size_t len = r->seg_len[0];
@@ -374,8 +338,7 @@ bool http_db(http_req *r)
     return true;
 }
 
-int http_put_ok_id_rev(buf *b, const char *id, size_t id_len, const char *rev)
-{
+int http_put_ok_id_rev(buf *b, const char *id, size_t id_len, const char *rev) {
     buf_puts(b, "{\"ok\":true,\"id\":");
     json_put_str(b, id, id_len);
     if (rev) {
@@ -386,8 +349,7 @@ int http_put_ok_id_rev(buf *b, const char *id, size_t id_len, const char *rev)
 }
 
 /* ---- rows of streamed replies ------------------------------------------------------------- */
-int http_put_row_doc(buf *b, const mimeo_row *row, bool conflicts)
-{
+int http_put_row_doc(buf *b, const mimeo_row *row, bool conflicts) {
     int rc = buf_puts(b, "{\"_id\":");
     if (rc == 0) rc = json_put_str(b, row->id, row->id_len);
     if (rc == 0) rc = buf_puts(b, ",\"_rev\":");
@@ -410,8 +372,7 @@ int http_put_row_doc(buf *b, const mimeo_row *row, bool conflicts)
     return rc ? rc : buf_putc(b, '}');
 }
 
-int http_put_change_row(buf *b, const mimeo_row *row, bool all_docs_style, bool conflicts)
-{
+int http_put_change_row(buf *b, const mimeo_row *row, bool all_docs_style, bool conflicts) {
     int rc = buf_printf(b, "{\"seq\":%llu,\"id\":", (unsigned long long)row->seq);
     if (rc == 0) rc = json_put_str(b, row->id, row->id_len);
     if (rc == 0) rc = buf_puts(b, ",\"changes\":[");
@@ -435,8 +396,7 @@ int http_put_change_row(buf *b, const mimeo_row *row, bool all_docs_style, bool 
     return rc ? rc : buf_putc(b, '}');
 }
 
-int http_put_all_docs_row(buf *b, const mimeo_row *row, bool include_docs, bool conflicts)
-{
+int http_put_all_docs_row(buf *b, const mimeo_row *row, bool include_docs, bool conflicts) {
     int rc;
     if (row->status == MIMEO_ENOTFOUND) {
         rc = buf_puts(b, "{\"key\":");
@@ -467,8 +427,7 @@ typedef struct http_cursor_stream {
     size_t        pos;
 } http_cursor_stream;
 
-static void http_cursor_stream_free(void *cls)
-{
+static void http_cursor_stream_free(void *cls) {
     http_cursor_stream *s = cls;
     mimeo_cursor_close(s->cur);
     if (s->db) mimeo_db_close(s->db);
@@ -476,8 +435,7 @@ static void http_cursor_stream_free(void *cls)
     free(s);
 }
 
-static int http_cursor_stream_fill(http_cursor_stream *s)
-{
+static int http_cursor_stream_fill(http_cursor_stream *s) {
     while (!s->at_end && s->out.len - s->pos < HTTP_STREAM_CHUNK) {
         const mimeo_row *row;
         int rc = mimeo_cursor_next(s->cur, &row, NULL);
@@ -494,8 +452,7 @@ static int http_cursor_stream_fill(http_cursor_stream *s)
     return 0;
 }
 
-static ssize_t http_cursor_stream_read(void *cls, uint64_t pos, char *dst, size_t max)
-{
+static ssize_t http_cursor_stream_read(void *cls, uint64_t pos, char *dst, size_t max) {
     http_cursor_stream *s = cls;
     (void)pos;
     for (;;) {
@@ -512,8 +469,7 @@ static ssize_t http_cursor_stream_read(void *cls, uint64_t pos, char *dst, size_
 }
 
 void http_reply_cursor(http_req *r, unsigned status, mimeo_cursor *cur, const char *open,
-                       const char *close)
-{
+                       const char *close) {
     http_cursor_stream *s = calloc(1, sizeof *s);
     if (!s) {
         mimeo_cursor_close(cur);

@@ -78,15 +78,12 @@ static const char *const http_unserved_db[] = {
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
-static bool http_seg_is(const http_req *r, size_t i, const char *s)
-{
-    return i < r->nseg && i < HTTP_MAX_SEGS && strlen(s) == r->seg_len[i] &&
-           memcmp(r->seg[i], s, r->seg_len[i]) == 0;
+static bool http_seg_is(const http_req *r, size_t i, const char *s) {
+    return i < r->nseg && i < HTTP_MAX_SEGS && mem_eq_str(r->seg[i], r->seg_len[i], s);
 }
 
 static bool http_run(http_req *r, const http_route_row *rows, size_t n, const char *name,
-                     size_t name_len)
-{
+                     size_t name_len) {
     for (size_t i = 0; i < n; i++) {
         if (strlen(rows[i].name) != name_len || memcmp(rows[i].name, name, name_len) != 0)
             continue;
@@ -99,8 +96,7 @@ static bool http_run(http_req *r, const http_route_row *rows, size_t n, const ch
     return false;
 }
 
-static bool http_listed(const char *const *list, size_t n, const char *s, size_t len)
-{
+static bool http_listed(const char *const *list, size_t n, const char *s, size_t len) {
     for (size_t i = 0; i < n; i++)
         if (strlen(list[i]) == len && memcmp(list[i], s, len) == 0) return true;
     return false;
@@ -108,8 +104,7 @@ static bool http_listed(const char *const *list, size_t n, const char *s, size_t
 
 /* Documents: /{db}/{id}, /{db}/_design/{name}, /{db}/_local/{id}, and the id forms that
  * arrive with an encoded slash ("_design%2Fx"), which decode to the same ids. */
-static void http_route_doc(http_req *r)
-{
+static void http_route_doc(http_req *r) {
     const char *id = r->seg[1];
     size_t id_len = r->seg_len[1];
     size_t rest = 2;   /* first segment after the id */
@@ -155,8 +150,7 @@ static void http_route_doc(http_req *r)
     http_h_doc(r, id, id_len);
 }
 
-void http_route(http_req *r)
-{
+void http_route(http_req *r) {
     if (r->url_bad) {
         http_reply_error(r, 400, "bad_request", "Malformed percent-encoding in the URL");
         return;

@@ -10,37 +10,13 @@
 
 #include "http_int.h"
 
-static int http_hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-size_t http_pct_decode(char *p, size_t n, bool plus_space)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (c == '%') {
-            if (i + 2 >= n) return (size_t)-1;
-            int hi = http_hexval(p[i + 1]), lo = http_hexval(p[i + 2]);
-            if (hi < 0 || lo < 0) return (size_t)-1;
-            p[o++] = (char)(hi << 4 | lo);
-            i += 2;
-        } else if (c == '+' && plus_space) {
-            p[o++] = ' ';
-        } else {
-            p[o++] = c;
-        }
-    }
-    return o;
+/* The name h_session.c knows; the decoder itself is shared (src/common/buf.h). */
+size_t http_pct_decode(char *p, size_t n, bool plus_space) {
+    return pct_decode(p, n, plus_space);
 }
 
 /* Path: "/a/b%2Fc/" → ["a", "b/c"]. A trailing slash adds no segment ("/db/" is "/db"). */
-static void http_split_path(http_req *r, char *p, size_t n)
-{
+static void http_split_path(http_req *r, char *p, size_t n) {
     size_t i = 0;
     if (n > 0 && p[0] == '/') i = 1;
     while (i < n) {
@@ -49,7 +25,7 @@ static void http_split_path(http_req *r, char *p, size_t n)
         size_t len = i - start;
         if (len == 0 && i >= n) break;           /* nothing after the final slash */
         if (r->nseg < HTTP_MAX_SEGS) {
-            size_t dl = http_pct_decode(p + start, len, false);
+            size_t dl = pct_decode(p + start, len, false);
             if (dl == (size_t)-1) { r->url_bad = true; dl = 0; }
             p[start + dl] = '\0';
             r->seg[r->nseg] = p + start;
@@ -60,8 +36,7 @@ static void http_split_path(http_req *r, char *p, size_t n)
     }
 }
 
-static void http_split_query(http_req *r, char *p, size_t n)
-{
+static void http_split_query(http_req *r, char *p, size_t n) {
     size_t i = 0;
     while (i < n) {
         size_t start = i;
@@ -73,12 +48,12 @@ static void http_split_query(http_req *r, char *p, size_t n)
         while (eq < end && p[eq] != '=') eq++;
         if (r->nargs >= HTTP_MAX_ARGS) continue;   /* ignored, like unknown arguments */
         http_arg *a = &r->args[r->nargs];
-        size_t kl = http_pct_decode(p + start, eq - start, true);
+        size_t kl = pct_decode(p + start, eq - start, true);
         size_t vl = 0;
         char *v = p + end;                          /* empty value: point at a NUL */
         if (eq < end) {
             v = p + eq + 1;
-            vl = http_pct_decode(v, end - eq - 1, true);
+            vl = pct_decode(v, end - eq - 1, true);
         }
         if (kl == (size_t)-1 || vl == (size_t)-1) { r->url_bad = true; continue; }
         p[start + kl] = '\0';
@@ -91,8 +66,7 @@ static void http_split_query(http_req *r, char *p, size_t n)
     }
 }
 
-void http_url_parse(http_req *r, const char *target)
-{
+void http_url_parse(http_req *r, const char *target) {
     /* r->raw was sized for target by the caller (server.c). Clients never send a fragment,
      * so '#' is an ordinary (if unusual) byte here. */
     size_t n = strlen(target);
@@ -106,8 +80,7 @@ void http_url_parse(http_req *r, const char *target)
     http_split_path(r, r->raw, path_len);
 }
 
-const char *http_arg_get(const http_req *r, const char *name, size_t *len)
-{
+const char *http_arg_get(const http_req *r, const char *name, size_t *len) {
     for (size_t i = 0; i < r->nargs; i++) {
         if (strcmp(r->args[i].key, name) == 0) {
             if (len) *len = r->args[i].val_len;
@@ -118,8 +91,7 @@ const char *http_arg_get(const http_req *r, const char *name, size_t *len)
 }
 
 static void http_arg_error(http_req *r, const char *error, const char *fmt, const char *name,
-                           const char *val)
-{
+                           const char *val) {
     char reason[MIMEO_ERR_REASON_MAX];
     char shown[64];
     snprintf(shown, sizeof shown, "%s", val ? val : "");
@@ -127,8 +99,7 @@ static void http_arg_error(http_req *r, const char *error, const char *fmt, cons
     http_reply_error(r, 400, error, reason);
 }
 
-int http_arg_bool(http_req *r, const char *name, bool *out)
-{
+int http_arg_bool(http_req *r, const char *name, bool *out) {
     size_t n;
     const char *v = http_arg_get(r, name, &n);
     if (!v) return 0;
@@ -138,8 +109,7 @@ int http_arg_bool(http_req *r, const char *name, bool *out)
     return -1;
 }
 
-int http_arg_u64(http_req *r, const char *name, uint64_t *out)
-{
+int http_arg_u64(http_req *r, const char *name, uint64_t *out) {
     size_t n;
     const char *v = http_arg_get(r, name, &n);
     if (!v) return 0;
@@ -158,8 +128,7 @@ int http_arg_u64(http_req *r, const char *name, uint64_t *out)
     return 1;
 }
 
-int http_arg_json(http_req *r, const char *name, jval **out)
-{
+int http_arg_json(http_req *r, const char *name, jval **out) {
     size_t n;
     const char *v = http_arg_get(r, name, &n);
     if (!v) return 0;
@@ -174,8 +143,7 @@ int http_arg_json(http_req *r, const char *name, jval **out)
     return 1;
 }
 
-int http_arg_json_str(http_req *r, const char *name, jval **out)
-{
+int http_arg_json_str(http_req *r, const char *name, jval **out) {
     jval *t = NULL;
     int rc = http_arg_json(r, name, &t);
     if (rc <= 0) return rc;
@@ -190,8 +158,7 @@ int http_arg_json_str(http_req *r, const char *name, jval **out)
 }
 
 int http_arg_string_list(http_req *r, const char *name, const char *error, const char *reason,
-                         http_string_list *out)
-{
+                         http_string_list *out) {
     memset(out, 0, sizeof *out);
     jval *t = NULL;
     const jval *list = NULL;
@@ -242,8 +209,7 @@ int http_arg_string_list(http_req *r, const char *name, const char *error, const
     return 1;
 }
 
-void http_string_list_destroy(http_string_list *l)
-{
+void http_string_list_destroy(http_string_list *l) {
     free(l->strs);
     free(l->lens);
     if (l->tree) jval_free(l->tree);

@@ -59,9 +59,9 @@ typedef struct json_handlers {
 int json_parse(const char *p, size_t n, const json_limits *limits,
                const json_handlers *h, void *ctx, json_error *err);
 
-/* True when s[0..n) is well-formed UTF-8: no overlong forms, no surrogates (U+D800–DFFF),
- * nothing past U+10FFFF. json_parse applies it to every string and key. */
-bool json_utf8_valid(const char *s, size_t n);
+/* True when s[0..n) is well-formed UTF-8 (see utf8_valid in common/buf.h, which this names
+ * for the JSON layer); json_parse applies it to every string and key. */
+static inline bool json_utf8_valid(const char *s, size_t n) { return utf8_valid(s, n); }
 /* Length of the longest prefix of UTF-8 text s[0..n) that is at most max bytes and does not
  * split a character (for quoting user text in a bounded error reason). */
 size_t json_utf8_prefix(const char *s, size_t n, size_t max);

@@ -67,39 +67,6 @@ size_t json_utf8_prefix(const char *s, size_t n, size_t max) {
 
 /* ---- UTF-8 and escapes ---------------------------------------------------------------- */
 
-bool json_utf8_valid(const char *str, size_t n) {
-    const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0;
-    while (i < n) {
-        /* ASCII runs are the common case: eight bytes per step */
-        while (i + 8 <= n) {
-            uint64_t w;
-            memcpy(&w, s + i, 8);
-            if (w & 0x8080808080808080ull) break;
-            i += 8;
-        }
-        if (i >= n) break;
-        unsigned c = s[i];
-        if (c < 0x80) { i++; continue; }
-        size_t need;
-        unsigned lo = 0x80, hi = 0xBF; /* range of the first continuation byte */
-        if (c >= 0xC2 && c <= 0xDF) need = 1;
-        else if (c == 0xE0) { need = 2; lo = 0xA0; }           /* no overlongs */
-        else if (c == 0xED) { need = 2; hi = 0x9F; }           /* no surrogates */
-        else if (c >= 0xE1 && c <= 0xEF) need = 2;
-        else if (c == 0xF0) { need = 3; lo = 0x90; }           /* no overlongs */
-        else if (c >= 0xF1 && c <= 0xF3) need = 3;
-        else if (c == 0xF4) { need = 3; hi = 0x8F; }           /* nothing past U+10FFFF */
-        else return false;
-        if (n - i <= need) return false;
-        if (s[i + 1] < lo || s[i + 1] > hi) return false;
-        for (size_t k = 2; k <= need; k++)
-            if ((s[i + k] & 0xC0) != 0x80) return false;
-        i += need + 1;
-    }
-    return true;
-}
-
 static int jp_hex4(const char *p, unsigned *out) {
     unsigned v = 0;
     for (int i = 0; i < 4; i++) {
@@ -167,17 +134,6 @@ static inline bool jp_key_eq(const jp_state *st, const jp_key *k, const char *s,
     return k->len == n && (n == 0 || memcmp(jp_key_ptr(st, k), s, n) == 0);
 }
 
-static int jp_grow(void **p, size_t *alloc, size_t need, size_t elem) {
-    if (need <= *alloc) return 0;
-    size_t cap = *alloc ? *alloc : 16;
-    while (cap < need) cap *= 2;
-    void *q = realloc(*p, cap * elem);
-    if (!q) return MIMEO_ENOMEM;
-    *p = q;
-    *alloc = cap;
-    return 0;
-}
-
 /* Builds or doubles the frame's table over all of its keys. */
 static int jp_rehash(jp_state *st, jp_frame *f, size_t size) {
     if (size > f->tab_alloc) {
@@ -237,7 +193,7 @@ static int jp_key_add(jp_state *st, const char *s, size_t n) {
             if (k->hash == hash && jp_key_eq(st, k, s, n)) goto dup;
         }
     }
-    if (jp_grow((void **)&st->keys, &st->keys_alloc, st->nkeys + 1, sizeof *st->keys))
+    if (ARRAY_GROW(st->keys, st->keys_alloc, st->nkeys + 1))
         return jp_oom(st);
     jp_key *k = &st->keys[st->nkeys];
     k->len = n;
@@ -247,7 +203,7 @@ static int jp_key_add(jp_state *st, const char *s, size_t n) {
         k->ptr = s;
         k->off = 0;
     } else {
-        if (jp_grow((void **)&st->arena, &st->arena_alloc, st->arena_len + n + 1, 1))
+        if (ARRAY_GROW(st->arena, st->arena_alloc, st->arena_len + n + 1))
             return jp_oom(st);
         if (n) memcpy(st->arena + st->arena_len, s, n);
         k->ptr = NULL;
@@ -299,7 +255,7 @@ static int jp_number(void *c, const char *s, size_t n) {
 
 static int jp_string(void *c, const unsigned char *s, size_t n) {
     jp_state *st = c;
-    if (!json_utf8_valid((const char *)s, n)) return jp_bad_utf8(st);
+    if (!utf8_valid((const char *)s, n)) return jp_bad_utf8(st);
     if (st->h->on_string) JP_FORWARD(st->h->on_string(st->ctx, (const char *)s, n));
     return 1;
 }
@@ -316,8 +272,7 @@ static int jp_start_map(void *c) {
     if (!jp_open(st)) return 0;
     if (st->nframes == st->frames_alloc) {
         size_t old = st->frames_alloc;
-        if (jp_grow((void **)&st->frames, &st->frames_alloc, st->nframes + 1,
-                    sizeof *st->frames))
+        if (ARRAY_GROW(st->frames, st->frames_alloc, st->nframes + 1))
             return jp_oom(st);
         memset(st->frames + old, 0, (st->frames_alloc - old) * sizeof *st->frames);
     }
@@ -332,7 +287,7 @@ static int jp_start_map(void *c) {
 
 static int jp_map_key(void *c, const unsigned char *s, size_t n) {
     jp_state *st = c;
-    if (!json_utf8_valid((const char *)s, n)) return jp_bad_utf8(st);
+    if (!utf8_valid((const char *)s, n)) return jp_bad_utf8(st);
     if (!jp_key_add(st, (const char *)s, n)) return 0;
     if (st->h->on_key) JP_FORWARD(st->h->on_key(st->ctx, (const char *)s, n));
     return 1;

@@ -57,13 +57,7 @@ static jval *jb_add(json_builder *jb, jv_type type) {
         p->items[p->count - 1] = v;
         return v;
     }
-    if (p->count == f->cap) {
-        size_t cap = f->cap ? f->cap * 2 : 4;
-        jval **items = realloc(p->items, cap * sizeof *items);
-        if (!items) { free(v); return NULL; }
-        p->items = items;
-        f->cap = cap;
-    }
+    if (ARRAY_GROW(p->items, f->cap, p->count + 1)) { free(v); return NULL; }
     p->items[p->count++] = v;
     return v;
 }
@@ -95,13 +89,7 @@ static int jb_string(void *c, const char *s, size_t n) {
 
 static int jb_open(void *c, jv_type type) {
     json_builder *jb = c;
-    if (jb->depth == jb->alloc) {
-        size_t alloc = jb->alloc ? jb->alloc * 2 : 8;
-        jb_frame *s = realloc(jb->stack, alloc * sizeof *s);
-        if (!s) return MIMEO_ENOMEM;
-        jb->stack = s;
-        jb->alloc = alloc;
-    }
+    if (ARRAY_GROW(jb->stack, jb->alloc, jb->depth + 1)) return MIMEO_ENOMEM;
     jval *v = jb_add(jb, type);
     if (!v) return MIMEO_ENOMEM;
     jb->stack[jb->depth].v = v;

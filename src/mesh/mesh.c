@@ -9,6 +9,7 @@
 
 #include "mimeo.h"
 #include "mesh.h"
+#include "../common/buf.h"
 
 #define MAX_CONFIRM 8          /* distinct confirmations counted per suspicion */
 #define MAX_RELAYS 64          /* ping-reqs relayed at once; more are refused */
@@ -117,8 +118,7 @@ struct mesh {
     struct mesh_stats stats;
 };
 
-const char *mesh_state_name(int state)
-{
+const char *mesh_state_name(int state) {
     switch (state) {
     case MESH_ALIVE: return "alive";
     case MESH_SUSPECT: return "suspect";
@@ -128,8 +128,7 @@ const char *mesh_state_name(int state)
     }
 }
 
-void mesh_config_default(struct mesh_config *c)
-{
+void mesh_config_default(struct mesh_config *c) {
     memset(c, 0, sizeof *c);
     c->probe_interval_ms = 1000;
     c->probe_timeout_ms = 500;
@@ -149,8 +148,7 @@ void mesh_config_default(struct mesh_config *c)
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-static uint64_t rnd(struct mesh *m)
-{
+static uint64_t rnd(struct mesh *m) {
     /* splitmix64: enough for peer choice, and reproducible from the configured seed. */
     uint64_t z = (m->rng += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -158,15 +156,13 @@ static uint64_t rnd(struct mesh *m)
     return z ^ (z >> 31);
 }
 
-static size_t rnd_below(struct mesh *m, size_t n)
-{
+static size_t rnd_below(struct mesh *m, size_t n) {
     return n ? (size_t)(rnd(m) % n) : 0;
 }
 
 /* Natural logarithm for x > 0, to about 1e-12, so the core needs no libm: x = f·2^e with f in
  * [1,2), ln f = 2·atanh((f-1)/(f+1)) as a short series. */
-static double mesh_ln(double x)
-{
+static double mesh_ln(double x) {
     if (x <= 0) return 0;
     int e = 0;
     while (x >= 2) { x /= 2; e++; }
@@ -179,14 +175,12 @@ static double mesh_ln(double x)
 static double mesh_log10(double x) { return mesh_ln(x) / 2.30258509299404568402; }
 static double mesh_log2(double x) { return mesh_ln(x) / 0.69314718055994530942; }
 
-static double mesh_ceil(double x)
-{
+static double mesh_ceil(double x) {
     double t = (double)(int64_t)x;
     return t < x ? t + 1 : t;
 }
 
-static uint64_t name_hash(const char *s)
-{
+static uint64_t name_hash(const char *s) {
     uint64_t h = 1469598103934665603ull;
     for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
     /* FNV's low bits are weak for names like n1, n2…; the index uses the low bits. */
@@ -203,8 +197,7 @@ static uint64_t db_hash(const struct mesh *m, size_t i) { return m->db[i].hash; 
 
 static long idx_find(const struct mesh *m, const struct index *ix, const char *name, uint64_t h,
                      const char *(*get)(const struct mesh *, size_t),
-                     uint64_t (*hget)(const struct mesh *, size_t))
-{
+                     uint64_t (*hget)(const struct mesh *, size_t)) {
     if (!ix->cap) return -1;
     for (size_t s = h & (ix->cap - 1);; s = (s + 1) & (ix->cap - 1)) {
         int32_t v = ix->slot[s];
@@ -215,8 +208,7 @@ static long idx_find(const struct mesh *m, const struct index *ix, const char *n
 
 /* Makes room for one more entry beside the n present, keeping the index at most half full. */
 static int idx_reserve(const struct mesh *m, struct index *ix, size_t n,
-                       uint64_t (*hget)(const struct mesh *, size_t))
-{
+                       uint64_t (*hget)(const struct mesh *, size_t)) {
     if (ix->cap && (n + 1) * 2 <= ix->cap) return 0;
     size_t cap = ix->cap ? ix->cap : 16;
     while ((n + 1) * 2 > cap) cap *= 2;
@@ -234,28 +226,24 @@ static int idx_reserve(const struct mesh *m, struct index *ix, size_t n,
     return 0;
 }
 
-static void idx_put(struct index *ix, uint64_t h, size_t i)
-{
+static void idx_put(struct index *ix, uint64_t h, size_t i) {
     size_t s = h & (ix->cap - 1);
     while (ix->slot[s] >= 0) s = (s + 1) & (ix->cap - 1);
     ix->slot[s] = (int32_t)i;
 }
 
-static struct member *mem_find(const struct mesh *m, const char *name)
-{
+static struct member *mem_find(const struct mesh *m, const char *name) {
     long i = idx_find(m, &m->midx, name, name_hash(name), mem_name, mem_hash);
     return i < 0 ? NULL : &m->mem[i];
 }
 
-static struct dbent *db_find(const struct mesh *m, const char *name)
-{
+static struct dbent *db_find(const struct mesh *m, const char *name) {
     long i = idx_find(m, &m->didx, name, name_hash(name), db_name, db_hash);
     return i < 0 ? NULL : &m->db[i];
 }
 
 static void event_push(struct mesh *m, int type, const char *name, int state, uint32_t inc,
-                       uint64_t delay)
-{
+                       uint64_t delay) {
     if (m->ev_count == EVENT_RING) return;
     struct mesh_event *e = &m->events[(m->ev_head + m->ev_count) % EVENT_RING];
     memset(e, 0, sizeof *e);
@@ -268,20 +256,17 @@ static void event_push(struct mesh *m, int type, const char *name, int state, ui
 }
 
 /* Members that count toward N: everyone not dead or gone, self included. */
-static size_t live_count(const struct mesh *m)
-{
+static size_t live_count(const struct mesh *m) {
     return m->nlive;
 }
 
-static uint64_t scaled(const struct mesh *m, uint64_t ms)
-{
+static uint64_t scaled(const struct mesh *m, uint64_t ms) {
     return ms * (m->awareness + 1);
 }
 
 /* Lifeguard local health: failed probes and refutations mean *we* may be the slow one, so
  * we probe less eagerly (fewer false accusations); successes bring the score back down. */
-static void awareness_add(struct mesh *m, int delta)
-{
+static void awareness_add(struct mesh *m, int delta) {
     long v = (long)m->awareness + delta;
     long max = m->cfg.awareness_max ? (long)m->cfg.awareness_max - 1 : 0;
     if (v < 0) v = 0;
@@ -291,14 +276,12 @@ static void awareness_add(struct mesh *m, int delta)
 
 /* ---- broadcast queue (piggybacked updates) ---------------------------------------------- */
 
-static uint32_t retransmit_limit(const struct mesh *m)
-{
+static uint32_t retransmit_limit(const struct mesh *m) {
     double n = (double)live_count(m);
     return m->cfg.retransmit_mult * (uint32_t)mesh_ceil(mesh_log10(n + 1));
 }
 
-static void bcast_rec(struct mesh *m, const struct mesh_rec *r)
-{
+static void bcast_rec(struct mesh *m, const struct mesh_rec *r) {
     int cls = r->kind == MESH_K_DB ? CLS_DB : CLS_MEMBER;
     struct bcast *b = NULL;
     /* A newer update about the same member or db replaces the queued one: only the latest
@@ -312,13 +295,7 @@ static void bcast_rec(struct mesh *m, const struct mesh_rec *r)
                 if (m->bq[i].transmits > m->bq[worst].transmits) worst = i;
             b = &m->bq[worst];
         } else {
-            if (m->nbq == m->capbq) {
-                size_t cap = m->capbq ? m->capbq * 2 : 16;
-                struct bcast *q = realloc(m->bq, cap * sizeof *q);
-                if (!q) return;
-                m->bq = q;
-                m->capbq = cap;
-            }
+            if (ARRAY_GROW(m->bq, m->capbq, m->nbq + 1)) return;
             b = &m->bq[m->nbq++];
         }
     }
@@ -329,8 +306,7 @@ static void bcast_rec(struct mesh *m, const struct mesh_rec *r)
     b->id = ++m->bcast_id;
 }
 
-static void bcast_member(struct mesh *m, int kind, const struct member *mm, const char *from)
-{
+static void bcast_member(struct mesh *m, int kind, const struct member *mm, const char *from) {
     struct mesh_rec r;
     memset(&r, 0, sizeof r);
     r.kind = kind;
@@ -340,8 +316,7 @@ static void bcast_member(struct mesh *m, int kind, const struct member *mm, cons
     bcast_rec(m, &r);
 }
 
-static int bcast_cmp(const void *a, const void *b)
-{
+static int bcast_cmp(const void *a, const void *b) {
     const struct bcast *x = a, *y = b;
     if (x->transmits != y->transmits) return x->transmits < y->transmits ? -1 : 1;
     return x->id > y->id ? -1 : x->id < y->id;
@@ -349,8 +324,7 @@ static int bcast_cmp(const void *a, const void *b)
 
 /* Fills w with the least-sent updates first (newest first among equals), counts each one's
  * transmissions, and retires those sent λ·log N times. Returns the number added. */
-static uint16_t piggyback(struct mesh *m, struct mesh_wbuf *w)
-{
+static uint16_t piggyback(struct mesh *m, struct mesh_wbuf *w) {
     if (!m->nbq) return 0;
     qsort(m->bq, m->nbq, sizeof *m->bq, bcast_cmp);
     uint32_t limit = retransmit_limit(m);
@@ -371,8 +345,7 @@ static uint16_t piggyback(struct mesh *m, struct mesh_wbuf *w)
 
 /* ---- sending ---------------------------------------------------------------------------- */
 
-static void out_push(struct mesh *m, const char *to, int stream, uint8_t *data, size_t len)
-{
+static void out_push(struct mesh *m, const char *to, int stream, uint8_t *data, size_t len) {
     if (m->out_head == m->nout) m->out_head = m->nout = 0;
     if (m->nout == m->capout) {
         if (m->out_head > 0) {
@@ -380,13 +353,7 @@ static void out_push(struct mesh *m, const char *to, int stream, uint8_t *data, 
             m->nout -= m->out_head;
             m->out_head = 0;
         }
-        if (m->nout == m->capout) {
-            size_t cap = m->capout ? m->capout * 2 : 16;
-            struct mesh_msg *o = realloc(m->out, cap * sizeof *o);
-            if (!o) { free(data); return; }
-            m->out = o;
-            m->capout = cap;
-        }
+        if (ARRAY_GROW(m->out, m->capout, m->nout + 1)) { free(data); return; }
     }
     struct mesh_msg *msg = &m->out[m->nout++];
     snprintf(msg->to, sizeof msg->to, "%s", to);
@@ -397,8 +364,7 @@ static void out_push(struct mesh *m, const char *to, int stream, uint8_t *data, 
     m->stats.bytes_sent += len;
 }
 
-static void member_rec(const struct member *mm, const char *self, struct mesh_rec *r)
-{
+static void member_rec(const struct member *mm, const char *self, struct mesh_rec *r) {
     memset(r, 0, sizeof *r);
     static const int kinds[] = { MESH_K_ALIVE, MESH_K_SUSPECT, MESH_K_DEAD, MESH_K_LEFT };
     r->kind = kinds[mm->state];
@@ -410,8 +376,8 @@ static void member_rec(const struct member *mm, const char *self, struct mesh_re
 
 /* Builds one message and queues it. `first` (may be NULL) goes before the piggybacked
  * updates (Lifeguard's buddy system: a suspect learns of its suspicion from the probe). */
-static void send_msg(struct mesh *m, const char *to, struct mesh_hdr *h, const struct mesh_rec *first)
-{
+static void send_msg(struct mesh *m, const char *to, struct mesh_hdr *h,
+                     const struct mesh_rec *first) {
     h->seq = m->seq++;
     h->incarnation = m->mem[0].inc;
     snprintf(h->name, sizeof h->name, "%s", m->mem[0].name);
@@ -451,8 +417,7 @@ static void send_msg(struct mesh *m, const char *to, struct mesh_hdr *h, const s
     out_push(m, to, stream, w.p, w.len);
 }
 
-static void send_simple(struct mesh *m, const char *to, int type, int flags, uint32_t probe)
-{
+static void send_simple(struct mesh *m, const char *to, int type, int flags, uint32_t probe) {
     struct mesh_hdr h;
     memset(&h, 0, sizeof h);
     h.type = type;
@@ -464,8 +429,7 @@ static void send_simple(struct mesh *m, const char *to, int type, int flags, uin
 /* Up to k distinct random members matching `want` (a bitmask of 1 << state), never self nor
  * `skip`; positions into out. */
 static int pick_ok(const struct mesh *m, size_t i, unsigned want, size_t skip, uint64_t now,
-                   int recent_dead)
-{
+                   int recent_dead) {
     if (i == 0 || i == skip) return 0;
     const struct member *mm = &m->mem[i];
     if ((want >> mm->state) & 1) return 1;
@@ -473,8 +437,7 @@ static int pick_ok(const struct mesh *m, size_t i, unsigned want, size_t skip, u
 }
 
 static size_t pick(struct mesh *m, unsigned want, size_t skip, size_t k, size_t *out,
-                   uint64_t now, int recent_dead)
-{
+                   uint64_t now, int recent_dead) {
     /* Usually most members qualify: draw at random and retry, which is O(k), and fall back
      * to a full scan only when draws keep missing (few candidates). */
     size_t got = 0;
@@ -503,8 +466,7 @@ static size_t pick(struct mesh *m, unsigned want, size_t skip, size_t k, size_t 
 
 /* ---- state changes ---------------------------------------------------------------------- */
 
-static void suspicion_start(struct mesh *m, struct member *mm, const char *accuser, uint64_t now)
-{
+static void suspicion_start(struct mesh *m, struct member *mm, const char *accuser, uint64_t now) {
     size_t n = live_count(m);
     uint32_t k = m->cfg.suspicion_mult > 2 ? m->cfg.suspicion_mult - 2 : 0;
     if (k > MAX_CONFIRM) k = MAX_CONFIRM;
@@ -523,8 +485,7 @@ static void suspicion_start(struct mesh *m, struct member *mm, const char *accus
 
 /* Lifeguard: each independent confirmation pulls the deadline in, logarithmically from the
  * max timeout down to the min once k members agree. 1 when the confirmation was new. */
-static int suspicion_confirm(struct member *mm, const char *from)
-{
+static int suspicion_confirm(struct member *mm, const char *from) {
     if (mm->susp_n >= mm->susp_k) return 0;
     uint64_t h = name_hash(from);
     for (uint32_t i = 0; i <= mm->susp_n; i++)
@@ -537,8 +498,7 @@ static int suspicion_confirm(struct member *mm, const char *from)
     return 1;
 }
 
-static void set_state(struct mesh *m, struct member *mm, int state, uint64_t now)
-{
+static void set_state(struct mesh *m, struct member *mm, int state, uint64_t now) {
     size_t pos = (size_t)(mm - m->mem);
     if (mm->state == MESH_SUSPECT && state != MESH_SUSPECT) {
         for (size_t i = 0; i < m->nsuspect; i++)
@@ -554,8 +514,7 @@ static void set_state(struct mesh *m, struct member *mm, int state, uint64_t now
 }
 
 /* We are accused (suspect/dead) or someone holds a newer incarnation of us: outbid it. */
-static void refute(struct mesh *m, uint32_t inc)
-{
+static void refute(struct mesh *m, uint32_t inc) {
     struct member *self = &m->mem[0];
     self->inc = (inc > self->inc ? inc : self->inc) + 1;
     bcast_member(m, MESH_K_ALIVE, self, NULL);
@@ -564,8 +523,7 @@ static void refute(struct mesh *m, uint32_t inc)
 }
 
 static int member_add(struct mesh *m, const char *name, const char *url, uint32_t inc,
-                      uint64_t now)
-{
+                      uint64_t now) {
     if (m->nmem == m->capmem) {
         size_t cap = m->capmem ? m->capmem * 2 : 16;
         struct member *p = realloc(m->mem, cap * sizeof *p);
@@ -600,8 +558,7 @@ static int member_add(struct mesh *m, const char *name, const char *url, uint32_
     return 0;
 }
 
-static void on_alive(struct mesh *m, const struct mesh_rec *r, uint64_t now)
-{
+static void on_alive(struct mesh *m, const struct mesh_rec *r, uint64_t now) {
     struct member *mm = mem_find(m, r->name);
     if (mm == &m->mem[0]) {
         /* Someone believes in a later life of ours (a message from before our restart). */
@@ -623,8 +580,7 @@ static void on_alive(struct mesh *m, const struct mesh_rec *r, uint64_t now)
 }
 
 static void on_suspect(struct mesh *m, const char *name, uint32_t inc, const char *accuser,
-                       uint64_t now)
-{
+                       uint64_t now) {
     struct member *mm = mem_find(m, name);
     if (!mm || inc < mm->inc || mm->state >= MESH_DEAD) return;
     if (mm == &m->mem[0]) {
@@ -652,8 +608,7 @@ static void on_suspect(struct mesh *m, const char *name, uint32_t inc, const cha
 }
 
 static void on_dead(struct mesh *m, const char *name, uint32_t inc, const char *accuser,
-                    int left, uint64_t now)
-{
+                    int left, uint64_t now) {
     struct member *mm = mem_find(m, name);
     if (!mm || inc < mm->inc) return;
     if (mm->state == MESH_LEFT || (mm->state == MESH_DEAD && !left)) return;
@@ -666,17 +621,10 @@ static void on_dead(struct mesh *m, const char *name, uint32_t inc, const char *
     bcast_member(m, left ? MESH_K_LEFT : MESH_K_DEAD, mm, accuser);
 }
 
-static int db_apply(struct mesh *m, const char *name, uint64_t version, int deleted, int local)
-{
+static int db_apply(struct mesh *m, const char *name, uint64_t version, int deleted, int local) {
     struct dbent *d = db_find(m, name);
     if (!d) {
-        if (m->ndb == m->capdb) {
-            size_t cap = m->capdb ? m->capdb * 2 : 16;
-            struct dbent *p = realloc(m->db, cap * sizeof *p);
-            if (!p) return MIMEO_ENOMEM;
-            m->db = p;
-            m->capdb = cap;
-        }
+        if (ARRAY_GROW(m->db, m->capdb, m->ndb + 1)) return MIMEO_ENOMEM;
         if (idx_reserve(m, &m->didx, m->ndb, db_hash) != 0) return MIMEO_ENOMEM;
         d = &m->db[m->ndb];
         memset(d, 0, sizeof *d);
@@ -701,8 +649,7 @@ static int db_apply(struct mesh *m, const char *name, uint64_t version, int dele
     return 0;
 }
 
-static void apply_rec(struct mesh *m, const struct mesh_rec *r, int from_sync, uint64_t now)
-{
+static void apply_rec(struct mesh *m, const struct mesh_rec *r, int from_sync, uint64_t now) {
     switch (r->kind) {
     case MESH_K_ALIVE:
         on_alive(m, r, now);
@@ -727,8 +674,7 @@ static void apply_rec(struct mesh *m, const struct mesh_rec *r, int from_sync, u
 
 /* ---- lifecycle -------------------------------------------------------------------------- */
 
-struct mesh *mesh_new(const struct mesh_config *cfg, uint64_t now)
-{
+struct mesh *mesh_new(const struct mesh_config *cfg, uint64_t now) {
     if (!cfg->name || !cfg->url || !cfg->secret || cfg->secret_len < 16) return NULL;
     size_t nl = strlen(cfg->name), ul = strlen(cfg->url);
     if (nl == 0 || nl > MESH_NAME_MAX || ul == 0 || ul > MESH_URL_MAX) return NULL;
@@ -754,8 +700,7 @@ struct mesh *mesh_new(const struct mesh_config *cfg, uint64_t now)
     return m;
 }
 
-void mesh_free(struct mesh *m)
-{
+void mesh_free(struct mesh *m) {
     if (!m) return;
     for (size_t i = m->out_head; i < m->nout; i++) free(m->out[i].data);
     free(m->out);
@@ -772,13 +717,11 @@ void mesh_free(struct mesh *m)
     free(m);
 }
 
-static void send_sync(struct mesh *m, const char *to, int want_reply)
-{
+static void send_sync(struct mesh *m, const char *to, int want_reply) {
     send_simple(m, to, MESH_T_SYNC, want_reply ? MESH_F_REPLY : 0, 0);
 }
 
-int mesh_join(struct mesh *m, const char *const *urls, size_t n, uint64_t now)
-{
+int mesh_join(struct mesh *m, const char *const *urls, size_t n, uint64_t now) {
     for (size_t i = 0; i < n; i++) {
         if (!urls[i] || !urls[i][0] || strlen(urls[i]) > MESH_URL_MAX) return MIMEO_EINVAL;
         char **s = realloc(m->seeds, (m->nseeds + 1) * sizeof *s);
@@ -793,8 +736,7 @@ int mesh_join(struct mesh *m, const char *const *urls, size_t n, uint64_t now)
     return 0;
 }
 
-void mesh_leave(struct mesh *m, uint64_t now)
-{
+void mesh_leave(struct mesh *m, uint64_t now) {
     if (m->leaving) return;
     m->leaving = 1;
     struct member *self = &m->mem[0];
@@ -806,8 +748,7 @@ void mesh_leave(struct mesh *m, uint64_t now)
     for (size_t i = 0; i < n; i++) send_simple(m, m->mem[to[i]].url, MESH_T_GOSSIP, 0, 0);
 }
 
-int mesh_leave_done(const struct mesh *m)
-{
+int mesh_leave_done(const struct mesh *m) {
     if (!m->leaving) return 0;
     for (size_t i = 0; i < m->nbq; i++)
         if (m->bq[i].cls == CLS_MEMBER && strcmp(m->bq[i].name, m->mem[0].name) == 0) {
@@ -820,15 +761,13 @@ int mesh_leave_done(const struct mesh *m)
 
 /* ---- receiving -------------------------------------------------------------------------- */
 
-static int seq_fresh(const struct member *mm, uint64_t seq)
-{
+static int seq_fresh(const struct member *mm, uint64_t seq) {
     if (!mm->seq_valid || seq > mm->seq_max) return 1;
     uint64_t d = mm->seq_max - seq;
     return d < 64 && !((mm->seq_bits >> d) & 1);
 }
 
-static void seq_mark(struct member *mm, uint64_t seq)
-{
+static void seq_mark(struct member *mm, uint64_t seq) {
     if (!mm->seq_valid) {
         mm->seq_valid = 1;
         mm->seq_max = seq;
@@ -842,8 +781,7 @@ static void seq_mark(struct member *mm, uint64_t seq)
     }
 }
 
-static void on_ack(struct mesh *m, uint32_t id, uint64_t now)
-{
+static void on_ack(struct mesh *m, uint32_t id, uint64_t now) {
     struct probe *p = &m->probe;
     if (p->active && !p->acked && id == p->id && now <= p->end) {
         p->acked = 1;
@@ -858,8 +796,7 @@ static void on_ack(struct mesh *m, uint32_t id, uint64_t now)
     }
 }
 
-int mesh_recv(struct mesh *m, const uint8_t *data, size_t len, uint64_t now)
-{
+int mesh_recv(struct mesh *m, const uint8_t *data, size_t len, uint64_t now) {
     struct mesh_hdr h;
     int rc = mesh_wire_parse(m->secret, m->cfg.secret_len, data, len, &h);
     if (rc == MIMEO_ECORRUPT) { m->stats.bad_mac++; return MIMEO_EINVAL; }
@@ -939,8 +876,7 @@ int mesh_recv(struct mesh *m, const uint8_t *data, size_t len, uint64_t now)
 
 /* ---- timers ----------------------------------------------------------------------------- */
 
-static int probe_next_target(struct mesh *m, size_t *out)
-{
+static int probe_next_target(struct mesh *m, size_t *out) {
     for (int pass = 0; pass < 2; pass++) {
         while (m->order_pos < m->norder) {
             size_t i = m->order[m->order_pos++];
@@ -959,8 +895,7 @@ static int probe_next_target(struct mesh *m, size_t *out)
     return 0;
 }
 
-static void probe_start(struct mesh *m, uint64_t now)
-{
+static void probe_start(struct mesh *m, uint64_t now) {
     size_t t;
     uint64_t interval = scaled(m, m->cfg.probe_interval_ms);
     m->next_probe = now + interval;
@@ -984,8 +919,7 @@ static void probe_start(struct mesh *m, uint64_t now)
     send_msg(m, mm->url, &h, mm->state == MESH_SUSPECT ? &buddy : NULL);
 }
 
-static void probe_indirect(struct mesh *m)
-{
+static void probe_indirect(struct mesh *m) {
     struct probe *p = &m->probe;
     p->indirect_sent = 1;
     size_t k = m->cfg.indirect_checks, got;
@@ -1006,8 +940,7 @@ static void probe_indirect(struct mesh *m)
     free(to);
 }
 
-static void probe_finish(struct mesh *m, uint64_t now)
-{
+static void probe_finish(struct mesh *m, uint64_t now) {
     struct probe *p = &m->probe;
     p->active = 0;
     if (p->acked) return;
@@ -1022,8 +955,7 @@ static void probe_finish(struct mesh *m, uint64_t now)
     on_suspect(m, mm->name, mm->inc, m->mem[0].name, now);
 }
 
-static void gossip_round(struct mesh *m, uint64_t now)
-{
+static void gossip_round(struct mesh *m, uint64_t now) {
     size_t k = m->cfg.gossip_nodes;
     size_t *to = malloc((k ? k : 1) * sizeof *to);
     if (!to) return;
@@ -1034,8 +966,7 @@ static void gossip_round(struct mesh *m, uint64_t now)
 
 /* memberlist's push-pull scaling: beyond 32 members, the interval grows with log2(N/32) so
  * the full-state traffic of the whole cluster grows like N·log N, not N². */
-static uint64_t pushpull_interval(const struct mesh *m)
-{
+static uint64_t pushpull_interval(const struct mesh *m) {
     size_t n = live_count(m);
     uint64_t iv = m->cfg.pushpull_interval_ms;
     if (n <= 32) return iv;
@@ -1043,13 +974,11 @@ static uint64_t pushpull_interval(const struct mesh *m)
     return (uint64_t)(mult * (double)iv);
 }
 
-static int has_live_peer(const struct mesh *m)
-{
+static int has_live_peer(const struct mesh *m) {
     return m->nlive > (m->mem[0].state <= MESH_SUSPECT ? 1u : 0u);
 }
 
-void mesh_tick(struct mesh *m, uint64_t now)
-{
+void mesh_tick(struct mesh *m, uint64_t now) {
     for (size_t i = 0; i < m->nrelay;) {
         if (m->relays[i].deadline <= now) {
             send_simple(m, m->relays[i].to, MESH_T_NACK, 0, m->relays[i].their_id);
@@ -1105,8 +1034,7 @@ void mesh_tick(struct mesh *m, uint64_t now)
     }
 }
 
-uint64_t mesh_next_deadline(const struct mesh *m)
-{
+uint64_t mesh_next_deadline(const struct mesh *m) {
     uint64_t d = MESH_NEVER;
 #define AT(t) do { if ((t) < d) d = (t); } while (0)
     for (size_t i = 0; i < m->nrelay; i++) AT(m->relays[i].deadline);
@@ -1132,15 +1060,13 @@ uint64_t mesh_next_deadline(const struct mesh *m)
 
 /* ---- queries and local changes ---------------------------------------------------------- */
 
-int mesh_out_pop(struct mesh *m, struct mesh_msg *out)
-{
+int mesh_out_pop(struct mesh *m, struct mesh_msg *out) {
     if (m->out_head >= m->nout) return 0;
     *out = m->out[m->out_head++];
     return 1;
 }
 
-int mesh_event_pop(struct mesh *m, struct mesh_event *out)
-{
+int mesh_event_pop(struct mesh *m, struct mesh_event *out) {
     if (!m->ev_count) return 0;
     *out = m->events[m->ev_head];
     m->ev_head = (m->ev_head + 1) % EVENT_RING;
@@ -1148,8 +1074,7 @@ int mesh_event_pop(struct mesh *m, struct mesh_event *out)
     return 1;
 }
 
-static void member_info(const struct mesh *m, size_t i, struct mesh_member_info *o)
-{
+static void member_info(const struct mesh *m, size_t i, struct mesh_member_info *o) {
     const struct member *mm = &m->mem[i];
     o->name = mm->name;
     o->url = mm->url;
@@ -1162,45 +1087,39 @@ static void member_info(const struct mesh *m, size_t i, struct mesh_member_info 
 
 size_t mesh_member_count(const struct mesh *m) { return m->nmem; }
 
-int mesh_member_get(const struct mesh *m, size_t i, struct mesh_member_info *out)
-{
+int mesh_member_get(const struct mesh *m, size_t i, struct mesh_member_info *out) {
     if (i >= m->nmem) return MIMEO_ENOTFOUND;
     member_info(m, i, out);
     return 0;
 }
 
-int mesh_member_find(const struct mesh *m, const char *name, struct mesh_member_info *out)
-{
+int mesh_member_find(const struct mesh *m, const char *name, struct mesh_member_info *out) {
     const struct member *mm = mem_find(m, name);
     if (!mm) return MIMEO_ENOTFOUND;
     member_info(m, (size_t)(mm - m->mem), out);
     return 0;
 }
 
-static int db_name_ok(const char *db)
-{
+static int db_name_ok(const char *db) {
     size_t n = db ? strlen(db) : 0;
     return n > 0 && n <= MESH_DB_MAX;
 }
 
-int mesh_db_create(struct mesh *m, const char *db, uint64_t now)
-{
+int mesh_db_create(struct mesh *m, const char *db, uint64_t now) {
     if (!db_name_ok(db)) return MIMEO_EINVAL;
     const struct dbent *d = db_find(m, db);
     if (d && !d->deleted) return 0;
     return db_apply(m, db, d ? d->version + 1 : 1, 0, 1);
 }
 
-int mesh_db_delete(struct mesh *m, const char *db, uint64_t now)
-{
+int mesh_db_delete(struct mesh *m, const char *db, uint64_t now) {
     if (!db_name_ok(db)) return MIMEO_EINVAL;
     const struct dbent *d = db_find(m, db);
     if (d && d->deleted) return 0;
     return db_apply(m, db, d ? d->version + 1 : 1, 1, 1);
 }
 
-int mesh_db_observe(struct mesh *m, const char *db, uint64_t now)
-{
+int mesh_db_observe(struct mesh *m, const char *db, uint64_t now) {
     if (!db_name_ok(db)) return MIMEO_EINVAL;
     const struct dbent *d = db_find(m, db);
     /* Known deleted: the local copy is a leftover; say so like any remote delete. */
@@ -1211,8 +1130,7 @@ int mesh_db_observe(struct mesh *m, const char *db, uint64_t now)
 
 size_t mesh_db_count(const struct mesh *m) { return m->ndb; }
 
-int mesh_db_get(const struct mesh *m, size_t i, struct mesh_db_info *out)
-{
+int mesh_db_get(const struct mesh *m, size_t i, struct mesh_db_info *out) {
     if (i >= m->ndb) return MIMEO_ENOTFOUND;
     out->name = m->db[i].name;
     out->deleted = m->db[i].deleted;
@@ -1220,15 +1138,13 @@ int mesh_db_get(const struct mesh *m, size_t i, struct mesh_db_info *out)
     return 0;
 }
 
-int mesh_db_find(const struct mesh *m, const char *db, struct mesh_db_info *out)
-{
+int mesh_db_find(const struct mesh *m, const char *db, struct mesh_db_info *out) {
     const struct dbent *d = db_find(m, db);
     if (!d) return MIMEO_ENOTFOUND;
     return mesh_db_get(m, (size_t)(d - m->db), out);
 }
 
-void mesh_stats_get(const struct mesh *m, struct mesh_stats *out)
-{
+void mesh_stats_get(const struct mesh *m, struct mesh_stats *out) {
     *out = m->stats;
     out->awareness = m->awareness;
 }

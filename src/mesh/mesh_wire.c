@@ -14,8 +14,7 @@
 #define MESH_VERSION 1
 
 static void mac_compute(const uint8_t *key, size_t keylen, const uint8_t *data, size_t len,
-                        uint8_t out[MESH_MAC_LEN])
-{
+                        uint8_t out[MESH_MAC_LEN]) {
     struct hmac_sha256_ctx ctx;
     hmac_sha256_set_key(&ctx, keylen, key);
     hmac_sha256_update(&ctx, len, data);
@@ -30,8 +29,7 @@ struct rd {
     int err;
 };
 
-static uint64_t rd_uint(struct rd *r, int bytes)
-{
+static uint64_t rd_uint(struct rd *r, int bytes) {
     if (r->err || r->end - r->off < (size_t)bytes) { r->err = 1; return 0; }
     uint64_t v = 0;
     for (int i = 0; i < bytes; i++) v = (v << 8) | r->p[r->off++];
@@ -40,8 +38,7 @@ static uint64_t rd_uint(struct rd *r, int bytes)
 
 /* A length-prefixed string into out (cap includes the NUL); NULs inside are malformed, since
  * names and URLs are later used as C strings. */
-static void rd_str(struct rd *r, char *out, size_t cap)
-{
+static void rd_str(struct rd *r, char *out, size_t cap) {
     size_t n = (size_t)rd_uint(r, 1);
     if (r->err || n >= cap || r->end - r->off < n) { r->err = 1; out[0] = '\0'; return; }
     if (memchr(r->p + r->off, 0, n)) { r->err = 1; out[0] = '\0'; return; }
@@ -51,8 +48,7 @@ static void rd_str(struct rd *r, char *out, size_t cap)
 }
 
 int mesh_wire_parse(const uint8_t *key, size_t keylen, const uint8_t *data, size_t len,
-                    struct mesh_hdr *h)
-{
+                    struct mesh_hdr *h) {
     memset(h, 0, sizeof *h);
     if (len < 4 + 8 + 4 + 2 + 2 + MESH_MAC_LEN || len > MESH_STREAM_MAX) return MIMEO_EINVAL;
     uint8_t mac[MESH_MAC_LEN];
@@ -95,8 +91,7 @@ int mesh_wire_parse(const uint8_t *key, size_t keylen, const uint8_t *data, size
 }
 
 int mesh_wire_rec_next(const uint8_t *data, const struct mesh_hdr *h, size_t *off,
-                       struct mesh_rec *rec)
-{
+                       struct mesh_rec *rec) {
     if (*off >= h->rec_end) return 0;
     struct rd r = { data, *off, h->rec_end, 0 };
     memset(rec, 0, sizeof *rec);
@@ -130,8 +125,7 @@ int mesh_wire_rec_next(const uint8_t *data, const struct mesh_hdr *h, size_t *of
 
 /* ---- writing ---------------------------------------------------------------------------- */
 
-static void wb_put(struct mesh_wbuf *w, const void *src, size_t n)
-{
+static void wb_put(struct mesh_wbuf *w, const void *src, size_t n) {
     if (w->err) return;
     if (w->len + n > w->cap) {
         size_t cap = w->cap ? w->cap : 512;
@@ -145,23 +139,20 @@ static void wb_put(struct mesh_wbuf *w, const void *src, size_t n)
     w->len += n;
 }
 
-static void wb_uint(struct mesh_wbuf *w, uint64_t v, int bytes)
-{
+static void wb_uint(struct mesh_wbuf *w, uint64_t v, int bytes) {
     uint8_t b[8];
     for (int i = bytes - 1; i >= 0; i--) { b[i] = (uint8_t)v; v >>= 8; }
     wb_put(w, b, (size_t)bytes);
 }
 
-static void wb_str(struct mesh_wbuf *w, const char *s)
-{
+static void wb_str(struct mesh_wbuf *w, const char *s) {
     size_t n = strlen(s);
     if (n > 255) { w->err = MIMEO_EINVAL; return; }
     wb_uint(w, n, 1);
     wb_put(w, s, n);
 }
 
-void mesh_wire_begin(struct mesh_wbuf *w, size_t limit, const struct mesh_hdr *h)
-{
+void mesh_wire_begin(struct mesh_wbuf *w, size_t limit, const struct mesh_hdr *h) {
     memset(w, 0, sizeof *w);
     w->limit = limit;
     uint8_t head[4] = { MESH_MAGIC, MESH_VERSION, (uint8_t)h->type, (uint8_t)h->flags };
@@ -191,15 +182,13 @@ void mesh_wire_begin(struct mesh_wbuf *w, size_t limit, const struct mesh_hdr *h
     wb_uint(w, 0, 2);
 }
 
-int mesh_wire_add(struct mesh_wbuf *w, const uint8_t *rec, size_t len)
-{
+int mesh_wire_add(struct mesh_wbuf *w, const uint8_t *rec, size_t len) {
     if (w->err || w->len + len + MESH_MAC_LEN > w->limit) return 0;
     wb_put(w, rec, len);
     return !w->err;
 }
 
-size_t mesh_wire_rec_encode(const struct mesh_rec *r, uint8_t *out, size_t cap)
-{
+size_t mesh_wire_rec_encode(const struct mesh_rec *r, uint8_t *out, size_t cap) {
     struct mesh_wbuf w;
     memset(&w, 0, sizeof w);
     wb_uint(&w, (uint64_t)r->kind, 1);
@@ -221,8 +210,7 @@ size_t mesh_wire_rec_encode(const struct mesh_rec *r, uint8_t *out, size_t cap)
     return n;
 }
 
-int mesh_wire_finish(struct mesh_wbuf *w, const uint8_t *key, size_t keylen, uint16_t nrec)
-{
+int mesh_wire_finish(struct mesh_wbuf *w, const uint8_t *key, size_t keylen, uint16_t nrec) {
     if (w->err) return w->err;
     if (w->len + MESH_MAC_LEN > w->limit) return MIMEO_ETOOLARGE;
     w->p[w->nrec_off] = (uint8_t)(nrec >> 8);

@@ -21,6 +21,7 @@
 
 #include "mimeo.h"
 #include "mesh_node.h"
+#include "../common/buf.h"
 
 #define SCAN_MS 1000
 #define STREAM_QUEUE_MAX 64
@@ -67,28 +68,24 @@ struct mesh_node {
 
 static struct mesh_node *g_node;
 
-struct mesh_node *mesh_node_current(void)
-{
+struct mesh_node *mesh_node_current(void) {
     return g_node;
 }
 
-static uint64_t now_ms(void)
-{
+static uint64_t now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void wake_loop(struct mesh_node *n)
-{
+static void wake_loop(struct mesh_node *n) {
     char c = 1;
     ssize_t r = write(n->wake[1], &c, 1);
     (void)r;
 }
 
 /* "http://host:port/…" → host and port (IPv6 hosts in brackets). 0 or -1. */
-static int url_hostport(const char *url, char *host, size_t hcap, char *port, size_t pcap)
-{
+static int url_hostport(const char *url, char *host, size_t hcap, char *port, size_t pcap) {
     const char *p = strstr(url, "://");
     p = p ? p + 3 : url;
     const char *hs = p, *he;
@@ -113,8 +110,7 @@ static int url_hostport(const char *url, char *host, size_t hcap, char *port, si
     return 0;
 }
 
-static const struct addr_ent *resolve(struct mesh_node *n, const char *url)
-{
+static const struct addr_ent *resolve(struct mesh_node *n, const char *url) {
     for (size_t i = 0; i < ADDR_CACHE; i++)
         if (n->addrs[i].url[0] && strcmp(n->addrs[i].url, url) == 0) return &n->addrs[i];
     struct addr_ent *e = &n->addrs[n->naddr_next++ % ADDR_CACHE];
@@ -135,8 +131,7 @@ static const struct addr_ent *resolve(struct mesh_node *n, const char *url)
 
 /* ---- databases ---------------------------------------------------------------------------- */
 
-static bool db_meshed(const struct mesh_node *n, const char *name, size_t len)
-{
+static bool db_meshed(const struct mesh_node *n, const char *name, size_t len) {
     if (len == 0 || name[0] == '_') return false;     /* _users, _replicator stay local */
     const char *p = n->databases;
     if (strcmp(p, "*") == 0) return true;
@@ -159,24 +154,16 @@ struct name_list {
     const struct mesh_node *node;
 };
 
-static int collect_db(void *ctx, const char *name, size_t len)
-{
+static int collect_db(void *ctx, const char *name, size_t len) {
     struct name_list *l = ctx;
     if (!db_meshed(l->node, name, len)) return 0;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        char **v = realloc(l->v, cap * sizeof *v);
-        if (!v) return 1;
-        l->v = v;
-        l->cap = cap;
-    }
+    if (ARRAY_GROW(l->v, l->cap, l->n + 1)) return 1;
     if (!(l->v[l->n] = strndup(name, len))) return 1;
     l->n++;
     return 0;
 }
 
-static bool list_has(char **v, size_t n, const char *s)
-{
+static bool list_has(char **v, size_t n, const char *s) {
     for (size_t i = 0; i < n; i++)
         if (strcmp(v[i], s) == 0) return true;
     return false;
@@ -185,8 +172,7 @@ static bool list_has(char **v, size_t n, const char *s)
 /* First tell the mesh what users did here since the last scan, then make the local set
  * follow the registry. In that order a local delete is announced before the registry could
  * make us recreate it. Called with mu held. */
-static void db_scan(struct mesh_node *n, uint64_t now)
-{
+static void db_scan(struct mesh_node *n, uint64_t now) {
     struct name_list cur = { .node = n };
     if (mimeo_db_list(n->env, NULL, collect_db, &cur) != 0) goto out;
     for (size_t i = 0; i < cur.n; i++) {
@@ -230,8 +216,7 @@ out:
 /* ---- the loop ----------------------------------------------------------------------------- */
 
 /* Sends what the state machine queued and logs what changed. Called with mu held. */
-static void flush(struct mesh_node *n)
-{
+static void flush(struct mesh_node *n) {
     struct mesh_msg msg;
     while (mesh_out_pop(n->m, &msg)) {
         if (msg.stream) {
@@ -260,10 +245,9 @@ static void flush(struct mesh_node *n)
     }
 }
 
-static void *loop_main(void *arg)
-{
+static void *loop_main(void *arg) {
     struct mesh_node *n = arg;
-    uint8_t buf[65536];
+    uint8_t pkt[65536];
     for (;;) {
         pthread_mutex_lock(&n->mu);
         if (n->stop) { pthread_mutex_unlock(&n->mu); break; }
@@ -289,10 +273,10 @@ static void *loop_main(void *arg)
         }
         if (p[0].revents & POLLIN) {
             for (int k = 0; k < 64; k++) {
-                ssize_t r = recv(n->fd, buf, sizeof buf, MSG_DONTWAIT);
+                ssize_t r = recv(n->fd, pkt, sizeof pkt, MSG_DONTWAIT);
                 if (r <= 0) break;
                 pthread_mutex_lock(&n->mu);
-                mesh_recv(n->m, buf, (size_t)r, now_ms());
+                mesh_recv(n->m, pkt, (size_t)r, now_ms());
                 flush(n);
                 pthread_mutex_unlock(&n->mu);
             }
@@ -301,14 +285,12 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
-static size_t discard(char *p, size_t s, size_t nm, void *u)
-{
+static size_t discard(char *p, size_t s, size_t nm, void *u) {
     (void)p; (void)u;
     return s * nm;
 }
 
-static void *sender_main(void *arg)
-{
+static void *sender_main(void *arg) {
     struct mesh_node *n = arg;
     CURL *c = curl_easy_init();
     for (;;) {
@@ -346,8 +328,7 @@ static void *sender_main(void *arg)
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
-int mesh_secret_read(const char *path, uint8_t **out, size_t *len, char *err, size_t errlen)
-{
+int mesh_secret_read(const char *path, uint8_t **out, size_t *len, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, errlen, "mesh secret file %s: %s", path, strerror(errno));
@@ -374,8 +355,7 @@ int mesh_secret_read(const char *path, uint8_t **out, size_t *len, char *err, si
 }
 
 int mesh_node_start(const struct mesh_node_opts *o, struct mesh_node **out, char *err,
-                    size_t errlen)
-{
+                    size_t errlen) {
     *out = NULL;
     if (!o->secret || o->secret_len < 16) {
         snprintf(err, errlen, "the mesh needs a shared secret (--mesh-secret-file); there is no default");
@@ -484,8 +464,7 @@ fail:
     return -1;
 }
 
-void mesh_node_leave(struct mesh_node *n, unsigned max_wait_ms)
-{
+void mesh_node_leave(struct mesh_node *n, unsigned max_wait_ms) {
     pthread_mutex_lock(&n->mu);
     mesh_leave(n->m, now_ms());
     flush(n);
@@ -501,8 +480,7 @@ void mesh_node_leave(struct mesh_node *n, unsigned max_wait_ms)
     }
 }
 
-void mesh_node_free(struct mesh_node *n)
-{
+void mesh_node_free(struct mesh_node *n) {
     if (!n) return;
     if (g_node == n) g_node = NULL;
     pthread_mutex_lock(&n->mu);
@@ -525,8 +503,7 @@ void mesh_node_free(struct mesh_node *n)
     free(n);
 }
 
-int mesh_node_deliver(struct mesh_node *n, const void *data, size_t len)
-{
+int mesh_node_deliver(struct mesh_node *n, const void *data, size_t len) {
     pthread_mutex_lock(&n->mu);
     int rc = mesh_recv(n->m, data, len, now_ms());
     flush(n);
@@ -543,8 +520,7 @@ struct sbuf {
     bool oom;
 };
 
-static void sb_put(struct sbuf *b, const char *s, size_t n)
-{
+static void sb_put(struct sbuf *b, const char *s, size_t n) {
     if (b->oom) return;
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 1024;
@@ -561,8 +537,7 @@ static void sb_put(struct sbuf *b, const char *s, size_t n)
 
 #define SB_LIT(b, lit) sb_put(b, lit, sizeof(lit) - 1)
 
-static void sb_str(struct sbuf *b, const char *s)
-{
+static void sb_str(struct sbuf *b, const char *s) {
     sb_put(b, "\"", 1);
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
@@ -573,15 +548,13 @@ static void sb_str(struct sbuf *b, const char *s)
     sb_put(b, "\"", 1);
 }
 
-static void sb_fmt(struct sbuf *b, const char *fmt, unsigned long long v)
-{
+static void sb_fmt(struct sbuf *b, const char *fmt, unsigned long long v) {
     char t[32];
     int k = snprintf(t, sizeof t, fmt, v);
     sb_put(b, t, (size_t)k);
 }
 
-char *mesh_node_status_json(struct mesh_node *n)
-{
+char *mesh_node_status_json(struct mesh_node *n) {
     struct sbuf b = { 0 };
     pthread_mutex_lock(&n->mu);
     uint64_t now = now_ms();

@@ -55,13 +55,7 @@ struct selector {
 /* ---- nodes ------------------------------------------------------------------------------ */
 
 static snode *node_new(selector *s, sel_op op) {
-    if (s->count == s->alloc) {
-        size_t a = s->alloc ? s->alloc * 2 : 16;
-        snode **all = realloc(s->all, a * sizeof *all);
-        if (!all) return NULL;
-        s->all = all;
-        s->alloc = a;
-    }
+    if (ARRAY_GROW(s->all, s->alloc, s->count + 1)) return NULL;
     snode *n = calloc(1, sizeof *n);
     if (!n) return NULL;
     n->op = op;
