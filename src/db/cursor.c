@@ -945,12 +945,6 @@ int mimeo_cursor_token(const mimeo_cursor *c, char **token, size_t *len) {
     return 0;
 }
 
-static int hexval(char ch) {
-    if (ch >= '0' && ch <= '9') return ch - '0';
-    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
-    return -1;
-}
 
 static bool parse_u64(const char *s, uint64_t *out) {
     uint64_t v = 0;
@@ -1023,7 +1017,7 @@ int mimeo_all_docs_open(mimeo_db *db, const mimeo_all_docs_opts *opts, mimeo_cur
                 return bad_token(err);
             }
             for (size_t i = 0; i < n; i += 2) {
-                int hi = hexval(t[1 + i]), lo = hexval(t[2 + i]);
+                int hi = hex_digit(t[1 + i]), lo = hex_digit(t[2 + i]);
                 if (hi < 0 || lo < 0) {
                     mimeo_cursor_close(c);
                     return bad_token(err);

@@ -47,13 +47,6 @@ static pthread_mutex_t sec_io_lock = PTHREAD_MUTEX_INITIALIZER;
 static sec_cache_slot  sec_cache[SEC_CACHE_SLOTS];
 
 /* ---- start and stop ----------------------------------------------------------------------- */
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
 
 int http_auth_start(http_server *s, char *errbuf, size_t errlen)
 {
@@ -87,7 +80,7 @@ int http_auth_start(http_server *s, char *errbuf, size_t errlen)
     size_t hl = c->secret ? strlen(c->secret) : 0;
     if (hl >= 32 && hl % 2 == 0 && hl / 2 <= sizeof a->secret) {
         for (size_t i = 0; i < hl / 2; i++) {
-            int h = hexval(c->secret[2 * i]), l = hexval(c->secret[2 * i + 1]);
+            int h = hex_digit(c->secret[2 * i]), l = hex_digit(c->secret[2 * i + 1]);
             if (h < 0 || l < 0) { hl = 0; break; }
             a->secret[i] = (unsigned char)(h << 4 | l);
         }
@@ -470,12 +463,6 @@ static bool http_need_admin(http_req *r)
     return http_deny(r, "You are not a server admin.");
 }
 
-static bool http_seg_eq(const http_req *r, size_t i, const char *s)
-{
-    return i < r->nseg && i < HTTP_MAX_SEGS && strlen(s) == r->seg_len[i] &&
-           memcmp(r->seg[i], s, r->seg_len[i]) == 0;
-}
-
 /* Finds "_id" members that start with "_design/" at a given depth of a JSON body (1: a
  * document, 3: the documents of a _bulk_docs body). */
 typedef struct design_scan {
@@ -517,7 +504,7 @@ static const char *http_doc_id(http_req *r, size_t *len, bool *design)
 {
     *design = false;
     if (r->nseg < 2) return NULL;
-    if (http_seg_eq(r, 1, "_design") && r->nseg >= 3) {
+    if (http_seg_is(r, 1, "_design") && r->nseg >= 3) {
         *design = true;
         *len = r->seg_len[2];
         return r->seg[2];
@@ -550,9 +537,9 @@ static bool http_authorize_db(http_req *r)
         goto done;
     }
     /* A member, not a db admin. */
-    if (r->nseg >= 2 && (http_seg_eq(r, 1, "_compact") || http_seg_eq(r, 1, "_view_cleanup") ||
-                         (http_seg_eq(r, 1, "_security") && r->method == HTTP_PUT) ||
-                         (http_seg_eq(r, 1, "_revs_limit") && r->method == HTTP_PUT))) {
+    if (r->nseg >= 2 && (http_seg_is(r, 1, "_compact") || http_seg_is(r, 1, "_view_cleanup") ||
+                         (http_seg_is(r, 1, "_security") && r->method == HTTP_PUT) ||
+                         (http_seg_is(r, 1, "_revs_limit") && r->method == HTTP_PUT))) {
         ok = http_deny(r, "You are not a db or server admin.");
         goto done;
     }
@@ -561,7 +548,7 @@ static bool http_authorize_db(http_req *r)
         size_t idl;
         bool design = false;
         if (r->nseg == 1 && r->method == HTTP_POST) design = http_body_has_design(r, 1);
-        else if (r->nseg == 2 && http_seg_eq(r, 1, "_bulk_docs")) {
+        else if (r->nseg == 2 && http_seg_is(r, 1, "_bulk_docs")) {
             /* CouchDB refuses only those entries; the handler writes the others. */
             r->bulk_no_design = http_body_has_design(r, 3);
         }
@@ -659,12 +646,12 @@ static bool http_authorize_users(http_req *r)
     bool admin = auth_user_is_admin(&r->user);
     size_t pl = strlen(AUTH_USER_PREFIX);
     /* The _security objects live here as _local docs: only /{db}/_security reaches them. */
-    if ((http_seg_eq(r, 1, "_local") && r->nseg >= 3 && strncmp(r->seg[2], "security:", 9) == 0) ||
+    if ((http_seg_is(r, 1, "_local") && r->nseg >= 3 && strncmp(r->seg[2], "security:", 9) == 0) ||
         (r->nseg >= 2 && strncmp(r->seg[1], "_local/security:", 16) == 0)) {
         http_reply_error(r, 403, "forbidden", "Reserved for the server's security objects.");
         return false;
     }
-    if (r->nseg == 2 && http_seg_eq(r, 1, "_bulk_docs"))
+    if (r->nseg == 2 && http_seg_is(r, 1, "_bulk_docs"))
         return admin ? http_users_bulk(r) : http_need_admin(r);
     bool user_doc = r->nseg == 2 && r->seg_len[1] > pl &&
                     memcmp(r->seg[1], AUTH_USER_PREFIX, pl) == 0;
@@ -902,25 +889,25 @@ bool http_authorize(http_req *r)
 {
     const http_auth_cfg *c = &r->srv->cfg.auth;
     if (!http_authenticate(r)) return false;
-    bool session = http_seg_eq(r, 0, "_session") && r->nseg == 1;
+    bool session = http_seg_is(r, 0, "_session") && r->nseg == 1;
     if (c->require_valid_user && !r->user.known && !auth_user_is_admin(&r->user) && !session &&
-        !(http_seg_eq(r, 0, "_up") && r->nseg == 1)) {
+        !(http_seg_is(r, 0, "_up") && r->nseg == 1)) {
         http_reply_error(r, 401, "unauthorized", "Authentication required.");
         return false;
     }
     if (r->url_bad || r->nseg == 0) return true;
     const char *s0 = r->seg[0];
-    if (http_seg_eq(r, 0, "_users")) return http_authorize_users(r);
-    if (http_seg_eq(r, 0, "_replicator")) return http_authorize_replicator(r);
-    if (http_seg_eq(r, 0, "_global_changes")) return http_authorize_db(r);
+    if (http_seg_is(r, 0, "_users")) return http_authorize_users(r);
+    if (http_seg_is(r, 0, "_replicator")) return http_authorize_replicator(r);
+    if (http_seg_is(r, 0, "_global_changes")) return http_authorize_db(r);
     if (s0[0] == '_') {
-        if (r->nseg == 1 && (session || http_seg_eq(r, 0, "_up") || http_seg_eq(r, 0, "_uuids")))
+        if (r->nseg == 1 && (session || http_seg_is(r, 0, "_up") || http_seg_is(r, 0, "_uuids")))
             return true;
-        if (http_seg_eq(r, 0, "_all_dbs") && r->nseg == 1 && !c->admin_only_all_dbs) return true;
+        if (http_seg_is(r, 0, "_all_dbs") && r->nseg == 1 && !c->admin_only_all_dbs) return true;
         /* A peer's mesh message carries its own MAC over the shared mesh secret (src/mesh):
          * HTTP accounts play no part in it. Reading the mesh's state is for admins. */
-        if (http_seg_eq(r, 0, "_mesh") && r->nseg == 1 && r->method == HTTP_POST) return true;
-        if (http_seg_eq(r, 0, "_replicate") && r->nseg == 1) {
+        if (http_seg_is(r, 0, "_mesh") && r->nseg == 1 && r->method == HTTP_POST) return true;
+        if (http_seg_is(r, 0, "_replicate") && r->nseg == 1) {
             if (r->user.known || auth_user_is_admin(&r->user)) return http_authorize_replicate(r);
             return http_deny(r, "You must be logged in to replicate.");
         }

@@ -40,12 +40,6 @@ static void find_or_explain(http_req *r, bool explain)
 void http_h_find(http_req *r) { find_or_explain(r, false); }
 void http_h_explain(http_req *r) { find_or_explain(r, true); }
 
-static bool seg_is(const http_req *r, size_t i, const char *s)
-{
-    return i < r->nseg && i < HTTP_MAX_SEGS && strlen(s) == r->seg_len[i] &&
-           memcmp(r->seg[i], s, r->seg_len[i]) == 0;
-}
-
 void http_h_index(http_req *r)
 {
     char *out = NULL;
@@ -67,8 +61,8 @@ void http_h_index(http_req *r)
         return;
     }
     /* /{db}/_index/{ddoc}/json/{name} or /{db}/_index/_design/{ddoc}/json/{name} */
-    size_t d = seg_is(r, 2, "_design") ? 3 : 2;
-    if (r->nseg != d + 3 || r->nseg > HTTP_MAX_SEGS || !seg_is(r, d + 1, "json")) {
+    size_t d = http_seg_is(r, 2, "_design") ? 3 : 2;
+    if (r->nseg != d + 3 || r->nseg > HTTP_MAX_SEGS || !http_seg_is(r, d + 1, "json")) {
         http_reply_error(r, 404, "not_found", "missing");
         return;
     }

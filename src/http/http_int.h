@@ -133,6 +133,11 @@ unsigned http_status_for(int code, const char *error);
 
 /* Replies with b's bytes as JSON (takes b's memory; b is left empty). */
 void http_reply_buf(http_req *r, unsigned status, buf *b);
+
+/* Whether path segment i of the request is exactly s (decoded, so lengths decide). */
+static inline bool http_seg_is(const http_req *r, size_t i, const char *s) {
+    return i < r->nseg && i < HTTP_MAX_SEGS && mem_eq_str(r->seg[i], r->seg_len[i], s);
+}
 /* The same with another Content-Type (NULL: application/json). */
 void http_reply_buf_ct(http_req *r, unsigned status, buf *b, const char *content_type);
 /* Replies with memory returned by mimeo (takes it; freed with mimeo_free). */

@@ -78,10 +78,6 @@ static const char *const http_unserved_db[] = {
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
-static bool http_seg_is(const http_req *r, size_t i, const char *s) {
-    return i < r->nseg && i < HTTP_MAX_SEGS && mem_eq_str(r->seg[i], r->seg_len[i], s);
-}
-
 static bool http_run(http_req *r, const http_route_row *rows, size_t n, const char *name,
                      size_t name_len) {
     for (size_t i = 0; i < n; i++) {
