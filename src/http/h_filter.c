@@ -351,20 +351,11 @@ static int http_filter_call(http_filter *f, const mimeo_row *row, bool *keep, mi
     qs_proc *q = NULL;
     int rc = qs_acquire(f->pool, &q, err);
     if (rc != 0) return rc;
-    if (!qs_proc_knows(q, f->key.data, f->key.len)) {
-        buf_reset(&f->line);
-        buf_puts(&f->line, "[\"ddoc\",\"new\",");
-        json_put_str(&f->line, f->ddoc_id.data, f->ddoc_id.len);
-        buf_putc(&f->line, ',');
-        buf_put(&f->line, f->ddoc.data, f->ddoc.len);
-        rc = buf_putc(&f->line, ']');
-        if (rc == 0) rc = qs_call(q, f->line.data, f->line.len, &f->reply, err);
-        if (rc == 0 && qs_reply_error(f->reply.data, f->reply.len, err)) rc = MIMEO_EINVAL;
-        if (rc == 0) rc = qs_proc_remember(q, f->key.data, f->key.len);
-        if (rc != 0) {
-            qs_release(f->pool, q);
-            return rc;
-        }
+    rc = qs_proc_teach(q, f->key.data, f->key.len, f->ddoc_id.data, f->ddoc_id.len, f->ddoc.data,
+                       f->ddoc.len, &f->line, &f->reply, err);
+    if (rc != 0) {
+        qs_release(f->pool, q);
+        return rc;
     }
     buf_reset(&f->line);
     buf_puts(&f->line, "[\"ddoc\",");

@@ -321,3 +321,19 @@ int qs_proc_remember(qs_proc *q, const char *key, size_t len) {
 }
 
 int qs_proc_pid(const qs_proc *q) { return (int)q->pid; }
+
+int qs_proc_teach(qs_proc *q, const char *key, size_t key_len, const char *id, size_t id_len,
+                  const char *ddoc_json, size_t ddoc_len, buf *line, buf *reply,
+                  mimeo_err *err) {
+    if (qs_proc_knows(q, key, key_len)) return 0;
+    buf_reset(line);
+    int rc = buf_puts(line, "[\"ddoc\",\"new\",");
+    if (!rc) rc = json_put_str(line, id, id_len);
+    if (!rc) rc = buf_putc(line, ',');
+    if (!rc) rc = buf_put(line, ddoc_json, ddoc_len);
+    if (!rc) rc = buf_putc(line, ']');
+    if (!rc) rc = qs_call(q, line->data, line->len, reply, err);
+    if (!rc && qs_reply_error(reply->data, reply->len, err)) rc = MIMEO_EINVAL;
+    if (!rc) rc = qs_proc_remember(q, key, key_len);
+    return rc;
+}

@@ -61,6 +61,13 @@ int  qs_proc_remember(qs_proc *proc, const char *key, size_t len);
  * folder up) into out. MIMEO_ENOTFOUND when there is none. */
 int  qs_default_command(char *out, size_t cap);
 
+/* Teaches proc the design document ddoc_json under the protocol name id ("ddoc new") unless
+ * it already knows key; line and reply are the caller's scratch buffers. A protocol error in
+ * the reply is MIMEO_EINVAL with err filled. */
+int  qs_proc_teach(qs_proc *proc, const char *key, size_t key_len, const char *id,
+                   size_t id_len, const char *ddoc_json, size_t ddoc_len, buf *line,
+                   buf *reply, mimeo_err *err);
+
 /* Process id, for tests that check a process was replaced. */
 int  qs_proc_pid(const qs_proc *proc);
 
