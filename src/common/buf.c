@@ -173,13 +173,6 @@ void hex_encode(const unsigned char *p, size_t n, char *out) {
     out[2 * n] = 0;
 }
 
-int hex_digit(int c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 bool hex_decode(const char *s, size_t slen, unsigned char *out, size_t n) {
     if (slen != 2 * n) return false;
     for (size_t i = 0; i < n; i++) {

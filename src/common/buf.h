@@ -62,8 +62,14 @@ uint64_t clock_ms(void);
 void random_bytes(void *p, size_t n);
 /* Lowercase hex of n bytes into out (2n chars + NUL). */
 void hex_encode(const unsigned char *p, size_t n, char *out);
-/* The value of one hex digit (either case), or -1. */
-int hex_digit(int c);
+/* The value of one hex digit (either case), or -1. Inline: revision parsing calls it per
+ * character of every revision a replication moves. */
+static inline int hex_digit(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
 /* Decodes exactly 2n hex chars (slen must be 2n) into n bytes; false on a bad digit. */
 bool hex_decode(const char *s, size_t slen, unsigned char *out, size_t n);
 

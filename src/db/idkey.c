@@ -149,6 +149,11 @@ int db_doc_store(MDB_txn *txn, const store_tables *t, uint64_t dbid, const char 
                  size_t id_len, const db_doc *d, buf *scratch) {
     unsigned char key[STORE_KEY_MAX];
     MDB_val k, v;
+    if (id_len <= IDKEY_PREFIX) { /* the key is the id: no probe (a lookup per written doc) */
+        k.mv_data = key;
+        k.mv_size = store_key(key, dbid, id, id_len);
+        return db_doc_put_at(txn, t, &k, id, id_len, d, scratch);
+    }
     bool found;
     int rc = idkey_find(txn, t, dbid, id, id_len, key, &k, &v, &found);
     if (rc) return rc;

@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "../common/buf.h"
 
@@ -98,7 +99,7 @@ int store_err(int mdb_rc);
 static inline size_t store_key(unsigned char *key, uint64_t dbid, const void *tail,
                                size_t tail_len) {
     be64_put(key, dbid);
-    for (size_t i = 0; i < tail_len; i++) key[8 + i] = ((const unsigned char *)tail)[i];
+    if (tail_len) memcpy(key + 8, tail, tail_len);
     return 8 + tail_len;
 }
 static inline size_t store_key_u64(unsigned char *key, uint64_t dbid, uint64_t n) {

@@ -34,6 +34,26 @@ describe('entry-count caps', () => {
     assert.equal((await request(base, 'GET', '/db/b0')).status, 404);
   });
 
+  test('the count is structural: brackets, commas and quotes inside strings and keys do not count', async () => {
+    const tricky = (i) => ({
+      _id: `t${i}`, s: 'a,b],[{"docs":[1,2,3]}', q: 'quote \\" and \\\\', e: '\\\\', 'k,[]': { docs: [1, 2, 3, 4, 5, 6] },
+      n: [1.5e3, true, null, false], u: '\u00e9\u4e2d',
+    });
+    const ok = await request(base, 'POST', '/db/_bulk_docs', {
+      body: { 'new_edits,[': true, other: [[1, 2, 3, 4, 5, 6, 7]], docs: range(5, tricky), after: [1, 2, 3, 4, 5, 6] },
+    });
+    assert.equal(ok.status, 201);
+    assert.equal(ok.json.length, 5);
+    const r = await request(base, 'POST', '/db/_bulk_docs', {
+      body: { other: 'x", "docs": [', docs: range(6, (i) => tricky(i + 10)) },
+    });
+    assert.equal(r.status, 413);
+    assert.equal(r.json.error, 'max_bulk_docs_count_exceeded');
+    // numbers and literals are entries too
+    const nums = await request(base, 'POST', '/db/_all_docs', { body: { keys: [1, -2.5e-3, true, null] } });
+    assert.equal(nums.status, 413);
+  });
+
   test('_bulk_get: 4 served, 5 refused', async () => {
     const ok = await request(base, 'POST', '/db/_bulk_get', { body: { docs: range(4, (i) => ({ id: `a${i}` })) } });
     assert.equal(ok.status, 200);
