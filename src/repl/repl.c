@@ -43,8 +43,8 @@
 
 struct repl_batch {
     uint64_t    no;
-    jval       *page;       /* the parsed _changes page (owns the rows) */
-    const jval *rows;       /* its results array, borrowed */
+    buf         diff;       /* step 5a's question, {"id":["rev",…],…}, built as rows arrive */
+    size_t      nids, nrevs;
     char       *last_seq;   /* JSON text: every change of the page is at or below it */
     bool        done;
     repl_batch *qnext;      /* work queue */
@@ -54,7 +54,7 @@ struct repl_batch {
 static void repl_batch_free(repl_batch *b)
 {
     if (!b) return;
-    jval_free(b->page);
+    buf_destroy(&b->diff);
     free(b->last_seq);
     free(b);
 }
@@ -695,56 +695,6 @@ int repl_reply_missing(const repl_resp *r, repl_missing_fn fn, void *ctx, mimeo_
     return rc;
 }
 
-/* Per-worker buffers, reused from batch to batch. */
-typedef struct repl_scratch {
-    buf        diff, docs, sub, text;
-    repl_resp  resp;
-    /* what the target lacks: wants whose strings live in text (offsets until the answer
-     * is complete, then pointers) */
-    repl_want *wants;
-    size_t    *want_at;        /* per want: where its id is among offs */
-    size_t     nwants, wants_alloc;
-    size_t    *offs;           /* every string in text: id, then its revs, per want */
-    size_t    *lens;           /* their lengths */
-    size_t     noffs, offs_alloc;
-    const char **revp;         /* the rev pointers of every want */
-    /* the fetched documents, each one's span in docs */
-    size_t    *starts, *ends;
-    size_t     count, alloc;
-} repl_scratch;
-
-#define DOCS_PREFIX "{\"new_edits\":false,\"docs\":["
-
-/* Step 5a, the question: {"id":["rev",…],…} with every leaf of every row of the batch into
- * s->diff; *nrevs gets the number of revisions asked about. */
-static int repl_diff_request(const jval *rows, buf *diff, size_t *nrevs)
-{
-    buf_reset(diff);
-    int rc = buf_putc(diff, '{');
-    size_t nids = 0;
-    *nrevs = 0;
-    for (size_t i = 0; !rc && i < rows->count; i++) {
-        const jval *id = jval_get(rows->items[i], "id");
-        const jval *ch = jval_get(rows->items[i], "changes");
-        if (!id || id->type != JV_STRING || !ch || ch->type != JV_ARRAY || ch->count == 0)
-            continue;
-        if (nids++ > 0) rc |= buf_putc(diff, ',');
-        rc |= json_put_str(diff, id->str, id->len);
-        rc |= buf_puts(diff, ":[");
-        size_t k = 0;
-        for (size_t c = 0; c < ch->count; c++) {
-            const jval *rev = jval_get(ch->items[c], "rev");
-            if (!rev || rev->type != JV_STRING) continue;
-            if (k++ > 0) rc |= buf_putc(diff, ',');
-            rc |= json_put_str(diff, rev->str, rev->len);
-            (*nrevs)++;
-        }
-        rc |= buf_putc(diff, ']');
-    }
-    rc |= buf_putc(diff, '}');
-    return rc ? MIMEO_ENOMEM : 0;
-}
-
 /* Grows two parallel arrays (elements of size sa and sb) to hold need; *alloc changes only
  * when both did, so a failure leaves them consistent. */
 static int repl_grow2(void **a, size_t sa, void **b, size_t sb, size_t *alloc, size_t need)
@@ -761,6 +711,83 @@ static int repl_grow2(void **a, size_t sa, void **b, size_t sb, size_t *alloc, s
     *alloc = na;
     return 0;
 }
+
+int repl_reply_changes(const repl_resp *r, repl_change_fn fn, void *ctx, repl_page *page,
+                       mimeo_err *err)
+{
+    page->last_seq = NULL;
+    page->pending = -1;
+    page->rows = 0;
+    jval *v = NULL;
+    int rc = json_tree_parse(r->body.data, r->body.len, NULL, &v, err);
+    if (rc) return rc;
+    const jval *rows = jval_get(v, "results");
+    if (!rows || rows->type != JV_ARRAY) {
+        jval_free(v);
+        err_set(err, MIMEO_EIO, "bad_reply", "_changes answered no results array");
+        return MIMEO_EIO;
+    }
+    const char **revs = NULL;
+    size_t *lens = NULL, alloc = 0;
+    for (size_t i = 0; !rc && i < rows->count; i++) {
+        const jval *id = jval_get(rows->items[i], "id");
+        const jval *ch = jval_get(rows->items[i], "changes");
+        if (!id || id->type != JV_STRING || !ch || ch->type != JV_ARRAY) continue;
+        if (ch->count > alloc &&
+            repl_grow2((void **)&revs, sizeof *revs, (void **)&lens, sizeof *lens, &alloc,
+                       ch->count)) {
+            err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+            rc = MIMEO_ENOMEM;
+            break;
+        }
+        size_t n = 0;
+        for (size_t c = 0; c < ch->count; c++) {
+            const jval *rev = jval_get(ch->items[c], "rev");
+            if (!rev || rev->type != JV_STRING) continue;
+            revs[n] = rev->str;
+            lens[n++] = rev->len;
+        }
+        repl_want w = { id->str, id->len, revs, lens, n };
+        if ((rc = fn(ctx, &w)) != 0) err_set(err, rc, "error", "%s", mimeo_strerror(rc));
+    }
+    free(revs);
+    free(lens);
+    if (!rc) {
+        const jval *last = jval_get(v, "last_seq");
+        if ((!last || last->type == JV_NULL) && rows->count > 0)
+            last = jval_get(rows->items[rows->count - 1], "seq");
+        int64_t pending;
+        if (jval_as_i64(jval_get(v, "pending"), &pending) && pending >= 0)
+            page->pending = pending;
+        page->rows = rows->count;
+        if (last && last->type != JV_NULL && !(page->last_seq = repl_jval_text(last))) {
+            err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+            rc = MIMEO_ENOMEM;
+        }
+    }
+    jval_free(v);
+    return rc;
+}
+
+/* Per-worker buffers, reused from batch to batch. */
+typedef struct repl_scratch {
+    buf        docs, sub, text;
+    repl_resp  resp;
+    /* what the target lacks: wants whose strings live in text (offsets until the answer
+     * is complete, then pointers) */
+    repl_want *wants;
+    size_t    *want_at;        /* per want: where its id is among offs */
+    size_t     nwants, wants_alloc;
+    size_t    *offs;           /* every string in text: id, then its revs, per want */
+    size_t    *lens;           /* their lengths */
+    size_t     noffs, offs_alloc;
+    const char **revp;         /* the rev pointers of every want */
+    /* the fetched documents, each one's span in docs */
+    size_t    *starts, *ends;
+    size_t     count, alloc;
+} repl_scratch;
+
+#define DOCS_PREFIX "{\"new_edits\":false,\"docs\":["
 
 /* Copies a string into s->text, recording its offset and length. */
 static int repl_text_put(repl_scratch *s, const char *p, size_t n)
@@ -809,12 +836,12 @@ static int repl_wants_fix(repl_scratch *s)
 }
 
 /* Step 5a, the answer: POST target/_revs_diff; the entries into s->wants. */
-static int repl_revs_diff(repl_job *j, repl_scratch *s, mimeo_err *err)
+static int repl_revs_diff(repl_job *j, const buf *diff, repl_scratch *s, mimeo_err *err)
 {
     s->nwants = 0;
     s->noffs = 0;
     buf_reset(&s->text);
-    int rc = j->tgt->ops->revs_diff(j->tgt, s->diff.data, s->diff.len, repl_take_missing, s,
+    int rc = j->tgt->ops->revs_diff(j->tgt, diff->data, diff->len, repl_take_missing, s,
                                     &s->resp, err);
     if (rc) return rc;
     if (s->resp.status != 200) {
@@ -985,12 +1012,11 @@ static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_
 /* One batch, steps 5a–5c: what the target lacks, fetched from the source, written. */
 static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *err)
 {
-    size_t nrevs = 0, nmissing = 0;
-    int rc = repl_diff_request(b->rows, &s->diff, &nrevs);
-    if (rc) goto nomem;
-    if (nrevs == 0) return 0;
-    atomic_fetch_add(&j->stats.missing_checked, nrevs);
-    if ((rc = repl_revs_diff(j, s, err)) != 0) return rc;
+    size_t nmissing = 0;
+    int rc;
+    if (b->nrevs == 0) return 0;
+    atomic_fetch_add(&j->stats.missing_checked, b->nrevs);
+    if ((rc = repl_revs_diff(j, &b->diff, s, err)) != 0) return rc;
 
     for (size_t i = 0; i < s->nwants; i++) nmissing += s->wants[i].nrevs;
     atomic_fetch_add(&j->stats.missing_found, nmissing);
@@ -1015,7 +1041,6 @@ static void *repl_worker(void *arg)
     repl_job *j = arg;
     repl_scratch s;
     memset(&s, 0, sizeof s);
-    buf_init(&s.diff, 0);
     buf_init(&s.docs, 0);
     buf_init(&s.sub, 0);
     buf_init(&s.text, 0);
@@ -1046,7 +1071,6 @@ static void *repl_worker(void *arg)
         pthread_mutex_unlock(&j->lock);
         repl_maybe_checkpoint(j, false);
     }
-    buf_destroy(&s.diff);
     buf_destroy(&s.docs);
     buf_destroy(&s.sub);
     buf_destroy(&s.text);
@@ -1092,6 +1116,36 @@ static bool repl_enqueue(repl_job *j, repl_batch *b, bool work)
     return true;
 }
 
+/* Step 4's rows, straight into the batch's step 5a question: {"id":["rev",…],…}. */
+static int repl_take_change(void *ctx, const repl_want *row)
+{
+    repl_batch *b = ctx;
+    if (row->nrevs == 0) return 0;
+    int rc = buf_putc(&b->diff, b->nids++ ? ',' : '{');
+    if (!rc) rc = json_put_str(&b->diff, row->id, row->id_len);
+    if (!rc) rc = buf_puts(&b->diff, ":[");
+    for (size_t k = 0; !rc && k < row->nrevs; k++) {
+        if (k) rc = buf_putc(&b->diff, ',');
+        if (!rc) rc = json_put_str(&b->diff, row->revs[k], row->rev_lens[k]);
+    }
+    if (!rc) rc = buf_putc(&b->diff, ']');
+    b->nrevs += row->nrevs;
+    return rc ? MIMEO_ENOMEM : 0;
+}
+
+/* A seq that is a plain integer (mimeo, PouchDB) as a number. */
+static bool repl_seq_num(const char *s, int64_t *out)
+{
+    if (!s || *s < '0' || *s > '9') return false;
+    int64_t v = 0;
+    for (; *s >= '0' && *s <= '9'; s++) {
+        if (v > (INT64_MAX - 9) / 10) return false;
+        v = v * 10 + (*s - '0');
+    }
+    *out = v;
+    return *s == 0;
+}
+
 static int repl_read(repl_job *j, mimeo_err *err)
 {
     char *since = strdup(j->start_seq ? j->start_seq : "0");
@@ -1114,50 +1168,41 @@ static int repl_read(repl_job *j, mimeo_err *err)
             if (wait < 100) wait = 100;
         }
         atomic_store(&j->state, REPL_ST_RUNNING);
+        repl_batch *b = calloc(1, sizeof *b);
+        if (!b) goto nomem_r;
+        buf_init(&b->diff, 0);
+        repl_page page = { NULL, -1, 0 };
         rc = j->src->ops->changes(j->src, since, strlen(since), limit, j->req.doc_ids, wait,
-                                  &r, err);
-        if (rc) break;
-        if (r.status != 200) {
+                                  repl_take_change, b, &page, &r, err);
+        if (!rc && r.status != 200) {
             if (r.status == 404)
                 err_set(err, MIMEO_ENOTFOUND, "db_not_found", "could not read the changes of %s",
                              j->src->display);
             else
                 repl_err_from_resp(err, &r, "_changes on the source");
             rc = MIMEO_EIO;
-            break;
         }
-        repl_batch *b = calloc(1, sizeof *b);
-        if (!b) goto nomem_r;
-        if ((rc = json_tree_parse(r.body.data, r.body.len, NULL, &b->page, err)) != 0) {
+        if (!rc && b->nids && buf_putc(&b->diff, '}')) rc = MIMEO_ENOMEM;
+        if (rc) {
+            free(page.last_seq);
             repl_batch_free(b);
+            if (rc == MIMEO_ENOMEM) goto nomem_r;
             break;
         }
-        const jval *rows = jval_get(b->page, "results");
-        if (!rows || rows->type != JV_ARRAY) {
-            repl_batch_free(b);
-            err_set(err, MIMEO_EIO, "bad_reply", "_changes answered no results array");
-            rc = MIMEO_EIO;
-            break;
-        }
-        b->rows = rows;
-        const jval *last = jval_get(b->page, "last_seq");
-        if ((!last || last->type == JV_NULL) && rows->count > 0)
-            last = jval_get(rows->items[rows->count - 1], "seq");
-        b->last_seq = last && last->type != JV_NULL ? repl_jval_text(last) : strdup(since);
+        b->last_seq = page.last_seq ? page.last_seq : strdup(since);
         if (!b->last_seq) {
             repl_batch_free(b);
             goto nomem_r;
         }
-        int64_t pending, last_n;
-        bool has_pending = jval_as_i64(jval_get(b->page, "pending"), &pending) && pending >= 0;
-        if (has_pending)
-            atomic_store(&j->stats.changes_pending, (uint64_t)pending);
-        else if (j->src_update_seq >= 0 && jval_as_i64(last, &last_n))
+        int64_t last_n;
+        if (page.pending >= 0)
+            atomic_store(&j->stats.changes_pending, (uint64_t)page.pending);
+        else if (j->src_update_seq >= 0 && repl_seq_num(b->last_seq, &last_n))
             /* Peers without "pending" (PouchDB) number their changes: estimate. */
             atomic_store(&j->stats.changes_pending,
                          j->src_update_seq > last_n ? (uint64_t)(j->src_update_seq - last_n)
                                                     : 0);
-        size_t n = rows->count;
+        size_t n = page.rows;
         free(since);
         since = strdup(b->last_seq);
         if (!since) {
@@ -1171,7 +1216,7 @@ static int repl_read(repl_job *j, mimeo_err *err)
         /* The end of the feed: an empty page, or a short one that says nothing is
          * pending. A short page alone is not enough: a server may cap its pages below
          * our limit, and stopping there would complete with changes left behind. */
-        bool at_end = n == 0 || (n < limit && has_pending && pending == 0);
+        bool at_end = n == 0 || (n < limit && page.pending == 0);
         if (at_end) {
             if (!j->req.continuous) break;
             atomic_store(&j->caught_up, true);

@@ -416,9 +416,10 @@ static int ephttp_select_page(const repl_resp *page, mimeo_selector *sel, buf *o
     return rc;
 }
 
-static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size_t limit,
-                          const char *doc_ids, unsigned wait_ms, repl_resp *out,
-                          mimeo_err *err)
+/* The page of the peer's feed (its own filter, or a selector applied here) into out. */
+static int ephttp_changes_page(repl_ep *ep, const char *since, size_t since_len, size_t limit,
+                               const char *doc_ids, unsigned wait_ms, repl_resp *out,
+                               mimeo_err *err)
 {
     ephttp_ep *h = (ephttp_ep *)ep;
     const repl_filter *flt = ep->filter;
@@ -466,6 +467,15 @@ static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size
     free(cur);
     buf_destroy(&page);
     mimeo_selector_free(sel);
+    return rc;
+}
+
+static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size_t limit,
+                          const char *doc_ids, unsigned wait_ms, repl_change_fn fn, void *ctx,
+                          repl_page *page, repl_resp *out, mimeo_err *err)
+{
+    int rc = ephttp_changes_page(ep, since, since_len, limit, doc_ids, wait_ms, out, err);
+    if (!rc && out->status == 200) rc = repl_reply_changes(out, fn, ctx, page, err);
     return rc;
 }
 

@@ -94,20 +94,27 @@ static int local_create(repl_ep *ep, repl_resp *out, mimeo_err *err)
     return 0;
 }
 
-/* Appends one _changes row for the replicator from a cursor row: seq, id, every leaf. */
-static int local_change_row(buf *b, const mimeo_row *row)
+/* Hands one cursor row to the replicator: its id and every leaf revision. revs and lens
+ * grow to hold the leaves (*alloc entries). */
+static int local_change_row(const mimeo_row *row, repl_change_fn fn, void *ctx,
+                            const char ***revs, size_t **lens, size_t *alloc)
 {
-    int rc = buf_printf(b, "{\"seq\":%llu,\"id\":", (unsigned long long)row->seq);
-    if (!rc) rc = json_put_str(b, row->id, row->id_len);
-    if (!rc) rc = buf_puts(b, ",\"changes\":[");
-    for (size_t i = 0; i < row->leaf_count && !rc; i++) {
-        rc = buf_puts(b, i ? ",{\"rev\":" : "{\"rev\":");
-        if (!rc) rc = json_put_str(b, row->leaves[i].rev, row->leaves[i].rev_len);
-        if (!rc) rc = buf_putc(b, '}');
+    if (row->leaf_count > *alloc) {
+        size_t n = row->leaf_count < 8 ? 8 : row->leaf_count;
+        const char **r = realloc(*revs, n * sizeof *r);
+        if (!r) return MIMEO_ENOMEM;
+        *revs = r;
+        size_t *l = realloc(*lens, n * sizeof *l);
+        if (!l) return MIMEO_ENOMEM;
+        *lens = l;
+        *alloc = n;
     }
-    if (!rc) rc = buf_putc(b, ']');
-    if (!rc && row->deleted) rc = buf_puts(b, ",\"deleted\":true");
-    return rc ? rc : buf_putc(b, '}');
+    for (size_t i = 0; i < row->leaf_count; i++) {
+        (*revs)[i] = row->leaves[i].rev;
+        (*lens)[i] = row->leaves[i].rev_len;
+    }
+    repl_want w = { row->id, row->id_len, *revs, *lens, row->leaf_count };
+    return fn(ctx, &w);
 }
 
 /* A seq as this database's number: the integer, or the leading digits of a string seq
@@ -122,8 +129,8 @@ static uint64_t local_seq(const char *s, size_t n)
 }
 
 static int local_changes(repl_ep *ep, const char *since, size_t since_len, size_t limit,
-                         const char *doc_ids, unsigned wait_ms, repl_resp *out,
-                         mimeo_err *err)
+                         const char *doc_ids, unsigned wait_ms, repl_change_fn fn, void *ctx,
+                         repl_page *page, repl_resp *out, mimeo_err *err)
 {
     local_ep *l = (local_ep *)ep;
     mimeo_changes_opts o;
@@ -165,17 +172,21 @@ static int local_changes(repl_ep *ep, const char *since, size_t since_len, size_
         o.doc_id_lens = idl;
         o.doc_id_count = k;
     }
-    /* One cursor: its rows are written straight into the reply, and a longpoll waits on
+    /* One cursor: its rows go straight to fn (no JSON in between), and a longpoll waits on
      * it, which also notices a deleted database instead of polling it in a loop. */
-    int rc = 0;
+    int rc = 0, fn_rc = 0;
     mimeo_cursor *cur = NULL;
     mimeo_err e = {0};
     uint64_t rows = 0;
     uint64_t deadline = clock_ms() + wait_ms;
+    const char **revs = NULL;
+    size_t *lens = NULL, alloc = 0;
     buf_reset(&out->body);
+    page->last_seq = NULL;
+    page->pending = -1;
+    page->rows = 0;
     rc = mimeo_changes_open(l->db, &o, &cur, &e);
-    if (!rc) rc = buf_puts(&out->body, "{\"results\":[");
-    while (!rc) {
+    while (!rc && !fn_rc) {
         const mimeo_row *row;
         if (flt && limit && rows >= limit) break;
         rc = mimeo_cursor_next(cur, &row, &e);
@@ -186,8 +197,10 @@ static int local_changes(repl_ep *ep, const char *since, size_t since_len, size_
             last_row = row->seq;
         }
         if (rc || row) {
-            if (!rc && rows++ > 0) rc = buf_putc(&out->body, ',');
-            if (!rc) rc = local_change_row(&out->body, row);
+            if (!rc) {
+                rows++;
+                fn_rc = local_change_row(row, fn, ctx, &revs, &lens, &alloc);
+            }
             continue;
         }
         /* longpoll: nothing yet, so wait for the next write; short waits, so a cancelled
@@ -199,12 +212,28 @@ static int local_changes(repl_ep *ep, const char *since, size_t since_len, size_
         int w = mimeo_cursor_wait(cur, step);
         if (w < 0) rc = w;
     }
+    free(revs);
+    free(lens);
+    if (fn_rc) {
+        mimeo_cursor_close(cur);
+        free(idv);
+        free(idl);
+        jval_free(ids);
+        err_set(err, fn_rc, "error", "%s", mimeo_strerror(fn_rc));
+        return fn_rc;
+    }
     if (!rc) {
-        uint64_t last = flt && limit && rows >= limit ? last_row : mimeo_cursor_last_seq(cur);
-        rc = buf_printf(&out->body, "],\"last_seq\":%llu,\"pending\":%llu}",
-                        (unsigned long long)last,
-                        (unsigned long long)mimeo_cursor_pending(cur));
+        /* A filtered page that stopped at its limit left the cursor mid-way: its pending
+         * count means nothing then, and the reader estimates from the seq instead. */
+        bool cut = flt && limit && rows >= limit;
+        char num[24];
+        snprintf(num, sizeof num, "%llu",
+                 (unsigned long long)(cut ? last_row : mimeo_cursor_last_seq(cur)));
+        page->last_seq = strdup(num);
+        page->pending = cut ? -1 : (int64_t)mimeo_cursor_pending(cur);
+        page->rows = rows;
         out->status = 200;
+        if (!page->last_seq) rc = MIMEO_ENOMEM;
     }
     if (rc == MIMEO_ENOTFOUND) {
         db_gone(&e);

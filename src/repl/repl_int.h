@@ -90,6 +90,17 @@ typedef struct repl_want {
 
 /* Called for each entry of a _revs_diff answer that lacks something; nonzero stops. */
 typedef int (*repl_missing_fn)(void *ctx, const repl_want *w);
+/* Called for each row of a changes page: the id and its leaf revisions (borrowed for the
+ * call only); nonzero stops. */
+typedef int (*repl_change_fn)(void *ctx, const repl_want *row);
+
+/* The end of a changes page. */
+typedef struct repl_page {
+    char    *last_seq; /* new JSON text: every change of the page is at or below it; NULL
+                          when the page names none (the next page starts where it did) */
+    int64_t  pending;  /* changes left after the page; -1 when the peer does not say */
+    size_t   rows;     /* rows handed over */
+} repl_page;
 /* Called for each document fetched: its JSON object text, with _revisions (borrowed for the
  * call only); nonzero stops. */
 typedef int (*repl_doc_fn)(void *ctx, const char *json, size_t len);
@@ -104,9 +115,12 @@ typedef struct repl_ep_ops {
     /* PUT /{db}. */
     int  (*create)(repl_ep *ep, repl_resp *out, mimeo_err *err);
     /* _changes?style=all_docs&since=…&limit=… (limit 0: no limit); doc_ids (a JSON array
-     * text, or NULL) selects filter=_doc_ids; wait_ms > 0 asks for feed=longpoll. */
+     * text, or NULL) selects filter=_doc_ids; wait_ms > 0 asks for feed=longpoll. On status
+     * 200, fn has seen every row and *page is filled (the caller frees page->last_seq); on
+     * any other status out->body is the error reply. */
     int  (*changes)(repl_ep *ep, const char *since, size_t since_len, size_t limit,
-                    const char *doc_ids, unsigned wait_ms, repl_resp *out, mimeo_err *err);
+                    const char *doc_ids, unsigned wait_ms, repl_change_fn fn, void *ctx,
+                    repl_page *page, repl_resp *out, mimeo_err *err);
     /* The ops that carry documents hand them over as entries, not as a reply to parse:
      * on status 200 the callback has seen every entry (out->body is then unspecified);
      * on any other status out->body is the error reply. A callback's nonzero code is
@@ -180,9 +194,13 @@ int  repl_ep_local_new(mimeo_env *env, const char *name, bool create, atomic_boo
                        repl_ep **out, mimeo_err *err);
 void repl_ep_free(repl_ep *ep);
 
-/* For endpoints whose peer answers JSON (repl.c): the entries of a _revs_diff reply, and
- * the "ok" documents of a _bulk_get or open_revs reply (*unserved: its "error" entries). */
+/* For endpoints whose peer answers JSON (repl.c): the entries of a _revs_diff reply, the
+ * rows of a _changes page, and the "ok" documents of a _bulk_get or open_revs reply
+ * (*unserved: its "error" entries). */
 int  repl_reply_missing(const repl_resp *r, repl_missing_fn fn, void *ctx, mimeo_err *err);
+/* The rows and end of a _changes reply. */
+int  repl_reply_changes(const repl_resp *r, repl_change_fn fn, void *ctx, repl_page *page,
+                        mimeo_err *err);
 int  repl_reply_docs(const repl_resp *r, repl_doc_fn fn, void *ctx, size_t *unserved,
                      mimeo_err *err);
 
