@@ -514,6 +514,12 @@ typedef struct mimeo_replicator_options {
     /* PEM file of the CAs that sign peers' TLS certificates; NULL or "" → the system CA
      * store. A job may turn checking off with "verify": false (testing only). */
     const char *cafile;
+    /* Jobs of their own thread (continuous or _replicator) running at once; 0 → 500. More
+     * wait as "pending" and start when a slot frees; every interval_ms (0 → 60000) up to 20
+     * of the longest-running continuous jobs make way for pending ones (CouchDB's
+     * [replicator] max_jobs, interval and max_churn). */
+    unsigned max_jobs;
+    unsigned interval_ms;
 } mimeo_replicator_options;
 MIMEO_API int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *opts);
 

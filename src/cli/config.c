@@ -92,6 +92,11 @@ static const cfg_option cfg_options[] = {
          "largest reply read from a peer (a batch over it is fetched doc by doc)", 1024, 0),
     OPT("replicator", "cafile", CFG_STR, repl_cafile, "", NULL,
         "PEM file of CAs trusted for peers' TLS certificates (empty: the system store)"),
+    OPTR("replicator", "max_jobs", CFG_UINT, repl_max_jobs, "500", NULL,
+         "replication jobs running at once; more wait as pending", 1, 100000),
+    OPTR("replicator", "interval", CFG_UINT, repl_interval, "60000", NULL,
+         "ms between turns of pending jobs with running ones (at most max_churn = 20)",
+         100, 0),
     /* accounts and sessions; server admins go in [admins] as name = password (hashed on
      * start) */
     OPT("chttpd", "require_valid_user", CFG_BOOL, require_valid_user, "false", NULL,
@@ -371,6 +376,8 @@ void config_to_replicator(const cli_config *c, mimeo_replicator_options *r) {
     memset(r, 0, sizeof *r);
     r->max_response_size = c->repl_max_response_size;
     r->cafile = c->repl_cafile[0] ? c->repl_cafile : NULL;
+    r->max_jobs = c->repl_max_jobs;
+    r->interval_ms = c->repl_interval;
 }
 
 void config_to_http(const cli_config *c, http_config *h) {

@@ -42,6 +42,8 @@ typedef struct cli_config {
     unsigned cors_max_age;
     size_t   repl_max_response_size;
     char     repl_cafile[1024];
+    unsigned repl_max_jobs;          /* [replicator] max_jobs */
+    unsigned repl_interval;          /* [replicator] interval, ms */
     /* accounts and sessions (security) */
     bool     require_valid_user;
     bool     admin_only_all_dbs;

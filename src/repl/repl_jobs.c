@@ -34,6 +34,13 @@ struct repl_entry {
     char       *final_stats; /* stats members kept after a job ended */
     int64_t     start_time, last_updated;
     unsigned    pid;
+    /* scheduling, under the registry's lock */
+    bool        active;      /* holds one of the registry's max_jobs slots */
+    bool        yield;       /* asked to make way for a pending job */
+    bool        quit;        /* being stopped for good */
+    uint64_t    ticket;      /* place in the pending queue; 0: not waiting */
+    uint64_t    active_ms;   /* when it took its slot */
+    int64_t     stopped_at;  /* when it last made way (0: never) */
 };
 
 /* The registry of one environment's jobs, kept in the environment itself
@@ -50,11 +57,20 @@ struct repl_reg {
     pthread_t       mgr;
     atomic_bool     mgr_stop;
     atomic_size_t   max_response; /* default cap of a peer's reply, bytes; 0: built in */
+    /* The scheduler: threaded jobs take one of max_jobs slots or wait, pending, in ticket
+     * order; every interval_ms the head of the queue makes up to REPL_MAX_CHURN of the
+     * longest-running continuous jobs stop and queue again. */
+    pthread_cond_t  sched;        /* a slot freed, the limits changed, or a waiter must quit */
+    unsigned        active;       /* slots held */
+    uint64_t        next_ticket;
+    uint64_t        last_turn_ms;
+    atomic_uint     max_jobs;     /* 0: REPL_MAX_JOBS */
+    atomic_uint     interval_ms;  /* 0: REPL_INTERVAL_MS */
     char            cafile[1024]; /* [replicator] cafile; "": the system CA store */
 };
 
 static repl_reg repl_reg_none = {
-    .lock = PTHREAD_MUTEX_INITIALIZER, .next_pid = 100,
+    .lock = PTHREAD_MUTEX_INITIALIZER, .next_pid = 100, .sched = PTHREAD_COND_INITIALIZER,
 };
 static const char repl_reg_key = 0;   /* its address names the state in mimeo_env_state */
 
@@ -65,6 +81,7 @@ static void *repl_reg_make(mimeo_env *env)
     g->env = env;
     g->next_pid = 100;
     pthread_mutex_init(&g->lock, NULL);
+    pthread_cond_init(&g->sched, NULL);
     return g;
 }
 
@@ -75,6 +92,7 @@ static void repl_reg_destroy(void *p)
     repl_reg *g = p;
     repl_reg_stop(g, true);   /* a caller that skipped mimeo_replicator_stop */
     pthread_mutex_destroy(&g->lock);
+    pthread_cond_destroy(&g->sched);
     free(g);
 }
 
@@ -249,18 +267,138 @@ static bool repl_backoff_sleep(repl_job *j, unsigned ms)
     return !atomic_load(&j->stopping);
 }
 
+/* CouchDB's [replicator] max_jobs, interval and max_churn. Beyond max_jobs, up to
+ * REPL_MAX_PENDING more jobs wait; past that a new job is refused (each waits on a thread of
+ * its own, and clients must not be able to exhaust threads). */
+#define REPL_MAX_JOBS     500
+#define REPL_INTERVAL_MS  60000
+#define REPL_MAX_CHURN    20
+#define REPL_MAX_PENDING  2000
+
+static unsigned repl_max_jobs(repl_reg *g)
+{
+    unsigned m = atomic_load(&g->max_jobs);
+    return m ? m : REPL_MAX_JOBS;
+}
+
+static unsigned repl_interval(repl_reg *g)
+{
+    unsigned m = atomic_load(&g->interval_ms);
+    return m ? m : REPL_INTERVAL_MS;
+}
+
+/* Under g->lock: whether e is first in the pending queue. */
+static bool repl_queue_head(repl_reg *g, const repl_entry *e)
+{
+    for (const repl_entry *x = g->entries; x; x = x->next)
+        if (x->ticket && x->ticket < e->ticket) return false;
+    return true;
+}
+
+/* Under g->lock, by the head of the queue: once per interval, asks up to REPL_MAX_CHURN
+ * continuous jobs that have run a whole interval, longest first, to make way. They write a
+ * checkpoint, stop, and queue again behind the ones waiting. */
+static void repl_turn(repl_reg *g)
+{
+    uint64_t now = clock_ms(), iv = repl_interval(g);
+    if (now - g->last_turn_ms < iv) return;
+    g->last_turn_ms = now;
+    unsigned waiting = 0;
+    for (repl_entry *x = g->entries; x; x = x->next) waiting += x->ticket != 0;
+    for (unsigned n = 0; n < waiting && n < REPL_MAX_CHURN; n++) {
+        repl_entry *oldest = NULL;
+        for (repl_entry *x = g->entries; x; x = x->next)
+            if (x->active && x->continuous && !x->yield && !x->quit && x->job &&
+                now - x->active_ms >= iv && (!oldest || x->active_ms < oldest->active_ms))
+                oldest = x;
+        if (!oldest) break;
+        oldest->yield = true;
+        repl_job_cancel(oldest->job);
+    }
+}
+
+/* Waits, pending, for a slot; false when e is stopped for good meanwhile. */
+static bool repl_slot_take(repl_entry *e)
+{
+    repl_reg *g = e->reg;
+    pthread_mutex_lock(&g->lock);
+    e->ticket = ++g->next_ticket;
+    bool got = false;
+    while (!e->quit) {
+        if (g->active < repl_max_jobs(g) && repl_queue_head(g, e)) {
+            g->active++;
+            e->active = true;
+            e->active_ms = clock_ms();
+            got = true;
+            break;
+        }
+        atomic_store(&e->state, REPL_ST_PENDING);
+        if (repl_queue_head(g, e)) repl_turn(g);
+        /* Timed: the head must come back for the next turn, and a cancelled job with it. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&g->sched, &g->lock, &ts);
+    }
+    e->ticket = 0;
+    pthread_cond_broadcast(&g->sched); /* the next in the queue may be the head now */
+    pthread_mutex_unlock(&g->lock);
+    return got;
+}
+
+static void repl_slot_give(repl_entry *e)
+{
+    repl_reg *g = e->reg;
+    pthread_mutex_lock(&g->lock);
+    if (e->active) {
+        e->active = false;
+        g->active--;
+        pthread_cond_broadcast(&g->sched);
+    }
+    pthread_mutex_unlock(&g->lock);
+}
+
+/* After the job stopped: true when it stopped to make way (not for good), with the job
+ * made runnable again and its slot given back. */
+static bool repl_made_way(repl_entry *e)
+{
+    repl_reg *g = e->reg;
+    pthread_mutex_lock(&g->lock);
+    bool yielded = e->yield && !e->quit;
+    e->yield = false;
+    if (yielded) {
+        atomic_store(&e->job->stopping, false);
+        atomic_store(&e->job->cancel, false);
+        e->stopped_at = (int64_t)time(NULL);
+        atomic_store(&e->state, REPL_ST_PENDING);
+    }
+    pthread_mutex_unlock(&g->lock);
+    if (yielded) repl_slot_give(e);
+    return yielded;
+}
+
 static void *repl_entry_thread(void *arg)
 {
     repl_entry *e = arg;
     repl_reg *g = e->reg;
     repl_job *j = e->job;
     unsigned crashes = 0;
+    bool slot = false;
     for (;;) {
+        if (!slot && !(slot = repl_slot_take(e))) break;
         atomic_store(&e->state, REPL_ST_RUNNING);
         char *result = NULL;
         size_t rlen = 0;
         int rc = repl_job_run(j, &result, &rlen);
         mimeo_free(result);
+        if (repl_made_way(e)) {
+            slot = false;
+            continue;
+        }
         if (atomic_load(&j->stopping)) break;
         pthread_mutex_lock(&g->lock);
         e->last_updated = (int64_t)time(NULL);
@@ -296,22 +434,28 @@ static void *repl_entry_thread(void *arg)
         unsigned ms = REPL_CRASH_BACKOFF_MS;
         for (unsigned i = 1; i < crashes && ms < REPL_CRASH_BACKOFF_MAX; i++) ms *= 2;
         if (ms > REPL_CRASH_BACKOFF_MAX) ms = REPL_CRASH_BACKOFF_MAX;
-        if (!repl_backoff_sleep(j, ms)) break;
+        if (!repl_backoff_sleep(j, ms)) {
+            if (repl_made_way(e)) {
+                slot = false;
+                continue;
+            }
+            break;
+        }
     }
+    if (slot) repl_slot_give(e);
     return NULL;
 }
 
-/* Jobs with a thread of their own (continuous or persistent), like CouchDB's max_jobs:
- * every job costs threads and connections, and clients must not be able to exhaust them. */
-#define REPL_MAX_JOBS 500
-
-/* Under g->lock: starts e's thread and links it. MIMEO_ETOOLARGE when REPL_MAX_JOBS
- * jobs run already. */
+/* Under g->lock: starts e's thread (which runs the job once a slot is free) and links it.
+ * MIMEO_ETOOLARGE when max_jobs run and REPL_MAX_PENDING wait already. */
 static int repl_entry_start(repl_reg *g, repl_entry *e)
 {
-    unsigned running = 0;
-    for (repl_entry *x = g->entries; x; x = x->next) running += x->threaded;
-    if (running >= REPL_MAX_JOBS) return MIMEO_ETOOLARGE;
+    unsigned live = 0;
+    for (repl_entry *x = g->entries; x; x = x->next) {
+        int st = atomic_load(&x->state);
+        live += x->threaded && st != REPL_ST_COMPLETED && st != REPL_ST_FAILED;
+    }
+    if (live >= repl_max_jobs(g) + REPL_MAX_PENDING) return MIMEO_ETOOLARGE;
     e->pid = g->next_pid++;
     e->threaded = true;
     if (pthread_create(&e->thread, NULL, repl_entry_thread, e) != 0) {
@@ -322,10 +466,15 @@ static int repl_entry_start(repl_reg *g, repl_entry *e)
     return 0;
 }
 
-/* Stops e's job and waits for its thread. Call without g->lock; e must be unlinked
- * already (or about to be freed by the caller). */
+/* Stops e's job (or its wait for a slot) and waits for its thread. Call without g->lock;
+ * e must be unlinked already (or about to be freed by the caller). */
 static void repl_entry_stop(repl_entry *e)
 {
+    repl_reg *g = e->reg;
+    pthread_mutex_lock(&g->lock);
+    e->quit = true;
+    pthread_cond_broadcast(&g->sched);
+    pthread_mutex_unlock(&g->lock);
     if (e->job) repl_job_cancel(e->job);
     if (e->threaded) pthread_join(e->thread, NULL);
     e->threaded = false;
@@ -336,10 +485,13 @@ int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *o
     repl_reg *g = repl_reg_of(env);
     if (!g) return MIMEO_ENOMEM;
     atomic_store(&g->max_response, opts ? opts->max_response_size : 0);
+    atomic_store(&g->max_jobs, opts ? opts->max_jobs : 0);
+    atomic_store(&g->interval_ms, opts ? opts->interval_ms : 0);
     const char *ca = opts && opts->cafile ? opts->cafile : "";
     if (strlen(ca) >= sizeof g->cafile) return MIMEO_EINVAL;
     pthread_mutex_lock(&g->lock);
     snprintf(g->cafile, sizeof g->cafile, "%s", ca);
+    pthread_cond_broadcast(&g->sched); /* a larger max_jobs frees slots at once */
     pthread_mutex_unlock(&g->lock);
     return 0;
 }
@@ -485,7 +637,9 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
         if (rc) {
             repl_entry_free(ent);
             if (rc == MIMEO_ETOOLARGE)
-                err_set(&e, rc, "too_many_jobs", "the node runs its maximum of 500 replication jobs");
+                err_set(&e, rc, "too_many_jobs",
+                        "the node runs [replicator] max_jobs replication jobs and %u more wait",
+                        REPL_MAX_PENDING);
             else
                 err_set(&e, rc, "error", "could not start the job");
             goto fail;
@@ -690,7 +844,7 @@ static void repl_doc_changed(repl_reg *g, const repl_row *row)
             repl_entry_free(ent);
             if (src == MIMEO_ETOOLARGE)
                 repl_doc_write_state(env, row->id, "failed",
-                                     "the node runs its maximum of 500 replication jobs", NULL);
+                                     "too many replication jobs wait for a slot", NULL);
             goto out;
         }
     } else {
@@ -946,20 +1100,29 @@ static void repl_put_job(buf *b, repl_entry *e)
     json_put_cstr(b, e->id);
     buf_printf(b, ",\"database\":%s,\"doc_id\":", e->doc_id ? "\"" REPL_DB "\"" : "null");
     repl_put_nstr(b, e->doc_id);
-    buf_printf(b, ",\"pid\":\"<0.%u.0>\",\"node\":\"mimeo@127.0.0.1\",\"source\":", e->pid);
+    /* A pending job has no process (CouchDB: "pid":null) */
+    if (st == REPL_ST_PENDING) buf_puts(b, ",\"pid\":null");
+    else buf_printf(b, ",\"pid\":\"<0.%u.0>\"", e->pid);
+    buf_puts(b, ",\"node\":\"mimeo@127.0.0.1\",\"source\":");
     repl_put_nstr(b, e->source);
     buf_puts(b, ",\"target\":");
     repl_put_nstr(b, e->target);
-    buf_printf(b, ",\"user\":null,\"start_time\":\"%s\",\"last_updated\":\"%s\",\"history\":[",
-               start, upd);
+    buf_printf(b, ",\"user\":null,\"state\":\"%s\",\"start_time\":\"%s\","
+               "\"last_updated\":\"%s\",\"history\":[", repl_state_names[st], start, upd);
     /* Newest first, as CouchDB lists them. */
     if (st == REPL_ST_CRASHING) {
         buf_printf(b, "{\"timestamp\":\"%s\",\"type\":\"crashed\",\"reason\":", upd);
         json_put_cstr(b, error);
         buf_puts(b, "},");
     }
-    buf_printf(b, "{\"timestamp\":\"%s\",\"type\":\"started\"},"
-               "{\"timestamp\":\"%s\",\"type\":\"added\"}],\"info\":{", start, start);
+    if (e->stopped_at) {
+        char stop[32];
+        repl_iso8601(e->stopped_at, stop, sizeof stop);
+        buf_printf(b, "{\"timestamp\":\"%s\",\"type\":\"stopped\"},", stop);
+    }
+    if (st != REPL_ST_PENDING || e->stopped_at)
+        buf_printf(b, "{\"timestamp\":\"%s\",\"type\":\"started\"},", start);
+    buf_printf(b, "{\"timestamp\":\"%s\",\"type\":\"added\"}],\"info\":{", start);
     repl_put_tls(b, e->job);
     repl_job_put_stats(e->job, b);
     buf_puts(b, "}}");
