@@ -160,29 +160,34 @@ static void auth_proof(const auth_pw *h, const char *pw, size_t n, unsigned char
     sha256_digest(&ctx, SHA256_DIGEST_SIZE, out);
 }
 
-bool auth_cache_hit(auth_cache *c, const char *name, const auth_pw *h, const char *pw, size_t n) {
-    uint64_t tag = auth_tag(name, "");
-    auth_cache_slot *s = &c->slot[tag % AUTH_CACHE_SLOTS];
-    unsigned char proof[32];
+/* Whether the slot of name holds h's key with pw's proof; *slot, *tag and proof are set
+ * for a caller that stores on a miss. */
+static bool auth_cache_find(auth_cache *c, const char *name, const auth_pw *h, const char *pw,
+                            size_t n, auth_cache_slot **slot, uint64_t *tag,
+                            unsigned char proof[32]) {
+    *tag = auth_tag(name, "");
+    auth_cache_slot *s = *slot = &c->slot[*tag % AUTH_CACHE_SLOTS];
     auth_proof(h, pw, n, proof);
     pthread_mutex_lock(&c->lock);
-    bool hit = s->tag == tag && auth_ct_equal(s->key, h->key, AUTH_KEY_MAX) &&
-               auth_ct_equal(s->proof, proof, sizeof proof);
+    bool hit = s->tag == *tag && auth_ct_equal(s->key, h->key, AUTH_KEY_MAX) &&
+               auth_ct_equal(s->proof, proof, 32);
     pthread_mutex_unlock(&c->lock);
     return hit;
 }
 
+bool auth_cache_hit(auth_cache *c, const char *name, const auth_pw *h, const char *pw, size_t n) {
+    auth_cache_slot *s;
+    uint64_t tag;
+    unsigned char proof[32];
+    return auth_cache_find(c, name, h, pw, n, &s, &tag, proof);
+}
+
 bool auth_cache_check(auth_cache *c, const char *name, const auth_pw *h, const char *pw,
                       size_t n) {
-    uint64_t tag = auth_tag(name, "");
-    auth_cache_slot *s = &c->slot[tag % AUTH_CACHE_SLOTS];
+    auth_cache_slot *s;
+    uint64_t tag;
     unsigned char proof[32];
-    auth_proof(h, pw, n, proof);
-    pthread_mutex_lock(&c->lock);
-    bool hit = s->tag == tag && auth_ct_equal(s->key, h->key, AUTH_KEY_MAX) &&
-               auth_ct_equal(s->proof, proof, sizeof proof);
-    pthread_mutex_unlock(&c->lock);
-    if (hit) return true;
+    if (auth_cache_find(c, name, h, pw, n, &s, &tag, proof)) return true;
     if (!auth_pw_check(h, pw, n)) return false;
     pthread_mutex_lock(&c->lock);
     s->tag = tag;

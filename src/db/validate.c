@@ -388,13 +388,15 @@ static int proc_get(db_vdu *v, mimeo_err *e) {
 
 /* One call on the held process; a failed process is given back (the pool discards it) so
  * the next document gets a fresh one. */
+static void proc_drop(db_vdu *v, mimeo_err *e) {
+    qs_release(v->st->pool, v->proc);
+    v->proc = NULL;
+    if (!e->error[0]) db_err_set(e, MIMEO_EIO, "os_process_error", "the query server failed");
+}
+
 static int call(db_vdu *v, mimeo_err *e) {
     int rc = qs_call(v->proc, v->line.data, v->line.len, &v->reply, e);
-    if (rc) {
-        qs_release(v->st->pool, v->proc);
-        v->proc = NULL;
-        if (!e->error[0]) db_err_set(e, MIMEO_EIO, "os_process_error", "the query server failed");
-    }
+    if (rc) proc_drop(v, e);
     return rc;
 }
 
@@ -421,17 +423,11 @@ static int run_one(db_vdu *v, const vdu_ddoc *dd, const char *new_doc, size_t ne
     if (!rc) rc = buf_put(&key, dd->id, dd->id_len);
     if (!rc) rc = buf_putc(&key, '@');
     if (!rc) rc = buf_puts(&key, dd->rev);
-    if (!rc && !qs_proc_knows(v->proc, key.data, key.len)) {
-        buf_reset(&v->line);
-        rc = buf_puts(&v->line, "[\"ddoc\",\"new\",");
-        if (!rc) rc = json_put_str(&v->line, key.data, key.len);
-        if (!rc) rc = buf_putc(&v->line, ',');
-        if (!rc) rc = buf_put(&v->line, dd->json, dd->json_len);
-        if (!rc) rc = buf_putc(&v->line, ']');
-        if (!rc && !(rc = call(v, e))) {
-            if (qs_reply_error(v->reply.data, v->reply.len, e)) rc = e->code;
-            else if (!(rc = qs_proc_remember(v->proc, key.data, key.len))) {}
-        }
+    if (!rc) {
+        rc = qs_proc_teach(v->proc, key.data, key.len, key.data, key.len, dd->json, dd->json_len,
+                           &v->line, &v->reply, e);
+        /* The function's own error (MIMEO_EINVAL) keeps the process; a failed call does not. */
+        if (rc && rc != MIMEO_EINVAL && rc != MIMEO_ENOMEM) proc_drop(v, e);
     }
     if (rc) {
         buf_destroy(&key);

@@ -757,19 +757,7 @@ static bool http_endpoint_host_allowed(const char *allowed, const jval *v)
         while (hend < end && *hend != ':') hend++;
     }
     size_t hl = (size_t)(hend - h), al = (size_t)(end - h);   /* host, host:port */
-    const char *p = allowed;
-    while (*p) {
-        while (*p == ' ' || *p == ',') p++;
-        const char *s = p;
-        while (*p && *p != ',') p++;
-        const char *e = p;
-        while (e > s && e[-1] == ' ') e--;
-        size_t n = (size_t)(e - s);
-        if (n == 0) continue;
-        if ((n == hl && strncasecmp(s, h, n) == 0) || (n == al && strncasecmp(s, h, n) == 0))
-            return true;
-    }
-    return false;
+    return (hl && http_list_has(allowed, h, hl)) || (al && http_list_has(allowed, h, al));
 }
 
 /* Checks the endpoints of a replication (a POST /_replicate body or a _replicator doc):

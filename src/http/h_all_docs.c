@@ -10,70 +10,32 @@
 
 #include "http_int.h"
 
+/* The request's options, and what owns the strings they point into (the reply's rows are
+ * written after the request context is gone). */
 typedef struct http_rows {
-    mimeo_db           *db;           /* owned: taken over from the request */
-    mimeo_cursor       *cur;          /* owned */
-    mimeo_all_docs_opts opts;         /* the request's options */
-    jval               *trees[2];     /* own the strings opts point into */
+    mimeo_all_docs_opts opts;
+    jval               *trees[2];     /* startkey, endkey */
     http_string_list    keys;         /* keys mode: the keys asked for */
     bool                keys_mode;
-    bool                at_end;
-    uint64_t            rows_total;
-    bool                done;
-    buf                 out;
-    size_t              pos;
 } http_rows;
 
 static void http_rows_free(void *cls)
 {
     http_rows *s = cls;
-    mimeo_cursor_close(s->cur);
-    if (s->db) mimeo_db_close(s->db);
     for (int i = 0; i < 2; i++) if (s->trees[i]) jval_free(s->trees[i]);
     http_string_list_destroy(&s->keys);
-    buf_destroy(&s->out);
     free(s);
 }
 
-/* Moves rows from the cursor into s->out, up to a chunk. */
-static int http_rows_fill(http_rows *s, mimeo_err *e)
+static int http_rows_put(void *ctx, buf *b, const mimeo_row *row)
 {
-    while (!s->at_end && s->out.len - s->pos < HTTP_STREAM_CHUNK) {
-        const mimeo_row *row;
-        int rc = mimeo_cursor_next(s->cur, &row, e);
-        if (rc < 0) return rc;
-        if (!row) {
-            s->at_end = true;
-            break;
-        }
-        if (s->rows_total++ > 0 && (rc = buf_puts(&s->out, ",\n")) != 0) return rc;
-        rc = http_put_all_docs_row(&s->out, row, s->opts.include_docs, s->opts.conflicts);
-        if (rc) return rc;
-    }
-    return 0;
-}
-
-static ssize_t http_rows_read(void *cls, uint64_t pos, char *dst, size_t max)
-{
-    http_rows *s = cls;
-    (void)pos;
-    for (;;) {
-        size_t n = http_drain(&s->out, &s->pos, dst, max);
-        if (n > 0) return (ssize_t)n;
-        if (s->done) return MHD_CONTENT_READER_END_OF_STREAM;
-        if (s->at_end) {
-            buf_puts(&s->out, "\n]}\n");
-            s->done = true;
-            continue;
-        }
-        mimeo_err e = {0};
-        if (http_rows_fill(s, &e) != 0) return MHD_CONTENT_READER_END_WITH_ERROR;
-    }
+    http_rows *s = ctx;
+    return http_put_all_docs_row(b, row, s->opts.include_docs, s->opts.conflicts);
 }
 
 /* ---- parameters ------------------------------------------------------------------------- */
 /* offset: rows before the first one the range would return (then skip). */
-static uint64_t http_rows_offset(http_rows *s)
+static uint64_t http_rows_offset(mimeo_db *db, http_rows *s)
 {
     if (!s->opts.startkey) return s->opts.skip;
     mimeo_all_docs_opts o = {0};
@@ -83,7 +45,7 @@ static uint64_t http_rows_offset(http_rows *s)
     o.inclusive_end = false;
     uint64_t n = 0;
     mimeo_cursor *cur;
-    if (mimeo_all_docs_open(s->db, &o, &cur, NULL) == 0) {
+    if (mimeo_all_docs_open(db, &o, &cur, NULL) == 0) {
         const mimeo_row *row;
         while (mimeo_cursor_next(cur, &row, NULL) == 0 && row) n++;
         mimeo_cursor_close(cur);
@@ -147,7 +109,8 @@ static void http_all_docs_common(http_req *r, bool design_only)
         http_reply_err(r, MIMEO_ENOMEM, NULL);
         return;
     }
-    buf_init(&s->out, 0);
+    buf open;
+    buf_init(&open, 0);
     mimeo_all_docs_opts *o = &s->opts;
     o->inclusive_end = true;
     bool update_seq = false, ignored = false;
@@ -229,27 +192,28 @@ static void http_all_docs_common(http_req *r, bool design_only)
         http_reply_err(r, rc, NULL);
         goto fail;
     }
-    /* The stream takes the db handle: it outlives the request context's use of it. */
-    s->db = r->db;
-    r->db = NULL;
-    buf_printf(&s->out, "{\"total_rows\":%" PRIu64 ",\"offset\":", info.doc_count);
-    if (s->keys_mode) buf_puts(&s->out, "null");
-    else buf_printf(&s->out, "%" PRIu64, http_rows_offset(s));
-    if (update_seq) buf_printf(&s->out, ",\"update_seq\":%" PRIu64, info.update_seq);
-    buf_puts(&s->out, ",\"rows\":[\n");
+    rc = buf_printf(&open, "{\"total_rows\":%" PRIu64 ",\"offset\":", info.doc_count);
+    if (s->keys_mode) rc |= buf_puts(&open, "null");
+    else rc |= buf_printf(&open, "%" PRIu64, http_rows_offset(r->db, s));
+    if (update_seq) rc |= buf_printf(&open, ",\"update_seq\":%" PRIu64, info.update_seq);
+    rc |= buf_puts(&open, ",\"rows\":[\n");
+    if (rc) goto oom;
 
-    /* The cursor and the first rows now, so an error can still be a proper error reply. */
     mimeo_err e = {0};
-    if ((rc = mimeo_all_docs_open(s->db, o, &s->cur, &e)) != 0 ||
-        (rc = http_rows_fill(s, &e)) != 0) {
+    mimeo_cursor *cur = NULL;
+    if ((rc = mimeo_all_docs_open(r->db, o, &cur, &e)) != 0) {
         http_reply_err(r, rc, &e);
         goto fail;
     }
-    http_reply_stream(r, 200, NULL, http_rows_read, s, http_rows_free);
+    /* The reply takes the cursor, the db handle and s: they outlive the request context. */
+    http_reply_rows(r, 200, cur, buf_cstr(&open), ",\n", "\n]}\n", http_rows_put, s,
+                    http_rows_free);
+    buf_destroy(&open);
     return;
 oom:
     http_reply_err(r, MIMEO_ENOMEM, NULL);
 fail:
+    buf_destroy(&open);
     http_rows_free(s);
 }
 

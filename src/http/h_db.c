@@ -8,26 +8,6 @@
 
 #include "http_int.h"
 
-/* A reply from a library call that produced json_out: 2xx with it, or the error. */
-static void http_reply_result(http_req *r, int rc, unsigned ok_status, char *out, size_t len,
-                              const mimeo_err *e)
-{
-    if (rc == 0 && out) {
-        http_reply_mimeo(r, ok_status, out, len);
-        return;
-    }
-    if (out) mimeo_free(out);
-    if (rc == 0) http_reply_error(r, 500, "unknown_error", "the library returned no reply");
-    else http_reply_err(r, rc, e);
-}
-
-static bool http_require_json(http_req *r)
-{
-    if (http_is_json_ctype(r)) return true;
-    http_reply_error(r, 415, "bad_content_type", "Content-Type must be application/json");
-    return false;
-}
-
 /* ---- /{db} ------------------------------------------------------------------------------ */
 static void http_db_info(http_req *r)
 {

@@ -146,45 +146,33 @@ static enum MHD_Result http_put_header(void *cls, enum MHD_ValueKind kind, const
     return MHD_YES;
 }
 
-/* CouchDB's req object for filter functions (chttpd_external:json_req_obj), the members a
- * filter can use: query, method, path, headers, body, userCtx, peer, info. */
+/* CouchDB's req object for filter functions, from this request: its query, method,
+ * headers, body, user, peer and the database's _security. */
 static int http_filter_req(http_req *r, buf *b)
 {
     const char *db = mimeo_db_name(r->db);
-    buf_puts(b, "{\"info\":{\"db_name\":");
-    json_put_cstr(b, db);
-    buf_puts(b, "},\"id\":null,\"uuid\":null,\"method\":");
-    json_put_cstr(b, r->method_name ? r->method_name : "GET");
-    buf_puts(b, ",\"requested_path\":[");
-    json_put_cstr(b, db);
-    buf_puts(b, ",\"_changes\"],\"path\":[");
-    json_put_cstr(b, db);
-    buf_puts(b, ",\"_changes\"],\"raw_path\":");
-    buf raw;
+    buf raw, query, headers;
     buf_init(&raw, 0);
-    buf_putc(&raw, '/');
-    buf_puts(&raw, db);
-    buf_puts(&raw, "/_changes");
+    buf_init(&query, 0);
+    buf_init(&headers, 0);
+    int rc = buf_putc(&raw, '/');
+    rc |= buf_puts(&raw, db);
+    rc |= buf_puts(&raw, "/_changes");
+    rc |= buf_putc(&query, '{');
     for (size_t i = 0; i < r->nargs; i++) {
-        buf_putc(&raw, i ? '&' : '?');
-        buf_put(&raw, r->args[i].key, r->args[i].key_len);
-        buf_putc(&raw, '=');
-        buf_put(&raw, r->args[i].val, r->args[i].val_len);
+        rc |= buf_putc(&raw, i ? '&' : '?');
+        rc |= buf_put(&raw, r->args[i].key, r->args[i].key_len);
+        rc |= buf_putc(&raw, '=');
+        rc |= buf_put(&raw, r->args[i].val, r->args[i].val_len);
+        if (i) rc |= buf_putc(&query, ',');
+        rc |= json_put_str(&query, r->args[i].key, r->args[i].key_len);
+        rc |= buf_putc(&query, ':');
+        rc |= json_put_str(&query, r->args[i].val, r->args[i].val_len);
     }
-    json_put_str(b, raw.data, raw.len);
-    buf_destroy(&raw);
-    buf_puts(b, ",\"query\":{");
-    for (size_t i = 0; i < r->nargs; i++) {
-        if (i) buf_putc(b, ',');
-        json_put_str(b, r->args[i].key, r->args[i].key_len);
-        buf_putc(b, ':');
-        json_put_str(b, r->args[i].val, r->args[i].val_len);
-    }
-    buf_puts(b, "},\"headers\":{");
-    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, http_put_header, b);
-    buf_puts(b, "},\"body\":");
-    if (r->body.len) json_put_str(b, r->body.data, r->body.len);
-    else buf_puts(b, "\"undefined\"");
+    rc |= buf_putc(&query, '}');
+    rc |= buf_putc(&headers, '{');
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, http_put_header, &headers);
+    rc |= buf_putc(&headers, '}');
     char peer[64] = "127.0.0.1";
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -194,23 +182,20 @@ static int http_filter_req(http_req *r, buf *b)
     else if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ci->client_addr)->sin6_addr, peer,
                   sizeof peer);
-    buf_puts(b, ",\"peer\":");
-    json_put_cstr(b, peer);
-    buf_puts(b, ",\"form\":{},\"cookie\":{},\"userCtx\":{\"db\":");
-    json_put_cstr(b, db);
-    buf_puts(b, ",\"name\":");
-    if (r->user.known) json_put_cstr(b, r->user.name);
-    else buf_puts(b, "null");
-    buf_puts(b, ",\"roles\":[");
-    for (size_t i = 0; i < r->user.nroles; i++) {
-        if (i) buf_putc(b, ',');
-        json_put_cstr(b, r->user.roles[i]);
-    }
-    buf_puts(b, "]},\"secObj\":");
     char *sec = http_security_text(r);
-    buf_puts(b, sec ? sec : "{}");
+    qs_req_info in = {
+        .db = db, .method = r->method_name, .raw_path = raw.data, .raw_path_len = raw.len,
+        .query_json = buf_cstr(&query), .headers_json = buf_cstr(&headers), .sec_json = sec,
+        .body = r->body.data, .body_len = r->body.len, .peer = peer,
+        .user_name = r->user.known ? r->user.name : NULL,
+        .roles = (const char *const *)r->user.roles, .nroles = r->user.nroles,
+    };
+    if (!rc) rc = qs_filter_req(b, &in);
     free(sec);
-    return buf_putc(b, '}');
+    buf_destroy(&raw);
+    buf_destroy(&query);
+    buf_destroy(&headers);
+    return rc ? MIMEO_ENOMEM : 0;
 }
 
 /* Reads the design document named by "ddoc/name" (filters) or view=ddoc/name (_view) and
@@ -357,36 +342,18 @@ static int http_filter_call(http_filter *f, const mimeo_row *row, bool *keep, mi
         qs_release(f->pool, q);
         return rc;
     }
-    buf_reset(&f->line);
-    buf_puts(&f->line, "[\"ddoc\",");
-    json_put_str(&f->line, f->ddoc_id.data, f->ddoc_id.len);
-    buf_puts(&f->line, f->kind == FLT_VIEW ? ",[\"views\"," : ",[\"filters\",");
-    json_put_str(&f->line, f->name.data, f->name.len);
-    buf_puts(&f->line, f->kind == FLT_VIEW ? ",\"map\"],[[" : "],[[");
-    buf_put(&f->line, f->doc.data, f->doc.len);
-    buf_puts(&f->line, "]");
-    if (f->kind == FLT_FILTER) {
-        buf_putc(&f->line, ',');
-        buf_put(&f->line, f->req.data, f->req.len);
-    }
-    rc = buf_puts(&f->line, "]]");
-    if (rc == 0) rc = qs_call(q, f->line.data, f->line.len, &f->reply, err);
-    qs_release(f->pool, q);
-    if (rc != 0) return rc;
+    qs_filter_fn fn = {
+        .ddoc_id = f->ddoc_id.data, .ddoc_id_len = f->ddoc_id.len, .view = f->kind == FLT_VIEW,
+        .name = f->name.data, .name_len = f->name.len, .req = f->req.data, .req_len = f->req.len,
+    };
     mimeo_err fe = {0};
-    if (qs_reply_error(f->reply.data, f->reply.len, &fe)) {
-        /* A function that throws for a document skips that document (CouchDB). */
+    rc = qs_filter_doc(q, &fn, f->doc.data, f->doc.len, &f->line, &f->reply, keep, &fe, err);
+    qs_release(f->pool, q);
+    if (rc == 0 && fe.error[0])
         fprintf(stderr, "mimeo: filter %.*s/%.*s on %.*s: %s: %s\n", (int)f->ddoc_id.len,
                 f->ddoc_id.data, (int)f->name.len, f->name.data, (int)row->id_len, row->id,
                 fe.error, fe.reason);
-        *keep = false;
-        return 0;
-    }
-    /* [true,[bool]] for filters; for views-as-filters [true,[bool]] too (emitted or not). */
-    const char *p = buf_cstr(&f->reply);
-    const char *inner = strchr(p + 1, '[');
-    *keep = inner && strncmp(inner + 1, "true", 4) == 0;
-    return 0;
+    return rc;
 }
 
 /* 1: the row passes, 0: it does not, <0: an error (err filled), which ends the feed. */

@@ -6,35 +6,16 @@
 
 #include "http_int.h"
 
-static void reply(http_req *r, int rc, unsigned ok_status, char *out, size_t len,
-                  const mimeo_err *e)
-{
-    if (rc == 0 && out) {
-        http_reply_mimeo(r, ok_status, out, len);
-        return;
-    }
-    if (out) mimeo_free(out);
-    if (rc == 0) http_reply_error(r, 500, "unknown_error", "the library returned no reply");
-    else http_reply_err(r, rc, e);
-}
-
-static bool json_body(http_req *r)
-{
-    if (http_is_json_ctype(r)) return true;
-    http_reply_error(r, 415, "bad_content_type", "Content-Type must be application/json");
-    return false;
-}
-
 static void find_or_explain(http_req *r, bool explain)
 {
-    if (!json_body(r) || !http_db(r)) return;
+    if (!http_require_json(r) || !http_db(r)) return;
     char *out = NULL;
     size_t len = 0;
     mimeo_err e = {0};
     const char *body = r->body.data ? r->body.data : "";
     int rc = explain ? mimeo_explain(r->db, body, r->body.len, &out, &len, &e)
                      : mimeo_find(r->db, body, r->body.len, &out, &len, &e);
-    reply(r, rc, 200, out, len, &e);
+    http_reply_result(r, rc, 200, out, len, &e);
 }
 
 void http_h_find(http_req *r) { find_or_explain(r, false); }
@@ -49,12 +30,12 @@ void http_h_index(http_req *r)
         if (r->method == HTTP_GET || r->method == HTTP_HEAD) {
             if (!http_db(r)) return;
             int rc = mimeo_index_list(r->db, &out, &len, &e);
-            reply(r, rc, 200, out, len, &e);
+            http_reply_result(r, rc, 200, out, len, &e);
         } else if (r->method == HTTP_POST) {
-            if (!json_body(r) || !http_db(r)) return;
+            if (!http_require_json(r) || !http_db(r)) return;
             int rc = mimeo_index_create(r->db, r->body.data ? r->body.data : "", r->body.len,
                                         &out, &len, &e);
-            reply(r, rc, 200, out, len, &e);
+            http_reply_result(r, rc, 200, out, len, &e);
         } else {
             http_reply_method(r, "GET,POST");
         }

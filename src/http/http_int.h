@@ -103,6 +103,9 @@ void        http_url_parse(http_req *r, const char *target);
 size_t      http_pct_decode(char *p, size_t n, bool plus_space);
 /* The value of query argument name, or NULL (then *len untouched). */
 const char *http_arg_get(const http_req *r, const char *name, size_t *len);
+/* Whether the comma-separated list (a config value) holds s[0..n), ignoring case and the
+ * spaces around items. */
+bool        http_list_has(const char *list, const char *s, size_t n);
 
 /* Typed query arguments. Each returns 0 when absent (out untouched), 1 when present and
  * valid, or -1 after replying 400 (the handler must then return at once). */
@@ -142,6 +145,12 @@ static inline bool http_seg_is(const http_req *r, size_t i, const char *s) {
 void http_reply_buf_ct(http_req *r, unsigned status, buf *b, const char *content_type);
 /* Replies with memory returned by mimeo (takes it; freed with mimeo_free). */
 void http_reply_mimeo(http_req *r, unsigned status, char *json, size_t len);
+/* A reply from a library call that produced json_out (taken): ok_status with it, or the
+ * error. */
+void http_reply_result(http_req *r, int rc, unsigned ok_status, char *out, size_t len,
+                       const mimeo_err *e);
+/* False, with 415 answered, unless the body is declared JSON. */
+bool http_require_json(http_req *r);
 /* Replies with row->json (the row is cur's; takes cur, closed once the reply is sent). */
 void http_reply_row_json(http_req *r, unsigned status, mimeo_cursor *cur, const mimeo_row *row);
 /* Replies with a static JSON text. */
@@ -162,6 +171,14 @@ void http_reply_stream(http_req *r, unsigned status, const char *content_type,
  * a reply of any size costs one slice of memory. */
 void http_reply_cursor(http_req *r, unsigned status, mimeo_cursor *cur, const char *open,
                        const char *close);
+/* Writes one row into b: 0, 1 when the row is left out (nothing written), or an error. */
+typedef int (*http_row_put_fn)(void *ctx, buf *b, const mimeo_row *row);
+/* The same with rows written by put and joined by sep; open is copied, sep and close are
+ * static. ctx is taken (ctx_free, may be NULL, runs when the reply is done). The first
+ * rows are read at once, so a failure there is an error reply instead of a cut stream. */
+void http_reply_rows(http_req *r, unsigned status, mimeo_cursor *cur, const char *open,
+                     const char *sep, const char *close, http_row_put_fn put, void *ctx,
+                     void (*ctx_free)(void *ctx));
 /* For content readers: copies what is left of b (from *pos) into dst, at most max bytes;
  * returns the count, 0 when b is drained (then b is reset and *pos is 0). */
 size_t http_drain(buf *b, size_t *pos, char *dst, size_t max);

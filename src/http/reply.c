@@ -86,17 +86,9 @@ bool http_is_json_ctype(const http_req *r) {
  * 2: listed by name. */
 static int http_origin_allowed(const http_cors *c, const char *origin) {
     if (!c->enabled || !origin || !c->origins) return 0;
-    const char *p = c->origins;
     size_t olen = strlen(origin);
-    while (*p) {
-        while (*p == ' ' || *p == ',') p++;
-        const char *s = p;
-        while (*p && *p != ',') p++;
-        const char *e = p;
-        while (e > s && e[-1] == ' ') e--;
-        if ((size_t)(e - s) == olen && strncasecmp(s, origin, olen) == 0) return 2;
-    }
-    for (p = c->origins; *p; p++)
+    if (olen && http_list_has(c->origins, origin, olen)) return 2;
+    for (const char *p = c->origins; *p; p++)
         if (*p == '*') return 1;
     return 0;
 }
@@ -417,43 +409,50 @@ int http_put_all_docs_row(buf *b, const mimeo_row *row, bool include_docs, bool 
     return rc ? rc : buf_putc(b, '}');
 }
 
-/* ---- replies streamed from a cursor's json rows ------------------------------------------ */
-typedef struct http_cursor_stream {
-    mimeo_db     *db;    /* owned: taken over from the request (the cursor reads it) */
-    mimeo_cursor *cur;   /* owned */
-    const char   *close;
-    bool          first, at_end, done;
-    buf           out;
-    size_t        pos;
-} http_cursor_stream;
+/* ---- replies streamed from a cursor's rows ------------------------------------------------ */
+typedef struct http_row_stream {
+    mimeo_db        *db;    /* owned: taken over from the request (the cursor reads it) */
+    mimeo_cursor    *cur;   /* owned */
+    const char      *sep, *close;
+    http_row_put_fn  put;
+    void            *ctx;
+    void           (*ctx_free)(void *ctx);
+    bool             first, at_end, done;
+    buf              out;
+    size_t           pos;
+} http_row_stream;
 
-static void http_cursor_stream_free(void *cls) {
-    http_cursor_stream *s = cls;
+static void http_row_stream_free(void *cls) {
+    http_row_stream *s = cls;
     mimeo_cursor_close(s->cur);
     if (s->db) mimeo_db_close(s->db);
+    if (s->ctx_free) s->ctx_free(s->ctx);
     buf_destroy(&s->out);
     free(s);
 }
 
-static int http_cursor_stream_fill(http_cursor_stream *s) {
+/* Moves rows from the cursor into s->out, up to a chunk. */
+static int http_row_stream_fill(http_row_stream *s, mimeo_err *e) {
     while (!s->at_end && s->out.len - s->pos < HTTP_STREAM_CHUNK) {
         const mimeo_row *row;
-        int rc = mimeo_cursor_next(s->cur, &row, NULL);
+        int rc = mimeo_cursor_next(s->cur, &row, e);
         if (rc < 0) return rc;
         if (!row) {
             s->at_end = true;
             break;
         }
-        if (!row->json) continue;
-        if (!s->first && (rc = buf_putc(&s->out, ',')) != 0) return rc;
-        s->first = false;
-        if ((rc = buf_put(&s->out, row->json, row->json_len)) != 0) return rc;
+        size_t mark = s->out.len;
+        if (!s->first && (rc = buf_puts(&s->out, s->sep)) != 0) return rc;
+        rc = s->put(s->ctx, &s->out, row);
+        if (rc < 0) return rc;
+        if (rc > 0) s->out.len = mark;   /* skipped: nor its separator */
+        else s->first = false;
     }
     return 0;
 }
 
-static ssize_t http_cursor_stream_read(void *cls, uint64_t pos, char *dst, size_t max) {
-    http_cursor_stream *s = cls;
+static ssize_t http_row_stream_read(void *cls, uint64_t pos, char *dst, size_t max) {
+    http_row_stream *s = cls;
     (void)pos;
     for (;;) {
         size_t n = http_drain(&s->out, &s->pos, dst, max);
@@ -464,28 +463,67 @@ static ssize_t http_cursor_stream_read(void *cls, uint64_t pos, char *dst, size_
             s->done = true;
             continue;
         }
-        if (http_cursor_stream_fill(s) != 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (http_row_stream_fill(s, NULL) != 0) return MHD_CONTENT_READER_END_WITH_ERROR;
     }
 }
 
-void http_reply_cursor(http_req *r, unsigned status, mimeo_cursor *cur, const char *open,
-                       const char *close) {
-    http_cursor_stream *s = calloc(1, sizeof *s);
+void http_reply_rows(http_req *r, unsigned status, mimeo_cursor *cur, const char *open,
+                     const char *sep, const char *close, http_row_put_fn put, void *ctx,
+                     void (*ctx_free)(void *ctx)) {
+    http_row_stream *s = calloc(1, sizeof *s);
     if (!s) {
         mimeo_cursor_close(cur);
+        if (ctx_free) ctx_free(ctx);
         http_reply_err(r, MIMEO_ENOMEM, NULL);
         return;
     }
     buf_init(&s->out, 0);
     s->cur = cur;
+    s->sep = sep;
     s->close = close;
+    s->put = put;
+    s->ctx = ctx;
+    s->ctx_free = ctx_free;
     s->first = true;
     s->db = r->db;
     r->db = NULL;
-    if (buf_puts(&s->out, open) != 0) {
-        http_cursor_stream_free(s);
-        http_reply_err(r, MIMEO_ENOMEM, NULL);
+    /* The first rows now, so that a failure can still be a proper error reply. */
+    mimeo_err e = {0};
+    int rc = buf_puts(&s->out, open);
+    if (!rc) rc = http_row_stream_fill(s, &e);
+    if (rc) {
+        http_row_stream_free(s);
+        http_reply_err(r, rc, &e);
         return;
     }
-    http_reply_stream(r, status, NULL, http_cursor_stream_read, s, http_cursor_stream_free);
+    http_reply_stream(r, status, NULL, http_row_stream_read, s, http_row_stream_free);
+}
+
+/* A row's json as it is; rows without (missing revisions) are left out. */
+static int http_put_row_json(void *ctx, buf *b, const mimeo_row *row) {
+    (void)ctx;
+    if (!row->json) return 1;
+    return buf_put(b, row->json, row->json_len);
+}
+
+void http_reply_cursor(http_req *r, unsigned status, mimeo_cursor *cur, const char *open,
+                       const char *close) {
+    http_reply_rows(r, status, cur, open, ",", close, http_put_row_json, NULL, NULL);
+}
+
+void http_reply_result(http_req *r, int rc, unsigned ok_status, char *out, size_t len,
+                       const mimeo_err *e) {
+    if (rc == 0 && out) {
+        http_reply_mimeo(r, ok_status, out, len);
+        return;
+    }
+    if (out) mimeo_free(out);
+    if (rc == 0) http_reply_error(r, 500, "unknown_error", "the library returned no reply");
+    else http_reply_err(r, rc, e);
+}
+
+bool http_require_json(http_req *r) {
+    if (http_is_json_ctype(r)) return true;
+    http_reply_error(r, 415, "bad_content_type", "Content-Type must be application/json");
+    return false;
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "http_int.h"
 
@@ -214,4 +215,18 @@ void http_string_list_destroy(http_string_list *l) {
     free(l->lens);
     if (l->tree) jval_free(l->tree);
     memset(l, 0, sizeof *l);
+}
+
+bool http_list_has(const char *list, const char *s, size_t n)
+{
+    const char *p = list;
+    while (p && *p) {
+        while (*p == ' ' || *p == ',') p++;
+        const char *b = p;
+        while (*p && *p != ',') p++;
+        const char *e = p;
+        while (e > b && e[-1] == ' ') e--;
+        if (e > b && (size_t)(e - b) == n && strncasecmp(b, s, n) == 0) return true;
+    }
+    return false;
 }

@@ -68,6 +68,44 @@ int  qs_proc_teach(qs_proc *proc, const char *key, size_t key_len, const char *i
                    size_t id_len, const char *ddoc_json, size_t ddoc_len, buf *line,
                    buf *reply, mimeo_err *err);
 
+/* CouchDB's req object for a filter function (chttpd_external:json_req_obj) on a _changes
+ * feed of db: what the caller knows of the request; NULL members take defaults (GET, path
+ * /db/_changes, {} query, headers and secObj, body "undefined", peer 127.0.0.1, no user). */
+typedef struct qs_req_info {
+    const char        *db;
+    const char        *method;
+    const char        *raw_path;     /* with its query string */
+    size_t             raw_path_len;
+    const char        *query_json;   /* JSON object texts */
+    const char        *headers_json;
+    const char        *sec_json;
+    const char        *body;
+    size_t             body_len;
+    const char        *peer;
+    const char        *user_name;
+    const char *const *roles;
+    size_t             nroles;
+} qs_req_info;
+int  qs_filter_req(buf *b, const qs_req_info *in);
+
+/* A filter function (filters.name) or a view's map used as a filter (views.name.map) of a
+ * design document already taught to the process (qs_proc_teach) as ddoc_id; req is the
+ * req object's JSON (filters only). */
+typedef struct qs_filter_fn {
+    const char *ddoc_id;
+    size_t      ddoc_id_len;
+    bool        view;
+    const char *name;
+    size_t      name_len;
+    const char *req;
+    size_t      req_len;
+} qs_filter_fn;
+/* Runs doc (JSON object text) through fn: *keep when it passes. A function that throws
+ * keeps nothing and is no error: *thrown (may be NULL) gets what it threw. line and reply
+ * are the caller's scratch buffers. */
+int  qs_filter_doc(qs_proc *q, const qs_filter_fn *fn, const char *doc, size_t doc_len,
+                   buf *line, buf *reply, bool *keep, mimeo_err *thrown, mimeo_err *err);
+
 /* Process id, for tests that check a process was replaced. */
 int  qs_proc_pid(const qs_proc *proc);
 

@@ -5,7 +5,6 @@
  * with exponential backoff and jitter, so repl.c only ever sees final answers; a reply over
  * the endpoint's max_response fails at once. Names here start with ephttp_ (src/http/ is the
  * server side). */
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -251,18 +250,6 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
     return rc;
 }
 
-/* Appends s percent-encoded for a path segment or query value (everything but RFC 3986's
- * unreserved characters; libcurl ignores the handle argument since 7.82). */
-static int ephttp_escape(buf *b, const char *s, size_t n)
-{
-    if (n > INT_MAX) return MIMEO_ETOOLARGE;
-    char *e = curl_easy_escape(NULL, s, (int)n);
-    if (!e) return MIMEO_ENOMEM;
-    int rc = buf_puts(b, e);
-    curl_free(e);
-    return rc;
-}
-
 /* ---- the ops --------------------------------------------------------------------------- */
 static int ephttp_info(repl_ep *ep, repl_resp *out, mimeo_err *err)
 {
@@ -295,12 +282,12 @@ static int ephttp_changes_req(repl_ep *ep, const char *since, size_t since_len, 
     if (!rc && since_len >= 2 && since[0] == '"') {
         jval *v = NULL;
         if (json_tree_parse(since, since_len, NULL, &v, NULL) == 0 && v->type == JV_STRING)
-            rc = ephttp_escape(&p, v->str, v->len);
+            rc = buf_put_pct(&p, v->str, v->len);
         else
-            rc = ephttp_escape(&p, since, since_len);
+            rc = buf_put_pct(&p, since, since_len);
         jval_free(v);
     } else if (!rc) {
-        rc = ephttp_escape(&p, since, since_len);
+        rc = buf_put_pct(&p, since, since_len);
     }
     if (!rc && limit > 0) rc = buf_printf(&p, "&limit=%zu", limit);
     if (!rc && wait_ms > 0) rc = buf_printf(&p, "&feed=longpoll&timeout=%u", wait_ms);
@@ -318,7 +305,7 @@ static int ephttp_changes_req(repl_ep *ep, const char *since, size_t since_len, 
         if (!rc) rc = buf_putc(&body, '}');
     } else if (!rc && flt && flt->name) {
         rc = buf_puts(&p, "&filter=");
-        if (!rc) rc = ephttp_escape(&p, flt->name, strlen(flt->name));
+        if (!rc) rc = buf_put_pct(&p, flt->name, strlen(flt->name));
         jval *qp = NULL;
         if (!rc && flt->query_params &&
             json_tree_parse(flt->query_params, strlen(flt->query_params), NULL, &qp, NULL) == 0) {
@@ -330,9 +317,9 @@ static int ephttp_changes_req(repl_ep *ep, const char *since, size_t since_len, 
                 if (qp->items[i]->type == JV_STRING) buf_put(&val, qp->items[i]->str, qp->items[i]->len);
                 else json_put_jval(&val, qp->items[i]);
                 rc = buf_putc(&p, '&');
-                if (!rc) rc = ephttp_escape(&p, qp->keys[i], qp->key_lens[i]);
+                if (!rc) rc = buf_put_pct(&p, qp->keys[i], qp->key_lens[i]);
                 if (!rc) rc = buf_putc(&p, '=');
-                if (!rc) rc = ephttp_escape(&p, val.data ? val.data : "", val.len);
+                if (!rc) rc = buf_put_pct(&p, val.data ? val.data : "", val.len);
             }
             buf_destroy(&val);
         }
@@ -532,10 +519,10 @@ static int ephttp_open_revs(repl_ep *ep, const repl_want *want, repl_doc_fn fn, 
     buf_init(&p, 0);
     buf_init(&revs, 0);
     int rc = buf_putc(&p, '/');
-    if (!rc) rc = ephttp_escape(&p, want->id, want->id_len);
+    if (!rc) rc = buf_put_pct(&p, want->id, want->id_len);
     if (!rc) rc = buf_puts(&p, "?revs=true&latest=true&open_revs=");
     if (!rc) rc = ephttp_revs_json(&revs, want);
-    if (!rc) rc = ephttp_escape(&p, revs.data, revs.len);
+    if (!rc) rc = buf_put_pct(&p, revs.data, revs.len);
     if (rc) err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     else rc = ephttp_do((ephttp_ep *)ep, "GET", buf_cstr(&p), NULL, 0, 0, out, err);
     buf_destroy(&p);
@@ -558,7 +545,7 @@ static int ephttp_full_commit(repl_ep *ep, repl_resp *out, mimeo_err *err)
 static int ephttp_local_path(buf *p, const char *id)
 {
     int rc = buf_puts(p, "/_local/");
-    if (!rc) rc = ephttp_escape(p, id, strlen(id));
+    if (!rc) rc = buf_put_pct(p, id, strlen(id));
     return rc;
 }
 

@@ -152,18 +152,12 @@ static int repl_filter_load(repl_filter *f, mimeo_db *db, mimeo_err *err)
         err_set(err, rc, "os_process_error", "cannot start the query server");
         goto out;
     }
+    /* The replicator reads the source as the node itself: an admin with no name. */
     buf_reset(&f->req);
-    const char *dbn = mimeo_db_name(db);
-    buf_puts(&f->req, "{\"info\":{\"db_name\":");
-    json_put_cstr(&f->req, dbn);
-    buf_puts(&f->req, "},\"method\":\"GET\",\"path\":[");
-    json_put_cstr(&f->req, dbn);
-    buf_puts(&f->req, ",\"_changes\"],\"query\":");
-    buf_puts(&f->req, f->query_params ? f->query_params : "{}");
-    buf_puts(&f->req, ",\"headers\":{},\"body\":\"undefined\",\"peer\":\"127.0.0.1\","
-                      "\"form\":{},\"cookie\":{},\"userCtx\":{\"db\":");
-    json_put_cstr(&f->req, dbn);
-    rc = buf_puts(&f->req, ",\"name\":null,\"roles\":[\"_admin\"]},\"secObj\":{}}");
+    static const char *const admin[] = { "_admin" };
+    qs_req_info in = { .db = mimeo_db_name(db), .query_json = f->query_params,
+                       .roles = admin, .nroles = 1 };
+    rc = qs_filter_req(&f->req, &in);
 out:
     jval_free(qp);
     return rc;
@@ -181,31 +175,13 @@ static int repl_filter_js(repl_filter *f, bool *keep, mimeo_err *err)
         qs_release(f->pool, q);
         return rc;
     }
-    buf_reset(&f->line);
-    buf_puts(&f->line, "[\"ddoc\",");
-    json_put_str(&f->line, f->ddoc_id.data, f->ddoc_id.len);
-    buf_puts(&f->line, view ? ",[\"views\"," : ",[\"filters\",");
-    json_put_str(&f->line, f->fname.data, f->fname.len);
-    buf_puts(&f->line, view ? ",\"map\"],[[" : "],[[");
-    buf_put(&f->line, f->doc.data, f->doc.len);
-    buf_putc(&f->line, ']');
-    if (!view) {
-        buf_putc(&f->line, ',');
-        buf_put(&f->line, f->req.data, f->req.len);
-    }
-    rc = buf_puts(&f->line, "]]");
-    if (rc == 0) rc = qs_call(q, f->line.data, f->line.len, &f->reply, err);
+    qs_filter_fn fn = {
+        .ddoc_id = f->ddoc_id.data, .ddoc_id_len = f->ddoc_id.len, .view = view,
+        .name = f->fname.data, .name_len = f->fname.len, .req = f->req.data, .req_len = f->req.len,
+    };
+    rc = qs_filter_doc(q, &fn, f->doc.data, f->doc.len, &f->line, &f->reply, keep, NULL, err);
     qs_release(f->pool, q);
-    if (rc != 0) return rc;
-    mimeo_err fe = {0};
-    if (qs_reply_error(f->reply.data, f->reply.len, &fe)) {
-        /* A function that throws skips the document (CouchDB). */
-        *keep = false;
-        return 0;
-    }
-    const char *inner = strchr(buf_cstr(&f->reply) + 1, '[');
-    *keep = inner && strncmp(inner + 1, "true", 4) == 0;
-    return 0;
+    return rc;
 }
 
 bool repl_filter_needs_body(const repl_filter *f)

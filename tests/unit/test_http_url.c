@@ -329,6 +329,19 @@ static void test_routes(void) {
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) route_check(&cases[i]);
 }
 
+/* Comma-separated config lists (allowed_hosts, CORS origins): items trimmed, any case. */
+static void test_list_has(void) {
+    const char *l = " a.example.com ,B.example.com:5984,, c ";
+    CHECK(http_list_has(l, "a.example.com", 13));
+    CHECK(http_list_has(l, "b.EXAMPLE.com:5984", 18));
+    CHECK(http_list_has(l, "c", 1));
+    CHECK(!http_list_has(l, "b.example.com", 13));   /* a prefix of an item is not it */
+    CHECK(!http_list_has(l, "a.example.co", 12));
+    CHECK(!http_list_has(l, "", 0));
+    CHECK(!http_list_has("", "a", 1));
+    CHECK(!http_list_has(NULL, "a", 1));
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/mimeo-test-http-XXXXXX");
     if (!mkdtemp(tmpdir)) {
@@ -347,6 +360,7 @@ int main(void) {
     RUN(test_query);
     RUN(test_typed_args);
     RUN(test_routes);
+    RUN(test_list_has);
     mimeo_env_close(server.env);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
