@@ -639,6 +639,19 @@ static bool http_users_bulk(http_req *r)
     return true;
 }
 
+/* The request body as a tree, or NULL after replying 400 (CouchDB's bad JSON errors). */
+static jval *authz_body_tree(http_req *r)
+{
+    jval *doc = NULL;
+    mimeo_err e = {0};
+    if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits, &doc,
+                        &e) != 0) {
+        http_reply_err(r, e.code ? e.code : MIMEO_EBADJSON, &e);
+        return NULL;
+    }
+    return doc;
+}
+
 /* _users: accounts are read and written by their owner (and admins) whatever the database's
  * members say; the rest of the database follows its _security (admins only by default). */
 static bool http_authorize_users(http_req *r)
@@ -675,13 +688,8 @@ static bool http_authorize_users(http_req *r)
 
     /* PUT /_users/org.couchdb.user:x or POST /_users (admins): check the rules, hash the
      * password, and hand the handler the rewritten body. */
-    jval *doc = NULL;
-    mimeo_err e = {0};
-    if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits, &doc,
-                        &e) != 0) {
-        http_reply_err(r, e.code ? e.code : MIMEO_EBADJSON, &e);
-        return false;
-    }
+    jval *doc = authz_body_tree(r);
+    if (!doc) return false;
     const char *id;
     size_t id_len;
     if (user_doc) {
@@ -705,6 +713,7 @@ static bool http_authorize_users(http_req *r)
     mimeo_free(oj);
     buf out;
     buf_init(&out, r->body.cap);
+    mimeo_err e = {0};
     int rc = auth_user_doc_prepare(id, id_len, doc, old, &r->user, r->srv->cfg.auth.iterations,
                                    &out, &e);
     jval_free(doc);
@@ -831,13 +840,8 @@ static bool http_authorize_replicator(http_req *r)
     jval_free(old);
     if (r->method != HTTP_PUT) return true;   /* reads of one's own or missing docs, deletes */
 
-    jval *doc = NULL;
-    mimeo_err e = {0};
-    if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits, &doc,
-                        &e) != 0) {
-        http_reply_err(r, e.code ? e.code : MIMEO_EBADJSON, &e);
-        return false;
-    }
+    jval *doc = authz_body_tree(r);
+    if (!doc) return false;
     const jval *ow = jval_get(doc, "owner");
     const jval *del = jval_get(doc, "_deleted");
     bool deleting = del && del->type == JV_BOOL && del->boolean;
