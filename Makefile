@@ -131,9 +131,10 @@ test:
 # ThreadSanitizer: the unit tests (group commit from 16 threads, map growth under readers,
 # job isolation) and these interop suites, chosen for their threads: feeds (waiting feeds
 # woken by commits), replication_continuous (replicator workers, _replicator jobs) and
-# replication_mimeo (one-shot jobs, restarts and retries). Races fail the run; there are no
+# replication_mimeo (one-shot jobs, restarts and retries), replication_scheduler (jobs
+# waiting for, taking and giving up max_jobs slots). Races fail the run; there are no
 # suppressions.
-TSAN_INTEROP ?= feeds replication_continuous replication_mimeo
+TSAN_INTEROP ?= feeds replication_continuous replication_mimeo replication_scheduler
 tsan-build: build/tsan/mimeo $(TSAN_UNIT_BIN)
 
 tsan: tsan-build
