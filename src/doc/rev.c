@@ -17,15 +17,23 @@ static bool hash_char_ok(unsigned char c) {
     return c > 0x20 && c < 0x7f && c != '"' && c != '\'' && c != '\\';
 }
 
+/* A hex digit in lowercase, or 0: one lookup per character of every revision parsed. */
+static const char rev_hex_lower[256] = {
+    ['0'] = '0', ['1'] = '1', ['2'] = '2', ['3'] = '3', ['4'] = '4', ['5'] = '5', ['6'] = '6',
+    ['7'] = '7', ['8'] = '8', ['9'] = '9', ['a'] = 'a', ['b'] = 'b', ['c'] = 'c', ['d'] = 'd',
+    ['e'] = 'e', ['f'] = 'f', ['A'] = 'a', ['B'] = 'b', ['C'] = 'c', ['D'] = 'd', ['E'] = 'e',
+    ['F'] = 'f',
+};
+
 int rev_hash_check(const char *s, size_t n, char *hash, size_t *hash_len) {
     if (!s || n == 0 || n > REV_HASH_MAX) return MIMEO_EBADREV;
     if (n == 32) {
         /* CouchDB stores a 32-char id as 16 binary bytes and prints it in lowercase, so a
          * 32-char id that is not hex cannot exist, and case does not distinguish ids. */
         for (size_t i = 0; i < 32; i++) {
-            int v = hex_digit((unsigned char)s[i]);
-            if (v < 0) return MIMEO_EBADREV;
-            hash[i] = "0123456789abcdef"[v];
+            char c = rev_hex_lower[(unsigned char)s[i]];
+            if (!c) return MIMEO_EBADREV;
+            hash[i] = c;
         }
     } else {
         for (size_t i = 0; i < n; i++) {
