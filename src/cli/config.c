@@ -104,6 +104,10 @@ static const cfg_option cfg_options[] = {
         "seconds a session cookie lives (renewed past half of it)"),
     OPT("chttpd_auth", "iterations", CFG_UINT, auth_iterations, "600000", NULL,
         "PBKDF2-SHA256 iterations of new password hashes"),
+    OPT("chttpd_auth", "max_concurrent_hashes", CFG_UINT, auth_max_hashes, "0", NULL,
+        "password hashes (PBKDF2) computed at once; more wait, then get 503 (0: one per core)"),
+    OPT("chttpd_auth", "hash_wait_ms", CFG_UINT, auth_hash_wait_ms, "1000", NULL,
+        "how long a password check waits for a free hash slot before 503"),
     OPT("chttpd_auth", "secret", CFG_STR, auth_secret, "", NULL,
         "hex key of session cookies (default: DATA/.auth_secret, made once)"),
     OPT("chttpd_auth", "same_site", CFG_STR, auth_same_site, "", NULL,
@@ -403,6 +407,8 @@ void config_to_http(const cli_config *c, http_config *h) {
     h->auth.secret = c->auth_secret;
     h->auth.timeout_s = c->auth_timeout ? c->auth_timeout : 600;
     h->auth.iterations = c->auth_iterations;
+    h->auth.max_hashes = c->auth_max_hashes;
+    h->auth.hash_wait_ms = c->auth_hash_wait_ms;
     h->auth.require_valid_user = c->require_valid_user;
     h->auth.www_authenticate = c->www_authenticate;
     h->auth.same_site = c->auth_same_site;

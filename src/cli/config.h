@@ -48,6 +48,8 @@ typedef struct cli_config {
     char     default_security[16];
     unsigned auth_timeout;
     unsigned auth_iterations;
+    unsigned auth_max_hashes;
+    unsigned auth_hash_wait_ms;
     char     auth_secret[132];
     char     auth_same_site[16];
     char     www_authenticate[256];
