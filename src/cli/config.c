@@ -305,15 +305,20 @@ static int cfg_ini_handler(void *user, const char *section, const char *name,
     return 1;
 }
 
-int config_load_file(cli_config *c, const char *path, char *err, size_t errlen) {
-    cfg_load l = { c, path, err, errlen, false };
-    snprintf(c->config_path, sizeof c->config_path, "%s", path);
-    int rc = ini_parse(path, cfg_ini_handler, &l);
+/* The outcome of ini_parse or ini_parse_string into 0 or -1 with err. */
+static int cfg_load_result(const cfg_load *l, int rc) {
+    const char *path = l->path;
+    char *err = l->err;
+    size_t errlen = l->errlen;
     if (rc == -1) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
-    if (l.failed) {
+    if (rc == -2) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    if (l->failed) {
         char tmp[256];
         snprintf(tmp, sizeof tmp, "%s", err);
         snprintf(err, errlen, "%s: %s", path, tmp);
@@ -324,6 +329,18 @@ int config_load_file(cli_config *c, const char *path, char *err, size_t errlen) 
         return -1;
     }
     return 0;
+}
+
+int config_load_file(cli_config *c, const char *path, char *err, size_t errlen) {
+    cfg_load l = { c, path, err, errlen, false };
+    snprintf(c->config_path, sizeof c->config_path, "%s", path);
+    return cfg_load_result(&l, ini_parse(path, cfg_ini_handler, &l));
+}
+
+int config_load_string(cli_config *c, const char *text, const char *name, char *err,
+                       size_t errlen) {
+    cfg_load l = { c, name, err, errlen, false };
+    return cfg_load_result(&l, ini_parse_string(text, cfg_ini_handler, &l));
 }
 
 bool config_parse_number(const char *text, uint64_t min, uint64_t max, bool units,
