@@ -514,6 +514,10 @@ typedef struct mimeo_replicator_options {
     /* PEM file of the CAs that sign peers' TLS certificates; NULL or "" → the system CA
      * store. A job may turn checking off with "verify": false (testing only). */
     const char *cafile;
+    /* Hosts a job's URLs may name: "host" or "host:port", comma-separated, IPv6 in brackets;
+     * NULL or "" → any. A job naming another host fails with "forbidden" (403), however it
+     * was started (mimeo_replicate, a _replicator document written or replicated in). */
+    const char *allowed_hosts;
 } mimeo_replicator_options;
 MIMEO_API int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *opts);
 

@@ -251,6 +251,40 @@ void auth_gate_leave(auth_gate *g) {
     pthread_mutex_unlock(&g->lock);
 }
 
+/* ---- replication hosts -------------------------------------------------------------------- */
+bool auth_host_allowed(const char *allowed, const char *url) {
+    if (!allowed || !allowed[0]) return true;
+    const char *sep = strstr(url, "://");
+    if (!sep) return true;   /* a local database name */
+    const char *h = sep + 3;
+    const char *end = h + strcspn(h, "/?#");
+    const char *at = NULL;
+    for (const char *p = h; p < end; p++)
+        if (*p == '@') at = p;
+    if (at) h = at + 1;
+    const char *hend = h;
+    if (*h == '[') {
+        const char *rb = memchr(h, ']', (size_t)(end - h));
+        hend = rb ? rb + 1 : end;
+    } else {
+        while (hend < end && *hend != ':') hend++;
+    }
+    size_t hl = (size_t)(hend - h), al = (size_t)(end - h);   /* host, host:port */
+    const char *p = allowed;
+    while (*p) {
+        while (*p == ' ' || *p == ',') p++;
+        const char *s = p;
+        while (*p && *p != ',') p++;
+        const char *e = p;
+        while (e > s && e[-1] == ' ') e--;
+        size_t n = (size_t)(e - s);
+        if (n == 0) continue;
+        if ((n == hl && strncasecmp(s, h, n) == 0) || (n == al && strncasecmp(s, h, n) == 0))
+            return true;
+    }
+    return false;
+}
+
 /* ---- failed-login slowdown ---------------------------------------------------------------- */
 #define AUTH_THROTTLE_FORGET_MS (3600u * 1000u)
 

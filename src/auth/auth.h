@@ -139,6 +139,13 @@ void auth_gate_set_limit(auth_gate *g, unsigned limit);
 int  auth_gate_enter(auth_gate *g, unsigned wait_ms);
 void auth_gate_leave(auth_gate *g);
 
+/* ---- replication hosts --------------------------------------------------------------------
+ * [replicator] allowed_hosts: "host" (any port) or "host:port", comma-separated, an IPv6 host
+ * in brackets as in URLs; NULL or "" allows any. The host of url is taken after any
+ * "user:password@" (http://127.0.0.1@169.254.169.254/ names 169.254.169.254). Text without
+ * "://" is a local database name, not a host, and passes. */
+bool auth_host_allowed(const char *allowed, const char *url);
+
 /* ---- AuthSession cookies ------------------------------------------------------------------
  * value = base64url(name ":" HEXSECONDS ":" MAC), MAC = HMAC-SHA256(secret ‖ user salt,
  * name ":" HEXSECONDS) — CouchDB's cookie. A new salt (password change) voids old cookies. */

@@ -392,6 +392,7 @@ void config_to_replicator(const cli_config *c, mimeo_replicator_options *r) {
     memset(r, 0, sizeof *r);
     r->max_response_size = c->repl_max_response_size;
     r->cafile = c->repl_cafile[0] ? c->repl_cafile : NULL;
+    r->allowed_hosts = c->allowed_hosts;
 }
 
 void config_to_http(const cli_config *c, http_config *h) {

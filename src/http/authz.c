@@ -769,43 +769,12 @@ static bool http_endpoint_is_url(const jval *v)
 }
 
 /* [replicator] allowed_hosts: may a replication endpoint (a name, a URL, or {url}) be used?
- * Names of local databases are not hosts and always pass here. Entries are "host" (any
- * port) or "host:port"; an IPv6 host is written in brackets as in URLs. */
+ * (auth_host_allowed; the replicator checks again for jobs that arrive another way.) */
 static bool http_endpoint_host_allowed(const char *allowed, const jval *v)
 {
-    if (!allowed || !allowed[0]) return true;
     if (v && v->type == JV_OBJECT) v = jval_get(v, "url");
     if (!v || v->type != JV_STRING) return true;
-    const char *u = v->str;
-    const char *sep = strstr(u, "://");
-    if (!sep) return true;   /* a local database name */
-    const char *h = sep + 3;
-    const char *end = h + strcspn(h, "/?#");
-    const char *at = NULL;
-    for (const char *p = h; p < end; p++)
-        if (*p == '@') at = p;
-    if (at) h = at + 1;
-    const char *hend = h;
-    if (*h == '[') {
-        const char *rb = memchr(h, ']', (size_t)(end - h));
-        hend = rb ? rb + 1 : end;
-    } else {
-        while (hend < end && *hend != ':') hend++;
-    }
-    size_t hl = (size_t)(hend - h), al = (size_t)(end - h);   /* host, host:port */
-    const char *p = allowed;
-    while (*p) {
-        while (*p == ' ' || *p == ',') p++;
-        const char *s = p;
-        while (*p && *p != ',') p++;
-        const char *e = p;
-        while (e > s && e[-1] == ' ') e--;
-        size_t n = (size_t)(e - s);
-        if (n == 0) continue;
-        if ((n == hl && strncasecmp(s, h, n) == 0) || (n == al && strncasecmp(s, h, n) == 0))
-            return true;
-    }
-    return false;
+    return auth_host_allowed(allowed, v->str);
 }
 
 /* Checks the endpoints of a replication (a POST /_replicate body or a _replicator doc):

@@ -612,4 +612,30 @@ describe('[replicator] allowed_hosts', () => {
       body: { source: db, target: `http://root:${ADMIN.password}@${new URL(s.url).host}/${db}-copy`, create_target: true } });
     assert.equal(ok.status, 200, ok.text);
   });
+
+  test('jobs that bypass the request checks are refused by the replicator itself', async () => {
+    // _bulk_docs into _replicator (and new_edits=false, as a replication writes) never passes
+    // the checks of single-document writes: the replicator checks every job it starts.
+    const db = uniqueDbName('ahb');
+    await req(s.url, 'PUT', `/${db}`, { auth: ADMIN });
+    const id1 = `bulk-${Date.now()}`, id2 = `repl-${Date.now()}`;
+    const b1 = await req(s.url, 'POST', '/_replicator/_bulk_docs', { auth: ADMIN,
+      body: { docs: [{ _id: id1, source: db, target: 'http://10.0.0.1:5984/x', continuous: true }] } });
+    assert.equal(b1.status, 201, b1.text);
+    const b2 = await req(s.url, 'POST', '/_replicator/_bulk_docs', { auth: ADMIN,
+      body: { new_edits: false, docs: [{ _id: id2, _rev: '1-0123456789abcdef0123456789abcdef',
+        source: 'http://169.254.169.254/latest', target: db }] } });
+    assert.equal(b2.status, 201, b2.text);
+    for (const id of [id1, id2]) {
+      let d;
+      await waitFor(async () => {
+        d = await req(s.url, 'GET', `/_scheduler/docs/_replicator/${id}`, { auth: ADMIN });
+        return d.status === 200 && d.json.state === 'failed';
+      }, { timeout: 20000, message: `${id} not failed` });
+      assert.match(JSON.stringify(d.json), /allowed_hosts/);
+      const doc = await req(s.url, 'GET', `/_replicator/${id}`, { auth: ADMIN });
+      assert.equal(doc.json._replication_state, 'failed');
+      assert.match(doc.json._replication_state_reason, /allowed_hosts/);
+    }
+  });
 });

@@ -423,6 +423,22 @@ static void test_gate(void)
     auth_gate_destroy(&gate_g);
 }
 
+static void test_host_allowed(void)
+{
+    const char *a = "127.0.0.1, peer.example:6984,[::1]";
+    CHECK(auth_host_allowed(NULL, "http://10.0.0.1/x"));
+    CHECK(auth_host_allowed("", "http://10.0.0.1/x"));
+    CHECK(auth_host_allowed(a, "http://127.0.0.1:5984/db"));
+    CHECK(auth_host_allowed(a, "http://u:p@127.0.0.1/db"));
+    CHECK(auth_host_allowed(a, "https://PEER.example:6984/db"));
+    CHECK(!auth_host_allowed(a, "https://peer.example:6985/db"));
+    CHECK(auth_host_allowed(a, "http://[::1]:5984/db"));
+    CHECK(!auth_host_allowed(a, "http://127.0.0.1@169.254.169.254/latest"));
+    CHECK(!auth_host_allowed(a, "http://127.0.0.1.evil.example/x"));
+    CHECK(!auth_host_allowed(a, "http://10.0.0.1/x?h=127.0.0.1"));
+    CHECK(auth_host_allowed(a, "localdb"));   /* a database name, not a host */
+}
+
 int main(void)
 {
     RUN(test_pbkdf2_vectors);
@@ -433,6 +449,7 @@ int main(void)
     RUN(test_cache);
     RUN(test_throttle);
     RUN(test_gate);
+    RUN(test_host_allowed);
     RUN(test_security);
     RUN(test_user_docs);
     return check_report();
