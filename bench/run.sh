@@ -231,3 +231,11 @@ ELAPSED=$(( $(date +%s) - START ))
 echo "{\"workload\":\"load\",\"server\":\"machine\",\"before\":$LOAD_BEFORE,\"after\":$(cut -d' ' -f1 /proc/loadavg)}" >> "$RESULTS"
 cp "$RESULTS" "$OUT/last.jsonl"
 node "$BENCH/table.mjs" "$RESULTS" "$DOCS" "$ELAPSED" | tee "$OUT/last.md"
+
+# Workloads that start servers of their own, each printing its own table after the main one:
+# auth.sh (Basic and cookie authentication against none).
+for extra in auth; do
+  echo | tee -a "$OUT/last.md"
+  note "$extra.sh"
+  BENCH_QUICK=$QUICK MIMEO_BIN=$MIMEO_BIN timeout 1200 "$BENCH/$extra.sh" | tee -a "$OUT/last.md"
+done
