@@ -1225,6 +1225,173 @@ static void test_db_hot_document(void) {
 
 /* The hook's cost on writes that involve no CRDT document: it reads _design/crdt once per
  * batch and tests ids against the prefixes. Printed, and bounded loosely (shared machine). */
+/* The winner of id as a tree (new; jval_free), or NULL when missing. */
+static jval *get_tree(mimeo_db *db, const char *id) {
+    char *json;
+    size_t len;
+    if (mimeo_doc_get(db, id, strlen(id), NULL, &json, &len, NULL)) return NULL;
+    jval *v = NULL;
+    json_tree_parse(json, len, NULL, &v, NULL);
+    mimeo_free(json);
+    return v;
+}
+
+/* A plain client's PUT: the stored winner with member `key` set to the JSON `value`, written
+ * back whole with its _rev (and its $crdt, as a client that knows nothing of it would). */
+static void plain_put(mimeo_db *db, const char *id, const char *key, const char *value) {
+    jval *v = get_tree(db, id);
+    CHECK(v != NULL);
+    if (!v) return;
+    buf b;
+    buf_init(&b, 0);
+    buf_putc(&b, '{');
+    bool first = true, done = false;
+    for (size_t i = 0; i < v->count; i++) {
+        if (!first) buf_putc(&b, ',');
+        first = false;
+        json_put_cstr(&b, v->keys[i]);
+        buf_putc(&b, ':');
+        if (strcmp(v->keys[i], key) == 0) {
+            buf_puts(&b, value);
+            done = true;
+        } else {
+            json_put_jval(&b, v->items[i]);
+        }
+    }
+    if (!done) buf_printf(&b, "%s\"%s\":%s", first ? "" : ",", key, value);
+    buf_putc(&b, '}');
+    mimeo_put_result pr;
+    mimeo_err e = {0};
+    int rc = mimeo_doc_put(db, id, strlen(id), b.data, b.len, NULL, &pr, &e);
+    if (rc) fprintf(stderr, "plain_put %s: %s\n", id, e.reason);
+    CHECK_EQ_INT(rc, 0);
+    mimeo_free(pr.id);
+    buf_destroy(&b);
+    jval_free(v);
+}
+
+static bool rules_say(mimeo_db *db, const char *id) {
+    bool m = false;
+    CHECK_EQ_INT(mimeo_crdt_rules_match(db, id, strlen(id), &m, NULL), 0);
+    return m;
+}
+
+/* {"selector": {"type": "x"}} (node_open's second rule): documents whose body matches are
+ * CRDT documents — ops may make a document start matching, a plain PUT may make it stop; a
+ * conflict is merged while any live leaf matches, so a branch that stopped matching
+ * concurrently with an op elsewhere still merges (the same on every node), and once every
+ * branch has stopped, conflicts stay ordinary. */
+static void test_db_selector_rules(void) {
+    node_env a = {0}, b = {0};
+    CHECK(node_open(&a));
+    CHECK(node_open(&b));
+    mimeo_crdt_result res;
+    mimeo_err e = {0};
+    const char *inc = "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":1}]";
+
+    /* ops on a new document: refused unless the result matches; nothing written */
+    CHECK_EQ_INT(mimeo_crdt_apply(a.db, "s:1", 3, inc, strlen(inc), &res, &e), MIMEO_EINVAL);
+    CHECK(strstr(e.reason, "Not a CRDT document") != NULL);
+    CHECK(get_tree(a.db, "s:1") == NULL);
+    CHECK(!rules_say(a.db, "s:1"));
+    crdt_apply_db(a.db, "s:1", "[{\"op\":\"assign\",\"path\":[\"type\"],\"value\":\"x\"},"
+                  "{\"op\":\"increment\",\"path\":[\"n\"],\"value\":1}]", &res);
+    CHECK_EQ_STR(res.value, "{\"n\":1,\"type\":\"x\"}");
+    mimeo_crdt_result_destroy(&res);
+    CHECK(rules_say(a.db, "s:1"));
+    crdt_apply_db(a.db, "s:1", inc, &res);   /* matching now: plain ops are fine */
+    CHECK_EQ_STR(res.value, "{\"n\":2,\"type\":\"x\"}");
+    mimeo_crdt_result_destroy(&res);
+
+    /* an op that would make it stop matching is refused as a whole */
+    const char *leave = "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":5},"
+                        "{\"op\":\"assign\",\"path\":[\"type\"],\"value\":\"y\"}]";
+    CHECK_EQ_INT(mimeo_crdt_apply(a.db, "s:1", 3, leave, strlen(leave), &res, &e), MIMEO_EINVAL);
+    jval *t = get_tree(a.db, "s:1");
+    CHECK(t && strcmp(jval_get(t, "type")->str, "x") == 0);
+    int64_t n = 0;
+    CHECK(t && jval_as_i64(jval_get(t, "n"), &n) && n == 2);
+    jval_free(t);
+
+    /* a plain document starts matching by a plain PUT; its plain members become registers */
+    const char *plain = "{\"type\":\"y\",\"title\":\"hello\"}";
+    mimeo_put_result pr;
+    CHECK_EQ_INT(mimeo_doc_put(a.db, "s:2", 3, plain, strlen(plain), NULL, &pr, NULL), 0);
+    mimeo_free(pr.id);
+    CHECK_EQ_INT(mimeo_crdt_apply(a.db, "s:2", 3, inc, strlen(inc), &res, &e), MIMEO_EINVAL);
+    plain_put(a.db, "s:2", "type", "\"x\"");
+    CHECK(rules_say(a.db, "s:2"));
+    crdt_apply_db(a.db, "s:2", inc, &res);
+    CHECK_EQ_STR(res.value, "{\"n\":1,\"title\":\"hello\",\"type\":\"x\"}");
+    mimeo_crdt_result_destroy(&res);
+
+    /* ...and stops matching by one: ops are refused again */
+    plain_put(a.db, "s:2", "type", "\"archived\"");
+    CHECK(!rules_say(a.db, "s:2"));
+    CHECK_EQ_INT(mimeo_crdt_apply(a.db, "s:2", 3, inc, strlen(inc), &res, &e), MIMEO_EINVAL);
+
+    /* two nodes: b stops matching while a increments; the exchange merges on both (a's leaf
+     * still matches), to the same revision, with every increment; the register moved to
+     * "archived" by the later stamp */
+    copy_doc(a.db, b.db, "s:1");
+    plain_put(b.db, "s:1", "type", "\"archived\"");
+    CHECK(!rules_say(b.db, "s:1"));
+    crdt_apply_db(a.db, "s:1", "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":3}]", &res);
+    mimeo_crdt_result_destroy(&res);
+    char *from_a = snap_doc(a.db, "s:1"), *from_b = snap_doc(b.db, "s:1");
+    put_snap(b.db, "s:1", from_a);   /* the write path's hook merges */
+    put_snap(a.db, "s:1", from_b);
+    static char wa[4096], wb[4096];
+    CHECK_EQ_INT(live_leaves(a.db, "s:1", wa, sizeof wa), 1);
+    CHECK_EQ_INT(live_leaves(b.db, "s:1", wb, sizeof wb), 1);
+    CHECK_EQ_STR(wa, wb);
+    CHECK(strstr(wa, "\"n\":5,\"type\":\"archived\"") != NULL);
+
+    /* no branch matches any more: concurrent plain edits stay an ordinary conflict */
+    plain_put(a.db, "s:1", "note", "\"from a\"");
+    plain_put(b.db, "s:1", "note", "\"from b\"");
+    from_a = snap_doc(a.db, "s:1");
+    from_b = snap_doc(b.db, "s:1");
+    put_snap(b.db, "s:1", from_a);
+    put_snap(a.db, "s:1", from_b);
+    CHECK_EQ_INT(live_leaves(a.db, "s:1", NULL, 0), 2);
+    CHECK_EQ_INT(live_leaves(b.db, "s:1", NULL, 0), 2);
+    mimeo_crdt_outcome o;
+    char rev[MIMEO_REV_MAX];
+    CHECK_EQ_INT(mimeo_crdt_merge(a.db, "s:1", 3, &o, rev, NULL), 0);
+    CHECK(o == MIMEO_CRDT_NOT_CRDT);
+
+    /* a plain conflict that matches on one branch only is merged on both nodes alike */
+    const char *p3 = "{\"type\":\"z\",\"v\":0}";
+    CHECK_EQ_INT(mimeo_doc_put(a.db, "s:3", 3, p3, strlen(p3), NULL, &pr, NULL), 0);
+    mimeo_free(pr.id);
+    copy_doc(a.db, b.db, "s:3");
+    plain_put(a.db, "s:3", "type", "\"x\"");
+    plain_put(b.db, "s:3", "v", "1");
+    from_a = snap_doc(a.db, "s:3");
+    from_b = snap_doc(b.db, "s:3");
+    put_snap(b.db, "s:3", from_a);
+    put_snap(a.db, "s:3", from_b);
+    CHECK_EQ_INT(live_leaves(a.db, "s:3", wa, sizeof wa), 1);
+    CHECK_EQ_INT(live_leaves(b.db, "s:3", wb, sizeof wb), 1);
+    CHECK_EQ_STR(wa, wb);
+
+    /* a selector that does not parse matches nothing (and the prefix rule beside it works) */
+    const char *bad = "{\"rules\":[{\"selector\":{\"$nope\":1}},{\"prefix\":\"c:\"}]}";
+    jval *dd = get_tree(a.db, "_design/crdt");
+    buf bb;
+    buf_init(&bb, 0);
+    buf_printf(&bb, "{\"_rev\":\"%s\",%s", jval_get(dd, "_rev")->str, bad + 1);
+    CHECK_EQ_INT(mimeo_doc_put(a.db, "_design/crdt", 12, bb.data, bb.len, NULL, &pr, NULL), 0);
+    mimeo_free(pr.id);
+    buf_destroy(&bb);
+    jval_free(dd);
+    CHECK(!rules_say(a.db, "s:2"));
+    CHECK(rules_say(a.db, "c:1"));
+    node_close(&a);
+    node_close(&b);
+}
+
 static void test_hook_cost(void) {
     node_env a = {0};
     CHECK(node_open(&a));
@@ -1286,6 +1453,7 @@ int main(void) {
     RUN(test_db_merge_two_nodes);
     RUN(test_db_invalid_and_plain);
     RUN(test_db_hot_document);
+    RUN(test_db_selector_rules);
     RUN(test_hook_cost);
     return check_report();
 }
