@@ -269,7 +269,8 @@ static bool leaves_match(const crdt_rules *r, const char *id, size_t id_len, con
 static int leaves_load_gated(mimeo_db *db, const char *id, size_t id_len, const crdt_rules *gate,
                              bool *covered, leaves *L, mimeo_err *err) {
     memset(L, 0, sizeof *L);
-    if (covered) *covered = true;
+    /* A missing document is covered only by a prefix rule (no body to match). */
+    if (covered) *covered = !gate || rules_match_id(gate, id, id_len);
     char *json = NULL;
     size_t len = 0;
     mimeo_err e = {0};
@@ -298,9 +299,10 @@ static int leaves_load_gated(mimeo_db *db, const char *id, size_t id_len, const 
         lf->doc = doc;
         crdt_state_init(&lf->s);
     }
-    if (gate && !leaves_match(gate, id, id_len, L)) {
-        if (covered) *covered = false;
-        return 0;
+    if (gate) {
+        bool match = leaves_match(gate, id, id_len, L);
+        if (covered) *covered = match;
+        if (!match) return 0;
     }
     buf have, want;
     buf_init(&have, 0);
