@@ -241,6 +241,17 @@ test('selector rules over HTTP: a document starts and stops being a CRDT documen
       body: { source: `${from.url}/${db}`, target: `${to.url}/${db}` }, timeout: 60_000 });
     assert.equal(x.status, 200, x.text);
   };
+  const merges = async () => {
+    let n = 0;
+    for (const s of [A, B]) {
+      const st = await request(s.url, 'GET', '/_node/_local/_stats');
+      assert.equal(st.status, 200, st.text);
+      assert.equal(st.json.mimeo.crdt.merges_written.type, 'counter');
+      n += st.json.mimeo.crdt.merges_written.value;
+    }
+    return n;
+  };
+  const merges0 = await merges();
   await repl(A, B);
   assert.equal((await op(A.url, 'k1', inc(2))).status, 201);
   assert.equal((await op(B.url, 'k1', inc(3))).status, 201);
@@ -253,6 +264,7 @@ test('selector rules over HTTP: a document starts and stops being a CRDT documen
   assert.equal(lb.length, 1, JSON.stringify(lb));
   assert.equal(la[0]._rev, lb[0]._rev);
   assert.equal(la[0].items, 6);
+  assert.ok(await merges() > merges0, 'the merge is counted in /_node/_local/_stats');
 
   // A plain PUT that changes the type: no longer a CRDT document; ops are refused, and
   // concurrent plain edits stay an ordinary conflict.
