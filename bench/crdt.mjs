@@ -24,7 +24,7 @@ const MANY_OPS = QUICK ? 50 : 200;       // per client, 1,000 documents
 const NODES = 8;
 const INCREMENTS = QUICK ? 100 : 1000;   // per node
 const REPL_DOCS = QUICK ? 5000 : 20000;
-const REPL_ROUNDS = QUICK ? 1 : 3;
+const REPL_ROUNDS = QUICK ? 1 : 5;
 
 const note = (s) => process.stderr.write(`crdt bench: ${s}\n`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -96,6 +96,17 @@ async function must(p, what) {
   const r = await p;
   if (r.status >= 300) throw new Error(`${what}: HTTP ${r.status} ${r.text.slice(0, 200)}`);
   return r;
+}
+
+// CPU seconds (user + system) a server process has used so far: on a machine shared with other
+// work, the CPU a workload costs the server moves far less than its wall-clock rate.
+const HZ = 100;   // USER_HZ: clock ticks of /proc/PID/stat on Linux
+function cpuSecs(s) {
+  try {
+    const f = fs.readFileSync(`/proc/${s.proc.pid}/stat`, 'utf8');
+    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return (Number(rest[11]) + Number(rest[12])) / HZ;   // fields 14 and 15
+  } catch { return 0; }
 }
 
 const pct = (xs, q) => {
@@ -201,20 +212,23 @@ async function replicationOverhead(s) {
     selector: { rules: [{ selector: { type: 'cart' } }] },
   };
   const res = { none: [], prefix: [], selector: [] };
+  const cpu = { none: [], prefix: [], selector: [] };
   let seq = 0;
   for (let round = 0; round < REPL_ROUNDS; round++) {
     for (const [name, ddoc] of Object.entries(variants)) {
       const tgt = `plain_tgt_${seq++}`;
       await must(request(s, 'PUT', `/${tgt}`), 'create target');
       if (ddoc) await must(request(s, 'PUT', `/${tgt}/_design/crdt`, ddoc), 'rules');
-      const t0 = performance.now();
+      const t0 = performance.now(), c0 = cpuSecs(s);
       await must(request(s, 'POST', '/_replicate', { source: `${s.url}/${src}`, target: `${s.url}/${tgt}` }), 'replicate');
       res[name].push(REPL_DOCS / ((performance.now() - t0) / 1000));
+      cpu[name].push(((cpuSecs(s) - c0) * 1e6) / REPL_DOCS);   // server CPU µs per document
       await must(request(s, 'DELETE', `/${tgt}`), 'drop target');
     }
   }
   const med = (xs) => pct(xs, 0.5);
-  return Object.fromEntries(Object.entries(res).map(([k, v]) => [k, med(v)]));
+  return { rate: Object.fromEntries(Object.entries(res).map(([k, v]) => [k, med(v)])),
+    cpu: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, med(v)])) };
 }
 
 // ---------------------------------------------------------------- run
@@ -236,11 +250,12 @@ try {
   rows.push([`_crdt ops, ${CLIENTS} clients, 1,000 documents (ops/s)`, fmt(many.ops_per_s), `p50 ${fmt(many.p50, 1)} ms, p99 ${fmt(many.p99, 1)} ms, ${many.failed} failed`]);
 
   note(`replication of ${REPL_DOCS} plain docs, with and without _design/crdt (${REPL_ROUNDS} rounds)`);
-  const ro = await replicationOverhead(one);
+  const { rate: ro, cpu: rc } = await replicationOverhead(one);
   const rel = (x) => (ro.none > 0 ? `${fmt((100 * x) / ro.none)}% of no rules` : '');
-  rows.push([`one-shot replication of ${fmt(REPL_DOCS)} plain docs, target without _design/crdt (docs/s)`, fmt(ro.none), '']);
-  rows.push([`… target with a prefix rule (docs/s)`, fmt(ro.prefix), rel(ro.prefix)]);
-  rows.push([`… target with a selector rule (docs/s)`, fmt(ro.selector), rel(ro.selector)]);
+  const cpuNote = (k) => `server CPU ${fmt(rc[k], 1)} µs/doc${k === 'none' || !rc.none ? '' : ` (${fmt((100 * rc[k]) / rc.none)}% of no rules)`}`;
+  rows.push([`one-shot replication of ${fmt(REPL_DOCS)} plain docs, target without _design/crdt (docs/s)`, fmt(ro.none), cpuNote('none')]);
+  rows.push([`… target with a prefix rule (docs/s)`, fmt(ro.prefix), `${rel(ro.prefix)}; ${cpuNote('prefix')}`]);
+  rows.push([`… target with a selector rule (docs/s)`, fmt(ro.selector), `${rel(ro.selector)}; ${cpuNote('selector')}`]);
   one.proc.kill('SIGTERM');
 
   note(`${NODES} nodes × ${INCREMENTS} increments, then replication to convergence`);
