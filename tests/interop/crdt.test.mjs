@@ -205,11 +205,16 @@ test('a leaf whose state was overwritten stays an ordinary conflict', { skip: SK
   assert.equal(r.status, 201, r.text);
   r = await ops(A.url, 'c:broken', [{ op: 'increment', path: ['n'], value: 1 }]);
   assert.equal(r.status, 201);
+  const kept = async () => (await request(A.url, 'GET', '/_node/_local/_stats')).json.mimeo.crdt.conflicts_kept.value;
+  const kept0 = await kept();
   await replicate(B, A);
   const m = await merge(A.url, ['c:broken', 'plain-doc']);
   assert.deepEqual(m.conflicts_kept, [{ id: 'c:broken' }]);
   assert.deepEqual(m.not_crdt, [{ id: 'plain-doc' }]);
   assert.equal((await liveLeaves(A.url, 'c:broken')).length, 2);
+  // Logged on stderr and counted in the metrics (the write hook and the merge both count it).
+  assert.ok(await kept() > kept0, 'conflicts_kept counted in /_node/_local/_stats');
+  assert.match(A.stderr(), /crdt: crdt\/c:broken left as a conflict/);
 });
 
 test('selector rules over HTTP: a document starts and stops being a CRDT document by its body', { skip: SKIP_UNWIRED }, async () => {
