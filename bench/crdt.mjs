@@ -8,7 +8,7 @@
 //      without _design/crdt, with a prefix rule, and with a selector rule: what the merge hook
 //      costs replication when no CRDT document is involved.
 // Prints a Markdown table. MIMEO_BIN picks the binary (default build/mimeo); BENCH_QUICK=1
-// runs a smaller version. Data folders live under build/bench/ (not tmpfs: fsyncs count).
+// runs a smaller version; CRDT_ONLY=ops|repl|nodes runs one part. Data folders live under build/bench/ (not tmpfs: fsyncs count).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -25,6 +25,8 @@ const NODES = 8;
 const INCREMENTS = QUICK ? 100 : 1000;   // per node
 const REPL_DOCS = QUICK ? 5000 : 20000;
 const REPL_ROUNDS = QUICK ? 1 : 5;
+const ONLY = process.env.CRDT_ONLY || '';
+const part = (name) => !ONLY || ONLY === name;
 
 const note = (s) => process.stderr.write(`crdt bench: ${s}\n`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -240,6 +242,7 @@ try {
   const one = await startServer('ops');
   await must(request(one, 'PUT', '/ops'), 'create');
   await must(request(one, 'PUT', '/ops/_design/crdt', { rules: [{ prefix: 'c:' }] }), 'rules');
+  if (part('ops')) {
   note(`one document, ${CLIENTS} clients × ${HOT_OPS} ops`);
   const hot = await opsLoad(one, 'ops', () => 'c:hot', HOT_OPS);
   rows.push([`_crdt ops, ${CLIENTS} clients, one document (ops/s)`, fmt(hot.ops_per_s), `p50 ${fmt(hot.p50, 1)} ms, p99 ${fmt(hot.p99, 1)} ms, ${hot.failed} failed`]);
@@ -248,6 +251,8 @@ try {
   const rnd = () => { seed = (seed * 1103515245 + 12345) >>> 0; return seed; };
   const many = await opsLoad(one, 'ops', () => `c:m${rnd() % 1000}`, MANY_OPS);
   rows.push([`_crdt ops, ${CLIENTS} clients, 1,000 documents (ops/s)`, fmt(many.ops_per_s), `p50 ${fmt(many.p50, 1)} ms, p99 ${fmt(many.p99, 1)} ms, ${many.failed} failed`]);
+  }
+  if (part('repl')) {
 
   note(`replication of ${REPL_DOCS} plain docs, with and without _design/crdt (${REPL_ROUNDS} rounds)`);
   const { rate: ro, cpu: rc } = await replicationOverhead(one);
@@ -256,7 +261,9 @@ try {
   rows.push([`one-shot replication of ${fmt(REPL_DOCS)} plain docs, target without _design/crdt (docs/s)`, fmt(ro.none), cpuNote('none')]);
   rows.push([`… target with a prefix rule (docs/s)`, fmt(ro.prefix), `${rel(ro.prefix)}; ${cpuNote('prefix')}`]);
   rows.push([`… target with a selector rule (docs/s)`, fmt(ro.selector), `${rel(ro.selector)}; ${cpuNote('selector')}`]);
+  }
   one.proc.kill('SIGTERM');
+  if (part('nodes')) {
 
   note(`${NODES} nodes × ${INCREMENTS} increments, then replication to convergence`);
   const c = await convergence();
@@ -264,6 +271,7 @@ try {
   rows.push([`… then every node pulling from every other: until all show ${fmt(c.total)} on one leaf, no conflict (s)`,
     c.converged ? fmt(c.convSecs, 1) : 'did not converge', c.converged ? `final rev ${c.finalRev.split('-')[0]}-…` : `last seen ${c.lastSeen}`]);
   rows.push(['… merge revisions written, all nodes together', fmt(c.merges), '']);
+  }
 } catch (err) {
   note(`failed: ${err.message}`);
   rows.push(['CRDT bench', 'n/a', err.message.slice(0, 200)]);
