@@ -71,8 +71,9 @@ done
 done
 for k in "${!R[@]}"; do R[$k]=$(echo "${R[$k]}" | median); done
 for k in "${!C[@]}"; do C[$k]=$(echo "${C[$k]}" | median); done
+LOAD=$(cut -d' ' -f1 /proc/loadavg)
 pct() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "n/a" }'; }
-echo "authentication cost: mimeo with no admin (open), with Basic on every request, with an AuthSession cookie; median of $ROUNDS rounds, $DOCS docs of 1 KB"
+echo "authentication cost: mimeo with no admin (open), with Basic on every request, with an AuthSession cookie; median of $ROUNDS rounds, $DOCS docs of 1 KB; load average $LOAD at the end"
 echo
 echo "| workload | open | Basic | cookie | Basic/open | cookie/open |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
