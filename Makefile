@@ -166,7 +166,7 @@ FUZZ_SECONDS ?= 20
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -g -O1 -MMD -MP $(FUZZ_SAN)
 FUZZERS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
-FUZZ_OBJ := $(LIB_SRC:%.c=build/fuzz/obj/%.o) $(HTTP_SRC:%.c=build/fuzz/obj/%.o)
+FUZZ_OBJ := $(LIB_SRC:%.c=build/fuzz/obj/%.o) $(HTTP_SRC:%.c=build/fuzz/obj/%.o) build/fuzz/obj/src/cli/config.o
 
 build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -231,3 +231,13 @@ ELAPSED=$(( $(date +%s) - START ))
 echo "{\"workload\":\"load\",\"server\":\"machine\",\"before\":$LOAD_BEFORE,\"after\":$(cut -d' ' -f1 /proc/loadavg)}" >> "$RESULTS"
 cp "$RESULTS" "$OUT/last.jsonl"
 node "$BENCH/table.mjs" "$RESULTS" "$DOCS" "$ELAPSED" | tee "$OUT/last.md"
+
+# Workloads that start servers of their own, each printing its own table after the main one:
+# auth.sh (Basic and cookie authentication against none), crdt.mjs (CRDT ops, 8 nodes
+# converging on one counter, replication with and without _design/crdt).
+for extra in auth.sh crdt.mjs; do
+  echo | tee -a "$OUT/last.md"
+  note "$extra"
+  case $extra in *.mjs) cmd=(node "$BENCH/$extra") ;; *) cmd=("$BENCH/$extra") ;; esac
+  BENCH_QUICK=$QUICK MIMEO_BIN=$MIMEO_BIN timeout 1200 "${cmd[@]}" | tee -a "$OUT/last.md"
+done

@@ -520,6 +520,10 @@ typedef struct mimeo_replicator_options {
      * [replicator] max_jobs, interval and max_churn). */
     unsigned max_jobs;
     unsigned interval_ms;
+    /* Hosts a job's URLs may name: "host" or "host:port", comma-separated, IPv6 in brackets;
+     * NULL or "" → any. A job naming another host fails with "forbidden" (403), however it
+     * was started (mimeo_replicate, a _replicator document written or replicated in). */
+    const char *allowed_hosts;
 } mimeo_replicator_options;
 MIMEO_API int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *opts);
 
@@ -619,7 +623,7 @@ MIMEO_API void mimeo_crdt_result_destroy(mimeo_crdt_result *res);
  * field's kind is fixed by its first op. When the document has several live leaves, they are
  * joined first and the write also deletes the losers. Retries on concurrent writers.
  * Errors: MIMEO_EINVAL (bad op, wrong kind for a field, bad path, counter overflow, or no rule
- * of _design/crdt matches id: nothing written), MIMEO_EBADJSON, MIMEO_EBADID, MIMEO_ECONFLICT
+ * of _design/crdt matches the id, nor by selector the value after the ops: nothing written), MIMEO_EBADJSON, MIMEO_EBADID, MIMEO_ECONFLICT
  * (the winning leaf is not a CRDT state, or writers kept winning), MIMEO_ENOTFOUND (no
  * database), and the write errors of mimeo_bulk_docs. */
 MIMEO_API int mimeo_crdt_apply(mimeo_db *db, const char *id, size_t id_len,
@@ -646,7 +650,8 @@ MIMEO_API int mimeo_crdt_merge(mimeo_db *db, const char *id, size_t id_len,
 MIMEO_API int mimeo_crdt_merge_all(mimeo_db *db, const char *const *ids,
                                    const size_t *id_lens, size_t count, char **json_out,
                                    size_t *out_len, mimeo_err *err);
-/* Whether a rule of _design/crdt matches id (prefix rules; selector rules need the body). */
+/* Whether a rule of _design/crdt covers id: a prefix rule by the id, a selector rule by any
+ * live leaf of the stored document (false for a missing one). */
 MIMEO_API int mimeo_crdt_rules_match(mimeo_db *db, const char *id, size_t id_len, bool *match,
                                      mimeo_err *err);
 /* The write path's hook: call after a write of these ids has committed (on the caller's

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <nettle/base64.h>
 #include <nettle/hmac.h>
@@ -196,6 +197,97 @@ bool auth_cache_check(auth_cache *c, const char *name, const auth_pw *h, const c
     memcpy(s->proof, proof, sizeof proof);
     pthread_mutex_unlock(&c->lock);
     return true;
+}
+
+/* ---- the password-hash gate --------------------------------------------------------------- */
+void auth_gate_init(auth_gate *g, unsigned limit) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    /* Waits are measured on the monotonic clock: a wall-clock step must not stretch them. */
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&g->freed, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&g->lock, NULL);
+    g->limit = limit ? limit : 1;
+    g->active = g->peak = 0;
+    g->refused = 0;
+}
+
+void auth_gate_destroy(auth_gate *g) {
+    pthread_cond_destroy(&g->freed);
+    pthread_mutex_destroy(&g->lock);
+}
+
+void auth_gate_set_limit(auth_gate *g, unsigned limit) {
+    pthread_mutex_lock(&g->lock);
+    g->limit = limit ? limit : 1;
+    pthread_cond_broadcast(&g->freed);
+    pthread_mutex_unlock(&g->lock);
+}
+
+int auth_gate_enter(auth_gate *g, unsigned wait_ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += wait_ms / 1000;
+    until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&g->lock);
+    while (g->active >= g->limit) {
+        if (pthread_cond_timedwait(&g->freed, &g->lock, &until) == ETIMEDOUT &&
+            g->active >= g->limit) {
+            g->refused++;
+            pthread_mutex_unlock(&g->lock);
+            return MIMEO_EBUSY;
+        }
+    }
+    g->active++;
+    if (g->active > g->peak) g->peak = g->active;
+    pthread_mutex_unlock(&g->lock);
+    return 0;
+}
+
+void auth_gate_leave(auth_gate *g) {
+    pthread_mutex_lock(&g->lock);
+    g->active--;
+    pthread_cond_signal(&g->freed);
+    pthread_mutex_unlock(&g->lock);
+}
+
+/* ---- replication hosts -------------------------------------------------------------------- */
+bool auth_host_allowed(const char *allowed, const char *url) {
+    if (!allowed || !allowed[0]) return true;
+    const char *sep = strstr(url, "://");
+    if (!sep) return true;   /* a local database name */
+    const char *h = sep + 3;
+    const char *end = h + strcspn(h, "/?#");
+    const char *at = NULL;
+    for (const char *p = h; p < end; p++)
+        if (*p == '@') at = p;
+    if (at) h = at + 1;
+    const char *hend = h;
+    if (*h == '[') {
+        const char *rb = memchr(h, ']', (size_t)(end - h));
+        hend = rb ? rb + 1 : end;
+    } else {
+        while (hend < end && *hend != ':') hend++;
+    }
+    size_t hl = (size_t)(hend - h), al = (size_t)(end - h);   /* host, host:port */
+    const char *p = allowed;
+    while (*p) {
+        while (*p == ' ' || *p == ',') p++;
+        const char *s = p;
+        while (*p && *p != ',') p++;
+        const char *e = p;
+        while (e > s && e[-1] == ' ') e--;
+        size_t n = (size_t)(e - s);
+        if (n == 0) continue;
+        if ((n == hl && strncasecmp(s, h, n) == 0) || (n == al && strncasecmp(s, h, n) == 0))
+            return true;
+    }
+    return false;
 }
 
 /* ---- failed-login slowdown ---------------------------------------------------------------- */

@@ -115,6 +115,37 @@ int64_t auth_throttle_enter(auth_throttle *t, const char *name, const char *addr
 void auth_throttle_result(auth_throttle *t, const char *name, const char *addr, bool ok,
                           uint64_t now_ms);
 
+/* ---- the password-hash gate ---------------------------------------------------------------
+ * PBKDF2 at 600k iterations keeps a core busy for ~0.4 s. The slowdown above queues attempts
+ * per (name, address) only: many parallel wrong passwords under different names or from
+ * different addresses would still run one PBKDF2 each at once and starve the node. The gate
+ * lets at most `limit` hashes run at a time; a caller beyond that waits up to wait_ms for a
+ * slot and then gives up unchecked (the HTTP layer answers 503 with Retry-After). */
+typedef struct auth_gate {
+    pthread_mutex_t lock;
+    pthread_cond_t  freed;
+    unsigned        limit;      /* hashes at once, at least 1 */
+    unsigned        active;     /* hashes running now */
+    unsigned        peak;       /* most ever running at once (for tests and metrics) */
+    uint64_t        refused;    /* callers that gave up waiting */
+} auth_gate;
+
+void auth_gate_init(auth_gate *g, unsigned limit);
+void auth_gate_destroy(auth_gate *g);
+/* Changes the limit (0 → 1); callers already inside stay. */
+void auth_gate_set_limit(auth_gate *g, unsigned limit);
+/* Takes a slot, waiting up to wait_ms for one. 0, or MIMEO_EBUSY when none freed in time
+ * (then auth_gate_leave must not be called). */
+int  auth_gate_enter(auth_gate *g, unsigned wait_ms);
+void auth_gate_leave(auth_gate *g);
+
+/* ---- replication hosts --------------------------------------------------------------------
+ * [replicator] allowed_hosts: "host" (any port) or "host:port", comma-separated, an IPv6 host
+ * in brackets as in URLs; NULL or "" allows any. The host of url is taken after any
+ * "user:password@" (http://127.0.0.1@169.254.169.254/ names 169.254.169.254). Text without
+ * "://" is a local database name, not a host, and passes. */
+bool auth_host_allowed(const char *allowed, const char *url);
+
 /* ---- AuthSession cookies ------------------------------------------------------------------
  * value = base64url(name ":" HEXSECONDS ":" MAC), MAC = HMAC-SHA256(secret ‖ user salt,
  * name ":" HEXSECONDS) — CouchDB's cookie. A new salt (password change) voids old cookies. */

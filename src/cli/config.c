@@ -109,6 +109,10 @@ static const cfg_option cfg_options[] = {
         "seconds a session cookie lives (renewed past half of it)"),
     OPT("chttpd_auth", "iterations", CFG_UINT, auth_iterations, "600000", NULL,
         "PBKDF2-SHA256 iterations of new password hashes"),
+    OPT("chttpd_auth", "max_concurrent_hashes", CFG_UINT, auth_max_hashes, "0", NULL,
+        "password hashes (PBKDF2) computed at once; more wait, then get 503 (0: one per core)"),
+    OPT("chttpd_auth", "hash_wait_ms", CFG_UINT, auth_hash_wait_ms, "1000", NULL,
+        "how long a password check waits for a free hash slot before 503"),
     OPT("chttpd_auth", "secret", CFG_STR, auth_secret, "", NULL,
         "hex key of session cookies (default: DATA/.auth_secret, made once)"),
     OPT("chttpd_auth", "same_site", CFG_STR, auth_same_site, "", NULL,
@@ -306,15 +310,20 @@ static int cfg_ini_handler(void *user, const char *section, const char *name,
     return 1;
 }
 
-int config_load_file(cli_config *c, const char *path, char *err, size_t errlen) {
-    cfg_load l = { c, path, err, errlen, false };
-    snprintf(c->config_path, sizeof c->config_path, "%s", path);
-    int rc = ini_parse(path, cfg_ini_handler, &l);
+/* The outcome of ini_parse or ini_parse_string into 0 or -1 with err. */
+static int cfg_load_result(const cfg_load *l, int rc) {
+    const char *path = l->path;
+    char *err = l->err;
+    size_t errlen = l->errlen;
     if (rc == -1) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
-    if (l.failed) {
+    if (rc == -2) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    if (l->failed) {
         char tmp[256];
         snprintf(tmp, sizeof tmp, "%s", err);
         snprintf(err, errlen, "%s: %s", path, tmp);
@@ -325,6 +334,18 @@ int config_load_file(cli_config *c, const char *path, char *err, size_t errlen) 
         return -1;
     }
     return 0;
+}
+
+int config_load_file(cli_config *c, const char *path, char *err, size_t errlen) {
+    cfg_load l = { c, path, err, errlen, false };
+    snprintf(c->config_path, sizeof c->config_path, "%s", path);
+    return cfg_load_result(&l, ini_parse(path, cfg_ini_handler, &l));
+}
+
+int config_load_string(cli_config *c, const char *text, const char *name, char *err,
+                       size_t errlen) {
+    cfg_load l = { c, name, err, errlen, false };
+    return cfg_load_result(&l, ini_parse_string(text, cfg_ini_handler, &l));
 }
 
 bool config_parse_number(const char *text, uint64_t min, uint64_t max, bool units,
@@ -378,6 +399,7 @@ void config_to_replicator(const cli_config *c, mimeo_replicator_options *r) {
     r->cafile = c->repl_cafile[0] ? c->repl_cafile : NULL;
     r->max_jobs = c->repl_max_jobs;
     r->interval_ms = c->repl_interval;
+    r->allowed_hosts = c->allowed_hosts;
 }
 
 void config_to_http(const cli_config *c, http_config *h) {
@@ -410,6 +432,8 @@ void config_to_http(const cli_config *c, http_config *h) {
     h->auth.secret = c->auth_secret;
     h->auth.timeout_s = c->auth_timeout ? c->auth_timeout : 600;
     h->auth.iterations = c->auth_iterations;
+    h->auth.max_hashes = c->auth_max_hashes;
+    h->auth.hash_wait_ms = c->auth_hash_wait_ms;
     h->auth.require_valid_user = c->require_valid_user;
     h->auth.www_authenticate = c->www_authenticate;
     h->auth.same_site = c->auth_same_site;

@@ -50,6 +50,8 @@ typedef struct cli_config {
     char     default_security[16];
     unsigned auth_timeout;
     unsigned auth_iterations;
+    unsigned auth_max_hashes;
+    unsigned auth_hash_wait_ms;
     char     auth_secret[132];
     char     auth_same_site[16];
     char     www_authenticate[256];
@@ -89,6 +91,10 @@ void config_defaults(cli_config *c);
 /* Reads an INI file; unknown keys are reported on stderr and ignored (a CouchDB local.ini
  * has many sections mimeo does not use). 0, or -1 with err filled. */
 int  config_load_file(cli_config *c, const char *path, char *err, size_t errlen);
+/* The same from INI text in memory (name stands for the file in messages); c->config_path is
+ * left as it is. */
+int  config_load_string(cli_config *c, const char *text, const char *name, char *err,
+                        size_t errlen);
 /* Sets one option by section and name. 0, or -1 with err filled. */
 int  config_set(cli_config *c, const char *section, const char *name, const char *value,
                 char *err, size_t errlen);

@@ -12,6 +12,7 @@
 
 #include "db_int.h"
 #include "../crdt/crdt.h"
+#include "../query/selector.h"
 
 #define CRDT_DDOC       "_design/crdt"
 #define CRDT_ATTEMPTS   32   /* writes lost to concurrent writers before giving up */
@@ -78,25 +79,20 @@ static int fail(mimeo_err *err, int code, const char *error, const char *reason)
 
 /* ---- rules ---------------------------------------------------------------------------------- */
 
-/* HOOK(queries): a {"selector": …} rule matches when the Mango selector matches the
- * document's body. Selectors arrive with the queries issue (src/query/); until then a
- * selector rule matches nothing, so such documents stay ordinary documents (never merged).
- * When the matcher lands: call it here and set SELECTORS_SUPPORTED, which makes the write
- * hook and _crdt_merge look at every document's body (ids alone no longer decide). */
-#define SELECTORS_SUPPORTED 0
-static bool rule_selector_matches(const jval *selector, const jval *doc) {
-    (void)selector;
-    (void)doc;
-    return false;
-}
-
+/* A {"selector": …} rule matches a document whose body (with its _id; for a CRDT document
+ * the plain values beside $crdt) matches the Mango selector (src/query/selector.h, CouchDB's
+ * rules). With selector rules, ids alone no longer decide: the write hook and _crdt_merge look
+ * at every document's leaves. A rule whose selector does not parse matches nothing. */
 typedef struct crdt_rules {
     jval *ddoc;       /* _design/crdt, or NULL when there is none */
     const jval *list; /* its "rules" array (borrowed from ddoc), or NULL */
+    selector **sel;   /* per rule: its parsed selector, or NULL (list->count entries) */
     bool  selectors;  /* some rule is a selector */
 } crdt_rules;
 
 static void rules_destroy(crdt_rules *r) {
+    for (size_t i = 0; r->sel && r->list && i < r->list->count; i++) selector_free(r->sel[i]);
+    free(r->sel);
     jval_free(r->ddoc);
     memset(r, 0, sizeof *r);
 }
@@ -126,27 +122,67 @@ static int rules_load(mimeo_db *db, crdt_rules *r, mimeo_err *err) {
     const jval *list = jval_get(r->ddoc, "rules");
     if (!list || list->type != JV_ARRAY) return 0;
     r->list = list;
-    for (size_t i = 0; i < list->count; i++)
-        if (SELECTORS_SUPPORTED && jval_get(list->items[i], "selector")) r->selectors = true;
+    r->sel = calloc(list->count ? list->count : 1, sizeof *r->sel);
+    if (!r->sel) {
+        rules_destroy(r);
+        return db_err(err, MIMEO_ENOMEM);
+    }
+    for (size_t i = 0; i < list->count; i++) {
+        const jval *sv = jval_get(list->items[i], "selector");
+        if (!sv || sv->type != JV_OBJECT) continue;
+        mimeo_err se = {0};
+        int src = selector_from_jval(sv, &r->sel[i], &se);
+        if (src == MIMEO_ENOMEM) {
+            rules_destroy(r);
+            return db_err(err, src);
+        }
+        if (src == 0) r->selectors = true;
+    }
     return 0;
 }
 
-
-/* doc may be NULL (then selector rules do not match). Ids starting with '_' (design docs)
- * are never CRDT documents. */
-static bool rules_match(const crdt_rules *r, const char *id, size_t id_len, const jval *doc) {
+/* Whether a prefix rule matches id. Ids starting with '_' (design documents) never match. */
+static bool rules_match_id(const crdt_rules *r, const char *id, size_t id_len) {
     if (!r->list || id_len == 0 || id[0] == '_') return false;
     for (size_t i = 0; i < r->list->count; i++) {
-        const jval *rule = r->list->items[i];
-        const jval *prefix = jval_get(rule, "prefix");
+        const jval *prefix = jval_get(r->list->items[i], "prefix");
         if (prefix && prefix->type == JV_STRING && prefix->len <= id_len &&
             memcmp(prefix->str, id, prefix->len) == 0)
             return true;
-        const jval *sel = jval_get(rule, "selector");
-        if (sel && doc && rule_selector_matches(sel, doc)) return true;
     }
     return false;
 }
+
+/* Whether a selector rule matches the document doc (a body with its _id). Selectors see the
+ * members a client reads, not the state under $crdt: the same answer for a stored leaf and
+ * for the plain value an op is about to write. */
+static bool rules_match_doc(const crdt_rules *r, const jval *doc) {
+    if (!r->selectors || !doc || doc->type != JV_OBJECT) return false;
+    jval view = *doc;
+    size_t n = doc->count ? doc->count : 1;
+    view.keys = malloc(n * sizeof *view.keys);
+    view.key_lens = malloc(n * sizeof *view.key_lens);
+    view.items = malloc(n * sizeof *view.items);
+    bool match = false;
+    if (view.keys && view.key_lens && view.items) {
+        view.count = 0;
+        for (size_t i = 0; i < doc->count; i++) {
+            if (strcmp(doc->keys[i], CRDT_MEMBER) == 0) continue;
+            view.keys[view.count] = doc->keys[i];
+            view.key_lens[view.count] = doc->key_lens[i];
+            view.items[view.count++] = doc->items[i];
+        }
+        for (size_t i = 0; !match && i < r->list->count; i++)
+            match = r->sel[i] && selector_match(r->sel[i], &view);
+    }
+    free(view.keys);
+    free(view.key_lens);
+    free(view.items);
+    return match;
+}
+
+static int rules_match_stored(mimeo_db *db, const crdt_rules *r, const char *id, size_t id_len,
+                              bool *match, mimeo_err *err);
 
 int mimeo_crdt_rules_match(mimeo_db *db, const char *id, size_t id_len, bool *match,
                            mimeo_err *err) {
@@ -154,9 +190,9 @@ int mimeo_crdt_rules_match(mimeo_db *db, const char *id, size_t id_len, bool *ma
     crdt_rules r;
     int rc = rules_load(db, &r, err);
     if (rc) return rc;
-    *match = rules_match(&r, id, id_len, NULL);
+    rc = rules_match_stored(db, &r, id, id_len, match, err);
     rules_destroy(&r);
-    return 0;
+    return rc;
 }
 
 /* ---- leaves --------------------------------------------------------------------------------- */
@@ -225,9 +261,28 @@ static int plain_canon(const jval *doc, buf *out) {
     return rc;
 }
 
-/* Reads every live leaf of id (none when the document is missing or deleted). */
-static int leaves_load(mimeo_db *db, const char *id, size_t id_len, leaves *L, mimeo_err *err) {
+static bool leaves_match(const crdt_rules *r, const char *id, size_t id_len, const leaves *L);
+
+/* Reads every live leaf of id (none when the document is missing or deleted). With gate set,
+ * a document no rule covers stops after reading the bodies (*covered false, no states read):
+ * with selector rules the write hook looks at every written document, and most are plain. */
+/* A lone leaf without a $crdt member never needs a merge write (it reads as a map of
+ * registers showing exactly its own members). With `quick`, such a document — one "{"ok":"
+ * in the open_revs reply and no "$crdt" anywhere in it — is reported not covered before any
+ * parse: the write hook under selector rules then costs a read, not a parse, per plain
+ * document. Text that merely looks like either only costs the parse. */
+static bool lone_plain_leaf(const char *json, size_t len) {
+    const char *first = memmem(json, len, "{\"ok\":", 6);
+    if (!first) return false;
+    size_t rest = len - (size_t)(first + 6 - json);
+    return !memmem(first + 6, rest, "{\"ok\":", 6) && !memmem(json, len, "\"$crdt\"", 7);
+}
+
+static int leaves_load_gated(mimeo_db *db, const char *id, size_t id_len, const crdt_rules *gate,
+                             bool quick, bool *covered, leaves *L, mimeo_err *err) {
     memset(L, 0, sizeof *L);
+    /* A missing document is covered only by a prefix rule (no body to match). */
+    if (covered) *covered = !gate || rules_match_id(gate, id, id_len);
     char *json = NULL;
     size_t len = 0;
     mimeo_err e = {0};
@@ -237,16 +292,18 @@ static int leaves_load(mimeo_db *db, const char *id, size_t id_len, leaves *L, m
         if (err) *err = e;
         return rc;
     }
+    if (quick && gate && !rules_match_id(gate, id, id_len) && lone_plain_leaf(json, len)) {
+        mimeo_free(json);
+        if (covered) *covered = false;
+        return 0;
+    }
     rc = json_tree_parse(json, len, NULL, &L->tree, err);
     mimeo_free(json);
     if (rc) return rc;
     if (L->tree->type != JV_ARRAY) return fail(err, MIMEO_EIO, "error", "bad open_revs reply");
     L->live = calloc(L->tree->count ? L->tree->count : 1, sizeof *L->live);
     if (!L->live) return db_err(err, MIMEO_ENOMEM);
-    buf have, want;
-    buf_init(&have, 0);
-    buf_init(&want, 0);
-    for (size_t i = 0; !rc && i < L->tree->count; i++) {
+    for (size_t i = 0; i < L->tree->count; i++) {
         const jval *doc = jval_get(L->tree->items[i], "ok");
         const jval *del = jval_get(doc, "_deleted");
         const jval *rev = jval_get(doc, "_rev");
@@ -258,6 +315,18 @@ static int leaves_load(mimeo_db *db, const char *id, size_t id_len, leaves *L, m
         memcpy(lf->rev, rev->str, rev->len + 1);
         lf->doc = doc;
         crdt_state_init(&lf->s);
+    }
+    if (gate) {
+        bool match = leaves_match(gate, id, id_len, L);
+        if (covered) *covered = match;
+        if (!match) return 0;
+    }
+    buf have, want;
+    buf_init(&have, 0);
+    buf_init(&want, 0);
+    for (size_t i = 0; !rc && i < L->n; i++) {
+        leaf *lf = &L->live[i];
+        const jval *doc = lf->doc;
         mimeo_err pe = {0};
         int prc = crdt_body_read(doc, &lf->s, NULL, &pe);
         if (prc == MIMEO_ENOMEM) rc = db_err(err, prc);
@@ -288,6 +357,10 @@ static int leaves_load(mimeo_db *db, const char *id, size_t id_len, leaves *L, m
     return rc;
 }
 
+static int leaves_load(mimeo_db *db, const char *id, size_t id_len, leaves *L, mimeo_err *err) {
+    return leaves_load_gated(db, id, id_len, NULL, false, NULL, L, err);
+}
+
 /* The join of every valid live leaf. */
 static int leaves_join(const leaves *L, crdt_state *out) {
     for (size_t i = 0; i < L->n; i++) {
@@ -296,6 +369,49 @@ static int leaves_join(const leaves *L, crdt_state *out) {
         if (rc) return rc;
     }
     return 0;
+}
+
+/* A document is a CRDT document while its id matches a prefix rule or any of its live leaves
+ * matches a selector rule: a pure function of the leaf set, so every node decides the same
+ * for the same conflict, and a document that matched keeps being merged until every branch
+ * has stopped matching. */
+static bool leaves_match(const crdt_rules *r, const char *id, size_t id_len, const leaves *L) {
+    if (rules_match_id(r, id, id_len)) return true;
+    if (!r->selectors || id_len == 0 || id[0] == '_') return false;
+    for (size_t i = 0; i < L->n; i++)
+        if (rules_match_doc(r, L->live[i].doc)) return true;
+    return false;
+}
+
+static int rules_match_stored(mimeo_db *db, const crdt_rules *r, const char *id, size_t id_len,
+                              bool *match, mimeo_err *err) {
+    *match = rules_match_id(r, id, id_len);
+    if (*match || !r->selectors) return 0;
+    leaves L;
+    int rc = leaves_load(db, id, id_len, &L, err);
+    if (!rc) *match = leaves_match(r, id, id_len, &L);
+    leaves_destroy(&L);
+    return rc;
+}
+
+/* Whether the document id with plain value `value` (the JSON object crdt_render wrote)
+ * matches a rule. */
+static int value_matches(const crdt_rules *r, const char *id, size_t id_len, const buf *value,
+                         bool *match) {
+    *match = rules_match_id(r, id, id_len);
+    if (*match || !r->selectors) return 0;
+    buf b;
+    buf_init(&b, value->len + id_len + 16);
+    int rc = buf_puts(&b, "{\"_id\":");
+    if (!rc) rc = json_put_str(&b, id, id_len);
+    if (!rc && value->len > 2) rc = buf_putc(&b, ',');
+    if (!rc) rc = buf_put(&b, value->data + 1, value->len - 1);
+    jval *doc = NULL;
+    if (!rc) rc = json_tree_parse(b.data, b.len, NULL, &doc, NULL);
+    if (!rc) *match = rules_match_doc(r, doc);
+    jval_free(doc);
+    buf_destroy(&b);
+    return rc == MIMEO_ENOMEM ? rc : 0;
 }
 
 /* ---- the write ------------------------------------------------------------------------------ */
@@ -380,6 +496,7 @@ typedef struct apply_req {
     const char        *id;
     size_t             id_len;
     const crdt_ops    *ops;
+    const crdt_rules  *rules; /* set when the result must match a selector rule */
     mimeo_crdt_result *res;
     mimeo_err          err;
     int                rc;
@@ -433,14 +550,38 @@ static void apply_group(apply_req **group, size_t n) {
             apply_req *q = group[i];
             mimeo_crdt_result_destroy(q->res);
             q->err = (mimeo_err){0};
+            /* Whether the document is a CRDT document after these ops is known only once
+             * they are applied: keep the state before them to take them back. */
+            crdt_state before;
+            crdt_state_init(&before);
+            if (q->rules && crdt_state_copy(&before, &s) != 0) {
+                crdt_state_destroy(&before);
+                rc = MIMEO_ENOMEM;
+                break;
+            }
             pthread_mutex_lock(&hlc_lock);
             q->rc = crdt_apply(&s, q->ops, node, &hlc, wall_ms(), &q->err);
             pthread_mutex_unlock(&hlc_lock);
             if (q->rc == MIMEO_ENOMEM) rc = MIMEO_ENOMEM;
+            buf_reset(&v);
+            int wrc = q->rc ? 0 : crdt_render(&s, &v);
+            if (!q->rc && !wrc && q->rules) {
+                bool match = false;
+                wrc = value_matches(q->rules, id, id_len, &v, &match);
+                if (!wrc && !match) {
+                    wrc = crdt_state_copy(&s, &before);
+                    q->rc = fail(&q->err, MIMEO_EINVAL, "bad_request",
+                                 "Not a CRDT document: no rule of _design/crdt matches its id, "
+                                 "nor its value after these ops");
+                }
+            }
+            crdt_state_destroy(&before);
+            if (wrc) {
+                rc = wrc;
+                break;
+            }
             if (q->rc) continue; /* this caller's ops are refused; the others go on */
             applied++;
-            buf_reset(&v);
-            int wrc = crdt_render(&s, &v);
             if (!wrc) {
                 buf_cstr(&v);
                 q->res->value = malloc(v.len + 1);
@@ -540,21 +681,23 @@ int mimeo_crdt_apply(mimeo_db *db, const char *id, size_t id_len, const char *op
     if ((rc = crdt_ops_parse(ops_json, ops_len, &db->env->limits, &ops, err))) return rc;
 
     crdt_rules rules;
+    bool by_id = false;
     if (!(rc = rules_load(db, &rules, err))) {
-        bool match = rules_match(&rules, id, id_len, NULL);
-        rules_destroy(&rules);
-        if (!match)
+        by_id = rules_match_id(&rules, id, id_len);
+        if (!by_id && !rules.selectors)
             rc = fail(err, MIMEO_EINVAL, "bad_request",
                       "Not a CRDT document: no rule of _design/crdt matches its id");
     }
     if (rc) {
+        rules_destroy(&rules);
         crdt_ops_destroy(&ops);
         return rc;
     }
     pthread_once(&queues_once, queues_init);
     int qi = (int)(doc_lock(db, id, id_len) - doc_locks);
     apply_queue *aq = &queues[qi];
-    apply_req me = {.db = db, .id = id, .id_len = id_len, .ops = &ops, .res = res};
+    apply_req me = {.db = db, .id = id, .id_len = id_len, .ops = &ops, .res = res,
+                    .rules = by_id ? NULL : &rules};
     pthread_mutex_lock(&aq->lock);
     apply_req **tail = &aq->head;
     while (*tail) tail = &(*tail)->next;
@@ -571,6 +714,7 @@ int mimeo_crdt_apply(mimeo_db *db, const char *id, size_t id_len, const char *op
     }
     pthread_mutex_unlock(&aq->lock);
     crdt_ops_destroy(&ops);
+    rules_destroy(&rules);
     if (me.rc) {
         if (err) *err = me.err;
         mimeo_crdt_result_destroy(res);
@@ -605,9 +749,13 @@ static int merge_locked(mimeo_db *db, const crdt_rules *rules, const char *id, s
     rev[0] = 0;
     for (int attempt = 0; attempt < CRDT_ATTEMPTS; attempt++) {
         leaves L;
-        int rc = leaves_load(db, id, id_len, &L, err);
-        if (rc) return rc;
-        if (!rules_match(rules, id, id_len, L.n ? L.live[0].doc : NULL)) {
+        bool covered;
+        int rc = leaves_load_gated(db, id, id_len, rules, !tidy, &covered, &L, err);
+        if (rc) {
+            leaves_destroy(&L);
+            return rc;
+        }
+        if (!covered) {
             *outcome = MIMEO_CRDT_NOT_CRDT;
             leaves_destroy(&L);
             return 0;
@@ -670,7 +818,7 @@ int mimeo_crdt_after_write(mimeo_db *db, const char *const *ids, const size_t *i
     }
     for (size_t i = 0; !rc && i < count; i++) {
         /* the cheap test first: without selector rules, the id alone decides */
-        if (!rules.selectors && !rules_match(&rules, ids[i], id_lens[i], NULL)) continue;
+        if (!rules.selectors && !rules_match_id(&rules, ids[i], id_lens[i])) continue;
         mimeo_crdt_outcome o;
         char rev[MIMEO_REV_MAX];
         rc = merge_one(db, &rules, ids[i], id_lens[i], false, &o, rev, NULL);

@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "http_int.h"
 
@@ -45,6 +46,12 @@ static pthread_mutex_t sec_lock = PTHREAD_MUTEX_INITIALIZER;
  * reader that missed cannot put an object older than a concurrent PUT's into the cache. */
 static pthread_mutex_t sec_io_lock = PTHREAD_MUTEX_INITIALIZER;
 static sec_cache_slot  sec_cache[SEC_CACHE_SLOTS];
+
+/* Password hashes at once, for the whole process: the HTTP and HTTPS servers share the
+ * cores (auth.h, "the password-hash gate"). */
+static auth_gate       hash_gate;
+static pthread_once_t  hash_gate_once = PTHREAD_ONCE_INIT;
+static void hash_gate_init(void) { auth_gate_init(&hash_gate, 1); }
 
 /* ---- start and stop ----------------------------------------------------------------------- */
 
@@ -92,6 +99,10 @@ int http_auth_start(http_server *s, char *errbuf, size_t errlen)
     }
     auth_cache_init(&a->cache);
     auth_throttle_init(&a->throttle);
+    pthread_once(&hash_gate_once, hash_gate_init);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    auth_gate_set_limit(&hash_gate, c->max_hashes ? c->max_hashes
+                                                  : (unsigned)(cores > 0 ? cores : 1));
     auth_pw_new("", 0, c->iterations, &a->dummy);
     s->auth = a;
 
@@ -215,6 +226,8 @@ int http_auth_login(http_req *r, const char *name, const char *password, auth_us
     int64_t wait = auth_throttle_enter(&a->throttle, name, addr, clock_ms());
     if (wait < 0) return MIMEO_ECONFLICT;   /* too many failures queued: not even checked */
     if (wait > 0) http_sleep_ms(wait);
+    /* Unchecked when no hash slot frees in time: neither a success nor a failure. */
+    if (auth_gate_enter(&hash_gate, r->srv->cfg.auth.hash_wait_ms) != 0) return MIMEO_EBUSY;
     bool ok;
     if (http_auth_lookup(r->srv, name, &h, u) == 0) {
         ok = auth_cache_check(&a->cache, name, &h, password, strlen(password));
@@ -224,6 +237,7 @@ int http_auth_login(http_req *r, const char *name, const char *password, auth_us
         auth_pw_check(&a->dummy, password, strlen(password));
         ok = false;
     }
+    auth_gate_leave(&hash_gate);
     auth_throttle_result(&a->throttle, name, addr, ok, clock_ms());
     if (!ok) {
         auth_user_destroy(u);
@@ -231,6 +245,19 @@ int http_auth_login(http_req *r, const char *name, const char *password, auth_us
     }
     if (pw) *pw = h;
     return 0;
+}
+
+void http_auth_reply_failure(http_req *r, int rc)
+{
+    if (rc == MIMEO_EBUSY) {
+        http_reply_error(r, 503, "service_unavailable",
+                         "Too many password checks in progress; retry later.");
+        http_header(r, "Retry-After", "1");
+        return;
+    }
+    http_reply_error(r, 401, "unauthorized",
+                     rc == MIMEO_ECONFLICT ? "Too many failed logins; try again later."
+                                           : "Name or password is incorrect.");
 }
 
 /* The Set-Cookie value for a session of u (salt from its hash), into r->set_cookie. */
@@ -281,9 +308,7 @@ static bool http_authenticate(http_req *r)
         free(name);
         free(pw);
         if (rc != 0) {
-            http_reply_error(r, 401, "unauthorized",
-                             rc == MIMEO_ECONFLICT ? "Too many failed logins; try again later."
-                                                   : "Name or password is incorrect.");
+            http_auth_reply_failure(r, rc);
             return false;
         }
         r->authn = "default";
@@ -711,11 +736,22 @@ static bool http_authorize_users(http_req *r)
     if (mimeo_doc_get(r->db, id, id_len, NULL, &oj, &ol, NULL) == 0)
         json_tree_parse(oj, ol, NULL, &old, NULL);
     mimeo_free(oj);
+    /* A cleartext password is hashed here: anyone may sign up, so this PBKDF2 goes through
+     * the same gate as the password checks. */
+    const jval *pwv = jval_get(doc, "password");
+    bool hashing = pwv && pwv->type == JV_STRING;
+    if (hashing && auth_gate_enter(&hash_gate, r->srv->cfg.auth.hash_wait_ms) != 0) {
+        jval_free(doc);
+        jval_free(old);
+        http_auth_reply_failure(r, MIMEO_EBUSY);
+        return false;
+    }
     buf out;
     buf_init(&out, r->body.cap);
     mimeo_err e = {0};
     int rc = auth_user_doc_prepare(id, id_len, doc, old, &r->user, r->srv->cfg.auth.iterations,
                                    &out, &e);
+    if (hashing) auth_gate_leave(&hash_gate);
     jval_free(doc);
     jval_free(old);
     if (rc != 0) {
@@ -742,31 +778,12 @@ static bool http_endpoint_is_url(const jval *v)
 }
 
 /* [replicator] allowed_hosts: may a replication endpoint (a name, a URL, or {url}) be used?
- * Names of local databases are not hosts and always pass here. Entries are "host" (any
- * port) or "host:port"; an IPv6 host is written in brackets as in URLs. */
+ * (auth_host_allowed; the replicator checks again for jobs that arrive another way.) */
 static bool http_endpoint_host_allowed(const char *allowed, const jval *v)
 {
-    if (!allowed || !allowed[0]) return true;
     if (v && v->type == JV_OBJECT) v = jval_get(v, "url");
     if (!v || v->type != JV_STRING) return true;
-    const char *u = v->str;
-    const char *sep = strstr(u, "://");
-    if (!sep) return true;   /* a local database name */
-    const char *h = sep + 3;
-    const char *end = h + strcspn(h, "/?#");
-    const char *at = NULL;
-    for (const char *p = h; p < end; p++)
-        if (*p == '@') at = p;
-    if (at) h = at + 1;
-    const char *hend = h;
-    if (*h == '[') {
-        const char *rb = memchr(h, ']', (size_t)(end - h));
-        hend = rb ? rb + 1 : end;
-    } else {
-        while (hend < end && *hend != ':') hend++;
-    }
-    size_t hl = (size_t)(hend - h), al = (size_t)(end - h);   /* host, host:port */
-    return (hl && http_list_has(allowed, h, hl)) || (al && http_list_has(allowed, h, al));
+    return auth_host_allowed(allowed, v->str);
 }
 
 /* Checks the endpoints of a replication (a POST /_replicate body or a _replicator doc):

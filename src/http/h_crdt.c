@@ -64,3 +64,31 @@ void http_h_crdt_merge(http_req *r)
     }
     http_reply_mimeo(r, 200, out, len);
 }
+
+/* GET /_node/_local/_stats: the CRDT counters in CouchDB's stats shape ({value, type, desc}
+ * per counter), under "mimeo" → "crdt". CouchDB's own couchdb/… tree is not kept. */
+void http_h_crdt_stats(http_req *r)
+{
+    if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
+        http_reply_method(r, "GET");
+        return;
+    }
+    mimeo_crdt_stats st;
+    mimeo_crdt_stats_get(&st);
+    buf b;
+    buf_init(&b, 0);
+    if (buf_printf(&b, "{\"mimeo\":{\"crdt\":{"
+                   "\"ops_applied\":{\"value\":%llu,\"type\":\"counter\","
+                   "\"desc\":\"ops applied through _crdt\"},"
+                   "\"merges_written\":{\"value\":%llu,\"type\":\"counter\","
+                   "\"desc\":\"merge revisions written\"},"
+                   "\"conflicts_kept\":{\"value\":%llu,\"type\":\"counter\","
+                   "\"desc\":\"conflicts left unmerged: a leaf was not a CRDT state\"}}}}\n",
+                   (unsigned long long)st.ops_applied, (unsigned long long)st.merges_written,
+                   (unsigned long long)st.conflicts_kept) != 0) {
+        buf_destroy(&b);
+        http_reply_err(r, MIMEO_ENOMEM, NULL);
+        return;
+    }
+    http_reply_buf(r, 200, &b);
+}

@@ -88,10 +88,8 @@ static void http_session_login(http_req *r)
     free(password);
     if (rc != 0) {
         free(name);
-        http_auth_set_cookie(r, "", NULL, true);
-        http_reply_error(r, 401, "unauthorized",
-                         rc == MIMEO_ECONFLICT ? "Too many failed logins; try again later."
-                                               : "Name or password is incorrect.");
+        if (rc != MIMEO_EBUSY) http_auth_set_cookie(r, "", NULL, true);
+        http_auth_reply_failure(r, rc);
         return;
     }
     http_auth_set_cookie(r, name, &pw, false);

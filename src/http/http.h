@@ -30,6 +30,8 @@ typedef struct http_auth_cfg {
     const char        *secret;             /* hex; empty: random per run */
     unsigned           timeout_s;          /* session cookie lifetime */
     unsigned           iterations;         /* PBKDF2 iterations of new _users hashes */
+    unsigned           max_hashes;         /* PBKDF2 runs at once, process-wide (0: cores) */
+    unsigned           hash_wait_ms;       /* wait for a free one before 503 */
     bool               require_valid_user; /* anonymous requests get 401 */
     const char        *www_authenticate;   /* WWW-Authenticate on 401 ("" none) */
     const char        *same_site;          /* SameSite of the cookie ("" none) */

@@ -272,10 +272,13 @@ bool http_authorize(http_req *r);
 void http_auth_reply_headers(http_req *r);
 /* Looks an account up (config admins, then _users): its hash and its user (destroy it). */
 int  http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u);
-/* Checks a name and password under the failed-login slowdown: 0 with *u filled (and *pw,
- * may be NULL), MIMEO_ENOTFOUND when wrong, MIMEO_ECONFLICT when refused unchecked. */
+/* Checks a name and password under the failed-login slowdown and the hash gate: 0 with *u
+ * filled (and *pw, may be NULL), MIMEO_ENOTFOUND when wrong, MIMEO_ECONFLICT when refused
+ * unchecked by the slowdown, MIMEO_EBUSY when no hash slot freed in time. */
 int  http_auth_login(http_req *r, const char *name, const char *password, auth_user *u,
                      auth_pw *pw);
+/* The reply to a failed http_auth_login: 401, or 503 with Retry-After for MIMEO_EBUSY. */
+void http_auth_reply_failure(http_req *r, int rc);
 /* Sets r->set_cookie to a new session cookie for name (salt from pw), or a clearing one. */
 void http_auth_set_cookie(http_req *r, const char *name, const auth_pw *pw, bool clear);
 /* r->db's _security object as JSON text (new, free()); the default when none is stored. */

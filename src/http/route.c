@@ -17,6 +17,7 @@ void http_h_index(http_req *r);
 /* h_crdt.c: CRDT documents (declared here to keep http_int.h untouched by that feature). */
 void http_h_crdt(http_req *r, const char *id, size_t id_len);
 void http_h_crdt_merge(http_req *r);
+void http_h_crdt_stats(http_req *r);
 
 /* Allowed methods as a bit set, and their text for 405 replies. */
 #define M_GET    (1u << HTTP_GET)

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "repl_int.h"
+#include "../auth/auth.h"
 
 #define REPL_DB                 "_replicator"
 #define REPL_CRASH_BACKOFF_MS   1000     /* first wait before a crashed job runs again */
@@ -67,6 +68,7 @@ struct repl_reg {
     atomic_uint     max_jobs;     /* 0: REPL_MAX_JOBS */
     atomic_uint     interval_ms;  /* 0: REPL_INTERVAL_MS */
     char            cafile[1024]; /* [replicator] cafile; "": the system CA store */
+    char            allowed_hosts[2048]; /* [replicator] allowed_hosts; "": any */
 };
 
 static repl_reg repl_reg_none = {
@@ -121,6 +123,7 @@ static unsigned repl_status_for(const mimeo_err *e)
     if (strcmp(e->error, "not_found") == 0) return 404;
     if (strcmp(e->error, "unauthorized") == 0) return 401;
     if (strcmp(e->error, "too_many_jobs") == 0) return 503;
+    if (strcmp(e->error, "forbidden") == 0) return 403;
     return 500;
 }
 
@@ -488,12 +491,36 @@ int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *o
     atomic_store(&g->max_jobs, opts ? opts->max_jobs : 0);
     atomic_store(&g->interval_ms, opts ? opts->interval_ms : 0);
     const char *ca = opts && opts->cafile ? opts->cafile : "";
-    if (strlen(ca) >= sizeof g->cafile) return MIMEO_EINVAL;
+    const char *hosts = opts && opts->allowed_hosts ? opts->allowed_hosts : "";
+    if (strlen(ca) >= sizeof g->cafile || strlen(hosts) >= sizeof g->allowed_hosts)
+        return MIMEO_EINVAL;
     pthread_mutex_lock(&g->lock);
     snprintf(g->cafile, sizeof g->cafile, "%s", ca);
     pthread_cond_broadcast(&g->sched); /* a larger max_jobs frees slots at once */
+    snprintf(g->allowed_hosts, sizeof g->allowed_hosts, "%s", hosts);
     pthread_mutex_unlock(&g->lock);
     return 0;
+}
+
+/* Parses a job description and checks its URLs against allowed_hosts: the HTTP layer
+ * checks request bodies early, but _replicator documents also arrive by replication and
+ * through bulk writes, and embedders call mimeo_replicate directly — this is the one check
+ * every job passes. 0 with req filled, or an error with nothing to free. */
+static int repl_reg_parse(repl_reg *g, const char *json, size_t len, repl_req *req,
+                          mimeo_err *err)
+{
+    int rc = repl_req_parse(json, len, req, err);
+    if (rc) return rc;
+    if (req->cancel) return 0;
+    pthread_mutex_lock(&g->lock);
+    bool ok = auth_host_allowed(g->allowed_hosts, req->source.url) &&
+              auth_host_allowed(g->allowed_hosts, req->target.url);
+    pthread_mutex_unlock(&g->lock);
+    if (ok) return 0;
+    repl_req_destroy(req);
+    err_set(err, MIMEO_EFORBIDDEN, "forbidden",
+            "The replication names a host outside [replicator] allowed_hosts.");
+    return MIMEO_EFORBIDDEN;
 }
 
 /* A job of g for req (taken); the registry's settings fill what req leaves open. */
@@ -584,7 +611,7 @@ int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_ou
         rc = MIMEO_ENOMEM;
         goto fail;
     }
-    rc = repl_req_parse(json, len, &req, &e);
+    rc = repl_reg_parse(g, json, len, &req, &e);
     if (rc) goto fail;
     if (req.cancel) {
         rc = repl_cancel(g, &req, json_out, out_len, status, &e);
@@ -789,7 +816,7 @@ static void repl_doc_changed(repl_reg *g, const repl_row *row)
             }
             free(t);
         }
-    } else if (repl_req_parse(row->doc, strlen(row->doc), &req, &e) != 0) {
+    } else if (repl_reg_parse(g, row->doc, strlen(row->doc), &req, &e) != 0) {
         ent = repl_entry_new(g, NULL, "");
         if (!ent) goto out;
         atomic_store(&ent->state, REPL_ST_FAILED);

@@ -124,6 +124,27 @@ static char *repl_url_id_form(const char *url)
     return buf_detach(&b, &n);
 }
 
+/* A copy of url without anything between "://" and the last '@' of the authority: for text
+ * libcurl cannot parse (a bad port, a stray space), which may still carry credentials and
+ * is shown in errors and listings all the same. */
+static char *repl_url_strip_userinfo(const char *url)
+{
+    const char *sep = strstr(url, "://");
+    if (!sep) return strdup(url);   /* a bare database name */
+    const char *h = sep + 3;
+    const char *end = h + strcspn(h, "/?#");
+    const char *at = NULL;
+    for (const char *p = h; p < end; p++)
+        if (*p == '@') at = p;
+    if (!at) return strdup(url);
+    size_t head = (size_t)(h - url), tail = strlen(at + 1);
+    char *out = malloc(head + tail + 1);
+    if (!out) return NULL;
+    memcpy(out, url, head);
+    memcpy(out + head, at + 1, tail + 1);
+    return out;
+}
+
 char *repl_url_display(const char *url)
 {
     /* libcurl's URL parser, not ours: whatever it would send credentials from, it strips
@@ -137,7 +158,7 @@ char *repl_url_display(const char *url)
         curl_url_set(u, CURLUPART_OPTIONS, NULL, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_URL, &shown, 0) != CURLUE_OK) {
         curl_url_cleanup(u);
-        return strdup(url);
+        return repl_url_strip_userinfo(url);
     }
     curl_url_cleanup(u);
     /* CouchDB shows a database URL with its trailing slash: http://host:5984/db/ */

@@ -205,9 +205,85 @@ test('a leaf whose state was overwritten stays an ordinary conflict', { skip: SK
   assert.equal(r.status, 201, r.text);
   r = await ops(A.url, 'c:broken', [{ op: 'increment', path: ['n'], value: 1 }]);
   assert.equal(r.status, 201);
+  const kept = async () => (await request(A.url, 'GET', '/_node/_local/_stats')).json.mimeo.crdt.conflicts_kept.value;
+  const kept0 = await kept();
   await replicate(B, A);
   const m = await merge(A.url, ['c:broken', 'plain-doc']);
   assert.deepEqual(m.conflicts_kept, [{ id: 'c:broken' }]);
   assert.deepEqual(m.not_crdt, [{ id: 'plain-doc' }]);
   assert.equal((await liveLeaves(A.url, 'c:broken')).length, 2);
+  // Logged on stderr and counted in the metrics (the write hook and the merge both count it).
+  assert.ok(await kept() > kept0, 'conflicts_kept counted in /_node/_local/_stats');
+  assert.match(A.stderr(), /crdt: crdt\/c:broken left as a conflict/);
+});
+
+test('selector rules over HTTP: a document starts and stops being a CRDT document by its body', { skip: SKIP_UNWIRED }, async () => {
+  const db = 'crdt_sel';
+  for (const s of [A, B]) {
+    assert.equal((await request(s.url, 'PUT', `/${db}`)).status, 201);
+    const r = await request(s.url, 'PUT', `/${db}/_design/crdt`, { body: { rules: [{ selector: { type: 'cart' } }] } });
+    assert.equal(r.status, 201, r.text);
+  }
+  const op = (url, id, list) => request(url, 'POST', `/${db}/_crdt/${enc(id)}`, { body: { ops: list } });
+  const inc = (n) => [{ op: 'increment', path: ['items'], value: n }];
+  // No rule covers it yet: 400 with the reason, nothing written.
+  let r = await op(A.url, 'k1', inc(1));
+  assert.equal(r.status, 400);
+  assert.match(r.json.reason, /Not a CRDT document/);
+  assert.equal((await request(A.url, 'GET', `/${db}/k1`)).status, 404);
+  // Ops that make it match are accepted, and it is a CRDT document from then on.
+  r = await op(A.url, 'k1', [{ op: 'assign', path: ['type'], value: 'cart' }, ...inc(1)]);
+  assert.equal(r.status, 201, r.text);
+  assert.deepEqual(r.json.value, { items: 1, type: 'cart' });
+  // An op that would make it stop matching is refused whole.
+  r = await op(A.url, 'k1', [...inc(5), { op: 'assign', path: ['type'], value: 'order' }]);
+  assert.equal(r.status, 400);
+  assert.equal((await request(A.url, 'GET', `/${db}/k1`)).json.items, 1);
+
+  // Both nodes: concurrent ops, replication both ways: one leaf, every increment.
+  const repl = async (from, to) => {
+    const x = await request(from.url, 'POST', '/_replicate', {
+      body: { source: `${from.url}/${db}`, target: `${to.url}/${db}` }, timeout: 60_000 });
+    assert.equal(x.status, 200, x.text);
+  };
+  const merges = async () => {
+    let n = 0;
+    for (const s of [A, B]) {
+      const st = await request(s.url, 'GET', '/_node/_local/_stats');
+      assert.equal(st.status, 200, st.text);
+      assert.equal(st.json.mimeo.crdt.merges_written.type, 'counter');
+      n += st.json.mimeo.crdt.merges_written.value;
+    }
+    return n;
+  };
+  const merges0 = await merges();
+  await repl(A, B);
+  assert.equal((await op(A.url, 'k1', inc(2))).status, 201);
+  assert.equal((await op(B.url, 'k1', inc(3))).status, 201);
+  await repl(A, B);
+  await repl(B, A);
+  const leaves = async (s) => (await request(s.url, 'GET', `/${db}/k1?open_revs=all`)).json
+    .filter((x) => x.ok && !x.ok._deleted).map((x) => x.ok);
+  const [la, lb] = [await leaves(A), await leaves(B)];
+  assert.equal(la.length, 1, JSON.stringify(la));
+  assert.equal(lb.length, 1, JSON.stringify(lb));
+  assert.equal(la[0]._rev, lb[0]._rev);
+  assert.equal(la[0].items, 6);
+  assert.ok(await merges() > merges0, 'the merge is counted in /_node/_local/_stats');
+
+  // A plain PUT that changes the type: no longer a CRDT document; ops are refused, and
+  // concurrent plain edits stay an ordinary conflict.
+  const doc = (await request(A.url, 'GET', `/${db}/k1`)).json;
+  r = await request(A.url, 'PUT', `/${db}/k1`, { body: { ...doc, type: 'order' } });
+  assert.equal(r.status, 201, r.text);
+  assert.equal((await op(A.url, 'k1', inc(1))).status, 400);
+  await repl(A, B);
+  for (const [s, note] of [[A, 'a'], [B, 'b']]) {
+    const d = (await request(s.url, 'GET', `/${db}/k1`)).json;
+    assert.equal((await request(s.url, 'PUT', `/${db}/k1`, { body: { ...d, note } })).status, 201);
+  }
+  await repl(A, B);
+  await repl(B, A);
+  assert.equal((await leaves(A)).length, 2);
+  assert.equal((await leaves(B)).length, 2);
 });

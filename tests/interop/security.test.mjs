@@ -359,6 +359,73 @@ describe('failed-login slowdown', () => {
   });
 });
 
+describe('password-hash gate', () => {
+  // PBKDF2 is the one thing a client can make the node compute at will (a wrong password under
+  // a fresh name is never slowed down); [chttpd_auth] max_concurrent_hashes bounds how many run
+  // at once, and a check that finds no slot within hash_wait_ms gets 503 with Retry-After.
+  let s;
+  before(async () => {
+    s = await startServer({ args: ['--set', `admins.${ADMIN.name}=${ADMIN.password}`,
+      '--set', 'chttpd_auth.iterations=300000', '--set', 'chttpd_auth.max_concurrent_hashes=1',
+      '--set', 'chttpd_auth.hash_wait_ms=300'] });
+  });
+  after(async () => { await s?.stop(); });
+
+  test('parallel wrong passwords: one hash at a time, the rest wait briefly then get 503', async () => {
+    // The owner proves the password once (one PBKDF2); later checks hit the cache.
+    assert.equal((await req(s.url, 'GET', '/_session', { auth: ADMIN })).status, 200);
+    const t0 = Date.now();
+    assert.equal((await req(s.url, 'GET', '/', { auth: { name: 'nobody0', password: 'x' } })).status, 401);
+    const one = Date.now() - t0;
+
+    const N = 12;
+    const started = Date.now();
+    const flood = Array.from({ length: N }, (_, i) => req(s.url, 'GET', '/',
+      { auth: { name: `nobody${i + 1}`, password: 'x' } }).then((r) => ({ ...r, ms: Date.now() - started })));
+    // While the flood runs, a request that needs no hash is answered at once.
+    await new Promise((r) => setTimeout(r, 50));
+    const t1 = Date.now();
+    const owner = await req(s.url, 'GET', '/_session', { auth: ADMIN });
+    const ownerMs = Date.now() - t1;
+    const results = await Promise.all(flood);
+    const elapsed = Date.now() - started;
+
+    assert.equal(owner.status, 200);
+    assert.equal(owner.json.userCtx.name, 'root');
+    assert.ok(ownerMs < Math.max(one, 1000), `a cached login waited ${ownerMs} ms behind the flood`);
+    const checked = results.filter((r) => r.status === 401);
+    const busy = results.filter((r) => r.status === 503);
+    assert.equal(checked.length + busy.length, N, results.map((r) => r.status).join(','));
+    assert.ok(busy.length >= 1, `no request was refused (one hash: ${one} ms, all ${elapsed} ms)`);
+    assert.ok(checked.length >= 1);
+    for (const r of busy) {
+      assert.equal(r.headers['retry-after'], '1');
+      assert.equal(r.json.error, 'service_unavailable');
+      assert.match(r.json.reason, /password checks/);
+      // Refused after about hash_wait_ms, not after the whole queue.
+      assert.ok(r.ms < 300 + 3 * Math.max(one, 200) + 2000, `a refusal took ${r.ms} ms`);
+    }
+    // One at a time: the checked ones end one hash apart, so the last of k ends no earlier
+    // than about k hashes after the start (in parallel on 2 cores it would be k/2).
+    const lastChecked = Math.max(...checked.map((r) => r.ms));
+    assert.ok(lastChecked >= 0.7 * checked.length * one,
+      `${checked.length} hashes ended within ${lastChecked} ms (one: ${one} ms): more than one ran at once`);
+  });
+
+  test('a sign-up (a hash too) goes through the same gate', async () => {
+    const N = 8;
+    const rs = await Promise.all(Array.from({ length: N }, (_, i) => req(s.url, 'PUT',
+      `/_users/org.couchdb.user:gate${i}`, { body: { name: `gate${i}`, password: 'pw', roles: [], type: 'user' } })));
+    const codes = rs.map((r) => r.status);
+    assert.ok(codes.every((c) => c === 201 || c === 503), codes.join(','));
+    assert.ok(codes.includes(503), `no sign-up was refused: ${codes.join(',')}`);
+    for (const r of rs.filter((x) => x.status === 503)) assert.equal(r.headers['retry-after'], '1');
+    // A refused sign-up wrote nothing.
+    const refused = rs.findIndex((r) => r.status === 503);
+    assert.equal((await req(s.url, 'GET', `/_users/org.couchdb.user:gate${refused}`, { auth: ADMIN })).status, 404);
+  });
+});
+
 describe('configuration switches', () => {
   test('[chttpd_auth] timeout: a cookie is renewed past half its life and dies at its end', async () => {
     const s = await startServer({ args: ['--set', `admins.${ADMIN.name}=${ADMIN.password}`, ...FAST,
@@ -544,5 +611,31 @@ describe('[replicator] allowed_hosts', () => {
     const ok = await req(s.url, 'POST', '/_replicate', { auth: ADMIN,
       body: { source: db, target: `http://root:${ADMIN.password}@${new URL(s.url).host}/${db}-copy`, create_target: true } });
     assert.equal(ok.status, 200, ok.text);
+  });
+
+  test('jobs that bypass the request checks are refused by the replicator itself', async () => {
+    // _bulk_docs into _replicator (and new_edits=false, as a replication writes) never passes
+    // the checks of single-document writes: the replicator checks every job it starts.
+    const db = uniqueDbName('ahb');
+    await req(s.url, 'PUT', `/${db}`, { auth: ADMIN });
+    const id1 = `bulk-${Date.now()}`, id2 = `repl-${Date.now()}`;
+    const b1 = await req(s.url, 'POST', '/_replicator/_bulk_docs', { auth: ADMIN,
+      body: { docs: [{ _id: id1, source: db, target: 'http://10.0.0.1:5984/x', continuous: true }] } });
+    assert.equal(b1.status, 201, b1.text);
+    const b2 = await req(s.url, 'POST', '/_replicator/_bulk_docs', { auth: ADMIN,
+      body: { new_edits: false, docs: [{ _id: id2, _rev: '1-0123456789abcdef0123456789abcdef',
+        source: 'http://169.254.169.254/latest', target: db }] } });
+    assert.equal(b2.status, 201, b2.text);
+    for (const id of [id1, id2]) {
+      let d;
+      await waitFor(async () => {
+        d = await req(s.url, 'GET', `/_scheduler/docs/_replicator/${id}`, { auth: ADMIN });
+        return d.status === 200 && d.json.state === 'failed';
+      }, { timeout: 20000, message: `${id} not failed` });
+      assert.match(JSON.stringify(d.json), /allowed_hosts/);
+      const doc = await req(s.url, 'GET', `/_replicator/${id}`, { auth: ADMIN });
+      assert.equal(doc.json._replication_state, 'failed');
+      assert.match(doc.json._replication_state_reason, /allowed_hosts/);
+    }
   });
 });

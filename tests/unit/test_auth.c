@@ -364,6 +364,81 @@ static void test_user_docs(void)
     auth_user_destroy(&root);
 }
 
+/* The hash gate: 8 threads each run 5 real PBKDF2 checks through a gate of 2; at no moment
+ * do more than 2 run (counted inside, independently of the gate's own peak), and a caller
+ * that cannot get a slot within its wait is refused instead of queueing forever. */
+#include <pthread.h>
+static auth_gate gate_g;
+static auth_pw gate_pw;
+static pthread_mutex_t gate_count_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned gate_inside, gate_max_inside, gate_ran;
+
+static void *gate_worker(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 5; i++) {
+        if (auth_gate_enter(&gate_g, 60000) != 0) continue;
+        pthread_mutex_lock(&gate_count_lock);
+        if (++gate_inside > gate_max_inside) gate_max_inside = gate_inside;
+        pthread_mutex_unlock(&gate_count_lock);
+        (void)auth_pw_check(&gate_pw, "wrong", 5);
+        pthread_mutex_lock(&gate_count_lock);
+        gate_inside--;
+        gate_ran++;
+        pthread_mutex_unlock(&gate_count_lock);
+        auth_gate_leave(&gate_g);
+    }
+    return NULL;
+}
+
+static void test_gate(void)
+{
+    auth_pw_new("right", 5, 20000, &gate_pw);
+    auth_gate_init(&gate_g, 2);
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++) pthread_create(&t[i], NULL, gate_worker, NULL);
+    for (int i = 0; i < 8; i++) pthread_join(t[i], NULL);
+    CHECK_EQ_INT(gate_ran, 40);
+    CHECK(gate_max_inside <= 2);
+    CHECK(gate_g.peak <= 2);
+    CHECK_EQ_INT(gate_g.active, 0);
+
+    /* Full gate: a caller waits its time out and is refused; a freed slot is taken again. */
+    CHECK_EQ_INT(auth_gate_enter(&gate_g, 0), 0);
+    CHECK_EQ_INT(auth_gate_enter(&gate_g, 0), 0);
+    uint64_t t0 = check_now_ms();
+    CHECK_EQ_INT(auth_gate_enter(&gate_g, 150), MIMEO_EBUSY);
+    uint64_t waited = check_now_ms() - t0;
+    CHECK(waited >= 140 && waited < 5000);
+    CHECK_EQ_INT(gate_g.refused, 1);
+    auth_gate_leave(&gate_g);
+    CHECK_EQ_INT(auth_gate_enter(&gate_g, 0), 0);
+    auth_gate_leave(&gate_g);
+    auth_gate_leave(&gate_g);
+    /* A higher limit lets more in at once. */
+    auth_gate_set_limit(&gate_g, 3);
+    for (int i = 0; i < 3; i++) CHECK_EQ_INT(auth_gate_enter(&gate_g, 0), 0);
+    CHECK_EQ_INT(auth_gate_enter(&gate_g, 0), MIMEO_EBUSY);
+    for (int i = 0; i < 3; i++) auth_gate_leave(&gate_g);
+    auth_gate_destroy(&gate_g);
+}
+
+static void test_host_allowed(void)
+{
+    const char *a = "127.0.0.1, peer.example:6984,[::1]";
+    CHECK(auth_host_allowed(NULL, "http://10.0.0.1/x"));
+    CHECK(auth_host_allowed("", "http://10.0.0.1/x"));
+    CHECK(auth_host_allowed(a, "http://127.0.0.1:5984/db"));
+    CHECK(auth_host_allowed(a, "http://u:p@127.0.0.1/db"));
+    CHECK(auth_host_allowed(a, "https://PEER.example:6984/db"));
+    CHECK(!auth_host_allowed(a, "https://peer.example:6985/db"));
+    CHECK(auth_host_allowed(a, "http://[::1]:5984/db"));
+    CHECK(!auth_host_allowed(a, "http://127.0.0.1@169.254.169.254/latest"));
+    CHECK(!auth_host_allowed(a, "http://127.0.0.1.evil.example/x"));
+    CHECK(!auth_host_allowed(a, "http://10.0.0.1/x?h=127.0.0.1"));
+    CHECK(auth_host_allowed(a, "localdb"));   /* a database name, not a host */
+}
+
 int main(void)
 {
     RUN(test_pbkdf2_vectors);
@@ -373,6 +448,8 @@ int main(void)
     RUN(test_basic);
     RUN(test_cache);
     RUN(test_throttle);
+    RUN(test_gate);
+    RUN(test_host_allowed);
     RUN(test_security);
     RUN(test_user_docs);
     return check_report();

@@ -1225,6 +1225,286 @@ static void test_db_hot_document(void) {
 
 /* The hook's cost on writes that involve no CRDT document: it reads _design/crdt once per
  * batch and tests ids against the prefixes. Printed, and bounded loosely (shared machine). */
+/* The winner of id as a tree (new; jval_free), or NULL when missing. */
+static jval *get_tree(mimeo_db *db, const char *id) {
+    char *json;
+    size_t len;
+    if (mimeo_doc_get(db, id, strlen(id), NULL, &json, &len, NULL)) return NULL;
+    jval *v = NULL;
+    json_tree_parse(json, len, NULL, &v, NULL);
+    mimeo_free(json);
+    return v;
+}
+
+/* A plain client's PUT: the stored winner with member `key` set to the JSON `value`, written
+ * back whole with its _rev (and its $crdt, as a client that knows nothing of it would). */
+static void plain_put(mimeo_db *db, const char *id, const char *key, const char *value) {
+    jval *v = get_tree(db, id);
+    CHECK(v != NULL);
+    if (!v) return;
+    buf b;
+    buf_init(&b, 0);
+    buf_putc(&b, '{');
+    bool first = true, done = false;
+    for (size_t i = 0; i < v->count; i++) {
+        if (!first) buf_putc(&b, ',');
+        first = false;
+        json_put_cstr(&b, v->keys[i]);
+        buf_putc(&b, ':');
+        if (strcmp(v->keys[i], key) == 0) {
+            buf_puts(&b, value);
+            done = true;
+        } else {
+            json_put_jval(&b, v->items[i]);
+        }
+    }
+    if (!done) buf_printf(&b, "%s\"%s\":%s", first ? "" : ",", key, value);
+    buf_putc(&b, '}');
+    mimeo_put_result pr;
+    mimeo_err e = {0};
+    int rc = mimeo_doc_put(db, id, strlen(id), b.data, b.len, NULL, &pr, &e);
+    if (rc) fprintf(stderr, "plain_put %s: %s\n", id, e.reason);
+    CHECK_EQ_INT(rc, 0);
+    mimeo_free(pr.id);
+    buf_destroy(&b);
+    jval_free(v);
+}
+
+static bool rules_say(mimeo_db *db, const char *id) {
+    bool m = false;
+    CHECK_EQ_INT(mimeo_crdt_rules_match(db, id, strlen(id), &m, NULL), 0);
+    return m;
+}
+
+/* {"selector": {"type": "x"}} (node_open's second rule): documents whose body matches are
+ * CRDT documents — ops may make a document start matching, a plain PUT may make it stop; a
+ * conflict is merged while any live leaf matches, so a branch that stopped matching
+ * concurrently with an op elsewhere still merges (the same on every node), and once every
+ * branch has stopped, conflicts stay ordinary. */
+static void test_db_selector_rules(void) {
+    node_env a = {0}, b = {0};
+    CHECK(node_open(&a));
+    CHECK(node_open(&b));
+    mimeo_crdt_result res;
+    mimeo_err e = {0};
+    const char *inc = "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":1}]";
+
+    /* ops on a new document: refused unless the result matches; nothing written */
+    CHECK_EQ_INT(mimeo_crdt_apply(a.db, "s:1", 3, inc, strlen(inc), &res, &e), MIMEO_EINVAL);
+    CHECK(strstr(e.reason, "Not a CRDT document") != NULL);
+    CHECK(get_tree(a.db, "s:1") == NULL);
+    CHECK(!rules_say(a.db, "s:1"));
+    crdt_apply_db(a.db, "s:1", "[{\"op\":\"assign\",\"path\":[\"type\"],\"value\":\"x\"},"
+                  "{\"op\":\"increment\",\"path\":[\"n\"],\"value\":1}]", &res);
+    CHECK_EQ_STR(res.value, "{\"n\":1,\"type\":\"x\"}");
+    mimeo_crdt_result_destroy(&res);
+    CHECK(rules_say(a.db, "s:1"));
+    crdt_apply_db(a.db, "s:1", inc, &res);   /* matching now: plain ops are fine */
+    CHECK_EQ_STR(res.value, "{\"n\":2,\"type\":\"x\"}");
+    mimeo_crdt_result_destroy(&res);
+
+    /* an op that would make it stop matching is refused as a whole */
+    const char *leave = "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":5},"
+                        "{\"op\":\"assign\",\"path\":[\"type\"],\"value\":\"y\"}]";
+    CHECK_EQ_INT(mimeo_crdt_apply(a.db, "s:1", 3, leave, strlen(leave), &res, &e), MIMEO_EINVAL);
+    jval *t = get_tree(a.db, "s:1");
+    CHECK(t && strcmp(jval_get(t, "type")->str, "x") == 0);
+    int64_t n = 0;
+    CHECK(t && jval_as_i64(jval_get(t, "n"), &n) && n == 2);
+    jval_free(t);
+
+    /* a plain document starts matching by a plain PUT; its plain members become registers */
+    const char *plain = "{\"type\":\"y\",\"title\":\"hello\"}";
+    mimeo_put_result pr;
+    CHECK_EQ_INT(mimeo_doc_put(a.db, "s:2", 3, plain, strlen(plain), NULL, &pr, NULL), 0);
+    mimeo_free(pr.id);
+    CHECK_EQ_INT(mimeo_crdt_apply(a.db, "s:2", 3, inc, strlen(inc), &res, &e), MIMEO_EINVAL);
+    plain_put(a.db, "s:2", "type", "\"x\"");
+    CHECK(rules_say(a.db, "s:2"));
+    crdt_apply_db(a.db, "s:2", inc, &res);
+    CHECK_EQ_STR(res.value, "{\"n\":1,\"title\":\"hello\",\"type\":\"x\"}");
+    mimeo_crdt_result_destroy(&res);
+
+    /* ...and stops matching by one: ops are refused again */
+    plain_put(a.db, "s:2", "type", "\"archived\"");
+    CHECK(!rules_say(a.db, "s:2"));
+    CHECK_EQ_INT(mimeo_crdt_apply(a.db, "s:2", 3, inc, strlen(inc), &res, &e), MIMEO_EINVAL);
+
+    /* two nodes: b stops matching while a increments; the exchange merges on both (a's leaf
+     * still matches), to the same revision, with every increment; the register moved to
+     * "archived" by the later stamp */
+    copy_doc(a.db, b.db, "s:1");
+    plain_put(b.db, "s:1", "type", "\"archived\"");
+    CHECK(!rules_say(b.db, "s:1"));
+    crdt_apply_db(a.db, "s:1", "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":3}]", &res);
+    mimeo_crdt_result_destroy(&res);
+    char *from_a = snap_doc(a.db, "s:1"), *from_b = snap_doc(b.db, "s:1");
+    put_snap(b.db, "s:1", from_a);   /* the write path's hook merges */
+    put_snap(a.db, "s:1", from_b);
+    static char wa[4096], wb[4096];
+    CHECK_EQ_INT(live_leaves(a.db, "s:1", wa, sizeof wa), 1);
+    CHECK_EQ_INT(live_leaves(b.db, "s:1", wb, sizeof wb), 1);
+    CHECK_EQ_STR(wa, wb);
+    CHECK(strstr(wa, "\"n\":5,\"type\":\"archived\"") != NULL);
+
+    /* no branch matches any more: concurrent plain edits stay an ordinary conflict */
+    plain_put(a.db, "s:1", "note", "\"from a\"");
+    plain_put(b.db, "s:1", "note", "\"from b\"");
+    from_a = snap_doc(a.db, "s:1");
+    from_b = snap_doc(b.db, "s:1");
+    put_snap(b.db, "s:1", from_a);
+    put_snap(a.db, "s:1", from_b);
+    CHECK_EQ_INT(live_leaves(a.db, "s:1", NULL, 0), 2);
+    CHECK_EQ_INT(live_leaves(b.db, "s:1", NULL, 0), 2);
+    mimeo_crdt_outcome o;
+    char rev[MIMEO_REV_MAX];
+    CHECK_EQ_INT(mimeo_crdt_merge(a.db, "s:1", 3, &o, rev, NULL), 0);
+    CHECK(o == MIMEO_CRDT_NOT_CRDT);
+
+    /* a plain conflict that matches on one branch only is merged on both nodes alike */
+    const char *p3 = "{\"type\":\"z\",\"v\":0}";
+    CHECK_EQ_INT(mimeo_doc_put(a.db, "s:3", 3, p3, strlen(p3), NULL, &pr, NULL), 0);
+    mimeo_free(pr.id);
+    copy_doc(a.db, b.db, "s:3");
+    plain_put(a.db, "s:3", "type", "\"x\"");
+    plain_put(b.db, "s:3", "v", "1");
+    from_a = snap_doc(a.db, "s:3");
+    from_b = snap_doc(b.db, "s:3");
+    put_snap(b.db, "s:3", from_a);
+    put_snap(a.db, "s:3", from_b);
+    CHECK_EQ_INT(live_leaves(a.db, "s:3", wa, sizeof wa), 1);
+    CHECK_EQ_INT(live_leaves(b.db, "s:3", wb, sizeof wb), 1);
+    CHECK_EQ_STR(wa, wb);
+
+    /* a selector that does not parse matches nothing (and the prefix rule beside it works) */
+    const char *bad = "{\"rules\":[{\"selector\":{\"$nope\":1}},{\"prefix\":\"c:\"}]}";
+    jval *dd = get_tree(a.db, "_design/crdt");
+    buf bb;
+    buf_init(&bb, 0);
+    buf_printf(&bb, "{\"_rev\":\"%s\",%s", jval_get(dd, "_rev")->str, bad + 1);
+    CHECK_EQ_INT(mimeo_doc_put(a.db, "_design/crdt", 12, bb.data, bb.len, NULL, &pr, NULL), 0);
+    mimeo_free(pr.id);
+    buf_destroy(&bb);
+    jval_free(dd);
+    CHECK(!rules_say(a.db, "s:2"));
+    CHECK(rules_say(a.db, "c:1"));
+    node_close(&a);
+    node_close(&b);
+}
+
+/* ---- seeded simulation over real environments ------------------------------------------------
+ * K nodes (environments in this process, each its own node id), three CRDT documents, random
+ * ops on random nodes, random one-way copies of a document between nodes (as a replicated batch
+ * writes them: every leaf with its history, new_edits=false, so the write path's hook merges),
+ * partitions that keep two halves apart for a while, and restarts (an environment closed and
+ * opened again). After full exchanges every node holds one live leaf per document, the same
+ * revision and bytes everywhere, and each counter equals the sum of every increment made. */
+static bool node_restart(node_env *n) {
+    mimeo_db_close(n->db);
+    mimeo_env_close(n->env);
+    n->db = NULL;
+    n->env = NULL;
+    return mimeo_env_open(n->dir, NULL, &n->env, NULL) == 0 &&
+           mimeo_db_open(n->env, "db", &n->db, NULL) == 0;
+}
+
+static bool dbsim_run(uint64_t seed) {
+    enum { K = 4, DOCS = 3, STEPS = 100, ROUNDS = 6 };
+    static const char *ids[DOCS] = {"c:a", "c:b", "c:c"};
+    rng_state = seed | 1;
+    node_env n[K];
+    memset(n, 0, sizeof n);
+    bool ok = true;
+    for (int i = 0; i < K; i++) ok = ok && node_open(&n[i]);
+    int64_t total[DOCS] = {0};
+    unsigned side = 0, parted_until = 0;
+    for (unsigned step = 0; ok && step < STEPS; step++) {
+        if (step >= parted_until && rnd_below(25) == 0) {
+            parted_until = step + 10 + rnd_below(30);
+            side = (unsigned)rnd() & ((1u << K) - 1);
+        }
+        unsigned what = rnd_below(10);
+        if (what < 5) {
+            unsigned i = rnd_below(K), d = rnd_below(DOCS);
+            int v = (int)rnd_below(9) - 3;
+            char ops[200];
+            snprintf(ops, sizeof ops, "[{\"op\":\"increment\",\"path\":[\"n\"],\"value\":%d},"
+                     "{\"op\":\"add\",\"path\":[\"s\"],\"value\":%u},"
+                     "{\"op\":\"assign\",\"path\":[\"r\"],\"value\":\"%u.%u\"}]",
+                     v, rnd_below(5), step, i);
+            mimeo_crdt_result res;
+            mimeo_err e = {0};
+            if (mimeo_crdt_apply(n[i].db, ids[d], strlen(ids[d]), ops, strlen(ops), &res, &e)) {
+                fprintf(stderr, "seed %" PRIu64 " step %u: apply: %s\n", seed, step, e.reason);
+                ok = false;
+            }
+            mimeo_crdt_result_destroy(&res);
+            total[d] += v;
+        } else if (what < 9) {
+            unsigned a = rnd_below(K), b = rnd_below(K);
+            if (a == b) continue;
+            if (step < parted_until && ((side >> a) & 1) != ((side >> b) & 1)) continue;
+            copy_doc(n[a].db, n[b].db, ids[rnd_below(DOCS)]);
+        } else {
+            ok = node_restart(&n[rnd_below(K)]);
+        }
+    }
+    /* Full exchanges until every node agrees: merges made on the way are new revisions that
+     * must travel too, but identical merges have identical ids, so this settles quickly. */
+    bool same = false;
+    static char w0[8192], wi[8192];
+    for (int round = 0; ok && round < ROUNDS && !same; round++) {
+        for (int a = 0; a < K; a++)
+            for (int b = 0; b < K; b++)
+                if (a != b)
+                    for (int d = 0; d < DOCS; d++) copy_doc(n[a].db, n[b].db, ids[d]);
+        same = true;
+        for (int d = 0; same && d < DOCS; d++) {
+            same = live_leaves(n[0].db, ids[d], w0, sizeof w0) == 1;
+            for (int i = 1; same && i < K; i++)
+                same = live_leaves(n[i].db, ids[d], wi, sizeof wi) == 1 && strcmp(w0, wi) == 0;
+        }
+    }
+    if (ok && !same) {
+        fprintf(stderr, "seed %" PRIu64 ": no agreement after %d full exchanges\n", seed, ROUNDS);
+        ok = false;
+    }
+    for (int d = 0; ok && d < DOCS; d++) {
+        jval *t = get_tree(n[0].db, ids[d]);
+        int64_t v = 0;
+        bool have = t && jval_as_i64(jval_get(t, "n"), &v);
+        /* a document never touched by an op does not exist */
+        if ((have ? v : 0) != total[d]) {
+            fprintf(stderr, "seed %" PRIu64 ": %s: counter %" PRId64 ", model %" PRId64 "\n",
+                    seed, ids[d], v, total[d]);
+            ok = false;
+        }
+        jval_free(t);
+    }
+    for (int i = 0; i < K; i++) node_close(&n[i]);
+    return ok;
+}
+
+static void test_db_simulation(void) {
+    const char *env = getenv("SEED");
+    uint64_t base = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
+    int runs = env ? 1 : 3;
+    mimeo_crdt_stats st0, st1;
+    mimeo_crdt_stats_get(&st0);
+    for (int i = 0; i < runs; i++) {
+        if (!dbsim_run(base + (uint64_t)i)) {
+            fprintf(stderr, "db simulation failed: rerun with SEED=%" PRIu64 "\n", base + (uint64_t)i);
+            CHECK(0);
+            return;
+        }
+    }
+    /* the schedules did make conflicts for the hook to merge */
+    mimeo_crdt_stats_get(&st1);
+    CHECK(st1.merges_written > st0.merges_written);
+    fprintf(stderr, "db simulation: %d runs, %" PRIu64 " merges written\n", runs,
+            st1.merges_written - st0.merges_written);
+}
+
 static void test_hook_cost(void) {
     node_env a = {0};
     CHECK(node_open(&a));
@@ -1286,6 +1566,8 @@ int main(void) {
     RUN(test_db_merge_two_nodes);
     RUN(test_db_invalid_and_plain);
     RUN(test_db_hot_document);
+    RUN(test_db_selector_rules);
+    RUN(test_db_simulation);
     RUN(test_hook_cost);
     return check_report();
 }
