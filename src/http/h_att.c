@@ -16,7 +16,7 @@
 
 /* The attachment name: segments rest… joined with '/', each decoded (a "%2F" inside one is
  * a slash of the name too, so both spellings name the same attachment). Segments past
- * HTTP_MAX_SEGS were not split: their raw text follows the last kept one. */
+ * HTTP_MAX_SEGS were not split: the router keeps their raw text (seg_rest). */
 static int http_att_name(const http_req *r, size_t rest, buf *out) {
     size_t kept = r->nseg < HTTP_MAX_SEGS ? r->nseg : HTTP_MAX_SEGS;
     int rc = 0;
@@ -24,21 +24,16 @@ static int http_att_name(const http_req *r, size_t rest, buf *out) {
         if (i > rest) rc = buf_putc(out, '/');
         if (!rc) rc = buf_put(out, r->seg[i], r->seg_len[i]);
     }
-    if (!rc && r->nseg > HTTP_MAX_SEGS) {
-        /* The decoded last segment is followed by leftovers of its raw text, which hold no
-         * '/': the next '/' is the raw separator. */
-        const char *p = r->seg[HTTP_MAX_SEGS - 1] + r->seg_len[HTTP_MAX_SEGS - 1] + 1;
-        while (*p && *p != '/') p++;
-        if (*p == '/') {
-            size_t start = out->len;
-            rc = buf_puts(out, p);
-            if (!rc) {
-                size_t n = pct_decode(out->data + start, out->len - start, false);
-                if (n == (size_t)-1) return MIMEO_EINVAL;
-                out->len = start + n;
-                out->data[out->len] = 0;
-                while (out->len > 0 && out->data[out->len - 1] == '/') out->data[--out->len] = 0;
-            }
+    if (!rc && r->nseg > HTTP_MAX_SEGS && r->seg_rest) {
+        size_t start = out->len;
+        rc = buf_putc(out, '/');
+        if (!rc) rc = buf_puts(out, r->seg_rest);
+        if (!rc) {
+            size_t n = pct_decode(out->data + start, out->len - start, false);
+            if (n == (size_t)-1) return MIMEO_EINVAL;
+            out->len = start + n;
+            out->data[out->len] = 0;
+            while (out->len > 0 && out->data[out->len - 1] == '/') out->data[--out->len] = 0;
         }
     }
     return rc;

@@ -65,6 +65,7 @@ typedef struct http_req {
     size_t                nseg;        /* number of path segments (may exceed HTTP_MAX_SEGS) */
     char                 *seg[HTTP_MAX_SEGS];
     size_t                seg_len[HTTP_MAX_SEGS];
+    const char           *seg_rest;    /* with more segments than kept: the rest, raw */
     size_t                nargs;
     http_arg              args[HTTP_MAX_ARGS];
     bool                  url_bad;     /* malformed %-escape */

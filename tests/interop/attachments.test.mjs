@@ -139,6 +139,13 @@ test('standalone API: names with /, rev, ETag, Range, Content-MD5, HEAD, DELETE'
   assertError(await c.get('/solo/doc/c.bin'), 404, 'not_found');
   assertError(await c.delete(`/solo/doc/c.bin?rev=${rev3}`), 404, 'not_found');
   assertError(await c.get('/solo/missing/x'), 404, 'not_found');
+  // A name of more path segments than the router keeps, some with escapes.
+  r = await c.put('/solo/deep/a/b/c/d/e/f/g%20x/h/i%2Fj.txt', 'deep', { headers: { 'content-type': 'application/octet-stream' } });
+  expectStatus(r, 201);
+  r = await c.get('/solo/deep');
+  assert.deepEqual(Object.keys(r.json._attachments), ['a/b/c/d/e/f/g x/h/i/j.txt']);
+  r = await c.get('/solo/deep/a/b/c/d/e/f/g%20x/h/i/j.txt');
+  assert.equal(r.text, 'deep');
   // Chunked upload (no Content-Length).
   r = await new Promise((resolve, reject) => {
     const u = new URL(`${S.url}/solo/chunked/x.bin`);
