@@ -58,7 +58,7 @@ function streamBody(sizeMb, hash) {
   };
 }
 
-const out = { op: `att_${mode}` };
+const out = { op: `att_${mode}`, ...(mode === 'dedupe' ? {} : { size_mb: n }) };
 try {
   const t0 = performance.now();
   if (mode === 'up' || mode === 'down') {

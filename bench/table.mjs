@@ -31,6 +31,8 @@ function value(wl, srv, field) {
   return r[field] ?? null;
 }
 
+const attMb = find('att_up', 'mimeo')?.size_mb ?? find('att_up', 'peer')?.size_mb ?? 100;
+const attDocs = (find('att_dedupe', 'mimeo') ?? find('att_dedupe', 'peer'))?.docs ?? 1000;
 const num = (v, digits) => v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const k = docs >= 1000 ? `${docs / 1000}k` : String(docs);
 // [label, workload, field, digits, scale, target (mimeo >= target, or <= when lower is better), lowerIsBetter]
@@ -50,10 +52,10 @@ const rows = [
   ['_all_docs?include_docs=true, full read (rows/s)', 'all_docs', 'rows_per_s', 0, 1],
   [`one-shot replication ${k} docs, server to itself via its /_replicate (docs/s)`, 'replicate', 'docs_per_s', 0, 1],
   [`PouchDB (memory adapter) pulls ${k} docs (docs/s)`, 'pull', 'docs_per_s', 0, 1],
-  ['attachment upload, one streamed PUT of 100 MiB (MB/s)', 'att_up', 'mb_per_s', 1, 1],
-  ['attachment download, one streamed GET of 100 MiB (MB/s)', 'att_down', 'mb_per_s', 1, 1],
-  ['1,000 docs carrying the same 1 MiB attachment: PUTs (docs/s)', 'att_dedupe', 'docs_per_s', 1, 1],
-  ['1,000 docs carrying the same 1 MiB attachment: disk growth (MB)', 'att_dedupe_disk', 'kb', 1, 1 / 1024, null, true],
+  [`attachment upload, one streamed PUT of ${attMb} MiB (MB/s)`, 'att_up', 'mb_per_s', 1, 1],
+  [`attachment download, one streamed GET of ${attMb} MiB (MB/s)`, 'att_down', 'mb_per_s', 1, 1],
+  [`${attDocs} docs carrying the same 1 MiB attachment: PUTs (docs/s)`, 'att_dedupe', 'docs_per_s', 1, 1],
+  [`${attDocs} docs carrying the same 1 MiB attachment: disk growth (MB)`, 'att_dedupe_disk', 'kb', 1, 1 / 1024, null, true],
   ['peak resident memory, VmHWM (MB)', 'memory', 'kb', 1, 1 / 1024, null, true],
   ['resident anonymous memory at the end, RssAnon (MB)', 'memory_anon', 'kb', 1, 1 / 1024, null, true],
   [`on-disk size of the ${k}-doc database (MB)`, 'disk', 'kb', 1, 1 / 1024, null, true],
