@@ -19,6 +19,7 @@ else
   DOCS=100000 PUT1_DOCS=2000 PUT16_DOCS=5000 GET_SECS=10 CEIL_SECS=5
 fi
 BATCH=1000 SIZE=1024 CLIENTS=16
+if [ "$QUICK" = 1 ]; then ATT_MB=20 ATT_DOCS=100; else ATT_MB=100 ATT_DOCS=1000; fi
 
 [ -x "$LG" ] || { echo "bench: $LG is missing; run 'make bench' (or 'make build/loadgen')" >&2; exit 1; }
 mkdir -p "$OUT"
@@ -93,7 +94,7 @@ run() {
 
 summary() { # a short progress figure from a JSON line
   local j=$1 k
-  for k in docs_per_s req_per_s rows_per_s; do
+  for k in docs_per_s req_per_s rows_per_s mb_per_s; do
     if [[ $j =~ \"$k\":([0-9.]+) ]]; then echo "$k ${BASH_REMATCH[1]}"; return; fi
   done
   echo "n/a: ${2:0:100}"
@@ -212,6 +213,26 @@ done
 for s in "${SERVERS[@]}"; do
   run pull "$s" 360 node "$BENCH/pull.mjs" @URL/bench_seq "$DOCS"
 done
+
+# Attachments: a 100 MiB upload and download, streamed, and 1,000 documents carrying the same
+# 1 MiB blob (blob-store growth as du sees it: content addressing should keep it near 1 MiB).
+for s in "${SERVERS[@]}"; do
+  run att_up "$s" 300 node "$BENCH/attachments.mjs" up @URL/bench_att "$ATT_MB"
+  run att_down "$s" 300 node "$BENCH/attachments.mjs" down @URL/bench_att "$ATT_MB"
+done
+for s in "${SERVERS[@]}"; do
+  dir=$TMP/$([ "$s" = mimeo ] && echo mimeo || echo peer)/data
+  kb0=$(disk_kb "$dir")
+  run att_dedupe "$s" 600 node "$BENCH/attachments.mjs" dedupe @URL/bench_dedupe "$ATT_DOCS"
+  echo "{\"workload\":\"att_dedupe_disk\",\"server\":\"$s\",\"kb\":$(( $(disk_kb "$dir") - kb0 ))}" >> "$RESULTS"
+done
+# The disk's own sequential write speed, durable, in the same run and folder.
+t0=$(date +%s%N)
+dd if=/dev/zero of="$TMP/dd.bin" bs=1M count="$ATT_MB" conv=fdatasync status=none 2>/dev/null
+t1=$(date +%s%N)
+rm -f "$TMP/dd.bin"
+echo "{\"workload\":\"dd\",\"server\":\"disk\",\"mb_per_s\":$(awk -v a="$t0" -v b="$t1" -v m="$ATT_MB" \
+  'BEGIN { printf "%.1f", m * 1048576 / 1e6 / ((b - a) / 1e9) }')}" >> "$RESULTS"
 
 # Peak resident memory over the whole run (VmHWM), read before the servers stop.
 for s in "${SERVERS[@]}"; do

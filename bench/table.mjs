@@ -31,6 +31,8 @@ function value(wl, srv, field) {
   return r[field] ?? null;
 }
 
+const attMb = find('att_up', 'mimeo')?.size_mb ?? find('att_up', 'peer')?.size_mb ?? 100;
+const attDocs = (find('att_dedupe', 'mimeo') ?? find('att_dedupe', 'peer'))?.docs ?? 1000;
 const num = (v, digits) => v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const k = docs >= 1000 ? `${docs / 1000}k` : String(docs);
 // [label, workload, field, digits, scale, target (mimeo >= target, or <= when lower is better), lowerIsBetter]
@@ -50,6 +52,10 @@ const rows = [
   ['_all_docs?include_docs=true, full read (rows/s)', 'all_docs', 'rows_per_s', 0, 1],
   [`one-shot replication ${k} docs, server to itself via its /_replicate (docs/s)`, 'replicate', 'docs_per_s', 0, 1],
   [`PouchDB (memory adapter) pulls ${k} docs (docs/s)`, 'pull', 'docs_per_s', 0, 1],
+  [`attachment upload, one streamed PUT of ${attMb} MiB (MB/s)`, 'att_up', 'mb_per_s', 1, 1],
+  [`attachment download, one streamed GET of ${attMb} MiB (MB/s)`, 'att_down', 'mb_per_s', 1, 1],
+  [`${attDocs} docs carrying the same 1 MiB attachment: PUTs (docs/s)`, 'att_dedupe', 'docs_per_s', 1, 1],
+  [`${attDocs} docs carrying the same 1 MiB attachment: disk growth (MB)`, 'att_dedupe_disk', 'kb', 1, 1 / 1024, null, true],
   ['peak resident memory, VmHWM (MB)', 'memory', 'kb', 1, 1 / 1024, null, true],
   ['resident anonymous memory at the end, RssAnon (MB)', 'memory_anon', 'kb', 1, 1 / 1024, null, true],
   [`on-disk size of the ${k}-doc database (MB)`, 'disk', 'kb', 1, 1 / 1024, null, true],
@@ -99,6 +105,17 @@ if (seqCeil !== null || randCeil !== null) {
     out.push(`| ${label} | ${m === null ? 'n/a' : num(m, 0)} | ${ceil === null ? 'n/a' : num(ceil, 0)} | ` +
       `${f === null ? 'n/a' : num(f * 100, 1) + '%'} | ${t} |`);
   }
+  out.push('');
+}
+// Attachment streaming as a fraction of the disk's durable sequential write speed (dd with
+// fdatasync, same folder, same run).
+const dd = value('dd', 'disk', 'mb_per_s');
+if (dd !== null) {
+  const up = value('att_up', 'mimeo', 'mb_per_s');
+  const down = value('att_down', 'mimeo', 'mb_per_s');
+  out.push(`disk, dd with fdatasync: ${num(dd, 1)} MB/s; mimeo attachment upload ` +
+    `${up === null ? 'n/a' : `${num(up, 1)} MB/s (${num((up / dd) * 100, 0)}% of it)`}, download ` +
+    `${down === null ? 'n/a' : `${num(down, 1)} MB/s`}`);
   out.push('');
 }
 const cv = value('ceiling', 'loadgen', 'req_per_s');

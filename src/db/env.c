@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 
+#include "att_int.h"
 #include "db_int.h"
 
 /* ---- errors ---------------------------------------------------------------------------- */
@@ -32,6 +33,7 @@ const char *mimeo_strerror(int code) {
     case MIMEO_ECLOSED: return "shutting down";
     case MIMEO_EEXPECTATION: return "some documents failed; nothing was written";
     case MIMEO_EBUSY: return "the data directory is in use";
+    case MIMEO_EPRECONDITION: return "invalid attachment stub";
     default: return "unknown error";
     }
 }
@@ -60,6 +62,7 @@ int db_err(mimeo_err *err, int code) {
         db_err_set(err, code, "insufficient_storage", "No space left on the device; nothing was written.");
         break;
     case MIMEO_ECLOSED: db_err_set(err, code, "service_unavailable", "The server is shutting down."); break;
+    case MIMEO_EPRECONDITION: db_err_set(err, code, "missing_stub", "Invalid attachment stub"); break;
     case MIMEO_ECORRUPT: db_err_set(err, code, "internal_server_error", "A stored record is corrupt."); break;
     case MIMEO_EIO: db_err_set(err, code, "internal_server_error", "Storage failure."); break;
     case MIMEO_ENOMEM: db_err_set(err, code, "internal_server_error", "Out of memory."); break;
@@ -248,6 +251,7 @@ int mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **out,
     }
     memcpy(env->uuid, uj.uuid, 33);
     rc = drop_pending(env);
+    if (!rc) rc = blob_sweep(env); /* uploads a crash cut short (src/db/blob.c) */
     if (rc) {
         db_err(err, rc);
         store_close(env->store);
@@ -606,7 +610,8 @@ static int job_drop_chunk(MDB_txn *txn, void *arg) {
     const store_tables *t = store_tables_get(j->env->store);
     const MDB_dbi tables[] = {t->docs, t->seqs, t->bodies, t->locals};
     size_t budget = DROP_CHUNK;
-    int rc = 0;
+    /* First the attachment references of its revisions, which release their blobs. */
+    int rc = att_refs_drop_db(txn, t, j->dbid, &budget);
     for (size_t i = 0; rc == 0 && i < sizeof tables / sizeof *tables; i++)
         rc = store_delete_prefix(txn, tables[i], j->dbid, &budget);
     /* Mango index rows (src/db/index.c) are keyed by the database id too. Their table

@@ -17,6 +17,9 @@ typedef struct http_rows {
     jval               *trees[2];     /* startkey, endkey */
     http_string_list    keys;         /* keys mode: the keys asked for */
     bool                keys_mode;
+    mimeo_db           *db;           /* borrowed from the reply, for attachments */
+    bool                attachments;  /* attachments=true: inline their data */
+    buf                 att_hold;
 } http_rows;
 
 static void http_rows_free(void *cls)
@@ -24,13 +27,19 @@ static void http_rows_free(void *cls)
     http_rows *s = cls;
     for (int i = 0; i < 2; i++) if (s->trees[i]) jval_free(s->trees[i]);
     http_string_list_destroy(&s->keys);
+    buf_destroy(&s->att_hold);
     free(s);
 }
 
 static int http_rows_put(void *ctx, buf *b, const mimeo_row *row)
 {
     http_rows *s = ctx;
-    return http_put_all_docs_row(b, row, s->opts.include_docs, s->opts.conflicts);
+    mimeo_row shown = *row;
+    int rc;
+    if (s->attachments && s->opts.include_docs &&
+        (rc = http_att_inline_row(s->db, row, &shown, &s->att_hold)) != 0)
+        return rc;
+    return http_put_all_docs_row(b, &shown, s->opts.include_docs, s->opts.conflicts);
 }
 
 /* ---- parameters ------------------------------------------------------------------------- */
@@ -113,7 +122,7 @@ static void http_all_docs_common(http_req *r, bool design_only)
     buf_init(&open, 0);
     mimeo_all_docs_opts *o = &s->opts;
     o->inclusive_end = true;
-    bool update_seq = false, ignored = false;
+    bool update_seq = false;
     uint64_t limit = 0;
     int has_limit = 0, rc;
 
@@ -122,7 +131,7 @@ static void http_all_docs_common(http_req *r, bool design_only)
         http_arg_bool(r, "include_docs", &o->include_docs) < 0 ||
         http_arg_bool(r, "conflicts", &o->conflicts) < 0 ||
         http_arg_bool(r, "update_seq", &update_seq) < 0 ||
-        http_arg_bool(r, "attachments", &ignored) < 0 ||
+        http_arg_bool(r, "attachments", &s->attachments) < 0 ||
         (has_limit = http_arg_u64(r, "limit", &limit)) < 0 ||
         http_arg_u64(r, "skip", &o->skip) < 0 || !http_rows_keys(r, s))
         goto fail;
@@ -206,6 +215,7 @@ static void http_all_docs_common(http_req *r, bool design_only)
         goto fail;
     }
     /* The reply takes the cursor, the db handle and s: they outlive the request context. */
+    s->db = r->db;
     http_reply_rows(r, 200, cur, buf_cstr(&open), ",\n", "\n]}\n", http_rows_put, s,
                     http_rows_free);
     buf_destroy(&open);

@@ -43,7 +43,8 @@ static const struct http_status_row {
     { 0,                    "query_parse_error",     400, "invalid query parameter" },
     { 0,                    "bad_content_type",      415, "Content-Type must be application/json" },
     { 0,                    "method_not_allowed",    405, "method not allowed" },
-    { 0,                    "missing_stub",          412, "Invalid attachment stub" },
+    { MIMEO_EPRECONDITION,  "missing_stub",          412, "Invalid attachment stub" },
+    { 0,                    "content_md5_mismatch",  400, "Possible message corruption." },
     { 0,                    "unauthorized",          401, "You are not authorized." },
     { 0,                    "forbidden",             403, "You are not allowed to do this." },
     { 0,                    "not_implemented",       501, "not implemented" },
@@ -158,6 +159,11 @@ static void http_set_reply(http_req *r, unsigned status, struct MHD_Response *re
 }
 
 /* ---- replies ---------------------------------------------------------------------------- */
+void http_reply_resp(http_req *r, unsigned status, struct MHD_Response *resp,
+                     const char *content_type) {
+    http_set_reply(r, status, resp, content_type);
+}
+
 void http_reply_buf(http_req *r, unsigned status, buf *b) {
     http_reply_buf_ct(r, status, b, NULL);
 }

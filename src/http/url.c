@@ -31,6 +31,8 @@ static void http_split_path(http_req *r, char *p, size_t n) {
             p[start + dl] = '\0';
             r->seg[r->nseg] = p + start;
             r->seg_len[r->nseg] = dl;
+        } else if (r->nseg == HTTP_MAX_SEGS) {
+            r->seg_rest = p + start;   /* the raw rest of the path (attachment names) */
         }
         r->nseg++;
         if (i < n) i++;   /* skip the '/' */
