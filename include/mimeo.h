@@ -64,6 +64,7 @@ enum {
     MIMEO_EBUSY         = -18, /* the data directory is open in another environment */
     MIMEO_EFORBIDDEN    = -19, /* validate_doc_update threw {forbidden} (403) */
     MIMEO_EUNAUTHORIZED = -20, /* validate_doc_update threw {unauthorized} (401) */
+    MIMEO_EPRECONDITION = -21, /* an attachment stub names nothing the parent has (412) */
 };
 
 #define MIMEO_ERR_NAME_MAX   32
@@ -97,6 +98,13 @@ typedef struct mimeo_options {
      * ([couchdb] os_process_timeout; 0 → 5000 ms). */
     const char *query_server;
     unsigned    os_process_timeout;
+    /* Attachments stored gzip-encoded, as CouchDB does ([attachments] compressible_types and
+     * compression_level): a comma-separated list of media types, "type/*" matching a whole
+     * family (borrowed until mimeo_env_close; NULL → "text/*, application/javascript,
+     * application/json, application/xml"; "" → none), and the zlib level (0 → 8; -1 → never
+     * compress). */
+    const char *att_compressible_types;
+    int         att_compression_level;
 } mimeo_options;
 
 /* Opens (creating if needed) the data directory `dir`. opts may be NULL. New *env; close it
@@ -208,6 +216,10 @@ typedef struct mimeo_put_opts {
                              the body's _rev when both are given (else bad_request) */
     bool        new_edits_false; /* store a replicated revision as given (_rev/_revisions) */
     const mimeo_user_ctx *user;  /* the writer, for validate_doc_update (NULL: system) */
+    /* The data of the body's _attachments entries that say "follows": true (multipart
+     * bodies), by name; every such entry needs one. See "attachments" below. */
+    const struct mimeo_att_blob *atts;
+    size_t      att_count;
 } mimeo_put_opts;
 
 typedef struct mimeo_put_result {
@@ -269,6 +281,21 @@ typedef struct mimeo_get_opts {
     bool local_seq;         /* add _local_seq */
     bool latest;            /* with rev: serve the best leaf descending from it; with
                                open_revs: map a non-leaf rev to its descendant leaves */
+    /* Attachments (see "attachments" below). Without any of these, _attachments holds
+     * stubs {"content_type","revpos","digest","length","stub":true}, as stored. */
+    bool attachments;       /* every attachment with its data: "data" (base64) */
+    const char *const *atts_since; /* revisions the reader has ("N-h"): data only for
+                               attachments set after the newest of them that is an ancestor
+                               of the revision read, stubs for the others; implies
+                               attachments (for the ones it selects) */
+    size_t atts_since_count;
+    bool att_encoding_info; /* stubs (and follows entries) of gzip-stored attachments add
+                               "encoding":"gzip","encoded_length":N */
+    bool att_follows;       /* instead of "data", entries with data say "follows":true
+                               (content_type, revpos, digest, length, and encoding/
+                               encoded_length when stored gzip): for multipart writers,
+                               which then send each one's stored bytes, in the order of the
+                               entries, read with mimeo_att_open(rev read, name, raw) */
 } mimeo_get_opts;
 
 /* One revision of a document as JSON {"_id","_rev",…body…,"_deleted"?,meta…}.
@@ -478,6 +505,129 @@ MIMEO_API int mimeo_local_put(mimeo_db *db, const char *id, size_t id_len, const
                               mimeo_err *err);
 MIMEO_API int mimeo_local_delete(mimeo_db *db, const char *id, size_t id_len,
                                  const char *rev, mimeo_put_result *res, mimeo_err *err);
+
+/* ==== attachments ===========================================================================
+ * An attachment's bytes live in a blob: stored once per distinct content, keyed by the
+ * SHA-256 of the stored bytes, whatever the number of revisions, documents and databases that
+ * carry it, and reference-counted (a blob goes when compaction, stemming or a database's
+ * deletion drops the last revision that names it). Blobs are written and read in chunks,
+ * so no size has to fit in memory.
+ *
+ * In documents (CouchDB's three forms of an _attachments entry):
+ * - inline: {"content_type","data":base64} on mimeo_doc_put / mimeo_bulk_docs, interactive
+ *   or replicated; "digest" and "length" given with it are ignored (recomputed);
+ * - stub: {"stub":true,…}: keep the attachment of that name from the parent revision (for a
+ *   replicated write, the nearest stored ancestor on its path); MIMEO_EPRECONDITION
+ *   ("missing_stub", 412) when there is none;
+ * - follows: {"follows":true,"content_type","length"?,"digest"?,"encoding"?,…}: the data is
+ *   a blob passed in mimeo_put_opts.atts (multipart bodies). A given digest must be the MD5
+ *   of the bytes as sent ("content_md5_mismatch", 400, otherwise).
+ * Entries stored are stubs with revpos = the generation of the revision that set the data.
+ * Names starting with "_" are refused (bad_request), and so is _attachments on _local docs.
+ * Types listed in mimeo_options.att_compressible_types are stored gzip-encoded; their
+ * "digest" is then the MD5 of the gzip bytes and "length" the decoded length (CouchDB's
+ * rules). Revision ids cover the attachments' names and digests. */
+
+/* A blob being written, then written (finished) but not yet part of a document. New from
+ * mimeo_blob_new; freed with mimeo_blob_free, which discards it unless a write that
+ * names it has committed (a cut upload or a failed write leaves nothing behind; a crash
+ * leaves chunks that the next mimeo_env_open removes). One thread at a time. */
+typedef struct mimeo_blob mimeo_blob;
+
+typedef struct mimeo_blob_opts {
+    /* What the bytes given are: content to store as it is (the default); content to store
+     * gzip-encoded at level gzip_level (1-9); or gzip_input: a gzip stream (a multipart
+     * part with Content-Encoding: gzip), stored as sent, its decoded length counted. */
+    int  gzip_level;
+    bool gzip_input;
+} mimeo_blob_opts;
+
+/* The gzip level to store content of this media type with, by env's settings
+ * (att_compressible_types, att_compression_level): 0 when it is stored as it is. A
+ * writer of content (not already gzip) passes it as mimeo_blob_opts.gzip_level. */
+MIMEO_API int  mimeo_att_gzip_level(mimeo_env *env, const char *content_type);
+/* opts may be NULL. MIMEO_ENOMEM. */
+MIMEO_API int  mimeo_blob_new(mimeo_env *env, const mimeo_blob_opts *opts, mimeo_blob **out);
+/* Appends bytes; chunks are committed as they fill, invisible until a document names the
+ * blob. MIMEO_ENOSPC, MIMEO_EIO; MIMEO_EINVAL after finish, or for a gzip_input stream
+ * that is not gzip (then the blob is dead: free it). */
+MIMEO_API int  mimeo_blob_write(mimeo_blob *b, const void *data, size_t len);
+/* Writes the last chunk and computes the digests. Needed before the blob is given to a
+ * write. MIMEO_EINVAL for a truncated gzip_input stream. */
+MIMEO_API int  mimeo_blob_finish(mimeo_blob *b);
+
+typedef struct mimeo_blob_info {
+    uint64_t length;          /* decoded (content) bytes */
+    uint64_t encoded_length;  /* stored bytes (= length unless gzip) */
+    bool     gzip;            /* stored gzip-encoded */
+    char     digest[32];      /* "md5-" + base64 of the MD5 of the stored bytes, NUL-ended */
+    unsigned char sha256[32]; /* of the stored bytes: the blob's key */
+} mimeo_blob_info;
+/* Of a finished blob (MIMEO_EINVAL before). */
+MIMEO_API int  mimeo_blob_info_get(const mimeo_blob *b, mimeo_blob_info *info);
+MIMEO_API void mimeo_blob_free(mimeo_blob *b);
+
+/* One follows entry's data for mimeo_doc_put (mimeo_put_opts.atts). */
+typedef struct mimeo_att_blob {
+    const char *name;         /* the _attachments key, name_len bytes */
+    size_t      name_len;
+    mimeo_blob *blob;         /* finished; borrowed: the caller frees it after the put */
+} mimeo_att_blob;
+
+/* PUT /{db}/{id}/{name}: a new revision of id, child of rev (NULL: id must be missing or
+ * deleted; it is created), holding the parent's attachments and body with attachment name
+ * set to blob (finished; borrowed), of type content_type (NULL → application/octet-stream).
+ * Same errors as mimeo_doc_put (MIMEO_ECONFLICT for a stale rev). */
+MIMEO_API int mimeo_att_put(mimeo_db *db, const char *id, size_t id_len, const char *name,
+                            size_t name_len, const char *rev, const char *content_type,
+                            mimeo_blob *blob, const mimeo_user_ctx *user,
+                            mimeo_put_result *res, mimeo_err *err);
+/* DELETE /{db}/{id}/{name}?rev=: a new revision without that attachment. MIMEO_ENOTFOUND
+ * when the revision has no such attachment; MIMEO_ECONFLICT for a stale rev. */
+MIMEO_API int mimeo_att_delete(mimeo_db *db, const char *id, size_t id_len, const char *name,
+                               size_t name_len, const char *rev, const mimeo_user_ctx *user,
+                               mimeo_put_result *res, mimeo_err *err);
+
+/* An attachment opened for reading (new; mimeo_att_close). It reads its chunks in short
+ * read transactions as it goes, so it may be read slowly; if compaction drops the revision
+ * meanwhile, read fails with MIMEO_ENOTFOUND. One thread at a time. */
+typedef struct mimeo_att_reader mimeo_att_reader;
+
+typedef struct mimeo_att_info {
+    const char *content_type; /* borrowed from the reader */
+    uint64_t length;          /* decoded bytes */
+    uint64_t encoded_length;  /* stored bytes */
+    bool     gzip;            /* stored gzip-encoded */
+    uint64_t revpos;
+    char     digest[32];      /* "md5-…" of the stored bytes */
+    char     rev[MIMEO_REV_MAX]; /* the revision read */
+} mimeo_att_info;
+
+/* Opens attachment name of revision rev of id (rev NULL: the winner; a deleted winner is
+ * MIMEO_EDELETED). decode: a gzip-stored attachment reads as its content (length bytes);
+ * otherwise reads give the stored bytes (encoded_length). MIMEO_ENOTFOUND with reason
+ * "Document is missing attachment" when the revision has no such attachment. info may be
+ * NULL. */
+MIMEO_API int  mimeo_att_open(mimeo_db *db, const char *id, size_t id_len, const char *rev,
+                              const char *name, size_t name_len, bool decode,
+                              mimeo_att_reader **out, mimeo_att_info *info, mimeo_err *err);
+/* Moves to byte offset of what read yields (stored bytes only: MIMEO_EINVAL when
+ * decoding a gzip attachment; offsets past the end read nothing). */
+MIMEO_API int  mimeo_att_seek(mimeo_att_reader *r, uint64_t offset);
+/* Up to cap bytes into out; *got = 0 at the end. MIMEO_ENOTFOUND (blob dropped
+ * meanwhile), MIMEO_ECORRUPT, MIMEO_EIO. */
+MIMEO_API int  mimeo_att_read(mimeo_att_reader *r, void *out, size_t cap, size_t *got);
+MIMEO_API void mimeo_att_close(mimeo_att_reader *r);
+
+/* Storage counters of env's blob store (for tests and GET /_node/_local/_stats-like use):
+ * distinct blobs, their stored bytes, and pending uploads not yet committed or swept. */
+typedef struct mimeo_blob_stats {
+    uint64_t blobs;
+    uint64_t bytes;
+    uint64_t pending;
+} mimeo_blob_stats;
+MIMEO_API int  mimeo_blob_stats_get(mimeo_env *env, mimeo_blob_stats *out);
+/* ==== end of attachments ================================================================= */
 
 /* ==== replication ===========================================================================
  * The replicator copies every revision a source database has and a target lacks, over

@@ -32,6 +32,7 @@ const char *mimeo_strerror(int code) {
     case MIMEO_ECLOSED: return "shutting down";
     case MIMEO_EEXPECTATION: return "some documents failed; nothing was written";
     case MIMEO_EBUSY: return "the data directory is in use";
+    case MIMEO_EPRECONDITION: return "invalid attachment stub";
     default: return "unknown error";
     }
 }
@@ -60,6 +61,7 @@ int db_err(mimeo_err *err, int code) {
         db_err_set(err, code, "insufficient_storage", "No space left on the device; nothing was written.");
         break;
     case MIMEO_ECLOSED: db_err_set(err, code, "service_unavailable", "The server is shutting down."); break;
+    case MIMEO_EPRECONDITION: db_err_set(err, code, "missing_stub", "Invalid attachment stub"); break;
     case MIMEO_ECORRUPT: db_err_set(err, code, "internal_server_error", "A stored record is corrupt."); break;
     case MIMEO_EIO: db_err_set(err, code, "internal_server_error", "Storage failure."); break;
     case MIMEO_ENOMEM: db_err_set(err, code, "internal_server_error", "Out of memory."); break;
