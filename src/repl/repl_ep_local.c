@@ -263,7 +263,7 @@ static int local_revs_diff(repl_ep *ep, const char *body, size_t len, repl_missi
             revs[i] = row->leaves[i].rev;
             lens[i] = row->leaves[i].rev_len;
         }
-        repl_want w = { row->id, row->id_len, revs, lens, row->leaf_count };
+        repl_want w = { row->id, row->id_len, revs, lens, row->leaf_count, NULL, NULL, 0 };
         frc = fn(ctx, &w);
     }
     mimeo_cursor_close(cur);
