@@ -6,7 +6,7 @@ CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 BASEFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -pthread -fvisibility=hidden -MMD -MP $(WARN)
-LIBS    := -llmdb -lyajl -lmicrohttpd -lcurl -lnettle -linih -lpthread -licui18n -licuuc -licudata -lpcre2-8 -lm
+LIBS    := -llmdb -lyajl -lmicrohttpd -lcurl -lnettle -lz -linih -lpthread -licui18n -licuuc -licudata -lpcre2-8 -lm
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 TSAN    := -fsanitize=thread -fno-omit-frame-pointer
 

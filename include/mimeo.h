@@ -99,10 +99,10 @@ typedef struct mimeo_options {
     const char *query_server;
     unsigned    os_process_timeout;
     /* Attachments stored gzip-encoded, as CouchDB does ([attachments] compressible_types and
-     * compression_level): a comma-separated list of media types, "type/*" matching a whole
-     * family (borrowed until mimeo_env_close; NULL → "text/*, application/javascript,
-     * application/json, application/xml"; "" → none), and the zlib level (0 → 8; -1 → never
-     * compress). */
+     * compression_level): a comma-separated list of media types, where a type ending in
+     * "/" and an asterisk matches a whole family (borrowed until mimeo_env_close; NULL →
+     * CouchDB's default: every text type, application/javascript, application/json and
+     * application/xml; "" → none), and the zlib level (0 → 8; -1 → never compress). */
     const char *att_compressible_types;
     int         att_compression_level;
 } mimeo_options;

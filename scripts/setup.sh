@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 packages=(build-essential pkg-config liblmdb-dev libyajl-dev libmicrohttpd-dev
           libcurl4-gnutls-dev nettle-dev libgnutls28-dev libinih-dev libicu-dev libpcre2-dev
-          libmozjs-102-dev)
+          libmozjs-102-dev zlib1g-dev)
 want_test=0 want_bench=0
 for arg in "$@"; do
   case "$arg" in

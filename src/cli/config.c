@@ -56,6 +56,11 @@ static const cfg_option cfg_options[] = {
         "command of the JavaScript query server (default: mimeo-js beside mimeo)"),
     OPTR("couchdb", "os_process_timeout", CFG_UINT, os_process_timeout, "5000", NULL,
          "milliseconds one query-server call may take (then it is killed)", 1, 0),
+    OPT("attachments", "compressible_types", CFG_STR, att_compressible_types,
+        "text/*, application/javascript, application/json, application/xml", NULL,
+        "attachment types stored gzip-encoded (comma-separated; type/* for a family)"),
+    OPTR("attachments", "compression_level", CFG_UINT, att_compression_level, "8", NULL,
+         "zlib level of stored attachments (0: store them as they are)", 0, 9),
     OPT("couchdb", "initial_map_size", CFG_SIZE, initial_map_size, "64M", NULL,
         "LMDB map size to start with (it grows by itself)"),
     OPT("httpd", "bind_address", CFG_STR, bind_address, "127.0.0.1", "--bind",
@@ -365,6 +370,8 @@ void config_to_options(const cli_config *c, mimeo_options *o) {
     o->max_document_id_length = c->max_document_id_length;
     o->query_server = c->query_server[0] ? c->query_server : NULL;
     o->os_process_timeout = c->os_process_timeout;
+    o->att_compressible_types = c->att_compressible_types;
+    o->att_compression_level = c->att_compression_level ? (int)c->att_compression_level : -1;
 }
 
 void config_to_replicator(const cli_config *c, mimeo_replicator_options *r) {

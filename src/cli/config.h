@@ -34,6 +34,8 @@ typedef struct cli_config {
     size_t   initial_map_size;
     char     query_server[4096];     /* [query_servers] javascript */
     unsigned os_process_timeout;     /* [couchdb], ms */
+    char     att_compressible_types[1024]; /* [attachments] compressible_types */
+    unsigned att_compression_level;  /* [attachments] compression_level; 0: none */
     bool     cors_enable;
     char     cors_origins[2048];
     bool     cors_credentials;

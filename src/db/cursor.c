@@ -659,8 +659,22 @@ static int fill_bulk_get(mimeo_cursor *c, db_snap *sn) {
             bulk_arg a = {true};
             bool found;
             size_t mark = out->len;
+            /* The entry's atts_since (§3.4) applies to this entry only. */
+            const jval *since = jval_get(e, "atts_since");
+            const char **since_list = NULL;
+            mimeo_get_opts saved = c->go;
+            if (since && since->type == JV_ARRAY && since->count) {
+                since_list = calloc(since->count, sizeof *since_list);
+                if (!since_list) return MIMEO_ENOMEM;
+                for (size_t k = 0; k < since->count; k++)
+                    if (since->items[k]->type == JV_STRING) since_list[k] = since->items[k]->str;
+                c->go.atts_since = since_list;
+                c->go.atts_since_count = since->count;
+            }
             rc = doc_revs_each(c, sn, id->str, id->len, rev ? &one : NULL, c->go.latest, &found,
                                bulk_get_entry, &a);
+            c->go = saved;
+            free(since_list);
             if (rc == MIMEO_EBADREV) {
                 out->len = mark;
                 rc = bulk_error(out, id, rev->str, rev->len, "bad_request", "Invalid rev format");

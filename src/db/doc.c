@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "att_int.h"
 #include "db_int.h"
 
 void db_doc_init(db_doc *d) {
@@ -70,8 +71,11 @@ int db_doc_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
     if (!rc) rc = buf_puts(out, ",\"_rev\":\"");
     if (!rc) rc = db_rev_put(out, n);
     if (!rc) rc = buf_putc(out, '"');
-    /* The stored body is a compact object "{...}": splice its members in. */
-    if (!rc && body.mv_size > 2) {
+    /* The stored body is a compact object "{...}": splice its members in (reads with
+     * attachment options rewrite its _attachments member: src/db/att.c). */
+    bool spliced = false;
+    if (!rc && opts) rc = att_json(out, txn, t, dbid, tree, node, &body, opts, &spliced);
+    if (!rc && !spliced && body.mv_size > 2) {
         rc = buf_putc(out, ',');
         if (!rc) rc = buf_put(out, (const char *)body.mv_data + 1, body.mv_size - 2);
     }

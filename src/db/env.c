@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 
+#include "att_int.h"
 #include "db_int.h"
 
 /* ---- errors ---------------------------------------------------------------------------- */
@@ -250,6 +251,7 @@ int mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **out,
     }
     memcpy(env->uuid, uj.uuid, 33);
     rc = drop_pending(env);
+    if (!rc) rc = blob_sweep(env); /* uploads a crash cut short (src/db/blob.c) */
     if (rc) {
         db_err(err, rc);
         store_close(env->store);
@@ -608,7 +610,8 @@ static int job_drop_chunk(MDB_txn *txn, void *arg) {
     const store_tables *t = store_tables_get(j->env->store);
     const MDB_dbi tables[] = {t->docs, t->seqs, t->bodies, t->locals};
     size_t budget = DROP_CHUNK;
-    int rc = 0;
+    /* First the attachment references of its revisions, which release their blobs. */
+    int rc = att_refs_drop_db(txn, t, j->dbid, &budget);
     for (size_t i = 0; rc == 0 && i < sizeof tables / sizeof *tables; i++)
         rc = store_delete_prefix(txn, tables[i], j->dbid, &budget);
     /* Mango index rows (src/db/index.c) are keyed by the database id too. Their table

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "att_int.h"
 #include "db_int.h"
 
 #define LOCAL_PREFIX "_local/"
@@ -37,6 +38,8 @@ typedef struct write_item {
     const char  *error;
     const char  *reason;
     char         newrev[MIMEO_REV_MAX];
+    att_set      atts;          /* its _attachments, read (src/db/att.c) */
+    char         att_reason[MIMEO_ERR_REASON_MAX];
 } write_item;
 
 typedef struct write_ctx {
@@ -46,6 +49,7 @@ typedef struct write_ctx {
     bool        new_edits;
     bool        all_or_nothing;
     buf         scratch;
+    buf         att_body, att_rec; /* a revision's body with its attachments, and their record */
     /* valid while the job runs */
     MDB_txn            *txn;
     const store_tables *t;
@@ -60,6 +64,7 @@ static void item_fail(write_item *it, int code, const char *error, const char *r
 
 static void item_destroy(write_item *it) {
     json_doc_destroy(&it->doc);
+    att_set_destroy(&it->atts);
     free(it->path_hashes);
     free(it->path_lens);
     free(it->vdu);
@@ -220,6 +225,9 @@ static void drop_body(void *arg, uint64_t body) {
         int rc = mdb_del(w->txn, w->t->bodies, &k, NULL);
         if (rc && !d->rc) d->rc = store_err(rc);
     }
+    /* Its attachments lose a reference in the same transaction (src/db/att.c). */
+    int arc = att_refs_drop(w->txn, w->t, w->m->dbid, body);
+    if (arc && !d->rc) d->rc = arc;
 }
 
 static int body_len(write_ctx *w, const revtree *t, int64_t node, size_t *len) {
@@ -252,6 +260,26 @@ static void rev_text(char *out, uint64_t gen, const char *hash, size_t hash_len)
     if (rev_put(&b, gen, hash, hash_len) == 0) memcpy(out, b.data, b.len + 1);
     else out[0] = 0;
     buf_destroy(&b);
+}
+
+/* The body of the new revision with its attachments (stubs resolved against src), in
+ * w->att_body; *body is pointed at it. 1 when the item failed (missing_stub). */
+static int apply_atts(write_ctx *w, write_item *it, const revtree_node *src, uint64_t gen,
+                      const buf **body) {
+    if (!it->atts.present) return 0;
+    const char *bad = NULL;
+    size_t bad_len = 0;
+    int rc = att_build(w->txn, w->t, w->m->dbid, &it->atts, src, gen, !w->new_edits, *body,
+                       &w->att_body, &w->att_rec, &bad, &bad_len);
+    if (rc == MIMEO_EPRECONDITION) {
+        snprintf(it->att_reason, sizeof it->att_reason, "Invalid attachment stub in %.*s for %.*s",
+                 (int)(it->id_len > 80 ? 80 : it->id_len), it->id,
+                 (int)(bad_len > 80 ? 80 : bad_len), bad);
+        item_fail(it, MIMEO_EPRECONDITION, "missing_stub", it->att_reason);
+        return 1;
+    }
+    if (!rc) *body = &w->att_body;
+    return rc;
 }
 
 static int apply_doc(write_ctx *w, write_item *it) {
@@ -297,6 +325,12 @@ static int apply_doc(write_ctx *w, write_item *it) {
             const revtree_node *p = &d.tree.nodes[parent];
             rev_text(parent_rev, p->gen, p->hash, p->hash_len);
         }
+        rc = apply_atts(w, it, parent != REVTREE_NONE ? &d.tree.nodes[parent] : NULL,
+                        parent != REVTREE_NONE ? d.tree.nodes[parent].gen + 1 : 1, &body);
+        if (rc) {
+            if (rc > 0) rc = 0;
+            goto out;
+        }
         char hash[33];
         rev_hash_new(parent_rev, strlen(parent_rev), it->doc.deleted, body->data, body->len, hash);
         uint8_t flags = REVTREE_HAS_BODY | (it->doc.deleted ? REVTREE_DELETED : 0);
@@ -304,6 +338,9 @@ static int apply_doc(write_ctx *w, write_item *it) {
         if (rc) goto out;
         m->next_body++;
         if ((rc = body_store(w, body_id, body))) goto out;
+        if (it->atts.present &&
+            (rc = att_commit(w->txn, w->t, m->dbid, body_id, &it->atts, &w->att_rec)))
+            goto out;
         changed = true;
     } else {
         revtree_path_in path = {
@@ -319,8 +356,23 @@ static int apply_doc(write_ctx *w, write_item *it) {
         if (rc) goto out;
         const revtree_node *n = &d.tree.nodes[leaf];
         if ((n->flags & REVTREE_HAS_BODY) && n->body == body_id) {
+            /* Stubs keep the attachments of the nearest ancestor whose body is stored. */
+            const revtree_node *src = NULL;
+            for (uint32_t a = n->parent; a != REVTREE_NONE; a = d.tree.nodes[a].parent)
+                if (d.tree.nodes[a].flags & REVTREE_HAS_BODY) {
+                    src = &d.tree.nodes[a];
+                    break;
+                }
+            rc = apply_atts(w, it, src, n->gen, &body);
+            if (rc) {
+                if (rc > 0) rc = 0;
+                goto out;
+            }
             m->next_body++;
             if ((rc = body_store(w, body_id, body))) goto out;
+            if (it->atts.present &&
+                (rc = att_commit(w->txn, w->t, m->dbid, body_id, &it->atts, &w->att_rec)))
+                goto out;
             changed = true;
         } else if (outcome != REVTREE_INTERNAL_NODE) {
             changed = true;
@@ -454,8 +506,12 @@ static int job_write(MDB_txn *txn, void *arg) {
 
 static int run_write(write_ctx *w) {
     buf_init(&w->scratch, 0);
+    buf_init(&w->att_body, 0);
+    buf_init(&w->att_rec, 0);
     int rc = store_write(w->db->env->store, job_write, w);
     buf_destroy(&w->scratch);
+    buf_destroy(&w->att_body);
+    buf_destroy(&w->att_rec);
     return rc;
 }
 
@@ -584,6 +640,9 @@ int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json,
     }
     bool new_edits = !(opts && opts->new_edits_false);
     rc = item_prepare(db->env, &it, id, id_len, opts ? opts->rev : NULL, new_edits, err);
+    if (!rc && !it.ignore)
+        rc = att_prepare(db->env, it.doc.attachments, it.local, opts ? opts->atts : NULL,
+                         opts ? opts->att_count : 0, &it.atts, err);
     if (!rc) rc = single_write(db, &it, new_edits || it.local, opts ? opts->user : NULL, res, err);
     item_destroy(&it);
     return rc;
@@ -638,7 +697,7 @@ int mimeo_local_put(mimeo_db *db, const char *id, size_t id_len, const char *jso
     memcpy(full, LOCAL_PREFIX, LOCAL_PREFIX_LEN);
     memcpy(full + LOCAL_PREFIX_LEN, id, id_len);
     full[LOCAL_PREFIX_LEN + id_len] = 0;
-    mimeo_put_opts opts = {rev, false, NULL};
+    mimeo_put_opts opts = {.rev = rev};
     int rc = mimeo_doc_put(db, full, LOCAL_PREFIX_LEN + id_len, json, len, &opts, res, err);
     free(full);
     return rc;
@@ -695,8 +754,12 @@ int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
         items[i].doc = bulk.docs[i];
         memset(&bulk.docs[i], 0, sizeof bulk.docs[i]);
     }
-    for (size_t i = 0; i < bulk.count && !rc; i++)
+    for (size_t i = 0; i < bulk.count && !rc; i++) {
         rc = item_prepare(db->env, &items[i], NULL, 0, NULL, bulk.new_edits, err);
+        if (!rc && !items[i].ignore)
+            rc = att_prepare(db->env, items[i].doc.attachments, items[i].local, NULL, 0,
+                             &items[i].atts, err);
+    }
     if (!rc && bulk.count)
         rc = validate_items(db, items, bulk.count, opts ? opts->user : NULL, err);
     write_ctx w = {.db = db, .items = items, .count = bulk.count, .new_edits = bulk.new_edits,

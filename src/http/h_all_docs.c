@@ -22,6 +22,8 @@ typedef struct http_rows {
     bool                done;
     buf                 out;
     size_t              pos;
+    bool                attachments; /* attachments=true: inline their data */
+    buf                 att_hold;
 } http_rows;
 
 static void http_rows_free(void *cls)
@@ -32,6 +34,7 @@ static void http_rows_free(void *cls)
     for (int i = 0; i < 2; i++) if (s->trees[i]) jval_free(s->trees[i]);
     http_string_list_destroy(&s->keys);
     buf_destroy(&s->out);
+    buf_destroy(&s->att_hold);
     free(s);
 }
 
@@ -47,7 +50,11 @@ static int http_rows_fill(http_rows *s, mimeo_err *e)
             break;
         }
         if (s->rows_total++ > 0 && (rc = buf_puts(&s->out, ",\n")) != 0) return rc;
-        rc = http_put_all_docs_row(&s->out, row, s->opts.include_docs, s->opts.conflicts);
+        mimeo_row shown = *row;
+        if (s->attachments && s->opts.include_docs &&
+            (rc = http_att_inline_row(s->db, row, &shown, &s->att_hold)) != 0)
+            return rc;
+        rc = http_put_all_docs_row(&s->out, &shown, s->opts.include_docs, s->opts.conflicts);
         if (rc) return rc;
     }
     return 0;
@@ -150,7 +157,7 @@ static void http_all_docs_common(http_req *r, bool design_only)
     buf_init(&s->out, 0);
     mimeo_all_docs_opts *o = &s->opts;
     o->inclusive_end = true;
-    bool update_seq = false, ignored = false;
+    bool update_seq = false;
     uint64_t limit = 0;
     int has_limit = 0, rc;
 
@@ -159,7 +166,7 @@ static void http_all_docs_common(http_req *r, bool design_only)
         http_arg_bool(r, "include_docs", &o->include_docs) < 0 ||
         http_arg_bool(r, "conflicts", &o->conflicts) < 0 ||
         http_arg_bool(r, "update_seq", &update_seq) < 0 ||
-        http_arg_bool(r, "attachments", &ignored) < 0 ||
+        http_arg_bool(r, "attachments", &s->attachments) < 0 ||
         (has_limit = http_arg_u64(r, "limit", &limit)) < 0 ||
         http_arg_u64(r, "skip", &o->skip) < 0 || !http_rows_keys(r, s))
         goto fail;

@@ -42,6 +42,8 @@ typedef struct http_feed {
     uint64_t            next_beat;
     mimeo_err           err;         /* why opening or reading failed */
     bool                streaming;   /* the reader runs: the status line is gone */
+    bool                attachments; /* attachments=true: inline their data in docs */
+    buf                 att_hold;
     buf                 out;
     size_t              pos;
 } http_feed;
@@ -54,6 +56,7 @@ static void http_feed_free(void *cls)
     http_string_list_destroy(&f->ids);
     http_filter_free(f->filter);
     buf_destroy(&f->out);
+    buf_destroy(&f->att_hold);
     free(f);
 }
 
@@ -72,6 +75,7 @@ static int http_feed_row(http_feed *f, const mimeo_row *row)
     }
     mimeo_row shown = *row;
     if (!f->want_docs) shown.body = NULL;
+    else if (f->attachments && rc == 0) rc = http_att_inline_row(f->db, row, &shown, &f->att_hold);
     if (rc == 0) rc = http_put_change_row(&f->out, &shown, f->opts.all_docs_style, f->opts.conflicts);
     if (rc == 0) {
         if (f->kind == FEED_CONTINUOUS) rc = buf_putc(&f->out, '\n');
@@ -301,7 +305,7 @@ static bool http_feed_params(http_req *r, http_feed *f)
         http_arg_bool(r, "conflicts", &f->opts.conflicts) < 0)
         return false;
     bool ignored;
-    if (http_arg_bool(r, "attachments", &ignored) < 0 ||
+    if (http_arg_bool(r, "attachments", &f->attachments) < 0 ||
         http_arg_bool(r, "att_encoding_info", &ignored) < 0)
         return false;
 

@@ -304,9 +304,9 @@ void http_h_bulk_get(http_req *r)
     mimeo_get_opts o = {0};
     if (http_arg_bool(r, "revs", &o.revs) < 0 || http_arg_bool(r, "latest", &o.latest) < 0)
         return;
-    /* attachments=true would inline data; there are no attachments yet, so it is moot. */
-    bool atts = false;
-    if (http_arg_bool(r, "attachments", &atts) < 0) return;
+    if (http_arg_bool(r, "attachments", &o.attachments) < 0 ||
+        http_arg_bool(r, "att_encoding_info", &o.att_encoding_info) < 0)
+        return;
     if (!http_db(r)) return;
     /* Streamed entry by entry: a small request may name large documents many times. */
     mimeo_cursor *cur = NULL;

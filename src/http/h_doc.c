@@ -117,9 +117,10 @@ static void http_reply_open_revs_multipart(http_req *r, mimeo_cursor *cur)
 }
 
 /* ---- GET -------------------------------------------------------------------------------- */
-static void http_doc_get(http_req *r, const char *id, size_t id_len)
+static void http_doc_get_with(http_req *r, const char *id, size_t id_len,
+                              const mimeo_get_opts *base)
 {
-    mimeo_get_opts o = {0};
+    mimeo_get_opts o = *base;
     bool meta = false, atts = false;
     if (http_arg_bool(r, "revs", &o.revs) < 0 ||
         http_arg_bool(r, "revs_info", &o.revs_info) < 0 ||
@@ -201,6 +202,15 @@ static void http_doc_get(http_req *r, const char *id, size_t id_len)
     memcpy(tag, row->rev, tag_len);
     http_reply_row_json(r, 200, cur, row);
     http_header_etag(r, tag, tag_len);
+}
+
+/* The attachment options (h_att.c) hold memory for the whole read. */
+static void http_doc_get(http_req *r, const char *id, size_t id_len)
+{
+    http_att_opts h;
+    mimeo_get_opts o = {0};
+    if (http_att_opts_parse(r, &o, &h)) http_doc_get_with(r, id, id_len, &o);
+    http_att_opts_free(&h);
 }
 
 /* ---- PUT / DELETE ----------------------------------------------------------------------- */

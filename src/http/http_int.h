@@ -73,6 +73,12 @@ typedef struct http_req {
     bool                  too_large;
     bool                  over_budget; /* the server's body budget ran out: 503 */
     size_t                accounted;   /* body bytes counted in srv->buffered */
+    /* Streaming uploads (attachments): chosen when the headers arrive; when set, body
+     * bytes go to body_sink (which keeps its own error) instead of `body`, and sink_free
+     * releases sink_state with the request. */
+    int                 (*body_sink)(void *state, const char *data, size_t len);
+    void                 *sink_state;
+    void                (*sink_free)(void *state);
 
     mimeo_db             *db;          /* opened once per request by http_db */
     buf                   scratch;     /* e.g. "_design/" + name */
@@ -140,6 +146,9 @@ static inline bool http_seg_is(const http_req *r, size_t i, const char *s) {
 }
 /* The same with another Content-Type (NULL: application/json). */
 void http_reply_buf_ct(http_req *r, unsigned status, buf *b, const char *content_type);
+/* A reply the handler built (e.g. a stream of known length), with the common headers. */
+void http_reply_resp(http_req *r, unsigned status, struct MHD_Response *resp,
+                     const char *content_type);
 /* Replies with memory returned by mimeo (takes it; freed with mimeo_free). */
 void http_reply_mimeo(http_req *r, unsigned status, char *json, size_t len);
 /* Replies with row->json (the row is cur's; takes cur, closed once the reply is sent). */
@@ -214,6 +223,21 @@ void http_h_security(http_req *r);
 
 /* id/id_len: the decoded document id ("_design/x" included). */
 void http_h_doc(http_req *r, const char *id, size_t id_len);
+/* /{db}/{id}/{name…} (h_att.c): the name is the path from segment `rest` on. */
+void http_h_att(http_req *r, const char *id, size_t id_len, size_t rest);
+/* Called when a request's headers arrive: sets the body sink of an attachment upload. */
+void http_att_sink_choose(http_req *r);
+/* attachments, att_encoding_info and atts_since of a document read, into o; false after
+ * replying 400. The atts_since list lives in h until http_att_opts_free. */
+typedef struct http_att_opts {
+    jval        *tree;
+    const char **list;
+} http_att_opts;
+bool http_att_opts_parse(http_req *r, mimeo_get_opts *o, http_att_opts *h);
+void http_att_opts_free(http_att_opts *h);
+/* A row whose include_docs body has attachments, with their data inlined (attachments=true
+ * on _all_docs and _changes): *shown is row, its body then pointing into hold. */
+int  http_att_inline_row(mimeo_db *db, const mimeo_row *row, mimeo_row *shown, buf *hold);
 /* The request's user and r->db's _security for validate_doc_update; returns the security
  * text u borrows (free() it after the write). */
 char *http_user_ctx(http_req *r, mimeo_user_ctx *u);

@@ -167,6 +167,11 @@ static void http_set_reply(http_req *r, unsigned status, struct MHD_Response *re
 }
 
 /* ---- replies ---------------------------------------------------------------------------- */
+void http_reply_resp(http_req *r, unsigned status, struct MHD_Response *resp,
+                     const char *content_type) {
+    http_set_reply(r, status, resp, content_type);
+}
+
 void http_reply_buf(http_req *r, unsigned status, buf *b) {
     http_reply_buf_ct(r, status, b, NULL);
 }

@@ -3,7 +3,7 @@
  *   /                      root           /_up /_all_dbs /_uuids   server
  *   /{db}                  database       /{db}/_xxx               database endpoints
  *   /{db}/{id}             document       /{db}/_design/{name}     design document
- *   /{db}/_local/{id}      local document /{db}/{id}/{att…}        attachment (not yet) */
+ *   /{db}/_local/{id}      local document /{db}/{id}/{att…}        attachment */
 #include <string.h>
 
 #include "http_int.h"
@@ -140,7 +140,7 @@ static void http_route_doc(http_req *r) {
     }
     if (r->nseg > rest) {
         /* /{db}/{id}/{attachment name, which may hold '/'} */
-        http_reply_error(r, 501, "not_implemented", "attachments are not supported yet");
+        http_h_att(r, id, id_len, rest);
         return;
     }
     http_h_doc(r, id, id_len);
@@ -215,10 +215,7 @@ void http_route(http_req *r) {
         http_route_doc(r);
         return;
     default:
-        if (r->nseg > 2 && !http_seg_is(r, 1, "_local") && !http_seg_is(r, 1, "_design"))
-            http_reply_error(r, 501, "not_implemented", "attachments are not supported yet");
-        else
-            http_reply_method(r, "DELETE,GET,HEAD,PUT");
+        http_reply_method(r, "DELETE,GET,HEAD,PUT");
         return;
     }
 }

@@ -67,6 +67,7 @@ static void http_req_free(http_req *r)
 {
     if (r->accounted) atomic_fetch_sub(&r->srv->buffered, r->accounted);
     if (r->resp) MHD_destroy_response(r->resp);
+    if (r->sink_free) r->sink_free(r->sink_state);
     if (r->db) mimeo_db_close(r->db);
     auth_user_destroy(&r->user);
     free(r->set_cookie);
@@ -191,8 +192,9 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
         r->method = http_method_of(method);
         r->counted = true;
         atomic_fetch_add(&s->busy, 1);
+        http_att_sink_choose(r);   /* attachment uploads stream to the store (h_att.c) */
         uint64_t cl;
-        if (http_content_length(r, &cl)) {
+        if (!r->body_sink && http_content_length(r, &cl)) {
             if (cl > s->cfg.max_request_size) return http_refuse_oversize(r);
             /* Room for what is declared, up to a few MB: the rest grows as it arrives, so
              * clients that announce big bodies and send nothing cost no memory. */
@@ -207,6 +209,11 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
     }
 
     if (*upload_size > 0) {
+        if (r->body_sink) {
+            (void)r->body_sink(r->sink_state, upload, *upload_size);
+            *upload_size = 0;
+            return MHD_YES;
+        }
         if (!r->too_large && !r->over_budget) {
             if (buf_put(&r->body, upload, *upload_size) != 0) {
                 r->too_large = true;   /* keep reading (and dropping) so we can answer */

@@ -138,7 +138,7 @@ static void test_list_append_failure(void) {
 
 static int put_json(mimeo_db *db, const char *id, const char *json, bool replicated,
                     mimeo_err *err) {
-    mimeo_put_opts o = {NULL, replicated, NULL};
+    mimeo_put_opts o = {.new_edits_false = replicated};
     mimeo_put_result res;
     int rc = mimeo_doc_put(db, id, strlen(id), json, strlen(json), &o, &res, err);
     if (!rc) mimeo_free(res.id);
@@ -173,7 +173,7 @@ static long revisions_rss_kb(size_t n) {
         getrusage(RUSAGE_SELF, &ru);
         long before = ru.ru_maxrss;
         mimeo_err err;
-        mimeo_put_opts o = {NULL, true, NULL};
+        mimeo_put_opts o = {.new_edits_false = true};
         mimeo_put_result res;
         int rc = mimeo_doc_put(db, NULL, 0, b.data, b.len, &o, &res, &err);
         getrusage(RUSAGE_SELF, &ru);
@@ -252,7 +252,7 @@ static void test_couchdb_revisions_accepted(void) {
     CHECK(doc && strstr(doc, "\"_rev\":\"0-abc\""));
     mimeo_free(doc);
     /* An edit on top of it makes generation 1. */
-    mimeo_put_opts po = {"0-abc", false, NULL};
+    mimeo_put_opts po = {.rev = "0-abc"};
     mimeo_put_result res;
     CHECK_EQ_INT(mimeo_doc_put(db, "zero", 4, "{\"v\":2}", 7, &po, &res, &err), 0);
     CHECK(strncmp(res.rev, "1-", 2) == 0);
@@ -688,7 +688,7 @@ static void test_long_ids(void) {
         char revbuf[MIMEO_REV_MAX] = "";
         if (rev) sscanf(rev + 8, "%95[^\"]", revbuf);
         mimeo_free(doc);
-        mimeo_put_opts po = {revbuf, false, NULL};
+        mimeo_put_opts po = {.rev = revbuf};
         mimeo_put_result res;
         CHECK_EQ_INT(mimeo_doc_put(db, big->s, big->n, "{\"v\":2}", 7, &po, &res, &err), 0);
         CHECK(strncmp(res.rev, "2-", 2) == 0);
@@ -805,7 +805,7 @@ static void test_long_id_slot_collision(void) {
     char *r = doc ? strstr(doc, "\"_rev\":\"") : NULL;
     if (r) sscanf(r + 8, "%95[^\"]", rev);
     mimeo_free(doc);
-    mimeo_put_opts po = {rev, false, NULL};
+    mimeo_put_opts po = {.rev = rev};
     mimeo_put_result res;
     CHECK_EQ_INT(mimeo_doc_put(db, a, 600, "{\"who\":\"a2\"}", 12, &po, &res, &err), 0);
     mimeo_free(res.id);
