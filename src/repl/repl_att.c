@@ -303,7 +303,9 @@ static int att_one(att_w *w, repl_docset *docs, size_t d, bool full, mimeo_err *
         if (gone) atomic_fetch_add(&j->stats.doc_write_failures, 1);
         return rc;
     }
-    bool multipart = total > ATT_INLINE_MAX && j->tgt->ops->put_atts;
+    /* A local target takes the blobs straight from the spool: no base64 at all. */
+    bool multipart = (total > ATT_INLINE_MAX || j->tgt->local) && w->natts > 0 &&
+                     j->tgt->ops->put_atts;
     rc = att_put_doc(w, doc, !multipart);
     if (rc) {
         err_set(err, rc, "error", rc == MIMEO_EIO ? "could not read the spool file"
