@@ -467,6 +467,178 @@ static int att_ask_ancestors(att_w *w, repl_docset *docs, mimeo_err *err)
     return rc;
 }
 
+/* ---- small attachments in one request per group: _bulk_get with attachments=true -------- */
+/* A _bulk_get reply this large at most (estimated from the stubs' lengths, base64 counted). */
+#define ATT_PREFETCH_MAX ((uint64_t)8 << 20)
+
+typedef struct att_pre {
+    att_w       *w;
+    repl_docset *docs;
+    size_t      *group;    /* the documents asked for */
+    size_t       n;
+    bool        *done;
+    int          rc;
+    mimeo_err   *err;
+} att_pre;
+
+/* The "N-h" of doc's ancestor at generation gen into out; false when it has none. */
+static bool att_rev_at(const jval *doc, uint64_t gen, char *out, size_t cap)
+{
+    const jval *revs = jval_get(doc, "_revisions");
+    const jval *ids = jval_get(revs, "ids");
+    int64_t start;
+    if (!ids || ids->type != JV_ARRAY || !jval_as_i64(jval_get(revs, "start"), &start) ||
+        gen == 0 || (int64_t)gen > start || (size_t)(start - (int64_t)gen) >= ids->count)
+        return false;
+    const jval *h = ids->items[start - (int64_t)gen];
+    if (h->type != JV_STRING) return false;
+    int n = snprintf(out, cap, "%llu-%s", (unsigned long long)gen, h->str);
+    return n > 0 && (size_t)n < cap;
+}
+
+/* Bytes of attachment data doc would carry inline (base64), from its stubs' lengths. */
+static uint64_t att_inline_size(const jval *doc, uint64_t since)
+{
+    const jval *atts = jval_get(doc, "_attachments");
+    uint64_t total = 0;
+    for (size_t i = 0; atts && atts->type == JV_OBJECT && i < atts->count; i++) {
+        if (!att_needs_data(atts->items[i], since)) continue;
+        int64_t len;
+        if (!jval_as_i64(jval_get(atts->items[i], "length"), &len) || len < 0) return UINT64_MAX;
+        total += (uint64_t)len;
+    }
+    return total;
+}
+
+static bool att_has_stub(const jval *doc)
+{
+    const jval *atts = jval_get(doc, "_attachments");
+    for (size_t i = 0; atts && atts->type == JV_OBJECT && i < atts->count; i++) {
+        const jval *st = jval_get(atts->items[i], "stub");
+        if (st && st->type == JV_BOOL && st->boolean) return true;
+    }
+    return false;
+}
+
+static bool att_same_str(const jval *a, const jval *b)
+{
+    return a && b && a->type == JV_STRING && b->type == JV_STRING && a->len == b->len &&
+           memcmp(a->str, b->str, a->len) == 0;
+}
+
+/* One document of the reply: queued inline when it is one asked for and carries the data. */
+static int att_pre_doc(void *ctx, const char *json, size_t len)
+{
+    att_pre *p = ctx;
+    att_w *w = p->w;
+    jval *got = NULL;
+    if (json_tree_parse(json, len, NULL, &got, NULL) != 0) return 0;
+    for (size_t k = 0; k < p->n; k++) {
+        size_t d = p->group[k];
+        const jval *want = w->trees[d];
+        if (p->done[d] || !att_same_str(jval_get(got, "_id"), jval_get(want, "_id")) ||
+            !att_same_str(jval_get(got, "_rev"), jval_get(want, "_rev")))
+            continue;
+        /* a source that ignored attachments=true sent stubs: fetched one by one instead */
+        if (att_inline_size(got, w->since[d]) != 0) break;
+        /* one that ignored atts_since sent everything: not asked again in this job */
+        if (w->since[d] > 0 && att_inline_size(want, 0) != att_inline_size(want, w->since[d]) &&
+            !att_has_stub(got))
+            atomic_store(&w->j->src->no_atts_since, true);
+        buf_reset(&w->json);
+        int rc = buf_put(&w->json, json, len);
+        if (!rc) rc = att_bulk_add(w, d);
+        if (rc) {
+            jval_free(got);
+            err_set(p->err, rc, "error", "out of memory");
+            return p->rc = rc;
+        }
+        p->done[d] = true;
+        break;
+    }
+    jval_free(got);
+    if (w->bulk.len >= ATT_BULK_FLUSH) {
+        int rc = att_flush(w, p->docs, p->err);
+        if (rc) return p->rc = rc;
+    }
+    return 0;
+}
+
+static int att_pre_send(att_pre *p, buf *body)
+{
+    att_w *w = p->w;
+    repl_job *j = w->j;
+    if (p->n == 0) return 0;
+    int rc = buf_puts(body, "]}");
+    if (rc) {
+        err_set(p->err, rc, "error", "out of memory");
+        return rc;
+    }
+    size_t unserved = 0;
+    rc = j->src->ops->bulk_get_inline(j->src, body->data, body->len, att_pre_doc, p, &unserved,
+                                      &w->resp, p->err);
+    if (p->rc) return p->rc;
+    /* over the reply cap, no _bulk_get, an error: the documents go one by one instead */
+    if (rc == MIMEO_ETOOLARGE) rc = 0;
+    return rc;
+}
+
+/* Fetches the documents whose missing data is small with their data inline, in groups of a
+ * few MiB, and queues them; done[d] marks the ones served. */
+static int att_prefetch(att_w *w, repl_docset *docs, bool *done, mimeo_err *err)
+{
+    repl_job *j = w->j;
+    if (!j->src->ops->bulk_get_inline || atomic_load(&j->src->no_bulk_get)) return 0;
+    att_pre p = { w, docs, calloc(docs->count + 1, sizeof(size_t)), 0, done, 0, err };
+    if (!p.group) {
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        return MIMEO_ENOMEM;
+    }
+    buf body;
+    buf_init(&body, 0);
+    uint64_t est = 0;
+    int rc = 0;
+    for (size_t d = 0; !rc && d < docs->count; d++) {
+        const jval *doc = w->trees[d];
+        const jval *id = jval_get(doc, "_id"), *rev = jval_get(doc, "_rev");
+        if (!doc || !id || id->type != JV_STRING || !rev || rev->type != JV_STRING) continue;
+        uint64_t size = att_inline_size(doc, w->since[d]);
+        if (size == 0 || size > ATT_INLINE_MAX) continue;
+        /* a source without atts_since would send the unchanged ones too */
+        if (atomic_load(&j->src->no_atts_since) && size != att_inline_size(doc, 0)) continue;
+        size = size / 3 * 4 + 1024;
+        if (p.n > 0 && est + size > ATT_PREFETCH_MAX) {
+            rc = att_pre_send(&p, &body);
+            buf_reset(&body);
+            p.n = 0;
+            est = 0;
+            if (rc) break;
+        }
+        rc = buf_puts(&body, p.n ? "," : "{\"docs\":[");
+        if (!rc) rc = buf_puts(&body, "{\"id\":");
+        if (!rc) rc = json_put_str(&body, id->str, id->len);
+        if (!rc) rc = buf_puts(&body, ",\"rev\":");
+        if (!rc) rc = json_put_str(&body, rev->str, rev->len);
+        char since[100];
+        if (!rc && att_rev_at(doc, w->since[d], since, sizeof since)) {
+            rc = buf_puts(&body, ",\"atts_since\":[");
+            if (!rc) rc = json_put_cstr(&body, since);
+            if (!rc) rc = buf_putc(&body, ']');
+        }
+        if (!rc) rc = buf_putc(&body, '}');
+        if (rc) {
+            err_set(err, rc, "error", "out of memory");
+            break;
+        }
+        p.group[p.n++] = d;
+        est += size;
+    }
+    if (!rc) rc = att_pre_send(&p, &body);
+    buf_destroy(&body);
+    free(p.group);
+    return rc;
+}
+
 int repl_att_write(repl_job *j, const repl_want *wants, size_t nwants, repl_docset *docs,
                    mimeo_err *err)
 {
@@ -499,7 +671,14 @@ int repl_att_write(repl_job *j, const repl_want *wants, size_t nwants, repl_docs
         err_set(err, MIMEO_EIO, "error", "could not create a spool file for attachments");
         rc = MIMEO_EIO;
     }
+    bool *done = rc ? NULL : calloc(docs->count + 1, sizeof *done);
+    if (!rc && !done) {
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        rc = MIMEO_ENOMEM;
+    }
+    if (!rc) rc = att_prefetch(&w, docs, done, err);
     for (size_t d = 0; !rc && d < docs->count; d++) {
+        if (done[d]) continue;
         if (atomic_load(&j->cancel)) {
             err_set(err, MIMEO_ECLOSED, "cancelled", "the replication was cancelled");
             rc = MIMEO_ECLOSED;
@@ -508,6 +687,7 @@ int repl_att_write(repl_job *j, const repl_want *wants, size_t nwants, repl_docs
         rc = att_one(&w, docs, d, false, err);
     }
     if (!rc) rc = att_flush(&w, docs, err);
+    free(done);
     if (w.spool) fclose(w.spool);
     for (size_t d = 0; w.trees && d < docs->count; d++) jval_free(w.trees[d]);
     free(w.trees);

@@ -440,8 +440,11 @@ static int ephttp_info(repl_ep *ep, repl_resp *out, mimeo_err *err)
      * has no filter=_selector and drops its connections after one, so a selector is
      * applied here to its plain feed instead of being asked for. */
     if (rc == 0 && out->status == 200 && out->body.data &&
-        strstr(buf_cstr(&out->body), "\"backend_adapter\":"))
+        strstr(buf_cstr(&out->body), "\"backend_adapter\":")) {
         atomic_store(&h->no_selector, true);
+        /* nor does it honour atts_since (PouchDB 9: "aspirational") */
+        atomic_store(&h->base.no_atts_since, true);
+    }
     return rc;
 }
 
@@ -787,6 +790,15 @@ static int ephttp_att_get(repl_ep *ep, const char *id, size_t id_len, const char
     return rc;
 }
 
+static int ephttp_bulk_get_inline(repl_ep *ep, const char *body, size_t len, repl_doc_fn fn,
+                                  void *ctx, size_t *unserved, repl_resp *out, mimeo_err *err)
+{
+    int rc = ephttp_do((ephttp_ep *)ep, "POST", "/_bulk_get?revs=true&attachments=true", body,
+                       len, 0, out, err);
+    if (!rc && out->status == 200) rc = repl_reply_docs(out, fn, ctx, unserved, err);
+    return rc;
+}
+
 static int ephttp_put_atts(repl_ep *ep, const char *id, size_t id_len, const char *json,
                            size_t len, const repl_att *atts, size_t n, FILE *spool,
                            repl_resp *out, mimeo_err *err)
@@ -867,6 +879,7 @@ static const repl_ep_ops ephttp_ops = {
     .local_get = ephttp_local_get,
     .local_put = ephttp_local_put,
     .att_get = ephttp_att_get,
+    .bulk_get_inline = ephttp_bulk_get_inline,
     .put_atts = ephttp_put_atts,
     .free = ephttp_free,
 };

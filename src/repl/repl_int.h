@@ -151,6 +151,11 @@ typedef struct repl_ep_ops {
     int  (*att_get)(repl_ep *ep, const char *id, size_t id_len, const char *name,
                     size_t name_len, const char *rev, FILE *sink, repl_resp *out,
                     mimeo_err *err);
+    /* POST _bulk_get?revs=true&attachments=true with body (whose entries carry atts_since):
+     * fn per document served, with its attachment data inline; *unserved counts the rest.
+     * NULL when the endpoint is better served by att_get (local). */
+    int  (*bulk_get_inline)(repl_ep *ep, const char *body, size_t len, repl_doc_fn fn,
+                            void *ctx, size_t *unserved, repl_resp *out, mimeo_err *err);
     /* PUT /{db}/{id}?new_edits=false as multipart/related: json (whose entries for atts say
      * "follows":true, in the order of atts), then the bytes of each from spool. */
     int  (*put_atts)(repl_ep *ep, const char *id, size_t id_len, const char *json,
@@ -164,6 +169,8 @@ struct repl_ep {
     char          *display;    /* new: the URL without password, or the local db name */
     bool           local;
     atomic_bool    no_bulk_get; /* the peer answered _bulk_get with 400/404/405/501 */
+    atomic_bool    no_atts_since; /* the peer ignores atts_since (PouchDB): asking it for
+                                     inline data gets every attachment's */
     atomic_bool   *cancel;     /* borrowed: set when the job must stop */
     repl_health   *health;     /* borrowed: the job's, or NULL */
     unsigned       retries;    /* retry budget per request (changed after start-up) */

@@ -20,7 +20,11 @@ import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { serverBinary, repoRoot, startServer } from './lib/server.mjs';
-import { request } from './lib/http.mjs';
+import { request as httpRequest } from './lib/http.mjs';
+
+// A fresh connection per request: a pooled one that its server closed after its keep-alive
+// timeout would fail the next request with "socket hang up" on a loaded machine.
+const request = (url, method, p, opts = {}) => httpRequest(url, method, p, { agent: false, ...opts });
 import { startPouchServer, SKIP_UNWIRED } from './lib/repl_peers.mjs';
 
 /** A proxy in front of url that counts requests (method and path) and reply bytes. */
