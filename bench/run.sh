@@ -19,6 +19,8 @@ else
   DOCS=100000 PUT1_DOCS=2000 PUT16_DOCS=5000 GET_SECS=10 CEIL_SECS=5
 fi
 BATCH=1000 SIZE=1024 CLIENTS=16
+# documents of the attachment replication (one 100 KiB attachment each)
+if [ "$QUICK" = 1 ]; then ATT_DOCS=200; else ATT_DOCS=1000; fi
 
 [ -x "$LG" ] || { echo "bench: $LG is missing; run 'make bench' (or 'make build/loadgen')" >&2; exit 1; }
 mkdir -p "$OUT"
@@ -211,6 +213,11 @@ for s in "${SERVERS[@]}"; do
 done
 for s in "${SERVERS[@]}"; do
   run pull "$s" 360 node "$BENCH/pull.mjs" @URL/bench_seq "$DOCS"
+done
+# Attachments: ATT_DOCS docs of 100 KiB replicated by the server's own /_replicate, then again
+# after every body changed and no attachment did (the blobs are all on the target already).
+for s in "${SERVERS[@]}"; do
+  run att_repl "$s" 900 node "$BENCH/att_repl.mjs" @URL "$ATT_DOCS" 102400
 done
 
 # Peak resident memory over the whole run (VmHWM), read before the servers stop.
