@@ -233,7 +233,7 @@ static int att_flush(att_w *w, repl_docset *docs, mimeo_err *err)
     jval_free(v);
     if (failures > n) failures = n;
     atomic_fetch_add(&j->stats.doc_write_failures, failures);
-    atomic_fetch_add(&j->stats.docs_written, n - failures - nagain);
+    atomic_fetch_add(&j->stats.docs_written, n > failures + nagain ? n - failures - nagain : 0);
     for (size_t i = 0; !rc && i < nagain; i++) {
         rc = att_one(w, docs, again[i], true, err);
         if (!rc) rc = att_flush(w, docs, err);
