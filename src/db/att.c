@@ -179,6 +179,7 @@ static int inline_blob(mimeo_env *env, const jval *data, const char *type, mimeo
     mimeo_blob *b;
     int rc = mimeo_blob_new(env, &o, &b);
     if (rc) return rc;
+    b->in_memory = true;
     struct base64_decode_ctx ctx;
     base64_decode_init(&ctx);
     uint8_t dst[BASE64_DECODE_LENGTH(16384)];
@@ -198,8 +199,33 @@ static int inline_blob(mimeo_env *env, const jval *data, const char *type, mimeo
     return 0;
 }
 
+void att_cache_destroy(att_cache *c) {
+    free(c->e);
+    memset(c, 0, sizeof *c);
+}
+
+static mimeo_blob *cache_find(const att_cache *c, const jval *data, int level) {
+    for (size_t i = 0; c && i < c->n; i++)
+        if (c->e[i].len == data->len && c->e[i].level == level &&
+            memcmp(c->e[i].text, data->str, data->len) == 0)
+            return c->e[i].blob;
+    return NULL;
+}
+
+static void cache_add(att_cache *c, const jval *data, int level, mimeo_blob *b) {
+    if (!c || data->len < 64) return;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 8;
+        void *ne = realloc(c->e, cap * sizeof *c->e);
+        if (!ne) return;   /* only a lost shortcut */
+        c->e = ne;
+        c->cap = cap;
+    }
+    c->e[c->n++] = (struct att_cached){data->str, data->len, level, b};
+}
+
 int att_prepare(mimeo_env *env, const jval *atts, bool local, const mimeo_att_blob *given,
-                size_t given_count, att_set *out, mimeo_err *err) {
+                size_t given_count, att_cache *cache, att_set *out, mimeo_err *err) {
     memset(out, 0, sizeof *out);
     if (!atts) return 0;
     out->present = true;
@@ -246,11 +272,17 @@ int att_prepare(mimeo_env *env, const jval *atts, bool local, const mimeo_att_bl
             char type[256];
             snprintf(type, sizeof type, "%.*s", e->type ? (int)(e->type_len > 255 ? 255 : e->type_len) : 0,
                      e->type ? e->type : "");
+            int level = mimeo_att_gzip_level(env, e->type ? type : OCTETS);
+            if ((e->blob = cache_find(cache, data, level)) != NULL) {
+                out->n++;
+                continue;
+            }
             int rc = inline_blob(env, data, e->type ? type : NULL, &e->blob);
             if (rc == MIMEO_ENOMEM || rc == MIMEO_ENOSPC || rc == MIMEO_EIO || rc == MIMEO_ECLOSED)
                 return db_err(err, rc);
             if (rc) return bad(err, "bad_request", "Invalid attachment data for %.*s", name, nlen);
             e->owned = true;
+            cache_add(cache, data, level, e->blob);
         } else if (follows && follows->type == JV_BOOL && follows->boolean) {
             e->kind = ATT_BLOB;
             for (size_t j = 0; j < given_count; j++)

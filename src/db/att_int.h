@@ -12,6 +12,8 @@
 /* Stored bytes per chunk value: big enough that a chunk is a few contiguous overflow pages
  * written in one go, small enough that a stream holds only one. */
 #define BLOB_CHUNK ((size_t)128 << 10)
+/* Bytes an upload buffers before committing them (a multiple of BLOB_CHUNK). */
+#define BLOB_MEM ((size_t)4 << 20)
 
 struct mimeo_blob {
     mimeo_env       *env;
@@ -21,8 +23,8 @@ struct mimeo_blob {
     z_stream         z;
     struct md5_ctx   md5;
     struct sha256_ctx sha;
-    unsigned char   *chunk;       /* stored bytes not yet committed (< BLOB_CHUNK, or the
-                                     whole blob when it never filled one) */
+    unsigned char   *chunk;       /* stored bytes not yet committed (≤ BLOB_MEM, or the
+                                     whole blob when in_memory) */
     size_t           chunk_len;
     size_t           chunk_cap;
     unsigned char    md5_raw[16];
@@ -31,6 +33,8 @@ struct mimeo_blob {
     uint64_t         length;      /* content bytes */
     uint64_t         stored;      /* stored bytes */
     bool             z_end;       /* gzip_input: the stream's end was seen */
+    bool             in_memory;   /* never flushed: written whole by the first write that
+                                     names it (inline data, already in memory) */
     bool             finished, failed;
     mimeo_blob_info  info;
 };
@@ -116,10 +120,20 @@ typedef struct att_set {
     size_t     n;
 } att_set;
 
+/* Inline data already decoded in this request: PouchDB sends every revision of a batch
+ * with all its attachment bodies inline, so the same text often comes many times. The
+ * blobs belong to the sets that made them; the cache only points at them. */
+typedef struct att_cache {
+    struct att_cached { const char *text; size_t len; int level; mimeo_blob *blob; } *e;
+    size_t n, cap;
+} att_cache;
+void att_cache_destroy(att_cache *c);
+
 /* Reads a document's _attachments (calling thread): checks names, decodes and stores
- * inline data as blobs, finds follows data among atts. Errors filled into err. */
+ * inline data as blobs (cache may be NULL), finds follows data among atts. Errors filled
+ * into err. */
 int  att_prepare(mimeo_env *env, const jval *atts, bool local, const mimeo_att_blob *given,
-                 size_t given_count, att_set *out, mimeo_err *err);
+                 size_t given_count, att_cache *cache, att_set *out, mimeo_err *err);
 void att_set_destroy(att_set *s);
 
 /* Writer thread. Resolves the set against src (the revision whose attachments stubs keep;

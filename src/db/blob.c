@@ -165,11 +165,12 @@ int blob_link(MDB_txn *txn, const store_tables *t, const mimeo_blob *b) {
         rc = mdb_del(txn, t->blobs, &k, NULL);
         if (rc && rc != MDB_NOTFOUND) return store_err(rc);
     } else {
-        /* Never filled a chunk: its bytes are still in memory and go in with the write. */
+        /* Never committed: its bytes are still in memory and go in with the write. */
         if ((rc = next_sid(txn, t, &m.sid))) return rc;
-        if (b->chunk_len) {
+        for (size_t off = 0, i = 0; off < b->chunk_len; off += BLOB_CHUNK, i++) {
+            size_t n = b->chunk_len - off < BLOB_CHUNK ? b->chunk_len - off : BLOB_CHUNK;
             unsigned char key[13];
-            MDB_val k = {key_chunk(key, m.sid, 0), key}, v = {b->chunk_len, b->chunk};
+            MDB_val k = {key_chunk(key, m.sid, (uint32_t)i), key}, v = {n, b->chunk + off};
             if ((rc = store_err(mdb_put(txn, t->blobs, &k, &v, 0)))) return rc;
         }
     }
@@ -208,10 +209,13 @@ typedef struct chunk_job {
     uint64_t    sid;
 } chunk_job;
 
+/* Commits the buffered bytes as chunks nchunks, nchunks+1, … (all full but the last one of
+ * the blob), under the blob's storage id, made and marked pending on the first call. */
 static int job_chunk(MDB_txn *txn, void *arg) {
     chunk_job *j = arg;
-    const store_tables *t = store_tables_get(j->b->env->store);
-    uint64_t sid = j->b->sid;
+    const mimeo_blob *b = j->b;
+    const store_tables *t = store_tables_get(b->env->store);
+    uint64_t sid = b->sid;
     int rc = 0;
     if (!sid) {
         if ((rc = next_sid(txn, t, &sid))) return rc;
@@ -219,9 +223,13 @@ static int job_chunk(MDB_txn *txn, void *arg) {
         MDB_val k = {key_pending(pk, sid), pk}, v = {0, ""};
         if ((rc = store_err(mdb_put(txn, t->blobs, &k, &v, 0)))) return rc;
     }
-    unsigned char key[13];
-    MDB_val k = {key_chunk(key, sid, j->b->nchunks), key}, v = {j->b->chunk_len, j->b->chunk};
-    rc = store_err(mdb_put(txn, t->blobs, &k, &v, 0));
+    uint32_t idx = b->nchunks;
+    for (size_t off = 0; off < b->chunk_len && !rc; off += BLOB_CHUNK, idx++) {
+        size_t n = b->chunk_len - off < BLOB_CHUNK ? b->chunk_len - off : BLOB_CHUNK;
+        unsigned char key[13];
+        MDB_val k = {key_chunk(key, sid, idx), key}, v = {n, b->chunk + off};
+        rc = store_err(mdb_put(txn, t->blobs, &k, &v, 0));
+    }
     j->sid = sid;
     return rc;
 }
@@ -231,29 +239,31 @@ static int blob_flush(mimeo_blob *b) {
     int rc = store_write(b->env->store, job_chunk, &j);
     if (rc) return rc;
     b->sid = j.sid;
-    b->nchunks++;
+    b->nchunks += (uint32_t)((b->chunk_len + BLOB_CHUNK - 1) / BLOB_CHUNK);
     b->chunk_len = 0;
     return 0;
 }
 
-/* Appends stored bytes: digests, then the chunk buffer, committing it when full. */
+/* Appends stored bytes: digests, then the buffer. A blob that stays under BLOB_MEM never
+ * touches the disk before the write that names it, which stores it only when the store lacks
+ * those bytes; a bigger one is committed BLOB_MEM at a time (one durable commit per few
+ * MiB, and memory bounded per stream). Inline data (in_memory) is in memory anyway. */
 static int blob_emit(mimeo_blob *b, const unsigned char *p, size_t n) {
     md5_update(&b->md5, n, p);
     sha256_update(&b->sha, n, p);
     b->stored += n;
     while (n > 0) {
-        if (b->chunk_len == BLOB_CHUNK) {
+        if (!b->in_memory && b->chunk_len == BLOB_MEM) {
             int rc = blob_flush(b);
             if (rc) return rc;
         }
-        size_t room = BLOB_CHUNK - b->chunk_len;
-        size_t take = n < room ? n : room;
-        /* Grow the buffer with the blob, so small attachments cost small memory. */
+        size_t take = n;
+        if (!b->in_memory && take > BLOB_MEM - b->chunk_len) take = BLOB_MEM - b->chunk_len;
         size_t need = b->chunk_len + take;
         if (need > b->chunk_cap) {
             size_t cap = b->chunk_cap ? b->chunk_cap : 4096;
             while (cap < need) cap *= 2;
-            if (cap > BLOB_CHUNK) cap = BLOB_CHUNK;
+            if (!b->in_memory && cap > BLOB_MEM) cap = BLOB_MEM;
             unsigned char *nb = realloc(b->chunk, cap);
             if (!nb) return MIMEO_ENOMEM;
             b->chunk = nb;

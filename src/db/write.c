@@ -642,7 +642,7 @@ int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json,
     rc = item_prepare(db->env, &it, id, id_len, opts ? opts->rev : NULL, new_edits, err);
     if (!rc && !it.ignore)
         rc = att_prepare(db->env, it.doc.attachments, it.local, opts ? opts->atts : NULL,
-                         opts ? opts->att_count : 0, &it.atts, err);
+                         opts ? opts->att_count : 0, NULL, &it.atts, err);
     if (!rc) rc = single_write(db, &it, new_edits || it.local, opts ? opts->user : NULL, res, err);
     item_destroy(&it);
     return rc;
@@ -754,12 +754,14 @@ int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
         items[i].doc = bulk.docs[i];
         memset(&bulk.docs[i], 0, sizeof bulk.docs[i]);
     }
+    att_cache cache = {0};
     for (size_t i = 0; i < bulk.count && !rc; i++) {
         rc = item_prepare(db->env, &items[i], NULL, 0, NULL, bulk.new_edits, err);
         if (!rc && !items[i].ignore)
             rc = att_prepare(db->env, items[i].doc.attachments, items[i].local, NULL, 0,
-                             &items[i].atts, err);
+                             &cache, &items[i].atts, err);
     }
+    att_cache_destroy(&cache);
     if (!rc && bulk.count)
         rc = validate_items(db, items, bulk.count, opts ? opts->user : NULL, err);
     write_ctx w = {.db = db, .items = items, .count = bulk.count, .new_edits = bulk.new_edits,

@@ -1,6 +1,6 @@
 /* /_node/…: node-level endpoints. POST /_node/_local/_compact shrinks the data file while
- * the node serves (mimeo_env_compact: writes pause for the copy, reads for the swap); the
- * other /_node paths CouchDB has (_config, _stats, …) are not served and answer 404. */
+ * the node serves (mimeo_env_compact: writes pause for the copy, reads for the swap);
+ * GET /_node/_local/_blobs counts the attachment blob store; the other /_node paths CouchDB has (_config, _stats, …) are not served and answer 404. */
 #include <string.h>
 
 #include "http_int.h"
@@ -14,6 +14,26 @@ static bool http_node_seg(const http_req *r, size_t i, const char *s)
 void http_h_node(http_req *r)
 {
     /* "_local" names this node, as CouchDB's /_node/_local/… does. */
+    if (r->nseg == 3 && http_node_seg(r, 1, "_local") && http_node_seg(r, 2, "_blobs")) {
+        /* The attachment blob store: distinct blobs, their stored bytes, uploads pending. */
+        if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
+            http_reply_method(r, "GET,HEAD");
+            return;
+        }
+        mimeo_blob_stats st;
+        int rc = mimeo_blob_stats_get(r->srv->env, &st);
+        if (rc != 0) {
+            http_reply_err(r, rc, NULL);
+            return;
+        }
+        buf b;
+        buf_init(&b, 0);
+        buf_printf(&b, "{\"blobs\":%llu,\"bytes\":%llu,\"pending\":%llu}\n",
+                   (unsigned long long)st.blobs, (unsigned long long)st.bytes,
+                   (unsigned long long)st.pending);
+        http_reply_buf(r, 200, &b);
+        return;
+    }
     if (r->nseg != 3 || !http_node_seg(r, 1, "_local") || !http_node_seg(r, 2, "_compact")) {
         http_reply_error(r, 404, "not_found", "missing");
         return;

@@ -199,7 +199,7 @@ static void test_gzip_text(void) {
 static void test_big_blob_dedupe(void) {
     setup();
     mimeo_err e;
-    size_t size = (3u << 20) + 12345;
+    size_t size = (5u << 20) + 12345;
     unsigned char *data = malloc(size);
     for (size_t i = 0; i < size; i++) data[i] = (unsigned char)(i * 2654435761u >> 13);
     CHECK_EQ_INT(mimeo_db_create(env, "other", &e), 0);
@@ -269,7 +269,7 @@ static void test_discard_and_sweep(void) {
     memset(chunk, 7, sizeof chunk);
     mimeo_blob *b;
     CHECK_EQ_INT(mimeo_blob_new(env, NULL, &b), 0);
-    for (int i = 0; i < 10; i++) CHECK_EQ_INT(mimeo_blob_write(b, chunk, sizeof chunk), 0);
+    for (int i = 0; i < 100; i++) CHECK_EQ_INT(mimeo_blob_write(b, chunk, sizeof chunk), 0);
     CHECK_EQ_INT(stats().pending, 1);
     mimeo_blob_free(b);
     CHECK_EQ_INT(stats().pending, 0);
@@ -283,7 +283,7 @@ static void test_discard_and_sweep(void) {
         mimeo_env *cenv;
         mimeo_blob *cb;
         if (mimeo_env_open(tmpdir, NULL, &cenv, NULL) || mimeo_blob_new(cenv, NULL, &cb)) _exit(2);
-        for (int i = 0; i < 10; i++)
+        for (int i = 0; i < 100; i++)
             if (mimeo_blob_write(cb, chunk, sizeof chunk)) _exit(3);
         mimeo_blob_stats cs;
         if (mimeo_blob_stats_get(cenv, &cs) || cs.pending != 1) _exit(4);
