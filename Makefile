@@ -12,7 +12,9 @@ TSAN    := -fsanitize=thread -fno-omit-frame-pointer
 
 # The library: everything but the server's HTTP front end and the command line.
 LIB_SRC := $(wildcard src/common/*.c src/json/*.c src/doc/*.c src/store/*.c src/db/*.c src/repl/*.c src/auth/*.c)
-HTTP_SRC := $(wildcard src/http/*.c)
+# The multipart parser and writer serve the replicator too, so they live in the library.
+HTTP_SRC := $(filter-out src/http/multipart.c,$(wildcard src/http/*.c))
+LIB_SRC += src/http/multipart.c
 SRV_SRC := $(HTTP_SRC) $(wildcard src/cli/*.c)
 LIB_SRC += $(wildcard src/mesh/*.c)
 LIB_SRC += $(wildcard src/query/*.c)

@@ -20,6 +20,8 @@ else
 fi
 BATCH=1000 SIZE=1024 CLIENTS=16
 if [ "$QUICK" = 1 ]; then ATT_MB=20 ATT_DOCS=100; else ATT_MB=100 ATT_DOCS=1000; fi
+# documents of the attachment replication (one 100 KiB attachment each)
+if [ "$QUICK" = 1 ]; then ATT_REPL_DOCS=200; else ATT_REPL_DOCS=1000; fi
 
 [ -x "$LG" ] || { echo "bench: $LG is missing; run 'make bench' (or 'make build/loadgen')" >&2; exit 1; }
 mkdir -p "$OUT"
@@ -212,6 +214,11 @@ for s in "${SERVERS[@]}"; do
 done
 for s in "${SERVERS[@]}"; do
   run pull "$s" 360 node "$BENCH/pull.mjs" @URL/bench_seq "$DOCS"
+done
+# Attachments: ATT_DOCS docs of 100 KiB replicated by the server's own /_replicate, then again
+# after every body changed and no attachment did (the blobs are all on the target already).
+for s in "${SERVERS[@]}"; do
+  run att_repl "$s" 900 node "$BENCH/att_repl.mjs" @URL "$ATT_REPL_DOCS" 102400
 done
 
 # Attachments: a 100 MiB upload and download, streamed, and 1,000 documents carrying the same

@@ -79,43 +79,6 @@ static bool http_accepts_multipart_mixed(http_req *r)
     return a && strcasestr(a, "multipart/mixed") != NULL;
 }
 
-/* open_revs as multipart/mixed, one part per revision, built from the library's rows: CouchDB's
- * replicator asks for it and matches the bare part type "application/json". */
-static void http_reply_open_revs_multipart(http_req *r, mimeo_cursor *cur)
-{
-    unsigned char rnd[16];
-    char boundary[33];
-    random_bytes(rnd, sizeof rnd);
-    hex_encode(rnd, sizeof rnd, boundary);
-    buf b;
-    buf_init(&b, 0);
-    const mimeo_row *row;
-    mimeo_err e = {0};
-    int rc;
-    while ((rc = mimeo_cursor_next(cur, &row, &e)) == 0 && row) {
-        buf_printf(&b, "--%s\r\n", boundary);
-        if (row->status == 0) {
-            buf_puts(&b, "Content-Type: application/json\r\n\r\n");
-            buf_put(&b, row->json, row->json_len);
-        } else {
-            buf_puts(&b, "Content-Type: application/json; error=\"true\"\r\n\r\n");
-            buf_puts(&b, "{\"missing\":");
-            json_put_str(&b, row->rev, row->rev_len);
-            buf_putc(&b, '}');
-        }
-        buf_puts(&b, "\r\n");
-    }
-    if (rc != 0) {
-        buf_destroy(&b);
-        http_reply_err(r, rc, &e);
-        return;
-    }
-    buf_printf(&b, "--%s--", boundary);
-    char ctype[80];
-    snprintf(ctype, sizeof ctype, "multipart/mixed; boundary=\"%s\"", boundary);
-    http_reply_buf_ct(r, 200, &b, ctype);
-}
-
 /* ---- GET -------------------------------------------------------------------------------- */
 static void http_doc_get_with(http_req *r, const char *id, size_t id_len,
                               const mimeo_get_opts *base)
@@ -159,10 +122,15 @@ static void http_doc_get_with(http_req *r, const char *id, size_t id_len,
         if (!http_db(r)) return;
         mimeo_err e = {0};
         if (http_accepts_multipart_mixed(r)) {
+            /* As CouchDB: attachment data (as follows parts) for every attachment that
+             * atts_since does not exclude, asked for or not. */
+            o.att_follows = true;
+            o.att_encoding_info = true;
+            if (!o.atts_since_count) o.attachments = true;
             mimeo_cursor *cur = NULL;
             int rc = mimeo_open_revs_open(r->db, id, id_len, open_revs, ol, &o, &cur, &e);
             if (rc != 0) http_reply_err(r, rc, &e);
-            else http_reply_open_revs_multipart(r, cur);
+            else http_reply_open_revs_mp(r, cur);
             mimeo_cursor_close(cur);
             return;
         }
@@ -179,6 +147,9 @@ static void http_doc_get_with(http_req *r, const char *id, size_t id_len,
     }
 
     if (!http_db(r)) return;
+    /* attachment data as multipart/related when the client takes it */
+    bool related = (o.attachments || o.atts_since_count) && http_accepts_related(r);
+    if (related) o.att_follows = true;
     mimeo_cursor *cur = NULL;
     const mimeo_row *row = NULL;
     mimeo_err e = {0};
@@ -200,6 +171,11 @@ static void http_doc_get_with(http_req *r, const char *id, size_t id_len,
     char tag[MIMEO_REV_MAX];
     size_t tag_len = row->rev_len < sizeof tag ? row->rev_len : 0;
     memcpy(tag, row->rev, tag_len);
+    if (related && http_reply_doc_mp(r, row)) {
+        mimeo_cursor_close(cur);
+        http_header_etag(r, tag, tag_len);
+        return;
+    }
     http_reply_row_json(r, 200, cur, row);
     http_header_etag(r, tag, tag_len);
 }
@@ -214,13 +190,12 @@ static void http_doc_get(http_req *r, const char *id, size_t id_len)
 }
 
 /* ---- PUT / DELETE ----------------------------------------------------------------------- */
+/* _local documents take no attachments, so no multipart body either. */
 static bool http_refuse_multipart(http_req *r)
 {
     const char *ct = http_req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (ct && strncasecmp(ct, "multipart/", 10) == 0) {
-        /* CouchDB's replicator skips a document answered 415 instead of failing the job. */
-        http_reply_error(r, 415, "bad_content_type",
-                         "multipart documents (attachments) are not supported yet");
+        http_reply_error(r, 415, "bad_content_type", "Content-Type must be application/json");
         return true;
     }
     return false;
@@ -228,9 +203,12 @@ static bool http_refuse_multipart(http_req *r)
 
 static void http_doc_put(http_req *r, const char *id, size_t id_len)
 {
-    if (http_refuse_multipart(r)) return;
     char rev_buf[MIMEO_REV_MAX];
     mimeo_put_opts o = {0};
+    /* a multipart/related body (h_multipart.c): its JSON part and its follows blobs */
+    const char *json = r->body.data ? r->body.data : "";
+    size_t json_len = r->body.len;
+    if (http_mp_put_body(r, &json, &json_len, &o) < 0) return;
     bool new_edits = true;
     if (!http_want_rev(r, &o.rev, rev_buf) || http_arg_bool(r, "new_edits", &new_edits) < 0)
         return;
@@ -245,8 +223,7 @@ static void http_doc_put(http_req *r, const char *id, size_t id_len)
     mimeo_user_ctx user;
     char *sec = http_user_ctx(r, &user);
     o.user = &user;
-    int rc = mimeo_doc_put(r->db, id, id_len, r->body.data ? r->body.data : "", r->body.len,
-                           &o, &res, &e);
+    int rc = mimeo_doc_put(r->db, id, id_len, json, json_len, &o, &res, &e);
     free(sec);
     if (rc != 0) {
         if (res.id) mimeo_free(res.id);

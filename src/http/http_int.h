@@ -256,6 +256,19 @@ void http_att_opts_free(http_att_opts *h);
 /* A row whose include_docs body has attachments, with their data inlined (attachments=true
  * on _all_docs and _changes): *shown is row, its body then pointing into hold. */
 int  http_att_inline_row(mimeo_db *db, const mimeo_row *row, mimeo_row *shown, buf *hold);
+/* h_multipart.c: documents as multipart bodies. Called when a request's headers arrive:
+ * a multipart/related document PUT streams into the store. */
+void http_mp_sink_choose(http_req *r);
+/* A PUT's body: 0 when it is not multipart (json untouched), 1 when it is multipart/related
+ * and ready (json, its length and o's follows blobs set, owned by the request), -1 after
+ * replying an error. */
+int  http_mp_put_body(http_req *r, const char **json, size_t *len, mimeo_put_opts *o);
+/* open_revs rows (read with att_follows) as CouchDB's multipart/mixed, streamed. */
+void http_reply_open_revs_mp(http_req *r, mimeo_cursor *cur);
+bool http_accepts_related(const http_req *r);
+/* A revision read with att_follows as multipart/related (false, nothing replied, when it
+ * carries no attachment data). */
+bool http_reply_doc_mp(http_req *r, const mimeo_row *row);
 /* The request's user and r->db's _security for validate_doc_update; returns the security
  * text u borrows (free() it after the write). */
 char *http_user_ctx(http_req *r, mimeo_user_ctx *u);

@@ -193,6 +193,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
         r->counted = true;
         atomic_fetch_add(&s->busy, 1);
         http_att_sink_choose(r);   /* attachment uploads stream to the store (h_att.c) */
+        http_mp_sink_choose(r);    /* so do multipart documents (h_multipart.c) */
         uint64_t cl;
         if (!r->body_sink && http_content_length(r, &cl)) {
             if (cl > s->cfg.max_request_size) return http_refuse_oversize(r);

@@ -667,8 +667,10 @@ int repl_reply_missing(const repl_resp *r, repl_missing_fn fn, void *ctx, mimeo_
     for (size_t i = 0; !rc && i < v->count; i++) {
         const jval *m = jval_get(v->items[i], "missing");
         if (!m || m->type != JV_ARRAY || m->count == 0) continue;
-        if (m->count > alloc) {
-            alloc = m->count;
+        const jval *pa = jval_get(v->items[i], "possible_ancestors");
+        size_t npa = pa && pa->type == JV_ARRAY ? pa->count : 0;
+        if (m->count + npa > alloc) {
+            alloc = m->count + npa;
             free(revs);
             free(lens);
             revs = malloc(alloc * sizeof *revs);
@@ -686,7 +688,13 @@ int repl_reply_missing(const repl_resp *r, repl_missing_fn fn, void *ctx, mimeo_
             lens[n++] = m->items[k]->len;
         }
         if (n == 0) continue;
-        repl_want w = { v->keys[i], v->key_lens[i], revs, lens, n };
+        size_t na = 0;
+        for (size_t k = 0; k < npa; k++) {
+            if (pa->items[k]->type != JV_STRING) continue;
+            revs[n + na] = pa->items[k]->str;
+            lens[n + na++] = pa->items[k]->len;
+        }
+        repl_want w = { v->keys[i], v->key_lens[i], revs, lens, n, revs + n, lens + n, na };
         if ((rc = fn(ctx, &w)) != 0) err_set(err, rc, "error", "%s", mimeo_strerror(rc));
     }
     free(revs);
@@ -785,6 +793,7 @@ typedef struct repl_scratch {
     /* the fetched documents, each one's span in docs */
     size_t    *starts, *ends;
     size_t     count, alloc;
+    repl_docset att;           /* the fetched documents with attachments (repl_att.c) */
 } repl_scratch;
 
 #define DOCS_PREFIX "{\"new_edits\":false,\"docs\":["
@@ -804,16 +813,18 @@ static int repl_take_missing(void *ctx, const repl_want *w)
     if (repl_grow2((void **)&s->wants, sizeof *s->wants, (void **)&s->want_at,
                    sizeof *s->want_at, &s->wants_alloc, s->nwants + 1) ||
         repl_grow2((void **)&s->offs, sizeof *s->offs, (void **)&s->lens, sizeof *s->lens,
-                   &s->offs_alloc, s->noffs + 1 + w->nrevs))
+                   &s->offs_alloc, s->noffs + 1 + w->nrevs + w->nancs))
         return MIMEO_ENOMEM;
     /* offsets for now, pointers once the answer is complete: s->text moves as it grows */
     repl_want *nw = &s->wants[s->nwants];
     memset(nw, 0, sizeof *nw);
     nw->id_len = w->id_len;
     nw->nrevs = w->nrevs;
+    nw->nancs = w->nancs;
     s->want_at[s->nwants] = s->noffs;
     int rc = repl_text_put(s, w->id, w->id_len);
     for (size_t k = 0; !rc && k < w->nrevs; k++) rc = repl_text_put(s, w->revs[k], w->rev_lens[k]);
+    for (size_t k = 0; !rc && k < w->nancs; k++) rc = repl_text_put(s, w->ancs[k], w->anc_lens[k]);
     if (!rc) s->nwants++;
     return rc;
 }
@@ -831,6 +842,8 @@ static int repl_wants_fix(repl_scratch *s)
         s->wants[i].id = rp[at];
         s->wants[i].revs = rp + at + 1;
         s->wants[i].rev_lens = s->lens + at + 1;
+        s->wants[i].ancs = rp + at + 1 + s->wants[i].nrevs;
+        s->wants[i].anc_lens = s->lens + at + 1 + s->wants[i].nrevs;
     }
     return 0;
 }
@@ -859,6 +872,8 @@ static int repl_revs_diff(repl_job *j, const buf *diff, repl_scratch *s, mimeo_e
 static int repl_docs_begin(repl_scratch *s)
 {
     s->count = 0;
+    s->att.count = 0;
+    buf_reset(&s->att.text);
     buf_reset(&s->docs);
     return buf_puts(&s->docs, DOCS_PREFIX) ? MIMEO_ENOMEM : 0;
 }
@@ -867,6 +882,18 @@ static int repl_docs_begin(repl_scratch *s)
 static int repl_take_doc(void *ctx, const char *json, size_t len)
 {
     repl_scratch *s = ctx;
+    /* Revisions with attachments take their own path (repl_att.c); a body that merely
+     * mentions the name goes there too, harmlessly. */
+    if (memmem(json, len, "\"_attachments\"", 14)) {
+        repl_docset *a = &s->att;
+        if (repl_grow2((void **)&a->starts, sizeof *a->starts, (void **)&a->ends,
+                       sizeof *a->ends, &a->alloc, a->count + 1))
+            return MIMEO_ENOMEM;
+        a->starts[a->count] = a->text.len;
+        if (buf_put(&a->text, json, len)) return MIMEO_ENOMEM;
+        a->ends[a->count++] = a->text.len;
+        return 0;
+    }
     if (repl_grow2((void **)&s->starts, sizeof *s->starts, (void **)&s->ends, sizeof *s->ends,
                    &s->alloc, s->count + 1))
         return MIMEO_ENOMEM;
@@ -1026,11 +1053,13 @@ static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *
     bool fallback = atomic_load(&j->src->no_bulk_get);
     if (!fallback && (rc = repl_fetch_bulk(j, s, &fallback, err)) != 0) return rc;
     if (fallback && (rc = repl_fetch_each(j, s, err)) != 0) return rc;
-    atomic_fetch_add(&j->stats.docs_read, s->count);
+    atomic_fetch_add(&j->stats.docs_read, s->count + s->att.count);
 
-    if (s->count == 0) return 0;
-    if (buf_puts(&s->docs, "]}")) goto nomem;
-    return repl_write(j, s, 0, s->count, err);
+    if (s->count > 0) {
+        if (buf_puts(&s->docs, "]}")) goto nomem;
+        if ((rc = repl_write(j, s, 0, s->count, err)) != 0) return rc;
+    }
+    return repl_att_write(j, s->wants, s->nwants, &s->att, err);
 nomem:
     err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     return MIMEO_ENOMEM;
@@ -1044,6 +1073,7 @@ static void *repl_worker(void *arg)
     buf_init(&s.docs, 0);
     buf_init(&s.sub, 0);
     buf_init(&s.text, 0);
+    buf_init(&s.att.text, 0);
     repl_resp_init(&s.resp);
     for (;;) {
         pthread_mutex_lock(&j->lock);
@@ -1082,6 +1112,9 @@ static void *repl_worker(void *arg)
     free(s.revp);
     free(s.starts);
     free(s.ends);
+    buf_destroy(&s.att.text);
+    free(s.att.starts);
+    free(s.att.ends);
     return NULL;
 }
 

@@ -8,11 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
 #include "repl_int.h"
+#include "../http/multipart.h"
 
 #define EPHTTP_POOL 16
 #define EPHTTP_BACKOFF_FIRST_MS 200
@@ -117,11 +120,129 @@ static unsigned ephttp_backoff_ms(unsigned attempt)
     return ms / 2 + r % (ms / 2 + 1);
 }
 
+/* ---- streamed transfers (attachments) ---------------------------------------------------
+ * A request body made of pieces of memory and ranges of a spool file, and a reply whose
+ * 200 body goes to a file: either way the bytes pass through in libcurl's buffers only. */
+typedef struct ephttp_seg {
+    const char *mem;      /* NULL: a range of the spool file */
+    uint64_t    off;      /* in the spool file */
+    uint64_t    len;
+} ephttp_seg;
+
+typedef struct ephttp_xfer {
+    const char       *content_type; /* the request's, instead of application/json */
+    const char       *accept;       /* instead of application/json */
+    FILE             *sink;         /* a 200 reply's body goes here (appended) */
+    const ephttp_seg *segs;         /* the request body, when set */
+    size_t            nsegs;
+    FILE             *spool;        /* the file the ranges are in */
+} ephttp_xfer;
+
+typedef struct ephttp_stream {
+    const ephttp_xfer *x;
+    CURL      *c;
+    buf       *body;      /* non-200 replies */
+    int        rc;
+    size_t     seg;       /* upload position */
+    uint64_t   pos;
+    bool       io_failed; /* the spool or the sink failed */
+} ephttp_stream;
+
+static size_t ephttp_sink_cb(char *p, size_t size, size_t n, void *ctx)
+{
+    ephttp_stream *st = ctx;
+    size_t len = size * n;
+    long status = 0;
+    curl_easy_getinfo(st->c, CURLINFO_RESPONSE_CODE, &status);
+    if (status != 200) {
+        int rc = buf_put(st->body, p, len);
+        if (rc) {
+            st->rc = rc;
+            return 0;
+        }
+        return len;
+    }
+    if (fwrite(p, 1, len, st->x->sink) != len) {
+        st->io_failed = true;
+        return 0;
+    }
+    return len;
+}
+
+static size_t ephttp_source_cb(char *dst, size_t size, size_t n, void *ctx)
+{
+    ephttp_stream *st = ctx;
+    size_t cap = size * n, got = 0;
+    while (got < cap && st->seg < st->x->nsegs) {
+        const ephttp_seg *g = &st->x->segs[st->seg];
+        uint64_t left = g->len - st->pos;
+        if (left == 0) {
+            st->seg++;
+            st->pos = 0;
+            continue;
+        }
+        size_t take = left < cap - got ? (size_t)left : cap - got;
+        if (g->mem) {
+            memcpy(dst + got, g->mem + st->pos, take);
+        } else {
+            ssize_t r = pread(fileno(st->x->spool), dst + got, take, (off_t)(g->off + st->pos));
+            if (r <= 0) {
+                st->io_failed = true;
+                return CURL_READFUNC_ABORT;
+            }
+            take = (size_t)r;
+        }
+        got += take;
+        st->pos += take;
+    }
+    return got;
+}
+
+/* A copy of the endpoint's headers with Content-Type and Accept replaced as x says. */
+static struct curl_slist *ephttp_headers_for(ephttp_ep *h, const ephttp_xfer *x)
+{
+    struct curl_slist *l = NULL, *n;
+    char line[300];
+    for (struct curl_slist *i = h->headers; i; i = i->next) {
+        if (x->content_type && strncasecmp(i->data, "Content-Type:", 13) == 0) continue;
+        if (x->accept && strncasecmp(i->data, "Accept:", 7) == 0) continue;
+        if (!(n = curl_slist_append(l, i->data))) goto fail;
+        l = n;
+    }
+    if (x->content_type) {
+        snprintf(line, sizeof line, "Content-Type: %s", x->content_type);
+        if (!(n = curl_slist_append(l, line))) goto fail;
+        l = n;
+    }
+    if (x->accept) {
+        snprintf(line, sizeof line, "Accept: %s", x->accept);
+        if (!(n = curl_slist_append(l, line))) goto fail;
+        l = n;
+    }
+    return l;
+fail:
+    curl_slist_free_all(l);
+    return NULL;
+}
+
+static int ephttp_do_x(ephttp_ep *h, const char *method, const char *path, const char *body,
+                       size_t len, long timeout_ms, const ephttp_xfer *x, repl_resp *out,
+                       mimeo_err *err);
+
 /* One request with retries. path is appended to the database URL (it starts with '/' or
  * '?', or is empty). timeout_ms 0: no overall limit (a stalled transfer is still cut by
  * the low-speed limit). */
 static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const char *body,
                      size_t len, long timeout_ms, repl_resp *out, mimeo_err *err)
+{
+    return ephttp_do_x(h, method, path, body, len, timeout_ms, NULL, out, err);
+}
+
+/* The same, streamed as x says (NULL: as ephttp_do). A streamed transfer has no overall
+ * time limit: its size, not a stall, decides how long it takes. */
+static int ephttp_do_x(ephttp_ep *h, const char *method, const char *path, const char *body,
+                       size_t len, long timeout_ms, const ephttp_xfer *x, repl_resp *out,
+                       mimeo_err *err)
 {
     buf url;
     buf_init(&url, 0);
@@ -132,6 +253,17 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
     }
     int rc = 0;
     size_t saved_cap = out->body.cap;
+    struct curl_slist *xheaders = NULL;
+    off_t sink_start = 0;
+    if (x && (x->content_type || x->accept) && !(xheaders = ephttp_headers_for(h, x))) {
+        buf_destroy(&url);
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        return MIMEO_ENOMEM;
+    }
+    if (x && x->sink) {
+        fflush(x->sink);
+        sink_start = ftello(x->sink);
+    }
     for (unsigned attempt = 0;; attempt++) {
         CURL *c = ephttp_take(h);
         if (!c) {
@@ -143,10 +275,21 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
         out->body.cap = h->base.max_response ? h->base.max_response : REPL_MAX_RESPONSE;
         out->status = 0;
         ephttp_sink sink = { &out->body, 0 };
+        ephttp_stream st = { x, c, &out->body, 0, 0, 0, false };
         curl_easy_setopt(c, CURLOPT_URL, buf_cstr(&url));
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h->headers);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, ephttp_write_cb);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, xheaders ? xheaders : h->headers);
+        if (x && x->sink) {
+            /* a retry starts the file over */
+            fflush(x->sink);
+            if (ftruncate(fileno(x->sink), sink_start) != 0 ||
+                fseeko(x->sink, sink_start, SEEK_SET) != 0)
+                st.io_failed = true;
+            curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, ephttp_sink_cb);
+            curl_easy_setopt(c, CURLOPT_WRITEDATA, &st);
+        } else {
+            curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, ephttp_write_cb);
+            curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+        }
         curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, ephttp_progress_cb);
         curl_easy_setopt(c, CURLOPT_XFERINFODATA, h->base.cancel);
@@ -156,6 +299,7 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
         if (!limit) {
             unsigned ep_limit = atomic_load(&h->base.timeout_ms);
             limit = ep_limit ? (long)ep_limit : REPL_REQUEST_TIMEOUT_MS;
+            if (x && (x->sink || x->segs) && !ep_limit) limit = 0;
         }
         curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, limit);
         /* A peer that stops sending for a minute is gone even without a timeout. */
@@ -173,7 +317,15 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
             curl_easy_setopt(c, CURLOPT_USERNAME, h->user);
             curl_easy_setopt(c, CURLOPT_PASSWORD, h->password ? h->password : "");
         }
-        if (strcmp(method, "GET") == 0) {
+        if (x && x->segs) {
+            uint64_t total = 0;
+            for (size_t i = 0; i < x->nsegs; i++) total += x->segs[i].len;
+            curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
+            curl_easy_setopt(c, CURLOPT_READFUNCTION, ephttp_source_cb);
+            curl_easy_setopt(c, CURLOPT_READDATA, &st);
+            curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)total);
+            curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+        } else if (strcmp(method, "GET") == 0) {
             curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, NULL);
             curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
         } else {
@@ -186,7 +338,22 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
         long status = 0;
         if (cc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
         curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);   /* tls_why goes out of scope */
+        /* A streamed transfer leaves options (upload, callbacks into this frame) that the
+         * next user of the handle does not set: forget them, keep the connection. */
+        if (x) curl_easy_reset(c);
         ephttp_give(h, c);
+        if (x && (st.io_failed || st.rc)) {
+            rc = st.rc ? st.rc : MIMEO_EIO;
+            if (st.rc == MIMEO_ETOOLARGE)
+                err_set(err, rc, "response_too_large", "%s %.*s on %s: the reply is larger "
+                        "than max_response_size", method, (int)strcspn(path, "?"), path,
+                        h->base.display);
+            else
+                err_set(err, rc, "error", "%s %.*s on %s: %s", method, (int)strcspn(path, "?"),
+                        path, h->base.display, st.rc ? mimeo_strerror(st.rc)
+                                                     : "could not use the spool file");
+            break;
+        }
 
         if (cc == CURLE_ABORTED_BY_CALLBACK ||
             (h->base.cancel && atomic_load(h->base.cancel))) {
@@ -246,6 +413,7 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
     }
     /* The reply buffer is the caller's and may next take a local endpoint's reply. */
     out->body.cap = saved_cap;
+    curl_slist_free_all(xheaders);
     buf_destroy(&url);
     return rc;
 }
@@ -259,8 +427,11 @@ static int ephttp_info(repl_ep *ep, repl_resp *out, mimeo_err *err)
      * has no filter=_selector and drops its connections after one, so a selector is
      * applied here to its plain feed instead of being asked for. */
     if (rc == 0 && out->status == 200 && out->body.data &&
-        strstr(buf_cstr(&out->body), "\"backend_adapter\":"))
+        strstr(buf_cstr(&out->body), "\"backend_adapter\":")) {
         atomic_store(&h->no_selector, true);
+        /* nor does it honour atts_since (PouchDB 9: "aspirational") */
+        atomic_store(&h->base.no_atts_since, true);
+    }
     return rc;
 }
 
@@ -573,6 +744,112 @@ static int ephttp_local_put(repl_ep *ep, const char *id, const char *rev, const 
     return rc;
 }
 
+/* "/{id}" with the id escaped, but the "/" after _design or _local kept: CouchDB routes
+ * /db/_design%2Fx as the document too, pouchdb-server does not. */
+static int ephttp_doc_path(buf *p, const char *id, size_t id_len)
+{
+    int rc = buf_putc(p, '/');
+    size_t skip = 0;
+    if (id_len > 8 && memcmp(id, "_design/", 8) == 0) skip = 8;
+    if (id_len > 7 && memcmp(id, "_local/", 7) == 0) skip = 7;
+    if (!rc && skip) rc = buf_put(p, id, skip);
+    if (!rc) rc = ephttp_escape(p, id + skip, id_len - skip);
+    return rc;
+}
+
+static int ephttp_att_get(repl_ep *ep, const char *id, size_t id_len, const char *name,
+                          size_t name_len, const char *rev, FILE *sink, repl_resp *out,
+                          mimeo_err *err)
+{
+    buf p;
+    buf_init(&p, 0);
+    int rc = ephttp_doc_path(&p, id, id_len);
+    /* each "/"-separated piece of the name escaped alone, as PouchDB does */
+    if (!rc) rc = buf_putc(&p, '/');
+    for (size_t i = 0, from = 0; !rc && i <= name_len; i++) {
+        if (i < name_len && name[i] != '/') continue;
+        rc = ephttp_escape(&p, name + from, i - from);
+        if (!rc && i < name_len) rc = buf_putc(&p, '/');
+        from = i + 1;
+    }
+    if (!rc && rev) {
+        rc = buf_puts(&p, "?rev=");
+        if (!rc) rc = ephttp_escape(&p, rev, strlen(rev));
+    }
+    if (rc) {
+        buf_destroy(&p);
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        return MIMEO_ENOMEM;
+    }
+    ephttp_xfer x = { NULL, "*/*", sink, NULL, 0, NULL };
+    rc = ephttp_do_x((ephttp_ep *)ep, "GET", buf_cstr(&p), NULL, 0, 0, &x, out, err);
+    buf_destroy(&p);
+    return rc;
+}
+
+static int ephttp_bulk_get_inline(repl_ep *ep, const char *body, size_t len, repl_doc_fn fn,
+                                  void *ctx, size_t *unserved, repl_resp *out, mimeo_err *err)
+{
+    int rc = ephttp_do((ephttp_ep *)ep, "POST", "/_bulk_get?revs=true&attachments=true", body,
+                       len, 0, out, err);
+    if (!rc && out->status == 200) rc = repl_reply_docs(out, fn, ctx, unserved, err);
+    return rc;
+}
+
+static int ephttp_put_atts(repl_ep *ep, const char *id, size_t id_len, const char *json,
+                           size_t len, const repl_att *atts, size_t n, FILE *spool,
+                           repl_resp *out, mimeo_err *err)
+{
+    char bnd[33];
+    multipart_boundary_new(bnd);
+    buf p, ctype, heads;
+    buf_init(&p, 0);
+    buf_init(&ctype, 0);
+    buf_init(&heads, 0);
+    /* pieces: doc head, json, then per attachment its head and its bytes, then the close */
+    size_t nsegs = 3 + 2 * n;
+    ephttp_seg *segs = calloc(nsegs, sizeof *segs);
+    size_t *head_at = calloc(n + 2, sizeof *head_at);
+    int rc = segs && head_at ? 0 : MIMEO_ENOMEM;
+    if (!rc) rc = ephttp_doc_path(&p, id, id_len);
+    if (!rc) rc = buf_puts(&p, "?new_edits=false");
+    if (!rc) rc = multipart_put_ctype(&ctype, "related", bnd);
+    if (!rc) rc = multipart_put_doc_head(&heads, bnd);
+    for (size_t i = 0; !rc && i < n; i++) {
+        head_at[i + 1] = heads.len;
+        rc = multipart_put_att_head(&heads, bnd, atts[i].name, atts[i].name_len,
+                                    atts[i].content_type, atts[i].length, false);
+    }
+    if (!rc) {
+        head_at[n + 1] = heads.len;
+        rc = multipart_put_close(&heads, bnd);
+    }
+    if (rc) {
+        err_set(err, rc, rc == MIMEO_EINVAL ? "bad_request" : "error",
+                rc == MIMEO_EINVAL ? "an attachment name or type holds a line break"
+                                   : "out of memory");
+    } else {
+        /* heads no longer moves: point the pieces into it */
+        size_t k = 0;
+        segs[k++] = (ephttp_seg){ heads.data, 0, head_at[1] - 0 };
+        segs[k++] = (ephttp_seg){ json, 0, len };
+        for (size_t i = 0; i < n; i++) {
+            size_t end = i + 1 < n ? head_at[i + 2] : head_at[n + 1];
+            segs[k++] = (ephttp_seg){ heads.data + head_at[i + 1], 0, end - head_at[i + 1] };
+            segs[k++] = (ephttp_seg){ NULL, atts[i].offset, atts[i].length };
+        }
+        segs[k++] = (ephttp_seg){ heads.data + head_at[n + 1], 0, heads.len - head_at[n + 1] };
+        ephttp_xfer x = { buf_cstr(&ctype), NULL, NULL, segs, k, spool };
+        rc = ephttp_do_x((ephttp_ep *)ep, "PUT", buf_cstr(&p), NULL, 0, 0, &x, out, err);
+    }
+    free(segs);
+    free(head_at);
+    buf_destroy(&p);
+    buf_destroy(&ctype);
+    buf_destroy(&heads);
+    return rc;
+}
+
 static void ephttp_free(repl_ep *ep)
 {
     ephttp_ep *h = (ephttp_ep *)ep;
@@ -598,6 +875,9 @@ static const repl_ep_ops ephttp_ops = {
     .ensure_full_commit = ephttp_full_commit,
     .local_get = ephttp_local_get,
     .local_put = ephttp_local_put,
+    .att_get = ephttp_att_get,
+    .bulk_get_inline = ephttp_bulk_get_inline,
+    .put_atts = ephttp_put_atts,
     .free = ephttp_free,
 };
 

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "repl_int.h"
 
@@ -22,6 +23,7 @@ static void local_fail(repl_resp *out, int rc, const mimeo_err *e)
     case MIMEO_ECONFLICT:  st = 409; break;
     case MIMEO_EEXIST:     st = 412; break;
     case MIMEO_ETOOLARGE:  st = 413; break;
+    case MIMEO_EPRECONDITION: st = 412; break;
     case MIMEO_EEXPECTATION: st = 417; break;
     case MIMEO_EINVAL: case MIMEO_EBADJSON: case MIMEO_EBADID: case MIMEO_EBADREV:
     case MIMEO_EDOCVALIDATION: case MIMEO_EBADNAME:
@@ -292,7 +294,7 @@ static int local_revs_diff(repl_ep *ep, const char *body, size_t len, repl_missi
             revs[i] = row->leaves[i].rev;
             lens[i] = row->leaves[i].rev_len;
         }
-        repl_want w = { row->id, row->id_len, revs, lens, row->leaf_count };
+        repl_want w = { row->id, row->id_len, revs, lens, row->leaf_count, NULL, NULL, 0 };
         frc = fn(ctx, &w);
     }
     mimeo_cursor_close(cur);
@@ -448,6 +450,91 @@ static int local_local_put(repl_ep *ep, const char *id, const char *rev, const c
     return 0;
 }
 
+/* ---- attachments: straight between the blob store and the spool, no base64 ------------- */
+static int local_att_get(repl_ep *ep, const char *id, size_t id_len, const char *name,
+                         size_t name_len, const char *rev, FILE *sink, repl_resp *out,
+                         mimeo_err *err)
+{
+    local_ep *l = (local_ep *)ep;
+    mimeo_att_reader *rd = NULL;
+    mimeo_err e = {0};
+    int rc = mimeo_att_open(l->db, id, id_len, rev, name, name_len, true, &rd, NULL, &e);
+    if (rc) {
+        local_fail(out, rc, &e);
+        return 0;
+    }
+    char chunk[65536];
+    for (;;) {
+        size_t got = 0;
+        if ((rc = mimeo_att_read(rd, chunk, sizeof chunk, &got)) != 0) break;
+        if (got == 0) break;
+        if (fwrite(chunk, 1, got, sink) != got) {
+            mimeo_att_close(rd);
+            err_set(err, MIMEO_EIO, "error", "could not write the spool file");
+            return MIMEO_EIO;
+        }
+    }
+    mimeo_att_close(rd);
+    if (rc) {
+        local_fail(out, rc, NULL);
+        return 0;
+    }
+    out->status = 200;
+    buf_reset(&out->body);
+    return 0;
+}
+
+static int local_put_atts(repl_ep *ep, const char *id, size_t id_len, const char *json,
+                          size_t len, const repl_att *atts, size_t n, FILE *spool,
+                          repl_resp *out, mimeo_err *err)
+{
+    local_ep *l = (local_ep *)ep;
+    mimeo_att_blob *ab = calloc(n + 1, sizeof *ab);
+    char *chunk = malloc(65536);
+    int rc = ab && chunk ? 0 : MIMEO_ENOMEM;
+    size_t made = 0;
+    for (; !rc && made < n; made++) {
+        const repl_att *a = &atts[made];
+        mimeo_blob_opts o = { .gzip_level = mimeo_att_gzip_level(l->env, a->content_type) };
+        ab[made].name = a->name;
+        ab[made].name_len = a->name_len;
+        if ((rc = mimeo_blob_new(l->env, &o, &ab[made].blob)) != 0) break;
+        for (uint64_t off = 0; !rc && off < a->length;) {
+            size_t take = a->length - off < 65536 ? (size_t)(a->length - off) : 65536;
+            ssize_t r = pread(fileno(spool), chunk, take, (off_t)(a->offset + off));
+            if (r != (ssize_t)take) rc = MIMEO_EIO;
+            else rc = mimeo_blob_write(ab[made].blob, chunk, take);
+            off += take;
+        }
+        if (!rc) rc = mimeo_blob_finish(ab[made].blob);
+    }
+    if (rc) {
+        err_set(err, rc, "error", "could not store an attachment: %s", mimeo_strerror(rc));
+    } else {
+        mimeo_put_opts o;
+        memset(&o, 0, sizeof o);
+        o.new_edits_false = true;
+        o.atts = ab;
+        o.att_count = n;
+        mimeo_put_result res;
+        memset(&res, 0, sizeof res);
+        mimeo_err e = {0};
+        int prc = mimeo_doc_put(l->db, id, id_len, json, len, &o, &res, &e);
+        if (prc) {
+            local_fail(out, prc, &e);
+        } else {
+            buf_reset(&out->body);
+            buf_puts(&out->body, "{\"ok\":true}");
+            out->status = 201;
+        }
+        mimeo_free(res.id);
+    }
+    for (size_t i = 0; ab && i < n; i++) mimeo_blob_free(ab[i].blob);
+    free(ab);
+    free(chunk);
+    return rc;
+}
+
 static void local_free(repl_ep *ep)
 {
     local_ep *l = (local_ep *)ep;
@@ -467,6 +554,8 @@ static const repl_ep_ops local_ops = {
     .ensure_full_commit = local_full_commit,
     .local_get = local_local_get,
     .local_put = local_local_put,
+    .att_get = local_att_get,
+    .put_atts = local_put_atts,
     .free = local_free,
 };
 

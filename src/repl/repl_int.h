@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "mimeo.h"
 #include "../common/buf.h"
@@ -86,7 +87,21 @@ typedef struct repl_want {
     const char *const  *revs;
     const size_t       *rev_lens;
     size_t              nrevs;
+    /* _revs_diff's possible_ancestors: leaves the target has below the missing revisions
+     * (the atts_since of their attachments); none from a target that does not say */
+    const char *const  *ancs;
+    const size_t       *anc_lens;
+    size_t              nancs;
 } repl_want;
+
+/* One attachment's bytes in a spool file, for a multipart write (attachments). */
+typedef struct repl_att {
+    const char *name;
+    size_t      name_len;
+    const char *content_type;
+    uint64_t    offset;      /* in the spool file */
+    uint64_t    length;      /* content bytes (never gzip) */
+} repl_att;
 
 /* Called for each entry of a _revs_diff answer that lacks something; nonzero stops. */
 typedef int (*repl_missing_fn)(void *ctx, const repl_want *w);
@@ -144,6 +159,22 @@ typedef struct repl_ep_ops {
     int  (*local_get)(repl_ep *ep, const char *id, repl_resp *out, mimeo_err *err);
     int  (*local_put)(repl_ep *ep, const char *id, const char *rev, const char *body,
                       size_t len, repl_resp *out, mimeo_err *err);
+    /* Attachments (NULL when the endpoint has none). GET /{db}/{id}/{name}?rev=: the
+     * content (decoded) appended to sink; on a status other than 200 out->body is the
+     * error reply. */
+    int  (*att_get)(repl_ep *ep, const char *id, size_t id_len, const char *name,
+                    size_t name_len, const char *rev, FILE *sink, repl_resp *out,
+                    mimeo_err *err);
+    /* POST _bulk_get?revs=true&attachments=true with body (whose entries carry atts_since):
+     * fn per document served, with its attachment data inline; *unserved counts the rest.
+     * NULL when the endpoint is better served by att_get (local). */
+    int  (*bulk_get_inline)(repl_ep *ep, const char *body, size_t len, repl_doc_fn fn,
+                            void *ctx, size_t *unserved, repl_resp *out, mimeo_err *err);
+    /* PUT /{db}/{id}?new_edits=false as multipart/related: json (whose entries for atts say
+     * "follows":true, in the order of atts), then the bytes of each from spool. */
+    int  (*put_atts)(repl_ep *ep, const char *id, size_t id_len, const char *json,
+                     size_t len, const repl_att *atts, size_t n, FILE *spool,
+                     repl_resp *out, mimeo_err *err);
     void (*free)(repl_ep *ep);
 } repl_ep_ops;
 
@@ -152,6 +183,8 @@ struct repl_ep {
     char          *display;    /* new: the URL without password, or the local db name */
     bool           local;
     atomic_bool    no_bulk_get; /* the peer answered _bulk_get with 400/404/405/501 */
+    atomic_bool    no_atts_since; /* the peer ignores atts_since (PouchDB): asking it for
+                                     inline data gets every attachment's */
     atomic_bool   *cancel;     /* borrowed: set when the job must stop */
     repl_health   *health;     /* borrowed: the job's, or NULL */
     unsigned       retries;    /* retry budget per request (changed after start-up) */
@@ -311,6 +344,20 @@ int       repl_job_run(repl_job *j, char **result, size_t *result_len);
 void      repl_job_cancel(repl_job *j);
 /* Appends the job's info/stats members (no braces) for the monitoring producers. */
 int       repl_job_put_stats(repl_job *j, buf *b);
+
+/* Documents as JSON texts, one span of text each. */
+typedef struct repl_docset {
+    buf     text;
+    size_t *starts, *ends;
+    size_t  count, alloc;
+} repl_docset;
+
+/* repl_att.c: writes docs (revisions with _attachments, fetched from the source with stubs)
+ * to the target with the attachment data it lacks; wants are the batch's _revs_diff
+ * entries (possible_ancestors). Counts docs_written and doc_write_failures. 0 or the job's
+ * error. */
+int repl_att_write(repl_job *j, const repl_want *wants, size_t nwants, repl_docset *docs,
+                   mimeo_err *err);
 
 /* Helpers shared by the files here. */
 char *repl_strndup(const char *s, size_t n);

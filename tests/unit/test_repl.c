@@ -504,7 +504,7 @@ static void test_local_endpoint(void)
     /* one revision served, one unknown: the document comes, the other is unserved */
     const char *revs[] = { rev, "9-99" };
     size_t lens[] = { strlen(rev), 4 };
-    repl_want w = { "a", 1, revs, lens, 2 };
+    repl_want w = { "a", 1, revs, lens, 2, NULL, NULL, 0 };
     size_t unserved = 0;
     CHECK_EQ_INT(ep->ops->bulk_get(ep, &w, 1, ep_doc, &s, &unserved, &out, &e), 0);
     CHECK_EQ_INT(out.status, 200);
@@ -515,7 +515,7 @@ static void test_local_endpoint(void)
 
     /* open_revs of a document that does not exist serves nothing (CouchDB answers its
      * revisions as missing); once the database is gone, it is a 404 */
-    repl_want gone = { "zz", 2, revs, lens, 1 };
+    repl_want gone = { "zz", 2, revs, lens, 1, NULL, NULL, 0 };
     CHECK_EQ_INT(ep->ops->open_revs(ep, &gone, ep_doc, &s, &out, &e), 0);
     CHECK_EQ_INT(out.status, 200);
     CHECK_EQ_INT(s.ndocs, 1);
