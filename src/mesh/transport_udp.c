@@ -18,8 +18,10 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <nettle/hmac.h>
 
 #include "mimeo.h"
+#include "mesh_data.h"
 #include "mesh_node.h"
 #include "../common/buf.h"
 
@@ -50,6 +52,8 @@ struct mesh_node {
     mimeo_env *env;
     char *databases;
     char self_name[MESH_NAME_MAX + 1];
+    char http_pw[2 * SHA256_DIGEST_SIZE + 1];   /* the _mesh principal's password */
+    struct mesh_data *data;
 
     /* sender queue, guarded by mu */
     pthread_cond_t qcond;
@@ -213,6 +217,62 @@ out:
     free(cur.v);
 }
 
+/* ---- what the data mover borrows (mesh_data.h) -------------------------------------------- */
+
+struct mesh_peer *mesh_node_peers(struct mesh_node *n, size_t *count) {
+    *count = 0;
+    pthread_mutex_lock(&n->mu);
+    size_t total = mesh_member_count(n->m), k = 0;
+    struct mesh_peer *v = total ? calloc(total, sizeof *v) : NULL;
+    for (size_t i = 0; v && i < total; i++) {
+        struct mesh_member_info mi;
+        mesh_member_get(n->m, i, &mi);
+        if (mi.is_self || mi.state != MESH_ALIVE) continue;
+        snprintf(v[k].name, sizeof v[k].name, "%s", mi.name);
+        snprintf(v[k].url, sizeof v[k].url, "%s", mi.url);
+        k++;
+    }
+    pthread_mutex_unlock(&n->mu);
+    if (k == 0) { free(v); return NULL; }
+    *count = k;
+    return v;
+}
+
+bool mesh_node_db_wanted(struct mesh_node *n, const char *db, size_t len) {
+    char name[256];
+    if (len >= sizeof name || !db_meshed(n, db, len)) return false;
+    memcpy(name, db, len);
+    name[len] = '\0';
+    struct mesh_db_info d;
+    pthread_mutex_lock(&n->mu);
+    bool deleted = mesh_db_find(n->m, name, &d) == 0 && d.deleted;
+    pthread_mutex_unlock(&n->mu);
+    return !deleted;
+}
+
+bool mesh_node_http_auth(struct mesh_node *n, const char *password) {
+    if (!n || !password) return false;
+    size_t want = strlen(n->http_pw);
+    if (strlen(password) != want) return false;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < want; i++) diff |= (unsigned char)(password[i] ^ n->http_pw[i]);
+    return diff == 0;
+}
+
+char *mesh_node_summary_json(struct mesh_node *n) {
+    return n->data ? mesh_data_summary_json(n->data) : NULL;
+}
+
+size_t mesh_node_sync_stats(struct mesh_node *n, struct mesh_sync_stat **out) {
+    *out = NULL;
+    return n && n->data ? mesh_data_sync_stats(n->data, out) : 0;
+}
+
+void mesh_node_data_counters(struct mesh_node *n, struct mesh_data_counters *out) {
+    memset(out, 0, sizeof *out);
+    if (n && n->data) mesh_data_counters(n->data, out);
+}
+
 /* ---- the loop ----------------------------------------------------------------------------- */
 
 /* Sends what the state machine queued and logs what changed. Called with mu held. */
@@ -313,6 +373,9 @@ static void *sender_main(void *arg) {
             curl_easy_setopt(c, CURLOPT_POSTFIELDS, (const char *)j.data);
             curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)j.len);
             curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+            /* The message has its own MAC; the credential gets it past require_valid_user. */
+            curl_easy_setopt(c, CURLOPT_USERNAME, MESH_HTTP_USER);
+            curl_easy_setopt(c, CURLOPT_PASSWORD, n->http_pw);
             curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
             curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
             curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -354,6 +417,16 @@ int mesh_secret_read(const char *path, uint8_t **out, size_t *len, char *err, si
     return 0;
 }
 
+static void mesh_node_stop_threads(struct mesh_node *n) {
+    pthread_mutex_lock(&n->mu);
+    n->stop = true;
+    pthread_cond_broadcast(&n->qcond);
+    pthread_mutex_unlock(&n->mu);
+    wake_loop(n);
+    pthread_join(n->loop, NULL);
+    pthread_join(n->sender, NULL);
+}
+
 int mesh_node_start(const struct mesh_node_opts *o, struct mesh_node **out, char *err,
                     size_t errlen) {
     *out = NULL;
@@ -387,6 +460,15 @@ int mesh_node_start(const struct mesh_node_opts *o, struct mesh_node **out, char
     n->databases = strdup(o->databases ? o->databases : "*");
     pthread_mutex_init(&n->mu, NULL);
     pthread_cond_init(&n->qcond, NULL);
+    {
+        /* The node-to-node HTTP password: derived from the secret, never the secret itself. */
+        struct hmac_sha256_ctx hc;
+        uint8_t mac[SHA256_DIGEST_SIZE];
+        hmac_sha256_set_key(&hc, o->secret_len, o->secret);
+        hmac_sha256_update(&hc, sizeof MESH_HTTP_LABEL - 1, (const uint8_t *)MESH_HTTP_LABEL);
+        hmac_sha256_digest(&hc, sizeof mac, mac);
+        for (size_t i = 0; i < sizeof mac; i++) snprintf(n->http_pw + 2 * i, 3, "%02x", mac[i]);
+    }
 
     char bport[16];
     snprintf(bport, sizeof bport, "%u", o->port);
@@ -448,12 +530,24 @@ int mesh_node_start(const struct mesh_node_opts *o, struct mesh_node **out, char
         pthread_join(n->sender, NULL);
         goto fail_thread;
     }
+    struct mesh_data_opts dopts = {
+        .env = o->env, .node = n, .password = n->http_pw, .fanout = o->tun.gossip_nodes,
+        .anti_entropy_ms = o->anti_entropy_ms, .workers = o->repl_workers,
+        .batch = o->repl_batch, .timeout_ms = o->repl_timeout_ms, .eager = !o->no_eager_push,
+    };
     g_node = n;
+    if (o->env && mesh_data_start(&dopts, &n->data, err, errlen) != 0) {
+        g_node = NULL;
+        n->data = NULL;
+        mesh_node_stop_threads(n);
+        goto fail;
+    }
     *out = n;
     return 0;
 fail_thread:
     snprintf(err, errlen, "mesh: cannot start threads");
 fail:
+    for (size_t i = 0; i < n->qlen; i++) free(n->queue[(n->qhead + i) % STREAM_QUEUE_MAX].data);
     if (n->fd >= 0) close(n->fd);
     if (n->wake[0] >= 0) { close(n->wake[0]); close(n->wake[1]); }
     mesh_free(n->m);
@@ -482,14 +576,10 @@ void mesh_node_leave(struct mesh_node *n, unsigned max_wait_ms) {
 
 void mesh_node_free(struct mesh_node *n) {
     if (!n) return;
+    mesh_data_free(n->data);      /* it calls the node's accessors: first */
+    n->data = NULL;
     if (g_node == n) g_node = NULL;
-    pthread_mutex_lock(&n->mu);
-    n->stop = true;
-    pthread_cond_broadcast(&n->qcond);
-    pthread_mutex_unlock(&n->mu);
-    wake_loop(n);
-    pthread_join(n->loop, NULL);
-    pthread_join(n->sender, NULL);
+    mesh_node_stop_threads(n);
     for (size_t i = 0; i < n->qlen; i++) free(n->queue[(n->qhead + i) % STREAM_QUEUE_MAX].data);
     close(n->fd);
     close(n->wake[0]);
@@ -549,9 +639,51 @@ static void sb_str(struct sbuf *b, const char *s) {
 }
 
 static void sb_fmt(struct sbuf *b, const char *fmt, unsigned long long v) {
-    char t[32];
+    char t[96];
     int k = snprintf(t, sizeof t, fmt, v);
+    if (k < 0 || (size_t)k >= sizeof t) { b->oom = true; return; }   /* a format too long */
     sb_put(b, t, (size_t)k);
+}
+
+/* "sync": one row per meshed database and peer (mesh_node_sync_stats), and the data
+ * mover's counters. */
+static void sb_sync(struct sbuf *b, struct mesh_node *n) {
+    struct mesh_sync_stat *v = NULL;
+    size_t k = mesh_node_sync_stats(n, &v);
+    SB_LIT(b, ",\"sync\":[");
+    for (size_t i = 0; i < k; i++) {
+        if (i) SB_LIT(b, ",");
+        SB_LIT(b, "{\"db\":");
+        sb_str(b, v[i].db);
+        SB_LIT(b, ",\"peer\":");
+        sb_str(b, v[i].peer);
+        if (v[i].last_sync_ms) sb_fmt(b, ",\"last_sync_ms\":%llu", (unsigned long long)v[i].last_sync_ms);
+        else SB_LIT(b, ",\"last_sync_ms\":null");
+        sb_fmt(b, ",\"local_seq\":%llu", v[i].local_seq);
+        const char *keys[] = { ",\"checkpointed_seq\":", ",\"behind\":", ",\"peer_seq\":",
+                               ",\"pulled_seq\":", ",\"pull_behind\":" };
+        int64_t vals[] = { v[i].pushed_seq, v[i].behind, v[i].peer_seq, v[i].pulled_seq,
+                           v[i].pull_behind };
+        for (size_t j = 0; j < 5; j++) {
+            sb_put(b, keys[j], strlen(keys[j]));
+            if (vals[j] < 0) SB_LIT(b, "null");
+            else sb_fmt(b, "%llu", (unsigned long long)vals[j]);
+        }
+        sb_fmt(b, ",\"docs_written\":%llu", v[i].docs_written);
+        sb_fmt(b, ",\"failures\":%llu}", v[i].failures);
+    }
+    free(v);
+    struct mesh_data_counters c;
+    mesh_node_data_counters(n, &c);
+    SB_LIT(b, "],\"replication\":{");
+    sb_fmt(b, "\"completed\":%llu", c.replications);
+    sb_fmt(b, ",\"failed\":%llu", c.failures);
+    sb_fmt(b, ",\"docs_read\":%llu", c.docs_read);
+    sb_fmt(b, ",\"docs_written\":%llu", c.docs_written);
+    sb_fmt(b, ",\"summaries\":%llu", c.summaries);
+    sb_fmt(b, ",\"dropped\":%llu", c.dropped);
+    sb_fmt(b, ",\"queued\":%llu", c.queued);
+    sb_fmt(b, ",\"running\":%llu}", c.running);
 }
 
 char *mesh_node_status_json(struct mesh_node *n) {
@@ -598,7 +730,9 @@ char *mesh_node_status_json(struct mesh_node *n) {
     sb_fmt(&b, ",\"replayed\":%llu", st.replayed);
     sb_fmt(&b, ",\"probes\":%llu", st.probes);
     sb_fmt(&b, ",\"probes_failed\":%llu", st.probes_failed);
-    sb_fmt(&b, ",\"awareness\":%llu}}\n", st.awareness);
+    sb_fmt(&b, ",\"awareness\":%llu}", st.awareness);
+    sb_sync(&b, n);
+    SB_LIT(&b, "}\n");
     if (b.oom) { free(b.p); return NULL; }
     return b.p;
 }
