@@ -280,12 +280,13 @@ static bool http_authenticate(http_req *r)
         /* Mesh nodes replicating with each other: the reserved "_mesh" principal, whose
          * password is derived from the mesh secret (src/mesh); it is a server admin. */
         if (rc == 0 && strcmp(name, "_mesh") == 0) {
-            rc = mesh_node_http_auth(mesh_node_current(), pw) ? 0 : MIMEO_ENOTFOUND;
-            if (rc == 0) {
+            if (mesh_node_http_auth(mesh_node_current(), pw)) {
                 r->user.known = true;
                 snprintf(r->user.name, sizeof r->user.name, "_mesh");
                 rc = auth_user_add_role(&r->user, "_admin", 6);
-            }
+            } else if (!(http_seg_is(r, 0, "_mesh") && r->nseg == 1 && r->method == HTTP_POST)) {
+                rc = MIMEO_ENOTFOUND;
+            }   /* else anonymous: a mesh message's own MAC decides (and is counted) */
         } else if (rc == 0) {
             rc = http_auth_login(r, name, pw, &r->user, NULL);
         }

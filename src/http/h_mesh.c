@@ -16,7 +16,24 @@ static void http_h_mesh_summary(http_req *r, struct mesh_node *n)
         http_reply_method(r, "GET,HEAD");
         return;
     }
-    char *json = n ? mesh_node_summary_json(n) : NULL;
+    /* ?epoch=E&since=G: a peer's cursor from its last round (both or neither). */
+    size_t el = 0, sl = 0;
+    const char *e = http_arg_get(r, "epoch", &el);
+    const char *s = http_arg_get(r, "since", &sl);
+    char epoch[33];
+    unsigned long long since = 0;
+    if (e || s) {
+        bool ok = e && s && el > 0 && el < sizeof epoch && sl > 0 && sl <= 19 &&
+                  strspn(s, "0123456789") >= sl;
+        if (!ok) {
+            http_reply_error(r, 400, "bad_request", "epoch and since go together: hex and a number");
+            return;
+        }
+        memcpy(epoch, e, el);
+        epoch[el] = '\0';
+        since = strtoull(s, NULL, 10);
+    }
+    char *json = n ? mesh_node_summary_json(n, e ? epoch : NULL, since) : NULL;
     if (!json) {
         if (n) http_reply_error(r, 500, "internal_server_error", "out of memory");
         else http_reply_error(r, 404, "not_found", "this node is not part of a mesh");

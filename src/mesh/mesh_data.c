@@ -51,6 +51,21 @@ struct dirty {
     struct dirty *next;
 };
 
+/* When each database last changed, in this process's generations (summary?since=). */
+struct gen_row {
+    char *db;
+    uint64_t gen;
+    struct gen_row *hnext;
+};
+
+/* Where this node stands in a peer's summaries: its epoch and the generation read through. */
+struct peer_cursor {
+    char name[MESH_NAME_MAX + 1];
+    char epoch[33];
+    uint64_t gen;
+    struct peer_cursor *next;
+};
+
 struct mesh_data {
     struct mesh_data_opts o;
     char *password;
@@ -79,6 +94,13 @@ struct mesh_data {
     struct stat_row *stats[HASH_SLOTS];
     struct stat_row *stat_list;
     size_t nstats;
+
+    /* Summaries: this process's epoch (random, so a restart is a new one) and generation,
+     * bumped by every commit that advances a meshed database. */
+    char epoch[33];
+    uint64_t gen;
+    struct gen_row *gens[HASH_SLOTS];
+    struct peer_cursor *cursors;
 
     struct mesh_data_counters c;
     uint64_t rng;
@@ -245,7 +267,8 @@ static size_t collect(char *p, size_t s, size_t nm, void *u) {
 }
 
 /* GET {peer}/_mesh/summary into out. 0, or -1 (unreachable, refused, not JSON). */
-static int fetch_summary(struct mesh_data *d, const struct mesh_peer *p, jval **out) {
+static int fetch_summary(struct mesh_data *d, const struct mesh_peer *p, const char *epoch,
+                         uint64_t since, jval **out) {
     *out = NULL;
     CURL *c = curl_easy_init();
     if (!c) return -1;
@@ -257,6 +280,8 @@ static int fetch_summary(struct mesh_data *d, const struct mesh_peer *p, jval **
     int rc = -1;
     long status = 0;
     if (buf_printf(&url, "%.*s/_mesh/summary", (int)bl, p->url) != 0) goto out;
+    if (epoch && buf_printf(&url, "?epoch=%s&since=%llu", epoch, (unsigned long long)since) != 0)
+        goto out;
     curl_easy_setopt(c, CURLOPT_URL, url.data);
     curl_easy_setopt(c, CURLOPT_USERNAME, MESH_HTTP_USER);
     curl_easy_setopt(c, CURLOPT_PASSWORD, d->password);
@@ -348,16 +373,34 @@ static int replicate(struct mesh_data *d, const struct task *t, uint64_t *read_n
 
 struct round_db {
     char *name;
-    int64_t peer_seq, local_seq;
+    int64_t peer_seq;
 };
 
-/* An anti-entropy round with t->peer: its summary against what this node knows, then a
- * pull for every database the peer moved on and a push for every one this node did. */
+static struct peer_cursor *cursor_of(struct mesh_data *d, const char *peer) {
+    for (struct peer_cursor *c = d->cursors; c; c = c->next)
+        if (strcmp(c->name, peer) == 0) return c;
+    return NULL;
+}
+
+/* An anti-entropy round with t->peer: the peer's summary (only what changed there since the
+ * last complete round, once there was one), then a pull for every database the peer is
+ * known to be ahead in and a push for every one this node moved on since it last pushed. */
 static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete) {
     *incomplete = false;
+    char epoch[33] = "";
+    uint64_t since = 0;
+    pthread_mutex_lock(&d->mu);
+    struct peer_cursor *pc = cursor_of(d, t->peer.name);
+    if (pc) {
+        memcpy(epoch, pc->epoch, sizeof epoch);
+        since = pc->gen;
+    }
+    pthread_mutex_unlock(&d->mu);
     jval *v = NULL;
-    if (fetch_summary(d, &t->peer, &v) != 0) return MIMEO_EIO;
+    if (fetch_summary(d, &t->peer, epoch[0] ? epoch : NULL, since, &v) != 0) return MIMEO_EIO;
     const jval *dbs = jval_get(v, "dbs");
+    const jval *ep = jval_get(v, "epoch");
+    int64_t gen = jnum(jval_get(v, "gen"));
     size_t n = dbs && dbs->type == JV_OBJECT ? dbs->count : 0;
     struct round_db *rd = calloc(n ? n : 1, sizeof *rd);
     if (!rd) { jval_free(v); return MIMEO_ENOMEM; }
@@ -365,30 +408,67 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
     for (size_t i = 0; i < n; i++) {
         const char *name = dbs->keys[i];
         if (!mesh_node_db_wanted(d->o.node, name, strlen(name))) continue;
-        int64_t ls = local_seq(d, name);
-        if (ls < 0) {           /* the registry has not created it here yet */
+        if (local_seq(d, name) < 0) {   /* the registry has not created it here yet */
             *incomplete = true;
             continue;
         }
         rd[k].name = dbs->keys[i];
         rd[k].peer_seq = jnum(dbs->items[i]);
-        rd[k].local_seq = ls;
         k++;
     }
+    /* What this node knows of the peer, summary applied; then every row of the peer. */
+    char **mine = NULL;
+    size_t nmine = 0, cap = 0;
     pthread_mutex_lock(&d->mu);
     d->c.summaries++;
     for (size_t i = 0; i < k; i++) {
         struct stat_row *r = stat_get(d, rd[i].name, t->peer.name);
-        if (!r) continue;
-        if (rd[i].peer_seq >= 0) r->s.peer_seq = rd[i].peer_seq;
+        if (!r || rd[i].peer_seq < 0) continue;
+        r->s.peer_seq = rd[i].peer_seq;
         if (rd[i].peer_seq == 0) r->s.pulled_seq = 0;
-        else if (rd[i].peer_seq > 0 && r->s.pulled_seq != rd[i].peer_seq)
-            enqueue(d, T_PULL, rd[i].name, &t->peer, rd[i].peer_seq);
-        if (rd[i].local_seq == 0) r->s.pushed_seq = 0;
-        else if (r->s.pushed_seq != rd[i].local_seq)
-            enqueue(d, T_PUSH, rd[i].name, &t->peer, -1);
+    }
+    for (struct stat_row *r = d->stat_list; r; r = r->lnext) {
+        if (strcmp(r->s.peer, t->peer.name) != 0) continue;
+        if (ARRAY_GROW(mine, cap, nmine + 1) || !(mine[nmine] = strdup(r->s.db))) {
+            *incomplete = true;
+            break;
+        }
+        nmine++;
     }
     pthread_mutex_unlock(&d->mu);
+    int64_t *ls = calloc(nmine ? nmine : 1, sizeof *ls);
+    for (size_t i = 0; ls && i < nmine; i++)
+        ls[i] = mesh_node_db_wanted(d->o.node, mine[i], strlen(mine[i])) ? local_seq(d, mine[i]) : -1;
+    pthread_mutex_lock(&d->mu);
+    for (size_t i = 0; ls && i < nmine; i++) {
+        if (ls[i] < 0) continue;
+        struct stat_row *r = stat_get(d, mine[i], t->peer.name);
+        if (!r) continue;
+        if (r->s.peer_seq > 0 && r->s.pulled_seq != r->s.peer_seq)
+            enqueue(d, T_PULL, mine[i], &t->peer, r->s.peer_seq);
+        if (ls[i] == 0) r->s.pushed_seq = 0;
+        else if (r->s.pushed_seq != ls[i])
+            enqueue(d, T_PUSH, mine[i], &t->peer, -1);
+    }
+    /* Read through gen only when every database it listed could be taken in: one still
+     * missing here is listed again next time. */
+    if (!*incomplete && ls && ep && ep->type == JV_STRING && ep->len < sizeof epoch && gen >= 0) {
+        pc = cursor_of(d, t->peer.name);
+        if (!pc && (pc = calloc(1, sizeof *pc))) {
+            snprintf(pc->name, sizeof pc->name, "%s", t->peer.name);
+            pc->next = d->cursors;
+            d->cursors = pc;
+        }
+        if (pc) {
+            snprintf(pc->epoch, sizeof pc->epoch, "%s", ep->str);
+            pc->gen = (uint64_t)gen;
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (!ls) *incomplete = true;
+    for (size_t i = 0; i < nmine; i++) free(mine[i]);
+    free(mine);
+    free(ls);
     free(rd);
     jval_free(v);
     return 0;
@@ -486,6 +566,27 @@ static void *worker_main(void *arg) {
 
 /* ---- scheduler --------------------------------------------------------------------------- */
 
+/* db changed: it gets the next generation. Called with mu held. */
+static void gen_bump(struct mesh_data *d, const char *db, size_t len) {
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)db[i]) * 16777619u;
+    h %= HASH_SLOTS;
+    d->gen++;
+    for (struct gen_row *g = d->gens[h]; g; g = g->hnext)
+        if (strlen(g->db) == len && memcmp(g->db, db, len) == 0) { g->gen = d->gen; return; }
+    struct gen_row *g = malloc(sizeof *g);
+    if (!g || !(g->db = strndup(db, len))) {
+        /* Out of memory: a new epoch makes every peer read a full summary instead. */
+        free(g);
+        snprintf(d->epoch, sizeof d->epoch, "%016llx%016llx", (unsigned long long)rnd(d),
+                 (unsigned long long)rnd(d));
+        return;
+    }
+    g->gen = d->gen;
+    g->hnext = d->gens[h];
+    d->gens[h] = g;
+}
+
 static void on_commit(void *ctx, const char *db, size_t len, uint64_t seq) {
     (void)ctx;
     (void)seq;
@@ -493,6 +594,7 @@ static void on_commit(void *ctx, const char *db, size_t len, uint64_t seq) {
     struct mesh_data *d = g_hook.d;
     if (d) {
         pthread_mutex_lock(&d->mu);
+        gen_bump(d, db, len);
         bool known = false;
         for (struct dirty *x = d->dirty; x && !known; x = x->next)
             known = strlen(x->db) == len && memcmp(x->db, db, len) == 0;
@@ -617,28 +719,57 @@ struct sum_ctx {
     int rc;
 };
 
+static int sum_put(struct sum_ctx *s, const char *name) {
+    int64_t seq = local_seq(s->d, name);
+    if (seq < 0) return 0;
+    if (!s->first) s->rc |= buf_putc(s->b, ',');
+    s->first = false;
+    s->rc |= json_put_cstr(s->b, name);
+    s->rc |= buf_printf(s->b, ":%lld", (long long)seq);
+    return s->rc;
+}
+
 static int sum_db(void *ctx, const char *name, size_t len) {
     struct sum_ctx *s = ctx;
     if (!mesh_node_db_wanted(s->d->o.node, name, len)) return 0;
     char *z = strndup(name, len);
     if (!z) { s->rc = MIMEO_ENOMEM; return 1; }
-    int64_t seq = local_seq(s->d, z);
-    if (seq >= 0) {
-        if (!s->first) s->rc |= buf_putc(s->b, ',');
-        s->first = false;
-        s->rc |= json_put_cstr(s->b, z);
-        s->rc |= buf_printf(s->b, ":%lld", (long long)seq);
-    }
+    sum_put(s, z);
     free(z);
     return s->rc ? 1 : 0;
 }
 
-char *mesh_data_summary_json(struct mesh_data *d) {
+char *mesh_data_summary_json(struct mesh_data *d, const char *epoch, uint64_t since) {
     buf b;
     buf_init(&b, 0);
     struct sum_ctx s = { d, &b, true, 0 };
-    s.rc = buf_puts(&b, "{\"dbs\":{");
-    if (s.rc == 0 && mimeo_db_list(d->o.env, NULL, sum_db, &s) != 0 && s.rc == 0) s.rc = MIMEO_EIO;
+    /* Incremental only within this process's epoch and up to its generation; anything else
+     * (a restart, a cursor from the future) gets everything. */
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    pthread_mutex_lock(&d->mu);
+    char my_epoch[33];
+    memcpy(my_epoch, d->epoch, sizeof my_epoch);
+    uint64_t gen = d->gen;
+    bool full = !epoch || strcmp(epoch, d->epoch) != 0 || since > d->gen;
+    for (unsigned h = 0; !full && h < HASH_SLOTS; h++)
+        for (struct gen_row *g = d->gens[h]; g && !full; g = g->hnext) {
+            if (g->gen <= since) continue;
+            if (ARRAY_GROW(names, cap, n + 1) || !(names[n] = strdup(g->db))) full = true;
+            else n++;
+        }
+    pthread_mutex_unlock(&d->mu);
+    s.rc = buf_printf(&b, "{\"epoch\":\"%s\",\"gen\":%llu,\"full\":%s,\"dbs\":{", my_epoch,
+                      (unsigned long long)gen, full ? "true" : "false");
+    if (full) {
+        if (s.rc == 0 && mimeo_db_list(d->o.env, NULL, sum_db, &s) != 0 && s.rc == 0)
+            s.rc = MIMEO_EIO;
+    } else {
+        for (size_t i = 0; i < n && s.rc == 0; i++)
+            if (mesh_node_db_wanted(d->o.node, names[i], strlen(names[i]))) sum_put(&s, names[i]);
+    }
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
     if (s.rc == 0) s.rc = buf_puts(&b, "}}\n");
     if (s.rc != 0) {
         buf_destroy(&b);
@@ -701,6 +832,8 @@ int mesh_data_start(const struct mesh_data_opts *o, struct mesh_data **out, char
     clock_gettime(CLOCK_REALTIME, &ts);
     d->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (uint64_t)(uintptr_t)d;
     if (!d->rng) d->rng = 88172645463325252ull;
+    snprintf(d->epoch, sizeof d->epoch, "%016llx%016llx", (unsigned long long)rnd(d),
+             (unsigned long long)rnd(d));
     pthread_mutex_init(&d->mu, NULL);
     pthread_cond_init(&d->cond, NULL);
     pthread_cond_init(&d->work, NULL);
@@ -773,6 +906,19 @@ void mesh_data_free(struct mesh_data *d) {
         free(x->db);
         free(x);
         x = nx;
+    }
+    for (unsigned h = 0; h < HASH_SLOTS; h++) {
+        while (d->gens[h]) {
+            struct gen_row *g = d->gens[h];
+            d->gens[h] = g->hnext;
+            free(g->db);
+            free(g);
+        }
+    }
+    while (d->cursors) {
+        struct peer_cursor *c = d->cursors;
+        d->cursors = c->next;
+        free(c);
     }
     free(d->eager);
     free(d->slots_mem);

@@ -47,9 +47,11 @@ int  mesh_data_start(const struct mesh_data_opts *o, struct mesh_data **out, cha
                      size_t errlen);
 void mesh_data_free(struct mesh_data *d);
 
-/* GET /_mesh/summary's body: {"node":…,"dbs":{"name":update_seq,…}} of the databases meshed
- * here and live in the registry. New text (free()), NULL when out of memory. */
-char *mesh_data_summary_json(struct mesh_data *d);
+/* GET /_mesh/summary?epoch=E&since=G's body: {"epoch","gen","full","dbs":{"name":
+ * update_seq,…}} of the databases meshed here and live in the registry — only those changed
+ * after generation G when E is this process's epoch, else all of them ("full":true). epoch
+ * NULL: all. New text (free()), NULL when out of memory. */
+char *mesh_data_summary_json(struct mesh_data *d, const char *epoch, uint64_t since);
 
 /* Per database and peer rows for GET /_mesh (mesh_node_sync_stats does the copying). */
 size_t mesh_data_sync_stats(struct mesh_data *d, struct mesh_sync_stat **out);

@@ -55,8 +55,9 @@ char *mesh_node_status_json(struct mesh_node *n);
  * constant time). false when n is NULL. */
 bool mesh_node_http_auth(struct mesh_node *n, const char *password);
 
-/* GET /_mesh/summary's body (new text, free()), NULL when out of memory. */
-char *mesh_node_summary_json(struct mesh_node *n);
+/* GET /_mesh/summary's body (new text, free()), NULL when out of memory; epoch NULL or
+ * unknown: every database, else those changed after generation since (mesh_data.h). */
+char *mesh_node_summary_json(struct mesh_node *n, const char *epoch, uint64_t since);
 
 /* How one meshed database stands with one peer, as this node knows it. Seqs are update_seq
  * values (one per change); -1 is "not known yet". */

@@ -259,8 +259,8 @@ bool mesh_node_http_auth(struct mesh_node *n, const char *password) {
     return diff == 0;
 }
 
-char *mesh_node_summary_json(struct mesh_node *n) {
-    return n->data ? mesh_data_summary_json(n->data) : NULL;
+char *mesh_node_summary_json(struct mesh_node *n, const char *epoch, uint64_t since) {
+    return n->data ? mesh_data_summary_json(n->data, epoch, since) : NULL;
 }
 
 size_t mesh_node_sync_stats(struct mesh_node *n, struct mesh_sync_stat **out) {
