@@ -190,6 +190,24 @@ test('nodes authenticate to each other; strangers do not get in', async () => {
   assert.equal(typeof ok.json.dbs, 'object');
 });
 
+test('summaries: full at first, then only what changed after the cursor', async () => {
+  await createDb('a', 'sumdb', ['b']);
+  const full = (await req('a', 'GET', '/_mesh/summary')).json;
+  assert.equal(full.full, true);
+  assert.equal(full.dbs.sumdb, 0);
+  const cursor = `/_mesh/summary?epoch=${full.epoch}&since=${full.gen}`;
+  const idle = (await req('a', 'GET', cursor)).json;
+  assert.deepEqual([idle.full, idle.dbs, idle.gen], [false, {}, full.gen]);
+  assert.equal((await req('a', 'PUT', '/sumdb/x', { x: 1 })).status, 201);
+  const moved = (await req('a', 'GET', cursor)).json;
+  assert.equal(moved.full, false);
+  assert.equal(moved.dbs.sumdb, 1);
+  assert.ok(moved.gen > full.gen);
+  const other = (await req('a', 'GET', `/_mesh/summary?epoch=0000&since=${full.gen}`)).json;
+  assert.equal(other.full, true, 'another epoch (a restart) gets everything');
+  assert.equal((await req('a', 'GET', '/_mesh/summary?since=abc')).status, 400);
+});
+
 test('writes on random nodes converge everywhere, trees and conflicts alike', async () => {
   await createDb('a', 'conv', ['b', 'c', 'd']);
   const ids = Array.from({ length: 20 }, (_, i) => `doc${i}`);
@@ -282,4 +300,32 @@ test('a node that joins late with an empty disk receives everything', async () =
     const copy = await converged(['a', 'e'], db);
     assert.ok(Object.keys(copy).length > 0);
   }
+});
+
+test('anti-entropy alone (eager push off) converges, and an idle round moves nothing', async () => {
+  const secret2 = path.join(dir, 'secret2');
+  await fs.writeFile(secret2, 'a-second-mesh-of-its-own-0123456789\n');
+  const AE = ['--mesh-secret-file', secret2, ...ARGS, '--set', 'mesh.eager_push=false',
+    '--set', 'mesh.anti_entropy_interval_ms=1000'];
+  nodes.f = await startServer({ args: ['--node-name', 'f', ...AE] });
+  nodes.g = await startServer({ args: ['--node-name', 'g', ...AE, '--join', nodes.f.url] });
+  await allAlive(['f', 'g'], ['f', 'g']);
+  await createDb('f', 'quiet', ['g']);
+  for (let i = 0; i < 5; i++) assert.equal((await req(i % 2 ? 'f' : 'g', 'PUT', `/quiet/q${i}`, { i })).status, 201);
+  await converged(['f', 'g'], 'quiet', 20_000);
+  // Settled: rounds go on (one summary each), replications do not.
+  const settled = async () => {
+    const rows = (await meshOf('f')).sync.filter((r) => r.db === 'quiet');
+    return rows.length === 1 && rows[0].behind === 0 && rows[0].pull_behind === 0;
+  };
+  await waitFor(settled, { timeout: 10_000, message: 'f and g settled' });
+  await new Promise((r) => setTimeout(r, 1500));
+  const before = (await meshOf('f')).replication;
+  await new Promise((r) => setTimeout(r, 3500));
+  const after = (await meshOf('f')).replication;
+  assert.ok(after.summaries >= before.summaries + 2, `rounds went on: ${JSON.stringify([before, after])}`);
+  assert.equal(after.completed, before.completed, 'an idle round replicates nothing');
+  assert.equal(after.failed, before.failed);
+  // The two meshes stay apart: nothing of the first one is here.
+  assert.equal((await req('f', 'GET', '/conv')).status, 404);
 });
