@@ -179,6 +179,7 @@ static void enqueue(struct mesh_data *d, int kind, const char *db, const struct 
         if (!same_key(t, kind, db, p->name)) continue;
         if (peer_seq > t->peer_seq) t->peer_seq = peer_seq;
         if (t->running) t->again = true;
+        else t->peer = *p;          /* a member back at another URL */
         return;
     }
     if (d->npending + d->nrunning >= QUEUE_MAX) {
@@ -489,9 +490,11 @@ static void run_task(struct mesh_data *d, struct task *t) {
     if (t->kind == T_ROUND) {
         rc = run_round(d, t, &incomplete);
     } else {
-        if (!mesh_node_db_wanted(d->o.node, t->db, strlen(t->db))) return;
-        before = local_seq(d, t->db);
-        if (before < 0) return;          /* gone here: nothing to move */
+        before = mesh_node_db_wanted(d->o.node, t->db, strlen(t->db)) ? local_seq(d, t->db) : -1;
+        if (before < 0) {               /* deleted or not meshed: nothing to move */
+            t->tries = 0;
+            return;
+        }
         rc = replicate(d, t, &nread, &nwritten, &src_seq);
     }
     pthread_mutex_lock(&d->mu);

@@ -1,0 +1,210 @@
+// Mesh cost with many databases: N nodes (default 8) share DBS meshed databases (default
+// 1,000). Measures, per node: TCP connections held (sampled every 500 ms from /proc, idle and
+// while writes go on), CPU and mesh bytes per second while idle, and the time until a write to
+// one random database on one random node is readable on every node.
+//   node bench/mesh_scale.mjs [N] [DBS] — env MIMEO_BIN (default build/mimeo), IDLE_S (20),
+//   WRITES (20), SEED. Prints one JSON line and a Markdown table.
+
+import { spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const bin = path.resolve(root, process.env.MIMEO_BIN || 'build/mimeo');
+const N = Number(process.argv[2] || 8);
+const DBS = Number(process.argv[3] || 1000);
+const IDLE_S = Number(process.env.IDLE_S || 20);
+const WRITES = Number(process.env.WRITES || 20);
+let seed = Number(process.env.SEED || Date.now() % 1e6) || 1;
+console.error(`mesh_scale N=${N} DBS=${DBS} SEED=${seed}`);
+function rnd(n) {
+  seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0;
+  return seed % n;
+}
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+function call(base, method, p, body, timeout = 120_000) {
+  const u = new URL(base);
+  const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      host: u.hostname, port: u.port, method, path: p, agent,
+      headers: { accept: 'application/json', ...(data ? { 'content-type': 'application/json', 'content-length': data.length } : {}) },
+    }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString();
+        let json; try { json = JSON.parse(text); } catch {}
+        resolve({ status: res.statusCode, json, text });
+      });
+    });
+    req.setTimeout(timeout, () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+    if (data) req.write(data);
+    req.end();
+  });
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function until(check, timeout, what) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    try { if (await check()) return; } catch {}
+    if (Date.now() > end) throw new Error(`${what}: not within ${timeout} ms`);
+    await sleep(250);
+  }
+}
+
+// TCP connections a process holds: its socket inodes matched against /proc/net/tcp{,6}
+// entries in ESTABLISHED state (01), minus the bench's own connections to it (those are to
+// its listening port from the bench's sockets; counted by local port == listening port).
+function tcpConnections(pid, listenPort) {
+  const inodes = new Set();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const l = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      const m = l.match(/^socket:\[(\d+)\]$/);
+      if (m) inodes.add(m[1]);
+    } catch {}
+  }
+  let outgoing = 0, incoming = 0;
+  for (const f of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try { text = readFileSync(f, 'utf8'); } catch { continue; }
+    for (const line of text.split('\n').slice(1)) {
+      const c = line.trim().split(/\s+/);
+      if (c.length < 10 || c[3] !== '01' || !inodes.has(c[9])) continue;
+      const localPort = parseInt(c[1].split(':')[1], 16);
+      if (localPort === listenPort) incoming++;
+      else outgoing++;
+    }
+  }
+  return { outgoing, incoming };
+}
+
+function cpuTicks(pid) {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const c = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return Number(c[11]) + Number(c[12]);     // utime + stime
+}
+
+async function startNode(dir, name, args) {
+  const data = path.join(dir, name);
+  await fs.mkdir(data, { recursive: true });
+  const proc = spawn(bin, ['serve', '--data', data, '--bind', '127.0.0.1', '--port', '0',
+    '--node-name', name, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  proc.stderr.resume();
+  const url = await new Promise((resolve, reject) => {
+    let out = '';
+    proc.stdout.on('data', (c) => {
+      out += c;
+      const m = out.match(/mimeo listening on (http:\/\/\S+)/);
+      if (m) resolve(m[1]);
+    });
+    proc.on('exit', (code) => reject(new Error(`${name} exited ${code}`)));
+  });
+  return { name, url, proc, port: Number(new URL(url).port) };
+}
+
+const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'mimeo-mesh-scale-'));
+const secret = path.join(dir, 'secret');
+await fs.writeFile(secret, 'mesh-scale-secret-0123456789abcdef\n');
+const args = ['--mesh-secret-file', secret];
+const nodes = [];
+const out = { n: N, dbs: DBS };
+try {
+  nodes.push(await startNode(dir, 'n0', args));
+  for (let i = 1; i < N; i++) nodes.push(await startNode(dir, `n${i}`, [...args, '--join', nodes[0].url]));
+  for (const x of nodes) {
+    await until(async () => (await call(x.url, 'GET', '/_mesh')).json.members
+      .filter((m) => m.state === 'alive').length === N, 60_000, `${x.name} sees ${N} alive`);
+  }
+  const names = Array.from({ length: DBS }, (_, i) => `u${String(i).padStart(5, '0')}`);
+  let t0 = performance.now();
+  for (let i = 0; i < DBS; i += 16) {
+    await Promise.all(names.slice(i, i + 16).map((db, k) => call(nodes[(i + k) % N].url, 'PUT', `/${db}`)));
+  }
+  for (const x of nodes) {
+    await until(async () => (await call(x.url, 'GET', '/_all_dbs')).json.filter((d) => d[0] === 'u').length === DBS,
+      300_000, `${DBS} dbs on ${x.name}`);
+  }
+  out.create_all_everywhere_s = +((performance.now() - t0) / 1000).toFixed(1);
+  // One document in every database, written on a random node, then everything settles.
+  t0 = performance.now();
+  for (let i = 0; i < DBS; i += 16) {
+    await Promise.all(names.slice(i, i + 16).map((db) => call(nodes[rnd(N)].url, 'PUT', `/${db}/seed`, { db })));
+  }
+  for (const x of nodes) {
+    await until(async () => {
+      const r = await Promise.all(names.filter((_, i) => i % 50 === 0).map((db) => call(x.url, 'GET', `/${db}/seed`)));
+      return r.every((y) => y.status === 200);
+    }, 300_000, `seed docs on ${x.name}`);
+  }
+  await until(async () => {
+    const q = await Promise.all(nodes.map(async (x) => (await call(x.url, 'GET', '/_mesh')).json.replication));
+    return q.every((r) => r.queued === 0 && r.running === 0);
+  }, 600_000, 'queues drained');
+  out.one_write_per_db_settled_s = +((performance.now() - t0) / 1000).toFixed(1);
+
+  // Idle.
+  await sleep(3000);
+  const hz = 100;
+  const cpu0 = nodes.map((x) => cpuTicks(x.proc.pid));
+  const b0 = await Promise.all(nodes.map(async (x) => (await call(x.url, 'GET', '/_mesh')).json.stats));
+  let idleMaxOut = 0;
+  for (let s = 0; s < IDLE_S * 2; s++) {
+    await sleep(500);
+    for (const x of nodes) idleMaxOut = Math.max(idleMaxOut, tcpConnections(x.proc.pid, x.port).outgoing);
+  }
+  const cpu1 = nodes.map((x) => cpuTicks(x.proc.pid));
+  const b1 = await Promise.all(nodes.map(async (x) => (await call(x.url, 'GET', '/_mesh')).json.stats));
+  const cpuPct = nodes.map((_, i) => ((cpu1[i] - cpu0[i]) / hz / IDLE_S) * 100);
+  out.idle_cpu_pct_per_node_max = +Math.max(...cpuPct).toFixed(2);
+  out.idle_cpu_pct_per_node_mean = +(cpuPct.reduce((a, b) => a + b, 0) / N).toFixed(2);
+  out.idle_mesh_bytes_per_s_per_node = +(b1.reduce((a, x, i) => a + x.bytes_sent - b0[i].bytes_sent, 0) / N / IDLE_S).toFixed(0);
+  out.idle_max_outgoing_connections_per_node = idleMaxOut;
+
+  // Writes to random databases: latency to every node, connections while they go on.
+  const times = [];
+  let busyMaxOut = 0;
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      for (const x of nodes) busyMaxOut = Math.max(busyMaxOut, tcpConnections(x.proc.pid, x.port).outgoing);
+      await sleep(100);
+    }
+  })();
+  for (let w = 0; w < WRITES; w++) {
+    const db = names[rnd(DBS)];
+    const seqs = await Promise.all(nodes.map(async (x) => (await call(x.url, 'GET', `/${db}`)).json.update_seq));
+    const seen = nodes.map((x, i) => call(x.url, 'GET',
+      `/${db}/_changes?feed=longpoll&timeout=120000&since=${encodeURIComponent(String(seqs[i]))}`).then(() => performance.now()));
+    await sleep(20);
+    const on = nodes[rnd(N)];
+    const t = performance.now();
+    const res = await call(on.url, 'PUT', `/${db}/w${w}`, { w });
+    if (res.status !== 201) throw new Error(`write: ${res.status} ${res.text}`);
+    times.push(Math.max(...(await Promise.all(seen))) - t);
+  }
+  sampling = false;
+  await sampler;
+  times.sort((a, b) => a - b);
+  out.write_everywhere_p50_ms = +times[Math.ceil(0.5 * times.length) - 1].toFixed(1);
+  out.write_everywhere_p99_ms = +times[Math.ceil(0.99 * times.length) - 1].toFixed(1);
+  out.busy_max_outgoing_connections_per_node = busyMaxOut;
+  console.log(JSON.stringify(out));
+  console.log('\n| nodes | meshed dbs | idle CPU per node (mean / max) | idle mesh bytes/s per node | outgoing connections per node, idle / writing (max) | write → every node p50 / p99 | one write in each db, settled |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  console.log(`| ${N} | ${DBS} | ${out.idle_cpu_pct_per_node_mean}% / ${out.idle_cpu_pct_per_node_max}% | ${out.idle_mesh_bytes_per_s_per_node} | ` +
+    `${out.idle_max_outgoing_connections_per_node} / ${out.busy_max_outgoing_connections_per_node} | ` +
+    `${out.write_everywhere_p50_ms} / ${out.write_everywhere_p99_ms} ms | ${out.one_write_per_db_settled_s} s |`);
+} finally {
+  for (const x of nodes) x.proc.kill('SIGKILL');
+  agent.destroy();
+  await sleep(300);
+  await fs.rm(dir, { recursive: true, force: true });
+}
