@@ -42,6 +42,7 @@ struct task {
 
 struct stat_row {
     struct mesh_sync_stat s;
+    bool mismatch;               /* the peer's copy is of another incarnation of the db */
     struct stat_row *hnext;
     struct stat_row *lnext;      /* every row, newest first */
 };
@@ -400,6 +401,7 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
     jval *v = NULL;
     if (fetch_summary(d, &t->peer, epoch[0] ? epoch : NULL, since, &v) != 0) return MIMEO_EIO;
     const jval *dbs = jval_get(v, "dbs");
+    const jval *vers = jval_get(v, "versions");
     const jval *ep = jval_get(v, "epoch");
     int64_t gen = jnum(jval_get(v, "gen"));
     size_t n = dbs && dbs->type == JV_OBJECT ? dbs->count : 0;
@@ -411,6 +413,19 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
         if (!mesh_node_db_wanted(d->o.node, name, strlen(name))) continue;
         if (local_seq(d, name) < 0) {   /* the registry has not created it here yet */
             *incomplete = true;
+            continue;
+        }
+        /* Copies made for different incarnations of the database (deleted and created again)
+         * exchange nothing until the older one is dropped and made again. */
+        if (jnum(jval_get(vers, name)) != (int64_t)mesh_node_db_version(d->o.node, name)) {
+            *incomplete = true;
+            pthread_mutex_lock(&d->mu);
+            struct stat_row *r = stat_get(d, name, t->peer.name);
+            if (r) {
+                r->mismatch = true;
+                r->s.peer_seq = r->s.pulled_seq = -1;      /* nothing known of that copy */
+            }
+            pthread_mutex_unlock(&d->mu);
             continue;
         }
         rd[k].name = dbs->keys[i];
@@ -425,6 +440,7 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
     for (size_t i = 0; i < k; i++) {
         struct stat_row *r = stat_get(d, rd[i].name, t->peer.name);
         if (!r || rd[i].peer_seq < 0) continue;
+        r->mismatch = false;
         r->s.peer_seq = rd[i].peer_seq;
         if (rd[i].peer_seq == 0) r->s.pulled_seq = 0;
     }
@@ -444,7 +460,7 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
     for (size_t i = 0; ls && i < nmine; i++) {
         if (ls[i] < 0) continue;
         struct stat_row *r = stat_get(d, mine[i], t->peer.name);
-        if (!r) continue;
+        if (!r || r->mismatch) continue;
         if (r->s.peer_seq > 0 && r->s.pulled_seq != r->s.peer_seq)
             enqueue(d, T_PULL, mine[i], &t->peer, r->s.peer_seq);
         if (ls[i] == 0) r->s.pushed_seq = 0;
@@ -718,6 +734,7 @@ static void *sched_main(void *arg) {
 struct sum_ctx {
     struct mesh_data *d;
     buf *b;
+    buf *vers;          /* the "versions" object, built alongside "dbs" */
     bool first;
     int rc;
 };
@@ -725,10 +742,16 @@ struct sum_ctx {
 static int sum_put(struct sum_ctx *s, const char *name) {
     int64_t seq = local_seq(s->d, name);
     if (seq < 0) return 0;
-    if (!s->first) s->rc |= buf_putc(s->b, ',');
+    if (!s->first) {
+        s->rc |= buf_putc(s->b, ',');
+        s->rc |= buf_putc(s->vers, ',');
+    }
     s->first = false;
     s->rc |= json_put_cstr(s->b, name);
     s->rc |= buf_printf(s->b, ":%lld", (long long)seq);
+    s->rc |= json_put_cstr(s->vers, name);
+    s->rc |= buf_printf(s->vers, ":%llu",
+                        (unsigned long long)mesh_node_db_version(s->d->o.node, name));
     return s->rc;
 }
 
@@ -743,9 +766,10 @@ static int sum_db(void *ctx, const char *name, size_t len) {
 }
 
 char *mesh_data_summary_json(struct mesh_data *d, const char *epoch, uint64_t since) {
-    buf b;
+    buf b, vers;
     buf_init(&b, 0);
-    struct sum_ctx s = { d, &b, true, 0 };
+    buf_init(&vers, 0);
+    struct sum_ctx s = { d, &b, &vers, true, 0 };
     /* Incremental only within this process's epoch and up to its generation; anything else
      * (a restart, a cursor from the future) gets everything. */
     char **names = NULL;
@@ -773,7 +797,10 @@ char *mesh_data_summary_json(struct mesh_data *d, const char *epoch, uint64_t si
     }
     for (size_t i = 0; i < n; i++) free(names[i]);
     free(names);
+    if (s.rc == 0) s.rc = buf_puts(&b, "},\"versions\":{");
+    if (s.rc == 0 && vers.len) s.rc = buf_put(&b, vers.data, vers.len);
     if (s.rc == 0) s.rc = buf_puts(&b, "}}\n");
+    buf_destroy(&vers);
     if (s.rc != 0) {
         buf_destroy(&b);
         return NULL;

@@ -26,8 +26,11 @@ struct mesh_peer {
 /* The members this node can replicate with now (alive, not self): a new array (free()),
  * its length in *n; NULL with *n 0 when there are none (or out of memory). */
 struct mesh_peer *mesh_node_peers(struct mesh_node *n, size_t *count);
-/* Whether db is meshed here and the registry does not hold it deleted. */
+/* Whether db is meshed here, live in the registry, and this copy was made for the
+ * registry's current version of it (not for an incarnation deleted since). */
 bool mesh_node_db_wanted(struct mesh_node *n, const char *db, size_t len);
+/* The registry version this node's copy of db was made for; 0 unknown. */
+uint64_t mesh_node_db_version(struct mesh_node *n, const char *db);
 
 struct mesh_data_opts {
     mimeo_env *env;

@@ -42,6 +42,11 @@ struct addr_ent {
     int ok;
 };
 
+struct stamp {
+    char *db;
+    uint64_t version;
+};
+
 struct mesh_node {
     struct mesh *m;
     pthread_mutex_t mu;
@@ -66,6 +71,10 @@ struct mesh_node {
     /* local database names seen at the previous scan (sorted as mimeo_db_list gives them) */
     char **seen;
     size_t nseen;
+    /* The registry version each local copy belongs to (its _local/mimeo-mesh stamp), as
+     * read or written by db_scan; a copy without a known stamp moves no data. */
+    struct stamp *stamps;
+    size_t nstamps, capstamps;
     bool scanned, rescan;       /* rescan: the registry changed, reconcile now */
     uint64_t next_scan;
 };
@@ -173,6 +182,83 @@ static bool list_has(char **v, size_t n, const char *s) {
     return false;
 }
 
+/* ---- version stamps ---------------------------------------------------------------------- */
+/* A local copy records, in _local/mimeo-mesh, the registry version of the database it was
+ * made for. A copy stamped older than the registry's live version belongs to a database that
+ * was deleted and created again while this node was away: its documents must not flow into
+ * the new one, so the copy is dropped and started again empty. */
+
+#define STAMP_ID "mimeo-mesh"
+
+static struct stamp *stamp_find(struct mesh_node *n, const char *db) {
+    for (size_t i = 0; i < n->nstamps; i++)
+        if (strcmp(n->stamps[i].db, db) == 0) return &n->stamps[i];
+    return NULL;
+}
+
+static void stamp_set(struct mesh_node *n, const char *db, uint64_t version) {
+    struct stamp *st = stamp_find(n, db);
+    if (!st) {
+        if (ARRAY_GROW(n->stamps, n->capstamps, n->nstamps + 1)) return;
+        char *z = strdup(db);
+        if (!z) return;
+        st = &n->stamps[n->nstamps++];
+        st->db = z;
+    }
+    st->version = version;
+}
+
+static void stamp_forget(struct mesh_node *n, const char *db) {
+    struct stamp *st = stamp_find(n, db);
+    if (!st) return;
+    free(st->db);
+    *st = n->stamps[--n->nstamps];
+}
+
+/* The stamp on disk: its version, 0 when there is none (a copy made before stamps, or by a
+ * user between two scans), or -1 when it cannot be read. */
+static int64_t stamp_read(struct mesh_node *n, const char *db) {
+    mimeo_db *h = NULL;
+    if (mimeo_db_open(n->env, db, &h, NULL) != 0) return -1;
+    char *json = NULL;
+    size_t len = 0;
+    int rc = mimeo_local_get(h, STAMP_ID, sizeof STAMP_ID - 1, &json, &len, NULL);
+    mimeo_db_close(h);
+    if (rc == MIMEO_ENOTFOUND) return 0;
+    if (rc != 0) return -1;
+    const char *v = json ? strstr(json, "\"version\":") : NULL;
+    int64_t out = v ? (int64_t)strtoull(v + 10, NULL, 10) : 0;
+    mimeo_free(json);
+    return out;
+}
+
+static int stamp_write(struct mesh_node *n, const char *db, uint64_t version) {
+    mimeo_db *h = NULL;
+    if (mimeo_db_open(n->env, db, &h, NULL) != 0) return -1;
+    char body[64];
+    int bl = snprintf(body, sizeof body, "{\"version\":%llu}", (unsigned long long)version);
+    char *old = NULL;
+    size_t ol = 0;
+    char rev[MIMEO_REV_MAX] = "";
+    if (mimeo_local_get(h, STAMP_ID, sizeof STAMP_ID - 1, &old, &ol, NULL) == 0 && old) {
+        const char *r = strstr(old, "\"_rev\":\"");
+        if (r) {
+            r += 8;
+            size_t k = strcspn(r, "\"");
+            if (k < sizeof rev) { memcpy(rev, r, k); rev[k] = '\0'; }
+        }
+    }
+    mimeo_free(old);
+    mimeo_put_result res;
+    memset(&res, 0, sizeof res);
+    int rc = mimeo_local_put(h, STAMP_ID, sizeof STAMP_ID - 1, body, (size_t)bl,
+                             rev[0] ? rev : NULL, &res, NULL);
+    mimeo_free(res.id);
+    mimeo_db_close(h);
+    if (rc == 0) stamp_set(n, db, version);
+    return rc;
+}
+
 /* First tell the mesh what users did here since the last scan, then make the local set
  * follow the registry. In that order a local delete is announced before the registry could
  * make us recreate it. Called with mu held. */
@@ -180,7 +266,11 @@ static void db_scan(struct mesh_node *n, uint64_t now) {
     struct name_list cur = { .node = n };
     if (mimeo_db_list(n->env, NULL, collect_db, &cur) != 0) goto out;
     for (size_t i = 0; i < cur.n; i++) {
-        if (!n->scanned) mesh_db_observe(n->m, cur.v[i], now);
+        if (!n->scanned) {
+            int64_t v = stamp_read(n, cur.v[i]);
+            if (v > 0) stamp_set(n, cur.v[i], (uint64_t)v);
+            mesh_db_observe_at(n->m, cur.v[i], v > 0 ? (uint64_t)v : 0, now);
+        }
         else if (!list_has(n->seen, n->nseen, cur.v[i])) mesh_db_create(n->m, cur.v[i], now);
     }
     if (n->scanned)
@@ -203,8 +293,28 @@ static void db_scan(struct mesh_node *n, uint64_t now) {
             if (rc == 0 || rc == MIMEO_EEXIST) {
                 if (rc == 0) fprintf(stderr, "mesh: created database %s (created in the mesh)\n", d.name);
                 collect_db(&cur, d.name, strlen(d.name));
+                if (rc == 0) stamp_write(n, d.name, d.version);
+            }
+        } else if (!d.deleted && here) {
+            const struct stamp *st = stamp_find(n, d.name);
+            int64_t v = st ? (int64_t)st->version : stamp_read(n, d.name);
+            if (v == 0) {
+                stamp_write(n, d.name, d.version);      /* made here, or before stamps */
+            } else if (v > 0 && (uint64_t)v < d.version) {
+                /* Deleted and created again while this copy was away. */
+                stamp_forget(n, d.name);
+                if (mimeo_db_delete(n->env, d.name, &e) == 0 &&
+                    mimeo_db_create(n->env, d.name, &e) == 0) {
+                    fprintf(stderr, "mesh: database %s was deleted and created again in the mesh "
+                                    "(version %llu → %llu); the old copy is dropped\n", d.name,
+                            (unsigned long long)v, (unsigned long long)d.version);
+                    stamp_write(n, d.name, d.version);
+                }
+            } else if (v > 0 && !st) {
+                stamp_set(n, d.name, (uint64_t)v);
             }
         }
+        if (d.deleted) stamp_forget(n, d.name);
     }
     for (size_t i = 0; i < n->nseen; i++) free(n->seen[i]);
     free(n->seen);
@@ -238,6 +348,14 @@ struct mesh_peer *mesh_node_peers(struct mesh_node *n, size_t *count) {
     return v;
 }
 
+uint64_t mesh_node_db_version(struct mesh_node *n, const char *db) {
+    pthread_mutex_lock(&n->mu);
+    const struct stamp *st = stamp_find(n, db);
+    uint64_t v = st ? st->version : 0;
+    pthread_mutex_unlock(&n->mu);
+    return v;
+}
+
 bool mesh_node_db_wanted(struct mesh_node *n, const char *db, size_t len) {
     char name[256];
     if (len >= sizeof name || !db_meshed(n, db, len)) return false;
@@ -245,9 +363,11 @@ bool mesh_node_db_wanted(struct mesh_node *n, const char *db, size_t len) {
     name[len] = '\0';
     struct mesh_db_info d;
     pthread_mutex_lock(&n->mu);
-    bool deleted = mesh_db_find(n->m, name, &d) == 0 && d.deleted;
+    /* Live in the registry, and this copy stamped for that very version. */
+    const struct stamp *st = stamp_find(n, name);
+    bool ok = mesh_db_find(n->m, name, &d) == 0 && !d.deleted && st && st->version == d.version;
     pthread_mutex_unlock(&n->mu);
-    return !deleted;
+    return ok;
 }
 
 bool mesh_node_http_auth(struct mesh_node *n, const char *password) {
@@ -586,6 +706,8 @@ void mesh_node_free(struct mesh_node *n) {
     close(n->wake[1]);
     for (size_t i = 0; i < n->nseen; i++) free(n->seen[i]);
     free(n->seen);
+    for (size_t i = 0; i < n->nstamps; i++) free(n->stamps[i].db);
+    free(n->stamps);
     mesh_free(n->m);
     free(n->databases);
     pthread_mutex_destroy(&n->mu);
