@@ -3,7 +3,8 @@
 // while writes go on), CPU and mesh bytes per second while idle, and the time until a write to
 // one random database on one random node is readable on every node.
 //   node bench/mesh_scale.mjs [N] [DBS] — env MIMEO_BIN (default build/mimeo), IDLE_S (20),
-//   WRITES (20), SEED. Prints one JSON line and a Markdown table.
+//   WRITES (20), BURST (1: first one write in every database, then wait until settled; 0:
+//   databases stay empty until the timed writes), SEED. Prints one JSON line and a table.
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -19,6 +20,7 @@ const N = Number(process.argv[2] || 8);
 const DBS = Number(process.argv[3] || 1000);
 const IDLE_S = Number(process.env.IDLE_S || 20);
 const WRITES = Number(process.env.WRITES || 20);
+const BURST = process.env.BURST !== '0';
 let seed = Number(process.env.SEED || Date.now() % 1e6) || 1;
 console.error(`mesh_scale N=${N} DBS=${DBS} SEED=${seed}`);
 function rnd(n) {
@@ -133,35 +135,50 @@ try {
       300_000, `${DBS} dbs on ${x.name}`);
   }
   out.create_all_everywhere_s = +((performance.now() - t0) / 1000).toFixed(1);
-  // One document in every database, written on a random node, then everything settles.
+  // One document in every database (BURST=0: none), written on a random node, then
+  // everything settles: queues empty and no replication completing for two anti-entropy
+  // periods (after a burst each changed (database, peer) pair costs one more replication in
+  // a later round, which finds nothing to copy: what a round knows of a peer lags behind).
   t0 = performance.now();
-  for (let i = 0; i < DBS; i += 16) {
+  for (let i = 0; BURST && i < DBS; i += 16) {
     await Promise.all(names.slice(i, i + 16).map((db) => call(nodes[rnd(N)].url, 'PUT', `/${db}/seed`, { db })));
   }
   for (const x of nodes) {
+    if (!BURST) break;
     await until(async () => {
       const r = await Promise.all(names.filter((_, i) => i % 50 === 0).map((db) => call(x.url, 'GET', `/${db}/seed`)));
       return r.every((y) => y.status === 200);
-    }, 300_000, `seed docs on ${x.name}`);
+    }, 600_000, `seed docs on ${x.name}`);
   }
+  if (BURST) out.one_write_per_db_everywhere_s = +((performance.now() - t0) / 1000).toFixed(1);
+  let last = -1, stableSince = Date.now();
   await until(async () => {
     const q = await Promise.all(nodes.map(async (x) => (await call(x.url, 'GET', '/_mesh')).json.replication));
-    return q.every((r) => r.queued === 0 && r.running === 0);
-  }, 600_000, 'queues drained');
-  out.one_write_per_db_settled_s = +((performance.now() - t0) / 1000).toFixed(1);
+    const done = q.reduce((a, r) => a + r.completed + r.failed, 0);
+    const busy = q.some((r) => r.queued || r.running);
+    if (busy || done !== last) { last = done; stableSince = Date.now(); }
+    return Date.now() - stableSince > 20_000;
+  }, 900_000, 'settled');
+  out.settled_s = +((performance.now() - t0) / 1000).toFixed(1);
 
   // Idle.
   await sleep(3000);
   const hz = 100;
   const cpu0 = nodes.map((x) => cpuTicks(x.proc.pid));
-  const b0 = await Promise.all(nodes.map(async (x) => (await call(x.url, 'GET', '/_mesh')).json.stats));
+  const m0 = await Promise.all(nodes.map(async (x) => (await call(x.url, 'GET', '/_mesh')).json));
+  const b0 = m0.map((m) => m.stats);
   let idleMaxOut = 0;
   for (let s = 0; s < IDLE_S * 2; s++) {
     await sleep(500);
     for (const x of nodes) idleMaxOut = Math.max(idleMaxOut, tcpConnections(x.proc.pid, x.port).outgoing);
   }
   const cpu1 = nodes.map((x) => cpuTicks(x.proc.pid));
-  const b1 = await Promise.all(nodes.map(async (x) => (await call(x.url, 'GET', '/_mesh')).json.stats));
+  const m1 = await Promise.all(nodes.map(async (x) => (await call(x.url, 'GET', '/_mesh')).json));
+  const b1 = m1.map((m) => m.stats);
+  const sum = (m, k) => m.reduce((a, x) => a + x.replication[k], 0);
+  out.idle_replications = sum(m1, 'completed') - sum(m0, 'completed');
+  out.idle_failed = sum(m1, 'failed') - sum(m0, 'failed');
+  out.idle_summaries = sum(m1, 'summaries') - sum(m0, 'summaries');
   const cpuPct = nodes.map((_, i) => ((cpu1[i] - cpu0[i]) / hz / IDLE_S) * 100);
   out.idle_cpu_pct_per_node_max = +Math.max(...cpuPct).toFixed(2);
   out.idle_cpu_pct_per_node_mean = +(cpuPct.reduce((a, b) => a + b, 0) / N).toFixed(2);
@@ -197,11 +214,12 @@ try {
   out.write_everywhere_p99_ms = +times[Math.ceil(0.99 * times.length) - 1].toFixed(1);
   out.busy_max_outgoing_connections_per_node = busyMaxOut;
   console.log(JSON.stringify(out));
-  console.log('\n| nodes | meshed dbs | idle CPU per node (mean / max) | idle mesh bytes/s per node | outgoing connections per node, idle / writing (max) | write → every node p50 / p99 | one write in each db, settled |');
-  console.log('| --- | --- | --- | --- | --- | --- | --- |');
-  console.log(`| ${N} | ${DBS} | ${out.idle_cpu_pct_per_node_mean}% / ${out.idle_cpu_pct_per_node_max}% | ${out.idle_mesh_bytes_per_s_per_node} | ` +
+  console.log('\n| nodes | meshed dbs | burst: one write per db everywhere / settled | idle CPU per node (mean / max) | idle replications | idle mesh bytes/s per node | outgoing connections per node, idle / writing (max) | write → every node p50 / p99 |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
+  console.log(`| ${N} | ${DBS} | ${BURST ? `${out.one_write_per_db_everywhere_s} s / ${out.settled_s} s` : 'no burst'} | ` +
+    `${out.idle_cpu_pct_per_node_mean}% / ${out.idle_cpu_pct_per_node_max}% | ${out.idle_replications} | ${out.idle_mesh_bytes_per_s_per_node} | ` +
     `${out.idle_max_outgoing_connections_per_node} / ${out.busy_max_outgoing_connections_per_node} | ` +
-    `${out.write_everywhere_p50_ms} / ${out.write_everywhere_p99_ms} ms | ${out.one_write_per_db_settled_s} s |`);
+    `${out.write_everywhere_p50_ms} / ${out.write_everywhere_p99_ms} ms |`);
 } finally {
   for (const x of nodes) x.proc.kill('SIGKILL');
   agent.destroy();

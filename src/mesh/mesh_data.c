@@ -25,6 +25,9 @@
 #define RETRY_MAX      4
 #define RETRY_BASE_MS  500
 #define SUMMARY_MAX    (64u << 20)
+#define ROUND_BACKLOG  64        /* a periodic round waits while more tasks than this queue: */
+#define ROUND_DEFER    5         /* what it would add is mostly queued already; at most this
+                                    many periods in a row, then it runs anyway */
 
 enum { T_PUSH, T_PULL, T_ROUND };
 
@@ -654,6 +657,7 @@ static void *sched_main(void *arg) {
     struct mesh_peer *known = NULL;     /* the peers of the previous look */
     size_t nknown = 0;
     uint64_t next_round = mono_ms() + d->o.anti_entropy_ms;
+    unsigned deferred = 0;
     pthread_mutex_lock(&d->mu);
     while (!d->stop) {
         if (!d->dirty) {
@@ -718,7 +722,13 @@ static void *sched_main(void *arg) {
             x = nx;
         }
         if (now >= next_round) {
-            if (nknown) enqueue(d, T_ROUND, NULL, &known[rnd(d) % nknown], -1);
+            if (d->npending > ROUND_BACKLOG && deferred < ROUND_DEFER) {
+                deferred++;
+                d->c.rounds_deferred++;
+            } else if (nknown) {
+                deferred = 0;
+                enqueue(d, T_ROUND, NULL, &known[rnd(d) % nknown], -1);
+            }
             /* ±10% jitter keeps the nodes' rounds from lining up. */
             uint64_t span = d->o.anti_entropy_ms / 5 + 1;
             next_round = now + d->o.anti_entropy_ms - span / 2 + rnd(d) % span;

@@ -87,6 +87,7 @@ struct mesh_data_counters {
     uint64_t failures;
     uint64_t docs_read, docs_written;
     uint64_t summaries;       /* anti-entropy summaries fetched */
+    uint64_t rounds_deferred; /* periodic rounds put off while the queue was long */
     uint64_t dropped;         /* triggers dropped because the queue was full */
     uint64_t queued, running; /* now */
 };

@@ -803,6 +803,7 @@ static void sb_sync(struct sbuf *b, struct mesh_node *n) {
     sb_fmt(b, ",\"docs_read\":%llu", c.docs_read);
     sb_fmt(b, ",\"docs_written\":%llu", c.docs_written);
     sb_fmt(b, ",\"summaries\":%llu", c.summaries);
+    sb_fmt(b, ",\"rounds_deferred\":%llu", c.rounds_deferred);
     sb_fmt(b, ",\"dropped\":%llu", c.dropped);
     sb_fmt(b, ",\"queued\":%llu", c.queued);
     sb_fmt(b, ",\"running\":%llu}", c.running);
