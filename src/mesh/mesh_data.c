@@ -656,6 +656,8 @@ static void *sched_main(void *arg) {
     struct mesh_data *d = arg;
     struct mesh_peer *known = NULL;     /* the peers of the previous look */
     size_t nknown = 0;
+    struct mesh_peer *ever = NULL;      /* every peer (name and URL) seen so far */
+    size_t never = 0, capever = 0;
     uint64_t next_round = mono_ms() + d->o.anti_entropy_ms;
     unsigned deferred = 0;
     pthread_mutex_lock(&d->mu);
@@ -704,10 +706,14 @@ static void *sched_main(void *arg) {
             d->eager = want ? malloc(want * sizeof *d->eager) : NULL;
             d->neager = d->eager ? want : 0;
             if (d->eager) memcpy(d->eager, peers, want * sizeof *d->eager);
-            /* A peer not seen before (joined, or back from the dead) gets a round at once:
-             * that is how a restarted or empty node catches up without waiting. */
-            for (size_t i = 0; i < np; i++)
-                if (!peer_in(known, nknown, &peers[i])) enqueue(d, T_ROUND, NULL, &peers[i], -1);
+            /* A peer this process never saw (at this URL) gets a round at once: that is how
+             * a restarted, empty or returning node catches up without waiting. One that
+             * was only suspected a moment does not (under load that would be every second). */
+            for (size_t i = 0; i < np; i++) {
+                if (peer_in(ever, never, &peers[i])) continue;
+                enqueue(d, T_ROUND, NULL, &peers[i], -1);
+                if (!ARRAY_GROW(ever, capever, never + 1)) ever[never++] = peers[i];
+            }
             free(known);
             known = peers;
             nknown = np;
@@ -736,6 +742,7 @@ static void *sched_main(void *arg) {
     }
     pthread_mutex_unlock(&d->mu);
     free(known);
+    free(ever);
     return NULL;
 }
 

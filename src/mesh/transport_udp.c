@@ -45,7 +45,10 @@ struct addr_ent {
 struct stamp {
     char *db;
     uint64_t version;
+    struct stamp *next;
 };
+
+#define STAMP_SLOTS 1024
 
 struct mesh_node {
     struct mesh *m;
@@ -73,8 +76,7 @@ struct mesh_node {
     size_t nseen;
     /* The registry version each local copy belongs to (its _local/mimeo-mesh stamp), as
      * read or written by db_scan; a copy without a known stamp moves no data. */
-    struct stamp *stamps;
-    size_t nstamps, capstamps;
+    struct stamp *stamps[STAMP_SLOTS];
     bool scanned, rescan;       /* rescan: the registry changed, reconcile now */
     uint64_t next_scan;
 };
@@ -176,10 +178,45 @@ static int collect_db(void *ctx, const char *name, size_t len) {
     return 0;
 }
 
+/* The lists of names are kept in byte order (mimeo_db_list's), so lookups are binary
+ * searches: a scan of thousands of databases every second stays cheap. */
+static size_t list_pos(char **v, size_t n, const char *s, bool *found) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(v[mid], s);
+        if (c == 0) { *found = true; return mid; }
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
 static bool list_has(char **v, size_t n, const char *s) {
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(v[i], s) == 0) return true;
-    return false;
+    bool found;
+    list_pos(v, n, s, &found);
+    return found;
+}
+
+static void list_remove(struct name_list *l, const char *s) {
+    bool found;
+    size_t i = list_pos(l->v, l->n, s, &found);
+    if (!found) return;
+    free(l->v[i]);
+    memmove(&l->v[i], &l->v[i + 1], (l->n - i - 1) * sizeof *l->v);
+    l->n--;
+}
+
+static void list_insert(struct name_list *l, const char *s) {
+    bool found;
+    size_t i = list_pos(l->v, l->n, s, &found);
+    if (found || ARRAY_GROW(l->v, l->cap, l->n + 1)) return;
+    char *z = strdup(s);
+    if (!z) return;
+    memmove(&l->v[i + 1], &l->v[i], (l->n - i) * sizeof *l->v);
+    l->v[i] = z;
+    l->n++;
 }
 
 /* ---- version stamps ---------------------------------------------------------------------- */
@@ -190,29 +227,39 @@ static bool list_has(char **v, size_t n, const char *s) {
 
 #define STAMP_ID "mimeo-mesh"
 
+static unsigned stamp_slot(const char *db) {
+    uint32_t h = 2166136261u;
+    for (; *db; db++) h = (h ^ (unsigned char)*db) * 16777619u;
+    return h % STAMP_SLOTS;
+}
+
 static struct stamp *stamp_find(struct mesh_node *n, const char *db) {
-    for (size_t i = 0; i < n->nstamps; i++)
-        if (strcmp(n->stamps[i].db, db) == 0) return &n->stamps[i];
+    for (struct stamp *st = n->stamps[stamp_slot(db)]; st; st = st->next)
+        if (strcmp(st->db, db) == 0) return st;
     return NULL;
 }
 
 static void stamp_set(struct mesh_node *n, const char *db, uint64_t version) {
     struct stamp *st = stamp_find(n, db);
     if (!st) {
-        if (ARRAY_GROW(n->stamps, n->capstamps, n->nstamps + 1)) return;
-        char *z = strdup(db);
-        if (!z) return;
-        st = &n->stamps[n->nstamps++];
-        st->db = z;
+        st = calloc(1, sizeof *st);
+        if (!st || !(st->db = strdup(db))) { free(st); return; }
+        unsigned h = stamp_slot(db);
+        st->next = n->stamps[h];
+        n->stamps[h] = st;
     }
     st->version = version;
 }
 
 static void stamp_forget(struct mesh_node *n, const char *db) {
-    struct stamp *st = stamp_find(n, db);
-    if (!st) return;
-    free(st->db);
-    *st = n->stamps[--n->nstamps];
+    for (struct stamp **pp = &n->stamps[stamp_slot(db)]; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->db, db) != 0) continue;
+        struct stamp *st = *pp;
+        *pp = st->next;
+        free(st->db);
+        free(st);
+        return;
+    }
 }
 
 /* The stamp on disk: its version, 0 when there is none (a copy made before stamps, or by a
@@ -285,14 +332,13 @@ static void db_scan(struct mesh_node *n, uint64_t now) {
         if (d.deleted && here) {
             if (mimeo_db_delete(n->env, d.name, &e) == 0) {
                 fprintf(stderr, "mesh: deleted database %s (deleted in the mesh)\n", d.name);
-                for (size_t k = 0; k < cur.n; k++)
-                    if (strcmp(cur.v[k], d.name) == 0) { free(cur.v[k]); cur.v[k] = cur.v[--cur.n]; break; }
+                list_remove(&cur, d.name);
             }
         } else if (!d.deleted && !here) {
             int rc = mimeo_db_create(n->env, d.name, &e);
             if (rc == 0 || rc == MIMEO_EEXIST) {
                 if (rc == 0) fprintf(stderr, "mesh: created database %s (created in the mesh)\n", d.name);
-                collect_db(&cur, d.name, strlen(d.name));
+                list_insert(&cur, d.name);
                 if (rc == 0) stamp_write(n, d.name, d.version);
             }
         } else if (!d.deleted && here) {
@@ -706,8 +752,13 @@ void mesh_node_free(struct mesh_node *n) {
     close(n->wake[1]);
     for (size_t i = 0; i < n->nseen; i++) free(n->seen[i]);
     free(n->seen);
-    for (size_t i = 0; i < n->nstamps; i++) free(n->stamps[i].db);
-    free(n->stamps);
+    for (size_t h = 0; h < STAMP_SLOTS; h++)
+        while (n->stamps[h]) {
+            struct stamp *st = n->stamps[h];
+            n->stamps[h] = st->next;
+            free(st->db);
+            free(st);
+        }
     mesh_free(n->m);
     free(n->databases);
     pthread_mutex_destroy(&n->mu);
