@@ -61,31 +61,30 @@ async function until(check, timeout, what) {
   }
 }
 
-// TCP connections a process holds: its socket inodes matched against /proc/net/tcp{,6}
-// entries in ESTABLISHED state (01), minus the bench's own connections to it (those are to
-// its listening port from the bench's sockets; counted by local port == listening port).
-function tcpConnections(pid, listenPort) {
-  const inodes = new Set();
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      const l = readlinkSync(`/proc/${pid}/fd/${fd}`);
-      const m = l.match(/^socket:\[(\d+)\]$/);
-      if (m) inodes.add(m[1]);
-    } catch {}
-  }
-  let outgoing = 0, incoming = 0;
+// ESTABLISHED TCP connections of each process: its socket inodes matched against one read of
+// /proc/net/tcp{,6} (which lists every socket of the machine, so it is read once per sample);
+// outgoing = local port other than the process's listening port.
+function tcpConnections(procs) {
+  const table = new Map();
   for (const f of ['/proc/net/tcp', '/proc/net/tcp6']) {
     let text = '';
     try { text = readFileSync(f, 'utf8'); } catch { continue; }
-    for (const line of text.split('\n').slice(1)) {
+    for (const line of text.split('\n')) {
       const c = line.trim().split(/\s+/);
-      if (c.length < 10 || c[3] !== '01' || !inodes.has(c[9])) continue;
-      const localPort = parseInt(c[1].split(':')[1], 16);
-      if (localPort === listenPort) incoming++;
-      else outgoing++;
+      if (c.length < 10 || c[3] !== '01') continue;
+      table.set(c[9], parseInt(c[1].split(':')[1], 16));
     }
   }
-  return { outgoing, incoming };
+  return procs.map(({ pid, port }) => {
+    let outgoing = 0;
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        const m = readlinkSync(`/proc/${pid}/fd/${fd}`).match(/^socket:\[(\d+)\]$/);
+        if (m && table.has(m[1]) && table.get(m[1]) !== port) outgoing++;
+      } catch {}
+    }
+    return outgoing;
+  });
 }
 
 function cpuTicks(pid) {
@@ -170,7 +169,7 @@ try {
   let idleMaxOut = 0;
   for (let s = 0; s < IDLE_S * 2; s++) {
     await sleep(500);
-    for (const x of nodes) idleMaxOut = Math.max(idleMaxOut, tcpConnections(x.proc.pid, x.port).outgoing);
+    idleMaxOut = Math.max(idleMaxOut, ...tcpConnections(nodes.map((x) => ({ pid: x.proc.pid, port: x.port }))));
   }
   const cpu1 = nodes.map((x) => cpuTicks(x.proc.pid));
   const m1 = await Promise.all(nodes.map(async (x) => (await call(x.url, 'GET', '/_mesh')).json));
@@ -185,16 +184,9 @@ try {
   out.idle_mesh_bytes_per_s_per_node = +(b1.reduce((a, x, i) => a + x.bytes_sent - b0[i].bytes_sent, 0) / N / IDLE_S).toFixed(0);
   out.idle_max_outgoing_connections_per_node = idleMaxOut;
 
-  // Writes to random databases: latency to every node, connections while they go on.
+  // Writes to random databases, one at a time: latency to every node (nothing sampled meanwhile:
+  // reading /proc would delay this process's clock readings).
   const times = [];
-  let busyMaxOut = 0;
-  let sampling = true;
-  const sampler = (async () => {
-    while (sampling) {
-      for (const x of nodes) busyMaxOut = Math.max(busyMaxOut, tcpConnections(x.proc.pid, x.port).outgoing);
-      await sleep(100);
-    }
-  })();
   for (let w = 0; w < WRITES; w++) {
     const db = names[rnd(DBS)];
     const seqs = await Promise.all(nodes.map(async (x) => (await call(x.url, 'GET', `/${db}`)).json.update_seq));
@@ -207,11 +199,25 @@ try {
     if (res.status !== 201) throw new Error(`write: ${res.status} ${res.text}`);
     times.push(Math.max(...(await Promise.all(seen))) - t);
   }
-  sampling = false;
-  await sampler;
   times.sort((a, b) => a - b);
   out.write_everywhere_p50_ms = +times[Math.ceil(0.5 * times.length) - 1].toFixed(1);
   out.write_everywhere_p99_ms = +times[Math.ceil(0.99 * times.length) - 1].toFixed(1);
+  // Connections while writes go on: 8 writers putting documents into random databases on
+  // random nodes for 10 s, sampled every 250 ms.
+  let busyMaxOut = 0;
+  let writing = true;
+  const writers = Array.from({ length: 8 }, async (_, k) => {
+    for (let i = 0; writing; i++) {
+      await call(nodes[rnd(N)].url, 'PUT', `/${names[rnd(DBS)]}/b${k}_${i}`, { k, i }).catch(() => {});
+    }
+  });
+  const stopAt = Date.now() + 10_000;
+  while (Date.now() < stopAt) {
+    busyMaxOut = Math.max(busyMaxOut, ...tcpConnections(nodes.map((x) => ({ pid: x.proc.pid, port: x.port }))));
+    await sleep(250);
+  }
+  writing = false;
+  await Promise.all(writers);
   out.busy_max_outgoing_connections_per_node = busyMaxOut;
   console.log(JSON.stringify(out));
   console.log('\n| nodes | meshed dbs | burst: one write per db everywhere / settled | idle CPU per node (mean / max) | idle replications | idle mesh bytes/s per node | outgoing connections per node, idle / writing (max) | write → every node p50 / p99 |');
