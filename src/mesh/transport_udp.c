@@ -9,6 +9,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,10 +82,11 @@ struct mesh_node {
     uint64_t next_scan;
 };
 
-static struct mesh_node *g_node;
+/* Read by HTTP threads (the server runs before the node starts): atomic. */
+static _Atomic(struct mesh_node *) g_node;
 
 struct mesh_node *mesh_node_current(void) {
-    return g_node;
+    return atomic_load(&g_node);
 }
 
 static uint64_t now_ms(void) {
@@ -701,13 +703,13 @@ int mesh_node_start(const struct mesh_node_opts *o, struct mesh_node **out, char
         .anti_entropy_ms = o->anti_entropy_ms, .workers = o->repl_workers,
         .batch = o->repl_batch, .timeout_ms = o->repl_timeout_ms, .eager = !o->no_eager_push,
     };
-    g_node = n;
     if (o->env && mesh_data_start(&dopts, &n->data, err, errlen) != 0) {
-        g_node = NULL;
         n->data = NULL;
         mesh_node_stop_threads(n);
         goto fail;
     }
+    /* Published last: the HTTP threads read n->data through it. */
+    atomic_store(&g_node, n);
     *out = n;
     return 0;
 fail_thread:
@@ -744,7 +746,8 @@ void mesh_node_free(struct mesh_node *n) {
     if (!n) return;
     mesh_data_free(n->data);      /* it calls the node's accessors: first */
     n->data = NULL;
-    if (g_node == n) g_node = NULL;
+    struct mesh_node *self = n;
+    atomic_compare_exchange_strong(&g_node, &self, NULL);
     mesh_node_stop_threads(n);
     for (size_t i = 0; i < n->qlen; i++) free(n->queue[(n->qhead + i) % STREAM_QUEUE_MAX].data);
     close(n->fd);
