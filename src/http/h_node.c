@@ -1,5 +1,6 @@
 /* /_node/…: node-level endpoints. POST /_node/_local/_compact shrinks the data file while
- * the node serves (mimeo_env_compact: writes pause for the copy, reads for the swap); the
+ * the node serves (mimeo_env_compact: writes pause for the copy, reads for the swap);
+ * GET /_node/_local/_prometheus is the metrics text (metrics.c); the
  * other /_node paths CouchDB has (_config, _stats, …) are not served and answer 404. */
 #include <string.h>
 
@@ -14,6 +15,10 @@ static bool http_node_seg(const http_req *r, size_t i, const char *s)
 void http_h_node(http_req *r)
 {
     /* "_local" names this node, as CouchDB's /_node/_local/… does. */
+    if (r->nseg == 3 && http_node_seg(r, 1, "_local") && http_node_seg(r, 2, "_prometheus")) {
+        http_h_prometheus(r);
+        return;
+    }
     if (r->nseg != 3 || !http_node_seg(r, 1, "_local") || !http_node_seg(r, 2, "_compact")) {
         http_reply_error(r, 404, "not_found", "missing");
         return;
