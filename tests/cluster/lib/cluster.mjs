@@ -8,13 +8,14 @@
 // link, heal() clears them all. Random choices come from one seeded generator: the seed is
 // printed (CLUSTER_SEED=n) and a failing run is rerun with that variable set.
 
-import fs from 'node:fs/promises';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { startServer } from '../../interop/lib/server.mjs';
 import { request } from '../../interop/lib/http.mjs';
 import { waitFor } from '../../interop/lib/util.mjs';
-import { NodeProxy } from './proxy.mjs';
+import { NodeProxy, pidHolding, udpInode } from './proxy.mjs';
 
 /** mulberry32: a small seeded generator, enough for fault rolls and random choices. */
 export function makeRng(seed) {
@@ -56,25 +57,60 @@ export class Cluster {
     this.extraArgs = opts.args ?? [];
     this.nodes = [];          // {name, server, proxy, dataDir}
     this.links = new Map();   // "src>dst" → {cut, drop, delay}
+    this.pidNode = new Map(); // "pid:starttime" → node index, or null: a child, not a node
+    this.udpPortNode = new Map();
   }
 
   async init() {
-    this.dir = await fs.mkdtemp(path.join(os.tmpdir(), 'mimeo-cluster-'));
+    this.dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'mimeo-cluster-'));
     this.secret = path.join(this.dir, 'mesh.secret');
-    await fs.writeFile(this.secret, 'cluster-test-mesh-secret-0123456789\n');
+    await fsp.writeFile(this.secret, 'cluster-test-mesh-secret-0123456789\n');
     return this;
   }
 
   // ---- the proxies' questions ----------------------------------------------------------
   rule(src, dst) { return this.links.get(`${src}>${dst}`) ?? {}; }
-  pids() { return this.nodes.filter((n) => n.server?.running()).map((n) => n.server.proc.pid); }
-  nodeByPid(pid) {
-    const i = this.nodes.findIndex((n) => n.server?.running() && n.server.proc.pid === pid);
-    return i < 0 ? null : i;
+  /** The node processes: this process's children that run `serve`, including a node still
+   * starting (its pid is not in node.server yet), each mapped to its node by --node-name.
+   * Keyed by pid and start time: pids wrap on a busy machine. */
+  pids() {
+    const out = [];
+    this.pidNow = new Map();
+    for (const e of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(e)) continue;
+      const pid = Number(e);
+      let stat;
+      try { stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8'); } catch { continue; }
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(f[1]) !== process.pid) continue;
+      const key = `${pid}:${f[19]}`;
+      if (!this.pidNode.has(key)) {
+        let argv;
+        try { argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0'); } catch { continue; }
+        const k = argv.indexOf('--node-name');
+        if (k < 0) continue;   // not exec'd yet, or not a node: ask again next time
+        const i = this.nodes.findIndex((n) => n.name === argv[k + 1]);
+        this.pidNode.set(key, i < 0 ? null : i);
+      }
+      const node = this.pidNode.get(key);
+      if (node == null) continue;
+      this.pidNow.set(pid, node);
+      out.push(pid);
+    }
+    return out;
   }
+  nodeByPid(pid) { return this.pidNow?.get(pid) ?? null; }
+  /** The node whose UDP socket has this port: its HTTP port once known, else (a node still
+   * starting) the owner of the port's socket in /proc/net/udp. */
   nodeByUdpPort(port) {
     const i = this.nodes.findIndex((n) => n.server?.running() && n.server.port === port);
-    return i < 0 ? null : i;
+    if (i >= 0) return i;
+    if (this.udpPortNode.has(port)) return this.udpPortNode.get(port);
+    const inode = udpInode(port);
+    const pid = inode ? pidHolding(inode, this.pids()) : null;
+    const node = pid == null ? null : this.nodeByPid(pid);
+    if (node != null) this.udpPortNode.set(port, node);
+    return node;
   }
 
   // ---- nodes ------------------------------------------------------------------------------
@@ -86,7 +122,7 @@ export class Cluster {
     node.proxy = new NodeProxy(this, index);
     await node.proxy.listen();
     node.dataDir = path.join(this.dir, node.name);
-    await fs.mkdir(node.dataDir, { recursive: true });
+    await fsp.mkdir(node.dataDir, { recursive: true });
     node.seed = seed;
     await this.launch(node);
     return node;
@@ -101,6 +137,7 @@ export class Cluster {
   }
 
   async launch(node) {
+    this.udpPortNode.clear();   // ports are reused across restarts
     node.server = await startServer({ dataDir: node.dataDir, args: this.args(node) });
     node.proxy.target = node.server.port;
   }
@@ -202,6 +239,6 @@ export class Cluster {
       if (n.server) await n.server.stop({ keepData: true });
       if (n.proxy) await n.proxy.close();
     }
-    if (this.dir && !process.env.CLUSTER_KEEP) await fs.rm(this.dir, { recursive: true, force: true });
+    if (this.dir && !process.env.CLUSTER_KEEP) await fsp.rm(this.dir, { recursive: true, force: true });
   }
 }

@@ -6,8 +6,9 @@
 // sender of each datagram and connection. A node's UDP socket is bound to its own HTTP port,
 // so a datagram's source port names its sender. A TCP connection comes from an ephemeral
 // port: the proxy finds the socket with that port in /proc/net/tcp and the node process
-// holding its inode in /proc/PID/fd (Linux; once per connection). Traffic from anything else
-// (the test's own clients) passes unharmed.
+// holding its inode in /proc/PID/fd (Linux; once per connection); a node still starting, whose
+// HTTP port is not known yet, is found the same way from /proc/net/udp. Traffic from anything
+// else (the test's own clients) passes unharmed.
 //
 // Faults, per link, from the cluster's rule(src, dst): cut (everything dropped, open
 // connections reset), drop (each datagram, and each new connection, lost with probability p),
@@ -33,8 +34,22 @@ function tcpInode(port, peer) {
   return null;
 }
 
+/** The inode of the UDP socket bound to local port `port`, or null. */
+export function udpInode(port) {
+  for (const file of ['/proc/net/udp', '/proc/net/udp6']) {
+    let text;
+    try { text = fs.readFileSync(file, 'utf8'); } catch { continue; }
+    for (const line of text.split('\n')) {
+      const f = line.trim().split(/\s+/);
+      if (f.length < 10 || !f[1].includes(':')) continue;
+      if (parseInt(f[1].split(':').at(-1), 16) === port) return f[9];
+    }
+  }
+  return null;
+}
+
 /** Which of pids holds socket inode `inode`, or null. */
-function pidHolding(inode, pids) {
+export function pidHolding(inode, pids) {
   const want = `socket:[${inode}]`;
   for (const pid of pids) {
     let fds;
@@ -114,7 +129,7 @@ export class NodeProxy {
     const inode = tcpInode(c.remotePort, this.port);
     const pid = inode ? pidHolding(inode, this.cluster.pids()) : null;
     const src = pid == null ? null : this.cluster.nodeByPid(pid);
-    if (src == null) this.stats.unknownTcp++;
+    if (src == null) { this.stats.unknownTcp++; if (process.env.PROXY_DEBUG) console.log(`# unknown tcp to ${this.index}: port ${c.remotePort} inode ${inode} pid ${pid}`); }
     const rule = src == null ? {} : this.cluster.rule(src, this.index);
     if (!this.target || rule.cut || (rule.drop && this.cluster.rng() < rule.drop)) {
       this.stats.tcpDropped++;
