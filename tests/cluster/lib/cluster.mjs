@@ -1,7 +1,9 @@
 // A mesh of real `mimeo serve` processes on loopback for the cluster tests: each node has its
-// own data folder and a fault-injecting proxy (proxy.mjs) in front of it, and advertises the
-// proxy's URL (--advertise), so every message between two nodes, UDP or TCP, crosses the
-// proxy of its receiver. The test's own requests go straight to a node's real port.
+// own data folder and fault-injecting proxies (proxy.mjs): it advertises its UDP relay's URL
+// (--advertise), so every datagram for it crosses the relay, and it sends every HTTP request
+// through its own egress proxy (http_proxy), so every message between two nodes is seen by
+// the harness with its sender and receiver. The test's own requests go straight to a node's
+// real port.
 //
 // Faults are rules per directed link: partition([[0,1],[2,3]]) cuts every link between the
 // groups, isolate(i) cuts i from everyone, setLink(src, dst, {drop, delay, cut}) sets one
@@ -99,6 +101,12 @@ export class Cluster {
     }
     return out;
   }
+  /** The node whose advertised or real port this is, or null. */
+  nodeByPort(port) {
+    const i = this.nodes.findIndex((n) => n.proxy?.port === port ||
+      (n.server?.running() && n.server.port === port));
+    return i < 0 ? null : i;
+  }
   nodeByPid(pid) { return this.pidNow?.get(pid) ?? null; }
   /** The node whose UDP socket has this port: its HTTP port once known, else (a node still
    * starting) the owner of the port's socket in /proc/net/udp. */
@@ -138,7 +146,9 @@ export class Cluster {
 
   async launch(node) {
     this.udpPortNode.clear();   // ports are reused across restarts
-    node.server = await startServer({ dataDir: node.dataDir, args: this.args(node) });
+    // libcurl sends every request of the node through its egress proxy (proxy.mjs).
+    const env = { http_proxy: node.proxy.egressUrl(), no_proxy: '', NO_PROXY: '' };
+    node.server = await startServer({ dataDir: node.dataDir, args: this.args(node), env });
     node.proxy.target = node.server.port;
   }
 
@@ -171,7 +181,7 @@ export class Cluster {
   // ---- faults -----------------------------------------------------------------------------
   setLink(src, dst, rule) {
     this.links.set(`${src}>${dst}`, { ...this.rule(src, dst), ...rule });
-    this.nodes[dst].proxy.enforce();
+    this.nodes[src].proxy.enforce();
   }
 
   /** Cuts every link between different groups (both directions). */

@@ -1,38 +1,28 @@
-// The fault-injecting proxy in front of one node: a TCP proxy (HTTP: push-pulls, replication)
-// and a UDP relay (probes and gossip) on the same port number, which is the port of the URL
-// the node advertises (--advertise), so every message another node sends it passes here.
+// The fault-injecting proxies of one node. Faults are rules per directed link (sender →
+// receiver), so each message must be attributed to its sender and its receiver:
 //
-// Who is sending. Faults apply per link (sender → this node), so the proxy must know the
-// sender of each datagram and connection. A node's UDP socket is bound to its own HTTP port,
-// so a datagram's source port names its sender. A TCP connection comes from an ephemeral
-// port: the proxy finds the socket with that port in /proc/net/tcp and the node process
-// holding its inode in /proc/PID/fd (Linux; once per connection); a node still starting, whose
-// HTTP port is not known yet, is found the same way from /proc/net/udp. Traffic from anything
-// else (the test's own clients) passes unharmed.
+// - UDP (probes and gossip): the node advertises the URL of its proxy (--advertise), and the
+//   mesh sends datagrams to the host and port of a member's URL, so every datagram for this
+//   node reaches the relay on the proxy's port, which forwards it to the node's real port.
+//   The node's UDP socket is bound to its own HTTP port, so a datagram's source port names
+//   its sender (for a node still starting, whose HTTP port the harness does not know yet, the
+//   owner of that port's socket is found in /proc/net/udp and /proc/PID/fd).
+// - HTTP (push-pulls, and the replication that moves the data): each node runs with
+//   http_proxy pointing at its own egress proxy here, which libcurl honours for every request
+//   the node makes; the sender is the node the egress proxy belongs to, the receiver the node
+//   whose advertised (or real) port the request's absolute URL names. The egress proxy
+//   forwards the request to the receiver's real port. A TCP listener on the advertised port
+//   also forwards anything that did not come through an egress proxy (it counts it; the
+//   tests expect none from nodes).
 //
-// Faults, per link, from the cluster's rule(src, dst): cut (everything dropped, open
-// connections reset), drop (each datagram, and each new connection, lost with probability p),
-// delay (each datagram and each chunk of a connection held d ms).
+// Rules: cut (datagrams dropped; requests answered by a reset connection; exchanges in flight
+// torn down), drop (each datagram, and each request, lost with probability p), delay (each
+// datagram and each request held d ms).
 
 import net from 'node:net';
 import dgram from 'node:dgram';
+import http from 'node:http';
 import fs from 'node:fs';
-
-/** The inode of the TCP socket whose local port is `port` and remote port `peer`, or null. */
-function tcpInode(port, peer) {
-  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    let text;
-    try { text = fs.readFileSync(file, 'utf8'); } catch { continue; }
-    for (const line of text.split('\n')) {
-      const f = line.trim().split(/\s+/);
-      if (f.length < 10 || !f[1].includes(':')) continue;
-      const lp = parseInt(f[1].split(':').at(-1), 16);
-      const rp = parseInt(f[2].split(':').at(-1), 16);
-      if (lp === port && rp === peer) return f[9];
-    }
-  }
-  return null;
-}
 
 /** The inode of the UDP socket bound to local port `port`, or null. */
 export function udpInode(port) {
@@ -63,52 +53,65 @@ export function pidHolding(inode, pids) {
   return null;
 }
 
+const HOP_BY_HOP = new Set(['proxy-connection', 'proxy-authorization', 'connection', 'keep-alive',
+  'transfer-encoding', 'upgrade', 'te', 'trailer']);
+
+async function listenBoth() {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const server = net.createServer();
+    await new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', resolve);
+    });
+    const port = server.address().port;
+    const udp = dgram.createSocket('udp4');
+    const ok = await new Promise((resolve) => {
+      udp.once('error', () => resolve(false));
+      udp.bind(port, '127.0.0.1', () => resolve(true));
+    });
+    if (ok) return { server, udp, port };
+    server.close();
+    udp.close();
+  }
+  throw new Error('no port free for both TCP and UDP');
+}
+
 export class NodeProxy {
   /**
-   * @param {object} cluster  gives rule(src, dst) → {cut, drop, delay}, rng(), nodeByPid(pid),
-   *                          nodeByUdpPort(port)
+   * @param {object} cluster  gives rule(src, dst) → {cut, drop, delay}, rng(),
+   *                          nodeByUdpPort(port), nodeByPort(port)
    * @param {number} index    the node behind this proxy
    */
   constructor(cluster, index) {
     this.cluster = cluster;
     this.index = index;
-    this.port = null;        // the advertised port (TCP and UDP)
-    this.target = null;      // the node's real port, once it runs
-    this.conns = new Set();  // {src, a, b}
-    this.stats = { udpIn: 0, udpDropped: 0, tcpIn: 0, tcpDropped: 0, unknownTcp: 0 };
+    this.port = null;          // the advertised port (TCP and UDP)
+    this.egressPort = null;    // this node's http_proxy
+    this.target = null;        // the node's real port, once it runs
+    this.exchanges = new Set(); // {dst, req, res, up} in flight through the egress proxy
+    this.stats = { udpIn: 0, udpDropped: 0, httpOut: 0, httpDropped: 0, direct: 0 };
+    this.agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
   }
 
-  /** Binds TCP and UDP on one free port number. */
   async listen() {
-    for (let attempt = 0; attempt < 50; attempt++) {
-      const server = net.createServer((c) => this.onConnection(c));
-      await new Promise((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(0, '127.0.0.1', resolve);
-      });
-      const port = server.address().port;
-      const udp = dgram.createSocket('udp4');
-      const ok = await new Promise((resolve) => {
-        udp.once('error', () => resolve(false));
-        udp.bind(port, '127.0.0.1', () => resolve(true));
-      });
-      if (!ok) {
-        server.close();
-        udp.close();
-        continue;
-      }
-      udp.on('message', (msg, rinfo) => this.onDatagram(msg, rinfo));
-      udp.on('error', () => {});
-      this.server = server;
-      this.udp = udp;
-      this.port = port;
-      return port;
-    }
-    throw new Error('no port free for both TCP and UDP');
+    const { server, udp, port } = await listenBoth();
+    this.ingress = server;
+    this.udp = udp;
+    this.port = port;
+    server.on('connection', (c) => this.onDirect(c));
+    udp.on('message', (msg, rinfo) => this.onDatagram(msg, rinfo));
+    udp.on('error', () => {});
+    this.egress = http.createServer((req, res) => this.onRequest(req, res));
+    this.egress.keepAliveTimeout = 60_000;
+    await new Promise((resolve) => this.egress.listen(0, '127.0.0.1', resolve));
+    this.egressPort = this.egress.address().port;
+    return port;
   }
 
   url() { return `http://127.0.0.1:${this.port}`; }
+  egressUrl() { return `http://127.0.0.1:${this.egressPort}`; }
 
+  // ---- UDP ------------------------------------------------------------------------------
   onDatagram(msg, rinfo) {
     this.stats.udpIn++;
     if (!this.target) return;
@@ -122,61 +125,86 @@ export class NodeProxy {
     if (rule.delay) setTimeout(send, rule.delay); else send();
   }
 
-  onConnection(c) {
-    this.stats.tcpIn++;
-    c.on('error', () => {});
-    c.pause();
-    const inode = tcpInode(c.remotePort, this.port);
-    const pid = inode ? pidHolding(inode, this.cluster.pids()) : null;
-    const src = pid == null ? null : this.cluster.nodeByPid(pid);
-    if (src == null) { this.stats.unknownTcp++; if (process.env.PROXY_DEBUG) console.log(`# unknown tcp to ${this.index}: port ${c.remotePort} inode ${inode} pid ${pid}`); }
-    const rule = src == null ? {} : this.cluster.rule(src, this.index);
-    if (!this.target || rule.cut || (rule.drop && this.cluster.rng() < rule.drop)) {
-      this.stats.tcpDropped++;
-      c.resetAndDestroy();
+  // ---- HTTP leaving this node -----------------------------------------------------------
+  onRequest(req, res) {
+    this.stats.httpOut++;
+    let u;
+    try { u = new URL(req.url); } catch {
+      res.writeHead(400);
+      res.end();
       return;
     }
-    const b = net.connect(this.target, '127.0.0.1');
-    b.on('error', () => {});
-    const conn = { src, a: c, b };
-    this.conns.add(conn);
-    const forward = (from, to) => {
-      from.on('data', (chunk) => {
-        const d = src == null ? 0 : this.cluster.rule(src, this.index).delay;
-        if (d) {
-          from.pause();
-          setTimeout(() => { to.write(chunk); from.resume(); }, d);
-        } else if (!to.write(chunk)) {
-          from.pause();
-          to.once('drain', () => from.resume());
-        }
-      });
-      from.on('end', () => to.end());
-      from.on('close', () => { to.destroy(); this.conns.delete(conn); });
+    const dst = this.cluster.nodeByPort(Number(u.port));
+    const targetPort = dst == null ? Number(u.port) : this.cluster.nodes[dst].proxy.target;
+    const rule = dst == null ? {} : this.cluster.rule(this.index, dst);
+    const lose = () => {
+      this.stats.httpDropped++;
+      req.socket.resetAndDestroy();
     };
-    forward(c, b);
-    forward(b, c);
-    c.resume();
+    if (!targetPort || rule.cut || (rule.drop && this.cluster.rng() < rule.drop)) {
+      lose();
+      return;
+    }
+    const go = () => {
+      if (dst != null && this.cluster.rule(this.index, dst).cut) { lose(); return; }
+      const headers = {};
+      for (const [k, v] of Object.entries(req.headers)) if (!HOP_BY_HOP.has(k)) headers[k] = v;
+      const up = http.request({
+        host: '127.0.0.1', port: targetPort, method: req.method, path: u.pathname + u.search,
+        headers, agent: this.agent,
+      });
+      const ex = { dst, req, res, up };
+      this.exchanges.add(ex);
+      const done = () => this.exchanges.delete(ex);
+      up.on('response', (ur) => {
+        const h = {};
+        for (const [k, v] of Object.entries(ur.headers)) if (!HOP_BY_HOP.has(k)) h[k] = v;
+        res.writeHead(ur.statusCode, h);
+        ur.pipe(res);
+        ur.on('end', done);
+        ur.on('error', () => { done(); req.socket.destroy(); });
+      });
+      up.on('error', () => { done(); req.socket.destroy(); });
+      res.on('close', () => { done(); up.destroy(); });
+      req.pipe(up);
+    };
+    if (rule.delay) setTimeout(go, rule.delay); else go();
   }
 
-  /** Resets the open connections the current rules cut. */
+  // ---- TCP that did not come through an egress proxy -----------------------------------
+  onDirect(c) {
+    this.stats.direct++;
+    c.on('error', () => {});
+    if (!this.target) { c.destroy(); return; }
+    const b = net.connect(this.target, '127.0.0.1');
+    b.on('error', () => c.destroy());
+    c.pipe(b);
+    b.pipe(c);
+    c.on('close', () => b.destroy());
+    b.on('close', () => c.destroy());
+  }
+
+  /** Tears down the exchanges in flight from this node that the current rules cut. */
   enforce() {
-    for (const conn of this.conns) {
-      if (conn.src != null && this.cluster.rule(conn.src, this.index).cut) {
-        conn.a.resetAndDestroy();
-        conn.b.destroy();
-        this.conns.delete(conn);
+    for (const ex of this.exchanges) {
+      if (ex.dst != null && this.cluster.rule(this.index, ex.dst).cut) {
+        ex.up.destroy();
+        ex.req.socket.destroy();
+        this.exchanges.delete(ex);
       }
     }
   }
 
   async close() {
-    for (const conn of this.conns) {
-      conn.a.destroy();
-      conn.b.destroy();
+    for (const ex of this.exchanges) {
+      ex.up.destroy();
+      ex.req.socket.destroy();
     }
-    this.conns.clear();
-    await new Promise((r) => this.server.close(r));
+    this.exchanges.clear();
+    this.agent.destroy();
+    this.egress.closeAllConnections?.();
+    await new Promise((r) => this.egress.close(r));
+    await new Promise((r) => this.ingress.close(r));
     this.udp.close();
   }
 }
