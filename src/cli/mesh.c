@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <curl/curl.h>
 
@@ -139,6 +140,8 @@ static void mesh_table_free(mesh_table *t)
 /* Column index of name, added when new (upper-cased for the header); -1 when full. */
 static int mesh_table_col(mesh_table *t, const char *name)
 {
+    /* A wall-clock time shown as an age: its header loses the unit. */
+    if (strcmp(name, "last_sync_ms") == 0) name = "last_sync";
     char up[64];
     size_t n = 0;
     for (; name[n] && n + 1 < sizeof up; n++)
@@ -286,9 +289,25 @@ static void mesh_fill_rows(mesh_table *t, const jval *v, const char *key_col,
         if (mesh_table_row(t) != 0) return;
         if (lead_col) mesh_table_set(t, mesh_table_col(t, lead_col), lead);
         if (v->type == JV_OBJECT) mesh_table_set(t, mesh_table_col(t, key_col), v->keys[i]);
-        for (size_t k = 0; k < o->count; k++)
-            if (mesh_scalar_text(o->items[k], text, sizeof text))
-                mesh_table_set(t, mesh_table_col(t, o->keys[k]), text);
+        for (size_t k = 0; k < o->count; k++) {
+            int64_t when;
+            if (strcmp(o->keys[k], "last_sync_ms") == 0 && jval_as_i64(o->items[k], &when) &&
+                when > 0) {
+                /* Milliseconds since the epoch (a peer's figure, not a duration). */
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+                jval age = { .type = JV_NUMBER };
+                char num[32];
+                snprintf(num, sizeof num, "%lld", (long long)(now > when ? now - when : 0));
+                age.str = num;
+                age.len = strlen(num);
+                mesh_ago(&age, false, text, sizeof text);
+            } else if (!mesh_scalar_text(o->items[k], text, sizeof text)) {
+                continue;
+            }
+            mesh_table_set(t, mesh_table_col(t, o->keys[k]), text);
+        }
     }
 }
 
@@ -352,7 +371,22 @@ static void mesh_print(const jval *doc)
     for (size_t i = 0; i < doc->count; i++) {
         const char *key = doc->keys[i];
         if (strcmp(key, "members") == 0 || strcmp(key, "stats") == 0) continue;
-        if (mesh_is_rows(doc->items[i])) mesh_print_generic(doc->items[i], key);
+        const jval *v = doc->items[i];
+        if (mesh_is_rows(v)) {
+            mesh_print_generic(v, key);
+        } else if (v->type == JV_OBJECT && v->count > 0) {
+            /* An object of figures (the data mover's counters): one line,
+             * "replication: completed 3, failed 0, …". */
+            char text[256];
+            bool first = true;
+            for (size_t k = 0; k < v->count; k++) {
+                if (!mesh_scalar_text(v->items[k], text, sizeof text)) continue;
+                if (first) printf("\n%s: ", key);
+                printf("%s%s %s", first ? "" : ", ", v->keys[k], text);
+                first = false;
+            }
+            if (!first) printf("\n");
+        }
     }
     mesh_print_stats(jval_get(doc, "stats"));
 }

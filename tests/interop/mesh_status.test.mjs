@@ -177,11 +177,15 @@ test('per-database and per-peer figures, when a node reports them, print as tabl
       { name: 'n3', url: 'http://x:3', state: 'dead', incarnation: 1, last_heard_ms: null }],
     databases: [
       { name: 'db1', deleted: false, version: 1,
-        peers: [{ peer: 'n2', last_sync_ms: 1200, checkpoint_seq: 41, behind: 2 },
-          { peer: 'n3', last_sync_ms: null, checkpoint_seq: 0, behind: 43 }] },
+        peers: [{ peer: 'n2', seen_ms: 1200, checkpoint_seq: 41, behind: 2 },
+          { peer: 'n3', seen_ms: null, checkpoint_seq: 0, behind: 43 }] },
       { name: 'db2', deleted: true, version: 2 },
     ],
     stats: { msgs_sent: 1, bytes_sent: 2, msgs_recv: 3, bytes_recv: 4, probes: 5, probes_failed: 6 },
+    // The shape the data mover reports: last_sync_ms is a wall-clock time, shown as an age.
+    sync: [{ db: 'db1', peer: 'n2', last_sync_ms: Date.now() - 3000, behind: 2 },
+      { db: 'db1', peer: 'n3', last_sync_ms: null, behind: 43 }],
+    replication: { completed: 3, failed: 0 },
   };
   const srv = http.createServer((req, res) => {
     res.writeHead(req.url === '/_mesh' ? 200 : 404, { 'content-type': 'application/json' });
@@ -196,9 +200,14 @@ test('per-database and per-peer figures, when a node reports them, print as tabl
     assert.match(r.stdout, /^n3\s+http:\/\/x:3\s+dead\s+1\s+never$/m);
     assert.match(r.stdout, /^db2\s+yes\s+2$/m);
     assert.match(r.stdout, /^databases: peers$/m);
-    assert.match(r.stdout, /^NAME\s+PEER\s+LAST SYNC MS\s+CHECKPOINT SEQ\s+BEHIND$/m);
+    assert.match(r.stdout, /^NAME\s+PEER\s+SEEN MS\s+CHECKPOINT SEQ\s+BEHIND$/m);
     assert.match(r.stdout, /^db1\s+n2\s+1200\s+41\s+2$/m);
     assert.match(r.stdout, /^db1\s+n3\s+-\s+0\s+43$/m);
+    assert.match(r.stdout, /^sync$/m);
+    assert.match(r.stdout, /^DB\s+PEER\s+LAST SYNC\s+BEHIND$/m);
+    assert.match(r.stdout, /^db1\s+n2\s+[34]\.\ds ago\s+2$/m);
+    assert.match(r.stdout, /^db1\s+n3\s+-\s+43$/m);
+    assert.match(r.stdout, /^replication: completed 3, failed 0$/m);
     assert.match(r.stdout, /^gossip: sent 1 messages \(2 bytes\), received 3 \(4 bytes\); probes 5, failed 6$/m);
   } finally {
     srv.close();
