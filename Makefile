@@ -147,6 +147,7 @@ bench:
 	@$(MAKE) --no-print-directory -j2 all build/loadgen build/json_speed build/store_ceiling
 	@bench/run.sh
 	@build/json_speed
+	@node bench/mesh_detect.mjs
 
 build/loadgen: bench/loadgen.c build/libmimeo.a
 	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ bench/loadgen.c $(LIBS)

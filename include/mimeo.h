@@ -132,6 +132,8 @@ MIMEO_API void mimeo_env_close(mimeo_env *env);
 /* The server's stable uuid (32 hex chars), kept in the data directory. Borrowed, valid
  * until mimeo_env_close. */
 MIMEO_API const char *mimeo_env_uuid(const mimeo_env *env);
+/* Database handles env holds open (cached after first use until the database is deleted). */
+MIMEO_API size_t mimeo_env_open_dbs(mimeo_env *env);
 /* Next id of CouchDB's "sequential" kind: 32 hex chars whose 26-char random prefix is kept
  * for a while and whose suffix grows, so that generated ids increase and B-tree inserts stay
  * local. out receives 32 chars + NUL. */
@@ -708,6 +710,13 @@ MIMEO_API int mimeo_scheduler_jobs(mimeo_env *env, char **json_out, size_t *out_
  * or MIMEO_ENOTFOUND. */
 MIMEO_API int mimeo_scheduler_docs(mimeo_env *env, const char *docid, char **json_out,
                                    size_t *out_len, mimeo_err *err);
+/* Counters of every replication job of this process since it started (for metrics). */
+typedef struct mimeo_replicator_stats {
+    uint64_t docs_read;           /* revisions fetched from sources */
+    uint64_t docs_written;        /* revisions written to targets */
+    uint64_t doc_write_failures;
+} mimeo_replicator_stats;
+MIMEO_API void mimeo_replicator_stats_get(mimeo_replicator_stats *out);
 /* ==== end of replication ================================================================= */
 
 /* ==== queries (Mango) =======================================================================

@@ -5,6 +5,8 @@
 #                ThreadSanitizer (build/tsan); any race report fails the stage
 #   fuzz         each libFuzzer driver (build/fuzz) for $FUZZ_SECONDS from its seed corpus
 #   interop      every Node interop suite (tests/interop) against build/asan/mimeo
+#   cluster      the mesh cluster suites (tests/cluster): several nodes behind fault-injecting
+#                proxies; each prints its CLUSTER_SEED
 # `tests/run.sh unit interop` runs only those. Ends with "N passed, N failed"; non-zero on
 # failure. A missing prerequisite (a binary not built, node or clang absent) and every skipped
 # or cancelled test count as failed, so a broken setup never reads "N passed, 0 failed".
@@ -17,7 +19,7 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 TSAN_INTEROP=${TSAN_INTEROP:-feeds replication_continuous replication_mimeo}
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(unit tsan fuzz interop)
+[ ${#stages[@]} -gt 0 ] || stages=(unit tsan fuzz interop cluster)
 
 passed=0 failed=0
 failures=()
@@ -62,7 +64,7 @@ run_node() { # label, files...
   tap=$(mktemp)
   echo "== $label (node --test $*)"
   node --test --test-concurrency=2 --test-reporter=tap --test-timeout=600000 "$@" 2>&1 |
-    tee "$tap" | grep -E '^(not ok|# (pass|fail|skipped|todo|cancelled|tests|duration_ms))|# SKIP|# TODO'
+    tee "$tap" | grep -E '^(not ok|# (pass|fail|skipped|todo|cancelled|tests|duration_ms))|# SKIP|# TODO|SEED='
   summary() { grep -E "^# $1 " "$tap" | tail -n 1 | awk '{print $3}'; }
   np=$(summary pass); nf=$(summary fail); ns=$(summary skipped); nt=$(summary todo)
   nc=$(summary cancelled)
@@ -87,6 +89,10 @@ stage_unit() {
 
 stage_interop() {
   MIMEO_BIN=${MIMEO_BIN:-build/asan/mimeo} run_node interop tests/interop/
+}
+
+stage_cluster() {
+  MIMEO_BIN=${MIMEO_BIN:-build/asan/mimeo} run_node cluster tests/cluster/
 }
 
 # ThreadSanitizer writes each process's reports to $logs/NAME.PID; any such file fails.
@@ -158,7 +164,8 @@ for s in "${stages[@]}"; do
     tsan) stage_tsan ;;
     fuzz) stage_fuzz ;;
     interop) stage_interop ;;
-    *) echo "run.sh: unknown stage $s (unit, tsan, fuzz, interop)" >&2; exit 2 ;;
+    cluster) stage_cluster ;;
+    *) echo "run.sh: unknown stage $s (unit, tsan, fuzz, interop, cluster)" >&2; exit 2 ;;
   esac
   echo "-- stage $s: $(( $(date +%s) - t0 )) s"
 done

@@ -18,4 +18,9 @@ int cli_compact(int argc, char **argv);
  * SIGTERM), 1 when it failed, 2 on a usage error. */
 int cli_replicate(int argc, char **argv);
 
+/* mimeo mesh status [URL] [--config FILE] [--admin-file FILE] [--json] (mesh.c): prints
+ * GET /_mesh as tables; 0 done, 1 unreachable or a bad reply, 2 usage, 3 not authorised,
+ * 4 the node is not part of a mesh. */
+int cli_mesh(int argc, char **argv);
+
 #endif

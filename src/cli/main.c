@@ -21,6 +21,8 @@ static const cli_command cli_commands[] = {
     { "replicate", cli_replicate, "replicate SOURCE TARGET [--continuous] [--create-target] ...",
       "copy what SOURCE has and TARGET lacks (URLs or local names)" },
     { "compact", cli_compact, "compact DIR", "shrink the data file of a stopped server's DIR" },
+    { "mesh", cli_mesh, "mesh status [URL] [--config FILE] [--admin-file FILE]",
+      "print a mesh node's members and sync state" },
 };
 #define CLI_NCOMMANDS (sizeof cli_commands / sizeof cli_commands[0])
 

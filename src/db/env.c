@@ -345,6 +345,13 @@ void mimeo_env_on_commit(mimeo_env *env, mimeo_commit_fn fn, void *ctx) {
     atomic_store(&env->on_commit, fn);
 }
 
+size_t mimeo_env_open_dbs(mimeo_env *env) {
+    pthread_mutex_lock(&env->lock);
+    size_t n = env->handle_count;
+    pthread_mutex_unlock(&env->lock);
+    return n;
+}
+
 void *mimeo_env_state(mimeo_env *env, const void *key, void *(*make)(mimeo_env *env),
                       void (*destroy)(void *state)) {
     pthread_mutex_lock(&env->lock);

@@ -1,8 +1,8 @@
 /* /_node/…: node-level endpoints. POST /_node/_local/_compact shrinks the data file while
  * the node serves (mimeo_env_compact: writes pause for the copy, reads for the swap);
  * GET /_node/_local/_stats holds mimeo's own counters (CRDT merges), GET /_node/_local/_blobs
- * counts the attachment blob store; the other /_node paths CouchDB has (_config, …) are not
- * served and answer 404. */
+ * counts the attachment blob store, GET /_node/_local/_prometheus is the metrics text
+ * (metrics.c); the other /_node paths CouchDB has (_config, …) are not served and answer 404. */
 #include <string.h>
 
 #include "http_int.h"
@@ -40,6 +40,10 @@ void http_h_node(http_req *r)
                    (unsigned long long)st.blobs, (unsigned long long)st.bytes,
                    (unsigned long long)st.pending);
         http_reply_buf(r, 200, &b);
+        return;
+    }
+    if (r->nseg == 3 && http_node_seg(r, 1, "_local") && http_node_seg(r, 2, "_prometheus")) {
+        http_h_prometheus(r);
         return;
     }
     if (r->nseg != 3 || !http_node_seg(r, 1, "_local") || !http_node_seg(r, 2, "_compact")) {

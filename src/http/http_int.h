@@ -92,6 +92,7 @@ typedef struct http_req {
     char                 *set_cookie;  /* Set-Cookie for the reply, or NULL */
     bool                  bulk_no_design; /* a member's _bulk_docs: design docs refused per
                                               entry (authz.c), the others written */
+    uint64_t              started_ns;  /* when the request line arrived (metrics.c) */
 
     char                  inline_raw[HTTP_INLINE_URI];
 } http_req;
@@ -282,6 +283,11 @@ void http_h_scheduler(http_req *r);
 void http_h_node(http_req *r);
 /* h_mesh.c: /_mesh (GET status, POST a peer's mesh message). */
 void http_h_mesh(http_req *r);
+/* metrics.c: process-wide request counters, fed once per finished request, and their
+ * Prometheus text at GET /_node/_local/_prometheus. */
+uint64_t http_metrics_now_ns(void);
+void http_metrics_done(const http_req *r);
+void http_h_prometheus(http_req *r);
 
 void http_h_all_docs(http_req *r);
 void http_h_design_docs(http_req *r);

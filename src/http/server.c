@@ -30,6 +30,7 @@ static void *http_uri_log(void *cls, const char *uri, struct MHD_Connection *con
     size_t n = uri ? strlen(uri) : 0;
     r->srv = s;
     r->conn = conn;
+    r->started_ns = http_metrics_now_ns();
     r->raw = n < sizeof r->inline_raw ? r->inline_raw : malloc(n + 1);
     if (!r->raw) {
         free(r);
@@ -85,6 +86,7 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cl
     (void)conn; (void)toe;
     if (!r) return;
     if (r->counted) atomic_fetch_sub(&s->busy, 1);
+    http_metrics_done(r);
     http_req_free(r);
     *con_cls = NULL;
 }

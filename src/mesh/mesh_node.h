@@ -48,6 +48,10 @@ struct mesh_node *mesh_node_current(void);
 /* A message that arrived over HTTP. 0 or MIMEO_EINVAL (rejected). */
 int mesh_node_deliver(struct mesh_node *n, const void *data, size_t len);
 
+/* The core's counters and how many members are in each state (by_state[MESH_ALIVE…
+ * MESH_LEFT], self included), read under the node's lock (for the metrics endpoint). */
+void mesh_node_stats(struct mesh_node *n, struct mesh_stats *st, uint64_t by_state[4]);
+
 /* GET /_mesh's body: new JSON text, the caller frees it with free(); NULL when out of memory. */
 char *mesh_node_status_json(struct mesh_node *n);
 

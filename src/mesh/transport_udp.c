@@ -863,6 +863,18 @@ static void sb_sync(struct sbuf *b, struct mesh_node *n) {
     sb_fmt(b, ",\"running\":%llu}", c.running);
 }
 
+void mesh_node_stats(struct mesh_node *n, struct mesh_stats *st, uint64_t by_state[4]) {
+    for (int i = 0; i < 4; i++) by_state[i] = 0;
+    pthread_mutex_lock(&n->mu);
+    mesh_stats_get(n->m, st);
+    for (size_t i = 0; i < mesh_member_count(n->m); i++) {
+        struct mesh_member_info mi;
+        if (mesh_member_get(n->m, i, &mi) == 0 && mi.state >= 0 && mi.state < 4)
+            by_state[mi.state]++;
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
 char *mesh_node_status_json(struct mesh_node *n) {
     struct sbuf b = { 0 };
     pthread_mutex_lock(&n->mu);

@@ -41,6 +41,19 @@
 
 #include "repl_int.h"
 
+/* Every job's documents read and written since the process started, for the metrics
+ * endpoint: job counters reset with their jobs, these never do. */
+static struct {
+    atomic_uint_fast64_t docs_read, docs_written, doc_write_failures;
+} repl_totals;
+
+void mimeo_replicator_stats_get(mimeo_replicator_stats *out)
+{
+    out->docs_read = atomic_load(&repl_totals.docs_read);
+    out->docs_written = atomic_load(&repl_totals.docs_written);
+    out->doc_write_failures = atomic_load(&repl_totals.doc_write_failures);
+}
+
 struct repl_batch {
     uint64_t    no;
     buf         diff;       /* step 5a's question, {"id":["rev",…],…}, built as rows arrive */
@@ -1033,6 +1046,8 @@ static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_
     if (failures > hi - lo) failures = hi - lo;
     atomic_fetch_add(&j->stats.doc_write_failures, failures);
     atomic_fetch_add(&j->stats.docs_written, (hi - lo) - failures);
+    atomic_fetch_add(&repl_totals.doc_write_failures, failures);
+    atomic_fetch_add(&repl_totals.docs_written, (hi - lo) - failures);
     return 0;
 }
 
@@ -1054,6 +1069,7 @@ static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *
     if (!fallback && (rc = repl_fetch_bulk(j, s, &fallback, err)) != 0) return rc;
     if (fallback && (rc = repl_fetch_each(j, s, err)) != 0) return rc;
     atomic_fetch_add(&j->stats.docs_read, s->count + s->att.count);
+    atomic_fetch_add(&repl_totals.docs_read, s->count + s->att.count);
 
     if (s->count > 0) {
         if (buf_puts(&s->docs, "]}")) goto nomem;

@@ -39,9 +39,10 @@ function sanitizerEnv() {
 
 /**
  * Starts a server.
- * @param {{dataDir?: string, args?: string[]}} [options]
+ * @param {{dataDir?: string, args?: string[], env?: object}} [options]
  *   dataDir: reuse this folder (it is then not removed by stop()); otherwise a fresh one is made.
  *   args: extra command-line arguments for `mimeo serve`.
+ *   env: extra environment variables for the process.
  * @returns {Promise<Server>}
  */
 export async function startServer(options = {}) {
@@ -50,6 +51,7 @@ export async function startServer(options = {}) {
   const dataDir = options.dataDir ??
     await fs.mkdtemp(path.join(os.tmpdir(), 'mimeo-interop-'));
   const server = new Server(dataDir, ownsDir, options.args ?? []);
+  server.extraEnv = options.env ?? {};
   try {
     await server.launch();
   } catch (err) {
@@ -86,7 +88,8 @@ class Server {
     this.stderrText = '';
     this.exit = null;
     this.expectingExit = false;
-    const proc = spawn(bin, args, { cwd: repoRoot, env: sanitizerEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const env = { ...sanitizerEnv(), ...(this.extraEnv ?? {}) };
+    const proc = spawn(bin, args, { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = proc;
     proc.stderr.setEncoding('utf8');
     proc.stderr.on('data', (chunk) => {
