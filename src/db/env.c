@@ -618,6 +618,13 @@ static int job_drop_chunk(MDB_txn *txn, void *arg) {
         if (mrc == 0) rc = store_delete_prefix(txn, mango, j->dbid, &budget);
         else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
     }
+    /* View index rows (src/view/vstore.c), the same way. */
+    if (rc == 0) {
+        MDB_dbi views;
+        int mrc = mdb_dbi_open(txn, "views", 0, &views);
+        if (mrc == 0) rc = store_delete_prefix(txn, views, j->dbid, &budget);
+        else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    }
     if (rc < 0) return rc;
     j->done = rc == 0;
     if (j->done) {

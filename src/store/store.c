@@ -332,7 +332,7 @@ int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, size_t *budget
 /* Opens s->env on s->dir with s->map_size (or the file's, when bigger) and its tables. */
 static int store_env_open(store *s, char *reason, size_t reason_len) {
     int rc = mdb_env_create(&s->env);
-    if (!rc) rc = mdb_env_set_maxdbs(s->env, 8);
+    if (!rc) rc = mdb_env_set_maxdbs(s->env, 32);
     if (!rc) rc = mdb_env_set_mapsize(s->env, s->map_size);
     /* Many connection threads read at once; LMDB's default of 126 reader slots is low. */
     if (!rc) rc = mdb_env_set_maxreaders(s->env, 1024);
@@ -520,7 +520,7 @@ int store_compact(const char *dir, uint64_t *before, uint64_t *after, char *reas
     }
     *before = (uint64_t)st.st_size;
     int mrc = mdb_env_create(&env);
-    if (!mrc) mrc = mdb_env_set_maxdbs(env, 8);
+    if (!mrc) mrc = mdb_env_set_maxdbs(env, 32);
     if (!mrc) mrc = mdb_env_open(env, dir, MDB_NOTLS | MDB_RDONLY, 0644);
     if (mrc) {
         snprintf(reason, reason_len, "cannot open the store in %s: %s", dir, mdb_strerror(mrc));
@@ -620,7 +620,7 @@ static int job_compact_live(MDB_txn *unused, void *arg) {
     /* The copy must open before it replaces anything. */
     MDB_env *check = NULL;
     mrc = mdb_env_create(&check);
-    if (!mrc) mrc = mdb_env_set_maxdbs(check, 8);
+    if (!mrc) mrc = mdb_env_set_maxdbs(check, 32);
     if (!mrc) mrc = mdb_env_open(check, tmp, MDB_NOSUBDIR | MDB_RDONLY | MDB_NOLOCK, 0644);
     if (check) mdb_env_close(check);
     (void)unlink(keep);

@@ -1,0 +1,92 @@
+/* Storage of map/reduce view indexes in the environment's LMDB: one table ("views") holds
+ * the rows of every index of every database, keyed by database id, index id and view number,
+ * then the collation key of the emitted key and the document id, so that LMDB's byte order
+ * is CouchDB's row order; a per-document entry lists the rows a document emitted (for
+ * incremental updates), and a meta entry holds the index's update_seq and row counts.
+ * The layout is drawn in vstore.c. */
+#ifndef MIMEO_VIEW_VSTORE_H
+#define MIMEO_VIEW_VSTORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mimeo.h"
+
+/* Longest collation key kept in a row's key; longer ones are cut (vstore.c says what then). */
+#define VSTORE_CKEY_MAX 300
+#define VSTORE_VIEWS_MAX 256
+
+/* The meta entry of an index. */
+typedef struct vstore_meta {
+    uint64_t seq;                       /* rows are up to date with this database seq */
+    uint64_t bytes;                     /* bytes of keys and values of all its rows */
+    unsigned nviews;
+    uint64_t rows[VSTORE_VIEWS_MAX];    /* rows per view */
+} vstore_meta;
+
+/* Fills *m (zeroes when the index has never been written). */
+int vstore_meta_get(mimeo_db *db, uint64_t idx, vstore_meta *m);
+
+/* One emitted row: view number, collation key (cut here to VSTORE_CKEY_MAX), and the key
+ * and value as compact JSON text. */
+typedef struct vstore_emit {
+    unsigned             view;
+    const unsigned char *ckey;
+    size_t               ckey_len;
+    const char          *key;
+    size_t               key_len;
+    const char          *value;
+    size_t               value_len;
+} vstore_emit;
+
+/* A document's new rows (n 0: it has none, e.g. deleted). */
+typedef struct vstore_doc {
+    const char        *id;
+    size_t             id_len;
+    const vstore_emit *emits;
+    size_t             n;
+} vstore_doc;
+
+/* Replaces the rows of docs[0..n) and moves the index's seq from `from` to `to`, in one
+ * durable transaction. info (the design document id) is kept in the index's directory
+ * entry. MIMEO_ECONFLICT (nothing written) when the stored seq is no longer `from`. */
+int vstore_apply(mimeo_db *db, uint64_t idx, unsigned nviews, const char *info,
+                 size_t info_len, uint64_t from, uint64_t to, const vstore_doc *docs,
+                 size_t n);
+
+/* A row as read: rk is the row's position (key bytes after the view prefix; pass it back
+ * as a position), key/id/value its stored parts. All borrowed for the callback. */
+typedef struct vstore_row {
+    const unsigned char *rk;
+    size_t               rk_len;
+    const char          *key;
+    size_t               key_len;
+    const char          *id;
+    size_t               id_len;
+    const char          *value;
+    size_t               value_len;
+} vstore_row;
+typedef int (*vstore_row_fn)(void *ctx, const vstore_row *row);
+
+typedef enum {
+    VSTORE_FIRST,   /* from the first row (descending: the last) */
+    VSTORE_SEEK,    /* ascending: first row ≥ pos; descending: last row whose bytes, cut to
+                       pos's length, are ≤ pos */
+    VSTORE_AFTER,   /* strictly after the row at pos in the scan's direction */
+} vstore_pos;
+
+/* Reads up to max rows of one view in one short read transaction, calling fn for each;
+ * fn returns 0 to go on, non-zero to stop (returned). *more: whether rows may follow. */
+int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
+                const unsigned char *pos, size_t pos_len, bool desc, size_t max,
+                vstore_row_fn fn, void *ctx, bool *more);
+
+/* Drops every entry of the index, in bounded chunks. */
+int vstore_drop(mimeo_db *db, uint64_t idx);
+
+/* Calls fn with each index of the database and its info text (borrowed). */
+int vstore_list(mimeo_db *db, int (*fn)(void *ctx, uint64_t idx, const char *info,
+                                         size_t info_len), void *ctx);
+
+#endif
