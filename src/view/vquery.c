@@ -39,6 +39,7 @@ typedef struct vq {
     size_t       nranges, ri;
     /* scan state */
     buf          pos;               /* rk of the last row consumed in this range */
+    buf          last;              /* the scan's new position (swapped with pos) */
     bool         have_pos, range_end;
     uint64_t     nout;              /* rows written */
     bool         done, opened, closed;
@@ -50,6 +51,8 @@ typedef struct vq {
     view_reducer *red;
     bool          grp_open;
     jval         *grp_key;          /* the group's key as output (level-cut) */
+    buf           grp_ck;           /* its collation-key bytes, when known (grp_ck_ok) */
+    bool          grp_ck_ok;
     buf           kvs;              /* JS: pending "[[k,id],v]" items */
     size_t        nkvs;
     buf           partials;         /* JS: reductions so far, comma separated */
@@ -131,6 +134,8 @@ static void vq_destroy(vq *q) {
     for (size_t i = 0; i < q->nranges; i++) range_destroy(&q->ranges[i]);
     free(q->ranges);
     buf_destroy(&q->pos);
+    buf_destroy(&q->last);
+    buf_destroy(&q->grp_ck);
     buf_destroy(&q->pend);
     free(q->pr);
     if (q->red) view_reducer_free(q->red);
@@ -143,6 +148,8 @@ static void vq_destroy(vq *q) {
 static int vq_parse(vq *q, const vdef *d, int view, const jval *p, mimeo_err *err) {
     memset(q, 0, sizeof *q);
     buf_init(&q->pos, 0);
+    buf_init(&q->last, 0);
+    buf_init(&q->grp_ck, 0);
     buf_init(&q->pend, 0);
     buf_init(&q->kvs, 0);
     buf_init(&q->partials, 0);
@@ -415,6 +422,7 @@ static int grp_add(vq *q, const vstore_row *r, mimeo_err *err) {
         return buf_putc(&q->kvs, ']');
     }
     if (!q->red && !(q->red = view_reducer_new(q->vw->rkind))) return MIMEO_ENOMEM;
+    if (view_reducer_add_fast(q->red, r->value, r->value_len)) return 0;
     /* _count needs neither; _sum and _stats the value; _approx_count_distinct the key */
     jval *k = NULL, *v = NULL;
     jval knull = {.type = JV_NULL};
@@ -488,58 +496,96 @@ typedef struct scan_ctx {
     bool     stop_range;   /* a row past the end was met */
 } scan_ctx;
 
-static int consume(vq *q, const vstore_row *row) {
-    buf_reset(&q->pos);
-    q->have_pos = true;
-    return buf_put(&q->pos, row->rk, row->rk_len);
+/* Length of the collation key encoded at p (at most n bytes), or 0 when it runs out. */
+static size_t ck_skip(const unsigned char *p, size_t n) {
+    if (!n) return 0;
+    switch (p[0]) {
+    case 0x10: case 0x20: case 0x30: return 1;
+    case 0x40: return n >= 9 ? 9 : 0;
+    case 0x50: {
+        const unsigned char *z = memchr(p + 1, 0, n - 1);
+        return z ? (size_t)(z - p) + 1 : 0;
+    }
+    case 0x60: case 0x70: {
+        size_t i = 1;
+        while (i < n && p[i] != 0) {
+            size_t l = ck_skip(p + i, n - i);
+            if (!l) return 0;
+            i += l;
+        }
+        return i < n ? i + 1 : 0;
+    }
+    default: return 0;
+    }
+}
+
+/* The bytes of a row's collation key that decide its group at level (-1: exact), or 0 when
+ * they cannot be told from the row key (a cut key): then the keys are compared as trees. */
+static size_t ck_group_len(const vstore_row *r, int level) {
+    size_t ck = ck_skip(r->rk, r->rk_len);
+    if (!ck || r->rk_len != ck + r->id_len + 6 ||
+        (r->id_len && memcmp(r->rk + ck, r->id, r->id_len) != 0))
+        return 0;
+    if (level < 0 || r->rk[0] != 0x60) return ck;
+    size_t i = 1;
+    for (int e = 0; e < level && r->rk[i] != 0; e++) i += ck_skip(r->rk + i, ck - i);
+    return i;
 }
 
 static int scan_row(void *arg, const vstore_row *row) {
     scan_ctx *c = arg;
     vq *q = c->q;
-    if (!start_ok(q, c->r, row)) return consume(q, row);
+    if (!start_ok(q, c->r, row)) return VSTORE_NEXT;
     if (!end_ok(q, c->r, row)) {
         c->stop_range = true;
-        return 1;
+        return VSTORE_BEFORE;
     }
     if (q->reduce) {
+        size_t gl = q->group_level != 0 ? ck_group_len(row, q->group_level) : 0;
         if (q->group_level != 0 && q->grp_open) {
-            jval *k = group_key(q, row->key, row->key_len);
-            if (!k) return MIMEO_ECORRUPT;
-            bool same = q->grp_key && collate_cmp(k, q->grp_key) == 0;
-            jval_free(k);
+            bool same;
+            if (gl && q->grp_ck_ok) {
+                same = gl == q->grp_ck.len && memcmp(row->rk, q->grp_ck.data, gl) == 0;
+            } else {
+                jval *k = group_key(q, row->key, row->key_len);
+                if (!k) return MIMEO_ECORRUPT;
+                same = q->grp_key && collate_cmp(k, q->grp_key) == 0;
+                jval_free(k);
+            }
             if (!same) {
                 if (q->vw->rtype == VRED_JS) {
                     q->grp_js_ready = true; /* finish outside the read transaction */
-                    return 1;
+                    return VSTORE_BEFORE;
                 }
                 int rc = grp_finish(c->db, q, c->out, &q->cb_err);
                 if (rc) return rc;
                 if (!q->limit) {
                     q->done = true;
-                    return 1;
+                    return VSTORE_BEFORE;
                 }
             }
         }
         if (!q->grp_open) {
             q->grp_open = true;
-            q->grp_key = group_key(q, row->key, row->key_len);
-            if (q->group_level != 0 && !q->grp_key) return MIMEO_ECORRUPT;
+            if (q->group_level != 0) {
+                if (!(q->grp_key = group_key(q, row->key, row->key_len))) return MIMEO_ECORRUPT;
+                buf_reset(&q->grp_ck);
+                q->grp_ck_ok = gl && buf_put(&q->grp_ck, row->rk, gl) == 0;
+            }
         }
         int rc = grp_add(q, row, &q->cb_err);
         if (rc) return rc;
-        if ((rc = consume(q, row))) return rc;
-        if (q->vw->rtype == VRED_JS && q->nkvs >= JS_BATCH) return 1;
-        return c->out->len >= OUT_CHUNK ? 1 : 0;
+        if (q->vw->rtype == VRED_JS && q->nkvs >= JS_BATCH) return VSTORE_STOP;
+        return c->out->len >= OUT_CHUNK ? VSTORE_STOP : VSTORE_NEXT;
     }
     /* map rows */
     if (q->skip) {
         q->skip--;
-        return consume(q, row);
+        return VSTORE_NEXT;
     }
     if (!q->limit) {
         q->done = true;
-        return 1;
+        return VSTORE_BEFORE;
     }
     q->limit--;
     int rc;
@@ -561,15 +607,13 @@ static int scan_row(void *arg, const vstore_row *row) {
         p->val = q->pend.len;
         p->val_len = row->value_len;
         if ((rc = buf_put(&q->pend, row->value, row->value_len))) return rc;
-        if ((rc = consume(q, row))) return rc;
-        return q->npr >= DOC_PAGE ? 1 : 0;
+        return q->npr >= DOC_PAGE ? VSTORE_STOP : VSTORE_NEXT;
     }
     rc = put_map_row(q, c->out, row->id, row->id_len, row->key, row->key_len, row->value,
                      row->value_len);
     if (!rc) rc = buf_putc(c->out, '}');
-    if (!rc) rc = consume(q, row);
     if (rc) return rc;
-    return c->out->len >= OUT_CHUNK ? 1 : 0;
+    return c->out->len >= OUT_CHUNK ? VSTORE_STOP : VSTORE_NEXT;
 }
 
 static int flush_docs(mimeo_db *db, vq *q, buf *out) {
@@ -609,11 +653,17 @@ static int vq_step(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
         q->cb_err = (mimeo_err){0};
         int rc = vstore_scan(rd->db, rd->d->idx, (unsigned)q->view, how,
                              (const unsigned char *)pos->data, pos->len, q->descending,
-                             PAGE_ROWS, scan_row, &c, &more);
+                             PAGE_ROWS, scan_row, &c, &more, &q->last);
         buf_destroy(&seek);
         if (rc < 0) {
             if (q->cb_err.error[0] && err) *err = q->cb_err;
             return rc;
+        }
+        if (q->last.len) {
+            buf t = q->pos;
+            q->pos = q->last;
+            q->last = t;
+            q->have_pos = true;
         }
         if (q->include_docs && (rc = flush_docs(rd->db, q, out))) return rc;
         if (q->grp_js_ready) {
@@ -646,18 +696,16 @@ typedef struct count_ctx {
     vrange   *r;
     uint64_t  n;
     bool      found;
-    buf      *pos;
 } count_ctx;
 
 static int count_row(void *arg, const vstore_row *row) {
     count_ctx *c = arg;
     if (c->r && start_ok(c->q, c->r, row)) {
         c->found = true;
-        return 1;
+        return VSTORE_BEFORE;
     }
     c->n++;
-    buf_reset(c->pos);
-    return buf_put(c->pos, row->rk, row->rk_len);
+    return VSTORE_NEXT;
 }
 
 /* Rows of the view before the first row of the first range: CouchDB's "offset". */
@@ -665,9 +713,10 @@ static int vq_offset(mimeo_view_reader *rd, vq *q, uint64_t *off) {
     *off = 0;
     vrange *r = q->nranges ? &q->ranges[0] : NULL;
     if (!r || !r->has_start) return 0;
-    buf pos;
+    buf pos, last;
     buf_init(&pos, 0);
-    count_ctx c = {q, r, 0, false, &pos};
+    buf_init(&last, 0);
+    count_ctx c = {q, r, 0, false};
     bool more = true;
     int rc = 0;
     bool first = true;
@@ -675,11 +724,15 @@ static int vq_offset(mimeo_view_reader *rd, vq *q, uint64_t *off) {
         rc = vstore_scan(rd->db, rd->d->idx, (unsigned)q->view,
                          first ? VSTORE_FIRST : VSTORE_AFTER,
                          (const unsigned char *)pos.data, pos.len, q->descending, COUNT_PAGE,
-                         count_row, &c, &more);
+                         count_row, &c, &more, &last);
         if (rc > 0) rc = 0;
+        buf t = pos;
+        pos = last;
+        last = t;
         first = false;
     }
     buf_destroy(&pos);
+    buf_destroy(&last);
     *off = c.n;
     return rc;
 }

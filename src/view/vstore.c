@@ -372,8 +372,9 @@ static size_t successor(unsigned char *s, size_t n) {
 
 int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
                 const unsigned char *pos, size_t pos_len, bool desc, size_t max,
-                vstore_row_fn fn, void *ctx, bool *more) {
+                vstore_row_fn fn, void *ctx, bool *more, buf *last) {
     *more = false;
+    buf_reset(last);
     MDB_dbi dbi;
     uint64_t dbid;
     int rc = dbid_of(db, &dbid);
@@ -417,6 +418,7 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
         else if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
     }
     size_t count = 0;
+    MDB_val taken = {0, NULL};
     while (mrc == 0) {
         if (k.mv_size < VPREFIX || memcmp(k.mv_data, vp, VPREFIX) != 0) break;
         if (count == max) {
@@ -426,10 +428,16 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
         count++;
         vstore_row r;
         if ((rc = row_decode(&k, &v, &r))) break;
-        if ((rc = fn(ctx, &r))) break;
+        rc = fn(ctx, &r);
+        if (rc == VSTORE_NEXT || rc == VSTORE_STOP) taken = k;
+        if (rc) break;
         mrc = mdb_cursor_get(cur, &k, &v, desc ? MDB_PREV : MDB_NEXT);
     }
     if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    /* copied before the snapshot ends: LMDB's bytes are only valid inside it */
+    if (rc >= 0 && taken.mv_data &&
+        buf_put(last, (const unsigned char *)taken.mv_data + VPREFIX, taken.mv_size - VPREFIX))
+        rc = MIMEO_ENOMEM;
     mdb_cursor_close(cur);
     store_read_end(s, txn);
     return rc;

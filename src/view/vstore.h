@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../common/buf.h"
 #include "mimeo.h"
 
 /* Longest collation key kept in a row's key; longer ones are cut (vstore.c says what then). */
@@ -76,11 +77,18 @@ typedef enum {
     VSTORE_AFTER,   /* strictly after the row at pos in the scan's direction */
 } vstore_pos;
 
-/* Reads up to max rows of one view in one short read transaction, calling fn for each;
- * fn returns 0 to go on, non-zero to stop (returned). *more: whether rows may follow. */
+/* What a row callback returns: go on, stop after this row, or stop before it (the row is
+ * then read again by a scan resuming after the last row taken); negative: an error. */
+#define VSTORE_NEXT   0
+#define VSTORE_STOP   1
+#define VSTORE_BEFORE 2
+
+/* Reads up to max rows of one view in one short read transaction, calling fn for each.
+ * last (reset first) receives the position of the last row taken, if any, for VSTORE_AFTER;
+ * *more: whether rows may follow. Returns fn's stop code, or an error. */
 int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
                 const unsigned char *pos, size_t pos_len, bool desc, size_t max,
-                vstore_row_fn fn, void *ctx, bool *more);
+                vstore_row_fn fn, void *ctx, bool *more, buf *last);
 
 /* Drops every entry of the index, in bounded chunks. */
 int vstore_drop(mimeo_db *db, uint64_t idx);
