@@ -659,6 +659,7 @@ static int vq_step(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
             if (q->cb_err.error[0] && err) *err = q->cb_err;
             return rc;
         }
+        int scan_rc = rc;
         if (q->last.len) {
             buf t = q->pos;
             q->pos = q->last;
@@ -676,7 +677,7 @@ static int vq_step(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
             (rc = js_flush(rd->db, q, err)))
             return rc;
         if (q->done) break;
-        bool range_over = c.stop_range || (rc == 0 && !more);
+        bool range_over = c.stop_range || (scan_rc == 0 && !more);
         if (range_over) {
             if (q->reduce) {
                 /* no rows in the range: no reduce row (CouchDB answers {"rows":[]}) */
