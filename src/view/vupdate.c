@@ -23,6 +23,10 @@
 
 #define BATCH_DOCS  2000
 #define BATCH_BYTES ((size_t)16 << 20)
+/* map_doc requests in flight at once: each process round trip costs two context switches,
+ * so documents go in windows; the window's bytes stay well under the socket buffer. */
+#define WINDOW_DOCS  64
+#define WINDOW_BYTES (48 * 1024)
 
 typedef struct vtask {
     uint64_t      dbid, idx;
@@ -197,6 +201,9 @@ typedef struct upd {
     buf         data;      /* ids, keys, values, collation keys of the batch */
     size_t     *offs;      /* per emit: offsets into data, fixed up before writing */
     size_t      offs_cap;
+    /* the window: batch documents whose map_doc reply is still to be read */
+    size_t      win[WINDOW_DOCS];
+    size_t      nwin, win_bytes;
 } upd;
 
 static int teach(upd *u, mimeo_err *err) {
@@ -241,7 +248,8 @@ static int batch_doc(upd *u, const char *id, size_t id_len, size_t *id_off) {
     return 0;
 }
 
-static int batch_emit(upd *u, unsigned view, const jval *k, const jval *v, buf *ck) {
+/* Adds an emit of batch document di (its emits are added together, in one run). */
+static int batch_emit(upd *u, size_t di, unsigned view, const jval *k, const jval *v, buf *ck) {
     if (u->nemits == u->emits_cap) {
         size_t nc = u->emits_cap ? u->emits_cap * 2 : 1024;
         vstore_emit *g = realloc(u->emits, nc * sizeof *g);
@@ -268,7 +276,7 @@ static int batch_emit(upd *u, unsigned view, const jval *k, const jval *v, buf *
     if (json_put_jval(&u->data, v)) return MIMEO_ENOMEM;
     e->value_len = u->data.len - o[2];
     u->nemits++;
-    u->docs[u->ndocs - 1].n++;
+    u->docs[di].n++;
     return 0;
 }
 
@@ -291,8 +299,11 @@ static int batch_write(upd *u, uint64_t from, uint64_t to) {
     return rc;
 }
 
-/* Runs the map functions on one document and adds its rows to the batch. */
-static int map_one(upd *u, const mimeo_row *row, buf *ck, mimeo_err *err) {
+static int window_drain(upd *u, buf *ck, mimeo_err *err);
+
+/* Adds one document to the batch and, when it has rows to compute, sends its map_doc
+ * request (the reply is read by window_drain). */
+static int map_send(upd *u, const mimeo_row *row, buf *ck, mimeo_err *err) {
     size_t id_off;
     int rc = batch_doc(u, row->id, row->id_len, &id_off);
     if (rc) return rc;
@@ -313,26 +324,54 @@ static int map_one(upd *u, const mimeo_row *row, buf *ck, mimeo_err *err) {
         buf_putc(l, '}');
     }
     if ((rc = buf_putc(l, ']'))) return rc;
-    if ((rc = qs_call(u->q, l->data, l->len, &u->reply, err))) return rc;
-    if (qs_reply_error(u->reply.data, u->reply.len, err)) return MIMEO_EIO;
-    jval *res = NULL;
-    json_limits lim = {0, u->reply.len + 1};
-    if (json_tree_parse(u->reply.data, u->reply.len, &lim, &res, NULL) != 0 ||
-        res->type != JV_ARRAY) {
-        if (res) jval_free(res);
-        view_err(err, MIMEO_EIO, "os_process_error", "the query server's map_doc reply is not a list");
-        return MIMEO_EIO;
-    }
-    for (size_t f = 0; !rc && f < res->count && f < u->d->nviews; f++) {
-        const jval *rows = res->items[f];
-        if (rows->type != JV_ARRAY) continue;
-        for (size_t i = 0; !rc && i < rows->count; i++) {
-            const jval *kv = rows->items[i];
-            if (kv->type != JV_ARRAY || kv->count != 2) continue;
-            rc = batch_emit(u, (unsigned)f, kv->items[0], kv->items[1], ck);
+    /* a large document waits for the window to empty: the socket holds only so much */
+    if (u->nwin && u->win_bytes + l->len > WINDOW_BYTES && (rc = window_drain(u, ck, err)))
+        return rc;
+    if ((rc = qs_send(u->q, l->data, l->len, err))) return rc;
+    u->win[u->nwin++] = u->ndocs - 1;
+    u->win_bytes += l->len;
+    return 0;
+}
+
+/* Reads the replies of the window, in order, and adds their rows to the batch. */
+static int window_drain(upd *u, buf *ck, mimeo_err *err) {
+    int rc = 0;
+    for (size_t w = 0; w < u->nwin; w++) {
+        /* every reply is read, even after an error, so the process stays in step */
+        if (rc) {
+            mimeo_err ignored;
+            if (qs_recv(u->q, &u->reply, &ignored)) break;
+            continue;
         }
+        if ((rc = qs_recv(u->q, &u->reply, err))) break;
+        if (qs_reply_error(u->reply.data, u->reply.len, err)) {
+            rc = MIMEO_EIO;
+            continue;
+        }
+        size_t di = u->win[w];
+        u->docs[di].emits = (const vstore_emit *)(uintptr_t)u->nemits;
+        jval *res = NULL;
+        json_limits lim = {0, u->reply.len + 1};
+        if (json_tree_parse(u->reply.data, u->reply.len, &lim, &res, NULL) != 0 ||
+            res->type != JV_ARRAY) {
+            if (res) jval_free(res);
+            view_err(err, MIMEO_EIO, "os_process_error", "the query server's map_doc reply is not a list");
+            rc = MIMEO_EIO;
+            continue;
+        }
+        for (size_t f = 0; !rc && f < res->count && f < u->d->nviews; f++) {
+            const jval *rows = res->items[f];
+            if (rows->type != JV_ARRAY) continue;
+            for (size_t i = 0; !rc && i < rows->count; i++) {
+                const jval *kv = rows->items[i];
+                if (kv->type != JV_ARRAY || kv->count != 2) continue;
+                rc = batch_emit(u, di, (unsigned)f, kv->items[0], kv->items[1], ck);
+            }
+        }
+        jval_free(res);
     }
-    jval_free(res);
+    u->nwin = 0;
+    u->win_bytes = 0;
     return rc;
 }
 
@@ -360,10 +399,13 @@ static int update_run(upd *u, vtask *task, vstate *st, mimeo_err *err) {
         const mimeo_row *row;
         if ((rc = mimeo_cursor_next(cur, &row, err))) break;
         if (row) {
-            if ((rc = map_one(u, row, &ck, err))) break;
+            if ((rc = map_send(u, row, &ck, err))) break;
             last = row->seq;
         }
         bool full = u->ndocs >= BATCH_DOCS || u->data.len >= BATCH_BYTES;
+        if ((full || !row || u->nwin == WINDOW_DOCS || u->win_bytes >= WINDOW_BYTES) &&
+            (rc = window_drain(u, &ck, err)))
+            break;
         if ((full || !row) && (u->ndocs || last != from)) {
             if ((rc = batch_write(u, from, last))) break;
             pthread_mutex_lock(&st->lock);
