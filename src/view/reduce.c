@@ -513,12 +513,21 @@ bool view_reducer_add_fast(view_reducer *r, const char *value, size_t len) {
     if ((r->kind != VIEW_REDUCE_SUM && r->kind != VIEW_REDUCE_STATS) || len == 0 || len > 40 ||
         !(value[0] == '-' || (value[0] >= '0' && value[0] <= '9')))
         return false;
-    char text[48];
-    memcpy(text, value, len);
-    text[len] = 0;
-    jval v = {.type = JV_NUMBER, .str = text, .len = len};
     num n;
-    if (!num_from_jval(&v, &n)) return false;
+    /* integers of up to 18 digits, the usual value, without the C library */
+    size_t neg = value[0] == '-', i = neg;
+    int64_t acc = 0;
+    while (i < len && i - neg < 18 && value[i] >= '0' && value[i] <= '9')
+        acc = acc * 10 + (value[i++] - '0');
+    if (i == len && len > neg) {
+        n = num_int(value[0] == '-' ? -acc : acc);
+    } else {
+        char text[48];
+        memcpy(text, value, len);
+        text[len] = 0;
+        jval v = {.type = JV_NUMBER, .str = text, .len = len};
+        if (!num_from_jval(&v, &n)) return false;
+    }
     if (r->kind == VIEW_REDUCE_SUM) {
         if (!r->sum_error.len) {
             if (!r->sum) {
