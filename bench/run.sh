@@ -213,6 +213,15 @@ for s in "${SERVERS[@]}"; do
   run pull "$s" 360 node "$BENCH/pull.mjs" @URL/bench_seq "$DOCS"
 done
 
+# Map/reduce views (bench/views.mjs): index builds with a JS map, with _sum/_count, with a JS
+# reduce; reduce and key-range query latency on the built indexes.
+for s in "${SERVERS[@]}"; do
+  run view_load "$s" 600 node "$BENCH/views.mjs" @URL/bench_views "$DOCS" load
+  for m in build_map build_sum reduce_count reduce_sum build_js reduce_js range; do
+    run "view_$m" "$s" 900 node "$BENCH/views.mjs" @URL/bench_views "$DOCS" "$m"
+  done
+done
+
 # Peak resident memory over the whole run (VmHWM), read before the servers stop.
 for s in "${SERVERS[@]}"; do
   if [ "$s" = mimeo ]; then pid=$MIMEO_PID; else pid=$PEER_PID; fi
