@@ -60,6 +60,7 @@ typedef struct vq {
     bool          grp_js_ready;     /* the callback stopped at a group boundary (JS) */
     int           err_rc;
     mimeo_err     cb_err;
+    bool          blocks_tried;
 } vq;
 
 struct mimeo_view_reader {
@@ -631,8 +632,240 @@ static int flush_docs(mimeo_db *db, vq *q, buf *out) {
     return rc;
 }
 
+/* ---- blocks: counts and partial reductions of runs of rows (vstore.h) --------------------- */
+
+/* Orders a row key (rk) against a bound's collation key alone: -1, 0 (the same key), 1. */
+static int ck_cmp(const unsigned char *rk, size_t rk_len, const buf *ck) {
+    size_t n = ck->len < rk_len ? ck->len : rk_len;
+    int c = n ? memcmp(rk, ck->data, n) : 0;
+    if (c) return c < 0 ? -1 : 1;
+    return rk_len < ck->len ? -1 : 0;
+}
+
+typedef struct blist {
+    buf    data;     /* first, last, partial of each block */
+    size_t n, cap;
+    struct bent { size_t first, first_len, last, last_len, part, part_len; uint64_t count; } *e;
+    const buf *hi;   /* stop at the first block whose first key is above this (NULL: none) */
+    bool   stop;
+} blist;
+
+static int blist_add(void *ctx, const vstore_block *b) {
+    blist *l = ctx;
+    if (l->hi && ck_cmp(b->first, b->first_len, l->hi) > 0) {
+        l->stop = true;
+        return VSTORE_STOP;
+    }
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 64;
+        struct bent *g = realloc(l->e, nc * sizeof *g);
+        if (!g) return MIMEO_ENOMEM;
+        l->e = g;
+        l->cap = nc;
+    }
+    struct bent *e = &l->e[l->n++];
+    e->first = l->data.len;
+    e->first_len = b->first_len;
+    buf_put(&l->data, b->first, b->first_len);
+    e->last = l->data.len;
+    e->last_len = b->last_len;
+    buf_put(&l->data, b->last, b->last_len);
+    e->part = l->data.len;
+    e->part_len = b->partial_len;
+    e->count = b->count;
+    return buf_put(&l->data, b->partial, b->partial_len);
+}
+
+/* The view's blocks from the one holding pos (NULL: the first) up to hi. */
+static int blist_read(mimeo_view_reader *rd, unsigned view, const buf *pos, const buf *hi,
+                      blist *l) {
+    buf last;
+    buf_init(&last, 0);
+    bool more = true, first = true;
+    int rc = 0;
+    l->hi = hi;
+    while (!rc && more && !l->stop) {
+        buf from = last;
+        buf_init(&last, 0);
+        const buf *p = first ? pos : &from;
+        rc = vstore_blocks_scan(rd->db, rd->d->idx, view,
+                                p ? (const unsigned char *)p->data : NULL, p ? p->len : 0,
+                                !first, 1000, blist_add, l, &more, &last);
+        buf_destroy(&from);
+        if (rc > 0) rc = 0;
+        first = false;
+    }
+    buf_destroy(&last);
+    return rc;
+}
+
+static void blist_free(blist *l) {
+    buf_destroy(&l->data);
+    free(l->e);
+}
+
+/* Rows of one block, ascending: from its first row up to the next block's first row. */
+typedef struct brows {
+    vq            *q;
+    vrange        *r;
+    const unsigned char *next;
+    size_t         next_len;
+    int          (*fn)(struct brows *b, const vstore_row *row);
+    uint64_t       n;
+    bool           found;
+    mimeo_err     *err;
+} brows;
+
+static int brows_row(void *arg, const vstore_row *row) {
+    brows *b = arg;
+    if (b->next) {
+        size_t m = row->rk_len < b->next_len ? row->rk_len : b->next_len;
+        int c = memcmp(row->rk, b->next, m);
+        if (c > 0 || (c == 0 && row->rk_len >= b->next_len)) return VSTORE_BEFORE;
+    }
+    return b->fn(b, row);
+}
+
+static int brows_scan(mimeo_view_reader *rd, brows *b, const unsigned char *first,
+                      size_t first_len) {
+    buf last, pos;
+    buf_init(&last, 0);
+    buf_init(&pos, 0);
+    buf_put(&pos, first, first_len);
+    bool more = true;
+    vstore_pos how = VSTORE_SEEK;
+    int rc = 0;
+    while (more) {
+        rc = vstore_scan(rd->db, rd->d->idx, (unsigned)b->q->view, how,
+                         (const unsigned char *)pos.data, pos.len, false, PAGE_ROWS, brows_row,
+                         b, &more, &last);
+        if (rc) break;
+        buf t = pos;
+        pos = last;
+        last = t;
+        how = VSTORE_AFTER;
+        if (!pos.len) break;
+    }
+    buf_destroy(&last);
+    buf_destroy(&pos);
+    return rc < 0 ? rc : 0;
+}
+
+/* offset: rows before the first row where P holds, P = "at or after the start" ascending, and
+ * "after the start" descending (offset then counts from the other end). */
+static int count_fn(brows *b, const vstore_row *row) {
+    bool p = b->q->descending ? !start_ok(b->q, b->r, row) : start_ok(b->q, b->r, row);
+    if (p) {
+        b->found = true;
+        return VSTORE_BEFORE;
+    }
+    b->n++;
+    return VSTORE_NEXT;
+}
+
+static int offset_by_blocks(mimeo_view_reader *rd, vq *q, vrange *r, uint64_t total,
+                            uint64_t *off) {
+    blist l = {0};
+    buf_init(&l.data, 0);
+    int rc = blist_read(rd, (unsigned)q->view, NULL, &r->sck, &l);
+    uint64_t n = 0;
+    bool found = false;
+    for (size_t i = 0; !rc && i < l.n && !found; i++) {
+        struct bent *e = &l.e[i];
+        const unsigned char *base = (const unsigned char *)l.data.data;
+        if (ck_cmp(base + e->last, e->last_len, &r->sck) < 0) {
+            n += e->count;
+            continue;
+        }
+        brows b = {q, r, i + 1 < l.n ? base + l.e[i + 1].first : NULL,
+                   i + 1 < l.n ? l.e[i + 1].first_len : 0, count_fn, 0, false, NULL};
+        rc = brows_scan(rd, &b, base + e->first, e->first_len);
+        n += b.n;
+        found = b.found;
+    }
+    blist_free(&l);
+    if (!rc) *off = q->descending ? (total > n ? total - n : 0) : n;
+    return rc;
+}
+
+/* group=false reduce of a range through the blocks: whole blocks by their partials, the rows
+ * of the blocks at the range's edges one by one. */
+static int reduce_fn(brows *b, const vstore_row *row) {
+    vq *q = b->q;
+    bool lo = q->descending ? end_ok(q, b->r, row) : start_ok(q, b->r, row);
+    bool hi = q->descending ? start_ok(q, b->r, row) : end_ok(q, b->r, row);
+    if (!lo) return VSTORE_NEXT;
+    if (!hi) {
+        b->found = true;
+        return VSTORE_BEFORE;
+    }
+    b->n++;
+    return grp_add(q, row, b->err);
+}
+
+static const char BUILTIN_ERROR[] = "{\"error\":\"builtin_reduce_error\"";
+
+static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
+    vrange *r = &q->ranges[0];
+    bool has_lo = q->descending ? r->has_end : r->has_start;
+    bool has_hi = q->descending ? r->has_start : r->has_end;
+    const buf *lo = q->descending ? &r->eck : &r->sck, *hi = q->descending ? &r->sck : &r->eck;
+    blist l = {0};
+    buf_init(&l.data, 0);
+    int rc = blist_read(rd, (unsigned)q->view, has_lo ? lo : NULL, has_hi ? hi : NULL, &l);
+    uint64_t rows = 0;
+    if (!rc && !(q->red = view_reducer_new(q->vw->rkind))) rc = MIMEO_ENOMEM;
+    for (size_t i = 0; !rc && i < l.n; i++) {
+        struct bent *e = &l.e[i];
+        const unsigned char *base = (const unsigned char *)l.data.data;
+        const char *part = (const char *)base + e->part;
+        bool inside = (!has_lo || ck_cmp(base + e->first, e->first_len, lo) > 0) &&
+                      (!has_hi || ck_cmp(base + e->last, e->last_len, hi) < 0) &&
+                      e->part_len > 0 &&
+                      !(e->part_len >= sizeof BUILTIN_ERROR - 1 &&
+                        memcmp(part, BUILTIN_ERROR, sizeof BUILTIN_ERROR - 1) == 0);
+        if (inside) {
+            jval *pj = NULL;
+            json_limits lim = {0, e->part_len + 1};
+            if (json_tree_parse(part, e->part_len, &lim, &pj, NULL) != 0) {
+                rc = MIMEO_ECORRUPT;
+                break;
+            }
+            rc = view_reducer_add_partial(q->red, pj, err);
+            jval_free(pj);
+            rows += e->count;
+            continue;
+        }
+        brows b = {q, r, i + 1 < l.n ? base + l.e[i + 1].first : NULL,
+                   i + 1 < l.n ? l.e[i + 1].first_len : 0, reduce_fn, 0, false, err};
+        rc = brows_scan(rd, &b, base + e->first, e->first_len);
+        rows += b.n;
+        if (b.found) break;
+    }
+    blist_free(&l);
+    if (rc) return rc;
+    if (rows) {
+        q->grp_open = true;
+        rc = grp_finish(rd->db, q, out, err);
+    } else {
+        view_reducer_free(q->red);
+        q->red = NULL;
+    }
+    q->ri = q->nranges;
+    q->done = true;
+    return rc;
+}
+
 /* Runs the query until about a chunk of output is in out or it is done. */
 static int vq_step(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
+    if (q->reduce && q->group_level == 0 && !q->keys_mode && q->vw->rtype == VRED_BUILTIN &&
+        !q->blocks_tried) {
+        q->blocks_tried = true;
+        bool clean = false;
+        int rc = vstore_blocks_clean(rd->db, rd->d->idx, (unsigned)q->view, &clean);
+        if (rc) return rc;
+        if (clean) return reduce_by_blocks(rd, q, out, err);
+    }
     while (!q->done && out->len < OUT_CHUNK) {
         if (q->ri >= q->nranges) {
             q->done = true;
@@ -710,10 +943,14 @@ static int count_row(void *arg, const vstore_row *row) {
 }
 
 /* Rows of the view before the first row of the first range: CouchDB's "offset". */
-static int vq_offset(mimeo_view_reader *rd, vq *q, uint64_t *off) {
+static int vq_offset(mimeo_view_reader *rd, vq *q, uint64_t total, uint64_t *off) {
     *off = 0;
     vrange *r = q->nranges ? &q->ranges[0] : NULL;
     if (!r || !r->has_start) return 0;
+    bool clean = false;
+    int crc = vstore_blocks_clean(rd->db, rd->d->idx, (unsigned)q->view, &clean);
+    if (crc) return crc;
+    if (clean) return offset_by_blocks(rd, q, r, total, off);
     buf pos, last;
     buf_init(&pos, 0);
     buf_init(&last, 0);
@@ -755,7 +992,7 @@ static int vq_open(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
     free(m);
     if (rc) return rc;
     uint64_t off = 0;
-    if ((rc = vq_offset(rd, q, &off))) return rc;
+    if ((rc = vq_offset(rd, q, total, &off))) return rc;
     buf_printf(out, "{\"total_rows\":%" PRIu64 ",\"offset\":%" PRIu64, total, off + q->skip);
     if (q->update_seq) buf_printf(out, ",\"update_seq\":%" PRIu64, rd->seq);
     return buf_puts(out, ",\"rows\":[\n");

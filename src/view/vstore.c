@@ -8,6 +8,9 @@
  *   dbid(8) · idx(8) · 01 · view(2) · rk             varint · key JSON · varint · id · value JSON
  *   dbid(8) · idx(8) · 02 · docref                   the document's rows: (view(2) · varint ·
  *                                                    rk)… so an update can remove them
+ *   dbid(8) · idx(8) · 03 · view(2) · rk of first    a block: count(8) · varint · rk of its last
+ *                                                    row · partial reduction JSON
+ *   dbid(8) · idx(8) · 04 · view(2) · rk             a row changed since blocks were computed
  *
  *   rk     = ckey · idpart · idlen(2) · n(4)
  *   ckey   = collate_key_put of the emitted key, cut to VSTORE_CKEY_MAX bytes
@@ -28,10 +31,13 @@
 #include <string.h>
 
 #include "../db/db_int.h"
+#include "reduce.h"
 
 #define KIND_META 0x00
 #define KIND_ROW  0x01
 #define KIND_DOC  0x02
+#define KIND_BLOCK 0x03
+#define KIND_MARK  0x04
 #define PREFIX    17           /* dbid · idx · kind */
 #define VPREFIX   (PREFIX + 2) /* … · view */
 #define DOCREF_MAX 400
@@ -147,9 +153,11 @@ static int meta_decode(vstore_meta *m, const MDB_val *v) {
     m->seq = be64_get(p);
     m->bytes = be64_get(p + 8);
     m->nviews = (unsigned)p[16] << 8 | p[17];
-    if (m->nviews > VSTORE_VIEWS_MAX || v->mv_size != 18 + 8 * (size_t)m->nviews)
+    size_t base = 18 + 8 * (size_t)m->nviews;
+    if (m->nviews > VSTORE_VIEWS_MAX || (v->mv_size != base && v->mv_size != base + 1))
         return MIMEO_ECORRUPT;
     for (unsigned i = 0; i < m->nviews; i++) m->rows[i] = be64_get(p + 18 + 8 * i);
+    m->blocks_ok = v->mv_size == base + 1 && p[base] == 1;
     return 0;
 }
 
@@ -159,7 +167,8 @@ static size_t meta_encode(const vstore_meta *m, unsigned char *p) {
     p[16] = (unsigned char)(m->nviews >> 8);
     p[17] = (unsigned char)m->nviews;
     for (unsigned i = 0; i < m->nviews; i++) be64_put(p + 18 + 8 * i, m->rows[i]);
-    return 18 + 8 * (size_t)m->nviews;
+    p[18 + 8 * (size_t)m->nviews] = m->blocks_ok ? 1 : 0;
+    return 19 + 8 * (size_t)m->nviews;
 }
 
 int vstore_meta_get(mimeo_db *db, uint64_t idx, vstore_meta *m) {
@@ -223,6 +232,19 @@ static size_t rk_make(unsigned char *out, const unsigned char *ckey, size_t ckey
     return p;
 }
 
+/* Marks a row as changed for vstore_blocks_repair (when the index keeps blocks). */
+static int mark(MDB_txn *txn, apply_job *j, const vstore_meta *m, unsigned view,
+                const unsigned char *rk, size_t len) {
+    if (!m->blocks_ok) return 0;
+    unsigned char kb[STORE_KEY_MAX];
+    prefix(kb, j->dbid, j->idx, KIND_MARK);
+    kb[17] = (unsigned char)(view >> 8);
+    kb[18] = (unsigned char)view;
+    memcpy(kb + VPREFIX, rk, len);
+    MDB_val k = {VPREFIX + len, kb}, v = {0, ""};
+    return store_err(mdb_put(txn, j->dbi, &k, &v, 0));
+}
+
 static int remove_old(MDB_txn *txn, apply_job *j, vstore_meta *m, MDB_val *dkey) {
     MDB_val old;
     int mrc = mdb_get(txn, j->dbi, dkey, &old);
@@ -252,6 +274,8 @@ static int remove_old(MDB_txn *txn, apply_job *j, vstore_meta *m, MDB_val *dkey)
         m->bytes = m->bytes > sz ? m->bytes - sz : 0;
         if (view < m->nviews && m->rows[view]) m->rows[view]--;
         if ((mrc = mdb_del(txn, j->dbi, &rk, NULL))) return store_err(mrc);
+        int rc = mark(txn, j, m, view, p - len, len);
+        if (rc) return rc;
     }
     mrc = mdb_del(txn, j->dbi, dkey, NULL);
     return mrc && mrc != MDB_NOTFOUND ? store_err(mrc) : 0;
@@ -305,6 +329,7 @@ static int job_apply(MDB_txn *txn, void *arg) {
             m->bytes += rk.mv_size + rv.mv_size;
             if (em->view >= m->nviews) m->nviews = em->view + 1;
             m->rows[em->view]++;
+            if ((rc = mark(txn, j, m, em->view, rkb + kn, rl))) break;
             unsigned char vb[2] = {(unsigned char)(em->view >> 8), (unsigned char)em->view};
             if (buf_put(&list, vb, 2) || buf_put_varint(&list, rl) ||
                 buf_put(&list, rkb + kn, rl))
@@ -317,7 +342,7 @@ static int job_apply(MDB_txn *txn, void *arg) {
     }
     if (!rc) {
         m->seq = j->to;
-        unsigned char mv[18 + 8 * VSTORE_VIEWS_MAX];
+        unsigned char mv[19 + 8 * VSTORE_VIEWS_MAX];
         MDB_val nv = {meta_encode(m, mv), mv};
         k = (MDB_val){PREFIX, mk};
         rc = store_err(mdb_put(txn, j->dbi, &k, &nv, 0));
@@ -435,6 +460,441 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
     }
     if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
     /* copied before the snapshot ends: LMDB's bytes are only valid inside it */
+    if (rc >= 0 && taken.mv_data &&
+        buf_put(last, (const unsigned char *)taken.mv_data + VPREFIX, taken.mv_size - VPREFIX))
+        rc = MIMEO_ENOMEM;
+    mdb_cursor_close(cur);
+    store_read_end(s, txn);
+    return rc;
+}
+
+/* ---- blocks -------------------------------------------------------------------------------- */
+
+typedef struct repair_job {
+    MDB_dbi     dbi;
+    uint64_t    dbid, idx;
+    unsigned    nviews;
+    const int  *kinds;
+    buf         val, part, marks;
+} repair_job;
+
+static size_t kprefix(unsigned char *k, const repair_job *j, unsigned char kind, unsigned view) {
+    prefix(k, j->dbid, j->idx, kind);
+    k[17] = (unsigned char)(view >> 8);
+    k[18] = (unsigned char)view;
+    return VPREFIX;
+}
+
+/* Deletes every key that starts with k[0..n). */
+static int del_prefix(MDB_txn *txn, MDB_dbi dbi, const unsigned char *k, size_t n) {
+    MDB_cursor *cur;
+    int rc = store_err(mdb_cursor_open(txn, dbi, &cur));
+    if (rc) return rc;
+    MDB_val key = {n, (void *)k}, v;
+    int mrc = mdb_cursor_get(cur, &key, &v, MDB_SET_RANGE);
+    while (mrc == 0 && key.mv_size >= n && memcmp(key.mv_data, k, n) == 0) {
+        if ((mrc = mdb_cursor_del(cur, 0))) break;
+        mrc = mdb_cursor_get(cur, &key, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    return mrc && mrc != MDB_NOTFOUND ? store_err(mrc) : 0;
+}
+
+/* A block being filled from rows. */
+typedef struct bfill {
+    view_reducer *red;
+    uint64_t      count;
+    unsigned char first[RK_MAX], last[RK_MAX];
+    size_t        first_len, last_len;
+} bfill;
+
+static int bfill_flush(MDB_txn *txn, repair_job *j, unsigned view, bfill *b) {
+    if (!b->count) return 0;
+    int kind = j->kinds[view];
+    buf_reset(&j->val);
+    unsigned char cnt[8];
+    be64_put(cnt, b->count);
+    buf_put(&j->val, cnt, 8);
+    buf_put_varint(&j->val, b->last_len);
+    buf_put(&j->val, b->last, b->last_len);
+    int rc = 0;
+    if (kind >= 0 && b->red) rc = view_reducer_put_partial(b->red, &j->val);
+    if (b->red) view_reducer_free(b->red);
+    b->red = NULL;
+    if (rc) return rc;
+    unsigned char kb[STORE_KEY_MAX];
+    size_t kn = kprefix(kb, j, KIND_BLOCK, view);
+    memcpy(kb + kn, b->first, b->first_len);
+    MDB_val k = {kn + b->first_len, kb}, v = {j->val.len, j->val.data};
+    b->count = 0;
+    return store_err(mdb_put(txn, j->dbi, &k, &v, 0));
+}
+
+/* Adds one row (rk, stored value) to the block; a full block is written. */
+static int bfill_add(MDB_txn *txn, repair_job *j, unsigned view, bfill *b, const MDB_val *k,
+                     const MDB_val *v) {
+    vstore_row r;
+    int rc = row_decode(k, v, &r);
+    if (rc) return rc;
+    if (!b->count) {
+        b->first_len = r.rk_len;
+        memcpy(b->first, r.rk, r.rk_len);
+    }
+    b->last_len = r.rk_len;
+    memcpy(b->last, r.rk, r.rk_len);
+    b->count++;
+    int kind = j->kinds[view];
+    if (kind >= 0) {
+        if (!b->red && !(b->red = view_reducer_new((view_reduce_kind)kind))) return MIMEO_ENOMEM;
+        if (!view_reducer_add_fast(b->red, r.value, r.value_len)) {
+            jval *kj = NULL, *vj = NULL;
+            json_limits lim = {0, r.key_len + r.value_len + 2};
+            rc = json_tree_parse(r.key, r.key_len, &lim, &kj, NULL);
+            if (!rc) rc = json_tree_parse(r.value, r.value_len, &lim, &vj, NULL);
+            /* a value the reducer refuses makes the block's partial its error result;
+             * queries that reach it scan its rows instead (see vquery.c) */
+            if (!rc) view_reducer_add(b->red, kj, vj, NULL);
+            if (kj) jval_free(kj);
+            if (vj) jval_free(vj);
+            if (rc) return MIMEO_ECORRUPT;
+        }
+    }
+    return b->count >= VSTORE_BLOCK_ROWS ? bfill_flush(txn, j, view, b) : 0;
+}
+
+/* Recomputes the blocks of rows from `from` (NULL: the view's first row) up to `to`
+ * (exclusive; NULL: the view's end). */
+static int blocks_fill(MDB_txn *txn, repair_job *j, unsigned view, const unsigned char *from,
+                       size_t from_len, const unsigned char *to, size_t to_len) {
+    MDB_cursor *cur;
+    int rc = store_err(mdb_cursor_open(txn, j->dbi, &cur));
+    if (rc) return rc;
+    unsigned char vp[VPREFIX], kb[STORE_KEY_MAX];
+    vprefix(vp, j->dbid, j->idx, view);
+    memcpy(kb, vp, VPREFIX);
+    size_t n = VPREFIX;
+    if (from) { memcpy(kb + n, from, from_len); n += from_len; }
+    MDB_val k = {n, kb}, v;
+    bfill *b = calloc(1, sizeof *b);
+    if (!b) { mdb_cursor_close(cur); return MIMEO_ENOMEM; }
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (!rc && mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, vp, VPREFIX) == 0) {
+        if (to) {
+            const unsigned char *rk = (const unsigned char *)k.mv_data + VPREFIX;
+            size_t rl = k.mv_size - VPREFIX, m = rl < to_len ? rl : to_len;
+            int c = memcmp(rk, to, m);
+            if (c > 0 || (c == 0 && rl >= to_len)) break;
+        }
+        rc = bfill_add(txn, j, view, b, &k, &v);
+        if (!rc) mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    if (!rc) rc = bfill_flush(txn, j, view, b);
+    if (b->red) view_reducer_free(b->red);
+    free(b);
+    return rc;
+}
+
+static int view_rebuild(MDB_txn *txn, repair_job *j, unsigned view) {
+    unsigned char kb[VPREFIX];
+    int rc = del_prefix(txn, j->dbi, kb, kprefix(kb, j, KIND_BLOCK, view));
+    if (!rc) rc = del_prefix(txn, j->dbi, kb, kprefix(kb, j, KIND_MARK, view));
+    if (!rc) rc = blocks_fill(txn, j, view, NULL, 0, NULL, 0);
+    return rc;
+}
+
+/* Recomputes the blocks that hold marked rows; many marks: the whole view. */
+static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
+    unsigned char mp[VPREFIX], bp[VPREFIX];
+    kprefix(mp, j, KIND_MARK, view);
+    kprefix(bp, j, KIND_BLOCK, view);
+    MDB_cursor *cur;
+    int rc = store_err(mdb_cursor_open(txn, j->dbi, &cur));
+    if (rc) return rc;
+    /* the marks, as (varint len, rk)… in ascending order */
+    buf_reset(&j->marks);
+    size_t nmarks = 0;
+    MDB_val k = {VPREFIX, mp}, v;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, mp, VPREFIX) == 0) {
+        buf_put_varint(&j->marks, k.mv_size - VPREFIX);
+        if (buf_put(&j->marks, (const unsigned char *)k.mv_data + VPREFIX, k.mv_size - VPREFIX)) {
+            rc = MIMEO_ENOMEM;
+            break;
+        }
+        nmarks++;
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (!nmarks || rc) {
+        mdb_cursor_close(cur);
+        return rc;
+    }
+    if (nmarks * 4 > rows + 64) {
+        mdb_cursor_close(cur);
+        return view_rebuild(txn, j, view);
+    }
+    /* the distinct blocks holding the marks (a mark before every block: the first block),
+     * as the rk of their first rows, ascending */
+    buf firsts;
+    buf_init(&firsts, 0);
+    size_t nf = 0;
+    unsigned char lastf[RK_MAX];
+    size_t lastf_len = (size_t)-1;
+    const unsigned char *p = (const unsigned char *)j->marks.data, *end = p + j->marks.len;
+    unsigned char kb[STORE_KEY_MAX];
+    while (!rc && p < end) {
+        uint64_t len;
+        varint_get(&p, end, &len);
+        memcpy(kb, bp, VPREFIX);
+        memcpy(kb + VPREFIX, p, len);
+        p += len;
+        k = (MDB_val){VPREFIX + len, kb};
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        bool exact = mrc == 0 && k.mv_size == VPREFIX + len && memcmp(k.mv_data, kb, k.mv_size) == 0;
+        if (!exact) {
+            if (mrc == 0) mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
+            else if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+            if (mrc == 0 && (k.mv_size < VPREFIX || memcmp(k.mv_data, bp, VPREFIX) != 0)) {
+                /* before every block: the first one */
+                k = (MDB_val){VPREFIX, bp};
+                mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+            }
+        }
+        if (mrc == MDB_NOTFOUND || (mrc == 0 && (k.mv_size < VPREFIX ||
+                                                 memcmp(k.mv_data, bp, VPREFIX) != 0))) {
+            /* no block at all: build them */
+            mdb_cursor_close(cur);
+            buf_destroy(&firsts);
+            return view_rebuild(txn, j, view);
+        }
+        if (mrc) { rc = store_err(mrc); break; }
+        size_t fl = k.mv_size - VPREFIX;
+        if (fl == lastf_len && memcmp(lastf, (const unsigned char *)k.mv_data + VPREFIX, fl) == 0)
+            continue;
+        lastf_len = fl;
+        memcpy(lastf, (const unsigned char *)k.mv_data + VPREFIX, fl);
+        buf_put_varint(&firsts, fl);
+        rc = buf_put(&firsts, lastf, fl);
+        nf++;
+    }
+    /* each block: from its first row (the view's first for the first block) to the next
+     * block's first row, recomputed */
+    p = (const unsigned char *)firsts.data;
+    end = p + firsts.len;
+    while (!rc && p < end) {
+        uint64_t len;
+        varint_get(&p, end, &len);
+        const unsigned char *first = p;
+        p += len;
+        memcpy(kb, bp, VPREFIX);
+        memcpy(kb + VPREFIX, first, len);
+        k = (MDB_val){VPREFIX + len, kb};
+        /* is there a block before it? */
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
+        if (mrc) { rc = store_err(mrc); break; }
+        MDB_val pk = k, pv;
+        bool has_prev = mdb_cursor_get(cur, &pk, &pv, MDB_PREV) == 0 && pk.mv_size >= VPREFIX &&
+                        memcmp(pk.mv_data, bp, VPREFIX) == 0;
+        k = (MDB_val){VPREFIX + len, kb};
+        mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
+        MDB_val nk = k, nv;
+        unsigned char next[RK_MAX];
+        size_t next_len = 0;
+        bool has_next = mdb_cursor_get(cur, &nk, &nv, MDB_NEXT) == 0 && nk.mv_size >= VPREFIX &&
+                        memcmp(nk.mv_data, bp, VPREFIX) == 0;
+        if (has_next) {
+            next_len = nk.mv_size - VPREFIX;
+            memcpy(next, (const unsigned char *)nk.mv_data + VPREFIX, next_len);
+        }
+        k = (MDB_val){VPREFIX + len, kb};
+        if ((mrc = mdb_del(txn, j->dbi, &k, NULL))) { rc = store_err(mrc); break; }
+        unsigned char from[RK_MAX];
+        memcpy(from, first, len);
+        rc = blocks_fill(txn, j, view, has_prev ? from : NULL, len, has_next ? next : NULL,
+                         next_len);
+    }
+    mdb_cursor_close(cur);
+    buf_destroy(&firsts);
+    if (!rc) rc = del_prefix(txn, j->dbi, mp, VPREFIX);
+    return rc;
+}
+
+static int job_repair(MDB_txn *txn, void *arg) {
+    repair_job *j = arg;
+    unsigned char mk[PREFIX];
+    MDB_val k = {prefix(mk, j->dbid, j->idx, KIND_META), mk}, v;
+    vstore_meta *m = calloc(1, sizeof *m);
+    if (!m) return MIMEO_ENOMEM;
+    int mrc = mdb_get(txn, j->dbi, &k, &v);
+    int rc = mrc == 0 ? meta_decode(m, &v) : mrc == MDB_NOTFOUND ? 0 : store_err(mrc);
+    if (rc || mrc == MDB_NOTFOUND) {
+        free(m);
+        return rc;
+    }
+    for (unsigned view = 0; !rc && view < j->nviews; view++)
+        rc = m->blocks_ok ? view_fix(txn, j, view, view < m->nviews ? m->rows[view] : 0)
+                          : view_rebuild(txn, j, view);
+    if (!rc && !m->blocks_ok) {
+        m->blocks_ok = true;
+        unsigned char mv[19 + 8 * VSTORE_VIEWS_MAX];
+        MDB_val nv = {meta_encode(m, mv), mv};
+        k = (MDB_val){PREFIX, mk};
+        rc = store_err(mdb_put(txn, j->dbi, &k, &nv, 0));
+    }
+    free(m);
+    return rc;
+}
+
+/* Whether the index has blocks and no marks: nothing to repair (read-only, no commit). */
+static bool repair_needless(mimeo_db *db, MDB_dbi dbi, uint64_t dbid, uint64_t idx) {
+    MDB_txn *txn;
+    if (store_read_begin(db->env->store, &txn)) return false;
+    unsigned char kb[PREFIX];
+    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
+    bool needless = false;
+    vstore_meta *m = malloc(sizeof *m);
+    int mrc = m ? mdb_get(txn, dbi, &k, &v) : MDB_NOTFOUND;
+    if (mrc == MDB_NOTFOUND) {
+        needless = true; /* no index yet */
+    } else if (mrc == 0 && meta_decode(m, &v) == 0 && m->blocks_ok) {
+        MDB_cursor *cur;
+        if (mdb_cursor_open(txn, dbi, &cur) == 0) {
+            prefix(kb, dbid, idx, KIND_MARK);
+            k = (MDB_val){PREFIX, kb};
+            mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+            needless = !(mrc == 0 && k.mv_size >= PREFIX && memcmp(k.mv_data, kb, PREFIX) == 0);
+            mdb_cursor_close(cur);
+        }
+    }
+    free(m);
+    store_read_end(db->env->store, txn);
+    return needless;
+}
+
+int vstore_blocks_repair(mimeo_db *db, uint64_t idx, unsigned nviews, const int *kinds) {
+    repair_job j = {.idx = idx, .nviews = nviews, .kinds = kinds};
+    buf_init(&j.val, 0);
+    buf_init(&j.part, 0);
+    buf_init(&j.marks, 0);
+    int rc = dbid_of(db, &j.dbid);
+    if (!rc) rc = table(db, &j.dbi);
+    if (!rc && !repair_needless(db, j.dbi, j.dbid, idx))
+        rc = store_write(db->env->store, job_repair, &j);
+    buf_destroy(&j.val);
+    buf_destroy(&j.part);
+    buf_destroy(&j.marks);
+    return rc;
+}
+
+int vstore_blocks_clean(mimeo_db *db, uint64_t idx, unsigned view, bool *clean) {
+    *clean = false;
+    MDB_dbi dbi;
+    uint64_t dbid;
+    int rc = dbid_of(db, &dbid);
+    if (!rc) rc = table(db, &dbi);
+    if (rc) return rc;
+    MDB_txn *txn;
+    if ((rc = store_read_begin(db->env->store, &txn))) return rc;
+    unsigned char kb[VPREFIX];
+    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
+    vstore_meta *m = malloc(sizeof *m);
+    int mrc = m ? mdb_get(txn, dbi, &k, &v) : MDB_NOTFOUND;
+    if (m && mrc == 0 && meta_decode(m, &v) == 0 && m->blocks_ok) {
+        prefix(kb, dbid, idx, KIND_MARK);
+        kb[17] = (unsigned char)(view >> 8);
+        kb[18] = (unsigned char)view;
+        MDB_cursor *cur;
+        if (mdb_cursor_open(txn, dbi, &cur) == 0) {
+            k = (MDB_val){VPREFIX, kb};
+            mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+            *clean = !(mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0);
+            mdb_cursor_close(cur);
+        }
+    }
+    free(m);
+    store_read_end(db->env->store, txn);
+    return rc;
+}
+
+static int block_decode(const MDB_val *k, const MDB_val *v, vstore_block *b) {
+    const unsigned char *p = v->mv_data, *end = p + v->mv_size;
+    if (v->mv_size < 9) return MIMEO_ECORRUPT;
+    b->count = be64_get(p);
+    p += 8;
+    uint64_t ll;
+    if (varint_get(&p, end, &ll) || (uint64_t)(end - p) < ll) return MIMEO_ECORRUPT;
+    b->last = p;
+    b->last_len = ll;
+    p += ll;
+    b->partial = (const char *)p;
+    b->partial_len = (size_t)(end - p);
+    b->first = (const unsigned char *)k->mv_data + VPREFIX;
+    b->first_len = k->mv_size - VPREFIX;
+    return 0;
+}
+
+int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned char *pos,
+                       size_t pos_len, bool after, size_t max, vstore_block_fn fn, void *ctx,
+                       bool *more, buf *last) {
+    *more = false;
+    buf_reset(last);
+    MDB_dbi dbi;
+    uint64_t dbid;
+    int rc = dbid_of(db, &dbid);
+    if (!rc) rc = table(db, &dbi);
+    if (rc) return rc;
+    if (pos_len > RK_MAX) pos_len = RK_MAX;
+    store *s = db->env->store;
+    MDB_txn *txn;
+    if ((rc = store_read_begin(s, &txn))) return rc;
+    MDB_cursor *cur;
+    if ((rc = store_err(mdb_cursor_open(txn, dbi, &cur)))) {
+        store_read_end(s, txn);
+        return rc;
+    }
+    unsigned char bp[VPREFIX], kb[STORE_KEY_MAX];
+    prefix(bp, dbid, idx, KIND_BLOCK);
+    bp[17] = (unsigned char)(view >> 8);
+    bp[18] = (unsigned char)view;
+    memcpy(kb, bp, VPREFIX);
+    size_t n = VPREFIX;
+    if (pos) { memcpy(kb + n, pos, pos_len); n += pos_len; }
+    MDB_val k = {n, kb}, v;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    bool exact = mrc == 0 && k.mv_size == n && memcmp(k.mv_data, kb, n) == 0;
+    if (after) {
+        if (exact) mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    } else if (pos && !exact) {
+        /* the block holding pos starts before it */
+        MDB_val pk, pv;
+        int prc = mrc == 0 ? mdb_cursor_get(cur, &pk, &pv, MDB_PREV)
+                           : mdb_cursor_get(cur, &pk, &pv, MDB_LAST);
+        if (prc == 0 && pk.mv_size >= VPREFIX && memcmp(pk.mv_data, bp, VPREFIX) == 0) {
+            k = pk;
+            v = pv;
+            mrc = 0;
+        } else {
+            k = (MDB_val){VPREFIX, bp};
+            mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        }
+    }
+    size_t count = 0;
+    MDB_val taken = {0, NULL};
+    while (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, bp, VPREFIX) == 0) {
+        if (count == max) {
+            *more = true;
+            break;
+        }
+        count++;
+        vstore_block b;
+        if ((rc = block_decode(&k, &v, &b))) break;
+        rc = fn(ctx, &b);
+        taken = k;
+        if (rc) break;
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
     if (rc >= 0 && taken.mv_data &&
         buf_put(last, (const unsigned char *)taken.mv_data + VPREFIX, taken.mv_size - VPREFIX))
         rc = MIMEO_ENOMEM;

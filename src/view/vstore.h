@@ -24,6 +24,7 @@ typedef struct vstore_meta {
     uint64_t bytes;                     /* bytes of keys and values of all its rows */
     unsigned nviews;
     uint64_t rows[VSTORE_VIEWS_MAX];    /* rows per view */
+    bool     blocks_ok;                 /* blocks exist and writes mark what they change */
 } vstore_meta;
 
 /* Fills *m (zeroes when the index has never been written). */
@@ -89,6 +90,35 @@ typedef enum {
 int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
                 const unsigned char *pos, size_t pos_len, bool desc, size_t max,
                 vstore_row_fn fn, void *ctx, bool *more, buf *last);
+
+/* ---- blocks ------------------------------------------------------------------------------
+ * Runs of about VSTORE_BLOCK_ROWS consecutive rows of a view, each with its row count, its
+ * last row and (for a built-in reduce) the partial reduction of its rows, so that counting
+ * rows before a key (offset) and reducing a range cost a walk over blocks plus the rows of
+ * the two blocks at the range's edges. Writes do not recompute blocks: they mark the rows
+ * they change, and vstore_blocks_repair recomputes the blocks around the marks (or all of a
+ * view's blocks when the marks are many, or the index has none yet). */
+#define VSTORE_BLOCK_ROWS 256
+
+typedef struct vstore_block {
+    const unsigned char *first, *last;   /* rk of its first and last rows */
+    size_t               first_len, last_len;
+    uint64_t             count;
+    const char          *partial;        /* reducer's partial JSON; "" when none */
+    size_t               partial_len;
+} vstore_block;
+typedef int (*vstore_block_fn)(void *ctx, const vstore_block *b);
+
+/* kinds[v]: the view_reduce_kind of view v's built-in reduce, or -1 (blocks keep counts). */
+int vstore_blocks_repair(mimeo_db *db, uint64_t idx, unsigned nviews, const int *kinds);
+/* *clean: the view's blocks are current (repaired since the last write). */
+int vstore_blocks_clean(mimeo_db *db, uint64_t idx, unsigned view, bool *clean);
+/* Blocks in ascending order from the one holding pos (pos NULL: the first), up to max in one
+ * read transaction; fn returns VSTORE_NEXT or VSTORE_STOP. *more: blocks may follow, after
+ * the last one delivered (whose first rk is copied into last). */
+int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned char *pos,
+                       size_t pos_len, bool after, size_t max, vstore_block_fn fn, void *ctx,
+                       bool *more, buf *last);
 
 /* Drops every entry of the index, in bounded chunks. */
 int vstore_drop(mimeo_db *db, uint64_t idx);

@@ -480,9 +480,19 @@ static int update_st(vstate *st, mimeo_db *db, const vdef *d, mimeo_err *err) {
     return rc;
 }
 
+/* After rows changed: the blocks around the changes (vstore.h), with each view's built-in
+ * reducer for their partial reductions. */
+static int repair(mimeo_db *db, const vdef *d) {
+    int kinds[VSTORE_VIEWS_MAX];
+    for (size_t i = 0; i < d->nviews; i++)
+        kinds[i] = d->views[i].rtype == VRED_BUILTIN ? (int)d->views[i].rkind : -1;
+    return vstore_blocks_repair(db, d->idx, (unsigned)d->nviews, kinds);
+}
+
 int view_update(mimeo_db *db, const vdef *d, mimeo_err *err) {
     vstate *st = state(db);
-    return st ? update_st(st, db, d, err) : MIMEO_ENOMEM;
+    int rc = st ? update_st(st, db, d, err) : MIMEO_ENOMEM;
+    return rc ? rc : repair(db, d);
 }
 
 /* ---- update=lazy ------------------------------------------------------------------------ */
@@ -501,7 +511,7 @@ static void *later_main(void *arg) {
     if (mimeo_db_open(l->env, l->db, &db, &e) == 0) {
         vdef *d = NULL;
         if (vdef_load(db, l->ddoc + 8, strlen(l->ddoc + 8), &d, &e) == 0) {
-            update_st(l->st, db, d, &e);
+            if (update_st(l->st, db, d, &e) == 0) repair(db, d);
             vdef_free(d);
         }
         mimeo_db_close(db);

@@ -383,6 +383,122 @@ static void test_model(void) {
     mimeo_db_close(d);
 }
 
+/* Blocks (counts and partial reductions of runs of rows): thousands of rows in many blocks,
+ * then small edits that leave marks; whole and ranged reduces and offsets must equal the
+ * model after each round, through the blocks as through the rows. */
+#define BDOCS 3000
+static int bkey[BDOCS], bval[BDOCS];
+static bool blive[BDOCS];
+static char brev[BDOCS][MIMEO_REV_MAX];
+
+static void bput(mimeo_db *d, int i) {
+    char id[16], body[200];
+    snprintf(id, sizeof id, "b%04d", i);
+    snprintf(body, sizeof body, "{%s%s%s\"k\":%d,\"v\":%d}", brev[i][0] ? "\"_rev\":\"" : "",
+             brev[i], brev[i][0] ? "\"," : "", bkey[i], bval[i]);
+    mimeo_put_result pr;
+    mimeo_err err;
+    CHECK_EQ_INT(mimeo_doc_put(d, id, strlen(id), body, strlen(body), NULL, &pr, &err), 0);
+    snprintf(brev[i], sizeof brev[i], "%s", pr.rev);
+    mimeo_free(pr.id);
+    blive[i] = true;
+}
+
+static void test_blocks(void) {
+    mimeo_err err;
+    mimeo_db *d;
+    CHECK_EQ_INT(mimeo_db_create(env, "b", &err), 0);
+    CHECK_EQ_INT(mimeo_db_open(env, "b", &d, &err), 0);
+    const char *ddoc = "{\"views\":{"
+        "\"s\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit(doc.k, doc.v); }\",\"reduce\":\"_sum\"},"
+        "\"c\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit(doc.k, doc.v); }\",\"reduce\":\"_count\"}}}";
+    mimeo_put_result pr;
+    CHECK_EQ_INT(mimeo_doc_put(d, "_design/m", 9, ddoc, strlen(ddoc), NULL, &pr, &err), 0);
+    mimeo_free(pr.id);
+    /* the first rows in one bulk write */
+    buf bulk;
+    buf_init(&bulk, 0);
+    buf_puts(&bulk, "{\"docs\":[");
+    for (int i = 0; i < BDOCS; i++) {
+        bkey[i] = (int)(rnd() % 40);
+        bval[i] = (int)(rnd() % 1000);
+        buf_printf(&bulk, "%s{\"_id\":\"b%04d\",\"k\":%d,\"v\":%d}", i ? "," : "", i, bkey[i], bval[i]);
+    }
+    buf_puts(&bulk, "]}");
+    char *out = NULL;
+    size_t out_len;
+    CHECK_EQ_INT(mimeo_bulk_docs(d, bulk.data, bulk.len, &out, &out_len, &err), 0);
+    /* the revisions, for later edits */
+    jval *res = NULL;
+    CHECK_EQ_INT(json_tree_parse(out, out_len, NULL, &res, NULL), 0);
+    for (int i = 0; res && i < BDOCS && (size_t)i < res->count; i++) {
+        const jval *rev = jval_get(res->items[i], "rev");
+        if (rev) snprintf(brev[i], sizeof brev[i], "%s", rev->str);
+        blive[i] = true;
+    }
+    jval_free(res);
+    mimeo_free(out);
+    buf_destroy(&bulk);
+    for (int round = 0; round < 8; round++) {
+        if (round) {
+            int edits = 1 + (int)(rnd() % 12);
+            for (int e = 0; e < edits; e++) {
+                int i = (int)(rnd() % BDOCS);
+                if (blive[i] && rnd() % 3 == 0) {
+                    char id[16];
+                    snprintf(id, sizeof id, "b%04d", i);
+                    CHECK_EQ_INT(mimeo_doc_delete(d, id, strlen(id), brev[i], &pr, &err), 0);
+                    snprintf(brev[i], sizeof brev[i], "%s", pr.rev);
+                    mimeo_free(pr.id);
+                    blive[i] = false;
+                    continue;
+                }
+                bkey[i] = (int)(rnd() % 40);
+                bval[i] = (int)(rnd() % 1000);
+                bput(d, i);
+            }
+        }
+        int lo = (int)(rnd() % 20), hi = lo + (int)(rnd() % 20);
+        long sum = 0, rsum = 0, rcount = 0, before = 0, live = 0;
+        for (int i = 0; i < BDOCS; i++) {
+            if (!blive[i]) continue;
+            live++;
+            sum += bval[i];
+            if (bkey[i] >= lo && bkey[i] <= hi) { rsum += bval[i]; rcount++; }
+            if (bkey[i] < lo) before++;
+        }
+        char want[256], params[128];
+        buf reply;
+        buf_init(&reply, 0);
+        read_all(d, "s", NULL, &reply);
+        snprintf(want, sizeof want, "{\"rows\":[\n{\"key\":null,\"value\":%ld}\n]}\n", sum);
+        CHECK_EQ_STR(buf_cstr(&reply), want);
+        buf_reset(&reply);
+        snprintf(params, sizeof params, "{\"startkey\":%d,\"endkey\":%d}", lo, hi);
+        read_all(d, "s", params, &reply);
+        snprintf(want, sizeof want, "{\"rows\":[\n{\"key\":null,\"value\":%ld}\n]}\n", rsum);
+        if (rcount) CHECK_EQ_STR(buf_cstr(&reply), want);
+        buf_reset(&reply);
+        read_all(d, "c", params, &reply);
+        snprintf(want, sizeof want, "{\"rows\":[\n{\"key\":null,\"value\":%ld}\n]}\n", rcount);
+        if (rcount) CHECK_EQ_STR(buf_cstr(&reply), want);
+        buf_reset(&reply);
+        snprintf(params, sizeof params, "{\"startkey\":%d,\"limit\":0,\"reduce\":false}", lo);
+        read_all(d, "c", params, &reply);
+        snprintf(want, sizeof want, "{\"total_rows\":%ld,\"offset\":%ld,\"rows\":[\n\n]}\n", live, before);
+        CHECK_EQ_STR(buf_cstr(&reply), want);
+        buf_reset(&reply);
+        snprintf(params, sizeof params, "{\"startkey\":%d,\"limit\":0,\"reduce\":false,\"descending\":true}", hi);
+        read_all(d, "c", params, &reply);
+        long after = 0;
+        for (int i = 0; i < BDOCS; i++) if (blive[i] && bkey[i] > hi) after++;
+        snprintf(want, sizeof want, "{\"total_rows\":%ld,\"offset\":%ld,\"rows\":[\n\n]}\n", live, after);
+        CHECK_EQ_STR(buf_cstr(&reply), want);
+        buf_destroy(&reply);
+    }
+    mimeo_db_close(d);
+}
+
 int main(void) {
     const char *js = getenv("MIMEO_JS");
     if (!js || !js[0]) js = "build/mimeo-js";
@@ -397,7 +513,10 @@ int main(void) {
     RUN(test_store_long_keys_and_ids);
     RUN(test_store_list_and_drop);
     if (access(js, X_OK) != 0) fprintf(stderr, "test_view: %s missing (make build/mimeo-js)\n", js);
-    else RUN(test_model);
+    else {
+        RUN(test_model);
+        RUN(test_blocks);
+    }
     mimeo_env_close(env);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
