@@ -604,7 +604,7 @@ typedef struct drop_job {
 static int job_drop_chunk(MDB_txn *txn, void *arg) {
     drop_job *j = arg;
     const store_tables *t = store_tables_get(j->env->store);
-    const MDB_dbi tables[] = {t->docs, t->seqs, t->bodies, t->locals};
+    const MDB_dbi tables[] = {t->docs, t->seqs, t->bodies, t->locals, t->views};
     size_t budget = DROP_CHUNK;
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < sizeof tables / sizeof *tables; i++)
@@ -616,13 +616,6 @@ static int job_drop_chunk(MDB_txn *txn, void *arg) {
         MDB_dbi mango;
         int mrc = mdb_dbi_open(txn, "mango", MDB_DUPSORT, &mango);
         if (mrc == 0) rc = store_delete_prefix(txn, mango, j->dbid, &budget);
-        else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
-    }
-    /* View index rows (src/view/vstore.c), the same way. */
-    if (rc == 0) {
-        MDB_dbi views;
-        int mrc = mdb_dbi_open(txn, "views", 0, &views);
-        if (mrc == 0) rc = store_delete_prefix(txn, views, j->dbid, &budget);
         else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
     }
     if (rc < 0) return rc;

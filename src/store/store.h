@@ -28,6 +28,7 @@ typedef struct store_tables {
     MDB_dbi seqs;   /* dbid · seq → doc id (the changes feed) */
     MDB_dbi bodies; /* dbid · body id → JSON body bytes of one revision */
     MDB_dbi locals; /* dbid · local id → local document record */
+    MDB_dbi views;  /* dbid · index id · … → view index rows (src/view/vstore.c) */
 } store_tables;
 
 /* Opens or creates the environment in dir. New *out. MIMEO_EIO with a reason on failure. */

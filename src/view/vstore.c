@@ -1,5 +1,4 @@
-/* View index rows in LMDB. One table, "views", opened on first use by a write job; its
- * handle is remembered per LMDB environment (so a reopened environment opens it again).
+/* View index rows in LMDB. One table, "views", opened with the store's tables.
  *
  *   key                                              value
  *   -----------------------------------------------  ---------------------------------------
@@ -26,7 +25,6 @@
 
 #include <lmdb.h>
 #include <nettle/md5.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,68 +44,10 @@
 
 /* ---- the table --------------------------------------------------------------------------- */
 
-typedef struct dbi_slot {
-    MDB_env         *env;
-    MDB_dbi          dbi;
-    struct dbi_slot *next;
-} dbi_slot;
-
-static pthread_mutex_t dbi_lock = PTHREAD_MUTEX_INITIALIZER;
-static dbi_slot *dbi_slots;
-
-static bool dbi_find(MDB_env *env, MDB_dbi *dbi) {
-    bool found = false;
-    pthread_mutex_lock(&dbi_lock);
-    for (dbi_slot *s = dbi_slots; s; s = s->next)
-        if (s->env == env) {
-            *dbi = s->dbi;
-            found = true;
-            break;
-        }
-    pthread_mutex_unlock(&dbi_lock);
-    return found;
-}
-
-static int dbi_remember(MDB_env *env, MDB_dbi dbi) {
-    pthread_mutex_lock(&dbi_lock);
-    for (dbi_slot *s = dbi_slots; s; s = s->next)
-        if (s->env == env) {
-            s->dbi = dbi;
-            pthread_mutex_unlock(&dbi_lock);
-            return 0;
-        }
-    dbi_slot *s = malloc(sizeof *s);
-    if (s) {
-        s->env = env;
-        s->dbi = dbi;
-        s->next = dbi_slots;
-        dbi_slots = s;
-    }
-    pthread_mutex_unlock(&dbi_lock);
-    return s ? 0 : MIMEO_ENOMEM;
-}
-
-typedef struct open_job { MDB_dbi dbi; } open_job;
-
-static int job_open(MDB_txn *txn, void *arg) {
-    open_job *j = arg;
-    return store_err(mdb_dbi_open(txn, "views", MDB_CREATE, &j->dbi));
-}
-
-/* The handle, opened once per environment; published after the opening job committed. */
+/* The table is opened with the store's others (store.h), so a store reopened by a live
+ * compaction has it too. */
 static int table(mimeo_db *db, MDB_dbi *dbi) {
-    store *s = db->env->store;
-    MDB_txn *txn;
-    int rc = store_read_begin(s, &txn);
-    if (rc) return rc;
-    MDB_env *env = mdb_txn_env(txn);
-    bool have = dbi_find(env, dbi);
-    store_read_end(s, txn);
-    if (have) return 0;
-    open_job j = {0};
-    if ((rc = store_write(s, job_open, &j))) return rc;
-    if ((rc = dbi_remember(env, j.dbi))) return rc;
-    *dbi = j.dbi;
+    *dbi = store_tables_get(db->env->store)->views;
     return 0;
 }
 
