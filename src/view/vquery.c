@@ -1093,6 +1093,11 @@ int mimeo_view_open(mimeo_db *db, const char *ddoc, size_t ddoc_len, const char 
         }
     }
     if ((rc = vdef_load(rd->db, ddoc, ddoc_len, &rd->d, err))) goto fail;
+    if (strcmp(rd->d->language, "javascript") != 0) {
+        view_err(err, MIMEO_EINVAL, "unknown_query_language", rd->d->language);
+        rc = MIMEO_EINVAL;
+        goto fail;
+    }
     int v = vdef_find(rd->d, view, view_len);
     if (v < 0) {
         view_err(err, MIMEO_ENOTFOUND, "not_found", "missing_named_view");

@@ -381,6 +381,27 @@ describe('index maintenance', () => {
     assert.equal(expectStatus(await view(db, 'x', 'v'), 200).total_rows, 0);
   });
 
+  test('an index survives a live compaction of the data file and a restart', async () => {
+    const db = await newDb('vcompact', [{ _id: 'a', n: 1 }, { _id: 'b', n: 2 },
+      { _id: '_design/k', views: { v: { map: 'function(doc) { emit(doc.n, null); }', reduce: '_count' } } }]);
+    assert.equal(expectStatus(await view(db, 'k', 'v', { reduce: false }), 200).total_rows, 2);
+    expectStatus(await c.post('/_node/_local/_compact', {}), [200, 202]);
+    let body = expectStatus(await view(db, 'k', 'v', { reduce: false, update: false }), 200);
+    assert.deepEqual(ids(body), ['a', 'b']);
+    expectStatus(await c.put(docPath(db, 'c'), { n: 3 }), 201);
+    assert.deepEqual(expectStatus(await view(db, 'k', 'v'), 200).rows, [{ key: null, value: 3 }]);
+    await server.restart();
+    c = client(server.url);
+    body = expectStatus(await view(db, 'k', 'v', { reduce: false, update: false }), 200);
+    assert.deepEqual(ids(body), ['a', 'b', 'c']);
+  });
+
+  test('a design document in another language: unknown_query_language', async () => {
+    const db = await newDb('vlang', [{ _id: 'a' },
+      { _id: '_design/e', language: 'erlang', views: { v: { map: 'fun({Doc}) -> Emit(1, null) end.' } } }]);
+    assertError(await view(db, 'e', 'v'), 400, 'unknown_query_language');
+  });
+
   test('design documents are not indexed unless options.include_design', async () => {
     const db = await newDb('vdesign', [{ _id: 'a' },
       { _id: '_design/n', views: { all: { map: 'function(doc) { emit(doc._id, null); }' } } },
