@@ -597,12 +597,12 @@ MIMEO_API void mimeo_selector_free(mimeo_selector *sel);
  * the query server. */
 typedef struct mimeo_view_reader mimeo_view_reader;
 
-/* GET/POST /{db}/_design/{ddoc}/_view/{view}: ddoc is the name after the "_design" segment. params is a
- * JSON object of CouchDB's query parameters with JSON values (key, keys, startkey/start_key,
- * endkey/end_key, startkey_docid, endkey_docid, inclusive_end, descending, limit, skip,
- * reduce, group, group_level, include_docs, conflicts, update (true|false|"lazy"), stale,
- * stable, update_seq, sorted); with a member "queries" (an array of such objects) the reply
- * is {"results":[…]}, one result per query. NULL/0: no parameters. The index is updated
+/* GET/POST /{db}/_design/{ddoc}/_view/{view}: ddoc is the name after the "_design" segment.
+ * params is a JSON object of CouchDB's query parameters with JSON values (key, keys,
+ * startkey/start_key, endkey/end_key, startkey_docid, endkey_docid, inclusive_end,
+ * descending, limit, skip, reduce, group, group_level, include_docs, conflicts, update
+ * (true|false|"lazy"), stale, stable, update_seq, sorted); with a member "queries" (an array
+ * of such objects) the reply is {"results":[…]}, one result per query. NULL/0: no parameters. The index is updated
  * first unless update is false; the reply's first rows are read before this returns, so
  * errors come here: MIMEO_ENOTFOUND (not_found: "missing", "deleted", "missing_named_view"),
  * MIMEO_EINVAL (query_parse_error and other 400s), MIMEO_EIO (the query server failed:
@@ -611,8 +611,8 @@ typedef struct mimeo_view_reader mimeo_view_reader;
 MIMEO_API int  mimeo_view_open(mimeo_db *db, const char *ddoc, size_t ddoc_len,
                                const char *view, size_t view_len, const char *params,
                                size_t params_len, mimeo_view_reader **out, mimeo_err *err);
-/* The next piece of the reply's JSON text into *text and *len (borrowed until the next call), or
- * *len 0 at the end. The rows are read in bounded slices, each in its own short read
+/* The next piece of the reply's JSON text into *text and *len (borrowed until the next
+ * call), or *len 0 at the end. The rows are read in bounded slices, each in its own short read
  * transaction. An error part-way (e.g. a reduce function failing on a later group) ends the
  * reply: the caller cuts it off. */
 MIMEO_API int  mimeo_view_read(mimeo_view_reader *r, const char **text, size_t *len,

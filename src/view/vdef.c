@@ -114,8 +114,8 @@ int vdef_from_json(const char *id, size_t id_len, const char *json, size_t len, 
                     w->rtype = VRED_BUILTIN;
                 } else if (red->len && red->str[0] == '_') {
                     char reason[MIMEO_ERR_REASON_MAX];
-                    snprintf(reason, sizeof reason, "Builtin reduce function %.100s is not supported",
-                             red->str);
+                    snprintf(reason, sizeof reason,
+                             "Builtin reduce function %.100s is not supported", red->str);
                     view_err(err, MIMEO_EINVAL, "invalid_design_doc", reason);
                     rc = MIMEO_EINVAL;
                     goto out;

@@ -58,7 +58,6 @@ typedef struct vq {
     buf           partials;         /* JS: reductions so far, comma separated */
     size_t        npartials;
     bool          grp_js_ready;     /* the callback stopped at a group boundary (JS) */
-    int           err_rc;
     mimeo_err     cb_err;
     bool          blocks_tried;
 } vq;
@@ -975,7 +974,7 @@ static int vq_offset(mimeo_view_reader *rd, vq *q, uint64_t total, uint64_t *off
     return rc;
 }
 
-/* ---- the reader -------------------------------------------------------------------------------- */
+/* ---- the reader --------------------------------------------------------------------------- */
 
 static int vq_open(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
     (void)err;
@@ -1168,7 +1167,7 @@ int mimeo_view_read(mimeo_view_reader *rd, const char **text, size_t *len, mimeo
     return 0;
 }
 
-/* ---- _info and _view_cleanup ------------------------------------------------------------------ */
+/* ---- _info and _view_cleanup ---------------------------------------------------------------- */
 
 int mimeo_view_info(mimeo_db *db, const char *ddoc, size_t ddoc_len, char **json_out,
                     size_t *out_len, mimeo_err *err) {

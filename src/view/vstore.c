@@ -591,7 +591,8 @@ static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
         p += len;
         k = (MDB_val){VPREFIX + len, kb};
         mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        bool exact = mrc == 0 && k.mv_size == VPREFIX + len && memcmp(k.mv_data, kb, k.mv_size) == 0;
+        bool exact = mrc == 0 && k.mv_size == VPREFIX + len &&
+                     memcmp(k.mv_data, kb, k.mv_size) == 0;
         if (!exact) {
             if (mrc == 0) mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
             else if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);

@@ -355,7 +355,8 @@ static int window_drain(upd *u, buf *ck, mimeo_err *err) {
         if (json_tree_parse(u->reply.data, u->reply.len, &lim, &res, NULL) != 0 ||
             res->type != JV_ARRAY) {
             if (res) jval_free(res);
-            view_err(err, MIMEO_EIO, "os_process_error", "the query server's map_doc reply is not a list");
+            view_err(err, MIMEO_EIO, "os_process_error",
+                     "the query server's map_doc reply is not a list");
             rc = MIMEO_EIO;
             continue;
         }
