@@ -241,6 +241,15 @@ rm -f "$TMP/dd.bin"
 echo "{\"workload\":\"dd\",\"server\":\"disk\",\"mb_per_s\":$(awk -v a="$t0" -v b="$t1" -v m="$ATT_MB" \
   'BEGIN { printf "%.1f", m * 1048576 / 1e6 / ((b - a) / 1e9) }')}" >> "$RESULTS"
 
+# Map/reduce views (bench/views.mjs): index builds with a JS map, with _sum/_count, with a JS
+# reduce; reduce and key-range query latency on the built indexes.
+for s in "${SERVERS[@]}"; do
+  run view_load "$s" 600 node "$BENCH/views.mjs" @URL/bench_views "$DOCS" load
+  for m in build_map build_sum reduce_count reduce_sum build_js reduce_js range; do
+    run "view_$m" "$s" 900 node "$BENCH/views.mjs" @URL/bench_views "$DOCS" "$m"
+  done
+done
+
 # Peak resident memory over the whole run (VmHWM), read before the servers stop.
 for s in "${SERVERS[@]}"; do
   if [ "$s" = mimeo ]; then pid=$MIMEO_PID; else pid=$PEER_PID; fi

@@ -762,6 +762,49 @@ MIMEO_API int  mimeo_selector_match_change(const mimeo_selector *sel, const char
                                            size_t len, bool *match);
 MIMEO_API void mimeo_selector_free(mimeo_selector *sel);
 /* ==== end of queries ===================================================================== */
+/* ==== views (map/reduce) =====================================================================
+ * CouchDB's JavaScript views: the map functions of a design document's "views" run in
+ * query-server processes (mimeo_options.query_server) over every document, their rows are
+ * kept in the same store, sorted by CouchDB's collation, and brought up to date from the
+ * changes feed before a query. Views of one design document share one index, named by a
+ * signature of their functions, language and options: a changed design document builds a new
+ * index, and mimeo_view_cleanup drops the ones no design document uses any more. Reduce runs
+ * the built-ins (_count, _sum, _stats, _approx_count_distinct) in C and other functions in
+ * the query server. */
+typedef struct mimeo_view_reader mimeo_view_reader;
+
+/* GET/POST /{db}/_design/{ddoc}/_view/{view}: ddoc is the name after the "_design" segment.
+ * params is a JSON object of CouchDB's query parameters with JSON values (key, keys,
+ * startkey/start_key, endkey/end_key, startkey_docid, endkey_docid, inclusive_end,
+ * descending, limit, skip, reduce, group, group_level, include_docs, conflicts, update
+ * (true|false|"lazy"), stale, stable, update_seq, sorted); with a member "queries" (an array
+ * of such objects) the reply is {"results":[…]}, one result per query. NULL/0: no parameters. The index is updated
+ * first unless update is false; the reply's first rows are read before this returns, so
+ * errors come here: MIMEO_ENOTFOUND (not_found: "missing", "deleted", "missing_named_view"),
+ * MIMEO_EINVAL (query_parse_error and other 400s), MIMEO_EIO (the query server failed:
+ * os_process_error, a function's error). New *out: read it with mimeo_view_read, close it
+ * with mimeo_view_close. */
+MIMEO_API int  mimeo_view_open(mimeo_db *db, const char *ddoc, size_t ddoc_len,
+                               const char *view, size_t view_len, const char *params,
+                               size_t params_len, mimeo_view_reader **out, mimeo_err *err);
+/* The next piece of the reply's JSON text into *text and *len (borrowed until the next
+ * call), or *len 0 at the end. The rows are read in bounded slices, each in its own short read
+ * transaction. An error part-way (e.g. a reduce function failing on a later group) ends the
+ * reply: the caller cuts it off. */
+MIMEO_API int  mimeo_view_read(mimeo_view_reader *r, const char **text, size_t *len,
+                               mimeo_err *err);
+MIMEO_API void mimeo_view_close(mimeo_view_reader *r);
+/* GET /{db}/_design/{ddoc}/_info: {"name","view_index":{"signature","language","sizes",
+ * "update_seq","updater_running",…}}. MIMEO_ENOTFOUND for a missing design document. */
+MIMEO_API int  mimeo_view_info(mimeo_db *db, const char *ddoc, size_t ddoc_len,
+                               char **json_out, size_t *out_len, mimeo_err *err);
+/* POST /{db}/_view_cleanup: drops the indexes of the database that no current design
+ * document defines. */
+MIMEO_API int  mimeo_view_cleanup(mimeo_db *db, mimeo_err *err);
+/* The index builds running now, as /_active_tasks entries ({"type":"indexer",…}), a JSON
+ * array (new text). */
+MIMEO_API int  mimeo_view_tasks(mimeo_env *env, char **json_out, size_t *out_len);
+/* ==== end of views ======================================================================= */
 /* ==== CRDT documents ========================================================================
  * Documents whose concurrent edits merge by themselves (docs/crdt.md). A database declares
  * them in the design document _design/crdt, member "rules": [{"prefix":"…"} |

@@ -625,7 +625,7 @@ typedef struct drop_job {
 static int job_drop_chunk(MDB_txn *txn, void *arg) {
     drop_job *j = arg;
     const store_tables *t = store_tables_get(j->env->store);
-    const MDB_dbi tables[] = {t->docs, t->seqs, t->bodies, t->locals};
+    const MDB_dbi tables[] = {t->docs, t->seqs, t->bodies, t->locals, t->views};
     size_t budget = DROP_CHUNK;
     /* First the attachment references of its revisions, which release their blobs. */
     int rc = att_refs_drop_db(txn, t, j->dbid, &budget);

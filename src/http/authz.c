@@ -592,6 +592,8 @@ static bool http_authorize_db(http_req *r)
         }
         else if (r->nseg >= 2 && r->seg[1][0] != '_') design = false;
         else if (r->nseg >= 2) http_doc_id(r, &idl, &design);
+        /* POST …/_view/{view}: a query, not a design document write */
+        if (design && r->nseg >= 4 && http_seg_is(r, 3, "_view")) design = false;
         if (design) ok = http_deny(r, "You are not a db or server admin.");
     }
 done:

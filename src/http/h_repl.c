@@ -40,11 +40,23 @@ void http_h_active_tasks(http_req *r)
     char *out = NULL;
     size_t len = 0;
     int rc = mimeo_active_tasks(r->srv->env, &out, &len);
+    char *views = NULL;
+    size_t vlen = 0;
+    if (rc == 0) rc = mimeo_view_tasks(r->srv->env, &views, &vlen);
     if (rc != 0) {
+        mimeo_free(out);
         http_reply_err(r, rc, NULL);
         return;
     }
-    http_reply_mimeo(r, 200, out, len);
+    /* one array: the replications', then the index builds' ("[…]" + "[…]") */
+    buf b;
+    buf_init(&b, 0);
+    buf_put(&b, out, len - 1);
+    if (len > 2 && vlen > 2) buf_putc(&b, ',');
+    buf_put(&b, views + 1, vlen - 1);
+    mimeo_free(out);
+    mimeo_free(views);
+    http_reply_buf(r, 200, &b);
 }
 
 static bool h_repl_seg(const http_req *r, size_t i, const char *s)

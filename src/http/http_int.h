@@ -292,6 +292,9 @@ void http_h_prometheus(http_req *r);
 void http_h_all_docs(http_req *r);
 void http_h_design_docs(http_req *r);
 void http_h_changes(http_req *r);
+/* h_view.c: /{db}/_design/{ddoc}/_view/… and …/_info; POST /{db}/_view_cleanup */
+void http_h_design(http_req *r);
+void http_h_view_cleanup(http_req *r);
 
 /* ---- h_filter.c: changes filters other than _doc_ids ---------------------------------------- */
 typedef struct http_filter http_filter;

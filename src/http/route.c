@@ -63,6 +63,7 @@ static const http_route_row http_db_routes[] = {
     { "_find",               M_POST,                  "POST",          http_h_find },
     { "_explain",            M_POST,                  "POST",          http_h_explain },
     { "_crdt_merge",         M_POST,                  "POST",          http_h_crdt_merge },
+    { "_view_cleanup",       M_POST,                  "POST",          http_h_view_cleanup },
 };
 
 /* CouchDB endpoints mimeo does not serve (yet): a clean 404 instead of "illegal database
@@ -74,7 +75,7 @@ static const char *const http_unserved_server[] = {
 };
 static const char *const http_unserved_db[] = {
     "_purge", "_purged_infos_limit", "_missing_revs",
-    "_view_cleanup", "_shards", "_local_docs", "_partition", "_design_info", "_sync_shards",
+    "_shards", "_local_docs", "_partition", "_design_info", "_sync_shards",
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -210,6 +211,11 @@ void http_route(http_req *r) {
             http_reply_error(r, 404, "not_found", "missing");
             return;
         }
+    }
+    if (http_seg_is(r, 1, "_design") && r->nseg >= 4 &&
+        (http_seg_is(r, 3, "_view") || http_seg_is(r, 3, "_info"))) {
+        http_h_design(r);
+        return;
     }
     switch (r->method) {
     case HTTP_GET: case HTTP_HEAD: case HTTP_PUT: case HTTP_DELETE:

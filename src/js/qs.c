@@ -223,9 +223,8 @@ static bool deliver_log(qs_pool *pool, const char *line, size_t len) {
     return true;
 }
 
-int qs_call(qs_proc *q, const char *line, size_t len, buf *reply, mimeo_err *err) {
+int qs_send(qs_proc *q, const char *line, size_t len, mimeo_err *err) {
     qs_pool *pool = q->pool;
-    buf_reset(reply);
     if (q->broken || q->fd < 0) return proc_fail(q, MIMEO_EIO, err, "query server is gone");
     uint64_t deadline = clock_ms() + pool->timeout_ms;
 
@@ -248,7 +247,14 @@ int qs_call(qs_proc *q, const char *line, size_t len, buf *reply, mimeo_err *err
         }
         return proc_fail(q, MIMEO_EIO, err, "query server exited");
     }
+    return 0;
+}
 
+int qs_recv(qs_proc *q, buf *reply, mimeo_err *err) {
+    qs_pool *pool = q->pool;
+    buf_reset(reply);
+    if (q->broken || q->fd < 0) return proc_fail(q, MIMEO_EIO, err, "query server is gone");
+    uint64_t deadline = clock_ms() + pool->timeout_ms;
     /* Reply lines until one that is not a log line. */
     for (;;) {
         char *nl = q->pending.len ? memchr(q->pending.data, '\n', q->pending.len) : NULL;
@@ -282,6 +288,12 @@ int qs_call(qs_proc *q, const char *line, size_t len, buf *reply, mimeo_err *err
             return proc_fail(q, MIMEO_EIO, err, "query server read failed");
         }
     }
+}
+
+int qs_call(qs_proc *q, const char *line, size_t len, buf *reply, mimeo_err *err) {
+    buf_reset(reply);
+    int rc = qs_send(q, line, len, err);
+    return rc ? rc : qs_recv(q, reply, err);
 }
 
 bool qs_reply_error(const char *reply, size_t len, mimeo_err *err) {

@@ -48,6 +48,13 @@ void qs_release(qs_pool *pool, qs_proc *proc);
  * ["error", name, reason] reply is NOT an error here: see qs_reply_error. */
 int  qs_call(qs_proc *proc, const char *line, size_t len, buf *reply, mimeo_err *err);
 
+/* qs_call in two halves, so a caller can have several requests in flight (pipelining): each
+ * qs_send is answered by one qs_recv, in order, each half with its own timeout. Keep the bytes
+ * of the requests in flight well under the socket's buffer (64 KiB), or both ends may block
+ * writing. Same errors as qs_call. */
+int  qs_send(qs_proc *proc, const char *line, size_t len, mimeo_err *err);
+int  qs_recv(qs_proc *proc, buf *reply, mimeo_err *err);
+
 /* When reply is ["error", name, reason], fills err (code MIMEO_EINVAL, CouchDB's name and
  * reason) and returns true. */
 bool qs_reply_error(const char *reply, size_t len, mimeo_err *err);

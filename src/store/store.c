@@ -358,6 +358,7 @@ static int store_env_open(store *s, char *reason, size_t reason_len) {
     if (!rc) rc = mdb_dbi_open(txn, "bodies", MDB_CREATE, &s->t.bodies);
     if (!rc) rc = mdb_dbi_open(txn, "locals", MDB_CREATE, &s->t.locals);
     if (!rc) rc = mdb_dbi_open(txn, "blobs", MDB_CREATE, &s->t.blobs);
+    if (!rc) rc = mdb_dbi_open(txn, "views", MDB_CREATE, &s->t.views);
     if (!rc) rc = mdb_txn_commit(txn);
     else mdb_txn_abort(txn);
     if (rc) {

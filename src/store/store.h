@@ -30,6 +30,7 @@ typedef struct store_tables {
     MDB_dbi bodies; /* dbid · body id → JSON body bytes of one revision */
     MDB_dbi locals; /* dbid · local id → local document record */
     MDB_dbi blobs;  /* attachment blobs, their chunks and references (src/db/blob.c) */
+    MDB_dbi views;  /* dbid · index id · … → view index rows (src/view/vstore.c) */
 } store_tables;
 
 /* Opens or creates the environment in dir. New *out. MIMEO_EIO with a reason on failure. */

@@ -33,6 +33,9 @@ void          view_reducer_free(view_reducer *r);
 /* Folds in one map row. key is the row's key (used by _approx_count_distinct), value its
  * value. MIMEO_EINVAL with err "builtin_reduce_error" when the value cannot be combined. */
 int view_reducer_add(view_reducer *r, const jval *key, const jval *value, mimeo_err *err);
+/* The common cases without a tree: _count, and _sum or _stats of a value whose JSON text
+ * is a plain number. False (nothing done) when the value needs view_reducer_add. */
+bool view_reducer_add_fast(view_reducer *r, const char *value, size_t len);
 /* Folds in a result this kind of reducer rendered before (rereduce), e.g. stored per page. */
 int view_reducer_add_partial(view_reducer *r, const jval *partial, mimeo_err *err);
 /* Appends the result's JSON. _approx_count_distinct renders its estimate; its mergeable

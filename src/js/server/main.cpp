@@ -63,7 +63,7 @@ bool native_write(JSContext *cx, unsigned argc, JS::Value *vp) {
 bool read_line(std::string &out) {
     out.clear();
     int c;
-    while ((c = fgetc(stdin)) != EOF) {
+    while ((c = getc_unlocked(stdin)) != EOF) {
         if (c == '\n') return true;
         if (out.size() >= kMaxLine) {
             fprintf(stderr, "mimeo-js: input line over %zu bytes\n", kMaxLine);

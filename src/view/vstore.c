@@ -1,0 +1,945 @@
+/* View index rows in LMDB. One table, "views", opened with the store's tables.
+ *
+ *   key                                              value
+ *   -----------------------------------------------  ---------------------------------------
+ *   dbid(8) · 0(8) · idx(8)                          info: the design document id (directory)
+ *   dbid(8) · idx(8) · 00                            seq(8) · bytes(8) · nviews(2) · rows(8)×n
+ *   dbid(8) · idx(8) · 01 · view(2) · rk             varint · key JSON · varint · id · value JSON
+ *   dbid(8) · idx(8) · 02 · docref                   the document's rows: (view(2) · varint ·
+ *                                                    rk)… so an update can remove them
+ *   dbid(8) · idx(8) · 03 · view(2) · rk of first    a block: count(8) · varint · rk of its last
+ *                                                    row · partial reduction JSON
+ *   dbid(8) · idx(8) · 04 · view(2) · rk             a row changed since blocks were computed
+ *
+ *   rk     = ckey · idpart · idlen(2) · n(4)
+ *   ckey   = collate_key_put of the emitted key, cut to VSTORE_CKEY_MAX bytes
+ *   idpart = the document id, or when it does not fit the key, its head and 8 bytes of its MD5
+ *   n      = the emit's number within the document (a document may emit one key twice)
+ *   docref = the document id, or its MD5 when longer than DOCREF_MAX
+ *
+ * Collation keys are prefix-free, so rows sort by key, then by id bytes. A key cut at
+ * VSTORE_CKEY_MAX sorts with the keys that share those bytes, those rows in id order; the
+ * query side compares bounds on the same cut bytes. A database's rows go with the database:
+ * src/db/env.c drops every key under its id, this table included. */
+#include "vstore.h"
+
+#include <lmdb.h>
+#include <nettle/md5.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../db/db_int.h"
+#include "reduce.h"
+
+#define KIND_META 0x00
+#define KIND_ROW  0x01
+#define KIND_DOC  0x02
+#define KIND_BLOCK 0x03
+#define KIND_MARK  0x04
+#define PREFIX    17           /* dbid · idx · kind */
+#define VPREFIX   (PREFIX + 2) /* … · view */
+#define DOCREF_MAX 400
+#define DROP_CHUNK 20000
+#define RK_MAX    (STORE_KEY_MAX - VPREFIX)
+
+/* ---- the table --------------------------------------------------------------------------- */
+
+/* The table is opened with the store's others (store.h), so a store reopened by a live
+ * compaction has it too. */
+static int table(mimeo_db *db, MDB_dbi *dbi) {
+    *dbi = store_tables_get(db->env->store)->views;
+    return 0;
+}
+
+static int dbid_of(mimeo_db *db, uint64_t *dbid) {
+    db_meta m;
+    int rc = db_meta_snapshot(db, &m);
+    if (!rc) *dbid = m.dbid;
+    return rc;
+}
+
+static size_t prefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned char kind) {
+    be64_put(k, dbid);
+    be64_put(k + 8, idx);
+    k[16] = kind;
+    return PREFIX;
+}
+
+static size_t vprefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned view) {
+    prefix(k, dbid, idx, KIND_ROW);
+    k[17] = (unsigned char)(view >> 8);
+    k[18] = (unsigned char)view;
+    return VPREFIX;
+}
+
+static size_t docref(unsigned char *k, uint64_t dbid, uint64_t idx, const char *id, size_t n) {
+    prefix(k, dbid, idx, KIND_DOC);
+    if (n <= DOCREF_MAX) {
+        memcpy(k + PREFIX, id, n);
+        return PREFIX + n;
+    }
+    struct md5_ctx c;
+    md5_init(&c);
+    md5_update(&c, n, (const uint8_t *)id);
+    md5_digest(&c, MD5_DIGEST_SIZE, k + PREFIX);
+    return PREFIX + MD5_DIGEST_SIZE;
+}
+
+/* ---- meta -------------------------------------------------------------------------------- */
+
+static int meta_decode(vstore_meta *m, const MDB_val *v) {
+    const unsigned char *p = v->mv_data;
+    if (v->mv_size < 18) return MIMEO_ECORRUPT;
+    m->seq = be64_get(p);
+    m->bytes = be64_get(p + 8);
+    m->nviews = (unsigned)p[16] << 8 | p[17];
+    size_t base = 18 + 8 * (size_t)m->nviews;
+    if (m->nviews > VSTORE_VIEWS_MAX || (v->mv_size != base && v->mv_size != base + 1))
+        return MIMEO_ECORRUPT;
+    for (unsigned i = 0; i < m->nviews; i++) m->rows[i] = be64_get(p + 18 + 8 * i);
+    m->blocks_ok = v->mv_size == base + 1 && p[base] == 1;
+    return 0;
+}
+
+static size_t meta_encode(const vstore_meta *m, unsigned char *p) {
+    be64_put(p, m->seq);
+    be64_put(p + 8, m->bytes);
+    p[16] = (unsigned char)(m->nviews >> 8);
+    p[17] = (unsigned char)m->nviews;
+    for (unsigned i = 0; i < m->nviews; i++) be64_put(p + 18 + 8 * i, m->rows[i]);
+    p[18 + 8 * (size_t)m->nviews] = m->blocks_ok ? 1 : 0;
+    return 19 + 8 * (size_t)m->nviews;
+}
+
+int vstore_meta_get(mimeo_db *db, uint64_t idx, vstore_meta *m) {
+    memset(m, 0, sizeof *m);
+    MDB_dbi dbi;
+    uint64_t dbid;
+    int rc = dbid_of(db, &dbid);
+    if (!rc) rc = table(db, &dbi);
+    if (rc) return rc;
+    MDB_txn *txn;
+    if ((rc = store_read_begin(db->env->store, &txn))) return rc;
+    unsigned char kb[PREFIX];
+    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
+    int mrc = mdb_get(txn, dbi, &k, &v);
+    if (mrc == 0) rc = meta_decode(m, &v);
+    else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    store_read_end(db->env->store, txn);
+    return rc;
+}
+
+/* ---- writes ------------------------------------------------------------------------------ */
+
+typedef struct apply_job {
+    MDB_dbi           dbi;
+    uint64_t          dbid, idx, from, to;
+    unsigned          nviews;
+    const char       *info;
+    size_t            info_len;
+    const vstore_doc *docs;
+    size_t            n;
+    buf               scratch;
+} apply_job;
+
+/* rk of one emit into out (RK_MAX bytes); returns its length. */
+static size_t rk_make(unsigned char *out, const unsigned char *ckey, size_t ckey_len,
+                      const char *id, size_t id_len, uint32_t n) {
+    size_t cl = ckey_len > VSTORE_CKEY_MAX ? VSTORE_CKEY_MAX : ckey_len;
+    memcpy(out, ckey, cl);
+    size_t room = RK_MAX - 6 - cl, p = cl;
+    if (id_len <= room) {
+        memcpy(out + p, id, id_len);
+        p += id_len;
+    } else {
+        memcpy(out + p, id, room - 8);
+        p += room - 8;
+        struct md5_ctx c;
+        uint8_t d[MD5_DIGEST_SIZE];
+        md5_init(&c);
+        md5_update(&c, id_len, (const uint8_t *)id);
+        md5_digest(&c, sizeof d, d);
+        memcpy(out + p, d, 8);
+        p += 8;
+    }
+    size_t il = id_len > 0xffff ? 0xffff : id_len;
+    out[p++] = (unsigned char)(il >> 8);
+    out[p++] = (unsigned char)il;
+    out[p++] = (unsigned char)(n >> 24);
+    out[p++] = (unsigned char)(n >> 16);
+    out[p++] = (unsigned char)(n >> 8);
+    out[p++] = (unsigned char)n;
+    return p;
+}
+
+/* Marks a row as changed for vstore_blocks_repair (when the index keeps blocks). */
+static int mark(MDB_txn *txn, apply_job *j, const vstore_meta *m, unsigned view,
+                const unsigned char *rk, size_t len) {
+    if (!m->blocks_ok) return 0;
+    unsigned char kb[STORE_KEY_MAX];
+    prefix(kb, j->dbid, j->idx, KIND_MARK);
+    kb[17] = (unsigned char)(view >> 8);
+    kb[18] = (unsigned char)view;
+    memcpy(kb + VPREFIX, rk, len);
+    MDB_val k = {VPREFIX + len, kb}, v = {0, ""};
+    return store_err(mdb_put(txn, j->dbi, &k, &v, 0));
+}
+
+static int remove_old(MDB_txn *txn, apply_job *j, vstore_meta *m, MDB_val *dkey) {
+    MDB_val old;
+    int mrc = mdb_get(txn, j->dbi, dkey, &old);
+    if (mrc == MDB_NOTFOUND) return 0;
+    if (mrc) return store_err(mrc);
+    /* copy: deleting rows may move the page the list lives on */
+    buf_reset(&j->scratch);
+    if (buf_put(&j->scratch, old.mv_data, old.mv_size)) return MIMEO_ENOMEM;
+    const unsigned char *p = (const unsigned char *)j->scratch.data;
+    const unsigned char *end = p + j->scratch.len;
+    unsigned char kb[STORE_KEY_MAX];
+    while (p < end) {
+        if (end - p < 2) return MIMEO_ECORRUPT;
+        unsigned view = (unsigned)p[0] << 8 | p[1];
+        p += 2;
+        uint64_t len;
+        if (varint_get(&p, end, &len) || len > RK_MAX || (uint64_t)(end - p) < len)
+            return MIMEO_ECORRUPT;
+        size_t kn = vprefix(kb, j->dbid, j->idx, view);
+        memcpy(kb + kn, p, len);
+        p += len;
+        MDB_val rk = {kn + len, kb}, rv;
+        mrc = mdb_get(txn, j->dbi, &rk, &rv);
+        if (mrc == MDB_NOTFOUND) continue;
+        if (mrc) return store_err(mrc);
+        uint64_t sz = rk.mv_size + rv.mv_size;
+        m->bytes = m->bytes > sz ? m->bytes - sz : 0;
+        if (view < m->nviews && m->rows[view]) m->rows[view]--;
+        if ((mrc = mdb_del(txn, j->dbi, &rk, NULL))) return store_err(mrc);
+        int rc = mark(txn, j, m, view, p - len, len);
+        if (rc) return rc;
+    }
+    mrc = mdb_del(txn, j->dbi, dkey, NULL);
+    return mrc && mrc != MDB_NOTFOUND ? store_err(mrc) : 0;
+}
+
+static int job_apply(MDB_txn *txn, void *arg) {
+    apply_job *j = arg;
+    unsigned char mk[PREFIX];
+    MDB_val k = {prefix(mk, j->dbid, j->idx, KIND_META), mk}, v;
+    vstore_meta *m = calloc(1, sizeof *m);
+    if (!m) return MIMEO_ENOMEM;
+    int rc = 0;
+    int mrc = mdb_get(txn, j->dbi, &k, &v);
+    if (mrc == 0) rc = meta_decode(m, &v);
+    else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    if (!rc && m->seq != j->from) rc = MIMEO_ECONFLICT;
+    if (!rc && mrc == MDB_NOTFOUND) {
+        unsigned char dk[24];
+        be64_put(dk, j->dbid);
+        be64_put(dk + 8, 0);
+        be64_put(dk + 16, j->idx);
+        MDB_val dkey = {24, dk}, dval = {j->info_len, (void *)j->info};
+        rc = store_err(mdb_put(txn, j->dbi, &dkey, &dval, 0));
+    }
+    if (m->nviews < j->nviews) m->nviews = j->nviews;
+    unsigned char dk[STORE_KEY_MAX], rkb[STORE_KEY_MAX];
+    buf list, val;
+    buf_init(&list, 0);
+    buf_init(&val, 0);
+    for (size_t i = 0; !rc && i < j->n; i++) {
+        const vstore_doc *d = &j->docs[i];
+        MDB_val dkey = {docref(dk, j->dbid, j->idx, d->id, d->id_len), dk};
+        if ((rc = remove_old(txn, j, m, &dkey))) break;
+        if (!d->n) continue;
+        buf_reset(&list);
+        for (size_t e = 0; !rc && e < d->n; e++) {
+            const vstore_emit *em = &d->emits[e];
+            if (em->view >= VSTORE_VIEWS_MAX) { rc = MIMEO_EINVAL; break; }
+            size_t kn = vprefix(rkb, j->dbid, j->idx, em->view);
+            size_t rl = rk_make(rkb + kn, em->ckey, em->ckey_len, d->id, d->id_len,
+                                (uint32_t)e);
+            buf_reset(&val);
+            if (buf_put_varint(&val, em->key_len) || buf_put(&val, em->key, em->key_len) ||
+                buf_put_varint(&val, d->id_len) || buf_put(&val, d->id, d->id_len) ||
+                buf_put(&val, em->value, em->value_len)) {
+                rc = MIMEO_ENOMEM;
+                break;
+            }
+            MDB_val rk = {kn + rl, rkb}, rv = {val.len, val.data};
+            if ((rc = store_err(mdb_put(txn, j->dbi, &rk, &rv, 0)))) break;
+            m->bytes += rk.mv_size + rv.mv_size;
+            if (em->view >= m->nviews) m->nviews = em->view + 1;
+            m->rows[em->view]++;
+            if ((rc = mark(txn, j, m, em->view, rkb + kn, rl))) break;
+            unsigned char vb[2] = {(unsigned char)(em->view >> 8), (unsigned char)em->view};
+            if (buf_put(&list, vb, 2) || buf_put_varint(&list, rl) ||
+                buf_put(&list, rkb + kn, rl))
+                rc = MIMEO_ENOMEM;
+        }
+        if (!rc) {
+            MDB_val lv = {list.len, list.data};
+            rc = store_err(mdb_put(txn, j->dbi, &dkey, &lv, 0));
+        }
+    }
+    if (!rc) {
+        m->seq = j->to;
+        unsigned char mv[19 + 8 * VSTORE_VIEWS_MAX];
+        MDB_val nv = {meta_encode(m, mv), mv};
+        k = (MDB_val){PREFIX, mk};
+        rc = store_err(mdb_put(txn, j->dbi, &k, &nv, 0));
+    }
+    buf_destroy(&list);
+    buf_destroy(&val);
+    free(m);
+    return rc;
+}
+
+int vstore_apply(mimeo_db *db, uint64_t idx, unsigned nviews, const char *info,
+                 size_t info_len, uint64_t from, uint64_t to, const vstore_doc *docs,
+                 size_t n) {
+    if (nviews > VSTORE_VIEWS_MAX) return MIMEO_EINVAL;
+    apply_job j = {.idx = idx, .from = from, .to = to, .nviews = nviews, .info = info,
+                   .info_len = info_len, .docs = docs, .n = n};
+    buf_init(&j.scratch, 0);
+    int rc = dbid_of(db, &j.dbid);
+    if (!rc) rc = table(db, &j.dbi);
+    if (!rc) rc = store_write(db->env->store, job_apply, &j);
+    buf_destroy(&j.scratch);
+    return rc;
+}
+
+/* ---- reads ------------------------------------------------------------------------------- */
+
+static int row_decode(const MDB_val *k, const MDB_val *v, vstore_row *r) {
+    const unsigned char *p = v->mv_data, *end = p + v->mv_size;
+    uint64_t kl, il;
+    if (varint_get(&p, end, &kl) || (uint64_t)(end - p) < kl) return MIMEO_ECORRUPT;
+    r->key = (const char *)p;
+    r->key_len = kl;
+    p += kl;
+    if (varint_get(&p, end, &il) || (uint64_t)(end - p) < il) return MIMEO_ECORRUPT;
+    r->id = (const char *)p;
+    r->id_len = il;
+    p += il;
+    r->value = (const char *)p;
+    r->value_len = (size_t)(end - p);
+    r->rk = (const unsigned char *)k->mv_data + VPREFIX;
+    r->rk_len = k->mv_size - VPREFIX;
+    return 0;
+}
+
+/* The smallest byte string above every string that starts with s[0..n): s with its last
+ * non-0xFF byte incremented and the rest dropped. Returns the new length (0: none). */
+static size_t successor(unsigned char *s, size_t n) {
+    while (n > 0 && s[n - 1] == 0xff) n--;
+    if (n) s[n - 1]++;
+    return n;
+}
+
+int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
+                const unsigned char *pos, size_t pos_len, bool desc, size_t max,
+                vstore_row_fn fn, void *ctx, bool *more, buf *last) {
+    *more = false;
+    buf_reset(last);
+    MDB_dbi dbi;
+    uint64_t dbid;
+    int rc = dbid_of(db, &dbid);
+    if (!rc) rc = table(db, &dbi);
+    if (rc) return rc;
+    if (pos_len > RK_MAX) pos_len = RK_MAX;
+    store *s = db->env->store;
+    MDB_txn *txn;
+    if ((rc = store_read_begin(s, &txn))) return rc;
+    MDB_cursor *cur;
+    if ((rc = store_err(mdb_cursor_open(txn, dbi, &cur)))) {
+        store_read_end(s, txn);
+        return rc;
+    }
+    unsigned char vp[VPREFIX], kb[STORE_KEY_MAX + 1];
+    vprefix(vp, dbid, idx, view);
+    memcpy(kb, vp, VPREFIX);
+    size_t n = VPREFIX;
+    if (how != VSTORE_FIRST && pos) {
+        memcpy(kb + n, pos, pos_len);
+        n += pos_len;
+    }
+    MDB_val k, v;
+    int mrc;
+    if (!desc) {
+        k = (MDB_val){n, kb};
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        if (how == VSTORE_AFTER && mrc == 0 && k.mv_size == n && memcmp(k.mv_data, kb, n) == 0)
+            mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    } else {
+        if (how == VSTORE_AFTER) {
+            k = (MDB_val){n, kb};
+            mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        } else {
+            /* the first key above everything the position (or the view) prefixes */
+            size_t sn = successor(kb, n);
+            k = (MDB_val){sn, kb};
+            mrc = sn ? mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE) : MDB_NOTFOUND;
+        }
+        if (mrc == 0) mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
+        else if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    }
+    size_t count = 0;
+    MDB_val taken = {0, NULL};
+    while (mrc == 0) {
+        if (k.mv_size < VPREFIX || memcmp(k.mv_data, vp, VPREFIX) != 0) break;
+        if (count == max) {
+            *more = true;
+            break;
+        }
+        count++;
+        vstore_row r;
+        if ((rc = row_decode(&k, &v, &r))) break;
+        rc = fn(ctx, &r);
+        if (rc == VSTORE_NEXT || rc == VSTORE_STOP) taken = k;
+        if (rc) break;
+        mrc = mdb_cursor_get(cur, &k, &v, desc ? MDB_PREV : MDB_NEXT);
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    /* copied before the snapshot ends: LMDB's bytes are only valid inside it */
+    if (rc >= 0 && taken.mv_data &&
+        buf_put(last, (const unsigned char *)taken.mv_data + VPREFIX, taken.mv_size - VPREFIX))
+        rc = MIMEO_ENOMEM;
+    mdb_cursor_close(cur);
+    store_read_end(s, txn);
+    return rc;
+}
+
+/* ---- blocks -------------------------------------------------------------------------------- */
+
+typedef struct repair_job {
+    MDB_dbi     dbi;
+    uint64_t    dbid, idx;
+    unsigned    nviews;
+    const int  *kinds;
+    buf         val, part, marks;
+} repair_job;
+
+static size_t kprefix(unsigned char *k, const repair_job *j, unsigned char kind, unsigned view) {
+    prefix(k, j->dbid, j->idx, kind);
+    k[17] = (unsigned char)(view >> 8);
+    k[18] = (unsigned char)view;
+    return VPREFIX;
+}
+
+/* Deletes every key that starts with k[0..n). */
+static int del_prefix(MDB_txn *txn, MDB_dbi dbi, const unsigned char *k, size_t n) {
+    MDB_cursor *cur;
+    int rc = store_err(mdb_cursor_open(txn, dbi, &cur));
+    if (rc) return rc;
+    MDB_val key = {n, (void *)k}, v;
+    int mrc = mdb_cursor_get(cur, &key, &v, MDB_SET_RANGE);
+    while (mrc == 0 && key.mv_size >= n && memcmp(key.mv_data, k, n) == 0) {
+        if ((mrc = mdb_cursor_del(cur, 0))) break;
+        mrc = mdb_cursor_get(cur, &key, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    return mrc && mrc != MDB_NOTFOUND ? store_err(mrc) : 0;
+}
+
+/* A block being filled from rows. */
+typedef struct bfill {
+    view_reducer *red;
+    uint64_t      count;
+    unsigned char first[RK_MAX], last[RK_MAX];
+    size_t        first_len, last_len;
+} bfill;
+
+static int bfill_flush(MDB_txn *txn, repair_job *j, unsigned view, bfill *b) {
+    if (!b->count) return 0;
+    int kind = j->kinds[view];
+    buf_reset(&j->val);
+    unsigned char cnt[8];
+    be64_put(cnt, b->count);
+    buf_put(&j->val, cnt, 8);
+    buf_put_varint(&j->val, b->last_len);
+    buf_put(&j->val, b->last, b->last_len);
+    int rc = 0;
+    if (kind >= 0 && b->red) rc = view_reducer_put_partial(b->red, &j->val);
+    if (b->red) view_reducer_free(b->red);
+    b->red = NULL;
+    if (rc) return rc;
+    unsigned char kb[STORE_KEY_MAX];
+    size_t kn = kprefix(kb, j, KIND_BLOCK, view);
+    memcpy(kb + kn, b->first, b->first_len);
+    MDB_val k = {kn + b->first_len, kb}, v = {j->val.len, j->val.data};
+    b->count = 0;
+    return store_err(mdb_put(txn, j->dbi, &k, &v, 0));
+}
+
+/* Adds one row (rk, stored value) to the block; a full block is written. */
+static int bfill_add(MDB_txn *txn, repair_job *j, unsigned view, bfill *b, const MDB_val *k,
+                     const MDB_val *v) {
+    vstore_row r;
+    int rc = row_decode(k, v, &r);
+    if (rc) return rc;
+    if (!b->count) {
+        b->first_len = r.rk_len;
+        memcpy(b->first, r.rk, r.rk_len);
+    }
+    b->last_len = r.rk_len;
+    memcpy(b->last, r.rk, r.rk_len);
+    b->count++;
+    int kind = j->kinds[view];
+    if (kind >= 0) {
+        if (!b->red && !(b->red = view_reducer_new((view_reduce_kind)kind))) return MIMEO_ENOMEM;
+        if (!view_reducer_add_fast(b->red, r.value, r.value_len)) {
+            jval *kj = NULL, *vj = NULL;
+            json_limits lim = {0, r.key_len + r.value_len + 2};
+            rc = json_tree_parse(r.key, r.key_len, &lim, &kj, NULL);
+            if (!rc) rc = json_tree_parse(r.value, r.value_len, &lim, &vj, NULL);
+            /* a value the reducer refuses makes the block's partial its error result;
+             * queries that reach it scan its rows instead (see vquery.c) */
+            if (!rc) view_reducer_add(b->red, kj, vj, NULL);
+            if (kj) jval_free(kj);
+            if (vj) jval_free(vj);
+            if (rc) return MIMEO_ECORRUPT;
+        }
+    }
+    return b->count >= VSTORE_BLOCK_ROWS ? bfill_flush(txn, j, view, b) : 0;
+}
+
+/* Recomputes the blocks of rows from `from` (NULL: the view's first row) up to `to`
+ * (exclusive; NULL: the view's end). */
+static int blocks_fill(MDB_txn *txn, repair_job *j, unsigned view, const unsigned char *from,
+                       size_t from_len, const unsigned char *to, size_t to_len) {
+    MDB_cursor *cur;
+    int rc = store_err(mdb_cursor_open(txn, j->dbi, &cur));
+    if (rc) return rc;
+    unsigned char vp[VPREFIX], kb[STORE_KEY_MAX];
+    vprefix(vp, j->dbid, j->idx, view);
+    memcpy(kb, vp, VPREFIX);
+    size_t n = VPREFIX;
+    if (from) { memcpy(kb + n, from, from_len); n += from_len; }
+    MDB_val k = {n, kb}, v;
+    bfill *b = calloc(1, sizeof *b);
+    if (!b) { mdb_cursor_close(cur); return MIMEO_ENOMEM; }
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (!rc && mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, vp, VPREFIX) == 0) {
+        if (to) {
+            const unsigned char *rk = (const unsigned char *)k.mv_data + VPREFIX;
+            size_t rl = k.mv_size - VPREFIX, m = rl < to_len ? rl : to_len;
+            int c = memcmp(rk, to, m);
+            if (c > 0 || (c == 0 && rl >= to_len)) break;
+        }
+        rc = bfill_add(txn, j, view, b, &k, &v);
+        if (!rc) mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    if (!rc) rc = bfill_flush(txn, j, view, b);
+    if (b->red) view_reducer_free(b->red);
+    free(b);
+    return rc;
+}
+
+static int view_rebuild(MDB_txn *txn, repair_job *j, unsigned view) {
+    unsigned char kb[VPREFIX];
+    int rc = del_prefix(txn, j->dbi, kb, kprefix(kb, j, KIND_BLOCK, view));
+    if (!rc) rc = del_prefix(txn, j->dbi, kb, kprefix(kb, j, KIND_MARK, view));
+    if (!rc) rc = blocks_fill(txn, j, view, NULL, 0, NULL, 0);
+    return rc;
+}
+
+/* Recomputes the blocks that hold marked rows; many marks: the whole view. */
+static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
+    unsigned char mp[VPREFIX], bp[VPREFIX];
+    kprefix(mp, j, KIND_MARK, view);
+    kprefix(bp, j, KIND_BLOCK, view);
+    MDB_cursor *cur;
+    int rc = store_err(mdb_cursor_open(txn, j->dbi, &cur));
+    if (rc) return rc;
+    /* the marks, as (varint len, rk)… in ascending order */
+    buf_reset(&j->marks);
+    size_t nmarks = 0;
+    MDB_val k = {VPREFIX, mp}, v;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, mp, VPREFIX) == 0) {
+        buf_put_varint(&j->marks, k.mv_size - VPREFIX);
+        if (buf_put(&j->marks, (const unsigned char *)k.mv_data + VPREFIX, k.mv_size - VPREFIX)) {
+            rc = MIMEO_ENOMEM;
+            break;
+        }
+        nmarks++;
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (!nmarks || rc) {
+        mdb_cursor_close(cur);
+        return rc;
+    }
+    if (nmarks * 4 > rows + 64) {
+        mdb_cursor_close(cur);
+        return view_rebuild(txn, j, view);
+    }
+    /* the distinct blocks holding the marks (a mark before every block: the first block),
+     * as the rk of their first rows, ascending */
+    buf firsts;
+    buf_init(&firsts, 0);
+    size_t nf = 0;
+    unsigned char lastf[RK_MAX];
+    size_t lastf_len = (size_t)-1;
+    const unsigned char *p = (const unsigned char *)j->marks.data, *end = p + j->marks.len;
+    unsigned char kb[STORE_KEY_MAX];
+    while (!rc && p < end) {
+        uint64_t len;
+        varint_get(&p, end, &len);
+        memcpy(kb, bp, VPREFIX);
+        memcpy(kb + VPREFIX, p, len);
+        p += len;
+        k = (MDB_val){VPREFIX + len, kb};
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        bool exact = mrc == 0 && k.mv_size == VPREFIX + len &&
+                     memcmp(k.mv_data, kb, k.mv_size) == 0;
+        if (!exact) {
+            if (mrc == 0) mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
+            else if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+            if (mrc == 0 && (k.mv_size < VPREFIX || memcmp(k.mv_data, bp, VPREFIX) != 0)) {
+                /* before every block: the first one */
+                k = (MDB_val){VPREFIX, bp};
+                mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+            }
+        }
+        if (mrc == MDB_NOTFOUND || (mrc == 0 && (k.mv_size < VPREFIX ||
+                                                 memcmp(k.mv_data, bp, VPREFIX) != 0))) {
+            /* no block at all: build them */
+            mdb_cursor_close(cur);
+            buf_destroy(&firsts);
+            return view_rebuild(txn, j, view);
+        }
+        if (mrc) { rc = store_err(mrc); break; }
+        size_t fl = k.mv_size - VPREFIX;
+        if (fl == lastf_len && memcmp(lastf, (const unsigned char *)k.mv_data + VPREFIX, fl) == 0)
+            continue;
+        lastf_len = fl;
+        memcpy(lastf, (const unsigned char *)k.mv_data + VPREFIX, fl);
+        buf_put_varint(&firsts, fl);
+        rc = buf_put(&firsts, lastf, fl);
+        nf++;
+    }
+    /* each block: from its first row (the view's first for the first block) to the next
+     * block's first row, recomputed */
+    p = (const unsigned char *)firsts.data;
+    end = p + firsts.len;
+    while (!rc && p < end) {
+        uint64_t len;
+        varint_get(&p, end, &len);
+        const unsigned char *first = p;
+        p += len;
+        memcpy(kb, bp, VPREFIX);
+        memcpy(kb + VPREFIX, first, len);
+        k = (MDB_val){VPREFIX + len, kb};
+        /* is there a block before it? */
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
+        if (mrc) { rc = store_err(mrc); break; }
+        MDB_val pk = k, pv;
+        bool has_prev = mdb_cursor_get(cur, &pk, &pv, MDB_PREV) == 0 && pk.mv_size >= VPREFIX &&
+                        memcmp(pk.mv_data, bp, VPREFIX) == 0;
+        k = (MDB_val){VPREFIX + len, kb};
+        mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
+        MDB_val nk = k, nv;
+        unsigned char next[RK_MAX];
+        size_t next_len = 0;
+        bool has_next = mdb_cursor_get(cur, &nk, &nv, MDB_NEXT) == 0 && nk.mv_size >= VPREFIX &&
+                        memcmp(nk.mv_data, bp, VPREFIX) == 0;
+        if (has_next) {
+            next_len = nk.mv_size - VPREFIX;
+            memcpy(next, (const unsigned char *)nk.mv_data + VPREFIX, next_len);
+        }
+        k = (MDB_val){VPREFIX + len, kb};
+        if ((mrc = mdb_del(txn, j->dbi, &k, NULL))) { rc = store_err(mrc); break; }
+        unsigned char from[RK_MAX];
+        memcpy(from, first, len);
+        rc = blocks_fill(txn, j, view, has_prev ? from : NULL, len, has_next ? next : NULL,
+                         next_len);
+    }
+    mdb_cursor_close(cur);
+    buf_destroy(&firsts);
+    if (!rc) rc = del_prefix(txn, j->dbi, mp, VPREFIX);
+    return rc;
+}
+
+static int job_repair(MDB_txn *txn, void *arg) {
+    repair_job *j = arg;
+    unsigned char mk[PREFIX];
+    MDB_val k = {prefix(mk, j->dbid, j->idx, KIND_META), mk}, v;
+    vstore_meta *m = calloc(1, sizeof *m);
+    if (!m) return MIMEO_ENOMEM;
+    int mrc = mdb_get(txn, j->dbi, &k, &v);
+    int rc = mrc == 0 ? meta_decode(m, &v) : mrc == MDB_NOTFOUND ? 0 : store_err(mrc);
+    if (rc || mrc == MDB_NOTFOUND) {
+        free(m);
+        return rc;
+    }
+    for (unsigned view = 0; !rc && view < j->nviews; view++)
+        rc = m->blocks_ok ? view_fix(txn, j, view, view < m->nviews ? m->rows[view] : 0)
+                          : view_rebuild(txn, j, view);
+    if (!rc && !m->blocks_ok) {
+        m->blocks_ok = true;
+        unsigned char mv[19 + 8 * VSTORE_VIEWS_MAX];
+        MDB_val nv = {meta_encode(m, mv), mv};
+        k = (MDB_val){PREFIX, mk};
+        rc = store_err(mdb_put(txn, j->dbi, &k, &nv, 0));
+    }
+    free(m);
+    return rc;
+}
+
+/* Whether the index has blocks and no marks: nothing to repair (read-only, no commit). */
+static bool repair_needless(mimeo_db *db, MDB_dbi dbi, uint64_t dbid, uint64_t idx) {
+    MDB_txn *txn;
+    if (store_read_begin(db->env->store, &txn)) return false;
+    unsigned char kb[PREFIX];
+    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
+    bool needless = false;
+    vstore_meta *m = malloc(sizeof *m);
+    int mrc = m ? mdb_get(txn, dbi, &k, &v) : MDB_NOTFOUND;
+    if (mrc == MDB_NOTFOUND) {
+        needless = true; /* no index yet */
+    } else if (mrc == 0 && meta_decode(m, &v) == 0 && m->blocks_ok) {
+        MDB_cursor *cur;
+        if (mdb_cursor_open(txn, dbi, &cur) == 0) {
+            prefix(kb, dbid, idx, KIND_MARK);
+            k = (MDB_val){PREFIX, kb};
+            mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+            needless = !(mrc == 0 && k.mv_size >= PREFIX && memcmp(k.mv_data, kb, PREFIX) == 0);
+            mdb_cursor_close(cur);
+        }
+    }
+    free(m);
+    store_read_end(db->env->store, txn);
+    return needless;
+}
+
+int vstore_blocks_repair(mimeo_db *db, uint64_t idx, unsigned nviews, const int *kinds) {
+    repair_job j = {.idx = idx, .nviews = nviews, .kinds = kinds};
+    buf_init(&j.val, 0);
+    buf_init(&j.part, 0);
+    buf_init(&j.marks, 0);
+    int rc = dbid_of(db, &j.dbid);
+    if (!rc) rc = table(db, &j.dbi);
+    if (!rc && !repair_needless(db, j.dbi, j.dbid, idx))
+        rc = store_write(db->env->store, job_repair, &j);
+    buf_destroy(&j.val);
+    buf_destroy(&j.part);
+    buf_destroy(&j.marks);
+    return rc;
+}
+
+int vstore_blocks_clean(mimeo_db *db, uint64_t idx, unsigned view, bool *clean) {
+    *clean = false;
+    MDB_dbi dbi;
+    uint64_t dbid;
+    int rc = dbid_of(db, &dbid);
+    if (!rc) rc = table(db, &dbi);
+    if (rc) return rc;
+    MDB_txn *txn;
+    if ((rc = store_read_begin(db->env->store, &txn))) return rc;
+    unsigned char kb[VPREFIX];
+    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
+    vstore_meta *m = malloc(sizeof *m);
+    int mrc = m ? mdb_get(txn, dbi, &k, &v) : MDB_NOTFOUND;
+    if (m && mrc == 0 && meta_decode(m, &v) == 0 && m->blocks_ok) {
+        prefix(kb, dbid, idx, KIND_MARK);
+        kb[17] = (unsigned char)(view >> 8);
+        kb[18] = (unsigned char)view;
+        MDB_cursor *cur;
+        if (mdb_cursor_open(txn, dbi, &cur) == 0) {
+            k = (MDB_val){VPREFIX, kb};
+            mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+            *clean = !(mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0);
+            mdb_cursor_close(cur);
+        }
+    }
+    free(m);
+    store_read_end(db->env->store, txn);
+    return rc;
+}
+
+static int block_decode(const MDB_val *k, const MDB_val *v, vstore_block *b) {
+    const unsigned char *p = v->mv_data, *end = p + v->mv_size;
+    if (v->mv_size < 9) return MIMEO_ECORRUPT;
+    b->count = be64_get(p);
+    p += 8;
+    uint64_t ll;
+    if (varint_get(&p, end, &ll) || (uint64_t)(end - p) < ll) return MIMEO_ECORRUPT;
+    b->last = p;
+    b->last_len = ll;
+    p += ll;
+    b->partial = (const char *)p;
+    b->partial_len = (size_t)(end - p);
+    b->first = (const unsigned char *)k->mv_data + VPREFIX;
+    b->first_len = k->mv_size - VPREFIX;
+    return 0;
+}
+
+int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned char *pos,
+                       size_t pos_len, bool after, size_t max, vstore_block_fn fn, void *ctx,
+                       bool *more, buf *last) {
+    *more = false;
+    buf_reset(last);
+    MDB_dbi dbi;
+    uint64_t dbid;
+    int rc = dbid_of(db, &dbid);
+    if (!rc) rc = table(db, &dbi);
+    if (rc) return rc;
+    if (pos_len > RK_MAX) pos_len = RK_MAX;
+    store *s = db->env->store;
+    MDB_txn *txn;
+    if ((rc = store_read_begin(s, &txn))) return rc;
+    MDB_cursor *cur;
+    if ((rc = store_err(mdb_cursor_open(txn, dbi, &cur)))) {
+        store_read_end(s, txn);
+        return rc;
+    }
+    unsigned char bp[VPREFIX], kb[STORE_KEY_MAX];
+    prefix(bp, dbid, idx, KIND_BLOCK);
+    bp[17] = (unsigned char)(view >> 8);
+    bp[18] = (unsigned char)view;
+    memcpy(kb, bp, VPREFIX);
+    size_t n = VPREFIX;
+    if (pos) { memcpy(kb + n, pos, pos_len); n += pos_len; }
+    MDB_val k = {n, kb}, v;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    bool exact = mrc == 0 && k.mv_size == n && memcmp(k.mv_data, kb, n) == 0;
+    if (after) {
+        if (exact) mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    } else if (pos && !exact) {
+        /* the block holding pos starts before it */
+        MDB_val pk, pv;
+        int prc = mrc == 0 ? mdb_cursor_get(cur, &pk, &pv, MDB_PREV)
+                           : mdb_cursor_get(cur, &pk, &pv, MDB_LAST);
+        if (prc == 0 && pk.mv_size >= VPREFIX && memcmp(pk.mv_data, bp, VPREFIX) == 0) {
+            k = pk;
+            v = pv;
+            mrc = 0;
+        } else {
+            k = (MDB_val){VPREFIX, bp};
+            mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        }
+    }
+    size_t count = 0;
+    MDB_val taken = {0, NULL};
+    while (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, bp, VPREFIX) == 0) {
+        if (count == max) {
+            *more = true;
+            break;
+        }
+        count++;
+        vstore_block b;
+        if ((rc = block_decode(&k, &v, &b))) break;
+        rc = fn(ctx, &b);
+        taken = k;
+        if (rc) break;
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    if (rc >= 0 && taken.mv_data &&
+        buf_put(last, (const unsigned char *)taken.mv_data + VPREFIX, taken.mv_size - VPREFIX))
+        rc = MIMEO_ENOMEM;
+    mdb_cursor_close(cur);
+    store_read_end(s, txn);
+    return rc;
+}
+
+/* ---- directory and drops ------------------------------------------------------------------ */
+
+typedef struct listed {
+    uint64_t idx;
+    char    *info;
+    size_t   info_len;
+} listed;
+
+int vstore_list(mimeo_db *db, int (*fn)(void *ctx, uint64_t idx, const char *info,
+                                         size_t info_len), void *ctx) {
+    MDB_dbi dbi;
+    uint64_t dbid;
+    int rc = dbid_of(db, &dbid);
+    if (!rc) rc = table(db, &dbi);
+    if (rc) return rc;
+    /* collect first: fn may read the store, which must not nest in this snapshot */
+    listed *ls = NULL;
+    size_t n = 0, cap = 0;
+    MDB_txn *txn;
+    if ((rc = store_read_begin(db->env->store, &txn))) return rc;
+    MDB_cursor *cur;
+    rc = store_err(mdb_cursor_open(txn, dbi, &cur));
+    if (!rc) {
+        unsigned char kb[16];
+        be64_put(kb, dbid);
+        be64_put(kb + 8, 0);
+        MDB_val k = {16, kb}, v;
+        int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        while (mrc == 0 && k.mv_size == 24 && memcmp(k.mv_data, kb, 16) == 0) {
+            if (n == cap) {
+                size_t nc = cap ? cap * 2 : 8;
+                listed *g = realloc(ls, nc * sizeof *g);
+                if (!g) { rc = MIMEO_ENOMEM; break; }
+                ls = g;
+                cap = nc;
+            }
+            ls[n].idx = be64_get((unsigned char *)k.mv_data + 16);
+            ls[n].info = malloc(v.mv_size + 1);
+            if (!ls[n].info) { rc = MIMEO_ENOMEM; break; }
+            memcpy(ls[n].info, v.mv_data, v.mv_size);
+            ls[n].info[v.mv_size] = 0;
+            ls[n].info_len = v.mv_size;
+            n++;
+            mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+        mdb_cursor_close(cur);
+    }
+    store_read_end(db->env->store, txn);
+    for (size_t i = 0; !rc && i < n; i++) rc = fn(ctx, ls[i].idx, ls[i].info, ls[i].info_len);
+    for (size_t i = 0; i < n; i++) free(ls[i].info);
+    free(ls);
+    return rc;
+}
+
+typedef struct drop_job {
+    MDB_dbi  dbi;
+    uint64_t dbid, idx;
+    bool     done;
+} drop_job;
+
+static int job_drop(MDB_txn *txn, void *arg) {
+    drop_job *j = arg;
+    MDB_cursor *cur;
+    int rc = store_err(mdb_cursor_open(txn, j->dbi, &cur));
+    if (rc) return rc;
+    unsigned char kb[16];
+    be64_put(kb, j->dbid);
+    be64_put(kb + 8, j->idx);
+    MDB_val k = {16, kb}, v;
+    size_t budget = DROP_CHUNK;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (mrc == 0 && k.mv_size >= 16 && memcmp(k.mv_data, kb, 16) == 0 && budget) {
+        if ((mrc = mdb_cursor_del(cur, 0))) break;
+        budget--;
+        /* as in store_delete_prefix: after a delete MDB_NEXT yields the following key */
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (mrc && mrc != MDB_NOTFOUND) return store_err(mrc);
+    j->done = budget > 0;
+    if (j->done) {
+        unsigned char dk[24];
+        be64_put(dk, j->dbid);
+        be64_put(dk + 8, 0);
+        be64_put(dk + 16, j->idx);
+        MDB_val dkey = {24, dk};
+        mrc = mdb_del(txn, j->dbi, &dkey, NULL);
+        if (mrc && mrc != MDB_NOTFOUND) return store_err(mrc);
+    }
+    return 0;
+}
+
+int vstore_drop(mimeo_db *db, uint64_t idx) {
+    drop_job j = {0, 0, idx, false};
+    int rc = dbid_of(db, &j.dbid);
+    if (!rc) rc = table(db, &j.dbi);
+    while (!rc && !j.done) rc = store_write(db->env->store, job_drop, &j);
+    return rc;
+}
