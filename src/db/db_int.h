@@ -69,6 +69,10 @@ struct mimeo_env {
 
     struct env_state *states; /* mimeo_env_state's list; guarded by lock */
 
+    pthread_mutex_t watch_lock; /* held while the watcher runs, so removing it is final */
+    void          (*watch)(void *ctx, mimeo_db *db);
+    void           *watch_ctx;
+
     /* Writer-thread only: the group in progress. */
     uint64_t        group;
     mimeo_db       *touched;

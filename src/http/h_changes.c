@@ -1,10 +1,11 @@
 /* GET/POST /{db}/_changes, streamed row by row in every feed mode. One library cursor serves
  * the whole feed: it reads in bounded slices and keeps its place, so a feed of any length
  * costs one slice of memory and this file does no paging of its own. Rows are written from
- * the cursor's fields. Waiting (longpoll, continuous, eventsource) happens inside the
- * content reader, in slices of at most HTTP_WAIT_SLICE_MS so that a server shutdown is
- * noticed quickly; the cursor's wait wakes on the commit itself, and on a database delete,
- * which ends the feed as CouchDB ends it.
+ * the cursor's fields. The content reader never blocks and never reads the database: with
+ * nothing to send it suspends the connection and hands the feed to a worker, which reads
+ * the next rows, or, with none, arms the feed as a waiter (loop.c) that costs no thread and
+ * is queued again on the database's next commit, at the heartbeat or timeout, or at
+ * shutdown. A database delete ends the feed as CouchDB ends it.
  *   normal, longpoll:  {"results":[\n row,\n row \n],\n"last_seq":N,"pending":P}\n
  *   continuous:        row\n row\n … {"last_seq":N,"pending":P}\n   (blank line = heartbeat)
  *   eventsource:       data: row\nid: seq\n\n …     (event: heartbeat\ndata: \n\n) */
@@ -15,7 +16,6 @@
 
 #include "http_int.h"
 
-#define HTTP_WAIT_SLICE_MS 500
 #define HTTP_HEARTBEAT_MIN_MS 50
 
 typedef enum { FEED_NORMAL, FEED_LONGPOLL, FEED_CONTINUOUS, FEED_EVENTSOURCE } http_feed_kind;
@@ -23,6 +23,9 @@ typedef enum { PH_START, PH_ROWS, PH_WAIT, PH_END, PH_DONE } http_feed_phase;
 
 typedef struct http_feed {
     http_server        *srv;
+    struct MHD_Connection *conn;
+    http_task           task;        /* the worker's step, or the armed waiter */
+    bool                failed;      /* a read failed mid-stream: cut the reply */
     mimeo_db           *db;          /* owned: taken over from the request */
     mimeo_cursor       *cur;         /* owned */
     http_feed_kind      kind;
@@ -147,7 +150,10 @@ static void http_feed_start_wait(http_feed *f)
     if (f->heartbeat_ms) f->next_beat = now + f->heartbeat_ms;
 }
 
-/* One step of the feed; may append nothing (a quiet wait slice). <0 on a library error. */
+#define HTTP_FEED_IDLE 1
+
+/* One step of the feed; may append nothing. <0 on a library error, HTTP_FEED_IDLE when it
+ * has to wait for a commit or its next heartbeat or timeout. */
 static int http_feed_step(http_feed *f)
 {
     bool at_end = false;
@@ -196,14 +202,11 @@ static int http_feed_step(http_feed *f)
             f->next_beat = now + f->heartbeat_ms;
             return 0;
         }
-        uint64_t slice = HTTP_WAIT_SLICE_MS;
-        if (f->deadline && f->deadline - now < slice) slice = f->deadline - now;
-        if (f->heartbeat_ms && f->next_beat - now < slice) slice = f->next_beat - now;
-        if (slice == 0) slice = 1;
-        rc = mimeo_cursor_wait(f->cur, slice);
+        rc = mimeo_cursor_wait(f->cur, 0);
         /* Deleted while we waited: CouchDB ends the feed. */
         if (rc < 0) f->ph = PH_END;
         else if (rc > 0) f->ph = PH_ROWS;
+        else return HTTP_FEED_IDLE;
         return 0;
     }
     case PH_END:
@@ -215,17 +218,40 @@ static int http_feed_step(http_feed *f)
     return 0;
 }
 
+/* On a worker, the connection suspended: steps until there is something to send (then
+ * resumes it) or nothing to do but wait (then arms the waiter and leaves it suspended). */
+static void http_feed_task(http_task *t)
+{
+    http_feed *f = (http_feed *)((char *)t - offsetof(http_feed, task));
+    while (f->out.len == f->pos && f->ph != PH_DONE) {
+        int rc = http_feed_step(f);
+        if (rc < 0) {
+            f->failed = true;
+            break;
+        }
+        if (rc == HTTP_FEED_IDLE) {
+            uint64_t due = f->deadline;
+            if (f->heartbeat_ms && (!due || f->next_beat < due)) due = f->next_beat;
+            /* Armed: the feed now belongs to the waiter, which queues this task again. */
+            if (http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur), due))
+                return;
+        }
+    }
+    http_resume(f->srv, f->conn);
+}
+
 static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max)
 {
     http_feed *f = cls;
     (void)pos;
     f->streaming = true;
-    for (;;) {
-        size_t n = http_drain(&f->out, &f->pos, dst, max);
-        if (n > 0) return (ssize_t)n;
-        if (f->ph == PH_DONE) return MHD_CONTENT_READER_END_OF_STREAM;
-        if (http_feed_step(f) != 0) return MHD_CONTENT_READER_END_WITH_ERROR;
-    }
+    size_t n = http_drain(&f->out, &f->pos, dst, max);
+    if (n > 0) return (ssize_t)n;
+    if (f->failed) return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (f->ph == PH_DONE) return MHD_CONTENT_READER_END_OF_STREAM;
+    /* 0 is only allowed while suspended (MHD would spin otherwise). */
+    http_suspend_submit(f->srv, f->conn, &f->task);
+    return 0;
 }
 
 /* ---- parameters ------------------------------------------------------------------------- */
@@ -367,6 +393,8 @@ void http_h_changes(http_req *r)
         return;
     }
     f->srv = r->srv;
+    f->conn = r->conn;
+    f->task.run = http_feed_task;
     buf_init(&f->out, 0);
     if (!http_feed_params(r, f)) {
         http_feed_free(f);
