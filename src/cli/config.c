@@ -78,6 +78,9 @@ static const cfg_option cfg_options[] = {
         "threads that run requests (0: 8 per core, at least 16)"),
     OPT("chttpd", "event_threads", CFG_UINT, event_threads, "0", NULL,
         "threads that move bytes for all connections (0: one per core, at most 8)"),
+    OPTR("chttpd", "connection_memory", CFG_SIZE, connection_memory, "160K", NULL,
+         "buffer of each connection; a request head must fit in about half of it, and an "
+         "idle feed keeps most of it (16K: ~20 KiB per feed, URLs up to ~7 KB)", 8192, 1u << 30),
     OPT("httpd", "idle_timeout", CFG_UINT, idle_timeout, "300", NULL,
         "seconds before an idle keep-alive connection is closed"),
     OPT("httpd", "changes_timeout", CFG_UINT, changes_timeout, "60000", NULL,
@@ -396,6 +399,7 @@ void config_to_http(const cli_config *c, http_config *h) {
     h->body_timeout_s = c->body_timeout;
     h->worker_threads = c->worker_threads;
     h->event_threads = c->event_threads;
+    h->connection_memory = c->connection_memory;
     h->changes_timeout_ms = c->changes_timeout;
     h->js_command = c->query_server;
     h->js_procs = c->js_procs;

@@ -26,6 +26,7 @@ typedef struct cli_config {
     unsigned body_timeout;
     unsigned worker_threads;
     unsigned event_threads;
+    size_t   connection_memory;
     unsigned changes_timeout;
     unsigned js_procs;               /* [query_server_config] os_process_limit */
     size_t   max_document_size;

@@ -1,11 +1,11 @@
 /* GET/POST /{db}/_changes, streamed row by row in every feed mode. One library cursor serves
  * the whole feed: it reads in bounded slices and keeps its place, so a feed of any length
  * costs one slice of memory and this file does no paging of its own. Rows are written from
- * the cursor's fields. The content reader never blocks and never reads the database: with
- * nothing to send it suspends the connection and hands the feed to a worker, which reads
- * the next rows, or, with none, arms the feed as a waiter (loop.c) that costs no thread and
- * is queued again on the database's next commit, at the heartbeat or timeout, or at
- * shutdown. A database delete ends the feed as CouchDB ends it.
+ * the cursor's fields. The content reader never blocks: it reads the next rows itself (short
+ * LMDB reads), or, with none, suspends the connection and arms a waiter (loop.c) that costs
+ * no thread and resumes it on the database's next commit, at the heartbeat or timeout, or
+ * at shutdown. A feed with a filter that may call a query server is stepped on a worker
+ * instead. A database delete ends the feed as CouchDB ends it.
  *   normal, longpoll:  {"results":[\n row,\n row \n],\n"last_seq":N,"pending":P}\n
  *   continuous:        row\n row\n … {"last_seq":N,"pending":P}\n   (blank line = heartbeat)
  *   eventsource:       data: row\nid: seq\n\n …     (event: heartbeat\ndata: \n\n) */
@@ -218,25 +218,47 @@ static int http_feed_step(http_feed *f)
     return 0;
 }
 
-/* On a worker, the connection suspended: steps until there is something to send (then
- * resumes it) or nothing to do but wait (then arms the waiter and leaves it suspended). */
+/* When the feed's waiter is due: the heartbeat or the timeout, whichever comes first. */
+static uint64_t http_feed_due(const http_feed *f)
+{
+    uint64_t due = f->deadline;
+    if (f->heartbeat_ms && (!due || f->next_beat < due)) due = f->next_beat;
+    return due;
+}
+
+/* Steps until there is something to send or the feed is done (0), it has to wait
+ * (HTTP_FEED_IDLE), or a read failed (<0). */
+static int http_feed_fill(http_feed *f)
+{
+    while (f->out.len == f->pos && f->ph != PH_DONE) {
+        int rc = http_feed_step(f);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+/* A feed whose rows need a query server (a JavaScript filter) is stepped on a worker, the
+ * connection suspended: it resumes the connection once there is something to send, or arms
+ * the waiter (which queues this task again) and leaves it suspended. */
 static void http_feed_task(http_task *t)
 {
     http_feed *f = (http_feed *)((char *)t - offsetof(http_feed, task));
-    while (f->out.len == f->pos && f->ph != PH_DONE) {
-        int rc = http_feed_step(f);
-        if (rc < 0) {
-            f->failed = true;
-            break;
-        }
-        if (rc == HTTP_FEED_IDLE) {
-            uint64_t due = f->deadline;
-            if (f->heartbeat_ms && (!due || f->next_beat < due)) due = f->next_beat;
-            /* Armed: the feed now belongs to the waiter, which queues this task again. */
-            if (http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur), due))
-                return;
-        }
+    for (;;) {
+        int rc = http_feed_fill(f);
+        if (rc < 0) f->failed = true;
+        if (rc != HTTP_FEED_IDLE) break;
+        if (http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur),
+                           http_feed_due(f)))
+            return;
     }
+    http_resume(f->srv, f->conn);
+}
+
+/* Any other feed reads its rows right here, on the event thread (short LMDB reads that
+ * never block); its waiter only resumes the connection. */
+static void http_feed_resume_task(http_task *t)
+{
+    http_feed *f = (http_feed *)((char *)t - offsetof(http_feed, task));
     http_resume(f->srv, f->conn);
 }
 
@@ -245,11 +267,35 @@ static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max)
     http_feed *f = cls;
     (void)pos;
     f->streaming = true;
+    if (f->out.len == f->pos && f->ph != PH_DONE && !f->failed && !f->filter) {
+        int rc = http_feed_fill(f);
+        if (rc < 0) f->failed = true;
+        if (rc == HTTP_FEED_IDLE) {
+            /* 0 is only allowed while suspended (MHD would spin otherwise); suspended
+             * before arming, so that a waiter firing at once finds it so. */
+            atomic_fetch_add(&f->srv->suspended, 1);
+            MHD_suspend_connection(f->conn);
+            f->task.run = http_feed_resume_task;
+            if (!http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur),
+                                http_feed_due(f)))
+                http_resume(f->srv, f->conn);   /* something new already: come back */
+            return 0;
+        }
+    }
     size_t n = http_drain(&f->out, &f->pos, dst, max);
     if (n > 0) return (ssize_t)n;
     if (f->failed) return MHD_CONTENT_READER_END_WITH_ERROR;
     if (f->ph == PH_DONE) return MHD_CONTENT_READER_END_OF_STREAM;
-    /* 0 is only allowed while suspended (MHD would spin otherwise). */
+    /* A filtered feed with nothing to send: to a worker; or, when it is only waiting and
+     * nothing is due yet, armed from here, which spares the worker a turn. */
+    uint64_t now = clock_ms(), due = http_feed_due(f);
+    if (f->ph == PH_WAIT && (!due || now < due)) {
+        atomic_fetch_add(&f->srv->suspended, 1);
+        MHD_suspend_connection(f->conn);
+        if (!http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur), due))
+            http_loop_submit(f->srv, &f->task);
+        return 0;
+    }
     http_suspend_submit(f->srv, f->conn, &f->task);
     return 0;
 }

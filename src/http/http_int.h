@@ -67,7 +67,7 @@ bool http_loop_wait(http_server *s, http_task *t, mimeo_db *db, uint64_t seq, ui
 void http_loop_fire_all(http_server *s);
 /* Tasks armed now (tests and the connection report). */
 size_t http_loop_armed(http_server *s);
-/* server.c: header and body timeouts; called by the timer thread a few times a second. */
+/* server.c: header and body timeouts; called by the timer thread once a second. */
 void http_conns_sweep(http_server *s, uint64_t now);
 /* Resumes a connection a worker has finished with; the worker must not touch its request
  * or feed afterwards (MHD may free them at once). */

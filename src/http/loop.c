@@ -3,7 +3,7 @@
  * feed with nothing new) is armed as a waiter instead of holding a thread: it is queued for a
  * worker again on its database's next commit (mimeo_env_watch), when its time is due, or at
  * shutdown, whichever comes first. The timer thread also runs the connection sweep (header
- * and body timeouts, server.c) a few times a second. */
+ * and body timeouts, server.c) once a second. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -15,7 +15,7 @@
 #include "http_int.h"
 
 #define HTTP_WAIT_BUCKETS 1024   /* waiters hashed by database handle */
-#define HTTP_SWEEP_MS     250
+#define HTTP_SWEEP_MS     1000
 
 struct http_loop {
     http_server    *srv;

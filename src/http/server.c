@@ -545,6 +545,7 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
     s->cfg = *cfg;
     if (s->cfg.max_request_size == 0) s->cfg.max_request_size = (size_t)64 << 20;
     if (s->cfg.max_connections == 0) s->cfg.max_connections = 10000;
+    if (s->cfg.connection_memory < 8192) s->cfg.connection_memory = (size_t)160 * 1024;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (cores < 1) cores = 1;
     /* Workers mostly wait (on the group commit, a query server): enough of them that 16
@@ -639,10 +640,12 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->cfg.idle_timeout_s,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)4096,
         MHD_OPTION_THREAD_POOL_SIZE, s->cfg.event_threads > 1 ? s->cfg.event_threads : 0u,
-        /* Room for long request lines. MHD zeroes the whole pool after every request, so its
-         * size is paid per request: 160 KiB admits URLs of ~70 KB, enough for a 64 KiB id
-         * (longer: MHD answers 414). */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)160 * 1024,
+        /* Room for long request lines. MHD zeroes the whole pool after every request, and
+         * half of it at a connection's first reply, so its size is paid per request and
+         * stays resident per connection (an idle feed): 160 KiB admits URLs of ~70 KB,
+         * enough for a 64 KiB id (longer: MHD answers 414); 16 KiB keeps a feed near
+         * 20 KiB. */
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, s->cfg.connection_memory,
         /* MHD_OPTION_LISTENING_ADDRESS_REUSE is left out on purpose. Without it MHD sets
          * SO_REUSEADDR only, so a restart binds while old connections linger in TIME_WAIT.
          * Set to 1 it adds SO_REUSEPORT, and a second live server could bind the same port
