@@ -74,7 +74,7 @@ run() {
     record "$wl" "$srv" "" "server exited before this workload"; return
   fi
   local args=() a
-  for a in "$@"; do args+=("${a//@URL/$url}"); done
+  for a in "$@"; do a=${a//@URL/$url}; args+=("${a//@PID/$pid}"); done
   local c0 json err
   c0=$(cpu_ticks "$pid")
   json=$(timeout "$limit" "${args[@]}" 2>"$TMP/err")
@@ -105,8 +105,9 @@ MIMEO_BIN=${MIMEO_BIN:-$ROOT/build/mimeo}
 start_mimeo() {
   if [ ! -x "$MIMEO_BIN" ]; then note "$MIMEO_BIN is missing: mimeo figures are n/a"; return; fi
   mkdir -p "$TMP/mimeo/data"
+  # Room for the 10,000-feed workload beside the load generator's own connections.
   "$MIMEO_BIN" serve --data "$TMP/mimeo/data" --bind 127.0.0.1 --port 0 \
-    > "$TMP/mimeo/out.log" 2>&1 &
+    --set httpd.max_connections=12000 > "$TMP/mimeo/out.log" 2>&1 &
   MIMEO_PID=$!
   local line
   for _ in $(seq 150); do
@@ -211,6 +212,19 @@ for s in "${SERVERS[@]}"; do
 done
 for s in "${SERVERS[@]}"; do
   run pull "$s" 360 node "$BENCH/pull.mjs" @URL/bench_seq "$DOCS"
+done
+
+# Connections (issue 13): idle live feeds (memory per feed, and the latency of one write
+# reaching all of them), then slowloris connections beside a normal client. The peak memory
+# below (VmHWM) therefore includes the 10,000 feeds; RssAnon is read after they closed.
+FEEDS_COUNTS=${BENCH_FEEDS:-"1000 10000"}
+for n in $FEEDS_COUNTS; do
+  for s in "${SERVERS[@]}"; do
+    run "feeds_$n" "$s" 300 node "$BENCH/conns.mjs" feeds @URL @PID "$n"
+  done
+done
+for s in "${SERVERS[@]}"; do
+  run slowloris "$s" 120 node "$BENCH/conns.mjs" slowloris @URL 2000
 done
 
 # Peak resident memory over the whole run (VmHWM), read before the servers stop.
