@@ -48,6 +48,7 @@ typedef struct http_task http_task;
 struct http_task {
     void       (*run)(http_task *t);
     http_task   *next;            /* in the work queue */
+    uint64_t     queued;          /* clock_ms() when queued */
     mimeo_db    *db;              /* armed: fires on this database's next commit */
     uint64_t     due;             /* armed: fires at this clock_ms() (0: no time limit) */
     http_task   *wprev, *wnext;   /* armed: in its database's bucket */

@@ -2,9 +2,9 @@
  * that run routes and feed steps, and one timer thread. A task that has to wait (a changes
  * feed with nothing new) is armed as a waiter instead of holding a thread: it is queued for a
  * worker again on its database's next commit (mimeo_env_watch), when its time is due, or at
- * shutdown, whichever comes first. The timer thread also runs the connection sweep (header
- * and body timeouts, server.c) once a second. */
-#include <errno.h>
+ * shutdown, whichever comes first. The pool grows (to HTTP_WORKERS_MAX) only while every
+ * worker is stuck on a long route. The timer thread also sweeps connections for the header
+ * and body timeouts (server.c) once a second. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +16,8 @@
 
 #define HTTP_WAIT_BUCKETS 1024   /* waiters hashed by database handle */
 #define HTTP_SWEEP_MS     1000
+#define HTTP_STALL_MS     100    /* a task queued this long with no worker free: add one */
+#define HTTP_WORKERS_MAX  256
 
 struct http_loop {
     http_server    *srv;
@@ -24,7 +26,9 @@ struct http_loop {
     pthread_cond_t  timer_cv;     /* the timer thread waits here for an earlier due time */
     http_task      *head, *tail;  /* the work queue */
     bool            stop;
-    unsigned        nworkers;
+    unsigned        nworkers;     /* started so far */
+    unsigned        max_workers;  /* the pool grows to this when routes block for long */
+    unsigned        idle;         /* workers waiting for a task */
     pthread_t      *workers;
     pthread_t       timer;
     bool            timer_started;
@@ -38,6 +42,7 @@ struct http_loop {
 static void loop_push(struct http_loop *l, http_task *t)
 {
     t->next = NULL;
+    t->queued = clock_ms();
     if (l->tail) l->tail->next = t;
     else l->head = t;
     l->tail = t;
@@ -57,7 +62,9 @@ static void *loop_worker(void *arg)
     struct http_loop *l = arg;
     pthread_mutex_lock(&l->lock);
     for (;;) {
+        l->idle++;
         while (!l->head && !l->stop) pthread_cond_wait(&l->work_cv, &l->lock);
+        l->idle--;
         http_task *t = l->head;
         if (!t) break;   /* stopping and nothing left */
         l->head = t->next;
@@ -220,6 +227,8 @@ size_t http_loop_armed(http_server *s)
 }
 
 /* ---- the timer thread ------------------------------------------------------------------- */
+static bool loop_add_worker(struct http_loop *l);
+
 static void *loop_timer(void *arg)
 {
     struct http_loop *l = arg;
@@ -228,6 +237,11 @@ static void *loop_timer(void *arg)
     while (!l->stop) {
         uint64_t now = clock_ms();
         bool any = false;
+        /* Every worker busy and a task waiting: routes are blocking (a long replication,
+         * a slow query server). The pool grows rather than stall every other request. */
+        if (l->head && l->idle == 0 && now - l->head->queued >= HTTP_STALL_MS &&
+            l->nworkers < l->max_workers)
+            loop_add_worker(l);
         while (l->heap_len && l->heap[0]->due <= now) {
             loop_fire(l, l->heap[0]);
             any = true;
@@ -242,6 +256,7 @@ static void *loop_timer(void *arg)
         }
         uint64_t until = next_sweep;
         if (l->heap_len && l->heap[0]->due < until) until = l->heap[0]->due;
+        if (l->head && now + HTTP_STALL_MS < until) until = now + HTTP_STALL_MS;
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         uint64_t ms = until > now ? until - now : 0;
@@ -258,6 +273,19 @@ static void *loop_timer(void *arg)
 }
 
 /* ---- start and stop --------------------------------------------------------------------- */
+/* Starts one more worker; under l->lock (or before other threads run). */
+static bool loop_add_worker(struct http_loop *l)
+{
+    /* Workers do little on their stack (the handlers keep big things on the heap). */
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, (size_t)1 << 20);
+    bool ok = pthread_create(&l->workers[l->nworkers], &attr, loop_worker, l) == 0;
+    pthread_attr_destroy(&attr);
+    if (ok) l->nworkers++;
+    return ok;
+}
+
 int http_loop_start(http_server *s, unsigned workers, char *errbuf, size_t errlen)
 {
     struct http_loop *l = calloc(1, sizeof *l);
@@ -273,33 +301,33 @@ int http_loop_start(http_server *s, unsigned workers, char *errbuf, size_t errle
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&l->timer_cv, &ca);
     pthread_condattr_destroy(&ca);
-    l->workers = calloc(workers, sizeof *l->workers);
+    l->max_workers = workers > HTTP_WORKERS_MAX ? workers : HTTP_WORKERS_MAX;
+    l->workers = calloc(l->max_workers, sizeof *l->workers);
     s->loop = l;
     if (!l->workers) {
         snprintf(errbuf, errlen, "out of memory");
         http_loop_stop(s);
         return -1;
     }
-    /* Workers do little on their stack (the handlers keep big things on the heap). */
+    pthread_mutex_lock(&l->lock);
+    while (l->nworkers < workers && loop_add_worker(l)) {}
+    bool started = l->nworkers == workers;
+    pthread_mutex_unlock(&l->lock);
+    if (!started) {
+        snprintf(errbuf, errlen, "cannot start worker threads");
+        http_loop_stop(s);
+        return -1;
+    }
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, (size_t)1 << 20);
-    for (; l->nworkers < workers; l->nworkers++) {
-        if (pthread_create(&l->workers[l->nworkers], &attr, loop_worker, l) != 0) {
-            pthread_attr_destroy(&attr);
-            snprintf(errbuf, errlen, "cannot start worker threads: %s", strerror(errno));
-            http_loop_stop(s);
-            return -1;
-        }
-    }
-    if (pthread_create(&l->timer, &attr, loop_timer, l) != 0) {
-        pthread_attr_destroy(&attr);
+    l->timer_started = pthread_create(&l->timer, &attr, loop_timer, l) == 0;
+    pthread_attr_destroy(&attr);
+    if (!l->timer_started) {
         snprintf(errbuf, errlen, "cannot start the timer thread");
         http_loop_stop(s);
         return -1;
     }
-    pthread_attr_destroy(&attr);
-    l->timer_started = true;
     mimeo_env_watch(s->env, loop_on_commit, l);
     return 0;
 }
@@ -314,8 +342,9 @@ void http_loop_stop(http_server *s)
     pthread_cond_broadcast(&l->work_cv);
     pthread_cond_signal(&l->timer_cv);
     pthread_mutex_unlock(&l->lock);
-    for (unsigned i = 0; i < l->nworkers; i++) pthread_join(l->workers[i], NULL);
+    /* The timer may add a worker until it stops: it goes first. */
     if (l->timer_started) pthread_join(l->timer, NULL);
+    for (unsigned i = 0; i < l->nworkers; i++) pthread_join(l->workers[i], NULL);
     free(l->workers);
     free(l->heap);
     pthread_cond_destroy(&l->work_cv);

@@ -240,3 +240,30 @@ describe('shutdown with many feeds', () => {
     await server.stop();
   });
 });
+
+describe('worker pool', () => {
+  test('routes stuck for seconds (a filter that never returns) do not stall other requests', async () => {
+    // Two workers, four requests that each hold one until the query server is killed.
+    const server = await startServer({ args: ['--set', 'chttpd.worker_threads=2',
+      '--set', 'couchdb.os_process_timeout=4000'] });
+    try {
+      const port = Number(new URL(server.url).port);
+      const db = 'stuck';
+      await request(server.url, 'PUT', `/${db}`);
+      assert.equal((await request(server.url, 'PUT', `/${db}/_design/d`,
+        { body: { filters: { forever: 'function(doc) { while (true) {} }' } } })).status, 201);
+      await request(server.url, 'PUT', `/${db}/a`, { body: {} });
+      const stuck = Array.from({ length: 4 }, () =>
+        rawRequest(port, 'GET', `/${db}/_changes?filter=d/forever`, { timeout: 30_000 }));
+      await new Promise((r) => setTimeout(r, 500));
+      const t0 = performance.now();
+      const r = await rawRequest(port, 'GET', '/');
+      const ms = performance.now() - t0;
+      assert.equal(r.status, 200);
+      assert.ok(ms < 2000, `GET / took ${ms.toFixed(0)} ms beside the stuck routes`);
+      for (const s of await Promise.all(stuck)) assert.equal(s.status, 500, s.head);
+    } finally {
+      await server.stop();
+    }
+  });
+});
