@@ -93,7 +93,7 @@ run() {
 
 summary() { # a short progress figure from a JSON line
   local j=$1 k
-  for k in docs_per_s req_per_s rows_per_s; do
+  for k in docs_per_s req_per_s rows_per_s write_p99_ms p99_ms; do
     if [[ $j =~ \"$k\":([0-9.]+) ]]; then echo "$k ${BASH_REMATCH[1]}"; return; fi
   done
   echo "n/a: ${2:0:100}"

@@ -243,7 +243,7 @@ static int http_feed_fill(http_feed *f)
 static void http_feed_task(http_task *t)
 {
     http_feed *f = (http_feed *)((char *)t - offsetof(http_feed, task));
-    for (;;) {
+    while (!f->task.hangup) {
         int rc = http_feed_fill(f);
         if (rc < 0) f->failed = true;
         if (rc != HTTP_FEED_IDLE) break;
@@ -267,6 +267,7 @@ static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max)
     http_feed *f = cls;
     (void)pos;
     f->streaming = true;
+    if (f->task.hangup) return MHD_CONTENT_READER_END_WITH_ERROR;   /* the client left */
     if (f->out.len == f->pos && f->ph != PH_DONE && !f->failed && !f->filter) {
         int rc = http_feed_fill(f);
         if (rc < 0) f->failed = true;
@@ -441,6 +442,9 @@ void http_h_changes(http_req *r)
     f->srv = r->srv;
     f->conn = r->conn;
     f->task.run = http_feed_task;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    f->task.fd = ci ? ci->connect_fd : 0;
     buf_init(&f->out, 0);
     if (!http_feed_params(r, f)) {
         http_feed_free(f);

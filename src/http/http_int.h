@@ -54,6 +54,9 @@ struct http_task {
     http_task   *wprev, *wnext;   /* armed: in its database's bucket */
     size_t       heap_i;          /* armed with a due time: index in the timer heap + 1 */
     bool         armed;
+    int          fd;              /* the suspended connection's socket, watched for the
+                                     client hanging up while armed (0: none) */
+    bool         hangup;          /* fired because the client hung up */
 };
 int  http_loop_start(http_server *s, unsigned workers, char *errbuf, size_t errlen);
 /* Joins the threads; no task may be queued or armed any more. */

@@ -5,7 +5,9 @@
  * shutdown, whichever comes first. The pool grows (to HTTP_WORKERS_MAX) only while every
  * worker is stuck on a long route. The timer thread also sweeps connections for the header
  * and body timeouts (server.c) once a second. */
+#include <errno.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,7 @@
 #define HTTP_SWEEP_MS     1000
 #define HTTP_STALL_MS     100    /* a task queued this long with no worker free: add one */
 #define HTTP_WORKERS_MAX  256
+#define HTTP_HANGUP_MS    3000   /* how often armed waiters' sockets are checked */
 
 struct http_loop {
     http_server    *srv;
@@ -217,6 +220,29 @@ void http_loop_fire_all(http_server *s)
     pthread_mutex_unlock(&l->lock);
 }
 
+/* A suspended connection is not watched by libmicrohttpd: a client that leaves an idle feed
+ * would hold its slot until the feed's next heartbeat or timeout. So the sockets of armed
+ * waiters are peeked now and then; end of stream or an error fires the waiter, marked. While
+ * armed, the connection is suspended and cannot be closed, so the descriptor is its own. */
+static void loop_check_hangups(struct http_loop *l)
+{
+    for (size_t i = 0; i < HTTP_WAIT_BUCKETS; i++) {
+        http_task *t = l->buckets[i];
+        while (t) {
+            http_task *next = t->wnext;
+            if (t->fd > 0) {
+                char c;
+                ssize_t n = recv(t->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+                if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+                    t->hangup = true;
+                    loop_fire(l, t);
+                }
+            }
+            t = next;
+        }
+    }
+}
+
 size_t http_loop_armed(http_server *s)
 {
     struct http_loop *l = s->loop;
@@ -232,7 +258,7 @@ static bool loop_add_worker(struct http_loop *l);
 static void *loop_timer(void *arg)
 {
     struct http_loop *l = arg;
-    uint64_t next_sweep = clock_ms() + HTTP_SWEEP_MS;
+    uint64_t next_sweep = clock_ms() + HTTP_SWEEP_MS, next_hangup = next_sweep;
     pthread_mutex_lock(&l->lock);
     while (!l->stop) {
         uint64_t now = clock_ms();
@@ -247,6 +273,12 @@ static void *loop_timer(void *arg)
             any = true;
         }
         if (any) pthread_cond_broadcast(&l->work_cv);
+        if (now >= next_hangup) {
+            size_t before = l->armed;
+            loop_check_hangups(l);
+            if (l->armed != before) pthread_cond_broadcast(&l->work_cv);
+            next_hangup = now + HTTP_HANGUP_MS;
+        }
         if (now >= next_sweep) {
             pthread_mutex_unlock(&l->lock);
             http_conns_sweep(l->srv, now);

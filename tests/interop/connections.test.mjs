@@ -212,6 +212,35 @@ describe('connection caps', () => {
   });
 });
 
+describe('clients that leave idle feeds', () => {
+  test('free their connection slots within seconds, not at the next heartbeat', async () => {
+    const server = await startServer({ args: ['--set', 'httpd.max_connections=50'] });
+    try {
+      const port = Number(new URL(server.url).port);
+      const db = 'leave';
+      await request(server.url, 'PUT', `/${db}`);
+      const path = `/${db}/_changes?feed=continuous&since=now&heartbeat=60000`;
+      const first = await pool(Array.from({ length: 40 }, (_, i) => i), 40, () => openRawFeed(port, path));
+      assert.ok(first.every((s) => s.status === 200));
+      for (const s of first) s.destroy();
+      // Suspended connections are not watched by libmicrohttpd; the server notices anyway.
+      const deadline = Date.now() + 15_000;
+      let statuses = [];
+      while (Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 1000));
+        const again = await pool(Array.from({ length: 40 }, (_, i) => i), 40, () => openRawFeed(port, path));
+        statuses = again.map((s) => s.status);
+        for (const s of again) s.destroy();
+        if (statuses.every((x) => x === 200)) break;
+        await new Promise((r) => setTimeout(r, 4000));   // let these go too
+      }
+      assert.ok(statuses.every((x) => x === 200), `statuses: ${statuses.join(',')}`);
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
 describe('shutdown with many feeds', () => {
   test('SIGTERM ends 500 open feeds cleanly and exits 0', async () => {
     const server = await startServer();

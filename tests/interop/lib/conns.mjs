@@ -57,11 +57,12 @@ export function rawRequest(port, method, path, { localAddress, body, timeout = 1
 }
 
 /**
- * Opens a feed (GET path, kept alive). Resolves once the reply's head has come, with the
- * socket; `sock.tail` holds the last bytes received; each of `sock.watchers` is called with
+ * Opens a feed (GET path, kept alive). Resolves once the reply's head has come (or, with
+ * waitHead false, once the request is sent: some servers send the head with the first row),
+ * with the socket; `sock.tail` holds the last bytes received; each of `sock.watchers` is called with
  * every chunk and the tail before it.
  */
-export function openRawFeed(port, path) {
+export function openRawFeed(port, path, { waitHead = true } = {}) {
   return new Promise((resolve, reject) => {
     const sock = net.connect({ host: '127.0.0.1', port });
     let head = '';
@@ -72,6 +73,7 @@ export function openRawFeed(port, path) {
     sock.setEncoding('utf8');
     sock.on('connect', () => {
       sock.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+      if (!waitHead) { clearTimeout(timer); resolve(sock); }
     });
     sock.on('data', (c) => {
       if (!headDone) {
@@ -80,7 +82,7 @@ export function openRawFeed(port, path) {
         if (i < 0) return;
         headDone = true;
         clearTimeout(timer);
-        sock.status = Number((/^HTTP\/1\.1 (\d{3})/.exec(head) || [])[1] || 0);
+        sock.status = Number((/^HTTP\/1\.[01] (\d{3})/.exec(head) || [])[1] || 0);
         c = head.slice(i + 4);
         head = '';
         resolve(sock);
