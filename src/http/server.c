@@ -414,6 +414,19 @@ static void http_linger_413(http_req *r, int fd)
     }
 }
 
+/* Reads that wait on nothing (no password to check, no query server to ask, no commit) run
+ * right on the event thread: handing them to a worker and back costs two thread switches,
+ * more than the read itself (GET at 16 connections on the busy machine: 3,400 req/s handed
+ * over, against 11,000 with a thread per connection). Everything else goes to a worker. */
+static bool http_route_inline(const http_req *r)
+{
+    if (r->method != HTTP_GET && r->method != HTTP_HEAD) return false;
+    if (http_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION)) return false;   /* PBKDF2, slowdown */
+    if (r->nseg >= 2 && http_seg_is(r, 1, "_changes")) return false;      /* filters run JS */
+    if (r->nseg > 3 && http_seg_is(r, 1, "_design")) return false;        /* views, shows */
+    return true;
+}
+
 /* The route, on a worker: the connection is suspended until the reply is made. */
 static void http_route_task(http_task *t)
 {
@@ -489,7 +502,10 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
     }
     else if (atomic_load(&s->stopping))
         http_reply_error(r, 503, "service_unavailable", "The server is shutting down.");
-    else {
+    else if (http_route_inline(r)) {
+        if (!http_cors_preflight(r) && http_authorize(r))
+            http_route(r);
+    } else {
         r->task.run = http_route_task;
         http_suspend_submit(s, conn, &r->task);
         return MHD_YES;
