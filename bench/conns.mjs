@@ -15,12 +15,12 @@ const out = (o) => console.log(JSON.stringify(o));
 
 async function feeds(pid, n) {
   const db = `bench_feeds_${n}`;
-  let r = await rawRequest(port, 'PUT', `/${db}`);
+  let r = await rawRequest(port, 'PUT', `/${db}`, { timeout: 60_000 });
   if (r.status !== 201 && r.status !== 412) throw new Error(`PUT /${db}: ${r.status} ${r.body}`);
   // since= the current seq rather than now: a feed the server takes up late still gets the
   // write. pouchdb-server sends a feed's head only with its first row, so the head is not
   // awaited; the feeds count as open once every one has received the first write.
-  const info = await rawRequest(port, 'GET', `/${db}`);
+  const info = await rawRequest(port, 'GET', `/${db}`, { timeout: 60_000 });
   const seq = JSON.parse(info.body).update_seq;
   await sleep(200);
   const before = procStatus(pid);
@@ -50,8 +50,8 @@ async function feeds(pid, n) {
       }];
     }
     start = performance.now();
-    r = await rawRequest(port, 'PUT', `/${db}/${id}`, { body: '{}' });
-    if (r.status !== 201) throw new Error(`PUT doc: ${r.status} ${r.body}`);
+    r = await rawRequest(port, 'PUT', `/${db}/${id}`, { body: '{}', timeout: 60_000 });
+    if (r.status !== 201) throw new Error(`PUT doc: ${r.status} ${r.error ?? ''} ${r.body}`);
     await Promise.race([all, sleep(30_000)]);
     rounds.push({ reached: seen.length, p50: percentile(seen, 50), p99: percentile(seen, 99),
       max: Math.max(...seen) });
