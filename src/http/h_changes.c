@@ -442,8 +442,10 @@ void http_h_changes(http_req *r)
     f->srv = r->srv;
     f->conn = r->conn;
     f->task.run = http_feed_task;
+    /* The socket, for noticing a client that leaves while the feed waits (none when the
+     * request was made without a connection, as the unit tests and fuzzers do). */
     const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        r->conn ? MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
     f->task.fd = ci ? ci->connect_fd : 0;
     buf_init(&f->out, 0);
     if (!http_feed_params(r, f)) {
