@@ -77,7 +77,7 @@ run() {
     record "$wl" "$srv" "" "server exited before this workload"; return
   fi
   local args=() a
-  for a in "$@"; do args+=("${a//@URL/$url}"); done
+  for a in "$@"; do a=${a//@URL/$url}; args+=("${a//@PID/$pid}"); done
   local c0 json err
   c0=$(cpu_ticks "$pid")
   json=$(timeout "$limit" "${args[@]}" 2>"$TMP/err")
@@ -96,7 +96,7 @@ run() {
 
 summary() { # a short progress figure from a JSON line
   local j=$1 k
-  for k in docs_per_s req_per_s rows_per_s mb_per_s; do
+  for k in docs_per_s req_per_s rows_per_s mb_per_s write_p99_ms p99_ms; do
     if [[ $j =~ \"$k\":([0-9.]+) ]]; then echo "$k ${BASH_REMATCH[1]}"; return; fi
   done
   echo "n/a: ${2:0:100}"
@@ -108,8 +108,9 @@ MIMEO_BIN=${MIMEO_BIN:-$ROOT/build/mimeo}
 start_mimeo() {
   if [ ! -x "$MIMEO_BIN" ]; then note "$MIMEO_BIN is missing: mimeo figures are n/a"; return; fi
   mkdir -p "$TMP/mimeo/data"
+  # Room for the 10,000-feed workload beside the load generator's own connections.
   "$MIMEO_BIN" serve --data "$TMP/mimeo/data" --bind 127.0.0.1 --port 0 \
-    > "$TMP/mimeo/out.log" 2>&1 &
+    --set httpd.max_connections=12000 > "$TMP/mimeo/out.log" 2>&1 &
   MIMEO_PID=$!
   local line
   for _ in $(seq 150); do
@@ -248,6 +249,19 @@ for s in "${SERVERS[@]}"; do
   for m in build_map build_sum reduce_count reduce_sum build_js reduce_js range; do
     run "view_$m" "$s" 900 node "$BENCH/views.mjs" @URL/bench_views "$DOCS" "$m"
   done
+done
+
+# Connections (issue 13): idle live feeds (memory per feed, and the latency of one write
+# reaching all of them), then slowloris connections beside a normal client. The peak memory
+# below (VmHWM) therefore includes the 10,000 feeds; RssAnon is read after they closed.
+FEEDS_COUNTS=${BENCH_FEEDS:-"1000 10000"}
+for n in $FEEDS_COUNTS; do
+  for s in "${SERVERS[@]}"; do
+    run "feeds_$n" "$s" 300 node "$BENCH/conns.mjs" feeds @URL @PID "$n"
+  done
+done
+for s in "${SERVERS[@]}"; do
+  run slowloris "$s" 120 node "$BENCH/conns.mjs" slowloris @URL 2000
 done
 
 # Peak resident memory over the whole run (VmHWM), read before the servers stop.

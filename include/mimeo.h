@@ -364,6 +364,11 @@ MIMEO_API int mimeo_changes(mimeo_db *db, const mimeo_changes_opts *opts, mimeo_
  * environment may be closed meanwhile: close waits for no one. A deleted database returns at
  * once, every time: a loop around this call must check for it (mimeo_cursor_wait says so). */
 MIMEO_API uint64_t mimeo_changes_wait(mimeo_db *db, uint64_t since, uint64_t timeout_ms);
+/* Calls fn(ctx, db) on the writer thread after every commit that changed db (a write or its
+ * deletion), right after mimeo_changes_wait's waiters are woken: a server can keep thousands
+ * of feeds waiting without a thread each. fn must be quick and must not write or wait. One
+ * watcher per environment; NULL removes it, and once this returns the old fn runs no more. */
+MIMEO_API void mimeo_env_watch(mimeo_env *env, void (*fn)(void *ctx, mimeo_db *db), void *ctx);
 
 typedef struct mimeo_all_docs_opts {
     const char *startkey; size_t startkey_len; /* NULL: from the first id */

@@ -71,8 +71,21 @@ static const cfg_option cfg_options[] = {
          "largest request body; larger ones get 413", 1, 0),
     OPTR("httpd", "max_buffered_bytes", CFG_SIZE, max_buffered, "256M", NULL,
          "request body bytes held by all connections together; more get 503", 1, 0),
-    OPTR("httpd", "max_connections", CFG_UINT, max_connections, "512", NULL,
-         "concurrent connections (one thread each)", 1, 0),
+    OPTR("httpd", "max_connections", CFG_UINT, max_connections, "10000", NULL,
+         "concurrent connections; past it new ones get a quick 503", 1, 0),
+    OPT("chttpd", "max_connections_per_address", CFG_UINT, max_connections_per_address, "0",
+        NULL, "concurrent connections from one client address; past it 503 (0: no cap)"),
+    OPT("chttpd", "header_timeout", CFG_UINT, header_timeout, "60", NULL,
+        "seconds a client may take to send a request head (then 408; 0: no limit)"),
+    OPT("chttpd", "body_timeout", CFG_UINT, body_timeout, "60", NULL,
+        "seconds a request body may pause (then 408; 0: no limit)"),
+    OPT("chttpd", "worker_threads", CFG_UINT, worker_threads, "0", NULL,
+        "threads that run requests (0: 8 per core, at least 16)"),
+    OPT("chttpd", "event_threads", CFG_UINT, event_threads, "0", NULL,
+        "threads that move bytes for all connections (0: one per core, at most 8)"),
+    OPTR("chttpd", "connection_memory", CFG_SIZE, connection_memory, "160K", NULL,
+         "buffer of each connection; a request head must fit in about half of it, and an "
+         "idle feed keeps most of it (16K: ~20 KiB per feed, URLs up to ~7 KB)", 8192, 1u << 30),
     OPT("httpd", "idle_timeout", CFG_UINT, idle_timeout, "300", NULL,
         "seconds before an idle keep-alive connection is closed"),
     OPT("httpd", "changes_timeout", CFG_UINT, changes_timeout, "60000", NULL,
@@ -427,6 +440,12 @@ void config_to_http(const cli_config *c, http_config *h) {
     h->max_buffered = c->max_buffered;
     h->max_connections = c->max_connections;
     h->idle_timeout_s = c->idle_timeout;
+    h->max_connections_per_address = c->max_connections_per_address;
+    h->header_timeout_s = c->header_timeout;
+    h->body_timeout_s = c->body_timeout;
+    h->worker_threads = c->worker_threads;
+    h->event_threads = c->event_threads;
+    h->connection_memory = c->connection_memory;
     h->changes_timeout_ms = c->changes_timeout;
     h->js_command = c->query_server;
     h->js_procs = c->js_procs;

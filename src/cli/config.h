@@ -21,6 +21,12 @@ typedef struct cli_config {
     size_t   max_buffered;
     unsigned max_connections;
     unsigned idle_timeout;
+    unsigned max_connections_per_address;
+    unsigned header_timeout;
+    unsigned body_timeout;
+    unsigned worker_threads;
+    unsigned event_threads;
+    size_t   connection_memory;
     unsigned changes_timeout;
     unsigned js_procs;               /* [query_server_config] os_process_limit */
     size_t   max_document_size;

@@ -72,6 +72,9 @@ struct mimeo_env {
     /* mimeo_env_on_commit's observer: ctx is stored before fn, read by the writer thread. */
     _Atomic(mimeo_commit_fn) on_commit;
     void *_Atomic   on_commit_ctx;
+    pthread_mutex_t watch_lock; /* held while the watcher runs, so removing it is final */
+    void          (*watch)(void *ctx, mimeo_db *db);
+    void           *watch_ctx;
 
     /* Writer-thread only: the group in progress. */
     uint64_t        group;

@@ -159,7 +159,18 @@ static void group_commit(void *ctx) {
         pthread_mutex_unlock(&db->lock);
         if (fn && advanced) fn(fctx, db->name, db->name_len, db->staged.update_seq);
     }
+    pthread_mutex_lock(&env->watch_lock);
+    if (env->watch)
+        for (mimeo_db *db = env->touched; db; db = db->staged_next) env->watch(env->watch_ctx, db);
+    pthread_mutex_unlock(&env->watch_lock);
     env->touched = NULL;
+}
+
+void mimeo_env_watch(mimeo_env *env, void (*fn)(void *ctx, mimeo_db *db), void *ctx) {
+    pthread_mutex_lock(&env->watch_lock);
+    env->watch = fn;
+    env->watch_ctx = ctx;
+    pthread_mutex_unlock(&env->watch_lock);
 }
 
 static void group_abort(void *ctx) {
@@ -225,6 +236,7 @@ int mimeo_env_open(const char *dir, const mimeo_options *opts, mimeo_env **out,
     env->limits.max_depth = env->opts.max_json_depth;
     env->limits.max_doc_bytes = env->opts.max_document_size;
     pthread_mutex_init(&env->lock, NULL);
+    pthread_mutex_init(&env->watch_lock, NULL);
     env->handle_slots = 64;
     env->handles = calloc(env->handle_slots, sizeof *env->handles);
     if (!env->handles) {
@@ -334,6 +346,7 @@ void mimeo_env_close(mimeo_env *env) {
     }
     free(env->handles);
     pthread_mutex_destroy(&env->lock);
+    pthread_mutex_destroy(&env->watch_lock);
     free(env);
 }
 

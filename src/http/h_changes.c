@@ -1,10 +1,11 @@
 /* GET/POST /{db}/_changes, streamed row by row in every feed mode. One library cursor serves
  * the whole feed: it reads in bounded slices and keeps its place, so a feed of any length
  * costs one slice of memory and this file does no paging of its own. Rows are written from
- * the cursor's fields. Waiting (longpoll, continuous, eventsource) happens inside the
- * content reader, in slices of at most HTTP_WAIT_SLICE_MS so that a server shutdown is
- * noticed quickly; the cursor's wait wakes on the commit itself, and on a database delete,
- * which ends the feed as CouchDB ends it.
+ * the cursor's fields. The content reader never blocks: it reads the next rows itself (short
+ * LMDB reads), or, with none, suspends the connection and arms a waiter (loop.c) that costs
+ * no thread and resumes it on the database's next commit, at the heartbeat or timeout, or
+ * at shutdown. A feed with a filter that may call a query server is stepped on a worker
+ * instead. A database delete ends the feed as CouchDB ends it.
  *   normal, longpoll:  {"results":[\n row,\n row \n],\n"last_seq":N,"pending":P}\n
  *   continuous:        row\n row\n … {"last_seq":N,"pending":P}\n   (blank line = heartbeat)
  *   eventsource:       data: row\nid: seq\n\n …     (event: heartbeat\ndata: \n\n) */
@@ -15,7 +16,6 @@
 
 #include "http_int.h"
 
-#define HTTP_WAIT_SLICE_MS 500
 #define HTTP_HEARTBEAT_MIN_MS 50
 
 typedef enum { FEED_NORMAL, FEED_LONGPOLL, FEED_CONTINUOUS, FEED_EVENTSOURCE } http_feed_kind;
@@ -23,6 +23,9 @@ typedef enum { PH_START, PH_ROWS, PH_WAIT, PH_END, PH_DONE } http_feed_phase;
 
 typedef struct http_feed {
     http_server        *srv;
+    struct MHD_Connection *conn;
+    http_task           task;        /* the worker's step, or the armed waiter */
+    bool                failed;      /* a read failed mid-stream: cut the reply */
     mimeo_db           *db;          /* owned: taken over from the request */
     mimeo_cursor       *cur;         /* owned */
     http_feed_kind      kind;
@@ -151,7 +154,10 @@ static void http_feed_start_wait(http_feed *f)
     if (f->heartbeat_ms) f->next_beat = now + f->heartbeat_ms;
 }
 
-/* One step of the feed; may append nothing (a quiet wait slice). <0 on a library error. */
+#define HTTP_FEED_IDLE 1
+
+/* One step of the feed; may append nothing. <0 on a library error, HTTP_FEED_IDLE when it
+ * has to wait for a commit or its next heartbeat or timeout. */
 static int http_feed_step(http_feed *f)
 {
     bool at_end = false;
@@ -200,14 +206,11 @@ static int http_feed_step(http_feed *f)
             f->next_beat = now + f->heartbeat_ms;
             return 0;
         }
-        uint64_t slice = HTTP_WAIT_SLICE_MS;
-        if (f->deadline && f->deadline - now < slice) slice = f->deadline - now;
-        if (f->heartbeat_ms && f->next_beat - now < slice) slice = f->next_beat - now;
-        if (slice == 0) slice = 1;
-        rc = mimeo_cursor_wait(f->cur, slice);
+        rc = mimeo_cursor_wait(f->cur, 0);
         /* Deleted while we waited: CouchDB ends the feed. */
         if (rc < 0) f->ph = PH_END;
         else if (rc > 0) f->ph = PH_ROWS;
+        else return HTTP_FEED_IDLE;
         return 0;
     }
     case PH_END:
@@ -219,17 +222,87 @@ static int http_feed_step(http_feed *f)
     return 0;
 }
 
+/* When the feed's waiter is due: the heartbeat or the timeout, whichever comes first. */
+static uint64_t http_feed_due(const http_feed *f)
+{
+    uint64_t due = f->deadline;
+    if (f->heartbeat_ms && (!due || f->next_beat < due)) due = f->next_beat;
+    return due;
+}
+
+/* Steps until there is something to send or the feed is done (0), it has to wait
+ * (HTTP_FEED_IDLE), or a read failed (<0). */
+static int http_feed_fill(http_feed *f)
+{
+    while (f->out.len == f->pos && f->ph != PH_DONE) {
+        int rc = http_feed_step(f);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+/* A feed whose rows need a query server (a JavaScript filter) is stepped on a worker, the
+ * connection suspended: it resumes the connection once there is something to send, or arms
+ * the waiter (which queues this task again) and leaves it suspended. */
+static void http_feed_task(http_task *t)
+{
+    http_feed *f = (http_feed *)((char *)t - offsetof(http_feed, task));
+    while (!f->task.hangup) {
+        int rc = http_feed_fill(f);
+        if (rc < 0) f->failed = true;
+        if (rc != HTTP_FEED_IDLE) break;
+        if (http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur),
+                           http_feed_due(f)))
+            return;
+    }
+    http_resume(f->srv, f->conn);
+}
+
+/* Any other feed reads its rows right here, on the event thread (short LMDB reads that
+ * never block); its waiter only resumes the connection. */
+static void http_feed_resume_task(http_task *t)
+{
+    http_feed *f = (http_feed *)((char *)t - offsetof(http_feed, task));
+    http_resume(f->srv, f->conn);
+}
+
 static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max)
 {
     http_feed *f = cls;
     (void)pos;
     f->streaming = true;
-    for (;;) {
-        size_t n = http_drain(&f->out, &f->pos, dst, max);
-        if (n > 0) return (ssize_t)n;
-        if (f->ph == PH_DONE) return MHD_CONTENT_READER_END_OF_STREAM;
-        if (http_feed_step(f) != 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (f->task.hangup) return MHD_CONTENT_READER_END_WITH_ERROR;   /* the client left */
+    if (f->out.len == f->pos && f->ph != PH_DONE && !f->failed && !f->filter) {
+        int rc = http_feed_fill(f);
+        if (rc < 0) f->failed = true;
+        if (rc == HTTP_FEED_IDLE) {
+            /* 0 is only allowed while suspended (MHD would spin otherwise); suspended
+             * before arming, so that a waiter firing at once finds it so. */
+            atomic_fetch_add(&f->srv->suspended, 1);
+            MHD_suspend_connection(f->conn);
+            f->task.run = http_feed_resume_task;
+            if (!http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur),
+                                http_feed_due(f)))
+                http_resume(f->srv, f->conn);   /* something new already: come back */
+            return 0;
+        }
     }
+    size_t n = http_drain(&f->out, &f->pos, dst, max);
+    if (n > 0) return (ssize_t)n;
+    if (f->failed) return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (f->ph == PH_DONE) return MHD_CONTENT_READER_END_OF_STREAM;
+    /* A filtered feed with nothing to send: to a worker; or, when it is only waiting and
+     * nothing is due yet, armed from here, which spares the worker a turn. */
+    uint64_t now = clock_ms(), due = http_feed_due(f);
+    if (f->ph == PH_WAIT && (!due || now < due)) {
+        atomic_fetch_add(&f->srv->suspended, 1);
+        MHD_suspend_connection(f->conn);
+        if (!http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur), due))
+            http_loop_submit(f->srv, &f->task);
+        return 0;
+    }
+    http_suspend_submit(f->srv, f->conn, &f->task);
+    return 0;
 }
 
 /* ---- parameters ------------------------------------------------------------------------- */
@@ -371,6 +444,13 @@ void http_h_changes(http_req *r)
         return;
     }
     f->srv = r->srv;
+    f->conn = r->conn;
+    f->task.run = http_feed_task;
+    /* The socket, for noticing a client that leaves while the feed waits (none when the
+     * request was made without a connection, as the unit tests and fuzzers do). */
+    const union MHD_ConnectionInfo *ci =
+        r->conn ? MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
+    f->task.fd = ci ? ci->connect_fd : 0;
     buf_init(&f->out, 0);
     if (!http_feed_params(r, f)) {
         http_feed_free(f);

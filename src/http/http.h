@@ -55,8 +55,14 @@ typedef struct http_config {
     unsigned    port;              /* 0: the kernel picks a free port */
     size_t      max_request_size;  /* bytes of one request body; over it → 413 */
     size_t      max_buffered;      /* body bytes held by all requests together; over → 503 */
-    unsigned    max_connections;   /* concurrent connections (one thread each) */
+    unsigned    max_connections;   /* concurrent connections; more get a quick 503 */
+    unsigned    max_connections_per_address; /* from one client address; 0: no cap */
     unsigned    idle_timeout_s;    /* an idle keep-alive connection is closed after this */
+    unsigned    header_timeout_s;  /* a request head must arrive within this (0: no limit) */
+    unsigned    body_timeout_s;    /* a request body may pause this long (0: no limit) */
+    unsigned    worker_threads;    /* threads running routes (0: by cores) */
+    unsigned    event_threads;     /* libmicrohttpd epoll threads (0: one per core) */
+    size_t      connection_memory; /* per-connection buffer; a request head fits in half */
     unsigned    changes_timeout_ms;/* default and cap of _changes?timeout */
     unsigned    max_json_depth;    /* nesting cap for JSON in query values and small bodies */
     http_cors   cors;

@@ -36,7 +36,48 @@ struct http_server {
     struct http_auth   *auth;     /* accounts, secret, caches (authz.c) */
     atomic_size_t       buffered; /* request body bytes held by all connections */
     struct qs_pool     *qs;       /* JavaScript query servers, started lazily (h_filter.c) */
+    struct http_loop   *loop;     /* workers, waiters and the timer thread (loop.c) */
+    atomic_int          suspended;/* connections suspended by us, waiting for a worker */
+    struct http_conns  *conns;    /* every open connection, for caps and timeouts */
 };
+
+/* ---- loop.c: the worker pool, waiters and the timer thread ------------------------------- */
+/* A unit of work for a worker thread, embedded in what it works on (a request, a feed). A
+ * task may also be armed as a waiter, which costs no thread while it waits. */
+typedef struct http_task http_task;
+struct http_task {
+    void       (*run)(http_task *t);
+    http_task   *next;            /* in the work queue */
+    uint64_t     queued;          /* clock_ms() when queued */
+    mimeo_db    *db;              /* armed: fires on this database's next commit */
+    uint64_t     due;             /* armed: fires at this clock_ms() (0: no time limit) */
+    http_task   *wprev, *wnext;   /* armed: in its database's bucket */
+    size_t       heap_i;          /* armed with a due time: index in the timer heap + 1 */
+    bool         armed;
+    int          fd;              /* the suspended connection's socket, watched for the
+                                     client hanging up while armed (0: none) */
+    bool         hangup;          /* fired because the client hung up */
+};
+int  http_loop_start(http_server *s, unsigned workers, char *errbuf, size_t errlen);
+/* Joins the threads; no task may be queued or armed any more. */
+void http_loop_stop(http_server *s);
+void http_loop_submit(http_server *s, http_task *t);
+/* Arms t to be queued for a worker on db's next commit, at due (clock_ms; 0: never), or at
+ * shutdown, whichever comes first. False, without arming, when db has already moved past
+ * seq, is gone, or the server is stopping: the caller goes on at once. db may be NULL (a
+ * timer only). Once armed, t belongs to the loop until it runs. */
+bool http_loop_wait(http_server *s, http_task *t, mimeo_db *db, uint64_t seq, uint64_t due);
+/* Queues every armed task (shutdown: waiting feeds end). */
+void http_loop_fire_all(http_server *s);
+/* Tasks armed now (tests and the connection report). */
+size_t http_loop_armed(http_server *s);
+/* server.c: header and body timeouts; called by the timer thread once a second. */
+void http_conns_sweep(http_server *s, uint64_t now);
+/* Resumes a connection a worker has finished with; the worker must not touch its request
+ * or feed afterwards (MHD may free them at once). */
+void http_resume(http_server *s, struct MHD_Connection *conn);
+/* Suspends conn (from MHD's callbacks only) and queues t for a worker. */
+void http_suspend_submit(http_server *s, struct MHD_Connection *conn, http_task *t);
 
 typedef enum {
     HTTP_GET, HTTP_HEAD, HTTP_POST, HTTP_PUT, HTTP_DELETE, HTTP_OPTIONS, HTTP_OTHER
@@ -56,8 +97,12 @@ typedef struct http_arg {
 typedef struct http_req {
     http_server          *srv;
     struct MHD_Connection *conn;
+    struct http_conn     *cx;          /* the connection's guard entry (server.c) */
+    http_task             task;        /* the route, run by a worker */
     unsigned              calls;       /* access-handler calls so far */
     bool                  counted;     /* included in srv->busy */
+    bool                  routed;      /* the worker has made the reply */
+    bool                  refused;     /* an oversized body was refused: close */
     http_method           method;
     const char           *method_name;
 

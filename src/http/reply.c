@@ -246,7 +246,7 @@ void http_reply_stream(http_req *r, unsigned status, const char *content_type,
                        MHD_ContentReaderFreeCallback free_fn) {
     /* Block size bounds one chunk; rows are flushed as soon as a reader call returns. */
     struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, reader, cls, free_fn);
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4 * 1024, reader, cls, free_fn);
     if (!resp) {
         free_fn(cls);
         return;

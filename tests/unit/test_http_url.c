@@ -303,6 +303,9 @@ static void test_routes(void) {
         {HTTP_GET, "/db", 200, NULL},
         {HTTP_GET, "/db/", 200, NULL},
         {HTTP_GET, "/db/_all_docs", 200, NULL},
+        /* A feed made outside a connection (no MHD connection to watch) still opens. */
+        {HTTP_GET, "/db/_changes", 200, NULL},
+        {HTTP_GET, "/db/_changes?filter=_doc_ids&doc_ids=%5B%22a%22%5D&descending=true", 200, NULL},
         {HTTP_DELETE, "/db/_all_docs", 405, "GET,HEAD,POST"},
         {HTTP_GET, "/db/_bulk_docs", 405, "POST"},
         {HTTP_GET, "/db/_revs_limit", 200, NULL},
