@@ -768,7 +768,7 @@ int repl_reply_changes(const repl_resp *r, repl_change_fn fn, void *ctx, repl_pa
             revs[n] = rev->str;
             lens[n++] = rev->len;
         }
-        repl_want w = { id->str, id->len, revs, lens, n };
+        repl_want w = { id->str, id->len, revs, lens, n, NULL, NULL, 0 };
         if ((rc = fn(ctx, &w)) != 0) err_set(err, rc, "error", "%s", mimeo_strerror(rc));
     }
     free(revs);

@@ -753,7 +753,7 @@ static int ephttp_doc_path(buf *p, const char *id, size_t id_len)
     if (id_len > 8 && memcmp(id, "_design/", 8) == 0) skip = 8;
     if (id_len > 7 && memcmp(id, "_local/", 7) == 0) skip = 7;
     if (!rc && skip) rc = buf_put(p, id, skip);
-    if (!rc) rc = ephttp_escape(p, id + skip, id_len - skip);
+    if (!rc) rc = buf_put_pct(p, id + skip, id_len - skip);
     return rc;
 }
 
@@ -768,13 +768,13 @@ static int ephttp_att_get(repl_ep *ep, const char *id, size_t id_len, const char
     if (!rc) rc = buf_putc(&p, '/');
     for (size_t i = 0, from = 0; !rc && i <= name_len; i++) {
         if (i < name_len && name[i] != '/') continue;
-        rc = ephttp_escape(&p, name + from, i - from);
+        rc = buf_put_pct(&p, name + from, i - from);
         if (!rc && i < name_len) rc = buf_putc(&p, '/');
         from = i + 1;
     }
     if (!rc && rev) {
         rc = buf_puts(&p, "?rev=");
-        if (!rc) rc = ephttp_escape(&p, rev, strlen(rev));
+        if (!rc) rc = buf_put_pct(&p, rev, strlen(rev));
     }
     if (rc) {
         buf_destroy(&p);

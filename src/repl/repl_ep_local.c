@@ -115,7 +115,7 @@ static int local_change_row(const mimeo_row *row, repl_change_fn fn, void *ctx,
         (*revs)[i] = row->leaves[i].rev;
         (*lens)[i] = row->leaves[i].rev_len;
     }
-    repl_want w = { row->id, row->id_len, *revs, *lens, row->leaf_count };
+    repl_want w = { row->id, row->id_len, *revs, *lens, row->leaf_count, NULL, NULL, 0 };
     return fn(ctx, &w);
 }
 
