@@ -125,6 +125,7 @@ typedef struct http_req {
     int                 (*body_sink)(void *state, const char *data, size_t len);
     void                 *sink_state;
     void                (*sink_free)(void *state);
+    bool                  authorized;  /* http_authorize passed already (streamed uploads) */
 
     mimeo_db             *db;          /* opened once per request by http_db */
     buf                   scratch;     /* e.g. "_design/" + name */

@@ -430,11 +430,19 @@ static bool http_route_inline(const http_req *r)
     return true;
 }
 
+/* Streamed uploads are authorized when their headers arrive; the route must not run the
+ * check again (a second refreshed session cookie, a second password check). */
+static bool http_authorize_once(http_req *r)
+{
+    if (!r->authorized) r->authorized = http_authorize(r);
+    return r->authorized;
+}
+
 /* The route, on a worker: the connection is suspended until the reply is made. */
 static void http_route_task(http_task *t)
 {
     http_req *r = (http_req *)((char *)t - offsetof(http_req, task));
-    if (!http_cors_preflight(r) && http_authorize(r))
+    if (!http_cors_preflight(r) && http_authorize_once(r))
         http_route(r);
     r->routed = true;
     http_resume(r->srv, r->conn);
@@ -467,6 +475,19 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
         }
         http_att_sink_choose(r);   /* attachment uploads stream to the store (h_att.c) */
         http_mp_sink_choose(r);    /* so do multipart documents (h_multipart.c) */
+        if (r->body_sink && !http_authorize_once(r)) {
+            /* A streamed body reaches the disk as it arrives, so who sends it is checked
+             * first. Refused, it is buffered under the caps like any other body and the
+             * refusal is made again when it is complete (answering now, before the body,
+             * is not something MHD sends while the client is still writing). */
+            r->sink_free(r->sink_state);
+            r->body_sink = NULL;
+            r->sink_state = NULL;
+            r->sink_free = NULL;
+            if (r->resp) MHD_destroy_response(r->resp);
+            r->resp = NULL;
+            r->status = 0;
+        }
         uint64_t cl;
         if (!r->body_sink && http_content_length(r, &cl)) {
             if (cl > s->cfg.max_request_size) return http_refuse_oversize(r);
@@ -513,7 +534,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
     else if (atomic_load(&s->stopping))
         http_reply_error(r, 503, "service_unavailable", "The server is shutting down.");
     else if (http_route_inline(r)) {
-        if (!http_cors_preflight(r) && http_authorize(r))
+        if (!http_cors_preflight(r) && http_authorize_once(r))
             http_route(r);
     } else {
         r->task.run = http_route_task;
