@@ -160,6 +160,16 @@ static uint64_t http_fd_quiet_ms(int fd)
     return ti.tcpi_last_data_recv;
 }
 
+/* True when the client has closed its sending side (end of stream) or the socket failed;
+ * pipelined bytes waiting to be read are not an end. */
+static bool http_fd_peer_gone(int fd)
+{
+    char c;
+    if (fd < 0) return false;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 /* 408 for a client too slow with its request, then both directions shut: MHD sees the end
  * of the stream and closes the connection on its own thread. Under TLS the socket is not
  * ours to write, so it is only shut. */
@@ -190,6 +200,11 @@ void http_conns_sweep(http_server *s, uint64_t now)
         uint64_t since = atomic_load_explicit(&c->since, memory_order_relaxed);
         uint64_t age = now > since ? now - since : 0;
         if (phase == CONN_HEAD && c->over && age > HTTP_OVER_CAP_MS) {
+            http_conn_cut(s, c, false);
+        } else if (phase == CONN_HEAD && http_fd_peer_gone(c->fd)) {
+            /* Between requests the client closed its side. libmicrohttpd's epoll loop is
+             * edge-triggered and may have taken that end of stream in with the last request,
+             * so it would wait for an event that never comes (until idle_timeout). */
             http_conn_cut(s, c, false);
         } else if (phase == CONN_HEAD && head_ms && age > head_ms) {
             /* Only a request under way: a keep-alive connection with nothing sent since its
