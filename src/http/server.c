@@ -50,6 +50,7 @@ typedef struct http_conn {
     atomic_int            phase;         /* CONN_HEAD, CONN_BODY or CONN_BUSY */
     bool                  over;          /* beyond a cap: its request gets 503, then close */
     bool                  cut;           /* the sweep has closed it */
+    bool                  released;      /* no longer counted (it is closing) */
     http_addr_count      *addr;          /* its address's count, or NULL */
 } http_conn;
 
@@ -100,6 +101,27 @@ static void http_addr_put(struct http_conns *cs, http_addr_count *e)
         }
 }
 
+/* Drops c from the counts; under cs->lock. */
+static void http_conn_uncount(struct http_conns *cs, http_conn *c)
+{
+    if (c->released) return;
+    c->released = true;
+    cs->count--;
+    http_addr_put(cs, c->addr);
+    c->addr = NULL;
+}
+
+/* A connection that is closing stops counting at once: libmicrohttpd reports the close
+ * (NOTIFY_CLOSED) only when its thread next wakes, which for an idle thread may be much
+ * later, and the slot would stay taken meanwhile. */
+static void http_conn_release(http_server *s, http_conn *c)
+{
+    if (!c) return;
+    pthread_mutex_lock(&s->conns->lock);
+    http_conn_uncount(s->conns, c);
+    pthread_mutex_unlock(&s->conns->lock);
+}
+
 static void http_notify_conn(void *cls, struct MHD_Connection *conn, void **socket_context,
                              enum MHD_ConnectionNotificationCode code)
 {
@@ -137,8 +159,7 @@ static void http_notify_conn(void *cls, struct MHD_Connection *conn, void **sock
     if (c->prev) c->prev->next = c->next;
     else cs->list = c->next;
     if (c->next) c->next->prev = c->prev;
-    cs->count--;
-    http_addr_put(cs, c->addr);
+    http_conn_uncount(cs, c);
     pthread_mutex_unlock(&cs->lock);
     free(c);
     *socket_context = NULL;
@@ -317,9 +338,12 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cl
 {
     http_server *s = cls;
     http_req *r = *con_cls;
-    (void)conn; (void)toe;
+    (void)conn;
     if (!r) return;
     if (r->counted) atomic_fetch_sub(&s->busy, 1);
+    /* Ended by an error, a client gone, or our 503 past a cap: the connection closes. */
+    if (r->cx && (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK || r->cx->over))
+        http_conn_release(s, r->cx);
     http_conn_phase(r->cx, CONN_HEAD);   /* the next request's head may start */
     http_req_free(r);
     *con_cls = NULL;
