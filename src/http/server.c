@@ -50,6 +50,7 @@ typedef struct http_conn {
     atomic_int            phase;         /* CONN_HEAD, CONN_BODY or CONN_BUSY */
     bool                  over;          /* beyond a cap: its request gets 503, then close */
     bool                  cut;           /* the sweep has closed it */
+    bool                  released;      /* no longer counted (it is closing) */
     http_addr_count      *addr;          /* its address's count, or NULL */
 } http_conn;
 
@@ -100,6 +101,27 @@ static void http_addr_put(struct http_conns *cs, http_addr_count *e)
         }
 }
 
+/* Drops c from the counts; under cs->lock. */
+static void http_conn_uncount(struct http_conns *cs, http_conn *c)
+{
+    if (c->released) return;
+    c->released = true;
+    cs->count--;
+    http_addr_put(cs, c->addr);
+    c->addr = NULL;
+}
+
+/* A connection that is closing stops counting at once: libmicrohttpd reports the close
+ * (NOTIFY_CLOSED) only when its thread next wakes, which for an idle thread may be much
+ * later, and the slot would stay taken meanwhile. */
+static void http_conn_release(http_server *s, http_conn *c)
+{
+    if (!c) return;
+    pthread_mutex_lock(&s->conns->lock);
+    http_conn_uncount(s->conns, c);
+    pthread_mutex_unlock(&s->conns->lock);
+}
+
 static void http_notify_conn(void *cls, struct MHD_Connection *conn, void **socket_context,
                              enum MHD_ConnectionNotificationCode code)
 {
@@ -137,8 +159,7 @@ static void http_notify_conn(void *cls, struct MHD_Connection *conn, void **sock
     if (c->prev) c->prev->next = c->next;
     else cs->list = c->next;
     if (c->next) c->next->prev = c->prev;
-    cs->count--;
-    http_addr_put(cs, c->addr);
+    http_conn_uncount(cs, c);
     pthread_mutex_unlock(&cs->lock);
     free(c);
     *socket_context = NULL;
@@ -158,6 +179,16 @@ static uint64_t http_fd_quiet_ms(int fd)
     socklen_t len = sizeof ti;
     if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) return UINT64_MAX;
     return ti.tcpi_last_data_recv;
+}
+
+/* True when the client has closed its sending side (end of stream) or the socket failed;
+ * pipelined bytes waiting to be read are not an end. */
+static bool http_fd_peer_gone(int fd)
+{
+    char c;
+    if (fd < 0) return false;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 /* 408 for a client too slow with its request, then both directions shut: MHD sees the end
@@ -190,6 +221,11 @@ void http_conns_sweep(http_server *s, uint64_t now)
         uint64_t since = atomic_load_explicit(&c->since, memory_order_relaxed);
         uint64_t age = now > since ? now - since : 0;
         if (phase == CONN_HEAD && c->over && age > HTTP_OVER_CAP_MS) {
+            http_conn_cut(s, c, false);
+        } else if (phase == CONN_HEAD && http_fd_peer_gone(c->fd)) {
+            /* Between requests the client closed its side. libmicrohttpd's epoll loop is
+             * edge-triggered and may have taken that end of stream in with the last request,
+             * so it would wait for an event that never comes (until idle_timeout). */
             http_conn_cut(s, c, false);
         } else if (phase == CONN_HEAD && head_ms && age > head_ms) {
             /* Only a request under way: a keep-alive connection with nothing sent since its
@@ -304,10 +340,13 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cl
 {
     http_server *s = cls;
     http_req *r = *con_cls;
-    (void)conn; (void)toe;
+    (void)conn;
     if (!r) return;
     if (r->counted) atomic_fetch_sub(&s->busy, 1);
     http_metrics_done(r);
+    /* Ended by an error, a client gone, or our 503 past a cap: the connection closes. */
+    if (r->cx && (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK || r->cx->over))
+        http_conn_release(s, r->cx);
     http_conn_phase(r->cx, CONN_HEAD);   /* the next request's head may start */
     http_req_free(r);
     *con_cls = NULL;
