@@ -61,11 +61,12 @@ try {
     return s;
   };
   const first = await rep();
-  // new revisions of every document, attachments kept as stubs
+  // new revisions of every document, attachments kept as the stubs the server gave
   const ids = [...revs.keys()];
   for (let i = 0; i < ids.length; i += 100) {
-    const docs = ids.slice(i, i + 100).map((id) => ({ _id: id, _rev: revs.get(id), n: -1,
-      _attachments: { 'blob.bin': { stub: true } } }));
+    const got = await req('POST', '/att_src/_all_docs?include_docs=true', { keys: ids.slice(i, i + 100) });
+    if (got.status !== 200) throw new Error(`read: ${got.status} ${got.text.slice(0, 200)}`);
+    const docs = got.json.rows.map((row) => ({ ...row.doc, n: -1 }));
     const r = await req('POST', '/att_src/_bulk_docs', { docs });
     if (r.status !== 201) throw new Error(`update: ${r.status} ${r.text.slice(0, 200)}`);
   }
