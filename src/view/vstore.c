@@ -443,6 +443,7 @@ static int del_prefix(MDB_txn *txn, MDB_dbi dbi, const unsigned char *k, size_t 
 /* A block being filled from rows. */
 typedef struct bfill {
     view_reducer *red;
+    bool          refused;  /* a value the reducer refused: no partial, queries read rows */
     uint64_t      count;
     unsigned char first[RK_MAX], last[RK_MAX];
     size_t        first_len, last_len;
@@ -458,9 +459,10 @@ static int bfill_flush(MDB_txn *txn, repair_job *j, unsigned view, bfill *b) {
     buf_put_varint(&j->val, b->last_len);
     buf_put(&j->val, b->last, b->last_len);
     int rc = 0;
-    if (kind >= 0 && b->red) rc = view_reducer_put_partial(b->red, &j->val);
+    if (kind >= 0 && b->red && !b->refused) rc = view_reducer_put_partial(b->red, &j->val);
     if (b->red) view_reducer_free(b->red);
     b->red = NULL;
+    b->refused = false;
     if (rc) return rc;
     unsigned char kb[STORE_KEY_MAX];
     size_t kn = kprefix(kb, j, KIND_BLOCK, view);
@@ -491,9 +493,9 @@ static int bfill_add(MDB_txn *txn, repair_job *j, unsigned view, bfill *b, const
             json_limits lim = {0, r.key_len + r.value_len + 2};
             rc = json_tree_parse(r.key, r.key_len, &lim, &kj, NULL);
             if (!rc) rc = json_tree_parse(r.value, r.value_len, &lim, &vj, NULL);
-            /* a value the reducer refuses makes the block's partial its error result;
-             * queries that reach it scan its rows instead (see vquery.c) */
-            if (!rc) view_reducer_add(b->red, kj, vj, NULL);
+            /* a value the reducer refuses (_stats of a string) leaves the block without a
+             * partial, so a query reads its rows and reports the error as CouchDB does */
+            if (!rc && view_reducer_add(b->red, kj, vj, NULL) != 0) b->refused = true;
             if (kj) jval_free(kj);
             if (vj) jval_free(vj);
             if (rc) return MIMEO_ECORRUPT;

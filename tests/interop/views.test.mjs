@@ -197,6 +197,13 @@ describe('CouchDB documentation examples', () => {
       { _id: '_design/s', views: { s: { map: 'function(doc) { emit(doc._id, doc.v); }', reduce: '_sum' } } }]);
     const body = expectStatus(await view(db, 's', 's'), 200);
     assert.equal(body.rows[0].value.error, 'builtin_reduce_error');
+    // _stats refuses such a value: an error, whether rows or stored blocks are read
+    expectStatus(await c.put(`/${db}/_design/st`,
+      { views: { s: { map: 'function(doc) { emit(doc._id, doc.v); }', reduce: '_stats' } } }), 201);
+    assertError(await view(db, 'st', 's'), [400, 500], 'invalid_value');
+    assertError(await view(db, 'st', 's', { update: false }), [400, 500], 'invalid_value');
+    const ok = expectStatus(await view(db, 'st', 's', { key: 'a' }), 200);
+    assert.deepEqual(ok.rows[0].value, { sum: 1, count: 1, min: 1, max: 1, sumsqr: 1 });
   });
 });
 

@@ -20,12 +20,15 @@
 #include <js/SourceText.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include <sys/resource.h>
+#include <ctime>
+#include <unistd.h>
 
 extern const char mimeo_js_dispatch_source[];
 
@@ -38,10 +41,25 @@ JSClass global_class = {"global", JSCLASS_GLOBAL_FLAGS, &JS::DefaultGlobalClassO
 // so a longer line means a confused peer.
 constexpr size_t kMaxLine = 256u * 1024 * 1024;
 
+// Replies are flushed when the input runs dry (read_line), so requests sent together are
+// answered in one write, and at least every few milliseconds, so a client waiting for the
+// first of many replies is never kept past its timeout by the ones after it.
+uint64_t last_flush_ms = 0;
+
+uint64_t now_ms() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+bool flush_out() {
+    last_flush_ms = now_ms();
+    return fflush(stdout) == 0;
+}
+
 bool write_line(const char *s, size_t n) {
-    if (fwrite(s, 1, n, stdout) != n || fputc('\n', stdout) == EOF || fflush(stdout) != 0)
-        return false;
-    return true;
+    if (fwrite(s, 1, n, stdout) != n || fputc('\n', stdout) == EOF) return false;
+    return now_ms() - last_flush_ms < 5 || flush_out();
 }
 
 // _qs_write(string): one line to stdout, flushed (the caller reads line by line).
@@ -59,19 +77,35 @@ bool native_write(JSContext *cx, unsigned argc, JS::Value *vp) {
     return true;
 }
 
-// Reads one line from stdin into out (without the newline). false at end of input.
+// Reads one line from stdin into out (without the newline). false at end of input. Input is
+// read in large chunks; before waiting for more, the replies written so far are flushed.
+char in_buf[1 << 16];
+size_t in_pos = 0, in_len = 0;
+
 bool read_line(std::string &out) {
     out.clear();
-    int c;
-    while ((c = getc_unlocked(stdin)) != EOF) {
-        if (c == '\n') return true;
-        if (out.size() >= kMaxLine) {
+    for (;;) {
+        if (in_pos == in_len) {
+            if (!flush_out()) return false;
+            ssize_t n;
+            do {
+                n = read(0, in_buf, sizeof in_buf);
+            } while (n < 0 && errno == EINTR);
+            if (n <= 0) return !out.empty();
+            in_pos = 0;
+            in_len = static_cast<size_t>(n);
+        }
+        const char *start = in_buf + in_pos;
+        const char *nl = static_cast<const char *>(memchr(start, '\n', in_len - in_pos));
+        size_t take = nl ? static_cast<size_t>(nl - start) : in_len - in_pos;
+        if (out.size() + take > kMaxLine) {
             fprintf(stderr, "mimeo-js: input line over %zu bytes\n", kMaxLine);
             exit(2);
         }
-        out.push_back(static_cast<char>(c));
+        out.append(start, take);
+        in_pos += take + (nl ? 1 : 0);
+        if (nl) return true;
     }
-    return !out.empty();
 }
 
 std::string pending_exception(JSContext *cx) {
