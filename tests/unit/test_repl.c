@@ -572,7 +572,7 @@ static void lc_expect(mimeo_db *db, mimeo_selector *sel, lc_rows *out)
             revs[k] = row->leaves[k].rev;
             lens[k] = row->leaves[k].rev_len;
         }
-        repl_want w = { row->id, row->id_len, revs, lens, n };
+        repl_want w = { row->id, row->id_len, revs, lens, n, NULL, NULL, 0 };
         lc_take(out, &w);
     }
     mimeo_cursor_close(cur);
