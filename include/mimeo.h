@@ -140,6 +140,13 @@ MIMEO_API void mimeo_uuid_next(mimeo_env *env, char out[33]);
 MIMEO_API void *mimeo_env_state(mimeo_env *env, const void *key, void *(*make)(mimeo_env *env),
                                 void (*destroy)(void *state));
 
+/* An observer of committed writes: called once per database whose update_seq a commit
+ * advanced (_local documents do not), with its new update_seq, on the writer's thread after
+ * the commit. It must be quick and must not call into env (it would deadlock). One observer
+ * per environment; NULL removes it. The mesh uses it to push fresh writes at once. */
+typedef void (*mimeo_commit_fn)(void *ctx, const char *db, size_t len, uint64_t update_seq);
+MIMEO_API void mimeo_env_on_commit(mimeo_env *env, mimeo_commit_fn fn, void *ctx);
+
 /* ---- databases -------------------------------------------------------------------------- */
 typedef struct mimeo_db mimeo_db;
 

@@ -147,6 +147,16 @@ static const cfg_option cfg_options[] = {
         "suspicion timeout = this x log10(N) x probe interval (at least)"),
     OPT("mesh", "retransmit_mult", CFG_UINT, mesh.retransmit_mult, "4", NULL,
         "each update is gossiped this x log10(N+1) times"),
+    OPTR("mesh", "anti_entropy_interval_ms", CFG_UINT, mesh.anti_entropy_interval_ms, "10000",
+         NULL, "period of the push-pull data round with one random peer", 100, 86400000),
+    OPT("mesh", "eager_push", CFG_BOOL, mesh.eager_push, "true", NULL,
+        "push every write at once to fanout random peers (false: anti-entropy only)"),
+    OPTR("mesh", "replication_workers", CFG_UINT, mesh.replication_workers, "4", NULL,
+         "replications running at once, node-wide", 1, 64),
+    OPTR("mesh", "replication_batch", CFG_UINT, mesh.replication_batch, "500", NULL,
+         "changes per replication request to a peer", 1, 100000),
+    OPTR("mesh", "replication_timeout_ms", CFG_UINT, mesh.replication_timeout_ms, "10000", NULL,
+         "deadline of one request to a peer", 100, 600000),
 };
 #define CFG_N (sizeof cfg_options / sizeof cfg_options[0])
 

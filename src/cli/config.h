@@ -79,6 +79,11 @@ typedef struct cli_config {
         unsigned pushpull_interval_ms;
         unsigned suspicion_mult;
         unsigned retransmit_mult;
+        unsigned anti_entropy_interval_ms;
+        bool     eager_push;
+        unsigned replication_workers;
+        unsigned replication_batch;
+        unsigned replication_timeout_ms;
     } mesh;
 } cli_config;
 

@@ -231,7 +231,9 @@ static int serve_mesh_start(const cli_config *c, mimeo_env *env, unsigned port,
     struct mesh_node_opts o = {
         .name = mc->name, .advertise = adv, .bind = c->bind_address, .port = port,
         .join = mc->join, .secret = secret, .secret_len = slen, .databases = mc->databases,
-        .env = env,
+        .env = env, .anti_entropy_ms = mc->anti_entropy_interval_ms,
+        .repl_workers = mc->replication_workers, .repl_batch = mc->replication_batch,
+        .repl_timeout_ms = mc->replication_timeout_ms, .no_eager_push = !mc->eager_push,
     };
     mesh_config_default(&o.tun);
     o.tun.gossip_nodes = mc->fanout;

@@ -69,6 +69,10 @@ struct mimeo_env {
 
     struct env_state *states; /* mimeo_env_state's list; guarded by lock */
 
+    /* mimeo_env_on_commit's observer: ctx is stored before fn, read by the writer thread. */
+    _Atomic(mimeo_commit_fn) on_commit;
+    void *_Atomic   on_commit_ctx;
+
     /* Writer-thread only: the group in progress. */
     uint64_t        group;
     mimeo_db       *touched;

@@ -145,12 +145,16 @@ static int group_before_commit(MDB_txn *txn, void *ctx) {
 
 static void group_commit(void *ctx) {
     mimeo_env *env = ctx;
+    mimeo_commit_fn fn = atomic_load(&env->on_commit);
+    void *fctx = atomic_load(&env->on_commit_ctx);
     for (mimeo_db *db = env->touched; db; db = db->staged_next) {
         pthread_mutex_lock(&db->lock);
+        bool advanced = !db->staged_gone && db->staged.update_seq > db->meta.update_seq;
         db->meta = db->staged;
         if (db->staged_gone) db->deleted = true;
         pthread_cond_broadcast(&db->changed);
         pthread_mutex_unlock(&db->lock);
+        if (fn && advanced) fn(fctx, db->name, db->name_len, db->staged.update_seq);
     }
     env->touched = NULL;
 }
@@ -336,6 +340,12 @@ size_t mimeo_env_open_dbs(mimeo_env *env) {
     size_t n = env->handle_count;
     pthread_mutex_unlock(&env->lock);
     return n;
+}
+
+void mimeo_env_on_commit(mimeo_env *env, mimeo_commit_fn fn, void *ctx) {
+    atomic_store(&env->on_commit, NULL);
+    atomic_store(&env->on_commit_ctx, ctx);
+    atomic_store(&env->on_commit, fn);
 }
 
 void *mimeo_env_state(mimeo_env *env, const void *key, void *(*make)(mimeo_env *env),

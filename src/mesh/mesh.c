@@ -1120,12 +1120,17 @@ int mesh_db_delete(struct mesh *m, const char *db, uint64_t now) {
 }
 
 int mesh_db_observe(struct mesh *m, const char *db, uint64_t now) {
+    return mesh_db_observe_at(m, db, 0, now);
+}
+
+int mesh_db_observe_at(struct mesh *m, const char *db, uint64_t version, uint64_t now) {
     if (!db_name_ok(db)) return MIMEO_EINVAL;
     const struct dbent *d = db_find(m, db);
-    /* Known deleted: the local copy is a leftover; say so like any remote delete. */
-    if (d && d->deleted) event_push(m, MESH_EV_DB, db, 1, 0, 0);
-    if (d) return 0;
-    return db_apply(m, db, 1, 0, 1);
+    /* Known deleted at or after the copy's version: the local copy is a leftover; say so
+     * like any remote delete. */
+    if (d && d->deleted && d->version >= version) event_push(m, MESH_EV_DB, db, 1, 0, 0);
+    if (d && d->version >= version) return 0;
+    return db_apply(m, db, version ? version : 1, 0, 1);
 }
 
 size_t mesh_db_count(const struct mesh *m) { return m->ndb; }

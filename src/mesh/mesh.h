@@ -208,6 +208,10 @@ int mesh_db_delete(struct mesh *m, const char *db, uint64_t now_ms);
 /* The adapter found `db` on disk at start: announces it live only if the mesh knows nothing
  * about it (a deleted entry heard later still wins and asks for the local copy to go). */
 int mesh_db_observe(struct mesh *m, const char *db, uint64_t now_ms);
+/* The same for a copy made for registry version `version` (0: unknown): the mesh learns that
+ * version unless it knows the same or a newer one; known deleted at or after it, the copy is
+ * a leftover (an event asks for it to go). */
+int mesh_db_observe_at(struct mesh *m, const char *db, uint64_t version, uint64_t now_ms);
 
 struct mesh_db_info {
     const char *name;               /* borrowed, like mesh_member_info */

@@ -9,6 +9,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,8 +19,10 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <nettle/hmac.h>
 
 #include "mimeo.h"
+#include "mesh_data.h"
 #include "mesh_node.h"
 #include "../common/buf.h"
 
@@ -40,6 +43,14 @@ struct addr_ent {
     int ok;
 };
 
+struct stamp {
+    char *db;
+    uint64_t version;
+    struct stamp *next;
+};
+
+#define STAMP_SLOTS 1024
+
 struct mesh_node {
     struct mesh *m;
     pthread_mutex_t mu;
@@ -50,6 +61,8 @@ struct mesh_node {
     mimeo_env *env;
     char *databases;
     char self_name[MESH_NAME_MAX + 1];
+    char http_pw[2 * SHA256_DIGEST_SIZE + 1];   /* the _mesh principal's password */
+    struct mesh_data *data;
 
     /* sender queue, guarded by mu */
     pthread_cond_t qcond;
@@ -62,14 +75,18 @@ struct mesh_node {
     /* local database names seen at the previous scan (sorted as mimeo_db_list gives them) */
     char **seen;
     size_t nseen;
+    /* The registry version each local copy belongs to (its _local/mimeo-mesh stamp), as
+     * read or written by db_scan; a copy without a known stamp moves no data. */
+    struct stamp *stamps[STAMP_SLOTS];
     bool scanned, rescan;       /* rescan: the registry changed, reconcile now */
     uint64_t next_scan;
 };
 
-static struct mesh_node *g_node;
+/* Read by HTTP threads (the server runs before the node starts): atomic. */
+static _Atomic(struct mesh_node *) g_node;
 
 struct mesh_node *mesh_node_current(void) {
-    return g_node;
+    return atomic_load(&g_node);
 }
 
 static uint64_t now_ms(void) {
@@ -163,10 +180,132 @@ static int collect_db(void *ctx, const char *name, size_t len) {
     return 0;
 }
 
+/* The lists of names are kept in byte order (mimeo_db_list's), so lookups are binary
+ * searches: a scan of thousands of databases every second stays cheap. */
+static size_t list_pos(char **v, size_t n, const char *s, bool *found) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(v[mid], s);
+        if (c == 0) { *found = true; return mid; }
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
 static bool list_has(char **v, size_t n, const char *s) {
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(v[i], s) == 0) return true;
-    return false;
+    bool found;
+    list_pos(v, n, s, &found);
+    return found;
+}
+
+static void list_remove(struct name_list *l, const char *s) {
+    bool found;
+    size_t i = list_pos(l->v, l->n, s, &found);
+    if (!found) return;
+    free(l->v[i]);
+    memmove(&l->v[i], &l->v[i + 1], (l->n - i - 1) * sizeof *l->v);
+    l->n--;
+}
+
+static void list_insert(struct name_list *l, const char *s) {
+    bool found;
+    size_t i = list_pos(l->v, l->n, s, &found);
+    if (found || ARRAY_GROW(l->v, l->cap, l->n + 1)) return;
+    char *z = strdup(s);
+    if (!z) return;
+    memmove(&l->v[i + 1], &l->v[i], (l->n - i) * sizeof *l->v);
+    l->v[i] = z;
+    l->n++;
+}
+
+/* ---- version stamps ---------------------------------------------------------------------- */
+/* A local copy records, in _local/mimeo-mesh, the registry version of the database it was
+ * made for. A copy stamped older than the registry's live version belongs to a database that
+ * was deleted and created again while this node was away: its documents must not flow into
+ * the new one, so the copy is dropped and started again empty. */
+
+#define STAMP_ID "mimeo-mesh"
+
+static unsigned stamp_slot(const char *db) {
+    uint32_t h = 2166136261u;
+    for (; *db; db++) h = (h ^ (unsigned char)*db) * 16777619u;
+    return h % STAMP_SLOTS;
+}
+
+static struct stamp *stamp_find(struct mesh_node *n, const char *db) {
+    for (struct stamp *st = n->stamps[stamp_slot(db)]; st; st = st->next)
+        if (strcmp(st->db, db) == 0) return st;
+    return NULL;
+}
+
+static void stamp_set(struct mesh_node *n, const char *db, uint64_t version) {
+    struct stamp *st = stamp_find(n, db);
+    if (!st) {
+        st = calloc(1, sizeof *st);
+        if (!st || !(st->db = strdup(db))) { free(st); return; }
+        unsigned h = stamp_slot(db);
+        st->next = n->stamps[h];
+        n->stamps[h] = st;
+    }
+    st->version = version;
+}
+
+static void stamp_forget(struct mesh_node *n, const char *db) {
+    for (struct stamp **pp = &n->stamps[stamp_slot(db)]; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->db, db) != 0) continue;
+        struct stamp *st = *pp;
+        *pp = st->next;
+        free(st->db);
+        free(st);
+        return;
+    }
+}
+
+/* The stamp on disk: its version, 0 when there is none (a copy made before stamps, or by a
+ * user between two scans), or -1 when it cannot be read. */
+static int64_t stamp_read(struct mesh_node *n, const char *db) {
+    mimeo_db *h = NULL;
+    if (mimeo_db_open(n->env, db, &h, NULL) != 0) return -1;
+    char *json = NULL;
+    size_t len = 0;
+    int rc = mimeo_local_get(h, STAMP_ID, sizeof STAMP_ID - 1, &json, &len, NULL);
+    mimeo_db_close(h);
+    if (rc == MIMEO_ENOTFOUND) return 0;
+    if (rc != 0) return -1;
+    const char *v = json ? strstr(json, "\"version\":") : NULL;
+    int64_t out = v ? (int64_t)strtoull(v + 10, NULL, 10) : 0;
+    mimeo_free(json);
+    return out;
+}
+
+static int stamp_write(struct mesh_node *n, const char *db, uint64_t version) {
+    mimeo_db *h = NULL;
+    if (mimeo_db_open(n->env, db, &h, NULL) != 0) return -1;
+    char body[64];
+    int bl = snprintf(body, sizeof body, "{\"version\":%llu}", (unsigned long long)version);
+    char *old = NULL;
+    size_t ol = 0;
+    char rev[MIMEO_REV_MAX] = "";
+    if (mimeo_local_get(h, STAMP_ID, sizeof STAMP_ID - 1, &old, &ol, NULL) == 0 && old) {
+        const char *r = strstr(old, "\"_rev\":\"");
+        if (r) {
+            r += 8;
+            size_t k = strcspn(r, "\"");
+            if (k < sizeof rev) { memcpy(rev, r, k); rev[k] = '\0'; }
+        }
+    }
+    mimeo_free(old);
+    mimeo_put_result res;
+    memset(&res, 0, sizeof res);
+    int rc = mimeo_local_put(h, STAMP_ID, sizeof STAMP_ID - 1, body, (size_t)bl,
+                             rev[0] ? rev : NULL, &res, NULL);
+    mimeo_free(res.id);
+    mimeo_db_close(h);
+    if (rc == 0) stamp_set(n, db, version);
+    return rc;
 }
 
 /* First tell the mesh what users did here since the last scan, then make the local set
@@ -176,7 +315,11 @@ static void db_scan(struct mesh_node *n, uint64_t now) {
     struct name_list cur = { .node = n };
     if (mimeo_db_list(n->env, NULL, collect_db, &cur) != 0) goto out;
     for (size_t i = 0; i < cur.n; i++) {
-        if (!n->scanned) mesh_db_observe(n->m, cur.v[i], now);
+        if (!n->scanned) {
+            int64_t v = stamp_read(n, cur.v[i]);
+            if (v > 0) stamp_set(n, cur.v[i], (uint64_t)v);
+            mesh_db_observe_at(n->m, cur.v[i], v > 0 ? (uint64_t)v : 0, now);
+        }
         else if (!list_has(n->seen, n->nseen, cur.v[i])) mesh_db_create(n->m, cur.v[i], now);
     }
     if (n->scanned)
@@ -191,16 +334,35 @@ static void db_scan(struct mesh_node *n, uint64_t now) {
         if (d.deleted && here) {
             if (mimeo_db_delete(n->env, d.name, &e) == 0) {
                 fprintf(stderr, "mesh: deleted database %s (deleted in the mesh)\n", d.name);
-                for (size_t k = 0; k < cur.n; k++)
-                    if (strcmp(cur.v[k], d.name) == 0) { free(cur.v[k]); cur.v[k] = cur.v[--cur.n]; break; }
+                list_remove(&cur, d.name);
             }
         } else if (!d.deleted && !here) {
             int rc = mimeo_db_create(n->env, d.name, &e);
             if (rc == 0 || rc == MIMEO_EEXIST) {
                 if (rc == 0) fprintf(stderr, "mesh: created database %s (created in the mesh)\n", d.name);
-                collect_db(&cur, d.name, strlen(d.name));
+                list_insert(&cur, d.name);
+                if (rc == 0) stamp_write(n, d.name, d.version);
+            }
+        } else if (!d.deleted && here) {
+            const struct stamp *st = stamp_find(n, d.name);
+            int64_t v = st ? (int64_t)st->version : stamp_read(n, d.name);
+            if (v == 0) {
+                stamp_write(n, d.name, d.version);      /* made here, or before stamps */
+            } else if (v > 0 && (uint64_t)v < d.version) {
+                /* Deleted and created again while this copy was away. */
+                stamp_forget(n, d.name);
+                if (mimeo_db_delete(n->env, d.name, &e) == 0 &&
+                    mimeo_db_create(n->env, d.name, &e) == 0) {
+                    fprintf(stderr, "mesh: database %s was deleted and created again in the mesh "
+                                    "(version %llu → %llu); the old copy is dropped\n", d.name,
+                            (unsigned long long)v, (unsigned long long)d.version);
+                    stamp_write(n, d.name, d.version);
+                }
+            } else if (v > 0 && !st) {
+                stamp_set(n, d.name, (uint64_t)v);
             }
         }
+        if (d.deleted) stamp_forget(n, d.name);
     }
     for (size_t i = 0; i < n->nseen; i++) free(n->seen[i]);
     free(n->seen);
@@ -211,6 +373,72 @@ static void db_scan(struct mesh_node *n, uint64_t now) {
 out:
     for (size_t i = 0; i < cur.n; i++) free(cur.v[i]);
     free(cur.v);
+}
+
+/* ---- what the data mover borrows (mesh_data.h) -------------------------------------------- */
+
+struct mesh_peer *mesh_node_peers(struct mesh_node *n, size_t *count) {
+    *count = 0;
+    pthread_mutex_lock(&n->mu);
+    size_t total = mesh_member_count(n->m), k = 0;
+    struct mesh_peer *v = total ? calloc(total, sizeof *v) : NULL;
+    for (size_t i = 0; v && i < total; i++) {
+        struct mesh_member_info mi;
+        mesh_member_get(n->m, i, &mi);
+        if (mi.is_self || mi.state != MESH_ALIVE) continue;
+        snprintf(v[k].name, sizeof v[k].name, "%s", mi.name);
+        snprintf(v[k].url, sizeof v[k].url, "%s", mi.url);
+        k++;
+    }
+    pthread_mutex_unlock(&n->mu);
+    if (k == 0) { free(v); return NULL; }
+    *count = k;
+    return v;
+}
+
+uint64_t mesh_node_db_version(struct mesh_node *n, const char *db) {
+    pthread_mutex_lock(&n->mu);
+    const struct stamp *st = stamp_find(n, db);
+    uint64_t v = st ? st->version : 0;
+    pthread_mutex_unlock(&n->mu);
+    return v;
+}
+
+bool mesh_node_db_wanted(struct mesh_node *n, const char *db, size_t len) {
+    char name[256];
+    if (len >= sizeof name || !db_meshed(n, db, len)) return false;
+    memcpy(name, db, len);
+    name[len] = '\0';
+    struct mesh_db_info d;
+    pthread_mutex_lock(&n->mu);
+    /* Live in the registry, and this copy stamped for that very version. */
+    const struct stamp *st = stamp_find(n, name);
+    bool ok = mesh_db_find(n->m, name, &d) == 0 && !d.deleted && st && st->version == d.version;
+    pthread_mutex_unlock(&n->mu);
+    return ok;
+}
+
+bool mesh_node_http_auth(struct mesh_node *n, const char *password) {
+    if (!n || !password) return false;
+    size_t want = strlen(n->http_pw);
+    if (strlen(password) != want) return false;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < want; i++) diff |= (unsigned char)(password[i] ^ n->http_pw[i]);
+    return diff == 0;
+}
+
+char *mesh_node_summary_json(struct mesh_node *n, const char *epoch, uint64_t since) {
+    return n->data ? mesh_data_summary_json(n->data, epoch, since) : NULL;
+}
+
+size_t mesh_node_sync_stats(struct mesh_node *n, struct mesh_sync_stat **out) {
+    *out = NULL;
+    return n && n->data ? mesh_data_sync_stats(n->data, out) : 0;
+}
+
+void mesh_node_data_counters(struct mesh_node *n, struct mesh_data_counters *out) {
+    memset(out, 0, sizeof *out);
+    if (n && n->data) mesh_data_counters(n->data, out);
 }
 
 /* ---- the loop ----------------------------------------------------------------------------- */
@@ -313,6 +541,9 @@ static void *sender_main(void *arg) {
             curl_easy_setopt(c, CURLOPT_POSTFIELDS, (const char *)j.data);
             curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)j.len);
             curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+            /* The message has its own MAC; the credential gets it past require_valid_user. */
+            curl_easy_setopt(c, CURLOPT_USERNAME, MESH_HTTP_USER);
+            curl_easy_setopt(c, CURLOPT_PASSWORD, n->http_pw);
             curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
             curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
             curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -354,6 +585,16 @@ int mesh_secret_read(const char *path, uint8_t **out, size_t *len, char *err, si
     return 0;
 }
 
+static void mesh_node_stop_threads(struct mesh_node *n) {
+    pthread_mutex_lock(&n->mu);
+    n->stop = true;
+    pthread_cond_broadcast(&n->qcond);
+    pthread_mutex_unlock(&n->mu);
+    wake_loop(n);
+    pthread_join(n->loop, NULL);
+    pthread_join(n->sender, NULL);
+}
+
 int mesh_node_start(const struct mesh_node_opts *o, struct mesh_node **out, char *err,
                     size_t errlen) {
     *out = NULL;
@@ -387,6 +628,15 @@ int mesh_node_start(const struct mesh_node_opts *o, struct mesh_node **out, char
     n->databases = strdup(o->databases ? o->databases : "*");
     pthread_mutex_init(&n->mu, NULL);
     pthread_cond_init(&n->qcond, NULL);
+    {
+        /* The node-to-node HTTP password: derived from the secret, never the secret itself. */
+        struct hmac_sha256_ctx hc;
+        uint8_t mac[SHA256_DIGEST_SIZE];
+        hmac_sha256_set_key(&hc, o->secret_len, o->secret);
+        hmac_sha256_update(&hc, sizeof MESH_HTTP_LABEL - 1, (const uint8_t *)MESH_HTTP_LABEL);
+        hmac_sha256_digest(&hc, sizeof mac, mac);
+        for (size_t i = 0; i < sizeof mac; i++) snprintf(n->http_pw + 2 * i, 3, "%02x", mac[i]);
+    }
 
     char bport[16];
     snprintf(bport, sizeof bport, "%u", o->port);
@@ -448,12 +698,24 @@ int mesh_node_start(const struct mesh_node_opts *o, struct mesh_node **out, char
         pthread_join(n->sender, NULL);
         goto fail_thread;
     }
-    g_node = n;
+    struct mesh_data_opts dopts = {
+        .env = o->env, .node = n, .password = n->http_pw, .fanout = o->tun.gossip_nodes,
+        .anti_entropy_ms = o->anti_entropy_ms, .workers = o->repl_workers,
+        .batch = o->repl_batch, .timeout_ms = o->repl_timeout_ms, .eager = !o->no_eager_push,
+    };
+    if (o->env && mesh_data_start(&dopts, &n->data, err, errlen) != 0) {
+        n->data = NULL;
+        mesh_node_stop_threads(n);
+        goto fail;
+    }
+    /* Published last: the HTTP threads read n->data through it. */
+    atomic_store(&g_node, n);
     *out = n;
     return 0;
 fail_thread:
     snprintf(err, errlen, "mesh: cannot start threads");
 fail:
+    for (size_t i = 0; i < n->qlen; i++) free(n->queue[(n->qhead + i) % STREAM_QUEUE_MAX].data);
     if (n->fd >= 0) close(n->fd);
     if (n->wake[0] >= 0) { close(n->wake[0]); close(n->wake[1]); }
     mesh_free(n->m);
@@ -482,20 +744,24 @@ void mesh_node_leave(struct mesh_node *n, unsigned max_wait_ms) {
 
 void mesh_node_free(struct mesh_node *n) {
     if (!n) return;
-    if (g_node == n) g_node = NULL;
-    pthread_mutex_lock(&n->mu);
-    n->stop = true;
-    pthread_cond_broadcast(&n->qcond);
-    pthread_mutex_unlock(&n->mu);
-    wake_loop(n);
-    pthread_join(n->loop, NULL);
-    pthread_join(n->sender, NULL);
+    mesh_data_free(n->data);      /* it calls the node's accessors: first */
+    n->data = NULL;
+    struct mesh_node *self = n;
+    atomic_compare_exchange_strong(&g_node, &self, NULL);
+    mesh_node_stop_threads(n);
     for (size_t i = 0; i < n->qlen; i++) free(n->queue[(n->qhead + i) % STREAM_QUEUE_MAX].data);
     close(n->fd);
     close(n->wake[0]);
     close(n->wake[1]);
     for (size_t i = 0; i < n->nseen; i++) free(n->seen[i]);
     free(n->seen);
+    for (size_t h = 0; h < STAMP_SLOTS; h++)
+        while (n->stamps[h]) {
+            struct stamp *st = n->stamps[h];
+            n->stamps[h] = st->next;
+            free(st->db);
+            free(st);
+        }
     mesh_free(n->m);
     free(n->databases);
     pthread_mutex_destroy(&n->mu);
@@ -549,8 +815,9 @@ static void sb_str(struct sbuf *b, const char *s) {
 }
 
 static void sb_fmt(struct sbuf *b, const char *fmt, unsigned long long v) {
-    char t[32];
+    char t[96];
     int k = snprintf(t, sizeof t, fmt, v);
+    if (k < 0 || (size_t)k >= sizeof t) { b->oom = true; return; }   /* a format too long */
     sb_put(b, t, (size_t)k);
 }
 
@@ -564,6 +831,48 @@ void mesh_node_stats(struct mesh_node *n, struct mesh_stats *st, uint64_t by_sta
             by_state[mi.state]++;
     }
     pthread_mutex_unlock(&n->mu);
+}
+
+/* "sync": one row per meshed database and peer (mesh_node_sync_stats), and the data
+ * mover's counters. */
+static void sb_sync(struct sbuf *b, struct mesh_node *n) {
+    struct mesh_sync_stat *v = NULL;
+    size_t k = mesh_node_sync_stats(n, &v);
+    SB_LIT(b, ",\"sync\":[");
+    for (size_t i = 0; i < k; i++) {
+        if (i) SB_LIT(b, ",");
+        SB_LIT(b, "{\"db\":");
+        sb_str(b, v[i].db);
+        SB_LIT(b, ",\"peer\":");
+        sb_str(b, v[i].peer);
+        if (v[i].last_sync_ms) sb_fmt(b, ",\"last_sync_ms\":%llu", (unsigned long long)v[i].last_sync_ms);
+        else SB_LIT(b, ",\"last_sync_ms\":null");
+        sb_fmt(b, ",\"local_seq\":%llu", v[i].local_seq);
+        const char *keys[] = { ",\"checkpointed_seq\":", ",\"behind\":", ",\"peer_seq\":",
+                               ",\"pulled_seq\":", ",\"pull_behind\":" };
+        int64_t vals[] = { v[i].pushed_seq, v[i].behind, v[i].peer_seq, v[i].pulled_seq,
+                           v[i].pull_behind };
+        for (size_t j = 0; j < 5; j++) {
+            sb_put(b, keys[j], strlen(keys[j]));
+            if (vals[j] < 0) SB_LIT(b, "null");
+            else sb_fmt(b, "%llu", (unsigned long long)vals[j]);
+        }
+        sb_fmt(b, ",\"docs_written\":%llu", v[i].docs_written);
+        sb_fmt(b, ",\"failures\":%llu}", v[i].failures);
+    }
+    free(v);
+    struct mesh_data_counters c;
+    mesh_node_data_counters(n, &c);
+    SB_LIT(b, "],\"replication\":{");
+    sb_fmt(b, "\"completed\":%llu", c.replications);
+    sb_fmt(b, ",\"failed\":%llu", c.failures);
+    sb_fmt(b, ",\"docs_read\":%llu", c.docs_read);
+    sb_fmt(b, ",\"docs_written\":%llu", c.docs_written);
+    sb_fmt(b, ",\"summaries\":%llu", c.summaries);
+    sb_fmt(b, ",\"rounds_deferred\":%llu", c.rounds_deferred);
+    sb_fmt(b, ",\"dropped\":%llu", c.dropped);
+    sb_fmt(b, ",\"queued\":%llu", c.queued);
+    sb_fmt(b, ",\"running\":%llu}", c.running);
 }
 
 char *mesh_node_status_json(struct mesh_node *n) {
@@ -610,7 +919,9 @@ char *mesh_node_status_json(struct mesh_node *n) {
     sb_fmt(&b, ",\"replayed\":%llu", st.replayed);
     sb_fmt(&b, ",\"probes\":%llu", st.probes);
     sb_fmt(&b, ",\"probes_failed\":%llu", st.probes_failed);
-    sb_fmt(&b, ",\"awareness\":%llu}}\n", st.awareness);
+    sb_fmt(&b, ",\"awareness\":%llu}", st.awareness);
+    sb_sync(&b, n);
+    SB_LIT(&b, "}\n");
     if (b.oom) { free(b.p); return NULL; }
     return b.p;
 }

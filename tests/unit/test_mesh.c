@@ -757,6 +757,22 @@ static void test_db_register(void)
     CHECK_EQ_INT(mesh_db_create(m, "x", 0), 0);       /* a deliberate recreate does */
     CHECK(mesh_db_find(m, "x", &di) == 0 && !di.deleted && di.version == 3);
     CHECK_EQ_INT(mesh_db_create(m, "", 0), MIMEO_EINVAL);
+    /* A copy found at start, stamped with the version it was made for. */
+    CHECK_EQ_INT(mesh_db_observe_at(m, "y", 5, 0), 0);        /* unknown: that version */
+    CHECK(mesh_db_find(m, "y", &di) == 0 && !di.deleted && di.version == 5);
+    CHECK_EQ_INT(mesh_db_observe_at(m, "x", 7, 0), 0);        /* newer than live v3 */
+    CHECK(mesh_db_find(m, "x", &di) == 0 && !di.deleted && di.version == 7);
+    CHECK_EQ_INT(mesh_db_observe_at(m, "x", 4, 0), 0);        /* older: no change */
+    CHECK(mesh_db_find(m, "x", &di) == 0 && !di.deleted && di.version == 7);
+    CHECK_EQ_INT(mesh_db_delete(m, "x", 0), 0);                /* deleted v8 */
+    while (mesh_event_pop(m, &e)) {}
+    CHECK_EQ_INT(mesh_db_observe_at(m, "x", 7, 0), 0);        /* a leftover of v7 */
+    CHECK(mesh_db_find(m, "x", &di) == 0 && di.deleted && di.version == 8);
+    saw = 0;
+    while (mesh_event_pop(m, &e)) saw += e.type == MESH_EV_DB && e.state == 1;
+    CHECK_EQ_INT(saw, 1);
+    CHECK_EQ_INT(mesh_db_observe_at(m, "x", 9, 0), 0);        /* made after that delete */
+    CHECK(mesh_db_find(m, "x", &di) == 0 && !di.deleted && di.version == 9);
     mesh_free(m);
 }
 

@@ -373,6 +373,62 @@ static void test_group_job_isolation(void) {
     mimeo_env_close(env);
 }
 
+/* ---- the commit observer (mimeo_env_on_commit) ---------------------------------------------- */
+
+struct seen_commit {
+    char db[64];
+    uint64_t seq;
+};
+static struct seen_commit seen_commits[16];
+static int nseen_commits;
+
+static void record_commit(void *ctx, const char *db, size_t len, uint64_t seq) {
+    CHECK(ctx == &nseen_commits);
+    if (nseen_commits < 16 && len < 64) {
+        memcpy(seen_commits[nseen_commits].db, db, len);
+        seen_commits[nseen_commits].db[len] = '\0';
+        seen_commits[nseen_commits].seq = seq;
+    }
+    nseen_commits++;
+}
+
+/* Once per write that advanced a database, with its new update_seq; never for _local
+ * documents (replication checkpoints), so a mesh pushing on commit does not echo. */
+static void test_commit_observer(void) {
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    mimeo_err e = {0};
+    mimeo_db *a = NULL, *b = NULL;
+    CHECK_EQ_INT(mimeo_db_create(env, "obs-a", &e), 0);
+    CHECK_EQ_INT(mimeo_db_create(env, "obs-b", &e), 0);
+    CHECK_EQ_INT(mimeo_db_open(env, "obs-a", &a, &e), 0);
+    CHECK_EQ_INT(mimeo_db_open(env, "obs-b", &b, &e), 0);
+    mimeo_env_on_commit(env, record_commit, &nseen_commits);
+    nseen_commits = 0;
+    mimeo_put_result r;
+    CHECK_EQ_INT(mimeo_doc_put(a, "x", 1, "{\"v\":1}", 7, NULL, &r, &e), 0);
+    mimeo_free(r.id);
+    CHECK_EQ_INT(nseen_commits, 1);
+    CHECK_EQ_STR(seen_commits[0].db, "obs-a");
+    CHECK_EQ_INT((int)seen_commits[0].seq, 1);
+    CHECK_EQ_INT(mimeo_local_put(b, "ckpt", 4, "{\"seq\":1}", 9, NULL, &r, &e), 0);
+    mimeo_free(r.id);
+    CHECK_EQ_INT(nseen_commits, 1);
+    CHECK_EQ_INT(mimeo_doc_put(b, "y", 1, "{\"v\":2}", 7, NULL, &r, &e), 0);
+    mimeo_free(r.id);
+    CHECK_EQ_INT(nseen_commits, 2);
+    CHECK_EQ_STR(seen_commits[1].db, "obs-b");
+    CHECK_EQ_INT((int)seen_commits[1].seq, 1);
+    mimeo_env_on_commit(env, NULL, NULL);
+    CHECK_EQ_INT(mimeo_doc_put(a, "z", 1, "{\"v\":3}", 7, NULL, &r, &e), 0);
+    mimeo_free(r.id);
+    CHECK_EQ_INT(nseen_commits, 2);
+    mimeo_db_close(a);
+    mimeo_db_close(b);
+    mimeo_env_close(env);
+}
+
 /* ---- the data directory lock ------------------------------------------------------------- */
 
 static void test_data_dir_locked(void) {
@@ -984,6 +1040,7 @@ int main(void) {
     RUN(test_revisions_bounded);
     RUN(test_couchdb_revisions_accepted);
     RUN(test_group_job_isolation);
+    RUN(test_commit_observer);
     RUN(test_data_dir_locked);
     RUN(test_compact_data_file);
     RUN(test_long_ids);

@@ -1,0 +1,979 @@
+/* mesh data: moves documents between the copies of every meshed database. Eager push: a
+ * committed write queues a one-shot push replication of its database to `fanout` peers chosen
+ * at random (re-chosen when membership changes), and since replicated writes commit too, a
+ * change hops on until every node has it. Anti-entropy: every round one random live peer's
+ * summary (update_seq per database) is compared with what this node last pulled from and
+ * pushed to it, and only the databases that moved are replicated, both ways. A node-wide pool
+ * of workers runs the replications, at most a few per peer, so a slow peer cannot hold them all. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "mesh_data.h"
+#include "../common/buf.h"
+#include "../json/json.h"
+
+#define TICK_MS        100
+#define QUEUE_MAX      20000     /* pending triggers; past it they are dropped (counted) and
+                                    the next anti-entropy round finds what they would have */
+#define HASH_SLOTS     1024
+#define RETRY_MAX      4
+#define RETRY_BASE_MS  500
+#define SUMMARY_MAX    (64u << 20)
+#define ROUND_BACKLOG  64        /* a periodic round waits while more tasks than this queue: */
+#define ROUND_DEFER    5         /* what it would add is mostly queued already; at most this
+                                    many periods in a row, then it runs anyway */
+
+enum { T_PUSH, T_PULL, T_ROUND };
+
+struct task {
+    int kind;
+    char *db;                    /* NULL for a round */
+    struct mesh_peer peer;
+    int64_t peer_seq;            /* a pull: the peer's update_seq in its summary */
+    uint64_t not_before;         /* monotonic ms */
+    unsigned tries;
+    bool running, again;
+    struct task *next;           /* pending list */
+    struct task *hnext;          /* hash chain */
+};
+
+struct stat_row {
+    struct mesh_sync_stat s;
+    bool mismatch;               /* the peer's copy is of another incarnation of the db */
+    struct stat_row *hnext;
+    struct stat_row *lnext;      /* every row, newest first */
+};
+
+struct dirty {
+    char *db;
+    struct dirty *next;
+};
+
+/* When each database last changed, in this process's generations (summary?since=). */
+struct gen_row {
+    char *db;
+    uint64_t gen;
+    struct gen_row *hnext;
+};
+
+/* Where this node stands in a peer's summaries: its epoch and the generation read through. */
+struct peer_cursor {
+    char name[MESH_NAME_MAX + 1];
+    char epoch[33];
+    uint64_t gen;
+    struct peer_cursor *next;
+};
+
+struct mesh_data {
+    struct mesh_data_opts o;
+    char *password;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;         /* scheduler: dirty databases, stop */
+    pthread_cond_t work;         /* workers: a task may be ready */
+    bool stop;
+    pthread_t sched;
+    pthread_t *workers;
+    struct task **running;       /* per worker: its task, or NULL */
+    void *slots_mem;             /* the workers' arguments */
+    unsigned nworkers;
+
+    struct task *head, *tail;    /* pending, in order */
+    struct task *slots[HASH_SLOTS];
+    size_t npending, nrunning;
+
+    struct dirty *dirty;         /* databases written since the scheduler last looked */
+    size_t ndirty;
+    bool dirty_overflow;
+
+    struct mesh_peer *eager;     /* the eager set */
+    size_t neager;
+    uint64_t members_sig;
+
+    struct stat_row *stats[HASH_SLOTS];
+    struct stat_row *stat_list;
+    size_t nstats;
+
+    /* Summaries: this process's epoch (random, so a restart is a new one) and generation,
+     * bumped by every commit that advances a meshed database. */
+    char epoch[33];
+    uint64_t gen;
+    struct gen_row *gens[HASH_SLOTS];
+    struct peer_cursor *cursors;
+
+    struct mesh_data_counters c;
+    uint64_t rng;
+};
+
+/* The commit observer outlives nothing it points at: mesh_data_free clears `d` under `mu`
+ * before freeing, so a hook running on the writer thread sees either a live node or none. */
+static struct {
+    pthread_mutex_t mu;
+    struct mesh_data *d;
+} g_hook = { PTHREAD_MUTEX_INITIALIZER, NULL };
+
+static uint64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t rnd(struct mesh_data *d) {
+    d->rng ^= d->rng << 13;
+    d->rng ^= d->rng >> 7;
+    d->rng ^= d->rng << 17;
+    return d->rng;
+}
+
+static unsigned hash3(int kind, const char *db, const char *peer) {
+    uint32_t h = 2166136261u ^ (uint32_t)kind;
+    for (const char *p = db ? db : ""; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+    h = (h ^ 0xff) * 16777619u;
+    for (const char *p = peer; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+    return h % HASH_SLOTS;
+}
+
+static bool same_key(const struct task *t, int kind, const char *db, const char *peer) {
+    if (t->kind != kind || strcmp(t->peer.name, peer) != 0) return false;
+    if (!t->db || !db) return t->db == db;
+    return strcmp(t->db, db) == 0;
+}
+
+/* ---- statistics -------------------------------------------------------------------------- */
+
+/* The row of (db, peer), made on first use; NULL when out of memory. Called with mu held. */
+static struct stat_row *stat_get(struct mesh_data *d, const char *db, const char *peer) {
+    unsigned h = hash3(0, db, peer);
+    for (struct stat_row *r = d->stats[h]; r; r = r->hnext)
+        if (strcmp(r->s.db, db) == 0 && strcmp(r->s.peer, peer) == 0) return r;
+    if (strlen(db) >= sizeof ((struct mesh_sync_stat *)0)->db) return NULL;
+    struct stat_row *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    snprintf(r->s.db, sizeof r->s.db, "%s", db);
+    snprintf(r->s.peer, sizeof r->s.peer, "%s", peer);
+    r->s.pushed_seq = r->s.peer_seq = r->s.pulled_seq = -1;
+    r->s.behind = r->s.pull_behind = -1;
+    r->hnext = d->stats[h];
+    d->stats[h] = r;
+    r->lnext = d->stat_list;
+    d->stat_list = r;
+    d->nstats++;
+    return r;
+}
+
+/* ---- the queue --------------------------------------------------------------------------- */
+
+/* Queues (kind, db, peer) unless it is already pending; a running one is marked to run
+ * again when it ends, so a write that lands during a push is pushed too. Called with mu. */
+static void enqueue(struct mesh_data *d, int kind, const char *db, const struct mesh_peer *p,
+                    int64_t peer_seq) {
+    unsigned h = hash3(kind, db, p->name);
+    for (struct task *t = d->slots[h]; t; t = t->hnext) {
+        if (!same_key(t, kind, db, p->name)) continue;
+        if (peer_seq > t->peer_seq) t->peer_seq = peer_seq;
+        if (t->running) t->again = true;
+        else t->peer = *p;          /* a member back at another URL */
+        return;
+    }
+    if (d->npending + d->nrunning >= QUEUE_MAX) {
+        d->c.dropped++;
+        return;
+    }
+    struct task *t = calloc(1, sizeof *t);
+    if (!t || (db && !(t->db = strdup(db)))) {
+        free(t);
+        d->c.dropped++;
+        return;
+    }
+    t->kind = kind;
+    t->peer = *p;
+    t->peer_seq = peer_seq;
+    t->hnext = d->slots[h];
+    d->slots[h] = t;
+    if (d->tail) d->tail->next = t;
+    else d->head = t;
+    d->tail = t;
+    d->npending++;
+    pthread_cond_signal(&d->work);
+}
+
+static void pending_append(struct mesh_data *d, struct task *t) {
+    t->next = NULL;
+    if (d->tail) d->tail->next = t;
+    else d->head = t;
+    d->tail = t;
+    d->npending++;
+}
+
+static void task_forget(struct mesh_data *d, struct task *t) {
+    unsigned h = hash3(t->kind, t->db, t->peer.name);
+    for (struct task **pp = &d->slots[h]; *pp; pp = &(*pp)->hnext)
+        if (*pp == t) { *pp = t->hnext; break; }
+    free(t->db);
+    free(t);
+}
+
+/* The first pending task that may run now: due, and its peer below its share of the
+ * workers. NULL and *wait_ms the time to the next due one. Called with mu held. */
+static struct task *take(struct mesh_data *d, uint64_t now, uint64_t *wait_ms) {
+    unsigned per_peer = d->nworkers > 1 ? d->nworkers / 2 : 1;
+    *wait_ms = 1000;
+    struct task *prev = NULL;
+    for (struct task *t = d->head; t; prev = t, t = t->next) {
+        if (t->not_before > now) {
+            if (t->not_before - now < *wait_ms) *wait_ms = t->not_before - now;
+            continue;
+        }
+        unsigned busy = 0;
+        for (unsigned i = 0; i < d->nworkers; i++)
+            if (d->running[i] && strcmp(d->running[i]->peer.name, t->peer.name) == 0) busy++;
+        if (busy >= per_peer) continue;
+        if (prev) prev->next = t->next;
+        else d->head = t->next;
+        if (d->tail == t) d->tail = prev;
+        t->next = NULL;
+        d->npending--;
+        return t;
+    }
+    return NULL;
+}
+
+/* ---- talking to peers -------------------------------------------------------------------- */
+
+/* base (without trailing slashes) + "/" + db with everything but [a-z0-9_-] escaped. */
+static int put_db_url(buf *b, const char *base, const char *db) {
+    size_t bl = strlen(base);
+    while (bl && base[bl - 1] == '/') bl--;
+    int rc = buf_printf(b, "%.*s/", (int)bl, base);
+    for (const unsigned char *p = (const unsigned char *)db; rc == 0 && *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-')
+            rc = buf_putc(b, (char)*p);
+        else
+            rc = buf_printf(b, "%%%02X", *p);
+    }
+    return rc;
+}
+
+static size_t collect(char *p, size_t s, size_t nm, void *u) {
+    buf *b = u;
+    if (b->len + s * nm > SUMMARY_MAX) return 0;
+    return buf_put(b, p, s * nm) == 0 ? s * nm : 0;
+}
+
+/* GET {peer}/_mesh/summary into out. 0, or -1 (unreachable, refused, not JSON). */
+static int fetch_summary(struct mesh_data *d, const struct mesh_peer *p, const char *epoch,
+                         uint64_t since, jval **out) {
+    *out = NULL;
+    CURL *c = curl_easy_init();
+    if (!c) return -1;
+    buf url, body;
+    buf_init(&url, 0);
+    buf_init(&body, 0);
+    size_t bl = strlen(p->url);
+    while (bl && p->url[bl - 1] == '/') bl--;
+    int rc = -1;
+    long status = 0;
+    if (buf_printf(&url, "%.*s/_mesh/summary", (int)bl, p->url) != 0) goto out;
+    if (epoch && buf_printf(&url, "?epoch=%s&since=%llu", epoch, (unsigned long long)since) != 0)
+        goto out;
+    curl_easy_setopt(c, CURLOPT_URL, url.data);
+    curl_easy_setopt(c, CURLOPT_USERNAME, MESH_HTTP_USER);
+    curl_easy_setopt(c, CURLOPT_PASSWORD, d->password);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)d->o.timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)(d->o.timeout_ms < 2000 ? d->o.timeout_ms : 2000));
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
+    if (curl_easy_perform(c) != CURLE_OK) goto out;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (status != 200) goto out;
+    if (json_tree_parse(body.data ? body.data : "", body.len, NULL, out, NULL) != 0) goto out;
+    rc = 0;
+out:
+    curl_easy_cleanup(c);
+    buf_destroy(&url);
+    buf_destroy(&body);
+    return rc;
+}
+
+static int64_t jnum(const jval *v) {
+    if (!v || (v->type != JV_NUMBER && v->type != JV_STRING) || !v->str) return -1;
+    char *end = NULL;
+    unsigned long long x = strtoull(v->str, &end, 10);
+    if (end == v->str) return -1;
+    return (int64_t)x;
+}
+
+/* This node's update_seq of db; -1 when it has no such database. */
+static int64_t local_seq(struct mesh_data *d, const char *db) {
+    mimeo_db *h = NULL;
+    if (mimeo_db_open(d->o.env, db, &h, NULL) != 0) return -1;
+    mimeo_db_info info;
+    int rc = mimeo_db_info_get(h, &info);
+    mimeo_db_close(h);
+    return rc == 0 ? (int64_t)info.update_seq : -1;
+}
+
+/* One push or pull of t->db with t->peer. 0, or a negative code. */
+static int replicate(struct mesh_data *d, const struct task *t, uint64_t *read_n,
+                     uint64_t *written, int64_t *src_seq) {
+    *read_n = *written = 0;
+    *src_seq = -1;
+    buf b, url;
+    buf_init(&b, 0);
+    buf_init(&url, 0);
+    int rc = put_db_url(&url, t->peer.url, t->db);
+    const char *local_key = t->kind == T_PUSH ? "source" : "target";
+    const char *remote_key = t->kind == T_PUSH ? "target" : "source";
+    if (rc == 0) rc = buf_printf(&b, "{\"%s\":", local_key);
+    if (rc == 0) rc = json_put_cstr(&b, t->db);
+    if (rc == 0) rc = buf_printf(&b, ",\"%s\":{\"url\":", remote_key);
+    if (rc == 0) rc = json_put_cstr(&b, url.data);
+    if (rc == 0) rc = buf_puts(&b, ",\"auth\":{\"basic\":{\"username\":\"" MESH_HTTP_USER
+                                   "\",\"password\":");
+    if (rc == 0) rc = json_put_cstr(&b, d->password);
+    if (rc == 0)
+        rc = buf_printf(&b, "}}},\"worker_processes\":1,\"worker_batch_size\":%u,"
+                            "\"connection_timeout\":%u,\"retries_per_request\":1}",
+                        d->o.batch, d->o.timeout_ms);
+    buf_destroy(&url);
+    if (rc != 0) {
+        buf_destroy(&b);
+        return MIMEO_ENOMEM;
+    }
+    char *out = NULL;
+    size_t outlen = 0;
+    unsigned status = 0;
+    mimeo_err err = { 0 };
+    rc = mimeo_replicate(d->o.env, b.data, b.len, &out, &outlen, &status, &err);
+    buf_destroy(&b);
+    if (rc == 0 && out) {
+        jval *v = NULL;
+        if (json_tree_parse(out, outlen, NULL, &v, NULL) == 0) {
+            *src_seq = jnum(jval_get(v, "source_last_seq"));
+            const jval *h = jval_get(v, "history");
+            if (h && h->type == JV_ARRAY && h->count) {
+                int64_t r = jnum(jval_get(h->items[0], "docs_read"));
+                int64_t w = jnum(jval_get(h->items[0], "docs_written"));
+                *read_n = r > 0 ? (uint64_t)r : 0;
+                *written = w > 0 ? (uint64_t)w : 0;
+            }
+            jval_free(v);
+        }
+    }
+    mimeo_free(out);
+    return rc;
+}
+
+struct round_db {
+    char *name;
+    int64_t peer_seq;
+};
+
+static struct peer_cursor *cursor_of(struct mesh_data *d, const char *peer) {
+    for (struct peer_cursor *c = d->cursors; c; c = c->next)
+        if (strcmp(c->name, peer) == 0) return c;
+    return NULL;
+}
+
+/* An anti-entropy round with t->peer: the peer's summary (only what changed there since the
+ * last complete round, once there was one), then a pull for every database the peer is
+ * known to be ahead in and a push for every one this node moved on since it last pushed. */
+static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete) {
+    *incomplete = false;
+    char epoch[33] = "";
+    uint64_t since = 0;
+    pthread_mutex_lock(&d->mu);
+    struct peer_cursor *pc = cursor_of(d, t->peer.name);
+    if (pc) {
+        memcpy(epoch, pc->epoch, sizeof epoch);
+        since = pc->gen;
+    }
+    pthread_mutex_unlock(&d->mu);
+    jval *v = NULL;
+    if (fetch_summary(d, &t->peer, epoch[0] ? epoch : NULL, since, &v) != 0) return MIMEO_EIO;
+    const jval *dbs = jval_get(v, "dbs");
+    const jval *vers = jval_get(v, "versions");
+    const jval *ep = jval_get(v, "epoch");
+    int64_t gen = jnum(jval_get(v, "gen"));
+    size_t n = dbs && dbs->type == JV_OBJECT ? dbs->count : 0;
+    struct round_db *rd = calloc(n ? n : 1, sizeof *rd);
+    if (!rd) { jval_free(v); return MIMEO_ENOMEM; }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = dbs->keys[i];
+        if (!mesh_node_db_wanted(d->o.node, name, strlen(name))) continue;
+        if (local_seq(d, name) < 0) {   /* the registry has not created it here yet */
+            *incomplete = true;
+            continue;
+        }
+        /* Copies made for different incarnations of the database (deleted and created again)
+         * exchange nothing until the older one is dropped and made again. */
+        if (jnum(jval_get(vers, name)) != (int64_t)mesh_node_db_version(d->o.node, name)) {
+            *incomplete = true;
+            pthread_mutex_lock(&d->mu);
+            struct stat_row *r = stat_get(d, name, t->peer.name);
+            if (r) {
+                r->mismatch = true;
+                r->s.peer_seq = r->s.pulled_seq = -1;      /* nothing known of that copy */
+            }
+            pthread_mutex_unlock(&d->mu);
+            continue;
+        }
+        rd[k].name = dbs->keys[i];
+        rd[k].peer_seq = jnum(dbs->items[i]);
+        k++;
+    }
+    /* What this node knows of the peer, summary applied; then every row of the peer. */
+    char **mine = NULL;
+    size_t nmine = 0, cap = 0;
+    pthread_mutex_lock(&d->mu);
+    d->c.summaries++;
+    for (size_t i = 0; i < k; i++) {
+        struct stat_row *r = stat_get(d, rd[i].name, t->peer.name);
+        if (!r || rd[i].peer_seq < 0) continue;
+        r->mismatch = false;
+        r->s.peer_seq = rd[i].peer_seq;
+        if (rd[i].peer_seq == 0) r->s.pulled_seq = 0;
+    }
+    for (struct stat_row *r = d->stat_list; r; r = r->lnext) {
+        if (strcmp(r->s.peer, t->peer.name) != 0) continue;
+        if (ARRAY_GROW(mine, cap, nmine + 1) || !(mine[nmine] = strdup(r->s.db))) {
+            *incomplete = true;
+            break;
+        }
+        nmine++;
+    }
+    pthread_mutex_unlock(&d->mu);
+    int64_t *ls = calloc(nmine ? nmine : 1, sizeof *ls);
+    for (size_t i = 0; ls && i < nmine; i++)
+        ls[i] = mesh_node_db_wanted(d->o.node, mine[i], strlen(mine[i])) ? local_seq(d, mine[i]) : -1;
+    pthread_mutex_lock(&d->mu);
+    for (size_t i = 0; ls && i < nmine; i++) {
+        if (ls[i] < 0) continue;
+        struct stat_row *r = stat_get(d, mine[i], t->peer.name);
+        if (!r || r->mismatch) continue;
+        if (r->s.peer_seq > 0 && r->s.pulled_seq != r->s.peer_seq)
+            enqueue(d, T_PULL, mine[i], &t->peer, r->s.peer_seq);
+        if (ls[i] == 0) r->s.pushed_seq = 0;
+        else if (r->s.pushed_seq != ls[i])
+            enqueue(d, T_PUSH, mine[i], &t->peer, -1);
+    }
+    /* Read through gen only when every database it listed could be taken in: one still
+     * missing here is listed again next time. */
+    if (!*incomplete && ls && ep && ep->type == JV_STRING && ep->len < sizeof epoch && gen >= 0) {
+        pc = cursor_of(d, t->peer.name);
+        if (!pc && (pc = calloc(1, sizeof *pc))) {
+            snprintf(pc->name, sizeof pc->name, "%s", t->peer.name);
+            pc->next = d->cursors;
+            d->cursors = pc;
+        }
+        if (pc) {
+            snprintf(pc->epoch, sizeof pc->epoch, "%s", ep->str);
+            pc->gen = (uint64_t)gen;
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (!ls) *incomplete = true;
+    for (size_t i = 0; i < nmine; i++) free(mine[i]);
+    free(mine);
+    free(ls);
+    free(rd);
+    jval_free(v);
+    return 0;
+}
+
+/* ---- workers ----------------------------------------------------------------------------- */
+
+struct wslot {
+    struct mesh_data *d;
+    unsigned i;
+};
+
+static void run_task(struct mesh_data *d, struct task *t) {
+    uint64_t nread = 0, nwritten = 0;
+    int64_t src_seq = -1, before = -1;
+    bool incomplete = false;
+    int rc;
+    if (t->kind == T_ROUND) {
+        rc = run_round(d, t, &incomplete);
+    } else {
+        before = mesh_node_db_wanted(d->o.node, t->db, strlen(t->db)) ? local_seq(d, t->db) : -1;
+        if (before < 0) {               /* deleted or not meshed: nothing to move */
+            t->tries = 0;
+            return;
+        }
+        rc = replicate(d, t, &nread, &nwritten, &src_seq);
+    }
+    pthread_mutex_lock(&d->mu);
+    if (rc == 0) d->c.replications += t->kind != T_ROUND;
+    else d->c.failures++;
+    d->c.docs_read += nread;
+    d->c.docs_written += nwritten;
+    struct stat_row *r = t->db ? stat_get(d, t->db, t->peer.name) : NULL;
+    if (r && rc == 0) {
+        r->s.last_sync_ms = wall_ms();
+        r->s.docs_written += nwritten;
+        if (t->kind == T_PUSH) {
+            /* Everything committed here before the push started is on the peer now. */
+            int64_t s = src_seq > before ? src_seq : before;
+            if (s > r->s.pushed_seq) r->s.pushed_seq = s;
+        } else {
+            int64_t s = t->peer_seq;
+            if (src_seq > s) s = src_seq;
+            if (s >= 0) r->s.pulled_seq = s;
+            if (s > r->s.peer_seq) r->s.peer_seq = s;
+        }
+    } else if (r) {
+        r->s.failures++;
+    }
+    pthread_mutex_unlock(&d->mu);
+    t->tries = rc == 0 && !incomplete ? 0 : t->tries + 1;
+}
+
+static void *worker_main(void *arg) {
+    struct wslot *w = arg;
+    struct mesh_data *d = w->d;
+    pthread_mutex_lock(&d->mu);
+    while (!d->stop) {
+        uint64_t wait = 0;
+        struct task *t = take(d, mono_ms(), &wait);
+        if (!t) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += (time_t)(wait / 1000);
+            ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            pthread_cond_timedwait(&d->work, &d->mu, &ts);
+            continue;
+        }
+        t->running = true;
+        t->again = false;
+        d->running[w->i] = t;
+        d->nrunning++;
+        pthread_mutex_unlock(&d->mu);
+
+        run_task(d, t);
+
+        pthread_mutex_lock(&d->mu);
+        d->running[w->i] = NULL;
+        d->nrunning--;
+        t->running = false;
+        bool retry = t->tries > 0 && t->tries <= RETRY_MAX;
+        if ((t->again || retry) && !d->stop) {
+            /* A failure backs off; a trigger that came meanwhile runs at once. */
+            t->not_before = t->again ? 0 : mono_ms() + ((uint64_t)RETRY_BASE_MS << (t->tries - 1));
+            if (t->again) t->tries = 0;
+            t->again = false;
+            pending_append(d, t);
+            pthread_cond_signal(&d->work);
+        } else {
+            task_forget(d, t);
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
+/* ---- scheduler --------------------------------------------------------------------------- */
+
+/* db changed: it gets the next generation. Called with mu held. */
+static void gen_bump(struct mesh_data *d, const char *db, size_t len) {
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)db[i]) * 16777619u;
+    h %= HASH_SLOTS;
+    d->gen++;
+    for (struct gen_row *g = d->gens[h]; g; g = g->hnext)
+        if (strlen(g->db) == len && memcmp(g->db, db, len) == 0) { g->gen = d->gen; return; }
+    struct gen_row *g = malloc(sizeof *g);
+    if (!g || !(g->db = strndup(db, len))) {
+        /* Out of memory: a new epoch makes every peer read a full summary instead. */
+        free(g);
+        snprintf(d->epoch, sizeof d->epoch, "%016llx%016llx", (unsigned long long)rnd(d),
+                 (unsigned long long)rnd(d));
+        return;
+    }
+    g->gen = d->gen;
+    g->hnext = d->gens[h];
+    d->gens[h] = g;
+}
+
+static void on_commit(void *ctx, const char *db, size_t len, uint64_t seq) {
+    (void)ctx;
+    (void)seq;
+    pthread_mutex_lock(&g_hook.mu);
+    struct mesh_data *d = g_hook.d;
+    if (d) {
+        pthread_mutex_lock(&d->mu);
+        gen_bump(d, db, len);
+        bool known = false;
+        for (struct dirty *x = d->dirty; x && !known; x = x->next)
+            known = strlen(x->db) == len && memcmp(x->db, db, len) == 0;
+        if (!known && d->ndirty < QUEUE_MAX) {
+            struct dirty *x = malloc(sizeof *x);
+            if (x && (x->db = strndup(db, len))) {
+                x->next = d->dirty;
+                d->dirty = x;
+                d->ndirty++;
+            } else {
+                free(x);
+            }
+        }
+        pthread_cond_signal(&d->cond);
+        pthread_mutex_unlock(&d->mu);
+    }
+    pthread_mutex_unlock(&g_hook.mu);
+}
+
+static uint64_t peers_sig(const struct mesh_peer *p, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        for (const char *s = p[i].name; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+        for (const char *s = p[i].url; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+        h = (h ^ 0xff) * 1099511628211ull;
+    }
+    return h ^ n;
+}
+
+static bool peer_in(const struct mesh_peer *set, size_t n, const struct mesh_peer *p) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(set[i].name, p->name) == 0 && strcmp(set[i].url, p->url) == 0) return true;
+    return false;
+}
+
+static void *sched_main(void *arg) {
+    struct mesh_data *d = arg;
+    struct mesh_peer *known = NULL;     /* the peers of the previous look */
+    size_t nknown = 0;
+    struct mesh_peer *ever = NULL;      /* every peer (name and URL) seen so far */
+    size_t never = 0, capever = 0;
+    uint64_t next_round = mono_ms() + d->o.anti_entropy_ms;
+    unsigned deferred = 0;
+    pthread_mutex_lock(&d->mu);
+    while (!d->stop) {
+        if (!d->dirty) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += TICK_MS * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            pthread_cond_timedwait(&d->cond, &d->mu, &ts);
+        }
+        if (d->stop) break;
+        struct dirty *dl = d->dirty;
+        d->dirty = NULL;
+        d->ndirty = 0;
+        pthread_mutex_unlock(&d->mu);
+
+        size_t np = 0;
+        struct mesh_peer *peers = mesh_node_peers(d->o.node, &np);
+        /* Only the databases still wanted (the node's lock, so outside ours). */
+        for (struct dirty **pp = &dl; *pp;) {
+            struct dirty *x = *pp;
+            if (d->o.eager && mesh_node_db_wanted(d->o.node, x->db, strlen(x->db))) {
+                pp = &x->next;
+            } else {
+                *pp = x->next;
+                free(x->db);
+                free(x);
+            }
+        }
+        uint64_t now = mono_ms();
+
+        pthread_mutex_lock(&d->mu);
+        uint64_t sig = peers_sig(peers, np);
+        if (sig != d->members_sig) {
+            d->members_sig = sig;
+            /* A fresh random eager set: a partial Fisher-Yates over the live peers. */
+            size_t want = d->o.fanout < np ? d->o.fanout : np;
+            for (size_t i = 0; i < want; i++) {
+                size_t j = i + (size_t)(rnd(d) % (np - i));
+                struct mesh_peer tmp = peers[i];
+                peers[i] = peers[j];
+                peers[j] = tmp;
+            }
+            free(d->eager);
+            d->eager = want ? malloc(want * sizeof *d->eager) : NULL;
+            d->neager = d->eager ? want : 0;
+            if (d->eager) memcpy(d->eager, peers, want * sizeof *d->eager);
+            /* A peer this process never saw (at this URL) gets a round at once: that is how
+             * a restarted, empty or returning node catches up without waiting. One that
+             * was only suspected a moment does not (under load that would be every second). */
+            for (size_t i = 0; i < np; i++) {
+                if (peer_in(ever, never, &peers[i])) continue;
+                enqueue(d, T_ROUND, NULL, &peers[i], -1);
+                if (!ARRAY_GROW(ever, capever, never + 1)) ever[never++] = peers[i];
+            }
+            free(known);
+            known = peers;
+            nknown = np;
+            peers = NULL;
+        }
+        free(peers);
+        for (struct dirty *x = dl; x;) {
+            for (size_t i = 0; i < d->neager; i++) enqueue(d, T_PUSH, x->db, &d->eager[i], -1);
+            struct dirty *nx = x->next;
+            free(x->db);
+            free(x);
+            x = nx;
+        }
+        if (now >= next_round) {
+            if (d->npending > ROUND_BACKLOG && deferred < ROUND_DEFER) {
+                deferred++;
+                d->c.rounds_deferred++;
+            } else if (nknown) {
+                deferred = 0;
+                enqueue(d, T_ROUND, NULL, &known[rnd(d) % nknown], -1);
+            }
+            /* ±10% jitter keeps the nodes' rounds from lining up. */
+            uint64_t span = d->o.anti_entropy_ms / 5 + 1;
+            next_round = now + d->o.anti_entropy_ms - span / 2 + rnd(d) % span;
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    free(known);
+    free(ever);
+    return NULL;
+}
+
+/* ---- what others read -------------------------------------------------------------------- */
+
+struct sum_ctx {
+    struct mesh_data *d;
+    buf *b;
+    buf *vers;          /* the "versions" object, built alongside "dbs" */
+    bool first;
+    int rc;
+};
+
+static int sum_put(struct sum_ctx *s, const char *name) {
+    int64_t seq = local_seq(s->d, name);
+    if (seq < 0) return 0;
+    if (!s->first) {
+        s->rc |= buf_putc(s->b, ',');
+        s->rc |= buf_putc(s->vers, ',');
+    }
+    s->first = false;
+    s->rc |= json_put_cstr(s->b, name);
+    s->rc |= buf_printf(s->b, ":%lld", (long long)seq);
+    s->rc |= json_put_cstr(s->vers, name);
+    s->rc |= buf_printf(s->vers, ":%llu",
+                        (unsigned long long)mesh_node_db_version(s->d->o.node, name));
+    return s->rc;
+}
+
+static int sum_db(void *ctx, const char *name, size_t len) {
+    struct sum_ctx *s = ctx;
+    if (!mesh_node_db_wanted(s->d->o.node, name, len)) return 0;
+    char *z = strndup(name, len);
+    if (!z) { s->rc = MIMEO_ENOMEM; return 1; }
+    sum_put(s, z);
+    free(z);
+    return s->rc ? 1 : 0;
+}
+
+char *mesh_data_summary_json(struct mesh_data *d, const char *epoch, uint64_t since) {
+    buf b, vers;
+    buf_init(&b, 0);
+    buf_init(&vers, 0);
+    struct sum_ctx s = { d, &b, &vers, true, 0 };
+    /* Incremental only within this process's epoch and up to its generation; anything else
+     * (a restart, a cursor from the future) gets everything. */
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    pthread_mutex_lock(&d->mu);
+    char my_epoch[33];
+    memcpy(my_epoch, d->epoch, sizeof my_epoch);
+    uint64_t gen = d->gen;
+    bool full = !epoch || strcmp(epoch, d->epoch) != 0 || since > d->gen;
+    for (unsigned h = 0; !full && h < HASH_SLOTS; h++)
+        for (struct gen_row *g = d->gens[h]; g && !full; g = g->hnext) {
+            if (g->gen <= since) continue;
+            if (ARRAY_GROW(names, cap, n + 1) || !(names[n] = strdup(g->db))) full = true;
+            else n++;
+        }
+    pthread_mutex_unlock(&d->mu);
+    s.rc = buf_printf(&b, "{\"epoch\":\"%s\",\"gen\":%llu,\"full\":%s,\"dbs\":{", my_epoch,
+                      (unsigned long long)gen, full ? "true" : "false");
+    if (full) {
+        if (s.rc == 0 && mimeo_db_list(d->o.env, NULL, sum_db, &s) != 0 && s.rc == 0)
+            s.rc = MIMEO_EIO;
+    } else {
+        for (size_t i = 0; i < n && s.rc == 0; i++)
+            if (mesh_node_db_wanted(d->o.node, names[i], strlen(names[i]))) sum_put(&s, names[i]);
+    }
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+    if (s.rc == 0) s.rc = buf_puts(&b, "},\"versions\":{");
+    if (s.rc == 0 && vers.len) s.rc = buf_put(&b, vers.data, vers.len);
+    if (s.rc == 0) s.rc = buf_puts(&b, "}}\n");
+    buf_destroy(&vers);
+    if (s.rc != 0) {
+        buf_destroy(&b);
+        return NULL;
+    }
+    return buf_detach(&b, NULL);
+}
+
+size_t mesh_data_sync_stats(struct mesh_data *d, struct mesh_sync_stat **out) {
+    *out = NULL;
+    pthread_mutex_lock(&d->mu);
+    size_t n = d->nstats, k = 0;
+    struct mesh_sync_stat *v = n ? malloc(n * sizeof *v) : NULL;
+    if (v)
+        for (struct stat_row *r = d->stat_list; r && k < n; r = r->lnext) v[k++] = r->s;
+    pthread_mutex_unlock(&d->mu);
+    if (!v) return 0;
+    /* The local seqs now, outside the lock; rows of one database are usually adjacent. */
+    int64_t ls = -1;
+    for (size_t i = 0; i < k; i++) {
+        if (i == 0 || strcmp(v[i].db, v[i - 1].db) != 0) ls = local_seq(d, v[i].db);
+        v[i].local_seq = ls > 0 ? (uint64_t)ls : 0;
+        v[i].behind = v[i].pushed_seq < 0 ? -1
+                    : ls > v[i].pushed_seq ? ls - v[i].pushed_seq : 0;
+        v[i].pull_behind = v[i].pulled_seq < 0 || v[i].peer_seq < 0 ? -1
+                         : v[i].peer_seq > v[i].pulled_seq ? v[i].peer_seq - v[i].pulled_seq : 0;
+    }
+    *out = v;
+    return k;
+}
+
+void mesh_data_counters(struct mesh_data *d, struct mesh_data_counters *out) {
+    pthread_mutex_lock(&d->mu);
+    *out = d->c;
+    out->queued = d->npending;
+    out->running = d->nrunning;
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* ---- lifecycle --------------------------------------------------------------------------- */
+
+int mesh_data_start(const struct mesh_data_opts *o, struct mesh_data **out, char *err,
+                    size_t errlen) {
+    *out = NULL;
+    struct mesh_data *d = calloc(1, sizeof *d);
+    if (!d) { snprintf(err, errlen, "out of memory"); return -1; }
+    d->o = *o;
+    if (!d->o.fanout) d->o.fanout = 3;
+    if (!d->o.anti_entropy_ms) d->o.anti_entropy_ms = 10000;
+    if (!d->o.workers) d->o.workers = 4;
+    if (d->o.workers > 64) d->o.workers = 64;
+    if (!d->o.batch) d->o.batch = 500;
+    if (!d->o.timeout_ms) d->o.timeout_ms = 10000;
+    d->password = strdup(o->password ? o->password : "");
+    d->nworkers = d->o.workers;
+    d->workers = calloc(d->nworkers, sizeof *d->workers);
+    d->running = calloc(d->nworkers, sizeof *d->running);
+    struct wslot *slots = calloc(d->nworkers, sizeof *slots);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    d->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (uint64_t)(uintptr_t)d;
+    if (!d->rng) d->rng = 88172645463325252ull;
+    snprintf(d->epoch, sizeof d->epoch, "%016llx%016llx", (unsigned long long)rnd(d),
+             (unsigned long long)rnd(d));
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cond, NULL);
+    pthread_cond_init(&d->work, NULL);
+    if (!d->password || !d->workers || !d->running || !slots) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    d->o.password = NULL;
+    unsigned started = 0;
+    for (; started < d->nworkers; started++) {
+        slots[started] = (struct wslot){ d, started };
+        if (pthread_create(&d->workers[started], NULL, worker_main, &slots[started]) != 0) break;
+    }
+    if (started < d->nworkers || pthread_create(&d->sched, NULL, sched_main, d) != 0) {
+        pthread_mutex_lock(&d->mu);
+        d->stop = true;
+        pthread_cond_broadcast(&d->work);
+        pthread_mutex_unlock(&d->mu);
+        for (unsigned i = 0; i < started; i++) pthread_join(d->workers[i], NULL);
+        snprintf(err, errlen, "mesh: cannot start the replication threads");
+        goto fail;
+    }
+    d->slots_mem = slots;
+    pthread_mutex_lock(&g_hook.mu);
+    g_hook.d = d;
+    pthread_mutex_unlock(&g_hook.mu);
+    mimeo_env_on_commit(d->o.env, on_commit, NULL);
+    *out = d;
+    return 0;
+fail:
+    free(slots);
+    free(d->workers);
+    free(d->running);
+    free(d->password);
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cond);
+    pthread_cond_destroy(&d->work);
+    free(d);
+    return -1;
+}
+
+void mesh_data_free(struct mesh_data *d) {
+    if (!d) return;
+    mimeo_env_on_commit(d->o.env, NULL, NULL);
+    pthread_mutex_lock(&g_hook.mu);
+    if (g_hook.d == d) g_hook.d = NULL;
+    pthread_mutex_unlock(&g_hook.mu);
+    pthread_mutex_lock(&d->mu);
+    d->stop = true;
+    pthread_cond_broadcast(&d->cond);
+    pthread_cond_broadcast(&d->work);
+    pthread_mutex_unlock(&d->mu);
+    pthread_join(d->sched, NULL);
+    for (unsigned i = 0; i < d->nworkers; i++) pthread_join(d->workers[i], NULL);
+    for (unsigned h = 0; h < HASH_SLOTS; h++) {
+        while (d->slots[h]) {
+            struct task *t = d->slots[h];
+            d->slots[h] = t->hnext;
+            free(t->db);
+            free(t);
+        }
+    }
+    for (struct stat_row *r = d->stat_list; r;) {
+        struct stat_row *nx = r->lnext;
+        free(r);
+        r = nx;
+    }
+    for (struct dirty *x = d->dirty; x;) {
+        struct dirty *nx = x->next;
+        free(x->db);
+        free(x);
+        x = nx;
+    }
+    for (unsigned h = 0; h < HASH_SLOTS; h++) {
+        while (d->gens[h]) {
+            struct gen_row *g = d->gens[h];
+            d->gens[h] = g->hnext;
+            free(g->db);
+            free(g);
+        }
+    }
+    while (d->cursors) {
+        struct peer_cursor *c = d->cursors;
+        d->cursors = c->next;
+        free(c);
+    }
+    free(d->eager);
+    free(d->slots_mem);
+    free(d->workers);
+    free(d->running);
+    free(d->password);
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cond);
+    pthread_cond_destroy(&d->work);
+    free(d);
+}
