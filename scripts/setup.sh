@@ -20,6 +20,7 @@ for arg in "$@"; do
 done
 if [ "$want_test" = 1 ] || [ "$want_bench" = 1 ]; then packages+=(nodejs npm); fi
 if [ "$want_test" = 1 ]; then packages+=(clang chromium gnutls-bin); fi   # fuzzing; browser test; TLS test CA
+if [ "$want_bench" = 1 ]; then packages+=(serf); fi   # the mesh's failure-detection anchor
 
 missing=()
 for p in "${packages[@]}"; do

@@ -5,6 +5,7 @@
  * where a metric corresponds (couchdb_httpd_request_methods, couchdb_httpd_status_codes,
  * couchdb_request_time_seconds, couchdb_open_databases…); mimeo_* for the rest. */
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,6 +129,76 @@ static int metrics_http(buf *b)
     return rc;
 }
 
+/* A label value with Prometheus's three escapes (backslash, quote, newline). */
+static int metrics_label(buf *b, const char *s)
+{
+    int rc = 0;
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"') rc |= buf_putc(b, '\\') | buf_putc(b, *s);
+        else if (*s == '\n') rc |= buf_puts(b, "\\n");
+        else rc |= buf_putc(b, *s);
+    }
+    return rc;
+}
+
+/* One gauge per meshed database and peer, for the rows whose figure is known (>= 0). */
+static int metrics_sync_gauge(buf *b, const struct mesh_sync_stat *v, size_t k, const char *name,
+                              const char *help, size_t offset)
+{
+    int rc = metrics_head(b, name, "gauge", help);
+    for (size_t i = 0; i < k; i++) {
+        int64_t x;
+        memcpy(&x, (const char *)&v[i] + offset, sizeof x);
+        if (x < 0) continue;
+        rc |= buf_printf(b, "%s{db=\"", name) | metrics_label(b, v[i].db) |
+              buf_puts(b, "\",peer=\"") | metrics_label(b, v[i].peer) |
+              buf_printf(b, "\"} %" PRId64 "\n", x);
+    }
+    return rc;
+}
+
+/* The data mover: changes behind per database and peer, last sync, and its counters. */
+static int metrics_mesh_data(buf *b, struct mesh_node *n)
+{
+    struct mesh_sync_stat *v = NULL;
+    size_t k = mesh_node_sync_stats(n, &v);
+    int rc = metrics_sync_gauge(b, v, k, "mimeo_mesh_changes_behind",
+                                "changes of this node's copy the peer may still lack",
+                                offsetof(struct mesh_sync_stat, behind));
+    rc |= metrics_sync_gauge(b, v, k, "mimeo_mesh_changes_to_pull",
+                             "changes of the peer's copy this node has not pulled yet",
+                             offsetof(struct mesh_sync_stat, pull_behind));
+    rc |= metrics_head(b, "mimeo_mesh_last_sync_timestamp_seconds", "gauge",
+                       "when a replication with the peer last completed (Unix time)");
+    for (size_t i = 0; i < k; i++) {
+        if (v[i].last_sync_ms <= 0) continue;
+        rc |= buf_puts(b, "mimeo_mesh_last_sync_timestamp_seconds{db=\"") |
+              metrics_label(b, v[i].db) | buf_puts(b, "\",peer=\"") |
+              metrics_label(b, v[i].peer) |
+              buf_printf(b, "\"} %.3f\n", (double)v[i].last_sync_ms / 1000.0);
+    }
+    free(v);
+    struct mesh_data_counters c;
+    mesh_node_data_counters(n, &c);
+    rc |= metrics_head(b, "mimeo_mesh_replications_total", "counter",
+                       "replications the data mover ran, by result");
+    rc |= buf_printf(b, "mimeo_mesh_replications_total{result=\"completed\"} %" PRIu64 "\n"
+                        "mimeo_mesh_replications_total{result=\"failed\"} %" PRIu64 "\n",
+                     c.replications, c.failures);
+    rc |= metrics_one(b, "mimeo_mesh_docs_written_total", "counter",
+                      "revisions the data mover's replications wrote", c.docs_written);
+    rc |= metrics_one(b, "mimeo_mesh_summaries_total", "counter",
+                      "anti-entropy summaries fetched from peers", c.summaries);
+    rc |= metrics_one(b, "mimeo_mesh_replications_dropped_total", "counter",
+                      "replications not queued because the queue was full", c.dropped);
+    rc |= metrics_head(b, "mimeo_mesh_replication_queue", "gauge",
+                       "replications of the data mover waiting and running");
+    rc |= buf_printf(b, "mimeo_mesh_replication_queue{state=\"queued\"} %" PRIu64 "\n"
+                        "mimeo_mesh_replication_queue{state=\"running\"} %" PRIu64 "\n",
+                     c.queued, c.running);
+    return rc;
+}
+
 static int metrics_mesh(buf *b)
 {
     struct mesh_node *n = mesh_node_current();
@@ -165,7 +236,7 @@ static int metrics_mesh(buf *b)
     rc |= metrics_one(b, "mimeo_mesh_health_score", "gauge",
                       "Lifeguard local health score (0 healthy; probes slow down as it rises)",
                       st.awareness);
-    return rc;
+    return rc | metrics_mesh_data(b, n);
 }
 
 void http_h_prometheus(http_req *r)

@@ -2,7 +2,8 @@
 // CouchDB's names where a metric corresponds. The test parses the whole exposition (every
 // sample belongs to a declared family, histogram buckets are cumulative and end at the
 // count) and checks that the counters move: requests by method and status, latency, open
-// databases, replicated documents, and the mesh's members, messages and failed probes.
+// databases, replicated documents, the mesh's members, messages and failed probes, and the
+// changes a peer is behind.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -151,7 +152,7 @@ test('replicated documents count in the replicator totals', async () => {
   assert.ok(d('mimeo_replicator_docs_written_total') >= 5);
 });
 
-test('mesh members by state, messages and failed probes', async () => {
+test('mesh members by state, messages, failed probes and changes behind per peer', async () => {
   let p;
   await waitFor(async () => {
     p = await scrape(a);
@@ -167,6 +168,18 @@ test('mesh members by state, messages and failed probes', async () => {
     return value(q, 'mimeo_mesh_messages_sent_total') > m0 &&
       value(q, 'mimeo_mesh_bytes_received_total') > r0;
   }, { timeout: 10_000, message: 'gossip counters move' });
+  // Changes behind per database and peer: a write on pa reaches pb and nothing is behind.
+  assert.equal((await request(a.url, 'PUT', '/prom_sync', { headers })).status, 201);
+  assert.equal((await request(a.url, 'PUT', '/prom_sync/one', { headers, body: { v: 1 } })).status, 201);
+  const row = { db: 'prom_sync', peer: 'pb' };
+  await waitFor(async () => {
+    const q = await scrape(a);
+    return value(q, 'mimeo_mesh_changes_behind', row) === 0 &&
+      value(q, 'mimeo_mesh_last_sync_timestamp_seconds', row) > Date.now() / 1000 - 120 &&
+      value(q, 'mimeo_mesh_replications_total', { result: 'completed' }) > 0;
+  }, { timeout: 30_000, message: 'prom_sync in step with pb', describe: async () => (await request(a.url, 'GET', '/_mesh', { headers })).json.sync });
+  const q0 = await scrape(a);
+  assert.equal(q0.families.mimeo_mesh_changes_behind.type, 'gauge');
   await b.kill9();
   await waitFor(async () => {
     const q = await scrape(a);
@@ -174,4 +187,10 @@ test('mesh members by state, messages and failed probes', async () => {
       value(q, 'mimeo_mesh_members', { state: 'dead' }) === 1 &&
       value(q, 'mimeo_mesh_members', { state: 'alive' }) === 1;
   }, { timeout: 30_000, message: 'failed probes counted and pb dead' });
+  // With pb gone, pa's new changes pile up behind it.
+  for (let i = 0; i < 3; i++) {
+    assert.equal((await request(a.url, 'PUT', `/prom_sync/more${i}`, { headers, body: { i } })).status, 201);
+  }
+  await waitFor(async () => value(await scrape(a), 'mimeo_mesh_changes_behind', row) >= 3,
+    { timeout: 20_000, message: 'three changes behind pb' });
 });

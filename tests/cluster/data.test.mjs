@@ -1,0 +1,158 @@
+// The data moving through the mesh, with real processes behind fault-injecting proxies and
+// the checker comparing every copy doc by doc (revision trees, winners, _conflicts) with
+// every acknowledged write kept: writes on random nodes over lossy, slow links converge; a
+// partition with conflicting edits and deletions on both sides heals into identical copies;
+// kill -9 during writes and a restart lose nothing; a node that joins late with an empty
+// disk receives everything. The tests share one cluster and run in order.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { request, docPath } from '../interop/lib/http.mjs';
+import { waitFor } from '../interop/lib/util.mjs';
+import { Cluster, clusterSeed } from './lib/cluster.mjs';
+import { Checker } from './lib/checker.mjs';
+
+const N = 4;
+let c;
+let rng;
+const checker = new Checker();
+const dbs = [];
+
+const pick = (list) => list[Math.floor(rng() * list.length)];
+
+/** The current rev of id on node i (null when missing or deleted). */
+async function revOn(i, db, id) {
+  try {
+    const r = await request(c.url(i), 'GET', docPath(db, id), { timeout: 10_000 });
+    return r.status === 200 ? r.json._rev : null;
+  } catch {
+    return null;
+  }
+}
+
+/** An edit of id on node i as a client would make it: update what that node has, or create. */
+async function edit(i, db, id, extra = {}) {
+  const rev = await revOn(i, db, id);
+  const doc = { _id: id, by: c.nodes[i].name, r: Math.floor(rng() * 1e9), ...extra };
+  if (rev) doc._rev = rev;
+  return checker.write(c, i, db, doc);
+}
+
+async function remove(i, db, id) {
+  const rev = await revOn(i, db, id);
+  if (!rev) return null;
+  return checker.write(c, i, db, { _id: id, _rev: rev, _deleted: true });
+}
+
+async function createDb(db) {
+  dbs.push(db);
+  assert.equal((await request(c.url(0), 'PUT', `/${db}`)).status, 201);
+  for (const i of c.running()) {
+    await waitFor(async () => (await request(c.url(i), 'GET', `/${db}`)).status === 200,
+      { timeout: 20_000, message: `${db} on ${c.nodes[i].name}` });
+  }
+}
+
+/** Waits until every running node holds the same copy of each db with every acked write. */
+async function converge(list, timeout = 90_000) {
+  const nodes = c.running();
+  let last;
+  await waitFor(async () => {
+    last = await checker.verify(c, nodes, list);
+    return true;
+  }, { timeout, interval: 1000, message: `${list.join(', ')} converge on ${nodes.length} nodes` });
+  return last;
+}
+
+before(async () => {
+  const seed = clusterSeed('data');
+  c = await new Cluster({
+    seed,
+    mesh: { anti_entropy_interval_ms: 1000 },
+  }).init();
+  rng = c.rng;
+  for (let i = 0; i < N; i++) await c.addNode();
+  await c.waitView(Object.fromEntries(c.nodes.map((n) => [n.name, 'alive'])));
+});
+
+after(async () => {
+  if (c) await c.close();
+});
+
+test('writes on random nodes over lossy, slow links converge everywhere', async () => {
+  await createDb('conv');
+  c.degrade({ drop: 0.05, delay: 3 });
+  const ids = Array.from({ length: 30 }, (_, k) => `doc${k}`);
+  for (let k = 0; k < 150; k++) await edit(pick(c.running()), 'conv', pick(ids));
+  c.heal();
+  const r = await converge(['conv']);
+  assert.ok(r.acked >= 140, `acknowledged ${r.acked} of 150`);
+});
+
+test('a partition with conflicting edits and deletions on both sides heals into identical copies', async () => {
+  await createDb('split');
+  const ids = Array.from({ length: 20 }, (_, k) => `s${k}`);
+  for (const id of ids) await edit(0, 'split', id);
+  await converge(['split']);
+  const order = [0, 1, 2, 3].sort(() => rng() - 0.5);
+  const sides = [order.slice(0, 2), order.slice(2)];
+  c.partition(sides);
+  await c.waitState(sides[0], c.nodes[sides[1][0]].name, 'dead');
+  for (const [s, side] of sides.entries()) {
+    for (const id of ids) {
+      const roll = rng();
+      const node = pick(side);
+      // Each side: edits (conflicts with the other side's), deletions, and brand-new docs
+      // under the same ids on both sides.
+      if (roll < 0.5) await edit(node, 'split', id, { side: s });
+      else if (roll < 0.75) await remove(node, 'split', id);
+      else { await edit(node, 'split', id, { side: s }); await edit(pick(side), 'split', id, { side: s, again: true }); }
+    }
+    for (let k = 0; k < 5; k++) await edit(pick(side), 'split', `new${k}`, { side: s });
+  }
+  c.heal();
+  await c.waitView(Object.fromEntries(c.nodes.map((n) => [n.name, 'alive'])), 60_000);
+  await converge(['split']);
+  // The conflicts made on both sides are the same conflicts everywhere.
+  const snap = await Checker.snapshot(c.url(0), 'split');
+  const conflicted = Object.values(snap).filter((d) => d.tree.length > 1).length;
+  assert.ok(conflicted > 0, 'the partition produced conflicts');
+});
+
+test('kill -9 during writes and a restart lose no acknowledged write', async () => {
+  await createDb('crash');
+  const victim = 1 + Math.floor(rng() * (N - 1));
+  const ids = Array.from({ length: 25 }, (_, k) => `k${k}`);
+  let killed = false;
+  const writes = (async () => {
+    for (let k = 0; k < 120; k++) {
+      // The victim is favoured until it dies, so it holds writes nobody else has yet.
+      const up = c.running().filter((i) => !(killed && i === victim));
+      const node = !killed && rng() < 0.5 ? victim : pick(up);
+      await edit(node, 'crash', pick(ids));
+    }
+  })();
+  // Kill once the victim has acknowledged a few writes of its own, at a random count.
+  const before = 3 + Math.floor(rng() * 8);
+  await waitFor(() => checker.acked.filter((w) => w.db === 'crash' && w.node === victim).length >= before,
+    { timeout: 60_000, interval: 20, message: 'the victim acknowledges writes' });
+  await c.kill9(victim);
+  killed = true;
+  await writes;
+  await c.restart(victim);
+  await c.waitView(Object.fromEntries(c.nodes.map((n) => [n.name, 'alive'])), 60_000);
+  const acked = checker.acked.filter((w) => w.db === 'crash' && w.node === victim).length;
+  console.log(`# ${acked} writes acknowledged by the victim before kill -9`);
+  await converge(['crash']);
+});
+
+test('a node that joins late with an empty disk receives everything', async () => {
+  const late = await c.addNode({ name: 'late' });
+  await c.waitView(Object.fromEntries(c.nodes.map((n) => [n.name, 'alive'])), 60_000);
+  for (const db of dbs) {
+    await waitFor(async () => (await request(c.url(late.index), 'GET', `/${db}`)).status === 200,
+      { timeout: 30_000, message: `${db} created on the late node` });
+  }
+  const r = await converge(dbs, 120_000);
+  console.log(`# ${r.acked} acknowledged writes on ${c.running().length} nodes, ${r.refused} refused`);
+});
