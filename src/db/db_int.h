@@ -190,5 +190,10 @@ int  db_vdu_check(db_vdu *v, const char *id, size_t id_len, const char *new_doc,
  * until the next check. */
 const char *db_vdu_reason(db_vdu *v);
 void db_vdu_end(db_vdu *v);
+/* CouchDB's checks of a design document being written (body: its JSON object): member
+ * types, a map for every view, known built-in reduces, and JavaScript functions that compile
+ * (add_fun in a query-server process). 0, or MIMEO_EINVAL with invalid_design_doc or
+ * compilation_error in e and the whole reason in *reason (free it), or MIMEO_EIO. */
+int  db_ddoc_check(mimeo_db *db, const char *body, size_t len, mimeo_err *e, char **reason);
 
 #endif

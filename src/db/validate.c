@@ -500,3 +500,204 @@ int db_vdu_check(db_vdu *v, const char *id, size_t id_len, const char *new_doc, 
 const char *db_vdu_reason(db_vdu *v) {
     return v->reason.data ? buf_cstr(&v->reason) : "";
 }
+
+/* ---- design documents themselves (couch_mrview:validate) ----------------------------------- */
+
+/* The whole reason goes to *reason (malloc'd; mimeo_err cuts it), the cut one to e. */
+static int ddoc_fail(mimeo_err *e, char **reason, const char *error, const char *text) {
+    db_err_set(e, MIMEO_EINVAL, error, text);
+    *reason = strdup(text);
+    return *reason ? MIMEO_EINVAL : MIMEO_ENOMEM;
+}
+
+static bool type_ok(const jval *v, const char *types) {
+    if (!v) return true;
+    if (v->type == JV_STRING && strstr(types, "string")) return true;
+    if (v->type == JV_ARRAY && strstr(types, "array")) return true;
+    if (v->type == JV_OBJECT && strstr(types, "object")) return true;
+    return false;
+}
+
+/* "`path` field must have T type", CouchDB's words for a member of the wrong type. */
+static int field_fail(mimeo_err *e, char **reason, const char *a, const char *b, const char *c,
+                      const char *types) {
+    buf m;
+    buf_init(&m, 0);
+    int rc = buf_putc(&m, '`');
+    if (!rc) rc = buf_puts(&m, a);
+    if (!rc && b) rc = buf_putc(&m, '.');
+    if (!rc && b) rc = buf_puts(&m, b);
+    if (!rc && c) rc = buf_putc(&m, '.');
+    if (!rc && c) rc = buf_puts(&m, c);
+    if (!rc) rc = buf_puts(&m, "` field must have ");
+    if (!rc) rc = buf_puts(&m, types);
+    if (!rc) rc = buf_puts(&m, " type");
+    if (!rc) rc = ddoc_fail(e, reason, "invalid_design_doc", buf_cstr(&m));
+    buf_destroy(&m);
+    return rc;
+}
+
+/* {name: object or string} members: filters, lists, shows, updates. */
+static int funs_ok(const jval *doc, const char *name, mimeo_err *e, char **reason) {
+    const jval *o = jval_get(doc, name);
+    if (!o) return 0;
+    if (o->type != JV_OBJECT) return field_fail(e, reason, name, NULL, NULL, "object");
+    for (size_t i = 0; i < o->count; i++)
+        if (!type_ok(o->items[i], "object or string"))
+            return field_fail(e, reason, name, o->keys[i], NULL, "object or string");
+    return 0;
+}
+
+static int fields_ok(const jval *doc, mimeo_err *e, char **reason) {
+    int rc = funs_ok(doc, "filters", e, reason);
+    if (rc) return rc;
+    if (!type_ok(jval_get(doc, "language"), "string"))
+        return field_fail(e, reason, "language", NULL, NULL, "string");
+    if ((rc = funs_ok(doc, "lists", e, reason))) return rc;
+    if (!type_ok(jval_get(doc, "options"), "object"))
+        return field_fail(e, reason, "options", NULL, NULL, "object");
+    if (!type_ok(jval_get(doc, "rewrites"), "string or array"))
+        return field_fail(e, reason, "rewrites", NULL, NULL, "string or array");
+    if ((rc = funs_ok(doc, "shows", e, reason))) return rc;
+    if ((rc = funs_ok(doc, "updates", e, reason))) return rc;
+    if (!type_ok(jval_get(doc, "validate_doc_update"), "string"))
+        return field_fail(e, reason, "validate_doc_update", NULL, NULL, "string");
+    const jval *views = jval_get(doc, "views");
+    if (!views) return 0;
+    if (views->type != JV_OBJECT) return field_fail(e, reason, "views", NULL, NULL, "object");
+    if (!type_ok(jval_get(views, "lib"), "object"))
+        return field_fail(e, reason, "views", "lib", NULL, "object");
+    /* a "query" (Mango) design document's map is an object */
+    const jval *lang = jval_get(doc, "language");
+    const char *map_type =
+        lang && lang->type == JV_STRING && strcmp(lang->str, "query") == 0 ? "object" : "string";
+    for (size_t i = 0; i < views->count; i++)
+        if (!type_ok(views->items[i], "object"))
+            return field_fail(e, reason, "views", views->keys[i], NULL, "object");
+    for (size_t i = 0; i < views->count; i++)
+        if (!type_ok(jval_get(views->items[i], "map"), map_type))
+            return field_fail(e, reason, "views", views->keys[i], "map", map_type);
+    for (size_t i = 0; i < views->count; i++)
+        if (!type_ok(jval_get(views->items[i], "reduce"), "string"))
+            return field_fail(e, reason, "views", views->keys[i], "reduce", "string");
+    for (size_t i = 0; i < views->count; i++) {
+        if (strcmp(views->keys[i], "lib") == 0 || jval_get(views->items[i], "map")) continue;
+        buf m;
+        buf_init(&m, 0);
+        rc = buf_puts(&m, "View `");
+        if (!rc) rc = buf_puts(&m, views->keys[i]);
+        if (!rc) rc = buf_puts(&m, "` must contain map function");
+        if (!rc) rc = ddoc_fail(e, reason, "invalid_design_doc", buf_cstr(&m));
+        buf_destroy(&m);
+        return rc;
+    }
+    return 0;
+}
+
+static bool builtin_reduce(const char *s) {
+    static const char *const names[] = {"_sum", "_count", "_stats", "_approx_count_distinct"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strncmp(s, names[i], strlen(names[i])) == 0) return true;   /* CouchDB: a prefix */
+    return false;
+}
+
+/* add_fun of one source; a compilation error becomes CouchDB's message for it. */
+static int try_compile(qs_proc *p, buf *line, buf *reply, const char *kind, const char *view,
+                       const jval *src, mimeo_err *e, char **reason) {
+    buf_reset(line);
+    int rc = buf_puts(line, "[\"add_fun\",");
+    if (!rc) rc = json_put_str(line, src->str, src->len);
+    if (!rc) rc = buf_putc(line, ']');
+    if (rc) return rc;
+    if ((rc = qs_call(p, line->data, line->len, reply, e))) return rc;
+    mimeo_err qe;
+    if (!qs_reply_error(reply->data, reply->len, &qe)) return 0;
+    /* the whole message: the reply's third member, not qe's cut copy */
+    jval *r = NULL;
+    const char *text = qe.reason;
+    if (json_tree_parse(reply->data, reply->len, NULL, &r, NULL) == 0 && r->type == JV_ARRAY &&
+        r->count >= 3 && r->items[2]->type == JV_STRING)
+        text = r->items[2]->str;
+    buf m;
+    buf_init(&m, 0);
+    rc = buf_puts(&m, "Compilation of the ");
+    if (!rc) rc = buf_puts(&m, kind);
+    if (!rc) rc = buf_puts(&m, " function in the '");
+    if (!rc) rc = buf_puts(&m, view);
+    if (!rc) rc = buf_puts(&m, "' view failed: ");
+    if (!rc) rc = buf_puts(&m, text);
+    if (!rc) rc = ddoc_fail(e, reason, "compilation_error", buf_cstr(&m));
+    buf_destroy(&m);
+    jval_free(r);
+    return rc;
+}
+
+static int compile_views(vdu_state *st, const jval *views, mimeo_err *e, char **reason) {
+    pthread_mutex_lock(&st->lock);
+    int rc = 0;
+    if (!st->pool) {
+        qs_config cfg = {.command = st->command, .timeout_ms = st->timeout_ms};
+        rc = qs_pool_new(&cfg, &st->pool);
+    }
+    pthread_mutex_unlock(&st->lock);
+    if (rc) {
+        db_err_set(e, MIMEO_EIO, "os_process_error", "cannot start the query server");
+        return MIMEO_EIO;
+    }
+    qs_proc *p = NULL;
+    if ((rc = qs_acquire(st->pool, &p, e))) return rc;
+    buf line, reply;
+    buf_init(&line, 0);
+    buf_init(&reply, 0);
+    rc = qs_call(p, "[\"reset\"]", 9, &reply, e);
+    for (size_t i = 0; i < views->count && !rc; i++) {
+        if (strcmp(views->keys[i], "lib") == 0) continue;
+        const jval *map = jval_get(views->items[i], "map");
+        const jval *red = jval_get(views->items[i], "reduce");
+        rc = try_compile(p, &line, &reply, "map", views->keys[i], map, e, reason);
+        if (rc || !red) continue;
+        if (red->str[0] == '_') {
+            if (builtin_reduce(red->str)) continue;
+            buf m;
+            buf_init(&m, 0);
+            rc = buf_putc(&m, '`');
+            if (!rc) rc = buf_puts(&m, red->str);
+            if (!rc) rc = buf_puts(&m, "` is not a supported reduce function.");
+            if (!rc) rc = ddoc_fail(e, reason, "invalid_design_doc", buf_cstr(&m));
+            buf_destroy(&m);
+        } else {
+            rc = try_compile(p, &line, &reply, "reduce", views->keys[i], red, e, reason);
+        }
+    }
+    /* leave no compiled functions behind; a failed call discards the process at release */
+    if (rc == MIMEO_EINVAL) {
+        mimeo_err ignored;
+        (void)qs_call(p, "[\"reset\"]", 9, &reply, &ignored);
+    }
+    qs_release(st->pool, p);
+    buf_destroy(&line);
+    buf_destroy(&reply);
+    return rc;
+}
+
+int db_ddoc_check(mimeo_db *db, const char *body, size_t len, mimeo_err *e, char **reason) {
+    memset(e, 0, sizeof *e);
+    *reason = NULL;
+    jval *doc = NULL;
+    if (json_tree_parse(body, len, NULL, &doc, NULL) != 0) return 0;   /* checked on parse */
+    int rc = doc->type == JV_OBJECT ? fields_ok(doc, e, reason) : 0;
+    const jval *views = rc ? NULL : jval_get(doc, "views");
+    const jval *lang = jval_get(doc, "language");
+    /* CouchDB saves design documents of languages it has no server for without a look */
+    bool js = !lang || (lang->type == JV_STRING && strcmp(lang->str, "javascript") == 0);
+    bool any = false;
+    for (size_t i = 0; views && i < views->count; i++)
+        if (strcmp(views->keys[i], "lib") != 0) any = true;
+    if (!rc && js && any) {
+        vdu_state *st = mimeo_env_state(db->env, &vdu_key, state_make, state_destroy);
+        rc = st ? compile_views(st, views, e, reason) : MIMEO_ENOMEM;
+    }
+    jval_free(doc);
+    if (rc && !e->error[0]) db_err(e, rc);
+    return rc;
+}

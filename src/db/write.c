@@ -547,13 +547,44 @@ static int item_new_doc(const write_item *it, buf *out) {
     return rc;
 }
 
+/* Design documents are checked as CouchDB does before they are written (replicated ones
+ * too: couch_db validates a design document on every update path). Other documents pay
+ * one prefix compare. */
+static int check_ddocs(mimeo_db *db, write_item *items, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        write_item *it = &items[i];
+        if (it->local || it->ignore || it->doc.deleted || it->id_len < 8 ||
+            memcmp(it->id, "_design/", 8) != 0)
+            continue;
+        mimeo_err e;
+        char *reason = NULL;
+        int rc = db_ddoc_check(db, it->doc.body.data, it->doc.body.len, &e, &reason);
+        if (!rc) continue;
+        if (rc == MIMEO_ENOMEM || (!reason && !(reason = strdup(e.reason)))) {
+            free(reason);
+            return MIMEO_ENOMEM;
+        }
+        if (!(it->vdu = malloc(sizeof *it->vdu))) {
+            free(reason);
+            return MIMEO_ENOMEM;
+        }
+        *it->vdu = e;
+        it->vdu_reason = reason;
+        it->rejected = true;
+        item_fail(it, rc, it->vdu->error, it->vdu_reason);
+    }
+    return 0;
+}
+
 /* validate_doc_update on the calling thread, before the write job is queued: a rejected
  * item is marked and skipped by the job. Design documents are validated too; _local ones
  * never (CouchDB). */
 static int validate_items(mimeo_db *db, write_item *items, size_t count,
                           const mimeo_user_ctx *user, mimeo_err *err) {
+    int rc = check_ddocs(db, items, count);
+    if (rc) return db_err(err, rc);
     db_vdu *v = NULL;
-    int rc = db_vdu_begin(db, user, &v);
+    rc = db_vdu_begin(db, user, &v);
     if (rc == MIMEO_ENOTFOUND) return db_gone(err);
     if (rc) return db_err(err, rc);
     if (!v) return 0;
@@ -561,7 +592,7 @@ static int validate_items(mimeo_db *db, write_item *items, size_t count,
     buf_init(&nd, 0);
     for (size_t i = 0; i < count && !rc; i++) {
         write_item *it = &items[i];
-        if (it->local || it->ignore) continue;
+        if (it->local || it->ignore || it->rejected) continue;
         buf_reset(&nd);
         if ((rc = item_new_doc(it, &nd))) break;
         mimeo_err e;
