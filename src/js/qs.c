@@ -24,6 +24,7 @@ struct qs_proc {
     pid_t    pid;
     int      fd;          /* our end of the socket pair: the child's stdin and stdout */
     bool     broken;      /* a call failed: discard at release */
+    bool     retire;      /* works, but its engine ran out of memory: discard at release */
     buf      pending;     /* bytes read past the last reply line */
     char   **known;       /* remembered design-document keys */
     size_t  *known_lens;
@@ -173,7 +174,7 @@ int qs_acquire(qs_pool *pool, qs_proc **out, mimeo_err *err) {
 }
 
 void qs_release(qs_pool *pool, qs_proc *proc) {
-    if (proc->broken) {
+    if (proc->broken || proc->retire) {
         proc_free(proc);
         pthread_mutex_lock(&pool->mu);
         pool->live--;
@@ -261,6 +262,10 @@ int qs_recv(qs_proc *q, buf *reply, mimeo_err *err) {
         if (nl) {
             size_t n = (size_t)(nl - q->pending.data);
             bool was_log = deliver_log(pool, q->pending.data, n);
+            /* An engine that once hit its memory cap may keep memory it cannot give back
+             * (the next caller's functions then fail for no fault of theirs): it finishes
+             * this caller's work and is replaced. */
+            if (memmem(q->pending.data, n, "out of memory", 13)) q->retire = true;
             int rc = was_log ? 0 : buf_put(reply, q->pending.data, n);
             memmove(q->pending.data, nl + 1, q->pending.len - n - 1);
             q->pending.len -= n + 1;
