@@ -21,6 +21,7 @@
 typedef struct vrange {
     bool   has_start, has_end, has_sdoc, has_edoc;
     buf    sck, eck;                 /* collation keys, cut as stored */
+    buf    sfull, efull;             /* the whole ones, when longer than the cut */
     buf    sdoc, edoc;
 } vrange;
 
@@ -120,13 +121,19 @@ static int p_int(const jval *v, int64_t *out, mimeo_err *err) {
 static void range_destroy(vrange *r) {
     buf_destroy(&r->sck);
     buf_destroy(&r->eck);
+    buf_destroy(&r->sfull);
+    buf_destroy(&r->efull);
     buf_destroy(&r->sdoc);
     buf_destroy(&r->edoc);
 }
 
-static int ckey(buf *b, const jval *k) {
+/* A bound's collation key cut as rows store it into b; a longer one whole into full too. */
+static int ckey(buf *b, buf *full, const jval *k) {
     int rc = collate_key_put(b, k);
-    if (!rc && b->len > VSTORE_CKEY_MAX) b->len = VSTORE_CKEY_MAX;
+    if (!rc && b->len > VSTORE_CKEY_MAX) {
+        if (buf_put(full, b->data, b->len)) return MIMEO_ENOMEM;
+        b->len = VSTORE_CKEY_MAX;
+    }
     return rc;
 }
 
@@ -246,12 +253,14 @@ static int vq_parse(vq *q, const vdef *d, int view, const jval *p, mimeo_err *er
         vrange *r = &q->ranges[i];
         buf_init(&r->sck, 0);
         buf_init(&r->eck, 0);
+        buf_init(&r->sfull, 0);
+        buf_init(&r->efull, 0);
         buf_init(&r->sdoc, 0);
         buf_init(&r->edoc, 0);
         const jval *s = keys ? keys->items[i] : sk, *e = keys ? keys->items[i] : ek;
         if (s) {
             r->has_start = true;
-            if ((rc = ckey(&r->sck, s))) return rc;
+            if ((rc = ckey(&r->sck, &r->sfull, s))) return rc;
             if (sdoc) {
                 r->has_sdoc = true;
                 if (buf_put(&r->sdoc, sdoc->str, sdoc->len)) return MIMEO_ENOMEM;
@@ -259,7 +268,7 @@ static int vq_parse(vq *q, const vdef *d, int view, const jval *p, mimeo_err *er
         }
         if (e) {
             r->has_end = true;
-            if ((rc = ckey(&r->eck, e))) return rc;
+            if ((rc = ckey(&r->eck, &r->efull, e))) return rc;
             if (edoc) {
                 r->has_edoc = true;
                 if (buf_put(&r->edoc, edoc->str, edoc->len)) return MIMEO_ENOMEM;
@@ -271,11 +280,32 @@ static int vq_parse(vq *q, const vdef *d, int view, const jval *p, mimeo_err *er
 
 /* ---- bounds ------------------------------------------------------------------------------- */
 
-static int cmp_bound(const vstore_row *r, const buf *ck, bool has_doc, const buf *doc) {
+/* The row's key against a long bound whose cut it shares: whole collation keys, the row's
+ * from its stored key (rare: only rows in the bound's run of one cut get here). */
+static int cmp_long(const vstore_row *r, const buf *full) {
+    jval *k = NULL;
+    json_limits lim = {0, r->key_len + 1};
+    if (json_tree_parse(r->key, r->key_len, &lim, &k, NULL) != 0) return 1;
+    buf b;
+    buf_init(&b, full->len + 16);
+    int c = collate_key_put(&b, k) ? 1 : 0;
+    if (!c) {
+        size_t n = b.len < full->len ? b.len : full->len;
+        c = memcmp(b.data, full->data, n);
+        c = c ? (c < 0 ? -1 : 1) : (b.len < full->len ? -1 : b.len > full->len);
+    }
+    buf_destroy(&b);
+    jval_free(k);
+    return c;
+}
+
+static int cmp_bound(const vstore_row *r, const buf *ck, const buf *full, bool has_doc,
+                     const buf *doc) {
     size_t n = ck->len < r->rk_len ? ck->len : r->rk_len;
     int c = n ? memcmp(r->rk, ck->data, n) : 0;
     if (c) return c < 0 ? -1 : 1;
     if (r->rk_len < ck->len) return -1;
+    if (full->len && (c = cmp_long(r, full))) return c;
     if (!has_doc) return 0;
     size_t m = r->id_len < doc->len ? r->id_len : doc->len;
     c = m ? memcmp(r->id, doc->data, m) : 0;
@@ -285,13 +315,13 @@ static int cmp_bound(const vstore_row *r, const buf *ck, bool has_doc, const buf
 
 static bool start_ok(const vq *q, const vrange *r, const vstore_row *row) {
     if (!r->has_start) return true;
-    int c = cmp_bound(row, &r->sck, r->has_sdoc, &r->sdoc);
+    int c = cmp_bound(row, &r->sck, &r->sfull, r->has_sdoc, &r->sdoc);
     return q->descending ? c <= 0 : c >= 0;
 }
 
 static bool end_ok(const vq *q, const vrange *r, const vstore_row *row) {
     if (!r->has_end) return true;
-    int c = cmp_bound(row, &r->eck, r->has_edoc, &r->edoc);
+    int c = cmp_bound(row, &r->eck, &r->efull, r->has_edoc, &r->edoc);
     if (c == 0) return q->inclusive_end;
     return q->descending ? c > 0 : c < 0;
 }
@@ -879,7 +909,8 @@ static int vq_step(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
         const buf *pos = &q->pos;
         if (how == VSTORE_SEEK) {
             buf_put(&seek, r->sck.data, r->sck.len);
-            if (r->has_sdoc) buf_put(&seek, r->sdoc.data, r->sdoc.len);
+            /* a long key's rows follow its cut with a rank, not the id: seek to the run */
+            if (r->has_sdoc && !r->sfull.len) buf_put(&seek, r->sdoc.data, r->sdoc.len);
             pos = &seek;
         }
         q->cb_err = (mimeo_err){0};

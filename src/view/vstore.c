@@ -10,16 +10,25 @@
  *   dbid(8) · idx(8) · 03 · view(2) · rk of first    a block: count(8) · varint · rk of its last
  *                                                    row · partial reduction JSON
  *   dbid(8) · idx(8) · 04 · view(2) · rk             a row changed since blocks were computed
+ *   dbid(8) · idx(8) · 05 · view(2) · cut · rank(8)  a long key's whole collation key
  *
  *   rk     = ckey · idpart · idlen(2) · n(4)
- *   ckey   = collate_key_put of the emitted key, cut to VSTORE_CKEY_MAX bytes
+ *   ckey   = collate_key_put of the emitted key; one longer than VSTORE_CKEY_MAX bytes is
+ *            cut to them (cut) and followed by its rank
+ *   rank   = a number whose order among the long keys of the view sharing cut is the order
+ *            of their whole collation keys (equal keys share it)
  *   idpart = the document id, or when it does not fit the key, its head and 8 bytes of its MD5
  *   n      = the emit's number within the document (a document may emit one key twice)
  *   docref = the document id, or its MD5 when longer than DOCREF_MAX
  *
- * Collation keys are prefix-free, so rows sort by key, then by id bytes. A key cut at
- * VSTORE_CKEY_MAX sorts with the keys that share those bytes, those rows in id order; the
- * query side compares bounds on the same cut bytes. A database's rows go with the database:
+ * Collation keys are prefix-free, so rows sort by key, then by id bytes, long keys included:
+ * a rank is given when a key is first written (between its neighbours' ranks, or a step past
+ * the last) and kept in a rank entry, so byte order stays the exact order without comparing
+ * whole keys on reads. Rank entries stay until the index is dropped. Only when 32 keys in a
+ * row were each written between the same two neighbours is there no number left between
+ * them: the key then takes its lower neighbour's rank and sorts among its rows by id. The
+ * query side compares bounds on the cut bytes and, inside a run of one cut, on the whole
+ * keys (vquery.c). A database's rows go with the database:
  * src/db/env.c drops every key under its id, this table included. */
 #include "vstore.h"
 
@@ -36,6 +45,9 @@
 #define KIND_DOC  0x02
 #define KIND_BLOCK 0x03
 #define KIND_MARK  0x04
+#define KIND_RANK  0x05
+#define RANK_LEN   8
+#define RANK_STEP  ((uint64_t)1 << 32)
 #define PREFIX    17           /* dbid · idx · kind */
 #define VPREFIX   (PREFIX + 2) /* … · view */
 #define DOCREF_MAX 400
@@ -144,9 +156,13 @@ typedef struct apply_job {
 
 /* rk of one emit into out (RK_MAX bytes); returns its length. */
 static size_t rk_make(unsigned char *out, const unsigned char *ckey, size_t ckey_len,
-                      const char *id, size_t id_len, uint32_t n) {
+                      uint64_t rank, const char *id, size_t id_len, uint32_t n) {
     size_t cl = ckey_len > VSTORE_CKEY_MAX ? VSTORE_CKEY_MAX : ckey_len;
     memcpy(out, ckey, cl);
+    if (ckey_len > VSTORE_CKEY_MAX) {
+        be64_put(out + cl, rank);
+        cl += RANK_LEN;
+    }
     size_t room = RK_MAX - 6 - cl, p = cl;
     if (id_len <= room) {
         memcpy(out + p, id, id_len);
@@ -170,6 +186,68 @@ static size_t rk_make(unsigned char *out, const unsigned char *ckey, size_t ckey
     out[p++] = (unsigned char)(n >> 8);
     out[p++] = (unsigned char)n;
     return p;
+}
+
+static int ckey_cmp(const unsigned char *a, size_t an, const unsigned char *b, size_t bn) {
+    int c = memcmp(a, b, an < bn ? an : bn);
+    if (c) return c < 0 ? -1 : 1;
+    return an < bn ? -1 : an > bn;
+}
+
+/* The rank of a long collation key in view (see the layout): the one it already has, or a
+ * new one between the ranks of the keys around it, recorded. The run of rank entries of one
+ * cut is read in rank order, which is their keys' order. */
+static int rank_get(MDB_txn *txn, apply_job *j, unsigned view, const unsigned char *ck,
+                    size_t ck_len, uint64_t *rank) {
+    unsigned char kb[PREFIX + 2 + VSTORE_CKEY_MAX + RANK_LEN];
+    size_t pn = prefix(kb, j->dbid, j->idx, KIND_RANK);
+    kb[pn++] = (unsigned char)(view >> 8);
+    kb[pn++] = (unsigned char)view;
+    memcpy(kb + pn, ck, VSTORE_CKEY_MAX);
+    pn += VSTORE_CKEY_MAX;
+    MDB_cursor *cur;
+    int rc = store_err(mdb_cursor_open(txn, j->dbi, &cur));
+    if (rc) return rc;
+    MDB_val k = {pn, kb}, v;
+    bool has_lo = false, has_hi = false;
+    uint64_t lo = 0, hi = 0;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    for (; mrc == 0; mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != pn + RANK_LEN || memcmp(k.mv_data, kb, pn) != 0) break;
+        uint64_t r = be64_get((const unsigned char *)k.mv_data + pn);
+        int c = ckey_cmp(v.mv_data, v.mv_size, ck, ck_len);
+        if (c == 0) {
+            *rank = r;
+            mdb_cursor_close(cur);
+            return 0;
+        }
+        if (c > 0) {
+            has_hi = true;
+            hi = r;
+            break;
+        }
+        has_lo = true;
+        lo = r;
+    }
+    mdb_cursor_close(cur);
+    if (mrc && mrc != MDB_NOTFOUND) return store_err(mrc);
+    uint64_t r;
+    if (!has_lo && !has_hi) r = (uint64_t)1 << 63;
+    else if (!has_hi) r = lo <= UINT64_MAX - RANK_STEP ? lo + RANK_STEP : lo + (UINT64_MAX - lo) / 2;
+    else if (!has_lo) r = hi > RANK_STEP ? hi - RANK_STEP : hi / 2;
+    else r = lo + (hi - lo) / 2;
+    if ((has_lo && r == lo) || (has_hi && r == hi)) {
+        /* no number left between the neighbours: share the lower one's rank (vstore.c's
+         * opening comment); its entry keeps its own key */
+        *rank = has_lo ? lo : hi;
+        return 0;
+    }
+    be64_put(kb + pn, r);
+    k = (MDB_val){pn + RANK_LEN, kb};
+    v = (MDB_val){ck_len, (void *)ck};
+    if ((rc = store_err(mdb_put(txn, j->dbi, &k, &v, 0)))) return rc;
+    *rank = r;
+    return 0;
 }
 
 /* Marks a row as changed for vstore_blocks_repair (when the index keeps blocks). */
@@ -254,8 +332,12 @@ static int job_apply(MDB_txn *txn, void *arg) {
         for (size_t e = 0; !rc && e < d->n; e++) {
             const vstore_emit *em = &d->emits[e];
             if (em->view >= VSTORE_VIEWS_MAX) { rc = MIMEO_EINVAL; break; }
+            uint64_t rank = 0;
+            if (em->ckey_len > VSTORE_CKEY_MAX &&
+                (rc = rank_get(txn, j, em->view, em->ckey, em->ckey_len, &rank)))
+                break;
             size_t kn = vprefix(rkb, j->dbid, j->idx, em->view);
-            size_t rl = rk_make(rkb + kn, em->ckey, em->ckey_len, d->id, d->id_len,
+            size_t rl = rk_make(rkb + kn, em->ckey, em->ckey_len, rank, d->id, d->id_len,
                                 (uint32_t)e);
             buf_reset(&val);
             if (buf_put_varint(&val, em->key_len) || buf_put(&val, em->key, em->key_len) ||

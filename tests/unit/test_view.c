@@ -383,6 +383,158 @@ static void test_model(void) {
     mimeo_db_close(d);
 }
 
+/* Keys whose collation keys run past the stored cut (VSTORE_CKEY_MAX): strings of 1,000+
+ * characters differing at their end and arrays with a long first element, written in an
+ * order unlike their key order, edited and deleted; rows and range bounds inside runs of
+ * such keys, both directions, must follow collate_cmp, not the document ids. */
+#define LDOCS 40
+static char lkey[LDOCS][1200];
+static char lrev[LDOCS][MIMEO_REV_MAX];
+static bool llive[LDOCS];
+
+static void long_key(int i, int variant) {
+    char head[1100];
+    memset(head, 'x', 1050);
+    head[1050] = 0;
+    int t = (i * 7 + variant) % LDOCS;   /* key order unlike id order */
+    if (t % 3 == 0) snprintf(lkey[i], sizeof lkey[i], "\"%s%c%02d\"", head, 'a' + t % 26, t);
+    else if (t % 3 == 1) snprintf(lkey[i], sizeof lkey[i], "[\"%s\",%d]", head, 50 - t);
+    else snprintf(lkey[i], sizeof lkey[i], "[\"%sy\",\"%c\",%d]", head, 'A' + t % 26, t);
+}
+
+typedef struct lrow { jval *k; char id[16]; } lrow;
+static int lrow_cmp(const void *a, const void *b) {
+    const lrow *x = a, *y = b;
+    int c = collate_cmp(x->k, y->k);
+    return c ? c : strcmp(x->id, y->id);
+}
+
+/* The ids of the view's rows as "id,id,…". */
+static void got_ids(mimeo_db *d, const char *params, buf *out) {
+    buf raw;
+    buf_init(&raw, 0);
+    read_all(d, "map", params, &raw);
+    jval *v = NULL;
+    CHECK_EQ_INT(json_tree_parse(raw.data, raw.len, NULL, &v, NULL), 0);
+    const jval *rows = v ? jval_get(v, "rows") : NULL;
+    for (size_t i = 0; rows && i < rows->count; i++) {
+        const jval *id = jval_get(rows->items[i], "id");
+        buf_printf(out, "%s%s", i ? "," : "", id ? id->str : "?");
+    }
+    jval_free(v);
+    buf_destroy(&raw);
+}
+
+static void test_long_keys(void) {
+    mimeo_err err;
+    mimeo_db *d;
+    CHECK_EQ_INT(mimeo_db_create(env, "lk", &err), 0);
+    CHECK_EQ_INT(mimeo_db_open(env, "lk", &d, &err), 0);
+    const char *ddoc = "{\"views\":{\"map\":{\"map\":"
+        "\"function(doc) { if (doc.k !== undefined) emit(doc.k, null); }\"}}}";
+    mimeo_put_result pr;
+    CHECK_EQ_INT(mimeo_doc_put(d, "_design/m", 9, ddoc, strlen(ddoc), NULL, &pr, &err), 0);
+    mimeo_free(pr.id);
+    static char body[1400];
+    for (int round = 0; round < 3; round++) {
+        for (int j = 0; j < LDOCS; j++) {
+            int i = (j * 13 + round * 5) % LDOCS;
+            char id[16];
+            snprintf(id, sizeof id, "L%02d", i);
+            if (round == 2 && i % 5 == 0) {
+                if (!llive[i]) continue;
+                CHECK_EQ_INT(mimeo_doc_delete(d, id, 3, lrev[i], &pr, &err), 0);
+                llive[i] = false;
+            } else {
+                if (round && i % 2) continue;
+                long_key(i, round);
+                snprintf(body, sizeof body, "{%s%s%s\"k\":%s}", lrev[i][0] ? "\"_rev\":\"" : "",
+                         lrev[i], lrev[i][0] ? "\"," : "", lkey[i]);
+                CHECK_EQ_INT(mimeo_doc_put(d, id, 3, body, strlen(body), NULL, &pr, &err), 0);
+                llive[i] = true;
+            }
+            snprintf(lrev[i], sizeof lrev[i], "%s", pr.rev);
+            mimeo_free(pr.id);
+            /* a few reads between writes, so the index grows in several steps */
+            if (j % 9 == 0) {
+                buf g;
+                buf_init(&g, 0);
+                got_ids(d, NULL, &g);
+                buf_destroy(&g);
+            }
+        }
+        lrow rows[LDOCS];
+        size_t n = 0;
+        for (int i = 0; i < LDOCS; i++) {
+            if (!llive[i]) continue;
+            CHECK_EQ_INT(json_tree_parse(lkey[i], strlen(lkey[i]), NULL, &rows[n].k, NULL), 0);
+            snprintf(rows[n].id, sizeof rows[n].id, "L%02d", i);
+            n++;
+        }
+        qsort(rows, n, sizeof *rows, lrow_cmp);
+        buf want, ids, params, kb;
+        buf_init(&want, 0);
+        buf_init(&ids, 0);
+        buf_init(&params, 0);
+        buf_init(&kb, 0);
+        for (size_t i = 0; i < n; i++) buf_printf(&want, "%s%s", i ? "," : "", rows[i].id);
+        got_ids(d, NULL, &ids);
+        CHECK_EQ_STR(buf_cstr(&ids), buf_cstr(&want));
+        /* ranges with both bounds inside the run, each way, inclusive_end both ways */
+        size_t pairs[][2] = {{3, 17}, {0, 5}, {9, 10}, {12, 12}, {5, 30}};
+        for (size_t p = 0; p < sizeof pairs / sizeof pairs[0]; p++) {
+            size_t a = pairs[p][0], b = pairs[p][1] < n ? pairs[p][1] : n - 1;
+            for (int mode = 0; mode < 4; mode++) {
+                bool desc = mode & 1, incl = !(mode & 2);
+                buf_reset(&params);
+                buf_reset(&kb);
+                json_put_jval(&kb, rows[desc ? b : a].k);
+                buf_printf(&params, "{\"startkey\":%s,", buf_cstr(&kb));
+                buf_reset(&kb);
+                json_put_jval(&kb, rows[desc ? a : b].k);
+                buf_printf(&params, "\"endkey\":%s,\"descending\":%s,\"inclusive_end\":%s}",
+                           buf_cstr(&kb), desc ? "true" : "false", incl ? "true" : "false");
+                buf_reset(&want);
+                bool first = true;
+                for (size_t k = 0; k < n; k++) {
+                    size_t i = desc ? n - 1 - k : k;
+                    int lo = collate_cmp(rows[i].k, rows[a].k), hi = collate_cmp(rows[i].k, rows[b].k);
+                    bool in = lo >= 0 && hi <= 0;
+                    if (!incl) in = desc ? lo > 0 && hi <= 0 : lo >= 0 && hi < 0;
+                    if (!in) continue;
+                    buf_printf(&want, "%s%s", first ? "" : ",", rows[i].id);
+                    first = false;
+                }
+                buf_reset(&ids);
+                got_ids(d, buf_cstr(&params), &ids);
+                if (strcmp(buf_cstr(&ids), buf_cstr(&want)) != 0)
+                    fprintf(stderr, "round %d pair %zu mode %d\n", round, p, mode);
+                CHECK_EQ_STR(buf_cstr(&ids), buf_cstr(&want));
+            }
+        }
+        /* key=: exactly the rows of that long key */
+        if (n > 6) {
+            buf_reset(&kb);
+            json_put_jval(&kb, rows[5].k);
+            buf_reset(&params);
+            buf_printf(&params, "{\"key\":%s}", buf_cstr(&kb));
+            buf_reset(&want);
+            for (size_t i = 0; i < n; i++)
+                if (collate_cmp(rows[i].k, rows[5].k) == 0)
+                    buf_printf(&want, "%s%s", want.len ? "," : "", rows[i].id);
+            buf_reset(&ids);
+            got_ids(d, buf_cstr(&params), &ids);
+            CHECK_EQ_STR(buf_cstr(&ids), buf_cstr(&want));
+        }
+        for (size_t i = 0; i < n; i++) jval_free(rows[i].k);
+        buf_destroy(&want);
+        buf_destroy(&ids);
+        buf_destroy(&params);
+        buf_destroy(&kb);
+    }
+    mimeo_db_close(d);
+}
+
 /* Blocks (counts and partial reductions of runs of rows): thousands of rows in many blocks,
  * then small edits that leave marks; whole and ranged reduces and offsets must equal the
  * model after each round, through the blocks as through the rows. */
@@ -515,6 +667,7 @@ int main(void) {
     if (access(js, X_OK) != 0) fprintf(stderr, "test_view: %s missing (make build/mimeo-js)\n", js);
     else {
         RUN(test_model);
+        RUN(test_long_keys);
         RUN(test_blocks);
     }
     mimeo_env_close(env);
