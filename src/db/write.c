@@ -548,12 +548,12 @@ static int item_new_doc(const write_item *it, buf *out) {
 }
 
 /* Design documents are checked as CouchDB does before they are written (replicated ones
- * too: couch_db validates a design document on every update path). Other documents pay
- * one prefix compare. */
+ * and deletions too: couch_db validates a design document's body on every update path; a
+ * plain deletion's empty body passes). Other documents pay one prefix compare. */
 static int check_ddocs(mimeo_db *db, write_item *items, size_t count) {
     for (size_t i = 0; i < count; i++) {
         write_item *it = &items[i];
-        if (it->local || it->ignore || it->doc.deleted || it->id_len < 8 ||
+        if (it->local || it->ignore || it->id_len < 8 ||
             memcmp(it->id, "_design/", 8) != 0)
             continue;
         mimeo_err e;

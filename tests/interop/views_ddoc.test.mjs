@@ -98,6 +98,13 @@ describe('design documents validated on write', () => {
       { _id: '_design/replgood', _rev: '1-abc', views: { v: { map: good } } },
     ] }), 201);
     assert.equal(res.length, 1);
+    // a replicated tombstone carrying a bad body is refused as CouchDB refuses it
+    const del = expectStatus(await c.post(`/${db}/_bulk_docs`, { new_edits: false, docs: [
+      { _id: '_design/replgood', _rev: '2-def', _revisions: { start: 2, ids: ['def', 'abc'] }, _deleted: true,
+        views: { v: { map: 'nope(' } } },
+    ] }), 201);
+    assert.equal(del.length, 1);
+    assert.equal(del[0].error, 'compilation_error');
     assert.equal(res[0].id, '_design/replbad');
     assert.equal(res[0].error, 'compilation_error');
     expectStatus(await c.get(`/${db}/_design/replgood`), 200);
