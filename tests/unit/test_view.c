@@ -512,6 +512,25 @@ static void test_long_keys(void) {
                 CHECK_EQ_STR(buf_cstr(&ids), buf_cstr(&want));
             }
         }
+        /* startkey with startkey_docid inside the run, both directions */
+        for (size_t a = 2; a + 2 < n; a += 7) {
+            for (int desc = 0; desc < 2; desc++) {
+                buf_reset(&kb);
+                json_put_jval(&kb, rows[a].k);
+                buf_reset(&params);
+                buf_printf(&params, "{\"startkey\":%s,\"startkey_docid\":\"%s\",\"descending\":%s}",
+                           buf_cstr(&kb), rows[a].id, desc ? "true" : "false");
+                buf_reset(&want);
+                for (size_t k = 0; k < n; k++) {
+                    size_t i = desc ? n - 1 - k : k;
+                    if (desc ? i > a : i < a) continue;
+                    buf_printf(&want, "%s%s", want.len ? "," : "", rows[i].id);
+                }
+                buf_reset(&ids);
+                got_ids(d, buf_cstr(&params), &ids);
+                CHECK_EQ_STR(buf_cstr(&ids), buf_cstr(&want));
+            }
+        }
         /* key=: exactly the rows of that long key */
         if (n > 6) {
             buf_reset(&kb);
