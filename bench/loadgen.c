@@ -34,8 +34,7 @@
 
 /* ---------------------------------------------------------------- small helpers */
 
-static void die(const char *fmt, ...)
-{
+static void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fputs("loadgen: ", stderr);
@@ -45,8 +44,7 @@ static void die(const char *fmt, ...)
     exit(2);
 }
 
-static double now_s(void)
-{
+static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
@@ -56,8 +54,7 @@ static double now_s(void)
  * how much of the machine the client itself took. All client work runs on the main thread (curl
  * resolves numeric addresses without its resolver thread), and counting only that thread keeps
  * the in-process trivial server of `ceiling` out of the client's figure. */
-static double cpu_s(void)
-{
+static double cpu_s(void) {
     struct rusage ru;
     getrusage(RUSAGE_THREAD, &ru);
     return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
@@ -69,8 +66,7 @@ typedef struct {
     size_t len, cap;
 } buf_t;
 
-static void buf_reserve(buf_t *b, size_t more)
-{
+static void buf_reserve(buf_t *b, size_t more) {
     if (b->len + more + 1 <= b->cap)
         return;
     size_t cap = b->cap ? b->cap : 4096;
@@ -83,16 +79,14 @@ static void buf_reserve(buf_t *b, size_t more)
     b->cap = cap;
 }
 
-static void buf_add(buf_t *b, const void *data, size_t n)
-{
+static void buf_add(buf_t *b, const void *data, size_t n) {
     buf_reserve(b, n);
     memcpy(b->p + b->len, data, n);
     b->len += n;
     b->p[b->len] = '\0';
 }
 
-static void buf_printf(buf_t *b, const char *fmt, ...)
-{
+static void buf_printf(buf_t *b, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
@@ -109,8 +103,7 @@ typedef struct {
     size_t n, cap;
 } dvec_t;
 
-static void dvec_push(dvec_t *d, double x)
-{
+static void dvec_push(dvec_t *d, double x) {
     if (d->n == d->cap) {
         d->cap = d->cap ? d->cap * 2 : 4096;
         d->v = realloc(d->v, d->cap * sizeof *d->v);
@@ -120,15 +113,13 @@ static void dvec_push(dvec_t *d, double x)
     d->v[d->n++] = x;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
+static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
 }
 
 /* Nearest-rank percentile of the sorted latencies, in milliseconds. */
-static double pct_ms(const dvec_t *d, double p)
-{
+static double pct_ms(const dvec_t *d, double p) {
     if (d->n == 0)
         return 0;
     size_t i = (size_t)(p * (double)d->n);
@@ -139,8 +130,7 @@ static double pct_ms(const dvec_t *d, double p)
 
 /* splitmix64: a stateless mix, so any doc's id and body can be recomputed from (seed, index)
  * alone — `get` asks for exactly the ids that `bulk` wrote without sharing a file. */
-static uint64_t mix64(uint64_t x)
-{
+static uint64_t mix64(uint64_t x) {
     x += 0x9e3779b97f4a7c15ULL;
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
     x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
@@ -154,8 +144,7 @@ enum { ID_SEQ, ID_RANDOM };
 /* 32 lowercase hex characters. Sequential ids share a prefix and end in a zero-padded counter,
  * so they sort in insertion order like the ids mimeo generates; random ids are uniformly
  * spread, like the UUIDs most clients make. */
-static void make_id(char out[33], int kind, uint64_t seed, uint64_t i)
-{
+static void make_id(char out[33], int kind, uint64_t seed, uint64_t i) {
     if (kind == ID_SEQ)
         snprintf(out, 33, "%012" PRIx64 "%020" PRIx64, mix64(seed) >> 16, i);
     else
@@ -165,8 +154,7 @@ static void make_id(char out[33], int kind, uint64_t seed, uint64_t i)
 
 /* Appends one document of about `size` bytes. The payload is pseudo-random base64-like text,
  * so neither server gets to shrink it much by compressing (leveldb compresses its blocks). */
-static void add_doc(buf_t *b, const char *id, uint64_t n, long size, int with_id)
-{
+static void add_doc(buf_t *b, const char *id, uint64_t n, long size, int with_id) {
     static const char alphabet[] =
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     size_t start = b->len;
@@ -199,8 +187,7 @@ typedef struct {
     uint64_t rows;
 } rowscan_t;
 
-static void rowscan_feed(rowscan_t *s, const char *p, size_t n)
-{
+static void rowscan_feed(rowscan_t *s, const char *p, size_t n) {
     for (size_t i = 0; i < n; i++) {
         char c = p[i];
         if (s->in_str) {
@@ -261,8 +248,7 @@ struct engine {
     char first_error[256];
 };
 
-static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
-{
+static size_t on_body(char *p, size_t size, size_t nmemb, void *ud) {
     slot_t *s = ud;
     size_t n = size * nmemb;
     s->resp_bytes += n;
@@ -273,8 +259,7 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-static struct curl_slist *json_headers(void)
-{
+static struct curl_slist *json_headers(void) {
     struct curl_slist *h = NULL;
     h = curl_slist_append(h, "Content-Type: application/json");
     h = curl_slist_append(h, "Accept: application/json");
@@ -286,8 +271,7 @@ static struct curl_slist *json_headers(void)
 static struct curl_slist *g_headers;
 static double g_req_timeout = 300;
 
-static void slot_init(slot_t *s)
-{
+static void slot_init(slot_t *s) {
     memset(s, 0, sizeof *s);
     s->h = curl_easy_init();
     if (!s->h)
@@ -303,8 +287,7 @@ static void slot_init(slot_t *s)
 
 /* Sets the slot up for one request. `method` is "GET", "PUT" or "POST"; a body is sent from
  * s->body for PUT and POST. */
-static void slot_request(slot_t *s, const char *method)
-{
+static void slot_request(slot_t *s, const char *method) {
     curl_easy_setopt(s->h, CURLOPT_URL, s->url);
     if (strcmp(method, "GET") == 0) {
         curl_easy_setopt(s->h, CURLOPT_HTTPGET, 1L);
@@ -318,8 +301,7 @@ static void slot_request(slot_t *s, const char *method)
     s->resp_bytes = 0;
 }
 
-static void engine_init(engine_t *e, int nslots)
-{
+static void engine_init(engine_t *e, int nslots) {
     memset(e, 0, sizeof *e);
     e->m = curl_multi_init();
     /* Enough cached connections that no client's connection is ever closed between requests. */
@@ -332,8 +314,7 @@ static void engine_init(engine_t *e, int nslots)
         slot_init(&e->slots[i]);
 }
 
-static int engine_start(engine_t *e, slot_t *s)
-{
+static int engine_start(engine_t *e, slot_t *s) {
     if (e->deadline > 0 && now_s() >= e->deadline)
         return 0;
     if (!e->next(e, s))
@@ -343,8 +324,7 @@ static int engine_start(engine_t *e, slot_t *s)
     return 1;
 }
 
-static void engine_run(engine_t *e)
-{
+static void engine_run(engine_t *e) {
     int active = 0;
     for (int i = 0; i < e->nslots; i++)
         active += engine_start(e, &e->slots[i]);
@@ -380,8 +360,7 @@ static void engine_run(engine_t *e)
     }
 }
 
-static void engine_free(engine_t *e)
-{
+static void engine_free(engine_t *e) {
     for (int i = 0; i < e->nslots; i++) {
         curl_easy_cleanup(e->slots[i].h);
         free(e->slots[i].body.p);
@@ -393,8 +372,7 @@ static void engine_free(engine_t *e)
 }
 
 /* Records a failed request's status and the start of its reply, once, for the JSON line. */
-static void note_error(engine_t *e, slot_t *s, long status)
-{
+static void note_error(engine_t *e, slot_t *s, long status) {
     e->errors++;
     if (e->first_error[0])
         return;
@@ -418,8 +396,7 @@ typedef struct {
     const char *source, *target;
 } opts_t;
 
-static void parse_opts(opts_t *o, int argc, char **argv, int first)
-{
+static void parse_opts(opts_t *o, int argc, char **argv, int first) {
     o->docs = 100000;
     o->batch = 1000;
     o->clients = 1;
@@ -465,8 +442,7 @@ static const char *ids_name(int ids) { return ids == ID_SEQ ? "seq" : "random"; 
 /* One request outside any workload: used to create databases and to read counts. Returns the
  * HTTP status (0 if the server could not be reached); the reply goes to `resp` if given. */
 static long simple_request(const char *method, const char *url, const char *body, buf_t *resp,
-                           double timeout)
-{
+                           double timeout) {
     slot_t s;
     slot_init(&s);
     snprintf(s.url, sizeof s.url, "%s", url);
@@ -491,16 +467,14 @@ static long simple_request(const char *method, const char *url, const char *body
 }
 
 /* PUT URL/db; an existing database (412) is fine. */
-static void create_db(const char *url)
-{
+static void create_db(const char *url) {
     long st = simple_request("PUT", url, "", NULL, 30);
     if (st != 201 && st != 202 && st != 412)
         die("creating %s answered HTTP %ld", url, st);
 }
 
 /* Reads a top-level integer field such as "doc_count" from a small JSON reply. */
-static long json_int_field(const char *json, const char *field)
-{
+static long json_int_field(const char *json, const char *field) {
     char key[64];
     snprintf(key, sizeof key, "\"%s\"", field);
     const char *p = json ? strstr(json, key) : NULL;
@@ -512,8 +486,7 @@ static long json_int_field(const char *json, const char *field)
     return strtol(p, NULL, 10);
 }
 
-static void print_common(const engine_t *e, double secs, double cpu)
-{
+static void print_common(const engine_t *e, double secs, double cpu) {
     printf(",\"seconds\":%.3f,\"ok\":%ld,\"errors\":%ld,\"transport_errors\":%ld,"
            "\"client_cpu_s\":%.3f",
            secs, e->ok, e->errors, e->transport_errors, cpu);
@@ -529,8 +502,7 @@ typedef struct {
     long docs_ok, doc_errors;
 } bulk_ctx_t;
 
-static int bulk_next(engine_t *e, slot_t *s)
-{
+static int bulk_next(engine_t *e, slot_t *s) {
     bulk_ctx_t *c = e->ctx;
     if (c->next_batch >= c->nbatches)
         return 0;
@@ -554,8 +526,7 @@ static int bulk_next(engine_t *e, slot_t *s)
     return 1;
 }
 
-static void bulk_done(engine_t *e, slot_t *s, long status, double lat)
-{
+static void bulk_done(engine_t *e, slot_t *s, long status, double lat) {
     bulk_ctx_t *c = e->ctx;
     dvec_push(&e->lat, lat);
     if (status < 200 || status >= 300) {
@@ -574,8 +545,7 @@ static void bulk_done(engine_t *e, slot_t *s, long status, double lat)
     c->doc_errors += bad;
 }
 
-static int cmd_bulk(opts_t *o)
-{
+static int cmd_bulk(opts_t *o) {
     engine_t e;
     engine_init(&e, (int)o->clients);
     bulk_ctx_t c = {.o = o, .nbatches = (o->docs + o->batch - 1) / o->batch};
@@ -613,8 +583,7 @@ typedef struct {
     const char *db;
 } put_ctx_t;
 
-static int put_next(engine_t *e, slot_t *s)
-{
+static int put_next(engine_t *e, slot_t *s) {
     put_ctx_t *c = e->ctx;
     if (c->next_doc >= c->o->docs)
         return 0;
@@ -628,8 +597,7 @@ static int put_next(engine_t *e, slot_t *s)
     return 1;
 }
 
-static void plain_done(engine_t *e, slot_t *s, long status, double lat)
-{
+static void plain_done(engine_t *e, slot_t *s, long status, double lat) {
     if (status >= 200 && status < 300) {
         e->ok++;
         dvec_push(&e->lat, lat);
@@ -639,8 +607,7 @@ static void plain_done(engine_t *e, slot_t *s, long status, double lat)
 }
 
 static void print_latency_run(const char *op, const opts_t *o, engine_t *e, double secs,
-                              double cpu)
-{
+                              double cpu) {
     qsort(e->lat.v, e->lat.n, sizeof *e->lat.v, cmp_double);
     printf("{\"op\":\"%s\",\"clients\":%ld,\"size\":%ld,\"req_per_s\":%.1f,\"p50_ms\":%.3f,"
            "\"p99_ms\":%.3f,\"max_ms\":%.3f",
@@ -650,8 +617,7 @@ static void print_latency_run(const char *op, const opts_t *o, engine_t *e, doub
     printf("}\n");
 }
 
-static int cmd_put(opts_t *o)
-{
+static int cmd_put(opts_t *o) {
     engine_t e;
     engine_init(&e, (int)o->clients);
     for (int i = 0; i < e.nslots; i++)
@@ -677,8 +643,7 @@ typedef struct {
     uint64_t rng;
 } get_ctx_t;
 
-static int get_next(engine_t *e, slot_t *s)
-{
+static int get_next(engine_t *e, slot_t *s) {
     get_ctx_t *c = e->ctx;
     c->rng = mix64(c->rng);
     uint64_t i = c->rng % (uint64_t)c->o->docs;
@@ -689,8 +654,7 @@ static int get_next(engine_t *e, slot_t *s)
     return 1;
 }
 
-static int cmd_get(opts_t *o)
-{
+static int cmd_get(opts_t *o) {
     engine_t e;
     engine_init(&e, (int)o->clients);
     for (int i = 0; i < e.nslots; i++)
@@ -711,8 +675,7 @@ static int cmd_get(opts_t *o)
 
 /* ---------------------------------------------------------------- read */
 
-static int cmd_read(opts_t *o)
-{
+static int cmd_read(opts_t *o) {
     engine_t e;
     engine_init(&e, 1);
     slot_t *s = &e.slots[0];
@@ -743,8 +706,7 @@ static int cmd_read(opts_t *o)
 /* ---------------------------------------------------------------- replicate */
 
 /* POSTs a one-shot replication and waits for its reply, then checks the target's doc_count. */
-static int cmd_replicate(opts_t *o)
-{
+static int cmd_replicate(opts_t *o) {
     if (!o->source || !o->target)
         die("replicate needs --source and --target");
     /* Created up front: not every server honours create_target the same way. */
@@ -786,8 +748,7 @@ static int cmd_replicate(opts_t *o)
  * libmicrohttpd close the connection after it, and the test would measure connects. */
 static enum MHD_Result trivial_handler(void *cls, struct MHD_Connection *conn, const char *url,
                                        const char *method, const char *version,
-                                       const char *upload, size_t *upload_size, void **con_cls)
-{
+                                       const char *upload, size_t *upload_size, void **con_cls) {
     static int marker;
     struct MHD_Response *r = cls;
     (void)url, (void)method, (void)version, (void)upload;
@@ -799,8 +760,7 @@ static enum MHD_Result trivial_handler(void *cls, struct MHD_Connection *conn, c
     return MHD_queue_response(conn, MHD_HTTP_OK, r);
 }
 
-static int cmd_ceiling(opts_t *o)
-{
+static int cmd_ceiling(opts_t *o) {
     static const char reply[] = "{\"ok\":true}\n";
     struct MHD_Response *r = MHD_create_response_from_buffer(
         sizeof reply - 1, (void *)reply, MHD_RESPMEM_PERSISTENT);
@@ -837,8 +797,7 @@ static int cmd_ceiling(opts_t *o)
 
 /* ---------------------------------------------------------------- wait, port */
 
-static int cmd_wait(opts_t *o)
-{
+static int cmd_wait(opts_t *o) {
     double end = now_s() + o->timeout;
     while (now_s() < end) {
         long st = simple_request("GET", o->url, NULL, NULL, 2);
@@ -852,8 +811,7 @@ static int cmd_wait(opts_t *o)
 
 /* A port the kernel just handed out and that nothing listens on now. Another process could
  * take it before the server binds it; on a benchmark machine that race is harmless. */
-static int cmd_port(void)
-{
+static int cmd_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof sa;
@@ -867,8 +825,7 @@ static int cmd_port(void)
 
 /* ---------------------------------------------------------------- main */
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: loadgen bulk|put|get|read|replicate|ceiling|wait|port [URL] "
                         "[options]\n");

@@ -21,8 +21,7 @@
 /* Exit codes beyond cli.h's 0/1/2, so scripts can tell why a status failed. */
 enum { MESH_EXIT_UNAUTHORIZED = 3, MESH_EXIT_NOT_MESHED = 4 };
 
-static void mesh_usage(FILE *out)
-{
+static void mesh_usage(FILE *out) {
     fprintf(out,
             "usage: mimeo mesh status [URL] [--config FILE] [--admin-file FILE] [--json]\n\n"
             "Prints the members of the mesh as node URL sees them (default: the node of\n"
@@ -36,15 +35,13 @@ static void mesh_usage(FILE *out)
 
 /* ---- fetching ------------------------------------------------------------------------------ */
 
-static size_t mesh_write_cb(char *p, size_t size, size_t n, void *cls)
-{
+static size_t mesh_write_cb(char *p, size_t size, size_t n, void *cls) {
     buf *b = cls;
     return buf_put(b, p, size * n) == 0 ? size * n : 0;
 }
 
 /* The URL without its userinfo, for messages (a password never reaches the terminal). */
-static void mesh_display_url(const char *url, char *out, size_t outlen)
-{
+static void mesh_display_url(const char *url, char *out, size_t outlen) {
     const char *scheme = strstr(url, "://");
     const char *host = scheme ? scheme + 3 : url;
     const char *slash = strchr(host, '/');
@@ -57,8 +54,7 @@ static void mesh_display_url(const char *url, char *out, size_t outlen)
 }
 
 /* Reads "name:password" (the first line) of an admin file into user and pass. */
-static int mesh_admin_file(const char *path, char *user, size_t ulen, char *pass, size_t plen)
-{
+static int mesh_admin_file(const char *path, char *user, size_t ulen, char *pass, size_t plen) {
     FILE *f = fopen(path, "r");
     if (!f) {
         fprintf(stderr, "mimeo mesh: %s: cannot read the admin password file\n", path);
@@ -81,8 +77,8 @@ static int mesh_admin_file(const char *path, char *user, size_t ulen, char *pass
 }
 
 /* GET url with optional credentials; *status and body filled. 0, or -1 after printing why. */
-static int mesh_fetch(const char *url, const char *user, const char *pass, long *status, buf *body)
-{
+static int mesh_fetch(const char *url, const char *user, const char *pass, long *status,
+                      buf *body) {
     CURL *c = curl_easy_init();
     if (!c) {
         fprintf(stderr, "mimeo mesh: cannot start the HTTP client\n");
@@ -129,8 +125,7 @@ typedef struct mesh_table {
     size_t nrows, cap;
 } mesh_table;
 
-static void mesh_table_free(mesh_table *t)
-{
+static void mesh_table_free(mesh_table *t) {
     for (size_t i = 0; i < t->ncols; i++) free(t->head[i]);
     for (size_t i = 0; i < t->nrows * t->ncols; i++) free(t->cells[i]);
     free(t->cells);
@@ -138,8 +133,7 @@ static void mesh_table_free(mesh_table *t)
 }
 
 /* Column index of name, added when new (upper-cased for the header); -1 when full. */
-static int mesh_table_col(mesh_table *t, const char *name)
-{
+static int mesh_table_col(mesh_table *t, const char *name) {
     /* A wall-clock time shown as an age: its header loses the unit. */
     if (strcmp(name, "last_sync_ms") == 0) name = "last_sync";
     char up[64];
@@ -156,8 +150,7 @@ static int mesh_table_col(mesh_table *t, const char *name)
 }
 
 /* Adds an empty row; its cells are set with mesh_table_set. */
-static int mesh_table_row(mesh_table *t)
-{
+static int mesh_table_row(mesh_table *t) {
     if (t->nrows == t->cap) {
         size_t cap = t->cap ? 2 * t->cap : 16;
         char **c = realloc(t->cells, cap * MESH_MAX_COLS * sizeof *c);
@@ -170,16 +163,14 @@ static int mesh_table_row(mesh_table *t)
     return 0;
 }
 
-static void mesh_table_set(mesh_table *t, int col, const char *text)
-{
+static void mesh_table_set(mesh_table *t, int col, const char *text) {
     if (col < 0 || t->nrows == 0) return;
     char **cell = &t->cells[(t->nrows - 1) * t->ncols + (size_t)col];
     free(*cell);
     *cell = strdup(text);
 }
 
-static void mesh_table_print(const mesh_table *t, const char *title)
-{
+static void mesh_table_print(const mesh_table *t, const char *title) {
     if (title) printf("\n%s\n", title);
     size_t w[MESH_MAX_COLS];
     for (size_t c = 0; c < t->ncols; c++) {
@@ -201,8 +192,7 @@ static void mesh_table_print(const mesh_table *t, const char *title)
 }
 
 /* A scalar as a cell's text; false for arrays and objects. */
-static bool mesh_scalar_text(const jval *v, char *out, size_t outlen)
-{
+static bool mesh_scalar_text(const jval *v, char *out, size_t outlen) {
     switch (v->type) {
     case JV_NULL: snprintf(out, outlen, "-"); return true;
     case JV_BOOL: snprintf(out, outlen, "%s", v->boolean ? "yes" : "no"); return true;
@@ -213,8 +203,7 @@ static bool mesh_scalar_text(const jval *v, char *out, size_t outlen)
 }
 
 /* "1.2s", "3m05s", "2h10m": how long ago, for last_heard_ms. */
-static void mesh_ago(const jval *v, bool self, char *out, size_t outlen)
-{
+static void mesh_ago(const jval *v, bool self, char *out, size_t outlen) {
     int64_t ms;
     if (self) snprintf(out, outlen, "(self)");
     else if (!v || v->type == JV_NULL || !jval_as_i64(v, &ms)) snprintf(out, outlen, "never");
@@ -227,8 +216,7 @@ static void mesh_ago(const jval *v, bool self, char *out, size_t outlen)
                  (long long)(ms / 60000 % 60));
 }
 
-static void mesh_print_members(const jval *members)
-{
+static void mesh_print_members(const jval *members) {
     mesh_table t = { 0 };
     static const char *const cols[] = { "name", "url", "state", "incarnation", "last_heard" };
     for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++) mesh_table_col(&t, cols[i]);
@@ -256,8 +244,7 @@ static void mesh_print_members(const jval *members)
     mesh_table_free(&t);
 }
 
-static bool mesh_is_rows(const jval *v)
-{
+static bool mesh_is_rows(const jval *v) {
     if (!v || (v->type != JV_ARRAY && v->type != JV_OBJECT) || v->count == 0) return false;
     for (size_t i = 0; i < v->count; i++)
         if (v->items[i]->type != JV_OBJECT) return false;
@@ -268,8 +255,7 @@ static bool mesh_is_rows(const jval *v)
  * in column key_col) to t, each led by lead in column lead_col when lead_col is set. Scalar
  * members become columns; lists and objects are left to mesh_print_children. */
 static void mesh_add_rows(mesh_table *t, const jval *v, const char *key_col,
-                          const char *lead_col)
-{
+                          const char *lead_col) {
     if (lead_col) mesh_table_col(t, lead_col);
     if (v->type == JV_OBJECT) mesh_table_col(t, key_col);
     for (size_t i = 0; i < v->count; i++) {
@@ -281,8 +267,7 @@ static void mesh_add_rows(mesh_table *t, const jval *v, const char *key_col,
 }
 
 static void mesh_fill_rows(mesh_table *t, const jval *v, const char *key_col,
-                           const char *lead_col, const char *lead)
-{
+                           const char *lead_col, const char *lead) {
     char text[512];
     for (size_t i = 0; i < v->count; i++) {
         const jval *o = v->items[i];
@@ -314,8 +299,7 @@ static void mesh_fill_rows(mesh_table *t, const jval *v, const char *key_col,
 /* A table from a list of objects (or an object of objects). A member holding a list of
  * objects in its rows (per-peer figures of a database) becomes one more table, its rows led
  * by their parent's first cell, so per-database / per-peer figures read as one table. */
-static void mesh_print_generic(const jval *v, const char *title)
-{
+static void mesh_print_generic(const jval *v, const char *title) {
     mesh_table t = { 0 };
     mesh_add_rows(&t, v, "name", NULL);
     mesh_fill_rows(&t, v, "name", NULL, NULL);
@@ -351,8 +335,7 @@ static void mesh_print_generic(const jval *v, const char *title)
     mesh_table_free(&t);
 }
 
-static void mesh_print_stats(const jval *st)
-{
+static void mesh_print_stats(const jval *st) {
     if (!st || st->type != JV_OBJECT) return;
     int64_t v[6] = { 0 };
     static const char *const k[6] = { "msgs_sent", "bytes_sent", "msgs_recv", "bytes_recv",
@@ -363,8 +346,7 @@ static void mesh_print_stats(const jval *st)
            (long long)v[3], (long long)v[4], (long long)v[5]);
 }
 
-static void mesh_print(const jval *doc)
-{
+static void mesh_print(const jval *doc) {
     const jval *name = jval_get(doc, "name");
     printf("node: %s\n", name && name->type == JV_STRING ? name->str : "?");
     mesh_print_members(jval_get(doc, "members"));
@@ -393,8 +375,7 @@ static void mesh_print(const jval *doc)
 
 /* ---- the command --------------------------------------------------------------------------- */
 
-static int mesh_status(int argc, char **argv)
-{
+static int mesh_status(int argc, char **argv) {
     static const struct option opts[] = {
         { "help",       no_argument,       NULL, 'h' },
         { "json",       no_argument,       NULL, 'j' },
@@ -494,8 +475,7 @@ static int mesh_status(int argc, char **argv)
     return exit_code;
 }
 
-int cli_mesh(int argc, char **argv)
-{
+int cli_mesh(int argc, char **argv) {
     optind = 0;
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         mesh_usage(argc < 2 ? stderr : stdout);

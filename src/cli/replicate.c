@@ -79,8 +79,7 @@ static bool replicate_number(const char *flag, const char *text, uint64_t min, u
 }
 
 /* Whether text is a JSON object; else one line on stderr. */
-static bool replicate_json_object(const char *flag, const char *text)
-{
+static bool replicate_json_object(const char *flag, const char *text) {
     jval *v = NULL;
     bool ok = json_tree_parse(text, strlen(text), NULL, &v, NULL) == 0 && v->type == JV_OBJECT;
     jval_free(v);

@@ -56,8 +56,7 @@ static void hash_gate_init(void) { auth_gate_init(&hash_gate, 1); }
 
 /* ---- start and stop ----------------------------------------------------------------------- */
 
-int http_auth_start(http_server *s, char *errbuf, size_t errlen)
-{
+int http_auth_start(http_server *s, char *errbuf, size_t errlen) {
     const http_auth_cfg *c = &s->cfg.auth;
     struct http_auth *a = calloc(1, sizeof *a);
     if (!a) {
@@ -119,8 +118,7 @@ int http_auth_start(http_server *s, char *errbuf, size_t errlen)
     return 0;
 }
 
-void http_auth_stop(http_server *s)
-{
+void http_auth_stop(http_server *s) {
     struct http_auth *a = s->auth;
     if (!a) return;
     auth_cache_destroy(&a->cache);
@@ -143,8 +141,7 @@ void http_auth_stop(http_server *s)
 }
 
 /* ---- accounts ----------------------------------------------------------------------------- */
-static jval *http_users_doc(http_server *s, const char *name)
-{
+static jval *http_users_doc(http_server *s, const char *name) {
     mimeo_db *db = NULL;
     if (mimeo_db_open(s->env, "_users", &db, NULL) != 0) return NULL;
     buf id;
@@ -161,8 +158,7 @@ static jval *http_users_doc(http_server *s, const char *name)
     return doc;
 }
 
-int http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u)
-{
+int http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u) {
     struct http_auth *a = s->auth;
     memset(u, 0, sizeof *u);
     if (strlen(name) == 0 || strlen(name) > AUTH_NAME_MAX) return MIMEO_ENOTFOUND;
@@ -189,8 +185,7 @@ int http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u
     return rc;
 }
 
-static void http_client_addr(http_req *r, char *out, size_t n)
-{
+static void http_client_addr(http_req *r, char *out, size_t n) {
     snprintf(out, n, "?");
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -202,15 +197,13 @@ static void http_client_addr(http_req *r, char *out, size_t n)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)n);
 }
 
-static void http_sleep_ms(int64_t ms)
-{
+static void http_sleep_ms(int64_t ms) {
     struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
     while (nanosleep(&ts, &ts) != 0) {}
 }
 
 int http_auth_login(http_req *r, const char *name, const char *password, auth_user *u,
-                    auth_pw *pw)
-{
+                    auth_pw *pw) {
     struct http_auth *a = r->srv->auth;
     auth_pw h;
     /* Fast path for Basic on every request: a password already proven right against the
@@ -248,8 +241,7 @@ int http_auth_login(http_req *r, const char *name, const char *password, auth_us
     return 0;
 }
 
-void http_auth_reply_failure(http_req *r, int rc)
-{
+void http_auth_reply_failure(http_req *r, int rc) {
     if (rc == MIMEO_EBUSY) {
         http_reply_error(r, 503, "service_unavailable",
                          "Too many password checks in progress; retry later.");
@@ -262,8 +254,7 @@ void http_auth_reply_failure(http_req *r, int rc)
 }
 
 /* The Set-Cookie value for a session of u (salt from its hash), into r->set_cookie. */
-void http_auth_set_cookie(http_req *r, const char *name, const auth_pw *pw, bool clear)
-{
+void http_auth_set_cookie(http_req *r, const char *name, const auth_pw *pw, bool clear) {
     struct http_auth *a = r->srv->auth;
     const http_auth_cfg *c = &r->srv->cfg.auth;
     buf b;
@@ -287,8 +278,7 @@ void http_auth_set_cookie(http_req *r, const char *name, const auth_pw *pw, bool
 }
 
 /* The AuthSession cookie of the request, if any (a pointer into the header, and its length). */
-static const char *http_session_cookie(http_req *r, size_t *len)
-{
+static const char *http_session_cookie(http_req *r, size_t *len) {
     const char *v = MHD_lookup_connection_value(r->conn, MHD_COOKIE_KIND, "AuthSession");
     if (!v || !v[0]) return NULL;
     *len = strlen(v);
@@ -296,8 +286,7 @@ static const char *http_session_cookie(http_req *r, size_t *len)
 }
 
 /* Who the request is. false after replying 401 (bad Basic credentials). */
-static bool http_authenticate(http_req *r)
-{
+static bool http_authenticate(http_req *r) {
     const http_auth_cfg *c = &r->srv->cfg.auth;
     struct http_auth *a = r->srv->auth;
     const char *hdr = http_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -354,8 +343,7 @@ static bool http_authenticate(http_req *r)
 
 /* ---- _security storage -------------------------------------------------------------------- */
 /* "security:<instance start time>:<db name>" — the _local id in _users. */
-static int http_sec_key(http_req *r, buf *key)
-{
+static int http_sec_key(http_req *r, buf *key) {
     mimeo_db_info info;
     int rc = mimeo_db_info_get(r->db, &info);
     if (rc != 0) return rc;
@@ -363,16 +351,14 @@ static int http_sec_key(http_req *r, buf *key)
                       mimeo_db_name(r->db));
 }
 
-static unsigned http_sec_slot(const char *key)
-{
+static unsigned http_sec_slot(const char *key) {
     uint32_t h = 2166136261u;
     for (const char *p = key; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
     return h % SEC_CACHE_SLOTS;
 }
 
 /* The cache key: the environment's address, then the _local id. */
-static char *http_sec_cache_key(http_req *r, const char *key)
-{
+static char *http_sec_cache_key(http_req *r, const char *key) {
     buf b;
     buf_init(&b, 0);
     if (buf_printf(&b, "%p:%s", (void *)r->srv->env, key) != 0) {
@@ -382,8 +368,7 @@ static char *http_sec_cache_key(http_req *r, const char *key)
     return buf_detach(&b, NULL);
 }
 
-static void http_sec_cache_put(http_req *r, const char *key, const char *json)
-{
+static void http_sec_cache_put(http_req *r, const char *key, const char *json) {
     char *k = http_sec_cache_key(r, key), *j = strdup(json);
     if (!k || !j) {
         free(k);
@@ -401,8 +386,7 @@ static void http_sec_cache_put(http_req *r, const char *key, const char *json)
 
 /* The database's _security object as JSON text (new, free()); the default when none is
  * stored. r->db must be open. */
-char *http_security_text(http_req *r)
-{
+char *http_security_text(http_req *r) {
     buf key;
     buf_init(&key, 0);
     if (http_sec_key(r, &key) != 0) {
@@ -445,8 +429,7 @@ char *http_security_text(http_req *r)
     return out;
 }
 
-int http_security_store(http_req *r, const jval *sec, mimeo_err *err)
-{
+int http_security_store(http_req *r, const jval *sec, mimeo_err *err) {
     buf key, body;
     buf_init(&key, 0);
     buf_init(&body, 0);
@@ -488,15 +471,13 @@ int http_security_store(http_req *r, const jval *sec, mimeo_err *err)
 
 /* ---- authorization ------------------------------------------------------------------------ */
 /* 401 for anonymous callers, 403 for known ones — CouchDB's split. */
-static bool http_deny(http_req *r, const char *reason)
-{
+static bool http_deny(http_req *r, const char *reason) {
     if (r->user.known) http_reply_error(r, 403, "forbidden", reason);
     else http_reply_error(r, 401, "unauthorized", reason);
     return false;
 }
 
-static bool http_need_admin(http_req *r)
-{
+static bool http_need_admin(http_req *r) {
     if (auth_user_is_admin(&r->user)) return true;
     return http_deny(r, "You are not a server admin.");
 }
@@ -514,22 +495,19 @@ static int ds_down(void *c) { ((design_scan *)c)->depth--; ((design_scan *)c)->a
 static int ds_other(void *c) { ((design_scan *)c)->at_id = false; return 0; }
 static int ds_bool(void *c, bool v) { (void)v; return ds_other(c); }
 static int ds_num(void *c, const char *t, size_t n) { (void)t; (void)n; return ds_other(c); }
-static int ds_key(void *c, const char *s, size_t n)
-{
+static int ds_key(void *c, const char *s, size_t n) {
     design_scan *d = c;
     d->at_id = d->depth == d->want && n == 3 && memcmp(s, "_id", 3) == 0;
     return 0;
 }
-static int ds_str(void *c, const char *s, size_t n)
-{
+static int ds_str(void *c, const char *s, size_t n) {
     design_scan *d = c;
     bool hit = d->at_id && n >= 8 && memcmp(s, "_design/", 8) == 0;
     d->at_id = false;
     return hit ? 1 : 0;
 }
 
-static bool http_body_has_design(http_req *r, int depth)
-{
+static bool http_body_has_design(http_req *r, int depth) {
     static const json_handlers h = { ds_other, ds_bool, ds_num, ds_str, ds_up, ds_key, ds_down,
                                      ds_up, ds_down };
     design_scan d = { 0, depth, false };
@@ -538,8 +516,7 @@ static bool http_body_has_design(http_req *r, int depth)
 }
 
 /* The document id a single-document request addresses (decoded), or NULL. */
-static const char *http_doc_id(http_req *r, size_t *len, bool *design)
-{
+static const char *http_doc_id(http_req *r, size_t *len, bool *design) {
     *design = false;
     if (r->nseg < 2) return NULL;
     if (http_seg_is(r, 1, "_design") && r->nseg >= 3) {
@@ -553,8 +530,7 @@ static const char *http_doc_id(http_req *r, size_t *len, bool *design)
 }
 
 /* A request on a database: the rules of CouchDB 3 for members and db admins. */
-static bool http_authorize_db(http_req *r)
-{
+static bool http_authorize_db(http_req *r) {
     bool server_admin = auth_user_is_admin(&r->user);
     if (r->nseg == 1 && (r->method == HTTP_PUT || r->method == HTTP_DELETE))
         return http_need_admin(r);
@@ -604,8 +580,7 @@ done:
 /* An admin's _bulk_docs into _users: every account carrying a cleartext password goes through
  * the account rules and is hashed, so no path stores a plain password. Others are kept as
  * sent (replicated accounts are hashed already). */
-static bool http_users_bulk(http_req *r)
-{
+static bool http_users_bulk(http_req *r) {
     jval *body = NULL;
     mimeo_err e = {0};
     if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits, &body,
@@ -680,8 +655,7 @@ static bool http_users_bulk(http_req *r)
 }
 
 /* The request body as a tree, or NULL after replying 400 (CouchDB's bad JSON errors). */
-static jval *authz_body_tree(http_req *r)
-{
+static jval *authz_body_tree(http_req *r) {
     jval *doc = NULL;
     mimeo_err e = {0};
     if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits, &doc,
@@ -694,8 +668,7 @@ static jval *authz_body_tree(http_req *r)
 
 /* _users: accounts are read and written by their owner (and admins) whatever the database's
  * members say; the rest of the database follows its _security (admins only by default). */
-static bool http_authorize_users(http_req *r)
-{
+static bool http_authorize_users(http_req *r) {
     bool admin = auth_user_is_admin(&r->user);
     size_t pl = strlen(AUTH_USER_PREFIX);
     /* The _security objects live here as _local docs: only /{db}/_security reaches them. */
@@ -785,8 +758,7 @@ static bool http_authorize_users(http_req *r)
 /* POST /_replicate by a user who is not a server admin: both ends must be URLs (the job
  * then acts with the credentials in them, through this server's checks); a bare database
  * name would let the replicator read or write a local database the user may not touch. */
-static bool http_endpoint_is_url(const jval *v)
-{
+static bool http_endpoint_is_url(const jval *v) {
     if (v && v->type == JV_OBJECT) v = jval_get(v, "url");
     if (!v || v->type != JV_STRING) return false;
     return strncasecmp(v->str, "http://", 7) == 0 || strncasecmp(v->str, "https://", 8) == 0;
@@ -794,8 +766,7 @@ static bool http_endpoint_is_url(const jval *v)
 
 /* [replicator] allowed_hosts: may a replication endpoint (a name, a URL, or {url}) be used?
  * (auth_host_allowed; the replicator checks again for jobs that arrive another way.) */
-static bool http_endpoint_host_allowed(const char *allowed, const jval *v)
-{
+static bool http_endpoint_host_allowed(const char *allowed, const jval *v) {
     if (v && v->type == JV_OBJECT) v = jval_get(v, "url");
     if (!v || v->type != JV_STRING) return true;
     return auth_host_allowed(allowed, v->str);
@@ -803,8 +774,7 @@ static bool http_endpoint_host_allowed(const char *allowed, const jval *v)
 
 /* Checks the endpoints of a replication (a POST /_replicate body or a _replicator doc):
  * allowed hosts for everyone, URLs only for non-admins. False after replying. */
-static bool http_check_endpoints(http_req *r, const jval *body)
-{
+static bool http_check_endpoints(http_req *r, const jval *body) {
     const jval *src = jval_get(body, "source"), *tgt = jval_get(body, "target");
     const char *allowed = r->srv->cfg.auth.allowed_hosts;
     if (!http_endpoint_host_allowed(allowed, src) || !http_endpoint_host_allowed(allowed, tgt)) {
@@ -818,8 +788,7 @@ static bool http_check_endpoints(http_req *r, const jval *body)
     return true;
 }
 
-static bool http_authorize_replicate(http_req *r)
-{
+static bool http_authorize_replicate(http_req *r) {
     if (r->method != HTTP_POST) return true;
     jval *body = NULL;
     if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits, &body,
@@ -835,8 +804,7 @@ static bool http_authorize_replicate(http_req *r)
  * delete it — so the credentials in its URLs reach no one else. A non-admin's job must name
  * both ends by URL (as POST /_replicate). Listing the database (_all_docs, _changes, bulk
  * reads) and design documents follow its _security: admins only by default. */
-static bool http_authorize_replicator(http_req *r)
-{
+static bool http_authorize_replicator(http_req *r) {
     bool admin = auth_user_is_admin(&r->user);
     bool single = r->nseg == 2 && r->seg[1][0] != '_';
     const char *allowed = r->srv->cfg.auth.allowed_hosts;
@@ -909,8 +877,7 @@ static bool http_authorize_replicator(http_req *r)
     return true;
 }
 
-bool http_authorize(http_req *r)
-{
+bool http_authorize(http_req *r) {
     const http_auth_cfg *c = &r->srv->cfg.auth;
     if (!http_authenticate(r)) return false;
     bool session = http_seg_is(r, 0, "_session") && r->nseg == 1;
@@ -942,8 +909,7 @@ bool http_authorize(http_req *r)
 
 /* Headers every reply may need: a (re)issued session cookie, and the Basic challenge when
  * configured (never by default: a browser would pop up a login box over a PouchDB app). */
-void http_auth_reply_headers(http_req *r)
-{
+void http_auth_reply_headers(http_req *r) {
     if (!r->resp) return;
     if (r->set_cookie)
         MHD_add_response_header(r->resp, MHD_HTTP_HEADER_SET_COOKIE, r->set_cookie);

@@ -27,8 +27,7 @@ typedef struct caps_scan {
 } caps_scan;
 
 /* A value starts (scalar or container) at the current depth: true when over the cap. */
-static bool caps_value(caps_scan *c)
-{
+static bool caps_value(caps_scan *c) {
     if (c->revs_diff) return c->depth == 2 && ++c->n2 > c->cap;
     unsigned at = c->member ? 2 : 1;
     if (c->active && c->depth == at && ++c->n > c->cap) return true;
@@ -36,8 +35,7 @@ static bool caps_value(caps_scan *c)
     return false;
 }
 
-static bool caps_key(caps_scan *c, const char *s, size_t n)
-{
+static bool caps_key(caps_scan *c, const char *s, size_t n) {
     if (c->depth != 1) return false;
     if (c->revs_diff) return ++c->n > c->cap;
     c->pending = c->member && strlen(c->member) == n && memcmp(c->member, s, n) == 0;
@@ -45,8 +43,7 @@ static bool caps_key(caps_scan *c, const char *s, size_t n)
 }
 
 /* The index just past the string whose opening quote is at p[i]; n when it never closes. */
-static size_t caps_skip_string(const char *p, size_t n, size_t i)
-{
+static size_t caps_skip_string(const char *p, size_t n, size_t i) {
     for (size_t j = i + 1; j < n;) {
         const char *q = memchr(p + j, '"', n - j);
         if (!q) return n;
@@ -59,8 +56,7 @@ static size_t caps_skip_string(const char *p, size_t n, size_t i)
 }
 
 /* True when p[0..n) holds more than cap entries in the shape scan describes. */
-static bool caps_over(const char *p, size_t n, caps_scan c, size_t cap)
-{
+static bool caps_over(const char *p, size_t n, caps_scan c, size_t cap) {
     if (!p || n == 0) return false;
     c.cap = cap;
     for (size_t i = 0; i < n;) {
@@ -115,8 +111,7 @@ static bool caps_over(const char *p, size_t n, caps_scan c, size_t cap)
 }
 
 static bool caps_reply(http_req *r, const char *error, const char *what, size_t cap,
-                       const char *key)
-{
+                       const char *key) {
     char reason[160];
     snprintf(reason, sizeof reason, "More than %zu %s in one request ([couchdb] %s).", cap,
              what, key);
@@ -124,13 +119,11 @@ static bool caps_reply(http_req *r, const char *error, const char *what, size_t 
     return true;
 }
 
-static bool caps_seg(const http_req *r, const char *s)
-{
+static bool caps_seg(const http_req *r, const char *s) {
     return r->seg_len[1] == strlen(s) && memcmp(r->seg[1], s, r->seg_len[1]) == 0;
 }
 
-bool http_caps_refuse(http_req *r)
-{
+bool http_caps_refuse(http_req *r) {
     if (r->nseg != 2) return false;
     const http_caps *k = &r->srv->cfg.caps;
     const char *body = r->method == HTTP_POST ? r->body.data : NULL;

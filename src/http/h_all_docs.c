@@ -22,8 +22,7 @@ typedef struct http_rows {
     buf                 att_hold;
 } http_rows;
 
-static void http_rows_free(void *cls)
-{
+static void http_rows_free(void *cls) {
     http_rows *s = cls;
     for (int i = 0; i < 2; i++) if (s->trees[i]) jval_free(s->trees[i]);
     http_string_list_destroy(&s->keys);
@@ -31,8 +30,7 @@ static void http_rows_free(void *cls)
     free(s);
 }
 
-static int http_rows_put(void *ctx, buf *b, const mimeo_row *row)
-{
+static int http_rows_put(void *ctx, buf *b, const mimeo_row *row) {
     http_rows *s = ctx;
     mimeo_row shown = *row;
     int rc;
@@ -44,8 +42,7 @@ static int http_rows_put(void *ctx, buf *b, const mimeo_row *row)
 
 /* ---- parameters ------------------------------------------------------------------------- */
 /* offset: rows before the first one the range would return (then skip). */
-static uint64_t http_rows_offset(mimeo_db *db, http_rows *s)
-{
+static uint64_t http_rows_offset(mimeo_db *db, http_rows *s) {
     if (!s->opts.startkey) return s->opts.skip;
     mimeo_all_docs_opts o = {0};
     o.descending = s->opts.descending;
@@ -65,8 +62,7 @@ static uint64_t http_rows_offset(mimeo_db *db, http_rows *s)
 /* A key parameter: a JSON string in the query (or for *_docid forms a raw string). */
 static int http_key_param(http_req *r, http_rows *s, int slot, const char *name,
                           const char *alt, const char *docid_name, const char **out,
-                          size_t *out_len)
-{
+                          size_t *out_len) {
     jval *t = NULL;
     int rc = http_arg_json_str(r, name, &t);
     if (rc == 0 && alt) rc = http_arg_json_str(r, alt, &t);
@@ -87,8 +83,7 @@ static int http_key_param(http_req *r, http_rows *s, int slot, const char *name,
     return 0;
 }
 
-static bool http_rows_keys(http_req *r, http_rows *s)
-{
+static bool http_rows_keys(http_req *r, http_rows *s) {
     int rc = http_arg_string_list(r, "keys", "query_parse_error",
                                   "`keys` must be an array of strings", &s->keys);
     if (rc < 0) return false;
@@ -97,8 +92,7 @@ static bool http_rows_keys(http_req *r, http_rows *s)
 }
 
 /* Request-owned strings the stream needs after the request context is gone. */
-static jval *http_own_string(const char *p, size_t n)
-{
+static jval *http_own_string(const char *p, size_t n) {
     jval *t = calloc(1, sizeof *t);
     if (!t) return NULL;
     t->type = JV_STRING;
@@ -110,8 +104,7 @@ static jval *http_own_string(const char *p, size_t n)
     return t;
 }
 
-static void http_all_docs_common(http_req *r, bool design_only)
-{
+static void http_all_docs_common(http_req *r, bool design_only) {
     if (!http_db(r)) return;
     http_rows *s = calloc(1, sizeof *s);
     if (!s) {
@@ -227,12 +220,10 @@ fail:
     http_rows_free(s);
 }
 
-void http_h_all_docs(http_req *r)
-{
+void http_h_all_docs(http_req *r) {
     http_all_docs_common(r, false);
 }
 
-void http_h_design_docs(http_req *r)
-{
+void http_h_design_docs(http_req *r) {
     http_all_docs_common(r, true);
 }

@@ -51,8 +51,7 @@ typedef struct http_feed {
     size_t              pos;
 } http_feed;
 
-static void http_feed_free(void *cls)
-{
+static void http_feed_free(void *cls) {
     http_feed *f = cls;
     mimeo_cursor_close(f->cur);
     if (f->db) mimeo_db_close(f->db);
@@ -63,8 +62,7 @@ static void http_feed_free(void *cls)
     free(f);
 }
 
-static int http_feed_row(http_feed *f, const mimeo_row *row)
-{
+static int http_feed_row(http_feed *f, const mimeo_row *row) {
     int rc = 0;
     switch (f->kind) {
     case FEED_NORMAL: case FEED_LONGPOLL:
@@ -92,8 +90,7 @@ static int http_feed_row(http_feed *f, const mimeo_row *row)
 
 /* Moves rows from the cursor into f->out, up to a chunk. *at_end: the cursor has no more
  * rows now. */
-static int http_feed_rows(http_feed *f, bool *at_end)
-{
+static int http_feed_rows(http_feed *f, bool *at_end) {
     *at_end = false;
     while (f->out.len - f->pos < HTTP_STREAM_CHUNK) {
         if (f->filter && f->limit && f->rows_total >= f->limit) {
@@ -117,14 +114,12 @@ static int http_feed_rows(http_feed *f, bool *at_end)
     return 0;
 }
 
-static void http_feed_heartbeat(http_feed *f)
-{
+static void http_feed_heartbeat(http_feed *f) {
     if (f->kind == FEED_EVENTSOURCE) buf_puts(&f->out, "event: heartbeat\ndata: \n\n");
     else buf_putc(&f->out, '\n');
 }
 
-static void http_feed_end(http_feed *f)
-{
+static void http_feed_end(http_feed *f) {
     uint64_t last = f->cur ? mimeo_cursor_last_seq(f->cur) : f->since;
     uint64_t pending = f->cur ? mimeo_cursor_pending(f->cur) : 0;
     /* A filtered feed cut by its limit ends at the last row it gave, not where the cursor
@@ -145,8 +140,7 @@ static void http_feed_end(http_feed *f)
     f->ph = PH_DONE;
 }
 
-static void http_feed_start_wait(http_feed *f)
-{
+static void http_feed_start_wait(http_feed *f) {
     uint64_t now = clock_ms();
     f->ph = PH_WAIT;
     /* With a heartbeat the feed never times out (CouchDB). */
@@ -158,8 +152,7 @@ static void http_feed_start_wait(http_feed *f)
 
 /* One step of the feed; may append nothing. <0 on a library error, HTTP_FEED_IDLE when it
  * has to wait for a commit or its next heartbeat or timeout. */
-static int http_feed_step(http_feed *f)
-{
+static int http_feed_step(http_feed *f) {
     bool at_end = false;
     int rc;
     switch (f->ph) {
@@ -223,8 +216,7 @@ static int http_feed_step(http_feed *f)
 }
 
 /* When the feed's waiter is due: the heartbeat or the timeout, whichever comes first. */
-static uint64_t http_feed_due(const http_feed *f)
-{
+static uint64_t http_feed_due(const http_feed *f) {
     uint64_t due = f->deadline;
     if (f->heartbeat_ms && (!due || f->next_beat < due)) due = f->next_beat;
     return due;
@@ -232,8 +224,7 @@ static uint64_t http_feed_due(const http_feed *f)
 
 /* Steps until there is something to send or the feed is done (0), it has to wait
  * (HTTP_FEED_IDLE), or a read failed (<0). */
-static int http_feed_fill(http_feed *f)
-{
+static int http_feed_fill(http_feed *f) {
     while (f->out.len == f->pos && f->ph != PH_DONE) {
         int rc = http_feed_step(f);
         if (rc != 0) return rc;
@@ -244,8 +235,7 @@ static int http_feed_fill(http_feed *f)
 /* A feed whose rows need a query server (a JavaScript filter) is stepped on a worker, the
  * connection suspended: it resumes the connection once there is something to send, or arms
  * the waiter (which queues this task again) and leaves it suspended. */
-static void http_feed_task(http_task *t)
-{
+static void http_feed_task(http_task *t) {
     http_feed *f = (http_feed *)((char *)t - offsetof(http_feed, task));
     while (!f->task.hangup) {
         int rc = http_feed_fill(f);
@@ -260,14 +250,12 @@ static void http_feed_task(http_task *t)
 
 /* Any other feed reads its rows right here, on the event thread (short LMDB reads that
  * never block); its waiter only resumes the connection. */
-static void http_feed_resume_task(http_task *t)
-{
+static void http_feed_resume_task(http_task *t) {
     http_feed *f = (http_feed *)((char *)t - offsetof(http_feed, task));
     http_resume(f->srv, f->conn);
 }
 
-static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max)
-{
+static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max) {
     http_feed *f = cls;
     (void)pos;
     f->streaming = true;
@@ -307,8 +295,7 @@ static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max)
 
 /* ---- parameters ------------------------------------------------------------------------- */
 /* since: an integer, "now", or CouchDB's "N-opaque" form (the number is what counts). */
-static bool http_parse_since(const char *v, size_t n, uint64_t *out, bool *now)
-{
+static bool http_parse_since(const char *v, size_t n, uint64_t *out, bool *now) {
     if (n >= 2 && v[0] == '"' && v[n - 1] == '"') { v++; n -= 2; }   /* JSON-quoted */
     if (n == 3 && memcmp(v, "now", 3) == 0) { *now = true; return true; }
     uint64_t x = 0;
@@ -323,8 +310,7 @@ static bool http_parse_since(const char *v, size_t n, uint64_t *out, bool *now)
 }
 
 /* doc_ids from the query (JSON) or the POST body {"doc_ids":[…]}; all strings. */
-static bool http_feed_doc_ids(http_req *r, http_feed *f)
-{
+static bool http_feed_doc_ids(http_req *r, http_feed *f) {
     static const char reason[] = "`doc_ids` filter parameter is not a list of doc ids.";
     int rc = http_arg_string_list(r, "doc_ids", "bad_request", reason, &f->ids);
     if (rc < 0) return false;
@@ -338,8 +324,7 @@ static bool http_feed_doc_ids(http_req *r, http_feed *f)
     return true;
 }
 
-static bool http_feed_params(http_req *r, http_feed *f)
-{
+static bool http_feed_params(http_req *r, http_feed *f) {
     size_t n;
     const char *v;
 
@@ -435,8 +420,7 @@ static bool http_feed_params(http_req *r, http_feed *f)
     return true;
 }
 
-void http_h_changes(http_req *r)
-{
+void http_h_changes(http_req *r) {
     if (!http_db(r)) return;
     http_feed *f = calloc(1, sizeof *f);
     if (!f) {

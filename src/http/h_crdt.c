@@ -6,8 +6,7 @@
 
 #include "http_int.h"
 
-void http_h_crdt(http_req *r, const char *id, size_t id_len)
-{
+void http_h_crdt(http_req *r, const char *id, size_t id_len) {
     if (r->method != HTTP_POST) {
         http_reply_method(r, "POST");
         return;
@@ -45,8 +44,7 @@ void http_h_crdt(http_req *r, const char *id, size_t id_len)
     mimeo_crdt_result_destroy(&res);
 }
 
-void http_h_crdt_merge(http_req *r)
-{
+void http_h_crdt_merge(http_req *r) {
     if (!http_db(r)) return;
     http_string_list ids;
     int have = http_arg_string_list(r, "doc_ids", "bad_request",
@@ -67,8 +65,7 @@ void http_h_crdt_merge(http_req *r)
 
 /* GET /_node/_local/_stats: the CRDT counters in CouchDB's stats shape ({value, type, desc}
  * per counter), under "mimeo" → "crdt". CouchDB's own couchdb/… tree is not kept. */
-void http_h_crdt_stats(http_req *r)
-{
+void http_h_crdt_stats(http_req *r) {
     if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
         http_reply_method(r, "GET");
         return;

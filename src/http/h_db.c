@@ -9,8 +9,7 @@
 #include "http_int.h"
 
 /* ---- /{db} ------------------------------------------------------------------------------ */
-static void http_db_info(http_req *r)
-{
+static void http_db_info(http_req *r) {
     if (!http_db(r)) return;
     mimeo_db_info info;
     int rc = mimeo_db_info_get(r->db, &info);
@@ -35,8 +34,7 @@ static void http_db_info(http_req *r)
     http_reply_buf(r, 200, &b);
 }
 
-static void http_db_create(http_req *r)
-{
+static void http_db_create(http_req *r) {
     mimeo_err e = {0};
     if (!mimeo_db_name_valid(r->seg[0], r->seg_len[0])) {
         http_db(r);   /* replies illegal_database_name with CouchDB's reason */
@@ -64,8 +62,7 @@ static void http_db_create(http_req *r)
     buf_destroy(&b);
 }
 
-static void http_db_delete(http_req *r)
-{
+static void http_db_delete(http_req *r) {
     if (http_arg_get(r, "rev", NULL)) {
         /* CouchDB's guard for scripts that lost the document id. */
         http_reply_error(r, 400, "bad_request",
@@ -91,8 +88,7 @@ static void http_db_delete(http_req *r)
 }
 
 /* POST /{db}: a new document; the id comes from the body or is generated. */
-static void http_db_post(http_req *r)
-{
+static void http_db_post(http_req *r) {
     if (!http_require_json(r) || !http_db(r)) return;
     bool batch = false;
     size_t bl;
@@ -122,8 +118,7 @@ static void http_db_post(http_req *r)
     if (res.id) mimeo_free(res.id);
 }
 
-void http_h_db(http_req *r)
-{
+void http_h_db(http_req *r) {
     switch (r->method) {
     case HTTP_GET: case HTTP_HEAD: http_db_info(r); return;
     case HTTP_PUT: http_db_create(r); return;
@@ -134,8 +129,7 @@ void http_h_db(http_req *r)
 }
 
 /* ---- replication endpoints -------------------------------------------------------------- */
-static bool http_is_design(const jval *doc)
-{
+static bool http_is_design(const jval *doc) {
     const jval *id = jval_get(doc, "_id");
     return id && id->type == JV_STRING && id->len >= 8 && memcmp(id->str, "_design/", 8) == 0;
 }
@@ -143,8 +137,7 @@ static bool http_is_design(const jval *doc)
 /* A member's _bulk_docs holding design documents (authz.c set r->bulk_no_design): the others
  * are written and each design document gets CouchDB's per-entry error in its place. With
  * all_or_nothing nothing may be written, so the whole request is refused. */
-static void http_bulk_docs_no_design(http_req *r)
-{
+static void http_bulk_docs_no_design(http_req *r) {
     const char *reason = "You are not a db or server admin.";
     const char *error = r->user.known ? "forbidden" : "unauthorized";
     jval *body = NULL, *res = NULL;
@@ -245,8 +238,7 @@ static void http_bulk_docs_no_design(http_req *r)
     http_reply_buf(r, 201, &outb);
 }
 
-void http_h_bulk_docs(http_req *r)
-{
+void http_h_bulk_docs(http_req *r) {
     if (!http_require_json(r) || !http_db(r)) return;
     if (r->bulk_no_design) {
         http_bulk_docs_no_design(r);
@@ -269,8 +261,7 @@ void http_h_bulk_docs(http_req *r)
     http_reply_result(r, rc, 201, out, len, &e);
 }
 
-void http_h_bulk_get(http_req *r)
-{
+void http_h_bulk_get(http_req *r) {
     static const char *const refused[] = { "rev", "open_revs", "atts_since", "new_edits", "w" };
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
         if (http_arg_get(r, refused[i], NULL)) {
@@ -297,8 +288,7 @@ void http_h_bulk_get(http_req *r)
     else http_reply_cursor(r, 200, cur, "{\"results\":[", "]}\n");
 }
 
-void http_h_revs_diff(http_req *r)
-{
+void http_h_revs_diff(http_req *r) {
     if (!http_db(r)) return;
     mimeo_cursor *cur = NULL;
     mimeo_err e = {0};
@@ -309,8 +299,7 @@ void http_h_revs_diff(http_req *r)
 }
 
 /* ---- settings and maintenance ----------------------------------------------------------- */
-void http_h_revs_limit(http_req *r)
-{
+void http_h_revs_limit(http_req *r) {
     if (!http_db(r)) return;
     if (r->method != HTTP_PUT) {
         mimeo_db_info info;
@@ -344,8 +333,7 @@ void http_h_revs_limit(http_req *r)
     http_reply_static(r, 200, "{\"ok\":true}\n");
 }
 
-void http_h_compact(http_req *r)
-{
+void http_h_compact(http_req *r) {
     if (!http_db(r)) return;
     mimeo_err e = {0};
     int rc = mimeo_db_compact(r->db, &e);
@@ -356,8 +344,7 @@ void http_h_compact(http_req *r)
     http_reply_static(r, 202, "{\"ok\":true}\n");
 }
 
-void http_h_ensure_full_commit(http_req *r)
-{
+void http_h_ensure_full_commit(http_req *r) {
     /* Every acknowledged write is already durable; CouchDB's replicator needs the 201 and
      * the same instance_start_time as GET /{db}. */
     if (!http_db(r)) return;

@@ -13,8 +13,7 @@
  * false after replying 400. *rev is NULL when neither is given; rev_buf holds If-Match's. */
 /* The writer of this request for validate_doc_update: its user and the database's _security
  * (returned, free() it after the write). */
-char *http_user_ctx(http_req *r, mimeo_user_ctx *u)
-{
+char *http_user_ctx(http_req *r, mimeo_user_ctx *u) {
     memset(u, 0, sizeof *u);
     char *sec = http_security_text(r);
     u->name = r->user.known ? r->user.name : NULL;
@@ -27,8 +26,7 @@ char *http_user_ctx(http_req *r, mimeo_user_ctx *u)
     return sec;
 }
 
-static bool http_want_rev(http_req *r, const char **rev, char rev_buf[MIMEO_REV_MAX])
-{
+static bool http_want_rev(http_req *r, const char **rev, char rev_buf[MIMEO_REV_MAX]) {
     size_t ql;
     const char *q = http_arg_get(r, "rev", &ql);
     const char *m = http_req_header(r, MHD_HTTP_HEADER_IF_MATCH);
@@ -63,8 +61,7 @@ static bool http_want_rev(http_req *r, const char **rev, char rev_buf[MIMEO_REV_
 }
 
 /* Does If-None-Match name this ETag? */
-static bool http_none_match(http_req *r, const char *rev, size_t rlen)
-{
+static bool http_none_match(http_req *r, const char *rev, size_t rlen) {
     const char *h = http_req_header(r, MHD_HTTP_HEADER_IF_NONE_MATCH);
     if (!h) return false;
     for (const char *p = h; (p = strchr(p, '"')) != NULL; p++) {
@@ -73,16 +70,14 @@ static bool http_none_match(http_req *r, const char *rev, size_t rlen)
     return false;
 }
 
-static bool http_accepts_multipart_mixed(http_req *r)
-{
+static bool http_accepts_multipart_mixed(http_req *r) {
     const char *a = http_req_header(r, MHD_HTTP_HEADER_ACCEPT);
     return a && strcasestr(a, "multipart/mixed") != NULL;
 }
 
 /* ---- GET -------------------------------------------------------------------------------- */
 static void http_doc_get_with(http_req *r, const char *id, size_t id_len,
-                              const mimeo_get_opts *base)
-{
+                              const mimeo_get_opts *base) {
     mimeo_get_opts o = *base;
     bool meta = false, atts = false;
     if (http_arg_bool(r, "revs", &o.revs) < 0 ||
@@ -181,8 +176,7 @@ static void http_doc_get_with(http_req *r, const char *id, size_t id_len,
 }
 
 /* The attachment options (h_att.c) hold memory for the whole read. */
-static void http_doc_get(http_req *r, const char *id, size_t id_len)
-{
+static void http_doc_get(http_req *r, const char *id, size_t id_len) {
     http_att_opts h;
     mimeo_get_opts o = {0};
     if (http_att_opts_parse(r, &o, &h)) http_doc_get_with(r, id, id_len, &o);
@@ -191,8 +185,7 @@ static void http_doc_get(http_req *r, const char *id, size_t id_len)
 
 /* ---- PUT / DELETE ----------------------------------------------------------------------- */
 /* _local documents take no attachments, so no multipart body either. */
-static bool http_refuse_multipart(http_req *r)
-{
+static bool http_refuse_multipart(http_req *r) {
     const char *ct = http_req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (ct && strncasecmp(ct, "multipart/", 10) == 0) {
         http_reply_error(r, 415, "bad_content_type", "Content-Type must be application/json");
@@ -201,8 +194,7 @@ static bool http_refuse_multipart(http_req *r)
     return false;
 }
 
-static void http_doc_put(http_req *r, const char *id, size_t id_len)
-{
+static void http_doc_put(http_req *r, const char *id, size_t id_len) {
     char rev_buf[MIMEO_REV_MAX];
     mimeo_put_opts o = {0};
     /* a multipart/related body (h_multipart.c): its JSON part and its follows blobs */
@@ -247,8 +239,7 @@ static void http_doc_put(http_req *r, const char *id, size_t id_len)
     if (res.id) mimeo_free(res.id);
 }
 
-static void http_doc_delete(http_req *r, const char *id, size_t id_len)
-{
+static void http_doc_delete(http_req *r, const char *id, size_t id_len) {
     char rev_buf[MIMEO_REV_MAX];
     const char *rev;
     if (!http_want_rev(r, &rev, rev_buf)) return;
@@ -276,8 +267,7 @@ static void http_doc_delete(http_req *r, const char *id, size_t id_len)
     if (res.id) mimeo_free(res.id);
 }
 
-void http_h_doc(http_req *r, const char *id, size_t id_len)
-{
+void http_h_doc(http_req *r, const char *id, size_t id_len) {
     switch (r->method) {
     case HTTP_GET: case HTTP_HEAD: http_doc_get(r, id, id_len); return;
     case HTTP_PUT: http_doc_put(r, id, id_len); return;
@@ -289,8 +279,7 @@ void http_h_doc(http_req *r, const char *id, size_t id_len)
 /* ---- _local ----------------------------------------------------------------------------- */
 /* Replies {"ok":true,"id":"_local/<id>","rev":…}. */
 static void http_local_ok(http_req *r, unsigned status, const char *id, size_t id_len,
-                          const char *rev)
-{
+                          const char *rev) {
     buf b;
     buf_init(&b, 0);
     buf_puts(&b, "{\"ok\":true,\"id\":\"_local/");
@@ -306,8 +295,7 @@ static void http_local_ok(http_req *r, unsigned status, const char *id, size_t i
     http_reply_buf(r, status, &b);
 }
 
-void http_h_local(http_req *r, const char *id, size_t id_len)
-{
+void http_h_local(http_req *r, const char *id, size_t id_len) {
     char rev_buf[MIMEO_REV_MAX];
     const char *rev = NULL;
     mimeo_put_result res = {0};

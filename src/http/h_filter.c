@@ -33,14 +33,12 @@ struct http_filter {
 
 static pthread_mutex_t http_qs_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void http_qs_log(void *ctx, const char *text, size_t len)
-{
+static void http_qs_log(void *ctx, const char *text, size_t len) {
     (void)ctx;
     fprintf(stderr, "mimeo: js: %.*s\n", (int)(len > 2000 ? 2000 : len), text);
 }
 
-qs_pool *http_qs_pool(http_server *srv, mimeo_err *err)
-{
+qs_pool *http_qs_pool(http_server *srv, mimeo_err *err) {
     pthread_mutex_lock(&http_qs_lock);
     if (!srv->qs) {
         char cmd[PATH_MAX + 16];
@@ -70,8 +68,7 @@ qs_pool *http_qs_pool(http_server *srv, mimeo_err *err)
     return p;
 }
 
-void http_filter_free(http_filter *f)
-{
+void http_filter_free(http_filter *f) {
     if (!f) return;
     mimeo_selector_free(f->sel);
     buf_destroy(&f->ddoc_id);
@@ -85,14 +82,12 @@ void http_filter_free(http_filter *f)
     free(f);
 }
 
-bool http_filter_needs_body(const http_filter *f)
-{
+bool http_filter_needs_body(const http_filter *f) {
     return f->kind != FLT_DESIGN;
 }
 
 /* ---- setup -------------------------------------------------------------------------------- */
-static bool http_filter_selector(http_req *r, http_filter *f)
-{
+static bool http_filter_selector(http_req *r, http_filter *f) {
     static const char missing[] = "Selector must be specified in POST payload";
     jval *body = NULL;
     json_error je = {0};
@@ -134,8 +129,7 @@ static bool http_filter_selector(http_req *r, http_filter *f)
 }
 
 static enum MHD_Result http_put_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                                       const char *value)
-{
+                                       const char *value) {
     buf *b = cls;
     (void)kind;
     if (b->data[b->len - 1] != '{') buf_putc(b, ',');
@@ -148,8 +142,7 @@ static enum MHD_Result http_put_header(void *cls, enum MHD_ValueKind kind, const
 
 /* CouchDB's req object for filter functions, from this request: its query, method,
  * headers, body, user, peer and the database's _security. */
-static int http_filter_req(http_req *r, buf *b)
-{
+static int http_filter_req(http_req *r, buf *b) {
     const char *db = mimeo_db_name(r->db);
     buf raw, query, headers;
     buf_init(&raw, 0);
@@ -201,8 +194,7 @@ static int http_filter_req(http_req *r, buf *b)
 /* Reads the design document named by "ddoc/name" (filters) or view=ddoc/name (_view) and
  * checks that member[name] exists, replying 404 with CouchDB's reasons when not. */
 static bool http_filter_js(http_req *r, http_filter *f, const char *v, size_t n,
-                           const char *member)
-{
+                           const char *member) {
     const char *slash = memchr(v, '/', n);
     if (!slash || slash == v || slash + 1 == v + n ||
         memchr(slash + 1, '/', (size_t)(v + n - slash - 1))) {
@@ -282,8 +274,7 @@ static bool http_filter_js(http_req *r, http_filter *f, const char *v, size_t n,
     return true;
 }
 
-bool http_filter_open(http_req *r, const char *v, size_t n, http_filter **out)
-{
+bool http_filter_open(http_req *r, const char *v, size_t n, http_filter **out) {
     *out = NULL;
     http_filter *f = calloc(1, sizeof *f);
     if (!f) {
@@ -331,8 +322,7 @@ bool http_filter_open(http_req *r, const char *v, size_t n, http_filter **out)
 }
 
 /* ---- testing one row ---------------------------------------------------------------------- */
-static int http_filter_call(http_filter *f, const mimeo_row *row, bool *keep, mimeo_err *err)
-{
+static int http_filter_call(http_filter *f, const mimeo_row *row, bool *keep, mimeo_err *err) {
     qs_proc *q = NULL;
     int rc = qs_acquire(f->pool, &q, err);
     if (rc != 0) return rc;
@@ -357,8 +347,7 @@ static int http_filter_call(http_filter *f, const mimeo_row *row, bool *keep, mi
 }
 
 /* 1: the row passes, 0: it does not, <0: an error (err filled), which ends the feed. */
-int http_filter_test(http_filter *f, const mimeo_row *row, mimeo_err *err)
-{
+int http_filter_test(http_filter *f, const mimeo_row *row, mimeo_err *err) {
     if (f->kind == FLT_DESIGN)
         return row->id_len >= 8 && memcmp(row->id, "_design/", 8) == 0;
     if (!row->body) return 0;

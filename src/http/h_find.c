@@ -6,8 +6,7 @@
 
 #include "http_int.h"
 
-static void find_or_explain(http_req *r, bool explain)
-{
+static void find_or_explain(http_req *r, bool explain) {
     if (!http_require_json(r) || !http_db(r)) return;
     char *out = NULL;
     size_t len = 0;
@@ -21,8 +20,7 @@ static void find_or_explain(http_req *r, bool explain)
 void http_h_find(http_req *r) { find_or_explain(r, false); }
 void http_h_explain(http_req *r) { find_or_explain(r, true); }
 
-void http_h_index(http_req *r)
-{
+void http_h_index(http_req *r) {
     char *out = NULL;
     size_t len = 0;
     mimeo_err e = {0};

@@ -10,8 +10,7 @@
 
 /* GET /_mesh/summary: update_seq of every database meshed here (a peer's anti-entropy round
  * compares it with what it last pulled and pushed). */
-static void http_h_mesh_summary(http_req *r, struct mesh_node *n)
-{
+static void http_h_mesh_summary(http_req *r, struct mesh_node *n) {
     if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
         http_reply_method(r, "GET,HEAD");
         return;
@@ -51,8 +50,7 @@ static void http_h_mesh_summary(http_req *r, struct mesh_node *n)
     http_reply_buf(r, 200, &b);
 }
 
-void http_h_mesh(http_req *r)
-{
+void http_h_mesh(http_req *r) {
     struct mesh_node *n = mesh_node_current();
     if (r->nseg == 2 && http_seg_is(r, 1, "summary")) {
         http_h_mesh_summary(r, n);

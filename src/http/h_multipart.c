@@ -36,8 +36,7 @@ typedef struct mp_upload {
     mimeo_err        err;
 } mp_upload;
 
-static void mp_upload_free(void *state)
-{
+static void mp_upload_free(void *state) {
     mp_upload *u = state;
     if (!u) return;
     multipart_destroy(&u->p);
@@ -55,8 +54,7 @@ static void mp_upload_free(void *state)
 }
 
 /* The follows entries of the document part, in the order they appear. */
-static int mp_read_follows(mp_upload *u, mimeo_err *err)
-{
+static int mp_read_follows(mp_upload *u, mimeo_err *err) {
     jval *doc = NULL;
     json_limits lim = u->srv->limits;
     int rc = json_tree_parse(u->json.data ? u->json.data : "", u->json.len, &lim, &doc, err);
@@ -97,8 +95,7 @@ static int mp_read_follows(mp_upload *u, mimeo_err *err)
     return 0;
 }
 
-static int mp_on_begin(void *ctx, const multipart_part *part, mimeo_err *err)
-{
+static int mp_on_begin(void *ctx, const multipart_part *part, mimeo_err *err) {
     mp_upload *u = ctx;
     size_t k = u->part++;
     if (k == 0) {
@@ -129,8 +126,7 @@ static int mp_on_begin(void *ctx, const multipart_part *part, mimeo_err *err)
     return 0;
 }
 
-static int mp_on_data(void *ctx, const char *d, size_t n, mimeo_err *err)
-{
+static int mp_on_data(void *ctx, const char *d, size_t n, mimeo_err *err) {
     mp_upload *u = ctx;
     if (u->part == 1) {
         if (buf_put(&u->json, d, n) != 0) {
@@ -148,8 +144,7 @@ static int mp_on_data(void *ctx, const char *d, size_t n, mimeo_err *err)
     return rc;
 }
 
-static int mp_on_end(void *ctx, mimeo_err *err)
-{
+static int mp_on_end(void *ctx, mimeo_err *err) {
     mp_upload *u = ctx;
     if (u->part == 1) return mp_read_follows(u, err);
     int rc = mimeo_blob_finish(u->blobs[u->part - 2]);
@@ -162,16 +157,14 @@ static int mp_on_end(void *ctx, mimeo_err *err)
 
 static const multipart_handlers mp_upload_h = { mp_on_begin, mp_on_data, mp_on_end };
 
-static int mp_upload_sink(void *state, const char *data, size_t len)
-{
+static int mp_upload_sink(void *state, const char *data, size_t len) {
     mp_upload *u = state;
     if (u->rc) return u->rc;
     u->rc = multipart_feed(&u->p, data, len, &u->err);
     return u->rc;
 }
 
-static mp_upload *mp_upload_new(http_req *r, const char *ct)
-{
+static mp_upload *mp_upload_new(http_req *r, const char *ct) {
     mp_upload *u = calloc(1, sizeof *u);
     if (!u) return NULL;
     u->srv = r->srv;
@@ -181,8 +174,7 @@ static mp_upload *mp_upload_new(http_req *r, const char *ct)
     return u;
 }
 
-void http_mp_sink_choose(http_req *r)
-{
+void http_mp_sink_choose(http_req *r) {
     if (r->body_sink || r->method != HTTP_PUT || r->url_bad) return;
     bool doc = r->nseg == 2 || (r->nseg == 3 && http_seg_is(r, 1, "_design"));
     if (!doc || (r->seg_len[1] > 0 && r->seg[1][0] == '_' && !http_seg_is(r, 1, "_design")))
@@ -196,8 +188,7 @@ void http_mp_sink_choose(http_req *r)
     r->sink_free = mp_upload_free;
 }
 
-int http_mp_put_body(http_req *r, const char **json, size_t *len, mimeo_put_opts *o)
-{
+int http_mp_put_body(http_req *r, const char **json, size_t *len, mimeo_put_opts *o) {
     const char *ct = http_req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (!ct || strncasecmp(ct + strspn(ct, " \t"), "multipart/", 10) != 0) return 0;
     if (!multipart_type_is(ct, "multipart/related")) {
@@ -266,8 +257,7 @@ typedef struct mp_stream {
     mimeo_att_reader *rd;
 } mp_stream;
 
-static void mp_stream_free(void *cls)
-{
+static void mp_stream_free(void *cls) {
     mp_stream *s = cls;
     if (!s) return;
     mimeo_att_close(s->rd);
@@ -283,8 +273,7 @@ static void mp_stream_free(void *cls)
 }
 
 /* Ends the current text piece (from *start) and opens the next. */
-static int mp_text_cut(mp_stream *s, size_t *start)
-{
+static int mp_text_cut(mp_stream *s, size_t *start) {
     if (s->text.len == *start) return 0;
     if (ARRAY_GROW(s->pieces, s->alloc, s->n + 1)) return MIMEO_ENOMEM;
     s->pieces[s->n++] = (mp_piece){ .at = *start, .len = s->text.len - *start };
@@ -293,8 +282,7 @@ static int mp_text_cut(mp_stream *s, size_t *start)
 }
 
 static int mp_add_att(mp_stream *s, size_t *start, const char *id, size_t id_len,
-                      const char *rev, const char *name, size_t name_len, uint64_t size)
-{
+                      const char *rev, const char *name, size_t name_len, uint64_t size) {
     int rc = mp_text_cut(s, start);
     if (rc || ARRAY_GROW(s->pieces, s->alloc, s->n + 1)) return MIMEO_ENOMEM;
     mp_piece *p = &s->pieces[s->n];
@@ -322,8 +310,7 @@ static int mp_add_att(mp_stream *s, size_t *start, const char *id, size_t id_len
 /* One revision (row json with follows entries) as CouchDB lays it out: a multipart/related
  * body under boundary bnd when some entry says follows (*related set), else the JSON alone. */
 static int mp_put_revision(mp_stream *s, size_t *start, const mimeo_row *row, const char *bnd,
-                           bool *related)
-{
+                           bool *related) {
     jval *doc = NULL;
     *related = false;
     if (json_tree_parse(row->json, row->json_len, NULL, &doc, NULL) != 0)
@@ -367,8 +354,7 @@ static int mp_put_revision(mp_stream *s, size_t *start, const mimeo_row *row, co
     return rc;
 }
 
-static ssize_t mp_stream_read(void *cls, uint64_t pos, char *out, size_t max)
-{
+static ssize_t mp_stream_read(void *cls, uint64_t pos, char *out, size_t max) {
     (void)pos;
     mp_stream *s = cls;
     while (s->cur < s->n) {
@@ -405,8 +391,7 @@ static ssize_t mp_stream_read(void *cls, uint64_t pos, char *out, size_t max)
     return MHD_CONTENT_READER_END_OF_STREAM;
 }
 
-static mp_stream *mp_stream_new(http_req *r)
-{
+static mp_stream *mp_stream_new(http_req *r) {
     mp_stream *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     buf_init(&s->text, 0);
@@ -417,8 +402,7 @@ static mp_stream *mp_stream_new(http_req *r)
     return s;
 }
 
-static void mp_stream_reply(http_req *r, mp_stream *s, uint64_t size, const char *ctype)
-{
+static void mp_stream_reply(http_req *r, mp_stream *s, uint64_t size, const char *ctype) {
     struct MHD_Response *resp = MHD_create_response_from_callback(
         size, HTTP_STREAM_CHUNK, mp_stream_read, s, mp_stream_free);
     if (!resp) {
@@ -429,8 +413,7 @@ static void mp_stream_reply(http_req *r, mp_stream *s, uint64_t size, const char
     http_reply_resp(r, 200, resp, ctype);
 }
 
-void http_reply_open_revs_mp(http_req *r, mimeo_cursor *cur)
-{
+void http_reply_open_revs_mp(http_req *r, mimeo_cursor *cur) {
     mp_stream *s = mp_stream_new(r);
     if (!s) {
         http_reply_err(r, MIMEO_ENOMEM, NULL);
@@ -488,14 +471,12 @@ void http_reply_open_revs_mp(http_req *r, mimeo_cursor *cur)
     mp_stream_reply(r, s, MHD_SIZE_UNKNOWN, ctype);
 }
 
-bool http_accepts_related(const http_req *r)
-{
+bool http_accepts_related(const http_req *r) {
     const char *a = http_req_header(r, MHD_HTTP_HEADER_ACCEPT);
     return a && strcasestr(a, "multipart/related") != NULL;
 }
 
-bool http_reply_doc_mp(http_req *r, const mimeo_row *row)
-{
+bool http_reply_doc_mp(http_req *r, const mimeo_row *row) {
     mp_stream *s = mp_stream_new(r);
     if (!s) {
         http_reply_err(r, MIMEO_ENOMEM, NULL);

@@ -9,14 +9,12 @@
 
 void http_h_crdt_stats(http_req *r);   /* h_crdt.c: GET /_node/_local/_stats */
 
-static bool http_node_seg(const http_req *r, size_t i, const char *s)
-{
+static bool http_node_seg(const http_req *r, size_t i, const char *s) {
     return i < r->nseg && i < HTTP_MAX_SEGS && strlen(s) == r->seg_len[i] &&
            memcmp(r->seg[i], s, r->seg_len[i]) == 0;
 }
 
-void http_h_node(http_req *r)
-{
+void http_h_node(http_req *r) {
     /* "_local" names this node, as CouchDB's /_node/_local/… does. */
     if (r->nseg == 3 && http_node_seg(r, 1, "_local") && http_node_seg(r, 2, "_stats")) {
         http_h_crdt_stats(r);

@@ -7,8 +7,7 @@
 
 #include "http_int.h"
 
-void http_h_replicate(http_req *r)
-{
+void http_h_replicate(http_req *r) {
     if (r->method != HTTP_POST) {
         http_reply_method(r, "POST");
         return;
@@ -31,8 +30,7 @@ void http_h_replicate(http_req *r)
     http_reply_mimeo(r, status, out, len);
 }
 
-void http_h_active_tasks(http_req *r)
-{
+void http_h_active_tasks(http_req *r) {
     if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
         http_reply_method(r, "GET,HEAD");
         return;
@@ -59,14 +57,12 @@ void http_h_active_tasks(http_req *r)
     http_reply_buf(r, 200, &b);
 }
 
-static bool h_repl_seg(const http_req *r, size_t i, const char *s)
-{
+static bool h_repl_seg(const http_req *r, size_t i, const char *s) {
     return i < r->nseg && i < HTTP_MAX_SEGS && strlen(s) == r->seg_len[i] &&
            memcmp(r->seg[i], s, r->seg_len[i]) == 0;
 }
 
-void http_h_scheduler(http_req *r)
-{
+void http_h_scheduler(http_req *r) {
     if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
         http_reply_method(r, "GET,HEAD");
         return;

@@ -5,8 +5,7 @@
 
 #include "http_int.h"
 
-void http_h_security(http_req *r)
-{
+void http_h_security(http_req *r) {
     if (!http_db(r)) return;
     if (r->method != HTTP_PUT) {
         char *text = http_security_text(r);

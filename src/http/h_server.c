@@ -5,8 +5,7 @@
 
 #include "http_int.h"
 
-void http_h_root(http_req *r)
-{
+void http_h_root(http_req *r) {
     buf b;
     buf_init(&b, 0);
     buf_puts(&b, "{\"couchdb\":\"Welcome\",\"version\":\"" MIMEO_COUCHDB_VERSION "\",\"uuid\":");
@@ -16,8 +15,7 @@ void http_h_root(http_req *r)
     http_reply_buf(r, 200, &b);
 }
 
-void http_h_up(http_req *r)
-{
+void http_h_up(http_req *r) {
     http_reply_static(r, 200, "{\"status\":\"ok\"}\n");
 }
 
@@ -36,23 +34,20 @@ typedef struct http_dbs {
     size_t      count, alloc;
 } http_dbs;
 
-static int http_cmp(const char *a, size_t al, const char *b, size_t bl)
-{
+static int http_cmp(const char *a, size_t al, const char *b, size_t bl) {
     int c = memcmp(a, b, al < bl ? al : bl);
     if (c) return c;
     return al < bl ? -1 : al > bl;
 }
 
-static int http_dbs_emit(http_dbs *d, const char *name, size_t len)
-{
+static int http_dbs_emit(http_dbs *d, const char *name, size_t len) {
     if (d->skip > 0) { d->skip--; return 0; }
     if (d->limited && d->emitted >= d->limit) return 1;
     if (d->emitted++ > 0) buf_putc(d->out, ',');
     return json_put_str(d->out, name, len) != 0 ? 1 : 0;
 }
 
-static int http_dbs_row(void *ctx, const char *name, size_t len)
-{
+static int http_dbs_row(void *ctx, const char *name, size_t len) {
     http_dbs *d = ctx;
     if (d->lo) {
         int c = http_cmp(name, len, d->lo->str, d->lo->len);
@@ -82,8 +77,7 @@ static int http_dbs_row(void *ctx, const char *name, size_t len)
     return 0;
 }
 
-void http_h_all_dbs(http_req *r)
-{
+void http_h_all_dbs(http_req *r) {
     jval *start = NULL, *end = NULL;
     bool descending = false, inclusive_end = true;
     uint64_t limit = 0, skip = 0;
@@ -129,8 +123,7 @@ out:
 }
 
 /* ---- /_uuids ---------------------------------------------------------------------------- */
-void http_h_uuids(http_req *r)
-{
+void http_h_uuids(http_req *r) {
     uint64_t count = 1;
     if (http_arg_u64(r, "count", &count) < 0) return;
     if (count > 1000) {

@@ -6,8 +6,7 @@
 
 #include "http_int.h"
 
-static void http_session_info(http_req *r)
-{
+static void http_session_info(http_req *r) {
     bool basic = false;
     if (http_arg_bool(r, "basic", &basic) < 0) return;
     if (basic && !r->user.known) {
@@ -25,8 +24,7 @@ static void http_session_info(http_req *r)
 }
 
 /* Value of field `key` in an x-www-form-urlencoded body (new string, free()), or NULL. */
-static char *http_form_get(const char *p, size_t n, const char *key)
-{
+static char *http_form_get(const char *p, size_t n, const char *key) {
     size_t kl = strlen(key);
     const char *end = p + n;
     while (p < end) {
@@ -56,8 +54,7 @@ static char *http_form_get(const char *p, size_t n, const char *key)
     return NULL;
 }
 
-static void http_session_login(http_req *r)
-{
+static void http_session_login(http_req *r) {
     char *name = NULL, *password = NULL;
     const char *ct = http_req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
     const char *body = r->body.data ? r->body.data : "";
@@ -108,8 +105,7 @@ static void http_session_login(http_req *r)
     http_reply_buf(r, 200, &b);
 }
 
-void http_h_session(http_req *r)
-{
+void http_h_session(http_req *r) {
     switch (r->method) {
     case HTTP_POST:
         http_session_login(r);

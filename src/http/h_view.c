@@ -14,15 +14,13 @@ typedef struct http_view_stream {
     bool               end;
 } http_view_stream;
 
-static void http_view_free(void *cls)
-{
+static void http_view_free(void *cls) {
     http_view_stream *s = cls;
     mimeo_view_close(s->rd);
     free(s);
 }
 
-static ssize_t http_view_read(void *cls, uint64_t pos, char *dst, size_t max)
-{
+static ssize_t http_view_read(void *cls, uint64_t pos, char *dst, size_t max) {
     http_view_stream *s = cls;
     (void)pos;
     while (s->pos == s->len) {
@@ -40,21 +38,18 @@ static ssize_t http_view_read(void *cls, uint64_t pos, char *dst, size_t max)
 }
 
 /* Arguments whose value is a document id, taken as text; and those that must be JSON. */
-static bool http_view_docid_arg(const char *k)
-{
+static bool http_view_docid_arg(const char *k) {
     return !strcmp(k, "startkey_docid") || !strcmp(k, "start_key_doc_id") ||
            !strcmp(k, "endkey_docid") || !strcmp(k, "end_key_doc_id");
 }
 
-static bool http_view_json_arg(const char *k)
-{
+static bool http_view_json_arg(const char *k) {
     return !strcmp(k, "key") || !strcmp(k, "keys") || !strcmp(k, "startkey") ||
            !strcmp(k, "start_key") || !strcmp(k, "endkey") || !strcmp(k, "end_key");
 }
 
 /* The parameters as one JSON object into out; false after replying 400. */
-static bool http_view_params(http_req *r, buf *out, bool *has_queries)
-{
+static bool http_view_params(http_req *r, buf *out, bool *has_queries) {
     jval *body = NULL;
     if (r->method == HTTP_POST) {
         json_error je = {0};
@@ -99,8 +94,7 @@ static bool http_view_params(http_req *r, buf *out, bool *has_queries)
 }
 
 /* /{db}/_design/{ddoc}/_view/{view}[/queries] */
-static void http_h_view(http_req *r)
-{
+static void http_h_view(http_req *r) {
     bool queries = r->nseg == 6 && http_seg_is(r, 5, "queries");
     if (r->nseg != 5 && !queries) {
         http_reply_error(r, 404, "not_found", "missing");
@@ -143,8 +137,7 @@ static void http_h_view(http_req *r)
     http_reply_stream(r, 200, NULL, http_view_read, s, http_view_free);
 }
 
-static void http_h_design_info(http_req *r)
-{
+static void http_h_design_info(http_req *r) {
     if (r->nseg != 4) {
         http_reply_error(r, 404, "not_found", "missing");
         return;
@@ -165,14 +158,12 @@ static void http_h_design_info(http_req *r)
     http_reply_mimeo(r, 200, out, len);
 }
 
-void http_h_design(http_req *r)
-{
+void http_h_design(http_req *r) {
     if (http_seg_is(r, 3, "_view")) http_h_view(r);
     else http_h_design_info(r);
 }
 
-void http_h_view_cleanup(http_req *r)
-{
+void http_h_view_cleanup(http_req *r) {
     if (!http_db(r)) return;
     mimeo_err e = {0};
     int rc = mimeo_view_cleanup(r->db, &e);

@@ -42,8 +42,7 @@ struct http_loop {
 };
 
 /* ---- the work queue --------------------------------------------------------------------- */
-static void loop_push(struct http_loop *l, http_task *t)
-{
+static void loop_push(struct http_loop *l, http_task *t) {
     t->next = NULL;
     t->queued = clock_ms();
     if (l->tail) l->tail->next = t;
@@ -51,8 +50,7 @@ static void loop_push(struct http_loop *l, http_task *t)
     l->tail = t;
 }
 
-void http_loop_submit(http_server *s, http_task *t)
-{
+void http_loop_submit(http_server *s, http_task *t) {
     struct http_loop *l = s->loop;
     pthread_mutex_lock(&l->lock);
     loop_push(l, t);
@@ -60,8 +58,7 @@ void http_loop_submit(http_server *s, http_task *t)
     pthread_mutex_unlock(&l->lock);
 }
 
-static void *loop_worker(void *arg)
-{
+static void *loop_worker(void *arg) {
     struct http_loop *l = arg;
     pthread_mutex_lock(&l->lock);
     for (;;) {
@@ -81,14 +78,12 @@ static void *loop_worker(void *arg)
 }
 
 /* ---- the timer heap --------------------------------------------------------------------- */
-static void heap_set(struct http_loop *l, size_t i, http_task *t)
-{
+static void heap_set(struct http_loop *l, size_t i, http_task *t) {
     l->heap[i] = t;
     t->heap_i = i + 1;
 }
 
-static void heap_up(struct http_loop *l, size_t i)
-{
+static void heap_up(struct http_loop *l, size_t i) {
     http_task *t = l->heap[i];
     while (i > 0) {
         size_t p = (i - 1) / 2;
@@ -99,8 +94,7 @@ static void heap_up(struct http_loop *l, size_t i)
     heap_set(l, i, t);
 }
 
-static void heap_down(struct http_loop *l, size_t i)
-{
+static void heap_down(struct http_loop *l, size_t i) {
     http_task *t = l->heap[i];
     for (;;) {
         size_t c = 2 * i + 1;
@@ -113,8 +107,7 @@ static void heap_down(struct http_loop *l, size_t i)
     heap_set(l, i, t);
 }
 
-static void heap_remove(struct http_loop *l, http_task *t)
-{
+static void heap_remove(struct http_loop *l, http_task *t) {
     if (!t->heap_i) return;
     size_t i = t->heap_i - 1;
     t->heap_i = 0;
@@ -126,15 +119,13 @@ static void heap_remove(struct http_loop *l, http_task *t)
 }
 
 /* ---- waiters ---------------------------------------------------------------------------- */
-static size_t bucket_of(const mimeo_db *db)
-{
+static size_t bucket_of(const mimeo_db *db) {
     uintptr_t p = (uintptr_t)db;
     return (size_t)((p >> 4) ^ (p >> 14)) % HTTP_WAIT_BUCKETS;
 }
 
 /* Disarms t and queues it for a worker; under l->lock. */
-static void loop_fire(struct http_loop *l, http_task *t)
-{
+static void loop_fire(struct http_loop *l, http_task *t) {
     if (t->wprev) t->wprev->wnext = t->wnext;
     else if (t->db) l->buckets[bucket_of(t->db)] = t->wnext;
     if (t->wnext) t->wnext->wprev = t->wprev;
@@ -145,8 +136,7 @@ static void loop_fire(struct http_loop *l, http_task *t)
     loop_push(l, t);
 }
 
-bool http_loop_wait(http_server *s, http_task *t, mimeo_db *db, uint64_t seq, uint64_t due)
-{
+bool http_loop_wait(http_server *s, http_task *t, mimeo_db *db, uint64_t seq, uint64_t due) {
     struct http_loop *l = s->loop;
     pthread_mutex_lock(&l->lock);
     /* The check runs under the lock the commit watcher takes, after the commit published
@@ -190,8 +180,7 @@ bool http_loop_wait(http_server *s, http_task *t, mimeo_db *db, uint64_t seq, ui
 }
 
 /* The commit watcher: on the writer thread, so it only moves tasks to the queue. */
-static void loop_on_commit(void *ctx, mimeo_db *db)
-{
+static void loop_on_commit(void *ctx, mimeo_db *db) {
     struct http_loop *l = ctx;
     pthread_mutex_lock(&l->lock);
     http_task *t = l->buckets[bucket_of(db)];
@@ -208,8 +197,7 @@ static void loop_on_commit(void *ctx, mimeo_db *db)
     pthread_mutex_unlock(&l->lock);
 }
 
-void http_loop_fire_all(http_server *s)
-{
+void http_loop_fire_all(http_server *s) {
     struct http_loop *l = s->loop;
     if (!l) return;
     pthread_mutex_lock(&l->lock);
@@ -224,8 +212,7 @@ void http_loop_fire_all(http_server *s)
  * would hold its slot until the feed's next heartbeat or timeout. So the sockets of armed
  * waiters are peeked now and then; end of stream or an error fires the waiter, marked. While
  * armed, the connection is suspended and cannot be closed, so the descriptor is its own. */
-static void loop_check_hangups(struct http_loop *l)
-{
+static void loop_check_hangups(struct http_loop *l) {
     for (size_t i = 0; i < HTTP_WAIT_BUCKETS; i++) {
         http_task *t = l->buckets[i];
         while (t) {
@@ -243,8 +230,7 @@ static void loop_check_hangups(struct http_loop *l)
     }
 }
 
-size_t http_loop_armed(http_server *s)
-{
+size_t http_loop_armed(http_server *s) {
     struct http_loop *l = s->loop;
     pthread_mutex_lock(&l->lock);
     size_t n = l->armed;
@@ -255,8 +241,7 @@ size_t http_loop_armed(http_server *s)
 /* ---- the timer thread ------------------------------------------------------------------- */
 static bool loop_add_worker(struct http_loop *l);
 
-static void *loop_timer(void *arg)
-{
+static void *loop_timer(void *arg) {
     struct http_loop *l = arg;
     uint64_t next_sweep = clock_ms() + HTTP_SWEEP_MS, next_hangup = next_sweep;
     pthread_mutex_lock(&l->lock);
@@ -306,8 +291,7 @@ static void *loop_timer(void *arg)
 
 /* ---- start and stop --------------------------------------------------------------------- */
 /* Starts one more worker; under l->lock (or before other threads run). */
-static bool loop_add_worker(struct http_loop *l)
-{
+static bool loop_add_worker(struct http_loop *l) {
     /* Workers do little on their stack (the handlers keep big things on the heap). */
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -318,8 +302,7 @@ static bool loop_add_worker(struct http_loop *l)
     return ok;
 }
 
-int http_loop_start(http_server *s, unsigned workers, char *errbuf, size_t errlen)
-{
+int http_loop_start(http_server *s, unsigned workers, char *errbuf, size_t errlen) {
     struct http_loop *l = calloc(1, sizeof *l);
     if (!l) {
         snprintf(errbuf, errlen, "out of memory");
@@ -364,8 +347,7 @@ int http_loop_start(http_server *s, unsigned workers, char *errbuf, size_t errle
     return 0;
 }
 
-void http_loop_stop(http_server *s)
-{
+void http_loop_stop(http_server *s) {
     struct http_loop *l = s->loop;
     if (!l) return;
     mimeo_env_watch(s->env, NULL, NULL);

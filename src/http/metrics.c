@@ -35,15 +35,13 @@ static const char *const metrics_method_names[HTTP_OTHER + 1] = {
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "OTHER",
 };
 
-uint64_t http_metrics_now_ns(void)
-{
+uint64_t http_metrics_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-void http_metrics_done(const http_req *r)
-{
+void http_metrics_done(const http_req *r) {
     /* No reply was made (the client went away before its request was whole): not a request
      * the server answered. */
     if (r->calls == 0 || r->status == 0) return;
@@ -58,8 +56,7 @@ void http_metrics_done(const http_req *r)
 }
 
 /* Seconds since this process started, from /proc (0 when unreadable). */
-static double metrics_uptime(void)
-{
+static double metrics_uptime(void) {
     double up = 0;
     unsigned long long start = 0;
     FILE *f = fopen("/proc/uptime", "r");
@@ -85,19 +82,16 @@ static double metrics_uptime(void)
     return t > 0 ? t : 0;
 }
 
-static int metrics_head(buf *b, const char *name, const char *type, const char *help)
-{
+static int metrics_head(buf *b, const char *name, const char *type, const char *help) {
     return buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 static int metrics_one(buf *b, const char *name, const char *type, const char *help,
-                       uint64_t v)
-{
+                       uint64_t v) {
     return metrics_head(b, name, type, help) | buf_printf(b, "%s %" PRIu64 "\n", name, v);
 }
 
-static int metrics_http(buf *b)
-{
+static int metrics_http(buf *b) {
     int rc = metrics_one(b, "couchdb_httpd_requests_total", "counter",
                          "number of HTTP requests", atomic_load(&metrics.requests));
     rc |= metrics_head(b, "couchdb_httpd_request_methods", "counter",
@@ -130,8 +124,7 @@ static int metrics_http(buf *b)
 }
 
 /* A label value with Prometheus's three escapes (backslash, quote, newline). */
-static int metrics_label(buf *b, const char *s)
-{
+static int metrics_label(buf *b, const char *s) {
     int rc = 0;
     for (; *s; s++) {
         if (*s == '\\' || *s == '"') rc |= buf_putc(b, '\\') | buf_putc(b, *s);
@@ -143,8 +136,7 @@ static int metrics_label(buf *b, const char *s)
 
 /* One gauge per meshed database and peer, for the rows whose figure is known (>= 0). */
 static int metrics_sync_gauge(buf *b, const struct mesh_sync_stat *v, size_t k, const char *name,
-                              const char *help, size_t offset)
-{
+                              const char *help, size_t offset) {
     int rc = metrics_head(b, name, "gauge", help);
     for (size_t i = 0; i < k; i++) {
         int64_t x;
@@ -158,8 +150,7 @@ static int metrics_sync_gauge(buf *b, const struct mesh_sync_stat *v, size_t k, 
 }
 
 /* The data mover: changes behind per database and peer, last sync, and its counters. */
-static int metrics_mesh_data(buf *b, struct mesh_node *n)
-{
+static int metrics_mesh_data(buf *b, struct mesh_node *n) {
     struct mesh_sync_stat *v = NULL;
     size_t k = mesh_node_sync_stats(n, &v);
     int rc = metrics_sync_gauge(b, v, k, "mimeo_mesh_changes_behind",
@@ -199,8 +190,7 @@ static int metrics_mesh_data(buf *b, struct mesh_node *n)
     return rc;
 }
 
-static int metrics_mesh(buf *b)
-{
+static int metrics_mesh(buf *b) {
     struct mesh_node *n = mesh_node_current();
     if (!n) return 0;
     struct mesh_stats st;
@@ -239,8 +229,7 @@ static int metrics_mesh(buf *b)
     return rc | metrics_mesh_data(b, n);
 }
 
-void http_h_prometheus(http_req *r)
-{
+void http_h_prometheus(http_req *r) {
     if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
         http_reply_method(r, "GET");
         return;

@@ -23,13 +23,11 @@ enum {
 };
 
 /* ---- header values -------------------------------------------------------------------- */
-static bool mp_space(char c)
-{
+static bool mp_space(char c) {
     return c == ' ' || c == '\t';
 }
 
-bool multipart_type_is(const char *value, const char *type)
-{
+bool multipart_type_is(const char *value, const char *type) {
     if (!value) return false;
     while (mp_space(*value)) value++;
     size_t n = strlen(type);
@@ -40,13 +38,11 @@ bool multipart_type_is(const char *value, const char *type)
 }
 
 /* RFC 2045 token characters. */
-static bool mp_tchar(unsigned char c)
-{
+static bool mp_tchar(unsigned char c) {
     return c > 32 && c < 127 && !strchr("()<>@,;:\\\"/[]?=", c);
 }
 
-long multipart_param(const char *value, const char *name, char *out, size_t cap)
-{
+long multipart_param(const char *value, const char *name, char *out, size_t cap) {
     if (!value || cap == 0) return -1;
     const char *q = strchr(value, ';');
     size_t nlen = strlen(name);
@@ -94,32 +90,28 @@ long multipart_param(const char *value, const char *name, char *out, size_t cap)
     return -1;
 }
 
-const char *multipart_header(const multipart_part *part, const char *name)
-{
+const char *multipart_header(const multipart_part *part, const char *name) {
     for (size_t i = 0; i < part->nheaders; i++)
         if (strcasecmp(part->names[i], name) == 0) return part->values[i];
     return NULL;
 }
 
 /* ---- the parser ----------------------------------------------------------------------- */
-static int mp_fail(multipart_parser *p, mimeo_err *err, const char *reason)
-{
+static int mp_fail(multipart_parser *p, mimeo_err *err, const char *reason) {
     p->failed = MIMEO_EINVAL;
     err_set(err, MIMEO_EINVAL, "bad_request", "%s", reason);
     return MIMEO_EINVAL;
 }
 
 /* A callback's failure: kept so that later calls return it again. */
-static int mp_cb_fail(multipart_parser *p, int rc, mimeo_err *err)
-{
+static int mp_cb_fail(multipart_parser *p, int rc, mimeo_err *err) {
     (void)err;   /* the callback filled it */
     p->failed = rc;
     return rc;
 }
 
 int multipart_init_boundary(multipart_parser *p, const char *boundary, size_t len,
-                            const multipart_handlers *h, void *ctx, mimeo_err *err)
-{
+                            const multipart_handlers *h, void *ctx, mimeo_err *err) {
     memset(p, 0, sizeof *p);
     buf_init(&p->hdr, MULTIPART_HEADERS_MAX);
     p->h = h;
@@ -144,8 +136,7 @@ int multipart_init_boundary(multipart_parser *p, const char *boundary, size_t le
 }
 
 int multipart_init(multipart_parser *p, const char *ctype, const multipart_handlers *h,
-                   void *ctx, mimeo_err *err)
-{
+                   void *ctx, mimeo_err *err) {
     char b[MULTIPART_BOUNDARY_MAX + 1];
     long n = -1;
     bool multi = ctype && strncasecmp(ctype + strspn(ctype, " \t"), "multipart/", 10) == 0;
@@ -159,15 +150,13 @@ int multipart_init(multipart_parser *p, const char *ctype, const multipart_handl
     return multipart_init_boundary(p, b, (size_t)n, h, ctx, err);
 }
 
-void multipart_destroy(multipart_parser *p)
-{
+void multipart_destroy(multipart_parser *p) {
     buf_destroy(&p->hdr);
 }
 
 /* Splits the header block (CRLF-terminated lines, the empty line excluded) in place into
  * part's names and values. */
-static int mp_headers_parse(multipart_parser *p, multipart_part *part, mimeo_err *err)
-{
+static int mp_headers_parse(multipart_parser *p, multipart_part *part, mimeo_err *err) {
     memset(part, 0, sizeof *part);
     part->content_length = -1;
     char *s = p->hdr.data;
@@ -217,8 +206,7 @@ static int mp_headers_parse(multipart_parser *p, multipart_part *part, mimeo_err
 }
 
 /* The current part is complete: its length checked against Content-Length, on_end. */
-static int mp_part_end(multipart_parser *p, mimeo_err *err)
-{
+static int mp_part_end(multipart_parser *p, mimeo_err *err) {
     p->in_part = false;
     if (p->part_len >= 0 && p->part_bytes != (uint64_t)p->part_len) {
         char why[128];
@@ -230,8 +218,7 @@ static int mp_part_end(multipart_parser *p, mimeo_err *err)
     return rc ? mp_cb_fail(p, rc, err) : 0;
 }
 
-static int mp_emit(multipart_parser *p, const char *d, size_t n, mimeo_err *err)
-{
+static int mp_emit(multipart_parser *p, const char *d, size_t n, mimeo_err *err) {
     if (n == 0 || p->state != MP_DATA) return 0;
     p->part_bytes += n;
     if (p->part_len >= 0 && p->part_bytes > (uint64_t)p->part_len)
@@ -243,8 +230,7 @@ static int mp_emit(multipart_parser *p, const char *d, size_t n, mimeo_err *err)
 /* Scans data[*i..n) for the delimiter, emitting what is not part of it (in MP_DATA) or
  * dropping it (MP_PREAMBLE). Returns 1 when a whole delimiter was read, 0 when the input
  * ran out first, or an error. */
-static int mp_scan(multipart_parser *p, const char *data, size_t n, size_t *i, mimeo_err *err)
-{
+static int mp_scan(multipart_parser *p, const char *data, size_t n, size_t *i, mimeo_err *err) {
     size_t at = *i;
     int rc = 0;
     while (at < n) {
@@ -277,8 +263,7 @@ static int mp_scan(multipart_parser *p, const char *data, size_t n, size_t *i, m
     return rc;
 }
 
-int multipart_feed(multipart_parser *p, const char *data, size_t n, mimeo_err *err)
-{
+int multipart_feed(multipart_parser *p, const char *data, size_t n, mimeo_err *err) {
     if (p->failed) {
         err_set(err, p->failed, "bad_request", "malformed multipart body");
         return p->failed;
@@ -358,8 +343,7 @@ int multipart_feed(multipart_parser *p, const char *data, size_t n, mimeo_err *e
     return 0;
 }
 
-int multipart_finish(multipart_parser *p, mimeo_err *err)
-{
+int multipart_finish(multipart_parser *p, mimeo_err *err) {
     if (p->failed) {
         err_set(err, p->failed, "bad_request", "malformed multipart body");
         return p->failed;
@@ -372,26 +356,22 @@ int multipart_finish(multipart_parser *p, mimeo_err *err)
 }
 
 /* ---- writing -------------------------------------------------------------------------- */
-void multipart_boundary_new(char out[33])
-{
+void multipart_boundary_new(char out[33]) {
     unsigned char r[16];
     random_bytes(r, sizeof r);
     hex_encode(r, sizeof r, out);
 }
 
-int multipart_put_ctype(buf *b, const char *subtype, const char *boundary)
-{
+int multipart_put_ctype(buf *b, const char *subtype, const char *boundary) {
     return buf_printf(b, "multipart/%s; boundary=\"%s\"", subtype, boundary);
 }
 
-int multipart_put_doc_head(buf *b, const char *boundary)
-{
+int multipart_put_doc_head(buf *b, const char *boundary) {
     return buf_printf(b, "--%s\r\nContent-Type: application/json\r\n\r\n", boundary);
 }
 
 int multipart_put_att_head(buf *b, const char *boundary, const char *name, size_t name_len,
-                           const char *content_type, uint64_t length, bool gzip)
-{
+                           const char *content_type, uint64_t length, bool gzip) {
     /* A CR or LF would end the header early: another header could be smuggled in. */
     if (memchr(name, '\r', name_len) || memchr(name, '\n', name_len) ||
         strpbrk(content_type, "\r\n"))
@@ -408,7 +388,6 @@ int multipart_put_att_head(buf *b, const char *boundary, const char *name, size_
     return rc;
 }
 
-int multipart_put_close(buf *b, const char *boundary)
-{
+int multipart_put_close(buf *b, const char *boundary) {
     return buf_printf(b, "\r\n--%s--", boundary);
 }

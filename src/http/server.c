@@ -61,8 +61,7 @@ struct http_conns {
     http_addr_count *addrs[HTTP_ADDR_BUCKETS];
 };
 
-static http_addr_count *http_addr_get(struct http_conns *cs, const struct sockaddr *sa)
-{
+static http_addr_count *http_addr_get(struct http_conns *cs, const struct sockaddr *sa) {
     const unsigned char *a;
     uint8_t len;
     if (sa->sa_family == AF_INET) {
@@ -88,8 +87,7 @@ static http_addr_count *http_addr_get(struct http_conns *cs, const struct sockad
     return e;
 }
 
-static void http_addr_put(struct http_conns *cs, http_addr_count *e)
-{
+static void http_addr_put(struct http_conns *cs, http_addr_count *e) {
     if (!e || --e->n > 0) return;
     uint32_t h = 2166136261u;
     for (uint8_t i = 0; i < e->len; i++) h = (h ^ e->addr[i]) * 16777619u;
@@ -102,8 +100,7 @@ static void http_addr_put(struct http_conns *cs, http_addr_count *e)
 }
 
 /* Drops c from the counts; under cs->lock. */
-static void http_conn_uncount(struct http_conns *cs, http_conn *c)
-{
+static void http_conn_uncount(struct http_conns *cs, http_conn *c) {
     if (c->released) return;
     c->released = true;
     cs->count--;
@@ -114,8 +111,7 @@ static void http_conn_uncount(struct http_conns *cs, http_conn *c)
 /* A connection that is closing stops counting at once: libmicrohttpd reports the close
  * (NOTIFY_CLOSED) only when its thread next wakes, which for an idle thread may be much
  * later, and the slot would stay taken meanwhile. */
-static void http_conn_release(http_server *s, http_conn *c)
-{
+static void http_conn_release(http_server *s, http_conn *c) {
     if (!c) return;
     pthread_mutex_lock(&s->conns->lock);
     http_conn_uncount(s->conns, c);
@@ -123,8 +119,7 @@ static void http_conn_release(http_server *s, http_conn *c)
 }
 
 static void http_notify_conn(void *cls, struct MHD_Connection *conn, void **socket_context,
-                             enum MHD_ConnectionNotificationCode code)
-{
+                             enum MHD_ConnectionNotificationCode code) {
     http_server *s = cls;
     struct http_conns *cs = s->conns;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
@@ -165,16 +160,14 @@ static void http_notify_conn(void *cls, struct MHD_Connection *conn, void **sock
     *socket_context = NULL;
 }
 
-static void http_conn_phase(http_conn *c, int phase)
-{
+static void http_conn_phase(http_conn *c, int phase) {
     if (!c) return;
     atomic_store_explicit(&c->since, clock_ms(), memory_order_relaxed);
     atomic_store_explicit(&c->phase, phase, memory_order_relaxed);
 }
 
 /* Milliseconds since the kernel last received data on fd (UINT64_MAX when unknown). */
-static uint64_t http_fd_quiet_ms(int fd)
-{
+static uint64_t http_fd_quiet_ms(int fd) {
     struct tcp_info ti;
     socklen_t len = sizeof ti;
     if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) return UINT64_MAX;
@@ -183,8 +176,7 @@ static uint64_t http_fd_quiet_ms(int fd)
 
 /* True when the client has closed its sending side (end of stream) or the socket failed;
  * pipelined bytes waiting to be read are not an end. */
-static bool http_fd_peer_gone(int fd)
-{
+static bool http_fd_peer_gone(int fd) {
     char c;
     if (fd < 0) return false;
     ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -194,8 +186,7 @@ static bool http_fd_peer_gone(int fd)
 /* 408 for a client too slow with its request, then both directions shut: MHD sees the end
  * of the stream and closes the connection on its own thread. Under TLS the socket is not
  * ours to write, so it is only shut. */
-static void http_conn_cut(http_server *s, http_conn *c, bool answer)
-{
+static void http_conn_cut(http_server *s, http_conn *c, bool answer) {
     static const char reply[] =
         "HTTP/1.1 408 Request Timeout\r\n"
         "Content-Type: application/json\r\n"
@@ -209,8 +200,7 @@ static void http_conn_cut(http_server *s, http_conn *c, bool answer)
     c->cut = true;
 }
 
-void http_conns_sweep(http_server *s, uint64_t now)
-{
+void http_conns_sweep(http_server *s, uint64_t now) {
     struct http_conns *cs = s->conns;
     uint64_t head_ms = (uint64_t)s->cfg.header_timeout_s * 1000;
     uint64_t body_ms = (uint64_t)s->cfg.body_timeout_s * 1000;
@@ -239,15 +229,13 @@ void http_conns_sweep(http_server *s, uint64_t now)
     pthread_mutex_unlock(&cs->lock);
 }
 
-static struct http_conns *http_conns_new(void)
-{
+static struct http_conns *http_conns_new(void) {
     struct http_conns *cs = calloc(1, sizeof *cs);
     if (cs) pthread_mutex_init(&cs->lock, NULL);
     return cs;
 }
 
-static void http_conns_free(struct http_conns *cs)
-{
+static void http_conns_free(struct http_conns *cs) {
     if (!cs) return;
     for (size_t i = 0; i < HTTP_ADDR_BUCKETS; i++)
         while (cs->addrs[i]) {
@@ -260,15 +248,13 @@ static void http_conns_free(struct http_conns *cs)
 }
 
 /* ---- handing work to the workers -------------------------------------------------------- */
-void http_suspend_submit(http_server *s, struct MHD_Connection *conn, http_task *t)
-{
+void http_suspend_submit(http_server *s, struct MHD_Connection *conn, http_task *t) {
     atomic_fetch_add(&s->suspended, 1);
     MHD_suspend_connection(conn);
     http_loop_submit(s, t);
 }
 
-void http_resume(http_server *s, struct MHD_Connection *conn)
-{
+void http_resume(http_server *s, struct MHD_Connection *conn) {
     MHD_resume_connection(conn);
     atomic_fetch_sub(&s->suspended, 1);
 }
@@ -276,8 +262,7 @@ void http_resume(http_server *s, struct MHD_Connection *conn)
 /* ---- request contexts ------------------------------------------------------------------- */
 /* MHD calls this with the raw request target before it decodes anything: our context is
  * born here, so the router sees exactly the bytes the client sent. */
-static void *http_uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
-{
+static void *http_uri_log(void *cls, const char *uri, struct MHD_Connection *conn) {
     http_server *s = cls;
     http_req *r = calloc(1, sizeof *r);
     if (!r) return NULL;
@@ -303,8 +288,7 @@ static void *http_uri_log(void *cls, const char *uri, struct MHD_Connection *con
  * max_request_size, but all of them together only max_buffered, so that many clients sending
  * big bodies at once cannot take the node's memory (measured in security_limits.test.mjs).
  * False when the budget is exhausted: the body is then dropped and the request gets 503. */
-static bool http_body_account(http_req *r)
-{
+static bool http_body_account(http_req *r) {
     http_server *s = r->srv;
     size_t now = r->body.alloc;
     if (now > r->accounted) {
@@ -321,8 +305,7 @@ static bool http_body_account(http_req *r)
     return true;
 }
 
-static void http_req_free(http_req *r)
-{
+static void http_req_free(http_req *r) {
     if (r->accounted) atomic_fetch_sub(&r->srv->buffered, r->accounted);
     if (r->resp) MHD_destroy_response(r->resp);
     if (r->sink_free) r->sink_free(r->sink_state);
@@ -336,8 +319,7 @@ static void http_req_free(http_req *r)
 }
 
 static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
-                           enum MHD_RequestTerminationCode toe)
-{
+                           enum MHD_RequestTerminationCode toe) {
     http_server *s = cls;
     http_req *r = *con_cls;
     (void)conn;
@@ -352,8 +334,7 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cl
     *con_cls = NULL;
 }
 
-static http_method http_method_of(const char *m)
-{
+static http_method http_method_of(const char *m) {
     if (strcmp(m, "GET") == 0) return HTTP_GET;
     if (strcmp(m, "HEAD") == 0) return HTTP_HEAD;
     if (strcmp(m, "POST") == 0) return HTTP_POST;
@@ -363,8 +344,7 @@ static http_method http_method_of(const char *m)
     return HTTP_OTHER;
 }
 
-static enum MHD_Result http_queue(http_req *r)
-{
+static enum MHD_Result http_queue(http_req *r) {
     if (!r->resp) http_reply_error(r, 500, "unknown_error", "no reply was produced");
     if (!r->resp) return MHD_NO;   /* out of memory: drop the connection */
     http_auth_reply_headers(r);
@@ -377,8 +357,7 @@ static enum MHD_Result http_queue(http_req *r)
 static void http_linger_413(http_req *r, int fd);
 
 /* Parses Content-Length; false when absent or not a number. */
-static bool http_content_length(http_req *r, uint64_t *out)
-{
+static bool http_content_length(http_req *r, uint64_t *out) {
     const char *cl = http_req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (!cl) return false;
     uint64_t v = 0;
@@ -398,8 +377,7 @@ static bool http_content_length(http_req *r, uint64_t *out)
  * written here, the sending side shut, and what the client keeps sending is read and dropped
  * for a bounded time before MHD closes the connection (MHD_NO on the next call). That takes
  * seconds, so it runs on a worker while the connection is suspended. */
-static void http_refuse_task(http_task *t)
-{
+static void http_refuse_task(http_task *t) {
     http_req *r = (http_req *)((char *)t - offsetof(http_req, task));
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -408,8 +386,7 @@ static void http_refuse_task(http_task *t)
     http_resume(r->srv, r->conn);
 }
 
-static enum MHD_Result http_refuse_oversize(http_req *r)
-{
+static enum MHD_Result http_refuse_oversize(http_req *r) {
     if (r->srv->cfg.tls_cert_pem) {   /* under TLS the socket is not ours to write */
         http_reply_error(r, 413, "too_large", "the request entity is too large");
         return http_queue(r);
@@ -419,8 +396,7 @@ static enum MHD_Result http_refuse_oversize(http_req *r)
     return MHD_YES;
 }
 
-static void http_linger_413(http_req *r, int fd)
-{
+static void http_linger_413(http_req *r, int fd) {
     static const char body[] =
         "{\"error\":\"too_large\",\"reason\":\"the request entity is too large\"}\n";
     char head[512];
@@ -460,8 +436,7 @@ static void http_linger_413(http_req *r, int fd)
  * right on the event thread: handing them to a worker and back costs two thread switches,
  * more than the read itself (GET at 16 connections on the busy machine: 3,400 req/s handed
  * over, against 11,000 with a thread per connection). Everything else goes to a worker. */
-static bool http_route_inline(const http_req *r)
-{
+static bool http_route_inline(const http_req *r) {
     if (r->method != HTTP_GET && r->method != HTTP_HEAD) return false;
     if (http_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION)) return false;   /* PBKDF2, slowdown */
     if (r->nseg >= 2 && http_seg_is(r, 1, "_changes")) return false;      /* filters run JS */
@@ -471,15 +446,13 @@ static bool http_route_inline(const http_req *r)
 
 /* Streamed uploads are authorized when their headers arrive; the route must not run the
  * check again (a second refreshed session cookie, a second password check). */
-static bool http_authorize_once(http_req *r)
-{
+static bool http_authorize_once(http_req *r) {
     if (!r->authorized) r->authorized = http_authorize(r);
     return r->authorized;
 }
 
 /* The route, on a worker: the connection is suspended until the reply is made. */
-static void http_route_task(http_task *t)
-{
+static void http_route_task(http_task *t) {
     http_req *r = (http_req *)((char *)t - offsetof(http_req, task));
     if (!http_cors_preflight(r) && http_authorize_once(r))
         http_route(r);
@@ -489,8 +462,7 @@ static void http_route_task(http_task *t)
 
 static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const char *url,
                                    const char *method, const char *version,
-                                   const char *upload, size_t *upload_size, void **con_cls)
-{
+                                   const char *upload, size_t *upload_size, void **con_cls) {
     http_server *s = cls;
     http_req *r = *con_cls;
     (void)url; (void)version;
@@ -584,8 +556,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
 }
 
 /* ---- the daemon ------------------------------------------------------------------------- */
-static void http_mhd_log(void *cls, const char *fmt, va_list ap)
-{
+static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     (void)cls;
     char line[512];
     vsnprintf(line, sizeof line, fmt, ap);
@@ -601,8 +572,7 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap)
 /* Each connection is a descriptor: the soft limit (often 1024) is raised toward the hard
  * one so that max_connections can be reached; when even the hard limit is lower, the cap is
  * lowered to fit and a line says so. */
-static void http_raise_fd_limit(http_server *s)
-{
+static void http_raise_fd_limit(http_server *s) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
     rlim_t want = (rlim_t)s->cfg.max_connections + s->cfg.max_connections / 8 + 512;
@@ -620,8 +590,7 @@ static void http_raise_fd_limit(http_server *s)
 }
 
 http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *errbuf,
-                               size_t errlen)
-{
+                               size_t errlen) {
     http_server *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(errbuf, errlen, "out of memory");
@@ -755,20 +724,17 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
     return s;
 }
 
-unsigned http_server_port(const http_server *s)
-{
+unsigned http_server_port(const http_server *s) {
     return s->port;
 }
 
-void http_server_quiesce(http_server *s)
-{
+void http_server_quiesce(http_server *s) {
     if (!s || atomic_exchange(&s->stopping, true)) return;
     s->listen_sock = MHD_quiesce_daemon(s->daemon);
     http_loop_fire_all(s);   /* waiting feeds end now */
 }
 
-void http_server_free(http_server *s)
-{
+void http_server_free(http_server *s) {
     if (!s) return;
     /* Stop accepting first; then give requests in flight (and feeds, which end as soon as
      * their waiters fire) up to 5 s to finish before connections are cut. A connection

@@ -219,8 +219,7 @@ void http_string_list_destroy(http_string_list *l) {
     memset(l, 0, sizeof *l);
 }
 
-bool http_list_has(const char *list, const char *s, size_t n)
-{
+bool http_list_has(const char *list, const char *s, size_t n) {
     const char *p = list;
     while (p && *p) {
         while (*p == ' ' || *p == ',') p++;

@@ -8,13 +8,11 @@
 #include "../common/err.h"
 #include "../json/json.h"
 
-static int qs_put_or(buf *b, const char *json, const char *dflt)
-{
+static int qs_put_or(buf *b, const char *json, const char *dflt) {
     return buf_puts(b, json ? json : dflt);
 }
 
-int qs_filter_req(buf *b, const qs_req_info *in)
-{
+int qs_filter_req(buf *b, const qs_req_info *in) {
     const char *db = in->db;
     int rc = buf_puts(b, "{\"info\":{\"db_name\":");
     rc |= json_put_cstr(b, db);
@@ -62,8 +60,7 @@ int qs_filter_req(buf *b, const qs_req_info *in)
 }
 
 int qs_filter_doc(qs_proc *q, const qs_filter_fn *fn, const char *doc, size_t doc_len,
-                  buf *line, buf *reply, bool *keep, mimeo_err *thrown, mimeo_err *err)
-{
+                  buf *line, buf *reply, bool *keep, mimeo_err *thrown, mimeo_err *err) {
     *keep = false;
     if (thrown) memset(thrown, 0, sizeof *thrown);
     buf_reset(line);

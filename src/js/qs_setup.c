@@ -8,8 +8,7 @@
 
 #include "qs.h"
 
-int qs_default_command(char *out, size_t cap)
-{
+int qs_default_command(char *out, size_t cap) {
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n <= 0) return MIMEO_EIO;

@@ -47,8 +47,7 @@ static struct {
     atomic_uint_fast64_t docs_read, docs_written, doc_write_failures;
 } repl_totals;
 
-void mimeo_replicator_stats_get(mimeo_replicator_stats *out)
-{
+void mimeo_replicator_stats_get(mimeo_replicator_stats *out) {
     out->docs_read = atomic_load(&repl_totals.docs_read);
     out->docs_written = atomic_load(&repl_totals.docs_written);
     out->doc_write_failures = atomic_load(&repl_totals.doc_write_failures);
@@ -64,29 +63,25 @@ struct repl_batch {
     repl_batch *onext;      /* feed order */
 };
 
-static void repl_batch_free(repl_batch *b)
-{
+static void repl_batch_free(repl_batch *b) {
     if (!b) return;
     buf_destroy(&b->diff);
     free(b->last_seq);
     free(b);
 }
 
-static void repl_set_str(char **slot, const char *s)
-{
+static void repl_set_str(char **slot, const char *s) {
     char *n = s ? strdup(s) : NULL;
     free(*slot);
     *slot = n;
 }
 
-static void repl_touch(repl_job *j)
-{
+static void repl_touch(repl_job *j) {
     atomic_store(&j->updated_on, (int_fast64_t)time(NULL));
 }
 
 /* Records the first failure; later ones are consequences of the first. */
-static void repl_fail(repl_job *j, const mimeo_err *e)
-{
+static void repl_fail(repl_job *j, const mimeo_err *e) {
     pthread_mutex_lock(&j->lock);
     if (!j->failed) {
         j->failed = true;
@@ -116,8 +111,7 @@ static const struct repl_counter {
 };
 
 /* Appends "name":value for every counter, comma-separated (no braces). */
-static int repl_put_counters(buf *b, repl_stats *st, bool history)
-{
+static int repl_put_counters(buf *b, repl_stats *st, bool history) {
     int rc = 0;
     size_t k = 0;
     for (size_t i = 0; i < sizeof repl_counters / sizeof repl_counters[0]; i++) {
@@ -131,15 +125,13 @@ static int repl_put_counters(buf *b, repl_stats *st, bool history)
     return rc;
 }
 
-static void repl_stats_reset(repl_stats *st)
-{
+static void repl_stats_reset(repl_stats *st) {
     for (size_t i = 0; i < sizeof repl_counters / sizeof repl_counters[0]; i++)
         atomic_store((atomic_uint_fast64_t *)((char *)st + repl_counters[i].offset), 0);
 }
 
 /* ---- jobs ------------------------------------------------------------------------------ */
-repl_job *repl_job_new(mimeo_env *env, repl_req *req)
-{
+repl_job *repl_job_new(mimeo_env *env, repl_req *req) {
     repl_job *j = calloc(1, sizeof *j);
     if (!j) return NULL;
     j->env = env;
@@ -157,8 +149,7 @@ repl_job *repl_job_new(mimeo_env *env, repl_req *req)
     return j;
 }
 
-static void repl_job_reset(repl_job *j)
-{
+static void repl_job_reset(repl_job *j) {
     repl_health_ok(&j->health, j->src);
     repl_health_ok(&j->health, j->tgt);
     repl_ep_free(j->src);
@@ -189,8 +180,7 @@ static void repl_job_reset(repl_job *j)
     repl_stats_reset(&j->stats);
 }
 
-void repl_job_free(repl_job *j)
-{
+void repl_job_free(repl_job *j) {
     if (!j) return;
     repl_job_reset(j);
     free(j->source_seq);
@@ -205,8 +195,7 @@ void repl_job_free(repl_job *j)
 
 /* ---- step 1: open the endpoints --------------------------------------------------------- */
 static int repl_open_ep(repl_job *j, const repl_ep_spec *s, bool create, repl_ep **out,
-                        mimeo_err *err)
-{
+                        mimeo_err *err) {
     if (s->local)
         return repl_ep_local_new(j->env, s->url, create, &j->cancel, out, err);
     int rc = repl_ep_http_new(s, &j->cancel, j->req.connect_ms, out, err);
@@ -228,8 +217,7 @@ static int repl_open_ep(repl_job *j, const repl_ep_spec *s, bool create, repl_ep
 }
 
 /* GET /{db}; keeps update_seq of the source as the first source_seq. */
-static int repl_check_db(repl_job *j, repl_ep *ep, bool is_source, mimeo_err *err)
-{
+static int repl_check_db(repl_job *j, repl_ep *ep, bool is_source, mimeo_err *err) {
     repl_resp r;
     repl_resp_init(&r);
     int rc = ep->ops->info(ep, &r, err);
@@ -268,8 +256,7 @@ out:
 }
 
 /* ---- step 3: agree on a start seq from the two checkpoint documents ---------------------- */
-static jval *repl_ckpt_get(repl_ep *ep, const char *id, char **rev)
-{
+static jval *repl_ckpt_get(repl_ep *ep, const char *id, char **rev) {
     repl_resp r;
     repl_resp_init(&r);
     mimeo_err e;
@@ -287,22 +274,19 @@ static jval *repl_ckpt_get(repl_ep *ep, const char *id, char **rev)
     return v;
 }
 
-static bool repl_same_str(const jval *a, const jval *b)
-{
+static bool repl_same_str(const jval *a, const jval *b) {
     return a && b && a->type == JV_STRING && b->type == JV_STRING && a->len == b->len &&
            memcmp(a->str, b->str, a->len) == 0;
 }
 
-static bool repl_has_session(const jval *hist, size_t from, const jval *sid)
-{
+static bool repl_has_session(const jval *hist, size_t from, const jval *sid) {
     for (size_t i = from; hist && i < hist->count; i++)
         if (repl_same_str(jval_get(hist->items[i], "session_id"), sid)) return true;
     return false;
 }
 
 /* Keeps entries [from, …) of hist as the base history that new checkpoints extend. */
-static void repl_keep_history(repl_job *j, const jval *hist, size_t from)
-{
+static void repl_keep_history(repl_job *j, const jval *hist, size_t from) {
     for (size_t i = from; hist && hist->type == JV_ARRAY && i < hist->count; i++) {
         if (j->base_history_n >= REPL_HISTORY_MAX - 1) break;
         if (j->base_history_n > 0) buf_putc(&j->base_history, ',');
@@ -311,8 +295,7 @@ static void repl_keep_history(repl_job *j, const jval *hist, size_t from)
     }
 }
 
-static char *repl_ckpt_compare(repl_job *j, const jval *src, const jval *tgt)
-{
+static char *repl_ckpt_compare(repl_job *j, const jval *src, const jval *tgt) {
     if (!src || !tgt) return NULL;
     const jval *ss = jval_get(src, "session_id"), *ts = jval_get(tgt, "session_id");
     const jval *sh = jval_get(src, "history"), *th = jval_get(tgt, "history");
@@ -338,8 +321,7 @@ static char *repl_ckpt_compare(repl_job *j, const jval *src, const jval *tgt)
 
 /* ---- step 7: checkpoints ----------------------------------------------------------------- */
 /* The history array's members: this session's entry, then the base history. */
-static int repl_put_history(repl_job *j, buf *b, const char *seq)
-{
+static int repl_put_history(repl_job *j, buf *b, const char *seq) {
     char now[40];
     repl_rfc1123(now, sizeof now);
     int rc = buf_puts(b, "[{\"session_id\":\"");
@@ -366,8 +348,7 @@ static int repl_put_history(repl_job *j, buf *b, const char *seq)
 }
 
 /* The members shared by the checkpoint document and the one-shot reply. */
-static int repl_put_log(repl_job *j, buf *b, const char *seq)
-{
+static int repl_put_log(repl_job *j, buf *b, const char *seq) {
     int rc = buf_puts(b, "\"session_id\":\"");
     rc |= buf_puts(b, j->session_id);
     rc |= buf_puts(b, "\",\"source_last_seq\":");
@@ -379,8 +360,7 @@ static int repl_put_log(repl_job *j, buf *b, const char *seq)
 
 /* PUT _local/{id} on one side, keeping the rev for the next write; on a conflict (someone
  * else wrote it) the current rev is read and the write tried once more. */
-static int repl_ckpt_put(repl_job *j, repl_ep *ep, char **rev, const char *seq)
-{
+static int repl_ckpt_put(repl_job *j, repl_ep *ep, char **rev, const char *seq) {
     int rc = MIMEO_EIO;
     for (int attempt = 0; attempt < 2; attempt++) {
         buf b;
@@ -421,8 +401,7 @@ static int repl_ckpt_put(repl_job *j, repl_ep *ep, char **rev, const char *seq)
     return rc;
 }
 
-static int repl_checkpoint(repl_job *j, const char *seq)
-{
+static int repl_checkpoint(repl_job *j, const char *seq) {
     repl_resp r;
     mimeo_err e;
     if (!j->src->local) {
@@ -452,8 +431,7 @@ static int repl_checkpoint(repl_job *j, const char *seq)
 
 /* Checkpoints when the interval has passed (or force) and the through seq moved. Only one
  * thread writes checkpoints at a time; the others skip rather than wait. */
-static void repl_maybe_checkpoint(repl_job *j, bool force)
-{
+static void repl_maybe_checkpoint(repl_job *j, bool force) {
     if (force) pthread_mutex_lock(&j->ckpt_lock);
     else if (pthread_mutex_trylock(&j->ckpt_lock) != 0) return;
     if (force || clock_ms() - j->last_ckpt_ms >= j->req.checkpoint_interval_ms) {
@@ -469,8 +447,7 @@ static void repl_maybe_checkpoint(repl_job *j, bool force)
 
 /* ---- step 6: the through seq ------------------------------------------------------------- */
 /* Under j->lock: retires finished batches from the head of the feed order. */
-static void repl_retire_locked(repl_job *j)
-{
+static void repl_retire_locked(repl_job *j) {
     while (j->order_head && j->order_head->done) {
         repl_batch *b = j->order_head;
         j->order_head = b->onext;
@@ -509,8 +486,7 @@ typedef struct repl_okx {
  * per byte of input at most, and the reply's size is capped. */
 #define OKX_MAX_DEPTH (1u << 30)
 
-static int okx_sep(repl_okx *x)
-{
+static int okx_sep(repl_okx *x) {
     if (x->after_key) {
         x->after_key = false;
         return 0;
@@ -519,43 +495,37 @@ static int okx_sep(repl_okx *x)
     return 0;
 }
 
-static int okx_scalar(repl_okx *x)
-{
+static int okx_scalar(repl_okx *x) {
     x->want = false;
     x->want_err = false;
     return x->cap ? okx_sep(x) : 0;
 }
 
-static int okx_null(void *ctx)
-{
+static int okx_null(void *ctx) {
     repl_okx *x = ctx;
     if (!x->cap) return okx_scalar(x);
     return okx_sep(x) || buf_put(&x->doc, "null", 4);
 }
 
-static int okx_bool(void *ctx, bool v)
-{
+static int okx_bool(void *ctx, bool v) {
     repl_okx *x = ctx;
     if (!x->cap) return okx_scalar(x);
     return okx_sep(x) || (v ? buf_put(&x->doc, "true", 4) : buf_put(&x->doc, "false", 5));
 }
 
-static int okx_number(void *ctx, const char *t, size_t n)
-{
+static int okx_number(void *ctx, const char *t, size_t n) {
     repl_okx *x = ctx;
     if (!x->cap) return okx_scalar(x);
     return okx_sep(x) || buf_put(&x->doc, t, n);
 }
 
-static int okx_string(void *ctx, const char *s, size_t n)
-{
+static int okx_string(void *ctx, const char *s, size_t n) {
     repl_okx *x = ctx;
     if (!x->cap) return okx_scalar(x);
     return okx_sep(x) || json_put_str(&x->doc, s, n);
 }
 
-static int okx_start(repl_okx *x, char open, bool is_map)
-{
+static int okx_start(repl_okx *x, char open, bool is_map) {
     if (x->depth + 2 > x->items_alloc) {
         size_t na = x->items_alloc ? x->items_alloc * 2 : 64;
         uint32_t *ni = realloc(x->items, na * sizeof *ni);
@@ -579,8 +549,7 @@ static int okx_start(repl_okx *x, char open, bool is_map)
     return 0;
 }
 
-static int okx_end(repl_okx *x, char close)
-{
+static int okx_end(repl_okx *x, char close) {
     if (x->cap) {
         if (json_putc(&x->doc, close)) return MIMEO_ENOMEM;
         if (x->depth == x->cap) {
@@ -596,28 +565,23 @@ static int okx_end(repl_okx *x, char close)
     return 0;
 }
 
-static int okx_start_map(void *ctx)
-{
+static int okx_start_map(void *ctx) {
     return okx_start(ctx, '{', true);
 }
 
-static int okx_end_map(void *ctx)
-{
+static int okx_end_map(void *ctx) {
     return okx_end(ctx, '}');
 }
 
-static int okx_start_array(void *ctx)
-{
+static int okx_start_array(void *ctx) {
     return okx_start(ctx, '[', false);
 }
 
-static int okx_end_array(void *ctx)
-{
+static int okx_end_array(void *ctx) {
     return okx_end(ctx, ']');
 }
 
-static int okx_key(void *ctx, const char *s, size_t n)
-{
+static int okx_key(void *ctx, const char *s, size_t n) {
     repl_okx *x = ctx;
     if (!x->cap) {
         x->want = n == 2 && s[0] == 'o' && s[1] == 'k';
@@ -638,8 +602,7 @@ static const json_handlers okx_handlers = {
 };
 
 int repl_reply_docs(const repl_resp *r, repl_doc_fn fn, void *ctx, size_t *unserved,
-                    mimeo_err *err)
-{
+                    mimeo_err *err) {
     repl_okx x;
     memset(&x, 0, sizeof x);
     x.fn = fn;
@@ -665,8 +628,7 @@ int repl_reply_docs(const repl_resp *r, repl_doc_fn fn, void *ctx, size_t *unser
     return rc;
 }
 
-int repl_reply_missing(const repl_resp *r, repl_missing_fn fn, void *ctx, mimeo_err *err)
-{
+int repl_reply_missing(const repl_resp *r, repl_missing_fn fn, void *ctx, mimeo_err *err) {
     jval *v = NULL;
     int rc = json_tree_parse(r->body.data, r->body.len, NULL, &v, err);
     if (rc) return rc;
@@ -718,8 +680,7 @@ int repl_reply_missing(const repl_resp *r, repl_missing_fn fn, void *ctx, mimeo_
 
 /* Grows two parallel arrays (elements of size sa and sb) to hold need; *alloc changes only
  * when both did, so a failure leaves them consistent. */
-static int repl_grow2(void **a, size_t sa, void **b, size_t sb, size_t *alloc, size_t need)
-{
+static int repl_grow2(void **a, size_t sa, void **b, size_t sb, size_t *alloc, size_t need) {
     if (need <= *alloc) return 0;
     size_t na = *alloc ? *alloc * 2 : 64;
     while (na < need) na *= 2;
@@ -734,8 +695,7 @@ static int repl_grow2(void **a, size_t sa, void **b, size_t sb, size_t *alloc, s
 }
 
 int repl_reply_changes(const repl_resp *r, repl_change_fn fn, void *ctx, repl_page *page,
-                       mimeo_err *err)
-{
+                       mimeo_err *err) {
     page->last_seq = NULL;
     page->pending = -1;
     page->rows = 0;
@@ -812,16 +772,14 @@ typedef struct repl_scratch {
 #define DOCS_PREFIX "{\"new_edits\":false,\"docs\":["
 
 /* Copies a string into s->text, recording its offset and length. */
-static int repl_text_put(repl_scratch *s, const char *p, size_t n)
-{
+static int repl_text_put(repl_scratch *s, const char *p, size_t n) {
     s->offs[s->noffs] = s->text.len;
     s->lens[s->noffs++] = n;
     return buf_put(&s->text, p, n) || buf_putc(&s->text, '\0') ? MIMEO_ENOMEM : 0;
 }
 
 /* Collects one _revs_diff entry: copies id and revs into s->text (the entry is borrowed). */
-static int repl_take_missing(void *ctx, const repl_want *w)
-{
+static int repl_take_missing(void *ctx, const repl_want *w) {
     repl_scratch *s = ctx;
     if (repl_grow2((void **)&s->wants, sizeof *s->wants, (void **)&s->want_at,
                    sizeof *s->want_at, &s->wants_alloc, s->nwants + 1) ||
@@ -843,8 +801,7 @@ static int repl_take_missing(void *ctx, const repl_want *w)
 }
 
 /* Turns the collected wants' offsets into pointers, once s->text no longer moves. */
-static int repl_wants_fix(repl_scratch *s)
-{
+static int repl_wants_fix(repl_scratch *s) {
     if (s->noffs == 0) return 0;
     const char **rp = realloc(s->revp, s->noffs * sizeof *rp);
     if (!rp) return MIMEO_ENOMEM;
@@ -862,8 +819,7 @@ static int repl_wants_fix(repl_scratch *s)
 }
 
 /* Step 5a, the answer: POST target/_revs_diff; the entries into s->wants. */
-static int repl_revs_diff(repl_job *j, const buf *diff, repl_scratch *s, mimeo_err *err)
-{
+static int repl_revs_diff(repl_job *j, const buf *diff, repl_scratch *s, mimeo_err *err) {
     s->nwants = 0;
     s->noffs = 0;
     buf_reset(&s->text);
@@ -882,8 +838,7 @@ static int repl_revs_diff(repl_job *j, const buf *diff, repl_scratch *s, mimeo_e
 }
 
 /* Starts (again) the _bulk_docs body the fetched documents are copied into. */
-static int repl_docs_begin(repl_scratch *s)
-{
+static int repl_docs_begin(repl_scratch *s) {
     s->count = 0;
     s->att.count = 0;
     buf_reset(&s->att.text);
@@ -892,8 +847,7 @@ static int repl_docs_begin(repl_scratch *s)
 }
 
 /* One fetched document into the _bulk_docs body (the writer's side of the endpoints). */
-static int repl_take_doc(void *ctx, const char *json, size_t len)
-{
+static int repl_take_doc(void *ctx, const char *json, size_t len) {
     repl_scratch *s = ctx;
     /* Revisions with attachments take their own path (repl_att.c); a body that merely
      * mentions the name goes there too, harmlessly. */
@@ -919,8 +873,7 @@ static int repl_take_doc(void *ctx, const char *json, size_t len)
 
 /* Step 5b with _bulk_get: the documents into s->docs. *fallback is set when they must be
  * fetched one by one instead (no _bulk_get, a revision not served, a reply over the cap). */
-static int repl_fetch_bulk(repl_job *j, repl_scratch *s, bool *fallback, mimeo_err *err)
-{
+static int repl_fetch_bulk(repl_job *j, repl_scratch *s, bool *fallback, mimeo_err *err) {
     size_t unserved = 0;
     int rc = j->src->ops->bulk_get(j->src, s->wants, s->nwants, repl_take_doc, s, &unserved,
                                    &s->resp, err);
@@ -952,8 +905,7 @@ static int repl_fetch_bulk(repl_job *j, repl_scratch *s, bool *fallback, mimeo_e
 }
 
 /* 0 when the source database still answers GET /{db} with 200; else the job's error. */
-static int repl_source_present(repl_job *j, mimeo_err *err)
-{
+static int repl_source_present(repl_job *j, mimeo_err *err) {
     repl_resp r;
     repl_resp_init(&r);
     int rc = j->src->ops->info(j->src, &r, err);
@@ -970,8 +922,7 @@ static int repl_source_present(repl_job *j, mimeo_err *err)
 }
 
 /* Step 5b without _bulk_get: one open_revs GET per document, all its missing revs at once. */
-static int repl_fetch_each(repl_job *j, repl_scratch *s, mimeo_err *err)
-{
+static int repl_fetch_each(repl_job *j, repl_scratch *s, mimeo_err *err) {
     for (size_t i = 0; i < s->nwants; i++) {
         int rc = j->src->ops->open_revs(j->src, &s->wants[i], repl_take_doc, s, &s->resp, err);
         if (rc) return rc;
@@ -993,8 +944,7 @@ static int repl_fetch_each(repl_job *j, repl_scratch *s, mimeo_err *err)
 
 /* Step 5c: POST target/_bulk_docs with documents [lo, hi) of the fetched spans; a refusal
  * of the whole request halves it. */
-static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_err *err)
-{
+static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_err *err) {
     const char *body;
     size_t len;
     if (lo == 0 && hi == s->count) {
@@ -1052,8 +1002,7 @@ static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_
 }
 
 /* One batch, steps 5a–5c: what the target lacks, fetched from the source, written. */
-static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *err)
-{
+static int repl_process(repl_job *j, repl_batch *b, repl_scratch *s, mimeo_err *err) {
     size_t nmissing = 0;
     int rc;
     if (b->nrevs == 0) return 0;
@@ -1081,8 +1030,7 @@ nomem:
     return MIMEO_ENOMEM;
 }
 
-static void *repl_worker(void *arg)
-{
+static void *repl_worker(void *arg) {
     repl_job *j = arg;
     repl_scratch s;
     memset(&s, 0, sizeof s);
@@ -1137,8 +1085,7 @@ static void *repl_worker(void *arg)
 /* ---- step 4: the reader ------------------------------------------------------------------ */
 /* Appends a batch to the feed order (and, when it has rows, to the work queue), waiting
  * while too many are in flight. False when the job stopped meanwhile (b is freed). */
-static bool repl_enqueue(repl_job *j, repl_batch *b, bool work)
-{
+static bool repl_enqueue(repl_job *j, repl_batch *b, bool work) {
     pthread_mutex_lock(&j->lock);
     while (j->inflight >= REPL_INFLIGHT && !j->failed && !atomic_load(&j->cancel))
         pthread_cond_wait(&j->cond, &j->lock);
@@ -1166,8 +1113,7 @@ static bool repl_enqueue(repl_job *j, repl_batch *b, bool work)
 }
 
 /* Step 4's rows, straight into the batch's step 5a question: {"id":["rev",…],…}. */
-static int repl_take_change(void *ctx, const repl_want *row)
-{
+static int repl_take_change(void *ctx, const repl_want *row) {
     repl_batch *b = ctx;
     if (row->nrevs == 0) return 0;
     int rc = buf_putc(&b->diff, b->nids++ ? ',' : '{');
@@ -1183,8 +1129,7 @@ static int repl_take_change(void *ctx, const repl_want *row)
 }
 
 /* A seq that is a plain integer (mimeo, PouchDB) as a number. */
-static bool repl_seq_num(const char *s, int64_t *out)
-{
+static bool repl_seq_num(const char *s, int64_t *out) {
     if (!s || *s < '0' || *s > '9') return false;
     int64_t v = 0;
     for (; *s >= '0' && *s <= '9'; s++) {
@@ -1195,8 +1140,7 @@ static bool repl_seq_num(const char *s, int64_t *out)
     return *s == 0;
 }
 
-static int repl_read(repl_job *j, mimeo_err *err)
-{
+static int repl_read(repl_job *j, mimeo_err *err) {
     char *since = strdup(j->start_seq ? j->start_seq : "0");
     if (!since) goto nomem;
     repl_resp r;
@@ -1284,8 +1228,7 @@ nomem:
 }
 
 /* ---- the whole run ---------------------------------------------------------------------- */
-static int repl_start(repl_job *j, mimeo_err *err)
-{
+static int repl_start(repl_job *j, mimeo_err *err) {
     int rc;
     unsigned char sid[16];
     random_bytes(sid, sizeof sid);
@@ -1323,8 +1266,7 @@ static int repl_start(repl_job *j, mimeo_err *err)
     return 0;
 }
 
-int repl_job_run(repl_job *j, char **result, size_t *result_len)
-{
+int repl_job_run(repl_job *j, char **result, size_t *result_len) {
     if (result) *result = NULL;
     repl_job_reset(j);
     mimeo_err err;
@@ -1408,8 +1350,7 @@ int repl_job_run(repl_job *j, char **result, size_t *result_len)
 }
 
 /* Stops a running job soon: requests in flight are aborted, waits end. */
-void repl_job_cancel(repl_job *j)
-{
+void repl_job_cancel(repl_job *j) {
     atomic_store(&j->stopping, true);
     atomic_store(&j->cancel, true);
     pthread_mutex_lock(&j->lock);
@@ -1417,8 +1358,7 @@ void repl_job_cancel(repl_job *j)
     pthread_mutex_unlock(&j->lock);
 }
 
-int repl_job_put_stats(repl_job *j, buf *b)
-{
+int repl_job_put_stats(repl_job *j, buf *b) {
     int rc = repl_put_counters(b, &j->stats, false);
     pthread_mutex_lock(&j->lock);
     rc |= buf_printf(b, ",\"checkpointed_source_seq\":%s,\"source_seq\":%s,\"through_seq\":%s",

@@ -40,8 +40,7 @@ typedef struct att_w {
 
 /* The generation of the newest revision of the document's ancestry (_revisions) that the
  * target has as a possible ancestor; 0 when none. */
-static uint64_t att_since_gen(const jval *doc, const repl_want *w)
-{
+static uint64_t att_since_gen(const jval *doc, const repl_want *w) {
     if (!w || w->nancs == 0) return 0;
     const jval *revs = jval_get(doc, "_revisions");
     const jval *ids = jval_get(revs, "ids");
@@ -61,8 +60,7 @@ static uint64_t att_since_gen(const jval *doc, const repl_want *w)
     return 0;
 }
 
-static const repl_want *att_want_of(const repl_want *wants, size_t n, const jval *id)
-{
+static const repl_want *att_want_of(const repl_want *wants, size_t n, const jval *id) {
     if (!id || id->type != JV_STRING) return NULL;
     for (size_t i = 0; i < n; i++)
         if (wants[i].id_len == id->len && memcmp(wants[i].id, id->str, id->len) == 0)
@@ -71,8 +69,7 @@ static const repl_want *att_want_of(const repl_want *wants, size_t n, const jval
 }
 
 /* Whether attachment entry a must travel with its data: not a stub, or set after since. */
-static bool att_needs_data(const jval *a, uint64_t since)
-{
+static bool att_needs_data(const jval *a, uint64_t since) {
     const jval *stub = jval_get(a, "stub");
     if (!stub || stub->type != JV_BOOL || !stub->boolean) return false; /* inline already */
     int64_t revpos;
@@ -81,8 +78,7 @@ static bool att_needs_data(const jval *a, uint64_t since)
 }
 
 /* Appends the base64 of spool bytes [off, off+len) as a JSON string. */
-static int att_put_b64(buf *b, FILE *spool, uint64_t off, uint64_t len)
-{
+static int att_put_b64(buf *b, FILE *spool, uint64_t off, uint64_t len) {
     unsigned char in[ATT_B64_CHUNK];
     char out[BASE64_ENCODE_RAW_LENGTH(ATT_B64_CHUNK)];
     int rc = buf_putc(b, '"');
@@ -100,8 +96,7 @@ static int att_put_b64(buf *b, FILE *spool, uint64_t off, uint64_t len)
 
 /* The revision doc as written: every member as it came, _attachments rewritten with the
  * entries in w->atts (by name, in order) as inline data (inline) or follows entries. */
-static int att_put_doc(att_w *w, const jval *doc, bool inline_data)
-{
+static int att_put_doc(att_w *w, const jval *doc, bool inline_data) {
     buf *b = &w->json;
     buf_reset(b);
     int rc = buf_putc(b, '{');
@@ -156,8 +151,7 @@ static int att_put_doc(att_w *w, const jval *doc, bool inline_data)
 static int att_flush(att_w *w, repl_docset *docs, mimeo_err *err);
 static int att_one(att_w *w, repl_docset *docs, size_t d, bool full, mimeo_err *err);
 
-static int att_bulk_add(att_w *w, size_t d)
-{
+static int att_bulk_add(att_w *w, size_t d) {
     if (ARRAY_GROW(w->bulk_doc, w->bulk_alloc, w->nbulk + 1)) return MIMEO_ENOMEM;
     int rc = buf_puts(&w->bulk, w->nbulk ? "," : "{\"new_edits\":false,\"docs\":[");
     if (!rc) rc = buf_put(&w->bulk, w->json.data, w->json.len);
@@ -165,8 +159,7 @@ static int att_bulk_add(att_w *w, size_t d)
     return rc;
 }
 
-static int att_flush(att_w *w, repl_docset *docs, mimeo_err *err)
-{
+static int att_flush(att_w *w, repl_docset *docs, mimeo_err *err) {
     if (w->nbulk == 0) return 0;
     repl_job *j = w->j;
     int rc = buf_puts(&w->bulk, "]}");
@@ -245,8 +238,7 @@ static int att_flush(att_w *w, repl_docset *docs, mimeo_err *err)
 /* One revision (document d of docs): its attachment data fetched and the revision queued
  * inline or written as multipart. full: every attachment with its data (after a
  * missing_stub). */
-static int att_one(att_w *w, repl_docset *docs, size_t d, bool full, mimeo_err *err)
-{
+static int att_one(att_w *w, repl_docset *docs, size_t d, bool full, mimeo_err *err) {
     repl_job *j = w->j;
     const jval *doc = w->trees[d];
     int rc = 0;
@@ -345,8 +337,7 @@ typedef struct att_present {
     buf    missing;   /* "id\nrev\n" per missing ancestor */
 } att_present;
 
-static int att_take_missing(void *ctx, const repl_want *mw)
-{
+static int att_take_missing(void *ctx, const repl_want *mw) {
     att_present *p = ctx;
     int rc = 0;
     for (size_t k = 0; !rc && k < mw->nrevs; k++) {
@@ -358,8 +349,7 @@ static int att_take_missing(void *ctx, const repl_want *mw)
     return rc;
 }
 
-static bool att_needs_any(const jval *doc)
-{
+static bool att_needs_any(const jval *doc) {
     const jval *atts = jval_get(doc, "_attachments");
     for (size_t i = 0; atts && atts->type == JV_OBJECT && i < atts->count; i++)
         if (att_needs_data(atts->items[i], 0)) return true;
@@ -367,8 +357,7 @@ static bool att_needs_any(const jval *doc)
 }
 
 /* Appends to b the ancestors ("N-h") of doc's revision, newest first, comma-separated. */
-static int att_put_ancestors(buf *b, const jval *doc, bool *any)
-{
+static int att_put_ancestors(buf *b, const jval *doc, bool *any) {
     const jval *revs = jval_get(doc, "_revisions");
     const jval *ids = jval_get(revs, "ids");
     int64_t start;
@@ -387,8 +376,7 @@ static int att_put_ancestors(buf *b, const jval *doc, bool *any)
     return rc;
 }
 
-static int att_ask_ancestors(att_w *w, repl_docset *docs, mimeo_err *err)
-{
+static int att_ask_ancestors(att_w *w, repl_docset *docs, mimeo_err *err) {
     repl_job *j = w->j;
     bool *asked = calloc(docs->count + 1, sizeof *asked);
     buf body;
@@ -482,8 +470,7 @@ typedef struct att_pre {
 } att_pre;
 
 /* The "N-h" of doc's ancestor at generation gen into out; false when it has none. */
-static bool att_rev_at(const jval *doc, uint64_t gen, char *out, size_t cap)
-{
+static bool att_rev_at(const jval *doc, uint64_t gen, char *out, size_t cap) {
     const jval *revs = jval_get(doc, "_revisions");
     const jval *ids = jval_get(revs, "ids");
     int64_t start;
@@ -497,8 +484,7 @@ static bool att_rev_at(const jval *doc, uint64_t gen, char *out, size_t cap)
 }
 
 /* Bytes of attachment data doc would carry inline (base64), from its stubs' lengths. */
-static uint64_t att_inline_size(const jval *doc, uint64_t since)
-{
+static uint64_t att_inline_size(const jval *doc, uint64_t since) {
     const jval *atts = jval_get(doc, "_attachments");
     uint64_t total = 0;
     for (size_t i = 0; atts && atts->type == JV_OBJECT && i < atts->count; i++) {
@@ -510,8 +496,7 @@ static uint64_t att_inline_size(const jval *doc, uint64_t since)
     return total;
 }
 
-static bool att_has_stub(const jval *doc)
-{
+static bool att_has_stub(const jval *doc) {
     const jval *atts = jval_get(doc, "_attachments");
     for (size_t i = 0; atts && atts->type == JV_OBJECT && i < atts->count; i++) {
         const jval *st = jval_get(atts->items[i], "stub");
@@ -520,15 +505,13 @@ static bool att_has_stub(const jval *doc)
     return false;
 }
 
-static bool att_same_str(const jval *a, const jval *b)
-{
+static bool att_same_str(const jval *a, const jval *b) {
     return a && b && a->type == JV_STRING && b->type == JV_STRING && a->len == b->len &&
            memcmp(a->str, b->str, a->len) == 0;
 }
 
 /* One document of the reply: queued inline when it is one asked for and carries the data. */
-static int att_pre_doc(void *ctx, const char *json, size_t len)
-{
+static int att_pre_doc(void *ctx, const char *json, size_t len) {
     att_pre *p = ctx;
     att_w *w = p->w;
     jval *got = NULL;
@@ -564,8 +547,7 @@ static int att_pre_doc(void *ctx, const char *json, size_t len)
     return 0;
 }
 
-static int att_pre_send(att_pre *p, buf *body)
-{
+static int att_pre_send(att_pre *p, buf *body) {
     att_w *w = p->w;
     repl_job *j = w->j;
     if (p->n == 0) return 0;
@@ -585,8 +567,7 @@ static int att_pre_send(att_pre *p, buf *body)
 
 /* Fetches the documents whose missing data is small with their data inline, in groups of a
  * few MiB, and queues them; done[d] marks the ones served. */
-static int att_prefetch(att_w *w, repl_docset *docs, bool *done, mimeo_err *err)
-{
+static int att_prefetch(att_w *w, repl_docset *docs, bool *done, mimeo_err *err) {
     repl_job *j = w->j;
     if (!j->src->ops->bulk_get_inline || atomic_load(&j->src->no_bulk_get)) return 0;
     att_pre p = { w, docs, calloc(docs->count + 1, sizeof(size_t)), 0, done, 0, err };
@@ -640,8 +621,7 @@ static int att_prefetch(att_w *w, repl_docset *docs, bool *done, mimeo_err *err)
 }
 
 int repl_att_write(repl_job *j, const repl_want *wants, size_t nwants, repl_docset *docs,
-                   mimeo_err *err)
-{
+                   mimeo_err *err) {
     if (docs->count == 0) return 0;
     att_w w;
     memset(&w, 0, sizeof w);

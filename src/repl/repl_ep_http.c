@@ -37,21 +37,18 @@ typedef struct ephttp_ep {
 
 static pthread_once_t repl_curl_once = PTHREAD_ONCE_INIT;
 
-static void repl_curl_init_once(void)
-{
+static void repl_curl_init_once(void) {
     curl_global_init(CURL_GLOBAL_ALL);
 }
 
-void repl_curl_init(void)
-{
+void repl_curl_init(void) {
     /* curl_global_init is not thread-safe; every thread that may make the first endpoint
      * passes through here. */
     pthread_once(&repl_curl_once, repl_curl_init_once);
 }
 
 /* ---- a pool of easy handles ----------------------------------------------------------- */
-static CURL *ephttp_take(ephttp_ep *h)
-{
+static CURL *ephttp_take(ephttp_ep *h) {
     CURL *c = NULL;
     pthread_mutex_lock(&h->lock);
     if (h->npool > 0) c = h->pool[--h->npool];
@@ -60,8 +57,7 @@ static CURL *ephttp_take(ephttp_ep *h)
     return c;
 }
 
-static void ephttp_give(ephttp_ep *h, CURL *c)
-{
+static void ephttp_give(ephttp_ep *h, CURL *c) {
     pthread_mutex_lock(&h->lock);
     if (h->npool < EPHTTP_POOL) {
         h->pool[h->npool++] = c;
@@ -76,8 +72,7 @@ typedef struct ephttp_sink {
     int  rc;     /* why the last write was refused: MIMEO_ETOOLARGE or MIMEO_ENOMEM */
 } ephttp_sink;
 
-static size_t ephttp_write_cb(char *p, size_t size, size_t n, void *ctx)
-{
+static size_t ephttp_write_cb(char *p, size_t size, size_t n, void *ctx) {
     ephttp_sink *k = ctx;
     size_t len = size * n;
     int rc = buf_put(k->body, p, len);
@@ -89,16 +84,14 @@ static size_t ephttp_write_cb(char *p, size_t size, size_t n, void *ctx)
 }
 
 static int ephttp_progress_cb(void *ctx, curl_off_t dt, curl_off_t dn, curl_off_t ut,
-                              curl_off_t un)
-{
+                              curl_off_t un) {
     (void)dt; (void)dn; (void)ut; (void)un;
     atomic_bool *cancel = ctx;
     return cancel && atomic_load(cancel) ? 1 : 0;
 }
 
 /* Sleeps ms, waking early (false) when the job is cancelled. */
-static bool ephttp_sleep(atomic_bool *cancel, unsigned ms)
-{
+static bool ephttp_sleep(atomic_bool *cancel, unsigned ms) {
     while (ms > 0) {
         if (cancel && atomic_load(cancel)) return false;
         unsigned step = ms < 50 ? ms : 50;
@@ -109,8 +102,7 @@ static bool ephttp_sleep(atomic_bool *cancel, unsigned ms)
     return !(cancel && atomic_load(cancel));
 }
 
-static unsigned ephttp_backoff_ms(unsigned attempt)
-{
+static unsigned ephttp_backoff_ms(unsigned attempt) {
     unsigned ms = EPHTTP_BACKOFF_FIRST_MS;
     for (unsigned i = 0; i < attempt && ms < EPHTTP_BACKOFF_MAX_MS; i++) ms *= 2;
     if (ms > EPHTTP_BACKOFF_MAX_MS) ms = EPHTTP_BACKOFF_MAX_MS;
@@ -148,8 +140,7 @@ typedef struct ephttp_stream {
     bool       io_failed; /* the spool or the sink failed */
 } ephttp_stream;
 
-static size_t ephttp_sink_cb(char *p, size_t size, size_t n, void *ctx)
-{
+static size_t ephttp_sink_cb(char *p, size_t size, size_t n, void *ctx) {
     ephttp_stream *st = ctx;
     size_t len = size * n;
     long status = 0;
@@ -169,8 +160,7 @@ static size_t ephttp_sink_cb(char *p, size_t size, size_t n, void *ctx)
     return len;
 }
 
-static size_t ephttp_source_cb(char *dst, size_t size, size_t n, void *ctx)
-{
+static size_t ephttp_source_cb(char *dst, size_t size, size_t n, void *ctx) {
     ephttp_stream *st = ctx;
     size_t cap = size * n, got = 0;
     while (got < cap && st->seg < st->x->nsegs) {
@@ -199,8 +189,7 @@ static size_t ephttp_source_cb(char *dst, size_t size, size_t n, void *ctx)
 }
 
 /* A copy of the endpoint's headers with Content-Type and Accept replaced as x says. */
-static struct curl_slist *ephttp_headers_for(ephttp_ep *h, const ephttp_xfer *x)
-{
+static struct curl_slist *ephttp_headers_for(ephttp_ep *h, const ephttp_xfer *x) {
     struct curl_slist *l = NULL, *n;
     char line[300];
     for (struct curl_slist *i = h->headers; i; i = i->next) {
@@ -233,8 +222,7 @@ static int ephttp_do_x(ephttp_ep *h, const char *method, const char *path, const
  * '?', or is empty). timeout_ms 0: no overall limit (a stalled transfer is still cut by
  * the low-speed limit). */
 static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const char *body,
-                     size_t len, long timeout_ms, repl_resp *out, mimeo_err *err)
-{
+                     size_t len, long timeout_ms, repl_resp *out, mimeo_err *err) {
     return ephttp_do_x(h, method, path, body, len, timeout_ms, NULL, out, err);
 }
 
@@ -242,8 +230,7 @@ static int ephttp_do(ephttp_ep *h, const char *method, const char *path, const c
  * time limit: its size, not a stall, decides how long it takes. */
 static int ephttp_do_x(ephttp_ep *h, const char *method, const char *path, const char *body,
                        size_t len, long timeout_ms, const ephttp_xfer *x, repl_resp *out,
-                       mimeo_err *err)
-{
+                       mimeo_err *err) {
     buf url;
     buf_init(&url, 0);
     if (buf_puts(&url, h->url) != 0 || buf_puts(&url, path) != 0) {
@@ -419,8 +406,7 @@ static int ephttp_do_x(ephttp_ep *h, const char *method, const char *path, const
 }
 
 /* ---- the ops --------------------------------------------------------------------------- */
-static int ephttp_info(repl_ep *ep, repl_resp *out, mimeo_err *err)
-{
+static int ephttp_info(repl_ep *ep, repl_resp *out, mimeo_err *err) {
     ephttp_ep *h = (ephttp_ep *)ep;
     int rc = ephttp_do(h, "GET", "/", NULL, 0, 0, out, err);
     /* A PouchDB database (pouchdb-server) says which PouchDB adapter it runs on. Its server
@@ -435,16 +421,14 @@ static int ephttp_info(repl_ep *ep, repl_resp *out, mimeo_err *err)
     return rc;
 }
 
-static int ephttp_create(repl_ep *ep, repl_resp *out, mimeo_err *err)
-{
+static int ephttp_create(repl_ep *ep, repl_resp *out, mimeo_err *err) {
     return ephttp_do((ephttp_ep *)ep, "PUT", "", NULL, 0, 0, out, err);
 }
 
 /* One _changes request; flt NULL: unfiltered (docs: with include_docs). */
 static int ephttp_changes_req(repl_ep *ep, const char *since, size_t since_len, size_t limit,
                               const char *doc_ids, unsigned wait_ms, const repl_filter *flt,
-                              bool docs, repl_resp *out, mimeo_err *err)
-{
+                              bool docs, repl_resp *out, mimeo_err *err) {
     buf p, body;
     buf_init(&p, 0);
     buf_init(&body, 0);
@@ -515,8 +499,7 @@ static int ephttp_changes_req(repl_ep *ep, const char *since, size_t since_len, 
  * without their docs, into *out. *kept: rows kept; *rows: rows read; *at_end: the peer says
  * nothing is left. */
 static int ephttp_select_page(const repl_resp *page, mimeo_selector *sel, buf *out,
-                              size_t *kept, size_t *rows, bool *at_end, char **last)
-{
+                              size_t *kept, size_t *rows, bool *at_end, char **last) {
     jval *v = NULL;
     if (json_tree_parse(page->body.data, page->body.len, NULL, &v, NULL) != 0) return MIMEO_EBADJSON;
     const jval *res = jval_get(v, "results");
@@ -577,8 +560,7 @@ static int ephttp_select_page(const repl_resp *page, mimeo_selector *sel, buf *o
 /* The page of the peer's feed (its own filter, or a selector applied here) into out. */
 static int ephttp_changes_page(repl_ep *ep, const char *since, size_t since_len, size_t limit,
                                const char *doc_ids, unsigned wait_ms, repl_resp *out,
-                               mimeo_err *err)
-{
+                               mimeo_err *err) {
     ephttp_ep *h = (ephttp_ep *)ep;
     const repl_filter *flt = ep->filter;
     if (!flt || !flt->selector || !atomic_load(&h->no_selector)) {
@@ -630,24 +612,21 @@ static int ephttp_changes_page(repl_ep *ep, const char *since, size_t since_len,
 
 static int ephttp_changes(repl_ep *ep, const char *since, size_t since_len, size_t limit,
                           const char *doc_ids, unsigned wait_ms, repl_change_fn fn, void *ctx,
-                          repl_page *page, repl_resp *out, mimeo_err *err)
-{
+                          repl_page *page, repl_resp *out, mimeo_err *err) {
     int rc = ephttp_changes_page(ep, since, since_len, limit, doc_ids, wait_ms, out, err);
     if (!rc && out->status == 200) rc = repl_reply_changes(out, fn, ctx, page, err);
     return rc;
 }
 
 static int ephttp_revs_diff(repl_ep *ep, const char *body, size_t len, repl_missing_fn fn,
-                            void *ctx, repl_resp *out, mimeo_err *err)
-{
+                            void *ctx, repl_resp *out, mimeo_err *err) {
     int rc = ephttp_do((ephttp_ep *)ep, "POST", "/_revs_diff", body, len, 0, out, err);
     if (!rc && out->status == 200) rc = repl_reply_missing(out, fn, ctx, err);
     return rc;
 }
 
 /* The revisions of w as a JSON array. */
-static int ephttp_revs_json(buf *b, const repl_want *w)
-{
+static int ephttp_revs_json(buf *b, const repl_want *w) {
     int rc = buf_putc(b, '[');
     for (size_t k = 0; !rc && k < w->nrevs; k++) {
         if (k) rc = buf_putc(b, ',');
@@ -657,8 +636,7 @@ static int ephttp_revs_json(buf *b, const repl_want *w)
 }
 
 static int ephttp_bulk_get(repl_ep *ep, const repl_want *want, size_t n, repl_doc_fn fn,
-                           void *ctx, size_t *unserved, repl_resp *out, mimeo_err *err)
-{
+                           void *ctx, size_t *unserved, repl_resp *out, mimeo_err *err) {
     /* {"docs":[{"id","rev"},…]} naming exactly the missing revisions */
     buf b;
     buf_init(&b, 0);
@@ -684,8 +662,7 @@ static int ephttp_bulk_get(repl_ep *ep, const repl_want *want, size_t n, repl_do
 }
 
 static int ephttp_open_revs(repl_ep *ep, const repl_want *want, repl_doc_fn fn, void *ctx,
-                            repl_resp *out, mimeo_err *err)
-{
+                            repl_resp *out, mimeo_err *err) {
     buf p, revs;
     buf_init(&p, 0);
     buf_init(&revs, 0);
@@ -703,25 +680,21 @@ static int ephttp_open_revs(repl_ep *ep, const repl_want *want, repl_doc_fn fn, 
 }
 
 static int ephttp_bulk_docs(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                            mimeo_err *err)
-{
+                            mimeo_err *err) {
     return ephttp_do((ephttp_ep *)ep, "POST", "/_bulk_docs", body, len, 0, out, err);
 }
 
-static int ephttp_full_commit(repl_ep *ep, repl_resp *out, mimeo_err *err)
-{
+static int ephttp_full_commit(repl_ep *ep, repl_resp *out, mimeo_err *err) {
     return ephttp_do((ephttp_ep *)ep, "POST", "/_ensure_full_commit", "", 0, 0, out, err);
 }
 
-static int ephttp_local_path(buf *p, const char *id)
-{
+static int ephttp_local_path(buf *p, const char *id) {
     int rc = buf_puts(p, "/_local/");
     if (!rc) rc = buf_put_pct(p, id, strlen(id));
     return rc;
 }
 
-static int ephttp_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_err *err)
-{
+static int ephttp_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_err *err) {
     buf p;
     buf_init(&p, 0);
     int rc = ephttp_local_path(&p, id);
@@ -732,8 +705,7 @@ static int ephttp_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_e
 }
 
 static int ephttp_local_put(repl_ep *ep, const char *id, const char *rev, const char *body,
-                            size_t len, repl_resp *out, mimeo_err *err)
-{
+                            size_t len, repl_resp *out, mimeo_err *err) {
     (void)rev;   /* travels as the body's _rev */
     buf p;
     buf_init(&p, 0);
@@ -746,8 +718,7 @@ static int ephttp_local_put(repl_ep *ep, const char *id, const char *rev, const 
 
 /* "/{id}" with the id escaped, but the "/" after _design or _local kept: CouchDB routes
  * /db/_design%2Fx as the document too, pouchdb-server does not. */
-static int ephttp_doc_path(buf *p, const char *id, size_t id_len)
-{
+static int ephttp_doc_path(buf *p, const char *id, size_t id_len) {
     int rc = buf_putc(p, '/');
     size_t skip = 0;
     if (id_len > 8 && memcmp(id, "_design/", 8) == 0) skip = 8;
@@ -759,8 +730,7 @@ static int ephttp_doc_path(buf *p, const char *id, size_t id_len)
 
 static int ephttp_att_get(repl_ep *ep, const char *id, size_t id_len, const char *name,
                           size_t name_len, const char *rev, FILE *sink, repl_resp *out,
-                          mimeo_err *err)
-{
+                          mimeo_err *err) {
     buf p;
     buf_init(&p, 0);
     int rc = ephttp_doc_path(&p, id, id_len);
@@ -788,8 +758,7 @@ static int ephttp_att_get(repl_ep *ep, const char *id, size_t id_len, const char
 }
 
 static int ephttp_bulk_get_inline(repl_ep *ep, const char *body, size_t len, repl_doc_fn fn,
-                                  void *ctx, size_t *unserved, repl_resp *out, mimeo_err *err)
-{
+                                  void *ctx, size_t *unserved, repl_resp *out, mimeo_err *err) {
     int rc = ephttp_do((ephttp_ep *)ep, "POST", "/_bulk_get?revs=true&attachments=true", body,
                        len, 0, out, err);
     if (!rc && out->status == 200) rc = repl_reply_docs(out, fn, ctx, unserved, err);
@@ -798,8 +767,7 @@ static int ephttp_bulk_get_inline(repl_ep *ep, const char *body, size_t len, rep
 
 static int ephttp_put_atts(repl_ep *ep, const char *id, size_t id_len, const char *json,
                            size_t len, const repl_att *atts, size_t n, FILE *spool,
-                           repl_resp *out, mimeo_err *err)
-{
+                           repl_resp *out, mimeo_err *err) {
     char bnd[33];
     multipart_boundary_new(bnd);
     buf p, ctype, heads;
@@ -850,8 +818,7 @@ static int ephttp_put_atts(repl_ep *ep, const char *id, size_t id_len, const cha
     return rc;
 }
 
-static void ephttp_free(repl_ep *ep)
-{
+static void ephttp_free(repl_ep *ep) {
     ephttp_ep *h = (ephttp_ep *)ep;
     for (size_t i = 0; i < h->npool; i++) curl_easy_cleanup(h->pool[i]);
     curl_slist_free_all(h->headers);
@@ -882,8 +849,7 @@ static const repl_ep_ops ephttp_ops = {
 };
 
 int repl_ep_http_new(const repl_ep_spec *spec, atomic_bool *cancel, unsigned connect_ms,
-                     repl_ep **out, mimeo_err *err)
-{
+                     repl_ep **out, mimeo_err *err) {
     repl_curl_init();
     ephttp_ep *h = calloc(1, sizeof *h);
     if (!h) goto nomem;

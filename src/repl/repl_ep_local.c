@@ -15,8 +15,7 @@ typedef struct local_ep {
 } local_ep;
 
 /* The reply for a failed call: the CouchDB status for the code and {"error","reason"}. */
-static void local_fail(repl_resp *out, int rc, const mimeo_err *e)
-{
+static void local_fail(repl_resp *out, int rc, const mimeo_err *e) {
     long st;
     switch (rc) {
     case MIMEO_ENOTFOUND: case MIMEO_EDELETED: st = 404; break;
@@ -40,24 +39,21 @@ static void local_fail(repl_resp *out, int rc, const mimeo_err *e)
 }
 
 /* The detail of a database deleted under a running call. */
-static void db_gone(mimeo_err *e)
-{
+static void db_gone(mimeo_err *e) {
     e->code = MIMEO_ENOTFOUND;
     snprintf(e->error, sizeof e->error, "not_found");
     snprintf(e->reason, sizeof e->reason, "Database does not exist.");
 }
 
 /* A fixed JSON reply with status st. */
-static void local_static(repl_resp *out, long st, const char *json)
-{
+static void local_static(repl_resp *out, long st, const char *json) {
     buf_reset(&out->body);
     buf_puts(&out->body, json);
     out->status = st;
 }
 
 /* Takes mimeo-allocated JSON into out->body with status st. */
-static int local_take(repl_resp *out, long st, char *json, size_t len)
-{
+static int local_take(repl_resp *out, long st, char *json, size_t len) {
     buf_reset(&out->body);
     int rc = buf_put(&out->body, json, len);
     mimeo_free(json);
@@ -65,8 +61,7 @@ static int local_take(repl_resp *out, long st, char *json, size_t len)
     return rc;
 }
 
-static int local_info(repl_ep *ep, repl_resp *out, mimeo_err *err)
-{
+static int local_info(repl_ep *ep, repl_resp *out, mimeo_err *err) {
     (void)err;
     local_ep *l = (local_ep *)ep;
     mimeo_db_info info;
@@ -87,8 +82,7 @@ static int local_info(repl_ep *ep, repl_resp *out, mimeo_err *err)
     return 0;
 }
 
-static int local_create(repl_ep *ep, repl_resp *out, mimeo_err *err)
-{
+static int local_create(repl_ep *ep, repl_resp *out, mimeo_err *err) {
     (void)err;
     (void)ep;
     /* The database was opened (created if asked) when the endpoint was made. */
@@ -99,8 +93,7 @@ static int local_create(repl_ep *ep, repl_resp *out, mimeo_err *err)
 /* Hands one cursor row to the replicator: its id and every leaf revision. revs and lens
  * grow to hold the leaves (*alloc entries). */
 static int local_change_row(const mimeo_row *row, repl_change_fn fn, void *ctx,
-                            const char ***revs, size_t **lens, size_t *alloc)
-{
+                            const char ***revs, size_t **lens, size_t *alloc) {
     if (row->leaf_count > *alloc) {
         size_t n = row->leaf_count < 8 ? 8 : row->leaf_count;
         const char **r = realloc(*revs, n * sizeof *r);
@@ -121,8 +114,7 @@ static int local_change_row(const mimeo_row *row, repl_change_fn fn, void *ctx,
 
 /* A seq as this database's number: the integer, or the leading digits of a string seq
  * ("12-g1AA…"), or 0. */
-static uint64_t local_seq(const char *s, size_t n)
-{
+static uint64_t local_seq(const char *s, size_t n) {
     size_t i = 0;
     if (i < n && s[i] == '"') i++;
     uint64_t v = 0;
@@ -132,8 +124,7 @@ static uint64_t local_seq(const char *s, size_t n)
 
 static int local_changes(repl_ep *ep, const char *since, size_t since_len, size_t limit,
                          const char *doc_ids, unsigned wait_ms, repl_change_fn fn, void *ctx,
-                         repl_page *page, repl_resp *out, mimeo_err *err)
-{
+                         repl_page *page, repl_resp *out, mimeo_err *err) {
     local_ep *l = (local_ep *)ep;
     mimeo_changes_opts o;
     memset(&o, 0, sizeof o);
@@ -254,8 +245,7 @@ static int local_changes(repl_ep *ep, const char *since, size_t since_len, size_
 
 /* Maps a cursor's failure onto the reply: a database deleted meanwhile is a 404 like any
  * other; out of memory is the op's own failure. */
-static int local_cursor_fail(repl_resp *out, int rc, mimeo_err *e, mimeo_err *err)
-{
+static int local_cursor_fail(repl_resp *out, int rc, mimeo_err *e, mimeo_err *err) {
     if (rc == MIMEO_ENOMEM) {
         err_set(err, rc, "error", "out of memory");
         return rc;
@@ -267,8 +257,7 @@ static int local_cursor_fail(repl_resp *out, int rc, mimeo_err *e, mimeo_err *er
 
 /* The rows of a revs_diff cursor carry the missing revisions as leaves. */
 static int local_revs_diff(repl_ep *ep, const char *body, size_t len, repl_missing_fn fn,
-                           void *ctx, repl_resp *out, mimeo_err *err)
-{
+                           void *ctx, repl_resp *out, mimeo_err *err) {
     mimeo_err e = {0};
     mimeo_cursor *cur = NULL;
     int rc = mimeo_revs_diff_open(((local_ep *)ep)->db, body, len, &cur, &e);
@@ -313,8 +302,7 @@ static int local_revs_diff(repl_ep *ep, const char *body, size_t len, repl_missi
 /* One open_revs cursor for want: its found revisions go to fn, the missing ones are
  * counted in *unserved. A document that does not exist at all is a 404. */
 static int local_fetch(local_ep *l, const repl_want *want, repl_doc_fn fn, void *ctx,
-                       size_t *unserved, repl_resp *out, mimeo_err *err)
-{
+                       size_t *unserved, repl_resp *out, mimeo_err *err) {
     /* The library takes the revision list as JSON, like the HTTP API it serves. */
     buf revs;
     buf_init(&revs, 0);
@@ -360,8 +348,7 @@ static int local_fetch(local_ep *l, const repl_want *want, repl_doc_fn fn, void 
 /* _bulk_get locally: each document's revisions through one open_revs cursor (one short
  * read each), handed over as the stored JSON without a reply to parse. */
 static int local_bulk_get(repl_ep *ep, const repl_want *want, size_t n, repl_doc_fn fn,
-                          void *ctx, size_t *unserved, repl_resp *out, mimeo_err *err)
-{
+                          void *ctx, size_t *unserved, repl_resp *out, mimeo_err *err) {
     local_ep *l = (local_ep *)ep;
     buf_reset(&out->body);
     for (size_t i = 0; i < n; i++) {
@@ -383,15 +370,13 @@ static int local_bulk_get(repl_ep *ep, const repl_want *want, size_t n, repl_doc
 }
 
 static int local_open_revs(repl_ep *ep, const repl_want *want, repl_doc_fn fn, void *ctx,
-                           repl_resp *out, mimeo_err *err)
-{
+                           repl_resp *out, mimeo_err *err) {
     buf_reset(&out->body);
     return local_fetch((local_ep *)ep, want, fn, ctx, NULL, out, err);
 }
 
 static int local_bulk_docs(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                           mimeo_err *err)
-{
+                           mimeo_err *err) {
     (void)err;
     char *json = NULL;
     size_t n = 0;
@@ -406,8 +391,7 @@ static int local_bulk_docs(repl_ep *ep, const char *body, size_t len, repl_resp 
     return 0;
 }
 
-static int local_full_commit(repl_ep *ep, repl_resp *out, mimeo_err *err)
-{
+static int local_full_commit(repl_ep *ep, repl_resp *out, mimeo_err *err) {
     (void)ep;
     (void)err;
     /* Every acknowledged local write is already durable. */
@@ -415,8 +399,7 @@ static int local_full_commit(repl_ep *ep, repl_resp *out, mimeo_err *err)
     return 0;
 }
 
-static int local_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_err *err)
-{
+static int local_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_err *err) {
     (void)err;
     char *json = NULL;
     size_t n = 0;
@@ -428,8 +411,7 @@ static int local_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_er
 }
 
 static int local_local_put(repl_ep *ep, const char *id, const char *rev, const char *body,
-                           size_t len, repl_resp *out, mimeo_err *err)
-{
+                           size_t len, repl_resp *out, mimeo_err *err) {
     (void)err;
     mimeo_put_result res;
     memset(&res, 0, sizeof res);
@@ -453,8 +435,7 @@ static int local_local_put(repl_ep *ep, const char *id, const char *rev, const c
 /* ---- attachments: straight between the blob store and the spool, no base64 ------------- */
 static int local_att_get(repl_ep *ep, const char *id, size_t id_len, const char *name,
                          size_t name_len, const char *rev, FILE *sink, repl_resp *out,
-                         mimeo_err *err)
-{
+                         mimeo_err *err) {
     local_ep *l = (local_ep *)ep;
     mimeo_att_reader *rd = NULL;
     mimeo_err e = {0};
@@ -486,8 +467,7 @@ static int local_att_get(repl_ep *ep, const char *id, size_t id_len, const char 
 
 static int local_put_atts(repl_ep *ep, const char *id, size_t id_len, const char *json,
                           size_t len, const repl_att *atts, size_t n, FILE *spool,
-                          repl_resp *out, mimeo_err *err)
-{
+                          repl_resp *out, mimeo_err *err) {
     local_ep *l = (local_ep *)ep;
     mimeo_att_blob *ab = calloc(n + 1, sizeof *ab);
     char *chunk = malloc(65536);
@@ -535,8 +515,7 @@ static int local_put_atts(repl_ep *ep, const char *id, size_t id_len, const char
     return rc;
 }
 
-static void local_free(repl_ep *ep)
-{
+static void local_free(repl_ep *ep) {
     local_ep *l = (local_ep *)ep;
     if (l->db) mimeo_db_close(l->db);
     free(l->base.display);
@@ -560,8 +539,7 @@ static const repl_ep_ops local_ops = {
 };
 
 int repl_ep_local_new(mimeo_env *env, const char *name, bool create, atomic_bool *cancel,
-                      repl_ep **out, mimeo_err *err)
-{
+                      repl_ep **out, mimeo_err *err) {
     if (!env) {
         err_set(err, MIMEO_EINVAL, "bad_request",
                      "'%s' is not a URL and there is no local data directory", name);
@@ -601,7 +579,6 @@ int repl_ep_local_new(mimeo_env *env, const char *name, bool create, atomic_bool
     return 0;
 }
 
-void repl_ep_free(repl_ep *ep)
-{
+void repl_ep_free(repl_ep *ep) {
     if (ep) ep->ops->free(ep);
 }

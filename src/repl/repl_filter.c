@@ -9,13 +9,11 @@
 #include "repl_int.h"
 #include "../js/qs.h"
 
-bool repl_filter_on(const repl_filter *f)
-{
+bool repl_filter_on(const repl_filter *f) {
     return f->selector || f->name;
 }
 
-int repl_filter_parse(const jval *v, repl_filter *f, mimeo_err *err)
-{
+int repl_filter_parse(const jval *v, repl_filter *f, mimeo_err *err) {
     const jval *sel = jval_get(v, "selector");
     const jval *filter = jval_get(v, "filter");
     const jval *qp = jval_get(v, "query_params");
@@ -80,8 +78,7 @@ nomem:
     return MIMEO_ENOMEM;
 }
 
-void repl_filter_destroy(repl_filter *f)
-{
+void repl_filter_destroy(repl_filter *f) {
     free(f->selector);
     free(f->name);
     free(f->query_params);
@@ -100,8 +97,7 @@ void repl_filter_destroy(repl_filter *f)
 /* ---- a local source --------------------------------------------------------------------- */
 /* The design document and the function's name, from "ddoc/name" (a filter) or
  * query_params.view (_view); then the pool and the req object. */
-static int repl_filter_load(repl_filter *f, mimeo_db *db, mimeo_err *err)
-{
+static int repl_filter_load(repl_filter *f, mimeo_db *db, mimeo_err *err) {
     const char *spec = f->name;
     jval *qp = NULL;
     if (f->query_params) json_tree_parse(f->query_params, strlen(f->query_params), NULL, &qp, NULL);
@@ -163,8 +159,7 @@ out:
     return rc;
 }
 
-static int repl_filter_js(repl_filter *f, bool *keep, mimeo_err *err)
-{
+static int repl_filter_js(repl_filter *f, bool *keep, mimeo_err *err) {
     bool view = strcmp(f->name, "_view") == 0;
     qs_proc *q = NULL;
     int rc = qs_acquire(f->pool, &q, err);
@@ -184,14 +179,12 @@ static int repl_filter_js(repl_filter *f, bool *keep, mimeo_err *err)
     return rc;
 }
 
-bool repl_filter_needs_body(const repl_filter *f)
-{
+bool repl_filter_needs_body(const repl_filter *f) {
     return f->selector || (f->name && strcmp(f->name, "_design") != 0);
 }
 
 int repl_filter_row(repl_filter *f, mimeo_db *db, const mimeo_row *row, bool *keep,
-                    mimeo_err *err)
-{
+                    mimeo_err *err) {
     *keep = false;
     if (f->name && strcmp(f->name, "_design") == 0) {
         *keep = row->id_len >= 8 && memcmp(row->id, "_design/", 8) == 0;

@@ -76,8 +76,7 @@ static repl_reg repl_reg_none = {
 };
 static const char repl_reg_key = 0;   /* its address names the state in mimeo_env_state */
 
-static void *repl_reg_make(mimeo_env *env)
-{
+static void *repl_reg_make(mimeo_env *env) {
     repl_reg *g = calloc(1, sizeof *g);
     if (!g) return NULL;
     g->env = env;
@@ -89,8 +88,7 @@ static void *repl_reg_make(mimeo_env *env)
 
 static void repl_reg_stop(repl_reg *g, bool forever);
 
-static void repl_reg_destroy(void *p)
-{
+static void repl_reg_destroy(void *p) {
     repl_reg *g = p;
     repl_reg_stop(g, true);   /* a caller that skipped mimeo_replicator_stop */
     pthread_mutex_destroy(&g->lock);
@@ -99,8 +97,7 @@ static void repl_reg_destroy(void *p)
 }
 
 /* The registry of env (made on first use); NULL only when out of memory. */
-repl_reg *repl_reg_of(mimeo_env *env)
-{
+repl_reg *repl_reg_of(mimeo_env *env) {
     if (!env) return &repl_reg_none;
     return mimeo_env_state(env, &repl_reg_key, repl_reg_make, repl_reg_destroy);
 }
@@ -109,16 +106,14 @@ static const char *const repl_state_names[] = {
     "initializing", "running", "pending", "crashing", "completed", "failed"
 };
 
-static void repl_iso8601(int64_t t, char *out, size_t n)
-{
+static void repl_iso8601(int64_t t, char *out, size_t n) {
     time_t tt = (time_t)t;
     struct tm tm;
     gmtime_r(&tt, &tm);
     if (strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0 && n) out[0] = 0;
 }
 
-static unsigned repl_status_for(const mimeo_err *e)
-{
+static unsigned repl_status_for(const mimeo_err *e) {
     if (strcmp(e->error, "bad_request") == 0 || e->code == MIMEO_EBADJSON) return 400;
     if (strcmp(e->error, "not_found") == 0) return 404;
     if (strcmp(e->error, "unauthorized") == 0) return 401;
@@ -128,8 +123,7 @@ static unsigned repl_status_for(const mimeo_err *e)
 }
 
 /* ---- the registry ----------------------------------------------------------------------- */
-static repl_entry *repl_entry_new(repl_reg *g, repl_job *job, const char *id)
-{
+static repl_entry *repl_entry_new(repl_reg *g, repl_job *job, const char *id) {
     repl_entry *e = calloc(1, sizeof *e);
     if (!e) return NULL;
     e->reg = g;
@@ -146,8 +140,7 @@ static repl_entry *repl_entry_new(repl_reg *g, repl_job *job, const char *id)
     return e;
 }
 
-static void repl_entry_free(repl_entry *e)
-{
+static void repl_entry_free(repl_entry *e) {
     if (!e) return;
     repl_job_free(e->job);
     free(e->doc_id);
@@ -159,22 +152,19 @@ static void repl_entry_free(repl_entry *e)
 }
 
 /* The finders and repl_unlink run under g->lock. */
-static repl_entry *repl_find(repl_reg *g, const char *id)
-{
+static repl_entry *repl_find(repl_reg *g, const char *id) {
     for (repl_entry *e = g->entries; e; e = e->next)
         if (e->job && strcmp(e->id, id) == 0) return e;
     return NULL;
 }
 
-static repl_entry *repl_find_doc(repl_reg *g, const char *doc_id)
-{
+static repl_entry *repl_find_doc(repl_reg *g, const char *doc_id) {
     for (repl_entry *e = g->entries; e; e = e->next)
         if (e->doc_id && strcmp(e->doc_id, doc_id) == 0) return e;
     return NULL;
 }
 
-static void repl_unlink(repl_reg *g, repl_entry *e)
-{
+static void repl_unlink(repl_reg *g, repl_entry *e) {
     for (repl_entry **p = &g->entries; *p; p = &(*p)->next)
         if (*p == e) {
             *p = e->next;
@@ -182,15 +172,13 @@ static void repl_unlink(repl_reg *g, repl_entry *e)
         }
 }
 
-static void repl_link(repl_reg *g, repl_entry *e)
-{
+static void repl_link(repl_reg *g, repl_entry *e) {
     e->next = g->entries;
     g->entries = e;
 }
 
 /* Keeps the job's counters in the entry once the job is gone. */
-static void repl_keep_stats(repl_entry *e)
-{
+static void repl_keep_stats(repl_entry *e) {
     if (!e->job) return;
     buf b;
     buf_init(&b, 0);
@@ -205,8 +193,7 @@ static void repl_keep_stats(repl_entry *e)
 
 /* ---- writing state back into _replicator documents --------------------------------------- */
 static void repl_doc_write_state(mimeo_env *env, const char *doc_id, const char *state,
-                                 const char *reason, const char *stats)
-{
+                                 const char *reason, const char *stats) {
     mimeo_db *db = NULL;
     if (mimeo_db_open(env, REPL_DB, &db, NULL) != 0) return;
     for (int attempt = 0; attempt < 3; attempt++) {
@@ -259,8 +246,7 @@ static void repl_doc_write_state(mimeo_env *env, const char *doc_id, const char 
 }
 
 /* ---- threads of continuous and _replicator jobs ------------------------------------------- */
-static bool repl_backoff_sleep(repl_job *j, unsigned ms)
-{
+static bool repl_backoff_sleep(repl_job *j, unsigned ms) {
     uint64_t end = clock_ms() + ms;
     while (clock_ms() < end) {
         if (atomic_load(&j->stopping)) return false;
@@ -278,21 +264,18 @@ static bool repl_backoff_sleep(repl_job *j, unsigned ms)
 #define REPL_MAX_CHURN    20
 #define REPL_MAX_PENDING  2000
 
-static unsigned repl_max_jobs(repl_reg *g)
-{
+static unsigned repl_max_jobs(repl_reg *g) {
     unsigned m = atomic_load(&g->max_jobs);
     return m ? m : REPL_MAX_JOBS;
 }
 
-static unsigned repl_interval(repl_reg *g)
-{
+static unsigned repl_interval(repl_reg *g) {
     unsigned m = atomic_load(&g->interval_ms);
     return m ? m : REPL_INTERVAL_MS;
 }
 
 /* Under g->lock: whether e is first in the pending queue. */
-static bool repl_queue_head(repl_reg *g, const repl_entry *e)
-{
+static bool repl_queue_head(repl_reg *g, const repl_entry *e) {
     for (const repl_entry *x = g->entries; x; x = x->next)
         if (x->ticket && x->ticket < e->ticket) return false;
     return true;
@@ -301,8 +284,7 @@ static bool repl_queue_head(repl_reg *g, const repl_entry *e)
 /* Under g->lock, by the head of the queue: once per interval, asks up to REPL_MAX_CHURN
  * continuous jobs that have run a whole interval, longest first, to make way. They write a
  * checkpoint, stop, and queue again behind the ones waiting. */
-static void repl_turn(repl_reg *g)
-{
+static void repl_turn(repl_reg *g) {
     uint64_t now = clock_ms(), iv = repl_interval(g);
     if (now - g->last_turn_ms < iv) return;
     g->last_turn_ms = now;
@@ -321,8 +303,7 @@ static void repl_turn(repl_reg *g)
 }
 
 /* Waits, pending, for a slot; false when e is stopped for good meanwhile. */
-static bool repl_slot_take(repl_entry *e)
-{
+static bool repl_slot_take(repl_entry *e) {
     repl_reg *g = e->reg;
     pthread_mutex_lock(&g->lock);
     e->ticket = ++g->next_ticket;
@@ -353,8 +334,7 @@ static bool repl_slot_take(repl_entry *e)
     return got;
 }
 
-static void repl_slot_give(repl_entry *e)
-{
+static void repl_slot_give(repl_entry *e) {
     repl_reg *g = e->reg;
     pthread_mutex_lock(&g->lock);
     if (e->active) {
@@ -367,8 +347,7 @@ static void repl_slot_give(repl_entry *e)
 
 /* After the job stopped: true when it stopped to make way (not for good), with the job
  * made runnable again and its slot given back. */
-static bool repl_made_way(repl_entry *e)
-{
+static bool repl_made_way(repl_entry *e) {
     repl_reg *g = e->reg;
     pthread_mutex_lock(&g->lock);
     bool yielded = e->yield && !e->quit;
@@ -384,8 +363,7 @@ static bool repl_made_way(repl_entry *e)
     return yielded;
 }
 
-static void *repl_entry_thread(void *arg)
-{
+static void *repl_entry_thread(void *arg) {
     repl_entry *e = arg;
     repl_reg *g = e->reg;
     repl_job *j = e->job;
@@ -451,8 +429,7 @@ static void *repl_entry_thread(void *arg)
 
 /* Under g->lock: starts e's thread (which runs the job once a slot is free) and links it.
  * MIMEO_ETOOLARGE when max_jobs run and REPL_MAX_PENDING wait already. */
-static int repl_entry_start(repl_reg *g, repl_entry *e)
-{
+static int repl_entry_start(repl_reg *g, repl_entry *e) {
     unsigned live = 0;
     for (repl_entry *x = g->entries; x; x = x->next) {
         int st = atomic_load(&x->state);
@@ -471,8 +448,7 @@ static int repl_entry_start(repl_reg *g, repl_entry *e)
 
 /* Stops e's job (or its wait for a slot) and waits for its thread. Call without g->lock;
  * e must be unlinked already (or about to be freed by the caller). */
-static void repl_entry_stop(repl_entry *e)
-{
+static void repl_entry_stop(repl_entry *e) {
     repl_reg *g = e->reg;
     pthread_mutex_lock(&g->lock);
     e->quit = true;
@@ -483,8 +459,7 @@ static void repl_entry_stop(repl_entry *e)
     e->threaded = false;
 }
 
-int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *opts)
-{
+int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *opts) {
     repl_reg *g = repl_reg_of(env);
     if (!g) return MIMEO_ENOMEM;
     atomic_store(&g->max_response, opts ? opts->max_response_size : 0);
@@ -507,8 +482,7 @@ int mimeo_replicator_configure(mimeo_env *env, const mimeo_replicator_options *o
  * through bulk writes, and embedders call mimeo_replicate directly — this is the one check
  * every job passes. 0 with req filled, or an error with nothing to free. */
 static int repl_reg_parse(repl_reg *g, const char *json, size_t len, repl_req *req,
-                          mimeo_err *err)
-{
+                          mimeo_err *err) {
     int rc = repl_req_parse(json, len, req, err);
     if (rc) return rc;
     if (req->cancel) return 0;
@@ -524,8 +498,7 @@ static int repl_reg_parse(repl_reg *g, const char *json, size_t len, repl_req *r
 }
 
 /* A job of g for req (taken); the registry's settings fill what req leaves open. */
-static repl_job *repl_reg_job_new(repl_reg *g, repl_req *req)
-{
+static repl_job *repl_reg_job_new(repl_reg *g, repl_req *req) {
     if (!req->max_response) req->max_response = atomic_load(&g->max_response);
     pthread_mutex_lock(&g->lock);
     bool nomem = false;
@@ -539,8 +512,7 @@ static repl_job *repl_reg_job_new(repl_reg *g, repl_req *req)
 }
 
 /* ---- mimeo_replicate ---------------------------------------------------------------------- */
-static int repl_reply_id(const char *id, char **out, size_t *out_len)
-{
+static int repl_reply_id(const char *id, char **out, size_t *out_len) {
     buf b;
     buf_init(&b, 0);
     int rc = buf_puts(&b, "{\"ok\":true,\"_local_id\":");
@@ -555,8 +527,7 @@ static int repl_reply_id(const char *id, char **out, size_t *out_len)
 }
 
 static int repl_cancel(repl_reg *g, repl_req *req, char **out, size_t *out_len,
-                       unsigned *status, mimeo_err *err)
-{
+                       unsigned *status, mimeo_err *err) {
     char id[48];
     if (req->replication_id) {
         snprintf(id, sizeof id, "%s", req->replication_id);
@@ -595,8 +566,7 @@ static int repl_cancel(repl_reg *g, repl_req *req, char **out, size_t *out_len,
 }
 
 int mimeo_replicate(mimeo_env *env, const char *json, size_t len, char **json_out,
-                    size_t *out_len, unsigned *status, mimeo_err *err)
-{
+                    size_t *out_len, unsigned *status, mimeo_err *err) {
     size_t dummy_len;
     if (!out_len) out_len = &dummy_len;
     *json_out = NULL;
@@ -713,8 +683,7 @@ typedef struct repl_rows {
     size_t    n, alloc;
 } repl_rows;
 
-static int repl_row_cb(void *ctx, const char *json, size_t len)
-{
+static int repl_row_cb(void *ctx, const char *json, size_t len) {
     repl_rows *rs = ctx;
     jval *v = NULL;
     if (json_tree_parse(json, len, NULL, &v, NULL) != 0) return 0;
@@ -742,8 +711,7 @@ static int repl_row_cb(void *ctx, const char *json, size_t len)
 }
 
 /* The members of a _replicator doc that define its job (not _id, _rev, _replication_*). */
-static char *repl_doc_spec(const jval *doc)
-{
+static char *repl_doc_spec(const jval *doc) {
     buf b;
     buf_init(&b, 0);
     buf_putc(&b, '{');
@@ -760,8 +728,7 @@ static char *repl_doc_spec(const jval *doc)
     return buf_detach(&b, &n);
 }
 
-static void repl_doc_changed(repl_reg *g, const repl_row *row)
-{
+static void repl_doc_changed(repl_reg *g, const repl_row *row) {
     mimeo_env *env = g->env;
     if (!row->id || strncmp(row->id, "_design/", 8) == 0) return;
     jval *doc = NULL;
@@ -883,8 +850,7 @@ out:
     jval_free(doc);
 }
 
-static void *repl_mgr_thread(void *arg)
-{
+static void *repl_mgr_thread(void *arg) {
     repl_reg *g = arg;
     mimeo_db *db = NULL;
     uint64_t since = 0;
@@ -922,8 +888,7 @@ static void *repl_mgr_thread(void *arg)
     return NULL;
 }
 
-int mimeo_replicator_start(mimeo_env *env, mimeo_err *err)
-{
+int mimeo_replicator_start(mimeo_env *env, mimeo_err *err) {
     repl_curl_init();
     repl_reg *g = repl_reg_of(env);
     if (!g) return MIMEO_ENOMEM;
@@ -950,8 +915,7 @@ int mimeo_replicator_start(mimeo_env *env, mimeo_err *err)
 }
 
 /* Stops the manager and every job of g; forever: refuse new jobs from now on. */
-static void repl_reg_stop(repl_reg *g, bool forever)
-{
+static void repl_reg_stop(repl_reg *g, bool forever) {
     pthread_mutex_lock(&g->lock);
     if (forever) g->stopped = true;
     atomic_store(&g->mgr_stop, true);
@@ -987,8 +951,7 @@ static void repl_reg_stop(repl_reg *g, bool forever)
     }
 }
 
-void mimeo_replicator_stop(mimeo_env *env)
-{
+void mimeo_replicator_stop(mimeo_env *env) {
     repl_reg *g = repl_reg_of(env);
     /* The mark outlives the manager: requests still in flight on open connections must not
      * start jobs on an environment about to close. Jobs between two URLs have no such
@@ -997,24 +960,21 @@ void mimeo_replicator_stop(mimeo_env *env)
 }
 
 /* ---- monitoring ---------------------------------------------------------------------------- */
-static void repl_put_nstr(buf *b, const char *s)
-{
+static void repl_put_nstr(buf *b, const char *s) {
     if (s) json_put_cstr(b, s);
     else buf_puts(b, "null");
 }
 
 /* "tls_verify":false, when a remote end of j does not check certificates ("verify": false),
  * so whoever reads the status sees that the job trusts anything. */
-static void repl_put_tls(buf *b, const repl_job *j)
-{
+static void repl_put_tls(buf *b, const repl_job *j) {
     if (!j) return;
     const repl_ep_spec *s = &j->req.source, *t = &j->req.target;
     if ((!s->local && s->no_verify) || (!t->local && t->no_verify))
         buf_puts(b, "\"tls_verify\":false,");
 }
 
-static void repl_put_stats(buf *b, repl_entry *e)
-{
+static void repl_put_stats(buf *b, repl_entry *e) {
     int st = atomic_load(&e->state);
     bool ended = st == REPL_ST_COMPLETED || st == REPL_ST_FAILED;
     if (e->job && (!ended || !e->final_stats))
@@ -1028,8 +988,7 @@ static void repl_put_stats(buf *b, repl_entry *e)
 /* The state the listings show, and its error (into error, n bytes; "" when none). A job
  * whose peer has kept failing for REPL_UNHEALTHY_MS is crashing, as CouchDB's would be by
  * then, even while its own retries go on. Under g->lock. */
-static int repl_shown_state(repl_entry *e, char *error, size_t n)
-{
+static int repl_shown_state(repl_entry *e, char *error, size_t n) {
     int st = atomic_load(&e->state);
     error[0] = '\0';
     if ((st == REPL_ST_RUNNING || st == REPL_ST_INITIALIZING) && e->job &&
@@ -1045,8 +1004,7 @@ typedef bool (*repl_want_fn)(repl_entry *e, const void *arg);
 typedef void (*repl_put_fn)(buf *b, repl_entry *e);
 
 static int repl_list(mimeo_env *env, const char *member, repl_want_fn want, const void *arg,
-                     repl_put_fn put, char **json_out, size_t *out_len, size_t *count)
-{
+                     repl_put_fn put, char **json_out, size_t *out_len, size_t *count) {
     repl_reg *g = repl_reg_of(env);
     if (!g) return MIMEO_ENOMEM;
     buf items;
@@ -1076,15 +1034,13 @@ static int repl_list(mimeo_env *env, const char *member, repl_want_fn want, cons
 }
 
 /* ---- GET /_active_tasks ---- */
-static bool repl_want_task(repl_entry *e, const void *arg)
-{
+static bool repl_want_task(repl_entry *e, const void *arg) {
     (void)arg;
     int st = atomic_load(&e->state);
     return e->job && (st == REPL_ST_RUNNING || st == REPL_ST_INITIALIZING);
 }
 
-static void repl_put_task(buf *b, repl_entry *e)
-{
+static void repl_put_task(buf *b, repl_entry *e) {
     buf_puts(b, "{\"type\":\"replication\",\"replication_id\":");
     json_put_cstr(b, e->id);
     buf_puts(b, ",\"doc_id\":");
@@ -1104,21 +1060,18 @@ static void repl_put_task(buf *b, repl_entry *e)
                atomic_load(&e->job->caught_up) ? "waiting" : "running");
 }
 
-int mimeo_active_tasks(mimeo_env *env, char **json_out, size_t *out_len)
-{
+int mimeo_active_tasks(mimeo_env *env, char **json_out, size_t *out_len) {
     return repl_list(env, NULL, repl_want_task, NULL, repl_put_task, json_out, out_len, NULL);
 }
 
 /* ---- GET /_scheduler/jobs ---- */
-static bool repl_want_job(repl_entry *e, const void *arg)
-{
+static bool repl_want_job(repl_entry *e, const void *arg) {
     (void)arg;
     int st = atomic_load(&e->state);
     return e->job && st != REPL_ST_COMPLETED && st != REPL_ST_FAILED;
 }
 
-static void repl_put_job(buf *b, repl_entry *e)
-{
+static void repl_put_job(buf *b, repl_entry *e) {
     char start[32], upd[32], error[sizeof e->last_error];
     int st = repl_shown_state(e, error, sizeof error);
     repl_iso8601(e->start_time, start, sizeof start);
@@ -1155,20 +1108,17 @@ static void repl_put_job(buf *b, repl_entry *e)
     buf_puts(b, "}}");
 }
 
-int mimeo_scheduler_jobs(mimeo_env *env, char **json_out, size_t *out_len)
-{
+int mimeo_scheduler_jobs(mimeo_env *env, char **json_out, size_t *out_len) {
     return repl_list(env, "jobs", repl_want_job, NULL, repl_put_job, json_out, out_len, NULL);
 }
 
 /* ---- GET /_scheduler/docs ---- */
-static bool repl_want_doc(repl_entry *e, const void *arg)
-{
+static bool repl_want_doc(repl_entry *e, const void *arg) {
     const char *docid = arg;
     return e->doc_id && (!docid || strcmp(docid, e->doc_id) == 0);
 }
 
-static void repl_put_doc(buf *b, repl_entry *e)
-{
+static void repl_put_doc(buf *b, repl_entry *e) {
     char start[32], upd[32], error[sizeof e->last_error];
     int st = repl_shown_state(e, error, sizeof error);
     repl_iso8601(e->start_time, start, sizeof start);
@@ -1198,8 +1148,7 @@ static void repl_put_doc(buf *b, repl_entry *e)
 }
 
 int mimeo_scheduler_docs(mimeo_env *env, const char *docid, char **json_out,
-                         size_t *out_len, mimeo_err *err)
-{
+                         size_t *out_len, mimeo_err *err) {
     size_t n = 0;
     int rc = repl_list(env, docid ? NULL : "docs", repl_want_doc, docid, repl_put_doc,
                        json_out, out_len, &n);

@@ -12,8 +12,7 @@
 #include "repl_int.h"
 
 /* ---- helpers --------------------------------------------------------------------------- */
-char *repl_strndup(const char *s, size_t n)
-{
+char *repl_strndup(const char *s, size_t n) {
     char *p = malloc(n + 1);
     if (!p) return NULL;
     memcpy(p, s, n);
@@ -21,8 +20,7 @@ char *repl_strndup(const char *s, size_t n)
     return p;
 }
 
-char *repl_jval_text(const jval *v)
-{
+char *repl_jval_text(const jval *v) {
     if (!v) return NULL;
     buf b;
     buf_init(&b, 0);
@@ -34,8 +32,7 @@ char *repl_jval_text(const jval *v)
     return buf_detach(&b, &n);
 }
 
-void repl_err_from_resp(mimeo_err *err, const repl_resp *r, const char *what)
-{
+void repl_err_from_resp(mimeo_err *err, const repl_resp *r, const char *what) {
     jval *v = NULL;
     const char *e = NULL, *reason = NULL;
     if (r->body.len > 0 && json_tree_parse(r->body.data, r->body.len, NULL, &v, NULL) == 0) {
@@ -48,8 +45,7 @@ void repl_err_from_resp(mimeo_err *err, const repl_resp *r, const char *what)
     jval_free(v);
 }
 
-void repl_health_fail(repl_health *h, const repl_ep *who, const mimeo_err *e)
-{
+void repl_health_fail(repl_health *h, const repl_ep *who, const mimeo_err *e) {
     if (!h) return;
     pthread_mutex_lock(&h->lock);
     if (h->who != who) {
@@ -60,16 +56,14 @@ void repl_health_fail(repl_health *h, const repl_ep *who, const mimeo_err *e)
     pthread_mutex_unlock(&h->lock);
 }
 
-void repl_health_ok(repl_health *h, const repl_ep *who)
-{
+void repl_health_ok(repl_health *h, const repl_ep *who) {
     if (!h) return;
     pthread_mutex_lock(&h->lock);
     if (h->who == who) h->who = NULL;
     pthread_mutex_unlock(&h->lock);
 }
 
-bool repl_health_get(repl_health *h, uint64_t min_ms, char *out, size_t n)
-{
+bool repl_health_get(repl_health *h, uint64_t min_ms, char *out, size_t n) {
     pthread_mutex_lock(&h->lock);
     bool bad = h->who && clock_ms() - h->since_ms >= min_ms;
     if (bad) snprintf(out, n, "%s", h->error);
@@ -77,19 +71,16 @@ bool repl_health_get(repl_health *h, uint64_t min_ms, char *out, size_t n)
     return bad;
 }
 
-void repl_resp_init(repl_resp *r)
-{
+void repl_resp_init(repl_resp *r) {
     r->status = 0;
     buf_init(&r->body, 0);
 }
 
-void repl_resp_destroy(repl_resp *r)
-{
+void repl_resp_destroy(repl_resp *r) {
     buf_destroy(&r->body);
 }
 
-void repl_rfc1123(char *out, size_t n)
-{
+void repl_rfc1123(char *out, size_t n) {
     time_t t = time(NULL);
     struct tm tm;
     gmtime_r(&t, &tm);
@@ -104,8 +95,7 @@ void repl_rfc1123(char *out, size_t n)
 /* The form of a URL the replication id hashes: the password cut out of the userinfo, the
  * user kept (two users may see different documents). Kept byte for byte as ids were first
  * made, so checkpoints written by earlier versions still match. */
-static char *repl_url_id_form(const char *url)
-{
+static char *repl_url_id_form(const char *url) {
     const char *scheme_end = strstr(url, "://");
     if (!scheme_end) return strdup(url);
     const char *auth = scheme_end + 3;
@@ -127,8 +117,7 @@ static char *repl_url_id_form(const char *url)
 /* A copy of url without anything between "://" and the last '@' of the authority: for text
  * libcurl cannot parse (a bad port, a stray space), which may still carry credentials and
  * is shown in errors and listings all the same. */
-static char *repl_url_strip_userinfo(const char *url)
-{
+static char *repl_url_strip_userinfo(const char *url) {
     const char *sep = strstr(url, "://");
     if (!sep) return strdup(url);   /* a bare database name */
     const char *h = sep + 3;
@@ -145,8 +134,7 @@ static char *repl_url_strip_userinfo(const char *url)
     return out;
 }
 
-char *repl_url_display(const char *url)
-{
+char *repl_url_display(const char *url) {
     /* libcurl's URL parser, not ours: whatever it would send credentials from, it strips
      * them from. A bare database name is not a URL and is shown as it is. */
     CURLU *u = curl_url();
@@ -174,13 +162,11 @@ char *repl_url_display(const char *url)
 }
 
 /* ---- parsing --------------------------------------------------------------------------- */
-static bool repl_is_url(const char *s)
-{
+static bool repl_is_url(const char *s) {
     return strncmp(s, "http://", 7) == 0 || strncmp(s, "https://", 8) == 0;
 }
 
-static void repl_spec_destroy(repl_ep_spec *s)
-{
+static void repl_spec_destroy(repl_ep_spec *s) {
     free(s->url);
     for (size_t i = 0; i < s->nheaders; i++) free(s->headers[i]);
     free(s->headers);
@@ -190,8 +176,7 @@ static void repl_spec_destroy(repl_ep_spec *s)
     memset(s, 0, sizeof *s);
 }
 
-static int repl_spec_parse(const jval *v, const char *which, repl_ep_spec *s, mimeo_err *err)
-{
+static int repl_spec_parse(const jval *v, const char *which, repl_ep_spec *s, mimeo_err *err) {
     const jval *url = v;
     if (v && v->type == JV_OBJECT) url = jval_get(v, "url");
     if (!url || url->type != JV_STRING || url->len == 0) {
@@ -240,8 +225,7 @@ nomem:
     return MIMEO_ENOMEM;
 }
 
-static bool repl_bool(const jval *o, const char *key)
-{
+static bool repl_bool(const jval *o, const char *key) {
     const jval *v = jval_get(o, key);
     return v && v->type == JV_BOOL && v->boolean;
 }
@@ -250,8 +234,7 @@ static bool repl_bool(const jval *o, const char *key)
  * takes it) → its value, capped at INT32_MAX; anything else is a bad request, not a silent
  * default (CouchDB fails "worker_processes": "a few" too). */
 static int repl_uint(const jval *o, const char *key, unsigned def, unsigned *out,
-                     mimeo_err *err)
-{
+                     mimeo_err *err) {
     const jval *v = jval_get(o, key);
     *out = def;
     if (!v || v->type == JV_NULL) return 0;
@@ -272,16 +255,14 @@ static int repl_uint(const jval *o, const char *key, unsigned def, unsigned *out
     return 0;
 }
 
-static int repl_cmp_str(const void *a, const void *b)
-{
+static int repl_cmp_str(const void *a, const void *b) {
     const jval *x = *(const jval *const *)a, *y = *(const jval *const *)b;
     size_t n = x->len < y->len ? x->len : y->len;
     int c = memcmp(x->str, y->str, n);
     return c ? c : (x->len > y->len) - (x->len < y->len);
 }
 
-int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err)
-{
+int repl_req_parse(const char *json, size_t len, repl_req *r, mimeo_err *err) {
     memset(r, 0, sizeof *r);
     jval *v = NULL;
     int rc = json_tree_parse(json, len, NULL, &v, err);
@@ -378,8 +359,7 @@ out:
     return rc;
 }
 
-void repl_req_destroy(repl_req *r)
-{
+void repl_req_destroy(repl_req *r) {
     repl_spec_destroy(&r->source);
     repl_spec_destroy(&r->target);
     free(r->doc_ids);
@@ -391,8 +371,7 @@ void repl_req_destroy(repl_req *r)
 
 /* What the id hashes for one side: the URL without its password plus the basic-auth user
  * (two users may see different documents), or the node's uuid and the local name. */
-static void repl_id_side(struct md5_ctx *md, mimeo_env *env, const repl_ep_spec *s)
-{
+static void repl_id_side(struct md5_ctx *md, mimeo_env *env, const repl_ep_spec *s) {
     if (s->local) {
         const char *uuid = env ? mimeo_env_uuid(env) : "";
         md5_update(md, 6, (const uint8_t *)"local:");
@@ -416,8 +395,7 @@ static void repl_id_side(struct md5_ctx *md, mimeo_env *env, const repl_ep_spec 
 /* The source text of filter "ddoc/name" in a local source, hashed as CouchDB hashes the
  * filter's code into the replication id (so an edited filter starts over). A remote
  * source's code is not fetched for the id: its name and query_params count. */
-static void repl_id_filter_code(struct md5_ctx *md, mimeo_env *env, const repl_req *r)
-{
+static void repl_id_filter_code(struct md5_ctx *md, mimeo_env *env, const repl_req *r) {
     const char *name = r->filter.name;
     const char *slash = name ? strchr(name, '/') : NULL;
     if (!env || !r->source.local || !slash || name[0] == '_') return;
@@ -442,8 +420,7 @@ static void repl_id_filter_code(struct md5_ctx *md, mimeo_env *env, const repl_r
     mimeo_db_close(db);
 }
 
-void repl_req_id(mimeo_env *env, const repl_req *r, char out[33])
-{
+void repl_req_id(mimeo_env *env, const repl_req *r, char out[33]) {
     struct md5_ctx md;
     md5_init(&md);
     md5_update(&md, 8, (const uint8_t *)"mimeo/1\n");

@@ -10,13 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void fuzz_check(int cond)
-{
+static void fuzz_check(int cond) {
     if (!cond) abort();
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
     unsigned mode = data[0] % 4;
     const char *p = (const char *)data + 1;

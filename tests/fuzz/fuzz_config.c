@@ -13,8 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static void fuzz_check(int cond)
-{
+static void fuzz_check(int cond) {
     if (!cond) abort();
 }
 
@@ -22,8 +21,7 @@ static void fuzz_check(int cond)
  * reports, which come after stderr is restored). */
 static int fuzz_devnull = -1, fuzz_stderr = -1;
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
     fuzz_devnull = open("/dev/null", O_WRONLY);
@@ -31,8 +29,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-static int fuzz_load(cli_config *c, const char *text, char *err, size_t errlen)
-{
+static int fuzz_load(cli_config *c, const char *text, char *err, size_t errlen) {
     config_defaults(c);
     if (fuzz_devnull >= 0) dup2(fuzz_devnull, 2);
     int rc = config_load_string(c, text, "fuzz.ini", err, errlen);
@@ -42,8 +39,7 @@ static int fuzz_load(cli_config *c, const char *text, char *err, size_t errlen)
 
 #define FIELD_TERMINATED(f) fuzz_check(memchr((f), '\0', sizeof(f)) != NULL)
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size > 64 * 1024) return 0;
     char *text = malloc(size + 1);
     if (!text) return 0;

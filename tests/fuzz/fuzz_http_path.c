@@ -15,20 +15,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void fuzz_check(int cond)
-{
+static void fuzz_check(int cond) {
     if (!cond) abort();
 }
 
-static void fuzz_in_buffer(const http_req *r, const char *p, size_t len, size_t cap)
-{
+static void fuzz_in_buffer(const http_req *r, const char *p, size_t len, size_t cap) {
     fuzz_check(p >= r->raw && p + len < r->raw + cap);
     fuzz_check(p[len] == '\0');
 }
 
 /* Each reader on one argument: a value (1) with no reply, or -1 with a 400 reply. */
-static void fuzz_typed(http_req *r, const char *key)
-{
+static void fuzz_typed(http_req *r, const char *key) {
     bool b;
     uint64_t u;
     jval *v = NULL;
@@ -60,8 +57,7 @@ static void fuzz_typed(http_req *r, const char *key)
 
 static http_server fuzz_srv;
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* MHD hands us a C string: the target ends at the first NUL. */
     char *target = malloc(size + 1);
     if (!target) return 0;

@@ -15,13 +15,11 @@
 
 static const uint8_t KEY[32] = "fuzz-mesh-secret-0123456789abcde";
 
-static void fuzz_check(int cond)
-{
+static void fuzz_check(int cond) {
     if (!cond) abort();
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size > 1 << 16) return 0;
     uint8_t *msg = malloc(size + MESH_MAC_LEN);
     if (!msg) return 0;

@@ -21,13 +21,11 @@ typedef struct fz {
     multipart_parser sub[FUZZ_DEPTH];
 } fz;
 
-static void fz_check(int cond)
-{
+static void fz_check(int cond) {
     if (!cond) abort();
 }
 
-static void fz_mix(fz *f, const void *p, size_t n)
-{
+static void fz_mix(fz *f, const void *p, size_t n) {
     const unsigned char *c = p;
     for (size_t i = 0; i < n; i++) f->hash = (f->hash ^ c[i]) * 1099511628211ULL;
 }
@@ -40,8 +38,7 @@ typedef struct fz_level {
 static fz_level levels[FUZZ_DEPTH];
 static const multipart_handlers fz_h;
 
-static int fz_begin(void *ctx, const multipart_part *p, mimeo_err *err)
-{
+static int fz_begin(void *ctx, const multipart_part *p, mimeo_err *err) {
     fz_level *l = ctx;
     fz *f = l->f;
     fz_check(!f->in_part[l->level]);
@@ -60,8 +57,7 @@ static int fz_begin(void *ctx, const multipart_part *p, mimeo_err *err)
     return 0;
 }
 
-static int fz_data(void *ctx, const char *d, size_t n, mimeo_err *err)
-{
+static int fz_data(void *ctx, const char *d, size_t n, mimeo_err *err) {
     fz_level *l = ctx;
     fz *f = l->f;
     fz_check(f->in_part[l->level]);
@@ -71,8 +67,7 @@ static int fz_data(void *ctx, const char *d, size_t n, mimeo_err *err)
     return 0;
 }
 
-static int fz_end(void *ctx, mimeo_err *err)
-{
+static int fz_end(void *ctx, mimeo_err *err) {
     fz_level *l = ctx;
     fz *f = l->f;
     fz_check(f->in_part[l->level]);
@@ -89,8 +84,7 @@ static int fz_end(void *ctx, mimeo_err *err)
 
 static const multipart_handlers fz_h = { fz_begin, fz_data, fz_end };
 
-static int fz_run(fz *f, const char *ctype, const char *body, size_t n, size_t piece)
-{
+static int fz_run(fz *f, const char *ctype, const char *body, size_t n, size_t piece) {
     memset(f, 0, sizeof *f);
     for (int i = 0; i < FUZZ_DEPTH; i++) levels[i] = (fz_level){ f, i };
     multipart_parser p;
@@ -111,8 +105,7 @@ static int fz_run(fz *f, const char *ctype, const char *body, size_t n, size_t p
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
     size_t piece = 1 + data[0] % 64;
     const char *nl = memchr(data + 1, '\n', size - 1);

@@ -5,16 +5,14 @@
 
 #include "auth/auth.h"
 
-static jval *tree(const char *s)
-{
+static jval *tree(const char *s) {
     jval *v = NULL;
     json_error e;
     if (json_tree_parse(s, strlen(s), NULL, &v, &e) != 0) return NULL;
     return v;
 }
 
-static void test_pbkdf2_vectors(void)
-{
+static void test_pbkdf2_vectors(void) {
     auth_pw h;
     /* RFC 6070 (SHA-1): P="password", S="salt", c=1 — the older "-pbkdf2-" config form. */
     CHECK_EQ_INT(auth_pw_parse_config("-pbkdf2-0c60c80f961f0e71f3a9b524af6012062fe037a6,salt,1",
@@ -38,8 +36,7 @@ static void test_pbkdf2_vectors(void)
     jval_free(doc);
 }
 
-static void test_pw_config_roundtrip(void)
-{
+static void test_pw_config_roundtrip(void) {
     auth_pw h, g;
     CHECK_EQ_INT(auth_pw_new("s3cret", 6, 100, &h), 0);
     CHECK_EQ_INT((int)h.salt_len, 32);
@@ -70,15 +67,13 @@ static void test_pw_config_roundtrip(void)
     jval_free(doc);
 }
 
-static void test_ct_equal(void)
-{
+static void test_ct_equal(void) {
     CHECK(auth_ct_equal("abc", "abc", 3));
     CHECK(!auth_ct_equal("abc", "abd", 3));
     CHECK(auth_ct_equal("", "", 0));
 }
 
-static void test_cookie(void)
-{
+static void test_cookie(void) {
     const unsigned char secret[] = "s3cr3t";
     buf b;
     buf_init(&b, 0);
@@ -108,8 +103,7 @@ static void test_cookie(void)
     buf_destroy(&b);
 }
 
-static void test_basic(void)
-{
+static void test_basic(void) {
     char *n, *p;
     CHECK_EQ_INT(auth_basic_parse("Basic YWxpY2U6czNjcjp0", &n, &p), 0);   /* alice:s3cr:t */
     CHECK_EQ_STR(n, "alice");
@@ -126,8 +120,7 @@ static void test_basic(void)
     CHECK(auth_basic_parse("Basic ", &n, &p) != 0);
 }
 
-static void test_cache(void)
-{
+static void test_cache(void) {
     auth_cache c;
     auth_cache_init(&c);
     auth_pw h;
@@ -149,8 +142,7 @@ static void test_cache(void)
     auth_cache_destroy(&c);
 }
 
-static void test_throttle(void)
-{
+static void test_throttle(void) {
     static auth_throttle t;
     auth_throttle_init(&t);
     uint64_t now = 1000000;
@@ -200,8 +192,7 @@ static void test_throttle(void)
     auth_throttle_destroy(&t);
 }
 
-static auth_user user(const char *name, const char *role)
-{
+static auth_user user(const char *name, const char *role) {
     auth_user u;
     memset(&u, 0, sizeof u);
     if (name) {
@@ -212,8 +203,7 @@ static auth_user user(const char *name, const char *role)
     return u;
 }
 
-static void test_security(void)
-{
+static void test_security(void) {
     jval *sec = tree("{\"admins\":{\"names\":[\"ops\"],\"roles\":[\"dba\"]},"
                      "\"members\":{\"names\":[\"alice\"],\"roles\":[\"sales\"]}}");
     auth_user anon = user(NULL, NULL), alice = user("alice", NULL), bob = user("bob", NULL);
@@ -273,8 +263,7 @@ static void test_security(void)
 
 /* Prepares a _users write; returns rc, the stored text in out. */
 static int prep(const char *id, const char *doc, const char *old, const auth_user *u, buf *out,
-                mimeo_err *e)
-{
+                mimeo_err *e) {
     jval *d = tree(doc), *o = old ? tree(old) : NULL;
     buf_reset(out);
     memset(e, 0, sizeof *e);
@@ -284,8 +273,7 @@ static int prep(const char *id, const char *doc, const char *old, const auth_use
     return rc;
 }
 
-static void test_user_docs(void)
-{
+static void test_user_docs(void) {
     auth_user anon = user(NULL, NULL), alice = user("alice", NULL), bob = user("bob", NULL);
     auth_user root = user("root", "_admin");
     buf out;
@@ -373,8 +361,7 @@ static auth_pw gate_pw;
 static pthread_mutex_t gate_count_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned gate_inside, gate_max_inside, gate_ran;
 
-static void *gate_worker(void *arg)
-{
+static void *gate_worker(void *arg) {
     (void)arg;
     for (int i = 0; i < 5; i++) {
         if (auth_gate_enter(&gate_g, 60000) != 0) continue;
@@ -391,8 +378,7 @@ static void *gate_worker(void *arg)
     return NULL;
 }
 
-static void test_gate(void)
-{
+static void test_gate(void) {
     auth_pw_new("right", 5, 20000, &gate_pw);
     auth_gate_init(&gate_g, 2);
     pthread_t t[8];
@@ -423,8 +409,7 @@ static void test_gate(void)
     auth_gate_destroy(&gate_g);
 }
 
-static void test_host_allowed(void)
-{
+static void test_host_allowed(void) {
     const char *a = "127.0.0.1, peer.example:6984,[::1]";
     CHECK(auth_host_allowed(NULL, "http://10.0.0.1/x"));
     CHECK(auth_host_allowed("", "http://10.0.0.1/x"));
@@ -439,8 +424,7 @@ static void test_host_allowed(void)
     CHECK(auth_host_allowed(a, "localdb"));   /* a database name, not a host */
 }
 
-int main(void)
-{
+int main(void) {
     RUN(test_pbkdf2_vectors);
     RUN(test_pw_config_roundtrip);
     RUN(test_ct_equal);

@@ -15,8 +15,7 @@ static const uint8_t SECRET[32] = "mesh-test-secret-0123456789abcde";
 
 /* ---- codec -------------------------------------------------------------------------------- */
 
-static size_t build_msg(uint8_t **out, const uint8_t *key, size_t keylen)
-{
+static size_t build_msg(uint8_t **out, const uint8_t *key, size_t keylen) {
     struct mesh_hdr h;
     memset(&h, 0, sizeof h);
     h.type = MESH_T_PING_REQ;
@@ -49,8 +48,7 @@ static size_t build_msg(uint8_t **out, const uint8_t *key, size_t keylen)
     return w.len;
 }
 
-static void test_wire_roundtrip(void)
-{
+static void test_wire_roundtrip(void) {
     uint8_t *msg;
     size_t len = build_msg(&msg, SECRET, sizeof SECRET);
     struct mesh_hdr h;
@@ -76,8 +74,7 @@ static void test_wire_roundtrip(void)
 }
 
 /* Every prefix fails cleanly; every flipped bit fails the MAC; a wrong key fails the MAC. */
-static void test_wire_tamper(void)
-{
+static void test_wire_tamper(void) {
     uint8_t *msg;
     size_t len = build_msg(&msg, SECRET, sizeof SECRET);
     struct mesh_hdr h;
@@ -159,21 +156,18 @@ struct sim {
     int captured_to, capture;
 };
 
-static uint64_t sim_rand(struct sim *s)
-{
+static uint64_t sim_rand(struct sim *s) {
     uint64_t z = (s->rng += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
 
-static int ev_less(const struct ev *a, const struct ev *b)
-{
+static int ev_less(const struct ev *a, const struct ev *b) {
     return a->t < b->t || (a->t == b->t && a->order < b->order);
 }
 
-static void heap_push(struct sim *s, struct ev e)
-{
+static void heap_push(struct sim *s, struct ev e) {
     if (s->nheap == s->capheap) {
         s->capheap = s->capheap ? s->capheap * 2 : 1024;
         s->heap = realloc(s->heap, s->capheap * sizeof *s->heap);
@@ -189,8 +183,7 @@ static void heap_push(struct sim *s, struct ev e)
     s->heap[i] = e;
 }
 
-static struct ev heap_pop(struct sim *s)
-{
+static struct ev heap_pop(struct sim *s) {
     struct ev top = s->heap[0], last = s->heap[--s->nheap];
     size_t i = 0;
     for (;;) {
@@ -205,14 +198,12 @@ static struct ev heap_pop(struct sim *s)
     return top;
 }
 
-static int url_node(const char *url)
-{
+static int url_node(const char *url) {
     if (strncmp(url, "sim://", 6) != 0) return -1;
     return atoi(url + 6);
 }
 
-static void node_events(struct sim *s, int i)
-{
+static void node_events(struct sim *s, int i) {
     struct mesh_event e;
     while (mesh_event_pop(s->n[i].m, &e)) {
         if (e.type == MESH_EV_MEMBER) {
@@ -236,8 +227,7 @@ static void node_events(struct sim *s, int i)
 }
 
 /* Sends what node i queued, then books its next timer. */
-static void node_flush(struct sim *s, int i, int after_tick)
-{
+static void node_flush(struct sim *s, int i, int after_tick) {
     struct node *nd = &s->n[i];
     struct mesh_msg msg;
     while (mesh_out_pop(nd->m, &msg)) {
@@ -271,8 +261,7 @@ static void node_flush(struct sim *s, int i, int after_tick)
     }
 }
 
-static void node_start(struct sim *s, int i, int join_via)
-{
+static void node_start(struct sim *s, int i, int join_via) {
     struct node *nd = &s->n[i];
     struct mesh_config cfg = s->cfg;
     cfg.name = nd->name;
@@ -294,8 +283,7 @@ static void node_start(struct sim *s, int i, int join_via)
     node_flush(s, i, 0);
 }
 
-static void node_crash(struct sim *s, int i)
-{
+static void node_crash(struct sim *s, int i) {
     struct node *nd = &s->n[i];
     mesh_free(nd->m);
     nd->m = NULL;
@@ -303,8 +291,7 @@ static void node_crash(struct sim *s, int i)
     nd->gen++;
 }
 
-static void sim_init(struct sim *s, int nn, uint64_t seed)
-{
+static void sim_init(struct sim *s, int nn, uint64_t seed) {
     memset(s, 0, sizeof *s);
     s->nn = nn;
     s->n = calloc((size_t)nn, sizeof *s->n);
@@ -318,8 +305,7 @@ static void sim_init(struct sim *s, int nn, uint64_t seed)
     }
 }
 
-static void sim_free(struct sim *s)
-{
+static void sim_free(struct sim *s) {
     for (int i = 0; i < s->nn; i++) mesh_free(s->n[i].m);
     for (size_t i = 0; i < s->nheap; i++) free(s->heap[i].data);
     free(s->heap);
@@ -327,8 +313,7 @@ static void sim_free(struct sim *s)
     free(s->captured);
 }
 
-static void sim_run_until(struct sim *s, uint64_t until)
-{
+static void sim_run_until(struct sim *s, uint64_t until) {
     while (s->nheap && s->heap[0].t <= until) {
         struct ev e = heap_pop(s);
         s->now = e.t;
@@ -353,8 +338,7 @@ static void sim_run_until(struct sim *s, uint64_t until)
 }
 
 /* What node i should believe about node j right now. */
-static int expected_state(const struct sim *s, int i, int j)
-{
+static int expected_state(const struct sim *s, int i, int j) {
     if (s->n[j].left) return MESH_LEFT;
     if (!s->n[j].up || s->n[j].group != s->n[i].group) return MESH_DEAD;
     return MESH_ALIVE;
@@ -363,8 +347,7 @@ static int expected_state(const struct sim *s, int i, int j)
 /* 1 when every up node holds the expected state of every node (a dead or left node may also
  * be unknown to a node that started after it went), and all agree on incarnations of the
  * living. With verbose, prints the first disagreement. */
-static int views_agree(const struct sim *s, int verbose)
-{
+static int views_agree(const struct sim *s, int verbose) {
     for (int j = 0; j < s->nn; j++) {
         int64_t inc = -1;
         for (int i = 0; i < s->nn; i++) {
@@ -399,8 +382,7 @@ static int views_agree(const struct sim *s, int verbose)
 
 /* Runs until the views agree, polling every step_ms, up to limit_ms; the time it took, or
  * UINT64_MAX (after printing a disagreement). */
-static uint64_t run_until_agree(struct sim *s, uint64_t step_ms, uint64_t limit_ms)
-{
+static uint64_t run_until_agree(struct sim *s, uint64_t step_ms, uint64_t limit_ms) {
     uint64_t t0 = s->now;
     while (s->now - t0 <= limit_ms) {
         if (views_agree(s, 0)) return s->now - t0;
@@ -410,8 +392,7 @@ static uint64_t run_until_agree(struct sim *s, uint64_t step_ms, uint64_t limit_
     return UINT64_MAX;
 }
 
-static void seed_fail(const char *scenario, uint64_t seed)
-{
+static void seed_fail(const char *scenario, uint64_t seed) {
     fprintf(stderr, "mesh simulation failed: SEED=%" PRIu64 " scenario=%s\n", g_seed, scenario);
     (void)seed;
 }
@@ -419,8 +400,7 @@ static void seed_fail(const char *scenario, uint64_t seed)
 #define NODES 200
 
 /* Start NODES nodes a few ms apart, each joining through node 0. */
-static void sim_boot(struct sim *s)
-{
+static void sim_boot(struct sim *s) {
     node_start(s, 0, -1);
     for (int i = 1; i < s->nn; i++) {
         sim_run_until(s, s->now + 5);
@@ -452,8 +432,7 @@ static void sim_boot(struct sim *s)
  * So: bound = 21·T + max + 25·200 ms = 21 + 55.2 + 5 = 81.2 s for n = 200.
  */
 /* ln x for x > 0 without libm (the test links what the library links). */
-static double t_ln(double x)
-{
+static double t_ln(double x) {
     int e = 0;
     while (x >= 2) { x /= 2; e++; }
     while (x < 1) { x *= 2; e--; }
@@ -462,8 +441,7 @@ static double t_ln(double x)
     return 2 * sum + e * 0.69314718055994530942;
 }
 
-static uint64_t dead_bound_ms(const struct mesh_config *c, int n)
-{
+static uint64_t dead_bound_ms(const struct mesh_config *c, int n) {
     double scale = t_ln(n) / t_ln(10);
     if (scale < 1) scale = 1;
     double susp_max = (double)c->suspicion_max_mult * c->suspicion_mult * scale * c->probe_interval_ms;
@@ -471,8 +449,7 @@ static uint64_t dead_bound_ms(const struct mesh_config *c, int n)
 }
 
 /* Every up node holds the same database registry as the first up node. */
-static int dbs_agree(const struct sim *s, int verbose)
-{
+static int dbs_agree(const struct sim *s, int verbose) {
     int ref = -1;
     for (int i = 0; i < s->nn; i++)
         if (s->n[i].up && !s->n[i].left) { ref = i; break; }
@@ -500,8 +477,7 @@ static int dbs_agree(const struct sim *s, int verbose)
 
 /* A node that every gossip send of a registry change missed is repaired by push-pull, whose
  * period at N = 200 is 4 × 30 s: allow two periods. The time it took, or UINT64_MAX. */
-static uint64_t run_until_dbs_agree(struct sim *s, uint64_t limit_ms)
-{
+static uint64_t run_until_dbs_agree(struct sim *s, uint64_t limit_ms) {
     uint64_t t0 = s->now;
     while (s->now - t0 <= limit_ms) {
         if (dbs_agree(s, 0)) return s->now - t0;
@@ -511,15 +487,13 @@ static uint64_t run_until_dbs_agree(struct sim *s, uint64_t limit_ms)
     return UINT64_MAX;
 }
 
-static int live_nodes(const struct sim *s)
-{
+static int live_nodes(const struct sim *s) {
     int n = 0;
     for (int i = 0; i < s->nn; i++) n += s->n[i].up && !s->n[i].left;
     return n;
 }
 
-static int pick_up_node(struct sim *s, int lo, int hi)
-{
+static int pick_up_node(struct sim *s, int lo, int hi) {
     for (;;) {
         int i = lo + (int)(sim_rand(s) % (uint64_t)(hi - lo));
         if (s->n[i].up && !s->n[i].left) return i;
@@ -529,8 +503,7 @@ static int pick_up_node(struct sim *s, int lo, int hi)
 /* Join through one seed, a crash declared dead everywhere within the derived bound, a
  * graceful leave seen as left, a restart that refutes its death, an outsider without the
  * secret who can neither join nor inject, and a replayed message that changes nothing. */
-static void test_sim_lifecycle(void)
-{
+static void test_sim_lifecycle(void) {
     struct sim s;
     sim_init(&s, NODES, g_seed ^ 0x1111);
     sim_boot(&s);
@@ -645,8 +618,7 @@ static void test_sim_lifecycle(void)
  * - So ≈ 2.6·10^−6 per member and suspicion, × 200 members × 160 suspicions ≈ 0.08 expected
  *   false deaths per run (measured: 1 in 66 seeds). The bound asserted is at most one per run
  *   (for an expectation of 0.08, two or more happen in 0.3% of runs; measured rate: 0.015). */
-static void test_sim_loss(void)
-{
+static void test_sim_loss(void) {
     struct sim s;
     sim_init(&s, NODES, g_seed ^ 0x2222);
     sim_boot(&s);
@@ -670,8 +642,7 @@ static void test_sim_loss(void)
  * deleted on both sides and on a node that is down; after the heal the views merge, the
  * registries converge, and a deleted database stays deleted — also on a node that comes back
  * with an empty state and a leftover local copy. */
-static void test_sim_partition(void)
-{
+static void test_sim_partition(void) {
     struct sim s;
     sim_init(&s, NODES, g_seed ^ 0x3333);
     s.dmax = 30;
@@ -734,8 +705,7 @@ static void test_sim_partition(void)
 }
 
 /* The registry's merge by itself: later version wins, a tie goes to deleted, recreate works. */
-static void test_db_register(void)
-{
+static void test_db_register(void) {
     struct mesh_config cfg;
     mesh_config_default(&cfg);
     cfg.name = "solo";
@@ -778,8 +748,7 @@ static void test_db_register(void)
 
 /* ---- one node, driven by hand ---------------------------------------------------------- */
 
-static struct mesh *solo_new(const char *name)
-{
+static struct mesh *solo_new(const char *name) {
     struct mesh_config cfg;
     mesh_config_default(&cfg);
     cfg.name = name;
@@ -792,8 +761,7 @@ static struct mesh *solo_new(const char *name)
 
 /* A GOSSIP message from `from` (sequence seq) carrying the given records. */
 static int feed(struct mesh *m, const char *from, uint64_t seq, const struct mesh_rec *recs,
-                size_t n, uint64_t now)
-{
+                size_t n, uint64_t now) {
     struct mesh_hdr h;
     memset(&h, 0, sizeof h);
     h.type = MESH_T_GOSSIP;
@@ -817,8 +785,7 @@ static int feed(struct mesh *m, const char *from, uint64_t seq, const struct mes
 
 /* mesh_tick, then answer every ping it sent with the target's ack, so that our own probes
  * never fail and never add accusations of their own to what a test feeds in. */
-static void tick_answering(struct mesh *m, uint64_t now)
-{
+static void tick_answering(struct mesh *m, uint64_t now) {
     static uint64_t ack_seq = 1000000;
     mesh_tick(m, now);
     struct mesh_msg msg;
@@ -842,8 +809,7 @@ static void tick_answering(struct mesh *m, uint64_t now)
     }
 }
 
-static struct mesh_rec rec_of(int kind, const char *name, uint32_t inc, const char *extra)
-{
+static struct mesh_rec rec_of(int kind, const char *name, uint32_t inc, const char *extra) {
     struct mesh_rec r;
     memset(&r, 0, sizeof r);
     r.kind = kind;
@@ -853,8 +819,7 @@ static struct mesh_rec rec_of(int kind, const char *name, uint32_t inc, const ch
     return r;
 }
 
-static int state_of(const struct mesh *m, const char *name)
-{
+static int state_of(const struct mesh *m, const char *name) {
     struct mesh_member_info mi;
     return mesh_member_find(m, name, &mi) == 0 ? mi.state : -1;
 }
@@ -863,8 +828,7 @@ static int state_of(const struct mesh *m, const char *name)
  * ms, max = 6·min = 24990 ms, k = 2 confirmations; the deadline is max with none, max −
  * (ln 2 / ln 3)(max − min) ≈ 11851 ms with one, min with two. A repeated confirmer counts
  * once, and a replayed message is dropped before it could count. */
-static void test_suspicion_timeout(void)
-{
+static void test_suspicion_timeout(void) {
     struct mesh *m = solo_new("self");
     struct mesh_rec alive[10];
     char name[16];
@@ -918,8 +882,7 @@ static void test_suspicion_timeout(void)
 }
 
 /* Being suspected (or declared dead) makes a node outbid the accusation. */
-static void test_refute(void)
-{
+static void test_refute(void) {
     struct mesh *m = solo_new("self");
     struct mesh_rec r = rec_of(MESH_K_ALIVE, "p1", 0, "sim://p1");
     CHECK_EQ_INT(feed(m, "p1", 1, &r, 1, 0), 0);
@@ -944,8 +907,7 @@ static void test_refute(void)
 }
 
 /* Joining an unreachable seed: retries with a doubling delay up to the cap, each announced. */
-static void test_join_backoff(void)
-{
+static void test_join_backoff(void) {
     struct mesh *m = solo_new("lonely");
     const char *seed = "sim://nowhere";
     CHECK_EQ_INT(mesh_join(m, &seed, 1, 0), 0);
@@ -973,8 +935,7 @@ static void test_join_backoff(void)
     mesh_free(m);
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     const char *env = getenv("SEED");
     g_seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
     const char *only = argc > 1 ? argv[1] : NULL;

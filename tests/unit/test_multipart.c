@@ -26,8 +26,7 @@ typedef struct rec {
     size_t data_calls;
 } rec;
 
-static void rec_init(rec *r)
-{
+static void rec_init(rec *r) {
     memset(r, 0, sizeof *r);
     for (int i = 0; i < MAXP; i++) {
         buf_init(&r->hdrs[i], 0);
@@ -35,16 +34,14 @@ static void rec_init(rec *r)
     }
 }
 
-static void rec_destroy(rec *r)
-{
+static void rec_destroy(rec *r) {
     for (int i = 0; i < MAXP; i++) {
         buf_destroy(&r->hdrs[i]);
         buf_destroy(&r->data[i]);
     }
 }
 
-static int rec_begin(void *ctx, const multipart_part *p, mimeo_err *err)
-{
+static int rec_begin(void *ctx, const multipart_part *p, mimeo_err *err) {
     rec *r = ctx;
     if (r->fail_at_begin && (size_t)r->fail_at_begin == r->nparts + 1) {
         err_set(err, MIMEO_ETOOLARGE, "too_large", "refused");
@@ -57,16 +54,14 @@ static int rec_begin(void *ctx, const multipart_part *p, mimeo_err *err)
     return 0;
 }
 
-static int rec_data(void *ctx, const char *d, size_t n, mimeo_err *err)
-{
+static int rec_data(void *ctx, const char *d, size_t n, mimeo_err *err) {
     (void)err;
     rec *r = ctx;
     r->data_calls++;
     return buf_put(&r->data[r->nparts - 1], d, n);
 }
 
-static int rec_end(void *ctx, mimeo_err *err)
-{
+static int rec_end(void *ctx, mimeo_err *err) {
     (void)err;
     rec *r = ctx;
     r->ended[r->nparts - 1]++;
@@ -78,8 +73,7 @@ static const multipart_handlers rec_h = { rec_begin, rec_data, rec_end };
 /* Parses body (boundary b) fed in the pieces cut at cuts[0..ncuts); returns the first
  * nonzero code of feed/finish. */
 static int parse_cuts(const char *b, const char *body, size_t len, const size_t *cuts,
-                      size_t ncuts, rec *r, mimeo_err *e)
-{
+                      size_t ncuts, rec *r, mimeo_err *e) {
     multipart_parser p;
     memset(e, 0, sizeof *e);
     int rc = multipart_init_boundary(&p, b, strlen(b), &rec_h, r, e);
@@ -94,8 +88,7 @@ static int parse_cuts(const char *b, const char *body, size_t len, const size_t 
     return rc;
 }
 
-static int parse_whole(const char *ctype, const char *body, size_t len, rec *r, mimeo_err *e)
-{
+static int parse_whole(const char *ctype, const char *body, size_t len, rec *r, mimeo_err *e) {
     multipart_parser p;
     memset(e, 0, sizeof *e);
     int rc = multipart_init(&p, ctype, &rec_h, r, e);
@@ -111,8 +104,7 @@ static const char BND[] = "0123456789abcdef0123456789abcdef";
 static const char ATT2[] = "x\r\r\n\r\n-\r\n--\r\n--0123456789abcdef0123456789abcde\0\r";
 #define ATT2_LEN (sizeof ATT2 - 1)
 
-static void write_doc(buf *b)
-{
+static void write_doc(buf *b) {
     const char *json = "{\"_id\":\"d\",\"_attachments\":{\"a.txt\":{\"follows\":true},"
                        "\"e\":{\"follows\":true},\"q\\\"x\":{\"follows\":true}}}";
     multipart_put_doc_head(b, BND);
@@ -125,8 +117,7 @@ static void write_doc(buf *b)
     multipart_put_close(b, BND);
 }
 
-static void check_doc_parts(rec *r)
-{
+static void check_doc_parts(rec *r) {
     CHECK_EQ_INT(r->nparts, 4);
     CHECK_EQ_STR(buf_cstr(&r->hdrs[0]), "Content-Type=application/json\n");
     CHECK(strncmp(buf_cstr(&r->data[0]), "{\"_id\":\"d\"", 10) == 0);
@@ -144,8 +135,7 @@ static void check_doc_parts(rec *r)
     for (int i = 0; i < 4; i++) CHECK_EQ_INT(r->ended[i], 1);
 }
 
-static void test_writer_bytes(void)
-{
+static void test_writer_bytes(void) {
     buf b;
     buf_init(&b, 0);
     multipart_put_ctype(&b, "related", "abc");
@@ -170,8 +160,7 @@ static void test_writer_bytes(void)
     buf_destroy(&b);
 }
 
-static void test_round_trip_every_split(void)
-{
+static void test_round_trip_every_split(void) {
     buf b;
     buf_init(&b, 0);
     write_doc(&b);
@@ -214,8 +203,7 @@ static void test_round_trip_every_split(void)
     buf_destroy(&b);
 }
 
-static void test_content_type_and_params(void)
-{
+static void test_content_type_and_params(void) {
     char out[64];
     CHECK_EQ_INT(multipart_param("multipart/related; boundary=\"abc\"", "boundary", out,
                                  sizeof out), 3);
@@ -255,8 +243,7 @@ static void test_content_type_and_params(void)
     }
 }
 
-static void test_preamble_padding_epilogue(void)
-{
+static void test_preamble_padding_epilogue(void) {
     static const char body[] =
         "this is a preamble\r\n--b \t\r\nX-A: 1\r\n\r\none\r\n--b\r\n\r\n\r\n--b--\r\nepilogue --b";
     rec r;
@@ -281,8 +268,7 @@ typedef struct nest {
     size_t           nested_parts;
 } nest;
 
-static int nest_begin(void *ctx, const multipart_part *p, mimeo_err *err)
-{
+static int nest_begin(void *ctx, const multipart_part *p, mimeo_err *err) {
     nest *n = ctx;
     int rc = rec_begin(&n->outer, p, err);
     if (rc) return rc;
@@ -292,15 +278,13 @@ static int nest_begin(void *ctx, const multipart_part *p, mimeo_err *err)
     return 0;
 }
 
-static int nest_data(void *ctx, const char *d, size_t len, mimeo_err *err)
-{
+static int nest_data(void *ctx, const char *d, size_t len, mimeo_err *err) {
     nest *n = ctx;
     if (n->nested) return multipart_feed(&n->in, d, len, err);
     return rec_data(&n->outer, d, len, err);
 }
 
-static int nest_end(void *ctx, mimeo_err *err)
-{
+static int nest_end(void *ctx, mimeo_err *err) {
     nest *n = ctx;
     int rc = 0;
     if (n->nested) {
@@ -312,8 +296,7 @@ static int nest_end(void *ctx, mimeo_err *err)
     return rc ? rc : rec_end(&n->outer, err);
 }
 
-static void test_nested_mixed(void)
-{
+static void test_nested_mixed(void) {
     static const multipart_handlers nh = { nest_begin, nest_data, nest_end };
     buf b, ct;
     buf_init(&b, 0);
@@ -360,8 +343,7 @@ static void test_nested_mixed(void)
 }
 
 /* Every malformed body: MIMEO_EINVAL, a bad_request, and nothing after the error. */
-static void test_malformed(void)
-{
+static void test_malformed(void) {
     static const struct { const char *ctype, *body; } bad[] = {
         { "application/json", "{}" },
         { "multipart/related", "--b\r\n\r\nx\r\n--b--" },
@@ -439,8 +421,7 @@ static void test_malformed(void)
     buf_destroy(&b);
 }
 
-static void test_callback_error(void)
-{
+static void test_callback_error(void) {
     buf b;
     buf_init(&b, 0);
     write_doc(&b);
@@ -456,8 +437,7 @@ static void test_callback_error(void)
 }
 
 /* A large part streams through in the feeder's pieces: the parser holds none of it. */
-static void test_large_part_streams(void)
-{
+static void test_large_part_streams(void) {
     const size_t total = (size_t)8 << 20, piece = 65536;
     char *chunk = malloc(piece);
     for (size_t i = 0; i < piece; i++) chunk[i] = (char)(i * 7 + (i >> 8));
@@ -504,16 +484,14 @@ static void test_large_part_streams(void)
 /* Random parts (random bytes drawn mostly from "\r\n-" and the boundary's letters), random
  * chunkings: the parts come back as written. */
 static uint64_t rng;
-static uint64_t rnd(void)
-{
+static uint64_t rnd(void) {
     rng ^= rng << 13;
     rng ^= rng >> 7;
     rng ^= rng << 17;
     return rng;
 }
 
-static void test_property_random(void)
-{
+static void test_property_random(void) {
     static const char alphabet[] = "\r\n-0123abcdef\r\r\n\n--x";
     const char *bnd = "0123";
     for (int iter = 0; iter < 400; iter++) {
@@ -564,8 +542,7 @@ static void test_property_random(void)
     }
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     g_seed = argc > 1 ? strtoull(argv[1], NULL, 10) : (uint64_t)time(NULL);
     RUN(test_writer_bytes);
     RUN(test_round_trip_every_split);

@@ -14,8 +14,7 @@
 #include "mimeo.h"
 #include "repl/repl_int.h"
 
-static void test_req_parse(void)
-{
+static void test_req_parse(void) {
     repl_req r;
     mimeo_err e = {0};
     const char *js = "{\"source\":\"http://u:secret@h:5984/a/\",\"target\":{\"url\":\"b\","
@@ -66,8 +65,7 @@ static void test_req_parse(void)
     }
 }
 
-static void test_ids(void)
-{
+static void test_ids(void) {
     const char *a = "{\"source\":\"http://u:one@h/a\",\"target\":\"http://h2/b\"}";
     const char *b = "{\"source\":\"http://u:two@h/a/\",\"target\":\"http://h2/b\","
                     "\"continuous\":true,\"create_target\":true}";
@@ -131,8 +129,7 @@ static void test_ids(void)
 /* ---- local replications ---------------------------------------------------------------- */
 static char env_dir[256];
 
-static mimeo_env *env_new(void)
-{
+static mimeo_env *env_new(void) {
     snprintf(env_dir, sizeof env_dir, "/tmp/mimeo-test-repl-XXXXXX");
     if (!mkdtemp(env_dir)) return NULL;
     mimeo_env *env = NULL;
@@ -140,16 +137,14 @@ static mimeo_env *env_new(void)
     return env;
 }
 
-static void env_free(mimeo_env *env)
-{
+static void env_free(mimeo_env *env) {
     mimeo_env_close(env);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", env_dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", env_dir);
 }
 
-static int collect(void *ctx, const char *json, size_t len)
-{
+static int collect(void *ctx, const char *json, size_t len) {
     buf *b = ctx;
     /* Rows without their seq: the two databases number their changes differently. */
     const char *id = strstr(json, "\"id\"");
@@ -160,8 +155,7 @@ static int collect(void *ctx, const char *json, size_t len)
 }
 
 /* Every document's leaves and deleted flag, in id order (from _changes style=all_docs). */
-static char *state_of(mimeo_env *env, const char *name)
-{
+static char *state_of(mimeo_env *env, const char *name) {
     mimeo_db *db = NULL;
     if (mimeo_db_open(env, name, &db, NULL) != 0) return strdup("(no db)");
     buf b;
@@ -198,15 +192,13 @@ static char *state_of(mimeo_env *env, const char *name)
     return r ? r : strdup("");
 }
 
-static int run(mimeo_env *env, const char *req, char **out, unsigned *status, mimeo_err *e)
-{
+static int run(mimeo_env *env, const char *req, char **out, unsigned *status, mimeo_err *e) {
     size_t len;
     memset(e, 0, sizeof *e);
     return mimeo_replicate(env, req, strlen(req), out, &len, status, e);
 }
 
-static void test_local_replication(void)
-{
+static void test_local_replication(void) {
     mimeo_env *env = env_new();
     CHECK(env != NULL);
     if (!env) return;
@@ -342,15 +334,13 @@ static void test_local_replication(void)
 }
 
 /* ---- the registry lives in the environment --------------------------------------------- */
-static mimeo_env *env_open_in(char *dir)
-{
+static mimeo_env *env_open_in(char *dir) {
     if (!mkdtemp(dir)) return NULL;
     mimeo_env *env = NULL;
     return mimeo_env_open(dir, NULL, &env, NULL) == 0 ? env : NULL;
 }
 
-static void env_close_rm(mimeo_env *env, const char *dir)
-{
+static void env_close_rm(mimeo_env *env, const char *dir) {
     mimeo_env_close(env);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -358,8 +348,7 @@ static void env_close_rm(mimeo_env *env, const char *dir)
 }
 
 /* A listening socket that never answers: a peer a job hangs on. */
-static int listen_silent(unsigned *port)
-{
+static int listen_silent(unsigned *port) {
     int s = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a;
     memset(&a, 0, sizeof a);
@@ -373,8 +362,7 @@ static int listen_silent(unsigned *port)
     return s;
 }
 
-static bool lists_job(mimeo_env *env, const char *id)
-{
+static bool lists_job(mimeo_env *env, const char *id) {
     char *out = NULL;
     size_t len = 0;
     bool found = mimeo_scheduler_jobs(env, &out, &len) == 0 && strstr(out, id) != NULL;
@@ -382,8 +370,7 @@ static bool lists_job(mimeo_env *env, const char *id)
     return found;
 }
 
-static void test_two_envs(void)
-{
+static void test_two_envs(void) {
     char da[64] = "/tmp/mimeo-test-repl-a-XXXXXX", db[64] = "/tmp/mimeo-test-repl-b-XXXXXX";
     mimeo_env *a = env_open_in(da), *b = env_open_in(db);
     CHECK(a && b);
@@ -447,8 +434,7 @@ typedef struct ep_seen {
     size_t ndocs;
 } ep_seen;
 
-static int ep_missing(void *ctx, const repl_want *w)
-{
+static int ep_missing(void *ctx, const repl_want *w) {
     ep_seen *s = ctx;
     if (s->n < 8) {
         snprintf(s->ids[s->n], sizeof s->ids[0], "%.*s", (int)w->id_len, w->id);
@@ -457,16 +443,14 @@ static int ep_missing(void *ctx, const repl_want *w)
     return 0;
 }
 
-static int ep_doc(void *ctx, const char *json, size_t len)
-{
+static int ep_doc(void *ctx, const char *json, size_t len) {
     ep_seen *s = ctx;
     s->ndocs++;
     buf_put(&s->docs, json, len);
     return buf_putc(&s->docs, '\n');
 }
 
-static void test_local_endpoint(void)
-{
+static void test_local_endpoint(void) {
     mimeo_env *env = env_new();
     CHECK(env != NULL);
     if (!env) return;
@@ -540,8 +524,7 @@ typedef struct lc_rows {
     size_t n;
 } lc_rows;
 
-static int lc_take(void *ctx, const repl_want *w)
-{
+static int lc_take(void *ctx, const repl_want *w) {
     lc_rows *r = ctx;
     r->n++;
     buf_put(&r->text, w->id, w->id_len);
@@ -553,8 +536,7 @@ static int lc_take(void *ctx, const repl_want *w)
 }
 
 /* Every row of a direct cursor read (all leaves), those whose winner matches sel if set. */
-static void lc_expect(mimeo_db *db, mimeo_selector *sel, lc_rows *out)
-{
+static void lc_expect(mimeo_db *db, mimeo_selector *sel, lc_rows *out) {
     mimeo_changes_opts o;
     memset(&o, 0, sizeof o);
     o.all_docs_style = true;
@@ -580,8 +562,7 @@ static void lc_expect(mimeo_db *db, mimeo_selector *sel, lc_rows *out)
 
 /* Pages through the endpoint's feed with limit, checking that no page body was built. */
 static void lc_read(repl_ep *ep, size_t limit, const char *doc_ids, lc_rows *out,
-                    size_t *pages)
-{
+                    size_t *pages) {
     char *since = strdup("0");
     repl_resp resp;
     repl_resp_init(&resp);
@@ -606,8 +587,7 @@ static void lc_read(repl_ep *ep, size_t limit, const char *doc_ids, lc_rows *out
     repl_resp_destroy(&resp);
 }
 
-static void test_local_changes(void)
-{
+static void test_local_changes(void) {
     mimeo_env *env = env_new();
     CHECK(env != NULL);
     if (!env) return;
@@ -701,8 +681,7 @@ static void test_local_changes(void)
     env_free(env);
 }
 
-int main(void)
-{
+int main(void) {
     RUN(test_req_parse);
     RUN(test_ids);
     RUN(test_local_replication);
