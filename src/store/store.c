@@ -305,15 +305,14 @@ uint64_t store_file_size(store *s) {
     return n;
 }
 
-int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, size_t *budget) {
+int store_delete_key_prefix(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n,
+                            size_t *budget) {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, dbi, &cur);
     if (rc) return store_err(rc);
-    unsigned char prefix[8];
-    be64_put(prefix, dbid);
-    MDB_val k = {8, prefix}, v;
+    MDB_val k = {n, (void *)prefix}, v;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    while (rc == 0 && k.mv_size >= 8 && memcmp(k.mv_data, prefix, 8) == 0) {
+    while (rc == 0 && k.mv_size >= n && memcmp(k.mv_data, prefix, n) == 0) {
         if (*budget == 0) {
             mdb_cursor_close(cur);
             return 1;
@@ -327,6 +326,12 @@ int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, size_t *budget
     }
     mdb_cursor_close(cur);
     return rc == MDB_NOTFOUND ? 0 : store_err(rc);
+}
+
+int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, size_t *budget) {
+    unsigned char prefix[8];
+    be64_put(prefix, dbid);
+    return store_delete_key_prefix(txn, dbi, prefix, sizeof prefix, budget);
 }
 
 /* Opens s->env on s->dir with s->map_size (or the file's, when bigger) and its tables. */

@@ -110,8 +110,12 @@ static inline size_t store_key_u64(unsigned char *key, uint64_t dbid, uint64_t n
     return 16;
 }
 
-/* Deletes keys of `dbi` that start with dbid, at most *budget of them (decremented).
- * 0 when none is left, 1 when the budget ran out first, or a MIMEO_E* code. */
+/* Deletes items of `dbi` whose key starts with the n bytes at prefix, at most *budget of
+ * them (decremented). 0 when none is left, 1 when the budget ran out first, or a MIMEO_E*
+ * code. */
+int store_delete_key_prefix(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n,
+                            size_t *budget);
+/* The same for the keys of one database: those that start with dbid. */
 int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, size_t *budget);
 
 #endif

@@ -990,31 +990,20 @@ typedef struct drop_job {
 
 static int job_drop(MDB_txn *txn, void *arg) {
     drop_job *j = arg;
-    MDB_cursor *cur;
-    int rc = store_err(mdb_cursor_open(txn, j->dbi, &cur));
-    if (rc) return rc;
     unsigned char kb[16];
     be64_put(kb, j->dbid);
     be64_put(kb + 8, j->idx);
-    MDB_val k = {16, kb}, v;
     size_t budget = DROP_CHUNK;
-    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    while (mrc == 0 && k.mv_size >= 16 && memcmp(k.mv_data, kb, 16) == 0 && budget) {
-        if ((mrc = mdb_cursor_del(cur, 0))) break;
-        budget--;
-        /* as in store_delete_prefix: after a delete MDB_NEXT yields the following key */
-        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-    }
-    mdb_cursor_close(cur);
-    if (mrc && mrc != MDB_NOTFOUND) return store_err(mrc);
-    j->done = budget > 0;
+    int rc = store_delete_key_prefix(txn, j->dbi, kb, sizeof kb, &budget);
+    if (rc < 0) return rc;
+    j->done = rc == 0;
     if (j->done) {
         unsigned char dk[24];
         be64_put(dk, j->dbid);
         be64_put(dk + 8, 0);
         be64_put(dk + 16, j->idx);
         MDB_val dkey = {24, dk};
-        mrc = mdb_del(txn, j->dbi, &dkey, NULL);
+        int mrc = mdb_del(txn, j->dbi, &dkey, NULL);
         if (mrc && mrc != MDB_NOTFOUND) return store_err(mrc);
     }
     return 0;
