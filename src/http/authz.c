@@ -285,10 +285,45 @@ static const char *http_session_cookie(http_req *r, size_t *len) {
     return v;
 }
 
+/* Whether the request's credentials can be taken without a password hash or a failed-login
+ * wait, so that the event thread may route it itself: no Basic header at all, or Basic
+ * credentials the checked-password cache (or the mesh secret) proves. On a hit the user is
+ * set here and http_authenticate does not look again; anything else is left untouched for a
+ * worker. */
+bool http_authenticate_quick(http_req *r) {
+    const char *hdr = http_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!hdr || strncasecmp(hdr, "Basic", 5) != 0) return true;
+    char *name = NULL, *pw = NULL;
+    bool done = false;
+    if (auth_basic_parse(hdr, &name, &pw) == 0) {
+        auth_pw h;
+        if (strcmp(name, "_mesh") == 0) {
+            if (mesh_node_http_auth(mesh_node_current(), pw)) {
+                r->user.known = true;
+                snprintf(r->user.name, sizeof r->user.name, "_mesh");
+                done = auth_user_add_role(&r->user, "_admin", 6) == 0;
+                if (!done) auth_user_destroy(&r->user);
+            }
+        } else if (http_auth_lookup(r->srv, name, &h, &r->user) == 0) {
+            done = auth_cache_hit(&r->srv->auth->cache, name, &h, pw, strlen(pw));
+            if (!done) auth_user_destroy(&r->user);
+        }
+    }
+    if (pw) memset(pw, 0, strlen(pw));
+    free(name);
+    free(pw);
+    if (done) {
+        r->authn = "default";
+        r->authn_done = true;
+    }
+    return done;
+}
+
 /* Who the request is. false after replying 401 (bad Basic credentials). */
 static bool http_authenticate(http_req *r) {
     const http_auth_cfg *c = &r->srv->cfg.auth;
     struct http_auth *a = r->srv->auth;
+    if (r->authn_done) return true;
     const char *hdr = http_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
     if (hdr && strncasecmp(hdr, "Basic", 5) == 0) {
         char *name = NULL, *pw = NULL;

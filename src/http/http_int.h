@@ -135,6 +135,8 @@ typedef struct http_req {
 
     auth_user             user;        /* who is asking (authz.c); anonymous when !known */
     const char           *authn;       /* "cookie", "default" (Basic) or NULL */
+    bool                  authn_done;  /* Basic credentials already taken on the event
+                                          thread (http_authenticate_quick) */
     char                 *set_cookie;  /* Set-Cookie for the reply, or NULL */
     bool                  bulk_no_design; /* a member's _bulk_docs: design docs refused per
                                               entry (authz.c), the others written */
@@ -361,6 +363,7 @@ void http_auth_stop(http_server *s);
 /* Authenticates r and checks that it may do what it asks; false after replying (401/403,
  * or 404 for another user's account). May replace r->body (_users passwords hashed). */
 bool http_authorize(http_req *r);
+bool http_authenticate_quick(http_req *r);
 /* Adds Set-Cookie / WWW-Authenticate to the reply made. */
 void http_auth_reply_headers(http_req *r);
 /* Looks an account up (config admins, then _users): its hash and its user (destroy it). */
