@@ -5,54 +5,13 @@
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { serverBinary, repoRoot } from './lib/server.mjs';
-
-function certtool(args) {
-  execFileSync('certtool', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-}
-
-async function makeCerts(dir) {
-  await fs.writeFile(path.join(dir, 'ca.tmpl'), 'cn = "mimeo test CA"\nca\ncert_signing_key\nexpiration_days = 2\n');
-  await fs.writeFile(path.join(dir, 'srv.tmpl'),
-    'cn = "127.0.0.1"\nip_address = "127.0.0.1"\ndns_name = "localhost"\ntls_www_server\nsigning_key\nencryption_key\nexpiration_days = 2\n');
-  const p = (f) => path.join(dir, f);
-  certtool(['--generate-privkey', '--key-type=ecdsa', '--outfile', p('ca.key')]);
-  certtool(['--generate-self-signed', '--load-privkey', p('ca.key'), '--template', p('ca.tmpl'), '--outfile', p('ca.crt')]);
-  certtool(['--generate-privkey', '--key-type=ecdsa', '--outfile', p('srv.key')]);
-  certtool(['--generate-certificate', '--load-privkey', p('srv.key'), '--load-ca-certificate', p('ca.crt'),
-    '--load-ca-privkey', p('ca.key'), '--template', p('srv.tmpl'), '--outfile', p('srv.crt')]);
-  return { ca: await fs.readFile(p('ca.crt')), cert: p('srv.crt'), key: p('srv.key') };
-}
-
-/** Starts mimeo with args; resolves {proc, http, https} from its listening lines. */
-function start(args, want) {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(serverBinary(), ['serve', ...args], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    const urls = {};
-    const t = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`no listening lines: ${out} ${err}`)); }, 20000);
-    proc.stderr.on('data', (c) => { err += c; });
-    proc.stdout.on('data', (c) => {
-      out += c;
-      for (const m of out.matchAll(/mimeo listening on (https?):\/\/(\S+)/g)) urls[m[1]] = `${m[1]}://${m[2]}`;
-      if (want.every((k) => urls[k])) { clearTimeout(t); resolve({ proc, ...urls, stderr: () => err }); }
-    });
-    proc.on('exit', (code) => { clearTimeout(t); reject(new Error(`exited ${code}: ${err}`)); });
-  });
-}
-
-async function stop(s) {
-  if (!s || s.proc.exitCode !== null) return;
-  s.proc.removeAllListeners('exit');
-  const done = new Promise((r) => s.proc.on('exit', r));
-  s.proc.kill('SIGTERM');
-  await done;
-}
+import { makeCerts, startServer as start, stopServer as stop } from './lib/tls.mjs';
 
 function get(url, { ca, method = 'GET', body, auth } = {}) {
   return new Promise((resolve, reject) => {
