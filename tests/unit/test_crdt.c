@@ -191,6 +191,17 @@ static void test_ops_errors(void) {
     crdt_state_destroy(&s);
 }
 
+/* p joined with q and q joined with p, into fresh states: a join must not depend on order. */
+static void join_both_ways(const crdt_state *p, const crdt_state *q, crdt_state *pq,
+                           crdt_state *qp) {
+    crdt_state_init(pq);
+    crdt_state_init(qp);
+    crdt_state_copy(pq, p);
+    crdt_join(pq, q);
+    crdt_state_copy(qp, q);
+    crdt_join(qp, p);
+}
+
 /* ---- clock ------------------------------------------------------------------------------ */
 
 static void test_hlc(void) {
@@ -234,12 +245,7 @@ static void test_hlc(void) {
     apply_ok(&p, "[{\"op\":\"assign\",\"path\":[\"r\"],\"value\":\"from-a\"}]", "node-a", &hp, 7);
     apply_ok(&q, "[{\"op\":\"assign\",\"path\":[\"r\"],\"value\":\"from-b\"}]", "node-b", &hq, 7);
     crdt_state pq, qp;
-    crdt_state_init(&pq);
-    crdt_state_init(&qp);
-    crdt_state_copy(&pq, &p);
-    crdt_join(&pq, &q);
-    crdt_state_copy(&qp, &q);
-    crdt_join(&qp, &p);
+    join_both_ways(&p, &q, &pq, &qp);
     char *r1 = render(&pq), *r2 = render(&qp);
     CHECK_EQ_STR(r1, "{\"r\":\"from-b\"}");
     CHECK_EQ_STR(r2, "{\"r\":\"from-b\"}");
@@ -305,12 +311,7 @@ static void test_kind_clash(void) {
     apply_ok(&a, "[{\"op\":\"increment\",\"path\":[\"x\"],\"value\":1}]", "A", &ha, 1);
     apply_ok(&b, "[{\"op\":\"add\",\"path\":[\"x\"],\"value\":1}]", "B", &hb, 1);
     crdt_state ab, ba;
-    crdt_state_init(&ab);
-    crdt_state_init(&ba);
-    crdt_state_copy(&ab, &a);
-    crdt_join(&ab, &b);
-    crdt_state_copy(&ba, &b);
-    crdt_join(&ba, &a);
+    join_both_ways(&a, &b, &ab, &ba);
     char *x = enc(&ab), *y = enc(&ba), *r = render(&ab);
     CHECK_EQ_STR(x, y);
     CHECK_EQ_STR(r, "{\"x\":[1]}");
