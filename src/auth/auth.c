@@ -2,6 +2,7 @@
  * the failed-login slowdown, AuthSession cookies and Basic credentials. No I/O except the
  * kernel's CSPRNG for salts; the caller passes the clock in. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -380,14 +381,17 @@ void auth_throttle_result(auth_throttle *t, const char *name, const char *addr, 
 }
 
 /* ---- AuthSession cookies ------------------------------------------------------------------ */
+/* Longer secrets are cut here: the HMAC key is the secret followed by the salt. */
+#define AUTH_SECRET_MAX 512
+
 static void auth_cookie_mac(const char *data, size_t n, const char *salt, size_t salt_len,
                             const unsigned char *secret, size_t secret_len,
                             unsigned char out[32]) {
     /* CouchDB keys the HMAC with the server secret followed by the user's salt. */
     struct hmac_sha256_ctx ctx;
-    unsigned char keybuf[512 + AUTH_SALT_MAX];
+    unsigned char keybuf[AUTH_SECRET_MAX + AUTH_SALT_MAX];
     size_t kl = 0;
-    if (secret_len > 512) secret_len = 512;
+    if (secret_len > AUTH_SECRET_MAX) secret_len = AUTH_SECRET_MAX;
     memcpy(keybuf, secret, secret_len);
     kl += secret_len;
     memcpy(keybuf + kl, salt, salt_len);
@@ -457,17 +461,65 @@ int auth_cookie_parse(const char *v, size_t n, auth_cookie *out) {
     return 0;
 }
 
+/* A session cookie comes back on every request, and its HMAC (keyed by the secret and the
+ * user's salt: about seven SHA-256 blocks) would be most of what an authenticated GET costs.
+ * A MAC once verified is remembered beside everything it was computed over; the same cookie
+ * under the same salt and secret is then taken on compares alone. A changed password (new
+ * salt) or secret misses and is verified afresh; expiry is checked on every request. */
+#define AUTH_COOKIE_MEMO 64
+typedef struct {
+    unsigned char mac[32];
+    uint64_t      time;
+    char          name[AUTH_NAME_MAX + 1];
+    char          salt[AUTH_SALT_MAX];
+    size_t        salt_len;
+    unsigned char secret[AUTH_SECRET_MAX];
+    size_t        secret_len;
+} auth_cookie_memo;
+static auth_cookie_memo cookie_memo[AUTH_COOKIE_MEMO];
+static pthread_mutex_t cookie_memo_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static auth_cookie_memo *auth_cookie_memo_slot(const unsigned char mac[32]) {
+    uint64_t h;
+    memcpy(&h, mac, sizeof h);
+    return &cookie_memo[h % AUTH_COOKIE_MEMO];
+}
+
+static bool auth_cookie_memo_holds(const auth_cookie_memo *m, const auth_cookie *c,
+                                   const char *salt, size_t salt_len,
+                                   const unsigned char *secret, size_t secret_len) {
+    return m->salt_len == salt_len && m->secret_len == secret_len && m->time == c->time &&
+           auth_ct_equal(m->mac, c->mac, 32) && strcmp(m->name, c->name) == 0 &&
+           memcmp(m->salt, salt, salt_len) == 0 && memcmp(m->secret, secret, secret_len) == 0;
+}
+
 bool auth_cookie_valid(const auth_cookie *c, const char *salt, size_t salt_len,
                        const unsigned char *secret, size_t secret_len, uint64_t now,
                        unsigned timeout) {
     if (c->mac_len != 32 || salt_len > AUTH_SALT_MAX) return false;
+    if (!(c->time <= now + 60 && now < c->time + timeout)) return false;   /* clock skew: 60 s */
+    if (secret_len > AUTH_SECRET_MAX) secret_len = AUTH_SECRET_MAX;   /* as auth_cookie_mac */
+    auth_cookie_memo *m = auth_cookie_memo_slot(c->mac);
+    pthread_mutex_lock(&cookie_memo_lock);
+    bool known = auth_cookie_memo_holds(m, c, salt, salt_len, secret, secret_len);
+    pthread_mutex_unlock(&cookie_memo_lock);
+    if (known) return true;
     char data[AUTH_NAME_MAX + 32];
     int hl = snprintf(data, sizeof data, "%s:%llX", c->name, (unsigned long long)c->time);
     if (hl < 0 || (size_t)hl >= sizeof data) return false;
     unsigned char mac[32];
     auth_cookie_mac(data, (size_t)hl, salt, salt_len, secret, secret_len, mac);
     if (!auth_ct_equal(mac, c->mac, 32)) return false;
-    return c->time <= now + 60 && now < c->time + timeout;   /* a minute of clock skew */
+    pthread_mutex_lock(&cookie_memo_lock);
+    memcpy(m->mac, mac, sizeof mac);
+    m->time = c->time;
+    snprintf(m->name, sizeof m->name, "%s", c->name);
+    memcpy(m->salt, salt, salt_len);
+    m->salt_len = salt_len;
+    memcpy(m->secret, secret, secret_len);
+    m->secret_len = secret_len;
+    pthread_mutex_unlock(&cookie_memo_lock);
+    return true;
 }
 
 /* ---- Basic credentials -------------------------------------------------------------------- */

@@ -93,6 +93,18 @@ static void test_cookie(void) {
     auth_cookie f = c;
     strcpy(f.name, "admin");
     CHECK(!auth_cookie_valid(&f, "4d1fa2c0", 8, secret, 6, 0x5F5E100 + 10, 600));
+    /* The verified MAC is remembered: the same cookie passes again, and anything that differs
+     * from what was verified (one MAC bit, the time, a longer secret) still fails. */
+    CHECK(auth_cookie_valid(&c, "4d1fa2c0", 8, secret, 6, 0x5F5E100 + 20, 600));
+    f = c;
+    f.mac[31] ^= 1;
+    CHECK(!auth_cookie_valid(&f, "4d1fa2c0", 8, secret, 6, 0x5F5E100 + 10, 600));
+    f = c;
+    f.time += 1;
+    CHECK(!auth_cookie_valid(&f, "4d1fa2c0", 8, secret, 6, 0x5F5E100 + 10, 600));
+    CHECK(!auth_cookie_valid(&c, "4d1fa2c0", 8, (const unsigned char *)"s3cr3tX", 7,
+                             0x5F5E100 + 10, 600));
+    CHECK(!auth_cookie_valid(&c, "4d1fa2c", 7, secret, 6, 0x5F5E100 + 10, 600));
     /* Garbage in, an error out — never a crash. */
     const char *bad[] = { "", "!!!!", "YWxpY2U", "YWxpY2U6NUY1RTEwMDo", "Og" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
