@@ -285,6 +285,74 @@ static const char *http_session_cookie(http_req *r, size_t *len) {
     return v;
 }
 
+/* Credentials a connection has already proven. Clients keep their connections open (PouchDB,
+ * nano and loadgen all do) and send the same Authorization header or cookie every time;
+ * matching it against the one proven before skips the base64, the password proof's SHA-256
+ * or the cookie parse, which were most of what authentication added to a GET. The user is
+ * still looked up on every request, and the stored hash (Basic) or salt (cookie, through
+ * auth_cookie_valid) must still be the one proven, so a changed password, changed roles or
+ * a removed user count at once. The header is kept while the connection lives, as it sits in
+ * the connection's buffers anyway for each request. */
+struct http_auth_memo {
+    bool          cookie;                /* an AuthSession cookie, else a Basic header */
+    char         *raw;                   /* what the client sent */
+    size_t        raw_len;
+    char          name[AUTH_NAME_MAX + 1];
+    unsigned char key[AUTH_KEY_MAX];     /* Basic: the stored derived key it matched */
+    size_t        key_len;
+    auth_cookie   ck;                    /* cookie: as parsed */
+};
+
+void http_auth_memo_free(struct http_auth_memo *m) {
+    if (!m) return;
+    if (m->raw) memset(m->raw, 0, m->raw_len);
+    free(m->raw);
+    memset(m, 0, sizeof *m);
+    free(m);
+}
+
+static struct http_auth_memo *http_auth_memo_match(http_req *r, bool cookie, const char *raw,
+                                                   size_t n) {
+    struct http_auth_memo **mp = http_req_auth_memo(r), *m = mp ? *mp : NULL;
+    if (!m || m->cookie != cookie || m->raw_len != n || !auth_ct_equal(m->raw, raw, n))
+        return NULL;
+    return m;
+}
+
+/* Remembers what r just proved; a failure to allocate only costs the next request a check. */
+static void http_auth_memo_keep(http_req *r, bool cookie, const char *raw, size_t n,
+                                const char *name, const auth_pw *h, const auth_cookie *ck) {
+    struct http_auth_memo **mp = http_req_auth_memo(r);
+    if (!mp || n > 4096) return;
+    struct http_auth_memo *m = calloc(1, sizeof *m);
+    if (!m || !(m->raw = malloc(n + 1))) {
+        free(m);
+        return;
+    }
+    memcpy(m->raw, raw, n);
+    m->raw[n] = '\0';
+    m->raw_len = n;
+    m->cookie = cookie;
+    snprintf(m->name, sizeof m->name, "%s", name);
+    if (h) {
+        memcpy(m->key, h->key, h->key_len);
+        m->key_len = h->key_len;
+    }
+    if (ck) m->ck = *ck;
+    http_auth_memo_free(*mp);
+    *mp = m;
+}
+
+/* Basic credentials this connection proved before, against the user's hash as it is now. */
+static bool http_auth_memo_basic(http_req *r, const char *hdr) {
+    const struct http_auth_memo *m = http_auth_memo_match(r, false, hdr, strlen(hdr));
+    auth_pw h;
+    if (!m || http_auth_lookup(r->srv, m->name, &h, &r->user) != 0) return false;
+    if (h.key_len == m->key_len && auth_ct_equal(h.key, m->key, m->key_len)) return true;
+    auth_user_destroy(&r->user);
+    return false;
+}
+
 /* Whether the request's credentials can be taken without a password hash or a failed-login
  * wait, so that the event thread may route it itself: no Basic header at all, or Basic
  * credentials the checked-password cache (or the mesh secret) proves. On a hit the user is
@@ -294,8 +362,8 @@ bool http_authenticate_quick(http_req *r) {
     const char *hdr = http_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!hdr || strncasecmp(hdr, "Basic", 5) != 0) return true;
     char *name = NULL, *pw = NULL;
-    bool done = false;
-    if (auth_basic_parse(hdr, &name, &pw) == 0) {
+    bool done = http_auth_memo_basic(r, hdr);
+    if (!done && auth_basic_parse(hdr, &name, &pw) == 0) {
         auth_pw h;
         if (strcmp(name, "_mesh") == 0) {
             if (mesh_node_http_auth(mesh_node_current(), pw)) {
@@ -306,7 +374,8 @@ bool http_authenticate_quick(http_req *r) {
             }
         } else if (http_auth_lookup(r->srv, name, &h, &r->user) == 0) {
             done = auth_cache_hit(&r->srv->auth->cache, name, &h, pw, strlen(pw));
-            if (!done) auth_user_destroy(&r->user);
+            if (done) http_auth_memo_keep(r, false, hdr, strlen(hdr), name, &h, NULL);
+            else auth_user_destroy(&r->user);
         }
     }
     if (pw) memset(pw, 0, strlen(pw));
@@ -338,8 +407,12 @@ static bool http_authenticate(http_req *r) {
             } else if (!(http_seg_is(r, 0, "_mesh") && r->nseg == 1 && r->method == HTTP_POST)) {
                 rc = MIMEO_ENOTFOUND;
             }   /* else anonymous: a mesh message's own MAC decides (and is counted) */
+        } else if (rc == 0 && http_auth_memo_basic(r, hdr)) {
+            rc = 0;
         } else if (rc == 0) {
-            rc = http_auth_login(r, name, pw, &r->user, NULL);
+            auth_pw h;
+            rc = http_auth_login(r, name, pw, &r->user, &h);
+            if (rc == 0) http_auth_memo_keep(r, false, hdr, strlen(hdr), name, &h, NULL);
         }
         if (pw) memset(pw, 0, strlen(pw));
         free(name);
@@ -358,10 +431,13 @@ static bool http_authenticate(http_req *r) {
         auth_pw h;
         auth_user u;
         uint64_t now = (uint64_t)time(NULL);
-        if (auth_cookie_parse(cookie, clen, &ck) == 0 &&
+        const struct http_auth_memo *m = http_auth_memo_match(r, true, cookie, clen);
+        if (m) ck = m->ck;
+        if ((m || auth_cookie_parse(cookie, clen, &ck) == 0) &&
             http_auth_lookup(r->srv, ck.name, &h, &u) == 0) {
             if (auth_cookie_valid(&ck, h.salt, h.salt_len, a->secret, a->secret_len, now,
                                   c->timeout_s)) {
+                if (!m) http_auth_memo_keep(r, true, cookie, clen, ck.name, NULL, &ck);
                 r->user = u;
                 r->authn = "cookie";
                 /* Past half its life the reply carries a fresh cookie. */

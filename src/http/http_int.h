@@ -364,6 +364,9 @@ void http_auth_stop(http_server *s);
  * or 404 for another user's account). May replace r->body (_users passwords hashed). */
 bool http_authorize(http_req *r);
 bool http_authenticate_quick(http_req *r);
+struct http_auth_memo;
+struct http_auth_memo **http_req_auth_memo(http_req *r);   /* NULL without a connection */
+void http_auth_memo_free(struct http_auth_memo *m);
 /* Adds Set-Cookie / WWW-Authenticate to the reply made. */
 void http_auth_reply_headers(http_req *r);
 /* Looks an account up (config admins, then _users): its hash and its user (destroy it). */

@@ -52,6 +52,7 @@ typedef struct http_conn {
     bool                  cut;           /* the sweep has closed it */
     bool                  released;      /* no longer counted (it is closing) */
     http_addr_count      *addr;          /* its address's count, or NULL */
+    struct http_auth_memo *auth_memo;    /* credentials proven on it (authz.c) */
 } http_conn;
 
 struct http_conns {
@@ -156,8 +157,14 @@ static void http_notify_conn(void *cls, struct MHD_Connection *conn, void **sock
     if (c->next) c->next->prev = c->prev;
     http_conn_uncount(cs, c);
     pthread_mutex_unlock(&cs->lock);
+    http_auth_memo_free(c->auth_memo);
     free(c);
     *socket_context = NULL;
+}
+
+/* A connection serves one request at a time, so its memo needs no lock. */
+struct http_auth_memo **http_req_auth_memo(http_req *r) {
+    return r->cx ? &r->cx->auth_memo : NULL;
 }
 
 static void http_conn_phase(http_conn *c, int phase) {

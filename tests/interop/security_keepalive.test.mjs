@@ -1,0 +1,105 @@
+// Credentials on a kept-alive connection: the server remembers what a connection has proven
+// (to skip the base64 and the password proof on every request), and must still see at once a
+// password changed, roles changed, a user removed, and a different header on the same
+// connection. Every request below goes over one socket (an agent with one kept-alive socket).
+
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { startServer } from './lib/server.mjs';
+
+const FAST = ['--set', 'chttpd_auth.iterations=1000', '--set', 'admins.root=r00t-pw'];
+
+describe('credentials on a kept-alive connection', () => {
+  let s, agent;
+  const sockets = new Set();
+  before(async () => {
+    s = await startServer({ args: FAST });
+    agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  });
+  after(async () => {
+    agent?.destroy();
+    await s?.stop();
+  });
+
+  /** One request over the shared socket; auth is [name, password] or a cookie string. */
+  function req(method, p, { auth, cookie, body, fresh } = {}) {
+    return new Promise((resolve, reject) => {
+      const headers = { 'content-type': 'application/json' };
+      if (auth) headers.authorization = 'Basic ' + Buffer.from(auth.join(':')).toString('base64');
+      if (cookie) headers.cookie = cookie;
+      const r = http.request(s.url + p, { method, headers, agent: fresh ? false : agent }, (res) => {
+        if (!fresh) sockets.add(res.socket);
+        let text = '';
+        res.on('data', (c) => { text += c; });
+        res.on('end', () => resolve({ status: res.statusCode, headers: res.headers,
+          body: text ? JSON.parse(text) : null }));
+      });
+      r.on('error', reject);
+      r.end(body === undefined ? undefined : JSON.stringify(body));
+    });
+  }
+  const root = ['root', 'r00t-pw'];
+
+  test('a changed password, changed roles and a removed user count on the same connection', async () => {
+    assert.equal((await req('PUT', '/kept', { auth: root, fresh: true })).status, 201);
+    const sec = { admins: { names: [], roles: [] }, members: { names: [], roles: ['crew'] } };
+    assert.equal((await req('PUT', '/kept/_security', { auth: root, body: sec, fresh: true })).status, 200);
+    const user = { _id: 'org.couchdb.user:ann', name: 'ann', type: 'user', roles: ['crew'], password: 'one' };
+    let w = await req('PUT', '/_users/org.couchdb.user:ann', { auth: root, body: user, fresh: true });
+    assert.equal(w.status, 201);
+
+    const ann = ['ann', 'one'];
+    for (let i = 0; i < 3; i++) assert.equal((await req('GET', '/kept', { auth: ann })).status, 200);
+    // A different password on the same connection is checked, not taken from memory.
+    assert.equal((await req('GET', '/kept', { auth: ['ann', 'two'] })).status, 401);
+    assert.equal((await req('GET', '/kept', { auth: ann })).status, 200);
+
+    // Roles changed elsewhere: the member role is gone, so the database is closed to ann.
+    const cur = await req('GET', '/_users/org.couchdb.user:ann', { auth: root, fresh: true });
+    w = await req('PUT', '/_users/org.couchdb.user:ann',
+      { auth: root, body: { ...cur.body, roles: [] }, fresh: true });
+    assert.equal(w.status, 201);
+    assert.equal((await req('GET', '/kept', { auth: ann })).status, 403);
+
+    // The password changed elsewhere: the old one fails on the connection that proved it.
+    const cur2 = await req('GET', '/_users/org.couchdb.user:ann', { auth: root, fresh: true });
+    w = await req('PUT', '/_users/org.couchdb.user:ann',
+      { auth: root, body: { ...cur2.body, roles: ['crew'], password: 'two' }, fresh: true });
+    assert.equal(w.status, 201);
+    assert.equal((await req('GET', '/kept', { auth: ann })).status, 401);
+    assert.equal((await req('GET', '/kept', { auth: ['ann', 'two'] })).status, 200);
+
+    // Removed: the credentials that worked a moment ago no longer do.
+    const cur3 = await req('GET', '/_users/org.couchdb.user:ann', { auth: root, fresh: true });
+    w = await req('DELETE', `/_users/org.couchdb.user:ann?rev=${cur3.body._rev}`, { auth: root, fresh: true });
+    assert.equal(w.status, 200);
+    assert.equal((await req('GET', '/kept', { auth: ['ann', 'two'] })).status, 401);
+    assert.equal(sockets.size, 1, 'every request went over one connection');
+  });
+
+  test('a session cookie on the same connection: a new password invalidates it', async () => {
+    const user = { _id: 'org.couchdb.user:bo', name: 'bo', type: 'user', roles: ['crew'], password: 'p1' };
+    assert.equal((await req('PUT', '/_users/org.couchdb.user:bo', { auth: root, body: user, fresh: true })).status, 201);
+    const login = await req('POST', '/_session', { body: { name: 'bo', password: 'p1' }, fresh: true });
+    assert.equal(login.status, 200);
+    const cookie = login.headers['set-cookie'][0].split(';')[0];
+    for (let i = 0; i < 3; i++) {
+      const me = await req('GET', '/_session', { cookie });
+      assert.equal(me.body.userCtx.name, 'bo');
+    }
+    const cur = await req('GET', '/_users/org.couchdb.user:bo', { auth: root, fresh: true });
+    assert.equal((await req('PUT', '/_users/org.couchdb.user:bo',
+      { auth: root, body: { ...cur.body, password: 'p2' }, fresh: true })).status, 201);
+    const after = await req('GET', '/_session', { cookie });
+    assert.equal(after.body.userCtx.name, null, 'a cookie made with the old salt is anonymous');
+    // A forged variant of a remembered cookie is not taken from memory either.
+    const login2 = await req('POST', '/_session', { body: { name: 'bo', password: 'p2' }, fresh: true });
+    const good = login2.headers['set-cookie'][0].split(';')[0];
+    assert.equal((await req('GET', '/_session', { cookie: good })).body.userCtx.name, 'bo');
+    const last = good.at(-1) === 'A' ? 'B' : 'A';
+    const forged = good.slice(0, -1) + last;
+    assert.equal((await req('GET', '/_session', { cookie: forged })).body.userCtx.name, null);
+    assert.equal(sockets.size, 1, 'every request went over one connection');
+  });
+});
