@@ -107,6 +107,8 @@ typedef struct http_req {
     const char           *method_name;
 
     char                 *raw;         /* the request target, decoded in place */
+    size_t                head_bytes;  /* the request head's share of the connection's
+                                          pool (server.c), for the reply head's room */
     size_t                nseg;        /* number of path segments (may exceed HTTP_MAX_SEGS) */
     char                 *seg[HTTP_MAX_SEGS];
     size_t                seg_len[HTTP_MAX_SEGS];

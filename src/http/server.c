@@ -270,6 +270,7 @@ static void *http_uri_log(void *cls, const char *uri, struct MHD_Connection *con
     r->srv = s;
     r->conn = conn;
     r->started_ns = http_metrics_now_ns();
+    r->head_bytes = n;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     r->cx = ci ? ci->socket_context : NULL;
@@ -344,9 +345,30 @@ static http_method http_method_of(const char *m) {
     return HTTP_OTHER;
 }
 
+#define HTTP_REPLY_HEAD_ROOM 1024   /* a reply head without a Location */
+
+static enum MHD_Result http_head_bytes(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       const char *value) {
+    (void)kind;
+    /* the line as received, and MHD's record of it in the same pool */
+    *(size_t *)cls += strlen(key) + (value ? strlen(value) : 0) + 4 + 64;
+    return MHD_YES;
+}
+
+/* A reply's head is built in the connection's pool beside what is left of the request's
+ * head. A Location header echoes the id of a long request line: together they may not fit,
+ * and MHD would then close the connection without a reply, after the write was made. The
+ * header is optional, so it is dropped rather than the reply. */
+static void http_location_fit(http_req *r) {
+    const char *loc = MHD_get_response_header(r->resp, MHD_HTTP_HEADER_LOCATION);
+    if (loc && r->head_bytes + strlen(loc) + HTTP_REPLY_HEAD_ROOM > r->srv->cfg.connection_memory)
+        MHD_del_response_header(r->resp, MHD_HTTP_HEADER_LOCATION, loc);
+}
+
 static enum MHD_Result http_queue(http_req *r) {
     if (!r->resp) http_reply_error(r, 500, "unknown_error", "no reply was produced");
     if (!r->resp) return MHD_NO;   /* out of memory: drop the connection */
+    http_location_fit(r);
     http_auth_reply_headers(r);
     enum MHD_Result ret = MHD_queue_response(r->conn, r->status, r->resp);
     MHD_destroy_response(r->resp);
@@ -484,6 +506,15 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
             http_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
             return http_queue(r);
         }
+        MHD_get_connection_values(conn, MHD_HEADER_KIND, http_head_bytes, &r->head_bytes);
+        if (r->head_bytes + HTTP_REPLY_HEAD_ROOM > s->cfg.connection_memory) {
+            /* MHD took the head but could not build a reply beside it: refused before
+             * anything is done, while a short reply still fits. */
+            http_reply_error(r, 414, "too_long", "The request line and headers are longer "
+                             "than [chttpd] connection_memory allows.");
+            http_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+            return http_queue(r);
+        }
         http_att_sink_choose(r);   /* attachment uploads stream to the store (h_att.c) */
         http_mp_sink_choose(r);    /* so do multipart documents (h_multipart.c) */
         if (r->body_sink && !http_authorize_once(r)) {
@@ -562,7 +593,7 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     vsnprintf(line, sizeof line, fmt, ap);
     /* A client that hangs up on a changes feed is routine, not worth a log line; and the
      * "internal error" close follows our own lingering 413 (http_refuse_oversize). */
-    if (strstr(line, "no longer available for sending") ||
+    if (strstr(line, "no longer available for sending") || strstr(line, "Request too big") ||
         strstr(line, "Application reported internal error")) return;
     size_t n = strlen(line);
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
@@ -600,7 +631,7 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
     s->cfg = *cfg;
     if (s->cfg.max_request_size == 0) s->cfg.max_request_size = (size_t)64 << 20;
     if (s->cfg.max_connections == 0) s->cfg.max_connections = 10000;
-    if (s->cfg.connection_memory < 8192) s->cfg.connection_memory = (size_t)160 * 1024;
+    if (s->cfg.connection_memory < 8192) s->cfg.connection_memory = (size_t)16 * 1024;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (cores < 1) cores = 1;
     /* Workers mostly wait (on the group commit, a query server): enough of them that 16
@@ -695,11 +726,12 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->cfg.idle_timeout_s,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)4096,
         MHD_OPTION_THREAD_POOL_SIZE, s->cfg.event_threads > 1 ? s->cfg.event_threads : 0u,
-        /* Room for long request lines. MHD zeroes the whole pool after every request, and
-         * half of it at a connection's first reply, so its size is paid per request and
-         * stays resident per connection (an idle feed): 160 KiB admits URLs of ~70 KB,
-         * enough for a 64 KiB id (longer: MHD answers 414); 16 KiB keeps a feed near
-         * 20 KiB. */
+        /* The request head is read into this pool. MHD 0.9.75 zeroes the whole pool after
+         * every request and the unused half of its read buffer at every reply, so the size
+         * is paid on every request (at 160 KiB the memset was 89% of a GET's instructions)
+         * and stays resident per connection (an idle feed). 16 KiB takes request lines up
+         * to ~15 KB (CouchDB's stock parser stops at 8 KB); longer ones get MHD's 414,
+         * long headers its 431. A 64 KiB id in a URL needs 160 KiB. */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, s->cfg.connection_memory,
         /* MHD_OPTION_LISTENING_ADDRESS_REUSE is left out on purpose. Without it MHD sets
          * SO_REUSEADDR only, so a restart binds while old connections linger in TIME_WAIT.
