@@ -127,6 +127,9 @@ typedef struct http_req {
     int                 (*body_sink)(void *state, const char *data, size_t len);
     void                 *sink_state;
     void                (*sink_free)(void *state);
+    buf                   staged;      /* body bytes gathered for the sink, which a worker
+                                          feeds them to (server.c) */
+    size_t                staged_accounted;
     bool                  authorized;  /* http_authorize passed already (streamed uploads) */
 
     mimeo_db             *db;          /* opened once per request by http_db */

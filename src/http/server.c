@@ -308,6 +308,8 @@ static bool http_body_account(http_req *r) {
 
 static void http_req_free(http_req *r) {
     if (r->accounted) atomic_fetch_sub(&r->srv->buffered, r->accounted);
+    if (r->staged_accounted) atomic_fetch_sub(&r->srv->buffered, r->staged_accounted);
+    buf_destroy(&r->staged);
     if (r->resp) MHD_destroy_response(r->resp);
     if (r->sink_free) r->sink_free(r->sink_state);
     if (r->db) mimeo_db_close(r->db);
@@ -473,9 +475,60 @@ static bool http_authorize_once(http_req *r) {
     return r->authorized;
 }
 
+/* ---- streamed bodies ------------------------------------------------------------------- */
+/* A streamed body's sink (an attachment or multipart upload, h_att.c and h_multipart.c)
+ * compresses, hashes and commits to the store every few MB: run on the event thread, each
+ * commit would hold every other connection of that thread. The event thread only gathers
+ * the bytes; at HTTP_SINK_STAGE the connection is suspended (the client's further bytes wait
+ * in the kernel: back-pressure) and a worker feeds them to the sink, in order, then resumes
+ * it. The rest is fed by the route's own task before the route runs. */
+#define HTTP_SINK_STAGE ((size_t)256 << 10)
+
+/* Reserves the stage in the server-wide body budget; false (the sink is then fed on the
+ * event thread, as small bodies are) when the budget is spent. */
+static bool http_stage_open(http_req *r) {
+    http_server *s = r->srv;
+    size_t want = HTTP_SINK_STAGE + s->cfg.connection_memory;
+    if (atomic_fetch_add(&s->buffered, want) + want > s->cfg.max_buffered) {
+        atomic_fetch_sub(&s->buffered, want);
+        return false;
+    }
+    buf_init(&r->staged, want);   /* grows as bytes come: a small upload costs little */
+    r->staged_accounted = want;
+    return true;
+}
+
+static void http_stage_flush(http_req *r) {
+    if (!r->staged.len) return;
+    (void)r->body_sink(r->sink_state, r->staged.data, r->staged.len);
+    r->staged.len = 0;
+}
+
+static void http_stage_task(http_task *t) {
+    http_req *r = (http_req *)((char *)t - offsetof(http_req, task));
+    http_stage_flush(r);
+    http_conn_phase(r->cx, CONN_BODY);   /* the client was held by us, not slow */
+    http_resume(r->srv, r->conn);
+}
+
+/* True when the connection was suspended for a worker to feed the sink. */
+static bool http_stage_put(http_req *r, const char *data, size_t len) {
+    if (!r->staged_accounted || buf_put(&r->staged, data, len) != 0) {
+        http_stage_flush(r);   /* no stage: fed here, in order */
+        (void)r->body_sink(r->sink_state, data, len);
+        return false;
+    }
+    if (r->staged.len < HTTP_SINK_STAGE) return false;
+    r->task.run = http_stage_task;
+    http_conn_phase(r->cx, CONN_BUSY);
+    http_suspend_submit(r->srv, r->conn, &r->task);
+    return true;
+}
+
 /* The route, on a worker: the connection is suspended until the reply is made. */
 static void http_route_task(http_task *t) {
     http_req *r = (http_req *)((char *)t - offsetof(http_req, task));
+    if (r->body_sink) http_stage_flush(r);
     if (!http_cors_preflight(r) && http_authorize_once(r))
         http_route(r);
     r->routed = true;
@@ -530,6 +583,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
             r->resp = NULL;
             r->status = 0;
         }
+        if (r->body_sink) http_stage_open(r);
         uint64_t cl;
         if (!r->body_sink && http_content_length(r, &cl)) {
             if (cl > s->cfg.max_request_size) return http_refuse_oversize(r);
@@ -548,7 +602,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
 
     if (*upload_size > 0) {
         if (r->body_sink) {
-            (void)r->body_sink(r->sink_state, upload, *upload_size);
+            http_stage_put(r, upload, *upload_size);
             *upload_size = 0;
             return MHD_YES;
         }
