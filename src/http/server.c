@@ -34,6 +34,7 @@ enum { CONN_HEAD, CONN_BODY, CONN_BUSY };
 
 #define HTTP_ADDR_BUCKETS 4096
 #define HTTP_OVER_CAP_MS  2000   /* a connection over a cap that sends nothing is cut then */
+#define HTTP_BODY_GONE_MS 1000   /* a body whose client has ended its stream: cut after this */
 
 typedef struct http_addr_count {
     struct http_addr_count *next;
@@ -221,6 +222,12 @@ void http_conns_sweep(http_server *s, uint64_t now) {
             /* Only a request under way: a keep-alive connection with nothing sent since its
              * last reply is idle, and the idle timeout is for that. */
             if (http_fd_quiet_ms(c->fd) < age) http_conn_cut(s, c, true);
+        } else if (phase == CONN_BODY && age > HTTP_BODY_GONE_MS &&
+                   http_fd_quiet_ms(c->fd) > HTTP_BODY_GONE_MS && http_fd_peer_gone(c->fd)) {
+            /* A body cut short by the end of the stream. When the FIN came in the same
+             * segment as the body's last bytes, MHD's edge-triggered loop took both in one
+             * wake-up and waits for another that never comes (until body_timeout). */
+            http_conn_cut(s, c, false);
         } else if (phase == CONN_BODY && body_ms && age > body_ms) {
             uint64_t quiet = http_fd_quiet_ms(c->fd);
             if (quiet != UINT64_MAX && quiet > body_ms) http_conn_cut(s, c, true);
