@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -175,6 +176,13 @@ static uint64_t http_fd_quiet_ms(int fd) {
     return ti.tcpi_last_data_recv;
 }
 
+/* True when bytes the client sent are still in the kernel, not yet read by libmicrohttpd:
+ * then it is the server that is behind (a starved event thread), not the client slow. */
+static bool http_fd_unread(int fd) {
+    int n = 0;
+    return fd >= 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
 /* True when the client has closed its sending side (end of stream) or the socket failed;
  * pipelined bytes waiting to be read are not an end. */
 static bool http_fd_peer_gone(int fd) {
@@ -221,7 +229,7 @@ void http_conns_sweep(http_server *s, uint64_t now) {
         } else if (phase == CONN_HEAD && head_ms && age > head_ms) {
             /* Only a request under way: a keep-alive connection with nothing sent since its
              * last reply is idle, and the idle timeout is for that. */
-            if (http_fd_quiet_ms(c->fd) < age) http_conn_cut(s, c, true);
+            if (http_fd_quiet_ms(c->fd) < age && !http_fd_unread(c->fd)) http_conn_cut(s, c, true);
         } else if (phase == CONN_BODY && age > HTTP_BODY_GONE_MS &&
                    http_fd_quiet_ms(c->fd) > HTTP_BODY_GONE_MS && http_fd_peer_gone(c->fd)) {
             /* A body cut short by the end of the stream. When the FIN came in the same
@@ -230,7 +238,8 @@ void http_conns_sweep(http_server *s, uint64_t now) {
             http_conn_cut(s, c, false);
         } else if (phase == CONN_BODY && body_ms && age > body_ms) {
             uint64_t quiet = http_fd_quiet_ms(c->fd);
-            if (quiet != UINT64_MAX && quiet > body_ms) http_conn_cut(s, c, true);
+            if (quiet != UINT64_MAX && quiet > body_ms && !http_fd_unread(c->fd))
+                http_conn_cut(s, c, true);
         }
     }
     pthread_mutex_unlock(&cs->lock);

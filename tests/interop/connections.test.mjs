@@ -160,9 +160,16 @@ describe('slow and idle clients', () => {
     // One byte a second on every connection.
     const drip = setInterval(() => { for (const s of socks) if (!s.destroyed) s.write('a'); }, 1000);
     try {
+      // Every normal client is served (a slowloris lock-out shows as timeouts or 408s); within
+      // 100 ms p99 on a machine with a core to spare. On a loaded one the tail is the
+      // machine's (main's build measured p99 2 s at load 24 here): stated beside the load and
+      // held to 1 s.
       const lat = await newClientLatencies(port, 60);
-      console.log(`# GET / beside ${SLOW} slowloris connections: p50 ${percentile(lat, 50).toFixed(1)} ms, p99 ${percentile(lat, 99).toFixed(1)} ms`);
-      assert.ok(percentile(lat, 99) <= 100, `p99 ${percentile(lat, 99).toFixed(1)} ms`);
+      const load = os.loadavg()[0];
+      const bound = load < os.cpus().length ? 100 : 1000;
+      console.log(`# GET / beside ${SLOW} slowloris connections: p50 ${percentile(lat, 50).toFixed(1)} ms, ` +
+        `p99 ${percentile(lat, 99).toFixed(1)} ms; load ${load.toFixed(1)} on ${os.cpus().length} cores`);
+      assert.ok(percentile(lat, 99) <= bound, `p99 ${percentile(lat, 99).toFixed(1)} ms (bound ${bound} ms)`);
       // The header timeout (4 s) cuts them, with a 408 where the reply gets through.
       const deadline = Date.now() + 15_000;
       while (Date.now() < deadline && closed.some((c) => !c)) await new Promise((r) => setTimeout(r, 200));
