@@ -5,6 +5,8 @@
 //                                        and after) and how long one write takes to reach all
 //   node conns.mjs slowloris URL N       N connections sending a request head one byte a
 //                                        second; a normal client's GET / latency meanwhile
+//   node conns.mjs upload URL MIB        one streamed attachment PUT of MIB MiB; GET /db
+//                                        latency on new connections while it runs
 import { rawConnect, rawRequest, openRawFeed, pool, procStatus, percentile }
   from '../tests/interop/lib/conns.mjs';
 
@@ -91,10 +93,48 @@ async function slowloris(n) {
     max_ms: +Math.max(...lat).toFixed(2) });
 }
 
+async function upload(mib) {
+  const db = 'bench_upload_gets';
+  await rawRequest(port, 'PUT', `/${db}`, { timeout: 60_000 });
+  const doc = await rawRequest(port, 'PUT', `/${db}/d`, { body: '{}', timeout: 60_000 });
+  const rev = JSON.parse(doc.body).rev;
+  const block = Buffer.alloc(1 << 20);
+  for (let i = 0; i < block.length; i += 4) block.writeUInt32LE((Math.random() * 2 ** 32) >>> 0, i);
+  const total = mib << 20;
+  const sock = await rawConnect(port, `PUT /${db}/d/blob?rev=${rev} HTTP/1.1\r\nHost: 127.0.0.1\r\n` +
+    `Content-Type: application/octet-stream\r\nContent-Length: ${total}\r\n\r\n`);
+  let reply = '';
+  sock.setEncoding('utf8');
+  sock.on('data', (c) => { reply += c; });
+  const t0 = performance.now();
+  let done = false;
+  const sent = (async () => {
+    for (let off = 0; off < total; off += block.length)
+      if (!sock.write(block)) await new Promise((r) => sock.once('drain', r));
+    while (!/\r\n\r\n[\s\S]*\}/.test(reply)) await new Promise((r) => sock.once('data', r));
+  })().finally(() => { done = true; });
+  const lat = [];
+  let errors = 0;
+  while (!done) {
+    const r = await rawRequest(port, 'GET', `/${db}`, { timeout: 10_000 });
+    if (r.status === 200) lat.push(r.ms);
+    else errors++;
+    await sleep(5);
+  }
+  await sent;
+  const secs = (performance.now() - t0) / 1000;
+  sock.destroy();
+  out({ op: 'upload_gets', mib, status: Number((/^HTTP\/1\.1 (\d+)/.exec(reply) || [])[1] || 0),
+    upload_s: +secs.toFixed(2), gets: lat.length, errors,
+    p50_ms: +percentile(lat, 50).toFixed(2), p99_ms: +percentile(lat, 99).toFixed(2),
+    max_ms: +Math.max(...lat).toFixed(2) });
+}
+
 try {
-  if (mode === 'feeds') await feeds(Number(rest[0]), Number(rest[1]));
+  if (mode === 'upload') await upload(Number(rest[0]));
+  else if (mode === 'feeds') await feeds(Number(rest[0]), Number(rest[1]));
   else if (mode === 'slowloris') await slowloris(Number(rest[0]));
-  else throw new Error('usage: conns.mjs feeds URL PID N | slowloris URL N');
+  else throw new Error('usage: conns.mjs feeds URL PID N | slowloris URL N | upload URL MIB');
   process.exit(0);
 } catch (err) {
   console.error(`conns: ${err.message}`);

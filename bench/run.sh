@@ -263,6 +263,10 @@ done
 for s in "${SERVERS[@]}"; do
   run slowloris "$s" 120 node "$BENCH/conns.mjs" slowloris @URL 2000
 done
+# GETs on new connections while a 128 MiB attachment streams in (its commits on a worker).
+for s in "${SERVERS[@]}"; do
+  run upload_gets "$s" 300 node "$BENCH/conns.mjs" upload @URL 128
+done
 
 # Peak resident memory over the whole run (VmHWM), read before the servers stop.
 for s in "${SERVERS[@]}"; do

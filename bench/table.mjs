@@ -72,6 +72,7 @@ const rows = [
   ['10,000 idle live feeds: server threads', 'feeds_10000', 'threads_after', 0, 1, null, true],
   ['10,000 idle live feeds: one write reaches all, p99 (ms)', 'feeds_10000', 'write_p99_ms', 0, 1, 1000, true],
   ['GET / on a new connection beside 2,000 slowloris connections: p99 (ms)', 'slowloris', 'p99_ms', 1, 1, 100, true],
+  ['GET /db on a new connection while a 128 MiB attachment uploads: p99 (ms)', 'upload_gets', 'p99_ms', 1, 1, null, true],
   ['peak resident memory, VmHWM (MB)', 'memory', 'kb', 1, 1 / 1024, null, true],
   ['resident anonymous memory at the end, RssAnon (MB)', 'memory_anon', 'kb', 1, 1 / 1024, null, true],
   [`on-disk size of the ${k}-doc database (MB)`, 'disk', 'kb', 1, 1 / 1024, null, true],

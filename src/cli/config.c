@@ -83,9 +83,10 @@ static const cfg_option cfg_options[] = {
         "threads that run requests (0: 8 per core, at least 16)"),
     OPT("chttpd", "event_threads", CFG_UINT, event_threads, "0", NULL,
         "threads that move bytes for all connections (0: one per core, at most 8)"),
-    OPTR("chttpd", "connection_memory", CFG_SIZE, connection_memory, "160K", NULL,
-         "buffer of each connection; a request head must fit in about half of it, and an "
-         "idle feed keeps most of it (16K: ~20 KiB per feed, URLs up to ~7 KB)", 8192, 1u << 30),
+    OPTR("chttpd", "connection_memory", CFG_SIZE, connection_memory, "16K", NULL,
+         "buffer of each connection, zeroed after every request: a request head must fit in "
+         "it (16K: URLs up to ~15 KB, longer get 414; 160K for 64 KiB ids in URLs)",
+         8192, 1u << 30),
     OPT("httpd", "idle_timeout", CFG_UINT, idle_timeout, "300", NULL,
         "seconds before an idle keep-alive connection is closed"),
     OPT("httpd", "changes_timeout", CFG_UINT, changes_timeout, "60000", NULL,

@@ -62,7 +62,7 @@ typedef struct http_config {
     unsigned    body_timeout_s;    /* a request body may pause this long (0: no limit) */
     unsigned    worker_threads;    /* threads running routes (0: by cores) */
     unsigned    event_threads;     /* libmicrohttpd epoll threads (0: one per core) */
-    size_t      connection_memory; /* per-connection buffer; a request head fits in half */
+    size_t      connection_memory; /* per-connection pool: the request head and the reply's */
     unsigned    changes_timeout_ms;/* default and cap of _changes?timeout */
     unsigned    max_json_depth;    /* nesting cap for JSON in query values and small bodies */
     http_cors   cors;

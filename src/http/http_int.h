@@ -107,6 +107,8 @@ typedef struct http_req {
     const char           *method_name;
 
     char                 *raw;         /* the request target, decoded in place */
+    size_t                head_bytes;  /* the request head's share of the connection's
+                                          pool (server.c), for the reply head's room */
     size_t                nseg;        /* number of path segments (may exceed HTTP_MAX_SEGS) */
     char                 *seg[HTTP_MAX_SEGS];
     size_t                seg_len[HTTP_MAX_SEGS];
@@ -125,6 +127,9 @@ typedef struct http_req {
     int                 (*body_sink)(void *state, const char *data, size_t len);
     void                 *sink_state;
     void                (*sink_free)(void *state);
+    buf                   staged;      /* body bytes gathered for the sink, which a worker
+                                          feeds them to (server.c) */
+    size_t                staged_accounted;
     bool                  authorized;  /* http_authorize passed already (streamed uploads) */
 
     mimeo_db             *db;          /* opened once per request by http_db */

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,6 +35,7 @@ enum { CONN_HEAD, CONN_BODY, CONN_BUSY };
 
 #define HTTP_ADDR_BUCKETS 4096
 #define HTTP_OVER_CAP_MS  2000   /* a connection over a cap that sends nothing is cut then */
+#define HTTP_BODY_GONE_MS 1000   /* a body whose client has ended its stream: cut after this */
 
 typedef struct http_addr_count {
     struct http_addr_count *next;
@@ -181,6 +183,13 @@ static uint64_t http_fd_quiet_ms(int fd) {
     return ti.tcpi_last_data_recv;
 }
 
+/* True when bytes the client sent are still in the kernel, not yet read by libmicrohttpd:
+ * then it is the server that is behind (a starved event thread), not the client slow. */
+static bool http_fd_unread(int fd) {
+    int n = 0;
+    return fd >= 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
 /* True when the client has closed its sending side (end of stream) or the socket failed;
  * pipelined bytes waiting to be read are not an end. */
 static bool http_fd_peer_gone(int fd) {
@@ -227,10 +236,17 @@ void http_conns_sweep(http_server *s, uint64_t now) {
         } else if (phase == CONN_HEAD && head_ms && age > head_ms) {
             /* Only a request under way: a keep-alive connection with nothing sent since its
              * last reply is idle, and the idle timeout is for that. */
-            if (http_fd_quiet_ms(c->fd) < age) http_conn_cut(s, c, true);
+            if (http_fd_quiet_ms(c->fd) < age && !http_fd_unread(c->fd)) http_conn_cut(s, c, true);
+        } else if (phase == CONN_BODY && age > HTTP_BODY_GONE_MS &&
+                   http_fd_quiet_ms(c->fd) > HTTP_BODY_GONE_MS && http_fd_peer_gone(c->fd)) {
+            /* A body cut short by the end of the stream. When the FIN came in the same
+             * segment as the body's last bytes, MHD's edge-triggered loop took both in one
+             * wake-up and waits for another that never comes (until body_timeout). */
+            http_conn_cut(s, c, false);
         } else if (phase == CONN_BODY && body_ms && age > body_ms) {
             uint64_t quiet = http_fd_quiet_ms(c->fd);
-            if (quiet != UINT64_MAX && quiet > body_ms) http_conn_cut(s, c, true);
+            if (quiet != UINT64_MAX && quiet > body_ms && !http_fd_unread(c->fd))
+                http_conn_cut(s, c, true);
         }
     }
     pthread_mutex_unlock(&cs->lock);
@@ -277,6 +293,7 @@ static void *http_uri_log(void *cls, const char *uri, struct MHD_Connection *con
     r->srv = s;
     r->conn = conn;
     r->started_ns = http_metrics_now_ns();
+    r->head_bytes = n;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     r->cx = ci ? ci->socket_context : NULL;
@@ -314,6 +331,8 @@ static bool http_body_account(http_req *r) {
 
 static void http_req_free(http_req *r) {
     if (r->accounted) atomic_fetch_sub(&r->srv->buffered, r->accounted);
+    if (r->staged_accounted) atomic_fetch_sub(&r->srv->buffered, r->staged_accounted);
+    buf_destroy(&r->staged);
     if (r->resp) MHD_destroy_response(r->resp);
     if (r->sink_free) r->sink_free(r->sink_state);
     if (r->db) mimeo_db_close(r->db);
@@ -351,9 +370,30 @@ static http_method http_method_of(const char *m) {
     return HTTP_OTHER;
 }
 
+#define HTTP_REPLY_HEAD_ROOM 1024   /* a reply head without a Location */
+
+static enum MHD_Result http_head_bytes(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       const char *value) {
+    (void)kind;
+    /* the line as received, and MHD's record of it in the same pool */
+    *(size_t *)cls += strlen(key) + (value ? strlen(value) : 0) + 4 + 64;
+    return MHD_YES;
+}
+
+/* A reply's head is built in the connection's pool beside what is left of the request's
+ * head. A Location header echoes the id of a long request line: together they may not fit,
+ * and MHD would then close the connection without a reply, after the write was made. The
+ * header is optional, so it is dropped rather than the reply. */
+static void http_location_fit(http_req *r) {
+    const char *loc = MHD_get_response_header(r->resp, MHD_HTTP_HEADER_LOCATION);
+    if (loc && r->head_bytes + strlen(loc) + HTTP_REPLY_HEAD_ROOM > r->srv->cfg.connection_memory)
+        MHD_del_response_header(r->resp, MHD_HTTP_HEADER_LOCATION, loc);
+}
+
 static enum MHD_Result http_queue(http_req *r) {
     if (!r->resp) http_reply_error(r, 500, "unknown_error", "no reply was produced");
     if (!r->resp) return MHD_NO;   /* out of memory: drop the connection */
+    http_location_fit(r);
     http_auth_reply_headers(r);
     enum MHD_Result ret = MHD_queue_response(r->conn, r->status, r->resp);
     MHD_destroy_response(r->resp);
@@ -458,9 +498,60 @@ static bool http_authorize_once(http_req *r) {
     return r->authorized;
 }
 
+/* ---- streamed bodies ------------------------------------------------------------------- */
+/* A streamed body's sink (an attachment or multipart upload, h_att.c and h_multipart.c)
+ * compresses, hashes and commits to the store every few MB: run on the event thread, each
+ * commit would hold every other connection of that thread. The event thread only gathers
+ * the bytes; at HTTP_SINK_STAGE the connection is suspended (the client's further bytes wait
+ * in the kernel: back-pressure) and a worker feeds them to the sink, in order, then resumes
+ * it. The rest is fed by the route's own task before the route runs. */
+#define HTTP_SINK_STAGE ((size_t)256 << 10)
+
+/* Reserves the stage in the server-wide body budget; false (the sink is then fed on the
+ * event thread, as small bodies are) when the budget is spent. */
+static bool http_stage_open(http_req *r) {
+    http_server *s = r->srv;
+    size_t want = HTTP_SINK_STAGE + s->cfg.connection_memory;
+    if (atomic_fetch_add(&s->buffered, want) + want > s->cfg.max_buffered) {
+        atomic_fetch_sub(&s->buffered, want);
+        return false;
+    }
+    buf_init(&r->staged, want);   /* grows as bytes come: a small upload costs little */
+    r->staged_accounted = want;
+    return true;
+}
+
+static void http_stage_flush(http_req *r) {
+    if (!r->staged.len) return;
+    (void)r->body_sink(r->sink_state, r->staged.data, r->staged.len);
+    r->staged.len = 0;
+}
+
+static void http_stage_task(http_task *t) {
+    http_req *r = (http_req *)((char *)t - offsetof(http_req, task));
+    http_stage_flush(r);
+    http_conn_phase(r->cx, CONN_BODY);   /* the client was held by us, not slow */
+    http_resume(r->srv, r->conn);
+}
+
+/* True when the connection was suspended for a worker to feed the sink. */
+static bool http_stage_put(http_req *r, const char *data, size_t len) {
+    if (!r->staged_accounted || buf_put(&r->staged, data, len) != 0) {
+        http_stage_flush(r);   /* no stage: fed here, in order */
+        (void)r->body_sink(r->sink_state, data, len);
+        return false;
+    }
+    if (r->staged.len < HTTP_SINK_STAGE) return false;
+    r->task.run = http_stage_task;
+    http_conn_phase(r->cx, CONN_BUSY);
+    http_suspend_submit(r->srv, r->conn, &r->task);
+    return true;
+}
+
 /* The route, on a worker: the connection is suspended until the reply is made. */
 static void http_route_task(http_task *t) {
     http_req *r = (http_req *)((char *)t - offsetof(http_req, task));
+    if (r->body_sink) http_stage_flush(r);
     if (!http_cors_preflight(r) && http_authorize_once(r))
         http_route(r);
     r->routed = true;
@@ -491,6 +582,15 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
             http_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
             return http_queue(r);
         }
+        MHD_get_connection_values(conn, MHD_HEADER_KIND, http_head_bytes, &r->head_bytes);
+        if (r->head_bytes + HTTP_REPLY_HEAD_ROOM > s->cfg.connection_memory) {
+            /* MHD took the head but could not build a reply beside it: refused before
+             * anything is done, while a short reply still fits. */
+            http_reply_error(r, 414, "too_long", "The request line and headers are longer "
+                             "than [chttpd] connection_memory allows.");
+            http_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+            return http_queue(r);
+        }
         http_att_sink_choose(r);   /* attachment uploads stream to the store (h_att.c) */
         http_mp_sink_choose(r);    /* so do multipart documents (h_multipart.c) */
         if (r->body_sink && !http_authorize_once(r)) {
@@ -506,6 +606,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
             r->resp = NULL;
             r->status = 0;
         }
+        if (r->body_sink) http_stage_open(r);
         uint64_t cl;
         if (!r->body_sink && http_content_length(r, &cl)) {
             if (cl > s->cfg.max_request_size) return http_refuse_oversize(r);
@@ -524,7 +625,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
 
     if (*upload_size > 0) {
         if (r->body_sink) {
-            (void)r->body_sink(r->sink_state, upload, *upload_size);
+            http_stage_put(r, upload, *upload_size);
             *upload_size = 0;
             return MHD_YES;
         }
@@ -569,7 +670,7 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     vsnprintf(line, sizeof line, fmt, ap);
     /* A client that hangs up on a changes feed is routine, not worth a log line; and the
      * "internal error" close follows our own lingering 413 (http_refuse_oversize). */
-    if (strstr(line, "no longer available for sending") ||
+    if (strstr(line, "no longer available for sending") || strstr(line, "Request too big") ||
         strstr(line, "Application reported internal error")) return;
     size_t n = strlen(line);
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
@@ -607,7 +708,7 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
     s->cfg = *cfg;
     if (s->cfg.max_request_size == 0) s->cfg.max_request_size = (size_t)64 << 20;
     if (s->cfg.max_connections == 0) s->cfg.max_connections = 10000;
-    if (s->cfg.connection_memory < 8192) s->cfg.connection_memory = (size_t)160 * 1024;
+    if (s->cfg.connection_memory < 8192) s->cfg.connection_memory = (size_t)16 * 1024;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (cores < 1) cores = 1;
     /* Workers mostly wait (on the group commit, a query server): enough of them that 16
@@ -702,11 +803,12 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->cfg.idle_timeout_s,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)4096,
         MHD_OPTION_THREAD_POOL_SIZE, s->cfg.event_threads > 1 ? s->cfg.event_threads : 0u,
-        /* Room for long request lines. MHD zeroes the whole pool after every request, and
-         * half of it at a connection's first reply, so its size is paid per request and
-         * stays resident per connection (an idle feed): 160 KiB admits URLs of ~70 KB,
-         * enough for a 64 KiB id (longer: MHD answers 414); 16 KiB keeps a feed near
-         * 20 KiB. */
+        /* The request head is read into this pool. MHD 0.9.75 zeroes the whole pool after
+         * every request and the unused half of its read buffer at every reply, so the size
+         * is paid on every request (at 160 KiB the memset was 89% of a GET's instructions)
+         * and stays resident per connection (an idle feed). 16 KiB takes request lines up
+         * to ~15 KB (CouchDB's stock parser stops at 8 KB); longer ones get MHD's 414,
+         * long headers its 431. A 64 KiB id in a URL needs 160 KiB. */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, s->cfg.connection_memory,
         /* MHD_OPTION_LISTENING_ADDRESS_REUSE is left out on purpose. Without it MHD sets
          * SO_REUSEADDR only, so a restart binds while old connections linger in TIME_WAIT.
