@@ -667,6 +667,23 @@ static void revlist_destroy(repl_revlist *l) {
     free(l->ptrs);
 }
 
+/* Runs handlers h (state x) over the reply: a callback's stop code (*fn_rc) is the result;
+ * a reply read whole but of the wrong shape (*shaped false) is a bad_reply saying bad. */
+static int repl_events(const repl_resp *r, const json_handlers *h, void *x, const int *fn_rc,
+                       const bool *shaped, const char *bad, mimeo_err *err) {
+    int rc = json_parse(r->body.data, r->body.len, NULL, h, x, err);
+    if (*fn_rc) {
+        rc = *fn_rc;
+        err_set(err, rc, "error", "%s", mimeo_strerror(rc));
+    } else if (rc == MIMEO_ENOMEM) {
+        err_set(err, rc, "error", "out of memory");
+    } else if (!rc && !*shaped) {
+        err_set(err, MIMEO_EIO, "bad_reply", "%s", bad);
+        rc = MIMEO_EIO;
+    }
+    return rc;
+}
+
 /* {"id":{"missing":[…],"possible_ancestors":[…]},…}: depth 1 is the answer, 2 an entry, 3
  * one of its lists. */
 typedef struct repl_mx {
@@ -746,16 +763,8 @@ int repl_reply_missing(const repl_resp *r, repl_missing_fn fn, void *ctx, mimeo_
     buf_init(&x.id, 0);
     buf_init(&x.revs.text, 0);
     buf_init(&x.anc.text, 0);
-    int rc = json_parse(r->body.data, r->body.len, NULL, &mx_handlers, &x, err);
-    if (x.fn_rc) {
-        rc = x.fn_rc;
-        err_set(err, rc, "error", "%s", mimeo_strerror(rc));
-    } else if (rc == MIMEO_ENOMEM) {
-        err_set(err, rc, "error", "out of memory");
-    } else if (!rc && !x.top_object) {
-        err_set(err, MIMEO_EIO, "bad_reply", "_revs_diff did not answer an object");
-        rc = MIMEO_EIO;
-    }
+    int rc = repl_events(r, &mx_handlers, &x, &x.fn_rc, &x.top_object,
+                         "_revs_diff did not answer an object", err);
     buf_destroy(&x.id);
     revlist_destroy(&x.revs);
     revlist_destroy(&x.anc);
@@ -961,16 +970,8 @@ int repl_reply_changes(const repl_resp *r, repl_change_fn fn, void *ctx, repl_pa
     buf_init(&x.revs.text, 0);
     buf_init(&x.row_seq, 0);
     buf_init(&x.last_seq, 0);
-    int rc = json_parse(r->body.data, r->body.len, NULL, &cx_handlers, &x, err);
-    if (x.fn_rc) {
-        rc = x.fn_rc;
-        err_set(err, rc, "error", "%s", mimeo_strerror(rc));
-    } else if (rc == MIMEO_ENOMEM) {
-        err_set(err, rc, "error", "out of memory");
-    } else if (!rc && !x.saw_results) {
-        err_set(err, MIMEO_EIO, "bad_reply", "_changes answered no results array");
-        rc = MIMEO_EIO;
-    }
+    int rc = repl_events(r, &cx_handlers, &x, &x.fn_rc, &x.saw_results,
+                         "_changes answered no results array", err);
     if (!rc) {
         page->pending = x.pending;
         page->rows = x.rows;
