@@ -490,6 +490,13 @@ MIMEO_API int mimeo_open_revs_open(mimeo_db *db, const char *id, size_t id_len,
                                    const mimeo_get_opts *opts, mimeo_cursor **cur,
                                    mimeo_err *err);
 
+/* The same for the n revisions revs[i] (rev_lens[i] bytes each; borrowed for the call):
+ * what open_revs=[…] names, without JSON text to write and parse. */
+MIMEO_API int mimeo_open_revs_list_open(mimeo_db *db, const char *id, size_t id_len,
+                                        const char *const *revs, const size_t *rev_lens,
+                                        size_t n, const mimeo_get_opts *opts,
+                                        mimeo_cursor **cur, mimeo_err *err);
+
 /* _bulk_get as rows: one per request entry, json = that entry's {"id","docs":[…]}. The
  * request is read when the cursor opens (errors as mimeo_bulk_get), the documents in
  * bounded slices as the rows are taken, so a reply of any size costs one slice of memory. */

@@ -304,28 +304,14 @@ static int local_revs_diff(repl_ep *ep, const char *body, size_t len, repl_missi
  * counted in *unserved. A document that does not exist at all is a 404. */
 static int local_fetch(local_ep *l, const repl_want *want, repl_doc_fn fn, void *ctx,
                        size_t *unserved, repl_resp *out, mimeo_err *err) {
-    /* The library takes the revision list as JSON, like the HTTP API it serves. */
-    buf revs;
-    buf_init(&revs, 0);
-    int rc = buf_putc(&revs, '[');
-    for (size_t k = 0; !rc && k < want->nrevs; k++) {
-        if (k) rc = buf_putc(&revs, ',');
-        if (!rc) rc = json_put_str(&revs, want->revs[k], want->rev_lens[k]);
-    }
-    if (!rc) rc = buf_putc(&revs, ']');
-    if (rc) {
-        buf_destroy(&revs);
-        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
-        return MIMEO_ENOMEM;
-    }
     mimeo_get_opts o;
     memset(&o, 0, sizeof o);
     o.revs = true;
     o.latest = true;
     mimeo_err e = {0};
     mimeo_cursor *cur = NULL;
-    rc = mimeo_open_revs_open(l->db, want->id, want->id_len, revs.data, revs.len, &o, &cur, &e);
-    buf_destroy(&revs);
+    int rc = mimeo_open_revs_list_open(l->db, want->id, want->id_len, want->revs,
+                                       want->rev_lens, want->nrevs, &o, &cur, &e);
     int frc = 0;
     while (!rc && !frc) {
         const mimeo_row *row;

@@ -733,6 +733,30 @@ static void test_local_endpoint_structs(void) {
     CHECK_EQ_INT(json_parse_calls - before, 0);
     free(info.update_seq);
 
+    /* documents fetched for a batch: the revisions go to the library as a list */
+    char *d0 = NULL;
+    size_t d0n = 0;
+    CHECK_EQ_INT(mimeo_doc_get(db, "d0", 2, NULL, &d0, &d0n, NULL), 0);
+    const char *rv = d0 ? strstr(d0, "\"_rev\":\"") : NULL;
+    char r0[MIMEO_REV_MAX] = "";
+    if (rv) snprintf(r0, sizeof r0, "%.*s", (int)strcspn(rv + 8, "\""), rv + 8);
+    mimeo_free(d0);
+    const char *wr[] = { r0, "1-0123456789abcdef0123456789abcdef" };
+    size_t wl[] = { strlen(r0), strlen(wr[1]) };
+    repl_want want = { "d0", 2, wr, wl, 2, NULL, NULL, 0 };
+    ep_seen es;
+    memset(&es, 0, sizeof es);
+    buf_init(&es.docs, 0);
+    size_t unserved = 0;
+    before = json_parse_calls;
+    CHECK_EQ_INT(ep->ops->bulk_get(ep, &want, 1, ep_doc, &es, &unserved, &out, &e), 0);
+    CHECK_EQ_INT(json_parse_calls - before, 0);
+    CHECK_EQ_INT(out.status, 200);
+    CHECK_EQ_INT(es.ndocs, 1);
+    CHECK_EQ_INT(unserved, 1);
+    CHECK(strstr(buf_cstr(&es.docs), "\"_revisions\":{\"start\":1") != NULL);
+    buf_destroy(&es.docs);
+
     /* the checkpoint: written (the library reads the document once), read back as fields */
     const char *ck = "{\"session_id\":\"s1\",\"source_last_seq\":3,\"history\":[]}";
     char rev[MIMEO_REV_MAX] = "";
@@ -831,6 +855,42 @@ static void test_library_structs(void) {
     mimeo_free(got);
     CHECK_EQ_INT(mimeo_local_read(db, "y", 1, rev, &got, &n, NULL), MIMEO_ENOTFOUND);
     CHECK(got == NULL);
+    /* open_revs from a list gives the rows the JSON list gives */
+    const char *doc = "{\"_id\":\"o\",\"v\":1}";
+    CHECK_EQ_INT(mimeo_doc_put(db, NULL, 0, doc, strlen(doc), NULL, &res, NULL), 0);
+    mimeo_free(res.id);
+    const char *lr[] = { res.rev, "2-0123456789abcdef0123456789abcdef", res.rev };
+    size_t ll[] = { strlen(res.rev), strlen(lr[1]), strlen(res.rev) };
+    char lj[200];
+    snprintf(lj, sizeof lj, "[\"%s\",\"%s\",\"%s\"]", lr[0], lr[1], lr[2]);
+    mimeo_get_opts go;
+    memset(&go, 0, sizeof go);
+    go.revs = true;
+    mimeo_cursor *c1 = NULL, *c2 = NULL;
+    CHECK_EQ_INT(mimeo_open_revs_list_open(db, "o", 1, lr, ll, 3, &go, &c1, NULL), 0);
+    CHECK_EQ_INT(mimeo_open_revs_open(db, "o", 1, lj, strlen(lj), &go, &c2, NULL), 0);
+    size_t rows = 0;
+    for (;;) {
+        const mimeo_row *a = NULL, *b = NULL;
+        CHECK_EQ_INT(c1 ? mimeo_cursor_next(c1, &a, NULL) : -1, 0);
+        CHECK_EQ_INT(c2 ? mimeo_cursor_next(c2, &b, NULL) : -1, 0);
+        CHECK((a == NULL) == (b == NULL));
+        if (!a || !b) break;
+        rows++;
+        CHECK_EQ_INT(a->status, b->status);
+        CHECK_EQ_STR(a->rev, b->rev);
+        CHECK_EQ_INT(a->json_len, b->json_len);
+        if (a->json && b->json) CHECK(memcmp(a->json, b->json, a->json_len) == 0);
+    }
+    CHECK_EQ_INT(rows, 3);
+    mimeo_cursor_close(c1);
+    mimeo_cursor_close(c2);
+    const char *bad[] = { "nonsense" };
+    size_t badl[] = { 8 };
+    CHECK_EQ_INT(mimeo_open_revs_list_open(db, "o", 1, bad, badl, 1, &go, &c1, NULL),
+                 MIMEO_EBADREV);
+    CHECK(c1 == NULL);
+
     /* the JSON form still splices id and rev in */
     CHECK_EQ_INT(mimeo_local_get(db, "x", 1, &got, &n, NULL), 0);
     CHECK_EQ_STR(got, "{\"_id\":\"_local/x\",\"_rev\":\"0-1\",\"a\":[1,{\"b\":\"c\"}]}");
