@@ -271,8 +271,23 @@ MIMEO_API int mimeo_doc_delete_as(mimeo_db *db, const char *id, size_t id_len, c
  * (hundreds of megabytes of changed pages) is MIMEO_ETOOLARGE, nothing written: split it. */
 MIMEO_API int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
                               size_t *out_len, mimeo_err *err);
+/* One entry of a _bulk_docs reply, as a struct (mimeo_bulk_docs_opts.entry_fn); every
+ * pointer is borrowed for the call only. */
+typedef struct mimeo_bulk_entry {
+    const char *id;       /* the document's id (with "_local/" for local documents) */
+    size_t      id_len;   /* ids may contain NUL: always use it */
+    int         code;     /* 0: written; else the MIMEO_E* code of its failure */
+    const char *rev;      /* the new revision, or a failed replicated revision; or NULL */
+    const char *error;    /* CouchDB's error name and reason on failure, else NULL */
+    const char *reason;
+} mimeo_bulk_entry;
 typedef struct mimeo_bulk_docs_opts {
     const mimeo_user_ctx *user;  /* the writer, for validate_doc_update (NULL: system) */
+    /* Instead of the reply text: called with each entry the reply would list, in order
+     * (with new_edits false, only the failures), and *json_out stays NULL. A non-zero
+     * return stops the listing (what was written stays written) and is returned. */
+    int  (*entry_fn)(void *ctx, const mimeo_bulk_entry *entry);
+    void *entry_ctx;
 } mimeo_bulk_docs_opts;
 /* mimeo_bulk_docs with options (opts may be NULL). Documents that validate_doc_update
  * rejects are per-entry errors of the reply, new_edits false included. */
@@ -475,6 +490,13 @@ MIMEO_API int mimeo_open_revs_open(mimeo_db *db, const char *id, size_t id_len,
                                    const mimeo_get_opts *opts, mimeo_cursor **cur,
                                    mimeo_err *err);
 
+/* The same for the n revisions revs[i] (rev_lens[i] bytes each; borrowed for the call):
+ * what open_revs=[…] names, without JSON text to write and parse. */
+MIMEO_API int mimeo_open_revs_list_open(mimeo_db *db, const char *id, size_t id_len,
+                                        const char *const *revs, const size_t *rev_lens,
+                                        size_t n, const mimeo_get_opts *opts,
+                                        mimeo_cursor **cur, mimeo_err *err);
+
 /* _bulk_get as rows: one per request entry, json = that entry's {"id","docs":[…]}. The
  * request is read when the cursor opens (errors as mimeo_bulk_get), the documents in
  * bounded slices as the rows are taken, so a reply of any size costs one slice of memory. */
@@ -514,6 +536,11 @@ MIMEO_API void mimeo_cursor_close(mimeo_cursor *cur);
  * CouchDB replicator checkpoint), which is accepted as CouchDB does. */
 MIMEO_API int mimeo_local_get(mimeo_db *db, const char *id, size_t id_len, char **json_out,
                               size_t *out_len, mimeo_err *err);
+/* mimeo_local_get as fields: the revision into rev ("0-N") and the stored body into *body
+ * (new, mimeo_free it): a JSON object without _id and _rev. */
+MIMEO_API int mimeo_local_read(mimeo_db *db, const char *id, size_t id_len,
+                               char rev[MIMEO_REV_MAX], char **body, size_t *body_len,
+                               mimeo_err *err);
 MIMEO_API int mimeo_local_put(mimeo_db *db, const char *id, size_t id_len, const char *json,
                               size_t len, const char *rev, mimeo_put_result *res,
                               mimeo_err *err);

@@ -88,6 +88,7 @@ struct mimeo_cursor {
 
     /* bulk_get, revs_diff, open_revs */
     jval     *req;
+    bool      req_flat;   /* req is one allocation (open_revs from a list), not a tree */
     size_t    req_pos;
     const char *id;       /* open_revs: the document */
     size_t    id_len;
@@ -810,7 +811,8 @@ void mimeo_cursor_close(mimeo_cursor *c) {
     free(c->scratch);
     free(c->out_leaves);
     free(c->hits);
-    jval_free(c->req);
+    if (c->req_flat) free(c->req);
+    else jval_free(c->req);
     free(c);
 }
 
@@ -1097,6 +1099,18 @@ static bool revs_all(const char *s, size_t n) {
     return (n == 3 && memcmp(s, "all", 3) == 0) || (n == 5 && memcmp(s, "\"all\"", 5) == 0);
 }
 
+/* One document: read it whole now (its errors are the open's), then serve the rows. */
+static int open_revs_start(mimeo_cursor *c, mimeo_cursor **out, mimeo_err *err) {
+    int rc = cursor_fill(c, err);
+    c->id = NULL;
+    if (rc) {
+        mimeo_cursor_close(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
 int mimeo_open_revs_open(mimeo_db *db, const char *id, size_t id_len, const char *revs_json,
                          size_t revs_len, const mimeo_get_opts *opts, mimeo_cursor **out,
                          mimeo_err *err) {
@@ -1116,15 +1130,45 @@ int mimeo_open_revs_open(mimeo_db *db, const char *id, size_t id_len, const char
             return MIMEO_EINVAL;
         }
     }
-    /* One document: read it whole now (its errors are the open's), then serve the rows. */
-    int rc = cursor_fill(c, err);
-    c->id = NULL;
-    if (rc) {
-        mimeo_cursor_close(c);
-        return rc;
+    return open_revs_start(c, out, err);
+}
+
+int mimeo_open_revs_list_open(mimeo_db *db, const char *id, size_t id_len,
+                              const char *const *revs, const size_t *rev_lens, size_t n,
+                              const mimeo_get_opts *opts, mimeo_cursor **out, mimeo_err *err) {
+    *out = NULL;
+    /* The list as the array the request's JSON would have parsed into, made in one block:
+     * the array, its items and their pointers, then the revision texts. */
+    size_t text = 0;
+    for (size_t i = 0; i < n; i++) text += rev_lens[i] + 1;
+    size_t head = sizeof(jval) * (n + 1) + sizeof(jval *) * (n + 1);
+    char *block = calloc(1, head + text);
+    mimeo_cursor *c = block ? cursor_new(db, CUR_OPEN_REVS) : NULL;
+    if (!c) {
+        free(block);
+        return db_err(err, MIMEO_ENOMEM);
     }
-    *out = c;
-    return 0;
+    jval *arr = (jval *)block, *items = arr + 1;
+    jval **ptrs = (jval **)(items + n);
+    char *t = block + head;
+    arr->type = JV_ARRAY;
+    arr->items = ptrs;
+    arr->count = n;
+    for (size_t i = 0; i < n; i++) {
+        items[i].type = JV_STRING;
+        items[i].str = t;
+        items[i].len = rev_lens[i];
+        memcpy(t, revs[i], rev_lens[i]);
+        t += rev_lens[i] + 1;
+        ptrs[i] = &items[i];
+    }
+    c->req = arr;
+    c->req_flat = true;
+    if (opts) c->go = *opts;
+    c->go.rev = NULL;
+    c->id = id;
+    c->id_len = id_len;
+    return open_revs_start(c, out, err);
 }
 
 int mimeo_bulk_get_open(mimeo_db *db, const char *json, size_t len, const mimeo_get_opts *opts,

@@ -2,6 +2,7 @@
  * Everything that iterates (changes, _all_docs, open_revs, _bulk_get, _revs_diff) is in
  * cursor.c, which reads in bounded slices. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -144,9 +145,11 @@ int mimeo_doc_get(mimeo_db *db, const char *id, size_t id_len, const mimeo_get_o
 
 /* ---- local documents --------------------------------------------------------------------- */
 
-/* Appends local document id's JSON to out; *counter is its revision number. */
-static int local_read(mimeo_db *db, const char *id, size_t id_len, buf *out,
-                      uint64_t *counter, mimeo_err *err) {
+/* Appends the stored body of local document id ("{…}") to out; *counter is its revision
+ * number. */
+static int local_stored(mimeo_db *db, const char *id, size_t id_len, buf *out,
+                        uint64_t *counter, mimeo_err *err) {
+    *counter = 0;
     if (id_len == 0 || id_len > STORE_ID_MAX - LOCAL_PREFIX_LEN) return db_err(err, MIMEO_ENOTFOUND);
     db_snap sn;
     int rc = db_snap_begin(db, &sn, err);
@@ -154,26 +157,54 @@ static int local_read(mimeo_db *db, const char *id, size_t id_len, buf *out,
     unsigned char key[STORE_KEY_MAX];
     MDB_val k = {store_key(key, sn.m.dbid, id, id_len), key}, v = {0, NULL};
     rc = store_err(mdb_get(sn.txn, sn.t->locals, &k, &v));
-    *counter = 0;
     const unsigned char *p = v.mv_data, *end = p ? p + v.mv_size : p;
     if (!rc) rc = varint_get(&p, end, counter);
-    if (!rc) rc = buf_puts(out, "{\"_id\":");
-    if (!rc) {
-        buf full;
-        buf_init(&full, 0);
-        rc = buf_puts(&full, LOCAL_PREFIX);
-        if (!rc) rc = buf_put(&full, id, id_len);
-        if (!rc) rc = json_put_str(out, full.data, full.len);
-        buf_destroy(&full);
-    }
-    if (!rc) rc = buf_printf(out, ",\"_rev\":\"0-%llu\"", (unsigned long long)*counter);
-    if (!rc && end - p > 2) {
-        rc = buf_putc(out, ',');
-        if (!rc) rc = buf_put(out, p + 1, (size_t)(end - p) - 2);
-    }
-    if (!rc) rc = buf_putc(out, '}');
+    if (!rc) rc = end - p >= 2 ? buf_put(out, p, (size_t)(end - p)) : buf_puts(out, "{}");
     db_snap_end(&sn);
     if (rc) db_err(err, rc);
+    return rc;
+}
+
+int mimeo_local_read(mimeo_db *db, const char *id, size_t id_len, char rev[MIMEO_REV_MAX],
+                     char **body, size_t *body_len, mimeo_err *err) {
+    *body = NULL;
+    *body_len = 0;
+    rev[0] = 0;
+    buf b;
+    buf_init(&b, 0);
+    uint64_t counter;
+    int rc = local_stored(db, id, id_len, &b, &counter, err);
+    if (!rc) {
+        snprintf(rev, MIMEO_REV_MAX, "0-%llu", (unsigned long long)counter);
+        *body = buf_detach(&b, body_len);
+    }
+    buf_destroy(&b);
+    return rc;
+}
+
+/* Appends {"_id":"_local/…","_rev":"0-N",…body…} to out: the stored body with its id and
+ * revision; *counter is the revision number. */
+static int local_read(mimeo_db *db, const char *id, size_t id_len, buf *out,
+                      uint64_t *counter, mimeo_err *err) {
+    buf body, full;
+    buf_init(&body, 0);
+    buf_init(&full, 0);
+    int rc = local_stored(db, id, id_len, &body, counter, err);
+    if (rc) goto done;
+    rc = buf_puts(&full, LOCAL_PREFIX);
+    if (!rc) rc = buf_put(&full, id, id_len);
+    if (!rc) rc = buf_puts(out, "{\"_id\":");
+    if (!rc) rc = json_put_str(out, full.data, full.len);
+    if (!rc) rc = buf_printf(out, ",\"_rev\":\"0-%llu\"", (unsigned long long)*counter);
+    if (!rc && body.len > 2) {
+        rc = buf_putc(out, ',');
+        if (!rc) rc = buf_put(out, body.data + 1, body.len - 2);
+    }
+    if (!rc) rc = buf_putc(out, '}');
+    if (rc) db_err(err, rc);
+done:
+    buf_destroy(&body);
+    buf_destroy(&full);
     return rc;
 }
 

@@ -758,6 +758,38 @@ static int put_item_id(buf *out, const write_item *it) {
     return rc;
 }
 
+/* The reply's entries as structs (mimeo_bulk_docs_opts.entry_fn): the ones the JSON
+ * reply would list, in its order. */
+static int put_entries(const write_item *items, size_t count, bool new_edits, int rc,
+                       const mimeo_bulk_docs_opts *opts) {
+    buf id, rev;
+    buf_init(&id, 0);
+    buf_init(&rev, 0);
+    int frc = 0;
+    for (size_t i = 0; i < count && !frc; i++) {
+        const write_item *it = &items[i];
+        if ((!new_edits || rc == MIMEO_EEXPECTATION) && !it->code) continue;
+        mimeo_bulk_entry e = {it->id, it->id_len, it->code, it->code ? NULL : it->newrev,
+                              it->code ? it->error : NULL, it->code ? it->reason : NULL};
+        buf_reset(&id);
+        buf_reset(&rev);
+        if (it->local) {
+            frc = buf_puts(&id, LOCAL_PREFIX);
+            if (!frc) frc = buf_put(&id, it->id, it->id_len);
+            e.id = id.data;
+            e.id_len = id.len;
+        }
+        if (!frc && it->code && it->has_rev && !new_edits) {
+            frc = rev_put(&rev, it->rev_gen, it->rev_hash, it->rev_hash_len);
+            e.rev = buf_cstr(&rev);
+        }
+        if (!frc) frc = opts->entry_fn(opts->entry_ctx, &e);
+    }
+    buf_destroy(&id);
+    buf_destroy(&rev);
+    return frc;
+}
+
 int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
                     size_t *out_len, mimeo_err *err) {
     return mimeo_bulk_docs_as(db, json, len, NULL, json_out, out_len, err);
@@ -817,7 +849,12 @@ int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
     }
     buf out;
     buf_init(&out, 0);
-    if (!rc || rc == MIMEO_EEXPECTATION) {
+    if ((!rc || rc == MIMEO_EEXPECTATION) && opts && opts->entry_fn) {
+        int frc = put_entries(items, bulk.count, bulk.new_edits, rc, opts);
+        if (frc) rc = frc;
+        else if (rc == MIMEO_EEXPECTATION)
+            db_err_set(err, rc, "expectation_failed", "Some documents failed; none were written.");
+    } else if (!rc || rc == MIMEO_EEXPECTATION) {
         int wrc = buf_putc(&out, '[');
         bool first = true;
         for (size_t i = 0; i < bulk.count && !wrc; i++) {

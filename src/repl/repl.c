@@ -220,7 +220,8 @@ static int repl_open_ep(repl_job *j, const repl_ep_spec *s, bool create, repl_ep
 static int repl_check_db(repl_job *j, repl_ep *ep, bool is_source, mimeo_err *err) {
     repl_resp r;
     repl_resp_init(&r);
-    int rc = ep->ops->info(ep, &r, err);
+    repl_db_info info = { NULL, -1 };
+    int rc = ep->ops->info(ep, &info, &r, err);
     if (rc) {
         /* CouchDB's name for a database it cannot open, whatever the reason. */
         if (rc != MIMEO_ECLOSED) snprintf(err->error, sizeof err->error, "db_not_found");
@@ -238,34 +239,33 @@ static int repl_check_db(repl_job *j, repl_ep *ep, bool is_source, mimeo_err *er
         goto out;
     }
     if (is_source) {
-        jval *v = NULL;
-        if (json_tree_parse(r.body.data, r.body.len, NULL, &v, NULL) == 0) {
-            char *seq = repl_jval_text(jval_get(v, "update_seq"));
-            int64_t n;
-            j->src_update_seq = jval_as_i64(jval_get(v, "update_seq"), &n) ? n : -1;
-            pthread_mutex_lock(&j->lock);
-            free(j->source_seq);
-            j->source_seq = seq;
-            pthread_mutex_unlock(&j->lock);
-        }
-        jval_free(v);
+        j->src_update_seq = info.update_seq_num;
+        pthread_mutex_lock(&j->lock);
+        free(j->source_seq);
+        j->source_seq = info.update_seq;
+        info.update_seq = NULL;
+        pthread_mutex_unlock(&j->lock);
     }
 out:
+    free(info.update_seq);
     repl_resp_destroy(&r);
     return rc;
 }
 
 /* ---- step 3: agree on a start seq from the two checkpoint documents ---------------------- */
+/* The checkpoint document's content (new tree), its revision into *rev; NULL when there
+ * is none. The revision comes from the endpoint as a field; the content is the document
+ * itself, read as the JSON it is stored as. */
 static jval *repl_ckpt_get(repl_ep *ep, const char *id, char **rev) {
     repl_resp r;
     repl_resp_init(&r);
     mimeo_err e;
     jval *v = NULL;
-    if (ep->ops->local_get(ep, id, &r, &e) == 0 && r.status == 200 &&
+    char got[MIMEO_REV_MAX] = "";
+    if (ep->ops->local_get(ep, id, got, &r, &e) == 0 && r.status == 200 &&
         json_tree_parse(r.body.data, r.body.len, NULL, &v, NULL) == 0 &&
         v->type == JV_OBJECT) {
-        jval *jr = jval_get(v, "_rev");
-        if (jr && jr->type == JV_STRING) repl_set_str(rev, jr->str);
+        if (got[0]) repl_set_str(rev, got);
     } else {
         jval_free(v);
         v = NULL;
@@ -378,15 +378,11 @@ static int repl_ckpt_put(repl_job *j, repl_ep *ep, char **rev, const char *seq) 
         repl_resp r;
         repl_resp_init(&r);
         mimeo_err e;
-        int c = ep->ops->local_put(ep, j->rep_id, *rev, b.data, b.len, &r, &e);
+        char put[MIMEO_REV_MAX] = "";
+        int c = ep->ops->local_put(ep, j->rep_id, *rev, b.data, b.len, put, &r, &e);
         buf_destroy(&b);
         if (c == 0 && r.status >= 200 && r.status < 300) {
-            jval *v = NULL;
-            if (json_tree_parse(r.body.data, r.body.len, NULL, &v, NULL) == 0) {
-                jval *jr = jval_get(v, "rev");
-                if (jr && jr->type == JV_STRING) repl_set_str(rev, jr->str);
-            }
-            jval_free(v);
+            if (put[0]) repl_set_str(rev, put);
             rc = 0;
         } else if (c == 0 && r.status == 409 && attempt == 0) {
             jval_free(repl_ckpt_get(ep, j->rep_id, rev));
@@ -628,52 +624,199 @@ int repl_reply_docs(const repl_resp *r, repl_doc_fn fn, void *ctx, size_t *unser
     return rc;
 }
 
+/* ---- replies read as events ------------------------------------------------------------ */
+/* The _changes and _revs_diff replies of a remote peer are read by event handlers that keep
+ * only the members the replicator uses: no tree of the whole page is built and freed. The
+ * revisions of one entry are kept as offsets into one buffer until the entry ends. */
+typedef struct repl_revlist {
+    buf     text;
+    size_t *offs, *lens;
+    size_t  n, alloc;
+    const char **ptrs;
+    size_t  ptrs_alloc;
+} repl_revlist;
+
+static int repl_grow2(void **a, size_t sa, void **b, size_t sb, size_t *alloc, size_t need);
+
+static int revlist_add(repl_revlist *l, const char *s, size_t n) {
+    if (l->n + 1 > l->alloc && repl_grow2((void **)&l->offs, sizeof *l->offs,
+                                          (void **)&l->lens, sizeof *l->lens, &l->alloc,
+                                          l->n + 1))
+        return MIMEO_ENOMEM;
+    l->offs[l->n] = l->text.len;
+    l->lens[l->n++] = n;
+    return buf_put(&l->text, s, n);
+}
+
+/* Pointers for the first n entries (valid until the list changes). */
+static const char **revlist_ptrs(repl_revlist *l) {
+    if (ARRAY_GROW(l->ptrs, l->ptrs_alloc, l->n + 1)) return NULL;
+    for (size_t i = 0; i < l->n; i++) l->ptrs[i] = l->text.data + l->offs[i];
+    return l->ptrs;
+}
+
+static void revlist_reset(repl_revlist *l) {
+    buf_reset(&l->text);
+    l->n = 0;
+}
+
+static void revlist_destroy(repl_revlist *l) {
+    buf_destroy(&l->text);
+    free(l->offs);
+    free(l->lens);
+    free(l->ptrs);
+}
+
+/* Runs handlers h (state x) over the reply: a callback's stop code (*fn_rc) is the result;
+ * a reply read whole but of the wrong shape (*shaped false) is a bad_reply saying bad. */
+static int repl_events(const repl_resp *r, const json_handlers *h, void *x, const int *fn_rc,
+                       const bool *shaped, const char *bad, mimeo_err *err) {
+    int rc = json_parse(r->body.data, r->body.len, NULL, h, x, err);
+    if (*fn_rc) {
+        rc = *fn_rc;
+        err_set(err, rc, "error", "%s", mimeo_strerror(rc));
+    } else if (rc == MIMEO_ENOMEM) {
+        err_set(err, rc, "error", "out of memory");
+    } else if (!rc && !*shaped) {
+        err_set(err, MIMEO_EIO, "bad_reply", "%s", bad);
+        rc = MIMEO_EIO;
+    }
+    return rc;
+}
+
+/* {"id":{"missing":[…],"possible_ancestors":[…]},…}: depth 1 is the answer, 2 an entry, 3
+ * one of its lists. */
+typedef struct repl_mx {
+    repl_missing_fn fn;
+    void           *ctx;
+    int             fn_rc;
+    unsigned        depth;
+    bool            top_object;
+    int             list;        /* the entry's member being read: 0 other, 1 missing, 2 pa */
+    buf             id;
+    repl_revlist    revs;        /* missing, then the ancestors in anc */
+    repl_revlist    anc;
+} repl_mx;
+
+static int mx_start(void *ctx, bool map) {
+    repl_mx *x = ctx;
+    if (++x->depth == 1) x->top_object = map;
+    if (x->depth == 2) {
+        revlist_reset(&x->revs);
+        revlist_reset(&x->anc);
+        x->list = 0;
+    }
+    return 0;
+}
+
+static int mx_start_map(void *ctx) {
+    return mx_start(ctx, true);
+}
+
+static int mx_start_array(void *ctx) {
+    return mx_start(ctx, false);
+}
+
+static int mx_end(void *ctx) {
+    repl_mx *x = ctx;
+    if (x->depth-- != 2 || x->revs.n == 0) return 0;
+    size_t n = x->revs.n, na = x->anc.n;
+    for (size_t i = 0; i < na; i++) {
+        int rc = revlist_add(&x->revs, x->anc.text.data + x->anc.offs[i], x->anc.lens[i]);
+        if (rc) return rc;
+    }
+    const char **p = revlist_ptrs(&x->revs);
+    if (!p) return MIMEO_ENOMEM;
+    repl_want w = { x->id.data, x->id.len, p, x->revs.lens, n, p + n, x->revs.lens + n, na };
+    if ((x->fn_rc = x->fn(x->ctx, &w)) != 0) return x->fn_rc;
+    return 0;
+}
+
+static int mx_key(void *ctx, const char *s, size_t n) {
+    repl_mx *x = ctx;
+    if (x->depth == 1) {
+        buf_reset(&x->id);
+        return buf_put(&x->id, s, n);
+    }
+    if (x->depth == 2)
+        x->list = n == 7 && memcmp(s, "missing", 7) == 0 ? 1
+                : n == 18 && memcmp(s, "possible_ancestors", 18) == 0 ? 2 : 0;
+    return 0;
+}
+
+static int mx_string(void *ctx, const char *s, size_t n) {
+    repl_mx *x = ctx;
+    if (x->depth != 3 || !x->list) return 0;
+    return revlist_add(x->list == 1 ? &x->revs : &x->anc, s, n);
+}
+
+static const json_handlers mx_handlers = {
+    .on_string = mx_string, .on_start_map = mx_start_map, .on_key = mx_key,
+    .on_end_map = mx_end, .on_start_array = mx_start_array, .on_end_array = mx_end,
+};
+
 int repl_reply_missing(const repl_resp *r, repl_missing_fn fn, void *ctx, mimeo_err *err) {
+    repl_mx x;
+    memset(&x, 0, sizeof x);
+    x.fn = fn;
+    x.ctx = ctx;
+    buf_init(&x.id, 0);
+    buf_init(&x.revs.text, 0);
+    buf_init(&x.anc.text, 0);
+    int rc = repl_events(r, &mx_handlers, &x, &x.fn_rc, &x.top_object,
+                         "_revs_diff did not answer an object", err);
+    buf_destroy(&x.id);
+    revlist_destroy(&x.revs);
+    revlist_destroy(&x.anc);
+    return rc;
+}
+
+int repl_reply_info(const repl_resp *r, repl_db_info *info, mimeo_err *err) {
+    info->update_seq = NULL;
+    info->update_seq_num = -1;
     jval *v = NULL;
-    int rc = json_tree_parse(r->body.data, r->body.len, NULL, &v, err);
-    if (rc) return rc;
-    if (v->type != JV_OBJECT) {
+    int rc = 0;
+    /* A reply without a readable update_seq leaves it unknown, as an empty database. */
+    if (json_tree_parse(r->body.data, r->body.len, NULL, &v, NULL) != 0) return 0;
+    const jval *seq = jval_get(v, "update_seq");
+    int64_t n;
+    if (jval_as_i64(seq, &n)) info->update_seq_num = n;
+    if (seq && !(info->update_seq = repl_jval_text(seq))) {
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        rc = MIMEO_ENOMEM;
+    }
+    jval_free(v);
+    return rc;
+}
+
+void repl_reply_rev(const repl_resp *r, const char *member, char rev[MIMEO_REV_MAX]) {
+    rev[0] = 0;
+    jval *v = NULL;
+    if (json_tree_parse(r->body.data, r->body.len, NULL, &v, NULL) != 0) return;
+    const jval *jr = jval_get(v, member);
+    if (jr && jr->type == JV_STRING && jr->len < MIMEO_REV_MAX) {
+        memcpy(rev, jr->str, jr->len);
+        rev[jr->len] = 0;
+    }
+    jval_free(v);
+}
+
+int repl_reply_refusals(const repl_resp *r, repl_refusal_fn fn, void *ctx, mimeo_err *err) {
+    jval *v = NULL;
+    /* A body that is not an array of entries lists no refusal: CouchDB's new_edits:false
+     * answers [] (or nothing useful) when all was written. */
+    if (json_tree_parse(r->body.data, r->body.len, NULL, &v, NULL) != 0 || v->type != JV_ARRAY) {
         jval_free(v);
-        err_set(err, MIMEO_EIO, "bad_reply", "_revs_diff did not answer an object");
-        return MIMEO_EIO;
+        return 0;
     }
-    const char **revs = NULL;
-    size_t *lens = NULL, alloc = 0;
+    int rc = 0;
     for (size_t i = 0; !rc && i < v->count; i++) {
-        const jval *m = jval_get(v->items[i], "missing");
-        if (!m || m->type != JV_ARRAY || m->count == 0) continue;
-        const jval *pa = jval_get(v->items[i], "possible_ancestors");
-        size_t npa = pa && pa->type == JV_ARRAY ? pa->count : 0;
-        if (m->count + npa > alloc) {
-            alloc = m->count + npa;
-            free(revs);
-            free(lens);
-            revs = malloc(alloc * sizeof *revs);
-            lens = malloc(alloc * sizeof *lens);
-            if (!revs || !lens) {
-                err_set(err, MIMEO_ENOMEM, "error", "out of memory");
-                rc = MIMEO_ENOMEM;
-                break;
-            }
-        }
-        size_t n = 0;
-        for (size_t k = 0; k < m->count; k++) {
-            if (m->items[k]->type != JV_STRING) continue;
-            revs[n] = m->items[k]->str;
-            lens[n++] = m->items[k]->len;
-        }
-        if (n == 0) continue;
-        size_t na = 0;
-        for (size_t k = 0; k < npa; k++) {
-            if (pa->items[k]->type != JV_STRING) continue;
-            revs[n + na] = pa->items[k]->str;
-            lens[n + na++] = pa->items[k]->len;
-        }
-        repl_want w = { v->keys[i], v->key_lens[i], revs, lens, n, revs + n, lens + n, na };
-        if ((rc = fn(ctx, &w)) != 0) err_set(err, rc, "error", "%s", mimeo_strerror(rc));
+        const jval *id = jval_get(v->items[i], "id"), *e = jval_get(v->items[i], "error");
+        bool ide = id && id->type == JV_STRING, ee = e && e->type == JV_STRING;
+        repl_refusal f = { ide ? id->str : "", ide ? id->len : 0, ee ? e->str : "error",
+                           ee ? e->len : 5 };
+        if ((rc = fn(ctx, &f)) != 0) err_set(err, rc, "error", "%s", mimeo_strerror(rc));
     }
-    free(revs);
-    free(lens);
     jval_free(v);
     return rc;
 }
@@ -694,59 +837,154 @@ static int repl_grow2(void **a, size_t sa, void **b, size_t sb, size_t *alloc, s
     return 0;
 }
 
+/* {"results":[{"seq","id","changes":[{"rev"},…],…},…],"last_seq","pending"}: depth 1 is
+ * the reply, 2 the results, 3 a row, 4 its changes, 5 one change. */
+typedef struct repl_cx {
+    repl_change_fn fn;
+    void          *ctx;
+    int            fn_rc;
+    unsigned       depth;
+    int            key1;        /* 0 other, 1 results, 2 last_seq, 3 pending */
+    int            key3;        /* 0 other, 1 id, 2 seq, 3 changes */
+    bool           key5_rev;
+    bool           in_results, in_row, in_changes, in_change, saw_results;
+    bool           has_id, has_changes;
+    buf            id;
+    repl_revlist   revs;
+    buf            row_seq;     /* JSON text of the last row's seq */
+    buf            last_seq;    /* JSON text; empty when absent or null */
+    int64_t        pending;
+    size_t         rows;
+} repl_cx;
+
+static int cx_start(void *ctx) {
+    repl_cx *x = ctx;
+    unsigned d = ++x->depth;
+    if (d == 2) x->in_results = x->key1 == 1;
+    if (d == 2 && x->in_results) x->saw_results = true;
+    if (d == 3) {
+        x->in_row = x->in_results;
+        x->key3 = 0;
+        x->has_id = x->has_changes = false;
+        revlist_reset(&x->revs);
+    }
+    if (d == 4) x->in_changes = x->in_row && x->key3 == 3;
+    if (d == 4 && x->in_changes) x->has_changes = true;
+    if (d == 5) {
+        x->in_change = x->in_changes;
+        x->key5_rev = false;
+    }
+    return 0;
+}
+
+static int cx_end(void *ctx) {
+    repl_cx *x = ctx;
+    unsigned d = x->depth--;
+    if (d == 2) x->in_results = false;
+    if (d == 4) x->in_changes = false;
+    if (d == 5) x->in_change = false;
+    if (d != 3 || !x->in_row) return 0;
+    x->in_row = false;
+    x->rows++;
+    if (!x->has_id || !x->has_changes) return 0;
+    const char **p = revlist_ptrs(&x->revs);
+    if (!p) return MIMEO_ENOMEM;
+    repl_want w = { x->id.data ? x->id.data : "", x->id.len, p, x->revs.lens, x->revs.n,
+                    NULL, NULL, 0 };
+    if ((x->fn_rc = x->fn(x->ctx, &w)) != 0) return x->fn_rc;
+    return 0;
+}
+
+static int cx_key(void *ctx, const char *s, size_t n) {
+    repl_cx *x = ctx;
+    if (x->depth == 1)
+        x->key1 = n == 7 && memcmp(s, "results", 7) == 0 ? 1
+                : n == 8 && memcmp(s, "last_seq", 8) == 0 ? 2
+                : n == 7 && memcmp(s, "pending", 7) == 0 ? 3 : 0;
+    else if (x->depth == 3 && x->in_row)
+        x->key3 = n == 2 && memcmp(s, "id", 2) == 0 ? 1
+                : n == 3 && memcmp(s, "seq", 3) == 0 ? 2
+                : n == 7 && memcmp(s, "changes", 7) == 0 ? 3 : 0;
+    else if (x->depth == 5 && x->in_change)
+        x->key5_rev = n == 3 && memcmp(s, "rev", 3) == 0;
+    return 0;
+}
+
+/* A scalar seq (or any scalar) as JSON text into b: number text as it came, strings quoted. */
+static int cx_scalar(repl_cx *x, const char *text, size_t n, bool str) {
+    buf *b = NULL;
+    if (x->depth == 1 && x->key1 == 2) b = &x->last_seq;
+    else if (x->depth == 3 && x->in_row && x->key3 == 2) b = &x->row_seq;
+    if (!b) return 0;
+    buf_reset(b);
+    return str ? json_put_str(b, text, n) : buf_put(b, text, n);
+}
+
+static int cx_string(void *ctx, const char *s, size_t n) {
+    repl_cx *x = ctx;
+    if (x->depth == 3 && x->in_row && x->key3 == 1) {
+        x->has_id = true;
+        buf_reset(&x->id);
+        return buf_put(&x->id, s, n);
+    }
+    if (x->depth == 5 && x->in_change && x->key5_rev) return revlist_add(&x->revs, s, n);
+    return cx_scalar(x, s, n, true);
+}
+
+static int cx_number(void *ctx, const char *s, size_t n) {
+    repl_cx *x = ctx;
+    if (x->depth == 1 && x->key1 == 3) {
+        int64_t v = 0;
+        size_t i = 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9' && v < INT64_MAX / 10)
+            v = v * 10 + (s[i++] - '0');
+        if (i == n && n > 0) x->pending = v;
+        return 0;
+    }
+    return cx_scalar(x, s, n, false);
+}
+
+static int cx_null(void *ctx) {
+    repl_cx *x = ctx;
+    if (x->depth == 1 && x->key1 == 2) buf_reset(&x->last_seq);
+    return 0;
+}
+
+static const json_handlers cx_handlers = {
+    .on_null = cx_null, .on_number = cx_number, .on_string = cx_string,
+    .on_start_map = cx_start, .on_key = cx_key, .on_end_map = cx_end,
+    .on_start_array = cx_start, .on_end_array = cx_end,
+};
+
 int repl_reply_changes(const repl_resp *r, repl_change_fn fn, void *ctx, repl_page *page,
                        mimeo_err *err) {
     page->last_seq = NULL;
     page->pending = -1;
     page->rows = 0;
-    jval *v = NULL;
-    int rc = json_tree_parse(r->body.data, r->body.len, NULL, &v, err);
-    if (rc) return rc;
-    const jval *rows = jval_get(v, "results");
-    if (!rows || rows->type != JV_ARRAY) {
-        jval_free(v);
-        err_set(err, MIMEO_EIO, "bad_reply", "_changes answered no results array");
-        return MIMEO_EIO;
-    }
-    const char **revs = NULL;
-    size_t *lens = NULL, alloc = 0;
-    for (size_t i = 0; !rc && i < rows->count; i++) {
-        const jval *id = jval_get(rows->items[i], "id");
-        const jval *ch = jval_get(rows->items[i], "changes");
-        if (!id || id->type != JV_STRING || !ch || ch->type != JV_ARRAY) continue;
-        if (ch->count > alloc &&
-            repl_grow2((void **)&revs, sizeof *revs, (void **)&lens, sizeof *lens, &alloc,
-                       ch->count)) {
-            err_set(err, MIMEO_ENOMEM, "error", "out of memory");
-            rc = MIMEO_ENOMEM;
-            break;
-        }
-        size_t n = 0;
-        for (size_t c = 0; c < ch->count; c++) {
-            const jval *rev = jval_get(ch->items[c], "rev");
-            if (!rev || rev->type != JV_STRING) continue;
-            revs[n] = rev->str;
-            lens[n++] = rev->len;
-        }
-        repl_want w = { id->str, id->len, revs, lens, n, NULL, NULL, 0 };
-        if ((rc = fn(ctx, &w)) != 0) err_set(err, rc, "error", "%s", mimeo_strerror(rc));
-    }
-    free(revs);
-    free(lens);
+    repl_cx x;
+    memset(&x, 0, sizeof x);
+    x.fn = fn;
+    x.ctx = ctx;
+    x.pending = -1;
+    buf_init(&x.id, 0);
+    buf_init(&x.revs.text, 0);
+    buf_init(&x.row_seq, 0);
+    buf_init(&x.last_seq, 0);
+    int rc = repl_events(r, &cx_handlers, &x, &x.fn_rc, &x.saw_results,
+                         "_changes answered no results array", err);
     if (!rc) {
-        const jval *last = jval_get(v, "last_seq");
-        if ((!last || last->type == JV_NULL) && rows->count > 0)
-            last = jval_get(rows->items[rows->count - 1], "seq");
-        int64_t pending;
-        if (jval_as_i64(jval_get(v, "pending"), &pending) && pending >= 0)
-            page->pending = pending;
-        page->rows = rows->count;
-        if (last && last->type != JV_NULL && !(page->last_seq = repl_jval_text(last))) {
+        page->pending = x.pending;
+        page->rows = x.rows;
+        buf *last = x.last_seq.len ? &x.last_seq : x.rows && x.row_seq.len ? &x.row_seq : NULL;
+        if (last && !(page->last_seq = repl_strndup(last->data, last->len))) {
             err_set(err, MIMEO_ENOMEM, "error", "out of memory");
             rc = MIMEO_ENOMEM;
         }
     }
-    jval_free(v);
+    buf_destroy(&x.id);
+    revlist_destroy(&x.revs);
+    buf_destroy(&x.row_seq);
+    buf_destroy(&x.last_seq);
     return rc;
 }
 
@@ -908,7 +1146,9 @@ static int repl_fetch_bulk(repl_job *j, repl_scratch *s, bool *fallback, mimeo_e
 static int repl_source_present(repl_job *j, mimeo_err *err) {
     repl_resp r;
     repl_resp_init(&r);
-    int rc = j->src->ops->info(j->src, &r, err);
+    repl_db_info info = { NULL, -1 };
+    int rc = j->src->ops->info(j->src, &info, &r, err);
+    free(info.update_seq);
     if (!rc && r.status != 200) {
         if (r.status == 404)
             err_set(err, MIMEO_ENOTFOUND, "db_not_found", "could not open %s",
@@ -942,6 +1182,12 @@ static int repl_fetch_each(repl_job *j, repl_scratch *s, mimeo_err *err) {
     return 0;
 }
 
+static int repl_count_refusal(void *ctx, const repl_refusal *r) {
+    (void)r;
+    (*(size_t *)ctx)++;
+    return 0;
+}
+
 /* Step 5c: POST target/_bulk_docs with documents [lo, hi) of the fetched spans; a refusal
  * of the whole request halves it. */
 static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_err *err) {
@@ -966,7 +1212,9 @@ static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_
         body = s->sub.data;
         len = s->sub.len;
     }
-    int rc = j->tgt->ops->bulk_docs(j->tgt, body, len, &s->resp, err);
+    size_t failures = 0;
+    int rc = j->tgt->ops->bulk_docs(j->tgt, body, len, repl_count_refusal, &failures,
+                                    &s->resp, err);
     if (rc) return rc;
     long st = s->resp.status;
     /* A refusal of the whole request (too large, or one document the target cannot parse,
@@ -986,13 +1234,6 @@ static int repl_write(repl_job *j, repl_scratch *s, size_t lo, size_t hi, mimeo_
         repl_err_from_resp(err, &s->resp, "_bulk_docs on the target");
         return MIMEO_EIO;
     }
-    /* new_edits:false answers only the failures. */
-    size_t failures = 0;
-    jval *v = NULL;
-    if (json_tree_parse(s->resp.body.data, s->resp.body.len, NULL, &v, NULL) == 0 &&
-        v->type == JV_ARRAY)
-        failures = v->count;
-    jval_free(v);
     if (failures > hi - lo) failures = hi - lo;
     atomic_fetch_add(&j->stats.doc_write_failures, failures);
     atomic_fetch_add(&j->stats.docs_written, (hi - lo) - failures);

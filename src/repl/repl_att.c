@@ -159,6 +159,36 @@ static int att_bulk_add(att_w *w, size_t d) {
     return rc;
 }
 
+/* The refusals of one _bulk_docs: a missing_stub is written again with every attachment's
+ * data (again, by document index), the others are failures. */
+typedef struct att_refused {
+    att_w  *w;
+    size_t  n;          /* revisions sent */
+    size_t  failures;
+    size_t *again;
+    size_t  nagain;
+} att_refused;
+
+static int att_refusal(void *ctx, const repl_refusal *r) {
+    att_refused *rf = ctx;
+    bool stub = r->error_len == 12 && memcmp(r->error, "missing_stub", 12) == 0;
+    if (!stub || rf->nagain >= rf->n) {
+        rf->failures++;
+        return 0;
+    }
+    /* which revision: by id among the ones sent (a doc id appears once per rev) */
+    for (size_t k = 0; k < rf->n; k++) {
+        size_t at = rf->w->bulk_doc[k];
+        const jval *did = jval_get(rf->w->trees[at], "_id");
+        if (did && did->type == JV_STRING && did->len == r->id_len &&
+            memcmp(did->str, r->id, r->id_len) == 0) {
+            rf->again[rf->nagain++] = at;
+            break;
+        }
+    }
+    return 0;
+}
+
 static int att_flush(att_w *w, repl_docset *docs, mimeo_err *err) {
     if (w->nbulk == 0) return 0;
     repl_job *j = w->j;
@@ -169,11 +199,22 @@ static int att_flush(att_w *w, repl_docset *docs, mimeo_err *err) {
     }
     size_t n = w->nbulk;
     w->nbulk = 0;
-    rc = j->tgt->ops->bulk_docs(j->tgt, w->bulk.data, w->bulk.len, &w->resp, err);
+    att_refused rf = { w, n, 0, calloc(n + 1, sizeof *rf.again), 0 };
+    if (!rf.again) {
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        return MIMEO_ENOMEM;
+    }
+    rc = j->tgt->ops->bulk_docs(j->tgt, w->bulk.data, w->bulk.len, att_refusal, &rf,
+                                &w->resp, err);
     buf_reset(&w->bulk);
-    if (rc) return rc;
+    size_t failures = rf.failures, *again = rf.again, nagain = rf.nagain;
+    if (rc) {
+        free(again);
+        return rc;
+    }
     long st = w->resp.status;
     if (st == 413 || st == 400) {
+        free(again);
         /* too large or refused as a whole: each on its own */
         size_t *idx = malloc(n * sizeof *idx);
         if (!idx) {
@@ -193,37 +234,10 @@ static int att_flush(att_w *w, repl_docset *docs, mimeo_err *err) {
         return rc;
     }
     if (st != 201 && st != 200 && st != 202 && st != 417) {
+        free(again);
         repl_err_from_resp(err, &w->resp, "_bulk_docs on the target");
         return MIMEO_EIO;
     }
-    size_t failures = 0;
-    jval *v = NULL;
-    size_t *again = NULL, nagain = 0;
-    if (json_tree_parse(w->resp.body.data, w->resp.body.len, NULL, &v, NULL) == 0 &&
-        v->type == JV_ARRAY) {
-        again = calloc(v->count + 1, sizeof *again);
-        for (size_t i = 0; i < v->count; i++) {
-            const jval *e = jval_get(v->items[i], "error");
-            const jval *id = jval_get(v->items[i], "id");
-            bool stub = e && e->type == JV_STRING && strcmp(e->str, "missing_stub") == 0;
-            if (!stub || !again) {
-                failures++;
-                continue;
-            }
-            /* which revision: by id among the ones sent (a doc id appears once per rev) */
-            for (size_t k = 0; k < n; k++) {
-                size_t at = w->bulk_doc[k];
-                const jval *did = jval_get(w->trees[at], "_id");
-                bool same = did && id && did->type == JV_STRING && id->type == JV_STRING &&
-                            did->len == id->len && memcmp(did->str, id->str, id->len) == 0;
-                if (same) {
-                    again[nagain++] = at;
-                    break;
-                }
-            }
-        }
-    }
-    jval_free(v);
     if (failures > n) failures = n;
     atomic_fetch_add(&j->stats.doc_write_failures, failures);
     atomic_fetch_add(&j->stats.docs_written, n > failures + nagain ? n - failures - nagain : 0);

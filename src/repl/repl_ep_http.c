@@ -406,7 +406,7 @@ static int ephttp_do_x(ephttp_ep *h, const char *method, const char *path, const
 }
 
 /* ---- the ops --------------------------------------------------------------------------- */
-static int ephttp_info(repl_ep *ep, repl_resp *out, mimeo_err *err) {
+static int ephttp_info(repl_ep *ep, repl_db_info *info, repl_resp *out, mimeo_err *err) {
     ephttp_ep *h = (ephttp_ep *)ep;
     int rc = ephttp_do(h, "GET", "/", NULL, 0, 0, out, err);
     /* A PouchDB database (pouchdb-server) says which PouchDB adapter it runs on. Its server
@@ -418,6 +418,7 @@ static int ephttp_info(repl_ep *ep, repl_resp *out, mimeo_err *err) {
         /* nor does it honour atts_since (PouchDB 9: "aspirational") */
         atomic_store(&h->base.no_atts_since, true);
     }
+    if (rc == 0 && out->status == 200) rc = repl_reply_info(out, info, err);
     return rc;
 }
 
@@ -679,9 +680,13 @@ static int ephttp_open_revs(repl_ep *ep, const repl_want *want, repl_doc_fn fn, 
     return rc;
 }
 
-static int ephttp_bulk_docs(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                            mimeo_err *err) {
-    return ephttp_do((ephttp_ep *)ep, "POST", "/_bulk_docs", body, len, 0, out, err);
+static int ephttp_bulk_docs(repl_ep *ep, const char *body, size_t len, repl_refusal_fn fn,
+                            void *ctx, repl_resp *out, mimeo_err *err) {
+    int rc = ephttp_do((ephttp_ep *)ep, "POST", "/_bulk_docs", body, len, 0, out, err);
+    long st = out->status;
+    if (!rc && (st == 200 || st == 201 || st == 202 || st == 417))
+        rc = repl_reply_refusals(out, fn, ctx, err);
+    return rc;
 }
 
 static int ephttp_full_commit(repl_ep *ep, repl_resp *out, mimeo_err *err) {
@@ -694,18 +699,21 @@ static int ephttp_local_path(buf *p, const char *id) {
     return rc;
 }
 
-static int ephttp_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_err *err) {
+static int ephttp_local_get(repl_ep *ep, const char *id, char rev[MIMEO_REV_MAX],
+                            repl_resp *out, mimeo_err *err) {
     buf p;
     buf_init(&p, 0);
     int rc = ephttp_local_path(&p, id);
     if (rc) err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     else rc = ephttp_do((ephttp_ep *)ep, "GET", buf_cstr(&p), NULL, 0, 0, out, err);
     buf_destroy(&p);
+    if (!rc && out->status == 200) repl_reply_rev(out, "_rev", rev);
     return rc;
 }
 
 static int ephttp_local_put(repl_ep *ep, const char *id, const char *rev, const char *body,
-                            size_t len, repl_resp *out, mimeo_err *err) {
+                            size_t len, char new_rev[MIMEO_REV_MAX], repl_resp *out,
+                            mimeo_err *err) {
     (void)rev;   /* travels as the body's _rev */
     buf p;
     buf_init(&p, 0);
@@ -713,6 +721,7 @@ static int ephttp_local_put(repl_ep *ep, const char *id, const char *rev, const 
     if (rc) err_set(err, MIMEO_ENOMEM, "error", "out of memory");
     else rc = ephttp_do((ephttp_ep *)ep, "PUT", buf_cstr(&p), body, len, 0, out, err);
     buf_destroy(&p);
+    if (!rc && out->status >= 200 && out->status < 300) repl_reply_rev(out, "rev", new_rev);
     return rc;
 }
 

@@ -1,6 +1,8 @@
 /* The local endpoint: a database of this process's environment, reached by direct calls to
- * the public API (no HTTP, no sockets). Results are mapped onto the statuses and bodies a
- * CouchDB server would answer, so that repl.c has one code path for both kinds of side. */
+ * the public API (no HTTP, no sockets). Results are mapped onto the statuses a CouchDB
+ * server would answer, so that repl.c has one code path for both kinds of side; what they
+ * carry comes as structs and callbacks filled from the library's rows and fields (no JSON
+ * reply is written here for repl.c to parse back), and failures as CouchDB's error bodies. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,8 +63,7 @@ static int local_take(repl_resp *out, long st, char *json, size_t len) {
     return rc;
 }
 
-static int local_info(repl_ep *ep, repl_resp *out, mimeo_err *err) {
-    (void)err;
+static int local_info(repl_ep *ep, repl_db_info *out_info, repl_resp *out, mimeo_err *err) {
     local_ep *l = (local_ep *)ep;
     mimeo_db_info info;
     int rc = mimeo_db_info_get(l->db, &info);
@@ -70,14 +71,14 @@ static int local_info(repl_ep *ep, repl_resp *out, mimeo_err *err) {
         local_fail(out, rc, NULL);
         return 0;
     }
+    char num[24];
+    snprintf(num, sizeof num, "%llu", (unsigned long long)info.update_seq);
+    if (!(out_info->update_seq = strdup(num))) {
+        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
+        return MIMEO_ENOMEM;
+    }
+    out_info->update_seq_num = info.update_seq > INT64_MAX ? -1 : (int64_t)info.update_seq;
     buf_reset(&out->body);
-    buf_puts(&out->body, "{\"db_name\":");
-    json_put_cstr(&out->body, mimeo_db_name(l->db));
-    buf_printf(&out->body, ",\"update_seq\":%llu,\"doc_count\":%llu,"
-               "\"doc_del_count\":%llu,\"instance_start_time\":\"%llu\"}",
-               (unsigned long long)info.update_seq, (unsigned long long)info.doc_count,
-               (unsigned long long)info.doc_del_count,
-               (unsigned long long)info.instance_start_time);
     out->status = 200;
     return 0;
 }
@@ -303,28 +304,14 @@ static int local_revs_diff(repl_ep *ep, const char *body, size_t len, repl_missi
  * counted in *unserved. A document that does not exist at all is a 404. */
 static int local_fetch(local_ep *l, const repl_want *want, repl_doc_fn fn, void *ctx,
                        size_t *unserved, repl_resp *out, mimeo_err *err) {
-    /* The library takes the revision list as JSON, like the HTTP API it serves. */
-    buf revs;
-    buf_init(&revs, 0);
-    int rc = buf_putc(&revs, '[');
-    for (size_t k = 0; !rc && k < want->nrevs; k++) {
-        if (k) rc = buf_putc(&revs, ',');
-        if (!rc) rc = json_put_str(&revs, want->revs[k], want->rev_lens[k]);
-    }
-    if (!rc) rc = buf_putc(&revs, ']');
-    if (rc) {
-        buf_destroy(&revs);
-        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
-        return MIMEO_ENOMEM;
-    }
     mimeo_get_opts o;
     memset(&o, 0, sizeof o);
     o.revs = true;
     o.latest = true;
     mimeo_err e = {0};
     mimeo_cursor *cur = NULL;
-    rc = mimeo_open_revs_open(l->db, want->id, want->id_len, revs.data, revs.len, &o, &cur, &e);
-    buf_destroy(&revs);
+    int rc = mimeo_open_revs_list_open(l->db, want->id, want->id_len, want->revs,
+                                       want->rev_lens, want->nrevs, &o, &cur, &e);
     int frc = 0;
     while (!rc && !frc) {
         const mimeo_row *row;
@@ -375,18 +362,38 @@ static int local_open_revs(repl_ep *ep, const repl_want *want, repl_doc_fn fn, v
     return local_fetch((local_ep *)ep, want, fn, ctx, NULL, out, err);
 }
 
-static int local_bulk_docs(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                           mimeo_err *err) {
-    (void)err;
+/* Hands each refused revision of a write to the replicator's callback. */
+typedef struct local_refusals {
+    repl_refusal_fn fn;
+    void           *ctx;
+} local_refusals;
+
+static int local_refusal(void *ctx, const mimeo_bulk_entry *entry) {
+    local_refusals *lr = ctx;
+    const char *error = entry->error ? entry->error : "error";
+    repl_refusal r = { entry->id, entry->id_len, error, strlen(error) };
+    return lr->fn(lr->ctx, &r);
+}
+
+/* The write's entries come as structs (no reply text to parse): a refusal the callback
+ * stopped on is the op's failure. */
+static int local_bulk_docs(repl_ep *ep, const char *body, size_t len, repl_refusal_fn fn,
+                           void *ctx, repl_resp *out, mimeo_err *err) {
+    local_refusals lr = { fn, ctx };
+    mimeo_bulk_docs_opts o = { .entry_fn = local_refusal, .entry_ctx = &lr };
     char *json = NULL;
     size_t n = 0;
     mimeo_err e = {0};
-    int rc = mimeo_bulk_docs(((local_ep *)ep)->db, body, len, &json, &n, &e);
-    if (rc && rc != MIMEO_EEXPECTATION) {
-        mimeo_free(json);
+    int rc = mimeo_bulk_docs_as(((local_ep *)ep)->db, body, len, &o, &json, &n, &e);
+    mimeo_free(json);
+    buf_reset(&out->body);
+    if (rc == 0 || rc == MIMEO_EEXPECTATION) {
+        out->status = rc ? 417 : 201;
+    } else if (rc == MIMEO_ENOMEM && !e.error[0]) {
+        err_set(err, rc, "error", "out of memory");
+        return rc;
+    } else {
         local_fail(out, rc, &e);
-    } else if (local_take(out, rc ? 417 : 201, json, n) != 0) {
-        return MIMEO_ENOMEM;
     }
     return 0;
 }
@@ -399,35 +406,33 @@ static int local_full_commit(repl_ep *ep, repl_resp *out, mimeo_err *err) {
     return 0;
 }
 
-static int local_local_get(repl_ep *ep, const char *id, repl_resp *out, mimeo_err *err) {
-    (void)err;
-    char *json = NULL;
+static int local_local_get(repl_ep *ep, const char *id, char rev[MIMEO_REV_MAX],
+                           repl_resp *out, mimeo_err *err) {
+    char *body = NULL;
     size_t n = 0;
     mimeo_err e = {0};
-    int rc = mimeo_local_get(((local_ep *)ep)->db, id, strlen(id), &json, &n, &e);
+    int rc = mimeo_local_read(((local_ep *)ep)->db, id, strlen(id), rev, &body, &n, &e);
     if (rc) local_fail(out, rc, &e);
-    else if (local_take(out, 200, json, n) != 0) return MIMEO_ENOMEM;
+    else if (local_take(out, 200, body, n) != 0) return MIMEO_ENOMEM;
+    (void)err;
     return 0;
 }
 
 static int local_local_put(repl_ep *ep, const char *id, const char *rev, const char *body,
-                           size_t len, repl_resp *out, mimeo_err *err) {
+                           size_t len, char new_rev[MIMEO_REV_MAX], repl_resp *out,
+                           mimeo_err *err) {
     (void)err;
     mimeo_put_result res;
     memset(&res, 0, sizeof res);
     mimeo_err e = {0};
     int rc = mimeo_local_put(((local_ep *)ep)->db, id, strlen(id), body, len, rev, &res, &e);
+    mimeo_free(res.id);
     if (rc) {
         local_fail(out, rc, &e);
         return 0;
     }
+    snprintf(new_rev, MIMEO_REV_MAX, "%s", res.rev);
     buf_reset(&out->body);
-    buf_puts(&out->body, "{\"ok\":true,\"id\":");
-    json_put_str(&out->body, res.id ? res.id : "", res.id ? res.id_len : 0);
-    buf_puts(&out->body, ",\"rev\":");
-    json_put_cstr(&out->body, res.rev);
-    buf_putc(&out->body, '}');
-    mimeo_free(res.id);
     out->status = 201;
     return 0;
 }

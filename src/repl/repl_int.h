@@ -120,13 +120,31 @@ typedef struct repl_page {
  * call only); nonzero stops. */
 typedef int (*repl_doc_fn)(void *ctx, const char *json, size_t len);
 
+/* What GET /{db} tells the replicator. */
+typedef struct repl_db_info {
+    char   *update_seq;     /* new JSON text (a number, or a string seq), or NULL; the
+                               caller frees it */
+    int64_t update_seq_num; /* the same when it is an integer, else -1 */
+} repl_db_info;
+
+/* A revision the target refused in a _bulk_docs with new_edits:false: one entry of its
+ * answer (borrowed for the call only). */
+typedef struct repl_refusal {
+    const char *id;
+    size_t      id_len;
+    const char *error;   /* CouchDB's error name ("forbidden", "missing_stub", …) */
+    size_t      error_len;
+} repl_refusal;
+typedef int (*repl_refusal_fn)(void *ctx, const repl_refusal *r);
+
 /* Every op returns 0 when a reply was obtained (whatever its status) and a negative
  * MIMEO_E* code with err filled when none was: the peer is unreachable after the retry
  * budget, or the job was cancelled (MIMEO_ECLOSED). A remote endpoint retries network
  * failures, 5xx and 429 itself, with exponential backoff and jitter. */
 typedef struct repl_ep_ops {
-    /* GET /{db}: update_seq, instance_start_time. */
-    int  (*info)(repl_ep *ep, repl_resp *out, mimeo_err *err);
+    /* GET /{db}: on status 200 *info is filled (the caller frees info->update_seq); on
+     * any other status out->body is the error reply. */
+    int  (*info)(repl_ep *ep, repl_db_info *info, repl_resp *out, mimeo_err *err);
     /* PUT /{db}. */
     int  (*create)(repl_ep *ep, repl_resp *out, mimeo_err *err);
     /* _changes?style=all_docs&since=…&limit=… (limit 0: no limit); doc_ids (a JSON array
@@ -151,14 +169,20 @@ typedef struct repl_ep_ops {
      * document served. */
     int  (*open_revs)(repl_ep *ep, const repl_want *want, repl_doc_fn fn, void *ctx,
                       repl_resp *out, mimeo_err *err);
-    /* _bulk_docs; the body carries new_edits:false */
-    int  (*bulk_docs)(repl_ep *ep, const char *body, size_t len, repl_resp *out,
-                      mimeo_err *err);
+    /* _bulk_docs; the body carries new_edits:false. On status 200, 201, 202 or 417 fn has
+     * seen each revision refused. */
+    int  (*bulk_docs)(repl_ep *ep, const char *body, size_t len, repl_refusal_fn fn,
+                      void *ctx, repl_resp *out, mimeo_err *err);
     int  (*ensure_full_commit)(repl_ep *ep, repl_resp *out, mimeo_err *err);
-    /* _local/{id}: id is the part after "_local/" */
-    int  (*local_get)(repl_ep *ep, const char *id, repl_resp *out, mimeo_err *err);
+    /* _local/{id}: id is the part after "_local/". get: on status 200 rev holds the
+     * document's revision and out->body the document, a JSON object (whether it also
+     * carries _id and _rev depends on the endpoint). put: on a 2xx status new_rev holds
+     * the revision written. */
+    int  (*local_get)(repl_ep *ep, const char *id, char rev[MIMEO_REV_MAX], repl_resp *out,
+                      mimeo_err *err);
     int  (*local_put)(repl_ep *ep, const char *id, const char *rev, const char *body,
-                      size_t len, repl_resp *out, mimeo_err *err);
+                      size_t len, char new_rev[MIMEO_REV_MAX], repl_resp *out,
+                      mimeo_err *err);
     /* Attachments (NULL when the endpoint has none). GET /{db}/{id}/{name}?rev=: the
      * content (decoded) appended to sink; on a status other than 200 out->body is the
      * error reply. */
@@ -236,6 +260,12 @@ int  repl_reply_changes(const repl_resp *r, repl_change_fn fn, void *ctx, repl_p
                         mimeo_err *err);
 int  repl_reply_docs(const repl_resp *r, repl_doc_fn fn, void *ctx, size_t *unserved,
                      mimeo_err *err);
+/* GET /{db}'s reply into *info. */
+int  repl_reply_info(const repl_resp *r, repl_db_info *info, mimeo_err *err);
+/* The string member ("rev", "_rev") of a reply's object into rev ("" when none). */
+void repl_reply_rev(const repl_resp *r, const char *member, char rev[MIMEO_REV_MAX]);
+/* The entries of a _bulk_docs reply, each to fn. */
+int  repl_reply_refusals(const repl_resp *r, repl_refusal_fn fn, void *ctx, mimeo_err *err);
 
 /* Process-wide libcurl set-up, done once. */
 void repl_curl_init(void);

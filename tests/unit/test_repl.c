@@ -13,6 +13,7 @@
 #include "check.h"
 #include "mimeo.h"
 #include "repl/repl_int.h"
+#include "json/json.h"
 
 static void test_req_parse(void) {
     repl_req r;
@@ -681,6 +682,302 @@ static void test_local_changes(void) {
     env_free(env);
 }
 
+/* The local endpoint hands db info, _local documents and _bulk_docs outcomes over as fields
+ * and callbacks: for info and the checkpoint read it runs the JSON parser not once (counted
+ * on this thread), and for the checkpoint write and the bulk write once, the library reading
+ * the document or request it is given; no reply text is made for repl.c to parse back. */
+typedef struct ref_seen {
+    size_t n;
+    char   id[16];
+    char   error[32];
+} ref_seen;
+
+static int ref_take(void *ctx, const repl_refusal *r) {
+    ref_seen *s = ctx;
+    if (s->n++ == 0) {
+        snprintf(s->id, sizeof s->id, "%.*s", (int)r->id_len, r->id);
+        snprintf(s->error, sizeof s->error, "%.*s", (int)r->error_len, r->error);
+    }
+    return 0;
+}
+
+static void test_local_endpoint_structs(void) {
+    mimeo_env *env = env_new();
+    CHECK(env != NULL);
+    if (!env) return;
+    CHECK_EQ_INT(mimeo_db_create(env, "st", NULL), 0);
+    mimeo_db *db = NULL;
+    CHECK_EQ_INT(mimeo_db_open(env, "st", &db, NULL), 0);
+    mimeo_put_result res;
+    for (int i = 0; i < 3; i++) {
+        char doc[40];
+        snprintf(doc, sizeof doc, "{\"_id\":\"d%d\",\"v\":%d}", i, i);
+        CHECK_EQ_INT(mimeo_doc_put(db, NULL, 0, doc, strlen(doc), NULL, &res, NULL), 0);
+        mimeo_free(res.id);
+    }
+    atomic_bool cancel = false;
+    repl_ep *ep = NULL;
+    mimeo_err e = {0};
+    CHECK_EQ_INT(repl_ep_local_new(env, "st", false, &cancel, &ep, &e), 0);
+    if (!ep) return;
+    repl_resp out;
+    repl_resp_init(&out);
+
+    uint64_t before = json_parse_calls;
+    repl_db_info info = { NULL, -1 };
+    CHECK_EQ_INT(ep->ops->info(ep, &info, &out, &e), 0);
+    CHECK_EQ_INT(out.status, 200);
+    CHECK_EQ_STR(info.update_seq, "3");
+    CHECK_EQ_INT(info.update_seq_num, 3);
+    CHECK_EQ_INT(out.body.len, 0);
+    CHECK_EQ_INT(json_parse_calls - before, 0);
+    free(info.update_seq);
+
+    /* documents fetched for a batch: the revisions go to the library as a list */
+    char *d0 = NULL;
+    size_t d0n = 0;
+    CHECK_EQ_INT(mimeo_doc_get(db, "d0", 2, NULL, &d0, &d0n, NULL), 0);
+    const char *rv = d0 ? strstr(d0, "\"_rev\":\"") : NULL;
+    char r0[MIMEO_REV_MAX] = "";
+    if (rv) snprintf(r0, sizeof r0, "%.*s", (int)strcspn(rv + 8, "\""), rv + 8);
+    mimeo_free(d0);
+    const char *wr[] = { r0, "1-0123456789abcdef0123456789abcdef" };
+    size_t wl[] = { strlen(r0), strlen(wr[1]) };
+    repl_want want = { "d0", 2, wr, wl, 2, NULL, NULL, 0 };
+    ep_seen es;
+    memset(&es, 0, sizeof es);
+    buf_init(&es.docs, 0);
+    size_t unserved = 0;
+    before = json_parse_calls;
+    CHECK_EQ_INT(ep->ops->bulk_get(ep, &want, 1, ep_doc, &es, &unserved, &out, &e), 0);
+    CHECK_EQ_INT(json_parse_calls - before, 0);
+    CHECK_EQ_INT(out.status, 200);
+    CHECK_EQ_INT(es.ndocs, 1);
+    CHECK_EQ_INT(unserved, 1);
+    CHECK(strstr(buf_cstr(&es.docs), "\"_revisions\":{\"start\":1") != NULL);
+    buf_destroy(&es.docs);
+
+    /* the checkpoint: written (the library reads the document once), read back as fields */
+    const char *ck = "{\"session_id\":\"s1\",\"source_last_seq\":3,\"history\":[]}";
+    char rev[MIMEO_REV_MAX] = "";
+    before = json_parse_calls;
+    CHECK_EQ_INT(ep->ops->local_put(ep, "ck", NULL, ck, strlen(ck), rev, &out, &e), 0);
+    CHECK_EQ_INT(out.status, 201);
+    CHECK_EQ_STR(rev, "0-1");
+    CHECK_EQ_INT(out.body.len, 0);
+    CHECK_EQ_INT(json_parse_calls - before, 1);
+    char got[MIMEO_REV_MAX] = "";
+    before = json_parse_calls;
+    CHECK_EQ_INT(ep->ops->local_get(ep, "ck", got, &out, &e), 0);
+    CHECK_EQ_INT(json_parse_calls - before, 0);
+    CHECK_EQ_INT(out.status, 200);
+    CHECK_EQ_STR(got, "0-1");
+    CHECK_EQ_STR(buf_cstr(&out.body), ck);
+    /* a stale rev is a conflict, a missing document a 404, as over HTTP */
+    CHECK_EQ_INT(ep->ops->local_put(ep, "ck", "0-7", ck, strlen(ck), rev, &out, &e), 0);
+    CHECK_EQ_INT(out.status, 409);
+    CHECK_EQ_INT(ep->ops->local_get(ep, "nope", got, &out, &e), 0);
+    CHECK_EQ_INT(out.status, 404);
+
+    /* a replicated batch: one revision written, one refused (a stub its parent lacks) */
+    const char *bulk =
+        "{\"new_edits\":false,\"docs\":[{\"_id\":\"ok\",\"_rev\":\"1-aa\",\"v\":1},"
+        "{\"_id\":\"st\",\"_rev\":\"2-bb\",\"_revisions\":{\"start\":2,\"ids\":[\"bb\",\"aa\"]},"
+        "\"_attachments\":{\"a.txt\":{\"stub\":true,\"content_type\":\"text/plain\","
+        "\"digest\":\"md5-AAAAAAAAAAAAAAAAAAAAAA==\",\"length\":3,\"revpos\":1}}}]}";
+    ref_seen rs;
+    memset(&rs, 0, sizeof rs);
+    before = json_parse_calls;
+    CHECK_EQ_INT(ep->ops->bulk_docs(ep, bulk, strlen(bulk), ref_take, &rs, &out, &e), 0);
+    CHECK_EQ_INT(json_parse_calls - before, 1);
+    CHECK_EQ_INT(out.status, 201);
+    CHECK_EQ_INT(out.body.len, 0);
+    CHECK_EQ_INT(rs.n, 1);
+    CHECK_EQ_STR(rs.id, "st");
+    CHECK_EQ_STR(rs.error, "missing_stub");
+    char *json = NULL;
+    size_t n = 0;
+    CHECK_EQ_INT(mimeo_doc_get(db, "ok", 2, NULL, &json, &n, NULL), 0);
+    mimeo_free(json);
+
+    /* the same answer from a peer, as JSON, gives the same refusals */
+    repl_resp peer;
+    repl_resp_init(&peer);
+    buf_puts(&peer.body, "[{\"id\":\"st\",\"rev\":\"2-bb\",\"error\":\"missing_stub\","
+                         "\"reason\":\"x\"}]");
+    memset(&rs, 0, sizeof rs);
+    CHECK_EQ_INT(repl_reply_refusals(&peer, ref_take, &rs, &e), 0);
+    CHECK_EQ_INT(rs.n, 1);
+    CHECK_EQ_STR(rs.id, "st");
+    CHECK_EQ_STR(rs.error, "missing_stub");
+    repl_resp_destroy(&peer);
+
+    repl_resp_destroy(&out);
+    repl_ep_free(ep);
+    mimeo_db_close(db);
+    env_free(env);
+}
+
+/* The library calls the endpoint uses: mimeo_local_read (revision and stored body apart)
+ * and mimeo_bulk_docs_opts.entry_fn (each entry of the reply, as the reply text lists them). */
+typedef struct be_seen {
+    size_t n, failed;
+    buf    text;
+} be_seen;
+
+static int be_take(void *ctx, const mimeo_bulk_entry *en) {
+    be_seen *s = ctx;
+    s->n++;
+    if (en->code) s->failed++;
+    buf_put(&s->text, en->id, en->id_len);
+    buf_printf(&s->text, "|%s|%s;", en->rev ? en->rev : "-", en->error ? en->error : "-");
+    return 0;
+}
+
+static void test_library_structs(void) {
+    mimeo_env *env = env_new();
+    CHECK(env != NULL);
+    if (!env) return;
+    CHECK_EQ_INT(mimeo_db_create(env, "ls", NULL), 0);
+    mimeo_db *db = NULL;
+    CHECK_EQ_INT(mimeo_db_open(env, "ls", &db, NULL), 0);
+    mimeo_put_result res;
+    const char *body = "{\"a\":[1,{\"b\":\"c\"}]}";
+    CHECK_EQ_INT(mimeo_local_put(db, "x", 1, body, strlen(body), NULL, &res, NULL), 0);
+    mimeo_free(res.id);
+    char rev[MIMEO_REV_MAX];
+    char *got = NULL;
+    size_t n = 0;
+    CHECK_EQ_INT(mimeo_local_read(db, "x", 1, rev, &got, &n, NULL), 0);
+    CHECK_EQ_STR(rev, "0-1");
+    CHECK_EQ_STR(got, body);
+    CHECK_EQ_INT(n, strlen(body));
+    mimeo_free(got);
+    CHECK_EQ_INT(mimeo_local_read(db, "y", 1, rev, &got, &n, NULL), MIMEO_ENOTFOUND);
+    CHECK(got == NULL);
+    /* open_revs from a list gives the rows the JSON list gives */
+    const char *doc = "{\"_id\":\"o\",\"v\":1}";
+    CHECK_EQ_INT(mimeo_doc_put(db, NULL, 0, doc, strlen(doc), NULL, &res, NULL), 0);
+    mimeo_free(res.id);
+    const char *lr[] = { res.rev, "2-0123456789abcdef0123456789abcdef", res.rev };
+    size_t ll[] = { strlen(res.rev), strlen(lr[1]), strlen(res.rev) };
+    char lj[200];
+    snprintf(lj, sizeof lj, "[\"%s\",\"%s\",\"%s\"]", lr[0], lr[1], lr[2]);
+    mimeo_get_opts go;
+    memset(&go, 0, sizeof go);
+    go.revs = true;
+    mimeo_cursor *c1 = NULL, *c2 = NULL;
+    CHECK_EQ_INT(mimeo_open_revs_list_open(db, "o", 1, lr, ll, 3, &go, &c1, NULL), 0);
+    CHECK_EQ_INT(mimeo_open_revs_open(db, "o", 1, lj, strlen(lj), &go, &c2, NULL), 0);
+    size_t rows = 0;
+    for (;;) {
+        const mimeo_row *a = NULL, *b = NULL;
+        CHECK_EQ_INT(c1 ? mimeo_cursor_next(c1, &a, NULL) : -1, 0);
+        CHECK_EQ_INT(c2 ? mimeo_cursor_next(c2, &b, NULL) : -1, 0);
+        CHECK((a == NULL) == (b == NULL));
+        if (!a || !b) break;
+        rows++;
+        CHECK_EQ_INT(a->status, b->status);
+        CHECK_EQ_STR(a->rev, b->rev);
+        CHECK_EQ_INT(a->json_len, b->json_len);
+        if (a->json && b->json) CHECK(memcmp(a->json, b->json, a->json_len) == 0);
+    }
+    CHECK_EQ_INT(rows, 3);
+    mimeo_cursor_close(c1);
+    mimeo_cursor_close(c2);
+    const char *bad[] = { "nonsense" };
+    size_t badl[] = { 8 };
+    CHECK_EQ_INT(mimeo_open_revs_list_open(db, "o", 1, bad, badl, 1, &go, &c1, NULL),
+                 MIMEO_EBADREV);
+    CHECK(c1 == NULL);
+
+    /* the JSON form still splices id and rev in */
+    CHECK_EQ_INT(mimeo_local_get(db, "x", 1, &got, &n, NULL), 0);
+    CHECK_EQ_STR(got, "{\"_id\":\"_local/x\",\"_rev\":\"0-1\",\"a\":[1,{\"b\":\"c\"}]}");
+    mimeo_free(got);
+
+    /* interactive: one entry per document, in order, local ids with their prefix */
+    be_seen s;
+    memset(&s, 0, sizeof s);
+    buf_init(&s.text, 0);
+    mimeo_bulk_docs_opts o = { .entry_fn = be_take, .entry_ctx = &s };
+    const char *b1 = "{\"docs\":[{\"_id\":\"p\"},{\"_id\":\"_local/q\"},"
+                     "{\"_id\":\"p\",\"_rev\":\"1-ff\"}]}";
+    char *json = (char *)"untouched";
+    CHECK_EQ_INT(mimeo_bulk_docs_as(db, b1, strlen(b1), &o, &json, &n, NULL), 0);
+    CHECK(json == NULL);
+    CHECK_EQ_INT(s.n, 3);
+    CHECK_EQ_INT(s.failed, 1);
+    const char *t = buf_cstr(&s.text);
+    CHECK(strncmp(t, "p|1-", 4) == 0);
+    CHECK(strstr(t, ";_local/q|0-1|-;") != NULL);
+    CHECK(strstr(t, ";p|-|conflict;") != NULL);
+    /* new_edits false: only the failures (none here) */
+    s.n = s.failed = 0;
+    const char *b2 = "{\"new_edits\":false,\"docs\":[{\"_id\":\"r\",\"_rev\":\"3-ab\"}]}";
+    CHECK_EQ_INT(mimeo_bulk_docs_as(db, b2, strlen(b2), &o, &json, &n, NULL), 0);
+    CHECK_EQ_INT(s.n, 0);
+    buf_destroy(&s.text);
+    mimeo_db_close(db);
+    env_free(env);
+}
+
+/* A remote peer's _changes and _revs_diff replies, read by event handlers: only the members
+ * at their place count (a document body carrying "changes" or "rev" does not), string seqs
+ * come back as JSON text, a null last_seq falls back to the last row's seq. */
+static void test_reply_events(void) {
+    repl_resp r;
+    repl_resp_init(&r);
+    buf_puts(&r.body,
+             "{\"results\":[{\"seq\":\"1-g1\",\"id\":\"a\",\"changes\":[{\"rev\":\"1-x\"},"
+             "{\"rev\":\"2-y\"}],\"doc\":{\"_id\":\"a\",\"changes\":[{\"rev\":\"9-no\"}],"
+             "\"rev\":\"8-no\",\"id\":\"zz\"}},{\"seq\":\"2-g\\\"2\",\"id\":\"b\\u0000c\","
+             "\"deleted\":true,\"changes\":[{\"rev\":\"3-z\"}]},{\"seq\":3,\"id\":\"nochanges\"}],"
+             "\"last_seq\":null,\"pending\":7}");
+    lc_rows rows;
+    memset(&rows, 0, sizeof rows);
+    buf_init(&rows.text, 0);
+    repl_page page = { NULL, -1, 0 };
+    mimeo_err e = {0};
+    CHECK_EQ_INT(repl_reply_changes(&r, lc_take, &rows, &page, &e), 0);
+    CHECK_EQ_INT(rows.n, 2);
+    CHECK(rows.text.len == 18 && memcmp(rows.text.data, "a|1-x,2-y\nb\0c|3-z\n", 18) == 0);
+    CHECK_EQ_INT(page.rows, 3);
+    CHECK_EQ_INT(page.pending, 7);
+    CHECK_EQ_STR(page.last_seq, "3");
+    free(page.last_seq);
+    buf_reset(&r.body);
+    buf_puts(&r.body, "{\"results\":[{\"seq\":\"5-q\",\"id\":\"a\",\"changes\":[]}],"
+                      "\"last_seq\":\"5-\\\"q\"}");
+    CHECK_EQ_INT(repl_reply_changes(&r, lc_take, &rows, &page, &e), 0);
+    CHECK_EQ_STR(page.last_seq, "\"5-\\\"q\"");
+    CHECK_EQ_INT(page.pending, -1);
+    free(page.last_seq);
+    buf_reset(&r.body);
+    buf_puts(&r.body, "{\"last_seq\":1}");
+    CHECK_EQ_INT(repl_reply_changes(&r, lc_take, &rows, &page, &e), MIMEO_EIO);
+
+    ep_seen s;
+    memset(&s, 0, sizeof s);
+    buf_init(&s.docs, 0);
+    buf_reset(&r.body);
+    buf_puts(&r.body, "{\"a\":{\"missing\":[\"2-b\",\"3-c\"],\"possible_ancestors\":[\"1-a\"]},"
+                      "\"b\":{\"missing\":[]},\"c\":{\"possible_ancestors\":[\"1-q\"],"
+                      "\"missing\":[\"4-d\"],\"x\":{\"missing\":[\"no\"]}}}");
+    CHECK_EQ_INT(repl_reply_missing(&r, ep_missing, &s, &e), 0);
+    CHECK_EQ_INT(s.n, 2);
+    CHECK_EQ_STR(s.ids[0], "a");
+    CHECK_EQ_INT(s.nrevs[0], 2);
+    CHECK_EQ_STR(s.ids[1], "c");
+    CHECK_EQ_INT(s.nrevs[1], 1);
+    buf_reset(&r.body);
+    buf_puts(&r.body, "[1]");
+    CHECK_EQ_INT(repl_reply_missing(&r, ep_missing, &s, &e), MIMEO_EIO);
+    buf_destroy(&s.docs);
+    buf_destroy(&rows.text);
+    repl_resp_destroy(&r);
+}
+
 int main(void) {
     RUN(test_req_parse);
     RUN(test_ids);
@@ -688,5 +985,8 @@ int main(void) {
     RUN(test_local_endpoint);
     RUN(test_local_changes);
     RUN(test_two_envs);
+    RUN(test_local_endpoint_structs);
+    RUN(test_library_structs);
+    RUN(test_reply_events);
     return check_report();
 }
