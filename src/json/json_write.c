@@ -4,6 +4,9 @@
 #include "json.h"
 
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* 0: copy as is; otherwise the letter after the backslash, or 'u' for \u00XX */
 static const char jw_esc[256] = {
@@ -27,6 +30,33 @@ static inline uint64_t jw_special8(uint64_t w) {
     return (lt | zq | zb) & high;
 }
 
+/* The length of the run of bytes from u[i] on that need no escape. With SSE2 (every x86-64)
+ * sixteen bytes are tested per step; elsewhere eight, with the borrow trick above. */
+static inline size_t jw_safe_run(const unsigned char *u, size_t i, size_t n) {
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+    const __m128i ctl = _mm_set1_epi8(0x1F);
+    while (i + 16 <= n) {
+        __m128i w = _mm_loadu_si128((const __m128i *)(u + i));
+        /* unsigned w <= 0x1F exactly when max(w, 0x1F) == 0x1F */
+        __m128i bad = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(w, quote),
+                                                _mm_cmpeq_epi8(w, bslash)),
+                                   _mm_cmpeq_epi8(_mm_max_epu8(w, ctl), ctl));
+        unsigned mask = (unsigned)_mm_movemask_epi8(bad);
+        if (mask) return i + (size_t)__builtin_ctz(mask);
+        i += 16;
+    }
+#endif
+    while (i + 8 <= n) {
+        uint64_t w;
+        memcpy(&w, u + i, 8);
+        if (jw_special8(w)) break;
+        i += 8;
+    }
+    while (i < n && !jw_esc[u[i]]) i++;
+    return i;
+}
+
 int json_put_str(buf *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *u = (const unsigned char *)s;
@@ -37,14 +67,7 @@ int json_put_str(buf *b, const char *s, size_t n) {
     *o++ = '"';
     size_t i = 0;
     for (;;) {
-        size_t run = i;
-        while (run + 8 <= n) {
-            uint64_t w;
-            memcpy(&w, u + run, 8);
-            if (jw_special8(w)) break;
-            run += 8;
-        }
-        while (run < n && !jw_esc[u[run]]) run++;
+        size_t run = jw_safe_run(u, i, n);
         memcpy(o, u + i, run - i);
         o += run - i;
         if (run == n) break;
