@@ -1,4 +1,4 @@
-/* The one place that talks to the JSON library (yajl).
+/* JSON in and out: mimeo's own parser and writers.
  * - A validating event parser: syntax, UTF-8, duplicate object keys at every depth and a
  *   nesting cap are checked here, once, for every byte that enters mimeo.
  * - json_doc: splits a document object into its special `_` members and its body, which is
