@@ -56,6 +56,8 @@ typedef struct jp_state {
     char       *arena;
     size_t      arena_len, arena_alloc;
     char       *str;    /* a string's decoded text, when it holds escapes */
+    bool        high;   /* the string just read has raw bytes >= 0x80 (else it is ASCII,
+                           and valid UTF-8 without a check: escapes decode to valid text) */
     size_t      str_alloc;
     unsigned char *stack; /* per open container: 1 object, 0 array */
     size_t      stack_alloc;
@@ -261,7 +263,7 @@ static int jp_number(void *c, const char *s, size_t n) {
 
 static int jp_string(void *c, const char *s, size_t n) {
     jp_state *st = c;
-    if (!utf8_valid((const char *)s, n)) return jp_bad_utf8(st);
+    if (st->high && !utf8_valid(s, n)) return jp_bad_utf8(st);
     if (st->h->on_string) JP_FORWARD(st->h->on_string(st->ctx, (const char *)s, n));
     return 1;
 }
@@ -293,7 +295,7 @@ static int jp_start_map(void *c) {
 
 static int jp_map_key(void *c, const char *s, size_t n) {
     jp_state *st = c;
-    if (!utf8_valid((const char *)s, n)) return jp_bad_utf8(st);
+    if (st->high && !utf8_valid(s, n)) return jp_bad_utf8(st);
     if (!jp_key_add(st, (const char *)s, n)) return 0;
     if (st->h->on_key) JP_FORWARD(st->h->on_key(st->ctx, (const char *)s, n));
     return 1;
@@ -334,8 +336,9 @@ static inline size_t jp_ws(const unsigned char *p, size_t n, size_t i) {
 }
 
 /* The index of the first byte at or after i that ends a plain run of string contents: a
- * quote, a backslash or a control character (bytes >= 0x80 are checked as UTF-8 later). */
-static inline size_t jp_str_run(const unsigned char *p, size_t n, size_t i) {
+ * quote, a backslash or a control character. Bytes >= 0x80 on the way set *high: they are
+ * checked as UTF-8 later. */
+static inline size_t jp_str_run(const unsigned char *p, size_t n, size_t i, bool *high) {
 #ifdef __SSE2__
     const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
     const __m128i ctl = _mm_set1_epi8(0x1F);
@@ -346,11 +349,20 @@ static inline size_t jp_str_run(const unsigned char *p, size_t n, size_t i) {
                                                 _mm_cmpeq_epi8(w, bslash)),
                                    _mm_cmpeq_epi8(_mm_max_epu8(w, ctl), ctl));
         unsigned mask = (unsigned)_mm_movemask_epi8(bad);
-        if (mask) return i + (size_t)__builtin_ctz(mask);
+        unsigned top = (unsigned)_mm_movemask_epi8(w); /* bytes >= 0x80 */
+        if (mask) {
+            unsigned at = (unsigned)__builtin_ctz(mask);
+            if (top & ((1u << at) - 1)) *high = true;
+            return i + at;
+        }
+        if (top) *high = true;
         i += 16;
     }
 #endif
-    while (i < n && p[i] != '"' && p[i] != '\\' && p[i] >= 0x20) i++;
+    while (i < n && p[i] != '"' && p[i] != '\\' && p[i] >= 0x20) {
+        if (p[i] >= 0x80) *high = true;
+        i++;
+    }
     return i;
 }
 
@@ -377,7 +389,8 @@ static void jp_put_utf8(char *d, size_t *o, unsigned cp) {
  * st->str), *i just past the closing quote. */
 static int jp_lex_string(jp_state *st, const unsigned char *p, size_t n, size_t *i,
                          const char **s, size_t *len) {
-    size_t a = *i + 1, e = jp_str_run(p, n, a);
+    st->high = false;
+    size_t a = *i + 1, e = jp_str_run(p, n, a, &st->high);
     if (e < n && p[e] == '"') {
         *s = (const char *)p + a;
         *len = e - a;
@@ -423,7 +436,7 @@ static int jp_lex_string(jp_state *st, const unsigned char *p, size_t n, size_t 
         default:
             return JP_SYNTAX;
         }
-        e = jp_str_run(p, n, a);
+        e = jp_str_run(p, n, a, &st->high);
     }
     st->str[o] = 0;
     *s = st->str;
