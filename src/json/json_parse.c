@@ -11,9 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
 /* Objects with up to this many keys are checked for duplicates by scanning their keys;
  * bigger ones switch to a hash table so that 100k keys cost 100k probes, not 10^10. */
@@ -340,15 +337,9 @@ static inline size_t jp_ws(const unsigned char *p, size_t n, size_t i) {
  * checked as UTF-8 later. */
 static inline size_t jp_str_run(const unsigned char *p, size_t n, size_t i, bool *high) {
 #ifdef __SSE2__
-    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
-    const __m128i ctl = _mm_set1_epi8(0x1F);
     while (i + 16 <= n) {
         __m128i w = _mm_loadu_si128((const __m128i *)(p + i));
-        /* unsigned w <= 0x1F exactly when max(w, 0x1F) == 0x1F */
-        __m128i bad = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(w, quote),
-                                                _mm_cmpeq_epi8(w, bslash)),
-                                   _mm_cmpeq_epi8(_mm_max_epu8(w, ctl), ctl));
-        unsigned mask = (unsigned)_mm_movemask_epi8(bad);
+        unsigned mask = json_special16(w);
         unsigned top = (unsigned)_mm_movemask_epi8(w); /* bytes >= 0x80 */
         if (mask) {
             unsigned at = (unsigned)__builtin_ctz(mask);

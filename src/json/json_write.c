@@ -4,9 +4,6 @@
 #include "json.h"
 
 #include <string.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
 /* 0: copy as is; otherwise the letter after the backslash, or 'u' for \u00XX */
 static const char jw_esc[256] = {
@@ -34,15 +31,8 @@ static inline uint64_t jw_special8(uint64_t w) {
  * sixteen bytes are tested per step; elsewhere eight, with the borrow trick above. */
 static inline size_t jw_safe_run(const unsigned char *u, size_t i, size_t n) {
 #ifdef __SSE2__
-    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
-    const __m128i ctl = _mm_set1_epi8(0x1F);
     while (i + 16 <= n) {
-        __m128i w = _mm_loadu_si128((const __m128i *)(u + i));
-        /* unsigned w <= 0x1F exactly when max(w, 0x1F) == 0x1F */
-        __m128i bad = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(w, quote),
-                                                _mm_cmpeq_epi8(w, bslash)),
-                                   _mm_cmpeq_epi8(_mm_max_epu8(w, ctl), ctl));
-        unsigned mask = (unsigned)_mm_movemask_epi8(bad);
+        unsigned mask = json_special16(_mm_loadu_si128((const __m128i *)(u + i)));
         if (mask) return i + (size_t)__builtin_ctz(mask);
         i += 16;
     }
