@@ -181,6 +181,14 @@ disk_kb() { du -sk "$1" 2>/dev/null | cut -f1; }
 
 for s in "${SERVERS[@]}"; do
   run bulk_seq "$s" 600 "$LG" bulk @URL/bench_seq --docs "$DOCS" --batch "$BATCH" --ids seq --size "$SIZE"
+  # The first workload on a fresh server: its peak resident memory so far is the bulk load's.
+  if [ "$s" = mimeo ]; then pid=$MIMEO_PID; else pid=$PEER_PID; fi
+  if [ -n "$pid" ]; then
+    for f in VmHWM:memory_bulk RssAnon:memory_bulk_anon; do
+      kb=$(awk -v k="${f%%:*}:" '$1 == k { print $2 }' "/proc/$pid/status" 2>/dev/null)
+      [ -n "$kb" ] && echo "{\"workload\":\"${f#*:}\",\"server\":\"$s\",\"kb\":$kb}" >> "$RESULTS"
+    done
+  fi
   # On-disk size of the database that now holds the docs (the data folder holds nothing else yet).
   if [ "$s" = mimeo ] && [ -n "$MIMEO_URL" ]; then
     echo "{\"workload\":\"disk\",\"server\":\"mimeo\",\"kb\":$(disk_kb "$TMP/mimeo/data")}" >> "$RESULTS"

@@ -73,6 +73,8 @@ const rows = [
   ['10,000 idle live feeds: one write reaches all, p99 (ms)', 'feeds_10000', 'write_p99_ms', 0, 1, 1000, true],
   ['GET / on a new connection beside 2,000 slowloris connections: p99 (ms)', 'slowloris', 'p99_ms', 1, 1, 100, true],
   ['GET /db on a new connection while a 128 MiB attachment uploads: p99 (ms)', 'upload_gets', 'p99_ms', 1, 1, null, true],
+  [`peak resident memory over the ${k}-doc bulk load (the first workload; target ≤ 100), VmHWM (MB)`, 'memory_bulk', 'kb', 1, 1 / 1024, null, true],
+  ['  its anonymous part at the end of that load, RssAnon (MB)', 'memory_bulk_anon', 'kb', 1, 1 / 1024, null, true],
   ['peak resident memory, VmHWM (MB)', 'memory', 'kb', 1, 1 / 1024, null, true],
   ['resident anonymous memory at the end, RssAnon (MB)', 'memory_anon', 'kb', 1, 1 / 1024, null, true],
   [`on-disk size of the ${k}-doc database (MB)`, 'disk', 'kb', 1, 1 / 1024, null, true],
@@ -102,9 +104,11 @@ out.push('');
 // batches in this run (bench/store_ceiling.c); the ingest issue's targets beside them.
 const seqCeil = value('store_ceiling_seq', 'lmdb', 'docs_per_s');
 const randCeil = value('store_ceiling_random', 'lmdb', 'docs_per_s');
+const ceilMB = (wl) => { const v = value(wl, 'lmdb', 'maxrss_kb'); return v === null ? 'n/a' : num(v / 1024, 0); };
 if (seqCeil !== null || randCeil !== null) {
   out.push(`storage ceiling (LMDB alone, store layout, batches of 1,000, durable): increasing ids ` +
-    `${seqCeil === null ? 'n/a' : num(seqCeil, 0)} docs/s, random ids ${randCeil === null ? 'n/a' : num(randCeil, 0)} docs/s`);
+    `${seqCeil === null ? 'n/a' : num(seqCeil, 0)} docs/s, random ids ${randCeil === null ? 'n/a' : num(randCeil, 0)} docs/s; ` +
+    `its peak resident memory ${ceilMB('store_ceiling_seq')} and ${ceilMB('store_ceiling_random')} MB`);
   out.push('');
   out.push('| write workload | mimeo docs/s | ceiling docs/s | fraction | target |');
   out.push('| --- | ---: | ---: | ---: | --- |');
@@ -113,6 +117,7 @@ if (seqCeil !== null || randCeil !== null) {
     ['_bulk_docs, random ids', 'bulk_random', 'docs_per_s', randCeil, 0.7],
     ['_bulk_docs, 16 clients at once', 'bulk_16', 'docs_per_s', seqCeil, 0.6],
     ['one-shot replication to itself', 'replicate', 'docs_per_s', seqCeil, 0.4],
+    ['PUT single doc, 1 client', 'put_1', 'req_per_s', seqCeil, null],
     ['PUT single doc, 16 clients', 'put_16', 'req_per_s', seqCeil, null],
   ];
   for (const [label, wl, field, ceil, target] of frac) {

@@ -38,6 +38,11 @@ typedef struct write_item {
     const char  *error;
     const char  *reason;
     char         newrev[MIMEO_REV_MAX];
+    /* The new revision's hash worked out on the calling thread for the parent the request
+     * names (its _rev, or none), so the writer, which serves every request in turn, does
+     * not spend the MD5 of each body; used only when the writer finds that same parent. */
+    char         prehash[33];
+    bool         prehashed;
     att_set      atts;          /* its _attachments, read (src/db/att.c) */
     char         att_reason[MIMEO_ERR_REASON_MAX];
 } write_item;
@@ -332,7 +337,11 @@ static int apply_doc(write_ctx *w, write_item *it) {
             goto out;
         }
         char hash[33];
-        rev_hash_new(parent_rev, strlen(parent_rev), it->doc.deleted, body->data, body->len, hash);
+        if (it->prehashed && !it->atts.present && (parent != REVTREE_NONE) == it->has_rev)
+            memcpy(hash, it->prehash, sizeof hash);
+        else
+            rev_hash_new(parent_rev, strlen(parent_rev), it->doc.deleted, body->data, body->len,
+                         hash);
         uint8_t flags = REVTREE_HAS_BODY | (it->doc.deleted ? REVTREE_DELETED : 0);
         rc = revtree_add_child(&d.tree, parent, hash, 32, flags, body_id, &leaf);
         if (rc) goto out;
@@ -504,6 +513,23 @@ static int job_write(MDB_txn *txn, void *arg) {
     return rc;
 }
 
+/* Interactive edits: each item's new revision hash for the parent its request names, on the
+ * calling thread (apply_doc checks that the parent is that one). Bodies that attachments
+ * rewrite are hashed by the writer, which builds them. */
+static void prehash_items(write_item *items, size_t count, bool new_edits) {
+    if (!new_edits) return;
+    for (size_t i = 0; i < count; i++) {
+        write_item *it = &items[i];
+        if (it->local || it->ignore || it->rejected || it->atts.present) continue;
+        char parent[MIMEO_REV_MAX] = "";
+        if (it->has_rev) rev_text(parent, it->rev_gen, it->rev_hash, it->rev_hash_len);
+        if (it->has_rev && !parent[0]) continue;
+        rev_hash_new(parent, strlen(parent), it->doc.deleted, it->doc.body.data,
+                     it->doc.body.len, it->prehash);
+        it->prehashed = true;
+    }
+}
+
 static int run_write(write_ctx *w) {
     buf_init(&w->scratch, 0);
     buf_init(&w->att_body, 0);
@@ -623,6 +649,7 @@ static int single_write(mimeo_db *db, write_item *it, bool new_edits,
         db_err_set(err, it->code, it->error, it->reason);
         return it->code;
     }
+    prehash_items(it, 1, new_edits);
     write_ctx w = {.db = db, .items = it, .count = 1, .new_edits = new_edits};
     rc = run_write(&w);
     if (rc == MIMEO_ENOTFOUND) return db_gone(err);
@@ -830,6 +857,7 @@ int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
     write_ctx w = {.db = db, .items = items, .count = bulk.count, .new_edits = bulk.new_edits,
                    .all_or_nothing = bulk.all_or_nothing};
     if (!rc && bulk.count) {
+        prehash_items(items, bulk.count, bulk.new_edits);
         rc = run_write(&w);
         if (rc == MIMEO_ENOTFOUND) rc = db_gone(err);
         else if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);

@@ -1,4 +1,4 @@
-/* The one place that talks to the JSON library (yajl).
+/* JSON in and out: mimeo's own parser and writers.
  * - A validating event parser: syntax, UTF-8, duplicate object keys at every depth and a
  *   nesting cap are checked here, once, for every byte that enters mimeo.
  * - json_doc: splits a document object into its special `_` members and its body, which is
@@ -189,5 +189,20 @@ static inline int json_putc_fast(buf *b, char c) {
     }
     return buf_put(b, &c, 1);
 }
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+/* Bit i set when byte i of w is a quote, a backslash or a control character: what ends a
+ * string's plain run when reading, and what needs escaping when writing. Sixteen bytes a
+ * step on every x86-64; the callers fall back to a byte loop elsewhere. */
+static inline unsigned json_special16(__m128i w) {
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+    const __m128i ctl = _mm_set1_epi8(0x1F);
+    /* unsigned w <= 0x1F exactly when max(w, 0x1F) == 0x1F */
+    __m128i bad = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(w, quote), _mm_cmpeq_epi8(w, bslash)),
+                               _mm_cmpeq_epi8(_mm_max_epu8(w, ctl), ctl));
+    return (unsigned)_mm_movemask_epi8(bad);
+}
+#endif
 
 #endif

@@ -1,9 +1,9 @@
-/* The validating event parser: drives yajl over one complete text and adds the checks yajl
- * lacks. yajl's own UTF-8 check only looks at byte patterns (it lets overlong forms, encoded
- * surrogates and code points past U+10FFFF through) and its \u decoder turns a lone
- * surrogate escape into '?' or into a wrong code point; we refuse all of these, refuse
- * duplicate object keys at every depth and cap the nesting. Every JSON byte that enters
- * mimeo passes through json_parse. */
+/* The validating event parser: one pass over a complete text (RFC 8259 grammar, strict
+ * UTF-8, \u escapes decoded with surrogate pairs checked), refusing duplicate object keys at
+ * every depth and capping the nesting. Every JSON byte that enters mimeo passes through
+ * json_parse, whole _bulk_docs batches included, so string contents are scanned sixteen bytes
+ * a step and handed over in place when they hold no escape. It accepts exactly what the
+ * yajl-driven parser it replaced accepted. */
 #include "json.h"
 
 #include <stdarg.h>
@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <yajl/yajl_parse.h>
 
 /* Objects with up to this many keys are checked for duplicates by scanning their keys;
  * bigger ones switch to a hash table so that 100k keys cost 100k probes, not 10^10. */
@@ -44,7 +43,7 @@ typedef struct jp_state {
     size_t      in_len;
     unsigned    max_depth;
     unsigned    depth;
-    int         rc;     /* why we cancelled yajl: a handler's value or our own error */
+    int         rc;     /* why the parse stopped: a handler's value or our own error */
     uint64_t    seed;   /* of the key hash */
 
     jp_frame   *frames;
@@ -53,6 +52,12 @@ typedef struct jp_state {
     size_t      nkeys, keys_alloc;
     char       *arena;
     size_t      arena_len, arena_alloc;
+    char       *str;    /* a string's decoded text, when it holds escapes */
+    bool        high;   /* the string just read has raw bytes >= 0x80 (else it is ASCII,
+                           and valid UTF-8 without a check: escapes decode to valid text) */
+    size_t      str_alloc;
+    unsigned char *stack; /* per open container: 1 object, 0 array */
+    size_t      stack_alloc;
 } jp_state;
 
 /* Random per process, so a client cannot precompute keys that collide in the hash. */
@@ -85,7 +90,7 @@ static int jp_hex4(const char *p, unsigned *out) {
 /* True when every \u escape that names a surrogate is a high one followed by a low one.
  * In valid JSON a backslash only occurs inside strings, where it always starts an escape,
  * so a plain scan from backslash to backslash sees the escapes exactly; on invalid input it
- * may misjudge, but yajl refuses that input anyway with the same error. */
+ * may misjudge, but the grammar refuses that input anyway with the same error. */
 static bool jp_escapes_ok(const char *p, size_t n) {
     const char *end = p + n, *q = p;
     while (q < end && (q = memchr(q, '\\', (size_t)(end - q))) != NULL) {
@@ -164,7 +169,7 @@ static int jp_fail(jp_state *st, int code, const char *fmt, ...) {
         vsnprintf(st->err->reason, sizeof st->err->reason, fmt, ap);
         va_end(ap);
     }
-    return 0; /* tells yajl to stop */
+    return 0; /* stops the parse */
 }
 
 static int jp_bad_utf8(jp_state *st) {
@@ -228,7 +233,7 @@ dup:;
                    s, show < n ? "..." : "");
 }
 
-/* ---- yajl callbacks -------------------------------------------------------------------- */
+/* ---- events ---------------------------------------------------------------------------- */
 
 #define JP_FORWARD(call) do { \
         int rc_ = (call); \
@@ -253,9 +258,9 @@ static int jp_number(void *c, const char *s, size_t n) {
     return 1;
 }
 
-static int jp_string(void *c, const unsigned char *s, size_t n) {
+static int jp_string(void *c, const char *s, size_t n) {
     jp_state *st = c;
-    if (!utf8_valid((const char *)s, n)) return jp_bad_utf8(st);
+    if (st->high && !utf8_valid(s, n)) return jp_bad_utf8(st);
     if (st->h->on_string) JP_FORWARD(st->h->on_string(st->ctx, (const char *)s, n));
     return 1;
 }
@@ -285,9 +290,9 @@ static int jp_start_map(void *c) {
     return 1;
 }
 
-static int jp_map_key(void *c, const unsigned char *s, size_t n) {
+static int jp_map_key(void *c, const char *s, size_t n) {
     jp_state *st = c;
-    if (!utf8_valid((const char *)s, n)) return jp_bad_utf8(st);
+    if (st->high && !utf8_valid(s, n)) return jp_bad_utf8(st);
     if (!jp_key_add(st, (const char *)s, n)) return 0;
     if (st->h->on_key) JP_FORWARD(st->h->on_key(st->ctx, (const char *)s, n));
     return 1;
@@ -317,17 +322,237 @@ static int jp_end_array(void *c) {
     return 1;
 }
 
-static const yajl_callbacks jp_callbacks = {
-    .yajl_null = jp_null,
-    .yajl_boolean = jp_bool,
-    .yajl_number = jp_number, /* takes precedence over integer/double: exact source text */
-    .yajl_string = jp_string,
-    .yajl_start_map = jp_start_map,
-    .yajl_map_key = jp_map_key,
-    .yajl_end_map = jp_end_map,
-    .yajl_start_array = jp_start_array,
-    .yajl_end_array = jp_end_array,
-};
+/* ---- the grammar ------------------------------------------------------------------------ */
+
+enum { JP_OK = 0, JP_SYNTAX = 1, JP_STOP = 2 }; /* STOP: an event failed, st->rc says why */
+
+/* Whitespace: RFC 8259's four, and \v and \f, which mimeo has always taken (yajl did). */
+static inline size_t jp_ws(const unsigned char *p, size_t n, size_t i) {
+    while (i < n && (p[i] == ' ' || (p[i] >= '\t' && p[i] <= '\r'))) i++;
+    return i;
+}
+
+/* The index of the first byte at or after i that ends a plain run of string contents: a
+ * quote, a backslash or a control character. Bytes >= 0x80 on the way set *high: they are
+ * checked as UTF-8 later. */
+static inline size_t jp_str_run(const unsigned char *p, size_t n, size_t i, bool *high) {
+#ifdef __SSE2__
+    while (i + 16 <= n) {
+        __m128i w = _mm_loadu_si128((const __m128i *)(p + i));
+        unsigned mask = json_special16(w);
+        unsigned top = (unsigned)_mm_movemask_epi8(w); /* bytes >= 0x80 */
+        if (mask) {
+            unsigned at = (unsigned)__builtin_ctz(mask);
+            if (top & ((1u << at) - 1)) *high = true;
+            return i + at;
+        }
+        if (top) *high = true;
+        i += 16;
+    }
+#endif
+    while (i < n && p[i] != '"' && p[i] != '\\' && p[i] >= 0x20) {
+        if (p[i] >= 0x80) *high = true;
+        i++;
+    }
+    return i;
+}
+
+/* Appends code point cp as UTF-8 at d + *o. */
+static void jp_put_utf8(char *d, size_t *o, unsigned cp) {
+    if (cp < 0x80) {
+        d[(*o)++] = (char)cp;
+    } else if (cp < 0x800) {
+        d[(*o)++] = (char)(0xC0 | cp >> 6);
+        d[(*o)++] = (char)(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        d[(*o)++] = (char)(0xE0 | cp >> 12);
+        d[(*o)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        d[(*o)++] = (char)(0x80 | (cp & 0x3F));
+    } else {
+        d[(*o)++] = (char)(0xF0 | cp >> 18);
+        d[(*o)++] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        d[(*o)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        d[(*o)++] = (char)(0x80 | (cp & 0x3F));
+    }
+}
+
+/* A string whose opening quote is at p[*i]: its text in *s (in place, or decoded into
+ * st->str), *i just past the closing quote. */
+static int jp_lex_string(jp_state *st, const unsigned char *p, size_t n, size_t *i,
+                         const char **s, size_t *len) {
+    st->high = false;
+    size_t a = *i + 1, e = jp_str_run(p, n, a, &st->high);
+    if (e < n && p[e] == '"') {
+        *s = (const char *)p + a;
+        *len = e - a;
+        *i = e + 1;
+        return JP_OK;
+    }
+    size_t o = 0;
+    for (;;) {
+        if (e >= n || p[e] < 0x20) return JP_SYNTAX;
+        /* room for the run, then for one escape's (at most 4 bytes) and a final NUL */
+        if (ARRAY_GROW(st->str, st->str_alloc, o + (e - a) + 5)) {
+            jp_oom(st);
+            return JP_STOP;
+        }
+        memcpy(st->str + o, p + a, e - a);
+        o += e - a;
+        if (p[e] == '"') break;
+        if (e + 1 >= n) return JP_SYNTAX;
+        unsigned char c = p[e + 1];
+        a = e + 2;
+        switch (c) {
+        case '"': case '\\': case '/': st->str[o++] = (char)c; break;
+        case 'b': st->str[o++] = '\b'; break;
+        case 'f': st->str[o++] = '\f'; break;
+        case 'n': st->str[o++] = '\n'; break;
+        case 'r': st->str[o++] = '\r'; break;
+        case 't': st->str[o++] = '\t'; break;
+        case 'u': {
+            unsigned cp, lo;
+            if (n - a < 4 || !jp_hex4((const char *)p + a, &cp)) return JP_SYNTAX;
+            a += 4;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                /* jp_escapes_ok has made sure that a low surrogate escape follows */
+                if (n - a < 6 || p[a] != '\\' || p[a + 1] != 'u' ||
+                    !jp_hex4((const char *)p + a + 2, &lo))
+                    return JP_SYNTAX;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                a += 6;
+            }
+            jp_put_utf8(st->str, &o, cp);
+            break;
+        }
+        default:
+            return JP_SYNTAX;
+        }
+        e = jp_str_run(p, n, a, &st->high);
+    }
+    st->str[o] = 0;
+    *s = st->str;
+    *len = o;
+    *i = e + 1;
+    return JP_OK;
+}
+
+/* A number's extent from p[*i] (RFC 8259: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?). */
+static int jp_lex_number(const unsigned char *p, size_t n, size_t *i) {
+#define JP_DIGIT(x) ((x) >= '0' && (x) <= '9')
+    size_t k = *i;
+    if (k < n && p[k] == '-') k++;
+    if (k >= n || !JP_DIGIT(p[k])) return JP_SYNTAX;
+    if (p[k] == '0') k++;
+    else while (k < n && JP_DIGIT(p[k])) k++;
+    if (k < n && p[k] == '.') {
+        k++;
+        if (k >= n || !JP_DIGIT(p[k])) return JP_SYNTAX;
+        while (k < n && JP_DIGIT(p[k])) k++;
+    }
+    if (k < n && (p[k] == 'e' || p[k] == 'E')) {
+        k++;
+        if (k < n && (p[k] == '+' || p[k] == '-')) k++;
+        if (k >= n || !JP_DIGIT(p[k])) return JP_SYNTAX;
+        while (k < n && JP_DIGIT(p[k])) k++;
+    }
+#undef JP_DIGIT
+    *i = k;
+    return JP_OK;
+}
+
+static int jp_push(jp_state *st, size_t depth, unsigned char obj) {
+    if (ARRAY_GROW(st->stack, st->stack_alloc, depth + 1)) {
+        jp_oom(st);
+        return JP_STOP;
+    }
+    st->stack[depth] = obj;
+    return JP_OK;
+}
+
+/* The whole text: exactly one value with whitespace around it. Events fire as each token is
+ * read, so handlers see everything before the first syntax error, as from a stream parser. */
+static int jp_run(jp_state *st, const unsigned char *p, size_t n) {
+    size_t i = 0, depth = 0, len;
+    const char *s;
+    int rc;
+#define JP_EV(call) do { if (!(call)) return JP_STOP; } while (0)
+value:
+    i = jp_ws(p, n, i);
+    if (i >= n) return JP_SYNTAX;
+    switch (p[i]) {
+    case '{':
+        JP_EV(jp_start_map(st));
+        if ((rc = jp_push(st, depth++, 1))) return rc;
+        i = jp_ws(p, n, i + 1);
+        if (i < n && p[i] == '}') {
+            i++;
+            depth--;
+            JP_EV(jp_end_map(st));
+            goto after;
+        }
+        goto key;
+    case '[':
+        JP_EV(jp_start_array(st));
+        if ((rc = jp_push(st, depth++, 0))) return rc;
+        i = jp_ws(p, n, i + 1);
+        if (i < n && p[i] == ']') {
+            i++;
+            depth--;
+            JP_EV(jp_end_array(st));
+            goto after;
+        }
+        goto value;
+    case '"':
+        if ((rc = jp_lex_string(st, p, n, &i, &s, &len))) return rc;
+        JP_EV(jp_string(st, s, len));
+        goto after;
+    case 't':
+        if (n - i < 4 || memcmp(p + i, "true", 4) != 0) return JP_SYNTAX;
+        i += 4;
+        JP_EV(jp_bool(st, 1));
+        goto after;
+    case 'f':
+        if (n - i < 5 || memcmp(p + i, "false", 5) != 0) return JP_SYNTAX;
+        i += 5;
+        JP_EV(jp_bool(st, 0));
+        goto after;
+    case 'n':
+        if (n - i < 4 || memcmp(p + i, "null", 4) != 0) return JP_SYNTAX;
+        i += 4;
+        JP_EV(jp_null(st));
+        goto after;
+    default: {
+        size_t a = i;
+        if ((rc = jp_lex_number(p, n, &i))) return rc;
+        JP_EV(jp_number(st, (const char *)p + a, i - a));
+        goto after;
+    }
+    }
+key:
+    if (i >= n || p[i] != '"') return JP_SYNTAX;
+    if ((rc = jp_lex_string(st, p, n, &i, &s, &len))) return rc;
+    JP_EV(jp_map_key(st, s, len));
+    i = jp_ws(p, n, i);
+    if (i >= n || p[i] != ':') return JP_SYNTAX;
+    i++;
+    goto value;
+after:
+    i = jp_ws(p, n, i);
+    if (depth == 0) return i == n ? JP_OK : JP_SYNTAX;
+    if (i >= n) return JP_SYNTAX;
+    if (p[i] == ',') {
+        i = jp_ws(p, n, i + 1);
+        if (st->stack[depth - 1]) goto key;
+        goto value;
+    }
+    if (p[i] != (st->stack[depth - 1] ? '}' : ']')) return JP_SYNTAX;
+    i++;
+    depth--;
+    if (st->stack[depth]) JP_EV(jp_end_map(st));
+    else JP_EV(jp_end_array(st));
+    goto after;
+#undef JP_EV
+}
 
 /* ---- entry point ----------------------------------------------------------------------- */
 
@@ -365,32 +590,19 @@ int json_parse(const char *p, size_t n, const json_limits *limits, const json_ha
     st.max_depth = limits && limits->max_depth ? limits->max_depth : JSON_DEFAULT_MAX_DEPTH;
 
     int rc = 0;
-    yajl_handle y = yajl_alloc(&jp_callbacks, NULL, &st);
-    if (!y) {
-        err_set(err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
-        return MIMEO_ENOMEM;
-    }
-    /* yajl's defaults are what we want; set them anyway so a library default can't change
-     * what mimeo accepts */
-    yajl_config(y, yajl_allow_comments, 0);
-    yajl_config(y, yajl_dont_validate_strings, 0);
-    yajl_config(y, yajl_allow_trailing_garbage, 0);
-    yajl_config(y, yajl_allow_multiple_values, 0);
-    yajl_config(y, yajl_allow_partial_values, 0);
-
-    yajl_status ys = yajl_parse(y, (const unsigned char *)p, n);
-    if (ys == yajl_status_ok) ys = yajl_complete_parse(y);
-    if (ys == yajl_status_client_canceled) {
+    int r = jp_run(&st, (const unsigned char *)p, n);
+    if (r == JP_STOP) {
         rc = st.rc ? st.rc : MIMEO_EBADJSON;
-    } else if (ys != yajl_status_ok) {
+    } else if (r == JP_SYNTAX) {
         rc = MIMEO_EBADJSON;
         err_set(err, MIMEO_EBADJSON, "bad_request", "invalid UTF-8 JSON");
     }
-    yajl_free(y);
 
     for (size_t i = 0; i < st.frames_used; i++) free(st.frames[i].tab);
     free(st.frames);
     free(st.keys);
     free(st.arena);
+    free(st.str);
+    free(st.stack);
     return rc;
 }

@@ -27,6 +27,26 @@ static inline uint64_t jw_special8(uint64_t w) {
     return (lt | zq | zb) & high;
 }
 
+/* The length of the run of bytes from u[i] on that need no escape. With SSE2 (every x86-64)
+ * sixteen bytes are tested per step; elsewhere eight, with the borrow trick above. */
+static inline size_t jw_safe_run(const unsigned char *u, size_t i, size_t n) {
+#ifdef __SSE2__
+    while (i + 16 <= n) {
+        unsigned mask = json_special16(_mm_loadu_si128((const __m128i *)(u + i)));
+        if (mask) return i + (size_t)__builtin_ctz(mask);
+        i += 16;
+    }
+#endif
+    while (i + 8 <= n) {
+        uint64_t w;
+        memcpy(&w, u + i, 8);
+        if (jw_special8(w)) break;
+        i += 8;
+    }
+    while (i < n && !jw_esc[u[i]]) i++;
+    return i;
+}
+
 int json_put_str(buf *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *u = (const unsigned char *)s;
@@ -37,14 +57,7 @@ int json_put_str(buf *b, const char *s, size_t n) {
     *o++ = '"';
     size_t i = 0;
     for (;;) {
-        size_t run = i;
-        while (run + 8 <= n) {
-            uint64_t w;
-            memcpy(&w, u + run, 8);
-            if (jw_special8(w)) break;
-            run += 8;
-        }
-        while (run < n && !jw_esc[u[run]]) run++;
+        size_t run = jw_safe_run(u, i, n);
         memcpy(o, u + i, run - i);
         o += run - i;
         if (run == n) break;

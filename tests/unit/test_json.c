@@ -41,7 +41,7 @@ static const char *roundtrip(const char *p, size_t n) {
 static void test_syntax(void) {
     const char *good[] = {
         "{}", "[]", "1", "-0.5e+10", "\"x\"", "true", "null", " \n\t{ \"a\" : [ 1 , 2 ] } \n",
-        "{\"a\":{\"b\":[{},[],\"\"]}}", "\"\\u0000\"", "\"\\ud83d\\ude00\"", "\"\\\\ud800\"",
+        "{\"a\":{\"b\":[{},[],\"\"]}}", "\"\\u0000\"", "\"\\ud83d\\ude00\"", "\"\\\\ud800\"", "\v1\f",
     };
     for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
         int rc = parse_ok(good[i], strlen(good[i]));
@@ -52,6 +52,8 @@ static void test_syntax(void) {
         "", " ", "{", "}", "[1,]", "{\"a\":1,}", "{\"a\"}", "01", "-", "1.", "1e", "+1",
         "[1] x", "1 2", "{} {}", "/* c */ 1", "[1 // c\n]", "'a'", "\"a\x01\"", "nul",
         "{a:1}", "[\"\\x\"]", "\"\\u12\"", "NaN", "[1,,2]", "\"abc",
+        /* a value followed by an unterminated string (yajl took these whole) */
+        "{}\"abc", "1 \"x", "true\"x", "\"a\"\"b", "{\"a\":1}\"",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         json_error err;
@@ -102,7 +104,7 @@ static void test_events(void) {
     CHECK_EQ_INT(err.code, 0);
     buf_destroy(&r2.out);
 
-    /* a handler's return equal to yajl's own "cancelled" path must not be mistaken */
+    /* a handler's return that stops the parse on its first event must come back as is */
     rec r3 = {BUF_INIT, 1, 0};
     CHECK_EQ_INT(json_parse(S("[1]"), NULL, &rec_h, &r3, &err), 42);
     buf_destroy(&r3.out);
