@@ -82,6 +82,18 @@ static size_t prefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned cha
 
 /* ---- reads ------------------------------------------------------------------------------- */
 
+int dbidx_identity(mimeo_db *db, uintptr_t *env, uint64_t *dbid, uint64_t *created,
+                   uint64_t *update_seq) {
+    db_meta m;
+    int rc = db_meta_snapshot(db, &m);
+    if (rc) return rc;
+    *env = (uintptr_t)db->env;
+    *dbid = m.dbid;
+    *created = m.created_us;
+    *update_seq = m.update_seq;
+    return 0;
+}
+
 int dbidx_seq(mimeo_db *db, uint64_t idx, uint64_t *seq) {
     *seq = 0;
     MDB_dbi dbi;

@@ -200,8 +200,9 @@ static void load_ddoc(const jval *doc, mindex_set *set) {
     }
 }
 
-static int load_doc(void *ctx, const char *id, size_t id_len, const jval *doc) {
-    load_ddoc(doc, ctx);
+static int load_doc(void *ctx, const char *id, size_t id_len, seam_doc *d) {
+    const jval *doc = seam_doc_tree(d);
+    if (doc) load_ddoc(doc, ctx);
     return 0;
 }
 
@@ -213,6 +214,129 @@ int mindex_load(mimeo_db *db, mindex_set *out, mimeo_err *err) {
                             out, err);
     if (rc) mindex_set_destroy(out);
     return rc;
+}
+
+/* ---- the cache of definitions -----------------------------------------------------------
+ * Reading and parsing every design document on each query costs more than the query, so the
+ * sets are kept per database. A set is valid while the database's update sequence has not
+ * moved; once it moved, the design documents' ids and revisions (read without bodies) are
+ * compared with those the set was loaded from, and only a difference loads it again. Sets
+ * are shared by reference count: a reload does not free a set a query still reads. */
+
+#define CACHE_SLOTS 16
+
+typedef struct shared_set {
+    mindex_set set;      /* first: a mindex_set pointer is a shared_set pointer */
+    unsigned   refs;     /* holders, the cache's slot included */
+} shared_set;
+
+typedef struct cache_slot {
+    uintptr_t   env;
+    uint64_t    dbid, created;
+    uint64_t    seq;     /* update sequence at which the set was last found valid */
+    buf         sig;     /* the design documents' ids and revisions it was loaded from */
+    shared_set *s;
+    uint64_t    used;
+} cache_slot;
+
+static cache_slot g_slots[CACHE_SLOTS];
+static uint64_t g_tick;
+static pthread_mutex_t g_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void shared_put(shared_set *s) { /* under g_cache_lock */
+    if (s && --s->refs == 0) {
+        mindex_set_destroy(&s->set);
+        free(s);
+    }
+}
+
+static cache_slot *slot_find(uintptr_t env, uint64_t dbid, uint64_t created) {
+    for (size_t i = 0; i < CACHE_SLOTS; i++) {
+        cache_slot *c = &g_slots[i];
+        if (c->s && c->env == env && c->dbid == dbid && c->created == created) return c;
+    }
+    return NULL;
+}
+
+void mindex_release(const mindex_set *set) {
+    if (!set) return;
+    pthread_mutex_lock(&g_cache_lock);
+    shared_put((shared_set *)set);
+    pthread_mutex_unlock(&g_cache_lock);
+}
+
+int mindex_acquire(mimeo_db *db, const mindex_set **out, mimeo_err *err) {
+    *out = NULL;
+    uintptr_t env;
+    uint64_t dbid, created, seq;
+    int rc = dbidx_identity(db, &env, &dbid, &created, &seq);
+    if (rc) return rc;
+    pthread_mutex_lock(&g_cache_lock);
+    cache_slot *c = slot_find(env, dbid, created);
+    if (c && c->seq == seq) {
+        c->used = ++g_tick;
+        c->s->refs++;
+        *out = &c->s->set;
+    }
+    pthread_mutex_unlock(&g_cache_lock);
+    if (*out) return 0;
+
+    buf sig;
+    buf_init(&sig, 0);
+    if ((rc = seam_ddoc_revs(db, &sig))) {
+        buf_destroy(&sig);
+        return rc;
+    }
+    pthread_mutex_lock(&g_cache_lock);
+    c = slot_find(env, dbid, created);
+    if (c && c->sig.len == sig.len && (!sig.len || memcmp(c->sig.data, sig.data, sig.len) == 0)) {
+        /* a write, but no design document changed: the set holds at this sequence */
+        if (seq > c->seq) c->seq = seq;
+        c->used = ++g_tick;
+        c->s->refs++;
+        *out = &c->s->set;
+    }
+    pthread_mutex_unlock(&g_cache_lock);
+    if (*out) {
+        buf_destroy(&sig);
+        return 0;
+    }
+
+    shared_set *s = calloc(1, sizeof *s);
+    if (!s) {
+        buf_destroy(&sig);
+        err_set(err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
+        return MIMEO_ENOMEM;
+    }
+    if ((rc = mindex_load(db, &s->set, err))) {
+        free(s);
+        buf_destroy(&sig);
+        return rc;
+    }
+    /* best effort: a failure only costs space */
+    mindex_drop_orphans(db, &s->set);
+    s->refs = 2; /* the caller and the slot */
+    pthread_mutex_lock(&g_cache_lock);
+    c = slot_find(env, dbid, created);
+    if (!c) {
+        c = &g_slots[0];
+        for (size_t i = 0; i < CACHE_SLOTS; i++) {
+            if (!g_slots[i].s) { c = &g_slots[i]; break; }
+            if (g_slots[i].used < c->used) c = &g_slots[i];
+        }
+    }
+    shared_put(c->s);
+    buf_destroy(&c->sig);
+    c->env = env;
+    c->dbid = dbid;
+    c->created = created;
+    c->seq = seq;
+    c->sig = sig; /* the slot takes the bytes */
+    c->s = s;
+    c->used = ++g_tick;
+    pthread_mutex_unlock(&g_cache_lock);
+    *out = &s->set;
+    return 0;
 }
 
 /* ---- keys -------------------------------------------------------------------------------- */
@@ -286,11 +410,12 @@ static void upd_reset(upd_ctx *u) {
     buf_reset(&u->keys);
 }
 
-int mindex_update(mimeo_db *db, const mindex *ix, mimeo_err *err) {
+int mindex_update(mimeo_db *db, const mindex *ix, uint64_t *upto, mimeo_err *err) {
     uint64_t seq, now;
     int rc = seam_update_seq(db, &now);
     if (rc) return rc;
     if ((rc = dbidx_seq(db, ix->id, &seq))) return rc;
+    *upto = seq;
     if (seq >= now) return 0;
     pthread_mutex_lock(&update_lock);
     upd_ctx u = {0};
@@ -298,6 +423,7 @@ int mindex_update(mimeo_db *db, const mindex *ix, mimeo_err *err) {
     buf_init(&u.keys, 0);
     for (;;) {
         if ((rc = dbidx_seq(db, ix->id, &seq))) break;
+        *upto = seq;
         uint64_t last = 0, pending = 0;
         upd_reset(&u);
         rc = seam_changes(db, seq, UPDATE_BATCH, upd_row, &u, &last, &pending, err);
@@ -308,6 +434,7 @@ int mindex_update(mimeo_db *db, const mindex *ix, mimeo_err *err) {
                 u.ch[i].key = (const unsigned char *)u.keys.data + u.key_off[i];
         rc = dbidx_apply(db, ix->id, seq, last > seq ? last : seq, u.ch, u.n);
         if (rc == MIMEO_ECONFLICT) { rc = 0; continue; } /* moved meanwhile: read again */
+        if (!rc) *upto = last > seq ? last : seq;
         if (rc || pending == 0) break;
     }
     upd_reset(&u);

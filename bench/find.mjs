@@ -1,0 +1,193 @@
+// Mango queries on one server (issue 11), one JSON line per call like loadgen's:
+//   node find.mjs URL/db DOCS PID load      DOCS small documents, batches of 1,000
+//   node find.mjs URL/db DOCS PID build     POST _index on ["k"], then the first _find
+//                                           that uses it: the index build (docs/s)
+//   node find.mjs URL/db DOCS PID query     {"k": one value} (10 of DOCS documents) through
+//                                           the index: p50/p99 from one client, then req/s
+//                                           from 16 clients at once
+//   node find.mjs URL/db DOCS PID noindex   {"m": one value}, a field no index covers: every
+//                                           document examined (p50 of a few runs)
+//   node find.mjs URL/db DOCS PID paged     {"k": {"$gte": …}} sorted by k, 100 a page, followed by
+//                                           bookmark for 20 pages: p50 per page
+// Every line carries the server's CPU time per query (PID's /proc ticks before and after),
+// a figure the machine's load moves much less than the wall-clock ones.
+import http from 'node:http';
+import { readFileSync } from 'node:fs';
+
+const [url, docsArg, pidArg, mode] = process.argv.slice(2);
+const docs = Number(docsArg);
+const pid = Number(pidArg);
+const base = new URL(url);
+const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+const out = { op: `find_${mode}`, docs };
+const QUICK = docs < 100000;
+const groups = Math.max(1, Math.floor(docs / 10)); // 10 documents per k value
+
+function ticks() {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return Number(rest[11]) + Number(rest[12]); // utime + stime
+  } catch { return NaN; }
+}
+const HZ = 100;
+
+function call(method, path, body) {
+  const data = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      host: base.hostname, port: base.port, method, path: base.pathname + path, agent,
+      headers: data === undefined ? {} : { 'content-type': 'application/json',
+        'content-length': Buffer.byteLength(data) },
+    }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString();
+        if (res.statusCode >= 300) {
+          reject(new Error(`${method} ${path}: ${res.statusCode} ${text.slice(0, 200)}`));
+          return;
+        }
+        try { resolve(JSON.parse(text)); } catch (e) { reject(e); }
+      });
+    });
+    req.on('error', reject);
+    req.end(data);
+  });
+}
+
+const pct = (ts, p) => {
+  const s = [...ts].sort((a, b) => a - b);
+  return +s[Math.min(s.length - 1, Math.floor((s.length * p) / 100))].toFixed(3);
+};
+const kOf = (i) => `k${String(i % groups).padStart(6, '0')}`;
+// a stable spread of k values (a multiplicative hash of the query number)
+const pick = (q) => (q * 7919 + 13) % groups;
+const sel = (q) => ({ selector: { k: kOf(pick(q)) }, limit: 25 });
+
+async function timed(fn, times) {
+  const ts = [];
+  let last;
+  for (let i = 0; i < times; i++) {
+    const t0 = performance.now();
+    last = await fn(i);
+    ts.push(performance.now() - t0);
+  }
+  return { ts, last };
+}
+
+try {
+  if (mode === 'load') {
+    await call('PUT', '').catch(() => {});
+    const t0 = performance.now();
+    for (let b = 0; b < docs; b += 1000) {
+      const batch = [];
+      for (let i = b; i < Math.min(docs, b + 1000); i++)
+        batch.push({ _id: `f${String(i).padStart(7, '0')}`, k: kOf(i), n: i, m: i % 10007,
+          g: i % 100, name: `user ${(i * 2654435761) % 4294967296}` });
+      const r = await call('POST', '/_bulk_docs', { docs: batch });
+      if (r.some((x) => x.error)) throw new Error(`bulk: ${JSON.stringify(r.find((x) => x.error))}`);
+    }
+    out.docs_per_s = +(docs / ((performance.now() - t0) / 1000)).toFixed(1);
+    out.ok = true;
+  } else if (mode === 'build') {
+    await call('POST', '/_index', { index: { fields: ['k'] }, name: 'k', ddoc: 'bench' });
+    const c0 = ticks();
+    const t0 = performance.now();
+    const r = await call('POST', '/_find', { selector: { k: kOf(1) }, limit: 1 });
+    const secs = (performance.now() - t0) / 1000;
+    out.seconds = +secs.toFixed(3);
+    out.docs_per_s = +(docs / secs).toFixed(1);
+    out.server_cpu_us_per_doc = +(((ticks() - c0) / HZ) * 1e6 / docs).toFixed(2);
+    out.ok = r.docs.length === 1 && r.docs[0].k === kOf(1) && !r.warning;
+    if (!out.ok) out.first_error = `got ${JSON.stringify(r).slice(0, 160)}`;
+  } else if (mode === 'query') {
+    // warm: the index is built, the connection is open
+    for (let i = 0; i < 20; i++) await call('POST', '/_find', sel(i));
+    const n1 = QUICK ? 300 : 1000;
+    const c0 = ticks();
+    const { ts, last } = await timed((i) => call('POST', '/_find', sel(i)), n1);
+    const c1 = ticks();
+    out.p50_ms = pct(ts, 50);
+    out.p99_ms = pct(ts, 99);
+    out.server_cpu_us_1 = +(((c1 - c0) / HZ) * 1e6 / n1).toFixed(1);
+    out.ok = last.docs.length === Math.min(10, docs) && !last.warning &&
+      last.docs.every((d) => d.k === kOf(pick(n1 - 1)));
+    if (!out.ok) out.first_error = `got ${JSON.stringify(last).slice(0, 160)}`;
+    // 16 clients, each with its own keep-alive connection, for a fixed time
+    const secs = QUICK ? 2 : 5;
+    let done = 0, errors = 0, q = 0;
+    const lat = [];
+    const end = performance.now() + secs * 1000;
+    const c2 = ticks();
+    const u0 = process.cpuUsage();
+    const t0 = performance.now();
+    await Promise.all(Array.from({ length: 16 }, async () => {
+      while (performance.now() < end) {
+        const s = performance.now();
+        try {
+          const r = await call('POST', '/_find', sel(q++));
+          if (r.docs.length === 0) errors++;
+          done++;
+          lat.push(performance.now() - s);
+        } catch { errors++; }
+      }
+    }));
+    const wall = (performance.now() - t0) / 1000;
+    const u = process.cpuUsage(u0);
+    out.req_per_s = +(done / wall).toFixed(1);
+    out.p50_16_ms = pct(lat, 50);
+    out.p99_16_ms = pct(lat, 99);
+    out.server_cpu_us = +(((ticks() - c2) / HZ) * 1e6 / done).toFixed(1);
+    out.client_cpu_us = +((u.user + u.system) / done).toFixed(1);
+    out.errors = errors;
+    if (errors) { out.ok = false; out.first_error = `${errors} failed queries`; }
+  } else if (mode === 'noindex') {
+    const times = QUICK ? 5 : 3;
+    const c0 = ticks();
+    const { ts, last } = await timed((i) => call('POST', '/_find',
+      { selector: { m: 77 + i }, limit: 25 }), times);
+    out.p50_ms = pct(ts, 50);
+    out.docs_per_s = +(docs / (out.p50_ms / 1000)).toFixed(1);
+    out.server_cpu_us = +(((ticks() - c0) / HZ) * 1e6 / times).toFixed(1);
+    const want = Math.floor(docs / 10007) + (docs % 10007 > 77 + times - 1 ? 1 : 0);
+    out.ok = last.docs.length === want && last.docs.every((d) => d.m === 77 + times - 1);
+    if (!out.ok) out.first_error = `${last.docs.length} docs, expected ${want}`;
+  } else if (mode === 'paged') {
+    const pages = 20;
+    const q = { selector: { k: { $gte: kOf(Math.floor(groups / 2)) } }, sort: ['k'], limit: 100 };
+    const runs = [];
+    let ok = true;
+    const c0 = ticks();
+    for (let run = 0; run < 3; run++) {
+      let bookmark;
+      let prev = null;
+      const { ts } = await timed(async () => {
+        const r = await call('POST', '/_find', bookmark ? { ...q, bookmark } : q);
+        bookmark = r.bookmark;
+        for (const d of r.docs) {
+          // ties in k come in _id order
+          const key = [d.k, d._id];
+          if (prev && (prev[0] > key[0] || (prev[0] === key[0] && prev[1] >= key[1]))) ok = false;
+          prev = key;
+        }
+        if (r.docs.length !== 100 || r.warning) ok = false;
+        return r;
+      }, pages);
+      runs.push(...ts);
+    }
+    out.p50_ms = pct(runs, 50);
+    out.p99_ms = pct(runs, 99);
+    out.pages = runs.length;
+    out.server_cpu_us = +(((ticks() - c0) / HZ) * 1e6 / runs.length).toFixed(1);
+    out.ok = ok;
+    if (!ok) out.first_error = 'pages out of order, short, or without the index';
+  } else {
+    throw new Error(`unknown mode ${mode}`);
+  }
+} catch (e) {
+  out.ok = false;
+  out.first_error = String(e && (e.message || e)).slice(0, 200);
+}
+console.log(JSON.stringify(out));
+process.exit(out.ok ? 0 : 1);
