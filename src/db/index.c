@@ -286,7 +286,9 @@ static int job_apply(MDB_txn *txn, void *arg) {
         const dbidx_change *c = &j->ch[i];
         rev_key(rk, j->dbid, j->idx, c->id, c->id_len);
         MDB_val rkey = {sizeof rk, rk}, old;
-        mrc = mdb_get(txn, j->dbi, &rkey, &old);
+        /* an index at sequence 0 has no rows yet (the first build): nothing to look up; a
+         * batch names each document once, as the changes feed does */
+        mrc = j->from == 0 ? MDB_NOTFOUND : mdb_get(txn, j->dbi, &rkey, &old);
         if (mrc == 0) {
             /* remove the document's old row, then its reverse entry */
             size_t on = old.mv_size > DBIDX_KEY_MAX ? DBIDX_KEY_MAX : old.mv_size;

@@ -35,7 +35,7 @@ typedef struct dbidx_change {
 } dbidx_change;
 
 /* Applies changes in one durable transaction and moves the index's sequence from `from` to
- * `to`. MIMEO_ECONFLICT (nothing written) when the stored sequence is no longer `from`:
+ * `to`. Each document at most once per call (as the changes feed lists them). MIMEO_ECONFLICT (nothing written) when the stored sequence is no longer `from`:
  * someone else updated the index meanwhile; read it again. */
 int dbidx_apply(mimeo_db *db, uint64_t idx, uint64_t from, uint64_t to,
                 const dbidx_change *changes, size_t n);
