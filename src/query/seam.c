@@ -145,9 +145,7 @@ int seam_changes(mimeo_db *db, uint64_t since, uint64_t limit, seam_change_fn fn
         seam_doc d = {0};
         bool ok;
         if ((rc = seam_text(row, false, &text, &d, &ok)) != 0) break;
-        const jval *doc = ok ? seam_doc_tree(&d) : NULL;
-        if (ok && d.parse_rc) rc = d.parse_rc;
-        else rc = fn(ctx, row->id, row->id_len, row->deleted, doc);
+        rc = fn(ctx, row->id, row->id_len, row->deleted, ok ? &d : NULL);
         jval_free(d.tree);
     }
     if (!rc) {

@@ -51,7 +51,7 @@ int seam_get_doc(mimeo_db *db, const char *id, size_t id_len, jval **out, mimeo_
  * NULL when absent). *last: the seq reached (the update_seq when the feed ended); *pending:
  * changes left. */
 typedef int (*seam_change_fn)(void *ctx, const char *id, size_t id_len, bool deleted,
-                              const jval *doc);
+                              seam_doc *doc);
 int seam_changes(mimeo_db *db, uint64_t since, uint64_t limit, seam_change_fn fn, void *ctx,
                  uint64_t *last, uint64_t *pending, mimeo_err *err);
 

@@ -364,3 +364,38 @@ test('rows answered by the index alone: stale rows are checked, definitions foll
   const gone = await find(db, { selector: { n: { $gt: 25 } }, use_index: 'plain/byn', allow_fallback: false }, 400);
   assert.equal(gone.error, 'no_usable_index');
 });
+
+test('index rows read from document text agree with the tree: escapes, nesting, arrays, numbers', async () => {
+  const db = await newDb('findtext');
+  const docs = [
+    { _id: 't1', a: { b: 1 } },
+    { _id: 't2', a: { b: 'q"uo\\te \u00e9' } },
+    { _id: 't3', a: { 'b\u00e9': 2, b: [1, { c: 2 }] } },
+    { _id: 't4', a: [{ b: 5 }] },                 // a path through an array: no row for "a.b"
+    { _id: 't5', a: { b: { c: 'x}', d: ']' } } },
+    { _id: 't6', a: { 'x"y': 1, b: 1e21 } },
+    { _id: 't7', a: { b: -0.5 }, 'a.b': 'dotted' },
+    { _id: 't8', a: 'scalar' },
+    { _id: 't9', a: { b: null } },
+    { _id: 't10', 'a.b': 3 },
+  ];
+  assert.equal((await c.post(`/${db}/_bulk_docs`, { docs })).status, 201);
+  // the same two queries with no index first (every document checked by the selector)
+  const sels = [{ 'a.b': { $gte: null } }, { 'a\\.b': { $gte: null } }, { 'a.b': { $gt: 0 } }];
+  const plain = [];
+  for (const selector of sels) {
+    const r = await find(db, { selector, limit: 100 });
+    assert.match(r.warning, /No matching index/);
+    plain.push(r.docs.map((d) => d._id).sort());
+  }
+  assert.equal((await c.post(`/${db}/_index`, { index: { fields: ['a.b'] }, name: 'ab', ddoc: 'text' })).status, 200);
+  assert.equal((await c.post(`/${db}/_index`, { index: { fields: ['a\\.b'] }, name: 'adotb', ddoc: 'text' })).status, 200);
+  for (const [i, selector] of sels.entries()) {
+    const r = await find(db, { selector, limit: 100 });
+    assert.equal(r.warning, undefined, JSON.stringify(selector));
+    assert.deepEqual(r.docs.map((d) => d._id).sort(), plain[i], JSON.stringify(selector));
+  }
+  // and in index order: null < numbers < strings < arrays < objects
+  const r = await find(db, { selector: { 'a.b': { $gte: null } }, sort: ['a.b'], limit: 100 });
+  assert.deepEqual(r.docs.map((d) => d._id), ['t9', 't7', 't1', 't6', 't2', 't3', 't5']);
+});
