@@ -259,6 +259,15 @@ for s in "${SERVERS[@]}"; do
   done
 done
 
+# Mango (issue 11, bench/find.mjs), on the views' documents: the build of a JSON index on
+# one field, a selective query through it (1 client, then 16), a query no index serves, and
+# a sorted query paged by bookmark; each with the server's CPU time per query.
+for s in "${SERVERS[@]}"; do
+  for m in build query noindex paged; do
+    run "find_$m" "$s" 600 node "$BENCH/find.mjs" @URL/bench_views "$DOCS" @PID "$m"
+  done
+done
+
 # Connections (issue 13): idle live feeds (memory per feed, and the latency of one write
 # reaching all of them), then slowloris connections beside a normal client. The peak memory
 # below (VmHWM) therefore includes the 10,000 feeds; RssAnon is read after they closed.

@@ -82,6 +82,18 @@ static size_t prefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned cha
 
 /* ---- reads ------------------------------------------------------------------------------- */
 
+int dbidx_identity(mimeo_db *db, uintptr_t *env, uint64_t *dbid, uint64_t *created,
+                   uint64_t *update_seq) {
+    db_meta m;
+    int rc = db_meta_snapshot(db, &m);
+    if (rc) return rc;
+    *env = (uintptr_t)db->env;
+    *dbid = m.dbid;
+    *created = m.created_us;
+    *update_seq = m.update_seq;
+    return 0;
+}
+
 int dbidx_seq(mimeo_db *db, uint64_t idx, uint64_t *seq) {
     *seq = 0;
     MDB_dbi dbi;
@@ -274,7 +286,9 @@ static int job_apply(MDB_txn *txn, void *arg) {
         const dbidx_change *c = &j->ch[i];
         rev_key(rk, j->dbid, j->idx, c->id, c->id_len);
         MDB_val rkey = {sizeof rk, rk}, old;
-        mrc = mdb_get(txn, j->dbi, &rkey, &old);
+        /* an index at sequence 0 has no rows yet (the first build): nothing to look up; a
+         * batch names each document once, as the changes feed does */
+        mrc = j->from == 0 ? MDB_NOTFOUND : mdb_get(txn, j->dbi, &rkey, &old);
         if (mrc == 0) {
             /* remove the document's old row, then its reverse entry */
             size_t on = old.mv_size > DBIDX_KEY_MAX ? DBIDX_KEY_MAX : old.mv_size;

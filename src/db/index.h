@@ -16,6 +16,12 @@
 /* Longest key kept; longer keys are cut to this many bytes (see index.c). */
 #define DBIDX_KEY_MAX 480
 
+/* Who the database is, for caches keyed by database: its environment, its id there and its
+ * creation time (a database dropped and made again under the same name differs); and its
+ * current update sequence. */
+int dbidx_identity(mimeo_db *db, uintptr_t *env, uint64_t *dbid, uint64_t *created,
+                   uint64_t *update_seq);
+
 /* The sequence the index has been brought up to (0 when it has no rows yet). */
 int dbidx_seq(mimeo_db *db, uint64_t idx, uint64_t *seq);
 
@@ -29,7 +35,7 @@ typedef struct dbidx_change {
 } dbidx_change;
 
 /* Applies changes in one durable transaction and moves the index's sequence from `from` to
- * `to`. MIMEO_ECONFLICT (nothing written) when the stored sequence is no longer `from`:
+ * `to`. Each document at most once per call (as the changes feed lists them). MIMEO_ECONFLICT (nothing written) when the stored sequence is no longer `from`:
  * someone else updated the index meanwhile; read it again. */
 int dbidx_apply(mimeo_db *db, uint64_t idx, uint64_t from, uint64_t to,
                 const dbidx_change *changes, size_t n);

@@ -240,6 +240,8 @@ typedef struct plan {
     buf           lo, hi;      /* json index: encoded bounds; special: id bounds */
     bool          has_lo, has_hi;
     size_t        prefix;      /* restricted leading columns */
+    bool          exact;       /* the selector is one equality per column: matching rows
+                                  are the answer (see selector_is_equalities) */
     buf           warning;
     const jval   *lo_vals[64], *hi_vals[64]; /* for _explain */
 } plan;
@@ -404,6 +406,8 @@ static int plan_make(const find_req *r, const mindex_set *set, plan *p, mimeo_er
     if (best) {
         p->ix = best;
         p->prefix = best_prefix;
+        p->exact = selector_is_equalities(r->sel, (const char *const *)best->fields,
+                                          best->field_lens, best->nfields);
         return json_bounds(p, best, r->sel);
     }
     if (!special_usable(r)) {
@@ -506,6 +510,7 @@ typedef struct exec {
     uint64_t        keys_examined, docs_examined;
     buf             last_key;   /* bookmark of the last document returned */
     buf             last_id;
+    uint64_t        ix_seq;     /* the index's rows reflect every change up to here */
     bool            any_returned;
     int             rc;
 } exec;
@@ -541,13 +546,13 @@ static int onode_put(buf *b, const onode *n) {
 /* Appends doc, or its requested fields as mango_fields:extract does: the fields found, in
  * request order, nested as in the document; a field listed after one of its parents adds
  * nothing (the parent's value holds it), one listed before is replaced by the parent. */
-static int put_doc(exec *e, const jval *doc) {
+static int put_doc(exec *e, const seam_doc *d, const jval *doc) {
     if (e->returned) {
         int rc = buf_puts(&e->out, ",\n");
         if (rc) return rc;
     }
     const find_req *r = e->r;
-    if (!r->fields) return json_put_jval(&e->out, doc);
+    if (!r->fields) return buf_put(&e->out, d->json, d->len);
     onode *root = NULL;
     int rc = 0;
     for (size_t i = 0; i < r->nfields && !rc; i++) {
@@ -583,18 +588,23 @@ static int put_doc(exec *e, const jval *doc) {
     return rc;
 }
 
-/* One candidate document: 1 to stop (limit reached), 0 to go on, or an error. */
-static int consider(exec *e, const char *id, size_t id_len, const jval *doc,
+/* One candidate document: 1 to stop (limit reached), 0 to go on, or an error. `exact`: the
+ * index row alone says the document matches, so it is parsed only for a projection. */
+static int consider(exec *e, const char *id, size_t id_len, seam_doc *d, bool exact,
                     const unsigned char *key, size_t key_len) {
     if (id_len >= 8 && memcmp(id, "_design/", 8) == 0) return 0;
     e->docs_examined++;
-    if (!selector_match(e->r->sel, doc)) return 0;
+    const jval *doc = NULL;
+    if (!exact || e->r->fields) {
+        if (!(doc = seam_doc_tree(d))) return d->parse_rc;
+    }
+    if (!exact && !selector_match(e->r->sel, doc)) return 0;
     if (e->skipped < e->r->skip) {
         e->skipped++;
         return 0;
     }
     if (e->returned >= e->r->limit) return 1;
-    int rc = put_doc(e, doc);
+    int rc = put_doc(e, d, doc);
     if (!rc) {
         buf_reset(&e->last_id);
         buf_reset(&e->last_key);
@@ -607,10 +617,10 @@ static int consider(exec *e, const char *id, size_t id_len, const jval *doc,
     return e->returned >= e->r->limit ? 1 : 0;
 }
 
-static int special_doc(void *ctx, const char *id, size_t id_len, const jval *doc) {
+static int special_doc(void *ctx, const char *id, size_t id_len, seam_doc *doc) {
     exec *e = ctx;
     e->keys_examined++;
-    return consider(e, id, id_len, doc, NULL, 0);
+    return consider(e, id, id_len, doc, false, NULL, 0);
 }
 
 static int run_special(exec *e, const bookmark *bm, mimeo_err *err) {
@@ -680,10 +690,15 @@ typedef struct page_docs {
     int       stop;
 } page_docs;
 
-static int page_doc(void *ctx, size_t i, const jval *doc) {
+static int page_doc(void *ctx, size_t i, seam_doc *doc) {
     page_docs *d = ctx;
     idx_page *pg = d->pg;
-    int r = consider(d->e, pg->data.data + pg->off[i][1], pg->ilen[i], doc,
+    /* The row is the answer only when it was made from this very version of the document
+     * (its latest change is one the index has seen: a later write may have moved it) and
+     * its key was stored whole. */
+    bool exact = pg->p->exact && doc->seq && doc->seq <= d->e->ix_seq &&
+                 pg->klen[i] < DBIDX_KEY_MAX;
+    int r = consider(d->e, pg->data.data + pg->off[i][1], pg->ilen[i], doc, exact,
                      (const unsigned char *)pg->data.data + pg->off[i][0], pg->klen[i]);
     if (r > 0) d->stop = 1;
     return r;
@@ -693,12 +708,18 @@ static int run_json(exec *e, const bookmark *bm, mimeo_err *err) {
     const plan *p = e->p;
     bool desc = e->r->desc;
     if (e->r->update) {
-        int rc = mindex_update(e->db, p->ix, err);
+        int rc = mindex_update(e->db, p->ix, &e->ix_seq, err);
+        if (rc) return rc;
+    } else if (p->exact) {
+        int rc = dbidx_seq(e->db, p->ix->id, &e->ix_seq);
         if (rc) return rc;
     }
     if (e->r->limit == 0) return 0;
-    idx_page *pg = calloc(1, sizeof *pg);
+    /* not calloc: zeroing its 16 KB of row offsets cost more than a selective query's scan */
+    idx_page *pg = malloc(sizeof *pg);
     if (!pg) return MIMEO_ENOMEM;
+    pg->n = 0;
+    pg->past_end = false;
     buf_init(&pg->data, 0);
     pg->p = p;
     pg->desc = desc;
@@ -785,7 +806,7 @@ static int find_run(mimeo_db *db, const char *json, size_t len, bool explain, ch
                     size_t *out_len, mimeo_err *err) {
     double t0 = now_ms();
     find_req r;
-    mindex_set set = {0};
+    const mindex_set *set = NULL;
     plan p;
     memset(&p, 0, sizeof p);
     bookmark bm;
@@ -798,9 +819,8 @@ static int find_run(mimeo_db *db, const char *json, size_t len, bool explain, ch
     buf_init(&e.last_key, 0);
     buf_init(&e.last_id, 0);
     int rc = req_parse(json, len, &r, err);
-    if (!rc) rc = mindex_load(db, &set, err);
-    if (!rc) mindex_drop_orphans(db, &set); /* best effort: a failure only costs space */
-    if (!rc) rc = plan_make(&r, &set, &p, err);
+    if (!rc) rc = mindex_acquire(db, &set, err);
+    if (!rc) rc = plan_make(&r, set, &p, err);
     if (!rc && r.bookmark) rc = bookmark_decode(&r, &p, &bm, err);
     if (rc) goto done;
     if (explain) {
@@ -884,7 +904,7 @@ done:
     buf_destroy(&e.last_id);
     buf_destroy(&out);
     plan_destroy(&p);
-    mindex_set_destroy(&set);
+    mindex_release(set);
     req_destroy(&r);
     return rc;
 }

@@ -200,8 +200,9 @@ static void load_ddoc(const jval *doc, mindex_set *set) {
     }
 }
 
-static int load_doc(void *ctx, const char *id, size_t id_len, const jval *doc) {
-    load_ddoc(doc, ctx);
+static int load_doc(void *ctx, const char *id, size_t id_len, seam_doc *d) {
+    const jval *doc = seam_doc_tree(d);
+    if (doc) load_ddoc(doc, ctx);
     return 0;
 }
 
@@ -213,6 +214,129 @@ int mindex_load(mimeo_db *db, mindex_set *out, mimeo_err *err) {
                             out, err);
     if (rc) mindex_set_destroy(out);
     return rc;
+}
+
+/* ---- the cache of definitions -----------------------------------------------------------
+ * Reading and parsing every design document on each query costs more than the query, so the
+ * sets are kept per database. A set is valid while the database's update sequence has not
+ * moved; once it moved, the design documents' ids and revisions (read without bodies) are
+ * compared with those the set was loaded from, and only a difference loads it again. Sets
+ * are shared by reference count: a reload does not free a set a query still reads. */
+
+#define CACHE_SLOTS 16
+
+typedef struct shared_set {
+    mindex_set set;      /* first: a mindex_set pointer is a shared_set pointer */
+    unsigned   refs;     /* holders, the cache's slot included */
+} shared_set;
+
+typedef struct cache_slot {
+    uintptr_t   env;
+    uint64_t    dbid, created;
+    uint64_t    seq;     /* update sequence at which the set was last found valid */
+    buf         sig;     /* the design documents' ids and revisions it was loaded from */
+    shared_set *s;
+    uint64_t    used;
+} cache_slot;
+
+static cache_slot g_slots[CACHE_SLOTS];
+static uint64_t g_tick;
+static pthread_mutex_t g_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void shared_put(shared_set *s) { /* under g_cache_lock */
+    if (s && --s->refs == 0) {
+        mindex_set_destroy(&s->set);
+        free(s);
+    }
+}
+
+static cache_slot *slot_find(uintptr_t env, uint64_t dbid, uint64_t created) {
+    for (size_t i = 0; i < CACHE_SLOTS; i++) {
+        cache_slot *c = &g_slots[i];
+        if (c->s && c->env == env && c->dbid == dbid && c->created == created) return c;
+    }
+    return NULL;
+}
+
+void mindex_release(const mindex_set *set) {
+    if (!set) return;
+    pthread_mutex_lock(&g_cache_lock);
+    shared_put((shared_set *)set);
+    pthread_mutex_unlock(&g_cache_lock);
+}
+
+int mindex_acquire(mimeo_db *db, const mindex_set **out, mimeo_err *err) {
+    *out = NULL;
+    uintptr_t env;
+    uint64_t dbid, created, seq;
+    int rc = dbidx_identity(db, &env, &dbid, &created, &seq);
+    if (rc) return rc;
+    pthread_mutex_lock(&g_cache_lock);
+    cache_slot *c = slot_find(env, dbid, created);
+    if (c && c->seq == seq) {
+        c->used = ++g_tick;
+        c->s->refs++;
+        *out = &c->s->set;
+    }
+    pthread_mutex_unlock(&g_cache_lock);
+    if (*out) return 0;
+
+    buf sig;
+    buf_init(&sig, 0);
+    if ((rc = seam_ddoc_revs(db, &sig))) {
+        buf_destroy(&sig);
+        return rc;
+    }
+    pthread_mutex_lock(&g_cache_lock);
+    c = slot_find(env, dbid, created);
+    if (c && c->sig.len == sig.len && (!sig.len || memcmp(c->sig.data, sig.data, sig.len) == 0)) {
+        /* a write, but no design document changed: the set holds at this sequence */
+        if (seq > c->seq) c->seq = seq;
+        c->used = ++g_tick;
+        c->s->refs++;
+        *out = &c->s->set;
+    }
+    pthread_mutex_unlock(&g_cache_lock);
+    if (*out) {
+        buf_destroy(&sig);
+        return 0;
+    }
+
+    shared_set *s = calloc(1, sizeof *s);
+    if (!s) {
+        buf_destroy(&sig);
+        err_set(err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
+        return MIMEO_ENOMEM;
+    }
+    if ((rc = mindex_load(db, &s->set, err))) {
+        free(s);
+        buf_destroy(&sig);
+        return rc;
+    }
+    /* best effort: a failure only costs space */
+    mindex_drop_orphans(db, &s->set);
+    s->refs = 2; /* the caller and the slot */
+    pthread_mutex_lock(&g_cache_lock);
+    c = slot_find(env, dbid, created);
+    if (!c) {
+        c = &g_slots[0];
+        for (size_t i = 0; i < CACHE_SLOTS; i++) {
+            if (!g_slots[i].s) { c = &g_slots[i]; break; }
+            if (g_slots[i].used < c->used) c = &g_slots[i];
+        }
+    }
+    shared_put(c->s);
+    buf_destroy(&c->sig);
+    c->env = env;
+    c->dbid = dbid;
+    c->created = created;
+    c->seq = seq;
+    c->sig = sig; /* the slot takes the bytes */
+    c->s = s;
+    c->used = ++g_tick;
+    pthread_mutex_unlock(&g_cache_lock);
+    *out = &s->set;
+    return 0;
 }
 
 /* ---- keys -------------------------------------------------------------------------------- */
@@ -237,6 +361,127 @@ int mindex_key(const mindex *ix, const char *id, size_t id_len, const jval *doc,
     return rc;
 }
 
+/* ---- keys from the text -----------------------------------------------------------------
+ * An index build reads every document, and parsing each into a tree costs more than the rest
+ * of the build together. A document's text from the store is valid JSON (checked when it was
+ * written), so the indexed fields can be found by skipping over it: only their values are
+ * parsed, as one array, which is the row key's shape. Anything unusual on a path (an escape
+ * in a key, a key seen twice, an array to step into) goes back to the tree, so both ways
+ * give the same key. */
+
+enum { TX_FOUND, TX_MISSING, TX_TREE };
+
+static const char *ws(const char *p, const char *e) {
+    while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+/* The end of the string starting at p ('"'); *esc: it holds a backslash. */
+static const char *str_end(const char *p, const char *e, bool *esc) {
+    *esc = false;
+    for (p++; p < e; p++) {
+        if (*p == '\\') { *esc = true; p++; continue; }
+        if (*p == '"') return p + 1;
+    }
+    return NULL;
+}
+
+/* The end of the value starting at p. */
+static const char *value_end(const char *p, const char *e) {
+    bool esc;
+    if (p >= e) return NULL;
+    if (*p == '"') return str_end(p, e, &esc);
+    if (*p == '{' || *p == '[') {
+        size_t depth = 0;
+        while (p < e) {
+            if (*p == '"') {
+                if (!(p = str_end(p, e, &esc))) return NULL;
+                continue;
+            }
+            if (*p == '{' || *p == '[') depth++;
+            else if ((*p == '}' || *p == ']') && --depth == 0) return p + 1;
+            p++;
+        }
+        return NULL;
+    }
+    while (p < e && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' &&
+           *p != '\t' && *p != '\r')
+        p++;
+    return p;
+}
+
+/* Finds the value of path in the object text [p, e): its span in *vs, *ve. */
+static int text_field(const char *p, const char *e, const sel_path *path, const char **vs,
+                      const char **ve) {
+    for (size_t part = 0; part < path->n; part++) {
+        p = ws(p, e);
+        if (p >= e) return TX_TREE;
+        if (*p == '[') return TX_TREE; /* an index into an array: the tree's rules */
+        if (*p != '{') return TX_MISSING; /* a scalar on the way */
+        const char *found = NULL, *found_end = NULL;
+        p = ws(p + 1, e);
+        if (p < e && *p == '}') return TX_MISSING;
+        while (p < e) {
+            bool esc;
+            const char *ks = p, *kend = *p == '"' ? str_end(p, e, &esc) : NULL;
+            if (!kend) return TX_TREE;
+            if (esc) return TX_TREE;
+            p = ws(kend, e);
+            if (p >= e || *p != ':') return TX_TREE;
+            p = ws(p + 1, e);
+            const char *vend = value_end(p, e);
+            if (!vend) return TX_TREE;
+            size_t kl = (size_t)(kend - ks) - 2;
+            if (kl == path->lens[part] && memcmp(ks + 1, path->parts[part], kl) == 0) {
+                if (found) return TX_TREE; /* a key twice */
+                found = p;
+                found_end = vend;
+            }
+            p = ws(vend, e);
+            if (p < e && *p == ',') { p = ws(p + 1, e); continue; }
+            if (p < e && *p == '}') break;
+            return TX_TREE;
+        }
+        if (!found) return TX_MISSING;
+        p = found;
+        e = found_end;
+    }
+    *vs = p;
+    *ve = e;
+    return TX_FOUND;
+}
+
+/* mindex_key from the document's text. *tree true: use mindex_key on the tree instead. */
+static int mindex_key_text(const mindex *ix, const char *json, size_t len, buf *key,
+                           bool *indexed, bool *tree, buf *scratch) {
+    *indexed = false;
+    *tree = ix->partial != NULL; /* a partial filter needs the whole document */
+    if (*tree) return 0;
+    buf_reset(scratch);
+    int rc = buf_putc(scratch, '[');
+    for (size_t i = 0; !rc && i < ix->nfields; i++) {
+        const char *vs, *ve;
+        int r = text_field(json, json + len, &ix->paths[i], &vs, &ve);
+        if (r == TX_MISSING) return 0;
+        if (r == TX_TREE) { *tree = true; return 0; }
+        if (i) rc = buf_putc(scratch, ',');
+        if (!rc) rc = buf_put(scratch, vs, (size_t)(ve - vs));
+    }
+    if (!rc) rc = buf_putc(scratch, ']');
+    if (rc) return rc;
+    jval *arr = NULL;
+    if (json_tree_parse(scratch->data, scratch->len, NULL, &arr, NULL) != 0 ||
+        arr->type != JV_ARRAY || arr->count != ix->nfields) {
+        jval_free(arr);
+        *tree = true;
+        return 0;
+    }
+    rc = collate_key_put(key, arr);
+    *indexed = rc == 0;
+    jval_free(arr);
+    return rc;
+}
+
 /* ---- updates ------------------------------------------------------------------------------ */
 
 /* One process-wide lock: index updates are rare and short next to reads, and one lock keeps
@@ -248,12 +493,13 @@ typedef struct upd_ctx {
     dbidx_change *ch;
     size_t        n, cap;
     buf           keys;   /* all new keys, back to back */
+    buf           scratch;
     size_t       *key_off;
     char        **ids;
     int           rc;
 } upd_ctx;
 
-static int upd_row(void *ctx, const char *id, size_t id_len, bool deleted, const jval *doc) {
+static int upd_row(void *ctx, const char *id, size_t id_len, bool deleted, seam_doc *doc) {
     upd_ctx *u = ctx;
     if (u->n == u->cap) {
         size_t cap = u->cap ? u->cap * 2 : 64;
@@ -267,9 +513,17 @@ static int upd_row(void *ctx, const char *id, size_t id_len, bool deleted, const
         u->cap = cap;
     }
     size_t at = u->keys.len;
-    bool indexed = false;
+    bool indexed = false, tree = false;
     int rc = 0;
-    if (!deleted && doc) rc = mindex_key(u->ix, id, id_len, doc, &u->keys, &indexed);
+    bool design = id_len >= 8 && memcmp(id, "_design/", 8) == 0;
+    if (!deleted && doc && !design)
+        rc = mindex_key_text(u->ix, doc->json, doc->len, &u->keys, &indexed, &tree, &u->scratch);
+    if (!rc && tree) {
+        u->keys.len = at;
+        const jval *t = seam_doc_tree(doc);
+        if (t) rc = mindex_key(u->ix, id, id_len, t, &u->keys, &indexed);
+        else rc = doc->parse_rc;
+    }
     char *idc = rc ? NULL : dup_n(id, id_len);
     if (!rc && !idc) rc = MIMEO_ENOMEM;
     if (rc) return rc;
@@ -286,18 +540,21 @@ static void upd_reset(upd_ctx *u) {
     buf_reset(&u->keys);
 }
 
-int mindex_update(mimeo_db *db, const mindex *ix, mimeo_err *err) {
+int mindex_update(mimeo_db *db, const mindex *ix, uint64_t *upto, mimeo_err *err) {
     uint64_t seq, now;
     int rc = seam_update_seq(db, &now);
     if (rc) return rc;
     if ((rc = dbidx_seq(db, ix->id, &seq))) return rc;
+    *upto = seq;
     if (seq >= now) return 0;
     pthread_mutex_lock(&update_lock);
     upd_ctx u = {0};
     u.ix = ix;
     buf_init(&u.keys, 0);
+    buf_init(&u.scratch, 0);
     for (;;) {
         if ((rc = dbidx_seq(db, ix->id, &seq))) break;
+        *upto = seq;
         uint64_t last = 0, pending = 0;
         upd_reset(&u);
         rc = seam_changes(db, seq, UPDATE_BATCH, upd_row, &u, &last, &pending, err);
@@ -308,6 +565,7 @@ int mindex_update(mimeo_db *db, const mindex *ix, mimeo_err *err) {
                 u.ch[i].key = (const unsigned char *)u.keys.data + u.key_off[i];
         rc = dbidx_apply(db, ix->id, seq, last > seq ? last : seq, u.ch, u.n);
         if (rc == MIMEO_ECONFLICT) { rc = 0; continue; } /* moved meanwhile: read again */
+        if (!rc) *upto = last > seq ? last : seq;
         if (rc || pending == 0) break;
     }
     upd_reset(&u);
@@ -315,6 +573,7 @@ int mindex_update(mimeo_db *db, const mindex *ix, mimeo_err *err) {
     free(u.key_off);
     free(u.ids);
     buf_destroy(&u.keys);
+    buf_destroy(&u.scratch);
     pthread_mutex_unlock(&update_lock);
     if (rc && err && !err->code) err_set(err, rc, "internal", "%s", mimeo_strerror(rc));
     return rc;

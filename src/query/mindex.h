@@ -35,14 +35,21 @@ typedef struct mindex_set {
 int  mindex_load(mimeo_db *db, mindex_set *out, mimeo_err *err);
 void mindex_set_destroy(mindex_set *s);
 
+/* The same, from a per-database cache checked against the design documents (and the rows
+ * of indexes no longer defined dropped whenever it loads afresh): shared and read-only,
+ * handed back with mindex_release. */
+int  mindex_acquire(mimeo_db *db, const mindex_set **out, mimeo_err *err);
+void mindex_release(const mindex_set *set);
+
 /* Appends the row key of doc (a JSON array of the field values, encoded by
  * collate_key_put); *indexed false when the document has no row (a field is missing, the
  * partial filter refuses it, or it is a design document). */
 int  mindex_key(const mindex *ix, const char *id, size_t id_len, const jval *doc, buf *key,
                 bool *indexed);
 
-/* Brings the index's rows up to the database's current sequence. */
-int  mindex_update(mimeo_db *db, const mindex *ix, mimeo_err *err);
+/* Brings the index's rows up to the database's current sequence; *upto: the sequence the
+ * rows reflect (every change up to it), as far as this call saw. */
+int  mindex_update(mimeo_db *db, const mindex *ix, uint64_t *upto, mimeo_err *err);
 
 /* Appends {"ddoc":…,"name":…,"type":"json","partitioned":false,"def":{"fields":[{"f":"asc"}],
  * "partial_filter_selector"?}}. ix NULL: the special _all_docs index. */

@@ -7,10 +7,10 @@
 #include <string.h>
 
 /* A row's document as _find sees it: the metadata from the row itself (id, winning rev,
- * deleted, the live conflicts), spliced around the stored body, which is the only part
- * parsed. NULL in *out when the row has no body. */
-static int seam_doc(const mimeo_row *row, bool conflicts, buf *text, jval **out) {
-    *out = NULL;
+ * deleted, the live conflicts), spliced around the stored body. The text is kept in `text`;
+ * the tree is parsed later, if at all (seam_doc_tree). *ok false when the row has no body. */
+static int seam_text(const mimeo_row *row, bool conflicts, buf *text, seam_doc *d, bool *ok) {
+    *ok = false;
     if (!row->body || row->status != 0) return 0;
     buf_reset(text);
     int rc = buf_puts(text, "{\"_id\":");
@@ -35,7 +35,15 @@ static int seam_doc(const mimeo_row *row, bool conflicts, buf *text, jval **out)
     }
     if (!rc) rc = buf_putc(text, '}');
     if (rc) return MIMEO_ENOMEM;
-    return json_tree_parse(text->data, text->len, NULL, out, NULL);
+    *d = (seam_doc){text->data, text->len, row->seq, NULL, 0};
+    *ok = true;
+    return 0;
+}
+
+const jval *seam_doc_tree(seam_doc *d) {
+    if (!d->tree && !d->parse_rc)
+        d->parse_rc = json_tree_parse(d->json, d->len, NULL, &d->tree, NULL);
+    return d->tree && d->tree->type == JV_OBJECT ? d->tree : NULL;
 }
 
 int seam_scan_docs(mimeo_db *db, const char *start, size_t start_len, bool after,
@@ -63,11 +71,12 @@ int seam_scan_docs(mimeo_db *db, const char *start, size_t start_len, bool after
                     memcmp(row->id, start, start_len) == 0;
         first = false;
         if (skip) continue;
-        jval *doc = NULL;
-        if ((rc = seam_doc(row, conflicts, &text, &doc)) != 0) break;
-        if (!doc) continue;
-        if (doc->type == JV_OBJECT) rc = fn(ctx, row->id, row->id_len, doc);
-        jval_free(doc);
+        seam_doc d = {0};
+        bool ok;
+        if ((rc = seam_text(row, conflicts, &text, &d, &ok)) != 0) break;
+        if (!ok) continue;
+        rc = fn(ctx, row->id, row->id_len, &d);
+        jval_free(d.tree);
     }
     if (rc > 0) rc = 0; /* fn stopped */
     buf_destroy(&text);
@@ -93,10 +102,11 @@ int seam_get_docs(mimeo_db *db, const char *const *ids, const size_t *lens, size
         const mimeo_row *row;
         if ((rc = mimeo_cursor_next(cur, &row, NULL)) != 0 || !row) break;
         if (row->deleted) continue;
-        jval *doc = NULL;
-        if ((rc = seam_doc(row, conflicts, &text, &doc)) != 0) break;
-        if (doc && doc->type == JV_OBJECT) rc = fn(ctx, i, doc);
-        jval_free(doc);
+        seam_doc d = {0};
+        bool ok;
+        if ((rc = seam_text(row, conflicts, &text, &d, &ok)) != 0) break;
+        if (ok) rc = fn(ctx, i, &d);
+        jval_free(d.tree);
     }
     buf_destroy(&text);
     mimeo_cursor_close(cur);
@@ -132,17 +142,38 @@ int seam_changes(mimeo_db *db, uint64_t since, uint64_t limit, seam_change_fn fn
     while (!rc) {
         const mimeo_row *row;
         if ((rc = mimeo_cursor_next(cur, &row, err)) != 0 || !row) break;
-        jval *doc = NULL;
-        if ((rc = seam_doc(row, false, &text, &doc)) != 0) break;
-        rc = fn(ctx, row->id, row->id_len, row->deleted,
-                doc && doc->type == JV_OBJECT ? doc : NULL);
-        jval_free(doc);
+        seam_doc d = {0};
+        bool ok;
+        if ((rc = seam_text(row, false, &text, &d, &ok)) != 0) break;
+        rc = fn(ctx, row->id, row->id_len, row->deleted, ok ? &d : NULL);
+        jval_free(d.tree);
     }
     if (!rc) {
         *last = mimeo_cursor_last_seq(cur);
         if (pending) *pending = mimeo_cursor_pending(cur);
     }
     buf_destroy(&text);
+    mimeo_cursor_close(cur);
+    return rc;
+}
+
+int seam_ddoc_revs(mimeo_db *db, buf *out) {
+    mimeo_all_docs_opts o = {0};
+    o.inclusive_end = false;
+    o.startkey = "_design/";
+    o.startkey_len = 8;
+    o.endkey = "_design0"; /* right after every "_design/…" id */
+    o.endkey_len = 8;
+    mimeo_cursor *cur = NULL;
+    int rc = mimeo_all_docs_open(db, &o, &cur, NULL);
+    while (!rc) {
+        const mimeo_row *row;
+        if ((rc = mimeo_cursor_next(cur, &row, NULL)) != 0 || !row) break;
+        rc = buf_put_varint(out, row->id_len);
+        if (!rc) rc = buf_put(out, row->id, row->id_len);
+        if (!rc) rc = buf_put_varint(out, row->rev_len);
+        if (!rc && row->rev) rc = buf_put(out, row->rev, row->rev_len);
+    }
     mimeo_cursor_close(cur);
     return rc;
 }

@@ -887,6 +887,34 @@ bool selector_fields_include(const selector *s, const char *field, size_t len) {
     return s->root && uses_field(s->root, field, len);
 }
 
+bool selector_is_equalities(const selector *s, const char *const *fields, const size_t *lens,
+                            size_t n) {
+    if (!s->root || n == 0 || n > 64) return false;
+    const snode *const *list = (const snode *const *)&s->root;
+    size_t count = 1;
+    if (s->root->op == S_AND) {
+        list = (const snode *const *)s->root->kids;
+        count = s->root->n;
+    }
+    if (count != n) return false;
+    bool seen[64] = {false};
+    for (size_t i = 0; i < count; i++) {
+        const snode *x = list[i];
+        if (x->op != S_FIELD || x->path_len == 0 || x->kids[0]->op != S_EQ) return false;
+        jv_type t = x->kids[0]->arg->type;
+        if (t == JV_ARRAY || t == JV_OBJECT) return false;
+        /* _id and _rev compare as raw bytes in selectors but collate in index keys */
+        if ((x->path_len == 3 && memcmp(x->path, "_id", 3) == 0) ||
+            (x->path_len == 4 && memcmp(x->path, "_rev", 4) == 0))
+            return false;
+        size_t j = 0;
+        while (j < n && !path_is(x, fields[j], lens[j])) j++;
+        if (j == n || seen[j]) return false;
+        seen[j] = true;
+    }
+    return true;
+}
+
 /* ---- the public face, for the HTTP layer's filtered changes ----------------------------- */
 
 struct mimeo_selector { selector *s; };

@@ -73,6 +73,12 @@ typedef struct sel_range {
 void selector_field_range(const selector *s, const char *field, size_t len, sel_range *out);
 /* True when some condition anywhere names the field. */
 bool selector_fields_include(const selector *s, const char *field, size_t len);
+/* True when the selector is exactly one {field: {$eq: scalar}} per listed field and nothing
+ * else: the rows of an index on those fields whose keys equal the values are then exactly
+ * the matching documents ($eq compares by collation, as index keys order), so a row read
+ * from an up-to-date index needs no second look at its document. */
+bool selector_is_equalities(const selector *s, const char *const *fields, const size_t *lens,
+                            size_t n);
 
 /* Limits that stop a regular expression that backtracks catastrophically: past them the
  * value does not match (as Erlang's re reports nomatch at its match limit). */

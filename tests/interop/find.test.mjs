@@ -324,3 +324,78 @@ test('a document nested to the depth PUT accepts is found, with and without an i
   const indexed = await find(db, { selector: { v: 1 }, fields: ['_id', 'v'] });
   assert.deepEqual(indexed.docs, [{ _id: 'deep', v: 1 }]);
 });
+
+test('rows answered by the index alone: stale rows are checked, definitions follow design documents', async () => {
+  const db = await newDb('findexact');
+  const docs = Array.from({ length: 30 }, (_, i) => ({ _id: `d${i}`, k: `k${i % 3}`, n: i }));
+  assert.equal((await c.post(`/${db}/_bulk_docs`, { docs })).status, 201);
+  assert.equal((await c.post(`/${db}/_index`, { index: { fields: ['k'] }, ddoc: 'ik', name: 'k' })).status, 200);
+  let r = await find(db, { selector: { k: 'k1' }, limit: 100 });
+  assert.deepEqual(r.docs.map((d) => d._id).sort(), ['d1', 'd10', 'd13', 'd16', 'd19', 'd22', 'd25', 'd28', 'd4', 'd7']);
+  assert.equal(r.warning, undefined);
+  // whole documents, as GET serves them
+  const got = await c.get(`/${db}/d4`);
+  assert.deepEqual(r.docs.find((d) => d._id === 'd4'), got.json);
+  // a projection still works on this path
+  r = await find(db, { selector: { k: 'k1' }, fields: ['n'], limit: 2 });
+  assert.deepEqual(r.docs, [{ n: 1 }, { n: 10 }]);
+
+  // d4 moves from k1 to k2; with update=false its row still says k1, and the document is
+  // checked again instead of being trusted
+  assert.equal((await c.put(`/${db}/d4`, { _rev: got.json._rev, k: 'k2', n: 4 })).status, 201);
+  r = await find(db, { selector: { k: 'k1' }, update: false, limit: 100 });
+  assert.ok(!r.docs.some((d) => d._id === 'd4'), JSON.stringify(r.docs));
+  r = await find(db, { selector: { k: 'k2' }, update: false, limit: 100 });
+  assert.ok(!r.docs.some((d) => d._id === 'd4'), 'the stale index has no k2 row for d4 yet');
+  r = await find(db, { selector: { k: 'k2' }, limit: 100 });
+  assert.ok(r.docs.some((d) => d._id === 'd4' && d.k === 'k2'));
+  r = await find(db, { selector: { k: 'k1' }, limit: 100 });
+  assert.equal(r.docs.length, 9);
+
+  // an index written as a plain design document (as replication brings one) is seen by the
+  // next query, and one deleted the same way is gone
+  const ddoc = { _id: '_design/plain', language: 'query', views: { byn: {
+    map: { fields: { n: 'asc' } }, reduce: '_count', options: { def: { fields: ['n'] } } } } };
+  const put = await c.put(`/${db}/_design/plain`, ddoc);
+  assert.equal(put.status, 201, put.text);
+  r = await find(db, { selector: { n: { $gt: 25 } }, use_index: 'plain/byn', allow_fallback: false });
+  assert.deepEqual(r.docs.map((d) => d._id), ['d26', 'd27', 'd28', 'd29']);
+  assert.equal((await c.delete(`/${db}/_design/plain?rev=${put.json.rev}`)).status, 200);
+  const gone = await find(db, { selector: { n: { $gt: 25 } }, use_index: 'plain/byn', allow_fallback: false }, 400);
+  assert.equal(gone.error, 'no_usable_index');
+});
+
+test('index rows read from document text agree with the tree: escapes, nesting, arrays, numbers', async () => {
+  const db = await newDb('findtext');
+  const docs = [
+    { _id: 't1', a: { b: 1 } },
+    { _id: 't2', a: { b: 'q"uo\\te \u00e9' } },
+    { _id: 't3', a: { 'b\u00e9': 2, b: [1, { c: 2 }] } },
+    { _id: 't4', a: [{ b: 5 }] },                 // a path through an array: no row for "a.b"
+    { _id: 't5', a: { b: { c: 'x}', d: ']' } } },
+    { _id: 't6', a: { 'x"y': 1, b: 1e21 } },
+    { _id: 't7', a: { b: -0.5 }, 'a.b': 'dotted' },
+    { _id: 't8', a: 'scalar' },
+    { _id: 't9', a: { b: null } },
+    { _id: 't10', 'a.b': 3 },
+  ];
+  assert.equal((await c.post(`/${db}/_bulk_docs`, { docs })).status, 201);
+  // the same two queries with no index first (every document checked by the selector)
+  const sels = [{ 'a.b': { $gte: null } }, { 'a\\.b': { $gte: null } }, { 'a.b': { $gt: 0 } }];
+  const plain = [];
+  for (const selector of sels) {
+    const r = await find(db, { selector, limit: 100 });
+    assert.match(r.warning, /No matching index/);
+    plain.push(r.docs.map((d) => d._id).sort());
+  }
+  assert.equal((await c.post(`/${db}/_index`, { index: { fields: ['a.b'] }, name: 'ab', ddoc: 'text' })).status, 200);
+  assert.equal((await c.post(`/${db}/_index`, { index: { fields: ['a\\.b'] }, name: 'adotb', ddoc: 'text' })).status, 200);
+  for (const [i, selector] of sels.entries()) {
+    const r = await find(db, { selector, limit: 100 });
+    assert.equal(r.warning, undefined, JSON.stringify(selector));
+    assert.deepEqual(r.docs.map((d) => d._id).sort(), plain[i], JSON.stringify(selector));
+  }
+  // and in index order: null < numbers < strings < arrays < objects
+  const r = await find(db, { selector: { 'a.b': { $gte: null } }, sort: ['a.b'], limit: 100 });
+  assert.deepEqual(r.docs.map((d) => d._id), ['t9', 't7', 't1', 't6', 't2', 't3', 't5']);
+});
