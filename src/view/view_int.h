@@ -50,6 +50,17 @@ void vdef_free(vdef *d);
 /* The view number of name, or -1. */
 int  vdef_find(const vdef *d, const char *name, size_t len);
 
+/* ---- vquery.c ------------------------------------------------------------------------------ */
+/* One reduce or rereduce call ("reduce"/"rereduce") of the JavaScript reduce src on p, a
+ * process reset already: items are the comma-separated arguments ([[key, id], value] rows,
+ * or partial results). Appends the result's JSON to result; line and reply are scratch. A
+ * protocol error reply is MIMEO_EIO with err filled (reduce_error, reduce_overflow_error). */
+int  view_js_reduce(qs_proc *p, const char *cmd, const char *src, const char *items,
+                    size_t len, buf *line, buf *reply, buf *result, mimeo_err *err);
+
+/* Appends a row as a reduce call takes it: [[key, id], value]. */
+int  view_put_kv(buf *b, const vstore_row *r);
+
 /* ---- vupdate.c ----------------------------------------------------------------------------- */
 /* Brings the index of d up to date with the database (one updater per index at a time;
  * others wait for it). */

@@ -389,6 +389,33 @@ static jval *group_key(const vq *q, const char *key, size_t key_len) {
     return k;
 }
 
+int view_js_reduce(qs_proc *p, const char *cmd, const char *src, const char *items,
+                   size_t len, buf *line, buf *reply, buf *result, mimeo_err *err) {
+    buf_reset(line);
+    buf_printf(line, "[\"%s\",[", cmd);
+    json_put_cstr(line, src);
+    buf_puts(line, "],[");
+    buf_put(line, items, len);
+    int rc = buf_puts(line, "]]");
+    if (!rc) rc = qs_call(p, line->data, line->len, reply, err);
+    if (!rc && qs_reply_error(reply->data, reply->len, err)) {
+        err->code = MIMEO_EIO;
+        return MIMEO_EIO;
+    }
+    if (rc) return rc;
+    jval *t = NULL;
+    json_limits lim = {0, reply->len + 1};
+    if (json_tree_parse(reply->data, reply->len, &lim, &t, NULL) != 0 || t->type != JV_ARRAY ||
+        t->count != 2 || t->items[1]->type != JV_ARRAY || t->items[1]->count < 1) {
+        view_err(err, MIMEO_EIO, "os_process_error", "bad reply to reduce");
+        rc = MIMEO_EIO;
+    } else {
+        rc = json_put_jval(result, t->items[1]->items[0]);
+    }
+    if (t) jval_free(t);
+    return rc;
+}
+
 static int js_call(mimeo_db *db, const char *cmd, const char *src, const buf *items,
                    buf *result, mimeo_err *err) {
     buf line, reply;
@@ -397,31 +424,9 @@ static int js_call(mimeo_db *db, const char *cmd, const char *src, const buf *it
     qs_proc *p = NULL;
     int rc = view_proc(db, &p, &line, &reply, err);
     if (!rc) {
-        buf_reset(&line);
-        buf_printf(&line, "[\"%s\",[", cmd);
-        json_put_cstr(&line, src);
-        buf_puts(&line, "],[");
-        buf_put(&line, items->data, items->len);
-        rc = buf_puts(&line, "]]");
-        if (!rc) rc = qs_call(p, line.data, line.len, &reply, err);
-        if (!rc && qs_reply_error(reply.data, reply.len, err)) {
-            err->code = MIMEO_EIO;
-            rc = MIMEO_EIO;
-        }
+        rc = view_js_reduce(p, cmd, src, items->data, items->len, &line, &reply, result, err);
         qs_release(view_pool(db), p);
     }
-    jval *t = NULL;
-    if (!rc) {
-        json_limits lim = {0, reply.len + 1};
-        if (json_tree_parse(reply.data, reply.len, &lim, &t, NULL) != 0 || t->type != JV_ARRAY ||
-            t->count != 2 || t->items[1]->type != JV_ARRAY || t->items[1]->count < 1) {
-            view_err(err, MIMEO_EIO, "os_process_error", "bad reply to reduce");
-            rc = MIMEO_EIO;
-        } else {
-            rc = json_put_jval(result, t->items[1]->items[0]);
-        }
-    }
-    if (t) jval_free(t);
     buf_destroy(&line);
     buf_destroy(&reply);
     return rc;
@@ -439,17 +444,20 @@ static int js_flush(mimeo_db *db, vq *q, mimeo_err *err) {
 }
 
 /* Adds one row to the open group. Pure C for built-ins (safe inside a read transaction). */
+int view_put_kv(buf *b, const vstore_row *r) {
+    buf_puts(b, "[[");
+    buf_put(b, r->key, r->key_len);
+    buf_putc(b, ',');
+    json_put_str(b, r->id, r->id_len);
+    buf_puts(b, "],");
+    buf_put(b, r->value, r->value_len);
+    return buf_putc(b, ']');
+}
+
 static int grp_add(vq *q, const vstore_row *r, mimeo_err *err) {
     if (q->vw->rtype == VRED_JS) {
-        if (q->nkvs) buf_putc(&q->kvs, ',');
-        buf_puts(&q->kvs, "[[");
-        buf_put(&q->kvs, r->key, r->key_len);
-        buf_putc(&q->kvs, ',');
-        json_put_str(&q->kvs, r->id, r->id_len);
-        buf_puts(&q->kvs, "],");
-        q->nkvs++;
-        buf_put(&q->kvs, r->value, r->value_len);
-        return buf_putc(&q->kvs, ']');
+        if (q->nkvs++) buf_putc(&q->kvs, ',');
+        return view_put_kv(&q->kvs, r);
     }
     if (!q->red && !(q->red = view_reducer_new(q->vw->rkind))) return MIMEO_ENOMEM;
     if (view_reducer_add_fast(q->red, r->value, r->value_len)) return 0;
@@ -834,6 +842,15 @@ static int reduce_fn(brows *b, const vstore_row *row) {
 
 static const char BUILTIN_ERROR[] = "{\"error\":\"builtin_reduce_error\"";
 
+/* Whether a block's stored partial stands for its rows: none (""), a JavaScript reduce that
+ * failed on them ("!") and a built-in's error value do not — the rows are read instead and
+ * the error comes out as it would without blocks. */
+static bool partial_ok(const char *part, size_t len) {
+    return len > 0 && part[0] != '!' &&
+           !(len >= sizeof BUILTIN_ERROR - 1 &&
+             memcmp(part, BUILTIN_ERROR, sizeof BUILTIN_ERROR - 1) == 0);
+}
+
 static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
     vrange *r = &q->ranges[0];
     bool has_lo = q->descending ? r->has_end : r->has_start;
@@ -843,16 +860,22 @@ static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *e
     buf_init(&l.data, 0);
     int rc = blist_read(rd, (unsigned)q->view, has_lo ? lo : NULL, has_hi ? hi : NULL, &l);
     uint64_t rows = 0;
-    if (!rc && !(q->red = view_reducer_new(q->vw->rkind))) rc = MIMEO_ENOMEM;
+    bool js = q->vw->rtype == VRED_JS;
+    if (!rc && !js && !(q->red = view_reducer_new(q->vw->rkind))) rc = MIMEO_ENOMEM;
     for (size_t i = 0; !rc && i < l.n; i++) {
         struct bent *e = &l.e[i];
         const unsigned char *base = (const unsigned char *)l.data.data;
         const char *part = (const char *)base + e->part;
         bool inside = (!has_lo || ck_cmp(base + e->first, e->first_len, lo) > 0) &&
                       (!has_hi || ck_cmp(base + e->last, e->last_len, hi) < 0) &&
-                      e->part_len > 0 &&
-                      !(e->part_len >= sizeof BUILTIN_ERROR - 1 &&
-                        memcmp(part, BUILTIN_ERROR, sizeof BUILTIN_ERROR - 1) == 0);
+                      partial_ok(part, e->part_len);
+        if (inside && js) {
+            /* the stored reduce of the block's rows: rereduced with the others */
+            if (q->npartials++) buf_putc(&q->partials, ',');
+            rc = buf_put(&q->partials, part, e->part_len);
+            rows += e->count;
+            continue;
+        }
         if (inside) {
             jval *pj = NULL;
             json_limits lim = {0, e->part_len + 1};
@@ -869,6 +892,7 @@ static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *e
                    i + 1 < l.n ? l.e[i + 1].first_len : 0, reduce_fn, 0, false, err};
         rc = brows_scan(rd, &b, base + e->first, e->first_len);
         rows += b.n;
+        if (!rc && js && q->nkvs >= JS_BATCH) rc = js_flush(rd->db, q, err);
         if (b.found) break;
     }
     blist_free(&l);
@@ -876,7 +900,7 @@ static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *e
     if (rows) {
         q->grp_open = true;
         rc = grp_finish(rd->db, q, out, err);
-    } else {
+    } else if (q->red) {
         view_reducer_free(q->red);
         q->red = NULL;
     }
@@ -887,8 +911,7 @@ static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *e
 
 /* Runs the query until about a chunk of output is in out or it is done. */
 static int vq_step(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
-    if (q->reduce && q->group_level == 0 && !q->keys_mode && q->vw->rtype == VRED_BUILTIN &&
-        !q->blocks_tried) {
+    if (q->reduce && q->group_level == 0 && !q->keys_mode && !q->blocks_tried) {
         q->blocks_tried = true;
         bool clean = false;
         int rc = vstore_blocks_clean(rd->db, rd->d->idx, (unsigned)q->view, &clean);

@@ -77,11 +77,17 @@ static size_t prefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned cha
     return PREFIX;
 }
 
-static size_t vprefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned view) {
-    prefix(k, dbid, idx, KIND_ROW);
+/* The prefix of a view's entries of one kind (rows, blocks, marks, ranks). */
+static size_t kvprefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned char kind,
+                       unsigned view) {
+    prefix(k, dbid, idx, kind);
     k[17] = (unsigned char)(view >> 8);
     k[18] = (unsigned char)view;
     return VPREFIX;
+}
+
+static size_t vprefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned view) {
+    return kvprefix(k, dbid, idx, KIND_ROW, view);
 }
 
 static size_t docref(unsigned char *k, uint64_t dbid, uint64_t idx, const char *id, size_t n) {
@@ -200,9 +206,7 @@ static int ckey_cmp(const unsigned char *a, size_t an, const unsigned char *b, s
 static int rank_get(MDB_txn *txn, apply_job *j, unsigned view, const unsigned char *ck,
                     size_t ck_len, uint64_t *rank) {
     unsigned char kb[PREFIX + 2 + VSTORE_CKEY_MAX + RANK_LEN];
-    size_t pn = prefix(kb, j->dbid, j->idx, KIND_RANK);
-    kb[pn++] = (unsigned char)(view >> 8);
-    kb[pn++] = (unsigned char)view;
+    size_t pn = kvprefix(kb, j->dbid, j->idx, KIND_RANK, view);
     memcpy(kb + pn, ck, VSTORE_CKEY_MAX);
     pn += VSTORE_CKEY_MAX;
     MDB_cursor *cur;
@@ -255,9 +259,7 @@ static int mark(MDB_txn *txn, apply_job *j, const vstore_meta *m, unsigned view,
                 const unsigned char *rk, size_t len) {
     if (!m->blocks_ok) return 0;
     unsigned char kb[STORE_KEY_MAX];
-    prefix(kb, j->dbid, j->idx, KIND_MARK);
-    kb[17] = (unsigned char)(view >> 8);
-    kb[18] = (unsigned char)view;
+    kvprefix(kb, j->dbid, j->idx, KIND_MARK, view);
     memcpy(kb + VPREFIX, rk, len);
     MDB_val k = {VPREFIX + len, kb}, v = {0, ""};
     return store_err(mdb_put(txn, j->dbi, &k, &v, 0));
@@ -501,10 +503,7 @@ typedef struct repair_job {
 } repair_job;
 
 static size_t kprefix(unsigned char *k, const repair_job *j, unsigned char kind, unsigned view) {
-    prefix(k, j->dbid, j->idx, kind);
-    k[17] = (unsigned char)(view >> 8);
-    k[18] = (unsigned char)view;
-    return VPREFIX;
+    return kvprefix(k, j->dbid, j->idx, kind, view);
 }
 
 /* Deletes every key that starts with k[0..n). */
@@ -826,9 +825,7 @@ int vstore_blocks_clean(mimeo_db *db, uint64_t idx, unsigned view, bool *clean) 
     vstore_meta *m = malloc(sizeof *m);
     int mrc = m ? mdb_get(txn, dbi, &k, &v) : MDB_NOTFOUND;
     if (m && mrc == 0 && meta_decode(m, &v) == 0 && m->blocks_ok) {
-        prefix(kb, dbid, idx, KIND_MARK);
-        kb[17] = (unsigned char)(view >> 8);
-        kb[18] = (unsigned char)view;
+        kvprefix(kb, dbid, idx, KIND_MARK, view);
         MDB_cursor *cur;
         if (mdb_cursor_open(txn, dbi, &cur) == 0) {
             k = (MDB_val){VPREFIX, kb};
@@ -879,9 +876,7 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
         return rc;
     }
     unsigned char bp[VPREFIX], kb[STORE_KEY_MAX];
-    prefix(bp, dbid, idx, KIND_BLOCK);
-    bp[17] = (unsigned char)(view >> 8);
-    bp[18] = (unsigned char)view;
+    kvprefix(bp, dbid, idx, KIND_BLOCK, view);
     memcpy(kb, bp, VPREFIX);
     size_t n = VPREFIX;
     if (pos) { memcpy(kb + n, pos, pos_len); n += pos_len; }
@@ -925,6 +920,68 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
         rc = MIMEO_ENOMEM;
     mdb_cursor_close(cur);
     store_read_end(s, txn);
+    return rc;
+}
+
+typedef struct partial_job {
+    MDB_dbi               dbi;
+    uint64_t              dbid, idx, seq;
+    unsigned              view;
+    const vstore_partial *p;
+    size_t                n;
+    buf                   val;
+} partial_job;
+
+static int job_partials(MDB_txn *txn, void *arg) {
+    partial_job *j = arg;
+    unsigned char kb[STORE_KEY_MAX];
+    MDB_val k = {prefix(kb, j->dbid, j->idx, KIND_META), kb}, v;
+    vstore_meta *m = malloc(sizeof *m);
+    if (!m) return MIMEO_ENOMEM;
+    int mrc = mdb_get(txn, j->dbi, &k, &v);
+    int rc = mrc == 0 ? meta_decode(m, &v) : mrc == MDB_NOTFOUND ? MIMEO_ECONFLICT : store_err(mrc);
+    if (!rc && (m->seq != j->seq || !m->blocks_ok)) rc = MIMEO_ECONFLICT;
+    free(m);
+    if (rc) return rc;
+    /* marks: the blocks are stale and the next repair rewrites them */
+    MDB_cursor *cur;
+    if ((rc = store_err(mdb_cursor_open(txn, j->dbi, &cur)))) return rc;
+    kvprefix(kb, j->dbid, j->idx, KIND_MARK, j->view);
+    k = (MDB_val){VPREFIX, kb};
+    mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    mdb_cursor_close(cur);
+    if (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0) return 0;
+    for (size_t i = 0; !rc && i < j->n; i++) {
+        const vstore_partial *p = &j->p[i];
+        if (p->first_len > RK_MAX) continue;
+        kvprefix(kb, j->dbid, j->idx, KIND_BLOCK, j->view);
+        memcpy(kb + VPREFIX, p->first, p->first_len);
+        k = (MDB_val){VPREFIX + p->first_len, kb};
+        if ((mrc = mdb_get(txn, j->dbi, &k, &v)) == MDB_NOTFOUND) continue;
+        if (mrc) return store_err(mrc);
+        vstore_block b;
+        if ((rc = block_decode(&k, &v, &b))) break;
+        if (b.count != p->count || b.partial_len || b.last_len != p->last_len ||
+            memcmp(b.last, p->last, p->last_len) != 0)
+            continue;
+        buf_reset(&j->val);
+        if (buf_put(&j->val, v.mv_data, v.mv_size) || buf_put(&j->val, p->text, p->len))
+            return MIMEO_ENOMEM;
+        v = (MDB_val){j->val.len, j->val.data};
+        rc = store_err(mdb_put(txn, j->dbi, &k, &v, 0));
+    }
+    return rc;
+}
+
+int vstore_blocks_put_partials(mimeo_db *db, uint64_t idx, unsigned view, uint64_t seq,
+                               const vstore_partial *p, size_t n) {
+    partial_job j = {.idx = idx, .seq = seq, .view = view, .p = p, .n = n};
+    if (!n) return 0;
+    buf_init(&j.val, 0);
+    int rc = dbid_of(db, &j.dbid);
+    if (!rc) rc = table(db, &j.dbi);
+    if (!rc) rc = store_write(db->env->store, job_partials, &j);
+    buf_destroy(&j.val);
     return rc;
 }
 
