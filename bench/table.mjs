@@ -66,6 +66,8 @@ const rows = [
   [`_sum over ${k} rows: p50 latency (ms)`, 'view_reduce_sum', 'p50_ms', 2, 1, 10, true],
   [`JS reduce over ${k} rows: p50 latency (ms)`, 'view_reduce_js', 'p50_ms', 2, 1, null, true],
   ['view key range, 100 rows: p50 latency (ms)', 'view_range', 'p50_ms', 2, 1, null, true],
+  [`JS reduce, group_level=1 (100 groups) over ${k} rows: p50 latency (ms)`, 'view_group_js', 'p50_ms', 2, 1, null, true],
+  [`_changes with a JS filter over ${k} docs (docs/s)`, 'view_changes_filter', 'docs_per_s', 0, 1],
   ['1,000 idle live feeds: server memory per feed (KB)', 'feeds_1000', 'kb_per_feed', 1, 1, null, true],
   ['1,000 idle live feeds: one write reaches all, p99 (ms)', 'feeds_1000', 'write_p99_ms', 0, 1, 1000, true],
   ['10,000 idle live feeds: server memory per feed (KB)', 'feeds_10000', 'kb_per_feed', 1, 1, null, true],
