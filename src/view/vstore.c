@@ -24,10 +24,10 @@
  * Collation keys are prefix-free, so rows sort by key, then by id bytes, long keys included:
  * a rank is given when a key is first written (between its neighbours' ranks, or a step past
  * the last) and kept in a rank entry, so byte order stays the exact order without comparing
- * whole keys on reads. Rank entries stay until the index is dropped. Only when 32 keys in a
- * row were each written between the same two neighbours is there no number left between
- * them: the key then takes its lower neighbour's rank and sorts among its rows by id. The
- * query side compares bounds on the cut bytes and, inside a run of one cut, on the whole
+ * whole keys on reads. Rank entries stay until the index is dropped. When no number is left
+ * between a new key's neighbours (after 32 keys in a row written into the same gap), the
+ * ranks of its cut's run are spread evenly again and the run's rows move to their new keys
+ * (rank_respread), so the order stays exact. The query side compares bounds on the cut bytes and, inside a run of one cut, on the whole
  * keys (vquery.c). A database's rows go with the database:
  * src/db/env.c drops every key under its id, this table included. */
 #include "vstore.h"
@@ -158,6 +158,8 @@ typedef struct apply_job {
     const vstore_doc *docs;
     size_t            n;
     buf               scratch;
+    buf               list;     /* the rows of the document being written, for its entry */
+    vstore_meta      *m;
 } apply_job;
 
 /* rk of one emit into out (RK_MAX bytes); returns its length. */
@@ -200,6 +202,150 @@ static int ckey_cmp(const unsigned char *a, size_t an, const unsigned char *b, s
     return an < bn ? -1 : an > bn;
 }
 
+static int mark(MDB_txn *txn, apply_job *j, const vstore_meta *m, unsigned view,
+                const unsigned char *rk, size_t len);
+
+/* Rewrites, in a document's row list (view(2) · varint · rk)…, the rank of each of its rows
+ * in view whose rk is `from`. */
+static void list_rerank(buf *list, unsigned view, const unsigned char *from, size_t len,
+                        uint64_t rank) {
+    unsigned char *p = (unsigned char *)list->data, *end = p + list->len;
+    while (end - p > 2) {
+        unsigned v = (unsigned)p[0] << 8 | p[1];
+        const unsigned char *q = p + 2;
+        uint64_t l;
+        if (varint_get(&q, end, &l) || (uint64_t)(end - q) < l) return;
+        p = (unsigned char *)q;
+        if (v == view && l == len && memcmp(p, from, len) == 0)
+            be64_put(p + VSTORE_CKEY_MAX, rank);
+        p += l;
+    }
+}
+
+/* No number is left between a new long key's neighbours: the ranks of its cut's run (the
+ * rank entries in kb[0..pn) · rank) are spread evenly over the whole range again, the new key
+ * taking its place among them, and every row carrying an old rank moves to its new key —
+ * marked for the blocks, its document's row list rewritten — so the stored order stays the
+ * order of the whole keys however many keys arrive between the same two neighbours. */
+static int rank_respread(MDB_txn *txn, apply_job *j, unsigned view, unsigned char *kb,
+                         size_t pn, const unsigned char *ck, size_t ck_len, uint64_t *rank) {
+    MDB_cursor *cur;
+    int rc = store_err(mdb_cursor_open(txn, j->dbi, &cur));
+    if (rc) return rc;
+    /* the run's entries in rank order (their keys' order), the new key among them */
+    buf keys;
+    buf_init(&keys, 0);
+    uint64_t *old = NULL, *neu = NULL;
+    size_t n = 0, cap = 0, at = (size_t)-1;
+    MDB_val k = {pn, kb}, v;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    for (; mrc == 0 && !rc; mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != pn + RANK_LEN || memcmp(k.mv_data, kb, pn) != 0) break;
+        if (n + 2 > cap) {
+            cap = cap ? cap * 2 : 64;
+            uint64_t *g = realloc(old, cap * sizeof *g);
+            if (!g) { rc = MIMEO_ENOMEM; break; }
+            old = g;
+        }
+        if (at == (size_t)-1 && ckey_cmp(v.mv_data, v.mv_size, ck, ck_len) > 0) at = n;
+        old[n++] = be64_get((const unsigned char *)k.mv_data + pn);
+        buf_put_varint(&keys, v.mv_size);
+        if (buf_put(&keys, v.mv_data, v.mv_size)) rc = MIMEO_ENOMEM;
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    if (at == (size_t)-1) at = n;
+    if (!rc && !(neu = malloc((n + 1) * sizeof *neu))) rc = MIMEO_ENOMEM;
+    uint64_t step = UINT64_MAX / ((uint64_t)n + 2);
+    for (size_t i = 0; !rc && i < n; i++) neu[i] = step * (i + (i >= at) + 1);
+    /* the rank entries again */
+    const unsigned char *kp = (const unsigned char *)keys.data, *kend = kp + keys.len;
+    for (size_t i = 0; !rc && i < n; i++) {
+        be64_put(kb + pn, old[i]);
+        k = (MDB_val){pn + RANK_LEN, kb};
+        if ((mrc = mdb_del(txn, j->dbi, &k, NULL))) rc = store_err(mrc);
+    }
+    for (size_t i = 0; !rc && i <= n; i++) {
+        const unsigned char *key = ck;
+        uint64_t kl = ck_len;
+        if (i != at) {
+            if (varint_get(&kp, kend, &kl) || (uint64_t)(kend - kp) < kl) { rc = MIMEO_ECORRUPT; break; }
+            key = kp;
+            kp += kl;
+        }
+        be64_put(kb + pn, i == at ? step * (at + 1) : neu[i - (i > at)]);
+        k = (MDB_val){pn + RANK_LEN, kb};
+        v = (MDB_val){kl, (void *)key};
+        rc = store_err(mdb_put(txn, j->dbi, &k, &v, 0));
+    }
+    *rank = step * (at + 1);
+    /* the rows of the run: read and deleted, then written under their new ranks */
+    buf rows;
+    buf_init(&rows, 0);
+    unsigned char rp[VPREFIX + VSTORE_CKEY_MAX];
+    size_t rpn = vprefix(rp, j->dbid, j->idx, view);
+    memcpy(rp + rpn, kb + pn - VSTORE_CKEY_MAX, VSTORE_CKEY_MAX);
+    rpn += VSTORE_CKEY_MAX;
+    k = (MDB_val){rpn, rp};
+    mrc = rc ? MDB_NOTFOUND : mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (!rc && mrc == 0 && k.mv_size >= rpn + RANK_LEN && memcmp(k.mv_data, rp, rpn) == 0) {
+        buf_put_varint(&rows, k.mv_size);
+        buf_put(&rows, k.mv_data, k.mv_size);
+        buf_put_varint(&rows, v.mv_size);
+        if (buf_put(&rows, v.mv_data, v.mv_size)) { rc = MIMEO_ENOMEM; break; }
+        if ((mrc = mdb_cursor_del(cur, 0))) break;
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    mdb_cursor_close(cur);
+    const unsigned char *p = (const unsigned char *)rows.data, *end = p + rows.len;
+    unsigned char nk[STORE_KEY_MAX], dk[STORE_KEY_MAX];
+    while (!rc && p < end) {
+        uint64_t kl, vl;
+        if (varint_get(&p, end, &kl) || (uint64_t)(end - p) < kl || kl > STORE_KEY_MAX) { rc = MIMEO_ECORRUPT; break; }
+        const unsigned char *okey = p;
+        p += kl;
+        if (varint_get(&p, end, &vl) || (uint64_t)(end - p) < vl) { rc = MIMEO_ECORRUPT; break; }
+        const unsigned char *val = p;
+        p += vl;
+        uint64_t orank = be64_get(okey + rpn);
+        size_t lo_i = 0, hi_i = n;   /* old ranks ascend: find orank */
+        while (lo_i < hi_i) {
+            size_t mid = (lo_i + hi_i) / 2;
+            if (old[mid] < orank) lo_i = mid + 1;
+            else hi_i = mid;
+        }
+        uint64_t nr = lo_i < n && old[lo_i] == orank ? neu[lo_i] : orank;
+        memcpy(nk, okey, kl);
+        be64_put(nk + rpn, nr);
+        k = (MDB_val){kl, nk};
+        v = (MDB_val){vl, (void *)val};
+        if ((rc = store_err(mdb_put(txn, j->dbi, &k, &v, 0)))) break;
+        if ((rc = mark(txn, j, j->m, view, okey + VPREFIX, kl - VPREFIX))) break;
+        if ((rc = mark(txn, j, j->m, view, nk + VPREFIX, kl - VPREFIX))) break;
+        /* the document's row list: stored, or being built (the document written now) */
+        const unsigned char *q = val, *vend = val + vl;
+        uint64_t l1, l2;
+        if (varint_get(&q, vend, &l1) || (uint64_t)(vend - q) < l1) { rc = MIMEO_ECORRUPT; break; }
+        q += l1;
+        if (varint_get(&q, vend, &l2) || (uint64_t)(vend - q) < l2) { rc = MIMEO_ECORRUPT; break; }
+        list_rerank(&j->list, view, okey + VPREFIX, kl - VPREFIX, nr);
+        MDB_val dkey = {docref(dk, j->dbid, j->idx, (const char *)q, l2), dk}, dv;
+        mrc = mdb_get(txn, j->dbi, &dkey, &dv);
+        if (mrc == MDB_NOTFOUND) continue;
+        if (mrc) { rc = store_err(mrc); break; }
+        buf_reset(&j->scratch);
+        if (buf_put(&j->scratch, dv.mv_data, dv.mv_size)) { rc = MIMEO_ENOMEM; break; }
+        list_rerank(&j->scratch, view, okey + VPREFIX, kl - VPREFIX, nr);
+        dv = (MDB_val){j->scratch.len, j->scratch.data};
+        rc = store_err(mdb_put(txn, j->dbi, &dkey, &dv, 0));
+    }
+    buf_destroy(&rows);
+    buf_destroy(&keys);
+    free(old);
+    free(neu);
+    return rc;
+}
+
 /* The rank of a long collation key in view (see the layout): the one it already has, or a
  * new one between the ranks of the keys around it, recorded. The run of rank entries of one
  * cut is read in rank order, which is their keys' order. */
@@ -240,12 +386,8 @@ static int rank_get(MDB_txn *txn, apply_job *j, unsigned view, const unsigned ch
     else if (!has_hi) r = lo <= UINT64_MAX - RANK_STEP ? lo + RANK_STEP : lo + (UINT64_MAX - lo) / 2;
     else if (!has_lo) r = hi > RANK_STEP ? hi - RANK_STEP : hi / 2;
     else r = lo + (hi - lo) / 2;
-    if ((has_lo && r == lo) || (has_hi && r == hi)) {
-        /* no number left between the neighbours: share the lower one's rank (vstore.c's
-         * opening comment); its entry keeps its own key */
-        *rank = has_lo ? lo : hi;
-        return 0;
-    }
+    if ((has_lo && r == lo) || (has_hi && r == hi))
+        return rank_respread(txn, j, view, kb, pn, ck, ck_len, rank);
     be64_put(kb + pn, r);
     k = (MDB_val){pn + RANK_LEN, kb};
     v = (MDB_val){ck_len, (void *)ck};
@@ -322,15 +464,15 @@ static int job_apply(MDB_txn *txn, void *arg) {
     }
     if (m->nviews < j->nviews) m->nviews = j->nviews;
     unsigned char dk[STORE_KEY_MAX], rkb[STORE_KEY_MAX];
-    buf list, val;
-    buf_init(&list, 0);
+    buf val;
     buf_init(&val, 0);
+    j->m = m;
     for (size_t i = 0; !rc && i < j->n; i++) {
         const vstore_doc *d = &j->docs[i];
         MDB_val dkey = {docref(dk, j->dbid, j->idx, d->id, d->id_len), dk};
         if ((rc = remove_old(txn, j, m, &dkey))) break;
         if (!d->n) continue;
-        buf_reset(&list);
+        buf_reset(&j->list);
         for (size_t e = 0; !rc && e < d->n; e++) {
             const vstore_emit *em = &d->emits[e];
             if (em->view >= VSTORE_VIEWS_MAX) { rc = MIMEO_EINVAL; break; }
@@ -355,12 +497,12 @@ static int job_apply(MDB_txn *txn, void *arg) {
             m->rows[em->view]++;
             if ((rc = mark(txn, j, m, em->view, rkb + kn, rl))) break;
             unsigned char vb[2] = {(unsigned char)(em->view >> 8), (unsigned char)em->view};
-            if (buf_put(&list, vb, 2) || buf_put_varint(&list, rl) ||
-                buf_put(&list, rkb + kn, rl))
+            if (buf_put(&j->list, vb, 2) || buf_put_varint(&j->list, rl) ||
+                buf_put(&j->list, rkb + kn, rl))
                 rc = MIMEO_ENOMEM;
         }
         if (!rc) {
-            MDB_val lv = {list.len, list.data};
+            MDB_val lv = {j->list.len, j->list.data};
             rc = store_err(mdb_put(txn, j->dbi, &dkey, &lv, 0));
         }
     }
@@ -371,7 +513,6 @@ static int job_apply(MDB_txn *txn, void *arg) {
         k = (MDB_val){PREFIX, mk};
         rc = store_err(mdb_put(txn, j->dbi, &k, &nv, 0));
     }
-    buf_destroy(&list);
     buf_destroy(&val);
     free(m);
     return rc;
@@ -384,10 +525,12 @@ int vstore_apply(mimeo_db *db, uint64_t idx, unsigned nviews, const char *info,
     apply_job j = {.idx = idx, .from = from, .to = to, .nviews = nviews, .info = info,
                    .info_len = info_len, .docs = docs, .n = n};
     buf_init(&j.scratch, 0);
+    buf_init(&j.list, 0);
     int rc = dbid_of(db, &j.dbid);
     if (!rc) rc = table(db, &j.dbi);
     if (!rc) rc = store_write(db->env->store, job_apply, &j);
     buf_destroy(&j.scratch);
+    buf_destroy(&j.list);
     return rc;
 }
 

@@ -169,6 +169,120 @@ static void test_store_long_keys_and_ids(void) {
     buf_destroy(&e.ck);
 }
 
+/* Ids of a view's rows in stored order, space separated. */
+static int collect_ids(void *ctx, const vstore_row *r) {
+    buf *b = ctx;
+    if (b->len) buf_putc(b, ' ');
+    return buf_put(b, r->id, r->id_len) ? -1 : VSTORE_NEXT;
+}
+
+static void stored_ids(uint64_t idx, unsigned view, buf *out) {
+    buf last;
+    buf_init(&last, 0);
+    bool more = true;
+    bool first = true;
+    buf_reset(out);
+    while (more) {
+        buf pos = last;
+        buf_init(&last, 0);
+        CHECK_EQ_INT(vstore_scan(db, idx, view, first ? VSTORE_FIRST : VSTORE_AFTER,
+                                 (const unsigned char *)pos.data, pos.len, false, 1000,
+                                 collect_ids, out, &more, &last), 0);
+        buf_destroy(&pos);
+        first = false;
+    }
+    buf_destroy(&last);
+}
+
+typedef struct rk_key { jval *k; char id[16]; } rk_key;
+static int rk_key_cmp(const void *a, const void *b) {
+    const rk_key *x = a, *y = b;
+    int c = collate_cmp(x->k, y->k);
+    return c ? c : strcmp(x->id, y->id);
+}
+
+/* Long keys (one cut) each written between the same two neighbours, far more often than a
+ * gap of ranks can be halved: the ranks are spread again, the rows moved, and the stored
+ * order stays the keys' order; then a document emitting such a run itself, removed whole. */
+#define RUN_KEYS 100
+static void test_store_rank_respread(void) {
+    static char keys[RUN_KEYS][600];
+    char head[420];
+    memset(head, 'x', 400);
+    head[400] = 0;
+    /* lo, hi, then keys descending towards lo: each lands between lo and the last one */
+    snprintf(keys[0], sizeof keys[0], "\"%sa\"", head);
+    snprintf(keys[1], sizeof keys[1], "\"%sb\"", head);
+    for (int i = 2; i < RUN_KEYS; i++) {
+        char tail[RUN_KEYS + 1];
+        memset(tail, '~', (size_t)(RUN_KEYS - i));
+        tail[RUN_KEYS - i] = 0;
+        snprintf(keys[i], sizeof keys[i], "\"%sa%s\"", head, tail);
+    }
+    static em e[RUN_KEYS];
+    static rk_key want[RUN_KEYS];
+    for (int i = 0; i < RUN_KEYS; i++) {
+        em_set(&e[i], 0, keys[i], "1");
+        CHECK(e[i].ck.len > VSTORE_CKEY_MAX);
+        CHECK_EQ_INT(json_tree_parse(keys[i], strlen(keys[i]), NULL, &want[i].k, NULL), 0);
+        snprintf(want[i].id, sizeof want[i].id, "r%03d", i);
+        CHECK_EQ_INT(apply(9, (uint64_t)i, (uint64_t)i + 1, want[i].id, &e[i], 1), 0);
+    }
+    qsort(want, RUN_KEYS, sizeof *want, rk_key_cmp);
+    buf exp, seen;
+    buf_init(&exp, 0);
+    buf_init(&seen, 0);
+    for (int i = 0; i < RUN_KEYS; i++) buf_printf(&exp, "%s%s", i ? " " : "", want[i].id);
+    stored_ids(9, 0, &seen);
+    CHECK_EQ_STR(buf_cstr(&seen), buf_cstr(&exp));
+    /* every other document removed: their rows go, the others stay in order */
+    uint64_t seq = RUN_KEYS;
+    buf_reset(&exp);
+    for (int i = 0; i < RUN_KEYS; i++) {
+        int n = atoi(want[i].id + 1);
+        if (n % 2) {
+            CHECK_EQ_INT(apply(9, seq, seq + 1, want[i].id, NULL, 0), 0);
+            seq++;
+        } else {
+            buf_printf(&exp, "%s%s", exp.len ? " " : "", want[i].id);
+        }
+    }
+    stored_ids(9, 0, &seen);
+    CHECK_EQ_STR(buf_cstr(&seen), buf_cstr(&exp));
+    vstore_meta m;
+    CHECK_EQ_INT(vstore_meta_get(db, 9, &m), 0);
+    CHECK_EQ_INT(m.rows[0], RUN_KEYS / 2);
+    /* one document emitting the whole run in view 1: ranks spread while it is written */
+    static vstore_emit out[RUN_KEYS];
+    for (int i = 0; i < RUN_KEYS; i++)
+        out[i] = (vstore_emit){1, (const unsigned char *)e[i].ck.data, e[i].ck.len, keys[i],
+                               strlen(keys[i]), "2", 1};
+    vstore_doc d = {"many", 4, out, RUN_KEYS};
+    CHECK_EQ_INT(vstore_apply(db, 9, 2, "_design/t", 9, seq, seq + 1, &d, 1), 0);
+    seq++;
+    CHECK_EQ_INT(vstore_meta_get(db, 9, &m), 0);
+    CHECK_EQ_INT(m.rows[1], RUN_KEYS);
+    {
+        buf ids;
+        buf_init(&ids, 0);
+        stored_ids(9, 1, &ids);
+        CHECK_EQ_INT(strlen(buf_cstr(&ids)), (size_t)(RUN_KEYS * 5 - 1));
+        buf_destroy(&ids);
+    }
+    CHECK_EQ_INT(apply(9, seq, seq + 1, "many", NULL, 0), 0);
+    stored_ids(9, 1, &seen);
+    CHECK_EQ_STR(buf_cstr(&seen), "");
+    CHECK_EQ_INT(vstore_meta_get(db, 9, &m), 0);
+    CHECK_EQ_INT(m.rows[1], 0);
+    CHECK_EQ_INT(m.rows[0], RUN_KEYS / 2);
+    for (int i = 0; i < RUN_KEYS; i++) {
+        buf_destroy(&e[i].ck);
+        jval_free(want[i].k);
+    }
+    buf_destroy(&exp);
+    buf_destroy(&seen);
+}
+
 typedef struct listed { uint64_t idx[8]; size_t n; } listed;
 static int list_fn(void *ctx, uint64_t idx, const char *info, size_t len) {
     listed *l = ctx;
@@ -202,6 +316,10 @@ static size_t view_entries(uint64_t dbid) {
 
 static void test_store_list_and_drop(void) {
     listed l = {0};
+    CHECK_EQ_INT(vstore_list(db, list_fn, &l), 0);
+    CHECK_EQ_INT(l.n, 3);
+    CHECK_EQ_INT(vstore_drop(db, 9), 0);
+    memset(&l, 0, sizeof l);
     CHECK_EQ_INT(vstore_list(db, list_fn, &l), 0);
     CHECK_EQ_INT(l.n, 2);
     CHECK_EQ_INT(vstore_drop(db, 7), 0);
@@ -722,6 +840,7 @@ int main(void) {
     CHECK_EQ_INT(mimeo_db_open(env, "v", &db, &err), 0);
     RUN(test_store_order_and_updates);
     RUN(test_store_long_keys_and_ids);
+    RUN(test_store_rank_respread);
     RUN(test_store_list_and_drop);
     if (access(js, X_OK) != 0) fprintf(stderr, "test_view: %s missing (make build/mimeo-js)\n", js);
     else {
