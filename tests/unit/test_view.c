@@ -729,6 +729,9 @@ static void test_blocks(void) {
         "\"s\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit(doc.k, doc.v); }\",\"reduce\":\"_sum\"},"
         "\"c\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit(doc.k, doc.v); }\",\"reduce\":\"_count\"},"
         "\"j\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit(doc.k, doc.v); }\","
+        "\"reduce\":\"function(k, v, re) { return sum(v); }\"},"
+        "\"ga\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit([doc.k % 4, doc.k], doc.v); }\",\"reduce\":\"_sum\"},"
+        "\"gj\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit([doc.k % 4, doc.k], doc.v); }\","
         "\"reduce\":\"function(k, v, re) { return sum(v); }\"}}}";
     mimeo_put_result pr;
     CHECK_EQ_INT(mimeo_doc_put(d, "_design/m", 9, ddoc, strlen(ddoc), NULL, &pr, &err), 0);
@@ -811,6 +814,44 @@ static void test_blocks(void) {
         read_all(d, "c", params, &reply);
         snprintf(want, sizeof want, "{\"rows\":[\n{\"key\":null,\"value\":%ld}\n]}\n", rcount);
         if (rcount) CHECK_EQ_STR(buf_cstr(&reply), want);
+        /* grouped: group_level=1 over [k % 4, k] (groups of hundreds of rows, so whole blocks
+         * fold in by their partials), both directions, a range, skip and limit; group=true */
+        long gsum[4] = {0};
+        for (int i = 0; i < BDOCS; i++)
+            if (blive[i]) gsum[bkey[i] % 4] += bval[i];
+        static const char *const gq[] = {
+            "{\"group_level\":1}", "{\"group_level\":1,\"descending\":true}",
+            "{\"group_level\":1,\"startkey\":[1],\"endkey\":[2,{}]}",
+            "{\"group_level\":1,\"descending\":true,\"startkey\":[2,{}],\"endkey\":[1]}",
+            "{\"group_level\":1,\"skip\":1,\"limit\":2}"};
+        static const int gfrom[] = {0, 3, 1, 2, 1}, gto[] = {3, 0, 2, 1, 2};
+        for (size_t g = 0; g < sizeof gq / sizeof gq[0]; g++) {
+            buf gw;
+            buf_init(&gw, 0);
+            buf_puts(&gw, "{\"rows\":[\n");
+            int step = gfrom[g] <= gto[g] ? 1 : -1;
+            for (int k = gfrom[g];; k += step) {
+                buf_printf(&gw, "%s{\"key\":[%d],\"value\":%ld}", k == gfrom[g] ? "" : ",\n", k, gsum[k]);
+                if (k == gto[g]) break;
+            }
+            buf_puts(&gw, "\n]}\n");
+            for (int v = 0; v < 2; v++) {
+                buf_reset(&reply);
+                read_all(d, v ? "gj" : "ga", gq[g], &reply);
+                if (strcmp(buf_cstr(&reply), buf_cstr(&gw)))
+                    fprintf(stderr, "round %d %s %s\n", round, v ? "gj" : "ga", gq[g]);
+                CHECK_EQ_STR(buf_cstr(&reply), buf_cstr(&gw));
+            }
+            buf_destroy(&gw);
+        }
+        /* group=true: one group per key, every one smaller than a block */
+        buf_reset(&reply);
+        read_all(d, "gj", "{\"group\":true,\"startkey\":[1,5],\"endkey\":[1,5]}", &reply);
+        long g15 = 0;
+        for (int i = 0; i < BDOCS; i++)
+            if (blive[i] && bkey[i] == 5) g15 += bval[i];
+        snprintf(want, sizeof want, "{\"rows\":[\n{\"key\":[1,5],\"value\":%ld}\n]}\n", g15);
+        CHECK_EQ_STR(buf_cstr(&reply), want);
         buf_reset(&reply);
         snprintf(params, sizeof params, "{\"startkey\":%d,\"limit\":0,\"reduce\":false}", lo);
         read_all(d, "c", params, &reply);
