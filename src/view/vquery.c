@@ -69,7 +69,6 @@ typedef struct vq {
     buf           jump_pos;
 } vq;
 
-struct bent;
 static const struct bent *fold_block(vq *q, const vrange *r, const vstore_row *row);
 static int fold_add(vq *q, const struct bent *e, mimeo_err *err);
 static void blist_drop(struct blist *l);
@@ -714,15 +713,7 @@ static int ck_cmp(const unsigned char *rk, size_t rk_len, const buf *ck) {
     return rk_len < ck->len ? -1 : 0;
 }
 
-typedef struct blist {
-    buf    data;     /* first, last, partial of each block */
-    size_t n, cap;
-    struct bent { size_t first, first_len, last, last_len, part, part_len; uint64_t count; } *e;
-    const buf *hi;   /* stop at the first block whose first key is above this (NULL: none) */
-    bool   stop;
-} blist;
-
-static int blist_add(void *ctx, const vstore_block *b) {
+int blist_add(void *ctx, const vstore_block *b) {
     blist *l = ctx;
     if (l->hi && ck_cmp(b->first, b->first_len, l->hi) > 0) {
         l->stop = true;
@@ -749,8 +740,8 @@ static int blist_add(void *ctx, const vstore_block *b) {
 }
 
 /* The view's blocks from the one holding pos (NULL: the first) up to hi. */
-static int blist_read(mimeo_view_reader *rd, unsigned view, const buf *pos, const buf *hi,
-                      blist *l) {
+int blist_read(mimeo_db *db, uint64_t idx, unsigned view, const buf *pos, const buf *hi,
+               blist *l) {
     buf last;
     buf_init(&last, 0);
     bool more = true, first = true;
@@ -760,7 +751,7 @@ static int blist_read(mimeo_view_reader *rd, unsigned view, const buf *pos, cons
         buf from = last;
         buf_init(&last, 0);
         const buf *p = first ? pos : &from;
-        rc = vstore_blocks_scan(rd->db, rd->d->idx, view,
+        rc = vstore_blocks_scan(db, idx, view,
                                 p ? (const unsigned char *)p->data : NULL, p ? p->len : 0,
                                 !first, 1000, blist_add, l, &more, &last);
         buf_destroy(&from);
@@ -771,7 +762,7 @@ static int blist_read(mimeo_view_reader *rd, unsigned view, const buf *pos, cons
     return rc;
 }
 
-static void blist_free(blist *l) {
+void blist_free(blist *l) {
     buf_destroy(&l->data);
     free(l->e);
 }
@@ -908,7 +899,7 @@ static int offset_by_blocks(mimeo_view_reader *rd, vq *q, vrange *r, uint64_t to
                             uint64_t *off) {
     blist l = {0};
     buf_init(&l.data, 0);
-    int rc = blist_read(rd, (unsigned)q->view, NULL, &r->sck, &l);
+    int rc = blist_read(rd->db, rd->d->idx, (unsigned)q->view, NULL, &r->sck, &l);
     uint64_t n = 0;
     bool found = false;
     for (size_t i = 0; !rc && i < l.n && !found; i++) {
@@ -951,7 +942,7 @@ static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *e
     const buf *lo = q->descending ? &r->eck : &r->sck, *hi = q->descending ? &r->sck : &r->eck;
     blist l = {0};
     buf_init(&l.data, 0);
-    int rc = blist_read(rd, (unsigned)q->view, has_lo ? lo : NULL, has_hi ? hi : NULL, &l);
+    int rc = blist_read(rd->db, rd->d->idx, (unsigned)q->view, has_lo ? lo : NULL, has_hi ? hi : NULL, &l);
     uint64_t rows = 0;
     bool js = q->vw->rtype == VRED_JS;
     if (!rc && !js && !(q->red = view_reducer_new(q->vw->rkind))) rc = MIMEO_ENOMEM;
@@ -1023,7 +1014,7 @@ static int vq_step(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
         if (clean && !(q->gb = calloc(1, sizeof *q->gb))) return MIMEO_ENOMEM;
         if (clean) {
             buf_init(&q->gb->data, 0);
-            rc = blist_read(rd, (unsigned)q->view, has_lo ? lo : NULL, has_hi ? hi : NULL, q->gb);
+            rc = blist_read(rd->db, rd->d->idx, (unsigned)q->view, has_lo ? lo : NULL, has_hi ? hi : NULL, q->gb);
             if (rc) return rc;
             q->gbi = q->descending ? q->gb->n : 0;
         }

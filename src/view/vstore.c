@@ -536,6 +536,30 @@ int vstore_apply(mimeo_db *db, uint64_t idx, unsigned nviews, const char *info,
 
 /* ---- reads ------------------------------------------------------------------------------- */
 
+/* One short read of the table: a snapshot and a cursor on it (read_close ends both). */
+typedef struct vread {
+    uint64_t    dbid;
+    store      *s;
+    MDB_txn    *txn;
+    MDB_cursor *cur;
+} vread;
+
+static int read_open(mimeo_db *db, vread *r) {
+    MDB_dbi dbi;
+    int rc = dbid_of(db, &r->dbid);
+    if (!rc) rc = table(db, &dbi);
+    if (rc) return rc;
+    r->s = db->env->store;
+    if ((rc = store_read_begin(r->s, &r->txn))) return rc;
+    if ((rc = store_err(mdb_cursor_open(r->txn, dbi, &r->cur)))) store_read_end(r->s, r->txn);
+    return rc;
+}
+
+static void read_close(vread *r) {
+    mdb_cursor_close(r->cur);
+    store_read_end(r->s, r->txn);
+}
+
 static int row_decode(const MDB_val *k, const MDB_val *v, vstore_row *r) {
     const unsigned char *p = v->mv_data, *end = p + v->mv_size;
     uint64_t kl, il;
@@ -567,20 +591,12 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
                 vstore_row_fn fn, void *ctx, bool *more, buf *last) {
     *more = false;
     buf_reset(last);
-    MDB_dbi dbi;
-    uint64_t dbid;
-    int rc = dbid_of(db, &dbid);
-    if (!rc) rc = table(db, &dbi);
-    if (rc) return rc;
     if (pos_len > RK_MAX) pos_len = RK_MAX;
-    store *s = db->env->store;
-    MDB_txn *txn;
-    if ((rc = store_read_begin(s, &txn))) return rc;
-    MDB_cursor *cur;
-    if ((rc = store_err(mdb_cursor_open(txn, dbi, &cur)))) {
-        store_read_end(s, txn);
-        return rc;
-    }
+    vread rd;
+    int rc = read_open(db, &rd);
+    if (rc) return rc;
+    uint64_t dbid = rd.dbid;
+    MDB_cursor *cur = rd.cur;
     unsigned char vp[VPREFIX], kb[STORE_KEY_MAX + 1];
     vprefix(vp, dbid, idx, view);
     memcpy(kb, vp, VPREFIX);
@@ -630,8 +646,7 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
     if (rc >= 0 && taken.mv_data &&
         buf_put(last, (const unsigned char *)taken.mv_data + VPREFIX, taken.mv_size - VPREFIX))
         rc = MIMEO_ENOMEM;
-    mdb_cursor_close(cur);
-    store_read_end(s, txn);
+    read_close(&rd);
     return rc;
 }
 
@@ -1004,20 +1019,12 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
                        bool *more, buf *last) {
     *more = false;
     buf_reset(last);
-    MDB_dbi dbi;
-    uint64_t dbid;
-    int rc = dbid_of(db, &dbid);
-    if (!rc) rc = table(db, &dbi);
-    if (rc) return rc;
     if (pos_len > RK_MAX) pos_len = RK_MAX;
-    store *s = db->env->store;
-    MDB_txn *txn;
-    if ((rc = store_read_begin(s, &txn))) return rc;
-    MDB_cursor *cur;
-    if ((rc = store_err(mdb_cursor_open(txn, dbi, &cur)))) {
-        store_read_end(s, txn);
-        return rc;
-    }
+    vread rd;
+    int rc = read_open(db, &rd);
+    if (rc) return rc;
+    uint64_t dbid = rd.dbid;
+    MDB_cursor *cur = rd.cur;
     unsigned char bp[VPREFIX], kb[STORE_KEY_MAX];
     kvprefix(bp, dbid, idx, KIND_BLOCK, view);
     memcpy(kb, bp, VPREFIX);
@@ -1061,8 +1068,7 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
     if (rc >= 0 && taken.mv_data &&
         buf_put(last, (const unsigned char *)taken.mv_data + VPREFIX, taken.mv_size - VPREFIX))
         rc = MIMEO_ENOMEM;
-    mdb_cursor_close(cur);
-    store_read_end(s, txn);
+    read_close(&rd);
     return rc;
 }
 

@@ -497,34 +497,6 @@ static int repair(mimeo_db *db, const vdef *d) {
  * rereduces the partials of the blocks inside its range. A function that fails on a block's
  * rows leaves "!" there, so queries read those rows and report the error as CouchDB does. */
 
-typedef struct fill_blk { size_t first, first_len, last, last_len; uint64_t count; } fill_blk;
-
-typedef struct fill_list {
-    buf       data;      /* first and last rk of each block */
-    fill_blk *b;
-    size_t    n, cap;
-} fill_list;
-
-static int fill_list_add(void *ctx, const vstore_block *b) {
-    fill_list *l = ctx;
-    if (b->partial_len) return VSTORE_NEXT;
-    if (l->n == l->cap) {
-        size_t nc = l->cap ? l->cap * 2 : 64;
-        fill_blk *g = realloc(l->b, nc * sizeof *g);
-        if (!g) return MIMEO_ENOMEM;
-        l->b = g;
-        l->cap = nc;
-    }
-    fill_blk *e = &l->b[l->n++];
-    e->first = l->data.len;
-    e->first_len = b->first_len;
-    buf_put(&l->data, b->first, b->first_len);
-    e->last = l->data.len;
-    e->last_len = b->last_len;
-    e->count = b->count;
-    return buf_put(&l->data, b->last, b->last_len) ? MIMEO_ENOMEM : VSTORE_NEXT;
-}
-
 /* The rows of one block, from its first row (the scan's seek) up to its last. */
 typedef struct fill_rows {
     const unsigned char *last;
@@ -560,24 +532,20 @@ static int fill_view(mimeo_db *db, const vdef *d, unsigned view) {
     bool ok = m->blocks_ok;
     free(m);
     if (rc || !ok) return rc;
-    fill_list l = {0};
+    blist l = {0};
     buf_init(&l.data, 0);
-    buf last, from, kvs, texts, line, reply;
+    buf last, kvs, texts, line, reply;
     buf_init(&last, 0);
-    buf_init(&from, 0);
     buf_init(&kvs, 0);
     buf_init(&texts, 0);
     buf_init(&line, 0);
     buf_init(&reply, 0);
-    bool more = true, first = true;
-    while (!rc && more) {
-        rc = vstore_blocks_scan(db, d->idx, view, first ? NULL : (const unsigned char *)from.data,
-                                from.len, !first, 1000, fill_list_add, &l, &more, &last);
-        buf t = from;
-        from = last;
-        last = t;
-        first = false;
-    }
+    rc = blist_read(db, d->idx, view, NULL, NULL, &l);
+    /* the blocks without a partial, in place */
+    size_t kept = 0;
+    for (size_t i = 0; !rc && i < l.n; i++)
+        if (!l.e[i].part_len) l.e[kept++] = l.e[i];
+    l.n = kept;
     size_t *offs = l.n ? calloc(l.n * 2, sizeof *offs) : NULL;
     if (!rc && l.n && !offs) rc = MIMEO_ENOMEM;
     qs_proc *p = NULL;
@@ -586,7 +554,7 @@ static int fill_view(mimeo_db *db, const vdef *d, unsigned view) {
     size_t done = 0;
     const unsigned char *base = (const unsigned char *)l.data.data;
     for (; !rc && p && done < l.n; done++) {
-        fill_blk *b = &l.b[done];
+        struct bent *b = &l.e[done];
         buf_reset(&kvs);
         fill_rows fr = {base + b->last, b->last_len, &kvs, 0, false};
         bool rmore;
@@ -634,7 +602,7 @@ static int fill_view(mimeo_db *db, const vdef *d, unsigned view) {
     size_t np = 0;
     for (size_t i = 0; !rc && i < done; i++) {
         if (offs[i * 2 + 1] == offs[i * 2]) continue;
-        fill_blk *b = &l.b[i];
+        struct bent *b = &l.e[i];
         parts[np++] = (vstore_partial){base + b->first, base + b->last, b->first_len, b->last_len,
                                        b->count, texts.data + offs[i * 2],
                                        offs[i * 2 + 1] - offs[i * 2]};
@@ -645,10 +613,8 @@ static int fill_view(mimeo_db *db, const vdef *d, unsigned view) {
     }
     free(parts);
     free(offs);
-    free(l.b);
-    buf_destroy(&l.data);
+    blist_free(&l);
     buf_destroy(&last);
-    buf_destroy(&from);
     buf_destroy(&kvs);
     buf_destroy(&texts);
     buf_destroy(&line);
