@@ -560,6 +560,17 @@ static void read_close(vread *r) {
     store_read_end(r->s, r->txn);
 }
 
+/* Ends a scan: the cursor's error if any, the position of the last entry taken copied into
+ * last before the snapshot ends (LMDB's bytes are only valid inside it). */
+static int read_end(vread *r, int rc, int mrc, const MDB_val *taken, buf *last) {
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    if (rc >= 0 && taken->mv_data &&
+        buf_put(last, (const unsigned char *)taken->mv_data + VPREFIX, taken->mv_size - VPREFIX))
+        rc = MIMEO_ENOMEM;
+    read_close(r);
+    return rc;
+}
+
 static int row_decode(const MDB_val *k, const MDB_val *v, vstore_row *r) {
     const unsigned char *p = v->mv_data, *end = p + v->mv_size;
     uint64_t kl, il;
@@ -641,13 +652,7 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
         if (rc) break;
         mrc = mdb_cursor_get(cur, &k, &v, desc ? MDB_PREV : MDB_NEXT);
     }
-    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
-    /* copied before the snapshot ends: LMDB's bytes are only valid inside it */
-    if (rc >= 0 && taken.mv_data &&
-        buf_put(last, (const unsigned char *)taken.mv_data + VPREFIX, taken.mv_size - VPREFIX))
-        rc = MIMEO_ENOMEM;
-    read_close(&rd);
-    return rc;
+    return read_end(&rd, rc, mrc, &taken, last);
 }
 
 /* ---- blocks -------------------------------------------------------------------------------- */
@@ -1064,12 +1069,7 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
         if (rc) break;
         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
-    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
-    if (rc >= 0 && taken.mv_data &&
-        buf_put(last, (const unsigned char *)taken.mv_data + VPREFIX, taken.mv_size - VPREFIX))
-        rc = MIMEO_ENOMEM;
-    read_close(&rd);
-    return rc;
+    return read_end(&rd, rc, mrc, &taken, last);
 }
 
 typedef struct partial_job {
