@@ -103,6 +103,30 @@ static size_t docref(unsigned char *k, uint64_t dbid, uint64_t idx, const char *
     return PREFIX + MD5_DIGEST_SIZE;
 }
 
+/* One short read of the table: a snapshot and a cursor on it (read_close ends both). */
+typedef struct vread {
+    uint64_t    dbid;
+    MDB_dbi     dbi;
+    store      *s;
+    MDB_txn    *txn;
+    MDB_cursor *cur;
+} vread;
+
+static int read_open(mimeo_db *db, vread *r) {
+    int rc = dbid_of(db, &r->dbid);
+    if (!rc) rc = table(db, &r->dbi);
+    if (rc) return rc;
+    r->s = db->env->store;
+    if ((rc = store_read_begin(r->s, &r->txn))) return rc;
+    if ((rc = store_err(mdb_cursor_open(r->txn, r->dbi, &r->cur)))) store_read_end(r->s, r->txn);
+    return rc;
+}
+
+static void read_close(vread *r) {
+    mdb_cursor_close(r->cur);
+    store_read_end(r->s, r->txn);
+}
+
 /* ---- meta -------------------------------------------------------------------------------- */
 
 static int meta_decode(vstore_meta *m, const MDB_val *v) {
@@ -131,19 +155,15 @@ static size_t meta_encode(const vstore_meta *m, unsigned char *p) {
 
 int vstore_meta_get(mimeo_db *db, uint64_t idx, vstore_meta *m) {
     memset(m, 0, sizeof *m);
-    MDB_dbi dbi;
-    uint64_t dbid;
-    int rc = dbid_of(db, &dbid);
-    if (!rc) rc = table(db, &dbi);
+    vread rd;
+    int rc = read_open(db, &rd);
     if (rc) return rc;
-    MDB_txn *txn;
-    if ((rc = store_read_begin(db->env->store, &txn))) return rc;
     unsigned char kb[PREFIX];
-    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
-    int mrc = mdb_get(txn, dbi, &k, &v);
+    MDB_val k = {prefix(kb, rd.dbid, idx, KIND_META), kb}, v;
+    int mrc = mdb_get(rd.txn, rd.dbi, &k, &v);
     if (mrc == 0) rc = meta_decode(m, &v);
     else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
-    store_read_end(db->env->store, txn);
+    read_close(&rd);
     return rc;
 }
 
@@ -535,30 +555,6 @@ int vstore_apply(mimeo_db *db, uint64_t idx, unsigned nviews, const char *info,
 }
 
 /* ---- reads ------------------------------------------------------------------------------- */
-
-/* One short read of the table: a snapshot and a cursor on it (read_close ends both). */
-typedef struct vread {
-    uint64_t    dbid;
-    store      *s;
-    MDB_txn    *txn;
-    MDB_cursor *cur;
-} vread;
-
-static int read_open(mimeo_db *db, vread *r) {
-    MDB_dbi dbi;
-    int rc = dbid_of(db, &r->dbid);
-    if (!rc) rc = table(db, &dbi);
-    if (rc) return rc;
-    r->s = db->env->store;
-    if ((rc = store_read_begin(r->s, &r->txn))) return rc;
-    if ((rc = store_err(mdb_cursor_open(r->txn, dbi, &r->cur)))) store_read_end(r->s, r->txn);
-    return rc;
-}
-
-static void read_close(vread *r) {
-    mdb_cursor_close(r->cur);
-    store_read_end(r->s, r->txn);
-}
 
 /* Ends a scan: the cursor's error if any, the position of the last entry taken copied into
  * last before the snapshot ends (LMDB's bytes are only valid inside it). */
@@ -976,29 +972,20 @@ int vstore_blocks_repair(mimeo_db *db, uint64_t idx, unsigned nviews, const int 
 
 int vstore_blocks_clean(mimeo_db *db, uint64_t idx, unsigned view, bool *clean) {
     *clean = false;
-    MDB_dbi dbi;
-    uint64_t dbid;
-    int rc = dbid_of(db, &dbid);
-    if (!rc) rc = table(db, &dbi);
+    vread rd;
+    int rc = read_open(db, &rd);
     if (rc) return rc;
-    MDB_txn *txn;
-    if ((rc = store_read_begin(db->env->store, &txn))) return rc;
     unsigned char kb[VPREFIX];
-    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
+    MDB_val k = {prefix(kb, rd.dbid, idx, KIND_META), kb}, v;
     vstore_meta *m = malloc(sizeof *m);
-    int mrc = m ? mdb_get(txn, dbi, &k, &v) : MDB_NOTFOUND;
+    int mrc = m ? mdb_get(rd.txn, rd.dbi, &k, &v) : MDB_NOTFOUND;
     if (m && mrc == 0 && meta_decode(m, &v) == 0 && m->blocks_ok) {
-        kvprefix(kb, dbid, idx, KIND_MARK, view);
-        MDB_cursor *cur;
-        if (mdb_cursor_open(txn, dbi, &cur) == 0) {
-            k = (MDB_val){VPREFIX, kb};
-            mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-            *clean = !(mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0);
-            mdb_cursor_close(cur);
-        }
+        k = (MDB_val){kvprefix(kb, rd.dbid, idx, KIND_MARK, view), kb};
+        mrc = mdb_cursor_get(rd.cur, &k, &v, MDB_SET_RANGE);
+        *clean = !(mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0);
     }
     free(m);
-    store_read_end(db->env->store, txn);
+    read_close(&rd);
     return rc;
 }
 
