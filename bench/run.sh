@@ -254,7 +254,7 @@ echo "{\"workload\":\"dd\",\"server\":\"disk\",\"mb_per_s\":$(awk -v a="$t0" -v 
 # reduce; reduce and key-range query latency on the built indexes.
 for s in "${SERVERS[@]}"; do
   run view_load "$s" 600 node "$BENCH/views.mjs" @URL/bench_views "$DOCS" load
-  for m in build_map build_sum reduce_count reduce_sum build_js reduce_js range; do
+  for m in build_map build_sum reduce_count reduce_sum build_js reduce_js group_js range changes_filter; do
     run "view_$m" "$s" 900 node "$BENCH/views.mjs" @URL/bench_views "$DOCS" "$m"
   done
 done

@@ -66,6 +66,8 @@ const rows = [
   [`_sum over ${k} rows: p50 latency (ms)`, 'view_reduce_sum', 'p50_ms', 2, 1, 10, true],
   [`JS reduce over ${k} rows: p50 latency (ms)`, 'view_reduce_js', 'p50_ms', 2, 1, null, true],
   ['view key range, 100 rows: p50 latency (ms)', 'view_range', 'p50_ms', 2, 1, null, true],
+  [`JS reduce, group_level=1 (100 groups) over ${k} rows: p50 latency (ms)`, 'view_group_js', 'p50_ms', 2, 1, null, true],
+  [`_changes with a JS filter over ${k} docs (docs/s)`, 'view_changes_filter', 'docs_per_s', 0, 1],
   [`Mango JSON index build over ${k} docs (docs/s)`, 'find_build', 'docs_per_s', 0, 1, 50000],
   ['Mango selective query through the index (1 of the docs), 1 client: p50 (ms)', 'find_query', 'p50_ms', 2, 1, 1, true],
   ['Mango selective query through the index, 1 client: p99 (ms)', 'find_query', 'p99_ms', 2, 1, null, true],

@@ -8,6 +8,9 @@
 //   node views.mjs URL/db DOCS reduce_count _count over every row: p50 latency (ms)
 //   node views.mjs URL/db DOCS reduce_js   the JavaScript reduce over every row: p50 (ms)
 //   node views.mjs URL/db DOCS range       reduce=false key range of 100 rows: p50 latency (ms)
+//   node views.mjs URL/db DOCS group_js    the JavaScript reduce with group_level=1 (100 groups): p50 (ms)
+//   node views.mjs URL/db DOCS changes_filter  _changes?filter=ddoc/name over every document,
+//                                          a JavaScript filter passing 1%: docs examined/s
 const [url, docsArg, mode] = process.argv.slice(2);
 const docs = Number(docsArg);
 const out = { op: `view_${mode}`, docs };
@@ -85,6 +88,27 @@ try {
     const r = await p50(`/_design/js/_view/v?reduce=false&startkey=${encodeURIComponent(JSON.stringify(start))}&limit=100`);
     out.ok = r.rows.length === Math.min(100, r.total_rows);
     out.rows = r.rows.length;
+  } else if (mode === 'group_js') {
+    const r = await p50('/_design/js/_view/v?group_level=1', 5);
+    let total = 0;
+    for (const row of r.rows) total += row.value;
+    out.ok = r.rows.length === Math.min(100, docs) && total === (docs * (docs - 1)) / 2;
+    if (!out.ok) out.first_error = `got ${r.rows.length} groups, total ${total}`;
+  } else if (mode === 'changes_filter') {
+    const ddoc = await fetch(`${url}/_design/flt`).then((r) => r.json());
+    if (ddoc.error) await call('PUT', '/_design/flt', { filters: { g42: 'function(doc, req) { return doc.g === 42; }' } });
+    const ts = [];
+    let last;
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      last = await call('GET', '/_changes?filter=flt/g42');
+      ts.push(performance.now() - t0);
+    }
+    ts.sort((a, b) => a - b);
+    out.p50_ms = +ts[1].toFixed(1);
+    out.docs_per_s = +(docs / (ts[1] / 1000)).toFixed(1);
+    out.ok = last.results.length === Math.ceil((docs - 42) / 100);
+    if (!out.ok) out.first_error = `got ${last.results.length} rows`;
   } else {
     throw new Error(`unknown mode ${mode}`);
   }

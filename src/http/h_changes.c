@@ -49,6 +49,10 @@ typedef struct http_feed {
     buf                 att_hold;
     buf                 out;
     size_t              pos;
+    /* a JavaScript filter's batch: the rows' text, written out when they pass */
+    buf                 held;
+    struct http_held { uint64_t seq; size_t off, len; } *heldv;
+    size_t              held_cap;
 } http_feed;
 
 static void http_feed_free(void *cls) {
@@ -59,38 +63,110 @@ static void http_feed_free(void *cls) {
     http_filter_free(f->filter);
     buf_destroy(&f->out);
     buf_destroy(&f->att_hold);
+    buf_destroy(&f->held);
+    free(f->heldv);
     free(f);
 }
 
-static int http_feed_row(http_feed *f, const mimeo_row *row) {
-    int rc = 0;
+static int http_feed_before_row(http_feed *f) {
     switch (f->kind) {
     case FEED_NORMAL: case FEED_LONGPOLL:
-        if (f->rows_total > 0) rc = buf_puts(&f->out, ",\n");
-        break;
+        return f->rows_total > 0 ? buf_puts(&f->out, ",\n") : 0;
     case FEED_CONTINUOUS:
-        break;
+        return 0;
     case FEED_EVENTSOURCE:
-        rc = buf_puts(&f->out, "data: ");
-        break;
+        return buf_puts(&f->out, "data: ");
     }
+    return 0;
+}
+
+static int http_feed_after_row(http_feed *f, uint64_t seq) {
+    int rc = 0;
+    if (f->kind == FEED_CONTINUOUS) rc = buf_putc(&f->out, '\n');
+    else if (f->kind == FEED_EVENTSOURCE) rc = buf_printf(&f->out, "\nid: %" PRIu64 "\n\n", seq);
+    f->rows_total++;
+    f->last_row = seq;
+    return rc;
+}
+
+/* The row's JSON as the feed shows it, into b. */
+static int http_feed_put_row(http_feed *f, const mimeo_row *row, buf *b) {
+    int rc = 0;
     mimeo_row shown = *row;
     if (!f->want_docs) shown.body = NULL;
-    else if (f->attachments && rc == 0) rc = http_att_inline_row(f->db, row, &shown, &f->att_hold);
-    if (rc == 0) rc = http_put_change_row(&f->out, &shown, f->opts.all_docs_style, f->opts.conflicts);
-    if (rc == 0) {
-        if (f->kind == FEED_CONTINUOUS) rc = buf_putc(&f->out, '\n');
-        else if (f->kind == FEED_EVENTSOURCE)
-            rc = buf_printf(&f->out, "\nid: %" PRIu64 "\n\n", row->seq);
-    }
-    f->rows_total++;
-    f->last_row = row->seq;
+    else if (f->attachments) rc = http_att_inline_row(f->db, row, &shown, &f->att_hold);
+    if (rc == 0) rc = http_put_change_row(b, &shown, f->opts.all_docs_style, f->opts.conflicts);
     return rc;
+}
+
+static int http_feed_row(http_feed *f, const mimeo_row *row) {
+    int rc = http_feed_before_row(f);
+    if (rc == 0) rc = http_feed_put_row(f, row, &f->out);
+    int arc = http_feed_after_row(f, row->seq);
+    return rc ? rc : arc;
+}
+
+/* http_feed_rows with a JavaScript filter: rows are read a batch at a time, their documents
+ * run through the function in one query-server call, and the rows that pass written out. */
+static int http_feed_rows_batched(http_feed *f, bool *at_end) {
+    *at_end = false;
+    http_filter *flt = f->filter;
+    while (f->out.len - f->pos < HTTP_STREAM_CHUNK) {
+        if (f->limit && f->rows_total >= f->limit) {
+            *at_end = true;
+            return 0;
+        }
+        http_filter_clear(flt);
+        buf_reset(&f->held);
+        int rc = 0;
+        bool end = false;
+        while (!http_filter_full(flt)) {
+            const mimeo_row *row;
+            if ((rc = mimeo_cursor_next(f->cur, &row, &f->err)) < 0) break;
+            if (!row) {
+                end = true;
+                break;
+            }
+            if (!row->body) continue;   /* never passes (http_filter_test) */
+            size_t i = http_filter_count(flt);
+            if (i == f->held_cap) {
+                size_t nc = f->held_cap ? f->held_cap * 2 : HTTP_FILTER_BATCH;
+                struct http_held *g = realloc(f->heldv, nc * sizeof *g);
+                if (!g) return MIMEO_ENOMEM;
+                f->heldv = g;
+                f->held_cap = nc;
+            }
+            f->heldv[i] = (struct http_held){row->seq, f->held.len, 0};
+            if ((rc = http_feed_put_row(f, row, &f->held)) != 0 ||
+                (rc = http_filter_add(flt, row)) != 0)
+                return rc;
+            f->heldv[i].len = f->held.len - f->heldv[i].off;
+        }
+        /* the rows read before a failed read still go out (a deleted database ends the feed
+         * after them) */
+        int frc = http_filter_run(flt, &f->err);
+        if (frc < 0) return frc;
+        for (size_t i = 0; i < http_filter_count(flt); i++) {
+            if (!http_filter_kept(flt, i) || (f->limit && f->rows_total >= f->limit)) continue;
+            struct http_held *h = &f->heldv[i];
+            int wrc = http_feed_before_row(f);
+            if (wrc == 0) wrc = buf_put(&f->out, f->held.data + h->off, h->len);
+            int arc = http_feed_after_row(f, h->seq);
+            if (wrc || arc) return wrc ? wrc : arc;
+        }
+        if (rc < 0) return rc;
+        if (end) {
+            *at_end = true;
+            return 0;
+        }
+    }
+    return 0;
 }
 
 /* Moves rows from the cursor into f->out, up to a chunk. *at_end: the cursor has no more
  * rows now. */
 static int http_feed_rows(http_feed *f, bool *at_end) {
+    if (f->filter && http_filter_batches(f->filter)) return http_feed_rows_batched(f, at_end);
     *at_end = false;
     while (f->out.len - f->pos < HTTP_STREAM_CHUNK) {
         if (f->filter && f->limit && f->rows_total >= f->limit) {
@@ -436,6 +512,7 @@ void http_h_changes(http_req *r) {
         r->conn ? MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
     f->task.fd = ci ? ci->connect_fd : 0;
     buf_init(&f->out, 0);
+    buf_init(&f->held, 0);
     if (!http_feed_params(r, f)) {
         http_feed_free(f);
         return;

@@ -1,8 +1,9 @@
 /* Filters of the changes feed other than _doc_ids: _selector (Mango, in C), _design (by id),
  * and the ones that run JavaScript in the server's query-server pool: "ddoc/name" filter
  * functions and _view (a view's map function: a document passes when it emits). The pool
- * is one per server, started lazily on the first JavaScript filter. Documents go one per
- * call, so a function that throws or loops costs only the document or call it was given. */
+ * is one per server, started lazily on the first JavaScript filter. The feed hands documents
+ * over in batches, one call per batch (CouchDB's ddoc filter command takes a list); a function
+ * that throws skips only the documents it threw on (qs_filter_docs). */
 #include <arpa/inet.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -29,6 +30,11 @@ struct http_filter {
     buf              line;     /* scratch: one request line */
     buf              reply;    /* scratch: one reply line */
     buf              doc;      /* scratch: one document */
+    /* a batch (JavaScript kinds): documents run through the function in one call */
+    buf              bdocs, bids;
+    size_t          *boffs, *bid_offs;  /* n + 1 offsets each */
+    bool            *bkeep;
+    size_t           bn, bcap;
 };
 
 static pthread_mutex_t http_qs_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -79,6 +85,11 @@ void http_filter_free(http_filter *f) {
     buf_destroy(&f->line);
     buf_destroy(&f->reply);
     buf_destroy(&f->doc);
+    buf_destroy(&f->bdocs);
+    buf_destroy(&f->bids);
+    free(f->boffs);
+    free(f->bid_offs);
+    free(f->bkeep);
     free(f);
 }
 
@@ -289,6 +300,8 @@ bool http_filter_open(http_req *r, const char *v, size_t n, http_filter **out) {
     buf_init(&f->line, 0);
     buf_init(&f->reply, 0);
     buf_init(&f->doc, 0);
+    buf_init(&f->bdocs, 0);
+    buf_init(&f->bids, 0);
     bool ok;
     if (strcmp(v, "_selector") == 0) {
         f->kind = FLT_SELECTOR;
@@ -321,29 +334,77 @@ bool http_filter_open(http_req *r, const char *v, size_t n, http_filter **out) {
     return true;
 }
 
-/* ---- testing one row ---------------------------------------------------------------------- */
-static int http_filter_call(http_filter *f, const mimeo_row *row, bool *keep, mimeo_err *err) {
+/* ---- testing rows ------------------------------------------------------------------------- */
+static void http_filter_thrown(void *ctx, size_t i, const mimeo_err *e) {
+    const http_filter *f = ctx;
+    const char *id = f->bids.data + f->bid_offs[i];
+    fprintf(stderr, "mimeo: filter %.*s/%.*s on %.*s: %s: %s\n", (int)f->ddoc_id.len,
+            f->ddoc_id.data, (int)f->name.len, f->name.data,
+            (int)(f->bid_offs[i + 1] - f->bid_offs[i]), id, e->error, e->reason);
+}
+
+bool http_filter_batches(const http_filter *f) {
+    return f->kind == FLT_FILTER || f->kind == FLT_VIEW;
+}
+
+void http_filter_clear(http_filter *f) {
+    f->bn = 0;
+    buf_reset(&f->bdocs);
+    buf_reset(&f->bids);
+}
+
+size_t http_filter_count(const http_filter *f) { return f->bn; }
+
+bool http_filter_full(const http_filter *f) {
+    return f->bn >= HTTP_FILTER_BATCH || f->bdocs.len >= HTTP_FILTER_BATCH_BYTES;
+}
+
+int http_filter_add(http_filter *f, const mimeo_row *row) {
+    if (f->bn + 2 > f->bcap) {
+        size_t nc = f->bcap ? f->bcap * 2 : 64;
+        size_t *o = realloc(f->boffs, nc * sizeof *o);
+        if (!o) return MIMEO_ENOMEM;
+        f->boffs = o;
+        if (!(o = realloc(f->bid_offs, nc * sizeof *o))) return MIMEO_ENOMEM;
+        f->bid_offs = o;
+        bool *k = realloc(f->bkeep, nc * sizeof *k);
+        if (!k) return MIMEO_ENOMEM;
+        f->bkeep = k;
+        f->bcap = nc;
+    }
+    f->boffs[f->bn] = f->bdocs.len;
+    f->bid_offs[f->bn] = f->bids.len;
+    int rc = http_put_row_doc(&f->bdocs, row, false);
+    if (rc == 0) rc = buf_put(&f->bids, row->id, row->id_len);
+    if (rc != 0) return rc;
+    f->bn++;
+    f->boffs[f->bn] = f->bdocs.len;
+    f->bid_offs[f->bn] = f->bids.len;
+    return 0;
+}
+
+int http_filter_run(http_filter *f, mimeo_err *err) {
+    if (!f->bn) return 0;
     qs_proc *q = NULL;
     int rc = qs_acquire(f->pool, &q, err);
     if (rc != 0) return rc;
     rc = qs_proc_teach(q, f->key.data, f->key.len, f->ddoc_id.data, f->ddoc_id.len, f->ddoc.data,
                        f->ddoc.len, &f->line, &f->reply, err);
-    if (rc != 0) {
-        qs_release(f->pool, q);
-        return rc;
+    if (rc == 0) {
+        qs_filter_fn fn = {
+            .ddoc_id = f->ddoc_id.data, .ddoc_id_len = f->ddoc_id.len,
+            .view = f->kind == FLT_VIEW, .name = f->name.data, .name_len = f->name.len,
+            .req = f->req.data, .req_len = f->req.len,
+        };
+        rc = qs_filter_docs(q, &fn, f->bdocs.data, f->boffs, f->bn, &f->line, &f->reply,
+                            f->bkeep, http_filter_thrown, f, err);
     }
-    qs_filter_fn fn = {
-        .ddoc_id = f->ddoc_id.data, .ddoc_id_len = f->ddoc_id.len, .view = f->kind == FLT_VIEW,
-        .name = f->name.data, .name_len = f->name.len, .req = f->req.data, .req_len = f->req.len,
-    };
-    mimeo_err fe = {0};
-    rc = qs_filter_doc(q, &fn, f->doc.data, f->doc.len, &f->line, &f->reply, keep, &fe, err);
     qs_release(f->pool, q);
-    if (rc == 0 && fe.error[0])
-        fprintf(stderr, "mimeo: filter %.*s/%.*s on %.*s: %s: %s\n", (int)f->ddoc_id.len,
-                f->ddoc_id.data, (int)f->name.len, f->name.data, (int)row->id_len, row->id,
-                fe.error, fe.reason);
     return rc;
+}
+
+bool http_filter_kept(const http_filter *f, size_t i) {
+    return i < f->bn && f->bkeep[i];
 }
 
 /* 1: the row passes, 0: it does not, <0: an error (err filled), which ends the feed. */
@@ -351,15 +412,15 @@ int http_filter_test(http_filter *f, const mimeo_row *row, mimeo_err *err) {
     if (f->kind == FLT_DESIGN)
         return row->id_len >= 8 && memcmp(row->id, "_design/", 8) == 0;
     if (!row->body) return 0;
-    buf_reset(&f->doc);
-    int rc = http_put_row_doc(&f->doc, row, false);
-    if (rc != 0) return rc;
+    int rc;
     if (f->kind == FLT_SELECTOR) {
+        buf_reset(&f->doc);
+        if ((rc = http_put_row_doc(&f->doc, row, false)) != 0) return rc;
         bool match = false;
         rc = mimeo_selector_match(f->sel, f->doc.data, f->doc.len, &match);
         return rc != 0 ? rc : match;
     }
-    bool keep = false;
-    rc = http_filter_call(f, row, &keep, err);
-    return rc != 0 ? rc : keep;
+    http_filter_clear(f);
+    if ((rc = http_filter_add(f, row)) != 0 || (rc = http_filter_run(f, err)) != 0) return rc;
+    return http_filter_kept(f, 0);
 }

@@ -358,6 +358,17 @@ bool http_filter_open(http_req *r, const char *v, size_t n, http_filter **out);
 bool http_filter_needs_body(const http_filter *f);
 /* 1: the row passes, 0: it does not, <0: an error in err (os_process_error). */
 int  http_filter_test(http_filter *f, const mimeo_row *row, mimeo_err *err);
+/* JavaScript filters take rows in batches, one query-server call each: clear, add rows (with
+ * bodies) until full, run, then kept(i) for the i-th row added. */
+#define HTTP_FILTER_BATCH       100
+#define HTTP_FILTER_BATCH_BYTES ((size_t)1 << 20)
+bool   http_filter_batches(const http_filter *f);
+void   http_filter_clear(http_filter *f);
+int    http_filter_add(http_filter *f, const mimeo_row *row);
+bool   http_filter_full(const http_filter *f);
+size_t http_filter_count(const http_filter *f);
+int    http_filter_run(http_filter *f, mimeo_err *err);
+bool   http_filter_kept(const http_filter *f, size_t i);
 void http_filter_free(http_filter *f);
 /* The server's query-server pool, started on first use; NULL with err when it cannot be. */
 struct qs_pool *http_qs_pool(http_server *srv, mimeo_err *err);

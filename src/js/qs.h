@@ -113,6 +113,16 @@ typedef struct qs_filter_fn {
 int  qs_filter_doc(qs_proc *q, const qs_filter_fn *fn, const char *doc, size_t doc_len,
                    buf *line, buf *reply, bool *keep, mimeo_err *thrown, mimeo_err *err);
 
+/* The same for n documents in one call (doc i is text[offs[i]..offs[i+1]), objects):
+ * keep[i] for each. thrown (may be NULL) is called with the index of each document the
+ * function threw on (skipped, as CouchDB skips it). A query server that answers the whole
+ * batch with an error (CouchDB's stops at the first throw) is asked again one document per
+ * call. */
+typedef void (*qs_thrown_fn)(void *ctx, size_t i, const mimeo_err *e);
+int  qs_filter_docs(qs_proc *q, const qs_filter_fn *fn, const char *text, const size_t *offs,
+                    size_t n, buf *line, buf *reply, bool *keep, qs_thrown_fn thrown,
+                    void *ctx, mimeo_err *err);
+
 /* Process id, for tests that check a process was replaced. */
 int  qs_proc_pid(const qs_proc *proc);
 

@@ -78,7 +78,31 @@ nomem:
     return MIMEO_ENOMEM;
 }
 
+/* A local source's rows come from one ascending changes cursor, one at a time; a function
+ * costs a query-server round trip per call, so the filter reads the next rows of the same
+ * feed itself and runs them through the function in one call. A verdict counts only for the
+ * row of the same seq and revision (a document changed since is asked about again). */
+#define AHEAD_DOCS  100
+#define AHEAD_BYTES ((size_t)1 << 20)
+
+typedef struct repl_filter_ahead {
+    uint64_t seq[AHEAD_DOCS];
+    size_t   rev_off[AHEAD_DOCS + 1];
+    size_t   doc_off[AHEAD_DOCS + 1];
+    bool     keep[AHEAD_DOCS];
+    size_t   n, next;
+    buf      revs, docs;
+} repl_filter_ahead;
+
+static void repl_filter_ahead_free(repl_filter_ahead *a) {
+    if (!a) return;
+    buf_destroy(&a->revs);
+    buf_destroy(&a->docs);
+    free(a);
+}
+
 void repl_filter_destroy(repl_filter *f) {
+    repl_filter_ahead_free(f->ahead);
     free(f->selector);
     free(f->name);
     free(f->query_params);
@@ -159,23 +183,92 @@ out:
     return rc;
 }
 
-static int repl_filter_js(repl_filter *f, bool *keep, mimeo_err *err) {
+/* The document as a client sees it: _id, _rev, the body, _deleted. */
+static int repl_filter_put_doc(buf *b, const mimeo_row *row) {
+    buf_puts(b, "{\"_id\":");
+    json_put_str(b, row->id, row->id_len);
+    buf_puts(b, ",\"_rev\":");
+    json_put_str(b, row->rev, row->rev_len);
+    if (row->body_len > 2) {
+        buf_putc(b, ',');
+        buf_put(b, row->body + 1, row->body_len - 2);
+    }
+    if (row->deleted) buf_puts(b, ",\"_deleted\":true");
+    return buf_putc(b, '}');
+}
+
+/* Runs text/offs (n documents) through the function in one call of a pool process. */
+static int repl_filter_call(repl_filter *f, const char *text, const size_t *offs, size_t n,
+                            bool *keep, mimeo_err *err) {
     bool view = strcmp(f->name, "_view") == 0;
     qs_proc *q = NULL;
     int rc = qs_acquire(f->pool, &q, err);
     if (rc != 0) return rc;
     rc = qs_proc_teach(q, f->ddoc.data, f->ddoc.len, f->ddoc_id.data, f->ddoc_id.len, f->ddoc.data,
                        f->ddoc.len, &f->line, &f->reply, err);
-    if (rc != 0) {
-        qs_release(f->pool, q);
-        return rc;
+    if (rc == 0) {
+        qs_filter_fn fn = {
+            .ddoc_id = f->ddoc_id.data, .ddoc_id_len = f->ddoc_id.len, .view = view,
+            .name = f->fname.data, .name_len = f->fname.len, .req = f->req.data,
+            .req_len = f->req.len,
+        };
+        rc = qs_filter_docs(q, &fn, text, offs, n, &f->line, &f->reply, keep, NULL, NULL, err);
     }
-    qs_filter_fn fn = {
-        .ddoc_id = f->ddoc_id.data, .ddoc_id_len = f->ddoc_id.len, .view = view,
-        .name = f->fname.data, .name_len = f->fname.len, .req = f->req.data, .req_len = f->req.len,
-    };
-    rc = qs_filter_doc(q, &fn, f->doc.data, f->doc.len, &f->line, &f->reply, keep, NULL, err);
     qs_release(f->pool, q);
+    return rc;
+}
+
+/* The verdict for row if read ahead: 1 kept, 0 not, -1 unknown. */
+static int repl_filter_ahead_get(repl_filter_ahead *a, const mimeo_row *row) {
+    for (size_t i = a->next; i < a->n; i++) {
+        if (a->seq[i] != row->seq) continue;
+        a->next = i + 1;
+        size_t rl = a->rev_off[i + 1] - a->rev_off[i];
+        if (rl != row->rev_len || memcmp(a->revs.data + a->rev_off[i], row->rev, rl) != 0)
+            return -1;
+        return a->keep[i];
+    }
+    return -1;
+}
+
+/* Reads the rows from row's seq on (row's among them, unless its document changed since) and
+ * runs them through the function in one call. */
+static int repl_filter_ahead_fill(repl_filter *f, mimeo_db *db, const mimeo_row *row,
+                                  mimeo_err *err) {
+    repl_filter_ahead *a = f->ahead;
+    if (!a) {
+        if (!(a = calloc(1, sizeof *a))) return MIMEO_ENOMEM;
+        buf_init(&a->revs, 0);
+        buf_init(&a->docs, 0);
+        f->ahead = a;
+    }
+    a->n = a->next = 0;
+    buf_reset(&a->revs);
+    buf_reset(&a->docs);
+    mimeo_changes_opts o;
+    memset(&o, 0, sizeof o);
+    o.since = row->seq ? row->seq - 1 : 0;
+    o.include_docs = true;
+    mimeo_cursor *cur = NULL;
+    int rc = mimeo_changes_open(db, &o, &cur, err);
+    while (rc == 0 && a->n < AHEAD_DOCS && a->docs.len < AHEAD_BYTES) {
+        const mimeo_row *r;
+        if ((rc = mimeo_cursor_next(cur, &r, err)) != 0 || !r) break;
+        if (!r->body) continue;
+        a->seq[a->n] = r->seq;
+        a->rev_off[a->n] = a->revs.len;
+        a->doc_off[a->n] = a->docs.len;
+        if (buf_put(&a->revs, r->rev, r->rev_len) || repl_filter_put_doc(&a->docs, r)) {
+            rc = MIMEO_ENOMEM;
+            break;
+        }
+        a->n++;
+        a->rev_off[a->n] = a->revs.len;
+        a->doc_off[a->n] = a->docs.len;
+    }
+    mimeo_cursor_close(cur);
+    if (rc == 0) rc = repl_filter_call(f, a->docs.data, a->doc_off, a->n, a->keep, err);
+    if (rc != 0) a->n = 0;
     return rc;
 }
 
@@ -196,18 +289,18 @@ int repl_filter_row(repl_filter *f, mimeo_db *db, const mimeo_row *row, bool *ke
         (rc = mimeo_selector_parse(f->selector, strlen(f->selector), &f->sel, err)) != 0)
         return rc;
     if (f->name && !f->pool && (rc = repl_filter_load(f, db, err)) != 0) return rc;
-    /* The document as a client sees it: _id, _rev, the body, _deleted. */
-    buf_reset(&f->doc);
-    buf_puts(&f->doc, "{\"_id\":");
-    json_put_str(&f->doc, row->id, row->id_len);
-    buf_puts(&f->doc, ",\"_rev\":");
-    json_put_str(&f->doc, row->rev, row->rev_len);
-    if (row->body_len > 2) {
-        buf_putc(&f->doc, ',');
-        buf_put(&f->doc, row->body + 1, row->body_len - 2);
+    if (!f->sel) {
+        int v = f->ahead ? repl_filter_ahead_get(f->ahead, row) : -1;
+        if (v < 0 && (rc = repl_filter_ahead_fill(f, db, row, err)) != 0) return rc;
+        if (v < 0) v = repl_filter_ahead_get(f->ahead, row);
+        if (v >= 0) {
+            *keep = v;
+            return 0;
+        }
     }
-    if (row->deleted) buf_puts(&f->doc, ",\"_deleted\":true");
-    if ((rc = buf_putc(&f->doc, '}')) != 0) return rc;
+    buf_reset(&f->doc);
+    if ((rc = repl_filter_put_doc(&f->doc, row)) != 0) return rc;
     if (f->sel) return mimeo_selector_match(f->sel, f->doc.data, f->doc.len, keep);
-    return repl_filter_js(f, keep, err);
+    size_t offs[2] = {0, f->doc.len};
+    return repl_filter_call(f, f->doc.data, offs, 1, keep, err);
 }

@@ -50,6 +50,7 @@ typedef struct repl_filter {
     mimeo_selector *sel;
     struct qs_pool *pool;
     buf             ddoc_id, ddoc, fname, req, line, reply, doc;
+    struct repl_filter_ahead *ahead;  /* verdicts read ahead, a batch per call */
 } repl_filter;
 
 bool repl_filter_on(const repl_filter *f);

@@ -50,6 +50,33 @@ void vdef_free(vdef *d);
 /* The view number of name, or -1. */
 int  vdef_find(const vdef *d, const char *name, size_t len);
 
+/* ---- vquery.c ------------------------------------------------------------------------------ */
+/* One reduce or rereduce call ("reduce"/"rereduce") of the JavaScript reduce src on p, a
+ * process reset already: items are the comma-separated arguments ([[key, id], value] rows,
+ * or partial results). Appends the result's JSON to result; line and reply are scratch. A
+ * protocol error reply is MIMEO_EIO with err filled (reduce_error, reduce_overflow_error). */
+int  view_js_reduce(qs_proc *p, const char *cmd, const char *src, const char *items,
+                    size_t len, buf *line, buf *reply, buf *result, mimeo_err *err);
+
+/* A view's blocks read into memory (vstore_blocks_scan), a read transaction per thousand:
+ * offsets into data of each one's first and last rk and partial. */
+typedef struct blist {
+    buf    data;
+    size_t n, cap;
+    struct bent { size_t first, first_len, last, last_len, part, part_len; uint64_t count; } *e;
+    const buf *hi;   /* stop at the first block whose first key is above this (NULL: none) */
+    bool   stop;
+} blist;
+/* Appends the blocks from the one holding pos (NULL: the first) up to hi (NULL: the end) to
+ * l (zeroed, data initialised); blist_free it. blist_add is the scan callback. */
+int  blist_read(mimeo_db *db, uint64_t idx, unsigned view, const buf *pos, const buf *hi,
+                blist *l);
+int  blist_add(void *ctx, const vstore_block *b);
+void blist_free(blist *l);
+
+/* Appends a row as a reduce call takes it: [[key, id], value]. */
+int  view_put_kv(buf *b, const vstore_row *r);
+
 /* ---- vupdate.c ----------------------------------------------------------------------------- */
 /* Brings the index of d up to date with the database (one updater per index at a time;
  * others wait for it). */

@@ -61,7 +61,17 @@ typedef struct vq {
     bool          grp_js_ready;     /* the callback stopped at a group boundary (JS) */
     mimeo_err     cb_err;
     bool          blocks_tried;
+    /* grouped reduce: the range's blocks; a block inside the range whose rows are all in one
+     * group is folded in by its partial, and the scan jumps past it */
+    struct blist *gb;
+    size_t        gbi;              /* ascending: blocks passed; descending: blocks left */
+    bool          jump;
+    buf           jump_pos;
 } vq;
+
+static const struct bent *fold_block(vq *q, const vrange *r, const vstore_row *row);
+static int fold_add(vq *q, const struct bent *e, mimeo_err *err);
+static void blist_drop(struct blist *l);
 
 struct mimeo_view_reader {
     mimeo_db   *db;      /* own handle */
@@ -149,6 +159,8 @@ static void vq_destroy(vq *q) {
     if (q->grp_key) jval_free(q->grp_key);
     buf_destroy(&q->kvs);
     buf_destroy(&q->partials);
+    buf_destroy(&q->jump_pos);
+    blist_drop(q->gb);
     memset(q, 0, sizeof *q);
 }
 
@@ -160,6 +172,7 @@ static int vq_parse(vq *q, const vdef *d, int view, const jval *p, mimeo_err *er
     buf_init(&q->pend, 0);
     buf_init(&q->kvs, 0);
     buf_init(&q->partials, 0);
+    buf_init(&q->jump_pos, 0);
     q->view = view;
     q->vw = &d->views[view];
     q->inclusive_end = true;
@@ -389,6 +402,33 @@ static jval *group_key(const vq *q, const char *key, size_t key_len) {
     return k;
 }
 
+int view_js_reduce(qs_proc *p, const char *cmd, const char *src, const char *items,
+                   size_t len, buf *line, buf *reply, buf *result, mimeo_err *err) {
+    buf_reset(line);
+    buf_printf(line, "[\"%s\",[", cmd);
+    json_put_cstr(line, src);
+    buf_puts(line, "],[");
+    buf_put(line, items, len);
+    int rc = buf_puts(line, "]]");
+    if (!rc) rc = qs_call(p, line->data, line->len, reply, err);
+    if (!rc && qs_reply_error(reply->data, reply->len, err)) {
+        err->code = MIMEO_EIO;
+        return MIMEO_EIO;
+    }
+    if (rc) return rc;
+    jval *t = NULL;
+    json_limits lim = {0, reply->len + 1};
+    if (json_tree_parse(reply->data, reply->len, &lim, &t, NULL) != 0 || t->type != JV_ARRAY ||
+        t->count != 2 || t->items[1]->type != JV_ARRAY || t->items[1]->count < 1) {
+        view_err(err, MIMEO_EIO, "os_process_error", "bad reply to reduce");
+        rc = MIMEO_EIO;
+    } else {
+        rc = json_put_jval(result, t->items[1]->items[0]);
+    }
+    if (t) jval_free(t);
+    return rc;
+}
+
 static int js_call(mimeo_db *db, const char *cmd, const char *src, const buf *items,
                    buf *result, mimeo_err *err) {
     buf line, reply;
@@ -397,31 +437,9 @@ static int js_call(mimeo_db *db, const char *cmd, const char *src, const buf *it
     qs_proc *p = NULL;
     int rc = view_proc(db, &p, &line, &reply, err);
     if (!rc) {
-        buf_reset(&line);
-        buf_printf(&line, "[\"%s\",[", cmd);
-        json_put_cstr(&line, src);
-        buf_puts(&line, "],[");
-        buf_put(&line, items->data, items->len);
-        rc = buf_puts(&line, "]]");
-        if (!rc) rc = qs_call(p, line.data, line.len, &reply, err);
-        if (!rc && qs_reply_error(reply.data, reply.len, err)) {
-            err->code = MIMEO_EIO;
-            rc = MIMEO_EIO;
-        }
+        rc = view_js_reduce(p, cmd, src, items->data, items->len, &line, &reply, result, err);
         qs_release(view_pool(db), p);
     }
-    jval *t = NULL;
-    if (!rc) {
-        json_limits lim = {0, reply.len + 1};
-        if (json_tree_parse(reply.data, reply.len, &lim, &t, NULL) != 0 || t->type != JV_ARRAY ||
-            t->count != 2 || t->items[1]->type != JV_ARRAY || t->items[1]->count < 1) {
-            view_err(err, MIMEO_EIO, "os_process_error", "bad reply to reduce");
-            rc = MIMEO_EIO;
-        } else {
-            rc = json_put_jval(result, t->items[1]->items[0]);
-        }
-    }
-    if (t) jval_free(t);
     buf_destroy(&line);
     buf_destroy(&reply);
     return rc;
@@ -439,17 +457,20 @@ static int js_flush(mimeo_db *db, vq *q, mimeo_err *err) {
 }
 
 /* Adds one row to the open group. Pure C for built-ins (safe inside a read transaction). */
+int view_put_kv(buf *b, const vstore_row *r) {
+    buf_puts(b, "[[");
+    buf_put(b, r->key, r->key_len);
+    buf_putc(b, ',');
+    json_put_str(b, r->id, r->id_len);
+    buf_puts(b, "],");
+    buf_put(b, r->value, r->value_len);
+    return buf_putc(b, ']');
+}
+
 static int grp_add(vq *q, const vstore_row *r, mimeo_err *err) {
     if (q->vw->rtype == VRED_JS) {
-        if (q->nkvs) buf_putc(&q->kvs, ',');
-        buf_puts(&q->kvs, "[[");
-        buf_put(&q->kvs, r->key, r->key_len);
-        buf_putc(&q->kvs, ',');
-        json_put_str(&q->kvs, r->id, r->id_len);
-        buf_puts(&q->kvs, "],");
-        q->nkvs++;
-        buf_put(&q->kvs, r->value, r->value_len);
-        return buf_putc(&q->kvs, ']');
+        if (q->nkvs++) buf_putc(&q->kvs, ',');
+        return view_put_kv(&q->kvs, r);
     }
     if (!q->red && !(q->red = view_reducer_new(q->vw->rkind))) return MIMEO_ENOMEM;
     if (view_reducer_add_fast(q->red, r->value, r->value_len)) return 0;
@@ -549,17 +570,21 @@ static size_t ck_skip(const unsigned char *p, size_t n) {
     }
 }
 
-/* The bytes of a row's collation key that decide its group at level (-1: exact), or 0 when
- * they cannot be told from the row key (a cut key): then the keys are compared as trees. */
-static size_t ck_group_len(const vstore_row *r, int level) {
-    size_t ck = ck_skip(r->rk, r->rk_len);
-    if (!ck || r->rk_len != ck + r->id_len + 6 ||
-        (r->id_len && memcmp(r->rk + ck, r->id, r->id_len) != 0))
-        return 0;
-    if (level < 0 || r->rk[0] != 0x60) return ck;
+/* The bytes of a row key (rk) that decide its group at level (-1: exact), or 0 when they
+ * cannot be told from it (a cut key): then the keys are compared as trees. A key whose
+ * encoding ends within the cut is whole: encodings are prefix-free, so the first
+ * VSTORE_CKEY_MAX bytes of a longer one never parse as a complete key. */
+static size_t rk_group_len(const unsigned char *rk, size_t rk_len, int level) {
+    size_t ck = ck_skip(rk, rk_len < VSTORE_CKEY_MAX ? rk_len : VSTORE_CKEY_MAX);
+    if (!ck) return 0;
+    if (level < 0 || rk[0] != 0x60) return ck;
     size_t i = 1;
-    for (int e = 0; e < level && r->rk[i] != 0; e++) i += ck_skip(r->rk + i, ck - i);
+    for (int e = 0; e < level && rk[i] != 0; e++) i += ck_skip(rk + i, ck - i);
     return i;
+}
+
+static size_t ck_group_len(const vstore_row *r, int level) {
+    return rk_group_len(r->rk, r->rk_len, level);
 }
 
 static int scan_row(void *arg, const vstore_row *row) {
@@ -602,6 +627,12 @@ static int scan_row(void *arg, const vstore_row *row) {
                 buf_reset(&q->grp_ck);
                 q->grp_ck_ok = gl && buf_put(&q->grp_ck, row->rk, gl) == 0;
             }
+        }
+        const struct bent *fold = q->gb && gl && q->grp_ck_ok ? fold_block(q, c->r, row) : NULL;
+        if (fold) {
+            /* the whole block belongs to this group: its partial, then on after it */
+            int rc = fold_add(q, fold, &q->cb_err);
+            return rc ? rc : VSTORE_STOP;
         }
         int rc = grp_add(q, row, &q->cb_err);
         if (rc) return rc;
@@ -661,6 +692,17 @@ static int flush_docs(mimeo_db *db, vq *q, buf *out) {
     return rc;
 }
 
+static const char BUILTIN_ERROR[] = "{\"error\":\"builtin_reduce_error\"";
+
+/* Whether a block's stored partial stands for its rows: none (""), a JavaScript reduce that
+ * failed on them ("!") and a built-in's error value do not — the rows are read instead and
+ * the error comes out as it would without blocks. */
+static bool partial_ok(const char *part, size_t len) {
+    return len > 0 && part[0] != '!' &&
+           !(len >= sizeof BUILTIN_ERROR - 1 &&
+             memcmp(part, BUILTIN_ERROR, sizeof BUILTIN_ERROR - 1) == 0);
+}
+
 /* ---- blocks: counts and partial reductions of runs of rows (vstore.h) --------------------- */
 
 /* Orders a row key (rk) against a bound's collation key alone: -1, 0 (the same key), 1. */
@@ -671,15 +713,7 @@ static int ck_cmp(const unsigned char *rk, size_t rk_len, const buf *ck) {
     return rk_len < ck->len ? -1 : 0;
 }
 
-typedef struct blist {
-    buf    data;     /* first, last, partial of each block */
-    size_t n, cap;
-    struct bent { size_t first, first_len, last, last_len, part, part_len; uint64_t count; } *e;
-    const buf *hi;   /* stop at the first block whose first key is above this (NULL: none) */
-    bool   stop;
-} blist;
-
-static int blist_add(void *ctx, const vstore_block *b) {
+int blist_add(void *ctx, const vstore_block *b) {
     blist *l = ctx;
     if (l->hi && ck_cmp(b->first, b->first_len, l->hi) > 0) {
         l->stop = true;
@@ -706,8 +740,8 @@ static int blist_add(void *ctx, const vstore_block *b) {
 }
 
 /* The view's blocks from the one holding pos (NULL: the first) up to hi. */
-static int blist_read(mimeo_view_reader *rd, unsigned view, const buf *pos, const buf *hi,
-                      blist *l) {
+int blist_read(mimeo_db *db, uint64_t idx, unsigned view, const buf *pos, const buf *hi,
+               blist *l) {
     buf last;
     buf_init(&last, 0);
     bool more = true, first = true;
@@ -717,7 +751,7 @@ static int blist_read(mimeo_view_reader *rd, unsigned view, const buf *pos, cons
         buf from = last;
         buf_init(&last, 0);
         const buf *p = first ? pos : &from;
-        rc = vstore_blocks_scan(rd->db, rd->d->idx, view,
+        rc = vstore_blocks_scan(db, idx, view,
                                 p ? (const unsigned char *)p->data : NULL, p ? p->len : 0,
                                 !first, 1000, blist_add, l, &more, &last);
         buf_destroy(&from);
@@ -728,9 +762,78 @@ static int blist_read(mimeo_view_reader *rd, unsigned view, const buf *pos, cons
     return rc;
 }
 
-static void blist_free(blist *l) {
+void blist_free(blist *l) {
     buf_destroy(&l->data);
     free(l->e);
+}
+
+static void blist_drop(struct blist *l) {
+    if (!l) return;
+    blist_free(l);
+    free(l);
+}
+
+static int rk_cmp(const unsigned char *a, size_t an, const unsigned char *b, size_t bn) {
+    int c = memcmp(a, b, an < bn ? an : bn);
+    if (c) return c < 0 ? -1 : 1;
+    return an < bn ? -1 : an > bn;
+}
+
+/* The block that row opens in the scan's direction (its first row ascending, its last
+ * descending) when the whole block can stand for its rows in a grouped reduce: its partial
+ * is usable, it ends inside the range, and its first and last rows share the row's group
+ * (rows sort by their collation keys, so every row between them does too). */
+static const struct bent *fold_block(vq *q, const vrange *r, const vstore_row *row) {
+    blist *l = q->gb;
+    const unsigned char *base = (const unsigned char *)l->data.data;
+    const struct bent *e = NULL;
+    if (!q->descending) {
+        while (q->gbi < l->n && rk_cmp(row->rk, row->rk_len, base + l->e[q->gbi].first,
+                                       l->e[q->gbi].first_len) > 0)
+            q->gbi++;
+        if (q->gbi < l->n && rk_cmp(row->rk, row->rk_len, base + l->e[q->gbi].first,
+                                    l->e[q->gbi].first_len) == 0)
+            e = &l->e[q->gbi];
+        if (e && r->has_end && ck_cmp(base + e->last, e->last_len, &r->eck) >= 0) return NULL;
+    } else {
+        while (q->gbi > 0 && rk_cmp(row->rk, row->rk_len, base + l->e[q->gbi - 1].last,
+                                    l->e[q->gbi - 1].last_len) < 0)
+            q->gbi--;
+        if (q->gbi > 0 && rk_cmp(row->rk, row->rk_len, base + l->e[q->gbi - 1].last,
+                                 l->e[q->gbi - 1].last_len) == 0)
+            e = &l->e[q->gbi - 1];
+        if (e && r->has_end && ck_cmp(base + e->first, e->first_len, &r->eck) <= 0) return NULL;
+    }
+    if (!e || !partial_ok((const char *)base + e->part, e->part_len) || e->count < 2)
+        return NULL;
+    size_t g1 = rk_group_len(base + e->first, e->first_len, q->group_level);
+    size_t g2 = rk_group_len(base + e->last, e->last_len, q->group_level);
+    if (!g1 || g1 != g2 || memcmp(base + e->first, base + e->last, g1) != 0) return NULL;
+    return e;
+}
+
+/* Adds a folded block's partial to the open group and sets the scan to go on past it. */
+static int fold_add(vq *q, const struct bent *e, mimeo_err *err) {
+    const char *base = q->gb->data.data;
+    const char *part = base + e->part;
+    int rc;
+    if (q->vw->rtype == VRED_JS) {
+        if (q->npartials++) buf_putc(&q->partials, ',');
+        rc = buf_put(&q->partials, part, e->part_len);
+    } else {
+        if (!q->red && !(q->red = view_reducer_new(q->vw->rkind))) return MIMEO_ENOMEM;
+        jval *pj = NULL;
+        json_limits lim = {0, e->part_len + 1};
+        if (json_tree_parse(part, e->part_len, &lim, &pj, NULL) != 0) return MIMEO_ECORRUPT;
+        rc = view_reducer_add_partial(q->red, pj, err);
+        jval_free(pj);
+    }
+    if (rc) return rc;
+    buf_reset(&q->jump_pos);
+    if (q->descending) rc = buf_put(&q->jump_pos, base + e->first, e->first_len);
+    else rc = buf_put(&q->jump_pos, base + e->last, e->last_len);
+    q->jump = true;
+    return rc;
 }
 
 /* Rows of one block, ascending: from its first row up to the next block's first row. */
@@ -796,7 +899,7 @@ static int offset_by_blocks(mimeo_view_reader *rd, vq *q, vrange *r, uint64_t to
                             uint64_t *off) {
     blist l = {0};
     buf_init(&l.data, 0);
-    int rc = blist_read(rd, (unsigned)q->view, NULL, &r->sck, &l);
+    int rc = blist_read(rd->db, rd->d->idx, (unsigned)q->view, NULL, &r->sck, &l);
     uint64_t n = 0;
     bool found = false;
     for (size_t i = 0; !rc && i < l.n && !found; i++) {
@@ -832,8 +935,6 @@ static int reduce_fn(brows *b, const vstore_row *row) {
     return grp_add(q, row, b->err);
 }
 
-static const char BUILTIN_ERROR[] = "{\"error\":\"builtin_reduce_error\"";
-
 static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
     vrange *r = &q->ranges[0];
     bool has_lo = q->descending ? r->has_end : r->has_start;
@@ -841,18 +942,24 @@ static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *e
     const buf *lo = q->descending ? &r->eck : &r->sck, *hi = q->descending ? &r->sck : &r->eck;
     blist l = {0};
     buf_init(&l.data, 0);
-    int rc = blist_read(rd, (unsigned)q->view, has_lo ? lo : NULL, has_hi ? hi : NULL, &l);
+    int rc = blist_read(rd->db, rd->d->idx, (unsigned)q->view, has_lo ? lo : NULL, has_hi ? hi : NULL, &l);
     uint64_t rows = 0;
-    if (!rc && !(q->red = view_reducer_new(q->vw->rkind))) rc = MIMEO_ENOMEM;
+    bool js = q->vw->rtype == VRED_JS;
+    if (!rc && !js && !(q->red = view_reducer_new(q->vw->rkind))) rc = MIMEO_ENOMEM;
     for (size_t i = 0; !rc && i < l.n; i++) {
         struct bent *e = &l.e[i];
         const unsigned char *base = (const unsigned char *)l.data.data;
         const char *part = (const char *)base + e->part;
         bool inside = (!has_lo || ck_cmp(base + e->first, e->first_len, lo) > 0) &&
                       (!has_hi || ck_cmp(base + e->last, e->last_len, hi) < 0) &&
-                      e->part_len > 0 &&
-                      !(e->part_len >= sizeof BUILTIN_ERROR - 1 &&
-                        memcmp(part, BUILTIN_ERROR, sizeof BUILTIN_ERROR - 1) == 0);
+                      partial_ok(part, e->part_len);
+        if (inside && js) {
+            /* the stored reduce of the block's rows: rereduced with the others */
+            if (q->npartials++) buf_putc(&q->partials, ',');
+            rc = buf_put(&q->partials, part, e->part_len);
+            rows += e->count;
+            continue;
+        }
         if (inside) {
             jval *pj = NULL;
             json_limits lim = {0, e->part_len + 1};
@@ -869,6 +976,7 @@ static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *e
                    i + 1 < l.n ? l.e[i + 1].first_len : 0, reduce_fn, 0, false, err};
         rc = brows_scan(rd, &b, base + e->first, e->first_len);
         rows += b.n;
+        if (!rc && js && q->nkvs >= JS_BATCH) rc = js_flush(rd->db, q, err);
         if (b.found) break;
     }
     blist_free(&l);
@@ -876,7 +984,7 @@ static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *e
     if (rows) {
         q->grp_open = true;
         rc = grp_finish(rd->db, q, out, err);
-    } else {
+    } else if (q->red) {
         view_reducer_free(q->red);
         q->red = NULL;
     }
@@ -887,13 +995,29 @@ static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *e
 
 /* Runs the query until about a chunk of output is in out or it is done. */
 static int vq_step(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
-    if (q->reduce && q->group_level == 0 && !q->keys_mode && q->vw->rtype == VRED_BUILTIN &&
-        !q->blocks_tried) {
+    if (q->reduce && q->group_level == 0 && !q->keys_mode && !q->blocks_tried) {
         q->blocks_tried = true;
         bool clean = false;
         int rc = vstore_blocks_clean(rd->db, rd->d->idx, (unsigned)q->view, &clean);
         if (rc) return rc;
         if (clean) return reduce_by_blocks(rd, q, out, err);
+    }
+    if (q->reduce && q->group_level != 0 && !q->keys_mode && !q->blocks_tried) {
+        q->blocks_tried = true;
+        bool clean = false;
+        int rc = vstore_blocks_clean(rd->db, rd->d->idx, (unsigned)q->view, &clean);
+        if (rc) return rc;
+        vrange *r = &q->ranges[0];
+        bool has_lo = q->descending ? r->has_end : r->has_start;
+        bool has_hi = q->descending ? r->has_start : r->has_end;
+        const buf *lo = q->descending ? &r->eck : &r->sck, *hi = q->descending ? &r->sck : &r->eck;
+        if (clean && !(q->gb = calloc(1, sizeof *q->gb))) return MIMEO_ENOMEM;
+        if (clean) {
+            buf_init(&q->gb->data, 0);
+            rc = blist_read(rd->db, rd->d->idx, (unsigned)q->view, has_lo ? lo : NULL, has_hi ? hi : NULL, q->gb);
+            if (rc) return rc;
+            q->gbi = q->descending ? q->gb->n : 0;
+        }
     }
     while (!q->done && out->len < OUT_CHUNK) {
         if (q->ri >= q->nranges) {
@@ -928,6 +1052,15 @@ static int vq_step(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
             q->pos = q->last;
             q->last = t;
             q->have_pos = true;
+        }
+        if (q->jump) {
+            /* a block folded in: the scan resumes after its last row (descending: before its
+             * first) */
+            buf t = q->pos;
+            q->pos = q->jump_pos;
+            q->jump_pos = t;
+            q->have_pos = true;
+            q->jump = false;
         }
         if (q->include_docs && (rc = flush_docs(rd->db, q, out))) return rc;
         if (q->grp_js_ready) {

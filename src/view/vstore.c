@@ -24,10 +24,10 @@
  * Collation keys are prefix-free, so rows sort by key, then by id bytes, long keys included:
  * a rank is given when a key is first written (between its neighbours' ranks, or a step past
  * the last) and kept in a rank entry, so byte order stays the exact order without comparing
- * whole keys on reads. Rank entries stay until the index is dropped. Only when 32 keys in a
- * row were each written between the same two neighbours is there no number left between
- * them: the key then takes its lower neighbour's rank and sorts among its rows by id. The
- * query side compares bounds on the cut bytes and, inside a run of one cut, on the whole
+ * whole keys on reads. Rank entries stay until the index is dropped. When no number is left
+ * between a new key's neighbours (after 32 keys in a row written into the same gap), the
+ * ranks of its cut's run are spread evenly again and the run's rows move to their new keys
+ * (rank_respread), so the order stays exact. The query side compares bounds on the cut bytes and, inside a run of one cut, on the whole
  * keys (vquery.c). A database's rows go with the database:
  * src/db/env.c drops every key under its id, this table included. */
 #include "vstore.h"
@@ -77,11 +77,17 @@ static size_t prefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned cha
     return PREFIX;
 }
 
-static size_t vprefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned view) {
-    prefix(k, dbid, idx, KIND_ROW);
+/* The prefix of a view's entries of one kind (rows, blocks, marks, ranks). */
+static size_t kvprefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned char kind,
+                       unsigned view) {
+    prefix(k, dbid, idx, kind);
     k[17] = (unsigned char)(view >> 8);
     k[18] = (unsigned char)view;
     return VPREFIX;
+}
+
+static size_t vprefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned view) {
+    return kvprefix(k, dbid, idx, KIND_ROW, view);
 }
 
 static size_t docref(unsigned char *k, uint64_t dbid, uint64_t idx, const char *id, size_t n) {
@@ -95,6 +101,30 @@ static size_t docref(unsigned char *k, uint64_t dbid, uint64_t idx, const char *
     md5_update(&c, n, (const uint8_t *)id);
     md5_digest(&c, MD5_DIGEST_SIZE, k + PREFIX);
     return PREFIX + MD5_DIGEST_SIZE;
+}
+
+/* One short read of the table: a snapshot and a cursor on it (read_close ends both). */
+typedef struct vread {
+    uint64_t    dbid;
+    MDB_dbi     dbi;
+    store      *s;
+    MDB_txn    *txn;
+    MDB_cursor *cur;
+} vread;
+
+static int read_open(mimeo_db *db, vread *r) {
+    int rc = dbid_of(db, &r->dbid);
+    if (!rc) rc = table(db, &r->dbi);
+    if (rc) return rc;
+    r->s = db->env->store;
+    if ((rc = store_read_begin(r->s, &r->txn))) return rc;
+    if ((rc = store_err(mdb_cursor_open(r->txn, r->dbi, &r->cur)))) store_read_end(r->s, r->txn);
+    return rc;
+}
+
+static void read_close(vread *r) {
+    mdb_cursor_close(r->cur);
+    store_read_end(r->s, r->txn);
 }
 
 /* ---- meta -------------------------------------------------------------------------------- */
@@ -125,19 +155,15 @@ static size_t meta_encode(const vstore_meta *m, unsigned char *p) {
 
 int vstore_meta_get(mimeo_db *db, uint64_t idx, vstore_meta *m) {
     memset(m, 0, sizeof *m);
-    MDB_dbi dbi;
-    uint64_t dbid;
-    int rc = dbid_of(db, &dbid);
-    if (!rc) rc = table(db, &dbi);
+    vread rd;
+    int rc = read_open(db, &rd);
     if (rc) return rc;
-    MDB_txn *txn;
-    if ((rc = store_read_begin(db->env->store, &txn))) return rc;
     unsigned char kb[PREFIX];
-    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
-    int mrc = mdb_get(txn, dbi, &k, &v);
+    MDB_val k = {prefix(kb, rd.dbid, idx, KIND_META), kb}, v;
+    int mrc = mdb_get(rd.txn, rd.dbi, &k, &v);
     if (mrc == 0) rc = meta_decode(m, &v);
     else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
-    store_read_end(db->env->store, txn);
+    read_close(&rd);
     return rc;
 }
 
@@ -152,6 +178,8 @@ typedef struct apply_job {
     const vstore_doc *docs;
     size_t            n;
     buf               scratch;
+    buf               list;     /* the rows of the document being written, for its entry */
+    vstore_meta      *m;
 } apply_job;
 
 /* rk of one emit into out (RK_MAX bytes); returns its length. */
@@ -194,15 +222,157 @@ static int ckey_cmp(const unsigned char *a, size_t an, const unsigned char *b, s
     return an < bn ? -1 : an > bn;
 }
 
+static int mark(MDB_txn *txn, apply_job *j, const vstore_meta *m, unsigned view,
+                const unsigned char *rk, size_t len);
+
+/* Rewrites, in a document's row list (view(2) · varint · rk)…, the rank of each of its rows
+ * in view whose rk is `from`. */
+static void list_rerank(buf *list, unsigned view, const unsigned char *from, size_t len,
+                        uint64_t rank) {
+    unsigned char *p = (unsigned char *)list->data, *end = p + list->len;
+    while (end - p > 2) {
+        unsigned v = (unsigned)p[0] << 8 | p[1];
+        const unsigned char *q = p + 2;
+        uint64_t l;
+        if (varint_get(&q, end, &l) || (uint64_t)(end - q) < l) return;
+        p = (unsigned char *)q;
+        if (v == view && l == len && memcmp(p, from, len) == 0)
+            be64_put(p + VSTORE_CKEY_MAX, rank);
+        p += l;
+    }
+}
+
+/* No number is left between a new long key's neighbours: the ranks of its cut's run (the
+ * rank entries in kb[0..pn) · rank) are spread evenly over the whole range again, the new key
+ * taking its place among them, and every row carrying an old rank moves to its new key —
+ * marked for the blocks, its document's row list rewritten — so the stored order stays the
+ * order of the whole keys however many keys arrive between the same two neighbours. */
+static int rank_respread(MDB_txn *txn, apply_job *j, unsigned view, unsigned char *kb,
+                         size_t pn, const unsigned char *ck, size_t ck_len, uint64_t *rank) {
+    MDB_cursor *cur;
+    int rc = store_err(mdb_cursor_open(txn, j->dbi, &cur));
+    if (rc) return rc;
+    /* the run's entries in rank order (their keys' order), the new key among them */
+    buf keys;
+    buf_init(&keys, 0);
+    uint64_t *old = NULL, *neu = NULL;
+    size_t n = 0, cap = 0, at = (size_t)-1;
+    MDB_val k = {pn, kb}, v;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    for (; mrc == 0 && !rc; mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != pn + RANK_LEN || memcmp(k.mv_data, kb, pn) != 0) break;
+        if (n + 2 > cap) {
+            cap = cap ? cap * 2 : 64;
+            uint64_t *g = realloc(old, cap * sizeof *g);
+            if (!g) { rc = MIMEO_ENOMEM; break; }
+            old = g;
+        }
+        if (at == (size_t)-1 && ckey_cmp(v.mv_data, v.mv_size, ck, ck_len) > 0) at = n;
+        old[n++] = be64_get((const unsigned char *)k.mv_data + pn);
+        buf_put_varint(&keys, v.mv_size);
+        if (buf_put(&keys, v.mv_data, v.mv_size)) rc = MIMEO_ENOMEM;
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    if (at == (size_t)-1) at = n;
+    if (!rc && !(neu = malloc((n + 1) * sizeof *neu))) rc = MIMEO_ENOMEM;
+    uint64_t step = UINT64_MAX / ((uint64_t)n + 2);
+    for (size_t i = 0; !rc && i < n; i++) neu[i] = step * (i + (i >= at) + 1);
+    /* the rank entries again */
+    const unsigned char *kp = (const unsigned char *)keys.data, *kend = kp + keys.len;
+    for (size_t i = 0; !rc && i < n; i++) {
+        be64_put(kb + pn, old[i]);
+        k = (MDB_val){pn + RANK_LEN, kb};
+        if ((mrc = mdb_del(txn, j->dbi, &k, NULL))) rc = store_err(mrc);
+    }
+    for (size_t i = 0; !rc && i <= n; i++) {
+        const unsigned char *key = ck;
+        uint64_t kl = ck_len;
+        if (i != at) {
+            if (varint_get(&kp, kend, &kl) || (uint64_t)(kend - kp) < kl) { rc = MIMEO_ECORRUPT; break; }
+            key = kp;
+            kp += kl;
+        }
+        be64_put(kb + pn, i == at ? step * (at + 1) : neu[i - (i > at)]);
+        k = (MDB_val){pn + RANK_LEN, kb};
+        v = (MDB_val){kl, (void *)key};
+        rc = store_err(mdb_put(txn, j->dbi, &k, &v, 0));
+    }
+    *rank = step * (at + 1);
+    /* the rows of the run: read and deleted, then written under their new ranks */
+    buf rows;
+    buf_init(&rows, 0);
+    unsigned char rp[VPREFIX + VSTORE_CKEY_MAX];
+    size_t rpn = vprefix(rp, j->dbid, j->idx, view);
+    memcpy(rp + rpn, kb + pn - VSTORE_CKEY_MAX, VSTORE_CKEY_MAX);
+    rpn += VSTORE_CKEY_MAX;
+    k = (MDB_val){rpn, rp};
+    mrc = rc ? MDB_NOTFOUND : mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (!rc && mrc == 0 && k.mv_size >= rpn + RANK_LEN && memcmp(k.mv_data, rp, rpn) == 0) {
+        buf_put_varint(&rows, k.mv_size);
+        buf_put(&rows, k.mv_data, k.mv_size);
+        buf_put_varint(&rows, v.mv_size);
+        if (buf_put(&rows, v.mv_data, v.mv_size)) { rc = MIMEO_ENOMEM; break; }
+        if ((mrc = mdb_cursor_del(cur, 0))) break;
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    mdb_cursor_close(cur);
+    const unsigned char *p = (const unsigned char *)rows.data, *end = p + rows.len;
+    unsigned char nk[STORE_KEY_MAX], dk[STORE_KEY_MAX];
+    while (!rc && p < end) {
+        uint64_t kl, vl;
+        if (varint_get(&p, end, &kl) || (uint64_t)(end - p) < kl || kl > STORE_KEY_MAX) { rc = MIMEO_ECORRUPT; break; }
+        const unsigned char *okey = p;
+        p += kl;
+        if (varint_get(&p, end, &vl) || (uint64_t)(end - p) < vl) { rc = MIMEO_ECORRUPT; break; }
+        const unsigned char *val = p;
+        p += vl;
+        uint64_t orank = be64_get(okey + rpn);
+        size_t lo_i = 0, hi_i = n;   /* old ranks ascend: find orank */
+        while (lo_i < hi_i) {
+            size_t mid = (lo_i + hi_i) / 2;
+            if (old[mid] < orank) lo_i = mid + 1;
+            else hi_i = mid;
+        }
+        uint64_t nr = lo_i < n && old[lo_i] == orank ? neu[lo_i] : orank;
+        memcpy(nk, okey, kl);
+        be64_put(nk + rpn, nr);
+        k = (MDB_val){kl, nk};
+        v = (MDB_val){vl, (void *)val};
+        if ((rc = store_err(mdb_put(txn, j->dbi, &k, &v, 0)))) break;
+        if ((rc = mark(txn, j, j->m, view, okey + VPREFIX, kl - VPREFIX))) break;
+        if ((rc = mark(txn, j, j->m, view, nk + VPREFIX, kl - VPREFIX))) break;
+        /* the document's row list: stored, or being built (the document written now) */
+        const unsigned char *q = val, *vend = val + vl;
+        uint64_t l1, l2;
+        if (varint_get(&q, vend, &l1) || (uint64_t)(vend - q) < l1) { rc = MIMEO_ECORRUPT; break; }
+        q += l1;
+        if (varint_get(&q, vend, &l2) || (uint64_t)(vend - q) < l2) { rc = MIMEO_ECORRUPT; break; }
+        list_rerank(&j->list, view, okey + VPREFIX, kl - VPREFIX, nr);
+        MDB_val dkey = {docref(dk, j->dbid, j->idx, (const char *)q, l2), dk}, dv;
+        mrc = mdb_get(txn, j->dbi, &dkey, &dv);
+        if (mrc == MDB_NOTFOUND) continue;
+        if (mrc) { rc = store_err(mrc); break; }
+        buf_reset(&j->scratch);
+        if (buf_put(&j->scratch, dv.mv_data, dv.mv_size)) { rc = MIMEO_ENOMEM; break; }
+        list_rerank(&j->scratch, view, okey + VPREFIX, kl - VPREFIX, nr);
+        dv = (MDB_val){j->scratch.len, j->scratch.data};
+        rc = store_err(mdb_put(txn, j->dbi, &dkey, &dv, 0));
+    }
+    buf_destroy(&rows);
+    buf_destroy(&keys);
+    free(old);
+    free(neu);
+    return rc;
+}
+
 /* The rank of a long collation key in view (see the layout): the one it already has, or a
  * new one between the ranks of the keys around it, recorded. The run of rank entries of one
  * cut is read in rank order, which is their keys' order. */
 static int rank_get(MDB_txn *txn, apply_job *j, unsigned view, const unsigned char *ck,
                     size_t ck_len, uint64_t *rank) {
     unsigned char kb[PREFIX + 2 + VSTORE_CKEY_MAX + RANK_LEN];
-    size_t pn = prefix(kb, j->dbid, j->idx, KIND_RANK);
-    kb[pn++] = (unsigned char)(view >> 8);
-    kb[pn++] = (unsigned char)view;
+    size_t pn = kvprefix(kb, j->dbid, j->idx, KIND_RANK, view);
     memcpy(kb + pn, ck, VSTORE_CKEY_MAX);
     pn += VSTORE_CKEY_MAX;
     MDB_cursor *cur;
@@ -236,12 +406,8 @@ static int rank_get(MDB_txn *txn, apply_job *j, unsigned view, const unsigned ch
     else if (!has_hi) r = lo <= UINT64_MAX - RANK_STEP ? lo + RANK_STEP : lo + (UINT64_MAX - lo) / 2;
     else if (!has_lo) r = hi > RANK_STEP ? hi - RANK_STEP : hi / 2;
     else r = lo + (hi - lo) / 2;
-    if ((has_lo && r == lo) || (has_hi && r == hi)) {
-        /* no number left between the neighbours: share the lower one's rank (vstore.c's
-         * opening comment); its entry keeps its own key */
-        *rank = has_lo ? lo : hi;
-        return 0;
-    }
+    if ((has_lo && r == lo) || (has_hi && r == hi))
+        return rank_respread(txn, j, view, kb, pn, ck, ck_len, rank);
     be64_put(kb + pn, r);
     k = (MDB_val){pn + RANK_LEN, kb};
     v = (MDB_val){ck_len, (void *)ck};
@@ -255,9 +421,7 @@ static int mark(MDB_txn *txn, apply_job *j, const vstore_meta *m, unsigned view,
                 const unsigned char *rk, size_t len) {
     if (!m->blocks_ok) return 0;
     unsigned char kb[STORE_KEY_MAX];
-    prefix(kb, j->dbid, j->idx, KIND_MARK);
-    kb[17] = (unsigned char)(view >> 8);
-    kb[18] = (unsigned char)view;
+    kvprefix(kb, j->dbid, j->idx, KIND_MARK, view);
     memcpy(kb + VPREFIX, rk, len);
     MDB_val k = {VPREFIX + len, kb}, v = {0, ""};
     return store_err(mdb_put(txn, j->dbi, &k, &v, 0));
@@ -320,15 +484,15 @@ static int job_apply(MDB_txn *txn, void *arg) {
     }
     if (m->nviews < j->nviews) m->nviews = j->nviews;
     unsigned char dk[STORE_KEY_MAX], rkb[STORE_KEY_MAX];
-    buf list, val;
-    buf_init(&list, 0);
+    buf val;
     buf_init(&val, 0);
+    j->m = m;
     for (size_t i = 0; !rc && i < j->n; i++) {
         const vstore_doc *d = &j->docs[i];
         MDB_val dkey = {docref(dk, j->dbid, j->idx, d->id, d->id_len), dk};
         if ((rc = remove_old(txn, j, m, &dkey))) break;
         if (!d->n) continue;
-        buf_reset(&list);
+        buf_reset(&j->list);
         for (size_t e = 0; !rc && e < d->n; e++) {
             const vstore_emit *em = &d->emits[e];
             if (em->view >= VSTORE_VIEWS_MAX) { rc = MIMEO_EINVAL; break; }
@@ -353,12 +517,12 @@ static int job_apply(MDB_txn *txn, void *arg) {
             m->rows[em->view]++;
             if ((rc = mark(txn, j, m, em->view, rkb + kn, rl))) break;
             unsigned char vb[2] = {(unsigned char)(em->view >> 8), (unsigned char)em->view};
-            if (buf_put(&list, vb, 2) || buf_put_varint(&list, rl) ||
-                buf_put(&list, rkb + kn, rl))
+            if (buf_put(&j->list, vb, 2) || buf_put_varint(&j->list, rl) ||
+                buf_put(&j->list, rkb + kn, rl))
                 rc = MIMEO_ENOMEM;
         }
         if (!rc) {
-            MDB_val lv = {list.len, list.data};
+            MDB_val lv = {j->list.len, j->list.data};
             rc = store_err(mdb_put(txn, j->dbi, &dkey, &lv, 0));
         }
     }
@@ -369,7 +533,6 @@ static int job_apply(MDB_txn *txn, void *arg) {
         k = (MDB_val){PREFIX, mk};
         rc = store_err(mdb_put(txn, j->dbi, &k, &nv, 0));
     }
-    buf_destroy(&list);
     buf_destroy(&val);
     free(m);
     return rc;
@@ -382,14 +545,27 @@ int vstore_apply(mimeo_db *db, uint64_t idx, unsigned nviews, const char *info,
     apply_job j = {.idx = idx, .from = from, .to = to, .nviews = nviews, .info = info,
                    .info_len = info_len, .docs = docs, .n = n};
     buf_init(&j.scratch, 0);
+    buf_init(&j.list, 0);
     int rc = dbid_of(db, &j.dbid);
     if (!rc) rc = table(db, &j.dbi);
     if (!rc) rc = store_write(db->env->store, job_apply, &j);
     buf_destroy(&j.scratch);
+    buf_destroy(&j.list);
     return rc;
 }
 
 /* ---- reads ------------------------------------------------------------------------------- */
+
+/* Ends a scan: the cursor's error if any, the position of the last entry taken copied into
+ * last before the snapshot ends (LMDB's bytes are only valid inside it). */
+static int read_end(vread *r, int rc, int mrc, const MDB_val *taken, buf *last) {
+    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    if (rc >= 0 && taken->mv_data &&
+        buf_put(last, (const unsigned char *)taken->mv_data + VPREFIX, taken->mv_size - VPREFIX))
+        rc = MIMEO_ENOMEM;
+    read_close(r);
+    return rc;
+}
 
 static int row_decode(const MDB_val *k, const MDB_val *v, vstore_row *r) {
     const unsigned char *p = v->mv_data, *end = p + v->mv_size;
@@ -422,20 +598,12 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
                 vstore_row_fn fn, void *ctx, bool *more, buf *last) {
     *more = false;
     buf_reset(last);
-    MDB_dbi dbi;
-    uint64_t dbid;
-    int rc = dbid_of(db, &dbid);
-    if (!rc) rc = table(db, &dbi);
-    if (rc) return rc;
     if (pos_len > RK_MAX) pos_len = RK_MAX;
-    store *s = db->env->store;
-    MDB_txn *txn;
-    if ((rc = store_read_begin(s, &txn))) return rc;
-    MDB_cursor *cur;
-    if ((rc = store_err(mdb_cursor_open(txn, dbi, &cur)))) {
-        store_read_end(s, txn);
-        return rc;
-    }
+    vread rd;
+    int rc = read_open(db, &rd);
+    if (rc) return rc;
+    uint64_t dbid = rd.dbid;
+    MDB_cursor *cur = rd.cur;
     unsigned char vp[VPREFIX], kb[STORE_KEY_MAX + 1];
     vprefix(vp, dbid, idx, view);
     memcpy(kb, vp, VPREFIX);
@@ -480,14 +648,7 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
         if (rc) break;
         mrc = mdb_cursor_get(cur, &k, &v, desc ? MDB_PREV : MDB_NEXT);
     }
-    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
-    /* copied before the snapshot ends: LMDB's bytes are only valid inside it */
-    if (rc >= 0 && taken.mv_data &&
-        buf_put(last, (const unsigned char *)taken.mv_data + VPREFIX, taken.mv_size - VPREFIX))
-        rc = MIMEO_ENOMEM;
-    mdb_cursor_close(cur);
-    store_read_end(s, txn);
-    return rc;
+    return read_end(&rd, rc, mrc, &taken, last);
 }
 
 /* ---- blocks -------------------------------------------------------------------------------- */
@@ -501,10 +662,7 @@ typedef struct repair_job {
 } repair_job;
 
 static size_t kprefix(unsigned char *k, const repair_job *j, unsigned char kind, unsigned view) {
-    prefix(k, j->dbid, j->idx, kind);
-    k[17] = (unsigned char)(view >> 8);
-    k[18] = (unsigned char)view;
-    return VPREFIX;
+    return kvprefix(k, j->dbid, j->idx, kind, view);
 }
 
 /* Deletes every key that starts with k[0..n). */
@@ -814,31 +972,20 @@ int vstore_blocks_repair(mimeo_db *db, uint64_t idx, unsigned nviews, const int 
 
 int vstore_blocks_clean(mimeo_db *db, uint64_t idx, unsigned view, bool *clean) {
     *clean = false;
-    MDB_dbi dbi;
-    uint64_t dbid;
-    int rc = dbid_of(db, &dbid);
-    if (!rc) rc = table(db, &dbi);
+    vread rd;
+    int rc = read_open(db, &rd);
     if (rc) return rc;
-    MDB_txn *txn;
-    if ((rc = store_read_begin(db->env->store, &txn))) return rc;
     unsigned char kb[VPREFIX];
-    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
+    MDB_val k = {prefix(kb, rd.dbid, idx, KIND_META), kb}, v;
     vstore_meta *m = malloc(sizeof *m);
-    int mrc = m ? mdb_get(txn, dbi, &k, &v) : MDB_NOTFOUND;
+    int mrc = m ? mdb_get(rd.txn, rd.dbi, &k, &v) : MDB_NOTFOUND;
     if (m && mrc == 0 && meta_decode(m, &v) == 0 && m->blocks_ok) {
-        prefix(kb, dbid, idx, KIND_MARK);
-        kb[17] = (unsigned char)(view >> 8);
-        kb[18] = (unsigned char)view;
-        MDB_cursor *cur;
-        if (mdb_cursor_open(txn, dbi, &cur) == 0) {
-            k = (MDB_val){VPREFIX, kb};
-            mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-            *clean = !(mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0);
-            mdb_cursor_close(cur);
-        }
+        k = (MDB_val){kvprefix(kb, rd.dbid, idx, KIND_MARK, view), kb};
+        mrc = mdb_cursor_get(rd.cur, &k, &v, MDB_SET_RANGE);
+        *clean = !(mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0);
     }
     free(m);
-    store_read_end(db->env->store, txn);
+    read_close(&rd);
     return rc;
 }
 
@@ -864,24 +1011,14 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
                        bool *more, buf *last) {
     *more = false;
     buf_reset(last);
-    MDB_dbi dbi;
-    uint64_t dbid;
-    int rc = dbid_of(db, &dbid);
-    if (!rc) rc = table(db, &dbi);
-    if (rc) return rc;
     if (pos_len > RK_MAX) pos_len = RK_MAX;
-    store *s = db->env->store;
-    MDB_txn *txn;
-    if ((rc = store_read_begin(s, &txn))) return rc;
-    MDB_cursor *cur;
-    if ((rc = store_err(mdb_cursor_open(txn, dbi, &cur)))) {
-        store_read_end(s, txn);
-        return rc;
-    }
+    vread rd;
+    int rc = read_open(db, &rd);
+    if (rc) return rc;
+    uint64_t dbid = rd.dbid;
+    MDB_cursor *cur = rd.cur;
     unsigned char bp[VPREFIX], kb[STORE_KEY_MAX];
-    prefix(bp, dbid, idx, KIND_BLOCK);
-    bp[17] = (unsigned char)(view >> 8);
-    bp[18] = (unsigned char)view;
+    kvprefix(bp, dbid, idx, KIND_BLOCK, view);
     memcpy(kb, bp, VPREFIX);
     size_t n = VPREFIX;
     if (pos) { memcpy(kb + n, pos, pos_len); n += pos_len; }
@@ -919,12 +1056,68 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
         if (rc) break;
         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
-    if (!rc && mrc && mrc != MDB_NOTFOUND) rc = store_err(mrc);
-    if (rc >= 0 && taken.mv_data &&
-        buf_put(last, (const unsigned char *)taken.mv_data + VPREFIX, taken.mv_size - VPREFIX))
-        rc = MIMEO_ENOMEM;
+    return read_end(&rd, rc, mrc, &taken, last);
+}
+
+typedef struct partial_job {
+    MDB_dbi               dbi;
+    uint64_t              dbid, idx, seq;
+    unsigned              view;
+    const vstore_partial *p;
+    size_t                n;
+    buf                   val;
+} partial_job;
+
+static int job_partials(MDB_txn *txn, void *arg) {
+    partial_job *j = arg;
+    unsigned char kb[STORE_KEY_MAX];
+    MDB_val k = {prefix(kb, j->dbid, j->idx, KIND_META), kb}, v;
+    vstore_meta *m = malloc(sizeof *m);
+    if (!m) return MIMEO_ENOMEM;
+    int mrc = mdb_get(txn, j->dbi, &k, &v);
+    int rc = mrc == 0 ? meta_decode(m, &v) : mrc == MDB_NOTFOUND ? MIMEO_ECONFLICT : store_err(mrc);
+    if (!rc && (m->seq != j->seq || !m->blocks_ok)) rc = MIMEO_ECONFLICT;
+    free(m);
+    if (rc) return rc;
+    /* marks: the blocks are stale and the next repair rewrites them */
+    MDB_cursor *cur;
+    if ((rc = store_err(mdb_cursor_open(txn, j->dbi, &cur)))) return rc;
+    kvprefix(kb, j->dbid, j->idx, KIND_MARK, j->view);
+    k = (MDB_val){VPREFIX, kb};
+    mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     mdb_cursor_close(cur);
-    store_read_end(s, txn);
+    if (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0) return 0;
+    for (size_t i = 0; !rc && i < j->n; i++) {
+        const vstore_partial *p = &j->p[i];
+        if (p->first_len > RK_MAX) continue;
+        kvprefix(kb, j->dbid, j->idx, KIND_BLOCK, j->view);
+        memcpy(kb + VPREFIX, p->first, p->first_len);
+        k = (MDB_val){VPREFIX + p->first_len, kb};
+        if ((mrc = mdb_get(txn, j->dbi, &k, &v)) == MDB_NOTFOUND) continue;
+        if (mrc) return store_err(mrc);
+        vstore_block b;
+        if ((rc = block_decode(&k, &v, &b))) break;
+        if (b.count != p->count || b.partial_len || b.last_len != p->last_len ||
+            memcmp(b.last, p->last, p->last_len) != 0)
+            continue;
+        buf_reset(&j->val);
+        if (buf_put(&j->val, v.mv_data, v.mv_size) || buf_put(&j->val, p->text, p->len))
+            return MIMEO_ENOMEM;
+        v = (MDB_val){j->val.len, j->val.data};
+        rc = store_err(mdb_put(txn, j->dbi, &k, &v, 0));
+    }
+    return rc;
+}
+
+int vstore_blocks_put_partials(mimeo_db *db, uint64_t idx, unsigned view, uint64_t seq,
+                               const vstore_partial *p, size_t n) {
+    partial_job j = {.idx = idx, .seq = seq, .view = view, .p = p, .n = n};
+    if (!n) return 0;
+    buf_init(&j.val, 0);
+    int rc = dbid_of(db, &j.dbid);
+    if (!rc) rc = table(db, &j.dbi);
+    if (!rc) rc = store_write(db->env->store, job_partials, &j);
+    buf_destroy(&j.val);
     return rc;
 }
 

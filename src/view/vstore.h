@@ -120,6 +120,24 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
                        size_t pos_len, bool after, size_t max, vstore_block_fn fn, void *ctx,
                        bool *more, buf *last);
 
+/* A partial reduction computed outside the store for one block (a JavaScript reduce): the
+ * block as vstore_blocks_scan gave it, and the partial's JSON text ("!" when the function
+ * failed on its rows: queries then read them and report the error). */
+typedef struct vstore_partial {
+    const unsigned char *first, *last;
+    size_t               first_len, last_len;
+    uint64_t             count;
+    const char          *text;
+    size_t               len;
+} vstore_partial;
+
+/* Stores the partials of blocks still without one, in one write, when the index is still at
+ * seq and the view has no marks; a block changed since it was read keeps none (the next
+ * repair recomputes it, and the next fill reduces it again). MIMEO_ECONFLICT when the
+ * index moved (nothing written). */
+int vstore_blocks_put_partials(mimeo_db *db, uint64_t idx, unsigned view, uint64_t seq,
+                               const vstore_partial *p, size_t n);
+
 /* Drops every entry of the index, in bounded chunks. */
 int vstore_drop(mimeo_db *db, uint64_t idx);
 

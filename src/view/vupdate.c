@@ -490,10 +490,155 @@ static int repair(mimeo_db *db, const vdef *d) {
     return vstore_blocks_repair(db, d->idx, (unsigned)d->nviews, kinds);
 }
 
+/* ---- partial reductions of JavaScript reduces ------------------------------------------------
+ * A block's partial for a JavaScript reduce is the function's reduce of the block's rows,
+ * computed here after the blocks are repaired (outside any write transaction: the query
+ * server runs in between) and stored only when the index did not move meanwhile. A query
+ * rereduces the partials of the blocks inside its range. A function that fails on a block's
+ * rows leaves "!" there, so queries read those rows and report the error as CouchDB does. */
+
+/* The rows of one block, from its first row (the scan's seek) up to its last. */
+typedef struct fill_rows {
+    const unsigned char *last;
+    size_t               last_len;
+    buf                 *kvs;
+    uint64_t             n;
+    bool                 end;
+} fill_rows;
+
+static int fill_row(void *ctx, const vstore_row *r) {
+    fill_rows *f = ctx;
+    size_t m = r->rk_len < f->last_len ? r->rk_len : f->last_len;
+    int c = memcmp(r->rk, f->last, m);
+    if (c > 0 || (c == 0 && r->rk_len > f->last_len)) {
+        f->end = true;
+        return VSTORE_BEFORE;
+    }
+    if (f->n++) buf_putc(f->kvs, ',');
+    int rc = view_put_kv(f->kvs, r);
+    if (rc) return rc;
+    if (c == 0 && r->rk_len == f->last_len) {
+        f->end = true;
+        return VSTORE_STOP;
+    }
+    return VSTORE_NEXT;
+}
+
+static int fill_view(mimeo_db *db, const vdef *d, unsigned view) {
+    vstore_meta *m = malloc(sizeof *m);
+    if (!m) return MIMEO_ENOMEM;
+    int rc = vstore_meta_get(db, d->idx, m);
+    uint64_t seq = m->seq;
+    bool ok = m->blocks_ok;
+    free(m);
+    if (rc || !ok) return rc;
+    blist l = {0};
+    buf_init(&l.data, 0);
+    buf last, kvs, texts, line, reply;
+    buf_init(&last, 0);
+    buf_init(&kvs, 0);
+    buf_init(&texts, 0);
+    buf_init(&line, 0);
+    buf_init(&reply, 0);
+    rc = blist_read(db, d->idx, view, NULL, NULL, &l);
+    /* the blocks without a partial, in place */
+    size_t kept = 0;
+    for (size_t i = 0; !rc && i < l.n; i++)
+        if (!l.e[i].part_len) l.e[kept++] = l.e[i];
+    l.n = kept;
+    size_t *offs = l.n ? calloc(l.n * 2, sizeof *offs) : NULL;
+    if (!rc && l.n && !offs) rc = MIMEO_ENOMEM;
+    qs_proc *p = NULL;
+    mimeo_err err = {0};
+    if (!rc && l.n && view_proc(db, &p, &line, &reply, &err) != 0) p = NULL;
+    size_t done = 0;
+    const unsigned char *base = (const unsigned char *)l.data.data;
+    for (; !rc && p && done < l.n; done++) {
+        struct bent *b = &l.e[done];
+        buf_reset(&kvs);
+        fill_rows fr = {base + b->last, b->last_len, &kvs, 0, false};
+        bool rmore;
+        rc = vstore_scan(db, d->idx, view, VSTORE_SEEK, base + b->first, b->first_len, false,
+                         (size_t)b->count + 1, fill_row, &fr, &rmore, &last);
+        if (rc < 0) break;
+        rc = 0;
+        offs[done * 2] = texts.len;
+        if (fr.n != b->count || !fr.end) {
+            offs[done * 2 + 1] = texts.len; /* moved under us: none stored */
+            continue;
+        }
+        err = (mimeo_err){0};
+        size_t before = texts.len;
+        int crc = view_js_reduce(p, "reduce", d->views[view].reduce, kvs.data, kvs.len, &line,
+                                 &reply, &texts, &err);
+        if (crc == MIMEO_ENOMEM) {
+            rc = crc;
+            break;
+        }
+        if (crc) {
+            texts.len = before;
+            buf_putc(&texts, '!');
+            /* a process that timed out or died: the function is left for queries to run */
+            if (!strcmp(err.error, "os_process_error")) {
+                offs[done * 2 + 1] = texts.len;
+                done++;
+                break;
+            }
+        }
+        offs[done * 2 + 1] = texts.len;
+    }
+    if (p) qs_release(view_pool(db), p);
+    /* the blocks after a dead process are marked too: the next updates do not wait for
+     * the same timeout again on every block */
+    if (!rc && p && done < l.n && !strcmp(err.error, "os_process_error")) {
+        for (; done < l.n; done++) {
+            offs[done * 2] = texts.len;
+            buf_putc(&texts, '!');
+            offs[done * 2 + 1] = texts.len;
+        }
+    }
+    vstore_partial *parts = done ? calloc(done, sizeof *parts) : NULL;
+    if (!rc && done && !parts) rc = MIMEO_ENOMEM;
+    size_t np = 0;
+    for (size_t i = 0; !rc && i < done; i++) {
+        if (offs[i * 2 + 1] == offs[i * 2]) continue;
+        struct bent *b = &l.e[i];
+        parts[np++] = (vstore_partial){base + b->first, base + b->last, b->first_len, b->last_len,
+                                       b->count, texts.data + offs[i * 2],
+                                       offs[i * 2 + 1] - offs[i * 2]};
+    }
+    if (!rc && np) {
+        rc = vstore_blocks_put_partials(db, d->idx, view, seq, parts, np);
+        if (rc == MIMEO_ECONFLICT) rc = 0; /* the next update fills them */
+    }
+    free(parts);
+    free(offs);
+    blist_free(&l);
+    buf_destroy(&last);
+    buf_destroy(&kvs);
+    buf_destroy(&texts);
+    buf_destroy(&line);
+    buf_destroy(&reply);
+    return rc;
+}
+
+/* After an update: the blocks, then the JavaScript partials. Failing to compute partials is
+ * no error for the query (it reads rows instead). */
+static int maintain(mimeo_db *db, const vdef *d) {
+    int rc = repair(db, d);
+    for (size_t v = 0; !rc && v < d->nviews; v++) {
+        if (d->views[v].rtype != VRED_JS) continue;
+        int frc = fill_view(db, d, (unsigned)v);
+        if (frc) fprintf(stderr, "mimeo: view index %s: partial reductions: %s\n", d->ddoc_id,
+                         mimeo_strerror(frc));
+    }
+    return rc;
+}
+
 int view_update(mimeo_db *db, const vdef *d, mimeo_err *err) {
     vstate *st = state(db);
     int rc = st ? update_st(st, db, d, err) : MIMEO_ENOMEM;
-    return rc ? rc : repair(db, d);
+    return rc ? rc : maintain(db, d);
 }
 
 /* ---- update=lazy ------------------------------------------------------------------------ */
@@ -512,7 +657,7 @@ static void *later_main(void *arg) {
     if (mimeo_db_open(l->env, l->db, &db, &e) == 0) {
         vdef *d = NULL;
         if (vdef_load(db, l->ddoc + 8, strlen(l->ddoc + 8), &d, &e) == 0) {
-            if (update_st(l->st, db, d, &e) == 0) repair(db, d);
+            if (update_st(l->st, db, d, &e) == 0) maintain(db, d);
             vdef_free(d);
         }
         mimeo_db_close(db);

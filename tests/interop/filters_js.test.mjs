@@ -93,6 +93,31 @@ describe('_changes with JavaScript filters', () => {
     assert.deepEqual(ids(expectStatus(res, 200)), ['a0', 'a2', 'a4', 'a6', 'a8', '_design/app']);
   });
 
+  test('documents go to the filter in batches: the same rows as one by one, limit, since, descending', async () => {
+    const db = uniqueDbName('jsfb');
+    expectStatus(await c.put(`/${db}`), 201);
+    const docs = [{ _id: '_design/b', filters: {
+      f: 'function(doc, req) { if (doc.n % 7 === 0) throw new Error("seven"); return doc.n % 3 === 0; }' } }];
+    for (let i = 1; i <= 450; i++) docs.push({ _id: `k${String(i).padStart(3, '0')}`, n: i });
+    expectStatus(await c.post(`/${db}/_bulk_docs`, { docs }), 201);
+    // one edit after the load moves a document to the end of the feed
+    const k003 = expectStatus(await c.get(docPath(db, 'k003')), 200);
+    expectStatus(await c.put(docPath(db, 'k003'), { ...k003, n: 3, edited: true }), 201);
+    const want = [];
+    for (let i = 1; i <= 450; i++) if (i % 3 === 0 && i % 7 !== 0 && i !== 3) want.push(`k${String(i).padStart(3, '0')}`);
+    want.push('k003');
+    const all = expectStatus(await c.get(`/${db}/_changes?filter=b/f`), 200);
+    assert.deepEqual(ids(all), want);
+    const lim = expectStatus(await c.get(`/${db}/_changes?filter=b/f&limit=5`), 200);
+    assert.deepEqual(ids(lim), want.slice(0, 5));
+    assert.equal(lim.last_seq, lim.results[4].seq);
+    const next = expectStatus(await c.get(`/${db}/_changes?filter=b/f&since=${lim.last_seq}&include_docs=true`), 200);
+    assert.deepEqual(ids(next), want.slice(5));
+    assert.ok(next.results.every((r) => r.doc && r.doc.n % 3 === 0));
+    const desc = expectStatus(await c.get(`/${db}/_changes?filter=b/f&descending=true&limit=3`), 200);
+    assert.deepEqual(ids(desc), want.slice(-3).reverse());
+  });
+
   test('a filter that never returns: 500 os_process_error, and the server goes on', async () => {
     const db = await seeded();
     let res = await c.get(`/${db}/_changes?filter=app/forever`);

@@ -94,6 +94,30 @@ test('filter + query_params and _view: remote and local sources', async () => {
   assert.deepEqual(await ids(b, tv2), B_IDS);
 });
 
+test('a local source filters hundreds of documents in batches: the same documents', async () => {
+  const src = uniqueDbName('frepb');
+  expectStatus(await a.put(`/${src}`), 201);
+  const docs = [DDOC];
+  for (let i = 0; i < 420; i++) docs.push({ _id: `e${String(i).padStart(3, '0')}`, n: i, type: i % 5 ? 'a' : 'b' });
+  expectStatus(await a.post(`/${src}/_bulk_docs`, { docs }), 201);
+  const tgt = uniqueDbName('pushb');
+  const r = await postReplicate(A.url, { source: src, target: `${B.url}/${tgt}`, create_target: true,
+    filter: 'app/by_type', query_params: { type: 'b' } });
+  assert.equal(r.status, 200, r.text);
+  const want = docs.slice(1).filter((d) => d.type === 'b').map((d) => d._id);
+  assert.deepEqual(await ids(b, tgt), want);
+  // edited documents: one leaves the filter, one enters it
+  const e000 = expectStatus(await a.get(docPath(src, 'e000')), 200);
+  expectStatus(await a.put(docPath(src, 'e000'), { ...e000, type: 'a' }), 201);
+  const e001 = expectStatus(await a.get(docPath(src, 'e001')), 200);
+  expectStatus(await a.put(docPath(src, 'e001'), { ...e001, type: 'b' }), 201);
+  const r2 = await postReplicate(A.url, { source: src, target: `${B.url}/${tgt}`,
+    filter: 'app/by_type', query_params: { type: 'b' } });
+  assert.equal(r2.status, 200, r2.text);
+  assert.equal(r2.json.history[0].docs_written, 1);
+  assert.equal(expectStatus(await b.get(docPath(tgt, 'e001')), 200).type, 'b');
+});
+
 test("an edited filter function (local source) is a new replication", async () => {
   const src = await seed(a);
   const tgt = uniqueDbName('code');

@@ -169,6 +169,83 @@ static void test_design_documents(void) {
     qs_pool_free(pool);
 }
 
+static size_t thrown_count, thrown_at;
+static void count_thrown(void *ctx, size_t i, const mimeo_err *e) {
+    (void)ctx;
+    (void)e;
+    thrown_count++;
+    thrown_at = i;
+}
+
+/* qs_filter_docs: many documents in one call give the verdicts one call each would give;
+ * a function that throws skips only those documents, with mimeo-js (which answers per
+ * document) and with a query server that fails the whole batch (CouchDB's). */
+static void test_filter_batches(void) {
+    qs_pool *pool = pool_new(1, 5000);
+    qs_proc *q = NULL;
+    CHECK_EQ_INT(qs_acquire(pool, &q, NULL), 0);
+    static const char ddoc[] = "{\"_id\":\"_design/b\",\"filters\":{\"f\":"
+        "\"function(doc, req) { if (doc.n % 7 == 0) throw new Error('seven'); "
+        "return doc.n % 3 == 0 && req.query.on == 'yes'; }\"}}";
+    buf line = BUF_INIT, reply = BUF_INIT, docs = BUF_INIT;
+    mimeo_err err = {0};
+    CHECK_EQ_INT(qs_proc_teach(q, "k", 1, "_design/b", 9, ddoc, strlen(ddoc), &line, &reply,
+                               &err), 0);
+    enum { N = 250 };
+    size_t offs[N + 1];
+    bool keep[N], one[N];
+    for (int i = 0; i < N; i++) {
+        offs[i] = docs.len;
+        buf_printf(&docs, "{\"_id\":\"d%d\",\"n\":%d}", i, i);
+    }
+    offs[N] = docs.len;
+    static const char req[] = "{\"query\":{\"on\":\"yes\"}}";
+    qs_filter_fn fn = {"_design/b", 9, false, "f", 1, req, strlen(req)};
+    CHECK_EQ_INT(qs_filter_docs(q, &fn, docs.data, offs, N, &line, &reply, keep, NULL, NULL,
+                                &err), 0);
+    for (int i = 0; i < N; i++) {
+        CHECK_EQ_INT(keep[i], i % 3 == 0 && i % 7 != 0);
+        CHECK_EQ_INT(qs_filter_doc(q, &fn, docs.data + offs[i], offs[i + 1] - offs[i], &line,
+                                   &reply, &one[i], NULL, &err), 0);
+        CHECK_EQ_INT(one[i], keep[i]);
+    }
+    qs_release(pool, q);
+    qs_pool_free(pool);
+    /* a query server that stops at the first throw: asked again per document */
+    char script[] = "/tmp/mimeo-test-qs-XXXXXX";
+    int fd = mkstemp(script);
+    CHECK(fd >= 0);
+    static const char sh[] =
+        "while IFS= read -r l; do case \"$l\" in\n"
+        "*'\"ddoc\",\"new\"'*) echo true ;;\n"
+        "*'\"bad\"'*) echo '[\"error\",\"render_error\",\"threw\"]' ;;\n"
+        "*'\"keep\"'*) echo '[true,[true]]' ;;\n"
+        "*) echo '[true,[false]]' ;;\n"
+        "esac; done\n";
+    CHECK_EQ_INT(write(fd, sh, strlen(sh)), (int)strlen(sh));
+    close(fd);
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "/bin/sh %s", script);
+    qs_config cfg = {.command = cmd, .size = 1, .timeout_ms = 5000};
+    CHECK_EQ_INT(qs_pool_new(&cfg, &pool), 0);
+    CHECK_EQ_INT(qs_acquire(pool, &q, &err), 0);
+    CHECK_EQ_INT(qs_proc_teach(q, "k", 1, "_design/b", 9, ddoc, strlen(ddoc), &line, &reply,
+                               &err), 0);
+    static const char four[] = "{\"keep\":1}{\"bad\":1}{\"c\":1}{\"keep\":2}";
+    size_t o4[] = {0, 10, 19, 26, 36};
+    CHECK_EQ_INT(qs_filter_docs(q, &fn, four, o4, 4, &line, &reply, keep, count_thrown, NULL,
+                                &err), 0);
+    CHECK(keep[0] && !keep[1] && !keep[2] && keep[3]);
+    CHECK_EQ_INT(thrown_count, 1);
+    CHECK_EQ_INT(thrown_at, 1);
+    qs_release(pool, q);
+    qs_pool_free(pool);
+    unlink(script);
+    buf_destroy(&line);
+    buf_destroy(&reply);
+    buf_destroy(&docs);
+}
+
 static void test_runaway_function_is_killed(void) {
     qs_pool *pool = pool_new(1, 500);
     qs_proc *q = NULL;
@@ -291,6 +368,7 @@ int main(void) {
     RUN(test_views);
     RUN(test_map_errors_are_per_document);
     RUN(test_design_documents);
+    RUN(test_filter_batches);
     RUN(test_runaway_function_is_killed);
     RUN(test_memory_hog_is_contained);
     RUN(test_pool_shared_by_threads);

@@ -7,6 +7,7 @@
  * computed here with collate_cmp. Needs build/mimeo-js (or $MIMEO_JS). */
 #include "check.h"
 #include "view/vstore.h"
+#include "view/view_int.h"
 #include "db/db_int.h"
 #include "query/collate.h"
 
@@ -168,6 +169,120 @@ static void test_store_long_keys_and_ids(void) {
     buf_destroy(&e.ck);
 }
 
+/* Ids of a view's rows in stored order, space separated. */
+static int collect_ids(void *ctx, const vstore_row *r) {
+    buf *b = ctx;
+    if (b->len) buf_putc(b, ' ');
+    return buf_put(b, r->id, r->id_len) ? -1 : VSTORE_NEXT;
+}
+
+static void stored_ids(uint64_t idx, unsigned view, buf *out) {
+    buf last;
+    buf_init(&last, 0);
+    bool more = true;
+    bool first = true;
+    buf_reset(out);
+    while (more) {
+        buf pos = last;
+        buf_init(&last, 0);
+        CHECK_EQ_INT(vstore_scan(db, idx, view, first ? VSTORE_FIRST : VSTORE_AFTER,
+                                 (const unsigned char *)pos.data, pos.len, false, 1000,
+                                 collect_ids, out, &more, &last), 0);
+        buf_destroy(&pos);
+        first = false;
+    }
+    buf_destroy(&last);
+}
+
+typedef struct rk_key { jval *k; char id[16]; } rk_key;
+static int rk_key_cmp(const void *a, const void *b) {
+    const rk_key *x = a, *y = b;
+    int c = collate_cmp(x->k, y->k);
+    return c ? c : strcmp(x->id, y->id);
+}
+
+/* Long keys (one cut) each written between the same two neighbours, far more often than a
+ * gap of ranks can be halved: the ranks are spread again, the rows moved, and the stored
+ * order stays the keys' order; then a document emitting such a run itself, removed whole. */
+#define RUN_KEYS 100
+static void test_store_rank_respread(void) {
+    static char keys[RUN_KEYS][600];
+    char head[420];
+    memset(head, 'x', 400);
+    head[400] = 0;
+    /* lo, hi, then keys descending towards lo: each lands between lo and the last one */
+    snprintf(keys[0], sizeof keys[0], "\"%sa\"", head);
+    snprintf(keys[1], sizeof keys[1], "\"%sb\"", head);
+    for (int i = 2; i < RUN_KEYS; i++) {
+        char tail[RUN_KEYS + 1];
+        memset(tail, '~', (size_t)(RUN_KEYS - i));
+        tail[RUN_KEYS - i] = 0;
+        snprintf(keys[i], sizeof keys[i], "\"%sa%s\"", head, tail);
+    }
+    static em e[RUN_KEYS];
+    static rk_key want[RUN_KEYS];
+    for (int i = 0; i < RUN_KEYS; i++) {
+        em_set(&e[i], 0, keys[i], "1");
+        CHECK(e[i].ck.len > VSTORE_CKEY_MAX);
+        CHECK_EQ_INT(json_tree_parse(keys[i], strlen(keys[i]), NULL, &want[i].k, NULL), 0);
+        snprintf(want[i].id, sizeof want[i].id, "r%03d", i);
+        CHECK_EQ_INT(apply(9, (uint64_t)i, (uint64_t)i + 1, want[i].id, &e[i], 1), 0);
+    }
+    qsort(want, RUN_KEYS, sizeof *want, rk_key_cmp);
+    buf exp, seen;
+    buf_init(&exp, 0);
+    buf_init(&seen, 0);
+    for (int i = 0; i < RUN_KEYS; i++) buf_printf(&exp, "%s%s", i ? " " : "", want[i].id);
+    stored_ids(9, 0, &seen);
+    CHECK_EQ_STR(buf_cstr(&seen), buf_cstr(&exp));
+    /* every other document removed: their rows go, the others stay in order */
+    uint64_t seq = RUN_KEYS;
+    buf_reset(&exp);
+    for (int i = 0; i < RUN_KEYS; i++) {
+        int n = atoi(want[i].id + 1);
+        if (n % 2) {
+            CHECK_EQ_INT(apply(9, seq, seq + 1, want[i].id, NULL, 0), 0);
+            seq++;
+        } else {
+            buf_printf(&exp, "%s%s", exp.len ? " " : "", want[i].id);
+        }
+    }
+    stored_ids(9, 0, &seen);
+    CHECK_EQ_STR(buf_cstr(&seen), buf_cstr(&exp));
+    vstore_meta m;
+    CHECK_EQ_INT(vstore_meta_get(db, 9, &m), 0);
+    CHECK_EQ_INT(m.rows[0], RUN_KEYS / 2);
+    /* one document emitting the whole run in view 1: ranks spread while it is written */
+    static vstore_emit out[RUN_KEYS];
+    for (int i = 0; i < RUN_KEYS; i++)
+        out[i] = (vstore_emit){1, (const unsigned char *)e[i].ck.data, e[i].ck.len, keys[i],
+                               strlen(keys[i]), "2", 1};
+    vstore_doc d = {"many", 4, out, RUN_KEYS};
+    CHECK_EQ_INT(vstore_apply(db, 9, 2, "_design/t", 9, seq, seq + 1, &d, 1), 0);
+    seq++;
+    CHECK_EQ_INT(vstore_meta_get(db, 9, &m), 0);
+    CHECK_EQ_INT(m.rows[1], RUN_KEYS);
+    {
+        buf ids;
+        buf_init(&ids, 0);
+        stored_ids(9, 1, &ids);
+        CHECK_EQ_INT(strlen(buf_cstr(&ids)), (size_t)(RUN_KEYS * 5 - 1));
+        buf_destroy(&ids);
+    }
+    CHECK_EQ_INT(apply(9, seq, seq + 1, "many", NULL, 0), 0);
+    stored_ids(9, 1, &seen);
+    CHECK_EQ_STR(buf_cstr(&seen), "");
+    CHECK_EQ_INT(vstore_meta_get(db, 9, &m), 0);
+    CHECK_EQ_INT(m.rows[1], 0);
+    CHECK_EQ_INT(m.rows[0], RUN_KEYS / 2);
+    for (int i = 0; i < RUN_KEYS; i++) {
+        buf_destroy(&e[i].ck);
+        jval_free(want[i].k);
+    }
+    buf_destroy(&exp);
+    buf_destroy(&seen);
+}
+
 typedef struct listed { uint64_t idx[8]; size_t n; } listed;
 static int list_fn(void *ctx, uint64_t idx, const char *info, size_t len) {
     listed *l = ctx;
@@ -201,6 +316,10 @@ static size_t view_entries(uint64_t dbid) {
 
 static void test_store_list_and_drop(void) {
     listed l = {0};
+    CHECK_EQ_INT(vstore_list(db, list_fn, &l), 0);
+    CHECK_EQ_INT(l.n, 3);
+    CHECK_EQ_INT(vstore_drop(db, 9), 0);
+    memset(&l, 0, sizeof l);
     CHECK_EQ_INT(vstore_list(db, list_fn, &l), 0);
     CHECK_EQ_INT(l.n, 2);
     CHECK_EQ_INT(vstore_drop(db, 7), 0);
@@ -575,6 +694,32 @@ static void bput(mimeo_db *d, int i) {
     blive[i] = true;
 }
 
+static int count_partial(void *ctx, const vstore_block *b) {
+    size_t *n = ctx;
+    if (b->partial_len && b->partial[0] != '!') (*n)++;
+    return VSTORE_NEXT;
+}
+
+/* Blocks of view "j" (the JavaScript reduce) that hold a stored partial. */
+static size_t js_partials(mimeo_db *d) {
+    vdef *def = NULL;
+    mimeo_err err;
+    CHECK_EQ_INT(vdef_load(d, "m", 1, &def, &err), 0);
+    size_t n = 0;
+    buf last;
+    buf_init(&last, 0);
+    bool more;
+    if (def) {
+        int v = vdef_find(def, "j", 1);
+        CHECK(v >= 0);
+        CHECK_EQ_INT(vstore_blocks_scan(d, def->idx, (unsigned)v, NULL, 0, false, 100000,
+                                        count_partial, &n, &more, &last), 0);
+        vdef_free(def);
+    }
+    buf_destroy(&last);
+    return n;
+}
+
 static void test_blocks(void) {
     mimeo_err err;
     mimeo_db *d;
@@ -582,7 +727,12 @@ static void test_blocks(void) {
     CHECK_EQ_INT(mimeo_db_open(env, "b", &d, &err), 0);
     const char *ddoc = "{\"views\":{"
         "\"s\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit(doc.k, doc.v); }\",\"reduce\":\"_sum\"},"
-        "\"c\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit(doc.k, doc.v); }\",\"reduce\":\"_count\"}}}";
+        "\"c\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit(doc.k, doc.v); }\",\"reduce\":\"_count\"},"
+        "\"j\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit(doc.k, doc.v); }\","
+        "\"reduce\":\"function(k, v, re) { return sum(v); }\"},"
+        "\"ga\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit([doc.k % 4, doc.k], doc.v); }\",\"reduce\":\"_sum\"},"
+        "\"gj\":{\"map\":\"function(doc) { if (doc.k !== undefined) emit([doc.k % 4, doc.k], doc.v); }\","
+        "\"reduce\":\"function(k, v, re) { return sum(v); }\"}}}";
     mimeo_put_result pr;
     CHECK_EQ_INT(mimeo_doc_put(d, "_design/m", 9, ddoc, strlen(ddoc), NULL, &pr, &err), 0);
     mimeo_free(pr.id);
@@ -649,10 +799,59 @@ static void test_blocks(void) {
         read_all(d, "s", params, &reply);
         snprintf(want, sizeof want, "{\"rows\":[\n{\"key\":null,\"value\":%ld}\n]}\n", rsum);
         if (rcount) CHECK_EQ_STR(buf_cstr(&reply), want);
+        /* the JavaScript reduce: stored partials of whole blocks, rereduced with the rows of
+         * the edges, equal the sums of the model */
+        buf_reset(&reply);
+        read_all(d, "j", params, &reply);
+        if (rcount) CHECK_EQ_STR(buf_cstr(&reply), want);
+        buf_reset(&reply);
+        read_all(d, "j", NULL, &reply);
+        snprintf(want, sizeof want, "{\"rows\":[\n{\"key\":null,\"value\":%ld}\n]}\n", sum);
+        CHECK_EQ_STR(buf_cstr(&reply), want);
+        CHECK(js_partials(d) * VSTORE_BLOCK_ROWS >= (size_t)live / 2);
+        snprintf(want, sizeof want, "{\"rows\":[\n{\"key\":null,\"value\":%ld}\n]}\n", rsum);
         buf_reset(&reply);
         read_all(d, "c", params, &reply);
         snprintf(want, sizeof want, "{\"rows\":[\n{\"key\":null,\"value\":%ld}\n]}\n", rcount);
         if (rcount) CHECK_EQ_STR(buf_cstr(&reply), want);
+        /* grouped: group_level=1 over [k % 4, k] (groups of hundreds of rows, so whole blocks
+         * fold in by their partials), both directions, a range, skip and limit; group=true */
+        long gsum[4] = {0};
+        for (int i = 0; i < BDOCS; i++)
+            if (blive[i]) gsum[bkey[i] % 4] += bval[i];
+        static const char *const gq[] = {
+            "{\"group_level\":1}", "{\"group_level\":1,\"descending\":true}",
+            "{\"group_level\":1,\"startkey\":[1],\"endkey\":[2,{}]}",
+            "{\"group_level\":1,\"descending\":true,\"startkey\":[2,{}],\"endkey\":[1]}",
+            "{\"group_level\":1,\"skip\":1,\"limit\":2}"};
+        static const int gfrom[] = {0, 3, 1, 2, 1}, gto[] = {3, 0, 2, 1, 2};
+        for (size_t g = 0; g < sizeof gq / sizeof gq[0]; g++) {
+            buf gw;
+            buf_init(&gw, 0);
+            buf_puts(&gw, "{\"rows\":[\n");
+            int step = gfrom[g] <= gto[g] ? 1 : -1;
+            for (int k = gfrom[g];; k += step) {
+                buf_printf(&gw, "%s{\"key\":[%d],\"value\":%ld}", k == gfrom[g] ? "" : ",\n", k, gsum[k]);
+                if (k == gto[g]) break;
+            }
+            buf_puts(&gw, "\n]}\n");
+            for (int v = 0; v < 2; v++) {
+                buf_reset(&reply);
+                read_all(d, v ? "gj" : "ga", gq[g], &reply);
+                if (strcmp(buf_cstr(&reply), buf_cstr(&gw)))
+                    fprintf(stderr, "round %d %s %s\n", round, v ? "gj" : "ga", gq[g]);
+                CHECK_EQ_STR(buf_cstr(&reply), buf_cstr(&gw));
+            }
+            buf_destroy(&gw);
+        }
+        /* group=true: one group per key, every one smaller than a block */
+        buf_reset(&reply);
+        read_all(d, "gj", "{\"group\":true,\"startkey\":[1,5],\"endkey\":[1,5]}", &reply);
+        long g15 = 0;
+        for (int i = 0; i < BDOCS; i++)
+            if (blive[i] && bkey[i] == 5) g15 += bval[i];
+        snprintf(want, sizeof want, "{\"rows\":[\n{\"key\":[1,5],\"value\":%ld}\n]}\n", g15);
+        CHECK_EQ_STR(buf_cstr(&reply), want);
         buf_reset(&reply);
         snprintf(params, sizeof params, "{\"startkey\":%d,\"limit\":0,\"reduce\":false}", lo);
         read_all(d, "c", params, &reply);
@@ -682,6 +881,7 @@ int main(void) {
     CHECK_EQ_INT(mimeo_db_open(env, "v", &db, &err), 0);
     RUN(test_store_order_and_updates);
     RUN(test_store_long_keys_and_ids);
+    RUN(test_store_rank_respread);
     RUN(test_store_list_and_drop);
     if (access(js, X_OK) != 0) fprintf(stderr, "test_view: %s missing (make build/mimeo-js)\n", js);
     else {
