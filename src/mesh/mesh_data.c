@@ -985,6 +985,17 @@ void mesh_data_counters(struct mesh_data *d, struct mesh_data_counters *out) {
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
 
+/* What mesh_data_start set up before its threads: the last of a start that failed or a stop. */
+static void release(struct mesh_data *d) {
+    free(d->workers);
+    free(d->running);
+    free(d->password);
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cond);
+    pthread_cond_destroy(&d->work);
+    free(d);
+}
+
 int mesh_data_start(const struct mesh_data_opts *o, struct mesh_data **out, char *err,
                     size_t errlen) {
     *out = NULL;
@@ -1039,13 +1050,7 @@ int mesh_data_start(const struct mesh_data_opts *o, struct mesh_data **out, char
     return 0;
 fail:
     free(slots);
-    free(d->workers);
-    free(d->running);
-    free(d->password);
-    pthread_mutex_destroy(&d->mu);
-    pthread_cond_destroy(&d->cond);
-    pthread_cond_destroy(&d->work);
-    free(d);
+    release(d);
     return -1;
 }
 
@@ -1099,11 +1104,5 @@ void mesh_data_free(struct mesh_data *d) {
     }
     free(d->eager);
     free(d->slots_mem);
-    free(d->workers);
-    free(d->running);
-    free(d->password);
-    pthread_mutex_destroy(&d->mu);
-    pthread_cond_destroy(&d->cond);
-    pthread_cond_destroy(&d->work);
-    free(d);
+    release(d);
 }
