@@ -32,6 +32,10 @@ export function makeCall(maxSockets = 64) {
           let json; try { json = JSON.parse(text); } catch {}
           resolve({ status: res.statusCode, json, text });
         });
+        // A connection closed in the middle of the body ends neither in 'end' nor in an
+        // error on the request: without this the caller would wait forever.
+        res.on('error', reject);
+        res.on('close', () => { if (!res.complete) reject(new Error('response cut short')); });
       });
       req.setTimeout(timeout, () => req.destroy(new Error('timeout')));
       req.on('error', reject);
