@@ -148,6 +148,9 @@ bench:
 	@bench/run.sh
 	@build/json_speed
 	@node bench/mesh_detect.mjs
+	@node bench/mesh_converge.mjs
+	@node bench/mesh_catchup.mjs
+	@BURST=0 node bench/mesh_scale.mjs 8 1000
 
 build/loadgen: bench/loadgen.c build/libmimeo.a
 	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ bench/loadgen.c $(LIBS)

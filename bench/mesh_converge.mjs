@@ -4,82 +4,19 @@
 // write's acknowledgement until every node has it (a long-polling _changes on every node,
 // opened before the write, so nothing is polled). Eager push on (default anti-entropy 10 s)
 // and off (anti-entropy only, with the interval given, reported also in rounds).
-//   node bench/mesh_converge.mjs [N,…] — default 4,8,16; env MIMEO_BIN (default build/mimeo),
+//   node bench/mesh_converge.mjs [N,…] — default 4,8,16,32; env MIMEO_BIN (default build/mimeo),
 //   WRITES (30 eager, 10 without), AE_MS for the eager-off runs (1000), SEED.
 // Prints a Markdown table and one JSON line per configuration.
 
-import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { makeCall, until, startNode, seeded, pct, sleep } from './mesh_lib.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const bin = path.resolve(root, process.env.MIMEO_BIN || 'build/mimeo');
-const sizes = (process.argv[2] || '4,8,16').split(',').map(Number);
+const sizes = (process.argv[2] || '4,8,16,32').split(',').map(Number);
 const AE_OFF_MS = Number(process.env.AE_MS || 1000);
-let seed = Number(process.env.SEED || Date.now() % 1e6) || 1;
-console.error(`mesh_converge SEED=${seed}`);
-function rnd(n) {
-  seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0;
-  return seed % n;
-}
-
-const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
-function call(base, method, p, body, timeout = 60_000) {
-  const u = new URL(base);
-  const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
-  return new Promise((resolve, reject) => {
-    const req = http.request({
-      host: u.hostname, port: u.port, method, path: p, agent,
-      headers: { accept: 'application/json', ...(data ? { 'content-type': 'application/json', 'content-length': data.length } : {}) },
-    }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString();
-        let json; try { json = JSON.parse(text); } catch {}
-        resolve({ status: res.statusCode, json, text });
-      });
-    });
-    req.setTimeout(timeout, () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-    if (data) req.write(data);
-    req.end();
-  });
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function until(check, timeout, what) {
-  const end = Date.now() + timeout;
-  for (;;) {
-    try { if (await check()) return; } catch {}
-    if (Date.now() > end) throw new Error(`${what}: not within ${timeout} ms`);
-    await sleep(100);
-  }
-}
-
-async function startNode(dir, name, args) {
-  const data = path.join(dir, name);
-  await fs.mkdir(data, { recursive: true });
-  const proc = spawn(bin, ['serve', '--data', data, '--bind', '127.0.0.1', '--port', '0',
-    '--node-name', name, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  proc.stderr.resume();
-  const url = await new Promise((resolve, reject) => {
-    let out = '';
-    proc.stdout.on('data', (c) => {
-      out += c;
-      const m = out.match(/mimeo listening on (http:\/\/\S+)/);
-      if (m) resolve(m[1]);
-    });
-    proc.on('exit', (code) => reject(new Error(`${name} exited ${code}`)));
-  });
-  return { name, url, proc };
-}
-
-function pct(sorted, p) {
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
-}
+const rnd = seeded('mesh_converge');
+const call = makeCall(64);
 
 async function run(n, eager) {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'mimeo-mesh-bench-'));
@@ -141,7 +78,7 @@ for (const n of sizes) {
   rows.push(await run(n, true));
   rows.push(await run(n, false));
 }
-agent.destroy();
+call.destroy();
 console.log('\n| N | eager push | writes | p50 | p99 | log₂N | rounds p50 / p99 (anti-entropy only) | replications per write |');
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
 for (const r of rows) {

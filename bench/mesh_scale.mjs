@@ -6,60 +6,20 @@
 //   WRITES (20), BURST (1: first one write in every database, then wait until settled; 0:
 //   databases stay empty until the timed writes), SEED. Prints one JSON line and a table.
 
-import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { makeCall, until as untilEvery, startNode, seeded, cpuTicks, sleep } from './mesh_lib.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const bin = path.resolve(root, process.env.MIMEO_BIN || 'build/mimeo');
 const N = Number(process.argv[2] || 8);
 const DBS = Number(process.argv[3] || 1000);
 const IDLE_S = Number(process.env.IDLE_S || 20);
 const WRITES = Number(process.env.WRITES || 20);
 const BURST = process.env.BURST !== '0';
-let seed = Number(process.env.SEED || Date.now() % 1e6) || 1;
-console.error(`mesh_scale N=${N} DBS=${DBS} SEED=${seed}`);
-function rnd(n) {
-  seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0;
-  return seed % n;
-}
-
-const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
-function call(base, method, p, body, timeout = 120_000) {
-  const u = new URL(base);
-  const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
-  return new Promise((resolve, reject) => {
-    const req = http.request({
-      host: u.hostname, port: u.port, method, path: p, agent,
-      headers: { accept: 'application/json', ...(data ? { 'content-type': 'application/json', 'content-length': data.length } : {}) },
-    }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString();
-        let json; try { json = JSON.parse(text); } catch {}
-        resolve({ status: res.statusCode, json, text });
-      });
-    });
-    req.setTimeout(timeout, () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-    if (data) req.write(data);
-    req.end();
-  });
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function until(check, timeout, what) {
-  const end = Date.now() + timeout;
-  for (;;) {
-    try { if (await check()) return; } catch {}
-    if (Date.now() > end) throw new Error(`${what}: not within ${timeout} ms`);
-    await sleep(250);
-  }
-}
+const rnd = seeded(`mesh_scale N=${N} DBS=${DBS}`);
+const call = makeCall(16);
+const until = (check, timeout, what) => untilEvery(check, timeout, what, 250);
 
 // ESTABLISHED TCP connections of each process: its socket inodes matched against one read of
 // /proc/net/tcp{,6} (which lists every socket of the machine, so it is read once per sample);
@@ -85,30 +45,6 @@ function tcpConnections(procs) {
     }
     return outgoing;
   });
-}
-
-function cpuTicks(pid) {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const c = f.slice(f.lastIndexOf(')') + 2).split(' ');
-  return Number(c[11]) + Number(c[12]);     // utime + stime
-}
-
-async function startNode(dir, name, args) {
-  const data = path.join(dir, name);
-  await fs.mkdir(data, { recursive: true });
-  const proc = spawn(bin, ['serve', '--data', data, '--bind', '127.0.0.1', '--port', '0',
-    '--node-name', name, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  proc.stderr.resume();
-  const url = await new Promise((resolve, reject) => {
-    let out = '';
-    proc.stdout.on('data', (c) => {
-      out += c;
-      const m = out.match(/mimeo listening on (http:\/\/\S+)/);
-      if (m) resolve(m[1]);
-    });
-    proc.on('exit', (code) => reject(new Error(`${name} exited ${code}`)));
-  });
-  return { name, url, proc, port: Number(new URL(url).port) };
 }
 
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'mimeo-mesh-scale-'));
@@ -228,7 +164,7 @@ try {
     `${out.write_everywhere_p50_ms} / ${out.write_everywhere_p99_ms} ms |`);
 } finally {
   for (const x of nodes) x.proc.kill('SIGKILL');
-  agent.destroy();
+  call.destroy();
   await sleep(300);
   await fs.rm(dir, { recursive: true, force: true });
 }

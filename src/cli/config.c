@@ -178,7 +178,7 @@ static const cfg_option cfg_options[] = {
     OPTR("mesh", "anti_entropy_interval_ms", CFG_UINT, mesh.anti_entropy_interval_ms, "10000",
          NULL, "period of the push-pull data round with one random peer", 100, 86400000),
     OPT("mesh", "eager_push", CFG_BOOL, mesh.eager_push, "true", NULL,
-        "push every write at once to fanout random peers (false: anti-entropy only)"),
+        "push every write at once to fanout peers (false: anti-entropy only)"),
     OPTR("mesh", "replication_workers", CFG_UINT, mesh.replication_workers, "4", NULL,
          "replications running at once, node-wide", 1, 64),
     OPTR("mesh", "replication_batch", CFG_UINT, mesh.replication_batch, "500", NULL,

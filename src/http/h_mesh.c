@@ -8,6 +8,20 @@
 #include "http_int.h"
 #include "../mesh/mesh_node.h"
 
+/* 200 with json (new text from the mesh; taken and freed here). */
+static void reply_json(http_req *r, char *json) {
+    buf b;
+    buf_init(&b, 0);
+    int rc = buf_puts(&b, json);
+    free(json);
+    if (rc != 0) {
+        buf_destroy(&b);
+        http_reply_error(r, 500, "internal_server_error", "out of memory");
+        return;
+    }
+    http_reply_buf(r, 200, &b);
+}
+
 /* GET /_mesh/summary: update_seq of every database meshed here (a peer's anti-entropy round
  * compares it with what it last pulled and pushed). */
 static void http_h_mesh_summary(http_req *r, struct mesh_node *n) {
@@ -38,16 +52,7 @@ static void http_h_mesh_summary(http_req *r, struct mesh_node *n) {
         else http_reply_error(r, 404, "not_found", "this node is not part of a mesh");
         return;
     }
-    buf b;
-    buf_init(&b, 0);
-    int rc = buf_puts(&b, json);
-    free(json);
-    if (rc != 0) {
-        buf_destroy(&b);
-        http_reply_error(r, 500, "internal_server_error", "out of memory");
-        return;
-    }
-    http_reply_buf(r, 200, &b);
+    reply_json(r, json);
 }
 
 void http_h_mesh(http_req *r) {
@@ -81,14 +86,5 @@ void http_h_mesh(http_req *r) {
         http_reply_error(r, 500, "internal_server_error", "out of memory");
         return;
     }
-    buf b;
-    buf_init(&b, 0);
-    int rc = buf_puts(&b, json);
-    free(json);
-    if (rc != 0) {
-        buf_destroy(&b);
-        http_reply_error(r, 500, "internal_server_error", "out of memory");
-        return;
-    }
-    http_reply_buf(r, 200, &b);
+    reply_json(r, json);
 }

@@ -398,7 +398,7 @@ static void send_msg(struct mesh *m, const char *to, struct mesh_hdr *h,
             size_t len = mesh_wire_rec_encode(&r, rec, sizeof rec);
             if (len && mesh_wire_add(&w, rec, len)) n++;
         }
-        for (size_t i = 0; i < m->ndb && n < 0xffff; i++) {
+        for (size_t i = 0; !(h->flags & MESH_F_DIGEST) && i < m->ndb && n < 0xffff; i++) {
             memset(&r, 0, sizeof r);
             r.kind = MESH_K_DB;
             r.version = m->db[i].version;
@@ -717,8 +717,23 @@ void mesh_free(struct mesh *m) {
     free(m);
 }
 
-static void send_sync(struct mesh *m, const char *to, int want_reply) {
-    send_simple(m, to, MESH_T_SYNC, want_reply ? MESH_F_REPLY : 0, 0);
+/* A SYNC to `to`: flags MESH_F_REPLY and/or MESH_F_DIGEST (members and the registry's
+ * digest; without it, members and every registry entry). */
+static void send_sync(struct mesh *m, const char *to, int flags) {
+    struct mesh_hdr h;
+    memset(&h, 0, sizeof h);
+    h.type = MESH_T_SYNC;
+    h.flags = flags;
+    if (flags & MESH_F_DIGEST) h.digest = mesh_db_digest(m);
+    send_msg(m, to, &h, NULL);
+}
+
+/* Requests carry the digest; answers follow the table at MESH_F_DIGEST in mesh.h. */
+static void answer_sync(struct mesh *m, const struct mesh_hdr *h) {
+    if (!(h->flags & MESH_F_REPLY)) return;
+    if (!(h->flags & MESH_F_DIGEST)) send_sync(m, h->url, 0);
+    else if (h->digest == mesh_db_digest(m)) send_sync(m, h->url, MESH_F_DIGEST);
+    else send_sync(m, h->url, MESH_F_REPLY);
 }
 
 int mesh_join(struct mesh *m, const char *const *urls, size_t n, uint64_t now) {
@@ -729,7 +744,7 @@ int mesh_join(struct mesh *m, const char *const *urls, size_t n, uint64_t now) {
         m->seeds = s;
         if (!(m->seeds[m->nseeds] = strdup(urls[i]))) return MIMEO_ENOMEM;
         m->nseeds++;
-        send_sync(m, urls[i], 1);
+        send_sync(m, urls[i], MESH_F_REPLY | MESH_F_DIGEST);
     }
     m->join_backoff = 1000;
     m->next_join = now + m->join_backoff;
@@ -866,7 +881,7 @@ int mesh_recv(struct mesh *m, const uint8_t *data, size_t len, uint64_t now) {
         if (m->probe.active && h.probe == m->probe.id) m->probe.nacks++;
         break;
     case MESH_T_SYNC:
-        if (h.flags & MESH_F_REPLY) send_sync(m, h.url, 0);
+        answer_sync(m, &h);
         break;
     default:
         break;
@@ -1009,14 +1024,16 @@ void mesh_tick(struct mesh *m, uint64_t now) {
     if (now >= m->next_pushpull) {
         m->next_pushpull = now + pushpull_interval(m);
         size_t t;
-        if (pick(m, 1u << MESH_ALIVE, SIZE_MAX, 1, &t, now, 0) == 1) send_sync(m, m->mem[t].url, 1);
+        if (pick(m, 1u << MESH_ALIVE, SIZE_MAX, 1, &t, now, 0) == 1)
+            send_sync(m, m->mem[t].url, MESH_F_REPLY | MESH_F_DIGEST);
     }
     if (now >= m->next_reconnect) {
         /* Both sides of a healed partition hold each other dead; nothing would ever probe
          * across. A periodic push-pull to a random dead member finds the way back. */
         m->next_reconnect = now + m->cfg.reconnect_interval_ms;
         size_t t;
-        if (pick(m, 1u << MESH_DEAD, SIZE_MAX, 1, &t, now, 0) == 1) send_sync(m, m->mem[t].url, 1);
+        if (pick(m, 1u << MESH_DEAD, SIZE_MAX, 1, &t, now, 0) == 1)
+            send_sync(m, m->mem[t].url, MESH_F_REPLY | MESH_F_DIGEST);
     }
     if (m->nseeds) {
         if (peer) {
@@ -1025,7 +1042,8 @@ void mesh_tick(struct mesh *m, uint64_t now) {
         } else if (m->next_join == MESH_NEVER) {
             m->next_join = now + m->join_backoff;
         } else if (now >= m->next_join) {
-            for (size_t i = 0; i < m->nseeds; i++) send_sync(m, m->seeds[i], 1);
+            for (size_t i = 0; i < m->nseeds; i++)
+                send_sync(m, m->seeds[i], MESH_F_REPLY | MESH_F_DIGEST);
             m->join_backoff *= 2;
             if (m->join_backoff > m->cfg.join_retry_max_ms) m->join_backoff = m->cfg.join_retry_max_ms;
             m->next_join = now + m->join_backoff;
@@ -1134,6 +1152,19 @@ int mesh_db_observe_at(struct mesh *m, const char *db, uint64_t version, uint64_
 }
 
 size_t mesh_db_count(const struct mesh *m) { return m->ndb; }
+
+uint64_t mesh_db_digest(const struct mesh *m) {
+    /* A sum of mixed per-entry hashes: the same whatever the order the entries were learnt. */
+    uint64_t sum = m->ndb;
+    for (size_t i = 0; i < m->ndb; i++) {
+        uint64_t h = m->db[i].hash ^ (m->db[i].version * 2 + (m->db[i].deleted ? 1 : 0)) * 0x9e3779b97f4a7c15ull;
+        h ^= h >> 31;
+        h *= 0xbf58476d1ce4e5b9ull;
+        h ^= h >> 29;
+        sum += h;
+    }
+    return sum;
+}
 
 int mesh_db_get(const struct mesh *m, size_t i, struct mesh_db_info *out) {
     if (i >= m->ndb) return MIMEO_ENOTFOUND;

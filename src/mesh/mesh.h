@@ -38,7 +38,8 @@
  *  |   PING     probe u32, target name (u8 len + bytes)
  *  |   PING_REQ probe u32, target name, target url (u8 len + bytes each)
  *  |   ACK/NACK probe u32
- *  |   GOSSIP, SYNC: empty
+ *  |   GOSSIP: empty
+ *  |   SYNC     empty, or with MESH_F_DIGEST the registry digest (u64)
  *  +-------------------------------+
  *  | nrec (u16), then nrec records |  piggybacked updates, or the full state in a SYNC
  *  +-------------------------------+
@@ -83,8 +84,14 @@ enum mesh_type {
     MESH_T_SYNC = 6,
 };
 
-/* SYNC flag: the sender wants the receiver's full state back (a push-pull request). */
+/* SYNC flag: the sender wants the receiver's state back (a push-pull request). */
 #define MESH_F_REPLY 0x01
+/* SYNC flag: the records are the members only, and the body carries a digest of the sender's
+ * database registry instead of its entries. A push-pull request goes out so; a receiver whose
+ * registry digests the same answers in kind (members only), one whose registry differs
+ * answers with its whole registry and MESH_F_REPLY, and the requester answers that with its
+ * own. An idle mesh so sends members only, however many databases it holds. */
+#define MESH_F_DIGEST 0x02
 
 enum mesh_kind {
     MESH_K_ALIVE = 1,
@@ -219,6 +226,9 @@ struct mesh_db_info {
     uint64_t version;
 };
 size_t mesh_db_count(const struct mesh *m);
+/* An order-independent digest of the registry (names, versions, deleted flags): two nodes
+ * whose registries hold the same entries have the same digest. */
+uint64_t mesh_db_digest(const struct mesh *m);
 int mesh_db_get(const struct mesh *m, size_t i, struct mesh_db_info *out);
 int mesh_db_find(const struct mesh *m, const char *db, struct mesh_db_info *out);
 
@@ -248,6 +258,7 @@ struct mesh_hdr {
     char name[MESH_NAME_MAX + 1];
     char url[MESH_URL_MAX + 1];
     uint32_t probe;
+    uint64_t digest;                /* SYNC with MESH_F_DIGEST */
     char target[MESH_NAME_MAX + 1];
     char target_url[MESH_URL_MAX + 1];
     uint16_t nrec;

@@ -28,6 +28,9 @@
 #define ROUND_BACKLOG  64        /* a periodic round waits while more tasks than this queue: */
 #define ROUND_DEFER    5         /* what it would add is mostly queued already; at most this
                                     many periods in a row, then it runs anyway */
+#define SAVE_MS        1000      /* progress reaches the disk at most this late (a kill -9
+                                    loses at most that much: a few replications that find
+                                    nothing after the restart) */
 
 enum { T_PUSH, T_PULL, T_ROUND };
 
@@ -46,6 +49,8 @@ struct task {
 struct stat_row {
     struct mesh_sync_stat s;
     bool mismatch;               /* the peer's copy is of another incarnation of the db */
+    bool loaded;                 /* the progress saved by an earlier process was read */
+    bool dirty;                  /* pushed_seq or pulled_seq moved since the last save */
     struct stat_row *hnext;
     struct stat_row *lnext;      /* every row, newest first */
 };
@@ -72,6 +77,7 @@ struct peer_cursor {
 
 struct mesh_data {
     struct mesh_data_opts o;
+    char self[MESH_NAME_MAX + 1];
     char *password;
     pthread_mutex_t mu;
     pthread_cond_t cond;         /* scheduler: dirty databases, stop */
@@ -376,6 +382,102 @@ static int replicate(struct mesh_data *d, const struct task *t, uint64_t *read_n
     return rc;
 }
 
+/* ---- progress on disk --------------------------------------------------------------------- */
+/* What this node knows of each (database, peer) outlives the process, in the database's own
+ * _local/mimeo-mesh-peer:<peer> = {"version":V,"pushed_seq":N,"pulled_seq":M}: without it
+ * the first round after a restart would run one replication each way per database and peer
+ * only to learn that they are in step. V is the registry version the copy was made for; a
+ * copy dropped and made again starts without local documents anyway, and a stale V is
+ * ignored. Rows are saved by the scheduler at most SAVE_MS after they move, and at stop. */
+
+#define PROGRESS_PREFIX "mimeo-mesh-peer:"
+
+struct progress {
+    int64_t pushed, pulled;
+};
+
+/* The saved progress of (db, peer) into *p (-1 each where nothing usable is saved). */
+static void progress_read(struct mesh_data *d, const char *db, const char *peer,
+                          struct progress *p) {
+    p->pushed = p->pulled = -1;
+    uint64_t version = mesh_node_db_version(d->o.node, db);
+    char id[sizeof PROGRESS_PREFIX + MESH_NAME_MAX];
+    int il = snprintf(id, sizeof id, PROGRESS_PREFIX "%s", peer);
+    mimeo_db *h = NULL;
+    if (il < 0 || (size_t)il >= sizeof id || mimeo_db_open(d->o.env, db, &h, NULL) != 0) return;
+    char *json = NULL;
+    size_t len = 0;
+    jval *v = NULL;
+    if (mimeo_local_get(h, id, (size_t)il, &json, &len, NULL) == 0 && json &&
+        json_tree_parse(json, len, NULL, &v, NULL) == 0 &&
+        jnum(jval_get(v, "version")) == (int64_t)version) {
+        p->pushed = jnum(jval_get(v, "pushed_seq"));
+        p->pulled = jnum(jval_get(v, "pulled_seq"));
+    }
+    jval_free(v);
+    mimeo_free(json);
+    mimeo_db_close(h);
+}
+
+static void progress_write(struct mesh_data *d, const char *db, const char *peer,
+                           const struct progress *p) {
+    char id[sizeof PROGRESS_PREFIX + MESH_NAME_MAX];
+    int il = snprintf(id, sizeof id, PROGRESS_PREFIX "%s", peer);
+    mimeo_db *h = NULL;
+    if (il < 0 || (size_t)il >= sizeof id || mimeo_db_open(d->o.env, db, &h, NULL) != 0) return;
+    /* The current _rev, since a local put checks it. */
+    char rev[MIMEO_REV_MAX] = "";
+    char *old = NULL;
+    size_t ol = 0;
+    jval *v = NULL;
+    if (mimeo_local_get(h, id, (size_t)il, &old, &ol, NULL) == 0 && old &&
+        json_tree_parse(old, ol, NULL, &v, NULL) == 0) {
+        const jval *r = jval_get(v, "_rev");
+        if (r && r->type == JV_STRING && r->len < sizeof rev) memcpy(rev, r->str, r->len);
+    }
+    jval_free(v);
+    mimeo_free(old);
+    /* Unknown is null, not 0: a 0 pulled_seq would claim the peer holds nothing. */
+    char pushed[24] = "null", pulled[24] = "null", body[128];
+    if (p->pushed >= 0) snprintf(pushed, sizeof pushed, "%lld", (long long)p->pushed);
+    if (p->pulled >= 0) snprintf(pulled, sizeof pulled, "%lld", (long long)p->pulled);
+    int bl = snprintf(body, sizeof body, "{\"version\":%llu,\"pushed_seq\":%s,\"pulled_seq\":%s}",
+                      (unsigned long long)mesh_node_db_version(d->o.node, db), pushed, pulled);
+    mimeo_put_result res;
+    memset(&res, 0, sizeof res);
+    mimeo_local_put(h, id, (size_t)il, body, (size_t)bl, rev[0] ? rev : NULL, &res, NULL);
+    mimeo_free(res.id);
+    mimeo_db_close(h);
+}
+
+struct save_row {
+    char db[sizeof ((struct mesh_sync_stat *)0)->db];
+    char peer[MESH_NAME_MAX + 1];
+    struct progress p;
+};
+
+/* Writes every row that moved since the last save. Called with mu held; releases it while
+ * it writes (the store must not be called under mu: the commit hook takes it). Only one
+ * thread saves at a time (the scheduler, then mesh_data_free after it stopped). */
+static void progress_save(struct mesh_data *d) {
+    struct save_row *v = NULL;
+    size_t n = 0, cap = 0;
+    for (struct stat_row *r = d->stat_list; r; r = r->lnext) {
+        if (!r->dirty) continue;
+        if (ARRAY_GROW(v, cap, n + 1)) break;        /* the rest stays dirty: next time */
+        r->dirty = false;
+        memcpy(v[n].db, r->s.db, sizeof v[n].db);
+        memcpy(v[n].peer, r->s.peer, sizeof v[n].peer);
+        v[n].p = (struct progress){ r->s.pushed_seq, r->s.pulled_seq };
+        n++;
+    }
+    if (!n) { free(v); return; }
+    pthread_mutex_unlock(&d->mu);
+    for (size_t i = 0; i < n; i++) progress_write(d, v[i].db, v[i].peer, &v[i].p);
+    pthread_mutex_lock(&d->mu);
+    free(v);
+}
+
 struct round_db {
     char *name;
     int64_t peer_seq;
@@ -436,7 +538,12 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
         k++;
     }
     /* What this node knows of the peer, summary applied; then every row of the peer. */
-    char **mine = NULL;
+    struct mine_row {
+        char *db;
+        bool load;               /* not loaded from the disk yet */
+        struct progress saved;
+        int64_t ls;
+    } *mine = NULL;
     size_t nmine = 0, cap = 0;
     pthread_mutex_lock(&d->mu);
     d->c.summaries++;
@@ -449,30 +556,42 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
     }
     for (struct stat_row *r = d->stat_list; r; r = r->lnext) {
         if (strcmp(r->s.peer, t->peer.name) != 0) continue;
-        if (ARRAY_GROW(mine, cap, nmine + 1) || !(mine[nmine] = strdup(r->s.db))) {
+        if (ARRAY_GROW(mine, cap, nmine + 1) || !(mine[nmine].db = strdup(r->s.db))) {
             *incomplete = true;
             break;
         }
+        mine[nmine].load = !r->loaded;
         nmine++;
     }
     pthread_mutex_unlock(&d->mu);
-    int64_t *ls = calloc(nmine ? nmine : 1, sizeof *ls);
-    for (size_t i = 0; ls && i < nmine; i++)
-        ls[i] = mesh_node_db_wanted(d->o.node, mine[i], strlen(mine[i])) ? local_seq(d, mine[i]) : -1;
+    for (size_t i = 0; i < nmine; i++) {
+        struct mine_row *m = &mine[i];
+        m->ls = mesh_node_db_wanted(d->o.node, m->db, strlen(m->db)) ? local_seq(d, m->db) : -1;
+        m->saved = (struct progress){ -1, -1 };
+        if (m->load && m->ls >= 0) progress_read(d, m->db, t->peer.name, &m->saved);
+    }
     pthread_mutex_lock(&d->mu);
-    for (size_t i = 0; ls && i < nmine; i++) {
-        if (ls[i] < 0) continue;
-        struct stat_row *r = stat_get(d, mine[i], t->peer.name);
-        if (!r || r->mismatch) continue;
+    for (size_t i = 0; i < nmine; i++) {
+        struct mine_row *m = &mine[i];
+        if (m->ls < 0) continue;
+        struct stat_row *r = stat_get(d, m->db, t->peer.name);
+        if (!r) continue;
+        if (m->load && !r->loaded) {
+            /* What this process learnt meanwhile is newer than what the last one saved. */
+            r->loaded = true;
+            if (r->s.pushed_seq < m->saved.pushed) r->s.pushed_seq = m->saved.pushed;
+            if (r->s.pulled_seq < 0) r->s.pulled_seq = m->saved.pulled;
+        }
+        if (r->mismatch) continue;
         if (r->s.peer_seq > 0 && r->s.pulled_seq != r->s.peer_seq)
-            enqueue(d, T_PULL, mine[i], &t->peer, r->s.peer_seq);
-        if (ls[i] == 0) r->s.pushed_seq = 0;
-        else if (r->s.pushed_seq != ls[i])
-            enqueue(d, T_PUSH, mine[i], &t->peer, -1);
+            enqueue(d, T_PULL, m->db, &t->peer, r->s.peer_seq);
+        if (m->ls == 0) r->s.pushed_seq = 0;
+        else if (r->s.pushed_seq != m->ls)
+            enqueue(d, T_PUSH, m->db, &t->peer, -1);
     }
     /* Read through gen only when every database it listed could be taken in: one still
      * missing here is listed again next time. */
-    if (!*incomplete && ls && ep && ep->type == JV_STRING && ep->len < sizeof epoch && gen >= 0) {
+    if (!*incomplete && ep && ep->type == JV_STRING && ep->len < sizeof epoch && gen >= 0) {
         pc = cursor_of(d, t->peer.name);
         if (!pc && (pc = calloc(1, sizeof *pc))) {
             snprintf(pc->name, sizeof pc->name, "%s", t->peer.name);
@@ -485,10 +604,8 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
         }
     }
     pthread_mutex_unlock(&d->mu);
-    if (!ls) *incomplete = true;
-    for (size_t i = 0; i < nmine; i++) free(mine[i]);
+    for (size_t i = 0; i < nmine; i++) free(mine[i].db);
     free(mine);
-    free(ls);
     free(rd);
     jval_free(v);
     return 0;
@@ -528,11 +645,17 @@ static void run_task(struct mesh_data *d, struct task *t) {
         if (t->kind == T_PUSH) {
             /* Everything committed here before the push started is on the peer now. */
             int64_t s = src_seq > before ? src_seq : before;
-            if (s > r->s.pushed_seq) r->s.pushed_seq = s;
+            if (s > r->s.pushed_seq) {
+                r->s.pushed_seq = s;
+                r->dirty = true;
+            }
         } else {
             int64_t s = t->peer_seq;
             if (src_seq > s) s = src_seq;
-            if (s >= 0) r->s.pulled_seq = s;
+            if (s >= 0 && s != r->s.pulled_seq) {
+                r->s.pulled_seq = s;
+                r->dirty = true;
+            }
             if (s > r->s.peer_seq) r->s.peer_seq = s;
         }
     } else if (r) {
@@ -659,6 +782,7 @@ static void *sched_main(void *arg) {
     struct mesh_peer *ever = NULL;      /* every peer (name and URL) seen so far */
     size_t never = 0, capever = 0;
     uint64_t next_round = mono_ms() + d->o.anti_entropy_ms;
+    uint64_t next_save = mono_ms() + SAVE_MS;
     unsigned deferred = 0;
     pthread_mutex_lock(&d->mu);
     while (!d->stop) {
@@ -694,9 +818,28 @@ static void *sched_main(void *arg) {
         uint64_t sig = peers_sig(peers, np);
         if (sig != d->members_sig) {
             d->members_sig = sig;
-            /* A fresh random eager set: a partial Fisher-Yates over the live peers. */
-            size_t want = d->o.fanout < np ? d->o.fanout : np;
-            for (size_t i = 0; i < want; i++) {
+            /* A fresh eager set: this node's successor on the ring of member names, then
+             * random live peers (a partial Fisher-Yates). Random choices alone leave some
+             * node out of every other node's set now and then — with fanout 3 each node is
+             * missed by all N−1 others with probability ≈ e⁻³, so 1.6 nodes of 32 on
+             * average — and such a node gets writes only by anti-entropy. The ring gives
+             * every node at least one pusher; the random ones keep the hops O(log N). */
+            size_t want = d->o.fanout < np ? d->o.fanout : np, first = 0;
+            if (want) {
+                size_t succ = SIZE_MAX, lowest = 0;
+                for (size_t i = 0; i < np; i++) {
+                    if (strcmp(peers[i].name, peers[lowest].name) < 0) lowest = i;
+                    if (strcmp(peers[i].name, d->self) > 0 &&
+                        (succ == SIZE_MAX || strcmp(peers[i].name, peers[succ].name) < 0))
+                        succ = i;
+                }
+                if (succ == SIZE_MAX) succ = lowest;      /* the ring wraps around */
+                struct mesh_peer tmp = peers[0];
+                peers[0] = peers[succ];
+                peers[succ] = tmp;
+                first = 1;
+            }
+            for (size_t i = first; i < want; i++) {
                 size_t j = i + (size_t)(rnd(d) % (np - i));
                 struct mesh_peer tmp = peers[i];
                 peers[i] = peers[j];
@@ -738,6 +881,10 @@ static void *sched_main(void *arg) {
             /* ±10% jitter keeps the nodes' rounds from lining up. */
             uint64_t span = d->o.anti_entropy_ms / 5 + 1;
             next_round = now + d->o.anti_entropy_ms - span / 2 + rnd(d) % span;
+        }
+        if (now >= next_save) {
+            next_save = now + SAVE_MS;
+            progress_save(d);
         }
     }
     pthread_mutex_unlock(&d->mu);
@@ -858,6 +1005,17 @@ void mesh_data_counters(struct mesh_data *d, struct mesh_data_counters *out) {
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
 
+/* What mesh_data_start set up before its threads: the last of a start that failed or a stop. */
+static void release(struct mesh_data *d) {
+    free(d->workers);
+    free(d->running);
+    free(d->password);
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cond);
+    pthread_cond_destroy(&d->work);
+    free(d);
+}
+
 int mesh_data_start(const struct mesh_data_opts *o, struct mesh_data **out, char *err,
                     size_t errlen) {
     *out = NULL;
@@ -871,6 +1029,8 @@ int mesh_data_start(const struct mesh_data_opts *o, struct mesh_data **out, char
     if (!d->o.batch) d->o.batch = 500;
     if (!d->o.timeout_ms) d->o.timeout_ms = 10000;
     d->password = strdup(o->password ? o->password : "");
+    snprintf(d->self, sizeof d->self, "%s", o->self ? o->self : "");
+    d->o.self = NULL;
     d->nworkers = d->o.workers;
     d->workers = calloc(d->nworkers, sizeof *d->workers);
     d->running = calloc(d->nworkers, sizeof *d->running);
@@ -912,13 +1072,7 @@ int mesh_data_start(const struct mesh_data_opts *o, struct mesh_data **out, char
     return 0;
 fail:
     free(slots);
-    free(d->workers);
-    free(d->running);
-    free(d->password);
-    pthread_mutex_destroy(&d->mu);
-    pthread_cond_destroy(&d->cond);
-    pthread_cond_destroy(&d->work);
-    free(d);
+    release(d);
     return -1;
 }
 
@@ -935,6 +1089,9 @@ void mesh_data_free(struct mesh_data *d) {
     pthread_mutex_unlock(&d->mu);
     pthread_join(d->sched, NULL);
     for (unsigned i = 0; i < d->nworkers; i++) pthread_join(d->workers[i], NULL);
+    pthread_mutex_lock(&d->mu);
+    progress_save(d);               /* a clean stop keeps everything learnt */
+    pthread_mutex_unlock(&d->mu);
     for (unsigned h = 0; h < HASH_SLOTS; h++) {
         while (d->slots[h]) {
             struct task *t = d->slots[h];
@@ -969,11 +1126,5 @@ void mesh_data_free(struct mesh_data *d) {
     }
     free(d->eager);
     free(d->slots_mem);
-    free(d->workers);
-    free(d->running);
-    free(d->password);
-    pthread_mutex_destroy(&d->mu);
-    pthread_cond_destroy(&d->cond);
-    pthread_cond_destroy(&d->work);
-    free(d);
+    release(d);
 }

@@ -36,6 +36,7 @@ struct mesh_data_opts {
     mimeo_env *env;
     struct mesh_node *node;
     const char *password;        /* the _mesh principal's password (hex) */
+    const char *self;            /* this node's member name (copied) */
     unsigned fanout;             /* eager-push peers per database */
     unsigned anti_entropy_ms;    /* period of push-pull rounds with one random peer */
     unsigned workers;            /* replications running at once, node-wide */

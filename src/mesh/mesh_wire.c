@@ -78,7 +78,9 @@ int mesh_wire_parse(const uint8_t *key, size_t keylen, const uint8_t *data, size
         h->probe = (uint32_t)rd_uint(&r, 4);
         break;
     case MESH_T_GOSSIP:
+        break;
     case MESH_T_SYNC:
+        if (h->flags & MESH_F_DIGEST) h->digest = rd_uint(&r, 8);
         break;
     default:
         return MIMEO_EINVAL;
@@ -174,6 +176,9 @@ void mesh_wire_begin(struct mesh_wbuf *w, size_t limit, const struct mesh_hdr *h
     case MESH_T_ACK:
     case MESH_T_NACK:
         wb_uint(w, h->probe, 4);
+        break;
+    case MESH_T_SYNC:
+        if (h->flags & MESH_F_DIGEST) wb_uint(w, h->digest, 8);
         break;
     default:
         break;

@@ -699,7 +699,7 @@ int mesh_node_start(const struct mesh_node_opts *o, struct mesh_node **out, char
         goto fail_thread;
     }
     struct mesh_data_opts dopts = {
-        .env = o->env, .node = n, .password = n->http_pw, .fanout = o->tun.gossip_nodes,
+        .env = o->env, .node = n, .password = n->http_pw, .self = name, .fanout = o->tun.gossip_nodes,
         .anti_entropy_ms = o->anti_entropy_ms, .workers = o->repl_workers,
         .batch = o->repl_batch, .timeout_ms = o->repl_timeout_ms, .eager = !o->no_eager_push,
     };

@@ -350,3 +350,41 @@ test('anti-entropy alone (eager push off) converges, and an idle round moves not
   // The two meshes stay apart: nothing of the first one is here.
   assert.equal((await req('f', 'GET', '/conv')).status, 404);
 });
+
+test('a restart resumes from the saved progress: its first rounds replicate nothing', async () => {
+  // f and g (eager push off, a round every second) share 'quiet'; two more databases, then
+  // wait until each side knows the other is in step in every one of them.
+  const dbs = ['quiet', 'quiet2', 'quiet3'];
+  for (const db of dbs.slice(1)) {
+    await createDb('f', db, ['g']);
+    for (let i = 0; i < 3; i++) assert.equal((await req(i % 2 ? 'f' : 'g', 'PUT', `/${db}/r${i}`, { i })).status, 201);
+    await converged(['f', 'g'], db, 20_000);
+  }
+  const inStep = async (node) => {
+    const rows = (await meshOf(node)).sync.filter((r) => dbs.includes(r.db));
+    return rows.length === dbs.length && rows.every((r) => r.behind === 0 && r.pull_behind === 0);
+  };
+  await waitFor(async () => await inStep('f') && await inStep('g'),
+    { timeout: 20_000, message: 'f and g in step', describe: async () => [(await meshOf('f')).sync, (await meshOf('g')).sync] });
+  const fBefore = (await meshOf('f')).replication;
+  await nodes.g.restart();                  // SIGTERM: the progress is saved as it stops
+  await allAlive(['f', 'g'], ['f', 'g']);
+  // Three rounds of g's with f, and f's rounds with g's new process meanwhile.
+  await waitFor(async () => (await meshOf('g')).replication.summaries >= 3,
+    { timeout: 15_000, message: 'g rounds with f' });
+  const g = await meshOf('g');
+  assert.equal(g.replication.completed, 0, `g replicated after its restart: ${JSON.stringify(g.replication)}`);
+  assert.equal(g.replication.failed, 0);
+  for (const db of dbs) {
+    const row = g.sync.find((r) => r.db === db && r.peer === 'f');
+    assert.ok(row, `a row of ${db}: ${JSON.stringify(g.sync)}`);
+    assert.equal(row.behind, 0, `the saved checkpoint of ${db}: ${JSON.stringify(row)}`);
+    assert.equal(row.pull_behind, 0, `${db}: ${JSON.stringify(row)}`);
+  }
+  const fAfter = (await meshOf('f')).replication;
+  assert.equal(fAfter.completed, fBefore.completed, 'f has nothing to move either');
+  // And it still moves what is new.
+  assert.equal((await req('f', 'PUT', '/quiet2/after-restart', { x: 1 })).status, 201);
+  await waitFor(async () => (await req('g', 'GET', '/quiet2/after-restart')).status === 200,
+    { timeout: 15_000, message: 'a new write reaches g' });
+});

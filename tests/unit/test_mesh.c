@@ -935,6 +935,94 @@ static void test_join_backoff(void) {
     mesh_free(m);
 }
 
+/* ---- push-pull carries the registry's digest ------------------------------------------ */
+
+static struct mesh *pp_node(const char *name, const char *url) {
+    struct mesh_config cfg;
+    mesh_config_default(&cfg);
+    cfg.name = name;
+    cfg.url = url;
+    cfg.secret = SECRET;
+    cfg.secret_len = sizeof SECRET;
+    cfg.seed = 11;
+    return mesh_new(&cfg, 0);
+}
+
+struct pp_count {
+    int msgs, dbrecs;
+    size_t bytes;
+};
+
+/* Delivers the stream messages `from` queued for to_url to `to` (datagrams are dropped, so
+ * only push-pull moves state); counts them, their bytes and their database records. */
+static void pp_move(struct mesh *from, struct mesh *to, const char *to_url, uint64_t now,
+                    struct pp_count *c) {
+    struct mesh_msg msg;
+    while (mesh_out_pop(from, &msg)) {
+        struct mesh_hdr h;
+        if (msg.stream && strcmp(msg.to, to_url) == 0 &&
+            mesh_wire_parse(SECRET, sizeof SECRET, msg.data, msg.len, &h) == 0) {
+            size_t off = h.rec_off;
+            struct mesh_rec r;
+            while (mesh_wire_rec_next(msg.data, &h, &off, &r) == 1) c->dbrecs += r.kind == MESH_K_DB;
+            c->msgs++;
+            c->bytes += msg.len;
+            CHECK_EQ_INT(mesh_recv(to, msg.data, msg.len, now), 0);
+        }
+        free(msg.data);
+    }
+}
+
+static struct pp_count pp_exchange(struct mesh *a, struct mesh *b, uint64_t now) {
+    struct pp_count c = { 0 };
+    const char *url = "sim://b";
+    CHECK_EQ_INT(mesh_join(a, &url, 1, now), 0);       /* a push-pull to b, at once */
+    for (int i = 0; i < 4; i++) {
+        pp_move(a, b, "sim://b", now, &c);
+        pp_move(b, a, "sim://a", now, &c);
+    }
+    return c;
+}
+
+/* Equal registries: request and answer carry members and the digest, not one database
+ * entry (the digest replaced 200 of them). Different registries: the answer is the whole
+ * registry with a request for the other's, which follows; both end with the union. */
+static void test_pushpull_digest(void) {
+    struct mesh *a = pp_node("a", "sim://a"), *b = pp_node("b", "sim://b");
+    char name[32];
+    for (int i = 0; i < 200; i++) {
+        snprintf(name, sizeof name, "db%03d", i);
+        CHECK_EQ_INT(mesh_db_create(a, name, 0), 0);
+        CHECK_EQ_INT(mesh_db_create(b, name, 0), 0);
+    }
+    CHECK(mesh_db_digest(a) == mesh_db_digest(b));
+    struct pp_count c = pp_exchange(a, b, 1);
+    CHECK_EQ_INT(c.msgs, 2);
+    CHECK_EQ_INT(c.dbrecs, 0);
+    CHECK(c.bytes < 600);
+    struct mesh_member_info mi;
+    CHECK(mesh_member_find(a, "b", &mi) == 0 && mi.state == MESH_ALIVE);
+    CHECK(mesh_member_find(b, "a", &mi) == 0 && mi.state == MESH_ALIVE);
+
+    CHECK_EQ_INT(mesh_db_create(a, "only-a", 2), 0);
+    CHECK_EQ_INT(mesh_db_delete(b, "db007", 2), 0);
+    CHECK(mesh_db_digest(a) != mesh_db_digest(b));
+    c = pp_exchange(a, b, 3);
+    CHECK_EQ_INT(c.msgs, 3);
+    CHECK_EQ_INT(c.dbrecs, 200 + 201);      /* b's registry, then a's (the union) */
+    CHECK(mesh_db_digest(a) == mesh_db_digest(b));
+    struct mesh_db_info di;
+    CHECK(mesh_db_find(a, "db007", &di) == 0 && di.deleted);
+    CHECK(mesh_db_find(b, "only-a", &di) == 0 && !di.deleted);
+
+    /* Back in step: members only again. */
+    c = pp_exchange(a, b, 4);
+    CHECK_EQ_INT(c.msgs, 2);
+    CHECK_EQ_INT(c.dbrecs, 0);
+    mesh_free(a);
+    mesh_free(b);
+}
+
 int main(int argc, char **argv) {
     const char *env = getenv("SEED");
     g_seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
@@ -944,6 +1032,7 @@ int main(int argc, char **argv) {
     SCEN("wire", test_wire_roundtrip);
     SCEN("wire", test_wire_tamper);
     SCEN("db", test_db_register);
+    SCEN("db", test_pushpull_digest);
     SCEN("solo", test_suspicion_timeout);
     SCEN("solo", test_refute);
     SCEN("solo", test_join_backoff);

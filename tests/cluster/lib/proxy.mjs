@@ -90,6 +90,7 @@ export class NodeProxy {
     this.target = null;        // the node's real port, once it runs
     this.exchanges = new Set(); // {dst, req, res, up} in flight through the egress proxy
     this.stats = { udpIn: 0, udpDropped: 0, httpOut: 0, httpDropped: 0, direct: 0 };
+    this.resetPeaks();
     this.agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
   }
 
@@ -103,9 +104,22 @@ export class NodeProxy {
     udp.on('error', () => {});
     this.egress = http.createServer((req, res) => this.onRequest(req, res));
     this.egress.keepAliveTimeout = 60_000;
+    // Every connection the node opens to another node arrives here (libcurl sends all of
+    // them through http_proxy): the peak number open at once is the node's outgoing total.
+    this.egress.on('connection', (sock) => {
+      this.openConns++;
+      this.peaks.conns = Math.max(this.peaks.conns, this.openConns);
+      sock.on('close', () => { this.openConns--; });
+    });
     await new Promise((resolve) => this.egress.listen(0, '127.0.0.1', resolve));
     this.egressPort = this.egress.address().port;
     return port;
+  }
+
+  /** Forgets the peaks: open connections, and requests in flight to each destination. */
+  resetPeaks() {
+    this.openConns ??= 0;
+    this.peaks = { conns: this.openConns, inflight: {} };
   }
 
   url() { return `http://127.0.0.1:${this.port}`; }
@@ -155,6 +169,11 @@ export class NodeProxy {
       });
       const ex = { dst, req, res, up };
       this.exchanges.add(ex);
+      if (dst != null) {
+        let n = 0;
+        for (const e of this.exchanges) n += e.dst === dst;
+        this.peaks.inflight[dst] = Math.max(this.peaks.inflight[dst] ?? 0, n);
+      }
       const done = () => this.exchanges.delete(ex);
       up.on('response', (ur) => {
         const h = {};
