@@ -625,6 +625,27 @@ out:
     return rc;
 }
 
+int mimeo_blob_ref_new(mimeo_db *db, const char *id, size_t id_len, const char *rev,
+                       const char *name, size_t name_len, mimeo_blob **out, mimeo_err *err) {
+    *out = NULL;
+    mimeo_att_reader rd = {0};
+    int rc = att_locate(db, id, id_len, rev, name, name_len, &rd, NULL, err);
+    free(rd.type);
+    if (rc) return rc;
+    mimeo_blob *b = calloc(1, sizeof *b);
+    if (!b) return db_err(err, MIMEO_ENOMEM);
+    b->env = db->env;
+    b->by_ref = b->finished = true;
+    b->length = b->info.length = rd.m.length;
+    b->stored = b->info.encoded_length = rd.m.stored;
+    b->info.gzip = rd.m.gzip;
+    memcpy(b->md5_raw, rd.m.md5, 16);
+    memcpy(b->info.sha256, rd.sha, 32);
+    blob_digest_text(rd.m.md5, b->info.digest);
+    *out = b;
+    return 0;
+}
+
 int mimeo_att_open(mimeo_db *db, const char *id, size_t id_len, const char *rev,
                    const char *name, size_t name_len, bool decode, mimeo_att_reader **out,
                    mimeo_att_info *info, mimeo_err *err) {
