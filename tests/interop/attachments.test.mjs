@@ -127,6 +127,15 @@ test('standalone API: names with /, rev, ETag, Range, Content-MD5, HEAD, DELETE'
   r = await c.put(`/solo/doc/c.bin?rev=${rev1}`, 'abc', { headers: {
     'content-type': 'application/octet-stream', 'content-md5': crypto.createHash('md5').update('abc').digest('base64') } });
   const rev2 = expectStatus(r, 201).rev;
+  // A text type is stored gzip-encoded: Content-MD5 is still of the bytes sent.
+  const md5b64 = (t) => crypto.createHash('md5').update(t).digest('base64');
+  r = await c.put('/solo/tdoc/t.txt', 'some text', { headers: {
+    'content-type': 'text/plain', 'content-md5': md5b64('other text') } });
+  assertError(r, 400, 'content_md5_mismatch');
+  r = await c.put('/solo/tdoc/t.txt', 'some text', { headers: {
+    'content-type': 'text/plain', 'content-md5': md5b64('some text') } });
+  expectStatus(r, 201);
+  assert.equal((await c.get('/solo/tdoc/t.txt')).text, 'some text');
   r = await c.get('/solo/doc');
   assert.deepEqual(Object.keys(r.json._attachments).sort(), ['c.bin', 'dir/sub/a.bin']);
   assert.equal(r.json._attachments['c.bin'].revpos, 2);
