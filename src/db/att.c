@@ -548,6 +548,15 @@ struct mimeo_att_reader {
     int64_t       have_idx;
 };
 
+/* The node of revision rev in d that still has its body (-1: none); MIMEO_EBADREV with err
+ * filled for a malformed rev. */
+static int att_find_rev(const db_doc *d, const char *rev, int64_t *node, mimeo_err *err) {
+    int rc = db_find_rev(&d->tree, rev, strlen(rev), node);
+    if (rc == MIMEO_EBADREV) db_err_set(err, rc, "bad_request", "Invalid rev format");
+    else if (!rc && *node >= 0 && !(d->tree.nodes[*node].flags & REVTREE_HAS_BODY)) *node = -1;
+    return rc;
+}
+
 /* Finds revision rev (NULL: the winner) of id and its attachment name. */
 static int att_locate(mimeo_db *db, const char *id, size_t id_len, const char *rev,
                       const char *name, size_t name_len, mimeo_att_reader *rd,
@@ -561,13 +570,8 @@ static int att_locate(mimeo_db *db, const char *id, size_t id_len, const char *r
     rc = db_doc_load(sn.txn, sn.t, sn.m.dbid, id, id_len, &d);
     int64_t node = -1;
     if (!rc && rev) {
-        rc = db_find_rev(&d.tree, rev, strlen(rev), &node);
-        if (rc == MIMEO_EBADREV) {
-            db_err_set(err, rc, "bad_request", "Invalid rev format");
-            goto out;
-        }
-        if (!rc && (node < 0 || !(d.tree.nodes[node].flags & REVTREE_HAS_BODY)))
-            rc = MIMEO_ENOTFOUND;
+        if ((rc = att_find_rev(&d, rev, &node, err)) == MIMEO_EBADREV) goto out;
+        if (!rc && node < 0) rc = MIMEO_ENOTFOUND;
     } else if (!rc) {
         node = revtree_winner(&d.tree);
         if (node < 0) rc = MIMEO_ENOTFOUND;
@@ -769,15 +773,8 @@ static int att_edit_json(mimeo_db *db, const char *id, size_t id_len, const char
     rc = db_doc_load(sn.txn, sn.t, sn.m.dbid, id, id_len, &d);
     if (rc == MIMEO_ENOTFOUND) rc = 0;
     int64_t node = -1;
-    if (!rc && rev) {
-        rc = db_find_rev(&d.tree, rev, strlen(rev), &node);
-        if (rc == MIMEO_EBADREV) {
-            db_err_set(err, rc, "bad_request", "Invalid rev format");
-            goto out;
-        }
-        /* A stale or unknown rev: the write itself reports the conflict. */
-        if (!rc && node >= 0 && !(d.tree.nodes[node].flags & REVTREE_HAS_BODY)) node = -1;
-    }
+    /* A stale or unknown rev (node -1): the write itself reports the conflict. */
+    if (!rc && rev && (rc = att_find_rev(&d, rev, &node, err)) == MIMEO_EBADREV) goto out;
     if (!rc && node >= 0 && !(d.tree.nodes[node].flags & REVTREE_DELETED)) {
         const revtree_node *n = &d.tree.nodes[node];
         rc = db_body_get(sn.txn, sn.t, sn.m.dbid, n, &body);

@@ -94,39 +94,6 @@ void http_att_sink_choose(http_req *r) {
     r->sink_free = http_upload_free;
 }
 
-/* ?rev= or If-Match; false after replying 400. */
-static bool http_att_rev(http_req *r, const char **rev, char buf_[MIMEO_REV_MAX]) {
-    size_t ql;
-    const char *q = http_arg_get(r, "rev", &ql);
-    const char *m = http_req_header(r, MHD_HTTP_HEADER_IF_MATCH);
-    *rev = NULL;
-    if (m) {
-        while (*m == ' ') m++;
-        size_t ml = strlen(m);
-        while (ml > 0 && m[ml - 1] == ' ') ml--;
-        if (ml >= 2 && m[0] == '"' && m[ml - 1] == '"') { m++; ml -= 2; }
-        if (ml == 0 || ml >= MIMEO_REV_MAX) {
-            http_reply_error(r, 400, "bad_request", "Invalid rev format");
-            return false;
-        }
-        memcpy(buf_, m, ml);
-        buf_[ml] = 0;
-        *rev = buf_;
-    }
-    if (q) {
-        if (ql == 0 || ql >= MIMEO_REV_MAX || memchr(q, 0, ql)) {
-            http_reply_error(r, 400, "bad_request", "Invalid rev format");
-            return false;
-        }
-        if (*rev && strcmp(*rev, q) != 0) {
-            http_reply_error(r, 400, "bad_request", "Document rev and etag have different values");
-            return false;
-        }
-        *rev = q;
-    }
-    return true;
-}
-
 static void http_att_written(http_req *r, unsigned status, const char *id, size_t id_len,
                              mimeo_put_result *res) {
     buf b;
@@ -140,7 +107,7 @@ static void http_att_written(http_req *r, unsigned status, const char *id, size_
 static void http_att_put(http_req *r, const char *id, size_t id_len, const buf *name) {
     char rev_buf[MIMEO_REV_MAX];
     const char *rev;
-    if (!http_att_rev(r, &rev, rev_buf)) return;
+    if (!http_want_rev(r, &rev, rev_buf)) return;
     http_upload *u = r->sink_state;
     mimeo_blob *own = NULL;
     int rc = 0;
@@ -214,7 +181,7 @@ static void http_att_put(http_req *r, const char *id, size_t id_len, const buf *
 static void http_att_delete(http_req *r, const char *id, size_t id_len, const buf *name) {
     char rev_buf[MIMEO_REV_MAX];
     const char *rev;
-    if (!http_att_rev(r, &rev, rev_buf)) return;
+    if (!http_want_rev(r, &rev, rev_buf)) return;
     if (!rev) {
         http_reply_error(r, 409, "conflict", "Document update conflict.");
         return;

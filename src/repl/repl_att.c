@@ -298,13 +298,8 @@ static int att_put_refs(att_w *w, const jval *doc, uint64_t since, mimeo_err *er
     if (!rc && n == 0) rc = 1;   /* only stubs: the usual _bulk_docs path */
     if (!rc) rc = att_put_doc(w, doc, false);
     if (!rc) {
-        mimeo_put_opts o;
-        memset(&o, 0, sizeof o);
-        o.new_edits_false = true;
-        o.atts = ab;
-        o.att_count = n;
-        mimeo_put_result res;
-        memset(&res, 0, sizeof res);
+        mimeo_put_opts o = {.new_edits_false = true, .atts = ab, .att_count = n};
+        mimeo_put_result res = {0};
         mimeo_err e = {0};
         int prc = mimeo_doc_put(tgt, id->str, id->len, w->json.data, w->json.len, &o, &res, &e);
         mimeo_free(res.id);
