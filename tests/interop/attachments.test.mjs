@@ -3,8 +3,9 @@
 // _bulk_get/_all_docs/_changes with attachments=true), PouchDB pushing and pulling
 // attachments of 0 B to 50 MiB (binary and text) with conflicts, content addressing (one
 // blob for 1,000 documents), memory held flat while a 256 MiB attachment streams in and out
-// (1 GiB takes too long for the suite under the sanitizer build; the code path is the same),
-// and a cut upload leaving nothing.
+// (1 GiB runs on the release build in attachments_repl.test.mjs), replication between local
+// databases that copies no byte, compaction releasing old revisions' blobs, and a cut or
+// crashed upload leaving nothing pending while every referenced blob stays.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -442,4 +443,72 @@ test('a cut upload leaves no blob and nothing pending', async () => {
   assert.equal(now.pending, before.pending);
   assert.equal(now.blobs, before.blobs);
   assertError(await c.get('/cut/doc'), 404, 'not_found');
+});
+
+test('compaction releases the blobs only old revisions named, and keeps the live ones', async () => {
+  expectStatus(await c.put('/compact'), 201);
+  const before = await blobs();
+  const oldBytes = bytes(3 << 20, 41), newBytes = bytes(1000, 42), kept = bytes(500, 43);
+  let r = await c.put('/compact/d', { _attachments: {
+    'a.bin': { content_type: 'application/octet-stream', data: oldBytes.toString('base64') },
+    'k.bin': { content_type: 'application/octet-stream', data: kept.toString('base64') } } });
+  const rev1 = expectStatus(r, 201).rev;
+  r = await c.put(`/compact/d/a.bin?rev=${rev1}`, newBytes,
+    { headers: { 'content-type': 'application/octet-stream' } });
+  const rev2 = expectStatus(r, 201).rev;
+  assert.equal((await blobs()).blobs - before.blobs, 3);
+  expectStatus(await c.post('/compact/_compact', {}), [200, 201, 202]);
+  // Compaction may run in the background: poll until the old revision's blob is gone.
+  const deadline = Date.now() + 20_000;
+  let now;
+  for (;;) {
+    now = await blobs();
+    if (now.blobs - before.blobs === 2 || Date.now() > deadline) break;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  assert.equal(now.blobs - before.blobs, 2, 'the replaced 3 MiB blob is released');
+  assert.equal(now.bytes - before.bytes, newBytes.length + kept.length);
+  assert.ok((await c.get(`/compact/d/a.bin?rev=${rev2}`)).body.equals(newBytes));
+  assert.ok((await c.get('/compact/d/k.bin')).body.equals(kept));
+  assertError(await c.get(`/compact/d/a.bin?rev=${rev1}`), 404, 'not_found');
+});
+
+test('a crash in the middle of an upload loses no referenced blob and leaves nothing pending', async () => {
+  const s = await startServer();
+  try {
+    const sc = client(s.url);
+    expectStatus(await sc.put('/crash'), 201);
+    const keep = bytes(5 << 20, 51);   // several flushes: committed chunks, then published
+    expectStatus(await sc.put('/crash/keep/k.bin', keep,
+      { headers: { 'content-type': 'application/octet-stream' } }), 201);
+    // A second upload, killed with -9 once several of its buffers are committed pending.
+    await new Promise((resolve) => {
+      const u = new URL(`${s.url}/crash/cut/c.bin`);
+      const req = http.request({ host: u.hostname, port: u.port, path: u.pathname, method: 'PUT',
+        headers: { 'content-type': 'application/octet-stream', 'content-length': String(64 << 20) } });
+      req.on('error', () => resolve());
+      const piece = bytes(1 << 20, 52);
+      let sent = 0;
+      const more = () => {
+        while (sent < (12 << 20)) {
+          sent += piece.length;
+          if (!req.write(piece)) { req.once('drain', more); return; }
+        }
+        setTimeout(async () => { await s.kill9(); req.destroy(); resolve(); }, 500);
+      };
+      more();
+    });
+    await s.restart();
+    const sc2 = client(s.url);   // a new port
+    const st = expectStatus(await sc2.get('/_node/_local/_blobs'), 200);
+    assert.equal(st.pending, 0, 'the cut upload was swept at open');
+    assert.equal(st.blobs, 1);
+    assert.equal(st.bytes, keep.length);
+    const got = await sc2.get('/crash/keep/k.bin');
+    assert.equal(got.status, 200);
+    assert.ok(got.body.equals(keep));
+    assertError(await sc2.get('/crash/cut'), 404, 'not_found');
+  } finally {
+    await s.stop();
+  }
 });
