@@ -168,8 +168,7 @@ static int bad(mimeo_err *err, const char *error, const char *fmt, const char *n
     char reason[MIMEO_ERR_REASON_MAX];
     int n = len > 120 ? 120 : (int)len;
     snprintf(reason, sizeof reason, fmt, n, name);
-    db_err_set(err, strcmp(error, "content_md5_mismatch") == 0 ? MIMEO_EINVAL : MIMEO_EINVAL,
-               error, reason);
+    db_err_set(err, MIMEO_EINVAL, error, reason);
     return MIMEO_EINVAL;
 }
 
@@ -179,7 +178,10 @@ static int inline_blob(mimeo_env *env, const jval *data, const char *type, mimeo
     mimeo_blob *b;
     int rc = mimeo_blob_new(env, &o, &b);
     if (rc) return rc;
-    b->in_memory = true;
+    /* Small data stays in memory until the write stores it (or finds it stored). Big data
+     * (PouchDB sends 50 MiB attachments inline) streams through the blob's buffers like an
+     * upload, so the request holds its text once, not the decoded bytes as well. */
+    b->in_memory = data->len / 4 * 3 <= BLOB_MEM;
     struct base64_decode_ctx ctx;
     base64_decode_init(&ctx);
     uint8_t dst[BASE64_DECODE_LENGTH(16384)];
