@@ -119,7 +119,7 @@ run:
 	@$(MAKE) --no-print-directory all
 	./build/mimeo serve --data $(DATA) --bind $(BIND) --port $(PORT) --admin-file $(DATA)/admin.password
 
-test-build: build/asan/mimeo build/asan/example build/mimeo-js $(UNIT_BIN) tsan-build fuzz-build
+test-build: build/asan/mimeo build/asan/example build/mimeo build/mimeo-js $(UNIT_BIN) tsan-build fuzz-build
 
 # The whole suite (tests/run.sh): the unit tests and every interop suite under ASan+UBSan;
 # the unit tests and the concurrency-heavy interop suites under TSan (TSAN_INTEROP below);

@@ -604,6 +604,14 @@ typedef struct mimeo_blob_info {
     char     digest[32];      /* "md5-" + base64 of the MD5 of the stored bytes, NUL-ended */
     unsigned char sha256[32]; /* of the stored bytes: the blob's key */
 } mimeo_blob_info;
+/* A finished blob naming the stored bytes of attachment name of revision rev (NULL: the
+ * winner) of document id in db: no byte is read or copied, and the write that names it
+ * (in a database of the same env) only counts one more reference. That write fails with
+ * MIMEO_ENOTFOUND if the bytes were dropped meanwhile (compaction): copy them then. Free
+ * with mimeo_blob_free. MIMEO_ENOTFOUND, MIMEO_EDELETED, MIMEO_ENOMEM. */
+MIMEO_API int  mimeo_blob_ref_new(mimeo_db *db, const char *id, size_t id_len, const char *rev,
+                                  const char *name, size_t name_len, mimeo_blob **out,
+                                  mimeo_err *err);
 /* Of a finished blob (MIMEO_EINVAL before). */
 MIMEO_API int  mimeo_blob_info_get(const mimeo_blob *b, mimeo_blob_info *info);
 MIMEO_API void mimeo_blob_free(mimeo_blob *b);
@@ -661,11 +669,14 @@ MIMEO_API int  mimeo_att_read(mimeo_att_reader *r, void *out, size_t cap, size_t
 MIMEO_API void mimeo_att_close(mimeo_att_reader *r);
 
 /* Storage counters of env's blob store (for tests and GET /_node/_local/_stats-like use):
- * distinct blobs, their stored bytes, and pending uploads not yet committed or swept. */
+ * distinct blobs, their stored bytes, pending uploads not yet committed or swept, and the
+ * bytes written into blobs since env opened (uploads, inline data, copies; bytes that then
+ * turned out to be stored already count too: only mimeo_blob_ref_new moves none). */
 typedef struct mimeo_blob_stats {
     uint64_t blobs;
     uint64_t bytes;
     uint64_t pending;
+    uint64_t bytes_in;
 } mimeo_blob_stats;
 MIMEO_API int  mimeo_blob_stats_get(mimeo_env *env, mimeo_blob_stats *out);
 /* ==== end of attachments ================================================================= */

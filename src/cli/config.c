@@ -67,8 +67,9 @@ static const cfg_option cfg_options[] = {
         "address to listen on (IPv4 or IPv6)"),
     OPTR("httpd", "port", CFG_UINT, port, "5984", "--port", "port to listen on; 0 picks one",
          0, 65535),
-    OPTR("httpd", "max_request_size", CFG_SIZE, max_request_size, "64M", NULL,
-         "largest request body; larger ones get 413", 1, 0),
+    OPTR("httpd", "max_request_size", CFG_SIZE, max_request_size, "256M", NULL,
+         "largest buffered request body (JSON); larger ones get 413 (streamed attachment "
+         "bodies are not held to it)", 1, 0),
     OPTR("httpd", "max_buffered_bytes", CFG_SIZE, max_buffered, "256M", NULL,
          "request body bytes held by all connections together; more get 503", 1, 0),
     OPTR("httpd", "max_connections", CFG_UINT, max_connections, "10000", NULL,

@@ -168,8 +168,7 @@ static int bad(mimeo_err *err, const char *error, const char *fmt, const char *n
     char reason[MIMEO_ERR_REASON_MAX];
     int n = len > 120 ? 120 : (int)len;
     snprintf(reason, sizeof reason, fmt, n, name);
-    db_err_set(err, strcmp(error, "content_md5_mismatch") == 0 ? MIMEO_EINVAL : MIMEO_EINVAL,
-               error, reason);
+    db_err_set(err, MIMEO_EINVAL, error, reason);
     return MIMEO_EINVAL;
 }
 
@@ -179,7 +178,10 @@ static int inline_blob(mimeo_env *env, const jval *data, const char *type, mimeo
     mimeo_blob *b;
     int rc = mimeo_blob_new(env, &o, &b);
     if (rc) return rc;
-    b->in_memory = true;
+    /* Small data stays in memory until the write stores it (or finds it stored). Big data
+     * (PouchDB sends 50 MiB attachments inline) streams through the blob's buffers like an
+     * upload, so the request holds its text once, not the decoded bytes as well. */
+    b->in_memory = data->len / 4 * 3 <= BLOB_MEM;
     struct base64_decode_ctx ctx;
     base64_decode_init(&ctx);
     uint8_t dst[BASE64_DECODE_LENGTH(16384)];
@@ -548,6 +550,15 @@ struct mimeo_att_reader {
     int64_t       have_idx;
 };
 
+/* The node of revision rev in d that still has its body (-1: none); MIMEO_EBADREV with err
+ * filled for a malformed rev. */
+static int att_find_rev(const db_doc *d, const char *rev, int64_t *node, mimeo_err *err) {
+    int rc = db_find_rev(&d->tree, rev, strlen(rev), node);
+    if (rc == MIMEO_EBADREV) db_err_set(err, rc, "bad_request", "Invalid rev format");
+    else if (!rc && *node >= 0 && !(d->tree.nodes[*node].flags & REVTREE_HAS_BODY)) *node = -1;
+    return rc;
+}
+
 /* Finds revision rev (NULL: the winner) of id and its attachment name. */
 static int att_locate(mimeo_db *db, const char *id, size_t id_len, const char *rev,
                       const char *name, size_t name_len, mimeo_att_reader *rd,
@@ -561,13 +572,8 @@ static int att_locate(mimeo_db *db, const char *id, size_t id_len, const char *r
     rc = db_doc_load(sn.txn, sn.t, sn.m.dbid, id, id_len, &d);
     int64_t node = -1;
     if (!rc && rev) {
-        rc = db_find_rev(&d.tree, rev, strlen(rev), &node);
-        if (rc == MIMEO_EBADREV) {
-            db_err_set(err, rc, "bad_request", "Invalid rev format");
-            goto out;
-        }
-        if (!rc && (node < 0 || !(d.tree.nodes[node].flags & REVTREE_HAS_BODY)))
-            rc = MIMEO_ENOTFOUND;
+        if ((rc = att_find_rev(&d, rev, &node, err)) == MIMEO_EBADREV) goto out;
+        if (!rc && node < 0) rc = MIMEO_ENOTFOUND;
     } else if (!rc) {
         node = revtree_winner(&d.tree);
         if (node < 0) rc = MIMEO_ENOTFOUND;
@@ -623,6 +629,27 @@ out:
     db_doc_destroy(&d);
     db_snap_end(&sn);
     return rc;
+}
+
+int mimeo_blob_ref_new(mimeo_db *db, const char *id, size_t id_len, const char *rev,
+                       const char *name, size_t name_len, mimeo_blob **out, mimeo_err *err) {
+    *out = NULL;
+    mimeo_att_reader rd = {0};
+    int rc = att_locate(db, id, id_len, rev, name, name_len, &rd, NULL, err);
+    free(rd.type);
+    if (rc) return rc;
+    mimeo_blob *b = calloc(1, sizeof *b);
+    if (!b) return db_err(err, MIMEO_ENOMEM);
+    b->env = db->env;
+    b->by_ref = b->finished = true;
+    b->length = b->info.length = rd.m.length;
+    b->stored = b->info.encoded_length = rd.m.stored;
+    b->info.gzip = rd.m.gzip;
+    memcpy(b->md5_raw, rd.m.md5, 16);
+    memcpy(b->info.sha256, rd.sha, 32);
+    blob_digest_text(rd.m.md5, b->info.digest);
+    *out = b;
+    return 0;
 }
 
 int mimeo_att_open(mimeo_db *db, const char *id, size_t id_len, const char *rev,
@@ -748,15 +775,8 @@ static int att_edit_json(mimeo_db *db, const char *id, size_t id_len, const char
     rc = db_doc_load(sn.txn, sn.t, sn.m.dbid, id, id_len, &d);
     if (rc == MIMEO_ENOTFOUND) rc = 0;
     int64_t node = -1;
-    if (!rc && rev) {
-        rc = db_find_rev(&d.tree, rev, strlen(rev), &node);
-        if (rc == MIMEO_EBADREV) {
-            db_err_set(err, rc, "bad_request", "Invalid rev format");
-            goto out;
-        }
-        /* A stale or unknown rev: the write itself reports the conflict. */
-        if (!rc && node >= 0 && !(d.tree.nodes[node].flags & REVTREE_HAS_BODY)) node = -1;
-    }
+    /* A stale or unknown rev (node -1): the write itself reports the conflict. */
+    if (!rc && rev && (rc = att_find_rev(&d, rev, &node, err)) == MIMEO_EBADREV) goto out;
     if (!rc && node >= 0 && !(d.tree.nodes[node].flags & REVTREE_DELETED)) {
         const revtree_node *n = &d.tree.nodes[node];
         rc = db_body_get(sn.txn, sn.t, sn.m.dbid, n, &body);

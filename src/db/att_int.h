@@ -12,8 +12,11 @@
 /* Stored bytes per chunk value: big enough that a chunk is a few contiguous overflow pages
  * written in one go, small enough that a stream holds only one. */
 #define BLOB_CHUNK ((size_t)128 << 10)
-/* Bytes an upload buffers before committing them (a multiple of BLOB_CHUNK). */
-#define BLOB_MEM ((size_t)4 << 20)
+/* Bytes an upload buffers before committing them (a multiple of BLOB_CHUNK). A big upload
+ * holds two such buffers: one filling while the other commits (blob.c's flusher). */
+#define BLOB_MEM ((size_t)2 << 20)
+
+struct blob_flusher;
 
 struct mimeo_blob {
     mimeo_env       *env;
@@ -28,6 +31,9 @@ struct mimeo_blob {
     size_t           chunk_len;
     size_t           chunk_cap;
     unsigned char    md5_raw[16];
+    unsigned char   *spare;       /* the other BLOB_MEM buffer of a big upload */
+    struct blob_flusher *fl;      /* commits full buffers while the next fills (NULL: none
+                                     yet, or it could not start: commits are synchronous) */
     uint64_t         sid;         /* storage id once a chunk was committed; 0 before */
     uint32_t         nchunks;     /* chunks committed */
     uint64_t         length;      /* content bytes */
@@ -36,6 +42,8 @@ struct mimeo_blob {
     bool             in_memory;   /* never flushed: written whole by the first write that
                                      names it (inline data, already in memory) */
     bool             finished, failed;
+    bool             by_ref;      /* names bytes already stored (mimeo_blob_ref_new): no
+                                     chunks of its own, and linking it only counts */
     mimeo_blob_info  info;
 };
 

@@ -152,6 +152,7 @@ int blob_link(MDB_txn *txn, const store_tables *t, const mimeo_blob *b) {
         return rc;
     }
     if (rc != MIMEO_ENOTFOUND) return rc;
+    if (b->by_ref) return MIMEO_ENOTFOUND; /* the bytes it named were dropped since */
     memset(&m, 0, sizeof m);
     m.refs = 1;
     m.stored = b->stored;
@@ -204,18 +205,21 @@ int blob_unref(MDB_txn *txn, const store_tables *t, const unsigned char sha[32],
 
 /* ---- writing -------------------------------------------------------------------------- */
 
+/* One commit of an upload's buffered bytes: chunks idx, idx+1, … (all full but the last
+ * one of the blob) under storage id sid, made and marked pending when sid is 0. */
 typedef struct chunk_job {
-    mimeo_blob *b;
-    uint64_t    sid;
+    mimeo_env           *env;
+    const unsigned char *data;
+    size_t               len;
+    uint32_t             idx;
+    uint64_t             sid;   /* the blob's storage id, or 0: make one */
+    uint64_t             made;  /* out: the id used (a rerun makes it again) */
 } chunk_job;
 
-/* Commits the buffered bytes as chunks nchunks, nchunks+1, … (all full but the last one of
- * the blob), under the blob's storage id, made and marked pending on the first call. */
 static int job_chunk(MDB_txn *txn, void *arg) {
     chunk_job *j = arg;
-    const mimeo_blob *b = j->b;
-    const store_tables *t = store_tables_get(b->env->store);
-    uint64_t sid = b->sid;
+    const store_tables *t = store_tables_get(j->env->store);
+    uint64_t sid = j->sid;
     int rc = 0;
     if (!sid) {
         if ((rc = next_sid(txn, t, &sid))) return rc;
@@ -223,23 +227,121 @@ static int job_chunk(MDB_txn *txn, void *arg) {
         MDB_val k = {key_pending(pk, sid), pk}, v = {0, ""};
         if ((rc = store_err(mdb_put(txn, t->blobs, &k, &v, 0)))) return rc;
     }
-    uint32_t idx = b->nchunks;
-    for (size_t off = 0; off < b->chunk_len && !rc; off += BLOB_CHUNK, idx++) {
-        size_t n = b->chunk_len - off < BLOB_CHUNK ? b->chunk_len - off : BLOB_CHUNK;
+    uint32_t idx = j->idx;
+    for (size_t off = 0; off < j->len && !rc; off += BLOB_CHUNK, idx++) {
+        size_t n = j->len - off < BLOB_CHUNK ? j->len - off : BLOB_CHUNK;
         unsigned char key[13];
-        MDB_val k = {key_chunk(key, sid, idx), key}, v = {n, b->chunk + off};
+        MDB_val k = {key_chunk(key, sid, idx), key}, v = {n, (void *)(j->data + off)};
         rc = store_err(mdb_put(txn, t->blobs, &k, &v, 0));
     }
-    j->sid = sid;
+    j->made = sid;
     return rc;
 }
 
-static int blob_flush(mimeo_blob *b) {
-    chunk_job j = {b, 0};
-    int rc = store_write(b->env->store, job_chunk, &j);
+/* ---- the flusher ------------------------------------------------------------------------
+ * An upload arrives on the thread that reads the socket, and a durable commit of a few MiB
+ * takes as long as receiving and hashing them. Committing in line would leave the socket
+ * unread for every commit; instead a big upload gets a thread that commits one buffer
+ * while the next fills, so receiving waits only when the disk is slower than the network.
+ * Only one commit is ever in flight per blob, which keeps the chunks in order and the
+ * storage id known before the next commit needs it. */
+typedef struct blob_flusher {
+    pthread_t       th;
+    pthread_mutex_t lock;
+    pthread_cond_t  cv;
+    chunk_job       job;
+    bool            busy;     /* job handed over, not done yet */
+    bool            stop;
+    int             rc;       /* the first failed commit */
+} blob_flusher;
+
+static void *blob_flusher_main(void *arg) {
+    blob_flusher *f = arg;
+    pthread_mutex_lock(&f->lock);
+    for (;;) {
+        while (!f->busy && !f->stop) pthread_cond_wait(&f->cv, &f->lock);
+        if (!f->busy) break;
+        chunk_job j = f->job;
+        pthread_mutex_unlock(&f->lock);
+        int rc = store_write(j.env->store, job_chunk, &j);
+        pthread_mutex_lock(&f->lock);
+        if (rc && !f->rc) f->rc = rc;
+        f->job.made = rc ? 0 : j.made;
+        f->busy = false;
+        pthread_cond_broadcast(&f->cv);
+    }
+    pthread_mutex_unlock(&f->lock);
+    return NULL;
+}
+
+/* Waits for the commit in flight; takes its storage id. Its error, or 0. */
+static int blob_flusher_wait(mimeo_blob *b) {
+    blob_flusher *f = b->fl;
+    if (!f) return 0;
+    pthread_mutex_lock(&f->lock);
+    while (f->busy) pthread_cond_wait(&f->cv, &f->lock);
+    if (f->job.made) b->sid = f->job.made;
+    int rc = f->rc;
+    pthread_mutex_unlock(&f->lock);
+    return rc;
+}
+
+static void blob_flusher_stop(mimeo_blob *b) {
+    blob_flusher *f = b->fl;
+    if (!f) return;
+    (void)blob_flusher_wait(b);
+    pthread_mutex_lock(&f->lock);
+    f->stop = true;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->lock);
+    pthread_join(f->th, NULL);
+    pthread_cond_destroy(&f->cv);
+    pthread_mutex_destroy(&f->lock);
+    free(f);
+    b->fl = NULL;
+}
+
+/* Starts the flusher and its second buffer; false when either cannot be had (the upload
+ * then commits in line, as correct and only slower). */
+static bool blob_flusher_start(mimeo_blob *b) {
+    if (!b->spare && !(b->spare = malloc(BLOB_MEM))) return false;
+    blob_flusher *f = calloc(1, sizeof *f);
+    if (!f) return false;
+    pthread_mutex_init(&f->lock, NULL);
+    pthread_cond_init(&f->cv, NULL);
+    if (pthread_create(&f->th, NULL, blob_flusher_main, f) != 0) {
+        pthread_cond_destroy(&f->cv);
+        pthread_mutex_destroy(&f->lock);
+        free(f);
+        return false;
+    }
+    b->fl = f;
+    return true;
+}
+
+/* Commits the buffered bytes: handed to the flusher (after the previous commit is done)
+ * with the buffers swapped, or in line when there is none (sync, or no flusher). */
+static int blob_flush(mimeo_blob *b, bool sync) {
+    int rc = blob_flusher_wait(b);
     if (rc) return rc;
-    b->sid = j.sid;
-    b->nchunks += (uint32_t)((b->chunk_len + BLOB_CHUNK - 1) / BLOB_CHUNK);
+    chunk_job j = {b->env, b->chunk, b->chunk_len, b->nchunks, b->sid, 0};
+    uint32_t n = (uint32_t)((b->chunk_len + BLOB_CHUNK - 1) / BLOB_CHUNK);
+    if (!sync && (b->fl || blob_flusher_start(b))) {
+        blob_flusher *f = b->fl;
+        pthread_mutex_lock(&f->lock);
+        f->job = j;
+        f->busy = true;
+        pthread_cond_broadcast(&f->cv);
+        pthread_mutex_unlock(&f->lock);
+        unsigned char *t = b->chunk;
+        b->chunk = b->spare;
+        b->spare = t;
+        b->chunk_cap = BLOB_MEM;
+    } else {
+        if ((rc = store_write(b->env->store, job_chunk, &j))) return rc;
+        b->sid = j.made;
+    }
+    b->nchunks += n;
     b->chunk_len = 0;
     return 0;
 }
@@ -252,9 +354,10 @@ static int blob_emit(mimeo_blob *b, const unsigned char *p, size_t n) {
     md5_update(&b->md5, n, p);
     sha256_update(&b->sha, n, p);
     b->stored += n;
+    atomic_fetch_add_explicit(&b->env->blob_bytes_in, n, memory_order_relaxed);
     while (n > 0) {
         if (!b->in_memory && b->chunk_len == BLOB_MEM) {
-            int rc = blob_flush(b);
+            int rc = blob_flush(b, false);
             if (rc) return rc;
         }
         size_t take = n;
@@ -368,7 +471,9 @@ int mimeo_blob_finish(mimeo_blob *b) {
     int rc = 0;
     if (b->level) rc = blob_deflate(b, NULL, 0, Z_FINISH);
     if (!rc && b->gzip_input && !b->z_end) rc = MIMEO_EINVAL; /* truncated stream */
-    if (!rc && b->sid && b->chunk_len) rc = blob_flush(b);
+    if (!rc) rc = blob_flusher_wait(b);
+    if (!rc && b->sid && b->chunk_len) rc = blob_flush(b, true);
+    blob_flusher_stop(b);
     if (rc) {
         b->failed = true;
         return rc;
@@ -410,6 +515,7 @@ static int job_discard(MDB_txn *txn, void *arg) {
 
 void mimeo_blob_free(mimeo_blob *b) {
     if (!b) return;
+    blob_flusher_stop(b);   /* a commit in flight ends first, and gives its storage id */
     if (b->sid) {
         discard_job j = {b};
         /* On failure the chunks stay pending; the next open sweeps them. */
@@ -420,6 +526,7 @@ void mimeo_blob_free(mimeo_blob *b) {
         else deflateEnd(&b->z);
     }
     free(b->chunk);
+    free(b->spare);
     free(b);
 }
 
@@ -483,5 +590,6 @@ int mimeo_blob_stats_get(mimeo_env *env, mimeo_blob_stats *out) {
         if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
     }
     store_read_end(env->store, txn);
+    out->bytes_in = atomic_load_explicit(&env->blob_bytes_in, memory_order_relaxed);
     return rc;
 }

@@ -68,6 +68,7 @@ struct mimeo_env {
     unsigned        uuid_uses;
 
     struct env_state *states; /* mimeo_env_state's list; guarded by lock */
+    _Atomic uint64_t blob_bytes_in; /* bytes written into blobs (src/db/blob.c) */
 
     /* mimeo_env_on_commit's observer: ctx is stored before fn, read by the writer thread. */
     _Atomic(mimeo_commit_fn) on_commit;

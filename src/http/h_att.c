@@ -43,14 +43,17 @@ static int http_att_name(const http_req *r, size_t rest, buf *out) {
 
 typedef struct http_upload {
     mimeo_blob    *blob;
-    struct md5_ctx md5;     /* of the bytes as received, for Content-MD5 */
+    struct md5_ctx md5;     /* of the bytes as received, for Content-MD5 … */
+    bool           own_md5; /* … kept only when the blob stores other bytes (compressed) and
+                               the client sent one: otherwise the blob's digest is it, and
+                               MD5 is the costliest thing an upload does per byte */
     int            rc;      /* the first failure */
 } http_upload;
 
 static int http_upload_put(void *state, const char *data, size_t len) {
     http_upload *u = state;
     if (u->rc) return u->rc;
-    md5_update(&u->md5, len, (const uint8_t *)data);
+    if (u->own_md5) md5_update(&u->md5, len, (const uint8_t *)data);
     u->rc = mimeo_blob_write(u->blob, data, len);
     return u->rc;
 }
@@ -85,42 +88,10 @@ void http_att_sink_choose(http_req *r) {
         free(u);
         return;
     }
+    u->own_md5 = o.gzip_level > 0 && http_req_header(r, "Content-MD5") != NULL;
     r->body_sink = http_upload_put;
     r->sink_state = u;
     r->sink_free = http_upload_free;
-}
-
-/* ?rev= or If-Match; false after replying 400. */
-static bool http_att_rev(http_req *r, const char **rev, char buf_[MIMEO_REV_MAX]) {
-    size_t ql;
-    const char *q = http_arg_get(r, "rev", &ql);
-    const char *m = http_req_header(r, MHD_HTTP_HEADER_IF_MATCH);
-    *rev = NULL;
-    if (m) {
-        while (*m == ' ') m++;
-        size_t ml = strlen(m);
-        while (ml > 0 && m[ml - 1] == ' ') ml--;
-        if (ml >= 2 && m[0] == '"' && m[ml - 1] == '"') { m++; ml -= 2; }
-        if (ml == 0 || ml >= MIMEO_REV_MAX) {
-            http_reply_error(r, 400, "bad_request", "Invalid rev format");
-            return false;
-        }
-        memcpy(buf_, m, ml);
-        buf_[ml] = 0;
-        *rev = buf_;
-    }
-    if (q) {
-        if (ql == 0 || ql >= MIMEO_REV_MAX || memchr(q, 0, ql)) {
-            http_reply_error(r, 400, "bad_request", "Invalid rev format");
-            return false;
-        }
-        if (*rev && strcmp(*rev, q) != 0) {
-            http_reply_error(r, 400, "bad_request", "Document rev and etag have different values");
-            return false;
-        }
-        *rev = q;
-    }
-    return true;
 }
 
 static void http_att_written(http_req *r, unsigned status, const char *id, size_t id_len,
@@ -136,7 +107,7 @@ static void http_att_written(http_req *r, unsigned status, const char *id, size_
 static void http_att_put(http_req *r, const char *id, size_t id_len, const buf *name) {
     char rev_buf[MIMEO_REV_MAX];
     const char *rev;
-    if (!http_att_rev(r, &rev, rev_buf)) return;
+    if (!http_want_rev(r, &rev, rev_buf)) return;
     http_upload *u = r->sink_state;
     mimeo_blob *own = NULL;
     int rc = 0;
@@ -166,16 +137,24 @@ static void http_att_put(http_req *r, const char *id, size_t id_len, const buf *
     }
     const char *cmd5 = http_req_header(r, "Content-MD5");
     if (cmd5) {
-        unsigned char d[16];
+        /* "md5-" + base64: the blob's own digest when it stores the bytes as received. */
         char text[32];
-        md5_digest(&md5, 16, d);
-        struct base64_encode_ctx c;
-        base64_encode_init(&c);
-        size_t k = base64_encode_update(&c, text, 16, d);
-        k += base64_encode_final(&c, text + k);
-        text[k] = 0;
+        if (u && !u->own_md5) {
+            mimeo_blob_info info;
+            (void)mimeo_blob_info_get(blob, &info);
+            memcpy(text, info.digest, sizeof text);
+        } else {
+            unsigned char d[16];
+            md5_digest(&md5, 16, d);
+            struct base64_encode_ctx c;
+            base64_encode_init(&c);
+            size_t k = base64_encode_update(&c, text + 4, 16, d);
+            k += base64_encode_final(&c, text + 4 + k);
+            text[4 + k] = 0;
+        }
+        size_t k = strlen(text + 4);
         while (*cmd5 == ' ') cmd5++;
-        if (strncmp(cmd5, text, k) != 0 || (cmd5[k] && cmd5[k] != ' ')) {
+        if (strncmp(cmd5, text + 4, k) != 0 || (cmd5[k] && cmd5[k] != ' ')) {
             mimeo_blob_free(own);
             http_reply_error(r, 400, "content_md5_mismatch", "Possible message corruption.");
             return;
@@ -202,7 +181,7 @@ static void http_att_put(http_req *r, const char *id, size_t id_len, const buf *
 static void http_att_delete(http_req *r, const char *id, size_t id_len, const buf *name) {
     char rev_buf[MIMEO_REV_MAX];
     const char *rev;
-    if (!http_att_rev(r, &rev, rev_buf)) return;
+    if (!http_want_rev(r, &rev, rev_buf)) return;
     if (!rev) {
         http_reply_error(r, 409, "conflict", "Document update conflict.");
         return;

@@ -26,7 +26,7 @@ char *http_user_ctx(http_req *r, mimeo_user_ctx *u) {
     return sec;
 }
 
-static bool http_want_rev(http_req *r, const char **rev, char rev_buf[MIMEO_REV_MAX]) {
+bool http_want_rev(http_req *r, const char **rev, char rev_buf[MIMEO_REV_MAX]) {
     size_t ql;
     const char *q = http_arg_get(r, "rev", &ql);
     const char *m = http_req_header(r, MHD_HTTP_HEADER_IF_MATCH);

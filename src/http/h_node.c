@@ -34,9 +34,9 @@ void http_h_node(http_req *r) {
         }
         buf b;
         buf_init(&b, 0);
-        buf_printf(&b, "{\"blobs\":%llu,\"bytes\":%llu,\"pending\":%llu}\n",
+        buf_printf(&b, "{\"blobs\":%llu,\"bytes\":%llu,\"pending\":%llu,\"bytes_in\":%llu}\n",
                    (unsigned long long)st.blobs, (unsigned long long)st.bytes,
-                   (unsigned long long)st.pending);
+                   (unsigned long long)st.pending, (unsigned long long)st.bytes_in);
         http_reply_buf(r, 200, &b);
         return;
     }

@@ -295,6 +295,9 @@ void http_h_security(http_req *r);
 
 /* id/id_len: the decoded document id ("_design/x" included). */
 void http_h_doc(http_req *r, const char *id, size_t id_len);
+/* The revision a write names: ?rev= or If-Match (both: they must agree), into *rev (NULL:
+ * none; may point into rev_buf); false after replying 400 (h_doc.c, used by h_att.c). */
+bool http_want_rev(http_req *r, const char **rev, char rev_buf[MIMEO_REV_MAX]);
 /* /{db}/{id}/{name…} (h_att.c): the name is the path from segment `rest` on. */
 void http_h_att(http_req *r, const char *id, size_t id_len, size_t rest);
 /* Called when a request's headers arrive: sets the body sink of an attachment upload. */

@@ -252,6 +252,95 @@ static int att_flush(att_w *w, repl_docset *docs, mimeo_err *err) {
 /* One revision (document d of docs): its attachment data fetched and the revision queued
  * inline or written as multipart. full: every attachment with its data (after a
  * missing_stub). */
+/* What the target said of one revision written with its attachments (w->resp.status). */
+static int att_written(att_w *w, repl_docset *docs, size_t d, bool full, mimeo_err *err) {
+    repl_job *j = w->j;
+    long st = w->resp.status;
+    if (st == 200 || st == 201 || st == 202) {
+        atomic_fetch_add(&j->stats.docs_written, 1);
+    } else if (st == 412 && !full) {
+        return att_one(w, docs, d, true, err);
+    } else if (st == 401 || st == 403 || st == 413 || st == 415 || st == 412) {
+        /* as CouchDB's replicator: refused documents are counted and skipped */
+        atomic_fetch_add(&j->stats.doc_write_failures, 1);
+    } else {
+        repl_err_from_resp(err, &w->resp, "PUT of a document with attachments");
+        return MIMEO_EIO;
+    }
+    return 0;
+}
+
+/* Between two local databases the blobs are in one store (the env's): the revision names
+ * them by digest, each gets one more reference, and no byte is read, hashed or written.
+ * 1: not possible (an attachment gone from the source, or its blob dropped by compaction
+ * meanwhile): copy the bytes instead; 0: written, w->resp.status says how; < 0: failure. */
+static int att_put_refs(att_w *w, const jval *doc, uint64_t since, mimeo_err *err) {
+    repl_job *j = w->j;
+    mimeo_db *src = repl_ep_local_db(j->src), *tgt = repl_ep_local_db(j->tgt);
+    const jval *id = jval_get(doc, "_id"), *rev = jval_get(doc, "_rev");
+    const jval *atts = jval_get(doc, "_attachments");
+    if (!src || !tgt || !id || id->type != JV_STRING || !rev || rev->type != JV_STRING ||
+        !atts || atts->type != JV_OBJECT)
+        return 1;
+    mimeo_att_blob *ab = calloc(atts->count + 1, sizeof *ab);
+    int rc = ab ? 0 : MIMEO_ENOMEM;
+    size_t n = 0;
+    w->natts = 0;
+    for (size_t i = 0; !rc && i < atts->count; i++) {
+        const jval *a = atts->items[i];
+        if (!att_needs_data(a, since)) continue;
+        if (ARRAY_GROW(w->atts, w->atts_alloc, w->natts + 1)) {
+            rc = MIMEO_ENOMEM;
+            break;
+        }
+        mimeo_err e = {0};
+        rc = mimeo_blob_ref_new(src, id->str, id->len, rev->str, atts->keys[i],
+                                atts->key_lens[i], &ab[n].blob, &e);
+        if (rc == MIMEO_ENOTFOUND || rc == MIMEO_EDELETED) rc = 1;
+        if (rc) break;
+        mimeo_blob_info bi;
+        (void)mimeo_blob_info_get(ab[n].blob, &bi);
+        const jval *ct = jval_get(a, "content_type");
+        repl_att *at = &w->atts[w->natts++];
+        at->name = ab[n].name = atts->keys[i];
+        at->name_len = ab[n].name_len = atts->key_lens[i];
+        at->content_type = ct && ct->type == JV_STRING ? ct->str : "application/octet-stream";
+        at->offset = 0;
+        at->length = bi.length;
+        n++;
+    }
+    if (!rc && n == 0) rc = 1;   /* only stubs: the usual _bulk_docs path */
+    if (!rc) rc = att_put_doc(w, doc, false);
+    if (!rc) {
+        mimeo_put_opts o = {.new_edits_false = true, .atts = ab, .att_count = n};
+        mimeo_put_result res = {0};
+        mimeo_err e = {0};
+        int prc = mimeo_doc_put(tgt, id->str, id->len, w->json.data, w->json.len, &o, &res, &e);
+        mimeo_free(res.id);
+        buf_reset(&w->resp.body);
+        switch (prc) {
+        case 0: w->resp.status = 201; break;
+        case MIMEO_ENOTFOUND: rc = 1; break;
+        case MIMEO_EPRECONDITION: w->resp.status = 412; break;
+        case MIMEO_ETOOLARGE: w->resp.status = 413; break;
+        case MIMEO_EFORBIDDEN: w->resp.status = 403; break;
+        case MIMEO_EUNAUTHORIZED: w->resp.status = 401; break;
+        default:
+            rc = prc;
+            if (e.reason[0]) err_set(err, prc, "error", "%s", e.reason);
+            else err_set(err, prc, "error", "could not write a document with attachments: %s",
+                         mimeo_strerror(prc));
+        }
+    } else if (rc < 0) {
+        err_set(err, rc, "error", "could not name the source's attachments: %s",
+                mimeo_strerror(rc));
+    }
+    for (size_t i = 0; ab && i < n; i++) mimeo_blob_free(ab[i].blob);
+    free(ab);
+    w->natts = 0;
+    return rc;
+}
+
 static int att_one(att_w *w, repl_docset *docs, size_t d, bool full, mimeo_err *err) {
     repl_job *j = w->j;
     const jval *doc = w->trees[d];
@@ -263,6 +352,11 @@ static int att_one(att_w *w, repl_docset *docs, size_t d, bool full, mimeo_err *
     const jval *id = jval_get(doc, "_id"), *rev = jval_get(doc, "_rev");
     const jval *atts = jval_get(doc, "_attachments");
     uint64_t since = full ? 0 : w->since[d];
+    if (j->src->local && j->tgt->local) {
+        rc = att_put_refs(w, doc, since, err);
+        if (rc <= 0) return rc ? rc : att_written(w, docs, d, full, err);
+        rc = 0;
+    }
     w->natts = 0;
     fflush(w->spool);
     if (ftruncate(fileno(w->spool), 0) != 0 || fseeko(w->spool, 0, SEEK_SET) != 0) {
@@ -327,21 +421,7 @@ static int att_one(att_w *w, repl_docset *docs, size_t d, bool full, mimeo_err *
     }
     rc = j->tgt->ops->put_atts(j->tgt, id->str, id->len, w->json.data, w->json.len, w->atts,
                                w->natts, w->spool, &w->resp, err);
-    if (!rc) {
-        long st = w->resp.status;
-        if (st == 200 || st == 201 || st == 202) {
-            atomic_fetch_add(&j->stats.docs_written, 1);
-        } else if (st == 412 && !full) {
-            rc = att_one(w, docs, d, true, err);
-        } else if (st == 401 || st == 403 || st == 413 || st == 415 || st == 412) {
-            /* as CouchDB's replicator: refused documents are counted and skipped */
-            atomic_fetch_add(&j->stats.doc_write_failures, 1);
-        } else {
-            repl_err_from_resp(err, &w->resp, "PUT of a document with attachments");
-            rc = MIMEO_EIO;
-        }
-    }
-    return rc;
+    return rc ? rc : att_written(w, docs, d, full, err);
 }
 
 /* A target that does not say possible_ancestors (pouchdb-server) is asked which ancestors

@@ -520,6 +520,10 @@ static int local_put_atts(repl_ep *ep, const char *id, size_t id_len, const char
     return rc;
 }
 
+/* Attachments between two local databases (repl_att.c) share the env's blob store, so
+ * they name the stored blobs by digest instead of copying bytes: that needs the handle. */
+mimeo_db *repl_ep_local_db(repl_ep *ep) { return ep->local ? ((local_ep *)ep)->db : NULL; }
+
 static void local_free(repl_ep *ep) {
     local_ep *l = (local_ep *)ep;
     if (l->db) mimeo_db_close(l->db);

@@ -250,6 +250,8 @@ int  repl_ep_http_new(const repl_ep_spec *spec, atomic_bool *cancel, unsigned co
 /* New local endpoint for database spec->url in env; MIMEO_ENOTFOUND unless create. */
 int  repl_ep_local_new(mimeo_env *env, const char *name, bool create, atomic_bool *cancel,
                        repl_ep **out, mimeo_err *err);
+/* The database of a local endpoint (borrowed, lives as long as ep). */
+mimeo_db *repl_ep_local_db(repl_ep *ep);
 void repl_ep_free(repl_ep *ep);
 
 /* For endpoints whose peer answers JSON (repl.c): the entries of a _revs_diff reply, the

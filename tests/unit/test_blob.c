@@ -352,11 +352,66 @@ static void test_atts_since_and_follows(void) {
     teardown();
 }
 
+/* A blob made by naming a stored attachment (local replication): the write that carries it
+ * counts a reference and writes no byte; when the bytes were dropped meanwhile the write
+ * fails with MIMEO_ENOTFOUND (the replicator then copies) and stores nothing. */
+static void test_blob_ref(void) {
+    setup();
+    mimeo_err e;
+    char rev1[MIMEO_REV_MAX], want[32];
+    CHECK_EQ_INT(put("a", "{\"_attachments\":{\"x.bin\":{\"content_type\":"
+                          "\"application/octet-stream\",\"data\":\"aGVsbG8gcmVm\"}}}", rev1, &e), 0);
+    md5_text("hello ref", 9, want);
+    mimeo_blob_stats s0 = stats();
+    mimeo_blob *b;
+    CHECK_EQ_INT(mimeo_blob_ref_new(db, "a", 1, rev1, "x.bin", 5, &b, &e), 0);
+    mimeo_blob_info bi;
+    CHECK_EQ_INT(mimeo_blob_info_get(b, &bi), 0);
+    CHECK(strcmp(bi.digest, want) == 0);
+    CHECK(bi.length == 9);
+    CHECK_EQ_INT(mimeo_blob_write(b, "x", 1), MIMEO_EINVAL);   /* finished: no more bytes */
+    const char *doc = "{\"_attachments\":{\"x.bin\":{\"follows\":true,\"content_type\":"
+                      "\"application/octet-stream\",\"length\":9}}}";
+    mimeo_att_blob ab = {.name = "x.bin", .name_len = 5, .blob = b};
+    mimeo_put_opts o = {.atts = &ab, .att_count = 1};
+    mimeo_put_result res;
+    CHECK_EQ_INT(mimeo_doc_put(db, "b", 1, doc, strlen(doc), &o, &res, &e), 0);
+    mimeo_free(res.id);
+    mimeo_blob_free(b);
+    mimeo_blob_stats s1 = stats();
+    CHECK(s1.blobs == s0.blobs && s1.bytes == s0.bytes && s1.bytes_in == s0.bytes_in);
+    size_t n;
+    unsigned char *got = read_att("b", NULL, "x.bin", true, &n, NULL);
+    CHECK(got && n == 9 && memcmp(got, "hello ref", 9) == 0);
+    free(got);
+    /* Named, then dropped before the write: the write fails and counts nothing. */
+    char rev_c[MIMEO_REV_MAX];
+    CHECK_EQ_INT(put("c", "{\"_attachments\":{\"y.bin\":{\"content_type\":"
+                          "\"application/octet-stream\",\"data\":\"b25seSBj\"}}}", rev_c, &e), 0);
+    CHECK_EQ_INT(mimeo_blob_ref_new(db, "c", 1, rev_c, "y.bin", 5, &b, &e), 0);
+    CHECK_EQ_INT(mimeo_doc_delete(db, "c", 1, rev_c, NULL, &e), 0);
+    CHECK_EQ_INT(mimeo_db_compact(db, &e), 0);
+    mimeo_blob_stats s2 = stats();
+    CHECK(s2.blobs == s1.blobs);
+    ab = (mimeo_att_blob){.name = "y.bin", .name_len = 5, .blob = b};
+    const char *doc2 = "{\"_attachments\":{\"y.bin\":{\"follows\":true,\"content_type\":"
+                       "\"application/octet-stream\",\"length\":6}}}";
+    CHECK_EQ_INT(mimeo_doc_put(db, "d", 1, doc2, strlen(doc2), &o, &res, &e), MIMEO_ENOTFOUND);
+    mimeo_blob_free(b);
+    CHECK(stats().blobs == s1.blobs);
+    CHECK(get("d", NULL) == NULL);
+    /* An attachment that is not there cannot be named. */
+    CHECK_EQ_INT(mimeo_blob_ref_new(db, "a", 1, rev1, "nope", 4, &b, &e), MIMEO_ENOTFOUND);
+    CHECK(b == NULL);
+    teardown();
+}
+
 int main(void) {
     RUN(test_inline_stub_and_data);
     RUN(test_gzip_text);
     RUN(test_big_blob_dedupe);
     RUN(test_discard_and_sweep);
     RUN(test_atts_since_and_follows);
+    RUN(test_blob_ref);
     return check_report();
 }
