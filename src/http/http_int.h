@@ -131,6 +131,8 @@ typedef struct http_req {
                                           feeds them to (server.c) */
     size_t                staged_accounted;
     bool                  authorized;  /* http_authorize passed already (streamed uploads) */
+    bool                  sink_auth_pending; /* a worker is checking a streamed upload's
+                                                credentials; the body waits */
 
     mimeo_db             *db;          /* opened once per request by http_db */
     buf                   scratch;     /* e.g. "_design/" + name */

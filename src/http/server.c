@@ -548,6 +548,45 @@ static bool http_stage_put(http_req *r, const char *data, size_t len) {
     return true;
 }
 
+/* After the head: a streamed body goes on only if its sender is authorized (sender_ok; it
+ * reaches the disk as it arrives), then room is made for a buffered body. Refused, a streamed body is buffered
+ * under the caps like any other and the refusal is made again when it is complete (MHD
+ * sends no answer while the client is still writing). */
+static enum MHD_Result http_body_begin(http_req *r, bool sender_ok) {
+    http_server *s = r->srv;
+    if (r->body_sink && !sender_ok) {
+        r->sink_free(r->sink_state);
+        r->body_sink = NULL;
+        r->sink_state = NULL;
+        r->sink_free = NULL;
+        if (r->resp) MHD_destroy_response(r->resp);
+        r->resp = NULL;
+        r->status = 0;
+    }
+    if (r->body_sink) http_stage_open(r);
+    uint64_t cl;
+    if (!r->body_sink && http_content_length(r, &cl)) {
+        if (cl > s->cfg.max_request_size) return http_refuse_oversize(r);
+        /* Room for what is declared, up to a few MB: the rest grows as it arrives, so
+         * clients that announce big bodies and send nothing cost no memory. */
+        size_t room = cl < ((uint64_t)4 << 20) ? (size_t)cl : (size_t)4 << 20;
+        if (room > 0 && buf_reserve(&r->body, room) != 0) {
+            http_reply_error(r, 413, "too_large", "the request entity is too large");
+            return http_queue(r);
+        }
+        http_body_account(r);
+    }
+    return MHD_YES;
+}
+
+/* A streamed upload's credentials, checked on a worker (the head has arrived, no body byte
+ * has been taken); http_access goes on with http_body_begin when the connection resumes. */
+static void http_sink_auth_task(http_task *t) {
+    http_req *r = (http_req *)((char *)t - offsetof(http_req, task));
+    http_authorize_once(r);
+    http_resume(r->srv, r->conn);
+}
+
 /* The route, on a worker: the connection is suspended until the reply is made. */
 static void http_route_task(http_task *t) {
     http_req *r = (http_req *)((char *)t - offsetof(http_req, task));
@@ -593,35 +632,27 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
         }
         http_att_sink_choose(r);   /* attachment uploads stream to the store (h_att.c) */
         http_mp_sink_choose(r);    /* so do multipart documents (h_multipart.c) */
-        if (r->body_sink && !http_authorize_once(r)) {
-            /* A streamed body reaches the disk as it arrives, so who sends it is checked
-             * first. Refused, it is buffered under the caps like any other body and the
-             * refusal is made again when it is complete (answering now, before the body,
-             * is not something MHD sends while the client is still writing). */
-            r->sink_free(r->sink_state);
-            r->body_sink = NULL;
-            r->sink_state = NULL;
-            r->sink_free = NULL;
-            if (r->resp) MHD_destroy_response(r->resp);
-            r->resp = NULL;
-            r->status = 0;
+        if (r->body_sink && !http_authenticate_quick(r)) {
+            /* Checking these credentials may take a PBKDF2 or the failed-login slowdown:
+             * a worker does it with the connection suspended, and the next call takes
+             * the body on from there. */
+            r->sink_auth_pending = true;
+            r->task.run = http_sink_auth_task;
+            http_suspend_submit(s, conn, &r->task);
+            return MHD_YES;
         }
-        if (r->body_sink) http_stage_open(r);
-        uint64_t cl;
-        if (!r->body_sink && http_content_length(r, &cl)) {
-            if (cl > s->cfg.max_request_size) return http_refuse_oversize(r);
-            /* Room for what is declared, up to a few MB: the rest grows as it arrives, so
-             * clients that announce big bodies and send nothing cost no memory. */
-            size_t room = cl < ((uint64_t)4 << 20) ? (size_t)cl : (size_t)4 << 20;
-            if (room > 0 && buf_reserve(&r->body, room) != 0) {
-                http_reply_error(r, 413, "too_large", "the request entity is too large");
-                return http_queue(r);
-            }
-            http_body_account(r);
-        }
-        return MHD_YES;
+        return http_body_begin(r, !r->body_sink || http_authorize_once(r));
     }
     if (r->refused) return MHD_NO;
+    if (r->sink_auth_pending) {
+        /* The worker's verdict stands: a refusal is not checked again here. */
+        r->sink_auth_pending = false;
+        enum MHD_Result rc = http_body_begin(r, r->authorized);
+        if (r->resp || rc != MHD_YES) {   /* refused before any body byte was taken */
+            *upload_size = 0;
+            return rc;
+        }
+    }
 
     if (*upload_size > 0) {
         if (r->body_sink) {

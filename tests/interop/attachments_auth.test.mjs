@@ -68,3 +68,43 @@ test('the admin streams an upload past the request cap and reads it back', async
   assert.equal(Buffer.compare(g.body, data), 0);
   assert.equal((await blobs()).blobs, 1);
 });
+
+// A streamed upload whose password is not in the checked-password cache needs a PBKDF2
+// (CouchDB's 600,000 iterations: a good fraction of a second). It runs on a worker with the
+// upload's connection suspended, not on the event thread that also serves everyone else:
+// with one event thread, GETs sent meanwhile are answered while the upload's check runs.
+test('a streamed upload\'s password check does not hold the event thread', async () => {
+  const d = await fs.mkdtemp(path.join(os.tmpdir(), 'mimeo-attauth-hash-'));
+  const s = await startServer({ args: ['--set', 'admins.root=r00t-pw', '--set', 'chttpd.event_threads=1'],
+    dataDir: d });
+  try {
+    const auth = (n, p) => ({ authorization: 'Basic ' + Buffer.from(`${n}:${p}`).toString('base64') });
+    const root = auth('root', 'r00t-pw');
+    expectStatus(await request(s.url, 'PUT', '/up', { headers: root }), 201);
+    // A member whose password the server has never checked: its hash is made on this write.
+    expectStatus(await request(s.url, 'PUT', '/_users/org.couchdb.user:up', { headers: root,
+      body: { name: 'up', password: 'up-pw', roles: [], type: 'user' } }), 201);
+    expectStatus(await request(s.url, 'PUT', '/up/_security', { headers: root,
+      body: { members: { names: ['up'] } } }), 200);
+    const t0 = performance.now();
+    const upload = request(s.url, 'PUT', '/up/doc/a.bin', { body: Buffer.alloc(1 << 20, 3),
+      headers: { ...auth('up', 'up-pw'), 'content-type': 'application/octet-stream' } })
+      .then((r) => ({ r, ms: performance.now() - t0 }));
+    const gets = [];
+    await new Promise((res) => setTimeout(res, 20));
+    for (let i = 0; i < 5; i++) {
+      const g0 = performance.now();
+      expectStatus(await request(s.url, 'GET', '/'), 200);
+      gets.push(performance.now() - g0);
+    }
+    const { r, ms } = await upload;
+    expectStatus(r, 201);
+    const worst = Math.max(...gets);
+    console.log(`# upload with a password check: ${ms.toFixed(0)} ms; GET / meanwhile: worst ${worst.toFixed(1)} ms`);
+    // On the event thread, the first GET would wait for the whole hash.
+    if (ms > 100) assert.ok(worst < ms / 2, `GET waited ${worst} ms beside a ${ms} ms upload check`);
+  } finally {
+    await s.stop();
+    await fs.rm(d, { recursive: true, force: true });
+  }
+});
