@@ -1,7 +1,8 @@
 // The offline-first web app: PouchDB in a real headless browser (Debian's chromium driven by
 // puppeteer-core), on a page served from its own origin, logs in to mimeo by cookie across
 // origins (CORS with credentials) and syncs live both ways. If chromium cannot start the test
-// is skipped with the reason (tests/run.sh counts a skip here as a failure).
+// is skipped with the reason (tests/run.sh counts a skip here as a failure). A second test
+// moves attachments both ways through the browser's PouchDB.
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -139,6 +140,93 @@ describe('PouchDB in chromium: cookie login across origins and live sync', () =>
       return (await fetch(remote, { credentials: 'include' })).status;
     }, `${s.url}/${db}`, s.url);
     assert.equal(after, 401);
+    await page.close();
+  });
+
+  // Attachments through the browser's PouchDB (issue 10): it pushes them inline in _bulk_docs
+  // and pulls them with per-attachment GETs, cross-origin with the session cookie.
+  test('attachments both ways: 0 B, 1 B, 1 MiB binary and text, and a conflict on one', async (t) => {
+    if (!browser) {
+      t.skip(`chromium could not start (${CHROMIUM}): ${launchError?.message?.split('\n')[0]}`);
+      return;
+    }
+    const db = uniqueDbName('webatt');
+    const auth = basic(admin.name, admin.password);
+    await call(s.url, 'PUT', '/_users/org.couchdb.user:ada', { name: 'ada', password: 'ad4', roles: [], type: 'user' }, auth);
+    assert.equal((await call(s.url, 'PUT', `/${db}`, undefined, auth)).status, 201);
+    assert.equal((await call(s.url, 'PUT', `/${db}/_security`,
+      { admins: { names: ['ada'] }, members: { names: ['ada'] } }, auth)).status, 200);
+    const pattern = (n, k) => Buffer.from(Array.from({ length: n }, (_, i) => (i * k + (i >> 8)) & 255));
+    const big = pattern(1 << 20, 7);
+    const text = 'mimeo attachment text line\n'.repeat(40000);   // ~1 MiB, stored gzip-encoded
+    assert.equal((await call(s.url, 'PUT', `/${db}/from-server`, { _attachments: {
+      'big.bin': { content_type: 'application/octet-stream', data: pattern(1 << 20, 13).toString('base64') },
+      'empty.txt': { content_type: 'text/plain', data: '' } } }, auth)).status, 201);
+
+    const page = await browser.newPage();
+    page.on('pageerror', (e) => process.stderr.write(`[page] ${e.message}\n`));
+    await page.goto(origin + '/', { waitUntil: 'load' });
+    const pulled = await page.evaluate(async (remote, base, text) => {
+      await fetch(base + '/_session', { method: 'POST', credentials: 'include',
+        headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'ada', password: 'ad4' }) });
+      window.remote = new PouchDB(remote, { skip_setup: true,
+        fetch: (url, opts) => { opts.credentials = 'include'; return PouchDB.fetch(url, opts); } });
+      window.local = new PouchDB('att-' + Date.now());
+      const bytes = (n, k) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = (i * k + (i >> 8)) & 255; return b; };
+      const blob = (b, type) => new Blob([b], { type });
+      await window.local.bulkDocs([
+        { _id: 'b0', _attachments: { 'a.bin': { content_type: 'application/octet-stream', data: blob(new Uint8Array(0), 'application/octet-stream') } } },
+        { _id: 'b1', _attachments: { 'a.bin': { content_type: 'application/octet-stream', data: blob(new Uint8Array([42]), 'application/octet-stream') } } },
+        { _id: 'big', _attachments: { 'a.bin': { content_type: 'application/octet-stream', data: blob(bytes(1 << 20, 7), 'application/octet-stream') } } },
+        { _id: 'txt', _attachments: { 'a.txt': { content_type: 'text/plain', data: blob(new TextEncoder().encode(text), 'text/plain') } } },
+        { _id: 'c', _attachments: { 'a.txt': { content_type: 'text/plain', data: blob(new TextEncoder().encode('first'), 'text/plain') } } },
+      ]);
+      const push = await window.local.replicate.to(window.remote);
+      const pull = await window.local.replicate.from(window.remote);
+      const got = await window.local.getAttachment('from-server', 'big.bin');
+      const buf = new Uint8Array(await got.arrayBuffer());
+      let same = buf.length === 1 << 20;
+      const want = bytes(1 << 20, 13);
+      for (let i = 0; same && i < buf.length; i++) same = buf[i] === want[i];
+      const empty = await window.local.getAttachment('from-server', 'empty.txt');
+      const cdoc = await window.local.get('c');
+      return { pushed: push.docs_written, pullOk: pull.ok, bigSame: same, emptySize: empty.size, cRev: cdoc._rev };
+    }, `${s.url}/${db}`, s.url, text);
+    assert.equal(pulled.pushed, 5);
+    assert.equal(pulled.pullOk, true);
+    assert.equal(pulled.bigSame, true, 'the 1 MiB attachment pulled into the browser is byte for byte');
+    assert.equal(pulled.emptySize, 0);
+
+    const raw = async (p) => {
+      const r = await fetch(s.url + p, { headers: { authorization: auth } });
+      return { status: r.status, body: Buffer.from(await r.arrayBuffer()) };
+    };
+    assert.equal((await raw(`/${db}/b0/a.bin`)).body.length, 0);
+    assert.deepEqual([...(await raw(`/${db}/b1/a.bin`)).body], [42]);
+    assert.equal(Buffer.compare((await raw(`/${db}/big/a.bin`)).body, big), 0, 'the 1 MiB push is byte for byte');
+    assert.equal((await raw(`/${db}/txt/a.txt`)).body.toString(), text);
+
+    // Both sides change the attachment of c from the same revision: after syncing both ways
+    // each side holds the conflict, and both revisions keep their own attachment.
+    const cur = (await call(s.url, 'GET', `/${db}/c`, undefined, auth)).json;
+    assert.equal(cur._rev, pulled.cRev);
+    assert.equal((await call(s.url, 'PUT', `/${db}/c`, { _rev: cur._rev, _attachments: {
+      'a.txt': { content_type: 'text/plain', data: Buffer.from('server side').toString('base64') } } }, auth)).status, 201);
+    const conflict = await page.evaluate(async () => {
+      const c = await window.local.get('c');
+      await window.local.putAttachment('c', 'a.txt', c._rev, new Blob(['browser side'], { type: 'text/plain' }), 'text/plain');
+      await window.local.replicate.to(window.remote);
+      await window.local.replicate.from(window.remote);
+      const back = await window.local.get('c', { conflicts: true });
+      return { conflicts: (back._conflicts || []).length };
+    });
+    assert.equal(conflict.conflicts, 1, 'the browser holds the conflict');
+    const sc = (await call(s.url, 'GET', `/${db}/c?conflicts=true`, undefined, auth)).json;
+    assert.equal(sc._conflicts?.length, 1, 'mimeo holds the conflict');
+    const texts = new Set();
+    for (const rev of [sc._rev, sc._conflicts[0]])
+      texts.add((await raw(`/${db}/c/a.txt?rev=${rev}`)).body.toString());
+    assert.deepEqual([...texts].sort(), ['browser side', 'server side']);
     await page.close();
   });
 });
