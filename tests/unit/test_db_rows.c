@@ -551,6 +551,43 @@ static void test_follows_descriptors(void) {
     mimeo_db_close(db);
 }
 
+typedef struct entries {
+    int  n, failed;
+    char text[512];
+} entries;
+
+static int entry_seen(void *ctx, const mimeo_bulk_entry *e) {
+    entries *x = ctx;
+    size_t at = strlen(x->text);
+    snprintf(x->text + at, sizeof x->text - at, "%s%.*s:%s", x->n ? "," : "", (int)e->id_len,
+             e->id, e->code ? e->error : (e->rev ? "ok" : "norev"));
+    x->n++;
+    if (e->code) x->failed++;
+    return 0;
+}
+
+/* _bulk_docs results as entries (what a member's _bulk_docs builds its reply from): the
+ * request is the only text parsed. */
+static void test_bulk_entries_parse_once(void) {
+    mimeo_db *db = fresh_db("entries");
+    char r1[MIMEO_REV_MAX];
+    CHECK_EQ_INT(put(db, "b", "{}", r1), 0);
+    const char *req = "{\"docs\":[{\"_id\":\"a\"},{\"_id\":\"b\"},{\"_id\":\"c\",\"v\":1}]}";
+    entries x = {0};
+    mimeo_bulk_docs_opts o = {.entry_fn = entry_seen, .entry_ctx = &x};
+    char *out = NULL;
+    size_t len = 0;
+    mimeo_err err;
+    uint64_t before = json_parse_calls;
+    CHECK_EQ_INT(mimeo_bulk_docs_as(db, req, strlen(req), &o, &out, &len, &err), 0);
+    CHECK_EQ_INT(json_parse_calls - before, 1);
+    CHECK(out == NULL);
+    CHECK_EQ_INT(x.n, 3);
+    CHECK_EQ_INT(x.failed, 1);
+    CHECK_EQ_STR(x.text, "a:ok,b:conflict,c:ok");
+    mimeo_db_close(db);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/mimeo-test-rows-XXXXXX");
     if (!mkdtemp(tmpdir)) {
@@ -570,6 +607,7 @@ int main(void) {
     RUN(test_wait_at_the_end);
     RUN(test_open_revs_bulk_get_revs_diff);
     RUN(test_follows_descriptors);
+    RUN(test_bulk_entries_parse_once);
     mimeo_env_close(env);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
