@@ -616,8 +616,8 @@ static int bulk_get_entry(mimeo_cursor *c, db_snap *sn, const char *id, size_t i
         return rc ? rc : buf_puts(out, ",\"error\":\"not_found\",\"reason\":\"missing\"}}");
     }
     rc = buf_puts(out, "{\"ok\":");
-    if (!rc) rc = db_doc_json(out, sn->txn, sn->t, sn->m.dbid, id, id_len, d, (uint32_t)node, &c->go,
-                                  NULL);
+    if (!rc) rc = db_doc_json(out, sn->txn, sn->t, sn->m.dbid, id, id_len, d, (uint32_t)node,
+                              &c->go, NULL);
     return rc ? rc : buf_putc(out, '}');
 }
 

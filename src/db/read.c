@@ -106,7 +106,8 @@ int db_doc_read(mimeo_db *db, const char *id, size_t id_len, const mimeo_get_opt
         if (node < 0) rc = MIMEO_ENOTFOUND;
         else if (d.tree.nodes[node].flags & REVTREE_DELETED) rc = MIMEO_EDELETED;
     }
-    if (!rc) rc = db_doc_json(out, sn.txn, sn.t, sn.m.dbid, id, id_len, &d, (uint32_t)node, opts, fol);
+    if (!rc) rc = db_doc_json(out, sn.txn, sn.t, sn.m.dbid, id, id_len, &d, (uint32_t)node, opts,
+                              fol);
     if (!rc) {
         *json_len = out->len;
         rc = buf_putc(out, '\0');
