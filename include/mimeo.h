@@ -431,6 +431,18 @@ typedef struct mimeo_leaf {
     bool        deleted;
 } mimeo_leaf;
 
+/* An attachment a row's JSON marks "follows":true (reads with att_follows): what a
+ * multipart/related body needs to send it, so callers need not parse the JSON back. */
+typedef struct mimeo_att_follow {
+    const char *name;           /* NUL-terminated; names may contain NUL: use name_len */
+    size_t      name_len;
+    const char *content_type;   /* NUL-terminated */
+    size_t      content_type_len;
+    uint64_t    length;         /* decoded bytes */
+    uint64_t    encoded_length; /* stored bytes: what follows when gzip */
+    bool        gzip;           /* stored gzip-encoded (the JSON says "encoding":"gzip") */
+} mimeo_att_follow;
+
 typedef struct mimeo_row {
     int         status;   /* 0; MIMEO_ENOTFOUND for an _all_docs key or an open_revs
                              revision that does not exist (id, or rev, says which) */
@@ -459,6 +471,10 @@ typedef struct mimeo_row {
      * revs_diff (one "id":{"missing":[…],…} member). NULL for changes and _all_docs. */
     const char *json;
     size_t      json_len;
+    /* With att_follows, for mimeo_doc_open and open_revs rows: the attachments json marks
+     * "follows":true, in its _attachments order; else NULL and 0. */
+    const mimeo_att_follow *follows;
+    size_t      follow_count;
 } mimeo_row;
 
 typedef struct mimeo_cursor mimeo_cursor;

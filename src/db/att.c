@@ -475,7 +475,7 @@ static uint64_t since_gen(const revtree *tree, uint32_t node, const mimeo_get_op
 
 int att_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
              const revtree *tree, uint32_t node, const MDB_val *body,
-             const mimeo_get_opts *o, bool *done) {
+             const mimeo_get_opts *o, db_follows *fol, bool *done) {
     *done = false;
     if (!o || !(o->attachments || o->atts_since_count || o->att_encoding_info || o->att_follows))
         return 0;
@@ -522,6 +522,9 @@ int att_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
         } else {
             rc = buf_printf(out, ",\"length\":%llu,\"%s\":true", (unsigned long long)m.length,
                             data ? "follows" : "stub");
+            if (!rc && data && fol)
+                rc = db_follows_add(fol, a->name, a->name_len, a->type, a->type_len, m.length,
+                                    m.stored, m.gzip);
         }
         if (!rc && enc_info)
             rc = buf_printf(out, ",\"encoding\":\"gzip\",\"encoded_length\":%llu",

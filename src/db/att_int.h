@@ -158,9 +158,10 @@ int  att_commit(MDB_txn *txn, const store_tables *t, uint64_t dbid, uint64_t bod
 
 /* Appends a document's "_attachments" rewritten for a read with attachment options (data,
  * follows, encoding info), in place of the stored stubs: writes body[1, att_off) members
- * and the new member (leading comma when needed). */
+ * and the new member (leading comma when needed); fol (may be NULL) receives the
+ * attachments marked "follows". */
 int  att_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
               const revtree *tree, uint32_t node, const MDB_val *body,
-              const mimeo_get_opts *opts, bool *done);
+              const mimeo_get_opts *opts, db_follows *fol, bool *done);
 
 #endif

@@ -34,6 +34,7 @@ typedef struct crow {
     size_t   body_off, body_len;
     size_t   json_off, json_len;
     size_t   leaf_first, leaf_count;
+    size_t   fol_first, fol_count;   /* into the cursor's fol */
     bool     deleted, has_rev, has_body, has_json;
 } crow;
 
@@ -62,11 +63,14 @@ struct mimeo_cursor {
     size_t    nleaves, leaves_cap;
     uint32_t *scratch;
     size_t    scratch_cap;
+    db_follows fol;       /* the follows attachments of the slice's documents */
 
     /* What was handed out last. */
     mimeo_row   out;
     mimeo_leaf *out_leaves;
     size_t      out_leaves_cap;
+    mimeo_att_follow *out_fol;
+    size_t      out_fol_cap;
 
     bool      end;        /* nothing more to read */
     uint64_t  limit;      /* rows allowed in all */
@@ -109,6 +113,7 @@ static int key_cmp(const char *a, size_t alen, const char *b, size_t blen) {
 static void slice_reset(mimeo_cursor *c) {
     buf_reset(&c->text);
     c->nrows = c->next = c->nleaves = 0;
+    db_follows_reset(&c->fol);
 }
 
 static bool slice_full(const mimeo_cursor *c) {
@@ -572,7 +577,10 @@ static int open_revs_entry(mimeo_cursor *c, db_snap *sn, const char *id, size_t 
     r->deleted = n->flags & REVTREE_DELETED;
     rc = text_rev(c, n, &r->rev_off, &r->rev_len);
     r->json_off = c->text.len;
-    if (!rc) rc = db_doc_json(&c->text, sn->txn, sn->t, sn->m.dbid, id, id_len, d, (uint32_t)node, &c->go);
+    r->fol_first = c->fol.n;
+    if (!rc) rc = db_doc_json(&c->text, sn->txn, sn->t, sn->m.dbid, id, id_len, d, (uint32_t)node,
+                              &c->go, &c->fol);
+    r->fol_count = c->fol.n - r->fol_first;
     r->json_len = c->text.len - r->json_off;
     r->has_json = true;
     return rc ? rc : buf_putc(&c->text, '\0');
@@ -608,7 +616,8 @@ static int bulk_get_entry(mimeo_cursor *c, db_snap *sn, const char *id, size_t i
         return rc ? rc : buf_puts(out, ",\"error\":\"not_found\",\"reason\":\"missing\"}}");
     }
     rc = buf_puts(out, "{\"ok\":");
-    if (!rc) rc = db_doc_json(out, sn->txn, sn->t, sn->m.dbid, id, id_len, d, (uint32_t)node, &c->go);
+    if (!rc) rc = db_doc_json(out, sn->txn, sn->t, sn->m.dbid, id, id_len, d, (uint32_t)node,
+                              &c->go, NULL);
     return rc ? rc : buf_putc(out, '}');
 }
 
@@ -799,6 +808,7 @@ static mimeo_cursor *cursor_new(mimeo_db *db, cur_kind kind) {
     c->limit = UINT64_MAX;
     buf_init(&c->text, 0);
     buf_init(&c->from, 0);
+    buf_init(&c->fol.text, 0);
     return c;
 }
 
@@ -810,6 +820,8 @@ void mimeo_cursor_close(mimeo_cursor *c) {
     free(c->leaves);
     free(c->scratch);
     free(c->out_leaves);
+    free(c->out_fol);
+    db_follows_destroy(&c->fol);
     free(c->hits);
     if (c->req_flat) free(c->req);
     else jval_free(c->req);
@@ -884,6 +896,17 @@ int mimeo_cursor_next(mimeo_cursor *c, const mimeo_row **row, mimeo_err *err) {
         }
         o->leaves = c->out_leaves;
         o->leaf_count = r->leaf_count;
+    }
+    if (r->fol_count) {
+        if (ARRAY_GROW(c->out_fol, c->out_fol_cap, r->fol_count)) return db_err(err, MIMEO_ENOMEM);
+        const char *ft = c->fol.text.data;
+        for (size_t i = 0; i < r->fol_count; i++) {
+            const db_follow *f = &c->fol.v[r->fol_first + i];
+            c->out_fol[i] = (mimeo_att_follow){ft + f->name_off, f->name_len, ft + f->type_off,
+                                               f->type_len, f->length, f->stored, f->gzip};
+        }
+        o->follows = c->out_fol;
+        o->follow_count = r->fol_count;
     }
     *row = o;
     return 0;
@@ -1071,7 +1094,8 @@ int mimeo_doc_open(mimeo_db *db, const char *id, size_t id_len, const mimeo_get_
     size_t json_len = 0, rev_off = 0;
     bool deleted = false;
     uint64_t seq = 0;
-    int rc = db_doc_read(db, id, id_len, opts, &c->text, &json_len, &rev_off, &deleted, &seq, err);
+    int rc = db_doc_read(db, id, id_len, opts, &c->text, &json_len, &rev_off, &deleted, &seq,
+                         &c->fol, err);
     crow *r = rc ? NULL : row_add(c);
     if (!rc && !r) rc = db_err(err, MIMEO_ENOMEM);
     if (!rc) {
@@ -1082,6 +1106,7 @@ int mimeo_doc_open(mimeo_db *db, const char *id, size_t id_len, const mimeo_get_
         r->rev_len = strlen(c->text.data + rev_off);
         r->deleted = deleted;
         r->seq = seq;
+        r->fol_count = c->fol.n;
         r->id_len = id_len;
         rc = text_put(c, id, id_len, &r->id_off);
         if (rc) db_err(err, rc);

@@ -144,11 +144,29 @@ void db_doc_cursor_close(db_doc_cursor *c);
 int  db_body_get(MDB_txn *txn, const store_tables *t, uint64_t dbid, const revtree_node *n,
                  MDB_val *out);
 
+/* The "follows":true attachments of the documents a read wrote, collected as it writes
+ * them: offsets into text, where names and types sit NUL-terminated. */
+typedef struct db_follow {
+    size_t   name_off, name_len, type_off, type_len;
+    uint64_t length, stored;
+    bool     gzip;
+} db_follow;
+typedef struct db_follows {
+    db_follow *v;
+    size_t     n, cap;
+    buf        text;
+} db_follows;
+void db_follows_reset(db_follows *f);
+void db_follows_destroy(db_follows *f);
+int  db_follows_add(db_follows *f, const char *name, size_t name_len, const char *type,
+                    size_t type_len, uint64_t length, uint64_t stored, bool gzip);
+
 /* Appends a document's JSON as served by GET: {"_id","_rev",…body…,"_deleted"?, meta…}.
- * node is the revision to show; opts chooses the meta members. */
+ * node is the revision to show; opts chooses the meta members. fol (may be NULL) receives
+ * the attachments written as "follows":true. */
 int  db_doc_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
                  const char *id, size_t id_len, const db_doc *d, uint32_t node,
-                 const mimeo_get_opts *opts);
+                 const mimeo_get_opts *opts, db_follows *fol);
 /* Appends "N-hash" of a node. */
 int  db_rev_put(buf *out, const revtree_node *n);
 
@@ -175,7 +193,7 @@ int  db_find_rev(const revtree *t, const char *rev, size_t len, int64_t *node);
  * NUL, then (at *rev_off) the revision read, NUL-terminated. deleted and seq describe it. */
 int  db_doc_read(mimeo_db *db, const char *id, size_t id_len, const mimeo_get_opts *opts,
                  buf *out, size_t *json_len, size_t *rev_off, bool *deleted, uint64_t *seq,
-                 mimeo_err *err);
+                 db_follows *fol, mimeo_err *err);
 
 /* ---- validate_doc_update (validate.c) ---------------------------------------------------- */
 typedef struct db_vdu db_vdu;

@@ -58,9 +58,36 @@ static int put_rev_list(buf *out, const char *key, const revtree *t, const uint3
     return rc ? rc : buf_putc(out, ']');
 }
 
+void db_follows_reset(db_follows *f) {
+    f->n = 0;
+    buf_reset(&f->text);
+}
+
+void db_follows_destroy(db_follows *f) {
+    free(f->v);
+    buf_destroy(&f->text);
+    memset(f, 0, sizeof *f);
+}
+
+int db_follows_add(db_follows *f, const char *name, size_t name_len, const char *type,
+                   size_t type_len, uint64_t length, uint64_t stored, bool gzip) {
+    if (ARRAY_GROW(f->v, f->cap, f->n + 1)) return MIMEO_ENOMEM;
+    db_follow *e = &f->v[f->n];
+    *e = (db_follow){.name_off = f->text.len, .name_len = name_len, .length = length,
+                     .stored = stored, .gzip = gzip};
+    int rc = buf_put(&f->text, name, name_len);
+    if (!rc) rc = buf_putc(&f->text, '\0');
+    e->type_off = f->text.len;
+    e->type_len = type_len;
+    if (!rc) rc = buf_put(&f->text, type, type_len);
+    if (!rc) rc = buf_putc(&f->text, '\0');
+    if (!rc) f->n++;
+    return rc;
+}
+
 int db_doc_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
                 const char *id, size_t id_len, const db_doc *d, uint32_t node,
-                const mimeo_get_opts *opts) {
+                const mimeo_get_opts *opts, db_follows *fol) {
     const revtree *tree = &d->tree;
     const revtree_node *n = &tree->nodes[node];
     MDB_val body;
@@ -74,7 +101,7 @@ int db_doc_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
     /* The stored body is a compact object "{...}": splice its members in (reads with
      * attachment options rewrite its _attachments member: src/db/att.c). */
     bool spliced = false;
-    if (!rc && opts) rc = att_json(out, txn, t, dbid, tree, node, &body, opts, &spliced);
+    if (!rc && opts) rc = att_json(out, txn, t, dbid, tree, node, &body, opts, fol, &spliced);
     if (!rc && !spliced && body.mv_size > 2) {
         rc = buf_putc(out, ',');
         if (!rc) rc = buf_put(out, (const char *)body.mv_data + 1, body.mv_size - 2);

@@ -65,7 +65,7 @@ static int local_read(mimeo_db *db, const char *id, size_t id_len, buf *out,
 
 int db_doc_read(mimeo_db *db, const char *id, size_t id_len, const mimeo_get_opts *opts,
                 buf *out, size_t *json_len, size_t *rev_off, bool *deleted, uint64_t *seq,
-                mimeo_err *err) {
+                db_follows *fol, mimeo_err *err) {
     *deleted = false;
     *seq = 0;
     if (is_local_id(id, id_len)) {
@@ -106,7 +106,8 @@ int db_doc_read(mimeo_db *db, const char *id, size_t id_len, const mimeo_get_opt
         if (node < 0) rc = MIMEO_ENOTFOUND;
         else if (d.tree.nodes[node].flags & REVTREE_DELETED) rc = MIMEO_EDELETED;
     }
-    if (!rc) rc = db_doc_json(out, sn.txn, sn.t, sn.m.dbid, id, id_len, &d, (uint32_t)node, opts);
+    if (!rc) rc = db_doc_json(out, sn.txn, sn.t, sn.m.dbid, id, id_len, &d, (uint32_t)node, opts,
+                              fol);
     if (!rc) {
         *json_len = out->len;
         rc = buf_putc(out, '\0');
@@ -132,7 +133,8 @@ int mimeo_doc_get(mimeo_db *db, const char *id, size_t id_len, const mimeo_get_o
     size_t json_len = 0, rev_off = 0;
     bool deleted;
     uint64_t seq;
-    int rc = db_doc_read(db, id, id_len, opts, &out, &json_len, &rev_off, &deleted, &seq, err);
+    int rc = db_doc_read(db, id, id_len, opts, &out, &json_len, &rev_off, &deleted, &seq, NULL,
+                         err);
     if (!rc) {
         /* The JSON comes first and is NUL-terminated: hand the buffer over as it is. */
         size_t all;

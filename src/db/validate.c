@@ -204,7 +204,7 @@ static int scan(mimeo_db *db, const vdu_set *old, vdu_set **out, uint64_t *seq, 
             rc = db_body_get(sn.txn, sn.t, sn.m.dbid, &d.tree.nodes[w], &body);
             if (!rc && body_validates(&body)) {
                 buf_reset(&tmp);
-                rc = db_doc_json(&tmp, sn.txn, sn.t, sn.m.dbid, dd->id, id_len, &d, w, NULL);
+                rc = db_doc_json(&tmp, sn.txn, sn.t, sn.m.dbid, dd->id, id_len, &d, w, NULL, NULL);
                 if (!rc) dd->json = buf_detach(&tmp, &dd->json_len);
             }
         }

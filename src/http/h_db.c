@@ -137,10 +137,49 @@ static bool http_is_design(const jval *doc) {
 /* A member's _bulk_docs holding design documents (authz.c set r->bulk_no_design): the others
  * are written and each design document gets CouchDB's per-entry error in its place. With
  * all_or_nothing nothing may be written, so the whole request is refused. */
+/* A member's _bulk_docs results, as the library hands them over entry by entry. */
+typedef struct bulk_results {
+    buf     text;
+    size_t *ends;
+    size_t  n, cap;
+} bulk_results;
+
+static void bulk_results_destroy(bulk_results *b) {
+    buf_destroy(&b->text);
+    free(b->ends);
+}
+
+/* One entry as CouchDB's _bulk_docs reply lists it. */
+static int bulk_result_put(void *ctx, const mimeo_bulk_entry *e) {
+    bulk_results *b = ctx;
+    buf *o = &b->text;
+    if (ARRAY_GROW(b->ends, b->cap, b->n + 1)) return MIMEO_ENOMEM;
+    int rc = buf_puts(o, e->code ? "{\"id\":" : "{\"ok\":true,\"id\":");
+    if (!rc) rc = json_put_str(o, e->id, e->id_len);
+    if (!rc && e->rev) rc = buf_puts(o, ",\"rev\":");
+    if (!rc && e->rev) rc = json_put_cstr(o, e->rev);
+    if (!rc && e->code) {
+        rc = buf_puts(o, ",\"error\":");
+        if (!rc) rc = json_put_cstr(o, e->error ? e->error : "unknown_error");
+        if (!rc) rc = buf_puts(o, ",\"reason\":");
+        if (!rc) rc = json_put_cstr(o, e->reason ? e->reason : "");
+    }
+    if (!rc) rc = buf_putc(o, '}');
+    if (!rc) b->ends[b->n++] = o->len;
+    return rc;
+}
+
+/* Appends result k to out, after a comma unless it is the first of the reply (*n counts). */
+static int bulk_result_copy(buf *out, const bulk_results *b, size_t k, size_t *n) {
+    size_t from = k ? b->ends[k - 1] : 0;
+    int rc = (*n)++ ? buf_putc(out, ',') : 0;
+    return rc ? rc : buf_put(out, b->text.data + from, b->ends[k] - from);
+}
+
 static void http_bulk_docs_no_design(http_req *r) {
     const char *reason = "You are not a db or server admin.";
     const char *error = r->user.known ? "forbidden" : "unauthorized";
-    jval *body = NULL, *res = NULL;
+    jval *body = NULL;
     json_error je = {0};
     if (json_tree_parse(r->body.data ? r->body.data : "", r->body.len, &r->srv->limits, &body,
                         &je) != 0) {
@@ -177,44 +216,36 @@ static void http_bulk_docs_no_design(http_req *r) {
         rc |= json_put_jval(&in, docs->items[i]);
     }
     rc |= buf_puts(&in, "]}");
+    /* The library's entries as JSON in one buffer, each ending at ends[k]. */
+    bulk_results res = {0};
+    buf_init(&res.text, 0);
+    mimeo_err e = {0};
+    mimeo_bulk_docs_opts bo = {.entry_fn = bulk_result_put, .entry_ctx = &res};
     char *out = NULL;
     size_t len = 0;
-    mimeo_err e = {0};
-    if (rc == 0) rc = mimeo_bulk_docs(r->db, in.data, in.len, &out, &len, &e);
+    if (rc == 0) rc = mimeo_bulk_docs_as(r->db, in.data, in.len, &bo, &out, &len, &e);
+    else rc = MIMEO_ENOMEM;
     buf_destroy(&in);
-    if (rc != 0 || !out) {
+    mimeo_free(out);   /* stays NULL with entry_fn */
+    if (rc != 0) {
         jval_free(body);
-        http_reply_result(r, rc, 201, out, len, &e);
-        return;
-    }
-    rc = json_tree_parse(out, len, NULL, &res, &je);
-    mimeo_free(out);
-    if (rc != 0 || res->type != JV_ARRAY) {
-        jval_free(body);
-        if (res) jval_free(res);
-        http_reply_error(r, 500, "unknown_error", "unreadable _bulk_docs result");
+        bulk_results_destroy(&res);
+        http_reply_err(r, rc, &e);
         return;
     }
     /* One result per written document, in order (new_edits: false lists failures only, so
      * then the refusals follow them). */
-    bool aligned = res->count == kept;
+    bool aligned = res.n == kept;
     rc = buf_putc(&outb, '[');
     size_t next = 0, n = 0;
     for (size_t i = 0; rc == 0 && i < docs->count; i++) {
         const jval *d = docs->items[i];
         if (!http_is_design(d)) {
-            if (aligned) {
-                if (n++) rc |= buf_putc(&outb, ',');
-                rc |= json_put_jval(&outb, res->items[next++]);
-            }
+            if (aligned) rc |= bulk_result_copy(&outb, &res, next++, &n);
             continue;
         }
-        if (!aligned && next < res->count) {
-            for (; rc == 0 && next < res->count; next++) {
-                if (n++) rc |= buf_putc(&outb, ',');
-                rc |= json_put_jval(&outb, res->items[next]);
-            }
-        }
+        for (; rc == 0 && !aligned && next < res.n; next++)
+            rc |= bulk_result_copy(&outb, &res, next, &n);
         if (n++) rc |= buf_putc(&outb, ',');
         const jval *id = jval_get(d, "_id");
         rc |= buf_puts(&outb, "{\"id\":");
@@ -223,13 +254,10 @@ static void http_bulk_docs_no_design(http_req *r) {
         rc |= json_put_cstr(&outb, reason);
         rc |= buf_putc(&outb, '}');
     }
-    for (; rc == 0 && next < res->count; next++) {
-        if (n++) rc |= buf_putc(&outb, ',');
-        rc |= json_put_jval(&outb, res->items[next]);
-    }
+    for (; rc == 0 && next < res.n; next++) rc |= bulk_result_copy(&outb, &res, next, &n);
     rc |= buf_puts(&outb, "]\n");
     jval_free(body);
-    jval_free(res);
+    bulk_results_destroy(&res);
     if (rc != 0) {
         buf_destroy(&outb);
         http_reply_err(r, MIMEO_ENOMEM, NULL);

@@ -9,6 +9,7 @@
 
 #include "mimeo.h"
 #include "check.h"
+#include "json/json.h"
 
 static char tmpdir[256];
 static mimeo_env *env;
@@ -432,6 +433,161 @@ static void test_open_revs_bulk_get_revs_diff(void) {
     mimeo_db_close(db);
 }
 
+/* The row's follows descriptors say what its JSON's "follows":true attachments say. */
+static void check_follows(const mimeo_row *row, size_t want) {
+    CHECK_EQ_INT(row->follow_count, want);
+    jval *doc = NULL;
+    CHECK_EQ_INT(json_tree_parse(row->json, row->json_len, NULL, &doc, NULL), 0);
+    const jval *atts = jval_get(doc, "_attachments");
+    size_t k = 0;
+    for (size_t i = 0; atts && i < atts->count; i++) {
+        const jval *a = atts->items[i];
+        const jval *f = jval_get(a, "follows");
+        if (!f || !f->boolean) continue;
+        CHECK(k < row->follow_count);
+        if (k >= row->follow_count) break;
+        const mimeo_att_follow *d = &row->follows[k++];
+        CHECK_EQ_INT(d->name_len, atts->key_lens[i]);
+        CHECK(memcmp(d->name, atts->keys[i], d->name_len) == 0 && d->name[d->name_len] == 0);
+        const jval *ct = jval_get(a, "content_type"), *enc = jval_get(a, "encoding");
+        CHECK_EQ_STR(d->content_type, ct ? ct->str : "");
+        CHECK_EQ_INT(d->content_type_len, ct ? ct->len : 0);
+        int64_t len = -1, enc_len = -1;
+        CHECK(jval_as_i64(jval_get(a, "length"), &len) && (uint64_t)len == d->length);
+        CHECK_EQ_INT(d->gzip, enc != NULL && strcmp(enc->str, "gzip") == 0);
+        if (d->gzip)
+            CHECK(jval_as_i64(jval_get(a, "encoded_length"), &enc_len) &&
+                  (uint64_t)enc_len == d->encoded_length);
+        else
+            CHECK_EQ_INT(d->encoded_length, d->length);
+    }
+    CHECK_EQ_INT(k, want);
+    jval_free(doc);
+}
+
+static void test_follows_descriptors(void) {
+    mimeo_db *db = fresh_db("follows");
+    char r1[MIMEO_REV_MAX], r2[MIMEO_REV_MAX], body[1024];
+    /* a plain one, a text one stored gzip, a name with a NUL and a quote */
+    /* 400 'x' in base64: 'eHh4' repeated 133 times, then 'eA==' */
+    char b64[540] = "";
+    for (int i = 0; i < 133; i++) strcat(b64, "eHh4");
+    strcat(b64, "eA==");
+    snprintf(body, sizeof body, "{\"v\":1,\"_attachments\":{\"a.bin\":{\"data\":\"YWJj\"},"
+             "\"t.txt\":{\"content_type\":\"text/plain\",\"data\":\"%s\"}}}", b64);
+    CHECK_EQ_INT(put(db, "d", body, r1), 0);
+    snprintf(body, sizeof body, "{\"_rev\":\"%s\",\"_attachments\":{\"a.bin\":{\"stub\":true},"
+             "\"t.txt\":{\"stub\":true},\"n\\u0000\\\"q\":{\"content_type\":\"image/png\","
+             "\"data\":\"AAEC\"}}}", r1);
+    CHECK_EQ_INT(put(db, "d", body, r2), 0);
+    mimeo_err err;
+    mimeo_cursor *cur;
+    const mimeo_row *row;
+
+    mimeo_get_opts go = {.attachments = true, .att_follows = true};
+    uint64_t before = json_parse_calls;
+    CHECK_EQ_INT(mimeo_doc_open(db, "d", 1, &go, &cur, &err), 0);
+    CHECK_EQ_INT(mimeo_cursor_next(cur, &row, &err), 0);
+    /* the descriptors cost no parse of the row */
+    CHECK_EQ_INT(json_parse_calls - before, 0);
+    CHECK(row != NULL);
+    if (row) {
+        check_follows(row, 3);
+        if (row->follow_count == 3) {
+            bool seen_gzip = false, seen_nul = false;
+            for (size_t i = 0; i < 3; i++) {
+                const mimeo_att_follow *f = &row->follows[i];
+                if (strcmp(f->name, "t.txt") == 0) {
+                    CHECK_EQ_INT(f->length, 400);
+                    CHECK(f->gzip && f->encoded_length < 400);
+                    seen_gzip = f->gzip;
+                }
+                if (f->name_len == 4 && memcmp(f->name, "n\0\"q", 4) == 0) {
+                    seen_nul = true;
+                    CHECK_EQ_STR(f->content_type, "image/png");
+                    CHECK_EQ_INT(f->length, 3);
+                }
+            }
+            CHECK(seen_gzip);
+            CHECK(seen_nul);
+        }
+    }
+    mimeo_cursor_close(cur);
+
+    /* atts_since: only what changed after r1 follows; the rest are stubs */
+    const char *since[] = {r1};
+    mimeo_get_opts gs = {.attachments = true, .att_follows = true, .atts_since = since,
+                         .atts_since_count = 1};
+    CHECK_EQ_INT(mimeo_doc_open(db, "d", 1, &gs, &cur, &err), 0);
+    CHECK_EQ_INT(mimeo_cursor_next(cur, &row, &err), 0);
+    if (row) {
+        check_follows(row, 1);
+        if (row->follow_count == 1) CHECK_EQ_INT(row->follows[0].name_len, 4);
+    }
+    mimeo_cursor_close(cur);
+
+    /* open_revs: each revision's row has its own descriptors, across the rows */
+    char revs[200];
+    snprintf(revs, sizeof revs, "[\"%s\",\"%s\"]", r1, r2);
+    CHECK_EQ_INT(mimeo_open_revs_open(db, "d", 1, revs, strlen(revs), &go, &cur, &err), 0);
+    size_t rows = 0;
+    while (mimeo_cursor_next(cur, &row, &err) == 0 && row) {
+        CHECK_EQ_INT(row->status, 0);
+        check_follows(row, strcmp(row->rev, r1) == 0 ? 2 : 3);
+        rows++;
+    }
+    CHECK_EQ_INT(rows, 2);
+    mimeo_cursor_close(cur);
+
+    /* without att_follows: none */
+    mimeo_get_opts plain = {.attachments = true};
+    CHECK_EQ_INT(mimeo_doc_open(db, "d", 1, &plain, &cur, &err), 0);
+    CHECK_EQ_INT(mimeo_cursor_next(cur, &row, &err), 0);
+    if (row) {
+        CHECK_EQ_INT(row->follow_count, 0);
+        CHECK(row->follows == NULL);
+    }
+    mimeo_cursor_close(cur);
+    mimeo_db_close(db);
+}
+
+typedef struct entries {
+    int  n, failed;
+    char text[512];
+} entries;
+
+static int entry_seen(void *ctx, const mimeo_bulk_entry *e) {
+    entries *x = ctx;
+    size_t at = strlen(x->text);
+    snprintf(x->text + at, sizeof x->text - at, "%s%.*s:%s", x->n ? "," : "", (int)e->id_len,
+             e->id, e->code ? e->error : (e->rev ? "ok" : "norev"));
+    x->n++;
+    if (e->code) x->failed++;
+    return 0;
+}
+
+/* _bulk_docs results as entries (what a member's _bulk_docs builds its reply from): the
+ * request is the only text parsed. */
+static void test_bulk_entries_parse_once(void) {
+    mimeo_db *db = fresh_db("entries");
+    char r1[MIMEO_REV_MAX];
+    CHECK_EQ_INT(put(db, "b", "{}", r1), 0);
+    const char *req = "{\"docs\":[{\"_id\":\"a\"},{\"_id\":\"b\"},{\"_id\":\"c\",\"v\":1}]}";
+    entries x = {0};
+    mimeo_bulk_docs_opts o = {.entry_fn = entry_seen, .entry_ctx = &x};
+    char *out = NULL;
+    size_t len = 0;
+    mimeo_err err;
+    uint64_t before = json_parse_calls;
+    CHECK_EQ_INT(mimeo_bulk_docs_as(db, req, strlen(req), &o, &out, &len, &err), 0);
+    CHECK_EQ_INT(json_parse_calls - before, 1);
+    CHECK(out == NULL);
+    CHECK_EQ_INT(x.n, 3);
+    CHECK_EQ_INT(x.failed, 1);
+    CHECK_EQ_STR(x.text, "a:ok,b:conflict,c:ok");
+    mimeo_db_close(db);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/mimeo-test-rows-XXXXXX");
     if (!mkdtemp(tmpdir)) {
@@ -450,6 +606,8 @@ int main(void) {
     RUN(test_tokens_resume);
     RUN(test_wait_at_the_end);
     RUN(test_open_revs_bulk_get_revs_diff);
+    RUN(test_follows_descriptors);
+    RUN(test_bulk_entries_parse_once);
     mimeo_env_close(env);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
