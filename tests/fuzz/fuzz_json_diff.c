@@ -91,7 +91,9 @@ static int o_canon(oracle *o, char tag, const char *s, size_t n) {
 
 /* The old wrapper's pre-check: yajl's \u decoder turns a lone surrogate into '?' or a wrong
  * code point, so every surrogate escape had to be a high one followed by a low one. The scan
- * runs backslash to backslash over the whole text, as the wrapper's did. */
+ * runs backslash to backslash over the whole text, as the wrapper's did. It repeats
+ * json_parse.c's jp_escapes_ok on purpose: an oracle calling that function would not see a
+ * change to it. */
 static int o_hex4(const char *p, unsigned *out) {
     unsigned v = 0;
     for (int i = 0; i < 4; i++) {
