@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# libyajl-dev: not linked into mimeo; the reference oracle of the JSON parser's differential
+# fuzz driver (tests/fuzz/fuzz_json_diff.c).
 packages=(build-essential pkg-config liblmdb-dev libyajl-dev libmicrohttpd-dev
           libcurl4-gnutls-dev nettle-dev libgnutls28-dev libinih-dev libicu-dev libpcre2-dev
           libmozjs-102-dev zlib1g-dev)

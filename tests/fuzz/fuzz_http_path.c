@@ -8,7 +8,7 @@
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iinclude -Isrc \
  *     tests/fuzz/fuzz_http_path.c $(ls src/http/[!.]*.c src/common/[!.]*.c src/json/[!.]*.c \
  *     src/doc/[!.]*.c src/store/[!.]*.c src/db/[!.]*.c src/repl/[!.]*.c) \
- *     -llmdb -lyajl -lmicrohttpd -lcurl -lnettle -lpthread -o fuzz_http_path */
+ *     -llmdb -lmicrohttpd -lcurl -lnettle -lpthread -o fuzz_http_path */
 #include "http/http_int.h"
 
 #include <stdint.h>
