@@ -861,7 +861,7 @@ static void test_library_structs(void) {
     mimeo_free(res.id);
     const char *lr[] = { res.rev, "2-0123456789abcdef0123456789abcdef", res.rev };
     size_t ll[] = { strlen(res.rev), strlen(lr[1]), strlen(res.rev) };
-    char lj[200];
+    char lj[400];   /* three revisions of up to 96 bytes each, quoted */
     snprintf(lj, sizeof lj, "[\"%s\",\"%s\",\"%s\"]", lr[0], lr[1], lr[2]);
     mimeo_get_opts go;
     memset(&go, 0, sizeof go);
