@@ -677,3 +677,38 @@ int store_compact_live(store *s, uint64_t *before, uint64_t *after, char *reason
     *after = lc.after;
     return rc;
 }
+
+typedef struct drop_index_job {
+    MDB_dbi  dbi;
+    uint64_t dbid, idx;
+    size_t   chunk;
+    bool     done;
+} drop_index_job;
+
+static int store_drop_index_step(MDB_txn *txn, void *arg) {
+    drop_index_job *j = arg;
+    unsigned char kb[16];
+    be64_put(kb, j->dbid);
+    be64_put(kb + 8, j->idx);
+    size_t budget = j->chunk;
+    int rc = store_delete_key_prefix(txn, j->dbi, kb, sizeof kb, &budget);
+    if (rc < 0) return rc;
+    j->done = rc == 0;
+    if (j->done) {
+        unsigned char dk[24];
+        be64_put(dk, j->dbid);
+        be64_put(dk + 8, 0);
+        be64_put(dk + 16, j->idx);
+        MDB_val dkey = {24, dk};
+        int mrc = mdb_del(txn, j->dbi, &dkey, NULL);
+        if (mrc && mrc != MDB_NOTFOUND) return store_err(mrc);
+    }
+    return 0;
+}
+
+int store_drop_index(store *s, MDB_dbi dbi, uint64_t dbid, uint64_t idx, size_t chunk) {
+    drop_index_job j = {dbi, dbid, idx, chunk, false};
+    int rc = 0;
+    while (!rc && !j.done) rc = store_write(s, store_drop_index_step, &j);
+    return rc;
+}

@@ -117,5 +117,10 @@ int store_delete_key_prefix(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_
                             size_t *budget);
 /* The same for the keys of one database: those that start with dbid. */
 int store_delete_prefix(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, size_t *budget);
+/* Drops index idx of database dbid from a table laid out as the Mango and view tables are:
+ * its rows under the key prefix (dbid, idx), then its definition under (dbid, 0, idx). Runs
+ * in write transactions of at most `chunk` deletions each, so that no commit grows without
+ * bound and other writers get their turn in between. */
+int store_drop_index(store *s, MDB_dbi dbi, uint64_t dbid, uint64_t idx, size_t chunk);
 
 #endif

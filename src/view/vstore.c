@@ -1175,37 +1175,11 @@ int vstore_list(mimeo_db *db, int (*fn)(void *ctx, uint64_t idx, const char *inf
     return rc;
 }
 
-typedef struct drop_job {
-    MDB_dbi  dbi;
-    uint64_t dbid, idx;
-    bool     done;
-} drop_job;
-
-static int job_drop(MDB_txn *txn, void *arg) {
-    drop_job *j = arg;
-    unsigned char kb[16];
-    be64_put(kb, j->dbid);
-    be64_put(kb + 8, j->idx);
-    size_t budget = DROP_CHUNK;
-    int rc = store_delete_key_prefix(txn, j->dbi, kb, sizeof kb, &budget);
-    if (rc < 0) return rc;
-    j->done = rc == 0;
-    if (j->done) {
-        unsigned char dk[24];
-        be64_put(dk, j->dbid);
-        be64_put(dk + 8, 0);
-        be64_put(dk + 16, j->idx);
-        MDB_val dkey = {24, dk};
-        int mrc = mdb_del(txn, j->dbi, &dkey, NULL);
-        if (mrc && mrc != MDB_NOTFOUND) return store_err(mrc);
-    }
-    return 0;
-}
-
 int vstore_drop(mimeo_db *db, uint64_t idx) {
-    drop_job j = {0, 0, idx, false};
-    int rc = dbid_of(db, &j.dbid);
-    if (!rc) rc = table(db, &j.dbi);
-    while (!rc && !j.done) rc = store_write(db->env->store, job_drop, &j);
+    uint64_t dbid;
+    MDB_dbi dbi;
+    int rc = dbid_of(db, &dbid);
+    if (!rc) rc = table(db, &dbi);
+    if (!rc) rc = store_drop_index(db->env->store, dbi, dbid, idx, DROP_CHUNK);
     return rc;
 }
