@@ -515,7 +515,16 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         const char *name = dbs->keys[i];
-        if (!mesh_node_db_wanted(d->o.node, name, strlen(name))) continue;
+        if (!mesh_node_db_wanted(d->o.node, name, strlen(name))) {
+            /* Skipping a database this node has not taken in yet would move the cursor past
+             * it for good: an idle database is not listed in the next summaries, and a node
+             * that heard of its peers before the registry reached it (a lost push-pull) or
+             * before its copies were made would never pull it. */
+            int64_t pv = jnum(jval_get(vers, name));
+            if (mesh_node_db_coming(d->o.node, name, strlen(name), pv > 0 ? (uint64_t)pv : 0))
+                *incomplete = true;
+            continue;
+        }
         if (local_seq(d, name) < 0) {   /* the registry has not created it here yet */
             *incomplete = true;
             continue;

@@ -29,6 +29,10 @@ struct mesh_peer *mesh_node_peers(struct mesh_node *n, size_t *count);
 /* Whether db is meshed here, live in the registry, and this copy was made for the
  * registry's current version of it (not for an incarnation deleted since). */
 bool mesh_node_db_wanted(struct mesh_node *n, const char *db, size_t len);
+/* Whether db, which a peer holds at registry version `version`, is meshed here but not
+ * taken in yet: unknown to this node's registry, live there without a copy made for it, or
+ * deleted there at an older version. Such a database is wanted soon, not skipped. */
+bool mesh_node_db_coming(struct mesh_node *n, const char *db, size_t len, uint64_t version);
 /* The registry version this node's copy of db was made for; 0 unknown. */
 uint64_t mesh_node_db_version(struct mesh_node *n, const char *db);
 

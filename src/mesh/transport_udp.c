@@ -418,6 +418,22 @@ bool mesh_node_db_wanted(struct mesh_node *n, const char *db, size_t len) {
     return ok;
 }
 
+bool mesh_node_db_coming(struct mesh_node *n, const char *db, size_t len, uint64_t version) {
+    char name[256];
+    if (len >= sizeof name || !db_meshed(n, db, len)) return false;
+    memcpy(name, db, len);
+    name[len] = '\0';
+    struct mesh_db_info d;
+    pthread_mutex_lock(&n->mu);
+    const struct stamp *st = stamp_find(n, name);
+    bool coming;
+    if (mesh_db_find(n->m, name, &d) != 0) coming = true;          /* the registry is behind */
+    else if (d.deleted) coming = d.version < version;               /* made again since */
+    else coming = !st || st->version != d.version;                  /* the copy is on its way */
+    pthread_mutex_unlock(&n->mu);
+    return coming;
+}
+
 bool mesh_node_http_auth(struct mesh_node *n, const char *password) {
     if (!n || !password) return false;
     size_t want = strlen(n->http_pw);

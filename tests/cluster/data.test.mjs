@@ -3,7 +3,8 @@
 // every acknowledged write kept: writes on random nodes over lossy, slow links converge; a
 // partition with conflicting edits and deletions on both sides heals into identical copies;
 // kill -9 during writes and a restart lose nothing; a node that joins late with an empty
-// disk receives everything. The tests share one cluster and run in order.
+// disk receives everything, also when its push-pulls are lost and it hears of its peers
+// before the database registry. The tests share one cluster and run in order.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -53,6 +54,27 @@ async function createDb(db) {
   }
 }
 
+/** What each node's GET /_mesh says of its members and of the sync of the given dbs: the
+ * first thing to read when copies do not converge. */
+async function meshState(list) {
+  const out = {};
+  for (const i of c.running().reverse()) {     // the newest node first
+    try {
+      const m = await c.mesh(i);
+      out[c.nodes[i].name] = {
+        members: m.members.map((x) => `${x.name}:${x.state}`).join(' '),
+        sync: m.sync.filter((r) => list.includes(r.db)).map((r) =>
+          `${r.db}/${r.peer} local ${r.local_seq} peer ${r.peer_seq} pulled ${r.pulled_seq} ` +
+          `pushed ${r.checkpointed_seq} failures ${r.failures}`),
+        databases: m.databases,
+      };
+    } catch (e) {
+      out[c.nodes[i].name] = String(e);
+    }
+  }
+  return out;
+}
+
 /** Waits until every running node holds the same copy of each db with every acked write. */
 async function converge(list, timeout = 90_000) {
   const nodes = c.running();
@@ -60,7 +82,12 @@ async function converge(list, timeout = 90_000) {
   await waitFor(async () => {
     last = await checker.verify(c, nodes, list);
     return true;
-  }, { timeout, interval: 1000, message: `${list.join(', ')} converge on ${nodes.length} nodes` });
+  }, { timeout, interval: 1000, message: `${list.join(', ')} converge on ${nodes.length} nodes`,
+    describe: async () => {
+      const st = await meshState(list);
+      console.log(`# mesh state: ${JSON.stringify(st, null, 1)}`);
+      return st;
+    } });
   return last;
 }
 
@@ -155,4 +182,26 @@ test('a node that joins late with an empty disk receives everything', async () =
   }
   const r = await converge(dbs, 120_000);
   console.log(`# ${r.acked} acknowledged writes on ${c.running().length} nodes, ${r.refused} refused`);
+});
+
+test('a node that hears of its peers before the database registry still pulls every database', async () => {
+  // Every push-pull towards the newcomer is lost (the answer to its join, and the others'
+  // own push-pulls), so it learns the members from their probes but not the registry; its
+  // first anti-entropy rounds with each peer then find databases it cannot take in yet. Once
+  // the registry arrives, nothing is written any more: only rounds that read those databases
+  // again can bring them.
+  const index = c.nodes.length;
+  const others = c.running();
+  for (const i of others) c.setLink(i, index, { block: /^POST \/_mesh$/ });
+  const late = await c.addNode({ name: 'later' });
+  await c.waitView(Object.fromEntries(c.running().map((i) => [c.nodes[i].name, 'alive'])), 60_000, [index]);
+  await new Promise((r) => setTimeout(r, 3000));      // a few rounds with every peer
+  const before = (await request(c.url(index), 'GET', '/_all_dbs')).json;
+  assert.deepEqual(before.filter((db) => dbs.includes(db)), [], 'the registry was held back');
+  for (const i of others) c.setLink(i, index, { block: undefined });
+  for (const db of dbs) {
+    await waitFor(async () => (await request(c.url(late.index), 'GET', `/${db}`)).status === 200,
+      { timeout: 30_000, message: `${db} created on ${late.name}` });
+  }
+  await converge(dbs, 60_000);
 });

@@ -17,7 +17,8 @@
 //
 // Rules: cut (datagrams dropped; requests answered by a reset connection; exchanges in flight
 // torn down), drop (each datagram, and each request, lost with probability p), delay (each
-// datagram and each request held d ms).
+// datagram and each request held d ms), block (a RegExp: the requests whose
+// "METHOD /path" it matches are lost as under cut, the rest pass — e.g. only push-pulls).
 
 import net from 'node:net';
 import dgram from 'node:dgram';
@@ -155,7 +156,8 @@ export class NodeProxy {
       this.stats.httpDropped++;
       req.socket.resetAndDestroy();
     };
-    if (!targetPort || rule.cut || (rule.drop && this.cluster.rng() < rule.drop)) {
+    if (!targetPort || rule.cut || rule.block?.test(`${req.method} ${u.pathname}`) ||
+        (rule.drop && this.cluster.rng() < rule.drop)) {
       lose();
       return;
     }
