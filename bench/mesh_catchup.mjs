@@ -13,7 +13,7 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { makeCall, until, startNode, sleep } from './mesh_lib.mjs';
+import { makeCall, until, startNode, sleep, cpuTicks } from './mesh_lib.mjs';
 
 const CHANGES = Number(process.env.CHANGES || 100_000);
 const DBS = Number(process.env.DBS || 100);
@@ -70,20 +70,33 @@ try {
   await sleep(2000);
 
   // Back: the catch-up.
+  // CPU of every process involved (clock ticks, load-independent beside the wall clock).
+  const cpuOf = (list) => list.reduce((a, x) => a + cpuTicks(x.proc.pid), 0);
+  const pushed = async () => {
+    let w = 0;
+    for (const x of nodes.slice(0, 2)) w += (await call(x.url, 'GET', '/_mesh')).json.replication.docs_written;
+    return w;
+  };
+  const pushed0 = await pushed();
+  let cpu0 = cpuOf(nodes.slice(0, 2));
   t0 = performance.now();
   const back = await startNode(dir, 'n2', [...args, '--join', nodes[0].url]);
   procs.push(back.proc);
   await until(async () => (await docCounts(back.url)) === CHANGES, 900_000, 'n2 caught up', 250);
+  out.catchup_cpu_s = (cpuOf([...nodes.slice(0, 2), back]) - cpu0) / 100;
   const catchup = (performance.now() - t0) / 1000;
   out.catchup_s = +catchup.toFixed(2);
   out.catchup_docs_per_s = Math.round(CHANGES / catchup);
   const m = (await call(back.url, 'GET', '/_mesh')).json.replication;
   out.catchup_replications = m.completed;
   out.catchup_docs_written = m.docs_written;
+  // What the two peers' own replications wrote meanwhile (their pushes to the returning node).
+  out.catchup_peer_docs_written = (await pushed()) - pushed0;
 
   // The replicator alone, same data, same parallelism.
   const plain = await startNode(dir, 'plain', [], { mesh: false });
   procs.push(plain.proc);
+  cpu0 = cpuOf([nodes[0], plain]);
   t0 = performance.now();
   const queue = [...names];
   await Promise.all(Array.from({ length: WORKERS }, async () => {
@@ -94,10 +107,12 @@ try {
     }
   }));
   const one = (performance.now() - t0) / 1000;
+  out.oneshot_cpu_s = (cpuOf([nodes[0], plain]) - cpu0) / 100;
   if ((await docCounts(plain.url)) !== CHANGES) throw new Error('the one-shot replications missed documents');
   out.oneshot_s = +one.toFixed(2);
   out.oneshot_docs_per_s = Math.round(CHANGES / one);
   out.catchup_vs_oneshot = +(out.catchup_docs_per_s / out.oneshot_docs_per_s).toFixed(2);
+  out.cpu_oneshot_vs_catchup = +(out.oneshot_cpu_s / out.catchup_cpu_s).toFixed(2);
   console.log(JSON.stringify(out));
   console.log('\n| changes behind | databases | mesh catch-up (s, docs/s) | one-shot replications, 4 at a time (s, docs/s) | ratio |');
   console.log('| --- | --- | --- | --- | --- |');

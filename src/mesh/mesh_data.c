@@ -28,6 +28,7 @@
 #define ROUND_BACKLOG  64        /* a periodic round waits while more tasks than this queue: */
 #define ROUND_DEFER    5         /* what it would add is mostly queued already; at most this
                                     many periods in a row, then it runs anyway */
+#define PREFER_SCAN    1024      /* pending tasks searched for a better peer to pull from */
 #define SAVE_MS        1000      /* progress reaches the disk at most this late (a kill -9
                                     loses at most that much: a few replications that find
                                     nothing after the restart) */
@@ -114,6 +115,7 @@ struct mesh_data {
 
     struct mesh_data_counters c;
     uint64_t rng;
+    uint64_t started_ms;         /* monotonic, at start: summaries say how fresh this node is */
 };
 
 /* The commit observer outlives nothing it points at: mesh_data_free clears `d` under `mu`
@@ -230,10 +232,38 @@ static void task_forget(struct mesh_data *d, struct task *t) {
     free(t);
 }
 
-/* The first pending task that may run now: due, and its peer below its share of the
- * workers. NULL and *wait_ms the time to the next due one. Called with mu held. */
+/* How many changes this node is behind peer in db, by the peer's last summary; -1 unknown.
+ * Called with mu held. */
+static int64_t pull_lag(struct mesh_data *d, const char *db, const char *peer) {
+    unsigned h = hash3(0, db, peer);
+    for (struct stat_row *r = d->stats[h]; r; r = r->hnext)
+        if (strcmp(r->s.db, db) == 0 && strcmp(r->s.peer, peer) == 0)
+            return r->s.peer_seq < 0 ? -1 : r->s.peer_seq - (r->s.pulled_seq > 0 ? r->s.pulled_seq : 0);
+    return -1;
+}
+
+/* Whether t may start now besides what runs: its peer below its share of the workers; a
+ * pull not while another pull of its database runs (from any peer: the same revisions would
+ * arrive twice, each written), a push not while a pull of its database from that very peer
+ * runs (it would send back what is arriving). Called with mu held. */
+static bool may_start(struct mesh_data *d, const struct task *t) {
+    unsigned per_peer = d->nworkers > 1 ? d->nworkers / 2 : 1, busy = 0;
+    for (unsigned i = 0; i < d->nworkers; i++) {
+        const struct task *r = d->running[i];
+        if (!r) continue;
+        bool same_peer = strcmp(r->peer.name, t->peer.name) == 0;
+        busy += same_peer;
+        if (r->kind == T_PULL && t->db && strcmp(r->db, t->db) == 0 &&
+            (t->kind == T_PULL || (t->kind == T_PUSH && same_peer)))
+            return false;
+    }
+    return busy < per_peer;
+}
+
+/* The first pending task that may run now (due, may_start); of the pending pulls of one
+ * database, the one from the peer furthest ahead. NULL and *wait_ms the time to the next due
+ * one. Called with mu held. */
 static struct task *take(struct mesh_data *d, uint64_t now, uint64_t *wait_ms) {
-    unsigned per_peer = d->nworkers > 1 ? d->nworkers / 2 : 1;
     *wait_ms = 1000;
     struct task *prev = NULL;
     for (struct task *t = d->head; t; prev = t, t = t->next) {
@@ -241,10 +271,22 @@ static struct task *take(struct mesh_data *d, uint64_t now, uint64_t *wait_ms) {
             if (t->not_before - now < *wait_ms) *wait_ms = t->not_before - now;
             continue;
         }
-        unsigned busy = 0;
-        for (unsigned i = 0; i < d->nworkers; i++)
-            if (d->running[i] && strcmp(d->running[i]->peer.name, t->peer.name) == 0) busy++;
-        if (busy >= per_peer) continue;
+        if (!may_start(d, t)) continue;
+        if (t->kind == T_PULL) {
+            int64_t best = pull_lag(d, t->db, t->peer.name);
+            struct task *bprev = prev;
+            unsigned seen = 0;
+            for (struct task *p = t, *u = t->next; u && seen < PREFER_SCAN; p = u, u = u->next, seen++) {
+                if (u->kind != T_PULL || strcmp(u->db, t->db) != 0 || u->not_before > now) continue;
+                int64_t lag = pull_lag(d, u->db, u->peer.name);
+                if (lag > best && may_start(d, u)) {
+                    best = lag;
+                    t = u;
+                    bprev = p;
+                }
+            }
+            prev = bprev;
+        }
         if (prev) prev->next = t->next;
         else d->head = t->next;
         if (d->tail == t) d->tail = prev;
@@ -509,6 +551,13 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
     const jval *vers = jval_get(v, "versions");
     const jval *ep = jval_get(v, "epoch");
     int64_t gen = jnum(jval_get(v, "gen"));
+    /* A peer catching up takes what it lacks by its own pulls: pushing the same databases
+     * to it meanwhile writes their revisions twice. A node just started pulls from every
+     * peer at once (sched_main), so it is left alone for its first period; later, only the
+     * databases it says it is pulling. A push skipped is decided again next round. */
+    const jval *pulling = jval_get(v, "pulling");
+    int64_t uptime = jnum(jval_get(v, "uptime_ms"));
+    bool fresh = uptime >= 0 && (uint64_t)uptime < d->o.anti_entropy_ms;
     size_t n = dbs && dbs->type == JV_OBJECT ? dbs->count : 0;
     struct round_db *rd = calloc(n ? n : 1, sizeof *rd);
     if (!rd) { jval_free(v); return MIMEO_ENOMEM; }
@@ -595,7 +644,8 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
         if (r->s.peer_seq > 0 && r->s.pulled_seq != r->s.peer_seq)
             enqueue(d, T_PULL, m->db, &t->peer, r->s.peer_seq);
         if (m->ls == 0) r->s.pushed_seq = 0;
-        else if (r->s.pushed_seq != m->ls)
+        else if (r->s.pushed_seq != m->ls && !fresh &&
+                 !(pulling && pulling->type == JV_OBJECT && jval_get(pulling, m->db)))
             enqueue(d, T_PUSH, m->db, &t->peer, -1);
     }
     /* Read through gen only when every database it listed could be taken in: one still
@@ -674,6 +724,19 @@ static void run_task(struct mesh_data *d, struct task *t) {
     t->tries = rc == 0 && !incomplete ? 0 : t->tries + 1;
 }
 
+/* done, a pull of its database from its peer, has just succeeded: the pulls of that
+ * database from other peers still pending wait one anti-entropy period, since they would
+ * mostly find the same revisions. What only they could bring (writes that reached their
+ * peer and not done's) comes that much later; a catching-up node first takes each database
+ * from one peer, then looks at the others. Called with mu held. */
+static void defer_pulls(struct mesh_data *d, const struct task *done, uint64_t now) {
+    uint64_t until = now + d->o.anti_entropy_ms;
+    for (struct task *t = d->head; t; t = t->next)
+        if (t->kind == T_PULL && t->not_before < until && strcmp(t->db, done->db) == 0 &&
+            strcmp(t->peer.name, done->peer.name) != 0)
+            t->not_before = until;
+}
+
 static void *worker_main(void *arg) {
     struct wslot *w = arg;
     struct mesh_data *d = w->d;
@@ -702,6 +765,7 @@ static void *worker_main(void *arg) {
         d->running[w->i] = NULL;
         d->nrunning--;
         t->running = false;
+        if (t->kind == T_PULL && t->tries == 0) defer_pulls(d, t, mono_ms());
         bool retry = t->tries > 0 && t->tries <= RETRY_MAX;
         if ((t->again || retry) && !d->stop) {
             /* A failure backs off; a trigger that came meanwhile runs at once. */
@@ -938,6 +1002,32 @@ static int sum_db(void *ctx, const char *name, size_t len) {
     return s->rc ? 1 : 0;
 }
 
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The "pulling" members of a summary: "db":1 for every database with a pull queued or
+ * running here, each once. Called with mu held. */
+static int pulling_json(struct mesh_data *d, buf *out) {
+    const char **v = NULL;
+    size_t n = 0, cap = 0;
+    for (struct task *t = d->head; t; t = t->next)
+        if (t->kind == T_PULL && !ARRAY_GROW(v, cap, n + 1)) v[n++] = t->db;
+    for (unsigned i = 0; i < d->nworkers; i++)
+        if (d->running[i] && d->running[i]->kind == T_PULL && !ARRAY_GROW(v, cap, n + 1))
+            v[n++] = d->running[i]->db;
+    if (n > 1) qsort(v, n, sizeof *v, cmp_str);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (i && strcmp(v[i], v[i - 1]) == 0) continue;
+        if (out->len) rc = buf_putc(out, ',');
+        if (rc == 0) rc = json_put_cstr(out, v[i]);
+        if (rc == 0) rc = buf_puts(out, ":1");
+    }
+    free(v);
+    return rc;
+}
+
 char *mesh_data_summary_json(struct mesh_data *d, const char *epoch, uint64_t since) {
     buf b, vers;
     buf_init(&b, 0);
@@ -947,10 +1037,14 @@ char *mesh_data_summary_json(struct mesh_data *d, const char *epoch, uint64_t si
      * (a restart, a cursor from the future) gets everything. */
     char **names = NULL;
     size_t n = 0, cap = 0;
+    buf pulling;
+    buf_init(&pulling, 0);
     pthread_mutex_lock(&d->mu);
     char my_epoch[33];
     memcpy(my_epoch, d->epoch, sizeof my_epoch);
     uint64_t gen = d->gen;
+    uint64_t uptime = mono_ms() - d->started_ms;
+    int prc = pulling_json(d, &pulling);
     bool full = !epoch || strcmp(epoch, d->epoch) != 0 || since > d->gen;
     for (unsigned h = 0; !full && h < HASH_SLOTS; h++)
         for (struct gen_row *g = d->gens[h]; g && !full; g = g->hnext) {
@@ -972,8 +1066,13 @@ char *mesh_data_summary_json(struct mesh_data *d, const char *epoch, uint64_t si
     free(names);
     if (s.rc == 0) s.rc = buf_puts(&b, "},\"versions\":{");
     if (s.rc == 0 && vers.len) s.rc = buf_put(&b, vers.data, vers.len);
-    if (s.rc == 0) s.rc = buf_puts(&b, "}}\n");
+    if (s.rc == 0) s.rc = prc;
+    if (s.rc == 0)
+        s.rc = buf_printf(&b, "},\"uptime_ms\":%llu,\"pulling\":{%.*s}}\n",
+                          (unsigned long long)uptime, (int)pulling.len,
+                          pulling.data ? pulling.data : "");
     buf_destroy(&vers);
+    buf_destroy(&pulling);
     if (s.rc != 0) {
         buf_destroy(&b);
         return NULL;
@@ -1041,6 +1140,7 @@ int mesh_data_start(const struct mesh_data_opts *o, struct mesh_data **out, char
     snprintf(d->self, sizeof d->self, "%s", o->self ? o->self : "");
     d->o.self = NULL;
     d->nworkers = d->o.workers;
+    d->started_ms = mono_ms();
     d->workers = calloc(d->nworkers, sizeof *d->workers);
     d->running = calloc(d->nworkers, sizeof *d->running);
     struct wslot *slots = calloc(d->nworkers, sizeof *slots);
