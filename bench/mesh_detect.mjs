@@ -1,7 +1,7 @@
 // Failure detection of the mesh against Serf, same machine, same run, same probe settings,
 // and the idle cost of a mimeo mesh.
 //
-//   node bench/mesh_detect.mjs [--sizes 4,8,16] [--trials 3] [--idle 32] [--idle-secs 30]
+//   node bench/mesh_detect.mjs [--sizes 4,8,16,32] [--trials 3] [--idle 32] [--idle-secs 30]
 //
 // Detection: N `mimeo serve` processes (build/mimeo, or $MIMEO_BIN) join through one seed
 // with the mesh's default timings (memberlist's LAN profile: probe 1 s, probe timeout 500 ms,
@@ -35,7 +35,7 @@ function arg(name, def) {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 ? process.argv[i + 1] : def;
 }
-const SIZES = arg('sizes', '4,8,16').split(',').map(Number);
+const SIZES = arg('sizes', '4,8,16,32').split(',').map(Number);
 const TRIALS = Number(arg('trials', '3'));
 const IDLE_N = Number(arg('idle', '32'));
 const IDLE_SECS = Number(arg('idle-secs', '30'));
