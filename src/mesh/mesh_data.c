@@ -242,20 +242,16 @@ static int64_t pull_lag(struct mesh_data *d, const char *db, const char *peer) {
     return -1;
 }
 
-/* Whether t may start now besides what runs: its peer below its share of the workers; a
- * pull not while another pull of its database runs (from any peer: the same revisions would
- * arrive twice, each written), a push not while a pull of its database from that very peer
- * runs (it would send back what is arriving). Called with mu held. */
+/* Whether t may start now besides what runs: its peer below its share of the workers, and
+ * a pull not while another pull of its database runs (from any peer: the same revisions
+ * would arrive twice, each written). Called with mu held. */
 static bool may_start(struct mesh_data *d, const struct task *t) {
     unsigned per_peer = d->nworkers > 1 ? d->nworkers / 2 : 1, busy = 0;
     for (unsigned i = 0; i < d->nworkers; i++) {
         const struct task *r = d->running[i];
         if (!r) continue;
-        bool same_peer = strcmp(r->peer.name, t->peer.name) == 0;
-        busy += same_peer;
-        if (r->kind == T_PULL && t->db && strcmp(r->db, t->db) == 0 &&
-            (t->kind == T_PULL || (t->kind == T_PUSH && same_peer)))
-            return false;
+        busy += strcmp(r->peer.name, t->peer.name) == 0;
+        if (t->kind == T_PULL && r->kind == T_PULL && strcmp(r->db, t->db) == 0) return false;
     }
     return busy < per_peer;
 }
