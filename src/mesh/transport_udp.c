@@ -404,34 +404,32 @@ uint64_t mesh_node_db_version(struct mesh_node *n, const char *db) {
     return v;
 }
 
-bool mesh_node_db_wanted(struct mesh_node *n, const char *db, size_t len) {
+enum db_state { DB_NO, DB_COMING, DB_WANTED };
+
+/* Where db stands here, against a peer's copy made for registry version `version`. */
+static enum db_state db_state(struct mesh_node *n, const char *db, size_t len, uint64_t version) {
     char name[256];
-    if (len >= sizeof name || !db_meshed(n, db, len)) return false;
+    if (len >= sizeof name || !db_meshed(n, db, len)) return DB_NO;
     memcpy(name, db, len);
     name[len] = '\0';
     struct mesh_db_info d;
+    enum db_state s;
     pthread_mutex_lock(&n->mu);
-    /* Live in the registry, and this copy stamped for that very version. */
     const struct stamp *st = stamp_find(n, name);
-    bool ok = mesh_db_find(n->m, name, &d) == 0 && !d.deleted && st && st->version == d.version;
+    if (mesh_db_find(n->m, name, &d) != 0) s = DB_COMING;               /* the registry is behind */
+    else if (d.deleted) s = d.version < version ? DB_COMING : DB_NO;    /* or made again since */
+    /* Live in the registry, and this copy stamped for that very version; or on its way. */
+    else s = st && st->version == d.version ? DB_WANTED : DB_COMING;
     pthread_mutex_unlock(&n->mu);
-    return ok;
+    return s;
+}
+
+bool mesh_node_db_wanted(struct mesh_node *n, const char *db, size_t len) {
+    return db_state(n, db, len, 0) == DB_WANTED;
 }
 
 bool mesh_node_db_coming(struct mesh_node *n, const char *db, size_t len, uint64_t version) {
-    char name[256];
-    if (len >= sizeof name || !db_meshed(n, db, len)) return false;
-    memcpy(name, db, len);
-    name[len] = '\0';
-    struct mesh_db_info d;
-    pthread_mutex_lock(&n->mu);
-    const struct stamp *st = stamp_find(n, name);
-    bool coming;
-    if (mesh_db_find(n->m, name, &d) != 0) coming = true;          /* the registry is behind */
-    else if (d.deleted) coming = d.version < version;               /* made again since */
-    else coming = !st || st->version != d.version;                  /* the copy is on its way */
-    pthread_mutex_unlock(&n->mu);
-    return coming;
+    return db_state(n, db, len, version) == DB_COMING;
 }
 
 bool mesh_node_http_auth(struct mesh_node *n, const char *password) {
