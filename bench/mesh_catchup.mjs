@@ -8,7 +8,8 @@
 // pulls every database from the seed with one-shot POST /_replicate, `replication_workers`
 // (4) at a time, as the mesh's pool runs them.
 //   node bench/mesh_catchup.mjs — env MIMEO_BIN (default build/mimeo), CHANGES, DBS.
-// Prints one JSON line and a Markdown table.
+// Also the CPU (utime + stime) of the processes involved in each, and what the peers' own
+// replications wrote during the catch-up. Prints one JSON line and a Markdown table.
 
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -114,9 +115,10 @@ try {
   out.catchup_vs_oneshot = +(out.catchup_docs_per_s / out.oneshot_docs_per_s).toFixed(2);
   out.cpu_oneshot_vs_catchup = +(out.oneshot_cpu_s / out.catchup_cpu_s).toFixed(2);
   console.log(JSON.stringify(out));
-  console.log('\n| changes behind | databases | mesh catch-up (s, docs/s) | one-shot replications, 4 at a time (s, docs/s) | ratio |');
-  console.log('| --- | --- | --- | --- | --- |');
-  console.log(`| ${CHANGES} | ${DBS} | ${out.catchup_s} s, ${out.catchup_docs_per_s} | ${out.oneshot_s} s, ${out.oneshot_docs_per_s} | ${out.catchup_vs_oneshot} |`);
+  console.log('\n| changes behind | databases | mesh catch-up (s, docs/s) | one-shot replications, 4 at a time (s, docs/s) | ratio | revisions written (returning node + peers) | CPU s, catch-up / one-shot |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  console.log(`| ${CHANGES} | ${DBS} | ${out.catchup_s} s, ${out.catchup_docs_per_s} | ${out.oneshot_s} s, ${out.oneshot_docs_per_s} | ${out.catchup_vs_oneshot} | ` +
+    `${out.catchup_docs_written} + ${out.catchup_peer_docs_written} | ${out.catchup_cpu_s} / ${out.oneshot_cpu_s} |`);
 } finally {
   for (const p of procs) p.kill('SIGKILL');
   call.destroy();
