@@ -943,6 +943,14 @@ static void crdt_apply_db(mimeo_db *db, const char *id, const char *ops, mimeo_c
     CHECK_EQ_INT(rc, 0);
 }
 
+/* Applies ops and keeps the revision they wrote. */
+static void crdt_apply_rev(mimeo_db *db, const char *id, const char *ops, char rev[MIMEO_REV_MAX]) {
+    mimeo_crdt_result res;
+    crdt_apply_db(db, id, ops, &res);
+    snprintf(rev, MIMEO_REV_MAX, "%s", res.rev);
+    mimeo_crdt_result_destroy(&res);
+}
+
 static void test_db_apply(void) {
     node_env a = {0};
     CHECK(node_open(&a));
@@ -1059,11 +1067,9 @@ static void test_db_invalid_and_plain(void) {
     CHECK(node_open(&a));
     CHECK(node_open(&b));
     mimeo_crdt_result res;
-    crdt_apply_db(a.db, "c:p", "[{\"op\":\"assign\",\"path\":[\"title\"],\"value\":\"t0\"},"
-                  "{\"op\":\"increment\",\"path\":[\"n\"],\"value\":5}]", &res);
     char rev[MIMEO_REV_MAX];
-    snprintf(rev, sizeof rev, "%s", res.rev);
-    mimeo_crdt_result_destroy(&res);
+    crdt_apply_rev(a.db, "c:p", "[{\"op\":\"assign\",\"path\":[\"title\"],\"value\":\"t0\"},"
+                   "{\"op\":\"increment\",\"path\":[\"n\"],\"value\":5}]", rev);
     copy_doc(a.db, b.db, "c:p");
 
     /* a CRDT-unaware client edits title (and the counter, which it cannot) with a plain PUT */
@@ -1402,12 +1408,9 @@ static void test_hook_selector_precheck(void) {
     node_env a = {0}, b = {0};
     CHECK(node_open(&a));
     CHECK(node_open(&b));
-    mimeo_crdt_result res;
-    crdt_apply_db(a.db, "s:k", "[{\"op\":\"assign\",\"path\":[\"type\"],\"value\":\"x\"},"
-                  "{\"op\":\"increment\",\"path\":[\"n\"],\"value\":5}]", &res);
     char krev[MIMEO_REV_MAX];
-    snprintf(krev, sizeof krev, "%s", res.rev);
-    mimeo_crdt_result_destroy(&res);
+    crdt_apply_rev(a.db, "s:k", "[{\"op\":\"assign\",\"path\":[\"type\"],\"value\":\"x\"},"
+                   "{\"op\":\"increment\",\"path\":[\"n\"],\"value\":5}]", krev);
     char *json;
     size_t len;
     CHECK_EQ_INT(mimeo_doc_get(a.db, "s:k", 3, NULL, &json, &len, NULL), 0);
