@@ -8,8 +8,12 @@
 //      without _design/crdt, with a prefix rule, and with a selector rule: what the merge hook
 //      costs replication when no CRDT document is involved.
 // Prints a Markdown table. MIMEO_BIN picks the binary (default build/mimeo); BENCH_QUICK=1
-// runs a smaller version; CRDT_ONLY=ops|repl|nodes runs one part. Data folders live under build/bench/ (not tmpfs: fsyncs count).
-import { spawn } from 'node:child_process';
+// runs a smaller version; CRDT_ONLY=ops|repl|nodes runs one part; CRDT_ROUNDS sets the rounds of
+// part 3. CRDT_CALLGRIND=1 runs part 3 alone, once, with the server under valgrind's callgrind,
+// and prints instructions per document instead (CRDT_DOCS, default 5000): a count the machine's
+// load does not move, for comparing builds on a busy machine (BENCH_KEEP=1 keeps the dumps).
+// Data folders live under build/bench/ (not tmpfs: fsyncs count).
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -23,9 +27,10 @@ const HOT_OPS = QUICK ? 25 : 100;        // per client, one document
 const MANY_OPS = QUICK ? 50 : 200;       // per client, 1,000 documents
 const NODES = 8;
 const INCREMENTS = QUICK ? 100 : 1000;   // per node
-const REPL_DOCS = QUICK ? 5000 : 20000;
-const REPL_ROUNDS = QUICK ? 1 : 5;
-const ONLY = process.env.CRDT_ONLY || '';
+const CALLGRIND = process.env.CRDT_CALLGRIND === '1';
+const REPL_DOCS = Number(process.env.CRDT_DOCS) || (QUICK || CALLGRIND ? 5000 : 20000);
+const REPL_ROUNDS = CALLGRIND ? 1 : Number(process.env.CRDT_ROUNDS) || (QUICK ? 1 : 7);
+const ONLY = CALLGRIND ? 'repl' : process.env.CRDT_ONLY || '';
 const part = (name) => !ONLY || ONLY === name;
 
 const note = (s) => process.stderr.write(`crdt bench: ${s}\n`);
@@ -40,11 +45,15 @@ const servers = [];
 async function startServer(name) {
   const dir = path.join(TMP, name);
   fs.mkdirSync(dir, { recursive: true });
-  const proc = spawn(MIMEO, ['serve', '--data', dir, '--bind', '127.0.0.1', '--port', '0'],
-    { stdio: ['ignore', 'pipe', 'pipe'] });
+  const args = ['serve', '--data', dir, '--bind', '127.0.0.1', '--port', '0'];
+  const proc = CALLGRIND
+    ? spawn('valgrind', ['--tool=callgrind', `--callgrind-out-file=${TMP}/callgrind.%p`,
+      '--instr-atstart=no', MIMEO, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(MIMEO, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const url = await new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`${name} did not start: ${out.slice(-300)}`)), 15000);
+    const t = setTimeout(() => reject(new Error(`${name} did not start: ${out.slice(-300)}`)),
+      CALLGRIND ? 120000 : 15000);
     const look = (c) => {
       out += c;
       const m = /mimeo listening on (http:\/\/[0-9.]+:[0-9]+)/.exec(out);
@@ -215,22 +224,37 @@ async function replicationOverhead(s) {
   };
   const res = { none: [], prefix: [], selector: [] };
   const cpu = { none: [], prefix: [], selector: [] };
+  const instr = {};
+  const cg = (...a) => execFileSync('callgrind_control', [...a, String(s.proc.pid)], { stdio: 'ignore' });
   let seq = 0;
   for (let round = 0; round < REPL_ROUNDS; round++) {
-    for (const [name, ddoc] of Object.entries(variants)) {
+    // Each round starts with another variant, so none of them always follows the same one.
+    const order = Object.entries(variants);
+    for (const [name, ddoc] of [...order.slice(round % 3), ...order.slice(0, round % 3)]) {
       const tgt = `plain_tgt_${seq++}`;
       await must(request(s, 'PUT', `/${tgt}`), 'create target');
       if (ddoc) await must(request(s, 'PUT', `/${tgt}/_design/crdt`, ddoc), 'rules');
+      if (CALLGRIND) { cg('-z'); cg('-i', 'on'); }
       const t0 = performance.now(), c0 = cpuSecs(s);
       await must(request(s, 'POST', '/_replicate', { source: `${s.url}/${src}`, target: `${s.url}/${tgt}` }), 'replicate');
+      if (CALLGRIND) {
+        cg('-i', 'off');
+        cg('-d', name);
+        const dump = fs.readdirSync(TMP).filter((f) => f.startsWith(`callgrind.${s.proc.pid}.`))
+          .map((f) => path.join(TMP, f)).find((f) => fs.readFileSync(f, 'utf8').includes(`Trigger: dump ${name}\n`));
+        instr[name] = Number(/^totals: (\d+)/m.exec(fs.readFileSync(dump, 'utf8'))[1]) / REPL_DOCS;
+      }
       res[name].push(REPL_DOCS / ((performance.now() - t0) / 1000));
       cpu[name].push(((cpuSecs(s) - c0) * 1e6) / REPL_DOCS);   // server CPU µs per document
       await must(request(s, 'DELETE', `/${tgt}`), 'drop target');
     }
   }
   const med = (xs) => pct(xs, 0.5);
-  return { rate: Object.fromEntries(Object.entries(res).map(([k, v]) => [k, med(v)])),
-    cpu: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, med(v)])) };
+  // CPU per document over all rounds together: one round costs the server some 30–50 clock
+  // ticks, so a per-round figure moves by several percent with one tick; the pooled one does not.
+  const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  return { instr, rate: Object.fromEntries(Object.entries(res).map(([k, v]) => [k, med(v)])),
+    cpu: Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, mean(v)])) };
 }
 
 // ---------------------------------------------------------------- run
@@ -255,12 +279,19 @@ try {
   if (part('repl')) {
 
   note(`replication of ${REPL_DOCS} plain docs, with and without _design/crdt (${REPL_ROUNDS} rounds)`);
-  const { rate: ro, cpu: rc } = await replicationOverhead(one);
+  const { instr, rate: ro, cpu: rc } = await replicationOverhead(one);
+  if (CALLGRIND) {
+    const of = (k) => (k === 'none' ? '' : `${fmt((100 * instr[k]) / instr.none, 1)}% of no rules`);
+    rows.push([`one-shot replication of ${fmt(REPL_DOCS)} plain docs under callgrind, target without _design/crdt (instructions/doc)`, fmt(instr.none), MIMEO]);
+    rows.push(['… target with a prefix rule (instructions/doc)', fmt(instr.prefix), of('prefix')]);
+    rows.push(['… target with a selector rule (instructions/doc)', fmt(instr.selector), of('selector')]);
+  } else {
   const rel = (x) => (ro.none > 0 ? `${fmt((100 * x) / ro.none)}% of no rules` : '');
-  const cpuNote = (k) => `server CPU ${fmt(rc[k], 1)} µs/doc${k === 'none' || !rc.none ? '' : ` (${fmt((100 * rc[k]) / rc.none)}% of no rules)`}`;
+  const cpuNote = (k) => `server CPU ${fmt(rc[k], 1)} µs/doc${k === 'none' ? ` (mean of ${REPL_ROUNDS} rounds)` : ''}${k === 'none' || !rc.none ? '' : ` (${fmt((100 * rc[k]) / rc.none)}% of no rules)`}`;
   rows.push([`one-shot replication of ${fmt(REPL_DOCS)} plain docs, target without _design/crdt (docs/s)`, fmt(ro.none), cpuNote('none')]);
   rows.push([`… target with a prefix rule (docs/s)`, fmt(ro.prefix), `${rel(ro.prefix)}; ${cpuNote('prefix')}`]);
   rows.push([`… target with a selector rule (docs/s)`, fmt(ro.selector), `${rel(ro.selector)}; ${cpuNote('selector')}`]);
+  }
   }
   one.proc.kill('SIGTERM');
   if (part('nodes')) {

@@ -1,8 +1,9 @@
 /* CRDT documents over the public document calls: which documents are CRDT documents (the
  * rules of _design/crdt), applying ops (read the live leaves, join, apply, write a child of
  * the winner, retry on conflict), and the deterministic merge of a document with several
- * live leaves. Only mimeo.h's calls touch the store, so this file does not depend on how
- * reads and writes are done inside; the merge's bytes come from src/crdt. */
+ * live leaves. Reads and writes go through mimeo.h's calls, except the write hook's pre-check
+ * (one read snapshot per batch over revision trees and stored bodies: under selector rules it
+ * runs for every written document); the merge's bytes come from src/crdt. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -266,20 +267,8 @@ static bool leaves_match(const crdt_rules *r, const char *id, size_t id_len, con
 /* Reads every live leaf of id (none when the document is missing or deleted). With gate set,
  * a document no rule covers stops after reading the bodies (*covered false, no states read):
  * with selector rules the write hook looks at every written document, and most are plain. */
-/* A lone leaf without a $crdt member never needs a merge write (it reads as a map of
- * registers showing exactly its own members). With `quick`, such a document — one "{"ok":"
- * in the open_revs reply and no "$crdt" anywhere in it — is reported not covered before any
- * parse: the write hook under selector rules then costs a read, not a parse, per plain
- * document. Text that merely looks like either only costs the parse. */
-static bool lone_plain_leaf(const char *json, size_t len) {
-    const char *first = memmem(json, len, "{\"ok\":", 6);
-    if (!first) return false;
-    size_t rest = len - (size_t)(first + 6 - json);
-    return !memmem(first + 6, rest, "{\"ok\":", 6) && !memmem(json, len, "\"$crdt\"", 7);
-}
-
 static int leaves_load_gated(mimeo_db *db, const char *id, size_t id_len, const crdt_rules *gate,
-                             bool quick, bool *covered, leaves *L, mimeo_err *err) {
+                             bool *covered, leaves *L, mimeo_err *err) {
     memset(L, 0, sizeof *L);
     /* A missing document is covered only by a prefix rule (no body to match). */
     if (covered) *covered = !gate || rules_match_id(gate, id, id_len);
@@ -291,11 +280,6 @@ static int leaves_load_gated(mimeo_db *db, const char *id, size_t id_len, const 
     if (rc) {
         if (err) *err = e;
         return rc;
-    }
-    if (quick && gate && !rules_match_id(gate, id, id_len) && lone_plain_leaf(json, len)) {
-        mimeo_free(json);
-        if (covered) *covered = false;
-        return 0;
     }
     rc = json_tree_parse(json, len, NULL, &L->tree, err);
     mimeo_free(json);
@@ -358,7 +342,7 @@ static int leaves_load_gated(mimeo_db *db, const char *id, size_t id_len, const 
 }
 
 static int leaves_load(mimeo_db *db, const char *id, size_t id_len, leaves *L, mimeo_err *err) {
-    return leaves_load_gated(db, id, id_len, NULL, false, NULL, L, err);
+    return leaves_load_gated(db, id, id_len, NULL, NULL, L, err);
 }
 
 /* The join of every valid live leaf. */
@@ -750,7 +734,7 @@ static int merge_locked(mimeo_db *db, const crdt_rules *rules, const char *id, s
     for (int attempt = 0; attempt < CRDT_ATTEMPTS; attempt++) {
         leaves L;
         bool covered;
-        int rc = leaves_load_gated(db, id, id_len, rules, !tidy, &covered, &L, err);
+        int rc = leaves_load_gated(db, id, id_len, rules, &covered, &L, err);
         if (rc) {
             leaves_destroy(&L);
             return rc;
@@ -807,6 +791,90 @@ int mimeo_crdt_merge(mimeo_db *db, const char *id, size_t id_len, mimeo_crdt_out
     return rc;
 }
 
+/* ---- the write hook's pre-check --------------------------------------------------------- */
+
+/* Whether a stored body (compact JSON text) may have a member named "$crdt". Sound, not
+ * exact: such a key starts with '"' and a raw '$' (then "crdt" or an escape before its closing
+ * quote), or spells its '$' as \u0024. A false "yes" (a value "$crdt", an escaped quote before
+ * a '$') only sends the document down the careful path, which parses it. */
+static bool body_may_hold_state(const char *p, size_t n) {
+    for (const char *q = p, *end = p + n; (q = memchr(q, '\\', (size_t)(end - q))); q += 2) {
+        if ((size_t)(end - q) >= 6 && memcmp(q, "\\u0024", 6) == 0) return true;
+        if (end - q < 2) break;
+    }
+    for (const char *q = p, *end = p + n; (q = memchr(q, '$', (size_t)(end - q))); q++) {
+        if (q == p || q[-1] != '"') continue;
+        const char *close = memchr(q + 1, '"', (size_t)(end - q - 1));
+        if (!close) return true;
+        if ((close - q - 1 == 4 && memcmp(q + 1, "crdt", 4) == 0) ||
+            memchr(q + 1, '\\', (size_t)(close - q - 1)))
+            return true;
+    }
+    return false;
+}
+
+/* Marks which written documents the write hook must read leaf by leaf. Under selector rules
+ * every written document is a suspect, and nearly all are plain: a document that is missing,
+ * has no live leaf, or has one live leaf whose body holds no $crdt member needs no merge
+ * write whatever the rules say (that leaf reads as a map of registers showing exactly its own
+ * members). That is decided here from the revision tree and the stored body, in one read
+ * snapshot for the batch, without the per-document read, JSON reply and parse of the careful
+ * path; a prefix rule's documents always take that path. Returns NULL (check everything)
+ * when the snapshot cannot be read. */
+static bool *hook_suspects(mimeo_db *db, const crdt_rules *r, const char *const *ids,
+                           const size_t *id_lens, size_t count) {
+    bool *check = calloc(count, sizeof *check);
+    if (!check) return NULL;
+    db_snap sn;
+    if (db_snap_begin(db, &sn, NULL)) {
+        free(check);
+        return NULL;
+    }
+    db_doc d;
+    db_doc_init(&d);
+    uint32_t *idx = NULL;
+    size_t idx_cap = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (rules_match_id(r, ids[i], id_lens[i])) {
+            check[i] = true;
+            continue;
+        }
+        if (id_lens[i] == 0 || ids[i][0] == '_') continue; /* never covered */
+        int rc = db_doc_load(sn.txn, sn.t, sn.m.dbid, ids[i], id_lens[i], &d);
+        if (rc == MIMEO_ENOTFOUND) continue;
+        if (!rc && d.tree.count > idx_cap) {
+            uint32_t *g = realloc(idx, d.tree.count * sizeof *g);
+            if (g) {
+                idx = g;
+                idx_cap = d.tree.count;
+            } else {
+                rc = MIMEO_ENOMEM;
+            }
+        }
+        if (rc) {
+            check[i] = true; /* the careful path meets the same error and says so */
+            continue;
+        }
+        uint32_t n = revtree_leaves(&d.tree, idx), live = 0, last = 0;
+        for (uint32_t k = 0; k < n; k++) {
+            if (d.tree.nodes[idx[k]].flags & REVTREE_DELETED) continue;
+            live++;
+            last = idx[k];
+        }
+        if (live > 1) {
+            check[i] = true;
+        } else if (live == 1) {
+            MDB_val body;
+            check[i] = db_body_get(sn.txn, sn.t, sn.m.dbid, &d.tree.nodes[last], &body) != 0 ||
+                       body_may_hold_state(body.mv_data, body.mv_size);
+        }
+    }
+    free(idx);
+    db_doc_destroy(&d);
+    db_snap_end(&sn);
+    return check;
+}
+
 int mimeo_crdt_after_write(mimeo_db *db, const char *const *ids, const size_t *id_lens,
                            size_t count) {
     if (!count) return 0;
@@ -816,14 +884,17 @@ int mimeo_crdt_after_write(mimeo_db *db, const char *const *ids, const size_t *i
         rules_destroy(&rules);
         return rc;
     }
+    bool *check = rules.selectors ? hook_suspects(db, &rules, ids, id_lens, count) : NULL;
     for (size_t i = 0; !rc && i < count; i++) {
-        /* the cheap test first: without selector rules, the id alone decides */
+        /* the cheap tests first: without selector rules, the id alone decides */
         if (!rules.selectors && !rules_match_id(&rules, ids[i], id_lens[i])) continue;
+        if (check && !check[i]) continue;
         mimeo_crdt_outcome o;
         char rev[MIMEO_REV_MAX];
         rc = merge_one(db, &rules, ids[i], id_lens[i], false, &o, rev, NULL);
         if (rc == MIMEO_ECONFLICT) rc = 0; /* the next write's hook merges it */
     }
+    free(check);
     rules_destroy(&rules);
     return rc;
 }

@@ -943,6 +943,14 @@ static void crdt_apply_db(mimeo_db *db, const char *id, const char *ops, mimeo_c
     CHECK_EQ_INT(rc, 0);
 }
 
+/* Applies ops and keeps the revision they wrote. */
+static void crdt_apply_rev(mimeo_db *db, const char *id, const char *ops, char rev[MIMEO_REV_MAX]) {
+    mimeo_crdt_result res;
+    crdt_apply_db(db, id, ops, &res);
+    snprintf(rev, MIMEO_REV_MAX, "%s", res.rev);
+    mimeo_crdt_result_destroy(&res);
+}
+
 static void test_db_apply(void) {
     node_env a = {0};
     CHECK(node_open(&a));
@@ -1059,11 +1067,9 @@ static void test_db_invalid_and_plain(void) {
     CHECK(node_open(&a));
     CHECK(node_open(&b));
     mimeo_crdt_result res;
-    crdt_apply_db(a.db, "c:p", "[{\"op\":\"assign\",\"path\":[\"title\"],\"value\":\"t0\"},"
-                  "{\"op\":\"increment\",\"path\":[\"n\"],\"value\":5}]", &res);
     char rev[MIMEO_REV_MAX];
-    snprintf(rev, sizeof rev, "%s", res.rev);
-    mimeo_crdt_result_destroy(&res);
+    crdt_apply_rev(a.db, "c:p", "[{\"op\":\"assign\",\"path\":[\"title\"],\"value\":\"t0\"},"
+                   "{\"op\":\"increment\",\"path\":[\"n\"],\"value\":5}]", rev);
     copy_doc(a.db, b.db, "c:p");
 
     /* a CRDT-unaware client edits title (and the counter, which it cannot) with a plain PUT */
@@ -1393,6 +1399,72 @@ static void test_db_selector_rules(void) {
     node_close(&b);
 }
 
+/* The write hook under selector rules decides from the revision tree and the stored body which
+ * written documents need their leaves read: one batch of plain matching documents whose text
+ * has '$' in many places (none of them a $crdt member) gets no merge write, while in the same
+ * batch a plain client's scribble on a counter of a CRDT document (its state's key sent
+ * escaped, as \u0024crdt) and a replicated conflict of two plain matching leaves are merged. */
+static void test_hook_selector_precheck(void) {
+    node_env a = {0}, b = {0};
+    CHECK(node_open(&a));
+    CHECK(node_open(&b));
+    char krev[MIMEO_REV_MAX];
+    crdt_apply_rev(a.db, "s:k", "[{\"op\":\"assign\",\"path\":[\"type\"],\"value\":\"x\"},"
+                   "{\"op\":\"increment\",\"path\":[\"n\"],\"value\":5}]", krev);
+    char *json;
+    size_t len;
+    CHECK_EQ_INT(mimeo_doc_get(a.db, "s:k", 3, NULL, &json, &len, NULL), 0);
+    const char *st = strstr(json, "\"$crdt\":");
+    CHECK(st != NULL);
+
+    /* the same plain document on both nodes, then an edit on each: a conflict for a */
+    const char *p0 = "{\"type\":\"x\",\"v\":0}";
+    mimeo_put_result pr;
+    CHECK_EQ_INT(mimeo_doc_put(b.db, "s:c", 3, p0, strlen(p0), NULL, &pr, NULL), 0);
+    mimeo_free(pr.id);
+    copy_doc(b.db, a.db, "s:c");
+    plain_put(a.db, "s:c", "v", "1");
+    plain_put(b.db, "s:c", "v", "2");
+    char *from_b = snap_doc(b.db, "s:c");
+
+    buf batch;
+    buf_init(&batch, 0);
+    buf_printf(&batch, "{\"docs\":[{\"_id\":\"s:k\",\"_rev\":\"%s\",\"type\":\"x\",\"n\":99,"
+               "\"\\u0024crdt\":%s", krev, st + strlen("\"$crdt\":"));
+    /* (st runs to the document's closing brace) */
+    for (int i = 0; i < 20; i++)
+        buf_printf(&batch, ",{\"_id\":\"s:p%02d\",\"type\":\"x\",\"$price\":\"$%d\",\"note\":\"$crdt\","
+                   "\"q\":\"say \\\"$crdt\\\"\",\"$\":\"\\u0024\",\"m\":{\"$crdt\":%d}}", i, i, i);
+    buf_puts(&batch, "]}");
+    mimeo_free(json);
+    mimeo_crdt_stats s0, s1;
+    mimeo_crdt_stats_get(&s0);
+    char *out;
+    CHECK_EQ_INT(mimeo_bulk_docs(a.db, batch.data, batch.len, &out, &len, NULL), 0);
+    CHECK(strstr(out, "\"error\"") == NULL);
+    mimeo_free(out);
+    mimeo_crdt_stats_get(&s1);
+    CHECK_EQ_INT((int)(s1.merges_written - s0.merges_written), 1); /* s:k, tidied */
+    static char w[8192];
+    CHECK_EQ_INT(live_leaves(a.db, "s:k", w, sizeof w), 1);
+    CHECK(strstr(w, "\"n\":5,") != NULL);
+    for (int i = 0; i < 20; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "s:p%02d", i);
+        CHECK_EQ_INT(live_leaves(a.db, id, w, sizeof w), 1);
+        CHECK(strstr(w, "\"_rev\":\"1-") != NULL);
+        CHECK(strstr(w, "\"$crdt\":{\"v\"") == NULL);
+    }
+
+    /* a replicated batch with the other branch of s:c: merged by the hook */
+    put_snap(a.db, "s:c", from_b);
+    CHECK_EQ_INT(live_leaves(a.db, "s:c", w, sizeof w), 1);
+    CHECK(strstr(w, "\"$crdt\":{\"v\"") != NULL);
+    buf_destroy(&batch);
+    node_close(&a);
+    node_close(&b);
+}
+
 /* ---- seeded simulation over real environments ------------------------------------------------
  * K nodes (environments in this process, each its own node id), three CRDT documents, random
  * ops on random nodes, random one-way copies of a document between nodes (as a replicated batch
@@ -1568,6 +1640,7 @@ int main(void) {
     RUN(test_db_invalid_and_plain);
     RUN(test_db_hot_document);
     RUN(test_db_selector_rules);
+    RUN(test_hook_selector_precheck);
     RUN(test_db_simulation);
     RUN(test_hook_cost);
     return check_report();
