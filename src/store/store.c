@@ -191,6 +191,7 @@ static size_t job_count(const store_job *j) {
 
 static void *store_writer_main(void *arg) {
     store *s = arg;
+    pthread_setname_np(pthread_self(), "mimeo-writer");   /* for top -H, perf, gdb */
     /* Writers seen at once recently: the last group plus what queued during its commit.
      * With N clients each waiting for its reply before writing again, taking the queue the
      * moment a commit ends splits them into two halves that alternate, each commit serving
