@@ -60,6 +60,7 @@ void http_loop_submit(http_server *s, http_task *t) {
 
 static void *loop_worker(void *arg) {
     struct http_loop *l = arg;
+    pthread_setname_np(pthread_self(), "mimeo-worker");
     pthread_mutex_lock(&l->lock);
     for (;;) {
         l->idle++;
@@ -243,6 +244,7 @@ static bool loop_add_worker(struct http_loop *l);
 
 static void *loop_timer(void *arg) {
     struct http_loop *l = arg;
+    pthread_setname_np(pthread_self(), "mimeo-timer");
     uint64_t next_sweep = clock_ms() + HTTP_SWEEP_MS, next_hangup = next_sweep;
     pthread_mutex_lock(&l->lock);
     while (!l->stop) {

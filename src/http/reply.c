@@ -244,9 +244,11 @@ void http_reply_method(http_req *r, const char *allowed) {
 void http_reply_stream(http_req *r, unsigned status, const char *content_type,
                        MHD_ContentReaderCallback reader, void *cls,
                        MHD_ContentReaderFreeCallback free_fn) {
-    /* Block size bounds one chunk; rows are flushed as soon as a reader call returns. */
+    /* Rows are flushed as soon as a reader call returns. A chunked reply (HTTP/1.1) is read
+     * into the connection's own pool; the block, zeroed with the response, only serves
+     * HTTP/1.0 clients, yet it lives as long as the reply: 4 KiB of every idle feed. */
     struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4 * 1024, reader, cls, free_fn);
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 1024, reader, cls, free_fn);
     if (!resp) {
         free_fn(cls);
         return;

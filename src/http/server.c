@@ -36,6 +36,10 @@ enum { CONN_HEAD, CONN_BODY, CONN_BUSY };
 #define HTTP_ADDR_BUCKETS 4096
 #define HTTP_OVER_CAP_MS  2000   /* a connection over a cap that sends nothing is cut then */
 #define HTTP_BODY_GONE_MS 1000   /* a body whose client has ended its stream: cut after this */
+/* The kernel's last-receive time counts in jiffies (up to 10 ms each): a request answered
+ * within a jiffy of its last byte could look received after its reply, and its idle
+ * keep-alive connection be cut as a slow head. */
+#define HTTP_RECV_SLACK_MS 50
 
 typedef struct http_addr_count {
     struct http_addr_count *next;
@@ -236,7 +240,9 @@ void http_conns_sweep(http_server *s, uint64_t now) {
         } else if (phase == CONN_HEAD && head_ms && age > head_ms) {
             /* Only a request under way: a keep-alive connection with nothing sent since its
              * last reply is idle, and the idle timeout is for that. */
-            if (http_fd_quiet_ms(c->fd) < age && !http_fd_unread(c->fd)) http_conn_cut(s, c, true);
+            uint64_t quiet = http_fd_quiet_ms(c->fd);
+            if (quiet < age && age - quiet > HTTP_RECV_SLACK_MS && !http_fd_unread(c->fd))
+                http_conn_cut(s, c, true);
         } else if (phase == CONN_BODY && age > HTTP_BODY_GONE_MS &&
                    http_fd_quiet_ms(c->fd) > HTTP_BODY_GONE_MS && http_fd_peer_gone(c->fd)) {
             /* A body cut short by the end of the stream. When the FIN came in the same

@@ -20,6 +20,7 @@
 #include "store.h"
 
 #include <errno.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,9 +41,9 @@ typedef struct store_job {
     store_job_fn      fn;
     void             *arg;
     int               rc;
-    bool              done;
     bool              skip;  /* failed on its own: left out when its group is re-run */
     bool              barrier; /* runs alone, outside any transaction (fn gets txn NULL) */
+    sem_t             done;  /* posted once rc is final: the submitter alone is woken */
     struct store_job *next;
 } store_job;
 
@@ -55,10 +56,12 @@ struct store {
     size_t           map_size;
     pthread_rwlock_t resize_lock; /* readers share it; growing the map takes it alone */
 
-    pthread_mutex_t  lock;        /* guards the queue and job completion */
+    pthread_mutex_t  lock;        /* guards the queue */
     pthread_cond_t   work;        /* the writer waits here for jobs */
-    pthread_cond_t   done;        /* submitters wait here for their job */
     store_job       *head, *tail;
+    size_t           queued;      /* jobs in the queue */
+    bool             idle;        /* the writer waits for any job */
+    size_t           want;        /* the writer holds a group open until this many are queued */
     bool             stopping;
     pthread_t        writer;
     store_group_hooks hooks;
@@ -180,8 +183,18 @@ static int store_run_group(store *s, store_job *jobs, store_job **rest) {
     }
 }
 
-/* How long the writer may hold a group open for writers it expects (see below). */
-#define GROUP_WAIT_US 500
+/* How long the writer may hold a group open for writers it expects (see below): as long as
+ * the last commits took, within these bounds. A writer left out of a group waits a whole
+ * commit for the next one, so holding that long for it costs no one more than leaving it
+ * out would; and a busy machine, which slows the writers' way back, slows commits too. */
+#define GROUP_WAIT_MIN_US 200
+#define GROUP_WAIT_MAX_US 2000
+
+static int64_t mono_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 static size_t job_count(const store_job *j) {
     size_t n = 0;
@@ -191,78 +204,113 @@ static size_t job_count(const store_job *j) {
 
 static void *store_writer_main(void *arg) {
     store *s = arg;
+    pthread_setname_np(pthread_self(), "mimeo-writer");   /* for top -H, perf, gdb */
     /* Writers seen at once recently: the last group plus what queued during its commit.
      * With N clients each waiting for its reply before writing again, taking the queue the
      * moment a commit ends splits them into two halves that alternate, each commit serving
      * N/2. Waiting a moment for the other half (they are on their way: their replies just
      * went out) lets one commit serve all N. */
     size_t expected = 0;
+    int64_t commit_us = 0;   /* recent commits' duration, smoothed */
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        while (!s->head && !s->stopping) pthread_cond_wait(&s->work, &s->lock);
+        while (!s->head && !s->stopping) {
+            s->idle = true;
+            pthread_cond_wait(&s->work, &s->lock);
+            s->idle = false;
+        }
         if (!s->head && s->stopping) break;
-        if (expected > 1 && !s->stopping) {
+        if (expected > 1 && !s->stopping && s->queued < expected) {
+            int64_t hold = commit_us < GROUP_WAIT_MIN_US ? GROUP_WAIT_MIN_US
+                         : commit_us > GROUP_WAIT_MAX_US ? GROUP_WAIT_MAX_US : commit_us;
             struct timespec until;
             clock_gettime(CLOCK_MONOTONIC, &until);
-            until.tv_nsec += GROUP_WAIT_US * 1000L;
-            if (until.tv_nsec >= 1000000000L) {
+            until.tv_nsec += (long)hold * 1000L;
+            while (until.tv_nsec >= 1000000000L) {
                 until.tv_sec++;
                 until.tv_nsec -= 1000000000L;
             }
-            while (job_count(s->head) < expected && !s->stopping &&
+            /* Submitters wake the writer once, when the count is reached, not each. */
+            s->want = expected;
+            while (s->queued < expected && !s->stopping &&
                    pthread_cond_timedwait(&s->work, &s->lock, &until) == 0) {
             }
+            s->want = 0;
         }
         /* Everything queued so far forms one group: one durable commit for all of it —
          * up to a barrier, which runs alone once the jobs queued before it are done. */
         store_job *group = s->head, *cut = group;
-        while (!group->barrier && cut->next && !cut->next->barrier) cut = cut->next;
+        size_t taken = 1;
+        while (!group->barrier && cut->next && !cut->next->barrier) {
+            cut = cut->next;
+            taken++;
+        }
         s->head = cut->next;
         if (!s->head) s->tail = NULL;
         cut->next = NULL;
+        s->queued -= taken;
         pthread_mutex_unlock(&s->lock);
 
         store_job *rest = NULL;
         int rc = 0;
+        int64_t t0 = mono_us();
         if (group->barrier) group->rc = group->fn(NULL, group->arg);
         else rc = store_run_group(s, group, &rest);
-        size_t group_size = job_count(group);
+        if (!group->barrier) commit_us += (mono_us() - t0 - commit_us) / 4;
+        size_t group_size = job_count(group), jobs_ok = 0;
+        for (store_job *j = group; j; j = j->next) {
+            if (rc && !j->skip) j->rc = rc == STORE_EMAPFULL ? MIMEO_ENOSPC : rc;
+            if (!rc && !j->skip) jobs_ok++;
+        }
 
         pthread_mutex_lock(&s->lock);
         if (!rc) s->stats.commits++;
-        for (store_job *j = group; j; j = j->next) {
-            if (rc && !j->skip) j->rc = rc == STORE_EMAPFULL ? MIMEO_ENOSPC : rc;
-            if (!rc && !j->skip) s->stats.jobs++;
-            j->done = true;
-        }
+        s->stats.jobs += jobs_ok;
         if (rest) {
             /* Jobs that did not fit go first in the next group, in their order. */
+            size_t n = 1;
             store_job *last = rest;
-            while (last->next) last = last->next;
+            while (last->next) {
+                last = last->next;
+                n++;
+            }
             last->next = s->head;
             if (!s->head) s->tail = last;
             s->head = rest;
+            s->queued += n;
         }
-        pthread_cond_broadcast(&s->done);
-        expected = group_size + job_count(s->head);
+        expected = group_size + s->queued;
+        pthread_mutex_unlock(&s->lock);
+        /* Each submitter is woken alone, outside the lock, so that they do not all contend
+         * for it; a job is gone (its submitter's stack) once posted. */
+        for (store_job *j = group, *next; j; j = next) {
+            next = j->next;
+            sem_post(&j->done);
+        }
+        pthread_mutex_lock(&s->lock);
     }
     pthread_mutex_unlock(&s->lock);
     return NULL;
 }
 
 static int store_submit(store *s, store_job_fn fn, void *arg, bool barrier) {
-    store_job job = {fn, arg, 0, false, false, barrier, NULL};
+    store_job job = {fn, arg, 0, false, barrier, {{0}}, NULL};
+    if (sem_init(&job.done, 0, 0) != 0) return MIMEO_ENOMEM;
     pthread_mutex_lock(&s->lock);
     if (s->stopping) {
         pthread_mutex_unlock(&s->lock);
+        sem_destroy(&job.done);
         return MIMEO_ECLOSED;
     }
     if (s->tail) s->tail->next = &job;
     else s->head = &job;
     s->tail = &job;
-    pthread_cond_signal(&s->work);
-    while (!job.done) pthread_cond_wait(&s->done, &s->lock);
+    s->queued++;
+    if (s->idle || (s->want && s->queued >= s->want)) pthread_cond_signal(&s->work);
     pthread_mutex_unlock(&s->lock);
+    while (sem_wait(&job.done) != 0) {
+    }
+    sem_destroy(&job.done);
     return job.rc == STORE_EMAPFULL ? MIMEO_ENOSPC : job.rc;
 }
 
@@ -449,7 +497,6 @@ int store_open(const char *dir, size_t initial_map_size, store **out, char *reas
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->work, &ca);
     pthread_condattr_destroy(&ca);
-    pthread_cond_init(&s->done, NULL);
 
     size_t plen = strlen(dir) + sizeof "/data.mdb";
     s->path = malloc(plen);
@@ -495,7 +542,6 @@ void store_close(store *s) {
     pthread_rwlock_destroy(&s->resize_lock);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->work);
-    pthread_cond_destroy(&s->done);
     free(s->path);
     free(s->dir);
     close(s->lock_fd); /* last: the directory is free once the file is closed */
