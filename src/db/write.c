@@ -4,6 +4,7 @@
  * (JSON, ids, revs, _revisions) without touching the store, then one job on the writer
  * thread applies the whole request in the transaction it shares with the other requests of
  * its group. The reply is sent only after that group's commit is durable. */
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,7 @@ typedef struct write_item {
      * not spend the MD5 of each body; used only when the writer finds that same parent. */
     char         prehash[33];
     bool         prehashed;
+    atomic_uchar hash_state;    /* HASH_*: which thread works out prehash (item_hash_claim) */
     att_set      atts;          /* its _attachments, read (src/db/att.c) */
     char         att_reason[MIMEO_ERR_REASON_MAX];
 } write_item;
@@ -213,6 +215,110 @@ static int item_prepare(mimeo_env *env, write_item *it, const char *url_id, size
     return 0;
 }
 
+/* ---- revision hashes (calling thread, and a helper beside the writer) ----------------- */
+
+/* "N-hash" into out (MIMEO_REV_MAX), without allocating: it runs for every document. */
+static void rev_text(char *out, uint64_t gen, const char *hash, size_t hash_len) {
+    char num[24];
+    size_t k = sizeof num;
+    do {
+        num[--k] = (char)('0' + gen % 10);
+        gen /= 10;
+    } while (gen);
+    size_t n = sizeof num - k;
+    if (n + 1 + hash_len >= MIMEO_REV_MAX) {
+        out[0] = 0;
+        return;
+    }
+    memcpy(out, num + k, n);
+    out[n] = '-';
+    memcpy(out + n + 1, hash, hash_len);
+    out[n + 1 + hash_len] = 0;
+}
+
+enum { HASH_TODO, HASH_BUSY, HASH_DONE };
+
+/* Interactive edits: the item's new revision hash for the parent its request names
+ * (apply_doc checks that the parent is that one). Bodies that attachments rewrite are
+ * hashed by the writer, which builds them. */
+static void item_prehash(write_item *it, bool new_edits) {
+    if (!new_edits || it->local || it->ignore || it->rejected || it->atts.present) return;
+    char parent[MIMEO_REV_MAX] = "";
+    if (it->has_rev) rev_text(parent, it->rev_gen, it->rev_hash, it->rev_hash_len);
+    if (it->has_rev && !parent[0]) return;
+    rev_hash_new(parent, strlen(parent), it->doc.deleted, it->doc.body.data, it->doc.body.len,
+                 it->prehash);
+    it->prehashed = true;
+}
+
+/* Works out the item's hash unless another thread has started it (then false). */
+static bool item_hash_claim(write_item *it, bool new_edits) {
+    unsigned char todo = HASH_TODO;
+    if (!atomic_compare_exchange_strong_explicit(&it->hash_state, &todo, HASH_BUSY,
+                                                 memory_order_acquire, memory_order_acquire))
+        return false;
+    item_prehash(it, new_edits);
+    atomic_store_explicit(&it->hash_state, HASH_DONE, memory_order_release);
+    return true;
+}
+
+/* The writer's side: whether it->prehash holds the hash. If the helper has not reached the
+ * item the writer works it out itself; if the helper is on it, that is one MD5 to wait. */
+static bool item_hash_ready(write_item *it, bool new_edits) {
+    if (atomic_load_explicit(&it->hash_state, memory_order_acquire) != HASH_DONE &&
+        !item_hash_claim(it, new_edits))
+        while (atomic_load_explicit(&it->hash_state, memory_order_acquire) != HASH_DONE)
+            sched_yield();
+    return it->prehashed;
+}
+
+/* With one client, a batch's MD5s (a third of its CPU) used to run before the write job,
+ * the writer idle; now a helper thread hashes the items in order while the writer applies
+ * them, which puts the machine's second core on it. A small request hashes here first: a
+ * thread costs more than its hashes. */
+#define HASH_HELPER_MIN   (64 * 1024)  /* body bytes to hash before a helper pays */
+#define HASH_HELPER_ITEMS 16           /* and items: the writer waits for a lone big one */
+
+typedef struct hash_helper {
+    write_item *items;
+    size_t      count;
+    bool        new_edits;
+    atomic_bool stop;                /* the write is over: the rest is not needed */
+    bool        running;
+    pthread_t   thread;
+} hash_helper;
+
+static void *hash_helper_main(void *arg) {
+    hash_helper *h = arg;
+    for (size_t i = 0; i < h->count && !atomic_load_explicit(&h->stop, memory_order_relaxed); i++)
+        (void)item_hash_claim(&h->items[i], h->new_edits);
+    return NULL;
+}
+
+static void hashes_start(hash_helper *h, write_item *items, size_t count, bool new_edits) {
+    h->items = items;
+    h->count = count;
+    h->new_edits = new_edits;
+    h->running = false;
+    atomic_init(&h->stop, false);
+    if (!new_edits) return;
+    size_t bytes = 0;
+    for (size_t i = 0; count >= HASH_HELPER_ITEMS && i < count && bytes < HASH_HELPER_MIN; i++)
+        bytes += items[i].doc.body.len;
+    if (bytes >= HASH_HELPER_MIN && pthread_create(&h->thread, NULL, hash_helper_main, h) == 0) {
+        h->running = true;
+        return;
+    }
+    for (size_t i = 0; i < count; i++) (void)item_hash_claim(&items[i], new_edits);
+}
+
+static void hashes_stop(hash_helper *h) {
+    if (!h->running) return;
+    atomic_store_explicit(&h->stop, true, memory_order_relaxed);
+    pthread_join(h->thread, NULL);
+    h->running = false;
+}
+
 /* ---- applying (writer thread) ------------------------------------------------------------ */
 
 typedef struct drop_ctx {
@@ -259,13 +365,6 @@ static int body_store(write_ctx *w, uint64_t body, const buf *b) {
     return rc;
 }
 
-static void rev_text(char *out, uint64_t gen, const char *hash, size_t hash_len) {
-    buf b;
-    buf_init(&b, MIMEO_REV_MAX - 1);
-    if (rev_put(&b, gen, hash, hash_len) == 0) memcpy(out, b.data, b.len + 1);
-    else out[0] = 0;
-    buf_destroy(&b);
-}
 
 /* The body of the new revision with its attachments (stubs resolved against src), in
  * w->att_body; *body is pointed at it. 1 when the item failed (missing_stub). */
@@ -300,6 +399,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
     if (before == STATE_LIVE && (rc = body_len(w, &d.tree, revtree_winner(&d.tree), &old_ext)))
         goto out;
     const buf *body = &it->doc.body;
+    const buf *stored = NULL;   /* the body this write stored under body_id, if any */
     uint64_t body_id = m->next_body;
     bool changed = false;
     uint32_t leaf;
@@ -337,7 +437,8 @@ static int apply_doc(write_ctx *w, write_item *it) {
             goto out;
         }
         char hash[33];
-        if (it->prehashed && !it->atts.present && (parent != REVTREE_NONE) == it->has_rev)
+        if (!it->atts.present && (parent != REVTREE_NONE) == it->has_rev &&
+            item_hash_ready(it, w->new_edits))
             memcpy(hash, it->prehash, sizeof hash);
         else
             rev_hash_new(parent_rev, strlen(parent_rev), it->doc.deleted, body->data, body->len,
@@ -347,6 +448,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
         if (rc) goto out;
         m->next_body++;
         if ((rc = body_store(w, body_id, body))) goto out;
+        stored = body;
         if (it->atts.present &&
             (rc = att_commit(w->txn, w->t, m->dbid, body_id, &it->atts, &w->att_rec)))
             goto out;
@@ -379,6 +481,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
             }
             m->next_body++;
             if ((rc = body_store(w, body_id, body))) goto out;
+            stored = body;
             if (it->atts.present &&
                 (rc = att_commit(w->txn, w->t, m->dbid, body_id, &it->atts, &w->att_rec)))
                 goto out;
@@ -398,8 +501,15 @@ static int apply_doc(write_ctx *w, write_item *it) {
 
     int after = tree_state(&d.tree);
     size_t new_ext = 0;
-    if (after == STATE_LIVE && (rc = body_len(w, &d.tree, revtree_winner(&d.tree), &new_ext)))
-        goto out;
+    if (after == STATE_LIVE) {
+        /* Usually the winner is the body just stored: its length is known, no lookup. */
+        int64_t win = revtree_winner(&d.tree);
+        const revtree_node *wn = win >= 0 ? &d.tree.nodes[win] : NULL;
+        if (stored && wn && (wn->flags & REVTREE_HAS_BODY) && wn->body == body_id)
+            new_ext = stored->len;
+        else if ((rc = body_len(w, &d.tree, win, &new_ext)))
+            goto out;
+    }
     if (before == STATE_LIVE) m->doc_count--;
     if (before == STATE_DELETED) m->del_count--;
     if (after == STATE_LIVE) m->doc_count++;
@@ -511,23 +621,6 @@ static int job_write(MDB_txn *txn, void *arg) {
     if (!rc && any_failed && w->all_or_nothing) rc = MIMEO_EEXPECTATION;
     if (rc) *w->m = saved;
     return rc;
-}
-
-/* Interactive edits: each item's new revision hash for the parent its request names, on the
- * calling thread (apply_doc checks that the parent is that one). Bodies that attachments
- * rewrite are hashed by the writer, which builds them. */
-static void prehash_items(write_item *items, size_t count, bool new_edits) {
-    if (!new_edits) return;
-    for (size_t i = 0; i < count; i++) {
-        write_item *it = &items[i];
-        if (it->local || it->ignore || it->rejected || it->atts.present) continue;
-        char parent[MIMEO_REV_MAX] = "";
-        if (it->has_rev) rev_text(parent, it->rev_gen, it->rev_hash, it->rev_hash_len);
-        if (it->has_rev && !parent[0]) continue;
-        rev_hash_new(parent, strlen(parent), it->doc.deleted, it->doc.body.data,
-                     it->doc.body.len, it->prehash);
-        it->prehashed = true;
-    }
 }
 
 static int run_write(write_ctx *w) {
@@ -649,9 +742,11 @@ static int single_write(mimeo_db *db, write_item *it, bool new_edits,
         db_err_set(err, it->code, it->error, it->reason);
         return it->code;
     }
-    prehash_items(it, 1, new_edits);
+    hash_helper h;
+    hashes_start(&h, it, 1, new_edits);
     write_ctx w = {.db = db, .items = it, .count = 1, .new_edits = new_edits};
     rc = run_write(&w);
+    hashes_stop(&h);
     if (rc == MIMEO_ENOTFOUND) return db_gone(err);
     if (rc) return db_err(err, rc);
     if (it->code) {
@@ -857,8 +952,10 @@ int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
     write_ctx w = {.db = db, .items = items, .count = bulk.count, .new_edits = bulk.new_edits,
                    .all_or_nothing = bulk.all_or_nothing};
     if (!rc && bulk.count) {
-        prehash_items(items, bulk.count, bulk.new_edits);
+        hash_helper h;
+        hashes_start(&h, items, bulk.count, bulk.new_edits);
         rc = run_write(&w);
+        hashes_stop(&h);
         if (rc == MIMEO_ENOTFOUND) rc = db_gone(err);
         else if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);
     }

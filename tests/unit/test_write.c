@@ -1033,6 +1033,95 @@ static void test_compact_live(void) {
     mimeo_env_close(env);
 }
 
+/* ---- revision hashes beside the writer -------------------------------------------------------- */
+
+/* The rev of doc id as db has it (its "_rev" member), into rev. */
+static void doc_rev(mimeo_db *db, const char *id, char *rev, size_t cap) {
+    char *doc = winner(db, id);
+    rev[0] = 0;
+    const char *p = doc ? strstr(doc, "\"_rev\":\"") : NULL;
+    if (p) {
+        p += 8;
+        size_t n = strcspn(p, "\"");
+        snprintf(rev, cap, "%.*s", (int)(n < cap ? n : cap - 1), p);
+    }
+    mimeo_free(doc);
+}
+
+/* A large _bulk_docs has its revision hashes worked out by a helper thread while the writer
+ * applies it (write.c, hashes_start); each revision must be the one the same edit gets
+ * written alone (hashed before the write), for new documents, deletions, edits of a
+ * given _rev, and a conflict in the middle. Repeated so a race shows. */
+static void test_bulk_hashes_beside_writer(void) {
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    enum { N = 64, PAD = 2000 };
+    char pad[PAD + 1];
+    memset(pad, 'x', PAD);
+    pad[PAD] = 0;
+    for (int round = 0; round < 8; round++) {
+        mimeo_db *bulk = fresh_db(env, "hb_bulk"), *one = fresh_db(env, "hb_one");
+        if (!bulk || !one) break;
+        mimeo_err err;
+        char id[32], rev[MIMEO_REV_MAX], rev1[MIMEO_REV_MAX], body[PAD + 256];
+        buf req;
+        /* New documents (one of them born deleted), in one bulk and one by one. */
+        buf_init(&req, 0);
+        buf_puts(&req, "{\"docs\":[");
+        for (int i = 0; i < N; i++) {
+            snprintf(id, sizeof id, "d%02d", i);
+            snprintf(body, sizeof body, "{\"n\":%d,\"r\":%d,%s\"pad\":\"%s\"}", i, round,
+                     i == 7 ? "\"_deleted\":true," : "", pad);
+            buf_printf(&req, "%s{\"_id\":\"%s\",%s", i ? "," : "", id, body + 1);
+            CHECK_EQ_INT(put_json(one, id, body, false, &err), 0);
+        }
+        buf_puts(&req, "]}");
+        char *out = NULL;
+        size_t out_len = 0;
+        CHECK_EQ_INT(mimeo_bulk_docs(bulk, req.data, req.len, &out, &out_len, &err), 0);
+        mimeo_free(out);
+        for (int i = 0; i < N; i++) {
+            snprintf(id, sizeof id, "d%02d", i);
+            if (i == 7) continue; /* deleted: no winner to read; its edit below conflicts */
+            doc_rev(bulk, id, rev, sizeof rev);
+            doc_rev(one, id, rev1, sizeof rev1);
+            CHECK(rev[0] == '1' && rev[1] == '-');
+            CHECK_EQ_STR(rev, rev1);
+        }
+        /* Edits naming their parent, with a stale one (d09 given a wrong rev) among them. */
+        buf_reset(&req);
+        buf_puts(&req, "{\"docs\":[");
+        for (int i = 0; i < N; i++) {
+            if (i == 7) continue;
+            snprintf(id, sizeof id, "d%02d", i);
+            doc_rev(one, id, rev, sizeof rev);
+            if (i == 9) snprintf(rev, sizeof rev, "1-%032d", 0);
+            snprintf(body, sizeof body, "{\"_rev\":\"%s\",\"n\":%d,\"e\":1,\"pad\":\"%s\"}", rev,
+                     i, pad);
+            buf_printf(&req, "%s{\"_id\":\"%s\",%s", i ? "," : "", id, body + 1);
+            CHECK_EQ_INT(put_json(one, id, body, false, &err), i == 9 ? MIMEO_ECONFLICT : 0);
+        }
+        buf_puts(&req, "]}");
+        out = NULL;
+        CHECK_EQ_INT(mimeo_bulk_docs(bulk, req.data, req.len, &out, &out_len, &err), 0);
+        CHECK(out && strstr(out, "{\"id\":\"d09\",\"error\":\"conflict\""));
+        mimeo_free(out);
+        for (int i = 0; i < N; i++) {
+            if (i == 7) continue;
+            snprintf(id, sizeof id, "d%02d", i);
+            doc_rev(bulk, id, rev, sizeof rev);
+            doc_rev(one, id, rev1, sizeof rev1);
+            CHECK(rev[0] == (i == 9 ? '1' : '2'));
+            CHECK_EQ_STR(rev, rev1);
+        }
+        buf_destroy(&req);
+        mimeo_db_close(bulk);
+        mimeo_db_close(one);
+    }
+    mimeo_env_close(env);
+}
+
 int main(void) {
     make_tmpdir();
     RUN(test_random_without_getrandom);
@@ -1047,6 +1136,7 @@ int main(void) {
     RUN(test_long_id_slot_collision);
     RUN(test_db_compact_pages_and_faults);
     RUN(test_compact_live);
+    RUN(test_bulk_hashes_beside_writer);
     remove_tmpdir();
     return check_report();
 }
