@@ -49,6 +49,12 @@ typedef struct write_item {
     char         att_reason[MIMEO_ERR_REASON_MAX];
 } write_item;
 
+/* A write cursor that appends to one table while the job's keys go past its end. */
+typedef struct table_tail {
+    MDB_cursor *cur;
+    bool        not_last;    /* a key was not past the end: plain puts for the rest */
+} table_tail;
+
 typedef struct write_ctx {
     mimeo_db   *db;
     write_item *items;
@@ -61,6 +67,7 @@ typedef struct write_ctx {
     MDB_txn            *txn;
     const store_tables *t;
     db_meta            *m;
+    table_tail          bodies, seqs;  /* appends at the end of those tables (tail_put) */
 } write_ctx;
 
 static void item_fail(write_item *it, int code, const char *error, const char *reason) {
@@ -321,6 +328,28 @@ static void hashes_stop(hash_helper *h) {
 
 /* ---- applying (writer thread) ------------------------------------------------------------ */
 
+/* A database's body ids and update seqs only grow, so while it is the newest database in
+ * those tables (the usual case for a bulk load) every put lands past the table's end:
+ * MDB_APPEND then skips the descent from the root, and a full page is split by starting
+ * the next one rather than by moving half of it. The first key that is not past the end
+ * (another database's keys follow) sends the rest of the job to plain puts. The cursor is
+ * closed before any delete in its table, so it never outlives a change it did not make. */
+static void tail_close(table_tail *tl) {
+    if (tl->cur) mdb_cursor_close(tl->cur);
+    tl->cur = NULL;
+}
+
+static int tail_put(write_ctx *w, table_tail *tl, MDB_dbi dbi, MDB_val *k, MDB_val *v) {
+    if (!tl->not_last) {
+        int rc = tl->cur ? 0 : mdb_cursor_open(w->txn, dbi, &tl->cur);
+        if (!rc) rc = mdb_cursor_put(tl->cur, k, v, MDB_APPEND);
+        if (rc != MDB_KEYEXIST) return store_err(rc);
+        tl->not_last = true;
+        tail_close(tl);
+    }
+    return store_err(mdb_put(w->txn, dbi, k, v, 0));
+}
+
 typedef struct drop_ctx {
     write_ctx *w;
     int        rc;
@@ -333,6 +362,7 @@ static void drop_body(void *arg, uint64_t body) {
     MDB_val k = {store_key_u64(key, w->m->dbid, body), key}, v;
     if (mdb_get(w->txn, w->t->bodies, &k, &v) == 0) {
         w->m->size_active -= v.mv_size < w->m->size_active ? v.mv_size : w->m->size_active;
+        tail_close(&w->bodies);
         int rc = mdb_del(w->txn, w->t->bodies, &k, NULL);
         if (rc && !d->rc) d->rc = store_err(rc);
     }
@@ -360,7 +390,7 @@ static int tree_state(const revtree *t) {
 static int body_store(write_ctx *w, uint64_t body, const buf *b) {
     unsigned char key[16];
     MDB_val k = {store_key_u64(key, w->m->dbid, body), key}, v = {b->len, b->data};
-    int rc = store_err(mdb_put(w->txn, w->t->bodies, &k, &v, 0));
+    int rc = tail_put(w, &w->bodies, w->t->bodies, &k, &v);
     if (!rc) w->m->size_active += b->len;
     return rc;
 }
@@ -522,6 +552,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
     if (d.seq) {
         k.mv_size = store_key_u64(key, m->dbid, d.seq);
         k.mv_data = key;
+        tail_close(&w->seqs);
         rc = mdb_del(w->txn, w->t->seqs, &k, NULL);
         if (rc && rc != MDB_NOTFOUND) { rc = store_err(rc); goto out; }
         rc = 0;
@@ -531,7 +562,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
     k.mv_data = key;
     v.mv_size = it->id_len;
     v.mv_data = (void *)it->id;
-    if ((rc = store_err(mdb_put(w->txn, w->t->seqs, &k, &v, 0)))) goto out;
+    if ((rc = tail_put(w, &w->seqs, w->t->seqs, &k, &v))) goto out;
     rc = db_doc_store(w->txn, w->t, m->dbid, it->id, it->id_len, &d, &w->scratch);
 out:
     db_doc_destroy(&d);
@@ -603,6 +634,7 @@ static int job_write(MDB_txn *txn, void *arg) {
     /* Counters are restored if this job fails: its group is then run again without it
      * (store.c), and the staged copy must not keep what this run added. */
     db_meta saved = *w->m;
+    w->bodies = w->seqs = (table_tail){0};
     int rc = 0;
     bool any_failed = false;
     for (size_t i = 0; i < w->count && !rc; i++) {
@@ -618,6 +650,8 @@ static int job_write(MDB_txn *txn, void *arg) {
         rc = it->local ? apply_local(w, it) : apply_doc(w, it);
         if (it->code) any_failed = true;
     }
+    tail_close(&w->bodies);
+    tail_close(&w->seqs);
     if (!rc && any_failed && w->all_or_nothing) rc = MIMEO_EEXPECTATION;
     if (rc) *w->m = saved;
     return rc;
