@@ -53,6 +53,8 @@ typedef struct write_item {
 typedef struct table_tail {
     MDB_cursor *cur;
     bool        not_last;    /* a key was not past the end: plain puts for the rest */
+    size_t      last_len;    /* docs only: the table's last key (0: the table is empty) */
+    unsigned char last[STORE_KEY_MAX];
 } table_tail;
 
 typedef struct write_ctx {
@@ -68,6 +70,7 @@ typedef struct write_ctx {
     const store_tables *t;
     db_meta            *m;
     table_tail          bodies, seqs;  /* appends at the end of those tables (tail_put) */
+    table_tail          docs;          /* new ids past the end of docs (docs_past_end) */
 } write_ctx;
 
 static void item_fail(write_item *it, int code, const char *error, const char *reason) {
@@ -350,6 +353,36 @@ static int tail_put(write_ctx *w, table_tail *tl, MDB_dbi dbi, MDB_val *k, MDB_v
     return store_err(mdb_put(w->txn, dbi, k, v, 0));
 }
 
+/* Whether the docs key (a short id's) sorts after every key of the docs table: then the
+ * document cannot exist, so its lookup is skipped and its record appended (ids that grow,
+ * as a bulk load's often do). The first key that does not ends this for the job. */
+static bool docs_past_end(write_ctx *w, const unsigned char *key, size_t len) {
+    table_tail *tl = &w->docs;
+    if (tl->not_last || !len) return false;
+    if (!tl->cur) {
+        MDB_val k, v;
+        int rc = mdb_cursor_open(w->txn, w->t->docs, &tl->cur);
+        if (!rc) rc = mdb_cursor_get(tl->cur, &k, &v, MDB_LAST);
+        tl->last_len = 0;
+        if (!rc && k.mv_size <= sizeof tl->last) {
+            memcpy(tl->last, k.mv_data, k.mv_size);
+            tl->last_len = k.mv_size;
+        } else if (rc != MDB_NOTFOUND) {
+            tail_close(tl);
+            tl->not_last = true;
+            return false;
+        }
+    }
+    size_t n = len < tl->last_len ? len : tl->last_len;
+    int c = memcmp(key, tl->last, n);
+    if (tl->last_len && (c < 0 || (c == 0 && len <= tl->last_len))) {
+        tail_close(tl);
+        tl->not_last = true;
+        return false;
+    }
+    return true;
+}
+
 typedef struct drop_ctx {
     write_ctx *w;
     int        rc;
@@ -420,7 +453,10 @@ static int apply_doc(write_ctx *w, write_item *it) {
     db_meta *m = w->m;
     db_doc d;
     db_doc_init(&d);
-    int rc = db_doc_load(w->txn, w->t, m->dbid, it->id, it->id_len, &d);
+    unsigned char dkey[STORE_KEY_MAX];
+    MDB_val dk = {db_doc_key_short(dkey, m->dbid, it->id, it->id_len), dkey};
+    bool past_end = docs_past_end(w, dkey, dk.mv_size);
+    int rc = past_end ? 0 : db_doc_load(w->txn, w->t, m->dbid, it->id, it->id_len, &d);
     if (rc == MIMEO_ENOTFOUND) rc = 0;
     if (rc) goto out;
 
@@ -563,6 +599,16 @@ static int apply_doc(write_ctx *w, write_item *it) {
     v.mv_size = it->id_len;
     v.mv_data = (void *)it->id;
     if ((rc = tail_put(w, &w->seqs, w->t->seqs, &k, &v))) goto out;
+    if (past_end) {
+        rc = db_doc_append(w->docs.cur, &dk, &d, &w->scratch);
+        if (!rc) {
+            memcpy(w->docs.last, dkey, dk.mv_size);
+            w->docs.last_len = dk.mv_size;
+        }
+        if (rc != MIMEO_EEXIST) goto out;
+        tail_close(&w->docs);   /* not past the end after all: the usual way from now on */
+        w->docs.not_last = true;
+    }
     rc = db_doc_store(w->txn, w->t, m->dbid, it->id, it->id_len, &d, &w->scratch);
 out:
     db_doc_destroy(&d);
@@ -634,7 +680,8 @@ static int job_write(MDB_txn *txn, void *arg) {
     /* Counters are restored if this job fails: its group is then run again without it
      * (store.c), and the staged copy must not keep what this run added. */
     db_meta saved = *w->m;
-    w->bodies = w->seqs = (table_tail){0};
+    w->bodies.cur = w->seqs.cur = w->docs.cur = NULL;
+    w->bodies.not_last = w->seqs.not_last = w->docs.not_last = false;
     int rc = 0;
     bool any_failed = false;
     for (size_t i = 0; i < w->count && !rc; i++) {
@@ -652,6 +699,7 @@ static int job_write(MDB_txn *txn, void *arg) {
     }
     tail_close(&w->bodies);
     tail_close(&w->seqs);
+    tail_close(&w->docs);
     if (!rc && any_failed && w->all_or_nothing) rc = MIMEO_EEXPECTATION;
     if (rc) *w->m = saved;
     return rc;
