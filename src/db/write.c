@@ -227,25 +227,6 @@ static int item_prepare(mimeo_env *env, write_item *it, const char *url_id, size
 
 /* ---- revision hashes (calling thread, and a helper beside the writer) ----------------- */
 
-/* "N-hash" into out (MIMEO_REV_MAX), without allocating: it runs for every document. */
-static void rev_text(char *out, uint64_t gen, const char *hash, size_t hash_len) {
-    char num[24];
-    size_t k = sizeof num;
-    do {
-        num[--k] = (char)('0' + gen % 10);
-        gen /= 10;
-    } while (gen);
-    size_t n = sizeof num - k;
-    if (n + 1 + hash_len >= MIMEO_REV_MAX) {
-        out[0] = 0;
-        return;
-    }
-    memcpy(out, num + k, n);
-    out[n] = '-';
-    memcpy(out + n + 1, hash, hash_len);
-    out[n + 1 + hash_len] = 0;
-}
-
 enum { HASH_TODO, HASH_BUSY, HASH_DONE };
 
 /* Interactive edits: the item's new revision hash for the parent its request names
@@ -254,7 +235,7 @@ enum { HASH_TODO, HASH_BUSY, HASH_DONE };
 static void item_prehash(write_item *it, bool new_edits) {
     if (!new_edits || it->local || it->ignore || it->rejected || it->atts.present) return;
     char parent[MIMEO_REV_MAX] = "";
-    if (it->has_rev) rev_text(parent, it->rev_gen, it->rev_hash, it->rev_hash_len);
+    if (it->has_rev) rev_format(parent, it->rev_gen, it->rev_hash, it->rev_hash_len);
     if (it->has_rev && !parent[0]) return;
     rev_hash_new(parent, strlen(parent), it->doc.deleted, it->doc.body.data, it->doc.body.len,
                  it->prehash);
@@ -494,7 +475,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
         char parent_rev[MIMEO_REV_MAX] = "";
         if (parent != REVTREE_NONE) {
             const revtree_node *p = &d.tree.nodes[parent];
-            rev_text(parent_rev, p->gen, p->hash, p->hash_len);
+            rev_format(parent_rev, p->gen, p->hash, p->hash_len);
         }
         rc = apply_atts(w, it, parent != REVTREE_NONE ? &d.tree.nodes[parent] : NULL,
                         parent != REVTREE_NONE ? d.tree.nodes[parent].gen + 1 : 1, &body);
@@ -556,7 +537,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
             changed = true;
         }
     }
-    rev_text(it->newrev, d.tree.nodes[leaf].gen, d.tree.nodes[leaf].hash,
+    rev_format(it->newrev, d.tree.nodes[leaf].gen, d.tree.nodes[leaf].hash,
              d.tree.nodes[leaf].hash_len);
     if (!changed) goto out; /* a replicated revision we already had: nothing to do */
 
