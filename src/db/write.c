@@ -409,7 +409,6 @@ static int body_store(write_ctx *w, uint64_t body, const buf *b) {
     return rc;
 }
 
-
 /* The body of the new revision with its attachments (stubs resolved against src), in
  * w->att_body; *body is pointed at it. 1 when the item failed (missing_stub). */
 static int apply_atts(write_ctx *w, write_item *it, const revtree_node *src, uint64_t gen,
@@ -538,7 +537,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
         }
     }
     rev_format(it->newrev, d.tree.nodes[leaf].gen, d.tree.nodes[leaf].hash,
-             d.tree.nodes[leaf].hash_len);
+               d.tree.nodes[leaf].hash_len);
     if (!changed) goto out; /* a replicated revision we already had: nothing to do */
 
     drop_ctx dc = {w, 0};
