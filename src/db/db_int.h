@@ -116,6 +116,12 @@ int  db_doc_decode(const unsigned char *rec, size_t rec_len, db_doc *out);
 /* Rewrites the entry under an existing raw key (as a cursor found it) for id. */
 int  db_doc_put_at(MDB_txn *txn, const store_tables *t, const MDB_val *key, const char *id,
                    size_t id_len, const db_doc *d, buf *scratch);
+/* The docs key of an id short enough to be its own key (into key, STORE_KEY_MAX bytes), or
+ * 0 for a longer one (its key takes a probe). */
+size_t db_doc_key_short(unsigned char *key, uint64_t dbid, const char *id, size_t id_len);
+/* Stores d under such a key through a write cursor on docs, with MDB_APPEND: only for a key
+ * after every key of the table (else MIMEO_EEXIST, nothing written). No lookup. */
+int  db_doc_append(MDB_cursor *cur, const MDB_val *key, const db_doc *d, buf *scratch);
 
 /* Documents of one database in exact byte order of their ids, in either direction, inside
  * one read transaction. Use: open, seek, next until MIMEO_ENOTFOUND, close. */

@@ -130,8 +130,10 @@ int db_doc_load(MDB_txn *txn, const store_tables *t, uint64_t dbid, const char *
     return db_doc_decode(rec, rec_len, out);
 }
 
-int db_doc_put_at(MDB_txn *txn, const store_tables *t, const MDB_val *key, const char *id,
-                  size_t id_len, const db_doc *d, buf *scratch) {
+/* The value stored under key for id: [varint id length · id, for a long key] varint seq ·
+ * tree. */
+static int doc_encode(const MDB_val *key, const char *id, size_t id_len, const db_doc *d,
+                      buf *scratch) {
     buf_reset(scratch);
     int rc = 0;
     if (key_is_long(key)) {
@@ -140,9 +142,27 @@ int db_doc_put_at(MDB_txn *txn, const store_tables *t, const MDB_val *key, const
     }
     if (!rc) rc = buf_put_varint(scratch, d->seq);
     if (!rc) rc = revtree_encode(&d->tree, scratch);
+    return rc;
+}
+
+int db_doc_put_at(MDB_txn *txn, const store_tables *t, const MDB_val *key, const char *id,
+                  size_t id_len, const db_doc *d, buf *scratch) {
+    int rc = doc_encode(key, id, id_len, d, scratch);
     if (rc) return rc;
     MDB_val k = *key, v = {scratch->len, scratch->data};
     return store_err(mdb_put(txn, t->docs, &k, &v, 0));
+}
+
+size_t db_doc_key_short(unsigned char *key, uint64_t dbid, const char *id, size_t id_len) {
+    return id_len <= IDKEY_PREFIX ? store_key(key, dbid, id, id_len) : 0;
+}
+
+int db_doc_append(MDB_cursor *cur, const MDB_val *key, const db_doc *d, buf *scratch) {
+    int rc = doc_encode(key, NULL, 0, d, scratch);
+    if (rc) return rc;
+    MDB_val k = *key, v = {scratch->len, scratch->data};
+    rc = mdb_cursor_put(cur, &k, &v, MDB_APPEND);
+    return rc == MDB_KEYEXIST ? MIMEO_EEXIST : store_err(rc);
 }
 
 int db_doc_store(MDB_txn *txn, const store_tables *t, uint64_t dbid, const char *id,

@@ -4,6 +4,7 @@
  * (JSON, ids, revs, _revisions) without touching the store, then one job on the writer
  * thread applies the whole request in the transaction it shares with the other requests of
  * its group. The reply is sent only after that group's commit is durable. */
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,9 +44,18 @@ typedef struct write_item {
      * not spend the MD5 of each body; used only when the writer finds that same parent. */
     char         prehash[33];
     bool         prehashed;
+    atomic_uchar hash_state;    /* HASH_*: which thread works out prehash (item_hash_claim) */
     att_set      atts;          /* its _attachments, read (src/db/att.c) */
     char         att_reason[MIMEO_ERR_REASON_MAX];
 } write_item;
+
+/* A write cursor that appends to one table while the job's keys go past its end. */
+typedef struct table_tail {
+    MDB_cursor *cur;
+    bool        not_last;    /* a key was not past the end: plain puts for the rest */
+    size_t      last_len;    /* docs only: the table's last key (0: the table is empty) */
+    unsigned char last[STORE_KEY_MAX];
+} table_tail;
 
 typedef struct write_ctx {
     mimeo_db   *db;
@@ -59,6 +69,8 @@ typedef struct write_ctx {
     MDB_txn            *txn;
     const store_tables *t;
     db_meta            *m;
+    table_tail          bodies, seqs;  /* appends at the end of those tables (tail_put) */
+    table_tail          docs;          /* new ids past the end of docs (docs_past_end) */
 } write_ctx;
 
 static void item_fail(write_item *it, int code, const char *error, const char *reason) {
@@ -213,7 +225,144 @@ static int item_prepare(mimeo_env *env, write_item *it, const char *url_id, size
     return 0;
 }
 
+/* ---- revision hashes (calling thread, and a helper beside the writer) ----------------- */
+
+enum { HASH_TODO, HASH_BUSY, HASH_DONE };
+
+/* Interactive edits: the item's new revision hash for the parent its request names
+ * (apply_doc checks that the parent is that one). Bodies that attachments rewrite are
+ * hashed by the writer, which builds them. */
+static void item_prehash(write_item *it, bool new_edits) {
+    if (!new_edits || it->local || it->ignore || it->rejected || it->atts.present) return;
+    char parent[MIMEO_REV_MAX] = "";
+    if (it->has_rev) rev_format(parent, it->rev_gen, it->rev_hash, it->rev_hash_len);
+    if (it->has_rev && !parent[0]) return;
+    rev_hash_new(parent, strlen(parent), it->doc.deleted, it->doc.body.data, it->doc.body.len,
+                 it->prehash);
+    it->prehashed = true;
+}
+
+/* Works out the item's hash unless another thread has started it (then false). */
+static bool item_hash_claim(write_item *it, bool new_edits) {
+    unsigned char todo = HASH_TODO;
+    if (!atomic_compare_exchange_strong_explicit(&it->hash_state, &todo, HASH_BUSY,
+                                                 memory_order_acquire, memory_order_acquire))
+        return false;
+    item_prehash(it, new_edits);
+    atomic_store_explicit(&it->hash_state, HASH_DONE, memory_order_release);
+    return true;
+}
+
+/* The writer's side: whether it->prehash holds the hash. If the helper has not reached the
+ * item the writer works it out itself; if the helper is on it, that is one MD5 to wait. */
+static bool item_hash_ready(write_item *it, bool new_edits) {
+    if (atomic_load_explicit(&it->hash_state, memory_order_acquire) != HASH_DONE &&
+        !item_hash_claim(it, new_edits))
+        while (atomic_load_explicit(&it->hash_state, memory_order_acquire) != HASH_DONE)
+            sched_yield();
+    return it->prehashed;
+}
+
+/* With one client, a batch's MD5s (a third of its CPU) used to run before the write job,
+ * the writer idle; now a helper thread hashes the items in order while the writer applies
+ * them, which puts the machine's second core on it. A small request hashes here first: a
+ * thread costs more than its hashes. */
+#define HASH_HELPER_MIN   (64 * 1024)  /* body bytes to hash before a helper pays */
+#define HASH_HELPER_ITEMS 16           /* and items: the writer waits for a lone big one */
+
+typedef struct hash_helper {
+    write_item *items;
+    size_t      count;
+    bool        new_edits;
+    atomic_bool stop;                /* the write is over: the rest is not needed */
+    bool        running;
+    pthread_t   thread;
+} hash_helper;
+
+static void *hash_helper_main(void *arg) {
+    hash_helper *h = arg;
+    for (size_t i = 0; i < h->count && !atomic_load_explicit(&h->stop, memory_order_relaxed); i++)
+        (void)item_hash_claim(&h->items[i], h->new_edits);
+    return NULL;
+}
+
+static void hashes_start(hash_helper *h, write_item *items, size_t count, bool new_edits) {
+    h->items = items;
+    h->count = count;
+    h->new_edits = new_edits;
+    h->running = false;
+    atomic_init(&h->stop, false);
+    if (!new_edits) return;
+    size_t bytes = 0;
+    for (size_t i = 0; count >= HASH_HELPER_ITEMS && i < count && bytes < HASH_HELPER_MIN; i++)
+        bytes += items[i].doc.body.len;
+    if (bytes >= HASH_HELPER_MIN && pthread_create(&h->thread, NULL, hash_helper_main, h) == 0) {
+        h->running = true;
+        return;
+    }
+    for (size_t i = 0; i < count; i++) (void)item_hash_claim(&items[i], new_edits);
+}
+
+static void hashes_stop(hash_helper *h) {
+    if (!h->running) return;
+    atomic_store_explicit(&h->stop, true, memory_order_relaxed);
+    pthread_join(h->thread, NULL);
+    h->running = false;
+}
+
 /* ---- applying (writer thread) ------------------------------------------------------------ */
+
+/* A database's body ids and update seqs only grow, so while it is the newest database in
+ * those tables (the usual case for a bulk load) every put lands past the table's end:
+ * MDB_APPEND then skips the descent from the root, and a full page is split by starting
+ * the next one rather than by moving half of it. The first key that is not past the end
+ * (another database's keys follow) sends the rest of the job to plain puts. The cursor is
+ * closed before any delete in its table, so it never outlives a change it did not make. */
+static void tail_close(table_tail *tl) {
+    if (tl->cur) mdb_cursor_close(tl->cur);
+    tl->cur = NULL;
+}
+
+static int tail_put(write_ctx *w, table_tail *tl, MDB_dbi dbi, MDB_val *k, MDB_val *v) {
+    if (!tl->not_last) {
+        int rc = tl->cur ? 0 : mdb_cursor_open(w->txn, dbi, &tl->cur);
+        if (!rc) rc = mdb_cursor_put(tl->cur, k, v, MDB_APPEND);
+        if (rc != MDB_KEYEXIST) return store_err(rc);
+        tl->not_last = true;
+        tail_close(tl);
+    }
+    return store_err(mdb_put(w->txn, dbi, k, v, 0));
+}
+
+/* Whether the docs key (a short id's) sorts after every key of the docs table: then the
+ * document cannot exist, so its lookup is skipped and its record appended (ids that grow,
+ * as a bulk load's often do). The first key that does not ends this for the job. */
+static bool docs_past_end(write_ctx *w, const unsigned char *key, size_t len) {
+    table_tail *tl = &w->docs;
+    if (tl->not_last || !len) return false;
+    if (!tl->cur) {
+        MDB_val k, v;
+        int rc = mdb_cursor_open(w->txn, w->t->docs, &tl->cur);
+        if (!rc) rc = mdb_cursor_get(tl->cur, &k, &v, MDB_LAST);
+        tl->last_len = 0;
+        if (!rc && k.mv_size <= sizeof tl->last) {
+            memcpy(tl->last, k.mv_data, k.mv_size);
+            tl->last_len = k.mv_size;
+        } else if (rc != MDB_NOTFOUND) {
+            tail_close(tl);
+            tl->not_last = true;
+            return false;
+        }
+    }
+    size_t n = len < tl->last_len ? len : tl->last_len;
+    int c = memcmp(key, tl->last, n);
+    if (tl->last_len && (c < 0 || (c == 0 && len <= tl->last_len))) {
+        tail_close(tl);
+        tl->not_last = true;
+        return false;
+    }
+    return true;
+}
 
 typedef struct drop_ctx {
     write_ctx *w;
@@ -227,6 +376,7 @@ static void drop_body(void *arg, uint64_t body) {
     MDB_val k = {store_key_u64(key, w->m->dbid, body), key}, v;
     if (mdb_get(w->txn, w->t->bodies, &k, &v) == 0) {
         w->m->size_active -= v.mv_size < w->m->size_active ? v.mv_size : w->m->size_active;
+        tail_close(&w->bodies);
         int rc = mdb_del(w->txn, w->t->bodies, &k, NULL);
         if (rc && !d->rc) d->rc = store_err(rc);
     }
@@ -254,17 +404,9 @@ static int tree_state(const revtree *t) {
 static int body_store(write_ctx *w, uint64_t body, const buf *b) {
     unsigned char key[16];
     MDB_val k = {store_key_u64(key, w->m->dbid, body), key}, v = {b->len, b->data};
-    int rc = store_err(mdb_put(w->txn, w->t->bodies, &k, &v, 0));
+    int rc = tail_put(w, &w->bodies, w->t->bodies, &k, &v);
     if (!rc) w->m->size_active += b->len;
     return rc;
-}
-
-static void rev_text(char *out, uint64_t gen, const char *hash, size_t hash_len) {
-    buf b;
-    buf_init(&b, MIMEO_REV_MAX - 1);
-    if (rev_put(&b, gen, hash, hash_len) == 0) memcpy(out, b.data, b.len + 1);
-    else out[0] = 0;
-    buf_destroy(&b);
 }
 
 /* The body of the new revision with its attachments (stubs resolved against src), in
@@ -291,7 +433,10 @@ static int apply_doc(write_ctx *w, write_item *it) {
     db_meta *m = w->m;
     db_doc d;
     db_doc_init(&d);
-    int rc = db_doc_load(w->txn, w->t, m->dbid, it->id, it->id_len, &d);
+    unsigned char dkey[STORE_KEY_MAX];
+    MDB_val dk = {db_doc_key_short(dkey, m->dbid, it->id, it->id_len), dkey};
+    bool past_end = docs_past_end(w, dkey, dk.mv_size);
+    int rc = past_end ? 0 : db_doc_load(w->txn, w->t, m->dbid, it->id, it->id_len, &d);
     if (rc == MIMEO_ENOTFOUND) rc = 0;
     if (rc) goto out;
 
@@ -300,6 +445,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
     if (before == STATE_LIVE && (rc = body_len(w, &d.tree, revtree_winner(&d.tree), &old_ext)))
         goto out;
     const buf *body = &it->doc.body;
+    const buf *stored = NULL;   /* the body this write stored under body_id, if any */
     uint64_t body_id = m->next_body;
     bool changed = false;
     uint32_t leaf;
@@ -328,7 +474,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
         char parent_rev[MIMEO_REV_MAX] = "";
         if (parent != REVTREE_NONE) {
             const revtree_node *p = &d.tree.nodes[parent];
-            rev_text(parent_rev, p->gen, p->hash, p->hash_len);
+            rev_format(parent_rev, p->gen, p->hash, p->hash_len);
         }
         rc = apply_atts(w, it, parent != REVTREE_NONE ? &d.tree.nodes[parent] : NULL,
                         parent != REVTREE_NONE ? d.tree.nodes[parent].gen + 1 : 1, &body);
@@ -337,7 +483,8 @@ static int apply_doc(write_ctx *w, write_item *it) {
             goto out;
         }
         char hash[33];
-        if (it->prehashed && !it->atts.present && (parent != REVTREE_NONE) == it->has_rev)
+        if (!it->atts.present && (parent != REVTREE_NONE) == it->has_rev &&
+            item_hash_ready(it, w->new_edits))
             memcpy(hash, it->prehash, sizeof hash);
         else
             rev_hash_new(parent_rev, strlen(parent_rev), it->doc.deleted, body->data, body->len,
@@ -347,6 +494,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
         if (rc) goto out;
         m->next_body++;
         if ((rc = body_store(w, body_id, body))) goto out;
+        stored = body;
         if (it->atts.present &&
             (rc = att_commit(w->txn, w->t, m->dbid, body_id, &it->atts, &w->att_rec)))
             goto out;
@@ -379,6 +527,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
             }
             m->next_body++;
             if ((rc = body_store(w, body_id, body))) goto out;
+            stored = body;
             if (it->atts.present &&
                 (rc = att_commit(w->txn, w->t, m->dbid, body_id, &it->atts, &w->att_rec)))
                 goto out;
@@ -387,8 +536,8 @@ static int apply_doc(write_ctx *w, write_item *it) {
             changed = true;
         }
     }
-    rev_text(it->newrev, d.tree.nodes[leaf].gen, d.tree.nodes[leaf].hash,
-             d.tree.nodes[leaf].hash_len);
+    rev_format(it->newrev, d.tree.nodes[leaf].gen, d.tree.nodes[leaf].hash,
+               d.tree.nodes[leaf].hash_len);
     if (!changed) goto out; /* a replicated revision we already had: nothing to do */
 
     drop_ctx dc = {w, 0};
@@ -398,8 +547,15 @@ static int apply_doc(write_ctx *w, write_item *it) {
 
     int after = tree_state(&d.tree);
     size_t new_ext = 0;
-    if (after == STATE_LIVE && (rc = body_len(w, &d.tree, revtree_winner(&d.tree), &new_ext)))
-        goto out;
+    if (after == STATE_LIVE) {
+        /* Usually the winner is the body just stored: its length is known, no lookup. */
+        int64_t win = revtree_winner(&d.tree);
+        const revtree_node *wn = win >= 0 ? &d.tree.nodes[win] : NULL;
+        if (stored && wn && (wn->flags & REVTREE_HAS_BODY) && wn->body == body_id)
+            new_ext = stored->len;
+        else if ((rc = body_len(w, &d.tree, win, &new_ext)))
+            goto out;
+    }
     if (before == STATE_LIVE) m->doc_count--;
     if (before == STATE_DELETED) m->del_count--;
     if (after == STATE_LIVE) m->doc_count++;
@@ -412,6 +568,7 @@ static int apply_doc(write_ctx *w, write_item *it) {
     if (d.seq) {
         k.mv_size = store_key_u64(key, m->dbid, d.seq);
         k.mv_data = key;
+        tail_close(&w->seqs);
         rc = mdb_del(w->txn, w->t->seqs, &k, NULL);
         if (rc && rc != MDB_NOTFOUND) { rc = store_err(rc); goto out; }
         rc = 0;
@@ -421,7 +578,17 @@ static int apply_doc(write_ctx *w, write_item *it) {
     k.mv_data = key;
     v.mv_size = it->id_len;
     v.mv_data = (void *)it->id;
-    if ((rc = store_err(mdb_put(w->txn, w->t->seqs, &k, &v, 0)))) goto out;
+    if ((rc = tail_put(w, &w->seqs, w->t->seqs, &k, &v))) goto out;
+    if (past_end) {
+        rc = db_doc_append(w->docs.cur, &dk, &d, &w->scratch);
+        if (!rc) {
+            memcpy(w->docs.last, dkey, dk.mv_size);
+            w->docs.last_len = dk.mv_size;
+        }
+        if (rc != MIMEO_EEXIST) goto out;
+        tail_close(&w->docs);   /* not past the end after all: the usual way from now on */
+        w->docs.not_last = true;
+    }
     rc = db_doc_store(w->txn, w->t, m->dbid, it->id, it->id_len, &d, &w->scratch);
 out:
     db_doc_destroy(&d);
@@ -493,6 +660,8 @@ static int job_write(MDB_txn *txn, void *arg) {
     /* Counters are restored if this job fails: its group is then run again without it
      * (store.c), and the staged copy must not keep what this run added. */
     db_meta saved = *w->m;
+    w->bodies.cur = w->seqs.cur = w->docs.cur = NULL;
+    w->bodies.not_last = w->seqs.not_last = w->docs.not_last = false;
     int rc = 0;
     bool any_failed = false;
     for (size_t i = 0; i < w->count && !rc; i++) {
@@ -508,26 +677,12 @@ static int job_write(MDB_txn *txn, void *arg) {
         rc = it->local ? apply_local(w, it) : apply_doc(w, it);
         if (it->code) any_failed = true;
     }
+    tail_close(&w->bodies);
+    tail_close(&w->seqs);
+    tail_close(&w->docs);
     if (!rc && any_failed && w->all_or_nothing) rc = MIMEO_EEXPECTATION;
     if (rc) *w->m = saved;
     return rc;
-}
-
-/* Interactive edits: each item's new revision hash for the parent its request names, on the
- * calling thread (apply_doc checks that the parent is that one). Bodies that attachments
- * rewrite are hashed by the writer, which builds them. */
-static void prehash_items(write_item *items, size_t count, bool new_edits) {
-    if (!new_edits) return;
-    for (size_t i = 0; i < count; i++) {
-        write_item *it = &items[i];
-        if (it->local || it->ignore || it->rejected || it->atts.present) continue;
-        char parent[MIMEO_REV_MAX] = "";
-        if (it->has_rev) rev_text(parent, it->rev_gen, it->rev_hash, it->rev_hash_len);
-        if (it->has_rev && !parent[0]) continue;
-        rev_hash_new(parent, strlen(parent), it->doc.deleted, it->doc.body.data,
-                     it->doc.body.len, it->prehash);
-        it->prehashed = true;
-    }
 }
 
 static int run_write(write_ctx *w) {
@@ -649,9 +804,11 @@ static int single_write(mimeo_db *db, write_item *it, bool new_edits,
         db_err_set(err, it->code, it->error, it->reason);
         return it->code;
     }
-    prehash_items(it, 1, new_edits);
+    hash_helper h;
+    hashes_start(&h, it, 1, new_edits);
     write_ctx w = {.db = db, .items = it, .count = 1, .new_edits = new_edits};
     rc = run_write(&w);
+    hashes_stop(&h);
     if (rc == MIMEO_ENOTFOUND) return db_gone(err);
     if (rc) return db_err(err, rc);
     if (it->code) {
@@ -857,8 +1014,10 @@ int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
     write_ctx w = {.db = db, .items = items, .count = bulk.count, .new_edits = bulk.new_edits,
                    .all_or_nothing = bulk.all_or_nothing};
     if (!rc && bulk.count) {
-        prehash_items(items, bulk.count, bulk.new_edits);
+        hash_helper h;
+        hashes_start(&h, items, bulk.count, bulk.new_edits);
         rc = run_write(&w);
+        hashes_stop(&h);
         if (rc == MIMEO_ENOTFOUND) rc = db_gone(err);
         else if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);
     }

@@ -69,19 +69,29 @@ int rev_parse(const char *s, size_t n, bool allow_zero, uint64_t *gen, char *has
     return 0;
 }
 
-int rev_put(buf *b, uint64_t gen, const char *hash, size_t hash_len) {
+size_t rev_format(char *out, uint64_t gen, const char *hash, size_t hash_len) {
     char num[24];
     size_t k = sizeof num;
     do {
         num[--k] = (char)('0' + gen % 10);
         gen /= 10;
     } while (gen);
-    int rc = buf_reserve(b, sizeof num - k + 1 + hash_len);
-    if (rc) return rc;
-    rc = buf_put(b, num + k, sizeof num - k);
-    if (!rc) rc = buf_putc(b, '-');
-    if (!rc) rc = buf_put(b, hash, hash_len);
-    return rc;
+    size_t n = sizeof num - k;
+    if (n + 1 + hash_len >= MIMEO_REV_MAX) {
+        out[0] = 0;
+        return 0;
+    }
+    memcpy(out, num + k, n);
+    out[n] = '-';
+    memcpy(out + n + 1, hash, hash_len);
+    out[n + 1 + hash_len] = 0;
+    return n + 1 + hash_len;
+}
+
+int rev_put(buf *b, uint64_t gen, const char *hash, size_t hash_len) {
+    char text[MIMEO_REV_MAX];
+    size_t n = rev_format(text, gen, hash, hash_len);
+    return n ? buf_put(b, text, n) : MIMEO_EBADREV;
 }
 
 /* Each field is length-prefixed (8 bytes, big-endian) so that no two different

@@ -54,23 +54,27 @@ int revtree_copy(revtree *dst, const revtree *src) {
 
 /* ---- small helpers --------------------------------------------------------------------- */
 
-static bool hash_char_ok(unsigned char c) {
-    return c > 0x20 && c < 0x7f && c != '"' && c != '\'' && c != '\\';
-}
-
-static bool is_lower_hex(unsigned char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-}
+/* Per byte: 1 if a lowercase hex digit, 2 if a verbatim hash may hold it (printable ASCII
+ * but quotes and backslash, as rev_hash_check). A table, not a branch per byte: every write
+ * checks its new hash and every stored one. */
+static const unsigned char hash_class[256] = {
+    0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+    0,2,0,2,2,2,2,0,2,2,2,2,2,2,2,2,3,3,3,3,3,3,3,3,3,3,2,2,2,2,2,2,
+    2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,0,2,2,2,
+    2,3,3,3,3,3,3,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,0,
+    0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+    0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+    0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+    0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+};
 
 /* The form rev_hash_check produces: what a tree may hold, so that every tree encodes and
  * decodes back to itself. */
 static bool hash_canonical(const char *s, size_t n) {
     if (!s || n == 0 || n > REV_HASH_MAX) return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (n == 32 ? !is_lower_hex(c) : !hash_char_ok(c)) return false;
-    }
-    return true;
+    unsigned char need = n == 32 ? 1 : 2, all = need;
+    for (size_t i = 0; i < n; i++) all &= hash_class[(unsigned char)s[i]];
+    return all == need;
 }
 
 static bool node_is(const revtree_node *nd, uint64_t gen, const char *hash, size_t len) {

@@ -65,6 +65,9 @@ int rev_hash_check(const char *s, size_t n, char *hash, size_t *hash_len);
  * in CouchDB) and must fit in 64 bits. */
 /* Appends "N-hash". */
 int rev_put(buf *b, uint64_t gen, const char *hash, size_t hash_len);
+/* The same into out (MIMEO_REV_MAX bytes, NUL-terminated), without allocating; returns its
+ * length, or 0 (out empty) when it would not fit. */
+size_t rev_format(char *out, uint64_t gen, const char *hash, size_t hash_len);
 
 /* mimeo's deterministic new revision hash: 32 lowercase hex chars of an MD5 over the parent
  * revision text ("" for a new document), the deleted flag and the body bytes, so the same

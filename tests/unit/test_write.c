@@ -1033,6 +1033,207 @@ static void test_compact_live(void) {
     mimeo_env_close(env);
 }
 
+/* ---- revision hashes beside the writer -------------------------------------------------------- */
+
+/* The rev of doc id as db has it (its "_rev" member), into rev. */
+static void doc_rev(mimeo_db *db, const char *id, char *rev, size_t cap) {
+    char *doc = winner(db, id);
+    rev[0] = 0;
+    const char *p = doc ? strstr(doc, "\"_rev\":\"") : NULL;
+    if (p) {
+        p += 8;
+        size_t n = strcspn(p, "\"");
+        snprintf(rev, cap, "%.*s", (int)(n < cap ? n : cap - 1), p);
+    }
+    mimeo_free(doc);
+}
+
+/* A large _bulk_docs has its revision hashes worked out by a helper thread while the writer
+ * applies it (write.c, hashes_start); each revision must be the one the same edit gets
+ * written alone (hashed before the write), for new documents, deletions, edits of a
+ * given _rev, and a conflict in the middle. Repeated so a race shows. */
+static void test_bulk_hashes_beside_writer(void) {
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    enum { N = 64, PAD = 2000 };
+    char pad[PAD + 1];
+    memset(pad, 'x', PAD);
+    pad[PAD] = 0;
+    for (int round = 0; round < 8; round++) {
+        mimeo_db *bulk = fresh_db(env, "hb_bulk"), *one = fresh_db(env, "hb_one");
+        if (!bulk || !one) break;
+        mimeo_err err;
+        char id[32], rev[MIMEO_REV_MAX], rev1[MIMEO_REV_MAX], body[PAD + 256];
+        buf req;
+        /* New documents (one of them born deleted), in one bulk and one by one. */
+        buf_init(&req, 0);
+        buf_puts(&req, "{\"docs\":[");
+        for (int i = 0; i < N; i++) {
+            snprintf(id, sizeof id, "d%02d", i);
+            snprintf(body, sizeof body, "{\"n\":%d,\"r\":%d,%s\"pad\":\"%s\"}", i, round,
+                     i == 7 ? "\"_deleted\":true," : "", pad);
+            buf_printf(&req, "%s{\"_id\":\"%s\",%s", i ? "," : "", id, body + 1);
+            CHECK_EQ_INT(put_json(one, id, body, false, &err), 0);
+        }
+        buf_puts(&req, "]}");
+        char *out = NULL;
+        size_t out_len = 0;
+        CHECK_EQ_INT(mimeo_bulk_docs(bulk, req.data, req.len, &out, &out_len, &err), 0);
+        mimeo_free(out);
+        for (int i = 0; i < N; i++) {
+            snprintf(id, sizeof id, "d%02d", i);
+            if (i == 7) continue; /* deleted: no winner to read; its edit below conflicts */
+            doc_rev(bulk, id, rev, sizeof rev);
+            doc_rev(one, id, rev1, sizeof rev1);
+            CHECK(rev[0] == '1' && rev[1] == '-');
+            CHECK_EQ_STR(rev, rev1);
+        }
+        /* Edits naming their parent, with a stale one (d09 given a wrong rev) among them. */
+        buf_reset(&req);
+        buf_puts(&req, "{\"docs\":[");
+        for (int i = 0; i < N; i++) {
+            if (i == 7) continue;
+            snprintf(id, sizeof id, "d%02d", i);
+            doc_rev(one, id, rev, sizeof rev);
+            if (i == 9) snprintf(rev, sizeof rev, "1-%032d", 0);
+            snprintf(body, sizeof body, "{\"_rev\":\"%s\",\"n\":%d,\"e\":1,\"pad\":\"%s\"}", rev,
+                     i, pad);
+            buf_printf(&req, "%s{\"_id\":\"%s\",%s", i ? "," : "", id, body + 1);
+            CHECK_EQ_INT(put_json(one, id, body, false, &err), i == 9 ? MIMEO_ECONFLICT : 0);
+        }
+        buf_puts(&req, "]}");
+        out = NULL;
+        CHECK_EQ_INT(mimeo_bulk_docs(bulk, req.data, req.len, &out, &out_len, &err), 0);
+        CHECK(out && strstr(out, "{\"id\":\"d09\",\"error\":\"conflict\""));
+        mimeo_free(out);
+        for (int i = 0; i < N; i++) {
+            if (i == 7) continue;
+            snprintf(id, sizeof id, "d%02d", i);
+            doc_rev(bulk, id, rev, sizeof rev);
+            doc_rev(one, id, rev1, sizeof rev1);
+            CHECK(rev[0] == (i == 9 ? '1' : '2'));
+            CHECK_EQ_STR(rev, rev1);
+        }
+        buf_destroy(&req);
+        mimeo_db_close(bulk);
+        mimeo_db_close(one);
+    }
+    mimeo_env_close(env);
+}
+
+/* Writes docs k<from>…k<to-1> of db in one _bulk_docs, each an edit of its current
+ * revision when `edit`, with a page-splitting pad. */
+static void tail_bulk(mimeo_db *db, int from, int to, int round, bool edit) {
+    static char pad[1501];
+    memset(pad, 'p', 1500);
+    buf req;
+    buf_init(&req, 0);
+    buf_puts(&req, "{\"docs\":[");
+    for (int i = from; i < to; i++) {
+        char id[16], rev[MIMEO_REV_MAX] = "";
+        snprintf(id, sizeof id, "k%03d", i);
+        if (edit) doc_rev(db, id, rev, sizeof rev);
+        buf_printf(&req, "%s{\"_id\":\"%s\",%s%s%s\"n\":%d,\"round\":%d,\"pad\":\"%s\"}",
+                   i > from ? "," : "", id, edit ? "\"_rev\":\"" : "", rev, edit ? "\"," : "",
+                   i, round, pad);
+    }
+    buf_puts(&req, "]}");
+    char *out = NULL;
+    size_t len = 0;
+    mimeo_err err;
+    CHECK_EQ_INT(mimeo_bulk_docs(db, req.data, req.len, &out, &len, &err), 0);
+    CHECK(out && !strstr(out, "\"error\""));
+    mimeo_free(out);
+    buf_destroy(&req);
+}
+
+typedef struct tail_rows {
+    int      count;
+    uint64_t last;
+    bool     unordered;
+} tail_rows;
+
+static int tail_row(void *ctx, const char *json, size_t len) {
+    tail_rows *r = ctx;
+    unsigned long long seq = strtoull(json + 7, NULL, 10); /* {"seq":N */
+    if (len < 8 || memcmp(json, "{\"seq\":", 7) != 0 || seq <= r->last) r->unordered = true;
+    r->last = seq;
+    r->count++;
+    return 0;
+}
+
+/* Every doc of db reads back from round `round`, its changes feed lists each once in order,
+ * and the counts agree. */
+static void tail_check(mimeo_db *db, int docs, int round, uint64_t update_seq) {
+    for (int i = 0; i < docs; i++) {
+        char id[16], want[32];
+        snprintf(id, sizeof id, "k%03d", i);
+        snprintf(want, sizeof want, "\"n\":%d,\"round\":%d,", i, round);
+        char *doc = winner(db, id);
+        CHECK(doc && strstr(doc, want));
+        mimeo_free(doc);
+    }
+    tail_rows r = {0};
+    mimeo_changes_opts o = {0};
+    uint64_t last = 0;
+    mimeo_err err;
+    CHECK_EQ_INT(mimeo_changes(db, &o, tail_row, &r, &last, NULL, &err), 0);
+    CHECK_EQ_INT(r.count, docs);
+    CHECK(!r.unordered);
+    mimeo_db_info info;
+    CHECK_EQ_INT(mimeo_db_info_get(db, &info), 0);
+    CHECK_EQ_INT(info.doc_count, docs);
+    CHECK_EQ_INT(info.update_seq, update_seq);
+    CHECK_EQ_INT(last, update_seq);
+}
+
+/* Bodies and seqs are appended at the end of their tables while the database is the newest
+ * one there (write.c, tail_put), and put the usual way when another database's keys follow;
+ * edits delete old seqs and compaction old bodies in between. Whatever the path, every
+ * write must read back and the feed must list each document once. */
+static void test_bulk_tail_appends(void) {
+    /* An environment of its own: the tables hold only these two databases' keys. */
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s/tail", tmpdir);
+    CHECK_EQ_INT(mkdir(dir, 0700), 0);
+    mimeo_env *env = NULL;
+    mimeo_err err;
+    CHECK_EQ_INT(mimeo_env_open(dir, NULL, &env, &err), 0);
+    if (!env) return;
+    mimeo_db *a = fresh_db(env, "tail_a"), *b = fresh_db(env, "tail_b");
+    if (a && b) {
+        tail_bulk(a, 0, 100, 1, false);    /* a's keys past the (empty) tail: appends */
+        tail_bulk(b, 0, 100, 1, false);    /* b's after a's: appends */
+        tail_bulk(a, 100, 200, 1, false);  /* b's keys follow: plain puts */
+        tail_check(a, 200, 1, 200);
+        tail_bulk(a, 0, 200, 2, true);     /* edits: old seqs deleted, plain puts */
+        tail_bulk(b, 0, 100, 2, true);     /* edits at the tail: deletes between appends */
+        tail_check(a, 200, 2, 400);
+        tail_check(b, 100, 2, 200);
+        CHECK_EQ_INT(mimeo_db_compact(a, &err), 0);
+        CHECK_EQ_INT(mimeo_db_compact(b, &err), 0);
+        tail_bulk(b, 0, 100, 3, true);
+        tail_check(a, 200, 2, 400);
+        tail_check(b, 100, 3, 300);
+        /* A new id twice in one batch, past the end: the second is a conflict. */
+        const char *twice = "{\"docs\":[{\"_id\":\"k300\",\"v\":1},{\"_id\":\"k300\",\"v\":2}]}";
+        char *out = NULL;
+        size_t len = 0;
+        CHECK_EQ_INT(mimeo_bulk_docs(b, twice, strlen(twice), &out, &len, &err), 0);
+        CHECK(out && strstr(out, "[{\"ok\":true,\"id\":\"k300\"") &&
+              strstr(out, "{\"id\":\"k300\",\"error\":\"conflict\""));
+        mimeo_free(out);
+        char *doc = winner(b, "k300");
+        CHECK(doc && strstr(doc, "\"v\":1"));
+        mimeo_free(doc);
+        CHECK_EQ_INT(mimeo_doc_delete(b, "k300", 4, NULL, NULL, &err), MIMEO_ECONFLICT);
+    }
+    if (a) mimeo_db_close(a);
+    if (b) mimeo_db_close(b);
+    mimeo_env_close(env);
+}
+
 int main(void) {
     make_tmpdir();
     RUN(test_random_without_getrandom);
@@ -1047,6 +1248,8 @@ int main(void) {
     RUN(test_long_id_slot_collision);
     RUN(test_db_compact_pages_and_faults);
     RUN(test_compact_live);
+    RUN(test_bulk_hashes_beside_writer);
+    RUN(test_bulk_tail_appends);
     remove_tmpdir();
     return check_report();
 }
