@@ -710,6 +710,87 @@ static void test_sim_partition(void) {
     sim_free(&s);
 }
 
+/* How many up nodes other than j and `lag` list node j (in any state); with all, how many
+ * there are. */
+static int listed_by_ex(const struct sim *s, int j, int all) {
+    int n = 0;
+    struct mesh_member_info mi;
+    for (int i = 0; i < s->nn; i++)
+        if (i != j && i != s->lag && s->n[i].up && !s->n[i].left)
+            n += all || mesh_member_find(s->n[i].m, s->n[j].name, &mi) == 0;
+    return n;
+}
+static int listed_by(const struct sim *s, int j) { return listed_by_ex(s, j, 0); }
+
+#define REAP_NODES 64
+
+/* Forgetting members across a mesh (reap_dead_ms 180 s, reap_left_ms 60 s here). One node,
+ * the laggard, is configured to forget nobody, so it keeps gossiping and push-pulling stale
+ * records of the forgotten. A partition shorter than the reap window heals as before; a
+ * crashed node, dead everywhere, is listed until reap_dead_ms after its death and by nobody
+ * (but the laggard) after, gets no message from anyone, and stays forgotten through two
+ * push-pull periods; a node that left is forgotten after reap_left_ms; the forgotten node
+ * restarts, is told of its death, refutes and is alive everywhere again. */
+static void test_sim_reap(void) {
+    struct sim s;
+    sim_init(&s, REAP_NODES, g_seed ^ 0x4444);
+    s.cfg.reap_dead_ms = 180000;
+    s.cfg.reap_left_ms = 60000;
+    s.lag = REAP_NODES - 1;
+    sim_boot(&s);
+    CHECK(run_until_agree(&s, 500, 120000) != UINT64_MAX);
+
+    uint64_t bound = dead_bound_ms(&s.cfg, REAP_NODES);
+    uint64_t t0 = s.now;
+    for (int i = REAP_NODES / 2; i < REAP_NODES; i++) s.n[i].group = 1;
+    CHECK(run_until_agree(&s, 1000, bound + 30000) != UINT64_MAX);
+    for (int i = 0; i < REAP_NODES; i++) s.n[i].group = 0;
+    CHECK(run_until_agree(&s, 1000, 120000) != UINT64_MAX);
+    CHECK(s.now - t0 < s.cfg.reap_dead_ms);
+    if (getenv("CHECK_VERBOSE")) fprintf(stderr, "  reap: partition healed after %" PRIu64 " ms\n", s.now - t0);
+
+    int c = pick_up_node(&s, 1, REAP_NODES - 1);
+    node_crash(&s, c);
+    uint64_t crashed = s.now;
+    CHECK(run_until_agree(&s, 500, bound) != UINT64_MAX);
+    sim_run_until(&s, crashed + s.cfg.reap_dead_ms - 1);      /* nobody's timeout is up */
+    CHECK_EQ_INT(listed_by(&s, c), listed_by_ex(&s, c, 1));
+    sim_run_until(&s, crashed + bound + s.cfg.reap_dead_ms + 1);
+    CHECK_EQ_INT(listed_by(&s, c), 0);
+    struct mesh_member_info mi;
+    CHECK(mesh_member_find(s.n[s.lag].m, s.n[c].name, &mi) == 0 && mi.state == MESH_DEAD);
+    for (int i = 0; i < REAP_NODES; i++)
+        if (s.n[i].up && i != s.lag) CHECK_EQ_INT(mesh_member_count(s.n[i].m), REAP_NODES - 1);
+    /* N = 63: a push-pull period is 2 × 30 s; two of them, with the laggard's stale state. */
+    s.watch = c;
+    s.watch_sent = 0;
+    sim_run_until(&s, s.now + 130000);
+    CHECK_EQ_INT(listed_by(&s, c), 0);
+    CHECK_EQ_INT(s.watch_sent, 0);
+    CHECK(views_agree(&s, 1));
+
+    int l = pick_up_node(&s, 1, REAP_NODES - 1);
+    mesh_leave(s.n[l].m, s.now);
+    node_flush(&s, l, 0);
+    s.n[l].left = 1;
+    uint64_t tl = s.now;
+    while (!mesh_leave_done(s.n[l].m) && s.now - tl < 10000) sim_run_until(&s, s.now + 100);
+    node_crash(&s, l);
+    s.n[l].left = 1;
+    CHECK(run_until_agree(&s, 200, 30000) != UINT64_MAX);
+    CHECK_EQ_INT(listed_by(&s, l), listed_by_ex(&s, l, 1));
+    sim_run_until(&s, s.now + s.cfg.reap_left_ms + 1);
+    CHECK_EQ_INT(listed_by(&s, l), 0);
+    CHECK(mesh_member_find(s.n[s.lag].m, s.n[l].name, &mi) == 0 && mi.state == MESH_LEFT);
+
+    node_start(&s, c, 0);
+    CHECK(run_until_agree(&s, 500, 60000) != UINT64_MAX);
+    CHECK_EQ_INT(listed_by(&s, c), listed_by_ex(&s, c, 1));
+    CHECK(mesh_member_find(s.n[0].m, s.n[c].name, &mi) == 0 && mi.incarnation > 0);
+    if (check_case_failed) seed_fail("reap", g_seed);
+    sim_free(&s);
+}
+
 /* The registry's merge by itself: later version wins, a tie goes to deleted, recreate works. */
 static void test_db_register(void) {
     struct mesh_config cfg;
@@ -1154,6 +1235,7 @@ int main(int argc, char **argv) {
     SCEN("lifecycle", test_sim_lifecycle);
     SCEN("loss", test_sim_loss);
     SCEN("partition", test_sim_partition);
+    SCEN("reap", test_sim_reap);
     if (check_failed) fprintf(stderr, "rerun with: SEED=%" PRIu64 " %s\n", g_seed, argv[0]);
     return check_report();
 }
