@@ -91,6 +91,8 @@ typedef struct cli_config {
         unsigned pushpull_interval_ms;
         unsigned suspicion_mult;
         unsigned retransmit_mult;
+        unsigned reap_dead_ms;
+        unsigned reap_left_ms;
         unsigned anti_entropy_interval_ms;
         bool     eager_push;
         unsigned replication_workers;

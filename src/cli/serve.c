@@ -244,6 +244,8 @@ static int serve_mesh_start(const cli_config *c, mimeo_env *env, unsigned port,
     o.tun.pushpull_interval_ms = mc->pushpull_interval_ms;
     o.tun.suspicion_mult = mc->suspicion_mult;
     o.tun.retransmit_mult = mc->retransmit_mult;
+    o.tun.reap_dead_ms = mc->reap_dead_ms;
+    o.tun.reap_left_ms = mc->reap_left_ms;
     int rc = mesh_node_start(&o, out, err, sizeof err);
     free(secret);
     if (rc != 0) {

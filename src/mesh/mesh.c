@@ -17,8 +17,15 @@
 #define EVENT_RING 4096
 #define REC_MAX 288
 #define LEAVE_DIRECT 8         /* members told directly on leave, besides gossip */
+#define MAX_TOMBS 4096         /* reaped members remembered; the soonest to expire go first */
 
 enum { CLS_MEMBER = 0, CLS_DB = 1 };
+
+/* Replay window: highest sequence seen from a sender and a bitmap of the 64 below. */
+struct seqwin {
+    int valid;
+    uint64_t max, bits;
+};
 
 struct member {
     char name[MESH_NAME_MAX + 1];
@@ -27,13 +34,21 @@ struct member {
     uint32_t inc;
     int state;
     uint64_t state_since, last_heard;
-    /* Replay window: highest sequence seen from this sender and a bitmap of the 64 below. */
-    int seq_valid;
-    uint64_t seq_max, seq_bits;
+    struct seqwin win;
     /* Lifeguard suspicion: the deadline moves earlier as distinct members confirm. */
     uint64_t susp_start, susp_deadline, susp_min, susp_max;
     uint32_t susp_k, susp_n;
     uint64_t susp_seen[MAX_CONFIRM + 1];
+};
+
+/* A reaped member: the incarnation it was last known dead or left at, so that a stale record
+ * of it still circulating cannot bring it back, and its replay window, so that an old message
+ * of its own cannot either. Kept as long again as the member was kept after its death. */
+struct tomb {
+    char name[MESH_NAME_MAX + 1];
+    uint32_t inc;
+    struct seqwin win;
+    uint64_t until;
 };
 
 struct dbent {
@@ -90,6 +105,10 @@ struct mesh {
     size_t *slist;              /* positions of the suspect members, nsuspect of them */
     size_t nlive;               /* members alive or suspect, self included */
 
+    struct tomb *tombs;
+    size_t ntomb, captomb;
+    uint64_t next_reap;         /* earliest reap or tombstone expiry due */
+
     struct dbent *db;
     size_t ndb, capdb;
     struct index didx;
@@ -141,6 +160,8 @@ void mesh_config_default(struct mesh_config *c) {
     c->suspicion_max_mult = 6;
     c->pushpull_interval_ms = 30000;
     c->reconnect_interval_ms = 10000;
+    c->reap_dead_ms = 86400000;
+    c->reap_left_ms = 86400000;
     c->join_retry_max_ms = 30000;
     c->awareness_max = 8;
     c->max_packet = 1400;
@@ -498,6 +519,101 @@ static int suspicion_confirm(struct member *mm, const char *from) {
     return 1;
 }
 
+/* ---- forgetting members (Serf's reconnect_timeout and tombstone_timeout) ---------------- */
+
+static uint32_t reap_after(const struct mesh *m, int state) {
+    if (state == MESH_DEAD) return m->cfg.reap_dead_ms;
+    if (state == MESH_LEFT) return m->cfg.reap_left_ms;
+    return 0;
+}
+
+static struct tomb *tomb_find(struct mesh *m, const char *name) {
+    /* Linear: only consulted for names not in the member table, which is rare. */
+    for (size_t i = 0; i < m->ntomb; i++)
+        if (strcmp(m->tombs[i].name, name) == 0) return &m->tombs[i];
+    return NULL;
+}
+
+static void tomb_add(struct mesh *m, const struct member *mm, uint64_t until) {
+    struct tomb *t = tomb_find(m, mm->name);
+    if (!t && m->ntomb == MAX_TOMBS) {
+        size_t first = 0;
+        for (size_t i = 1; i < m->ntomb; i++)
+            if (m->tombs[i].until < m->tombs[first].until) first = i;
+        t = &m->tombs[first];
+    }
+    if (!t) {
+        if (ARRAY_GROW(m->tombs, m->captomb, m->ntomb + 1)) return;
+        t = &m->tombs[m->ntomb++];
+    }
+    snprintf(t->name, sizeof t->name, "%s", mm->name);
+    t->inc = mm->inc;
+    t->win = mm->win;
+    t->until = until;
+}
+
+/* Takes member i out of the table, the probe order and the update queue; the last member
+ * moves into its place (the caller rebuilds the name index). i is dead or left, so it is
+ * neither suspect nor counted live. */
+static void member_remove(struct mesh *m, size_t i) {
+    size_t last = m->nmem - 1;
+    size_t j = 0;
+    for (size_t k = 0; k < m->nbq; k++)
+        if (!(m->bq[k].cls == CLS_MEMBER && strcmp(m->bq[k].name, m->mem[i].name) == 0))
+            m->bq[j++] = m->bq[k];
+    m->nbq = j;
+    for (size_t k = 0; k < m->norder; k++) {
+        if (m->order[k] != i) continue;
+        memmove(&m->order[k], &m->order[k + 1], (m->norder - k - 1) * sizeof *m->order);
+        m->norder--;
+        if (k < m->order_pos) m->order_pos--;
+        break;
+    }
+    if (m->probe.active && m->probe.target == i) m->probe.active = 0;
+    if (i != last) {
+        m->mem[i] = m->mem[last];
+        for (size_t k = 0; k < m->norder; k++)
+            if (m->order[k] == last) m->order[k] = i;
+        for (size_t k = 0; k < m->nsuspect; k++)
+            if (m->slist[k] == last) m->slist[k] = i;
+        if (m->probe.target == last) m->probe.target = i;
+    }
+    m->nmem--;
+}
+
+/* Forgets members dead or left for longer than their timeout, expires old tombstones, and
+ * works out when to look again. */
+static void reap(struct mesh *m, uint64_t now) {
+    m->next_reap = MESH_NEVER;
+    int removed = 0;
+    for (size_t i = 1; i < m->nmem;) {
+        struct member *mm = &m->mem[i];
+        uint32_t after = reap_after(m, mm->state);
+        uint64_t at = mm->state_since + after;
+        if (!after || at > now) {
+            if (after && at < m->next_reap) m->next_reap = at;
+            i++;
+            continue;
+        }
+        tomb_add(m, mm, now + after);
+        event_push(m, MESH_EV_REAPED, mm->name, mm->state, mm->inc, 0);
+        member_remove(m, i);    /* the last member now sits at i: look at it next */
+        removed = 1;
+    }
+    if (removed) {
+        for (size_t s = 0; s < m->midx.cap; s++) m->midx.slot[s] = -1;
+        for (size_t i = 0; i < m->nmem; i++) idx_put(&m->midx, m->mem[i].hash, i);
+    }
+    for (size_t i = 0; i < m->ntomb;) {
+        if (m->tombs[i].until <= now) {
+            m->tombs[i] = m->tombs[--m->ntomb];
+            continue;
+        }
+        if (m->tombs[i].until < m->next_reap) m->next_reap = m->tombs[i].until;
+        i++;
+    }
+}
+
 static void set_state(struct mesh *m, struct member *mm, int state, uint64_t now) {
     size_t pos = (size_t)(mm - m->mem);
     if (mm->state == MESH_SUSPECT && state != MESH_SUSPECT) {
@@ -510,6 +626,8 @@ static void set_state(struct mesh *m, struct member *mm, int state, uint64_t now
     int changed = mm->state != state;
     mm->state = state;
     if (changed) mm->state_since = now;
+    uint32_t after = reap_after(m, state);
+    if (changed && after && now + after < m->next_reap) m->next_reap = now + after;
     event_push(m, MESH_EV_MEMBER, mm->name, state, mm->inc, 0);
 }
 
@@ -566,8 +684,18 @@ static void on_alive(struct mesh *m, const struct mesh_rec *r, uint64_t now) {
         return;
     }
     if (!mm) {
+        /* Reaped: only a later life than the one we buried counts; records of that one may
+         * circulate for as long as some member still lists it. */
+        struct tomb *t = tomb_find(m, r->name);
+        if (t && r->incarnation <= t->inc) return;
+        struct seqwin win = { 0 };
+        if (t) {
+            win = t->win;
+            *t = m->tombs[--m->ntomb];
+        }
         if (member_add(m, r->name, r->extra, r->incarnation, now) != 0) return;
         mm = &m->mem[m->nmem - 1];
+        mm->win = win;
         event_push(m, MESH_EV_MEMBER, mm->name, MESH_ALIVE, mm->inc, 0);
         bcast_member(m, MESH_K_ALIVE, mm, NULL);
         return;
@@ -696,6 +824,7 @@ struct mesh *mesh_new(const struct mesh_config *cfg, uint64_t now) {
     m->next_pushpull = now + cfg->pushpull_interval_ms;
     m->next_reconnect = now + cfg->reconnect_interval_ms;
     m->next_join = MESH_NEVER;
+    m->next_reap = MESH_NEVER;
     m->join_backoff = 1000;
     return m;
 }
@@ -713,6 +842,7 @@ void mesh_free(struct mesh *m) {
     free(m->db);
     free(m->didx.slot);
     free(m->bq);
+    free(m->tombs);
     free(m->secret);
     free(m);
 }
@@ -776,23 +906,23 @@ int mesh_leave_done(const struct mesh *m) {
 
 /* ---- receiving -------------------------------------------------------------------------- */
 
-static int seq_fresh(const struct member *mm, uint64_t seq) {
-    if (!mm->seq_valid || seq > mm->seq_max) return 1;
-    uint64_t d = mm->seq_max - seq;
-    return d < 64 && !((mm->seq_bits >> d) & 1);
+static int seq_fresh(const struct seqwin *w, uint64_t seq) {
+    if (!w->valid || seq > w->max) return 1;
+    uint64_t d = w->max - seq;
+    return d < 64 && !((w->bits >> d) & 1);
 }
 
-static void seq_mark(struct member *mm, uint64_t seq) {
-    if (!mm->seq_valid) {
-        mm->seq_valid = 1;
-        mm->seq_max = seq;
-        mm->seq_bits = 1;
-    } else if (seq > mm->seq_max) {
-        uint64_t d = seq - mm->seq_max;
-        mm->seq_bits = d >= 64 ? 1 : (mm->seq_bits << d) | 1;
-        mm->seq_max = seq;
+static void seq_mark(struct seqwin *w, uint64_t seq) {
+    if (!w->valid) {
+        w->valid = 1;
+        w->max = seq;
+        w->bits = 1;
+    } else if (seq > w->max) {
+        uint64_t d = seq - w->max;
+        w->bits = d >= 64 ? 1 : (w->bits << d) | 1;
+        w->max = seq;
     } else {
-        mm->seq_bits |= 1ull << (mm->seq_max - seq);
+        w->bits |= 1ull << (w->max - seq);
     }
 }
 
@@ -823,16 +953,19 @@ int mesh_recv(struct mesh *m, const uint8_t *data, size_t len, uint64_t now) {
     if (rc < 0 || count != h.nrec) { m->stats.malformed++; return MIMEO_EINVAL; }
 
     struct member *from = mem_find(m, h.name);
-    if (from == &m->mem[0] || (from && !seq_fresh(from, h.seq))) {
+    struct tomb *gone = from ? NULL : tomb_find(m, h.name);
+    if (from == &m->mem[0] || (from && !seq_fresh(&from->win, h.seq)) ||
+        (gone && !seq_fresh(&gone->win, h.seq))) {
         m->stats.replayed++;
         return MIMEO_EINVAL;
     }
     m->stats.msgs_recv++;
     m->stats.bytes_recv += len;
     if (from) {
-        seq_mark(from, h.seq);
+        seq_mark(&from->win, h.seq);
         from->last_heard = now;
     }
+    if (gone) seq_mark(&gone->win, h.seq);
     if (m->leaving) return 0;
 
     /* The message itself proves its sender alive at the incarnation it states. Besides
@@ -849,8 +982,24 @@ int mesh_recv(struct mesh *m, const uint8_t *data, size_t len, uint64_t now) {
     off = h.rec_off;
     while (mesh_wire_rec_next(data, &h, &off, &r) == 1) apply_rec(m, &r, h.type == MESH_T_SYNC, now);
     if (!from && (from = mem_find(m, h.name)) != NULL) {
-        seq_mark(from, h.seq);
+        seq_mark(&from->win, h.seq);
         from->last_heard = now;
+    }
+    if (!from && (gone = tomb_find(m, h.name)) != NULL) {
+        /* A member we forgot speaks at an incarnation we last knew dead or left (it
+         * restarted). Telling it so makes it refute with a higher incarnation, which every
+         * member takes from gossip; its messages at the old one do not re-add it, since
+         * a stale record could say as much. */
+        struct mesh_rec d;
+        memset(&d, 0, sizeof d);
+        d.kind = MESH_K_DEAD;
+        d.incarnation = gone->inc;
+        snprintf(d.name, sizeof d.name, "%s", h.name);
+        snprintf(d.extra, sizeof d.extra, "%s", m->mem[0].name);
+        struct mesh_hdr g;
+        memset(&g, 0, sizeof g);
+        g.type = MESH_T_GOSSIP;
+        send_msg(m, h.url, &g, &d);
     }
 
     switch (h.type) {
@@ -1006,6 +1155,7 @@ void mesh_tick(struct mesh *m, uint64_t now) {
         m->next_gossip = now + m->cfg.gossip_interval_ms;
         gossip_round(m, now);
     }
+    if (now >= m->next_reap) reap(m, now);
     if (m->leaving) return;
 
     struct probe *p = &m->probe;
@@ -1057,6 +1207,7 @@ uint64_t mesh_next_deadline(const struct mesh *m) {
 #define AT(t) do { if ((t) < d) d = (t); } while (0)
     for (size_t i = 0; i < m->nrelay; i++) AT(m->relays[i].deadline);
     if (m->nbq) AT(m->next_gossip);
+    AT(m->next_reap);
     if (m->leaving) return d;
     const struct probe *p = &m->probe;
     if (p->active) {

@@ -126,6 +126,8 @@ struct mesh_config {
     uint32_t suspicion_max_mult;    /* 6: max timeout = this × min timeout */
     uint32_t pushpull_interval_ms;  /* 30000, scaled up past 32 members like memberlist */
     uint32_t reconnect_interval_ms; /* 10000: a push-pull to a random dead member */
+    uint32_t reap_dead_ms;          /* 86400000: a member dead this long is forgotten (0 never) */
+    uint32_t reap_left_ms;          /* 86400000: the same for a member that left (0 never) */
     uint32_t join_retry_max_ms;     /* 30000: join backoff cap (starts at 1 s) */
     uint32_t awareness_max;         /* 8: Lifeguard local health multiplier cap */
     uint32_t max_packet;            /* 1400: datagram budget, piggyback fills up to it */
@@ -176,6 +178,7 @@ enum mesh_event_type {
     MESH_EV_MEMBER = 1,             /* a member's state changed (or it appeared) */
     MESH_EV_DB = 2,                 /* a database became live or deleted */
     MESH_EV_JOIN_RETRY = 3,         /* nobody answered the join; retrying in `delay_ms` */
+    MESH_EV_REAPED = 4,             /* a member dead or left too long is forgotten (`state`) */
 };
 
 struct mesh_event {
@@ -202,7 +205,9 @@ struct mesh_member_info {
     int is_self;
 };
 
-/* Members known, self included (index 0). Dead and left members stay listed. */
+/* Members known, self included (index 0). Dead and left members stay listed until
+ * reap_dead_ms / reap_left_ms after they became so; then they are forgotten, and only a newer
+ * incarnation of them (which only they can raise) brings them back. */
 size_t mesh_member_count(const struct mesh *m);
 int mesh_member_get(const struct mesh *m, size_t i, struct mesh_member_info *out);
 /* 0 and *out, or MIMEO_ENOTFOUND. */

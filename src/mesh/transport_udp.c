@@ -479,6 +479,9 @@ static void flush(struct mesh_node *n) {
         if (e.type == MESH_EV_MEMBER && strcmp(e.name, n->self_name) != 0)
             fprintf(stderr, "mesh: member %s is %s (incarnation %u)\n", e.name,
                     mesh_state_name(e.state), e.incarnation);
+        else if (e.type == MESH_EV_REAPED)
+            fprintf(stderr, "mesh: member %s forgotten after being %s too long\n", e.name,
+                    mesh_state_name(e.state));
         else if (e.type == MESH_EV_JOIN_RETRY)
             fprintf(stderr, "mesh: no answer from %s yet; retrying in %llu ms\n", e.name,
                     (unsigned long long)e.delay_ms);

@@ -154,6 +154,9 @@ struct sim {
     uint8_t *captured;
     size_t captured_len;
     int captured_to, capture;
+    /* Messages queued to node `watch` by any node but `lag` (the reap test). */
+    int watch, lag;
+    uint64_t watch_sent;
 };
 
 static uint64_t sim_rand(struct sim *s) {
@@ -232,6 +235,7 @@ static void node_flush(struct sim *s, int i, int after_tick) {
     struct mesh_msg msg;
     while (mesh_out_pop(nd->m, &msg)) {
         int to = url_node(msg.to);
+        if (to == s->watch && i != s->lag) s->watch_sent++;
         /* Datagrams are lost at the configured rate; streams (TCP) only by partitions. */
         if (to < 0 || to >= s->nn || (!msg.stream && sim_rand(s) % 1000 < s->loss_pct * 10)) {
             s->dropped++;
@@ -269,6 +273,7 @@ static void node_start(struct sim *s, int i, int join_via) {
     cfg.secret = SECRET;
     cfg.secret_len = sizeof SECRET;
     cfg.seed = sim_rand(s);
+    if (i == s->lag) cfg.reap_dead_ms = cfg.reap_left_ms = 0;   /* forgets nobody */
     /* Sequences start at a million per simulated ms: above anything an earlier life sent. */
     cfg.seq_start = (s->now + 1) * 1000000ull;
     nd->m = mesh_new(&cfg, s->now);
@@ -298,6 +303,7 @@ static void sim_init(struct sim *s, int nn, uint64_t seed) {
     s->rng = seed;
     s->dmin = 1;
     s->dmax = 20;
+    s->watch = s->lag = -1;
     mesh_config_default(&s->cfg);
     for (int i = 0; i < nn; i++) {
         snprintf(s->n[i].name, sizeof s->n[i].name, "n%d", i);
@@ -704,6 +710,87 @@ static void test_sim_partition(void) {
     sim_free(&s);
 }
 
+/* How many up nodes other than j and `lag` list node j (in any state); with all, how many
+ * there are. */
+static int listed_by_ex(const struct sim *s, int j, int all) {
+    int n = 0;
+    struct mesh_member_info mi;
+    for (int i = 0; i < s->nn; i++)
+        if (i != j && i != s->lag && s->n[i].up && !s->n[i].left)
+            n += all || mesh_member_find(s->n[i].m, s->n[j].name, &mi) == 0;
+    return n;
+}
+static int listed_by(const struct sim *s, int j) { return listed_by_ex(s, j, 0); }
+
+#define REAP_NODES 64
+
+/* Forgetting members across a mesh (reap_dead_ms 180 s, reap_left_ms 60 s here). One node,
+ * the laggard, is configured to forget nobody, so it keeps gossiping and push-pulling stale
+ * records of the forgotten. A partition shorter than the reap window heals as before; a
+ * crashed node, dead everywhere, is listed until reap_dead_ms after its death and by nobody
+ * (but the laggard) after, gets no message from anyone, and stays forgotten through two
+ * push-pull periods; a node that left is forgotten after reap_left_ms; the forgotten node
+ * restarts, is told of its death, refutes and is alive everywhere again. */
+static void test_sim_reap(void) {
+    struct sim s;
+    sim_init(&s, REAP_NODES, g_seed ^ 0x4444);
+    s.cfg.reap_dead_ms = 180000;
+    s.cfg.reap_left_ms = 60000;
+    s.lag = REAP_NODES - 1;
+    sim_boot(&s);
+    CHECK(run_until_agree(&s, 500, 120000) != UINT64_MAX);
+
+    uint64_t bound = dead_bound_ms(&s.cfg, REAP_NODES);
+    uint64_t t0 = s.now;
+    for (int i = REAP_NODES / 2; i < REAP_NODES; i++) s.n[i].group = 1;
+    CHECK(run_until_agree(&s, 1000, bound + 30000) != UINT64_MAX);
+    for (int i = 0; i < REAP_NODES; i++) s.n[i].group = 0;
+    CHECK(run_until_agree(&s, 1000, 120000) != UINT64_MAX);
+    CHECK(s.now - t0 < s.cfg.reap_dead_ms);
+    if (getenv("CHECK_VERBOSE")) fprintf(stderr, "  reap: partition healed after %" PRIu64 " ms\n", s.now - t0);
+
+    int c = pick_up_node(&s, 1, REAP_NODES - 1);
+    node_crash(&s, c);
+    uint64_t crashed = s.now;
+    CHECK(run_until_agree(&s, 500, bound) != UINT64_MAX);
+    sim_run_until(&s, crashed + s.cfg.reap_dead_ms - 1);      /* nobody's timeout is up */
+    CHECK_EQ_INT(listed_by(&s, c), listed_by_ex(&s, c, 1));
+    sim_run_until(&s, crashed + bound + s.cfg.reap_dead_ms + 1);
+    CHECK_EQ_INT(listed_by(&s, c), 0);
+    struct mesh_member_info mi;
+    CHECK(mesh_member_find(s.n[s.lag].m, s.n[c].name, &mi) == 0 && mi.state == MESH_DEAD);
+    for (int i = 0; i < REAP_NODES; i++)
+        if (s.n[i].up && i != s.lag) CHECK_EQ_INT(mesh_member_count(s.n[i].m), REAP_NODES - 1);
+    /* N = 63: a push-pull period is 2 × 30 s; two of them, with the laggard's stale state. */
+    s.watch = c;
+    s.watch_sent = 0;
+    sim_run_until(&s, s.now + 130000);
+    CHECK_EQ_INT(listed_by(&s, c), 0);
+    CHECK_EQ_INT(s.watch_sent, 0);
+    CHECK(views_agree(&s, 1));
+
+    int l = pick_up_node(&s, 1, REAP_NODES - 1);
+    mesh_leave(s.n[l].m, s.now);
+    node_flush(&s, l, 0);
+    s.n[l].left = 1;
+    uint64_t tl = s.now;
+    while (!mesh_leave_done(s.n[l].m) && s.now - tl < 10000) sim_run_until(&s, s.now + 100);
+    node_crash(&s, l);
+    s.n[l].left = 1;
+    CHECK(run_until_agree(&s, 200, 30000) != UINT64_MAX);
+    CHECK_EQ_INT(listed_by(&s, l), listed_by_ex(&s, l, 1));
+    sim_run_until(&s, s.now + s.cfg.reap_left_ms + 1);
+    CHECK_EQ_INT(listed_by(&s, l), 0);
+    CHECK(mesh_member_find(s.n[s.lag].m, s.n[l].name, &mi) == 0 && mi.state == MESH_LEFT);
+
+    node_start(&s, c, 0);
+    CHECK(run_until_agree(&s, 500, 60000) != UINT64_MAX);
+    CHECK_EQ_INT(listed_by(&s, c), listed_by_ex(&s, c, 1));
+    CHECK(mesh_member_find(s.n[0].m, s.n[c].name, &mi) == 0 && mi.incarnation > 0);
+    if (check_case_failed) seed_fail("reap", g_seed);
+    sim_free(&s);
+}
+
 /* The registry's merge by itself: later version wins, a tie goes to deleted, recreate works. */
 static void test_db_register(void) {
     struct mesh_config cfg;
@@ -759,13 +846,15 @@ static struct mesh *solo_new(const char *name) {
     return mesh_new(&cfg, 0);
 }
 
-/* A GOSSIP message from `from` (sequence seq) carrying the given records. */
-static int feed(struct mesh *m, const char *from, uint64_t seq, const struct mesh_rec *recs,
-                size_t n, uint64_t now) {
+/* A GOSSIP message from `from` (sequence seq, stating incarnation inc) carrying the given
+ * records. *told (may be NULL): 1 when m answered `from` with a DEAD record about it. */
+static int feed_ex(struct mesh *m, const char *from, uint32_t inc, uint64_t seq,
+                   const struct mesh_rec *recs, size_t n, uint64_t now, int *told) {
     struct mesh_hdr h;
     memset(&h, 0, sizeof h);
     h.type = MESH_T_GOSSIP;
     h.seq = seq;
+    h.incarnation = inc;
     snprintf(h.name, sizeof h.name, "%s", from);
     snprintf(h.url, sizeof h.url, "sim://%s", from);
     struct mesh_wbuf w;
@@ -778,9 +867,25 @@ static int feed(struct mesh *m, const char *from, uint64_t seq, const struct mes
     mesh_wire_finish(&w, SECRET, sizeof SECRET, (uint16_t)n);
     int rc = mesh_recv(m, w.p, w.len, now);
     free(w.p);
+    if (told) *told = 0;
     struct mesh_msg msg;
-    while (mesh_out_pop(m, &msg)) free(msg.data);
+    while (mesh_out_pop(m, &msg)) {
+        struct mesh_hdr a;
+        if (told && strcmp(msg.to, h.url) == 0 &&
+            mesh_wire_parse(SECRET, sizeof SECRET, msg.data, msg.len, &a) == 0) {
+            size_t off = a.rec_off;
+            struct mesh_rec r;
+            while (mesh_wire_rec_next(msg.data, &a, &off, &r) == 1)
+                if (r.kind == MESH_K_DEAD && strcmp(r.name, from) == 0) *told = 1;
+        }
+        free(msg.data);
+    }
     return rc;
+}
+
+static int feed(struct mesh *m, const char *from, uint64_t seq, const struct mesh_rec *recs,
+                size_t n, uint64_t now) {
+    return feed_ex(m, from, 0, seq, recs, n, now, NULL);
 }
 
 /* mesh_tick, then answer every ping it sent with the target's ack, so that our own probes
@@ -903,6 +1008,96 @@ static void test_refute(void) {
     struct mesh_stats st;
     mesh_stats_get(m, &st);
     CHECK_EQ_INT(st.refutes, 2);
+    mesh_free(m);
+}
+
+/* Forgetting members, by hand: a left member goes after reap_left_ms, a dead one after
+ * reap_dead_ms, each with an event; then (while their tombstones last, as long again) records about them at the incarnation they were
+ * buried at (alive, suspect, dead, left), from others or replayed from themselves, change
+ * nothing; a restart of theirs speaking at that incarnation is told it is dead (so it
+ * refutes); a higher incarnation, relayed or its own, brings it back. */
+static void test_reap(void) {
+    struct mesh_config cfg;
+    mesh_config_default(&cfg);
+    CHECK_EQ_INT(cfg.reap_dead_ms, 86400000);
+    CHECK_EQ_INT(cfg.reap_left_ms, 86400000);
+    cfg.name = "self";
+    cfg.url = "sim://0";
+    cfg.secret = SECRET;
+    cfg.secret_len = sizeof SECRET;
+    cfg.seed = 7;
+    cfg.reap_dead_ms = 60000;
+    cfg.reap_left_ms = 40000;
+    struct mesh *m = mesh_new(&cfg, 0);
+    struct mesh_rec r[5];
+    r[0] = rec_of(MESH_K_ALIVE, "p1", 0, "sim://p1");
+    r[1] = rec_of(MESH_K_ALIVE, "x", 2, "sim://x");
+    r[2] = rec_of(MESH_K_ALIVE, "y", 0, "sim://y");
+    CHECK_EQ_INT(feed(m, "p1", 1, r, 3, 0), 0);
+    CHECK_EQ_INT(feed_ex(m, "x", 2, 100, NULL, 0, 500, NULL), 0);  /* x speaks, seq 100 */
+    CHECK_EQ_INT(mesh_member_count(m), 4);
+    r[0] = rec_of(MESH_K_DEAD, "x", 2, "p1");
+    r[1] = rec_of(MESH_K_LEFT, "y", 0, "");
+    CHECK_EQ_INT(feed(m, "p1", 2, r, 2, 1000), 0);
+    CHECK_EQ_INT(state_of(m, "x"), MESH_DEAD);
+    CHECK_EQ_INT(state_of(m, "y"), MESH_LEFT);
+    CHECK_EQ_INT(mesh_next_deadline(m) <= 41000, 1);
+
+    struct mesh_event e;
+    while (mesh_event_pop(m, &e)) {}
+    tick_answering(m, 40999);
+    CHECK_EQ_INT(state_of(m, "y"), MESH_LEFT);
+    tick_answering(m, 41000);
+    CHECK_EQ_INT(state_of(m, "y"), -1);
+    CHECK_EQ_INT(state_of(m, "x"), MESH_DEAD);
+    int reaped = 0;
+    while (mesh_event_pop(m, &e))
+        reaped += e.type == MESH_EV_REAPED && strcmp(e.name, "y") == 0 && e.state == MESH_LEFT;
+    CHECK_EQ_INT(reaped, 1);
+    tick_answering(m, 60999);
+    CHECK_EQ_INT(state_of(m, "x"), MESH_DEAD);
+    tick_answering(m, 61000);
+    CHECK_EQ_INT(state_of(m, "x"), -1);
+    CHECK_EQ_INT(mesh_member_count(m), 2);
+    CHECK_EQ_INT(state_of(m, "p1"), MESH_ALIVE);
+
+    /* Stale records from a member that still lists them. */
+    r[0] = rec_of(MESH_K_ALIVE, "x", 2, "sim://x");
+    r[1] = rec_of(MESH_K_SUSPECT, "x", 2, "p1");
+    r[2] = rec_of(MESH_K_DEAD, "x", 2, "p1");
+    r[3] = rec_of(MESH_K_LEFT, "y", 0, "");
+    r[4] = rec_of(MESH_K_ALIVE, "y", 0, "sim://y");
+    CHECK_EQ_INT(feed(m, "p1", 5000000, r, 5, 62000), 0);
+    CHECK_EQ_INT(state_of(m, "x"), -1);
+    CHECK_EQ_INT(state_of(m, "y"), -1);
+    CHECK_EQ_INT(mesh_member_count(m), 2);
+
+    /* x's old message replayed: dropped as a replay, though x is no longer a member. */
+    struct mesh_stats st0, st1;
+    mesh_stats_get(m, &st0);
+    int told = 0;
+    CHECK_EQ_INT(feed_ex(m, "x", 2, 100, NULL, 0, 62500, &told), MIMEO_EINVAL);
+    mesh_stats_get(m, &st1);
+    CHECK_EQ_INT(st1.replayed, st0.replayed + 1);
+    CHECK_EQ_INT(told, 0);
+
+    /* x restarted: a fresh sequence but incarnation 0 ≤ 2: not re-added, told it is dead. */
+    CHECK_EQ_INT(feed_ex(m, "x", 0, 1000, NULL, 0, 63000, &told), 0);
+    CHECK_EQ_INT(told, 1);
+    CHECK_EQ_INT(state_of(m, "x"), -1);
+    /* Its refutation, relayed by p1: x is back. */
+    r[0] = rec_of(MESH_K_ALIVE, "x", 3, "sim://x");
+    CHECK_EQ_INT(feed(m, "p1", 5000001, r, 1, 63500), 0);
+    CHECK_EQ_INT(state_of(m, "x"), MESH_ALIVE);
+    struct mesh_member_info mi;
+    CHECK(mesh_member_find(m, "x", &mi) == 0 && mi.incarnation == 3);
+    /* x's replay window came back with it. */
+    CHECK_EQ_INT(feed_ex(m, "x", 3, 1000, NULL, 0, 63600, NULL), MIMEO_EINVAL);
+    /* y speaks itself at a higher incarnation than it left at: back, nothing to tell. */
+    CHECK_EQ_INT(feed_ex(m, "y", 1, 9000, NULL, 0, 64000, &told), 0);
+    CHECK_EQ_INT(told, 0);
+    CHECK_EQ_INT(state_of(m, "y"), MESH_ALIVE);
+    CHECK_EQ_INT(mesh_member_count(m), 4);
     mesh_free(m);
 }
 
@@ -1036,9 +1231,11 @@ int main(int argc, char **argv) {
     SCEN("solo", test_suspicion_timeout);
     SCEN("solo", test_refute);
     SCEN("solo", test_join_backoff);
+    SCEN("solo", test_reap);
     SCEN("lifecycle", test_sim_lifecycle);
     SCEN("loss", test_sim_loss);
     SCEN("partition", test_sim_partition);
+    SCEN("reap", test_sim_reap);
     if (check_failed) fprintf(stderr, "rerun with: SEED=%" PRIu64 " %s\n", g_seed, argv[0]);
     return check_report();
 }
