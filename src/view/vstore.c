@@ -63,10 +63,14 @@ static int table(mimeo_db *db, MDB_dbi *dbi) {
     return 0;
 }
 
-static int dbid_of(mimeo_db *db, uint64_t *dbid) {
+/* The database's id, which leads every key of its indexes, and the table they are in. */
+static int locate(mimeo_db *db, uint64_t *dbid, MDB_dbi *dbi) {
     db_meta m;
     int rc = db_meta_snapshot(db, &m);
-    if (!rc) *dbid = m.dbid;
+    if (!rc) {
+        *dbid = m.dbid;
+        rc = table(db, dbi);
+    }
     return rc;
 }
 
@@ -113,8 +117,7 @@ typedef struct vread {
 } vread;
 
 static int read_open(mimeo_db *db, vread *r) {
-    int rc = dbid_of(db, &r->dbid);
-    if (!rc) rc = table(db, &r->dbi);
+    int rc = locate(db, &r->dbid, &r->dbi);
     if (rc) return rc;
     r->s = db->env->store;
     if ((rc = store_read_begin(r->s, &r->txn))) return rc;
@@ -546,8 +549,7 @@ int vstore_apply(mimeo_db *db, uint64_t idx, unsigned nviews, const char *info,
                    .info_len = info_len, .docs = docs, .n = n};
     buf_init(&j.scratch, 0);
     buf_init(&j.list, 0);
-    int rc = dbid_of(db, &j.dbid);
-    if (!rc) rc = table(db, &j.dbi);
+    int rc = locate(db, &j.dbid, &j.dbi);
     if (!rc) rc = store_write(db->env->store, job_apply, &j);
     buf_destroy(&j.scratch);
     buf_destroy(&j.list);
@@ -960,8 +962,7 @@ int vstore_blocks_repair(mimeo_db *db, uint64_t idx, unsigned nviews, const int 
     buf_init(&j.val, 0);
     buf_init(&j.part, 0);
     buf_init(&j.marks, 0);
-    int rc = dbid_of(db, &j.dbid);
-    if (!rc) rc = table(db, &j.dbi);
+    int rc = locate(db, &j.dbid, &j.dbi);
     if (!rc && !repair_needless(db, j.dbi, j.dbid, idx))
         rc = store_write(db->env->store, job_repair, &j);
     buf_destroy(&j.val);
@@ -1114,8 +1115,7 @@ int vstore_blocks_put_partials(mimeo_db *db, uint64_t idx, unsigned view, uint64
     partial_job j = {.idx = idx, .seq = seq, .view = view, .p = p, .n = n};
     if (!n) return 0;
     buf_init(&j.val, 0);
-    int rc = dbid_of(db, &j.dbid);
-    if (!rc) rc = table(db, &j.dbi);
+    int rc = locate(db, &j.dbid, &j.dbi);
     if (!rc) rc = store_write(db->env->store, job_partials, &j);
     buf_destroy(&j.val);
     return rc;
@@ -1133,8 +1133,7 @@ int vstore_list(mimeo_db *db, int (*fn)(void *ctx, uint64_t idx, const char *inf
                                          size_t info_len), void *ctx) {
     MDB_dbi dbi;
     uint64_t dbid;
-    int rc = dbid_of(db, &dbid);
-    if (!rc) rc = table(db, &dbi);
+    int rc = locate(db, &dbid, &dbi);
     if (rc) return rc;
     /* collect first: fn may read the store, which must not nest in this snapshot */
     listed *ls = NULL;
@@ -1178,8 +1177,7 @@ int vstore_list(mimeo_db *db, int (*fn)(void *ctx, uint64_t idx, const char *inf
 int vstore_drop(mimeo_db *db, uint64_t idx) {
     uint64_t dbid;
     MDB_dbi dbi;
-    int rc = dbid_of(db, &dbid);
-    if (!rc) rc = table(db, &dbi);
+    int rc = locate(db, &dbid, &dbi);
     if (!rc) rc = store_drop_index(db->env->store, dbi, dbid, idx, DROP_CHUNK);
     return rc;
 }
