@@ -156,18 +156,32 @@ static size_t meta_encode(const vstore_meta *m, unsigned char *p) {
     return 19 + 8 * (size_t)m->nviews;
 }
 
+/* The index's meta entry in txn, decoded into m (zeroed first, as a new index's): 0,
+ * MIMEO_ENOTFOUND when the index has none yet, MIMEO_ECORRUPT or a store error. */
+static int meta_read(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, uint64_t idx, vstore_meta *m) {
+    memset(m, 0, sizeof *m);
+    unsigned char kb[PREFIX];
+    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
+    int mrc = mdb_get(txn, dbi, &k, &v);
+    if (mrc == MDB_NOTFOUND) return MIMEO_ENOTFOUND;
+    return mrc ? store_err(mrc) : meta_decode(m, &v);
+}
+
+static int meta_write(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, uint64_t idx,
+                      const vstore_meta *m) {
+    unsigned char kb[PREFIX], vb[19 + 8 * VSTORE_VIEWS_MAX];
+    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v = {meta_encode(m, vb), vb};
+    return store_err(mdb_put(txn, dbi, &k, &v, 0));
+}
+
 int vstore_meta_get(mimeo_db *db, uint64_t idx, vstore_meta *m) {
     memset(m, 0, sizeof *m);
     vread rd;
     int rc = read_open(db, &rd);
     if (rc) return rc;
-    unsigned char kb[PREFIX];
-    MDB_val k = {prefix(kb, rd.dbid, idx, KIND_META), kb}, v;
-    int mrc = mdb_get(rd.txn, rd.dbi, &k, &v);
-    if (mrc == 0) rc = meta_decode(m, &v);
-    else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    rc = meta_read(rd.txn, rd.dbi, rd.dbid, idx, m);
     read_close(&rd);
-    return rc;
+    return rc == MIMEO_ENOTFOUND ? 0 : rc;
 }
 
 /* ---- writes ------------------------------------------------------------------------------ */
@@ -468,16 +482,13 @@ static int remove_old(MDB_txn *txn, apply_job *j, vstore_meta *m, MDB_val *dkey)
 
 static int job_apply(MDB_txn *txn, void *arg) {
     apply_job *j = arg;
-    unsigned char mk[PREFIX];
-    MDB_val k = {prefix(mk, j->dbid, j->idx, KIND_META), mk}, v;
-    vstore_meta *m = calloc(1, sizeof *m);
+    vstore_meta *m = malloc(sizeof *m);
     if (!m) return MIMEO_ENOMEM;
-    int rc = 0;
-    int mrc = mdb_get(txn, j->dbi, &k, &v);
-    if (mrc == 0) rc = meta_decode(m, &v);
-    else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    int rc = meta_read(txn, j->dbi, j->dbid, j->idx, m);
+    bool fresh = rc == MIMEO_ENOTFOUND;
+    if (fresh) rc = 0;
     if (!rc && m->seq != j->from) rc = MIMEO_ECONFLICT;
-    if (!rc && mrc == MDB_NOTFOUND) {
+    if (!rc && fresh) {
         unsigned char dk[24];
         be64_put(dk, j->dbid);
         be64_put(dk + 8, 0);
@@ -531,10 +542,7 @@ static int job_apply(MDB_txn *txn, void *arg) {
     }
     if (!rc) {
         m->seq = j->to;
-        unsigned char mv[19 + 8 * VSTORE_VIEWS_MAX];
-        MDB_val nv = {meta_encode(m, mv), mv};
-        k = (MDB_val){PREFIX, mk};
-        rc = store_err(mdb_put(txn, j->dbi, &k, &nv, 0));
+        rc = meta_write(txn, j->dbi, j->dbid, j->idx, m);
     }
     buf_destroy(&val);
     free(m);
@@ -907,25 +915,19 @@ static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
 
 static int job_repair(MDB_txn *txn, void *arg) {
     repair_job *j = arg;
-    unsigned char mk[PREFIX];
-    MDB_val k = {prefix(mk, j->dbid, j->idx, KIND_META), mk}, v;
-    vstore_meta *m = calloc(1, sizeof *m);
+    vstore_meta *m = malloc(sizeof *m);
     if (!m) return MIMEO_ENOMEM;
-    int mrc = mdb_get(txn, j->dbi, &k, &v);
-    int rc = mrc == 0 ? meta_decode(m, &v) : mrc == MDB_NOTFOUND ? 0 : store_err(mrc);
-    if (rc || mrc == MDB_NOTFOUND) {
+    int rc = meta_read(txn, j->dbi, j->dbid, j->idx, m);
+    if (rc) {
         free(m);
-        return rc;
+        return rc == MIMEO_ENOTFOUND ? 0 : rc;
     }
     for (unsigned view = 0; !rc && view < j->nviews; view++)
         rc = m->blocks_ok ? view_fix(txn, j, view, view < m->nviews ? m->rows[view] : 0)
                           : view_rebuild(txn, j, view);
     if (!rc && !m->blocks_ok) {
         m->blocks_ok = true;
-        unsigned char mv[19 + 8 * VSTORE_VIEWS_MAX];
-        MDB_val nv = {meta_encode(m, mv), mv};
-        k = (MDB_val){PREFIX, mk};
-        rc = store_err(mdb_put(txn, j->dbi, &k, &nv, 0));
+        rc = meta_write(txn, j->dbi, j->dbid, j->idx, m);
     }
     free(m);
     return rc;
@@ -935,19 +937,17 @@ static int job_repair(MDB_txn *txn, void *arg) {
 static bool repair_needless(mimeo_db *db, MDB_dbi dbi, uint64_t dbid, uint64_t idx) {
     MDB_txn *txn;
     if (store_read_begin(db->env->store, &txn)) return false;
-    unsigned char kb[PREFIX];
-    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
     bool needless = false;
     vstore_meta *m = malloc(sizeof *m);
-    int mrc = m ? mdb_get(txn, dbi, &k, &v) : MDB_NOTFOUND;
-    if (mrc == MDB_NOTFOUND) {
+    int rc = m ? meta_read(txn, dbi, dbid, idx, m) : MIMEO_ENOTFOUND;
+    if (rc == MIMEO_ENOTFOUND) {
         needless = true; /* no index yet */
-    } else if (mrc == 0 && meta_decode(m, &v) == 0 && m->blocks_ok) {
+    } else if (rc == 0 && m->blocks_ok) {
         MDB_cursor *cur;
         if (mdb_cursor_open(txn, dbi, &cur) == 0) {
-            prefix(kb, dbid, idx, KIND_MARK);
-            k = (MDB_val){PREFIX, kb};
-            mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+            unsigned char kb[PREFIX];
+            MDB_val k = {prefix(kb, dbid, idx, KIND_MARK), kb}, v;
+            int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
             needless = !(mrc == 0 && k.mv_size >= PREFIX && memcmp(k.mv_data, kb, PREFIX) == 0);
             mdb_cursor_close(cur);
         }
@@ -976,13 +976,11 @@ int vstore_blocks_clean(mimeo_db *db, uint64_t idx, unsigned view, bool *clean) 
     vread rd;
     int rc = read_open(db, &rd);
     if (rc) return rc;
-    unsigned char kb[VPREFIX];
-    MDB_val k = {prefix(kb, rd.dbid, idx, KIND_META), kb}, v;
     vstore_meta *m = malloc(sizeof *m);
-    int mrc = m ? mdb_get(rd.txn, rd.dbi, &k, &v) : MDB_NOTFOUND;
-    if (m && mrc == 0 && meta_decode(m, &v) == 0 && m->blocks_ok) {
-        k = (MDB_val){kvprefix(kb, rd.dbid, idx, KIND_MARK, view), kb};
-        mrc = mdb_cursor_get(rd.cur, &k, &v, MDB_SET_RANGE);
+    if (m && meta_read(rd.txn, rd.dbi, rd.dbid, idx, m) == 0 && m->blocks_ok) {
+        unsigned char kb[VPREFIX];
+        MDB_val k = {kvprefix(kb, rd.dbid, idx, KIND_MARK, view), kb}, v;
+        int mrc = mdb_cursor_get(rd.cur, &k, &v, MDB_SET_RANGE);
         *clean = !(mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0);
     }
     free(m);
@@ -1071,21 +1069,19 @@ typedef struct partial_job {
 
 static int job_partials(MDB_txn *txn, void *arg) {
     partial_job *j = arg;
-    unsigned char kb[STORE_KEY_MAX];
-    MDB_val k = {prefix(kb, j->dbid, j->idx, KIND_META), kb}, v;
     vstore_meta *m = malloc(sizeof *m);
     if (!m) return MIMEO_ENOMEM;
-    int mrc = mdb_get(txn, j->dbi, &k, &v);
-    int rc = mrc == 0 ? meta_decode(m, &v) : mrc == MDB_NOTFOUND ? MIMEO_ECONFLICT : store_err(mrc);
+    int rc = meta_read(txn, j->dbi, j->dbid, j->idx, m);
+    if (rc == MIMEO_ENOTFOUND) rc = MIMEO_ECONFLICT;
     if (!rc && (m->seq != j->seq || !m->blocks_ok)) rc = MIMEO_ECONFLICT;
     free(m);
     if (rc) return rc;
     /* marks: the blocks are stale and the next repair rewrites them */
     MDB_cursor *cur;
     if ((rc = store_err(mdb_cursor_open(txn, j->dbi, &cur)))) return rc;
-    kvprefix(kb, j->dbid, j->idx, KIND_MARK, j->view);
-    k = (MDB_val){VPREFIX, kb};
-    mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    unsigned char kb[STORE_KEY_MAX];
+    MDB_val k = {kvprefix(kb, j->dbid, j->idx, KIND_MARK, j->view), kb}, v;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     mdb_cursor_close(cur);
     if (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0) return 0;
     for (size_t i = 0; !rc && i < j->n; i++) {
