@@ -107,6 +107,21 @@ static size_t docref(unsigned char *k, uint64_t dbid, uint64_t idx, const char *
     return PREFIX + MD5_DIGEST_SIZE;
 }
 
+/* Whether key k starts with p[0..n): it is one of the entries p prefixes. */
+static inline bool key_under(const MDB_val *k, const unsigned char *p, size_t n) {
+    return k->mv_size >= n && memcmp(k->mv_data, p, n) == 0;
+}
+
+static inline bool key_is(const MDB_val *k, const unsigned char *p, size_t n) {
+    return k->mv_size == n && memcmp(k->mv_data, p, n) == 0;
+}
+
+/* Whether any key starts with p[0..n) (moves cur; a failed read counts as none). */
+static bool any_under(MDB_cursor *cur, const unsigned char *p, size_t n) {
+    MDB_val k = {n, (void *)p}, v;
+    return mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE) == 0 && key_under(&k, p, n);
+}
+
 /* One short read of the table: a snapshot and a cursor on it (read_close ends both). */
 typedef struct vread {
     uint64_t    dbid;
@@ -627,7 +642,7 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
     if (!desc) {
         k = (MDB_val){n, kb};
         mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        if (how == VSTORE_AFTER && mrc == 0 && k.mv_size == n && memcmp(k.mv_data, kb, n) == 0)
+        if (how == VSTORE_AFTER && mrc == 0 && key_is(&k, kb, n))
             mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     } else {
         if (how == VSTORE_AFTER) {
@@ -645,7 +660,7 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
     size_t count = 0;
     MDB_val taken = {0, NULL};
     while (mrc == 0) {
-        if (k.mv_size < VPREFIX || memcmp(k.mv_data, vp, VPREFIX) != 0) break;
+        if (!key_under(&k, vp, VPREFIX)) break;
         if (count == max) {
             *more = true;
             break;
@@ -682,7 +697,7 @@ static int del_prefix(MDB_txn *txn, MDB_dbi dbi, const unsigned char *k, size_t 
     if (rc) return rc;
     MDB_val key = {n, (void *)k}, v;
     int mrc = mdb_cursor_get(cur, &key, &v, MDB_SET_RANGE);
-    while (mrc == 0 && key.mv_size >= n && memcmp(key.mv_data, k, n) == 0) {
+    while (mrc == 0 && key_under(&key, k, n)) {
         if ((mrc = mdb_cursor_del(cur, 0))) break;
         mrc = mdb_cursor_get(cur, &key, &v, MDB_NEXT);
     }
@@ -770,7 +785,7 @@ static int blocks_fill(MDB_txn *txn, repair_job *j, unsigned view, const unsigne
     bfill *b = calloc(1, sizeof *b);
     if (!b) { mdb_cursor_close(cur); return MIMEO_ENOMEM; }
     int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    while (!rc && mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, vp, VPREFIX) == 0) {
+    while (!rc && mrc == 0 && key_under(&k, vp, VPREFIX)) {
         if (to) {
             const unsigned char *rk = (const unsigned char *)k.mv_data + VPREFIX;
             size_t rl = k.mv_size - VPREFIX, m = rl < to_len ? rl : to_len;
@@ -809,7 +824,7 @@ static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
     size_t nmarks = 0;
     MDB_val k = {VPREFIX, mp}, v;
     int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    while (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, mp, VPREFIX) == 0) {
+    while (mrc == 0 && key_under(&k, mp, VPREFIX)) {
         buf_put_varint(&j->marks, k.mv_size - VPREFIX);
         if (buf_put(&j->marks, (const unsigned char *)k.mv_data + VPREFIX, k.mv_size - VPREFIX)) {
             rc = MIMEO_ENOMEM;
@@ -843,19 +858,17 @@ static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
         p += len;
         k = (MDB_val){VPREFIX + len, kb};
         mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        bool exact = mrc == 0 && k.mv_size == VPREFIX + len &&
-                     memcmp(k.mv_data, kb, k.mv_size) == 0;
+        bool exact = mrc == 0 && key_is(&k, kb, VPREFIX + len);
         if (!exact) {
             if (mrc == 0) mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
             else if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
-            if (mrc == 0 && (k.mv_size < VPREFIX || memcmp(k.mv_data, bp, VPREFIX) != 0)) {
+            if (mrc == 0 && !key_under(&k, bp, VPREFIX)) {
                 /* before every block: the first one */
                 k = (MDB_val){VPREFIX, bp};
                 mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
             }
         }
-        if (mrc == MDB_NOTFOUND || (mrc == 0 && (k.mv_size < VPREFIX ||
-                                                 memcmp(k.mv_data, bp, VPREFIX) != 0))) {
+        if (mrc == MDB_NOTFOUND || (mrc == 0 && !key_under(&k, bp, VPREFIX))) {
             /* no block at all: build them */
             mdb_cursor_close(cur);
             buf_destroy(&firsts);
@@ -887,15 +900,15 @@ static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
         mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
         if (mrc) { rc = store_err(mrc); break; }
         MDB_val pk = k, pv;
-        bool has_prev = mdb_cursor_get(cur, &pk, &pv, MDB_PREV) == 0 && pk.mv_size >= VPREFIX &&
-                        memcmp(pk.mv_data, bp, VPREFIX) == 0;
+        bool has_prev = mdb_cursor_get(cur, &pk, &pv, MDB_PREV) == 0 &&
+                        key_under(&pk, bp, VPREFIX);
         k = (MDB_val){VPREFIX + len, kb};
         mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
         MDB_val nk = k, nv;
         unsigned char next[RK_MAX];
         size_t next_len = 0;
-        bool has_next = mdb_cursor_get(cur, &nk, &nv, MDB_NEXT) == 0 && nk.mv_size >= VPREFIX &&
-                        memcmp(nk.mv_data, bp, VPREFIX) == 0;
+        bool has_next = mdb_cursor_get(cur, &nk, &nv, MDB_NEXT) == 0 &&
+                        key_under(&nk, bp, VPREFIX);
         if (has_next) {
             next_len = nk.mv_size - VPREFIX;
             memcpy(next, (const unsigned char *)nk.mv_data + VPREFIX, next_len);
@@ -946,9 +959,7 @@ static bool repair_needless(mimeo_db *db, MDB_dbi dbi, uint64_t dbid, uint64_t i
         MDB_cursor *cur;
         if (mdb_cursor_open(txn, dbi, &cur) == 0) {
             unsigned char kb[PREFIX];
-            MDB_val k = {prefix(kb, dbid, idx, KIND_MARK), kb}, v;
-            int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-            needless = !(mrc == 0 && k.mv_size >= PREFIX && memcmp(k.mv_data, kb, PREFIX) == 0);
+            needless = !any_under(cur, kb, prefix(kb, dbid, idx, KIND_MARK));
             mdb_cursor_close(cur);
         }
     }
@@ -979,9 +990,7 @@ int vstore_blocks_clean(mimeo_db *db, uint64_t idx, unsigned view, bool *clean) 
     vstore_meta *m = malloc(sizeof *m);
     if (m && meta_read(rd.txn, rd.dbi, rd.dbid, idx, m) == 0 && m->blocks_ok) {
         unsigned char kb[VPREFIX];
-        MDB_val k = {kvprefix(kb, rd.dbid, idx, KIND_MARK, view), kb}, v;
-        int mrc = mdb_cursor_get(rd.cur, &k, &v, MDB_SET_RANGE);
-        *clean = !(mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0);
+        *clean = !any_under(rd.cur, kb, kvprefix(kb, rd.dbid, idx, KIND_MARK, view));
     }
     free(m);
     read_close(&rd);
@@ -1023,7 +1032,7 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
     if (pos) { memcpy(kb + n, pos, pos_len); n += pos_len; }
     MDB_val k = {n, kb}, v;
     int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    bool exact = mrc == 0 && k.mv_size == n && memcmp(k.mv_data, kb, n) == 0;
+    bool exact = mrc == 0 && key_is(&k, kb, n);
     if (after) {
         if (exact) mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     } else if (pos && !exact) {
@@ -1031,7 +1040,7 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
         MDB_val pk, pv;
         int prc = mrc == 0 ? mdb_cursor_get(cur, &pk, &pv, MDB_PREV)
                            : mdb_cursor_get(cur, &pk, &pv, MDB_LAST);
-        if (prc == 0 && pk.mv_size >= VPREFIX && memcmp(pk.mv_data, bp, VPREFIX) == 0) {
+        if (prc == 0 && key_under(&pk, bp, VPREFIX)) {
             k = pk;
             v = pv;
             mrc = 0;
@@ -1042,7 +1051,7 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
     }
     size_t count = 0;
     MDB_val taken = {0, NULL};
-    while (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, bp, VPREFIX) == 0) {
+    while (mrc == 0 && key_under(&k, bp, VPREFIX)) {
         if (count == max) {
             *more = true;
             break;
@@ -1080,10 +1089,11 @@ static int job_partials(MDB_txn *txn, void *arg) {
     MDB_cursor *cur;
     if ((rc = store_err(mdb_cursor_open(txn, j->dbi, &cur)))) return rc;
     unsigned char kb[STORE_KEY_MAX];
-    MDB_val k = {kvprefix(kb, j->dbid, j->idx, KIND_MARK, j->view), kb}, v;
-    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    bool marked = any_under(cur, kb, kvprefix(kb, j->dbid, j->idx, KIND_MARK, j->view));
     mdb_cursor_close(cur);
-    if (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0) return 0;
+    if (marked) return 0;
+    MDB_val k, v;
+    int mrc;
     for (size_t i = 0; !rc && i < j->n; i++) {
         const vstore_partial *p = &j->p[i];
         if (p->first_len > RK_MAX) continue;
