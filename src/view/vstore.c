@@ -94,6 +94,14 @@ static size_t vprefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned vi
     return kvprefix(k, dbid, idx, KIND_ROW, view);
 }
 
+/* The key of a view's entry of one kind at rk (its kind's prefix · rk); returns its length. */
+static size_t kvkey(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned char kind,
+                    unsigned view, const unsigned char *rk, size_t rk_len) {
+    kvprefix(k, dbid, idx, kind, view);
+    if (rk_len) memcpy(k + VPREFIX, rk, rk_len);
+    return VPREFIX + rk_len;
+}
+
 static size_t docref(unsigned char *k, uint64_t dbid, uint64_t idx, const char *id, size_t n) {
     prefix(k, dbid, idx, KIND_DOC);
     if (n <= DOCREF_MAX) {
@@ -453,9 +461,7 @@ static int mark(MDB_txn *txn, apply_job *j, const vstore_meta *m, unsigned view,
                 const unsigned char *rk, size_t len) {
     if (!m->blocks_ok) return 0;
     unsigned char kb[STORE_KEY_MAX];
-    kvprefix(kb, j->dbid, j->idx, KIND_MARK, view);
-    memcpy(kb + VPREFIX, rk, len);
-    MDB_val k = {VPREFIX + len, kb}, v = {0, ""};
+    MDB_val k = {kvkey(kb, j->dbid, j->idx, KIND_MARK, view, rk, len), kb}, v = {0, ""};
     return store_err(mdb_put(txn, j->dbi, &k, &v, 0));
 }
 
@@ -477,10 +483,8 @@ static int remove_old(MDB_txn *txn, apply_job *j, vstore_meta *m, MDB_val *dkey)
         uint64_t len;
         if (varint_get(&p, end, &len) || len > RK_MAX || (uint64_t)(end - p) < len)
             return MIMEO_ECORRUPT;
-        size_t kn = vprefix(kb, j->dbid, j->idx, view);
-        memcpy(kb + kn, p, len);
+        MDB_val rk = {kvkey(kb, j->dbid, j->idx, KIND_ROW, view, p, len), kb}, rv;
         p += len;
-        MDB_val rk = {kn + len, kb}, rv;
         mrc = mdb_get(txn, j->dbi, &rk, &rv);
         if (mrc == MDB_NOTFOUND) continue;
         if (mrc) return store_err(mrc);
@@ -630,13 +634,8 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
     uint64_t dbid = rd.dbid;
     MDB_cursor *cur = rd.cur;
     unsigned char vp[VPREFIX], kb[STORE_KEY_MAX + 1];
-    vprefix(vp, dbid, idx, view);
-    memcpy(kb, vp, VPREFIX);
-    size_t n = VPREFIX;
-    if (how != VSTORE_FIRST && pos) {
-        memcpy(kb + n, pos, pos_len);
-        n += pos_len;
-    }
+    size_t n = kvkey(kb, dbid, idx, KIND_ROW, view, pos, how != VSTORE_FIRST && pos ? pos_len : 0);
+    memcpy(vp, kb, VPREFIX);
     MDB_val k, v;
     int mrc;
     if (!desc) {
@@ -730,9 +729,8 @@ static int bfill_flush(MDB_txn *txn, repair_job *j, unsigned view, bfill *b) {
     b->refused = false;
     if (rc) return rc;
     unsigned char kb[STORE_KEY_MAX];
-    size_t kn = kprefix(kb, j, KIND_BLOCK, view);
-    memcpy(kb + kn, b->first, b->first_len);
-    MDB_val k = {kn + b->first_len, kb}, v = {j->val.len, j->val.data};
+    MDB_val k = {kvkey(kb, j->dbid, j->idx, KIND_BLOCK, view, b->first, b->first_len), kb},
+            v = {j->val.len, j->val.data};
     b->count = 0;
     return store_err(mdb_put(txn, j->dbi, &k, &v, 0));
 }
@@ -777,11 +775,8 @@ static int blocks_fill(MDB_txn *txn, repair_job *j, unsigned view, const unsigne
     int rc = store_err(mdb_cursor_open(txn, j->dbi, &cur));
     if (rc) return rc;
     unsigned char vp[VPREFIX], kb[STORE_KEY_MAX];
-    vprefix(vp, j->dbid, j->idx, view);
-    memcpy(kb, vp, VPREFIX);
-    size_t n = VPREFIX;
-    if (from) { memcpy(kb + n, from, from_len); n += from_len; }
-    MDB_val k = {n, kb}, v;
+    MDB_val k = {kvkey(kb, j->dbid, j->idx, KIND_ROW, view, from, from ? from_len : 0), kb}, v;
+    memcpy(vp, kb, VPREFIX);
     bfill *b = calloc(1, sizeof *b);
     if (!b) { mdb_cursor_close(cur); return MIMEO_ENOMEM; }
     int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
@@ -849,11 +844,11 @@ static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
     unsigned char lastf[RK_MAX];
     size_t lastf_len = (size_t)-1;
     const unsigned char *p = (const unsigned char *)j->marks.data, *end = p + j->marks.len;
-    unsigned char kb[STORE_KEY_MAX];
+    unsigned char kb[STORE_KEY_MAX];   /* bp · a block's rk: the prefix stays, rk changes */
+    memcpy(kb, bp, VPREFIX);
     while (!rc && p < end) {
         uint64_t len;
         varint_get(&p, end, &len);
-        memcpy(kb, bp, VPREFIX);
         memcpy(kb + VPREFIX, p, len);
         p += len;
         k = (MDB_val){VPREFIX + len, kb};
@@ -893,7 +888,6 @@ static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
         varint_get(&p, end, &len);
         const unsigned char *first = p;
         p += len;
-        memcpy(kb, bp, VPREFIX);
         memcpy(kb + VPREFIX, first, len);
         k = (MDB_val){VPREFIX + len, kb};
         /* is there a block before it? */
@@ -1026,10 +1020,8 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
     uint64_t dbid = rd.dbid;
     MDB_cursor *cur = rd.cur;
     unsigned char bp[VPREFIX], kb[STORE_KEY_MAX];
-    kvprefix(bp, dbid, idx, KIND_BLOCK, view);
-    memcpy(kb, bp, VPREFIX);
-    size_t n = VPREFIX;
-    if (pos) { memcpy(kb + n, pos, pos_len); n += pos_len; }
+    size_t n = kvkey(kb, dbid, idx, KIND_BLOCK, view, pos, pos ? pos_len : 0);
+    memcpy(bp, kb, VPREFIX);
     MDB_val k = {n, kb}, v;
     int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     bool exact = mrc == 0 && key_is(&k, kb, n);
@@ -1097,9 +1089,7 @@ static int job_partials(MDB_txn *txn, void *arg) {
     for (size_t i = 0; !rc && i < j->n; i++) {
         const vstore_partial *p = &j->p[i];
         if (p->first_len > RK_MAX) continue;
-        kvprefix(kb, j->dbid, j->idx, KIND_BLOCK, j->view);
-        memcpy(kb + VPREFIX, p->first, p->first_len);
-        k = (MDB_val){VPREFIX + p->first_len, kb};
+        k = (MDB_val){kvkey(kb, j->dbid, j->idx, KIND_BLOCK, j->view, p->first, p->first_len), kb};
         if ((mrc = mdb_get(txn, j->dbi, &k, &v)) == MDB_NOTFOUND) continue;
         if (mrc) return store_err(mrc);
         vstore_block b;
