@@ -838,39 +838,35 @@ out:
     return rc;
 }
 
-int mimeo_att_put(mimeo_db *db, const char *id, size_t id_len, const char *name,
-                  size_t name_len, const char *rev, const char *content_type, mimeo_blob *blob,
-                  const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
+/* PUT (ab: the attachment's blob) or DELETE (ab NULL) /{db}/{id}/{name}: the edited document
+ * written as the next revision. */
+static int att_edit(mimeo_db *db, const char *id, size_t id_len, const char *name,
+                    size_t name_len, const char *rev, const char *type, const mimeo_att_blob *ab,
+                    const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
     if (res) {
         res->id = NULL;
         res->id_len = 0;
     }
     buf json;
     buf_init(&json, 0);
-    int rc = att_edit_json(db, id, id_len, rev, name, name_len, content_type, true, &json, err);
+    int rc = att_edit_json(db, id, id_len, rev, name, name_len, type, ab != NULL, &json, err);
     if (!rc) {
-        mimeo_att_blob ab = {name, name_len, blob};
-        mimeo_put_opts o = {.user = user, .atts = &ab, .att_count = 1};
+        mimeo_put_opts o = {.user = user, .atts = ab, .att_count = ab ? 1 : 0};
         rc = mimeo_doc_put(db, id, id_len, json.data, json.len, &o, res, err);
     }
     buf_destroy(&json);
     return rc;
 }
 
+int mimeo_att_put(mimeo_db *db, const char *id, size_t id_len, const char *name,
+                  size_t name_len, const char *rev, const char *content_type, mimeo_blob *blob,
+                  const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
+    mimeo_att_blob ab = {name, name_len, blob};
+    return att_edit(db, id, id_len, name, name_len, rev, content_type, &ab, user, res, err);
+}
+
 int mimeo_att_delete(mimeo_db *db, const char *id, size_t id_len, const char *name,
                      size_t name_len, const char *rev, const mimeo_user_ctx *user,
                      mimeo_put_result *res, mimeo_err *err) {
-    if (res) {
-        res->id = NULL;
-        res->id_len = 0;
-    }
-    buf json;
-    buf_init(&json, 0);
-    int rc = att_edit_json(db, id, id_len, rev, name, name_len, NULL, false, &json, err);
-    if (!rc) {
-        mimeo_put_opts o = {.user = user};
-        rc = mimeo_doc_put(db, id, id_len, json.data, json.len, &o, res, err);
-    }
-    buf_destroy(&json);
-    return rc;
+    return att_edit(db, id, id_len, name, name_len, rev, NULL, NULL, user, res, err);
 }
