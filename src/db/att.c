@@ -154,6 +154,14 @@ int att_refs_drop_db(MDB_txn *txn, const store_tables *t, uint64_t dbid, size_t 
     }
 }
 
+/* The meta of a blob a references record names: a record never outlives its blobs, so a
+ * missing one is corruption. */
+static int ref_meta_get(MDB_txn *txn, const store_tables *t, const unsigned char *sha,
+                        blob_meta *m) {
+    int rc = blob_meta_get(txn, t, sha, m);
+    return rc == MIMEO_ENOTFOUND ? MIMEO_ECORRUPT : rc;
+}
+
 /* ---- writes: reading _attachments ------------------------------------------------------ */
 
 void att_set_destroy(att_set *s) {
@@ -356,10 +364,7 @@ int att_build(MDB_txn *txn, const store_tables *t, uint64_t dbid, const att_set 
                 break;
             }
             blob_meta m;
-            if ((rc = blob_meta_get(txn, t, p->sha, &m))) {
-                if (rc == MIMEO_ENOTFOUND) rc = MIMEO_ECORRUPT;
-                break;
-            }
+            if ((rc = ref_meta_get(txn, t, p->sha, &m))) break;
             memcpy(sha, p->sha, 32);
             revpos = p->revpos;
             length = m.length;
@@ -499,10 +504,7 @@ int att_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
     for (size_t i = 0; !rc && i < r.count; i++) {
         const att_ref *a = &r.refs[i];
         blob_meta m;
-        if ((rc = blob_meta_get(txn, t, a->sha, &m))) {
-            if (rc == MIMEO_ENOTFOUND) rc = MIMEO_ECORRUPT;
-            break;
-        }
+        if ((rc = ref_meta_get(txn, t, a->sha, &m))) break;
         char digest[32];
         blob_digest_text(m.md5, digest);
         bool data = want_data && a->revpos > since;
@@ -601,8 +603,7 @@ static int att_locate(mimeo_db *db, const char *id, size_t id_len, const char *r
         db_err(err, rc);
         goto out;
     }
-    if ((rc = blob_meta_get(sn.txn, sn.t, a->sha, &rd->m))) {
-        if (rc == MIMEO_ENOTFOUND) rc = MIMEO_ECORRUPT;
+    if ((rc = ref_meta_get(sn.txn, sn.t, a->sha, &rd->m))) {
         db_err(err, rc);
         goto out;
     }
