@@ -97,6 +97,14 @@ int att_refs_load(MDB_txn *txn, const store_tables *t, uint64_t dbid, uint64_t b
     return refs_decode(v.mv_data, v.mv_size, out);
 }
 
+/* The entry of attachment name in r (the last one, should a record name it twice), or NULL. */
+static const att_ref *refs_find(const att_refs *r, const char *name, size_t len) {
+    for (size_t i = r->count; i-- > 0;)
+        if (r->refs[i].name_len == len && memcmp(r->refs[i].name, name, len) == 0)
+            return &r->refs[i];
+    return NULL;
+}
+
 void att_refs_destroy(att_refs *r) {
     free(r->refs);
     r->refs = NULL;
@@ -352,11 +360,7 @@ int att_build(MDB_txn *txn, const store_tables *t, uint64_t dbid, const att_set 
         const char *type;
         size_t type_len;
         if (e->kind == ATT_STUB) {
-            const att_ref *p = NULL;
-            for (size_t j = 0; j < parent.count; j++)
-                if (parent.refs[j].name_len == e->name_len &&
-                    memcmp(parent.refs[j].name, e->name, e->name_len) == 0)
-                    p = &parent.refs[j];
+            const att_ref *p = refs_find(&parent, e->name, e->name_len);
             if (!p || (e->has_revpos && e->revpos != p->revpos)) {
                 *bad_name = e->name;
                 *bad_len = e->name_len;
@@ -590,10 +594,7 @@ static int att_locate(mimeo_db *db, const char *id, size_t id_len, const char *r
     }
     const revtree_node *n = &d.tree.nodes[node];
     rc = att_refs_load(sn.txn, sn.t, sn.m.dbid, n->body, &r);
-    const att_ref *a = NULL;
-    for (size_t i = 0; !rc && i < r.count; i++)
-        if (r.refs[i].name_len == name_len && memcmp(r.refs[i].name, name, name_len) == 0)
-            a = &r.refs[i];
+    const att_ref *a = rc ? NULL : refs_find(&r, name, name_len);
     if (rc == MIMEO_ENOTFOUND || (!rc && !a)) {
         rc = MIMEO_ENOTFOUND;
         db_err_set(err, rc, "not_found", "Document is missing attachment");
