@@ -326,6 +326,19 @@ int att_prepare(mimeo_env *env, const jval *atts, bool local, const mimeo_att_bl
 
 /* ---- writes: storing a revision's attachments ------------------------------------------ */
 
+/* One attachment's member up to its digest, the part stubs and full entries share:
+ * "name":{"content_type":…,"revpos":N,"digest":"…" (a comma first unless it is the first). */
+static int put_att_head(buf *out, bool first, const char *name, size_t name_len,
+                        const char *type, size_t type_len, uint64_t revpos, const char *digest) {
+    int rc = first ? 0 : buf_putc(out, ',');
+    if (!rc) rc = json_put_str(out, name, name_len);
+    if (!rc) rc = buf_puts(out, ":{\"content_type\":");
+    if (!rc) rc = json_put_str(out, type, type_len);
+    if (!rc) rc = buf_printf(out, ",\"revpos\":%llu,\"digest\":\"%s\"",
+                             (unsigned long long)revpos, digest);
+    return rc;
+}
+
 static int put_varstr(buf *b, const char *s, size_t n) {
     int rc = buf_put_varint(b, n);
     if (!rc && n) rc = buf_put(b, s, n);
@@ -383,13 +396,10 @@ int att_build(MDB_txn *txn, const store_tables *t, uint64_t dbid, const att_set 
             type = e->type ? e->type : OCTETS;
             type_len = e->type ? e->type_len : strlen(OCTETS);
         }
-        if (i) rc = buf_putc(out, ',');
-        if (!rc) rc = json_put_str(out, e->name, e->name_len);
-        if (!rc) rc = buf_puts(out, ":{\"content_type\":");
-        if (!rc) rc = json_put_str(out, type, type_len);
-        if (!rc) rc = buf_printf(out, ",\"revpos\":%llu,\"digest\":\"%s\",\"length\":%llu,"
-                                 "\"stub\":true}", (unsigned long long)revpos, digest,
-                                 (unsigned long long)length);
+        rc = put_att_head(out, i == 0, e->name, e->name_len, type, type_len, revpos, digest);
+        if (!rc) rc = buf_puts(out, ",\"length\":");
+        if (!rc) rc = buf_put_u64(out, length);
+        if (!rc) rc = buf_puts(out, ",\"stub\":true}");
         if (!rc) rc = buf_put(rec, sha, 32);
         if (!rc) rc = buf_put_varint(rec, revpos);
         if (!rc) rc = put_varstr(rec, e->name, e->name_len);
@@ -512,12 +522,8 @@ int att_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
         char digest[32];
         blob_digest_text(m.md5, digest);
         bool data = want_data && a->revpos > since;
-        if (i) rc = buf_putc(out, ',');
-        if (!rc) rc = json_put_str(out, a->name, a->name_len);
-        if (!rc) rc = buf_puts(out, ":{\"content_type\":");
-        if (!rc) rc = json_put_str(out, a->type, a->type_len);
-        if (!rc) rc = buf_printf(out, ",\"revpos\":%llu,\"digest\":\"%s\"",
-                                 (unsigned long long)a->revpos, digest);
+        rc = put_att_head(out, i == 0, a->name, a->name_len, a->type, a->type_len, a->revpos,
+                          digest);
         bool enc_info = m.gzip && (o->att_encoding_info || (data && o->att_follows));
         if (rc) break;
         if (data && !o->att_follows) {
