@@ -369,9 +369,9 @@ void db_vdu_end(db_vdu *v) {
     free(v);
 }
 
-static int proc_get(db_vdu *v, mimeo_err *e) {
-    if (v->proc) return 0;
-    vdu_state *st = v->st;
+/* A process of the pool, which the first caller makes (validations and design document
+ * checks share it). */
+static int pool_acquire(vdu_state *st, qs_proc **p, mimeo_err *e) {
     pthread_mutex_lock(&st->lock);
     int rc = 0;
     if (!st->pool) {
@@ -383,7 +383,11 @@ static int proc_get(db_vdu *v, mimeo_err *e) {
         db_err_set(e, MIMEO_EIO, "os_process_error", "cannot start the query server");
         return MIMEO_EIO;
     }
-    return qs_acquire(st->pool, &v->proc, e);
+    return qs_acquire(st->pool, p, e);
+}
+
+static int proc_get(db_vdu *v, mimeo_err *e) {
+    return v->proc ? 0 : pool_acquire(v->st, &v->proc, e);
 }
 
 /* One call on the held process; a failed process is given back (the pool discards it) so
@@ -633,19 +637,9 @@ static int try_compile(qs_proc *p, buf *line, buf *reply, const char *kind, cons
 }
 
 static int compile_views(vdu_state *st, const jval *views, mimeo_err *e, char **reason) {
-    pthread_mutex_lock(&st->lock);
-    int rc = 0;
-    if (!st->pool) {
-        qs_config cfg = {.command = st->command, .timeout_ms = st->timeout_ms};
-        rc = qs_pool_new(&cfg, &st->pool);
-    }
-    pthread_mutex_unlock(&st->lock);
-    if (rc) {
-        db_err_set(e, MIMEO_EIO, "os_process_error", "cannot start the query server");
-        return MIMEO_EIO;
-    }
     qs_proc *p = NULL;
-    if ((rc = qs_acquire(st->pool, &p, e))) return rc;
+    int rc = pool_acquire(st, &p, e);
+    if (rc) return rc;
     buf line, reply;
     buf_init(&line, 0);
     buf_init(&reply, 0);
