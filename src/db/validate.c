@@ -71,6 +71,13 @@ static void set_unref(vdu_set *s) {
     free(s);
 }
 
+/* Drops a reference to s under the state's lock: the cache shares sets between writes. */
+static void set_release(vdu_state *st, vdu_set *s) {
+    pthread_mutex_lock(&st->lock);
+    set_unref(s);
+    pthread_mutex_unlock(&st->lock);
+}
+
 /* The query server beside the running binary: build/mimeo-js for build/mimeo and for the
  * sanitizer builds build/asan/mimeo and build/tsan/mimeo, so tests need no configuration. */
 static void default_command(char *out, size_t cap) {
@@ -283,10 +290,8 @@ static int current_set(vdu_state *st, mimeo_db *db, vdu_set **out) {
         e->seq = seq;
     }
     pthread_mutex_unlock(&st->lock);
-    /* set_unref outside the list walk: the old set may still be shared */
-    pthread_mutex_lock(&st->lock);
-    set_unref(old);
-    pthread_mutex_unlock(&st->lock);
+    /* released outside the list walk: the old set may still be shared */
+    set_release(st, old);
     *out = s;
     return 0;
 }
@@ -317,16 +322,12 @@ int db_vdu_begin(mimeo_db *db, const mimeo_user_ctx *user, db_vdu **out) {
     int rc = current_set(st, db, &s);
     if (rc) return rc;
     if (!s->validators) {
-        pthread_mutex_lock(&st->lock);
-        set_unref(s);
-        pthread_mutex_unlock(&st->lock);
+        set_release(st, s);
         return 0;
     }
     db_vdu *v = calloc(1, sizeof *v);
     if (!v) {
-        pthread_mutex_lock(&st->lock);
-        set_unref(s);
-        pthread_mutex_unlock(&st->lock);
+        set_release(st, s);
         return MIMEO_ENOMEM;
     }
     v->db = db;
@@ -358,9 +359,7 @@ int db_vdu_begin(mimeo_db *db, const mimeo_user_ctx *user, db_vdu **out) {
 void db_vdu_end(db_vdu *v) {
     if (!v) return;
     if (v->proc) qs_release(v->st->pool, v->proc);
-    pthread_mutex_lock(&v->st->lock);
-    set_unref(v->set);
-    pthread_mutex_unlock(&v->st->lock);
+    set_release(v->st, v->set);
     buf_destroy(&v->user_ctx);
     buf_destroy(&v->sec);
     buf_destroy(&v->line);
