@@ -4,6 +4,7 @@
  * started on the first validation (mimeo_options.query_server, os_process_timeout). */
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -506,11 +507,22 @@ const char *db_vdu_reason(db_vdu *v) {
 
 /* ---- design documents themselves (couch_mrview:validate) ----------------------------------- */
 
-/* The whole reason goes to *reason (malloc'd; mimeo_err cuts it), the cut one to e. */
-static int ddoc_fail(mimeo_err *e, char **reason, const char *error, const char *text) {
-    db_err_set(e, MIMEO_EINVAL, error, text);
-    *reason = strdup(text);
-    return *reason ? MIMEO_EINVAL : MIMEO_ENOMEM;
+/* A refused design document: the reason, made from fmt, goes whole to *reason (malloc'd;
+ * mimeo_err cuts it) and cut to e. */
+static int ddoc_fail(mimeo_err *e, char **reason, const char *error, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int ddoc_fail(mimeo_err *e, char **reason, const char *error, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(reason, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        *reason = NULL;
+        return MIMEO_ENOMEM;
+    }
+    db_err_set(e, MIMEO_EINVAL, error, *reason);
+    return MIMEO_EINVAL;
 }
 
 static bool type_ok(const jval *v, const char *types) {
@@ -524,20 +536,8 @@ static bool type_ok(const jval *v, const char *types) {
 /* "`path` field must have T type", CouchDB's words for a member of the wrong type. */
 static int field_fail(mimeo_err *e, char **reason, const char *a, const char *b, const char *c,
                       const char *types) {
-    buf m;
-    buf_init(&m, 0);
-    int rc = buf_putc(&m, '`');
-    if (!rc) rc = buf_puts(&m, a);
-    if (!rc && b) rc = buf_putc(&m, '.');
-    if (!rc && b) rc = buf_puts(&m, b);
-    if (!rc && c) rc = buf_putc(&m, '.');
-    if (!rc && c) rc = buf_puts(&m, c);
-    if (!rc) rc = buf_puts(&m, "` field must have ");
-    if (!rc) rc = buf_puts(&m, types);
-    if (!rc) rc = buf_puts(&m, " type");
-    if (!rc) rc = ddoc_fail(e, reason, "invalid_design_doc", buf_cstr(&m));
-    buf_destroy(&m);
-    return rc;
+    return ddoc_fail(e, reason, "invalid_design_doc", "`%s%s%s%s%s` field must have %s type", a,
+                     b ? "." : "", b ? b : "", c ? "." : "", c ? c : "", types);
 }
 
 /* {name: object or string} members: filters, lists, shows, updates. */
@@ -585,14 +585,8 @@ static int fields_ok(const jval *doc, mimeo_err *e, char **reason) {
             return field_fail(e, reason, "views", views->keys[i], "reduce", "string");
     for (size_t i = 0; i < views->count; i++) {
         if (strcmp(views->keys[i], "lib") == 0 || jval_get(views->items[i], "map")) continue;
-        buf m;
-        buf_init(&m, 0);
-        rc = buf_puts(&m, "View `");
-        if (!rc) rc = buf_puts(&m, views->keys[i]);
-        if (!rc) rc = buf_puts(&m, "` must contain map function");
-        if (!rc) rc = ddoc_fail(e, reason, "invalid_design_doc", buf_cstr(&m));
-        buf_destroy(&m);
-        return rc;
+        return ddoc_fail(e, reason, "invalid_design_doc", "View `%s` must contain map function",
+                         views->keys[i]);
     }
     return 0;
 }
@@ -621,16 +615,8 @@ static int try_compile(qs_proc *p, buf *line, buf *reply, const char *kind, cons
     if (json_tree_parse(reply->data, reply->len, NULL, &r, NULL) == 0 && r->type == JV_ARRAY &&
         r->count >= 3 && r->items[2]->type == JV_STRING)
         text = r->items[2]->str;
-    buf m;
-    buf_init(&m, 0);
-    rc = buf_puts(&m, "Compilation of the ");
-    if (!rc) rc = buf_puts(&m, kind);
-    if (!rc) rc = buf_puts(&m, " function in the '");
-    if (!rc) rc = buf_puts(&m, view);
-    if (!rc) rc = buf_puts(&m, "' view failed: ");
-    if (!rc) rc = buf_puts(&m, text);
-    if (!rc) rc = ddoc_fail(e, reason, "compilation_error", buf_cstr(&m));
-    buf_destroy(&m);
+    rc = ddoc_fail(e, reason, "compilation_error",
+                   "Compilation of the %s function in the '%s' view failed: %s", kind, view, text);
     jval_free(r);
     return rc;
 }
@@ -651,13 +637,8 @@ static int compile_views(vdu_state *st, const jval *views, mimeo_err *e, char **
         if (rc || !red) continue;
         if (red->str[0] == '_') {
             if (builtin_reduce(red->str)) continue;
-            buf m;
-            buf_init(&m, 0);
-            rc = buf_putc(&m, '`');
-            if (!rc) rc = buf_puts(&m, red->str);
-            if (!rc) rc = buf_puts(&m, "` is not a supported reduce function.");
-            if (!rc) rc = ddoc_fail(e, reason, "invalid_design_doc", buf_cstr(&m));
-            buf_destroy(&m);
+            rc = ddoc_fail(e, reason, "invalid_design_doc",
+                           "`%s` is not a supported reduce function.", red->str);
         } else {
             rc = try_compile(p, &line, &reply, "reduce", views->keys[i], red, e, reason);
         }
