@@ -540,49 +540,55 @@ static int field_fail(mimeo_err *e, char **reason, const char *a, const char *b,
                      b ? "." : "", b ? b : "", c ? "." : "", c ? c : "", types);
 }
 
+/* Each member of object o (or, with sub, that member of each) of the given types; the first
+ * that is not is named `name.key` (`name.key.sub`). */
+static int each_ok(const jval *o, const char *name, const char *sub, const char *types,
+                   mimeo_err *e, char **reason) {
+    for (size_t i = 0; i < o->count; i++) {
+        const jval *v = sub ? jval_get(o->items[i], sub) : o->items[i];
+        if (!type_ok(v, types)) return field_fail(e, reason, name, o->keys[i], sub, types);
+    }
+    return 0;
+}
+
+/* Member name of doc, when present, of the given types. */
+static int member_ok(const jval *doc, const char *name, const char *types, mimeo_err *e,
+                     char **reason) {
+    return type_ok(jval_get(doc, name), types) ? 0
+                                               : field_fail(e, reason, name, NULL, NULL, types);
+}
+
 /* {name: object or string} members: filters, lists, shows, updates. */
 static int funs_ok(const jval *doc, const char *name, mimeo_err *e, char **reason) {
     const jval *o = jval_get(doc, name);
     if (!o) return 0;
     if (o->type != JV_OBJECT) return field_fail(e, reason, name, NULL, NULL, "object");
-    for (size_t i = 0; i < o->count; i++)
-        if (!type_ok(o->items[i], "object or string"))
-            return field_fail(e, reason, name, o->keys[i], NULL, "object or string");
-    return 0;
+    return each_ok(o, name, NULL, "object or string", e, reason);
 }
 
 static int fields_ok(const jval *doc, mimeo_err *e, char **reason) {
+    /* CouchDB's order: the first wrong member is the one named */
     int rc = funs_ok(doc, "filters", e, reason);
-    if (rc) return rc;
-    if (!type_ok(jval_get(doc, "language"), "string"))
-        return field_fail(e, reason, "language", NULL, NULL, "string");
-    if ((rc = funs_ok(doc, "lists", e, reason))) return rc;
-    if (!type_ok(jval_get(doc, "options"), "object"))
-        return field_fail(e, reason, "options", NULL, NULL, "object");
-    if (!type_ok(jval_get(doc, "rewrites"), "string or array"))
-        return field_fail(e, reason, "rewrites", NULL, NULL, "string or array");
-    if ((rc = funs_ok(doc, "shows", e, reason))) return rc;
-    if ((rc = funs_ok(doc, "updates", e, reason))) return rc;
-    if (!type_ok(jval_get(doc, "validate_doc_update"), "string"))
-        return field_fail(e, reason, "validate_doc_update", NULL, NULL, "string");
+    if (!rc) rc = member_ok(doc, "language", "string", e, reason);
+    if (!rc) rc = funs_ok(doc, "lists", e, reason);
+    if (!rc) rc = member_ok(doc, "options", "object", e, reason);
+    if (!rc) rc = member_ok(doc, "rewrites", "string or array", e, reason);
+    if (!rc) rc = funs_ok(doc, "shows", e, reason);
+    if (!rc) rc = funs_ok(doc, "updates", e, reason);
+    if (!rc) rc = member_ok(doc, "validate_doc_update", "string", e, reason);
+    if (!rc) rc = member_ok(doc, "views", "object", e, reason);
     const jval *views = jval_get(doc, "views");
-    if (!views) return 0;
-    if (views->type != JV_OBJECT) return field_fail(e, reason, "views", NULL, NULL, "object");
+    if (rc || !views) return rc;
     if (!type_ok(jval_get(views, "lib"), "object"))
         return field_fail(e, reason, "views", "lib", NULL, "object");
     /* a "query" (Mango) design document's map is an object */
     const jval *lang = jval_get(doc, "language");
     const char *map_type =
         lang && lang->type == JV_STRING && strcmp(lang->str, "query") == 0 ? "object" : "string";
-    for (size_t i = 0; i < views->count; i++)
-        if (!type_ok(views->items[i], "object"))
-            return field_fail(e, reason, "views", views->keys[i], NULL, "object");
-    for (size_t i = 0; i < views->count; i++)
-        if (!type_ok(jval_get(views->items[i], "map"), map_type))
-            return field_fail(e, reason, "views", views->keys[i], "map", map_type);
-    for (size_t i = 0; i < views->count; i++)
-        if (!type_ok(jval_get(views->items[i], "reduce"), "string"))
-            return field_fail(e, reason, "views", views->keys[i], "reduce", "string");
+    rc = each_ok(views, "views", NULL, "object", e, reason);
+    if (!rc) rc = each_ok(views, "views", "map", map_type, e, reason);
+    if (!rc) rc = each_ok(views, "views", "reduce", "string", e, reason);
+    if (rc) return rc;
     for (size_t i = 0; i < views->count; i++) {
         if (strcmp(views->keys[i], "lib") == 0 || jval_get(views->items[i], "map")) continue;
         return ddoc_fail(e, reason, "invalid_design_doc", "View `%s` must contain map function",
