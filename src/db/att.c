@@ -232,13 +232,7 @@ static mimeo_blob *cache_find(const att_cache *c, const jval *data, int level) {
 
 static void cache_add(att_cache *c, const jval *data, int level, mimeo_blob *b) {
     if (!c || data->len < 64) return;
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 8;
-        void *ne = realloc(c->e, cap * sizeof *c->e);
-        if (!ne) return;   /* only a lost shortcut */
-        c->e = ne;
-        c->cap = cap;
-    }
+    if (ARRAY_GROW(c->e, c->cap, c->n + 1)) return;   /* only a lost shortcut */
     c->e[c->n++] = (struct att_cached){data->str, data->len, level, b};
 }
 

@@ -183,11 +183,10 @@ static int scan(mimeo_db *db, const vdu_set *old, vdu_set **out, uint64_t *seq, 
         buf_reset(&tmp);
         rc = db_rev_put(&tmp, &d.tree.nodes[w]);
         if (rc || tmp.len >= MIMEO_REV_MAX) { db_doc_destroy(&d); break; }
-        if (s->count == cap) {
-            cap = cap ? cap * 2 : 4;
-            vdu_ddoc *n = realloc(s->ddocs, cap * sizeof *n);
-            if (!n) { rc = MIMEO_ENOMEM; db_doc_destroy(&d); break; }
-            s->ddocs = n;
+        if (ARRAY_GROW(s->ddocs, cap, s->count + 1)) {
+            rc = MIMEO_ENOMEM;
+            db_doc_destroy(&d);
+            break;
         }
         vdu_ddoc *dd = &s->ddocs[s->count];
         memset(dd, 0, sizeof *dd);

@@ -651,13 +651,7 @@ static int scan_row(void *arg, const vstore_row *row) {
     q->limit--;
     int rc;
     if (q->include_docs) {
-        if (q->npr == q->pr_cap) {
-            size_t nc = q->pr_cap ? q->pr_cap * 2 : DOC_PAGE;
-            pend_row *g = realloc(q->pr, nc * sizeof *g);
-            if (!g) return MIMEO_ENOMEM;
-            q->pr = g;
-            q->pr_cap = nc;
-        }
+        if (q->npr == q->pr_cap && ARRAY_GROW(q->pr, q->pr_cap, q->npr + 1)) return MIMEO_ENOMEM;
         pend_row *p = &q->pr[q->npr++];
         p->key = q->pend.len;
         p->key_len = row->key_len;
@@ -719,13 +713,7 @@ int blist_add(void *ctx, const vstore_block *b) {
         l->stop = true;
         return VSTORE_STOP;
     }
-    if (l->n == l->cap) {
-        size_t nc = l->cap ? l->cap * 2 : 64;
-        struct bent *g = realloc(l->e, nc * sizeof *g);
-        if (!g) return MIMEO_ENOMEM;
-        l->e = g;
-        l->cap = nc;
-    }
+    if (l->n == l->cap && ARRAY_GROW(l->e, l->cap, l->n + 1)) return MIMEO_ENOMEM;
     struct bent *e = &l->e[l->n++];
     e->first = l->data.len;
     e->first_len = b->first_len;
@@ -1394,13 +1382,7 @@ int mimeo_view_cleanup(mimeo_db *db, mimeo_err *err) {
         buf_put(&json, row->body, row->body_len);
         vdef *d = NULL;
         if (vdef_from_json(row->id, row->id_len, json.data, json.len, &d, NULL) == 0) {
-            if (k.n == k.cap) {
-                size_t nc = k.cap ? k.cap * 2 : 16;
-                uint64_t *g = realloc(k.idx, nc * sizeof *g);
-                if (!g) { rc = MIMEO_ENOMEM; vdef_free(d); break; }
-                k.idx = g;
-                k.cap = nc;
-            }
+            if (ARRAY_GROW(k.idx, k.cap, k.n + 1)) { rc = MIMEO_ENOMEM; vdef_free(d); break; }
             k.idx[k.n++] = d->idx;
             vdef_free(d);
         }

@@ -301,12 +301,7 @@ static int rank_respread(MDB_txn *txn, apply_job *j, unsigned view, unsigned cha
     int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     for (; mrc == 0 && !rc; mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         if (k.mv_size != pn + RANK_LEN || memcmp(k.mv_data, kb, pn) != 0) break;
-        if (n + 2 > cap) {
-            cap = cap ? cap * 2 : 64;
-            uint64_t *g = realloc(old, cap * sizeof *g);
-            if (!g) { rc = MIMEO_ENOMEM; break; }
-            old = g;
-        }
+        if (ARRAY_GROW(old, cap, n + 2)) { rc = MIMEO_ENOMEM; break; }
         if (at == (size_t)-1 && ckey_cmp(v.mv_data, v.mv_size, ck, ck_len) > 0) at = n;
         old[n++] = be64_get((const unsigned char *)k.mv_data + pn);
         buf_put_varint(&keys, v.mv_size);
@@ -1145,13 +1140,7 @@ int vstore_list(mimeo_db *db, int (*fn)(void *ctx, uint64_t idx, const char *inf
         MDB_val k = {16, kb}, v;
         int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
         while (mrc == 0 && k.mv_size == 24 && memcmp(k.mv_data, kb, 16) == 0) {
-            if (n == cap) {
-                size_t nc = cap ? cap * 2 : 8;
-                listed *g = realloc(ls, nc * sizeof *g);
-                if (!g) { rc = MIMEO_ENOMEM; break; }
-                ls = g;
-                cap = nc;
-            }
+            if (ARRAY_GROW(ls, cap, n + 1)) { rc = MIMEO_ENOMEM; break; }
             ls[n].idx = be64_get((unsigned char *)k.mv_data + 16);
             ls[n].info = malloc(v.mv_size + 1);
             if (!ls[n].info) { rc = MIMEO_ENOMEM; break; }
