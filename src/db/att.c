@@ -97,6 +97,14 @@ int att_refs_load(MDB_txn *txn, const store_tables *t, uint64_t dbid, uint64_t b
     return refs_decode(v.mv_data, v.mv_size, out);
 }
 
+/* The entry of attachment name in r (the last one, should a record name it twice), or NULL. */
+static const att_ref *refs_find(const att_refs *r, const char *name, size_t len) {
+    for (size_t i = r->count; i-- > 0;)
+        if (r->refs[i].name_len == len && memcmp(r->refs[i].name, name, len) == 0)
+            return &r->refs[i];
+    return NULL;
+}
+
 void att_refs_destroy(att_refs *r) {
     free(r->refs);
     r->refs = NULL;
@@ -152,6 +160,14 @@ int att_refs_drop_db(MDB_txn *txn, const store_tables *t, uint64_t dbid, size_t 
             if ((rc = refs_drop_key(txn, t, &dk, budget))) return rc;
         }
     }
+}
+
+/* The meta of a blob a references record names: a record never outlives its blobs, so a
+ * missing one is corruption. */
+static int ref_meta_get(MDB_txn *txn, const store_tables *t, const unsigned char *sha,
+                        blob_meta *m) {
+    int rc = blob_meta_get(txn, t, sha, m);
+    return rc == MIMEO_ENOTFOUND ? MIMEO_ECORRUPT : rc;
 }
 
 /* ---- writes: reading _attachments ------------------------------------------------------ */
@@ -216,13 +232,7 @@ static mimeo_blob *cache_find(const att_cache *c, const jval *data, int level) {
 
 static void cache_add(att_cache *c, const jval *data, int level, mimeo_blob *b) {
     if (!c || data->len < 64) return;
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 8;
-        void *ne = realloc(c->e, cap * sizeof *c->e);
-        if (!ne) return;   /* only a lost shortcut */
-        c->e = ne;
-        c->cap = cap;
-    }
+    if (ARRAY_GROW(c->e, c->cap, c->n + 1)) return;   /* only a lost shortcut */
     c->e[c->n++] = (struct att_cached){data->str, data->len, level, b};
 }
 
@@ -310,6 +320,19 @@ int att_prepare(mimeo_env *env, const jval *atts, bool local, const mimeo_att_bl
 
 /* ---- writes: storing a revision's attachments ------------------------------------------ */
 
+/* One attachment's member up to its digest, the part stubs and full entries share:
+ * "name":{"content_type":…,"revpos":N,"digest":"…" (a comma first unless it is the first). */
+static int put_att_head(buf *out, bool first, const char *name, size_t name_len,
+                        const char *type, size_t type_len, uint64_t revpos, const char *digest) {
+    int rc = first ? 0 : buf_putc(out, ',');
+    if (!rc) rc = json_put_str(out, name, name_len);
+    if (!rc) rc = buf_puts(out, ":{\"content_type\":");
+    if (!rc) rc = json_put_str(out, type, type_len);
+    if (!rc) rc = buf_printf(out, ",\"revpos\":%llu,\"digest\":\"%s\"",
+                             (unsigned long long)revpos, digest);
+    return rc;
+}
+
 static int put_varstr(buf *b, const char *s, size_t n) {
     int rc = buf_put_varint(b, n);
     if (!rc && n) rc = buf_put(b, s, n);
@@ -344,11 +367,7 @@ int att_build(MDB_txn *txn, const store_tables *t, uint64_t dbid, const att_set 
         const char *type;
         size_t type_len;
         if (e->kind == ATT_STUB) {
-            const att_ref *p = NULL;
-            for (size_t j = 0; j < parent.count; j++)
-                if (parent.refs[j].name_len == e->name_len &&
-                    memcmp(parent.refs[j].name, e->name, e->name_len) == 0)
-                    p = &parent.refs[j];
+            const att_ref *p = refs_find(&parent, e->name, e->name_len);
             if (!p || (e->has_revpos && e->revpos != p->revpos)) {
                 *bad_name = e->name;
                 *bad_len = e->name_len;
@@ -356,10 +375,7 @@ int att_build(MDB_txn *txn, const store_tables *t, uint64_t dbid, const att_set 
                 break;
             }
             blob_meta m;
-            if ((rc = blob_meta_get(txn, t, p->sha, &m))) {
-                if (rc == MIMEO_ENOTFOUND) rc = MIMEO_ECORRUPT;
-                break;
-            }
+            if ((rc = ref_meta_get(txn, t, p->sha, &m))) break;
             memcpy(sha, p->sha, 32);
             revpos = p->revpos;
             length = m.length;
@@ -374,13 +390,10 @@ int att_build(MDB_txn *txn, const store_tables *t, uint64_t dbid, const att_set 
             type = e->type ? e->type : OCTETS;
             type_len = e->type ? e->type_len : strlen(OCTETS);
         }
-        if (i) rc = buf_putc(out, ',');
-        if (!rc) rc = json_put_str(out, e->name, e->name_len);
-        if (!rc) rc = buf_puts(out, ":{\"content_type\":");
-        if (!rc) rc = json_put_str(out, type, type_len);
-        if (!rc) rc = buf_printf(out, ",\"revpos\":%llu,\"digest\":\"%s\",\"length\":%llu,"
-                                 "\"stub\":true}", (unsigned long long)revpos, digest,
-                                 (unsigned long long)length);
+        rc = put_att_head(out, i == 0, e->name, e->name_len, type, type_len, revpos, digest);
+        if (!rc) rc = buf_puts(out, ",\"length\":");
+        if (!rc) rc = buf_put_u64(out, length);
+        if (!rc) rc = buf_puts(out, ",\"stub\":true}");
         if (!rc) rc = buf_put(rec, sha, 32);
         if (!rc) rc = buf_put_varint(rec, revpos);
         if (!rc) rc = put_varstr(rec, e->name, e->name_len);
@@ -499,19 +512,12 @@ int att_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
     for (size_t i = 0; !rc && i < r.count; i++) {
         const att_ref *a = &r.refs[i];
         blob_meta m;
-        if ((rc = blob_meta_get(txn, t, a->sha, &m))) {
-            if (rc == MIMEO_ENOTFOUND) rc = MIMEO_ECORRUPT;
-            break;
-        }
+        if ((rc = ref_meta_get(txn, t, a->sha, &m))) break;
         char digest[32];
         blob_digest_text(m.md5, digest);
         bool data = want_data && a->revpos > since;
-        if (i) rc = buf_putc(out, ',');
-        if (!rc) rc = json_put_str(out, a->name, a->name_len);
-        if (!rc) rc = buf_puts(out, ":{\"content_type\":");
-        if (!rc) rc = json_put_str(out, a->type, a->type_len);
-        if (!rc) rc = buf_printf(out, ",\"revpos\":%llu,\"digest\":\"%s\"",
-                                 (unsigned long long)a->revpos, digest);
+        rc = put_att_head(out, i == 0, a->name, a->name_len, a->type, a->type_len, a->revpos,
+                          digest);
         bool enc_info = m.gzip && (o->att_encoding_info || (data && o->att_follows));
         if (rc) break;
         if (data && !o->att_follows) {
@@ -588,10 +594,7 @@ static int att_locate(mimeo_db *db, const char *id, size_t id_len, const char *r
     }
     const revtree_node *n = &d.tree.nodes[node];
     rc = att_refs_load(sn.txn, sn.t, sn.m.dbid, n->body, &r);
-    const att_ref *a = NULL;
-    for (size_t i = 0; !rc && i < r.count; i++)
-        if (r.refs[i].name_len == name_len && memcmp(r.refs[i].name, name, name_len) == 0)
-            a = &r.refs[i];
+    const att_ref *a = rc ? NULL : refs_find(&r, name, name_len);
     if (rc == MIMEO_ENOTFOUND || (!rc && !a)) {
         rc = MIMEO_ENOTFOUND;
         db_err_set(err, rc, "not_found", "Document is missing attachment");
@@ -601,8 +604,7 @@ static int att_locate(mimeo_db *db, const char *id, size_t id_len, const char *r
         db_err(err, rc);
         goto out;
     }
-    if ((rc = blob_meta_get(sn.txn, sn.t, a->sha, &rd->m))) {
-        if (rc == MIMEO_ENOTFOUND) rc = MIMEO_ECORRUPT;
+    if ((rc = ref_meta_get(sn.txn, sn.t, a->sha, &rd->m))) {
         db_err(err, rc);
         goto out;
     }
@@ -838,39 +840,35 @@ out:
     return rc;
 }
 
-int mimeo_att_put(mimeo_db *db, const char *id, size_t id_len, const char *name,
-                  size_t name_len, const char *rev, const char *content_type, mimeo_blob *blob,
-                  const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
+/* PUT (ab: the attachment's blob) or DELETE (ab NULL) /{db}/{id}/{name}: the edited document
+ * written as the next revision. */
+static int att_edit(mimeo_db *db, const char *id, size_t id_len, const char *name,
+                    size_t name_len, const char *rev, const char *type, const mimeo_att_blob *ab,
+                    const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
     if (res) {
         res->id = NULL;
         res->id_len = 0;
     }
     buf json;
     buf_init(&json, 0);
-    int rc = att_edit_json(db, id, id_len, rev, name, name_len, content_type, true, &json, err);
+    int rc = att_edit_json(db, id, id_len, rev, name, name_len, type, ab != NULL, &json, err);
     if (!rc) {
-        mimeo_att_blob ab = {name, name_len, blob};
-        mimeo_put_opts o = {.user = user, .atts = &ab, .att_count = 1};
+        mimeo_put_opts o = {.user = user, .atts = ab, .att_count = ab ? 1 : 0};
         rc = mimeo_doc_put(db, id, id_len, json.data, json.len, &o, res, err);
     }
     buf_destroy(&json);
     return rc;
 }
 
+int mimeo_att_put(mimeo_db *db, const char *id, size_t id_len, const char *name,
+                  size_t name_len, const char *rev, const char *content_type, mimeo_blob *blob,
+                  const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
+    mimeo_att_blob ab = {name, name_len, blob};
+    return att_edit(db, id, id_len, name, name_len, rev, content_type, &ab, user, res, err);
+}
+
 int mimeo_att_delete(mimeo_db *db, const char *id, size_t id_len, const char *name,
                      size_t name_len, const char *rev, const mimeo_user_ctx *user,
                      mimeo_put_result *res, mimeo_err *err) {
-    if (res) {
-        res->id = NULL;
-        res->id_len = 0;
-    }
-    buf json;
-    buf_init(&json, 0);
-    int rc = att_edit_json(db, id, id_len, rev, name, name_len, NULL, false, &json, err);
-    if (!rc) {
-        mimeo_put_opts o = {.user = user};
-        rc = mimeo_doc_put(db, id, id_len, json.data, json.len, &o, res, err);
-    }
-    buf_destroy(&json);
-    return rc;
+    return att_edit(db, id, id_len, name, name_len, rev, NULL, NULL, user, res, err);
 }

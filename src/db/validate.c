@@ -4,6 +4,7 @@
  * started on the first validation (mimeo_options.query_server, os_process_timeout). */
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,13 @@ static void set_unref(vdu_set *s) {
     }
     free(s->ddocs);
     free(s);
+}
+
+/* Drops a reference to s under the state's lock: the cache shares sets between writes. */
+static void set_release(vdu_state *st, vdu_set *s) {
+    pthread_mutex_lock(&st->lock);
+    set_unref(s);
+    pthread_mutex_unlock(&st->lock);
 }
 
 /* The query server beside the running binary: build/mimeo-js for build/mimeo and for the
@@ -175,11 +183,10 @@ static int scan(mimeo_db *db, const vdu_set *old, vdu_set **out, uint64_t *seq, 
         buf_reset(&tmp);
         rc = db_rev_put(&tmp, &d.tree.nodes[w]);
         if (rc || tmp.len >= MIMEO_REV_MAX) { db_doc_destroy(&d); break; }
-        if (s->count == cap) {
-            cap = cap ? cap * 2 : 4;
-            vdu_ddoc *n = realloc(s->ddocs, cap * sizeof *n);
-            if (!n) { rc = MIMEO_ENOMEM; db_doc_destroy(&d); break; }
-            s->ddocs = n;
+        if (ARRAY_GROW(s->ddocs, cap, s->count + 1)) {
+            rc = MIMEO_ENOMEM;
+            db_doc_destroy(&d);
+            break;
         }
         vdu_ddoc *dd = &s->ddocs[s->count];
         memset(dd, 0, sizeof *dd);
@@ -283,10 +290,8 @@ static int current_set(vdu_state *st, mimeo_db *db, vdu_set **out) {
         e->seq = seq;
     }
     pthread_mutex_unlock(&st->lock);
-    /* set_unref outside the list walk: the old set may still be shared */
-    pthread_mutex_lock(&st->lock);
-    set_unref(old);
-    pthread_mutex_unlock(&st->lock);
+    /* released outside the list walk: the old set may still be shared */
+    set_release(st, old);
     *out = s;
     return 0;
 }
@@ -317,16 +322,12 @@ int db_vdu_begin(mimeo_db *db, const mimeo_user_ctx *user, db_vdu **out) {
     int rc = current_set(st, db, &s);
     if (rc) return rc;
     if (!s->validators) {
-        pthread_mutex_lock(&st->lock);
-        set_unref(s);
-        pthread_mutex_unlock(&st->lock);
+        set_release(st, s);
         return 0;
     }
     db_vdu *v = calloc(1, sizeof *v);
     if (!v) {
-        pthread_mutex_lock(&st->lock);
-        set_unref(s);
-        pthread_mutex_unlock(&st->lock);
+        set_release(st, s);
         return MIMEO_ENOMEM;
     }
     v->db = db;
@@ -358,9 +359,7 @@ int db_vdu_begin(mimeo_db *db, const mimeo_user_ctx *user, db_vdu **out) {
 void db_vdu_end(db_vdu *v) {
     if (!v) return;
     if (v->proc) qs_release(v->st->pool, v->proc);
-    pthread_mutex_lock(&v->st->lock);
-    set_unref(v->set);
-    pthread_mutex_unlock(&v->st->lock);
+    set_release(v->st, v->set);
     buf_destroy(&v->user_ctx);
     buf_destroy(&v->sec);
     buf_destroy(&v->line);
@@ -369,9 +368,9 @@ void db_vdu_end(db_vdu *v) {
     free(v);
 }
 
-static int proc_get(db_vdu *v, mimeo_err *e) {
-    if (v->proc) return 0;
-    vdu_state *st = v->st;
+/* A process of the pool, which the first caller makes (validations and design document
+ * checks share it). */
+static int pool_acquire(vdu_state *st, qs_proc **p, mimeo_err *e) {
     pthread_mutex_lock(&st->lock);
     int rc = 0;
     if (!st->pool) {
@@ -383,7 +382,11 @@ static int proc_get(db_vdu *v, mimeo_err *e) {
         db_err_set(e, MIMEO_EIO, "os_process_error", "cannot start the query server");
         return MIMEO_EIO;
     }
-    return qs_acquire(st->pool, &v->proc, e);
+    return qs_acquire(st->pool, p, e);
+}
+
+static int proc_get(db_vdu *v, mimeo_err *e) {
+    return v->proc ? 0 : pool_acquire(v->st, &v->proc, e);
 }
 
 /* One call on the held process; a failed process is given back (the pool discards it) so
@@ -503,11 +506,22 @@ const char *db_vdu_reason(db_vdu *v) {
 
 /* ---- design documents themselves (couch_mrview:validate) ----------------------------------- */
 
-/* The whole reason goes to *reason (malloc'd; mimeo_err cuts it), the cut one to e. */
-static int ddoc_fail(mimeo_err *e, char **reason, const char *error, const char *text) {
-    db_err_set(e, MIMEO_EINVAL, error, text);
-    *reason = strdup(text);
-    return *reason ? MIMEO_EINVAL : MIMEO_ENOMEM;
+/* A refused design document: the reason, made from fmt, goes whole to *reason (malloc'd;
+ * mimeo_err cuts it) and cut to e. */
+static int ddoc_fail(mimeo_err *e, char **reason, const char *error, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int ddoc_fail(mimeo_err *e, char **reason, const char *error, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(reason, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        *reason = NULL;
+        return MIMEO_ENOMEM;
+    }
+    db_err_set(e, MIMEO_EINVAL, error, *reason);
+    return MIMEO_EINVAL;
 }
 
 static bool type_ok(const jval *v, const char *types) {
@@ -521,20 +535,26 @@ static bool type_ok(const jval *v, const char *types) {
 /* "`path` field must have T type", CouchDB's words for a member of the wrong type. */
 static int field_fail(mimeo_err *e, char **reason, const char *a, const char *b, const char *c,
                       const char *types) {
-    buf m;
-    buf_init(&m, 0);
-    int rc = buf_putc(&m, '`');
-    if (!rc) rc = buf_puts(&m, a);
-    if (!rc && b) rc = buf_putc(&m, '.');
-    if (!rc && b) rc = buf_puts(&m, b);
-    if (!rc && c) rc = buf_putc(&m, '.');
-    if (!rc && c) rc = buf_puts(&m, c);
-    if (!rc) rc = buf_puts(&m, "` field must have ");
-    if (!rc) rc = buf_puts(&m, types);
-    if (!rc) rc = buf_puts(&m, " type");
-    if (!rc) rc = ddoc_fail(e, reason, "invalid_design_doc", buf_cstr(&m));
-    buf_destroy(&m);
-    return rc;
+    return ddoc_fail(e, reason, "invalid_design_doc", "`%s%s%s%s%s` field must have %s type", a,
+                     b ? "." : "", b ? b : "", c ? "." : "", c ? c : "", types);
+}
+
+/* Each member of object o (or, with sub, that member of each) of the given types; the first
+ * that is not is named `name.key` (`name.key.sub`). */
+static int each_ok(const jval *o, const char *name, const char *sub, const char *types,
+                   mimeo_err *e, char **reason) {
+    for (size_t i = 0; i < o->count; i++) {
+        const jval *v = sub ? jval_get(o->items[i], sub) : o->items[i];
+        if (!type_ok(v, types)) return field_fail(e, reason, name, o->keys[i], sub, types);
+    }
+    return 0;
+}
+
+/* Member name of doc, when present, of the given types. */
+static int member_ok(const jval *doc, const char *name, const char *types, mimeo_err *e,
+                     char **reason) {
+    return type_ok(jval_get(doc, name), types) ? 0
+                                               : field_fail(e, reason, name, NULL, NULL, types);
 }
 
 /* {name: object or string} members: filters, lists, shows, updates. */
@@ -542,54 +562,36 @@ static int funs_ok(const jval *doc, const char *name, mimeo_err *e, char **reaso
     const jval *o = jval_get(doc, name);
     if (!o) return 0;
     if (o->type != JV_OBJECT) return field_fail(e, reason, name, NULL, NULL, "object");
-    for (size_t i = 0; i < o->count; i++)
-        if (!type_ok(o->items[i], "object or string"))
-            return field_fail(e, reason, name, o->keys[i], NULL, "object or string");
-    return 0;
+    return each_ok(o, name, NULL, "object or string", e, reason);
 }
 
 static int fields_ok(const jval *doc, mimeo_err *e, char **reason) {
+    /* CouchDB's order: the first wrong member is the one named */
     int rc = funs_ok(doc, "filters", e, reason);
-    if (rc) return rc;
-    if (!type_ok(jval_get(doc, "language"), "string"))
-        return field_fail(e, reason, "language", NULL, NULL, "string");
-    if ((rc = funs_ok(doc, "lists", e, reason))) return rc;
-    if (!type_ok(jval_get(doc, "options"), "object"))
-        return field_fail(e, reason, "options", NULL, NULL, "object");
-    if (!type_ok(jval_get(doc, "rewrites"), "string or array"))
-        return field_fail(e, reason, "rewrites", NULL, NULL, "string or array");
-    if ((rc = funs_ok(doc, "shows", e, reason))) return rc;
-    if ((rc = funs_ok(doc, "updates", e, reason))) return rc;
-    if (!type_ok(jval_get(doc, "validate_doc_update"), "string"))
-        return field_fail(e, reason, "validate_doc_update", NULL, NULL, "string");
+    if (!rc) rc = member_ok(doc, "language", "string", e, reason);
+    if (!rc) rc = funs_ok(doc, "lists", e, reason);
+    if (!rc) rc = member_ok(doc, "options", "object", e, reason);
+    if (!rc) rc = member_ok(doc, "rewrites", "string or array", e, reason);
+    if (!rc) rc = funs_ok(doc, "shows", e, reason);
+    if (!rc) rc = funs_ok(doc, "updates", e, reason);
+    if (!rc) rc = member_ok(doc, "validate_doc_update", "string", e, reason);
+    if (!rc) rc = member_ok(doc, "views", "object", e, reason);
     const jval *views = jval_get(doc, "views");
-    if (!views) return 0;
-    if (views->type != JV_OBJECT) return field_fail(e, reason, "views", NULL, NULL, "object");
+    if (rc || !views) return rc;
     if (!type_ok(jval_get(views, "lib"), "object"))
         return field_fail(e, reason, "views", "lib", NULL, "object");
     /* a "query" (Mango) design document's map is an object */
     const jval *lang = jval_get(doc, "language");
     const char *map_type =
         lang && lang->type == JV_STRING && strcmp(lang->str, "query") == 0 ? "object" : "string";
-    for (size_t i = 0; i < views->count; i++)
-        if (!type_ok(views->items[i], "object"))
-            return field_fail(e, reason, "views", views->keys[i], NULL, "object");
-    for (size_t i = 0; i < views->count; i++)
-        if (!type_ok(jval_get(views->items[i], "map"), map_type))
-            return field_fail(e, reason, "views", views->keys[i], "map", map_type);
-    for (size_t i = 0; i < views->count; i++)
-        if (!type_ok(jval_get(views->items[i], "reduce"), "string"))
-            return field_fail(e, reason, "views", views->keys[i], "reduce", "string");
+    rc = each_ok(views, "views", NULL, "object", e, reason);
+    if (!rc) rc = each_ok(views, "views", "map", map_type, e, reason);
+    if (!rc) rc = each_ok(views, "views", "reduce", "string", e, reason);
+    if (rc) return rc;
     for (size_t i = 0; i < views->count; i++) {
         if (strcmp(views->keys[i], "lib") == 0 || jval_get(views->items[i], "map")) continue;
-        buf m;
-        buf_init(&m, 0);
-        rc = buf_puts(&m, "View `");
-        if (!rc) rc = buf_puts(&m, views->keys[i]);
-        if (!rc) rc = buf_puts(&m, "` must contain map function");
-        if (!rc) rc = ddoc_fail(e, reason, "invalid_design_doc", buf_cstr(&m));
-        buf_destroy(&m);
-        return rc;
+        return ddoc_fail(e, reason, "invalid_design_doc", "View `%s` must contain map function",
+                         views->keys[i]);
     }
     return 0;
 }
@@ -618,34 +620,16 @@ static int try_compile(qs_proc *p, buf *line, buf *reply, const char *kind, cons
     if (json_tree_parse(reply->data, reply->len, NULL, &r, NULL) == 0 && r->type == JV_ARRAY &&
         r->count >= 3 && r->items[2]->type == JV_STRING)
         text = r->items[2]->str;
-    buf m;
-    buf_init(&m, 0);
-    rc = buf_puts(&m, "Compilation of the ");
-    if (!rc) rc = buf_puts(&m, kind);
-    if (!rc) rc = buf_puts(&m, " function in the '");
-    if (!rc) rc = buf_puts(&m, view);
-    if (!rc) rc = buf_puts(&m, "' view failed: ");
-    if (!rc) rc = buf_puts(&m, text);
-    if (!rc) rc = ddoc_fail(e, reason, "compilation_error", buf_cstr(&m));
-    buf_destroy(&m);
+    rc = ddoc_fail(e, reason, "compilation_error",
+                   "Compilation of the %s function in the '%s' view failed: %s", kind, view, text);
     jval_free(r);
     return rc;
 }
 
 static int compile_views(vdu_state *st, const jval *views, mimeo_err *e, char **reason) {
-    pthread_mutex_lock(&st->lock);
-    int rc = 0;
-    if (!st->pool) {
-        qs_config cfg = {.command = st->command, .timeout_ms = st->timeout_ms};
-        rc = qs_pool_new(&cfg, &st->pool);
-    }
-    pthread_mutex_unlock(&st->lock);
-    if (rc) {
-        db_err_set(e, MIMEO_EIO, "os_process_error", "cannot start the query server");
-        return MIMEO_EIO;
-    }
     qs_proc *p = NULL;
-    if ((rc = qs_acquire(st->pool, &p, e))) return rc;
+    int rc = pool_acquire(st, &p, e);
+    if (rc) return rc;
     buf line, reply;
     buf_init(&line, 0);
     buf_init(&reply, 0);
@@ -658,13 +642,8 @@ static int compile_views(vdu_state *st, const jval *views, mimeo_err *e, char **
         if (rc || !red) continue;
         if (red->str[0] == '_') {
             if (builtin_reduce(red->str)) continue;
-            buf m;
-            buf_init(&m, 0);
-            rc = buf_putc(&m, '`');
-            if (!rc) rc = buf_puts(&m, red->str);
-            if (!rc) rc = buf_puts(&m, "` is not a supported reduce function.");
-            if (!rc) rc = ddoc_fail(e, reason, "invalid_design_doc", buf_cstr(&m));
-            buf_destroy(&m);
+            rc = ddoc_fail(e, reason, "invalid_design_doc",
+                           "`%s` is not a supported reduce function.", red->str);
         } else {
             rc = try_compile(p, &line, &reply, "reduce", views->keys[i], red, e, reason);
         }

@@ -22,6 +22,7 @@ static const uint64_t metrics_le_us[] = {
 };
 #define METRICS_NLE (sizeof metrics_le_us / sizeof metrics_le_us[0])
 #define METRICS_NSTATUS 600
+#define METRICS_COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 static struct {
     atomic_uint_fast64_t requests;
@@ -91,14 +92,24 @@ static int metrics_one(buf *b, const char *name, const char *type, const char *h
     return metrics_head(b, name, type, help) | buf_printf(b, "%s %" PRIu64 "\n", name, v);
 }
 
+/* One family with one label: a sample per label value, values[i] beside names[i]. */
+static int metrics_labelled(buf *b, const char *name, const char *type, const char *help,
+                            const char *label, const char *const *names, const uint64_t *values,
+                            size_t n) {
+    int rc = metrics_head(b, name, type, help);
+    for (size_t i = 0; i < n; i++)
+        rc |= buf_printf(b, "%s{%s=\"%s\"} %" PRIu64 "\n", name, label, names[i], values[i]);
+    return rc;
+}
+
 static int metrics_http(buf *b) {
     int rc = metrics_one(b, "couchdb_httpd_requests_total", "counter",
                          "number of HTTP requests", atomic_load(&metrics.requests));
-    rc |= metrics_head(b, "couchdb_httpd_request_methods", "counter",
-                       "number of HTTP requests by method");
-    for (int m = 0; m <= HTTP_OTHER; m++)
-        rc |= buf_printf(b, "couchdb_httpd_request_methods{method=\"%s\"} %" PRIu64 "\n",
-                         metrics_method_names[m], (uint64_t)atomic_load(&metrics.methods[m]));
+    uint64_t methods[HTTP_OTHER + 1];
+    for (int m = 0; m <= HTTP_OTHER; m++) methods[m] = atomic_load(&metrics.methods[m]);
+    rc |= metrics_labelled(b, "couchdb_httpd_request_methods", "counter",
+                           "number of HTTP requests by method", "method", metrics_method_names,
+                           methods, HTTP_OTHER + 1);
     rc |= metrics_head(b, "couchdb_httpd_status_codes", "counter",
                        "number of HTTP responses by status code");
     for (unsigned s = 100; s < METRICS_NSTATUS; s++) {
@@ -134,6 +145,12 @@ static int metrics_label(buf *b, const char *s) {
     return rc;
 }
 
+/* A sample's name and its db and peer labels, up to the space before the value. */
+static int metrics_db_peer(buf *b, const char *name, const struct mesh_sync_stat *v) {
+    return buf_printf(b, "%s{db=\"", name) | metrics_label(b, v->db) |
+           buf_puts(b, "\",peer=\"") | metrics_label(b, v->peer) | buf_puts(b, "\"} ");
+}
+
 /* One gauge per meshed database and peer, for the rows whose figure is known (>= 0). */
 static int metrics_sync_gauge(buf *b, const struct mesh_sync_stat *v, size_t k, const char *name,
                               const char *help, size_t offset) {
@@ -142,9 +159,7 @@ static int metrics_sync_gauge(buf *b, const struct mesh_sync_stat *v, size_t k, 
         int64_t x;
         memcpy(&x, (const char *)&v[i] + offset, sizeof x);
         if (x < 0) continue;
-        rc |= buf_printf(b, "%s{db=\"", name) | metrics_label(b, v[i].db) |
-              buf_puts(b, "\",peer=\"") | metrics_label(b, v[i].peer) |
-              buf_printf(b, "\"} %" PRId64 "\n", x);
+        rc |= metrics_db_peer(b, name, &v[i]) | buf_printf(b, "%" PRId64 "\n", x);
     }
     return rc;
 }
@@ -163,30 +178,26 @@ static int metrics_mesh_data(buf *b, struct mesh_node *n) {
                        "when a replication with the peer last completed (Unix time)");
     for (size_t i = 0; i < k; i++) {
         if (v[i].last_sync_ms <= 0) continue;
-        rc |= buf_puts(b, "mimeo_mesh_last_sync_timestamp_seconds{db=\"") |
-              metrics_label(b, v[i].db) | buf_puts(b, "\",peer=\"") |
-              metrics_label(b, v[i].peer) |
-              buf_printf(b, "\"} %.3f\n", (double)v[i].last_sync_ms / 1000.0);
+        rc |= metrics_db_peer(b, "mimeo_mesh_last_sync_timestamp_seconds", &v[i]) |
+              buf_printf(b, "%.3f\n", (double)v[i].last_sync_ms / 1000.0);
     }
     free(v);
     struct mesh_data_counters c;
     mesh_node_data_counters(n, &c);
-    rc |= metrics_head(b, "mimeo_mesh_replications_total", "counter",
-                       "replications the data mover ran, by result");
-    rc |= buf_printf(b, "mimeo_mesh_replications_total{result=\"completed\"} %" PRIu64 "\n"
-                        "mimeo_mesh_replications_total{result=\"failed\"} %" PRIu64 "\n",
-                     c.replications, c.failures);
+    static const char *const results[] = {"completed", "failed"};
+    rc |= metrics_labelled(b, "mimeo_mesh_replications_total", "counter",
+                           "replications the data mover ran, by result", "result", results,
+                           (const uint64_t[]){c.replications, c.failures}, METRICS_COUNT(results));
     rc |= metrics_one(b, "mimeo_mesh_docs_written_total", "counter",
                       "revisions the data mover's replications wrote", c.docs_written);
     rc |= metrics_one(b, "mimeo_mesh_summaries_total", "counter",
                       "anti-entropy summaries fetched from peers", c.summaries);
     rc |= metrics_one(b, "mimeo_mesh_replications_dropped_total", "counter",
                       "replications not queued because the queue was full", c.dropped);
-    rc |= metrics_head(b, "mimeo_mesh_replication_queue", "gauge",
-                       "replications of the data mover waiting and running");
-    rc |= buf_printf(b, "mimeo_mesh_replication_queue{state=\"queued\"} %" PRIu64 "\n"
-                        "mimeo_mesh_replication_queue{state=\"running\"} %" PRIu64 "\n",
-                     c.queued, c.running);
+    static const char *const states[] = {"queued", "running"};
+    rc |= metrics_labelled(b, "mimeo_mesh_replication_queue", "gauge",
+                           "replications of the data mover waiting and running", "state", states,
+                           (const uint64_t[]){c.queued, c.running}, METRICS_COUNT(states));
     return rc;
 }
 
@@ -196,11 +207,12 @@ static int metrics_mesh(buf *b) {
     struct mesh_stats st;
     uint64_t by_state[4];
     mesh_node_stats(n, &st, by_state);
-    int rc = metrics_head(b, "mimeo_mesh_members", "gauge",
-                          "members of the mesh by state, as this node sees them (self included)");
-    for (int s = 0; s < 4; s++)
-        rc |= buf_printf(b, "mimeo_mesh_members{state=\"%s\"} %" PRIu64 "\n",
-                         mesh_state_name(s), by_state[s]);
+    const char *state_names[4];
+    for (int s = 0; s < 4; s++) state_names[s] = mesh_state_name(s);
+    int rc = metrics_labelled(
+        b, "mimeo_mesh_members", "gauge",
+        "members of the mesh by state, as this node sees them (self included)", "state",
+        state_names, by_state, 4);
     rc |= metrics_one(b, "mimeo_mesh_messages_sent_total", "counter",
                       "gossip and probe messages sent (datagrams and push-pulls)", st.msgs_sent);
     rc |= metrics_one(b, "mimeo_mesh_bytes_sent_total", "counter",
@@ -209,12 +221,11 @@ static int metrics_mesh(buf *b) {
                       "authenticated mesh messages received", st.msgs_recv);
     rc |= metrics_one(b, "mimeo_mesh_bytes_received_total", "counter",
                       "bytes of authenticated mesh messages received", st.bytes_recv);
-    rc |= metrics_head(b, "mimeo_mesh_messages_rejected_total", "counter",
-                       "mesh messages dropped, by reason");
-    rc |= buf_printf(b, "mimeo_mesh_messages_rejected_total{reason=\"bad_mac\"} %" PRIu64 "\n"
-                        "mimeo_mesh_messages_rejected_total{reason=\"replayed\"} %" PRIu64 "\n"
-                        "mimeo_mesh_messages_rejected_total{reason=\"malformed\"} %" PRIu64 "\n",
-                     st.bad_mac, st.replayed, st.malformed);
+    static const char *const reasons[] = {"bad_mac", "replayed", "malformed"};
+    rc |= metrics_labelled(b, "mimeo_mesh_messages_rejected_total", "counter",
+                           "mesh messages dropped, by reason", "reason", reasons,
+                           (const uint64_t[]){st.bad_mac, st.replayed, st.malformed},
+                           METRICS_COUNT(reasons));
     rc |= metrics_one(b, "mimeo_mesh_probes_total", "counter", "failure-detection probes sent",
                       st.probes);
     rc |= metrics_one(b, "mimeo_mesh_probes_failed_total", "counter",

@@ -651,13 +651,7 @@ static int scan_row(void *arg, const vstore_row *row) {
     q->limit--;
     int rc;
     if (q->include_docs) {
-        if (q->npr == q->pr_cap) {
-            size_t nc = q->pr_cap ? q->pr_cap * 2 : DOC_PAGE;
-            pend_row *g = realloc(q->pr, nc * sizeof *g);
-            if (!g) return MIMEO_ENOMEM;
-            q->pr = g;
-            q->pr_cap = nc;
-        }
+        if (q->npr == q->pr_cap && ARRAY_GROW(q->pr, q->pr_cap, q->npr + 1)) return MIMEO_ENOMEM;
         pend_row *p = &q->pr[q->npr++];
         p->key = q->pend.len;
         p->key_len = row->key_len;
@@ -719,13 +713,7 @@ int blist_add(void *ctx, const vstore_block *b) {
         l->stop = true;
         return VSTORE_STOP;
     }
-    if (l->n == l->cap) {
-        size_t nc = l->cap ? l->cap * 2 : 64;
-        struct bent *g = realloc(l->e, nc * sizeof *g);
-        if (!g) return MIMEO_ENOMEM;
-        l->e = g;
-        l->cap = nc;
-    }
+    if (l->n == l->cap && ARRAY_GROW(l->e, l->cap, l->n + 1)) return MIMEO_ENOMEM;
     struct bent *e = &l->e[l->n++];
     e->first = l->data.len;
     e->first_len = b->first_len;
@@ -935,14 +923,22 @@ static int reduce_fn(brows *b, const vstore_row *row) {
     return grp_add(q, row, b->err);
 }
 
-static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
-    vrange *r = &q->ranges[0];
+/* The first range's bounds in the order the blocks are read, as collation keys (NULL: open). */
+static void blocks_bounds(const vq *q, const buf **lo, const buf **hi) {
+    const vrange *r = &q->ranges[0];
     bool has_lo = q->descending ? r->has_end : r->has_start;
     bool has_hi = q->descending ? r->has_start : r->has_end;
-    const buf *lo = q->descending ? &r->eck : &r->sck, *hi = q->descending ? &r->sck : &r->eck;
+    *lo = has_lo ? (q->descending ? &r->eck : &r->sck) : NULL;
+    *hi = has_hi ? (q->descending ? &r->sck : &r->eck) : NULL;
+}
+
+static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
+    vrange *r = &q->ranges[0];
+    const buf *lo, *hi;
+    blocks_bounds(q, &lo, &hi);
     blist l = {0};
     buf_init(&l.data, 0);
-    int rc = blist_read(rd->db, rd->d->idx, (unsigned)q->view, has_lo ? lo : NULL, has_hi ? hi : NULL, &l);
+    int rc = blist_read(rd->db, rd->d->idx, (unsigned)q->view, lo, hi, &l);
     uint64_t rows = 0;
     bool js = q->vw->rtype == VRED_JS;
     if (!rc && !js && !(q->red = view_reducer_new(q->vw->rkind))) rc = MIMEO_ENOMEM;
@@ -950,8 +946,8 @@ static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *e
         struct bent *e = &l.e[i];
         const unsigned char *base = (const unsigned char *)l.data.data;
         const char *part = (const char *)base + e->part;
-        bool inside = (!has_lo || ck_cmp(base + e->first, e->first_len, lo) > 0) &&
-                      (!has_hi || ck_cmp(base + e->last, e->last_len, hi) < 0) &&
+        bool inside = (!lo || ck_cmp(base + e->first, e->first_len, lo) > 0) &&
+                      (!hi || ck_cmp(base + e->last, e->last_len, hi) < 0) &&
                       partial_ok(part, e->part_len);
         if (inside && js) {
             /* the stored reduce of the block's rows: rereduced with the others */
@@ -995,26 +991,19 @@ static int reduce_by_blocks(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *e
 
 /* Runs the query until about a chunk of output is in out or it is done. */
 static int vq_step(mimeo_view_reader *rd, vq *q, buf *out, mimeo_err *err) {
-    if (q->reduce && q->group_level == 0 && !q->keys_mode && !q->blocks_tried) {
+    if (q->reduce && !q->keys_mode && !q->blocks_tried) {
         q->blocks_tried = true;
         bool clean = false;
         int rc = vstore_blocks_clean(rd->db, rd->d->idx, (unsigned)q->view, &clean);
         if (rc) return rc;
-        if (clean) return reduce_by_blocks(rd, q, out, err);
-    }
-    if (q->reduce && q->group_level != 0 && !q->keys_mode && !q->blocks_tried) {
-        q->blocks_tried = true;
-        bool clean = false;
-        int rc = vstore_blocks_clean(rd->db, rd->d->idx, (unsigned)q->view, &clean);
-        if (rc) return rc;
-        vrange *r = &q->ranges[0];
-        bool has_lo = q->descending ? r->has_end : r->has_start;
-        bool has_hi = q->descending ? r->has_start : r->has_end;
-        const buf *lo = q->descending ? &r->eck : &r->sck, *hi = q->descending ? &r->sck : &r->eck;
-        if (clean && !(q->gb = calloc(1, sizeof *q->gb))) return MIMEO_ENOMEM;
+        if (clean && q->group_level == 0) return reduce_by_blocks(rd, q, out, err);
         if (clean) {
+            /* grouped: the row scan folds a whole block into its group where it can (fold_block) */
+            const buf *lo, *hi;
+            blocks_bounds(q, &lo, &hi);
+            if (!(q->gb = calloc(1, sizeof *q->gb))) return MIMEO_ENOMEM;
             buf_init(&q->gb->data, 0);
-            rc = blist_read(rd->db, rd->d->idx, (unsigned)q->view, has_lo ? lo : NULL, has_hi ? hi : NULL, q->gb);
+            rc = blist_read(rd->db, rd->d->idx, (unsigned)q->view, lo, hi, q->gb);
             if (rc) return rc;
             q->gbi = q->descending ? q->gb->n : 0;
         }
@@ -1394,13 +1383,7 @@ int mimeo_view_cleanup(mimeo_db *db, mimeo_err *err) {
         buf_put(&json, row->body, row->body_len);
         vdef *d = NULL;
         if (vdef_from_json(row->id, row->id_len, json.data, json.len, &d, NULL) == 0) {
-            if (k.n == k.cap) {
-                size_t nc = k.cap ? k.cap * 2 : 16;
-                uint64_t *g = realloc(k.idx, nc * sizeof *g);
-                if (!g) { rc = MIMEO_ENOMEM; vdef_free(d); break; }
-                k.idx = g;
-                k.cap = nc;
-            }
+            if (ARRAY_GROW(k.idx, k.cap, k.n + 1)) { rc = MIMEO_ENOMEM; vdef_free(d); break; }
             k.idx[k.n++] = d->idx;
             vdef_free(d);
         }

@@ -63,10 +63,14 @@ static int table(mimeo_db *db, MDB_dbi *dbi) {
     return 0;
 }
 
-static int dbid_of(mimeo_db *db, uint64_t *dbid) {
+/* The database's id, which leads every key of its indexes, and the table they are in. */
+static int locate(mimeo_db *db, uint64_t *dbid, MDB_dbi *dbi) {
     db_meta m;
     int rc = db_meta_snapshot(db, &m);
-    if (!rc) *dbid = m.dbid;
+    if (!rc) {
+        *dbid = m.dbid;
+        rc = table(db, dbi);
+    }
     return rc;
 }
 
@@ -90,6 +94,14 @@ static size_t vprefix(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned vi
     return kvprefix(k, dbid, idx, KIND_ROW, view);
 }
 
+/* The key of a view's entry of one kind at rk (its kind's prefix · rk); returns its length. */
+static size_t kvkey(unsigned char *k, uint64_t dbid, uint64_t idx, unsigned char kind,
+                    unsigned view, const unsigned char *rk, size_t rk_len) {
+    kvprefix(k, dbid, idx, kind, view);
+    if (rk_len) memcpy(k + VPREFIX, rk, rk_len);
+    return VPREFIX + rk_len;
+}
+
 static size_t docref(unsigned char *k, uint64_t dbid, uint64_t idx, const char *id, size_t n) {
     prefix(k, dbid, idx, KIND_DOC);
     if (n <= DOCREF_MAX) {
@@ -103,6 +115,21 @@ static size_t docref(unsigned char *k, uint64_t dbid, uint64_t idx, const char *
     return PREFIX + MD5_DIGEST_SIZE;
 }
 
+/* Whether key k starts with p[0..n): it is one of the entries p prefixes. */
+static inline bool key_under(const MDB_val *k, const unsigned char *p, size_t n) {
+    return k->mv_size >= n && memcmp(k->mv_data, p, n) == 0;
+}
+
+static inline bool key_is(const MDB_val *k, const unsigned char *p, size_t n) {
+    return k->mv_size == n && memcmp(k->mv_data, p, n) == 0;
+}
+
+/* Whether any key starts with p[0..n) (moves cur; a failed read counts as none). */
+static bool any_under(MDB_cursor *cur, const unsigned char *p, size_t n) {
+    MDB_val k = {n, (void *)p}, v;
+    return mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE) == 0 && key_under(&k, p, n);
+}
+
 /* One short read of the table: a snapshot and a cursor on it (read_close ends both). */
 typedef struct vread {
     uint64_t    dbid;
@@ -113,8 +140,7 @@ typedef struct vread {
 } vread;
 
 static int read_open(mimeo_db *db, vread *r) {
-    int rc = dbid_of(db, &r->dbid);
-    if (!rc) rc = table(db, &r->dbi);
+    int rc = locate(db, &r->dbid, &r->dbi);
     if (rc) return rc;
     r->s = db->env->store;
     if ((rc = store_read_begin(r->s, &r->txn))) return rc;
@@ -153,18 +179,32 @@ static size_t meta_encode(const vstore_meta *m, unsigned char *p) {
     return 19 + 8 * (size_t)m->nviews;
 }
 
+/* The index's meta entry in txn, decoded into m (zeroed first, as a new index's): 0,
+ * MIMEO_ENOTFOUND when the index has none yet, MIMEO_ECORRUPT or a store error. */
+static int meta_read(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, uint64_t idx, vstore_meta *m) {
+    memset(m, 0, sizeof *m);
+    unsigned char kb[PREFIX];
+    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
+    int mrc = mdb_get(txn, dbi, &k, &v);
+    if (mrc == MDB_NOTFOUND) return MIMEO_ENOTFOUND;
+    return mrc ? store_err(mrc) : meta_decode(m, &v);
+}
+
+static int meta_write(MDB_txn *txn, MDB_dbi dbi, uint64_t dbid, uint64_t idx,
+                      const vstore_meta *m) {
+    unsigned char kb[PREFIX], vb[19 + 8 * VSTORE_VIEWS_MAX];
+    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v = {meta_encode(m, vb), vb};
+    return store_err(mdb_put(txn, dbi, &k, &v, 0));
+}
+
 int vstore_meta_get(mimeo_db *db, uint64_t idx, vstore_meta *m) {
     memset(m, 0, sizeof *m);
     vread rd;
     int rc = read_open(db, &rd);
     if (rc) return rc;
-    unsigned char kb[PREFIX];
-    MDB_val k = {prefix(kb, rd.dbid, idx, KIND_META), kb}, v;
-    int mrc = mdb_get(rd.txn, rd.dbi, &k, &v);
-    if (mrc == 0) rc = meta_decode(m, &v);
-    else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    rc = meta_read(rd.txn, rd.dbi, rd.dbid, idx, m);
     read_close(&rd);
-    return rc;
+    return rc == MIMEO_ENOTFOUND ? 0 : rc;
 }
 
 /* ---- writes ------------------------------------------------------------------------------ */
@@ -261,12 +301,7 @@ static int rank_respread(MDB_txn *txn, apply_job *j, unsigned view, unsigned cha
     int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     for (; mrc == 0 && !rc; mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         if (k.mv_size != pn + RANK_LEN || memcmp(k.mv_data, kb, pn) != 0) break;
-        if (n + 2 > cap) {
-            cap = cap ? cap * 2 : 64;
-            uint64_t *g = realloc(old, cap * sizeof *g);
-            if (!g) { rc = MIMEO_ENOMEM; break; }
-            old = g;
-        }
+        if (ARRAY_GROW(old, cap, n + 2)) { rc = MIMEO_ENOMEM; break; }
         if (at == (size_t)-1 && ckey_cmp(v.mv_data, v.mv_size, ck, ck_len) > 0) at = n;
         old[n++] = be64_get((const unsigned char *)k.mv_data + pn);
         buf_put_varint(&keys, v.mv_size);
@@ -421,9 +456,7 @@ static int mark(MDB_txn *txn, apply_job *j, const vstore_meta *m, unsigned view,
                 const unsigned char *rk, size_t len) {
     if (!m->blocks_ok) return 0;
     unsigned char kb[STORE_KEY_MAX];
-    kvprefix(kb, j->dbid, j->idx, KIND_MARK, view);
-    memcpy(kb + VPREFIX, rk, len);
-    MDB_val k = {VPREFIX + len, kb}, v = {0, ""};
+    MDB_val k = {kvkey(kb, j->dbid, j->idx, KIND_MARK, view, rk, len), kb}, v = {0, ""};
     return store_err(mdb_put(txn, j->dbi, &k, &v, 0));
 }
 
@@ -445,10 +478,8 @@ static int remove_old(MDB_txn *txn, apply_job *j, vstore_meta *m, MDB_val *dkey)
         uint64_t len;
         if (varint_get(&p, end, &len) || len > RK_MAX || (uint64_t)(end - p) < len)
             return MIMEO_ECORRUPT;
-        size_t kn = vprefix(kb, j->dbid, j->idx, view);
-        memcpy(kb + kn, p, len);
+        MDB_val rk = {kvkey(kb, j->dbid, j->idx, KIND_ROW, view, p, len), kb}, rv;
         p += len;
-        MDB_val rk = {kn + len, kb}, rv;
         mrc = mdb_get(txn, j->dbi, &rk, &rv);
         if (mrc == MDB_NOTFOUND) continue;
         if (mrc) return store_err(mrc);
@@ -465,16 +496,13 @@ static int remove_old(MDB_txn *txn, apply_job *j, vstore_meta *m, MDB_val *dkey)
 
 static int job_apply(MDB_txn *txn, void *arg) {
     apply_job *j = arg;
-    unsigned char mk[PREFIX];
-    MDB_val k = {prefix(mk, j->dbid, j->idx, KIND_META), mk}, v;
-    vstore_meta *m = calloc(1, sizeof *m);
+    vstore_meta *m = malloc(sizeof *m);
     if (!m) return MIMEO_ENOMEM;
-    int rc = 0;
-    int mrc = mdb_get(txn, j->dbi, &k, &v);
-    if (mrc == 0) rc = meta_decode(m, &v);
-    else if (mrc != MDB_NOTFOUND) rc = store_err(mrc);
+    int rc = meta_read(txn, j->dbi, j->dbid, j->idx, m);
+    bool fresh = rc == MIMEO_ENOTFOUND;
+    if (fresh) rc = 0;
     if (!rc && m->seq != j->from) rc = MIMEO_ECONFLICT;
-    if (!rc && mrc == MDB_NOTFOUND) {
+    if (!rc && fresh) {
         unsigned char dk[24];
         be64_put(dk, j->dbid);
         be64_put(dk + 8, 0);
@@ -528,10 +556,7 @@ static int job_apply(MDB_txn *txn, void *arg) {
     }
     if (!rc) {
         m->seq = j->to;
-        unsigned char mv[19 + 8 * VSTORE_VIEWS_MAX];
-        MDB_val nv = {meta_encode(m, mv), mv};
-        k = (MDB_val){PREFIX, mk};
-        rc = store_err(mdb_put(txn, j->dbi, &k, &nv, 0));
+        rc = meta_write(txn, j->dbi, j->dbid, j->idx, m);
     }
     buf_destroy(&val);
     free(m);
@@ -546,8 +571,7 @@ int vstore_apply(mimeo_db *db, uint64_t idx, unsigned nviews, const char *info,
                    .info_len = info_len, .docs = docs, .n = n};
     buf_init(&j.scratch, 0);
     buf_init(&j.list, 0);
-    int rc = dbid_of(db, &j.dbid);
-    if (!rc) rc = table(db, &j.dbi);
+    int rc = locate(db, &j.dbid, &j.dbi);
     if (!rc) rc = store_write(db->env->store, job_apply, &j);
     buf_destroy(&j.scratch);
     buf_destroy(&j.list);
@@ -605,19 +629,14 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
     uint64_t dbid = rd.dbid;
     MDB_cursor *cur = rd.cur;
     unsigned char vp[VPREFIX], kb[STORE_KEY_MAX + 1];
-    vprefix(vp, dbid, idx, view);
-    memcpy(kb, vp, VPREFIX);
-    size_t n = VPREFIX;
-    if (how != VSTORE_FIRST && pos) {
-        memcpy(kb + n, pos, pos_len);
-        n += pos_len;
-    }
+    size_t n = kvkey(kb, dbid, idx, KIND_ROW, view, pos, how != VSTORE_FIRST && pos ? pos_len : 0);
+    memcpy(vp, kb, VPREFIX);
     MDB_val k, v;
     int mrc;
     if (!desc) {
         k = (MDB_val){n, kb};
         mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        if (how == VSTORE_AFTER && mrc == 0 && k.mv_size == n && memcmp(k.mv_data, kb, n) == 0)
+        if (how == VSTORE_AFTER && mrc == 0 && key_is(&k, kb, n))
             mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     } else {
         if (how == VSTORE_AFTER) {
@@ -635,7 +654,7 @@ int vstore_scan(mimeo_db *db, uint64_t idx, unsigned view, vstore_pos how,
     size_t count = 0;
     MDB_val taken = {0, NULL};
     while (mrc == 0) {
-        if (k.mv_size < VPREFIX || memcmp(k.mv_data, vp, VPREFIX) != 0) break;
+        if (!key_under(&k, vp, VPREFIX)) break;
         if (count == max) {
             *more = true;
             break;
@@ -672,7 +691,7 @@ static int del_prefix(MDB_txn *txn, MDB_dbi dbi, const unsigned char *k, size_t 
     if (rc) return rc;
     MDB_val key = {n, (void *)k}, v;
     int mrc = mdb_cursor_get(cur, &key, &v, MDB_SET_RANGE);
-    while (mrc == 0 && key.mv_size >= n && memcmp(key.mv_data, k, n) == 0) {
+    while (mrc == 0 && key_under(&key, k, n)) {
         if ((mrc = mdb_cursor_del(cur, 0))) break;
         mrc = mdb_cursor_get(cur, &key, &v, MDB_NEXT);
     }
@@ -705,9 +724,8 @@ static int bfill_flush(MDB_txn *txn, repair_job *j, unsigned view, bfill *b) {
     b->refused = false;
     if (rc) return rc;
     unsigned char kb[STORE_KEY_MAX];
-    size_t kn = kprefix(kb, j, KIND_BLOCK, view);
-    memcpy(kb + kn, b->first, b->first_len);
-    MDB_val k = {kn + b->first_len, kb}, v = {j->val.len, j->val.data};
+    MDB_val k = {kvkey(kb, j->dbid, j->idx, KIND_BLOCK, view, b->first, b->first_len), kb},
+            v = {j->val.len, j->val.data};
     b->count = 0;
     return store_err(mdb_put(txn, j->dbi, &k, &v, 0));
 }
@@ -752,15 +770,12 @@ static int blocks_fill(MDB_txn *txn, repair_job *j, unsigned view, const unsigne
     int rc = store_err(mdb_cursor_open(txn, j->dbi, &cur));
     if (rc) return rc;
     unsigned char vp[VPREFIX], kb[STORE_KEY_MAX];
-    vprefix(vp, j->dbid, j->idx, view);
-    memcpy(kb, vp, VPREFIX);
-    size_t n = VPREFIX;
-    if (from) { memcpy(kb + n, from, from_len); n += from_len; }
-    MDB_val k = {n, kb}, v;
+    MDB_val k = {kvkey(kb, j->dbid, j->idx, KIND_ROW, view, from, from ? from_len : 0), kb}, v;
+    memcpy(vp, kb, VPREFIX);
     bfill *b = calloc(1, sizeof *b);
     if (!b) { mdb_cursor_close(cur); return MIMEO_ENOMEM; }
     int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    while (!rc && mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, vp, VPREFIX) == 0) {
+    while (!rc && mrc == 0 && key_under(&k, vp, VPREFIX)) {
         if (to) {
             const unsigned char *rk = (const unsigned char *)k.mv_data + VPREFIX;
             size_t rl = k.mv_size - VPREFIX, m = rl < to_len ? rl : to_len;
@@ -799,7 +814,7 @@ static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
     size_t nmarks = 0;
     MDB_val k = {VPREFIX, mp}, v;
     int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    while (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, mp, VPREFIX) == 0) {
+    while (mrc == 0 && key_under(&k, mp, VPREFIX)) {
         buf_put_varint(&j->marks, k.mv_size - VPREFIX);
         if (buf_put(&j->marks, (const unsigned char *)k.mv_data + VPREFIX, k.mv_size - VPREFIX)) {
             rc = MIMEO_ENOMEM;
@@ -824,28 +839,26 @@ static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
     unsigned char lastf[RK_MAX];
     size_t lastf_len = (size_t)-1;
     const unsigned char *p = (const unsigned char *)j->marks.data, *end = p + j->marks.len;
-    unsigned char kb[STORE_KEY_MAX];
+    unsigned char kb[STORE_KEY_MAX];   /* bp · a block's rk: the prefix stays, rk changes */
+    memcpy(kb, bp, VPREFIX);
     while (!rc && p < end) {
         uint64_t len;
         varint_get(&p, end, &len);
-        memcpy(kb, bp, VPREFIX);
         memcpy(kb + VPREFIX, p, len);
         p += len;
         k = (MDB_val){VPREFIX + len, kb};
         mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        bool exact = mrc == 0 && k.mv_size == VPREFIX + len &&
-                     memcmp(k.mv_data, kb, k.mv_size) == 0;
+        bool exact = mrc == 0 && key_is(&k, kb, VPREFIX + len);
         if (!exact) {
             if (mrc == 0) mrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
             else if (mrc == MDB_NOTFOUND) mrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
-            if (mrc == 0 && (k.mv_size < VPREFIX || memcmp(k.mv_data, bp, VPREFIX) != 0)) {
+            if (mrc == 0 && !key_under(&k, bp, VPREFIX)) {
                 /* before every block: the first one */
                 k = (MDB_val){VPREFIX, bp};
                 mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
             }
         }
-        if (mrc == MDB_NOTFOUND || (mrc == 0 && (k.mv_size < VPREFIX ||
-                                                 memcmp(k.mv_data, bp, VPREFIX) != 0))) {
+        if (mrc == MDB_NOTFOUND || (mrc == 0 && !key_under(&k, bp, VPREFIX))) {
             /* no block at all: build them */
             mdb_cursor_close(cur);
             buf_destroy(&firsts);
@@ -870,22 +883,21 @@ static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
         varint_get(&p, end, &len);
         const unsigned char *first = p;
         p += len;
-        memcpy(kb, bp, VPREFIX);
         memcpy(kb + VPREFIX, first, len);
         k = (MDB_val){VPREFIX + len, kb};
         /* is there a block before it? */
         mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
         if (mrc) { rc = store_err(mrc); break; }
         MDB_val pk = k, pv;
-        bool has_prev = mdb_cursor_get(cur, &pk, &pv, MDB_PREV) == 0 && pk.mv_size >= VPREFIX &&
-                        memcmp(pk.mv_data, bp, VPREFIX) == 0;
+        bool has_prev = mdb_cursor_get(cur, &pk, &pv, MDB_PREV) == 0 &&
+                        key_under(&pk, bp, VPREFIX);
         k = (MDB_val){VPREFIX + len, kb};
         mdb_cursor_get(cur, &k, &v, MDB_SET_KEY);
         MDB_val nk = k, nv;
         unsigned char next[RK_MAX];
         size_t next_len = 0;
-        bool has_next = mdb_cursor_get(cur, &nk, &nv, MDB_NEXT) == 0 && nk.mv_size >= VPREFIX &&
-                        memcmp(nk.mv_data, bp, VPREFIX) == 0;
+        bool has_next = mdb_cursor_get(cur, &nk, &nv, MDB_NEXT) == 0 &&
+                        key_under(&nk, bp, VPREFIX);
         if (has_next) {
             next_len = nk.mv_size - VPREFIX;
             memcpy(next, (const unsigned char *)nk.mv_data + VPREFIX, next_len);
@@ -905,25 +917,19 @@ static int view_fix(MDB_txn *txn, repair_job *j, unsigned view, uint64_t rows) {
 
 static int job_repair(MDB_txn *txn, void *arg) {
     repair_job *j = arg;
-    unsigned char mk[PREFIX];
-    MDB_val k = {prefix(mk, j->dbid, j->idx, KIND_META), mk}, v;
-    vstore_meta *m = calloc(1, sizeof *m);
+    vstore_meta *m = malloc(sizeof *m);
     if (!m) return MIMEO_ENOMEM;
-    int mrc = mdb_get(txn, j->dbi, &k, &v);
-    int rc = mrc == 0 ? meta_decode(m, &v) : mrc == MDB_NOTFOUND ? 0 : store_err(mrc);
-    if (rc || mrc == MDB_NOTFOUND) {
+    int rc = meta_read(txn, j->dbi, j->dbid, j->idx, m);
+    if (rc) {
         free(m);
-        return rc;
+        return rc == MIMEO_ENOTFOUND ? 0 : rc;
     }
     for (unsigned view = 0; !rc && view < j->nviews; view++)
         rc = m->blocks_ok ? view_fix(txn, j, view, view < m->nviews ? m->rows[view] : 0)
                           : view_rebuild(txn, j, view);
     if (!rc && !m->blocks_ok) {
         m->blocks_ok = true;
-        unsigned char mv[19 + 8 * VSTORE_VIEWS_MAX];
-        MDB_val nv = {meta_encode(m, mv), mv};
-        k = (MDB_val){PREFIX, mk};
-        rc = store_err(mdb_put(txn, j->dbi, &k, &nv, 0));
+        rc = meta_write(txn, j->dbi, j->dbid, j->idx, m);
     }
     free(m);
     return rc;
@@ -933,20 +939,16 @@ static int job_repair(MDB_txn *txn, void *arg) {
 static bool repair_needless(mimeo_db *db, MDB_dbi dbi, uint64_t dbid, uint64_t idx) {
     MDB_txn *txn;
     if (store_read_begin(db->env->store, &txn)) return false;
-    unsigned char kb[PREFIX];
-    MDB_val k = {prefix(kb, dbid, idx, KIND_META), kb}, v;
     bool needless = false;
     vstore_meta *m = malloc(sizeof *m);
-    int mrc = m ? mdb_get(txn, dbi, &k, &v) : MDB_NOTFOUND;
-    if (mrc == MDB_NOTFOUND) {
+    int rc = m ? meta_read(txn, dbi, dbid, idx, m) : MIMEO_ENOTFOUND;
+    if (rc == MIMEO_ENOTFOUND) {
         needless = true; /* no index yet */
-    } else if (mrc == 0 && meta_decode(m, &v) == 0 && m->blocks_ok) {
+    } else if (rc == 0 && m->blocks_ok) {
         MDB_cursor *cur;
         if (mdb_cursor_open(txn, dbi, &cur) == 0) {
-            prefix(kb, dbid, idx, KIND_MARK);
-            k = (MDB_val){PREFIX, kb};
-            mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-            needless = !(mrc == 0 && k.mv_size >= PREFIX && memcmp(k.mv_data, kb, PREFIX) == 0);
+            unsigned char kb[PREFIX];
+            needless = !any_under(cur, kb, prefix(kb, dbid, idx, KIND_MARK));
             mdb_cursor_close(cur);
         }
     }
@@ -960,8 +962,7 @@ int vstore_blocks_repair(mimeo_db *db, uint64_t idx, unsigned nviews, const int 
     buf_init(&j.val, 0);
     buf_init(&j.part, 0);
     buf_init(&j.marks, 0);
-    int rc = dbid_of(db, &j.dbid);
-    if (!rc) rc = table(db, &j.dbi);
+    int rc = locate(db, &j.dbid, &j.dbi);
     if (!rc && !repair_needless(db, j.dbi, j.dbid, idx))
         rc = store_write(db->env->store, job_repair, &j);
     buf_destroy(&j.val);
@@ -975,14 +976,10 @@ int vstore_blocks_clean(mimeo_db *db, uint64_t idx, unsigned view, bool *clean) 
     vread rd;
     int rc = read_open(db, &rd);
     if (rc) return rc;
-    unsigned char kb[VPREFIX];
-    MDB_val k = {prefix(kb, rd.dbid, idx, KIND_META), kb}, v;
     vstore_meta *m = malloc(sizeof *m);
-    int mrc = m ? mdb_get(rd.txn, rd.dbi, &k, &v) : MDB_NOTFOUND;
-    if (m && mrc == 0 && meta_decode(m, &v) == 0 && m->blocks_ok) {
-        k = (MDB_val){kvprefix(kb, rd.dbid, idx, KIND_MARK, view), kb};
-        mrc = mdb_cursor_get(rd.cur, &k, &v, MDB_SET_RANGE);
-        *clean = !(mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0);
+    if (m && meta_read(rd.txn, rd.dbi, rd.dbid, idx, m) == 0 && m->blocks_ok) {
+        unsigned char kb[VPREFIX];
+        *clean = !any_under(rd.cur, kb, kvprefix(kb, rd.dbid, idx, KIND_MARK, view));
     }
     free(m);
     read_close(&rd);
@@ -1018,13 +1015,11 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
     uint64_t dbid = rd.dbid;
     MDB_cursor *cur = rd.cur;
     unsigned char bp[VPREFIX], kb[STORE_KEY_MAX];
-    kvprefix(bp, dbid, idx, KIND_BLOCK, view);
-    memcpy(kb, bp, VPREFIX);
-    size_t n = VPREFIX;
-    if (pos) { memcpy(kb + n, pos, pos_len); n += pos_len; }
+    size_t n = kvkey(kb, dbid, idx, KIND_BLOCK, view, pos, pos ? pos_len : 0);
+    memcpy(bp, kb, VPREFIX);
     MDB_val k = {n, kb}, v;
     int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-    bool exact = mrc == 0 && k.mv_size == n && memcmp(k.mv_data, kb, n) == 0;
+    bool exact = mrc == 0 && key_is(&k, kb, n);
     if (after) {
         if (exact) mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     } else if (pos && !exact) {
@@ -1032,7 +1027,7 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
         MDB_val pk, pv;
         int prc = mrc == 0 ? mdb_cursor_get(cur, &pk, &pv, MDB_PREV)
                            : mdb_cursor_get(cur, &pk, &pv, MDB_LAST);
-        if (prc == 0 && pk.mv_size >= VPREFIX && memcmp(pk.mv_data, bp, VPREFIX) == 0) {
+        if (prc == 0 && key_under(&pk, bp, VPREFIX)) {
             k = pk;
             v = pv;
             mrc = 0;
@@ -1043,7 +1038,7 @@ int vstore_blocks_scan(mimeo_db *db, uint64_t idx, unsigned view, const unsigned
     }
     size_t count = 0;
     MDB_val taken = {0, NULL};
-    while (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, bp, VPREFIX) == 0) {
+    while (mrc == 0 && key_under(&k, bp, VPREFIX)) {
         if (count == max) {
             *more = true;
             break;
@@ -1070,29 +1065,26 @@ typedef struct partial_job {
 
 static int job_partials(MDB_txn *txn, void *arg) {
     partial_job *j = arg;
-    unsigned char kb[STORE_KEY_MAX];
-    MDB_val k = {prefix(kb, j->dbid, j->idx, KIND_META), kb}, v;
     vstore_meta *m = malloc(sizeof *m);
     if (!m) return MIMEO_ENOMEM;
-    int mrc = mdb_get(txn, j->dbi, &k, &v);
-    int rc = mrc == 0 ? meta_decode(m, &v) : mrc == MDB_NOTFOUND ? MIMEO_ECONFLICT : store_err(mrc);
+    int rc = meta_read(txn, j->dbi, j->dbid, j->idx, m);
+    if (rc == MIMEO_ENOTFOUND) rc = MIMEO_ECONFLICT;
     if (!rc && (m->seq != j->seq || !m->blocks_ok)) rc = MIMEO_ECONFLICT;
     free(m);
     if (rc) return rc;
     /* marks: the blocks are stale and the next repair rewrites them */
     MDB_cursor *cur;
     if ((rc = store_err(mdb_cursor_open(txn, j->dbi, &cur)))) return rc;
-    kvprefix(kb, j->dbid, j->idx, KIND_MARK, j->view);
-    k = (MDB_val){VPREFIX, kb};
-    mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    unsigned char kb[STORE_KEY_MAX];
+    bool marked = any_under(cur, kb, kvprefix(kb, j->dbid, j->idx, KIND_MARK, j->view));
     mdb_cursor_close(cur);
-    if (mrc == 0 && k.mv_size >= VPREFIX && memcmp(k.mv_data, kb, VPREFIX) == 0) return 0;
+    if (marked) return 0;
+    MDB_val k, v;
+    int mrc;
     for (size_t i = 0; !rc && i < j->n; i++) {
         const vstore_partial *p = &j->p[i];
         if (p->first_len > RK_MAX) continue;
-        kvprefix(kb, j->dbid, j->idx, KIND_BLOCK, j->view);
-        memcpy(kb + VPREFIX, p->first, p->first_len);
-        k = (MDB_val){VPREFIX + p->first_len, kb};
+        k = (MDB_val){kvkey(kb, j->dbid, j->idx, KIND_BLOCK, j->view, p->first, p->first_len), kb};
         if ((mrc = mdb_get(txn, j->dbi, &k, &v)) == MDB_NOTFOUND) continue;
         if (mrc) return store_err(mrc);
         vstore_block b;
@@ -1114,8 +1106,7 @@ int vstore_blocks_put_partials(mimeo_db *db, uint64_t idx, unsigned view, uint64
     partial_job j = {.idx = idx, .seq = seq, .view = view, .p = p, .n = n};
     if (!n) return 0;
     buf_init(&j.val, 0);
-    int rc = dbid_of(db, &j.dbid);
-    if (!rc) rc = table(db, &j.dbi);
+    int rc = locate(db, &j.dbid, &j.dbi);
     if (!rc) rc = store_write(db->env->store, job_partials, &j);
     buf_destroy(&j.val);
     return rc;
@@ -1133,8 +1124,7 @@ int vstore_list(mimeo_db *db, int (*fn)(void *ctx, uint64_t idx, const char *inf
                                          size_t info_len), void *ctx) {
     MDB_dbi dbi;
     uint64_t dbid;
-    int rc = dbid_of(db, &dbid);
-    if (!rc) rc = table(db, &dbi);
+    int rc = locate(db, &dbid, &dbi);
     if (rc) return rc;
     /* collect first: fn may read the store, which must not nest in this snapshot */
     listed *ls = NULL;
@@ -1150,13 +1140,7 @@ int vstore_list(mimeo_db *db, int (*fn)(void *ctx, uint64_t idx, const char *inf
         MDB_val k = {16, kb}, v;
         int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
         while (mrc == 0 && k.mv_size == 24 && memcmp(k.mv_data, kb, 16) == 0) {
-            if (n == cap) {
-                size_t nc = cap ? cap * 2 : 8;
-                listed *g = realloc(ls, nc * sizeof *g);
-                if (!g) { rc = MIMEO_ENOMEM; break; }
-                ls = g;
-                cap = nc;
-            }
+            if (ARRAY_GROW(ls, cap, n + 1)) { rc = MIMEO_ENOMEM; break; }
             ls[n].idx = be64_get((unsigned char *)k.mv_data + 16);
             ls[n].info = malloc(v.mv_size + 1);
             if (!ls[n].info) { rc = MIMEO_ENOMEM; break; }
@@ -1178,8 +1162,7 @@ int vstore_list(mimeo_db *db, int (*fn)(void *ctx, uint64_t idx, const char *inf
 int vstore_drop(mimeo_db *db, uint64_t idx) {
     uint64_t dbid;
     MDB_dbi dbi;
-    int rc = dbid_of(db, &dbid);
-    if (!rc) rc = table(db, &dbi);
+    int rc = locate(db, &dbid, &dbi);
     if (!rc) rc = store_drop_index(db->env->store, dbi, dbid, idx, DROP_CHUNK);
     return rc;
 }

@@ -231,13 +231,8 @@ static int teach(upd *u, mimeo_err *err) {
 /* Stores (offset-based) ids, keys and values; pointers are made when the batch is written,
  * since data may move while it grows. */
 static int batch_doc(upd *u, const char *id, size_t id_len, size_t *id_off) {
-    if (u->ndocs == u->docs_cap) {
-        size_t nc = u->docs_cap ? u->docs_cap * 2 : 256;
-        vstore_doc *g = realloc(u->docs, nc * sizeof *g);
-        if (!g) return MIMEO_ENOMEM;
-        u->docs = g;
-        u->docs_cap = nc;
-    }
+    if (u->ndocs == u->docs_cap && ARRAY_GROW(u->docs, u->docs_cap, u->ndocs + 1))
+        return MIMEO_ENOMEM;
     *id_off = u->data.len;
     if (buf_put(&u->data, id, id_len)) return MIMEO_ENOMEM;
     vstore_doc *d = &u->docs[u->ndocs++];
