@@ -265,7 +265,7 @@ static int current_set(vdu_state *st, mimeo_db *db, vdu_set **out) {
     uint64_t seq, dbid;
     rc = scan(db, old, &s, &seq, &dbid);
     if (rc) {
-        set_unref(old);
+        set_release(st, old); /* other threads count references to it under the lock */
         return rc;
     }
     if (same_docs(old, s)) {

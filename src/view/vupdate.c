@@ -250,10 +250,11 @@ static int batch_emit(upd *u, size_t di, unsigned view, const jval *k, const jva
         vstore_emit *g = realloc(u->emits, nc * sizeof *g);
         if (!g) return MIMEO_ENOMEM;
         u->emits = g;
-        u->emits_cap = nc;
         size_t *o = realloc(u->offs, nc * 3 * sizeof *o);
         if (!o) return MIMEO_ENOMEM;
         u->offs = o;
+        /* raised only once both arrays hold nc: the capacity covers them together */
+        u->emits_cap = nc;
     }
     vstore_emit *e = &u->emits[u->nemits];
     size_t *o = &u->offs[u->nemits * 3];
