@@ -161,12 +161,13 @@ static jval *http_users_doc(http_server *s, const char *name) {
 int http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u) {
     struct http_auth *a = s->auth;
     memset(u, 0, sizeof *u);
-    if (strlen(name) == 0 || strlen(name) > AUTH_NAME_MAX) return MIMEO_ENOTFOUND;
+    size_t nlen = strlen(name);
+    if (nlen == 0 || nlen > AUTH_NAME_MAX) return MIMEO_ENOTFOUND;
     for (size_t i = 0; i < a->nadmins; i++) {
         if (strcmp(a->admins[i].name, name) != 0) continue;
         *pw = a->admins[i].pw;
         u->known = true;
-        snprintf(u->name, sizeof u->name, "%s", name);
+        memcpy(u->name, name, nlen + 1);   /* runs on every authenticated request */
         return auth_user_add_role(u, "_admin", 6);
     }
     jval *doc = http_users_doc(s, name);
@@ -174,7 +175,7 @@ int http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u
     int rc = auth_pw_from_user_doc(doc, pw);
     if (rc == 0) {
         u->known = true;
-        snprintf(u->name, sizeof u->name, "%s", name);
+        memcpy(u->name, name, nlen + 1);
         const jval *roles = jval_get(doc, "roles");
         for (size_t i = 0; rc == 0 && roles && roles->type == JV_ARRAY && i < roles->count; i++)
             if (roles->items[i]->type == JV_STRING)
