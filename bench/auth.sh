@@ -72,6 +72,10 @@ for k in 0 1 2; do
   gj=$("$LG" get "$base/bench" --docs "$DOCS" --ids seq --clients 16 --seconds "$SECS" --client raw 2>/dev/null)
   c2=$(cpu)
   g=$(echo "$gj" | fig req_per_s) n=$(echo "$gj" | fig ok)
+  # A GET the server refused (a header the client built wrong) must not pass for a fast one.
+  if [ "$(echo "$gj" | fig errors)" != 0 ] || [ "$(echo "$gj" | fig transport_errors)" != 0 ] || [ "${n:-0}" = 0 ]; then
+    echo "auth.sh: $variant GETs failed: $gj" >&2
+  fi
   R[bulk_$variant]="${R[bulk_$variant]:-} $b" R[get_$variant]="${R[get_$variant]:-} $g"
   C[bulk_$variant]="${C[bulk_$variant]:-} $(per_us "$c0" "$c1" "$DOCS")"
   C[get_$variant]="${C[get_$variant]:-} $(per_us "$c1" "$c2" "$n")"
