@@ -28,7 +28,22 @@ typedef struct http_admin_entry {
 typedef struct sec_cache_slot {
     char    *key;    /* "<start time>:<db name>", NULL when empty */
     char    *json;   /* the stored object's text */
+    jval    *tree;   /* parsed, for the member checks of every request (NULL: parse json) */
 } sec_cache_slot;
+
+/* _users accounts as last read, by name. Reading and parsing the document was most of what a
+ * request by a _users account cost (a GET: 100k instructions against 57k open). An entry
+ * stands only while _users is the same database (creation time) at the same update_seq as
+ * was read before the document: every write to _users (a new password, new roles, a deleted
+ * user) moves update_seq, so the next request reads the document again. */
+#define USER_CACHE_SLOTS 64
+typedef struct user_cache_slot {
+    char     name[AUTH_NAME_MAX + 1];   /* "" when empty */
+    uint64_t created_us, seq;
+    auth_pw  pw;
+    size_t   nroles;
+    char    *roles[AUTH_MAX_ROLES];
+} user_cache_slot;
 
 struct http_auth {
     http_admin_entry *admins;
@@ -38,6 +53,8 @@ struct http_auth {
     auth_cache        cache;
     auth_throttle     throttle;
     auth_pw           dummy;          /* checked for unknown names: same cost as a real one */
+    pthread_mutex_t   users_lock;
+    user_cache_slot   users[USER_CACHE_SLOTS];
 };
 
 /* _security objects by "<env>:<key>", shared by every server of the process (HTTP and HTTPS
@@ -47,6 +64,9 @@ static pthread_mutex_t sec_lock = PTHREAD_MUTEX_INITIALIZER;
  * reader that missed cannot put an object older than a concurrent PUT's into the cache. */
 static pthread_mutex_t sec_io_lock = PTHREAD_MUTEX_INITIALIZER;
 static sec_cache_slot  sec_cache[SEC_CACHE_SLOTS];
+
+/* "e<address in hex>:", the start of every cache key of one environment. */
+static size_t http_sec_env_prefix(const void *env, char out[32]);
 
 /* Password hashes at once, for the whole process: the HTTP and HTTPS servers share the
  * cores (auth.h, "the password-hash gate"). */
@@ -99,6 +119,7 @@ int http_auth_start(http_server *s, char *errbuf, size_t errlen) {
     }
     auth_cache_init(&a->cache);
     auth_throttle_init(&a->throttle);
+    pthread_mutex_init(&a->users_lock, NULL);
     pthread_once(&hash_gate_once, hash_gate_init);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     auth_gate_set_limit(&hash_gate, c->max_hashes ? c->max_hashes
@@ -123,15 +144,21 @@ void http_auth_stop(http_server *s) {
     if (!a) return;
     auth_cache_destroy(&a->cache);
     auth_throttle_destroy(&a->throttle);
+    for (size_t i = 0; i < USER_CACHE_SLOTS; i++)
+        for (size_t j = 0; j < a->users[i].nroles; j++) free(a->users[i].roles[j]);
+    memset(a->users, 0, sizeof a->users);
+    pthread_mutex_destroy(&a->users_lock);
     /* Forget this environment's cached objects: another one may later live at its address. */
     pthread_mutex_lock(&sec_lock);
     char prefix[32];
-    int pl = snprintf(prefix, sizeof prefix, "%p:", (void *)s->env);
+    size_t pl = http_sec_env_prefix(s->env, prefix);
     for (size_t i = 0; i < SEC_CACHE_SLOTS; i++) {
-        if (!sec_cache[i].key || strncmp(sec_cache[i].key, prefix, (size_t)pl) != 0) continue;
+        if (!sec_cache[i].key || strncmp(sec_cache[i].key, prefix, pl) != 0) continue;
         free(sec_cache[i].key);
         free(sec_cache[i].json);
+        jval_free(sec_cache[i].tree);
         sec_cache[i].key = sec_cache[i].json = NULL;
+        sec_cache[i].tree = NULL;
     }
     pthread_mutex_unlock(&sec_lock);
     memset(a->secret, 0, sizeof a->secret);
@@ -141,9 +168,7 @@ void http_auth_stop(http_server *s) {
 }
 
 /* ---- accounts ----------------------------------------------------------------------------- */
-static jval *http_users_doc(http_server *s, const char *name) {
-    mimeo_db *db = NULL;
-    if (mimeo_db_open(s->env, "_users", &db, NULL) != 0) return NULL;
+static jval *http_users_doc(mimeo_db *db, const char *name) {
     buf id;
     buf_init(&id, 0);
     jval *doc = NULL;
@@ -154,27 +179,90 @@ static jval *http_users_doc(http_server *s, const char *name) {
         json_tree_parse(json, len, NULL, &doc, NULL);
     mimeo_free(json);
     buf_destroy(&id);
-    mimeo_db_close(db);
     return doc;
+}
+
+static user_cache_slot *http_user_slot(struct http_auth *a, const char *name) {
+    uint32_t h = 2166136261u;
+    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+    return &a->users[h % USER_CACHE_SLOTS];
+}
+
+/* 0 with *pw and u filled when the cached account still stands for _users as `info`. */
+static int http_user_cached(struct http_auth *a, const char *name, size_t nlen,
+                            const mimeo_db_info *info, auth_pw *pw, auth_user *u) {
+    int rc = MIMEO_ENOTFOUND;
+    pthread_mutex_lock(&a->users_lock);
+    const user_cache_slot *c = http_user_slot(a, name);
+    if (c->seq == info->update_seq && c->created_us == info->instance_start_time &&
+        strcmp(c->name, name) == 0) {
+        *pw = c->pw;
+        u->known = true;
+        memcpy(u->name, name, nlen + 1);
+        rc = 0;
+        for (size_t i = 0; rc == 0 && i < c->nroles; i++)
+            rc = auth_user_add_role(u, c->roles[i], strlen(c->roles[i]));
+    }
+    pthread_mutex_unlock(&a->users_lock);
+    if (rc != 0) auth_user_destroy(u);
+    return rc;
+}
+
+static void http_user_keep(struct http_auth *a, const mimeo_db_info *info, const auth_pw *pw,
+                           const auth_user *u) {
+    user_cache_slot n = { .created_us = info->instance_start_time, .seq = info->update_seq,
+                          .pw = *pw };
+    memcpy(n.name, u->name, sizeof n.name);
+    for (size_t i = 0; i < u->nroles; i++) {
+        if (!(n.roles[i] = strdup(u->roles[i]))) {
+            for (size_t j = 0; j < i; j++) free(n.roles[j]);
+            return;   /* not kept: the next request reads the document again */
+        }
+        n.nroles = i + 1;
+    }
+    pthread_mutex_lock(&a->users_lock);
+    user_cache_slot *c = http_user_slot(a, u->name);
+    /* A reader that read an older _users must not replace a newer entry. */
+    if (c->name[0] && c->created_us == n.created_us && c->seq > n.seq) {
+        pthread_mutex_unlock(&a->users_lock);
+        for (size_t i = 0; i < n.nroles; i++) free(n.roles[i]);
+        return;
+    }
+    for (size_t i = 0; i < c->nroles; i++) free(c->roles[i]);
+    *c = n;
+    pthread_mutex_unlock(&a->users_lock);
 }
 
 int http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u) {
     struct http_auth *a = s->auth;
     memset(u, 0, sizeof *u);
-    if (strlen(name) == 0 || strlen(name) > AUTH_NAME_MAX) return MIMEO_ENOTFOUND;
+    size_t nlen = strlen(name);
+    if (nlen == 0 || nlen > AUTH_NAME_MAX) return MIMEO_ENOTFOUND;
     for (size_t i = 0; i < a->nadmins; i++) {
         if (strcmp(a->admins[i].name, name) != 0) continue;
         *pw = a->admins[i].pw;
         u->known = true;
-        snprintf(u->name, sizeof u->name, "%s", name);
+        memcpy(u->name, name, nlen + 1);   /* runs on every authenticated request */
         return auth_user_add_role(u, "_admin", 6);
     }
-    jval *doc = http_users_doc(s, name);
+    mimeo_db *db = NULL;
+    if (mimeo_db_open(s->env, "_users", &db, NULL) != 0) return MIMEO_ENOTFOUND;
+    /* update_seq is read before the document: the document is then at least that new, so an
+     * entry can only be older than its stamp says if a write came between, and that write's
+     * seq sends the next request back to the document. */
+    mimeo_db_info info;
+    bool stamped = mimeo_db_info_get(db, &info) == 0;
+    if (stamped && http_user_cached(a, name, nlen, &info, pw, u) == 0) {
+        mimeo_db_close(db);
+        return 0;
+    }
+    jval *doc = http_users_doc(db, name);
+    mimeo_db_close(db);
     if (!doc) return MIMEO_ENOTFOUND;
     int rc = auth_pw_from_user_doc(doc, pw);
     if (rc == 0) {
         u->known = true;
-        snprintf(u->name, sizeof u->name, "%s", name);
+        memcpy(u->name, name, nlen + 1);
         const jval *roles = jval_get(doc, "roles");
         for (size_t i = 0; rc == 0 && roles && roles->type == JV_ARRAY && i < roles->count; i++)
             if (roles->items[i]->type == JV_STRING)
@@ -182,6 +270,7 @@ int http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u
     }
     jval_free(doc);
     if (rc != 0) auth_user_destroy(u);
+    else if (stamped) http_user_keep(a, &info, pw, u);
     return rc;
 }
 
@@ -454,12 +543,32 @@ static bool http_authenticate(http_req *r) {
 
 /* ---- _security storage -------------------------------------------------------------------- */
 /* "security:<instance start time>:<db name>" — the _local id in _users. */
+/* The keys below are built without printf: they are built for every request a
+ * non-admin makes to a database, and formatting them cost more than the lookup. */
+static size_t http_put_u64(char *out, uint64_t v, unsigned base) {
+    char t[24];
+    size_t n = 0;
+    do t[n++] = "0123456789abcdef"[v % base]; while ((v /= base) != 0);
+    for (size_t i = 0; i < n; i++) out[i] = t[n - 1 - i];
+    return n;
+}
+
+static size_t http_sec_env_prefix(const void *env, char out[32]) {
+    out[0] = 'e';
+    size_t n = 1 + http_put_u64(out + 1, (uint64_t)(uintptr_t)env, 16);
+    out[n++] = ':';
+    return n;
+}
+
 static int http_sec_key(http_req *r, buf *key) {
     mimeo_db_info info;
     int rc = mimeo_db_info_get(r->db, &info);
     if (rc != 0) return rc;
-    return buf_printf(key, "security:%llu:%s", (unsigned long long)info.instance_start_time,
-                      mimeo_db_name(r->db));
+    char num[32];
+    size_t n = http_put_u64(num, info.instance_start_time, 10);
+    num[n++] = ':';
+    if ((rc = buf_puts(key, "security:")) != 0 || (rc = buf_put(key, num, n)) != 0) return rc;
+    return buf_puts(key, mimeo_db_name(r->db));
 }
 
 static unsigned http_sec_slot(const char *key) {
@@ -470,29 +579,66 @@ static unsigned http_sec_slot(const char *key) {
 
 /* The cache key: the environment's address, then the _local id. */
 static char *http_sec_cache_key(http_req *r, const char *key) {
-    buf b;
-    buf_init(&b, 0);
-    if (buf_printf(&b, "%p:%s", (void *)r->srv->env, key) != 0) {
-        buf_destroy(&b);
-        return NULL;
-    }
-    return buf_detach(&b, NULL);
+    char prefix[32];
+    size_t pl = http_sec_env_prefix(r->srv->env, prefix), kl = strlen(key);
+    char *k = malloc(pl + kl + 1);
+    if (!k) return NULL;
+    memcpy(k, prefix, pl);
+    memcpy(k + pl, key, kl + 1);
+    return k;
 }
 
 static void http_sec_cache_put(http_req *r, const char *key, const char *json) {
     char *k = http_sec_cache_key(r, key), *j = strdup(json);
+    jval *tree = NULL;
     if (!k || !j) {
         free(k);
         free(j);
         return;
     }
+    if (json_tree_parse(j, strlen(j), NULL, &tree, NULL) != 0) tree = NULL;
     pthread_mutex_lock(&sec_lock);
     sec_cache_slot *s = &sec_cache[http_sec_slot(k)];
     free(s->key);
     free(s->json);
+    jval_free(s->tree);
     s->key = k;
     s->json = j;
+    s->tree = tree;
     pthread_mutex_unlock(&sec_lock);
+}
+
+/* Whether r's user is an admin / a member of r->db by its _security object: from the cached
+ * tree when there is one (no copy, no parse), else through http_security_text. */
+static int http_security_standing(http_req *r, bool *db_admin, bool *member) {
+    buf key;
+    buf_init(&key, 0);
+    char *ck = http_sec_key(r, &key) == 0 ? http_sec_cache_key(r, key.data) : NULL;
+    buf_destroy(&key);
+    bool hit = false;
+    if (ck) {
+        pthread_mutex_lock(&sec_lock);
+        const sec_cache_slot *s = &sec_cache[http_sec_slot(ck)];
+        if (s->key && s->tree && strcmp(s->key, ck) == 0) {
+            *db_admin = auth_is_db_admin(&r->user, s->tree);
+            *member = *db_admin || auth_is_member(&r->user, s->tree);
+            hit = true;
+        }
+        pthread_mutex_unlock(&sec_lock);
+        free(ck);
+    }
+    if (hit) return 0;
+    char *text = http_security_text(r);
+    jval *sec = NULL;
+    if (!text || json_tree_parse(text, strlen(text), NULL, &sec, NULL) != 0) {
+        free(text);
+        return -1;
+    }
+    free(text);
+    *db_admin = auth_is_db_admin(&r->user, sec);
+    *member = *db_admin || auth_is_member(&r->user, sec);
+    jval_free(sec);
+    return 0;
 }
 
 /* The database's _security object as JSON text (new, free()); the default when none is
@@ -647,27 +793,19 @@ static bool http_authorize_db(http_req *r) {
         return http_need_admin(r);
     if (server_admin) return true;   /* no need to read _security */
     if (!http_db(r)) return false;
-    char *text = http_security_text(r);
-    jval *sec = NULL;
-    if (!text || json_tree_parse(text, strlen(text), NULL, &sec, NULL) != 0) {
-        free(text);
+    bool db_admin = false, member = false;
+    if (http_security_standing(r, &db_admin, &member) != 0) {
         http_reply_error(r, 500, "internal", "cannot read the database's security object");
         return false;
     }
-    free(text);
-    bool ok = true;
-    if (auth_is_db_admin(&r->user, sec)) goto done;
-    if (!auth_is_member(&r->user, sec)) {
-        ok = http_deny(r, "You are not allowed to access this db.");
-        goto done;
-    }
+    if (db_admin) return true;
+    if (!member) return http_deny(r, "You are not allowed to access this db.");
     /* A member, not a db admin. */
     if (r->nseg >= 2 && (http_seg_is(r, 1, "_compact") || http_seg_is(r, 1, "_view_cleanup") ||
                          (http_seg_is(r, 1, "_security") && r->method == HTTP_PUT) ||
-                         (http_seg_is(r, 1, "_revs_limit") && r->method == HTTP_PUT))) {
-        ok = http_deny(r, "You are not a db or server admin.");
-        goto done;
-    }
+                         (http_seg_is(r, 1, "_revs_limit") && r->method == HTTP_PUT)))
+        return http_deny(r, "You are not a db or server admin.");
+    bool ok = true;
     bool writes = r->method == HTTP_PUT || r->method == HTTP_DELETE || r->method == HTTP_POST;
     if (writes) {
         size_t idl;
@@ -683,8 +821,6 @@ static bool http_authorize_db(http_req *r) {
         if (design && r->nseg >= 4 && http_seg_is(r, 3, "_view")) design = false;
         if (design) ok = http_deny(r, "You are not a db or server admin.");
     }
-done:
-    jval_free(sec);
     return ok;
 }
 

@@ -102,4 +102,35 @@ describe('credentials on a kept-alive connection', () => {
     assert.equal((await req('GET', '/_session', { cookie: forged })).body.userCtx.name, null);
     assert.equal(sockets.size, 1, 'every request went over one connection');
   });
+
+  // The server keeps _users accounts and parsed _security objects in memory between requests
+  // (an account until _users' update_seq moves). Changes by any write path count at once,
+  // on new connections as on kept ones.
+  test('cached accounts and _security objects: _bulk_docs and _security changes count at once', async () => {
+    assert.equal((await req('PUT', '/cached', { auth: root, fresh: true })).status, 201);
+    const open = { admins: { names: [], roles: [] }, members: { names: ['cy'], roles: [] } };
+    assert.equal((await req('PUT', '/cached/_security', { auth: root, body: open, fresh: true })).status, 200);
+    const user = { _id: 'org.couchdb.user:cy', name: 'cy', type: 'user', roles: [], password: 'c1' };
+    assert.equal((await req('PUT', '/_users/org.couchdb.user:cy', { auth: root, body: user, fresh: true })).status, 201);
+    const cy = ['cy', 'c1'];
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await req('GET', '/cached', { auth: cy, fresh: true })).status, 200);
+      assert.equal((await req('GET', '/cached', { auth: cy })).status, 200);
+    }
+    // Out of the members list: refused on the next request.
+    const closed = { admins: { names: [], roles: [] }, members: { names: ['someone'], roles: [] } };
+    assert.equal((await req('PUT', '/cached/_security', { auth: root, body: closed, fresh: true })).status, 200);
+    assert.equal((await req('GET', '/cached', { auth: cy })).status, 403);
+    assert.equal((await req('GET', '/cached', { auth: cy, fresh: true })).status, 403);
+    assert.equal((await req('PUT', '/cached/_security', { auth: root, body: open, fresh: true })).status, 200);
+    assert.equal((await req('GET', '/cached', { auth: cy })).status, 200);
+
+    // Deleted through _bulk_docs rather than DELETE: the account is gone at once.
+    const cur = await req('GET', '/_users/org.couchdb.user:cy', { auth: root, fresh: true });
+    const del = await req('POST', '/_users/_bulk_docs',
+      { auth: root, body: { docs: [{ _id: cur.body._id, _rev: cur.body._rev, _deleted: true }] }, fresh: true });
+    assert.equal(del.status, 201);
+    assert.equal((await req('GET', '/cached', { auth: cy })).status, 401);
+    assert.equal((await req('GET', '/cached', { auth: cy, fresh: true })).status, 401);
+  });
 });

@@ -71,6 +71,17 @@ static void test_ct_equal(void) {
     CHECK(auth_ct_equal("abc", "abc", 3));
     CHECK(!auth_ct_equal("abc", "abd", 3));
     CHECK(auth_ct_equal("", "", 0));
+    /* Word steps and the byte tail: a difference in any position, at any length. */
+    char x[41], y[41];
+    for (size_t n = 1; n <= sizeof x; n++)
+        for (size_t at = 0; at < n; at++) {
+            memset(x, 'k', n);
+            memset(y, 'k', n);
+            CHECK(auth_ct_equal(x, y, n));
+            y[at] ^= 0x80;
+            CHECK(!auth_ct_equal(x, y, n));
+            CHECK(auth_ct_equal(x, y, at));   /* the bytes before it still match */
+        }
 }
 
 static void test_cookie(void) {
