@@ -1573,11 +1573,11 @@ static void test_db_empty_name(void) {
  * written documents need their leaves read: in one batch, 20 plain matching documents whose
  * text has '$' in many places, "$crdt" as a value and as a nested key among them (none a
  * top-level $crdt member), are not read at all (the stat hook_docs_read counts the documents
- * read leaf by leaf) and get no merge write, while a plain
- * client's scribble on a counter of a CRDT document is read and merged; so is a replicated
- * conflict of two plain matching leaves. The scribble sends the state's key escaped, as
- * \u0024crdt: the store re-emits bodies with a plain "$crdt" (checked below on the plain
- * documents' "\u0024" values), so the pre-check meets it as written by src/json. */
+ * read leaf by leaf) and get no merge write, while a plain client's scribble on a counter of
+ * a CRDT document is read and merged; so is a replicated conflict of two plain matching
+ * leaves. The scribble sends the state's key escaped, as \u0024crdt: the store re-emits
+ * bodies with a plain "$crdt" (checked below on the plain documents' "\u0024" values), so
+ * the pre-check meets it as src/json wrote it. */
 static void test_hook_selector_precheck(void) {
     node_env a = {0}, b = {0};
     CHECK(node_open(&a));
