@@ -937,6 +937,8 @@ typedef struct mimeo_crdt_stats {
     uint64_t ops_applied;    /* ops applied by mimeo_crdt_apply */
     uint64_t merges_written; /* merge revisions written */
     uint64_t conflicts_kept; /* merges refused because a leaf was not a CRDT state */
+    uint64_t hook_docs_read; /* documents mimeo_crdt_after_write read leaf by leaf (the
+                                rest it skipped by id or by its pre-check) */
 } mimeo_crdt_stats;
 /* Counters of this process since it started. */
 MIMEO_API void mimeo_crdt_stats_get(mimeo_crdt_stats *out);

@@ -923,8 +923,10 @@ static int dec_fields(dec *d, const jval *v, crdt_node *m, bool root) {
     for (size_t i = 0; i < v->count; i++) {
         const char *k = v->keys[i];
         size_t kl = v->key_lens[i];
-        if (kl == 0 || (root && (k[0] == '_' || (kl == strlen(CRDT_MEMBER) &&
-                                                  memcmp(k, CRDT_MEMBER, kl) == 0))))
+        /* "" is an ordinary name at any depth (docs/crdt.md): only the top level reserves
+         * `_` names and the member itself. */
+        if (root && ((kl && k[0] == '_') || (kl == strlen(CRDT_MEMBER) &&
+                                             memcmp(k, CRDT_MEMBER, kl) == 0)))
             return fail(d->err, "bad field name in state");
         crdt_node *n = map_add(m, k, kl, 'm');
         if (!n) return MIMEO_ENOMEM; /* keys are unique: the parser refuses duplicates */
@@ -976,7 +978,9 @@ static int reconcile(crdt_node *m, const jval *p, const crdt_stamp *s, bool root
     for (size_t i = 0; p && !rc && i < p->count; i++) {
         const char *k = p->keys[i];
         size_t kl = p->key_lens[i];
-        if (kl == 0 || (root && (k[0] == '_' || is_member_name(k, kl)))) continue;
+        /* A member named "" is a register like any other: skipping it would make a body
+         * that has one disagree with its own rendering, and the hook would "merge" it away. */
+        if (root && ((kl && k[0] == '_') || is_member_name(k, kl))) continue;
         crdt_node *f = map_get(m, k, kl);
         if (f && f->kind == 'm') {
             if (p->items[i] && p->items[i]->type == JV_OBJECT) {
@@ -1080,11 +1084,11 @@ static int parse_op(const jval *v, size_t idx, crdt_op *o, mimeo_err *err) {
         return fail(err, "op %zu: \"path\" must be an array of 1 to %d keys", idx, CRDT_PATH_MAX);
     for (size_t i = 0; i < path->count; i++) {
         const jval *k = path->items[i];
-        if (!k || k->type != JV_STRING || k->len == 0)
-            return fail(err, "op %zu: path keys must be non-empty strings", idx);
+        if (!k || k->type != JV_STRING)
+            return fail(err, "op %zu: path keys must be strings", idx);
     }
     const jval *k0 = path->items[0];
-    if (k0->str[0] == '_' || is_member_name(k0->str, k0->len))
+    if ((k0->len && k0->str[0] == '_') || is_member_name(k0->str, k0->len))
         return fail(err, "op %zu: a top-level field may not start with '_' nor be " CRDT_MEMBER,
                     idx);
     if (o->kind == CRDT_OP_DELETE) {

@@ -145,8 +145,9 @@ typedef struct crdt_ops {
 
 /* Parses {"ops":[…]} (or a bare array of ops). Each op is {"op":"increment","path":[…],
  * "value":integer} | assign/add/remove with any JSON "value" | {"op":"delete","path":[…]}.
- * A path is a non-empty array of non-empty strings, at most CRDT_PATH_MAX; its first key
- * may not start with '_' nor be "$crdt". Unknown members are refused. On error
+ * A path is a non-empty array of strings, at most CRDT_PATH_MAX; a key may be "" (an
+ * ordinary name, as in CouchDB), but the first may not start with '_' nor be "$crdt".
+ * Unknown members are refused. On error
  * MIMEO_EINVAL (or MIMEO_EBADJSON) with err filled and *out empty. */
 int  crdt_ops_parse(const char *json, size_t len, const json_limits *limits, crdt_ops *out,
                     mimeo_err *err);

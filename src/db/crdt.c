@@ -18,12 +18,19 @@
 #define CRDT_DDOC       "_design/crdt"
 #define CRDT_ATTEMPTS   32   /* writes lost to concurrent writers before giving up */
 
-static atomic_uint_fast64_t stat_ops, stat_merges, stat_kept;
+static atomic_uint_fast64_t stat_ops, stat_merges, stat_kept, stat_hook_reads;
 
 void mimeo_crdt_stats_get(mimeo_crdt_stats *out) {
     out->ops_applied = atomic_load(&stat_ops);
     out->merges_written = atomic_load(&stat_merges);
     out->conflicts_kept = atomic_load(&stat_kept);
+    out->hook_docs_read = atomic_load(&stat_hook_reads);
+}
+
+/* Whether member name k is the state's, by its bytes (a name may hold a NUL: "$crdt\u0000"
+ * is an ordinary member, as src/crdt reads it). */
+static bool is_state_member(const char *k, size_t kl) {
+    return kl == strlen(CRDT_MEMBER) && memcmp(k, CRDT_MEMBER, kl) == 0;
 }
 
 /* One clock per process: a hybrid logical clock stays one if several environments share it,
@@ -168,7 +175,7 @@ static bool rules_match_doc(const crdt_rules *r, const jval *doc) {
     if (view.keys && view.key_lens && view.items) {
         view.count = 0;
         for (size_t i = 0; i < doc->count; i++) {
-            if (strcmp(doc->keys[i], CRDT_MEMBER) == 0) continue;
+            if (is_state_member(doc->keys[i], doc->key_lens[i])) continue;
             view.keys[view.count] = doc->keys[i];
             view.key_lens[view.count] = doc->key_lens[i];
             view.items[view.count++] = doc->items[i];
@@ -249,7 +256,8 @@ static int plain_canon(const jval *doc, buf *out) {
     if (!view.keys || !view.key_lens || !view.items) rc = MIMEO_ENOMEM;
     view.count = 0;
     for (size_t i = 0; !rc && i < doc->count; i++) {
-        if ((doc->key_lens[i] && doc->keys[i][0] == '_') || strcmp(doc->keys[i], CRDT_MEMBER) == 0)
+        if ((doc->key_lens[i] && doc->keys[i][0] == '_') ||
+            is_state_member(doc->keys[i], doc->key_lens[i]))
             continue;
         view.keys[view.count] = doc->keys[i];
         view.key_lens[view.count] = doc->key_lens[i];
@@ -793,22 +801,44 @@ int mimeo_crdt_merge(mimeo_db *db, const char *id, size_t id_len, mimeo_crdt_out
 
 /* ---- the write hook's pre-check --------------------------------------------------------- */
 
-/* Whether a stored body (compact JSON text) may have a member named "$crdt". Sound, not
- * exact: such a key starts with '"' and a raw '$' (then "crdt" or an escape before its closing
- * quote), or spells its '$' as \u0024. A false "yes" (a value "$crdt", an escaped quote before
- * a '$') only sends the document down the careful path, which parses it. */
+/* Whether a stored body (a compact JSON object, as src/json writes it) may have a top-level
+ * member named "$crdt". Exact on raw text: a top-level key spelt with an escape counts as a
+ * "maybe" (it could spell "$crdt"), and a "maybe" only sends the document down the careful
+ * path, which parses it. Stored bodies are re-emitted by src/json, which never escapes '$' (a
+ * key a client sent as "\u0024crdt" is stored as a plain "$crdt"); the escape rule keeps the
+ * answer sound for a body stored as the client sent it. A body with no "$crdt" text and no
+ * backslash at all (nearly every plain document) is answered by two memory scans; only the
+ * rest are walked byte by byte, which tells a nested key or a value "$crdt" from a member. */
 static bool body_may_hold_state(const char *p, size_t n) {
-    for (const char *q = p, *end = p + n; (q = memchr(q, '\\', (size_t)(end - q))); q += 2) {
-        if ((size_t)(end - q) >= 6 && memcmp(q, "\\u0024", 6) == 0) return true;
-        if (end - q < 2) break;
-    }
-    for (const char *q = p, *end = p + n; (q = memchr(q, '$', (size_t)(end - q))); q++) {
-        if (q == p || q[-1] != '"') continue;
-        const char *close = memchr(q + 1, '"', (size_t)(end - q - 1));
-        if (!close) return true;
-        if ((close - q - 1 == 4 && memcmp(q + 1, "crdt", 4) == 0) ||
-            memchr(q + 1, '\\', (size_t)(close - q - 1)))
-            return true;
+    if (!memmem(p, n, "\"$crdt\"", 7) && !memchr(p, '\\', n)) return false;
+    int depth = 0;
+    bool key_next = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '"') {
+            size_t j = i + 1;
+            bool esc = false;
+            while (j < n && p[j] != '"') {
+                if (p[j] == '\\') {
+                    esc = true;
+                    j++;
+                }
+                j++;
+            }
+            if (j >= n) return true; /* not the JSON we wrote: let the parser say */
+            if (depth == 1 && key_next &&
+                (esc || (j - i - 1 == 5 && memcmp(p + i + 1, "$crdt", 5) == 0)))
+                return true;
+            key_next = false;
+            i = j;
+        } else if (c == '{' || c == '[') {
+            depth++;
+            key_next = depth == 1 && c == '{';
+        } else if (c == '}' || c == ']') {
+            depth--;
+        } else if (c == ',') {
+            key_next = depth == 1;
+        }
     }
     return false;
 }
@@ -889,6 +919,10 @@ int mimeo_crdt_after_write(mimeo_db *db, const char *const *ids, const size_t *i
         /* the cheap tests first: without selector rules, the id alone decides */
         if (!rules.selectors && !rules_match_id(&rules, ids[i], id_lens[i])) continue;
         if (check && !check[i]) continue;
+        /* a merge's own write names its id once per leaf it writes or deletes: one read */
+        if (i && id_lens[i] == id_lens[i - 1] && memcmp(ids[i], ids[i - 1], id_lens[i]) == 0)
+            continue;
+        atomic_fetch_add(&stat_hook_reads, 1);
         mimeo_crdt_outcome o;
         char rev[MIMEO_REV_MAX];
         rc = merge_one(db, &rules, ids[i], id_lens[i], false, &o, rev, NULL);

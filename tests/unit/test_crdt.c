@@ -134,9 +134,9 @@ static void test_ops_errors(void) {
         "[{\"op\":\"frobnicate\",\"path\":[\"a\"],\"value\":1}]",
         "[{\"op\":\"increment\",\"path\":[],\"value\":1}]",
         "[{\"op\":\"increment\",\"path\":\"a\",\"value\":1}]",
-        "[{\"op\":\"increment\",\"path\":[\"a\",\"\"],\"value\":1}]",
         "[{\"op\":\"increment\",\"path\":[\"a\",3],\"value\":1}]",
         "[{\"op\":\"increment\",\"path\":[\"_a\"],\"value\":1}]",
+        "[{\"op\":\"increment\",\"path\":[\"_\",\"\"],\"value\":1}]",
         "[{\"op\":\"increment\",\"path\":[\"$crdt\"],\"value\":1}]",
         "[{\"op\":\"increment\",\"path\":[\"a\"],\"value\":1.5}]",
         "[{\"op\":\"increment\",\"path\":[\"a\"],\"value\":\"1\"}]",
@@ -417,6 +417,88 @@ static void test_plain_put(void) {
     crdt_state_destroy(&s);
     crdt_state_destroy(&r);
     crdt_state_destroy(&r2);
+}
+
+/* A member named "" (CouchDB accepts one) is an ordinary field at every depth: a plain body
+ * with one reads as registers that render it back unchanged, ops may name it, the state keeps
+ * it, and plain edits and joins treat it as any other register. */
+static void test_empty_name(void) {
+    crdt_state s, r;
+    crdt_state_init(&s);
+    crdt_state_init(&r);
+    bool edited = false;
+    mimeo_err e = {0};
+    const char *plain = "{\"\":\"v\",\"a\":1,\"o\":{\"\":{\"\":[]}}}";
+    CHECK_EQ_INT(body_read_text(plain, &s, &edited, &e), 0);
+    CHECK(edited);
+    char *rr = render(&s);
+    CHECK_EQ_STR(rr, plain);
+    free(rr);
+    /* the canonical body holds it in the state and reads back as itself */
+    char *b = body(&s);
+    CHECK(strstr(b, "\"m\":{\"\":[\"r\",") != NULL);
+    CHECK_EQ_INT(body_read_text(b, &r, &edited, &e), 0);
+    CHECK(!edited);
+    char *e1 = enc(&s), *e2 = enc(&r);
+    CHECK_EQ_STR(e1, e2);
+    free(e1); free(e2); free(b);
+
+    /* ops name it at the top and below; a map field "" is a map like any other */
+    crdt_hlc h = {0};
+    apply_ok(&s, "[{\"op\":\"assign\",\"path\":[\"\"],\"value\":\"w\"},"
+                 "{\"op\":\"increment\",\"path\":[\"c\",\"\"],\"value\":3},"
+                 "{\"op\":\"add\",\"path\":[\"m\",\"\",\"\"],\"value\":\"\"}]", "A", &h, 10);
+    rr = render(&s);
+    CHECK_EQ_STR(rr, "{\"\":\"w\",\"a\":1,\"c\":{\"\":3},\"m\":{\"\":{\"\":[\"\"]}},"
+                     "\"o\":{\"\":{\"\":[]}}}");
+    free(rr);
+    reload(&s);
+    /* a wrong kind on "" is refused like on any name */
+    CHECK(apply_text(&s, "[{\"op\":\"increment\",\"path\":[\"\"],\"value\":1}]", "A", &h, 10,
+                     &e) == MIMEO_EINVAL);
+
+    /* a plain client changes "", and another drops it: an assign and a delete */
+    b = body(&s);
+    const char *st = strstr(b, "\"$crdt\":");
+    buf edit;
+    buf_init(&edit, 0);
+    buf_printf(&edit, "{\"\":\"plain\",\"a\":1,%s", st);
+    CHECK_EQ_INT(body_read_text(buf_cstr(&edit), &r, &edited, &e), 0);
+    CHECK(edited);
+    rr = render(&r);
+    CHECK(strncmp(rr, "{\"\":\"plain\",\"a\":1,\"c\":{\"\":3}", 27) == 0);
+    free(rr);
+    buf_reset(&edit);
+    buf_printf(&edit, "{\"a\":1,%s", st);
+    crdt_state gone;
+    crdt_state_init(&gone);
+    CHECK_EQ_INT(body_read_text(buf_cstr(&edit), &gone, &edited, &e), 0);
+    rr = render(&gone);
+    CHECK(strncmp(rr, "{\"a\":1,", 6) == 0);
+    free(rr);
+
+    /* concurrent assigns of "" on two replicas: the later stamp wins, whichever way joined */
+    crdt_state x, y, xy, yx;
+    crdt_state_init(&x);
+    crdt_state_init(&y);
+    crdt_state_copy(&x, &s);
+    crdt_state_copy(&y, &s);
+    crdt_hlc hx = h, hy = h;
+    apply_ok(&x, "[{\"op\":\"assign\",\"path\":[\"\"],\"value\":\"x\"}]", "X", &hx, 20);
+    apply_ok(&y, "[{\"op\":\"assign\",\"path\":[\"\"],\"value\":\"y\"}]", "Y", &hy, 30);
+    join_both_ways(&x, &y, &xy, &yx);
+    e1 = enc(&xy);
+    e2 = enc(&yx);
+    CHECK_EQ_STR(e1, e2);
+    rr = render(&xy);
+    CHECK(strncmp(rr, "{\"\":\"y\",", 7) == 0);
+    free(rr); free(e1); free(e2);
+
+    buf_destroy(&edit);
+    free(b);
+    crdt_state_destroy(&s); crdt_state_destroy(&r); crdt_state_destroy(&gone);
+    crdt_state_destroy(&x); crdt_state_destroy(&y);
+    crdt_state_destroy(&xy); crdt_state_destroy(&yx);
 }
 
 /* ---- simulation ------------------------------------------------------------------------- */
@@ -1399,11 +1481,103 @@ static void test_db_selector_rules(void) {
     node_close(&b);
 }
 
+/* A member named "" under a prefix rule (c:) and under the selector rule (type x): a plain
+ * document with one is kept exactly as written (no merge write, the client's revision stays
+ * the leaf), a tidy keeps the member as a register, a plain client's edit of it is an assign
+ * the hook leaves alone, and a CRDT document with "" fields merges on two nodes to the same
+ * bytes with every edit. A member whose name only starts with "$crdt" (then a NUL) is an
+ * ordinary member too. */
+static void test_db_empty_name(void) {
+    node_env a = {0}, b = {0};
+    CHECK(node_open(&a));
+    CHECK(node_open(&b));
+    static char w[4096], wb[4096];
+    static const struct { const char *id, *body, *kept; } plain[] = {
+        {"c:e", "{\"\":\"v\",\"a\":1}", "\"\":\"v\",\"a\":1"},
+        {"s:e", "{\"\":\"v\",\"type\":\"x\"}", "\"\":\"v\",\"type\":\"x\""},
+        {"c:z", "{\"$crdt\\u0000\":1,\"a\":1}", "\"$crdt\\u0000\":1,\"a\":1"},
+    };
+    for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
+        const char *id = plain[i].id;
+        mimeo_crdt_stats s0, s1;
+        mimeo_crdt_stats_get(&s0);
+        mimeo_put_result pr;
+        CHECK_EQ_INT(mimeo_doc_put(a.db, id, 3, plain[i].body, strlen(plain[i].body), NULL, &pr,
+                                   NULL), 0);
+        mimeo_free(pr.id);
+        CHECK(rules_say(a.db, id));
+        mimeo_crdt_stats_get(&s1);
+        CHECK_EQ_INT((int)(s1.merges_written - s0.merges_written), 0);
+        CHECK_EQ_INT(live_leaves(a.db, id, w, sizeof w), 1);
+        if (!strstr(w, "\"_rev\":\"1-") || !strstr(w, plain[i].kept) || strstr(w, "\"$crdt\":"))
+            fprintf(stderr, "%s after a plain PUT: %s\n", id, w);
+        CHECK(strstr(w, "\"_rev\":\"1-") != NULL);
+        CHECK(strstr(w, plain[i].kept) != NULL);
+        CHECK(strstr(w, "\"$crdt\":") == NULL);
+
+        /* an explicit merge tidies it into a state that keeps the member */
+        mimeo_crdt_outcome o;
+        char rev[MIMEO_REV_MAX];
+        CHECK_EQ_INT(mimeo_crdt_merge(a.db, id, 3, &o, rev, NULL), 0);
+        CHECK(o == MIMEO_CRDT_MERGED);
+        CHECK_EQ_INT(live_leaves(a.db, id, w, sizeof w), 1);
+        CHECK(strstr(w, plain[i].kept) != NULL);
+        CHECK(strstr(w, "\"$crdt\":{\"v\"") != NULL);
+
+        /* a plain client's edit of it: an assign, kept as the client wrote it */
+        if (i == 2) continue;
+        mimeo_crdt_stats_get(&s0);
+        plain_put(a.db, id, "", "\"w\"");
+        mimeo_crdt_stats_get(&s1);
+        CHECK_EQ_INT((int)(s1.merges_written - s0.merges_written), 0);
+        CHECK_EQ_INT(live_leaves(a.db, id, w, sizeof w), 1);
+        CHECK(strstr(w, "\"_rev\":\"3-") != NULL);
+        CHECK(strstr(w, "\"\":\"w\"") != NULL);
+        CHECK_EQ_INT(mimeo_crdt_merge(a.db, id, 3, &o, rev, NULL), 0);
+        CHECK_EQ_INT(live_leaves(a.db, id, w, sizeof w), 1);
+        CHECK(strstr(w, "\"\":\"w\"") != NULL);
+    }
+
+    /* CRDT documents with "" fields, edited on both nodes and exchanged */
+    static const char *ids[] = {"c:r", "s:r"};
+    for (size_t i = 0; i < 2; i++) {
+        const char *id = ids[i];
+        mimeo_crdt_result res;
+        crdt_apply_db(a.db, id, "[{\"op\":\"assign\",\"path\":[\"type\"],\"value\":\"x\"},"
+                      "{\"op\":\"assign\",\"path\":[\"\"],\"value\":\"a0\"},"
+                      "{\"op\":\"increment\",\"path\":[\"m\",\"\"],\"value\":1}]", &res);
+        CHECK_EQ_STR(res.value, "{\"\":\"a0\",\"m\":{\"\":1},\"type\":\"x\"}");
+        mimeo_crdt_result_destroy(&res);
+        copy_doc(a.db, b.db, id);
+        crdt_apply_db(a.db, id, "[{\"op\":\"assign\",\"path\":[\"\"],\"value\":\"a1\"},"
+                      "{\"op\":\"increment\",\"path\":[\"m\",\"\"],\"value\":2}]", &res);
+        mimeo_crdt_result_destroy(&res);
+        crdt_apply_db(b.db, id, "[{\"op\":\"increment\",\"path\":[\"m\",\"\"],\"value\":4},"
+                      "{\"op\":\"add\",\"path\":[\"s\",\"\"],\"value\":\"\"}]", &res);
+        mimeo_crdt_result_destroy(&res);
+        char *from_a = snap_doc(a.db, id), *from_b = snap_doc(b.db, id);
+        put_snap(b.db, id, from_a);   /* the write path's hook merges */
+        put_snap(a.db, id, from_b);
+        CHECK_EQ_INT(live_leaves(a.db, id, w, sizeof w), 1);
+        CHECK_EQ_INT(live_leaves(b.db, id, wb, sizeof wb), 1);
+        CHECK_EQ_STR(w, wb);
+        if (!strstr(w, "\"\":\"a1\",\"m\":{\"\":7},\"s\":{\"\":[\"\"]},\"type\":\"x\","))
+            fprintf(stderr, "%s merged: %s\n", id, w);
+        CHECK(strstr(w, "\"\":\"a1\",\"m\":{\"\":7},\"s\":{\"\":[\"\"]},\"type\":\"x\",") != NULL);
+    }
+    node_close(&a);
+    node_close(&b);
+}
+
 /* The write hook under selector rules decides from the revision tree and the stored body which
- * written documents need their leaves read: one batch of plain matching documents whose text
- * has '$' in many places (none of them a $crdt member) gets no merge write, while in the same
- * batch a plain client's scribble on a counter of a CRDT document (its state's key sent
- * escaped, as \u0024crdt) and a replicated conflict of two plain matching leaves are merged. */
+ * written documents need their leaves read: in one batch, 20 plain matching documents whose
+ * text has '$' in many places, "$crdt" as a value and as a nested key among them (none a
+ * top-level $crdt member), are not read at all (the stat hook_docs_read counts the documents
+ * read leaf by leaf) and get no merge write, while a plain client's scribble on a counter of
+ * a CRDT document is read and merged; so is a replicated conflict of two plain matching
+ * leaves. The scribble sends the state's key escaped, as \u0024crdt: the store re-emits
+ * bodies with a plain "$crdt" (checked below on the plain documents' "\u0024" values), so
+ * the pre-check meets it as src/json wrote it. */
 static void test_hook_selector_precheck(void) {
     node_env a = {0}, b = {0};
     CHECK(node_open(&a));
@@ -1435,7 +1609,8 @@ static void test_hook_selector_precheck(void) {
     for (int i = 0; i < 20; i++)
         buf_printf(&batch, ",{\"_id\":\"s:p%02d\",\"type\":\"x\",\"$price\":\"$%d\",\"note\":\"$crdt\","
                    "\"q\":\"say \\\"$crdt\\\"\",\"$\":\"\\u0024\",\"m\":{\"$crdt\":%d}}", i, i, i);
-    buf_puts(&batch, "]}");
+    /* a top-level key spelt with an escape could be "$crdt": read, found plain, left alone */
+    buf_puts(&batch, ",{\"_id\":\"s:q\",\"type\":\"x\",\"say \\\"$crdt\\\"\":1}]}");
     mimeo_free(json);
     mimeo_crdt_stats s0, s1;
     mimeo_crdt_stats_get(&s0);
@@ -1445,19 +1620,45 @@ static void test_hook_selector_precheck(void) {
     mimeo_free(out);
     mimeo_crdt_stats_get(&s1);
     CHECK_EQ_INT((int)(s1.merges_written - s0.merges_written), 1); /* s:k, tidied */
+    /* s:k read twice (by the batch's hook, then by the hook of the merge it wrote, which finds
+     * it canonical), s:q once; none of the 20 plain documents */
+    CHECK_EQ_INT((int)(s1.hook_docs_read - s0.hook_docs_read), 3);
     static char w[8192];
+    CHECK_EQ_INT(live_leaves(a.db, "s:q", w, sizeof w), 1);
+    CHECK(strstr(w, "\"_rev\":\"1-") != NULL);
     CHECK_EQ_INT(live_leaves(a.db, "s:k", w, sizeof w), 1);
     CHECK(strstr(w, "\"n\":5,") != NULL);
+    const char *ids[20];
+    size_t lens[20];
+    static char idbuf[20][16];
     for (int i = 0; i < 20; i++) {
-        char id[16];
-        snprintf(id, sizeof id, "s:p%02d", i);
-        CHECK_EQ_INT(live_leaves(a.db, id, w, sizeof w), 1);
+        snprintf(idbuf[i], sizeof idbuf[i], "s:p%02d", i);
+        ids[i] = idbuf[i];
+        lens[i] = strlen(idbuf[i]);
+        CHECK_EQ_INT(live_leaves(a.db, ids[i], w, sizeof w), 1);
         CHECK(strstr(w, "\"_rev\":\"1-") != NULL);
         CHECK(strstr(w, "\"$crdt\":{\"v\"") == NULL);
+        CHECK(strstr(w, "\"$\":\"$\"") != NULL); /* stored re-emitted: no \u0024 left */
     }
+    /* the hook run again on the plain documents alone reads none of them; on s:k, one (it
+     * finds s:k canonical and writes nothing) */
+    mimeo_crdt_stats_get(&s0);
+    CHECK_EQ_INT(mimeo_crdt_after_write(a.db, ids, lens, 20), 0);
+    mimeo_crdt_stats_get(&s1);
+    CHECK_EQ_INT((int)(s1.hook_docs_read - s0.hook_docs_read), 0);
+    const char *k = "s:k";
+    size_t kl = 3;
+    CHECK_EQ_INT(mimeo_crdt_after_write(a.db, &k, &kl, 1), 0);
+    mimeo_crdt_stats_get(&s0);
+    CHECK_EQ_INT((int)(s0.hook_docs_read - s1.hook_docs_read), 1);
+    CHECK_EQ_INT((int)(s0.merges_written - s1.merges_written), 0);
 
-    /* a replicated batch with the other branch of s:c: merged by the hook */
+    /* a replicated batch with the other branch of s:c: read and merged by the hook (and read
+     * once more by the hook of the merge's own write) */
     put_snap(a.db, "s:c", from_b);
+    mimeo_crdt_stats_get(&s1);
+    CHECK_EQ_INT((int)(s1.hook_docs_read - s0.hook_docs_read), 2);
+    CHECK_EQ_INT((int)(s1.merges_written - s0.merges_written), 1);
     CHECK_EQ_INT(live_leaves(a.db, "s:c", w, sizeof w), 1);
     CHECK(strstr(w, "\"$crdt\":{\"v\"") != NULL);
     buf_destroy(&batch);
@@ -1632,6 +1833,7 @@ int main(void) {
     RUN(test_kind_clash);
     RUN(test_decode_invalid);
     RUN(test_plain_put);
+    RUN(test_empty_name);
     RUN(test_join_laws);
     RUN(test_decode_mutations);
     RUN(test_simulation);
@@ -1641,6 +1843,7 @@ int main(void) {
     RUN(test_db_hot_document);
     RUN(test_db_selector_rules);
     RUN(test_hook_selector_precheck);
+    RUN(test_db_empty_name);
     RUN(test_db_simulation);
     RUN(test_hook_cost);
     return check_report();
