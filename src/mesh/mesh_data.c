@@ -690,6 +690,8 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
 
 /* ---- workers ----------------------------------------------------------------------------- */
 
+static void gen_bump(struct mesh_data *d, const char *db, size_t len);
+
 struct wslot {
     struct mesh_data *d;
     unsigned i;
@@ -738,7 +740,14 @@ static void run_task(struct mesh_data *d, struct task *t) {
         }
     } else if (r) {
         r->s.failures++;
-        if (t->kind == T_PULL) r->pull_failing = true;
+        if (t->kind == T_PULL && !r->pull_failing) {
+            /* The database goes into this node's next summaries: a peer that holds what
+             * could not be pulled may know nothing of this copy (it did not change since
+             * that peer's cursor, and its eager set may not hold this node) and so would
+             * never push it here. */
+            r->pull_failing = true;
+            gen_bump(d, t->db, strlen(t->db));
+        }
     }
     pthread_mutex_unlock(&d->mu);
     t->tries = rc == 0 && !incomplete ? 0 : t->tries + 1;
