@@ -52,6 +52,8 @@ struct stat_row {
     bool mismatch;               /* the peer's copy is of another incarnation of the db */
     bool loaded;                 /* the progress saved by an earlier process was read */
     bool dirty;                  /* pushed_seq or pulled_seq moved since the last save */
+    bool pull_failing;           /* the last pull from the peer failed: summaries do not
+                                    count it as pulling until one succeeds */
     struct stat_row *hnext;
     struct stat_row *lnext;      /* every row, newest first */
 };
@@ -160,13 +162,20 @@ static bool same_key(const struct task *t, int kind, const char *db, const char 
 
 /* ---- statistics -------------------------------------------------------------------------- */
 
+/* The row of (db, peer), or NULL. Called with mu held. */
+static struct stat_row *stat_find(struct mesh_data *d, const char *db, const char *peer) {
+    for (struct stat_row *r = d->stats[hash3(0, db, peer)]; r; r = r->hnext)
+        if (strcmp(r->s.db, db) == 0 && strcmp(r->s.peer, peer) == 0) return r;
+    return NULL;
+}
+
 /* The row of (db, peer), made on first use; NULL when out of memory. Called with mu held. */
 static struct stat_row *stat_get(struct mesh_data *d, const char *db, const char *peer) {
+    struct stat_row *r = stat_find(d, db, peer);
+    if (r) return r;
     unsigned h = hash3(0, db, peer);
-    for (struct stat_row *r = d->stats[h]; r; r = r->hnext)
-        if (strcmp(r->s.db, db) == 0 && strcmp(r->s.peer, peer) == 0) return r;
     if (strlen(db) >= sizeof ((struct mesh_sync_stat *)0)->db) return NULL;
-    struct stat_row *r = calloc(1, sizeof *r);
+    r = calloc(1, sizeof *r);
     if (!r) return NULL;
     snprintf(r->s.db, sizeof r->s.db, "%s", db);
     snprintf(r->s.peer, sizeof r->s.peer, "%s", peer);
@@ -235,11 +244,9 @@ static void task_forget(struct mesh_data *d, struct task *t) {
 /* How many changes this node is behind peer in db, by the peer's last summary; -1 unknown.
  * Called with mu held. */
 static int64_t pull_lag(struct mesh_data *d, const char *db, const char *peer) {
-    unsigned h = hash3(0, db, peer);
-    for (struct stat_row *r = d->stats[h]; r; r = r->hnext)
-        if (strcmp(r->s.db, db) == 0 && strcmp(r->s.peer, peer) == 0)
-            return r->s.peer_seq < 0 ? -1 : r->s.peer_seq - (r->s.pulled_seq > 0 ? r->s.pulled_seq : 0);
-    return -1;
+    const struct stat_row *r = stat_find(d, db, peer);
+    if (!r || r->s.peer_seq < 0) return -1;
+    return r->s.peer_seq - (r->s.pulled_seq > 0 ? r->s.pulled_seq : 0);
 }
 
 /* Whether t may start now besides what runs: its peer below its share of the workers, and
@@ -527,6 +534,19 @@ static struct peer_cursor *cursor_of(struct mesh_data *d, const char *peer) {
     return NULL;
 }
 
+/* Whether a summary's "pulling" says its node is pulling db from self. The form of earlier
+ * versions ("db":1, from any peer) is not taken as such: pushing to a node that pulls anyway
+ * costs revisions written twice, skipping a push it needs leaves its copy behind. */
+static bool pulls_from(const jval *pulling, const char *db, const char *self) {
+    const jval *from = pulling && pulling->type == JV_OBJECT ? jval_get(pulling, db) : NULL;
+    if (!from || from->type != JV_ARRAY) return false;
+    for (size_t i = 0; i < from->count; i++)
+        if (from->items[i]->type == JV_STRING && from->items[i]->len == strlen(self) &&
+            memcmp(from->items[i]->str, self, from->items[i]->len) == 0)
+            return true;
+    return false;
+}
+
 /* An anti-entropy round with t->peer: the peer's summary (only what changed there since the
  * last complete round, once there was one), then a pull for every database the peer is
  * known to be ahead in and a push for every one this node moved on since it last pushed. */
@@ -550,7 +570,10 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
     /* A peer catching up takes what it lacks by its own pulls: pushing the same databases
      * to it meanwhile writes their revisions twice. A node just started pulls from every
      * peer at once (sched_main), so it is left alone for its first period; later, only the
-     * databases it says it is pulling. A push skipped is decided again next round. */
+     * databases it says it is pulling from this node, by a pull that has not failed: a pull
+     * from another peer may not bring what only this node has, and a failing one (a link
+     * that carries summaries but not data) would hold back the very push that repairs it
+     * for as long as the peer keeps queuing it. A push skipped is decided again next round. */
     const jval *pulling = jval_get(v, "pulling");
     int64_t uptime = jnum(jval_get(v, "uptime_ms"));
     bool fresh = uptime >= 0 && (uint64_t)uptime < d->o.anti_entropy_ms;
@@ -640,8 +663,7 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
         if (r->s.peer_seq > 0 && r->s.pulled_seq != r->s.peer_seq)
             enqueue(d, T_PULL, m->db, &t->peer, r->s.peer_seq);
         if (m->ls == 0) r->s.pushed_seq = 0;
-        else if (r->s.pushed_seq != m->ls && !fresh &&
-                 !(pulling && pulling->type == JV_OBJECT && jval_get(pulling, m->db)))
+        else if (r->s.pushed_seq != m->ls && !fresh && !pulls_from(pulling, m->db, d->self))
             enqueue(d, T_PUSH, m->db, &t->peer, -1);
     }
     /* Read through gen only when every database it listed could be taken in: one still
@@ -667,6 +689,8 @@ static int run_round(struct mesh_data *d, const struct task *t, bool *incomplete
 }
 
 /* ---- workers ----------------------------------------------------------------------------- */
+
+static void gen_bump(struct mesh_data *d, const char *db, size_t len);
 
 struct wslot {
     struct mesh_data *d;
@@ -712,9 +736,18 @@ static void run_task(struct mesh_data *d, struct task *t) {
                 r->dirty = true;
             }
             if (s > r->s.peer_seq) r->s.peer_seq = s;
+            r->pull_failing = false;
         }
     } else if (r) {
         r->s.failures++;
+        if (t->kind == T_PULL && !r->pull_failing) {
+            /* The database goes into this node's next summaries: a peer that holds what
+             * could not be pulled may know nothing of this copy (it did not change since
+             * that peer's cursor, and its eager set may not hold this node) and so would
+             * never push it here. */
+            r->pull_failing = true;
+            gen_bump(d, t->db, strlen(t->db));
+        }
     }
     pthread_mutex_unlock(&d->mu);
     t->tries = rc == 0 && !incomplete ? 0 : t->tries + 1;
@@ -998,28 +1031,49 @@ static int sum_db(void *ctx, const char *name, size_t len) {
     return s->rc ? 1 : 0;
 }
 
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+struct pull_pair {
+    const char *db, *peer;
+};
+
+static int cmp_pair(const void *a, const void *b) {
+    const struct pull_pair *x = a, *y = b;
+    int c = strcmp(x->db, y->db);
+    return c ? c : strcmp(x->peer, y->peer);
 }
 
-/* The "pulling" members of a summary: "db":1 for every database with a pull queued or
- * running here, each once. Called with mu held. */
+static bool pull_healthy(struct mesh_data *d, const struct task *t) {
+    if (!t || t->kind != T_PULL || t->tries) return false;
+    const struct stat_row *r = stat_find(d, t->db, t->peer.name);
+    return r && !r->pull_failing;
+}
+
+/* The "pulling" members of a summary: "db":["peer",…] for every database with a pull queued
+ * or running here, with the peers it is pulled from, each once. A pull that failed last time
+ * is left out (run_round: its peer pushes instead). Called with mu held. */
 static int pulling_json(struct mesh_data *d, buf *out) {
-    const char **v = NULL;
+    struct pull_pair *v = NULL;
     size_t n = 0, cap = 0;
     for (struct task *t = d->head; t; t = t->next)
-        if (t->kind == T_PULL && !ARRAY_GROW(v, cap, n + 1)) v[n++] = t->db;
+        if (pull_healthy(d, t) && !ARRAY_GROW(v, cap, n + 1))
+            v[n++] = (struct pull_pair){ t->db, t->peer.name };
     for (unsigned i = 0; i < d->nworkers; i++)
-        if (d->running[i] && d->running[i]->kind == T_PULL && !ARRAY_GROW(v, cap, n + 1))
-            v[n++] = d->running[i]->db;
-    if (n > 1) qsort(v, n, sizeof *v, cmp_str);
+        if (pull_healthy(d, d->running[i]) && !ARRAY_GROW(v, cap, n + 1))
+            v[n++] = (struct pull_pair){ d->running[i]->db, d->running[i]->peer.name };
+    if (n > 1) qsort(v, n, sizeof *v, cmp_pair);
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
-        if (i && strcmp(v[i], v[i - 1]) == 0) continue;
-        if (out->len) rc = buf_putc(out, ',');
-        if (rc == 0) rc = json_put_cstr(out, v[i]);
-        if (rc == 0) rc = buf_puts(out, ":1");
+        bool same_db = i && strcmp(v[i].db, v[i - 1].db) == 0;
+        if (same_db && strcmp(v[i].peer, v[i - 1].peer) == 0) continue;
+        if (same_db) {
+            rc = buf_putc(out, ',');
+        } else {
+            if (i) rc = buf_puts(out, "],");
+            if (rc == 0) rc = json_put_cstr(out, v[i].db);
+            if (rc == 0) rc = buf_puts(out, ":[");
+        }
+        if (rc == 0) rc = json_put_cstr(out, v[i].peer);
     }
+    if (rc == 0 && n) rc = buf_putc(out, ']');
     free(v);
     return rc;
 }

@@ -5,7 +5,8 @@
 // kill -9 during writes and a restart lose nothing; a node that joins late with an empty
 // disk receives everything, also when its push-pulls are lost and it hears of its peers
 // before the database registry; a node back from an absence writes each revision it missed
-// once. The tests share one cluster and run in order.
+// once; a pull that keeps failing does not hold back the push that repairs its copy. The
+// tests share one cluster (the last has two nodes of its own) and run in order.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -214,17 +215,61 @@ test('a node back from an absence writes each revision it missed once', async ()
   // from one peer at a time, so its replications write at most the 120 it lacks.
   await createDb('away');
   const victim = 1;
+  // Every running node's count: the victim's own pulls count on it, its peers' pushes to it
+  // on them.
+  const written = async () => {
+    let sum = 0;
+    for (const i of c.running()) sum += (await c.mesh(i)).replication.docs_written;
+    return sum;
+  };
   await c.stop(victim);
   const docs = Array.from({ length: 120 }, (_, k) => ({ _id: `a${k}`, k }));
   for (let k = 0; k < docs.length; k += 40) {
     assert.equal((await checker.bulk(c, 0, 'away', docs.slice(k, k + 40))).length, 40);
   }
   await converge(['away']);
+  const before = await written();
   await c.restart(victim);
   await c.waitView(Object.fromEntries(c.running().map((i) => [c.nodes[i].name, 'alive'])), 60_000);
   await converge(['away']);
   const m = await c.mesh(victim);
-  console.log(`# back: ${JSON.stringify(m.replication)}`);
-  assert.ok(m.replication.docs_written <= docs.length,
-    `${m.replication.docs_written} revisions written for ${docs.length} missed: ${JSON.stringify(m.replication)}`);
+  const moved = (await written()) - before;
+  console.log(`# back: ${moved} revisions written by all nodes; the victim's ${JSON.stringify(m.replication)}`);
+  assert.ok(moved <= docs.length,
+    `${moved} revisions written for ${docs.length} missed: the victim's ${JSON.stringify(m.replication)}`);
+});
+
+test('a pull that keeps failing does not hold back the push that repairs it', async () => {
+  // Two nodes of their own, so that x has a round with q every period. x reads q's summaries,
+  // but each of its data requests for `stuck` to q is lost; q's write is not pushed to x
+  // eagerly (eager push off: a push that was lost). x keeps queuing its pull of `stuck` from
+  // q, and each attempt fails; only q's anti-entropy push can bring the write, so q must not
+  // skip it on the word that x is pulling that database from it. Nothing was ever written to
+  // x's copy, so q has not heard of it in x's summaries since it was made: x's failing pull
+  // must list it there again.
+  const c2 = await new Cluster({
+    seed: Math.floor(rng() * 2 ** 31),
+    mesh: { anti_entropy_interval_ms: 1000, eager_push: false },
+  }).init();
+  try {
+    const q = 0, x = 1;
+    await c2.addNode();
+    await c2.addNode();
+    await c2.waitView({ n0: 'alive', n1: 'alive' });
+    const check = new Checker();
+    assert.equal((await request(c2.url(q), 'PUT', '/stuck')).status, 201);
+    await waitFor(async () => (await request(c2.url(x), 'GET', '/stuck')).status === 200,
+      { timeout: 20_000, message: 'stuck on x' });
+    c2.setLink(x, q, { block: /^[A-Z]+ \/stuck(\/|$)/ });
+    await check.write(c2, q, 'stuck', { _id: 'w', v: 1 });
+    await waitFor(async () => {
+      await check.verify(c2, [q, x], ['stuck']);
+      return true;
+    }, { timeout: 30_000, interval: 1000, message: 'the write on q reaches x',
+      describe: async () => (await c2.mesh(x)).sync.filter((r) => r.db === 'stuck') });
+    const row = (await c2.mesh(x)).sync.find((r) => r.db === 'stuck' && r.peer === 'n0');
+    assert.ok(row?.failures > 0, `x's pulls from q failed meanwhile: ${JSON.stringify(row)}`);
+  } finally {
+    await c2.close();
+  }
 });
