@@ -434,6 +434,15 @@ static void test_doc_body(void) {
     CHECK_EQ_STR(buf_cstr(&d.body), c);
     json_doc_destroy(&d);
 
+    /* strings copied straight from the source and strings rebuilt after an escape mix in
+     * one body, as keys and as values, with the same compact form either way */
+    const char *m = "{\"k\\u0041\":\"plain \xc3\xa9 / text\",\"raw\":\"a\\tb\\/\","
+                    "\"\\\"q\":[\"x\",\"\\u0041\",\"\"],\"\":\"end\"}";
+    CHECK_EQ_INT(json_doc_parse(m, strlen(m), NULL, &d, &err), 0);
+    CHECK_EQ_STR(buf_cstr(&d.body), "{\"kA\":\"plain \xc3\xa9 / text\",\"raw\":\"a\\tb/\","
+                                    "\"\\\"q\":[\"x\",\"A\",\"\"],\"\":\"end\"}");
+    json_doc_destroy(&d);
+
     /* an id with escapes is decoded; ids may contain NUL */
     CHECK_EQ_INT(json_doc_parse(S("{\"_id\":\"a\\u0000\\u00e9\"}"), NULL, &d, &err), 0);
     CHECK_EQ_INT(d.id_len, 4);
