@@ -9,6 +9,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define FLAG_MASK (REVTREE_DELETED | REVTREE_HAS_BODY)
 
@@ -71,6 +74,23 @@ static const unsigned char hash_class[256] = {
 /* The form rev_hash_check produces: what a tree may hold, so that every tree encodes and
  * decodes back to itself. */
 static bool hash_canonical(const char *s, size_t n) {
+#ifdef __SSE2__
+    /* the usual case, 32 lowercase hex digits, sixteen bytes a step: every write checks its
+     * new hash and encodes it */
+    if (s && n == 32) {
+        const __m128i d0 = _mm_set1_epi8('0' - 1), d9 = _mm_set1_epi8('9' + 1);
+        const __m128i la = _mm_set1_epi8('a' - 1), lf = _mm_set1_epi8('f' + 1);
+        unsigned ok = 0xFFFF;
+        for (int k = 0; k < 2; k++) {
+            /* signed compares: a byte >= 0x80 is negative and fails both ranges */
+            __m128i x = _mm_loadu_si128((const __m128i *)(s + 16 * k));
+            __m128i dig = _mm_and_si128(_mm_cmpgt_epi8(x, d0), _mm_cmplt_epi8(x, d9));
+            __m128i low = _mm_and_si128(_mm_cmpgt_epi8(x, la), _mm_cmplt_epi8(x, lf));
+            ok &= (unsigned)_mm_movemask_epi8(_mm_or_si128(dig, low));
+        }
+        return ok == 0xFFFF;
+    }
+#endif
     if (!s || n == 0 || n > REV_HASH_MAX) return false;
     unsigned char need = n == 32 ? 1 : 2, all = need;
     for (size_t i = 0; i < n; i++) all &= hash_class[(unsigned char)s[i]];
@@ -578,12 +598,14 @@ int revtree_encode(const revtree *t, buf *out) {
         *o++ = (unsigned char)nd->flags;
         if (nd->hash_len == 32) {
             *o++ = 0;
+            /* checked hex above: '0'-'9' and 'a'-'f' are x & 15, plus 9 for the letters */
             for (int k = 0; k < 16; k++) {
-                char hi = nd->hash[2 * k], lo = nd->hash[2 * k + 1];
-                int h = hi <= '9' ? hi - '0' : hi - 'a' + 10;
-                int l = lo <= '9' ? lo - '0' : lo - 'a' + 10;
-                *o++ = (unsigned char)(h << 4 | l);
+                unsigned hi = (unsigned char)nd->hash[2 * k];
+                unsigned lo = (unsigned char)nd->hash[2 * k + 1];
+                o[k] = (unsigned char)(((hi & 15) + 9 * (hi >> 6)) << 4 |
+                                       ((lo & 15) + 9 * (lo >> 6)));
             }
+            o += 16;
         } else {
             *o++ = (unsigned char)nd->hash_len;
             memcpy(o, nd->hash, nd->hash_len);
