@@ -45,6 +45,7 @@ typedef struct jd_ctx {
     json_doc     *single;     /* json_doc_parse's output */
     json_bulk    *out;        /* json_bulk_parse's output */
     size_t        docs_alloc;
+    size_t        max_docs;   /* 0: no cap */
     int           env;        /* ENV_* of the envelope member being read */
     bool          have_docs;
 } jd_ctx;
@@ -282,9 +283,15 @@ static int jd_env_value(jd_ctx *c, int ev, bool bv) {
         }
     }
     if (c->depth == 2 && c->env == ENV_DOCS) {
+        json_bulk *o = c->out;
+        if (c->max_docs && o->count >= c->max_docs) {
+            err_set(c->err, MIMEO_ETOOLARGE, "max_bulk_docs_count_exceeded",
+                    "More than %zu documents in one request ([couchdb] max_bulk_docs_count).",
+                    c->max_docs);
+            return MIMEO_ETOOLARGE;
+        }
         if (ev != EV_MAP)
             return jd_fail(c, MIMEO_EINVAL, "bad_request", "Document must be a JSON object");
-        json_bulk *o = c->out;
         if (o->count == c->docs_alloc) {
             size_t alloc = c->docs_alloc ? c->docs_alloc * 2 : 64;
             json_doc *docs = realloc(o->docs, alloc * sizeof *docs);
@@ -458,11 +465,12 @@ void json_bulk_destroy(json_bulk *b) {
 
 int json_bulk_parse(const char *p, size_t n, const json_limits *limits, json_bulk *out,
                     json_error *err) {
-    return json_bulk_parse_revs(p, n, limits, 0, out, err);
+    return json_bulk_parse_revs(p, n, limits, 0, 0, out, err);
 }
 
 int json_bulk_parse_revs(const char *p, size_t n, const json_limits *limits,
-                         unsigned max_revision_ids, json_bulk *out, json_error *err) {
+                         unsigned max_revision_ids, size_t max_docs, json_bulk *out,
+                         json_error *err) {
     json_error scratch;
     if (!err) err = &scratch;
     memset(out, 0, sizeof *out);
@@ -472,6 +480,7 @@ int json_bulk_parse_revs(const char *p, size_t n, const json_limits *limits,
     c.max_rev_ids = max_revision_ids;
     c.bulk = true;
     c.out = out;
+    c.max_docs = max_docs;
     int rc = json_parse(p, n, limits, &jd_handlers, &c, err);
     json_builder_free(c.jb);
     if (rc) {
