@@ -288,6 +288,9 @@ typedef struct mimeo_bulk_docs_opts {
      * return stops the listing (what was written stays written) and is returned. */
     int  (*entry_fn)(void *ctx, const mimeo_bulk_entry *entry);
     void *entry_ctx;
+    /* More documents than this fail the request with MIMEO_ETOOLARGE
+     * "max_bulk_docs_count_exceeded" before any is written (0: no cap). */
+    size_t max_docs;
 } mimeo_bulk_docs_opts;
 /* mimeo_bulk_docs with options (opts may be NULL). Documents that validate_doc_update
  * rejects are per-entry errors of the reply, new_edits false included. */

@@ -989,7 +989,8 @@ int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
     /* {"docs":[…]} wraps each document two levels deep: what PUT accepts, so must this. */
     json_limits lim = db->env->limits;
     lim.max_depth += 2;
-    int rc = json_bulk_parse_revs(json, len, &lim, write_revs_limit(db), &bulk, &je);
+    int rc = json_bulk_parse_revs(json, len, &lim, write_revs_limit(db),
+                                  opts ? opts->max_docs : 0, &bulk, &je);
     if (rc) return db_err_json(err, &je);
     write_item *items = calloc(bulk.count ? bulk.count : 1, sizeof *items);
     if (!items) {

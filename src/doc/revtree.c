@@ -9,6 +9,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define FLAG_MASK (REVTREE_DELETED | REVTREE_HAS_BODY)
 
@@ -71,6 +74,23 @@ static const unsigned char hash_class[256] = {
 /* The form rev_hash_check produces: what a tree may hold, so that every tree encodes and
  * decodes back to itself. */
 static bool hash_canonical(const char *s, size_t n) {
+#ifdef __SSE2__
+    /* the usual case, 32 lowercase hex digits, sixteen bytes a step: every write checks its
+     * new hash and encodes it */
+    if (s && n == 32) {
+        const __m128i d0 = _mm_set1_epi8('0' - 1), d9 = _mm_set1_epi8('9' + 1);
+        const __m128i la = _mm_set1_epi8('a' - 1), lf = _mm_set1_epi8('f' + 1);
+        unsigned ok = 0xFFFF;
+        for (int k = 0; k < 2; k++) {
+            /* signed compares: a byte >= 0x80 is negative and fails both ranges */
+            __m128i x = _mm_loadu_si128((const __m128i *)(s + 16 * k));
+            __m128i dig = _mm_and_si128(_mm_cmpgt_epi8(x, d0), _mm_cmplt_epi8(x, d9));
+            __m128i low = _mm_and_si128(_mm_cmpgt_epi8(x, la), _mm_cmplt_epi8(x, lf));
+            ok &= (unsigned)_mm_movemask_epi8(_mm_or_si128(dig, low));
+        }
+        return ok == 0xFFFF;
+    }
+#endif
     if (!s || n == 0 || n > REV_HASH_MAX) return false;
     unsigned char need = n == 32 ? 1 : 2, all = need;
     for (size_t i = 0; i < n; i++) all &= hash_class[(unsigned char)s[i]];
@@ -541,45 +561,64 @@ void revtree_compact(revtree *t, revtree_drop_fn drop, void *ctx) {
 #define REVTREE_FORMAT 1
 #define RECORD_MIN 4
 
+/* Appends v as a little-endian base-128 varint at p; returns the end. */
+static inline unsigned char *put_varint(unsigned char *p, uint64_t v) {
+    while (v >= 0x80) {
+        *p++ = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (unsigned char)v;
+    return p;
+}
+
+/* Every write encodes the document's tree: one reservation for the worst case, then the
+ * records are written in place rather than through an append call per field. */
 int revtree_encode(const revtree *t, buf *out) {
     size_t start = out->len;
-    int rc = 0;
-    if ((rc = buf_putc(out, REVTREE_FORMAT)) || (rc = buf_put_varint(out, t->count))) goto fail;
+    size_t worst = 1 + 10;
+    for (uint32_t i = 0; i < t->count; i++) worst += 10 + 10 + 1 + 1 + t->nodes[i].hash_len + 10;
+    int rc = buf_reserve(out, worst);
+    if (rc) return rc;
+    unsigned char *o = (unsigned char *)out->data + start;
+    *o++ = REVTREE_FORMAT;
+    o = put_varint(o, t->count);
     for (uint32_t i = 0; i < t->count; i++) {
         const revtree_node *nd = &t->nodes[i];
         /* Refuse to write what decode would refuse to read. */
-        rc = MIMEO_EINVAL;
         if (!hash_canonical(nd->hash, nd->hash_len) || (nd->flags & ~FLAG_MASK)) goto fail;
         if (nd->parent == REVTREE_NONE) {
-            if ((rc = buf_put_varint(out, 0)) || (rc = buf_put_varint(out, nd->gen))) goto fail;
+            *o++ = 0;
+            o = put_varint(o, nd->gen);
         } else {
             if (nd->parent >= i || t->nodes[nd->parent].gen + 1 != nd->gen ||
                 t->nodes[nd->parent].gen == UINT64_MAX)
                 goto fail;
-            if ((rc = buf_put_varint(out, (uint64_t)nd->parent + 1))) goto fail;
+            o = put_varint(o, (uint64_t)nd->parent + 1);
         }
-        if ((rc = buf_putc(out, (char)nd->flags))) goto fail;
+        *o++ = (unsigned char)nd->flags;
         if (nd->hash_len == 32) {
-            unsigned char raw[16];
+            *o++ = 0;
+            /* checked hex above: '0'-'9' and 'a'-'f' are x & 15, plus 9 for the letters */
             for (int k = 0; k < 16; k++) {
-                char hi = nd->hash[2 * k], lo = nd->hash[2 * k + 1];
-                int h = hi <= '9' ? hi - '0' : hi - 'a' + 10;
-                int l = lo <= '9' ? lo - '0' : lo - 'a' + 10;
-                raw[k] = (unsigned char)(h << 4 | l);
+                unsigned hi = (unsigned char)nd->hash[2 * k];
+                unsigned lo = (unsigned char)nd->hash[2 * k + 1];
+                o[k] = (unsigned char)(((hi & 15) + 9 * (hi >> 6)) << 4 |
+                                       ((lo & 15) + 9 * (lo >> 6)));
             }
-            if ((rc = buf_putc(out, 0)) || (rc = buf_put(out, raw, 16))) goto fail;
+            o += 16;
         } else {
-            if ((rc = buf_putc(out, (char)nd->hash_len)) ||
-                (rc = buf_put(out, nd->hash, nd->hash_len)))
-                goto fail;
+            *o++ = (unsigned char)nd->hash_len;
+            memcpy(o, nd->hash, nd->hash_len);
+            o += nd->hash_len;
         }
-        if ((nd->flags & REVTREE_HAS_BODY) && (rc = buf_put_varint(out, nd->body))) goto fail;
+        if (nd->flags & REVTREE_HAS_BODY) o = put_varint(o, nd->body);
     }
+    out->len = (size_t)(o - (unsigned char *)out->data);
+    out->data[out->len] = 0;
     return 0;
 fail:
-    out->len = start;
-    if (out->data) out->data[start] = 0;
-    return rc;
+    out->data[start] = 0;
+    return MIMEO_EINVAL;
 }
 
 int revtree_decode(revtree *t, const void *data, size_t n) {

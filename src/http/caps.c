@@ -123,6 +123,10 @@ static bool caps_seg(const http_req *r, const char *s) {
     return r->seg_len[1] == strlen(s) && memcmp(r->seg[1], s, r->seg_len[1]) == 0;
 }
 
+size_t http_caps_bulk_docs(const http_req *r) {
+    return r->srv->cfg.caps.bulk_docs ? r->srv->cfg.caps.bulk_docs : CAPS_BULK_DOCS;
+}
+
 bool http_caps_refuse(http_req *r) {
     if (r->nseg != 2) return false;
     const http_caps *k = &r->srv->cfg.caps;
@@ -130,8 +134,10 @@ bool http_caps_refuse(http_req *r) {
     size_t blen = r->method == HTTP_POST ? r->body.len : 0;
 
     if (caps_seg(r, "_bulk_docs")) {
-        size_t cap = k->bulk_docs ? k->bulk_docs : CAPS_BULK_DOCS;
-        if (caps_over(body, blen, (caps_scan){ .member = "docs" }, cap))
+        /* the streaming parse counts them (http_h_bulk_docs) and stops at the first past
+         * the cap; only a member's body, which is read into a tree first, is scanned */
+        size_t cap = http_caps_bulk_docs(r);
+        if (r->bulk_no_design && caps_over(body, blen, (caps_scan){ .member = "docs" }, cap))
             return caps_reply(r, "max_bulk_docs_count_exceeded", "documents", cap,
                               "max_bulk_docs_count");
     } else if (caps_seg(r, "_bulk_get")) {

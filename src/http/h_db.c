@@ -277,7 +277,7 @@ void http_h_bulk_docs(http_req *r) {
     mimeo_err e = {0};
     mimeo_user_ctx user;
     char *sec = http_user_ctx(r, &user);
-    mimeo_bulk_docs_opts bo = {.user = &user};
+    mimeo_bulk_docs_opts bo = {.user = &user, .max_docs = http_caps_bulk_docs(r)};
     int rc = mimeo_bulk_docs_as(r->db, r->body.data ? r->body.data : "", r->body.len, &bo,
                                 &out, &len, &e);
     free(sec);

@@ -156,6 +156,8 @@ typedef struct http_req {
 /* Counts the entries of a bulk request (body and query) without building a tree; over the
  * configured cap, replies 413 and returns true (the caller stops). */
 bool http_caps_refuse(http_req *r);
+/* The _bulk_docs document cap ([couchdb] max_bulk_docs_count). */
+size_t http_caps_bulk_docs(const http_req *r);
 
 /* ---- url.c ------------------------------------------------------------------------------ */
 /* Splits target (raw request target) into decoded path segments and query arguments, into

@@ -165,8 +165,13 @@ typedef struct json_bulk {
 } json_bulk;
 int  json_bulk_parse(const char *p, size_t n, const json_limits *limits, json_bulk *out,
                      json_error *err);
+/* As json_bulk_parse, with at most max_revision_ids items of each _revisions.ids kept (0:
+ * all), and more than max_docs items of docs (0: no cap) refused with MIMEO_ETOOLARGE
+ * "max_bulk_docs_count_exceeded" ([couchdb] max_bulk_docs_count) as soon as the first one
+ * past the cap starts: the count comes with the parse, not from a scan of its own. */
 int  json_bulk_parse_revs(const char *p, size_t n, const json_limits *limits,
-                          unsigned max_revision_ids, json_bulk *out, json_error *err);
+                          unsigned max_revision_ids, size_t max_docs, json_bulk *out,
+                          json_error *err);
 void json_bulk_destroy(json_bulk *b);
 
 /* ---- writers -------------------------------------------------------------------------------

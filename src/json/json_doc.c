@@ -29,6 +29,7 @@ enum { EV_NULL, EV_BOOL, EV_NUMBER, EV_STRING, EV_MAP, EV_ARRAY };
 typedef struct jd_ctx {
     json_error   *err;
     size_t        max_doc;
+    uintptr_t     src, src_end; /* the text being parsed: strings inside it had no escapes */
     unsigned      depth;      /* containers open before the current event */
 
     json_doc     *doc;        /* the document being split, or NULL between documents */
@@ -44,6 +45,7 @@ typedef struct jd_ctx {
     json_doc     *single;     /* json_doc_parse's output */
     json_bulk    *out;        /* json_bulk_parse's output */
     size_t        docs_alloc;
+    size_t        max_docs;   /* 0: no cap */
     int           env;        /* ENV_* of the envelope member being read */
     bool          have_docs;
 } jd_ctx;
@@ -90,6 +92,16 @@ static inline int jd_sep(buf *b) {
     char last = b->data[b->len - 1];
     if (last == '{' || last == '[' || last == ':') return 0;
     return json_putc_fast(b, ',');
+}
+
+/* A string written into a body. One the parser hands over from inside the source text had
+ * no escape, and a string with no escape has no byte json_put_str would escape (no quote,
+ * backslash or control character can stand in it unescaped): its source bytes, quotes
+ * included, are already its compact form and are copied without a second scan. */
+static inline int jd_put_str(const jd_ctx *c, buf *b, const char *s, size_t n) {
+    uintptr_t a = (uintptr_t)s;
+    if (a > c->src && a + n < c->src_end) return buf_put(b, s - 1, n + 2);
+    return json_put_str(b, s, n);
 }
 
 /* ---- one document ---------------------------------------------------------------------- */
@@ -142,7 +154,7 @@ static int jd_member(jd_ctx *c, const char *s, size_t n) {
     }
     buf *b = &c->doc->body;
     int rc = jd_sep(b);
-    if (!rc) rc = json_put_str(b, s, n);
+    if (!rc) rc = jd_put_str(c, b, s, n);
     if (!rc) rc = json_putc_fast(b, ':');
     return rc ? jd_body_fail(c, rc) : 0;
 }
@@ -229,7 +241,7 @@ static int jd_doc_value(jd_ctx *c, int ev, const char *s, size_t n, bool bv) {
         case EV_NULL:   rc = buf_put(b, "null", 4); break;
         case EV_BOOL:   rc = bv ? buf_put(b, "true", 4) : buf_put(b, "false", 5); break;
         case EV_NUMBER: rc = buf_put(b, s, n); break; /* the source text, byte for byte */
-        case EV_STRING: rc = json_put_str(b, s, n); break;
+        case EV_STRING: rc = jd_put_str(c, b, s, n); break;
         case EV_MAP:    rc = json_putc_fast(b, '{'); break;
         default:        rc = json_putc_fast(b, '['); break;
         }
@@ -271,9 +283,15 @@ static int jd_env_value(jd_ctx *c, int ev, bool bv) {
         }
     }
     if (c->depth == 2 && c->env == ENV_DOCS) {
+        json_bulk *o = c->out;
+        if (c->max_docs && o->count >= c->max_docs) {
+            err_set(c->err, MIMEO_ETOOLARGE, "max_bulk_docs_count_exceeded",
+                    "More than %zu documents in one request ([couchdb] max_bulk_docs_count).",
+                    c->max_docs);
+            return MIMEO_ETOOLARGE;
+        }
         if (ev != EV_MAP)
             return jd_fail(c, MIMEO_EINVAL, "bad_request", "Document must be a JSON object");
-        json_bulk *o = c->out;
         if (o->count == c->docs_alloc) {
             size_t alloc = c->docs_alloc ? c->docs_alloc * 2 : 64;
             json_doc *docs = realloc(o->docs, alloc * sizeof *docs);
@@ -315,7 +333,7 @@ static int jd_on_key(void *ctx, const char *s, size_t n) {
         case JD_BODY: {
             buf *b = &c->doc->body;
             int rc = jd_sep(b);
-            if (!rc) rc = json_put_str(b, s, n);
+            if (!rc) rc = jd_put_str(c, b, s, n);
             if (!rc) rc = json_putc_fast(b, ':');
             return rc ? jd_body_fail(c, rc) : 0;
         }
@@ -388,9 +406,12 @@ static const json_handlers jd_handlers = {
 
 /* ---- entry points ---------------------------------------------------------------------- */
 
-static void jd_ctx_init(jd_ctx *c, const json_limits *limits, json_error *err) {
+static void jd_ctx_init(jd_ctx *c, const char *p, size_t n, const json_limits *limits,
+                        json_error *err) {
     memset(c, 0, sizeof *c);
     c->err = err;
+    c->src = (uintptr_t)p;
+    c->src_end = c->src + n;
     c->max_doc = limits && limits->max_doc_bytes ? limits->max_doc_bytes
                                                  : JSON_DEFAULT_MAX_DOC;
 }
@@ -422,7 +443,7 @@ int json_doc_parse_revs(const char *p, size_t n, const json_limits *limits,
     if (!err) err = &scratch;
     memset(out, 0, sizeof *out);
     jd_ctx c;
-    jd_ctx_init(&c, limits, err);
+    jd_ctx_init(&c, p, n, limits, err);
     c.max_rev_ids = max_revision_ids;
     c.single = out;
     int rc = json_parse(p, n, limits, &jd_handlers, &c, err);
@@ -444,20 +465,22 @@ void json_bulk_destroy(json_bulk *b) {
 
 int json_bulk_parse(const char *p, size_t n, const json_limits *limits, json_bulk *out,
                     json_error *err) {
-    return json_bulk_parse_revs(p, n, limits, 0, out, err);
+    return json_bulk_parse_revs(p, n, limits, 0, 0, out, err);
 }
 
 int json_bulk_parse_revs(const char *p, size_t n, const json_limits *limits,
-                         unsigned max_revision_ids, json_bulk *out, json_error *err) {
+                         unsigned max_revision_ids, size_t max_docs, json_bulk *out,
+                         json_error *err) {
     json_error scratch;
     if (!err) err = &scratch;
     memset(out, 0, sizeof *out);
     out->new_edits = true;
     jd_ctx c;
-    jd_ctx_init(&c, limits, err);
+    jd_ctx_init(&c, p, n, limits, err);
     c.max_rev_ids = max_revision_ids;
     c.bulk = true;
     c.out = out;
+    c.max_docs = max_docs;
     int rc = json_parse(p, n, limits, &jd_handlers, &c, err);
     json_builder_free(c.jb);
     if (rc) {

@@ -434,6 +434,15 @@ static void test_doc_body(void) {
     CHECK_EQ_STR(buf_cstr(&d.body), c);
     json_doc_destroy(&d);
 
+    /* strings copied straight from the source and strings rebuilt after an escape mix in
+     * one body, as keys and as values, with the same compact form either way */
+    const char *m = "{\"k\\u0041\":\"plain \xc3\xa9 / text\",\"raw\":\"a\\tb\\/\","
+                    "\"\\\"q\":[\"x\",\"\\u0041\",\"\"],\"\":\"end\"}";
+    CHECK_EQ_INT(json_doc_parse(m, strlen(m), NULL, &d, &err), 0);
+    CHECK_EQ_STR(buf_cstr(&d.body), "{\"kA\":\"plain \xc3\xa9 / text\",\"raw\":\"a\\tb/\","
+                                    "\"\\\"q\":[\"x\",\"A\",\"\"],\"\":\"end\"}");
+    json_doc_destroy(&d);
+
     /* an id with escapes is decoded; ids may contain NUL */
     CHECK_EQ_INT(json_doc_parse(S("{\"_id\":\"a\\u0000\\u00e9\"}"), NULL, &d, &err), 0);
     CHECK_EQ_INT(d.id_len, 4);
@@ -548,6 +557,25 @@ static void test_doc_too_large(void) {
 static void test_bulk(void) {
     json_bulk bk;
     json_error err;
+    /* the document cap: at the cap the body parses; one more entry of any kind is refused
+     * with CouchDB's error, even when it would be a bad document or the text a bad body */
+    const char *two = "{\"docs\":[{\"a\":1},{\"b\":2}]}";
+    CHECK_EQ_INT(json_bulk_parse_revs(two, strlen(two), NULL, 0, 2, &bk, &err), 0);
+    CHECK_EQ_INT(bk.count, 2);
+    json_bulk_destroy(&bk);
+    const char *over[] = {"{\"docs\":[{\"a\":1},{\"b\":2},{\"c\":3}]}",
+                          "{\"docs\":[{},{},7]}", "{\"docs\":[{},{},{\"x\":"};
+    for (size_t i = 0; i < 3; i++) {
+        CHECK_EQ_INT(json_bulk_parse_revs(over[i], strlen(over[i]), NULL, 0, 2, &bk, &err),
+                     MIMEO_ETOOLARGE);
+        CHECK_EQ_STR(err.error, "max_bulk_docs_count_exceeded");
+        CHECK_EQ_STR(err.reason,
+                     "More than 2 documents in one request ([couchdb] max_bulk_docs_count).");
+        CHECK(bk.count == 0 && bk.docs == NULL);
+    }
+    CHECK_EQ_INT(json_bulk_parse_revs(over[0], strlen(over[0]), NULL, 0, 0, &bk, &err), 0);
+    CHECK_EQ_INT(bk.count, 3);
+    json_bulk_destroy(&bk);
     const char *t = "{\"new_edits\":false,\"docs\":[{\"_id\":\"a\",\"_rev\":\"1-x\",\"v\":1},"
                     "{\"_id\":\"b\",\"_deleted\":true,\"_revisions\":{\"start\":1,\"ids\":[\"y\"]}},"
                     "{}],\"all_or_nothing\":true}";

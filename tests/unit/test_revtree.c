@@ -376,6 +376,40 @@ static void test_add_child(void) {
     CHECK_EQ_INT(revtree_add_child(&t, b, "", 0, LIVE, 3, NULL), MIMEO_EBADREV);
     CHECK(tree_ok(&t));
     revtree_destroy(&t);
+
+    /* 32 characters must be lowercase hex, each of them: the bytes either side of the
+     * ranges '0'-'9' and 'a'-'f', at both ends of both halves */
+    const char *hex = "0123456789abcdef0123456789abcdef";
+    const char bad[] = {'/', ':', '`', 'g', 'A', 'F', ' ', (char)0x80, (char)0xff};
+    const int at[] = {0, 15, 16, 31};
+    for (size_t i = 0; i < sizeof bad; i++) {
+        for (size_t j = 0; j < sizeof at / sizeof at[0]; j++) {
+            char h[33];
+            memcpy(h, hex, 33);
+            h[at[j]] = bad[i];
+            revtree_init(&t);
+            CHECK_EQ_INT(revtree_add_child(&t, REVTREE_NONE, h, 32, LIVE, 1, NULL),
+                         MIMEO_EBADREV);
+            revtree_destroy(&t);
+        }
+    }
+    /* and a good one goes to disk as its 16 bytes and comes back as it was */
+    revtree_init(&t);
+    CHECK_EQ_INT(revtree_add_child(&t, REVTREE_NONE, hex, 32, LIVE, 1, &a), 0);
+    buf enc;
+    buf_init(&enc, 0);
+    CHECK_EQ_INT(revtree_encode(&t, &enc), 0);
+    const unsigned char raw[16] = {0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef,
+                                   0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef};
+    CHECK(enc.len >= 16 && memcmp(enc.data + enc.len - 16 - 1, raw, 16) == 0);
+    revtree back;
+    revtree_init(&back);
+    CHECK_EQ_INT(revtree_decode(&back, enc.data, enc.len), 0);
+    CHECK_EQ_INT(back.count, 1);
+    CHECK(back.nodes[0].hash_len == 32 && memcmp(back.nodes[0].hash, hex, 32) == 0);
+    revtree_destroy(&back);
+    buf_destroy(&enc);
+    revtree_destroy(&t);
 }
 
 static void test_stem(void) {
