@@ -139,18 +139,24 @@ static int store_run_group(store *s, store_job *jobs, store_job **rest) {
         if (rc) return rc;
         if (s->hooks.begin) s->hooks.begin(s->hooks.ctx);
         bool rerun = false;
-        store_job *prev = NULL; /* the last job before j that ran */
-        for (store_job *j = jobs; j && !rc; j = j->next) {
+        bool ran = false;          /* a job before j was written in this transaction */
+        store_job *before = NULL;  /* the job before j in the group, skipped ones included */
+        for (store_job *j = jobs; j && !rc; before = j, j = j->next) {
             if (j->skip) continue;
             j->rc = j->fn(txn, j->arg);
             if (j->rc == 0) {
-                prev = j;
+                ran = true;
                 continue;
             }
             if (j->rc == STORE_EMAPFULL) {
                 rc = j->rc;
-            } else if (j->rc == STORE_ETXNFULL && prev) {
-                prev->next = NULL; /* j and what follows wait for the next group */
+            } else if (j->rc == STORE_ETXNFULL && ran) {
+                /* j and what follows wait for the next group. The cut is right before j:
+                 * a failed job just before it stays in the group, which answers it. */
+                before->next = NULL;
+                store_job *tail = j;
+                while (tail->next) tail = tail->next;
+                tail->next = *rest; /* handed back by an earlier run of this group */
                 *rest = j;
                 j->rc = 0;
                 rerun = true;

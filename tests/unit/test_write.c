@@ -373,6 +373,44 @@ static void test_group_job_isolation(void) {
     mimeo_env_close(env);
 }
 
+/* A failed job right before one that no longer fits the transaction: the group is cut
+ * before the latter, and the failed job is still answered (it was once cut off with the
+ * jobs after it and its writer waited for ever). The slow job makes the four others queue
+ * while it runs, so they form one group. */
+static void test_group_failed_job_before_full(void) {
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    enum { N = 5 };
+    gjob jobs[N];
+    const int kinds[N] = {GJ_SLOW, GJ_GOOD, GJ_LMDB_ERROR, GJ_TXN_FULL_ONCE, GJ_GOOD};
+    for (int i = 0; i < N; i++) {
+        jobs[i] = (gjob){.st = env->store, .kind = kinds[i], .n = 100 + i};
+        pthread_create(&jobs[i].th, NULL, gjob_thread, &jobs[i]);
+        struct timespec ts = {0, (i == 0 ? 50 : 5) * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    bool all_answered = true;
+    for (int i = 0; i < N; i++) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 20;
+        if (pthread_timedjoin_np(jobs[i].th, NULL, &until) != 0) {
+            fprintf(stderr, "  job %d (kind %d) was never answered\n", i, kinds[i]);
+            all_answered = false;
+        }
+    }
+    CHECK(all_answered);
+    if (!all_answered) {
+        check_report();
+        _exit(1); /* a writer still waits on the store: closing it would wait too */
+    }
+    for (int i = 0; i < N; i++)
+        CHECK_EQ_INT(jobs[i].rc, kinds[i] == GJ_LMDB_ERROR ? MIMEO_EIO : 0);
+    CHECK_EQ_INT(jobs[3].calls, 2);
+    mimeo_env_close(env);
+}
+
 /* ---- the commit observer (mimeo_env_on_commit) ---------------------------------------------- */
 
 struct seen_commit {
@@ -1241,6 +1279,7 @@ int main(void) {
     RUN(test_revisions_bounded);
     RUN(test_couchdb_revisions_accepted);
     RUN(test_group_job_isolation);
+    RUN(test_group_failed_job_before_full);
     RUN(test_commit_observer);
     RUN(test_data_dir_locked);
     RUN(test_compact_data_file);
