@@ -552,6 +552,6 @@ void http_h_changes(http_req *r) {
         http_feed_free(f);
         return;
     }
-    http_reply_stream(r, 200, f->kind == FEED_EVENTSOURCE ? "text/event-stream" : NULL,
-                      http_feed_read, f, http_feed_free);
+    http_reply_stream_small(r, 200, f->kind == FEED_EVENTSOURCE ? "text/event-stream" : NULL,
+                            http_feed_read, f, http_feed_free);
 }

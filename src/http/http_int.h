@@ -234,6 +234,11 @@ void http_reply_method(http_req *r, const char *allowed);
 void http_reply_stream(http_req *r, unsigned status, const char *content_type,
                        MHD_ContentReaderCallback reader, void *cls,
                        MHD_ContentReaderFreeCallback free_fn);
+/* The same for a reply that lives long and sends little at a time (a changes feed): a
+ * smaller block for HTTP/1.0 clients, which every open feed would otherwise keep. */
+void http_reply_stream_small(http_req *r, unsigned status, const char *content_type,
+                             MHD_ContentReaderCallback reader, void *cls,
+                             MHD_ContentReaderFreeCallback free_fn);
 /* Streams the json of every row of cur (takes it; and the request's db handle, which the
  * cursor reads) joined by commas between open and close (static texts), a slice at a time:
  * a reply of any size costs one slice of memory. */
