@@ -538,7 +538,8 @@ MIMEO_API uint64_t mimeo_cursor_pending(const mimeo_cursor *cur);
 
 /* Ascending changes cursors at their end: blocks until the database has changes after the
  * last seq reported (returns 1; next then continues), timeout_ms passes (returns 0), or the
- * database is deleted (MIMEO_ENOTFOUND: the feed is over). MIMEO_EINVAL for other cursors. */
+ * database is deleted (MIMEO_ENOTFOUND: the feed is over). MIMEO_EINVAL for other cursors.
+ * A cursor whose rows were all taken frees their storage here (the last row is then gone). */
 MIMEO_API int mimeo_cursor_wait(mimeo_cursor *cur, uint64_t timeout_ms);
 
 /* The continuation token of a changes or _all_docs cursor: where the next row would start,

@@ -116,6 +116,29 @@ static void slice_reset(mimeo_cursor *c) {
     db_follows_reset(&c->fol);
 }
 
+/* Frees the slice's storage once every row has been handed out: a feed waits for hours
+ * between writes, and the next write is read again from the cursor's position anyway. */
+static void slice_release(mimeo_cursor *c) {
+    if (c->next < c->nrows) return;
+    buf_destroy(&c->text);
+    buf_init(&c->text, 0);
+    free(c->rows);
+    free(c->leaves);
+    free(c->scratch);
+    free(c->out_leaves);
+    free(c->out_fol);
+    c->rows = NULL;
+    c->leaves = NULL;
+    c->scratch = NULL;
+    c->out_leaves = NULL;
+    c->out_fol = NULL;
+    c->rows_cap = c->leaves_cap = c->scratch_cap = c->out_leaves_cap = c->out_fol_cap = 0;
+    c->nrows = c->next = c->nleaves = 0;
+    db_follows_destroy(&c->fol);
+    buf_init(&c->fol.text, 0);
+    memset(&c->out, 0, sizeof c->out);
+}
+
 static bool slice_full(const mimeo_cursor *c) {
     return c->nrows >= SLICE_ROWS || c->text.len >= SLICE_BYTES;
 }
@@ -917,6 +940,7 @@ uint64_t mimeo_cursor_pending(const mimeo_cursor *c) { return c->pending; }
 
 int mimeo_cursor_wait(mimeo_cursor *c, uint64_t timeout_ms) {
     if (c->kind != CUR_CHANGES || c->co.descending) return MIMEO_EINVAL;
+    slice_release(c);
     mimeo_db *db = c->db;
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);

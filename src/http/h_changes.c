@@ -226,6 +226,20 @@ static void http_feed_start_wait(http_feed *f) {
 
 #define HTTP_FEED_IDLE 1
 
+/* A feed about to wait has sent everything (http_feed_fill steps only with nothing left to
+ * send): its buffers go until the next write or heartbeat, so that thousands of idle feeds
+ * hold none. */
+static void http_feed_shed(http_feed *f) {
+    if (f->out.len != f->pos) return;
+    buf_destroy(&f->out);
+    f->pos = 0;
+    buf_destroy(&f->att_hold);
+    buf_destroy(&f->held);
+    free(f->heldv);
+    f->heldv = NULL;
+    f->held_cap = 0;
+}
+
 /* One step of the feed; may append nothing. <0 on a library error, HTTP_FEED_IDLE when it
  * has to wait for a commit or its next heartbeat or timeout. */
 static int http_feed_step(http_feed *f) {
@@ -279,7 +293,10 @@ static int http_feed_step(http_feed *f) {
         /* Deleted while we waited: CouchDB ends the feed. */
         if (rc < 0) f->ph = PH_END;
         else if (rc > 0) f->ph = PH_ROWS;
-        else return HTTP_FEED_IDLE;
+        else {
+            http_feed_shed(f);
+            return HTTP_FEED_IDLE;
+        }
         return 0;
     }
     case PH_END:
@@ -535,6 +552,6 @@ void http_h_changes(http_req *r) {
         http_feed_free(f);
         return;
     }
-    http_reply_stream(r, 200, f->kind == FEED_EVENTSOURCE ? "text/event-stream" : NULL,
-                      http_feed_read, f, http_feed_free);
+    http_reply_stream_small(r, 200, f->kind == FEED_EVENTSOURCE ? "text/event-stream" : NULL,
+                            http_feed_read, f, http_feed_free);
 }

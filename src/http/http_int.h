@@ -22,7 +22,6 @@
 #define HTTP_SERVER_HEADER "mimeo/" MIMEO_VERSION " (CouchDB/" MIMEO_COUCHDB_VERSION ")"
 #define HTTP_MAX_SEGS   8    /* path segments kept; more are counted (attachment names) */
 #define HTTP_MAX_ARGS   64   /* query arguments kept; CouchDB has fewer than 40 */
-#define HTTP_INLINE_URI 768  /* request targets up to this size need no extra allocation */
 
 struct http_server {
     mimeo_env          *env;
@@ -106,7 +105,8 @@ typedef struct http_req {
     http_method           method;
     const char           *method_name;
 
-    char                 *raw;         /* the request target, decoded in place */
+    char                 *raw;         /* the request target, decoded in place (in the same
+                                          allocation as the context: http_req_new) */
     size_t                head_bytes;  /* the request head's share of the connection's
                                           pool (server.c), for the reply head's room */
     size_t                nseg;        /* number of path segments (may exceed HTTP_MAX_SEGS) */
@@ -114,7 +114,8 @@ typedef struct http_req {
     size_t                seg_len[HTTP_MAX_SEGS];
     const char           *seg_rest;    /* with more segments than kept: the rest, raw */
     size_t                nargs;
-    http_arg              args[HTTP_MAX_ARGS];
+    http_arg             *args;        /* room for args_cap, after the context */
+    size_t                args_cap;
     bool                  url_bad;     /* malformed %-escape */
 
     buf                   body;
@@ -148,8 +149,6 @@ typedef struct http_req {
     bool                  bulk_no_design; /* a member's _bulk_docs: design docs refused per
                                               entry (authz.c), the others written */
     uint64_t              started_ns;  /* when the request line arrived (metrics.c) */
-
-    char                  inline_raw[HTTP_INLINE_URI];
 } http_req;
 
 /* ---- caps.c ----------------------------------------------------------------------------- */
@@ -162,7 +161,10 @@ size_t http_caps_bulk_docs(const http_req *r);
 /* ---- url.c ------------------------------------------------------------------------------ */
 /* Splits target (raw request target) into decoded path segments and query arguments, into
  * r. Never fails: a bad escape sets r->url_bad. */
-void        http_url_parse(http_req *r, const char *target);
+/* A zeroed request context for target, parsed, with its arguments and the target's bytes in
+ * the same allocation (sized to them: a feed that lives for hours keeps no unused room);
+ * free() releases it. NULL when out of memory. */
+http_req   *http_req_new(const char *target);
 /* Decodes %XX in place over [p, p+n) (plus_space: '+' → ' '); returns the new length, or
  * (size_t)-1 on a malformed escape. */
 size_t      http_pct_decode(char *p, size_t n, bool plus_space);
@@ -234,6 +236,11 @@ void http_reply_method(http_req *r, const char *allowed);
 void http_reply_stream(http_req *r, unsigned status, const char *content_type,
                        MHD_ContentReaderCallback reader, void *cls,
                        MHD_ContentReaderFreeCallback free_fn);
+/* The same for a reply that lives long and sends little at a time (a changes feed): a
+ * smaller block for HTTP/1.0 clients, which every open feed would otherwise keep. */
+void http_reply_stream_small(http_req *r, unsigned status, const char *content_type,
+                             MHD_ContentReaderCallback reader, void *cls,
+                             MHD_ContentReaderFreeCallback free_fn);
 /* Streams the json of every row of cur (takes it; and the request's db handle, which the
  * cursor reads) joined by commas between open and close (static texts), a slice at a time:
  * a reply of any size costs one slice of memory. */

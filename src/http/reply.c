@@ -241,19 +241,33 @@ void http_reply_method(http_req *r, const char *allowed) {
     if (r->resp) MHD_add_response_header(r->resp, MHD_HTTP_HEADER_ALLOW, allowed);
 }
 
-void http_reply_stream(http_req *r, unsigned status, const char *content_type,
-                       MHD_ContentReaderCallback reader, void *cls,
-                       MHD_ContentReaderFreeCallback free_fn) {
+static void http_reply_stream_block(http_req *r, unsigned status, const char *content_type,
+                                   size_t block, MHD_ContentReaderCallback reader, void *cls,
+                                   MHD_ContentReaderFreeCallback free_fn) {
     /* Rows are flushed as soon as a reader call returns. A chunked reply (HTTP/1.1) is read
-     * into the connection's own pool; the block, zeroed with the response, only serves
-     * HTTP/1.0 clients, yet it lives as long as the reply: 4 KiB of every idle feed. */
+     * into the connection's own pool; the block, allocated with the response, only serves
+     * HTTP/1.0 clients (one reader call per block), yet it lives as long as the reply. */
     struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 1024, reader, cls, free_fn);
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, block, reader, cls, free_fn);
     if (!resp) {
         free_fn(cls);
         return;
     }
     http_set_reply(r, status, resp, content_type);
+}
+
+void http_reply_stream(http_req *r, unsigned status, const char *content_type,
+                       MHD_ContentReaderCallback reader, void *cls,
+                       MHD_ContentReaderFreeCallback free_fn) {
+    http_reply_stream_block(r, status, content_type, 1024, reader, cls, free_fn);
+}
+
+void http_reply_stream_small(http_req *r, unsigned status, const char *content_type,
+                             MHD_ContentReaderCallback reader, void *cls,
+                             MHD_ContentReaderFreeCallback free_fn) {
+    /* A feed's rows and heartbeats are short; an HTTP/1.0 client of a long normal feed
+     * gets it in more, smaller writes. */
+    http_reply_stream_block(r, status, content_type, 256, reader, cls, free_fn);
 }
 
 size_t http_drain(buf *b, size_t *pos, char *dst, size_t max) {

@@ -293,7 +293,7 @@ void http_resume(http_server *s, struct MHD_Connection *conn) {
  * born here, so the router sees exactly the bytes the client sent. */
 static void *http_uri_log(void *cls, const char *uri, struct MHD_Connection *conn) {
     http_server *s = cls;
-    http_req *r = calloc(1, sizeof *r);
+    http_req *r = http_req_new(uri ? uri : "/");
     if (!r) return NULL;
     size_t n = uri ? strlen(uri) : 0;
     r->srv = s;
@@ -303,14 +303,8 @@ static void *http_uri_log(void *cls, const char *uri, struct MHD_Connection *con
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     r->cx = ci ? ci->socket_context : NULL;
-    r->raw = n < sizeof r->inline_raw ? r->inline_raw : malloc(n + 1);
-    if (!r->raw) {
-        free(r);
-        return NULL;
-    }
     buf_init(&r->body, s->cfg.max_request_size);
     buf_init(&r->scratch, 2 * MIMEO_ID_MAX);
-    http_url_parse(r, uri ? uri : "/");
     return r;
 }
 
@@ -346,7 +340,6 @@ static void http_req_free(http_req *r) {
     free(r->set_cookie);
     buf_destroy(&r->body);
     buf_destroy(&r->scratch);
-    if (r->raw && r->raw != r->inline_raw) free(r->raw);
     free(r);
 }
 

@@ -49,7 +49,7 @@ static void http_split_query(http_req *r, char *p, size_t n) {
         if (end == start) continue;
         size_t eq = start;
         while (eq < end && p[eq] != '=') eq++;
-        if (r->nargs >= HTTP_MAX_ARGS) continue;   /* ignored, like unknown arguments */
+        if (r->nargs >= r->args_cap) continue;   /* ignored, like unknown arguments */
         http_arg *a = &r->args[r->nargs];
         size_t kl = pct_decode(p + start, eq - start, true);
         size_t vl = 0;
@@ -69,10 +69,8 @@ static void http_split_query(http_req *r, char *p, size_t n) {
     }
 }
 
-void http_url_parse(http_req *r, const char *target) {
-    /* r->raw was sized for target by the caller (server.c). Clients never send a fragment,
-     * so '#' is an ordinary (if unusual) byte here. */
-    size_t n = strlen(target);
+static void http_url_parse(http_req *r, const char *target, size_t n) {
+    /* Clients never send a fragment, so '#' is an ordinary (if unusual) byte here. */
     memcpy(r->raw, target, n + 1);
     char *q = memchr(r->raw, '?', n);
     size_t path_len = q ? (size_t)(q - r->raw) : n;
@@ -81,6 +79,25 @@ void http_url_parse(http_req *r, const char *target) {
         http_split_query(r, q + 1, n - path_len - 1);
     }
     http_split_path(r, r->raw, path_len);
+}
+
+http_req *http_req_new(const char *target) {
+    size_t n = strlen(target);
+    /* Every argument ends at a separator or the end: this bounds the count. */
+    size_t nargs = 0;
+    const char *q = memchr(target, '?', n);
+    if (q) {
+        nargs = 1;
+        for (const char *p = q + 1; *p && nargs < HTTP_MAX_ARGS; p++)
+            if (*p == '&' || *p == ';') nargs++;
+    }
+    http_req *r = calloc(1, sizeof *r + nargs * sizeof(http_arg) + n + 1);
+    if (!r) return NULL;
+    r->args = (http_arg *)(r + 1);
+    r->args_cap = nargs;
+    r->raw = (char *)(r->args + nargs);
+    http_url_parse(r, target, n);
+    return r;
 }
 
 const char *http_arg_get(const http_req *r, const char *name, size_t *len) {

@@ -65,16 +65,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     target[size] = '\0';
     size_t n = strlen(target);
 
-    http_req *r = calloc(1, sizeof *r);
+    http_req *r = http_req_new(target);
     if (!r) { free(target); return 0; }
-    r->raw = n < sizeof r->inline_raw ? r->inline_raw : malloc(n + 1);
-    if (!r->raw) { free(r); free(target); return 0; }
-    size_t cap = n < sizeof r->inline_raw ? sizeof r->inline_raw : n + 1;
-    http_url_parse(r, target);
+    size_t cap = n + 1;
 
     size_t kept = r->nseg < HTTP_MAX_SEGS ? r->nseg : HTTP_MAX_SEGS;
     for (size_t i = 0; i < kept; i++) fuzz_in_buffer(r, r->seg[i], r->seg_len[i], cap);
-    fuzz_check(r->nargs <= HTTP_MAX_ARGS);
+    fuzz_check(r->nargs <= r->args_cap && r->args_cap <= HTTP_MAX_ARGS);
     for (size_t i = 0; i < r->nargs; i++) {
         fuzz_in_buffer(r, r->args[i].key, r->args[i].key_len, cap);
         fuzz_in_buffer(r, r->args[i].val, r->args[i].val_len, cap);
@@ -112,7 +109,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         free(copy);
     }
 
-    if (r->raw != r->inline_raw) free(r->raw);
     free(r);
     free(target);
     return 0;

@@ -64,17 +64,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!target) return 0;
     memcpy(target, data + 1, size - 1);
     target[size - 1] = '\0';
-    size_t n = strlen(target);
-
-    http_req *r = calloc(1, sizeof *r);
+    http_req *r = http_req_new(target);
     if (!r) { free(target); return 0; }
     r->srv = &srv;
     r->method = m;
-    r->raw = n < sizeof r->inline_raw ? r->inline_raw : malloc(n + 1);
-    if (!r->raw) { free(r); free(target); return 0; }
     buf_init(&r->body, srv.cfg.max_request_size);
     buf_init(&r->scratch, 0);
-    http_url_parse(r, target);
     http_route(r);
 
     fuzz_check(r->resp != NULL);
@@ -85,7 +80,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (r->db) mimeo_db_close(r->db);
     buf_destroy(&r->body);
     buf_destroy(&r->scratch);
-    if (r->raw != r->inline_raw) free(r->raw);
     free(r);
     free(target);
     return 0;

@@ -4,6 +4,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
+import net from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { startServer } from './lib/server.mjs';
 import { client, docPath } from './lib/http.mjs';
@@ -138,6 +139,28 @@ describe('continuous, longpoll and eventsource framing', () => {
     await f.waitEnd(10_000, 'continuous feed with limit=2');
     const rows = f.rows();
     assert.deepEqual(rows.slice(0, -1).map((r) => r.id), ['a', 'b']);
+    assert.ok('last_seq' in rows.at(-1));
+  });
+
+  test('an HTTP/1.0 client gets rows longer than the reply block whole, before and after idling', async () => {
+    const big = await newDb('http10');
+    const pad = 'x'.repeat(700);
+    for (const id of ['p1', 'p2']) await put(big, id, { pad });
+    const sock = net.connect(Number(new URL(server.url).port), '127.0.0.1');
+    let text = '';
+    sock.setEncoding('utf8');
+    sock.on('data', (d) => { text += d; });
+    const closed = new Promise((res) => sock.on('close', res));
+    sock.write(`GET /${big}/_changes?feed=continuous&since=0&include_docs=true&timeout=1500 ` +
+      'HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n');
+    await delay(600);   // the feed has sent p1, p2 and waits
+    await put(big, 'p3', { pad });
+    await Promise.race([closed, delay(10_000)]);
+    const [head, body] = text.split('\r\n\r\n');
+    assert.match(head, /^HTTP\/1\.[01] 200/);
+    const rows = body.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+    assert.deepEqual(rows.slice(0, -1).map((r) => r.id), ['p1', 'p2', 'p3']);
+    for (const r of rows.slice(0, -1)) assert.equal(r.doc.pad, pad);
     assert.ok('last_seq' in rows.at(-1));
   });
 

@@ -363,6 +363,41 @@ static void test_wait_at_the_end(void) {
     mimeo_db_close(db);
 }
 
+/* A cursor at its end frees its slice while it waits (idle feeds keep none); each write
+ * after that is read again from its place, with the body and leaves asked for. */
+static void test_wait_releases_the_slice(void) {
+    mimeo_db *db = fresh_db("idle");
+    put(db, "a", "{\"v\":0}", NULL);
+    mimeo_err err;
+    mimeo_cursor *cur;
+    const mimeo_row *row;
+    mimeo_changes_opts o = {0};
+    o.include_docs = true;
+    o.all_docs_style = true;
+    CHECK_EQ_INT(mimeo_changes_open(db, &o, &cur, &err), 0);
+    CHECK_EQ_INT(mimeo_cursor_next(cur, &row, &err), 0);
+    CHECK(row && strcmp(row->id, "a") == 0 && row->body && row->leaf_count == 1);
+    CHECK_EQ_INT(mimeo_cursor_next(cur, &row, &err), 0);
+    CHECK(row == NULL);
+    for (int i = 1; i <= 3; i++) {
+        CHECK_EQ_INT(mimeo_cursor_wait(cur, 0), 0);
+        CHECK_EQ_INT(mimeo_cursor_wait(cur, 0), 0);   /* released twice: harmless */
+        char id[16], body[32];
+        snprintf(id, sizeof id, "w%d", i);
+        snprintf(body, sizeof body, "{\"v\":%d}", i);
+        CHECK_EQ_INT(put(db, id, body, NULL), 0);
+        CHECK_EQ_INT(mimeo_cursor_wait(cur, 0), 1);
+        CHECK_EQ_INT(mimeo_cursor_next(cur, &row, &err), 0);
+        CHECK(row && strcmp(row->id, id) == 0 && row->seq == (uint64_t)i + 1);
+        CHECK(row && row->body && strstr(row->body, body + 1) && row->leaf_count == 1);
+        CHECK_EQ_INT(mimeo_cursor_next(cur, &row, &err), 0);
+        CHECK(row == NULL);
+        CHECK_EQ_INT(mimeo_cursor_last_seq(cur), (uint64_t)i + 1);
+    }
+    mimeo_cursor_close(cur);
+    mimeo_db_close(db);
+}
+
 static void test_open_revs_bulk_get_revs_diff(void) {
     mimeo_db *db = fresh_db("bulk");
     char r1[MIMEO_REV_MAX], r2[MIMEO_REV_MAX], r3[MIMEO_REV_MAX];
@@ -605,6 +640,7 @@ int main(void) {
     RUN(test_keys_descending_whole_list);
     RUN(test_tokens_resume);
     RUN(test_wait_at_the_end);
+    RUN(test_wait_releases_the_slice);
     RUN(test_open_revs_bulk_get_revs_diff);
     RUN(test_follows_descriptors);
     RUN(test_bulk_entries_parse_once);
