@@ -976,8 +976,7 @@ static void put_op_committed(void *arg, int rc) {
 }
 
 /* Whether the database declares CRDT documents (_design/crdt): their merge after the write
- * writes again, which the writer thread cannot wait for, so those writes wait on the caller's
- * thread as before. A _design/crdt created while a write is in flight is seen by the next
+ * writes again, which the writer thread cannot wait for. A _design/crdt created while a write is in flight is seen by the next
  * write of the document, whose hook then merges it. */
 static bool crdt_declared(mimeo_db *db) {
     char *json = NULL;
@@ -988,8 +987,9 @@ static bool crdt_declared(mimeo_db *db) {
     return rc != MIMEO_ENOTFOUND && rc != MIMEO_EDELETED;
 }
 
-/* The prepared op from here on: validated, hashed, then queued (or, for CRDT databases and
- * when the store will not queue, written and finished on this thread). */
+/* The prepared op from here on: validated, hashed, then queued; or written and finished on
+ * this thread, waiting, when its completion would have to write (CRDT databases, attachment
+ * blobs to discard) or when the store will not queue. */
 static void put_op_submit(put_op *op, bool new_edits, const mimeo_user_ctx *user) {
     write_item *it = &op->it;
     mimeo_err err = {0};
@@ -1001,7 +1001,8 @@ static void put_op_submit(put_op *op, bool new_edits, const mimeo_user_ctx *user
     }
     op->w.new_edits = new_edits;
     (void)item_hash_claim(it, new_edits);
-    if (!it->local && crdt_declared(op->w.db)) {
+    /* Attachment blobs it holds are discarded, when unused, by a write of their own. */
+    if (it->atts.n || it->doc.attachments || (!it->local && crdt_declared(op->w.db))) {
         put_op_end(op, store_write(op->w.db->env->store, job_write, &op->w), true);
         return;
     }

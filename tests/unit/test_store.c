@@ -608,6 +608,15 @@ static void test_put_async(void) {
     CHECK_EQ_INT(a.last_rc, MIMEO_EBADJSON);
     CHECK(a.on_caller);
 
+    /* inline attachment data: its blob is dropped after the commit by a write of its own,
+     * which the writer thread cannot wait for (this hung the writer) */
+    async_reset(&a);
+    const char *with_att =
+        "{\"_attachments\":{\"a.txt\":{\"content_type\":\"text/plain\",\"data\":\"aGVsbG8=\"}}}";
+    mimeo_doc_put_async(db, "att", 3, with_att, strlen(with_att), NULL, async_done, &a);
+    async_wait(&a, 1);
+    CHECK_EQ_INT(a.last_rc, 0);
+
     /* an update with its rev, then a deletion with the new one */
     int rc;
     char *json = get(db, "doc01", NULL, &rc);
