@@ -855,26 +855,37 @@ static unsigned write_revs_limit(mimeo_db *db) {
     return db_meta_snapshot(db, &m) == 0 ? m.revs_limit : 0;
 }
 
-int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
-                  const mimeo_put_opts *opts, mimeo_put_result *res, mimeo_err *err) {
+/* No id yet: what the caller frees when the write fails early. */
+static void result_clear(mimeo_put_result *res) {
     if (res) {
         res->id = NULL;
         res->id_len = 0;
     }
+}
+
+/* A PUT's item: its body parsed, its id and rev checked, its attachments read. */
+static int put_prepare(mimeo_db *db, write_item *it, const char *id, size_t id_len,
+                       const char *json, size_t len, const mimeo_put_opts *opts,
+                       mimeo_err *err) {
+    json_error je;
+    int rc = json_doc_parse_revs(json, len, &db->env->limits, write_revs_limit(db), &it->doc,
+                                 &je);
+    if (rc) return db_err_json(err, &je);
+    bool new_edits = !(opts && opts->new_edits_false);
+    rc = item_prepare(db->env, it, id, id_len, opts ? opts->rev : NULL, new_edits, err);
+    if (!rc && !it->ignore)
+        rc = att_prepare(db->env, it->doc.attachments, it->local, opts ? opts->atts : NULL,
+                         opts ? opts->att_count : 0, NULL, &it->atts, err);
+    return rc;
+}
+
+int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
+                  const mimeo_put_opts *opts, mimeo_put_result *res, mimeo_err *err) {
+    result_clear(res);
     write_item it;
     memset(&it, 0, sizeof it);
-    json_error je;
-    int rc = json_doc_parse_revs(json, len, &db->env->limits, write_revs_limit(db), &it.doc,
-                                 &je);
-    if (rc) {
-        item_destroy(&it);
-        return db_err_json(err, &je);
-    }
+    int rc = put_prepare(db, &it, id, id_len, json, len, opts, err);
     bool new_edits = !(opts && opts->new_edits_false);
-    rc = item_prepare(db->env, &it, id, id_len, opts ? opts->rev : NULL, new_edits, err);
-    if (!rc && !it.ignore)
-        rc = att_prepare(db->env, it.doc.attachments, it.local, opts ? opts->atts : NULL,
-                         opts ? opts->att_count : 0, NULL, &it.atts, err);
     if (!rc) rc = single_write(db, &it, new_edits || it.local, opts ? opts->user : NULL, res, err);
     item_destroy(&it);
     return rc;
@@ -913,10 +924,7 @@ static int delete_prepare(mimeo_db *db, write_item *it, const char *id, size_t i
 
 int mimeo_doc_delete_as(mimeo_db *db, const char *id, size_t id_len, const char *rev,
                         const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
-    if (res) {
-        res->id = NULL;
-        res->id_len = 0;
-    }
+    result_clear(res);
     write_item it;
     memset(&it, 0, sizeof it);
     int rc = delete_prepare(db, &it, id, id_len, rev, err);
@@ -1020,20 +1028,13 @@ void mimeo_doc_put_async(mimeo_db *db, const char *id, size_t id_len, const char
         return;
     }
     write_item *it = &op->it;
-    json_error je;
-    int rc = json_doc_parse_revs(json, len, &db->env->limits, write_revs_limit(db), &it->doc,
-                                 &je);
-    if (rc) rc = db_err_json(&err, &je);
-    bool new_edits = !(opts && opts->new_edits_false);
-    if (!rc) rc = item_prepare(db->env, it, id, id_len, opts ? opts->rev : NULL, new_edits, &err);
-    if (!rc && !it->ignore)
-        rc = att_prepare(db->env, it->doc.attachments, it->local, opts ? opts->atts : NULL,
-                         opts ? opts->att_count : 0, NULL, &it->atts, &err);
+    int rc = put_prepare(db, it, id, id_len, json, len, opts, &err);
     if (rc) {
         done(arg, rc, NULL, &err);
         put_op_free(op);
         return;
     }
+    bool new_edits = !(opts && opts->new_edits_false);
     put_op_submit(op, new_edits || it->local, opts ? opts->user : NULL);
 }
 
@@ -1056,10 +1057,7 @@ void mimeo_doc_delete_async(mimeo_db *db, const char *id, size_t id_len, const c
 
 int mimeo_local_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
                     const char *rev, mimeo_put_result *res, mimeo_err *err) {
-    if (res) {
-        res->id = NULL;
-        res->id_len = 0;
-    }
+    result_clear(res);
     char *full = malloc(LOCAL_PREFIX_LEN + id_len + 1);
     if (!full) return db_err(err, MIMEO_ENOMEM);
     memcpy(full, LOCAL_PREFIX, LOCAL_PREFIX_LEN);
