@@ -256,6 +256,24 @@ MIMEO_API int mimeo_doc_delete_as(mimeo_db *db, const char *id, size_t id_len, c
                                   const mimeo_user_ctx *user, mimeo_put_result *res,
                                   mimeo_err *err);
 
+/* mimeo_doc_put and mimeo_doc_delete_as without waiting for the commit: done(arg, rc, res,
+ * err) is called exactly once, with what the waiting call would have returned (res filled
+ * when rc is 0, err otherwise; both valid during the call only). Parsing, validation
+ * (opts->user is used only before the call returns) and the new revision are worked out on
+ * the calling thread; done then runs on the store's writer thread once the commit is durable,
+ * or on the calling thread before the call returns when the write fails early, when the
+ * database declares CRDT documents, or when the store is closing. done must be short (the
+ * next commit waits for it) and must not write. id, json and opts->atts must stay valid until
+ * done is called; db must stay open. */
+typedef void (*mimeo_put_done_fn)(void *arg, int rc, const mimeo_put_result *res,
+                                  const mimeo_err *err);
+MIMEO_API void mimeo_doc_put_async(mimeo_db *db, const char *id, size_t id_len,
+                                   const char *json, size_t len, const mimeo_put_opts *opts,
+                                   mimeo_put_done_fn done, void *arg);
+MIMEO_API void mimeo_doc_delete_async(mimeo_db *db, const char *id, size_t id_len,
+                                      const char *rev, const mimeo_user_ctx *user,
+                                      mimeo_put_done_fn done, void *arg);
+
 /* Every write (mimeo_doc_put, mimeo_doc_delete, mimeo_bulk_docs, replicated or not) first
  * runs the validate_doc_update function of each design document of the database, design
  * documents included: a rejection fails that document with MIMEO_EFORBIDDEN ("forbidden",

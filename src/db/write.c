@@ -5,6 +5,7 @@
  * thread applies the whole request in the transaction it shares with the other requests of
  * its group. The reply is sent only after that group's commit is durable. */
 #include <sched.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -796,19 +797,23 @@ static int validate_items(mimeo_db *db, write_item *items, size_t count,
     return rc ? db_err(err, rc) : 0;
 }
 
-static int single_write(mimeo_db *db, write_item *it, bool new_edits,
-                        const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
+/* The calling thread's part before the write job: validate_doc_update (and the design
+ * document checks). A rejection is returned with err set. */
+static int single_begin(mimeo_db *db, write_item *it, const mimeo_user_ctx *user,
+                        mimeo_err *err) {
     int rc = it->local || it->ignore ? 0 : validate_items(db, it, 1, user, err);
     if (rc) return rc;
     if (it->rejected) {
         db_err_set(err, it->code, it->error, it->reason);
         return it->code;
     }
-    hash_helper h;
-    hashes_start(&h, it, 1, new_edits);
-    write_ctx w = {.db = db, .items = it, .count = 1, .new_edits = new_edits};
-    rc = run_write(&w);
-    hashes_stop(&h);
+    return 0;
+}
+
+/* After the write job (rc is the store's code): the item's outcome into res or err.
+ * crdt_hook runs the CRDT merge, which writes itself, so never on the writer thread. */
+static int single_finish(mimeo_db *db, write_item *it, int rc, bool crdt_hook,
+                         mimeo_put_result *res, mimeo_err *err) {
     if (rc == MIMEO_ENOTFOUND) return db_gone(err);
     if (rc) return db_err(err, rc);
     if (it->code) {
@@ -818,7 +823,7 @@ static int single_write(mimeo_db *db, write_item *it, bool new_edits,
     /* After the commit, on the caller's thread: a CRDT document left with several live
      * leaves is merged now (src/db/crdt.c). The write itself has succeeded whatever this
      * returns; the merge's own write comes back here, finds one leaf, and stops. */
-    if (!it->local) (void)mimeo_crdt_after_write(db, &it->id, &it->id_len, 1);
+    if (crdt_hook && !it->local) (void)mimeo_crdt_after_write(db, &it->id, &it->id_len, 1);
     if (res) {
         size_t plen = it->local ? LOCAL_PREFIX_LEN : 0;
         res->id = malloc(plen + it->id_len + 1);
@@ -832,32 +837,55 @@ static int single_write(mimeo_db *db, write_item *it, bool new_edits,
     return 0;
 }
 
+static int single_write(mimeo_db *db, write_item *it, bool new_edits,
+                        const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
+    int rc = single_begin(db, it, user, err);
+    if (rc) return rc;
+    hash_helper h;
+    hashes_start(&h, it, 1, new_edits);
+    write_ctx w = {.db = db, .items = it, .count = 1, .new_edits = new_edits};
+    rc = run_write(&w);
+    hashes_stop(&h);
+    return single_finish(db, it, rc, true, res, err);
+}
+
 /* A write to db reads no more _revisions ids than the database's _revs_limit keeps. */
 static unsigned write_revs_limit(mimeo_db *db) {
     db_meta m;
     return db_meta_snapshot(db, &m) == 0 ? m.revs_limit : 0;
 }
 
-int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
-                  const mimeo_put_opts *opts, mimeo_put_result *res, mimeo_err *err) {
+/* No id yet: what the caller frees when the write fails early. */
+static void result_clear(mimeo_put_result *res) {
     if (res) {
         res->id = NULL;
         res->id_len = 0;
     }
+}
+
+/* A PUT's item: its body parsed, its id and rev checked, its attachments read. */
+static int put_prepare(mimeo_db *db, write_item *it, const char *id, size_t id_len,
+                       const char *json, size_t len, const mimeo_put_opts *opts,
+                       mimeo_err *err) {
+    json_error je;
+    int rc = json_doc_parse_revs(json, len, &db->env->limits, write_revs_limit(db), &it->doc,
+                                 &je);
+    if (rc) return db_err_json(err, &je);
+    bool new_edits = !(opts && opts->new_edits_false);
+    rc = item_prepare(db->env, it, id, id_len, opts ? opts->rev : NULL, new_edits, err);
+    if (!rc && !it->ignore)
+        rc = att_prepare(db->env, it->doc.attachments, it->local, opts ? opts->atts : NULL,
+                         opts ? opts->att_count : 0, NULL, &it->atts, err);
+    return rc;
+}
+
+int mimeo_doc_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
+                  const mimeo_put_opts *opts, mimeo_put_result *res, mimeo_err *err) {
+    result_clear(res);
     write_item it;
     memset(&it, 0, sizeof it);
-    json_error je;
-    int rc = json_doc_parse_revs(json, len, &db->env->limits, write_revs_limit(db), &it.doc,
-                                 &je);
-    if (rc) {
-        item_destroy(&it);
-        return db_err_json(err, &je);
-    }
+    int rc = put_prepare(db, &it, id, id_len, json, len, opts, err);
     bool new_edits = !(opts && opts->new_edits_false);
-    rc = item_prepare(db->env, &it, id, id_len, opts ? opts->rev : NULL, new_edits, err);
-    if (!rc && !it.ignore)
-        rc = att_prepare(db->env, it.doc.attachments, it.local, opts ? opts->atts : NULL,
-                         opts ? opts->att_count : 0, NULL, &it.atts, err);
     if (!rc) rc = single_write(db, &it, new_edits || it.local, opts ? opts->user : NULL, res, err);
     item_destroy(&it);
     return rc;
@@ -868,19 +896,14 @@ int mimeo_doc_delete(mimeo_db *db, const char *id, size_t id_len, const char *re
     return mimeo_doc_delete_as(db, id, id_len, rev, NULL, res, err);
 }
 
-int mimeo_doc_delete_as(mimeo_db *db, const char *id, size_t id_len, const char *rev,
-                        const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
-    if (res) {
-        res->id = NULL;
-        res->id_len = 0;
-    }
-    write_item it;
-    memset(&it, 0, sizeof it);
-    buf_init(&it.doc.body, 0);
-    int rc = buf_puts(&it.doc.body, "{}");
-    it.doc.deleted = true;
-    if (!rc) rc = item_prepare(db->env, &it, id, id_len, rev, true, err);
-    if (!rc && !it.has_rev && !it.local) {
+/* A deletion's item: an empty body with _deleted, the rev it ends. */
+static int delete_prepare(mimeo_db *db, write_item *it, const char *id, size_t id_len,
+                          const char *rev, mimeo_err *err) {
+    buf_init(&it->doc.body, 0);
+    int rc = buf_puts(&it->doc.body, "{}");
+    it->doc.deleted = true;
+    if (!rc) rc = item_prepare(db->env, it, id, id_len, rev, true, err);
+    if (!rc && !it->has_rev && !it->local) {
         /* CouchDB: deleting without a rev is a conflict if the doc exists, 404 if not. */
         db_doc d;
         db_doc_init(&d);
@@ -889,24 +912,152 @@ int mimeo_doc_delete_as(mimeo_db *db, const char *id, size_t id_len, const char 
         rc = db_meta_snapshot(db, &m);
         if (rc) rc = db_gone(err);
         else if (!(rc = store_read_begin(db->env->store, &txn))) {
-            rc = db_doc_load(txn, store_tables_get(db->env->store), m.dbid, it.id, it.id_len, &d);
+            rc = db_doc_load(txn, store_tables_get(db->env->store), m.dbid, it->id, it->id_len, &d);
             store_read_end(db->env->store, txn);
             if (rc == 0) rc = revtree_all_deleted(&d.tree) ? MIMEO_EDELETED : MIMEO_ECONFLICT;
             db_err(err, rc);
         }
         db_doc_destroy(&d);
     }
+    return rc;
+}
+
+int mimeo_doc_delete_as(mimeo_db *db, const char *id, size_t id_len, const char *rev,
+                        const mimeo_user_ctx *user, mimeo_put_result *res, mimeo_err *err) {
+    result_clear(res);
+    write_item it;
+    memset(&it, 0, sizeof it);
+    int rc = delete_prepare(db, &it, id, id_len, rev, err);
     if (!rc) rc = single_write(db, &it, true, user, res, err);
     item_destroy(&it);
     return rc;
 }
 
+/* ---- without waiting ------------------------------------------------------------------------ */
+
+/* One single-document write in flight: the caller's thread parses and validates it and works
+ * out its revision hash, the writer applies and commits it, and the completion runs on the
+ * writer thread, so that no thread waits for the commit. The item lives here, not on a stack:
+ * its id may point into its own genid. */
+typedef struct put_op {
+    write_item        it;
+    write_ctx         w;
+    mimeo_put_done_fn done;
+    void             *arg;
+} put_op;
+
+static put_op *put_op_new(mimeo_db *db, mimeo_put_done_fn done, void *arg) {
+    put_op *op = calloc(1, sizeof *op);
+    if (!op) return NULL;
+    op->w.db = db;
+    op->w.items = &op->it;
+    op->w.count = 1;
+    buf_init(&op->w.scratch, 0);
+    buf_init(&op->w.att_body, 0);
+    buf_init(&op->w.att_rec, 0);
+    op->done = done;
+    op->arg = arg;
+    return op;
+}
+
+static void put_op_free(put_op *op) {
+    buf_destroy(&op->w.scratch);
+    buf_destroy(&op->w.att_body);
+    buf_destroy(&op->w.att_rec);
+    item_destroy(&op->it);
+    free(op);
+}
+
+/* Hands the outcome to the caller's completion; rc is the write job's code. */
+static void put_op_end(put_op *op, int rc, bool crdt_hook) {
+    mimeo_put_result res = {0};
+    mimeo_err err = {0};
+    rc = single_finish(op->w.db, &op->it, rc, crdt_hook, &res, &err);
+    op->done(op->arg, rc, &res, &err);
+    free(res.id);
+    put_op_free(op);
+}
+
+/* The store's completion: arg is the job's own argument, the op's write context. */
+static void put_op_committed(void *arg, int rc) {
+    put_op_end((put_op *)((char *)arg - offsetof(put_op, w)), rc, false);
+}
+
+/* Whether the database declares CRDT documents (_design/crdt): their merge after the write
+ * writes again, which the writer thread cannot wait for. A _design/crdt created while a write is in flight is seen by the next
+ * write of the document, whose hook then merges it. */
+static bool crdt_declared(mimeo_db *db) {
+    char *json = NULL;
+    size_t len = 0;
+    mimeo_err e;
+    int rc = mimeo_doc_get(db, "_design/crdt", 12, NULL, &json, &len, &e);
+    if (json) mimeo_free(json);
+    return rc != MIMEO_ENOTFOUND && rc != MIMEO_EDELETED;
+}
+
+/* The prepared op from here on: validated, hashed, then queued; or written and finished on
+ * this thread, waiting, when its completion would have to write (CRDT databases, attachment
+ * blobs to discard) or when the store will not queue. */
+static void put_op_submit(put_op *op, bool new_edits, const mimeo_user_ctx *user) {
+    write_item *it = &op->it;
+    mimeo_err err = {0};
+    int rc = single_begin(op->w.db, it, user, &err);
+    if (rc) {
+        op->done(op->arg, rc, NULL, &err);
+        put_op_free(op);
+        return;
+    }
+    op->w.new_edits = new_edits;
+    (void)item_hash_claim(it, new_edits);
+    /* Attachment blobs it holds are discarded, when unused, by a write of their own. */
+    if (it->atts.n || it->doc.attachments || (!it->local && crdt_declared(op->w.db))) {
+        put_op_end(op, store_write(op->w.db->env->store, job_write, &op->w), true);
+        return;
+    }
+    rc = store_write_async(op->w.db->env->store, job_write, put_op_committed, &op->w);
+    if (rc) put_op_end(op, rc, false);
+}
+
+void mimeo_doc_put_async(mimeo_db *db, const char *id, size_t id_len, const char *json,
+                         size_t len, const mimeo_put_opts *opts, mimeo_put_done_fn done,
+                         void *arg) {
+    mimeo_err err = {0};
+    put_op *op = put_op_new(db, done, arg);
+    if (!op) {
+        done(arg, db_err(&err, MIMEO_ENOMEM), NULL, &err);
+        return;
+    }
+    write_item *it = &op->it;
+    int rc = put_prepare(db, it, id, id_len, json, len, opts, &err);
+    if (rc) {
+        done(arg, rc, NULL, &err);
+        put_op_free(op);
+        return;
+    }
+    bool new_edits = !(opts && opts->new_edits_false);
+    put_op_submit(op, new_edits || it->local, opts ? opts->user : NULL);
+}
+
+void mimeo_doc_delete_async(mimeo_db *db, const char *id, size_t id_len, const char *rev,
+                            const mimeo_user_ctx *user, mimeo_put_done_fn done, void *arg) {
+    mimeo_err err = {0};
+    put_op *op = put_op_new(db, done, arg);
+    if (!op) {
+        done(arg, db_err(&err, MIMEO_ENOMEM), NULL, &err);
+        return;
+    }
+    int rc = delete_prepare(db, &op->it, id, id_len, rev, &err);
+    if (rc) {
+        done(arg, rc, NULL, &err);
+        put_op_free(op);
+        return;
+    }
+    put_op_submit(op, true, user);
+}
+
 int mimeo_local_put(mimeo_db *db, const char *id, size_t id_len, const char *json, size_t len,
                     const char *rev, mimeo_put_result *res, mimeo_err *err) {
-    if (res) {
-        res->id = NULL;
-        res->id_len = 0;
-    }
+    result_clear(res);
     char *full = malloc(LOCAL_PREFIX_LEN + id_len + 1);
     if (!full) return db_err(err, MIMEO_ENOMEM);
     memcpy(full, LOCAL_PREFIX, LOCAL_PREFIX_LEN);

@@ -194,6 +194,50 @@ static bool http_refuse_multipart(http_req *r) {
     return false;
 }
 
+/* A PUT or DELETE whose commit is waited for by no thread: the worker parses, validates and
+ * hands the write to the store; the writer thread, once the commit is durable, makes the
+ * reply here and resumes the connection. That is one thread hand-off a write fewer than a
+ * worker waiting for the commit, and no worker held while the commit runs. */
+typedef struct http_write_op {
+    http_req   *r;
+    const char *id;       /* the URL's (ids may contain NUL: its length is kept) */
+    size_t      id_len;
+    unsigned    status;   /* on success: 201 (then ETag and Location), 202 (batch=ok: neither)
+                             or 200 (DELETE: ETag) */
+} http_write_op;
+
+static void http_doc_written(void *arg, int rc, const mimeo_put_result *res,
+                             const mimeo_err *e) {
+    http_write_op *op = arg;
+    http_req *r = op->r;
+    if (rc != 0) {
+        http_reply_err(r, rc, e);
+    } else {
+        buf b;
+        buf_init(&b, 0);
+        /* new_edits=false must answer an object with the stored rev: CouchDB's replicator
+         * parses it (an array here crash-loops it). */
+        http_put_ok_id_rev(&b, op->id, op->id_len, op->status == 202 ? NULL : res->rev);
+        http_reply_buf(r, op->status, &b);
+        if (op->status != 202) http_header_etag(r, res->rev, strlen(res->rev));
+        if (op->status == 201) http_header_location(r, r->seg[0], op->id, op->id_len);
+    }
+    free(op);
+    http_async_end(r);
+}
+
+static http_write_op *http_write_op_new(http_req *r, const char *id, size_t id_len,
+                                        unsigned status) {
+    http_write_op *op = malloc(sizeof *op);
+    if (!op) {
+        http_reply_error(r, 500, "internal_server_error", "out of memory");
+        return NULL;
+    }
+    *op = (http_write_op){r, id, id_len, status};
+    http_async_begin(r);
+    return op;
+}
+
 static void http_doc_put(http_req *r, const char *id, size_t id_len) {
     char rev_buf[MIMEO_REV_MAX];
     mimeo_put_opts o = {0};
@@ -210,33 +254,14 @@ static void http_doc_put(http_req *r, const char *id, size_t id_len) {
     bool batch = bv && bl == 2 && memcmp(bv, "ok", 2) == 0;
     if (!http_db(r)) return;
 
-    mimeo_put_result res = {0};
-    mimeo_err e = {0};
+    http_write_op *op = http_write_op_new(r, id, id_len, batch ? 202 : 201);
+    if (!op) return;
     mimeo_user_ctx user;
     char *sec = http_user_ctx(r, &user);
     o.user = &user;
-    int rc = mimeo_doc_put(r->db, id, id_len, json, json_len, &o, &res, &e);
+    /* o.rev may point into rev_buf: the call takes what it needs before it returns. */
+    mimeo_doc_put_async(r->db, id, id_len, json, json_len, &o, http_doc_written, op);
     free(sec);
-    if (rc != 0) {
-        if (res.id) mimeo_free(res.id);
-        http_reply_err(r, rc, &e);
-        return;
-    }
-    /* The id is the URL's, with its length: ids may contain NUL, which a C string of the
-     * result would cut. */
-    const char *rid = id;
-    size_t ridl = id_len;
-    buf b;
-    buf_init(&b, 0);
-    /* new_edits=false must answer an object with the stored rev: CouchDB's replicator
-     * parses it (an array here crash-loops it). */
-    http_put_ok_id_rev(&b, rid, ridl, batch ? NULL : res.rev);
-    http_reply_buf(r, batch ? 202 : 201, &b);
-    if (!batch) {
-        http_header_etag(r, res.rev, strlen(res.rev));
-        http_header_location(r, r->seg[0], rid, ridl);
-    }
-    if (res.id) mimeo_free(res.id);
 }
 
 static void http_doc_delete(http_req *r, const char *id, size_t id_len) {
@@ -248,23 +273,12 @@ static void http_doc_delete(http_req *r, const char *id, size_t id_len) {
         http_reply_error(r, 409, "conflict", "Document update conflict.");
         return;
     }
-    mimeo_put_result res = {0};
-    mimeo_err e = {0};
+    http_write_op *op = http_write_op_new(r, id, id_len, 200);
+    if (!op) return;
     mimeo_user_ctx user;
     char *sec = http_user_ctx(r, &user);
-    int rc = mimeo_doc_delete_as(r->db, id, id_len, rev, &user, &res, &e);
+    mimeo_doc_delete_async(r->db, id, id_len, rev, &user, http_doc_written, op);
     free(sec);
-    if (rc != 0) {
-        if (res.id) mimeo_free(res.id);
-        http_reply_err(r, rc, &e);
-        return;
-    }
-    buf b;
-    buf_init(&b, 0);
-    http_put_ok_id_rev(&b, id, id_len, res.rev);
-    http_reply_buf(r, 200, &b);
-    http_header_etag(r, res.rev, strlen(res.rev));
-    if (res.id) mimeo_free(res.id);
 }
 
 void http_h_doc(http_req *r, const char *id, size_t id_len) {

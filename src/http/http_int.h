@@ -101,6 +101,8 @@ typedef struct http_req {
     unsigned              calls;       /* access-handler calls so far */
     bool                  counted;     /* included in srv->busy */
     bool                  routed;      /* the worker has made the reply */
+    atomic_int            async_hold;  /* http_async_begin: 2, one for the task, one for the
+                                          completion; resumed when both have let go */
     bool                  refused;     /* an oversized body was refused: close */
     http_method           method;
     const char           *method_name;
@@ -150,6 +152,13 @@ typedef struct http_req {
                                               entry (authz.c), the others written */
     uint64_t              started_ns;  /* when the request line arrived (metrics.c) */
 } http_req;
+
+/* A route that finishes later (a write whose commit calls back, h_doc.c): http_async_begin
+ * on the worker before handing the request on; whoever finishes it, having made the reply,
+ * calls http_async_end once. The connection resumes when both that and the route's task are
+ * done, in either order; neither may touch the request afterwards. */
+void http_async_begin(http_req *r);
+void http_async_end(http_req *r);
 
 /* ---- caps.c ----------------------------------------------------------------------------- */
 /* Counts the entries of a bulk request (body and query) without building a tree; over the

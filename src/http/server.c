@@ -288,6 +288,14 @@ void http_resume(http_server *s, struct MHD_Connection *conn) {
     atomic_fetch_sub(&s->suspended, 1);
 }
 
+void http_async_begin(http_req *r) { atomic_store(&r->async_hold, 2); }
+
+void http_async_end(http_req *r) {
+    if (atomic_fetch_sub(&r->async_hold, 1) != 1) return;
+    r->routed = true;
+    http_resume(r->srv, r->conn);
+}
+
 /* ---- request contexts ------------------------------------------------------------------- */
 /* MHD calls this with the raw request target before it decodes anything: our context is
  * born here, so the router sees exactly the bytes the client sent. */
@@ -592,6 +600,11 @@ static void http_route_task(http_task *t) {
     if (r->body_sink) http_stage_flush(r);
     if (!http_cors_preflight(r) && http_authorize_once(r))
         http_route(r);
+    /* A route that went asynchronous resumes the connection when it finishes (h_doc.c). */
+    if (atomic_load(&r->async_hold)) {
+        http_async_end(r);
+        return;
+    }
     r->routed = true;
     http_resume(r->srv, r->conn);
 }

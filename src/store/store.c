@@ -44,6 +44,7 @@ typedef struct store_job {
     bool              skip;  /* failed on its own: left out when its group is re-run */
     bool              barrier; /* runs alone, outside any transaction (fn gets txn NULL) */
     sem_t             done;  /* posted once rc is final: the submitter alone is woken */
+    store_done_fn     on_done; /* set: an asynchronous job, finished by calling it (then freed) */
     struct store_job *next;
 } store_job;
 
@@ -288,10 +289,23 @@ static void *store_writer_main(void *arg) {
         expected = group_size + s->queued;
         pthread_mutex_unlock(&s->lock);
         /* Each submitter is woken alone, outside the lock, so that they do not all contend
-         * for it; a job is gone (its submitter's stack) once posted. */
+         * for it; a job is gone (its submitter's stack) once posted. The waiting threads go
+         * first: they run on the other core while this one finishes the asynchronous jobs. */
+        store_job *async = NULL, **async_tail = &async;
         for (store_job *j = group, *next; j; j = next) {
             next = j->next;
-            sem_post(&j->done);
+            if (j->on_done) {
+                *async_tail = j;
+                async_tail = &j->next;
+            } else {
+                sem_post(&j->done);
+            }
+        }
+        *async_tail = NULL;
+        for (store_job *j = async, *next; j; j = next) {
+            next = j->next;
+            j->on_done(j->arg, j->rc == STORE_EMAPFULL ? MIMEO_ENOSPC : j->rc);
+            free(j);
         }
         pthread_mutex_lock(&s->lock);
     }
@@ -299,21 +313,41 @@ static void *store_writer_main(void *arg) {
     return NULL;
 }
 
-static int store_submit(store *s, store_job_fn fn, void *arg, bool barrier) {
-    store_job job = {fn, arg, 0, false, barrier, {{0}}, NULL};
-    if (sem_init(&job.done, 0, 0) != 0) return MIMEO_ENOMEM;
+/* Queues j (the queue lock is not held); MIMEO_ECLOSED when the store is stopping. */
+static int store_enqueue(store *s, store_job *j) {
     pthread_mutex_lock(&s->lock);
     if (s->stopping) {
         pthread_mutex_unlock(&s->lock);
-        sem_destroy(&job.done);
         return MIMEO_ECLOSED;
     }
-    if (s->tail) s->tail->next = &job;
-    else s->head = &job;
-    s->tail = &job;
+    if (s->tail) s->tail->next = j;
+    else s->head = j;
+    s->tail = j;
     s->queued++;
     if (s->idle || (s->want && s->queued >= s->want)) pthread_cond_signal(&s->work);
     pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+int store_write_async(store *s, store_job_fn fn, store_done_fn done, void *arg) {
+    store_job *j = calloc(1, sizeof *j);
+    if (!j) return MIMEO_ENOMEM;
+    j->fn = fn;
+    j->arg = arg;
+    j->on_done = done;
+    int rc = store_enqueue(s, j);
+    if (rc) free(j);
+    return rc;
+}
+
+static int store_submit(store *s, store_job_fn fn, void *arg, bool barrier) {
+    store_job job = {fn, arg, 0, false, barrier, {{0}}, NULL, NULL};
+    if (sem_init(&job.done, 0, 0) != 0) return MIMEO_ENOMEM;
+    int rc = store_enqueue(s, &job);
+    if (rc) {
+        sem_destroy(&job.done);
+        return rc;
+    }
     while (sem_wait(&job.done) != 0) {
     }
     sem_destroy(&job.done);

@@ -7,7 +7,7 @@
  *
  * Threads: any thread may read (store_read_begin/end); all writes run on the one writer
  * thread, as jobs submitted with store_write(), which returns once the job's transaction is
- * durably committed (or failed). */
+ * durably committed (or failed), or with store_write_async(), which calls back then. */
 #ifndef MIMEO_STORE_H
 #define MIMEO_STORE_H
 
@@ -82,6 +82,13 @@ void store_set_group_hooks(store *s, const store_group_hooks *hooks);
 /* Runs fn(txn, arg) on the writer thread and waits until its group is committed. Returns
  * fn's code, or a commit failure (MIMEO_ENOSPC, MIMEO_EIO), or MIMEO_ECLOSED. */
 int store_write(store *s, store_job_fn fn, void *arg);
+
+/* The same without waiting: done(arg, rc) (arg: fn's) is called on the writer thread once the group is
+ * durably committed (or failed), with the code store_write would have returned. It must be
+ * short (the next group waits for it) and must not submit writes and wait for them. Returns
+ * 0 when queued (done will be called), else MIMEO_ECLOSED or MIMEO_ENOMEM (it will not). */
+typedef void (*store_done_fn)(void *arg, int rc);
+int store_write_async(store *s, store_job_fn fn, store_done_fn done, void *arg);
 
 /* Test hook: durable commits (one fdatasync each) and the jobs they carried, since open. */
 typedef struct store_commit_stats {
