@@ -42,7 +42,7 @@ typedef struct write_item {
     char         newrev[MIMEO_REV_MAX];
     /* The new revision's hash worked out on the calling thread for the parent the request
      * names (its _rev, or none), so the writer, which serves every request in turn, does
-     * not spend the MD5 of each body; used only when the writer finds that same parent. */
+     * not spend the hash of each body; used only when the writer finds that same parent. */
     char         prehash[33];
     bool         prehashed;
     atomic_uchar hash_state;    /* HASH_*: which thread works out prehash (item_hash_claim) */
@@ -255,7 +255,7 @@ static bool item_hash_claim(write_item *it, bool new_edits) {
 }
 
 /* The writer's side: whether it->prehash holds the hash. If the helper has not reached the
- * item the writer works it out itself; if the helper is on it, that is one MD5 to wait. */
+ * item the writer works it out itself; if the helper is on it, that is one hash to wait. */
 static bool item_hash_ready(write_item *it, bool new_edits) {
     if (atomic_load_explicit(&it->hash_state, memory_order_acquire) != HASH_DONE &&
         !item_hash_claim(it, new_edits))
@@ -264,10 +264,10 @@ static bool item_hash_ready(write_item *it, bool new_edits) {
     return it->prehashed;
 }
 
-/* With one client, a batch's MD5s (a third of its CPU) used to run before the write job,
- * the writer idle; now a helper thread hashes the items in order while the writer applies
- * them, which puts the machine's second core on it. A small request hashes here first: a
- * thread costs more than its hashes. */
+/* With one client, a batch's revision hashes (a third of its CPU while they were MD5) used
+ * to run before the write job, the writer idle; now a helper thread hashes the items in
+ * order while the writer applies them, which puts the machine's second core on it. A small
+ * request hashes here first: a thread costs more than its hashes. */
 #define HASH_HELPER_MIN   (64 * 1024)  /* body bytes to hash before a helper pays */
 #define HASH_HELPER_ITEMS 16           /* and items: the writer waits for a lone big one */
 
@@ -282,6 +282,7 @@ typedef struct hash_helper {
 
 static void *hash_helper_main(void *arg) {
     hash_helper *h = arg;
+    pthread_setname_np(pthread_self(), "mimeo-hash");   /* else it reads as the worker */
     for (size_t i = 0; i < h->count && !atomic_load_explicit(&h->stop, memory_order_relaxed); i++)
         (void)item_hash_claim(&h->items[i], h->new_edits);
     return NULL;
