@@ -374,9 +374,16 @@ describe('password-hash gate', () => {
   test('parallel wrong passwords: one hash at a time, the rest wait briefly then get 503', async () => {
     // The owner proves the password once (one PBKDF2); later checks hit the cache.
     assert.equal((await req(s.url, 'GET', '/_session', { auth: ADMIN })).status, 200);
-    const t0 = Date.now();
-    assert.equal((await req(s.url, 'GET', '/', { auth: { name: 'nobody0', password: 'x' } })).status, 401);
-    const one = Date.now() - t0;
+    // One hash's time, from three in a row: the bound on how early k serial hashes can end
+    // takes the fastest (a loaded machine only makes a single sample slower, which would
+    // make that bound wrongly strict), the bounds on waiting take the slowest.
+    const ones = [];
+    for (let i = 0; i < 3; i++) {
+      const t0 = Date.now();
+      assert.equal((await req(s.url, 'GET', '/', { auth: { name: `nobody0x${i}`, password: 'x' } })).status, 401);
+      ones.push(Date.now() - t0);
+    }
+    const one = Math.max(...ones), fastest = Math.min(...ones);
 
     const N = 12;
     const started = Date.now();
@@ -408,8 +415,8 @@ describe('password-hash gate', () => {
     // One at a time: the checked ones end one hash apart, so the last of k ends no earlier
     // than about k hashes after the start (in parallel on 2 cores it would be k/2).
     const lastChecked = Math.max(...checked.map((r) => r.ms));
-    assert.ok(lastChecked >= 0.7 * checked.length * one,
-      `${checked.length} hashes ended within ${lastChecked} ms (one: ${one} ms): more than one ran at once`);
+    assert.ok(lastChecked >= 0.7 * checked.length * fastest,
+      `${checked.length} hashes ended within ${lastChecked} ms (one: ${ones.join('/')} ms): more than one ran at once`);
   });
 
   test('a sign-up (a hash too) goes through the same gate', async () => {
