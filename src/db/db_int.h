@@ -221,4 +221,10 @@ void db_vdu_end(db_vdu *v);
  * compilation_error in e and the whole reason in *reason (free it), or MIMEO_EIO. */
 int  db_ddoc_check(mimeo_db *db, const char *body, size_t len, mimeo_err *e, char **reason);
 
+/* ---- test hooks (write.c) ------------------------------------------------------------------ */
+/* The smallest _bulk_docs body that may be streamed (SIZE_MAX: never), and how many
+ * requests were written streamed so far: the unit tests compare both ways' answers. */
+extern size_t db_bulk_stream_min_bytes;
+unsigned long db_bulk_streamed_count(void);
+
 #endif

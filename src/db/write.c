@@ -58,10 +58,36 @@ typedef struct table_tail {
     unsigned char last[STORE_KEY_MAX];
 } table_tail;
 
+/* A _bulk_docs whose write job starts while its body is still being parsed (bulk_stream
+ * below): the parse publishes each item as it is ready, and the job and the hash helper
+ * take them in order. */
+typedef struct bulk_stream {
+    atomic_size_t   ready;     /* items published so far */
+    atomic_bool     done;      /* the parse is over: ready is final */
+    atomic_bool     failed;    /* the request goes the unstreamed way: the job discards */
+    pthread_mutex_t mu;
+    pthread_cond_t  cv;
+    bool            finished;  /* the job's group is committed or failed */
+    int             rc;        /* its code */
+} bulk_stream;
+
+/* Whether item i exists. Streamed, it waits until the parse has published item i or ended
+ * without it; a yield, not a sleep: the parse is at most a document ahead of the writer. */
+static bool items_have(bulk_stream *st, size_t count, size_t i) {
+    if (!st) return i < count;
+    for (;;) {
+        if (i < atomic_load_explicit(&st->ready, memory_order_acquire)) return true;
+        if (atomic_load_explicit(&st->done, memory_order_acquire))
+            return i < atomic_load_explicit(&st->ready, memory_order_acquire);
+        sched_yield();
+    }
+}
+
 typedef struct write_ctx {
     mimeo_db   *db;
     write_item *items;
     size_t      count;
+    bulk_stream *stream;       /* NULL: all count items are there before the job runs */
     bool        new_edits;
     bool        all_or_nothing;
     buf         scratch;
@@ -274,6 +300,7 @@ static bool item_hash_ready(write_item *it, bool new_edits) {
 typedef struct hash_helper {
     write_item *items;
     size_t      count;
+    bulk_stream *stream;
     bool        new_edits;
     atomic_bool stop;                /* the write is over: the rest is not needed */
     bool        running;
@@ -283,7 +310,8 @@ typedef struct hash_helper {
 static void *hash_helper_main(void *arg) {
     hash_helper *h = arg;
     pthread_setname_np(pthread_self(), "mimeo-hash");   /* else it reads as the worker */
-    for (size_t i = 0; i < h->count && !atomic_load_explicit(&h->stop, memory_order_relaxed); i++)
+    for (size_t i = 0; !atomic_load_explicit(&h->stop, memory_order_relaxed) &&
+                       items_have(h->stream, h->count, i); i++)
         (void)item_hash_claim(&h->items[i], h->new_edits);
     return NULL;
 }
@@ -291,6 +319,7 @@ static void *hash_helper_main(void *arg) {
 static void hashes_start(hash_helper *h, write_item *items, size_t count, bool new_edits) {
     h->items = items;
     h->count = count;
+    h->stream = NULL;
     h->new_edits = new_edits;
     h->running = false;
     atomic_init(&h->stop, false);
@@ -666,7 +695,7 @@ static int job_write(MDB_txn *txn, void *arg) {
     w->bodies.not_last = w->seqs.not_last = w->docs.not_last = false;
     int rc = 0;
     bool any_failed = false;
-    for (size_t i = 0; i < w->count && !rc; i++) {
+    for (size_t i = 0; !rc && items_have(w->stream, w->count, i); i++) {
         write_item *it = &w->items[i];
         if (it->rejected) {
             any_failed = true;
@@ -683,18 +712,28 @@ static int job_write(MDB_txn *txn, void *arg) {
     tail_close(&w->seqs);
     tail_close(&w->docs);
     if (!rc && any_failed && w->all_or_nothing) rc = MIMEO_EEXPECTATION;
+    if (!rc && w->stream && atomic_load_explicit(&w->stream->failed, memory_order_acquire))
+        rc = MIMEO_EINVAL;   /* discarded: the request is written again, unstreamed */
     if (rc) *w->m = saved;
     return rc;
 }
 
-static int run_write(write_ctx *w) {
+static void write_bufs_init(write_ctx *w) {
     buf_init(&w->scratch, 0);
     buf_init(&w->att_body, 0);
     buf_init(&w->att_rec, 0);
-    int rc = store_write(w->db->env->store, job_write, w);
+}
+
+static void write_bufs_destroy(write_ctx *w) {
     buf_destroy(&w->scratch);
     buf_destroy(&w->att_body);
     buf_destroy(&w->att_rec);
+}
+
+static int run_write(write_ctx *w) {
+    write_bufs_init(w);
+    int rc = store_write(w->db->env->store, job_write, w);
+    write_bufs_destroy(w);
     return rc;
 }
 
@@ -1126,6 +1165,209 @@ static int put_entries(const write_item *items, size_t count, bool new_edits, in
     return frc;
 }
 
+/* ---- _bulk_docs, streamed ------------------------------------------------------------------ */
+
+/* One client's large _bulk_docs used to take its steps one after the other: the whole body
+ * parsed, then the write job (hashes beside it), then the commit, the writer idle during
+ * the parse and the parser idle during the job. Streamed, the job is queued once the first
+ * documents are parsed and applies each one as the parse publishes it, so the parse, the
+ * writer and the hash helper share the two cores. Taken only where it cannot change an
+ * answer or hold up anyone: a big body, a writer with nothing else to do, no
+ * validate_doc_update (JavaScript, run here per document before anything is written), and
+ * no new_edits/all_or_nothing near the body's end (they would come after the documents).
+ * Anything unusual on the way — a parse or item error, such a flag after all — discards
+ * the job, which has not committed, and the request is done again the plain way, so every
+ * answer is the unstreamed one. */
+size_t db_bulk_stream_min_bytes = 256 * 1024;
+static atomic_ulong bulk_streamed;
+unsigned long db_bulk_streamed_count(void) { return atomic_load(&bulk_streamed); }
+
+#define STREAM_START     16          /* documents parsed before the job is queued */
+#define STREAM_TAIL      256         /* bytes at the end searched for the two flags */
+
+typedef struct stream_ctx {
+    mimeo_db    *db;
+    write_ctx    w;
+    bulk_stream  st;
+    hash_helper  h;
+    att_cache    cache;
+    size_t       cap;       /* items allocated: more than the body can hold */
+    size_t       taken;     /* items moved out of the parse (to destroy) */
+    bool         queued;
+    mimeo_err    err;       /* an item's error: the plain way will report it */
+} stream_ctx;
+
+static bool stream_eligible(mimeo_db *db, const char *json, size_t len,
+                            const mimeo_bulk_docs_opts *opts) {
+    if (len < db_bulk_stream_min_bytes || !store_write_idle(db->env->store)) return false;
+    size_t tail = len < STREAM_TAIL ? len : STREAM_TAIL;
+    const char *t = json + len - tail;
+    if (memmem(t, tail, "\"new_edits\"", 11) || memmem(t, tail, "\"all_or_nothing\"", 16))
+        return false;
+    db_vdu *v = NULL;
+    if (db_vdu_begin(db, opts ? opts->user : NULL, &v) != 0) return false;
+    if (v) {
+        db_vdu_end(v);
+        return false;
+    }
+    return true;
+}
+
+static void stream_job_done(void *arg, int rc) {
+    bulk_stream *st = ((write_ctx *)arg)->stream;
+    pthread_mutex_lock(&st->mu);
+    st->rc = rc;
+    st->finished = true;
+    pthread_cond_signal(&st->cv);
+    pthread_mutex_unlock(&st->mu);   /* the waiting thread may free st from here on */
+}
+
+static int stream_queue(stream_ctx *sc, const json_bulk *out) {
+    write_ctx *w = &sc->w;
+    w->new_edits = out->new_edits;
+    w->all_or_nothing = out->all_or_nothing;
+    write_bufs_init(w);
+    hashes_start(&sc->h, w->items, 0, false);   /* nothing yet: the thread starts below */
+    sc->h.stream = &sc->st;
+    sc->h.new_edits = w->new_edits;
+    if (w->new_edits && pthread_create(&sc->h.thread, NULL, hash_helper_main, &sc->h) == 0)
+        sc->h.running = true;
+    int rc = store_write_async(sc->db->env->store, job_write, stream_job_done, w);
+    if (rc) {
+        hashes_stop(&sc->h);
+        write_bufs_destroy(w);
+        return rc;
+    }
+    sc->queued = true;
+    return 0;
+}
+
+static int stream_on_doc(void *arg, json_bulk *out, size_t i) {
+    stream_ctx *sc = arg;
+    if (i >= sc->cap) return MIMEO_EINVAL;
+    write_item *it = &sc->w.items[i];
+    it->doc = out->docs[i];
+    memset(&out->docs[i], 0, sizeof out->docs[i]);
+    sc->taken = i + 1;
+    int rc = item_prepare(sc->db->env, it, NULL, 0, NULL, out->new_edits, &sc->err);
+    if (!rc && !it->ignore)
+        rc = att_prepare(sc->db->env, it->doc.attachments, it->local, NULL, 0, &sc->cache,
+                         &it->atts, &sc->err);
+    if (!rc) rc = check_ddocs(sc->db, it, 1);
+    if (rc) return rc;
+    atomic_store_explicit(&sc->st.ready, i + 1, memory_order_release);
+    return i + 1 == STREAM_START ? stream_queue(sc, out) : 0;
+}
+
+/* 1 when the request must be done the plain way (nothing of it written); else 0 with
+ * *items and *bulk filled as the plain way fills them (bulk->count items) and *write_rc the
+ * job's code. */
+static int bulk_write_streamed(mimeo_db *db, const char *json, size_t len,
+                               const json_limits *lim, const mimeo_bulk_docs_opts *opts,
+                               json_bulk *bulk, write_item **items, int *write_rc) {
+    if (!stream_eligible(db, json, len, opts)) return 1;
+    stream_ctx *sc = calloc(1, sizeof *sc);
+    if (!sc) return 1;
+    /* Every document starts with '{': their count bounds the documents. The array is
+     * never moved (the writer reads it while the parse fills it); calloc maps a large one
+     * lazily, so the bound costs address space, not memory. */
+    size_t braces = 0;
+    for (const char *q = json, *e = json + len; (q = memchr(q, '{', (size_t)(e - q))); q++)
+        braces++;
+    size_t max_docs = opts ? opts->max_docs : 0;
+    sc->cap = max_docs && max_docs + 1 < braces ? max_docs + 1 : braces;
+    sc->db = db;
+    sc->w.db = db;
+    sc->w.stream = &sc->st;
+    sc->w.items = sc->cap ? calloc(sc->cap, sizeof *sc->w.items) : NULL;
+    if (!sc->w.items || pthread_mutex_init(&sc->st.mu, NULL) != 0) {
+        free(sc->w.items);
+        free(sc);
+        return 1;
+    }
+    if (pthread_cond_init(&sc->st.cv, NULL) != 0) {
+        pthread_mutex_destroy(&sc->st.mu);
+        free(sc->w.items);
+        free(sc);
+        return 1;
+    }
+    atomic_init(&sc->st.ready, 0);
+    atomic_init(&sc->st.done, false);
+    atomic_init(&sc->st.failed, false);
+    json_error je;
+    int prc = json_bulk_parse_stream(json, len, lim, write_revs_limit(db), max_docs,
+                                     stream_on_doc, sc, bulk, &je);
+    bool ok = prc == 0 && !bulk->flags_after_docs;
+    if (ok && !sc->queued) ok = stream_queue(sc, bulk) == 0;   /* fewer than STREAM_START */
+    if (sc->queued) {
+        if (!ok) atomic_store_explicit(&sc->st.failed, true, memory_order_release);
+        atomic_store_explicit(&sc->st.done, true, memory_order_release);
+        pthread_mutex_lock(&sc->st.mu);
+        while (!sc->st.finished) pthread_cond_wait(&sc->st.cv, &sc->st.mu);
+        pthread_mutex_unlock(&sc->st.mu);
+        hashes_stop(&sc->h);
+        write_bufs_destroy(&sc->w);
+    }
+    att_cache_destroy(&sc->cache);
+    pthread_cond_destroy(&sc->st.cv);
+    pthread_mutex_destroy(&sc->st.mu);
+    if (!ok) {
+        for (size_t i = 0; i < sc->taken; i++) item_destroy(&sc->w.items[i]);
+        free(sc->w.items);
+        json_bulk_destroy(bulk);
+        free(sc);
+        return 1;
+    }
+    *items = sc->w.items;
+    *write_rc = sc->st.rc;
+    free(sc);
+    atomic_fetch_add(&bulk_streamed, 1);
+    return 0;
+}
+
+/* The plain way: the whole body parsed, every item prepared and validated, then the job.
+ * *items stays NULL when the request ends here (a parse error, no memory: err is set). */
+static int bulk_write_plain(mimeo_db *db, const char *json, size_t len, const json_limits *lim,
+                            const mimeo_bulk_docs_opts *opts, json_bulk *bulk,
+                            write_item **items_out, mimeo_err *err) {
+    json_error je;
+    int rc = json_bulk_parse_revs(json, len, lim, write_revs_limit(db),
+                                  opts ? opts->max_docs : 0, bulk, &je);
+    if (rc) return db_err_json(err, &je);
+    write_item *items = calloc(bulk->count ? bulk->count : 1, sizeof *items);
+    if (!items) {
+        json_bulk_destroy(bulk);
+        return db_err(err, MIMEO_ENOMEM);
+    }
+    *items_out = items;
+    /* The items take over the parsed documents. */
+    for (size_t i = 0; i < bulk->count; i++) {
+        items[i].doc = bulk->docs[i];
+        memset(&bulk->docs[i], 0, sizeof bulk->docs[i]);
+    }
+    att_cache cache = {0};
+    for (size_t i = 0; i < bulk->count && !rc; i++) {
+        rc = item_prepare(db->env, &items[i], NULL, 0, NULL, bulk->new_edits, err);
+        if (!rc && !items[i].ignore)
+            rc = att_prepare(db->env, items[i].doc.attachments, items[i].local, NULL, 0,
+                             &cache, &items[i].atts, err);
+    }
+    att_cache_destroy(&cache);
+    if (!rc && bulk->count)
+        rc = validate_items(db, items, bulk->count, opts ? opts->user : NULL, err);
+    write_ctx w = {.db = db, .items = items, .count = bulk->count, .new_edits = bulk->new_edits,
+                   .all_or_nothing = bulk->all_or_nothing};
+    if (!rc && bulk->count) {
+        hash_helper h;
+        hashes_start(&h, items, bulk->count, bulk->new_edits);
+        rc = run_write(&w);
+        hashes_stop(&h);
+        if (rc == MIMEO_ENOTFOUND) rc = db_gone(err);
+        else if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);
+    }
+    return rc;
+}
+
 int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
                     size_t *out_len, mimeo_err *err) {
     return mimeo_bulk_docs_as(db, json, len, NULL, json_out, out_len, err);
@@ -1137,42 +1379,17 @@ int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
     *json_out = NULL;
     *out_len = 0;
     json_bulk bulk;
-    json_error je;
     /* {"docs":[…]} wraps each document two levels deep: what PUT accepts, so must this. */
     json_limits lim = db->env->limits;
     lim.max_depth += 2;
-    int rc = json_bulk_parse_revs(json, len, &lim, write_revs_limit(db),
-                                  opts ? opts->max_docs : 0, &bulk, &je);
-    if (rc) return db_err_json(err, &je);
-    write_item *items = calloc(bulk.count ? bulk.count : 1, sizeof *items);
-    if (!items) {
-        json_bulk_destroy(&bulk);
-        return db_err(err, MIMEO_ENOMEM);
-    }
-    /* The items take over the parsed documents. */
-    for (size_t i = 0; i < bulk.count; i++) {
-        items[i].doc = bulk.docs[i];
-        memset(&bulk.docs[i], 0, sizeof bulk.docs[i]);
-    }
-    att_cache cache = {0};
-    for (size_t i = 0; i < bulk.count && !rc; i++) {
-        rc = item_prepare(db->env, &items[i], NULL, 0, NULL, bulk.new_edits, err);
-        if (!rc && !items[i].ignore)
-            rc = att_prepare(db->env, items[i].doc.attachments, items[i].local, NULL, 0,
-                             &cache, &items[i].atts, err);
-    }
-    att_cache_destroy(&cache);
-    if (!rc && bulk.count)
-        rc = validate_items(db, items, bulk.count, opts ? opts->user : NULL, err);
-    write_ctx w = {.db = db, .items = items, .count = bulk.count, .new_edits = bulk.new_edits,
-                   .all_or_nothing = bulk.all_or_nothing};
-    if (!rc && bulk.count) {
-        hash_helper h;
-        hashes_start(&h, items, bulk.count, bulk.new_edits);
-        rc = run_write(&w);
-        hashes_stop(&h);
+    write_item *items = NULL;
+    int rc = 0;
+    if (bulk_write_streamed(db, json, len, &lim, opts, &bulk, &items, &rc) == 0) {
         if (rc == MIMEO_ENOTFOUND) rc = db_gone(err);
         else if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);
+    } else {
+        rc = bulk_write_plain(db, json, len, &lim, opts, &bulk, &items, err);
+        if (!items) return rc;
     }
     if (!rc && bulk.count) {   /* replicated batches too: merge CRDT conflicts they made */
         const char **ids = malloc(bulk.count * sizeof *ids);

@@ -162,6 +162,8 @@ typedef struct json_bulk {
     size_t    count;
     bool      new_edits;       /* default true */
     bool      all_or_nothing;  /* default false */
+    bool      flags_after_docs; /* new_edits, all_or_nothing or another docs came after the
+                                 * docs array began (json_bulk_parse_stream) */
 } json_bulk;
 int  json_bulk_parse(const char *p, size_t n, const json_limits *limits, json_bulk *out,
                      json_error *err);
@@ -172,6 +174,16 @@ int  json_bulk_parse(const char *p, size_t n, const json_limits *limits, json_bu
 int  json_bulk_parse_revs(const char *p, size_t n, const json_limits *limits,
                           unsigned max_revision_ids, size_t max_docs, json_bulk *out,
                           json_error *err);
+/* As json_bulk_parse_revs, calling on_doc(arg, out, i) as each element i of docs is
+ * complete, so that a caller may start on the first documents while the rest are parsed.
+ * on_doc may take out->docs[i] (move it out and zero it: the array moves as it grows). A
+ * non-zero return stops the parse and is its result (err left for the caller to fill).
+ * What on_doc sees of new_edits and all_or_nothing is final unless out->flags_after_docs
+ * ends up set. */
+int  json_bulk_parse_stream(const char *p, size_t n, const json_limits *limits,
+                            unsigned max_revision_ids, size_t max_docs,
+                            int (*on_doc)(void *arg, json_bulk *out, size_t index), void *arg,
+                            json_bulk *out, json_error *err);
 void json_bulk_destroy(json_bulk *b);
 
 /* ---- writers -------------------------------------------------------------------------------

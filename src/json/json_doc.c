@@ -48,6 +48,8 @@ typedef struct jd_ctx {
     size_t        max_docs;   /* 0: no cap */
     int           env;        /* ENV_* of the envelope member being read */
     bool          have_docs;
+    int         (*on_doc)(void *arg, json_bulk *out, size_t index); /* stream: see json.h */
+    void         *on_doc_arg;
 } jd_ctx;
 
 static int jd_fail(jd_ctx *c, int code, const char *error, const char *reason) {
@@ -125,6 +127,7 @@ static int jd_doc_end(jd_ctx *c) {
     if (rc) return jd_body_fail(c, rc);
     c->size_hint = c->doc->body.len + 16;
     c->doc = NULL;
+    if (c->bulk && c->on_doc) return c->on_doc(c->on_doc_arg, c->out, c->out->count - 1);
     return 0;
 }
 
@@ -352,6 +355,7 @@ static int jd_on_key(void *ctx, const char *s, size_t n) {
                : IS("all_or_nothing") ? ENV_ALL_OR_NOTHING
                : ENV_OTHER;
 #undef IS
+        if (c->bulk && c->have_docs && c->env != ENV_OTHER) c->out->flags_after_docs = true;
     }
     return 0;
 }
@@ -471,6 +475,14 @@ int json_bulk_parse(const char *p, size_t n, const json_limits *limits, json_bul
 int json_bulk_parse_revs(const char *p, size_t n, const json_limits *limits,
                          unsigned max_revision_ids, size_t max_docs, json_bulk *out,
                          json_error *err) {
+    return json_bulk_parse_stream(p, n, limits, max_revision_ids, max_docs, NULL, NULL, out,
+                                  err);
+}
+
+int json_bulk_parse_stream(const char *p, size_t n, const json_limits *limits,
+                           unsigned max_revision_ids, size_t max_docs,
+                           int (*on_doc)(void *arg, json_bulk *out, size_t index), void *arg,
+                           json_bulk *out, json_error *err) {
     json_error scratch;
     if (!err) err = &scratch;
     memset(out, 0, sizeof *out);
@@ -481,6 +493,8 @@ int json_bulk_parse_revs(const char *p, size_t n, const json_limits *limits,
     c.bulk = true;
     c.out = out;
     c.max_docs = max_docs;
+    c.on_doc = on_doc;
+    c.on_doc_arg = arg;
     int rc = json_parse(p, n, limits, &jd_handlers, &c, err);
     json_builder_free(c.jb);
     if (rc) {

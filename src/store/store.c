@@ -356,6 +356,13 @@ static int store_submit(store *s, store_job_fn fn, void *arg, bool barrier) {
 
 int store_write(store *s, store_job_fn fn, void *arg) { return store_submit(s, fn, arg, false); }
 
+bool store_write_idle(store *s) {
+    pthread_mutex_lock(&s->lock);
+    bool idle = s->idle && s->queued == 0;
+    pthread_mutex_unlock(&s->lock);
+    return idle;
+}
+
 /* Test hook (tests/unit): what group commit shared so far. */
 store_commit_stats store_stats(store *s) {
     pthread_mutex_lock(&s->lock);

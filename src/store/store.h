@@ -90,6 +90,10 @@ int store_write(store *s, store_job_fn fn, void *arg);
 typedef void (*store_done_fn)(void *arg, int rc);
 int store_write_async(store *s, store_job_fn fn, store_done_fn done, void *arg);
 
+/* Whether the writer waits for work with nothing queued: a job queued now starts at once.
+ * A hint only (it may change as soon as it is read). */
+bool store_write_idle(store *s);
+
 /* Test hook: durable commits (one fdatasync each) and the jobs they carried, since open. */
 typedef struct store_commit_stats {
     uint64_t commits;

@@ -1272,6 +1272,179 @@ static void test_bulk_tail_appends(void) {
     mimeo_env_close(env);
 }
 
+/* ---- _bulk_docs, streamed ------------------------------------------------------------------ */
+
+typedef struct bulk_answer {
+    int       rc;
+    char     *out;
+    mimeo_err err;
+} bulk_answer;
+
+static void wait_writer_idle(mimeo_db *db) {
+    for (int i = 0; i < 1000 && !store_write_idle(db->env->store); i++) usleep(1000);
+}
+
+/* body written to s (streaming allowed) and to p (never streamed): the answers must be the
+ * same, byte for byte, and s's must have been streamed exactly when want_streamed. */
+static void bulk_pair(mimeo_db *s, mimeo_db *p, const char *body, size_t len, size_t max_docs,
+                      bool want_streamed, const char *want) {
+    bulk_answer a[2];
+    mimeo_db *dbs[2] = {s, p};
+    unsigned long before = db_bulk_streamed_count();
+    for (int k = 0; k < 2; k++) {
+        size_t saved = db_bulk_stream_min_bytes;
+        if (k == 1) db_bulk_stream_min_bytes = SIZE_MAX;
+        else wait_writer_idle(s);
+        mimeo_bulk_docs_opts o = {.max_docs = max_docs};
+        size_t out_len = 0;
+        memset(&a[k].err, 0, sizeof a[k].err);
+        a[k].out = NULL;
+        a[k].rc = mimeo_bulk_docs_as(dbs[k], body, len, &o, &a[k].out, &out_len, &a[k].err);
+        db_bulk_stream_min_bytes = saved;
+        if (k == 0) CHECK_EQ_INT(db_bulk_streamed_count() - before, want_streamed ? 1 : 0);
+    }
+    CHECK_EQ_INT(a[0].rc, a[1].rc);
+    /* what the answer must say: a per-document failure, or the request's error */
+    CHECK(a[0].rc ? !strcmp(a[0].err.error, want) : a[0].out && strstr(a[0].out, want) != NULL);
+    CHECK((!a[0].out && !a[1].out) || (a[0].out && a[1].out && !strcmp(a[0].out, a[1].out)));
+    if (a[0].rc) {
+        CHECK_EQ_STR(a[0].err.error, a[1].err.error);
+        CHECK_EQ_STR(a[0].err.reason, a[1].err.reason);
+    }
+    mimeo_free(a[0].out);
+    mimeo_free(a[1].out);
+}
+
+/* Both databases hold the same documents, revision trees and sequence. */
+static void same_dbs(mimeo_db *s, mimeo_db *p, int docs) {
+    mimeo_db_info is, ip;
+    CHECK_EQ_INT(mimeo_db_info_get(s, &is), 0);
+    CHECK_EQ_INT(mimeo_db_info_get(p, &ip), 0);
+    CHECK_EQ_INT(is.doc_count, ip.doc_count);
+    CHECK_EQ_INT(is.doc_del_count, ip.doc_del_count);
+    CHECK_EQ_INT(is.update_seq, ip.update_seq);
+    for (int i = 0; i < docs; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "d%03d", i);
+        char *a = winner(s, id), *b = winner(p, id);
+        CHECK((!a && !b) || (a && b && !strcmp(a, b)));
+        mimeo_free(a);
+        mimeo_free(b);
+    }
+}
+
+enum { SB_DOCS = 400 };
+static bool sb_bad_id;   /* an id CouchDB refuses, which fails the whole request */
+
+/* A body of SB_DOCS documents of ~1 KB: new ones (with the odd cases below) or, with revs,
+ * edits of s's current revisions. head goes before "docs", tail after the array. */
+static void stream_body(buf *b, mimeo_db *s, bool edits, const char *head, const char *tail) {
+    static char pad[1001];
+    memset(pad, 'q', 1000);
+    buf_reset(b);
+    buf_printf(b, "{%s\"docs\":[", head);
+    for (int i = 0; i < SB_DOCS; i++) {
+        char id[32], rev[MIMEO_REV_MAX + 16] = "";
+        snprintf(id, sizeof id, "d%03d", i);
+        if (!edits && i == 5) snprintf(id, sizeof id, "d003");          /* twice in one batch */
+        if (!edits && i == 10 && sb_bad_id) snprintf(id, sizeof id, "_bad");
+        if (!edits && i == 20) snprintf(id, sizeof id, "_local/l20");
+        if (!edits && i == 50) snprintf(id, sizeof id, "_design/bad");  /* invalid design doc */
+        if (edits) {
+            char r[MIMEO_REV_MAX];
+            doc_rev(s, id, r, sizeof r);
+            if (i == 77) snprintf(r, sizeof r, "1-%032d", 0);             /* stale */
+            if (r[0]) snprintf(rev, sizeof rev, "\"_rev\":\"%s\",", r);
+        }
+        buf_printf(b, "%s{\"_id\":\"%s\",%s\"n\":%d,\"e\":%d,", i ? "," : "", id, rev, i, edits);
+        if (!edits && i == 30) buf_puts(b, "\"_deleted\":true,");
+        if (i == 40)
+            buf_puts(b, "\"_attachments\":{\"a.txt\":{\"content_type\":\"text/plain\","
+                        "\"data\":\"aGVsbG8=\"}},");
+        if (!edits && i == 50) buf_puts(b, "\"views\":{\"v\":{\"map\":5}},");
+        buf_printf(b, "\"pad\":\"%s\"}", pad);
+    }
+    buf_printf(b, "]%s}", tail);
+}
+
+/* A large _bulk_docs is written while its body is still parsed (write.c, bulk_stream). Its
+ * answers must be the unstreamed ones in every case: per-document failures, a parse error
+ * or a flag found after the documents (the started job is discarded, nothing written), an
+ * all_or_nothing failure, a document cap. */
+static void test_bulk_streamed(void) {
+    mimeo_env *env = open_env(NULL);
+    CHECK(env);
+    if (!env) return;
+    mimeo_db *s = fresh_db(env, "st_s"), *p = fresh_db(env, "st_p");
+    buf b;
+    buf_init(&b, 0);
+    if (s && p) {
+        sb_bad_id = true;
+        stream_body(&b, s, false, "", "");
+        sb_bad_id = false;
+        CHECK(b.len > db_bulk_stream_min_bytes);
+        bulk_pair(s, p, b.data, b.len, 0, false, "illegal_docid");
+        same_dbs(s, p, SB_DOCS);
+        stream_body(&b, s, false, "", "");
+        bulk_pair(s, p, b.data, b.len, 0, true,
+                  "{\"id\":\"d003\",\"error\":\"conflict\"");
+        char *ddoc = winner(s, "_design/bad"), *att = winner(s, "d040");
+        CHECK(!ddoc);   /* refused: invalid_design_doc, in the answer both ways */
+        CHECK(att && strstr(att, "\"a.txt\":{\"content_type\":\"text/plain\""));
+        mimeo_free(ddoc);
+        mimeo_free(att);
+        same_dbs(s, p, SB_DOCS);
+        stream_body(&b, s, true, "", "");
+        bulk_pair(s, p, b.data, b.len, 0, true, "{\"id\":\"d077\",\"error\":\"conflict\"");
+        same_dbs(s, p, SB_DOCS);
+        /* A syntax error near the end: the job already ran on most documents. */
+        stream_body(&b, s, true, "", "");
+        b.len -= 2;
+        buf_puts(&b, ",{\"_id\":\"zz\",]}");
+        bulk_pair(s, p, b.data, b.len, 0, false, "bad_request");
+        same_dbs(s, p, SB_DOCS);
+        /* A document cap smaller than the batch. */
+        stream_body(&b, s, true, "", "");
+        bulk_pair(s, p, b.data, b.len, 100, false, "max_bulk_docs_count_exceeded");
+        same_dbs(s, p, SB_DOCS);
+        /* all_or_nothing after the documents, with a stale revision among them, padded so
+         * that the flag is not in the body's last bytes: found only by the parse. */
+        char tail[600];
+        snprintf(tail, sizeof tail, ",\"all_or_nothing\":true,\"x\":\"%0400d\"", 0);
+        stream_body(&b, s, true, "", tail);
+        bulk_pair(s, p, b.data, b.len, 0, false, "expectation_failed");
+        same_dbs(s, p, SB_DOCS);
+        /* all_or_nothing first: streamed, and the stale revision fails it all. */
+        stream_body(&b, s, true, "\"all_or_nothing\":true,", "");
+        bulk_pair(s, p, b.data, b.len, 0, true, "expectation_failed");
+        same_dbs(s, p, SB_DOCS);
+        /* new_edits:false after the documents: replicated revisions, not edits. */
+        snprintf(tail, sizeof tail, ",\"new_edits\":false,\"x\":\"%0400d\"", 0);
+        buf_reset(&b);
+        buf_puts(&b, "{\"docs\":[");
+        for (int i = 0; i < SB_DOCS; i++)
+            buf_printf(&b, "%s{\"_id\":\"d%03d\",\"_rev\":\"7-%032x\",\"r\":1,\"pad\":\"%0900d\"}",
+                       i ? "," : "", i, i, 0);
+        buf_printf(&b, "]%s}", tail);
+        bulk_pair(s, p, b.data, b.len, 0, false, "[]");
+        same_dbs(s, p, SB_DOCS);
+        /* new_edits:false first: streamed. */
+        buf_reset(&b);
+        buf_puts(&b, "{\"new_edits\":false,\"docs\":[");
+        for (int i = 0; i < SB_DOCS; i++)
+            buf_printf(&b, "%s{\"_id\":\"d%03d\",\"_rev\":\"9-%032x\",\"_revisions\":{\"start\":9,"
+                           "\"ids\":[\"%032x\",\"%032x\"]},\"r\":2,\"pad\":\"%0900d\"}",
+                       i ? "," : "", i, i, i, i + 1, 0);
+        buf_puts(&b, "]}");
+        bulk_pair(s, p, b.data, b.len, 0, true, "[]");
+        same_dbs(s, p, SB_DOCS);
+    }
+    buf_destroy(&b);
+    if (s) mimeo_db_close(s);
+    if (p) mimeo_db_close(p);
+    mimeo_env_close(env);
+}
+
 int main(void) {
     make_tmpdir();
     RUN(test_random_without_getrandom);
@@ -1289,6 +1462,7 @@ int main(void) {
     RUN(test_compact_live);
     RUN(test_bulk_hashes_beside_writer);
     RUN(test_bulk_tail_appends);
+    RUN(test_bulk_streamed);
     remove_tmpdir();
     return check_report();
 }
