@@ -110,6 +110,11 @@ struct jval {
 int  json_tree_parse(const char *p, size_t n, const json_limits *limits, jval **out,
                      json_error *err);
 void jval_free(jval *v);
+/* The same tree in one allocation: free it with free(), never jval_free; its nodes must not
+ * be freed, grown or detached one by one. For large, read-only requests (_revs_diff,
+ * _bulk_get bodies), which would otherwise cost two allocations per value. */
+int  json_tree_parse_block(const char *p, size_t n, const json_limits *limits, jval **out,
+                           json_error *err);
 /* Borrowed member of an object, or NULL (also when v is not an object). */
 jval *jval_get(const jval *v, const char *key);
 /* True and *out set when v is a number that is an integer in range. */
