@@ -209,7 +209,8 @@ static int sk_key_add(sk_state *st, sk_frame *f, const char *ptr, size_t off, si
             if (k->len == len && (len == 0 || memcmp(sk_key_ptr(st, k), s, len) == 0))
                 return sk_dup(st, s, len);
         }
-    if (ARRAY_GROW(st->keys, st->keys_alloc, st->nkeys + 1)) return sk_oom(st);
+    if (st->nkeys == st->keys_alloc && ARRAY_GROW(st->keys, st->keys_alloc, st->nkeys + 1))
+        return sk_oom(st);
     st->keys[st->nkeys++] = (sk_key){ ptr, off, len };
     return SK_OK;
 }
@@ -302,7 +303,8 @@ value:
                     st->max_depth);
             return SK_STOP;
         }
-        if (ARRAY_GROW(st->frames, st->frames_alloc, depth + 1)) return sk_oom(st);
+        if (depth == st->frames_alloc && ARRAY_GROW(st->frames, st->frames_alloc, depth + 1))
+            return sk_oom(st);
         sk_frame *f = &st->frames[depth++];
         f->obj = obj;
         f->key0 = st->nkeys;

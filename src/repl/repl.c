@@ -482,12 +482,10 @@ static bool cur_lit(repl_cur *c, const char *lit, size_t n) {
     return true;
 }
 
-/* A run of characters from set at the cursor, at least one; its extent in *s, *n. */
-static bool cur_run(repl_cur *c, bool hex, const char **s, size_t *n) {
+/* A run of digits at the cursor, at least one; its extent in *s, *n. */
+static bool cur_digits(repl_cur *c, const char **s, size_t *n) {
     const char *a = c->p;
-    while (c->p < c->end && ((*c->p >= '0' && *c->p <= '9') ||
-                             (hex && *c->p >= 'a' && *c->p <= 'f')))
-        c->p++;
+    while (c->p < c->end && *c->p >= '0' && *c->p <= '9') c->p++;
     *s = a;
     *n = (size_t)(c->p - a);
     return *n > 0;
@@ -519,15 +517,19 @@ static bool repl_revisions_own(const char *rev, size_t rev_len, const char *v, s
             if (!cur_lit(&c, ":", 1)) return false;
             while (c.p < c.end && repl_ws(*c.p)) c.p++;
             /* an integer: not followed by a fraction or an exponent */
-            if (!cur_run(&c, false, &s, &sl) || sl != glen || memcmp(s, rev, glen) != 0 ||
+            if (!cur_digits(&c, &s, &sl) || sl != glen || memcmp(s, rev, glen) != 0 ||
                 (c.p < c.end && (*c.p == '.' || *c.p == 'e' || *c.p == 'E')))
                 return false;
             start = true;
         } else if (!ids && cur_lit(&c, "\"ids\"", 5)) {
+            /* the hash is plain lowercase hex: the string is it exactly when it starts with
+             * it and ends right after */
             if (!cur_lit(&c, ":", 1) || !cur_lit(&c, "[", 1) || !cur_lit(&c, "\"", 1) ||
-                !cur_run(&c, true, &s, &sl) || sl != hlen || memcmp(s, hash, hlen) != 0 ||
-                !cur_lit(&c, "\"", 1) || !cur_lit(&c, "]", 1))
+                (size_t)(c.end - c.p) <= hlen || memcmp(c.p, hash, hlen) != 0 ||
+                c.p[hlen] != '"')
                 return false;
+            c.p += hlen + 1;
+            if (!cur_lit(&c, "]", 1)) return false;
             ids = true;
         } else {
             return false;
