@@ -18,10 +18,10 @@ typedef struct sk_key {
     size_t      len;
 } sk_key;
 
-/* One open container. */
+/* One open object. Arrays have none: a reply nested a million arrays deep costs a byte a
+ * level (the kind stack), as in json_parse. */
 typedef struct sk_frame {
-    bool   obj;
-    size_t key0;     /* objects: index of the first key in keys[] */
+    size_t key0;     /* index of the first key in keys[] */
     size_t arena0;   /* arena length when the object opened */
 } sk_frame;
 
@@ -30,8 +30,10 @@ typedef struct sk_state {
     size_t      n;
     unsigned    max_depth;
     json_error *err;
-    sk_frame   *frames;
-    size_t      frames_alloc;
+    unsigned char *kind;   /* per open container: 1 object, 0 array */
+    size_t      kind_alloc;
+    sk_frame   *frames;    /* per open object */
+    size_t      nframes, frames_alloc;
     sk_key     *keys;
     size_t      nkeys, keys_alloc;
     char       *arena;
@@ -303,12 +305,17 @@ value:
                     st->max_depth);
             return SK_STOP;
         }
-        if (depth == st->frames_alloc && ARRAY_GROW(st->frames, st->frames_alloc, depth + 1))
+        if (depth == st->kind_alloc && ARRAY_GROW(st->kind, st->kind_alloc, depth + 1))
             return sk_oom(st);
-        sk_frame *f = &st->frames[depth++];
-        f->obj = obj;
-        f->key0 = st->nkeys;
-        f->arena0 = st->arena_len;
+        st->kind[depth++] = obj;
+        if (obj) {
+            if (st->nframes == st->frames_alloc &&
+                ARRAY_GROW(st->frames, st->frames_alloc, st->nframes + 1))
+                return sk_oom(st);
+            sk_frame *f = &st->frames[st->nframes++];
+            f->key0 = st->nkeys;
+            f->arena0 = st->arena_len;
+        }
         i = sk_ws(p, n, i + 1);
         if (i < n && p[i] == (obj ? '}' : ']')) {
             i++;
@@ -355,7 +362,8 @@ key: {
             if ((rc = sk_decode(st, (const unsigned char *)s, len, &off, &len))) return rc;
             s = st->arena + off;
         }
-        if ((rc = sk_key_add(st, &st->frames[depth - 1], esc ? NULL : s, off, len))) return rc;
+        if ((rc = sk_key_add(st, &st->frames[st->nframes - 1], esc ? NULL : s, off, len)))
+            return rc;
         if (!cap) {
             want = sk_is(s, len, "ok", 2);
             want_err = sk_is(s, len, "error", 5);
@@ -380,8 +388,8 @@ key: {
         goto value;
     }
 closed: {
-        sk_frame *f = &st->frames[depth];
-        if (f->obj) {
+        if (st->kind[depth]) {
+            sk_frame *f = &st->frames[--st->nframes];
             if ((rc = sk_check_big(st, f))) return rc;
             st->nkeys = f->key0;
             st->arena_len = f->arena0;
@@ -402,10 +410,10 @@ after:
     if (i >= n) return SK_SYNTAX;
     if (p[i] == ',') {
         i = sk_ws(p, n, i + 1);
-        if (st->frames[depth - 1].obj) goto key;
+        if (st->kind[depth - 1]) goto key;
         goto value;
     }
-    if (p[i] != (st->frames[depth - 1].obj ? '}' : ']')) return SK_SYNTAX;
+    if (p[i] != (st->kind[depth - 1] ? '}' : ']')) return SK_SYNTAX;
     i++;
     depth--;
     goto closed;
@@ -438,6 +446,7 @@ int json_skim_docs(const char *p, size_t n, const json_limits *limits, json_skim
         rc = err->code ? err->code : MIMEO_EBADJSON;
     }
     if (errors) *errors += errs;
+    free(st.kind);
     free(st.frames);
     free(st.keys);
     free(st.arena);

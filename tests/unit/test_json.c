@@ -850,6 +850,26 @@ static void test_skim(void) {
     memset(&s, 0, sizeof s);
     CHECK_EQ_INT(json_skim_docs(big, strlen(big), NULL, skim_cb, &s, NULL, &err), 0);
     CHECK_EQ_INT(s.n, 1);
+    /* arrays nested far deeper than documents may be, under a cap that allows it:
+     * {"ok":{"a":[[[…]]]}} */
+    size_t levels = 200000, k = 0;
+    char *deep = malloc(11 + 2 * levels + 2);
+    CHECK(deep != NULL);
+    if (deep) {
+        memcpy(deep, "{\"ok\":{\"a\":", 11);
+        k = 11;
+        for (size_t d = 0; d < levels; d++) deep[k++] = '[';
+        for (size_t d = 0; d < levels; d++) deep[k++] = ']';
+        deep[k++] = '}';
+        deep[k++] = '}';
+        static const json_limits lots = {1u << 30, 0};
+        memset(&s, 0, sizeof s);
+        CHECK_EQ_INT(json_skim_docs(deep, k, &lots, skim_cb, &s, NULL, &err), 0);
+        CHECK_EQ_INT(s.n, 1);
+        CHECK_EQ_INT(json_skim_docs(deep, k, NULL, skim_cb, &s, NULL, &err), MIMEO_EBADJSON);
+        free(deep);
+    }
+
     /* the callback's code stops the skim */
     const char *five = "[{\"ok\":{}},{\"ok\":{}},{\"ok\":{}},{\"ok\":{}},{\"ok\":{}}]";
     memset(&s, 0, sizeof s);
