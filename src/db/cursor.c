@@ -92,7 +92,8 @@ struct mimeo_cursor {
 
     /* bulk_get, revs_diff, open_revs */
     jval     *req;
-    bool      req_flat;   /* req is one allocation (open_revs from a list), not a tree */
+    bool      req_flat;   /* req is one allocation (open_revs from a list, json_tree_parse_block),
+                             not a tree */
     size_t    req_pos;
     const char *id;       /* open_revs: the document */
     size_t    id_len;
@@ -1228,7 +1229,9 @@ int mimeo_bulk_get_open(mimeo_db *db, const char *json, size_t len, const mimeo_
     if (opts) c->go = *opts;
     c->go.rev = NULL;
     json_error je;
-    if (json_tree_parse(json, len, &db->env->limits, &c->req, &je) != 0) {
+    /* one block: a replication batch names hundreds of revisions */
+    c->req_flat = true;
+    if (json_tree_parse_block(json, len, &db->env->limits, &c->req, &je) != 0) {
         mimeo_cursor_close(c);
         return db_err_json(err, &je);
     }
@@ -1253,7 +1256,9 @@ int mimeo_revs_diff_open(mimeo_db *db, const char *json, size_t len, mimeo_curso
     mimeo_cursor *c = cursor_new(db, CUR_REVS_DIFF);
     if (!c) return db_err(err, MIMEO_ENOMEM);
     json_error je;
-    if (json_tree_parse(json, len, &db->env->limits, &c->req, &je) != 0) {
+    /* one block: a replication batch names hundreds of revisions */
+    c->req_flat = true;
+    if (json_tree_parse_block(json, len, &db->env->limits, &c->req, &je) != 0) {
         mimeo_cursor_close(c);
         return db_err_json(err, &je);
     }

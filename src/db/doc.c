@@ -116,8 +116,10 @@ int db_doc_json(buf *out, MDB_txn *txn, const store_tables *t, uint64_t dbid,
     }
     if (opts->revs) {
         uint32_t len = revtree_path(tree, node, idx);
-        rc = buf_printf(out, ",\"_revisions\":{\"start\":%llu,\"ids\":[",
-                        (unsigned long long)n->gen);
+        /* not buf_printf: its vsnprintf is a third of a replicated document's formatting */
+        rc = buf_puts(out, ",\"_revisions\":{\"start\":");
+        if (!rc) rc = buf_put_u64(out, n->gen);
+        if (!rc) rc = buf_puts(out, ",\"ids\":[");
         for (uint32_t i = 0; i < len && !rc; i++) {
             if (i) rc = buf_putc(out, ',');
             if (!rc) rc = json_put_str(out, tree->nodes[idx[i]].hash, tree->nodes[idx[i]].hash_len);

@@ -68,6 +68,29 @@ static inline bool json_utf8_valid(const char *s, size_t n) { return utf8_valid(
  * split a character (for quoting user text in a bounded error reason). */
 size_t json_utf8_prefix(const char *s, size_t n, size_t max);
 
+/* ---- skimming replies that carry documents (json_skim.c) -----------------------------------
+ * A _bulk_get or open_revs reply is validated exactly as json_parse would (same limits, same
+ * refusals), and the object value of every "ok" member met outside a document is handed over
+ * as its bytes in the input: nothing is decoded or copied. */
+typedef struct json_skim_doc {
+    const char *text;      /* the document object's bytes, from '{' to '}' */
+    size_t      len;
+    const char *rev;       /* the top-level "_rev" string's contents when it holds no escape,
+                              else NULL */
+    size_t      rev_len;
+    /* the top-level "_revisions" member, as offsets into text: its key's opening quote, its
+     * value's first byte and the end of its value; revisions_end 0 when there is none */
+    size_t      revisions_key, revisions_value, revisions_end;
+    bool        has_attachments;  /* a top-level "_attachments" member */
+} json_skim_doc;
+/* Called per document (borrowed for the call); non-zero stops the skim with that code. */
+typedef int (*json_skim_fn)(void *ctx, const json_skim_doc *d);
+/* 0, the callback's code, or json_parse's errors (err filled). *errors (when not NULL) is
+ * increased by the "error" members with an object value met outside a document: revisions
+ * a _bulk_get reply did not serve. */
+int json_skim_docs(const char *p, size_t n, const json_limits *limits, json_skim_fn fn,
+                   void *ctx, size_t *errors, json_error *err);
+
 /* ---- small trees --------------------------------------------------------------------------- */
 typedef enum { JV_NULL, JV_BOOL, JV_NUMBER, JV_STRING, JV_ARRAY, JV_OBJECT } jv_type;
 
@@ -87,6 +110,11 @@ struct jval {
 int  json_tree_parse(const char *p, size_t n, const json_limits *limits, jval **out,
                      json_error *err);
 void jval_free(jval *v);
+/* The same tree in one allocation: free it with free(), never jval_free; its nodes must not
+ * be freed, grown or detached one by one. For large, read-only requests (_revs_diff,
+ * _bulk_get bodies), which would otherwise cost two allocations per value. */
+int  json_tree_parse_block(const char *p, size_t n, const json_limits *limits, jval **out,
+                           json_error *err);
 /* Borrowed member of an object, or NULL (also when v is not an object). */
 jval *jval_get(const jval *v, const char *key);
 /* True and *out set when v is a number that is an integer in range. */

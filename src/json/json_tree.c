@@ -300,3 +300,159 @@ int json_put_jval(buf *b, const jval *v) {
     if (st != local) free(st);
     return rc;
 }
+
+/* ---- trees in one block ----------------------------------------------------------------
+ * The events are first recorded on a tape (one entry per key or value, texts appended to
+ * one buffer), then laid out in a single allocation: the nodes, the containers' item, key
+ * and key length arrays, then every text. A request of thousands of revisions costs a few
+ * allocations instead of two per value, and one free. */
+
+enum { JT_KEY = 16 };   /* tape entries: a jv_type, or a key */
+
+typedef struct jt_tok {
+    uint8_t type;
+    bool    boolean;
+    size_t  off, len;   /* text (strings, numbers, keys) */
+    size_t  count;      /* containers: items */
+} jt_tok;
+
+typedef struct jt_tape {
+    jt_tok *tok;
+    size_t  n, alloc;
+    buf     text;
+    size_t *open;       /* tape index of each open container */
+    size_t  depth, open_alloc;
+    size_t  nvals, nitems, nkeys;
+} jt_tape;
+
+static int jt_push(jt_tape *t, uint8_t type, const char *s, size_t n, bool bv) {
+    if (ARRAY_GROW(t->tok, t->alloc, t->n + 1)) return MIMEO_ENOMEM;
+    jt_tok *k = &t->tok[t->n++];
+    k->type = type;
+    k->boolean = bv;
+    k->count = 0;
+    k->off = t->text.len;
+    k->len = n;
+    if (type == JV_STRING || type == JV_NUMBER || type == JT_KEY) {
+        if (buf_put(&t->text, s, n) || buf_putc(&t->text, '\0')) return MIMEO_ENOMEM;
+    }
+    if (type == JT_KEY) {
+        t->nkeys++;
+        return 0;
+    }
+    t->nvals++;
+    if (t->depth) {
+        t->tok[t->open[t->depth - 1]].count++;
+        t->nitems++;
+    }
+    return 0;
+}
+
+static int jt_null(void *c) { return jt_push(c, JV_NULL, NULL, 0, false); }
+static int jt_bool(void *c, bool v) { return jt_push(c, JV_BOOL, NULL, 0, v); }
+static int jt_number(void *c, const char *s, size_t n) { return jt_push(c, JV_NUMBER, s, n, false); }
+static int jt_string(void *c, const char *s, size_t n) { return jt_push(c, JV_STRING, s, n, false); }
+static int jt_key(void *c, const char *s, size_t n) { return jt_push(c, JT_KEY, s, n, false); }
+
+static int jt_open(jt_tape *t, uint8_t type) {
+    if (jt_push(t, type, NULL, 0, false)) return MIMEO_ENOMEM;
+    if (ARRAY_GROW(t->open, t->open_alloc, t->depth + 1)) return MIMEO_ENOMEM;
+    t->open[t->depth++] = t->n - 1;
+    return 0;
+}
+
+static int jt_start_map(void *c) { return jt_open(c, JV_OBJECT); }
+static int jt_start_array(void *c) { return jt_open(c, JV_ARRAY); }
+static int jt_close(void *c) {
+    jt_tape *t = c;
+    if (t->depth) t->depth--;
+    return 0;
+}
+
+static const json_handlers jt_handlers = {
+    .on_null = jt_null, .on_bool = jt_bool, .on_number = jt_number, .on_string = jt_string,
+    .on_start_map = jt_start_map, .on_key = jt_key, .on_end_map = jt_close,
+    .on_start_array = jt_start_array, .on_end_array = jt_close,
+};
+
+/* The tape's tree laid out in one block (NULL when out of memory). */
+static jval *jt_layout(jt_tape *t) {
+    size_t size = t->nvals * sizeof(jval) + t->nitems * sizeof(jval *) +
+                  t->nkeys * (sizeof(char *) + sizeof(size_t)) + t->text.len;
+    char *block = malloc(size ? size : 1);
+    /* the containers being filled, with the item count each will have */
+    struct jt_fill { jval *v; size_t want; } *open = malloc((t->open_alloc + 1) * sizeof *open);
+    if (!block || !open) {
+        free(block);
+        free(open);
+        return NULL;
+    }
+    jval *nodes = (jval *)block;
+    jval **items = (jval **)(nodes + t->nvals);
+    char **keys = (char **)(items + t->nitems);
+    size_t *key_lens = (size_t *)(keys + t->nkeys);
+    char *text = (char *)(key_lens + t->nkeys);
+    if (t->text.len) memcpy(text, t->text.data, t->text.len);
+    size_t depth = 0, v = 0, key_off = 0, key_len = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        const jt_tok *k = &t->tok[i];
+        if (k->type == JT_KEY) {
+            key_off = k->off;
+            key_len = k->len;
+            continue;
+        }
+        jval *node = &nodes[v++];
+        memset(node, 0, sizeof *node);
+        node->type = (jv_type)k->type;
+        node->boolean = k->boolean;
+        if (k->type == JV_STRING || k->type == JV_NUMBER) {
+            node->str = text + k->off;
+            node->len = k->len;
+        }
+        if (depth) {
+            jval *p = open[depth - 1].v;
+            if (p->type == JV_OBJECT) {
+                p->keys[p->count] = text + key_off;
+                p->key_lens[p->count] = key_len;
+            }
+            p->items[p->count++] = node;
+        }
+        if (k->type == JV_ARRAY || k->type == JV_OBJECT) {
+            node->items = items;
+            items += k->count;
+            if (k->type == JV_OBJECT) {
+                node->keys = keys;
+                node->key_lens = key_lens;
+                keys += k->count;
+                key_lens += k->count;
+            }
+            if (k->count) {
+                open[depth++] = (struct jt_fill){ node, k->count };
+                continue;
+            }
+        }
+        /* a value is complete: so is every container it was the last item of */
+        while (depth && open[depth - 1].v->count == open[depth - 1].want) depth--;
+    }
+    free(open);
+    return nodes;
+}
+
+int json_tree_parse_block(const char *p, size_t n, const json_limits *limits, jval **out,
+                          json_error *err) {
+    *out = NULL;
+    jt_tape t;
+    memset(&t, 0, sizeof t);
+    buf_init(&t.text, 0);
+    int rc = json_parse(p, n, limits, &jt_handlers, &t, err);
+    if (rc == 0 && t.nvals > 0 && !(*out = jt_layout(&t))) rc = MIMEO_ENOMEM;
+    if (rc == 0 && !*out) rc = MIMEO_EBADJSON; /* cannot happen after a clean parse */
+    if (rc == MIMEO_ENOMEM)
+        err_set(err, MIMEO_ENOMEM, "internal_server_error", "out of memory");
+    else if (rc && err && !err->code)
+        err_set(err, rc, "bad_request", "invalid UTF-8 JSON");
+    free(t.tok);
+    free(t.open);
+    buf_destroy(&t.text);
+    return rc;
+}

@@ -458,169 +458,130 @@ static void repl_retire_locked(repl_job *j) {
 }
 
 /* ---- step 5: one batch ------------------------------------------------------------------- */
-/* Reads the "ok" documents out of a peer's _bulk_get or open_revs reply: the value of every
- * "ok" member met outside a document is copied out and handed to the callback, and nothing
- * else is. Streaming (no tree) because these replies carry all the bodies. */
-typedef struct repl_okx {
-    buf         doc;           /* the document being copied */
-    repl_doc_fn fn;
-    void       *ctx;
-    int         fn_rc;         /* the callback's failure, if any */
-    unsigned    depth;
-    unsigned    cap;           /* depth of the document being copied; 0: none */
-    bool        want;          /* the last key outside a document was "ok" */
-    bool        want_err;      /* … was "error" */
-    size_t      errors;        /* {"error":{…}} entries met: revisions not served */
-    bool        after_key;
-    uint32_t   *items;         /* members written so far, per open container */
-    size_t      items_alloc;
-} repl_okx;
-
-/* The replies wrap each document a few levels deep ({"results":[{"docs":[{"ok":doc}]}]}),
+/* The "ok" documents of a peer's _bulk_get or open_revs reply are skimmed, not parsed into
+ * events: these replies carry all the bodies, and each is forwarded as the bytes it came as.
+ * The replies wrap each document a few levels deep ({"results":[{"docs":[{"ok":doc}]}]}),
  * so they must be read with a deeper limit than a document's, or a document PUT accepted
- * could never be copied. Any depth is fine here: the stack grows on the heap, one entry
- * per byte of input at most, and the reply's size is capped. */
+ * could never be copied. Any depth is fine here: the skimmer's stack grows on the heap, one
+ * entry per byte of input at most, and the reply's size is capped. */
 #define OKX_MAX_DEPTH (1u << 30)
 
-static int okx_sep(repl_okx *x) {
-    if (x->after_key) {
-        x->after_key = false;
-        return 0;
-    }
-    if (x->items[x->depth]++ > 0) return json_putc(&x->doc, ',');
-    return 0;
+static inline bool repl_ws(char c) {
+    return c == ' ' || (c >= '\t' && c <= '\r');
 }
 
-static int okx_scalar(repl_okx *x) {
-    x->want = false;
-    x->want_err = false;
-    return x->cap ? okx_sep(x) : 0;
+/* A cursor over a small, already validated JSON text. */
+typedef struct repl_cur {
+    const char *p, *end;
+} repl_cur;
+
+static bool cur_lit(repl_cur *c, const char *lit, size_t n) {
+    while (c->p < c->end && repl_ws(*c->p)) c->p++;
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, lit, n) != 0) return false;
+    c->p += n;
+    return true;
 }
 
-static int okx_null(void *ctx) {
-    repl_okx *x = ctx;
-    if (!x->cap) return okx_scalar(x);
-    return okx_sep(x) || buf_put(&x->doc, "null", 4);
+/* A run of digits at the cursor, at least one; its extent in *s, *n. */
+static bool cur_digits(repl_cur *c, const char **s, size_t *n) {
+    const char *a = c->p;
+    while (c->p < c->end && *c->p >= '0' && *c->p <= '9') c->p++;
+    *s = a;
+    *n = (size_t)(c->p - a);
+    return *n > 0;
 }
 
-static int okx_bool(void *ctx, bool v) {
-    repl_okx *x = ctx;
-    if (!x->cap) return okx_scalar(x);
-    return okx_sep(x) || (v ? buf_put(&x->doc, "true", 4) : buf_put(&x->doc, "false", 5));
-}
-
-static int okx_number(void *ctx, const char *t, size_t n) {
-    repl_okx *x = ctx;
-    if (!x->cap) return okx_scalar(x);
-    return okx_sep(x) || buf_put(&x->doc, t, n);
-}
-
-static int okx_string(void *ctx, const char *s, size_t n) {
-    repl_okx *x = ctx;
-    if (!x->cap) return okx_scalar(x);
-    return okx_sep(x) || json_put_str(&x->doc, s, n);
-}
-
-static int okx_start(repl_okx *x, char open, bool is_map) {
-    if (x->depth + 2 > x->items_alloc) {
-        size_t na = x->items_alloc ? x->items_alloc * 2 : 64;
-        uint32_t *ni = realloc(x->items, na * sizeof *ni);
-        if (!ni) return MIMEO_ENOMEM;
-        x->items = ni;
-        x->items_alloc = na;
-    }
-    if (x->cap) {
-        if (okx_sep(x) || json_putc(&x->doc, open)) return MIMEO_ENOMEM;
-    } else if (x->want && is_map) {
-        buf_reset(&x->doc);
-        if (json_putc(&x->doc, '{')) return MIMEO_ENOMEM;
-        x->cap = x->depth + 1;
-    } else if (x->want_err && is_map) {
-        x->errors++;
-    }
-    x->want = false;
-    x->want_err = false;
-    x->depth++;
-    x->items[x->depth] = 0;
-    return 0;
-}
-
-static int okx_end(repl_okx *x, char close) {
-    if (x->cap) {
-        if (json_putc(&x->doc, close)) return MIMEO_ENOMEM;
-        if (x->depth == x->cap) {
-            x->cap = 0;
-            int rc = x->fn(x->ctx, x->doc.data, x->doc.len);
-            if (rc) {
-                x->fn_rc = rc;
-                return rc;
-            }
+/* Whether _revisions (value text v[0..n)) names the revision rev ("N-hash") and nothing
+ * else: {"start":N,"ids":["hash"]}, members in either order. The target learns the same
+ * from _rev, and a _revisions of one id is the costly part of a replicated write to parse.
+ * Any other shape (escapes, capitals, more ids) is kept as it came. */
+static bool repl_revisions_own(const char *rev, size_t rev_len, const char *v, size_t n) {
+    const char *dash = rev ? memchr(rev, '-', rev_len) : NULL;
+    if (!dash || dash == rev || dash + 1 == rev + rev_len) return false;
+    size_t glen = (size_t)(dash - rev);
+    const char *hash = dash + 1;
+    size_t hlen = rev_len - glen - 1;
+    for (size_t k = 0; k < glen; k++)
+        if (rev[k] < '0' || rev[k] > '9') return false;
+    for (size_t k = 0; k < hlen; k++)
+        if (!((hash[k] >= '0' && hash[k] <= '9') || (hash[k] >= 'a' && hash[k] <= 'f')))
+            return false;
+    repl_cur c = { v, v + n };
+    bool start = false, ids = false;
+    const char *s;
+    size_t sl;
+    if (!cur_lit(&c, "{", 1)) return false;
+    for (int m = 0; m < 2; m++) {
+        if (m == 1 && !cur_lit(&c, ",", 1)) return false;
+        if (!start && cur_lit(&c, "\"start\"", 7)) {
+            if (!cur_lit(&c, ":", 1)) return false;
+            while (c.p < c.end && repl_ws(*c.p)) c.p++;
+            /* an integer: not followed by a fraction or an exponent */
+            if (!cur_digits(&c, &s, &sl) || sl != glen || memcmp(s, rev, glen) != 0 ||
+                (c.p < c.end && (*c.p == '.' || *c.p == 'e' || *c.p == 'E')))
+                return false;
+            start = true;
+        } else if (!ids && cur_lit(&c, "\"ids\"", 5)) {
+            /* the hash is plain lowercase hex: the string is it exactly when it starts with
+             * it and ends right after */
+            if (!cur_lit(&c, ":", 1) || !cur_lit(&c, "[", 1) || !cur_lit(&c, "\"", 1) ||
+                (size_t)(c.end - c.p) <= hlen || memcmp(c.p, hash, hlen) != 0 ||
+                c.p[hlen] != '"')
+                return false;
+            c.p += hlen + 1;
+            if (!cur_lit(&c, "]", 1)) return false;
+            ids = true;
+        } else {
+            return false;
         }
     }
-    x->depth--;
-    return 0;
+    if (!cur_lit(&c, "}", 1)) return false;
+    while (c.p < c.end && repl_ws(*c.p)) c.p++;
+    return c.p == c.end;
 }
 
-static int okx_start_map(void *ctx) {
-    return okx_start(ctx, '{', true);
-}
-
-static int okx_end_map(void *ctx) {
-    return okx_end(ctx, '}');
-}
-
-static int okx_start_array(void *ctx) {
-    return okx_start(ctx, '[', false);
-}
-
-static int okx_end_array(void *ctx) {
-    return okx_end(ctx, ']');
-}
-
-static int okx_key(void *ctx, const char *s, size_t n) {
-    repl_okx *x = ctx;
-    if (!x->cap) {
-        x->want = n == 2 && s[0] == 'o' && s[1] == 'k';
-        x->want_err = n == 5 && memcmp(s, "error", 5) == 0;
-        return 0;
+/* The bytes that drop the _revisions member of d (and one comma) from its text. */
+static void repl_cut_revisions(const json_skim_doc *d, repl_doc *out) {
+    const char *t = d->text;
+    size_t k = d->revisions_key, e = d->revisions_end;
+    while (k > 0 && repl_ws(t[k - 1])) k--;
+    if (k > 0 && t[k - 1] == ',') {
+        out->cut_at = k - 1;
+        out->cut_end = e;
+        return;
     }
-    if (x->items[x->depth]++ > 0 && json_putc(&x->doc, ',')) return MIMEO_ENOMEM;
-    if (json_put_str(&x->doc, s, n) || json_putc(&x->doc, ':')) return MIMEO_ENOMEM;
-    x->after_key = true;
-    return 0;
+    /* the first member: the comma after it goes instead */
+    size_t m = e;
+    while (m < d->len && repl_ws(t[m])) m++;
+    out->cut_at = d->revisions_key;
+    out->cut_end = m < d->len && t[m] == ',' ? m + 1 : e;
 }
 
-static const json_handlers okx_handlers = {
-    .on_null = okx_null, .on_bool = okx_bool, .on_number = okx_number,
-    .on_string = okx_string, .on_start_map = okx_start_map, .on_key = okx_key,
-    .on_end_map = okx_end_map, .on_start_array = okx_start_array,
-    .on_end_array = okx_end_array,
-};
+typedef struct repl_skim {
+    repl_doc_fn fn;
+    void       *ctx;
+    int         fn_rc;
+} repl_skim;
+
+static int repl_skim_doc(void *ctx, const json_skim_doc *d) {
+    repl_skim *x = ctx;
+    repl_doc doc = { d->text, d->len, 0, 0, d->has_attachments };
+    if (d->revisions_end && !d->has_attachments &&
+        repl_revisions_own(d->rev, d->rev_len, d->text + d->revisions_value,
+                           d->revisions_end - d->revisions_value))
+        repl_cut_revisions(d, &doc);
+    return x->fn_rc = x->fn(x->ctx, &doc);
+}
 
 int repl_reply_docs(const repl_resp *r, repl_doc_fn fn, void *ctx, size_t *unserved,
                     mimeo_err *err) {
-    repl_okx x;
-    memset(&x, 0, sizeof x);
-    x.fn = fn;
-    x.ctx = ctx;
-    buf_init(&x.doc, 0);
-    x.items = calloc(64, sizeof *x.items);
-    int rc;
-    if (!x.items) {
-        err_set(err, MIMEO_ENOMEM, "error", "out of memory");
-        rc = MIMEO_ENOMEM;
-    } else {
-        x.items_alloc = 64;
-        const json_limits lim = { OKX_MAX_DEPTH, 0 };
-        rc = json_parse(r->body.data, r->body.len, &lim, &okx_handlers, &x, err);
-        if (x.fn_rc) {
-            rc = x.fn_rc;
-            err_set(err, rc, "error", "%s", mimeo_strerror(rc));
-        }
+    repl_skim x = { fn, ctx, 0 };
+    const json_limits lim = { OKX_MAX_DEPTH, 0 };
+    int rc = json_skim_docs(r->body.data, r->body.len, &lim, repl_skim_doc, &x, unserved, err);
+    if (x.fn_rc) {
+        rc = x.fn_rc;
+        err_set(err, rc, "error", "%s", mimeo_strerror(rc));
     }
-    if (unserved) *unserved += x.errors;
-    buf_destroy(&x.doc);
-    free(x.items);
     return rc;
 }
 
@@ -1085,17 +1046,17 @@ static int repl_docs_begin(repl_scratch *s) {
 }
 
 /* One fetched document into the _bulk_docs body (the writer's side of the endpoints). */
-static int repl_take_doc(void *ctx, const char *json, size_t len) {
+static int repl_take_doc(void *ctx, const repl_doc *d) {
     repl_scratch *s = ctx;
-    /* Revisions with attachments take their own path (repl_att.c); a body that merely
-     * mentions the name goes there too, harmlessly. */
-    if (memmem(json, len, "\"_attachments\"", 14)) {
+    /* Revisions with attachments take their own path (repl_att.c); a local source's body
+     * that merely mentions the name goes there too, harmlessly. */
+    if (d->atts) {
         repl_docset *a = &s->att;
         if (repl_grow2((void **)&a->starts, sizeof *a->starts, (void **)&a->ends,
                        sizeof *a->ends, &a->alloc, a->count + 1))
             return MIMEO_ENOMEM;
         a->starts[a->count] = a->text.len;
-        if (buf_put(&a->text, json, len)) return MIMEO_ENOMEM;
+        if (buf_put(&a->text, d->json, d->len)) return MIMEO_ENOMEM;
         a->ends[a->count++] = a->text.len;
         return 0;
     }
@@ -1104,7 +1065,13 @@ static int repl_take_doc(void *ctx, const char *json, size_t len) {
         return MIMEO_ENOMEM;
     if (s->count > 0 && buf_putc(&s->docs, ',')) return MIMEO_ENOMEM;
     s->starts[s->count] = s->docs.len;
-    if (buf_put(&s->docs, json, len)) return MIMEO_ENOMEM;
+    if (d->cut_end) {
+        if (buf_put(&s->docs, d->json, d->cut_at) ||
+            buf_put(&s->docs, d->json + d->cut_end, d->len - d->cut_end))
+            return MIMEO_ENOMEM;
+    } else if (buf_put(&s->docs, d->json, d->len)) {
+        return MIMEO_ENOMEM;
+    }
     s->ends[s->count++] = s->docs.len;
     return 0;
 }
@@ -1273,6 +1240,8 @@ nomem:
 
 static void *repl_worker(void *arg) {
     repl_job *j = arg;
+    /* named so that profiles and top tell the replication's work from the server's */
+    pthread_setname_np(pthread_self(), "mimeo-repl");
     repl_scratch s;
     memset(&s, 0, sizeof s);
     buf_init(&s.docs, 0);

@@ -605,7 +605,9 @@ static bool att_same_str(const jval *a, const jval *b) {
 }
 
 /* One document of the reply: queued inline when it is one asked for and carries the data. */
-static int att_pre_doc(void *ctx, const char *json, size_t len) {
+static int att_pre_doc(void *ctx, const repl_doc *doc) {
+    const char *json = doc->json;
+    size_t len = doc->len;
     att_pre *p = ctx;
     att_w *w = p->w;
     jval *got = NULL;

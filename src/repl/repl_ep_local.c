@@ -320,7 +320,9 @@ static int local_fetch(local_ep *l, const repl_want *want, repl_doc_fn fn, void 
             if (unserved) (*unserved)++;
             continue;
         }
-        frc = fn(ctx, row->json, row->json_len);
+        repl_doc d = { row->json, row->json_len, 0, 0,
+                       memmem(row->json, row->json_len, "\"_attachments\"", 14) != NULL };
+        frc = fn(ctx, &d);
     }
     mimeo_cursor_close(cur);
     if (frc) {

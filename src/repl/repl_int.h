@@ -117,9 +117,17 @@ typedef struct repl_page {
     int64_t  pending;  /* changes left after the page; -1 when the peer does not say */
     size_t   rows;     /* rows handed over */
 } repl_page;
-/* Called for each document fetched: its JSON object text, with _revisions (borrowed for the
- * call only); nonzero stops. */
-typedef int (*repl_doc_fn)(void *ctx, const char *json, size_t len);
+/* A document fetched: its JSON object text, with _revisions (borrowed for the call only). */
+typedef struct repl_doc {
+    const char *json;
+    size_t      len;
+    /* json[cut_at, cut_end) may be left out of a _bulk_docs body: a _revisions member that
+     * says no more than _rev, with its comma; cut_end 0 when there is none */
+    size_t      cut_at, cut_end;
+    bool        atts;   /* has _attachments (or may have: the writer's side then looks) */
+} repl_doc;
+/* Called for each document fetched; nonzero stops. */
+typedef int (*repl_doc_fn)(void *ctx, const repl_doc *d);
 
 /* What GET /{db} tells the replicator. */
 typedef struct repl_db_info {

@@ -777,6 +777,130 @@ static void test_bulk_big(void) {
     buf_destroy(&b);
 }
 
+/* json_skim_docs: the documents of a reply as their bytes, with the members located. */
+typedef struct skim_seen {
+    char   text[4][256];
+    char   rev[4][64];
+    char   revisions[4][128];
+    char   revisions_member[4][128];
+    bool   atts[4];
+    size_t n;
+} skim_seen;
+
+static int skim_cb(void *ctx, const json_skim_doc *d) {
+    skim_seen *s = ctx;
+    if (s->n == 4) return MIMEO_EINVAL;
+    snprintf(s->text[s->n], sizeof s->text[0], "%.*s", (int)d->len, d->text);
+    snprintf(s->rev[s->n], sizeof s->rev[0], "%.*s", d->rev ? (int)d->rev_len : 0,
+             d->rev ? d->rev : "");
+    if (d->revisions_end) {
+        snprintf(s->revisions[s->n], sizeof s->revisions[0], "%.*s",
+                 (int)(d->revisions_end - d->revisions_value), d->text + d->revisions_value);
+        snprintf(s->revisions_member[s->n], sizeof s->revisions_member[0], "%.*s",
+                 (int)(d->revisions_end - d->revisions_key), d->text + d->revisions_key);
+    }
+    s->atts[s->n] = d->has_attachments;
+    s->n++;
+    return 0;
+}
+
+static void test_skim(void) {
+    const char *t = "{\"results\":[{\"id\":\"x\",\"docs\":[{\"ok\": {\"_id\":\"x\","
+                    "\"_rev\":\"2-ab\", \"_revisions\" : {\"start\":2,\"ids\":[\"ab\",\"cd\"]} ,"
+                    "\"v\":{\"ok\":{\"_rev\":\"9-z\"}}}},"
+                    "{\"error\":{\"id\":\"x\",\"rev\":\"3-f\",\"error\":\"not_found\"}}]},"
+                    "{\"id\":\"y\",\"docs\":[{\"ok\":{\"_rev\":\"1-\\u0061\",\"_attachments\":{}}}]}]}";
+    skim_seen s;
+    memset(&s, 0, sizeof s);
+    size_t errors = 0;
+    json_error err;
+    CHECK_EQ_INT(json_skim_docs(t, strlen(t), NULL, skim_cb, &s, &errors, &err), 0);
+    CHECK_EQ_INT(s.n, 2);
+    CHECK_EQ_INT(errors, 1);
+    CHECK_EQ_STR(s.text[0], "{\"_id\":\"x\",\"_rev\":\"2-ab\", \"_revisions\" : "
+                            "{\"start\":2,\"ids\":[\"ab\",\"cd\"]} ,\"v\":{\"ok\":{\"_rev\":\"9-z\"}}}");
+    CHECK_EQ_STR(s.rev[0], "2-ab");
+    CHECK_EQ_STR(s.revisions[0], "{\"start\":2,\"ids\":[\"ab\",\"cd\"]}");
+    CHECK_EQ_STR(s.revisions_member[0], "\"_revisions\" : {\"start\":2,\"ids\":[\"ab\",\"cd\"]}");
+    CHECK(!s.atts[0]);
+    CHECK_EQ_STR(s.rev[1], "");   /* escaped: not handed over */
+    CHECK(s.atts[1]);
+
+    /* refused exactly as json_parse refuses: duplicates (also past the linear check and
+     * after decoding), syntax, bad UTF-8, lone surrogates, depth */
+    char big[2048];
+    size_t o = (size_t)snprintf(big, sizeof big, "[{\"ok\":{");
+    for (int i = 0; i < 40; i++) o += (size_t)snprintf(big + o, sizeof big - o, "\"k%d\":1,", i);
+    snprintf(big + o, sizeof big - o, "\"k7\":2}}]");
+    const char *bad[] = { big, "[{\"ok\":{\"a\":1,\"\\u0061\":2}}]", "[{\"ok\":{\"a\":1,}}]",
+                          "[{\"ok\":{\"a\":\"\xC3\"}}]", "[{\"ok\":{\"a\":\"\\udc00\"}}]",
+                          "[{\"ok\":{\"a\":\"\\ud800x\"}}]", "[{\"ok\":{}}] x", "", "[01]",
+                          "[{\"ok\":{\"a\":[[[[1]]]]}}]" };
+    static const json_limits four = {4, 0};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const json_limits *lim = i == sizeof bad / sizeof bad[0] - 1 ? &four : NULL;
+        memset(&s, 0, sizeof s);
+        int want = json_parse(bad[i], strlen(bad[i]), lim, NULL, NULL, NULL);
+        CHECK(want != 0);
+        CHECK_EQ_INT(json_skim_docs(bad[i], strlen(bad[i]), lim, skim_cb, &s, NULL, &err), want);
+    }
+    /* a big object without duplicates passes */
+    big[o] = 0;
+    snprintf(big + o, sizeof big - o, "\"k99\":2}}]");
+    memset(&s, 0, sizeof s);
+    CHECK_EQ_INT(json_skim_docs(big, strlen(big), NULL, skim_cb, &s, NULL, &err), 0);
+    CHECK_EQ_INT(s.n, 1);
+    /* arrays nested far deeper than documents may be, under a cap that allows it:
+     * {"ok":{"a":[[[…]]]}} */
+    size_t levels = 200000, k = 0;
+    char *deep = malloc(11 + 2 * levels + 2);
+    CHECK(deep != NULL);
+    if (deep) {
+        memcpy(deep, "{\"ok\":{\"a\":", 11);
+        k = 11;
+        for (size_t d = 0; d < levels; d++) deep[k++] = '[';
+        for (size_t d = 0; d < levels; d++) deep[k++] = ']';
+        deep[k++] = '}';
+        deep[k++] = '}';
+        static const json_limits lots = {1u << 30, 0};
+        memset(&s, 0, sizeof s);
+        CHECK_EQ_INT(json_skim_docs(deep, k, &lots, skim_cb, &s, NULL, &err), 0);
+        CHECK_EQ_INT(s.n, 1);
+        CHECK_EQ_INT(json_skim_docs(deep, k, NULL, skim_cb, &s, NULL, &err), MIMEO_EBADJSON);
+        free(deep);
+    }
+
+    /* the callback's code stops the skim */
+    const char *five = "[{\"ok\":{}},{\"ok\":{}},{\"ok\":{}},{\"ok\":{}},{\"ok\":{}}]";
+    memset(&s, 0, sizeof s);
+    CHECK_EQ_INT(json_skim_docs(five, strlen(five), NULL, skim_cb, &s, NULL, &err), MIMEO_EINVAL);
+}
+
+/* json_tree_parse_block: the same tree as json_tree_parse, in one allocation. */
+static void test_tree_block(void) {
+    const char *texts[] = { "{\"a\":[1,\"x\",{\"b\":[],\"c\":{}},null,true,false],\"\\u00e9\":-1.5e3}",
+                            "[]", "{}", "\"s\"", "7", "[[[[]]],[{}],{\"k\":[[1],[2,[3]]]}]" };
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        jval *a = NULL, *b = NULL;
+        json_error err;
+        CHECK_EQ_INT(json_tree_parse(texts[i], strlen(texts[i]), NULL, &a, &err), 0);
+        CHECK_EQ_INT(json_tree_parse_block(texts[i], strlen(texts[i]), NULL, &b, &err), 0);
+        buf x = BUF_INIT, y = BUF_INIT;
+        CHECK(a && b && json_put_jval(&x, a) == 0 && json_put_jval(&y, b) == 0);
+        CHECK_EQ_STR(buf_cstr(&x), buf_cstr(&y));
+        if (b && b->type == JV_OBJECT && b->count) CHECK(jval_get(b, "a") == b->items[0]);
+        buf_destroy(&x);
+        buf_destroy(&y);
+        jval_free(a);
+        free(b);
+    }
+    jval *b = NULL;
+    json_error err;
+    const char *dup = "{\"a\":1,\"a\":2}";
+    CHECK_EQ_INT(json_tree_parse_block(dup, strlen(dup), NULL, &b, &err), MIMEO_EBADJSON);
+    CHECK(b == NULL);
+}
+
 int main(void) {
     RUN(test_syntax);
     RUN(test_events);
@@ -792,5 +916,7 @@ int main(void) {
     RUN(test_bulk);
     RUN(test_writer);
     RUN(test_bulk_big);
+    RUN(test_skim);
+    RUN(test_tree_block);
     return check_report();
 }

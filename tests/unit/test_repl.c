@@ -444,10 +444,18 @@ static int ep_missing(void *ctx, const repl_want *w) {
     return 0;
 }
 
-static int ep_doc(void *ctx, const char *json, size_t len) {
+/* Each document as the _bulk_docs body would carry it: without the bytes it may leave out,
+ * and marked with a '@' when it goes the attachments' way. */
+static int ep_doc(void *ctx, const repl_doc *d) {
     ep_seen *s = ctx;
     s->ndocs++;
-    buf_put(&s->docs, json, len);
+    if (d->atts) buf_putc(&s->docs, '@');
+    if (d->cut_end) {
+        buf_put(&s->docs, d->json, d->cut_at);
+        buf_put(&s->docs, d->json + d->cut_end, d->len - d->cut_end);
+    } else {
+        buf_put(&s->docs, d->json, d->len);
+    }
     return buf_putc(&s->docs, '\n');
 }
 
@@ -973,6 +981,37 @@ static void test_reply_events(void) {
     buf_reset(&r.body);
     buf_puts(&r.body, "[1]");
     CHECK_EQ_INT(repl_reply_missing(&r, ep_missing, &s, &e), MIMEO_EIO);
+
+    /* _bulk_get and open_revs replies: each "ok" document forwarded as it came, except a
+     * _revisions that only repeats _rev (first, middle or last member; any spacing) */
+    buf_reset(&r.body);
+    buf_puts(&r.body,
+             "{\"results\":[{\"id\":\"a\",\"docs\":[{\"ok\":{\"_id\":\"a\",\"_rev\":\"1-ab\","
+             "\"v\":1,\"_revisions\":{\"start\":1,\"ids\":[\"ab\"]}}},"
+             "{\"ok\":{\"_revisions\" : { \"ids\" : [ \"cd\" ] , \"start\" : 12 } , \"_rev\":\"12-cd\"}},"
+             "{\"ok\":{\"_rev\":\"2-ab\",\"_revisions\":{\"start\":2,\"ids\":[\"ab\",\"00\"]},\"z\":0}},"
+             "{\"ok\":{\"_rev\":\"2-AB\",\"_revisions\":{\"start\":2,\"ids\":[\"AB\"]}}},"
+             "{\"ok\":{\"_rev\":\"3-ab\",\"_revisions\":{\"start\":3.0,\"ids\":[\"ab\"]}}},"
+             "{\"ok\":{\"_rev\":\"1-ab\",\"_revisions\":{\"start\":1,\"ids\":[\"ab\"]},"
+             "\"_attachments\":{\"f\":{\"stub\":true}}}},"
+             "{\"error\":{\"id\":\"a\",\"rev\":\"9-x\",\"error\":\"not_found\"}}]}]}");
+    buf_reset(&s.docs);
+    s.ndocs = 0;
+    size_t unserved = 0;
+    CHECK_EQ_INT(repl_reply_docs(&r, ep_doc, &s, &unserved, &e), 0);
+    CHECK_EQ_INT(s.ndocs, 6);
+    CHECK_EQ_INT(unserved, 1);
+    CHECK_EQ_STR(buf_cstr(&s.docs),
+                 "{\"_id\":\"a\",\"_rev\":\"1-ab\",\"v\":1}\n"
+                 "{ \"_rev\":\"12-cd\"}\n"
+                 "{\"_rev\":\"2-ab\",\"_revisions\":{\"start\":2,\"ids\":[\"ab\",\"00\"]},\"z\":0}\n"
+                 "{\"_rev\":\"2-AB\",\"_revisions\":{\"start\":2,\"ids\":[\"AB\"]}}\n"
+                 "{\"_rev\":\"3-ab\",\"_revisions\":{\"start\":3.0,\"ids\":[\"ab\"]}}\n"
+                 "@{\"_rev\":\"1-ab\",\"_revisions\":{\"start\":1,\"ids\":[\"ab\"]},"
+                 "\"_attachments\":{\"f\":{\"stub\":true}}}\n");
+    buf_reset(&r.body);
+    buf_puts(&r.body, "[{\"ok\":{\"a\":1,\"a\":2}}]");
+    CHECK_EQ_INT(repl_reply_docs(&r, ep_doc, &s, NULL, &e), MIMEO_EBADJSON);
     buf_destroy(&s.docs);
     buf_destroy(&rows.text);
     repl_resp_destroy(&r);
