@@ -1325,11 +1325,11 @@ static int bulk_write_streamed(mimeo_db *db, const char *json, size_t len,
     return 0;
 }
 
-/* The plain way: the whole body parsed, every item prepared and validated, then the job.
+/* The plain way's preparation: the whole body parsed, every item prepared and validated.
  * *items stays NULL when the request ends here (a parse error, no memory: err is set). */
-static int bulk_write_plain(mimeo_db *db, const char *json, size_t len, const json_limits *lim,
-                            const mimeo_bulk_docs_opts *opts, json_bulk *bulk,
-                            write_item **items_out, mimeo_err *err) {
+static int bulk_prepare(mimeo_db *db, const char *json, size_t len, const json_limits *lim,
+                        const mimeo_bulk_docs_opts *opts, json_bulk *bulk,
+                        write_item **items_out, mimeo_err *err) {
     json_error je;
     int rc = json_bulk_parse_revs(json, len, lim, write_revs_limit(db),
                                   opts ? opts->max_docs : 0, bulk, &je);
@@ -1355,16 +1355,127 @@ static int bulk_write_plain(mimeo_db *db, const char *json, size_t len, const js
     att_cache_destroy(&cache);
     if (!rc && bulk->count)
         rc = validate_items(db, items, bulk->count, opts ? opts->user : NULL, err);
+    return rc;
+}
+
+/* The write job's code as the call returns it (all_or_nothing's failure keeps its reply). */
+static int bulk_write_rc(int rc, mimeo_err *err) {
+    if (rc == MIMEO_ENOTFOUND) return db_gone(err);
+    if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);
+    return rc;
+}
+
+/* The prepared items' write job, waited for. */
+static int bulk_run(mimeo_db *db, write_item *items, const json_bulk *bulk, mimeo_err *err) {
     write_ctx w = {.db = db, .items = items, .count = bulk->count, .new_edits = bulk->new_edits,
                    .all_or_nothing = bulk->all_or_nothing};
-    if (!rc && bulk->count) {
-        hash_helper h;
-        hashes_start(&h, items, bulk->count, bulk->new_edits);
-        rc = run_write(&w);
-        hashes_stop(&h);
-        if (rc == MIMEO_ENOTFOUND) rc = db_gone(err);
-        else if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);
+    hash_helper h;
+    hashes_start(&h, items, bulk->count, bulk->new_edits);
+    int rc = run_write(&w);
+    hashes_stop(&h);
+    return bulk_write_rc(rc, err);
+}
+
+/* After a successful write, on the caller's thread (the merge writes): CRDT documents the
+ * batch left with several live leaves are merged, replicated batches included. */
+static void bulk_crdt_merge(mimeo_db *db, const write_item *items, size_t count) {
+    const char **ids = malloc(count * sizeof *ids);
+    size_t *lens = malloc(count * sizeof *lens);
+    size_t n = 0;
+    for (size_t i = 0; ids && lens && i < count; i++) {
+        if (items[i].code || items[i].local) continue;
+        ids[n] = items[i].id;
+        lens[n++] = items[i].id_len;
     }
+    if (ids && lens && n) (void)mimeo_crdt_after_write(db, ids, lens, n);
+    free(ids);
+    free(lens);
+}
+
+/* A _bulk_docs request's outcome, until its reply is taken: the waiting call makes one on
+ * its stack, the asynchronous one on the heap (with what its write needs while queued). */
+struct mimeo_bulk_result {
+    json_bulk   bulk;
+    write_item *items;     /* NULL when the request failed before its items existed */
+    int         rc;        /* the call's code so far; err set when it is a failure */
+    mimeo_err   err;
+    /* mimeo_bulk_docs_async's write in flight */
+    mimeo_db          *db;
+    write_ctx          w;
+    hash_helper        h;
+    mimeo_bulk_done_fn done;
+    void              *arg;
+};
+
+static void bulk_result_clear(mimeo_bulk_result *res) {
+    for (size_t i = 0; res->items && i < res->bulk.count; i++) item_destroy(&res->items[i]);
+    free(res->items);
+    res->items = NULL;
+    json_bulk_destroy(&res->bulk);
+}
+
+/* The reply of res (which keeps its items): the JSON array into *json_out, or each entry to
+ * entry_fn when it is set. Returns the call's code, with err set on failure. */
+static int bulk_reply(mimeo_bulk_result *res, int (*entry_fn)(void *, const mimeo_bulk_entry *),
+                      void *entry_ctx, char **json_out, size_t *out_len, mimeo_err *err) {
+    *json_out = NULL;
+    *out_len = 0;
+    int rc = res->rc;
+    if (rc && rc != MIMEO_EEXPECTATION) {
+        if (err) *err = res->err;
+        return rc;
+    }
+    const write_item *items = res->items;
+    const json_bulk *bulk = &res->bulk;
+    if (entry_fn) {
+        mimeo_bulk_docs_opts o = {.entry_fn = entry_fn, .entry_ctx = entry_ctx};
+        int frc = put_entries(items, bulk->count, bulk->new_edits, rc, &o);
+        if (frc) rc = frc;
+        else if (rc == MIMEO_EEXPECTATION)
+            db_err_set(err, rc, "expectation_failed", "Some documents failed; none were written.");
+        return rc;
+    }
+    buf out;
+    buf_init(&out, 0);
+    int wrc = buf_putc(&out, '[');
+    bool first = true;
+    for (size_t i = 0; i < bulk->count && !wrc; i++) {
+        const write_item *it = &items[i];
+        /* new_edits=false answers only failures; a revision already present is not one. */
+        if (!bulk->new_edits && !it->code) continue;
+        if (rc == MIMEO_EEXPECTATION && !it->code) continue;
+        if (!first) wrc = buf_putc(&out, ',');
+        first = false;
+        if (it->code) {
+            if (!wrc) wrc = buf_puts(&out, "{\"id\":");
+            if (!wrc) wrc = put_item_id(&out, it);
+            if (!wrc && it->has_rev && !bulk->new_edits) {
+                wrc = buf_puts(&out, ",\"rev\":\"");
+                if (!wrc) wrc = rev_put(&out, it->rev_gen, it->rev_hash, it->rev_hash_len);
+                if (!wrc) wrc = buf_putc(&out, '"');
+            }
+            if (!wrc) wrc = buf_puts(&out, ",\"error\":");
+            if (!wrc) wrc = json_put_cstr(&out, it->error);
+            if (!wrc) wrc = buf_puts(&out, ",\"reason\":");
+            if (!wrc) wrc = json_put_cstr(&out, it->reason);
+            if (!wrc) wrc = buf_putc(&out, '}');
+        } else {
+            if (!wrc) wrc = buf_puts(&out, "{\"ok\":true,\"id\":");
+            if (!wrc) wrc = put_item_id(&out, it);
+            if (!wrc) wrc = buf_puts(&out, ",\"rev\":");
+            if (!wrc) wrc = json_put_cstr(&out, it->newrev);
+            if (!wrc) wrc = buf_putc(&out, '}');
+        }
+    }
+    if (!wrc) wrc = buf_putc(&out, ']');
+    if (wrc) {
+        rc = db_err(err, wrc);
+    } else {
+        *json_out = buf_detach(&out, out_len);
+        if (rc == MIMEO_EEXPECTATION)
+            db_err_set(err, rc, "expectation_failed", "Some documents failed; none were written.");
+    }
+    buf_destroy(&out);
     return rc;
 }
 
@@ -1373,89 +1484,132 @@ int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
     return mimeo_bulk_docs_as(db, json, len, NULL, json_out, out_len, err);
 }
 
+/* {"docs":[…]} wraps each document two levels deep: what PUT accepts, so must this. */
+static json_limits bulk_limits(mimeo_db *db) {
+    json_limits lim = db->env->limits;
+    lim.max_depth += 2;
+    return lim;
+}
+
 int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
                        const mimeo_bulk_docs_opts *opts, char **json_out, size_t *out_len,
                        mimeo_err *err) {
     *json_out = NULL;
     *out_len = 0;
-    json_bulk bulk;
-    /* {"docs":[…]} wraps each document two levels deep: what PUT accepts, so must this. */
-    json_limits lim = db->env->limits;
-    lim.max_depth += 2;
-    write_item *items = NULL;
-    int rc = 0;
-    if (bulk_write_streamed(db, json, len, &lim, opts, &bulk, &items, &rc) == 0) {
-        if (rc == MIMEO_ENOTFOUND) rc = db_gone(err);
-        else if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);
+    mimeo_bulk_result res;
+    memset(&res, 0, sizeof res);
+    json_limits lim = bulk_limits(db);
+    if (bulk_write_streamed(db, json, len, &lim, opts, &res.bulk, &res.items, &res.rc) == 0) {
+        res.rc = bulk_write_rc(res.rc, &res.err);
     } else {
-        rc = bulk_write_plain(db, json, len, &lim, opts, &bulk, &items, err);
-        if (!items) return rc;
+        res.rc = bulk_prepare(db, json, len, &lim, opts, &res.bulk, &res.items, &res.err);
+        if (!res.rc && res.bulk.count) res.rc = bulk_run(db, res.items, &res.bulk, &res.err);
     }
-    if (!rc && bulk.count) {   /* replicated batches too: merge CRDT conflicts they made */
-        const char **ids = malloc(bulk.count * sizeof *ids);
-        size_t *lens = malloc(bulk.count * sizeof *lens);
-        size_t n = 0;
-        for (size_t i = 0; ids && lens && i < bulk.count; i++) {
-            if (items[i].code || items[i].local) continue;
-            ids[n] = items[i].id;
-            lens[n++] = items[i].id_len;
-        }
-        if (ids && lens && n) (void)mimeo_crdt_after_write(db, ids, lens, n);
-        free(ids);
-        free(lens);
-    }
-    buf out;
-    buf_init(&out, 0);
-    if ((!rc || rc == MIMEO_EEXPECTATION) && opts && opts->entry_fn) {
-        int frc = put_entries(items, bulk.count, bulk.new_edits, rc, opts);
-        if (frc) rc = frc;
-        else if (rc == MIMEO_EEXPECTATION)
-            db_err_set(err, rc, "expectation_failed", "Some documents failed; none were written.");
-    } else if (!rc || rc == MIMEO_EEXPECTATION) {
-        int wrc = buf_putc(&out, '[');
-        bool first = true;
-        for (size_t i = 0; i < bulk.count && !wrc; i++) {
-            write_item *it = &items[i];
-            /* new_edits=false answers only failures; a revision already present is not one. */
-            if (!bulk.new_edits && !it->code) continue;
-            if (rc == MIMEO_EEXPECTATION && !it->code) continue;
-            if (!first) wrc = buf_putc(&out, ',');
-            first = false;
-            if (it->code) {
-                if (!wrc) wrc = buf_puts(&out, "{\"id\":");
-                if (!wrc) wrc = put_item_id(&out, it);
-                if (!wrc && it->has_rev && !bulk.new_edits) {
-                    wrc = buf_puts(&out, ",\"rev\":\"");
-                    if (!wrc) wrc = rev_put(&out, it->rev_gen, it->rev_hash, it->rev_hash_len);
-                    if (!wrc) wrc = buf_putc(&out, '"');
-                }
-                if (!wrc) wrc = buf_puts(&out, ",\"error\":");
-                if (!wrc) wrc = json_put_cstr(&out, it->error);
-                if (!wrc) wrc = buf_puts(&out, ",\"reason\":");
-                if (!wrc) wrc = json_put_cstr(&out, it->reason);
-                if (!wrc) wrc = buf_putc(&out, '}');
-            } else {
-                if (!wrc) wrc = buf_puts(&out, "{\"ok\":true,\"id\":");
-                if (!wrc) wrc = put_item_id(&out, it);
-                if (!wrc) wrc = buf_puts(&out, ",\"rev\":");
-                if (!wrc) wrc = json_put_cstr(&out, it->newrev);
-                if (!wrc) wrc = buf_putc(&out, '}');
-            }
-        }
-        if (!wrc) wrc = buf_putc(&out, ']');
-        if (wrc) {
-            rc = db_err(err, wrc);
-        } else {
-            *json_out = buf_detach(&out, out_len);
-            if (rc == MIMEO_EEXPECTATION)
-                db_err_set(err, rc, "expectation_failed", "Some documents failed; none were written.");
-        }
-    }
-    buf_destroy(&out);
-    for (size_t i = 0; i < bulk.count; i++) item_destroy(&items[i]);
-    free(items);
-    json_bulk_destroy(&bulk);
+    if (!res.rc && res.bulk.count) bulk_crdt_merge(db, res.items, res.bulk.count);
+    int rc = bulk_reply(&res, opts ? opts->entry_fn : NULL, opts ? opts->entry_ctx : NULL,
+                        json_out, out_len, err);
+    bulk_result_clear(&res);
     return rc;
+}
+
+/* ---- _bulk_docs without waiting --------------------------------------------------------------- */
+
+/* The store's completion, on the writer thread: the hash helper (if any) stops, and the
+ * caller gets the outcome. Nothing here writes or waits for a write. */
+static void bulk_async_committed(void *arg, int rc) {
+    mimeo_bulk_result *res = (mimeo_bulk_result *)((char *)arg - offsetof(mimeo_bulk_result, w));
+    hashes_stop(&res->h);
+    write_bufs_destroy(&res->w);
+    res->rc = bulk_write_rc(rc, &res->err);
+    res->done(res->arg, res);
+}
+
+/* Whether the items hold attachments: blobs that the result's release may discard with a
+ * write of its own, which the writer thread (where the result may be released) cannot wait
+ * for. */
+static bool bulk_has_atts(const write_item *items, size_t count) {
+    for (size_t i = 0; i < count; i++)
+        if (items[i].atts.n || items[i].doc.attachments) return true;
+    return false;
+}
+
+void mimeo_bulk_docs_async(mimeo_db *db, const char *json, size_t len,
+                           const mimeo_bulk_docs_opts *opts, mimeo_bulk_done_fn done, void *arg) {
+    mimeo_bulk_result *res = calloc(1, sizeof *res);
+    if (!res) {
+        done(arg, NULL);
+        return;
+    }
+    res->db = db;
+    res->done = done;
+    res->arg = arg;
+    json_limits lim = bulk_limits(db);
+    /* A large body while the writer idles goes the streamed way, which overlaps its parse
+     * with its job on this thread and waits for that job's commit here. */
+    if (bulk_write_streamed(db, json, len, &lim, opts, &res->bulk, &res->items, &res->rc) == 0) {
+        res->rc = bulk_write_rc(res->rc, &res->err);
+        if (!res->rc && res->bulk.count) bulk_crdt_merge(db, res->items, res->bulk.count);
+        done(arg, res);
+        return;
+    }
+    res->rc = bulk_prepare(db, json, len, &lim, opts, &res->bulk, &res->items, &res->err);
+    if (res->rc || !res->bulk.count) {
+        done(arg, res);
+        return;
+    }
+    /* Two cases need a second round after the commit, so they are written waiting, on this
+     * thread: a CRDT database (the merge after the write writes itself), and attachments
+     * (see bulk_has_atts). */
+    if (bulk_has_atts(res->items, res->bulk.count) || crdt_declared(db)) {
+        res->rc = bulk_run(db, res->items, &res->bulk, &res->err);
+        if (!res->rc) bulk_crdt_merge(db, res->items, res->bulk.count);
+        done(arg, res);
+        return;
+    }
+    write_ctx *w = &res->w;
+    *w = (write_ctx){.db = db, .items = res->items, .count = res->bulk.count,
+                     .new_edits = res->bulk.new_edits,
+                     .all_or_nothing = res->bulk.all_or_nothing};
+    write_bufs_init(w);
+    hashes_start(&res->h, res->items, res->bulk.count, res->bulk.new_edits);
+    int rc = store_write_async(db->env->store, job_write, bulk_async_committed, w);
+    if (rc) {
+        hashes_stop(&res->h);
+        write_bufs_destroy(w);
+        res->rc = bulk_write_rc(rc, &res->err);
+        done(arg, res);
+    }
+}
+
+size_t mimeo_bulk_result_count(const mimeo_bulk_result *res) {
+    return res && res->items ? res->bulk.count : 0;
+}
+
+int mimeo_bulk_result_take(mimeo_bulk_result *res, char **json_out, size_t *out_len,
+                           mimeo_err *err) {
+    *json_out = NULL;
+    *out_len = 0;
+    if (!res) return db_err(err, MIMEO_ENOMEM);
+    int rc = bulk_reply(res, NULL, NULL, json_out, out_len, err);
+    mimeo_bulk_result_free(res);
+    return rc;
+}
+
+int mimeo_bulk_result_entries(mimeo_bulk_result *res,
+                              int (*entry_fn)(void *ctx, const mimeo_bulk_entry *entry),
+                              void *entry_ctx, mimeo_err *err) {
+    if (!res) return db_err(err, MIMEO_ENOMEM);
+    char *none = NULL;
+    size_t none_len = 0;
+    int rc = bulk_reply(res, entry_fn, entry_ctx, &none, &none_len, err);
+    mimeo_bulk_result_free(res);
+    return rc;
+}
+
+void mimeo_bulk_result_free(mimeo_bulk_result *res) {
+    if (!res) return;
+    bulk_result_clear(res);
+    free(res);
 }
 
 /* ---- compaction ------------------------------------------------------------------------------ */
