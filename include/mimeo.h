@@ -321,11 +321,12 @@ MIMEO_API int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
  * queued; done(arg, res) is then called exactly once with the outcome, on the store's writer
  * thread once the batch's group commit is durable (or failed). It is called on the calling
  * thread, before mimeo_bulk_docs_async returns, when the request ends early (a request-wide
- * error such as bad JSON, a missing database, no documents) and when the batch is written
- * waiting after all: a large body while the writer idles (written as it is parsed), a
- * database that declares CRDT documents (the merge after the write writes again), documents
- * with attachments (unused blobs are discarded by a write of their own), a store that is
- * closing. res is NULL only when memory ran out; the mimeo_bulk_result_* calls take it so.
+ * error such as bad JSON, a missing database, no documents, a store that is closing) and
+ * when the batch is written waiting after all: a database that declares CRDT documents (the
+ * merge after the write writes again) and documents with attachments (unused blobs are
+ * discarded by a write of their own). A large body while the writer idles is written as it
+ * is parsed, as mimeo_bulk_docs_as does, and its completion too comes from the writer.
+ * res is NULL only when memory ran out; the mimeo_bulk_result_* calls take it so.
  * opts->user and opts->max_docs are used before the call returns; opts->entry_fn is ignored
  * (see mimeo_bulk_result_entries). json is read before the call returns. done runs on the
  * writer thread the next group waits for: it must be short and must not write; it may take

@@ -1165,6 +1165,21 @@ static int put_entries(const write_item *items, size_t count, bool new_edits, in
     return frc;
 }
 
+/* A _bulk_docs request's outcome, until its reply is taken: the waiting call makes one on
+ * its stack, the asynchronous one on the heap (with what its write needs while queued). */
+struct mimeo_bulk_result {
+    json_bulk   bulk;
+    write_item *items;     /* NULL when the request failed before its items existed */
+    int         rc;        /* the call's code so far; err set when it is a failure */
+    mimeo_err   err;
+    /* mimeo_bulk_docs_async's write in flight */
+    mimeo_db          *db;
+    write_ctx          w;
+    hash_helper        h;
+    mimeo_bulk_done_fn done;
+    void              *arg;
+};
+
 /* ---- _bulk_docs, streamed ------------------------------------------------------------------ */
 
 /* One client's large _bulk_docs used to take its steps one after the other: the whole body
@@ -1195,7 +1210,27 @@ typedef struct stream_ctx {
     size_t       taken;     /* items moved out of the parse (to destroy) */
     bool         queued;
     mimeo_err    err;       /* an item's error: the plain way will report it */
+    /* mimeo_bulk_docs_async's request whose parse is over before its job: the job's
+     * completion finishes it (guarded by st.mu) */
+    mimeo_bulk_result *async;
 } stream_ctx;
+
+static int bulk_write_rc(int rc, mimeo_err *err);
+static bool bulk_has_atts(const write_item *items, size_t count);
+
+/* The streamed request's end once its job is over: what it used is released, and the items
+ * go to res with the job's code. */
+static void stream_end(stream_ctx *sc, mimeo_bulk_result *res) {
+    hashes_stop(&sc->h);
+    write_bufs_destroy(&sc->w);
+    att_cache_destroy(&sc->cache);
+    pthread_cond_destroy(&sc->st.cv);
+    pthread_mutex_destroy(&sc->st.mu);
+    res->items = sc->w.items;
+    res->rc = sc->st.rc;
+    free(sc);
+    atomic_fetch_add(&bulk_streamed, 1);
+}
 
 static bool stream_eligible(mimeo_db *db, const char *json, size_t len,
                             const mimeo_bulk_docs_opts *opts) {
@@ -1214,12 +1249,19 @@ static bool stream_eligible(mimeo_db *db, const char *json, size_t len,
 }
 
 static void stream_job_done(void *arg, int rc) {
-    bulk_stream *st = ((write_ctx *)arg)->stream;
+    stream_ctx *sc = (stream_ctx *)((char *)arg - offsetof(stream_ctx, w));
+    bulk_stream *st = &sc->st;
     pthread_mutex_lock(&st->mu);
     st->rc = rc;
     st->finished = true;
+    mimeo_bulk_result *res = sc->async;
     pthread_cond_signal(&st->cv);
     pthread_mutex_unlock(&st->mu);   /* the waiting thread may free st from here on */
+    if (!res) return;
+    /* No thread waits: the request was handed over here (bulk_write_streamed). */
+    stream_end(sc, res);
+    res->rc = bulk_write_rc(res->rc, &res->err);
+    res->done(res->arg, res);
 }
 
 static int stream_queue(stream_ctx *sc, const json_bulk *out) {
@@ -1260,11 +1302,14 @@ static int stream_on_doc(void *arg, json_bulk *out, size_t i) {
 }
 
 /* 1 when the request must be done the plain way (nothing of it written); else 0 with
- * *items and *bulk filled as the plain way fills them (bulk->count items) and *write_rc the
- * job's code. */
+ * res->items and res->bulk filled as the plain way fills them (bulk.count items) and res->rc
+ * the job's code. With async set (res from mimeo_bulk_docs_async) it may return 2 instead:
+ * the job was still running when the parse ended and will finish the request and call
+ * res->done itself (stream_job_done), so this thread does not wait for the commit. */
 static int bulk_write_streamed(mimeo_db *db, const char *json, size_t len,
                                const json_limits *lim, const mimeo_bulk_docs_opts *opts,
-                               json_bulk *bulk, write_item **items, int *write_rc) {
+                               mimeo_bulk_result *res, bool async) {
+    json_bulk *bulk = &res->bulk;
     if (!stream_eligible(db, json, len, opts)) return 1;
     stream_ctx *sc = calloc(1, sizeof *sc);
     if (!sc) return 1;
@@ -1301,28 +1346,34 @@ static int bulk_write_streamed(mimeo_db *db, const char *json, size_t len,
     if (ok && !sc->queued) ok = stream_queue(sc, bulk) == 0;   /* fewer than STREAM_START */
     if (sc->queued) {
         if (!ok) atomic_store_explicit(&sc->st.failed, true, memory_order_release);
-        atomic_store_explicit(&sc->st.done, true, memory_order_release);
+        /* Attachments keep this thread waiting: see bulk_has_atts. */
+        bool hand_over = ok && async && !bulk_has_atts(sc->w.items, sc->taken);
         pthread_mutex_lock(&sc->st.mu);
+        atomic_store_explicit(&sc->st.done, true, memory_order_release);
+        if (hand_over && !sc->st.finished) {
+            sc->async = res;
+            pthread_mutex_unlock(&sc->st.mu);
+            return 2;   /* sc belongs to the job's completion from here on */
+        }
         while (!sc->st.finished) pthread_cond_wait(&sc->st.cv, &sc->st.mu);
         pthread_mutex_unlock(&sc->st.mu);
+    }
+    if (ok) {
+        stream_end(sc, res);
+        return 0;
+    }
+    if (sc->queued) {
         hashes_stop(&sc->h);
         write_bufs_destroy(&sc->w);
     }
     att_cache_destroy(&sc->cache);
     pthread_cond_destroy(&sc->st.cv);
     pthread_mutex_destroy(&sc->st.mu);
-    if (!ok) {
-        for (size_t i = 0; i < sc->taken; i++) item_destroy(&sc->w.items[i]);
-        free(sc->w.items);
-        json_bulk_destroy(bulk);
-        free(sc);
-        return 1;
-    }
-    *items = sc->w.items;
-    *write_rc = sc->st.rc;
+    for (size_t i = 0; i < sc->taken; i++) item_destroy(&sc->w.items[i]);
+    free(sc->w.items);
+    json_bulk_destroy(bulk);
     free(sc);
-    atomic_fetch_add(&bulk_streamed, 1);
-    return 0;
+    return 1;
 }
 
 /* The plain way's preparation: the whole body parsed, every item prepared and validated.
@@ -1391,21 +1442,6 @@ static void bulk_crdt_merge(mimeo_db *db, const write_item *items, size_t count)
     free(ids);
     free(lens);
 }
-
-/* A _bulk_docs request's outcome, until its reply is taken: the waiting call makes one on
- * its stack, the asynchronous one on the heap (with what its write needs while queued). */
-struct mimeo_bulk_result {
-    json_bulk   bulk;
-    write_item *items;     /* NULL when the request failed before its items existed */
-    int         rc;        /* the call's code so far; err set when it is a failure */
-    mimeo_err   err;
-    /* mimeo_bulk_docs_async's write in flight */
-    mimeo_db          *db;
-    write_ctx          w;
-    hash_helper        h;
-    mimeo_bulk_done_fn done;
-    void              *arg;
-};
 
 static void bulk_result_clear(mimeo_bulk_result *res) {
     for (size_t i = 0; res->items && i < res->bulk.count; i++) item_destroy(&res->items[i]);
@@ -1491,21 +1527,25 @@ static json_limits bulk_limits(mimeo_db *db) {
     return lim;
 }
 
+/* The waiting way: streamed when it may be, else plain; then the CRDT merge. */
+static void bulk_write_waiting(mimeo_db *db, const char *json, size_t len,
+                               const mimeo_bulk_docs_opts *opts, mimeo_bulk_result *res) {
+    json_limits lim = bulk_limits(db);
+    if (bulk_write_streamed(db, json, len, &lim, opts, res, false) == 0) {
+        res->rc = bulk_write_rc(res->rc, &res->err);
+    } else {
+        res->rc = bulk_prepare(db, json, len, &lim, opts, &res->bulk, &res->items, &res->err);
+        if (!res->rc && res->bulk.count) res->rc = bulk_run(db, res->items, &res->bulk, &res->err);
+    }
+    if (!res->rc && res->bulk.count) bulk_crdt_merge(db, res->items, res->bulk.count);
+}
+
 int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
                        const mimeo_bulk_docs_opts *opts, char **json_out, size_t *out_len,
                        mimeo_err *err) {
-    *json_out = NULL;
-    *out_len = 0;
     mimeo_bulk_result res;
     memset(&res, 0, sizeof res);
-    json_limits lim = bulk_limits(db);
-    if (bulk_write_streamed(db, json, len, &lim, opts, &res.bulk, &res.items, &res.rc) == 0) {
-        res.rc = bulk_write_rc(res.rc, &res.err);
-    } else {
-        res.rc = bulk_prepare(db, json, len, &lim, opts, &res.bulk, &res.items, &res.err);
-        if (!res.rc && res.bulk.count) res.rc = bulk_run(db, res.items, &res.bulk, &res.err);
-    }
-    if (!res.rc && res.bulk.count) bulk_crdt_merge(db, res.items, res.bulk.count);
+    bulk_write_waiting(db, json, len, opts, &res);
     int rc = bulk_reply(&res, opts ? opts->entry_fn : NULL, opts ? opts->entry_ctx : NULL,
                         json_out, out_len, err);
     bulk_result_clear(&res);
@@ -1543,12 +1583,21 @@ void mimeo_bulk_docs_async(mimeo_db *db, const char *json, size_t len,
     res->db = db;
     res->done = done;
     res->arg = arg;
+    /* A CRDT database is written the waiting way: the merge after the write writes
+     * itself, which the writer thread (where the completion runs) cannot wait for. */
+    if (crdt_declared(db)) {
+        bulk_write_waiting(db, json, len, opts, res);
+        done(arg, res);
+        return;
+    }
     json_limits lim = bulk_limits(db);
-    /* A large body while the writer idles goes the streamed way, which overlaps its parse
-     * with its job on this thread and waits for that job's commit here. */
-    if (bulk_write_streamed(db, json, len, &lim, opts, &res->bulk, &res->items, &res->rc) == 0) {
+    /* A large body while the writer idles goes the streamed way: its job starts while the
+     * parse goes on here; the job's completion finishes the request unless the parse ended
+     * after it (then it is finished here). */
+    int s = bulk_write_streamed(db, json, len, &lim, opts, res, true);
+    if (s == 2) return;
+    if (s == 0) {
         res->rc = bulk_write_rc(res->rc, &res->err);
-        if (!res->rc && res->bulk.count) bulk_crdt_merge(db, res->items, res->bulk.count);
         done(arg, res);
         return;
     }
@@ -1557,12 +1606,9 @@ void mimeo_bulk_docs_async(mimeo_db *db, const char *json, size_t len,
         done(arg, res);
         return;
     }
-    /* Two cases need a second round after the commit, so they are written waiting, on this
-     * thread: a CRDT database (the merge after the write writes itself), and attachments
-     * (see bulk_has_atts). */
-    if (bulk_has_atts(res->items, res->bulk.count) || crdt_declared(db)) {
+    /* Attachments are written waiting, on this thread (see bulk_has_atts). */
+    if (bulk_has_atts(res->items, res->bulk.count)) {
         res->rc = bulk_run(db, res->items, &res->bulk, &res->err);
-        if (!res->rc) bulk_crdt_merge(db, res->items, res->bulk.count);
         done(arg, res);
         return;
     }

@@ -13,6 +13,7 @@
 #include "check.h"
 #include "common/buf.h"
 #include "db/db_int.h"
+#include "store/store.h"
 #include "mimeo.h"
 
 static char tmpdir[256];
@@ -304,6 +305,45 @@ static void test_entries(void) {
     mimeo_free(out);
 }
 
+/* A large body while the writer idles is written as it is parsed, both ways; the
+ * asynchronous call hands the end of the request to the job's completion. */
+static void wait_writer_idle(mimeo_db *db) {
+    for (int i = 0; i < 1000 && !store_write_idle(db->env->store); i++) usleep(1000);
+}
+
+static void test_streamed(void) {
+    buf b;
+    buf_init(&b, 0);
+    buf_puts(&b, "{\"docs\":[");
+    for (int i = 0; i < 400; i++)
+        buf_printf(&b, "%s{\"_id\":\"s%03d\",\"pad\":\"%01000d\"}", i ? "," : "", i, i);
+    buf_puts(&b, "]}");
+    CHECK(b.len > db_bulk_stream_min_bytes);
+    for (int round = 0; round < 2; round++) {   /* written, then every one a conflict */
+        unsigned long before = db_bulk_streamed_count();
+        wait_writer_idle(sdb);
+        char *so = NULL, *ao = NULL;
+        size_t sl = 0, al = 0;
+        mimeo_err se = {0}, ae = {0};
+        int src = mimeo_bulk_docs_as(sdb, b.data, b.len, NULL, &so, &sl, &se);
+        wait_writer_idle(adb);
+        bool on_caller = true;
+        mimeo_bulk_result *res = bulk_async(adb, b.data, b.len, NULL, &on_caller);
+        CHECK_EQ_INT(db_bulk_streamed_count() - before, 2);
+        CHECK_EQ_INT(mimeo_bulk_result_count(res), 400);
+        int arc = mimeo_bulk_result_take(res, &ao, &al, &ae);
+        CHECK_EQ_INT(src, 0);
+        CHECK_EQ_INT(arc, 0);
+        CHECK(so && ao && sl == al && !strcmp(so, ao));
+        CHECK(so && strstr(so, round ? "\"error\":\"conflict\"" : "\"ok\":true"));
+        CHECK(!on_caller);
+        mimeo_free(so);
+        mimeo_free(ao);
+    }
+    same_dbs(sdb, adb, "s", 400);
+    buf_destroy(&b);
+}
+
 /* Attachments and CRDT databases are written waiting (a second round after the commit):
  * the answers stay the same. */
 static void test_written_waiting(void) {
@@ -311,6 +351,28 @@ static void test_written_waiting(void) {
                        "\"content_type\":\"text/plain\",\"data\":\"aGVsbG8=\"}}}]}";
     pair(sdb, adb, body, 0, "\"id\":\"t000\"", ON_CALLER);
     same_dbs(sdb, adb, "t", 1);
+    /* CRDT: a replicated branch makes a conflict that the write's merge resolves. */
+    mimeo_db *s = fresh_db(env, "crdt-s"), *a = fresh_db(env, "crdt-a");
+    const char *ddoc = "{\"rules\":[{\"prefix\":\"c:\"}]}";
+    mimeo_put_result pr;
+    CHECK_EQ_INT(mimeo_doc_put(s, "_design/crdt", 12, ddoc, strlen(ddoc), NULL, &pr, NULL), 0);
+    mimeo_free(pr.id);
+    CHECK_EQ_INT(mimeo_doc_put(a, "_design/crdt", 12, ddoc, strlen(ddoc), NULL, &pr, NULL), 0);
+    mimeo_free(pr.id);
+    pair(s, a, "{\"new_edits\":false,\"docs\":[{\"_id\":\"c:000\",\"_rev\":\"1-aaaa\","
+               "\"n\":1}]}", 0, "[]", ON_CALLER);
+    pair(s, a, "{\"new_edits\":false,\"docs\":[{\"_id\":\"c:000\",\"_rev\":\"1-bbbb\","
+               "\"m\":2}]}", 0, "[]", ON_CALLER);
+    same_dbs(s, a, "c:", 1);
+    char *doc = NULL;
+    size_t dl = 0;
+    mimeo_err e;
+    mimeo_get_opts go = {.conflicts = true};
+    CHECK_EQ_INT(mimeo_doc_get(a, "c:000", 5, &go, &doc, &dl, &e), 0);
+    CHECK(doc && !strstr(doc, "_conflicts"));   /* merged */
+    mimeo_free(doc);
+    mimeo_db_close(s);
+    mimeo_db_close(a);
 }
 
 /* A database deleted while its handle is open: not_found either way, nothing answered. */
@@ -377,6 +439,7 @@ int main(void) {
     RUN(test_new_edits_false);
     RUN(test_request_errors);
     RUN(test_entries);
+    RUN(test_streamed);
     RUN(test_written_waiting);
     RUN(test_deleted_db);
     RUN(test_many_in_flight);
