@@ -165,3 +165,47 @@ describe('waiting writes hold no worker', () => {
     }
   });
 });
+
+// A member's batch holding design documents (answered entry by entry, each design document
+// refused in its place) goes the same way: a big one's reply is built on a worker.
+describe('a member\'s _bulk_docs with design documents', () => {
+  const basic = (n, p) => ({ authorization: 'Basic ' + Buffer.from(`${n}:${p}`).toString('base64') });
+  const ADMIN = basic('root', 'pw');
+  const MEMBER = basic('mia', 'm');
+  let s;
+  before(async () => {
+    s = await startServer({
+      args: ['--set', 'admins.root=pw', '--set', 'chttpd_auth.iterations=1000',
+        '--set', `chttpd.worker_threads=${WORKERS}`],
+      env: { MIMEO_TEST_COMMIT_DELAY_MS: '50' },
+    });
+    const r = await request(s.url, 'PUT', '/_users/org.couchdb.user:mia', {
+      headers: ADMIN, body: { name: 'mia', password: 'm', roles: [], type: 'user' } });
+    assert.equal(r.status, 201, r.text);
+    assert.equal((await request(s.url, 'PUT', '/db', { headers: ADMIN })).status, 201);
+    assert.equal((await request(s.url, 'PUT', '/db/_security', { headers: ADMIN,
+      body: { admins: { names: [], roles: [] }, members: { names: ['mia'], roles: [] } } })).status, 200);
+  });
+  after(async () => {
+    const out = await s.stop();
+    assert.doesNotMatch(out.stderr, /ERROR: AddressSanitizer|runtime error|ThreadSanitizer/);
+  });
+
+  test('small and big batches, in order', async () => {
+    for (const n of [3, 150]) {
+      const docs = [];
+      for (let i = 0; i < n; i++) {
+        docs.push({ _id: `m${n}-${i}` });
+        if (i % 50 === 1) docs.push({ _id: `_design/d${n}-${i}` });
+      }
+      const r = await request(s.url, 'POST', '/db/_bulk_docs', { headers: MEMBER, body: { docs } });
+      assert.equal(r.status, 201, r.text);
+      assert.equal(r.json.length, docs.length);
+      for (const [k, d] of docs.entries()) {
+        assert.equal(r.json[k].id, d._id);
+        if (d._id.startsWith('_design/')) assert.equal(r.json[k].error, 'forbidden');
+        else assert.equal(r.json[k].ok, true);
+      }
+    }
+  });
+});
