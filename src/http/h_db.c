@@ -208,6 +208,7 @@ typedef struct http_bulk_op {
     /* a member's batch with design documents (http_bulk_docs_no_design), else NULL */
     jval              *body;
     size_t             kept;      /* its documents written */
+    size_t             entries;   /* its reply's entries: what the reply costs to build */
 } http_bulk_op;
 
 /* A member's batch: the library's entries with each design document's refusal in its
@@ -291,7 +292,8 @@ static void http_bulk_reply_task(http_task *t) {
 
 static void http_bulk_done(void *arg, mimeo_bulk_result *res) {
     http_bulk_op *op = arg;
-    if (mimeo_bulk_result_count(res) > HTTP_BULK_REPLY_INLINE &&
+    size_t entries = op->body ? op->entries : mimeo_bulk_result_count(res);
+    if (entries > HTTP_BULK_REPLY_INLINE &&
         !pthread_equal(pthread_self(), op->caller)) {
         op->res = res;
         op->task = (http_task){.run = http_bulk_reply_task};
@@ -366,6 +368,7 @@ static void http_bulk_docs_no_design(http_req *r) {
     }
     op->body = body;
     op->kept = kept;
+    op->entries = docs->count;
     /* What the library parses is `in`, read before the call returns; op keeps the tree
      * for the reply. */
     mimeo_bulk_docs_async(r->db, in.data, in.len, NULL, http_bulk_done, op);
