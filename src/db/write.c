@@ -1173,7 +1173,6 @@ struct mimeo_bulk_result {
     int         rc;        /* the call's code so far; err set when it is a failure */
     mimeo_err   err;
     /* mimeo_bulk_docs_async's write in flight */
-    mimeo_db          *db;
     write_ctx          w;
     hash_helper        h;
     mimeo_bulk_done_fn done;
@@ -1580,7 +1579,6 @@ void mimeo_bulk_docs_async(mimeo_db *db, const char *json, size_t len,
         done(arg, NULL);
         return;
     }
-    res->db = db;
     res->done = done;
     res->arg = arg;
     /* A CRDT database is written the waiting way: the merge after the write writes
