@@ -9,6 +9,9 @@ BASEFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -pthread -fvisibility=hidden -MMD 
 LIBS    := -llmdb -lmicrohttpd -lcurl -lnettle -lz -linih -lpthread -licui18n -licuuc -licudata -lpcre2-8 -lm
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 TSAN    := -fsanitize=thread -fno-omit-frame-pointer
+# Test hooks (environment variables read by the sanitized builds only, never the release one):
+# MIMEO_TEST_COMMIT_DELAY_MS slows every group commit (src/store/store.c).
+TESTHOOKS := -DMIMEO_TEST_HOOKS
 
 # The library: everything but the server's HTTP front end and the command line.
 LIB_SRC := $(wildcard src/common/*.c src/json/*.c src/doc/*.c src/store/*.c src/db/*.c src/repl/*.c src/auth/*.c)
@@ -44,11 +47,11 @@ build/obj/%.o: %.c
 
 build/asan/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) -O1 -g $(SAN) -c $< -o $@
+	$(CC) $(BASEFLAGS) -O1 -g $(SAN) $(TESTHOOKS) -c $< -o $@
 
 build/tsan/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) -O1 -g $(TSAN) -c $< -o $@
+	$(CC) $(BASEFLAGS) -O1 -g $(TSAN) $(TESTHOOKS) -c $< -o $@
 
 build/libmimeo.a: $(REL_LIB_OBJ)
 	@mkdir -p build
@@ -134,9 +137,10 @@ test:
 # job isolation) and these interop suites, chosen for their threads: feeds (waiting feeds
 # woken by commits), replication_continuous (replicator workers, _replicator jobs) and
 # replication_mimeo (one-shot jobs, restarts and retries), replication_scheduler (jobs
-# waiting for, taking and giving up max_jobs slots). Races fail the run; there are no
+# waiting for, taking and giving up max_jobs slots), bulk_async (_bulk_docs finished on the
+# writer thread and handed back to workers). Races fail the run; there are no
 # suppressions.
-TSAN_INTEROP ?= feeds replication_continuous replication_mimeo replication_scheduler
+TSAN_INTEROP ?= feeds replication_continuous replication_mimeo replication_scheduler bulk_async
 tsan-build: build/tsan/mimeo $(TSAN_UNIT_BIN)
 
 tsan: tsan-build

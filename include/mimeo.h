@@ -316,6 +316,45 @@ MIMEO_API int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
                                  const mimeo_bulk_docs_opts *opts, char **json_out,
                                  size_t *out_len, mimeo_err *err);
 
+/* _bulk_docs without waiting for the commit. The body is parsed, its documents prepared and
+ * validated (validate_doc_update, with opts->user) on the calling thread, and the write is
+ * queued; done(arg, res) is then called exactly once with the outcome, on the store's writer
+ * thread once the batch's group commit is durable (or failed). It is called on the calling
+ * thread, before mimeo_bulk_docs_async returns, when the request ends early (a request-wide
+ * error such as bad JSON, a missing database, no documents, a store that is closing) and
+ * when the batch is written waiting after all: a database that declares CRDT documents (the
+ * merge after the write writes again) and documents with attachments (unused blobs are
+ * discarded by a write of their own). A large body while the writer idles is written as it
+ * is parsed, as mimeo_bulk_docs_as does, and its completion too comes from the writer.
+ * res is NULL only when memory ran out; the mimeo_bulk_result_* calls take it so.
+ * opts->user and opts->max_docs are used before the call returns; opts->entry_fn is ignored
+ * (see mimeo_bulk_result_entries). json is read before the call returns. done runs on the
+ * writer thread the next group waits for: it must be short and must not write; it may take
+ * a small reply there or hand res to another thread. db must stay open until done is called
+ * and the result is taken. */
+typedef struct mimeo_bulk_result mimeo_bulk_result;
+typedef void (*mimeo_bulk_done_fn)(void *arg, mimeo_bulk_result *res);
+MIMEO_API void mimeo_bulk_docs_async(mimeo_db *db, const char *json, size_t len,
+                                     const mimeo_bulk_docs_opts *opts,
+                                     mimeo_bulk_done_fn done, void *arg);
+/* The number of documents the request held (0 when it failed before they were read): what
+ * the reply's size goes with, to choose the thread that builds it. res may be NULL. */
+MIMEO_API size_t mimeo_bulk_result_count(const mimeo_bulk_result *res);
+/* Builds the reply of an asynchronous _bulk_docs and frees res: returns, and fills *json_out
+ * (free with mimeo_free), *out_len and err, exactly as mimeo_bulk_docs_as with the same
+ * body and no entry_fn would have. */
+MIMEO_API int mimeo_bulk_result_take(mimeo_bulk_result *res, char **json_out, size_t *out_len,
+                                     mimeo_err *err);
+/* The same, entry by entry (mimeo_bulk_docs_opts.entry_fn semantics: each entry the reply
+ * would list, in order; a non-zero return of entry_fn stops the listing and is returned),
+ * and frees res. */
+MIMEO_API int mimeo_bulk_result_entries(mimeo_bulk_result *res,
+                                        int (*entry_fn)(void *ctx,
+                                                        const mimeo_bulk_entry *entry),
+                                        void *entry_ctx, mimeo_err *err);
+/* Frees res without a reply (NULL is fine). */
+MIMEO_API void mimeo_bulk_result_free(mimeo_bulk_result *res);
+
 /* ---- documents: reads ------------------------------------------------------------------- */
 typedef struct mimeo_get_opts {
     const char *rev;        /* a specific revision (tombstones readable); NULL: winner */

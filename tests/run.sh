@@ -16,7 +16,7 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export MIMEO_EXAMPLE=${MIMEO_EXAMPLE:-build/asan/example}
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
-TSAN_INTEROP=${TSAN_INTEROP:-feeds replication_continuous replication_mimeo}
+TSAN_INTEROP=${TSAN_INTEROP:-feeds replication_continuous replication_mimeo bulk_async}
 
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(unit tsan fuzz interop cluster)

@@ -1165,6 +1165,20 @@ static int put_entries(const write_item *items, size_t count, bool new_edits, in
     return frc;
 }
 
+/* A _bulk_docs request's outcome, until its reply is taken: the waiting call makes one on
+ * its stack, the asynchronous one on the heap (with what its write needs while queued). */
+struct mimeo_bulk_result {
+    json_bulk   bulk;
+    write_item *items;     /* NULL when the request failed before its items existed */
+    int         rc;        /* the call's code so far; err set when it is a failure */
+    mimeo_err   err;
+    /* mimeo_bulk_docs_async's write in flight */
+    write_ctx          w;
+    hash_helper        h;
+    mimeo_bulk_done_fn done;
+    void              *arg;
+};
+
 /* ---- _bulk_docs, streamed ------------------------------------------------------------------ */
 
 /* One client's large _bulk_docs used to take its steps one after the other: the whole body
@@ -1195,7 +1209,27 @@ typedef struct stream_ctx {
     size_t       taken;     /* items moved out of the parse (to destroy) */
     bool         queued;
     mimeo_err    err;       /* an item's error: the plain way will report it */
+    /* mimeo_bulk_docs_async's request whose parse is over before its job: the job's
+     * completion finishes it (guarded by st.mu) */
+    mimeo_bulk_result *async;
 } stream_ctx;
+
+static int bulk_write_rc(int rc, mimeo_err *err);
+static bool bulk_has_atts(const write_item *items, size_t count);
+
+/* The streamed request's end once its job is over: what it used is released, and the items
+ * go to res with the job's code. */
+static void stream_end(stream_ctx *sc, mimeo_bulk_result *res) {
+    hashes_stop(&sc->h);
+    write_bufs_destroy(&sc->w);
+    att_cache_destroy(&sc->cache);
+    pthread_cond_destroy(&sc->st.cv);
+    pthread_mutex_destroy(&sc->st.mu);
+    res->items = sc->w.items;
+    res->rc = sc->st.rc;
+    free(sc);
+    atomic_fetch_add(&bulk_streamed, 1);
+}
 
 static bool stream_eligible(mimeo_db *db, const char *json, size_t len,
                             const mimeo_bulk_docs_opts *opts) {
@@ -1214,12 +1248,19 @@ static bool stream_eligible(mimeo_db *db, const char *json, size_t len,
 }
 
 static void stream_job_done(void *arg, int rc) {
-    bulk_stream *st = ((write_ctx *)arg)->stream;
+    stream_ctx *sc = (stream_ctx *)((char *)arg - offsetof(stream_ctx, w));
+    bulk_stream *st = &sc->st;
     pthread_mutex_lock(&st->mu);
     st->rc = rc;
     st->finished = true;
+    mimeo_bulk_result *res = sc->async;
     pthread_cond_signal(&st->cv);
     pthread_mutex_unlock(&st->mu);   /* the waiting thread may free st from here on */
+    if (!res) return;
+    /* No thread waits: the request was handed over here (bulk_write_streamed). */
+    stream_end(sc, res);
+    res->rc = bulk_write_rc(res->rc, &res->err);
+    res->done(res->arg, res);
 }
 
 static int stream_queue(stream_ctx *sc, const json_bulk *out) {
@@ -1260,11 +1301,14 @@ static int stream_on_doc(void *arg, json_bulk *out, size_t i) {
 }
 
 /* 1 when the request must be done the plain way (nothing of it written); else 0 with
- * *items and *bulk filled as the plain way fills them (bulk->count items) and *write_rc the
- * job's code. */
+ * res->items and res->bulk filled as the plain way fills them (bulk.count items) and res->rc
+ * the job's code. With async set (res from mimeo_bulk_docs_async) it may return 2 instead:
+ * the job was still running when the parse ended and will finish the request and call
+ * res->done itself (stream_job_done), so this thread does not wait for the commit. */
 static int bulk_write_streamed(mimeo_db *db, const char *json, size_t len,
                                const json_limits *lim, const mimeo_bulk_docs_opts *opts,
-                               json_bulk *bulk, write_item **items, int *write_rc) {
+                               mimeo_bulk_result *res, bool async) {
+    json_bulk *bulk = &res->bulk;
     if (!stream_eligible(db, json, len, opts)) return 1;
     stream_ctx *sc = calloc(1, sizeof *sc);
     if (!sc) return 1;
@@ -1301,35 +1345,41 @@ static int bulk_write_streamed(mimeo_db *db, const char *json, size_t len,
     if (ok && !sc->queued) ok = stream_queue(sc, bulk) == 0;   /* fewer than STREAM_START */
     if (sc->queued) {
         if (!ok) atomic_store_explicit(&sc->st.failed, true, memory_order_release);
-        atomic_store_explicit(&sc->st.done, true, memory_order_release);
+        /* Attachments keep this thread waiting: see bulk_has_atts. */
+        bool hand_over = ok && async && !bulk_has_atts(sc->w.items, sc->taken);
         pthread_mutex_lock(&sc->st.mu);
+        atomic_store_explicit(&sc->st.done, true, memory_order_release);
+        if (hand_over && !sc->st.finished) {
+            sc->async = res;
+            pthread_mutex_unlock(&sc->st.mu);
+            return 2;   /* sc belongs to the job's completion from here on */
+        }
         while (!sc->st.finished) pthread_cond_wait(&sc->st.cv, &sc->st.mu);
         pthread_mutex_unlock(&sc->st.mu);
+    }
+    if (ok) {
+        stream_end(sc, res);
+        return 0;
+    }
+    if (sc->queued) {
         hashes_stop(&sc->h);
         write_bufs_destroy(&sc->w);
     }
     att_cache_destroy(&sc->cache);
     pthread_cond_destroy(&sc->st.cv);
     pthread_mutex_destroy(&sc->st.mu);
-    if (!ok) {
-        for (size_t i = 0; i < sc->taken; i++) item_destroy(&sc->w.items[i]);
-        free(sc->w.items);
-        json_bulk_destroy(bulk);
-        free(sc);
-        return 1;
-    }
-    *items = sc->w.items;
-    *write_rc = sc->st.rc;
+    for (size_t i = 0; i < sc->taken; i++) item_destroy(&sc->w.items[i]);
+    free(sc->w.items);
+    json_bulk_destroy(bulk);
     free(sc);
-    atomic_fetch_add(&bulk_streamed, 1);
-    return 0;
+    return 1;
 }
 
-/* The plain way: the whole body parsed, every item prepared and validated, then the job.
+/* The plain way's preparation: the whole body parsed, every item prepared and validated.
  * *items stays NULL when the request ends here (a parse error, no memory: err is set). */
-static int bulk_write_plain(mimeo_db *db, const char *json, size_t len, const json_limits *lim,
-                            const mimeo_bulk_docs_opts *opts, json_bulk *bulk,
-                            write_item **items_out, mimeo_err *err) {
+static int bulk_prepare(mimeo_db *db, const char *json, size_t len, const json_limits *lim,
+                        const mimeo_bulk_docs_opts *opts, json_bulk *bulk,
+                        write_item **items_out, mimeo_err *err) {
     json_error je;
     int rc = json_bulk_parse_revs(json, len, lim, write_revs_limit(db),
                                   opts ? opts->max_docs : 0, bulk, &je);
@@ -1355,16 +1405,112 @@ static int bulk_write_plain(mimeo_db *db, const char *json, size_t len, const js
     att_cache_destroy(&cache);
     if (!rc && bulk->count)
         rc = validate_items(db, items, bulk->count, opts ? opts->user : NULL, err);
+    return rc;
+}
+
+/* The write job's code as the call returns it (all_or_nothing's failure keeps its reply). */
+static int bulk_write_rc(int rc, mimeo_err *err) {
+    if (rc == MIMEO_ENOTFOUND) return db_gone(err);
+    if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);
+    return rc;
+}
+
+/* The prepared items' write job, waited for. */
+static int bulk_run(mimeo_db *db, write_item *items, const json_bulk *bulk, mimeo_err *err) {
     write_ctx w = {.db = db, .items = items, .count = bulk->count, .new_edits = bulk->new_edits,
                    .all_or_nothing = bulk->all_or_nothing};
-    if (!rc && bulk->count) {
-        hash_helper h;
-        hashes_start(&h, items, bulk->count, bulk->new_edits);
-        rc = run_write(&w);
-        hashes_stop(&h);
-        if (rc == MIMEO_ENOTFOUND) rc = db_gone(err);
-        else if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);
+    hash_helper h;
+    hashes_start(&h, items, bulk->count, bulk->new_edits);
+    int rc = run_write(&w);
+    hashes_stop(&h);
+    return bulk_write_rc(rc, err);
+}
+
+/* After a successful write, on the caller's thread (the merge writes): CRDT documents the
+ * batch left with several live leaves are merged, replicated batches included. */
+static void bulk_crdt_merge(mimeo_db *db, const write_item *items, size_t count) {
+    const char **ids = malloc(count * sizeof *ids);
+    size_t *lens = malloc(count * sizeof *lens);
+    size_t n = 0;
+    for (size_t i = 0; ids && lens && i < count; i++) {
+        if (items[i].code || items[i].local) continue;
+        ids[n] = items[i].id;
+        lens[n++] = items[i].id_len;
     }
+    if (ids && lens && n) (void)mimeo_crdt_after_write(db, ids, lens, n);
+    free(ids);
+    free(lens);
+}
+
+static void bulk_result_clear(mimeo_bulk_result *res) {
+    for (size_t i = 0; res->items && i < res->bulk.count; i++) item_destroy(&res->items[i]);
+    free(res->items);
+    res->items = NULL;
+    json_bulk_destroy(&res->bulk);
+}
+
+/* The reply of res (which keeps its items): the JSON array into *json_out, or each entry to
+ * entry_fn when it is set. Returns the call's code, with err set on failure. */
+static int bulk_reply(mimeo_bulk_result *res, int (*entry_fn)(void *, const mimeo_bulk_entry *),
+                      void *entry_ctx, char **json_out, size_t *out_len, mimeo_err *err) {
+    *json_out = NULL;
+    *out_len = 0;
+    int rc = res->rc;
+    if (rc && rc != MIMEO_EEXPECTATION) {
+        if (err) *err = res->err;
+        return rc;
+    }
+    const write_item *items = res->items;
+    const json_bulk *bulk = &res->bulk;
+    if (entry_fn) {
+        mimeo_bulk_docs_opts o = {.entry_fn = entry_fn, .entry_ctx = entry_ctx};
+        int frc = put_entries(items, bulk->count, bulk->new_edits, rc, &o);
+        if (frc) rc = frc;
+        else if (rc == MIMEO_EEXPECTATION)
+            db_err_set(err, rc, "expectation_failed", "Some documents failed; none were written.");
+        return rc;
+    }
+    buf out;
+    buf_init(&out, 0);
+    int wrc = buf_putc(&out, '[');
+    bool first = true;
+    for (size_t i = 0; i < bulk->count && !wrc; i++) {
+        const write_item *it = &items[i];
+        /* new_edits=false answers only failures; a revision already present is not one. */
+        if (!bulk->new_edits && !it->code) continue;
+        if (rc == MIMEO_EEXPECTATION && !it->code) continue;
+        if (!first) wrc = buf_putc(&out, ',');
+        first = false;
+        if (it->code) {
+            if (!wrc) wrc = buf_puts(&out, "{\"id\":");
+            if (!wrc) wrc = put_item_id(&out, it);
+            if (!wrc && it->has_rev && !bulk->new_edits) {
+                wrc = buf_puts(&out, ",\"rev\":\"");
+                if (!wrc) wrc = rev_put(&out, it->rev_gen, it->rev_hash, it->rev_hash_len);
+                if (!wrc) wrc = buf_putc(&out, '"');
+            }
+            if (!wrc) wrc = buf_puts(&out, ",\"error\":");
+            if (!wrc) wrc = json_put_cstr(&out, it->error);
+            if (!wrc) wrc = buf_puts(&out, ",\"reason\":");
+            if (!wrc) wrc = json_put_cstr(&out, it->reason);
+            if (!wrc) wrc = buf_putc(&out, '}');
+        } else {
+            if (!wrc) wrc = buf_puts(&out, "{\"ok\":true,\"id\":");
+            if (!wrc) wrc = put_item_id(&out, it);
+            if (!wrc) wrc = buf_puts(&out, ",\"rev\":");
+            if (!wrc) wrc = json_put_cstr(&out, it->newrev);
+            if (!wrc) wrc = buf_putc(&out, '}');
+        }
+    }
+    if (!wrc) wrc = buf_putc(&out, ']');
+    if (wrc) {
+        rc = db_err(err, wrc);
+    } else {
+        *json_out = buf_detach(&out, out_len);
+        if (rc == MIMEO_EEXPECTATION)
+            db_err_set(err, rc, "expectation_failed", "Some documents failed; none were written.");
+    }
+    buf_destroy(&out);
     return rc;
 }
 
@@ -1373,89 +1519,141 @@ int mimeo_bulk_docs(mimeo_db *db, const char *json, size_t len, char **json_out,
     return mimeo_bulk_docs_as(db, json, len, NULL, json_out, out_len, err);
 }
 
+/* {"docs":[…]} wraps each document two levels deep: what PUT accepts, so must this. */
+static json_limits bulk_limits(mimeo_db *db) {
+    json_limits lim = db->env->limits;
+    lim.max_depth += 2;
+    return lim;
+}
+
+/* The waiting way: streamed when it may be, else plain; then the CRDT merge. */
+static void bulk_write_waiting(mimeo_db *db, const char *json, size_t len,
+                               const mimeo_bulk_docs_opts *opts, mimeo_bulk_result *res) {
+    json_limits lim = bulk_limits(db);
+    if (bulk_write_streamed(db, json, len, &lim, opts, res, false) == 0) {
+        res->rc = bulk_write_rc(res->rc, &res->err);
+    } else {
+        res->rc = bulk_prepare(db, json, len, &lim, opts, &res->bulk, &res->items, &res->err);
+        if (!res->rc && res->bulk.count) res->rc = bulk_run(db, res->items, &res->bulk, &res->err);
+    }
+    if (!res->rc && res->bulk.count) bulk_crdt_merge(db, res->items, res->bulk.count);
+}
+
 int mimeo_bulk_docs_as(mimeo_db *db, const char *json, size_t len,
                        const mimeo_bulk_docs_opts *opts, char **json_out, size_t *out_len,
                        mimeo_err *err) {
+    mimeo_bulk_result res;
+    memset(&res, 0, sizeof res);
+    bulk_write_waiting(db, json, len, opts, &res);
+    int rc = bulk_reply(&res, opts ? opts->entry_fn : NULL, opts ? opts->entry_ctx : NULL,
+                        json_out, out_len, err);
+    bulk_result_clear(&res);
+    return rc;
+}
+
+/* ---- _bulk_docs without waiting --------------------------------------------------------------- */
+
+/* The store's completion, on the writer thread: the hash helper (if any) stops, and the
+ * caller gets the outcome. Nothing here writes or waits for a write. */
+static void bulk_async_committed(void *arg, int rc) {
+    mimeo_bulk_result *res = (mimeo_bulk_result *)((char *)arg - offsetof(mimeo_bulk_result, w));
+    hashes_stop(&res->h);
+    write_bufs_destroy(&res->w);
+    res->rc = bulk_write_rc(rc, &res->err);
+    res->done(res->arg, res);
+}
+
+/* Whether the items hold attachments: blobs that the result's release may discard with a
+ * write of its own, which the writer thread (where the result may be released) cannot wait
+ * for. */
+static bool bulk_has_atts(const write_item *items, size_t count) {
+    for (size_t i = 0; i < count; i++)
+        if (items[i].atts.n || items[i].doc.attachments) return true;
+    return false;
+}
+
+void mimeo_bulk_docs_async(mimeo_db *db, const char *json, size_t len,
+                           const mimeo_bulk_docs_opts *opts, mimeo_bulk_done_fn done, void *arg) {
+    mimeo_bulk_result *res = calloc(1, sizeof *res);
+    if (!res) {
+        done(arg, NULL);
+        return;
+    }
+    res->done = done;
+    res->arg = arg;
+    /* A CRDT database is written the waiting way: the merge after the write writes
+     * itself, which the writer thread (where the completion runs) cannot wait for. */
+    if (crdt_declared(db)) {
+        bulk_write_waiting(db, json, len, opts, res);
+        done(arg, res);
+        return;
+    }
+    json_limits lim = bulk_limits(db);
+    /* A large body while the writer idles goes the streamed way: its job starts while the
+     * parse goes on here; the job's completion finishes the request unless the parse ended
+     * after it (then it is finished here). */
+    int s = bulk_write_streamed(db, json, len, &lim, opts, res, true);
+    if (s == 2) return;
+    if (s == 0) {
+        res->rc = bulk_write_rc(res->rc, &res->err);
+        done(arg, res);
+        return;
+    }
+    res->rc = bulk_prepare(db, json, len, &lim, opts, &res->bulk, &res->items, &res->err);
+    if (res->rc || !res->bulk.count) {
+        done(arg, res);
+        return;
+    }
+    /* Attachments are written waiting, on this thread (see bulk_has_atts). */
+    if (bulk_has_atts(res->items, res->bulk.count)) {
+        res->rc = bulk_run(db, res->items, &res->bulk, &res->err);
+        done(arg, res);
+        return;
+    }
+    write_ctx *w = &res->w;
+    *w = (write_ctx){.db = db, .items = res->items, .count = res->bulk.count,
+                     .new_edits = res->bulk.new_edits,
+                     .all_or_nothing = res->bulk.all_or_nothing};
+    write_bufs_init(w);
+    hashes_start(&res->h, res->items, res->bulk.count, res->bulk.new_edits);
+    int rc = store_write_async(db->env->store, job_write, bulk_async_committed, w);
+    if (rc) {
+        hashes_stop(&res->h);
+        write_bufs_destroy(w);
+        res->rc = bulk_write_rc(rc, &res->err);
+        done(arg, res);
+    }
+}
+
+size_t mimeo_bulk_result_count(const mimeo_bulk_result *res) {
+    return res && res->items ? res->bulk.count : 0;
+}
+
+int mimeo_bulk_result_take(mimeo_bulk_result *res, char **json_out, size_t *out_len,
+                           mimeo_err *err) {
     *json_out = NULL;
     *out_len = 0;
-    json_bulk bulk;
-    /* {"docs":[…]} wraps each document two levels deep: what PUT accepts, so must this. */
-    json_limits lim = db->env->limits;
-    lim.max_depth += 2;
-    write_item *items = NULL;
-    int rc = 0;
-    if (bulk_write_streamed(db, json, len, &lim, opts, &bulk, &items, &rc) == 0) {
-        if (rc == MIMEO_ENOTFOUND) rc = db_gone(err);
-        else if (rc && rc != MIMEO_EEXPECTATION) db_err(err, rc);
-    } else {
-        rc = bulk_write_plain(db, json, len, &lim, opts, &bulk, &items, err);
-        if (!items) return rc;
-    }
-    if (!rc && bulk.count) {   /* replicated batches too: merge CRDT conflicts they made */
-        const char **ids = malloc(bulk.count * sizeof *ids);
-        size_t *lens = malloc(bulk.count * sizeof *lens);
-        size_t n = 0;
-        for (size_t i = 0; ids && lens && i < bulk.count; i++) {
-            if (items[i].code || items[i].local) continue;
-            ids[n] = items[i].id;
-            lens[n++] = items[i].id_len;
-        }
-        if (ids && lens && n) (void)mimeo_crdt_after_write(db, ids, lens, n);
-        free(ids);
-        free(lens);
-    }
-    buf out;
-    buf_init(&out, 0);
-    if ((!rc || rc == MIMEO_EEXPECTATION) && opts && opts->entry_fn) {
-        int frc = put_entries(items, bulk.count, bulk.new_edits, rc, opts);
-        if (frc) rc = frc;
-        else if (rc == MIMEO_EEXPECTATION)
-            db_err_set(err, rc, "expectation_failed", "Some documents failed; none were written.");
-    } else if (!rc || rc == MIMEO_EEXPECTATION) {
-        int wrc = buf_putc(&out, '[');
-        bool first = true;
-        for (size_t i = 0; i < bulk.count && !wrc; i++) {
-            write_item *it = &items[i];
-            /* new_edits=false answers only failures; a revision already present is not one. */
-            if (!bulk.new_edits && !it->code) continue;
-            if (rc == MIMEO_EEXPECTATION && !it->code) continue;
-            if (!first) wrc = buf_putc(&out, ',');
-            first = false;
-            if (it->code) {
-                if (!wrc) wrc = buf_puts(&out, "{\"id\":");
-                if (!wrc) wrc = put_item_id(&out, it);
-                if (!wrc && it->has_rev && !bulk.new_edits) {
-                    wrc = buf_puts(&out, ",\"rev\":\"");
-                    if (!wrc) wrc = rev_put(&out, it->rev_gen, it->rev_hash, it->rev_hash_len);
-                    if (!wrc) wrc = buf_putc(&out, '"');
-                }
-                if (!wrc) wrc = buf_puts(&out, ",\"error\":");
-                if (!wrc) wrc = json_put_cstr(&out, it->error);
-                if (!wrc) wrc = buf_puts(&out, ",\"reason\":");
-                if (!wrc) wrc = json_put_cstr(&out, it->reason);
-                if (!wrc) wrc = buf_putc(&out, '}');
-            } else {
-                if (!wrc) wrc = buf_puts(&out, "{\"ok\":true,\"id\":");
-                if (!wrc) wrc = put_item_id(&out, it);
-                if (!wrc) wrc = buf_puts(&out, ",\"rev\":");
-                if (!wrc) wrc = json_put_cstr(&out, it->newrev);
-                if (!wrc) wrc = buf_putc(&out, '}');
-            }
-        }
-        if (!wrc) wrc = buf_putc(&out, ']');
-        if (wrc) {
-            rc = db_err(err, wrc);
-        } else {
-            *json_out = buf_detach(&out, out_len);
-            if (rc == MIMEO_EEXPECTATION)
-                db_err_set(err, rc, "expectation_failed", "Some documents failed; none were written.");
-        }
-    }
-    buf_destroy(&out);
-    for (size_t i = 0; i < bulk.count; i++) item_destroy(&items[i]);
-    free(items);
-    json_bulk_destroy(&bulk);
+    if (!res) return db_err(err, MIMEO_ENOMEM);
+    int rc = bulk_reply(res, NULL, NULL, json_out, out_len, err);
+    mimeo_bulk_result_free(res);
     return rc;
+}
+
+int mimeo_bulk_result_entries(mimeo_bulk_result *res,
+                              int (*entry_fn)(void *ctx, const mimeo_bulk_entry *entry),
+                              void *entry_ctx, mimeo_err *err) {
+    if (!res) return db_err(err, MIMEO_ENOMEM);
+    char *none = NULL;
+    size_t none_len = 0;
+    int rc = bulk_reply(res, entry_fn, entry_ctx, &none, &none_len, err);
+    mimeo_bulk_result_free(res);
+    return rc;
+}
+
+void mimeo_bulk_result_free(mimeo_bulk_result *res) {
+    if (!res) return;
+    bulk_result_clear(res);
+    free(res);
 }
 
 /* ---- compaction ------------------------------------------------------------------------------ */

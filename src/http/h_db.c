@@ -2,6 +2,8 @@
  * replication endpoints that take a whole body: _bulk_docs, _bulk_get, _revs_diff, plus
  * _revs_limit, _compact and _ensure_full_commit (_security: h_security.c). */
 #include <inttypes.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,35 +89,51 @@ static void http_db_delete(http_req *r) {
     http_reply_static(r, 200, "{\"ok\":true}\n");
 }
 
-/* POST /{db}: a new document; the id comes from the body or is generated. */
+/* POST /{db}: a new document; the id comes from the body or is generated. Written as a PUT
+ * is (h_doc.c): no worker waits for the commit; the reply is made on the writer thread. */
+typedef struct http_post_op {
+    http_req *r;
+    bool      batch;   /* batch=ok: 202 without ETag */
+} http_post_op;
+
+static void http_db_posted(void *arg, int rc, const mimeo_put_result *res, const mimeo_err *e) {
+    http_post_op *op = arg;
+    http_req *r = op->r;
+    if (rc != 0) {
+        http_reply_err(r, rc, e);
+    } else {
+        buf b;
+        buf_init(&b, 0);
+        http_put_ok_id_rev(&b, res->id ? res->id : "", res->id ? res->id_len : 0,
+                           op->batch ? NULL : res->rev);
+        http_reply_buf(r, op->batch ? 202 : 201, &b);
+        if (!op->batch) http_header_etag(r, res->rev, strlen(res->rev));
+        if (res->id) http_header_location(r, r->seg[0], res->id, res->id_len);
+    }
+    free(op);
+    http_async_end(r);
+}
+
 static void http_db_post(http_req *r) {
     if (!http_require_json(r) || !http_db(r)) return;
     bool batch = false;
     size_t bl;
     const char *bv = http_arg_get(r, "batch", &bl);
     if (bv && bl == 2 && memcmp(bv, "ok", 2) == 0) batch = true;
+    http_post_op *op = malloc(sizeof *op);
+    if (!op) {
+        http_reply_error(r, 500, "internal_server_error", "out of memory");
+        return;
+    }
+    *op = (http_post_op){r, batch};
+    http_async_begin(r);
     mimeo_put_opts o = {0};
-    mimeo_put_result res = {0};
-    mimeo_err e = {0};
     mimeo_user_ctx user;
     char *sec = http_user_ctx(r, &user);
     o.user = &user;
-    int rc = mimeo_doc_put(r->db, NULL, 0, r->body.data ? r->body.data : "", r->body.len, &o,
-                           &res, &e);
+    mimeo_doc_put_async(r->db, NULL, 0, r->body.data ? r->body.data : "", r->body.len, &o,
+                        http_db_posted, op);
     free(sec);
-    if (rc != 0) {
-        if (res.id) mimeo_free(res.id);
-        http_reply_err(r, rc, &e);
-        return;
-    }
-    size_t idl = res.id ? res.id_len : 0;
-    buf b;
-    buf_init(&b, 0);
-    http_put_ok_id_rev(&b, res.id ? res.id : "", idl, batch ? NULL : res.rev);
-    http_reply_buf(r, batch ? 202 : 201, &b);
-    if (!batch) http_header_etag(r, res.rev, strlen(res.rev));
-    if (res.id) http_header_location(r, r->seg[0], res.id, idl);
-    if (res.id) mimeo_free(res.id);
 }
 
 void http_h_db(http_req *r) {
@@ -176,6 +194,127 @@ static int bulk_result_copy(buf *out, const bulk_results *b, size_t k, size_t *n
     return rc ? rc : buf_put(out, b->text.data + from, b->ends[k] - from);
 }
 
+/* _bulk_docs without a worker waiting for its group commit: the worker parses and validates
+ * the batch and queues its write, then goes back to the pool with the connection suspended.
+ * The store's completion, on the writer thread, makes a small reply there; a big one is
+ * handed to a worker, since the next group waits for the writer. */
+#define HTTP_BULK_REPLY_INLINE 64   /* documents whose reply the writer thread builds */
+
+typedef struct http_bulk_op {
+    http_task          task;      /* a big reply, built on a worker */
+    http_req          *r;
+    mimeo_bulk_result *res;
+    pthread_t          caller;    /* the worker that made the call */
+    /* a member's batch with design documents (http_bulk_docs_no_design), else NULL */
+    jval              *body;
+    size_t             kept;      /* its documents written */
+    size_t             entries;   /* its reply's entries: what the reply costs to build */
+} http_bulk_op;
+
+/* A member's batch: the library's entries with each design document's refusal in its
+ * place. */
+static void http_bulk_no_design_reply(http_bulk_op *op, mimeo_bulk_result *bres) {
+    http_req *r = op->r;
+    const char *reason = "You are not a db or server admin.";
+    const char *error = r->user.known ? "forbidden" : "unauthorized";
+    const jval *docs = jval_get(op->body, "docs");
+    /* The library's entries as JSON in one buffer, each ending at ends[k]. */
+    bulk_results res = {0};
+    buf_init(&res.text, 0);
+    mimeo_err e = {0};
+    int rc = mimeo_bulk_result_entries(bres, bulk_result_put, &res, &e);
+    if (rc != 0) {
+        bulk_results_destroy(&res);
+        http_reply_err(r, rc, &e);
+        return;
+    }
+    /* One result per written document, in order (new_edits: false lists failures only, so
+     * then the refusals follow them). */
+    buf outb;
+    buf_init(&outb, 0);
+    bool aligned = res.n == op->kept;
+    rc = buf_putc(&outb, '[');
+    size_t next = 0, n = 0;
+    for (size_t i = 0; rc == 0 && i < docs->count; i++) {
+        const jval *d = docs->items[i];
+        if (!http_is_design(d)) {
+            if (aligned) rc |= bulk_result_copy(&outb, &res, next++, &n);
+            continue;
+        }
+        for (; rc == 0 && !aligned && next < res.n; next++)
+            rc |= bulk_result_copy(&outb, &res, next, &n);
+        if (n++) rc |= buf_putc(&outb, ',');
+        const jval *id = jval_get(d, "_id");
+        rc |= buf_puts(&outb, "{\"id\":");
+        rc |= json_put_str(&outb, id->str, id->len);
+        rc |= buf_printf(&outb, ",\"error\":\"%s\",\"reason\":", error);
+        rc |= json_put_cstr(&outb, reason);
+        rc |= buf_putc(&outb, '}');
+    }
+    for (; rc == 0 && next < res.n; next++) rc |= bulk_result_copy(&outb, &res, next, &n);
+    rc |= buf_puts(&outb, "]\n");
+    bulk_results_destroy(&res);
+    if (rc != 0) {
+        buf_destroy(&outb);
+        http_reply_err(r, MIMEO_ENOMEM, NULL);
+        return;
+    }
+    http_reply_buf(r, 201, &outb);
+}
+
+static void http_bulk_reply(http_req *r, mimeo_bulk_result *res) {
+    char *out = NULL;
+    size_t len = 0;
+    mimeo_err e = {0};
+    int rc = mimeo_bulk_result_take(res, &out, &len, &e);
+    if (rc == MIMEO_EEXPECTATION && out) {
+        /* all_or_nothing: the failures, and nothing was written. */
+        http_reply_mimeo(r, 417, out, len);
+        return;
+    }
+    http_reply_result(r, rc, 201, out, len, &e);
+}
+
+/* The reply, then the connection resumes; op is freed. */
+static void http_bulk_finish(http_bulk_op *op, mimeo_bulk_result *res) {
+    http_req *r = op->r;
+    if (op->body) http_bulk_no_design_reply(op, res);
+    else http_bulk_reply(r, res);
+    jval_free(op->body);
+    free(op);
+    http_async_end(r);
+}
+
+static void http_bulk_reply_task(http_task *t) {
+    http_bulk_op *op = (http_bulk_op *)((char *)t - offsetof(http_bulk_op, task));
+    http_bulk_finish(op, op->res);
+}
+
+static void http_bulk_done(void *arg, mimeo_bulk_result *res) {
+    http_bulk_op *op = arg;
+    size_t entries = op->body ? op->entries : mimeo_bulk_result_count(res);
+    if (entries > HTTP_BULK_REPLY_INLINE &&
+        !pthread_equal(pthread_self(), op->caller)) {
+        op->res = res;
+        op->task = (http_task){.run = http_bulk_reply_task};
+        http_loop_submit(op->r->srv, &op->task);
+        return;
+    }
+    http_bulk_finish(op, res);
+}
+
+/* The connection suspended until op's reply (NULL, with 500 answered, out of memory). */
+static http_bulk_op *http_bulk_op_new(http_req *r) {
+    http_bulk_op *op = malloc(sizeof *op);
+    if (!op) {
+        http_reply_error(r, 500, "internal_server_error", "out of memory");
+        return NULL;
+    }
+    *op = (http_bulk_op){.r = r, .caller = pthread_self()};
+    http_async_begin(r);
+    return op;
+}
+
 static void http_bulk_docs_no_design(http_req *r) {
     const char *reason = "You are not a db or server admin.";
     const char *error = r->user.known ? "forbidden" : "unauthorized";
@@ -198,9 +337,8 @@ static void http_bulk_docs_no_design(http_req *r) {
         return;
     }
     /* The body without its design documents; the other members as sent. */
-    buf in, outb;
+    buf in;
     buf_init(&in, 0);
-    buf_init(&outb, 0);
     int rc = buf_putc(&in, '{');
     for (size_t i = 0, n = 0; rc == 0 && i < body->count; i++) {
         if (strcmp(body->keys[i], "docs") == 0) continue;
@@ -216,54 +354,25 @@ static void http_bulk_docs_no_design(http_req *r) {
         rc |= json_put_jval(&in, docs->items[i]);
     }
     rc |= buf_puts(&in, "]}");
-    /* The library's entries as JSON in one buffer, each ending at ends[k]. */
-    bulk_results res = {0};
-    buf_init(&res.text, 0);
-    mimeo_err e = {0};
-    mimeo_bulk_docs_opts bo = {.entry_fn = bulk_result_put, .entry_ctx = &res};
-    char *out = NULL;
-    size_t len = 0;
-    if (rc == 0) rc = mimeo_bulk_docs_as(r->db, in.data, in.len, &bo, &out, &len, &e);
-    else rc = MIMEO_ENOMEM;
-    buf_destroy(&in);
-    mimeo_free(out);   /* stays NULL with entry_fn */
     if (rc != 0) {
+        buf_destroy(&in);
         jval_free(body);
-        bulk_results_destroy(&res);
-        http_reply_err(r, rc, &e);
-        return;
-    }
-    /* One result per written document, in order (new_edits: false lists failures only, so
-     * then the refusals follow them). */
-    bool aligned = res.n == kept;
-    rc = buf_putc(&outb, '[');
-    size_t next = 0, n = 0;
-    for (size_t i = 0; rc == 0 && i < docs->count; i++) {
-        const jval *d = docs->items[i];
-        if (!http_is_design(d)) {
-            if (aligned) rc |= bulk_result_copy(&outb, &res, next++, &n);
-            continue;
-        }
-        for (; rc == 0 && !aligned && next < res.n; next++)
-            rc |= bulk_result_copy(&outb, &res, next, &n);
-        if (n++) rc |= buf_putc(&outb, ',');
-        const jval *id = jval_get(d, "_id");
-        rc |= buf_puts(&outb, "{\"id\":");
-        rc |= json_put_str(&outb, id->str, id->len);
-        rc |= buf_printf(&outb, ",\"error\":\"%s\",\"reason\":", error);
-        rc |= json_put_cstr(&outb, reason);
-        rc |= buf_putc(&outb, '}');
-    }
-    for (; rc == 0 && next < res.n; next++) rc |= bulk_result_copy(&outb, &res, next, &n);
-    rc |= buf_puts(&outb, "]\n");
-    jval_free(body);
-    bulk_results_destroy(&res);
-    if (rc != 0) {
-        buf_destroy(&outb);
         http_reply_err(r, MIMEO_ENOMEM, NULL);
         return;
     }
-    http_reply_buf(r, 201, &outb);
+    http_bulk_op *op = http_bulk_op_new(r);
+    if (!op) {
+        buf_destroy(&in);
+        jval_free(body);
+        return;
+    }
+    op->body = body;
+    op->kept = kept;
+    op->entries = docs->count;
+    /* What the library parses is `in`, read before the call returns; op keeps the tree
+     * for the reply. */
+    mimeo_bulk_docs_async(r->db, in.data, in.len, NULL, http_bulk_done, op);
+    buf_destroy(&in);
 }
 
 void http_h_bulk_docs(http_req *r) {
@@ -272,21 +381,14 @@ void http_h_bulk_docs(http_req *r) {
         http_bulk_docs_no_design(r);
         return;
     }
-    char *out = NULL;
-    size_t len = 0;
-    mimeo_err e = {0};
+    http_bulk_op *op = http_bulk_op_new(r);
+    if (!op) return;
     mimeo_user_ctx user;
     char *sec = http_user_ctx(r, &user);
     mimeo_bulk_docs_opts bo = {.user = &user, .max_docs = http_caps_bulk_docs(r)};
-    int rc = mimeo_bulk_docs_as(r->db, r->body.data ? r->body.data : "", r->body.len, &bo,
-                                &out, &len, &e);
+    mimeo_bulk_docs_async(r->db, r->body.data ? r->body.data : "", r->body.len, &bo,
+                          http_bulk_done, op);
     free(sec);
-    if (rc == MIMEO_EEXPECTATION && out) {
-        /* all_or_nothing: the failures, and nothing was written. */
-        http_reply_mimeo(r, 417, out, len);
-        return;
-    }
-    http_reply_result(r, rc, 201, out, len, &e);
 }
 
 void http_h_bulk_get(http_req *r) {

@@ -67,6 +67,9 @@ struct store {
     pthread_t        writer;
     store_group_hooks hooks;
     store_commit_stats stats;     /* test hook: guarded by lock */
+#ifdef MIMEO_TEST_HOOKS
+    unsigned         test_commit_delay_ms; /* MIMEO_TEST_COMMIT_DELAY_MS: a slow disk */
+#endif
 };
 
 int store_err(int rc) {
@@ -170,6 +173,15 @@ static int store_run_group(store *s, store_job *jobs, store_job **rest) {
             }
         }
         if (!rc && s->hooks.before_commit) rc = s->hooks.before_commit(txn, s->hooks.ctx);
+#ifdef MIMEO_TEST_HOOKS
+        /* Test builds only: commits as slow as a slow disk's, so that tests can hold
+         * writes waiting for their group (tests/interop/bulk_async.test.mjs). */
+        if (!rc && s->test_commit_delay_ms) {
+            struct timespec ts = {s->test_commit_delay_ms / 1000,
+                                  (long)(s->test_commit_delay_ms % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+#endif
         if (!rc) {
             rc = store_write_error(s, store_err(mdb_txn_commit(txn)));
         } else {
@@ -530,6 +542,10 @@ int store_open(const char *dir, size_t initial_map_size, store **out, char *reas
         return MIMEO_ENOMEM;
     }
     s->lock_fd = lock_fd;
+#ifdef MIMEO_TEST_HOOKS
+    const char *delay = getenv("MIMEO_TEST_COMMIT_DELAY_MS");
+    if (delay) s->test_commit_delay_ms = (unsigned)strtoul(delay, NULL, 10);
+#endif
     s->map_size = initial_map_size ? initial_map_size : (size_t)64 << 20;
 
     pthread_rwlockattr_t attr;
