@@ -370,8 +370,13 @@ static void http_bulk_docs_no_design(http_req *r) {
     op->kept = kept;
     op->entries = docs->count;
     /* What the library parses is `in`, read before the call returns; op keeps the tree
-     * for the reply. */
-    mimeo_bulk_docs_async(r->db, in.data, in.len, NULL, http_bulk_done, op);
+     * for the reply. validate_doc_update sees the member (the cap was checked on the body
+     * as sent, http_caps_refuse). */
+    mimeo_user_ctx user;
+    char *sec = http_user_ctx(r, &user);
+    mimeo_bulk_docs_opts bo = {.user = &user};
+    mimeo_bulk_docs_async(r->db, in.data, in.len, &bo, http_bulk_done, op);
+    free(sec);
     buf_destroy(&in);
 }
 

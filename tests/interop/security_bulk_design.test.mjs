@@ -71,4 +71,21 @@ describe('design documents in a member\'s _bulk_docs', () => {
     assert.equal(r.status, 201, r.text);
     assert.ok(r.json.every((e) => e.ok), r.text);
   });
+
+  test('validate_doc_update sees the member in a batch with design documents', async () => {
+    // A database of its own, so the validator does not bother the other cases.
+    assert.equal((await request(base, 'PUT', '/vdb', { headers: ADMIN })).status, 201);
+    assert.equal((await request(base, 'PUT', '/vdb/_security', { headers: ADMIN,
+      body: { admins: { names: ['dan'], roles: [] }, members: { names: ['mia'], roles: [] } } })).status, 200);
+    const vdu = 'function (newDoc, oldDoc, userCtx) { if (newDoc.owner !== userCtx.name) ' +
+      "throw({ forbidden: 'owner must be ' + userCtx.name }); }";
+    assert.equal((await request(base, 'PUT', '/vdb/_design/owner', { headers: ADMIN,
+      body: { validate_doc_update: vdu } })).status, 201);
+    const r = await request(base, 'POST', '/vdb/_bulk_docs', { headers: MEMBER, body: {
+      docs: [{ _id: 'mine', owner: 'mia' }, { _id: '_design/q' }, { _id: 'theirs', owner: 'dan' }] } });
+    assert.equal(r.status, 201, r.text);
+    assert.equal(r.json[0].ok, true, r.text);
+    assert.deepEqual(r.json[1], { id: '_design/q', error: 'forbidden', reason: REASON });
+    assert.deepEqual(r.json[2], { id: 'theirs', error: 'forbidden', reason: 'owner must be mia' });
+  });
 });
