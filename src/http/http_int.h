@@ -78,6 +78,9 @@ void http_loop_fire_all(http_server *s);
 size_t http_loop_armed(http_server *s);
 /* server.c: header and body timeouts; called by the timer thread once a second. */
 void http_conns_sweep(http_server *s, uint64_t now);
+/* authz.c: a commit touched _users (loop.c's commit watcher, on the writer thread, before
+ * the writers are answered): memoized accounts are looked up again. */
+void http_auth_users_touched(http_server *s);
 /* server.c: connections handed to event thread i so far and open on it now (metrics). */
 bool http_event_thread_stats(http_server *s, unsigned i, uint64_t *handed, uint64_t *open);
 /* Resumes a connection a worker has finished with; the worker must not touch its request
@@ -156,6 +159,8 @@ typedef struct http_req {
     bool                  authn_done;  /* Basic credentials already taken on the event
                                           thread (http_authenticate_quick) */
     char                 *set_cookie;  /* Set-Cookie for the reply, or NULL */
+    bool                  memo_user;   /* user is the connection's memo's, found current for
+                                          this request: its db standing may be memoized too */
     bool                  bulk_no_design; /* a member's _bulk_docs: design docs refused per
                                               entry (authz.c), the others written */
     uint64_t              started_ns;  /* when the request line arrived (metrics.c) */

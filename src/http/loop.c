@@ -183,6 +183,7 @@ bool http_loop_wait(http_server *s, http_task *t, mimeo_db *db, uint64_t seq, ui
 
 /* The commit watcher: on the writer thread, so it only moves tasks to the queue. */
 static void loop_on_commit(struct http_loop *l, mimeo_db *db) {
+    if (strcmp(mimeo_db_name(db), "_users") == 0) http_auth_users_touched(l->srv);
     pthread_mutex_lock(&l->lock);
     http_task *t = l->buckets[bucket_of(db)];
     bool any = false;
