@@ -3,14 +3,17 @@
 # valgrind's callgrind, for the four variants of bench/auth.sh: open (no admin), Basic as a
 # config admin, an AuthSession cookie, and Basic as a _users account that is a member of the
 # database. Unlike rates, the counts do not move with the machine's load. Each variant is
-# warmed (first password check, caches) before counting starts.
+# warmed (first password check, caches) before counting starts. Then instructions per
+# document of _bulk_docs (BULK docs of 1 KiB in batches of 1,000 into a new database) for
+# open, Basic and cookie: valgrind hashes revisions with the portable SHA-256, so these are
+# mostly that (see bench/instr.sh), the same in every variant.
 #   make build/mimeo build/loadgen && bench/auth_instr.sh [MIMEO_BIN] [SECONDS]
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-$ROOT/build/mimeo}
 SECS=${2:-6}
 LG=$ROOT/build/loadgen
-DOCS=2000
+DOCS=2000 BULK=${BULK:-4000}
 command -v valgrind >/dev/null || { echo "auth_instr: valgrind is not installed" >&2; exit 1; }
 mkdir -p "$ROOT/build/bench"
 TMP=$(mktemp -d "$ROOT/build/bench/auth_instr.XXXXXX")
@@ -42,10 +45,21 @@ measure() { # variant base-url: warm, then count one timed run; prints instructi
   awk -v v="$1" -v t="$total" -v n="${n:-0}" -v f="$f" \
     'BEGIN { if (n > 0) printf "%-8s %8.0f instructions per GET (%d GETs, %s)\n", v, t / n, n, f; else print v ": no GETs" }'
 }
+measure_bulk() { # variant admin-url client-url: counts one _bulk_docs run into a new database
+  curl -s -X PUT "$2/bulk_$1" > /dev/null
+  callgrind_control -z "$PID" > /dev/null 2>&1; callgrind_control -i on "$PID" > /dev/null 2>&1
+  "$LG" bulk "$3/bulk_$1" --docs "$BULK" --batch 1000 --ids seq --size 1024 > /dev/null 2>&1
+  callgrind_control -i off "$PID" > /dev/null 2>&1; callgrind_control -d "bulk_$1" "$PID" > /dev/null 2>&1
+  local f; f=$(ls -t "$OUT.$PID".* | head -1)
+  local total; total=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  awk -v v="bulk $1" -v t="$total" -v n="$BULK" -v f="$f" \
+    'BEGIN { printf "%-12s %8.0f instructions per document (%d docs, %s)\n", v, t / n, n, f }'
+}
 start
 curl -s -X PUT "$URL/bench" > /dev/null
 "$LG" bulk "$URL/bench" --docs "$DOCS" --batch 1000 --ids seq --size 1024 > /dev/null 2>&1
 measure open "$URL"
+measure_bulk open "$URL" "$URL"
 kill "$PID"; wait "$PID" 2>/dev/null
 start --set admins.bench=bench-pw
 A=${URL/http:\/\//http://bench:bench-pw@}
@@ -56,10 +70,12 @@ curl -s -X PUT "$A/_users/org.couchdb.user:reader" -H 'Content-Type: application
 curl -s -X PUT "$A/bench/_security" -H 'Content-Type: application/json' \
   -d '{"admins":{"names":[],"roles":[]},"members":{"names":["reader"],"roles":[]}}' > /dev/null
 measure basic "$A"
+measure_bulk basic "$A" "$A"
 BENCH_COOKIE=$(curl -s -D - -o /dev/null -H 'Content-Type: application/json' \
   -d '{"name":"bench","password":"bench-pw"}' "$URL/_session" | grep -io 'AuthSession=[^;]*' | head -1)
 export BENCH_COOKIE
 measure cookie "$URL"
+measure_bulk cookie "$A" "$URL"
 export -n BENCH_COOKIE
 measure account "${URL/http:\/\//http://reader:reader-pw@}"
 kill "$PID"; wait "$PID" 2>/dev/null; PID=""
