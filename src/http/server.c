@@ -826,7 +826,15 @@ static void *http_accept_main(void *arg) {
         bool full = http_open_total(s) >= s->accept_limit;
         p[0].revents = p[1].revents = 0;
         int rc = full ? poll(&p[1], 1, 10) : poll(p, 2, -1);
-        if (rc < 0 && errno != EINTR) break;
+        if (rc < 0 && errno == ENOMEM) {
+            struct timespec ts = { 0, 10 * 1000 * 1000 };
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        if (rc < 0 && errno != EINTR) {
+            fprintf(stderr, "mimeo: http: the accept thread stopped: %s\n", strerror(errno));
+            break;
+        }
         if (p[1].revents) break;
         if (full || !(p[0].revents & POLLIN)) continue;
         /* Takes what the backlog holds, up to the limit. */
