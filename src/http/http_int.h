@@ -30,8 +30,8 @@ struct http_server {
     struct http_evd    *evds;     /* one libmicrohttpd daemon per event thread (server.c) */
     unsigned            nevds;
     unsigned            accept_limit; /* open connections past which nothing is accepted */
-    int                 listen_fd;/* owned by the accept thread; closed at http_server_free */
-    int                 wake_fd[2];   /* a byte here stops the accept thread */
+    int                 listen_fd; /* the accept thread's; closed at http_server_free */
+    int                 wake_fd[2];/* a byte here stops the accept thread */
     pthread_t           acceptor;
     bool                acceptor_started;
     unsigned            port;
