@@ -503,11 +503,15 @@ static bool auth_cookie_memo_holds(const auth_cookie_memo *m, const auth_cookie 
            memcmp(m->salt, salt, salt_len) == 0 && memcmp(m->secret, secret, secret_len) == 0;
 }
 
+bool auth_cookie_fresh(const auth_cookie *c, uint64_t now, unsigned timeout) {
+    return c->time <= now + 60 && now < c->time + timeout;   /* clock skew: 60 s */
+}
+
 bool auth_cookie_valid(const auth_cookie *c, const char *salt, size_t salt_len,
                        const unsigned char *secret, size_t secret_len, uint64_t now,
                        unsigned timeout) {
     if (c->mac_len != 32 || salt_len > AUTH_SALT_MAX) return false;
-    if (!(c->time <= now + 60 && now < c->time + timeout)) return false;   /* clock skew: 60 s */
+    if (!auth_cookie_fresh(c, now, timeout)) return false;
     if (secret_len > AUTH_SECRET_MAX) secret_len = AUTH_SECRET_MAX;   /* as auth_cookie_mac */
     auth_cookie_memo *m = auth_cookie_memo_slot(c->mac);
     pthread_mutex_lock(&cookie_memo_lock);

@@ -163,7 +163,11 @@ int  auth_cookie_make(buf *out, const char *name, uint64_t t, const char *salt, 
                       const unsigned char *secret, size_t secret_len);
 /* Splits a cookie value. 0 or MIMEO_EINVAL (bad base64, missing parts, name too long). */
 int  auth_cookie_parse(const char *v, size_t n, auth_cookie *out);
-/* True when c's MAC matches and now < time + timeout. */
+/* True when c has not expired: made no later than now (60 s of clock skew allowed) and
+ * now < time + timeout. A cookie whose MAC was proven stays valid while this holds and its
+ * user's salt is unchanged. */
+bool auth_cookie_fresh(const auth_cookie *c, uint64_t now, unsigned timeout);
+/* True when c's MAC matches and it is fresh (auth_cookie_fresh). */
 bool auth_cookie_valid(const auth_cookie *c, const char *salt, size_t salt_len,
                        const unsigned char *secret, size_t secret_len, uint64_t now,
                        unsigned timeout);

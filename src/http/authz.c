@@ -55,6 +55,9 @@ struct http_auth {
     auth_pw           dummy;          /* checked for unknown names: same cost as a real one */
     pthread_mutex_t   users_lock;
     user_cache_slot   users[USER_CACHE_SLOTS];
+    /* Moves on every commit that touches _users (http_auth_users_touched), before the
+     * writer's reply can leave: a connection's memoized account stands while it is unmoved. */
+    atomic_uint_fast64_t users_gen;
 };
 
 /* _security objects by "<env>:<key>", shared by every server of the process (HTTP and HTTPS
@@ -233,9 +236,22 @@ static void http_user_keep(struct http_auth *a, const mimeo_db_info *info, const
     pthread_mutex_unlock(&a->users_lock);
 }
 
-int http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u) {
+/* Which _users a lookup read, for the connection memo: an account stands only while _users
+ * is still that database at that update_seq; a config admin stands for the server's life. */
+typedef struct users_stamp {
+    bool     account;   /* from _users (else a config admin) */
+    uint64_t gen;       /* users_gen, read before anything of _users */
+} users_stamp;
+
+void http_auth_users_touched(http_server *s) {
+    atomic_fetch_add(&s->auth->users_gen, 1);
+}
+
+static int http_auth_lookup_stamped(http_server *s, const char *name, auth_pw *pw, auth_user *u,
+                                    users_stamp *st) {
     struct http_auth *a = s->auth;
     memset(u, 0, sizeof *u);
+    memset(st, 0, sizeof *st);
     size_t nlen = strlen(name);
     if (nlen == 0 || nlen > AUTH_NAME_MAX) return MIMEO_ENOTFOUND;
     for (size_t i = 0; i < a->nadmins; i++) {
@@ -245,6 +261,8 @@ int http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u
         memcpy(u->name, name, nlen + 1);   /* runs on every authenticated request */
         return auth_user_add_role(u, "_admin", 6);
     }
+    st->account = true;
+    st->gen = atomic_load(&a->users_gen);
     mimeo_db *db = NULL;
     if (mimeo_db_open(s->env, "_users", &db, NULL) != 0) return MIMEO_ENOTFOUND;
     /* update_seq is read before the document: the document is then at least that new, so an
@@ -274,6 +292,11 @@ int http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u
     return rc;
 }
 
+int http_auth_lookup(http_server *s, const char *name, auth_pw *pw, auth_user *u) {
+    users_stamp st;
+    return http_auth_lookup_stamped(s, name, pw, u, &st);
+}
+
 static void http_client_addr(http_req *r, char *out, size_t n) {
     snprintf(out, n, "?");
     const union MHD_ConnectionInfo *ci =
@@ -291,13 +314,13 @@ static void http_sleep_ms(int64_t ms) {
     while (nanosleep(&ts, &ts) != 0) {}
 }
 
-int http_auth_login(http_req *r, const char *name, const char *password, auth_user *u,
-                    auth_pw *pw) {
+static int http_auth_login_stamped(http_req *r, const char *name, const char *password,
+                                   auth_user *u, auth_pw *pw, users_stamp *st) {
     struct http_auth *a = r->srv->auth;
     auth_pw h;
     /* Fast path for Basic on every request: a password already proven right against the
      * stored hash needs neither PBKDF2 nor the slowdown (which only has to slow wrong ones). */
-    if (http_auth_lookup(r->srv, name, &h, u) == 0) {
+    if (http_auth_lookup_stamped(r->srv, name, &h, u, st) == 0) {
         if (auth_cache_hit(&a->cache, name, &h, password, strlen(password))) {
             if (pw) *pw = h;
             return 0;
@@ -312,7 +335,7 @@ int http_auth_login(http_req *r, const char *name, const char *password, auth_us
     /* Unchecked when no hash slot frees in time: neither a success nor a failure. */
     if (auth_gate_enter(&hash_gate, r->srv->cfg.auth.hash_wait_ms) != 0) return MIMEO_EBUSY;
     bool ok;
-    if (http_auth_lookup(r->srv, name, &h, u) == 0) {
+    if (http_auth_lookup_stamped(r->srv, name, &h, u, st) == 0) {
         ok = auth_cache_check(&a->cache, name, &h, password, strlen(password));
     } else {
         /* Unknown name: spend the same time as a wrong password, so that timing does not
@@ -328,6 +351,12 @@ int http_auth_login(http_req *r, const char *name, const char *password, auth_us
     }
     if (pw) *pw = h;
     return 0;
+}
+
+int http_auth_login(http_req *r, const char *name, const char *password, auth_user *u,
+                    auth_pw *pw) {
+    users_stamp st;
+    return http_auth_login_stamped(r, name, password, u, pw, &st);
 }
 
 void http_auth_reply_failure(http_req *r, int rc) {
@@ -374,14 +403,23 @@ static const char *http_session_cookie(http_req *r, size_t *len) {
     return v;
 }
 
-/* Credentials a connection has already proven. Clients keep their connections open (PouchDB,
- * nano and loadgen all do) and send the same Authorization header or cookie every time;
- * matching it against the one proven before skips the base64, the password proof's SHA-256
- * or the cookie parse, which were most of what authentication added to a GET. The user is
- * still looked up on every request, and the stored hash (Basic) or salt (cookie, through
- * auth_cookie_valid) must still be the one proven, so a changed password, changed roles or
- * a removed user count at once. The header is kept while the connection lives, as it sits in
- * the connection's buffers anyway for each request. */
+/* Credentials a connection has already proven, and what they proved. Clients keep their
+ * connections open (PouchDB, nano and loadgen all do) and send the same Authorization header
+ * or cookie every time; matching it against the one proven before skips the base64, the
+ * password proof's SHA-256, the cookie's parse and MAC, the account's lookup and, for the
+ * last database asked about, the _security check. The memo stands only while what it was
+ * derived from does:
+ *  - a _users account's, while no commit has touched _users since it was looked up (every
+ *    write to it — a new password, new roles, a deleted user, _users deleted — moves
+ *    users_gen before the write is answered, and the next request then looks the user up
+ *    again and checks the stored hash or salt as proven); a config admin's, for the
+ *    server's life (the configuration is read once);
+ *  - a cookie's, while auth_cookie_fresh says it has not expired (and past half its life the
+ *    reply still carries a fresh one);
+ *  - the standing in a database (admin, member), while it is the same database (name and
+ *    creation time) and no _security object has been stored since (sec_generation).
+ * The header is kept while the connection lives, as it sits in the connection's buffers
+ * anyway for each request. */
 struct http_auth_memo {
     bool          cookie;                /* an AuthSession cookie, else a Basic header */
     char         *raw;                   /* what the client sent */
@@ -390,12 +428,26 @@ struct http_auth_memo {
     unsigned char key[AUTH_KEY_MAX];     /* Basic: the stored derived key it matched */
     size_t        key_len;
     auth_cookie   ck;                    /* cookie: as parsed */
+    auth_pw       pw;                    /* cookie: the user's hash (its salt for a refresh) */
+    auth_user     user;                  /* who it proved to be, with the roles */
+    users_stamp   stamp;                 /* the _users it was looked up in */
+    bool          standing;              /* db_* below hold */
+    uint64_t      sec_gen;               /* sec_generation when the standing was found */
+    char         *db_name;
+    uint64_t      db_created;
+    bool          db_admin, member;
 };
+
+/* Moves on every _security object stored in this process (HTTP and HTTPS servers share the
+ * objects): a connection's memoized standing in a database stands only while it is unmoved. */
+static atomic_uint_fast64_t sec_generation;
 
 void http_auth_memo_free(struct http_auth_memo *m) {
     if (!m) return;
     if (m->raw) memset(m->raw, 0, m->raw_len);
     free(m->raw);
+    free(m->db_name);
+    auth_user_destroy(&m->user);
     memset(m, 0, sizeof *m);
     free(m);
 }
@@ -408,9 +460,36 @@ static struct http_auth_memo *http_auth_memo_match(http_req *r, bool cookie, con
     return m;
 }
 
-/* Remembers what r just proved; a failure to allocate only costs the next request a check. */
+/* Whether the user m proved is still as it was looked up (see above). */
+static bool http_auth_memo_current(http_server *s, const struct http_auth_memo *m) {
+    return !m->stamp.account || m->stamp.gen == atomic_load(&s->auth->users_gen);
+}
+
+static int http_auth_user_copy(auth_user *dst, const auth_user *src) {
+    dst->known = src->known;
+    memcpy(dst->name, src->name, sizeof dst->name);
+    dst->nroles = 0;
+    for (size_t i = 0; i < src->nroles; i++)
+        if (auth_user_add_role(dst, src->roles[i], strlen(src->roles[i])) != 0) {
+            auth_user_destroy(dst);
+            return MIMEO_ENOMEM;
+        }
+    return 0;
+}
+
+/* The memo's user as r's (r->user empty before); false (r->user left empty) when out of memory. */
+static bool http_auth_memo_use(http_req *r, const struct http_auth_memo *m) {
+    if (http_auth_user_copy(&r->user, &m->user) != 0) return false;
+    r->memo_user = true;
+    return true;
+}
+
+/* Remembers what r just proved (r->user, looked up in st); a failure to allocate only costs
+ * the next request a check. A memo of the same credentials keeps its standing only when the
+ * user is unchanged, which a fresh lookup cannot promise: it starts over. */
 static void http_auth_memo_keep(http_req *r, bool cookie, const char *raw, size_t n,
-                                const char *name, const auth_pw *h, const auth_cookie *ck) {
+                                const char *name, const auth_pw *h, const auth_cookie *ck,
+                                const users_stamp *st) {
     struct http_auth_memo **mp = http_req_auth_memo(r);
     if (!mp || n > 4096) return;
     struct http_auth_memo *m = calloc(1, sizeof *m);
@@ -424,20 +503,37 @@ static void http_auth_memo_keep(http_req *r, bool cookie, const char *raw, size_
     m->cookie = cookie;
     snprintf(m->name, sizeof m->name, "%s", name);
     if (h) {
+        m->pw = *h;
         memcpy(m->key, h->key, h->key_len);
         m->key_len = h->key_len;
     }
     if (ck) m->ck = *ck;
+    m->stamp = *st;
+    if (http_auth_user_copy(&m->user, &r->user) != 0) {
+        http_auth_memo_free(m);
+        return;
+    }
     http_auth_memo_free(*mp);
     *mp = m;
+    r->memo_user = true;
 }
 
-/* Basic credentials this connection proved before, against the user's hash as it is now. */
+/* Basic credentials this connection proved before: from the memo while it stands, else
+ * against the user's hash as it is now (and the memo renewed). */
 static bool http_auth_memo_basic(http_req *r, const char *hdr) {
-    const struct http_auth_memo *m = http_auth_memo_match(r, false, hdr, strlen(hdr));
+    size_t n = strlen(hdr);
+    const struct http_auth_memo *m = http_auth_memo_match(r, false, hdr, n);
+    if (!m) return false;
+    if (http_auth_memo_current(r->srv, m)) return http_auth_memo_use(r, m);
     auth_pw h;
-    if (!m || http_auth_lookup(r->srv, m->name, &h, &r->user) != 0) return false;
-    if (h.key_len == m->key_len && auth_ct_equal(h.key, m->key, m->key_len)) return true;
+    users_stamp st;
+    if (http_auth_lookup_stamped(r->srv, m->name, &h, &r->user, &st) != 0) return false;
+    if (h.key_len == m->key_len && auth_ct_equal(h.key, m->key, m->key_len)) {
+        char name[AUTH_NAME_MAX + 1];
+        memcpy(name, m->name, sizeof name);   /* m is replaced */
+        http_auth_memo_keep(r, false, hdr, n, name, &h, NULL, &st);
+        return true;
+    }
     auth_user_destroy(&r->user);
     return false;
 }
@@ -454,6 +550,7 @@ bool http_authenticate_quick(http_req *r) {
     bool done = http_auth_memo_basic(r, hdr);
     if (!done && auth_basic_parse(hdr, &name, &pw) == 0) {
         auth_pw h;
+        users_stamp st;
         if (strcmp(name, "_mesh") == 0) {
             if (mesh_node_http_auth(mesh_node_current(), pw)) {
                 r->user.known = true;
@@ -461,9 +558,9 @@ bool http_authenticate_quick(http_req *r) {
                 done = auth_user_add_role(&r->user, "_admin", 6) == 0;
                 if (!done) auth_user_destroy(&r->user);
             }
-        } else if (http_auth_lookup(r->srv, name, &h, &r->user) == 0) {
+        } else if (http_auth_lookup_stamped(r->srv, name, &h, &r->user, &st) == 0) {
             done = auth_cache_hit(&r->srv->auth->cache, name, &h, pw, strlen(pw));
-            if (done) http_auth_memo_keep(r, false, hdr, strlen(hdr), name, &h, NULL);
+            if (done) http_auth_memo_keep(r, false, hdr, strlen(hdr), name, &h, NULL, &st);
             else auth_user_destroy(&r->user);
         }
     }
@@ -500,8 +597,9 @@ static bool http_authenticate(http_req *r) {
             rc = 0;
         } else if (rc == 0) {
             auth_pw h;
-            rc = http_auth_login(r, name, pw, &r->user, &h);
-            if (rc == 0) http_auth_memo_keep(r, false, hdr, strlen(hdr), name, &h, NULL);
+            users_stamp st;
+            rc = http_auth_login_stamped(r, name, pw, &r->user, &h, &st);
+            if (rc == 0) http_auth_memo_keep(r, false, hdr, strlen(hdr), name, &h, NULL, &st);
         }
         if (pw) memset(pw, 0, strlen(pw));
         free(name);
@@ -519,16 +617,24 @@ static bool http_authenticate(http_req *r) {
         auth_cookie ck;
         auth_pw h;
         auth_user u;
+        users_stamp st;
         uint64_t now = (uint64_t)time(NULL);
         const struct http_auth_memo *m = http_auth_memo_match(r, true, cookie, clen);
+        if (m && auth_cookie_fresh(&m->ck, now, c->timeout_s) &&
+            http_auth_memo_current(r->srv, m) && http_auth_memo_use(r, m)) {
+            r->authn = "cookie";
+            if (now > m->ck.time + c->timeout_s / 2)
+                http_auth_set_cookie(r, m->ck.name, &m->pw, false);
+            return true;
+        }
         if (m) ck = m->ck;
         if ((m || auth_cookie_parse(cookie, clen, &ck) == 0) &&
-            http_auth_lookup(r->srv, ck.name, &h, &u) == 0) {
+            http_auth_lookup_stamped(r->srv, ck.name, &h, &u, &st) == 0) {
             if (auth_cookie_valid(&ck, h.salt, h.salt_len, a->secret, a->secret_len, now,
                                   c->timeout_s)) {
-                if (!m) http_auth_memo_keep(r, true, cookie, clen, ck.name, NULL, &ck);
                 r->user = u;
                 r->authn = "cookie";
+                http_auth_memo_keep(r, true, cookie, clen, ck.name, &h, &ck, &st);
                 /* Past half its life the reply carries a fresh cookie. */
                 if (now > ck.time + c->timeout_s / 2) http_auth_set_cookie(r, ck.name, &h, false);
                 return true;
@@ -608,9 +714,45 @@ static void http_sec_cache_put(http_req *r, const char *key, const char *json) {
     pthread_mutex_unlock(&sec_lock);
 }
 
+static int http_security_standing_read(http_req *r, bool *db_admin, bool *member);
+
 /* Whether r's user is an admin / a member of r->db by its _security object: from the cached
  * tree when there is one (no copy, no parse), else through http_security_text. */
 static int http_security_standing(http_req *r, bool *db_admin, bool *member) {
+    /* The connection's memo, when r's user is its user (checked current for this request). */
+    struct http_auth_memo **mp = r->memo_user ? http_req_auth_memo(r) : NULL, *m = mp ? *mp : NULL;
+    mimeo_db_info dbi;
+    const char *dbname = mimeo_db_name(r->db);
+    uint64_t gen = atomic_load(&sec_generation);
+    bool have_dbi = m && mimeo_db_info_get(r->db, &dbi) == 0;
+    if (have_dbi && m->standing && m->sec_gen == gen && m->db_created == dbi.instance_start_time &&
+        strcmp(m->db_name, dbname) == 0) {
+        *db_admin = m->db_admin;
+        *member = m->member;
+        return 0;
+    }
+    int rc = http_security_standing_read(r, db_admin, member);
+    /* gen was read before the object: a _security stored meanwhile moves it past the memo. */
+    if (rc == 0 && have_dbi) {
+        if (!m->db_name || strcmp(m->db_name, dbname) != 0) {
+            char *n = strdup(dbname);
+            if (!n) {
+                m->standing = false;
+                return rc;
+            }
+            free(m->db_name);
+            m->db_name = n;
+        }
+        m->db_created = dbi.instance_start_time;
+        m->sec_gen = gen;
+        m->db_admin = *db_admin;
+        m->member = *member;
+        m->standing = true;
+    }
+    return rc;
+}
+
+static int http_security_standing_read(http_req *r, bool *db_admin, bool *member) {
     buf key;
     buf_init(&key, 0);
     char *ck = http_sec_key(r, &key) == 0 ? http_sec_cache_key(r, key.data) : NULL;
@@ -717,6 +859,8 @@ int http_security_store(http_req *r, const jval *sec, mimeo_err *err) {
         if (json_put_jval(&txt, sec) == 0) http_sec_cache_put(r, key.data, buf_cstr(&txt));
         buf_destroy(&txt);
     }
+    /* Even a failed store may have written: memoized standings are looked at again. */
+    atomic_fetch_add(&sec_generation, 1);
     pthread_mutex_unlock(&sec_io_lock);
     mimeo_free(old);
     jval_free(oldv);

@@ -5,6 +5,7 @@
 #ifndef MIMEO_HTTP_INT_H
 #define MIMEO_HTTP_INT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -26,12 +27,17 @@
 struct http_server {
     mimeo_env          *env;
     http_config         cfg;
-    struct MHD_Daemon  *daemon;
+    struct http_evd    *evds;     /* one libmicrohttpd daemon per event thread (server.c) */
+    unsigned            nevds;
+    unsigned            accept_limit; /* open connections past which nothing is accepted */
+    int                 listen_fd; /* the accept thread's; closed at http_server_free */
+    int                 wake_fd[2];/* a byte here stops the accept thread */
+    pthread_t           acceptor;
+    bool                acceptor_started;
     unsigned            port;
     json_limits         limits;   /* for query values and small request bodies */
     atomic_bool         stopping; /* set first on shutdown: waiting feeds end */
     atomic_int          busy;     /* requests between their first call and completion */
-    MHD_socket          listen_sock; /* ours to close once quiesced */
     struct http_auth   *auth;     /* accounts, secret, caches (authz.c) */
     atomic_size_t       buffered; /* request body bytes held by all connections */
     struct qs_pool     *qs;       /* JavaScript query servers, started lazily (h_filter.c) */
@@ -72,6 +78,11 @@ void http_loop_fire_all(http_server *s);
 size_t http_loop_armed(http_server *s);
 /* server.c: header and body timeouts; called by the timer thread once a second. */
 void http_conns_sweep(http_server *s, uint64_t now);
+/* authz.c: a commit touched _users (loop.c's commit watcher, on the writer thread, before
+ * the writers are answered): memoized accounts are looked up again. */
+void http_auth_users_touched(http_server *s);
+/* server.c: connections handed to event thread i so far and open on it now (metrics). */
+bool http_event_thread_stats(http_server *s, unsigned i, uint64_t *handed, uint64_t *open);
 /* Resumes a connection a worker has finished with; the worker must not touch its request
  * or feed afterwards (MHD may free them at once). */
 void http_resume(http_server *s, struct MHD_Connection *conn);
@@ -148,6 +159,8 @@ typedef struct http_req {
     bool                  authn_done;  /* Basic credentials already taken on the event
                                           thread (http_authenticate_quick) */
     char                 *set_cookie;  /* Set-Cookie for the reply, or NULL */
+    bool                  memo_user;   /* user is the connection's memo's, found current for
+                                          this request: its db standing may be memoized too */
     bool                  bulk_no_design; /* a member's _bulk_docs: design docs refused per
                                               entry (authz.c), the others written */
     uint64_t              started_ns;  /* when the request line arrived (metrics.c) */

@@ -39,6 +39,7 @@ struct http_loop {
     http_task     **heap;         /* waiters with a due time, earliest first */
     size_t          heap_len, heap_cap;
     size_t          armed;        /* waiters armed now */
+    bool            watching;     /* woken by its environment's commits (loop_watch_add) */
 };
 
 /* ---- the work queue --------------------------------------------------------------------- */
@@ -181,8 +182,8 @@ bool http_loop_wait(http_server *s, http_task *t, mimeo_db *db, uint64_t seq, ui
 }
 
 /* The commit watcher: on the writer thread, so it only moves tasks to the queue. */
-static void loop_on_commit(void *ctx, mimeo_db *db) {
-    struct http_loop *l = ctx;
+static void loop_on_commit(struct http_loop *l, mimeo_db *db) {
+    if (strcmp(mimeo_db_name(db), "_users") == 0) http_auth_users_touched(l->srv);
     pthread_mutex_lock(&l->lock);
     http_task *t = l->buckets[bucket_of(db)];
     bool any = false;
@@ -291,6 +292,86 @@ static void *loop_timer(void *arg) {
     return NULL;
 }
 
+/* ---- one commit watcher per environment -------------------------------------------------- */
+/* An environment has one watcher slot, and an HTTP and an HTTPS server may serve the same
+ * one: each setting its own watcher would leave the first server's feeds never woken. So the
+ * watcher is one per environment and wakes the loops of every server on it. Lock order:
+ * watch_reg_lock, then the environment's watcher lock (mimeo_env_watch), then w->lock; the
+ * watcher itself runs under the environment's lock and takes only w->lock. */
+typedef struct loop_env_watch {
+    struct loop_env_watch *next;
+    mimeo_env             *env;
+    pthread_mutex_t        lock;
+    struct http_loop     **loops;
+    size_t                 nloops;
+} loop_env_watch;
+
+static pthread_mutex_t watch_reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static loop_env_watch *watch_reg;
+
+static void loop_env_on_commit(void *ctx, mimeo_db *db) {
+    loop_env_watch *w = ctx;
+    pthread_mutex_lock(&w->lock);
+    for (size_t i = 0; i < w->nloops; i++) loop_on_commit(w->loops[i], db);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static int loop_watch_add(mimeo_env *env, struct http_loop *l) {
+    pthread_mutex_lock(&watch_reg_lock);
+    loop_env_watch *w = watch_reg;
+    while (w && w->env != env) w = w->next;
+    bool fresh = !w;
+    if (fresh && (w = calloc(1, sizeof *w)) != NULL) {
+        w->env = env;
+        pthread_mutex_init(&w->lock, NULL);
+    }
+    struct http_loop **loops = w ? realloc(w->loops, (w->nloops + 1) * sizeof *loops) : NULL;
+    if (!loops) {
+        if (fresh && w) {
+            pthread_mutex_destroy(&w->lock);
+            free(w);
+        }
+        pthread_mutex_unlock(&watch_reg_lock);
+        return -1;
+    }
+    pthread_mutex_lock(&w->lock);
+    w->loops = loops;
+    w->loops[w->nloops++] = l;
+    pthread_mutex_unlock(&w->lock);
+    if (fresh) {
+        w->next = watch_reg;
+        watch_reg = w;
+        mimeo_env_watch(env, loop_env_on_commit, w);
+    }
+    pthread_mutex_unlock(&watch_reg_lock);
+    return 0;
+}
+
+static void loop_watch_remove(mimeo_env *env, struct http_loop *l) {
+    pthread_mutex_lock(&watch_reg_lock);
+    loop_env_watch **pw = &watch_reg, *w;
+    while ((w = *pw) && w->env != env) pw = &w->next;
+    if (w) {
+        pthread_mutex_lock(&w->lock);
+        for (size_t i = 0; i < w->nloops; i++)
+            if (w->loops[i] == l) {
+                w->loops[i] = w->loops[--w->nloops];
+                break;
+            }
+        bool empty = w->nloops == 0;
+        pthread_mutex_unlock(&w->lock);
+        if (empty) {
+            /* Once mimeo_env_watch returns, no commit is still inside the old watcher. */
+            mimeo_env_watch(env, NULL, NULL);
+            *pw = w->next;
+            pthread_mutex_destroy(&w->lock);
+            free(w->loops);
+            free(w);
+        }
+    }
+    pthread_mutex_unlock(&watch_reg_lock);
+}
+
 /* ---- start and stop --------------------------------------------------------------------- */
 /* Starts one more worker; under l->lock (or before other threads run). */
 static bool loop_add_worker(struct http_loop *l) {
@@ -345,14 +426,19 @@ int http_loop_start(http_server *s, unsigned workers, char *errbuf, size_t errle
         http_loop_stop(s);
         return -1;
     }
-    mimeo_env_watch(s->env, loop_on_commit, l);
+    if (loop_watch_add(s->env, l) != 0) {
+        snprintf(errbuf, errlen, "out of memory");
+        http_loop_stop(s);
+        return -1;
+    }
+    l->watching = true;
     return 0;
 }
 
 void http_loop_stop(http_server *s) {
     struct http_loop *l = s->loop;
     if (!l) return;
-    mimeo_env_watch(s->env, NULL, NULL);
+    if (l->watching) loop_watch_remove(s->env, l);
     pthread_mutex_lock(&l->lock);
     l->stop = true;
     pthread_cond_broadcast(&l->work_cv);

@@ -240,6 +240,23 @@ static int metrics_mesh(buf *b) {
     return rc | metrics_mesh_data(b, n);
 }
 
+/* How connections spread over this server's event threads: a lopsided split shows as one
+ * thread with most of them (bench/auth.sh prints it beside each run). */
+static int metrics_events(buf *b, http_server *s) {
+    uint64_t handed, open;
+    int rc = metrics_head(b, "mimeo_http_event_thread_connections_total", "counter",
+                          "connections handed to each event thread");
+    for (unsigned i = 0; http_event_thread_stats(s, i, &handed, &open); i++)
+        rc |= buf_printf(b, "mimeo_http_event_thread_connections_total{thread=\"%u\"} %" PRIu64
+                         "\n", i, handed);
+    rc |= metrics_head(b, "mimeo_http_event_thread_open_connections", "gauge",
+                       "connections open on each event thread");
+    for (unsigned i = 0; http_event_thread_stats(s, i, &handed, &open); i++)
+        rc |= buf_printf(b, "mimeo_http_event_thread_open_connections{thread=\"%u\"} %" PRIu64
+                         "\n", i, open);
+    return rc;
+}
+
 void http_h_prometheus(http_req *r) {
     if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
         http_reply_method(r, "GET");
@@ -260,6 +277,7 @@ void http_h_prometheus(http_req *r) {
                       "revisions written to targets by every replication", rs.docs_written);
     rc |= metrics_one(&b, "mimeo_replicator_doc_write_failures_total", "counter",
                       "revisions a target refused", rs.doc_write_failures);
+    rc |= metrics_events(&b, r->srv);
     rc |= metrics_mesh(&b);
     if (rc != 0) {
         buf_destroy(&b);

@@ -1,11 +1,15 @@
-/* The libmicrohttpd daemon and the request life cycle. MHD runs a few epoll threads that
- * only move bytes; a route runs on a bounded pool of workers (loop.c): the connection is
- * suspended, the request handed over, and resumed once the reply is made, so a connection
- * that waits (a feed, a slow client) costs no thread. A context is made when the request
- * line arrives (holding the raw target), the body is gathered under its cap, the route runs
- * after the body is in (answering on the first access-handler call makes MHD close the
- * connection and costs 7x in throughput, see DESIGN.md), and the context is freed in one
- * place, http_completed. Every connection also has a guard entry (caps, timeouts). */
+/* The libmicrohttpd daemons and the request life cycle. An accept thread of ours owns the
+ * listening socket and hands each new connection to one of a few libmicrohttpd daemons, one
+ * epoll thread each, that only move bytes: the one with the fewest open connections. (MHD's
+ * own thread pool let whichever thread woke first accept, and with 16 keep-alive clients one
+ * thread often took all 16 while another sat idle.) A route runs on a bounded pool of workers
+ * (loop.c): the connection is suspended, the request handed over, and resumed once the reply
+ * is made, so a connection that waits (a feed, a slow client) costs no thread. A context is
+ * made when the request line arrives (holding the raw target), the body is gathered under
+ * its cap, the route runs after the body is in (answering on the first access-handler call
+ * makes MHD close the connection and costs 7x in throughput, see DESIGN.md), and the context
+ * is freed in one place, http_completed. Every connection also has a guard entry (caps,
+ * timeouts). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -18,8 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <limits.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,6 +53,18 @@ typedef struct http_addr_count {
     uint8_t                 len;
     unsigned char           addr[16];
 } http_addr_count;
+
+/* One libmicrohttpd daemon and its event thread. `open` counts the connections handed to it
+ * and not yet closed: the accept thread counts up before handing one over (a burst of
+ * accepts must not all see the same idle daemon), the close notification counts down. */
+typedef struct http_evd {
+    http_server        *srv;
+    struct MHD_Daemon  *d;
+    unsigned            index;
+    atomic_uint         open;
+    atomic_uint_fast64_t handed;
+    atomic_bool         named;     /* its thread renamed "mimeo-event<i>" */
+} http_evd;
 
 typedef struct http_conn {
     http_server          *srv;
@@ -127,9 +145,17 @@ static void http_conn_release(http_server *s, http_conn *c) {
 
 static void http_notify_conn(void *cls, struct MHD_Connection *conn, void **socket_context,
                              enum MHD_ConnectionNotificationCode code) {
-    http_server *s = cls;
+    http_evd *ev = cls;
+    http_server *s = ev->srv;
     struct http_conns *cs = s->conns;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        /* This runs on the daemon's own thread: named here so that per-thread CPU (top -H,
+         * /proc/<pid>/task, bench/auth.sh) tells the event threads apart. */
+        if (!atomic_exchange(&ev->named, true)) {
+            char name[16];
+            snprintf(name, sizeof name, "mimeo-event%u", ev->index);
+            pthread_setname_np(pthread_self(), name);
+        }
         http_conn *c = calloc(1, sizeof *c);
         *socket_context = c;
         if (!c) return;
@@ -153,6 +179,7 @@ static void http_notify_conn(void *cls, struct MHD_Connection *conn, void **sock
         pthread_mutex_unlock(&cs->lock);
         return;
     }
+    atomic_fetch_sub(&ev->open, 1);
     http_conn *c = *socket_context;
     if (!c) return;
     /* MHD closes the socket after this returns: the sweep, which takes the same lock, never
@@ -740,6 +767,133 @@ static void http_raise_fd_limit(http_server *s) {
     }
 }
 
+/* ---- the accept thread ------------------------------------------------------------------ */
+/* The listening socket, bound as libmicrohttpd bound its own: SO_REUSEADDR only (not
+ * SO_REUSEPORT, with which a second live server could bind the same port and the kernel
+ * split connections between them; without SO_REUSEADDR a restarted server could not bind
+ * while old connections linger in TIME_WAIT), an IPv6 address for IPv6 only. */
+static int http_listen(http_server *s, const struct sockaddr *sa, socklen_t salen) {
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (sa->sa_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
+    if (bind(fd, sa, salen) != 0 || listen(fd, 4096) != 0 ||
+        getsockname(fd, (struct sockaddr *)&bound, &blen) != 0) {
+        close(fd);
+        return -1;
+    }
+    s->port = bound.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&bound)->sin6_port)
+                                          : ntohs(((struct sockaddr_in *)&bound)->sin_port);
+    s->listen_fd = fd;
+    return 0;
+}
+
+/* The daemon with the fewest open connections; ties go round, so that an idle server
+ * spreads its first connections too. */
+static http_evd *http_evd_pick(http_server *s, unsigned *turn) {
+    http_evd *best = NULL;
+    unsigned least = UINT_MAX;
+    for (unsigned k = 0; k < s->nevds; k++) {
+        http_evd *ev = &s->evds[(*turn + k) % s->nevds];
+        unsigned n = atomic_load_explicit(&ev->open, memory_order_relaxed);
+        if (n < least) {
+            least = n;
+            best = ev;
+        }
+    }
+    *turn = (*turn + 1) % s->nevds;
+    return best;
+}
+
+static unsigned http_open_total(http_server *s) {
+    unsigned n = 0;
+    for (unsigned k = 0; k < s->nevds; k++)
+        n += atomic_load_explicit(&s->evds[k].open, memory_order_relaxed);
+    return n;
+}
+
+static void *http_accept_main(void *arg) {
+    http_server *s = arg;
+    pthread_setname_np(pthread_self(), "mimeo-accept");
+    unsigned turn = 0;
+    struct pollfd p[2] = { { s->listen_fd, POLLIN, 0 }, { s->wake_fd[0], POLLIN, 0 } };
+    for (;;) {
+        /* Full (or out of descriptors): the listening socket is left alone for a moment,
+         * and new clients wait in the backlog as they would for a busy server. */
+        bool full = http_open_total(s) >= s->accept_limit;
+        p[0].revents = p[1].revents = 0;
+        int rc = full ? poll(&p[1], 1, 10) : poll(p, 2, -1);
+        if (rc < 0 && errno == ENOMEM) {
+            struct timespec ts = { 0, 10 * 1000 * 1000 };
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        if (rc < 0 && errno != EINTR) {
+            fprintf(stderr, "mimeo: http: the accept thread stopped: %s\n", strerror(errno));
+            break;
+        }
+        if (p[1].revents) break;
+        if (full || !(p[0].revents & POLLIN)) continue;
+        /* Takes what the backlog holds, up to the limit. */
+        while (http_open_total(s) < s->accept_limit) {
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            int fd = accept4(s->listen_fd, (struct sockaddr *)&ss, &sl,
+                             SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0) {
+                if (errno == EINTR || errno == ECONNABORTED) continue;
+                if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                    poll(&p[1], 1, 10);
+                break;
+            }
+            http_evd *ev = http_evd_pick(s, &turn);
+            atomic_fetch_add(&ev->open, 1);
+            atomic_fetch_add_explicit(&ev->handed, 1, memory_order_relaxed);
+            /* On failure MHD has closed the socket. A connection MHD takes but fails to set
+             * up on its own thread (TLS session, memory) is not reported closed and stays
+             * counted: it only tilts the choice, and that only after an allocation failed. */
+            if (MHD_add_connection(ev->d, fd, (struct sockaddr *)&ss, sl) != MHD_YES)
+                atomic_fetch_sub(&ev->open, 1);
+        }
+    }
+    return NULL;
+}
+
+/* Stops the accept thread; the listening socket stays open (new clients wait in the
+ * backlog rather than be refused) until http_server_free. */
+static void http_accept_stop(http_server *s) {
+    if (!s->acceptor_started) return;
+    char b = 1;
+    (void)!write(s->wake_fd[1], &b, 1);
+    pthread_join(s->acceptor, NULL);
+    s->acceptor_started = false;
+}
+
+/* Undoes what http_server_start did so far (any daemon left is stopped here) and frees s. */
+static void http_server_unwind(http_server *s) {
+    http_accept_stop(s);
+    for (unsigned i = 0; i < s->nevds; i++) MHD_stop_daemon(s->evds[i].d);
+    free(s->evds);
+    if (s->listen_fd >= 0) close(s->listen_fd);
+    for (int i = 0; i < 2; i++)
+        if (s->wake_fd[i] >= 0) close(s->wake_fd[i]);
+    if (s->loop) http_loop_stop(s);
+    if (s->auth) http_auth_stop(s);
+    qs_pool_free(s->qs);
+    http_conns_free(s->conns);
+    free(s);
+}
+
+bool http_event_thread_stats(http_server *s, unsigned i, uint64_t *handed, uint64_t *open) {
+    if (i >= s->nevds) return false;
+    *handed = atomic_load_explicit(&s->evds[i].handed, memory_order_relaxed);
+    *open = atomic_load_explicit(&s->evds[i].open, memory_order_relaxed);
+    return true;
+}
+
 http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *errbuf,
                                size_t errlen) {
     http_server *s = calloc(1, sizeof *s);
@@ -766,13 +920,17 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
     atomic_init(&s->stopping, false);
     atomic_init(&s->busy, 0);
     atomic_init(&s->buffered, 0);
-    s->listen_sock = MHD_INVALID_SOCKET;
+    s->listen_fd = -1;
+    s->wake_fd[0] = s->wake_fd[1] = -1;
 
     struct sockaddr_in6 a6;
     struct sockaddr_in a4;
     struct sockaddr *sa;
+    socklen_t salen;
+    /* No listening socket of their own: the accept thread hands connections over, and the
+     * inter-thread channel (ITC) wakes a daemon for each. */
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG | MHD_USE_ITC;
+                     MHD_USE_ERROR_LOG | MHD_USE_ITC | MHD_USE_NO_LISTEN_SOCKET;
     const char *bind = cfg->bind_address && cfg->bind_address[0] ? cfg->bind_address
                                                                   : "127.0.0.1";
     memset(&a4, 0, sizeof a4);
@@ -781,10 +939,12 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
         a4.sin_family = AF_INET;
         a4.sin_port = htons((uint16_t)cfg->port);
         sa = (struct sockaddr *)&a4;
+        salen = sizeof a4;
     } else if (inet_pton(AF_INET6, bind, &a6.sin6_addr) == 1) {
         a6.sin6_family = AF_INET6;
         a6.sin6_port = htons((uint16_t)cfg->port);
         sa = (struct sockaddr *)&a6;
+        salen = sizeof a6;
         flags |= MHD_USE_IPv6;
     } else {
         snprintf(errbuf, errlen, "bind address '%s' is not an IPv4 or IPv6 address", bind);
@@ -832,47 +992,65 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
         free(s);
         return NULL;
     }
-    /* MHD's own limit stops accepting, which leaves new clients hanging in the backlog: it
-     * sits above ours by a reserve, and the connections in the reserve get a quick 503. */
+    /* Over max_connections a connection's request gets a quick 503; a reserve above that is
+     * still taken in for it, and past the reserve the accept thread stops accepting, which
+     * leaves new clients waiting in the kernel's backlog. */
     unsigned reserve = s->cfg.max_connections / 8 < 64 ? 64 : s->cfg.max_connections / 8;
-    s->daemon = MHD_start_daemon(
-        flags, (uint16_t)cfg->port, NULL, NULL, http_access, s,
-        MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, NULL,   /* must come first */
-        MHD_OPTION_SOCK_ADDR, sa,
-        MHD_OPTION_URI_LOG_CALLBACK, http_uri_log, s,
-        MHD_OPTION_NOTIFY_COMPLETED, http_completed, s,
-        MHD_OPTION_NOTIFY_CONNECTION, http_notify_conn, s,
-        MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_connections + reserve,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->cfg.idle_timeout_s,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)4096,
-        MHD_OPTION_THREAD_POOL_SIZE, s->cfg.event_threads > 1 ? s->cfg.event_threads : 0u,
-        /* The request head is read into this pool. MHD 0.9.75 zeroes the whole pool after
-         * every request and the unused half of its read buffer at every reply, so the size
-         * is paid on every request (at 160 KiB the memset was 89% of a GET's instructions)
-         * and stays resident per connection (an idle feed). 16 KiB takes request lines up
-         * to ~15 KB (CouchDB's stock parser stops at 8 KB); longer ones get MHD's 414,
-         * long headers its 431. A 64 KiB id in a URL needs 160 KiB. */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, s->cfg.connection_memory,
-        /* MHD_OPTION_LISTENING_ADDRESS_REUSE is left out on purpose. Without it MHD sets
-         * SO_REUSEADDR only, so a restart binds while old connections linger in TIME_WAIT.
-         * Set to 1 it adds SO_REUSEPORT, and a second live server could bind the same port
-         * (the kernel would split connections between them); set to 0 it drops
-         * SO_REUSEADDR too, and a restarted server could not bind for a minute. */
-        MHD_OPTION_ARRAY, cfg->tls_cert_pem ? tls_opts : &tls_opts[2],
-        MHD_OPTION_END);
-    if (!s->daemon) {
-        snprintf(errbuf, errlen, "cannot listen on %s port %u (in use, not allowed, or%s)",
-                 bind, cfg->port, cfg->tls_cert_pem ? " a certificate and key that do not load"
-                                                    : " not permitted");
-        http_loop_stop(s);
-        http_auth_stop(s);
-        http_conns_free(s->conns);
-        free(s);
+    s->accept_limit = s->cfg.max_connections + reserve;
+    if (http_listen(s, sa, salen) != 0) {
+        snprintf(errbuf, errlen, "cannot listen on %s port %u (in use, or not permitted)",
+                 bind, cfg->port);
+        http_server_unwind(s);
         return NULL;
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon,
-                                                           MHD_DAEMON_INFO_BIND_PORT);
-    s->port = info ? info->port : cfg->port;
+    unsigned n = s->cfg.event_threads ? s->cfg.event_threads : 1;
+    s->evds = calloc(n, sizeof *s->evds);
+    if (!s->evds) {
+        snprintf(errbuf, errlen, "out of memory");
+        http_server_unwind(s);
+        return NULL;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        http_evd *ev = &s->evds[i];
+        ev->srv = s;
+        ev->index = i;
+        atomic_init(&ev->open, 0);
+        atomic_init(&ev->handed, 0);
+        atomic_init(&ev->named, false);
+        ev->d = MHD_start_daemon(
+            flags, 0, NULL, NULL, http_access, s,
+            MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, NULL,   /* must come first */
+            MHD_OPTION_URI_LOG_CALLBACK, http_uri_log, s,
+            MHD_OPTION_NOTIFY_COMPLETED, http_completed, s,
+            MHD_OPTION_NOTIFY_CONNECTION, http_notify_conn, ev,
+            /* The accept thread keeps the total under accept_limit; any one daemon may
+             * hold all of it. (MHD's default limit is FD_SETSIZE.) */
+            MHD_OPTION_CONNECTION_LIMIT, s->accept_limit,
+            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->cfg.idle_timeout_s,
+            /* The request head is read into this pool. MHD 0.9.75 zeroes the whole pool after
+             * every request and the unused half of its read buffer at every reply, so the
+             * size is paid on every request (at 160 KiB the memset was 89% of a GET's
+             * instructions) and stays resident per connection (an idle feed). 16 KiB takes
+             * request lines up to ~15 KB (CouchDB's stock parser stops at 8 KB); longer ones
+             * get MHD's 414, long headers its 431. A 64 KiB id in a URL needs 160 KiB. */
+            MHD_OPTION_CONNECTION_MEMORY_LIMIT, s->cfg.connection_memory,
+            MHD_OPTION_ARRAY, cfg->tls_cert_pem ? tls_opts : &tls_opts[2],
+            MHD_OPTION_END);
+        if (!ev->d) {
+            snprintf(errbuf, errlen, "cannot start the event threads%s",
+                     cfg->tls_cert_pem ? " (a certificate and key that do not load?)" : "");
+            http_server_unwind(s);
+            return NULL;
+        }
+        s->nevds = i + 1;
+    }
+    if (pipe2(s->wake_fd, O_CLOEXEC | O_NONBLOCK) != 0 ||
+        pthread_create(&s->acceptor, NULL, http_accept_main, s) != 0) {
+        snprintf(errbuf, errlen, "cannot start the accept thread");
+        http_server_unwind(s);
+        return NULL;
+    }
+    s->acceptor_started = true;
     return s;
 }
 
@@ -882,7 +1060,7 @@ unsigned http_server_port(const http_server *s) {
 
 void http_server_quiesce(http_server *s) {
     if (!s || atomic_exchange(&s->stopping, true)) return;
-    s->listen_sock = MHD_quiesce_daemon(s->daemon);
+    http_accept_stop(s);
     http_loop_fire_all(s);   /* waiting feeds end now */
 }
 
@@ -893,18 +1071,13 @@ void http_server_free(http_server *s) {
      * still suspended is a route running on a worker: MHD may not stop under it, so that
      * one is waited for, as the thread-per-connection server waited for its threads. */
     http_server_quiesce(s);
-    MHD_socket ls = s->listen_sock;
     uint64_t deadline = clock_ms() + 5000;
     while ((atomic_load(&s->busy) > 0 && clock_ms() < deadline) ||
            atomic_load(&s->suspended) > 0) {
         struct timespec ts = { 0, 20 * 1000 * 1000 };
         nanosleep(&ts, NULL);
     }
-    MHD_stop_daemon(s->daemon);
-    if (ls != MHD_INVALID_SOCKET) close(ls);
-    http_loop_stop(s);
-    http_auth_stop(s);
-    qs_pool_free(s->qs);
-    http_conns_free(s->conns);
-    free(s);
+    for (unsigned i = 0; i < s->nevds; i++) MHD_stop_daemon(s->evds[i].d);
+    s->nevds = 0;
+    http_server_unwind(s);
 }

@@ -133,4 +133,83 @@ describe('credentials on a kept-alive connection', () => {
     assert.equal((await req('GET', '/cached', { auth: cy })).status, 401);
     assert.equal((await req('GET', '/cached', { auth: cy, fresh: true })).status, 401);
   });
+  // A connection also remembers its user's standing in the last database it asked about.
+  // A database deleted and made again (its _security gone with it), and a cookie user's roles
+  // changed, count on the next request over the same socket.
+  test('remembered standing: a re-created database and a cookie user\'s new roles count at once', async () => {
+    const user = { _id: 'org.couchdb.user:di', name: 'di', type: 'user', roles: ['crew'], password: 'd1' };
+    assert.equal((await req('PUT', '/_users/org.couchdb.user:di', { auth: root, body: user, fresh: true })).status, 201);
+    assert.equal((await req('PUT', '/again', { auth: root, fresh: true })).status, 201);
+    const crew = { admins: { names: [], roles: [] }, members: { names: [], roles: ['crew'] } };
+    assert.equal((await req('PUT', '/again/_security', { auth: root, body: crew, fresh: true })).status, 200);
+    const di = ['di', 'd1'];
+    for (let i = 0; i < 3; i++) assert.equal((await req('GET', '/again', { auth: di })).status, 200);
+    // Deleted and created again: the new database has the default (admin-only or open to
+    // members listed — none), so di is no member of it any more.
+    assert.equal((await req('DELETE', '/again', { auth: root, fresh: true })).status, 200);
+    assert.equal((await req('PUT', '/again', { auth: root, fresh: true })).status, 201);
+    const nobody = { admins: { names: [], roles: [] }, members: { names: ['nobody'], roles: [] } };
+    assert.equal((await req('PUT', '/again/_security', { auth: root, body: nobody, fresh: true })).status, 200);
+    assert.equal((await req('GET', '/again', { auth: di })).status, 403);
+    assert.equal((await req('PUT', '/again/_security', { auth: root, body: crew, fresh: true })).status, 200);
+    assert.equal((await req('GET', '/again', { auth: di })).status, 200);
+
+    // The same through a session cookie: roles taken away elsewhere close the database.
+    const login = await req('POST', '/_session', { body: { name: 'di', password: 'd1' }, fresh: true });
+    const cookie = login.headers['set-cookie'][0].split(';')[0];
+    for (let i = 0; i < 3; i++) assert.equal((await req('GET', '/again', { cookie })).status, 200);
+    const cur = await req('GET', '/_users/org.couchdb.user:di', { auth: root, fresh: true });
+    assert.equal((await req('PUT', '/_users/org.couchdb.user:di',
+      { auth: root, body: { ...cur.body, roles: [] }, fresh: true })).status, 201);
+    assert.equal((await req('GET', '/again', { cookie })).status, 403);
+    assert.equal(sockets.size, 1, 'every request went over one connection');
+  });
+});
+
+// A remembered cookie still ages: past half the session timeout the reply carries a fresh
+// cookie, and past the timeout the old one is anonymous, on the connection that proved it.
+describe('a remembered session cookie expires on time', () => {
+  let s, agent;
+  before(async () => {
+    s = await startServer({ args: [...FAST, '--set', 'chttpd_auth.timeout=6'] });
+    agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  });
+  after(async () => {
+    agent?.destroy();
+    await s?.stop();
+  });
+  function req(method, p, { cookie, body, fresh } = {}) {
+    return new Promise((resolve, reject) => {
+      const headers = { 'content-type': 'application/json' };
+      if (cookie) headers.cookie = cookie;
+      const r = http.request(s.url + p, { method, headers, agent: fresh ? false : agent }, (res) => {
+        let text = '';
+        res.on('data', (c) => { text += c; });
+        res.on('end', () => resolve({ status: res.statusCode, headers: res.headers,
+          body: text ? JSON.parse(text) : null, socket: res.socket }));
+      });
+      r.on('error', reject);
+      r.end(body === undefined ? undefined : JSON.stringify(body));
+    });
+  }
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  test('refreshed past half its life, anonymous past its end', async () => {
+    const login = await req('POST', '/_session', { body: { name: 'root', password: 'r00t-pw' }, fresh: true });
+    assert.equal(login.status, 200);
+    const cookie = login.headers['set-cookie'][0].split(';')[0];
+    const first = await req('GET', '/_session', { cookie });
+    assert.equal(first.body.userCtx.name, 'root');
+    assert.equal(first.headers['set-cookie'], undefined, 'young: no new cookie');
+    // The cookie's time has whole seconds (rounded down): 4.1 s later it is 4 to 5.1 s old,
+    // past half of 6 s (the server refreshes when older than 3 s) and not yet expired.
+    await sleep(4100);
+    const mid = await req('GET', '/_session', { cookie });
+    assert.equal(mid.body.userCtx.name, 'root');
+    assert.ok(mid.headers['set-cookie']?.[0]?.startsWith('AuthSession='), 'a fresh cookie past half its life');
+    await sleep(2500);
+    const late = await req('GET', '/_session', { cookie });
+    assert.equal(late.body.userCtx.name, null, 'expired: anonymous');
+    assert.equal(late.socket, first.socket, 'one connection throughout');
+  });
 });

@@ -64,6 +64,29 @@ describe('TLS', () => {
     assert.equal((await fetch(`${s.http}/tlsdb`, { headers: auth })).status, 200);
   });
 
+  // Both servers wait on the same data directory's commits. Each used to install the one
+  // commit watcher there was, so the second replaced the first's and feeds over HTTP were
+  // never woken (they ran to their timeout).
+  test('a commit wakes feeds waiting on both listeners', async () => {
+    assert.equal((await get(`${s.https}/wake`, { ca: certs.ca, method: 'PUT', auth: 'root:pw' })).status, 201);
+    const auth = { authorization: 'Basic ' + Buffer.from('root:pw').toString('base64') };
+    const feed = '/wake/_changes?feed=longpoll&since=now&timeout=30000';
+    const t0 = Date.now();
+    const overHttp = fetch(`${s.http}${feed}`, { headers: auth }).then(async (r) =>
+      ({ status: r.status, body: await r.json(), ms: Date.now() - t0 }));
+    const overHttps = get(`${s.https}${feed}`, { ca: certs.ca, auth: 'root:pw' }).then((r) =>
+      ({ status: r.status, body: JSON.parse(r.text), ms: Date.now() - t0 }));
+    await new Promise((r) => setTimeout(r, 500));   /* both feeds armed */
+    const w = await fetch(`${s.http}/wake/woken`, { method: 'PUT', headers: { ...auth,
+      'content-type': 'application/json' }, body: '{}' });
+    assert.equal(w.status, 201);
+    for (const r of await Promise.all([overHttp, overHttps])) {
+      assert.equal(r.status, 200);
+      assert.deepEqual(r.body.results.map((c) => c.id), ['woken']);
+      assert.ok(r.ms < 10000, `woken by the commit, not the 30 s timeout (${r.ms} ms)`);
+    }
+  });
+
   test('HTTPS only: [httpd] enable = false', async () => {
     const s2 = await start(['--data', path.join(dir, 'data2'), '--bind', '127.0.0.1', '--port', '0',
       '--tls-cert', certs.cert, '--tls-key', certs.key, '--tls-port', '0', '--set', 'httpd.enable=false'], ['https']);

@@ -97,6 +97,13 @@ static void test_cookie(void) {
     CHECK_EQ_INT((long long)c.time, 0x5F5E100);
     CHECK(auth_cookie_valid(&c, "4d1fa2c0", 8, secret, 6, 0x5F5E100 + 10, 600));
     CHECK(!auth_cookie_valid(&c, "4d1fa2c0", 8, secret, 6, 0x5F5E100 + 600, 600));   /* expired */
+    /* Freshness alone (what a connection's memo of a proven cookie rechecks): up to the
+     * timeout, and no more than 60 s from the future. */
+    CHECK(auth_cookie_fresh(&c, 0x5F5E100, 600));
+    CHECK(auth_cookie_fresh(&c, 0x5F5E100 + 599, 600));
+    CHECK(!auth_cookie_fresh(&c, 0x5F5E100 + 600, 600));
+    CHECK(auth_cookie_fresh(&c, 0x5F5E100 - 60, 600));
+    CHECK(!auth_cookie_fresh(&c, 0x5F5E100 - 61, 600));
     CHECK(!auth_cookie_valid(&c, "4d1fa2c1", 8, secret, 6, 0x5F5E100 + 10, 600));   /* new salt */
     CHECK(!auth_cookie_valid(&c, "4d1fa2c0", 8, (const unsigned char *)"other!", 6,
                              0x5F5E100 + 10, 600));
