@@ -259,6 +259,20 @@ static uint64_t count_left(MDB_cursor *cur, MDB_val *k, int mrc, uint64_t dbid) 
     return n;
 }
 
+/* Rows of the feed after seq pos in snapshot sn, the scan (cursor at the first of them, mrc
+ * its get) only when it must. Every document, live or deleted, has one seq entry, distinct
+ * and at most update_seq; when the documents are as many as update_seq (no document was
+ * written twice, a deletion included: the shape of a first load or a replica filled by one
+ * replication), the entries are exactly 1..update_seq and the count is a subtraction. The
+ * subtraction is never below the true count, so a feed is never reported drained early. */
+static uint64_t pending_after(const db_snap *sn, uint64_t pos, MDB_cursor *cur, MDB_val *k,
+                              int mrc) {
+    const db_meta *m = &sn->m;
+    if (m->doc_count + m->del_count == m->update_seq)
+        return m->update_seq > pos ? m->update_seq - pos : 0;
+    return count_left(cur, k, mrc, m->dbid);
+}
+
 static bool changes_want_leaves(const mimeo_changes_opts *o) {
     return o->all_docs_style || (o->include_docs && o->conflicts);
 }
@@ -273,7 +287,7 @@ static int fill_changes_none(mimeo_cursor *c, db_snap *sn) {
         unsigned char key[16];
         MDB_val k = {store_key_u64(key, sn->m.dbid, c->pos + 1), key}, v;
         int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        c->pending = o->descending ? 0 : count_left(cur, &k, mrc, sn->m.dbid);
+        c->pending = o->descending ? 0 : pending_after(sn, c->pos, cur, &k, mrc);
         mdb_cursor_close(cur);
     }
     c->last_seq = o->descending ? sn->m.update_seq
@@ -338,7 +352,7 @@ static int fill_changes_scan(mimeo_cursor *c, db_snap *sn) {
             c->pending = 0;
         } else {
             c->last_seq = c->pos;
-            if (limited) c->pending = count_left(cur, &k, mrc, sn->m.dbid);
+            if (limited) c->pending = pending_after(sn, c->pos, cur, &k, mrc);
         }
         if (exhausted || limited) c->end = true;
     }
