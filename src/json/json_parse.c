@@ -5,6 +5,7 @@
  * a step and handed over in place when they hold no escape. It accepts exactly what the
  * yajl-driven parser it replaced accepted. */
 #include "json.h"
+#include "json_lex.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -72,21 +73,6 @@ size_t json_utf8_prefix(const char *s, size_t n, size_t max) {
 
 /* ---- UTF-8 and escapes ---------------------------------------------------------------- */
 
-static int jp_hex4(const char *p, unsigned *out) {
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        unsigned char c = (unsigned char)p[i];
-        unsigned d;
-        if (c >= '0' && c <= '9') d = c - '0';
-        else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-        else return 0;
-        v = v << 4 | d;
-    }
-    *out = v;
-    return 1;
-}
-
 /* True when every \u escape that names a surrogate is a high one followed by a low one.
  * In valid JSON a backslash only occurs inside strings, where it always starts an escape,
  * so a plain scan from backslash to backslash sees the escapes exactly; on invalid input it
@@ -96,10 +82,10 @@ static bool jp_escapes_ok(const char *p, size_t n) {
     while (q < end && (q = memchr(q, '\\', (size_t)(end - q))) != NULL) {
         if (end - q < 6 || q[1] != 'u') { q += 2; continue; }
         unsigned cp, lo;
-        if (!jp_hex4(q + 2, &cp)) { q += 2; continue; }
+        if (!json_lex_hex4((const unsigned char *)q + 2, &cp)) { q += 2; continue; }
         if (cp >= 0xDC00 && cp <= 0xDFFF) return false;
         if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (end - q < 12 || q[6] != '\\' || q[7] != 'u' || !jp_hex4(q + 8, &lo) ||
+            if (end - q < 12 || q[6] != '\\' || q[7] != 'u' || !json_lex_hex4((const unsigned char *)q + 8, &lo) ||
                 lo < 0xDC00 || lo > 0xDFFF)
                 return false;
             q += 12;
@@ -326,62 +312,12 @@ static int jp_end_array(void *c) {
 
 enum { JP_OK = 0, JP_SYNTAX = 1, JP_STOP = 2 }; /* STOP: an event failed, st->rc says why */
 
-/* Whitespace: RFC 8259's four, and \v and \f, which mimeo has always taken (yajl did). */
-static inline size_t jp_ws(const unsigned char *p, size_t n, size_t i) {
-    while (i < n && (p[i] == ' ' || (p[i] >= '\t' && p[i] <= '\r'))) i++;
-    return i;
-}
-
-/* The index of the first byte at or after i that ends a plain run of string contents: a
- * quote, a backslash or a control character. Bytes >= 0x80 on the way set *high: they are
- * checked as UTF-8 later. */
-static inline size_t jp_str_run(const unsigned char *p, size_t n, size_t i, bool *high) {
-#ifdef __SSE2__
-    while (i + 16 <= n) {
-        __m128i w = _mm_loadu_si128((const __m128i *)(p + i));
-        unsigned mask = json_special16(w);
-        unsigned top = (unsigned)_mm_movemask_epi8(w); /* bytes >= 0x80 */
-        if (mask) {
-            unsigned at = (unsigned)__builtin_ctz(mask);
-            if (top & ((1u << at) - 1)) *high = true;
-            return i + at;
-        }
-        if (top) *high = true;
-        i += 16;
-    }
-#endif
-    while (i < n && p[i] != '"' && p[i] != '\\' && p[i] >= 0x20) {
-        if (p[i] >= 0x80) *high = true;
-        i++;
-    }
-    return i;
-}
-
-/* Appends code point cp as UTF-8 at d + *o. */
-static void jp_put_utf8(char *d, size_t *o, unsigned cp) {
-    if (cp < 0x80) {
-        d[(*o)++] = (char)cp;
-    } else if (cp < 0x800) {
-        d[(*o)++] = (char)(0xC0 | cp >> 6);
-        d[(*o)++] = (char)(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        d[(*o)++] = (char)(0xE0 | cp >> 12);
-        d[(*o)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        d[(*o)++] = (char)(0x80 | (cp & 0x3F));
-    } else {
-        d[(*o)++] = (char)(0xF0 | cp >> 18);
-        d[(*o)++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        d[(*o)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        d[(*o)++] = (char)(0x80 | (cp & 0x3F));
-    }
-}
-
 /* A string whose opening quote is at p[*i]: its text in *s (in place, or decoded into
  * st->str), *i just past the closing quote. */
 static int jp_lex_string(jp_state *st, const unsigned char *p, size_t n, size_t *i,
                          const char **s, size_t *len) {
     st->high = false;
-    size_t a = *i + 1, e = jp_str_run(p, n, a, &st->high);
+    size_t a = *i + 1, e = json_lex_str_run(p, n, a, &st->high);
     if (e < n && p[e] == '"') {
         *s = (const char *)p + a;
         *len = e - a;
@@ -411,52 +347,28 @@ static int jp_lex_string(jp_state *st, const unsigned char *p, size_t n, size_t 
         case 't': st->str[o++] = '\t'; break;
         case 'u': {
             unsigned cp, lo;
-            if (n - a < 4 || !jp_hex4((const char *)p + a, &cp)) return JP_SYNTAX;
+            if (n - a < 4 || !json_lex_hex4(p + a, &cp)) return JP_SYNTAX;
             a += 4;
             if (cp >= 0xD800 && cp <= 0xDBFF) {
                 /* jp_escapes_ok has made sure that a low surrogate escape follows */
                 if (n - a < 6 || p[a] != '\\' || p[a + 1] != 'u' ||
-                    !jp_hex4((const char *)p + a + 2, &lo))
+                    !json_lex_hex4(p + a + 2, &lo))
                     return JP_SYNTAX;
                 cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                 a += 6;
             }
-            jp_put_utf8(st->str, &o, cp);
+            json_lex_put_utf8(st->str, &o, cp);
             break;
         }
         default:
             return JP_SYNTAX;
         }
-        e = jp_str_run(p, n, a, &st->high);
+        e = json_lex_str_run(p, n, a, &st->high);
     }
     st->str[o] = 0;
     *s = st->str;
     *len = o;
     *i = e + 1;
-    return JP_OK;
-}
-
-/* A number's extent from p[*i] (RFC 8259: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?). */
-static int jp_lex_number(const unsigned char *p, size_t n, size_t *i) {
-#define JP_DIGIT(x) ((x) >= '0' && (x) <= '9')
-    size_t k = *i;
-    if (k < n && p[k] == '-') k++;
-    if (k >= n || !JP_DIGIT(p[k])) return JP_SYNTAX;
-    if (p[k] == '0') k++;
-    else while (k < n && JP_DIGIT(p[k])) k++;
-    if (k < n && p[k] == '.') {
-        k++;
-        if (k >= n || !JP_DIGIT(p[k])) return JP_SYNTAX;
-        while (k < n && JP_DIGIT(p[k])) k++;
-    }
-    if (k < n && (p[k] == 'e' || p[k] == 'E')) {
-        k++;
-        if (k < n && (p[k] == '+' || p[k] == '-')) k++;
-        if (k >= n || !JP_DIGIT(p[k])) return JP_SYNTAX;
-        while (k < n && JP_DIGIT(p[k])) k++;
-    }
-#undef JP_DIGIT
-    *i = k;
     return JP_OK;
 }
 
@@ -477,13 +389,13 @@ static int jp_run(jp_state *st, const unsigned char *p, size_t n) {
     int rc;
 #define JP_EV(call) do { if (!(call)) return JP_STOP; } while (0)
 value:
-    i = jp_ws(p, n, i);
+    i = json_lex_ws(p, n, i);
     if (i >= n) return JP_SYNTAX;
     switch (p[i]) {
     case '{':
         JP_EV(jp_start_map(st));
         if ((rc = jp_push(st, depth++, 1))) return rc;
-        i = jp_ws(p, n, i + 1);
+        i = json_lex_ws(p, n, i + 1);
         if (i < n && p[i] == '}') {
             i++;
             depth--;
@@ -494,7 +406,7 @@ value:
     case '[':
         JP_EV(jp_start_array(st));
         if ((rc = jp_push(st, depth++, 0))) return rc;
-        i = jp_ws(p, n, i + 1);
+        i = json_lex_ws(p, n, i + 1);
         if (i < n && p[i] == ']') {
             i++;
             depth--;
@@ -523,7 +435,7 @@ value:
         goto after;
     default: {
         size_t a = i;
-        if ((rc = jp_lex_number(p, n, &i))) return rc;
+        if (!json_lex_number(p, n, &i)) return JP_SYNTAX;
         JP_EV(jp_number(st, (const char *)p + a, i - a));
         goto after;
     }
@@ -532,16 +444,16 @@ key:
     if (i >= n || p[i] != '"') return JP_SYNTAX;
     if ((rc = jp_lex_string(st, p, n, &i, &s, &len))) return rc;
     JP_EV(jp_map_key(st, s, len));
-    i = jp_ws(p, n, i);
+    i = json_lex_ws(p, n, i);
     if (i >= n || p[i] != ':') return JP_SYNTAX;
     i++;
     goto value;
 after:
-    i = jp_ws(p, n, i);
+    i = json_lex_ws(p, n, i);
     if (depth == 0) return i == n ? JP_OK : JP_SYNTAX;
     if (i >= n) return JP_SYNTAX;
     if (p[i] == ',') {
-        i = jp_ws(p, n, i + 1);
+        i = json_lex_ws(p, n, i + 1);
         if (st->stack[depth - 1]) goto key;
         goto value;
     }

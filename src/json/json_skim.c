@@ -4,6 +4,7 @@
  * over as its bytes in the input, with the few top-level members the replicator looks at
  * located, so it can be forwarded as it came instead of being rebuilt token by token. */
 #include "json.h"
+#include "json_lex.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -51,49 +52,6 @@ static int sk_oom(sk_state *st) {
     return SK_STOP;
 }
 
-static inline size_t sk_ws(const unsigned char *p, size_t n, size_t i) {
-    while (i < n && (p[i] == ' ' || (p[i] >= '\t' && p[i] <= '\r'))) i++;
-    return i;
-}
-
-static int sk_hex4(const unsigned char *p, unsigned *out) {
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        unsigned c = p[i], d;
-        if (c >= '0' && c <= '9') d = c - '0';
-        else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-        else return 0;
-        v = v << 4 | d;
-    }
-    *out = v;
-    return 1;
-}
-
-/* Index of the first quote, backslash or control character at or after i; bytes >= 0x80
- * on the way set *high. */
-static inline size_t sk_run(const unsigned char *p, size_t n, size_t i, bool *high) {
-#ifdef __SSE2__
-    while (i + 16 <= n) {
-        __m128i w = _mm_loadu_si128((const __m128i *)(p + i));
-        unsigned mask = json_special16(w);
-        unsigned top = (unsigned)_mm_movemask_epi8(w);
-        if (mask) {
-            unsigned at = (unsigned)__builtin_ctz(mask);
-            if (top & ((1u << at) - 1)) *high = true;
-            return i + at;
-        }
-        if (top) *high = true;
-        i += 16;
-    }
-#endif
-    while (i < n && p[i] != '"' && p[i] != '\\' && p[i] >= 0x20) {
-        if (p[i] >= 0x80) *high = true;
-        i++;
-    }
-    return i;
-}
-
 /* A string whose opening quote is at p[*i]; *i ends just past the closing quote, *esc says
  * whether it holds escapes. Escapes are checked, not decoded: a backslash is ASCII, so the
  * raw contents are valid UTF-8 exactly when the decoded ones are. */
@@ -102,7 +60,7 @@ static int sk_string(sk_state *st, size_t *i, bool *esc) {
     size_t n = st->n, a = *i + 1, e;
     bool high = false;
     *esc = false;
-    for (e = sk_run(p, n, a, &high);; e = sk_run(p, n, e, &high)) {
+    for (e = json_lex_str_run(p, n, a, &high);; e = json_lex_str_run(p, n, e, &high)) {
         if (e >= n || p[e] < 0x20) return SK_SYNTAX;
         if (p[e] == '"') break;
         *esc = true;
@@ -113,11 +71,11 @@ static int sk_string(sk_state *st, size_t *i, bool *esc) {
             break;
         case 'u': {
             unsigned cp, lo;
-            if (n - (e + 2) < 4 || !sk_hex4(p + e + 2, &cp)) return SK_SYNTAX;
+            if (n - (e + 2) < 4 || !json_lex_hex4(p + e + 2, &cp)) return SK_SYNTAX;
             e += 6;
             if (cp >= 0xDC00 && cp <= 0xDFFF) return SK_SYNTAX;
             if (cp >= 0xD800 && cp <= 0xDBFF) {
-                if (n - e < 6 || p[e] != '\\' || p[e + 1] != 'u' || !sk_hex4(p + e + 2, &lo) ||
+                if (n - e < 6 || p[e] != '\\' || p[e + 1] != 'u' || !json_lex_hex4(p + e + 2, &lo) ||
                     lo < 0xDC00 || lo > 0xDFFF)
                     return SK_SYNTAX;
                 e += 6;
@@ -131,24 +89,6 @@ static int sk_string(sk_state *st, size_t *i, bool *esc) {
     if (high && !utf8_valid((const char *)p + a, e - a)) return SK_SYNTAX;
     *i = e + 1;
     return SK_OK;
-}
-
-static void sk_put_utf8(char *d, size_t *o, unsigned cp) {
-    if (cp < 0x80) {
-        d[(*o)++] = (char)cp;
-    } else if (cp < 0x800) {
-        d[(*o)++] = (char)(0xC0 | cp >> 6);
-        d[(*o)++] = (char)(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        d[(*o)++] = (char)(0xE0 | cp >> 12);
-        d[(*o)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        d[(*o)++] = (char)(0x80 | (cp & 0x3F));
-    } else {
-        d[(*o)++] = (char)(0xF0 | cp >> 18);
-        d[(*o)++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        d[(*o)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        d[(*o)++] = (char)(0x80 | (cp & 0x3F));
-    }
 }
 
 /* Decodes the escapes of a string already checked by sk_string (contents s[0..n)) onto the
@@ -171,15 +111,15 @@ static int sk_decode(sk_state *st, const unsigned char *s, size_t n, size_t *off
         case 'r': d[o++] = '\r'; break;
         case 't': d[o++] = '\t'; break;
         case 'u': {
-            unsigned cp, lo;
-            sk_hex4(s + k, &cp);
+            unsigned cp = 0, lo = 0xDC00;   /* both checked by sk_string */
+            json_lex_hex4(s + k, &cp);
             k += 4;
             if (cp >= 0xD800 && cp <= 0xDBFF) {
-                sk_hex4(s + k + 2, &lo);
+                json_lex_hex4(s + k + 2, &lo);
                 cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                 k += 6;
             }
-            sk_put_utf8(d, &o, cp);   /* never longer than its escape */
+            json_lex_put_utf8(d, &o, cp);   /* never longer than its escape */
             break;
         }
         default: d[o++] = (char)c; break;
@@ -245,29 +185,6 @@ static int sk_check_big(sk_state *st, const sk_frame *f) {
     return SK_OK;
 }
 
-static int sk_number(const unsigned char *p, size_t n, size_t *i) {
-#define SK_DIGIT(x) ((x) >= '0' && (x) <= '9')
-    size_t k = *i;
-    if (k < n && p[k] == '-') k++;
-    if (k >= n || !SK_DIGIT(p[k])) return SK_SYNTAX;
-    if (p[k] == '0') k++;
-    else while (k < n && SK_DIGIT(p[k])) k++;
-    if (k < n && p[k] == '.') {
-        k++;
-        if (k >= n || !SK_DIGIT(p[k])) return SK_SYNTAX;
-        while (k < n && SK_DIGIT(p[k])) k++;
-    }
-    if (k < n && (p[k] == 'e' || p[k] == 'E')) {
-        k++;
-        if (k < n && (p[k] == '+' || p[k] == '-')) k++;
-        if (k >= n || !SK_DIGIT(p[k])) return SK_SYNTAX;
-        while (k < n && SK_DIGIT(p[k])) k++;
-    }
-#undef SK_DIGIT
-    *i = k;
-    return SK_OK;
-}
-
 /* The document member whose value is being read. */
 enum { SK_M_NONE, SK_M_REV, SK_M_REVISIONS, SK_M_OTHER };
 
@@ -286,7 +203,7 @@ static int sk_run_text(sk_state *st, json_skim_fn fn, void *ctx, size_t *errors)
     size_t doc_at = 0;
     int rc;
 value:
-    i = sk_ws(p, n, i);
+    i = json_lex_ws(p, n, i);
     if (i >= n) return SK_SYNTAX;
     if (!cap && want && p[i] == '{') {
         cap = depth + 1;
@@ -316,7 +233,7 @@ value:
             f->key0 = st->nkeys;
             f->arena0 = st->arena_len;
         }
-        i = sk_ws(p, n, i + 1);
+        i = json_lex_ws(p, n, i + 1);
         if (i < n && p[i] == (obj ? '}' : ']')) {
             i++;
             depth--;
@@ -348,7 +265,7 @@ value:
         i += 4;
         goto after;
     default:
-        if ((rc = sk_number(p, n, &i))) return rc;
+        if (!json_lex_number(p, n, &i)) return SK_SYNTAX;
         goto after;
     }
 key: {
@@ -380,11 +297,11 @@ key: {
                 }
             }
         }
-        i = sk_ws(p, n, i);
+        i = json_lex_ws(p, n, i);
         if (i >= n || p[i] != ':') return SK_SYNTAX;
         i++;
         if (member == SK_M_REVISIONS && depth == cap && !d.revisions_value)
-            d.revisions_value = sk_ws(p, n, i) - doc_at;
+            d.revisions_value = json_lex_ws(p, n, i) - doc_at;
         goto value;
     }
 closed: {
@@ -405,11 +322,11 @@ closed: {
 after:
     if (member == SK_M_REVISIONS && depth == cap && d.revisions_end == 0)
         d.revisions_end = i - doc_at;
-    i = sk_ws(p, n, i);
+    i = json_lex_ws(p, n, i);
     if (depth == 0) return i == n ? SK_OK : SK_SYNTAX;
     if (i >= n) return SK_SYNTAX;
     if (p[i] == ',') {
-        i = sk_ws(p, n, i + 1);
+        i = json_lex_ws(p, n, i + 1);
         if (st->kind[depth - 1]) goto key;
         goto value;
     }
