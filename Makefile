@@ -136,11 +136,12 @@ test:
 # ThreadSanitizer: the unit tests (group commit from 16 threads, map growth under readers,
 # job isolation) and these interop suites, chosen for their threads: feeds (waiting feeds
 # woken by commits), replication_continuous (replicator workers, _replicator jobs) and
-# replication_mimeo (one-shot jobs, restarts and retries), replication_scheduler (jobs
+# parked_feeds (feeds taken out of the event threads, stepped by workers and the park
+# thread), replication_mimeo (one-shot jobs, restarts and retries), replication_scheduler (jobs
 # waiting for, taking and giving up max_jobs slots), bulk_async (_bulk_docs finished on the
 # writer thread and handed back to workers). Races fail the run; there are no
 # suppressions.
-TSAN_INTEROP ?= feeds replication_continuous replication_mimeo replication_scheduler bulk_async
+TSAN_INTEROP ?= feeds parked_feeds replication_continuous replication_mimeo replication_scheduler bulk_async
 tsan-build: build/tsan/mimeo $(TSAN_UNIT_BIN)
 
 tsan: tsan-build

@@ -9,7 +9,9 @@
  *   normal, longpoll:  {"results":[\n row,\n row \n],\n"last_seq":N,"pending":P}\n
  *   continuous:        row\n row\n … {"last_seq":N,"pending":P}\n   (blank line = heartbeat)
  *   eventsource:       data: row\nid: seq\n\n …     (event: heartbeat\ndata: \n\n) */
+#include <errno.h>
 #include <inttypes.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,10 +55,17 @@ typedef struct http_feed {
     buf                 held;
     struct http_held { uint64_t seq; size_t off, len; } *heldv;
     size_t              held_cap;
+    /* Parked (server.c's http_park): the feed owns the socket and frames its own chunks. */
+    uint64_t            park_expect; /* 0: this reply cannot park */
+    bool                parked;
+    atomic_int          refs;        /* the reply's hold, and the parked feed's own */
+    bool                park_ended;  /* the last chunk is framed: end once it is sent */
+    struct http_conn   *cx;
+    buf                 wire;        /* framed bytes not yet sent */
+    size_t              wire_pos;
 } http_feed;
 
-static void http_feed_free(void *cls) {
-    http_feed *f = cls;
+static void http_feed_destroy(http_feed *f) {
     mimeo_cursor_close(f->cur);
     if (f->db) mimeo_db_close(f->db);
     http_string_list_destroy(&f->ids);
@@ -64,8 +73,16 @@ static void http_feed_free(void *cls) {
     buf_destroy(&f->out);
     buf_destroy(&f->att_hold);
     buf_destroy(&f->held);
+    buf_destroy(&f->wire);
     free(f->heldv);
     free(f);
+}
+
+/* The reply's free callback, and the end of a parked feed: libmicrohttpd frees the reply
+ * of a parked feed on its thread while the feed may already run (or end) on a worker. */
+static void http_feed_free(void *cls) {
+    http_feed *f = cls;
+    if (atomic_fetch_sub(&f->refs, 1) == 1) http_feed_destroy(f);
 }
 
 static int http_feed_before_row(http_feed *f) {
@@ -238,6 +255,10 @@ static void http_feed_shed(http_feed *f) {
     free(f->heldv);
     f->heldv = NULL;
     f->held_cap = 0;
+    if (f->wire.len == f->wire_pos) {
+        buf_destroy(&f->wire);
+        f->wire_pos = 0;
+    }
 }
 
 /* One step of the feed; may append nothing. <0 on a library error, HTTP_FEED_IDLE when it
@@ -348,6 +369,86 @@ static void http_feed_resume_task(http_task *t) {
     http_resume(f->srv, f->conn);
 }
 
+/* ---- parked feeds ---------------------------------------------------------------------- */
+/* Sends what is framed: 0 all sent, 1 the socket takes no more now, -1 the client is gone. */
+static int http_feed_park_flush(http_feed *f) {
+    while (f->wire_pos < f->wire.len) {
+        ssize_t n = send(f->task.fd, f->wire.data + f->wire_pos, f->wire.len - f->wire_pos,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            f->wire_pos += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 1 : -1;
+    }
+    buf_reset(&f->wire);
+    f->wire_pos = 0;
+    return 0;
+}
+
+static void http_feed_park_finish(http_feed *f, bool whole) {
+    http_park_end(f->srv, f->cx, whole);
+    http_feed_free(f);
+}
+
+/* A parked feed's step, on a worker: when its waiter fires (a commit, its heartbeat or
+ * timeout, shutdown, the client gone) or its socket takes more bytes. The rows go out as
+ * HTTP/1.1 chunks, as libmicrohttpd would have sent them; a feed that ends whole hands the
+ * socket back for the next request, one that fails is cut as libmicrohttpd cuts it. */
+static void http_feed_park_task(http_task *t) {
+    http_feed *f = (http_feed *)((char *)t - offsetof(http_feed, task));
+    if (t->hangup) {
+        http_feed_park_finish(f, false);
+        return;
+    }
+    for (;;) {
+        int w = http_feed_park_flush(f);
+        if (w < 0) break;
+        if (w > 0) {
+            http_park_wait_writable(f->srv, &f->task);
+            return;
+        }
+        if (f->park_ended) {
+            http_feed_park_finish(f, true);
+            return;
+        }
+        if (f->failed) break;
+        int rc = http_feed_fill(f);
+        if (rc == HTTP_FEED_IDLE) {
+            if (http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur),
+                               http_feed_due(f)))
+                return;
+            continue;
+        }
+        if (rc < 0) f->failed = true;   /* what was read before goes out first */
+        size_t n = f->out.len - f->pos;
+        int brc = 0;
+        if (n > 0) {
+            brc = buf_printf(&f->wire, "%zx\r\n", n);
+            if (brc == 0) brc = buf_put(&f->wire, f->out.data + f->pos, n);
+            if (brc == 0) brc = buf_puts(&f->wire, "\r\n");
+            buf_reset(&f->out);
+            f->pos = 0;
+        }
+        if (brc == 0 && f->ph == PH_DONE && !f->failed) {
+            brc = buf_puts(&f->wire, "0\r\n\r\n");
+            f->park_ended = true;
+        }
+        if (brc != 0) break;
+    }
+    http_feed_park_finish(f, false);
+}
+
+/* Just parked (on the event thread): waits as any feed waits. */
+static void http_feed_park_start(http_feed *f) {
+    f->task.run = http_feed_park_task;
+    f->task.hangup = false;
+    if (!http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur),
+                        http_feed_due(f)))
+        http_loop_submit(f->srv, &f->task);
+}
+
 static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max) {
     http_feed *f = cls;
     (void)pos;
@@ -356,6 +457,15 @@ static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max) {
     if (f->out.len == f->pos && f->ph != PH_DONE && !f->failed && !f->filter) {
         int rc = http_feed_fill(f);
         if (rc < 0) f->failed = true;
+        if (rc == HTTP_FEED_IDLE &&
+            http_park(f->srv, f->conn, f->park_expect, &f->cx, &f->task.fd)) {
+            /* Waiting from here on costs the feed's own state only. */
+            f->parked = true;
+            f->conn = NULL;
+            atomic_store(&f->refs, 2);
+            http_feed_park_start(f);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
         if (rc == HTTP_FEED_IDLE) {
             /* 0 is only allowed while suspended (MHD would spin otherwise); suspended
              * before arming, so that a waiter firing at once finds it so. */
@@ -523,6 +633,7 @@ void http_h_changes(http_req *r) {
     f->srv = r->srv;
     f->conn = r->conn;
     f->task.run = http_feed_task;
+    atomic_init(&f->refs, 1);
     /* The socket, for noticing a client that leaves while the feed waits (none when the
      * request was made without a connection, as the unit tests and fuzzers do). */
     const union MHD_ConnectionInfo *ci =
@@ -531,9 +642,10 @@ void http_h_changes(http_req *r) {
     buf_init(&f->out, 0);
     buf_init(&f->held, 0);
     if (!http_feed_params(r, f)) {
-        http_feed_free(f);
+        http_feed_destroy(f);
         return;
     }
+    f->park_expect = f->filter ? 0 : http_park_expect(r);
     /* The feed outlives the request context's view of it: it takes the db handle. */
     f->db = r->db;
     r->db = NULL;
@@ -549,7 +661,7 @@ void http_h_changes(http_req *r) {
             http_reply_error(r, 500, f->err.error, f->err.reason);
         else
             http_reply_err(r, rc, &f->err);
-        http_feed_free(f);
+        http_feed_destroy(f);
         return;
     }
     http_reply_stream_small(r, 200, f->kind == FEED_EVENTSOURCE ? "text/event-stream" : NULL,

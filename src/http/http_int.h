@@ -44,6 +44,8 @@ struct http_server {
     struct http_loop   *loop;     /* workers, waiters and the timer thread (loop.c) */
     atomic_int          suspended;/* connections suspended by us, waiting for a worker */
     struct http_conns  *conns;    /* every open connection, for caps and timeouts */
+    struct http_park_waits *park; /* parked sockets waiting to take more bytes (park.c) */
+    atomic_int          parked;   /* replies parked outside libmicrohttpd now */
 };
 
 /* ---- loop.c: the worker pool, waiters and the timer thread ------------------------------- */
@@ -88,6 +90,7 @@ bool http_event_thread_stats(http_server *s, unsigned i, uint64_t *handed, uint6
 void http_resume(http_server *s, struct MHD_Connection *conn);
 /* Suspends conn (from MHD's callbacks only) and queues t for a worker. */
 void http_suspend_submit(http_server *s, struct MHD_Connection *conn, http_task *t);
+
 
 typedef enum {
     HTTP_GET, HTTP_HEAD, HTTP_POST, HTTP_PUT, HTTP_DELETE, HTTP_OPTIONS, HTTP_OTHER
@@ -164,7 +167,39 @@ typedef struct http_req {
     bool                  bulk_no_design; /* a member's _bulk_docs: design docs refused per
                                               entry (authz.c), the others written */
     uint64_t              started_ns;  /* when the request line arrived (metrics.c) */
+    bool                  http11;      /* HTTP/1.1: an unsized reply goes out chunked */
 } http_req;
+
+/* ---- parked replies (server.c, park.c) --------------------------------------------------
+ * A reply that waits long (a changes feed) may leave libmicrohttpd: the feed keeps the
+ * socket and writes its chunks itself, and the socket goes back to libmicrohttpd for the
+ * next request when the reply ends. Only plain HTTP/1.1 (chunked) replies, and only when
+ * libmicrohttpd has read nothing past the request: what the kernel counts as received must
+ * equal the bytes of this connection's requests so far (a pipelined request stays put). */
+typedef struct http_conn http_conn;
+/* At routing: the byte count http_park checks later, or 0 when r's reply cannot park. */
+uint64_t http_park_expect(http_req *r);
+/* From the reply's content reader, on the event thread: takes the connection's socket (*fd,
+ * a descriptor of its own, non-blocking). On true the reader returns
+ * MHD_CONTENT_READER_END_WITH_ERROR at once; libmicrohttpd then lets go of the connection
+ * without touching the socket (MHD_USE_TURBO: no shutdown on close) and frees the reply,
+ * whose free callback must leave the owner alone. The owner may write from now on: the
+ * reader is only called once all that libmicrohttpd had to send has gone. */
+bool http_park(http_server *s, struct MHD_Connection *conn, uint64_t expect, http_conn **cx,
+               int *fd);
+/* Ends a parked reply, on any thread: reuse hands the socket back to libmicrohttpd for the
+ * client's next request (the reply ended whole and the client did not ask to close),
+ * otherwise it is closed. */
+void http_park_end(http_server *s, http_conn *cx, bool reuse);
+/* park.c */
+int  http_park_start(http_server *s);
+void http_park_stop(http_server *s);
+/* Queues t for a worker once t->fd takes more bytes, or with t->hangup set when the client
+ * is gone or the server stops. */
+void http_park_wait_writable(http_server *s, http_task *t);
+void http_park_fire_all(http_server *s);
+/* The kernel's count of bytes received on a TCP socket. */
+bool http_park_received(int fd, uint64_t *bytes);
 
 /* A route that finishes later (a write whose commit calls back, h_doc.c): http_async_begin
  * on the worker before handing the request on; whoever finishes it, having made the reply,

@@ -254,6 +254,10 @@ static int metrics_events(buf *b, http_server *s) {
     for (unsigned i = 0; http_event_thread_stats(s, i, &handed, &open); i++)
         rc |= buf_printf(b, "mimeo_http_event_thread_open_connections{thread=\"%u\"} %" PRIu64
                          "\n", i, open);
+    int parked = atomic_load(&s->parked);
+    rc |= metrics_one(b, "mimeo_http_parked_replies", "gauge",
+                      "waiting replies (changes feeds) held outside the event threads",
+                      parked > 0 ? (uint64_t)parked : 0);
     return rc;
 }
 

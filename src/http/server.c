@@ -77,6 +77,15 @@ typedef struct http_conn {
     bool                  released;      /* no longer counted (it is closing) */
     http_addr_count      *addr;          /* its address's count, or NULL */
     struct http_auth_memo *auth_memo;    /* credentials proven on it (authz.c) */
+    uint64_t              consumed;      /* bytes of the requests finished on it */
+    bool                  untracked;     /* a request of unknown size on the wire (a chunked
+                                            body): its replies never park */
+    /* Parked (http_park): the entry stays, still counted, with fd the parked reply's own
+     * descriptor, until both http_park_end and libmicrohttpd's close notification (which
+     * may come later, or earlier) have let go of it. Under conns->lock. */
+    bool                  parked;
+    bool                  park_done;     /* http_park_end has run */
+    bool                  mhd_gone;      /* libmicrohttpd's close notification has run */
 } http_conn;
 
 struct http_conns {
@@ -143,6 +152,8 @@ static void http_conn_release(http_server *s, http_conn *c) {
     pthread_mutex_unlock(&s->conns->lock);
 }
 
+static void http_conn_phase(http_conn *c, int phase);
+
 static void http_notify_conn(void *cls, struct MHD_Connection *conn, void **socket_context,
                              enum MHD_ConnectionNotificationCode code) {
     http_evd *ev = cls;
@@ -182,6 +193,17 @@ static void http_notify_conn(void *cls, struct MHD_Connection *conn, void **sock
     atomic_fetch_sub(&ev->open, 1);
     http_conn *c = *socket_context;
     if (!c) return;
+    *socket_context = NULL;
+    pthread_mutex_lock(&cs->lock);
+    if (c->parked) {
+        /* MHD closes its own descriptor after this; the entry lives on with ours. */
+        c->mhd_gone = true;
+        bool done = c->park_done;
+        pthread_mutex_unlock(&cs->lock);
+        if (done) free(c);
+        return;
+    }
+    pthread_mutex_unlock(&cs->lock);
     /* MHD closes the socket after this returns: the sweep, which takes the same lock, never
      * touches a descriptor that may have been reused. */
     pthread_mutex_lock(&cs->lock);
@@ -192,7 +214,6 @@ static void http_notify_conn(void *cls, struct MHD_Connection *conn, void **sock
     pthread_mutex_unlock(&cs->lock);
     http_auth_memo_free(c->auth_memo);
     free(c);
-    *socket_context = NULL;
 }
 
 /* A connection serves one request at a time, so its memo needs no lock. */
@@ -378,6 +399,27 @@ static void http_req_free(http_req *r) {
     free(r);
 }
 
+static bool http_content_length(http_req *r, uint64_t *out);
+
+/* The bytes r took on the wire (its head and its body), when known. */
+static bool http_req_wire_bytes(http_req *r, uint64_t *out) {
+    if (!r->conn || http_req_header(r, MHD_HTTP_HEADER_TRANSFER_ENCODING)) return false;
+    uint64_t body = 0;
+    if (!http_content_length(r, &body) && http_req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH))
+        return false;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (!ci || ci->header_size == 0) return false;
+    *out = (uint64_t)ci->header_size + body;
+    return true;
+}
+
+static void http_req_count_bytes(http_req *r) {
+    uint64_t n;
+    if (http_req_wire_bytes(r, &n)) r->cx->consumed += n;
+    else r->cx->untracked = true;
+}
+
 static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                            enum MHD_RequestTerminationCode toe) {
     http_server *s = cls;
@@ -386,6 +428,13 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **con_cl
     if (!r) return;
     if (r->counted) atomic_fetch_sub(&s->busy, 1);
     http_metrics_done(r);
+    if (r->cx && r->cx->parked) {
+        /* The reply goes on outside libmicrohttpd: the connection stays counted. */
+        http_req_free(r);
+        *con_cls = NULL;
+        return;
+    }
+    if (r->cx && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) http_req_count_bytes(r);
     /* Ended by an error, a client gone, or our 503 past a cap: the connection closes. */
     if (r->cx && (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK || r->cx->over))
         http_conn_release(s, r->cx);
@@ -641,11 +690,12 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
                                    const char *upload, size_t *upload_size, void **con_cls) {
     http_server *s = cls;
     http_req *r = *con_cls;
-    (void)url; (void)version;
+    (void)url;
     if (!r) return MHD_NO;   /* the context could not be allocated */
 
     if (r->calls++ == 0) {
         r->conn = conn;
+        r->http11 = version && strcmp(version, MHD_HTTP_VERSION_1_1) == 0;
         r->method_name = method;
         r->method = http_method_of(method);
         r->counted = true;
@@ -738,10 +788,12 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     (void)cls;
     char line[512];
     vsnprintf(line, sizeof line, fmt, ap);
-    /* A client that hangs up on a changes feed is routine, not worth a log line; and the
-     * "internal error" close follows our own lingering 413 (http_refuse_oversize). */
+    /* A client that hangs up on a changes feed is routine, not worth a log line; the
+     * "internal error" close follows our own lingering 413 (http_refuse_oversize); and the
+     * "application error" close is how a reply leaves libmicrohttpd to be parked. */
     if (strstr(line, "no longer available for sending") || strstr(line, "Request too big") ||
-        strstr(line, "Application reported internal error")) return;
+        strstr(line, "Application reported internal error") ||
+        strstr(line, "application error generating response")) return;
     size_t n = strlen(line);
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
     fprintf(stderr, "mimeo: http: %s\n", line);
@@ -806,6 +858,84 @@ static http_evd *http_evd_pick(http_server *s, unsigned *turn) {
     }
     *turn = (*turn + 1) % s->nevds;
     return best;
+}
+
+/* ---- parked replies --------------------------------------------------------------------- */
+uint64_t http_park_expect(http_req *r) {
+    http_conn *c = r->cx;
+    uint64_t n;
+    if (!c || c->untracked || r->srv->cfg.tls_cert_pem || !r->http11 || r->method == HTTP_HEAD ||
+        !http_req_wire_bytes(r, &n))
+        return 0;
+    /* A client that asked to close gets its reply from libmicrohttpd, which closes after. */
+    const char *conn_hdr = http_req_header(r, MHD_HTTP_HEADER_CONNECTION);
+    if (conn_hdr && strcasestr(conn_hdr, "close")) return 0;
+    return c->consumed + n;
+}
+
+bool http_park(http_server *s, struct MHD_Connection *conn, uint64_t expect, http_conn **cx,
+               int *fd) {
+    if (!expect || atomic_load(&s->stopping)) return false;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    http_conn *c = ci ? ci->socket_context : NULL;
+    uint64_t received;
+    if (!c || c->fd < 0 || c->over || !http_park_received(c->fd, &received) || received != expect)
+        return false;
+    int dup_fd = fcntl(c->fd, F_DUPFD_CLOEXEC, 0);
+    if (dup_fd < 0) return false;
+    /* libmicrohttpd may have left the socket corked or with Nagle on: each chunk goes now. */
+    int one = 1, zero = 0;
+    setsockopt(dup_fd, IPPROTO_TCP, TCP_CORK, &zero, sizeof zero);
+    setsockopt(dup_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    http_conn_phase(c, CONN_BUSY);
+    pthread_mutex_lock(&s->conns->lock);
+    c->parked = true;
+    c->fd = dup_fd;
+    pthread_mutex_unlock(&s->conns->lock);
+    atomic_fetch_add(&s->parked, 1);
+    /* Closed from the content reader, MHD 0.9.75 leaves the connection for its next event
+     * to clean up (its descriptor, its close notification), and a parked socket may see
+     * none for long. A connection with a timeout of its own is looked at on every turn of
+     * its event loop, and a turn comes within that timeout. */
+    MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)1);
+    *cx = c;
+    *fd = dup_fd;
+    return true;
+}
+
+static http_evd *http_evd_pick(http_server *s, unsigned *turn);
+
+void http_park_end(http_server *s, http_conn *c, bool reuse) {
+    struct http_conns *cs = s->conns;
+    pthread_mutex_lock(&cs->lock);
+    int fd = c->fd;
+    c->fd = -1;
+    if (c->prev) c->prev->next = c->next;
+    else cs->list = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    http_conn_uncount(cs, c);
+    http_auth_memo_free(c->auth_memo);
+    c->auth_memo = NULL;
+    c->park_done = true;
+    bool gone = c->mhd_gone;
+    pthread_mutex_unlock(&cs->lock);
+    if (gone) free(c);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (reuse && !atomic_load(&s->stopping) && s->nevds > 0 &&
+        getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        unsigned turn = (unsigned)fd;
+        http_evd *ev = http_evd_pick(s, &turn);
+        atomic_fetch_add(&ev->open, 1);
+        /* As for a new connection: on failure MHD has closed the socket. */
+        if (MHD_add_connection(ev->d, fd, (struct sockaddr *)&ss, sl) != MHD_YES)
+            atomic_fetch_sub(&ev->open, 1);
+    } else {
+        close(fd);
+    }
+    atomic_fetch_sub(&s->parked, 1);
 }
 
 static unsigned http_open_total(http_server *s) {
@@ -881,6 +1011,7 @@ static void http_server_unwind(http_server *s) {
     for (int i = 0; i < 2; i++)
         if (s->wake_fd[i] >= 0) close(s->wake_fd[i]);
     if (s->loop) http_loop_stop(s);
+    http_park_stop(s);
     if (s->auth) http_auth_stop(s);
     qs_pool_free(s->qs);
     http_conns_free(s->conns);
@@ -985,11 +1116,21 @@ http_server *http_server_start(mimeo_env *env, const http_config *cfg, char *err
         }
         flags |= MHD_USE_TLS;
         s->cfg.auth.secure_cookie = true;
+    } else {
+        /* TURBO: besides reading before polling, a closing connection's socket is not shut
+         * down, only its descriptor closed, which lets a parked reply keep the socket through
+         * its own descriptor (http_park). Under TLS the shutdown is the TLS close, kept. */
+        flags |= MHD_USE_TURBO;
     }
     if (http_loop_start(s, s->cfg.worker_threads, errbuf, errlen) != 0) {
         http_auth_stop(s);
         http_conns_free(s->conns);
         free(s);
+        return NULL;
+    }
+    if (http_park_start(s) != 0) {
+        snprintf(errbuf, errlen, "cannot start the park thread");
+        http_server_unwind(s);
         return NULL;
     }
     /* Over max_connections a connection's request gets a quick 503; a reserve above that is
@@ -1062,6 +1203,7 @@ void http_server_quiesce(http_server *s) {
     if (!s || atomic_exchange(&s->stopping, true)) return;
     http_accept_stop(s);
     http_loop_fire_all(s);   /* waiting feeds end now */
+    http_park_fire_all(s);
 }
 
 void http_server_free(http_server *s) {
@@ -1073,7 +1215,7 @@ void http_server_free(http_server *s) {
     http_server_quiesce(s);
     uint64_t deadline = clock_ms() + 5000;
     while ((atomic_load(&s->busy) > 0 && clock_ms() < deadline) ||
-           atomic_load(&s->suspended) > 0) {
+           atomic_load(&s->suspended) > 0 || atomic_load(&s->parked) > 0) {
         struct timespec ts = { 0, 20 * 1000 * 1000 };
         nanosleep(&ts, NULL);
     }
