@@ -46,6 +46,8 @@ struct http_server {
     struct http_conns  *conns;    /* every open connection, for caps and timeouts */
     struct http_park_waits *park; /* parked sockets waiting to take more bytes (park.c) */
     atomic_int          parked;   /* replies parked outside libmicrohttpd now */
+    int                 parked_at_trim; /* the timer thread's: parked at the last trim, */
+    int                 parked_last_sweep; /* and at its last sweep */
 };
 
 /* ---- loop.c: the worker pool, waiters and the timer thread ------------------------------- */

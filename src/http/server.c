@@ -26,6 +26,7 @@
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <limits.h>
+#include <malloc.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +47,8 @@ enum { CONN_HEAD, CONN_BODY, CONN_BUSY };
  * within a jiffy of its last byte could look received after its reply, and its idle
  * keep-alive connection be cut as a slow head. */
 #define HTTP_RECV_SLACK_MS 50
+#define HTTP_TRIM_PARKED   256   /* parked since the last malloc_trim: trim again */
+#define HTTP_TRIM_SETTLED  16    /* ... or this many, once no more come */
 
 typedef struct http_addr_count {
     struct http_addr_count *next;
@@ -268,7 +271,23 @@ static void http_conn_cut(http_server *s, http_conn *c, bool answer) {
     c->cut = true;
 }
 
+/* Parking hands each feed's connection pool back to malloc, which keeps the freed memory in
+ * its arenas: once many feeds have parked since the last look, the free pages go back to the
+ * kernel, so that idle feeds cost what they hold (docs/connections.md). */
+static void http_trim_after_parking(http_server *s) {
+    int parked = atomic_load(&s->parked);
+    bool settled = parked == s->parked_last_sweep;   /* no change over the last second */
+    s->parked_last_sweep = parked;
+    if (parked < s->parked_at_trim) s->parked_at_trim = parked;
+    int grown = parked - s->parked_at_trim;
+    if (grown >= HTTP_TRIM_PARKED || (grown >= HTTP_TRIM_SETTLED && settled)) {
+        malloc_trim(0);
+        s->parked_at_trim = parked;
+    }
+}
+
 void http_conns_sweep(http_server *s, uint64_t now) {
+    http_trim_after_parking(s);
     struct http_conns *cs = s->conns;
     uint64_t head_ms = (uint64_t)s->cfg.header_timeout_s * 1000;
     uint64_t body_ms = (uint64_t)s->cfg.body_timeout_s * 1000;

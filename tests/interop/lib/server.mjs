@@ -43,6 +43,7 @@ function sanitizerEnv() {
  *   dataDir: reuse this folder (it is then not removed by stop()); otherwise a fresh one is made.
  *   args: extra command-line arguments for `mimeo serve`.
  *   env: extra environment variables for the process.
+ *   bin: this binary (relative to the repository) instead of serverBinary().
  * @returns {Promise<Server>}
  */
 export async function startServer(options = {}) {
@@ -52,6 +53,7 @@ export async function startServer(options = {}) {
     await fs.mkdtemp(path.join(os.tmpdir(), 'mimeo-interop-'));
   const server = new Server(dataDir, ownsDir, options.args ?? []);
   server.extraEnv = options.env ?? {};
+  if (options.bin) server.bin = path.resolve(repoRoot, options.bin);
   try {
     await server.launch();
   } catch (err) {
@@ -79,7 +81,7 @@ class Server {
   stderr() { return this.stderrText; }
 
   async launch() {
-    const bin = serverBinary();
+    const bin = this.bin ?? serverBinary();
     if (!existsSync(bin)) {
       throw new Error(`server binary ${bin} does not exist (build it with \`make ${path.relative(repoRoot, bin)}\`)`);
     }
