@@ -449,6 +449,16 @@ static void http_feed_park_start(http_feed *f) {
         http_loop_submit(f->srv, &f->task);
 }
 
+/* From the content reader, with the feed waiting and all sent: parks it if it may. */
+static bool http_feed_park(http_feed *f) {
+    if (!http_park(f->srv, f->conn, f->park_expect, &f->cx, &f->task.fd)) return false;
+    f->parked = true;
+    f->conn = NULL;
+    atomic_store(&f->refs, 2);
+    http_feed_park_start(f);
+    return true;
+}
+
 static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max) {
     http_feed *f = cls;
     (void)pos;
@@ -457,13 +467,8 @@ static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max) {
     if (f->out.len == f->pos && f->ph != PH_DONE && !f->failed && !f->filter) {
         int rc = http_feed_fill(f);
         if (rc < 0) f->failed = true;
-        if (rc == HTTP_FEED_IDLE &&
-            http_park(f->srv, f->conn, f->park_expect, &f->cx, &f->task.fd)) {
+        if (rc == HTTP_FEED_IDLE && http_feed_park(f)) {
             /* Waiting from here on costs the feed's own state only. */
-            f->parked = true;
-            f->conn = NULL;
-            atomic_store(&f->refs, 2);
-            http_feed_park_start(f);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
         if (rc == HTTP_FEED_IDLE) {
@@ -485,6 +490,10 @@ static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max) {
     /* A filtered feed with nothing to send: to a worker; or, when it is only waiting and
      * nothing is due yet, armed from here, which spares the worker a turn. */
     uint64_t now = clock_ms(), due = http_feed_due(f);
+    if (f->ph == PH_WAIT && (!due || now < due) && http_feed_park(f)) {
+        /* Parked, the filter runs on the workers that step the feed, as it did. */
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
     if (f->ph == PH_WAIT && (!due || now < due)) {
         atomic_fetch_add(&f->srv->suspended, 1);
         MHD_suspend_connection(f->conn);
@@ -645,7 +654,7 @@ void http_h_changes(http_req *r) {
         http_feed_destroy(f);
         return;
     }
-    f->park_expect = f->filter ? 0 : http_park_expect(r);
+    f->park_expect = http_park_expect(r);
     /* The feed outlives the request context's view of it: it takes the db handle. */
     f->db = r->db;
     r->db = NULL;

@@ -196,6 +196,37 @@ test('continuous and eventsource feeds keep streaming from the park; the timeout
   cont.sock.destroy();
 });
 
+test('filtered feeds park too: a JavaScript filter, and a selector sent in a POST body', async () => {
+  const db = 'park_filter';
+  assert.equal((await request(server.url, 'PUT', `/${db}`)).status, 201);
+  assert.equal((await request(server.url, 'PUT', `/${db}/_design/app`, {
+    body: { filters: { even: 'function (doc) { return doc.n % 2 === 0; }' } },
+  })).status, 201);
+  const before0 = await parked();
+  const js = rawClient();
+  js.send(get(`/${db}/_changes?feed=continuous&since=now&filter=app/even&heartbeat=10000`));
+  const body = JSON.stringify({ selector: { n: { $gt: 2 } } });
+  const sel = rawClient();
+  sel.send(`POST /${db}/_changes?feed=continuous&since=now&filter=_selector&heartbeat=10000 HTTP/1.1\r\n` +
+    `Host: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  await waitParked(before0 + 2);
+  const docs = [1, 2, 3, 4].map((n) => ({ _id: `n${n}`, n }));
+  assert.equal((await request(server.url, 'POST', `/${db}/_bulk_docs`, { body: { docs } })).status, 201);
+  const rows = async (c, want) => {
+    let ids = [];
+    for (let i = 0; i < 200 && ids.length < want; i++) {
+      await sleep(25);
+      ids = (c.current?.chunks ?? []).join('').split('\n').filter((l) => l.trim() !== '')
+        .map((l) => JSON.parse(l).id);
+    }
+    return ids;
+  };
+  assert.deepEqual(await rows(js, 2), ['n2', 'n4']);
+  assert.deepEqual(await rows(sel, 2), ['n3', 'n4']);
+  js.sock.destroy();
+  sel.sock.destroy();
+});
+
 test('a client that reads slowly gets every row, in order, once it reads again', async () => {
   const db = 'park_slow';
   assert.equal((await request(server.url, 'PUT', `/${db}`)).status, 201);
