@@ -210,10 +210,11 @@ void http_loop_fire_all(http_server *s) {
     pthread_mutex_unlock(&l->lock);
 }
 
-/* A suspended connection is not watched by libmicrohttpd: a client that leaves an idle feed
- * would hold its slot until the feed's next heartbeat or timeout. So the sockets of armed
- * waiters are peeked now and then; end of stream or an error fires the waiter, marked. While
- * armed, the connection is suspended and cannot be closed, so the descriptor is its own. */
+/* A suspended connection is not watched by libmicrohttpd, nor is a parked one (server.c): a
+ * client that leaves an idle feed would hold its slot until the feed's next heartbeat or
+ * timeout. So the sockets of armed waiters are peeked now and then; end of stream or an error
+ * fires the waiter, marked. While armed, the connection is suspended (or parked, and only its
+ * feed closes it, after it has run) and cannot be closed, so the descriptor is its own. */
 static void loop_check_hangups(struct http_loop *l) {
     for (size_t i = 0; i < HTTP_WAIT_BUCKETS; i++) {
         http_task *t = l->buckets[i];
