@@ -121,6 +121,9 @@ async function waitParked(n) {
   assert.fail(`fewer than ${n} replies parked`);
 }
 
+// Feeds on a fresh, empty database start at since=0 where the test cannot wait for them to
+// park first (a request pipelined or sent with Connection: close does not park): a write that
+// lands before the feed is routed is still its first row.
 const get = (path, extra = '') => `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n${extra}\r\n`;
 
 test('a parked longpoll answers in exact chunks, and its connection serves the next request', async () => {
@@ -147,7 +150,7 @@ test('a parked longpoll answers in exact chunks, and its connection serves the n
 test('a request pipelined behind a feed is answered after it', async () => {
   assert.equal((await request(server.url, 'PUT', '/park_pipe')).status, 201);
   const c = rawClient();
-  c.send(get('/park_pipe/_changes?feed=longpoll&since=now') + get('/park_pipe'));
+  c.send(get('/park_pipe/_changes?feed=longpoll&since=0') + get('/park_pipe'));
   await sleep(200);
   assert.equal((await request(server.url, 'PUT', '/park_pipe/a', { body: {} })).status, 201);
   const feed = await c.next();
@@ -161,7 +164,7 @@ test('a request pipelined behind a feed is answered after it', async () => {
 test('a longpoll sent with Connection: close is closed once it has answered', async () => {
   assert.equal((await request(server.url, 'PUT', '/park_close')).status, 201);
   const c = rawClient();
-  c.send(get('/park_close/_changes?feed=longpoll&since=now', 'Connection: close\r\n'));
+  c.send(get('/park_close/_changes?feed=longpoll&since=0', 'Connection: close\r\n'));
   await sleep(200);
   assert.equal((await request(server.url, 'PUT', '/park_close/a', { body: {} })).status, 201);
   const feed = await c.next();
@@ -231,7 +234,7 @@ test('a client that reads slowly gets every row, in order, once it reads again',
   const db = 'park_slow';
   assert.equal((await request(server.url, 'PUT', `/${db}`)).status, 201);
   const c = rawClient();
-  c.send(get(`/${db}/_changes?feed=continuous&since=now&include_docs=true&heartbeat=10000`));
+  c.send(get(`/${db}/_changes?feed=continuous&since=0&include_docs=true&heartbeat=10000`));
   await sleep(200);
   c.sock.pause();
   // ~12 MB of rows: far more than the socket buffers hold, so the feed has to wait for the
