@@ -336,6 +336,12 @@ static uint64_t http_feed_due(const http_feed *f) {
     return due;
 }
 
+/* Arms the feed's waiter for its next commit, heartbeat or timeout (http_loop_wait). */
+static bool http_feed_arm(http_feed *f) {
+    return http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur),
+                          http_feed_due(f));
+}
+
 /* Steps until there is something to send or the feed is done (0), it has to wait
  * (HTTP_FEED_IDLE), or a read failed (<0). */
 static int http_feed_fill(http_feed *f) {
@@ -355,8 +361,7 @@ static void http_feed_task(http_task *t) {
         int rc = http_feed_fill(f);
         if (rc < 0) f->failed = true;
         if (rc != HTTP_FEED_IDLE) break;
-        if (http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur),
-                           http_feed_due(f)))
+        if (http_feed_arm(f))
             return;
     }
     http_resume(f->srv, f->conn);
@@ -416,8 +421,7 @@ static void http_feed_park_task(http_task *t) {
         if (f->failed) break;
         int rc = http_feed_fill(f);
         if (rc == HTTP_FEED_IDLE) {
-            if (http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur),
-                               http_feed_due(f)))
+            if (http_feed_arm(f))
                 return;
             continue;
         }
@@ -444,8 +448,7 @@ static void http_feed_park_task(http_task *t) {
 static void http_feed_park_start(http_feed *f) {
     f->task.run = http_feed_park_task;
     f->task.hangup = false;
-    if (!http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur),
-                        http_feed_due(f)))
+    if (!http_feed_arm(f))
         http_loop_submit(f->srv, &f->task);
 }
 
@@ -477,8 +480,7 @@ static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max) {
             atomic_fetch_add(&f->srv->suspended, 1);
             MHD_suspend_connection(f->conn);
             f->task.run = http_feed_resume_task;
-            if (!http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur),
-                                http_feed_due(f)))
+            if (!http_feed_arm(f))
                 http_resume(f->srv, f->conn);   /* something new already: come back */
             return 0;
         }
@@ -490,14 +492,12 @@ static ssize_t http_feed_read(void *cls, uint64_t pos, char *dst, size_t max) {
     /* A filtered feed with nothing to send: to a worker; or, when it is only waiting and
      * nothing is due yet, armed from here, which spares the worker a turn. */
     uint64_t now = clock_ms(), due = http_feed_due(f);
-    if (f->ph == PH_WAIT && (!due || now < due) && http_feed_park(f)) {
-        /* Parked, the filter runs on the workers that step the feed, as it did. */
-        return MHD_CONTENT_READER_END_WITH_ERROR;
-    }
     if (f->ph == PH_WAIT && (!due || now < due)) {
+        /* Parked, the filter runs on the workers that step the feed, as it did. */
+        if (http_feed_park(f)) return MHD_CONTENT_READER_END_WITH_ERROR;
         atomic_fetch_add(&f->srv->suspended, 1);
         MHD_suspend_connection(f->conn);
-        if (!http_loop_wait(f->srv, &f->task, f->db, mimeo_cursor_last_seq(f->cur), due))
+        if (!http_feed_arm(f))
             http_loop_submit(f->srv, &f->task);
         return 0;
     }

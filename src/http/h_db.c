@@ -305,13 +305,8 @@ static void http_bulk_done(void *arg, mimeo_bulk_result *res) {
 
 /* The connection suspended until op's reply (NULL, with 500 answered, out of memory). */
 static http_bulk_op *http_bulk_op_new(http_req *r) {
-    http_bulk_op *op = malloc(sizeof *op);
-    if (!op) {
-        http_reply_error(r, 500, "internal_server_error", "out of memory");
-        return NULL;
-    }
-    *op = (http_bulk_op){.r = r, .caller = pthread_self()};
-    http_async_begin(r);
+    http_bulk_op *op = http_async_alloc(r, sizeof *op);
+    if (op) *op = (http_bulk_op){.r = r, .caller = pthread_self()};
     return op;
 }
 

@@ -228,13 +228,8 @@ static void http_doc_written(void *arg, int rc, const mimeo_put_result *res,
 
 static http_write_op *http_write_op_new(http_req *r, const char *id, size_t id_len,
                                         unsigned status) {
-    http_write_op *op = malloc(sizeof *op);
-    if (!op) {
-        http_reply_error(r, 500, "internal_server_error", "out of memory");
-        return NULL;
-    }
-    *op = (http_write_op){r, id, id_len, status};
-    http_async_begin(r);
+    http_write_op *op = http_async_alloc(r, sizeof *op);
+    if (op) *op = (http_write_op){r, id, id_len, status};
     return op;
 }
 

@@ -80,6 +80,9 @@ bool http_loop_wait(http_server *s, http_task *t, mimeo_db *db, uint64_t seq, ui
 void http_loop_fire_all(http_server *s);
 /* Tasks armed now (tests and the connection report). */
 size_t http_loop_armed(http_server *s);
+/* server.c: true when the client has closed its sending side (end of stream) or the socket
+ * failed; pipelined bytes waiting to be read are not an end. */
+bool http_fd_peer_gone(int fd);
 /* server.c: header and body timeouts; called by the timer thread once a second. */
 void http_conns_sweep(http_server *s, uint64_t now);
 /* authz.c: a commit touched _users (loop.c's commit watcher, on the writer thread, before
@@ -209,6 +212,9 @@ bool http_park_received(int fd, uint64_t *bytes);
  * done, in either order; neither may touch the request afterwards. */
 void http_async_begin(http_req *r);
 void http_async_end(http_req *r);
+/* The state of such a route (size bytes, uninitialized), with http_async_begin done; NULL,
+ * with 500 answered, when out of memory. */
+void *http_async_alloc(http_req *r, size_t size);
 
 /* ---- caps.c ----------------------------------------------------------------------------- */
 /* Counts the entries of a bulk request (body and query) without building a tree; over the

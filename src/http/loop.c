@@ -5,9 +5,7 @@
  * shutdown, whichever comes first. The pool grows (to HTTP_WORKERS_MAX) only while every
  * worker is stuck on a long route. The timer thread also sweeps connections for the header
  * and body timeouts (server.c) once a second. */
-#include <errno.h>
 #include <pthread.h>
-#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,13 +218,9 @@ static void loop_check_hangups(struct http_loop *l) {
         http_task *t = l->buckets[i];
         while (t) {
             http_task *next = t->wnext;
-            if (t->fd > 0) {
-                char c;
-                ssize_t n = recv(t->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-                if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-                    t->hangup = true;
-                    loop_fire(l, t);
-                }
+            if (t->fd > 0 && http_fd_peer_gone(t->fd)) {
+                t->hangup = true;
+                loop_fire(l, t);
             }
             t = next;
         }

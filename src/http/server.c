@@ -247,7 +247,7 @@ static bool http_fd_unread(int fd) {
 
 /* True when the client has closed its sending side (end of stream) or the socket failed;
  * pipelined bytes waiting to be read are not an end. */
-static bool http_fd_peer_gone(int fd) {
+bool http_fd_peer_gone(int fd) {
     char c;
     if (fd < 0) return false;
     ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -356,6 +356,16 @@ void http_resume(http_server *s, struct MHD_Connection *conn) {
 }
 
 void http_async_begin(http_req *r) { atomic_store(&r->async_hold, 2); }
+
+void *http_async_alloc(http_req *r, size_t size) {
+    void *op = malloc(size);
+    if (!op) {
+        http_reply_error(r, 500, "internal_server_error", "out of memory");
+        return NULL;
+    }
+    http_async_begin(r);
+    return op;
+}
 
 void http_async_end(http_req *r) {
     if (atomic_fetch_sub(&r->async_hold, 1) != 1) return;

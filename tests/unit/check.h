@@ -18,6 +18,22 @@ static inline uint64_t check_now_ms(void) {
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* A fresh folder under /tmp for one test program ("mimeo-test-<tag>-XXXXXX", into buf), and
+ * its removal with everything in it. */
+static inline void check_tmpdir_make(char *buf, size_t n, const char *tag) {
+    snprintf(buf, n, "/tmp/mimeo-test-%s-XXXXXX", tag);
+    if (!mkdtemp(buf)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+}
+
+static inline void check_tmpdir_remove(const char *dir) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
 static int check_passed, check_failed, check_skipped, check_case_failed, check_case_skipped;
 static const char *check_case_name;
 

@@ -18,20 +18,6 @@
 
 static char tmpdir[256];
 
-static void make_tmpdir(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/mimeo-test-bulk-async-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static void remove_tmpdir(void) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
-}
-
 static mimeo_db *fresh_db(mimeo_env *env, const char *name) {
     mimeo_err err;
     mimeo_db_delete(env, name, &err);
@@ -425,7 +411,7 @@ static void test_many_in_flight(void) {
 }
 
 int main(void) {
-    make_tmpdir();
+    check_tmpdir_make(tmpdir, sizeof tmpdir, "bulk-async");
     mimeo_err err;
     if (mimeo_env_open(tmpdir, NULL, &env, &err) != 0) {
         fprintf(stderr, "env open: %s\n", err.reason);
@@ -446,6 +432,6 @@ int main(void) {
     mimeo_db_close(sdb);
     mimeo_db_close(adb);
     mimeo_env_close(env);
-    remove_tmpdir();
+    check_tmpdir_remove(tmpdir);
     return check_report();
 }

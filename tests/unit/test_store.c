@@ -14,20 +14,6 @@
 
 static char tmpdir[256];
 
-static void make_tmpdir(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/mimeo-test-store-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static void remove_tmpdir(void) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
-}
-
 static mimeo_env *open_env(size_t map) {
     mimeo_options o = {0};
     o.initial_map_size = map;
@@ -686,7 +672,7 @@ static void test_put_async(void) {
 }
 
 int main(void) {
-    make_tmpdir();
+    check_tmpdir_make(tmpdir, sizeof tmpdir, "store");
     RUN(test_put_get_update_delete);
     RUN(test_replicated_writes_and_conflicts);
     RUN(test_all_docs_and_local);
@@ -695,6 +681,6 @@ int main(void) {
     RUN(test_map_grows);
     RUN(test_many_databases);
     RUN(test_put_async);
-    remove_tmpdir();
+    check_tmpdir_remove(tmpdir);
     return check_report();
 }

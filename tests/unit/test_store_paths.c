@@ -17,25 +17,11 @@
 
 static char tmpdir[256];
 
-static void make_tmpdir(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/mimeo-test-paths-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static void clear_dir(const char *dir) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
-}
-
 /* A fresh data folder per case, so no case sees another's keys or map size. */
 static char *case_dir(const char *name) {
     static char dir[512];
     snprintf(dir, sizeof dir, "%s/%s", tmpdir, name);
-    clear_dir(dir);
+    check_tmpdir_remove(dir);
     return dir;
 }
 
@@ -555,12 +541,12 @@ static void test_feeds_follow_writers(void) {
 }
 
 int main(void) {
-    make_tmpdir();
+    check_tmpdir_make(tmpdir, sizeof tmpdir, "paths");
     RUN(test_group_job_isolation);
     RUN(test_map_growth_under_long_reader);
     RUN(test_interrupted_drop_recovers);
     RUN(test_compact_many_documents);
     RUN(test_feeds_follow_writers);
-    clear_dir(tmpdir);
+    check_tmpdir_remove(tmpdir);
     return check_report();
 }

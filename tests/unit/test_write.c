@@ -28,20 +28,6 @@
 
 static char tmpdir[256];
 
-static void make_tmpdir(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/mimeo-test-write-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static void remove_tmpdir(void) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
-}
-
 /* ---- randomness ---------------------------------------------------------------------------- */
 
 /* Makes getrandom(2) fail with EPERM in this process, as a seccomp sandbox may. */
@@ -1446,7 +1432,7 @@ static void test_bulk_streamed(void) {
 }
 
 int main(void) {
-    make_tmpdir();
+    check_tmpdir_make(tmpdir, sizeof tmpdir, "write");
     RUN(test_random_without_getrandom);
     RUN(test_list_append_failure);
     RUN(test_revisions_bounded);
@@ -1463,6 +1449,6 @@ int main(void) {
     RUN(test_bulk_hashes_beside_writer);
     RUN(test_bulk_tail_appends);
     RUN(test_bulk_streamed);
-    remove_tmpdir();
+    check_tmpdir_remove(tmpdir);
     return check_report();
 }
